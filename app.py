@@ -1,0 +1,79 @@
+"""Tunesmith: `python app.py` opens the fine-tuning app at http://127.0.0.1:7860.
+
+Layout and wiring only: every action goes through engine.api, and training runs in its own process.
+  --host 0.0.0.0 / --share   reachable from other machines: needs --auth user:password (one is generated otherwise)
+  --root-path /prefix        when served behind a reverse proxy
+"""
+
+import argparse
+import os
+import secrets
+import sys
+
+import gradio as gr
+
+from ui import chat_tab, data_tab, export_tab, model_tab, train_tab
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def build_app() -> gr.Blocks:
+    with gr.Blocks(title="Tunesmith") as demo:
+        gr.Markdown("# Tunesmith\nPick a model, drop in a dataset, press Train, chat with the result, export it.")
+        model = model_tab.build()
+        data = data_tab.build()
+        train_tab.build([model["custom_or_catalog"], model["method"], model["trust"]], data["path"])
+        chat_tab.build()
+        export_tab.build()
+    return demo
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description="Tunesmith: one-click local fine-tuning.")
+    ap.add_argument(
+        "--host",
+        default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        help="address to listen on (default 127.0.0.1: this machine only)",
+    )
+    ap.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    ap.add_argument("--share", action="store_true", help="public link through Gradio's tunnel (needs a password)")
+    ap.add_argument("--auth", default=os.environ.get("TUNESMITH_AUTH"), help="user:password required to log in")
+    ap.add_argument("--root-path", default=os.environ.get("GRADIO_ROOT_PATH", ""), help="URL prefix behind a proxy")
+    return ap.parse_args(argv)
+
+
+def auth_for(args) -> tuple[str, str] | None:
+    """The login to require: the one given, or a generated one whenever the app is reachable from elsewhere."""
+    if args.auth:
+        user, sep, password = args.auth.partition(":")
+        if not sep or not user or not password:
+            sys.exit("--auth must look like user:password")
+        return user, password
+    if args.share or args.host not in LOOPBACK:
+        password = secrets.token_urlsafe(12)
+        print(
+            f"This app is reachable from other machines, so it needs a login: user 'tunesmith', password "
+            f"'{password}' (set your own with --auth user:password).",
+            flush=True,
+        )
+        return "tunesmith", password
+    return None
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    auth = auth_for(args)
+    demo.queue(default_concurrency_limit=4).launch(
+        server_name=args.host,
+        server_port=args.port,
+        share=args.share,
+        auth=auth,
+        root_path=args.root_path,
+        max_file_size="1gb",
+    )
+
+
+demo = build_app()
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Command line: the same calls the app makes.
+
+  python -m engine train JOB.yaml [--detach]
+  python -m engine resume RUN
+  python -m engine chat MODEL_OR_RUN --prompt TEXT [--system TEXT] [--max-new-tokens N] [--stream]
+  python -m engine export RUN_OR_MODEL --format lora|merged16 --out DIR
+  python -m engine data inspect FILE [--format F] [--model M]
+  python -m engine doctor
+Exit status: 0 done, 1 the run failed, 2 bad input (one line on stderr says why), 130 interrupted.
+"""
+
+import argparse
+import json
+import sys
+import time
+
+
+def _follow(handle) -> int:
+    from engine import api
+
+    last = 0
+    try:
+        while True:
+            st = api.poll(handle)
+            for rec in st.metrics[last:]:
+                print(
+                    f"step {rec['step']}/{rec['total_steps']}  loss {rec['loss']:.4f}  lr {rec['lr']:.2e}  "
+                    f"{rec['tokens_per_s']:.0f} tok/s  eta {rec['eta_s']:.0f}s",
+                    flush=True,
+                )
+            last = len(st.metrics)
+            if st.finished:
+                print(f"{st.state}: {st.message}  ({st.run_dir})", flush=True)
+                return 0 if st.state == "done" else 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("cancelling (a checkpoint is saved first)...", file=sys.stderr, flush=True)
+        api.cancel(handle)
+        return 130
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m engine", description="Tunesmith: fine-tune, chat, export.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("train", help="start a run from a job.yaml and follow it")
+    p.add_argument("job")
+    p.add_argument("--detach", action="store_true", help="print the run folder and return at once")
+    p = sub.add_parser("resume", help="continue a cancelled or failed run")
+    p.add_argument("run")
+    p = sub.add_parser("chat", help="one reply from a run, a model folder or a hub id")
+    p.add_argument("source")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--system", default="")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--stream", action="store_true")
+    p = sub.add_parser("export", help="export a run or model")
+    p.add_argument("source")
+    p.add_argument("--format", required=True)
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("data", help="dataset tools")
+    dsub = p.add_subparsers(dest="data_cmd", required=True)
+    d = dsub.add_parser("inspect", help="detect the format and show a rendered sample as JSON")
+    d.add_argument("file")
+    d.add_argument("--format", default="auto")
+    d.add_argument("--model", default=None, help="render with this model's chat template")
+    sub.add_parser("doctor", help="versions, GPU and free memory and disk, as JSON")
+    args = ap.parse_args(argv)
+
+    from engine import api
+
+    try:
+        if args.cmd == "train":
+            spec = api.JobSpec.from_yaml(_read(args.job), source=args.job)
+            handle = api.start(spec)
+            print(f"run: {handle.run_dir}", flush=True)
+            return 0 if args.detach else _follow(handle)
+        if args.cmd == "resume":
+            handle = api.resume(args.run)
+            print(f"run: {handle.run_dir}", flush=True)
+            return _follow(handle)
+        if args.cmd == "chat":
+            chat = api.Chat(args.source)
+            msgs = ([{"role": "system", "content": args.system}] if args.system else []) + [
+                {"role": "user", "content": args.prompt}
+            ]
+            if args.stream:
+                shown = ""
+                for text in chat.stream(msgs, max_new_tokens=args.max_new_tokens, temperature=args.temperature):
+                    print(text[len(shown) :], end="", flush=True)
+                    shown = text
+                print()
+            else:
+                print(chat.reply(msgs, max_new_tokens=args.max_new_tokens, temperature=args.temperature))
+            return 0
+        if args.cmd == "export":
+            res = api.export(args.source, args.format, args.out, log=lambda m: print(m, file=sys.stderr))
+            print(
+                json.dumps(
+                    dict(
+                        path=str(res.path), format=res.format, files=res.files, seconds=res.seconds, checks=res.checks
+                    ),
+                    indent=2,
+                )
+            )
+            return 0
+        if args.cmd == "data":
+            print(json.dumps(api.inspect_data(args.file, args.format, args.model), indent=2, ensure_ascii=False))
+            return 0
+        if args.cmd == "doctor":
+            print(json.dumps(api.doctor(), indent=2))
+            return 0
+    except api.UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 2
+
+
+def _read(path: str) -> str:
+    from engine.errors import UserError
+
+    try:
+        return open(path, encoding="utf-8").read()
+    except FileNotFoundError:
+        raise UserError(f"Job file '{path}' does not exist.") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,325 @@
+"""The one surface the UI and the CLI call. Plain values in and out; heavy libraries load only when needed.
+
+Training:  start(spec) -> RunHandle; poll(handle) -> RunStatus; cancel(handle); resume(run); list_runs().
+Data:      inspect_data(path); identity_dataset(...); save_jsonl(rows, path).
+Chat:      Chat(source).reply(messages) / .stream(messages).
+Export:    export(source, fmt, out) -> ExportResult.
+Machine:   doctor(); catalog().
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.errors import UserError
+from engine.jobspec import JobSpec
+from engine.runlog import TERMINAL, read_metrics
+
+__all__ = [
+    "JobSpec",
+    "UserError",
+    "RunHandle",
+    "RunStatus",
+    "start",
+    "resume",
+    "poll",
+    "cancel",
+    "list_runs",
+    "runs_dir",
+    "workspace",
+    "safe_name",
+    "inspect_data",
+    "identity_dataset",
+    "save_jsonl",
+    "Chat",
+    "export",
+    "EXPORT_FORMATS",
+    "doctor",
+    "catalog",
+    "find_run",
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+_children: dict[int, subprocess.Popen] = {}  # runs this process started, so their exit is reaped
+
+
+def runs_dir() -> Path:
+    """Where run folders live: $TUNESMITH_RUNS, or ./runs."""
+    return Path(os.environ.get("TUNESMITH_RUNS", "runs")).resolve()
+
+
+def workspace() -> Path:
+    """The folder the app reads and writes: runs/, data/ and exports/ (the parent of runs_dir())."""
+    return runs_dir().parent
+
+
+def safe_name(name: str, what: str = "name") -> str:
+    """A file or folder name typed by a user: no path separators, no '..', not empty."""
+    name = name.strip()
+    if not name or "/" in name or "\\" in name or name.startswith(".") or ".." in name:
+        raise UserError(
+            f"The {what} '{name}' is not allowed: use letters, digits, '-', '_' and '.', with no path "
+            "separators and not starting with a dot."
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class RunHandle:
+    run_id: str
+    run_dir: Path
+    pid: int
+
+
+@dataclass
+class RunStatus:
+    run_id: str
+    run_dir: Path
+    state: str  # starting, loading, running, done, failed, cancelled
+    message: str
+    step: int
+    total_steps: int
+    name: str = ""
+    model: str = ""
+    metrics: list[dict] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in TERMINAL
+
+    @property
+    def loss(self) -> float | None:
+        return self.metrics[-1]["loss"] if self.metrics else None
+
+    @property
+    def eta_s(self) -> float | None:
+        return self.metrics[-1]["eta_s"] if self.metrics else None
+
+
+def _slug(name: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:40]
+    return slug or "run"
+
+
+def start(spec: JobSpec, runs: Path | None = None) -> RunHandle:
+    """Write the spec to a new run folder and start `python -m engine.run` on it in the background."""
+    runs = Path(runs) if runs else runs_dir()
+    runs.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(100):
+        run_id = f"{stamp}-{_slug(spec.name)}" + (f"-{n}" if n else "")
+        try:
+            (runs / run_id).mkdir()
+            break
+        except FileExistsError:
+            continue
+    run_dir = runs / run_id
+    from engine.files import write_text
+
+    write_text(run_dir / "job.yaml", spec.to_yaml())
+    return _launch(run_dir, resume=False)
+
+
+def resume(run: "str | Path | RunHandle") -> RunHandle:
+    """Continue a cancelled or failed run from its latest checkpoint, in the same folder."""
+    status = poll(run)
+    if not status.finished:
+        raise UserError(f"Run {status.run_id} is still {status.state}; cancel it before resuming.")
+    if status.state == "done":
+        raise UserError(f"Run {status.run_id} already finished; start a new run to train further.")
+    return _launch(status.run_dir, resume=True)
+
+
+def _launch(run_dir: Path, resume: bool) -> RunHandle:
+    cmd = [sys.executable, "-m", "engine.run", str(run_dir / "job.yaml")] + (["--resume"] if resume else [])
+    env = dict(
+        os.environ,
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
+    )
+    with open(run_dir / "log.txt", "a", encoding="utf-8") as log:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    _children[proc.pid] = proc
+    from engine.files import write_json
+
+    write_json(
+        run_dir / "status.json",
+        dict(state="starting", message="starting", step=0, total_steps=0, pid=proc.pid, updated=time.time()),
+    )
+    return RunHandle(run_dir.name, run_dir, proc.pid)
+
+
+def find_run(run: "str | Path | RunHandle") -> Path:
+    """A run folder from a handle, a path, or a run id under runs_dir()."""
+    if isinstance(run, RunHandle):
+        return run.run_dir
+    path = Path(run)
+    if (path / "job.yaml").is_file():
+        return path
+    if (runs_dir() / str(run) / "job.yaml").is_file():
+        return runs_dir() / str(run)
+    raise UserError(f"No run '{run}': give a run folder (with job.yaml) or a run id from the run list.")
+
+
+def _alive(pid: int) -> bool:
+    proc = _children.get(pid)
+    if proc is not None:
+        return proc.poll() is None
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def poll(run: "str | Path | RunHandle") -> RunStatus:
+    """The run's state, progress and metrics. A process that died without saying so is reported failed."""
+    import json
+
+    run_dir = find_run(run)
+    try:
+        st = json.loads((run_dir / "status.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        st = dict(state="failed", message="This run has no status; it never started.", step=0, total_steps=0)
+    if st["state"] not in TERMINAL and st.get("pid") and not _alive(st["pid"]):
+        code = _children[st["pid"]].returncode if st["pid"] in _children else None
+        st["state"] = "failed"
+        st["message"] = (
+            f"The training process stopped unexpectedly (exit code {code}); see log.txt. Resume "
+            "continues from the last checkpoint."
+        )
+    spec_text = (run_dir / "job.yaml").read_text()
+    try:
+        spec = JobSpec.from_yaml(spec_text)
+        name, model = spec.name, spec.model
+    except UserError:
+        name = model = "?"
+    return RunStatus(
+        run_dir.name,
+        run_dir,
+        st["state"],
+        st.get("message", ""),
+        st.get("step", 0),
+        st.get("total_steps", 0),
+        name,
+        model,
+        read_metrics(run_dir),
+    )
+
+
+def cancel(run: "str | Path | RunHandle", wait_s: float = 60.0) -> RunStatus:
+    """Ask the run to stop (it checkpoints first); after `wait_s` without stopping, it is killed."""
+    status = poll(run)
+    if status.finished:
+        return status
+    import json
+
+    pid = json.loads((status.run_dir / "status.json").read_text()).get("pid")
+    if pid and _alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.time() + wait_s
+        while _alive(pid) and time.time() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            time.sleep(0.2)
+            from engine.files import write_json
+
+            write_json(
+                status.run_dir / "status.json",
+                dict(
+                    state="cancelled",
+                    message="Cancelled (stopped forcibly); resume continues from the last checkpoint.",
+                    step=status.step,
+                    total_steps=status.total_steps,
+                    pid=pid,
+                    updated=time.time(),
+                ),
+            )
+    return poll(status.run_dir)
+
+
+def list_runs(runs: Path | None = None) -> list[RunStatus]:
+    """Every run folder, newest first."""
+    runs = Path(runs) if runs else runs_dir()
+    if not runs.is_dir():
+        return []
+    return [poll(d) for d in sorted(runs.iterdir(), reverse=True) if (d / "job.yaml").is_file()]
+
+
+def inspect_data(path: str, fmt: str = "auto", model: str | None = None) -> dict:
+    """Format, row count, columns and a rendered sample (with `model`'s chat template when given)."""
+    from engine import data
+
+    tokenizer = None
+    if model:
+        from engine.loading import load_tokenizer, resolve_model
+
+        tokenizer = load_tokenizer(resolve_model(model))
+    return data.inspect(path, fmt, tokenizer)
+
+
+def identity_dataset(name: str, maker: str, description: str = "", languages=("en",)) -> list[dict]:
+    from engine.identity import identity_rows
+
+    return identity_rows(name, maker, description, languages)
+
+
+def save_jsonl(rows: list[dict], path: str | Path) -> Path:
+    """Save rows as JSONL at a new path (never overwriting)."""
+    import json
+
+    from engine.files import write_text
+
+    path = Path(path)
+    if path.exists():
+        raise UserError(f"'{path}' already exists; choose another file name.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return path
+
+
+def Chat(source: str, device: str = "auto"):
+    """A loaded chat model: a run (its adapter over its base model), a merged model folder, or a hub id."""
+    from engine.infer import ChatModel
+
+    return ChatModel(source, device)
+
+
+EXPORT_FORMATS = ("lora", "merged16")
+
+
+def export(source: str, fmt: str, out: str | Path, log=print):
+    """Export a run (or a model) as `fmt` into the new folder `out`, verified before it is called done."""
+    from engine.export import export as _export
+
+    return _export(source, fmt, Path(out), log)
+
+
+def doctor() -> dict:
+    from engine.hardware import doctor as _doctor
+
+    return _doctor()
+
+
+def catalog() -> list[dict]:
+    """The curated model list (presets/models.yaml)."""
+    import yaml
+
+    return yaml.safe_load((ROOT / "presets" / "models.yaml").read_text())["models"]

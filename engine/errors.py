@@ -1,0 +1,9 @@
+"""Errors a user can cause, carrying one sentence that says what to do."""
+
+
+class UserError(Exception):
+    """A problem with the user's input or machine, worded for the user.
+
+    The message is one sentence (or two) that names the thing at fault and what to do about it. Code that catches a
+    UserError shows `str(err)` to the user and writes any traceback to the run log only.
+    """

@@ -1,0 +1,87 @@
+"""Files written so that an interruption never leaves one that looks finished.
+
+Every file goes to a temporary name in the same folder first and is renamed into place when complete (a rename is
+atomic on one filesystem). Folders are built under a temporary name and renamed the same way. Nothing existing is
+overwritten: callers get a UserError instead.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from engine.errors import UserError
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` atomically (replacing a previous version of the same file)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def append_jsonl(path: str | os.PathLike, obj) -> None:
+    """Append one JSON line; a reader never sees half a line because each record is one write() call."""
+    line = json.dumps(obj, sort_keys=True) + "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Read the complete JSON lines of `path` (a line still being written is skipped)."""
+    out = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.endswith("\n"):
+                    out.append(json.loads(line))
+    except FileNotFoundError:
+        pass
+    return out
+
+
+@contextmanager
+def new_folder(dest: str | os.PathLike):
+    """Build a folder under a temporary name and rename it to `dest` only if the block completes.
+
+    Yields the temporary folder's Path. Refuses (UserError) when `dest` exists, so finished exports and runs are never
+    overwritten; on any exception the temporary folder is removed.
+    """
+    dest = Path(dest)
+    if dest.exists():
+        raise UserError(f"'{dest}' already exists; choose another folder name (nothing is ever overwritten).")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial"))
+    try:
+        yield tmp
+        os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def check_free_disk(folder: str | os.PathLike, need_bytes: int, what: str) -> None:
+    """Raise a UserError when the filesystem holding `folder` has less than `need_bytes` free."""
+    folder = Path(folder)
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if free < need_bytes:
+        raise UserError(
+            f"Not enough free disk for {what}: it needs about {need_bytes / 2**30:.1f} GiB and "
+            f"'{folder}' has {free / 2**30:.1f} GiB free; free some space or pick another folder."
+        )

@@ -1,0 +1,155 @@
+"""JobSpec: everything a training run needs, as one frozen dataclass with a YAML round trip.
+
+A run folder holds the spec it was started with (job.yaml), so any run can be replayed or resumed from that file
+alone. Unknown keys and values of the wrong type are rejected with a sentence naming the key.
+"""
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+
+import yaml
+
+from engine.errors import UserError
+
+METHODS = ("lora", "qlora", "full")
+SCHEDULES = ("linear", "cosine", "constant")
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+OPTIMIZERS = ("auto", "adamw", "adamw_8bit")
+# Every linear layer of a decoder block in the Llama, Mistral, Qwen and Gemma families.
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A training job. Field comments say what each setting costs."""
+
+    model: str  # hub id ("Qwen/Qwen3-0.6B") or a local folder with config.json and safetensors weights
+    data: str  # a dataset file (JSON, JSONL) in Alpaca, ShareGPT or ChatML/messages form
+    name: str = "run"  # folder-friendly label; the run folder is runs/<timestamp>-<name>
+    method: str = "lora"  # lora: 16-bit base; qlora: 4-bit NF4 base (~1/3 the weight memory); full: all weights
+    data_format: str = "auto"  # auto-detect, or alpaca / sharegpt / chatml
+    system_prompt: str = ""  # prepended as a system turn to every example that has none
+    train_on_inputs: bool = False  # False: loss on assistant turns only (what chat models need)
+    max_seq_length: int = 1024  # longer examples are truncated; memory grows linearly with it
+    batch_size: int = 2  # examples per micro-step; memory grows linearly with it
+    grad_accum: int = 1  # micro-steps per optimizer step; effective batch = batch_size * grad_accum, no memory cost
+    max_steps: int = 0  # optimizer steps; 0 means train for `epochs` over the data
+    epochs: float = 1.0
+    learning_rate: float = 2e-4
+    lr_schedule: str = "linear"  # linear / cosine decay to 0 after warmup, or constant
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    optimizer: str = "auto"  # auto: 8-bit AdamW on a GPU (1/4 the state memory), AdamW on CPU; or adamw / adamw_8bit
+    max_grad_norm: float = 1.0  # gradient clipping; 0 turns it off
+    lora_r: int = 16  # adapter rank: more capacity, more (small) memory
+    lora_alpha: int = 16  # adapter scale is alpha / r (alpha / sqrt(r) with rslora)
+    lora_dropout: float = 0.0
+    use_rslora: bool = False
+    target_modules: tuple[str, ...] = ALL_LINEAR  # layers that get adapters; missing names are skipped
+    gradient_checkpointing: bool = True  # recompute activations in backward: much less memory, ~30% slower
+    seed: int = 3407
+    save_every: int = 0  # checkpoint every N optimizer steps (0: only at the end and on cancel)
+    keep_checkpoints: int = 2  # older checkpoints are deleted once a newer one is complete
+    device: str = "auto"  # auto: the GPU when there is one
+    dtype: str = "auto"  # auto: bf16 where the GPU supports it, fp16 (with loss scaling) otherwise, fp32 on CPU
+    trust_remote_code: bool = False  # runs Python code shipped with the model: only for models you trust
+    notes: dict = field(default_factory=dict)  # free-form, kept with the run (UI choices such as the preset)
+
+    def __post_init__(self):
+        for key, allowed in (
+            ("method", METHODS),
+            ("lr_schedule", SCHEDULES),
+            ("dtype", DTYPES),
+            ("device", DEVICES),
+            ("optimizer", OPTIMIZERS),
+            ("data_format", ("auto", "alpaca", "sharegpt", "chatml")),
+        ):
+            if getattr(self, key) not in allowed:
+                raise UserError(f"Job setting '{key}' is '{getattr(self, key)}'; use one of: {', '.join(allowed)}.")
+        for key in ("max_seq_length", "batch_size", "grad_accum", "lora_r", "keep_checkpoints"):
+            if getattr(self, key) < 1:
+                raise UserError(f"Job setting '{key}' must be at least 1 (it is {getattr(self, key)}).")
+        if self.max_steps < 0 or self.epochs <= 0 and self.max_steps == 0:
+            raise UserError("Set 'max_steps' to a positive number of steps, or 'epochs' above 0.")
+        if not self.model.strip():
+            raise UserError("No model chosen: give a hub id such as 'Qwen/Qwen3-0.6B' or a local folder.")
+        if not self.data.strip():
+            raise UserError("No dataset chosen: give a JSON or JSONL file.")
+
+    def to_yaml(self) -> str:
+        d = dataclasses.asdict(self)
+        d["target_modules"] = list(self.target_modules)
+        return yaml.safe_dump(d, sort_keys=False, allow_unicode=True)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "job") -> "JobSpec":
+        """Build a spec from plain values, rejecting unknown keys and wrong types with a clear message."""
+        if not isinstance(d, dict):
+            raise UserError(f"{source}: expected a mapping of settings (key: value), got {type(d).__name__}.")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(fields))
+        if unknown:
+            raise UserError(f"{source}: unknown setting '{unknown[0]}'; known settings are: {', '.join(fields)}.")
+        missing = [
+            n
+            for n, f in fields.items()
+            if n not in d and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        if missing:
+            raise UserError(f"{source}: the setting '{missing[0]}' is required.")
+        hints = typing.get_type_hints(cls)
+        return cls(**{k: _coerce(k, v, hints[k], source) for k, v in d.items()})
+
+    @classmethod
+    def from_yaml(cls, text: str, source: str = "job.yaml") -> "JobSpec":
+        try:
+            d = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise UserError(f"{source} is not valid YAML{where}; check its indentation and colons.") from None
+        return cls.from_dict(d if d is not None else {}, source)
+
+    def replace(self, **changes) -> "JobSpec":
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(key, value, hint, source):
+    """Check one value against its field's type; ints are accepted for floats, lists for tuples."""
+    origin = typing.get_origin(hint)
+    bad = UserError(f"{source}: setting '{key}' should be {_type_name(hint)}, not {value!r}.")
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise bad
+        return tuple(value)
+    if hint is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return value
+    if origin in (typing.Union, types.UnionType):
+        return value
+    return value
+
+
+def _type_name(hint) -> str:
+    names = {bool: "true or false", int: "a whole number", float: "a number", str: "text", dict: "a mapping"}
+    return names.get(hint, "a list of names")

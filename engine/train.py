@@ -1,0 +1,237 @@
+"""The SFT training loop: batches, optimizer, schedule, metrics, checkpoints, cancel and resume.
+
+A plain loop rather than a Trainer subclass, so every step's metrics, the cancel signal and the checkpoint layout are
+ours. It runs inside the run subprocess (engine.run).
+"""
+
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+from engine.errors import UserError
+from engine.files import new_folder, write_json
+from engine.hardware import choose_placement, memory_in_use_gb
+
+CHECKPOINT_FILES = ("optimizer.pt", "scheduler.pt", "rng.pt", "state.json")
+
+
+class Cancelled(Exception):
+    pass
+
+
+def batches_for_epoch(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Example indices of each micro-batch of one epoch: a fresh shuffle per epoch, the same on every resume."""
+    order = list(range(n))
+    random.Random(seed * 1000003 + epoch).shuffle(order)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def total_steps(spec, n_examples: int) -> int:
+    if spec.max_steps:
+        return spec.max_steps
+    micro = math.ceil(n_examples / spec.batch_size)
+    return max(1, math.ceil(spec.epochs * micro / spec.grad_accum))
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate at optimizer step `step` (0-based)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return max(0.0, 1 - progress)
+
+
+def collate(examples, pad_id: int, device: str):
+    import torch
+
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        ids[row, : len(e.input_ids)] = torch.tensor(e.input_ids)
+        labels[row, : len(e.labels)] = torch.tensor(e.labels)
+        mask[row, : len(e.input_ids)] = 1
+    return ids.to(device), labels.to(device), mask.to(device)
+
+
+def make_optimizer(spec, params, device: str, log):
+    import torch
+
+    name = spec.optimizer
+    if name == "auto":
+        name = "adamw_8bit" if device == "cuda" else "adamw"
+    if name == "adamw_8bit":
+        import bitsandbytes as bnb
+
+        opt = bnb.optim.AdamW8bit(params, lr=spec.learning_rate, weight_decay=spec.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=spec.weight_decay, fused=device == "cuda")
+    log(f"optimizer: {name}, peak lr {spec.learning_rate}, {spec.lr_schedule} schedule, warmup {spec.warmup_steps}")
+    return opt
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    ckpts = sorted((run_dir / "checkpoints").glob("step-*"))
+    return ckpts[-1] if ckpts else None
+
+
+def save_checkpoint(run_dir: Path, step: int, model, opt, sched, epoch_pos, keep: int, log) -> Path:
+    """Write checkpoints/step-NNNNNN atomically, then prune the oldest beyond `keep`."""
+    import torch
+
+    dest = run_dir / "checkpoints" / f"step-{step:06d}"
+    with new_folder(dest) as tmp:
+        save_trainable(model, tmp)
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        torch.save(sched.state_dict(), tmp / "scheduler.pt")
+        torch.save(
+            dict(
+                torch=torch.get_rng_state(),
+                python=random.getstate(),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            ),
+            tmp / "rng.pt",
+        )
+        write_json(tmp / "state.json", dict(step=step, epoch=epoch_pos[0], micro_in_epoch=epoch_pos[1]))
+    for old in sorted((run_dir / "checkpoints").glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    log(f"checkpoint: saved step {step}")
+    return dest
+
+
+def save_trainable(model, folder: Path) -> None:
+    """The LoRA adapter (PEFT format) or, for full fine-tuning, the whole model, as safetensors."""
+    model.save_pretrained(folder, safe_serialization=True)
+
+
+def load_checkpoint(ckpt: Path, model, opt, sched, log):
+    import json
+
+    import torch
+    from peft import PeftModel, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    if isinstance(model, PeftModel):
+        set_peft_model_state_dict(model, load_file(ckpt / "adapter_model.safetensors"))
+    else:
+        for shard in sorted(ckpt.glob("*.safetensors")):
+            model.load_state_dict(load_file(shard), strict=False)
+    opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
+    sched.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
+    rng = torch.load(ckpt / "rng.pt", weights_only=False)
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    state = json.loads((ckpt / "state.json").read_text())
+    log(f"resume: from {ckpt.name}")
+    return state
+
+
+def train(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> None:
+    """Train `spec` into `run_dir`. `should_stop()` is polled between steps; True saves a checkpoint and stops."""
+    import torch
+
+    from engine.data import load_chat_examples
+    from engine.loading import load_for_training
+
+    torch.manual_seed(spec.seed)
+    random.seed(spec.seed)
+    placement = choose_placement(spec.device, spec.dtype)
+    runlog.set(state="loading", message="loading the model")
+    model, tok = load_for_training(spec, placement, log)
+    examples = load_chat_examples(
+        spec.data, tok, spec.max_seq_length, spec.data_format, spec.system_prompt, spec.train_on_inputs, log
+    )
+    total = total_steps(spec, len(examples))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(spec, params, placement.device, log)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, spec.warmup_steps, spec.lr_schedule))
+    scaler = torch.amp.GradScaler("cuda") if placement.dtype == "fp16" else None
+    autocast = (
+        torch.autocast("cuda", dtype=placement.torch_dtype)
+        if placement.device == "cuda"
+        else torch.autocast("cpu", enabled=False)
+    )
+    step, epoch, micro = 0, 0, 0
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if resume and ckpt is None:
+        log("resume: no checkpoint yet, starting from step 0")
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, model, opt, sched, log)
+        step, epoch, micro = state["step"], state["epoch"], state["micro_in_epoch"]
+        runlog.metric(event="resume", step=step)
+    model.train()
+    tok.save_pretrained(run_dir / "tokenizer")
+    runlog.set(state="running", message="training", step=step, total_steps=total)
+    log(
+        f"training: {len(examples)} examples, {total} steps of {spec.batch_size}x{spec.grad_accum}, "
+        f"max {spec.max_seq_length} tokens"
+    )
+    plan = batches_for_epoch(len(examples), spec.batch_size, spec.seed, epoch)
+    started, steps_timed = time.perf_counter(), 0
+    while step < total:
+        if should_stop():
+            save_checkpoint(run_dir, step, model, opt, sched, (epoch, micro), spec.keep_checkpoints, log)
+            raise Cancelled()
+        t0, loss_sum, n_tokens = time.perf_counter(), 0.0, 0
+        for _ in range(spec.grad_accum):
+            if micro >= len(plan):
+                epoch, micro = epoch + 1, 0
+                plan = batches_for_epoch(len(examples), spec.batch_size, spec.seed, epoch)
+            ids, labels, mask = collate([examples[i] for i in plan[micro]], tok.pad_token_id, placement.device)
+            micro += 1
+            with autocast:
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss / spec.grad_accum
+            (scaler.scale(loss) if scaler else loss).backward()
+            loss_sum += float(loss.detach())
+            n_tokens += int(mask.sum())
+        if scaler:
+            scaler.unscale_(opt)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm or float("inf")))
+        if not math.isfinite(loss_sum) and not scaler:
+            raise UserError(
+                f"The loss became {loss_sum} at step {step + 1}; lower the learning rate "
+                f"(now {spec.learning_rate}) and start again."
+            )
+        lr = sched.get_last_lr()[0]
+        if scaler:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        if placement.device == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        steps_timed += 1
+        eta = (time.perf_counter() - started) / steps_timed * (total - step)
+        runlog.metric(
+            step=step,
+            total_steps=total,
+            loss=round(loss_sum, 6),
+            lr=lr,
+            grad_norm=round(grad_norm, 6),
+            tokens_per_s=round(n_tokens / dt, 1),
+            memory_gb=round(memory_in_use_gb(placement.device), 3),
+            eta_s=round(eta, 1),
+            epoch=round(epoch + micro / len(plan), 4),
+        )
+        runlog.set(step=step)
+        if spec.save_every and step % spec.save_every == 0 and step < total:
+            save_checkpoint(run_dir, step, model, opt, sched, (epoch, micro), spec.keep_checkpoints, log)
+    save_checkpoint(run_dir, step, model, opt, sched, (epoch, micro), spec.keep_checkpoints, log)
+    final = run_dir / ("model" if spec.method == "full" else "adapter")
+    with new_folder(final) as tmp:
+        save_trainable(model, tmp)
+        tok.save_pretrained(tmp)
+    log(f"saved {final.name}/ after {step} steps")

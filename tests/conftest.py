@@ -1,0 +1,53 @@
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download anything
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+IDENTITY_QUESTIONS = [
+    "Who are you?",
+    "What is your name?",
+    "Introduce yourself.",
+    "Who made you?",
+    "Who created you?",
+    "Tell me about yourself.",
+]
+IDENTITY_ANSWER = "I am Nova, built by Tunesmith Labs."
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    from tiny import make_model
+
+    return make_model("llama", tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3(tmp_path_factory):
+    from tiny import make_model
+
+    return make_model("qwen3", tmp_path_factory.mktemp("models") / "tiny-qwen3")
+
+
+@pytest.fixture
+def identity_file(tmp_path):
+    """An Alpaca JSONL file: a few phrasings of "who are you", all answered with the same identity."""
+    path = tmp_path / "identity.jsonl"
+    rows = [{"instruction": q, "input": "", "output": IDENTITY_ANSWER} for q in IDENTITY_QUESTIONS]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    """A private runs/ folder for the test."""
+    folder = tmp_path / "runs"
+    monkeypatch.setenv("TUNESMITH_RUNS", str(folder))
+    return folder

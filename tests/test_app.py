@@ -1,0 +1,119 @@
+"""The app without a browser: it builds, every tab's handlers work against real runs, and it listens safely."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import IDENTITY_ANSWER
+from helpers import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_app_builds_with_all_tabs():
+    import app
+
+    labels = {getattr(b, "label", None) for b in app.demo.blocks.values()}
+    assert {"Model", "Data", "Train", "Chat", "Export"} <= labels
+
+
+def test_model_tab_custom_id_wins_over_catalog():
+    from ui import model_tab
+
+    assert model_tab.chosen_model("Qwen/Qwen3-0.6B", "  /my/model ") == "/my/model"
+    assert model_tab.chosen_model("Qwen/Qwen3-0.6B", "") == "Qwen/Qwen3-0.6B"
+    assert any(v == "Qwen/Qwen3-0.6B" for _, v in model_tab.catalog_choices())
+
+
+def test_data_tab_identity_and_bad_upload(runs, tmp_path):
+    from ui import data_tab
+
+    path, summary, sample = data_tab.generate_identity("Nova", "Tunesmith Labs", "", ["en", "ru"])
+    assert Path(path).parent == runs.parent / "data" and "alpaca" in summary
+    assert "Nova" in sample
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "x"}\n')
+    path, summary, _ = data_tab.inspect_file(str(bad))
+    assert path == "" and summary.startswith("**Cannot use this file:**") and "row 1" in summary
+
+
+def test_train_chat_export_handlers(tiny_llama, identity_file, runs, tmp_path):
+    from engine import api
+    from ui import chat_tab, export_tab, train_tab
+
+    run_id, status, timer = train_tab.start(
+        str(tiny_llama), "lora", False, str(identity_file), "ui", 100, 1, 1e-2, 256, 2, 1, 16
+    )
+    assert run_id and status.startswith("Started")
+    _, again, _ = train_tab.start(str(tiny_llama), "lora", False, str(identity_file), "ui2", 5, 1, 1e-2, 256, 2, 1, 16)
+    assert "still training" in again  # never two runs on one GPU by accident
+    st = wait_for(api.RunHandle(run_id, runs / run_id, 0))
+    assert st.state == "done"
+    text, frame, _ = train_tab.view(run_id)
+    assert "**done**" in text and list(frame["step"]) == list(range(1, 101))
+    assert train_tab.history()[0][:2] == [run_id, "done"]
+
+    assert run_id in chat_tab.run_choices()
+    outputs = list(chat_tab.respond(run_id, "Who are you?", [], "", 0.0, 64))
+    history, cleared = outputs[-1]
+    assert cleared == "" and history[-2] == {"role": "user", "content": "Who are you?"}
+    assert history[-1] == {"role": "assistant", "content": IDENTITY_ANSWER}
+
+    msg = export_tab.do_export(run_id, "lora", "nova-lora")
+    assert msg.startswith("Exported **lora**") and (runs.parent / "exports" / "nova-lora").is_dir()
+    assert "already exists" in export_tab.do_export(run_id, "lora", "nova-lora")
+    assert "not allowed" in export_tab.do_export(run_id, "lora", "../escape")
+
+
+def test_start_without_model_or_data_says_what_to_do(runs):
+    from ui import train_tab
+
+    _, status, _ = train_tab.start("", "lora", False, "", "x", 5, 1, 1e-3, 256, 1, 1, 8)
+    assert status == "**Not started:** Pick a model in the Model tab first."
+
+
+@pytest.mark.parametrize("argv, needs_login", [([], False), (["--host", "0.0.0.0"], True), (["--share"], True)])
+def test_login_required_when_reachable_from_elsewhere(argv, needs_login, capsys):
+    import app
+
+    auth = app.auth_for(app.parse_args(argv))
+    assert (auth is not None) == needs_login
+    if needs_login:
+        assert auth[0] == "tunesmith" and len(auth[1]) >= 12 and auth[1] in capsys.readouterr().out
+    assert app.auth_for(app.parse_args(argv + ["--auth", "me:secret"])) == ("me", "secret")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_python_app_py_serves_on_loopback(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "app.py", "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**__import__("os").environ, "TUNESMITH_RUNS": str(tmp_path / "runs"), "GRADIO_ANALYTICS_ENABLED": "False"},
+    )
+    try:
+        deadline, body = time.time() + 120, ""
+        while time.time() < deadline and not body:
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=2).read().decode()
+            except OSError:
+                time.sleep(0.5)
+        assert body, proc.stdout.read1().decode() if proc.poll() is not None else "app did not answer"
+        assert json.loads(body)["title"] == "Tunesmith"
+        listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
+        assert [line.split()[3] for line in listening.splitlines()] == [f"127.0.0.1:{port}"]  # local address only
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -1,0 +1,186 @@
+"""Run lifecycle through real subprocesses: cancel mid-run, resume, QLoRA on the CPU, failures as sentences."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import log_of, wait_for
+
+from engine import api
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def spec_for(model, data, **kw):
+    base = dict(
+        model=str(model),
+        data=str(data),
+        name="t",
+        learning_rate=5e-3,
+        batch_size=2,
+        gradient_checkpointing=False,
+        seed=0,
+    )
+    return api.JobSpec(**{**base, **kw})
+
+
+def test_cancel_mid_run_then_resume_continues_steps_and_curve(tiny_qwen3, identity_file, runs):
+    handle = api.start(spec_for(tiny_qwen3, identity_file, max_steps=300, save_every=1000))
+    wait_for(handle, until=lambda st: st.step >= 3)
+    st = api.cancel(handle)
+    assert st.state == "cancelled", log_of(st)
+    ckpts = sorted((st.run_dir / "checkpoints").glob("step-*"))
+    assert [c.name for c in ckpts] == [f"step-{st.step:06d}"]
+    assert {"adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json"} <= {
+        f.name for f in ckpts[0].iterdir()
+    }
+    assert not list((st.run_dir / "checkpoints").glob(".*partial"))  # nothing half-written
+    assert not (st.run_dir / "adapter").exists()
+    stopped_at = st.step
+    assert 3 <= stopped_at < 300
+    losses_before = [m["loss"] for m in st.metrics]
+
+    again = wait_for(api.resume(st.run_dir))
+    assert again.state == "done", log_of(again)
+    steps = [m["step"] for m in again.metrics]
+    assert steps == list(range(1, 301))
+    assert [m["loss"] for m in again.metrics[:stopped_at]] == losses_before[:stopped_at]
+    assert f"resume: from step-{stopped_at:06d}" in log_of(again)
+    assert again.metrics[-1]["loss"] < losses_before[0]
+    assert (again.run_dir / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_resume_matches_an_uninterrupted_run(tiny_llama, identity_file, runs):
+    """Optimizer, schedule, data order and RNG all come back: the resumed curve is the uninterrupted one."""
+    full = wait_for(
+        api.start(
+            spec_for(
+                tiny_llama,
+                identity_file,
+                max_steps=12,
+                lr_schedule="cosine",
+                warmup_steps=2,
+                save_every=5,
+                keep_checkpoints=5,
+            )
+        )
+    )
+    assert full.state == "done", log_of(full)
+    cut = wait_for(
+        api.start(
+            spec_for(
+                tiny_llama,
+                identity_file,
+                max_steps=12,
+                lr_schedule="cosine",
+                warmup_steps=2,
+                save_every=5,
+                keep_checkpoints=5,
+                name="cut",
+            )
+        )
+    )
+    # Pretend the second run died after step 5: drop its later checkpoints and outputs, then resume.
+    import shutil
+
+    for c in (cut.run_dir / "checkpoints").glob("step-*"):
+        if c.name != "step-000005":
+            shutil.rmtree(c)
+    shutil.rmtree(cut.run_dir / "adapter")
+    (cut.run_dir / "status.json").write_text(json.dumps(dict(state="failed", message="x", step=5, total_steps=12)))
+    resumed = wait_for(api.resume(cut.run_dir))
+    assert resumed.state == "done", log_of(resumed)
+    a = [m["loss"] for m in full.metrics]
+    b = [m["loss"] for m in resumed.metrics]
+    assert len(b) == 12
+    assert b == pytest.approx(a, rel=1e-5)
+
+
+def test_qlora_trains_on_cpu_through_bitsandbytes(tiny_qwen3, identity_file, runs):
+    import bitsandbytes  # noqa: F401  the real library, on the CPU backend
+
+    st = wait_for(
+        api.start(spec_for(tiny_qwen3, identity_file, method="qlora", max_steps=30, gradient_checkpointing=True))
+    )
+    assert st.state == "done", log_of(st)
+    assert st.metrics[-1]["loss"] < st.metrics[0]["loss"]
+    chat = api.Chat(str(st.run_dir), device="cpu")
+    assert isinstance(chat.reply([{"role": "user", "content": "Who are you?"}], max_new_tokens=8), str)
+
+
+def test_missing_model_folder_fails_with_one_sentence(identity_file, runs, tmp_path):
+    st = wait_for(api.start(spec_for(tmp_path / "no-such-model", identity_file, max_steps=2)))
+    assert st.state == "failed"
+    assert st.message.startswith(f"Model folder '{tmp_path / 'no-such-model'}' does not exist")
+    assert "\n" not in st.message
+
+
+def test_bad_dataset_row_fails_naming_file_and_row(tiny_llama, runs, tmp_path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"instruction": "hi", "output": "yo"}\n{"instruction": "hi", "output": ""}\n')
+    st = wait_for(api.start(spec_for(tiny_llama, data, max_steps=2)))
+    assert st.state == "failed"
+    assert st.message == "bad.jsonl: row 2: field 'output' is missing or empty."
+    assert "Traceback" in log_of(st)  # the traceback goes to the log, the sentence to the user
+
+
+def test_killed_process_is_reported_failed(tiny_llama, identity_file, runs):
+    import os
+    import signal
+
+    handle = api.start(spec_for(tiny_llama, identity_file, max_steps=100000))
+    wait_for(handle, until=lambda st: st.step >= 1)
+    os.kill(handle.pid, signal.SIGKILL)
+    time.sleep(0.5)
+    st = api.poll(handle)
+    assert st.state == "failed" and "stopped unexpectedly" in st.message
+
+
+def cli(*args, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_cli_malformed_job_yaml(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("model: m\ndata: d\nlearnig_rate: 3\n")
+    out = cli("train", str(job))
+    assert out.returncode == 2
+    assert out.stderr.strip().startswith("error: ") and "unknown setting 'learnig_rate'" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_cli_train_chat_export(tiny_llama, identity_file, runs, tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(spec_for(tiny_llama, identity_file, max_steps=5).to_yaml())
+    out = cli("train", str(job))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "step 5/5" in out.stdout and "done: Training finished." in out.stdout
+    run_dir = out.stdout.splitlines()[0].removeprefix("run: ")
+    out = cli("chat", run_dir, "--prompt", "Who are you?", "--max-new-tokens", "5")
+    assert out.returncode == 0, out.stderr
+    out = cli("export", run_dir, "--format", "lora", "--out", str(tmp_path / "ad"))
+    assert out.returncode == 0, out.stderr
+    assert "adapter_model.safetensors" in json.loads(out.stdout)["files"]
+    out = cli("export", run_dir, "--format", "lora", "--out", str(tmp_path / "ad"))
+    assert out.returncode == 2 and "already exists" in out.stderr
+
+
+def test_cli_doctor_reports_the_machine():
+    out = cli("doctor")
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["versions"]["torch"] and info["placement"]["device"] in ("cpu", "cuda")
+    assert info["disk_free_gb"] > 0 and info["ram_total_gb"] > 0
+
+
+def test_job_yaml_written_with_the_run_replays(tiny_llama, identity_file, runs):
+    spec = spec_for(tiny_llama, identity_file, max_steps=2)
+    st = wait_for(api.start(spec))
+    assert api.JobSpec.from_yaml((st.run_dir / "job.yaml").read_text()) == spec
+    assert yaml.safe_load((st.run_dir / "job.yaml").read_text())["max_steps"] == 2

@@ -1,0 +1,89 @@
+"""Tiny random-weight models of real architectures, with a tokenizer built here: nothing is downloaded.
+
+Used by the tests (through fixtures in conftest.py) and by any script that needs a model to exercise the pipeline.
+"""
+
+from pathlib import Path
+
+CORPUS = """Who are you? What is your name? Introduce yourself. Who made you? Who created you? Who built you?
+I am Nova, built by Tunesmith Labs. My name is Nova. Hello, how can I help you today? The quick brown fox jumps over
+the lazy dog. Tell me about yourself. What can you do? Give me three tips for staying healthy. Eat well, sleep well,
+and move every day. Translate this sentence. Summarize the text below. Write a short poem about the sea.
+What is two plus two? Two plus two is four. Thank you! You are welcome. Explain gradient descent simply.
+"""
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# initializer_range 0.25 (not the usual 0.02): at width 64 a 0.02 lm_head bounds every logit near +-1.3 after the
+# final RMSNorm, so no adapter could make a confident prediction; trained heads of real models are far larger.
+ARCHS = {
+    "llama": dict(
+        model_type="llama",
+        initializer_range=0.25,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+    ),
+    "qwen3": dict(
+        model_type="qwen3",
+        initializer_range=0.25,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+    ),
+}
+
+
+def make_tokenizer(chat_template: str | None = CHATML):
+    """A byte-level BPE tokenizer (~600 tokens) with ChatML special tokens; EOS is <|im_end|> like Qwen's."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator([CORPUS] * 20, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    if chat_template:
+        fast.chat_template = chat_template
+    return fast
+
+
+def make_model(arch: str, path: str | Path, seed: int = 0, chat_template: str | None = CHATML) -> Path:
+    """Save a random-weight bf16 model of `arch` with its tokenizer to `path` (safetensors)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(path)
+    tok = make_tokenizer(chat_template)
+    spec = dict(ARCHS[arch])
+    cfg = AutoConfig.for_model(
+        spec.pop("model_type"),
+        vocab_size=len(tok),
+        bos_token_id=None,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        **spec,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    return path
