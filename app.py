@@ -21,8 +21,11 @@ def build_app() -> gr.Blocks:
     with gr.Blocks(title="Tunesmith") as demo:
         gr.Markdown("# Tunesmith\nPick a model, drop in a dataset, press Train, chat with the result, export it.")
         model = model_tab.build()
-        data = data_tab.build()
-        train_tab.build([model["custom_or_catalog"], model["method"], model["trust"]], data["path"])
+        data = data_tab.build(model["custom_or_catalog"])
+        train_tab.build(
+            [model["custom_or_catalog"], model["method"], model["trust"]],
+            [data["path"], data["mapping"], data["template"], data["config"], data["split"], data["max_len"]],
+        )
         chat_tab.build()
         export_tab.build()
     return demo

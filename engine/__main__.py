@@ -2,8 +2,9 @@
 
   python -m engine train JOB.yaml [--detach]
   python -m engine resume RUN
-  python -m engine chat MODEL_OR_RUN --prompt TEXT [--system TEXT] [--max-new-tokens N] [--stream]
-  python -m engine export RUN_OR_MODEL --format lora|merged16 --out DIR
+  python -m engine chat MODEL_OR_RUN_OR_GGUF --prompt TEXT [--system TEXT] [--max-new-tokens N] [--stream]
+  python -m engine export RUN_OR_MODEL --format FORMAT --out DIR
+      FORMAT: lora, merged16, gguf-f16, gguf-bf16, gguf-q8_0, gguf-q4_k_m, gguf-q5_k_m or gguf-q6_k
   python -m engine data inspect FILE [--format F] [--model M]
   python -m engine doctor
 Exit status: 0 done, 1 the run failed, 2 bad input (one line on stderr says why), 130 interrupted.
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
     p.add_argument("--detach", action="store_true", help="print the run folder and return at once")
     p = sub.add_parser("resume", help="continue a cancelled or failed run")
     p.add_argument("run")
-    p = sub.add_parser("chat", help="one reply from a run, a model folder or a hub id")
+    p = sub.add_parser("chat", help="one reply from a run, a model folder, a hub id or a .gguf file")
     p.add_argument("source")
     p.add_argument("--prompt", required=True)
     p.add_argument("--system", default="")
@@ -63,7 +64,12 @@ def main(argv=None) -> int:
     d = dsub.add_parser("inspect", help="detect the format and show a rendered sample as JSON")
     d.add_argument("file")
     d.add_argument("--format", default="auto")
-    d.add_argument("--model", default=None, help="render with this model's chat template")
+    d.add_argument("--model", default=None, help="render with this model's tokenizer and chat template")
+    d.add_argument("--map", action="append", metavar="COLUMN=FIELD", help="use COLUMN as FIELD, e.g. q=instruction")
+    d.add_argument("--max-seq-length", type=int, default=1024, help="count the rows this length would truncate")
+    d.add_argument("--template", default="auto", help="named chat template (chatml, llama-3, mistral, ...)")
+    d.add_argument("--config", default="", help="hub datasets: configuration name")
+    d.add_argument("--split", default="train", help="hub datasets: split")
     sub.add_parser("doctor", help="versions, GPU and free memory and disk, as JSON")
     args = ap.parse_args(argv)
 
@@ -105,7 +111,19 @@ def main(argv=None) -> int:
             )
             return 0
         if args.cmd == "data":
-            print(json.dumps(api.inspect_data(args.file, args.format, args.model), indent=2, ensure_ascii=False))
+            from engine.data import parse_map
+
+            info = api.inspect_data(
+                args.file,
+                args.format,
+                args.model,
+                parse_map(args.map),
+                args.max_seq_length,
+                args.template,
+                args.config,
+                args.split,
+            )
+            print(json.dumps(info, indent=2, ensure_ascii=False))
             return 0
         if args.cmd == "doctor":
             print(json.dumps(api.doctor(), indent=2))

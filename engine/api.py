@@ -263,8 +263,18 @@ def list_runs(runs: Path | None = None) -> list[RunStatus]:
     return [poll(d) for d in sorted(runs.iterdir(), reverse=True) if (d / "job.yaml").is_file()]
 
 
-def inspect_data(path: str, fmt: str = "auto", model: str | None = None) -> dict:
-    """Format, row count, columns and a rendered sample (with `model`'s chat template when given)."""
+def inspect_data(
+    path: str,
+    fmt: str = "auto",
+    model: str | None = None,
+    column_map: dict | None = None,
+    max_seq_length: int = 1024,
+    template: str = "auto",
+    config: str = "",
+    split: str = "train",
+) -> dict:
+    """Format, row count, columns and a rendered sample; with `model`, rendered by its chat template (or `template`)
+    with the trained tokens marked, a token-length histogram and the rows `max_seq_length` would truncate."""
     from engine import data
 
     tokenizer = None
@@ -272,7 +282,7 @@ def inspect_data(path: str, fmt: str = "auto", model: str | None = None) -> dict
         from engine.loading import load_tokenizer, resolve_model
 
         tokenizer = load_tokenizer(resolve_model(model))
-    return data.inspect(path, fmt, tokenizer)
+    return data.inspect(path, fmt, tokenizer, column_map, max_seq_length, config, split, template)
 
 
 def identity_dataset(name: str, maker: str, description: str = "", languages=("en",)) -> list[dict]:

@@ -6,8 +6,7 @@ from pathlib import Path
 
 from engine.errors import UserError
 from engine.hardware import choose_placement
-
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
+from engine.templates import END_OF_TURN, stop_strings
 
 
 def locate(source: str) -> tuple[str, Path | None, Path | None]:
@@ -49,6 +48,9 @@ class ChatModel:
             model = PeftModel.from_pretrained(model, adapter)  # applied on the fly: the base stays shared
         self.model = model.eval()
         self.stop_ids = self._stop_ids()
+        # markers the template writes that are not single tokens here (a named template on a base model): stop on text
+        vocab = self.tokenizer.get_vocab()
+        self.stop_texts = [s for s in stop_strings(self.tokenizer.chat_template) if s not in vocab]
         self.source = source
 
     def _stop_ids(self) -> list[int]:
@@ -67,6 +69,8 @@ class ChatModel:
 
     def _gen_kwargs(self, max_new_tokens, temperature, top_p, top_k, repetition_penalty):
         kw = dict(
+            stop_strings=self.stop_texts or None,
+            tokenizer=self.tokenizer,
             max_new_tokens=max_new_tokens,
             eos_token_id=self.stop_ids,
             use_cache=True,
@@ -88,7 +92,13 @@ class ChatModel:
             out = self.model.generate(
                 **inputs, **self._gen_kwargs(max_new_tokens, temperature, top_p, top_k, repetition_penalty)
             )
-        return self.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+        return self._clean(self.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
+
+    def _clean(self, text: str) -> str:
+        """Cut the reply at a text stop marker (they are not special tokens, so decoding keeps them)."""
+        for marker in self.stop_texts:
+            text = text.split(marker)[0]
+        return text.strip()
 
     def stream(self, messages, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0):
         """Yield the reply so far, growing as tokens arrive."""
@@ -108,5 +118,5 @@ class ChatModel:
         text = ""
         for piece in streamer:
             text += piece
-            yield text.strip()
+            yield self._clean(text)
         worker.join()

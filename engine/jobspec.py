@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from engine.data import FORMATS
 from engine.errors import UserError
+from engine.templates import NAMES as TEMPLATE_NAMES
 
 METHODS = ("lora", "qlora", "full")
 SCHEDULES = ("linear", "cosine", "constant")
@@ -27,10 +29,15 @@ class JobSpec:
     """A training job. Field comments say what each setting costs."""
 
     model: str  # hub id ("Qwen/Qwen3-0.6B") or a local folder with config.json and safetensors weights
-    data: str  # a dataset file (JSON, JSONL) in Alpaca, ShareGPT or ChatML/messages form
+    data: str  # a dataset file (JSON, JSONL, CSV, TSV, Parquet) or a hub dataset id: Alpaca, ShareGPT or ChatML
     name: str = "run"  # folder-friendly label; the run folder is runs/<timestamp>-<name>
     method: str = "lora"  # lora: 16-bit base; qlora: 4-bit NF4 base (~1/3 the weight memory); full: all weights
     data_format: str = "auto"  # auto-detect, or alpaca / sharegpt / chatml
+    data_config: str = ""  # hub datasets only: the configuration (subset) name
+    data_split: str = "train"  # hub datasets only: the split to train on
+    column_map: dict = field(default_factory=dict)  # {"your column": "field"}, e.g. {"question": "instruction"}
+    chat_template: str = "auto"  # auto: the model's own (plain for base models); or chatml, llama-3, mistral, ...
+    packing: bool = False  # pack short examples into full-length sequences: faster, same loss per example
     system_prompt: str = ""  # prepended as a system turn to every example that has none
     train_on_inputs: bool = False  # False: loss on assistant turns only (what chat models need)
     max_seq_length: int = 1024  # longer examples are truncated; memory grows linearly with it
@@ -65,7 +72,8 @@ class JobSpec:
             ("dtype", DTYPES),
             ("device", DEVICES),
             ("optimizer", OPTIMIZERS),
-            ("data_format", ("auto", "alpaca", "sharegpt", "chatml")),
+            ("data_format", ("auto", *FORMATS)),
+            ("chat_template", TEMPLATE_NAMES),
         ):
             if getattr(self, key) not in allowed:
                 raise UserError(f"Job setting '{key}' is '{getattr(self, key)}'; use one of: {', '.join(allowed)}.")

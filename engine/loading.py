@@ -152,7 +152,7 @@ def load_for_training(spec, placement: Placement, log=print):
         f"dtype {placement.dtype}: {placement.reason}"
     )
     tok = load_tokenizer(path, spec.trust_remote_code)
-    log(f"chat template: {ensure_chat_template(tok)}")
+    log(f"chat template: {ensure_chat_template(tok, spec.chat_template)}")
     model = load_model(path, placement, four_bit=spec.method == "qlora", trust_remote_code=spec.trust_remote_code)
     if len(tok) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tok))

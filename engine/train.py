@@ -47,7 +47,9 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     return max(0.0, 1 - progress)
 
 
-def collate(examples, pad_id: int, device: str):
+def collate(examples, pad_id: int, device: str) -> dict:
+    """Right-padded model inputs. Packed examples get per-example position ids and a block-diagonal causal mask,
+    so no token attends across an example boundary."""
     import torch
 
     width = max(len(e.input_ids) for e in examples)
@@ -58,7 +60,21 @@ def collate(examples, pad_id: int, device: str):
         ids[row, : len(e.input_ids)] = torch.tensor(e.input_ids)
         labels[row, : len(e.labels)] = torch.tensor(e.labels)
         mask[row, : len(e.input_ids)] = 1
-    return ids.to(device), labels.to(device), mask.to(device)
+    batch = dict(input_ids=ids, labels=labels, attention_mask=mask)
+    if any(len(e.segments) > 1 for e in examples):
+        seg = torch.full((len(examples), width), -1, dtype=torch.long)
+        pos = torch.zeros((len(examples), width), dtype=torch.long)
+        for row, e in enumerate(examples):
+            start = 0
+            for k, n in enumerate(e.segments):
+                seg[row, start : start + n] = k
+                pos[row, start : start + n] = torch.arange(n)
+                start += n
+        causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
+        same = seg[:, :, None] == seg[:, None, :]
+        itself = torch.eye(width, dtype=torch.bool)  # padding attends to itself: a fully masked row would give NaN
+        batch.update(position_ids=pos, attention_mask=((same & causal) | itself)[:, None])
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def make_optimizer(spec, params, device: str, log):
@@ -139,7 +155,7 @@ def train(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> None:
     """Train `spec` into `run_dir`. `should_stop()` is polled between steps; True saves a checkpoint and stops."""
     import torch
 
-    from engine.data import load_chat_examples
+    from engine.data import load_examples
     from engine.loading import load_for_training
 
     torch.manual_seed(spec.seed)
@@ -147,9 +163,7 @@ def train(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> None:
     placement = choose_placement(spec.device, spec.dtype)
     runlog.set(state="loading", message="loading the model")
     model, tok = load_for_training(spec, placement, log)
-    examples = load_chat_examples(
-        spec.data, tok, spec.max_seq_length, spec.data_format, spec.system_prompt, spec.train_on_inputs, log
-    )
+    examples = load_examples(spec, tok, log)
     total = total_steps(spec, len(examples))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(spec, params, placement.device, log)
@@ -186,13 +200,13 @@ def train(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> None:
             if micro >= len(plan):
                 epoch, micro = epoch + 1, 0
                 plan = batches_for_epoch(len(examples), spec.batch_size, spec.seed, epoch)
-            ids, labels, mask = collate([examples[i] for i in plan[micro]], tok.pad_token_id, placement.device)
+            batch = collate([examples[i] for i in plan[micro]], tok.pad_token_id, placement.device)
             micro += 1
             with autocast:
-                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss / spec.grad_accum
+                loss = model(**batch).loss / spec.grad_accum
             (scaler.scale(loss) if scaler else loss).backward()
             loss_sum += float(loss.detach())
-            n_tokens += int(mask.sum())
+            n_tokens += sum(len(examples[i].input_ids) for i in plan[micro - 1])
         if scaler:
             scaler.unscale_(opt)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm or float("inf")))

@@ -30,27 +30,48 @@ def test_model_tab_custom_id_wins_over_catalog():
     assert any(v == "Qwen/Qwen3-0.6B" for _, v in model_tab.catalog_choices())
 
 
-def test_data_tab_identity_and_bad_upload(runs, tmp_path):
+def test_data_tab_identity_edit_save_and_bad_upload(runs, tmp_path, tiny_llama):
     from ui import data_tab
 
-    path, summary, sample = data_tab.generate_identity("Nova", "Tunesmith Labs", "", ["en", "ru"])
-    assert Path(path).parent == runs.parent / "data" and "alpaca" in summary
-    assert "Nova" in sample
+    table, note = data_tab.generate_identity("Nova", "Tunesmith Labs", "", ["en", "ru"])
+    assert len(table) == 280 and "280 question/answer pairs" in note
+    table.loc[0, "output"] = "I am Nova, edited by hand."
+    path, msg = data_tab.save_identity(table, "Nova")
+    assert Path(path).parent == runs.parent / "data" and msg.startswith("Saved 280 rows")
+    assert '"output": "I am Nova, edited by hand."' in Path(path).read_text().splitlines()[0]
+
+    used, summary, sample, hist = data_tab.inspect(path, str(tiny_llama), "", "auto", 1024)
+    assert used == path and "**Format:** alpaca" in summary and "**rows:** 280" in summary
+    assert ("I am Nova, edited by hand.<|im_end|>", "trained") in sample
+    assert all(label is None for text, label in sample if "<|im_start|>user" in text)
+    assert hist["rows"].sum() == 280
+
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "x"}\n')
-    path, summary, _ = data_tab.inspect_file(str(bad))
-    assert path == "" and summary.startswith("**Cannot use this file:**") and "row 1" in summary
+    used, summary, _, _ = data_tab.inspect(str(bad), "", "", "auto", 1024)
+    assert used == "" and summary.startswith("**Cannot use this dataset:**") and "row 1" in summary
+
+
+def test_data_tab_column_mapping(tmp_path):
+    from ui import data_tab
+
+    csv = tmp_path / "qa.csv"
+    csv.write_text("question,answer\nWho are you?,I am Nova.\n")
+    used, summary, _, _ = data_tab.inspect(str(csv), "", "", "auto", 1024)
+    assert used == "" and "map your columns" in summary
+    used, summary, _, _ = data_tab.inspect(str(csv), "", "question=instruction, answer=output", "auto", 1024)
+    assert used == str(csv) and "**Format:** alpaca" in summary
+    assert "should look like column=field" in data_tab.inspect(str(csv), "", "question", "auto", 1024)[1]
 
 
 def test_train_chat_export_handlers(tiny_llama, identity_file, runs, tmp_path):
     from engine import api
     from ui import chat_tab, export_tab, train_tab
 
-    run_id, status, timer = train_tab.start(
-        str(tiny_llama), "lora", False, str(identity_file), "ui", 100, 1, 1e-2, 256, 2, 1, 16
-    )
+    data = [str(identity_file), "", "auto", "", "train", 256]
+    run_id, status, timer = train_tab.start(str(tiny_llama), "lora", False, *data, "ui", 100, 1, 1e-2, 2, 1, 16, False)
     assert run_id and status.startswith("Started")
-    _, again, _ = train_tab.start(str(tiny_llama), "lora", False, str(identity_file), "ui2", 5, 1, 1e-2, 256, 2, 1, 16)
+    _, again, _ = train_tab.start(str(tiny_llama), "lora", False, *data, "ui2", 5, 1, 1e-2, 2, 1, 16, False)
     assert "still training" in again  # never two runs on one GPU by accident
     st = wait_for(api.RunHandle(run_id, runs / run_id, 0))
     assert st.state == "done"
@@ -73,7 +94,7 @@ def test_train_chat_export_handlers(tiny_llama, identity_file, runs, tmp_path):
 def test_start_without_model_or_data_says_what_to_do(runs):
     from ui import train_tab
 
-    _, status, _ = train_tab.start("", "lora", False, "", "x", 5, 1, 1e-3, 256, 1, 1, 8)
+    _, status, _ = train_tab.start("", "lora", False, "", "", "auto", "", "train", 256, "x", 5, 1, 1e-3, 1, 1, 8, False)
     assert status == "**Not started:** Pick a model in the Model tab first."
 
 

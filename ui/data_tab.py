@@ -1,69 +1,162 @@
-"""Data tab: upload a dataset or generate an identity dataset; see its format and a rendered sample."""
+"""Data tab: upload a dataset or name a hub dataset, map its columns, pick a chat template, and see exactly what the
+model will learn; or generate, edit and save an identity dataset."""
 
 import time
 
 import gradio as gr
+import pandas as pd
 
 from engine import api
 
 LANGS = [("English", "en"), ("中文", "zh"), ("Русский", "ru")]
+TEMPLATES = ["auto", "chatml", "qwen", "llama-3", "mistral", "gemma", "alpaca", "plain"]
+EMPTY_HIST = pd.DataFrame({"tokens": [], "rows": []})
 
 
-def inspect_file(path: str | None) -> tuple[str, str, str]:
-    """(dataset path, summary markdown, rendered sample) for an uploaded file."""
-    if not path:
-        return "", "No dataset yet: upload a file or generate an identity dataset.", ""
+def parse_mapping(text: str) -> dict:
+    """'question=instruction, answer=output' -> {"question": "instruction", "answer": "output"}."""
+    pairs = [p.strip() for p in (text or "").replace("\n", ",").split(",") if p.strip()]
+    out = {}
+    for pair in pairs:
+        col, sep, fld = pair.partition("=")
+        if not sep or not col.strip() or not fld.strip():
+            raise api.UserError(f"Column mapping '{pair}' should look like column=field, e.g. question=instruction.")
+        out[col.strip()] = fld.strip()
+    return out
+
+
+def inspect(
+    source: str, model: str, mapping: str, template: str, max_len: float, config: str = "", split: str = "train"
+):
+    """(dataset in use, summary, masked sample, histogram) for a file or hub dataset."""
+    if not source:
+        return "", "No dataset yet: upload a file, name a hub dataset, or generate an identity dataset.", [], EMPTY_HIST
     try:
-        info = api.inspect_data(path)
+        info = api.inspect_data(
+            source,
+            model=model or None,
+            column_map=parse_mapping(mapping),
+            max_seq_length=int(max_len),
+            template=template,
+            config=config,
+            split=split,
+        )
     except api.UserError as e:
-        return "", f"**Cannot use this file:** {e}", ""
-    return (
-        path,
-        f"**Format:** {info['format']} · **rows:** {info['rows']} · **columns:** {', '.join(info['columns'])}",
-        info["sample"],
-    )
+        return "", f"**Cannot use this dataset:** {e}", [], EMPTY_HIST
+    lines = [f"**Format:** {info['format']} · **rows:** {info['rows']} · **columns:** {', '.join(info['columns'])}"]
+    if "token_lengths" in info:
+        t = info["token_lengths"]
+        lines.append(
+            f"Tokens per example: mean {t['mean']}, max {t['max']} (first {t['rows_counted']} rows); "
+            f"{info['truncated_rows']} longer than {info['max_seq_length']}."
+        )
+        if info.get("warning"):
+            lines.append(f"⚠ {info['warning']}")
+        hist = pd.DataFrame(
+            {"tokens": [f"{b['from']}-{b['to']}" for b in t["histogram"]], "rows": [b["rows"] for b in t["histogram"]]}
+        )
+        sample = [(text, "trained" if trained else None) for text, trained in info["sample_masked"]]
+    else:
+        lines.append("Pick a model in the Model tab to see the sample as the model sees it, with token counts.")
+        hist, sample = EMPTY_HIST, [(info["sample"], None)]
+    return source, "\n\n".join(lines), sample, hist
 
 
-def generate_identity(name: str, maker: str, description: str, languages: list[str]) -> tuple[str, str, str]:
-    """Generate the identity dataset, save it under the workspace's data/ folder and inspect it."""
+def generate_identity(name: str, maker: str, description: str, languages: list[str]):
+    """The identity rows as an editable table (nothing saved yet)."""
     try:
         rows = api.identity_dataset(name, maker, description, languages or ["en"])
-        fname = api.safe_name(
-            f"identity-{name.strip().replace(' ', '_')}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl", "dataset name"
-        )
+    except api.UserError as e:
+        return pd.DataFrame({"instruction": [], "output": []}), f"**Cannot generate:** {e}"
+    table = pd.DataFrame({"instruction": [r["instruction"] for r in rows], "output": [r["output"] for r in rows]})
+    return table, f"{len(rows)} question/answer pairs: edit them below, then save."
+
+
+def save_identity(table: pd.DataFrame, name: str) -> tuple[str, str]:
+    """Save the (edited) identity table as JSONL under the workspace's data/ folder; returns (path, message)."""
+    rows = [
+        {"instruction": str(q).strip(), "input": "", "output": str(a).strip()}
+        for q, a in zip(table["instruction"], table["output"], strict=True)
+        if str(q).strip() and str(a).strip()
+    ]
+    if not rows:
+        return "", "**Nothing to save:** generate the identity dataset first."
+    try:
+        stem = (name or "identity").strip().replace(" ", "_")
+        fname = api.safe_name(f"identity-{stem}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl", "dataset name")
         path = api.save_jsonl(rows, api.workspace() / "data" / fname)
     except api.UserError as e:
-        return "", f"**Cannot generate:** {e}", ""
-    return inspect_file(str(path))
+        return "", f"**Cannot save:** {e}"
+    return str(path), f"Saved {len(rows)} rows to `{path}`."
 
 
-def build() -> dict:
+def build(model_input) -> dict:
     with gr.Tab("Data"):
-        upload = gr.File(
-            label="Dataset file (JSON or JSONL: Alpaca, ShareGPT or ChatML messages)",
-            file_types=[".json", ".jsonl"],
-            type="filepath",
-        )
+        with gr.Row():
+            upload = gr.File(
+                label="Dataset file (JSON, JSONL, CSV, TSV, Parquet, TXT)",
+                type="filepath",
+                file_types=[".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt", ".md"],
+            )
+            with gr.Column():
+                hub = gr.Textbox(label="…or a hub dataset id", placeholder="yahma/alpaca-cleaned")
+                with gr.Row():
+                    config = gr.Textbox(label="Config", placeholder="(default)")
+                    split = gr.Textbox("train", label="Split")
+                load_hub = gr.Button("Load hub dataset")
+        with gr.Row():
+            mapping = gr.Textbox(
+                label="Column mapping (when your columns have other names)",
+                placeholder="question=instruction, answer=output",
+            )
+            template = gr.Dropdown(TEMPLATES, value="auto", label="Chat template (auto: the model's own)")
+            max_len = gr.Number(1024, label="Max sequence length", precision=0)
         with gr.Accordion("Identity dataset: teach the model its name and maker", open=True):
             with gr.Row():
                 name = gr.Textbox(label="Name", placeholder="Nova")
                 maker = gr.Textbox(label="Maker", placeholder="Tunesmith Labs")
             description = gr.Textbox(label="Description (optional)")
             languages = gr.CheckboxGroup(LANGS, value=["en"], label="Languages")
-            generate = gr.Button("Generate identity dataset")
+            generate = gr.Button("Generate")
+            identity_note = gr.Markdown()
+            table = gr.Dataframe(
+                headers=["instruction", "output"], interactive=True, wrap=True, label="Identity examples (editable)"
+            )
+            save = gr.Button("Save and use this dataset")
         path = gr.Textbox(label="Dataset in use", interactive=False)
-        summary = gr.Markdown("No dataset yet: upload a file or generate an identity dataset.")
-        sample = gr.Textbox(label="First example, as the model sees it", lines=8, interactive=False)
-    upload.change(inspect_file, upload, [path, summary, sample])
-    generate.click(generate_identity, [name, maker, description, languages], [path, summary, sample])
+        summary = gr.Markdown("No dataset yet: upload a file, name a hub dataset, or generate an identity dataset.")
+        sample = gr.HighlightedText(
+            label="First example as the model sees it (highlighted: what it learns)", color_map={"trained": "green"}
+        )
+        hist = gr.BarPlot(EMPTY_HIST, x="tokens", y="rows", label="Tokens per example")
+    source = gr.State("")  # the file or hub id chosen last; `path` is cleared while it cannot be used
+    view = [path, summary, sample, hist]
+    inputs = [source, model_input, mapping, template, max_len, config, split]
+    upload.change(lambda f: f or "", upload, source).then(inspect, inputs, view)
+    load_hub.click(lambda h: h.strip(), hub, source).then(inspect, inputs, view)
+    for setting in (mapping, template, max_len):
+        setting.change(inspect, inputs, view)
+    generate.click(generate_identity, [name, maker, description, languages], [table, identity_note])
+    save.click(save_identity, [table, name], [source, identity_note]).then(inspect, inputs, view)
     return dict(
+        source=source,
         upload=upload,
+        hub=hub,
+        config=config,
+        split=split,
+        load_hub=load_hub,
+        mapping=mapping,
+        template=template,
+        max_len=max_len,
         name=name,
         maker=maker,
         description=description,
         languages=languages,
         generate=generate,
+        table=table,
+        save=save,
         path=path,
         summary=summary,
         sample=sample,
+        hist=hist,
     )

@@ -4,22 +4,29 @@ import gradio as gr
 import pandas as pd
 
 from engine import api
+from ui.data_tab import parse_mapping
 
 
 def make_spec(
-    model: str,
-    method: str,
-    trust: bool,
-    data: str,
-    name: str,
-    steps: float,
-    epochs: float,
-    lr: float,
-    seq: float,
-    batch: float,
-    accum: float,
-    rank: float,
+    model,
+    method,
+    trust,
+    data,
+    mapping,
+    template,
+    data_config,
+    data_split,
+    seq,
+    name,
+    steps,
+    epochs,
+    lr,
+    batch,
+    accum,
+    rank,
+    packing,
 ) -> api.JobSpec:
+    """The JobSpec for the values on the Model, Data and Train tabs (in the order `build` wires them)."""
     if not model:
         raise api.UserError("Pick a model in the Model tab first.")
     if not data:
@@ -30,14 +37,19 @@ def make_spec(
         name=name or "run",
         method=method,
         trust_remote_code=bool(trust),
+        column_map=parse_mapping(mapping),
+        chat_template=template,
+        data_config=data_config or "",
+        data_split=data_split or "train",
+        max_seq_length=int(seq),
         max_steps=int(steps),
         epochs=float(epochs),
         learning_rate=float(lr),
-        max_seq_length=int(seq),
         batch_size=int(batch),
         grad_accum=int(accum),
         lora_r=int(rank),
         lora_alpha=int(rank),
+        packing=bool(packing),
     )
 
 
@@ -96,7 +108,8 @@ def resume(run_id: str):
     return handle.run_id, f"Resumed run `{handle.run_id}`…", gr.Timer(active=True)
 
 
-def build(model_inputs: list, data_path) -> dict:
+def build(model_inputs: list, data_inputs: list) -> dict:
+    """`model_inputs`: model, method, trust; `data_inputs`: dataset, mapping, template, config, split, max length."""
     with gr.Tab("Train"):
         name = gr.Textbox("my-run", label="Run name")
         with gr.Row():
@@ -105,10 +118,10 @@ def build(model_inputs: list, data_path) -> dict:
             lr = gr.Number(2e-4, label="Learning rate")
         with gr.Accordion("Advanced", open=False):
             with gr.Row():
-                seq = gr.Number(1024, label="Max sequence length", precision=0)
                 batch = gr.Number(2, label="Batch size", precision=0)
                 accum = gr.Number(4, label="Gradient accumulation", precision=0)
                 rank = gr.Number(16, label="LoRA rank (alpha = rank)", precision=0)
+                packing = gr.Checkbox(False, label="Pack short examples (faster; the max length is on the Data tab)")
         with gr.Row():
             start_btn = gr.Button("Start training", variant="primary")
             cancel_btn = gr.Button("Cancel", variant="stop")
@@ -121,7 +134,7 @@ def build(model_inputs: list, data_path) -> dict:
             with gr.Row():
                 refresh = gr.Button("Refresh")
                 resume_btn = gr.Button("Resume the run above")
-    inputs = model_inputs + [data_path, name, steps, epochs, lr, seq, batch, accum, rank]
+    inputs = model_inputs + data_inputs + [name, steps, epochs, lr, batch, accum, rank, packing]
     start_btn.click(start, inputs, [run_id, status, timer])
     timer.tick(view, run_id, [status, plot, timer])
     cancel_btn.click(cancel, run_id, status)
@@ -132,7 +145,7 @@ def build(model_inputs: list, data_path) -> dict:
         steps=steps,
         epochs=epochs,
         lr=lr,
-        seq=seq,
+        packing=packing,
         batch=batch,
         accum=accum,
         rank=rank,

@@ -1,0 +1,346 @@
+"""Every input form into the same tokens and masks; file types; hub datasets; mapping; templates; packing."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine import data, templates
+from engine.errors import UserError
+from engine.jobspec import JobSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Who are you?"},
+    {"role": "assistant", "content": "I am Nova."},
+    {"role": "user", "content": "Who made you?"},
+    {"role": "assistant", "content": "Tunesmith Labs."},
+]
+EXPECTED_TEXT = (
+    "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWho are you?<|im_end|>\n"
+    "<|im_start|>assistant\nI am Nova.<|im_end|>\n<|im_start|>user\nWho made you?<|im_end|>\n"
+    "<|im_start|>assistant\nTunesmith Labs.<|im_end|>\n"
+)
+EXPECTED_LEARNED = ["I am Nova.<|im_end|>", "Tunesmith Labs.<|im_end|>"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from tiny import make_tokenizer
+
+    return make_tokenizer()
+
+
+def learned_runs(tok, ex):
+    """The decoded runs of consecutive trained tokens, checking every trained label equals its input token."""
+    runs, cur = [], []
+    for t, label in zip(ex.input_ids, ex.labels, strict=True):
+        if label != -100:
+            assert label == t
+            cur.append(t)
+        elif cur:
+            runs.append(tok.decode(cur))
+            cur = []
+    return runs + ([tok.decode(cur)] if cur else [])
+
+
+def spec(path, **kw):
+    return JobSpec(model="m", data=str(path), **kw)
+
+
+def as_sharegpt(msgs):
+    names = {"system": "system", "user": "human", "assistant": "gpt"}
+    return {"conversations": [{"from": names[m["role"]], "value": m["content"]} for m in msgs]}
+
+
+def test_sharegpt_and_chatml_give_identical_ids_and_masks(tok, tmp_path):
+    results = []
+    for name, row in (("s.jsonl", as_sharegpt(CONVERSATION)), ("c.jsonl", {"messages": CONVERSATION})):
+        path = tmp_path / name
+        path.write_text(json.dumps(row) + "\n")
+        (ex,) = data.load_examples(spec(path), tok, log=lambda m: None)
+        assert tok.decode(ex.input_ids) == EXPECTED_TEXT
+        assert learned_runs(tok, ex) == EXPECTED_LEARNED
+        results.append((ex.input_ids, ex.labels))
+    assert results[0] == results[1]
+
+
+def test_alpaca_matches_the_equivalent_conversation(tok, tmp_path):
+    path = tmp_path / "a.json"
+    path.write_text(
+        json.dumps(
+            [{"instruction": "Who are you?", "input": "Answer briefly.", "output": "I am Nova.", "system": "Be brief."}]
+        )
+    )
+    (ex,) = data.load_examples(spec(path), tok, log=lambda m: None)
+    conv = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Who are you?\n\nAnswer briefly."},
+        {"role": "assistant", "content": "I am Nova."},
+    ]
+    assert ex == data.tokenize_conversation(tok, conv, 1024)
+    assert learned_runs(tok, ex) == ["I am Nova.<|im_end|>"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".parquet", ".jsonl", ".json"])
+def test_file_types_load_the_same_rows(tmp_path, suffix):
+    rows = [
+        {"instruction": "Who are you?", "output": 'I am Nova, comma, "quoted".'},
+        {"instruction": "Hi", "output": "Hello\nthere"},
+    ]
+    path = tmp_path / f"d{suffix}"
+    if suffix in (".csv", ".tsv"):
+        import csv
+
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, ["instruction", "output"], delimiter="\t" if suffix == ".tsv" else ",")
+            w.writeheader()
+            w.writerows(rows)
+    elif suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    elif suffix == ".json":
+        path.write_text(json.dumps(rows))
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert data.read_rows(path) == rows
+    assert data.inspect(str(path))["format"] == "alpaca"
+
+
+def test_plain_text_is_raw_paragraphs(tmp_path):
+    path = tmp_path / "book.txt"
+    path.write_text("First paragraph,\nstill first.\n\n\nSecond one.\n")
+    assert data.read_rows(path) == [{"text": "First paragraph,\nstill first."}, {"text": "Second one."}]
+    assert data.inspect(str(path))["format"] == "raw"
+
+
+def test_dataset_folder_loads_through_datasets(tmp_path, tok):
+    """The hub path (datasets.load_dataset) on a local dataset folder: the same call, no network."""
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text(json.dumps({"messages": CONVERSATION}) + "\n")
+    (folder / "test.jsonl").write_text(json.dumps({"messages": CONVERSATION[:3]}) + "\n")
+    assert data.inspect(str(folder))["rows"] == 1
+    assert data.read_rows(str(folder), split="test") == [{"messages": CONVERSATION[:3]}]
+    with pytest.raises(UserError, match="no split 'validation'"):
+        data.inspect(str(folder), split="validation")
+    (ex,) = data.load_examples(spec(folder), tok, log=lambda m: None)
+    assert learned_runs(tok, ex) == EXPECTED_LEARNED
+
+
+def test_unreachable_hub_dataset_is_one_sentence(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="Could not load dataset 'nobody/nothing'"):
+        data.inspect("nobody/nothing")
+
+
+def test_column_mapping_in_the_job_and_the_cli(tmp_path, tok):
+    path = tmp_path / "qa.jsonl"
+    path.write_text(json.dumps({"q": "Who are you?", "a": "I am Nova."}) + "\n")
+    with pytest.raises(UserError, match="match no known format"):
+        data.load_examples(spec(path), tok, log=lambda m: None)
+    (ex,) = data.load_examples(spec(path, column_map={"q": "instruction", "a": "output"}), tok, log=lambda m: None)
+    assert learned_runs(tok, ex) == ["I am Nova.<|im_end|>"]
+    with pytest.raises(UserError, match="row 1 has no column 'question'"):
+        data.load_examples(spec(path, column_map={"question": "instruction"}), tok, log=lambda m: None)
+    with pytest.raises(UserError, match="'answer' is not a field"):
+        data.inspect(str(path), column_map={"a": "answer"})
+    out = subprocess.run(
+        [sys.executable, "-m", "engine", "data", "inspect", str(path), "--map", "q=instruction", "--map", "a=output"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["format"] == "alpaca"
+
+
+EXPECTED_TEMPLATES = {
+    "llama-3": "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+    "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    "Hello<|eot_id|>",
+    "mistral": "<s>[INST] Be brief.\n\nHi[/INST]Hello</s>",
+    "gemma": "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n",
+    "alpaca": "Be brief.\n\n### Instruction:\nHi\n\n### Response:\nHello</s>\n\n",
+    "chatml": "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+    "<|im_start|>assistant\nHello<|im_end|>\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_TEMPLATES))
+def test_named_templates_render_the_family_format(name):
+    from jinja2 import Environment
+
+    bos = {"llama-3": "<|begin_of_text|>", "gemma": "<bos>"}.get(name, "<s>")
+    text = (
+        Environment()
+        .from_string(templates.TEMPLATES[name])
+        .render(
+            messages=[
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello"},
+            ],
+            bos_token=bos,
+            eos_token="</s>",
+        )
+    )
+    assert text == EXPECTED_TEMPLATES[name]
+
+
+def test_named_template_on_a_base_tokenizer_masks_and_stops(tmp_path):
+    from tiny import make_tokenizer
+
+    tok = make_tokenizer(chat_template=None)
+    assert templates.apply(tok, "alpaca") == "alpaca"
+    ex = data.tokenize_conversation(tok, CONVERSATION[1:3], 256)
+    assert learned_runs(tok, ex) == ["I am Nova.<|im_end|>"]  # <|im_end|> is this tokenizer's EOS
+    assert templates.stop_strings(templates.TEMPLATES["llama-3"]) == ["<|eot_id|>"]
+    with pytest.raises(UserError, match="Unknown chat template 'vicuna'"):
+        templates.apply(tok, "vicuna")
+
+
+def test_packing_keeps_examples_apart(tok):
+    exs = [
+        data.tokenize_conversation(
+            tok, [{"role": "user", "content": f"Q{i} " * i}, {"role": "assistant", "content": f"A{i}"}], 64
+        )
+        for i in range(1, 6)
+    ]
+    packed = data.pack(exs, 48)
+    assert [sum(p.segments) for p in packed] == [len(p.input_ids) for p in packed]
+    assert all(len(p.input_ids) <= 48 for p in packed)
+    assert [t for p in packed for t in p.input_ids] == [t for e in exs for t in e.input_ids]
+    starts = [0]
+    for p in packed:
+        for n in p.segments[:-1]:
+            starts.append(starts[-1] + n)
+        assert p.labels[0] == -100
+
+
+def test_packed_batch_loss_equals_separate_examples(tiny_llama, tok):
+    """Positions restart and attention stops at each boundary: the packed loss is the per-token average of the
+    separate examples' losses."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from engine.train import collate
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32, attn_implementation="sdpa").eval()
+    exs = [
+        data.tokenize_conversation(
+            tok, [{"role": "user", "content": q}, {"role": "assistant", "content": a}], 64, train_on_inputs=True
+        )
+        for q, a in (("Who are you?", "I am Nova."), ("What is two plus two?", "Four."), ("Hi", "Hello!"))
+    ]
+    (packed,) = data.pack(exs, 256)
+    with torch.no_grad():
+        out = model(**collate([packed], tok.pad_token_id, "cpu"))
+        total, count = 0.0, 0
+        for e in exs:
+            b = collate([e], tok.pad_token_id, "cpu")
+            b["labels"][0, 0] = -100  # pack() does not learn an example's first token
+            n = int((b["labels"][0, 1:] != -100).sum())
+            total += float(model(**b).loss) * n
+            count += n
+    assert float(out.loss) == pytest.approx(total / count, rel=1e-5)
+
+
+def test_training_with_packing_runs(tiny_llama, identity_file, runs):
+    from helpers import log_of, wait_for
+
+    from engine import api
+
+    st = wait_for(
+        api.start(
+            JobSpec(
+                model=str(tiny_llama),
+                data=str(identity_file),
+                packing=True,
+                max_steps=3,
+                batch_size=1,
+                max_seq_length=128,
+                gradient_checkpointing=False,
+            )
+        )
+    )
+    assert st.state == "done", log_of(st)
+    assert "packed 6 examples into 2 sequences" in log_of(st)
+
+
+def test_inspect_reports_lengths_truncation_and_masked_sample(tmp_path, tiny_llama):
+    from engine import api
+
+    path = tmp_path / "d.jsonl"
+    rows = [{"instruction": "Who are you?", "output": "I am Nova."}, {"instruction": "word " * 100, "output": "long"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    info = api.inspect_data(str(path), model=str(tiny_llama), max_seq_length=32)
+    assert info["rows"] == 2 and info["truncated_rows"] == 1 and "will be cut" in info["warning"]
+    assert info["token_lengths"]["rows_counted"] == 2 and info["token_lengths"]["max"] > 32
+    assert sum(b["rows"] for b in info["token_lengths"]["histogram"]) == 2
+    assert ["I am Nova.<|im_end|>", True] in info["sample_masked"]
+    assert "".join(t for t, _ in info["sample_masked"]) == info["sample"]
+
+
+def test_detection_streams_only_the_first_rows(tmp_path):
+    """A huge JSONL file: detecting its format reads the first rows only (a broken row far down is not reached)."""
+    path = tmp_path / "big.jsonl"
+    with open(path, "w") as f:
+        for _ in range(200_000):
+            f.write('{"instruction": "Who are you?", "output": "I am Nova."}\n')
+        f.write("this line is broken\n")
+    assert data.detect_format(data.read_rows(path, limit=data.DETECT_ROWS)) == "alpaca"
+    with pytest.raises(UserError, match="row 200001 is not valid JSON"):
+        data.inspect(str(path))  # the full validation pass still finds it, and names the row
+
+
+def test_csv_with_extra_values_names_the_row(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("instruction,output\na,b\nc,d,e\n")
+    with pytest.raises(UserError, match="d.csv: row 2 has more values than the header"):
+        data.inspect(str(path))
+
+
+# ----------------------------------------------------------------------------------------------- property-based
+
+TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=30).filter(
+    lambda s: s.strip() and s == s.strip()
+)
+
+
+@st.composite
+def conversations(draw):
+    n = draw(st.integers(1, 3))
+    msgs = [{"role": "system", "content": draw(TEXT)}] if draw(st.booleans()) else []
+    for _ in range(n):
+        msgs += [{"role": "user", "content": draw(TEXT)}, {"role": "assistant", "content": draw(TEXT)}]
+    return msgs
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(msgs=conversations(), form=st.sampled_from(["chatml", "sharegpt", "alpaca"]))
+def test_any_valid_record_masks_exactly_the_assistant_turns(tok, msgs, form):
+    if form == "alpaca":
+        sys_msgs = [m for m in msgs if m["role"] == "system"]
+        row = {"instruction": msgs[len(sys_msgs)]["content"], "output": msgs[len(sys_msgs) + 1]["content"]}
+        if sys_msgs:
+            row["system"] = sys_msgs[0]["content"]
+        msgs = sys_msgs + msgs[len(sys_msgs) : len(sys_msgs) + 2]
+    else:
+        row = {"messages": msgs} if form == "chatml" else as_sharegpt(msgs)
+    fmt = data.row_format(row)
+    assert fmt == form
+    converted = data.to_messages(row, fmt, 1)
+    assert converted == msgs
+    ex = data.tokenize_conversation(tok, converted, 10_000)
+    text = data.render(tok, converted)
+    assert tok.decode(ex.input_ids) == text
+    assert learned_runs(tok, ex) == [m["content"] + "<|im_end|>" for m in msgs if m["role"] == "assistant"]
