@@ -7,6 +7,7 @@ Export:    export(source, fmt, out) -> ExportResult.
 Machine:   doctor(); catalog().
 """
 
+import dataclasses
 import os
 import re
 import signal
@@ -42,6 +43,9 @@ __all__ = [
     "doctor",
     "catalog",
     "find_run",
+    "estimate",
+    "model_arch",
+    "vram_budget_gib",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -333,3 +337,90 @@ def catalog() -> list[dict]:
     import yaml
 
     return yaml.safe_load((ROOT / "presets" / "models.yaml").read_text())["models"]
+
+
+def model_arch(model: str):
+    """Architecture numbers of a catalog model (no download), a local folder, or a hub id (config.json only)."""
+    from engine.estimate import Arch
+
+    for m in catalog():
+        if model in (m["id"], m.get("id_4bit"), m["name"]):
+            return Arch(*m["arch"])
+    import json
+
+    path = Path(os.path.expanduser(model))
+    if (path / "config.json").is_file():
+        return Arch.from_config(json.loads((path / "config.json").read_text()))
+    from engine.loading import HUB_ID
+
+    if not HUB_ID.match(model):
+        raise UserError(f"Model folder '{model}' does not exist; give an existing folder or a hub id.")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        cfg = hf_hub_download(model, "config.json")
+    except Exception as e:  # offline, missing, gated: the same advice
+        raise UserError(
+            f"Could not read the config of '{model}' from the hub ({type(e).__name__}); check the name "
+            "and the connection."
+        ) from None
+    return Arch.from_config(json.loads(Path(cfg).read_text()))
+
+
+def vram_budget_gib() -> float | None:
+    """The GPU memory to plan for: $TUNESMITH_VRAM_GIB, else the card's total, else None (no GPU)."""
+    if os.environ.get("TUNESMITH_VRAM_GIB"):
+        return float(os.environ["TUNESMITH_VRAM_GIB"])
+    from engine.hardware import gpu_info
+
+    info = gpu_info()
+    return info["vram_total_gb"] * 1e9 / 2**30 if info else None
+
+
+def estimate(
+    model: str,
+    method: str = "qlora",
+    seq: int | None = None,
+    batch: int | None = None,
+    rank: int = 16,
+    vram_gib: float | None = None,
+) -> dict:
+    """Peak VRAM and RAM of training `model`, whether it fits, and the preset and plan for this GPU (or `vram_gib`).
+
+    Settings left as None come from the preset of the tier.
+    """
+    from engine import presets
+    from engine.estimate import estimate as _estimate
+
+    if method not in ("qlora", "lora", "full"):
+        raise UserError(f"Unknown method '{method}'; use qlora, lora or full.")
+    arch = model_arch(model)
+    budget = vram_gib if vram_gib is not None else vram_budget_gib()
+    tier = presets.pick_tier(budget) if budget else None
+    preset = presets.preset_for(tier, arch.params, method) if tier else None
+    base = preset if isinstance(preset, presets.Preset) else None
+    seq = seq or (base.max_seq_length if base else 1024)
+    batch = batch or (base.batch_size if base else 1)
+    ckpt = base.gradient_checkpointing if base and seq == base.max_seq_length and batch == base.batch_size else True
+    est = _estimate(arch, method, seq, batch, rank, checkpointing=ckpt)
+    usable = budget * presets.USABLE if budget else None
+    return dict(
+        model=model,
+        method=method,
+        params_b=round(arch.params / 1e9, 2),
+        seq=seq,
+        batch=batch,
+        rank=rank,
+        vram_budget_gib=round(budget, 2) if budget else None,
+        tier_gb=tier,
+        peak_vram_gb=est.peak_vram_gib,
+        peak_ram_gb=est.peak_ram_gib,
+        fits=est.fits(usable) if usable else None,
+        parts_gib=est.parts_gib,
+        plan=dict(gradient_checkpointing=ckpt, activation_offload=False, weight_streaming=False),
+        preset=None
+        if preset is None
+        else dataclasses.asdict(preset)
+        if base
+        else dict(fits=False, reason=preset.reason),
+    )

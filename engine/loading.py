@@ -154,8 +154,11 @@ def load_for_training(spec, placement: Placement, log=print):
     tok = load_tokenizer(path, spec.trust_remote_code)
     log(f"chat template: {ensure_chat_template(tok, spec.chat_template)}")
     model = load_model(path, placement, four_bit=spec.method == "qlora", trust_remote_code=spec.trust_remote_code)
-    if len(tok) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tok))
+    return prepare_for_training(model, spec, log), tok
+
+
+def prepare_for_training(model, spec, log=print):
+    """Checkpointing and trainable parameters (LoRA adapters, or every weight for full fine-tuning) as the spec says."""
     model.config.use_cache = False
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -168,4 +171,4 @@ def load_for_training(spec, placement: Placement, log=print):
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
     log(f"parameters: {n_train:,} trainable of {n_all:,} ({100 * n_train / max(n_all, 1):.2f}%)")
-    return model, tok
+    return model

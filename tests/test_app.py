@@ -138,3 +138,14 @@ def test_python_app_py_serves_on_loopback(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_model_tab_fit_badge(monkeypatch, tiny_llama):
+    from ui import model_tab
+
+    monkeypatch.setenv("TUNESMITH_VRAM_GIB", "14.6")  # plan for a T4
+    assert model_tab.fit_badge("Qwen/Qwen3-4B", "qlora").startswith("✅ Fits this GPU (15 GiB, 16 GB preset)")
+    assert model_tab.fit_badge("Qwen/Qwen3-32B", "full").startswith("⚠ Will not fit this GPU")
+    monkeypatch.delenv("TUNESMITH_VRAM_GIB")
+    assert model_tab.fit_badge(str(tiny_llama), "lora").startswith("No GPU detected")
+    assert "does not exist" in model_tab.describe(None, "/no/such/folder", "lora")

@@ -20,11 +20,29 @@ def chosen_model(catalog_id: str | None, custom: str) -> str:
     return (custom or "").strip() or (catalog_id or "")
 
 
+def fit_badge(model: str, method: str) -> str:
+    """One line: will this run fit the detected GPU (or the CPU), with the estimate's numbers."""
+    try:
+        est = api.estimate(model, method)
+    except api.UserError as e:
+        return f"Memory estimate unavailable: {e}"
+    if est["tier_gb"] is None:
+        return (
+            f"No GPU detected: training runs on the CPU (slow); about {est['peak_vram_gb']:.1f} GB of RAM at "
+            f"{est['seq']} tokens × {est['batch']}."
+        )
+    where = f"this GPU ({est['vram_budget_gib']:.0f} GiB, {est['tier_gb']} GB preset)"
+    if est["fits"]:
+        return f"✅ Fits {where}: about {est['peak_vram_gb']:.1f} GB peak at {est['seq']} tokens × {est['batch']}."
+    reason = (est["preset"] or {}).get("reason", f"about {est['peak_vram_gb']:.1f} GB at {est['seq']} tokens")
+    return f"⚠ Will not fit {where}: {reason}. Try QLoRA or a smaller model."
+
+
 def describe(catalog_id, custom, method) -> str:
     model = chosen_model(catalog_id, custom)
     if not model:
         return "Pick a model from the list or type a hub id / local folder."
-    return f"**Model:** `{model}` · **method:** {method}"
+    return f"**Model:** `{model}` · **method:** {method}\n\n{fit_badge(model, method)}"
 
 
 def build() -> dict:

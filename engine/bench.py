@@ -1,0 +1,54 @@
+"""The shared benchmark's entry points (contract in shared/bench/README.md), on the same code path as the app.
+
+`training_model` builds the model exactly as a training run does (engine.loading.load_for_training with a JobSpec),
+so the yardstick measures what users get.
+"""
+
+import os
+
+
+def training_model(path: str, mode: str, max_seq_length: int, rank: int, target_modules: list[str]):
+    """Load `path` as the app trains it (mode "qlora": 4-bit NF4 base; "lora": 16-bit base), LoRA of `rank`
+    (alpha = rank, no dropout) on `target_modules`; calling it with input_ids and labels returns `.loss`."""
+    from engine.hardware import choose_placement
+    from engine.jobspec import JobSpec
+    from engine.loading import load_for_training
+
+    spec = JobSpec(
+        model=path,
+        data="-",
+        method=mode,
+        max_seq_length=max_seq_length,
+        lora_r=rank,
+        lora_alpha=rank,
+        target_modules=tuple(target_modules),
+        gradient_checkpointing=True,
+    )
+    budget = os.environ.get("TUNESMITH_VRAM_GIB")
+    model, _ = load_for_training(spec, choose_placement("cuda"), log=lambda m: print(f"# {m}", flush=True))
+    if budget:
+        print(f"# VRAM budget {budget} GiB (TUNESMITH_VRAM_GIB)", flush=True)
+    return model
+
+
+def chat_generator(path: str):
+    """generate(input_ids (1, T), max_new_tokens) -> (1, T + max_new_tokens), greedy, as the Chat tab decodes."""
+    import torch
+
+    from engine.infer import ChatModel
+
+    chat = ChatModel(path, device="cuda", log=lambda m: None)
+
+    def generate(input_ids, max_new_tokens):
+        with torch.inference_mode():
+            return chat.model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=max_new_tokens,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=chat.tokenizer.pad_token_id,
+            )
+
+    return generate

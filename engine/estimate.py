@@ -1,0 +1,148 @@
+"""Peak GPU memory and host RAM of a training run, from the model's architecture numbers and the run's settings.
+
+    peak = weights + trainable (params, grads, optimizer states) + activations + loss (logits) + fixed
+Weights: 2 bytes/param at 16 bits; NF4 linear layers 0.5 bytes/param plus 1/64 byte of double-quantized scale.
+Activations: with checkpointing, each layer keeps its bf16 input (2 bytes x hidden per token) and one layer at a time
+is rebuilt in full; without it, every layer keeps its full set. The per-token activation and loss coefficients below
+were fitted to peaks measured on the GPU machine (engine/calibrate.py; table in presets/README.md).
+"""
+
+import math
+from dataclasses import dataclass
+
+GIB = 2**30
+ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Fitted coefficients (see the module docstring). Units: bytes per token per hidden (h) or intermediate (i) unit of
+# one layer's full activations; bytes per token per vocabulary entry for the loss; GiB fixed.
+COEF = dict(layer_h=34.0, layer_i=12.0, loss_v=12.0, fixed_gib=0.25)
+NF4_BYTES = 0.5 + 1 / 64  # packed 4-bit weight + uint8 absmax per 64-block (double quantization)
+OPTIMIZER_BYTES = {"adamw_8bit": 2, "adamw": 8}  # optimizer state bytes per fp32 trainable parameter
+
+
+@dataclass(frozen=True)
+class Arch:
+    """The architecture numbers memory depends on."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "Arch":
+        cfg = cfg.get("text_config", cfg)  # multimodal configs (Gemma 3) keep the language model's numbers here
+        h, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+        return cls(
+            h,
+            cfg["intermediate_size"],
+            cfg["num_hidden_layers"],
+            heads,
+            cfg.get("num_key_value_heads") or heads,
+            cfg.get("head_dim") or h // heads,
+            cfg["vocab_size"],
+            bool(cfg.get("tie_word_embeddings", True)),
+        )
+
+    @property
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of each decoder-layer linear, by module name."""
+        h, q, kv, i = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate
+        return dict(
+            q_proj=(h, q),
+            k_proj=(h, kv),
+            v_proj=(h, kv),
+            o_proj=(q, h),
+            gate_proj=(h, i),
+            up_proj=(h, i),
+            down_proj=(i, h),
+        )
+
+    @property
+    def linear_params(self) -> int:
+        return self.layers * sum(a * b for a, b in self.linear_shapes.values())
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden * (1 if self.tied else 2)
+
+    @property
+    def params(self) -> int:
+        return self.linear_params + self.embedding_params + (2 * self.layers + 1) * self.hidden
+
+    def lora_params(self, rank: int, targets=ALL_TARGETS) -> int:
+        return self.layers * sum(rank * (a + b) for name, (a, b) in self.linear_shapes.items() if name in targets)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    peak_vram_gib: float
+    peak_ram_gib: float
+    parts_gib: dict
+
+    def fits(self, budget_gib: float) -> bool:
+        """Fits when the estimate plus allocator slack (10%) is within the budget."""
+        return self.peak_vram_gib * 1.1 <= budget_gib
+
+
+def estimate(
+    arch: Arch,
+    method: str,
+    seq: int,
+    batch: int,
+    rank: int = 16,
+    checkpointing: bool = True,
+    optimizer: str = "adamw_8bit",
+    targets=ALL_TARGETS,
+) -> Estimate:
+    """Peak allocated GPU memory (and host RAM) of one training step, in GiB."""
+    tokens = seq * batch
+    if method == "qlora":
+        weights = arch.linear_params * NF4_BYTES + (arch.params - arch.linear_params) * 2
+        dequant = 2 * max(a * b for a, b in arch.linear_shapes.values()) * 2  # bf16 copy of a weight, fwd and bwd
+    else:
+        weights, dequant = arch.params * 2, 0
+    opt = OPTIMIZER_BYTES[optimizer]
+    if method == "full":
+        trainable = arch.params * (2 + 2 + opt)  # bf16 gradient, optimizer states (bf16 params are the weights)
+    else:
+        trainable = arch.lora_params(rank, targets) * (4 + 4 + opt)  # fp32 adapters, their grads, states
+    layer = tokens * (COEF["layer_h"] * arch.hidden + COEF["layer_i"] * arch.intermediate)
+    if checkpointing:
+        activations = arch.layers * tokens * arch.hidden * 2 + layer
+    else:
+        activations = arch.layers * layer
+    loss = tokens * arch.vocab * COEF["loss_v"]
+    parts = dict(
+        weights=weights,
+        trainable=trainable,
+        activations=activations,
+        loss=loss,
+        dequant=dequant,
+        fixed=COEF["fixed_gib"] * GIB,
+    )
+    parts = {k: round(v / GIB, 3) for k, v in parts.items()}
+    # Host RAM: the process and libraries (~3 GiB measured with torch+transformers loaded) plus one weight shard
+    # (safetensors are memory-mapped and copied to the GPU a shard at a time; shards are at most ~5 GiB).
+    ram = 3.0 + min(arch.params * 2 / GIB, 5.0)
+    return Estimate(round(sum(parts.values()), 2), round(ram, 2), parts)
+
+
+def size_class(params: int) -> str:
+    """The preset size class of a model with `params` parameters."""
+    b = params / 1e9
+    for name, upper in (
+        ("0.5b", 0.9),
+        ("1-2b", 2.8),
+        ("3-4b", 5.0),
+        ("7-8b", 10.0),
+        ("12-14b", 16.0),
+        ("24-32b", 36.0),
+        ("70b", math.inf),
+    ):
+        if b <= upper:
+            return name
+    raise AssertionError("unreachable")

@@ -1,0 +1,143 @@
+"""Presets, catalog and the memory estimator."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from engine import presets
+from engine.api import catalog, estimate, model_arch
+from engine.errors import UserError
+from engine.estimate import Arch
+from engine.estimate import estimate as raw_estimate
+
+ROOT = Path(__file__).resolve().parent.parent
+TIER_FILES = sorted((ROOT / "presets").rglob("tier-*.yaml"))
+
+
+def test_every_tier_has_a_file_and_every_file_validates():
+    assert [p.name for p in TIER_FILES] == [presets.tier_file(t).name for t in presets.TIERS]
+    for path in TIER_FILES:
+        table = presets.load_tier(path)
+        assert set(table) == set(presets.CLASSES)
+        assert yaml.safe_load(path.read_text())["vram_gb"] == int(path.stem[5:7])
+
+
+@pytest.mark.parametrize("path", TIER_FILES, ids=lambda p: p.name)
+def test_each_preset_fits_its_tier_and_says_why_not(path):
+    tier = yaml.safe_load(path.read_text())["vram_gb"]
+    for cls, methods in presets.load_tier(path).items():
+        arch = model_arch(presets.REFERENCE[cls])
+        for method, p in methods.items():
+            if isinstance(p, presets.NoFit):
+                assert "needs about" in p.reason
+                assert not raw_estimate(arch, method, 512, 1).fits(tier * presets.USABLE)
+                continue
+            est = raw_estimate(
+                arch,
+                method,
+                p.max_seq_length,
+                p.batch_size,
+                p.lora_r,
+                checkpointing=p.gradient_checkpointing,
+                optimizer=p.optimizer,
+            )
+            assert est.fits(tier * presets.USABLE), (path.name, cls, method)
+
+
+def test_bigger_cards_never_get_worse_presets():
+    for cls in presets.CLASSES:
+        for method in presets.METHODS:
+            tokens = [
+                getattr(presets.load_tier(f)[cls][method], "max_seq_length", 0)
+                * getattr(presets.load_tier(f)[cls][method], "batch_size", 0)
+                for f in TIER_FILES
+            ]
+            assert tokens == sorted(tokens), (cls, method, tokens)
+
+
+def test_unknown_and_mistyped_keys_fail(tmp_path):
+    doc = yaml.safe_load(presets.tier_file(24).read_text())
+    doc["presets"]["0.5b"]["lora"]["batch_sise"] = 2
+    bad = tmp_path / "tier-24gb.yaml"
+    bad.write_text(yaml.safe_dump(doc))
+    with pytest.raises(UserError, match="0.5b/lora: unknown key 'batch_sise'"):
+        presets.load_tier(bad)
+    doc["presets"]["0.5b"]["lora"].pop("batch_sise")
+    doc["presets"]["0.5b"]["lora"]["batch_size"] = "two"
+    bad.write_text(yaml.safe_dump(doc))
+    with pytest.raises(UserError, match="'batch_size' should be int"):
+        presets.load_tier(bad)
+    doc["presets"]["0.5b"]["lora"]["batch_size"] = True
+    bad.write_text(yaml.safe_dump(doc))
+    with pytest.raises(UserError, match="'batch_size' should be int"):
+        presets.load_tier(bad)
+
+
+def test_estimate_grows_with_sequence_batch_and_rank():
+    arch = model_arch("Qwen/Qwen3-4B")
+    for method in presets.METHODS:
+        base = raw_estimate(arch, method, 1024, 1, 16).peak_vram_gib
+        assert raw_estimate(arch, method, 2048, 1, 16).peak_vram_gib > base
+        assert raw_estimate(arch, method, 1024, 2, 16).peak_vram_gib > base
+        if method != "full":
+            assert raw_estimate(arch, method, 1024, 1, 64).peak_vram_gib > base
+        assert raw_estimate(arch, method, 1024, 1, 16, checkpointing=False).peak_vram_gib > base
+    assert raw_estimate(arch, "qlora", 1024, 1).peak_vram_gib < raw_estimate(arch, "lora", 1024, 1).peak_vram_gib
+
+
+def test_catalog_entries_are_complete_and_sizes_agree():
+    for m in catalog():
+        assert {"name", "id", "id_4bit", "params_b", "family", "template", "licence", "arch"} <= set(m), m["name"]
+        assert Arch(*m["arch"]).params / 1e9 == pytest.approx(m["params_b"], rel=0.03), m["name"]
+
+
+@pytest.mark.parametrize("arch_name", ["llama", "qwen3"])
+def test_parameter_count_from_config_matches_the_real_model(arch_name, tmp_path):
+    import torch
+    from tiny import make_model
+    from transformers import AutoModelForCausalLM
+
+    path = make_model(arch_name, tmp_path / arch_name)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    real = sum(p.numel() for p in model.parameters())
+    counted = model_arch(str(path)).params
+    qk_norms = 2 * 16 * 2 if arch_name == "qwen3" else 0  # Qwen3's per-head q/k norms: 2 x head_dim per layer
+    assert counted + qk_norms == real
+
+
+@pytest.mark.parametrize(
+    "gib, tier", [(5.8, 6), (7.6, 8), (11.7, 12), (14.6, 16), (23.6, 24), (47.5, 48), (79.1, 80), (139.8, 80)]
+)
+def test_tier_from_card_memory(gib, tier):
+    assert presets.pick_tier(gib) == tier
+
+
+def test_too_small_a_card_says_so():
+    with pytest.raises(UserError, match="at least a 6 GB card"):
+        presets.pick_tier(3.9)
+
+
+def test_estimate_cli_json():
+    out = subprocess.run(
+        [sys.executable, "-m", "engine", "estimate", "--model", "Qwen/Qwen3-4B", "--method", "qlora", "--vram", "14.6"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["tier_gb"] == 16 and info["fits"] is True
+    assert info["peak_vram_gb"] > 0 and info["peak_ram_gb"] > 0
+    assert info["preset"]["max_seq_length"] == info["seq"] and info["plan"]["gradient_checkpointing"] in (True, False)
+    too_big = estimate("Qwen/Qwen3-32B", "lora", vram_gib=8.0)
+    assert too_big["fits"] is False and too_big["preset"]["fits"] is False
+
+
+def test_estimate_of_a_local_model_folder(tiny_llama):
+    info = estimate(str(tiny_llama), "lora", seq=128, batch=1, vram_gib=8)
+    assert info["params_b"] < 0.001 and info["fits"] is True
