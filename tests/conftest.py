@@ -1,5 +1,13 @@
-import json
 import os
+
+import torch
+
+# Kernel tests run Triton in its CPU interpreter where there is no GPU; triton.jit reads this when it decorates,
+# so it must be set before anything imports kernels/.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import json
 import sys
 from pathlib import Path
 

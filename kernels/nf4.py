@@ -1,0 +1,347 @@
+"""NF4 dequantization (bitsandbytes layout, double-quantized absmax) and a fused NF4 matrix-vector product.
+
+Layout, as `bitsandbytes.functional.quantize_4bit(w, quant_type="nf4", compress_statistics=True)` writes it, for a
+weight of n elements in flat row-major order:
+
+    packed   uint8 (n/2,)         byte i holds element 2i in its high nibble and 2i+1 in its low nibble
+    absmax   uint8 (n/blocksize)  8-bit code of each block's absmax (fp32 when not nested)
+    absmax2  fp32 (n/blocksize/256), code2 fp32 (256,), offset (float): the second-level quantization state
+
+    scale_b = code2[absmax[b]] * absmax2[b // 256] + offset          (fp32 multiply, then fp32 add: no FMA)
+    w[e]    = NF4[nibble(e)] * scale_{e // blocksize}                (fp32), rounded once to the output dtype
+
+Bit-exact with `bitsandbytes.functional.dequantize_4bit`: same operations in the same order and precision. On CUDA
+the kernels are launched with `enable_fp_fusion=False` so the compiler does not contract the absmax multiply-add
+into an FMA (which bitsandbytes does not do). bf16 output is rounded to nearest even by hand (`_round_to_bf16`),
+because Triton's CPU interpreter truncates fp32 -> bf16; on the GPU the hand rounding gives the same bits as the
+hardware conversion.
+
+Bytes moved by the dequantization: n/2 + n/blocksize read, n * b written (b = 2 for bf16): ~4.5 bytes per weight.
+The matvec reads only the n/2 packed bytes plus absmax and x: a 4x smaller read than a bf16 GEMV, which is the
+point for batch-1 decoding, where the weight read is the whole cost.
+
+No autograd: NF4 weights are frozen; a training step dequantizes into a scratch buffer and lets torch differentiate
+the matmul with respect to the activations.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import dispatch
+
+NF4_CODE = (
+    -1.0,
+    -0.6961928009986877,
+    -0.5250730514526367,
+    -0.39491748809814453,
+    -0.28444138169288635,
+    -0.18477343022823334,
+    -0.09105003625154495,
+    0.0,
+    0.07958029955625534,
+    0.16093020141124725,
+    0.24611230194568634,
+    0.33791524171829224,
+    0.44070982933044434,
+    0.5626170039176941,
+    0.7229568362236023,
+    1.0,
+)
+BLOCK_BYTES = 1024
+
+
+def _code(code: torch.Tensor | None, device) -> torch.Tensor:
+    if code is None:
+        return torch.tensor(NF4_CODE, dtype=torch.float32, device=device)
+    return code.to(device=device, dtype=torch.float32).contiguous()
+
+
+def nf4_scales_reference(absmax, absmax2=None, code2=None, offset=0.0, blocksize2=256) -> torch.Tensor:
+    """Per-block fp32 scales: absmax itself, or the dequantized nested absmax (code2[q] * absmax2, then + offset)."""
+    if absmax2 is None:
+        return absmax.float()
+    n = absmax.numel()
+    per_block2 = absmax2.float().repeat_interleave(blocksize2)[:n]
+    return code2.float()[absmax.long()] * per_block2 + offset
+
+
+def nf4_dequantize_reference(
+    packed, absmax, shape, dtype, blocksize=64, code=None, absmax2=None, code2=None, offset=0.0, blocksize2=256
+) -> torch.Tensor:
+    """Pure-torch NF4 dequantization in bitsandbytes' order of operations."""
+    flat = packed.reshape(-1)
+    nib = torch.stack([flat >> 4, flat & 0xF], dim=1).reshape(-1).long()
+    n = 1
+    for s in shape:
+        n *= s
+    values = _code(code, packed.device)[nib][:n]
+    scales = nf4_scales_reference(absmax, absmax2, code2, offset, blocksize2)
+    return (values * scales.repeat_interleave(blocksize)[:n]).reshape(shape).to(dtype)
+
+
+def nf4_matvec_reference(
+    x, packed, absmax, shape, blocksize=64, code=None, absmax2=None, code2=None, offset=0.0, blocksize2=256
+):
+    """x @ W.T with W dequantized to x's dtype: (..., K) -> (..., N) for W of shape (N, K)."""
+    w = nf4_dequantize_reference(packed, absmax, shape, x.dtype, blocksize, code, absmax2, code2, offset, blocksize2)
+    return x @ w.T
+
+
+@triton.jit
+def _round_to_bf16(x):
+    """fp32 -> the nearest-even bf16 value, still as fp32 (so the final cast is exact whichever way it rounds)."""
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16  # shifts, not a mask: 0xFFFF0000 is no int32
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _block_scale(absmax_ptr, absmax2_ptr, code2_ptr, blk, offset, mask, NESTED: tl.constexpr, BLOCKSIZE2: tl.constexpr):
+    if NESTED:
+        q = tl.load(absmax_ptr + blk, mask=mask, other=0).to(tl.int32)
+        a = tl.load(code2_ptr + q, mask=mask, other=0.0) * tl.load(
+            absmax2_ptr + blk // BLOCKSIZE2, mask=mask, other=0.0
+        )
+        return a + offset
+    else:
+        return tl.load(absmax_ptr + blk, mask=mask, other=0.0)
+
+
+@triton.jit
+def _nf4_dequant_fwd_kernel(
+    packed_ptr,
+    absmax_ptr,
+    absmax2_ptr,
+    code2_ptr,
+    code_ptr,
+    out_ptr,
+    n_bytes,
+    offset,
+    BLOCKSIZE: tl.constexpr,
+    BLOCKSIZE2: tl.constexpr,
+    NESTED: tl.constexpr,
+    ROUND_BF16: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = i < n_bytes
+    byte = tl.load(packed_ptr + i, mask=mask, other=0).to(tl.int32)
+    scale = _block_scale(absmax_ptr, absmax2_ptr, code2_ptr, (2 * i) // BLOCKSIZE, offset, mask, NESTED, BLOCKSIZE2)
+    hi = tl.load(code_ptr + (byte >> 4)) * scale
+    lo = tl.load(code_ptr + (byte & 0xF)) * scale
+    if ROUND_BF16:
+        hi = _round_to_bf16(hi)
+        lo = _round_to_bf16(lo)
+    tl.store(out_ptr + 2 * i, hi.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + 2 * i + 1, lo.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _nf4_matvec_fwd_kernel(
+    x_ptr,
+    packed_ptr,
+    absmax_ptr,
+    absmax2_ptr,
+    code2_ptr,
+    code_ptr,
+    y_ptr,
+    N,
+    K,
+    offset,
+    BLOCKSIZE: tl.constexpr,
+    BLOCKSIZE2: tl.constexpr,
+    NESTED: tl.constexpr,
+    ROUND_BF16: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_KB: tl.constexpr,
+):
+    """y[n] = sum_k W[n, k] x[k], W decoded to x's dtype tile by tile (BLOCK_N rows x 2*BLOCK_KB columns)."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = rows < N
+    kb_total = K // 2
+    acc = tl.zeros((BLOCK_N,), tl.float32)
+    for kb in range(0, kb_total, BLOCK_KB):
+        j = kb + tl.arange(0, BLOCK_KB)
+        col_mask = j < kb_total
+        mask = row_mask[:, None] & col_mask[None, :]
+        byte_idx = rows[:, None] * kb_total + j[None, :]
+        byte = tl.load(packed_ptr + byte_idx, mask=mask, other=0).to(tl.int32)
+        scale = _block_scale(
+            absmax_ptr, absmax2_ptr, code2_ptr, (2 * byte_idx) // BLOCKSIZE, offset, mask, NESTED, BLOCKSIZE2
+        )
+        hi = tl.load(code_ptr + (byte >> 4)) * scale
+        lo = tl.load(code_ptr + (byte & 0xF)) * scale
+        if ROUND_BF16:
+            hi = _round_to_bf16(hi)
+            lo = _round_to_bf16(lo)
+        # round the weights to x's dtype like the dequantize-then-matmul reference does
+        hi = hi.to(x_ptr.dtype.element_ty).to(tl.float32)
+        lo = lo.to(x_ptr.dtype.element_ty).to(tl.float32)
+        x_even = tl.load(x_ptr + 2 * j, mask=col_mask, other=0.0).to(tl.float32)
+        x_odd = tl.load(x_ptr + 2 * j + 1, mask=col_mask, other=0.0).to(tl.float32)
+        acc += tl.sum(hi * x_even[None, :] + lo * x_odd[None, :], axis=1)
+    tl.store(y_ptr + rows, acc.to(y_ptr.dtype.element_ty), mask=row_mask)
+
+
+def _nested_args(absmax, absmax2, code2, device):
+    """Kernel pointer arguments for the absmax state (dummies stand in for the second level when not nested)."""
+    if absmax2 is None:
+        return absmax.float().contiguous(), absmax, absmax, False  # unused pointers when not nested
+    return absmax.contiguous(), absmax2.float().contiguous(), code2.float().contiguous(), True
+
+
+def _launch_options(device) -> dict:
+    return {"enable_fp_fusion": False} if device.type == "cuda" else {}
+
+
+def nf4_dequantize_fwd(packed, absmax, absmax2, code2, offset, code, blocksize, blocksize2, out):
+    n_bytes = packed.numel()
+    absmax, absmax2, code2, nested = _nested_args(absmax, absmax2, code2, packed.device)
+    _nf4_dequant_fwd_kernel[(triton.cdiv(n_bytes, BLOCK_BYTES),)](
+        packed,
+        absmax,
+        absmax2,
+        code2,
+        _code(code, packed.device),
+        out,
+        n_bytes,
+        float(offset),
+        BLOCKSIZE=blocksize,
+        BLOCKSIZE2=blocksize2,
+        NESTED=nested,
+        ROUND_BF16=out.dtype == torch.bfloat16,
+        BLOCK=BLOCK_BYTES,
+        num_warps=4,
+        **_launch_options(packed.device),
+    )
+    return out
+
+
+def nf4_matvec_fwd(x, packed, absmax, absmax2, code2, offset, code, n_out, k_in, blocksize, blocksize2):
+    y = torch.empty(n_out, dtype=x.dtype, device=x.device)
+    absmax, absmax2, code2, nested = _nested_args(absmax, absmax2, code2, x.device)
+    block_n, block_kb = 16, 128
+    _nf4_matvec_fwd_kernel[(triton.cdiv(n_out, block_n),)](
+        x,
+        packed,
+        absmax,
+        absmax2,
+        code2,
+        _code(code, x.device),
+        y,
+        n_out,
+        k_in,
+        float(offset),
+        BLOCKSIZE=blocksize,
+        BLOCKSIZE2=blocksize2,
+        NESTED=nested,
+        ROUND_BF16=x.dtype == torch.bfloat16,
+        BLOCK_N=block_n,
+        BLOCK_KB=block_kb,
+        num_warps=4,
+        **_launch_options(x.device),
+    )
+    return y
+
+
+def nf4_dequantize(
+    packed: torch.Tensor,
+    absmax: torch.Tensor,
+    shape,
+    dtype: torch.dtype,
+    blocksize: int = 64,
+    code: torch.Tensor | None = None,
+    absmax2: torch.Tensor | None = None,
+    code2: torch.Tensor | None = None,
+    offset: float = 0.0,
+    blocksize2: int = 256,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Dequantize a bitsandbytes NF4 weight, bit-exact with bitsandbytes.functional.dequantize_4bit.
+
+    Args:
+        packed: uint8 packed nibbles (bitsandbytes' (n/2, 1) tensor, or any view of those bytes).
+        absmax: per-block absmax: uint8 codes when nested (double quantization), else fp32.
+        shape: the weight's shape (e.g. (out_features, in_features)).
+        dtype: output dtype (fp32, bf16, fp16).
+        blocksize: elements per absmax block (QuantState.blocksize).
+        code: the 16-value NF4 table (QuantState.code); None for the standard one.
+        absmax2, code2, offset, blocksize2: QuantState.state2.absmax, .state2.code, .offset, .state2.blocksize;
+            None / unused when absmax is not nested.
+        out: caller-provided contiguous buffer of `shape` and `dtype` (one scratch buffer can serve every layer).
+
+    Returns:
+        `out` (or a new tensor) holding the weight.
+    """
+    numel = 1
+    for s in shape:
+        numel *= s
+    if out is None:
+        out = torch.empty(tuple(shape), dtype=dtype, device=packed.device)
+    elif out.dtype != dtype or out.numel() != numel or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {dtype} buffer of {numel} elements, got {out.dtype} {out.shape}")
+    if numel % 2 or blocksize % 2:
+        raise ValueError("nf4: the element count and blocksize must be even")
+    if dispatch.use_triton(packed):
+        return nf4_dequantize_fwd(packed.reshape(-1), absmax, absmax2, code2, offset, code, blocksize, blocksize2, out)
+    out.copy_(
+        nf4_dequantize_reference(
+            packed, absmax, shape, dtype, blocksize, code, absmax2, code2, offset, blocksize2
+        ).view(out.shape)
+    )
+    return out
+
+
+def nf4_dequantize_state(packed: torch.Tensor, quant_state, out: torch.Tensor | None = None) -> torch.Tensor:
+    """`nf4_dequantize` reading the fields of a bitsandbytes QuantState (duck-typed: bitsandbytes is not imported)."""
+    if quant_state.quant_type != "nf4":
+        raise ValueError(f"quant_type {quant_state.quant_type!r}: only nf4 is supported")
+    state2 = quant_state.state2 if quant_state.nested else None
+    return nf4_dequantize(
+        packed,
+        quant_state.absmax,
+        tuple(quant_state.shape),
+        quant_state.dtype,
+        quant_state.blocksize,
+        quant_state.code,
+        state2.absmax if state2 is not None else None,
+        state2.code if state2 is not None else None,
+        float(quant_state.offset) if state2 is not None else 0.0,
+        state2.blocksize if state2 is not None else 256,
+        out,
+    )
+
+
+def nf4_matvec(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    absmax: torch.Tensor,
+    shape,
+    blocksize: int = 64,
+    code: torch.Tensor | None = None,
+    absmax2: torch.Tensor | None = None,
+    code2: torch.Tensor | None = None,
+    offset: float = 0.0,
+    blocksize2: int = 256,
+) -> torch.Tensor:
+    """y = x @ W.T for one token (batch-1 decoding) with W (N, K) in NF4, never dequantized to memory.
+
+    Args:
+        x: (K,) or (1, K) activations, fp32/bf16/fp16.
+        packed, absmax, blocksize, code, absmax2, code2, offset, blocksize2: as for `nf4_dequantize`.
+        shape: (N, K), the weight's shape; K must be even.
+
+    Returns:
+        (N,) or (1, N), x's dtype; fp32 accumulation.
+    """
+    n_out, k_in = shape
+    if x.shape[-1] != k_in or x.numel() != k_in:
+        raise ValueError(f"nf4_matvec takes one token of {k_in} features, got {tuple(x.shape)}")
+    if k_in % 2:
+        raise ValueError("nf4_matvec: in_features must be even")
+    if dispatch.use_triton(x, packed):
+        y = nf4_matvec_fwd(x.reshape(-1).contiguous(), packed.reshape(-1), absmax, absmax2, code2, offset, code,
+                           n_out, k_in, blocksize, blocksize2)  # fmt: skip
+        return y.view(*x.shape[:-1], n_out)
+    return nf4_matvec_reference(x, packed, absmax, shape, blocksize, code, absmax2, code2, offset, blocksize2)
