@@ -30,13 +30,13 @@ TIER_RUNS = [
     (24, "Qwen/Qwen3-4B", "lora"),
     (24, "meta-llama/Llama-3.1-8B-Instruct", "lora"),
 ]
-FIT_RUNS = [  # (model, method, seq, batch, checkpointing): vary tokens and checkpointing on a small model
+FIT_RUNS = [  # (model, method, seq, batch, checkpointing): tokens and checkpointing varied on two widths
     ("Qwen/Qwen3-0.6B", "lora", 1024, 1, True),
     ("Qwen/Qwen3-0.6B", "lora", 4096, 1, True),
-    ("Qwen/Qwen3-0.6B", "lora", 1024, 1, False),
     ("Qwen/Qwen3-0.6B", "lora", 4096, 1, False),
     ("Qwen/Qwen3-4B", "qlora", 2048, 1, True),
-    ("Qwen/Qwen3-4B", "qlora", 2048, 2, False),
+    ("Qwen/Qwen3-4B", "qlora", 2048, 2, True),
+    ("Qwen/Qwen3-4B", "qlora", 2048, 1, False),
 ]
 
 
@@ -95,6 +95,7 @@ def one(model_id: str, method: str, seq: int, batch: int, ckpt: bool, cap: float
     placement = choose_placement("cuda")
     quiet = lambda m: None  # noqa: E731
     model = prepare_for_training(load_model(path, placement, four_bit=method == "qlora"), spec, quiet)
+    model.train()  # transformers checkpoints only in training mode
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(spec, params, "cuda", quiet)
     vocab = model.get_input_embeddings().weight.shape[0]

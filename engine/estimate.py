@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 GIB = 2**30
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# Fitted coefficients (see the module docstring). Units: bytes per token per hidden (h) or intermediate (i) unit of
-# one layer's full activations; bytes per token per vocabulary entry for the loss; GiB fixed.
-COEF = dict(layer_h=34.0, layer_i=12.0, loss_v=12.0, fixed_gib=0.25)
+# Fitted to peaks measured on an H100 (python -m engine.calibrate fit, presets/README.md): bytes per token of one
+# layer's full activations per unit of hidden (h), intermediate (i) and attention (a: q + k + v widths) size; bytes
+# per token per vocabulary entry in the loss (transformers' path: bf16 logits, an fp32 copy, log-softmax, gradients);
+# GiB fixed. The two models fitted (0.6B and 4B Qwen3) gave 11.5 and 11.1 bytes per logit.
+COEF = dict(layer_h=1.3, layer_i=8.0, layer_a=12.0, loss_v=11.3, fixed_gib=0.05)
 NF4_BYTES = 0.5 + 1 / 64  # packed 4-bit weight + uint8 absmax per 64-block (double quantization)
 OPTIMIZER_BYTES = {"adamw_8bit": 2, "adamw": 8}  # optimizer state bytes per fp32 trainable parameter
 
@@ -60,6 +62,10 @@ class Arch:
             up_proj=(h, i),
             down_proj=(i, h),
         )
+
+    @property
+    def attention_width(self) -> int:
+        return (self.heads + 2 * self.kv_heads) * self.head_dim
 
     @property
     def linear_params(self) -> int:
@@ -110,7 +116,8 @@ def estimate(
         trainable = arch.params * (2 + 2 + opt)  # bf16 gradient, optimizer states (bf16 params are the weights)
     else:
         trainable = arch.lora_params(rank, targets) * (4 + 4 + opt)  # fp32 adapters, their grads, states
-    layer = tokens * (COEF["layer_h"] * arch.hidden + COEF["layer_i"] * arch.intermediate)
+    width = COEF["layer_h"] * arch.hidden + COEF["layer_i"] * arch.intermediate + COEF["layer_a"] * arch.attention_width
+    layer = tokens * width
     if checkpointing:
         activations = arch.layers * tokens * arch.hidden * 2 + layer
     else:
