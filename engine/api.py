@@ -310,13 +310,18 @@ def save_jsonl(rows: list[dict], path: str | Path) -> Path:
 
 
 def Chat(source: str, device: str = "auto"):
-    """A loaded chat model: a run (its adapter over its base model), a merged model folder, or a hub id."""
+    """A loaded chat model: a run (its adapter over its base model), a merged model folder, a hub id, or a .gguf
+    file (through llama.cpp, with the chat template embedded in the file)."""
+    if str(source).lower().endswith(".gguf"):
+        from engine.gguf_chat import GGUFChat
+
+        return GGUFChat(source, device)
     from engine.infer import ChatModel
 
     return ChatModel(source, device)
 
 
-EXPORT_FORMATS = ("lora", "merged16")
+EXPORT_FORMATS = ("lora", "merged16", "gguf-f16", "gguf-bf16", "gguf-q8_0", "gguf-q4_k_m", "gguf-q5_k_m", "gguf-q6_k")
 
 
 def export(source: str, fmt: str, out: str | Path, log=print):

@@ -45,6 +45,45 @@ ARCHS = {
         rms_norm_eps=1e-6,
         tie_word_embeddings=True,
     ),
+    "qwen2": dict(
+        model_type="qwen2",
+        initializer_range=0.25,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+    ),
+    "mistral": dict(
+        model_type="mistral",
+        initializer_range=0.25,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-5,
+        sliding_window=None,
+        tie_word_embeddings=False,
+    ),
+    # Rows of 256 (llama.cpp's K-quant block): the GGUF tests quantize this one to Q4_K/Q5_K/Q6_K for real, where
+    # the 64-wide models fall back to the legacy 32-blocks (Q5_0, Q8_0) that llama.cpp uses for short rows.
+    "llama256": dict(
+        model_type="llama",
+        initializer_range=0.25,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+    ),
 }
 
 

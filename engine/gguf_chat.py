@@ -1,0 +1,106 @@
+"""Chat with a GGUF file through llama.cpp (llama-cpp-python), with the chat template embedded in the file.
+
+The same reply()/stream() interface as engine.infer.ChatModel, so the Chat tab and the CLI treat a GGUF like a run.
+The template is rendered here (sandboxed Jinja, as transformers renders it) and the token ids go to llama.cpp's
+completion API, which stops on the vocabulary's end-of-generation tokens (EOS and end-of-turn: <|im_end|>, <|eot_id|>,
+...), so a reply ends exactly where the model ends its turn.
+"""
+
+import os
+from pathlib import Path
+
+from engine.errors import UserError
+from engine.infer import END_OF_TURN
+
+
+def _trained_context(path: Path) -> int:
+    """The context length the model was trained for, read from the file's header (memory-mapped, no weights)."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(path)
+        arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+        return int(reader.fields[f"{arch}.context_length"].parts[-1][0])
+    except (KeyError, ValueError, IndexError):
+        raise UserError(f"'{path.name}' is not a readable GGUF model file.") from None
+
+
+class GGUFChat:
+    """A GGUF model loaded for chat; `reply` and `stream` take a list of {"role", "content"} messages."""
+
+    def __init__(self, path: str | os.PathLike, device: str = "auto", n_ctx: int = 4096):
+        import llama_cpp
+
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"GGUF file '{path}' does not exist.")
+        try:
+            self.llm = llama_cpp.Llama(
+                str(path),
+                n_ctx=min(n_ctx, _trained_context(path)),
+                n_gpu_layers=0 if device == "cpu" else -1,
+                n_threads=os.cpu_count() or 1,
+                verbose=False,
+            )
+        except ValueError:
+            raise UserError(
+                f"llama.cpp could not load '{path.name}'; the file is damaged or of a newer format."
+            ) from None
+        meta = self.llm.metadata
+        self.template = meta.get("tokenizer.chat_template")
+        if not self.template:
+            raise UserError(f"'{path.name}' has no chat template embedded; export it again with Tunesmith.")
+        keys = {"bos": "bos_token_id", "eos": "eos_token_id", "pad": "padding_token_id", "unk": "unknown_token_id"}
+        self.specials = {name: self._token_text(meta.get(f"tokenizer.ggml.{key}")) for name, key in keys.items()}
+        self.source = str(path)
+
+    def _token_text(self, token_id) -> str:
+        if token_id is None:
+            return ""
+        return self.llm.detokenize([int(token_id)], special=True).decode("utf-8", errors="replace")
+
+    def close(self) -> None:
+        """Free llama.cpp's model and context now rather than at garbage collection."""
+        self.llm.close()
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        """The chat-rendered prompt as token ids (special tokens parsed, no extra BOS: the template has its own)."""
+        from engine.gguf import render_template
+
+        text = render_template(
+            self.template,
+            messages,
+            True,
+            bos_token=self.specials["bos"],
+            eos_token=self.specials["eos"],
+            pad_token=self.specials["pad"],
+            unk_token=self.specials["unk"],
+        )
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def _completion(self, messages, max_new_tokens, temperature, top_p, top_k, repetition_penalty, stream):
+        return self.llm.create_completion(
+            self.prompt_ids(messages),
+            max_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,  # 0 disables top-k in llama.cpp's sampler, as in transformers
+            min_p=0.0,
+            repeat_penalty=repetition_penalty,
+            stop=list(END_OF_TURN),  # end-of-turn texts a model may spell out as plain text
+            stream=stream,
+        )
+
+    def reply(self, messages, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0) -> str:
+        """The whole reply (greedy when temperature is 0), without the end-of-turn token."""
+        out = self._completion(messages, max_new_tokens, temperature, top_p, top_k, repetition_penalty, False)
+        return out["choices"][0]["text"].strip()
+
+    def stream(self, messages, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0):
+        """Yield the reply so far, growing as tokens arrive."""
+        text = ""
+        for chunk in self._completion(messages, max_new_tokens, temperature, top_p, top_k, repetition_penalty, True):
+            piece = chunk["choices"][0]["text"]
+            if piece:
+                text += piece
+                yield text.strip()
