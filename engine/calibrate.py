@@ -13,6 +13,7 @@ prepare_for_training, the run's optimizer, bf16 autocast.
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -129,6 +130,8 @@ def one(model_id: str, method: str, seq: int, batch: int, ckpt: bool, cap: float
         error=error,
         peak_alloc_gib=round(torch.cuda.max_memory_allocated() / 2**30, 3),
         peak_reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 3),
+        peak_rss_gib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),  # ru_maxrss is KiB
+        estimate_ram_gib=est.peak_ram_gib,
         estimate_gib=est.peak_vram_gib,
         parts_gib=est.parts_gib,
         tokens_per_s=round(batch * seq / times[len(times) // 2], 1) if times else None,
@@ -148,8 +151,11 @@ def tiers(out) -> None:
     from engine import presets
     from engine.api import model_arch
 
-    print("| tier | model | method | seq x batch | ckpt | estimate GiB | measured GiB | error | tokens/s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| tier | model | method | seq x batch | ckpt | estimate GiB | measured GiB | error | tokens/s "
+        "| RAM estimate GiB | RAM peak GiB (RSS) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for tier, model_id, method in TIER_RUNS:
         p = presets.preset_for(tier, model_arch(model_id).params, method)
         if not isinstance(p, presets.Preset):
@@ -168,7 +174,8 @@ def tiers(out) -> None:
         err = 100 * (r["estimate_gib"] - r["peak_alloc_gib"]) / r["peak_alloc_gib"]
         print(
             f"| {tier} | {model_id} | {method} | {r['seq']} x {r['batch']} | {r['ckpt']} | {r['estimate_gib']} | "
-            f"{r['peak_alloc_gib']} | {err:+.0f}% | {r['tokens_per_s']:,.0f} |",
+            f"{r['peak_alloc_gib']} | {err:+.0f}% | {r['tokens_per_s']:,.0f} | {r['estimate_ram_gib']} | "
+            f"{r['peak_rss_gib']} |",
             flush=True,
         )
 

@@ -132,9 +132,9 @@ def estimate(
         fixed=COEF["fixed_gib"] * GIB,
     )
     parts = {k: round(v / GIB, 3) for k, v in parts.items()}
-    # Host RAM: the process and libraries (~3 GiB measured with torch+transformers loaded) plus one weight shard
-    # (safetensors are memory-mapped and copied to the GPU a shard at a time; shards are at most ~5 GiB).
-    ram = 3.0 + min(arch.params * 2 / GIB, 5.0)
+    # Host RAM: measured peak RSS (python -m engine.calibrate tiers) was the whole 16-bit checkpoint plus about
+    # 1 GiB for every model and method: transformers maps every weight file while it loads, QLoRA included.
+    ram = 1.0 + arch.params * 2 / GIB
     return Estimate(round(sum(parts.values()), 2), round(ram, 2), parts)
 
 
