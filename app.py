@@ -9,25 +9,32 @@ import argparse
 import os
 import secrets
 import sys
+import tempfile
 
 import gradio as gr
 
-from ui import chat_tab, data_tab, export_tab, model_tab, train_tab
+from engine import api
+from ui import chat_tab, data_tab, export_tab, i18n, model_tab, train_tab
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def build_app() -> gr.Blocks:
     with gr.Blocks(title="Tunesmith") as demo:
-        gr.Markdown("# Tunesmith\nPick a model, drop in a dataset, press Train, chat with the result, export it.")
+        with gr.Row():
+            gr.Markdown("# Tunesmith\nPick a model, drop in a dataset, press Train, chat with the result, export it.")
+            language = gr.Radio(list(i18n.LANGUAGES), value="English", label="Language", scale=0)
         model = model_tab.build()
         data = data_tab.build(model["custom_or_catalog"])
-        train_tab.build(
+        train = train_tab.build(
             [model["custom_or_catalog"], model["method"], model["trust"]],
             [data["path"], data["mapping"], data["template"], data["config"], data["split"], data["max_len"]],
         )
-        chat_tab.build()
+        chat = chat_tab.build()
+        train_tab.wire_chat(train, chat["source"])
         export_tab.build()
+        items = i18n.translatable(demo.blocks)
+        language.change(i18n.switcher(items), language, [block for block, _ in items])
     return demo
 
 
@@ -66,6 +73,9 @@ def auth_for(args) -> tuple[str, str] | None:
 def main(argv=None) -> None:
     args = parse_args(argv)
     auth = auth_for(args)
+    if args.share or args.host not in LOOPBACK:
+        # reachable from elsewhere: typed paths may only name files in the workspace or Gradio's uploads
+        api.restrict_files([api.workspace(), os.environ.get("GRADIO_TEMP_DIR", tempfile.gettempdir() + "/gradio")])
     demo.queue(default_concurrency_limit=4).launch(
         server_name=args.host,
         server_port=args.port,

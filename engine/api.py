@@ -46,9 +46,17 @@ __all__ = [
     "estimate",
     "model_arch",
     "vram_budget_gib",
+    "delete_run",
+    "run_log",
+    "gpu_stats",
+    "gguf_support",
+    "exported_gguf_files",
+    "restrict_files",
+    "check_access",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
+_allowed_roots: list[Path] | None = None  # set by restrict_files(): the folders a shared app may read
 _children: dict[int, subprocess.Popen] = {}  # runs this process started, so their exit is reaped
 
 
@@ -112,6 +120,8 @@ def _slug(name: str) -> str:
 
 def start(spec: JobSpec, runs: Path | None = None) -> RunHandle:
     """Write the spec to a new run folder and start `python -m engine.run` on it in the background."""
+    check_access(spec.model)
+    check_access(spec.data)
     runs = Path(runs) if runs else runs_dir()
     runs.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -281,6 +291,8 @@ def inspect_data(
     with the trained tokens marked, a token-length histogram and the rows `max_seq_length` would truncate."""
     from engine import data
 
+    check_access(path)
+    check_access(model or "")
     tokenizer = None
     if model:
         from engine.loading import load_tokenizer, resolve_model
@@ -312,6 +324,7 @@ def save_jsonl(rows: list[dict], path: str | Path) -> Path:
 def Chat(source: str, device: str = "auto"):
     """A loaded chat model: a run (its adapter over its base model), a merged model folder, a hub id, or a .gguf
     file (through llama.cpp, with the chat template embedded in the file)."""
+    check_access(str(source))
     if str(source).lower().endswith(".gguf"):
         from engine.gguf_chat import GGUFChat
 
@@ -353,6 +366,7 @@ def model_arch(model: str):
             return Arch(*m["arch"])
     import json
 
+    check_access(model)
     path = Path(os.path.expanduser(model))
     if (path / "config.json").is_file():
         return Arch.from_config(json.loads((path / "config.json").read_text()))
@@ -429,3 +443,70 @@ def estimate(
         if base
         else dict(fits=False, reason=preset.reason),
     )
+
+
+def delete_run(run: "str | Path | RunHandle") -> None:
+    """Delete a finished run's folder (a running one must be cancelled first)."""
+    import shutil
+
+    status = poll(run)
+    if not status.finished:
+        raise UserError(f"Run {status.run_id} is still {status.state}; cancel it before deleting it.")
+    shutil.rmtree(status.run_dir)
+
+
+def run_log(run: "str | Path | RunHandle", lines: int = 200) -> str:
+    """The last `lines` lines of a run's log.txt."""
+    path = find_run(run) / "log.txt"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else ""
+
+
+def gpu_stats() -> dict | None:
+    """Live GPU memory and utilisation through NVML (nvidia-ml-py), or None without an NVIDIA GPU."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
+        util = pynvml.nvmlDeviceGetUtilizationRates(handle)
+        return dict(used_gb=round(mem.used / 1e9, 2), total_gb=round(mem.total / 1e9, 2), util_pct=util.gpu)
+    except Exception:  # no driver, no GPU, or NVML missing: the view simply shows no GPU line
+        return None
+
+
+def gguf_support(source: str) -> tuple[bool, str]:
+    """(can this run or model be exported to GGUF, the reason when not), for the Export tab's format choice."""
+    from engine import gguf
+    from engine.infer import locate
+    from engine.loading import resolve_model
+
+    base, _, tok_dir = locate(source)
+    return gguf.supported(resolve_model(base), tok_dir)
+
+
+def exported_gguf_files() -> list[Path]:
+    """GGUF files under the workspace's exports/ folder, newest first."""
+    folder = workspace() / "exports"
+    files = folder.glob("*/*.gguf") if folder.is_dir() else []
+    return sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def restrict_files(roots: list) -> None:
+    """From now on, refuse local paths outside `roots` (the app calls this when it is reachable from elsewhere)."""
+    global _allowed_roots
+    _allowed_roots = [Path(r).resolve() for r in roots]
+
+
+def check_access(value: str) -> None:
+    """Raise a UserError for a local path outside the allowed folders; hub ids and unrestricted apps pass."""
+    if _allowed_roots is None or not value:
+        return
+    path = Path(os.path.expanduser(value))
+    if not path.exists() and not value.startswith((".", "/", "~")):
+        return  # a hub id, not a local path
+    real = path.resolve()
+    if not any(real == root or root in real.parents for root in _allowed_roots):
+        raise UserError(
+            f"This app is shared, so it only opens files inside its workspace ({workspace()}); upload the file instead."
+        )

@@ -69,14 +69,20 @@ def test_train_chat_export_handlers(tiny_llama, identity_file, runs, tmp_path):
     from ui import chat_tab, export_tab, train_tab
 
     data = [str(identity_file), "", "auto", "", "train", 256]
-    run_id, status, timer = train_tab.start(str(tiny_llama), "lora", False, *data, "ui", 100, 1, 1e-2, 2, 1, 16, False)
+    run_id, status, timer = train_tab.start(
+        str(tiny_llama), "lora", False, *data, "ui", 100, 1, 1e-2, 2, 1, 16, False, False
+    )
     assert run_id and status.startswith("Started")
-    _, again, _ = train_tab.start(str(tiny_llama), "lora", False, *data, "ui2", 5, 1, 1e-2, 2, 1, 16, False)
+    _, again, _ = train_tab.start(str(tiny_llama), "lora", False, *data, "ui2", 5, 1, 1e-2, 2, 1, 16, False, False)
     assert "still training" in again  # never two runs on one GPU by accident
     st = wait_for(api.RunHandle(run_id, runs / run_id, 0))
     assert st.state == "done"
     text, frame, _ = train_tab.view(run_id)
-    assert "**done**" in text and list(frame["step"]) == list(range(1, 101))
+    assert "**done**" in text
+    raw, smooth = frame[frame.series == "raw"], frame[frame.series == "smoothed"]
+    assert list(raw["step"]) == list(range(1, 101)) and list(smooth["step"]) == list(range(1, 101))
+    assert smooth["loss"].iloc[-1] < raw["loss"].iloc[0]
+    assert "saved adapter/ after 100 steps" in train_tab.show_log(run_id)
     assert train_tab.history()[0][:2] == [run_id, "done"]
 
     assert run_id in chat_tab.run_choices()
@@ -90,11 +96,17 @@ def test_train_chat_export_handlers(tiny_llama, identity_file, runs, tmp_path):
     assert "already exists" in export_tab.do_export(run_id, "lora", "nova-lora")
     assert "not allowed" in export_tab.do_export(run_id, "lora", "../escape")
 
+    _, msg, table = train_tab.delete(run_id)
+    assert msg == f"Deleted run `{run_id}`." and not (runs / run_id).exists() and table == []
+    assert (runs.parent / "exports" / "nova-lora").is_dir()  # exports outlive their run
+
 
 def test_start_without_model_or_data_says_what_to_do(runs):
     from ui import train_tab
 
-    _, status, _ = train_tab.start("", "lora", False, "", "", "auto", "", "train", 256, "x", 5, 1, 1e-3, 1, 1, 8, False)
+    _, status, _ = train_tab.start(
+        "", "lora", False, "", "", "auto", "", "train", 256, "x", 5, 1, 1e-3, 1, 1, 8, False, True
+    )
     assert status == "**Not started:** Pick a model in the Model tab first."
 
 
@@ -149,3 +161,80 @@ def test_model_tab_fit_badge(monkeypatch, tiny_llama):
     monkeypatch.delenv("TUNESMITH_VRAM_GIB")
     assert model_tab.fit_badge(str(tiny_llama), "lora").startswith("No GPU detected")
     assert "does not exist" in model_tab.describe(None, "/no/such/folder", "lora")
+
+
+def test_preset_applied_from_the_gpu(monkeypatch):
+    from ui import train_tab
+
+    monkeypatch.setenv("TUNESMITH_VRAM_GIB", "14.6")
+    note, seq, batch, accum, rank, lr, ckpt = train_tab.apply_preset("Qwen/Qwen3-4B", "qlora")
+    assert note.startswith("Preset for this GPU (16 GB tier)") and "estimated peak" in note
+    assert seq * batch >= 1024 and batch * accum == 8 and rank == 16 and lr == 2e-4 and isinstance(ckpt, bool)
+    note, *_ = train_tab.apply_preset("Qwen/Qwen3-32B", "full")
+    assert note.startswith("⚠ The 16 GB preset says this does not fit")
+
+
+def test_smoothed_loss_is_a_bias_corrected_average():
+    from ui.train_tab import smoothed
+
+    assert smoothed([2.0, 2.0, 2.0]) == [2.0, 2.0, 2.0]
+    assert smoothed([4.0, 0.0])[1] == pytest.approx((0.9 * 0.1 * 4.0) / (1 - 0.81))
+
+
+def test_shared_app_reads_only_its_workspace(runs, tmp_path, identity_file, monkeypatch):
+    from engine import api
+    from ui import data_tab
+
+    inside = runs.parent / "data" / "mine.jsonl"
+    inside.parent.mkdir(parents=True)
+    inside.write_text(identity_file.read_text())
+    monkeypatch.setattr(api, "_allowed_roots", None)
+    api.restrict_files([api.workspace()])
+    secret = tmp_path.parent / "secret.jsonl"
+    secret.write_text(identity_file.read_text())
+    _, summary, _, _ = data_tab.inspect(str(secret), "", "", "auto", 1024)
+    assert "only opens files inside its workspace" in summary
+    _, summary, _, _ = data_tab.inspect(str(runs.parent / "data" / ".." / ".." / "secret.jsonl"), "", "", "auto", 1024)
+    assert "only opens files inside its workspace" in summary
+    assert data_tab.inspect(str(inside), "", "", "auto", 1024)[0] == str(inside)
+    api.check_access("Qwen/Qwen3-0.6B")  # hub ids are not files
+    with pytest.raises(api.UserError):
+        api.start(api.JobSpec(model=str(tmp_path.parent), data=str(inside)))
+
+
+def test_every_string_has_chinese_and_russian_and_the_switch_relabels(monkeypatch):
+    import app
+    from ui import i18n
+
+    assert all(len(v) == 2 and all(v) for v in i18n.STRINGS.values())
+    items = i18n.translatable(app.demo.blocks)
+    english = {text for _, fields in items for attr, text in fields.items() if attr != "choices"}
+    assert {"Model", "Data", "Train", "Chat", "Export", "Start training", "Message"} <= english
+    updates = i18n.switcher(items)("Русский")
+    assert len(updates) == len(items)
+    by_english = {fields.get("label", fields.get("value")): u for (_, fields), u in zip(items, updates, strict=True)}
+    assert by_english["Start training"]["value"] == "Начать обучение"
+    assert by_english["Train"]["label"] == "Обучение"
+
+
+def test_export_tab_hides_gguf_for_an_unsupported_model(runs, tmp_path, tiny_llama, identity_file):
+    import json
+    import shutil
+
+    from helpers import wait_for
+
+    from engine import api
+    from ui import export_tab
+
+    gemma = tmp_path / "gemma-like"
+    shutil.copytree(tiny_llama, gemma)
+    cfg = json.loads((gemma / "config.json").read_text())
+    (gemma / "config.json").write_text(json.dumps({**cfg, "model_type": "falcon"}))
+    st = wait_for(api.start(api.JobSpec(model=str(tiny_llama), data=str(identity_file), max_steps=1)))
+    radio, why = export_tab.formats_for(st.run_id)
+    assert why == "" and any(v == "gguf-q4_k_m" for _, v in radio.choices)
+    job = st.run_dir / "job.yaml"
+    job.write_text(job.read_text().replace(str(tiny_llama), str(gemma)))
+    radio, why = export_tab.formats_for(st.run_id)
+    assert why.startswith("GGUF: GGUF export does not support the 'falcon' architecture")
+    assert all(not v.startswith("gguf") for _, v in radio.choices)

@@ -8,7 +8,13 @@ _loaded: dict[str, object] = {}  # source -> loaded chat model, shared by sessio
 
 
 def run_choices() -> list[str]:
+    """Finished runs (by id)."""
     return [r.run_id for r in api.list_runs() if r.state in ("done", "cancelled")]
+
+
+def chat_choices() -> list[str]:
+    """What the Chat tab offers: finished runs, then exported GGUF files (by path)."""
+    return run_choices() + [str(p) for p in api.exported_gguf_files()]
 
 
 def load(source: str) -> str:
@@ -44,7 +50,7 @@ def respond(source: str, message: str, history: list[dict], system: str, tempera
 def build() -> dict:
     with gr.Tab("Chat"):
         with gr.Row():
-            source = gr.Dropdown(run_choices(), label="Run or model", allow_custom_value=True)
+            source = gr.Dropdown(chat_choices(), label="Run, GGUF file or model", allow_custom_value=True)
             refresh = gr.Button("Refresh runs")
             load_btn = gr.Button("Load")
         loaded = gr.Markdown()
@@ -55,7 +61,7 @@ def build() -> dict:
         chatbot = gr.Chatbot(label="Chat", height=360)
         message = gr.Textbox(label="Message", placeholder="Who are you?")
         send = gr.Button("Send", variant="primary")
-    refresh.click(lambda: gr.Dropdown(choices=run_choices()), None, source)
+    refresh.click(lambda: gr.Dropdown(choices=chat_choices()), None, source)
     load_btn.click(load, source, loaded)
     for trigger in (send.click, message.submit):
         trigger(respond, [source, message, chatbot, system, temperature, max_new], [chatbot, message])

@@ -1,10 +1,14 @@
-"""Train tab: settings, Start and Cancel, a live view polled from the run folder, and the run history."""
+"""Train tab: the GPU's preset, Start and Cancel, a live view polled from the run folder, and the run history."""
 
 import gradio as gr
 import pandas as pd
 
 from engine import api
 from ui.data_tab import parse_mapping
+
+# No data is None, never an empty frame: Gradio 6.31's LinePlot that starts from an empty frame never draws the
+# lines it is given later (tests/browser checks the drawn plot).
+EMPTY_PLOT = None
 
 
 def make_spec(
@@ -25,6 +29,7 @@ def make_spec(
     accum,
     rank,
     packing,
+    checkpointing,
 ) -> api.JobSpec:
     """The JobSpec for the values on the Model, Data and Train tabs (in the order `build` wires them)."""
     if not model:
@@ -50,6 +55,37 @@ def make_spec(
         lora_r=int(rank),
         lora_alpha=int(rank),
         packing=bool(packing),
+        gradient_checkpointing=bool(checkpointing),
+    )
+
+
+def apply_preset(model: str, method: str):
+    """(note, seq, batch, accum, rank, lr, checkpointing) from the preset for this GPU; unchanged fields on CPU."""
+    keep = [gr.update()] * 6
+    if not model:
+        return "Pick a model to see the preset for this GPU.", *keep
+    try:
+        est = api.estimate(model, method)
+    except api.UserError as e:
+        return f"No preset: {e}", *keep
+    p = est["preset"]
+    if p is None:
+        return "No GPU detected: the CPU trains with the settings below (slowly).", *keep
+    if p.get("fits") is False:
+        return f"⚠ The {est['tier_gb']} GB preset says this does not fit: {p['reason']}.", *keep
+    note = (
+        f"Preset for this GPU ({est['tier_gb']} GB tier): {p['max_seq_length']} tokens × {p['batch_size']}, "
+        f"accumulation {p['grad_accum']}, rank {p['lora_r']}, checkpointing "
+        f"{'on' if p['gradient_checkpointing'] else 'off'}; estimated peak {est['peak_vram_gb']:.1f} GB."
+    )
+    return (
+        note,
+        p["max_seq_length"],
+        p["batch_size"],
+        p["grad_accum"],
+        p["lora_r"],
+        p["learning_rate"],
+        p["gradient_checkpointing"],
     )
 
 
@@ -65,14 +101,23 @@ def start(*args):
     return handle.run_id, f"Started run `{handle.run_id}`…", gr.Timer(active=True)
 
 
+def smoothed(values: list[float], weight: float = 0.9) -> list[float]:
+    """Exponential moving average, bias-corrected (as TensorBoard draws it)."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, 1):
+        avg = weight * avg + (1 - weight) * v
+        out.append(avg / (1 - weight**i))
+    return out
+
+
 def view(run_id: str):
-    """(status markdown, progress table for the plot, timer) of a run."""
+    """(status markdown, loss plot data, timer) of a run."""
     if not run_id:
-        return "No run yet.", pd.DataFrame({"step": [], "loss": []}), gr.Timer(active=False)
+        return "No run yet.", EMPTY_PLOT, gr.Timer(active=False)
     try:
         st = api.poll(run_id)
     except api.UserError as e:
-        return str(e), pd.DataFrame({"step": [], "loss": []}), gr.Timer(active=False)
+        return str(e), EMPTY_PLOT, gr.Timer(active=False)
     lines = [f"**{st.state}** · step {st.step}/{st.total_steps or '?'} · {st.message}"]
     if st.metrics:
         m = st.metrics[-1]
@@ -80,9 +125,22 @@ def view(run_id: str):
             f"loss {m['loss']:.4f} · lr {m['lr']:.2e} · grad norm {m['grad_norm']:.3f} · "
             f"{m['tokens_per_s']:.0f} tokens/s · memory {m['memory_gb']:.2f} GB · ETA {m['eta_s']:.0f} s"
         )
+    gpu = api.gpu_stats()
+    if gpu:
+        lines.append(f"GPU: {gpu['used_gb']:.1f} / {gpu['total_gb']:.1f} GB in use, {gpu['util_pct']}% busy")
     if st.state == "failed":
-        lines.append(f"The full log is in `{st.run_dir / 'log.txt'}`.")
-    frame = pd.DataFrame({"step": [m["step"] for m in st.metrics], "loss": [m["loss"] for m in st.metrics]})
+        lines.append("The full log is under *Log* below.")
+    steps = [m["step"] for m in st.metrics]
+    losses = [m["loss"] for m in st.metrics]
+    if not st.metrics:
+        return "\n\n".join(lines), EMPTY_PLOT, gr.Timer(active=not st.finished)
+    frame = pd.DataFrame(
+        {
+            "step": steps * 2,
+            "loss": losses + smoothed(losses),
+            "series": ["raw"] * len(steps) + ["smoothed"] * len(steps),
+        }
+    )
     return "\n\n".join(lines), frame, gr.Timer(active=not st.finished)
 
 
@@ -108,9 +166,34 @@ def resume(run_id: str):
     return handle.run_id, f"Resumed run `{handle.run_id}`…", gr.Timer(active=True)
 
 
+def delete(run_id: str):
+    """Delete the run; returns (run id box, status, history table)."""
+    try:
+        if not run_id:
+            raise api.UserError("Pick a run in the history first.")
+        api.delete_run(run_id)
+    except api.UserError as e:
+        return run_id, f"**Not deleted:** {e}", history()
+    return "", f"Deleted run `{run_id}`.", history()
+
+
+def pick(table: pd.DataFrame, evt: gr.SelectData) -> str:
+    """The run id of the history row the user clicked."""
+    return str(table.iloc[evt.index[0], 0])
+
+
+def show_log(run_id: str) -> str:
+    try:
+        return api.run_log(run_id) if run_id else ""
+    except api.UserError as e:
+        return str(e)
+
+
 def build(model_inputs: list, data_inputs: list) -> dict:
-    """`model_inputs`: model, method, trust; `data_inputs`: dataset, mapping, template, config, split, max length."""
+    """`model_inputs`: model, method, trust; `data_inputs`: dataset, mapping, template, config, split, max length
+    (the max length is also set from the preset)."""
     with gr.Tab("Train"):
+        preset_note = gr.Markdown("Pick a model to see the preset for this GPU.")
         name = gr.Textbox("my-run", label="Run name")
         with gr.Row():
             steps = gr.Number(60, label="Steps (0: use epochs)", precision=0)
@@ -121,39 +204,61 @@ def build(model_inputs: list, data_inputs: list) -> dict:
                 batch = gr.Number(2, label="Batch size", precision=0)
                 accum = gr.Number(4, label="Gradient accumulation", precision=0)
                 rank = gr.Number(16, label="LoRA rank (alpha = rank)", precision=0)
+            with gr.Row():
+                checkpointing = gr.Checkbox(True, label="Gradient checkpointing (less memory, slower)")
                 packing = gr.Checkbox(False, label="Pack short examples (faster; the max length is on the Data tab)")
         with gr.Row():
             start_btn = gr.Button("Start training", variant="primary")
             cancel_btn = gr.Button("Cancel", variant="stop")
         run_id = gr.Textbox(label="Run", interactive=False)
         status = gr.Markdown("No run yet.")
-        plot = gr.LinePlot(pd.DataFrame({"step": [], "loss": []}), x="step", y="loss", label="Loss")
+        plot = gr.LinePlot(EMPTY_PLOT, x="step", y="loss", color="series", label="Loss")
         timer = gr.Timer(1.0, active=False)
+        with gr.Accordion("Log", open=False):
+            log_btn = gr.Button("Show log")
+            log = gr.Textbox(label="log.txt (last 200 lines)", lines=12, interactive=False)
         with gr.Accordion("Run history", open=False):
             table = gr.Dataframe(headers=["run", "state", "step", "model", "loss"], value=history(), interactive=False)
             with gr.Row():
                 refresh = gr.Button("Refresh")
-                resume_btn = gr.Button("Resume the run above")
-    inputs = model_inputs + data_inputs + [name, steps, epochs, lr, batch, accum, rank, packing]
+                resume_btn = gr.Button("Resume")
+                chat_btn = gr.Button("Chat with this run")
+                delete_btn = gr.Button("Delete", variant="stop")
+    model, method = model_inputs[0], model_inputs[1]
+    for trigger in (model.change, method.change):
+        trigger(apply_preset, [model, method], [preset_note, data_inputs[-1], batch, accum, rank, lr, checkpointing])
+    inputs = model_inputs + data_inputs + [name, steps, epochs, lr, batch, accum, rank, packing, checkpointing]
     start_btn.click(start, inputs, [run_id, status, timer])
     timer.tick(view, run_id, [status, plot, timer])
     cancel_btn.click(cancel, run_id, status)
+    log_btn.click(show_log, run_id, log)
     refresh.click(history, None, table)
+    table.select(pick, table, run_id).then(view, run_id, [status, plot, timer])
     resume_btn.click(resume, run_id, [run_id, status, timer])
+    delete_btn.click(delete, run_id, [run_id, status, table])
     return dict(
+        preset_note=preset_note,
         name=name,
         steps=steps,
         epochs=epochs,
         lr=lr,
-        packing=packing,
         batch=batch,
         accum=accum,
         rank=rank,
+        checkpointing=checkpointing,
+        packing=packing,
         start=start_btn,
         cancel=cancel_btn,
         run_id=run_id,
         status=status,
         plot=plot,
         timer=timer,
+        log=log,
         table=table,
+        chat_btn=chat_btn,
     )
+
+
+def wire_chat(train: dict, chat_source) -> None:
+    """ "Chat with this run" picks the run in the Chat tab (built after this one)."""
+    train["chat_btn"].click(lambda r: gr.Dropdown(choices=[r], value=r), train["run_id"], chat_source)

@@ -1,0 +1,167 @@
+"""The interface in English, Chinese and Russian, switchable at any time.
+
+Strings are keyed by their English text: after the layout is built, `translatable` collects every component whose
+label, placeholder, text or choices appear in STRINGS, and the language switch returns one update for each. Messages
+that handlers write (engine sentences) stay in English.
+"""
+
+import gradio as gr
+
+LANGUAGES = {"English": "en", "中文": "zh", "Русский": "ru"}
+STRINGS = {  # English: (Chinese, Russian)
+    "# Tunesmith\nPick a model, drop in a dataset, press Train, chat with the result, export it.": (
+        "# Tunesmith\n选择模型，放入数据集，点击训练，与结果对话，然后导出。",
+        "# Tunesmith\nВыберите модель, добавьте датасет, нажмите «Обучить», поговорите с результатом, экспортируйте.",
+    ),
+    "Language": ("语言", "Язык"),
+    "Model": ("模型", "Модель"),
+    "Data": ("数据", "Данные"),
+    "Train": ("训练", "Обучение"),
+    "Chat": ("对话", "Чат"),
+    "Export": ("导出", "Экспорт"),
+    "Model catalog": ("模型目录", "Каталог моделей"),
+    "…or a hub id or local folder": ("…或 Hub ID / 本地文件夹", "…или ID на хабе / локальная папка"),
+    "Method": ("方法", "Метод"),
+    "QLoRA: 4-bit base, least memory": ("QLoRA：4 位基座，显存最少", "QLoRA: 4-битная база, меньше всего памяти"),
+    "LoRA: 16-bit base, a little faster": ("LoRA：16 位基座，稍快", "LoRA: 16-битная база, чуть быстрее"),
+    "Full fine-tuning: all weights, most memory": (
+        "全量微调：全部权重，显存最多",
+        "Полное дообучение: все веса, больше всего памяти",
+    ),
+    "Trust remote code (runs Python shipped with the model: only for models you trust)": (
+        "信任远程代码（运行模型自带的 Python 代码：仅限可信模型）",
+        "Доверять удалённому коду (запускает Python из модели: только для доверенных моделей)",
+    ),
+    "Dataset file (JSON, JSONL, CSV, TSV, Parquet, TXT)": (
+        "数据集文件（JSON、JSONL、CSV、TSV、Parquet、TXT）",
+        "Файл датасета (JSON, JSONL, CSV, TSV, Parquet, TXT)",
+    ),
+    "…or a hub dataset id": ("…或 Hub 数据集 ID", "…или ID датасета на хабе"),
+    "Config": ("配置", "Конфигурация"),
+    "Split": ("划分", "Сплит"),
+    "Load hub dataset": ("加载 Hub 数据集", "Загрузить датасет с хаба"),
+    "Column mapping (when your columns have other names)": (
+        "列映射（列名不同时）",
+        "Сопоставление колонок (если названия другие)",
+    ),
+    "Chat template (auto: the model's own)": (
+        "对话模板（auto：模型自带）",
+        "Шаблон чата (auto: собственный шаблон модели)",
+    ),
+    "Max sequence length": ("最大序列长度", "Максимальная длина последовательности"),
+    "Identity dataset: teach the model its name and maker": (
+        "身份数据集：教模型它的名字和开发者",
+        "Датасет личности: научите модель её имени и создателю",
+    ),
+    "Name": ("名字", "Имя"),
+    "Maker": ("开发者", "Создатель"),
+    "Description (optional)": ("描述（可选）", "Описание (необязательно)"),
+    "Languages": ("语言", "Языки"),
+    "Generate": ("生成", "Сгенерировать"),
+    "Identity examples (editable)": ("身份示例（可编辑）", "Примеры (можно редактировать)"),
+    "Save and use this dataset": ("保存并使用此数据集", "Сохранить и использовать этот датасет"),
+    "Dataset in use": ("当前数据集", "Используемый датасет"),
+    "No dataset yet: upload a file, name a hub dataset, or generate an identity dataset.": (
+        "还没有数据集：上传文件、填写 Hub 数据集，或生成身份数据集。",
+        "Датасета пока нет: загрузите файл, укажите датасет с хаба или сгенерируйте датасет личности.",
+    ),
+    "First example as the model sees it (highlighted: what it learns)": (
+        "模型看到的第一个样本（高亮部分：模型学习的内容）",
+        "Первый пример глазами модели (выделено то, чему она учится)",
+    ),
+    "Tokens per example": ("每个样本的 token 数", "Токенов в примере"),
+    "Pick a model to see the preset for this GPU.": (
+        "选择模型以查看此 GPU 的预设。",
+        "Выберите модель, чтобы увидеть пресет для этой видеокарты.",
+    ),
+    "Run name": ("运行名称", "Название запуска"),
+    "Steps (0: use epochs)": ("步数（0：按轮数）", "Шаги (0: по эпохам)"),
+    "Epochs": ("轮数", "Эпохи"),
+    "Learning rate": ("学习率", "Скорость обучения"),
+    "Advanced": ("高级", "Дополнительно"),
+    "Batch size": ("批大小", "Размер батча"),
+    "Gradient accumulation": ("梯度累积", "Накопление градиента"),
+    "LoRA rank (alpha = rank)": ("LoRA 秩（alpha = 秩）", "Ранг LoRA (alpha = ранг)"),
+    "Gradient checkpointing (less memory, slower)": (
+        "梯度检查点（省显存，较慢）",
+        "Чекпоинтинг градиентов (меньше памяти, медленнее)",
+    ),
+    "Pack short examples (faster; the max length is on the Data tab)": (
+        "打包短样本（更快；最大长度在数据页）",
+        "Упаковывать короткие примеры (быстрее; длина на вкладке «Данные»)",
+    ),
+    "Start training": ("开始训练", "Начать обучение"),
+    "Cancel": ("取消", "Отменить"),
+    "Run": ("运行", "Запуск"),
+    "No run yet.": ("还没有运行。", "Запусков пока нет."),
+    "Loss": ("损失", "Потери"),
+    "Log": ("日志", "Журнал"),
+    "Show log": ("显示日志", "Показать журнал"),
+    "log.txt (last 200 lines)": ("log.txt（最后 200 行）", "log.txt (последние 200 строк)"),
+    "Run history": ("运行历史", "История запусков"),
+    "Refresh": ("刷新", "Обновить"),
+    "Resume": ("继续", "Продолжить"),
+    "Chat with this run": ("与此运行对话", "Поговорить с этим запуском"),
+    "Delete": ("删除", "Удалить"),
+    "Run, GGUF file or model": ("运行、GGUF 文件或模型", "Запуск, GGUF-файл или модель"),
+    "Refresh runs": ("刷新运行列表", "Обновить список"),
+    "Load": ("加载", "Загрузить"),
+    "System prompt": ("系统提示词", "Системный промпт"),
+    "Temperature (0: greedy)": ("温度（0：贪心）", "Температура (0: жадный выбор)"),
+    "Max new tokens": ("最大新 token 数", "Максимум новых токенов"),
+    "Message": ("消息", "Сообщение"),
+    "Send": ("发送", "Отправить"),
+    "Format": ("格式", "Формат"),
+    "LoRA adapter (small; needs the base model)": (
+        "LoRA 适配器（小；需要基座模型）",
+        "Адаптер LoRA (маленький; нужна базовая модель)",
+    ),
+    "Merged 16-bit safetensors (standalone)": (
+        "合并的 16 位 safetensors（独立）",
+        "Объединённые 16-битные safetensors (самостоятельные)",
+    ),
+    "GGUF Q4_K_M (Ollama / llama.cpp, smallest)": (
+        "GGUF Q4_K_M（Ollama / llama.cpp，最小）",
+        "GGUF Q4_K_M (Ollama / llama.cpp, самый маленький)",
+    ),
+    "Folder name (under exports/)": ("文件夹名（在 exports/ 下）", "Имя папки (в exports/)"),
+}
+
+
+def tr(text: str, lang: str) -> str:
+    if lang == "en" or text not in STRINGS:
+        return text
+    return STRINGS[text][0 if lang == "zh" else 1]
+
+
+def translatable(blocks) -> list[tuple[object, dict]]:
+    """(component, {attribute: English}) for every component showing a string of STRINGS."""
+    items = []
+    for block in blocks.values():
+        fields = {a: getattr(block, a) for a in ("label", "placeholder") if getattr(block, a, None) in STRINGS}
+        if isinstance(block, (gr.Button, gr.Markdown)) and block.value in STRINGS:
+            fields["value"] = block.value
+        if isinstance(block, gr.Radio) and any(label in STRINGS for label, _ in block.choices):
+            fields["choices"] = list(block.choices)
+        if fields:
+            items.append((block, fields))
+    return items
+
+
+def switcher(items: list[tuple[object, dict]]):
+    """The handler for the language selector: one update per translatable component."""
+
+    def switch(language: str) -> list:
+        lang = LANGUAGES.get(language, "en")
+        updates = []
+        for _, fields in items:
+            kw = {}
+            for attr, english in fields.items():
+                if attr == "choices":
+                    kw["choices"] = [(tr(label, lang), value) for label, value in english]
+                else:
+                    kw[attr] = tr(english, lang)
+            updates.append(gr.update(**kw))
+        return updates
+
+    return switch
