@@ -16,3 +16,17 @@ def wait_for(handle, timeout=600, until=None):
 
 def log_of(status) -> str:
     return (status.run_dir / "log.txt").read_text()
+
+
+def learned_runs(tok, example) -> list[str]:
+    """The decoded runs of consecutive trained tokens of a tokenized example, checking that every trained label is
+    its own input token (labels are not shifted in our examples; the model shifts them)."""
+    runs, current = [], []
+    for token, label in zip(example.input_ids, example.labels, strict=True):
+        if label != -100:
+            assert label == token
+            current.append(token)
+        elif current:
+            runs.append(tok.decode(current))
+            current = []
+    return runs + ([tok.decode(current)] if current else [])

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import learned_runs
 
 from engine import data
 from engine.errors import UserError
@@ -60,15 +61,7 @@ def test_every_assistant_turn_of_a_conversation_is_learned(tok):
         {"role": "assistant", "content": "You are welcome."},
     ]
     ex = data.tokenize_conversation(tok, msgs, 256)
-    runs, current = [], []
-    for t, label in zip(ex.input_ids, ex.labels, strict=True):
-        if label != -100:
-            assert label == t
-            current.append(t)
-        elif current:
-            runs.append(tok.decode(current))
-            current = []
-    assert runs == ["Hi there<|im_end|>", "You are welcome.<|im_end|>"]
+    assert learned_runs(tok, ex) == ["Hi there<|im_end|>", "You are welcome.<|im_end|>"]
 
 
 def test_train_on_inputs_learns_everything(tok):

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import learned_runs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -34,19 +35,6 @@ def tok():
     from tiny import make_tokenizer
 
     return make_tokenizer()
-
-
-def learned_runs(tok, ex):
-    """The decoded runs of consecutive trained tokens, checking every trained label equals its input token."""
-    runs, cur = [], []
-    for t, label in zip(ex.input_ids, ex.labels, strict=True):
-        if label != -100:
-            assert label == t
-            cur.append(t)
-        elif cur:
-            runs.append(tok.decode(cur))
-            cur = []
-    return runs + ([tok.decode(cur)] if cur else [])
 
 
 def spec(path, **kw):
