@@ -53,6 +53,11 @@ __all__ = [
     "exported_gguf_files",
     "restrict_files",
     "check_access",
+    "start_export",
+    "poll_export",
+    "cancel_export",
+    "ExportJob",
+    "ExportStatus",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,16 +154,17 @@ def resume(run: "str | Path | RunHandle") -> RunHandle:
     return _launch(status.run_dir, resume=True)
 
 
-def _launch(run_dir: Path, resume: bool) -> RunHandle:
-    cmd = [sys.executable, "-m", "engine.run", str(run_dir / "job.yaml")] + (["--resume"] if resume else [])
+def _spawn(module: str, args: list[str], folder: Path) -> int:
+    """Start `python -m module args` in the background with its output appended to folder/log.txt, and mark the
+    folder's status.json "starting" with its pid."""
     env = dict(
         os.environ,
         PYTHONUNBUFFERED="1",
         PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
     )
-    with open(run_dir / "log.txt", "a", encoding="utf-8") as log:
+    with open(folder / "log.txt", "a", encoding="utf-8") as log:
         proc = subprocess.Popen(
-            cmd,
+            [sys.executable, "-m", module, *args],
             cwd=ROOT,
             env=env,
             stdout=log,
@@ -170,10 +176,15 @@ def _launch(run_dir: Path, resume: bool) -> RunHandle:
     from engine.files import write_json
 
     write_json(
-        run_dir / "status.json",
+        folder / "status.json",
         dict(state="starting", message="starting", step=0, total_steps=0, pid=proc.pid, updated=time.time()),
     )
-    return RunHandle(run_dir.name, run_dir, proc.pid)
+    return proc.pid
+
+
+def _launch(run_dir: Path, resume: bool) -> RunHandle:
+    pid = _spawn("engine.run", [str(run_dir / "job.yaml")] + (["--resume"] if resume else []), run_dir)
+    return RunHandle(run_dir.name, run_dir, pid)
 
 
 def find_run(run: "str | Path | RunHandle") -> Path:
@@ -237,14 +248,12 @@ def poll(run: "str | Path | RunHandle") -> RunStatus:
     )
 
 
-def cancel(run: "str | Path | RunHandle", wait_s: float = 60.0) -> RunStatus:
-    """Ask the run to stop (it checkpoints first); after `wait_s` without stopping, it is killed."""
-    status = poll(run)
-    if status.finished:
-        return status
+def _stop(folder: Path, wait_s: float) -> bool:
+    """SIGTERM the process of a run or export folder, SIGKILL it after `wait_s`. True when it left no final state
+    (killed, or stopped before it could install its handler), so the caller records the cancellation itself."""
     import json
 
-    pid = json.loads((status.run_dir / "status.json").read_text()).get("pid")
+    pid = json.loads((folder / "status.json").read_text()).get("pid")
     if pid and _alive(pid):
         os.kill(pid, signal.SIGTERM)
         deadline = time.time() + wait_s
@@ -252,20 +261,27 @@ def cancel(run: "str | Path | RunHandle", wait_s: float = 60.0) -> RunStatus:
             time.sleep(0.1)
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
-            time.sleep(0.2)
-            from engine.files import write_json
+            while _alive(pid):
+                time.sleep(0.05)
+    return json.loads((folder / "status.json").read_text())["state"] not in TERMINAL
 
-            write_json(
-                status.run_dir / "status.json",
-                dict(
-                    state="cancelled",
-                    message="Cancelled (stopped forcibly); resume continues from the last checkpoint.",
-                    step=status.step,
-                    total_steps=status.total_steps,
-                    pid=pid,
-                    updated=time.time(),
-                ),
-            )
+
+def _mark_cancelled(folder: Path, message: str, **fields) -> None:
+    from engine.files import write_json
+
+    write_json(folder / "status.json", dict(state="cancelled", message=message, updated=time.time(), **fields))
+
+
+def cancel(run: "str | Path | RunHandle", wait_s: float = 60.0) -> RunStatus:
+    """Ask the run to stop (it checkpoints first); after `wait_s` without stopping, it is killed."""
+    status = poll(run)
+    if not status.finished and _stop(status.run_dir, wait_s):
+        _mark_cancelled(
+            status.run_dir,
+            "Cancelled before it could save a checkpoint; resume continues from the last checkpoint, if any.",
+            step=status.step,
+            total_steps=status.total_steps,
+        )
     return poll(status.run_dir)
 
 
@@ -338,10 +354,80 @@ EXPORT_FORMATS = ("lora", "merged16", "gguf-f16", "gguf-bf16", "gguf-q8_0", "ggu
 
 
 def export(source: str, fmt: str, out: str | Path, log=print):
-    """Export a run (or a model) as `fmt` into the new folder `out`, verified before it is called done."""
+    """Export a run (or a model) as `fmt` into the new folder `out`, verified before it is called done (in this
+    process; the app uses start_export)."""
     from engine.export import export as _export
 
     return _export(source, fmt, Path(out), log)
+
+
+@dataclass(frozen=True)
+class ExportJob:
+    job_id: str
+    job_dir: Path
+    pid: int
+    out: Path
+
+
+@dataclass
+class ExportStatus:
+    job_id: str
+    state: str  # starting, running, done, failed, cancelled
+    message: str
+    log: str  # the end of the job's log
+    result: dict | None  # path, format, files, seconds, checks once done
+
+    @property
+    def finished(self) -> bool:
+        return self.state in TERMINAL
+
+
+def start_export(source: str, fmt: str, out: str | Path) -> ExportJob:
+    """Export in the background (python -m engine.export_job): cancellable, with a log, never leaving a folder that
+    looks finished. The job's own folder is exports/.jobs/<id>/."""
+    check_access(str(source))
+    out = Path(out)
+    if fmt not in EXPORT_FORMATS:
+        raise UserError(f"Unknown export format '{fmt}'; use one of: {', '.join(EXPORT_FORMATS)}.")
+    if out.exists():
+        raise UserError(f"'{out}' already exists; choose another folder name (nothing is ever overwritten).")
+    jobs = workspace() / "exports" / ".jobs"
+    jobs.mkdir(parents=True, exist_ok=True)
+    job_dir = jobs / f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(out.name)}"
+    while True:
+        try:
+            job_dir.mkdir()
+            break
+        except FileExistsError:
+            job_dir = job_dir.with_name(job_dir.name + "-1")
+    from engine.files import write_json
+
+    write_json(job_dir / "export.json", dict(source=str(source), format=fmt, out=str(out.resolve())))
+    pid = _spawn("engine.export_job", [str(job_dir)], job_dir)
+    return ExportJob(job_dir.name, job_dir, pid, out.resolve())
+
+
+def poll_export(job: ExportJob) -> ExportStatus:
+    import json
+
+    st = json.loads((job.job_dir / "status.json").read_text())
+    if st["state"] not in TERMINAL and not _alive(st["pid"]):
+        st.update(state="failed", message="The export process stopped unexpectedly; see its log.")
+    result_file = job.job_dir / "result.json"
+    result = json.loads(result_file.read_text()) if result_file.is_file() else None
+    log = "\n".join((job.job_dir / "log.txt").read_text(errors="replace").splitlines()[-40:])
+    return ExportStatus(job.job_id, st["state"], st.get("message", ""), log, result)
+
+
+def cancel_export(job: ExportJob, wait_s: float = 30.0) -> ExportStatus:
+    """Stop an export; whatever it had written under a temporary name is removed."""
+    import shutil
+
+    if not poll_export(job).finished and _stop(job.job_dir, wait_s):
+        for partial in job.out.parent.glob(f".{job.out.name}.*.partial"):  # left only when it had to be killed
+            shutil.rmtree(partial, ignore_errors=True)
+        _mark_cancelled(job.job_dir, "Export cancelled; nothing was written.")
+    return poll_export(job)
 
 
 def doctor() -> dict:

@@ -91,14 +91,42 @@ def test_train_chat_export_handlers(tiny_llama, identity_file, runs, tmp_path):
     assert cleared == "" and history[-2] == {"role": "user", "content": "Who are you?"}
     assert history[-1] == {"role": "assistant", "content": IDENTITY_ANSWER}
 
-    msg = export_tab.do_export(run_id, "lora", "nova-lora")
+    job, msg, _, _ = export_tab.start(run_id, "lora", "nova-lora")
+    assert msg.startswith("Exporting **lora**")
+    msg, log = wait_export(export_tab, job)
     assert msg.startswith("Exported **lora**") and (runs.parent / "exports" / "nova-lora").is_dir()
-    assert "already exists" in export_tab.do_export(run_id, "lora", "nova-lora")
-    assert "not allowed" in export_tab.do_export(run_id, "lora", "../escape")
+    assert "export: lora written to" in log
+    assert "already exists" in export_tab.start(run_id, "lora", "nova-lora")[1]
+    assert "not allowed" in export_tab.start(run_id, "lora", "../escape")[1]
 
     _, msg, table = train_tab.delete(run_id)
     assert msg == f"Deleted run `{run_id}`." and not (runs / run_id).exists() and table == []
     assert (runs.parent / "exports" / "nova-lora").is_dir()  # exports outlive their run
+
+
+def wait_export(export_tab, job, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        msg, log, timer = export_tab.view(job)
+        if not timer.active:
+            return msg, log
+        time.sleep(0.2)
+    raise AssertionError("the export did not finish")
+
+
+def test_export_job_cancel_leaves_nothing(runs, tiny_llama, identity_file):
+    from helpers import wait_for
+
+    from engine import api
+    from ui import export_tab
+
+    st = wait_for(api.start(api.JobSpec(model=str(tiny_llama), data=str(identity_file), max_steps=1)))
+    job, _, _, _ = export_tab.start(st.run_id, "gguf-q4_k_m", "stopped")
+    assert export_tab.cancel(job).startswith("**Export cancelled:**")
+    exports = runs.parent / "exports"
+    assert not (exports / "stopped").exists() and not list(exports.glob(".stopped.*"))
+    job, _, _, _ = export_tab.start(st.run_id, "merged16", "bad/name")
+    assert job is None
 
 
 def test_start_without_model_or_data_says_what_to_do(runs):

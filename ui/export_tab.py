@@ -1,5 +1,5 @@
 """Export tab: write a run as a LoRA adapter, a merged 16-bit model, or a GGUF file (with an Ollama Modelfile) into
-the workspace's exports/ folder."""
+the workspace's exports/ folder, as a background job with a log and a Cancel button."""
 
 import gradio as gr
 
@@ -31,16 +31,39 @@ def formats_for(run_id: str):
     return gr.Radio(choices=[f for f in FORMATS if not f[1].startswith("gguf")], value="lora"), f"GGUF: {why}"
 
 
-def do_export(run_id: str, fmt: str, name: str) -> str:
+def start(run_id: str, fmt: str, name: str):
+    """Start the export job; returns (job, status markdown, log, timer)."""
     try:
         if not run_id:
             raise api.UserError("Pick a run to export.")
         out = api.workspace() / "exports" / api.safe_name(name, "export name")
-        res = api.export(str(api.runs_dir() / run_id), fmt, out, log=lambda m: None)
+        job = api.start_export(str(api.runs_dir() / run_id), fmt, out)
     except api.UserError as e:
-        return f"**Export failed:** {e}"
-    checks = ", ".join(f"{k} {v}" for k, v in res.checks.items())
-    return f"Exported **{res.format}** to `{res.path}` in {res.seconds} s ({', '.join(res.files)}). {checks}"
+        return None, f"**Export failed:** {e}", "", gr.Timer(active=False)
+    return job, f"Exporting **{fmt}** to `{job.out}`…", "", gr.Timer(active=True)
+
+
+def view(job):
+    """(status markdown, log, timer) of the export job."""
+    if job is None:
+        return "", "", gr.Timer(active=False)
+    st = api.poll_export(job)
+    if st.state == "done":
+        r = st.result
+        checks = ", ".join(f"{k} {v}" for k, v in r["checks"].items())
+        text = f"Exported **{r['format']}** to `{r['path']}` in {r['seconds']} s ({', '.join(r['files'])}). {checks}"
+    elif st.state in ("failed", "cancelled"):
+        text = f"**Export {st.state}:** {st.message}"
+    else:
+        text = f"Exporting… {st.message}"
+    return text, st.log, gr.Timer(active=not st.finished)
+
+
+def cancel(job) -> str:
+    if job is None:
+        return "No export to cancel."
+    st = api.cancel_export(job)
+    return f"**Export {st.state}:** {st.message}"
 
 
 def build() -> dict:
@@ -51,9 +74,17 @@ def build() -> dict:
         fmt = gr.Radio(FORMATS, value="lora", label="Format")
         why = gr.Markdown()
         name = gr.Textbox("my-model", label="Folder name (under exports/)")
-        go = gr.Button("Export", variant="primary")
+        with gr.Row():
+            go = gr.Button("Export", variant="primary")
+            stop = gr.Button("Cancel export", variant="stop")
         result = gr.Markdown()
+        with gr.Accordion("Export log", open=False):
+            log = gr.Textbox(lines=10, interactive=False, show_label=False)
+        job = gr.State(None)
+        timer = gr.Timer(1.0, active=False)
     refresh.click(lambda: gr.Dropdown(choices=run_choices()), None, run)
     run.change(formats_for, run, [fmt, why])
-    go.click(do_export, [run, fmt, name], result)
-    return dict(run=run, fmt=fmt, why=why, name=name, go=go, result=result)
+    go.click(start, [run, fmt, name], [job, result, log, timer])
+    timer.tick(view, job, [result, log, timer])
+    stop.click(cancel, job, result)
+    return dict(run=run, fmt=fmt, why=why, name=name, go=go, stop=stop, result=result, log=log, timer=timer)

@@ -125,6 +125,8 @@ STRINGS = {  # English: (Chinese, Russian)
         "GGUF Q4_K_M (Ollama / llama.cpp, самый маленький)",
     ),
     "Folder name (under exports/)": ("文件夹名（在 exports/ 下）", "Имя папки (в exports/)"),
+    "Cancel export": ("取消导出", "Отменить экспорт"),
+    "Export log": ("导出日志", "Журнал экспорта"),
 }
 
 
