@@ -3,8 +3,9 @@
   python -m engine train JOB.yaml [--detach]
   python -m engine resume RUN
   python -m engine chat MODEL_OR_RUN_OR_GGUF --prompt TEXT [--system TEXT] [--max-new-tokens N] [--stream]
-  python -m engine export RUN_OR_MODEL --format FORMAT --out DIR
+  python -m engine export RUN_OR_MODEL --format FORMAT --out DIR [--push-to-hub USER/REPO [--private]]
       FORMAT: lora, merged16, gguf-f16, gguf-bf16, gguf-q8_0, gguf-q4_k_m, gguf-q5_k_m or gguf-q6_k
+      the upload reads its token from HF_TOKEN
   python -m engine data inspect FILE [--format F] [--model M]
   python -m engine doctor
 Exit status: 0 done, 1 the run failed, 2 bad input (one line on stderr says why), 130 interrupted.
@@ -59,6 +60,8 @@ def main(argv=None) -> int:
     p.add_argument("source")
     p.add_argument("--format", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--push-to-hub", metavar="USER/REPO", default=None, help="upload the finished export (HF_TOKEN)")
+    p.add_argument("--private", action="store_true", help="create the hub repository private")
     p = sub.add_parser("data", help="dataset tools")
     dsub = p.add_subparsers(dest="data_cmd", required=True)
     d = dsub.add_parser("inspect", help="detect the format and show a rendered sample as JSON")
@@ -114,8 +117,13 @@ def main(argv=None) -> int:
                         path=str(res.path), format=res.format, files=res.files, seconds=res.seconds, checks=res.checks
                     ),
                     indent=2,
-                )
+                ),
+                flush=True,
             )
+            if args.push_to_hub:
+                from engine.hub import push
+
+                push(res.path, args.push_to_hub, private=args.private, log=lambda m: print(m, file=sys.stderr))
             return 0
         if args.cmd == "data":
             from engine.data import parse_map

@@ -3,9 +3,18 @@ Modelfile, each checked before it is done.
 
 Every export is built in a temporary folder and renamed into place when complete, so an interrupted export never
 looks finished, and an existing folder is never overwritten.
+
+The merge streams: each base tensor is read alone from its safetensors shard, a LoRA pair is added in fp32
+(W + scale * B @ A, scale = alpha / r, or alpha / sqrt(r) with rsLoRA), the result is cast to the model's 16-bit
+dtype and appended to the output shard, whose header is planned before any tensor is read. RAM holds one tensor (in
+fp32 when it has a LoRA pair) plus the adapter, whatever the model size (figures for an 8B model in _merge).
 """
 
+import json
+import math
+import re
 import shutil
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +27,12 @@ from engine.infer import locate
 FORMATS = ("lora", "merged16", *QUANTS)
 PROBE = "Hello, who are you?"
 REFERENCE_TOKENS = 16  # greedy tokens compared between PyTorch and llama.cpp after a GGUF export
+SHARD_BYTES = 4 * 10**9  # output shard size, as save_pretrained(max_shard_size="4GB")
+# The merge check runs the adapter model and the merged model in fp32 on the probe. When the fp32 model does not fit
+# in RAM_FRACTION of the available memory, only the first CHECK_LAYERS decoder layers (with the embeddings and head)
+# are loaded and compared; the greedy reference for the GGUF check needs the whole model and is skipped then.
+CHECK_LAYERS = 2
+RAM_FRACTION = 0.6
 
 
 @dataclass
@@ -123,16 +138,33 @@ def _source_name(base: str, adapter: Path | None) -> str:
     return Path(base).name
 
 
-def _reference(model, tok, steps: int) -> dict:
-    """transformers' greedy continuation of the chat-rendered PROBE, with its fp32 logits and top-1 margins."""
-    import torch
+def _rss_gib() -> float:
+    import psutil
 
+    return psutil.Process().memory_info().rss / 2**30
+
+
+def _fits_in_ram(n_bytes: int) -> bool:
+    import psutil
+
+    return n_bytes < RAM_FRACTION * psutil.virtual_memory().available
+
+
+def _prompt(tok) -> dict:
     from engine.data import render
 
     text = render(tok, [{"role": "user", "content": PROBE}], add_generation_prompt=True)
-    ids = tok(text, add_special_tokens=False)["input_ids"]
+    return dict(text=text, prompt_ids=tok(text, add_special_tokens=False)["input_ids"])
+
+
+def _reference(model, tok, steps: int) -> dict:
+    """transformers' greedy continuation of the chat-rendered PROBE, with its fp32 logits and top-1 margins."""
+    import numpy as np
+    import torch
+
+    ref = _prompt(tok)
     tokens, logits, margins = [], [], []
-    inp, past = torch.tensor([ids]), None
+    inp, past = torch.tensor([ref["prompt_ids"]]), None
     with torch.inference_mode():
         for _ in range(steps):
             out = model(input_ids=inp, past_key_values=past, use_cache=True)
@@ -142,9 +174,260 @@ def _reference(model, tok, steps: int) -> dict:
             margins.append(float(top.values[0] - top.values[1]))
             logits.append(last.numpy())
             inp = top.indices[:1].view(1, 1)
-    import numpy as np
+    return dict(ref, tokens=tokens, logits=np.stack(logits), margins=margins)
 
-    return dict(text=text, prompt_ids=ids, tokens=tokens, logits=np.stack(logits), margins=margins)
+
+# --- streaming merge ---------------------------------------------------------------------------------------------
+
+_LORA_KEY = re.compile(r"(?:base_model\.model\.)?(.+)\.lora_(A|B|embedding_A|embedding_B)(?:\.default)?(?:\.weight)?")
+_FLOAT = {"F32", "F16", "BF16", "F64"}
+_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+_ST_DTYPE = {"float16": "F16", "bfloat16": "BF16"}
+
+
+@dataclass
+class _Delta:
+    """One LoRA pair: the merged weight is W + scale * (B @ A), transposed for embeddings and fan-in-fan-out."""
+
+    module: str  # the module's name in the PEFT model (without base_model.model.)
+    a: object
+    b: object
+    scale: float
+    transpose: bool
+
+    def apply(self, w):
+        """w (fp32) + delta, computed as PEFT's merge does: (B @ A) * scale, then added."""
+        delta = (self.b.float() @ self.a.float()) * self.scale
+        return w.add_(delta.T if self.transpose else delta)
+
+
+def _pattern_value(patterns: dict | None, module: str, default):
+    """PEFT's rank_pattern / alpha_pattern lookup: the first pattern matching the end of the module's name."""
+    for pat, value in (patterns or {}).items():
+        if re.match(rf"(.*\.)?({pat})$", module):
+            return value
+    return default
+
+
+def _read_adapter(adapter: Path) -> tuple[dict[str, _Delta], dict]:
+    """({module name: _Delta}, {weight name: replacement tensor}) of a PEFT LoRA adapter folder.
+
+    Replacements are modules_to_save (a fully trained head or embedding), saved under the base weight's own name.
+    """
+    from safetensors.torch import load_file
+
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    if cfg.get("peft_type", "LORA") != "LORA" or cfg.get("use_dora") or cfg.get("lora_bias"):
+        kind = "DoRA" if cfg.get("use_dora") else "LoRA-bias" if cfg.get("lora_bias") else cfg.get("peft_type")
+        raise UserError(f"Merging a {kind} adapter is not supported; export it as 'lora' instead.")
+    files = sorted(adapter.glob("adapter_model*.safetensors"))
+    if not files:
+        raise UserError(f"'{adapter}' has no adapter_model.safetensors; export it as 'lora' or retrain.")
+    pairs: dict[str, dict] = {}
+    replace = {}
+    for f in files:
+        for key, t in load_file(f).items():
+            m = _LORA_KEY.fullmatch(key)
+            if m:
+                pairs.setdefault(m[1], {})[m[2].removeprefix("embedding_")] = t
+                pairs[m[1]]["embedding"] = m[2].startswith("embedding_")
+            else:
+                replace[key.removeprefix("base_model.model.").replace(".modules_to_save.default", "")] = t
+    deltas = {}
+    for module, ab in pairs.items():
+        if set(ab) != {"A", "B", "embedding"}:
+            raise UserError(f"The adapter's LoRA weights for '{module}' are incomplete; the adapter file is damaged.")
+        r = ab["A"].shape[0]
+        alpha = _pattern_value(cfg.get("alpha_pattern"), module, cfg.get("lora_alpha", r))
+        scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+        transpose = ab["embedding"] or bool(cfg.get("fan_in_fan_out"))  # PEFT stores both as (in, out)
+        deltas[module] = _Delta(module, ab["A"], ab["B"], scale, transpose)
+    return deltas, replace
+
+
+def _base_entries(path: Path) -> list[tuple[str, Path, tuple, str]]:
+    """[(name, shard file, shape, safetensors dtype)] of every base tensor, from the headers only."""
+    from safetensors import safe_open
+
+    entries = []
+    for f in sorted(path.glob("*.safetensors")):
+        with safe_open(f, framework="pt") as st:
+            for k in st.keys():
+                sl = st.get_slice(k)
+                entries.append((k, f, tuple(sl.get_shape()), sl.get_dtype()))
+    return entries
+
+
+def _match(names: set[str], wanted: str) -> str | None:
+    """The base tensor name for a PEFT module's weight: the same name, or the unique one ending like it (a checkpoint
+    whose keys transformers renames on load, e.g. a multimodal model's language_model prefix)."""
+    if wanted in names:
+        return wanted
+    parts = wanted.split(".")
+    for i in range(1, len(parts) - 2):
+        tail = "." + ".".join(parts[i:])
+        found = [n for n in names if n.endswith(tail)]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            return None
+    return None
+
+
+def _write_shard(file: Path, items: list[tuple[str, tuple, str, int]], produce) -> None:
+    """Write a safetensors file whose header is known before its tensors: `produce(name)` returns each in turn."""
+    import torch
+
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape, dtype, nbytes in items:
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(file, "wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)) + raw)
+        for name, _, _, nbytes in items:
+            t = produce(name).contiguous()
+            data = t.reshape(-1).view(torch.uint8).numpy()
+            if data.nbytes != nbytes:
+                raise RuntimeError(f"merge: {name} has {data.nbytes} bytes, planned {nbytes}")
+            fh.write(data.data)
+
+
+def _stream_merge(path: Path, adapter: Path | None, out_dtype, dest: Path, log) -> dict[str, _Delta]:
+    """Write the merged model's weights to `dest` shard by shard; returns the adapter's deltas (by module name)."""
+    import torch
+    from safetensors import safe_open
+
+    deltas, replace = _read_adapter(adapter) if adapter is not None else ({}, {})
+    entries = _base_entries(path)
+    names = {e[0] for e in entries}
+    by_name: dict[str, _Delta] = {}
+    for module, d in deltas.items():
+        target = _match(names, module + ".weight")
+        if target is None:
+            raise UserError(f"The adapter changes '{module}', which this base model does not have; wrong base model?")
+        by_name[target] = d
+    new = {}
+    for key, t in replace.items():
+        target = _match(names, key)
+        if target is None:
+            raise UserError(f"The adapter replaces '{key}', which this base model does not have; wrong base model?")
+        new[target] = t
+    st_out = _ST_DTYPE[str(out_dtype).removeprefix("torch.")]
+    plan, shard, size = [], [], 0
+    for name, _, shape, dtype in entries:
+        dtype = st_out if dtype in _FLOAT else dtype
+        if dtype not in _BYTES:
+            raise UserError(f"The base weight '{name}' is stored as {dtype}, which the merge does not handle.")
+        nbytes = math.prod(shape) * _BYTES[dtype]
+        if shard and size + nbytes > SHARD_BYTES:
+            plan.append(shard)
+            shard, size = [], 0
+        shard.append((name, shape, dtype, nbytes))
+        size += nbytes
+    plan.append(shard)
+    source = {e[0]: e[1] for e in entries}
+
+    def produce(name):
+        # One safe_open per tensor: its memory map is closed at once, so pages of the base read so far never pile
+        # up in this process's resident set (with one open handle they grew to the shard size).
+        with safe_open(source[name], framework="pt") as st:
+            t = st.get_tensor(name)
+        if name in new:
+            t = new[name]
+        if name in by_name:
+            t = by_name[name].apply(t.to(torch.float32))
+        return t.to(out_dtype) if t.is_floating_point() else t
+
+    weight_map = {}
+    total = len(plan)
+    t0 = time.time()
+    for i, items in enumerate(plan):
+        fname = "model.safetensors" if total == 1 else f"model-{i + 1:05d}-of-{total:05d}.safetensors"
+        with torch.no_grad():
+            _write_shard(dest / fname, items, produce)
+        weight_map.update({it[0]: fname for it in items})
+        log(f"export: merged shard {i + 1}/{total} ({time.time() - t0:.0f}s, resident {_rss_gib():.1f} GiB)")
+    if total > 1:
+        index = {"metadata": {"total_size": sum(it[3] for s in plan for it in s)}, "weight_map": weight_map}
+        (dest / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    log(f"export: {len(by_name)} LoRA pairs and {len(new)} replaced weights merged into {len(entries)} tensors")
+    return deltas
+
+
+def _load_fp32(path: Path, layers: int | None):
+    """The model at `path` in fp32 on the CPU; with `layers`, only its first decoder layers (for the merge check)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    cfg = AutoConfig.from_pretrained(path)
+    if layers is not None:
+        text = getattr(cfg, "text_config", None) or cfg
+        text.num_hidden_layers = layers
+        if getattr(text, "layer_types", None):
+            text.layer_types = text.layer_types[:layers]
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the skipped layers' weights are "unused", as intended
+    try:
+        # eager attention: the only one that applies Gemma 2's attention soft-capping, as llama.cpp does
+        return AutoModelForCausalLM.from_pretrained(
+            path, config=cfg, dtype=torch.float32, use_safetensors=True, attn_implementation="eager"
+        ).eval()
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def _check_merge(path: Path, adapter: Path | None, dest: Path, deltas: dict, probe, n_params: int, log) -> dict:
+    """Logits of the adapter model, of the same weights merged in fp32 (the arithmetic the merge used), and of the
+    saved 16-bit merged model, on `probe`; raises when the fp32 merge disagrees with PEFT's adapter model."""
+    import torch
+
+    total = _num_layers(path)
+    layers = None if _fits_in_ram(4 * n_params) else min(CHECK_LAYERS, total)
+    checks = {"merge_check_layers": f"{layers or total} of {total}"}
+    if layers:
+        log(f"export: the fp32 model does not fit in RAM; checking the merge on its first {layers} layers")
+    model = _load_fp32(path, layers)
+    with torch.inference_mode():
+        before = model(input_ids=probe).logits
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+        with torch.inference_mode():
+            before = model(input_ids=probe).logits
+        model = model.unload()  # the base model again, weights untouched
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for module, d in deltas.items():
+                p = params.get(module + ".weight")
+                if p is not None:  # None: a layer past the checked ones
+                    d.apply(p.data)
+        del params  # they hold every weight: without this the fp32 copy outlives `model` below
+        with torch.inference_mode():
+            after = model(input_ids=probe).logits
+        checks["max_logit_diff_fp32"] = float((before - after).abs().max())
+        if checks["max_logit_diff_fp32"] > 1e-3 * max(1.0, float(before.abs().max())):
+            raise UserError(
+                f"The merged model disagrees with the adapter model (logits differ by "
+                f"{checks['max_logit_diff_fp32']:.3g}); the export was not saved. Report this bug."
+            )
+    del model
+    merged = _load_fp32(dest, layers)
+    with torch.inference_mode():
+        cast = merged(input_ids=probe).logits
+    checks["max_logit_diff_16bit"] = float((before - cast).abs().max())
+    return checks
+
+
+def _num_layers(path: Path) -> int:
+    from engine.loading import read_config
+
+    cfg = read_config(path)
+    return (cfg.get("text_config") or cfg)["num_hidden_layers"]
 
 
 def _merge(
@@ -154,48 +437,47 @@ def _merge(
 
     Writes into the existing folder `dest` (the caller's new_folder); `disk` is where free space is checked. With
     `reference` > 0 also returns transformers' greedy reference (see _reference) computed in fp32 on the saved
-    16-bit weights, so a converted file is compared with exactly what was saved.
+    16-bit weights, so a converted file is compared with exactly what was saved; when the fp32 model does not fit in
+    RAM the reference holds the rendered prompt only (the GGUF check is then the tokenizer's).
+
+    Measured on a 2-core, 24 GB CPU machine (shared with other work), random Llama-3.1-8B-shaped bf16 model (16 GB)
+    with an r=16 adapter on every linear layer: the streaming merge stays at 0.6 GiB resident for all five 4 GB
+    shards; the process peaks at 9.0 GiB during the 2-layer fp32 check, whose fp32 embedding and head (128256 x
+    4096 each, 2 GiB apiece) dominate, so the peak does not grow with the layer count.
     """
     import torch
 
     from engine.data import ensure_chat_template
-    from engine.hardware import Placement
-    from engine.loading import load_model, load_tokenizer, read_config, resolve_model
+    from engine.loading import load_tokenizer, read_config, resolve_model
 
     path = resolve_model(base, log)
     cfg = read_config(path)
     out_dtype = {"float16": torch.float16}.get(cfg.get("dtype") or cfg.get("torch_dtype"), torch.bfloat16)
     weights = sum(f.stat().st_size for f in path.glob("*.safetensors"))
     check_free_disk(disk, int(weights * 1.1) + 2**20, "the merged model")
-    # Merge in fp32 on the CPU: exact sums, and a GPU too small for the 16-bit model still exports.
-    model = load_model(path, Placement("cpu", "fp32", "merge in fp32"))
-    tok = load_tokenizer(tok_dir or path)
+    has_tok = tok_dir is not None and any((tok_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+    tok = load_tokenizer(tok_dir if has_tok else path)  # a bare adapter folder uses its base's tokenizer
     ensure_chat_template(tok)
-    probe = torch.tensor([tok("Hello, who are you?", add_special_tokens=False)["input_ids"][:32] or [0]])
-    checks = {}
-    if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter)
-        with torch.inference_mode():
-            before = model(input_ids=probe).logits
-        model = model.merge_and_unload()
-        with torch.inference_mode():
-            after = model(input_ids=probe).logits
-        checks["max_logit_diff_fp32"] = float((before - after).abs().max())
-        if checks["max_logit_diff_fp32"] > 1e-3 * max(1.0, float(before.abs().max())):
-            raise UserError(
-                f"The merged model disagrees with the adapter model (logits differ by "
-                f"{checks['max_logit_diff_fp32']:.3g}); the export was not saved. Report this bug."
-            )
-    model = model.to(out_dtype)
-    with torch.inference_mode():
-        cast = model(input_ids=probe).logits.float()
-    if adapter is not None:
-        checks["max_logit_diff_16bit"] = float((before - cast).abs().max())
-    checks["dtype"] = str(out_dtype).replace("torch.", "")
-    model.save_pretrained(dest, safe_serialization=True, max_shard_size="4GB")
+    deltas = _stream_merge(path, adapter, out_dtype, dest, log)
+    dtype_name = str(out_dtype).removeprefix("torch.")
+    cfg_out = dict(cfg, dtype=dtype_name)
+    if "torch_dtype" in cfg_out:
+        cfg_out["torch_dtype"] = dtype_name
+    (dest / "config.json").write_text(json.dumps(cfg_out, indent=2, sort_keys=True) + "\n")
+    if (path / "generation_config.json").is_file():
+        shutil.copy2(path / "generation_config.json", dest / "generation_config.json")
     tok.save_pretrained(dest)
+    n = _param_count(dest)
+    probe = torch.tensor([tok(PROBE, add_special_tokens=False)["input_ids"][:32] or [0]])
+    checks = {"dtype": dtype_name}
+    if adapter is not None:
+        checks.update(_check_merge(path, adapter, dest, deltas, probe, n, log))
     log(f"export: merged, checks {checks}")
-    ref = _reference(model.float(), tok, reference) if reference else None
-    return checks, ref
+    if not reference:
+        return checks, None
+    if not _fits_in_ram(4 * n):
+        checks["greedy_check"] = f"skipped: the fp32 model ({4 * n / 2**30:.0f} GiB) does not fit in RAM"
+        log(f"export: {checks['greedy_check']}; only the tokenizer is compared with llama.cpp")
+        return checks, _prompt(tok)
+    model = _load_fp32(dest, None)
+    return checks, _reference(model, tok, reference)

@@ -2,12 +2,21 @@
 
 `convert` streams the safetensors one tensor at a time into a GGUF file (F16 or BF16 matrices, F32 for the 1-D
 norms and biases, as llama.cpp's own converter does), so RAM stays bounded by the largest tensor whatever the model
-size. The header carries the architecture's hyper-parameters, the byte-level BPE tokenizer (tokens, types, merges,
-special ids, pre-tokenizer name) and the chat template, so llama.cpp and Ollama need nothing else.
+size. The header carries the architecture's hyper-parameters, the tokenizer and the chat template, so llama.cpp and
+Ollama need nothing else. Tokenizers come from tokenizer.json: byte-level BPE (Llama 3, Qwen) as llama.cpp's "gpt2"
+model (tokens, types, merges, pre-tokenizer name), SentencePiece-style BPE with byte fallback (Llama 2, Mistral,
+Gemma) as its "llama" model (tokens, scores from the merge ranks, <0xXX> byte tokens, the space-prefix flag).
+SentencePiece Unigram tokenizers are refused.
 
 Supported: Llama and Mistral (written as llama.cpp's "llama", with q/k rows permuted from transformers' rotate-half
 rope layout to llama.cpp's interleaved one), Qwen2 (q/k/v biases) and Qwen3 (per-head q/k RMSNorm); Qwen uses NEOX
-rope in llama.cpp, so its rows are written unpermuted. Anything else raises a UserError before a byte is written.
+rope in llama.cpp, so its rows are written unpermuted. Gemma, Gemma 2 and Gemma 3 (text; a multimodal Gemma 3
+folder exports its language model) are NEOX too; their RMSNorms scale by (1 + w), which llama.cpp expects folded into
+the stored weight, so every norm is written as 1 + w. llama.cpp applies Gemma's sqrt(hidden) embedding scale itself
+(no key), reads Gemma 2's attention and final logit soft-capping and the sliding window from the header, and takes the
+sliding/global layer pattern (every 2nd layer global for Gemma 2, every 6th for Gemma 3, local rope base 10000) from
+the architecture, so a config that differs from it is refused. Anything else raises a UserError before a byte is
+written.
 """
 
 import ctypes
@@ -21,8 +30,21 @@ from pathlib import Path
 from engine.errors import UserError
 
 # model_type (config.json) -> llama.cpp architecture name (gguf.MODEL_ARCH member name)
-ARCHS = {"llama": "LLAMA", "mistral": "LLAMA", "qwen2": "QWEN2", "qwen3": "QWEN3"}
+ARCHS = {
+    "llama": "LLAMA",
+    "mistral": "LLAMA",
+    "qwen2": "QWEN2",
+    "qwen3": "QWEN3",
+    "gemma": "GEMMA",
+    "gemma2": "GEMMA2",
+    "gemma3_text": "GEMMA3",
+}
 PERMUTE_QK = {"llama", "mistral"}  # transformers' rotate-half rope -> llama.cpp's interleaved (NORM) rope
+GEMMA = {"gemma", "gemma2", "gemma3_text"}  # RMSNorm scales by (1 + w): written as 1 + w
+# llama.cpp's fixed sliding-window layout: layer i is global when (i + 1) % period == 0
+SWA_PERIOD = {"gemma2": 2, "gemma3_text": 6}
+# Layer counts of the 27B models, for which llama.cpp scales queries by (hidden / heads)^-0.5 instead of head_dim^-0.5
+GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3_text": 62}
 
 # export format -> (16-bit GGUF type written by convert, llama.cpp ftype name to quantize to, or None)
 QUANTS = {
@@ -90,19 +112,45 @@ def _tokenizer_json(model_dir: Path) -> dict:
     path = model_dir / "tokenizer.json"
     if not path.is_file():
         raise UserError(
-            f"'{model_dir.name}' has no tokenizer.json (a SentencePiece-only tokenizer); GGUF export supports "
-            "byte-level BPE tokenizers only for now. Export as merged16 instead."
+            f"'{model_dir.name}' has no tokenizer.json (only a SentencePiece .model file); GGUF export reads "
+            "tokenizer.json. Export as merged16 instead."
         )
     tj = json.loads(path.read_text())
+    _tokenizer_kind(tj, model_dir.name)
+    return tj
+
+
+def _tokenizer_kind(tj: dict, name: str) -> str:
+    """llama.cpp's tokenizer model for a tokenizer.json: "gpt2" for byte-level BPE (Llama 3, Qwen), "llama" for
+    SentencePiece-style BPE with byte fallback (Llama 2, Mistral, Gemma); anything else is refused."""
     model, decoder = tj.get("model") or {}, tj.get("decoder") or {}
     decoders = [decoder] + list(decoder.get("decoders") or [])
-    if model.get("type") != "BPE" or not any(d.get("type") == "ByteLevel" for d in decoders):
-        raise UserError(
-            f"The tokenizer of '{model_dir.name}' is {model.get('type', '?')} without byte-level decoding "
-            "(SentencePiece style, as Mistral v0.3 and Gemma use); GGUF export supports byte-level BPE tokenizers "
-            "only for now. Export as merged16 instead."
-        )
-    return tj
+    if model.get("type") == "BPE" and any(d.get("type") == "ByteLevel" for d in decoders):
+        return "gpt2"
+    if model.get("type") == "BPE" and model.get("byte_fallback") and not model.get("continuing_subword_prefix"):
+        return "llama"
+    raise UserError(
+        f"The tokenizer of '{name}' is {model.get('type', '?')} without byte-level decoding or byte fallback (a "
+        "SentencePiece Unigram or other model); GGUF export supports byte-level BPE and SentencePiece-style BPE with "
+        "byte fallback. Export as merged16 instead."
+    )
+
+
+def _add_space_prefix(tj: dict) -> bool:
+    """Whether text gets a leading '▁': llama.cpp adds one at the start and after every special token, as a
+    Prepend normalizer or a Metaspace pre-tokenizer with prepend_scheme "always" does. "first" (prefix at the very
+    start only) has no llama.cpp equivalent; chat prompts start with a special token, where "first" adds none, so it
+    is written as no prefix (the tokenizer check after export catches a prompt where that differs)."""
+    steps = []
+    for part in (tj.get("normalizer"), tj.get("pre_tokenizer")):
+        part = part or {}
+        steps += [part] + list(part.get("normalizers") or part.get("pretokenizers") or [])
+    for s in steps:
+        if s.get("type") == "Prepend" and s.get("prepend") == "▁":
+            return True
+        if s.get("type") == "Metaspace":
+            return s.get("prepend_scheme", "always" if s.get("add_prefix_space", True) else "never") == "always"
+    return False
 
 
 def _pre_tokenizer(tj: dict, model_type: str, log) -> str:
@@ -119,14 +167,19 @@ def _pre_tokenizer(tj: dict, model_type: str, log) -> str:
     return name
 
 
-def _rope_theta(cfg: dict) -> float:
+def _rope_params(cfg: dict) -> dict:
+    """The (global layers') rope parameters: transformers 5 nests Gemma 3's per layer type."""
     rp = cfg.get("rope_parameters") or {}
-    return float(rp.get("rope_theta") or cfg.get("rope_theta") or 10000.0)
+    return rp.get("full_attention", rp)
+
+
+def _rope_theta(cfg: dict) -> float:
+    return float(_rope_params(cfg).get("rope_theta") or cfg.get("rope_theta") or 10000.0)
 
 
 def _rope_scaling(cfg: dict) -> dict:
     """The rope scaling dict (transformers 5 keeps it in rope_parameters, older configs in rope_scaling), or {}."""
-    rs = dict(cfg.get("rope_scaling") or cfg.get("rope_parameters") or {})
+    rs = dict(cfg.get("rope_scaling") or _rope_params(cfg))
     kind = rs.get("rope_type") or rs.get("type") or "default"
     return {} if kind == "default" else {**rs, "kind": kind}
 
@@ -172,6 +225,8 @@ def _add_hparams(w, cfg: dict, model_type: str, gtype: str, extra_tensors: dict,
     if model_type in PERMUTE_QK:
         w.add_rope_dimension_count(head_dim)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_BF16 if gtype == "BF16" else gguf.LlamaFileType.MOSTLY_F16)
+    if model_type in GEMMA:
+        _add_gemma_hparams(w, cfg, model_type, head_dim)
     rs = _rope_scaling(cfg)
     if not rs:
         return
@@ -195,6 +250,39 @@ def _add_hparams(w, cfg: dict, model_type: str, gtype: str, extra_tensors: dict,
     log(f"gguf: rope scaling {kind}")
 
 
+def _add_gemma_hparams(w, cfg: dict, model_type: str, head_dim: int) -> None:
+    """Soft-capping and sliding window; refuses what llama.cpp's fixed Gemma layout would compute differently."""
+    n_layers, n_head = cfg["num_hidden_layers"], cfg["num_attention_heads"]
+
+    def refuse(what):
+        raise UserError(
+            f"GGUF export: this {model_type} model's {what} differs from what llama.cpp computes for it; "
+            "export as merged16 instead."
+        )
+
+    if model_type != "gemma":
+        qpas = cfg.get("query_pre_attn_scalar") or head_dim
+        is_27b = n_layers == GEMMA_27B_LAYERS[model_type] and qpas == cfg["hidden_size"] // n_head
+        if qpas != head_dim and not is_27b:
+            refuse(f"query_pre_attn_scalar ({qpas})")
+        period = SWA_PERIOD[model_type]
+        expected = ["full_attention" if (i + 1) % period == 0 else "sliding_attention" for i in range(n_layers)]
+        if cfg.get("sliding_window") and (cfg.get("layer_types") or expected) != expected:
+            refuse(f"sliding/global layer pattern {cfg.get('layer_types')}")
+        local = (cfg.get("rope_parameters") or {}).get("sliding_attention")
+        if local and float(local.get("rope_theta", 10000.0)) != 10000.0:
+            refuse(f"local rope base ({local.get('rope_theta')})")
+        if cfg.get("sliding_window"):
+            w.add_sliding_window(int(cfg["sliding_window"]))
+            w.add_sliding_window_pattern([t == "sliding_attention" for t in expected])
+    if model_type == "gemma2":
+        w.add_attn_logit_softcapping(float(cfg.get("attn_logit_softcapping") or 0.0))
+    elif cfg.get("attn_logit_softcapping"):
+        refuse("attention soft-capping")
+    if cfg.get("final_logit_softcapping"):
+        w.add_final_logit_softcapping(float(cfg["final_logit_softcapping"]))
+
+
 def _add_tokenizer(w, model_dir: Path, cfg: dict, model_type: str, log) -> dict:
     """Write the tokenizer keys; returns {"eos": id, "stops": [end-of-turn token texts]} for the Modelfile."""
     import gguf
@@ -210,20 +298,33 @@ def _add_tokenizer(w, model_dir: Path, cfg: dict, model_type: str, log) -> dict:
             "embeddings; resize the embeddings before exporting."
         )
     added = {t.content: t.special for t in tok.added_tokens_decoder.values()}
+    kind = _tokenizer_kind(tj, model_dir.name)
     tokens = [f"[PAD{i}]" for i in range(n_vocab)]
     types = [gguf.TokenType.UNUSED] * n_vocab
+    unk = tj["model"].get("unk_token")
     for text, i in vocab.items():
         tokens[i] = text
-        if text in added:
+        if kind == "llama" and text == unk:
+            types[i] = gguf.TokenType.UNKNOWN
+        elif text in added:
             types[i] = gguf.TokenType.CONTROL if added[text] else gguf.TokenType.USER_DEFINED
+        elif kind == "llama" and re.fullmatch(r"<0x[0-9A-F]{2}>", text):
+            types[i] = gguf.TokenType.BYTE
         else:
             types[i] = gguf.TokenType.NORMAL
     merges = [m if isinstance(m, str) else " ".join(m) for m in tj["model"].get("merges", [])]
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(_pre_tokenizer(tj, model_type, log))
+    w.add_tokenizer_model(kind)
     w.add_token_list(tokens)
     w.add_token_types(types)
-    w.add_token_merges(merges)
+    if kind == "gpt2":
+        w.add_tokenizer_pre(_pre_tokenizer(tj, model_type, log))
+        w.add_token_merges(merges)
+    else:
+        w.add_tokenizer_pre("default")
+        w.add_token_scores(_spm_scores(tokens, tj["model"].get("merges", [])))
+        w.add_add_space_prefix(_add_space_prefix(tj))
+        if unk in vocab:
+            w.add_unk_token_id(vocab[unk])
     eos = tok.eos_token_id
     # llama.cpp's gpt2 vocab defaults BOS to id 11 when the key is missing; name a real token instead.
     bos = next(i for i in (tok.bos_token_id, tok.pad_token_id, eos) if i is not None)
@@ -247,6 +348,15 @@ def _add_tokenizer(w, model_dir: Path, cfg: dict, model_type: str, log) -> dict:
     return {"eos": eos, "stops": stops, "template": template}
 
 
+def _spm_scores(tokens: list[str], merges: list) -> list[float]:
+    """Scores for llama.cpp's SentencePiece tokenizer, which merges the adjacent pair whose joined token scores
+    highest: a BPE merge's rank, negated, gives the same order as the merge list; tokens no merge makes score 0."""
+    rank = {}
+    for i, m in enumerate(merges):
+        rank.setdefault("".join(m.split(" ", 1) if isinstance(m, str) else m), i)
+    return [-float(rank[t] + 1) if t in rank else 0.0 for t in tokens]
+
+
 def _tensor_plan(model_dir: Path, cfg: dict, model_type: str):
     """[(gguf name, hf name, file, shape)] for every weight, in file order; the lm_head of a tied model is skipped."""
     import gguf
@@ -257,11 +367,11 @@ def _tensor_plan(model_dir: Path, cfg: dict, model_type: str):
     for f in sorted(model_dir.glob("*.safetensors")):
         with safe_open(f, framework="pt") as st:
             for name in st.keys():
-                if name.endswith("rotary_emb.inv_freq"):
+                if name.endswith("rotary_emb.inv_freq") or name.startswith(_NOT_TEXT):
                     continue
-                if name == "lm_head.weight" and cfg.get("tie_word_embeddings"):
-                    continue
-                new = nmap.get_name(name, try_suffixes=(".weight", ".bias"))
+                if name.endswith("lm_head.weight") and (cfg.get("tie_word_embeddings") or model_type in GEMMA):
+                    continue  # llama.cpp's Gemma always ties the head to the embeddings
+                new = nmap.get_name(_text_name(name), try_suffixes=(".weight", ".bias"))
                 if new is None:
                     raise UserError(
                         f"GGUF export does not know where the weight '{name}' of this {model_type} model goes; "
@@ -269,6 +379,17 @@ def _tensor_plan(model_dir: Path, cfg: dict, model_type: str):
                     )
                 plan.append((new, name, f, tuple(st.get_slice(name).get_shape())))
     return plan
+
+
+# A multimodal folder (Gemma 3) holds its language model's weights under one of these prefixes, beside vision tensors.
+_NOT_TEXT = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
+
+
+def _text_name(name: str) -> str:
+    for prefix in ("model.language_model.", "language_model.model."):
+        if name.startswith(prefix):
+            return "model." + name.removeprefix(prefix)
+    return name
 
 
 def _prepare(tensor, hf_name: str, cfg: dict, model_type: str, gtype: str):
@@ -282,6 +403,8 @@ def _prepare(tensor, hf_name: str, cfg: dict, model_type: str, gtype: str):
         heads = heads or cfg["num_attention_heads"]
         # rotate-half pairs (i, i + d/2) of each head become adjacent pairs (2i, 2i + 1)
         t = t.reshape(heads, 2, t.shape[0] // heads // 2, *t.shape[1:]).swapaxes(1, 2).reshape(t.shape)
+    if model_type in GEMMA and hf_name.endswith("norm.weight"):
+        t = t.to(torch.float32) + 1.0  # Gemma's RMSNorm computes x * (1 + w)
     if t.ndim == 1:
         return t.to(torch.float32).numpy(), gguf.GGMLQuantizationType.F32
     if gtype == "BF16":
@@ -332,17 +455,14 @@ def convert(model_dir: Path, out_file: Path, gtype: str = "F16", log=print) -> d
     w.write_ti_data_to_file()
     for arr in extra.values():
         w.write_tensor_data(arr)
-    handles: dict = {}
     try:
         for _, hf_name, f, _ in plan:
-            if f not in handles:
-                handles.clear()
-                handles[f] = safe_open(f, framework="pt")
-            with torch.no_grad():
-                arr, _ = _prepare(handles[f].get_tensor(hf_name), hf_name, cfg, model_type, gtype)
+            # A handle per tensor: its memory map closes at once, so the pages read never pile up in the resident set.
+            with safe_open(f, framework="pt") as st, torch.no_grad():
+                arr, _ = _prepare(st.get_tensor(hf_name), hf_name, cfg, model_type, gtype)
             w.write_tensor_data(arr)
+            del arr
     finally:
-        handles.clear()
         w.close()
     log(f"gguf: wrote {out_file.name} ({len(plan) + len(extra)} tensors, {gtype}, arch {arch})")
     return {"arch": arch, "tensors": len(plan) + len(extra), **tok_info}
@@ -511,6 +631,8 @@ def compare_greedy(gguf_path: Path, ref: dict, strict: bool) -> dict:
     import llama_cpp
     import numpy as np
 
+    if "tokens" not in ref:
+        return _compare_tokenizer(gguf_path, ref)
     ids, gen = list(ref["prompt_ids"]), list(ref["tokens"])
     llm = llama_cpp.Llama(
         str(gguf_path),
@@ -538,14 +660,33 @@ def compare_greedy(gguf_path: Path, ref: dict, strict: bool) -> dict:
         min_margin=round(float(margins.min()), 4),
         max_logit_diff=round(float(np.abs(scores - ref["logits"]).max()), 4),
     )
-    if not checks["tokenizer_match"]:
-        raise UserError(
-            "llama.cpp tokenizes the chat prompt differently from transformers with this GGUF, so it would not "
-            "answer like the trained model; the export was not saved. Report this bug."
-        )
+    _raise_on_tokenizer_mismatch(checks)
     if strict and checks["clear_disagreements"]:
         raise UserError(
             f"The GGUF's greedy answer differs from the PyTorch model's on {checks['clear_disagreements']} clear "
             f"token(s) (logits differ by up to {checks['max_logit_diff']}); the export was not saved. Report this bug."
         )
+    return checks
+
+
+def _raise_on_tokenizer_mismatch(checks: dict) -> None:
+    if not checks["tokenizer_match"]:
+        raise UserError(
+            "llama.cpp tokenizes the chat prompt differently from transformers with this GGUF, so it would not "
+            "answer like the trained model; the export was not saved. Report this bug."
+        )
+
+
+def _compare_tokenizer(gguf_path: Path, ref: dict) -> dict:
+    """The tokenizer half of compare_greedy, for a model too large for the fp32 greedy reference: llama.cpp loads
+    the vocabulary only (no weights) and tokenizes the rendered prompt."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(gguf_path), vocab_only=True, verbose=False)
+    try:
+        llama_ids = llm.tokenize(ref["text"].encode(), add_bos=False, special=True)
+    finally:
+        llm.close()
+    checks = dict(tokenizer_match=llama_ids == list(ref["prompt_ids"]), tokens_compared=0)
+    _raise_on_tokenizer_mismatch(checks)
     return checks

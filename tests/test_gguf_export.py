@@ -144,26 +144,12 @@ def test_identity_tune_answers_from_gguf(tiny_llama, identity_file, runs, tmp_pa
     assert out.stdout.strip().splitlines()[-1] == IDENTITY_ANSWER
 
 
-def test_unsupported_architecture_is_refused(tmp_path):
-    import torch
-    from tiny import make_tokenizer
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    tok = make_tokenizer()
-    cfg = AutoConfig.for_model(
-        "gemma",
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-    )
-    folder = tmp_path / "tiny-gemma"
-    AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    with pytest.raises(api.UserError, match="'gemma' architecture.*llama, mistral, qwen2, qwen3"):
+def test_unsupported_architecture_is_refused(tiny_llama, tmp_path):
+    folder = tmp_path / "falcon-like"
+    shutil.copytree(tiny_llama, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "model_type": "falcon"}))
+    with pytest.raises(api.UserError, match="'falcon' architecture.*gemma, gemma2, gemma3_text, llama, mistral"):
         api.export(str(folder), "gguf-q4_k_m", tmp_path / "out", log=quiet)
     assert not (tmp_path / "out").exists()
 
@@ -220,3 +206,184 @@ def test_pre_tokenizer_names_follow_the_split_regex():
     assert gguf._pre_tokenizer({"pre_tokenizer": {"type": "ByteLevel"}}, "llama", quiet) == "gpt-2"
     assert gguf._pre_tokenizer(split("x+"), "qwen2", quiet) == "qwen2"
     assert gguf._pre_tokenizer(split("x+"), "llama", quiet) == "default"
+
+
+@pytest.fixture(scope="module")
+def random_adapter(tmp_path_factory, tiny_llama):
+    """A PEFT adapter on every linear layer with random (non-zero) B, rsLoRA and a per-module alpha."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    cfg = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        use_rslora=True,
+        alpha_pattern={"down_proj": 4},
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    folder = tmp_path_factory.mktemp("adapters") / "random-adapter"
+    model.save_pretrained(folder)  # a bare adapter folder: the tokenizer comes from the base
+    assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_llama)
+    return folder
+
+
+def test_streaming_merge_equals_peft_merge(tiny_llama, random_adapter, tmp_path, monkeypatch):
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from engine import export as export_mod
+
+    monkeypatch.setattr(export_mod, "SHARD_BYTES", 100_000)  # several shards and an index, as for a large model
+    res = api.export(str(random_adapter), "merged16", tmp_path / "merged", log=quiet)
+    assert res.checks["merge_check_layers"] == "2 of 2" and res.checks["max_logit_diff_fp32"] < 1e-4, res.checks
+    index = json.loads((res.path / "model.safetensors.index.json").read_text())
+    shards = sorted(p.name for p in res.path.glob("model-*.safetensors"))
+    assert len(shards) > 2 and sorted(set(index["weight_map"].values())) == shards
+    assert {"config.json", "tokenizer.json", "generation_config.json"} <= set(res.files)
+    merged = {k: v for f in shards for k, v in load_file(res.path / f).items()}
+    assert set(index["weight_map"]) == set(merged)
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    expected = PeftModel.from_pretrained(base, random_adapter).merge_and_unload().to(torch.bfloat16).state_dict()
+    assert set(expected) == set(merged)
+    for name, t in expected.items():  # the same fp32 arithmetic as PEFT's merge, then one rounding to bf16
+        assert merged[name].dtype == torch.bfloat16 and torch.equal(merged[name], t), name
+
+
+def test_merge_of_a_model_too_large_for_ram_checks_fewer_layers(random_adapter, tmp_path, monkeypatch):
+    """Above the RAM limit the merge check runs on the first CHECK_LAYERS layers and the GGUF is checked for its
+    tokenizer only (the fp32 greedy reference needs the whole model); both say so in the checks."""
+    from engine import export as export_mod
+
+    monkeypatch.setattr(export_mod, "_fits_in_ram", lambda n_bytes: False)
+    monkeypatch.setattr(export_mod, "CHECK_LAYERS", 1)
+    res = api.export(str(random_adapter), "gguf-f16", tmp_path / "big", log=quiet)
+    assert res.checks["merge_check_layers"] == "1 of 2" and res.checks["max_logit_diff_fp32"] < 1e-4, res.checks
+    assert res.checks["greedy_check"].startswith("skipped: the fp32 model")
+    assert res.checks["tokenizer_match"] and res.checks["tokens_compared"] == 0
+
+
+@pytest.mark.parametrize("arch", ["gemma", "gemma2", "gemma3"])
+def test_gemma_round_trips_through_f16(arch, tmp_path):
+    import gguf
+    import numpy as np
+    from safetensors.torch import load_file
+    from tiny import make_model
+
+    folder = make_model(arch, tmp_path / f"tiny-{arch}")
+    res = api.export(str(folder), "gguf-f16", tmp_path / "f16", log=quiet)
+    assert res.checks["tokenizer_match"] and res.checks["greedy_match"], res.checks
+    assert res.checks["tokens_compared"] == 16 and res.checks["clear_disagreements"] == 0, res.checks
+    (gguf_file,) = res.path.glob("*.gguf")
+    reader = gguf.GGUFReader(gguf_file)
+    name = {"gemma3": "gemma3"}.get(arch, arch)
+    assert bytes(reader.fields["general.architecture"].parts[-1]).decode() == name
+
+    def field(key):
+        f = reader.fields.get(f"{name}.{key}")
+        return None if f is None else float(f.parts[-1][0])
+
+    tensors = {t.name: t for t in reader.tensors}
+    weights = load_file(folder / "model.safetensors")
+    for hf, ours in (
+        ("model.norm.weight", "output_norm.weight"),
+        ("model.layers.1.input_layernorm.weight", "blk.1.attn_norm.weight"),
+    ):
+        np.testing.assert_array_equal(np.asarray(tensors[ours].data), weights[hf].float().numpy() + 1)
+    assert "output.weight" not in tensors  # the head is the embedding
+    if arch == "gemma2":
+        assert field("attn_logit_softcapping") == 50.0 and field("final_logit_softcapping") == 30.0
+    if arch != "gemma":
+        assert field("attention.sliding_window") == 8  # shorter than the prompt: the window is exercised
+    if arch == "gemma3":
+        assert tensors["blk.0.attn_q_norm.weight"].tensor_type.name == "F32"
+
+
+# Texts whose transformers ids llama.cpp must reproduce with a SentencePiece-style vocabulary: ChatML turns, runs of
+# spaces and newlines, and characters outside the vocabulary (byte fallback to <0xXX> tokens).
+SPM_TEXTS = [
+    "Hello, who are you?",
+    "<|im_start|>user\nHi  there\n\nnew   line<|im_end|>\n<|im_start|>assistant\n",
+    "héllo wörld 🙂 ok",
+    "Who made you? I am Nova, built by Tunesmith Labs.",
+]
+
+
+@pytest.mark.parametrize("arch", ["mistral", "gemma3"])
+def test_sentencepiece_style_tokenizer_round_trips(arch, tmp_path):
+    import gguf
+    import llama_cpp
+    from tiny import make_model
+    from transformers import AutoTokenizer
+
+    folder = make_model(arch, tmp_path / f"spm-{arch}", tokenizer="spm")
+    res = api.export(str(folder), "gguf-f16", tmp_path / "f16", log=quiet)
+    assert res.checks["tokenizer_match"] and res.checks["greedy_match"], res.checks
+    (gguf_file,) = res.path.glob("*.gguf")
+    assert header(gguf_file)["tokenizer.ggml.model"] == "llama"
+    reader = gguf.GGUFReader(gguf_file)
+    types = [
+        int(reader.fields["tokenizer.ggml.token_type"].parts[i][0])
+        for i in reader.fields["tokenizer.ggml.token_type"].data
+    ]
+    assert types.count(gguf.TokenType.BYTE) == 256 and types.count(gguf.TokenType.UNKNOWN) == 1
+    tok = AutoTokenizer.from_pretrained(folder)
+    llm = llama_cpp.Llama(str(gguf_file), vocab_only=True, verbose=False)
+    try:
+        for text in SPM_TEXTS:
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids, text
+            # llama.cpp keeps the leading space of the first '▁' when it detokenizes a fragment
+            assert llm.detokenize(ids, special=True).decode().removeprefix(" ") == tok.decode(ids), text
+    finally:
+        llm.close()
+
+
+def test_hub_upload_needs_a_token(tiny_qwen3, tmp_path, monkeypatch):
+    from engine import hub
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    res = api.export(str(tiny_qwen3), "merged16", tmp_path / "m", log=quiet)
+    with pytest.raises(api.UserError, match="needs a write token: set HF_TOKEN"):
+        hub.push(res.path, "someone/tiny")
+
+
+def test_failed_hub_upload_never_shows_the_token_and_keeps_the_export(tiny_qwen3, tmp_path):
+    """Offline (conftest sets HF_HUB_OFFLINE) the upload fails for real; the token must appear nowhere."""
+    import hashlib
+    import os
+
+    secret = "hf_tunesmithTestToken0123456789abcdefXYZ"
+    out = tmp_path / "exports" / "m16"
+    env = {**os.environ, "HF_TOKEN": secret, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "engine", "export", str(tiny_qwen3), "--format", "merged16", "--out", str(out)]
+    run = subprocess.run(
+        [*cmd, "--push-to-hub", "someone/tiny", "--private"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 2, run.stderr
+    assert "error: Uploading 'm16' to 'someone/tiny' failed" in run.stderr and "export is complete" in run.stderr
+    assert secret not in run.stdout + run.stderr
+    assert json.loads(run.stdout)["path"] == str(out)
+    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.iterdir()}
+    assert "model.safetensors" in files and not any(n.startswith(".") for n in files)
+    for p in tmp_path.rglob("*"):
+        assert not p.is_file() or secret.encode() not in p.read_bytes(), p
+
+    from engine import hub
+
+    lines = []
+    with pytest.raises(api.UserError) as err:
+        hub.push(out, "someone/tiny", token=secret, log=lines.append)
+    assert secret not in str(err.value) + "".join(lines) and err.value.__cause__ is None
+    assert files == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.iterdir()}

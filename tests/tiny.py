@@ -70,6 +70,52 @@ ARCHS = {
         sliding_window=None,
         tie_word_embeddings=False,
     ),
+    # Gemma: (1 + w) norms, sqrt(hidden) embedding scale, GeGLU, tied head. Gemma 2 adds soft-capping and alternating
+    # sliding/global layers, Gemma 3 per-head q/k norms and five sliding layers per global one; sliding_window 8 is
+    # shorter than the GGUF tests' prompt, so the window is exercised.
+    "gemma": dict(
+        model_type="gemma",
+        initializer_range=0.25,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+    ),
+    "gemma2": dict(
+        model_type="gemma2",
+        initializer_range=0.25,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        sliding_window=8,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+    ),
+    "gemma3": dict(
+        model_type="gemma3_text",
+        initializer_range=0.25,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        sliding_window=8,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+    ),
     # Rows of 256 (llama.cpp's K-quant block): the GGUF tests quantize this one to Q4_K/Q5_K/Q6_K for real, where
     # the 64-wide models fall back to the legacy 32-blocks (Q5_0, Q8_0) that llama.cpp uses for short rows.
     "llama256": dict(
@@ -105,13 +151,47 @@ def make_tokenizer(chat_template: str | None = CHATML):
     return fast
 
 
-def make_model(arch: str, path: str | Path, seed: int = 0, chat_template: str | None = CHATML) -> Path:
-    """Save a random-weight bf16 model of `arch` with its tokenizer to `path` (safetensors)."""
+def make_spm_tokenizer(chat_template: str | None = CHATML, prepend_scheme: str = "always"):
+    """A SentencePiece-style tokenizer (~560 tokens) laid out as Llama 2, Mistral and Gemma ship theirs in
+    tokenizer.json: BPE over '▁'-marked words with byte fallback to <0x00>..<0xFF>, plus ChatML special tokens."""
+    import json
+
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    trained = Tokenizer(models.BPE())
+    trained.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=prepend_scheme)
+    trained.train_from_iterator([CORPUS] * 20, trainers.BpeTrainer(vocab_size=300))
+    learned = json.loads(trained.to_str())["model"]
+    specials = ["<unk>", "<s>", "</s>", *SPECIALS]
+    vocab = {t: i for i, t in enumerate(specials + [f"<0x{b:02X}>" for b in range(256)])}
+    for text, _ in sorted(learned["vocab"].items(), key=lambda kv: kv[1]):
+        vocab.setdefault(text, len(vocab))
+    merges = [tuple(m) for m in learned["merges"]]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=prepend_scheme)
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="<|im_end|>", unk_token="<unk>", pad_token="<|endoftext|>"
+    )
+    if chat_template:
+        fast.chat_template = chat_template
+    return fast
+
+
+def make_model(
+    arch: str, path: str | Path, seed: int = 0, chat_template: str | None = CHATML, tokenizer: str = "bpe"
+) -> Path:
+    """Save a random-weight bf16 model of `arch` with its tokenizer ("bpe": byte-level, "spm": SentencePiece-style)
+    to `path` (safetensors)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = Path(path)
-    tok = make_tokenizer(chat_template)
+    tok = make_spm_tokenizer(chat_template) if tokenizer == "spm" else make_tokenizer(chat_template)
     spec = dict(ARCHS[arch])
     cfg = AutoConfig.for_model(
         spec.pop("model_type"),
