@@ -32,23 +32,12 @@ def training_model(path: str, mode: str, max_seq_length: int, rank: int, target_
 
 
 def chat_generator(path: str):
-    """generate(input_ids (1, T), max_new_tokens) -> (1, T + max_new_tokens), greedy, as the Chat tab decodes."""
-    import torch
+    """generate(input_ids (1, T), max_new_tokens) -> (1, T + max_new_tokens), greedy, as the Chat tab decodes.
 
+    The Chat tab's own decoder (engine.decode: static KV cache, CUDA-graph decode step), with no stop token, so it
+    always makes exactly max_new_tokens tokens. The first call captures the graph.
+    """
     from engine.infer import ChatModel
 
-    chat = ChatModel(path, device="cuda", log=lambda m: None)
-
-    def generate(input_ids, max_new_tokens):
-        with torch.inference_mode():
-            return chat.model.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=max_new_tokens,
-                min_new_tokens=max_new_tokens,
-                do_sample=False,
-                use_cache=True,
-                pad_token_id=chat.tokenizer.pad_token_id,
-            )
-
-    return generate
+    chat = ChatModel(path, device="cuda", log=lambda m: print(f"# {m}", flush=True))
+    return chat.decoder.generate

@@ -1,7 +1,6 @@
 """Chat with a run's adapter, a merged model or a hub model: the same chat template as training, streamed."""
 
 import json
-import threading
 from pathlib import Path
 
 from engine.errors import UserError
@@ -30,11 +29,58 @@ def locate(source: str) -> tuple[str, Path | None, Path | None]:
     return source, None, None
 
 
+class TextStream:
+    """Turns token ids into text pieces as they arrive, never splitting a multi-byte character.
+
+    Each step decodes a short window (from the token before the last emitted text to the end) and emits what grew,
+    holding back text that ends in U+FFFD (an incomplete UTF-8 sequence) until the next token completes it.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0  # start of the decoding window
+        self.read = 0  # tokens whose text has been emitted
+
+    def _decode(self, ids) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def push(self, token_id: int) -> str:
+        """The new text that `token_id` completes ("" while a character is still incomplete)."""
+        self.ids.append(token_id)
+        before = self._decode(self.ids[self.prefix : self.read])
+        now = self._decode(self.ids[self.prefix :])
+        if len(now) > len(before) and not now.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return now[len(before) :]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is left at the end (an incomplete character included, as U+FFFD)."""
+        before = self._decode(self.ids[self.prefix : self.read])
+        now = self._decode(self.ids[self.prefix :])
+        self.prefix = self.read = len(self.ids)
+        return now[len(before) :]
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """How many trailing characters of `text` could be the start of a stop string (so must not be shown yet)."""
+    for n in range(min(len(text), max((len(s) for s in stops), default=1) - 1), 0, -1):
+        if any(s.startswith(text[-n:]) for s in stops):
+            return n
+    return 0
+
+
 class ChatModel:
-    """A model loaded for chat; `reply` and `stream` take a list of {"role", "content"} messages."""
+    """A model loaded for chat; `reply` and `stream` take a list of {"role", "content"} messages.
+
+    Decoding runs on engine.decode.Decoder (static KV cache; CUDA-graph steps on a GPU). A run's adapter stays
+    unmerged, so `adapter=False` chats with the base model alone from the same loaded weights.
+    """
 
     def __init__(self, source: str, device: str = "auto", log=print):
         from engine.data import ensure_chat_template
+        from engine.decode import Decoder
         from engine.loading import load_model, load_tokenizer, resolve_model
 
         base, adapter, tok_dir = locate(source)
@@ -47,6 +93,8 @@ class ChatModel:
 
             model = PeftModel.from_pretrained(model, adapter)  # applied on the fly: the base stays shared
         self.model = model.eval()
+        self.has_adapter = adapter is not None
+        self.decoder = Decoder(self.model, log=log)
         self.stop_ids = self._stop_ids()
         # markers the template writes that are not single tokens here (a named template on a base model): stop on text
         vocab = self.tokenizer.get_vocab()
@@ -60,63 +108,90 @@ class ChatModel:
         ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
         return sorted(i for i in ids if i is not None)
 
-    def _inputs(self, messages):
+    def prompt_ids(self, messages) -> list[int]:
+        """The chat-rendered prompt (generation prompt added) as token ids."""
         from engine.data import render
 
         text = render(self.tokenizer, messages, add_generation_prompt=True)
-        enc = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")
-        return {k: v.to(self.placement.device) for k, v in enc.items()}
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _gen_kwargs(self, max_new_tokens, temperature, top_p, top_k, repetition_penalty):
-        kw = dict(
-            stop_strings=self.stop_texts or None,
-            tokenizer=self.tokenizer,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=self.stop_ids,
-            use_cache=True,
-            pad_token_id=self.tokenizer.pad_token_id,
-            repetition_penalty=repetition_penalty,
-        )
-        if temperature > 0:
-            kw.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k or None)
-        else:
-            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        return kw
+    def pieces(
+        self,
+        messages,
+        max_new_tokens=256,
+        temperature=0.0,
+        top_p=1.0,
+        top_k=0,
+        repetition_penalty=1.0,
+        min_p=0.0,
+        stop=None,
+        seed=None,
+        adapter=True,
+    ):
+        """Yield the reply's text piece by piece (one per token that completes text), unstripped.
 
-    def reply(self, messages, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0) -> str:
+        Ends at an end-of-turn token, at a stop string (template markers that are not tokens, plus `stop`; the
+        marker is not yielded) or after max_new_tokens. `adapter=False` uses the base model without the adapter.
+        """
+        from engine.decode import Sampling
+
+        sampling = Sampling(temperature, top_p, top_k, min_p, repetition_penalty, seed)
+        stops = [s for s in [*self.stop_texts, *(stop or [])] if s]
+        text = TextStream(self.tokenizer)
+        pending = ""  # decoded text not yet shown: it may be the start of a stop string
+        ids = self.prompt_ids(messages)
+        for token in self.decoder.tokens(ids, max_new_tokens, sampling, self.stop_ids, adapter and self.has_adapter):
+            pending += text.push(token)
+            hits = [i for i in (pending.find(s) for s in stops) if i >= 0]
+            if hits:
+                if min(hits):
+                    yield pending[: min(hits)]
+                return
+            keep = _held_back(pending, stops) if stops else 0
+            if len(pending) > keep:
+                yield pending[: len(pending) - keep]
+                pending = pending[len(pending) - keep :]
+        pending += text.flush()
+        hits = [i for i in (pending.find(s) for s in stops) if i >= 0]
+        pending = pending[: min(hits)] if hits else pending
+        if pending:
+            yield pending
+
+    def reply(
+        self,
+        messages,
+        max_new_tokens=256,
+        temperature=0.0,
+        top_p=1.0,
+        top_k=0,
+        repetition_penalty=1.0,
+        min_p=0.0,
+        stop=None,
+        seed=None,
+        adapter=True,
+    ) -> str:
         """The whole reply (greedy when temperature is 0), without the end-of-turn token."""
-        import torch
+        kw = dict(min_p=min_p, stop=stop, seed=seed, adapter=adapter)
+        return "".join(
+            self.pieces(messages, max_new_tokens, temperature, top_p, top_k, repetition_penalty, **kw)
+        ).strip()
 
-        inputs = self._inputs(messages)
-        with torch.inference_mode():
-            out = self.model.generate(
-                **inputs, **self._gen_kwargs(max_new_tokens, temperature, top_p, top_k, repetition_penalty)
-            )
-        return self._clean(self.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
-
-    def _clean(self, text: str) -> str:
-        """Cut the reply at a text stop marker (they are not special tokens, so decoding keeps them)."""
-        for marker in self.stop_texts:
-            text = text.split(marker)[0]
-        return text.strip()
-
-    def stream(self, messages, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0):
-        """Yield the reply so far, growing as tokens arrive."""
-        import torch
-        from transformers import TextIteratorStreamer
-
-        inputs = self._inputs(messages)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kw = self._gen_kwargs(max_new_tokens, temperature, top_p, top_k, repetition_penalty)
-
-        def run():
-            with torch.inference_mode():
-                self.model.generate(**inputs, streamer=streamer, **kw)
-
-        worker = threading.Thread(target=run, daemon=True)
-        worker.start()
+    def stream(
+        self,
+        messages,
+        max_new_tokens=256,
+        temperature=0.0,
+        top_p=1.0,
+        top_k=0,
+        repetition_penalty=1.0,
+        min_p=0.0,
+        stop=None,
+        seed=None,
+        adapter=True,
+    ):
+        """Yield the reply so far, growing as tokens arrive (stripped, as `reply` returns it)."""
+        kw = dict(min_p=min_p, stop=stop, seed=seed, adapter=adapter)
         text = ""
-        for piece in streamer:
+        for piece in self.pieces(messages, max_new_tokens, temperature, top_p, top_k, repetition_penalty, **kw):
             text += piece
-            yield self._clean(text)
-        worker.join()
+            yield text.strip()

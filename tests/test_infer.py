@@ -1,0 +1,320 @@
+"""The chat decoder (engine.decode through engine.infer.ChatModel) against transformers generate, on tiny
+random-weight models of each family (fp32, CPU), with and without an unmerged LoRA adapter; and on a GPU (bf16,
+qwen3-0.6b-shaped) the CUDA-graph path against transformers and against its own eager path."""
+
+import copy
+
+import pytest
+import torch
+from tiny import ARCHS, make_model, make_tokenizer
+
+from engine.decode import Decoder, FusedRMSNorm, Sampling, fuse_rms_norms, pick, unfuse_rms_norms
+from engine.infer import ChatModel, TextStream
+
+FAMILIES = [a for a in ARCHS if a != "llama256"]  # llama256 is llama again, wider for the GGUF K-quants
+MESSAGES = [{"role": "user", "content": "Who are you?"}]
+N = 16  # new tokens per comparison: past the prompt's influence, cheap on 2 shared cores
+
+
+def make_adapter(model_dir, out_dir):
+    """A LoRA adapter on every projection with random, non-zero B (a fresh adapter is a no-op), saved with peft."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=targets, lora_dropout=0.0))
+    torch.manual_seed(1)
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.2)
+    peft_model.save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def chats(tmp_path_factory):
+    """ChatModel per (family, with adapter), loaded on first use; base and adapter share one saved model."""
+    models, loaded = {}, {}
+
+    def get(arch, lora=False):
+        if arch not in models:
+            models[arch] = make_model(arch, tmp_path_factory.mktemp(arch) / "model")
+        if (arch, lora) not in loaded:
+            source = make_adapter(models[arch], models[arch].parent / "adapter") if lora else models[arch]
+            loaded[arch, lora] = ChatModel(str(source), device="cpu", log=lambda m: None)
+        return loaded[arch, lora]
+
+    return get
+
+
+def hf_greedy(model, ids, n, cache=None, **kw):
+    """transformers generate, greedy, exactly n tokens (no EOS: the end-of-sequence id is unset)."""
+    cfg = copy.deepcopy(model.generation_config)
+    unknown = cfg.update(eos_token_id=None, pad_token_id=0, do_sample=False, max_new_tokens=n, **kw)
+    assert not unknown, unknown
+    extra = {} if cache is None else {"past_key_values": cache}
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=cfg, **extra)
+    return out[0, ids.shape[1] :].tolist()
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["base", "lora"])
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_greedy_matches_transformers(chats, arch, lora):
+    chat = chats(arch, lora)
+    ids = torch.tensor([chat.prompt_ids(MESSAGES)])
+    out = chat.decoder.generate(ids, N)
+    assert out.shape == (1, ids.shape[1] + N) and torch.equal(out[:, : ids.shape[1]], ids)
+    assert out[0, ids.shape[1] :].tolist() == hf_greedy(chat.model, ids, N)
+    if lora:  # the adapter is live but unmerged: the same object decodes the base model alone
+        with torch.inference_mode():
+            tuned = chat.model(input_ids=ids).logits
+            with chat.model.disable_adapter():
+                assert not torch.equal(chat.model(input_ids=ids).logits, tuned)
+            assert torch.equal(chat.model(input_ids=ids).logits, tuned)
+        base = list(chat.decoder.tokens(ids, N, adapter=False))
+        with chat.model.disable_adapter():
+            assert base == hf_greedy(chat.model, ids, N)
+
+
+def test_repetition_penalty_matches_transformers(chats):
+    chat = chats("llama")
+    ids = torch.tensor([chat.prompt_ids(MESSAGES)])
+    ours = list(chat.decoder.tokens(ids, N, Sampling(repetition_penalty=1.5)))
+    assert ours == hf_greedy(chat.model, ids, N, repetition_penalty=1.5)
+    assert ours != hf_greedy(chat.model, ids, N)
+
+
+def test_stop_tokens_end_the_reply(chats):
+    chat = chats("qwen3")
+    ids = chat.prompt_ids(MESSAGES)
+    full = list(chat.decoder.tokens(ids, N))
+    stop = full[N // 2]
+    cut = list(chat.decoder.tokens(ids, N, stop_ids=[stop, 10**6]))
+    assert cut == full[: full.index(stop)]
+    # the chat's own end-of-turn ids stop a reply: with <|im_end|> and <|endoftext|> as stops, none is ever yielded
+    assert set(chat.stop_ids) >= {chat.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
+    assert not set(chat.decoder.tokens(ids, N, stop_ids=chat.stop_ids)) & set(chat.stop_ids)
+
+
+def test_stop_strings_end_the_reply(chats):
+    chat = chats("qwen3")
+    full = "".join(chat.pieces(MESSAGES, N))
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    expected = full[: full.find(stop)]
+    assert "".join(chat.pieces(MESSAGES, N, stop=[stop])) == expected
+    assert chat.reply(MESSAGES, N, stop=[stop]) == expected.strip()
+    assert list(chat.stream(MESSAGES, N, stop=[stop]))[-1] == expected.strip()
+    assert "".join(chat.pieces(MESSAGES, N, stop=["never in there"])) == full
+
+
+def test_streaming_yields_each_tokens_text_once(chats):
+    chat = chats("llama")
+    tokens = list(chat.decoder.tokens(chat.prompt_ids(MESSAGES), N, stop_ids=chat.stop_ids))
+    pieces = list(chat.pieces(MESSAGES, N))
+    assert 1 < len(pieces) <= len(tokens)
+    assert "".join(pieces) == chat.tokenizer.decode(tokens, skip_special_tokens=True)
+    assert "".join(pieces).strip() == chat.reply(MESSAGES, N)
+    streamed = list(chat.stream(MESSAGES, N))
+    assert streamed[-1] == chat.reply(MESSAGES, N)
+    assert all(later.startswith(earlier) for earlier, later in zip(streamed, streamed[1:], strict=False))
+
+
+def test_one_reply_at_a_time(chats):
+    """Replies share one cache: a second stream while one is open is refused with a sentence, not corrupted."""
+    chat = chats("qwen3")
+    first = chat.stream(MESSAGES, N)
+    next(first)
+    with pytest.raises(RuntimeError, match="already generating"):
+        next(chat.stream(MESSAGES, N))
+    first.close()
+    assert chat.reply(MESSAGES, N) == list(chat.stream(MESSAGES, N))[-1]
+
+
+def test_fused_rms_norms_swap_instances_and_undo(chats):
+    """The decode-path RMSNorm swap (on by default on CUDA only) keeps logits and is undone exactly."""
+    chat = chats("qwen3")
+    ids = torch.tensor([chat.prompt_ids(MESSAGES)])
+    net = chat.decoder.net
+    with torch.inference_mode():
+        before = net(input_ids=ids).logits
+        names = fuse_rms_norms(net)
+        assert len(names) == 2 * 2 + 2 * 2 + 1  # per layer: input + post-attention + q_norm + k_norm; final norm
+        torch.testing.assert_close(net(input_ids=ids).logits, before)
+        assert unfuse_rms_norms(net) == len(names)
+        assert not any(isinstance(m, FusedRMSNorm) for m in net.modules())
+        assert torch.equal(net(input_ids=ids).logits, before)
+    # kernels=False: transformers' modules and sdpa (repeat_kv) in the step; fp32 greedy is the same either way
+    plain = Decoder(chat.model, log=lambda m: None, kernels=False)
+    assert plain.attention == "sdpa" and chat.decoder.attention != "sdpa"
+    assert list(plain.tokens(ids, N)) == list(chat.decoder.tokens(ids, N))
+
+
+def test_text_stream_does_not_split_characters():
+    tok = make_tokenizer()
+    text = "Héllo wörld, 音楽 🎵 and naïve café."
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) > len(text.split())  # byte-level BPE over an ASCII corpus: multi-byte characters span tokens
+    stream = TextStream(tok)
+    pieces = [stream.push(i) for i in ids] + [stream.flush()]
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in p for p in pieces)
+
+
+def test_sampling_is_reproducible_and_top_k_1_is_greedy(chats):
+    chat = chats("qwen3")
+    ids = chat.prompt_ids(MESSAGES)
+    greedy = list(chat.decoder.tokens(ids, N))
+    hot = Sampling(temperature=1.5, seed=7)
+    a, b = list(chat.decoder.tokens(ids, N, hot)), list(chat.decoder.tokens(ids, N, hot))
+    assert a == b and a != greedy
+    assert list(chat.decoder.tokens(ids, N, Sampling(temperature=1.5, seed=8))) != a
+    assert list(chat.decoder.tokens(ids, N, Sampling(temperature=1.5, top_k=1, seed=7))) == greedy
+    assert list(chat.decoder.tokens(ids, N, Sampling(temperature=1.5, top_p=1e-6, seed=7))) == greedy
+    assert list(chat.decoder.tokens(ids, N, Sampling(temperature=1.5, min_p=1.0, seed=7))) == greedy
+    kw = dict(temperature=0.9, top_p=0.9, top_k=50, min_p=0.05, repetition_penalty=1.1, seed=3)
+    assert chat.reply(MESSAGES, N, **kw) == chat.reply(MESSAGES, N, **kw)
+
+
+def test_filters_match_transformers_warpers():
+    from transformers.generation.logits_process import (
+        MinPLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    torch.manual_seed(0)
+    logits = torch.randn(1000) * 3
+    cases = [
+        (Sampling(temperature=1.0, top_k=17), TopKLogitsWarper(17)),
+        (Sampling(temperature=1.0, top_p=0.8), TopPLogitsWarper(0.8)),
+        (Sampling(temperature=1.0, min_p=0.1), MinPLogitsWarper(0.1)),
+    ]
+    for s, warper in cases:
+        allowed = set(torch.nonzero(warper(None, logits[None].clone())[0] > float("-inf")).flatten().tolist())
+        drawn = {int(pick(logits, s, None)) for _ in range(400)}
+        assert drawn <= allowed and len(drawn) > 1
+
+
+def test_samples_follow_the_distribution():
+    logits = torch.tensor([0.0, 1.0, 2.0, -1.0])
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.bincount(
+        torch.cat([pick(logits, Sampling(temperature=1.0), None, gen) for _ in range(4000)]), minlength=4
+    )
+    torch.testing.assert_close(counts / 4000, logits.softmax(-1), atol=0.03, rtol=0)
+
+
+# ---- GPU (pytest -m gpu on the device machine) ----
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+QWEN3_06B = dict(  # Qwen/Qwen3-0.6B's shape
+    hidden_size=1024,
+    intermediate_size=3072,
+    num_hidden_layers=28,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    head_dim=128,
+    vocab_size=151936,
+    max_position_embeddings=40960,
+    rope_theta=1000000.0,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+)
+GPU_N = 64
+
+
+@pytest.fixture(scope="module")
+def qwen3_06b():
+    """A random-weight bf16 qwen3-0.6b-shaped model made on the GPU and saved to /tmp (remade if absent)."""
+    from pathlib import Path
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path("/tmp/tunesmith-qwen3-0.6b-random")
+    if not (path / "model.safetensors").is_file():
+        torch.manual_seed(0)
+        cfg = AutoConfig.for_model("qwen3", **QWEN3_06B)
+        with torch.device("cuda"):
+            model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+        model.save_pretrained(path, safe_serialization=True)
+        make_tokenizer().save_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, device_map={"": "cuda"})
+    return model.eval(), path
+
+
+def prompts(n=4, length=128):
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randint(100, 30000, (1, length), generator=gen).cuda() for _ in range(n)]
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_greedy_matches_transformers_bf16(qwen3_06b):
+    """The same static cache length as ours, so both run the same attention kernels: equal token for token."""
+    from transformers import StaticCache
+
+    model, _ = qwen3_06b
+    dec = Decoder(model, log=lambda m: None, kernels=False)  # transformers' own modules, so the same kernels run
+    assert dec.mode == "graph"
+    for ids in prompts():
+        ours = dec.generate(ids, GPU_N)[0, ids.shape[1] :].tolist()
+        cache = StaticCache(config=model.config, max_cache_len=dec._capacity)
+        assert ours == hf_greedy(model, ids, GPU_N, cache, disable_compile=True)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_graph_equals_eager_with_and_without_lora(qwen3_06b):
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = qwen3_06b
+    ids = prompts(1)[0]
+    with torch.inference_mode():
+        plain = model(input_ids=ids).logits.float()
+    graph, eager = Decoder(model, log=lambda m: None), Decoder(model, log=lambda m: None, mode="eager")
+    assert any(isinstance(m, FusedRMSNorm) for m in model.modules())
+    with torch.inference_mode():  # the Triton RMSNorm is within an ulp of transformers' per norm: bf16 noise only
+        fused = model(input_ids=ids).logits.float()
+    assert (fused - plain).abs().mean() < 0.02 * plain.abs().mean()
+    for ids in prompts(2):
+        assert torch.equal(graph.generate(ids, GPU_N), eager.generate(ids, GPU_N))
+    hot = Sampling(temperature=0.8, top_p=0.95, top_k=40, min_p=0.02, repetition_penalty=1.1, seed=0)
+    ids = prompts(1)[0]
+    assert list(graph.tokens(ids, GPU_N, hot)) == list(eager.tokens(ids, GPU_N, hot))
+
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    peft_model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, target_modules=targets)).eval()
+    torch.manual_seed(1)
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.02)
+    graph, eager = Decoder(peft_model, log=lambda m: None), Decoder(peft_model, log=lambda m: None, mode="eager")
+    for adapter in (True, False, True):  # one graph per adapter state, replayed alternately
+        assert torch.equal(graph.generate(ids, GPU_N, adapter), eager.generate(ids, GPU_N, adapter))
+    assert not torch.equal(graph.generate(ids, GPU_N, True), graph.generate(ids, GPU_N, False))
+    # Known gap: after peft_model.unload() one swapped norm survives unfuse_rms_norms (it computes the same function;
+    # not yet traced), so this test stops at the graph/eager equality above.
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_bench_contract_and_first_call(qwen3_06b):
+    """engine.bench.chat_generator: (1, T) -> (1, T + n) greedy, exactly n tokens; the capture is quick."""
+    import time
+
+    from engine.bench import chat_generator
+
+    _, path = qwen3_06b
+    gen = chat_generator(str(path))
+    ids = prompts(1)[0]
+    t = time.perf_counter()
+    with torch.inference_mode():
+        out = gen(ids, 256)
+    torch.cuda.synchronize()
+    first = time.perf_counter() - t
+    assert out.shape == (1, ids.shape[1] + 256) and torch.equal(out[:, : ids.shape[1]], ids)
+    assert first < 10, f"first call took {first:.1f} s"
+    assert torch.equal(gen(ids, 256), out)
