@@ -184,3 +184,13 @@ def test_job_yaml_written_with_the_run_replays(tiny_llama, identity_file, runs):
     st = wait_for(api.start(spec))
     assert api.JobSpec.from_yaml((st.run_dir / "job.yaml").read_text()) == spec
     assert yaml.safe_load((st.run_dir / "job.yaml").read_text())["max_steps"] == 2
+
+
+def test_cli_offline_hub_model_is_one_sentence(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = cli("chat", "nobody/no-such-model", "--prompt", "hi", timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "error: Could not download 'nobody/no-such-model': the hub is unreachable and it is not in the local cache. "
+        "Connect to the internet, or pick a local model folder."
+    ]
