@@ -4,8 +4,6 @@
 so the yardstick measures what users get.
 """
 
-import os
-
 
 def training_model(path: str, mode: str, max_seq_length: int, rank: int, target_modules: list[str]):
     """Load `path` as the app trains it (mode "qlora": 4-bit NF4 base; "lora": 16-bit base), LoRA of `rank`
@@ -24,10 +22,8 @@ def training_model(path: str, mode: str, max_seq_length: int, rank: int, target_
         target_modules=tuple(target_modules),
         gradient_checkpointing=True,
     )
-    budget = os.environ.get("TUNESMITH_VRAM_GIB")
+    # No offload planner yet (issue 6): TUNESMITH_VRAM_GIB does not change how the model is built.
     model, _ = load_for_training(spec, choose_placement("cuda"), log=lambda m: print(f"# {m}", flush=True))
-    if budget:
-        print(f"# VRAM budget {budget} GiB (TUNESMITH_VRAM_GIB)", flush=True)
     return model
 
 
