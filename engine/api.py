@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.hardware import vram_budget_gib
 from engine.jobspec import JobSpec
 from engine.runlog import TERMINAL, read_metrics
 
@@ -470,16 +471,6 @@ def model_arch(model: str):
             "and the connection."
         ) from None
     return Arch.from_config(json.loads(Path(cfg).read_text()))
-
-
-def vram_budget_gib() -> float | None:
-    """The GPU memory to plan for: $TUNESMITH_VRAM_GIB, else the card's total, else None (no GPU)."""
-    if os.environ.get("TUNESMITH_VRAM_GIB"):
-        return float(os.environ["TUNESMITH_VRAM_GIB"])
-    from engine.hardware import gpu_info
-
-    info = gpu_info()
-    return info["vram_total_gb"] * 1e9 / 2**30 if info else None
 
 
 def estimate(

@@ -22,7 +22,8 @@ def training_model(path: str, mode: str, max_seq_length: int, rank: int, target_
         target_modules=tuple(target_modules),
         gradient_checkpointing=True,
     )
-    # No offload planner yet (issue 6): TUNESMITH_VRAM_GIB does not change how the model is built.
+    # The fast path (engine.patching) and the checkpointing policy apply as in a run: the policy reads the budget
+    # (TUNESMITH_VRAM_GIB or the card) and recomputes only the layers that do not fit. No offload yet (issue 6).
     model, _ = load_for_training(spec, choose_placement("cuda"), log=lambda m: print(f"# {m}", flush=True))
     return model
 

@@ -103,8 +103,13 @@ def estimate(
     checkpointing: bool = True,
     optimizer: str = "adamw_8bit",
     targets=ALL_TARGETS,
+    checkpointed_layers: int | None = None,
+    fused_loss: bool = False,
 ) -> Estimate:
-    """Peak allocated GPU memory (and host RAM) of one training step, in GiB."""
+    """Peak allocated GPU memory (and host RAM) of one training step, in GiB.
+
+    `checkpointed_layers` (default: all when `checkpointing`, else none) counts the layers that keep only their input;
+    `fused_loss` is the fast path's chunked cross-entropy, which holds one chunk of logits instead of all of them."""
     tokens = seq * batch
     if method == "qlora":
         weights = arch.linear_params * NF4_BYTES + (arch.params - arch.linear_params) * 2
@@ -116,13 +121,15 @@ def estimate(
         trainable = arch.params * (2 + 2 + opt)  # bf16 gradient, optimizer states (bf16 params are the weights)
     else:
         trainable = arch.lora_params(rank, targets) * (4 + 4 + opt)  # fp32 adapters, their grads, states
-    width = COEF["layer_h"] * arch.hidden + COEF["layer_i"] * arch.intermediate + COEF["layer_a"] * arch.attention_width
-    layer = tokens * width
-    if checkpointing:
-        activations = arch.layers * tokens * arch.hidden * 2 + layer
+    layer = layer_activation_bytes(arch, tokens)
+    if checkpointed_layers is None:
+        checkpointed_layers = arch.layers if checkpointing else 0
+    kept = checkpointed_layers * tokens * arch.hidden * 2  # a checkpointed layer keeps its bf16 input
+    activations = kept + (arch.layers - checkpointed_layers) * layer + (layer if checkpointed_layers else 0)
+    if fused_loss:  # one bf16 chunk of logits (at most 4096 tokens), reused as its gradient, plus fp32 dh
+        loss = min(tokens, 4096) * arch.vocab * 2 + tokens * arch.hidden * 4
     else:
-        activations = arch.layers * layer
-    loss = tokens * arch.vocab * COEF["loss_v"]
+        loss = tokens * arch.vocab * COEF["loss_v"]
     parts = dict(
         weights=weights,
         trainable=trainable,
@@ -136,6 +143,12 @@ def estimate(
     # 1 GiB for every model and method: transformers maps every weight file while it loads, QLoRA included.
     ram = 1.0 + arch.params * 2 / GIB
     return Estimate(round(sum(parts.values()), 2), round(ram, 2), parts)
+
+
+def layer_activation_bytes(arch: Arch, tokens: int) -> float:
+    """Bytes one decoder layer keeps for its backward when it is not checkpointed."""
+    width = COEF["layer_h"] * arch.hidden + COEF["layer_i"] * arch.intermediate + COEF["layer_a"] * arch.attention_width
+    return tokens * width
 
 
 def size_class(params: int) -> str:

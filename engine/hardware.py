@@ -64,6 +64,14 @@ def gpu_info() -> dict | None:
     )
 
 
+def vram_budget_gib() -> float | None:
+    """The GPU memory to plan for: $TUNESMITH_VRAM_GIB, else the card's total, else None (no GPU)."""
+    if os.environ.get("TUNESMITH_VRAM_GIB"):
+        return float(os.environ["TUNESMITH_VRAM_GIB"])
+    info = gpu_info()
+    return info["vram_total_gb"] * 1e9 / 2**30 if info else None
+
+
 def doctor(workdir: str = ".") -> dict:
     """Versions of the stack, the GPU, and free RAM and disk: what a bug report needs."""
     import importlib.metadata as md

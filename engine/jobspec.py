@@ -56,7 +56,8 @@ class JobSpec:
     lora_dropout: float = 0.0
     use_rslora: bool = False
     target_modules: tuple[str, ...] = ALL_LINEAR  # layers that get adapters; missing names are skipped
-    gradient_checkpointing: bool = True  # recompute activations in backward: much less memory, ~30% slower
+    gradient_checkpointing: bool = True  # recompute in backward the layers whose activations exceed the VRAM budget
+    fast_path: bool = True  # Tunesmith's kernels for Llama/Mistral/Qwen/Gemma (off: plain transformers + PEFT)
     seed: int = 3407
     save_every: int = 0  # checkpoint every N optimizer steps (0: only at the end and on cancel)
     keep_checkpoints: int = 2  # older checkpoints are deleted once a newer one is complete

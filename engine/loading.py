@@ -158,11 +158,31 @@ def load_for_training(spec, placement: Placement, log=print):
 
 
 def prepare_for_training(model, spec, log=print):
-    """Checkpointing and trainable parameters (LoRA adapters, or every weight for full fine-tuning) as the spec says."""
+    """The fast path's drop-ins (engine.patching), the checkpointing policy (engine.checkpointing) and the trainable
+    parameters (LoRA adapters, or every weight for full fine-tuning), as the spec says."""
+    from engine import checkpointing
+    from engine.hardware import vram_budget_gib
+
     model.config.use_cache = False
+    on_gpu = next(model.parameters()).device.type == "cuda"
+    fused_loss = False
+    if spec.fast_path and on_gpu:
+        from engine.patching import patch_model
+
+        fused_loss = "fused cross-entropy loss" in patch_model(model, log).swapped
+    elif spec.fast_path:
+        log("patching: none on the CPU (the fast path's kernels are GPU kernels); plain transformers + PEFT")
     if spec.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+        checkpointing.install(
+            model,
+            spec.method,
+            vram_budget_gib() if on_gpu else None,
+            fused_loss,
+            log,
+            rank=spec.lora_r,
+            targets=spec.target_modules,
+            optimizer="adamw" if spec.optimizer == "adamw" else "adamw_8bit",
+        )
     if spec.method == "full":
         for p in model.parameters():
             p.requires_grad_(True)

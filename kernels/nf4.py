@@ -307,10 +307,19 @@ def nf4_dequantize_state(packed: torch.Tensor, quant_state, out: torch.Tensor | 
         quant_state.code,
         state2.absmax if state2 is not None else None,
         state2.code if state2 is not None else None,
-        float(quant_state.offset) if state2 is not None else 0.0,
+        _offset(quant_state) if state2 is not None else 0.0,
         state2.blocksize if state2 is not None else 256,
         out,
     )
+
+
+def _offset(quant_state) -> float:
+    """The nested-absmax offset as a Python float, read from the device once per QuantState: reading a GPU scalar
+    waits for the GPU, and a training step dequantizes every layer's weights twice."""
+    cached = getattr(quant_state, "tunesmith_offset", None)
+    if cached is None:
+        cached = quant_state.tunesmith_offset = float(quant_state.offset)
+    return cached
 
 
 def nf4_matvec(

@@ -1,0 +1,58 @@
+"""Profile one training step of the shared harness's model on the GPU: the top CUDA kernels by total time.
+
+    python3 bench/profile_step.py --impl project --arch qwen3_0.6b --mode lora [--seq 2048 --bs 2]
+
+Builds the model as .bench/train_bench.py does (same random-weight checkpoint, same optimizer and autocast), runs
+three warm-up steps, then profiles two.
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.getcwd(), ".bench"))
+sys.path.insert(0, os.getcwd())
+
+
+def main():
+    import bitsandbytes as bnb
+    import torch
+    import train_bench as tb
+    from torch.profiler import ProfilerActivity, profile
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--impl", default="project")
+    ap.add_argument("--arch", default="qwen3_0.6b")
+    ap.add_argument("--mode", default="lora")
+    ap.add_argument("--seq", type=int, default=2048)
+    ap.add_argument("--bs", type=int, default=2)
+    ap.add_argument("--rows", type=int, default=30)
+    a = ap.parse_args()
+    model = tb.load(a.impl, tb.ensure_model(a.arch), a.mode, a.seq, 16)
+    model.train()
+    opt = bnb.optim.AdamW8bit([p for p in model.parameters() if p.requires_grad], lr=2e-4)
+    ids = torch.randint(100, 30000, (a.bs, a.seq), device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(2):
+            step()
+        torch.cuda.synchronize()
+    table = prof.key_averages()
+    try:
+        print(table.table(sort_by="self_device_time_total", row_limit=a.rows, max_name_column_width=60))
+    except (KeyError, AttributeError, ValueError):
+        print(table.table(sort_by="self_cuda_time_total", row_limit=a.rows, max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()

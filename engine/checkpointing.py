@@ -1,0 +1,56 @@
+"""Which decoder layers recompute their activations in the backward: only as many as the VRAM budget requires.
+
+A checkpointed layer keeps just its input and runs its forward a second time in the backward (about a third more
+compute for that layer); an un-checkpointed one keeps all its activations. On a big card nothing needs recomputing;
+on a small one every layer does. The choice depends on the tokens in a micro-batch, so it is made before each forward
+from that batch's shape (and remembered per shape), with engine.estimate's model of peak memory.
+"""
+
+import math
+
+from engine.estimate import Arch, estimate, layer_activation_bytes
+
+SLACK = 1.1  # the allocator's fragmentation and the estimate's error, as in Estimate.fits
+
+
+def layers_to_checkpoint(arch: Arch, method: str, tokens: int, budget_gib: float | None, fused_loss: bool, **kw) -> int:
+    """How many of `arch.layers` layers to checkpoint so the step's estimated peak stays within the budget.
+    All of them when there is no budget (the CPU) or when even that does not fit."""
+    if budget_gib is None:
+        return arch.layers
+    all_ckpt = estimate(arch, method, tokens, 1, checkpointing=True, fused_loss=fused_loss, **kw)
+    spare = budget_gib / SLACK - all_ckpt.peak_vram_gib
+    per_layer = (layer_activation_bytes(arch, tokens) - tokens * arch.hidden * 2) / 2**30
+    free = max(0, min(arch.layers, math.floor(spare / per_layer)))
+    return arch.layers - free
+
+
+def install(model, method: str, budget_gib: float | None, fused_loss: bool, log=print, **estimate_kw) -> None:
+    """Enable checkpointing on `model`'s decoder layers, then before each forward switch it off on as many layers as
+    the budget holds for that micro-batch's token count."""
+    import torch
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    arch = Arch.from_config(model.config.to_dict())
+    decided: dict[int, int] = {}
+
+    def choose(module, args, kwargs):
+        if not (module.training and torch.is_grad_enabled()):
+            return  # generation and evaluation keep no activations for a backward
+        x = kwargs.get("input_ids")
+        if x is None:
+            x = kwargs.get("inputs_embeds")
+        if x is None and args:
+            x = args[0]
+        tokens = x.shape[0] * x.shape[1]
+        if tokens not in decided:
+            k = decided[tokens] = layers_to_checkpoint(arch, method, tokens, budget_gib, fused_loss, **estimate_kw)
+            budget = f"{budget_gib:.1f} GiB budget" if budget_gib else "no GPU budget"
+            log(f"checkpointing: {k} of {len(layers)} layers recompute at {tokens} tokens per micro-batch ({budget})")
+        for i, layer in enumerate(layers):
+            layer.gradient_checkpointing = i < decided[tokens]
+
+    model.base_model.register_forward_pre_hook(choose, with_kwargs=True)

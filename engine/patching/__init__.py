@@ -1,0 +1,65 @@
+"""Per-family fast paths: swap module instances of a loaded transformers model for kernel-backed drop-ins.
+
+Each family file (llama.py, mistral.py, qwen2.py, qwen3.py, gemma.py, gemma2.py, gemma3.py) registers a `Family` for
+its `model_type`. `patch_model` walks the decoder layers and replaces, in place:
+
+- every RMSNorm (layer norms, the final norm, Qwen3/Gemma3 per-head q/k norms) with `FastRMSNorm` (kernels.rms_norm);
+- each attention module with `FastAttention`: RoPE through kernels.rope, LoRA projections through kernels.lora,
+  attention through transformers' own interface for the loaded implementation (SDPA: flash / memory-efficient);
+- each gated MLP with `FastMLP`: kernels.swiglu for act(gate) * up, LoRA projections through kernels.lora;
+- the causal-LM loss with kernels.cross_entropy (the logits never exist in full when labels are given).
+
+The drop-ins keep the original child modules and parameters under the same names, so PEFT finds and wraps the same
+Linear layers, state dicts and saved adapters are unchanged, and `disable_adapter()` still works. A model of any other
+family is left alone and trains through the plain transformers + PEFT path; the report says so.
+"""
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+FAMILY_MODULES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3")
+
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between families: the RMSNorm offset (Gemma's `x * (1 + w)`) and the attention call's extras."""
+
+    model_type: str
+    norm_offset: float = 0.0
+    attention_kwargs: Callable = lambda attn: {}  # the keyword arguments this family's attention passes along
+
+
+@dataclass
+class PatchReport:
+    family: str | None
+    swapped: dict = field(default_factory=dict)  # drop-in class name -> count
+    notes: list = field(default_factory=list)
+
+    def summary(self) -> str:
+        if self.family is None:
+            return "; ".join(self.notes)
+        parts = ", ".join(f"{n} {name}" for name, n in sorted(self.swapped.items()))
+        return f"fast path for {self.family}: {parts}" + "".join(f"; {n}" for n in self.notes)
+
+
+def family_for(model_type: str) -> Family | None:
+    for name in FAMILY_MODULES:
+        fam = importlib.import_module(f"engine.patching.{name}").FAMILY
+        if fam.model_type == model_type:
+            return fam
+    return None
+
+
+def patch_model(model, log=print) -> PatchReport:
+    """Swap the drop-ins into `model` (a transformers causal LM, before PEFT wraps it); log and return the report."""
+    from engine.patching.modules import patch_with
+
+    model_type = model.config.model_type
+    fam = family_for(model_type)
+    if fam is None:
+        report = PatchReport(None, notes=[f"no fast path for model type '{model_type}': plain transformers + PEFT"])
+    else:
+        report = patch_with(model, fam)
+    log(f"patching: {report.summary()}")
+    return report

@@ -1,0 +1,256 @@
+"""The kernel-backed drop-ins that engine.patching swaps into a model, and the fused-loss forward.
+
+Every drop-in takes over the original module's children and attributes, so parameter names (and so PEFT targets,
+state dicts and saved adapters) are unchanged.
+"""
+
+import sys
+import types
+
+import torch
+from torch import nn
+
+from engine.patching import Family, PatchReport
+from kernels.cross_entropy import fused_linear_cross_entropy
+from kernels.lora import lora_linear, lora_linear_group
+from kernels.rms_norm import rms_norm
+from kernels.rope import rope
+from kernels.swiglu import swiglu
+
+# transformers' activation classes -> kernels.swiglu's activation names
+ACTIVATIONS = {"SiLUActivation": "silu", "SiLU": "silu", "GELUTanh": "gelu_tanh", "PytorchGELUTanh": "gelu_tanh"}
+ATTENTION_ATTRS = (
+    "config",
+    "layer_idx",
+    "layer_type",
+    "head_dim",
+    "num_key_value_groups",
+    "scaling",
+    "attention_dropout",
+    "is_causal",
+    "sliding_window",
+    "is_sliding",
+    "attn_logit_softcapping",
+)
+
+
+def fused_lora_args(module):
+    """(weight, A, B, scale, bias, quant_state) when `module` is a PEFT LoRA Linear that kernels.lora computes
+    exactly: one active adapter, not merged, no DoRA, no dropout while training, a frozen nn.Linear or NF4 base.
+    None otherwise (the module then runs its own forward)."""
+    names = getattr(module, "active_adapters", None)
+    if not names or len(names) != 1 or module.disable_adapters or module.merged:
+        return None
+    name = names[0]
+    if name not in module.lora_A or module.use_dora.get(name) or getattr(module, "lora_bias", {}).get(name):
+        return None
+    if module.training and not isinstance(module.lora_dropout[name], nn.Identity):
+        return None
+    base = module.get_base_layer()
+    weight = base.weight
+    if weight.requires_grad:
+        return None
+    quant_state = getattr(weight, "quant_state", None)
+    if quant_state is not None and quant_state.quant_type != "nf4":
+        return None
+    if quant_state is None and type(base) is not nn.Linear:
+        return None
+    A, B = module.lora_A[name].weight, module.lora_B[name].weight
+    return weight, A, B, module.scaling[name], base.bias, quant_state
+
+
+def project(module, x):
+    """module(x), through the fused LoRA op when the module is a LoRA Linear it covers."""
+    args = fused_lora_args(module)
+    if args is None:
+        return module(x)
+    weight, A, B, scale, bias, quant_state = args
+    return lora_linear(x, weight, A, B, scale, bias, quant_state)
+
+
+def project_group(modules, x):
+    """[m(x) for m in modules], as one fused op when every module is a LoRA Linear the op covers."""
+    args = [fused_lora_args(m) for m in modules]
+    if any(a is None for a in args) or len({a[5] is None for a in args}) != 1:
+        return [project(m, x) for m in modules]
+    return lora_linear_group(x, [(w, A, B, s, bias, qs) for w, A, B, s, bias, qs in args])
+
+
+class FastRMSNorm(nn.Module):
+    """RMSNorm through kernels.rms_norm: saves only its input and one fp32 scale per row for the backward."""
+
+    def __init__(self, norm: nn.Module, offset: float):
+        super().__init__()
+        self.weight = norm.weight
+        self.eps = getattr(norm, "variance_epsilon", None) or norm.eps
+        self.offset = offset
+
+    def forward(self, x):
+        return rms_norm(x, self.weight, self.eps, self.offset)
+
+
+_tables: list = [None, None]  # the cos tensor the RoPE tables were last made from, and those tables
+
+
+def rotate(q, k, cos, sin):
+    """Rotate (B, T, H, D) q and k by the model's own (B or 1, T, D) cos/sin, in one kernels.rope launch.
+
+    Each token's row of the model's tables becomes its own table row (position id = row index), so every RoPE
+    variant the model computes (scaled, dynamic, per-layer-type) is applied exactly as transformers would. The model
+    passes the same cos/sin to every layer of a forward, so the fp32 tables are made once per forward."""
+    if _tables[0] is not cos:
+        half = q.shape[-1] // 2
+        rows, seq = cos.shape[:2]
+        table_cos = cos[..., :half].reshape(rows * seq, half).float().contiguous()
+        table_sin = sin[..., :half].reshape(rows * seq, half).float().contiguous()
+        positions = torch.arange(rows * seq, device=q.device).view(rows, seq)
+        _tables[:] = [cos, (table_cos, table_sin, positions)]
+    return rope(q, k, *_tables[1])
+
+
+class FastAttention(nn.Module):
+    """Attention with LoRA projections through kernels.lora, RoPE through kernels.rope, and the score computation
+    through transformers' interface for the loaded implementation (SDPA by default), with the family's extras."""
+
+    def __init__(self, attn: nn.Module, family: Family):
+        super().__init__()
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            setattr(self, name, getattr(attn, name))
+        self.q_norm = getattr(attn, "q_norm", None)
+        self.k_norm = getattr(attn, "k_norm", None)
+        for name in ATTENTION_ATTRS:
+            if hasattr(attn, name):
+                setattr(self, name, getattr(attn, name))
+        self.eager = sys.modules[type(attn).__module__].eager_attention_forward
+        self.extra = family.attention_kwargs(attn)
+
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, **kwargs):
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        b, t = hidden_states.shape[:2]
+        q, k, v = (
+            y.view(b, t, -1, self.head_dim)
+            for y in project_group((self.q_proj, self.k_proj, self.v_proj), hidden_states)
+        )
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = rotate(q, k, *position_embeddings)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if past_key_values is not None:
+            k, v = past_key_values.update(k, v, self.layer_idx)
+        interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, self.eager)
+        out, weights = interface(
+            self,
+            q,
+            k,
+            v,
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **self.extra,
+            **kwargs,
+        )
+        return project(self.o_proj, out.reshape(b, t, -1)), weights
+
+
+class FastMLP(nn.Module):
+    """down(act(gate(x)) * up(x)) with kernels.swiglu for the gated activation and kernels.lora for the projections."""
+
+    def __init__(self, mlp: nn.Module, activation: str):
+        super().__init__()
+        self.gate_proj, self.up_proj, self.down_proj = mlp.gate_proj, mlp.up_proj, mlp.down_proj
+        self.activation = activation
+
+    def forward(self, x):
+        gate, up = project_group((self.gate_proj, self.up_proj), x)
+        return project(self.down_proj, swiglu(gate, up, self.activation))
+
+
+def fused_loss_forward(
+    self,
+    input_ids=None,
+    attention_mask=None,
+    position_ids=None,
+    past_key_values=None,
+    inputs_embeds=None,
+    labels=None,
+    use_cache=None,
+    logits_to_keep=0,
+    **kwargs,
+):
+    """The causal LM's forward; given labels, the loss comes from kernels.cross_entropy over chunks of tokens and
+    `.logits` is None (the full logits are never built). Without labels it is the model's own forward."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    head = self.get_output_embeddings()
+    if labels is None or type(head) is not nn.Linear:
+        return type(self).forward(
+            self,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+    num_items = kwargs.pop("num_items_in_batch", None)
+    shift_labels = kwargs.pop("shift_labels", None)
+    out = self.model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        past_key_values=past_key_values,
+        inputs_embeds=inputs_embeds,
+        use_cache=use_cache,
+        **kwargs,
+    )
+    hidden = out.last_hidden_state
+    if shift_labels is None:
+        hidden, targets = hidden[:, :-1], labels[:, 1:]
+    else:
+        targets = shift_labels
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else head.weight.dtype
+    softcap = getattr(self.config, "final_logit_softcapping", None)
+    targets = targets.to(hidden.device)
+    loss = fused_linear_cross_entropy(hidden.to(dtype), head.weight.to(dtype), targets, softcap=softcap)
+    if num_items is not None:  # sum over tokens / tokens of the whole accumulated batch, as transformers does
+        loss = loss * (targets != -100).sum() / num_items
+    return CausalLMOutputWithPast(loss=loss, logits=None, past_key_values=out.past_key_values)
+
+
+def patch_with(model, family: Family) -> PatchReport:
+    """Swap norms, attention, MLPs and the loss of `model` for the drop-ins; count what changed."""
+    report = PatchReport(family.model_type)
+
+    def count(name):
+        report.swapped[name] = report.swapped.get(name, 0) + 1
+
+    def children():
+        return [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()]
+
+    # Norms first, so the attention drop-ins pick up the already-swapped q/k norms.
+    for parent, name, child in children():
+        if type(child).__name__.endswith("RMSNorm") and getattr(child, "weight", None) is not None:
+            setattr(parent, name, FastRMSNorm(child, family.norm_offset))
+            count("FastRMSNorm")
+    for parent, name, child in children():
+        if name == "self_attn" and all(hasattr(child, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj")):
+            setattr(parent, name, FastAttention(child, family))
+            count("FastAttention")
+        elif name == "mlp" and all(hasattr(child, p) for p in ("gate_proj", "up_proj", "down_proj")):
+            activation = ACTIVATIONS.get(type(getattr(child, "act_fn", None)).__name__)
+            if activation is None:
+                report.notes.append(f"MLP activation {type(child.act_fn).__name__} kept unfused")
+                continue
+            setattr(parent, name, FastMLP(child, activation))
+            count("FastMLP")
+    if hasattr(model, "model") and type(model.get_output_embeddings()) is nn.Linear:
+        model.forward = types.MethodType(fused_loss_forward, model)
+        count("fused cross-entropy loss")
+    else:
+        report.notes.append("loss kept unfused (no plain linear head)")
+    return report

@@ -1,0 +1,149 @@
+"""LoRA linear layers, y = x W^T + s (x A^T) B^T (+ bias), as one autograd op with a hand-written backward.
+
+W (out, in) is frozen: a 16-bit tensor, or bitsandbytes NF4 (packed uint8 plus its QuantState), dequantized by
+`kernels.nf4` into one reused buffer each time it is needed, forward and backward, so no full-precision copy of a
+4-bit weight outlives the op. A (r, in) and B (out, r) are the trainable adapter. Several projections of the same
+input (Q, K and V; gate and up) go through one op, with their A's stacked:
+
+    forward:  xa = x [A_1; A_2; ...]^T                    (N, r_1 + r_2 + ...): one matmul for all adapters
+              y_i = x W_i^T + s_i xa_i B_i^T              (one addmm into each base product)
+    backward: g_i = s_i dy_i B_i                           (N, r_i)
+              dA = [g_1 g_2 ...]^T x,  dB_i = s_i dy_i^T xa_i
+              dx = sum_i dy_i W_i + [g_1 g_2 ...] [A_1; A_2; ...]   (accumulated into one tensor)
+
+Saved for the backward: x (the layer input, which autograd keeps for any linear anyway) and xa (N x sum r, tiny),
+plus references to the weights. Compared with PEFT's module-by-module path this skips each (N, out) adapter output,
+its scaled copy and the sum, the separate input gradients of every projection and their sum.
+
+Matmuls run in the compute dtype: the autocast dtype when autocast is on, else W's (the NF4 compute dtype for a
+4-bit base). Gradients come back in the dtypes of x, A and B.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from kernels.nf4 import nf4_dequantize_state
+
+# One buffer per (device, dtype), grown to the largest weight seen: every 4-bit layer dequantizes into it in turn.
+_BUFFERS: dict[tuple, torch.Tensor] = {}
+
+
+def lora_linear_reference(x, weight, A, B, scale: float, bias=None) -> torch.Tensor:
+    """Pure-torch y = x W^T + s (x A^T) B^T + bias, for a 16-bit W."""
+    y = F.linear(x, weight, bias)
+    return y + scale * F.linear(F.linear(x, A), B)
+
+
+def _compute_dtype(x: torch.Tensor, weight: torch.Tensor, quant_state) -> torch.dtype:
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return quant_state.dtype if quant_state is not None else weight.dtype
+
+
+def _dense(weight: torch.Tensor, quant_state, dtype: torch.dtype) -> torch.Tensor:
+    """W in `dtype`: the 16-bit tensor itself (cast if needed), or the NF4 weight dequantized into the shared buffer."""
+    if quant_state is None:
+        return weight if weight.dtype == dtype else weight.to(dtype)
+    shape = tuple(quant_state.shape)
+    numel = shape[0] * shape[1]
+    key = (weight.device, quant_state.dtype)
+    buf = _BUFFERS.get(key)
+    if buf is None or buf.numel() < numel:
+        buf = _BUFFERS[key] = torch.empty(numel, dtype=quant_state.dtype, device=weight.device)
+    w = nf4_dequantize_state(weight, quant_state, out=buf[:numel].view(shape))
+    return w if w.dtype == dtype else w.to(dtype)
+
+
+class LoRALinearFunction(torch.autograd.Function):
+    """Several LoRA projections of the same input (q/k/v, or gate/up) in one op: the adapters' down-projections run
+    as one matmul of x with the stacked A's, and the input gradient is accumulated into one tensor."""
+
+    @staticmethod
+    def forward(ctx, x, meta, *tensors):
+        scales, states = meta
+        weights, As, Bs, biases = tensors[0::4], tensors[1::4], tensors[2::4], tensors[3::4]
+        dtype = _compute_dtype(x, weights[0], states[0])
+        with torch.autocast(x.device.type, enabled=False):
+            x2 = x.reshape(-1, x.shape[-1]).to(dtype)
+            a_all = torch.cat(As).to(dtype)
+            xa_all = x2 @ a_all.t()
+            bs = [B.to(dtype) for B in Bs]
+            outs, start = [], 0
+            for w, qs, b, bias, s in zip(weights, states, bs, biases, scales, strict=True):
+                xa = xa_all[:, start : start + b.shape[1]]
+                start += b.shape[1]
+                y = x2 @ _dense(w, qs, dtype).t()
+                y.addmm_(xa, b.t(), alpha=s)
+                if bias is not None:
+                    y += bias.to(dtype)
+                outs.append(y.view(*x.shape[:-1], y.shape[-1]))
+        ctx.save_for_backward(x2, xa_all, a_all, *weights, *bs)
+        ctx.meta, ctx.x_dtype, ctx.x_shape = meta, x.dtype, x.shape
+        ctx.param_dtypes = [(A.dtype, B.dtype) for A, B in zip(As, Bs, strict=True)]
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, *dys):
+        x2, xa_all, a_all, *rest = ctx.saved_tensors
+        scales, states = ctx.meta
+        n = len(scales)
+        weights, bs = rest[:n], rest[n:]
+        need_x, need_params = ctx.needs_input_grad[0], any(ctx.needs_input_grad[2:])
+        dA, dB = [None] * n, [None] * n
+        dx = None
+        with torch.autocast(x2.device.type, enabled=False):
+            gs, start = [], 0
+            for i, (dy, b, s) in enumerate(zip(dys, bs, scales, strict=True)):
+                r = b.shape[1]
+                dy2 = dy if dy is not None else torch.zeros(*ctx.x_shape[:-1], b.shape[0], device=x2.device)
+                dy2 = dy2.reshape(-1, b.shape[0]).to(x2.dtype)
+                g = (dy2 @ b).mul_(s)  # (N, r), the scale folded in once
+                gs.append(g)
+                if need_params:
+                    dB[i] = (dy2.t() @ xa_all[:, start : start + r]).mul_(s).to(ctx.param_dtypes[i][1])
+                start += r
+                if need_x:
+                    w = _dense(weights[i], states[i], x2.dtype)
+                    dx = dy2 @ w if dx is None else dx.addmm_(dy2, w)
+            g_all = torch.cat(gs, dim=1)
+            if need_params:
+                da_all = g_all.t() @ x2
+                start = 0
+                for i, b in enumerate(bs):
+                    dA[i] = da_all[start : start + b.shape[1]].to(ctx.param_dtypes[i][0])
+                    start += b.shape[1]
+            if need_x:
+                dx.addmm_(g_all, a_all)
+                dx = dx.view(ctx.x_shape).to(ctx.x_dtype)
+        grads = []
+        for i in range(n):
+            grads += [None, dA[i], dB[i], None]
+        return (dx, None, *grads)
+
+
+def lora_linear_group(x, projections) -> tuple[torch.Tensor, ...]:
+    """`lora_linear` for several projections of the same x at once (Q, K, V; or gate, up).
+
+    Args:
+        x: (..., in) activations.
+        projections: one (weight, A, B, scale, bias, quant_state) tuple per projection, as for `lora_linear`.
+    """
+    meta = (tuple(float(p[3]) for p in projections), tuple(p[5] for p in projections))
+    tensors = []
+    for weight, A, B, _, bias, _ in projections:
+        tensors += [weight, A, B, bias]
+    return LoRALinearFunction.apply(x, meta, *tensors)
+
+
+def lora_linear(x, weight, A, B, scale: float, bias=None, quant_state=None) -> torch.Tensor:
+    """x W^T + scale (x A^T) B^T + bias with a frozen W and trainable A, B.
+
+    Args:
+        x: (..., in) activations.
+        weight: (out, in) 16-bit frozen weight, or bitsandbytes' packed NF4 tensor when `quant_state` is given.
+        A: (r, in) LoRA down-projection; B: (out, r) LoRA up-projection.
+        scale: lora_alpha / r (or / sqrt(r) for rsLoRA).
+        bias: (out,) frozen bias or None.
+        quant_state: the bitsandbytes QuantState of an NF4 `weight`, else None.
+    """
+    return lora_linear_group(x, [(weight, A, B, scale, bias, quant_state)])[0]
