@@ -47,6 +47,12 @@ def test_engine_never_imports_the_ui():
             assert mod.split(".")[0] not in {"gradio", "ui", "app"}, f"{f.name} imports {mod}"
 
 
+def test_notebook_api_never_imports_the_ui():
+    for f in sorted((ROOT / "tunesmith").rglob("*.py")):
+        for mod in imports(f):
+            assert mod.split(".")[0] not in {"gradio", "ui", "app"}, f"tunesmith/{f.name} imports {mod}"
+
+
 def test_importing_the_app_loads_no_torch():
     code = "import sys; import app; print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -1,0 +1,465 @@
+"""The notebook API (tunesmith/): Unsloth's calls on the engine, each option honoured or refused with a sentence.
+
+The example (examples/identity_qwen3.py) runs end to end on a tiny Qwen3 in a subprocess: 4-bit load, LoRA, TRL's
+SFTTrainer with loss on the replies only, the fast decoder, and merged / GGUF exports that plain transformers and
+llama.cpp load and that answer with the trained identity.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import IDENTITY_ANSWER, IDENTITY_QUESTIONS, ROOT
+
+from engine import api, templates
+from engine.identity import identity_rows
+from tunesmith import (
+    FastLanguageModel,
+    UserError,
+    get_chat_template,
+    is_bfloat16_supported,
+    standardize_sharegpt,
+    train_on_responses_only,
+)
+from tunesmith.chat_templates import TEMPLATE_ALIASES, response_mask
+from tunesmith.save import GGUF_METHODS
+
+EXAMPLE_ROWS = 4  # identity examples the CI run trains on: TRL's loss kernel runs in Triton's interpreter on the CPU
+
+
+def quiet(_msg):
+    pass
+
+
+def greedy_reply(model, tok, question: str) -> str:
+    """Plain transformers: render the question with the saved chat template and decode greedily."""
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"].to(model.device)
+    out = model.generate(
+        ids, max_new_tokens=40, do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+    )
+    return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+
+
+def test_identity_example_end_to_end(tiny_qwen3, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "outputs"
+    script = ROOT / "examples" / "identity_qwen3.py"
+    args = ["--model", str(tiny_qwen3), "--out", str(out), "--rows", str(EXAMPLE_ROWS), "--grad-accum", "1"]
+    args += ["--max-steps", "30", "--learning-rate", "2e-2"]
+    res = subprocess.run(
+        [sys.executable, str(script), *args], cwd=tmp_path, capture_output=True, text=True, timeout=900
+    )
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    assert "Who are you? ->" in res.stdout
+    assert "decode: eager" in res.stdout  # for_inference's generate ran on the engine's decoder
+    assert sorted(p.name for p in out.iterdir()) == ["Nova-16bit", "Nova-gguf", "checkpoints"]  # no hidden leftovers
+
+    trained = identity_rows("Nova", "Tunesmith Labs")[:EXAMPLE_ROWS]
+    merged = AutoModelForCausalLM.from_pretrained(out / "Nova-16bit", dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(out / "Nova-16bit")
+    assert json.loads((out / "Nova-16bit" / "config.json").read_text())["dtype"] == "bfloat16"
+    for row in trained:
+        assert greedy_reply(merged, tok, row["instruction"]) == row["output"]
+
+    (gguf_file,) = (out / "Nova-gguf").glob("*.gguf")
+    assert gguf_file.name == "Nova-gguf-q4_k_m.gguf" and (out / "Nova-gguf" / "Modelfile").is_file()
+    chat = api.Chat(str(gguf_file), device="cpu")  # llama.cpp, with the chat template embedded in the file
+    try:
+        for row in trained:
+            assert chat.reply([{"role": "user", "content": row["instruction"]}]) == row["output"]
+    finally:
+        chat.close()
+
+
+# ---------------------------------------------------------------------------------------------------------- loading
+
+
+def test_from_pretrained_4bit_by_default_with_max_seq_length(tiny_qwen3):
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=256, dtype=None)
+    assert model.is_loaded_in_4bit and model.tunesmith_spec.method == "qlora"
+    assert model.max_seq_length == 256 and tok.model_max_length == 256
+    assert tok(["word " * 400], truncation=True)["input_ids"][0].__len__() == 256
+    assert model.dtype == torch.float32  # dtype=None on the CPU: fp32
+    assert tok.chat_template == templates.TEMPLATES["chatml"]  # the tokenizer's own, kept
+    assert not is_bfloat16_supported()  # no GPU here
+
+
+def test_from_pretrained_16bit_dtype_device_and_noop_options(tiny_llama):
+    model, _ = FastLanguageModel.from_pretrained(
+        str(tiny_llama),
+        max_seq_length=128,
+        dtype=torch.bfloat16,
+        load_in_4bit=False,
+        device_map="cpu",
+        load_in_8bit=False,
+        fast_inference=False,
+        token=None,
+        fix_tokenizer=True,
+        rope_scaling=None,
+    )
+    assert not getattr(model, "is_loaded_in_4bit", False) and model.tunesmith_spec.method == "lora"
+    assert model.dtype == torch.bfloat16 and model.device.type == "cpu"
+
+
+def test_full_finetuning_trains_every_weight_and_saves_merged(tiny_llama, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_llama), max_seq_length=128, full_finetuning=True)
+    assert model.tunesmith_spec.method == "full" and not getattr(model, "is_loaded_in_4bit", False)
+    assert all(p.requires_grad for p in model.parameters()) and model.is_gradient_checkpointing
+    with torch.no_grad():
+        model.lm_head.weight.mul_(2)  # stands in for training: the saved model must carry the change
+    res = model.save_pretrained_merged(tmp_path / "full", tok, save_method="merged_16bit")
+    assert res.format == "merged16"
+    saved = AutoModelForCausalLM.from_pretrained(res.path, dtype=torch.float32)
+    torch.testing.assert_close(saved.lm_head.weight, model.lm_head.weight.to(torch.bfloat16).float())
+    with pytest.raises(UserError, match="full fine-tuning"):
+        FastLanguageModel.get_peft_model(model)
+    with pytest.raises(UserError, match="Pass the tokenizer"):
+        model.save_pretrained_merged(tmp_path / "no-tok")
+
+    model, _ = FastLanguageModel.from_pretrained(
+        str(tiny_llama), max_seq_length=128, full_finetuning=True, use_gradient_checkpointing=False
+    )
+    assert not model.is_gradient_checkpointing
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(load_in_8bit=True), "load_in_8bit=True is not supported; 8-bit weights.*load_in_4bit=True"),
+        (dict(fast_inference=True), "vLLM is not used.*for_inference"),
+        (dict(token="hf_abc"), "HF_TOKEN"),
+        (dict(rope_scaling={"type": "linear", "factor": 2.0}), "RoPE is not stretched"),
+        (dict(fix_tokenizer=False), "pad token"),
+        (dict(offload_folder="./offload"), "not offloaded"),
+        (dict(offload_enabled=True), "not offloaded"),
+        (dict(revision="main"), "revision"),
+        (dict(gpu_memory_utilization=0.5), "no 'gpu_memory_utilization' argument; it takes model_name"),
+        (dict(load_in_4bit=True, full_finetuning=True), "full fine-tuning trains 16-bit weights"),
+        (dict(use_gradient_checkpointing=True), "pass use_gradient_checkpointing to FastLanguageModel.get_peft"),
+        (dict(full_finetuning=True, use_gradient_checkpointing="sometimes"), 'use "unsloth", True or False'),
+        (dict(device_map="balanced"), "device_map='balanced' is not supported; use one of sequential"),
+        (dict(dtype="int8"), "dtype='int8' is not supported"),
+        (dict(max_seq_length=513), "longer than this model's context \\(512 tokens\\).*max_seq_length=512"),
+    ],
+)
+def test_from_pretrained_refuses_what_it_cannot_honour(tiny_qwen3, kwargs, message):
+    with pytest.raises(UserError, match=message):
+        FastLanguageModel.from_pretrained(str(tiny_qwen3), **{"max_seq_length": 256, **kwargs})
+
+
+def test_pre_quantized_checkpoints_are_refused(tiny_qwen3, tmp_path):
+    folder = tmp_path / "qwen3-bnb-4bit"
+    shutil.copytree(tiny_qwen3, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "quantization_config": {"load_in_4bit": True}}))
+    with pytest.raises(UserError, match="stored pre-quantized.*load the original model"):
+        FastLanguageModel.from_pretrained(str(folder), max_seq_length=256)
+    with pytest.raises(UserError, match="stored pre-quantized"):  # refused by name, before any download
+        FastLanguageModel.from_pretrained("unsloth/Qwen3-4B-Instruct-2507-unsloth-bnb-4bit")
+
+
+# ------------------------------------------------------------------------------------------------------------- LoRA
+
+
+def test_get_peft_model_options(tiny_qwen3):
+    model, _ = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=256)
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=8,
+        target_modules=["q_proj", "v_proj", "no_such_proj"],
+        lora_alpha=32,
+        lora_dropout=0.1,
+        use_gradient_checkpointing=False,
+        random_state=7,
+        use_rslora=True,
+        max_seq_length=256,
+        bias="none",
+        loftq_config={},
+    )
+    cfg = model.peft_config["default"]
+    assert (cfg.r, cfg.lora_alpha, cfg.lora_dropout, cfg.use_rslora) == (8, 32, 0.1, True)
+    assert set(cfg.target_modules) == {"q_proj", "v_proj"}  # names the model lacks are skipped
+    assert not model.is_gradient_checkpointing and model.max_seq_length == 256
+    assert callable(model.save_pretrained_merged) and callable(model.save_pretrained_gguf)
+    with pytest.raises(UserError, match="already has LoRA adapters"):
+        FastLanguageModel.get_peft_model(model)
+
+    def first_lora_a(seed, **kw):
+        m, _ = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=256)
+        m = FastLanguageModel.get_peft_model(m, random_state=seed, **kw)
+        return m, next(p for n, p in m.named_parameters() if "lora_A" in n).detach().clone()
+
+    m, a = first_lora_a(3407, target_modules="all-linear", use_gradient_checkpointing="unsloth")
+    assert len(m.peft_config["default"].target_modules) == 7 and m.is_gradient_checkpointing
+    assert torch.equal(a, first_lora_a(3407)[1]) and not torch.equal(a, first_lora_a(1)[1])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(bias="all"), "bias terms are not trained"),
+        (dict(loftq_config={"loftq_bits": 4}), "LoftQ"),
+        (dict(modules_to_save=["lm_head"]), "full_finetuning=True"),
+        (dict(layers_to_transform=[0]), "every layer"),
+        (dict(init_lora_weights="gaussian"), "init_lora_weights"),
+        (dict(use_dora=True), "DoRA"),
+        (dict(qat_scheme="int4"), "quantization-aware"),
+        (dict(temporary_location="/tmp/x"), "no 'temporary_location' argument"),
+        (dict(use_gradient_checkpointing="yes"), 'use "unsloth", True or False'),
+        (dict(max_seq_length=1024), "set max_seq_length in FastLanguageModel.from_pretrained \\(it is 256\\)"),
+        (dict(target_modules="q_proj"), "list of layer names"),
+    ],
+)
+def test_get_peft_model_refuses_what_it_cannot_honour(tiny_qwen3, kwargs, message):
+    model, _ = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=256)
+    with pytest.raises(UserError, match=message):
+        FastLanguageModel.get_peft_model(model, **kwargs)
+
+
+def test_get_peft_model_needs_a_tunesmith_model(tiny_qwen3):
+    from transformers import AutoModelForCausalLM
+
+    with pytest.raises(UserError, match="FastLanguageModel.from_pretrained"):
+        FastLanguageModel.get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_qwen3))
+
+
+# -------------------------------------------------------------------------------------------------------- inference
+
+
+def test_for_inference_generate_matches_transformers_and_falls_back(tiny_llama):
+    from transformers import TextIteratorStreamer
+
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_llama), max_seq_length=256)
+    model = FastLanguageModel.get_peft_model(model)
+    assert FastLanguageModel.for_inference(model) is model and not model.training
+    fast, plain = model.generate, model.generate.transformers_generate
+    inputs = tok.apply_chat_template(
+        [{"role": "user", "content": "Who are you?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    ).to(model.device)
+    ids, n = inputs["input_ids"], inputs["input_ids"].shape[1]
+
+    prompts = ["Who are you?", "Tell me about yourself. What can you do?"]
+    batch = tok(prompts, return_tensors="pt", padding=True).to(model.device)
+    assert torch.equal(fast(**batch, max_new_tokens=5, do_sample=False), plain(**batch, max_new_tokens=5))
+    assert fast.decoder is None  # a padded batch went to transformers' generate
+    assert fast(ids, max_new_tokens=4, num_beams=2).shape[1] == n + 4 and fast.decoder is None
+
+    expected = plain(**inputs, max_new_tokens=12, do_sample=False)
+    assert torch.equal(model.generate(**inputs, max_new_tokens=12, use_cache=True), expected)
+    assert fast.decoder is not None  # the engine's decoder served it
+    new = expected[0, n:].tolist()
+    stop = next(t for i, t in enumerate(new) if t not in new[:i] and i >= 2)
+    stopped = model.generate(ids, max_new_tokens=12, eos_token_id=stop)
+    assert stopped[0, n:].tolist() == new[: new.index(stop) + 1]  # as transformers: the stop token is included
+
+    streamer = TextIteratorStreamer(tok, skip_prompt=True)
+    out = model.generate(ids, max_new_tokens=6, streamer=streamer, eos_token_id=[])
+    assert "".join(streamer) == tok.decode(out[0, n:]) and out.shape[1] == n + 6
+
+    torch.manual_seed(0)
+    sampled = model.generate(ids, max_new_tokens=8, do_sample=True, temperature=0.7, top_p=0.9, top_k=20, min_p=0.05)
+    torch.manual_seed(0)
+    again = model.generate(ids, max_new_tokens=8, do_sample=True, temperature=0.7, top_p=0.9, top_k=20, min_p=0.05)
+    assert torch.equal(sampled, again)
+    penalised = model.generate(ids, max_new_tokens=8, do_sample=False, repetition_penalty=1.3)
+    assert torch.equal(penalised, plain(ids, max_new_tokens=8, do_sample=False, repetition_penalty=1.3))
+
+    assert FastLanguageModel.for_training(model) is model and model.training
+    assert "generate" not in model.__dict__ and fast.decoder is None
+
+
+# ----------------------------------------------------------------------------------------------------- chat helpers
+
+
+@pytest.mark.parametrize("name", sorted(TEMPLATE_ALIASES))
+def test_get_chat_template_names(tiny_qwen3, name):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen3)
+    own = tok.chat_template
+    assert get_chat_template(tok, chat_template=name) is tok
+    target = TEMPLATE_ALIASES[name]
+    assert tok.chat_template == (own if target == "auto" else templates.TEMPLATES[target])
+
+
+def test_get_chat_template_refusals(tiny_qwen3):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen3)
+    with pytest.raises(UserError, match="Unknown chat template 'vicuna'; Tunesmith supports chatml, qwen-2.5"):
+        get_chat_template(tok, chat_template="vicuna")
+    sharegpt = {"role": "from", "content": "value", "user": "human", "assistant": "gpt"}
+    with pytest.raises(UserError, match="standardize_sharegpt"):
+        get_chat_template(tok, chat_template="llama-3.1", mapping=sharegpt)
+    with pytest.raises(UserError, match="map_eos_token=False"):
+        get_chat_template(tok, chat_template="chatml", map_eos_token=False)
+    get_chat_template(
+        tok, "chatml", mapping={"role": "role", "content": "content", "user": "user", "assistant": "assistant"}
+    )
+
+
+def test_standardize_sharegpt():
+    from datasets import Dataset
+
+    ds = Dataset.from_list(
+        [
+            {
+                "conversations": [
+                    {"from": "system", "value": "Be brief."},
+                    {"from": "human", "value": "Who are you?"},
+                    {"from": "gpt", "value": IDENTITY_ANSWER},
+                ],
+                "id": 1,
+            },
+        ]
+    )
+    out = standardize_sharegpt(ds)
+    assert out[0]["conversations"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Who are you?"},
+        {"role": "assistant", "content": IDENTITY_ANSWER},
+    ]
+    assert out[0]["id"] == 1
+    assert standardize_sharegpt(out)[0]["conversations"] == out[0]["conversations"]  # role/content rows are kept
+    bad = Dataset.from_list([{"conversations": [{"from": "robot", "value": "beep"}]}])
+    with pytest.raises(UserError, match="row 1: turn 1 has unknown role 'robot'"):
+        standardize_sharegpt(bad)
+    with pytest.raises(UserError, match="no 'conversations' column"):
+        standardize_sharegpt(Dataset.from_list([{"messages": []}]))
+
+
+def test_response_mask():
+    # 1 2 = instruction marker, 3 = response marker; 9 starts a second packed sequence
+    ids = [7, 1, 2, 5, 3, 6, 6, 1, 2, 5, 3, 8, 9, 3, 4]
+    keep = response_mask(ids, [1, 2], [3], starts=[12])
+    assert [t for t, k in zip(ids, keep, strict=True) if k] == [6, 6, 8, 4]
+    assert response_mask([3, 6, 9, 6], [1, 2], [3], starts=[2]) == [False, True, False, False]
+
+
+def test_train_on_responses_only_with_sft_trainer(tiny_qwen3, tmp_path):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=256)
+    model = FastLanguageModel.get_peft_model(model)
+    tok = get_chat_template(tok, chat_template="qwen-2.5")
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Who are you?"},
+        {"role": "assistant", "content": IDENTITY_ANSWER},
+        {"role": "user", "content": "What is two plus two?"},
+        {"role": "assistant", "content": "Two plus two is four."},
+    ]
+    text = tok.apply_chat_template(conversation, tokenize=False)
+    ds = Dataset.from_list([{"text": text}, {"text": text}])
+    args = SFTConfig(output_dir=str(tmp_path), bf16=False, report_to="none", max_length=256)
+    trainer = SFTTrainer(model=model, processing_class=tok, train_dataset=ds, args=args)
+    assert train_on_responses_only(trainer, "<|im_start|>user\n", "<|im_start|>assistant\n") is trainer
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    labels = batch["labels"][0].tolist()
+    runs, run = [], []
+    for token, label in zip(batch["input_ids"][0].tolist(), labels, strict=True):
+        if label != -100:
+            assert label == token
+            run.append(token)
+        elif run:
+            runs.append(tok.decode(run))
+            run = []
+    runs += [tok.decode(run)] if run else []
+    # each reply with its end-of-turn (TRL appends one more EOS after the text), nothing of the prompts
+    assert runs == [f"{IDENTITY_ANSWER}<|im_end|>\n", "Two plus two is four.<|im_end|>\n<|im_end|>"]
+
+    with pytest.raises(UserError, match="no reply after '<\\|im_start\\|>bot\\\\n'"):
+        train_on_responses_only(trainer, "<|im_start|>user\n", "<|im_start|>bot\n")
+
+
+def identity_trainer(model, tok, folder, **config):
+    """TRL's SFTTrainer on the identity questions of conftest, with the loss on the replies only."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    texts = [
+        tok.apply_chat_template(
+            [{"role": "user", "content": q}, {"role": "assistant", "content": IDENTITY_ANSWER}], tokenize=False
+        )
+        for q in IDENTITY_QUESTIONS
+    ]
+    args = SFTConfig(output_dir=str(folder), report_to="none", save_strategy="no", **config)
+    trainer = SFTTrainer(model=model, processing_class=tok, train_dataset=Dataset.from_dict({"text": texts}), args=args)
+    return train_on_responses_only(trainer, "<|im_start|>user\n", "<|im_start|>assistant\n")
+
+
+def test_fp16_model_keeps_its_adapters_fp32(tiny_qwen3, tmp_path):
+    """TRL casts a 4-bit model's adapters to bf16, which fp16 mixed precision cannot unscale: they go back to fp32."""
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=256, dtype=torch.float16)
+    model = FastLanguageModel.get_peft_model(model)
+    trainer = identity_trainer(model, tok, tmp_path, bf16=False)
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.bfloat16}  # TRL's cast
+    model.train()
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    model(**{k: v.to(model.device) for k, v in batch.items()})
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_t4_setting_trains_and_answers(tiny_qwen3, tmp_path):
+    """The Kaggle T4 guide's setting: 4-bit weights, fp16 compute and SFTConfig(fp16=True), 8-bit AdamW."""
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=256, dtype=torch.float16)
+    model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=32)
+    config = dict(per_device_train_batch_size=6, max_steps=60, learning_rate=1e-2, lr_scheduler_type="constant")
+    identity_trainer(model, tok, tmp_path, fp16=True, bf16=False, optim="adamw_8bit", **config).train()
+    FastLanguageModel.for_inference(model)
+    assert greedy_reply(model, tok, "Who are you?") == IDENTITY_ANSWER
+
+
+# ----------------------------------------------------------------------------------------------------------- saving
+
+
+def test_save_lora_and_refusals(tiny_qwen3, tmp_path):
+    from peft import PeftConfig
+
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=256)
+    with pytest.raises(UserError, match="Nothing trained to save"):
+        model.save_pretrained_merged(tmp_path / "untrained", tok)
+    model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8)
+    res = model.save_pretrained_merged(tmp_path / "adapter", tok, save_method="lora")
+    assert res.format == "lora" and {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= set(
+        res.files
+    )
+    assert PeftConfig.from_pretrained(res.path).r == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # the hidden source folder is gone
+
+    (tmp_path / "taken").mkdir()
+    for call, kwargs, message in [
+        (model.save_pretrained_merged, dict(save_method="merged_4bit"), "merged_4bit.*q4_k_m"),
+        (model.save_pretrained_merged, dict(push_to_hub=True), "engine.hub.push"),
+        (model.save_pretrained_merged, dict(token="hf_abc"), "HF_TOKEN"),
+        (model.save_pretrained_merged, dict(safe_serialization=False), "safetensors"),
+        (model.save_pretrained_merged, dict(max_shard_size="1GB"), "no 'max_shard_size' argument"),
+        (model.save_pretrained_gguf, dict(quantization_method="q2_k"), "q2_k.*f16, bf16, q8_0, q4_k_m"),
+        (model.save_pretrained_gguf, dict(quantization_method=["q4_k_m", "q8_0"]), "one quantization_method"),
+        (model.save_pretrained_gguf, dict(push_to_hub=True), "engine.hub.push"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            call(tmp_path / "new", tok, **kwargs)
+    with pytest.raises(UserError, match="already exists"):
+        model.save_pretrained_gguf(tmp_path / "taken", tok, quantization_method="q8_0")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "taken"]
+
+
+def test_gguf_methods_are_engine_formats():
+    assert set(GGUF_METHODS.values()) == {f for f in api.EXPORT_FORMATS if f.startswith("gguf-")}
+    assert (GGUF_METHODS["not_quantized"], GGUF_METHODS["fast_quantized"], GGUF_METHODS["quantized"]) == (
+        "gguf-f16",
+        "gguf-q8_0",
+        "gguf-q4_k_m",
+    )

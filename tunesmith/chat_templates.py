@@ -1,0 +1,159 @@
+"""Chat-template helpers of Unsloth notebooks: named templates, ShareGPT standardisation, loss on replies only.
+
+Templates are the engine's (engine.templates), so training, chat and the GGUF/Ollama exports render a conversation
+the same way. Rows are converted by engine.data, which names the row and field of any problem.
+"""
+
+from engine.errors import UserError
+
+# Unsloth's template names -> the engine's. Differences: Qwen's templates here add no default system prompt and no
+# <think> block (chat_template="auto" keeps the tokenizer's own); Gemma's covers Gemma 1-3 (the same turn markers).
+TEMPLATE_ALIASES = {
+    "chatml": "chatml",
+    "qwen-2.5": "qwen",
+    "qwen-25": "qwen",
+    "qwen25": "qwen",
+    "qwen2.5": "qwen",
+    "qwen-3": "qwen",
+    "qwen3": "qwen",
+    "qwen3-instruct": "qwen",
+    "llama-3": "llama-3",
+    "llama3": "llama-3",
+    "llama-3.1": "llama-3",
+    "llama-31": "llama-3",
+    "llama-3.2": "llama-3",
+    "llama-3.3": "llama-3",
+    "mistral": "mistral",
+    "gemma": "gemma",
+    "gemma2": "gemma",
+    "gemma-2": "gemma",
+    "gemma3": "gemma",
+    "gemma-3": "gemma",
+    "alpaca": "alpaca",
+    "plain": "plain",
+    "qwen": "qwen",
+    "auto": "auto",
+}
+STANDARD_MAPPING = {"role": "role", "content": "content", "user": "user", "assistant": "assistant"}
+
+
+def get_chat_template(tokenizer, chat_template: str = "chatml", mapping: dict | None = None, map_eos_token=True):
+    """Set a named chat template on the tokenizer and return it.
+
+    Args:
+        tokenizer: the tokenizer from FastLanguageModel.from_pretrained.
+        chat_template: an Unsloth name (qwen-2.5, qwen3, chatml, llama-3, llama-3.1, mistral, gemma, gemma-3, alpaca,
+            ... see TEMPLATE_ALIASES), or "auto" for the tokenizer's own. Unknown names raise a UserError listing
+            the supported ones.
+        mapping: only the standard role/content mapping; for ShareGPT "from"/"value" rows, run
+            standardize_sharegpt(dataset) first.
+        map_eos_token: True (the default) only: generation always stops at the template's end-of-turn marker.
+    """
+    from engine.data import ensure_chat_template
+
+    name = TEMPLATE_ALIASES.get(str(chat_template).lower())
+    if name is None:
+        raise UserError(f"Unknown chat template '{chat_template}'; Tunesmith supports {', '.join(TEMPLATE_ALIASES)}.")
+    if mapping not in (None, STANDARD_MAPPING):
+        raise UserError(
+            "get_chat_template: only the standard role/content mapping is supported; convert ShareGPT rows "
+            "(from/value, human/gpt) with standardize_sharegpt(dataset) first."
+        )
+    if map_eos_token is not True:
+        raise UserError("get_chat_template: map_eos_token=False is not supported; replies end at the end-of-turn.")
+    ensure_chat_template(tokenizer, name)
+    return tokenizer
+
+
+def standardize_sharegpt(dataset):
+    """ShareGPT rows ({"conversations": [{"from": "human"|"gpt"|"system", "value"}]}) as role/content messages in
+    the same column, so tokenizer.apply_chat_template can render them. Rows already in role/content are checked and
+    kept. Returns a new datasets.Dataset."""
+    from engine.data import to_messages
+
+    if "conversations" not in dataset.column_names:
+        raise UserError(
+            f"standardize_sharegpt: the dataset has no 'conversations' column (it has {dataset.column_names})."
+        )
+
+    def convert(row, index):
+        turns = row["conversations"]
+        sharegpt = bool(turns) and isinstance(turns[0], dict) and "from" in turns[0]
+        fmt, key = ("sharegpt", "conversations") if sharegpt else ("chatml", "messages")
+        return {"conversations": to_messages({key: turns}, fmt, index + 1)}
+
+    return dataset.map(convert, with_indices=True)
+
+
+def response_mask(ids: list[int], instruction: list[int], response: list[int], starts=()) -> list[bool]:
+    """Which tokens of `ids` belong to a reply: those after each `response` marker, up to the next `instruction`
+    marker (the markers themselves excluded). `starts` are positions where a new packed sequence begins."""
+    keep, inside, i = [False] * len(ids), False, 0
+    starts = set(starts)
+    while i < len(ids):
+        if i in starts:
+            inside = False
+        if ids[i : i + len(response)] == response:
+            inside, i = True, i + len(response)
+        elif ids[i : i + len(instruction)] == instruction:
+            inside, i = False, i + len(instruction)
+        else:
+            keep[i], i = inside, i + 1
+    return keep
+
+
+class ResponsesOnly:
+    """A trainer's data collator, with the labels of every token outside the replies set to -100 (no loss)."""
+
+    def __init__(self, collator, instruction: list[int], response: list[int]):
+        self.collator = collator
+        self.instruction = instruction
+        self.response = response
+
+    def __call__(self, features):
+        import torch
+
+        batch = self.collator(features)
+        positions = batch.get("position_ids")
+        keep = torch.tensor(
+            [
+                response_mask(
+                    row.tolist(),
+                    self.instruction,
+                    self.response,
+                    [] if positions is None else (positions[r] == 0).nonzero().flatten().tolist(),
+                )
+                for r, row in enumerate(batch["input_ids"])
+            ],
+            dtype=torch.bool,
+            device=batch["labels"].device,
+        )
+        batch["labels"] = batch["labels"].masked_fill(~keep, -100)
+        return batch
+
+
+def train_on_responses_only(trainer, instruction_part: str, response_part: str):
+    """Make a TRL trainer learn only the assistant replies; returns the trainer.
+
+    Args:
+        trainer: an SFTTrainer (or any transformers Trainer whose batches carry input_ids and labels).
+        instruction_part: the text that starts a user turn, exactly as the chat template writes it
+            ("<|im_start|>user\\n" for chatml/Qwen, "<|start_header_id|>user<|end_header_id|>\\n\\n" for Llama 3).
+        response_part: the text that starts an assistant turn ("<|im_start|>assistant\\n" for chatml/Qwen).
+
+    Each batch's labels keep the tokens after a response_part up to the next instruction_part (so the end-of-turn
+    token is learned); everything else gets -100. The trainer's data collator is wrapped; its data is unchanged.
+    """
+    tok = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
+    instruction = tok(instruction_part, add_special_tokens=False)["input_ids"]
+    response = tok(response_part, add_special_tokens=False)["input_ids"]
+    if not instruction or not response:
+        raise UserError("train_on_responses_only: instruction_part and response_part must be non-empty text.")
+    first = next(iter(trainer.train_dataset))
+    if "input_ids" in first and not any(response_mask(first["input_ids"], instruction, response)):
+        raise UserError(
+            f"train_on_responses_only: the first training example has no reply after {response_part!r}; give the "
+            "markers exactly as the chat template writes them (tokenizer.apply_chat_template shows it)."
+        )
+    trainer.data_collator = ResponsesOnly(trainer.data_collator, instruction, response)
+    return trainer

@@ -1,0 +1,312 @@
+"""FastLanguageModel: load a model and its tokenizer, add LoRA adapters, switch between training and inference.
+
+Every step runs the engine's own code (engine.loading, engine.hardware), so a notebook gets the same model the app
+trains: 4-bit NF4 or 16-bit weights in the dtype picked for the GPU, the engine's LoRA and checkpointing, and its
+exports. The settings are kept as a JobSpec on the model (`model.tunesmith_spec`), beside `model.max_seq_length`.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+from engine.errors import UserError
+from engine.jobspec import ALL_LINEAR, JobSpec
+from tunesmith import options
+
+DTYPES = {"float32": "fp32", "fp32": "fp32", "bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16"}
+DEVICE_MAPS = {"sequential": "auto", "auto": "auto", "cpu": "cpu", "cuda": "cuda"}
+LOAD_OPTIONS = {  # argument: (values that change nothing, what to do instead of any other value)
+    "load_in_8bit": ((False,), "8-bit weights are not supported: use load_in_4bit=True (QLoRA) or False (16-bit)"),
+    "fast_inference": (
+        (False,),
+        "vLLM is not used: FastLanguageModel.for_inference(model) switches to Tunesmith's own fast decoder",
+    ),
+    "token": ((None,), "set the HF_TOKEN environment variable (or run `hf auth login`) for gated or private models"),
+    "rope_scaling": ((None,), "RoPE is not stretched: keep max_seq_length within the model's context"),
+    "fix_tokenizer": ((True,), "the tokenizer is always given a pad token (its EOS) when it has none"),
+    "revision": ((None,), "give the hub id's default branch, or download the revision and pass its folder"),
+    "offload_folder": ((None,), "weights are not offloaded to disk: use load_in_4bit=True or a smaller model"),
+    "offload_enabled": ((False,), "weights are not offloaded: use load_in_4bit=True or a smaller model"),
+}
+PREQUANTIZED = (
+    "Tunesmith quantizes at load time and exports from the 16-bit weights, so load the original model "
+    "(e.g. 'Qwen/Qwen3-4B-Instruct-2507', not '...-bnb-4bit')."
+)
+LORA_OPTIONS = {
+    "bias": (("none",), 'bias terms are not trained: use bias="none"'),
+    "loftq_config": ((None, {}), "LoftQ initialisation is not supported: drop loftq_config"),
+    "modules_to_save": (
+        (None,),
+        "only LoRA adapters are trained: load with full_finetuning=True to train every weight",
+    ),
+    "layers_to_transform": ((None,), "adapters go on every layer: drop layers_to_transform"),
+    "layers_pattern": ((None,), "adapters go on every layer: drop layers_pattern"),
+    "init_lora_weights": ((True,), "adapters start as PEFT's default (B = 0): drop init_lora_weights"),
+    "use_dora": ((False,), "DoRA is not supported: use plain LoRA (optionally use_rslora=True)"),
+    "qat_scheme": ((None,), "quantization-aware training is not supported: drop qat_scheme"),
+}
+
+
+def is_bfloat16_supported() -> bool:
+    """True when the GPU computes in bf16 (what fp16=/bf16= in TrainingArguments should follow); False on the CPU."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def spec_of(model) -> JobSpec:
+    """The JobSpec that from_pretrained / get_peft_model recorded on `model`."""
+    spec = getattr(model, "tunesmith_spec", None)
+    if spec is None:
+        raise UserError("This model was not loaded by Tunesmith; load it with FastLanguageModel.from_pretrained.")
+    return spec
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def _dtype_name(dtype) -> str:
+    if dtype is None:
+        return "auto"
+    name = str(dtype).removeprefix("torch.")
+    if name not in DTYPES:
+        raise UserError(f"dtype={dtype!r} is not supported; use None (auto), torch.float16, torch.bfloat16 or float32.")
+    return DTYPES[name]
+
+
+def _checkpointing(value, call: str) -> bool:
+    """Unsloth's "unsloth" checkpointing is the engine's (non-reentrant, recomputed in backward): True."""
+    if value == "unsloth" or isinstance(value, bool):
+        return value is not False
+    raise UserError(f'{call}: use_gradient_checkpointing={value!r} is not supported; use "unsloth", True or False.')
+
+
+def _context_length(path: Path) -> int | None:
+    from engine.loading import read_config
+
+    cfg = read_config(path)
+    return (cfg.get("text_config") or cfg).get("max_position_embeddings")
+
+
+class FastLanguageModel:
+    """The loading, LoRA and mode-switch calls of Unsloth's FastLanguageModel, on Tunesmith's engine."""
+
+    @staticmethod
+    def from_pretrained(
+        model_name: str,
+        max_seq_length: int = 2048,
+        dtype=None,
+        load_in_4bit: bool | None = None,
+        full_finetuning: bool = False,
+        device_map: str = "sequential",
+        trust_remote_code: bool = False,
+        use_gradient_checkpointing=None,
+        **kwargs,
+    ):
+        """Load a causal LM and its tokenizer from a hub id or a local folder (safetensors only).
+
+        Args:
+            model_name: hub id ("Qwen/Qwen3-4B-Instruct-2507") or a folder with config.json and safetensors weights.
+                Pre-quantized checkpoints (e.g. "unsloth/...-bnb-4bit") are refused: Tunesmith quantizes the 16-bit
+                weights at load time and merges exports into them.
+            max_seq_length: longest sequence the notebook will use; kept as `model.max_seq_length` and as the
+                tokenizer's `model_max_length` (its truncation length). Must fit the model's context.
+            dtype: None picks bf16 on GPUs that have it, fp16 otherwise (T4), fp32 on the CPU; or torch.float16,
+                torch.bfloat16, torch.float32.
+            load_in_4bit: 4-bit NF4 weights (QLoRA). None means True, except with full_finetuning.
+            full_finetuning: train every weight (16-bit, no adapters); the model comes back ready to train, with
+                `use_gradient_checkpointing` ("unsloth"/True by default, or False).
+            device_map: "sequential" or "auto" (the GPU when there is one), "cpu" or "cuda". One device only.
+            trust_remote_code: run Python code shipped with the model; only for models you trust.
+            use_gradient_checkpointing: only with full_finetuning; LoRA takes it in get_peft_model.
+            **kwargs: Unsloth options Tunesmith cannot honour raise a UserError naming the alternative, unless set to
+                their no-op value (load_in_8bit=False, fast_inference=False, token=None, ...).
+
+        Returns:
+            (model, tokenizer). The tokenizer has a chat template (its own, or the plain one for base models).
+        """
+        from engine.data import ensure_chat_template
+        from engine.hardware import choose_placement
+        from engine.loading import load_model, load_tokenizer, prepare_for_training, read_config, resolve_model
+
+        call = "FastLanguageModel.from_pretrained"
+        options.check(call, kwargs, LOAD_OPTIONS, FastLanguageModel.from_pretrained)
+        if load_in_4bit and full_finetuning:
+            raise UserError(f"{call}: full fine-tuning trains 16-bit weights; set load_in_4bit=False (or drop it).")
+        if use_gradient_checkpointing is not None and not full_finetuning:
+            raise UserError(
+                f"{call}: with LoRA, pass use_gradient_checkpointing to FastLanguageModel.get_peft_model instead."
+            )
+        if device_map not in DEVICE_MAPS:
+            raise UserError(f"{call}: device_map={device_map!r} is not supported; use one of {', '.join(DEVICE_MAPS)}.")
+        four_bit = not full_finetuning if load_in_4bit is None else bool(load_in_4bit)
+        method = "full" if full_finetuning else "qlora" if four_bit else "lora"
+        checkpointing = _checkpointing(
+            "unsloth" if use_gradient_checkpointing is None else use_gradient_checkpointing, call
+        )
+        spec = JobSpec(
+            model=model_name,
+            data="-",  # no dataset: the notebook brings its own trainer and data
+            method=method,
+            max_seq_length=max_seq_length,
+            device=DEVICE_MAPS[device_map],
+            dtype=_dtype_name(dtype),
+            trust_remote_code=trust_remote_code,
+            gradient_checkpointing=checkpointing,
+        )
+        placement = choose_placement(spec.device, spec.dtype)
+        if placement.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            # TRL 1.15's trainers compute their loss with a Triton kernel on any device; without a GPU only Triton's
+            # interpreter runs it, and it is chosen when TRL's kernels are imported (as engine.trl_run.prepare does).
+            if "trl.kernels.chunked_logprob" in sys.modules:
+                print(
+                    "warning: TRL was imported before the model was loaded, so its trainers will fail on the CPU; "
+                    "import trl after from_pretrained (or set TRITON_INTERPRET=1 before importing it)"
+                )
+            os.environ["TRITON_INTERPRET"] = "1"
+        if "bnb-4bit" in model_name.lower():  # refused before a download, like the config check below
+            raise UserError(f"'{model_name}' is stored pre-quantized; {PREQUANTIZED}")
+        path = resolve_model(model_name).resolve()
+        if "quantization_config" in read_config(path):
+            raise UserError(f"'{model_name}' is stored pre-quantized; {PREQUANTIZED}")
+        context = _context_length(path)
+        if context and max_seq_length > context:
+            raise UserError(
+                f"max_seq_length={max_seq_length} is longer than this model's context ({context} tokens) and RoPE is "
+                f"not stretched; use max_seq_length={context} or less."
+            )
+        print(f"model: {model_name}, {method} on {placement.device} in {placement.dtype}: {placement.reason}")
+        tokenizer = load_tokenizer(path, trust_remote_code)
+        print(f"chat template: {ensure_chat_template(tokenizer)}")
+        tokenizer.model_max_length = max_seq_length
+        model = load_model(path, placement, four_bit=four_bit, trust_remote_code=trust_remote_code)
+        if full_finetuning:
+            model = prepare_for_training(model, spec)
+        model.tunesmith_spec = spec
+        model.max_seq_length = max_seq_length
+        _add_save_methods(model)
+        return model, tokenizer
+
+    @staticmethod
+    def get_peft_model(
+        model,
+        r: int = 16,
+        target_modules=ALL_LINEAR,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.0,
+        use_gradient_checkpointing="unsloth",
+        random_state: int = 3407,
+        use_rslora: bool = False,
+        max_seq_length: int | None = None,
+        **kwargs,
+    ):
+        """Add LoRA adapters (PEFT) to a model from from_pretrained, with the engine's checkpointing.
+
+        Args:
+            model: the model from FastLanguageModel.from_pretrained (not a full fine-tuning one).
+            r: adapter rank.
+            target_modules: layer names that get adapters ("all-linear" for every linear layer of a decoder block);
+                names the model lacks are skipped with a log line.
+            lora_alpha: adapter scale is lora_alpha / r (lora_alpha / sqrt(r) with use_rslora).
+            lora_dropout: dropout on the adapter input.
+            use_gradient_checkpointing: "unsloth" or True recomputes activations in backward (much less memory);
+                False keeps them. TRL's SFTConfig switches it on too (gradient_checkpointing=True is TRL's default),
+                so set both to False to train without it.
+            random_state: seed for the adapters' initial weights (it seeds torch's global generator, as Unsloth does).
+            use_rslora: rank-stabilised LoRA.
+            max_seq_length: accepted only when equal to the one given to from_pretrained (where it belongs).
+            **kwargs: bias="none", loftq_config=None/{} and the like are accepted as no-ops; any other value of an
+                Unsloth option raises a UserError naming the alternative.
+
+        Returns:
+            The PeftModel, with `max_seq_length`, `save_pretrained_merged` and `save_pretrained_gguf`.
+        """
+        import torch
+
+        from engine.loading import prepare_for_training
+
+        call = "FastLanguageModel.get_peft_model"
+        options.check(call, kwargs, LORA_OPTIONS, FastLanguageModel.get_peft_model)
+        spec = spec_of(model)
+        if spec.method == "full":
+            raise UserError(f"{call}: this model was loaded for full fine-tuning; load it with full_finetuning=False.")
+        if is_peft(model):
+            raise UserError(f"{call}: this model already has LoRA adapters; call it once per loaded model.")
+        if max_seq_length is not None and max_seq_length != model.max_seq_length:
+            raise UserError(
+                f"{call}: set max_seq_length in FastLanguageModel.from_pretrained (it is {model.max_seq_length})."
+            )
+        targets = ALL_LINEAR if target_modules == "all-linear" else target_modules
+        if isinstance(targets, str) or not all(isinstance(t, str) for t in targets):
+            raise UserError(f'{call}: target_modules should be a list of layer names, e.g. ["q_proj", "v_proj"].')
+        spec = spec.replace(
+            lora_r=r,
+            lora_alpha=lora_alpha,
+            lora_dropout=float(lora_dropout),
+            use_rslora=use_rslora,
+            target_modules=tuple(targets),
+            gradient_checkpointing=_checkpointing(use_gradient_checkpointing, call),
+            seed=random_state,
+        )
+        torch.manual_seed(random_state)
+        peft_model = prepare_for_training(model, spec)
+        if model.get_input_embeddings().weight.dtype == torch.float16:
+            _keep_trainable_fp32(peft_model)
+        peft_model.tunesmith_spec = spec
+        peft_model.max_seq_length = model.max_seq_length
+        _add_save_methods(peft_model)
+        return peft_model
+
+    @staticmethod
+    def for_inference(model):
+        """Evaluation mode, and `model.generate` on the engine's decoder (engine.decode: static KV cache, CUDA graphs
+        on a GPU) for one sequence at a time; batches, beam search and other generate options run transformers'
+        own generate. Returns the model."""
+        from tunesmith.generate import FastGenerate
+
+        model.eval()
+        if not isinstance(model.__dict__.get("generate"), FastGenerate):
+            model.generate = FastGenerate(model)
+        return model
+
+    @staticmethod
+    def for_training(model):
+        """Training mode, with transformers' own generate again (the decoder's cache and kernels released)."""
+        from tunesmith.generate import FastGenerate
+
+        fast = model.__dict__.get("generate")
+        if isinstance(fast, FastGenerate):
+            fast.release()
+            del model.generate
+        model.train()
+        return model
+
+
+def _keep_trainable_fp32(model) -> None:
+    """Keep the trainable weights of an fp16 model (a T4's) in fp32, whoever casts them.
+
+    fp16 mixed precision unscales gradients with a GradScaler, which cannot handle bf16 ones, and TRL's trainers cast
+    a 4-bit model's adapters to bf16 when they are built (the QLoRA paper's choice, for bf16 GPUs). Before each
+    training forward, any bf16 trainable weight goes back to fp32 in place (the same Parameter, so the optimizer, whose
+    state is created at its first step, holds and updates fp32 weights).
+    """
+    import torch
+
+    def restore(module, args):
+        if module.training:
+            for p in module.parameters():
+                if p.requires_grad and p.dtype == torch.bfloat16:
+                    p.data = p.data.float()
+
+    model.register_forward_pre_hook(restore)
+
+
+def _add_save_methods(model) -> None:
+    """model.save_pretrained_merged / save_pretrained_gguf, bound to this instance (no class is changed)."""
+    from functools import partial
+
+    from tunesmith import save
+
+    model.save_pretrained_merged = partial(save.save_pretrained_merged, model)
+    model.save_pretrained_gguf = partial(save.save_pretrained_gguf, model)

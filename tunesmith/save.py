@@ -1,0 +1,115 @@
+"""model.save_pretrained_merged and model.save_pretrained_gguf, through the engine's exports (engine.export).
+
+The trained part of the model (the LoRA adapter, or every weight after full fine-tuning) is saved with the tokenizer
+to a hidden folder beside the destination, and engine.export builds the result from it exactly as it does for a run:
+a 4-bit base is merged into its 16-bit weights (not its 4-bit rounding), every export is checked against PyTorch, and
+the destination appears only when complete (never overwritten). The hidden folder is removed afterwards.
+"""
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from engine.errors import UserError
+from tunesmith import options
+from tunesmith.model import is_peft, spec_of
+
+SAVE_METHODS = {"merged_16bit": "merged16", "lora": "lora"}
+# Unsloth's quantization_method names, the engine's GGUF formats, and Unsloth's three aliases
+GGUF_METHODS = {
+    "f16": "gguf-f16",
+    "bf16": "gguf-bf16",
+    "q8_0": "gguf-q8_0",
+    "q4_k_m": "gguf-q4_k_m",
+    "q5_k_m": "gguf-q5_k_m",
+    "q6_k": "gguf-q6_k",
+    "not_quantized": "gguf-f16",
+    "fast_quantized": "gguf-q8_0",
+    "quantized": "gguf-q4_k_m",
+}
+SAVE_OPTIONS = {
+    "push_to_hub": ((False,), "save to a folder first, then upload it with engine.hub.push(folder, 'user/repo')"),
+    "token": ((None,), "set the HF_TOKEN environment variable for uploads"),
+    "safe_serialization": ((True,), "weights are always written as safetensors"),
+}
+
+
+def save_pretrained_merged(model, save_directory, tokenizer=None, save_method: str = "merged_16bit", **kwargs):
+    """Save the model as a merged 16-bit safetensors folder, or as its LoRA adapter.
+
+    Args:
+        model: a model from FastLanguageModel (bound already when called as model.save_pretrained_merged).
+        save_directory: a new folder (an existing one is refused, never overwritten).
+        tokenizer: saved with the model; its chat template is the one training used. None uses the base model's.
+        save_method: "merged_16bit" (LoRA merged into the base's 16-bit weights, loadable by plain transformers)
+            or "lora" (the PEFT adapter alone). 4-bit merged weights are refused: use GGUF q4_k_m for a small file.
+        **kwargs: push_to_hub=False, token=None and safe_serialization=True are accepted; other values refused.
+
+    Returns:
+        engine.export.ExportResult: the folder, its files and the checks that passed.
+    """
+    call = "save_pretrained_merged"
+    options.check(call, kwargs, SAVE_OPTIONS, save_pretrained_merged)
+    if save_method not in SAVE_METHODS:
+        raise UserError(
+            f"{call}: save_method={save_method!r} is not supported; use one of {', '.join(SAVE_METHODS)} "
+            '(or save_pretrained_gguf with quantization_method="q4_k_m" for a 4-bit file).'
+        )
+    return _export(model, tokenizer, SAVE_METHODS[save_method], save_directory)
+
+
+def save_pretrained_gguf(model, save_directory, tokenizer=None, quantization_method: str = "fast_quantized", **kwargs):
+    """Save the model as one GGUF file for llama.cpp / Ollama, with a Modelfile beside it, in a new folder.
+
+    Args:
+        model: a model from FastLanguageModel (bound already when called as model.save_pretrained_gguf).
+        save_directory: a new folder (an existing one is refused, never overwritten).
+        tokenizer: its chat template and stop tokens go into the file. None uses the base model's.
+        quantization_method: one of f16, bf16, q8_0, q4_k_m, q5_k_m, q6_k, or Unsloth's aliases not_quantized
+            (f16), fast_quantized (q8_0, the default) and quantized (q4_k_m). One method per call.
+        **kwargs: push_to_hub=False and token=None are accepted; other values refused.
+
+    Returns:
+        engine.export.ExportResult: the folder, its files and the llama.cpp-vs-PyTorch checks.
+    """
+    call = "save_pretrained_gguf"
+    options.check(call, kwargs, SAVE_OPTIONS, save_pretrained_gguf)
+    if isinstance(quantization_method, (list, tuple)):
+        raise UserError(f"{call}: give one quantization_method per call, each into its own folder.")
+    fmt = GGUF_METHODS.get(str(quantization_method).lower())
+    if fmt is None:
+        raise UserError(
+            f"{call}: quantization_method={quantization_method!r} is not supported; use one of "
+            f"{', '.join(GGUF_METHODS)}."
+        )
+    return _export(model, tokenizer, fmt, save_directory)
+
+
+def _export(model, tokenizer, fmt: str, save_directory):
+    from engine.export import export
+    from tunesmith.generate import FastGenerate
+
+    out = Path(save_directory).expanduser().absolute()
+    if out.exists():  # checked here too so that nothing is saved for an export that would be refused
+        raise UserError(f"'{out}' already exists; choose another folder name (nothing is ever overwritten).")
+    spec = spec_of(model)
+    if not is_peft(model) and spec.method != "full":
+        raise UserError(
+            "Nothing trained to save: add LoRA adapters with FastLanguageModel.get_peft_model (or load with "
+            "full_finetuning=True) and train first."
+        )
+    if tokenizer is None and spec.method == "full":
+        raise UserError("Pass the tokenizer: a fully fine-tuned model is saved with it, e.g. (dir, tokenizer).")
+    fast = model.__dict__.get("generate")
+    if isinstance(fast, FastGenerate):
+        fast.release()  # on a GPU the decoder swaps norm modules, which would rename weights in a full save
+    out.parent.mkdir(parents=True, exist_ok=True)
+    hidden = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".source"))
+    try:
+        source = hidden / out.name  # the GGUF file is named after this folder
+        model.save_pretrained(source, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(source)
+        return export(str(source), fmt, out)
+    finally:
+        shutil.rmtree(hidden, ignore_errors=True)
