@@ -2,8 +2,10 @@
 
 Training:  start(spec) -> RunHandle; poll(handle) -> RunStatus; cancel(handle); resume(run); list_runs().
 Data:      inspect_data(path); identity_dataset(...); save_jsonl(rows, path).
-Chat:      Chat(source).reply(messages) / .stream(messages).
-Export:    export(source, fmt, out) -> ExportResult.
+Chat:      Chat(source).reply(messages) / .stream(messages, stats=ReplyStats()) / .compare(messages);
+           sampling_defaults(source).
+Export:    export(source, fmt, out) -> ExportResult; start_export(source, fmt, out, push_to_hub, token) -> ExportJob.
+Models:    start_download(model) / poll_download(model) -> DownloadStatus.
 Machine:   doctor(); catalog().
 """
 
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from engine.errors import UserError
 from engine.hardware import vram_budget_gib
+from engine.infer import ReplyStats
 from engine.jobspec import JobSpec
 from engine.runlog import TERMINAL, read_metrics
 
@@ -39,6 +42,11 @@ __all__ = [
     "identity_dataset",
     "save_jsonl",
     "Chat",
+    "ReplyStats",
+    "sampling_defaults",
+    "start_download",
+    "poll_download",
+    "DownloadStatus",
     "export",
     "EXPORT_FORMATS",
     "doctor",
@@ -64,6 +72,7 @@ __all__ = [
 ROOT = Path(__file__).resolve().parent.parent
 _allowed_roots: list[Path] | None = None  # set by restrict_files(): the folders a shared app may read
 _children: dict[int, subprocess.Popen] = {}  # runs this process started, so their exit is reaped
+_downloads: dict = {}  # hub id -> engine.hub.Download started by this process (one per model, shared by sessions)
 
 
 def runs_dir() -> Path:
@@ -155,11 +164,12 @@ def resume(run: "str | Path | RunHandle") -> RunHandle:
     return _launch(status.run_dir, resume=True)
 
 
-def _spawn(module: str, args: list[str], folder: Path) -> int:
+def _spawn(module: str, args: list[str], folder: Path, secrets: dict | None = None) -> int:
     """Start `python -m module args` in the background with its output appended to folder/log.txt, and mark the
-    folder's status.json "starting" with its pid."""
+    folder's status.json "starting" with its pid. `secrets` go to the child's environment only, never to a file."""
     env = dict(
         os.environ,
+        **(secrets or {}),
         PYTHONUNBUFFERED="1",
         PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
     )
@@ -351,6 +361,64 @@ def Chat(source: str, device: str = "auto"):
     return ChatModel(source, device)
 
 
+def sampling_defaults(source: str) -> dict:
+    """The sampling settings to start a chat with (temperature, top_p, top_k, min_p, repetition_penalty): the model's
+    generation_config.json where it sets them, else its family's (Qwen3, Llama 3, Gemma, ...). Reads only local files:
+    a run, a model folder, a .gguf file, or a hub id (from the cache, or by its catalog family)."""
+    check_access(str(source))
+    if str(source).lower().endswith(".gguf"):
+        from engine.gguf_chat import file_sampling
+
+        return file_sampling(source)
+    from engine.infer import source_sampling
+
+    families = {i: m["family"] for m in catalog() for i in (m["id"], m.get("id_4bit")) if i}
+    return source_sampling(str(source), families)
+
+
+@dataclass
+class DownloadStatus:
+    model: str
+    state: str  # downloading, done, failed
+    message: str
+    done_bytes: int
+    total_bytes: int | None  # None while (or when) the hub's file list is unknown
+    folder: Path | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state != "downloading"
+
+
+def start_download(model: str) -> DownloadStatus:
+    """Fetch a hub model into the local cache on a background thread (as training and chat would); a local folder
+    needs nothing. Poll it with poll_download(model); a second call while it runs joins the same download."""
+    from engine.loading import HUB_ID
+
+    model = model.strip()
+    check_access(model)
+    path = Path(os.path.expanduser(model))
+    if path.is_dir() or not HUB_ID.match(model):
+        from engine.loading import resolve_model
+
+        folder = resolve_model(model)  # a folder is checked, a bad name raises its sentence
+        return DownloadStatus(model, "done", f"'{model}' is a local folder; nothing to download.", 0, 0, folder)
+    if model not in _downloads or _downloads[model].state == "failed":
+        from engine.hub import Download
+
+        _downloads[model] = Download(model)
+    return poll_download(model)
+
+
+def poll_download(model: str) -> DownloadStatus:
+    """The progress of start_download(model): bytes in its cache folder so far, of the total the hub lists."""
+    if model not in _downloads:
+        raise UserError(f"No download of '{model}' was started.")
+    d = _downloads[model]
+    done, total = d.progress()
+    return DownloadStatus(model, d.state, d.message, done, total, d.folder)
+
+
 EXPORT_FORMATS = ("lora", "merged16", "gguf-f16", "gguf-bf16", "gguf-q8_0", "gguf-q4_k_m", "gguf-q5_k_m", "gguf-q6_k")
 
 
@@ -383,15 +451,25 @@ class ExportStatus:
         return self.state in TERMINAL
 
 
-def start_export(source: str, fmt: str, out: str | Path) -> ExportJob:
+def start_export(
+    source: str, fmt: str, out: str | Path, push_to_hub: str = "", token: str = "", private: bool = False
+) -> ExportJob:
     """Export in the background (python -m engine.export_job): cancellable, with a log, never leaving a folder that
-    looks finished. The job's own folder is exports/.jobs/<id>/."""
+    looks finished. The job's own folder is exports/.jobs/<id>/.
+
+    With `push_to_hub` ("user/name") the finished export is then uploaded there (created `private` if new), with
+    `token` or else HF_TOKEN; the token reaches the job through its environment only, never a file or the log.
+    """
     check_access(str(source))
     out = Path(out)
     if fmt not in EXPORT_FORMATS:
         raise UserError(f"Unknown export format '{fmt}'; use one of: {', '.join(EXPORT_FORMATS)}.")
     if out.exists():
         raise UserError(f"'{out}' already exists; choose another folder name (nothing is ever overwritten).")
+    if push_to_hub:
+        from engine.hub import check_target
+
+        token = check_target(push_to_hub, token)
     jobs = workspace() / "exports" / ".jobs"
     jobs.mkdir(parents=True, exist_ok=True)
     job_dir = jobs / f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(out.name)}"
@@ -403,8 +481,9 @@ def start_export(source: str, fmt: str, out: str | Path) -> ExportJob:
             job_dir = job_dir.with_name(job_dir.name + "-1")
     from engine.files import write_json
 
-    write_json(job_dir / "export.json", dict(source=str(source), format=fmt, out=str(out.resolve())))
-    pid = _spawn("engine.export_job", [str(job_dir)], job_dir)
+    spec = dict(source=str(source), format=fmt, out=str(out.resolve()), push_to_hub=push_to_hub, private=private)
+    write_json(job_dir / "export.json", spec)
+    pid = _spawn("engine.export_job", [str(job_dir)], job_dir, dict(HF_TOKEN=token) if push_to_hub else None)
     return ExportJob(job_dir.name, job_dir, pid, out.resolve())
 
 

@@ -123,7 +123,7 @@ def _export_gguf(base: str, adapter: Path | None, tok_dir: Path | None, fmt: str
             info = gguf.convert(merged, tmp / name, gtype16, log)
         checks.update(gguf.compare_greedy(tmp / name, ref, strict=quant is None))
         log(f"export: llama.cpp vs PyTorch {checks}")
-        text = gguf.modelfile(name, info["template"], info["stops"], gguf.sampling_defaults(merged))
+        text = gguf.modelfile(name, info["template"], info["stops"], info["sampling"])
         write_text(tmp / "Modelfile", text)
         checks["modelfile_template"] = "TEMPLATE" in text
         shutil.rmtree(merged)

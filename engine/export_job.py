@@ -1,12 +1,15 @@
 """An export as a background job: `python -m engine.export_job JOB_DIR` (started by engine.api.start_export).
 
-JOB_DIR holds export.json ({"source", "format", "out"}); the job writes status.json, log.txt (its stdout) and, when
-done, result.json. SIGTERM cancels: the export's temporary folder is removed on the way out (engine.files.new_folder),
-so a cancelled export leaves nothing that looks finished.
+JOB_DIR holds export.json ({"source", "format", "out", "push_to_hub", "private"}); the job writes status.json, log.txt
+(its stdout) and, when the export is done, result.json. With push_to_hub the finished export is then uploaded with the
+token in HF_TOKEN (the job's environment: it is in no file); a failed upload fails the job with the upload's sentence,
+and the verified export stays. SIGTERM cancels: the export's temporary folder is removed on the way out
+(engine.files.new_folder), so a cancelled export leaves nothing that looks finished.
 """
 
 import errno
 import json
+import os
 import signal
 import sys
 import time
@@ -26,6 +29,12 @@ def _raise_cancelled(signum, frame):
     raise Cancelled()
 
 
+def _scrub(text: str) -> str:
+    """`text` without the hub token (engine.hub keeps it out of its errors; this also covers any other error)."""
+    token = os.environ.get("HF_TOKEN")
+    return text.replace(token, "***") if token else text
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGTERM, _raise_cancelled)
@@ -41,18 +50,28 @@ def main(argv=None) -> int:
         from engine.export import export
 
         res = export(spec["source"], spec["format"], Path(spec["out"]), log)
-        write_json(
-            job_dir / "result.json",
-            dict(path=str(res.path), format=res.format, files=res.files, seconds=res.seconds, checks=res.checks),
-        )
-        status.set(state="done", message=f"Exported {res.format} to {res.path}.")
+        result = dict(path=str(res.path), format=res.format, files=res.files, seconds=res.seconds, checks=res.checks)
+        write_json(job_dir / "result.json", result)
+        message = f"Exported {res.format} to {res.path}."
+        if spec.get("push_to_hub"):
+            from engine.hub import push
+
+            status.set(state="running", message=f"uploading to {spec['push_to_hub']}")
+            result["url"] = push(res.path, spec["push_to_hub"], private=bool(spec.get("private")), log=log)
+            write_json(job_dir / "result.json", result)
+            message += f" Uploaded to {result['url']}."
+        status.set(state="done", message=message)
         return 0
     except Cancelled:
-        status.set(state="cancelled", message="Export cancelled; nothing was written.")
+        if (job_dir / "result.json").is_file():  # cancelled during the upload: the export itself is complete
+            message = f"Upload cancelled; the export is complete in {spec['out']}."
+        else:
+            message = "Export cancelled; nothing was written."
+        status.set(state="cancelled", message=message)
         log("cancelled")
         return 0
     except BaseException as exc:  # every failure is a state and a sentence; the traceback goes to the log
-        traceback.print_exc(file=sys.stdout)
+        print(_scrub(traceback.format_exc()), flush=True)
         if isinstance(exc, UserError):
             message = str(exc)
         elif isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
@@ -61,7 +80,7 @@ def main(argv=None) -> int:
             message = "Ran out of RAM during the export; close other programs and export again."
         else:
             message = f"The export stopped with an error ({type(exc).__name__}: {str(exc)[:200]}); see its log."
-        status.set(state="failed", message=message)
+        status.set(state="failed", message=_scrub(message))
         return 2 if isinstance(exc, UserError) else 1
 
 

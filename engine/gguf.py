@@ -6,7 +6,8 @@ size. The header carries the architecture's hyper-parameters, the tokenizer and 
 Ollama need nothing else. Tokenizers come from tokenizer.json: byte-level BPE (Llama 3, Qwen) as llama.cpp's "gpt2"
 model (tokens, types, merges, pre-tokenizer name), SentencePiece-style BPE with byte fallback (Llama 2, Mistral,
 Gemma) as its "llama" model (tokens, scores from the merge ranks, <0xXX> byte tokens, the space-prefix flag).
-SentencePiece Unigram tokenizers are refused.
+SentencePiece Unigram tokenizers (T5-style) are refused with a sentence. The model's sampling defaults
+(engine.infer.folder_sampling) go into the header's general.sampling.* keys and the Modelfile.
 
 Supported: Llama and Mistral (written as llama.cpp's "llama", with q/k rows permuted from transformers' rotate-half
 rope layout to llama.cpp's interleaved one), Qwen2 (q/k/v biases) and Qwen3 (per-head q/k RMSNorm); Qwen uses NEOX
@@ -129,10 +130,14 @@ def _tokenizer_kind(tj: dict, name: str) -> str:
         return "gpt2"
     if model.get("type") == "BPE" and model.get("byte_fallback") and not model.get("continuing_subword_prefix"):
         return "llama"
+    what = {
+        "Unigram": "a SentencePiece Unigram model",
+        "BPE": "a BPE model without byte-level decoding or byte fallback",
+    }.get(model.get("type"), f"a {model.get('type', 'unknown')} model")
     raise UserError(
-        f"The tokenizer of '{name}' is {model.get('type', '?')} without byte-level decoding or byte fallback (a "
-        "SentencePiece Unigram or other model); GGUF export supports byte-level BPE and SentencePiece-style BPE with "
-        "byte fallback. Export as merged16 instead."
+        f"GGUF export cannot convert the tokenizer of '{name}': it is {what}, and the export writes only "
+        "byte-level BPE tokenizers (Llama 3, Qwen) and SentencePiece BPE tokenizers with byte fallback (Llama 2, "
+        "Mistral, Gemma); export as merged16 instead."
     )
 
 
@@ -422,7 +427,7 @@ def convert(model_dir: Path, out_file: Path, gtype: str = "F16", log=print) -> d
         log: progress lines.
 
     Returns:
-        {"arch", "tensors", "eos", "stops", "template"}: what the Modelfile and the checks need.
+        {"arch", "tensors", "eos", "stops", "template", "sampling"}: what the Modelfile and the checks need.
     """
     import gguf
     import numpy as np
@@ -437,6 +442,7 @@ def convert(model_dir: Path, out_file: Path, gtype: str = "F16", log=print) -> d
     extra: dict = {}
     _add_hparams(w, cfg, model_type, gtype, extra, log)
     tok_info = _add_tokenizer(w, model_dir, cfg, model_type, log)
+    sampling = _add_sampling(w, model_dir)
     plan = _tensor_plan(model_dir, cfg, model_type)
     # Two passes: the header lists every tensor's shape and type first, then each tensor is loaded, converted and
     # written alone, so RAM holds one tensor at a time.
@@ -465,7 +471,20 @@ def convert(model_dir: Path, out_file: Path, gtype: str = "F16", log=print) -> d
     finally:
         w.close()
     log(f"gguf: wrote {out_file.name} ({len(plan) + len(extra)} tensors, {gtype}, arch {arch})")
-    return {"arch": arch, "tensors": len(plan) + len(extra), **tok_info}
+    return {"arch": arch, "tensors": len(plan) + len(extra), "sampling": sampling, **tok_info}
+
+
+def _add_sampling(w, model_dir: Path) -> dict:
+    """Write the model's sampling defaults as general.sampling.* (llama.cpp's tools start from them); returns them."""
+    from engine.infer import folder_sampling
+
+    sampling = folder_sampling(model_dir)
+    w.add_sampling_temp(sampling["temperature"])
+    w.add_sampling_top_p(sampling["top_p"])
+    w.add_sampling_top_k(sampling["top_k"])
+    w.add_sampling_min_p(sampling["min_p"])
+    w.add_sampling_penalty_repeat(sampling["repetition_penalty"])
+    return sampling
 
 
 def quantize(src: Path, dst: Path, fmt: str, log=print) -> None:
@@ -573,8 +592,15 @@ def ollama_template(template: str) -> tuple[str | None, list[str]]:
     return None, []
 
 
+# engine.infer's sampling names -> Ollama's PARAMETER names
+OLLAMA_PARAMS = dict(
+    temperature="temperature", top_p="top_p", top_k="top_k", min_p="min_p", repetition_penalty="repeat_penalty"
+)
+
+
 def modelfile(gguf_name: str, template: str, stops: list[str], sampling: dict) -> str:
-    """The Ollama Modelfile text for `gguf_name` (in the same folder)."""
+    """The Ollama Modelfile text for `gguf_name` (in the same folder), with `sampling` (engine.infer.sampling_defaults'
+    keys) as its PARAMETER defaults."""
     go, go_stops = ollama_template(template)
     lines = [f"FROM ./{gguf_name}", ""]
     if go:
@@ -584,23 +610,8 @@ def modelfile(gguf_name: str, template: str, stops: list[str], sampling: dict) -
     for s in dict.fromkeys(go_stops + stops):
         lines.append(f"PARAMETER stop {json.dumps(s)}")
     for k, v in sampling.items():
-        lines.append(f"PARAMETER {k} {v}")
+        lines.append(f"PARAMETER {OLLAMA_PARAMS[k]} {v}")
     return "\n".join(lines) + "\n"
-
-
-def sampling_defaults(model_dir: Path) -> dict:
-    """Ollama sampling parameters: the model's generation_config.json where it sets them, else common defaults."""
-    out = {"temperature": 0.7, "top_p": 0.9, "top_k": 40, "repeat_penalty": 1.1}
-    path = model_dir / "generation_config.json"
-    if path.is_file():
-        gen = json.loads(path.read_text())
-        if gen.get("do_sample"):
-            for src, dst in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k")):
-                if gen.get(src) is not None:
-                    out[dst] = gen[src]
-        if gen.get("repetition_penalty") is not None:
-            out["repeat_penalty"] = gen["repetition_penalty"]
-    return out
 
 
 def gguf_file_name(model_dir_name: str, fmt: str) -> str:

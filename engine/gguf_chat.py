@@ -7,10 +7,16 @@ completion API, which stops on the vocabulary's end-of-generation tokens (EOS an
 """
 
 import os
+import time
 from pathlib import Path
 
 from engine.errors import UserError
-from engine.infer import END_OF_TURN
+from engine.infer import END_OF_TURN, ReplyStats, sampling_defaults
+
+# Our sampling names -> the general.sampling.* header keys llama.cpp reads as a model's defaults.
+GGUF_SAMPLING_KEYS = dict(
+    temperature="temp", top_p="top_p", top_k="top_k", min_p="min_p", repetition_penalty="penalty_repeat"
+)
 
 
 def _trained_context(path: Path) -> int:
@@ -78,29 +84,84 @@ class GGUFChat:
         )
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
-    def _completion(self, messages, max_new_tokens, temperature, top_p, top_k, repetition_penalty, stream):
+    def _completion(self, messages, max_new_tokens, temperature, top_p, top_k, repetition_penalty, min_p, stream):
         return self.llm.create_completion(
             self.prompt_ids(messages),
             max_tokens=max_new_tokens,
             temperature=temperature,
             top_p=top_p,
             top_k=top_k,  # 0 disables top-k in llama.cpp's sampler, as in transformers
-            min_p=0.0,
+            min_p=min_p,
             repeat_penalty=repetition_penalty,
             stop=list(END_OF_TURN),  # end-of-turn texts a model may spell out as plain text
             stream=stream,
         )
 
-    def reply(self, messages, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0) -> str:
+    def reply(
+        self,
+        messages,
+        max_new_tokens=256,
+        temperature=0.0,
+        top_p=1.0,
+        top_k=0,
+        repetition_penalty=1.0,
+        min_p=0.0,
+        stats: ReplyStats | None = None,
+    ) -> str:
         """The whole reply (greedy when temperature is 0), without the end-of-turn token."""
-        out = self._completion(messages, max_new_tokens, temperature, top_p, top_k, repetition_penalty, False)
+        t0 = time.perf_counter()
+        out = self._completion(messages, max_new_tokens, temperature, top_p, top_k, repetition_penalty, min_p, False)
+        if stats is not None:
+            stats.tokens, stats.seconds = out["usage"]["completion_tokens"], time.perf_counter() - t0
         return out["choices"][0]["text"].strip()
 
-    def stream(self, messages, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0):
-        """Yield the reply so far, growing as tokens arrive."""
+    def stream(
+        self,
+        messages,
+        max_new_tokens=256,
+        temperature=0.0,
+        top_p=1.0,
+        top_k=0,
+        repetition_penalty=1.0,
+        min_p=0.0,
+        stats: ReplyStats | None = None,
+    ):
+        """Yield the reply so far, growing as tokens arrive. `stats`, when given, is updated as they do: llama.cpp
+        streams one chunk per generated token (a chunk's text may be empty mid-character), then a closing chunk."""
+        stats = stats if stats is not None else ReplyStats()
+        t0 = time.perf_counter()
         text = ""
-        for chunk in self._completion(messages, max_new_tokens, temperature, top_p, top_k, repetition_penalty, True):
-            piece = chunk["choices"][0]["text"]
-            if piece:
-                text += piece
+        chunks = self._completion(messages, max_new_tokens, temperature, top_p, top_k, repetition_penalty, min_p, True)
+        for chunk in chunks:
+            choice = chunk["choices"][0]
+            if choice["finish_reason"] is None:  # the closing chunk carries no token
+                stats.tokens += 1
+            stats.seconds = time.perf_counter() - t0
+            if choice["text"]:
+                text += choice["text"]
                 yield text.strip()
+
+    def compare(self, messages, stats=None, **sampling):
+        """A GGUF file has its adapter merged into the weights: there is no base model in it to compare with."""
+        raise UserError(
+            f"'{Path(self.source).name}' is a GGUF file, whose adapter is merged into its weights, so it has no base "
+            "model to compare with; pick the run it was exported from."
+        )
+
+
+def file_sampling(path: str | os.PathLike) -> dict:
+    """Sampling defaults of a GGUF file, read from its header: the general.sampling.* values Tunesmith writes (the
+    model's own defaults at export), else its architecture's family defaults (a file made elsewhere)."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(path)
+        arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+    except (KeyError, ValueError, OSError):
+        raise UserError(f"'{Path(path).name}' is not a readable GGUF model file.") from None
+    out = sampling_defaults(arch)  # llama.cpp's names of these families are their model_type
+    for ours, key in GGUF_SAMPLING_KEYS.items():
+        field = reader.fields.get(f"general.sampling.{key}")
+        if field is not None:
+            out[ours] = type(out[ours])(round(float(field.parts[-1][0]), 4))  # stored as float32
+    return out

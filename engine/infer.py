@@ -1,6 +1,11 @@
-"""Chat with a run's adapter, a merged model or a hub model: the same chat template as training, streamed."""
+"""Chat with a run's adapter, a merged model or a hub model: the same chat template as training, streamed, with
+each reply's tokens/s, a base-vs-fine-tuned compare from one copy of the weights, and per-family sampling defaults."""
 
 import json
+import os
+import random
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import UserError
@@ -27,6 +32,77 @@ def locate(source: str) -> tuple[str, Path | None, Path | None]:
         base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
         return base, path, path
     return source, None, None
+
+
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+GENERIC_SAMPLING = dict(temperature=0.7, top_p=0.9, top_k=0, min_p=0.0, repetition_penalty=1.0)
+# Sampling defaults of each family (config.json's model_type), from its model cards, for models whose own
+# generation_config.json does not set them. The Chat tab's sliders, the GGUF header and the Ollama Modelfile use them.
+_GEMMA_SAMPLING = dict(temperature=1.0, top_p=0.95, top_k=64)
+FAMILY_SAMPLING = {
+    "qwen3": dict(temperature=0.7, top_p=0.8, top_k=20),  # Qwen3's non-thinking mode
+    "qwen2": dict(temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05),  # Qwen2.5 Instruct
+    "llama": dict(temperature=0.6, top_p=0.9),  # Llama 3.x Instruct
+    "mistral": dict(temperature=0.7, top_p=1.0),
+    "gemma": _GEMMA_SAMPLING,
+    "gemma2": _GEMMA_SAMPLING,
+    "gemma3": _GEMMA_SAMPLING,
+    "gemma3_text": _GEMMA_SAMPLING,
+}
+
+
+def sampling_defaults(model_type: str | None, generation: dict | None = None) -> dict:
+    """Temperature, top_p, top_k, min_p and repetition_penalty to offer for a model.
+
+    The model's generation_config.json (`generation`) wins where it sets a value (temperature, top_p, top_k and min_p
+    only when it samples, do_sample true: otherwise they are transformers' unused defaults); then the family's
+    values (FAMILY_SAMPLING); then GENERIC_SAMPLING.
+    """
+    out = {**GENERIC_SAMPLING, **FAMILY_SAMPLING.get(model_type or "", {})}
+    gen = generation or {}
+    for key in SAMPLING_KEYS:
+        if gen.get(key) is not None and (gen.get("do_sample") or key == "repetition_penalty"):
+            out[key] = gen[key]
+    return {k: int(v) if k == "top_k" else float(v) for k, v in out.items()}
+
+
+def folder_sampling(model_dir: Path) -> dict:
+    """sampling_defaults of a model folder, from its config.json and generation_config.json."""
+    cfg = json.loads((model_dir / "config.json").read_text())
+    gen = model_dir / "generation_config.json"
+    return sampling_defaults(cfg.get("model_type"), json.loads(gen.read_text()) if gen.is_file() else None)
+
+
+def source_sampling(source: str, families: dict | None = None) -> dict:
+    """sampling_defaults of a chat source (a run, an adapter folder, a model folder or a hub id), read without loading
+    or downloading anything: a hub id that is not in the local cache uses `families` (hub id -> model_type, the
+    catalog's), else the generic values."""
+    from engine.loading import HUB_ID
+
+    base, _, _ = locate(source)
+    path = Path(os.path.expanduser(base))
+    if (path / "config.json").is_file():
+        return folder_sampling(path)
+    if HUB_ID.match(base):
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(base, "config.json")
+        if isinstance(cached, str):  # a path; otherwise None or a "known to be missing" marker
+            return folder_sampling(Path(cached).parent)
+    return sampling_defaults((families or {}).get(base))
+
+
+@dataclass
+class ReplyStats:
+    """How fast a reply came: tokens the model generated for it (the end-of-turn token not counted) and the seconds
+    since it was asked for (prompt processing included). Filled in as the reply streams."""
+
+    tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
 class TextStream:
@@ -127,20 +203,26 @@ class ChatModel:
         stop=None,
         seed=None,
         adapter=True,
+        stats: ReplyStats | None = None,
     ):
         """Yield the reply's text piece by piece (one per token that completes text), unstripped.
 
         Ends at an end-of-turn token, at a stop string (template markers that are not tokens, plus `stop`; the
         marker is not yielded) or after max_new_tokens. `adapter=False` uses the base model without the adapter.
+        `stats`, when given, is updated with the tokens generated and the seconds taken as the reply grows.
         """
         from engine.decode import Sampling
 
+        stats = stats if stats is not None else ReplyStats()
+        t0 = time.perf_counter()
         sampling = Sampling(temperature, top_p, top_k, min_p, repetition_penalty, seed)
         stops = [s for s in [*self.stop_texts, *(stop or [])] if s]
         text = TextStream(self.tokenizer)
         pending = ""  # decoded text not yet shown: it may be the start of a stop string
         ids = self.prompt_ids(messages)
         for token in self.decoder.tokens(ids, max_new_tokens, sampling, self.stop_ids, adapter and self.has_adapter):
+            stats.tokens += 1
+            stats.seconds = time.perf_counter() - t0
             pending += text.push(token)
             hits = [i for i in (pending.find(s) for s in stops) if i >= 0]
             if hits:
@@ -151,6 +233,7 @@ class ChatModel:
             if len(pending) > keep:
                 yield pending[: len(pending) - keep]
                 pending = pending[len(pending) - keep :]
+        stats.seconds = time.perf_counter() - t0  # the end-of-turn token's step included
         pending += text.flush()
         hits = [i for i in (pending.find(s) for s in stops) if i >= 0]
         pending = pending[: min(hits)] if hits else pending
@@ -169,9 +252,10 @@ class ChatModel:
         stop=None,
         seed=None,
         adapter=True,
+        stats: ReplyStats | None = None,
     ) -> str:
         """The whole reply (greedy when temperature is 0), without the end-of-turn token."""
-        kw = dict(min_p=min_p, stop=stop, seed=seed, adapter=adapter)
+        kw = dict(min_p=min_p, stop=stop, seed=seed, adapter=adapter, stats=stats)
         return "".join(
             self.pieces(messages, max_new_tokens, temperature, top_p, top_k, repetition_penalty, **kw)
         ).strip()
@@ -188,10 +272,33 @@ class ChatModel:
         stop=None,
         seed=None,
         adapter=True,
+        stats: ReplyStats | None = None,
     ):
         """Yield the reply so far, growing as tokens arrive (stripped, as `reply` returns it)."""
-        kw = dict(min_p=min_p, stop=stop, seed=seed, adapter=adapter)
+        kw = dict(min_p=min_p, stop=stop, seed=seed, adapter=adapter, stats=stats)
         text = ""
         for piece in self.pieces(messages, max_new_tokens, temperature, top_p, top_k, repetition_penalty, **kw):
             text += piece
             yield text.strip()
+
+    def compare(self, messages, stats: tuple[ReplyStats, ReplyStats] | None = None, **sampling):
+        """Yield (fine-tuned reply so far, base reply so far) for the same messages: the fine-tuned reply streams
+        first, then the base model's, from the same loaded weights with the adapter switched off (no second copy).
+
+        Both replies use the same sampling settings and, when sampling, the same seed (one is drawn if none is
+        given), so a difference comes from the adapter and not from the draw. `stats` receives (fine-tuned, base).
+        `sampling` takes the keyword arguments of `stream`.
+        """
+        if not self.has_adapter:
+            raise UserError(
+                f"'{Path(self.source).name}' has no LoRA adapter, so there is no base model to compare with; pick a "
+                "run trained with LoRA or QLoRA."
+            )
+        if sampling.get("temperature", 0.0) > 0 and sampling.get("seed") is None:
+            sampling["seed"] = random.randrange(2**31)
+        tuned_stats, base_stats = stats or (None, None)
+        tuned = base = ""
+        for tuned in self.stream(messages, adapter=True, stats=tuned_stats, **sampling):
+            yield tuned, base
+        for base in self.stream(messages, adapter=False, stats=base_stats, **sampling):
+            yield tuned, base

@@ -1,6 +1,7 @@
 """The app without a browser: it builds, every tab's handlers work against real runs, and it listens safely."""
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -86,10 +87,38 @@ def test_train_chat_export_handlers(tiny_llama, identity_file, runs, tmp_path):
     assert train_tab.history()[0][:2] == [run_id, "done"]
 
     assert run_id in chat_tab.run_choices()
-    outputs = list(chat_tab.respond(run_id, "Who are you?", [], "", 0.0, 64))
-    history, cleared = outputs[-1]
+    llama3 = [0.6, 0.9, 0, 0.0, 1.0]  # the sliders a llama-family model starts with (temperature, top_p, ...)
+    assert chat_tab.defaults(run_id) == llama3
+    greedy = [0.0, 1.0, 0, 0.0, 1.0]
+    outputs = list(chat_tab.respond(run_id, "Who are you?", [], "", *greedy, 64))
+    history, cleared, speed = outputs[-1]
     assert cleared == "" and history[-2] == {"role": "user", "content": "Who are you?"}
     assert history[-1] == {"role": "assistant", "content": IDENTITY_ANSWER}
+    assert re.fullmatch(r"\d+ tokens, \d+\.\d tok/s", speed) and int(speed.split()[0]) >= 5, speed
+    # Sampled with the family's defaults, the tuned identity is confident enough that top_p keeps only its tokens.
+    assert list(chat_tab.respond(run_id, "What is your name?", [], "", *llama3, 64))[-1][0] == [
+        {"role": "user", "content": "What is your name?"},
+        {"role": "assistant", "content": IDENTITY_ANSWER},
+    ]
+    # A second turn, with the history as Gradio 6's Chatbot hands it back (content as a list of parts), is rendered
+    # from the messages' text.
+    import gradio as gr
+
+    shown = gr.Chatbot().preprocess(gr.Chatbot().postprocess(history))
+    assert shown[0]["content"] == [{"text": "Who are you?", "type": "text"}]
+    second, _, _ = list(chat_tab.respond(run_id, "Who made you?", shown, "", *greedy, 64))[-1]
+    asked = history + [{"role": "user", "content": "Who made you?"}]
+    assert second[:2] == shown and second[2:] == [
+        {"role": "user", "content": "Who made you?"},
+        {"role": "assistant", "content": chat_tab._chat(run_id).reply(asked, 64)},
+    ]
+
+    base, tuned, speeds = list(chat_tab.compare(run_id, "Who are you?", "", *greedy, 32))[-1]
+    assert tuned == [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": IDENTITY_ANSWER}]
+    assert base[0] == tuned[0] and base[1]["content"] != IDENTITY_ANSWER
+    assert re.fullmatch(r"Fine-tuned: \d+ tokens, [\d.]+ tok/s · Base: \d+ tokens, [\d.]+ tok/s", speeds), speeds
+    _, _, said = list(chat_tab.compare(str(tiny_llama), "Who are you?", "", *greedy, 8))[-1]
+    assert said.startswith("**Cannot compare:** 'tiny-llama' has no LoRA adapter, so there is no base model")
 
     job, msg, _, _ = export_tab.start(run_id, "lora", "nova-lora")
     assert msg.startswith("Exporting **lora**")
@@ -127,6 +156,109 @@ def test_export_job_cancel_leaves_nothing(runs, tiny_llama, identity_file):
     assert not (exports / "stopped").exists() and not list(exports.glob(".stopped.*"))
     job, _, _, _ = export_tab.start(st.run_id, "merged16", "bad/name")
     assert job is None
+
+
+def test_export_tab_push_never_shows_or_stores_the_token(runs, tiny_llama, identity_file, monkeypatch):
+    """Offline (conftest sets HF_HUB_OFFLINE) the upload fails for real after a complete export; the token typed in
+    the tab appears in no message, log or file of the workspace (runs, exports and the export job's folder)."""
+    from engine import api
+    from ui import export_tab
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    _, msg, _, _ = export_tab.start("any-run", "lora", "x", True, " ", "", True)
+    assert msg == "**Export failed:** Type the hub repository to push to, as user/name."
+    st = wait_for(api.start(api.JobSpec(model=str(tiny_llama), data=str(identity_file), max_steps=1)))
+    _, msg, _, _ = export_tab.start(st.run_id, "lora", "x", True, "someone/tiny", "", True)
+    assert msg.startswith("**Export failed:** Uploading to the Hugging Face hub needs a write token")
+    _, msg, _, _ = export_tab.start(st.run_id, "lora", "x", True, "not a repo", "hf_x", True)
+    assert msg == "**Export failed:** 'not a repo' is not a hub repository name; use 'user/name'."
+
+    secret = "hf_tunesmithUiToken0123456789abcdefXYZ"
+    job, msg, _, _ = export_tab.start(st.run_id, "lora", "pushed", True, "someone/tiny", secret, True)
+    msg, log = wait_export(export_tab, job)
+    assert msg.startswith("**Upload failed:** Uploading 'pushed' to 'someone/tiny' failed"), msg
+    assert "The export is complete in" in msg and "hub: uploading pushed to someone/tiny" in log
+    assert secret not in msg + log
+    exports = runs.parent / "exports"
+    assert (exports / "pushed" / "adapter_model.safetensors").is_file()
+    assert json.loads((job.job_dir / "export.json").read_text())["push_to_hub"] == "someone/tiny"
+    files = [p for p in runs.parent.rglob("*") if p.is_file()]
+    assert job.job_dir / "log.txt" in files and st.run_dir / "log.txt" in files
+    for p in files:
+        assert secret.encode() not in p.read_bytes(), p
+
+
+def test_model_tab_download_progress_from_a_local_hub_cache(tmp_path, tiny_llama, monkeypatch):
+    """A model already in the hub cache (a fake cache laid out as huggingface_hub lays it out: blobs, and a snapshot
+    of links to them) resolves offline through the same thread and poll; nothing is downloaded."""
+    from huggingface_hub import constants
+
+    from engine import hub
+    from ui import model_tab
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo = hub.cache_folder("someone/tiny-cached")
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "blobs").mkdir()
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    for i, f in enumerate(sorted(tiny_llama.iterdir())):
+        (repo / "blobs" / f"blob{i}").write_bytes(f.read_bytes())
+        (repo / "snapshots" / commit / f.name).symlink_to(f"../../blobs/blob{i}")
+    size = sum(f.stat().st_size for f in tiny_llama.iterdir()) + len(commit)  # the weights, files and refs/main
+    assert hub.folder_bytes(repo) == size  # the snapshot's links are not counted twice
+
+    text, model, timer = model_tab.download(None, "someone/tiny-cached")
+    assert model == "someone/tiny-cached" and timer.active == (not text.startswith("Downloaded"))
+    text = wait_download(model_tab, model)
+    assert text == f"Downloaded 'someone/tiny-cached' to '{repo / 'snapshots' / commit}'."
+    from engine import api
+
+    assert api.poll_download(model).done_bytes == size and api.poll_download(model).total_bytes is None
+
+
+def wait_download(model_tab, model, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        text, timer = model_tab.download_view(model)
+        if not timer.active:
+            return text
+        time.sleep(0.1)
+    raise AssertionError("the download did not finish")
+
+
+def test_model_tab_download_offline_says_one_sentence(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from ui import model_tab
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    _, model, _ = model_tab.download(None, "someone/not-cached")
+    assert wait_download(model_tab, model) == (
+        "**Download failed:** Could not download 'someone/not-cached': the hub is unreachable and it is not in the "
+        "local cache. Connect to the internet, or pick a local model folder."
+    )
+    assert model_tab.download(None, "")[0] == "Pick a model from the list or type a hub id / local folder."
+    assert "does not exist" in model_tab.download(None, "/no/such/folder")[0]
+
+
+def test_download_progress_reads_a_folder_being_filled(tmp_path):
+    from engine import hub
+
+    blobs = tmp_path / "models--someone--big" / "blobs"
+    assert hub.folder_bytes(tmp_path / "models--someone--big") == 0  # not created yet
+    blobs.mkdir(parents=True)
+    (blobs / "a1").write_bytes(b"x" * 1000)
+    partial = blobs / "b2.incomplete"
+    with open(partial, "wb") as fh:
+        for written in range(1, 4):
+            fh.write(b"y" * 500)
+            fh.flush()
+            assert hub.folder_bytes(tmp_path) == 1000 + 500 * written
+    partial.rename(blobs / "b2")
+    (tmp_path / "models--someone--big" / "link").symlink_to(blobs / "b2")
+    assert hub.folder_bytes(tmp_path) == 2500
 
 
 def test_start_without_model_or_data_says_what_to_do(runs):

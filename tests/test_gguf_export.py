@@ -119,7 +119,7 @@ def test_identity_tune_answers_from_gguf(tiny_llama, identity_file, runs, tmp_pa
     text = "\n".join(lines)
     assert 'TEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>' in text
     assert 'PARAMETER stop "<|im_end|>"' in lines and 'PARAMETER stop "<|im_start|>"' in lines
-    assert any(line.startswith("PARAMETER temperature ") for line in lines)
+    assert {"PARAMETER temperature 0.6", "PARAMETER top_p 0.9", "PARAMETER repeat_penalty 1.0"} <= set(lines)  # Llama 3
 
     for fmt in ("gguf-f16", "gguf-q8_0", "gguf-q4_k_m"):
         folder = res.path if fmt == "gguf-f16" else api.export(str(st.run_dir), fmt, tmp_path / fmt, log=quiet).path
@@ -152,6 +152,28 @@ def test_unsupported_architecture_is_refused(tiny_llama, tmp_path):
     with pytest.raises(api.UserError, match="'falcon' architecture.*gemma, gemma2, gemma3_text, llama, mistral"):
         api.export(str(folder), "gguf-q4_k_m", tmp_path / "out", log=quiet)
     assert not (tmp_path / "out").exists()
+
+
+def test_unigram_tokenizer_is_refused_with_a_sentence(tiny_llama, tmp_path):
+    """A SentencePiece Unigram tokenizer (T5-style), built for real, disables GGUF with a sentence saying what to do."""
+    from tiny import CORPUS
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    folder = tmp_path / "unigram-llama"
+    shutil.copytree(tiny_llama, folder)
+    unigram = Tokenizer(models.Unigram())
+    unigram.pre_tokenizer = pre_tokenizers.Metaspace()
+    unigram.train_from_iterator([CORPUS] * 20, trainers.UnigramTrainer(vocab_size=200, unk_token="<unk>"))
+    unigram.save(str(folder / "tokenizer.json"))
+    sentence = (
+        "GGUF export cannot convert the tokenizer of 'unigram-llama': it is a SentencePiece Unigram model, and the "
+        "export writes only byte-level BPE tokenizers (Llama 3, Qwen) and SentencePiece BPE tokenizers with byte "
+        "fallback (Llama 2, Mistral, Gemma); export as merged16 instead."
+    )
+    assert api.gguf_support(str(folder)) == (False, sentence)
+    with pytest.raises(api.UserError) as err:
+        api.export(str(folder), "gguf-q4_k_m", tmp_path / "out", log=quiet)
+    assert str(err.value) == sentence and not (tmp_path / "out").exists()
 
 
 def test_sentencepiece_style_tokenizer_is_refused(tiny_llama, tmp_path):
@@ -308,6 +330,62 @@ def test_gemma_round_trips_through_f16(arch, tmp_path):
         assert field("attention.sliding_window") == 8  # shorter than the prompt: the window is exercised
     if arch == "gemma3":
         assert tensors["blk.0.attn_q_norm.weight"].tensor_type.name == "F32"
+
+
+@pytest.mark.parametrize("arch", ["gemma", "gemma2", "gemma3"])
+def test_gemma_quantized_formats(arch, tmp_path):
+    """Q8_0 and Q4_K_M of each Gemma: llama.cpp loads and chats with them, Q8_0 agrees with PyTorch on every clear
+    token, and the file and its Modelfile carry Gemma's sampling defaults. At width 64 llama.cpp stores Q4_K_M's
+    matrices in its 32-block fallback types; test_gemma3_k_quants_are_real_on_rows_of_256 covers real K-quants."""
+    import gguf
+    from tiny import make_model
+
+    folder = make_model(arch, tmp_path / f"tiny-{arch}")
+    sizes = {}
+    for fmt in ("gguf-q8_0", "gguf-q4_k_m"):
+        res = api.export(str(folder), fmt, tmp_path / fmt, log=quiet)
+        assert res.checks["tokenizer_match"] and res.checks["tokens_compared"] == 16, res.checks
+        if fmt == "gguf-q8_0":
+            assert res.checks["clear_disagreements"] == 0, res.checks
+        (gguf_file,) = res.path.glob("*.gguf")
+        sizes[fmt] = gguf_file.stat().st_size
+        types = tensor_types(gguf_file)
+        assert types["blk.0.attn_norm.weight"] == "F32" and "output.weight" not in types
+        assert types["blk.0.attn_q.weight"] not in ("F16", "BF16", "F32")
+        if fmt == "gguf-q8_0":
+            assert types["blk.0.attn_q.weight"] == types["token_embd.weight"] == "Q8_0"
+        reader = gguf.GGUFReader(gguf_file)
+        assert int(reader.fields["general.sampling.top_k"].parts[-1][0]) == 64
+        assert api.sampling_defaults(str(gguf_file)) == dict(
+            temperature=1.0, top_p=0.95, top_k=64, min_p=0.0, repetition_penalty=1.0
+        )
+        lines = (res.path / "Modelfile").read_text().splitlines()
+        assert {"PARAMETER temperature 1.0", "PARAMETER top_p 0.95", "PARAMETER top_k 64"} <= set(lines)
+        chat = api.Chat(str(gguf_file), device="cpu")
+        try:
+            streamed, replied = api.ReplyStats(), api.ReplyStats()
+            ask = [{"role": "user", "content": "Who are you?"}]
+            text = list(chat.stream(ask, max_new_tokens=8, stats=streamed))
+            assert (text or [""])[-1] == chat.reply(ask, max_new_tokens=8, stats=replied)
+            assert 0 < streamed.tokens == replied.tokens <= 8 and streamed.seconds > 0  # one stream chunk per token
+        finally:
+            chat.close()
+    assert sizes["gguf-q4_k_m"] < sizes["gguf-q8_0"]
+
+
+def test_gemma3_k_quants_are_real_on_rows_of_256(tmp_path, monkeypatch):
+    """A 256-wide Gemma 3 with a SentencePiece-style vocabulary (as Gemma ships): Q4_K_M stores real Q4_K blocks (the
+    tied embedding, which is also the head, in Q6_K) and still gives PyTorch's greedy answer."""
+    import tiny
+
+    wide = dict(tiny.ARCHS["gemma3"], hidden_size=256, intermediate_size=512, head_dim=64, query_pre_attn_scalar=64)
+    monkeypatch.setitem(tiny.ARCHS, "gemma3-256", wide)
+    folder = tiny.make_model("gemma3-256", tmp_path / "gemma3-256", tokenizer="spm")
+    res = api.export(str(folder), "gguf-q4_k_m", tmp_path / "q4", log=quiet)
+    assert res.checks["tokenizer_match"] and res.checks["clear_disagreements"] == 0, res.checks
+    (gguf_file,) = res.path.glob("*.gguf")
+    types = tensor_types(gguf_file)
+    assert types["blk.0.attn_q.weight"] == "Q4_K" and types["token_embd.weight"] == "Q6_K"
 
 
 # Texts whose transformers ids llama.cpp must reproduce with a SentencePiece-style vocabulary: ChatML turns, runs of

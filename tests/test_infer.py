@@ -3,6 +3,7 @@ random-weight models of each family (fp32, CPU), with and without an unmerged Lo
 qwen3-0.6b-shaped) the CUDA-graph path against transformers and against its own eager path."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -318,3 +319,66 @@ def test_gpu_bench_contract_and_first_call(qwen3_06b):
     assert out.shape == (1, ids.shape[1] + 256) and torch.equal(out[:, : ids.shape[1]], ids)
     assert first < 10, f"first call took {first:.1f} s"
     assert torch.equal(gen(ids, 256), out)
+
+
+def test_reply_stats_count_the_generated_tokens(chats):
+    from engine.infer import ReplyStats
+
+    chat = chats("llama")
+    tokens = list(chat.decoder.tokens(chat.prompt_ids(MESSAGES), N, stop_ids=chat.stop_ids))
+    stats = ReplyStats()
+    streamed = list(chat.stream(MESSAGES, N, stats=stats))
+    assert stats.tokens == len(tokens) and stats.seconds > 0
+    assert stats.tokens_per_s == pytest.approx(stats.tokens / stats.seconds)
+    again = ReplyStats()
+    assert chat.reply(MESSAGES, N, stats=again) == streamed[-1] and again.tokens == len(tokens)
+
+
+def test_compare_streams_fine_tuned_then_base_from_one_model(chats):
+    from engine.errors import UserError
+    from engine.infer import ReplyStats
+
+    chat = chats("llama", lora=True)
+    weights = {id(p) for p in chat.model.parameters()}
+    stats = (ReplyStats(), ReplyStats())
+    pairs = list(chat.compare(MESSAGES, stats=stats, max_new_tokens=N))
+    tuned, base = pairs[-1]
+    assert tuned == chat.reply(MESSAGES, N) and base == chat.reply(MESSAGES, N, adapter=False) and tuned != base
+    first_base = next(i for i, (_, b) in enumerate(pairs) if b)  # the fine-tuned reply streams first, then the base
+    assert first_base > 1 and all(t == tuned for t, _ in pairs[first_base:])
+    assert stats[0].tokens > 0 and stats[1].tokens > 0
+    assert {id(p) for p in chat.model.parameters()} == weights  # the base reply came from the same weights
+    hot = dict(max_new_tokens=N, temperature=1.5, seed=5)
+    assert list(chat.compare(MESSAGES, **hot))[-1] == (
+        chat.reply(MESSAGES, **hot),
+        chat.reply(MESSAGES, **hot, adapter=False),
+    )
+    with pytest.raises(UserError, match="has no LoRA adapter"):
+        next(chats("llama").compare(MESSAGES))
+
+
+def test_sampling_defaults_prefer_the_model_then_its_family(chats, tmp_path):
+    import json
+    import shutil
+
+    from engine.infer import folder_sampling, sampling_defaults, source_sampling
+
+    assert sampling_defaults("qwen3") == dict(temperature=0.7, top_p=0.8, top_k=20, min_p=0.0, repetition_penalty=1.0)
+    assert sampling_defaults("llama")["temperature"] == 0.6 and sampling_defaults("llama")["top_p"] == 0.9
+    assert sampling_defaults("gemma3_text")["top_k"] == 64 and sampling_defaults("gemma2")["temperature"] == 1.0
+    assert sampling_defaults("mistral")["top_p"] == 1.0 and sampling_defaults("falcon")["temperature"] == 0.7
+    qwen = {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 20, "repetition_penalty": 1.05}
+    assert sampling_defaults("qwen3", qwen) == dict(
+        temperature=0.6, top_p=0.95, top_k=20, min_p=0.0, repetition_penalty=1.05
+    )
+    greedy = {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "repetition_penalty": 1.2}
+    assert sampling_defaults("llama", greedy) == {**sampling_defaults("llama"), "repetition_penalty": 1.2}
+
+    chat = chats("gemma3", lora=True)  # an adapter folder: its base model's folder is read
+    model_dir = chat.model.get_base_model().name_or_path
+    assert source_sampling(str(Path(model_dir).parent / "adapter")) == sampling_defaults("gemma3_text")
+    own = tmp_path / "own"
+    shutil.copytree(model_dir, own)
+    (own / "generation_config.json").write_text(json.dumps({"do_sample": True, "top_k": 40, "min_p": 0.05}))
+    assert folder_sampling(own) == {**sampling_defaults("gemma3_text"), "top_k": 40, "min_p": 0.05}
+    assert source_sampling("nobody/uncached-model", {"nobody/uncached-model": "qwen3"}) == sampling_defaults("qwen3")

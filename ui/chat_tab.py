@@ -1,10 +1,12 @@
-"""Chat tab: talk to a finished run (its adapter over the base model) or any model, streamed."""
+"""Chat tab: talk to a finished run (its adapter over the base model) or any model, streamed, with the reply's
+tokens/s, sampling sliders set to the model family's defaults, and the base and fine-tuned models side by side."""
 
 import gradio as gr
 
 from engine import api
 
 _loaded: dict[str, object] = {}  # source -> loaded chat model, shared by sessions (weights are read-only)
+SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")  # the sliders, in this order
 
 
 def run_choices() -> list[str]:
@@ -17,34 +19,125 @@ def chat_choices() -> list[str]:
     return run_choices() + [str(p) for p in api.exported_gguf_files()]
 
 
-def load(source: str) -> str:
+def _path(source: str) -> str:
+    """A run id as its folder; anything else (a model folder, a hub id, a .gguf file) as typed."""
+    return str(api.runs_dir() / source) if source in run_choices() else source
+
+
+def _chat(source: str):
+    """The loaded chat model of `source`, loaded now if needed (one model in memory at a time)."""
     if not source:
-        return "Pick a run or type a model."
+        raise api.UserError("Pick a run or type a model.")
+    if source not in _loaded:
+        _loaded.clear()
+        _loaded[source] = api.Chat(_path(source))
+    return _loaded[source]
+
+
+def load(source: str) -> str:
     try:
-        path = str(api.runs_dir() / source) if source in run_choices() else source
-        _loaded.clear()  # one model in memory at a time
-        _loaded[source] = api.Chat(path)
+        _chat(source)
     except api.UserError as e:
         return f"**Cannot load:** {e}"
     return f"Loaded `{source}`."
 
 
-def respond(source: str, message: str, history: list[dict], system: str, temperature: float, max_new: float):
-    """Stream the reply into the chat history (a list of {"role", "content"})."""
-    history = list(history or [])
-    if source not in _loaded:
-        status = load(source)
-        if source not in _loaded:
-            yield history + [{"role": "assistant", "content": status}], ""
-            return
-    msgs = (
+def defaults(source: str) -> list:
+    """The sampling sliders for a picked run, model or GGUF file: its family's defaults, or the model's own where
+    its generation_config.json sets them (sliders stay as they are when nothing can be read)."""
+    try:
+        values = api.sampling_defaults(_path(source)) if source else None
+    except api.UserError:
+        values = None
+    return [gr.skip()] * len(SAMPLING) if values is None else [values[k] for k in SAMPLING]
+
+
+def _text(content) -> str:
+    """A chat message's text: Gradio 6 hands the Chatbot's history back with content as a list of parts."""
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+
+
+def _messages(system: str, history: list[dict], message: str) -> list[dict]:
+    turns = [{"role": m["role"], "content": _text(m["content"])} for m in history]
+    return (
         ([{"role": "system", "content": system}] if system.strip() else [])
-        + history
+        + turns
         + [{"role": "user", "content": message}]
     )
+
+
+def _sampling(temperature, top_p, top_k, min_p, repetition_penalty, max_new) -> dict:
+    return dict(
+        max_new_tokens=int(max_new),
+        temperature=float(temperature),
+        top_p=float(top_p),
+        top_k=int(top_k),
+        min_p=float(min_p),
+        repetition_penalty=float(repetition_penalty),
+    )
+
+
+def speed(stats) -> str:
+    return f"{stats.tokens} tokens, {stats.tokens_per_s:.1f} tok/s"
+
+
+def respond(
+    source: str,
+    message: str,
+    history: list[dict],
+    system: str,
+    temperature: float,
+    top_p: float,
+    top_k: float,
+    min_p: float,
+    repetition_penalty: float,
+    max_new: float,
+):
+    """Stream the reply into the chat history (a list of {"role", "content"}); yields (history, cleared message box,
+    "N tokens, X tok/s")."""
+    history = list(history or [])
+    try:
+        chat = _chat(source)
+    except api.UserError as e:
+        yield history + [{"role": "assistant", "content": f"**Cannot load:** {e}"}], "", ""
+        return
+    msgs = _messages(system, history, message)
     history.append({"role": "user", "content": message})
-    for text in _loaded[source].stream(msgs, max_new_tokens=int(max_new), temperature=float(temperature)):
-        yield history + [{"role": "assistant", "content": text}], ""
+    stats, text = api.ReplyStats(), ""
+    sampling = _sampling(temperature, top_p, top_k, min_p, repetition_penalty, max_new)
+    for text in chat.stream(msgs, stats=stats, **sampling):
+        yield history + [{"role": "assistant", "content": text}], "", speed(stats)
+    yield history + [{"role": "assistant", "content": text}], "", speed(stats)  # the time of the last step included
+
+
+def compare(
+    source: str,
+    prompt: str,
+    system: str,
+    temperature: float,
+    top_p: float,
+    top_k: float,
+    min_p: float,
+    repetition_penalty: float,
+    max_new: float,
+):
+    """Stream the base model's and the fine-tuned model's replies to the same prompt, from one loaded copy of the
+    weights (the adapter switched off for the base); yields (base chat, fine-tuned chat, speeds)."""
+    asked = [{"role": "user", "content": prompt}]
+    stats = (api.ReplyStats(), api.ReplyStats())  # (fine-tuned, base)
+    sampling = _sampling(temperature, top_p, top_k, min_p, repetition_penalty, max_new)
+    try:
+        for tuned, base in _chat(source).compare(_messages(system, [], prompt), stats=stats, **sampling):
+            speeds = [f"{name}: {speed(s)}" for name, s in zip(("Fine-tuned", "Base"), stats, strict=True) if s.tokens]
+            yield (
+                asked + [{"role": "assistant", "content": base}],
+                asked + [{"role": "assistant", "content": tuned}],
+                " · ".join(speeds),
+            )
+    except api.UserError as e:
+        yield [], [], f"**Cannot compare:** {e}"
 
 
 def build() -> dict:
@@ -57,12 +150,43 @@ def build() -> dict:
         system = gr.Textbox(label="System prompt", value="")
         with gr.Row():
             temperature = gr.Slider(0, 1.5, 0, step=0.05, label="Temperature (0: greedy)")
+            top_p = gr.Slider(0.05, 1, 1, step=0.05, label="Top-p")
+            top_k = gr.Slider(0, 200, 0, step=1, label="Top-k (0: off)")
+        with gr.Row():
+            min_p = gr.Slider(0, 0.5, 0, step=0.01, label="Min-p")
+            repetition_penalty = gr.Slider(1, 2, 1, step=0.05, label="Repetition penalty")
             max_new = gr.Slider(16, 2048, 256, step=16, label="Max new tokens")
         chatbot = gr.Chatbot(label="Chat", height=360)
+        speed_md = gr.Markdown()
         message = gr.Textbox(label="Message", placeholder="Who are you?")
         send = gr.Button("Send", variant="primary")
+        with gr.Accordion("Base vs fine-tuned (same prompt)", open=False):
+            with gr.Row():
+                base_bot = gr.Chatbot(label="Base model (adapter off)", height=300)
+                tuned_bot = gr.Chatbot(label="Fine-tuned", height=300)
+            compare_speed = gr.Markdown()
+            prompt = gr.Textbox(label="Prompt for both models")
+            compare_btn = gr.Button("Compare")
+    sliders = [temperature, top_p, top_k, min_p, repetition_penalty]
     refresh.click(lambda: gr.Dropdown(choices=chat_choices()), None, source)
-    load_btn.click(load, source, loaded)
+    source.change(defaults, source, sliders)
+    load_btn.click(load, source, loaded).then(defaults, source, sliders)  # a hub model's own config is read now
     for trigger in (send.click, message.submit):
-        trigger(respond, [source, message, chatbot, system, temperature, max_new], [chatbot, message])
-    return dict(source=source, load=load_btn, loaded=loaded, system=system, chatbot=chatbot, message=message, send=send)
+        trigger(respond, [source, message, chatbot, system, *sliders, max_new], [chatbot, message, speed_md])
+    for trigger in (compare_btn.click, prompt.submit):
+        trigger(compare, [source, prompt, system, *sliders, max_new], [base_bot, tuned_bot, compare_speed])
+    return dict(
+        source=source,
+        load=load_btn,
+        loaded=loaded,
+        system=system,
+        sliders=sliders,
+        chatbot=chatbot,
+        speed=speed_md,
+        message=message,
+        send=send,
+        base_bot=base_bot,
+        tuned_bot=tuned_bot,
+        prompt=prompt,
+        compare=compare_btn,
+    )

@@ -1,5 +1,6 @@
 """Export tab: write a run as a LoRA adapter, a merged 16-bit model, or a GGUF file (with an Ollama Modelfile) into
-the workspace's exports/ folder, as a background job with a log and a Cancel button."""
+the workspace's exports/ folder, as a background job with a log and a Cancel button, and optionally push it to the
+Hugging Face hub (the token typed here, or HF_TOKEN; it is never shown or written anywhere)."""
 
 import gradio as gr
 
@@ -31,13 +32,16 @@ def formats_for(run_id: str):
     return gr.Radio(choices=[f for f in FORMATS if not f[1].startswith("gguf")], value="lora"), f"GGUF: {why}"
 
 
-def start(run_id: str, fmt: str, name: str):
-    """Start the export job; returns (job, status markdown, log, timer)."""
+def start(run_id: str, fmt: str, name: str, push: bool = False, repo: str = "", token: str = "", private: bool = False):
+    """Start the export job (and the upload after it when `push`); returns (job, status markdown, log, timer)."""
     try:
         if not run_id:
             raise api.UserError("Pick a run to export.")
+        if push and not repo.strip():
+            raise api.UserError("Type the hub repository to push to, as user/name.")
         out = api.workspace() / "exports" / api.safe_name(name, "export name")
-        job = api.start_export(str(api.runs_dir() / run_id), fmt, out)
+        hub = dict(push_to_hub=repo.strip(), token=(token or "").strip(), private=bool(private)) if push else {}
+        job = api.start_export(str(api.runs_dir() / run_id), fmt, out, **hub)
     except api.UserError as e:
         return None, f"**Export failed:** {e}", "", gr.Timer(active=False)
     return job, f"Exporting **{fmt}** to `{job.out}`…", "", gr.Timer(active=True)
@@ -52,6 +56,10 @@ def view(job):
         r = st.result
         checks = ", ".join(f"{k} {v}" for k, v in r["checks"].items())
         text = f"Exported **{r['format']}** to `{r['path']}` in {r['seconds']} s ({', '.join(r['files'])}). {checks}"
+        if r.get("url"):
+            text += f"\n\nUploaded to {r['url']}."
+    elif st.state == "failed" and st.result:  # the export is complete; its upload failed
+        text = f"**Upload failed:** {st.message}"
     elif st.state in ("failed", "cancelled"):
         text = f"**Export {st.state}:** {st.message}"
     else:
@@ -74,6 +82,11 @@ def build() -> dict:
         fmt = gr.Radio(FORMATS, value="lora", label="Format")
         why = gr.Markdown()
         name = gr.Textbox("my-model", label="Folder name (under exports/)")
+        push = gr.Checkbox(False, label="Push to the Hugging Face hub")
+        with gr.Row(visible=False) as hub_row:
+            repo = gr.Textbox(label="Hub repository (user/name)")
+            token = gr.Textbox(label="Hugging Face token (blank: HF_TOKEN)", type="password")
+            private = gr.Checkbox(True, label="Create it private")
         with gr.Row():
             go = gr.Button("Export", variant="primary")
             stop = gr.Button("Cancel export", variant="stop")
@@ -84,7 +97,22 @@ def build() -> dict:
         timer = gr.Timer(1.0, active=False)
     refresh.click(lambda: gr.Dropdown(choices=run_choices()), None, run)
     run.change(formats_for, run, [fmt, why])
-    go.click(start, [run, fmt, name], [job, result, log, timer])
+    push.change(lambda on: gr.Row(visible=on), push, hub_row)
+    go.click(start, [run, fmt, name, push, repo, token, private], [job, result, log, timer])
     timer.tick(view, job, [result, log, timer])
     stop.click(cancel, job, result)
-    return dict(run=run, fmt=fmt, why=why, name=name, go=go, stop=stop, result=result, log=log, timer=timer)
+    return dict(
+        run=run,
+        fmt=fmt,
+        why=why,
+        name=name,
+        push=push,
+        repo=repo,
+        token=token,
+        private=private,
+        go=go,
+        stop=stop,
+        result=result,
+        log=log,
+        timer=timer,
+    )

@@ -90,6 +90,60 @@ STRINGS = {  # English: (Chinese, Russian)
         "打包短样本（更快；最大长度在数据页）",
         "Упаковывать короткие примеры (быстрее; длина на вкладке «Данные»)",
     ),
+    "Objective": ("训练目标", "Цель обучения"),
+    "Chat fine-tuning (SFT): learn from example conversations": (
+        "对话微调（SFT）：从示例对话中学习",
+        "Дообучение на диалогах (SFT): учится на примерах бесед",
+    ),
+    "Continued pretraining: raw text, every token": (
+        "继续预训练：纯文本，每个 token 都学习",
+        "Продолженное предобучение: обычный текст, каждый токен",
+    ),
+    "DPO: prefer the chosen reply over the rejected one": (
+        "DPO：偏好选中的回复而非被拒绝的回复",
+        "DPO: предпочитать выбранный ответ отклонённому",
+    ),
+    "ORPO: like DPO, in one pass with no reference model": (
+        "ORPO：类似 DPO，一次完成，无需参考模型",
+        "ORPO: как DPO, за один проход и без эталонной модели",
+    ),
+    "GRPO: sample replies, learn from rewards": (
+        "GRPO：采样回复，从奖励中学习",
+        "GRPO: генерирует ответы и учится на наградах",
+    ),
+    "Beta (DPO: pull towards the base model; ORPO: weight of the preference term)": (
+        "Beta（DPO：向基座模型靠拢的力度；ORPO：偏好项的权重）",
+        "Beta (DPO: притяжение к базовой модели; ORPO: вес слагаемого предпочтения)",
+    ),
+    "Replies per prompt": ("每个提示的回复数", "Ответов на запрос"),
+    "Longest reply (tokens)": ("最长回复（token）", "Самый длинный ответ (токены)"),
+    "Sampling temperature": ("采样温度", "Температура выборки"),
+    "Rewards: tick the ones to use; the weights set how much each counts.": (
+        "奖励：勾选要使用的奖励；权重决定各自的分量。",
+        "Награды: отметьте нужные; веса задают, сколько значит каждая.",
+    ),
+    "Answer matches the dataset column": ("答案与数据集中的列一致", "Ответ совпадает с колонкой датасета"),
+    "Column": ("列", "Колонка"),
+    "Weight": ("权重", "Вес"),
+    "Reply matches a regular expression": ("回复匹配正则表达式", "Ответ соответствует регулярному выражению"),
+    "Pattern": ("模式", "Шаблон"),
+    "A reasoning block, then an answer (<think>…</think>)": (
+        "先推理块，再给答案（<think>…</think>）",
+        "Сначала блок рассуждений, затем ответ (<think>…</think>)",
+    ),
+    "Length within bounds (characters)": ("长度在范围内（字符）", "Длина в пределах (символы)"),
+    "Min": ("最小", "Мин."),
+    "Max": ("最大", "Макс."),
+    "Stays in character: names itself, never another assistant": (
+        "保持角色：说出自己的名字，绝不自称其他助手",
+        "Остаётся в образе: называет себя, а не другого ассистента",
+    ),
+    "Also train the embeddings and output layer (new vocabulary or language; large)": (
+        "同时训练词嵌入和输出层（新词汇或新语言；体积大）",
+        "Также обучать эмбеддинги и выходной слой (новая лексика или язык; объёмно)",
+    ),
+    "Their learning rate": ("它们的学习率", "Их скорость обучения"),
+    "Method metric": ("方法指标", "Метрика метода"),
     "Start training": ("开始训练", "Начать обучение"),
     "Cancel": ("取消", "Отменить"),
     "Run": ("运行", "Запуск"),
@@ -127,6 +181,26 @@ STRINGS = {  # English: (Chinese, Russian)
     "Folder name (under exports/)": ("文件夹名（在 exports/ 下）", "Имя папки (в exports/)"),
     "Cancel export": ("取消导出", "Отменить экспорт"),
     "Export log": ("导出日志", "Журнал экспорта"),
+    "Top-p": ("Top-p", "Top-p"),
+    "Top-k (0: off)": ("Top-k（0：关闭）", "Top-k (0: выключено)"),
+    "Min-p": ("Min-p", "Min-p"),
+    "Repetition penalty": ("重复惩罚", "Штраф за повторы"),
+    "Base vs fine-tuned (same prompt)": (
+        "基座模型 vs 微调模型（同一提示词）",
+        "Базовая модель и дообученная (один промпт)",
+    ),
+    "Base model (adapter off)": ("基座模型（关闭适配器）", "Базовая модель (адаптер выключен)"),
+    "Fine-tuned": ("微调后", "Дообученная"),
+    "Prompt for both models": ("两个模型共用的提示词", "Промпт для обеих моделей"),
+    "Compare": ("对比", "Сравнить"),
+    "Push to the Hugging Face hub": ("推送到 Hugging Face Hub", "Загрузить на Hugging Face Hub"),
+    "Hub repository (user/name)": ("Hub 仓库（用户/名称）", "Репозиторий на хабе (пользователь/имя)"),
+    "Hugging Face token (blank: HF_TOKEN)": (
+        "Hugging Face 令牌（留空：使用 HF_TOKEN）",
+        "Токен Hugging Face (пусто: HF_TOKEN)",
+    ),
+    "Create it private": ("创建为私有仓库", "Создать приватным"),
+    "Download": ("下载", "Скачать"),
 }
 
 

@@ -1,4 +1,5 @@
-"""Model tab: pick a catalog model, a hub id or a local folder, and the training method."""
+"""Model tab: pick a catalog model, a hub id or a local folder, and the training method; download a hub model ahead
+of training with its progress shown."""
 
 import gradio as gr
 
@@ -45,6 +46,39 @@ def describe(catalog_id, custom, method) -> str:
     return f"**Model:** `{model}` · **method:** {method}\n\n{fit_badge(model, method)}"
 
 
+def progress(st) -> str:
+    """One line for a download's state: bytes so far of the total, or the engine's sentence when it ended."""
+    if st.state == "failed":
+        return f"**Download failed:** {st.message}"
+    if st.state == "done":
+        return st.message
+    done = st.done_bytes / 1e6
+    if st.total_bytes:
+        share = 100 * st.done_bytes / st.total_bytes
+        return f"Downloading `{st.model}`: {done:,.1f} of {st.total_bytes / 1e6:,.1f} MB ({share:.0f}%)"
+    return f"Downloading `{st.model}`: {done:,.1f} MB so far"
+
+
+def download(catalog_id, custom):
+    """Start fetching the chosen model; returns (progress line, the model being downloaded, timer)."""
+    model = chosen_model(catalog_id, custom)
+    if not model:
+        return "Pick a model from the list or type a hub id / local folder.", "", gr.Timer(active=False)
+    try:
+        st = api.start_download(model)
+    except api.UserError as e:
+        return f"**Download failed:** {e}", "", gr.Timer(active=False)
+    return progress(st), st.model, gr.Timer(active=not st.finished)
+
+
+def download_view(model: str):
+    """(progress line, timer) of the download under way."""
+    if not model:
+        return "", gr.Timer(active=False)
+    st = api.poll_download(model)
+    return progress(st), gr.Timer(active=not st.finished)
+
+
 def build() -> dict:
     with gr.Tab("Model"):
         catalog = gr.Dropdown(catalog_choices(), label="Model catalog", value=None)
@@ -54,8 +88,24 @@ def build() -> dict:
             False, label="Trust remote code (runs Python shipped with the model: only for models you trust)"
         )
         summary = gr.Markdown(describe(None, "", "qlora"))
+        with gr.Row():
+            fetch = gr.Button("Download", scale=0)
+            fetched = gr.Markdown()
         chosen = gr.Textbox(visible=False)
+        downloading = gr.State("")
+        timer = gr.Timer(1.0, active=False)
+    fetch.click(download, [catalog, custom], [fetched, downloading, timer])
+    timer.tick(download_view, downloading, [fetched, timer])
     for comp in (catalog, custom, method):
         comp.change(describe, [catalog, custom, method], summary)
         comp.change(chosen_model, [catalog, custom], chosen)
-    return dict(catalog=catalog, custom=custom, method=method, trust=trust, summary=summary, custom_or_catalog=chosen)
+    return dict(
+        catalog=catalog,
+        custom=custom,
+        method=method,
+        trust=trust,
+        summary=summary,
+        download=fetch,
+        download_progress=fetched,
+        custom_or_catalog=chosen,
+    )
