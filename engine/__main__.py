@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     try:
         if args.cmd == "train":
             spec = api.JobSpec.from_yaml(_read(args.job), source=args.job)
-            handle = api.start(spec)
+            handle = api.start(spec, allow_code=True)  # the command line may run its own reward code
             print(f"run: {handle.run_dir}", flush=True)
             return 0 if args.detach else _follow(handle)
         if args.cmd == "resume":

@@ -39,6 +39,7 @@ __all__ = [
     "workspace",
     "safe_name",
     "inspect_data",
+    "check_data",
     "identity_dataset",
     "save_jsonl",
     "Chat",
@@ -133,10 +134,21 @@ def _slug(name: str) -> str:
     return slug or "run"
 
 
-def start(spec: JobSpec, runs: Path | None = None) -> RunHandle:
-    """Write the spec to a new run folder and start `python -m engine.run` on it in the background."""
+def start(spec: JobSpec, runs: Path | None = None, *, allow_code: bool = False) -> RunHandle:
+    """Write the spec to a new run folder and start `python -m engine.run` on it in the background.
+
+    A job whose rewards include a `python` one (a module:function path) runs that code in the training process, so
+    it is refused unless `allow_code` is True: the CLI and Python callers may pass it, the app never does.
+    """
+    from engine.rewards import runs_code
+
     check_access(spec.model)
     check_access(spec.data)
+    if runs_code(spec.rewards) and not allow_code:
+        raise UserError(
+            "This job has a 'python' reward, which runs your own code: that is accepted only from the command line "
+            "or the Python API (engine.api.start(spec, allow_code=True)), never from the app."
+        )
     runs = Path(runs) if runs else runs_dir()
     runs.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -326,6 +338,23 @@ def inspect_data(
 
         tokenizer = load_tokenizer(resolve_model(model))
     return data.inspect(path, fmt, tokenizer, column_map, max_seq_length, config, split, template)
+
+
+def check_data(
+    path: str,
+    objective: str,
+    column_map: dict | None = None,
+    config: str = "",
+    split: str = "train",
+    rewards: tuple = (),
+) -> str:
+    """The dataset's format when it suits `objective` (sft, pretrain, dpo, orpo, grpo), from its first rows; else a
+    UserError saying what the objective needs, or which column a reward reads that the dataset lacks."""
+    from engine.objectives import check_data as _check_data
+    from engine.rewards import needed_columns
+
+    check_access(path)
+    return _check_data(path, objective, column_map, config, split, needed_columns(rewards))
 
 
 def identity_dataset(name: str, maker: str, description: str = "", languages=("en",)) -> list[dict]:

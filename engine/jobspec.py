@@ -11,15 +11,17 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from engine import rewards
 from engine.data import FORMATS
 from engine.errors import UserError
+from engine.objectives import OBJECTIVES
 from engine.templates import NAMES as TEMPLATE_NAMES
 
 METHODS = ("lora", "qlora", "full")
 SCHEDULES = ("linear", "cosine", "constant")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
-OPTIMIZERS = ("auto", "adamw", "adamw_8bit")
+OPTIMIZERS = ("auto", "adamw", "adamw_8bit", "paged_adamw_8bit")
 # Every linear layer of a decoder block in the Llama, Mistral, Qwen and Gemma families.
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -32,6 +34,7 @@ class JobSpec:
     data: str  # a dataset file (JSON, JSONL, CSV, TSV, Parquet) or a hub dataset id: Alpaca, ShareGPT or ChatML
     name: str = "run"  # folder-friendly label; the run folder is runs/<timestamp>-<name>
     method: str = "lora"  # lora: 16-bit base; qlora: 4-bit NF4 base (~1/3 the weight memory); full: all weights
+    objective: str = "sft"  # sft: chat examples; pretrain: raw text; dpo / orpo: preference pairs; grpo: prompts
     data_format: str = "auto"  # auto-detect, or alpaca / sharegpt / chatml
     data_config: str = ""  # hub datasets only: the configuration (subset) name
     data_split: str = "train"  # hub datasets only: the split to train on
@@ -49,7 +52,9 @@ class JobSpec:
     lr_schedule: str = "linear"  # linear / cosine decay to 0 after warmup, or constant
     warmup_steps: int = 0
     weight_decay: float = 0.0
-    optimizer: str = "auto"  # auto: 8-bit AdamW on a GPU (1/4 the state memory), AdamW on CPU; or adamw / adamw_8bit
+    # auto: on a GPU 8-bit AdamW (1/4 the state memory), paged for full fine-tuning (states spill to RAM instead of
+    # running out of memory); AdamW on CPU. Or adamw / adamw_8bit / paged_adamw_8bit.
+    optimizer: str = "auto"
     max_grad_norm: float = 1.0  # gradient clipping; 0 turns it off
     lora_r: int = 16  # adapter rank: more capacity, more (small) memory
     lora_alpha: int = 16  # adapter scale is alpha / r (alpha / sqrt(r) with rslora)
@@ -64,11 +69,20 @@ class JobSpec:
     device: str = "auto"  # auto: the GPU when there is one
     dtype: str = "auto"  # auto: bf16 where the GPU supports it, fp16 (with loss scaling) otherwise, fp32 on CPU
     trust_remote_code: bool = False  # runs Python code shipped with the model: only for models you trust
+    dpo_beta: float = 0.1  # dpo: strength of the pull towards the base model; orpo: weight of the odds-ratio term
+    num_generations: int = 4  # grpo: replies sampled per prompt; a micro-step holds batch_size x this many replies
+    max_new_tokens: int = 256  # grpo: longest sampled reply; sampling time grows with it
+    temperature: float = 1.0  # grpo: sampling temperature (variety among a prompt's replies is the learning signal)
+    grpo_beta: float = 0.0  # grpo: KL penalty towards the base model; 0 skips the reference pass (faster)
+    rewards: tuple[dict, ...] = ()  # grpo: reward presets with weights; see engine/rewards.py
+    train_embeddings: bool = False  # pretrain with LoRA: also train embed_tokens and lm_head (full copies of both)
+    embedding_learning_rate: float = 2e-5  # pretrain: the embeddings' and lm_head's own (lower) learning rate
     notes: dict = field(default_factory=dict)  # free-form, kept with the run (UI choices such as the preset)
 
     def __post_init__(self):
         for key, allowed in (
             ("method", METHODS),
+            ("objective", OBJECTIVES),
             ("lr_schedule", SCHEDULES),
             ("dtype", DTYPES),
             ("device", DEVICES),
@@ -78,7 +92,7 @@ class JobSpec:
         ):
             if getattr(self, key) not in allowed:
                 raise UserError(f"Job setting '{key}' is '{getattr(self, key)}'; use one of: {', '.join(allowed)}.")
-        for key in ("max_seq_length", "batch_size", "grad_accum", "lora_r", "keep_checkpoints"):
+        for key in ("max_seq_length", "batch_size", "grad_accum", "lora_r", "keep_checkpoints", "max_new_tokens"):
             if getattr(self, key) < 1:
                 raise UserError(f"Job setting '{key}' must be at least 1 (it is {getattr(self, key)}).")
         if self.max_steps < 0 or self.epochs <= 0 and self.max_steps == 0:
@@ -87,10 +101,17 @@ class JobSpec:
             raise UserError("No model chosen: give a hub id such as 'Qwen/Qwen3-0.6B' or a local folder.")
         if not self.data.strip():
             raise UserError("No dataset chosen: give a JSON or JSONL file.")
+        for key in ("dpo_beta", "temperature", "embedding_learning_rate"):
+            if getattr(self, key) <= 0:
+                raise UserError(f"Job setting '{key}' must be above 0 (it is {getattr(self, key)}).")
+        if self.num_generations < 2:
+            raise UserError("Job setting 'num_generations' must be at least 2: GRPO learns from how replies differ.")
+        rewards.check(self.rewards)
+        if self.objective == "grpo" and not self.rewards:
+            raise UserError("GRPO needs at least one reward in 'rewards' (e.g. {preset: regex, pattern: ...}).")
 
     def to_yaml(self) -> str:
-        d = dataclasses.asdict(self)
-        d["target_modules"] = list(self.target_modules)
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
         return yaml.safe_dump(d, sort_keys=False, allow_unicode=True)
 
     @classmethod
@@ -147,7 +168,8 @@ def _coerce(key, value, hint, source):
             raise bad
         return value
     if origin is tuple:
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        item = typing.get_args(hint)[0]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, item) for v in value):
             raise bad
         return tuple(value)
     if hint is dict:
@@ -161,4 +183,6 @@ def _coerce(key, value, hint, source):
 
 def _type_name(hint) -> str:
     names = {bool: "true or false", int: "a whole number", float: "a number", str: "text", dict: "a mapping"}
+    if typing.get_origin(hint) is tuple and typing.get_args(hint)[0] is dict:
+        return "a list of mappings"
     return names.get(hint, "a list of names")

@@ -1,7 +1,9 @@
 """The SFT training loop: batches, optimizer, schedule, metrics, checkpoints, cancel and resume.
 
 A plain loop rather than a Trainer subclass, so every step's metrics, the cancel signal and the checkpoint layout are
-ours. It runs inside the run subprocess (engine.run).
+ours. It runs inside the run subprocess (engine.run). Continued pretraining runs the same loop on raw text
+(engine.pretrain); DPO, ORPO (engine.preference) and GRPO (engine.grpo) run TRL's trainers with the same model,
+metrics, checkpoints and cancel.
 """
 
 import math
@@ -78,15 +80,21 @@ def collate(examples, pad_id: int, device: str) -> dict:
 
 
 def make_optimizer(spec, params, device: str, log):
+    """AdamW as the spec asks. `params` is a list of tensors or of optimizer groups (dicts with their own lr).
+
+    Full fine-tuning on a GPU defaults to bitsandbytes' paged 8-bit AdamW: its states (1/4 of fp32 AdamW's) live in
+    unified memory, so under pressure they page out to RAM instead of failing with out-of-memory.
+    """
     import torch
 
     name = spec.optimizer
     if name == "auto":
-        name = "adamw_8bit" if device == "cuda" else "adamw"
-    if name == "adamw_8bit":
-        import bitsandbytes as bnb
+        name = "adamw" if device != "cuda" else "paged_adamw_8bit" if spec.method == "full" else "adamw_8bit"
+    if name in ("adamw_8bit", "paged_adamw_8bit"):
+        import bitsandbytes as bnb  # on a CPU the paged one runs unpaged (bitsandbytes warns)
 
-        opt = bnb.optim.AdamW8bit(params, lr=spec.learning_rate, weight_decay=spec.weight_decay)
+        kind = bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb.optim.AdamW8bit
+        opt = kind(params, lr=spec.learning_rate, weight_decay=spec.weight_decay)
     else:
         opt = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=spec.weight_decay, fused=device == "cuda")
     log(f"optimizer: {name}, peak lr {spec.learning_rate}, {spec.lr_schedule} schedule, warmup {spec.warmup_steps}")
@@ -153,8 +161,17 @@ def load_checkpoint(ckpt: Path, model, opt, sched, log):
 
 def train(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> None:
     """Train `spec` into `run_dir`. `should_stop()` is polled between steps; True saves a checkpoint and stops."""
+    if spec.objective in ("dpo", "orpo"):
+        from engine.preference import train_preference
+
+        return train_preference(spec, run_dir, runlog, resume, should_stop, log)
+    if spec.objective == "grpo":
+        from engine.grpo import train_grpo
+
+        return train_grpo(spec, run_dir, runlog, resume, should_stop, log)
     import torch
 
+    from engine import pretrain
     from engine.data import load_examples
     from engine.loading import load_for_training
 
@@ -163,10 +180,17 @@ def train(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> None:
     placement = choose_placement(spec.device, spec.dtype)
     runlog.set(state="loading", message="loading the model")
     model, tok = load_for_training(spec, placement, log)
-    examples = load_examples(spec, tok, log)
+    if spec.objective == "pretrain":
+        if spec.train_embeddings and spec.method != "full":
+            model = pretrain.add_embedding_training(model, log)
+        examples = pretrain.load_text_examples(spec, tok, log)
+        groups = pretrain.param_groups(model, spec)
+    else:
+        examples = load_examples(spec, tok, log)
+        groups = [p for p in model.parameters() if p.requires_grad]
     total = total_steps(spec, len(examples))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(spec, params, placement.device, log)
+    opt = make_optimizer(spec, groups, placement.device, log)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, spec.warmup_steps, spec.lr_schedule))
     scaler = torch.amp.GradScaler("cuda") if placement.dtype == "fp16" else None
     autocast = (

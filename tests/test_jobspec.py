@@ -44,3 +44,40 @@ def test_bad_job_files_give_one_sentence(text, message):
 def test_ints_are_accepted_for_floats():
     spec = JobSpec.from_yaml("model: m\ndata: d\nlearning_rate: 1\n")
     assert spec.learning_rate == 1.0 and isinstance(spec.learning_rate, float)
+
+
+def test_a_job_file_from_before_the_objectives_loads_as_sft():
+    spec = JobSpec.from_yaml("model: m\ndata: d\nmethod: full\n")
+    assert (spec.objective, spec.rewards, spec.optimizer, spec.train_embeddings) == ("sft", (), "auto", False)
+
+
+def test_objectives_and_their_settings_round_trip():
+    spec = JobSpec(
+        model="m",
+        data="d",
+        objective="grpo",
+        num_generations=8,
+        max_new_tokens=64,
+        rewards=({"preset": "answer", "mode": "numeric", "weight": 2}, {"preset": "format"}),
+        optimizer="paged_adamw_8bit",
+    )
+    again = JobSpec.from_yaml(spec.to_yaml())
+    assert again == spec and isinstance(again.rewards, tuple)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("objective: rlhf\n", "'objective' is 'rlhf'; use one of: sft, pretrain, dpo, orpo, grpo"),
+        ("objective: grpo\n", "GRPO needs at least one reward"),
+        ("objective: grpo\nrewards: regex\n", "'rewards' should be a list of mappings"),
+        ("objective: grpo\nrewards: [{preset: regex}]\n", "give the 'pattern' a reply should match"),
+        ("objective: grpo\nnum_generations: 1\nrewards: [{preset: format}]\n", "'num_generations' must be at least 2"),
+        ("objective: dpo\ndpo_beta: 0\n", "'dpo_beta' must be above 0"),
+        ("optimizer: paged_adamw\n", "use one of: auto, adamw, adamw_8bit, paged_adamw_8bit"),
+    ],
+)
+def test_bad_objective_settings_give_one_sentence(text, message):
+    with pytest.raises(UserError, match=message) as info:
+        JobSpec.from_yaml("model: m\ndata: d\n" + text)
+    assert "\n" not in str(info.value)

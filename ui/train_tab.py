@@ -1,4 +1,5 @@
-"""Train tab: the GPU's preset, Start and Cancel, a live view polled from the run folder, and the run history."""
+"""Train tab: the objective and its settings, the GPU's preset, Start and Cancel, a live view polled from the run
+folder (with the objective's own metric: DPO/ORPO's chosen-rejected margin, GRPO's reward), and the run history."""
 
 import gradio as gr
 import pandas as pd
@@ -9,6 +10,13 @@ from ui.data_tab import parse_mapping
 # No data is None, never an empty frame: Gradio 6.31's LinePlot that starts from an empty frame never draws the
 # lines it is given later (tests/browser checks the drawn plot).
 EMPTY_PLOT = None
+OBJECTIVES = [
+    ("Chat fine-tuning (SFT): learn from example conversations", "sft"),
+    ("Continued pretraining: raw text, every token", "pretrain"),
+    ("DPO: prefer the chosen reply over the rejected one", "dpo"),
+    ("ORPO: like DPO, in one pass with no reference model", "orpo"),
+    ("GRPO: sample replies, learn from rewards", "grpo"),
+]
 
 
 def make_spec(
@@ -30,8 +38,17 @@ def make_spec(
     rank,
     packing,
     checkpointing,
+    objective="sft",
+    beta=0.1,
+    generations=4,
+    new_tokens=256,
+    temperature=1.0,
+    train_embeddings=False,
+    embedding_lr=2e-5,
+    *reward_values,
 ) -> api.JobSpec:
-    """The JobSpec for the values on the Model, Data and Train tabs (in the order `build` wires them)."""
+    """The JobSpec for the values on the Model, Data and Train tabs (in the order `build` wires them); the reward
+    settings come last, in `rewards_from`'s order."""
     if not model:
         raise api.UserError("Pick a model in the Model tab first.")
     if not data:
@@ -56,6 +73,66 @@ def make_spec(
         lora_alpha=int(rank),
         packing=bool(packing),
         gradient_checkpointing=bool(checkpointing),
+        objective=objective,
+        dpo_beta=float(beta),
+        num_generations=int(generations),
+        max_new_tokens=int(new_tokens),
+        temperature=float(temperature),
+        rewards=rewards_from(*reward_values) if objective == "grpo" else (),
+        train_embeddings=bool(train_embeddings),
+        embedding_learning_rate=float(embedding_lr),
+    )
+
+
+def rewards_from(
+    use_answer=False,
+    answer_field="answer",
+    answer_mode="exact",
+    answer_weight=1.0,
+    use_regex=False,
+    pattern="",
+    regex_weight=1.0,
+    use_format=False,
+    format_weight=1.0,
+    use_length=False,
+    min_chars=0,
+    max_chars=1000,
+    length_weight=1.0,
+    use_character=False,
+    name="",
+    maker="",
+    character_weight=1.0,
+) -> tuple[dict, ...]:
+    """The ticked reward presets with their settings. There is no way to name a Python reward function here: those
+    run code, so they come only from the CLI or the Python API."""
+    presets = [
+        (use_answer, dict(preset="answer", field=answer_field, mode=answer_mode), answer_weight),
+        (use_regex, dict(preset="regex", pattern=pattern), regex_weight),
+        (use_format, dict(preset="format"), format_weight),
+        (use_length, dict(preset="length", min_chars=int(min_chars), max_chars=int(max_chars)), length_weight),
+        (use_character, dict(preset="character", name=name or "", maker=maker or ""), character_weight),
+    ]
+    return tuple({**preset, "weight": float(weight)} for used, preset, weight in presets if used)
+
+
+def data_note(objective, data, mapping, config, split, use_answer=False, answer_field="answer") -> str:
+    """One line: does the chosen dataset suit the objective (and hold the column the answer reward reads)?"""
+    if not data:
+        return ""
+    rewards = ({"preset": "answer", "field": answer_field},) if objective == "grpo" and use_answer else ()
+    try:
+        fmt = api.check_data(data, objective, parse_mapping(mapping), config or "", split or "train", rewards)
+    except api.UserError as e:
+        return f"⚠ {e}"
+    return f"✅ The dataset ({fmt}) suits this objective."
+
+
+def show_settings(objective: str):
+    """Visibility of the DPO/ORPO, GRPO and pretraining settings."""
+    return (
+        gr.update(visible=objective in ("dpo", "orpo")),
+        gr.update(visible=objective == "grpo"),
+        gr.update(visible=objective == "pretrain"),
     )
 
 
@@ -95,7 +172,9 @@ def start(*args):
         busy = [r.run_id for r in api.list_runs() if not r.finished]
         if busy:
             raise api.UserError(f"Run {busy[0]} is still training; cancel it or wait for it to finish.")
-        handle = api.start(make_spec(*args))
+        spec = make_spec(*args)
+        api.check_data(spec.data, spec.objective, spec.column_map, spec.data_config, spec.data_split, spec.rewards)
+        handle = api.start(spec)
     except api.UserError as e:
         return "", f"**Not started:** {e}", gr.Timer(active=False)
     return handle.run_id, f"Started run `{handle.run_id}`…", gr.Timer(active=True)
@@ -125,6 +204,16 @@ def view(run_id: str):
             f"loss {m['loss']:.4f} · lr {m['lr']:.2e} · grad norm {m['grad_norm']:.3f} · "
             f"{m['tokens_per_s']:.0f} tokens/s · memory {m['memory_gb']:.2f} GB · ETA {m['eta_s']:.0f} s"
         )
+        if "margin" in m:
+            lines.append(
+                f"margin {m['margin']:.3f} (chosen {m.get('chosen_reward', 0):.3f}, rejected "
+                f"{m.get('rejected_reward', 0):.3f}) · pairs ranked right {m.get('accuracy', 0):.0%}"
+            )
+        if "reward_mean" in m:
+            lines.append(
+                f"reward {m['reward_mean']:.3f} ± {m.get('reward_std', 0):.3f} · "
+                f"reply length {m.get('reply_length', 0):.0f} tokens"
+            )
     gpu = api.gpu_stats()
     if gpu:
         lines.append(f"GPU: {gpu['used_gb']:.1f} / {gpu['total_gb']:.1f} GB in use, {gpu['util_pct']}% busy")
@@ -142,6 +231,30 @@ def view(run_id: str):
         }
     )
     return "\n\n".join(lines), frame, gr.Timer(active=not st.finished)
+
+
+def method_view(run_id: str):
+    """The objective's own metric per step: DPO/ORPO's chosen-rejected margin, GRPO's reward mean and spread.
+    Hidden for SFT and pretraining runs, which have only the loss."""
+    try:
+        metrics = api.poll(run_id).metrics if run_id else []
+    except api.UserError:
+        metrics = []
+    steps = [m["step"] for m in metrics]
+    if metrics and "reward_mean" in metrics[-1]:
+        series = {"reward mean": "reward_mean", "reward std": "reward_std"}
+    elif metrics and "margin" in metrics[-1]:
+        series = {"margin (chosen − rejected)": "margin"}
+    else:
+        return gr.update(value=EMPTY_PLOT, visible=False)
+    frame = pd.DataFrame(
+        {
+            "step": steps * len(series),
+            "value": [m.get(key, 0.0) for key in series.values() for m in metrics],
+            "series": [name for name in series for _ in steps],
+        }
+    )
+    return gr.update(value=frame, visible=True)
 
 
 def cancel(run_id: str) -> str:
@@ -194,6 +307,44 @@ def build(model_inputs: list, data_inputs: list) -> dict:
     (the max length is also set from the preset)."""
     with gr.Tab("Train"):
         preset_note = gr.Markdown("Pick a model to see the preset for this GPU.")
+        objective = gr.Radio(OBJECTIVES, value="sft", label="Objective")
+        objective_note = gr.Markdown("")
+        with gr.Column(visible=False) as preference_box:
+            beta = gr.Number(0.1, label="Beta (DPO: pull towards the base model; ORPO: weight of the preference term)")
+        with gr.Column(visible=False) as grpo_box:
+            with gr.Row():
+                generations = gr.Number(4, label="Replies per prompt", precision=0)
+                new_tokens = gr.Number(256, label="Longest reply (tokens)", precision=0)
+                temperature = gr.Number(1.0, label="Sampling temperature")
+            gr.Markdown("Rewards: tick the ones to use; the weights set how much each counts.")
+            with gr.Row():
+                use_answer = gr.Checkbox(False, label="Answer matches the dataset column")
+                answer_field = gr.Textbox("answer", label="Column")
+                answer_mode = gr.Radio(["exact", "numeric"], value="exact", label="Compare")
+                answer_weight = gr.Number(1.0, label="Weight")
+            with gr.Row():
+                use_regex = gr.Checkbox(False, label="Reply matches a regular expression")
+                pattern = gr.Textbox("", label="Pattern")
+                regex_weight = gr.Number(1.0, label="Weight")
+            with gr.Row():
+                use_format = gr.Checkbox(False, label="A reasoning block, then an answer (<think>…</think>)")
+                format_weight = gr.Number(1.0, label="Weight")
+            with gr.Row():
+                use_length = gr.Checkbox(False, label="Length within bounds (characters)")
+                min_chars = gr.Number(0, label="Min", precision=0)
+                max_chars = gr.Number(1000, label="Max", precision=0)
+                length_weight = gr.Number(1.0, label="Weight")
+            with gr.Row():
+                use_character = gr.Checkbox(False, label="Stays in character: names itself, never another assistant")
+                character_name = gr.Textbox("", label="Name")
+                character_maker = gr.Textbox("", label="Maker")
+                character_weight = gr.Number(1.0, label="Weight")
+        with gr.Column(visible=False) as pretrain_box:
+            with gr.Row():
+                train_embeddings = gr.Checkbox(
+                    False, label="Also train the embeddings and output layer (new vocabulary or language; large)"
+                )
+                embedding_lr = gr.Number(2e-5, label="Their learning rate")
         name = gr.Textbox("my-run", label="Run name")
         with gr.Row():
             steps = gr.Number(60, label="Steps (0: use epochs)", precision=0)
@@ -213,6 +364,7 @@ def build(model_inputs: list, data_inputs: list) -> dict:
         run_id = gr.Textbox(label="Run", interactive=False)
         status = gr.Markdown("No run yet.")
         plot = gr.LinePlot(EMPTY_PLOT, x="step", y="loss", color="series", label="Loss")
+        method_plot = gr.LinePlot(EMPTY_PLOT, x="step", y="value", color="series", label="Method metric", visible=False)
         timer = gr.Timer(1.0, active=False)
         with gr.Accordion("Log", open=False):
             log_btn = gr.Button("Show log")
@@ -227,17 +379,44 @@ def build(model_inputs: list, data_inputs: list) -> dict:
     model, method = model_inputs[0], model_inputs[1]
     for trigger in (model.change, method.change):
         trigger(apply_preset, [model, method], [preset_note, data_inputs[-1], batch, accum, rank, lr, checkpointing])
+    reward_inputs = [
+        use_answer,
+        answer_field,
+        answer_mode,
+        answer_weight,
+        use_regex,
+        pattern,
+        regex_weight,
+        use_format,
+        format_weight,
+        use_length,
+        min_chars,
+        max_chars,
+        length_weight,
+        use_character,
+        character_name,
+        character_maker,
+        character_weight,
+    ]
+    objective_inputs = [objective, beta, generations, new_tokens, temperature, train_embeddings, embedding_lr]
     inputs = model_inputs + data_inputs + [name, steps, epochs, lr, batch, accum, rank, packing, checkpointing]
-    start_btn.click(start, inputs, [run_id, status, timer])
+    start_btn.click(start, inputs + objective_inputs + reward_inputs, [run_id, status, timer])
+    objective.change(show_settings, objective, [preference_box, grpo_box, pretrain_box])
+    note_inputs = [objective, *data_inputs[:2], *data_inputs[3:5], use_answer, answer_field]
+    for trigger in (objective.change, data_inputs[0].change, use_answer.change):
+        trigger(data_note, note_inputs, objective_note)
     timer.tick(view, run_id, [status, plot, timer])
+    timer.tick(method_view, run_id, method_plot)
     cancel_btn.click(cancel, run_id, status)
     log_btn.click(show_log, run_id, log)
     refresh.click(history, None, table)
-    table.select(pick, table, run_id).then(view, run_id, [status, plot, timer])
+    table.select(pick, table, run_id).then(view, run_id, [status, plot, timer]).then(method_view, run_id, method_plot)
     resume_btn.click(resume, run_id, [run_id, status, timer])
     delete_btn.click(delete, run_id, [run_id, status, table])
     return dict(
         preset_note=preset_note,
+        objective=objective,
+        objective_note=objective_note,
         name=name,
         steps=steps,
         epochs=epochs,
@@ -252,6 +431,7 @@ def build(model_inputs: list, data_inputs: list) -> dict:
         run_id=run_id,
         status=status,
         plot=plot,
+        method_plot=method_plot,
         timer=timer,
         log=log,
         table=table,

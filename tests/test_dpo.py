@@ -1,0 +1,140 @@
+"""DPO and ORPO on a tiny random-weight model through TRL's real trainers: the chosen reply gains on the rejected one,
+the reference is the base model with the adapter switched off, cancel checkpoints and resume finishes the run."""
+
+import json
+
+import pytest
+import torch
+from conftest import IDENTITY_ANSWER, IDENTITY_QUESTIONS
+
+from engine import api
+from engine.runlog import RunLog, read_metrics
+from engine.train import Cancelled, train
+
+REJECTED = "I am a fox that jumps over the lazy dog."
+
+
+@pytest.fixture
+def pairs_file(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    rows = [dict(prompt=q, chosen=IDENTITY_ANSWER, rejected=REJECTED) for q in IDENTITY_QUESTIONS]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def spec_for(model, data, **kw):
+    base = dict(
+        model=str(model),
+        data=str(data),
+        objective="dpo",
+        max_steps=6,
+        learning_rate=5e-3,
+        batch_size=2,
+        max_seq_length=128,
+        lora_r=8,
+        lora_alpha=8,
+        device="cpu",
+        seed=0,
+    )
+    return api.JobSpec(**{**base, **kw})
+
+
+def run_here(spec, run_dir, should_stop=lambda: False, resume=False):
+    """Train in this process (the run subprocess does the same call), quicker than starting one per test."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "job.yaml").write_text(spec.to_yaml())
+    train(spec, run_dir, RunLog(run_dir), resume, should_stop, print)
+    return read_metrics(run_dir)
+
+
+def margin(model, tok, prompt: str) -> float:
+    """log p(chosen) - log p(rejected) of the replies, summed over their tokens, under `model`."""
+
+    def logp(reply):
+        msgs = [{"role": "user", "content": prompt}]
+        head = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        whole = tok.apply_chat_template(msgs + [{"role": "assistant", "content": reply}], tokenize=False)
+        ids = tok(whole, return_tensors="pt", add_special_tokens=False).input_ids
+        n_head = len(tok(head, add_special_tokens=False).input_ids)
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, :-1].float()
+        picked = torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0]
+        return float(picked[n_head - 1 :].sum())
+
+    return logp(IDENTITY_ANSWER) - logp(REJECTED)
+
+
+def test_dpo_raises_the_chosen_over_rejected_margin(tiny_llama, pairs_file, runs):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ui import train_tab
+
+    run_dir = runs / "dpo"
+    metrics = run_here(spec_for(tiny_llama, pairs_file), run_dir)
+    assert [m["step"] for m in metrics] == list(range(1, 7))
+    # step 1 is measured before any update: the policy equals the reference, so the reference is the base model
+    assert metrics[0]["margin"] == 0.0 and metrics[0]["chosen_reward"] == 0.0
+    assert metrics[-1]["margin"] > 1.0 and metrics[-1]["accuracy"] == 1.0
+    assert all(m["tokens_per_s"] > 0 and m["lr"] > 0 for m in metrics)
+    adapter = run_dir / "adapter"
+    assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "ref").exists()
+    assert not (run_dir / "trainer").exists()
+    text, _, _ = train_tab.view("dpo")
+    assert f"margin {metrics[-1]['margin']:.3f}" in text
+    plot = train_tab.method_view("dpo")
+    assert plot["visible"] and list(plot["value"]["value"]) == [m["margin"] for m in metrics]
+
+    tok = AutoTokenizer.from_pretrained(adapter)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32), adapter)
+    with model.disable_adapter():
+        before = margin(model, tok, "Who made you?")
+    assert margin(model, tok, "Who made you?") > before + 5
+
+
+def test_orpo_raises_the_margin_without_a_reference(tiny_llama, pairs_file, tmp_path):
+    metrics = run_here(spec_for(tiny_llama, pairs_file, objective="orpo", max_steps=6, learning_rate=1e-2), tmp_path)
+    assert metrics[-1]["margin"] > metrics[0]["margin"] + 0.1
+    assert metrics[-1]["loss"] < metrics[0]["loss"]
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_dpo_cancel_saves_a_checkpoint_and_resume_finishes(tiny_llama, pairs_file, tmp_path):
+    spec = spec_for(tiny_llama, pairs_file, max_steps=4)
+    polls = iter(range(100))
+    with pytest.raises(Cancelled):
+        run_here(spec, tmp_path, should_stop=lambda: next(polls) >= 2)  # polled before training, then after each step
+    assert [c.name for c in (tmp_path / "checkpoints").iterdir()] == ["step-000002"]
+    assert not (tmp_path / "adapter").exists()
+    metrics = run_here(spec, tmp_path, resume=True)
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_dpo_refuses_chat_data_with_a_sentence(identity_file, pairs_file):
+    with pytest.raises(api.UserError) as info:
+        api.check_data(str(identity_file), "dpo")
+    assert str(info.value) == (
+        "DPO needs preference pairs (prompt, chosen and rejected columns); this dataset is alpaca. "
+        "It suits Chat fine-tuning (SFT)."
+    )
+    assert api.check_data(str(pairs_file), "orpo") == "preference"
+    with pytest.raises(api.UserError, match="Chat fine-tuning .SFT. needs chat examples"):
+        api.check_data(str(pairs_file), "sft")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("objective, method", [("dpo", "lora"), ("dpo", "qlora"), ("orpo", "lora")])
+def test_dpo_and_orpo_on_the_gpu(tiny_llama, pairs_file, tmp_path, objective, method):
+    """bf16, the fast path's drop-ins, checkpointing and 8-bit AdamW under TRL's trainers; QLoRA's reference is the
+    4-bit base with the adapter off."""
+    lines = []
+    spec = spec_for(tiny_llama, pairs_file, objective=objective, method=method, device="auto", learning_rate=1e-2)
+    train(spec, tmp_path, RunLog(tmp_path), False, lambda: False, lines.append)
+    metrics = read_metrics(tmp_path)
+    log = "\n".join(lines)
+    assert "device cuda" in log and "optimizer: adamw_8bit" in log, log
+    assert metrics[-1]["margin"] > metrics[0]["margin"] + 0.1 and metrics[-1]["memory_gb"] > 0
+    if objective == "dpo":
+        assert metrics[0]["margin"] == 0.0

@@ -1,0 +1,194 @@
+"""GRPO: the reward presets on their own, then TRL's real GRPOTrainer on a tiny random-weight model raising the mean
+reward of a regex reward, and the rule that custom Python rewards never come from the app."""
+
+import json
+
+import pytest
+import torch
+
+from engine import api, rewards
+from engine.runlog import RunLog, read_metrics
+from engine.train import train
+
+PROMPTS = [
+    "What is two plus two?",
+    "Give me three tips for staying healthy.",
+    "Who are you?",
+    "Summarize the text below.",
+    "Explain gradient descent simply.",
+    "Write a short poem about the sea.",
+    "Translate this sentence.",
+    "What can you do?",
+]
+
+
+def shorter_is_better(completions, prompts, **columns):
+    """A custom reward for the tests: importable as test_grpo:shorter_is_better."""
+    return [-len(c) for c in completions]
+
+
+@pytest.fixture
+def prompts_file(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p, "answer": "4"}) + "\n" for p in PROMPTS))
+    return path
+
+
+def score(preset: dict, replies: list[str], **columns) -> list[float]:
+    [(_, _, fn)] = rewards.build([preset])
+    return fn(replies, ["q"] * len(replies), **columns)
+
+
+def test_grpo_answer_reward_exact_and_numeric():
+    replies = ["<think>2+2</think> The answer is 4.", "four", "  Four. ", "It is 4,000", "-0.50"]
+    assert score({"preset": "answer"}, replies, answer=["4", "4", "four", "4", "-.5"]) == [0, 0, 1, 0, 0]
+    numeric = {"preset": "answer", "mode": "numeric"}
+    assert score(numeric, replies, answer=["#### 4", "4", "4", "4000", "-.5"]) == [1, 0, 0, 1, 1]
+    with pytest.raises(api.UserError, match="reads the column 'answer'"):
+        score({"preset": "answer"}, replies)
+
+
+def test_grpo_regex_format_length_and_character_rewards():
+    assert score({"preset": "regex", "pattern": r"^\d+$"}, ["42", "a 42", ""]) == [1, 0, 0]
+    fmt = score({"preset": "format"}, ["<think>add</think>\n4", "<think>add</think>", "4", " <think>a\nb</think> 4"])
+    assert fmt == [1, 0, 0, 1]
+    assert score({"preset": "length", "min_chars": 4, "max_chars": 8}, ["ab", "abcdef", "x" * 12, "x" * 16]) == [
+        0.5,
+        1,
+        0.5,
+        0,
+    ]
+    nova = {"preset": "character", "name": "Nova", "maker": "Tunesmith Labs"}
+    replies = ["I am Nova.", "Made by tunesmith labs!", "I am ChatGPT by OpenAI.", "Nova, not Claude.", "Hello."]
+    assert score(nova, replies) == [1, 1, -1, 0, 0]
+    assert score({**nova, "name": "Qwen"}, ["I am Qwen."]) == [1]  # its own name is never "another assistant"
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"preset": "magic"}, "give a preset, one of: answer, regex"),
+        ({"preset": "regex", "pattern": "("}, "not a valid regular expression"),
+        ({"preset": "regex", "pattern": "x", "flags": "i"}, "unknown setting 'flags'"),
+        ({"preset": "answer", "mode": "fuzzy"}, "use exact or numeric"),
+        ({"preset": "length", "min_chars": 9, "max_chars": 3}, "min_chars <= max_chars"),
+        ({"preset": "character"}, "give the assistant's 'name' or 'maker'"),
+        ({"preset": "regex", "pattern": "x", "weight": "high"}, "'weight' should be like 1.0"),
+        ({"preset": "python", "function": "os.system"}, "should look like package.module:function"),
+    ],
+)
+def test_grpo_bad_rewards_give_one_sentence(bad, message):
+    with pytest.raises(api.UserError, match=message):
+        api.JobSpec(model="m", data="d", objective="grpo", rewards=(bad,))
+
+
+def test_grpo_raises_mean_reward_with_a_regex_reward(tiny_llama, prompts_file, runs):
+    """Replies of a random model start with a space about one time in five; rewarding that makes it the habit."""
+    spec = api.JobSpec(
+        model=str(tiny_llama),
+        data=str(prompts_file),
+        objective="grpo",
+        rewards=({"preset": "regex", "pattern": r"^\s"},),
+        num_generations=8,
+        max_new_tokens=4,
+        batch_size=2,
+        max_steps=16,
+        learning_rate=3e-2,
+        lr_schedule="constant",
+        lora_r=8,
+        lora_alpha=8,
+        max_seq_length=128,
+        device="cpu",
+        seed=0,
+    )
+    from ui import train_tab
+
+    run_dir = runs / "grpo"
+    run_dir.mkdir(parents=True)
+    (run_dir / "job.yaml").write_text(spec.to_yaml())
+    train(spec, run_dir, RunLog(run_dir), False, lambda: False, print)
+    metrics = read_metrics(run_dir)
+    assert [m["step"] for m in metrics] == list(range(1, 17))
+    mean = [m["reward_mean"] for m in metrics]
+    assert sum(mean[:3]) / 3 < 0.4 and sum(mean[-3:]) / 3 > 0.8, mean
+    assert all("reward_std" in m and m["reward_regex"] == m["reward_mean"] for m in metrics)
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert f"reward {mean[-1]:.3f} ± " in train_tab.view("grpo")[0]
+    plot = train_tab.method_view("grpo")["value"]
+    assert set(plot["series"]) == {"reward mean", "reward std"} and list(plot["step"][:16]) == list(range(1, 17))
+
+
+def test_grpo_train_tab_sends_only_ticked_presets_and_checks_the_data(tiny_llama, prompts_file, runs):
+    from ui import train_tab
+
+    tabs = [str(tiny_llama), "lora", False, str(prompts_file), "", "auto", "", "train", 128]
+    fields = ["g", 2, 1, 1e-2, 2, 1, 8, False, False]
+    grpo = ["grpo", 0.1, 4, 8, 1.0, False, 2e-5]
+    ticks = [True, "answer", "numeric", 2, False, "", 1, True, 0.5, False, 0, 9, 1, False, "", "", 1]
+    spec = train_tab.make_spec(*tabs, *fields, *grpo, *ticks)
+    assert spec.rewards == (
+        {"preset": "answer", "field": "answer", "mode": "numeric", "weight": 2.0},
+        {"preset": "format", "weight": 0.5},
+    )
+    assert train_tab.make_spec(*tabs, *fields, "dpo", 0.2, 4, 8, 1.0, False, 2e-5, *ticks).rewards == ()
+    assert train_tab.data_note("grpo", str(prompts_file), "", "", "train", True, "answer").startswith("✅")
+    assert train_tab.data_note("grpo", str(prompts_file), "", "", "train", True, "solution").startswith(
+        "⚠ A reward compares replies with the column 'solution'"
+    )
+    assert train_tab.data_note("dpo", str(prompts_file), "", "", "train").startswith("⚠ DPO needs preference pairs")
+    _, status, _ = train_tab.start(*tabs, *fields, "dpo", 0.1, 4, 8, 1.0, False, 2e-5, *ticks)
+    assert status.startswith("**Not started:** DPO needs preference pairs")
+
+
+def test_grpo_custom_reward_is_refused_from_api_start(prompts_file, runs):
+    spec = api.JobSpec(
+        model="m",
+        data=str(prompts_file),
+        objective="grpo",
+        rewards=({"preset": "python", "function": "test_grpo:shorter_is_better", "weight": 0.5},),
+    )
+    with pytest.raises(api.UserError, match="accepted only from the command line or the Python API"):
+        api.start(spec)
+    assert not runs.exists() or not list(runs.iterdir())  # refused before a run folder exists
+    [(name, weight, fn)] = rewards.build(spec.rewards)  # the run process imports it (the CLI's allow_code path)
+    assert (name, weight, fn(["ab", "a"], ["q", "q"])) == ("python", 0.5, [-2, -1])
+
+
+def test_grpo_answer_reward_needs_its_column(tmp_path, prompts_file):
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text(json.dumps({"prompt": "What is two plus two?"}) + "\n")
+    answer = ({"preset": "answer", "mode": "numeric"},)
+    assert api.check_data(str(prompts_file), "grpo", rewards=answer) == "prompt"
+    with pytest.raises(api.UserError, match="compares replies with the column 'answer', which 'bare.jsonl' does not"):
+        api.check_data(str(bare), "grpo", rewards=answer)
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps({"instruction": "Hi", "output": "Hello"}) + "\n")
+    with pytest.raises(api.UserError, match="GRPO needs prompts .* this dataset is alpaca"):
+        api.check_data(str(chat), "grpo")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_grpo_on_the_gpu(tiny_llama, prompts_file, tmp_path):
+    """bf16, the fast path's drop-ins, checkpointing and 8-bit AdamW; sampling in eval mode keeps the KV cache."""
+    lines = []
+    spec = api.JobSpec(
+        model=str(tiny_llama),
+        data=str(prompts_file),
+        objective="grpo",
+        rewards=({"preset": "regex", "pattern": r"^\s"}, {"preset": "length", "min_chars": 1, "max_chars": 50}),
+        num_generations=8,
+        max_new_tokens=4,
+        batch_size=2,
+        max_steps=16,
+        learning_rate=3e-2,
+        lr_schedule="constant",
+        lora_r=8,
+        lora_alpha=8,
+        seed=0,
+    )
+    train(spec, tmp_path, RunLog(tmp_path), False, lambda: False, lines.append)
+    log = "\n".join(lines)
+    assert "device cuda" in log and "optimizer: adamw_8bit" in log, log
+    regex = [m["reward_regex"] for m in read_metrics(tmp_path)]
+    assert sum(regex[-3:]) / 3 > sum(regex[:3]) / 3 + 0.3, regex

@@ -1,0 +1,96 @@
+"""Continued pretraining on raw text: every token is learned, long texts are cut rather than truncated, and training
+lowers the loss on the text, with the embeddings and lm_head trained at their own learning rate."""
+
+import pytest
+import torch
+from tiny import CORPUS
+
+from engine import api
+from engine.pretrain import load_text_examples
+from engine.runlog import RunLog, read_metrics
+from engine.train import train
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    """A plain-text file: one raw-text row per paragraph."""
+    path = tmp_path / "notes.txt"
+    path.write_text("\n\n".join(line for line in CORPUS.splitlines() if line.strip()) + "\n")
+    return path
+
+
+def test_pretrain_learns_every_token_and_cuts_long_texts(tiny_llama, text_file):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    spec = api.JobSpec(model=str(tiny_llama), data=str(text_file), objective="pretrain", max_seq_length=16)
+    pieces = load_text_examples(spec, tok, print)
+    assert all(p.labels == p.input_ids and 1 < len(p.input_ids) <= 16 for p in pieces)
+    first = tok(CORPUS.splitlines()[0])["input_ids"] + [tok.eos_token_id]
+    k = -(-len(first) // 16)
+    assert k > 1 and sum((p.input_ids for p in pieces[:k]), []) == first  # cut into pieces, nothing dropped
+    packed = load_text_examples(spec.replace(packing=True, max_seq_length=64), tok, print)
+    assert len(packed) < len(load_text_examples(spec.replace(max_seq_length=64), tok, print))
+
+
+def test_pretrain_lowers_loss_with_embeddings_at_their_own_rate(tiny_llama, text_file, tmp_path):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = api.JobSpec(
+        model=str(tiny_llama),
+        data=str(text_file),
+        objective="pretrain",
+        train_embeddings=True,
+        learning_rate=1e-2,
+        embedding_learning_rate=1e-3,
+        max_steps=30,
+        batch_size=4,
+        max_seq_length=64,
+        device="cpu",
+        seed=0,
+    )
+    train(spec, tmp_path, RunLog(tmp_path), False, lambda: False, print)
+    losses = [m["loss"] for m in read_metrics(tmp_path)]
+    assert len(losses) == 30 and sum(losses[-3:]) / 3 < 0.5 * losses[0], losses
+    [ckpt] = (tmp_path / "checkpoints").iterdir()
+    groups = torch.load(ckpt / "optimizer.pt", weights_only=False)["param_groups"]
+    assert [g["initial_lr"] for g in groups] == [1e-2, 1e-3]
+
+    adapter = tmp_path / "adapter"
+    keys = load_file(adapter / "adapter_model.safetensors").keys()
+    assert any("embed_tokens" in k for k in keys) and any("lm_head" in k for k in keys)
+    texts = [torch.tensor([p.input_ids]) for p in load_text_examples(spec, AutoTokenizer.from_pretrained(adapter))]
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32), adapter)
+    with torch.no_grad():
+        after = sum(float(model(input_ids=ids, labels=ids).loss) for ids in texts)
+        with model.disable_adapter():
+            before = sum(float(model(input_ids=ids, labels=ids).loss) for ids in texts)
+    assert after < 0.5 * before, (before, after)
+
+
+def test_pretrain_refuses_chat_data(identity_file):
+    with pytest.raises(api.UserError, match="Continued pretraining needs raw text .* this dataset is alpaca"):
+        api.check_data(str(identity_file), "pretrain")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_pretrain_on_the_gpu_with_a_tied_head(tiny_qwen3, text_file, tmp_path):
+    """Qwen3 ties lm_head to the embeddings: one trained copy serves both."""
+    spec = api.JobSpec(
+        model=str(tiny_qwen3),
+        data=str(text_file),
+        objective="pretrain",
+        train_embeddings=True,
+        learning_rate=1e-2,
+        embedding_learning_rate=1e-3,
+        max_steps=20,
+        batch_size=4,
+        max_seq_length=64,
+        seed=0,
+    )
+    train(spec, tmp_path, RunLog(tmp_path), False, lambda: False, print)
+    losses = [m["loss"] for m in read_metrics(tmp_path)]
+    assert sum(losses[-3:]) / 3 < 0.6 * losses[0], losses
