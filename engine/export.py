@@ -258,6 +258,12 @@ def _base_entries(path: Path) -> list[tuple[str, Path, tuple, str]]:
     return entries
 
 
+def _text_config(path: Path) -> dict:
+    """config.json's language-model settings (a multimodal config keeps them under text_config)."""
+    cfg = json.loads((path / "config.json").read_text())
+    return cfg.get("text_config", cfg)
+
+
 def _match(names: set[str], wanted: str) -> str | None:
     """The base tensor name for a PEFT module's weight: the same name, or the unique one ending like it (a checkpoint
     whose keys transformers renames on load, e.g. a multimodal model's language_model prefix)."""
@@ -310,8 +316,11 @@ def _stream_merge(path: Path, adapter: Path | None, out_dtype, dest: Path, log) 
             raise UserError(f"The adapter changes '{module}', which this base model does not have; wrong base model?")
         by_name[target] = d
     new = {}
+    tied = _text_config(path).get("tie_word_embeddings", True)
     for key, t in replace.items():
         target = _match(names, key)
+        if target is None and tied and key.endswith("lm_head.weight"):
+            continue  # a tied head: PEFT saves it beside the embedding it equals; the base stores only the embedding
         if target is None:
             raise UserError(f"The adapter replaces '{key}', which this base model does not have; wrong base model?")
         new[target] = t

@@ -47,8 +47,9 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     try:
         with open(path, encoding="utf-8") as f:
             for line in f:
-                if line.endswith("\n"):
-                    out.append(json.loads(line))
+                if not line.endswith("\n"):
+                    break  # still being written: what follows it in this read may be the same line's rest
+                out.append(json.loads(line))
     except FileNotFoundError:
         pass
     return out

@@ -111,6 +111,8 @@ def save_checkpoint(run_dir: Path, step: int, model, opt, sched, epoch_pos, keep
     import torch
 
     dest = run_dir / "checkpoints" / f"step-{step:06d}"
+    if dest.is_dir():  # saved at this step already (save_every, then a cancel before the next step)
+        return dest
     with new_folder(dest) as tmp:
         save_trainable(model, tmp)
         torch.save(opt.state_dict(), tmp / "optimizer.pt")

@@ -70,6 +70,37 @@ def test_pretrain_lowers_loss_with_embeddings_at_their_own_rate(tiny_llama, text
     assert after < 0.5 * before, (before, after)
 
 
+def test_pretrain_tied_head_with_embeddings_merges(tiny_qwen3, text_file, tmp_path):
+    """Qwen3 ties lm_head to the embeddings; PEFT saves the trained head beside the embedding it equals, and the merged
+    export (whose base stores only the embedding) gives the adapter model's logits."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    spec = api.JobSpec(
+        model=str(tiny_qwen3),
+        data=str(text_file),
+        objective="pretrain",
+        train_embeddings=True,
+        learning_rate=1e-2,
+        max_steps=3,
+        batch_size=4,
+        max_seq_length=64,
+        device="cpu",
+        seed=0,
+    )
+    run = tmp_path / "run"
+    run.mkdir()
+    train(spec, run, RunLog(run), False, lambda: False, print)
+    merged = tmp_path / "merged"
+    api.export(str(run / "adapter"), "merged16", merged, log=lambda m: None)
+    ids = torch.tensor([[5, 9, 13, 21, 34]])
+    base = AutoModelForCausalLM.from_pretrained(tiny_qwen3, dtype=torch.float32)
+    with torch.no_grad():
+        want = PeftModel.from_pretrained(base, run / "adapter")(input_ids=ids).logits
+        got = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)(input_ids=ids).logits
+    torch.testing.assert_close(got, want, rtol=0.02, atol=0.05)  # the merged weights are stored in 16 bits
+
+
 def test_pretrain_refuses_chat_data(identity_file):
     with pytest.raises(api.UserError, match="Continued pretraining needs raw text .* this dataset is alpaca"):
         api.check_data(str(identity_file), "pretrain")

@@ -194,3 +194,22 @@ def test_cli_offline_hub_model_is_one_sentence(monkeypatch):
         "error: Could not download 'nobody/no-such-model': the hub is unreachable and it is not in the local cache. "
         "Connect to the internet, or pick a local model folder."
     ]
+
+
+def test_checkpoint_of_a_step_already_saved_is_kept(tiny_llama, tmp_path):
+    """save_every saved step N and a cancel arrives before step N+1: the second save of step N keeps the first
+    (it used to fail because finished folders are never overwritten)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from engine.train import save_checkpoint
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama), LoraConfig(r=2, target_modules=["q_proj"]))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    first = save_checkpoint(tmp_path, 4, model, opt, sched, (0, 4), 2, log=lambda m: None)
+    stamp = (first / "state.json").stat().st_mtime_ns
+    again = save_checkpoint(tmp_path, 4, model, opt, sched, (0, 4), 2, log=lambda m: None)
+    assert again == first and (first / "state.json").stat().st_mtime_ns == stamp
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-000004"]
