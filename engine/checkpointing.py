@@ -25,6 +25,18 @@ def layers_to_checkpoint(arch: Arch, method: str, tokens: int, budget_gib: float
     return arch.layers - free
 
 
+def usable_gib(budget_gib: float | None, device) -> float | None:
+    """The budget, lowered to what this GPU can still give this process: its free memory plus what the process
+    holds already (the model is loaded by now). Another process on the card (the app chatting with a model while
+    this run trains) leaves less than the card's total."""
+    import torch
+
+    if budget_gib is None or device.type != "cuda":
+        return budget_gib
+    free, _ = torch.cuda.mem_get_info(device)
+    return min(budget_gib, (free + torch.cuda.memory_reserved(device)) / 2**30)
+
+
 def install(model, method: str, budget_gib: float | None, fused_loss: bool, log=print, **estimate_kw) -> None:
     """Enable checkpointing on `model`'s decoder layers, then before each forward switch it off on as many layers as
     the budget holds for that micro-batch's token count."""
@@ -47,9 +59,10 @@ def install(model, method: str, budget_gib: float | None, fused_loss: bool, log=
             x = args[0]
         tokens = x.shape[0] * x.shape[1]
         if tokens not in decided:
-            k = decided[tokens] = layers_to_checkpoint(arch, method, tokens, budget_gib, fused_loss, **estimate_kw)
-            budget = f"{budget_gib:.1f} GiB budget" if budget_gib else "no GPU budget"
-            log(f"checkpointing: {k} of {len(layers)} layers recompute at {tokens} tokens per micro-batch ({budget})")
+            budget = usable_gib(budget_gib, x.device)
+            k = decided[tokens] = layers_to_checkpoint(arch, method, tokens, budget, fused_loss, **estimate_kw)
+            where = f"{budget:.1f} GiB budget" if budget else "no GPU budget"
+            log(f"checkpointing: {k} of {len(layers)} layers recompute at {tokens} tokens per micro-batch ({where})")
         for i, layer in enumerate(layers):
             layer.gradient_checkpointing = i < decided[tokens]
 

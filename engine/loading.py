@@ -170,6 +170,10 @@ def prepare_for_training(model, spec, log=print):
         from engine.patching import patch_model
 
         fused_loss = "fused cross-entropy loss" in patch_model(model, log).swapped
+        if spec.method != "full":  # with every weight trainable a graph would hold a second set of gradients
+            from engine.patching import graphs
+
+            graphs.install(model, log)
     elif spec.fast_path:
         log("patching: none on the CPU (the fast path's kernels are GPU kernels); plain transformers + PEFT")
     if spec.gradient_checkpointing:

@@ -218,3 +218,72 @@ def test_patching_parity_gpu_bf16(arch, four_bit, tmp_path):
     for name, ref in grads_r[0].items():
         fast, plain = off(grads_f[0][name], ref), off(grads_p[0][name], ref)
         assert fast <= 2 * plain + 1e-3, f"{name}: 1-cos fast {fast:.2e}, hf {plain:.2e}"
+
+
+def test_cuda_graphs_only_for_layers_they_can_replay():
+    """Graph capture needs attention without a mask: Llama/Qwen3 layers qualify; sliding windows and Gemma 2's soft
+    cap do not, nor an unpatched model."""
+    from engine.patching import graphs
+
+    for arch, expected in (("llama", True), ("qwen3", True), ("gemma2", False), ("gemma3", False)):
+        model = tiny_model(arch)
+        patch_model(model, log=lambda m: None)
+        assert graphs.install(model, log=lambda m: None) is expected, arch
+    assert graphs.install(tiny_model("llama"), log=lambda m: None) is False
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("four_bit", [False, True], ids=["lora", "qlora"])
+def test_cuda_graph_steps_equal_eager_steps(four_bit, tmp_path):
+    """The captured layers replay the same kernels: three SGD steps give the eager path's losses and LoRA gradients
+    (to cuBLAS's choice of algorithm inside a capture), and the graphs were really used."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a GPU")
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from engine.patching import graphs
+
+    width = dict(hidden_size=512, intermediate_size=1408, num_attention_heads=8, num_key_value_heads=4, head_dim=64)
+    tiny_model("qwen3", vocab=32000, dtype=torch.bfloat16, initializer_range=0.02, **width).save_pretrained(tmp_path)
+
+    def load(graphed):
+        kw = dict(dtype=torch.bfloat16, attn_implementation="sdpa", device_map={"": 0})
+        if four_bit:
+            kw["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+            )
+        model = AutoModelForCausalLM.from_pretrained(tmp_path, **kw)
+        model.config.use_cache = False  # as training sets it: a KV cache keeps layers off the graphs
+        patch_model(model, log=lambda m: None)
+        lines = []
+        if graphed:
+            assert graphs.install(model, log=lines.append)
+        return with_lora(model).train(), lines  # graphs replay only in training
+
+    ids = torch.randint(3, 32000, (2, 64), generator=torch.Generator().manual_seed(0)).cuda()
+    inputs = dict(input_ids=ids, labels=ids)
+    kw = dict(steps=3, lr=0.1, optimizer=torch.optim.SGD, autocast=torch.bfloat16)
+    eager, _ = load(False)
+    graphed, lines = load(True)
+    losses_e, grads_e, _ = train_steps(eager, inputs, **kw)
+    losses_g, grads_g, _ = train_steps(graphed, inputs, **kw)
+    assert any("captured" in line for line in lines), lines
+    torch.testing.assert_close(torch.tensor(losses_g), torch.tensor(losses_e), rtol=1e-3, atol=0)
+    for step in range(3):
+        for name in grads_e[step]:
+            torch.testing.assert_close(grads_g[step][name], grads_e[step][name], rtol=2e-2, atol=1e-5, msg=name)
+
+
+def test_cuda_graphs_are_captured_for_a_repeated_shape_and_dropped_when_unused():
+    """One shape held at most: captured when two training steps in a row have it, dropped at the first step that
+    cannot use it (its memory pool holds a whole step's activations)."""
+    from engine.patching.graphs import Captures
+
+    held, a, b = Captures(), ("shape a",), ("shape b",)
+    assert [held.before_step(k) for k in (a, b, None, a)] == [False, False, False, False]  # never twice in a row
+    assert held.before_step(a) is True  # a, a: capture
+    held.graphs[a] = ["graphs"]
+    assert held.before_step(a) is False and held.graphs  # replayed, kept
+    assert held.before_step(None) is False and not held.graphs  # a step with a mask: dropped
+    held.graphs[a] = ["graphs"]
+    assert held.before_step(b) is False and not held.graphs  # another shape: dropped, not yet captured

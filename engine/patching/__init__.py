@@ -9,6 +9,8 @@ its `model_type`. `patch_model` walks the decoder layers and replaces, in place:
 - each gated MLP with `FastMLP`: kernels.swiglu for act(gate) * up, LoRA projections through kernels.lora;
 - the causal-LM loss with kernels.cross_entropy (the logits never exist in full when labels are given).
 
+engine/patching/graphs.py then replays the layers' forward and backward as CUDA graphs on fixed-shape training steps.
+
 The drop-ins keep the original child modules and parameters under the same names, so PEFT finds and wraps the same
 Linear layers, state dicts and saved adapters are unchanged, and `disable_adapter()` still works. A model of any other
 family is left alone and trains through the plain transformers + PEFT path; the report says so.

@@ -1,0 +1,40 @@
+"""engine.checkpointing: recompute only the layers whose activations do not fit the budget."""
+
+import torch
+from tiny import ARCHS
+
+from engine.checkpointing import install, layers_to_checkpoint
+from engine.estimate import Arch
+
+LLAMA8B = Arch(hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, head_dim=128, vocab=128256, tied=False)
+
+
+def test_a_big_card_recomputes_nothing_a_small_one_everything():
+    assert layers_to_checkpoint(LLAMA8B, "qlora", 4096, 80.0, fused_loss=True) == 0
+    assert layers_to_checkpoint(LLAMA8B, "qlora", 4096, 8.0, fused_loss=True) == 32
+    assert layers_to_checkpoint(LLAMA8B, "qlora", 4096, None, fused_loss=True) == 32  # no GPU: no budget
+
+
+def test_in_between_only_the_layers_that_do_not_fit():
+    counts = [layers_to_checkpoint(LLAMA8B, "qlora", t, 24.0, fused_loss=True) for t in (2048, 4096, 8192, 16384)]
+    assert counts == sorted(counts) and 0 < counts[1] < 32, counts  # more tokens, more layers recomputed
+    # the fused loss holds one chunk of logits, not all of them: more room for activations
+    assert layers_to_checkpoint(LLAMA8B, "qlora", 8192, 24.0, fused_loss=False) > counts[2]
+
+
+def test_the_policy_follows_the_micro_batch_shape(tmp_path):
+    """On the CPU (no budget) every layer recomputes; the choice is made per token count and logged once."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    spec = dict(ARCHS["llama"], vocab_size=64)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(spec.pop("model_type"), **spec))
+    lines = []
+    install(model, "lora", None, fused_loss=False, log=lines.append)
+    model.train()
+    for _ in range(2):
+        model(input_ids=torch.ones(2, 8, dtype=torch.long), labels=torch.ones(2, 8, dtype=torch.long)).loss.backward()
+    assert lines == ["checkpointing: 2 of 2 layers recompute at 16 tokens per micro-batch (no GPU budget)"]
+    assert all(layer.gradient_checkpointing for layer in model.model.layers)
+    with torch.no_grad():
+        model(input_ids=torch.ones(1, 4, dtype=torch.long))  # generation or evaluation: no decision, no log
+    assert len(lines) == 1
