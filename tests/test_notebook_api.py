@@ -463,3 +463,55 @@ def test_gguf_methods_are_engine_formats():
         "gguf-q8_0",
         "gguf-q4_k_m",
     )
+
+
+def test_dpo_and_grpo_trainers_take_the_notebook_model(tiny_qwen3, tmp_path):
+    """TRL's DPOTrainer and GRPOTrainer train what from_pretrained / get_peft_model return, with the user's code
+    unchanged: DPO's chosen-vs-rejected margin rises, GRPO runs its steps with a reward function."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer
+
+    def notebook_model():
+        model, tok = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=64, load_in_4bit=False)
+        return FastLanguageModel.get_peft_model(model, r=8, lora_alpha=16), tok
+
+    def user(q):
+        return [{"role": "user", "content": q}]
+
+    common = dict(
+        output_dir=str(tmp_path / "trainer"),
+        max_steps=4,
+        per_device_train_batch_size=2,
+        learning_rate=1e-2,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        bf16=False,
+    )
+    pairs = Dataset.from_list(
+        [
+            dict(
+                prompt=user(q),
+                chosen=[{"role": "assistant", "content": IDENTITY_ANSWER}],
+                rejected=[{"role": "assistant", "content": "I am ChatGPT, made by OpenAI."}],
+            )
+            for q in IDENTITY_QUESTIONS
+        ]
+    )
+    model, tok = notebook_model()
+    dpo = DPOTrainer(model=model, args=DPOConfig(**common, max_length=64), train_dataset=pairs, processing_class=tok)
+    dpo.train()
+    margins = [h["rewards/margins"] for h in dpo.state.log_history if "rewards/margins" in h]
+    assert len(margins) == 4 and margins[-1] > margins[0], margins
+
+    def says_nova(completions, **kwargs):
+        return [float("Nova" in str(c)) for c in completions]
+
+    model, tok = notebook_model()
+    prompts = Dataset.from_list([dict(prompt=user(q)) for q in IDENTITY_QUESTIONS])
+    args = GRPOConfig(**common, num_generations=2, max_completion_length=8)
+    grpo = GRPOTrainer(model=model, reward_funcs=says_nova, args=args, train_dataset=prompts, processing_class=tok)
+    grpo.train()
+    assert grpo.state.global_step == 4
+    assert any("reward" in h for h in grpo.state.log_history)
