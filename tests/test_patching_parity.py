@@ -287,3 +287,5 @@ def test_cuda_graphs_are_captured_for_a_repeated_shape_and_dropped_when_unused()
     assert held.before_step(None) is False and not held.graphs  # a step with a mask: dropped
     held.graphs[a] = ["graphs"]
     assert held.before_step(b) is False and not held.graphs  # another shape: dropped, not yet captured
+    held.enabled = False  # a capture ran out of memory: the run goes on without graphs
+    assert [held.before_step(k) for k in (b, b, b)] == [False, False, False]

@@ -36,6 +36,7 @@ class Captures:
     def __init__(self):
         self.graphs: dict[tuple, list] = {}  # (hidden shape, cos shape, dtype) -> graphed callable per layer
         self.last = None
+        self.enabled = True  # False once a capture ran out of memory
 
     def before_step(self, key) -> bool:
         """Called once per training forward with its shape key (None when the step cannot use graphs): drops graphs
@@ -43,7 +44,7 @@ class Captures:
         capture = False
         if key not in self.graphs:
             self.graphs.clear()
-            capture = key is not None and key == self.last
+            capture = self.enabled and key is not None and key == self.last
         self.last = key
         return capture
 
@@ -81,8 +82,15 @@ def install(model, log=print) -> bool:
         samples = tuple(
             (torch.randn_like(hidden).requires_grad_(), cos.detach().clone(), sin.detach().clone()) for _ in calls
         )
-        with torch.autocast("cuda", dtype=dtype, enabled=autocast, cache_enabled=False):
-            graphs[key] = list(torch.cuda.make_graphed_callables(tuple(calls), samples))
+        try:
+            with torch.autocast("cuda", dtype=dtype, enabled=autocast, cache_enabled=False):
+                graphs[key] = list(torch.cuda.make_graphed_callables(tuple(calls), samples))
+        except torch.cuda.OutOfMemoryError:
+            graphs.clear()
+            held.enabled = False
+            torch.cuda.empty_cache()
+            log("cuda graphs: off for this run (capturing them ran out of GPU memory); the layers run as they are")
+            return
         log(f"cuda graphs: captured {len(calls)} layers' forward and backward for batch {tuple(hidden.shape[:2])}")
 
     for index, layer in enumerate(layers):
