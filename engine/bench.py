@@ -21,9 +21,12 @@ def training_model(path: str, mode: str, max_seq_length: int, rank: int, target_
         lora_alpha=rank,
         target_modules=tuple(target_modules),
         gradient_checkpointing=True,
+        batch_size=1,
     )
-    # The fast path (engine.patching) and the checkpointing policy apply as in a run: the policy reads the budget
-    # (TUNESMITH_VRAM_GIB or the card) and recomputes only the layers that do not fit. No offload yet (issue 6).
+    # The fast path (engine.patching), the offload plan (engine.offload) and the checkpointing policy apply as in a
+    # run, from the budget (TUNESMITH_VRAM_GIB or the card). The contract does not say the harness's micro-batch, so
+    # the load-time choices (weight streaming, activation offload, host embedding) are planned for one sequence and
+    # the checkpointing policy re-plans for each micro-batch's real token count with those choices.
     model, _ = load_for_training(spec, choose_placement("cuda"), log=lambda m: print(f"# {m}", flush=True))
     return model
 

@@ -20,7 +20,8 @@ def layers_to_checkpoint(arch: Arch, method: str, tokens: int, budget_gib: float
         return arch.layers
     all_ckpt = estimate(arch, method, tokens, 1, checkpointing=True, fused_loss=fused_loss, **kw)
     spare = budget_gib / SLACK - all_ckpt.peak_vram_gib
-    per_layer = (layer_activation_bytes(arch, tokens) - tokens * arch.hidden * 2) / 2**30
+    kept = 0 if kw.get("offload_activations") else tokens * arch.hidden * 2  # an offloaded input costs no VRAM
+    per_layer = (layer_activation_bytes(arch, tokens) - kept) / 2**30
     free = max(0, min(arch.layers, math.floor(spare / per_layer)))
     return arch.layers - free
 
@@ -31,21 +32,25 @@ def usable_gib(budget_gib: float | None, device) -> float | None:
     this run trains) leaves less than the card's total."""
     import torch
 
-    if budget_gib is None or device.type != "cuda":
+    if budget_gib is None or device.type != "cuda" or not torch.cuda.is_available():
         return budget_gib
     free, _ = torch.cuda.mem_get_info(device)
     return min(budget_gib, (free + torch.cuda.memory_reserved(device)) / 2**30)
 
 
-def install(model, method: str, budget_gib: float | None, fused_loss: bool, log=print, **estimate_kw) -> None:
+def install(
+    model, method: str, budget_gib: float | None, fused_loss: bool, log=print, always=(), **estimate_kw
+) -> None:
     """Enable checkpointing on `model`'s decoder layers, then before each forward switch it off on as many layers as
-    the budget holds for that micro-batch's token count."""
+    the budget holds for that micro-batch's token count. Layers in `always` (streamed by engine.offload) always
+    recompute; `estimate_kw` carries the offload plan's choices into the estimate."""
     import torch
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.enable_input_require_grads()
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    order = [*always, *(i for i in range(len(layers)) if i not in set(always))]  # which layers recompute first
     arch = Arch.from_config(model.config.to_dict())
     decided: dict[int, int] = {}
 
@@ -60,10 +65,12 @@ def install(model, method: str, budget_gib: float | None, fused_loss: bool, log=
         tokens = x.shape[0] * x.shape[1]
         if tokens not in decided:
             budget = usable_gib(budget_gib, x.device)
-            k = decided[tokens] = layers_to_checkpoint(arch, method, tokens, budget, fused_loss, **estimate_kw)
+            k = layers_to_checkpoint(arch, method, tokens, budget, fused_loss, **estimate_kw)
+            k = decided[tokens] = max(k, len(always))
             where = f"{budget:.1f} GiB budget" if budget else "no GPU budget"
             log(f"checkpointing: {k} of {len(layers)} layers recompute at {tokens} tokens per micro-batch ({where})")
+        recompute = set(order[: decided[tokens]])
         for i, layer in enumerate(layers):
-            layer.gradient_checkpointing = i < decided[tokens]
+            layer.gradient_checkpointing = i in recompute
 
     model.base_model.register_forward_pre_hook(choose, with_kwargs=True)

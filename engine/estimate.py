@@ -18,6 +18,7 @@ ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 # GiB fixed. The two models fitted (0.6B and 4B Qwen3) gave 11.5 and 11.1 bytes per logit.
 COEF = dict(layer_h=1.3, layer_i=8.0, layer_a=12.0, loss_v=11.3, fixed_gib=0.05)
 NF4_BYTES = 0.5 + 1 / 64  # packed 4-bit weight + uint8 absmax per 64-block (double quantization)
+OFFLOAD_ON_GPU = 2  # checkpointed inputs on the GPU with activation offload: the last layer's and one in flight
 OPTIMIZER_BYTES = {"adamw_8bit": 2, "adamw": 8}  # optimizer state bytes per fp32 trainable parameter
 
 
@@ -105,29 +106,46 @@ def estimate(
     targets=ALL_TARGETS,
     checkpointed_layers: int | None = None,
     fused_loss: bool = False,
+    loss_chunk: int = 4096,
+    offload_activations: bool = False,
+    streamed_layers: int = 0,
+    ring_slots: int = 0,
+    host_embedding: bool = False,
+    mlp_tile: int | None = None,
 ) -> Estimate:
     """Peak allocated GPU memory (and host RAM) of one training step, in GiB.
 
     `checkpointed_layers` (default: all when `checkpointing`, else none) counts the layers that keep only their input;
-    `fused_loss` is the fast path's chunked cross-entropy, which holds one chunk of logits instead of all of them."""
+    `fused_loss` is the fast path's chunked cross-entropy, which holds one chunk of `loss_chunk` tokens' logits
+    instead of all of them. The offload manager's choices (engine.offload): `offload_activations` keeps checkpointed
+    inputs in host RAM (at most OFFLOAD_ON_GPU of them on the GPU at once), `streamed_layers` layers' frozen weights
+    live in host RAM and pass through `ring_slots` GPU slots, `host_embedding` keeps the input embedding table in host
+    RAM, and `mlp_tile` runs the MLP over tiles of that many tokens."""
     tokens = seq * batch
     if method == "qlora":
         weights = arch.linear_params * NF4_BYTES + (arch.params - arch.linear_params) * 2
-        dequant = 2 * max(a * b for a, b in arch.linear_shapes.values()) * 2  # bf16 copy of a weight, fwd and bwd
+        # a bf16 copy of the largest weight: transformers' path holds one in the forward and one in the backward;
+        # the fast path (which brings the fused loss) dequantizes into one shared buffer (kernels.lora)
+        dequant = (1 if fused_loss else 2) * max(a * b for a, b in arch.linear_shapes.values()) * 2
     else:
         weights, dequant = arch.params * 2, 0
+    streamed = layer_weight_bytes(arch, method) * streamed_layers
+    weights -= streamed - layer_weight_bytes(arch, method) * (ring_slots if streamed_layers else 0)
+    if host_embedding and not arch.tied:
+        weights -= arch.vocab * arch.hidden * 2
     opt = OPTIMIZER_BYTES[optimizer]
     if method == "full":
         trainable = arch.params * (2 + 2 + opt)  # bf16 gradient, optimizer states (bf16 params are the weights)
     else:
         trainable = arch.lora_params(rank, targets) * (4 + 4 + opt)  # fp32 adapters, their grads, states
-    layer = layer_activation_bytes(arch, tokens)
+    layer = layer_activation_bytes(arch, tokens, mlp_tile)
     if checkpointed_layers is None:
         checkpointed_layers = arch.layers if checkpointing else 0
-    kept = checkpointed_layers * tokens * arch.hidden * 2  # a checkpointed layer keeps its bf16 input
+    on_gpu = min(checkpointed_layers, OFFLOAD_ON_GPU) if offload_activations else checkpointed_layers
+    kept = on_gpu * tokens * arch.hidden * 2  # a checkpointed layer keeps its bf16 input
     activations = kept + (arch.layers - checkpointed_layers) * layer + (layer if checkpointed_layers else 0)
-    if fused_loss:  # one bf16 chunk of logits (at most 4096 tokens), reused as its gradient, plus fp32 dh
-        loss = min(tokens, 4096) * arch.vocab * 2 + tokens * arch.hidden * 4
+    if fused_loss:  # one bf16 chunk of logits, reused as its gradient, plus fp32 dh
+        loss = min(tokens, loss_chunk) * arch.vocab * 2 + tokens * arch.hidden * 4
     else:
         loss = tokens * arch.vocab * COEF["loss_v"]
     parts = dict(
@@ -140,15 +158,25 @@ def estimate(
     )
     parts = {k: round(v / GIB, 3) for k, v in parts.items()}
     # Host RAM: measured peak RSS (python -m engine.calibrate tiers) was the whole 16-bit checkpoint plus about
-    # 1 GiB for every model and method: transformers maps every weight file while it loads, QLoRA included.
-    ram = 1.0 + arch.params * 2 / GIB
+    # 1 GiB for every model and method: transformers maps every weight file while it loads, QLoRA included. What the
+    # offload manager keeps in pinned host memory comes on top.
+    pinned = streamed + (checkpointed_layers * tokens * arch.hidden * 2 if offload_activations else 0)
+    ram = 1.0 + (arch.params * 2 + pinned) / GIB
     return Estimate(round(sum(parts.values()), 2), round(ram, 2), parts)
 
 
-def layer_activation_bytes(arch: Arch, tokens: int) -> float:
-    """Bytes one decoder layer keeps for its backward when it is not checkpointed."""
-    width = COEF["layer_h"] * arch.hidden + COEF["layer_i"] * arch.intermediate + COEF["layer_a"] * arch.attention_width
-    return tokens * width
+def layer_weight_bytes(arch: Arch, method: str) -> float:
+    """Bytes of one decoder layer's frozen linear weights that weight streaming moves (NF4: the packed 4-bit data;
+    its small scales stay on the GPU)."""
+    per_layer = arch.linear_params / arch.layers
+    return per_layer * (0.5 if method == "qlora" else 2)
+
+
+def layer_activation_bytes(arch: Arch, tokens: int, mlp_tile: int | None = None) -> float:
+    """Bytes one decoder layer keeps for its backward when it is not checkpointed; with `mlp_tile`, the MLP's
+    intermediate activations exist for one tile of tokens at a time (engine.patching's tiled MLP)."""
+    width = COEF["layer_h"] * arch.hidden + COEF["layer_a"] * arch.attention_width
+    return tokens * width + min(tokens, mlp_tile or tokens) * COEF["layer_i"] * arch.intermediate
 
 
 def size_class(params: int) -> str:

@@ -153,18 +153,60 @@ def load_for_training(spec, placement: Placement, log=print):
     )
     tok = load_tokenizer(path, spec.trust_remote_code)
     log(f"chat template: {ensure_chat_template(tok, spec.chat_template)}")
-    model = load_model(path, placement, four_bit=spec.method == "qlora", trust_remote_code=spec.trust_remote_code)
-    return prepare_for_training(model, spec, log), tok
+    memory = plan_memory(spec, cfg, placement)
+    log(memory.describe())
+    four_bit = spec.method == "qlora"
+    if memory.streamed:
+        from engine.offload import load_streamed
+
+        model = load_streamed(path, placement, four_bit, memory, spec.trust_remote_code, log)
+    else:
+        model = load_model(path, placement, four_bit=four_bit, trust_remote_code=spec.trust_remote_code)
+    return prepare_for_training(model, spec, log, memory), tok
 
 
-def prepare_for_training(model, spec, log=print):
-    """The fast path's drop-ins (engine.patching), the checkpointing policy (engine.checkpointing) and the trainable
-    parameters (LoRA adapters, or every weight for full fine-tuning), as the spec says."""
-    from engine import checkpointing
+def _estimate_kw(spec) -> dict:
+    return dict(
+        rank=spec.lora_r,
+        targets=spec.target_modules,
+        optimizer="adamw" if spec.optimizer == "adamw" else "adamw_8bit",
+    )
+
+
+def plan_memory(spec, cfg: dict, placement: Placement):
+    """engine.offload's plan for this run: checkpointing, activation offload, weight streaming and the host
+    embedding, from the VRAM budget (TUNESMITH_VRAM_GIB or the card, lowered to what the GPU has free)."""
+    import torch
+
+    from engine import checkpointing, offload
+    from engine.estimate import Arch
+    from engine.hardware import vram_budget_gib
+
+    budget = None
+    if placement.device.startswith("cuda") and spec.gradient_checkpointing:
+        budget = checkpointing.usable_gib(vram_budget_gib(), torch.device(placement.device))
+    return offload.plan(
+        Arch.from_config(cfg),
+        spec.method,
+        spec.max_seq_length,
+        spec.batch_size,
+        budget,
+        offload.host_ram_gib(),
+        fused_loss=spec.fast_path and budget is not None,
+        embeddings_trained=spec.train_embeddings,
+        **_estimate_kw(spec),
+    )
+
+
+def prepare_for_training(model, spec, log=print, memory=None):
+    """The fast path's drop-ins (engine.patching), the checkpointing policy (engine.checkpointing), the trainable
+    parameters (LoRA adapters, or every weight for full fine-tuning) and the offload plan `memory`
+    (engine.offload.Plan; None: nothing offloaded), as the spec says."""
+    from engine import checkpointing, offload
     from engine.hardware import vram_budget_gib
 
     model.config.use_cache = False
-    on_gpu = next(model.parameters()).device.type == "cuda"
+    on_gpu = any(p.device.type == "cuda" for p in model.parameters())  # the input embedding may be in host RAM
     fused_loss = False
     if spec.fast_path and on_gpu:
         from engine.patching import patch_model
@@ -176,6 +218,9 @@ def prepare_for_training(model, spec, log=print):
             graphs.install(model, log)
     elif spec.fast_path:
         log("patching: none on the CPU (the fast path's kernels are GPU kernels); plain transformers + PEFT")
+    plan_kw = memory.estimate_kw() if memory is not None else {}
+    if fused_loss and memory is not None:
+        model.loss_chunk = memory.loss_chunk  # read by engine.patching's fused loss
     if spec.gradient_checkpointing:
         checkpointing.install(
             model,
@@ -183,15 +228,18 @@ def prepare_for_training(model, spec, log=print):
             vram_budget_gib() if on_gpu else None,
             fused_loss,
             log,
-            rank=spec.lora_r,
-            targets=spec.target_modules,
-            optimizer="adamw" if spec.optimizer == "adamw" else "adamw_8bit",
+            always=memory.streamed if memory is not None else (),
+            **_estimate_kw(spec),
+            **plan_kw,
         )
     if spec.method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
     else:
         model = add_lora(model, spec, log)
+    if memory is not None and memory.active and on_gpu:
+        device = next(p.device for p in model.parameters() if p.device.type == "cuda")
+        model.offload_stream = offload.install(model, memory, device, log)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
     log(f"parameters: {n_train:,} trainable of {n_all:,} ({100 * n_train / max(n_all, 1):.2f}%)")

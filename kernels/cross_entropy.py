@@ -62,7 +62,7 @@ def _cross_entropy_fwd_kernel(
     labels_ptr,
     loss_ptr,
     V,
-    scale,
+    scale_ptr,
     softcap,
     ignore_index,
     HAS_SOFTCAP: tl.constexpr,
@@ -98,7 +98,7 @@ def _cross_entropy_fwd_kernel(
     tl.store(loss_ptr + row, tl.where(valid, lse - target, 0.0))
 
     # pass 2: gradient in place
-    row_scale = tl.where(valid, scale, 0.0)
+    row_scale = tl.where(valid, tl.load(scale_ptr), 0.0)
     for start in range(0, V, BLOCK_V):
         offs = start + cols
         mask = offs < V
@@ -112,8 +112,9 @@ def _cross_entropy_fwd_kernel(
         tl.store(row_ptr + offs, (g * row_scale).to(logits_ptr.dtype.element_ty), mask=mask)
 
 
-def cross_entropy_rows(logits: torch.Tensor, labels: torch.Tensor, scale: float, softcap, ignore_index: int):
-    """Launch on a (C, V) logits chunk: returns the (C,) fp32 row losses; logits now hold their gradient."""
+def cross_entropy_rows(logits: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor, softcap, ignore_index: int):
+    """Launch on a (C, V) logits chunk: returns the (C,) fp32 row losses; logits now hold their gradient, times
+    `scale` (a one-element fp32 tensor on the logits' device: 1 / n_valid, never read back to the host)."""
     rows, vocab = logits.shape
     loss = torch.empty(rows, dtype=torch.float32, device=logits.device)
     block = min(triton.next_power_of_2(vocab), 4096)
@@ -149,8 +150,8 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
         h2 = hidden.reshape(-1, hidden.shape[-1])
         y = labels.reshape(-1).contiguous()
         tokens, vocab = h2.shape[0], weight.shape[0]
-        n_valid = int((y != ignore_index).sum())
-        scale = 1.0 / max(n_valid, 1)
+        # 1 / n_valid stays on the device: reading it back would make the CPU wait for the whole forward pass
+        scale = 1.0 / (y != ignore_index).sum().clamp(min=1).to(torch.float32).view(1)
         chunk = chunk_size or choose_chunk_size(tokens, vocab, hidden.dtype, hidden.device)
         # needs_input_grad stays True under torch.no_grad(), hence the caller's grad_enabled: eval skips both matmuls
         need_h, need_w = grad_enabled and ctx.needs_input_grad[0], grad_enabled and ctx.needs_input_grad[1]
@@ -168,7 +169,7 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
                 grad_w.addmm_(logits.T, hc)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.hidden_shape = hidden.shape
-        return losses.sum() * scale
+        return losses.sum() * scale[0]
 
     @staticmethod
     def backward(ctx, grad_loss):

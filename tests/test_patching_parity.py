@@ -274,18 +274,19 @@ def test_cuda_graph_steps_equal_eager_steps(four_bit, tmp_path):
             torch.testing.assert_close(grads_g[step][name], grads_e[step][name], rtol=2e-2, atol=1e-5, msg=name)
 
 
-def test_cuda_graphs_are_captured_for_a_repeated_shape_and_dropped_when_unused():
-    """One shape held at most: captured when two training steps in a row have it, dropped at the first step that
-    cannot use it (its memory pool holds a whole step's activations)."""
+def test_cuda_graphs_are_captured_at_the_first_step_and_dropped_when_unused():
+    """One shape held at most: the first training step's, captured then; dropped at the first step that cannot use
+    it (its memory pool holds a whole step's activations), and never captured again."""
     from engine.patching.graphs import Captures
 
     held, a, b = Captures(), ("shape a",), ("shape b",)
-    assert [held.before_step(k) for k in (a, b, None, a)] == [False, False, False, False]  # never twice in a row
-    assert held.before_step(a) is True  # a, a: capture
+    assert held.before_step(a) is True  # the first step: capture
     held.graphs[a] = ["graphs"]
     assert held.before_step(a) is False and held.graphs  # replayed, kept
     assert held.before_step(None) is False and not held.graphs  # a step with a mask: dropped
-    held.graphs[a] = ["graphs"]
-    assert held.before_step(b) is False and not held.graphs  # another shape: dropped, not yet captured
-    held.enabled = False  # a capture ran out of memory: the run goes on without graphs
-    assert [held.before_step(k) for k in (b, b, b)] == [False, False, False]
+    assert [held.before_step(k) for k in (a, a, b, b)] == [False] * 4  # no capture after an eager backward
+    late = Captures()
+    assert late.before_step(None) is False and late.before_step(a) is False  # the first step had a mask
+    oom = Captures()
+    oom.enabled = False  # a capture ran out of memory: the run goes on without graphs
+    assert oom.before_step(a) is False

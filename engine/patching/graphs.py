@@ -7,11 +7,12 @@ replays as one launch each.
 
 A layer replays its graph only when the step allows it: training with gradients, no layer of this shape checkpointed
 (engine.checkpointing decided so), no attention mask (unpadded, unpacked batches: plain causal attention), no KV
-cache, and the captured shape. Anything else runs the layer as it is. `Captures` decides what is held: a shape is
-captured when two steps in a row have it (fixed-length batches: the benchmark, pretraining pieces, truncated long
+cache, and the captured shape. Anything else runs the layer as it is. `Captures` decides what is held: the first
+training step's shape is captured (fixed-length batches keep it: the benchmark, pretraining pieces, truncated long
 examples), and the graphs are dropped as soon as a step cannot use them, since their memory pool holds a whole
-step's activations. Families whose attention needs a mask or a soft cap (sliding windows, Gemma 2) are not captured.
-The model's module tree is unchanged (each layer gets an instance `forward`), so adapters save as before.
+step's activations; no later capture is tried (see `Captures.before_step`). Families whose attention needs a mask
+or a soft cap (sliding windows, Gemma 2) are not captured. The model's module tree is unchanged (each layer gets an
+instance `forward`), so adapters save as before.
 """
 
 import types
@@ -32,22 +33,25 @@ class _LayerCall(nn.Module):
 
 
 class Captures:
-    """The graphs held (one shape at most) and the previous training step's shape."""
+    """The graphs held (one shape at most) and whether a capture is still possible."""
 
     def __init__(self):
         self.graphs: dict[tuple, list] = {}  # (hidden shape, cos shape, dtype) -> graphed callable per layer
-        self.last = None
+        self.steps = 0
         self.enabled = True  # False once a capture ran out of memory
 
     def before_step(self, key) -> bool:
         """Called once per training forward with its shape key (None when the step cannot use graphs): drops graphs
-        of any other shape and says whether to capture `key` now."""
-        capture = False
-        if key not in self.graphs:
-            self.graphs.clear()
-            capture = self.enabled and key is not None and key == self.last
-        self.last = key
-        return capture
+        of any other shape and says whether to capture `key` now, which is only ever at the first step. After an
+        eager backward the adapters' gradient nodes remember the default stream, and on torch 2.11 a later capture
+        then fails ("operation would make the legacy stream depend on a capturing blocking stream"; newer torch has
+        set_override_stale_capture_stream for it)."""
+        first = self.steps == 0
+        self.steps += 1
+        if key in self.graphs:
+            return False
+        self.graphs.clear()
+        return self.enabled and first and key is not None
 
 
 def eligible_layers(model) -> list | None:

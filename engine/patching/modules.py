@@ -9,6 +9,7 @@ import types
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from engine.patching import Family, PatchReport
 from kernels.cross_entropy import fused_linear_cross_entropy
@@ -160,10 +161,27 @@ class FastMLP(nn.Module):
         super().__init__()
         self.gate_proj, self.up_proj, self.down_proj = mlp.gate_proj, mlp.up_proj, mlp.down_proj
         self.activation = activation
+        self.tile = None  # tokens per tile under the offload plan's tiling (engine.offload), else None
 
-    def forward(self, x):
+    def _mlp(self, x):
         gate, up = project_group((self.gate_proj, self.up_proj), x)
         return project(self.down_proj, swiglu(gate, up, self.activation))
+
+    def forward(self, x):
+        tokens = x.shape[0] * x.shape[1] if x.dim() == 3 else x.shape[0]
+        if self.tile is None or tokens <= self.tile:
+            return self._mlp(x)
+        # Long sequences: the MLP is per token, so tiles of tokens each keep only their input and recompute their
+        # (tile x intermediate) activations in the backward: one extra MLP forward for ~3x intermediate/hidden less
+        # activation memory. Without gradients (a checkpointed layer's first pass) the tiles bound the transient
+        # gate/up/activation tensors the same way.
+        flat = x.reshape(tokens, x.shape[-1])
+        tiles = [flat[start : start + self.tile] for start in range(0, tokens, self.tile)]
+        if torch.is_grad_enabled():
+            out = [checkpoint(self._mlp, piece, use_reentrant=False) for piece in tiles]
+        else:
+            out = [self._mlp(piece) for piece in tiles]
+        return torch.cat(out).view(*x.shape[:-1], -1)
 
 
 def fused_loss_forward(
@@ -216,7 +234,9 @@ def fused_loss_forward(
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else head.weight.dtype
     softcap = getattr(self.config, "final_logit_softcapping", None)
     targets = targets.to(hidden.device)
-    loss = fused_linear_cross_entropy(hidden.to(dtype), head.weight.to(dtype), targets, softcap=softcap)
+    chunk = getattr(self, "loss_chunk", None)  # the offload plan's, under a small budget (engine.offload)
+    weight = head.weight.to(dtype)
+    loss = fused_linear_cross_entropy(hidden.to(dtype), weight, targets, softcap=softcap, chunk_size=chunk)
     if num_items is not None:  # sum over tokens / tokens of the whole accumulated batch, as transformers does
         loss = loss * (targets != -100).sum() / num_items
     return CausalLMOutputWithPast(loss=loss, logits=None, past_key_values=out.past_key_values)

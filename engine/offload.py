@@ -1,0 +1,637 @@
+"""The offload manager: what does not fit in the VRAM budget waits in pinned host RAM and comes back ahead of need.
+
+Three mechanisms, chosen by `plan` from the budget (the card, or TUNESMITH_VRAM_GIB) and the run's shape:
+
+- Activation offload. A checkpointed decoder layer keeps only its input for the backward. `Checkpoint` (our own
+  checkpoint function, installed per layer) copies that input to pinned host memory on a side stream during the
+  forward, and during the backward of layer i brings back layer i-1's input while layer i recomputes and
+  differentiates (double-buffered: at most OFFLOAD_ON_GPU inputs on the GPU). The last checkpointed layer's input
+  stays on the GPU: it is the first one the backward needs.
+- Weight streaming. The frozen linear weights of `plan.streamed` layers (NF4-packed or 16-bit) live in pinned host
+  RAM; `WeightStream` copies them into a ring of GPU slots on a side stream, `depth` layers ahead, in forward order
+  and then in reverse for the backward (where the recompute and the backward of a layer share one copy). A slot is
+  overwritten only after the GPU has finished with its previous layer (an event recorded after that layer's last
+  use). Streamed layers are always checkpointed, so no autograd node keeps a reference to a slot. LoRA weights, their
+  optimizer state and the NF4 scales stay on the GPU. The run log reports copy, stall and compute time.
+- Host embedding. An untied input embedding table is read on the host (a lookup of the batch's rows) and only the
+  (tokens x hidden) result goes to the GPU: 1 GiB of an 8B model's VRAM for a 32 MiB copy per step.
+
+`Ring` (which layer sits in which slot, what to prefetch) and `plan` are plain Python, unit-tested on the CPU.
+8-bit and paged optimizer states are the optimizer's business (engine.train: adamw_8bit, and paged AdamW 8-bit for
+full fine-tuning); their GPU bytes are part of the estimate the plan is made from.
+"""
+
+import functools
+import math
+from dataclasses import dataclass
+
+from engine.errors import UserError
+from engine.estimate import GIB, Arch, estimate, layer_activation_bytes
+
+SLACK = 1.1  # allocator fragmentation and estimate error, as in Estimate.fits
+RING_SLOTS = 3  # GPU slots for streamed layers: the one computing and two arriving
+MLP_TILE = 8192  # tokens per MLP tile when a long sequence's activations do not fit otherwise
+LOG_EVERY = 20  # training steps between timing lines in the run log
+SMALL_CARD_GIB = 24  # under this budget the fused loss works on 1024-token chunks (0.25 GiB of logits at 128K vocab)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the offload manager does for one run, and the peaks it expects."""
+
+    budget_gib: float | None
+    checkpointed: int  # layers that recompute, at the planned micro-batch
+    offload_activations: bool
+    streamed: tuple[int, ...]  # layers whose frozen weights live in host RAM
+    ring_slots: int
+    host_embedding: bool
+    loss_chunk: int  # tokens per chunk of the fused loss
+    mlp_tile: int | None  # tokens per MLP tile on long sequences (engine.patching.modules.FastMLP), else None
+    peak_vram_gib: float
+    peak_ram_gib: float
+    layers: int
+
+    def estimate_kw(self) -> dict:
+        """The estimate's offload arguments for this plan (engine.checkpointing re-plans per token count with them)."""
+        return dict(
+            loss_chunk=self.loss_chunk,
+            offload_activations=self.offload_activations,
+            streamed_layers=len(self.streamed),
+            ring_slots=self.ring_slots,
+            host_embedding=self.host_embedding,
+            mlp_tile=self.mlp_tile,
+        )
+
+    @property
+    def active(self) -> bool:
+        return self.offload_activations or bool(self.streamed) or self.host_embedding or self.mlp_tile is not None
+
+    def describe(self) -> str:
+        where = f"{self.budget_gib:.1f} GiB budget" if self.budget_gib else "no GPU budget"
+        parts = [f"checkpointing {self.checkpointed} of {self.layers} layers"]
+        parts.append("activation offload to host RAM" if self.offload_activations else "no activation offload")
+        if self.streamed:
+            parts.append(f"{len(self.streamed)} layers' weights streamed through {self.ring_slots} GPU slots")
+        else:
+            parts.append("no weight streaming")
+        if self.host_embedding:
+            parts.append("input embedding in host RAM")
+        if self.mlp_tile:
+            parts.append(f"MLP in tiles of {self.mlp_tile} tokens")
+        return (
+            f"plan ({where}): " + ", ".join(parts) + f"; expected peak {self.peak_vram_gib:.2f} GiB GPU, "
+            f"{self.peak_ram_gib:.1f} GiB host RAM"
+        )
+
+    def as_dict(self) -> dict:
+        return dict(
+            gradient_checkpointing=self.checkpointed > 0,
+            checkpointed_layers=self.checkpointed,
+            activation_offload=self.offload_activations,
+            weight_streaming=bool(self.streamed),
+            streamed_layers=len(self.streamed),
+            host_embedding=self.host_embedding,
+            loss_chunk=self.loss_chunk,
+            mlp_tile=self.mlp_tile,
+            peak_vram_gib=self.peak_vram_gib,
+            peak_ram_gib=self.peak_ram_gib,
+        )
+
+
+def spread(count: int, layers: int) -> tuple[int, ...]:
+    """`count` layer indices spread evenly over `layers`: resident layers' compute hides the streamed ones' copies."""
+    return tuple(sorted({j * layers // count for j in range(count)})) if count else ()
+
+
+def plan(
+    arch: Arch,
+    method: str,
+    seq: int,
+    batch: int,
+    budget_gib: float | None,
+    host_ram_gib: float | None = None,
+    fused_loss: bool = True,
+    embeddings_trained: bool = False,
+    **estimate_kw,
+) -> Plan:
+    """The fastest way to train within the budget. In order: recompute nothing; else keep checkpointed inputs and the
+    input embedding in host RAM (copies that overlap compute) and recompute only the layers that still do not fit;
+    else also run the MLP in tiles of tokens (long sequences); else also stream the fewest layers' weights from host
+    RAM. Raises UserError when even streaming every layer does
+    not fit the budget, or when host RAM cannot hold what must be offloaded.
+
+    `budget_gib` None (no GPU) gives the plain plan: every layer checkpointed, nothing offloaded."""
+    layers = arch.layers
+    chunk = 4096 if budget_gib is None or budget_gib >= SMALL_CARD_GIB else 1024
+
+    def est(**kw):
+        return estimate(arch, method, seq, batch, fused_loss=fused_loss, loss_chunk=chunk, **estimate_kw, **kw)
+
+    def made(checkpointed, e, offload=False, streamed=(), host_embedding=False, slots=0, tile=None):
+        return Plan(
+            budget_gib,
+            checkpointed,
+            offload,
+            streamed,
+            slots,
+            host_embedding,
+            chunk,
+            tile,
+            e.peak_vram_gib,
+            e.peak_ram_gib,
+            layers,
+        )
+
+    if budget_gib is None:
+        return made(layers, est(checkpointed_layers=layers))
+    cap = budget_gib / SLACK
+    e = est(checkpointed_layers=0)
+    if e.peak_vram_gib <= cap:
+        return made(0, e)
+    host_embedding = not arch.tied and method != "full" and not embeddings_trained
+    offload = dict(offload_activations=True, host_embedding=host_embedding)
+    e = est(checkpointed_layers=layers, **offload)
+    if e.peak_vram_gib <= cap:
+        per_layer = layer_activation_bytes(arch, seq * batch) / GIB
+        free = min(layers, math.floor((cap - e.peak_vram_gib) / per_layer))
+        k = layers - free
+        plan_ = made(k, est(checkpointed_layers=k, **offload), True, (), host_embedding)
+    elif seq * batch > MLP_TILE and est(checkpointed_layers=layers, mlp_tile=MLP_TILE, **offload).peak_vram_gib <= cap:
+        e = est(checkpointed_layers=layers, mlp_tile=MLP_TILE, **offload)
+        plan_ = made(layers, e, True, (), host_embedding, tile=MLP_TILE)
+    else:
+        if method == "full":
+            raise UserError(
+                f"Full fine-tuning of this model needs about {e.peak_vram_gib * SLACK:.1f} GiB of GPU memory even "
+                f"with its activations in host RAM, over the {budget_gib:.1f} GiB budget; use LoRA or QLoRA."
+            )
+        # the fewest streamed layers with a ring of three slots (two arriving while one computes), else with two
+        tile = MLP_TILE if seq * batch > MLP_TILE else None
+        offload["mlp_tile"] = tile
+        fitting = (
+            (slots, count)
+            for slots in (RING_SLOTS, 2)
+            for count in range(1, layers + 1)
+            if est(checkpointed_layers=layers, streamed_layers=count, ring_slots=slots, **offload).peak_vram_gib <= cap
+        )
+        slots, count = next(fitting, (None, layers))
+        e = est(checkpointed_layers=layers, streamed_layers=count, ring_slots=slots or 2, **offload)
+        if slots is None:
+            raise UserError(
+                f"This run needs about {e.peak_vram_gib * SLACK:.1f} GiB of GPU memory even with every layer's "
+                f"weights in host RAM, over the {budget_gib:.1f} GiB budget; use a shorter sequence length, a "
+                "smaller batch, QLoRA, or a smaller model."
+            )
+        plan_ = made(layers, e, True, spread(count, layers), host_embedding, slots, tile)
+    if host_ram_gib is not None and plan_.peak_ram_gib > host_ram_gib:
+        raise UserError(
+            f"This run needs about {plan_.peak_ram_gib:.1f} GiB of host RAM for what does not fit in "
+            f"{budget_gib:.1f} GiB of GPU memory, and {host_ram_gib:.1f} GiB is free; close other programs, use a "
+            "shorter sequence length, or a card with more memory."
+        )
+    return plan_
+
+
+def host_ram_gib() -> float:
+    """Host RAM available now, in GiB."""
+    import psutil
+
+    return psutil.virtual_memory().available / GIB
+
+
+class Ring:
+    """Which streamed layer each GPU slot holds, and which to load next.
+
+    A step uses the streamed layers in the order s0 .. sn-1 (forward), then sn-1 .. s0 (backward), then again. `use`
+    is told each use and returns the (layer, slot) loads to issue: the layer itself if it is not resident, then the
+    next `slots - 1` distinct layers of that cycle. A load evicts the resident layer whose next use is furthest away,
+    never the one in use.
+    """
+
+    def __init__(self, streamed: list[int], slots: int):
+        self.cycle = [(i, "f") for i in streamed] + [(i, "b") for i in reversed(streamed)]
+        self.slots = slots
+        self.held: list[int | None] = [None] * slots  # layer in each slot
+
+    def slot_of(self, layer: int) -> int | None:
+        return self.held.index(layer) if layer in self.held else None
+
+    def _upcoming(self, position: int) -> list[int]:
+        """Distinct layers in cycle order from `position` on (the one used there first)."""
+        seen: list[int] = []
+        n = len(self.cycle)
+        for k in range(n):
+            layer = self.cycle[(position + k) % n][0]
+            if layer not in seen:
+                seen.append(layer)
+        return seen
+
+    def use(self, layer: int, phase: str) -> list[tuple[int, int]]:
+        upcoming = self._upcoming(self.cycle.index((layer, phase)))
+        wanted = upcoming[: self.slots]
+        loads = []
+        for want in wanted:
+            if want in self.held:
+                continue
+            rank = {held: upcoming.index(held) for held in self.held if held is not None}
+            free = [s for s, held in enumerate(self.held) if held is None or held not in wanted]
+            slot = max(free, key=lambda s: math.inf if self.held[s] is None else rank[self.held[s]])
+            self.held[slot] = want
+            loads.append((want, slot))
+        return loads
+
+
+def in_backward() -> bool:
+    """True while autograd runs a backward pass on this thread (a checkpoint's recompute)."""
+    import torch
+
+    return torch._C._current_graph_task_id() != -1
+
+
+class WeightStream:
+    """Frozen linear weights of some decoder layers in pinned host RAM, copied into GPU slots ahead of use.
+
+    Each streamed layer gets a forward pre-hook (make its weights resident, start the next loads) and a forward hook
+    (in the forward, mark its slot reusable once the GPU is past it); `Checkpoint.backward` marks it after the
+    layer's backward."""
+
+    def __init__(self, layers: dict, device, slots: int = RING_SLOTS, log=print):
+        import torch
+
+        self.device = device
+        self.copy = torch.cuda.Stream(device)
+        self.weights = {}  # layer index -> [(parameter, pinned host tensor)]
+        for index, layer in layers.items():
+            pairs = []
+            for module in layer.modules():
+                if isinstance(module, torch.nn.Linear) and not module.weight.requires_grad:
+                    param = module.weight
+                    host = getattr(param, "host_copy", None)  # put there by load_streamed
+                    if host is None:
+                        host = torch.empty(param.data.shape, dtype=param.dtype, pin_memory=True)
+                        host.copy_(param.data)
+                    else:
+                        del param.host_copy
+                    param.data = torch.empty(0, dtype=param.dtype, device=device)
+                    pairs.append((param, host))
+            self.weights[index] = pairs
+        torch.cuda.empty_cache()
+        self.slot_bytes = max(sum(_aligned(h.numel() * h.element_size()) for _, h in p) for p in self.weights.values())
+        self.buffers = [torch.empty(self.slot_bytes, dtype=torch.uint8, device=device) for _ in range(slots)]
+        self.ring = Ring(sorted(layers), slots)
+        self.ready = {}  # layer -> event: its weights are in its slot
+        self.done = {}  # layer -> event: the GPU is past its last use
+        self.timing = []  # ("copy" | "stall", start event, end event, bytes) since the last tick
+        self.last_tick, self.steps = None, 0
+        self.log = log
+        for index, layer in layers.items():
+            layer.register_forward_pre_hook(self._pre_hook(index))
+            layer.register_forward_hook(self._post_hook(index))
+
+    def _load(self, layer: int, slot: int) -> None:
+        import torch
+
+        evicted = [i for i, ev in self.ready.items() if i != layer and self.ring.slot_of(i) is None]
+        for i in evicted:  # its slot now belongs to `layer`: point its parameters nowhere until it is loaded again
+            del self.ready[i]
+            for param, _ in self.weights[i]:
+                param.data = torch.empty(0, dtype=param.dtype, device=self.device)
+        buffer, offset, moved = self.buffers[slot], 0, 0
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        with torch.cuda.stream(self.copy):
+            for i in evicted:
+                if i in self.done:
+                    self.copy.wait_event(self.done.pop(i))
+            start.record(self.copy)
+            for param, host in self.weights[layer]:
+                n = host.numel() * host.element_size()
+                view = buffer[offset : offset + n].view(host.dtype).view(host.shape)
+                view.copy_(host, non_blocking=True)
+                param.data = view
+                offset += _aligned(n)
+                moved += n
+            end.record(self.copy)
+        self.ready[layer] = end
+        self.timing.append(("copy", start, end, moved))
+
+    def use(self, layer: int, phase: str) -> None:
+        """Before layer `layer` runs in `phase` ("f" or "b"): its weights resident, the next ones on their way."""
+        import torch
+
+        for want, slot in self.ring.use(layer, phase):
+            self._load(want, slot)
+        compute = torch.cuda.current_stream(self.device)
+        before, after = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        before.record(compute)
+        compute.wait_event(self.ready[layer])
+        after.record(compute)
+        self.timing.append(("stall", before, after, 0))
+
+    def finished(self, layer: int) -> None:
+        """The GPU work of the layer's current use is enqueued: its slot may be reused once that work is done."""
+        import torch
+
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.device))
+        self.done[layer] = event
+
+    def _pre_hook(self, index: int):
+        def hook(module, args):
+            self.use(index, "b" if in_backward() else "f")
+
+        return hook
+
+    def _post_hook(self, index: int):
+        def hook(module, args, output):
+            if not in_backward():
+                self.finished(index)
+
+        return hook
+
+    def tick(self) -> None:
+        """Called at each training forward: every LOG_EVERY steps, log the last step's copy, stall and compute time
+        (one synchronization); otherwise forget its events."""
+        import torch
+
+        now = torch.cuda.Event(enable_timing=True)
+        now.record(torch.cuda.current_stream(self.device))
+        if self.last_tick is not None and self.steps % LOG_EVERY == 1:
+            now.synchronize()
+            step = self.last_tick.elapsed_time(now)
+            copy, stall, moved = self.step_summary()
+            self.log(
+                f"offload: a {step:.0f} ms step copied {moved:.2f} GB of weights in {copy:.0f} ms on the side "
+                f"stream; compute waited {stall:.0f} ms for copies and computed {step - stall:.0f} ms"
+            )
+        self.timing.clear()
+        self.last_tick = now
+        self.steps += 1
+
+    def step_summary(self) -> tuple[float, float, float]:
+        """(copy ms, stall ms, GB copied) of the events recorded since the last tick."""
+        if self.timing:
+            self.timing[-1][2].synchronize()
+        copy = sum(s.elapsed_time(e) for kind, s, e, _ in self.timing if kind == "copy")
+        stall = sum(s.elapsed_time(e) for kind, s, e, _ in self.timing if kind == "stall")
+        moved = sum(n for *_, n in self.timing) / 1e9
+        return copy, stall, moved
+
+
+def _aligned(n: int) -> int:
+    return -(-n // 256) * 256  # slot offsets aligned for any dtype and vectorized loads
+
+
+class ActivationStore:
+    """Checkpointed layers' inputs in pinned host RAM, brought back one layer ahead of the backward."""
+
+    def __init__(self, device):
+        import torch
+
+        self.device = device
+        self.copy = torch.cuda.Stream(device)
+        self.host = {}  # layer -> pinned buffer (reused while the shape holds)
+        self.held = {}  # layer -> GPU tensor (kept, or fetched) or host buffer (offloaded)
+        self.ready = {}  # layer -> event after its copy back
+        self.order = []  # layers stashed this step, in forward order
+
+    def stash(self, layer: int, hidden, keep: bool) -> None:
+        import torch
+
+        if not self.order or layer <= self.order[-1]:  # a new forward: drop what an unfinished step left
+            self.order, self.held, self.ready = [], {}, {}
+        self.order.append(layer)
+        if keep:
+            self.held[layer] = hidden
+            return
+        host = self.host.get(layer)
+        if host is None or host.shape != hidden.shape or host.dtype != hidden.dtype:
+            host = self.host[layer] = torch.empty(hidden.shape, dtype=hidden.dtype, pin_memory=True)
+        self.copy.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.copy):
+            host.copy_(hidden, non_blocking=True)
+        hidden.record_stream(self.copy)  # the allocator keeps its memory until the copy is done
+        self.held[layer] = host
+
+    def _prefetch(self, layer: int) -> None:
+        import torch
+
+        held = self.held.get(layer)
+        if held is None or held.is_cuda or layer in self.ready:
+            return
+        with torch.cuda.stream(self.copy):
+            back = torch.empty(held.shape, dtype=held.dtype, device=self.device)
+            back.copy_(held, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(self.copy)
+        self.held[layer], self.ready[layer] = back, event
+
+    def fetch(self, layer: int):
+        """The layer's input on the GPU (waiting for its copy if needed); starts bringing back the one before it."""
+        import torch
+
+        self._prefetch(layer)
+        hidden = self.held.pop(layer)
+        compute = torch.cuda.current_stream(self.device)
+        if layer in self.ready:
+            compute.wait_event(self.ready.pop(layer))
+            hidden.record_stream(compute)
+        earlier = [i for i in self.order if i < layer]
+        if earlier:
+            self._prefetch(earlier[-1])
+        return hidden
+
+
+class Checkpoint:
+    """A decoder layer's `_gradient_checkpointing_func`: forward without keeping activations, input to host RAM
+    (activation offload) or kept, and in the backward the input back, the forward again with gradients, and the
+    layer's backward, then the slot of a streamed layer released."""
+
+    def __init__(self, index: int, store: ActivationStore | None, stream: WeightStream | None, last):
+        self.index, self.store, self.stream, self.last = index, store, stream, last
+
+    def __call__(self, run, hidden, *args):
+        import torch
+
+        if args or not torch.is_tensor(hidden):
+            raise RuntimeError("offloaded checkpointing takes a layer called with its hidden states alone")
+        if not torch.is_grad_enabled():  # a reference pass (DPO) or evaluation in training mode: nothing to keep
+            return run(hidden)
+        return _checkpoint_function().apply(self, run, hidden)
+
+
+@functools.cache
+def _checkpoint_function():
+    """The autograd Function behind `Checkpoint` (built on first use: importing this module does not import torch)."""
+    import torch
+
+    class CheckpointFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, owner, run, hidden):
+            ctx.owner, ctx.run = owner, run
+            ctx.autocast = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+            ctx.rng = torch.get_rng_state(), torch.cuda.get_rng_state(hidden.device)
+            ctx.device = hidden.device
+            out = run(hidden)
+            if owner.store is not None:
+                owner.store.stash(owner.index, hidden, keep=owner.index == owner.last())
+            else:
+                ctx.hidden = hidden
+            return out
+
+        @staticmethod
+        def backward(ctx, grad):
+            owner = ctx.owner
+            hidden = owner.store.fetch(owner.index) if owner.store is not None else ctx.hidden
+            hidden = hidden.detach().requires_grad_()
+            enabled, dtype = ctx.autocast
+            with torch.random.fork_rng(devices=[ctx.device]):
+                torch.set_rng_state(ctx.rng[0])
+                torch.cuda.set_rng_state(ctx.rng[1], ctx.device)
+                with torch.enable_grad(), torch.autocast("cuda", dtype=dtype, enabled=enabled):
+                    out = ctx.run(hidden)
+            torch.autograd.backward(out, grad)
+            if owner.stream is not None and owner.index in owner.stream.weights:
+                owner.stream.finished(owner.index)
+            return None, None, hidden.grad
+
+    return CheckpointFunction
+
+
+def host_embedding(embedding, device):
+    """A module computing `embedding(ids)` on the host and sending the (tokens x hidden) result to `device`; the
+    original module, moved to the host, stays as `base_layer`."""
+    import torch
+
+    class HostEmbeddingModule(torch.nn.Module):
+        def __init__(self, base_layer):
+            super().__init__()
+            self.base_layer = base_layer.to("cpu")
+
+        @property
+        def weight(self):
+            return self.base_layer.weight
+
+        def get_base_layer(self):
+            return self.base_layer
+
+        def forward(self, ids):
+            with torch.no_grad():  # the table is frozen: nothing to differentiate on the host
+                out = self.base_layer(ids.to("cpu")).pin_memory().to(device, non_blocking=True)
+            return out.requires_grad_(torch.is_grad_enabled())  # as enable_input_require_grads asks
+
+    return HostEmbeddingModule(embedding)
+
+
+def load_streamed(path, placement, four_bit: bool, plan_: Plan, trust_remote_code: bool = False, log=print):
+    """Load a model whose weights do not fit the GPU: read it into host RAM in 16 bits, then move it to the GPU layer
+    by layer (quantizing linear weights to NF4 on the way for QLoRA, as transformers' bitsandbytes loading does), with
+    the streamed layers' frozen linear weights left in pinned host RAM (the GPU holds an empty placeholder until
+    WeightStream brings them in). The GPU never holds more than the resident part plus one layer."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    device = torch.device(placement.device)
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        dtype=placement.torch_dtype,
+        use_safetensors=True,
+        trust_remote_code=trust_remote_code,
+        attn_implementation="sdpa",
+        device_map={"": "cpu"},
+    )
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    on_host = set(plan_.streamed)
+    for index, layer in enumerate(layers):
+        if four_bit:
+            for name, module in list(layer.named_modules()):
+                if type(module) is torch.nn.Linear:
+                    parent, _, attr = name.rpartition(".")
+                    setattr(layer.get_submodule(parent) if parent else layer, attr, _nf4(module, device, placement))
+        layer.to(device)
+        if index in on_host:
+            for module in layer.modules():
+                if isinstance(module, torch.nn.Linear):
+                    param = module.weight
+                    param.host_copy = param.data.to("cpu").pin_memory()
+                    param.data = torch.empty(0, dtype=param.dtype, device=device)
+    skip = {id(p) for layer in layers for p in layer.parameters()}
+    if plan_.host_embedding:  # install() wraps it where it is
+        skip |= {id(p) for p in model.get_input_embeddings().parameters()}
+    for module in model.modules():  # embeddings, final norm, head, rotary tables: the rest of the model
+        for param in list(module.parameters(recurse=False)):
+            if id(param) not in skip and param.device != device:
+                param.data = param.data.to(device)
+        for name, buf in list(module.named_buffers(recurse=False)):
+            if buf.device != device:
+                module._buffers[name] = buf.to(device)
+    if four_bit:
+        model.is_loaded_in_4bit = True
+    log(f"loading: {len(on_host)} of {len(layers)} layers' weights stay in host RAM (weight streaming)")
+    return model
+
+
+def _nf4(linear, device, placement):
+    """`linear` as a bitsandbytes NF4 Linear4bit on `device`, quantized as transformers' loading does (blocks of
+    64, double-quantized scales, compute in the run's dtype)."""
+    import bitsandbytes as bnb
+
+    q = bnb.nn.Linear4bit(
+        linear.in_features,
+        linear.out_features,
+        bias=linear.bias is not None,
+        compute_dtype=placement.torch_dtype,
+        compress_statistics=True,
+        quant_type="nf4",
+        device="meta",
+    )
+    q.weight = bnb.nn.Params4bit(
+        linear.weight.data, requires_grad=False, compress_statistics=True, quant_type="nf4", module=q
+    ).to(device)
+    if linear.bias is not None:
+        q.bias = linear.bias
+    return q.to(device)
+
+
+def install(model, plan_: Plan, device, log=print):
+    """Apply `plan_` to a loaded model whose layers have checkpointing enabled (engine.checkpointing.install):
+    the input embedding to host RAM, streamed layers' weights to host RAM, and our checkpoint function on every
+    decoder layer. Returns the WeightStream (or None) for the training loop's timing log."""
+    import torch
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    if not plan_.active:
+        return None
+    # A tight budget leaves no room for the caching allocator's fragmentation (a 65536-token llama8b step failed
+    # with 3.3 GiB reserved but unallocated): grow segments in place instead.
+    torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if plan_.mlp_tile:
+        from engine.patching.modules import FastMLP
+
+        for module in model.modules():
+            if isinstance(module, FastMLP):
+                module.tile = plan_.mlp_tile
+    if plan_.host_embedding:
+        net = model.get_base_model() if hasattr(model, "get_base_model") else model
+        net.set_input_embeddings(host_embedding(net.get_input_embeddings(), device))
+        torch.cuda.empty_cache()
+    stream = None
+    if plan_.streamed:
+        stream = WeightStream({i: layers[i] for i in plan_.streamed}, device, plan_.ring_slots, log)
+    store = ActivationStore(device) if plan_.offload_activations else None
+
+    def last_checkpointed():
+        return max(i for i, layer in enumerate(layers) if layer.gradient_checkpointing)
+
+    for index, layer in enumerate(layers):
+        layer._gradient_checkpointing_func = Checkpoint(index, store, stream, last_checkpointed)
+    if stream is not None:
+        net = model.get_base_model() if hasattr(model, "get_base_model") else model
+
+        def tick(module, args):
+            if module.training and torch.is_grad_enabled():
+                stream.tick()
+
+        net.base_model.register_forward_pre_hook(tick)
+    return stream

@@ -1,0 +1,258 @@
+"""engine.offload: the planner's choices and the ring's schedule (CPU), and training with every offload mode giving
+the gradients of training without it (GPU)."""
+
+import json
+
+import pytest
+import torch
+from tiny import ARCHS
+
+from engine.errors import UserError
+from engine.estimate import Arch, estimate, layer_weight_bytes
+from engine.offload import RING_SLOTS, Plan, Ring, plan, spread
+
+LLAMA8B = Arch(hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, head_dim=128, vocab=128256, tied=False)
+QWEN3_4B = Arch(hidden=2560, intermediate=9728, layers=36, heads=32, kv_heads=8, head_dim=128, vocab=151936, tied=True)
+QWEN3_14B = Arch(
+    hidden=5120, intermediate=17408, layers=40, heads=40, kv_heads=8, head_dim=128, vocab=151936, tied=False
+)
+
+
+def test_offload_plan_recomputes_nothing_and_offloads_nothing_on_a_big_card():
+    p = plan(LLAMA8B, "qlora", 2048, 2, 80.0)
+    assert (p.checkpointed, p.offload_activations, p.streamed, p.host_embedding) == (0, False, (), False)
+    assert not p.active
+    p = plan(LLAMA8B, "qlora", 2048, 2, None)  # no GPU: everything recomputes, nothing moves
+    assert p.checkpointed == 32 and not p.active
+
+
+def test_offload_plan_offloads_activations_and_embedding_before_recomputing_more():
+    p = plan(LLAMA8B, "qlora", 2048, 2, 12.0)
+    assert p.offload_activations and p.host_embedding and not p.streamed
+    assert 0 < p.checkpointed < 32  # what the offloads freed goes to layers that need not recompute
+    assert p.peak_vram_gib * 1.1 <= 12.0
+    tight = plan(LLAMA8B, "qlora", 2048, 2, 7.0)
+    assert tight.checkpointed == 32 and tight.offload_activations and not tight.streamed
+    assert plan(QWEN3_4B, "lora", 2048, 2, 9.0).host_embedding is False  # tied: the head needs the table on the GPU
+
+
+def test_offload_plan_streams_the_fewest_layers_that_make_it_fit():
+    six, four = plan(QWEN3_14B, "qlora", 2048, 1, 6.0), plan(QWEN3_14B, "qlora", 2048, 1, 4.0)
+    assert 0 < len(six.streamed) < len(four.streamed) <= 40
+    for p, budget in ((six, 6.0), (four, 4.0)):
+        assert p.checkpointed == 40 and p.offload_activations and p.ring_slots in (RING_SLOTS, 2)
+        assert p.peak_vram_gib * 1.1 <= budget
+        fewer = estimate(
+            QWEN3_14B,
+            "qlora",
+            2048,
+            1,
+            fused_loss=True,
+            checkpointed_layers=40,
+            **{**p.estimate_kw(), "streamed_layers": len(p.streamed) - 1},
+        )
+        assert fewer.peak_vram_gib * 1.1 > budget  # one layer fewer would not fit
+    assert six.streamed == spread(len(six.streamed), 40)
+    assert six.peak_ram_gib > estimate(QWEN3_14B, "qlora", 2048, 1).peak_ram_gib  # the pinned copies count
+
+
+def test_offload_plan_tiles_the_mlp_for_long_sequences():
+    p = plan(LLAMA8B, "qlora", 65536, 1, 16.0)  # Unsloth's limit under this cap is 32768 tokens
+    assert p.mlp_tile == 8192 and not p.streamed and p.peak_vram_gib * 1.1 <= 16.0
+    assert plan(LLAMA8B, "qlora", 8192, 1, 16.0).mlp_tile is None  # short: whole-sequence MLP
+
+
+def test_offload_tiled_mlp_gives_the_untiled_losses_and_gradients():
+    """Tiles of 5 tokens over 2 x 12 (an uneven last tile): the same loss and LoRA gradients, fp32 on the CPU."""
+    from test_patching_parity import batch, lora_state, tiny_model, with_lora
+
+    from engine.patching import patch_model
+    from engine.patching.modules import FastMLP
+
+    results = []
+    for tile in (None, 5):
+        model = tiny_model("llama")
+        patch_model(model, log=lambda m: None)
+        model = with_lora(model).train()
+        for module in model.modules():
+            if isinstance(module, FastMLP):
+                module.tile = tile
+        loss = model(**batch(96)).loss
+        loss.backward()
+        results.append((loss.detach(), {k: v.grad for k, v in lora_state(model).items()}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_b, loss_a)
+    for name, grad in grads_a.items():
+        torch.testing.assert_close(grads_b[name], grad, msg=name)
+
+
+def test_offload_plan_refuses_what_cannot_fit_with_the_reason():
+    with pytest.raises(UserError, match="even with every layer's weights in host RAM, over the 2.0 GiB budget"):
+        plan(QWEN3_14B, "qlora", 2048, 1, 2.0)
+    with pytest.raises(UserError, match="GiB of host RAM .* and 8.0 GiB is free"):
+        plan(QWEN3_14B, "qlora", 2048, 1, 6.0, host_ram_gib=8.0)
+    with pytest.raises(UserError, match="Full fine-tuning"):
+        plan(LLAMA8B, "full", 2048, 1, 24.0)
+
+
+def test_offload_estimate_counts_what_leaves_the_gpu():
+    base = estimate(QWEN3_14B, "qlora", 2048, 1, fused_loss=True)
+    streamed = estimate(QWEN3_14B, "qlora", 2048, 1, fused_loss=True, streamed_layers=10, ring_slots=3)
+    per_layer = layer_weight_bytes(QWEN3_14B, "qlora") / 2**30
+    assert streamed.parts_gib["weights"] == pytest.approx(base.parts_gib["weights"] - 7 * per_layer, abs=2e-3)
+    hosted = estimate(QWEN3_14B, "qlora", 2048, 1, fused_loss=True, host_embedding=True)
+    table = QWEN3_14B.vocab * QWEN3_14B.hidden * 2 / 2**30
+    assert hosted.parts_gib["weights"] == pytest.approx(base.parts_gib["weights"] - table, abs=2e-3)
+    offloaded = estimate(QWEN3_14B, "qlora", 2048, 1, fused_loss=True, offload_activations=True)
+    kept = 38 * 2048 * QWEN3_14B.hidden * 2 / 2**30  # 40 checkpointed inputs, 2 of them on the GPU
+    assert offloaded.parts_gib["activations"] == pytest.approx(base.parts_gib["activations"] - kept, abs=2e-3)
+
+
+def test_offload_ring_schedule_loads_each_layer_before_use_and_prefetches_ahead():
+    streamed = [1, 4, 6, 9]
+    ring = Ring(streamed, slots=3)
+    uses = [(i, "f") for i in streamed] + [(i, "b") for i in reversed(streamed)]
+    loads_per_use = []
+    for _ in range(3):  # three training steps
+        for layer, phase in uses:
+            loads = ring.use(layer, phase)
+            assert layer in ring.held  # resident when it runs
+            loads_per_use.append(len(loads))
+            position = uses.index((layer, phase))
+            ahead = []
+            for other, _ in uses[position:] + uses[:position]:
+                if other not in ahead:
+                    ahead.append(other)
+            assert set(ahead[:3]) == set(ring.held)  # the layer in use and the next two distinct ones
+    # a cold start loads the first layer and two ahead; then each step copies only the layer that did not fit the
+    # ring, once each way: the turn (9 forward, then 9 backward) and the wrap (1 backward, then 1 forward) reuse slots
+    assert loads_per_use == [3, 1, 0, 0, 0, 1, 0, 0] + [0, 1, 0, 0, 0, 1, 0, 0] * 2
+
+
+def test_offload_ring_never_evicts_the_layer_in_use():
+    ring = Ring([0, 1, 2, 3, 4], slots=2)
+    for layer, phase in [(0, "f"), (1, "f"), (2, "f"), (3, "f"), (4, "f"), (4, "b"), (3, "b"), (0, "f")]:
+        ring.use(layer, phase)
+        assert layer in ring.held
+
+
+def test_offload_run_that_cannot_fit_fails_before_loading_the_model(tmp_path, monkeypatch):
+    """The plan comes before the weights: a folder with a 14B config and a weight file holding none of its tensors
+    is refused with the planner's sentence (loading it would fail differently)."""
+    from safetensors.torch import save_file
+    from tiny import make_tokenizer
+
+    from engine.hardware import Placement
+    from engine.jobspec import JobSpec
+    from engine.loading import load_for_training
+
+    spec = dict(ARCHS["qwen3"])
+    config = dict(
+        spec,
+        hidden_size=5120,
+        intermediate_size=17408,
+        num_hidden_layers=40,
+        num_attention_heads=40,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=151936,
+        tie_word_embeddings=False,
+        architectures=["Qwen3ForCausalLM"],
+    )
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    save_file({"unrelated": torch.zeros(1)}, str(tmp_path / "model.safetensors"))
+    make_tokenizer().save_pretrained(tmp_path)
+    monkeypatch.setenv("TUNESMITH_VRAM_GIB", "2")
+    job = JobSpec(model=str(tmp_path), data="-", method="qlora", max_seq_length=2048, batch_size=1)
+    with pytest.raises(UserError, match="over the 2.0 GiB budget"):
+        load_for_training(job, Placement("cuda", "bf16", "test"), log=lambda m: None)
+
+
+# GPU: every offload mode trains to the gradients of the same model without offload.
+
+WIDTH = dict(hidden_size=512, intermediate_size=1408, num_attention_heads=8, num_key_value_heads=4, head_dim=64)
+
+
+def _forced(plan_: Plan | None):
+    def plan_memory(spec, cfg, placement):
+        return plan_ if plan_ is not None else plan(Arch.from_config(cfg), spec.method, 64, 2, 80.0)
+
+    return plan_memory
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "mode,method",
+    [
+        ("activations", "lora"),
+        ("host_embedding", "lora"),
+        ("stream", "lora"),
+        ("stream", "qlora"),
+    ],
+)
+def test_offload_gradients_equal_those_without_offload(mode, method, tmp_path, monkeypatch):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a GPU")
+    from test_patching_parity import lora_state, tiny_model
+    from tiny import make_tokenizer
+
+    from engine import loading
+    from engine.hardware import Placement
+    from engine.jobspec import JobSpec
+
+    model = tiny_model("llama", vocab=32000, dtype=torch.bfloat16, initializer_range=0.02, num_hidden_layers=4, **WIDTH)
+    model.save_pretrained(tmp_path)
+    make_tokenizer().save_pretrained(tmp_path)
+    placement = Placement("cuda", "bf16", "test")
+    job = JobSpec(
+        model=str(tmp_path), data="-", method=method, max_seq_length=64, batch_size=2, lora_r=8, lora_alpha=16
+    )
+    forced = Plan(
+        budget_gib=1.0,
+        checkpointed=4,
+        offload_activations=True,
+        streamed=(0, 1, 3) if mode == "stream" else (),  # three layers through two slots: copies every step
+        ring_slots=2 if mode == "stream" else 0,
+        host_embedding=mode == "host_embedding",
+        loss_chunk=64,
+        mlp_tile=None,
+        peak_vram_gib=0.5,
+        peak_ram_gib=1.0,
+        layers=4,
+    )
+    ids = torch.randint(3, 32000, (2, 64), generator=torch.Generator().manual_seed(0)).cuda()
+
+    def run(plan_):
+        monkeypatch.setattr(loading, "plan_memory", _forced(plan_))
+        torch.manual_seed(5)
+        net, _ = loading.load_for_training(job, placement, log=lambda m: None)
+        gen = torch.Generator().manual_seed(1)
+        for p in lora_state(net).values():  # the same nonzero adapters in both runs, whatever the loading drew
+            p.data.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+        net.train()
+        opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1)
+        losses, grads = [], []
+        for _ in range(3):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = net(input_ids=ids, labels=ids).loss
+            loss.backward()
+            losses.append(loss.item())
+            grads.append({k: v.grad.detach().clone() for k, v in lora_state(net).items()})
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return net, losses, grads
+
+    _, plain_losses, plain_grads = run(None)
+    net, losses, grads = run(forced)
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(plain_losses), rtol=1e-3, atol=0)
+    for step in range(3):
+        for name, ref in plain_grads[step].items():
+            torch.testing.assert_close(grads[step][name], ref, rtol=2e-2, atol=1e-5, msg=name)
+    stream = getattr(net, "offload_stream", None)
+    if mode == "stream":
+        copy_ms, stall_ms, moved_gb = stream.step_summary()  # the last step's, not yet ticked away
+        assert moved_gb > 0 and copy_ms > 0
+    else:
+        assert stream is None
+    if mode == "host_embedding":
+        assert net.get_input_embeddings().weight.device.type == "cpu"
