@@ -3,6 +3,7 @@
   python -m engine train JOB.yaml [--detach]
   python -m engine resume RUN
   python -m engine chat MODEL_OR_RUN_OR_GGUF --prompt TEXT [--system TEXT] [--max-new-tokens N] [--stream]
+      prints the reply, then its tokens and tokens/s on stderr
   python -m engine export RUN_OR_MODEL --format FORMAT --out DIR [--push-to-hub USER/REPO [--private]]
       FORMAT: lora, merged16, gguf-f16, gguf-bf16, gguf-q8_0, gguf-q4_k_m, gguf-q5_k_m or gguf-q6_k
       the upload reads its token from HF_TOKEN
@@ -100,14 +101,18 @@ def main(argv=None) -> int:
             msgs = ([{"role": "system", "content": args.system}] if args.system else []) + [
                 {"role": "user", "content": args.prompt}
             ]
+            stats = api.ReplyStats()
+            kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, stats=stats)
             if args.stream:
                 shown = ""
-                for text in chat.stream(msgs, max_new_tokens=args.max_new_tokens, temperature=args.temperature):
+                for text in chat.stream(msgs, **kw):
                     print(text[len(shown) :], end="", flush=True)
                     shown = text
                 print()
             else:
-                print(chat.reply(msgs, max_new_tokens=args.max_new_tokens, temperature=args.temperature))
+                print(chat.reply(msgs, **kw))
+            # on stderr, so stdout stays the reply alone (scripts read it)
+            print(f"{stats.tokens} tokens in {stats.seconds:.2f} s: {stats.tokens_per_s:.1f} tokens/s", file=sys.stderr)
             return 0
         if args.cmd == "export":
             res = api.export(args.source, args.format, args.out, log=lambda m: print(m, file=sys.stderr))

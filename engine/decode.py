@@ -1,33 +1,34 @@
-"""Batch-1 decoding of our own: eager prefill, then one-token steps over a static KV cache, on CUDA replayed from a
+"""Batch-1 decoding of our own: a prompt pass, then one-token steps over a static KV cache, on CUDA replayed from a
 CUDA graph captured once per cache size (and per adapter state).
 
-Why a manual graph and not torch.compile: the step is the model's own eager forward (PEFT LoRA layers included, so
-base and fine-tuned share one copy of the weights), and capturing it costs a few eager forwards (~4 for the first
-call: one to allocate the cache, two warm-ups, one captured), expected well under a second for a 4B model (not yet
-measured), where compiling the same step with mode="reduce-overhead" takes tens of seconds (transformers' own
-static-cache generate: 48 s first call on an H100). At batch 1 the step is bound by reading the weights once; the
-graph removes the Python and launch overhead of the thousand-odd kernels per token, which is what makes eager
-decoding slow (transformers: 35 tok/s).
+Three paths, decided once per Decoder and logged with the reason:
 
-The step is graph-safe because transformers' StaticCache keeps its write position in a device tensor that the step
-itself advances (`cumulative_length.add_`), the causal mask is built on the device from it, and our position buffer is
-advanced inside the step too: a replay needs no host value. Caches with sliding-window layers keep a Python int and
-are not, so those models decode eagerly (with the reason logged).
+- "step" (llama, mistral, qwen2, qwen3): engine/decode_step.py, the layer math written out over our kernels (about 9
+  launches a layer where transformers' forward makes ~38) and a KV cache of our own; q/k/v and gate/up run as one
+  matvec each; LoRA adapters stay unmerged. The prompt runs through the same code as one batch (torch SDPA for its
+  attention) and fills the cache.
+- "forward" (any other static-cache model, and every model under `TUNESMITH_DECODE_KERNELS=0`): the model's own
+  transformers forward over a transformers StaticCache. With `TUNESMITH_DECODE_KERNELS=0` it is exactly transformers'
+  kernels, so greedy output is bit-equal to transformers generate; otherwise a GQA model's decode steps use
+  `gqa_decode_attention` (below).
+- "generate" (a cache with sliding-window layers: Gemma 2 and 3, Mistral with a window): transformers generate itself,
+  streamed token by token. Those cache layers keep their position in a Python int, so no step over them can be
+  captured, and generate is the reference for them anyway.
 
-Attention in the decode step: with a bool mask over the static cache, transformers' sdpa path copies K and V once per
-query head of a group (repeat_kv: 4x the cache for Qwen3-4B, written and read again every step). For one query token
-the g query heads that share a KV head are instead laid out as g query rows against that head (`gqa_decode_attention`),
-the same arithmetic with no copy. It is a named attention implementation registered with transformers and switched
-on for our decode steps only (prefill and everyone else's calls keep "sdpa").
+Why a manual CUDA graph and not torch.compile: capturing the step costs a few eager steps (one to warm up the
+kernels, two on a side stream, one captured), where compiling transformers' static-cache step takes tens of seconds
+(48 s first call for Qwen3-4B on an H100). At batch 1 the step is bound by reading the weights once; the graph removes
+the Python and launch overhead of its hundreds of kernels. A replay needs no host value: the token and its position
+live in device tensors that the step reads and advances itself (transformers' StaticCache, on the "forward" path, keeps
+its write position on the device too and builds the causal mask from it).
 
-Kernels in the step: at batch 1 the step's time beyond the weight read is per-kernel overhead (~2 us each, even
-replayed), and an eager RMSNorm is ~8 kernels, 4 per Qwen3 layer (2 on Llama). On CUDA the Llama/Qwen/Mistral RMSNorm
-instances are swapped for drop-ins over kernels/rms_norm.py (one kernel each; within one ulp of transformers' rounding,
-see that file), keeping the original as `base_layer` so `unfuse_rms_norms` undoes it. `TUNESMITH_DECODE_KERNELS=0`
-keeps transformers' modules and its sdpa attention (and so bit-equality with transformers generate).
+`gqa_decode_attention` ("forward" path): with a bool mask over the static cache, transformers' sdpa path copies K and
+V once per query head of a group (repeat_kv: 4x the cache for Qwen3-4B, every step). For one query token the g query
+heads that share a KV head are instead laid out as g query rows against that head, the same arithmetic with no copy.
+It is a named attention implementation registered with transformers and switched on for our decode steps only.
 
-Which path runs is decided once per Decoder and logged: `TUNESMITH_DECODE=graph|eager` wins; otherwise graphs on
-CUDA and eager on the CPU; a capture that fails falls back to eager for the Decoder's lifetime.
+Which execution runs is decided once per Decoder and logged too: `TUNESMITH_DECODE=graph|eager` wins; otherwise
+graphs on CUDA and eager on the CPU; a capture that fails falls back to eager for the Decoder's lifetime.
 
 Sampling is done on the float32 logits in torch with the transformers order (repetition penalty, temperature, top-k,
 top-p, min-p) and no host sync: a sample is `argmax(p / E)` with E ~ Exp(1) i.i.d. (the exponential race), which
@@ -36,7 +37,10 @@ back, so the GPU never waits for the host to decode text or check stops.
 """
 
 import contextlib
+import copy
 import os
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -100,67 +104,39 @@ def _register_decode_attention() -> None:
     AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)
 
 
-NORM_CLASSES = ("LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm")  # y = w * x / rms(x), no offset
+def _static_cache_blocker(config) -> str | None:
+    """What keeps a static-cache step from `config`'s cache: the first StaticCache layer type that is not a plain
+    StaticLayer (a sliding window), or that there is no StaticCache for it; None when there is none."""
+    from transformers import StaticCache
+    from transformers.cache_utils import StaticLayer
+
+    try:
+        cache = StaticCache(config=config, max_cache_len=1)  # layers allocate on their first write: this is cheap
+    except (ValueError, TypeError, AttributeError, NotImplementedError) as e:
+        return f"no static cache ({e.__class__.__name__}: {e})"
+    kinds = [type(layer).__name__ for layer in cache.layers if type(layer) is not StaticLayer]
+    return f"its cache has {kinds[0]} layers, whose position is a host int" if kinds else None
 
 
-class FusedRMSNorm(torch.nn.Module):
-    """A transformers RMSNorm instance computed by kernels/rms_norm.py; the original stays as `base_layer`."""
+def choose_path(net, kernels: bool | None) -> tuple[str, str]:
+    """("step", "forward" or "generate", why) for a transformers causal LM `net` (see the module docstring).
 
-    def __init__(self, base_layer):
-        super().__init__()
-        self.base_layer = base_layer
-        self.eps = float(getattr(base_layer, "variance_epsilon", getattr(base_layer, "eps", 1e-6)))
+    `kernels` False, or TUNESMITH_DECODE_KERNELS=0, keeps transformers' own forward; True or None uses our step where
+    the family has one."""
+    from engine.decode_step import unsupported
 
-    def get_base_layer(self):
-        """The original norm: PEFT's unload() treats modules with a base_layer as wrappers and asks for this."""
-        return self.base_layer
-
-    @property
-    def weight(self):
-        """The wrapped norm's weight, for code that reads `norm.weight` (as it would on the original module)."""
-        return self.base_layer.weight
-
-    def forward(self, hidden_states):
-        from kernels.rms_norm import rms_norm
-
-        return rms_norm(hidden_states, self.base_layer.weight, self.eps)
-
-
-def fuse_rms_norms(model) -> list[str]:
-    """Swap every Llama/Qwen/Mistral RMSNorm instance in `model` for a FusedRMSNorm; returns the names swapped."""
-    names = [n for n, m in model.named_modules() if type(m).__name__ in NORM_CLASSES and n]
-    for name in names:
-        parent, _, attr = name.rpartition(".")
-        owner = model.get_submodule(parent) if parent else model
-        setattr(owner, attr, FusedRMSNorm(getattr(owner, attr)))
-    return names
-
-
-def unfuse_rms_norms(model) -> int:
-    """Put the original modules back; returns how many."""
-    restored = 0
-    for name in [n for n, m in model.named_modules() if isinstance(m, FusedRMSNorm)]:
-        parent, _, attr = name.rpartition(".")
-        owner = model.get_submodule(parent) if parent else model
-        module = getattr(owner, attr)
-        if isinstance(module, FusedRMSNorm):  # PEFT's unload() may already have put the original back
-            setattr(owner, attr, module.base_layer)
-            restored += 1
-    return restored
-
-
-def choose_kernels(device: torch.device) -> tuple[bool, str]:
-    """(swap RMSNorms for the Triton kernel?, why): TUNESMITH_DECODE_KERNELS=0/1 wins, else on CUDA with Triton."""
-    wanted = os.environ.get("TUNESMITH_DECODE_KERNELS", "").strip()
-    if wanted in ("0", "1"):
-        return wanted == "1" and device.type == "cuda", f"TUNESMITH_DECODE_KERNELS={wanted}"
-    if device.type != "cuda":
-        return False, "transformers' RMSNorm (kernels only on CUDA)"
-    from kernels import dispatch
-
-    if dispatch.backend() != "triton":
-        return False, f"transformers' RMSNorm (kernels: {dispatch.REASON})"
-    return True, "RMSNorm on kernels/rms_norm.py"
+    env = os.environ.get("TUNESMITH_DECODE_KERNELS", "").strip()
+    if env == "0" or kernels is False:
+        why = "TUNESMITH_DECODE_KERNELS=0" if env == "0" else "kernels=False"
+        why += ": transformers' own forward, bit-equal to transformers generate"
+    else:
+        why = unsupported(net)
+        if why is None:
+            return "step", f"our decode step for {net.config.model_type}"
+    blocker = _static_cache_blocker(net.config)
+    if blocker is not None:
+        return "generate", f"transformers generate ({why}; {blocker})"
+    return "forward", f"transformers' forward over a static cache ({why})"
 
 
 def pick(logits: torch.Tensor, s: Sampling, seen: torch.Tensor | None, generator=None) -> torch.Tensor:
@@ -194,9 +170,9 @@ class Decoder:
         model: a transformers causal LM, or a PeftModel over one (LoRA layers are applied on the fly).
         log: called with one line saying which decode path runs and why.
         mode: "graph" or "eager" to force a path (tests); None decides with `choose_mode`.
-        kernels: swap RMSNorm instances for the Triton kernel (True/False); None decides with `choose_kernels`.
-            False (or TUNESMITH_DECODE_KERNELS=0) also keeps transformers' sdpa in the decode step, so the step
-            runs exactly transformers' kernels.
+        kernels: False keeps transformers' own forward (bit-equal to transformers generate), as
+            TUNESMITH_DECODE_KERNELS=0 does; True or None runs our decode step where the family has one
+            (`choose_path`).
     """
 
     def __init__(self, model, log=print, mode: str | None = None, kernels: bool | None = None):
@@ -208,23 +184,36 @@ class Decoder:
         else:
             self.mode, reason = mode, "forced by the caller"
         self.log = log
-        cfg = self.net.config.get_text_config(decoder=True)
-        heads, kv_heads = cfg.num_attention_heads, getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        self.path, why = choose_path(self.net, kernels)
+        self.step = None
         self.attention = self.net.config._attn_implementation
-        own = kernels is not False and os.environ.get("TUNESMITH_DECODE_KERNELS", "").strip() != "0"
-        if own and self.attention == "sdpa" and kv_heads < heads:
-            _register_decode_attention()
-            self.attention = DECODE_ATTENTION
-            reason += f"; GQA decode attention ({heads // kv_heads} query heads per KV head, no repeat_kv copy)"
-        fuse, why = choose_kernels(self.device) if kernels is None else (kernels, "forced by the caller")
-        if fuse:
-            why += f": {len(fuse_rms_norms(self.net))} modules swapped"
-        self.log(f"decode: {self.mode} ({reason}); {why}")
+        if self.path == "step":
+            from engine.decode_step import DecodeStep
+
+            self.step = DecodeStep(self.net)
+            why += f" ({self.step.describe()})"
+        elif (
+            self.path == "forward"
+            and kernels is not False
+            and os.environ.get("TUNESMITH_DECODE_KERNELS", "").strip() != "0"
+        ):
+            cfg = self.net.config.get_text_config(decoder=True)
+            heads = cfg.num_attention_heads
+            kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+            if self.attention == "sdpa" and kv_heads < heads:
+                _register_decode_attention()
+                self.attention = DECODE_ATTENTION
+                why += f"; GQA decode attention ({heads // kv_heads} query heads per KV head, no repeat_kv copy)"
+        if self.path == "generate":
+            self.log(f"decode: {why}")
+        else:
+            self.log(f"decode: {self.mode} ({reason}); {why}")
         self._cache = None
         self._capacity = 0
         self._graphs: dict[tuple, tuple] = {}  # (adapter on, active adapter) -> (CUDAGraph, logits it writes)
         self._ids = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         self._pos = torch.zeros(1, 1, dtype=torch.long, device=self.device)
+        self._start = torch.zeros(1, dtype=torch.long, device=self.device)  # where a prompt starts: always 0
         self._busy = False  # one sequence at a time: every generation shares the one cache and graph
 
     def _adapter(self, on: bool):
@@ -236,22 +225,46 @@ class Decoder:
     def _key(self, adapter: bool) -> tuple:
         return adapter, getattr(self.model, "active_adapter", None)
 
+    def _refresh(self, adapter: bool) -> None:
+        """Rebuild the step (and drop its graphs) when the model's weights or adapters changed since it was built.
+
+        A merged LoRA layer asked to decode without its adapter is unmerged first, as PEFT's own forward does."""
+        if self.step is None:
+            return
+        from engine.decode_step import DecodeStep, signature
+
+        if not adapter:
+            for module in self.net.modules():
+                if hasattr(module, "lora_A") and getattr(module, "merged", False):
+                    module.unmerge()
+        if signature(self.net) == self.step.signature:
+            return
+        self._graphs.clear()
+        self._capacity = 0
+        self.path, why = choose_path(self.net, kernels=None)
+        if self.path != "step":  # e.g. weights now streamed from host RAM: the model's own forward knows how
+            self.step = None
+            self.log(f"decode: {why} from now on")
+            return
+        self.step = DecodeStep(self.net)
+        self.log(f"decode: the model's weights or adapters changed; step rebuilt ({self.step.describe()})")
+
     def _ensure_cache(self, length: int) -> None:
+        if self.path == "step":
+            if length > self._capacity:
+                self._graphs.clear()  # graphs point at the old cache's buffers
+                self._capacity = -(-length // CACHE_ROUND) * CACHE_ROUND
+                self.step.allocate(self._capacity)
+            return
         from transformers import StaticCache
 
         if length <= self._capacity:
             self._cache.reset()
             return
-        self._graphs.clear()  # graphs point at the old cache's buffers
+        self._graphs.clear()
         self._cache = None
         self._capacity = -(-length // CACHE_ROUND) * CACHE_ROUND
         self._cache = StaticCache(config=self.net.config, max_cache_len=self._capacity)
-        if self.mode == "graph":
-            from transformers.cache_utils import StaticLayer
-
-            sliding = [type(layer).__name__ for layer in self._cache.layers if type(layer) is not StaticLayer]
-            if sliding:
-                self._fallback(f"the cache has {sliding[0]} layers, whose position is a Python int")
 
     def _fallback(self, why: str) -> None:
         self.mode = "eager"
@@ -270,6 +283,10 @@ class Decoder:
 
     def _step(self) -> torch.Tensor:
         """One eager decode step: feed `_ids` at `_pos`, advance `_pos`, return float32 logits (V,)."""
+        if self.path == "step":
+            logits = self.step.forward(self._ids.view(1), self._pos)
+            self._pos.add_(1)
+            return logits
         with self._decode_attention():
             out = self.net(
                 input_ids=self._ids,
@@ -283,8 +300,9 @@ class Decoder:
 
     def _capture(self, adapter: bool):
         """Capture `_step` in a CUDA graph (warm-ups on a side stream first, as torch.cuda.graphs asks)."""
+        self._pos.zero_()  # the warm-ups write positions 0-3 of the cache, which the next prompt overwrites
         with self._adapter(adapter):
-            self._step()  # allocates the cache's buffers (lazily, on the first write) outside the graph's pool
+            self._step()  # compiles the kernels, and allocates the StaticCache's buffers outside the graph's pool
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
@@ -294,7 +312,8 @@ class Decoder:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 logits = self._step()
-        self._cache.reset()  # the warm-ups wrote into it
+        if self._cache is not None:
+            self._cache.reset()
         return graph, logits
 
     def _stepper(self, adapter: bool):
@@ -323,6 +342,10 @@ class Decoder:
 
     def _prefill(self, prompt: torch.Tensor) -> torch.Tensor:
         n = prompt.shape[-1]
+        if self.path == "step":
+            logits = self.step.forward(prompt.view(n), self._start)
+            self._pos.fill_(n)
+            return logits
         out = self.net(
             input_ids=prompt.view(1, n),
             position_ids=torch.arange(n, device=self.device).view(1, n),
@@ -374,7 +397,9 @@ class Decoder:
             )
         self._busy = True
         try:
-            yield from self._tokens(prompt_ids, max_new_tokens, sampling, stop_ids, adapter)
+            self._refresh(adapter)
+            run = self._generated if self.path == "generate" else self._tokens
+            yield from run(prompt_ids, max_new_tokens, sampling, stop_ids, adapter)
         finally:
             self._busy = False
 
@@ -411,6 +436,87 @@ class Decoder:
                 with torch.inference_mode():
                     tok = pick(logits, sampling, seen, generator)
                     read = self._readback(tok)
+
+    def _generated(self, prompt_ids, max_new_tokens, sampling, stop_ids, adapter) -> Iterator[int]:
+        """The "generate" path: transformers generate on a worker thread, its tokens passed on as they come; closing
+        this iterator stops generate at its next token."""
+        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers.generation.streamers import BaseStreamer
+
+        stop = {int(i) for i in stop_ids}
+        ids = torch.as_tensor(prompt_ids, dtype=torch.long).to(self.device).view(1, -1)
+        config = copy.deepcopy(self.model.generation_config)
+        sample = sampling.temperature > 0
+        config.update(
+            max_new_tokens=max_new_tokens,
+            do_sample=sample,
+            eos_token_id=sorted(stop) or None,  # generate stops on them; they are not passed on
+            pad_token_id=config.pad_token_id if config.pad_token_id is not None else 0,
+            repetition_penalty=sampling.repetition_penalty,
+        )
+        if sample:
+            top_k, min_p = sampling.top_k or None, sampling.min_p or None
+            config.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=top_k, min_p=min_p)
+        out: queue.Queue = queue.Queue()
+        halt = threading.Event()
+        finished = object()
+
+        class Tokens(BaseStreamer):
+            def __init__(self):
+                self.prompt = True  # generate puts the prompt first
+
+            def put(self, value):
+                if self.prompt:
+                    self.prompt = False
+                    return
+                for token in value.reshape(-1).tolist():
+                    out.put(token)
+
+            def end(self):
+                pass
+
+        class Halt(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), halt.is_set(), dtype=torch.bool, device=input_ids.device)
+
+        def work():
+            try:
+                with torch.inference_mode(), self._adapter(adapter), self._seeded(sampling):
+                    self.model.generate(
+                        input_ids=ids,
+                        attention_mask=torch.ones_like(ids),
+                        generation_config=config,
+                        streamer=Tokens(),
+                        stopping_criteria=StoppingCriteriaList([Halt()]),
+                    )
+            except BaseException as e:  # noqa: BLE001  handed to the reading thread, which raises it
+                out.put(e)
+            finally:
+                out.put(finished)
+
+        worker = threading.Thread(target=work, name="tunesmith-generate", daemon=True)
+        worker.start()
+        try:
+            for _ in range(max_new_tokens):
+                item = out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item is finished or item in stop:
+                    return
+                yield item
+        finally:
+            halt.set()
+            worker.join()
+
+    @contextlib.contextmanager
+    def _seeded(self, sampling: Sampling):
+        """torch's global generator seeded with `sampling.seed` for the enclosed calls and restored after."""
+        if sampling.seed is None or sampling.temperature <= 0:
+            yield
+            return
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(sampling.seed)
+            yield
 
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, adapter: bool = True) -> torch.Tensor:
         """Greedy: (1, T) -> (1, T + max_new_tokens), exactly max_new_tokens new tokens (no stop token)."""

@@ -38,12 +38,8 @@ class FastGenerate:
         self.decoder = None
 
     def release(self) -> None:
-        """Drop the decoder (its cache and CUDA graphs) and put back any module it swapped for a kernel."""
-        from engine.decode import unfuse_rms_norms
-
-        if self.decoder is not None:
-            unfuse_rms_norms(self.decoder.net)
-            self.decoder = None
+        """Drop the decoder (its cache and CUDA graphs); it swaps no module of the model, so nothing is put back."""
+        self.decoder = None
 
     def __call__(self, *args, **kwargs):
         ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
