@@ -1,12 +1,16 @@
 """GRPO: the reward presets on their own, then TRL's real GRPOTrainer on a tiny random-weight model raising the mean
-reward of a regex reward, and the rule that custom Python rewards never come from the app."""
+reward of a regex reward, sampling through the engine's decoder (or TRL's generate when asked), and the rule that
+custom Python rewards never come from the app."""
 
+import contextlib
 import json
 
 import pytest
 import torch
 
 from engine import api, rewards
+from engine.decode import Decoder
+from engine.grpo import choose_sampler
 from engine.runlog import RunLog, read_metrics
 from engine.train import train
 
@@ -25,6 +29,15 @@ PROMPTS = [
 def shorter_is_better(completions, prompts, **columns):
     """A custom reward for the tests: importable as test_grpo:shorter_is_better."""
     return [-len(c) for c in completions]
+
+
+SCORED: list[tuple[str, str]] = []  # (prompt, reply) pairs that record_replies saw
+
+
+def record_replies(completions, prompts, **columns):
+    """A custom reward that remembers what TRL asked it to score: importable as test_grpo:record_replies."""
+    SCORED.extend(zip(prompts, completions, strict=True))
+    return [0.0] * len(completions)
 
 
 @pytest.fixture
@@ -83,14 +96,16 @@ def test_grpo_bad_rewards_give_one_sentence(bad, message):
 
 
 def test_grpo_raises_mean_reward_with_a_regex_reward(tiny_llama, prompts_file, runs):
-    """Replies of a random model start with a space about one time in five; rewarding that makes it the habit."""
+    """Replies of a random model start with a space about one time in five; rewarding that makes it the habit. The
+    replies are sampled by the engine's decoder, so the rise also shows that it samples with the updated adapter.
+    Only a reply's first token decides the reward, so two tokens are enough (sampling is most of a CPU step)."""
     spec = api.JobSpec(
         model=str(tiny_llama),
         data=str(prompts_file),
         objective="grpo",
         rewards=({"preset": "regex", "pattern": r"^\s"},),
         num_generations=8,
-        max_new_tokens=4,
+        max_new_tokens=2,
         batch_size=2,
         max_steps=16,
         learning_rate=3e-2,
@@ -106,7 +121,9 @@ def test_grpo_raises_mean_reward_with_a_regex_reward(tiny_llama, prompts_file, r
     run_dir = runs / "grpo"
     run_dir.mkdir(parents=True)
     (run_dir / "job.yaml").write_text(spec.to_yaml())
-    train(spec, run_dir, RunLog(run_dir), False, lambda: False, print)
+    lines = []
+    train(spec, run_dir, RunLog(run_dir), False, lambda: False, lines.append)
+    assert "grpo: sampler engine (" in "\n".join(lines)
     metrics = read_metrics(run_dir)
     assert [m["step"] for m in metrics] == list(range(1, 17))
     mean = [m["reward_mean"] for m in metrics]
@@ -116,6 +133,132 @@ def test_grpo_raises_mean_reward_with_a_regex_reward(tiny_llama, prompts_file, r
     assert f"reward {mean[-1]:.3f} ± " in train_tab.view("grpo")[0]
     plot = train_tab.method_view("grpo")["value"]
     assert set(plot["series"]) == {"reward mean", "reward std"} and list(plot["step"][:16]) == list(range(1, 17))
+
+
+@pytest.mark.parametrize("sampler", ["engine", "trl"])
+def test_grpo_samples_with_the_engine_decoder_unless_told_otherwise(
+    sampler, tiny_llama, prompts_file, tmp_path, monkeypatch
+):
+    """Near temperature 0 both samplers must give every prompt the base model's greedy reply (the adapter starts at
+    zero), and what TRL scores is exactly what the decoder produced: one Decoder.tokens call per reply, or none when
+    TUNESMITH_GRPO_SAMPLER=trl brings back TRL's generate."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    streams: list[tuple[list[int], list[int]]] = []  # (prompt ids, tokens yielded) per Decoder.tokens call
+    tokens = Decoder.tokens
+
+    def spy(self, prompt_ids, *args, **kwargs):
+        streams.append((list(prompt_ids), out := []))
+        with contextlib.closing(tokens(self, prompt_ids, *args, **kwargs)) as stream:
+            for t in stream:
+                out.append(t)
+                yield t
+
+    monkeypatch.setattr(Decoder, "tokens", spy)
+    if sampler == "trl":
+        monkeypatch.setenv("TUNESMITH_GRPO_SAMPLER", "trl")
+    SCORED.clear()
+    spec = api.JobSpec(
+        model=str(tiny_llama),
+        data=str(prompts_file),
+        objective="grpo",
+        rewards=({"preset": "python", "function": "test_grpo:record_replies"},),
+        num_generations=4,
+        max_new_tokens=6,
+        temperature=1e-6,
+        batch_size=2,
+        max_steps=1,
+        lora_r=8,
+        lora_alpha=8,
+        max_seq_length=128,
+        device="cpu",
+        seed=0,
+    )
+    lines = []
+    train(spec, tmp_path, RunLog(tmp_path), False, lambda: False, lines.append)
+    assert f"grpo: sampler {sampler} (" in "\n".join(lines)
+    assert len(SCORED) == 2 * 4 and len({p for p, _ in SCORED}) == 2  # batch_size prompts x num_generations replies
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    prompt_ids = {
+        p: tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)["input_ids"]
+        for p, _ in SCORED
+    }
+    if sampler == "engine":
+        assert [ids for ids, _ in streams] == [prompt_ids[p] for p, _ in SCORED]
+        assert [r for _, r in SCORED] == [tok.decode(out, skip_special_tokens=True) for _, out in streams]
+    else:
+        assert streams == []
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    for prompt, reply in SCORED:
+        ids = torch.tensor([prompt_ids[prompt]])
+        greedy = base.generate(ids, max_new_tokens=6, do_sample=False, eos_token_id=tok.eos_token_id)
+        assert reply == tok.decode(greedy[0, ids.shape[1] :], skip_special_tokens=True), prompt
+
+
+def test_grpo_rollout_keeps_the_end_token_and_samples_in_eval_mode():
+    """A reply ends at the first EOS / end-of-turn token and keeps it (TRL trains on it and counts the reply as
+    finished); sampling runs in eval mode with the trainer's settings, and training mode comes back afterwards."""
+    from types import SimpleNamespace
+
+    from tiny import make_tokenizer
+
+    from engine.grpo import engine_rollout
+
+    tok = make_tokenizer()
+    end_of_turn, eos = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
+    model = torch.nn.Linear(1, 1).train()
+    seen = []
+
+    class FakeDecoder:
+        def __init__(self):
+            self.model = model
+
+        def tokens(self, prompt_ids, max_new_tokens, sampling):
+            seen.append((len(prompt_ids), max_new_tokens, sampling, self.model.training, torch.is_grad_enabled()))
+            replies = {0: [5, end_of_turn, 7], 1: [8, 9, 10], 2: [eos, 11, 12]}
+            yield from replies[len(seen) - 1][:max_new_tokens]
+
+    trainer = SimpleNamespace(
+        temperature=0.7, top_p=0.9, top_k=0, min_p=None, repetition_penalty=1.0, max_completion_length=3
+    )
+    trainer.eos_token_ids = [end_of_turn]
+    prompts = [[{"role": "user", "content": "Hi"}]] * 3
+    out = engine_rollout(FakeDecoder, tok)(prompts, trainer)
+    assert out["completion_ids"] == [[5, end_of_turn], [8, 9, 10], [eos]]  # <|endoftext|> ends a turn too
+    ids = tok.apply_chat_template(prompts[0], add_generation_prompt=True)["input_ids"]
+    assert out["prompt_ids"] == [ids] * 3 and out["logprobs"] is None
+    assert [s[:2] for s in seen] == [(len(ids), 3)] * 3
+    assert seen[0][2].temperature == 0.7 and seen[0][2].top_p == 0.9 and seen[0][2].min_p == 0.0
+    assert not any(training or grad for *_, training, grad in seen) and model.training
+
+
+def test_grpo_sampler_choice(monkeypatch):
+    from transformers import LlamaConfig, MistralConfig
+
+    shape = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+
+    class Static:  # a model whose forward decodes over a static KV cache
+        _can_compile_fullgraph = True
+        config = LlamaConfig(**shape)
+
+    class Windowed(Static):
+        config = MistralConfig(**shape, sliding_window=16)
+
+    class Stateful(Static):  # a recurrent state instead of a KV cache
+        _is_stateful = True
+
+    assert choose_sampler(Static()) == ("engine", "Static: the engine's decoder (static KV cache, live LoRA weights)")
+    assert choose_sampler(Stateful())[0] == choose_sampler(object())[0] == "trl"
+    assert choose_sampler(Windowed()) == (
+        "trl",
+        "Windowed: StaticSlidingWindowLayer layers in its KV cache, so TRL's sampler (transformers generate) runs",
+    )
+    monkeypatch.setenv("TUNESMITH_GRPO_SAMPLER", "trl")
+    assert choose_sampler(Static()) == ("trl", "TUNESMITH_GRPO_SAMPLER=trl")
+    monkeypatch.setenv("TUNESMITH_GRPO_SAMPLER", "fast")
+    with pytest.raises(api.UserError, match="use one of engine, trl"):
+        choose_sampler(Static())
 
 
 def test_grpo_train_tab_sends_only_ticked_presets_and_checks_the_data(tiny_llama, prompts_file, runs):
@@ -170,7 +313,9 @@ def test_grpo_answer_reward_needs_its_column(tmp_path, prompts_file):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_grpo_on_the_gpu(tiny_llama, prompts_file, tmp_path):
-    """bf16, the fast path's drop-ins, checkpointing and 8-bit AdamW; sampling in eval mode keeps the KV cache."""
+    """bf16, the fast path's drop-ins, checkpointing and 8-bit AdamW; sampling through the engine's decoder replays
+    a CUDA graph of the training model's decode step, and the regex reward rising shows the replays read the adapter
+    as the optimizer updates it."""
     lines = []
     spec = api.JobSpec(
         model=str(tiny_llama),
@@ -190,5 +335,6 @@ def test_grpo_on_the_gpu(tiny_llama, prompts_file, tmp_path):
     train(spec, tmp_path, RunLog(tmp_path), False, lambda: False, lines.append)
     log = "\n".join(lines)
     assert "device cuda" in log and "optimizer: adamw_8bit" in log, log
+    assert "grpo: sampler engine (" in log and "decode: graph (" in log and "decode: eager from now on" not in log, log
     regex = [m["reward_regex"] for m in read_metrics(tmp_path)]
     assert sum(regex[-3:]) / 3 > sum(regex[:3]) / 3 + 0.3, regex
