@@ -595,6 +595,7 @@ def estimate(
     """
     from engine import presets
     from engine.estimate import estimate as _estimate
+    from engine.offload import plan
 
     if method not in ("qlora", "lora", "full"):
         raise UserError(f"Unknown method '{method}'; use qlora, lora or full.")
@@ -608,6 +609,10 @@ def estimate(
     ckpt = base.gradient_checkpointing if base and seq == base.max_seq_length and batch == base.batch_size else True
     est = _estimate(arch, method, seq, batch, rank, checkpointing=ckpt)
     usable = budget * presets.USABLE if budget else None
+    try:  # what a run of these settings would do on this budget (engine.offload), with the fast path's loss
+        memory = plan(arch, method, seq, batch, budget, rank=rank).as_dict() if budget else None
+    except UserError as e:
+        memory = dict(fits=False, reason=str(e))
     return dict(
         model=model,
         method=method,
@@ -619,9 +624,9 @@ def estimate(
         tier_gb=tier,
         peak_vram_gb=est.peak_vram_gib,
         peak_ram_gb=est.peak_ram_gib,
-        fits=est.fits(usable) if usable else None,
+        fits=est.fits(usable) if usable else None,  # without offloading; `plan` says what offloading makes fit
         parts_gib=est.parts_gib,
-        plan=dict(gradient_checkpointing=ckpt, activation_offload=False, weight_streaming=False),
+        plan=memory,
         preset=None
         if preset is None
         else dataclasses.asdict(preset)

@@ -86,6 +86,22 @@ def test_offload_tiled_mlp_gives_the_untiled_losses_and_gradients():
         torch.testing.assert_close(grads_b[name], grad, msg=name)
 
 
+def test_offload_plan_is_part_of_the_estimate_command(tmp_path, capsys):
+    """python -m engine estimate names the checkpointing, offload and streaming a run would use on the budget."""
+    from engine.__main__ import main
+
+    config = dict(ARCHS["qwen3"], hidden_size=5120, intermediate_size=17408, num_hidden_layers=40,
+                  num_attention_heads=40, num_key_value_heads=8, head_dim=128, vocab_size=151936,
+                  tie_word_embeddings=False)  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    main(["estimate", "--model", str(tmp_path), "--seq", "2048", "--batch", "1", "--vram", "6"])
+    out = json.loads(capsys.readouterr().out)
+    p = out["plan"]
+    assert p["weight_streaming"] and p["activation_offload"] and p["host_embedding"] and p["checkpointed_layers"] == 40
+    assert 0 < p["streamed_layers"] < 40 and p["peak_vram_gib"] * 1.1 <= 6.0
+    assert out["fits"] is False and out["peak_vram_gb"] > 6.0  # without offloading it would not fit
+
+
 def test_offload_plan_refuses_what_cannot_fit_with_the_reason():
     with pytest.raises(UserError, match="even with every layer's weights in host RAM, over the 2.0 GiB budget"):
         plan(QWEN3_14B, "qlora", 2048, 1, 2.0)
