@@ -112,6 +112,7 @@ def estimate(
     ring_slots: int = 0,
     host_embedding: bool = False,
     mlp_tile: int | None = None,
+    optimizer_in_host: bool = False,
 ) -> Estimate:
     """Peak allocated GPU memory (and host RAM) of one training step, in GiB.
 
@@ -120,7 +121,8 @@ def estimate(
     instead of all of them. The offload manager's choices (engine.offload): `offload_activations` keeps checkpointed
     inputs in host RAM (at most OFFLOAD_ON_GPU of them on the GPU at once), `streamed_layers` layers' frozen weights
     live in host RAM and pass through `ring_slots` GPU slots, `host_embedding` keeps the input embedding table in host
-    RAM, and `mlp_tile` runs the MLP over tiles of that many tokens."""
+    RAM, `mlp_tile` runs the MLP over tiles of that many tokens, and `optimizer_in_host` counts full fine-tuning's
+    paged optimizer states in host RAM (where bitsandbytes' paged AdamW moves them under memory pressure)."""
     tokens = seq * batch
     if method == "qlora":
         weights = arch.linear_params * NF4_BYTES + (arch.params - arch.linear_params) * 2
@@ -134,8 +136,9 @@ def estimate(
     if host_embedding and not arch.tied:
         weights -= arch.vocab * arch.hidden * 2
     opt = OPTIMIZER_BYTES[optimizer]
+    paged = arch.params * opt if method == "full" and optimizer_in_host else 0
     if method == "full":
-        trainable = arch.params * (2 + 2 + opt)  # bf16 gradient, optimizer states (bf16 params are the weights)
+        trainable = arch.params * (2 + 2 + opt) - paged  # bf16 gradient, optimizer states (bf16 params are the weights)
     else:
         trainable = arch.lora_params(rank, targets) * (4 + 4 + opt)  # fp32 adapters, their grads, states
     layer = layer_activation_bytes(arch, tokens, mlp_tile)
@@ -160,7 +163,7 @@ def estimate(
     # Host RAM: measured peak RSS (python -m engine.calibrate tiers) was the whole 16-bit checkpoint plus about
     # 1 GiB for every model and method: transformers maps every weight file while it loads, QLoRA included. What the
     # offload manager keeps in pinned host memory comes on top.
-    pinned = streamed + (checkpointed_layers * tokens * arch.hidden * 2 if offload_activations else 0)
+    pinned = streamed + paged + (checkpointed_layers * tokens * arch.hidden * 2 if offload_activations else 0)
     ram = 1.0 + (arch.params * 2 + pinned) / GIB
     return Estimate(round(sum(parts.values()), 2), round(ram, 2), parts)
 

@@ -194,6 +194,7 @@ def plan_memory(spec, cfg: dict, placement: Placement):
         offload.host_ram_gib(),
         fused_loss=spec.fast_path and budget is not None,
         embeddings_trained=spec.train_embeddings,
+        paged_optimizer=spec.optimizer in ("auto", "paged_adamw_8bit"),  # engine.train: auto is paged for full
         **_estimate_kw(spec),
     )
 

@@ -47,6 +47,7 @@ class Plan:
     host_embedding: bool
     loss_chunk: int  # tokens per chunk of the fused loss
     mlp_tile: int | None  # tokens per MLP tile on long sequences (engine.patching.modules.FastMLP), else None
+    optimizer_in_host: bool  # full fine-tuning's paged optimizer states are planned in host RAM
     peak_vram_gib: float
     peak_ram_gib: float
     layers: int
@@ -60,6 +61,7 @@ class Plan:
             ring_slots=self.ring_slots,
             host_embedding=self.host_embedding,
             mlp_tile=self.mlp_tile,
+            optimizer_in_host=self.optimizer_in_host,
         )
 
     @property
@@ -78,6 +80,8 @@ class Plan:
             parts.append("input embedding in host RAM")
         if self.mlp_tile:
             parts.append(f"MLP in tiles of {self.mlp_tile} tokens")
+        if self.optimizer_in_host:
+            parts.append("paged optimizer states in host RAM")
         return (
             f"plan ({where}): " + ", ".join(parts) + f"; expected peak {self.peak_vram_gib:.2f} GiB GPU, "
             f"{self.peak_ram_gib:.1f} GiB host RAM"
@@ -93,6 +97,7 @@ class Plan:
             host_embedding=self.host_embedding,
             loss_chunk=self.loss_chunk,
             mlp_tile=self.mlp_tile,
+            optimizer_in_host=self.optimizer_in_host,
             peak_vram_gib=self.peak_vram_gib,
             peak_ram_gib=self.peak_ram_gib,
         )
@@ -112,6 +117,7 @@ def plan(
     host_ram_gib: float | None = None,
     fused_loss: bool = True,
     embeddings_trained: bool = False,
+    paged_optimizer: bool = True,
     **estimate_kw,
 ) -> Plan:
     """The fastest way to train within the budget. In order: recompute nothing; else keep checkpointed inputs and the
@@ -120,6 +126,9 @@ def plan(
     RAM. Raises UserError when even streaming every layer does
     not fit the budget, or when host RAM cannot hold what must be offloaded.
 
+    Full fine-tuning streams no weights (they are trained); with a paged optimizer (`paged_optimizer`, the default
+    paged 8-bit AdamW) its states may instead be planned in host RAM, where bitsandbytes pages them under pressure.
+
     `budget_gib` None (no GPU) gives the plain plan: every layer checkpointed, nothing offloaded."""
     layers = arch.layers
     chunk = 4096 if budget_gib is None or budget_gib >= SMALL_CARD_GIB else 1024
@@ -127,7 +136,7 @@ def plan(
     def est(**kw):
         return estimate(arch, method, seq, batch, fused_loss=fused_loss, loss_chunk=chunk, **estimate_kw, **kw)
 
-    def made(checkpointed, e, offload=False, streamed=(), host_embedding=False, slots=0, tile=None):
+    def made(checkpointed, e, offload=False, streamed=(), host_embedding=False, slots=0, tile=None, paged=False):
         return Plan(
             budget_gib,
             checkpointed,
@@ -137,6 +146,7 @@ def plan(
             host_embedding,
             chunk,
             tile,
+            paged,
             e.peak_vram_gib,
             e.peak_ram_gib,
             layers,
@@ -161,9 +171,13 @@ def plan(
         plan_ = made(layers, e, True, (), host_embedding, tile=MLP_TILE)
     else:
         if method == "full":
+            e = est(checkpointed_layers=layers, optimizer_in_host=paged_optimizer, **offload)
+            if paged_optimizer and e.peak_vram_gib <= cap:
+                return _check_ram(made(layers, e, True, (), host_embedding, paged=True), host_ram_gib)
             raise UserError(
                 f"Full fine-tuning of this model needs about {e.peak_vram_gib * SLACK:.1f} GiB of GPU memory even "
-                f"with its activations in host RAM, over the {budget_gib:.1f} GiB budget; use LoRA or QLoRA."
+                f"with its activations{' and optimizer states' if paged_optimizer else ''} in host RAM, over the "
+                f"{budget_gib:.1f} GiB budget; use LoRA or QLoRA."
             )
         # the fewest streamed layers with a ring of three slots (two arriving while one computes), else with two
         tile = MLP_TILE if seq * batch > MLP_TILE else None
@@ -183,11 +197,15 @@ def plan(
                 "smaller batch, QLoRA, or a smaller model."
             )
         plan_ = made(layers, e, True, spread(count, layers), host_embedding, slots, tile)
+    return _check_ram(plan_, host_ram_gib)
+
+
+def _check_ram(plan_: Plan, host_ram_gib: float | None) -> Plan:
     if host_ram_gib is not None and plan_.peak_ram_gib > host_ram_gib:
         raise UserError(
             f"This run needs about {plan_.peak_ram_gib:.1f} GiB of host RAM for what does not fit in "
-            f"{budget_gib:.1f} GiB of GPU memory, and {host_ram_gib:.1f} GiB is free; close other programs, use a "
-            "shorter sequence length, or a card with more memory."
+            f"{plan_.budget_gib:.1f} GiB of GPU memory, and {host_ram_gib:.1f} GiB is free; close other programs, use "
+            "a shorter sequence length, or a card with more memory."
         )
     return plan_
 

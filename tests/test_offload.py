@@ -111,6 +111,20 @@ def test_offload_plan_refuses_what_cannot_fit_with_the_reason():
         plan(LLAMA8B, "full", 2048, 1, 24.0)
 
 
+def test_offload_plan_pages_full_fine_tuning_optimizer_states_to_host_ram():
+    """Full fine-tuning streams nothing (its weights train); under a tight budget the paged 8-bit AdamW's states are
+    planned in host RAM, and without a paged optimizer the same run is refused."""
+    qwen3_1_7b = Arch(hidden=2048, intermediate=6144, layers=28, heads=16, kv_heads=8, head_dim=128, vocab=151936,
+                      tied=True)  # fmt: skip
+    p = plan(qwen3_1_7b, "full", 1024, 1, 12.0)
+    assert p.optimizer_in_host and p.offload_activations and not p.streamed and p.peak_vram_gib * 1.1 <= 12.0
+    resident = estimate(qwen3_1_7b, "full", 1024, 1, fused_loss=True, **{**p.estimate_kw(), "optimizer_in_host": False},
+                        checkpointed_layers=28)  # fmt: skip
+    assert resident.peak_vram_gib * 1.1 > 12.0 and p.peak_ram_gib > resident.peak_ram_gib
+    with pytest.raises(UserError, match="activations in host RAM"):
+        plan(qwen3_1_7b, "full", 1024, 1, 12.0, paged_optimizer=False)
+
+
 def test_offload_estimate_counts_what_leaves_the_gpu():
     base = estimate(QWEN3_14B, "qlora", 2048, 1, fused_loss=True)
     streamed = estimate(QWEN3_14B, "qlora", 2048, 1, fused_loss=True, streamed_layers=10, ring_slots=3)
@@ -232,6 +246,7 @@ def test_offload_gradients_equal_those_without_offload(mode, method, tmp_path, m
         host_embedding=mode == "host_embedding",
         loss_chunk=64,
         mlp_tile=None,
+        optimizer_in_host=False,
         peak_vram_gib=0.5,
         peak_ram_gib=1.0,
         layers=4,
