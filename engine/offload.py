@@ -1,6 +1,6 @@
 """The offload manager: what does not fit in the VRAM budget waits in pinned host RAM and comes back ahead of need.
 
-Three mechanisms, chosen by `plan` from the budget (the card, or TUNESMITH_VRAM_GIB) and the run's shape:
+Chosen by `plan` from the budget (the card, or TUNESMITH_VRAM_GIB) and the run's shape, before the model loads:
 
 - Activation offload. A checkpointed decoder layer keeps only its input for the backward. `Checkpoint` (our own
   checkpoint function, installed per layer) copies that input to pinned host memory on a side stream during the
@@ -8,17 +8,20 @@ Three mechanisms, chosen by `plan` from the budget (the card, or TUNESMITH_VRAM_
   differentiates (double-buffered: at most OFFLOAD_ON_GPU inputs on the GPU). The last checkpointed layer's input
   stays on the GPU: it is the first one the backward needs.
 - Weight streaming. The frozen linear weights of `plan.streamed` layers (NF4-packed or 16-bit) live in pinned host
-  RAM; `WeightStream` copies them into a ring of GPU slots on a side stream, `depth` layers ahead, in forward order
+  RAM; `WeightStream` copies them into a ring of GPU slots on a side stream, the next ones ahead, in forward order
   and then in reverse for the backward (where the recompute and the backward of a layer share one copy). A slot is
   overwritten only after the GPU has finished with its previous layer (an event recorded after that layer's last
   use). Streamed layers are always checkpointed, so no autograd node keeps a reference to a slot. LoRA weights, their
   optimizer state and the NF4 scales stay on the GPU. The run log reports copy, stall and compute time.
 - Host embedding. An untied input embedding table is read on the host (a lookup of the batch's rows) and only the
   (tokens x hidden) result goes to the GPU: 1 GiB of an 8B model's VRAM for a 32 MiB copy per step.
+- Tiled MLP. On long sequences the MLP runs over tiles of MLP_TILE tokens, each recomputed in the backward
+  (engine.patching.modules.FastMLP), so its (tokens x intermediate) activations never exist at once.
+- Optimizer states. LoRA's 8-bit AdamW states are small and stay on the GPU. Full fine-tuning uses bitsandbytes'
+  paged 8-bit AdamW (engine.train), whose states page out to host RAM under memory pressure; the plan counts them
+  there when that is what makes the run fit (`Plan.optimizer_in_host`).
 
 `Ring` (which layer sits in which slot, what to prefetch) and `plan` are plain Python, unit-tested on the CPU.
-8-bit and paged optimizer states are the optimizer's business (engine.train: adamw_8bit, and paged AdamW 8-bit for
-full fine-tuning); their GPU bytes are part of the estimate the plan is made from.
 """
 
 import functools
