@@ -18,6 +18,7 @@ PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 TIERS = (6, 8, 12, 16, 24, 48, 80)
 CLASSES = ("0.5b", "1-2b", "3-4b", "7-8b", "12-14b", "24-32b", "70b")
 METHODS = ("qlora", "lora", "full")
+OFFLOAD_RAM_GIB = 64  # host RAM an offloading preset may count on (a well-equipped desktop); runs check the real RAM
 USABLE = 0.9  # share of a tier's nominal GiB a run may plan for (a "16 GB" T4 has 14.6 GiB; drivers keep some)
 REFERENCE = {  # the catalog model each size class is sized for (the largest common one in the class)
     "0.5b": "Qwen/Qwen3-0.6B",
@@ -38,7 +39,7 @@ class Preset:
     lora_r: int  # adapter rank: a few MB per unit of rank; more capacity
     lora_alpha: int  # adapter scale alpha / r: no memory cost
     gradient_checkpointing: bool  # recompute activations in backward: far less memory, about 30% slower
-    offload: str  # none; (later) activations / weights: host RAM instead of VRAM, slower
+    offload: str  # none; activations / optimizer / weights: what engine.offload keeps in host RAM, slower
     optimizer: str  # adamw_8bit: 2 bytes of state per trainable parameter; adamw: 8
     learning_rate: float  # peak learning rate
     lr_schedule: str  # linear / cosine decay after warmup, or constant
@@ -115,7 +116,11 @@ def preset_for(tier: int, params: int, method: str):
 
 def derive(tier: int, arch: Arch, method: str):
     """The fastest settings that fit: the longest standard sequence, then the largest batch, then no
-    recomputation where even that fits."""
+    recomputation where even that fits. When nothing fits in VRAM alone, the longest sequence (batch 2, then 1) that
+    engine.offload can plan by keeping activations, optimizer states or frozen weights in host RAM (slower; the run
+    makes its own plan at start, this only says it will fit)."""
+    from engine.offload import plan
+
     budget = tier * USABLE
     lr = 2e-5 if method == "full" else 2e-4
     seqs = (4096, 2048, 1024, 512) if tier >= 48 else (2048, 1024, 512)
@@ -125,8 +130,19 @@ def derive(tier: int, arch: Arch, method: str):
                 continue
             ckpt = not estimate(arch, method, seq, batch, checkpointing=False).fits(budget)
             return Preset(batch, max(1, 8 // batch), seq, 16, 16, ckpt, "none", "adamw_8bit", lr, "linear", 5)
+    for seq in seqs[-3:]:
+        for batch in (2, 1):
+            try:
+                p = plan(arch, method, seq, batch, budget, host_ram_gib=OFFLOAD_RAM_GIB)
+            except UserError:
+                continue
+            kind = "weights" if p.streamed else "optimizer" if p.optimizer_in_host else "activations"
+            return Preset(batch, 8 // batch, seq, 16, 16, True, kind, "adamw_8bit", lr, "linear", 5)
     need = estimate(arch, method, 512, 1).peak_vram_gib * 1.1
-    return NoFit(f"needs about {need:.1f} GiB at 512 tokens and batch 1; this tier plans for {budget:.1f} GiB")
+    return NoFit(
+        f"needs about {need:.1f} GiB at 512 tokens and batch 1, and more than this tier's {budget:.1f} GiB even with "
+        f"the offload manager and {OFFLOAD_RAM_GIB} GiB of host RAM"
+    )
 
 
 def _write_all() -> None:

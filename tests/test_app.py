@@ -318,6 +318,9 @@ def test_model_tab_fit_badge(monkeypatch, tiny_llama):
     monkeypatch.setenv("TUNESMITH_VRAM_GIB", "14.6")  # plan for a T4
     assert model_tab.fit_badge("Qwen/Qwen3-4B", "qlora").startswith("✅ Fits this GPU (15 GiB, 16 GB preset)")
     assert model_tab.fit_badge("Qwen/Qwen3-32B", "full").startswith("⚠ Will not fit this GPU")
+    monkeypatch.setenv("TUNESMITH_VRAM_GIB", "7.2")  # an 8 GB card: a 14B model trains by streaming its weights
+    badge = model_tab.fit_badge("Qwen/Qwen3-14B", "qlora")
+    assert badge.startswith("✅ Fits this GPU (7 GiB, 8 GB preset) with weights in host RAM (slower)"), badge
     monkeypatch.delenv("TUNESMITH_VRAM_GIB")
     assert model_tab.fit_badge(str(tiny_llama), "lora").startswith("No GPU detected")
     assert "does not exist" in model_tab.describe(None, "/no/such/folder", "lora")
@@ -332,6 +335,9 @@ def test_preset_applied_from_the_gpu(monkeypatch):
     assert seq * batch >= 1024 and batch * accum == 8 and rank == 16 and lr == 2e-4 and isinstance(ckpt, bool)
     note, *_ = train_tab.apply_preset("Qwen/Qwen3-32B", "full")
     assert note.startswith("⚠ The 16 GB preset says this does not fit")
+    monkeypatch.setenv("TUNESMITH_VRAM_GIB", "7.2")
+    note, seq, batch, *_ = train_tab.apply_preset("Qwen/Qwen3-14B", "qlora")
+    assert "weights kept in host RAM (slower)" in note and seq * batch >= 512, note
 
 
 def test_smoothed_loss_is_a_bias_corrected_average():

@@ -13,6 +13,7 @@ from engine.api import catalog, estimate, model_arch
 from engine.errors import UserError
 from engine.estimate import Arch
 from engine.estimate import estimate as raw_estimate
+from engine.offload import plan as offload_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 TIER_FILES = sorted((ROOT / "presets").rglob("tier-*.yaml"))
@@ -35,6 +36,13 @@ def test_each_preset_fits_its_tier_and_says_why_not(path):
             if isinstance(p, presets.NoFit):
                 assert "needs about" in p.reason
                 assert not raw_estimate(arch, method, 512, 1).fits(tier * presets.USABLE)
+                with pytest.raises(UserError):  # not even with the offload manager
+                    offload_plan(arch, method, 512, 1, tier * presets.USABLE, presets.OFFLOAD_RAM_GIB)
+                continue
+            if p.offload != "none":  # fits only by keeping something in host RAM: the run's own planner agrees
+                plan = offload_plan(arch, method, p.max_seq_length, p.batch_size, tier * presets.USABLE)
+                kind = "weights" if plan.streamed else "optimizer" if plan.optimizer_in_host else "activations"
+                assert kind == p.offload and plan.peak_ram_gib <= presets.OFFLOAD_RAM_GIB, (path.name, cls, method)
                 continue
             est = raw_estimate(
                 arch,
@@ -49,14 +57,17 @@ def test_each_preset_fits_its_tier_and_says_why_not(path):
 
 
 def test_bigger_cards_never_get_worse_presets():
+    """A bigger card never needs more offloading (weights, then optimizer or activations, then none) and, at the same
+    offloading, never gets fewer tokens per micro-step."""
+    rank = {"weights": 0, "optimizer": 1, "activations": 1, "none": 2}
     for cls in presets.CLASSES:
         for method in presets.METHODS:
-            tokens = [
-                getattr(presets.load_tier(f)[cls][method], "max_seq_length", 0)
-                * getattr(presets.load_tier(f)[cls][method], "batch_size", 0)
-                for f in TIER_FILES
-            ]
-            assert tokens == sorted(tokens), (cls, method, tokens)
+            keys = []
+            for f in TIER_FILES:
+                p = presets.load_tier(f)[cls][method]
+                fits = not isinstance(p, presets.NoFit)
+                keys.append((rank[p.offload], p.max_seq_length * p.batch_size) if fits else (-1, 0))
+            assert keys == sorted(keys), (cls, method, keys)
 
 
 def test_unknown_and_mistyped_keys_fail(tmp_path):

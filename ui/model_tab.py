@@ -35,6 +35,13 @@ def fit_badge(model: str, method: str) -> str:
     where = f"this GPU ({est['vram_budget_gib']:.0f} GiB, {est['tier_gb']} GB preset)"
     if est["fits"]:
         return f"✅ Fits {where}: about {est['peak_vram_gb']:.1f} GB peak at {est['seq']} tokens × {est['batch']}."
+    offload = (est["preset"] or {}).get("offload", "none")
+    if offload != "none" and est["plan"] and "reason" not in est["plan"]:
+        plan = est["plan"]
+        return (
+            f"✅ Fits {where} with {offload} in host RAM (slower): about {plan['peak_vram_gib']:.1f} GB on the GPU "
+            f"and {plan['peak_ram_gib']:.0f} GB of RAM at {est['seq']} tokens × {est['batch']}."
+        )
     reason = (est["preset"] or {}).get("reason", f"about {est['peak_vram_gb']:.1f} GB at {est['seq']} tokens")
     return f"⚠ Will not fit {where}: {reason}. Try QLoRA or a smaller model."
 
