@@ -109,15 +109,20 @@ def _arch(cfg: dict) -> str:
     return mt
 
 
+def _shown(folder: Path) -> str:
+    """The name a user knows a folder by: a run's `adapter/` folder (which holds the run's tokenizer) is the run."""
+    return folder.parent.name if folder.name == "adapter" else folder.name
+
+
 def _tokenizer_json(model_dir: Path) -> dict:
     path = model_dir / "tokenizer.json"
     if not path.is_file():
         raise UserError(
-            f"'{model_dir.name}' has no tokenizer.json (only a SentencePiece .model file); GGUF export reads "
+            f"'{_shown(model_dir)}' has no tokenizer.json (only a SentencePiece .model file); GGUF export reads "
             "tokenizer.json. Export as merged16 instead."
         )
     tj = json.loads(path.read_text())
-    _tokenizer_kind(tj, model_dir.name)
+    _tokenizer_kind(tj, _shown(model_dir))
     return tj
 
 
@@ -303,7 +308,7 @@ def _add_tokenizer(w, model_dir: Path, cfg: dict, model_type: str, log) -> dict:
             "embeddings; resize the embeddings before exporting."
         )
     added = {t.content: t.special for t in tok.added_tokens_decoder.values()}
-    kind = _tokenizer_kind(tj, model_dir.name)
+    kind = _tokenizer_kind(tj, _shown(model_dir))
     tokens = [f"[PAD{i}]" for i in range(n_vocab)]
     types = [gguf.TokenType.UNUSED] * n_vocab
     unk = tj["model"].get("unk_token")

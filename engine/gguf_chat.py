@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from engine.errors import UserError
-from engine.infer import END_OF_TURN, ReplyStats, sampling_defaults
+from engine.infer import END_OF_TURN, ReplyStats, Turn, sampling_defaults
 
 # Our sampling names -> the general.sampling.* header keys llama.cpp reads as a model's defaults.
 GGUF_SAMPLING_KEYS = dict(
@@ -59,6 +59,7 @@ class GGUFChat:
         keys = {"bos": "bos_token_id", "eos": "eos_token_id", "pad": "padding_token_id", "unk": "unknown_token_id"}
         self.specials = {name: self._token_text(meta.get(f"tokenizer.ggml.{key}")) for name, key in keys.items()}
         self.source = str(path)
+        self._turn = Turn()  # llama.cpp's context serves one reply at a time
 
     def _token_text(self, token_id) -> str:
         if token_id is None:
@@ -109,8 +110,11 @@ class GGUFChat:
         stats: ReplyStats | None = None,
     ) -> str:
         """The whole reply (greedy when temperature is 0), without the end-of-turn token."""
-        t0 = time.perf_counter()
-        out = self._completion(messages, max_new_tokens, temperature, top_p, top_k, repetition_penalty, min_p, False)
+        with self._turn():
+            t0 = time.perf_counter()
+            out = self._completion(
+                messages, max_new_tokens, temperature, top_p, top_k, repetition_penalty, min_p, False
+            )
         if stats is not None:
             stats.tokens, stats.seconds = out["usage"]["completion_tokens"], time.perf_counter() - t0
         return out["choices"][0]["text"].strip()
@@ -129,17 +133,20 @@ class GGUFChat:
         """Yield the reply so far, growing as tokens arrive. `stats`, when given, is updated as they do: llama.cpp
         streams one chunk per generated token (a chunk's text may be empty mid-character), then a closing chunk."""
         stats = stats if stats is not None else ReplyStats()
-        t0 = time.perf_counter()
-        text = ""
-        chunks = self._completion(messages, max_new_tokens, temperature, top_p, top_k, repetition_penalty, min_p, True)
-        for chunk in chunks:
-            choice = chunk["choices"][0]
-            if choice["finish_reason"] is None:  # the closing chunk carries no token
-                stats.tokens += 1
-            stats.seconds = time.perf_counter() - t0
-            if choice["text"]:
-                text += choice["text"]
-                yield text.strip()
+        with self._turn():
+            t0 = time.perf_counter()
+            text = ""
+            chunks = self._completion(
+                messages, max_new_tokens, temperature, top_p, top_k, repetition_penalty, min_p, True
+            )
+            for chunk in chunks:
+                choice = chunk["choices"][0]
+                if choice["finish_reason"] is None:  # the closing chunk carries no token
+                    stats.tokens += 1
+                stats.seconds = time.perf_counter() - t0
+                if choice["text"]:
+                    text += choice["text"]
+                    yield text.strip()
 
     def compare(self, messages, stats=None, **sampling):
         """A GGUF file has its adapter merged into the weights: there is no base model in it to compare with."""

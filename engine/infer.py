@@ -1,9 +1,11 @@
 """Chat with a run's adapter, a merged model or a hub model: the same chat template as training, streamed, with
 each reply's tokens/s, a base-vs-fine-tuned compare from one copy of the weights, and per-family sampling defaults."""
 
+import contextlib
 import json
 import os
 import random
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +149,35 @@ def _held_back(text: str, stops: list[str]) -> int:
     return 0
 
 
+TURN_WAIT_S = 600  # how long a reply waits for the one being written before giving up with a sentence
+
+
+class Turn:
+    """One reply at a time per loaded model (every reply shares the decoder's KV cache, or llama.cpp's context): a
+    second reply waits up to TURN_WAIT_S for the one being written (another browser tab, compare during a chat). A
+    Lock, not an RLock: a streamed reply may be resumed on another thread than the one that began it (Gradio steps
+    generators on a thread pool). A second reply begun on the thread that holds the turn cannot wait for it (the
+    first is suspended there) and is refused at once."""
+
+    BUSY = "Another reply from this model is still being written; wait for it to finish (or stop it), then ask again."
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._holder = None
+
+    @contextlib.contextmanager
+    def __call__(self):
+        me = threading.get_ident()
+        if self._holder == me or not self._lock.acquire(timeout=TURN_WAIT_S):
+            raise UserError(self.BUSY)
+        self._holder = me
+        try:
+            yield
+        finally:
+            self._holder = None
+            self._lock.release()
+
+
 class ChatModel:
     """A model loaded for chat; `reply` and `stream` take a list of {"role", "content"} messages.
 
@@ -176,6 +207,7 @@ class ChatModel:
         vocab = self.tokenizer.get_vocab()
         self.stop_texts = [s for s in stop_strings(self.tokenizer.chat_template) if s not in vocab]
         self.source = source
+        self._turn = Turn()
 
     def _stop_ids(self) -> list[int]:
         tok, vocab = self.tokenizer, self.tokenizer.get_vocab()
@@ -214,12 +246,16 @@ class ChatModel:
         from engine.decode import Sampling
 
         stats = stats if stats is not None else ReplyStats()
-        t0 = time.perf_counter()
         sampling = Sampling(temperature, top_p, top_k, min_p, repetition_penalty, seed)
         stops = [s for s in [*self.stop_texts, *(stop or [])] if s]
+        ids = self.prompt_ids(messages)
+        with self._turn():
+            yield from self._pieces(ids, max_new_tokens, sampling, stops, adapter, stats)
+
+    def _pieces(self, ids, max_new_tokens, sampling, stops, adapter, stats):
+        t0 = time.perf_counter()
         text = TextStream(self.tokenizer)
         pending = ""  # decoded text not yet shown: it may be the start of a stop string
-        ids = self.prompt_ids(messages)
         for token in self.decoder.tokens(ids, max_new_tokens, sampling, self.stop_ids, adapter and self.has_adapter):
             stats.tokens += 1
             stats.seconds = time.perf_counter() - t0

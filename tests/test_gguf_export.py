@@ -176,6 +176,19 @@ def test_unigram_tokenizer_is_refused_with_a_sentence(tiny_llama, tmp_path):
     assert str(err.value) == sentence and not (tmp_path / "out").exists()
 
 
+def test_refusal_names_the_run_not_its_adapter_folder(tiny_llama, tmp_path):
+    """A run keeps its tokenizer in `adapter/`: the sentence names the run, the folder the user picked."""
+    from engine.gguf import supported
+
+    adapter = tmp_path / "20261122-my-run" / "adapter"
+    adapter.mkdir(parents=True)
+    tj = json.loads((tiny_llama / "tokenizer.json").read_text())
+    tj["model"]["type"] = "Unigram"
+    (adapter / "tokenizer.json").write_text(json.dumps(tj))
+    ok, why = supported(tiny_llama, adapter)
+    assert not ok and "the tokenizer of '20261122-my-run'" in why
+
+
 def test_sentencepiece_style_tokenizer_is_refused(tiny_llama, tmp_path):
     folder = tmp_path / "spm-llama"
     shutil.copytree(tiny_llama, folder)

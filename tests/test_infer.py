@@ -11,6 +11,7 @@ import torch
 from tiny import ARCHS, make_model, make_tokenizer
 
 from engine.decode import Decoder, Sampling, pick
+from engine.errors import UserError
 from engine.infer import ChatModel, TextStream
 
 FAMILIES = [a for a in ARCHS if a != "llama256"]  # llama256 is llama again, wider for the GGUF K-quants
@@ -125,11 +126,12 @@ def test_streaming_yields_each_tokens_text_once(chats):
 
 
 def test_one_reply_at_a_time(chats):
-    """Replies share one cache: a second stream while one is open is refused with a sentence, not corrupted."""
+    """Replies share one cache: a second stream begun on the thread whose stream is open is refused with a sentence
+    (it could never get its turn), not corrupted; other threads wait (test_two_replies_at_once_take_turns)."""
     chat = chats("qwen3")
     first = chat.stream(MESSAGES, N)
     next(first)
-    with pytest.raises(RuntimeError, match="already generating"):
+    with pytest.raises(UserError, match="still being written"):
         next(chat.stream(MESSAGES, N))
     first.close()
     assert chat.reply(MESSAGES, N) == list(chat.stream(MESSAGES, N))[-1]
@@ -150,6 +152,29 @@ def test_decoding_swaps_no_module_and_kernels_off_is_transformers(chats):
     plain = Decoder(chat.model, log=lambda m: None, kernels=False)
     assert plain.path == "forward" and plain.attention == "sdpa"
     assert list(plain.tokens(ids, N)) == list(chat.decoder.tokens(ids, N))
+
+
+def test_two_replies_at_once_take_turns(chats):
+    """Two threads asking the same loaded model at once (two browser tabs, or compare during a chat) both get the
+    reply they would get alone: the second waits for the first instead of failing on the shared cache."""
+    import threading
+
+    chat = chats("llama")
+    alone = chat.reply(MESSAGES, N)
+    got, errors = [], []
+
+    def ask():
+        try:
+            got.append(chat.reply(MESSAGES, N))
+        except Exception as e:  # noqa: BLE001  reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=ask) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors and got == [alone, alone]
 
 
 def test_text_stream_does_not_split_characters():
