@@ -104,7 +104,7 @@ def _register_decode_attention() -> None:
     AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)
 
 
-def _static_cache_blocker(config) -> str | None:
+def static_cache_blocker(config) -> str | None:
     """What keeps a static-cache step from `config`'s cache: the first StaticCache layer type that is not a plain
     StaticLayer (a sliding window), or that there is no StaticCache for it; None when there is none."""
     from transformers import StaticCache
@@ -133,7 +133,7 @@ def choose_path(net, kernels: bool | None) -> tuple[str, str]:
         why = unsupported(net)
         if why is None:
             return "step", f"our decode step for {net.config.model_type}"
-    blocker = _static_cache_blocker(net.config)
+    blocker = static_cache_blocker(net.config)
     if blocker is not None:
         return "generate", f"transformers generate ({why}; {blocker})"
     return "forward", f"transformers' forward over a static cache ({why})"

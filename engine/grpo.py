@@ -92,20 +92,6 @@ def sample_with_cache(model) -> None:
 SAMPLERS = ("engine", "trl")
 
 
-def cache_blocker(config) -> str | None:
-    """What keeps the engine's decoder from stepping `config`'s model over a plain static KV cache (layers with a
-    sliding window, or no static cache at all), as a phrase; None when nothing does."""
-    from transformers import StaticCache
-    from transformers.cache_utils import StaticLayer
-
-    try:
-        cache = StaticCache(config=config, max_cache_len=1)  # its layers allocate on their first write: cheap
-    except (ValueError, TypeError, AttributeError, NotImplementedError) as e:
-        return f"no static KV cache ({e.__class__.__name__})"
-    kinds = [type(layer).__name__ for layer in cache.layers if type(layer) is not StaticLayer]
-    return f"{kinds[0]} layers in its KV cache" if kinds else None
-
-
 def choose_sampler(model) -> tuple[str, str]:
     """("engine" or "trl", why): TUNESMITH_GRPO_SAMPLER wins; else the engine's decoder for every model that decodes
     over a plain static KV cache, TRL's default `generate` for the rest."""
@@ -119,7 +105,9 @@ def choose_sampler(model) -> tuple[str, str]:
     # the test transformers applies before it compiles a static-cache decode step
     if getattr(net, "_is_stateful", False) or not getattr(net, "_can_compile_fullgraph", False):
         return "trl", f"{name} cannot decode over a static KV cache, so TRL's sampler (transformers generate) runs"
-    blocker = cache_blocker(net.config)
+    from engine.decode import static_cache_blocker
+
+    blocker = static_cache_blocker(net.config)
     if blocker is not None:
         # a sliding-window layer keeps its position in a host int, so no decode step over it is captured in a CUDA
         # graph; one reply at a time without graphs would only lose to generate's padded batch

@@ -28,10 +28,10 @@ import functools
 import math
 from dataclasses import dataclass
 
+from engine.checkpointing import SLACK
 from engine.errors import UserError
 from engine.estimate import GIB, Arch, estimate, layer_activation_bytes
 
-SLACK = 1.1  # allocator fragmentation and estimate error, as in Estimate.fits
 RING_SLOTS = 3  # GPU slots for streamed layers: the one computing and two arriving
 MLP_TILE = 8192  # tokens per MLP tile when a long sequence's activations do not fit otherwise
 LOG_EVERY = 20  # training steps between timing lines in the run log

@@ -252,7 +252,8 @@ def test_grpo_sampler_choice(monkeypatch):
     assert choose_sampler(Stateful())[0] == choose_sampler(object())[0] == "trl"
     assert choose_sampler(Windowed()) == (
         "trl",
-        "Windowed: StaticSlidingWindowLayer layers in its KV cache, so TRL's sampler (transformers generate) runs",
+        "Windowed: its cache has StaticSlidingWindowLayer layers, whose position is a host int, so TRL's sampler "
+        "(transformers generate) runs",
     )
     monkeypatch.setenv("TUNESMITH_GRPO_SAMPLER", "trl")
     assert choose_sampler(Static()) == ("trl", "TUNESMITH_GRPO_SAMPLER=trl")
