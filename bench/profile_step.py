@@ -9,6 +9,7 @@ three warm-up steps, then profiles two.
 import argparse
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.join(os.getcwd(), ".bench"))
 sys.path.insert(0, os.getcwd())
@@ -27,6 +28,7 @@ def main():
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--bs", type=int, default=2)
     ap.add_argument("--rows", type=int, default=30)
+    ap.add_argument("--trace", help="also write the profiled steps' Chrome trace (gzipped JSON) here")
     a = ap.parse_args()
     model = tb.load(a.impl, tb.ensure_model(a.arch), a.mode, a.seq, 16)
     model.train()
@@ -43,11 +45,40 @@ def main():
     for _ in range(3):
         step()
     torch.cuda.synchronize()
+    # where a step's wall time goes: forward, backward, optimizer (CUDA events, then host wall time)
+    marks = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
+    t = time.perf_counter()
+    marks[0].record()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = model(input_ids=ids, labels=ids).loss
+    marks[1].record()
+    loss.backward()
+    marks[2].record()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    marks[3].record()
+    torch.cuda.synchronize()
+    parts = [marks[i].elapsed_time(marks[i + 1]) for i in range(3)]
+    print(
+        f"# step {1000 * (time.perf_counter() - t):.1f} ms: forward {parts[0]:.1f}, backward {parts[1]:.1f}, "
+        f"optimizer {parts[2]:.1f} ms (CUDA events)",
+        flush=True,
+    )
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(2):
             step()
         torch.cuda.synchronize()
+    if a.trace:
+        import gzip
+        import shutil
+
+        prof.export_chrome_trace(a.trace.removesuffix(".gz"))
+        with open(a.trace.removesuffix(".gz"), "rb") as src, gzip.open(a.trace, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.remove(a.trace.removesuffix(".gz"))
     table = prof.key_averages()
+    busy = sum(e.self_device_time_total for e in table if e.device_type.name == "CUDA") / 2 / 1000
+    print(f"# GPU kernel time per profiled step: {busy:.1f} ms", flush=True)
     try:
         print(table.table(sort_by="self_device_time_total", row_limit=a.rows, max_name_column_width=60))
     except (KeyError, AttributeError, ValueError):

@@ -113,6 +113,7 @@ def estimate(
     host_embedding: bool = False,
     mlp_tile: int | None = None,
     optimizer_in_host: bool = False,
+    dense_layers: int = 0,
 ) -> Estimate:
     """Peak allocated GPU memory (and host RAM) of one training step, in GiB.
 
@@ -122,13 +123,15 @@ def estimate(
     inputs in host RAM (at most OFFLOAD_ON_GPU of them on the GPU at once), `streamed_layers` layers' frozen weights
     live in host RAM and pass through `ring_slots` GPU slots, `host_embedding` keeps the input embedding table in host
     RAM, `mlp_tile` runs the MLP over tiles of that many tokens, and `optimizer_in_host` counts full fine-tuning's
-    paged optimizer states in host RAM (where bitsandbytes' paged AdamW moves them under memory pressure)."""
+    paged optimizer states in host RAM (where bitsandbytes' paged AdamW moves them under memory pressure), and
+    `dense_layers` QLoRA layers keep a 16-bit copy of their NF4 weights beside them."""
     tokens = seq * batch
     if method == "qlora":
         weights = arch.linear_params * NF4_BYTES + (arch.params - arch.linear_params) * 2
         # a bf16 copy of the largest weight: transformers' path holds one in the forward and one in the backward;
         # the fast path (which brings the fused loss) dequantizes into one shared buffer (kernels.lora)
         dequant = (1 if fused_loss else 2) * max(a * b for a, b in arch.linear_shapes.values()) * 2
+        dequant += dense_layers * layer_weight_bytes(arch, "lora")
     else:
         weights, dequant = arch.params * 2, 0
     streamed = layer_weight_bytes(arch, method) * streamed_layers

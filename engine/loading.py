@@ -238,6 +238,8 @@ def prepare_for_training(model, spec, log=print, memory=None):
             p.requires_grad_(True)
     else:
         model = add_lora(model, spec, log)
+    if memory is not None and memory.dense_layers and on_gpu and fused_loss:
+        offload.keep_dense(model, memory.dense_layers, log)
     if memory is not None and memory.active and on_gpu:
         device = next(p.device for p in model.parameters() if p.device.type == "cuda")
         model.offload_stream = offload.install(model, memory, device, log)

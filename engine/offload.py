@@ -17,6 +17,9 @@ Chosen by `plan` from the budget (the card, or TUNESMITH_VRAM_GIB) and the run's
   (tokens x hidden) result goes to the GPU: 1 GiB of an 8B model's VRAM for a 32 MiB copy per step.
 - Tiled MLP. On long sequences the MLP runs over tiles of MLP_TILE tokens, each recomputed in the backward
   (engine.patching.modules.FastMLP), so its (tokens x intermediate) activations never exist at once.
+- Dense copies. On a card with room to spare, QLoRA keeps a 16-bit copy of the first `plan.dense_layers` layers'
+  NF4 weights (`keep_dense`), dequantized once at load with the same kernel, so those layers skip the two
+  dequantizations of every step (forward and backward): the same values, computed once instead of per pass.
 - Optimizer states. LoRA's 8-bit AdamW states are small and stay on the GPU. Full fine-tuning uses bitsandbytes'
   paged 8-bit AdamW (engine.train), whose states page out to host RAM under memory pressure; the plan counts them
   there when that is what makes the run fit (`Plan.optimizer_in_host`).
@@ -24,17 +27,19 @@ Chosen by `plan` from the budget (the card, or TUNESMITH_VRAM_GIB) and the run's
 `Ring` (which layer sits in which slot, what to prefetch) and `plan` are plain Python, unit-tested on the CPU.
 """
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
 
 from engine.checkpointing import SLACK
 from engine.errors import UserError
-from engine.estimate import GIB, Arch, estimate, layer_activation_bytes
+from engine.estimate import GIB, Arch, estimate, layer_activation_bytes, layer_weight_bytes
 
 RING_SLOTS = 3  # GPU slots for streamed layers: the one computing and two arriving
 MLP_TILE = 8192  # tokens per MLP tile when a long sequence's activations do not fit otherwise
 LOG_EVERY = 20  # training steps between timing lines in the run log
+DENSE_SHARE = 0.5  # of the VRAM a no-recompute QLoRA plan leaves over, the most its 16-bit weight copies may take
 SMALL_CARD_GIB = 24  # under this budget the fused loss works on 1024-token chunks (0.25 GiB of logits at 128K vocab)
 
 
@@ -54,6 +59,7 @@ class Plan:
     peak_vram_gib: float
     peak_ram_gib: float
     layers: int
+    dense_layers: int = 0  # QLoRA layers whose NF4 weights also have a 16-bit copy on the GPU (`keep_dense`)
 
     def estimate_kw(self) -> dict:
         """The estimate's offload arguments for this plan (engine.checkpointing re-plans per token count with them)."""
@@ -65,6 +71,7 @@ class Plan:
             host_embedding=self.host_embedding,
             mlp_tile=self.mlp_tile,
             optimizer_in_host=self.optimizer_in_host,
+            dense_layers=self.dense_layers,
         )
 
     @property
@@ -85,6 +92,8 @@ class Plan:
             parts.append(f"MLP in tiles of {self.mlp_tile} tokens")
         if self.optimizer_in_host:
             parts.append("paged optimizer states in host RAM")
+        if self.dense_layers:
+            parts.append(f"16-bit copies of {self.dense_layers} layers' 4-bit weights (no per-step dequantization)")
         return (
             f"plan ({where}): " + ", ".join(parts) + f"; expected peak {self.peak_vram_gib:.2f} GiB GPU, "
             f"{self.peak_ram_gib:.1f} GiB host RAM"
@@ -101,6 +110,7 @@ class Plan:
             loss_chunk=self.loss_chunk,
             mlp_tile=self.mlp_tile,
             optimizer_in_host=self.optimizer_in_host,
+            dense_layers=self.dense_layers,
             peak_vram_gib=self.peak_vram_gib,
             peak_ram_gib=self.peak_ram_gib,
         )
@@ -123,11 +133,12 @@ def plan(
     paged_optimizer: bool = True,
     **estimate_kw,
 ) -> Plan:
-    """The fastest way to train within the budget. In order: recompute nothing; else keep checkpointed inputs and the
-    input embedding in host RAM (copies that overlap compute) and recompute only the layers that still do not fit;
-    else also run the MLP in tiles of tokens (long sequences); else also stream the fewest layers' weights from host
-    RAM. Raises UserError when even streaming every layer does
-    not fit the budget, or when host RAM cannot hold what must be offloaded.
+    """The fastest way to train within the budget. In order: recompute nothing (and for QLoRA, with the fused loss,
+    keep 16-bit copies of as many layers' NF4 weights as half the memory left over holds); else keep checkpointed
+    inputs and the input embedding in host RAM (copies that overlap compute) and recompute only the layers that still
+    do not fit; else also run the MLP in tiles of tokens (long sequences); else also stream the fewest layers' weights
+    from host RAM. Raises UserError when even streaming every layer does not fit the budget, or when host RAM cannot
+    hold what must be offloaded.
 
     Full fine-tuning streams no weights (they are trained); with a paged optimizer (`paged_optimizer`, the default
     paged 8-bit AdamW) its states may instead be planned in host RAM, where bitsandbytes pages them under pressure.
@@ -160,7 +171,11 @@ def plan(
     cap = budget_gib / SLACK
     e = est(checkpointed_layers=0)
     if e.peak_vram_gib <= cap:
-        return made(0, e)
+        if method != "qlora" or not fused_loss:
+            return made(0, e)
+        per_layer = layer_weight_bytes(arch, "lora") / GIB
+        dense = min(layers, math.floor((cap - e.peak_vram_gib) * DENSE_SHARE / per_layer))
+        return dataclasses.replace(made(0, est(checkpointed_layers=0, dense_layers=dense)), dense_layers=dense)
     host_embedding = not arch.tied and method != "full" and not embeddings_trained
     offload = dict(offload_activations=True, host_embedding=host_embedding)
     e = est(checkpointed_layers=layers, **offload)
@@ -612,6 +627,29 @@ def _nf4(linear, device, placement):
     if linear.bias is not None:
         q.bias = linear.bias
     return q.to(device)
+
+
+def keep_dense(model, count: int, log=print) -> int:
+    """Give the NF4 base of every LoRA projection in the first `count` decoder layers a 16-bit copy,
+    dequantized once (kernels.nf4, the values the per-pass dequantization would give) and stored as the base
+    module's `dense_weight`, which engine.patching's fused LoRA then multiplies by instead of dequantizing. The NF4
+    weight stays (saving, merging and chat read it). Returns the bytes added."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    from kernels.nf4 import nf4_dequantize_state
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)][:count]
+    added = 0
+    for layer in layers:
+        for module in layer.modules():
+            base = module.get_base_layer() if hasattr(module, "get_base_layer") else None
+            state = getattr(getattr(base, "weight", None), "quant_state", None)
+            if state is None or state.quant_type != "nf4" or base.weight.device.type != "cuda":
+                continue
+            base.dense_weight = nf4_dequantize_state(base.weight, state)
+            added += base.dense_weight.numel() * base.dense_weight.element_size()
+    log(f"offload: 16-bit copies of {len(layers)} layers' 4-bit weights ({added / GIB:.2f} GiB): no dequantization")
+    return added
 
 
 def install(model, plan_: Plan, device, log=print):

@@ -1,6 +1,7 @@
 """engine.offload: the planner's choices and the ring's schedule (CPU), and training with every offload mode giving
 the gradients of training without it (GPU)."""
 
+import dataclasses
 import json
 
 import pytest
@@ -22,6 +23,16 @@ def test_offload_plan_recomputes_nothing_and_offloads_nothing_on_a_big_card():
     p = plan(LLAMA8B, "qlora", 2048, 2, 80.0)
     assert (p.checkpointed, p.offload_activations, p.streamed, p.host_embedding) == (0, False, (), False)
     assert not p.active
+    # the room left over keeps every layer's 4-bit weights also in 16 bits: no dequantization per step
+    assert p.dense_layers == 32 and "16-bit copies of 32 layers" in p.describe()
+    lean = estimate(LLAMA8B, "qlora", 2048, 2, fused_loss=True, checkpointed_layers=0)
+    per_layer = layer_weight_bytes(LLAMA8B, "lora") / 2**30
+    assert p.peak_vram_gib == pytest.approx(lean.peak_vram_gib + 32 * per_layer, abs=0.02)
+    some = plan(LLAMA8B, "qlora", 2048, 2, 40.0)  # half of what is left over, not all of it
+    assert 0 < some.dense_layers < 32 and some.peak_vram_gib * 1.1 <= 40.0
+    assert (some.peak_vram_gib - lean.peak_vram_gib) <= (40.0 / 1.1 - lean.peak_vram_gib) / 2 + 0.01
+    assert plan(LLAMA8B, "lora", 2048, 2, 80.0).dense_layers == 0  # 16-bit weights need no copy
+    assert plan(LLAMA8B, "qlora", 2048, 2, 12.0).dense_layers == 0  # no copies while anything recomputes
     p = plan(LLAMA8B, "qlora", 2048, 2, None)  # no GPU: everything recomputes, nothing moves
     assert p.checkpointed == 32 and not p.active
 
@@ -204,8 +215,8 @@ WIDTH = dict(hidden_size=512, intermediate_size=1408, num_attention_heads=8, num
 
 
 def _forced(plan_: Plan | None):
-    def plan_memory(spec, cfg, placement):
-        return plan_ if plan_ is not None else plan(Arch.from_config(cfg), spec.method, 64, 2, 80.0)
+    def plan_memory(spec, cfg, placement):  # None: nothing offloaded and no 16-bit copies of 4-bit weights
+        return plan_ or dataclasses.replace(plan(Arch.from_config(cfg), spec.method, 64, 2, 80.0), dense_layers=0)
 
     return plan_memory
 
@@ -218,6 +229,7 @@ def _forced(plan_: Plan | None):
         ("host_embedding", "lora"),
         ("stream", "lora"),
         ("stream", "qlora"),
+        ("dense", "qlora"),
     ],
 )
 def test_offload_gradients_equal_those_without_offload(mode, method, tmp_path, monkeypatch):
@@ -237,10 +249,11 @@ def test_offload_gradients_equal_those_without_offload(mode, method, tmp_path, m
     job = JobSpec(
         model=str(tmp_path), data="-", method=method, max_seq_length=64, batch_size=2, lora_r=8, lora_alpha=16
     )
+    dense = mode == "dense"  # two of four layers multiply by 16-bit copies of their NF4 weights
     forced = Plan(
         budget_gib=1.0,
-        checkpointed=4,
-        offload_activations=True,
+        checkpointed=0 if dense else 4,
+        offload_activations=not dense,
         streamed=(0, 1, 3) if mode == "stream" else (),  # three layers through two slots: copies every step
         ring_slots=2 if mode == "stream" else 0,
         host_embedding=mode == "host_embedding",
@@ -250,6 +263,7 @@ def test_offload_gradients_equal_those_without_offload(mode, method, tmp_path, m
         peak_vram_gib=0.5,
         peak_ram_gib=1.0,
         layers=4,
+        dense_layers=2 if dense else 0,
     )
     ids = torch.randint(3, 32000, (2, 64), generator=torch.Generator().manual_seed(0)).cuda()
 
@@ -287,3 +301,5 @@ def test_offload_gradients_equal_those_without_offload(mode, method, tmp_path, m
         assert stream is None
     if mode == "host_embedding":
         assert net.get_input_embeddings().weight.device.type == "cpu"
+    copies = [m for m in net.modules() if getattr(m, "dense_weight", None) is not None]
+    assert len(copies) == (14 if dense else 0)  # q, k, v, o, gate, up, down in layers 0 and 1
