@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.getcwd(), ".bench"))
 sys.path.insert(0, os.getcwd())
 
 
-def timed(gen, ids, new, calls=4):
+def timed(gen, ids, new, calls=3):
     """(seconds of the first call, best seconds of the others) for gen(ids, new)."""
     import torch
 

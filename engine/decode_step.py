@@ -5,7 +5,7 @@ in a CUDA graph on a GPU).
 Per layer, for one new token (T = 1) or a prompt (T > 1), where transformers' forward launches ~38 kernels:
 
     y, h = add_rms_norm(x, h)               residual add + input norm            kernels/add_rms_norm.py
-    q, k, v = qkv(y)                        one matvec (q/k/v packed, see below)
+    q, k, v = qkv(y)                        one matvec (q/k/v packed, see below)  kernels/matvec.py
     q = rope_kv_cache(q, k, v)              Qwen3 q/k norms, RoPE, K/V into the cache   kernels/rope_kv_cache.py
     a = decode_attention(q, cache)          GQA over the cache, split-K             kernels/decode_attention.py
                                             (a prompt: torch SDPA, causal)
@@ -54,6 +54,7 @@ from torch import nn
 from kernels import dispatch
 from kernels.add_rms_norm import add_rms_norm
 from kernels.decode_attention import decode_attention
+from kernels.matvec import matvec
 from kernels.nf4 import nf4_matvec
 from kernels.rope_kv_cache import rope_kv_cache
 from kernels.swiglu import swiglu
@@ -178,7 +179,7 @@ class Projection:
     def base_out(self, x: torch.Tensor) -> torch.Tensor:
         """The base layer's product (the whole module's, for kind "module")."""
         if self.kind == "dense":
-            return F.linear(x, self.base.weight, self.base.bias)
+            return matvec(x, self.base.weight, self.base.bias)  # F.linear for a prompt
         if self.kind == "nf4":
             if x.shape[0] != 1:
                 return self.base(x)  # a prompt: bitsandbytes' own matmul
@@ -222,7 +223,7 @@ class Group:
         if self.packed is None:
             return [p(x, casts) for p in self.projections]
         weight, bias, bounds = self.packed
-        y = F.linear(x, weight, bias)
+        y = matvec(x, weight, bias)
         outs = [y[:, start:end] for start, end in bounds]
         for p, out in zip(self.projections, outs, strict=True):
             p.add_lora(x, out, casts)

@@ -297,17 +297,25 @@ def common_prefix(a: list, b: list) -> int:
 @pytest.mark.gpu
 @needs_cuda
 def test_gpu_step_agrees_with_transformers_bf16(qwen3_06b):
-    """Our step (packed matvecs, our norm/RoPE/attention kernels, a CUDA graph) against transformers generate in bf16:
-    the same arithmetic with the sums in another order, so a near-tie of a random-weight model can flip a token late
-    in a reply; most prompts agree on all GPU_N tokens, and the prompt's logits are close."""
+    """Our step (packed matvecs, our norm/RoPE/attention/matvec kernels, a CUDA graph) against transformers in bf16.
+
+    Both round differently from the exact result, and a random-weight model's logits are near-ties (151,936 draws
+    from one Gaussian), so a reply can flip at any token: on the H100, over 32 prompts x 64 tokens, transformers'
+    sdpa run agreed in full with its own eager-attention run on 14 prompts and with an fp32 run on 11; ours agreed
+    with the fp32 run on 9, with a mean common prefix of 32.5 tokens against transformers' 32.9. So the check is
+    that ours follows the fp32 reply about as far as transformers' bf16 does, and that the prompt's logits agree."""
+    import copy
+
     model, _ = qwen3_06b
     dec = Decoder(model, log=lambda m: None)
     assert dec.path == "step" and dec.mode == "graph" and dec.step.backend == "triton"
-    prefixes = []
-    for ids in prompts(8):
-        ours = dec.generate(ids, GPU_N)[0, ids.shape[1] :].tolist()
-        prefixes.append(common_prefix(ours, hf_greedy(model, ids, GPU_N)))
-    assert sum(p == GPU_N for p in prefixes) >= 5, f"tokens in agreement per prompt: {prefixes}"
+    exact = copy.deepcopy(model).float()
+    ours, theirs = [], []
+    for ids in prompts(16):
+        ref = hf_greedy(exact, ids, GPU_N)
+        ours.append(common_prefix(dec.generate(ids, GPU_N)[0, ids.shape[1] :].tolist(), ref))
+        theirs.append(common_prefix(hf_greedy(model, ids, GPU_N), ref))
+    assert sum(ours) >= 0.75 * sum(theirs), f"tokens equal to fp32's per prompt: ours {ours}, transformers {theirs}"
     ids = prompts(1)[0]
     with torch.inference_mode():
         dec._ensure_cache(ids.shape[1] + 1)
