@@ -15,20 +15,10 @@ import os
 import sys
 
 sys.path.insert(0, os.getcwd())
+sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
 
-QWEN3_06B = dict(  # Qwen/Qwen3-0.6B's shape, as tests/test_infer.py
-    hidden_size=1024,
-    intermediate_size=3072,
-    num_hidden_layers=28,
-    num_attention_heads=16,
-    num_key_value_heads=8,
-    head_dim=128,
-    vocab_size=151936,
-    max_position_embeddings=40960,
-    rope_theta=1000000.0,
-    rms_norm_eps=1e-6,
-    tie_word_embeddings=True,
-)
+from tiny import QWEN3_06B  # noqa: E402  the GPU tests' model
+
 NEW = 64
 
 

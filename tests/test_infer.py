@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import ARCHS, make_model, make_tokenizer
+from tiny import ARCHS, QWEN3_06B, make_model, make_tokenizer
 
 from engine.decode import Decoder, Sampling, pick
 from engine.errors import UserError
@@ -235,19 +235,6 @@ def test_samples_follow_the_distribution():
 # ---- GPU (pytest -m gpu on the device machine) ----
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-QWEN3_06B = dict(  # Qwen/Qwen3-0.6B's shape
-    hidden_size=1024,
-    intermediate_size=3072,
-    num_hidden_layers=28,
-    num_attention_heads=16,
-    num_key_value_heads=8,
-    head_dim=128,
-    vocab_size=151936,
-    max_position_embeddings=40960,
-    rope_theta=1000000.0,
-    rms_norm_eps=1e-6,
-    tie_word_embeddings=True,
-)
 GPU_N = 64
 
 
