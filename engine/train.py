@@ -79,6 +79,49 @@ def collate(examples, pad_id: int, device: str) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def adamw_8bit():
+    """bitsandbytes' AdamW8bit without the `torch.cuda.synchronize()` its step makes after every parameter.
+
+    bitsandbytes 0.50.2 launches its update kernels on the default CUDA stream and then waits for the GPU after each
+    tensor: a LoRA of every projection of an 8B model has 448, and the step took 41 ms of a 292 ms training step on
+    the H100 with the GPU idle most of it (bench/README.md, "What the llama8b step is now"). Training runs on the
+    default stream too, so those kernels are already ordered before and after the rest of the step; the waits order
+    nothing. The same update runs in the same order (the GPU test compares the weights bit for bit); paged states
+    (PagedAdamW8bit, whose prefetches need the waits) and work on another stream keep bitsandbytes' own step.
+    Measured on the H100 (`python3 bench/optimizer_step.py`, those 448 tensors): 25.1 ms a step -> 17.9 ms; what
+    is left is bitsandbytes' Python around each tensor's kernel."""
+    import bitsandbytes as bnb
+    import torch
+
+    class AdamW8bit(bnb.optim.AdamW8bit):
+        @torch.no_grad()
+        def step(self, closure=None):
+            if (
+                self.is_paged
+                or not torch.cuda.is_available()
+                or torch.cuda.current_stream() != torch.cuda.default_stream()
+            ):
+                return super().step(closure)
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            if not self.initialized:
+                self.check_overrides()
+                self.to_gpu()
+                self.initialized = True
+            for gindex, group in enumerate(self.param_groups):
+                for pindex, p in enumerate(group["params"]):
+                    if p.grad is None:
+                        continue
+                    if len(self.state[p]) == 0:
+                        self.init_state(group, p, gindex, pindex)
+                    self.update_step(group, p, gindex, pindex)
+            return loss
+
+    return AdamW8bit
+
+
 def make_optimizer(spec, params, device: str, log):
     """AdamW as the spec asks. `params` is a list of tensors or of optimizer groups (dicts with their own lr).
 
@@ -93,7 +136,7 @@ def make_optimizer(spec, params, device: str, log):
     if name in ("adamw_8bit", "paged_adamw_8bit"):
         import bitsandbytes as bnb  # on a CPU the paged one runs unpaged (bitsandbytes warns)
 
-        kind = bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb.optim.AdamW8bit
+        kind = bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else adamw_8bit()
         opt = kind(params, lr=spec.learning_rate, weight_decay=spec.weight_decay)
     else:
         opt = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=spec.weight_decay, fused=device == "cuda")

@@ -56,6 +56,32 @@ def test_full_auto_optimizer_is_paged_8bit_on_a_gpu(method, device, chosen):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_adamw_8bit_without_its_syncs_updates_exactly_as_bitsandbytes():
+    import bitsandbytes as bnb
+
+    from engine.train import adamw_8bit
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(16, 4096), (4096, 16), (16, 14336), (1024, 16), (300,)]  # LoRA A/B shapes, and one odd size
+    start = [torch.randn(s, generator=gen) * 0.02 for s in shapes]
+    grads = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(4)]
+    finals = []
+    for kind in (bnb.optim.AdamW8bit, adamw_8bit()):
+        params = [torch.nn.Parameter(t.clone().cuda()) for t in start]
+        opt = kind(params, lr=1e-2, weight_decay=0.01)
+        for step_grads in grads:
+            for p, g in zip(params, step_grads, strict=True):
+                p.grad = g.cuda()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        finals.append([p.detach().cpu() for p in params])
+    assert not torch.equal(finals[1][0], start[0])  # it trained
+    for ours, theirs in zip(finals[1], finals[0], strict=True):
+        assert torch.equal(ours, theirs)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_full_on_the_gpu_trains_every_weight_with_paged_adamw_8bit(tiny_llama, identity_file, tmp_path):
     from safetensors.torch import load_file
 
