@@ -114,6 +114,7 @@ def estimate(
     mlp_tile: int | None = None,
     optimizer_in_host: bool = False,
     dense_layers: int = 0,
+    grads_released: bool = False,
 ) -> Estimate:
     """Peak allocated GPU memory (and host RAM) of one training step, in GiB.
 
@@ -124,7 +125,9 @@ def estimate(
     live in host RAM and pass through `ring_slots` GPU slots, `host_embedding` keeps the input embedding table in host
     RAM, `mlp_tile` runs the MLP over tiles of that many tokens, and `optimizer_in_host` counts full fine-tuning's
     paged optimizer states in host RAM (where bitsandbytes' paged AdamW moves them under memory pressure), and
-    `dense_layers` QLoRA layers keep a 16-bit copy of their NF4 weights beside them."""
+    `dense_layers` QLoRA layers keep a 16-bit copy of their NF4 weights beside them, and `grads_released` (full
+    fine-tuning, engine.grad_release) frees each gradient as soon as its weight is updated, in the backward, so at
+    most the largest one exists at a time."""
     tokens = seq * batch
     if method == "qlora":
         weights = arch.linear_params * NF4_BYTES + (arch.params - arch.linear_params) * 2
@@ -142,6 +145,9 @@ def estimate(
     paged = arch.params * opt if method == "full" and optimizer_in_host else 0
     if method == "full":
         trainable = arch.params * (2 + 2 + opt) - paged  # bf16 gradient, optimizer states (bf16 params are the weights)
+        if grads_released:  # only the largest tensor's gradient exists at a time
+            largest = max(arch.vocab * arch.hidden, *(a * b for a, b in arch.linear_shapes.values()))
+            trainable -= (arch.params - largest) * 2
     else:
         trainable = arch.lora_params(rank, targets) * (4 + 4 + opt)  # fp32 adapters, their grads, states
     layer = layer_activation_bytes(arch, tokens, mlp_tile)

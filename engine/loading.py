@@ -195,6 +195,8 @@ def plan_memory(spec, cfg: dict, placement: Placement):
         fused_loss=spec.fast_path and budget is not None,
         embeddings_trained=spec.train_embeddings,
         paged_optimizer=spec.optimizer in ("auto", "paged_adamw_8bit"),  # engine.train: auto is paged for full
+        # engine.grad_release: only engine.train's own loop, one micro-batch per step, no fp16 loss scaling
+        release_gradients=spec.objective in ("sft", "pretrain") and spec.grad_accum == 1 and placement.dtype != "fp16",
         **_estimate_kw(spec),
     )
 
@@ -238,6 +240,7 @@ def prepare_for_training(model, spec, log=print, memory=None):
             p.requires_grad_(True)
     else:
         model = add_lora(model, spec, log)
+    model.memory_plan = memory  # engine.train reads grads_released
     if memory is not None and memory.dense_layers and on_gpu and fused_loss:
         offload.keep_dense(model, memory.dense_layers, log)
     if memory is not None and memory.active and on_gpu:

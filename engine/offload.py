@@ -60,6 +60,7 @@ class Plan:
     peak_ram_gib: float
     layers: int
     dense_layers: int = 0  # QLoRA layers whose NF4 weights also have a 16-bit copy on the GPU (`keep_dense`)
+    grads_released: bool = False  # full fine-tuning updates each weight in the backward (engine.grad_release)
 
     def estimate_kw(self) -> dict:
         """The estimate's offload arguments for this plan (engine.checkpointing re-plans per token count with them)."""
@@ -72,6 +73,7 @@ class Plan:
             mlp_tile=self.mlp_tile,
             optimizer_in_host=self.optimizer_in_host,
             dense_layers=self.dense_layers,
+            grads_released=self.grads_released,
         )
 
     @property
@@ -94,6 +96,8 @@ class Plan:
             parts.append("paged optimizer states in host RAM")
         if self.dense_layers:
             parts.append(f"16-bit copies of {self.dense_layers} layers' 4-bit weights (no per-step dequantization)")
+        if self.grads_released:
+            parts.append("each weight updated in the backward as its gradient completes (no gradient buffer)")
         return (
             f"plan ({where}): " + ", ".join(parts) + f"; expected peak {self.peak_vram_gib:.2f} GiB GPU, "
             f"{self.peak_ram_gib:.1f} GiB host RAM"
@@ -111,6 +115,7 @@ class Plan:
             mlp_tile=self.mlp_tile,
             optimizer_in_host=self.optimizer_in_host,
             dense_layers=self.dense_layers,
+            grads_released=self.grads_released,
             peak_vram_gib=self.peak_vram_gib,
             peak_ram_gib=self.peak_ram_gib,
         )
@@ -131,6 +136,7 @@ def plan(
     fused_loss: bool = True,
     embeddings_trained: bool = False,
     paged_optimizer: bool = True,
+    release_gradients: bool = False,
     **estimate_kw,
 ) -> Plan:
     """The fastest way to train within the budget. In order: recompute nothing (and for QLoRA, with the fused loss,
@@ -141,7 +147,9 @@ def plan(
     hold what must be offloaded.
 
     Full fine-tuning streams no weights (they are trained); with a paged optimizer (`paged_optimizer`, the default
-    paged 8-bit AdamW) its states may instead be planned in host RAM, where bitsandbytes pages them under pressure.
+    paged 8-bit AdamW) its states may instead be planned in host RAM, where bitsandbytes pages them under pressure;
+    and when that is not enough and the run allows it (`release_gradients`: one micro-batch per step, no fp16 loss
+    scaling), each weight is updated in the backward and its gradient freed at once (engine.grad_release).
 
     `budget_gib` None (no GPU) gives the plain plan: every layer checkpointed, nothing offloaded."""
     layers = arch.layers
@@ -192,9 +200,16 @@ def plan(
             e = est(checkpointed_layers=layers, optimizer_in_host=paged_optimizer, **offload)
             if paged_optimizer and e.peak_vram_gib <= cap:
                 return _check_ram(made(layers, e, True, (), host_embedding, paged=True), host_ram_gib)
+            if release_gradients:
+                kw = dict(checkpointed_layers=layers, optimizer_in_host=paged_optimizer, grads_released=True)
+                e = est(**kw, **offload)
+                if e.peak_vram_gib <= cap:
+                    plan_ = made(layers, e, True, (), host_embedding, paged=paged_optimizer)
+                    return _check_ram(dataclasses.replace(plan_, grads_released=True), host_ram_gib)
             raise UserError(
                 f"Full fine-tuning of this model needs about {e.peak_vram_gib * SLACK:.1f} GiB of GPU memory even "
-                f"with its activations{' and optimizer states' if paged_optimizer else ''} in host RAM, over the "
+                f"with its activations{' and optimizer states' if paged_optimizer else ''} in host RAM"
+                f"{' and each gradient freed in the backward' if release_gradients else ''}, over the "
                 f"{budget_gib:.1f} GiB budget; use LoRA or QLoRA."
             )
         # the fewest streamed layers with a ring of three slots (two arriving while one computes), else with two

@@ -235,7 +235,23 @@ def train(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> None:
         groups = [p for p in model.parameters() if p.requires_grad]
     total = total_steps(spec, len(examples))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(spec, groups, placement.device, log)
+    memory = getattr(model, "memory_plan", None)
+    if memory is not None and memory.grads_released:
+        from engine.grad_release import StepInBackward
+
+        opt = StepInBackward(
+            groups,
+            lambda one: make_optimizer(spec, one, placement.device, lambda m: None),
+            spec.learning_rate,
+            spec.max_grad_norm,
+        )
+        log(
+            f"optimizer: {type(next(iter(opt.inner.values()))).__name__} per weight, updated in the backward as each "
+            f"gradient completes (no gradient buffer; max_grad_norm caps each weight's gradient), peak lr "
+            f"{spec.learning_rate}, {spec.lr_schedule} schedule, warmup {spec.warmup_steps}"
+        )
+    else:
+        opt = make_optimizer(spec, groups, placement.device, log)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, spec.warmup_steps, spec.lr_schedule))
     scaler = torch.amp.GradScaler("cuda") if placement.dtype == "fp16" else None
     autocast = (
@@ -278,7 +294,10 @@ def train(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> None:
             n_tokens += sum(len(examples[i].input_ids) for i in plan[micro - 1])
         if scaler:
             scaler.unscale_(opt)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm or float("inf")))
+        if hasattr(opt, "take_grad_norm"):  # engine.grad_release: the weights were updated in the backward
+            grad_norm = opt.take_grad_norm()
+        else:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm or float("inf")))
         if not math.isfinite(loss_sum) and not scaler:
             raise UserError(
                 f"The loss became {loss_sum} at step {step + 1}; lower the learning rate "

@@ -134,6 +134,19 @@ def test_offload_plan_pages_full_fine_tuning_optimizer_states_to_host_ram():
     assert resident.peak_vram_gib * 1.1 > 12.0 and p.peak_ram_gib > resident.peak_ram_gib
     with pytest.raises(UserError, match="activations in host RAM"):
         plan(qwen3_1_7b, "full", 1024, 1, 12.0, paged_optimizer=False)
+    # tighter still: each weight updated in the backward, so no gradient buffer, where the run allows it
+    with pytest.raises(UserError, match="Full fine-tuning"):
+        plan(qwen3_1_7b, "full", 1024, 1, 10.0)
+    released = plan(qwen3_1_7b, "full", 1024, 1, 10.0, release_gradients=True)
+    assert released.grads_released and released.optimizer_in_host and released.peak_vram_gib * 1.1 <= 10.0
+    assert "updated in the backward" in released.describe() and released.as_dict()["grads_released"]
+    assert not plan(qwen3_1_7b, "full", 1024, 1, 12.0, release_gradients=True).grads_released  # only when needed
+    with pytest.raises(UserError, match="each gradient freed in the backward"):
+        plan(qwen3_1_7b, "full", 1024, 1, 6.0, release_gradients=True)
+    grads = estimate(qwen3_1_7b, "full", 1024, 1).parts_gib["trainable"]
+    freed = estimate(qwen3_1_7b, "full", 1024, 1, grads_released=True).parts_gib["trainable"]
+    largest = qwen3_1_7b.vocab * qwen3_1_7b.hidden  # the embedding's gradient, the largest, still exists
+    assert grads - freed == pytest.approx((qwen3_1_7b.params - largest) * 2 / 2**30, abs=2e-3)
 
 
 def test_offload_estimate_counts_what_leaves_the_gpu():
