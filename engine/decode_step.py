@@ -17,7 +17,8 @@ Per layer, for one new token (T = 1) or a prompt (T > 1), where transformers' fo
 The position of the token is read from a device tensor, so a captured graph replays for every position. At batch 1
 the bound is reading the weights once (Qwen3-4B: 7.5 GiB, ~2.7 ms at an H100's 2.97 TB/s copy bandwidth); the rest
 is ~10 launches a layer of a few microseconds each. Measured on the H100 (.bench/decode_bench.py, bench/README.md):
-232 tokens/s, 4.3 ms a token, against 155 for transformers' forward in the same CUDA graph.
+257.5 tokens/s, 3.9 ms a token (232 with cuBLAS's matvecs in place of kernels/matvec.py), against 155 for
+transformers' forward in the same CUDA graph.
 
 The step reads weights and never calls a layer's modules, so it runs only where that skips nothing (`unsupported`):
 a layer with forward pre-hooks (engine/offload.py's weight streaming brings weights in with one) or a module whose
