@@ -66,8 +66,8 @@ class MatvecConfig:
             raise ValueError(f"MatvecConfig: split_k, num_warps and num_stages must be >= 1, got {self}")
 
 
-# (N, K) -> measured best config on an H100 (bench/bench_matvec.py prints them as its last line, `BEST {json}`).
-# `python bench/bench_matvec.py` on the H100, 2026-11-22 (Qwen3-4B and Llama-8B decode shapes).
+# (N, K) -> the best config `python bench/bench_matvec.py` found on the H100, 2026-11-22 (its last line, `BEST {json}`):
+# Qwen3-4B's and Llama-8B's decode shapes.
 MEASURED: dict[tuple[int, int], MatvecConfig] = {
     (6144, 2560): MatvecConfig(16, 512, 1, 4),
     (2560, 4096): MatvecConfig(2, 1024, 1, 4),
