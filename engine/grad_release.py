@@ -1,6 +1,7 @@
 """Full fine-tuning without a gradient buffer: each weight is updated during the backward, the moment its gradient is
-complete, and the gradient is freed at once. At most one weight's gradient exists at a time (the largest tensor's,
-usually the embedding) instead of a second 16-bit copy of the model: 1.2 GiB instead of 8 for an 8B model. The
+complete, and the gradient is freed at once. About one weight's gradient exists at a time (the largest tensor's,
+usually the embedding) instead of a second 16-bit copy of the model: by their shapes, Llama-3-8B's embedding
+gradient is 1.0 GiB and all its gradients 15 GiB. The
 offload planner (engine.offload.plan) chooses it for full fine-tuning when even the paged optimizer's states in host
 RAM leave the run over its VRAM budget.
 

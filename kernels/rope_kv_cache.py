@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from kernels import dispatch
-from kernels.nf4 import _round_to_bf16
+from kernels.add_rms_norm import _r  # fp32 rounded as each eager op in the model's dtype rounds
 
 
 def _head_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -60,16 +60,6 @@ def rope_kv_cache_reference(
     k_cache[:, written] = k_out[keep].transpose(0, 1).to(k_cache.dtype)
     v_cache[:, written] = v[keep].transpose(0, 1).to(v_cache.dtype)
     return q_out
-
-
-@triton.jit
-def _r(x, like_ptr, BF16: tl.constexpr):
-    """Round fp32 x to the dtype `like_ptr` points to and back: the rounding each eager op in that dtype does (bf16
-    by hand, to nearest even, since Triton's CPU interpreter truncates; on the GPU it is the same bits)."""
-    if BF16:
-        return _round_to_bf16(x)
-    else:
-        return x.to(like_ptr.dtype.element_ty).to(tl.float32)
 
 
 @triton.jit

@@ -311,11 +311,23 @@ def test_gpu_step_agrees_with_transformers_bf16(qwen3_06b):
     assert (ours - theirs).abs().mean() < 0.02 * theirs.abs().mean()
 
 
+def with_random_lora(model):
+    """`model` wrapped in a rank-16 PEFT LoRA on every projection, with random B (so the adapter changes the output)."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    peft_model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, target_modules=targets)).eval()
+    torch.manual_seed(1)
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.02)
+    return peft_model
+
+
 @pytest.mark.gpu
 @needs_cuda
 def test_gpu_nf4_base_graph_equals_eager_and_agrees_with_bitsandbytes(qwen3_06b):
     """A 4-bit NF4 base (kernels/nf4.py's matvec, no dequantized copy) with and without LoRA."""
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     _, path = qwen3_06b
@@ -337,12 +349,7 @@ def test_gpu_nf4_base_graph_equals_eager_and_agrees_with_bitsandbytes(qwen3_06b)
         prefixes.append(common_prefix(out[0, ids.shape[1] :].tolist(), hf_greedy(model, ids, GPU_N)))
     assert sum(p == GPU_N for p in prefixes) >= 2, f"tokens in agreement per prompt: {prefixes}"
 
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    peft_model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, target_modules=targets)).eval()
-    torch.manual_seed(1)
-    for name, p in peft_model.named_parameters():
-        if "lora_B" in name:
-            p.data.normal_(0, 0.02)
+    peft_model = with_random_lora(model)
     graph, eager = Decoder(peft_model, log=lambda m: None), Decoder(peft_model, log=lambda m: None, mode="eager")
     ids = prompts(1)[0]
     for adapter in (True, False):
@@ -352,8 +359,6 @@ def test_gpu_nf4_base_graph_equals_eager_and_agrees_with_bitsandbytes(qwen3_06b)
 @pytest.mark.gpu
 @needs_cuda
 def test_gpu_graph_equals_eager_with_and_without_lora(qwen3_06b):
-    from peft import LoraConfig, get_peft_model
-
     model, _ = qwen3_06b
     graph, eager = Decoder(model, log=lambda m: None), Decoder(model, log=lambda m: None, mode="eager")
     for ids in prompts(2):
@@ -363,12 +368,7 @@ def test_gpu_graph_equals_eager_with_and_without_lora(qwen3_06b):
     assert list(graph.tokens(ids, GPU_N, hot)) == list(eager.tokens(ids, GPU_N, hot))
     before = graph.generate(ids, GPU_N)
 
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    peft_model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, target_modules=targets)).eval()
-    torch.manual_seed(1)
-    for name, p in peft_model.named_parameters():
-        if "lora_B" in name:
-            p.data.normal_(0, 0.02)
+    peft_model = with_random_lora(model)
     graph, eager = Decoder(peft_model, log=lambda m: None), Decoder(peft_model, log=lambda m: None, mode="eager")
     for adapter in (True, False, True):  # one graph per adapter state, replayed alternately
         assert torch.equal(graph.generate(ids, GPU_N, adapter), eager.generate(ids, GPU_N, adapter))
