@@ -246,6 +246,10 @@ def prepare_for_training(model, spec, log=print, memory=None):
     if memory is not None and memory.active and on_gpu:
         device = next(p.device for p in model.parameters() if p.device.type == "cuda")
         model.offload_stream = offload.install(model, memory, device, log)
+    if fused_loss and spec.method != "full" and spec.objective in ("sft", "pretrain"):
+        from engine.patching.modules import pack_adapters
+
+        pack_adapters(model, log)  # engine.train's own loop: every adapter goes through the fused op
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
     log(f"parameters: {n_train:,} trainable of {n_all:,} ({100 * n_train / max(n_all, 1):.2f}%)")

@@ -315,7 +315,8 @@ class WeightStream:
         for index, layer in layers.items():
             pairs = []
             for module in layer.modules():
-                if isinstance(module, torch.nn.Linear) and not module.weight.requires_grad:
+                frozen = isinstance(module, torch.nn.Linear) and not module.weight.requires_grad
+                if frozen and not hasattr(module.weight, "packed_in"):  # a packed LoRA weight trains: not streamed
                     param = module.weight
                     host = getattr(param, "host_copy", None)  # put there by load_streamed
                     if host is None:

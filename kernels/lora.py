@@ -19,6 +19,11 @@ Saved for the backward: x (the layer input, which autograd keeps for any linear 
 plus references to the weights. Compared with PEFT's module-by-module path this skips each (N, out) adapter output,
 its scaled copy and the sum, the separate input gradients of every projection and their sum.
 
+The adapters of one op may also live in one flat trainable tensor, `packed` = [A_1; A_2; ...] (row-major, the
+stacked (sum r, in) block) then B_1, B_2, ... each flattened, with the A's and B's passed as views of it. The op then
+returns one gradient for `packed` instead of one per A and B: an optimizer steps 4 tensors a decoder layer instead of
+14 (engine.patching.modules.pack_adapters), and the stacked A's need no concatenation.
+
 Matmuls run in the compute dtype: the autocast dtype when autocast is on, else W's (the NF4 compute dtype for a
 4-bit base). Gradients come back in the dtypes of x, A and B.
 """
@@ -63,13 +68,17 @@ class LoRALinearFunction(torch.autograd.Function):
     as one matmul of x with the stacked A's, and the input gradient is accumulated into one tensor."""
 
     @staticmethod
-    def forward(ctx, x, meta, *tensors):
+    def forward(ctx, x, meta, packed, *tensors):
         scales, states = meta
         weights, As, Bs, biases = tensors[0::4], tensors[1::4], tensors[2::4], tensors[3::4]
         dtype = _compute_dtype(x, weights[0], states[0])
         with torch.autocast(x.device.type, enabled=False):
             x2 = x.reshape(-1, x.shape[-1]).to(dtype)
-            a_all = torch.cat(As).to(dtype)
+            if packed is None:
+                a_all = torch.cat(As)
+            else:
+                a_all = packed[: sum(A.numel() for A in As)].view(-1, x.shape[-1])
+            a_all = a_all.to(dtype)
             xa_all = x2 @ a_all.t()
             bs = [B.to(dtype) for B in Bs]
             outs, start = [], 0
@@ -84,6 +93,7 @@ class LoRALinearFunction(torch.autograd.Function):
         ctx.save_for_backward(x2, xa_all, a_all, *weights, *bs)
         ctx.meta, ctx.x_dtype, ctx.x_shape = meta, x.dtype, x.shape
         ctx.param_dtypes = [(A.dtype, B.dtype) for A, B in zip(As, Bs, strict=True)]
+        ctx.packed = None if packed is None else (packed.shape, packed.dtype)
         return tuple(outs)
 
     @staticmethod
@@ -93,6 +103,8 @@ class LoRALinearFunction(torch.autograd.Function):
         n = len(scales)
         weights, bs = rest[:n], rest[n:]
         need_x, need_params = ctx.needs_input_grad[0], any(ctx.needs_input_grad[2:])
+        if ctx.packed is not None:
+            need_params = ctx.needs_input_grad[2]
         dA, dB = [None] * n, [None] * n
         dx = None
         with torch.autocast(x2.device.type, enabled=False):
@@ -105,38 +117,57 @@ class LoRALinearFunction(torch.autograd.Function):
                 g = (dy2 @ b).mul_(s)  # (N, r), the scale folded in once
                 gs.append(g)
                 if need_params:
-                    dB[i] = (dy2.t() @ xa_all[:, start : start + r]).mul_(s).to(ctx.param_dtypes[i][1])
+                    dB[i] = (dy2.t() @ xa_all[:, start : start + r]).mul_(s)
                 start += r
             g_all = torch.cat(gs, dim=1)
             if need_params:
                 da_all = g_all.t() @ x2
                 start = 0
-                for i, b in enumerate(bs):
+                for i, b in enumerate(bs if ctx.packed is None else ()):  # packed: one gradient, made below
                     dA[i] = da_all[start : start + b.shape[1]].to(ctx.param_dtypes[i][0])
+                    dB[i] = dB[i].to(ctx.param_dtypes[i][1])
                     start += b.shape[1]
             if need_x:
                 dx = g_all @ a_all  # the small product first: each base matmul then accumulates in its epilogue
                 for i, dy2 in enumerate(dy2s):
                     dx.addmm_(dy2, _dense(weights[i], states[i], x2.dtype))
                 dx = dx.view(ctx.x_shape).to(ctx.x_dtype)
+        d_packed = None
+        if ctx.packed is not None and need_params:
+            d_packed = _packed_gradient(ctx.packed, da_all, dB)
+            dA, dB = [None] * n, [None] * n
         grads = []
         for i in range(n):
             grads += [None, dA[i], dB[i], None]
-        return (dx, None, *grads)
+        return (dx, None, d_packed, *grads)
 
 
-def lora_linear_group(x, projections) -> tuple[torch.Tensor, ...]:
+def _packed_gradient(packed, da_all, dB) -> torch.Tensor:
+    """The gradient of a packed adapter tensor: the stacked A's gradient, then each B's, in its layout."""
+    shape, dtype = packed
+    grad = torch.empty(shape, dtype=dtype, device=da_all.device)
+    start = da_all.numel()
+    grad[:start].view_as(da_all).copy_(da_all)
+    for d in dB:
+        grad[start : start + d.numel()].view_as(d).copy_(d)
+        start += d.numel()
+    return grad
+
+
+def lora_linear_group(x, projections, packed=None) -> tuple[torch.Tensor, ...]:
     """`lora_linear` for several projections of the same x at once (Q, K, V; or gate, up).
 
     Args:
         x: (..., in) activations.
         projections: one (weight, A, B, scale, bias, quant_state) tuple per projection, as for `lora_linear`.
+        packed: None, or the flat trainable tensor the A's and B's are views of, in the layout the module docstring
+            gives; its gradient then comes back as one tensor (the views get none).
     """
     meta = (tuple(float(p[3]) for p in projections), tuple(p[5] for p in projections))
     tensors = []
     for weight, A, B, _, bias, _ in projections:
         tensors += [weight, A, B, bias]
-    return LoRALinearFunction.apply(x, meta, *tensors)
+    return LoRALinearFunction.apply(x, meta, packed, *tensors)
 
 
 def lora_linear(x, weight, A, B, scale: float, bias=None, quant_state=None) -> torch.Tensor:

@@ -30,3 +30,20 @@ def learned_runs(tok, example) -> list[str]:
             runs.append(tok.decode(current))
             current = []
     return runs + ([tok.decode(current)] if current else [])
+
+
+def resume_after_cut(status, step: int, total: int):
+    """Make a finished run look as if it died after `step` of `total` (later checkpoints and the final adapter gone,
+    status failed), resume it, and return the resumed run's last status."""
+    import json
+    import shutil
+
+    from engine import api
+
+    for c in (status.run_dir / "checkpoints").glob("step-*"):
+        if c.name != f"step-{step:06d}":
+            shutil.rmtree(c)
+    shutil.rmtree(status.run_dir / "adapter")
+    message = dict(state="failed", message="x", step=step, total_steps=total)
+    (status.run_dir / "status.json").write_text(json.dumps(message))
+    return wait_for(api.resume(status.run_dir))

@@ -254,6 +254,7 @@ def test_offload_gradients_equal_those_without_offload(mode, method, tmp_path, m
     from engine import loading
     from engine.hardware import Placement
     from engine.jobspec import JobSpec
+    from engine.patching.modules import packed_gradient
 
     model = tiny_model("llama", vocab=32000, dtype=torch.bfloat16, initializer_range=0.02, num_hidden_layers=4, **WIDTH)
     model.save_pretrained(tmp_path)
@@ -295,7 +296,7 @@ def test_offload_gradients_equal_those_without_offload(mode, method, tmp_path, m
                 loss = net(input_ids=ids, labels=ids).loss
             loss.backward()
             losses.append(loss.item())
-            grads.append({k: v.grad.detach().clone() for k, v in lora_state(net).items()})
+            grads.append({k: packed_gradient(v).detach().clone() for k, v in lora_state(net).items()})
             opt.step()
             opt.zero_grad(set_to_none=True)
         return net, losses, grads

@@ -13,6 +13,7 @@ import torch
 from tiny import ARCHS
 
 from engine.patching import patch_model
+from engine.patching.modules import pack_adapters, packed_gradient
 
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3"]
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -52,7 +53,13 @@ def batch(vocab: int, device="cpu"):
 
 
 def lora_state(model):
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+    """PEFT's adapter weights by name (packed or not: pack_adapters keeps them as views of the packed tensors)."""
+    return {n: p for n, p in model.named_parameters() if "lora_" in n}
+
+
+def packed(model):
+    assert pack_adapters(model, log=lambda m: None) == 4 * model.config.num_hidden_layers
+    return model
 
 
 def train_steps(model, inputs, steps: int = 3, lr: float = 1e-2, optimizer=torch.optim.AdamW, autocast=None):
@@ -60,14 +67,14 @@ def train_steps(model, inputs, steps: int = 3, lr: float = 1e-2, optimizer=torch
     wraps each forward as a training loop does (one context per step: autocast caches its casts of the weights)."""
     import contextlib
 
-    opt = optimizer(lora_state(model).values(), lr=lr)
+    opt = optimizer([p for p in model.parameters() if p.requires_grad], lr=lr)
     losses, grads = [], []
     for _ in range(steps):
         with torch.autocast("cuda", dtype=autocast) if autocast else contextlib.nullcontext():
             loss = model(**inputs).loss
         loss.backward()
         losses.append(loss.item())
-        grads.append({n: p.grad.clone() for n, p in lora_state(model).items()})
+        grads.append({n: packed_gradient(p).clone() for n, p in lora_state(model).items()})
         opt.step()
         opt.zero_grad()
     return losses, grads, {n: p.detach().clone() for n, p in lora_state(model).items()}
@@ -86,7 +93,9 @@ def assert_same_training(plain, fast, inputs, rtol, atol):
 
 
 @pytest.mark.parametrize("arch", FAMILIES)
-def test_patching_parity_lora_fp32(arch):
+@pytest.mark.parametrize("pack", [True, False], ids=["packed", "unpacked"])
+def test_patching_parity_lora_fp32(arch, pack):
+    """pack: the adapters packed as engine.train's loop packs them; unpacked: as the TRL-based objectives run."""
     base = tiny_model(arch)
     fast_base = copy.deepcopy(base)
     report = patch_model(fast_base, log=lambda m: None)
@@ -97,6 +106,8 @@ def test_patching_parity_lora_fp32(arch):
     assert report.swapped["fused cross-entropy loss"] == 1
     plain, fast = with_lora(base), with_lora(fast_base)
     assert plain.state_dict().keys() == fast.state_dict().keys()  # adapters save and load under the same names
+    if pack:
+        fast = packed(fast)
     assert_same_training(plain, fast, batch(base.config.vocab_size), rtol=1e-4, atol=1e-5)
 
 
@@ -121,7 +132,39 @@ def test_patching_parity_qlora_nf4():
     with tempfile.TemporaryDirectory() as tmp:
         plain_base, fast_base = load(tmp), load(tmp)
     patch_model(fast_base, log=lambda m: None)
-    assert_same_training(with_lora(plain_base), with_lora(fast_base), batch(96), rtol=1e-4, atol=1e-5)
+    assert_same_training(with_lora(plain_base), packed(with_lora(fast_base)), batch(96), rtol=1e-4, atol=1e-5)
+
+
+def test_packed_adapters_save_and_load_as_peft_adapters(tmp_path):
+    """Packed adapters save as PEFT's usual adapter file (the same names and values), a plain PEFT model loads it,
+    and loading an adapter state dict into a packed model (a resumed checkpoint) writes into the packed tensors."""
+    from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    def fast_model():
+        model = tiny_model("qwen3")
+        patch_model(model, log=lambda m: None)
+        return packed(with_lora(model))
+
+    fast = fast_model()
+    train_steps(fast, batch(96), steps=1)  # weights move: they must be saved from the packed tensors
+    trained = {n: p.detach().clone() for n, p in lora_state(fast).items()}
+    fast.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "adapter_model.safetensors")
+    assert saved.keys() == get_peft_model_state_dict(fast).keys() and not any("adapters_" in k for k in saved)
+    plain = PeftModel.from_pretrained(tiny_model("qwen3"), tmp_path)
+    for name, value in lora_state(plain).items():
+        torch.testing.assert_close(value, trained[name], rtol=0, atol=0, msg=name)
+
+    resumed = fast_model()
+    set_peft_model_state_dict(resumed, saved)
+    for name, value in lora_state(resumed).items():
+        torch.testing.assert_close(value, trained[name], rtol=0, atol=0, msg=name)
+    packed_values = {n: p for n, p in resumed.named_parameters() if p.requires_grad}
+    assert all("adapters_" in n for n in packed_values)
+    for name, p in lora_state(resumed).items():
+        flat, start = p.packed_in
+        assert flat.data_ptr() + start * flat.element_size() == p.data_ptr(), name  # still a view, not a copy
 
 
 def test_patching_parity_packed_sequences():
@@ -200,6 +243,7 @@ def test_patching_parity_gpu_bf16(arch, four_bit, tmp_path):
         model = AutoModelForCausalLM.from_pretrained(tmp_path, **kw)
         if patched:
             patch_model(model, log=lambda m: None)
+            return packed(with_lora(model))
         return with_lora(model)
 
     inputs = batch(32000, device="cuda")
@@ -258,7 +302,7 @@ def test_cuda_graph_steps_equal_eager_steps(four_bit, tmp_path):
         lines = []
         if graphed:
             assert graphs.install(model, log=lines.append)
-        return with_lora(model).train(), lines  # graphs replay only in training
+        return packed(with_lora(model)).train(), lines  # graphs replay only in training
 
     ids = torch.randint(3, 32000, (2, 64), generator=torch.Generator().manual_seed(0)).cuda()
     inputs = dict(input_ids=ids, labels=ids)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import log_of, wait_for
+from helpers import log_of, resume_after_cut, wait_for
 
 from engine import api
 
@@ -84,15 +84,7 @@ def test_resume_matches_an_uninterrupted_run(tiny_llama, identity_file, runs):
             )
         )
     )
-    # Pretend the second run died after step 5: drop its later checkpoints and outputs, then resume.
-    import shutil
-
-    for c in (cut.run_dir / "checkpoints").glob("step-*"):
-        if c.name != "step-000005":
-            shutil.rmtree(c)
-    shutil.rmtree(cut.run_dir / "adapter")
-    (cut.run_dir / "status.json").write_text(json.dumps(dict(state="failed", message="x", step=5, total_steps=12)))
-    resumed = wait_for(api.resume(cut.run_dir))
+    resumed = resume_after_cut(cut, 5, 12)  # as if the second run died after step 5
     assert resumed.state == "done", log_of(resumed)
     a = [m["loss"] for m in full.metrics]
     b = [m["loss"] for m in resumed.metrics]

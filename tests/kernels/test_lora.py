@@ -94,3 +94,28 @@ def test_lora_linear_group_matches_separate_projections(dtype):
         assert_close(y, ref)
     for g, ref in zip(got, want, strict=True):
         assert_close(g, ref, summed=10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lora_linear_group_packed_gradient_is_the_separate_gradients(dtype):
+    """Adapters packed into one tensor ([A_1; A_2] then B_1, B_2, flattened; the A's and B's views of it): the same
+    outputs, and one gradient for the packed tensor holding exactly each A's and B's gradient in that layout."""
+    x, w, A, B, b = _inputs(dtype)
+    _, w2, A2, B2, _ = _inputs(dtype, n_out=24, rank=2)
+    separate = [(w, A, B, 2.0, b, None), (w2, A2, B2, 0.5, None, None)]
+    packed = torch.cat([t.detach().reshape(-1) for t in (A, A2, B, B2)]).requires_grad_()
+    views, start = [], 0
+    for t in (A, A2, B, B2):
+        views.append(packed.detach()[start : start + t.numel()].view(t.shape))
+        start += t.numel()
+    projections = [(w, views[0], views[2], 2.0, b, None), (w2, views[1], views[3], 0.5, None, None)]
+    outs = lora_linear_group(x, projections, packed=packed)
+    refs = lora_linear_group(x, separate)
+    dys = [torch.randn_like(y) for y in outs]
+    dx, d_packed = torch.autograd.grad(outs, (x, packed), dys)
+    want = torch.autograd.grad(refs, (x, A, A2, B, B2), dys)
+    for y, ref in zip(outs, refs, strict=True):
+        assert_close(y, ref)
+    assert_close(dx, want[0])
+    assert d_packed.shape == packed.shape and d_packed.dtype == packed.dtype
+    assert_close(d_packed, torch.cat([g.reshape(-1) for g in want[1:]]))
