@@ -167,6 +167,25 @@ def test_packed_adapters_save_and_load_as_peft_adapters(tmp_path):
         assert flat.data_ptr() + start * flat.element_size() == p.data_ptr(), name  # still a view, not a copy
 
 
+def test_packed_adapters_with_the_adapter_off_or_another_active():
+    """With the adapter disabled (DPO's reference) a packed model is its base; with another adapter made active, a
+    training forward says the packed tensors no longer match instead of training them silently wrong."""
+    from peft import LoraConfig
+
+    base = tiny_model("qwen3")
+    patch_model(base, log=lambda m: None)
+    inputs = batch(96)
+    with torch.no_grad():
+        expected = base(**inputs).loss
+    model = packed(with_lora(base)).train()
+    with model.disable_adapter():
+        torch.testing.assert_close(model(**inputs).loss, expected)
+    model.add_adapter("other", LoraConfig(r=2, target_modules=TARGETS))
+    model.set_adapter("other")
+    with pytest.raises(RuntimeError, match="packed LoRA adapters"):
+        model(**inputs)
+
+
 def test_patching_parity_packed_sequences():
     """A packed row (per-example positions, block-diagonal mask) gives the loss of its examples run separately."""
     from engine.data import Example

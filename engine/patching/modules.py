@@ -86,13 +86,19 @@ class PackedProjections(nn.Module):
 
     GROUPS: dict[str, tuple[str, ...]] = {}
 
+    def __init__(self):
+        super().__init__()
+        self.packed_args = {}  # group -> (adapter name, its fused_lora_args per projection), made by `pack`
+
     def project(self, group: str, x):
         """[m(x) for m in the group's projections], through the packed tensor when the group has one and it trains."""
         modules = [getattr(self, name) for name in self.GROUPS[group]]
         packed = getattr(self, group, None)
         if packed is not None and packed.requires_grad and torch.is_grad_enabled():
-            args = [fused_lora_args(m) for m in modules]
-            if all(a is not None for a in args):
+            adapter, args = self.packed_args[group]
+            # The operands were read once by `pack` (PEFT's get_base_layer() alone costs ~13 us of host time, and a
+            # checkpointed step runs each projection twice); they hold while the packed adapter is the active one.
+            if all(m.active_adapters == [adapter] and not m.disable_adapters and not m.merged for m in modules):
                 return lora_linear_group(x, args, packed=packed)
             if not all(m.disable_adapters for m in modules):
                 raise RuntimeError(
@@ -125,6 +131,7 @@ class PackedProjections(nn.Module):
                 t.packed_in = (flat, start)  # where its gradient is: packed_gradient
                 start += t.numel()
             setattr(self, group, flat)
+            self.packed_args[group] = (modules[0].active_adapters[0], [fused_lora_args(m) for m in modules])
             packed += 1
         return packed
 
