@@ -135,7 +135,7 @@ class LoRALinearFunction(torch.autograd.Function):
         d_packed = None
         if ctx.packed is not None and need_params:
             d_packed = _packed_gradient(ctx.packed, da_all, dB)
-            dA, dB = [None] * n, [None] * n
+            dB = [None] * n  # the views get no gradient of their own
         grads = []
         for i in range(n):
             grads += [None, dA[i], dB[i], None]

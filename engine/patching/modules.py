@@ -102,8 +102,8 @@ class PackedProjections(nn.Module):
                 return lora_linear_group(x, args, packed=packed)
             if not all(m.disable_adapters for m in modules):
                 raise RuntimeError(
-                    "packed LoRA adapters train only through the fused op; this module's adapters no longer fit it "
-                    "(a second adapter, dropout or merging was added after engine.patching.modules.pack_adapters)"
+                    "packed LoRA adapters train only through the fused op, with the adapter they were packed from "
+                    "active and unmerged (engine.patching.modules.pack_adapters)"
                 )
         if len(modules) == 1:
             return [project(modules[0], x)]
