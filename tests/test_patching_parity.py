@@ -206,6 +206,20 @@ def test_patching_parity_packed_sequences():
     torch.testing.assert_close(loss_packed, (sep[0] * n_a + sep[1] * n_b) / (n_a + n_b), rtol=1e-5, atol=1e-6)
 
 
+def test_patching_parity_past_the_native_window():
+    """Positions far past max_position_embeddings (a 32768-token run of a model made for 8192) rotate exactly as
+    transformers rotates them: the fast path takes the model's own cos/sin and changes no RoPE setting."""
+    base = tiny_model("llama", rope_theta=500000.0, max_position_embeddings=8192)
+    fast = copy.deepcopy(base)
+    patch_model(fast, log=lambda m: None)
+    ids = torch.randint(3, 96, (1, 32), generator=torch.Generator().manual_seed(0))
+    positions = torch.arange(0, 32768, 1024).unsqueeze(0)  # spread: RoPE sees relative distances up to 31744
+    with torch.no_grad():
+        plain = base(input_ids=ids, labels=ids, position_ids=positions).loss
+        patched = fast(input_ids=ids, labels=ids, position_ids=positions).loss
+    torch.testing.assert_close(patched, plain, rtol=1e-6, atol=0)
+
+
 def test_patching_leaves_other_families_on_the_plain_path():
     from transformers import AutoConfig, AutoModelForCausalLM
 
