@@ -91,16 +91,16 @@ class PackedProjections(nn.Module):
         self.packed_args = {}  # group -> (adapter name, its fused_lora_args per projection), made by `pack`
 
     def project(self, group: str, x):
-        """[m(x) for m in the group's projections], through the packed tensor when the group has one and it trains."""
+        """[m(x) for m in the group's projections], through the packed tensor when the group has one."""
         modules = [getattr(self, name) for name in self.GROUPS[group]]
         packed = getattr(self, group, None)
-        if packed is not None and packed.requires_grad and torch.is_grad_enabled():
+        if packed is not None:
             adapter, args = self.packed_args[group]
             # The operands were read once by `pack` (PEFT's get_base_layer() alone costs ~13 us of host time, and a
             # checkpointed step runs each projection twice); they hold while the packed adapter is the active one.
             if all(m.active_adapters == [adapter] and not m.disable_adapters and not m.merged for m in modules):
                 return lora_linear_group(x, args, packed=packed)
-            if not all(m.disable_adapters for m in modules):
+            if packed.requires_grad and torch.is_grad_enabled() and not all(m.disable_adapters for m in modules):
                 raise RuntimeError(
                     "packed LoRA adapters train only through the fused op, with the adapter they were packed from "
                     "active and unmerged (engine.patching.modules.pack_adapters)"
