@@ -6,6 +6,7 @@ ours. It runs inside the run subprocess (engine.run). Continued pretraining runs
 metrics, checkpoints and cancel.
 """
 
+import functools
 import math
 import random
 import shutil
@@ -79,15 +80,17 @@ def collate(examples, pad_id: int, device: str) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
 
+@functools.cache
 def adamw_8bit():
     """bitsandbytes' AdamW8bit without the `torch.cuda.synchronize()` its step makes after every parameter.
 
     bitsandbytes 0.50.2 launches its update kernels on the default CUDA stream and then waits for the GPU after each
     tensor: a LoRA of every projection of an 8B model has 448, and the step took 41 ms of a 292 ms training step on
-    the H100 with the GPU idle most of it (bench/README.md, "What the llama8b step is now"). Training runs on the
-    default stream too, so those kernels are already ordered before and after the rest of the step; the waits order
-    nothing. The same update runs in the same order (the GPU test compares the weights bit for bit); paged states
-    (PagedAdamW8bit, whose prefetches need the waits) and work on another stream keep bitsandbytes' own step.
+    the H100 with the GPU idle most of it (bench/README.md, "What the llama8b step was before the packing"; the app's
+    loop now packs them into 128, engine.patching.modules.pack_adapters). Training runs on the default stream too,
+    so those kernels are already ordered before and after the rest of the step; the waits order nothing. The same
+    update runs in the same order (the GPU test compares the weights bit for bit); paged states (PagedAdamW8bit,
+    whose prefetches need the waits) and work on another stream keep bitsandbytes' own step.
     Measured on the H100 (`python3 bench/optimizer_step.py`, those 448 tensors): 25.1 ms a step -> 17.9 ms; what
     is left is bitsandbytes' Python around each tensor's kernel."""
     import bitsandbytes as bnb

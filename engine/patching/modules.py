@@ -105,8 +105,6 @@ class PackedProjections(nn.Module):
                     "packed LoRA adapters train only through the fused op, with the adapter they were packed from "
                     "active and unmerged (engine.patching.modules.pack_adapters)"
                 )
-        if len(modules) == 1:
-            return [project(modules[0], x)]
         return project_group(modules, x)
 
     def pack(self) -> int:
@@ -131,7 +129,7 @@ class PackedProjections(nn.Module):
                 t.packed_in = (flat, start)  # where its gradient is: packed_gradient
                 start += t.numel()
             setattr(self, group, flat)
-            self.packed_args[group] = (modules[0].active_adapters[0], [fused_lora_args(m) for m in modules])
+            self.packed_args[group] = (modules[0].active_adapters[0], args)  # A and B are the repointed Parameters
             packed += 1
         return packed
 
