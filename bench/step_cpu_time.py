@@ -1,10 +1,12 @@
 """Where a training step's wall time goes on the host: the forward's issue time, the backward's, the optimizer's,
 and what is left waiting for the GPU.
 
-    python3 bench/step_cpu_time.py --arch qwen3_14b --mode qlora --bs 1 --seq 2048 --vram-gib 6
+    python3 bench/step_cpu_time.py --arch qwen3_14b --mode qlora --bs 1 --seq 2048 --vram-gib 6 [--cprofile 30]
 
 Builds the model as .bench/train_bench.py does for the project (same budget cap). A `wait` near zero means the GPU
-finished no later than the host had issued everything: the step is bound by the host.
+finished no later than the host had issued everything: the step is bound by the host. `--cprofile N` also profiles
+the last three steps with cProfile and prints the N functions with the most time of their own, then the N with the
+most time under them.
 """
 
 import argparse
@@ -24,7 +26,11 @@ def main():
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--vram-gib", type=float, default=0.0)
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--cprofile", type=int, default=0)
     a = ap.parse_args()
+    import cProfile
+    import pstats
+
     import bitsandbytes as bnb
     import torch
     import train_bench as tb
@@ -37,7 +43,10 @@ def main():
     model.train()
     opt = bnb.optim.AdamW8bit([p for p in model.parameters() if p.requires_grad], lr=2e-4)
     ids = torch.randint(100, 30000, (a.bs, a.seq)).cuda()
+    profile = cProfile.Profile()
     for step in range(a.steps):
+        if a.cprofile and step == a.steps - 3:
+            profile.enable()
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -53,6 +62,10 @@ def main():
         ms = [1e3 * d for d in (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)]
         print("step {}: forward {:.0f} ms, backward {:.0f} ms, optimizer {:.0f} ms, wait {:.0f} ms, total {:.0f} ms"
               .format(step, *ms), flush=True)  # fmt: skip
+    if a.cprofile:
+        profile.disable()
+        for key in ("tottime", "cumulative"):
+            pstats.Stats(profile).sort_stats(key).print_stats(a.cprofile)
 
 
 if __name__ == "__main__":

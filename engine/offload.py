@@ -495,8 +495,9 @@ class ActivationStore:
 
 class Checkpoint:
     """A decoder layer's `_gradient_checkpointing_func`: forward without keeping activations, input to host RAM
-    (activation offload) or kept, and in the backward the input back, the forward again with gradients, and the
-    layer's backward, then the slot of a streamed layer released."""
+    (activation offload) or kept, and in the backward the input back, the forward again with gradients (marked as a
+    recompute pass, engine.patching.modules.recompute_pass, so an MLP skips the product its backward does not need),
+    and the layer's backward, then the slot of a streamed layer released."""
 
     def __init__(self, index: int, store: ActivationStore | None, stream: WeightStream | None, last):
         self.index, self.store, self.stream, self.last = index, store, stream, last
@@ -516,12 +517,15 @@ def _checkpoint_function():
     """The autograd Function behind `Checkpoint` (built on first use: importing this module does not import torch)."""
     import torch
 
+    from engine.patching.modules import recompute_pass
+
     class CheckpointFunction(torch.autograd.Function):
         @staticmethod
         def forward(ctx, owner, run, hidden):
             ctx.owner, ctx.run = owner, run
-            ctx.autocast = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
-            ctx.rng = torch.get_rng_state(), torch.cuda.get_rng_state(hidden.device)
+            kind = hidden.device.type
+            ctx.autocast = torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind)
+            ctx.rng = torch.get_rng_state(), torch.cuda.get_rng_state(hidden.device) if kind == "cuda" else None
             ctx.device = hidden.device
             out = run(hidden)
             if owner.store is not None:
@@ -536,10 +540,12 @@ def _checkpoint_function():
             hidden = owner.store.fetch(owner.index) if owner.store is not None else ctx.hidden
             hidden = hidden.detach().requires_grad_()
             enabled, dtype = ctx.autocast
-            with torch.random.fork_rng(devices=[ctx.device]):
+            kind = ctx.device.type
+            with torch.random.fork_rng(devices=[ctx.device] if kind == "cuda" else []):
                 torch.set_rng_state(ctx.rng[0])
-                torch.cuda.set_rng_state(ctx.rng[1], ctx.device)
-                with torch.enable_grad(), torch.autocast("cuda", dtype=dtype, enabled=enabled):
+                if ctx.rng[1] is not None:
+                    torch.cuda.set_rng_state(ctx.rng[1], ctx.device)
+                with torch.enable_grad(), torch.autocast(kind, dtype=dtype, enabled=enabled), recompute_pass():
                     out = ctx.run(hidden)
             torch.autograd.backward(out, grad)
             if owner.stream is not None and owner.index in owner.stream.weights:

@@ -69,7 +69,7 @@ class LoRALinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, meta, packed, *tensors):
-        scales, states = meta
+        scales, states, output_unused = meta
         weights, As, Bs, biases = tensors[0::4], tensors[1::4], tensors[2::4], tensors[3::4]
         dtype = _compute_dtype(x, weights[0], states[0])
         with torch.autocast(x.device.type, enabled=False):
@@ -83,6 +83,9 @@ class LoRALinearFunction(torch.autograd.Function):
             bs = [B.to(dtype) for B in Bs]
             outs, start = [], 0
             for w, qs, b, bias, s in zip(weights, states, bs, biases, scales, strict=True):
+                if output_unused:  # shape and dtype only: the backward below never reads the outputs
+                    outs.append(xa_all.new_zeros(()).expand(*x.shape[:-1], b.shape[0]))
+                    continue
                 xa = xa_all[:, start : start + b.shape[1]]
                 start += b.shape[1]
                 y = xa @ b.t()  # the small product first, so the base matmul adds it in its epilogue:
@@ -99,7 +102,7 @@ class LoRALinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *dys):
         x2, xa_all, a_all, *rest = ctx.saved_tensors
-        scales, states = ctx.meta
+        scales, states, _ = ctx.meta
         n = len(scales)
         weights, bs = rest[:n], rest[n:]
         need_x, need_params = ctx.needs_input_grad[0], any(ctx.needs_input_grad[2:])
@@ -154,7 +157,7 @@ def _packed_gradient(packed, da_all, dB) -> torch.Tensor:
     return grad
 
 
-def lora_linear_group(x, projections, packed=None) -> tuple[torch.Tensor, ...]:
+def lora_linear_group(x, projections, packed=None, output_unused=False) -> tuple[torch.Tensor, ...]:
     """`lora_linear` for several projections of the same x at once (Q, K, V; or gate, up).
 
     Args:
@@ -162,8 +165,11 @@ def lora_linear_group(x, projections, packed=None) -> tuple[torch.Tensor, ...]:
         projections: one (weight, A, B, scale, bias, quant_state) tuple per projection, as for `lora_linear`.
         packed: None, or the flat trainable tensor the A's and B's are views of, in the layout the module docstring
             gives; its gradient then comes back as one tensor (the views get none).
+        output_unused: the caller will not read the outputs' values, only differentiate through them (a
+            checkpointed layer's recompute, whose output only feeds a sum): the outputs are zeros of the right shape
+            (stride 0) and their products, dequantization included, are skipped. The gradients are unchanged.
     """
-    meta = (tuple(float(p[3]) for p in projections), tuple(p[5] for p in projections))
+    meta = (tuple(float(p[3]) for p in projections), tuple(p[5] for p in projections), output_unused)
     tensors = []
     for weight, A, B, _, bias, _ in projections:
         tensors += [weight, A, B, bias]

@@ -222,6 +222,45 @@ def test_offload_run_that_cannot_fit_fails_before_loading_the_model(tmp_path, mo
         load_for_training(job, Placement("cuda", "bf16", "test"), log=lambda m: None)
 
 
+@pytest.mark.parametrize("arch,skips", [("llama", True), ("qwen3", True), ("gemma2", False)])
+@pytest.mark.parametrize("pack", [True, False], ids=["packed", "unpacked"])
+def test_offload_checkpoint_recompute_skips_the_down_product_with_the_same_gradients(arch, skips, pack, monkeypatch):
+    """Every layer through engine.offload's checkpoint function (CPU: no store, no stream) trains exactly like the
+    plain model, and its recompute pass skips the down projection's products where the MLP output feeds the residual
+    sum as it is (not Gemma 2's post-feedforward norm, whose backward reads that output)."""
+    import copy
+
+    from test_patching_parity import assert_same_training, batch, packed, tiny_model, with_lora
+
+    from engine.offload import Checkpoint
+    from engine.patching import modules, patch_model
+
+    base = tiny_model(arch)
+    fast_base = copy.deepcopy(base)
+    patch_model(fast_base, log=lambda m: None)
+    plain, fast = with_lora(base), with_lora(fast_base)
+    if pack:
+        fast = packed(fast)
+    fast.train()
+    fast.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    fast.enable_input_require_grads()
+    layers = fast.base_model.model.model.layers
+    for index, layer in enumerate(layers):
+        layer._gradient_checkpointing_func = Checkpoint(index, None, None, lambda: len(layers) - 1)
+    flags = []
+    fused = modules.lora_linear_group
+
+    def spy(x, projections, packed=None, output_unused=False):
+        flags.append(output_unused)
+        return fused(x, projections, packed=packed, output_unused=output_unused)
+
+    monkeypatch.setattr(modules, "lora_linear_group", spy)
+    assert_same_training(plain, fast, batch(base.config.vocab_size), rtol=1e-4, atol=1e-5)
+    # 3 steps x layers x (4 fused ops in the forward + 4 in the recompute), one of which skips its products
+    assert len(flags) == 3 * len(layers) * 8
+    assert flags.count(True) == (3 * len(layers) if skips else 0)
+
+
 # GPU: every offload mode trains to the gradients of the same model without offload.
 
 WIDTH = dict(hidden_size=512, intermediate_size=1408, num_attention_heads=8, num_key_value_heads=4, head_dim=64)

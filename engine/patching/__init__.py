@@ -27,11 +27,13 @@ FAMILY_MODULES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemm
 
 @dataclass(frozen=True)
 class Family:
-    """What differs between families: the RMSNorm offset (Gemma's `x * (1 + w)`) and the attention call's extras."""
+    """What differs between families: the RMSNorm offset (Gemma's `x * (1 + w)`), the attention call's extras, and
+    whether the layer norms the attention and MLP outputs before adding them to the residual (Gemma 2 and 3)."""
 
     model_type: str
     norm_offset: float = 0.0
     attention_kwargs: Callable = lambda attn: {}  # the keyword arguments this family's attention passes along
+    sandwich_norms: bool = False  # post-attention and post-feedforward norms: the MLP output feeds a norm
 
 
 @dataclass

@@ -7,4 +7,5 @@ FAMILY = Family(
     "gemma2",
     norm_offset=1.0,
     attention_kwargs=lambda attn: dict(sliding_window=attn.sliding_window, softcap=attn.attn_logit_softcapping),
+    sandwich_norms=True,
 )

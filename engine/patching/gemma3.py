@@ -2,4 +2,9 @@
 
 from engine.patching import Family
 
-FAMILY = Family("gemma3_text", norm_offset=1.0, attention_kwargs=lambda attn: dict(sliding_window=attn.sliding_window))
+FAMILY = Family(
+    "gemma3_text",
+    norm_offset=1.0,
+    attention_kwargs=lambda attn: dict(sliding_window=attn.sliding_window),
+    sandwich_norms=True,
+)

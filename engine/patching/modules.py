@@ -4,6 +4,7 @@ Every drop-in takes over the original module's children and attributes, so param
 state dicts and saved adapters) are unchanged.
 """
 
+import contextlib
 import sys
 import types
 
@@ -72,12 +73,28 @@ def project(module, x):
     return lora_linear(x, weight, A, B, scale, bias, quant_state)
 
 
-def project_group(modules, x):
-    """[m(x) for m in modules], as one fused op when every module is a LoRA Linear the op covers."""
+def project_group(modules, x, output_unused=False):
+    """[m(x) for m in modules], as one fused op when every module is a LoRA Linear the op covers (which skips the
+    outputs' products when `output_unused`: see kernels.lora.lora_linear_group)."""
     args = [fused_lora_args(m) for m in modules]
     if any(a is None for a in args) or len({a[5] is None for a in args}) != 1:
         return [project(m, x) for m in modules]
-    return lora_linear_group(x, [(w, A, B, s, bias, qs) for w, A, B, s, bias, qs in args])
+    return lora_linear_group(x, [(w, A, B, s, bias, qs) for w, A, B, s, bias, qs in args], output_unused=output_unused)
+
+
+_recomputing = [False]  # True while engine.offload's checkpoint reruns a layer's forward for its backward
+
+
+@contextlib.contextmanager
+def recompute_pass():
+    """Marks a checkpointed layer's second forward, run only to rebuild what its backward needs. Its output is never
+    read: an MLP whose output goes straight into the residual sum then skips its down projection's products, whose
+    backward needs only their input (a quarter of a llama layer's matmul work in that pass)."""
+    _recomputing[0] = True
+    try:
+        yield
+    finally:
+        _recomputing[0] = False
 
 
 class PackedProjections(nn.Module):
@@ -90,8 +107,9 @@ class PackedProjections(nn.Module):
         super().__init__()
         self.packed_args = {}  # group -> (adapter name, its fused_lora_args per projection), made by `pack`
 
-    def project(self, group: str, x):
-        """[m(x) for m in the group's projections], through the packed tensor when the group has one."""
+    def project(self, group: str, x, output_unused=False):
+        """[m(x) for m in the group's projections], through the packed tensor when the group has one. With
+        `output_unused` (nothing will read the outputs' values) the fused op skips their products."""
         modules = [getattr(self, name) for name in self.GROUPS[group]]
         packed = getattr(self, group, None)
         if packed is not None:
@@ -99,13 +117,13 @@ class PackedProjections(nn.Module):
             # The operands were read once by `pack` (PEFT's get_base_layer() alone costs ~13 us of host time, and a
             # checkpointed step runs each projection twice); they hold while the packed adapter is the active one.
             if all(m.active_adapters == [adapter] and not m.disable_adapters and not m.merged for m in modules):
-                return lora_linear_group(x, args, packed=packed)
+                return lora_linear_group(x, args, packed=packed, output_unused=output_unused)
             if packed.requires_grad and torch.is_grad_enabled() and not all(m.disable_adapters for m in modules):
                 raise RuntimeError(
                     "packed LoRA adapters train only through the fused op, with the adapter they were packed from "
                     "active and unmerged (engine.patching.modules.pack_adapters)"
                 )
-        return project_group(modules, x)
+        return project_group(modules, x, output_unused)
 
     def pack(self) -> int:
         """Move each group's A's and B's into one new trainable Parameter (the PEFT parameters become frozen views of
@@ -238,15 +256,18 @@ class FastMLP(PackedProjections):
 
     GROUPS = {"adapters_gate_up": ("gate_proj", "up_proj"), "adapters_down": ("down_proj",)}
 
-    def __init__(self, mlp: nn.Module, activation: str):
+    def __init__(self, mlp: nn.Module, activation: str, feeds_residual: bool = False):
         super().__init__()
         self.gate_proj, self.up_proj, self.down_proj = mlp.gate_proj, mlp.up_proj, mlp.down_proj
         self.activation = activation
         self.tile = None  # tokens per tile under the offload plan's tiling (engine.offload), else None
+        self.feeds_residual = feeds_residual  # the layer adds the output to the residual as it is (no norm after)
 
     def _mlp(self, x):
         gate, up = self.project("adapters_gate_up", x)
-        return self.project("adapters_down", swiglu(gate, up, self.activation))[0]
+        # In a recompute pass the layer's output is not read, and a sum's backward does not read its operands.
+        unused = self.feeds_residual and _recomputing[0]
+        return self.project("adapters_down", swiglu(gate, up, self.activation), output_unused=unused)[0]
 
     def forward(self, x):
         tokens = x.shape[0] * x.shape[1] if x.dim() == 3 else x.shape[0]
@@ -347,7 +368,7 @@ def patch_with(model, family: Family) -> PatchReport:
             if activation is None:
                 report.notes.append(f"MLP activation {type(child.act_fn).__name__} kept unfused")
                 continue
-            setattr(parent, name, FastMLP(child, activation))
+            setattr(parent, name, FastMLP(child, activation, feeds_residual=not family.sandwich_norms))
             count("FastMLP")
     if hasattr(model, "model") and type(model.get_output_embeddings()) is nn.Linear:
         model.forward = types.MethodType(fused_loss_forward, model)

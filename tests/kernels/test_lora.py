@@ -119,3 +119,22 @@ def test_lora_linear_group_packed_gradient_is_the_separate_gradients(dtype):
     assert_close(dx, want[0])
     assert d_packed.shape == packed.shape and d_packed.dtype == packed.dtype
     assert_close(d_packed, torch.cat([g.reshape(-1) for g in want[1:]]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lora_linear_group_unused_outputs_keep_every_gradient(dtype):
+    """`output_unused` (a checkpointed layer's recompute, whose output only feeds a sum): the outputs are zeros of
+    the right shape that own no memory, and the gradients are exactly those of the full op."""
+    x, w, A, B, b = _inputs(dtype)
+    _, w2, A2, B2, _ = _inputs(dtype, n_out=24, rank=2)
+    projections = [(w, A, B, 2.0, b, None), (w2, A2, B2, 0.5, None, None)]
+    full = lora_linear_group(x, projections)
+    skipped = lora_linear_group(x, projections, output_unused=True)
+    for y, z in zip(full, skipped, strict=True):
+        assert z.shape == y.shape and z.dtype == y.dtype and z.stride() == (0, 0, 0)
+        assert not z.any()
+    dys = [torch.randn_like(y) for y in full]
+    leaves = (x, A, B, A2, B2)
+    got, want = torch.autograd.grad(skipped, leaves, dys), torch.autograd.grad(full, leaves, dys)
+    for g, ref in zip(got, want, strict=True):
+        assert torch.equal(g, ref)
