@@ -20,6 +20,11 @@ COEF = dict(layer_h=1.3, layer_i=8.0, layer_a=12.0, loss_v=11.3, fixed_gib=0.05)
 NF4_BYTES = 0.5 + 1 / 64  # packed 4-bit weight + uint8 absmax per 64-block (double quantization)
 OFFLOAD_ON_GPU = 2  # checkpointed inputs on the GPU with activation offload: the last layer's and one in flight
 OPTIMIZER_BYTES = {"adamw_8bit": 2, "adamw": 8}  # optimizer state bytes per fp32 trainable parameter
+# CUDA graphs of checkpointed layers (engine.patching.graphs): their pool holds one layer's working set for good, which
+# the estimate's activations already count once (the eager recompute's); what a capped H100 run added to the eager
+# peak on top of its static buffers was about a quarter of that working set (0.13-0.14 GiB for qwen3_4b LoRA at 4096
+# tokens and qwen3_14b QLoRA at 2048, bench/README.md).
+GRAPH_POOL_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,7 @@ def estimate(
     optimizer_in_host: bool = False,
     dense_layers: int = 0,
     grads_released: bool = False,
+    graphs: bool = False,
 ) -> Estimate:
     """Peak allocated GPU memory (and host RAM) of one training step, in GiB.
 
@@ -127,7 +133,9 @@ def estimate(
     paged optimizer states in host RAM (where bitsandbytes' paged AdamW moves them under memory pressure), and
     `dense_layers` QLoRA layers keep a 16-bit copy of their NF4 weights beside them, and `grads_released` (full
     fine-tuning, engine.grad_release) frees each gradient as soon as its weight is updated, in the backward, so at
-    most the largest one exists at a time."""
+    most the largest one exists at a time, and `graphs` replays the checkpointed layers' passes as CUDA graphs
+    (engine.patching.graphs.CheckpointGraphs), whose memory pool keeps one layer's working set for good (see
+    GRAPH_POOL_SHARE), with three static (tokens x hidden) buffers."""
     tokens = seq * batch
     if method == "qlora":
         weights = arch.linear_params * NF4_BYTES + (arch.params - arch.linear_params) * 2
@@ -168,6 +176,9 @@ def estimate(
         dequant=dequant,
         fixed=COEF["fixed_gib"] * GIB,
     )
+    if graphs and checkpointed_layers:  # the pool's excess, three (tokens x hidden) buffers, one layer's gradients
+        grads = arch.lora_params(rank, targets) * 4 / arch.layers
+        parts["graphs"] = GRAPH_POOL_SHARE * layer + 3 * tokens * arch.hidden * 2 + grads
     parts = {k: round(v / GIB, 3) for k, v in parts.items()}
     # Host RAM: measured peak RSS (python -m engine.calibrate tiers) was the whole 16-bit checkpoint plus about
     # 1 GiB for every model and method: transformers maps every weight file while it loads, QLoRA included. What the

@@ -20,6 +20,10 @@ Chosen by `plan` from the budget (the card, or TUNESMITH_VRAM_GIB) and the run's
 - Dense copies. On a card with room to spare, QLoRA keeps a 16-bit copy of the first `plan.dense_layers` layers'
   NF4 weights (`keep_dense`), dequantized once at load with the same kernel, so those layers skip the two
   dequantizations of every step (forward and backward): the same values, computed once instead of per pass.
+- CUDA graphs. A capped step recomputes every layer and is bound by the host issuing small kernels, so the
+  checkpointed layers of the fast path's LoRA/QLoRA replay CUDA graphs of their two passes (the forward without
+  gradients; the recompute with the backward), one launch each instead of ~40 (engine.patching.graphs.
+  CheckpointGraphs; `Plan.graphs`). The recompute also skips the MLP's down projection, whose output nothing reads.
 - Optimizer states. LoRA's 8-bit AdamW states are small and stay on the GPU. Full fine-tuning uses bitsandbytes'
   paged 8-bit AdamW (engine.train), whose states page out to host RAM under memory pressure; the plan counts them
   there when that is what makes the run fit (`Plan.optimizer_in_host`).
@@ -61,6 +65,7 @@ class Plan:
     layers: int
     dense_layers: int = 0  # QLoRA layers whose NF4 weights also have a 16-bit copy on the GPU (`keep_dense`)
     grads_released: bool = False  # full fine-tuning updates each weight in the backward (engine.grad_release)
+    graphs: bool = False  # checkpointed layers replay CUDA graphs of their passes (engine.patching.graphs)
 
     def estimate_kw(self) -> dict:
         """The estimate's offload arguments for this plan (engine.checkpointing re-plans per token count with them)."""
@@ -74,6 +79,7 @@ class Plan:
             optimizer_in_host=self.optimizer_in_host,
             dense_layers=self.dense_layers,
             grads_released=self.grads_released,
+            graphs=self.graphs,
         )
 
     @property
@@ -98,6 +104,8 @@ class Plan:
             parts.append(f"16-bit copies of {self.dense_layers} layers' 4-bit weights (no per-step dequantization)")
         if self.grads_released:
             parts.append("each weight updated in the backward as its gradient completes (no gradient buffer)")
+        if self.graphs:
+            parts.append("CUDA graphs of the checkpointed layers' passes")
         return (
             f"plan ({where}): " + ", ".join(parts) + f"; expected peak {self.peak_vram_gib:.2f} GiB GPU, "
             f"{self.peak_ram_gib:.1f} GiB host RAM"
@@ -116,6 +124,7 @@ class Plan:
             optimizer_in_host=self.optimizer_in_host,
             dense_layers=self.dense_layers,
             grads_released=self.grads_released,
+            cuda_graphs=self.graphs,
             peak_vram_gib=self.peak_vram_gib,
             peak_ram_gib=self.peak_ram_gib,
         )
@@ -151,7 +160,37 @@ def plan(
     and when that is not enough and the run allows it (`release_gradients`: one micro-batch per step, no fp16 loss
     scaling), each weight is updated in the backward and its gradient freed at once (engine.grad_release).
 
+    Checkpointed layers of the fast path's LoRA and QLoRA replay CUDA graphs of their passes (the host issuing
+    kernels is what bounds such steps). The graphs' memory is planned for; a budget that cannot hold it, or holds it
+    only by streaming weights that the plan without graphs keeps on the GPU, gets the plan without graphs.
+
     `budget_gib` None (no GPU) gives the plain plan: every layer checkpointed, nothing offloaded."""
+    args = (arch, method, seq, batch, budget_gib, host_ram_gib, fused_loss, embeddings_trained, paged_optimizer)
+    args += (release_gradients,)
+    plain = _plan(*args, graphs_wanted=False, **estimate_kw)
+    if method == "full" or not fused_loss or not plain.checkpointed:  # graphs: the fast path's adapters only
+        return plain
+    try:
+        graphed = _plan(*args, graphs_wanted=True, **estimate_kw)
+    except UserError:
+        return plain
+    return plain if graphed.streamed and not plain.streamed else graphed
+
+
+def _plan(
+    arch: Arch,
+    method: str,
+    seq: int,
+    batch: int,
+    budget_gib: float | None,
+    host_ram_gib: float | None,
+    fused_loss: bool,
+    embeddings_trained: bool,
+    paged_optimizer: bool,
+    release_gradients: bool,
+    graphs_wanted: bool,
+    **estimate_kw,
+) -> Plan:
     layers = arch.layers
     chunk = 4096 if budget_gib is None or budget_gib >= SMALL_CARD_GIB else 1024
 
@@ -159,6 +198,7 @@ def plan(
         return estimate(arch, method, seq, batch, fused_loss=fused_loss, loss_chunk=chunk, **estimate_kw, **kw)
 
     def made(checkpointed, e, offload=False, streamed=(), host_embedding=False, slots=0, tile=None, paged=False):
+        graphs = offload and graphs_wanted and checkpointed > 0 and tile is None  # a tiled MLP is not captured
         return Plan(
             budget_gib,
             checkpointed,
@@ -172,6 +212,7 @@ def plan(
             e.peak_vram_gib,
             e.peak_ram_gib,
             layers,
+            graphs=graphs,
         )
 
     if budget_gib is None:
@@ -185,15 +226,18 @@ def plan(
         dense = min(layers, math.floor((cap - e.peak_vram_gib) * DENSE_SHARE / per_layer))
         return dataclasses.replace(made(0, est(checkpointed_layers=0, dense_layers=dense)), dense_layers=dense)
     host_embedding = not arch.tied and method != "full" and not embeddings_trained
-    offload = dict(offload_activations=True, host_embedding=host_embedding)
+    offload = dict(offload_activations=True, host_embedding=host_embedding, graphs=graphs_wanted)
     e = est(checkpointed_layers=layers, **offload)
     if e.peak_vram_gib <= cap:
         per_layer = layer_activation_bytes(arch, seq * batch) / GIB
         free = min(layers, math.floor((cap - e.peak_vram_gib) / per_layer))
         k = layers - free
         plan_ = made(k, est(checkpointed_layers=k, **offload), True, (), host_embedding)
-    elif seq * batch > MLP_TILE and est(checkpointed_layers=layers, mlp_tile=MLP_TILE, **offload).peak_vram_gib <= cap:
-        e = est(checkpointed_layers=layers, mlp_tile=MLP_TILE, **offload)
+    elif (
+        seq * batch > MLP_TILE
+        and est(checkpointed_layers=layers, mlp_tile=MLP_TILE, **{**offload, "graphs": False}).peak_vram_gib <= cap
+    ):
+        e = est(checkpointed_layers=layers, mlp_tile=MLP_TILE, **{**offload, "graphs": False})
         plan_ = made(layers, e, True, (), host_embedding, tile=MLP_TILE)
     else:
         if method == "full":
@@ -215,6 +259,7 @@ def plan(
         # the fewest streamed layers with a ring of three slots (two arriving while one computes), else with two
         tile = MLP_TILE if seq * batch > MLP_TILE else None
         offload["mlp_tile"] = tile
+        offload["graphs"] = graphs_wanted and tile is None
         fitting = (
             (slots, count)
             for slots in (RING_SLOTS, 2)
@@ -336,6 +381,7 @@ class WeightStream:
         self.timing = []  # ("copy" | "stall", start event, end event, bytes) since the last tick
         self.last_tick, self.steps = None, 0
         self.log = log
+        self.paused = False  # True while a CUDA graph is captured: engine.patching.graphs calls `use` itself
         for index, layer in layers.items():
             layer.register_forward_pre_hook(self._pre_hook(index))
             layer.register_forward_hook(self._post_hook(index))
@@ -389,16 +435,22 @@ class WeightStream:
 
     def _pre_hook(self, index: int):
         def hook(module, args):
-            self.use(index, "b" if in_backward() else "f")
+            if not self.paused:
+                self.use(index, "b" if in_backward() else "f")
 
         return hook
 
     def _post_hook(self, index: int):
         def hook(module, args, output):
-            if not in_backward():
+            if not (self.paused or in_backward()):
                 self.finished(index)
 
         return hook
+
+    def slot_key(self, index: int) -> int | None:
+        """Where the layer's streamed weights sit now (a CUDA graph of it reads them there), None if not streamed."""
+        pairs = self.weights.get(index)
+        return pairs[0][0].data_ptr() if pairs else None
 
     def tick(self) -> None:
         """Called at each training forward: every LOG_EVERY steps, log the last step's copy, stall and compute time
@@ -499,8 +551,9 @@ class Checkpoint:
     recompute pass, engine.patching.modules.recompute_pass, so an MLP skips the product its backward does not need),
     and the layer's backward, then the slot of a streamed layer released."""
 
-    def __init__(self, index: int, store: ActivationStore | None, stream: WeightStream | None, last):
+    def __init__(self, index: int, store: ActivationStore | None, stream: WeightStream | None, last, graphs=None):
         self.index, self.store, self.stream, self.last = index, store, stream, last
+        self.graphs = graphs  # engine.patching.graphs.CheckpointGraphs, or None: the passes run eagerly
 
     def __call__(self, run, hidden, *args):
         import torch
@@ -527,7 +580,9 @@ def _checkpoint_function():
             ctx.autocast = torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind)
             ctx.rng = torch.get_rng_state(), torch.cuda.get_rng_state(hidden.device) if kind == "cuda" else None
             ctx.device = hidden.device
-            out = run(hidden)
+            out = owner.graphs.forward(owner.index, run, hidden, owner.stream) if owner.graphs is not None else None
+            if out is None:
+                out = run(hidden)
             if owner.store is not None:
                 owner.store.stash(owner.index, hidden, keep=owner.index == owner.last())
             else:
@@ -538,19 +593,24 @@ def _checkpoint_function():
         def backward(ctx, grad):
             owner = ctx.owner
             hidden = owner.store.fetch(owner.index) if owner.store is not None else ctx.hidden
-            hidden = hidden.detach().requires_grad_()
-            enabled, dtype = ctx.autocast
-            kind = ctx.device.type
-            with torch.random.fork_rng(devices=[ctx.device] if kind == "cuda" else []):
-                torch.set_rng_state(ctx.rng[0])
-                if ctx.rng[1] is not None:
-                    torch.cuda.set_rng_state(ctx.rng[1], ctx.device)
-                with torch.enable_grad(), torch.autocast(kind, dtype=dtype, enabled=enabled), recompute_pass():
-                    out = ctx.run(hidden)
-            torch.autograd.backward(out, grad)
+            dx = None
+            if owner.graphs is not None:
+                dx = owner.graphs.backward(owner.index, ctx.run, hidden, grad, ctx.autocast, owner.stream)
+            if dx is None:
+                hidden = hidden.detach().requires_grad_()
+                enabled, dtype = ctx.autocast
+                kind = ctx.device.type
+                with torch.random.fork_rng(devices=[ctx.device] if kind == "cuda" else []):
+                    torch.set_rng_state(ctx.rng[0])
+                    if ctx.rng[1] is not None:
+                        torch.cuda.set_rng_state(ctx.rng[1], ctx.device)
+                    with torch.enable_grad(), torch.autocast(kind, dtype=dtype, enabled=enabled), recompute_pass():
+                        out = ctx.run(hidden)
+                torch.autograd.backward(out, grad)
+                dx = hidden.grad
             if owner.stream is not None and owner.index in owner.stream.weights:
                 owner.stream.finished(owner.index)
-            return None, None, hidden.grad
+            return None, None, dx
 
     return CheckpointFunction
 
@@ -677,7 +737,8 @@ def keep_dense(model, count: int, log=print) -> int:
 def install(model, plan_: Plan, device, log=print):
     """Apply `plan_` to a loaded model whose layers have checkpointing enabled (engine.checkpointing.install):
     the input embedding to host RAM, streamed layers' weights to host RAM, and our checkpoint function on every
-    decoder layer. Returns the WeightStream (or None) for the training loop's timing log."""
+    decoder layer (replaying CUDA graphs when the plan says so and the layers can be captured). Returns the
+    WeightStream (or None) for the training loop's timing log."""
     import torch
     from transformers.modeling_layers import GradientCheckpointingLayer
 
@@ -701,12 +762,15 @@ def install(model, plan_: Plan, device, log=print):
     if plan_.streamed:
         stream = WeightStream({i: layers[i] for i in plan_.streamed}, device, plan_.ring_slots, log)
     store = ActivationStore(device) if plan_.offload_activations else None
+    from engine.patching import graphs as cuda_graphs
+
+    graphs = cuda_graphs.CheckpointGraphs(layers, log) if plan_.graphs and cuda_graphs.eligible_layers(model) else None
 
     def last_checkpointed():
         return max(i for i, layer in enumerate(layers) if layer.gradient_checkpointing)
 
     for index, layer in enumerate(layers):
-        layer._gradient_checkpointing_func = Checkpoint(index, store, stream, last_checkpointed)
+        layer._gradient_checkpointing_func = Checkpoint(index, store, stream, last_checkpointed, graphs)
     if stream is not None:
         net = model.get_base_model() if hasattr(model, "get_base_model") else model
 

@@ -67,6 +67,24 @@ def test_offload_plan_streams_the_fewest_layers_that_make_it_fit():
     assert six.peak_ram_gib > estimate(QWEN3_14B, "qlora", 2048, 1).peak_ram_gib  # the pinned copies count
 
 
+def test_offload_plan_replays_cuda_graphs_where_their_memory_costs_no_extra_streaming():
+    """The checkpointed layers of a capped LoRA/QLoRA run replay CUDA graphs, with the graphs' pool in the estimate;
+    not when the pool would push weights to host RAM that the plan without graphs keeps on the GPU, nor when it
+    cannot fit at all, nor for full fine-tuning."""
+    six = plan(QWEN3_14B, "qlora", 2048, 1, 6.0)  # streams either way
+    assert six.graphs and six.streamed and "CUDA graphs" in six.describe() and six.as_dict()["cuda_graphs"]
+    plain = estimate(QWEN3_14B, "qlora", 2048, 1, fused_loss=True, **{**six.estimate_kw(), "graphs": False})
+    graphed = estimate(QWEN3_14B, "qlora", 2048, 1, fused_loss=True, **six.estimate_kw())
+    assert graphed.peak_vram_gib > plain.peak_vram_gib and graphed.parts_gib["graphs"] > 0
+    assert plan(QWEN3_4B, "lora", 2048, 2, 8.6).graphs
+    assert plan(LLAMA8B, "qlora", 2048, 2, 7.0).graphs  # fits without streaming, graphs included
+    long = plan(LLAMA8B, "qlora", 8192, 1, 7.8)  # graphs' pool at 8192 tokens would need streamed layers
+    assert not long.graphs and not long.streamed
+    assert not plan(QWEN3_14B, "qlora", 2048, 1, 4.0).graphs  # every layer streamed, and still no room for a pool
+    assert not plan(QWEN3_4B, "full", 512, 1, 30.0).graphs
+    assert not plan(LLAMA8B, "qlora", 2048, 2, 80.0).graphs  # nothing recomputes
+
+
 def test_offload_plan_tiles_the_mlp_for_long_sequences():
     p = plan(LLAMA8B, "qlora", 65536, 1, 16.0)  # Unsloth's limit under this cap is 32768 tokens
     assert p.mlp_tile == 8192 and not p.streamed and p.peak_vram_gib * 1.1 <= 16.0
@@ -317,11 +335,14 @@ def test_offload_gradients_equal_those_without_offload(mode, method, tmp_path, m
         peak_ram_gib=1.0,
         layers=4,
         dense_layers=2 if dense else 0,
+        graphs=not dense,
     )
     ids = torch.randint(3, 32000, (2, 64), generator=torch.Generator().manual_seed(0)).cuda()
 
     def run(plan_):
         monkeypatch.setattr(loading, "plan_memory", _forced(plan_))
+        if plan_ is not None and plan_.checkpointed:  # a budget this small recomputes every layer
+            monkeypatch.setenv("TUNESMITH_VRAM_GIB", "0.05")
         torch.manual_seed(5)
         net, _ = loading.load_for_training(job, placement, log=lambda m: None)
         gen = torch.Generator().manual_seed(1)
@@ -356,3 +377,9 @@ def test_offload_gradients_equal_those_without_offload(mode, method, tmp_path, m
         assert net.get_input_embeddings().weight.device.type == "cpu"
     copies = [m for m in net.modules() if getattr(m, "dense_weight", None) is not None]
     assert len(copies) == (14 if dense else 0)  # q, k, v, o, gate, up, down in layers 0 and 1
+    if not dense:  # steps 2 and 3 replayed CUDA graphs of every layer's two passes (a streamed layer: per slot)
+        layers = net.base_model.model.model.layers
+        assert all(layer.gradient_checkpointing for layer in layers)
+        graphs = layers[0]._gradient_checkpointing_func.graphs
+        assert graphs.enabled
+        assert {(i, phase) for i, phase, _ in graphs.graphs} == {(i, p) for i in range(4) for p in "fb"}

@@ -15,6 +15,7 @@ or a soft cap (sliding windows, Gemma 2) are not captured. The model's module tr
 instance `forward`), so adapters save as before.
 """
 
+import functools
 import types
 
 import torch
@@ -130,3 +131,241 @@ def install(model, log=print) -> bool:
         layer.graph_index = index
         layer.forward = types.MethodType(forward, layer)
     return True
+
+
+class CheckpointGraphs:
+    """CUDA graphs of checkpointed layers' two passes (engine.offload.Checkpoint): the forward without gradients, and
+    the recompute with the backward, one graph each per layer, replayed when a step allows.
+
+    A checkpointed step under a small budget is bound by the host issuing ~40 small kernels per layer per pass
+    (bench/README.md); a replay issues one. Every graph reads its input from one static buffer and writes its
+    results (the layer output; the input and adapter gradients) into static buffers outside the graphs' shared
+    memory pool, which therefore holds only one layer's working set at a time: the layers run one after another,
+    so their graphs reuse the same memory. The layer's packed adapters (engine.patching.modules.pack_adapters) are
+    differentiated as fresh leaves sharing their storage (torch 2.11 refuses a capture through gradient nodes an
+    eager backward has used), and their gradients are accumulated into `.grad` after each replay. A streamed layer's
+    weights are read where its ring slot holds them, so it gets a graph per slot (`WeightStream.slot_key`).
+
+    A layer replays only when: it was run eagerly once at this shape (kernels compiled and tuned), the step is
+    unmasked (no attention mask, no KV cache), its attention has no window, soft cap or dropout, its MLP is not tiled,
+    and its trainable parameters are all packed. The shape of the first captured step is kept: another shape drops
+    the graphs. A capture that fails (out of memory under the cap, or anything the graph cannot hold) switches the
+    graphs off for the run, with the reason logged; the layers then run eagerly as before."""
+
+    def __init__(self, layers, log=print):
+        self.layers = layers
+        self.log = log
+        self.enabled = True
+        self.key = None  # the shape the graphs and static buffers are for
+        self.graphs = {}  # (layer, phase, slot key) -> CUDAGraph
+        self.warm = set()  # (layer, phase) run eagerly at this shape
+        self.static = {}
+        self.tables = None  # the RoPE tables the graphs read (modules.rope_tables), refreshed when cos changes
+        self.cos_seen = None
+        self.pool = None
+        self.grads = {}  # layer -> [(module, group name, static gradient buffer)]
+
+    def _eligible(self, index, run, hidden, autocast):
+        """The step's shape key when layer `index` may replay or be captured now, else None. `autocast`: the
+        forward's (enabled, dtype), which the backward (on autograd's thread) must pass along."""
+        from engine.patching.modules import FastAttention, FastMLP, PackedProjections
+
+        kw = getattr(run, "keywords", None)
+        if not self.enabled or kw is None or not hidden.is_cuda:
+            return None
+        cos_sin = kw.get("position_embeddings")
+        if kw.get("attention_mask") is not None or kw.get("past_key_values") is not None or cos_sin is None:
+            return None
+        layer = self.layers[index]
+        attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+        if not isinstance(attn, FastAttention) or not isinstance(mlp, FastMLP) or mlp.tile is not None:
+            return None
+        if getattr(attn, "sliding_window", None) or getattr(attn, "attn_logit_softcapping", None):
+            return None
+        if getattr(attn, "attention_dropout", 0.0):
+            return None
+        if index not in self.grads:
+            groups = [
+                (m, name)
+                for m in layer.modules()
+                if isinstance(m, PackedProjections)
+                for name in m.GROUPS
+                if getattr(m, name, None) is not None
+            ]
+            packed = {id(getattr(m, name)) for m, name in groups}
+            trained = [p for p in layer.parameters() if p.requires_grad]
+            same = trained and {id(p) for p in trained} == packed and len({p.dtype for p in trained}) == 1
+            self.grads[index] = [(m, name, None) for m, name in groups] if same else None
+        if self.grads[index] is None:
+            return None
+        cos = cos_sin[0]
+        return (tuple(hidden.shape), hidden.dtype, tuple(cos.shape), cos.dtype, *autocast)
+
+    def _prepare(self, key, run, hidden):
+        """Static buffers for `key` (dropping graphs of another shape) and the step's cos/sin and RoPE tables in
+        them; returns `run` reading the static cos/sin."""
+        from engine.patching.modules import rope_tables
+
+        cos, sin = run.keywords["position_embeddings"]
+        if key != self.key:
+            self.graphs.clear()
+            self.warm.clear()
+            self.pool, self.key, self.cos_seen = None, key, None
+            for entries in self.grads.values():  # views of the old gradient buffer
+                if entries is not None:
+                    entries[:] = [(m, n, None) for m, n, _ in entries]
+            self.static = dict(
+                x=torch.empty_like(hidden),
+                dy=torch.empty_like(hidden),
+                out=torch.empty_like(hidden),  # the forward's output, or the backward's input gradient
+                cos=torch.empty_like(cos),
+                sin=torch.empty_like(sin),
+            )
+            self.tables = rope_tables(self.static["cos"], self.static["sin"])
+        if cos is not self.cos_seen:  # a new step (each forward makes its cos/sin once)
+            self.static["cos"].copy_(cos)
+            self.static["sin"].copy_(sin)
+            rope_tables(self.static["cos"], self.static["sin"], out=self.tables)
+            self.cos_seen = cos
+        return functools.partial(
+            run.func, **{**run.keywords, "position_embeddings": (self.static["cos"], self.static["sin"])}
+        )
+
+    def _ready(self, index, phase, run, hidden, autocast, stream):
+        """(`run` on the static cos/sin, the weights' slot key) when layer `index` replays (or is captured) in
+        `phase` now, its streamed weights made resident; None when it runs eagerly."""
+        key = self._eligible(index, run, hidden, autocast)
+        if key is None:
+            return None
+        static_run = self._prepare(key, run, hidden)
+        if (index, phase) not in self.warm:  # first eagerly at this shape: kernels compiled and tuned
+            self.warm.add((index, phase))
+            return None
+        if stream is not None and index in stream.weights:
+            stream.use(index, phase)
+        self.static["x"].copy_(hidden)
+        return static_run, stream.slot_key(index) if stream is not None else None
+
+    def forward(self, index, run, hidden, stream=None):
+        """The layer's forward without gradients through its graph (capturing it first if due), or None: run it
+        eagerly."""
+        autocast = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+        ready = self._ready(index, "f", run, hidden, autocast, stream)
+        if ready is None:
+            return None
+        static_run, slot = ready
+        graph = self.graphs.get((index, "f", slot))
+        if graph is None:
+            graph = self._capture(index, "f", slot, lambda: self._forward_body(static_run), stream)
+            if graph is None:
+                return None  # the caller runs it eagerly (`use` again finds its weights resident)
+        graph.replay()
+        if stream is not None and index in stream.weights:
+            stream.finished(index)
+        return self.static["out"].clone()
+
+    def _forward_body(self, static_run):
+        with torch.no_grad():
+            out = static_run(self.static["x"])
+            self.static["out"].copy_(out[0] if isinstance(out, tuple) else out)
+
+    def backward(self, index, run, hidden, grad, autocast, stream=None):
+        """The layer's recompute and backward through its graph: the input's gradient, with the adapters' gradients
+        accumulated into their `.grad`; None: do it eagerly. `autocast` is the forward's (enabled, dtype)."""
+        ready = self._ready(index, "b", run, hidden, autocast, stream)
+        if ready is None:
+            return None
+        static_run, slot = ready
+        self.static["dy"].copy_(grad)
+        entries = self._grad_views(index)
+        graph = self.graphs.get((index, "b", slot))
+        if graph is None:
+            graph = self._capture(index, "b", slot, lambda: self._backward_body(static_run, entries), stream)
+            if graph is None:
+                return None  # the caller runs it eagerly (its weights are resident: `use` was called)
+        graph.replay()
+        for m, name, view in entries:  # into .grad before the next layer's graph overwrites the shared buffer
+            param = getattr(m, name)
+            if param.grad is None:
+                param.grad = view.clone()
+            else:
+                param.grad.add_(view)
+        return self.static["out"].clone()
+
+    def _grad_views(self, index):
+        """The layer's (module, packed group, view of the shared gradient buffer) entries: every layer's graph
+        writes its adapters' gradients into the same buffer (the layers run one at a time)."""
+        entries = self.grads[index]
+        if entries[0][2] is not None:
+            return entries
+        params = [getattr(m, name) for m, name, _ in entries]
+        numel, dtype = sum(p.numel() for p in params), params[0].dtype
+        buf = self.static.get("grads")
+        if buf is None or buf.numel() < numel or buf.dtype != dtype:
+            if buf is not None:  # graphs that wrote into the old buffer are captured again, in a new pool
+                self.graphs.clear()
+                self.pool = None
+                for other in self.grads.values():
+                    if other is not None and other is not entries:
+                        other[:] = [(m, n, None) for m, n, _ in other]
+            buf = self.static["grads"] = torch.empty(numel, dtype=dtype, device=params[0].device)
+        views, start = [], 0
+        for (m, name, _), p in zip(entries, params, strict=True):
+            views.append((m, name, buf[start : start + p.numel()].view(p.shape)))
+            start += p.numel()
+        entries[:] = views
+        return entries
+
+    def _backward_body(self, static_run, entries):
+        from engine.patching.modules import recompute_pass
+
+        leaves = []
+        for m, name, _ in entries:  # fresh leaves on the same storage, put back after the capture
+            leaf = torch.nn.Parameter(getattr(m, name).detach())
+            leaves.append((m, name, m._parameters[name], leaf))
+            m._parameters[name] = leaf
+        try:
+            x = self.static["x"].detach().requires_grad_()
+            _, _, _, _, enabled, dtype = self.key
+            with torch.enable_grad(), torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False):
+                with recompute_pass():
+                    out = static_run(x)
+                grads = torch.autograd.grad(out, [x, *(leaf for *_, leaf in leaves)], self.static["dy"])
+            self.static["out"].copy_(grads[0])
+            for (_, _, buf), g in zip(entries, grads[1:], strict=True):
+                buf.copy_(g)
+        finally:
+            for m, name, param, _ in leaves:
+                m._parameters[name] = param
+
+    def _capture(self, index, phase, slot, body, stream):
+        """Capture `body` as the graph of (index, phase, slot); None after switching graphs off on a failure."""
+        from engine.patching.modules import use_rope_tables
+
+        use_rope_tables(self.static["cos"], self.tables)
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        if stream is not None:
+            stream.paused = True
+        try:
+            _, _, _, _, enabled, dtype = self.key
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+                with torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False):
+                    body()
+        except Exception as exc:  # noqa: BLE001  anything a graph cannot hold: the layers run eagerly instead
+            self.enabled = False
+            self.graphs.clear()
+            self.pool = None
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            reason = "out of GPU memory" if isinstance(exc, torch.cuda.OutOfMemoryError) else f"{exc}".split("\n")[0]
+            self.log(f"cuda graphs: off for the checkpointed layers ({reason}); they run as they are")
+            return None
+        finally:
+            if stream is not None:
+                stream.paused = False
+        self.graphs[(index, phase, slot)] = graph
+        if len(self.graphs) == 1:
+            self.log(f"cuda graphs: capturing the checkpointed layers' passes for batch {tuple(self.key[0][:2])}")
+        return graph

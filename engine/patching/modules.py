@@ -198,13 +198,28 @@ def rotate(q, k, cos, sin):
     variant the model computes (scaled, dynamic, per-layer-type) is applied exactly as transformers would. The model
     passes the same cos/sin to every layer of a forward, so the fp32 tables are made once per forward."""
     if _tables[0] is not cos:
-        half = q.shape[-1] // 2
-        rows, seq = cos.shape[:2]
-        table_cos = cos[..., :half].reshape(rows * seq, half).float().contiguous()
-        table_sin = sin[..., :half].reshape(rows * seq, half).float().contiguous()
-        positions = torch.arange(rows * seq, device=q.device).view(rows, seq)
-        _tables[:] = [cos, (table_cos, table_sin, positions)]
+        _tables[:] = [cos, rope_tables(cos, sin)]
     return rope(q, k, *_tables[1])
+
+
+def rope_tables(cos, sin, out=None):
+    """kernels.rope's (cos table, sin table, positions) for the model's (B or 1, T, D) cos/sin; written into `out`
+    (tables made here before) when given, so a CUDA graph that reads them sees new values at the same addresses."""
+    half = cos.shape[-1] // 2
+    rows, seq = cos.shape[:2]
+    table_cos = cos[..., :half].reshape(rows * seq, half)
+    table_sin = sin[..., :half].reshape(rows * seq, half)
+    if out is not None:
+        out[0].copy_(table_cos)
+        out[1].copy_(table_sin)
+        return out
+    positions = torch.arange(rows * seq, device=cos.device).view(rows, seq)
+    return table_cos.float().contiguous(), table_sin.float().contiguous(), positions
+
+
+def use_rope_tables(cos, tables) -> None:
+    """Make `rotate` read `tables` whenever it is given `cos` (engine.patching.graphs, before a capture)."""
+    _tables[:] = [cos, tables]
 
 
 class FastAttention(PackedProjections):
