@@ -240,12 +240,17 @@ def test_offload_run_that_cannot_fit_fails_before_loading_the_model(tmp_path, mo
         load_for_training(job, Placement("cuda", "bf16", "test"), log=lambda m: None)
 
 
-@pytest.mark.parametrize("arch,skips", [("llama", True), ("qwen3", True), ("gemma2", False)])
+@pytest.mark.parametrize(
+    "arch,skips,tiles", [("llama", True, 1), ("qwen3", True, 1), ("gemma2", False, 1), ("llama", True, 3)]
+)
 @pytest.mark.parametrize("pack", [True, False], ids=["packed", "unpacked"])
-def test_offload_checkpoint_recompute_skips_the_down_product_with_the_same_gradients(arch, skips, pack, monkeypatch):
+def test_offload_checkpoint_recompute_skips_the_down_product_with_the_same_gradients(
+    arch, skips, tiles, pack, monkeypatch
+):
     """Every layer through engine.offload's checkpoint function (CPU: no store, no stream) trains exactly like the
     plain model, and its recompute pass skips the down projection's products where the MLP output feeds the residual
-    sum as it is (not Gemma 2's post-feedforward norm, whose backward reads that output)."""
+    sum as it is (not Gemma 2's post-feedforward norm, whose backward reads that output), also in each tile of a
+    tiled MLP (whose own recompute in the backward then computes them)."""
     import copy
 
     from test_patching_parity import assert_same_training, batch, packed, tiny_model, with_lora
@@ -265,6 +270,8 @@ def test_offload_checkpoint_recompute_skips_the_down_product_with_the_same_gradi
     layers = fast.base_model.model.model.layers
     for index, layer in enumerate(layers):
         layer._gradient_checkpointing_func = Checkpoint(index, None, None, lambda: len(layers) - 1)
+        if tiles > 1:
+            layer.mlp.tile = 8  # 24 tokens: three tiles
     flags = []
     fused = modules.lora_linear_group
 
@@ -274,9 +281,10 @@ def test_offload_checkpoint_recompute_skips_the_down_product_with_the_same_gradi
 
     monkeypatch.setattr(modules, "lora_linear_group", spy)
     assert_same_training(plain, fast, batch(base.config.vocab_size), rtol=1e-4, atol=1e-5)
-    # 3 steps x layers x (4 fused ops in the forward + 4 in the recompute), one of which skips its products
-    assert len(flags) == 3 * len(layers) * 8
-    assert flags.count(True) == (3 * len(layers) if skips else 0)
+    # 3 steps x layers x (4 fused ops in the forward + 4 in the recompute, the MLP's two per tile, plus the tiles'
+    # own recompute), one a tile of which skips its products
+    assert len(flags) == 3 * len(layers) * (8 + 4 * (tiles - 1) + (2 * tiles if tiles > 1 else 0))
+    assert flags.count(True) == (3 * len(layers) * tiles if skips else 0)
 
 
 # GPU: every offload mode trains to the gradients of the same model without offload.

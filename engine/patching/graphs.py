@@ -1,4 +1,5 @@
-"""CUDA graphs of the decoder layers' forward and backward, for training steps that recompute nothing.
+"""CUDA graphs of the decoder layers' forward and backward: `install` for training steps that recompute nothing,
+`CheckpointGraphs` for the layers engine.offload's checkpoint recomputes under a small budget.
 
 A small model's step is bound by the CPU, not the GPU: on an H100, torch.profiler found qwen3_0.6b at 4096 tokens
 keeping the GPU busy 51 ms of a 215 ms step, the rest spent issuing kernels from Python (2,356 matmuls alone in two
