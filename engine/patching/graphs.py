@@ -149,8 +149,9 @@ class CheckpointGraphs:
 
     A layer replays only when: it was run eagerly once at this shape (kernels compiled and tuned), the step is
     unmasked (no attention mask, no KV cache), its attention has no window, soft cap or dropout, its MLP is not tiled,
-    and its trainable parameters are all packed. The shape of the first captured step is kept: another shape drops
-    the graphs. A capture that fails (out of memory under the cap, or anything the graph cannot hold) switches the
+    and its trainable parameters are all packed. The graphs are for one shape at a time: a step of another shape
+    drops them, and that shape is captured once it has run eagerly (steps whose shape keeps changing stay eager).
+    A capture that fails (out of memory under the cap, or anything the graph cannot hold) switches the
     graphs off for the run, with the reason logged; the layers then run eagerly as before."""
 
     def __init__(self, layers, log=print):
@@ -164,7 +165,7 @@ class CheckpointGraphs:
         self.tables = None  # the RoPE tables the graphs read (modules.rope_tables), refreshed when cos changes
         self.cos_seen = None
         self.pool = None
-        self.grads = {}  # layer -> [(module, group name, static gradient buffer)]
+        self.grads = {}  # layer -> [(module, packed group name, its view of the shared gradient buffer)], or None
 
     def _eligible(self, index, run, hidden, autocast):
         """The step's shape key when layer `index` may replay or be captured now, else None. `autocast`: the
