@@ -21,9 +21,10 @@ NF4_BYTES = 0.5 + 1 / 64  # packed 4-bit weight + uint8 absmax per 64-block (dou
 OFFLOAD_ON_GPU = 2  # checkpointed inputs on the GPU with activation offload: the last layer's and one in flight
 OPTIMIZER_BYTES = {"adamw_8bit": 2, "adamw": 8}  # optimizer state bytes per fp32 trainable parameter
 # CUDA graphs of checkpointed layers (engine.patching.graphs): their pool holds one layer's working set for good, which
-# the estimate's activations already count once (the eager recompute's); what a capped H100 run added to the eager
-# peak on top of its static buffers was about a quarter of that working set (0.13-0.14 GiB for qwen3_4b LoRA at 4096
-# tokens and qwen3_14b QLoRA at 2048, bench/README.md).
+# the estimate's activations already count once (the eager recompute's). On capped H100 runs the graphs added 0.12
+# GiB in all to the eager peak (qwen3_4b LoRA at 4096 tokens, qwen3_14b QLoRA at 2048: peaks with and without graphs,
+# less the exact bytes of the layers the graph plans streamed in addition, bench/README.md). A quarter of the working
+# set plus the static buffers and one layer's gradients (0.21 and 0.18 GiB there) covers that with a margin.
 GRAPH_POOL_SHARE = 0.25
 
 

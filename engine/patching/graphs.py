@@ -170,23 +170,18 @@ class CheckpointGraphs:
     def _eligible(self, index, run, hidden, autocast):
         """The step's shape key when layer `index` may replay or be captured now, else None. `autocast`: the
         forward's (enabled, dtype), which the backward (on autograd's thread) must pass along."""
-        from engine.patching.modules import FastAttention, FastMLP, PackedProjections
-
         kw = getattr(run, "keywords", None)
         if not self.enabled or kw is None or not hidden.is_cuda:
             return None
         cos_sin = kw.get("position_embeddings")
         if kw.get("attention_mask") is not None or kw.get("past_key_values") is not None or cos_sin is None:
             return None
-        layer = self.layers[index]
-        attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
-        if not isinstance(attn, FastAttention) or not isinstance(mlp, FastMLP) or mlp.tile is not None:
-            return None
-        if getattr(attn, "sliding_window", None) or getattr(attn, "attn_logit_softcapping", None):
-            return None
-        if getattr(attn, "attention_dropout", 0.0):
+        layer = self.layers[index]  # fast-path attention and MLP without window or soft cap: `eligible_layers`
+        if layer.mlp.tile is not None or getattr(layer.self_attn, "attention_dropout", 0.0):
             return None
         if index not in self.grads:
+            from engine.patching.modules import PackedProjections
+
             groups = [
                 (m, name)
                 for m in layer.modules()
@@ -328,8 +323,7 @@ class CheckpointGraphs:
             m._parameters[name] = leaf
         try:
             x = self.static["x"].detach().requires_grad_()
-            _, _, _, _, enabled, dtype = self.key
-            with torch.enable_grad(), torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False):
+            with torch.enable_grad():  # under the capture's autocast (`_capture`)
                 with recompute_pass():
                     out = static_run(x)
                 grads = torch.autograd.grad(out, [x, *(leaf for *_, leaf in leaves)], self.static["dy"])
