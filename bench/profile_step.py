@@ -1,9 +1,10 @@
 """Profile one training step of the shared harness's model on the GPU: the top CUDA kernels by total time.
 
-    python3 bench/profile_step.py --impl project --arch qwen3_0.6b --mode lora [--seq 2048 --bs 2]
+    python3 bench/profile_step.py --impl project --arch qwen3_0.6b --mode lora [--seq 2048 --bs 2] [--vram-gib 7]
 
 Builds the model as .bench/train_bench.py does (same random-weight checkpoint, same optimizer and autocast), runs
-three warm-up steps, then profiles two.
+three warm-up steps, then profiles two. `--vram-gib N` caps the process's GPU memory and sets the engine's budget, as
+the harness does.
 """
 
 import argparse
@@ -28,8 +29,13 @@ def main():
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--bs", type=int, default=2)
     ap.add_argument("--rows", type=int, default=30)
+    ap.add_argument("--vram-gib", type=float, default=0.0)
     ap.add_argument("--trace", help="also write the profiled steps' Chrome trace (gzipped JSON) here")
     a = ap.parse_args()
+    if a.vram_gib:
+        os.environ["TUNESMITH_VRAM_GIB"] = str(a.vram_gib)
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, a.vram_gib * 2**30 / total))
     model = tb.load(a.impl, tb.ensure_model(a.arch), a.mode, a.seq, 16)
     model.train()
     opt = bnb.optim.AdamW8bit([p for p in model.parameters() if p.requires_grad], lr=2e-4)

@@ -26,6 +26,14 @@ def layers_to_checkpoint(arch: Arch, method: str, tokens: int, budget_gib: float
     return arch.layers - free
 
 
+def fits_checkpointed(arch: Arch, method: str, tokens: int, budget_gib: float | None, fused_loss: bool, **kw) -> bool:
+    """Whether the step fits the budget with every layer checkpointed."""
+    if budget_gib is None:
+        return True
+    peak = estimate(arch, method, tokens, 1, checkpointing=True, fused_loss=fused_loss, **kw).peak_vram_gib
+    return peak <= budget_gib / SLACK
+
+
 def usable_gib(budget_gib: float | None, device) -> float | None:
     """The budget, lowered to what this GPU can still give this process: its free memory plus what the process
     holds already (the model is loaded by now). Another process on the card (the app chatting with a model while
@@ -43,7 +51,8 @@ def install(
 ) -> None:
     """Enable checkpointing on `model`'s decoder layers, then before each forward switch it off on as many layers as
     the budget holds for that micro-batch's token count. Layers in `always` (streamed by engine.offload) always
-    recompute; `estimate_kw` carries the offload plan's choices into the estimate."""
+    recompute; `estimate_kw` carries the offload plan's choices into the estimate. A plan that keeps attention
+    outputs for the recompute (engine.offload.Checkpoint) drops them for micro-batches that fit only without them."""
     import torch
     from transformers.modeling_layers import GradientCheckpointingLayer
 
@@ -65,12 +74,24 @@ def install(
         tokens = x.shape[0] * x.shape[1]
         if tokens not in decided:
             budget = usable_gib(budget_gib, x.device)
-            k = layers_to_checkpoint(arch, method, tokens, budget, fused_loss, **estimate_kw)
-            k = decided[tokens] = max(k, len(always))
+            kw = dict(estimate_kw)
+            if (
+                kw.get("keep_attention")
+                and not fits_checkpointed(arch, method, tokens, budget, fused_loss, **kw)
+                and fits_checkpointed(arch, method, tokens, budget, fused_loss, **{**kw, "keep_attention": False})
+            ):
+                kw["keep_attention"] = False  # no room at this micro-batch's size for the kept attention outputs
+            k = max(layers_to_checkpoint(arch, method, tokens, budget, fused_loss, **kw), len(always))
+            decided[tokens] = k, kw.get("keep_attention", False)
             where = f"{budget:.1f} GiB budget" if budget else "no GPU budget"
+            where += ", attention outputs kept for the recompute" if decided[tokens][1] else ""
             log(f"checkpointing: {k} of {len(layers)} layers recompute at {tokens} tokens per micro-batch ({where})")
-        recompute = set(order[: decided[tokens]])
+        k, keep = decided[tokens]
+        recompute = set(order[:k])
         for i, layer in enumerate(layers):
             layer.gradient_checkpointing = i in recompute
+            function = getattr(layer, "_gradient_checkpointing_func", None)
+            if hasattr(function, "keep_attention"):  # engine.offload.Checkpoint
+                function.keep_attention = keep
 
     model.base_model.register_forward_pre_hook(choose, with_kwargs=True)

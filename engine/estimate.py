@@ -26,6 +26,9 @@ OPTIMIZER_BYTES = {"adamw_8bit": 2, "adamw": 8}  # optimizer state bytes per fp3
 # less the exact bytes of the layers the graph plans streamed in addition, bench/README.md). A quarter of the working
 # set plus the static buffers and one layer's gradients (0.21 and 0.18 GiB there) covers that with a margin.
 GRAPH_POOL_SHARE = 0.25
+# Kept attention outputs (q, k, v, o of a checkpointed layer, engine.offload.Checkpoint): at the backward's peak the
+# graphs' two static sets (even and odd layers), the layer's own fetched copy, and the next one's arriving.
+ATTENTION_SETS = 4
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,7 @@ def estimate(
     dense_layers: int = 0,
     grads_released: bool = False,
     graphs: bool = False,
+    keep_attention: bool = False,
 ) -> Estimate:
     """Peak allocated GPU memory (and host RAM) of one training step, in GiB.
 
@@ -136,7 +140,9 @@ def estimate(
     fine-tuning, engine.grad_release) frees each gradient as soon as its weight is updated, in the backward, so at
     most the largest one exists at a time, and `graphs` replays the checkpointed layers' passes as CUDA graphs
     (engine.patching.graphs.CheckpointGraphs), whose memory pool keeps one layer's working set for good (see
-    GRAPH_POOL_SHARE), with three static (tokens x hidden) buffers."""
+    GRAPH_POOL_SHARE), with three static (tokens x hidden) buffers, and `keep_attention` keeps each checkpointed
+    layer's q, k, v and o projection outputs in host RAM with its input (engine.offload.Checkpoint), with
+    ATTENTION_SETS sets of them on the GPU at the peak."""
     tokens = seq * batch
     if method == "qlora":
         weights = arch.linear_params * NF4_BYTES + (arch.params - arch.linear_params) * 2
@@ -180,11 +186,15 @@ def estimate(
     if graphs and checkpointed_layers:  # the pool's excess, three (tokens x hidden) buffers, one layer's gradients
         grads = arch.lora_params(rank, targets) * 4 / arch.layers
         parts["graphs"] = GRAPH_POOL_SHARE * layer + 3 * tokens * arch.hidden * 2 + grads
+    kept_attention = tokens * (arch.attention_width + arch.hidden) * 2 if keep_attention and checkpointed_layers else 0
+    if kept_attention:
+        parts["attention_kept"] = ATTENTION_SETS * kept_attention
     parts = {k: round(v / GIB, 3) for k, v in parts.items()}
     # Host RAM: measured peak RSS (python -m engine.calibrate tiers) was the whole 16-bit checkpoint plus about
     # 1 GiB for every model and method: transformers maps every weight file while it loads, QLoRA included. What the
     # offload manager keeps in pinned host memory comes on top.
     pinned = streamed + paged + (checkpointed_layers * tokens * arch.hidden * 2 if offload_activations else 0)
+    pinned += checkpointed_layers * kept_attention
     ram = 1.0 + (arch.params * 2 + pinned) / GIB
     return Estimate(round(sum(parts.values()), 2), round(ram, 2), parts)
 

@@ -13,8 +13,15 @@ Chosen by `plan` from the budget (the card, or TUNESMITH_VRAM_GIB) and the run's
   overwritten only after the GPU has finished with its previous layer (an event recorded after that layer's last
   use). Streamed layers are always checkpointed, so no autograd node keeps a reference to a slot. LoRA weights, their
   optimizer state and the NF4 scales stay on the GPU. The run log reports copy, stall and compute time.
-- Host embedding. An untied input embedding table is read on the host (a lookup of the batch's rows) and only the
-  (tokens x hidden) result goes to the GPU: 1 GiB of an 8B model's VRAM for a 32 MiB copy per step.
+- Kept attention outputs. Where that fits with no weights streamed, the first forward of a fast-path LoRA/QLoRA
+  layer also writes its q, k, v and o projections' outputs to host RAM beside its input (`Plan.keep_attention`), and
+  the recompute takes them back instead of computing those products again (engine.patching.modules.
+  AttentionOutputs). Those four are a fifth of a llama layer's weights; the cost is 80 MiB more each way per layer at
+  4096 tokens (llama8b under 7.4 GiB on the H100: the copy stream busy 60% of the forward, up from 16%). The values
+  are the ones the forward computed, so the gradients are exactly those of recomputing them. A micro-batch too large
+  to hold them goes without them (engine.checkpointing).
+- Host embedding. An untied input embedding table stays in host RAM, pinned, and the GPU gathers the batch's rows
+  from it over PCIe (kernels.embedding): 1 GiB of an 8B model's VRAM for a 32 MiB read per step.
 - Tiled MLP. On long sequences the MLP runs over tiles of MLP_TILE tokens, each recomputed in the backward
   (engine.patching.modules.FastMLP), so its (tokens x intermediate) activations never exist at once.
 - Dense copies. On a card with room to spare, QLoRA keeps a 16-bit copy of the first `plan.dense_layers` layers'
@@ -31,6 +38,7 @@ Chosen by `plan` from the budget (the card, or TUNESMITH_VRAM_GIB) and the run's
 `Ring` (which layer sits in which slot, what to prefetch) and `plan` are plain Python, unit-tested on the CPU.
 """
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -66,6 +74,7 @@ class Plan:
     dense_layers: int = 0  # QLoRA layers whose NF4 weights also have a 16-bit copy on the GPU (`keep_dense`)
     grads_released: bool = False  # full fine-tuning updates each weight in the backward (engine.grad_release)
     graphs: bool = False  # checkpointed layers replay CUDA graphs of their passes (engine.patching.graphs)
+    keep_attention: bool = False  # checkpointed layers keep q/k/v/o outputs in host RAM for the recompute (Checkpoint)
 
     def estimate_kw(self) -> dict:
         """The estimate's offload arguments for this plan (engine.checkpointing re-plans per token count with them)."""
@@ -80,6 +89,7 @@ class Plan:
             dense_layers=self.dense_layers,
             grads_released=self.grads_released,
             graphs=self.graphs,
+            keep_attention=self.keep_attention,
         )
 
     @property
@@ -106,6 +116,8 @@ class Plan:
             parts.append("each weight updated in the backward as its gradient completes (no gradient buffer)")
         if self.graphs:
             parts.append("CUDA graphs of the checkpointed layers' passes")
+        if self.keep_attention:
+            parts.append("q/k/v/o projection outputs in host RAM (the recompute skips those products)")
         return (
             f"plan ({where}): " + ", ".join(parts) + f"; expected peak {self.peak_vram_gib:.2f} GiB GPU, "
             f"{self.peak_ram_gib:.1f} GiB host RAM"
@@ -125,6 +137,7 @@ class Plan:
             dense_layers=self.dense_layers,
             grads_released=self.grads_released,
             cuda_graphs=self.graphs,
+            attention_outputs_kept=self.keep_attention,
             peak_vram_gib=self.peak_vram_gib,
             peak_ram_gib=self.peak_ram_gib,
         )
@@ -160,18 +173,27 @@ def plan(
     and when that is not enough and the run allows it (`release_gradients`: one micro-batch per step, no fp16 loss
     scaling), each weight is updated in the backward and its gradient freed at once (engine.grad_release).
 
-    Checkpointed layers of the fast path's LoRA and QLoRA replay CUDA graphs of their passes (the host issuing
-    kernels is what bounds such steps). The graphs' memory is planned for; a budget that cannot hold it, or holds it
-    only by streaming weights that the plan without graphs keeps on the GPU, gets the plan without graphs.
+    Checkpointed layers of the fast path's LoRA and QLoRA keep their attention projections' outputs in host RAM
+    beside their inputs (the recompute then skips those products) when that fits with no weights streamed and host
+    RAM holds it, and replay CUDA graphs of their passes (the host issuing kernels is what bounds such steps). The
+    graphs' memory is planned for; a budget that cannot hold it, or holds it only by streaming weights that the plan
+    without graphs keeps on the GPU, gets the plan without graphs.
 
     `budget_gib` None (no GPU) gives the plain plan: every layer checkpointed, nothing offloaded."""
     args = (arch, method, seq, batch, budget_gib, host_ram_gib, fused_loss, embeddings_trained, paged_optimizer)
     args += (release_gradients,)
-    plain = _plan(*args, graphs_wanted=False, **estimate_kw)
+
+    def attempt(graphs_wanted):  # with the attention outputs kept, unless host RAM then cannot hold the plan
+        try:
+            return _plan(*args, graphs_wanted=graphs_wanted, keep_wanted=True, **estimate_kw)
+        except UserError:
+            return _plan(*args, graphs_wanted=graphs_wanted, keep_wanted=False, **estimate_kw)
+
+    plain = attempt(False)
     if method == "full" or not fused_loss or not plain.checkpointed:  # graphs: the fast path's adapters only
         return plain
     try:
-        graphed = _plan(*args, graphs_wanted=True, **estimate_kw)
+        graphed = attempt(True)
     except UserError:
         return plain
     return plain if graphed.streamed and not plain.streamed else graphed
@@ -189,6 +211,7 @@ def _plan(
     paged_optimizer: bool,
     release_gradients: bool,
     graphs_wanted: bool,
+    keep_wanted: bool,
     **estimate_kw,
 ) -> Plan:
     layers = arch.layers
@@ -197,7 +220,9 @@ def _plan(
     def est(**kw):
         return estimate(arch, method, seq, batch, fused_loss=fused_loss, loss_chunk=chunk, **estimate_kw, **kw)
 
-    def made(checkpointed, e, offload=False, streamed=(), host_embedding=False, slots=0, tile=None, paged=False):
+    def made(
+        checkpointed, e, offload=False, streamed=(), host_embedding=False, slots=0, tile=None, paged=False, kept=False
+    ):
         graphs = offload and graphs_wanted and checkpointed > 0 and tile is None  # a tiled MLP is not captured
         return Plan(
             budget_gib,
@@ -213,6 +238,7 @@ def _plan(
             e.peak_ram_gib,
             layers,
             graphs=graphs,
+            keep_attention=kept and checkpointed > 0,
         )
 
     if budget_gib is None:
@@ -226,13 +252,19 @@ def _plan(
         dense = min(layers, math.floor((cap - e.peak_vram_gib) * DENSE_SHARE / per_layer))
         return dataclasses.replace(made(0, est(checkpointed_layers=0, dense_layers=dense)), dense_layers=dense)
     host_embedding = not arch.tied and method != "full" and not embeddings_trained
-    offload = dict(offload_activations=True, host_embedding=host_embedding, graphs=graphs_wanted)
+    # the fast path's adapters keep their attention outputs for the recompute when that fits with nothing streamed
+    keep = keep_wanted and method != "full" and fused_loss
+    offload = dict(offload_activations=True, host_embedding=host_embedding, graphs=graphs_wanted, keep_attention=keep)
     e = est(checkpointed_layers=layers, **offload)
+    if e.peak_vram_gib > cap and keep:
+        offload["keep_attention"] = False
+        e = est(checkpointed_layers=layers, **offload)
+    kept = offload.pop("keep_attention")
     if e.peak_vram_gib <= cap:
         per_layer = layer_activation_bytes(arch, seq * batch) / GIB
         free = min(layers, math.floor((cap - e.peak_vram_gib) / per_layer))
         k = layers - free
-        plan_ = made(k, est(checkpointed_layers=k, **offload), True, (), host_embedding)
+        plan_ = made(k, est(checkpointed_layers=k, keep_attention=kept, **offload), True, (), host_embedding, kept=kept)
     elif (
         seq * batch > MLP_TILE
         and est(checkpointed_layers=layers, mlp_tile=MLP_TILE, **{**offload, "graphs": False}).peak_vram_gib <= cap
@@ -486,74 +518,98 @@ def _aligned(n: int) -> int:
 
 
 class ActivationStore:
-    """Checkpointed layers' inputs in pinned host RAM, brought back one layer ahead of the backward."""
+    """Checkpointed layers' inputs (and their attention projections' outputs, when kept) in pinned host RAM, brought
+    back one layer ahead of the backward."""
 
     def __init__(self, device):
         import torch
 
         self.device = device
         self.copy = torch.cuda.Stream(device)
-        self.host = {}  # layer -> pinned buffer (reused while the shape holds)
-        self.held = {}  # layer -> GPU tensor (kept, or fetched) or host buffer (offloaded)
+        self.host = {}  # layer -> its pinned buffers (reused while the shapes hold)
+        self.held = {}  # layer -> its tensors on the GPU (kept, or fetched) or its host buffers (offloaded)
         self.ready = {}  # layer -> event after its copy back
         self.order = []  # layers stashed this step, in forward order
+        # GPU buffers the even and odd layers' tensors come back into: fixed memory, where a fresh allocation per
+        # layer (freed on another stream than it was filled on) made the capped allocator flush its cache and wait
+        self.landing = {}
 
-    def stash(self, layer: int, hidden, keep: bool) -> None:
+    def stash(self, layer: int, tensors: list, keep: bool):
+        """Keep `tensors` on the GPU (`keep`), or copy them to host RAM on the side stream; returns the event after
+        those copies (None when kept): until then the GPU memory they came from must not be written."""
         import torch
 
         if not self.order or layer <= self.order[-1]:  # a new forward: drop what an unfinished step left
             self.order, self.held, self.ready = [], {}, {}
         self.order.append(layer)
         if keep:
-            self.held[layer] = hidden
-            return
+            self.held[layer] = list(tensors)
+            return None
         host = self.host.get(layer)
-        if host is None or host.shape != hidden.shape or host.dtype != hidden.dtype:
-            host = self.host[layer] = torch.empty(hidden.shape, dtype=hidden.dtype, pin_memory=True)
+        if host is None or [(h.shape, h.dtype) for h in host] != [(t.shape, t.dtype) for t in tensors]:
+            host = self.host[layer] = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors]
         self.copy.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self.copy):
-            host.copy_(hidden, non_blocking=True)
-        hidden.record_stream(self.copy)  # the allocator keeps its memory until the copy is done
+            for h, t in zip(host, tensors, strict=True):
+                h.copy_(t, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(self.copy)
+        for t in tensors:
+            t.record_stream(self.copy)  # the allocator keeps their memory until the copies are done
         self.held[layer] = host
+        return done
 
     def _prefetch(self, layer: int) -> None:
+        """Start copying `layer`'s tensors back into one of the two landing buffer sets, taken in turn. That set was
+        last read by the backward two stashed layers later, already issued: the copy waits for it, and overlaps the
+        backward in between."""
         import torch
 
         held = self.held.get(layer)
-        if held is None or held.is_cuda or layer in self.ready:
+        if held is None or held[0].is_cuda or layer in self.ready:
             return
+        slot = self.order.index(layer) % 2  # stashed layers in turn (not index parity: some may not recompute)
+        landing = self.landing.get(slot)
+        if landing is None or [(t.shape, t.dtype) for t in landing] != [(h.shape, h.dtype) for h in held]:
+            landing = self.landing[slot] = [torch.empty_like(h, device=self.device) for h in held]
+        self.copy.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self.copy):
-            back = torch.empty(held.shape, dtype=held.dtype, device=self.device)
-            back.copy_(held, non_blocking=True)
+            for back, h in zip(landing, held, strict=True):
+                back.copy_(h, non_blocking=True)
             event = torch.cuda.Event()
             event.record(self.copy)
-        self.held[layer], self.ready[layer] = back, event
+        self.held[layer], self.ready[layer] = landing, event
 
-    def fetch(self, layer: int):
-        """The layer's input on the GPU (waiting for its copy if needed); starts bringing back the one before it."""
+    def fetch(self, layer: int) -> list:
+        """The layer's tensors on the GPU (waiting for their copy if needed); starts bringing back the layer before.
+        They stay valid until the next layer's backward has been issued."""
         import torch
 
         self._prefetch(layer)
-        hidden = self.held.pop(layer)
-        compute = torch.cuda.current_stream(self.device)
+        tensors = self.held.pop(layer)
         if layer in self.ready:
-            compute.wait_event(self.ready.pop(layer))
-            hidden.record_stream(compute)
+            torch.cuda.current_stream(self.device).wait_event(self.ready.pop(layer))
         earlier = [i for i in self.order if i < layer]
         if earlier:
             self._prefetch(earlier[-1])
-        return hidden
+        return tensors
 
 
 class Checkpoint:
     """A decoder layer's `_gradient_checkpointing_func`: forward without keeping activations, input to host RAM
     (activation offload) or kept, and in the backward the input back, the forward again with gradients (marked as a
     recompute pass, engine.patching.modules.recompute_pass, so an MLP skips the product its backward does not need),
-    and the layer's backward, then the slot of a streamed layer released."""
+    and the layer's backward, then the slot of a streamed layer released. With `keep_attention` the first forward
+    also keeps its attention projections' outputs (q, k, v, o) beside the input, and the recompute takes them back
+    instead of computing those products again (engine.patching.modules.AttentionOutputs)."""
 
-    def __init__(self, index: int, store: ActivationStore | None, stream: WeightStream | None, last, graphs=None):
+    def __init__(
+        self, index: int, store: ActivationStore | None, stream: WeightStream | None, last, graphs=None,
+        keep_attention: bool = False,
+    ):  # fmt: skip
         self.index, self.store, self.stream, self.last = index, store, stream, last
         self.graphs = graphs  # engine.patching.graphs.CheckpointGraphs, or None: the passes run eagerly
+        self.keep_attention = keep_attention
 
     def __call__(self, run, hidden, *args):
         import torch
@@ -570,7 +626,7 @@ def _checkpoint_function():
     """The autograd Function behind `Checkpoint` (built on first use: importing this module does not import torch)."""
     import torch
 
-    from engine.patching.modules import recompute_pass
+    from engine.patching.modules import AttentionOutputs, attention_outputs, recompute_pass
 
     class CheckpointFunction(torch.autograd.Function):
         @staticmethod
@@ -580,32 +636,42 @@ def _checkpoint_function():
             ctx.autocast = torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind)
             ctx.rng = torch.get_rng_state(), torch.cuda.get_rng_state(hidden.device) if kind == "cuda" else None
             ctx.device = hidden.device
-            out = owner.graphs.forward(owner.index, run, hidden, owner.stream) if owner.graphs is not None else None
-            if out is None:
-                out = run(hidden)
-            if owner.store is not None:
-                owner.store.stash(owner.index, hidden, keep=owner.index == owner.last())
+            graphs = owner.graphs
+            out = graphs.forward(owner.index, run, hidden, owner.stream, owner.keep_attention) if graphs else None
+            if out is not None:
+                out, kept = out
             else:
-                ctx.hidden = hidden
+                shared = AttentionOutputs("record")
+                with attention_outputs(shared) if owner.keep_attention else contextlib.nullcontext():
+                    out = run(hidden)
+                kept = shared.tensors
+            if owner.store is not None:
+                done = owner.store.stash(owner.index, [hidden, *kept], keep=owner.index == owner.last())
+                if graphs is not None:
+                    graphs.stashed(owner.index, done)
+            else:
+                ctx.held = [hidden, *kept]
             return out
 
         @staticmethod
         def backward(ctx, grad):
             owner = ctx.owner
-            hidden = owner.store.fetch(owner.index) if owner.store is not None else ctx.hidden
+            hidden, *given = owner.store.fetch(owner.index) if owner.store is not None else ctx.held
             dx = None
             if owner.graphs is not None:
-                dx = owner.graphs.backward(owner.index, ctx.run, hidden, grad, ctx.autocast, owner.stream)
+                dx = owner.graphs.backward(owner.index, ctx.run, hidden, grad, ctx.autocast, owner.stream, given)
             if dx is None:
                 hidden = hidden.detach().requires_grad_()
                 enabled, dtype = ctx.autocast
                 kind = ctx.device.type
+                shared = AttentionOutputs("given", given)
                 with torch.random.fork_rng(devices=[ctx.device] if kind == "cuda" else []):
                     torch.set_rng_state(ctx.rng[0])
                     if ctx.rng[1] is not None:
                         torch.cuda.set_rng_state(ctx.rng[1], ctx.device)
                     with torch.enable_grad(), torch.autocast(kind, dtype=dtype, enabled=enabled), recompute_pass():
-                        out = ctx.run(hidden)
+                        with attention_outputs(shared) if given else contextlib.nullcontext():
+                            out = ctx.run(hidden)
                 torch.autograd.backward(out, grad)
                 dx = hidden.grad
             if owner.stream is not None and owner.index in owner.stream.weights:
@@ -616,14 +682,33 @@ def _checkpoint_function():
 
 
 def host_embedding(embedding, device):
-    """A module computing `embedding(ids)` on the host and sending the (tokens x hidden) result to `device`; the
-    original module, moved to the host, stays as `base_layer`."""
+    """A module computing `embedding(ids)` from a table in host RAM and giving the (tokens x hidden) result on
+    `device`; the original module, moved to the host, stays as `base_layer`.
+
+    The GPU waits for these rows at the start of every step. On CUDA a plain table is pinned, and the GPU gathers its
+    tokens' rows itself over PCIe (kernels.embedding: no host work, no synchronization). Otherwise the host gathers
+    them into a reused pinned buffer (two, used in turn) and sends them in pieces, each piece's copy overlapping the
+    next one's gather: gathering into a fresh tensor and pinning that took 9 ms of a llama8b step at 4096 tokens on
+    the H100 machine (page faults on the new memory, then a second copy), with the GPU idle meanwhile. A table whose
+    module does more than look rows up (a scaled embedding) runs that module on the host."""
     import torch
 
+    from kernels.embedding import gather_rows
+
+    device = torch.device(device)
+
     class HostEmbeddingModule(torch.nn.Module):
+        PIECES = 4
+
         def __init__(self, base_layer):
             super().__init__()
             self.base_layer = base_layer.to("cpu")
+            self.staging = [[None, None], [None, None]]  # [pinned buffer, event after the copies that read it]
+            self.turn = 0
+            self.plain = type(base_layer) is torch.nn.Embedding and base_layer.max_norm is None
+            if self.plain and device.type == "cuda":
+                weight = self.base_layer.weight
+                weight.data = weight.data.contiguous().pin_memory()  # readable by the GPU over PCIe
 
         @property
         def weight(self):
@@ -632,9 +717,44 @@ def host_embedding(embedding, device):
         def get_base_layer(self):
             return self.base_layer
 
+        def _buffer(self, rows, table):
+            """The next of the two [pinned buffer, event] entries, its buffer holding at least `rows` rows, once the
+            copies that last read it are done (issued a step ago, so long done)."""
+            self.turn = 1 - self.turn
+            entry = self.staging[self.turn]
+            if entry[1] is not None:
+                entry[1].synchronize()
+            if entry[0] is None or entry[0].shape[0] < rows or entry[0].dtype != table.dtype:
+                pinned = device.type == "cuda"
+                entry[:] = [torch.empty(rows, table.shape[1], dtype=table.dtype, pin_memory=pinned), None]
+            return entry
+
+        def _staged(self, ids, table):
+            """table[ids] gathered on the host into a pinned buffer and sent to `device` piece by piece."""
+            flat = ids.reshape(-1).to("cpu")
+            rows = flat.numel()
+            entry = self._buffer(rows, table)
+            host = entry[0][:rows]
+            out = torch.empty(host.shape, dtype=host.dtype, device=device)
+            bounds = [rows * k // self.PIECES for k in range(self.PIECES + 1)]
+            for start, end in zip(bounds, bounds[1:], strict=False):
+                torch.index_select(table, 0, flat[start:end], out=host[start:end])
+                out[start:end].copy_(host[start:end], non_blocking=True)
+            if device.type == "cuda":
+                entry[1] = torch.cuda.Event()
+                entry[1].record()
+            return out.view(*ids.shape, host.shape[1])
+
         def forward(self, ids):
             with torch.no_grad():  # the table is frozen: nothing to differentiate on the host
-                out = self.base_layer(ids.to("cpu")).pin_memory().to(device, non_blocking=True)
+                base = self.base_layer
+                if not self.plain:
+                    out = base(ids.to("cpu"))
+                    out = out.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else out.to(device)
+                elif base.weight.is_pinned():
+                    out = gather_rows(base.weight, ids.to(device, non_blocking=True))
+                else:
+                    out = self._staged(ids, base.weight)
             return out.requires_grad_(torch.is_grad_enabled())  # as enable_input_require_grads asks
 
     return HostEmbeddingModule(embedding)
@@ -770,7 +890,9 @@ def install(model, plan_: Plan, device, log=print):
         return max(i for i, layer in enumerate(layers) if layer.gradient_checkpointing)
 
     for index, layer in enumerate(layers):
-        layer._gradient_checkpointing_func = Checkpoint(index, store, stream, last_checkpointed, graphs)
+        layer._gradient_checkpointing_func = Checkpoint(
+            index, store, stream, last_checkpointed, graphs, keep_attention=plan_.keep_attention
+        )
     if stream is not None:
         net = model.get_base_model() if hasattr(model, "get_base_model") else model
 

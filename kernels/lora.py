@@ -15,6 +15,9 @@ The small (rank-r) products come first and the large base matmuls accumulate ont
 matmul's epilogue while it computes): adding a rank-r product after the base matmul would instead be a separate pass
 that reads and writes the whole (N, out) output, which the llama8b profile showed at ~15 ms a step.
 
+A checkpointed layer's first forward may write the outputs into given buffers (`out`) and its recompute hand them
+back (`given`): the op then returns those values and computes only the rank-r product its backward needs.
+
 Saved for the backward: x (the layer input, which autograd keeps for any linear anyway) and xa (N x sum r, tiny),
 plus references to the weights. Compared with PEFT's module-by-module path this skips each (N, out) adapter output,
 its scaled copy and the sum, the separate input gradients of every projection and their sum.
@@ -69,7 +72,7 @@ class LoRALinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, meta, packed, *tensors):
-        scales, states, output_unused = meta
+        scales, states, output_unused, given, out = meta
         weights, As, Bs, biases = tensors[0::4], tensors[1::4], tensors[2::4], tensors[3::4]
         dtype = _compute_dtype(x, weights[0], states[0])
         with torch.autocast(x.device.type, enabled=False):
@@ -82,19 +85,25 @@ class LoRALinearFunction(torch.autograd.Function):
             xa_all = x2 @ a_all.t()
             bs = [B.to(dtype) for B in Bs]
             outs, start = [], 0
-            for w, qs, b, bias, s in zip(weights, states, bs, biases, scales, strict=True):
+            for i, (w, qs, b, bias, s) in enumerate(zip(weights, states, bs, biases, scales, strict=True)):
                 if output_unused:  # shape and dtype only: the backward below never reads the outputs
                     outs.append(xa_all.new_zeros(()).expand(*x.shape[:-1], b.shape[0]))
                     continue
+                if given is not None:  # the values an earlier pass computed: the same, without their products
+                    if given[i].shape != (*x.shape[:-1], b.shape[0]) or given[i].dtype != dtype:
+                        raise ValueError(f"given output {i} must be {(*x.shape[:-1], b.shape[0])} {dtype}")
+                    outs.append(given[i].detach())
+                    continue
                 xa = xa_all[:, start : start + b.shape[1]]
                 start += b.shape[1]
-                y = xa @ b.t()  # the small product first, so the base matmul adds it in its epilogue:
-                y.addmm_(x2, _dense(w, qs, dtype).t(), beta=s)  # no second pass over the (N, out) output
+                # the small product first, so the base matmul adds it in its epilogue: no second pass over the output
+                y = xa @ b.t() if out is None else torch.matmul(xa, b.t(), out=out[i].view(-1, b.shape[0]))
+                y.addmm_(x2, _dense(w, qs, dtype).t(), beta=s)
                 if bias is not None:
                     y += bias.to(dtype)
                 outs.append(y.view(*x.shape[:-1], y.shape[-1]))
         ctx.save_for_backward(x2, xa_all, a_all, *weights, *bs)
-        ctx.meta, ctx.x_dtype, ctx.x_shape = meta, x.dtype, x.shape
+        ctx.meta, ctx.x_dtype, ctx.x_shape = meta[:2], x.dtype, x.shape  # scales, quant states
         ctx.param_dtypes = [(A.dtype, B.dtype) for A, B in zip(As, Bs, strict=True)]
         ctx.packed = None if packed is None else (packed.shape, packed.dtype)
         return tuple(outs)
@@ -102,7 +111,7 @@ class LoRALinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *dys):
         x2, xa_all, a_all, *rest = ctx.saved_tensors
-        scales, states, _ = ctx.meta
+        scales, states = ctx.meta
         n = len(scales)
         weights, bs = rest[:n], rest[n:]
         need_x, need_params = ctx.needs_input_grad[0], any(ctx.needs_input_grad[2:])
@@ -157,7 +166,9 @@ def _packed_gradient(packed, da_all, dB) -> torch.Tensor:
     return grad
 
 
-def lora_linear_group(x, projections, packed=None, output_unused=False) -> tuple[torch.Tensor, ...]:
+def lora_linear_group(
+    x, projections, packed=None, output_unused=False, given=None, out=None
+) -> tuple[torch.Tensor, ...]:
     """`lora_linear` for several projections of the same x at once (Q, K, V; or gate, up).
 
     Args:
@@ -168,8 +179,13 @@ def lora_linear_group(x, projections, packed=None, output_unused=False) -> tuple
         output_unused: the caller will not read the outputs' values, only differentiate through them (a
             checkpointed layer's recompute, whose output only feeds a sum): the outputs are zeros of the right shape
             (stride 0) and their products, dequantization included, are skipped. The gradients are unchanged.
+        given: the outputs' values, computed by an earlier pass over the same x and weights (a checkpointed layer's
+            first forward, kept for its recompute): they are returned as the outputs, their products skipped, and the
+            gradients are those of computing them.
+        out: (..., out_i) contiguous tensors to write the outputs into (a CUDA graph's static buffers); the outputs
+            returned are views of them.
     """
-    meta = (tuple(float(p[3]) for p in projections), tuple(p[5] for p in projections), output_unused)
+    meta = (tuple(float(p[3]) for p in projections), tuple(p[5] for p in projections), output_unused, given, out)
     tensors = []
     for weight, A, B, _, bias, _ in projections:
         tensors += [weight, A, B, bias]

@@ -48,7 +48,7 @@ NF4_CODE = (
     0.7229568362236023,
     1.0,
 )
-BLOCK_BYTES = 1024
+BLOCK_BYTES = 1024  # packed bytes per program (32 quantization blocks of 64)
 
 
 def _code(code: torch.Tensor | None, device) -> torch.Tensor:
@@ -122,19 +122,24 @@ def _nf4_dequant_fwd_kernel(
     BLOCKSIZE2: tl.constexpr,
     NESTED: tl.constexpr,
     ROUND_BF16: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BLOCKS: tl.constexpr,
 ):
-    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    """BLOCKS quantization blocks per program, as a (BLOCKS, BLOCKSIZE / 2) tile of bytes: one scale per block row,
+    and each row's high and low nibbles interleaved into one contiguous store."""
+    HALF: tl.constexpr = BLOCKSIZE // 2
+    blk = tl.program_id(0).to(tl.int64) * BLOCKS + tl.arange(0, BLOCKS)
+    i = blk[:, None] * HALF + tl.arange(0, HALF)[None, :]
     mask = i < n_bytes
     byte = tl.load(packed_ptr + i, mask=mask, other=0).to(tl.int32)
-    scale = _block_scale(absmax_ptr, absmax2_ptr, code2_ptr, (2 * i) // BLOCKSIZE, offset, mask, NESTED, BLOCKSIZE2)
-    hi = tl.load(code_ptr + (byte >> 4)) * scale
-    lo = tl.load(code_ptr + (byte & 0xF)) * scale
+    scale = _block_scale(absmax_ptr, absmax2_ptr, code2_ptr, blk, offset, blk * HALF < n_bytes, NESTED, BLOCKSIZE2)
+    hi = tl.load(code_ptr + (byte >> 4)) * scale[:, None]
+    lo = tl.load(code_ptr + (byte & 0xF)) * scale[:, None]
     if ROUND_BF16:
         hi = _round_to_bf16(hi)
         lo = _round_to_bf16(lo)
-    tl.store(out_ptr + 2 * i, hi.to(out_ptr.dtype.element_ty), mask=mask)
-    tl.store(out_ptr + 2 * i + 1, lo.to(out_ptr.dtype.element_ty), mask=mask)
+    pairs = tl.reshape(tl.join(hi, lo), (BLOCKS, BLOCKSIZE))  # element 2j is byte j's high nibble, 2j + 1 its low
+    o = blk[:, None] * BLOCKSIZE + tl.arange(0, BLOCKSIZE)[None, :]
+    tl.store(out_ptr + o, pairs.to(out_ptr.dtype.element_ty), mask=o < 2 * n_bytes)
 
 
 @triton.jit
@@ -198,7 +203,8 @@ def _launch_options(device) -> dict:
 def nf4_dequantize_fwd(packed, absmax, absmax2, code2, offset, code, blocksize, blocksize2, out):
     n_bytes = packed.numel()
     absmax, absmax2, code2, nested = _nested_args(absmax, absmax2, code2, packed.device)
-    _nf4_dequant_fwd_kernel[(triton.cdiv(n_bytes, BLOCK_BYTES),)](
+    blocks = max(1, BLOCK_BYTES // (blocksize // 2))  # quantization blocks per program
+    _nf4_dequant_fwd_kernel[(triton.cdiv(n_bytes, blocks * (blocksize // 2)),)](
         packed,
         absmax,
         absmax2,
@@ -211,7 +217,7 @@ def nf4_dequantize_fwd(packed, absmax, absmax2, code2, offset, code, blocksize, 
         BLOCKSIZE2=blocksize2,
         NESTED=nested,
         ROUND_BF16=out.dtype == torch.bfloat16,
-        BLOCK=BLOCK_BYTES,
+        BLOCKS=blocks,
         num_warps=4,
         **_launch_options(packed.device),
     )

@@ -3,7 +3,7 @@
 import torch
 from tiny import ARCHS
 
-from engine.checkpointing import install, layers_to_checkpoint
+from engine.checkpointing import fits_checkpointed, install, layers_to_checkpoint
 from engine.estimate import Arch
 
 LLAMA8B = Arch(hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, head_dim=128, vocab=128256, tied=False)
@@ -38,3 +38,41 @@ def test_the_policy_follows_the_micro_batch_shape(tmp_path):
     with torch.no_grad():
         model(input_ids=torch.ones(1, 4, dtype=torch.long))  # generation or evaluation: no decision, no log
     assert len(lines) == 1
+
+
+def test_kept_attention_outputs_are_dropped_for_micro_batches_without_room_for_them():
+    """A plan that keeps attention outputs for the recompute (engine.offload.Checkpoint) keeps them at a token count
+    whose estimate holds them, and drops them (the other offload choices unchanged) for a larger micro-batch."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from engine.checkpointing import SLACK
+    from engine.estimate import estimate
+    from engine.offload import Checkpoint
+
+    capped = dict(offload_activations=True, host_embedding=True, graphs=True, loss_chunk=1024)  # llama8b under 7 GiB
+    assert fits_checkpointed(LLAMA8B, "qlora", 2048, 7.0, True, keep_attention=True, **capped)
+    assert not fits_checkpointed(LLAMA8B, "qlora", 4096, 7.0, True, keep_attention=True, **capped)
+    assert fits_checkpointed(LLAMA8B, "qlora", 4096, 7.0, True, keep_attention=False, **capped)
+    spec = dict(ARCHS["llama"], vocab_size=64, hidden_size=256, intermediate_size=512, head_dim=64)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(spec.pop("model_type"), **spec))
+    arch = Arch.from_config(model.config.to_dict())
+    kw = dict(offload_activations=True, keep_attention=True)
+
+    def peak(tokens, keep):
+        return estimate(arch, "lora", tokens, 1, fused_loss=False, **{**kw, "keep_attention": keep}).peak_vram_gib
+
+    budget = (peak(4096, False) + peak(4096, True)) / 2 * SLACK  # 4096 tokens fit only without them
+    assert peak(4096, False) * SLACK < budget < peak(4096, True) * SLACK and peak(512, True) * SLACK <= budget
+    lines = []
+    install(model, "lora", budget, fused_loss=False, log=lines.append, **kw)
+    layers = model.model.layers
+    for index, layer in enumerate(layers):
+        layer._gradient_checkpointing_func = Checkpoint(index, None, None, lambda: len(layers) - 1, keep_attention=True)
+    model.train()
+    kept = {}
+    for batch, seq in ((1, 512), (2, 2048), (1, 512)):
+        ids = torch.ones(batch, seq, dtype=torch.long)
+        model(input_ids=ids, labels=ids).loss.backward()
+        kept[batch * seq] = [layer._gradient_checkpointing_func.keep_attention for layer in layers]
+    assert kept == {512: [True, True], 4096: [False, False]}
+    assert ["attention outputs kept" in line for line in lines] == [True, False]

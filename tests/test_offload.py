@@ -85,6 +85,28 @@ def test_offload_plan_replays_cuda_graphs_where_their_memory_costs_no_extra_stre
     assert not plan(LLAMA8B, "qlora", 2048, 2, 80.0).graphs  # nothing recomputes
 
 
+def test_offload_plan_keeps_attention_outputs_for_the_recompute_where_nothing_streams():
+    """Where the activation offload alone fits, a fast-path LoRA/QLoRA plan also keeps each checkpointed layer's
+    q/k/v/o outputs in host RAM (the recompute skips those products), counted in both estimates; not when it would
+    not fit without streaming (the plan then goes without it), not with streamed weights (the link carries those),
+    not for full fine-tuning nor off the fast path."""
+    kept = plan(LLAMA8B, "qlora", 2048, 2, 7.4)
+    assert kept.keep_attention and not kept.streamed and "q/k/v/o" in kept.describe()
+    assert kept.as_dict()["attention_outputs_kept"]
+    without = estimate(LLAMA8B, "qlora", 2048, 2, fused_loss=True, **{**kept.estimate_kw(), "keep_attention": False})
+    with_ = estimate(LLAMA8B, "qlora", 2048, 2, fused_loss=True, **kept.estimate_kw())
+    per_layer = 4096 * (LLAMA8B.attention_width + LLAMA8B.hidden) * 2 / 2**30
+    assert with_.parts_gib["attention_kept"] == pytest.approx(4 * per_layer, abs=1e-3)
+    assert with_.peak_ram_gib == pytest.approx(without.peak_ram_gib + 32 * per_layer, abs=0.02)
+    assert not plan(LLAMA8B, "qlora", 2048, 2, 7.4, host_ram_gib=18.0).keep_attention  # host RAM holds 17.0, not 19.5
+    tight = plan(LLAMA8B, "qlora", 2048, 2, 7.0)  # fits only without them: still no streaming
+    assert not tight.keep_attention and not tight.streamed and tight.checkpointed == 32
+    assert not plan(QWEN3_14B, "qlora", 2048, 1, 6.0).keep_attention  # streams
+    assert not plan(LLAMA8B, "qlora", 2048, 2, 16.0, fused_loss=False).keep_attention  # recomputes 28 layers
+    assert not plan(QWEN3_4B, "full", 512, 1, 30.0).keep_attention
+    assert not plan(LLAMA8B, "qlora", 2048, 2, 80.0).keep_attention  # nothing recomputes
+
+
 def test_offload_plan_tiles_the_mlp_for_long_sequences():
     p = plan(LLAMA8B, "qlora", 65536, 1, 16.0)  # Unsloth's limit under this cap is 32768 tokens
     assert p.mlp_tile == 8192 and not p.streamed and p.peak_vram_gib * 1.1 <= 16.0
@@ -241,16 +263,24 @@ def test_offload_run_that_cannot_fit_fails_before_loading_the_model(tmp_path, mo
 
 
 @pytest.mark.parametrize(
-    "arch,skips,tiles", [("llama", True, 1), ("qwen3", True, 1), ("gemma2", False, 1), ("llama", True, 3)]
+    "arch,skips,tiles,keep",
+    [
+        ("llama", True, 1, False),
+        ("llama", True, 1, True),
+        ("qwen3", True, 1, True),
+        ("gemma2", False, 1, True),
+        ("llama", True, 3, False),
+    ],
 )
 @pytest.mark.parametrize("pack", [True, False], ids=["packed", "unpacked"])
 def test_offload_checkpoint_recompute_skips_the_down_product_with_the_same_gradients(
-    arch, skips, tiles, pack, monkeypatch
+    arch, skips, tiles, keep, pack, monkeypatch
 ):
     """Every layer through engine.offload's checkpoint function (CPU: no store, no stream) trains exactly like the
     plain model, and its recompute pass skips the down projection's products where the MLP output feeds the residual
     sum as it is (not Gemma 2's post-feedforward norm, whose backward reads that output), also in each tile of a
-    tiled MLP (whose own recompute in the backward then computes them)."""
+    tiled MLP (whose own recompute in the backward then computes them). With `keep_attention` the first forward keeps
+    the q, k, v and o projections' outputs and the recompute takes them back instead of computing them."""
     import copy
 
     from test_patching_parity import assert_same_training, batch, packed, tiny_model, with_lora
@@ -269,22 +299,51 @@ def test_offload_checkpoint_recompute_skips_the_down_product_with_the_same_gradi
     fast.enable_input_require_grads()
     layers = fast.base_model.model.model.layers
     for index, layer in enumerate(layers):
-        layer._gradient_checkpointing_func = Checkpoint(index, None, None, lambda: len(layers) - 1)
+        layer._gradient_checkpointing_func = Checkpoint(index, None, None, lambda: len(layers) - 1, keep_attention=keep)
         if tiles > 1:
             layer.mlp.tile = 8  # 24 tokens: three tiles
-    flags = []
+    calls = []
     fused = modules.lora_linear_group
 
-    def spy(x, projections, packed=None, output_unused=False):
-        flags.append(output_unused)
-        return fused(x, projections, packed=packed, output_unused=output_unused)
+    def spy(x, projections, packed=None, output_unused=False, given=None, out=None):
+        calls.append(("unused" if output_unused else "given" if given is not None else "computed", len(projections)))
+        return fused(x, projections, packed=packed, output_unused=output_unused, given=given, out=out)
 
     monkeypatch.setattr(modules, "lora_linear_group", spy)
     assert_same_training(plain, fast, batch(base.config.vocab_size), rtol=1e-4, atol=1e-5)
     # 3 steps x layers x (4 fused ops in the forward + 4 in the recompute, the MLP's two per tile, plus the tiles'
     # own recompute), one a tile of which skips its products
-    assert len(flags) == 3 * len(layers) * (8 + 4 * (tiles - 1) + (2 * tiles if tiles > 1 else 0))
-    assert flags.count(True) == (3 * len(layers) * tiles if skips else 0)
+    assert len(calls) == 3 * len(layers) * (8 + 4 * (tiles - 1) + (2 * tiles if tiles > 1 else 0))
+    assert sum(kind == "unused" for kind, _ in calls) == (3 * len(layers) * tiles if skips else 0)
+    # the recompute's q/k/v op and o op take back what the forward kept
+    assert [n for kind, n in calls if kind == "given"] == ([3, 1] * 3 * len(layers) if keep else [])
+
+
+def test_offload_host_embedding_gathers_the_rows_of_each_batch():
+    """The input embedding kept in host RAM (CPU here: the host gathers into its two reused staging buffers, without
+    pinning) gives the table's rows for batches of changing shapes; a table whose module scales its rows (Gemma's)
+    goes through the module itself. On the GPU machine the GPU gathers from the pinned table (the host_embedding
+    case of test_offload_gradients_equal_those_without_offload)."""
+    from engine.offload import host_embedding
+
+    torch.manual_seed(0)
+    table = torch.nn.Embedding(50, 8)
+    hosted = host_embedding(table, "cpu")
+    for shape in [(2, 6), (1, 12), (3, 5), (2, 6)]:
+        ids = torch.randint(0, 50, shape)
+        with torch.enable_grad():
+            out = hosted(ids)
+        assert out.shape == (*shape, 8) and out.requires_grad
+        assert torch.equal(out.detach(), table.weight.detach()[ids])
+    assert [buffer.shape[0] for buffer, _ in hosted.staging] == [12, 15]  # the second one grown for 15 rows
+
+    class Scaled(torch.nn.Embedding):
+        def forward(self, ids):
+            return super().forward(ids) * 3.0
+
+    scaled = Scaled(50, 8)
+    ids = torch.randint(0, 50, (2, 4))
+    assert torch.equal(host_embedding(scaled, "cpu")(ids), scaled.weight.detach()[ids] * 3.0)
 
 
 # GPU: every offload mode trains to the gradients of the same model without offload.
@@ -344,6 +403,7 @@ def test_offload_gradients_equal_those_without_offload(mode, method, tmp_path, m
         layers=4,
         dense_layers=2 if dense else 0,
         graphs=not dense,
+        keep_attention=mode in ("activations", "host_embedding"),
     )
     ids = torch.randint(3, 32000, (2, 64), generator=torch.Generator().manual_seed(0)).cuda()
 
@@ -391,3 +451,4 @@ def test_offload_gradients_equal_those_without_offload(mode, method, tmp_path, m
         graphs = layers[0]._gradient_checkpointing_func.graphs
         assert graphs.enabled
         assert {(i, phase) for i, phase, _ in graphs.graphs} == {(i, p) for i in range(4) for p in "fb"}
+        assert ("kept" in graphs.static) == forced.keep_attention  # the q/k/v/o outputs went through the graphs

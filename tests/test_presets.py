@@ -40,7 +40,9 @@ def test_each_preset_fits_its_tier_and_says_why_not(path):
                     offload_plan(arch, method, 512, 1, tier * presets.USABLE, presets.OFFLOAD_RAM_GIB)
                 continue
             if p.offload != "none":  # fits only by keeping something in host RAM: the run's own planner agrees
-                plan = offload_plan(arch, method, p.max_seq_length, p.batch_size, tier * presets.USABLE)
+                plan = offload_plan(
+                    arch, method, p.max_seq_length, p.batch_size, tier * presets.USABLE, presets.OFFLOAD_RAM_GIB
+                )
                 kind = "weights" if plan.streamed else "optimizer" if plan.optimizer_in_host else "activations"
                 assert kind == p.offload and plan.peak_ram_gib <= presets.OFFLOAD_RAM_GIB, (path.name, cls, method)
                 continue

@@ -16,6 +16,7 @@ or a soft cap (sliding windows, Gemma 2) are not captured. The model's module tr
 instance `forward`), so adapters save as before.
 """
 
+import contextlib
 import functools
 import types
 
@@ -166,6 +167,7 @@ class CheckpointGraphs:
         self.cos_seen = None
         self.pool = None
         self.grads = {}  # layer -> [(module, packed group name, its view of the shared gradient buffer)], or None
+        self.copied = [None, None]  # events after the copies out of the even and odd layers' kept attention outputs
 
     def _eligible(self, index, run, hidden, autocast):
         """The step's shape key when layer `index` may replay or be captured now, else None. `autocast`: the
@@ -219,6 +221,7 @@ class CheckpointGraphs:
                 sin=torch.empty_like(sin),
             )
             self.tables = rope_tables(self.static["cos"], self.static["sin"])
+            self.copied = [None, None]
         if cos is not self.cos_seen:  # a new step (each forward makes its cos/sin once)
             self.static["cos"].copy_(cos)
             self.static["sin"].copy_(sin)
@@ -243,41 +246,72 @@ class CheckpointGraphs:
         self.static["x"].copy_(hidden)
         return static_run, stream.slot_key(index) if stream is not None else None
 
-    def forward(self, index, run, hidden, stream=None):
-        """The layer's forward without gradients through its graph (capturing it first if due), or None: run it
-        eagerly."""
+    def forward(self, index, run, hidden, stream=None, keep_attention=False):
+        """The layer's forward without gradients through its graph (capturing it first if due): (a copy of its
+        output, the attention projections' outputs it kept when `keep_attention`, else []), or None: run it eagerly.
+        The kept outputs are static buffers, one set for even layers and one for odd: the caller copies them out and
+        reports the copy's event (`stashed`) before the layer after next writes the same set again."""
         autocast = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
         ready = self._ready(index, "f", run, hidden, autocast, stream)
         if ready is None:
             return None
         static_run, slot = ready
+        kept = self._kept_set(index, hidden) if keep_attention else []
         graph = self.graphs.get((index, "f", slot))
         if graph is None:
-            graph = self._capture(index, "f", slot, lambda: self._forward_body(static_run), stream)
+            graph = self._capture(index, "f", slot, lambda: self._forward_body(static_run, kept), stream)
             if graph is None:
                 return None  # the caller runs it eagerly (`use` again finds its weights resident)
+        if keep_attention and self.copied[index % 2] is not None:
+            torch.cuda.current_stream().wait_event(self.copied[index % 2])  # the set's last copy out is done
         graph.replay()
         if stream is not None and index in stream.weights:
             stream.finished(index)
-        return self.static["out"].clone()
+        return self.static["out"].clone(), kept
 
-    def _forward_body(self, static_run):
-        with torch.no_grad():
+    def stashed(self, index, done) -> None:
+        """The event after the copies out of layer `index`'s kept set (None: the set is held as it is)."""
+        self.copied[index % 2] = done
+
+    def _kept_set(self, index, hidden):
+        """The static buffers layer `index`'s forward writes its q, k, v and o projections' outputs into."""
+        sets = self.static.get("kept")
+        if sets is None:
+            attn = self.layers[index].self_attn
+            _, _, _, _, enabled, dtype = self.key
+            dtype = dtype if enabled else hidden.dtype
+            widths = [getattr(attn, name).out_features for name in ("q_proj", "k_proj", "v_proj", "o_proj")]
+            sets = self.static["kept"] = [
+                [torch.empty(*hidden.shape[:-1], w, dtype=dtype, device=hidden.device) for w in widths] for _ in "01"
+            ]
+        return sets[index % 2]
+
+    def _forward_body(self, static_run, kept):
+        from engine.patching.modules import AttentionOutputs, attention_outputs
+
+        with torch.no_grad(), attention_outputs(AttentionOutputs("out", kept)) if kept else contextlib.nullcontext():
             out = static_run(self.static["x"])
             self.static["out"].copy_(out[0] if isinstance(out, tuple) else out)
 
-    def backward(self, index, run, hidden, grad, autocast, stream=None):
+    def backward(self, index, run, hidden, grad, autocast, stream=None, given=()):
         """The layer's recompute and backward through its graph: the input's gradient, with the adapters' gradients
-        accumulated into their `.grad`; None: do it eagerly. `autocast` is the forward's (enabled, dtype)."""
+        accumulated into their `.grad`; None: do it eagerly. `autocast` is the forward's (enabled, dtype); `given`,
+        the attention projections' outputs its forward kept, copied into the layer's set of static buffers (which
+        the forward wrote them into, and which the backward reads)."""
         ready = self._ready(index, "b", run, hidden, autocast, stream)
         if ready is None:
             return None
         static_run, slot = ready
         self.static["dy"].copy_(grad)
+        static_given = self._kept_set(index, hidden) if given else []  # free in the backward: the forward's set
+        for buffer, t in zip(static_given, given, strict=True):
+            if buffer.data_ptr() != t.data_ptr():  # the last layer's are still where its forward wrote them
+                buffer.copy_(t)
         entries = self._grad_views(index)
         graph = self.graphs.get((index, "b", slot))
         if graph is None:
-            graph = self._capture(index, "b", slot, lambda: self._backward_body(static_run, entries), stream)
+            body = lambda: self._backward_body(static_run, entries, static_given)  # noqa: E731
+            graph = self._capture(index, "b", slot, body, stream)
             if graph is None:
                 return None  # the caller runs it eagerly (its weights are resident: `use` was called)
         graph.replay()
@@ -313,8 +347,8 @@ class CheckpointGraphs:
         entries[:] = views
         return entries
 
-    def _backward_body(self, static_run, entries):
-        from engine.patching.modules import recompute_pass
+    def _backward_body(self, static_run, entries, given):
+        from engine.patching.modules import AttentionOutputs, attention_outputs, recompute_pass
 
         leaves = []
         for m, name, _ in entries:  # fresh leaves on the same storage, put back after the capture
@@ -324,7 +358,8 @@ class CheckpointGraphs:
         try:
             x = self.static["x"].detach().requires_grad_()
             with torch.enable_grad():  # under the capture's autocast (`_capture`)
-                with recompute_pass():
+                shared = attention_outputs(AttentionOutputs("given", given)) if given else contextlib.nullcontext()
+                with recompute_pass(), shared:
                     out = static_run(x)
                 grads = torch.autograd.grad(out, [x, *(leaf for *_, leaf in leaves)], self.static["dy"])
             self.static["out"].copy_(grads[0])

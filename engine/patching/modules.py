@@ -73,13 +73,18 @@ def project(module, x):
     return lora_linear(x, weight, A, B, scale, bias, quant_state)
 
 
-def project_group(modules, x, output_unused=False):
+def project_group(modules, x, output_unused=False, given=None, out=None):
     """[m(x) for m in modules], as one fused op when every module is a LoRA Linear the op covers (which skips the
-    outputs' products when `output_unused`: see kernels.lora.lora_linear_group)."""
+    outputs' products when `output_unused`, or returns `given` values instead of computing them, or writes into `out`:
+    see kernels.lora.lora_linear_group). Modules the op does not cover compute their outputs, copied into `out`."""
     args = [fused_lora_args(m) for m in modules]
     if any(a is None for a in args) or len({a[5] is None for a in args}) != 1:
-        return [project(m, x) for m in modules]
-    return lora_linear_group(x, [(w, A, B, s, bias, qs) for w, A, B, s, bias, qs in args], output_unused=output_unused)
+        outs = [project(m, x) for m in modules]
+        for y, buffer in zip(outs, out, strict=True) if out is not None else ():
+            buffer.copy_(y)
+        return outs
+    projections = [(w, A, B, s, bias, qs) for w, A, B, s, bias, qs in args]
+    return lora_linear_group(x, projections, output_unused=output_unused, given=given, out=out)
 
 
 _recomputing = [False]  # True while engine.offload's checkpoint reruns a layer's forward for its backward
@@ -97,6 +102,38 @@ def recompute_pass():
         _recomputing[0] = False
 
 
+class AttentionOutputs:
+    """A checkpointed layer's attention projection outputs (q, k, v, then o), passed from its first forward to its
+    recompute so that the recompute skips those products (engine.offload keeps them in host RAM with the layer's
+    input). The first forward either records them (`mode` "record": appended to `tensors`) or writes them into
+    `tensors` (mode "out": a CUDA graph's static buffers); the recompute takes them back (mode "given")."""
+
+    def __init__(self, mode: str, tensors=None):
+        self.mode = mode
+        self.tensors = [] if tensors is None else list(tensors)
+        self.taken = 0
+
+    def take(self, count: int) -> list:
+        taken = self.tensors[self.taken : self.taken + count]
+        if len(taken) != count:
+            raise RuntimeError("a layer's recompute asked for more attention outputs than its first forward kept")
+        self.taken += count
+        return taken
+
+
+_attention_outputs: list = [None]  # the AttentionOutputs of the layer pass running now, or None
+
+
+@contextlib.contextmanager
+def attention_outputs(shared: AttentionOutputs):
+    """Within it, every fast-path attention projection records, writes or takes its outputs through `shared`."""
+    _attention_outputs[0] = shared
+    try:
+        yield shared
+    finally:
+        _attention_outputs[0] = None
+
+
 class PackedProjections(nn.Module):
     """A drop-in whose LoRA projections run in groups through kernels.lora, each group's adapters optionally packed
     into one trainable tensor (`pack_adapters`). GROUPS: the packed tensor's attribute name -> its projections."""
@@ -107,9 +144,10 @@ class PackedProjections(nn.Module):
         super().__init__()
         self.packed_args = {}  # group -> (adapter name, its fused_lora_args per projection), made by `pack`
 
-    def project(self, group: str, x, output_unused=False):
+    def project(self, group: str, x, output_unused=False, given=None, out=None):
         """[m(x) for m in the group's projections], through the packed tensor when the group has one. With
-        `output_unused` (nothing will read the outputs' values) the fused op skips their products."""
+        `output_unused` (nothing will read the outputs' values) the fused op skips their products; with `given` it
+        returns those values instead of computing them; with `out` it writes the outputs there."""
         modules = [getattr(self, name) for name in self.GROUPS[group]]
         packed = getattr(self, group, None)
         if packed is not None:
@@ -117,13 +155,26 @@ class PackedProjections(nn.Module):
             # The operands were read once by `pack` (PEFT's get_base_layer() alone costs ~13 us of host time, and a
             # checkpointed step runs each projection twice); they hold while the packed adapter is the active one.
             if all(m.active_adapters == [adapter] and not m.disable_adapters and not m.merged for m in modules):
-                return lora_linear_group(x, args, packed=packed, output_unused=output_unused)
+                return lora_linear_group(x, args, packed=packed, output_unused=output_unused, given=given, out=out)
             if packed.requires_grad and torch.is_grad_enabled() and not all(m.disable_adapters for m in modules):
                 raise RuntimeError(
                     "packed LoRA adapters train only through the fused op, with the adapter they were packed from "
                     "active and unmerged (engine.patching.modules.pack_adapters)"
                 )
-        return project_group(modules, x, output_unused)
+        return project_group(modules, x, output_unused, given, out)
+
+    def project_shared(self, group: str, x):
+        """`project`, passing the outputs through the AttentionOutputs of the layer pass running now, if any."""
+        shared = _attention_outputs[0]
+        if shared is None:
+            return self.project(group, x)
+        if shared.mode == "given":
+            return self.project(group, x, given=shared.take(len(self.GROUPS[group])))
+        if shared.mode == "out":
+            return self.project(group, x, out=shared.take(len(self.GROUPS[group])))
+        outs = self.project(group, x)
+        shared.tensors.extend(outs)
+        return outs
 
     def pack(self) -> int:
         """Move each group's A's and B's into one new trainable Parameter (the PEFT parameters become frozen views of
@@ -244,7 +295,7 @@ class FastAttention(PackedProjections):
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
         b, t = hidden_states.shape[:2]
-        q, k, v = (y.view(b, t, -1, self.head_dim) for y in self.project("adapters_qkv", hidden_states))
+        q, k, v = (y.view(b, t, -1, self.head_dim) for y in self.project_shared("adapters_qkv", hidden_states))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = rotate(q, k, *position_embeddings)
@@ -263,7 +314,7 @@ class FastAttention(PackedProjections):
             **self.extra,
             **kwargs,
         )
-        return self.project("adapters_o", out.reshape(b, t, -1))[0], weights
+        return self.project_shared("adapters_o", out.reshape(b, t, -1))[0], weights
 
 
 class FastMLP(PackedProjections):

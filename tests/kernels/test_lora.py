@@ -138,3 +138,29 @@ def test_lora_linear_group_unused_outputs_keep_every_gradient(dtype):
     got, want = torch.autograd.grad(skipped, leaves, dys), torch.autograd.grad(full, leaves, dys)
     for g, ref in zip(got, want, strict=True):
         assert torch.equal(g, ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lora_linear_group_writes_into_buffers_and_takes_given_outputs_back(dtype):
+    """A checkpointed layer's two passes: the first writes the outputs into buffers (`out`: the same values, and the
+    returned outputs are those buffers' memory); the recompute hands them back (`given`): it returns those values,
+    and the gradients are exactly those of computing them. A given output of the wrong shape is refused."""
+    x, w, A, B, b = _inputs(dtype)
+    _, w2, A2, B2, _ = _inputs(dtype, n_out=24, rank=2)
+    projections = [(w, A, B, 2.0, b, None), (w2, A2, B2, 0.5, None, None)]
+    full = lora_linear_group(x, projections)
+    buffers = [torch.full_like(y, float("nan")).detach() for y in full]
+    with torch.no_grad():
+        written = lora_linear_group(x, projections, out=buffers)
+    for y, z, buffer in zip(full, written, buffers, strict=True):
+        assert torch.equal(buffer, y.detach()) and z.data_ptr() == buffer.data_ptr()
+    given = lora_linear_group(x, projections, given=buffers)
+    dys = [torch.randn_like(y) for y in full]
+    leaves = (x, A, B, A2, B2)
+    got, want = torch.autograd.grad(given, leaves, dys), torch.autograd.grad(full, leaves, dys)
+    for y, ref in zip(given, full, strict=True):
+        assert torch.equal(y, ref)
+    for g, ref in zip(got, want, strict=True):
+        assert torch.equal(g, ref)
+    with pytest.raises(ValueError, match="given output 1"):
+        lora_linear_group(x, projections, given=[buffers[0], buffers[1][..., :3]])
