@@ -686,11 +686,12 @@ def host_embedding(embedding, device):
     `device`; the original module, moved to the host, stays as `base_layer`.
 
     The GPU waits for these rows at the start of every step. On CUDA a plain table is pinned, and the GPU gathers its
-    tokens' rows itself over PCIe (kernels.embedding: no host work, no synchronization). Otherwise the host gathers
-    them into a reused pinned buffer (two, used in turn) and sends them in pieces, each piece's copy overlapping the
-    next one's gather: gathering into a fresh tensor and pinning that took 9 ms of a llama8b step at 4096 tokens on
-    the H100 machine (page faults on the new memory, then a second copy), with the GPU idle meanwhile. A table whose
-    module does more than look rows up (a scaled embedding) runs that module on the host."""
+    tokens' rows itself over PCIe (kernels.embedding: no host work, no synchronization). Otherwise, or once a GPU
+    turns out unable to read pinned host memory, the host gathers them into a reused pinned buffer (two, used in
+    turn) and sends them in pieces, each piece's copy overlapping the next one's gather: gathering into a fresh
+    tensor and pinning that took 9 ms of a llama8b step at 4096 tokens on the H100 machine (page faults on the new
+    memory, then a second copy), with the GPU idle meanwhile. A table whose module does more than look rows up (a
+    scaled embedding) runs that module on the host."""
     import torch
 
     from kernels.embedding import gather_rows
@@ -706,7 +707,8 @@ def host_embedding(embedding, device):
             self.staging = [[None, None], [None, None]]  # [pinned buffer, event after the copies that read it]
             self.turn = 0
             self.plain = type(base_layer) is torch.nn.Embedding and base_layer.max_norm is None
-            if self.plain and device.type == "cuda":
+            self.gpu_gather = self.plain and device.type == "cuda"
+            if self.gpu_gather:
                 weight = self.base_layer.weight
                 weight.data = weight.data.contiguous().pin_memory()  # readable by the GPU over PCIe
 
@@ -751,8 +753,12 @@ def host_embedding(embedding, device):
                 if not self.plain:
                     out = base(ids.to("cpu"))
                     out = out.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else out.to(device)
-                elif base.weight.is_pinned():
-                    out = gather_rows(base.weight, ids.to(device, non_blocking=True))
+                elif self.gpu_gather:
+                    try:
+                        out = gather_rows(base.weight, ids.to(device, non_blocking=True))
+                    except (RuntimeError, ValueError):  # a GPU or driver that cannot read pinned host memory
+                        self.gpu_gather = False
+                        out = self._staged(ids, base.weight)
                 else:
                     out = self._staged(ids, base.weight)
             return out.requires_grad_(torch.is_grad_enabled())  # as enable_input_require_grads asks

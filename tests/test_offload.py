@@ -346,6 +346,24 @@ def test_offload_host_embedding_gathers_the_rows_of_each_batch():
     assert torch.equal(host_embedding(scaled, "cpu")(ids), scaled.weight.detach()[ids] * 3.0)
 
 
+def test_offload_host_embedding_falls_back_to_the_host_gather_when_the_gpu_cannot_read_host_memory(monkeypatch):
+    """Where the kernel cannot read the pinned table (Triton refuses the pointer on a GPU or driver without unified
+    addressing), the first step switches to the host gather for good and still gives the table's rows."""
+    import kernels.embedding
+    from engine.offload import host_embedding
+
+    def refused(table, ids):
+        raise ValueError("Pointer argument (at 0) cannot be accessed from Triton (cpu tensor?)")
+
+    monkeypatch.setattr(kernels.embedding, "gather_rows", refused)
+    table = torch.nn.Embedding(50, 8)
+    hosted = host_embedding(table, "cpu")
+    hosted.gpu_gather = True  # as on CUDA
+    ids = torch.randint(0, 50, (2, 6))
+    assert torch.equal(hosted(ids).detach(), table.weight.detach()[ids])
+    assert not hosted.gpu_gather
+
+
 # GPU: every offload mode trains to the gradients of the same model without offload.
 
 WIDTH = dict(hidden_size=512, intermediate_size=1408, num_attention_heads=8, num_key_value_heads=4, head_dim=64)
