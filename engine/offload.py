@@ -530,8 +530,9 @@ class ActivationStore:
         self.held = {}  # layer -> its tensors on the GPU (kept, or fetched) or its host buffers (offloaded)
         self.ready = {}  # layer -> event after its copy back
         self.order = []  # layers stashed this step, in forward order
-        # GPU buffers the even and odd layers' tensors come back into: fixed memory, where a fresh allocation per
-        # layer (freed on another stream than it was filled on) made the capped allocator flush its cache and wait
+        # two GPU buffer sets the stashed layers' tensors come back into, in turn: fixed memory, where a fresh
+        # allocation per layer (freed on another stream than it was filled on) made the capped allocator flush its
+        # cache and wait
         self.landing = {}
 
     def stash(self, layer: int, tensors: list, keep: bool):
@@ -582,7 +583,7 @@ class ActivationStore:
 
     def fetch(self, layer: int) -> list:
         """The layer's tensors on the GPU (waiting for their copy if needed); starts bringing back the layer before.
-        They stay valid until the next layer's backward has been issued."""
+        Work that reads them must be issued before the next `fetch`, whose prefetch reuses their set."""
         import torch
 
         self._prefetch(layer)
