@@ -26,8 +26,8 @@ OPTIMIZER_BYTES = {"adamw_8bit": 2, "adamw": 8}  # optimizer state bytes per fp3
 # less the exact bytes of the layers the graph plans streamed in addition, bench/README.md). A quarter of the working
 # set plus the static buffers and one layer's gradients (0.21 and 0.18 GiB there) covers that with a margin.
 GRAPH_POOL_SHARE = 0.25
-# Kept attention outputs (q, k, v, o of a checkpointed layer, engine.offload.Checkpoint): at the backward's peak the
-# graphs' two static sets (even and odd layers), the layer's own fetched copy, and the next one's arriving.
+# Kept attention outputs (q, k, v, o of a checkpointed layer, engine.offload.Checkpoint): the graphs' two static sets
+# (even and odd layers) and the activation store's two landing sets (the layer's fetched copy, the next one arriving).
 ATTENTION_SETS = 4
 
 

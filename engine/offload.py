@@ -517,6 +517,11 @@ def _aligned(n: int) -> int:
     return -(-n // 256) * 256  # slot offsets aligned for any dtype and vectorized loads
 
 
+def _same_layout(buffers, tensors) -> bool:
+    """Whether `buffers` (or None) match `tensors` one for one in shape and dtype."""
+    return buffers is not None and [(b.shape, b.dtype) for b in buffers] == [(t.shape, t.dtype) for t in tensors]
+
+
 class ActivationStore:
     """Checkpointed layers' inputs (and their attention projections' outputs, when kept) in pinned host RAM, brought
     back one layer ahead of the backward."""
@@ -547,7 +552,7 @@ class ActivationStore:
             self.held[layer] = list(tensors)
             return None
         host = self.host.get(layer)
-        if host is None or [(h.shape, h.dtype) for h in host] != [(t.shape, t.dtype) for t in tensors]:
+        if not _same_layout(host, tensors):
             host = self.host[layer] = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors]
         self.copy.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self.copy):
@@ -571,7 +576,7 @@ class ActivationStore:
             return
         slot = self.order.index(layer) % 2  # stashed layers in turn (not index parity: some may not recompute)
         landing = self.landing.get(slot)
-        if landing is None or [(t.shape, t.dtype) for t in landing] != [(h.shape, h.dtype) for h in held]:
+        if not _same_layout(landing, held):
             landing = self.landing[slot] = [torch.empty_like(h, device=self.device) for h in held]
         self.copy.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self.copy):
@@ -687,12 +692,10 @@ def host_embedding(embedding, device):
     `device`; the original module, moved to the host, stays as `base_layer`.
 
     The GPU waits for these rows at the start of every step. On CUDA a plain table is pinned, and the GPU gathers its
-    tokens' rows itself over PCIe (kernels.embedding: no host work, no synchronization). Otherwise, or once a GPU
-    turns out unable to read pinned host memory, the host gathers them into a reused pinned buffer (two, used in
-    turn) and sends them in pieces, each piece's copy overlapping the next one's gather: gathering into a fresh
-    tensor and pinning that took 9 ms of a llama8b step at 4096 tokens on the H100 machine (page faults on the new
-    memory, then a second copy), with the GPU idle meanwhile. A table whose module does more than look rows up (a
-    scaled embedding) runs that module on the host."""
+    tokens' rows itself over PCIe (kernels.embedding: no host work, no synchronization); a host lookup, pinned and
+    copied, left the GPU idle 9-12 ms of every llama8b step at 4096 tokens on the H100 machine. Elsewhere, for a table
+    whose module does more than look rows up (a scaled embedding), and once a GPU turns out unable to read pinned
+    host memory, the module runs on the host and its result is copied over."""
     import torch
 
     from kernels.embedding import gather_rows
@@ -700,15 +703,11 @@ def host_embedding(embedding, device):
     device = torch.device(device)
 
     class HostEmbeddingModule(torch.nn.Module):
-        PIECES = 4
-
         def __init__(self, base_layer):
             super().__init__()
             self.base_layer = base_layer.to("cpu")
-            self.staging = [[None, None], [None, None]]  # [pinned buffer, event after the copies that read it]
-            self.turn = 0
-            self.plain = type(base_layer) is torch.nn.Embedding and base_layer.max_norm is None
-            self.gpu_gather = self.plain and device.type == "cuda"
+            plain = type(base_layer) is torch.nn.Embedding and base_layer.max_norm is None
+            self.gpu_gather = plain and device.type == "cuda"
             if self.gpu_gather:
                 weight = self.base_layer.weight
                 weight.data = weight.data.contiguous().pin_memory()  # readable by the GPU over PCIe
@@ -720,48 +719,17 @@ def host_embedding(embedding, device):
         def get_base_layer(self):
             return self.base_layer
 
-        def _buffer(self, rows, table):
-            """The next of the two [pinned buffer, event] entries, its buffer holding at least `rows` rows, once the
-            copies that last read it are done (issued a step ago, so long done)."""
-            self.turn = 1 - self.turn
-            entry = self.staging[self.turn]
-            if entry[1] is not None:
-                entry[1].synchronize()
-            if entry[0] is None or entry[0].shape[0] < rows or entry[0].dtype != table.dtype:
-                pinned = device.type == "cuda"
-                entry[:] = [torch.empty(rows, table.shape[1], dtype=table.dtype, pin_memory=pinned), None]
-            return entry
-
-        def _staged(self, ids, table):
-            """table[ids] gathered on the host into a pinned buffer and sent to `device` piece by piece."""
-            flat = ids.reshape(-1).to("cpu")
-            rows = flat.numel()
-            entry = self._buffer(rows, table)
-            host = entry[0][:rows]
-            out = torch.empty(host.shape, dtype=host.dtype, device=device)
-            bounds = [rows * k // self.PIECES for k in range(self.PIECES + 1)]
-            for start, end in zip(bounds, bounds[1:], strict=False):
-                torch.index_select(table, 0, flat[start:end], out=host[start:end])
-                out[start:end].copy_(host[start:end], non_blocking=True)
-            if device.type == "cuda":
-                entry[1] = torch.cuda.Event()
-                entry[1].record()
-            return out.view(*ids.shape, host.shape[1])
-
         def forward(self, ids):
             with torch.no_grad():  # the table is frozen: nothing to differentiate on the host
-                base = self.base_layer
-                if not self.plain:
-                    out = base(ids.to("cpu"))
-                    out = out.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else out.to(device)
-                elif self.gpu_gather:
+                out = None
+                if self.gpu_gather:
                     try:
-                        out = gather_rows(base.weight, ids.to(device, non_blocking=True))
+                        out = gather_rows(self.base_layer.weight, ids.to(device, non_blocking=True))
                     except (RuntimeError, ValueError):  # a GPU or driver that cannot read pinned host memory
                         self.gpu_gather = False
-                        out = self._staged(ids, base.weight)
-                else:
-                    out = self._staged(ids, base.weight)
+                if out is None:
+                    out = self.base_layer(ids.to("cpu"))
+                    out = out.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else out.to(device)
             return out.requires_grad_(torch.is_grad_enabled())  # as enable_input_require_grads asks
 
     return HostEmbeddingModule(embedding)
