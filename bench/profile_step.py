@@ -31,6 +31,7 @@ def main():
     ap.add_argument("--rows", type=int, default=30)
     ap.add_argument("--vram-gib", type=float, default=0.0)
     ap.add_argument("--trace", help="also write the profiled steps' Chrome trace (gzipped JSON) here")
+    ap.add_argument("--stack", action="store_true", help="record Python stacks in the trace (slows the host)")
     a = ap.parse_args()
     if a.vram_gib:
         os.environ["TUNESMITH_VRAM_GIB"] = str(a.vram_gib)
@@ -70,7 +71,7 @@ def main():
         f"optimizer {parts[2]:.1f} ms (CUDA events)",
         flush=True,
     )
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=a.stack) as prof:
         for _ in range(2):
             step()
         torch.cuda.synchronize()

@@ -87,7 +87,7 @@ def adamw_8bit():
     bitsandbytes 0.50.2 launches its update kernels on the default CUDA stream and then waits for the GPU after each
     tensor: a LoRA of every projection of an 8B model has 448, and the step took 41 ms of a 292 ms training step on
     the H100 with the GPU idle most of it (bench/README.md, "What the llama8b step was before the packing"; the app's
-    loop now packs them into 128, engine.patching.modules.pack_adapters). Training runs on the default stream too,
+    loop now packs them into one, engine.patching.modules.pack_adapters). Training runs on the default stream too,
     so those kernels are already ordered before and after the rest of the step; the waits order nothing. The same
     update runs in the same order (the GPU test compares the weights bit for bit); paged states (PagedAdamW8bit,
     whose prefetches need the waits) and work on another stream keep bitsandbytes' own step.

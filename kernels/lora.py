@@ -24,8 +24,8 @@ its scaled copy and the sum, the separate input gradients of every projection an
 
 The adapters of one op may also live in one flat trainable tensor, `packed` = [A_1; A_2; ...] (row-major, the
 stacked (sum r, in) block) then B_1, B_2, ... each flattened, with the A's and B's passed as views of it. The op then
-returns one gradient for `packed` instead of one per A and B: an optimizer steps 4 tensors a decoder layer instead of
-14 (engine.patching.modules.pack_adapters), and the stacked A's need no concatenation.
+returns one gradient for `packed` instead of one per A and B (engine.patching.modules.pack_adapters puts every op's
+`packed` in one trainable tensor of the model), and the stacked A's need no concatenation.
 
 Matmuls run in the compute dtype: the autocast dtype when autocast is on, else W's (the NF4 compute dtype for a
 4-bit base). Gradients come back in the dtypes of x, A and B.

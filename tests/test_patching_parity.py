@@ -151,7 +151,7 @@ def test_packed_adapters_save_and_load_as_peft_adapters(tmp_path):
     trained = {n: p.detach().clone() for n, p in lora_state(fast).items()}
     fast.save_pretrained(tmp_path)
     saved = load_file(tmp_path / "adapter_model.safetensors")
-    assert saved.keys() == get_peft_model_state_dict(fast).keys() and not any("adapters_" in k for k in saved)
+    assert saved.keys() == get_peft_model_state_dict(fast).keys() and not any("packed_adapters" in k for k in saved)
     plain = PeftModel.from_pretrained(tiny_model("qwen3"), tmp_path)
     for name, value in lora_state(plain).items():
         torch.testing.assert_close(value, trained[name], rtol=0, atol=0, msg=name)
@@ -162,11 +162,34 @@ def test_packed_adapters_save_and_load_as_peft_adapters(tmp_path):
     set_peft_model_state_dict(resumed, saved)
     for name, value in lora_state(resumed).items():
         torch.testing.assert_close(value, trained[name], rtol=0, atol=0, msg=name)
-    packed_values = {n: p for n, p in resumed.named_parameters() if p.requires_grad}
-    assert all("adapters_" in n for n in packed_values)
+    packed_values = [n for n, p in resumed.named_parameters() if p.requires_grad]
+    assert packed_values == ["packed_adapters"]  # the optimizer steps one tensor
     for name, p in lora_state(resumed).items():
         flat, start = p.packed_in
         assert flat.data_ptr() + start * flat.element_size() == p.data_ptr(), name  # still a view, not a copy
+
+
+def test_packed_adapters_accumulate_into_one_gradient_buffer():
+    """The model's one trainable tensor gathers every fused op's gradient: backwards accumulate into it, and after an
+    optimizer drops it (zero_grad(set_to_none=True)) the next step starts from zero in the same buffer."""
+    model = tiny_model("qwen3")
+    patch_model(model, log=lambda m: None)
+    model = packed(with_lora(model)).train()
+    flat = model.get_parameter("packed_adapters")
+    assert [p for p in model.parameters() if p.requires_grad] == [flat]
+    assert flat.numel() == sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    inputs = batch(96)
+    model(**inputs).loss.backward()
+    first = flat.grad.clone()
+    assert first.abs().min() > 0  # every adapter weight has its gradient there
+    model(**inputs).loss.backward()
+    torch.testing.assert_close(flat.grad, 2 * first)
+    buffer = flat.grad.data_ptr()
+    torch.optim.SGD([flat], lr=0.0).zero_grad(set_to_none=True)
+    assert flat.grad is None
+    model(**inputs).loss.backward()
+    torch.testing.assert_close(flat.grad, first)
+    assert flat.grad.data_ptr() == buffer
 
 
 def test_packed_adapters_with_the_adapter_off_or_another_active():

@@ -10,8 +10,8 @@ its `model_type`. `patch_model` walks the decoder layers and replaces, in place:
 - the causal-LM loss with kernels.cross_entropy (the logits never exist in full when labels are given).
 
 engine/patching/graphs.py then replays the layers' forward and backward as CUDA graphs on fixed-shape training steps,
-and for engine.train's own loop `modules.pack_adapters` packs each fused op's LoRA weights into one trainable tensor
-(4 a layer instead of 14), so a per-tensor optimizer makes 3.5x fewer steps.
+and for engine.train's own loop `modules.pack_adapters` packs every fused op's LoRA weights into one trainable tensor
+of the model (instead of 14 a layer), so a per-tensor optimizer makes one step.
 
 The drop-ins keep the original child modules and parameters under the same names, so PEFT finds and wraps the same
 Linear layers, state dicts and saved adapters are unchanged, and `disable_adapter()` still works. A model of any other

@@ -34,6 +34,16 @@ class _LayerCall(nn.Module):
     def forward(self, hidden, cos, sin):
         return type(self.layer).forward(self.layer, hidden, position_embeddings=(cos, sin), attention_mask=None)
 
+    def parameters(self, recurse: bool = True):
+        """The layer's parameters and its packed adapters' pieces (engine.patching.modules.PackedAdapters: leaf
+        tensors, not Parameters of the layer), which make_graphed_callables differentiates as the graph's inputs."""
+        from engine.patching.modules import PackedProjections
+
+        yield from self.layer.parameters(recurse)
+        for m in self.layer.modules():
+            if isinstance(m, PackedProjections):
+                yield from m.packed.values()
+
 
 class Captures:
     """The graphs held (one shape at most) and whether a capture is still possible."""
@@ -184,16 +194,9 @@ class CheckpointGraphs:
         if index not in self.grads:
             from engine.patching.modules import PackedProjections
 
-            groups = [
-                (m, name)
-                for m in layer.modules()
-                if isinstance(m, PackedProjections)
-                for name in m.GROUPS
-                if getattr(m, name, None) is not None
-            ]
-            packed = {id(getattr(m, name)) for m, name in groups}
-            trained = [p for p in layer.parameters() if p.requires_grad]
-            same = trained and {id(p) for p in trained} == packed and len({p.dtype for p in trained}) == 1
+            groups = [(m, name) for m in layer.modules() if isinstance(m, PackedProjections) for name in m.packed]
+            trained = any(p.requires_grad for p in layer.parameters())  # any not packed
+            same = groups and not trained and len({m.packed[name].dtype for m, name in groups}) == 1
             self.grads[index] = [(m, name, None) for m, name in groups] if same else None
         if self.grads[index] is None:
             return None
@@ -316,11 +319,8 @@ class CheckpointGraphs:
                 return None  # the caller runs it eagerly (its weights are resident: `use` was called)
         graph.replay()
         for m, name, view in entries:  # into .grad before the next layer's graph overwrites the shared buffer
-            param = getattr(m, name)
-            if param.grad is None:
-                param.grad = view.clone()
-            else:
-                param.grad.add_(view)
+            m.packing.link()
+            m.packed[name].grad.add_(view)
         return self.static["out"].clone()
 
     def _grad_views(self, index):
@@ -329,7 +329,7 @@ class CheckpointGraphs:
         entries = self.grads[index]
         if entries[0][2] is not None:
             return entries
-        params = [getattr(m, name) for m, name, _ in entries]
+        params = [m.packed[name] for m, name, _ in entries]
         numel, dtype = sum(p.numel() for p in params), params[0].dtype
         buf = self.static.get("grads")
         if buf is None or buf.numel() < numel or buf.dtype != dtype:
@@ -352,9 +352,9 @@ class CheckpointGraphs:
 
         leaves = []
         for m, name, _ in entries:  # fresh leaves on the same storage, put back after the capture
-            leaf = torch.nn.Parameter(getattr(m, name).detach())
-            leaves.append((m, name, m._parameters[name], leaf))
-            m._parameters[name] = leaf
+            leaf = m.packed[name].detach().requires_grad_()
+            leaves.append((m, name, m.packed[name], leaf))
+            m.packed[name] = leaf
         try:
             x = self.static["x"].detach().requires_grad_()
             with torch.enable_grad():  # under the capture's autocast (`_capture`)
@@ -366,8 +366,8 @@ class CheckpointGraphs:
             for (_, _, buf), g in zip(entries, grads[1:], strict=True):
                 buf.copy_(g)
         finally:
-            for m, name, param, _ in leaves:
-                m._parameters[name] = param
+            for m, name, piece, _ in leaves:
+                m.packed[name] = piece
 
     def _capture(self, index, phase, slot, body, stream):
         """Capture `body` as the graph of (index, phase, slot); None after switching graphs off on a failure."""

@@ -5,6 +5,7 @@ state dicts and saved adapters) are unchanged.
 """
 
 import contextlib
+import math
 import sys
 import types
 
@@ -136,25 +137,29 @@ def attention_outputs(shared: AttentionOutputs):
 
 class PackedProjections(nn.Module):
     """A drop-in whose LoRA projections run in groups through kernels.lora, each group's adapters optionally packed
-    into one trainable tensor (`pack_adapters`). GROUPS: the packed tensor's attribute name -> its projections."""
+    into one trainable tensor (`pack_adapters`). GROUPS: the packed tensor's name -> its projections."""
 
     GROUPS: dict[str, tuple[str, ...]] = {}
 
     def __init__(self):
         super().__init__()
-        self.packed_args = {}  # group -> (adapter name, its fused_lora_args per projection), made by `pack`
+        self.packed = {}  # group -> its piece of the model's PackedAdapters (a leaf tensor), made by `pack_adapters`
+        self.packed_args = {}  # group -> (adapter name, its fused_lora_args per projection)
+        self.packing = None  # the model's PackedAdapters
 
     def project(self, group: str, x, output_unused=False, given=None, out=None):
         """[m(x) for m in the group's projections], through the packed tensor when the group has one. With
         `output_unused` (nothing will read the outputs' values) the fused op skips their products; with `given` it
         returns those values instead of computing them; with `out` it writes the outputs there."""
         modules = [getattr(self, name) for name in self.GROUPS[group]]
-        packed = getattr(self, group, None)
+        packed = self.packed.get(group)
         if packed is not None:
             adapter, args = self.packed_args[group]
             # The operands were read once by `pack` (PEFT's get_base_layer() alone costs ~13 us of host time, and a
             # checkpointed step runs each projection twice); they hold while the packed adapter is the active one.
             if all(m.active_adapters == [adapter] and not m.disable_adapters and not m.merged for m in modules):
+                if torch.is_grad_enabled():
+                    self.packing.link()
                 return lora_linear_group(x, args, packed=packed, output_unused=output_unused, given=given, out=out)
             if packed.requires_grad and torch.is_grad_enabled() and not all(m.disable_adapters for m in modules):
                 raise RuntimeError(
@@ -176,42 +181,101 @@ class PackedProjections(nn.Module):
         shared.tensors.extend(outs)
         return outs
 
-    def pack(self) -> int:
-        """Move each group's A's and B's into one new trainable Parameter (the PEFT parameters become frozen views of
-        it, so names, state dicts and saved adapters are unchanged); returns how many groups were packed."""
-        packed = 0
+    def packable(self) -> list:
+        """[(group, its fused_lora_args per projection, its tensors: A_1, A_2, ..., B_1, B_2, ...)] for every group
+        `pack_adapters` can pack: one active adapter, no dropout, every A and B trainable."""
+        found = []
         for group, names in self.GROUPS.items():
             modules = [getattr(self, name) for name in names]
             args = [fused_lora_args(m) for m in modules]
-            if getattr(self, group, None) is not None or any(a is None for a in args):
+            if group in self.packed or any(a is None for a in args):
                 continue
             if any(not isinstance(m.lora_dropout[m.active_adapters[0]], nn.Identity) for m in modules):
                 continue  # dropout in training would take the module's own forward, which packed weights cannot
-            tensors = [a[1] for a in args] + [a[2] for a in args]  # A_1, A_2, ..., B_1, B_2, ...
-            if len({(t.dtype, t.device) for t in tensors}) != 1 or not all(t.requires_grad for t in tensors):
-                continue
-            flat = nn.Parameter(torch.cat([t.detach().reshape(-1) for t in tensors]))
-            start = 0
-            for t in tensors:
-                t.data = flat.data[start : start + t.numel()].view(t.shape)
-                t.requires_grad_(False)
-                t.packed_in = (flat, start)  # where its gradient is: packed_gradient
-                start += t.numel()
-            setattr(self, group, flat)
-            self.packed_args[group] = (modules[0].active_adapters[0], args)  # A and B are the repointed Parameters
-            packed += 1
-        return packed
+            tensors = [a[1] for a in args] + [a[2] for a in args]
+            if all(t.requires_grad for t in tensors):
+                found.append((group, args, tensors))
+        return found
+
+
+class PackedAdapters:
+    """Every packed LoRA weight of a model in one trainable Parameter, `flat` (one per dtype and device).
+
+    Each fused op trains its group's piece of `flat` as a leaf tensor of its own (autograd accumulates into it alone,
+    without a full-size gradient per op), and the pieces' `.grad` are views of `flat.grad`: `link` points them there
+    before a backward, making a zero `flat.grad` when the optimizer has dropped it. PEFT's A's and B's are frozen views
+    of `flat` (names, state dicts and saved adapters are unchanged)."""
+
+    def __init__(self, flat: nn.Parameter):
+        self.flat = flat
+        self.pieces = []  # (leaf tensor, start in flat)
+        self.linked = None  # the flat.grad the pieces' .grad are views of
+
+    def piece(self, start: int, shape) -> torch.Tensor:
+        count = math.prod(shape)
+        leaf = self.flat.detach()[start : start + count].view(shape).requires_grad_()
+        self.pieces.append((leaf, start))
+        return leaf
+
+    def link(self) -> None:
+        """Point every piece's `.grad` at its slice of `flat.grad` (cheap when they already are). Where the
+        optimizer dropped `flat.grad` (zero_grad(set_to_none=True)), the same buffer comes back zeroed: the pieces
+        still point at it (no host time setting every piece's `.grad` again each step)."""
+        grad = self.flat.grad
+        if grad is not None and grad is self.linked:
+            return
+        if grad is None and self.linked is not None:
+            self.flat.grad = self.linked.zero_()
+            return
+        for leaf, _ in self.pieces:
+            leaf.grad = None  # the old buffer goes before a new one is made
+        if grad is None:
+            grad = self.flat.grad = torch.zeros_like(self.flat)
+        for leaf, start in self.pieces:
+            leaf.grad = grad[start : start + leaf.numel()].view(leaf.shape)
+        self.linked = grad
 
 
 def pack_adapters(model, log=print) -> int:
-    """Pack the LoRA adapters of every fast-path attention and MLP into one trainable tensor per fused op (4 per
-    decoder layer instead of 14): an optimizer that steps tensor by tensor (bitsandbytes' AdamW8bit synchronizes the
-    GPU after each one) then makes 3.5x fewer steps. Call it after PEFT and engine.offload, before the optimizer is
-    made; only for training loops that run every adapter through the fused op (one adapter, no dropout)."""
-    packed = sum(m.pack() for m in model.modules() if isinstance(m, PackedProjections))
-    if packed:
-        log(f"adapters: packed into {packed} trainable tensors, one per fused LoRA op")
-    return packed
+    """Pack the LoRA adapters of every fast-path attention and MLP into one trainable tensor (`PackedAdapters`, one
+    per dtype and device): an optimizer that steps tensor by tensor (bitsandbytes' AdamW8bit synchronizes the GPU
+    after each one) makes one step instead of 14 per decoder layer. Call it after PEFT and engine.offload, before the
+    optimizer is made; only for training loops that run every adapter through the fused op (one adapter, no
+    dropout). Returns the number of fused ops packed."""
+    found = [(m, *entry) for m in model.modules() if isinstance(m, PackedProjections) for entry in m.packable()]
+    kinds = {}
+    for entry in found:
+        kinds.setdefault((entry[3][0].dtype, entry[3][0].device), []).append(entry)
+    packings = [_pack(model, index, entries) for index, entries in enumerate(kinds.values())]
+
+    def link(*_):  # every step's gradients go to flat.grad, also where a CUDA graph replays a layer (no `project`)
+        if torch.is_grad_enabled():
+            for packing in packings:
+                packing.link()
+
+    if packings:
+        model.register_forward_pre_hook(link)
+        log(f"adapters: packed into {len(packings)} trainable tensor(s), the LoRA weights of {len(found)} fused ops")
+    return len(found)
+
+
+def _pack(model, index: int, entries) -> PackedAdapters:
+    """One PackedAdapters for `entries` (module, group, its fused_lora_args, its tensors), registered on `model`."""
+    tensors = [t for *_, group_tensors in entries for t in group_tensors]
+    flat = nn.Parameter(torch.cat([t.detach().reshape(-1) for t in tensors]))
+    model.register_parameter("packed_adapters" if index == 0 else f"packed_adapters_{index}", flat)
+    packing = PackedAdapters(flat)
+    start = 0
+    for module, group, args, group_tensors in entries:
+        module.packed[group] = packing.piece(start, (sum(t.numel() for t in group_tensors),))
+        for t in group_tensors:
+            t.data = flat.data[start : start + t.numel()].view(t.shape)
+            t.requires_grad_(False)
+            t.packed_in = (flat, start)  # where its gradient is: packed_gradient
+            start += t.numel()
+        module.packed_args[group] = (getattr(module, module.GROUPS[group][0]).active_adapters[0], args)
+        module.packing = packing
+    return packing
 
 
 def packed_gradient(param):
