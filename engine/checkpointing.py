@@ -51,8 +51,9 @@ def install(
 ) -> None:
     """Enable checkpointing on `model`'s decoder layers, then before each forward switch it off on as many layers as
     the budget holds for that micro-batch's token count. Layers in `always` (streamed by engine.offload) always
-    recompute; `estimate_kw` carries the offload plan's choices into the estimate. A plan that keeps attention
-    outputs for the recompute (engine.offload.Checkpoint) drops them for micro-batches that fit only without them."""
+    recompute; `estimate_kw` carries the offload plan's choices into the estimate. A plan that keeps dequantized
+    weights or attention outputs for the recompute (engine.offload.Checkpoint) drops them, in that order, for
+    micro-batches they do not fit."""
     import torch
     from transformers.modeling_layers import GradientCheckpointingLayer
 
@@ -75,23 +76,25 @@ def install(
         if tokens not in decided:
             budget = usable_gib(budget_gib, x.device)
             kw = dict(estimate_kw)
-            if (
-                kw.get("keep_attention")
-                and not fits_checkpointed(arch, method, tokens, budget, fused_loss, **kw)
-                and fits_checkpointed(arch, method, tokens, budget, fused_loss, **{**kw, "keep_attention": False})
-            ):
-                kw["keep_attention"] = False  # no room at this micro-batch's size for the kept attention outputs
+            lean = {**kw, "keep_dequantized": False, "keep_attention": False}
+            if not fits_checkpointed(arch, method, tokens, budget, fused_loss, **kw) and fits_checkpointed(
+                arch, method, tokens, budget, fused_loss, **lean
+            ):  # no room at this micro-batch's size for all the plan keeps: the dequantized weights go first
+                for flag in ("keep_dequantized", "keep_attention"):
+                    if kw.get(flag) and not fits_checkpointed(arch, method, tokens, budget, fused_loss, **kw):
+                        kw[flag] = False
             k = max(layers_to_checkpoint(arch, method, tokens, budget, fused_loss, **kw), len(always))
-            decided[tokens] = k, kw.get("keep_attention", False)
+            decided[tokens] = k, kw.get("keep_attention", False), kw.get("keep_dequantized", False)
             where = f"{budget:.1f} GiB budget" if budget else "no GPU budget"
             where += ", attention outputs kept for the recompute" if decided[tokens][1] else ""
+            where += ", gate/up dequantized once for it" if decided[tokens][2] else ""
             log(f"checkpointing: {k} of {len(layers)} layers recompute at {tokens} tokens per micro-batch ({where})")
-        k, keep = decided[tokens]
+        k, keep, dequantized = decided[tokens]
         recompute = set(order[:k])
         for i, layer in enumerate(layers):
             layer.gradient_checkpointing = i in recompute
             function = getattr(layer, "_gradient_checkpointing_func", None)
             if hasattr(function, "keep_attention"):  # engine.offload.Checkpoint
-                function.keep_attention = keep
+                function.keep_attention, function.keep_dequantized = keep, dequantized
 
     model.base_model.register_forward_pre_hook(choose, with_kwargs=True)

@@ -126,6 +126,7 @@ def estimate(
     grads_released: bool = False,
     graphs: bool = False,
     keep_attention: bool = False,
+    keep_dequantized: bool = False,
 ) -> Estimate:
     """Peak allocated GPU memory (and host RAM) of one training step, in GiB.
 
@@ -142,14 +143,19 @@ def estimate(
     (engine.patching.graphs.CheckpointGraphs), whose memory pool keeps one layer's working set for good (see
     GRAPH_POOL_SHARE), with three static (tokens x hidden) buffers, and `keep_attention` keeps each checkpointed
     layer's q, k, v and o projection outputs in host RAM with its input (engine.offload.Checkpoint), with
-    ATTENTION_SETS sets of them on the GPU at the peak."""
+    ATTENTION_SETS sets of them on the GPU at the peak, and `keep_dequantized` has a QLoRA recompute keep gate and
+    up's dequantized weights for its backward (two 16-bit copies)."""
     tokens = seq * batch
+    if checkpointed_layers is None:
+        checkpointed_layers = arch.layers if checkpointing else 0
     if method == "qlora":
         weights = arch.linear_params * NF4_BYTES + (arch.params - arch.linear_params) * 2
         # a bf16 copy of the largest weight: transformers' path holds one in the forward and one in the backward;
         # the fast path (which brings the fused loss) dequantizes into one shared buffer (kernels.lora)
         dequant = (1 if fused_loss else 2) * max(a * b for a, b in arch.linear_shapes.values()) * 2
         dequant += dense_layers * layer_weight_bytes(arch, "lora")
+        if keep_dequantized and checkpointed_layers:
+            dequant += 2 * arch.intermediate * arch.hidden * 2
     else:
         weights, dequant = arch.params * 2, 0
     streamed = layer_weight_bytes(arch, method) * streamed_layers
@@ -166,8 +172,6 @@ def estimate(
     else:
         trainable = arch.lora_params(rank, targets) * (4 + 4 + opt)  # fp32 adapters, their grads, states
     layer = layer_activation_bytes(arch, tokens, mlp_tile)
-    if checkpointed_layers is None:
-        checkpointed_layers = arch.layers if checkpointing else 0
     on_gpu = min(checkpointed_layers, OFFLOAD_ON_GPU) if offload_activations else checkpointed_layers
     kept = on_gpu * tokens * arch.hidden * 2  # a checkpointed layer keeps its bf16 input
     activations = kept + (arch.layers - checkpointed_layers) * layer + (layer if checkpointed_layers else 0)

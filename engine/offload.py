@@ -75,6 +75,7 @@ class Plan:
     grads_released: bool = False  # full fine-tuning updates each weight in the backward (engine.grad_release)
     graphs: bool = False  # checkpointed layers replay CUDA graphs of their passes (engine.patching.graphs)
     keep_attention: bool = False  # checkpointed layers keep q/k/v/o outputs in host RAM for the recompute (Checkpoint)
+    keep_dequantized: bool = False  # a QLoRA recompute keeps gate and up's dequantized weights for its backward
 
     def estimate_kw(self) -> dict:
         """The estimate's offload arguments for this plan (engine.checkpointing re-plans per token count with them)."""
@@ -90,6 +91,7 @@ class Plan:
             grads_released=self.grads_released,
             graphs=self.graphs,
             keep_attention=self.keep_attention,
+            keep_dequantized=self.keep_dequantized,
         )
 
     @property
@@ -118,6 +120,8 @@ class Plan:
             parts.append("CUDA graphs of the checkpointed layers' passes")
         if self.keep_attention:
             parts.append("q/k/v/o projection outputs in host RAM (the recompute skips those products)")
+        if self.keep_dequantized:
+            parts.append("gate/up weights dequantized once for the recompute and its backward")
         return (
             f"plan ({where}): " + ", ".join(parts) + f"; expected peak {self.peak_vram_gib:.2f} GiB GPU, "
             f"{self.peak_ram_gib:.1f} GiB host RAM"
@@ -138,6 +142,7 @@ class Plan:
             grads_released=self.grads_released,
             cuda_graphs=self.graphs,
             attention_outputs_kept=self.keep_attention,
+            dequantized_weights_kept=self.keep_dequantized,
             peak_vram_gib=self.peak_vram_gib,
             peak_ram_gib=self.peak_ram_gib,
         )
@@ -221,7 +226,16 @@ def _plan(
         return estimate(arch, method, seq, batch, fused_loss=fused_loss, loss_chunk=chunk, **estimate_kw, **kw)
 
     def made(
-        checkpointed, e, offload=False, streamed=(), host_embedding=False, slots=0, tile=None, paged=False, kept=False
+        checkpointed,
+        e,
+        offload=False,
+        streamed=(),
+        host_embedding=False,
+        slots=0,
+        tile=None,
+        paged=False,
+        kept=False,
+        dequantized=False,
     ):
         graphs = offload and graphs_wanted and checkpointed > 0 and tile is None  # a tiled MLP is not captured
         return Plan(
@@ -239,6 +253,7 @@ def _plan(
             layers,
             graphs=graphs,
             keep_attention=kept and checkpointed > 0,
+            keep_dequantized=dequantized and checkpointed > 0,
         )
 
     if budget_gib is None:
@@ -260,11 +275,18 @@ def _plan(
         offload["keep_attention"] = False
         e = est(checkpointed_layers=layers, **offload)
     kept = offload.pop("keep_attention")
+    # with the attention outputs kept, a QLoRA recompute also keeps gate and up's dequantized weights where that fits
+    # (~4 ms of a 345 ms llama8b step for 0.22 GiB, before un-checkpointing any layer: ~1.4 ms for 0.44 GiB)
+    both = dict(keep_attention=True, keep_dequantized=True)
+    dequantized = kept and method == "qlora" and est(checkpointed_layers=layers, **both, **offload).peak_vram_gib <= cap
+    if dequantized:
+        e = est(checkpointed_layers=layers, **both, **offload)
     if e.peak_vram_gib <= cap:
         per_layer = layer_activation_bytes(arch, seq * batch) / GIB
         free = min(layers, math.floor((cap - e.peak_vram_gib) / per_layer))
         k = layers - free
-        plan_ = made(k, est(checkpointed_layers=k, keep_attention=kept, **offload), True, (), host_embedding, kept=kept)
+        e = est(checkpointed_layers=k, keep_attention=kept, keep_dequantized=dequantized, **offload)
+        plan_ = made(k, e, True, (), host_embedding, kept=kept, dequantized=dequantized)
     elif (
         seq * batch > MLP_TILE
         and est(checkpointed_layers=layers, mlp_tile=MLP_TILE, **{**offload, "graphs": False}).peak_vram_gib <= cap
@@ -611,11 +633,12 @@ class Checkpoint:
 
     def __init__(
         self, index: int, store: ActivationStore | None, stream: WeightStream | None, last, graphs=None,
-        keep_attention: bool = False,
+        keep_attention: bool = False, keep_dequantized: bool = False,
     ):  # fmt: skip
         self.index, self.store, self.stream, self.last = index, store, stream, last
         self.graphs = graphs  # engine.patching.graphs.CheckpointGraphs, or None: the passes run eagerly
         self.keep_attention = keep_attention
+        self.keep_dequantized = keep_dequantized  # passed to the recompute pass (Plan.keep_dequantized)
 
     def __call__(self, run, hidden, *args):
         import torch
@@ -665,7 +688,9 @@ def _checkpoint_function():
             hidden, *given = owner.store.fetch(owner.index) if owner.store is not None else ctx.held
             dx = None
             if owner.graphs is not None:
-                dx = owner.graphs.backward(owner.index, ctx.run, hidden, grad, ctx.autocast, owner.stream, given)
+                dx = owner.graphs.backward(
+                    owner.index, ctx.run, hidden, grad, ctx.autocast, owner.stream, given, owner.keep_dequantized
+                )
             if dx is None:
                 hidden = hidden.detach().requires_grad_()
                 enabled, dtype = ctx.autocast
@@ -675,7 +700,8 @@ def _checkpoint_function():
                     torch.set_rng_state(ctx.rng[0])
                     if ctx.rng[1] is not None:
                         torch.cuda.set_rng_state(ctx.rng[1], ctx.device)
-                    with torch.enable_grad(), torch.autocast(kind, dtype=dtype, enabled=enabled), recompute_pass():
+                    recompute = recompute_pass(owner.keep_dequantized)
+                    with torch.enable_grad(), torch.autocast(kind, dtype=dtype, enabled=enabled), recompute:
                         with attention_outputs(shared) if given else contextlib.nullcontext():
                             out = ctx.run(hidden)
                 torch.autograd.backward(out, grad)
@@ -866,7 +892,7 @@ def install(model, plan_: Plan, device, log=print):
 
     for index, layer in enumerate(layers):
         layer._gradient_checkpointing_func = Checkpoint(
-            index, store, stream, last_checkpointed, graphs, keep_attention=plan_.keep_attention
+            index, store, stream, last_checkpointed, graphs, plan_.keep_attention, plan_.keep_dequantized
         )
     if stream is not None:
         net = model.get_base_model() if hasattr(model, "get_base_model") else model

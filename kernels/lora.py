@@ -52,15 +52,18 @@ def _compute_dtype(x: torch.Tensor, weight: torch.Tensor, quant_state) -> torch.
     return quant_state.dtype if quant_state is not None else weight.dtype
 
 
-def _dense(weight: torch.Tensor, quant_state, dtype: torch.dtype) -> torch.Tensor:
-    """W in `dtype`: the 16-bit tensor itself (cast if needed), or the NF4 weight dequantized into the shared buffer."""
+def _dense(weight: torch.Tensor, quant_state, dtype: torch.dtype, own: bool = False) -> torch.Tensor:
+    """W in `dtype`: the 16-bit tensor itself (cast if needed), or the NF4 weight dequantized into the shared buffer
+    (`own`: into a tensor of its own, which the caller may keep)."""
     if quant_state is None:
         return weight if weight.dtype == dtype else weight.to(dtype)
     shape = tuple(quant_state.shape)
     numel = shape[0] * shape[1]
     key = (weight.device, quant_state.dtype)
     buf = _BUFFERS.get(key)
-    if buf is None or buf.numel() < numel:
+    if own:
+        buf = torch.empty(numel, dtype=quant_state.dtype, device=weight.device)
+    elif buf is None or buf.numel() < numel:
         buf = _BUFFERS[key] = torch.empty(numel, dtype=quant_state.dtype, device=weight.device)
     w = nf4_dequantize_state(weight, quant_state, out=buf[:numel].view(shape))
     return w if w.dtype == dtype else w.to(dtype)
@@ -72,8 +75,9 @@ class LoRALinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, meta, packed, *tensors):
-        scales, states, output_unused, given, out = meta
+        scales, states, output_unused, given, out, keep_dequantized = meta
         weights, As, Bs, biases = tensors[0::4], tensors[1::4], tensors[2::4], tensors[3::4]
+        kept = []  # NF4 weights dequantized for this forward, kept for the backward (`keep_dequantized`)
         dtype = _compute_dtype(x, weights[0], states[0])
         with torch.autocast(x.device.type, enabled=False):
             x2 = x.reshape(-1, x.shape[-1]).to(dtype)
@@ -98,11 +102,16 @@ class LoRALinearFunction(torch.autograd.Function):
                 start += b.shape[1]
                 # the small product first, so the base matmul adds it in its epilogue: no second pass over the output
                 y = xa @ b.t() if out is None else torch.matmul(xa, b.t(), out=out[i].view(-1, b.shape[0]))
-                y.addmm_(x2, _dense(w, qs, dtype).t(), beta=s)
+                dense = _dense(w, qs, dtype, own=keep_dequantized and qs is not None)
+                if keep_dequantized and qs is not None:
+                    kept.append(dense)
+                y.addmm_(x2, dense.t(), beta=s)
                 if bias is not None:
                     y += bias.to(dtype)
                 outs.append(y.view(*x.shape[:-1], y.shape[-1]))
-        ctx.save_for_backward(x2, xa_all, a_all, *weights, *bs)
+        if len(kept) != len(weights):
+            kept = []  # all or none: an op with a 16-bit weight has no dequantization to save
+        ctx.save_for_backward(x2, xa_all, a_all, *weights, *bs, *kept)
         ctx.meta, ctx.x_dtype, ctx.x_shape = meta[:2], x.dtype, x.shape  # scales, quant states
         ctx.param_dtypes = [(A.dtype, B.dtype) for A, B in zip(As, Bs, strict=True)]
         ctx.packed = None if packed is None else (packed.shape, packed.dtype)
@@ -113,7 +122,7 @@ class LoRALinearFunction(torch.autograd.Function):
         x2, xa_all, a_all, *rest = ctx.saved_tensors
         scales, states = ctx.meta
         n = len(scales)
-        weights, bs = rest[:n], rest[n:]
+        weights, bs, kept = rest[:n], rest[n : 2 * n], rest[2 * n :]
         need_x, need_params = ctx.needs_input_grad[0], any(ctx.needs_input_grad[2:])
         if ctx.packed is not None:
             need_params = ctx.needs_input_grad[2]
@@ -142,7 +151,8 @@ class LoRALinearFunction(torch.autograd.Function):
             if need_x:
                 dx = g_all @ a_all  # the small product first: each base matmul then accumulates in its epilogue
                 for i, dy2 in enumerate(dy2s):
-                    dx.addmm_(dy2, _dense(weights[i], states[i], x2.dtype))
+                    dense = kept[i].to(x2.dtype) if kept else _dense(weights[i], states[i], x2.dtype)
+                    dx.addmm_(dy2, dense)
                 dx = dx.view(ctx.x_shape).to(ctx.x_dtype)
         d_packed = None
         if ctx.packed is not None and need_params:
@@ -167,7 +177,7 @@ def _packed_gradient(packed, da_all, dB) -> torch.Tensor:
 
 
 def lora_linear_group(
-    x, projections, packed=None, output_unused=False, given=None, out=None
+    x, projections, packed=None, output_unused=False, given=None, out=None, keep_dequantized=False
 ) -> tuple[torch.Tensor, ...]:
     """`lora_linear` for several projections of the same x at once (Q, K, V; or gate, up).
 
@@ -184,8 +194,12 @@ def lora_linear_group(
             gradients are those of computing them.
         out: (..., out_i) contiguous tensors to write the outputs into (a CUDA graph's static buffers); the outputs
             returned are views of them.
+        keep_dequantized: NF4 weights are dequantized into tensors of their own, kept for the backward instead of
+            dequantized again there (a checkpointed layer's recompute, whose backward follows at once: one
+            dequantization fewer per weight, for their 16-bit size until the backward).
     """
-    meta = (tuple(float(p[3]) for p in projections), tuple(p[5] for p in projections), output_unused, given, out)
+    scales, states = tuple(float(p[3]) for p in projections), tuple(p[5] for p in projections)
+    meta = (scales, states, output_unused, given, out, keep_dequantized)
     tensors = []
     for weight, A, B, _, bias, _ in projections:
         tensors += [weight, A, B, bias]

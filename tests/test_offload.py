@@ -85,6 +85,23 @@ def test_offload_plan_replays_cuda_graphs_where_their_memory_costs_no_extra_stre
     assert not plan(LLAMA8B, "qlora", 2048, 2, 80.0).graphs  # nothing recomputes
 
 
+def test_offload_plan_keeps_dequantized_gate_and_up_weights_where_the_attention_outputs_are_kept():
+    """With the attention outputs kept, a QLoRA plan also has the recompute keep gate and up's dequantized weights
+    for its backward (two (intermediate x hidden) bf16 tensors, in the estimate) where that fits too; the attention
+    outputs come first (more time saved per GiB). Not for LoRA (nothing to dequantize) nor where weights stream."""
+    both = plan(LLAMA8B, "qlora", 2048, 2, 7.65)
+    assert both.keep_attention and both.keep_dequantized and "gate/up" in both.describe()
+    assert both.as_dict()["dequantized_weights_kept"]
+    without = estimate(LLAMA8B, "qlora", 2048, 2, fused_loss=True, **{**both.estimate_kw(), "keep_dequantized": False})
+    with_ = estimate(LLAMA8B, "qlora", 2048, 2, fused_loss=True, **both.estimate_kw())
+    two = 2 * LLAMA8B.intermediate * LLAMA8B.hidden * 2 / 2**30
+    assert with_.parts_gib["dequant"] == pytest.approx(without.parts_gib["dequant"] + two, abs=1e-3)
+    attention_only = plan(LLAMA8B, "qlora", 2048, 2, 7.4)
+    assert attention_only.keep_attention and not attention_only.keep_dequantized
+    assert not plan(LLAMA8B, "lora", 2048, 2, 24.0).keep_dequantized
+    assert not plan(QWEN3_14B, "qlora", 2048, 1, 6.0).keep_dequantized  # streams
+
+
 def test_offload_plan_keeps_attention_outputs_for_the_recompute_where_nothing_streams():
     """Where the activation offload alone fits, a fast-path LoRA/QLoRA plan also keeps each checkpointed layer's
     q/k/v/o outputs in host RAM (the recompute skips those products), counted in both estimates; not when it would
@@ -299,15 +316,20 @@ def test_offload_checkpoint_recompute_skips_the_down_product_with_the_same_gradi
     fast.enable_input_require_grads()
     layers = fast.base_model.model.model.layers
     for index, layer in enumerate(layers):
-        layer._gradient_checkpointing_func = Checkpoint(index, None, None, lambda: len(layers) - 1, keep_attention=keep)
+        layer._gradient_checkpointing_func = Checkpoint(
+            index, None, None, lambda: len(layers) - 1, keep_attention=keep, keep_dequantized=keep
+        )
         if tiles > 1:
             layer.mlp.tile = 8  # 24 tokens: three tiles
     calls = []
     fused = modules.lora_linear_group
 
-    def spy(x, projections, packed=None, output_unused=False, given=None, out=None):
+    def spy(x, projections, packed=None, output_unused=False, given=None, out=None, keep_dequantized=False):
         calls.append(("unused" if output_unused else "given" if given is not None else "computed", len(projections)))
-        return fused(x, projections, packed=packed, output_unused=output_unused, given=given, out=out)
+        kept.append(keep_dequantized)
+        return fused(x, projections, packed, output_unused, given, out, keep_dequantized)
+
+    kept = []
 
     monkeypatch.setattr(modules, "lora_linear_group", spy)
     assert_same_training(plain, fast, batch(base.config.vocab_size), rtol=1e-4, atol=1e-5)
@@ -317,6 +339,8 @@ def test_offload_checkpoint_recompute_skips_the_down_product_with_the_same_gradi
     assert sum(kind == "unused" for kind, _ in calls) == (3 * len(layers) * tiles if skips else 0)
     # the recompute's q/k/v op and o op take back what the forward kept
     assert [n for kind, n in calls if kind == "given"] == ([3, 1] * 3 * len(layers) if keep else [])
+    # and its untiled gate/up op keeps its dequantized weights for the backward when asked (Plan.keep_dequantized)
+    assert sum(kept) == (3 * len(layers) if keep and tiles == 1 else 0)
 
 
 def test_offload_host_embedding_gathers_the_rows_of_each_batch():
@@ -380,6 +404,7 @@ def _forced(plan_: Plan | None):
     "mode,method",
     [
         ("activations", "lora"),
+        ("activations", "qlora"),  # the recompute also keeps gate and up's dequantized weights (keep_dequantized)
         ("host_embedding", "lora"),
         ("stream", "lora"),
         ("stream", "qlora"),
@@ -421,6 +446,7 @@ def test_offload_gradients_equal_those_without_offload(mode, method, tmp_path, m
         dense_layers=2 if dense else 0,
         graphs=not dense,
         keep_attention=mode in ("activations", "host_embedding"),
+        keep_dequantized=mode == "activations" and method == "qlora",
     )
     ids = torch.randint(3, 32000, (2, 64), generator=torch.Generator().manual_seed(0)).cuda()
 

@@ -296,11 +296,12 @@ class CheckpointGraphs:
             out = static_run(self.static["x"])
             self.static["out"].copy_(out[0] if isinstance(out, tuple) else out)
 
-    def backward(self, index, run, hidden, grad, autocast, stream=None, given=()):
+    def backward(self, index, run, hidden, grad, autocast, stream=None, given=(), keep_dequantized=False):
         """The layer's recompute and backward through its graph: the input's gradient, with the adapters' gradients
         accumulated into their `.grad`; None: do it eagerly. `autocast` is the forward's (enabled, dtype); `given`,
         the attention projections' outputs its forward kept, copied into the layer's set of static buffers (which
-        the forward wrote them into, and which the backward reads)."""
+        the forward wrote them into, and which the backward reads); `keep_dequantized`, the recompute pass's (a
+        micro-batch size decides it, as it decides the shape the graphs are for)."""
         ready = self._ready(index, "b", run, hidden, autocast, stream)
         if ready is None:
             return None
@@ -313,7 +314,7 @@ class CheckpointGraphs:
         entries = self._grad_views(index)
         graph = self.graphs.get((index, "b", slot))
         if graph is None:
-            body = lambda: self._backward_body(static_run, entries, static_given)  # noqa: E731
+            body = lambda: self._backward_body(static_run, entries, static_given, keep_dequantized)  # noqa: E731
             graph = self._capture(index, "b", slot, body, stream)
             if graph is None:
                 return None  # the caller runs it eagerly (its weights are resident: `use` was called)
@@ -347,7 +348,7 @@ class CheckpointGraphs:
         entries[:] = views
         return entries
 
-    def _backward_body(self, static_run, entries, given):
+    def _backward_body(self, static_run, entries, given, keep_dequantized):
         from engine.patching.modules import AttentionOutputs, attention_outputs, recompute_pass
 
         leaves = []
@@ -359,7 +360,7 @@ class CheckpointGraphs:
             x = self.static["x"].detach().requires_grad_()
             with torch.enable_grad():  # under the capture's autocast (`_capture`)
                 shared = attention_outputs(AttentionOutputs("given", given)) if given else contextlib.nullcontext()
-                with recompute_pass(), shared:
+                with recompute_pass(keep_dequantized), shared:
                     out = static_run(x)
                 grads = torch.autograd.grad(out, [x, *(leaf for *_, leaf in leaves)], self.static["dy"])
             self.static["out"].copy_(grads[0])

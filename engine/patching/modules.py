@@ -74,10 +74,11 @@ def project(module, x):
     return lora_linear(x, weight, A, B, scale, bias, quant_state)
 
 
-def project_group(modules, x, output_unused=False, given=None, out=None):
+def project_group(modules, x, output_unused=False, given=None, out=None, keep_dequantized=False):
     """[m(x) for m in modules], as one fused op when every module is a LoRA Linear the op covers (which skips the
-    outputs' products when `output_unused`, or returns `given` values instead of computing them, or writes into `out`:
-    see kernels.lora.lora_linear_group). Modules the op does not cover compute their outputs, copied into `out`."""
+    outputs' products when `output_unused`, or returns `given` values instead of computing them, or writes into `out`,
+    or keeps its dequantized weights for the backward: see kernels.lora.lora_linear_group). Modules the op does not
+    cover compute their outputs, copied into `out`."""
     args = [fused_lora_args(m) for m in modules]
     if any(a is None for a in args) or len({a[5] is None for a in args}) != 1:
         outs = [project(m, x) for m in modules]
@@ -85,22 +86,27 @@ def project_group(modules, x, output_unused=False, given=None, out=None):
             buffer.copy_(y)
         return outs
     projections = [(w, A, B, s, bias, qs) for w, A, B, s, bias, qs in args]
-    return lora_linear_group(x, projections, output_unused=output_unused, given=given, out=out)
+    return lora_linear_group(
+        x, projections, output_unused=output_unused, given=given, out=out, keep_dequantized=keep_dequantized
+    )
 
 
 _recomputing = [False]  # True while engine.offload's checkpoint reruns a layer's forward for its backward
+_keep_dequantized = [False]  # that rerun's MLP keeps gate and up's dequantized weights for the backward
 
 
 @contextlib.contextmanager
-def recompute_pass():
+def recompute_pass(keep_dequantized: bool = False):
     """Marks a checkpointed layer's second forward, run only to rebuild what its backward needs. Its output is never
     read: an MLP whose output goes straight into the residual sum then skips its down projection's products, whose
-    backward needs only their input (a quarter of a llama layer's matmul work in that pass)."""
-    _recomputing[0] = True
+    backward needs only their input (a quarter of a llama layer's matmul work in that pass). With `keep_dequantized`
+    an untiled MLP keeps gate and up's dequantized NF4 weights for the backward that follows (two 16-bit copies held
+    through the MLP's backward, one dequantization each fewer: engine.offload.Plan.keep_dequantized)."""
+    _recomputing[0], _keep_dequantized[0] = True, keep_dequantized
     try:
         yield
     finally:
-        _recomputing[0] = False
+        _recomputing[0], _keep_dequantized[0] = False, False
 
 
 class AttentionOutputs:
@@ -147,10 +153,11 @@ class PackedProjections(nn.Module):
         self.packed_args = {}  # group -> (adapter name, its fused_lora_args per projection)
         self.packing = None  # the model's PackedAdapters
 
-    def project(self, group: str, x, output_unused=False, given=None, out=None):
+    def project(self, group: str, x, output_unused=False, given=None, out=None, keep_dequantized=False):
         """[m(x) for m in the group's projections], through the packed tensor when the group has one. With
         `output_unused` (nothing will read the outputs' values) the fused op skips their products; with `given` it
-        returns those values instead of computing them; with `out` it writes the outputs there."""
+        returns those values instead of computing them; with `out` it writes the outputs there; with `keep_dequantized`
+        its backward reuses the forward's dequantized weights."""
         modules = [getattr(self, name) for name in self.GROUPS[group]]
         packed = self.packed.get(group)
         if packed is not None:
@@ -158,15 +165,21 @@ class PackedProjections(nn.Module):
             # The operands were read once by `pack` (PEFT's get_base_layer() alone costs ~13 us of host time, and a
             # checkpointed step runs each projection twice); they hold while the packed adapter is the active one.
             if all(m.active_adapters == [adapter] and not m.disable_adapters and not m.merged for m in modules):
-                if torch.is_grad_enabled():
-                    self.packing.link()
-                return lora_linear_group(x, args, packed=packed, output_unused=output_unused, given=given, out=out)
+                return lora_linear_group(
+                    x,
+                    args,
+                    packed=packed,
+                    output_unused=output_unused,
+                    given=given,
+                    out=out,
+                    keep_dequantized=keep_dequantized,
+                )
             if packed.requires_grad and torch.is_grad_enabled() and not all(m.disable_adapters for m in modules):
                 raise RuntimeError(
                     "packed LoRA adapters train only through the fused op, with the adapter they were packed from "
                     "active and unmerged (engine.patching.modules.pack_adapters)"
                 )
-        return project_group(modules, x, output_unused, given, out)
+        return project_group(modules, x, output_unused, given, out, keep_dequantized)
 
     def project_shared(self, group: str, x):
         """`project`, passing the outputs through the AttentionOutputs of the layer pass running now, if any."""
@@ -202,38 +215,54 @@ class PackedAdapters:
     """Every packed LoRA weight of a model in one trainable Parameter, `flat` (one per dtype and device).
 
     Each fused op trains its group's piece of `flat` as a leaf tensor of its own (autograd accumulates into it alone,
-    without a full-size gradient per op), and the pieces' `.grad` are views of `flat.grad`: `link` points them there
-    before a backward, making a zero `flat.grad` when the optimizer has dropped it. PEFT's A's and B's are frozen views
-    of `flat` (names, state dicts and saved adapters are unchanged)."""
+    without a full-size gradient per op), and the pieces' `.grad` are views of `flat.grad`. PEFT's A's and B's are
+    frozen views of `flat` (names, state dicts and saved adapters are unchanged).
+
+    The gradient buffer exists from a step's first gradient to the optimizer's zero_grad, as separate gradients
+    would: `link` (a hook on each piece, run before autograd accumulates into it) makes it, zeroed, and `release`
+    (before each training forward) frees the memory of one the optimizer dropped (zero_grad(set_to_none=True)) while
+    the pieces keep pointing at it. Setting 128 pieces' `.grad` again every step cost ~2 ms of host time with the GPU
+    idle (llama8b on the H100); holding the buffer through the forward ran qwen3_14b out of memory under 6 GiB."""
 
     def __init__(self, flat: nn.Parameter):
         self.flat = flat
         self.pieces = []  # (leaf tensor, start in flat)
-        self.linked = None  # the flat.grad the pieces' .grad are views of
+        self.linked = None  # the gradient buffer the pieces' .grad are views of
 
     def piece(self, start: int, shape) -> torch.Tensor:
         count = math.prod(shape)
         leaf = self.flat.detach()[start : start + count].view(shape).requires_grad_()
+        leaf.register_hook(self._before_accumulation)
         self.pieces.append((leaf, start))
         return leaf
 
+    def _before_accumulation(self, grad):
+        if not (grad.is_cuda and torch.cuda.is_current_stream_capturing()):  # a capture has leaves of its own
+            self.link()
+
     def link(self) -> None:
-        """Point every piece's `.grad` at its slice of `flat.grad` (cheap when they already are). Where the
-        optimizer dropped `flat.grad` (zero_grad(set_to_none=True)), the same buffer comes back zeroed: the pieces
-        still point at it (no host time setting every piece's `.grad` again each step)."""
+        """Make `flat.grad` and point every piece's `.grad` at its slice (cheap when they already are)."""
         grad = self.flat.grad
         if grad is not None and grad is self.linked:
             return
-        if grad is None and self.linked is not None:
+        if grad is None and self.linked is not None:  # the buffer the optimizer dropped comes back, zeroed
+            storage = self.linked.untyped_storage()
+            if storage.size() == 0:
+                storage.resize_(self.linked.numel() * self.linked.element_size())
             self.flat.grad = self.linked.zero_()
             return
         for leaf, _ in self.pieces:
-            leaf.grad = None  # the old buffer goes before a new one is made
+            leaf.grad = None
         if grad is None:
             grad = self.flat.grad = torch.zeros_like(self.flat)
         for leaf, start in self.pieces:
             leaf.grad = grad[start : start + leaf.numel()].view(leaf.shape)
         self.linked = grad
+
+    def release(self) -> None:
+        """Free the memory of a gradient buffer the optimizer dropped (the pieces' views stay, sizeless)."""
+        if self.flat.grad is None and self.linked is not None:
+            self.linked.untyped_storage().resize_(0)
 
 
 def pack_adapters(model, log=print) -> int:
@@ -248,13 +277,13 @@ def pack_adapters(model, log=print) -> int:
         kinds.setdefault((entry[3][0].dtype, entry[3][0].device), []).append(entry)
     packings = [_pack(model, index, entries) for index, entries in enumerate(kinds.values())]
 
-    def link(*_):  # every step's gradients go to flat.grad, also where a CUDA graph replays a layer (no `project`)
+    def release(*_):
         if torch.is_grad_enabled():
             for packing in packings:
-                packing.link()
+                packing.release()
 
     if packings:
-        model.register_forward_pre_hook(link)
+        model.register_forward_pre_hook(release)
         log(f"adapters: packed into {len(packings)} trainable tensor(s), the LoRA weights of {len(found)} fused ops")
     return len(found)
 
@@ -393,8 +422,8 @@ class FastMLP(PackedProjections):
         self.tile = None  # tokens per tile under the offload plan's tiling (engine.offload), else None
         self.feeds_residual = feeds_residual  # the layer adds the output to the residual as it is (no norm after)
 
-    def _mlp(self, x):
-        gate, up = self.project("adapters_gate_up", x)
+    def _mlp(self, x, keep_dequantized=False):
+        gate, up = self.project("adapters_gate_up", x, keep_dequantized=keep_dequantized)
         # In a recompute pass the layer's output is not read, and a sum's backward does not read its operands.
         unused = self.feeds_residual and _recomputing[0]
         return self.project("adapters_down", swiglu(gate, up, self.activation), output_unused=unused)[0]
@@ -402,7 +431,7 @@ class FastMLP(PackedProjections):
     def forward(self, x):
         tokens = x.shape[0] * x.shape[1] if x.dim() == 3 else x.shape[0]
         if self.tile is None or tokens <= self.tile:
-            return self._mlp(x)
+            return self._mlp(x, keep_dequantized=_keep_dequantized[0])  # see recompute_pass
         # Long sequences: the MLP is per token, so tiles of tokens each keep only their input and recompute their
         # (tile x intermediate) activations in the backward: one extra MLP forward for ~3x intermediate/hidden less
         # activation memory. Without gradients (a checkpointed layer's first pass) the tiles bound the transient

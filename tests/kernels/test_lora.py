@@ -164,3 +164,34 @@ def test_lora_linear_group_writes_into_buffers_and_takes_given_outputs_back(dtyp
         assert torch.equal(g, ref)
     with pytest.raises(ValueError, match="given output 1"):
         lora_linear_group(x, projections, given=[buffers[0], buffers[1][..., :3]])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lora_linear_group_keeps_dequantized_weights_for_the_backward(dtype, monkeypatch):
+    """`keep_dequantized` (a checkpointed layer's recompute): the NF4 weights dequantized in the forward are reused by
+    the backward, which dequantizes nothing; outputs and gradients are exactly those without it."""
+    import kernels.lora as lora
+
+    bnb_functional = pytest.importorskip("bitsandbytes.functional")
+    x, w, A, B, _ = _inputs(dtype, n_in=64, n_out=64)
+    _, w2, A2, B2, _ = _inputs(dtype, n_in=64, n_out=32, rank=2)
+    quantized = [bnb_functional.quantize_4bit(t, blocksize=64, quant_type="nf4") for t in (w, w2)]
+    (q1, s1), (q2, s2) = quantized
+    projections = [(q1, A, B, 2.0, None, s1), (q2, A2, B2, 0.5, None, s2)]
+    calls = []
+    dequantize = lora.nf4_dequantize_state
+    monkeypatch.setattr(lora, "nf4_dequantize_state", lambda *a, **k: calls.append(1) or dequantize(*a, **k))
+    leaves = (x, A, B, A2, B2)
+    with dispatch.force("triton"):
+        plain = lora_linear_group(x, projections)
+        dys = [torch.randn_like(y) for y in plain]
+        want = torch.autograd.grad(plain, leaves, dys)
+        calls.clear()
+        kept = lora_linear_group(x, projections, keep_dequantized=True)
+        assert len(calls) == 2
+        got = torch.autograd.grad(kept, leaves, dys)
+        assert len(calls) == 2  # the backward used the kept weights
+    for y, ref in zip(kept, plain, strict=True):
+        assert torch.equal(y, ref)
+    for g, ref in zip(got, want, strict=True):
+        assert torch.equal(g, ref)
