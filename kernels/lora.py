@@ -60,11 +60,11 @@ def _dense(weight: torch.Tensor, quant_state, dtype: torch.dtype, own: bool = Fa
     shape = tuple(quant_state.shape)
     numel = shape[0] * shape[1]
     key = (weight.device, quant_state.dtype)
-    buf = _BUFFERS.get(key)
-    if own:
+    buf = None if own else _BUFFERS.get(key)
+    if buf is None or buf.numel() < numel:
         buf = torch.empty(numel, dtype=quant_state.dtype, device=weight.device)
-    elif buf is None or buf.numel() < numel:
-        buf = _BUFFERS[key] = torch.empty(numel, dtype=quant_state.dtype, device=weight.device)
+        if not own:
+            _BUFFERS[key] = buf
     w = nf4_dequantize_state(weight, quant_state, out=buf[:numel].view(shape))
     return w if w.dtype == dtype else w.to(dtype)
 

@@ -5,7 +5,6 @@ state dicts and saved adapters) are unchanged.
 """
 
 import contextlib
-import math
 import sys
 import types
 
@@ -206,7 +205,7 @@ class PackedProjections(nn.Module):
             if any(not isinstance(m.lora_dropout[m.active_adapters[0]], nn.Identity) for m in modules):
                 continue  # dropout in training would take the module's own forward, which packed weights cannot
             tensors = [a[1] for a in args] + [a[2] for a in args]
-            if all(t.requires_grad for t in tensors):
+            if len({(t.dtype, t.device) for t in tensors}) == 1 and all(t.requires_grad for t in tensors):
                 found.append((group, args, tensors))
         return found
 
@@ -229,9 +228,9 @@ class PackedAdapters:
         self.pieces = []  # (leaf tensor, start in flat)
         self.linked = None  # the gradient buffer the pieces' .grad are views of
 
-    def piece(self, start: int, shape) -> torch.Tensor:
-        count = math.prod(shape)
-        leaf = self.flat.detach()[start : start + count].view(shape).requires_grad_()
+    def piece(self, start: int, count: int) -> torch.Tensor:
+        """`count` values of `flat` from `start`, as a leaf tensor a fused op trains."""
+        leaf = self.flat.detach()[start : start + count].requires_grad_()
         leaf.register_hook(self._before_accumulation)
         self.pieces.append((leaf, start))
         return leaf
@@ -296,7 +295,7 @@ def _pack(model, index: int, entries) -> PackedAdapters:
     packing = PackedAdapters(flat)
     start = 0
     for module, group, args, group_tensors in entries:
-        module.packed[group] = packing.piece(start, (sum(t.numel() for t in group_tensors),))
+        module.packed[group] = packing.piece(start, sum(t.numel() for t in group_tensors))
         for t in group_tensors:
             t.data = flat.data[start : start + t.numel()].view(t.shape)
             t.requires_grad_(False)
