@@ -132,12 +132,16 @@ def _scores(qk, scale, softcap, SOFTCAP: tl.constexpr):
 
 @triton.jit
 def _rows(base, rows, row_stride, T, D: tl.constexpr, BLOCK_D: tl.constexpr, MASK: tl.constexpr):
-    """Load a (rows, D) tile of a (T, H, D) tensor at one head; MASK: rows may run past T."""
+    """Load a (rows, D) tile of a (T, H, D) tensor at one head; MASK: rows may run past T. Unmasked loads of a
+    power-of-two D carry no mask at all, so they vectorize."""
     dd = tl.arange(0, BLOCK_D)
-    mask = (dd < D)[None, :]
+    ptrs = base + rows.to(tl.int64)[:, None] * row_stride + dd[None, :]
     if MASK:
-        mask = mask & (rows < T)[:, None]
-    return tl.load(base + rows.to(tl.int64)[:, None] * row_stride + dd[None, :], mask=mask, other=0.0)
+        return tl.load(ptrs, mask=(rows < T)[:, None] & (dd < D)[None, :], other=0.0)
+    elif D < BLOCK_D:
+        return tl.load(ptrs, mask=(dd < D)[None, :], other=0.0)
+    else:
+        return tl.load(ptrs)
 
 
 @triton.jit
@@ -383,8 +387,14 @@ GPU_BLOCKS = {
 CPU_BLOCKS = (Blocks(16, 16, 4, 1),) * 3
 
 
-def _blocks(block_d: int, device: torch.device) -> tuple[Blocks, Blocks, Blocks]:
-    return GPU_BLOCKS[max(block_d, 64)] if device.type == "cuda" else CPU_BLOCKS
+def _blocks(block_d: int, t: torch.Tensor) -> tuple[Blocks, Blocks, Blocks]:
+    """The tiles for this head dim and device; fp32 tiles take twice the shared memory, so half the rows, one stage."""
+    if t.device.type != "cuda":
+        return CPU_BLOCKS
+    blocks = GPU_BLOCKS[max(block_d, 64)]
+    if t.dtype == torch.float32:
+        blocks = tuple(Blocks(max(16, b.block_m // 2), max(16, b.block_n // 2), b.warps, 1) for b in blocks)
+    return blocks
 
 
 def _common(q, k, cu_seqlens, scale, softcap, window) -> dict:
@@ -411,7 +421,7 @@ def varlen_attention_fwd(q, k, v, cu_seqlens, scale, softcap, window, blocks=Non
     """Launch the forward on contiguous (T, H, D) tensors; returns (o, lse) with lse (Hq, T) fp32, log2 domain."""
     total, hq, _ = q.shape
     common = _common(q, k, cu_seqlens, scale, softcap, window)
-    cfg = blocks or _blocks(common["BLOCK_D"], q.device)[0]
+    cfg = blocks or _blocks(common["BLOCK_D"], q)[0]
     o = torch.empty_like(q)
     lse = torch.empty(hq, total, dtype=torch.float32, device=q.device)
     _varlen_attention_fwd_kernel[(hq, triton.cdiv(total, cfg.block_m))](
@@ -434,7 +444,7 @@ def varlen_attention_bwd(do, q, k, v, o, lse, cu_seqlens, scale, softcap, window
     """Launch the backward (delta, then dQ, then dK/dV) on contiguous tensors; returns (dq, dk, dv)."""
     total, hq, _ = q.shape
     common = _common(q, k, cu_seqlens, scale, softcap, window)
-    cfg_dq, cfg_dkdv = (blocks or _blocks(common["BLOCK_D"], q.device))[1:]
+    cfg_dq, cfg_dkdv = (blocks or _blocks(common["BLOCK_D"], q))[1:]
     delta = torch.empty(hq, total, dtype=torch.float32, device=q.device)
     _varlen_attention_bwd_delta_kernel[(hq, triton.cdiv(total, 64))](
         o, do, delta, total, hq, D=common["D"], BLOCK_M=64, BLOCK_D=common["BLOCK_D"]
