@@ -13,6 +13,8 @@ import shutil
 import time
 from pathlib import Path
 
+from engine.batching import Collator
+from engine.batching import padded as collate  # noqa: F401  right-padded rows, for callers of engine.train
 from engine.errors import UserError
 from engine.files import new_folder, write_json
 from engine.hardware import choose_placement, memory_in_use_gb
@@ -48,36 +50,6 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * progress))
     return max(0.0, 1 - progress)
-
-
-def collate(examples, pad_id: int, device: str) -> dict:
-    """Right-padded model inputs. Packed examples get per-example position ids and a block-diagonal causal mask,
-    so no token attends across an example boundary."""
-    import torch
-
-    width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, e in enumerate(examples):
-        ids[row, : len(e.input_ids)] = torch.tensor(e.input_ids)
-        labels[row, : len(e.labels)] = torch.tensor(e.labels)
-        mask[row, : len(e.input_ids)] = 1
-    batch = dict(input_ids=ids, labels=labels, attention_mask=mask)
-    if any(len(e.segments) > 1 for e in examples):
-        seg = torch.full((len(examples), width), -1, dtype=torch.long)
-        pos = torch.zeros((len(examples), width), dtype=torch.long)
-        for row, e in enumerate(examples):
-            start = 0
-            for k, n in enumerate(e.segments):
-                seg[row, start : start + n] = k
-                pos[row, start : start + n] = torch.arange(n)
-                start += n
-        causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
-        same = seg[:, :, None] == seg[:, None, :]
-        itself = torch.eye(width, dtype=torch.bool)  # padding attends to itself: a fully masked row would give NaN
-        batch.update(position_ids=pos, attention_mask=((same & causal) | itself)[:, None])
-    return {k: v.to(device) for k, v in batch.items()}
 
 
 @functools.cache
@@ -278,7 +250,9 @@ def train(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> None:
         f"max {spec.max_seq_length} tokens"
     )
     plan = batches_for_epoch(len(examples), spec.batch_size, spec.seed, epoch)
-    started, steps_timed = time.perf_counter(), 0
+    varlen = getattr(getattr(model, "get_base_model", lambda: model)(), "varlen_attention", False)
+    make_batch = Collator(examples, spec.batch_size, tok.pad_token_id, placement.device, varlen, log)
+    started, steps_timed, step_times = time.perf_counter(), 0, []
     while step < total:
         if should_stop():
             save_checkpoint(run_dir, step, model, opt, sched, (epoch, micro), spec.keep_checkpoints, log)
@@ -288,13 +262,14 @@ def train(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> None:
             if micro >= len(plan):
                 epoch, micro = epoch + 1, 0
                 plan = batches_for_epoch(len(examples), spec.batch_size, spec.seed, epoch)
-            batch = collate([examples[i] for i in plan[micro]], tok.pad_token_id, placement.device)
+            batch = make_batch([examples[i] for i in plan[micro]])
             micro += 1
             with autocast:
                 loss = model(**batch).loss / spec.grad_accum
             (scaler.scale(loss) if scaler else loss).backward()
-            loss_sum += float(loss.detach())
+            loss_sum += loss.detach()  # read once per step: a read per micro-batch would wait for the GPU each time
             n_tokens += sum(len(examples[i].input_ids) for i in plan[micro - 1])
+        loss_sum = float(loss_sum)
         if scaler:
             scaler.unscale_(opt)
         if hasattr(opt, "take_grad_norm"):  # engine.grad_release: the weights were updated in the backward
@@ -318,6 +293,7 @@ def train(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> None:
         if placement.device == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
+        step_times.append(dt)
         steps_timed += 1
         eta = (time.perf_counter() - started) / steps_timed * (total - step)
         runlog.metric(
@@ -334,6 +310,12 @@ def train(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> None:
         runlog.set(step=step)
         if spec.save_every and step % spec.save_every == 0 and step < total:
             save_checkpoint(run_dir, step, model, opt, sched, (epoch, micro), spec.keep_checkpoints, log)
+    if len(step_times) > 1:  # kernel compilation, autotuning and CUDA graph captures happen in the first steps
+        later = sorted(step_times[1:])[len(step_times[1:]) // 2]
+        log(
+            f"timing: first step {step_times[0]:.2f} s, later steps {later:.3f} s (median); the first step's extra "
+            f"{step_times[0] - later:.2f} s is compilation, autotuning and CUDA graph capture"
+        )
     save_checkpoint(run_dir, step, model, opt, sched, (epoch, micro), spec.keep_checkpoints, log)
     final = run_dir / ("model" if spec.method == "full" else "adapter")
     with new_folder(final) as tmp:

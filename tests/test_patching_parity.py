@@ -379,19 +379,28 @@ def test_cuda_graph_steps_equal_eager_steps(four_bit, tmp_path):
             torch.testing.assert_close(grads_g[step][name], grads_e[step][name], rtol=2e-2, atol=1e-5, msg=name)
 
 
-def test_cuda_graphs_are_captured_at_the_first_step_and_dropped_when_unused():
-    """One shape held at most: the first training step's, captured then; dropped at the first step that cannot use
-    it (its memory pool holds a whole step's activations), and never captured again."""
-    from engine.patching.graphs import Captures
+def test_cuda_graphs_are_captured_per_shape_after_an_eager_step():
+    """The first training step's shape is captured at once; any other shape (a padding-free bucket) at its second
+    step, after an eager one; a step that cannot use graphs keeps them; at most MAX_SHAPES are held, the least
+    recently used dropped."""
+    from engine.patching.graphs import MAX_SHAPES, Captures
 
     held, a, b = Captures(), ("shape a",), ("shape b",)
     assert held.before_step(a) is True  # the first step: capture
     held.graphs[a] = ["graphs"]
     assert held.before_step(a) is False and held.graphs  # replayed, kept
-    assert held.before_step(None) is False and not held.graphs  # a step with a mask: dropped
-    assert [held.before_step(k) for k in (a, a, b, b)] == [False] * 4  # no capture after an eager backward
+    assert held.before_step(None) is False and a in held.graphs  # a step with a mask runs eagerly; graphs kept
+    assert [held.before_step(b), held.before_step(b)] == [False, True]  # eagerly once, then captured
+    held.graphs[b] = ["graphs"]
+    others = [(f"shape {i}",) for i in range(MAX_SHAPES)]
+    for key in others:
+        assert [held.before_step(key), held.before_step(key)] == [False, True]
+        held.graphs[key] = ["graphs"]
+        assert len(held.graphs) <= MAX_SHAPES
+    assert list(held.graphs) == others[-MAX_SHAPES:]
     late = Captures()
     assert late.before_step(None) is False and late.before_step(a) is False  # the first step had a mask
-    oom = Captures()
-    oom.enabled = False  # a capture ran out of memory: the run goes on without graphs
-    assert oom.before_step(a) is False
+    assert late.before_step(a) is True
+    off = Captures()
+    off.enabled = False  # a capture failed: the run goes on without new graphs
+    assert off.before_step(a) is False

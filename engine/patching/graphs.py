@@ -7,18 +7,22 @@ steps, ~34 us of CPU each). Captured with torch.cuda.make_graphed_callables, eve
 replays as one launch each.
 
 A layer replays its graph only when the step allows it: training with gradients, no layer of this shape checkpointed
-(engine.checkpointing decided so), no attention mask (unpadded, unpacked batches: plain causal attention), no KV
-cache, and the captured shape. Anything else runs the layer as it is. `Captures` decides what is held: the first
-training step's shape is captured (fixed-length batches keep it: the benchmark, pretraining pieces, truncated long
-examples), and the graphs are dropped as soon as a step cannot use them, since their memory pool holds a whole
-step's activations; no later capture is tried (see `Captures.before_step`). Families whose attention needs a mask
-or a soft cap (sliding windows, Gemma 2) are not captured. The model's module tree is unchanged (each layer gets an
-instance `forward`), so adapters save as before.
+(engine.checkpointing decided so), no attention mask (plain causal attention, or a padding-free row whose attention
+reads cu_seqlens: engine.batching), no KV cache, and a captured shape. Anything else runs the layer as it is.
+`Captures` decides what is held: the first training step's shape is captured at once (fixed-length batches keep it:
+the benchmark, pretraining pieces), any other shape once it has run eagerly (padding-free micro-batches come in a few
+token-count buckets, each one shape), at most MAX_SHAPES shapes at a time (each set's memory pool holds a whole step's
+activations; the least recently used set is dropped). cu_seqlens is an input of the graphs like cos and sin, so one
+graph serves every micro-batch of its bucket. Families whose attention needs a mask or a soft cap (sliding windows,
+Gemma 2) are not captured. The model's module tree is unchanged (each layer gets an instance `forward`), so adapters
+save as before.
 """
 
 import contextlib
 import functools
+import time
 import types
+from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -31,8 +35,11 @@ class _LayerCall(nn.Module):
         super().__init__()
         self.layer = layer
 
-    def forward(self, hidden, cos, sin):
-        return type(self.layer).forward(self.layer, hidden, position_embeddings=(cos, sin), attention_mask=None)
+    def forward(self, hidden, cos, sin, *cu_seqlens):
+        varlen = dict(cu_seq_lens_q=cu_seqlens[0], cu_seq_lens_k=cu_seqlens[0]) if cu_seqlens else {}
+        return type(self.layer).forward(
+            self.layer, hidden, position_embeddings=(cos, sin), attention_mask=None, **varlen
+        )
 
     def parameters(self, recurse: bool = True):
         """The layer's parameters and its packed adapters' pieces (engine.patching.modules.PackedAdapters: leaf
@@ -45,26 +52,35 @@ class _LayerCall(nn.Module):
                 yield from m.packed.values()
 
 
+MAX_SHAPES = 3  # graph sets held at once (each pool holds a step's activations); enough for a run's common buckets
+
+
 class Captures:
-    """The graphs held (one shape at most) and whether a capture is still possible."""
+    """The graphs held (per shape, at most MAX_SHAPES) and whether a capture is still possible."""
 
     def __init__(self):
-        self.graphs: dict[tuple, list] = {}  # (hidden shape, cos shape, dtype) -> graphed callable per layer
+        self.graphs: OrderedDict[tuple, list] = OrderedDict()  # shape key -> graphed callable per layer, LRU first
+        self.seen: set = set()  # shape keys run eagerly once
         self.steps = 0
-        self.enabled = True  # False once a capture ran out of memory
+        self.enabled = True  # False once a capture failed (out of memory, or a capture the torch build refuses)
 
     def before_step(self, key) -> bool:
-        """Called once per training forward with its shape key (None when the step cannot use graphs): drops graphs
-        of any other shape and says whether to capture `key` now, which is only ever at the first step. After an
-        eager backward the adapters' gradient nodes remember the default stream, and on torch 2.11 a later capture
-        then fails ("operation would make the legacy stream depend on a capturing blocking stream"; newer torch has
-        set_override_stale_capture_stream for it)."""
+        """Called once per training forward with its shape key (None when the step cannot use graphs); says whether
+        to capture `key` now: at the first step (as before any eager run), or at a shape's second step (its first
+        ran eagerly: kernels compiled and tuned), dropping the least recently used set beyond MAX_SHAPES."""
         first = self.steps == 0
         self.steps += 1
-        if key in self.graphs:
+        if key is None or not self.enabled:
             return False
-        self.graphs.clear()
-        return self.enabled and first and key is not None
+        if key in self.graphs:
+            self.graphs.move_to_end(key)
+            return False
+        if not first and key not in self.seen:
+            self.seen.add(key)
+            return False
+        while len(self.graphs) >= MAX_SHAPES:
+            self.graphs.popitem(last=False)
+        return True
 
 
 def eligible_layers(model) -> list | None:
@@ -86,6 +102,8 @@ def eligible_layers(model) -> list | None:
 def install(model, log=print) -> bool:
     """Give each decoder layer a forward that replays captured graphs when the step allows; False when the model's
     layers cannot be captured (the reason is logged)."""
+    from engine.patching.modules import mask_skipped
+
     layers = eligible_layers(model)
     if layers is None:
         log("cuda graphs: off (a layer needs an attention mask, a window or a soft cap, or is not on the fast path)")
@@ -93,44 +111,57 @@ def install(model, log=print) -> bool:
     held = Captures()
     graphs = held.graphs
 
-    def capture(key, hidden, cos, sin):
+    def capture(key, hidden, cos, sin, cu_seqlens):
         autocast = torch.is_autocast_enabled("cuda")
         dtype = torch.get_autocast_dtype("cuda")
         calls = [_LayerCall(layer) for layer in layers]
+        extra = (cu_seqlens,) if cu_seqlens is not None else ()
         samples = tuple(
-            (torch.randn_like(hidden).requires_grad_(), cos.detach().clone(), sin.detach().clone()) for _ in calls
+            (torch.randn_like(hidden).requires_grad_(), cos.detach().clone(), sin.detach().clone())
+            + tuple(t.clone() for t in extra)
+            for _ in calls
         )
+        started = time.perf_counter()
         try:
             with torch.autocast("cuda", dtype=dtype, enabled=autocast, cache_enabled=False):
                 graphs[key] = list(torch.cuda.make_graphed_callables(tuple(calls), samples))
-        except torch.cuda.OutOfMemoryError:
-            graphs.clear()
+        except Exception as exc:  # noqa: BLE001  out of memory, or a capture this torch refuses: run as they are
             held.enabled = False
+            torch.cuda.synchronize()
             torch.cuda.empty_cache()
-            log("cuda graphs: off for this run (capturing them ran out of GPU memory); the layers run as they are")
+            reason = "out of GPU memory" if isinstance(exc, torch.cuda.OutOfMemoryError) else str(exc).split("\n")[0]
+            log(f"cuda graphs: no new captures for this run ({reason}); {len(graphs)} shape(s) kept")
             return
-        log(f"cuda graphs: captured {len(calls)} layers' forward and backward for batch {tuple(hidden.shape[:2])}")
+        log(
+            f"cuda graphs: captured {len(calls)} layers' forward and backward for batch {tuple(hidden.shape[:2])} in "
+            f"{time.perf_counter() - started:.2f} s ({len(graphs)} shape(s) held)"
+        )
 
     for index, layer in enumerate(layers):
 
         def forward(self, hidden_states, attention_mask=None, position_embeddings=None, past_key_values=None, **kw):
             cos, sin = position_embeddings if position_embeddings is not None else (None, None)
+            cu_seqlens = kw.get("cu_seq_lens_q")
             usable = (
                 self.training
                 and torch.is_grad_enabled()
                 and not self.gradient_checkpointing
-                and attention_mask is None
+                and (attention_mask is None or cu_seqlens is not None and mask_skipped(attention_mask))
                 and past_key_values is None
                 and cos is not None
                 and hidden_states.is_cuda
             )
-            key = (tuple(hidden_states.shape), tuple(cos.shape), hidden_states.dtype) if usable else None
+            key = None
+            if usable:
+                cu_shape = tuple(cu_seqlens.shape) if cu_seqlens is not None else None
+                key = (tuple(hidden_states.shape), tuple(cos.shape), hidden_states.dtype, cu_shape)
             if self.graph_index == 0 and self.training and torch.is_grad_enabled() and held.before_step(key):
-                capture(key, hidden_states, cos, sin)
+                capture(key, hidden_states, cos, sin, cu_seqlens)
             if key in graphs:
                 if not hidden_states.requires_grad:  # the graph was captured with an input that needs a gradient
                     hidden_states = hidden_states.detach().requires_grad_()
-                return graphs[key][self.graph_index](hidden_states, cos, sin)
+                extra = (cu_seqlens,) if cu_seqlens is not None else ()
+                return graphs[key][self.graph_index](hidden_states, cos, sin, *extra)
             return type(self).forward(
                 self,
                 hidden_states,
@@ -143,6 +174,9 @@ def install(model, log=print) -> bool:
         layer.graph_index = index
         layer.forward = types.MethodType(forward, layer)
     return True
+
+
+SET_ATTRS = ("graphs", "warm", "static", "tables", "cos_seen", "pool", "copied")  # CheckpointGraphs' per-shape state
 
 
 class CheckpointGraphs:
@@ -160,8 +194,9 @@ class CheckpointGraphs:
 
     A layer replays only when: it was run eagerly once at this shape (kernels compiled and tuned), the step is
     unmasked (no attention mask, no KV cache), its attention has no window, soft cap or dropout, its MLP is not tiled,
-    and its trainable parameters are all packed. The graphs are for one shape at a time: a step of another shape
-    drops them, and that shape is captured once it has run eagerly (steps whose shape keeps changing stay eager).
+    and its trainable parameters are all packed. Each shape (a padding-free bucket: engine.batching) has its own
+    static buffers (cu_seqlens among them) and graphs, captured once it has run eagerly at that shape; at most
+    MAX_SHAPES sets are held, the least recently used dropped.
     A capture that fails (out of memory under the cap, or anything the graph cannot hold) switches the
     graphs off for the run, with the reason logged; the layers then run eagerly as before."""
 
@@ -169,7 +204,9 @@ class CheckpointGraphs:
         self.layers = layers
         self.log = log
         self.enabled = True
-        self.key = None  # the shape the graphs and static buffers are for
+        self.key = None  # the shape the current set of graphs and static buffers is for
+        self.sets = OrderedDict()  # other shapes' sets (SET_ATTRS), least recently used first
+        self.grad_buffer = None  # the adapters' gradients every graph writes (the layers run one at a time)
         self.graphs = {}  # (layer, phase, slot key) -> CUDAGraph
         self.warm = set()  # (layer, phase) run eagerly at this shape
         self.static = {}
@@ -186,7 +223,13 @@ class CheckpointGraphs:
         if not self.enabled or kw is None or not hidden.is_cuda:
             return None
         cos_sin = kw.get("position_embeddings")
-        if kw.get("attention_mask") is not None or kw.get("past_key_values") is not None or cos_sin is None:
+        from engine.patching.modules import mask_skipped
+
+        cu_seqlens = kw.get("cu_seq_lens_q")
+        mask = kw.get("attention_mask")
+        if not (mask is None or cu_seqlens is not None and mask_skipped(mask)):
+            return None
+        if kw.get("past_key_values") is not None or cos_sin is None:
             return None
         layer = self.layers[index]  # fast-path attention and MLP without window or soft cap: `eligible_layers`
         if layer.mlp.tile is not None or getattr(layer.self_attn, "attention_dropout", 0.0):
@@ -201,7 +244,8 @@ class CheckpointGraphs:
         if self.grads[index] is None:
             return None
         cos = cos_sin[0]
-        return (tuple(hidden.shape), hidden.dtype, tuple(cos.shape), cos.dtype, *autocast)
+        cu_shape = tuple(cu_seqlens.shape) if cu_seqlens is not None else None
+        return (tuple(hidden.shape), hidden.dtype, tuple(cos.shape), cos.dtype, *autocast, cu_shape)
 
     def _prepare(self, key, run, hidden):
         """Static buffers for `key` (dropping graphs of another shape) and the step's cos/sin and RoPE tables in
@@ -209,30 +253,47 @@ class CheckpointGraphs:
         from engine.patching.modules import rope_tables
 
         cos, sin = run.keywords["position_embeddings"]
+        cu_seqlens = run.keywords.get("cu_seq_lens_q")
         if key != self.key:
-            self.graphs.clear()
-            self.warm.clear()
-            self.pool, self.key, self.cos_seen = None, key, None
-            for entries in self.grads.values():  # views of the old gradient buffer
-                if entries is not None:
-                    entries[:] = [(m, n, None) for m, n, _ in entries]
-            self.static = dict(
-                x=torch.empty_like(hidden),
-                dy=torch.empty_like(hidden),
-                out=torch.empty_like(hidden),  # the forward's output, or the backward's input gradient
-                cos=torch.empty_like(cos),
-                sin=torch.empty_like(sin),
-            )
-            self.tables = rope_tables(self.static["cos"], self.static["sin"])
-            self.copied = [None, None]
+            self._switch(key, hidden, cos, sin, cu_seqlens)
         if cos is not self.cos_seen:  # a new step (each forward makes its cos/sin once)
             self.static["cos"].copy_(cos)
             self.static["sin"].copy_(sin)
             rope_tables(self.static["cos"], self.static["sin"], out=self.tables)
+            if cu_seqlens is not None:
+                self.static["cu"].copy_(cu_seqlens)
             self.cos_seen = cos
-        return functools.partial(
-            run.func, **{**run.keywords, "position_embeddings": (self.static["cos"], self.static["sin"])}
+        static = {"position_embeddings": (self.static["cos"], self.static["sin"])}
+        if cu_seqlens is not None:
+            static.update(cu_seq_lens_q=self.static["cu"], cu_seq_lens_k=self.static["cu"])
+        return functools.partial(run.func, **{**run.keywords, **static})
+
+    def _switch(self, key, hidden, cos, sin, cu_seqlens):
+        """Make `key`'s set of graphs and static buffers the current one (new, or held from an earlier step),
+        keeping the one it replaces unless MAX_SHAPES sets are held."""
+        from engine.patching.modules import rope_tables
+
+        if self.key is not None:
+            self.sets[self.key] = {name: getattr(self, name) for name in SET_ATTRS}
+        self.key = key
+        held = self.sets.pop(key, None)
+        if held is not None:
+            for name, value in held.items():
+                setattr(self, name, value)
+            return
+        while len(self.sets) >= MAX_SHAPES - 1:
+            self.sets.popitem(last=False)
+        self.graphs, self.warm, self.pool, self.cos_seen, self.copied = {}, set(), None, None, [None, None]
+        self.static = dict(
+            x=torch.empty_like(hidden),
+            dy=torch.empty_like(hidden),
+            out=torch.empty_like(hidden),  # the forward's output, or the backward's input gradient
+            cos=torch.empty_like(cos),
+            sin=torch.empty_like(sin),
         )
+        if cu_seqlens is not None:
+            self.static["cu"] = torch.empty_like(cu_seqlens)
+        self.tables = rope_tables(self.static["cos"], self.static["sin"])
 
     def _ready(self, index, phase, run, hidden, autocast, stream):
         """(`run` on the static cos/sin, the weights' slot key) when layer `index` replays (or is captured) in
@@ -281,7 +342,7 @@ class CheckpointGraphs:
         sets = self.static.get("kept")
         if sets is None:
             attn = self.layers[index].self_attn
-            _, _, _, _, enabled, dtype = self.key
+            enabled, dtype = self.key[4:6]
             dtype = dtype if enabled else hidden.dtype
             widths = [getattr(attn, name).out_features for name in ("q_proj", "k_proj", "v_proj", "o_proj")]
             sets = self.static["kept"] = [
@@ -332,15 +393,16 @@ class CheckpointGraphs:
             return entries
         params = [m.packed[name] for m, name, _ in entries]
         numel, dtype = sum(p.numel() for p in params), params[0].dtype
-        buf = self.static.get("grads")
+        buf = self.grad_buffer
         if buf is None or buf.numel() < numel or buf.dtype != dtype:
             if buf is not None:  # graphs that wrote into the old buffer are captured again, in a new pool
                 self.graphs.clear()
+                self.sets.clear()
                 self.pool = None
                 for other in self.grads.values():
                     if other is not None and other is not entries:
                         other[:] = [(m, n, None) for m, n, _ in other]
-            buf = self.static["grads"] = torch.empty(numel, dtype=dtype, device=params[0].device)
+            buf = self.grad_buffer = torch.empty(numel, dtype=dtype, device=params[0].device)
         views, start = [], 0
         for (m, name, _), p in zip(entries, params, strict=True):
             views.append((m, name, buf[start : start + p.numel()].view(p.shape)))
@@ -381,13 +443,14 @@ class CheckpointGraphs:
         if stream is not None:
             stream.paused = True
         try:
-            _, _, _, _, enabled, dtype = self.key
+            enabled, dtype = self.key[4:6]
             with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
                 with torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False):
                     body()
         except Exception as exc:  # noqa: BLE001  anything a graph cannot hold: the layers run eagerly instead
             self.enabled = False
             self.graphs.clear()
+            self.sets.clear()
             self.pool = None
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
@@ -399,5 +462,8 @@ class CheckpointGraphs:
                 stream.paused = False
         self.graphs[(index, phase, slot)] = graph
         if len(self.graphs) == 1:
-            self.log(f"cuda graphs: capturing the checkpointed layers' passes for batch {tuple(self.key[0][:2])}")
+            self.log(
+                f"cuda graphs: capturing the checkpointed layers' passes for batch {tuple(self.key[0][:2])} "
+                f"({len(self.sets) + 1} shape(s) held)"
+            )
         return graph

@@ -18,6 +18,7 @@ from kernels.lora import lora_linear, lora_linear_group
 from kernels.rms_norm import rms_norm
 from kernels.rope import rope
 from kernels.swiglu import swiglu
+from kernels.varlen_attention import varlen_attention
 
 # transformers' activation classes -> kernels.swiglu's activation names
 ACTIVATIONS = {"SiLUActivation": "silu", "SiLU": "silu", "GELUTanh": "gelu_tanh", "PytorchGELUTanh": "gelu_tanh"}
@@ -391,6 +392,18 @@ class FastAttention(PackedProjections):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = rotate(q, k, *position_embeddings)
+        cu_seqlens = kwargs.get("cu_seq_lens_q")
+        if cu_seqlens is not None and past_key_values is None:  # a padding-free row (engine.batching)
+            out = varlen_attention(
+                q.view(b * t, -1, self.head_dim),
+                k.view(b * t, -1, self.head_dim),
+                v.reshape(b * t, -1, self.head_dim),
+                cu_seqlens,
+                self.scaling,
+                softcap=getattr(self, "attn_logit_softcapping", None) or 0.0,
+                window=getattr(self, "sliding_window", None) or 0,
+            )
+            return self.project_shared("adapters_o", out.reshape(b, t, -1))[0], None
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)
@@ -407,6 +420,39 @@ class FastAttention(PackedProjections):
             **kwargs,
         )
         return self.project_shared("adapters_o", out.reshape(b, t, -1))[0], weights
+
+
+def takes_varlen(model) -> bool:
+    """Whether every attention module of `model` is a FastAttention that computes padding-free rows (no dropout
+    while training, which kernels.varlen_attention does not do): engine.batching's padding-free format then needs
+    no mask."""
+    attention = [m for m in model.modules() if isinstance(m, FastAttention)]
+    others = [m for m in model.modules() if type(m).__name__.endswith("Attention") and not isinstance(m, FastAttention)]
+    return bool(attention) and not others and not any(m.attention_dropout for m in attention)
+
+
+# A 4D attention mask of no size: transformers' mask creation returns a 4D mask as it is, so a padding-free row
+# (whose attention FastAttention computes from cu_seqlens) skips building the (T, T) mask, and its host sync, that
+# transformers' packed-sequence detection would make from the position ids. No module reads it.
+NO_MASK = torch.empty(1, 1, 0, 0, dtype=torch.bool)
+
+
+def mask_skipped(attention_mask) -> bool:
+    """Whether `attention_mask` is NO_MASK or None: the layer needs no mask."""
+    return attention_mask is None or (attention_mask.dim() == 4 and attention_mask.numel() == 0)
+
+
+def cu_seqlens_from_positions(position_ids):
+    """cu_seqlens (int32, T + 1 entries) of a padding-free row from its (T,) position ids, where a segment starts
+    wherever a position is not the previous one plus 1 (as transformers' find_packed_sequence_indices reads them).
+    Made on the device without reading anything back: the starts are sorted before T (every other token), so the
+    entries after the last start repeat T (empty segments) and the shape depends only on T."""
+    total = position_ids.shape[0]
+    tokens = torch.arange(total, device=position_ids.device)
+    starts = torch.ones_like(position_ids, dtype=torch.bool)
+    starts[1:] = position_ids[1:] != position_ids[:-1] + 1
+    ends = torch.where(starts, tokens, total).sort().values
+    return torch.cat([ends, ends.new_full((1,), total)]).to(torch.int32)
 
 
 class FastMLP(PackedProjections):
@@ -476,6 +522,13 @@ def fused_loss_forward(
         )
     num_items = kwargs.pop("num_items_in_batch", None)
     shift_labels = kwargs.pop("shift_labels", None)
+    cached = past_key_values is not None or (use_cache if use_cache is not None else self.config.use_cache)
+    if attention_mask is None and not cached and getattr(self, "varlen_attention", False):
+        if kwargs.get("cu_seq_lens_q") is None and position_ids is not None and position_ids.shape[0] == 1:
+            cu_seqlens = cu_seqlens_from_positions(position_ids[0])  # TRL's padding-free batches give positions alone
+            kwargs.update(cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens)
+        if kwargs.get("cu_seq_lens_q") is not None:
+            attention_mask = NO_MASK
     out = self.model(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -528,6 +581,7 @@ def patch_with(model, family: Family) -> PatchReport:
                 continue
             setattr(parent, name, FastMLP(child, activation, feeds_residual=not family.sandwich_norms))
             count("FastMLP")
+    model.varlen_attention = takes_varlen(model)  # read by fused_loss_forward and engine.train, once
     if hasattr(model, "model") and type(model.get_output_embeddings()) is nn.Linear:
         model.forward = types.MethodType(fused_loss_forward, model)
         count("fused cross-entropy loss")

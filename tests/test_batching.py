@@ -1,0 +1,190 @@
+"""Padding-free micro-batches (engine.batching): one row per micro-batch, shapes from a few buckets, and the same
+loss and LoRA gradients as the right-padded rows, on the fast path (FastAttention + kernels.varlen_attention, in
+Triton's interpreter here) and on plain transformers (whose sdpa mask detects the restarting position ids)."""
+
+import math
+import random
+
+import pytest
+import torch
+from test_patching_parity import tiny_model, with_lora
+
+from engine.batching import bucket, buckets, most_tokens, padded, padding_free, segment_slots
+from engine.data import Example, pack
+from engine.patching import patch_model
+from engine.patching.modules import packed_gradient
+
+VOCAB = 96
+
+
+def examples_for(lengths, seed=0):
+    """Random examples: the first 3 tokens of each are a prompt (no loss)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for n in lengths:
+        ids = torch.randint(3, VOCAB, (n,), generator=gen).tolist()
+        out.append(Example(ids, [-100] * min(3, n) + ids[3:]))
+    return out
+
+
+def free_batch(examples, batch_size=None):
+    batch_size = batch_size or len(examples)
+    return padding_free(examples, 0, "cpu", segment_slots(examples, batch_size), most_tokens(examples, batch_size) + 40)
+
+
+def test_padding_free_row_layout():
+    a, b = examples_for([5, 3])
+    batch = padding_free([a, b], 0, "cpu", slots=6, cap=100)
+    assert batch["input_ids"].shape == (1, 64)  # 8 tokens, padded to the first bucket
+    assert batch["input_ids"][0, :8].tolist() == a.input_ids + b.input_ids
+    assert (batch["input_ids"][0, 8:] == 0).all()
+    assert batch["labels"][0, :8].tolist() == [-100, *a.labels[1:], -100, *b.labels[1:]]
+    assert (batch["labels"][0, 8:] == -100).all()
+    assert batch["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 0, 1, 2, *range(56)]
+    assert batch["cu_seq_lens_q"].tolist() == [0, 5, 8, 64, 64, 64]  # the padding segment, then empty ones
+    assert batch["cu_seq_lens_q"].dtype == torch.int32
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        padding_free([a, b], 0, "cpu", slots=3, cap=100)
+
+
+def test_packed_sequences_keep_their_segments():
+    packed = pack(examples_for([4, 6, 5]), max_len=12)
+    assert [e.segments for e in packed] == [(4, 6), (5,)]
+    batch = padding_free(packed, 0, "cpu", segment_slots(packed, 2), most_tokens(packed, 2))
+    assert batch["cu_seq_lens_q"].tolist() == [0, 4, 10, 15, 15]
+    assert batch["position_ids"][0].tolist() == [*range(4), *range(6), *range(5)]
+
+
+def test_buckets_bound_the_shapes_of_an_epoch():
+    """An epoch of random lengths (8 to 1,500 tokens, 8 examples a micro-batch) lands in a few shapes, each at most
+    25% padding past 512 tokens, and cu_seqlens keeps one length throughout."""
+    rng = random.Random(0)
+    examples = [Example([1] * n, [1] * n) for n in (rng.randint(8, 1500) for _ in range(2000))]
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    cap, slots = most_tokens(examples, 8), segment_slots(examples, 8)
+    shapes, widths = set(), set()
+    for start in range(0, len(order), 8):
+        chunk = [examples[i] for i in order[start : start + 8]]
+        batch = padding_free(chunk, 0, "cpu", slots, cap)
+        tokens = sum(len(e.input_ids) for e in chunk)
+        width = batch["input_ids"].shape[1]
+        assert tokens <= width <= max(512, 1.25 * tokens + 128)
+        shapes.add((tuple(batch["input_ids"].shape), tuple(batch["cu_seq_lens_q"].shape)))
+        widths.add(width)
+    # 8 multiples of 64, then ~1.25x steps to the cap: logarithmic in the longest micro-batch (11,980 tokens here)
+    assert len(shapes) == len(widths) <= len(buckets(cap)) <= 8 + math.ceil(math.log(cap / 512, 1.25)) + 1
+    assert buckets(cap)[-1] == cap and bucket(cap, cap) == cap
+    assert bucket(1, cap) == 64 and bucket(513, cap) == 640
+
+
+@pytest.mark.parametrize(
+    "arch, patched",
+    [("llama", False), ("qwen3", False), ("llama", True), ("qwen3", True), ("gemma2", True), ("gemma3", True)],
+)
+def test_padding_free_step_equals_padded_step(arch, patched):
+    """fp32: the same examples in the same order give the padded step's loss and every LoRA gradient, and each
+    example's loss alone, weighted by its tokens, sums to the row's loss."""
+    base = tiny_model(arch, vocab=VOCAB, use_cache=False)  # as a training run loads it
+    if arch == "gemma2":
+        base.set_attn_implementation("eager")  # SDPA has no soft cap: the padded rows' reference needs eager
+    if patched:
+        patch_model(base, log=lambda m: None)
+        assert base.varlen_attention
+    model = with_lora(base)
+    examples = examples_for([9, 4, 17, 1, 12])
+
+    def step(inputs):
+        model.zero_grad(set_to_none=True)
+        loss = model(**inputs).loss
+        loss.backward()
+        grads = {n: packed_gradient(p).clone() for n, p in model.named_parameters() if "lora_" in n}
+        return loss.detach(), grads
+
+    loss_padded, grads_padded = step(padded(examples, 0, "cpu"))
+    loss_free, grads_free = step(free_batch(examples))
+    torch.testing.assert_close(loss_free, loss_padded, rtol=1e-6, atol=1e-6)
+    assert grads_free.keys() == grads_padded.keys() and grads_free
+    for name, grad in grads_free.items():
+        torch.testing.assert_close(grad, grads_padded[name], rtol=1e-5, atol=1e-6, msg=name)
+
+    with torch.no_grad():
+        alone = [model(input_ids=torch.tensor([e.input_ids]), labels=torch.tensor([e.labels])).loss for e in examples]
+    counts = [sum(t != -100 for t in e.labels[1:]) for e in examples]
+    weighted = sum(loss * n for loss, n in zip(alone, counts, strict=True) if n) / sum(counts)
+    torch.testing.assert_close(loss_free, weighted, rtol=1e-6, atol=1e-6)
+
+
+def test_cu_seqlens_from_positions():
+    from engine.patching.modules import cu_seqlens_from_positions
+
+    positions = torch.tensor([0, 1, 2, 0, 0, 1, 0, 1, 2, 3])
+    assert cu_seqlens_from_positions(positions).tolist() == [0, 3, 4, 6, 10, 10, 10, 10, 10, 10, 10]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_trl_padding_free_batch_takes_the_varlen_path(arch):
+    """The notebook API's SFTTrainer with padding_free=True hands position ids and no mask: the patched model derives
+    cu_seqlens from them (FastAttention is called with them) and gives the padded batch's loss and gradients."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from engine.patching.modules import FastAttention
+
+    base = tiny_model(arch, vocab=VOCAB, use_cache=False)
+    patch_model(base, log=lambda m: None)
+    model = with_lora(base)
+    rows = [{"input_ids": e.input_ids} for e in examples_for([9, 4, 17, 1, 12])]
+    seen = []
+    attention = next(m for m in model.modules() if isinstance(m, FastAttention))
+    attention.register_forward_pre_hook(lambda m, a, kw: seen.append(kw.get("cu_seq_lens_q")), with_kwargs=True)
+
+    def step(padding_free):
+        model.zero_grad(set_to_none=True)
+        inputs = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=padding_free)(rows)
+        loss = model(**inputs).loss
+        loss.backward()
+        return loss.detach(), [packed_gradient(p).clone() for n, p in model.named_parameters() if "lora_" in n]
+
+    loss_padded, grads_padded = step(False)
+    loss_free, grads_free = step(True)
+    assert seen[0] is None and seen[1].tolist()[:6] == [0, 9, 13, 30, 31, 43]
+    torch.testing.assert_close(loss_free, loss_padded, rtol=1e-6, atol=1e-6)
+    for free, want in zip(grads_free, grads_padded, strict=True):
+        torch.testing.assert_close(free, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_padding_free_matches_padded_in_bf16_on_the_gpu():
+    """bf16 at a realistic width (1024 hidden, 16 query heads over 8 KV heads, 8 examples of 40-400 tokens), with the
+    app's packed adapters and CUDA graphs: two micro-batches of one bucket, padding-free (eagerly, then captured, then
+    replayed with the other batch's cu_seqlens) against their right-padded rows, within bf16 noise."""
+    from engine.patching import graphs
+    from engine.patching.modules import pack_adapters
+
+    size = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=4, num_attention_heads=16)
+    base = tiny_model("qwen3", vocab=4096, use_cache=False, num_key_value_heads=8, head_dim=64, **size).cuda()
+    patch_model(base, log=lambda m: None)
+    assert graphs.install(base, log=print)
+    model = with_lora(base)
+    pack_adapters(model, log=lambda m: None)
+    rng = random.Random(0)
+    batches = [examples_for([rng.randint(40, 400) for _ in range(8)], seed=s) for s in (1, 2)]
+    cap = 8 * 400
+
+    def step(inputs):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(**inputs).loss
+        loss.backward()
+        grads = torch.cat([packed_gradient(p).flatten() for n, p in model.named_parameters() if "lora_" in n])
+        return loss.detach().float(), grads.float()
+
+    want = [step(padded(b, 0, "cuda")) for b in batches]
+    free = [padding_free(b, 0, "cuda", 10, cap) for b in batches]
+    assert free[0]["input_ids"].shape == free[1]["input_ids"].shape  # one bucket: the graphs serve both
+    for index in (0, 1, 0, 1):  # eager, captured, replayed, replayed
+        loss, grads = step(free[index])
+        torch.testing.assert_close(loss, want[index][0], rtol=2e-2, atol=2e-2)
+        error = (grads - want[index][1]).norm() / want[index][1].norm()
+        assert error < 3e-2, (index, float(error))
