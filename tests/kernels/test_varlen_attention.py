@@ -7,7 +7,13 @@ import torch.nn.functional as F
 from tolerances import DTYPES, assert_close
 
 from kernels import dispatch
-from kernels.varlen_attention import varlen_attention, varlen_attention_reference
+from kernels.varlen_attention import (
+    Blocks,
+    varlen_attention,
+    varlen_attention_bwd,
+    varlen_attention_fwd,
+    varlen_attention_reference,
+)
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -75,6 +81,20 @@ def test_softcap_and_window(softcap, window, dtype):
 )
 def test_segment_layouts(lengths):
     _check(lengths, 2, 2, 16, torch.float32)
+
+
+@pytest.mark.skipif(CUDA, reason="the CPU tiles; the GPU tests run the GPU's")
+def test_tiles_of_other_shapes():
+    """Query and key tiles of different sizes (as the GPU's are) cover the same ranges as square ones."""
+    (q, k, v), cu, grad = _inputs([9, 1, 40, 0, 14], 4, 2, 16, torch.float32)
+    blocks = (Blocks(32, 16, 4, 1), Blocks(16, 32, 4, 1), Blocks(32, 16, 4, 1))
+    with torch.no_grad():
+        out, lse = varlen_attention_fwd(q, k, v, cu, 0.25, 0.0, 7, blocks=blocks[0])
+        ours = varlen_attention_bwd(grad, q, k, v, out, lse, cu, 0.25, 0.0, 7, blocks=blocks)
+    ref = varlen_attention_reference(q, k, v, cu, 0.25, window=7)
+    assert_close(out, ref)
+    for a, b in zip(ours, torch.autograd.grad(ref, (q, k, v), grad), strict=True):
+        assert_close(a, b)
 
 
 def test_the_reference_backend_runs_the_reference():
