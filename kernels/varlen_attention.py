@@ -45,7 +45,6 @@ import triton.language as tl
 
 from kernels import dispatch
 
-LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
 
 
