@@ -14,7 +14,10 @@ from pathlib import Path
 
 
 def log(msg: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+    try:
+        print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+    except OSError:  # log.txt on a full disk: the line is lost, the run's status must still be written
+        pass
 
 
 def failure_message(exc: BaseException, step: int, run_dir: Path | None = None) -> str:
@@ -73,7 +76,7 @@ def main(argv=None) -> int:
             log("cancelled")
             return 0
     except BaseException as exc:  # every failure becomes a state and a sentence; the traceback goes to log.txt
-        traceback.print_exc(file=sys.stdout)
+        log(traceback.format_exc())
         step = runlog.state.get("step", 0)
         message = failure_message(exc, step, run_dir) if not isinstance(exc, KeyboardInterrupt) else "Interrupted."
         runlog.set(state="failed", message=message)
