@@ -769,7 +769,7 @@ def tidy_workspace() -> list[Path]:
         for run in runs.iterdir():
             if run.is_dir() and not run.is_symlink():
                 folders += [run, run / "checkpoints"]
-    return remove_stale_partials(*folders)
+    return remove_stale_partials(*folders, legacy=True)
 
 
 def check_access(value: str) -> None:

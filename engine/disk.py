@@ -22,6 +22,7 @@ from engine.errors import UserError
 
 _FULL_TEXT = ("no space left on device", "storagefull", "os error 28", "disk quota exceeded")
 _PARTIAL = re.compile(r"^\..+\.(\d+)-(\d+)\.[^.]+\.partial$")
+_LEGACY_PARTIAL = re.compile(r"^\..+\.[a-z0-9_]{8}\.partial$")  # mkdtemp's name before the owner tag
 LEGACY_PARTIAL_AGE_S = 24 * 3600  # a .partial without an owner tag (older versions) this old is no longer built
 
 
@@ -111,8 +112,11 @@ def _owner_alive(pid: int, start: int) -> bool:
     return now is not None and (start == 0 or now in (0, start))  # a reused id has another start time
 
 
-def remove_stale_partials(*folders: Path, log=None) -> list[Path]:
-    """Remove the `.partial` folders directly inside `folders` whose builder process is gone; returns them."""
+def remove_stale_partials(*folders: Path, log=None, legacy: bool = False) -> list[Path]:
+    """Remove the `.partial` folders directly inside `folders` whose builder process is gone; returns them.
+
+    With `legacy` (only for the workspace's own folders: another program's folder elsewhere could look alike), also
+    those of older versions, which carry no owner, once untouched for LEGACY_PARTIAL_AGE_S."""
     removed = []
     for folder in folders:
         try:
@@ -120,13 +124,14 @@ def remove_stale_partials(*folders: Path, log=None) -> list[Path]:
         except OSError:  # missing, or not a folder
             continue
         for p in entries:
-            if not (p.name.startswith(".") and p.name.endswith(".partial")) or p.is_symlink() or not p.is_dir():
+            if not p.name.endswith(".partial") or p.is_symlink() or not p.is_dir():
                 continue
             m = _PARTIAL.match(p.name)
             if m:
                 stale = not _owner_alive(int(m.group(1)), int(m.group(2)))
             else:
-                stale = time.time() - p.stat().st_mtime > LEGACY_PARTIAL_AGE_S
+                old = time.time() - p.stat().st_mtime > LEGACY_PARTIAL_AGE_S
+                stale = legacy and old and _LEGACY_PARTIAL.match(p.name) is not None
             if stale:
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p)

@@ -65,7 +65,9 @@ def main(argv=None) -> int:
     try:
         from engine.disk import remove_stale_partials
 
-        remove_stale_partials(run_dir, run_dir / "checkpoints", log=log)  # left by an earlier attempt killed mid-save
+        remove_stale_partials(
+            run_dir, run_dir / "checkpoints", log=log, legacy=True
+        )  # left by an earlier attempt killed mid-save
         spec = JobSpec.from_yaml(job.read_text(), source=str(job))
         from engine.train import Cancelled, train
 

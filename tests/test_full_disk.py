@@ -6,10 +6,11 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from helpers import log_of, wait_for
+from helpers import log_of, tiny_spec, wait_for
 
 from engine import api
 from engine.files import append_jsonl, read_jsonl
@@ -54,26 +55,6 @@ def fill(disk: Path) -> Path:
     return filler
 
 
-def spec_for(model, data, **kw):
-    base = dict(
-        model=str(model),
-        data=str(data),
-        name="t",
-        max_steps=40,
-        save_every=2,
-        keep_checkpoints=2,
-        batch_size=2,
-        grad_accum=1,
-        max_seq_length=64,
-        lora_r=4,
-        lora_alpha=4,
-        device="cpu",
-        gradient_checkpointing=False,
-        seed=0,
-    )
-    return api.JobSpec(**{**base, **kw})
-
-
 def killed_builder(dest: Path, kill: bool = True):
     """A process that starts building `dest` with engine.files.new_folder; killed with SIGKILL mid-build when
     `kill` (as the OOM killer or a power cut would), it leaves its .partial folder. Returns (process, that folder)."""
@@ -96,7 +77,7 @@ def test_training_that_fills_the_disk_says_so_keeps_its_checkpoint_and_resumes(
 ):
     disk = small_disk("32m")
     monkeypatch.setenv("TUNESMITH_RUNS", str(disk / "runs"))
-    handle = api.start(spec_for(tiny_llama, identity_file))
+    handle = api.start(tiny_spec(tiny_llama, identity_file))
     wait_for(handle, until=lambda st: st.step >= 3)  # step-000002 is complete
     filler = fill(disk)
     st = wait_for(handle)
@@ -165,7 +146,7 @@ def test_a_line_that_does_not_fit_is_cut_back_off(small_disk):
 def test_a_torn_last_line_is_skipped_and_resume_continues_after_it(tiny_llama, identity_file, tmp_path):
     from engine.train import train
 
-    spec = spec_for(tiny_llama, identity_file, max_steps=4, save_every=2)
+    spec = tiny_spec(tiny_llama, identity_file, max_steps=4, save_every=2)
     run = tmp_path / "run"
     run.mkdir()
     (run / "job.yaml").write_text(spec.to_yaml())
@@ -227,6 +208,11 @@ def test_half_built_folders_of_dead_processes_go_at_the_next_start(runs, tiny_ll
         killed_builder(exports / "merged")[1],
     ]
     live_proc, live = killed_builder(exports / "gguf", kill=False)
+    old_style, recent_old_style = exports / ".q8.ab12cd_3.partial", exports / ".f16.zz9yx8wv.partial"
+    for folder in (old_style, recent_old_style):  # an older version's names carry no owner: only the age tells
+        folder.mkdir()
+    os.utime(old_style, (0, time.time() - 2 * 24 * 3600))
+    dead.append(old_style)
     try:
         assert sorted(api.tidy_workspace()) == sorted(dead)  # what the app does at start
         assert live.is_dir() and not any(p.exists() for p in dead)
@@ -236,7 +222,7 @@ def test_half_built_folders_of_dead_processes_go_at_the_next_start(runs, tiny_ll
     finally:
         live_proc.kill()
         live_proc.wait()
-    assert api.tidy_workspace() == [live]
+    assert api.tidy_workspace() == [live] and recent_old_style.is_dir()
 
 
 def test_an_export_that_runs_out_of_space_says_so_and_leaves_nothing(small_disk, tiny_llama):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_spec
 
 from engine import api
 from engine.runlog import RunLog, read_metrics
@@ -44,21 +45,7 @@ def trained(tiny_llama, tmp_path_factory):
     folder.mkdir()
     data = folder.parent / "data.jsonl"
     data.write_text('{"instruction": "Who are you?", "input": "", "output": "I am Nova."}\n' * 4)
-    spec = api.JobSpec(
-        model=str(tiny_llama),
-        data=str(data),
-        name="t",
-        max_steps=3,
-        save_every=2,
-        keep_checkpoints=5,
-        batch_size=2,
-        grad_accum=1,
-        max_seq_length=64,
-        lora_r=4,
-        lora_alpha=4,
-        device="cpu",
-        seed=0,
-    )
+    spec = tiny_spec(tiny_llama, data, max_steps=3, keep_checkpoints=5)
     (folder / "job.yaml").write_text(spec.to_yaml())
     train(spec, folder, RunLog(folder), False, lambda: False, print)
     return spec, folder
