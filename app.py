@@ -2,6 +2,7 @@
 
 Layout and wiring only: every action goes through engine.api, and training runs in its own process.
   --host 0.0.0.0 / --share   reachable from other machines: needs --auth user:password (one is generated otherwise)
+  --auth user:password       a login; with one, the app is shared: paths and run ids stay inside the workspace
   --root-path /prefix        when served behind a reverse proxy
 """
 
