@@ -2,6 +2,7 @@
 
 Layout and wiring only: every action goes through engine.api, and training runs in its own process.
   --host 0.0.0.0 / --share   reachable from other machines: needs --auth user:password (one is generated otherwise)
+  --auth user:password       a login; with one, the app is shared: paths and run ids stay inside the workspace
   --root-path /prefix        when served behind a reverse proxy
 """
 
@@ -73,9 +74,12 @@ def auth_for(args) -> tuple[str, str] | None:
 def main(argv=None) -> None:
     args = parse_args(argv)
     auth = auth_for(args)
-    if args.share or args.host not in LOOPBACK:
-        # reachable from elsewhere: typed paths may only name files in the workspace or Gradio's uploads
+    if auth is not None:
+        # reachable from elsewhere, or shared through a login: every path that arrives from the browser or the HTTP
+        # API must name a file in the workspace or Gradio's uploads, and a run id a folder in runs/
         api.restrict_files([api.workspace(), os.environ.get("GRADIO_TEMP_DIR", tempfile.gettempdir() + "/gradio")])
+    for folder in api.tidy_workspace():
+        print(f"removed {folder}, left half-written by a process that is gone", flush=True)
     demo.queue(default_concurrency_limit=4).launch(
         server_name=args.host,
         server_port=args.port,

@@ -93,7 +93,7 @@ def main(argv=None) -> int:
             print(f"run: {handle.run_dir}", flush=True)
             return 0 if args.detach else _follow(handle)
         if args.cmd == "resume":
-            handle = api.resume(args.run)
+            handle = api.resume(args.run, allow_code=True)  # the command line may run its own reward code
             print(f"run: {handle.run_dir}", flush=True)
             return _follow(handle)
         if args.cmd == "chat":

@@ -63,6 +63,7 @@ __all__ = [
     "exported_gguf_files",
     "restrict_files",
     "check_access",
+    "tidy_workspace",
     "start_export",
     "poll_export",
     "cancel_export",
@@ -73,6 +74,7 @@ __all__ = [
 ROOT = Path(__file__).resolve().parent.parent
 _allowed_roots: list[Path] | None = None  # set by restrict_files(): the folders a shared app may read
 _children: dict[int, subprocess.Popen] = {}  # runs this process started, so their exit is reaped
+LOW_DISK_BYTES = 64 * 2**20  # below this, a run that died without a word is said to have probably filled the disk
 _downloads: dict = {}  # hub id -> engine.hub.Download started by this process (one per model, shared by sessions)
 
 
@@ -118,7 +120,8 @@ class RunStatus:
 
     @property
     def finished(self) -> bool:
-        return self.state in TERMINAL
+        """No process works on it: done, failed, cancelled, or damaged (its files cannot be read)."""
+        return self.state in TERMINAL or self.state == "damaged"
 
     @property
     def loss(self) -> float | None:
@@ -140,15 +143,7 @@ def start(spec: JobSpec, runs: Path | None = None, *, allow_code: bool = False) 
     A job whose rewards include a `python` one (a module:function path) runs that code in the training process, so
     it is refused unless `allow_code` is True: the CLI and Python callers may pass it, the app never does.
     """
-    from engine.rewards import runs_code
-
-    check_access(spec.model)
-    check_access(spec.data)
-    if runs_code(spec.rewards) and not allow_code:
-        raise UserError(
-            "This job has a 'python' reward, which runs your own code: that is accepted only from the command line "
-            "or the Python API (engine.api.start(spec, allow_code=True)), never from the app."
-        )
+    _check_job(spec, allow_code)
     runs = Path(runs) if runs else runs_dir()
     runs.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -166,13 +161,33 @@ def start(spec: JobSpec, runs: Path | None = None, *, allow_code: bool = False) 
     return _launch(run_dir, resume=False)
 
 
-def resume(run: "str | Path | RunHandle") -> RunHandle:
-    """Continue a cancelled or failed run from its latest checkpoint, in the same folder."""
+def _check_job(spec: JobSpec, allow_code: bool) -> None:
+    """Refuse a job the caller may not run: a model or dataset outside a shared app's workspace, or a `python`
+    reward (a module:function path, which runs that code in the training process) unless `allow_code`."""
+    from engine.rewards import runs_code
+
+    check_access(spec.model)
+    check_access(spec.data)
+    if runs_code(spec.rewards) and not allow_code:
+        raise UserError(
+            "This job has a 'python' reward, which runs your own code: that is accepted only from the command line "
+            "or the Python API (engine.api.start(spec, allow_code=True)), never from the app."
+        )
+
+
+def resume(run: "str | Path | RunHandle", *, allow_code: bool = False) -> RunHandle:
+    """Continue a cancelled or failed run from its latest checkpoint, in the same folder.
+
+    Its job.yaml is checked as start() checks a new job: the folder may have been copied from elsewhere, so a
+    `python` reward needs `allow_code` (the command line passes it, the app never does)."""
     status = poll(run)
+    if status.state == "damaged":
+        raise UserError(f"Run {status.run_id} cannot be resumed: {status.message}")
     if not status.finished:
         raise UserError(f"Run {status.run_id} is still {status.state}; cancel it before resuming.")
     if status.state == "done":
         raise UserError(f"Run {status.run_id} already finished; start a new run to train further.")
+    _check_job(JobSpec.from_yaml((status.run_dir / "job.yaml").read_text()), allow_code)
     return _launch(status.run_dir, resume=True)
 
 
@@ -211,15 +226,31 @@ def _launch(run_dir: Path, resume: bool) -> RunHandle:
 
 
 def find_run(run: "str | Path | RunHandle") -> Path:
-    """A run folder from a handle, a path, or a run id under runs_dir()."""
+    """A run folder from a handle, a path, or a run id under runs_dir(). A shared app (restrict_files) takes run
+    ids only: the name of a folder directly under runs_dir(), not a link."""
     if isinstance(run, RunHandle):
         return run.run_dir
+    if _allowed_roots is not None:
+        return _shared_run(str(run))
     path = Path(run)
     if (path / "job.yaml").is_file():
         return path
     if (runs_dir() / str(run) / "job.yaml").is_file():
         return runs_dir() / str(run)
     raise UserError(f"No run '{run}': give a run folder (with job.yaml) or a run id from the run list.")
+
+
+def _shared_run(run_id: str) -> Path:
+    """The folder of `run_id` under runs_dir(), refusing anything that could name a folder elsewhere."""
+    runs = runs_dir()
+    folder = runs / run_id
+    plain = run_id not in ("", ".", "..") and "/" not in run_id and "\\" not in run_id and "\0" not in run_id
+    if not (plain and folder.is_dir() and not folder.is_symlink() and (folder / "job.yaml").is_file()):
+        raise UserError(
+            f"'{run_id[:80]}' is not a run of this app; pick one from the run history (a run id is the name of a "
+            "folder in runs/)."
+        )
+    return folder
 
 
 def _alive(pid: int) -> bool:
@@ -237,10 +268,23 @@ def _alive(pid: int) -> bool:
 
 
 def poll(run: "str | Path | RunHandle") -> RunStatus:
-    """The run's state, progress and metrics. A process that died without saying so is reported failed."""
+    """The run's state, progress and metrics. A process that died without saying so is reported failed; a folder
+    whose files cannot be read is reported "damaged" rather than raising."""
+    return _poll_dir(find_run(run))
+
+
+def _poll_dir(run_dir: Path) -> RunStatus:
+    try:
+        return _read_status(run_dir)
+    except Exception as e:  # one bad folder must not break the run history or the app's start
+        why = f"{type(e).__name__}: {str(e)[:120]}"
+        message = f"This run folder is damaged ({why}); delete it, or fix its files by hand."
+        return RunStatus(run_dir.name, run_dir, "damaged", message, 0, 0, "?", "?", [])
+
+
+def _read_status(run_dir: Path) -> RunStatus:
     import json
 
-    run_dir = find_run(run)
     try:
         st = json.loads((run_dir / "status.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
@@ -249,8 +293,9 @@ def poll(run: "str | Path | RunHandle") -> RunStatus:
         code = _children[st["pid"]].returncode if st["pid"] in _children else None
         st["state"] = "failed"
         st["message"] = (
-            f"The training process stopped unexpectedly (exit code {code}); see log.txt. Resume "
-            "continues from the last checkpoint."
+            "The training process stopped unexpectedly"
+            + (f" (exit code {code})" if code is not None else "")
+            + f"; see log.txt.{_low_disk_note(run_dir)} Resume continues from the last checkpoint."
         )
     spec_text = (run_dir / "job.yaml").read_text()
     try:
@@ -269,6 +314,17 @@ def poll(run: "str | Path | RunHandle") -> RunStatus:
         model,
         read_metrics(run_dir),
     )
+
+
+def _low_disk_note(folder: Path) -> str:
+    """A sentence when the disk holding `folder` is nearly full: the likely reason a process died without a word
+    (with a full disk it could not even write its status)."""
+    import shutil
+
+    free = shutil.disk_usage(folder).free
+    if free >= LOW_DISK_BYTES:
+        return ""
+    return f" The disk may be full (only {free / 2**20:.0f} MiB free there): free some space first."
 
 
 def _stop(folder: Path, wait_s: float) -> bool:
@@ -305,7 +361,7 @@ def cancel(run: "str | Path | RunHandle", wait_s: float = 60.0) -> RunStatus:
             step=status.step,
             total_steps=status.total_steps,
         )
-    return poll(status.run_dir)
+    return _poll_dir(status.run_dir)
 
 
 def list_runs(runs: Path | None = None) -> list[RunStatus]:
@@ -313,7 +369,8 @@ def list_runs(runs: Path | None = None) -> list[RunStatus]:
     runs = Path(runs) if runs else runs_dir()
     if not runs.is_dir():
         return []
-    return [poll(d) for d in sorted(runs.iterdir(), reverse=True) if (d / "job.yaml").is_file()]
+    folders = [d for d in sorted(runs.iterdir(), reverse=True) if not (_allowed_roots and d.is_symlink())]
+    return [_poll_dir(d) for d in folders if (d / "job.yaml").is_file()]
 
 
 def inspect_data(
@@ -380,7 +437,7 @@ def save_jsonl(rows: list[dict], path: str | Path) -> Path:
 def Chat(source: str, device: str = "auto"):
     """A loaded chat model: a run (its adapter over its base model), a merged model folder, a hub id, or a .gguf
     file (through llama.cpp, with the chat template embedded in the file)."""
-    check_access(str(source))
+    _check_source(str(source))
     if str(source).lower().endswith(".gguf"):
         from engine.gguf_chat import GGUFChat
 
@@ -394,7 +451,7 @@ def sampling_defaults(source: str) -> dict:
     """The sampling settings to start a chat with (temperature, top_p, top_k, min_p, repetition_penalty): the model's
     generation_config.json where it sets them, else its family's (Qwen3, Llama 3, Gemma, ...). Reads only local files:
     a run, a model folder, a .gguf file, or a hub id (from the cache, or by its catalog family)."""
-    check_access(str(source))
+    _check_source(str(source))
     if str(source).lower().endswith(".gguf"):
         from engine.gguf_chat import file_sampling
 
@@ -489,8 +546,9 @@ def start_export(
     With `push_to_hub` ("user/name") the finished export is then uploaded there (created `private` if new), with
     `token` or else HF_TOKEN; the token reaches the job through its environment only, never a file or the log.
     """
-    check_access(str(source))
+    _check_source(str(source))
     out = Path(out)
+    check_access(str(out.resolve()))
     if fmt not in EXPORT_FORMATS:
         raise UserError(f"Unknown export format '{fmt}'; use one of: {', '.join(EXPORT_FORMATS)}.")
     if out.exists():
@@ -671,6 +729,7 @@ def gguf_support(source: str) -> tuple[bool, str]:
     from engine.infer import locate
     from engine.loading import resolve_model
 
+    _check_source(source)
     base, _, tok_dir = locate(source)
     return gguf.supported(resolve_model(base), tok_dir)
 
@@ -686,6 +745,31 @@ def restrict_files(roots: list) -> None:
     """From now on, refuse local paths outside `roots` (the app calls this when it is reachable from elsewhere)."""
     global _allowed_roots
     _allowed_roots = [Path(r).resolve() for r in roots]
+
+
+def _check_source(source: str) -> None:
+    """check_access for a chat or export source and, in a shared app, for the base model that a run's job.yaml or an
+    adapter's config names (a folder handed over could name any path there)."""
+    check_access(source)
+    if _allowed_roots is None or source.lower().endswith(".gguf"):
+        return
+    from engine.infer import locate
+
+    check_access(locate(source)[0])
+
+
+def tidy_workspace() -> list[Path]:
+    """Remove the half-built folders (`.partial`) that dead processes left in the workspace's runs, checkpoints and
+    exports (the app calls this at start); folders a live run or export is building are kept."""
+    from engine.disk import remove_stale_partials
+
+    runs = runs_dir()
+    folders = [runs, workspace() / "exports", workspace() / "data"]
+    if runs.is_dir():
+        for run in runs.iterdir():
+            if run.is_dir() and not run.is_symlink():
+                folders += [run, run / "checkpoints"]
+    return remove_stale_partials(*folders, legacy=True)
 
 
 def check_access(value: str) -> None:

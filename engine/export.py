@@ -23,6 +23,7 @@ from engine.errors import UserError
 from engine.files import check_free_disk, new_folder, write_text
 from engine.gguf import QUANTS
 from engine.infer import locate
+from engine.train import CHECKPOINT_FILES
 
 FORMATS = ("lora", "merged16", *QUANTS)
 PROBE = "Hello, who are you?"
@@ -49,8 +50,22 @@ def _folder_bytes(path: Path) -> int:
 
 
 def export(source: str, fmt: str, out: Path, log=print) -> ExportResult:
+    """Export `source` as `fmt` into the new folder `out`. A full disk is a UserError, with nothing left at `out`."""
+    from engine.disk import disk_full_error, remove_stale_partials
+
     if fmt not in FORMATS:
         raise UserError(f"Unknown export format '{fmt}'; use one of: {', '.join(FORMATS)}.")
+    remove_stale_partials(out.parent, log=log)  # earlier exports here that were killed mid-write
+    try:
+        return _export(source, fmt, out, log)
+    except Exception as e:
+        err = disk_full_error(e, out.parent, f"writing the {fmt} export", f"nothing was written to '{out}'")
+        if err is None:
+            raise
+        raise err from e
+
+
+def _export(source: str, fmt: str, out: Path, log) -> ExportResult:
     t0 = time.time()
     base, adapter, tok_dir = locate(source)
     if fmt == "lora":
@@ -59,6 +74,8 @@ def export(source: str, fmt: str, out: Path, log=print) -> ExportResult:
         check_free_disk(out.parent, 2 * _folder_bytes(adapter), "the adapter")
         with new_folder(out) as tmp:
             for f in adapter.iterdir():
+                if f.name in CHECKPOINT_FILES:  # a checkpoint's training state is no part of the adapter
+                    continue
                 if f.is_file() and f.suffix in (".json", ".safetensors", ".jinja", ".model", ".txt", ".md"):
                     shutil.copy2(f, tmp / f.name)
         checks = {}

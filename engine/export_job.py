@@ -7,7 +7,6 @@ and the verified export stays. SIGTERM cancels: the export's temporary folder is
 (engine.files.new_folder), so a cancelled export leaves nothing that looks finished.
 """
 
-import errno
 import json
 import os
 import signal
@@ -22,7 +21,10 @@ class Cancelled(BaseException):
 
 
 def log(msg: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+    try:
+        print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+    except OSError:  # the log on a full disk: the line is lost, the job's status must still be written
+        pass
 
 
 def _raise_cancelled(signum, frame):
@@ -39,6 +41,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGTERM, _raise_cancelled)
     job_dir = Path(argv[0])
+    from engine.disk import is_disk_full
     from engine.errors import UserError
     from engine.files import write_json
     from engine.runlog import RunLog
@@ -71,10 +74,10 @@ def main(argv=None) -> int:
         log("cancelled")
         return 0
     except BaseException as exc:  # every failure is a state and a sentence; the traceback goes to the log
-        print(_scrub(traceback.format_exc()), flush=True)
+        log(_scrub(traceback.format_exc()))
         if isinstance(exc, UserError):
             message = str(exc)
-        elif isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        elif is_disk_full(exc):
             message = "The disk filled up during the export; free some space and export again. Nothing was written."
         elif isinstance(exc, MemoryError):
             message = "Ran out of RAM during the export; close other programs and export again."

@@ -5,6 +5,7 @@ atomic on one filesystem). Folders are built under a temporary name and renamed 
 overwritten: callers get a UserError instead.
 """
 
+import errno
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from engine.disk import owner_tag
 from engine.errors import UserError
 
 
@@ -35,21 +37,40 @@ def write_json(path: str | os.PathLike, obj) -> None:
 
 
 def append_jsonl(path: str | os.PathLike, obj) -> None:
-    """Append one JSON line; a reader never sees half a line because each record is one write() call."""
-    line = json.dumps(obj, sort_keys=True) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
+    """Append one JSON line as one write() of the whole line, so a reader never sees half of it. A write that fails
+    part way (a full disk) is cut back off, so the file never keeps a torn line; one left by a crash (or an older
+    version) is ended first, so this record starts a line of its own."""
+    line = (json.dumps(obj, sort_keys=True) + "\n").encode()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
+        try:
+            if os.write(fd, line) != len(line):  # a short write means the disk filled up during it
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        except BaseException:
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read the complete JSON lines of `path` (a line still being written is skipped)."""
+    """Read the complete JSON records of `path`: a last line still being written, and any line that is not a JSON
+    object (torn by a crash or a full disk), are skipped."""
     out = []
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8", errors="replace") as f:
             for line in f:
                 if not line.endswith("\n"):
                     break  # still being written: what follows it in this read may be the same line's rest
-                out.append(json.loads(line))
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict):
+                    out.append(rec)
     except FileNotFoundError:
         pass
     return out
@@ -66,7 +87,8 @@ def new_folder(dest: str | os.PathLike):
     if dest.exists():
         raise UserError(f"'{dest}' already exists; choose another folder name (nothing is ever overwritten).")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial"))
+    # the builder's id in the name lets engine.disk.remove_stale_partials tell a dead builder's folder from a live one
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.{owner_tag()}.", suffix=".partial"))
     try:
         yield tmp
         os.rename(tmp, dest)

@@ -509,6 +509,11 @@ def quantize(src: Path, dst: Path, fmt: str, log=print) -> None:
         if "WARNING" in line or "error" in line.lower():
             log(f"gguf: llama.cpp: {line.strip()}")
     if rc != 0:
+        import errno
+        import shutil
+
+        if shutil.disk_usage(dst.parent).free < 2**24:  # llama.cpp's code does not say why; a full disk is one reason
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
         raise UserError(f"llama.cpp could not quantize the model to {fmt} (code {rc}); try gguf-f16 or gguf-q8_0.")
     log(f"gguf: quantized to {fmt} ({dst.stat().st_size / 2**20:.1f} MiB)")
 

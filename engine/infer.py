@@ -16,7 +16,29 @@ from engine.templates import END_OF_TURN, stop_strings
 
 
 def locate(source: str) -> tuple[str, Path | None, Path | None]:
-    """(base model, adapter folder or None, tokenizer folder or None) for a run, an adapter folder or a model."""
+    """(base model, adapter folder or None, tokenizer folder or None) for a run, an adapter folder or a model.
+    An adapter is only ever read from safetensors (engine.infer.check_adapter)."""
+    base, adapter, tok_dir = _locate(source)
+    if adapter is not None:
+        check_adapter(adapter)
+    return base, adapter, tok_dir
+
+
+def check_adapter(folder: Path) -> None:
+    """Refuse an adapter folder without adapter_model.safetensors: its adapter_model.bin would be unpickled, and
+    unpickling a file someone handed over can run their code."""
+    if any(folder.glob("adapter_model*.safetensors")):
+        return
+    if any(folder.glob("adapter_model*.bin")) or any(folder.glob("*.pt")):
+        raise UserError(
+            f"'{folder}' holds its adapter only as a pickle file (adapter_model.bin), which could run code when "
+            "loaded; Tunesmith loads adapters from safetensors only. Save it again with "
+            "save_pretrained(..., safe_serialization=True) where it was made."
+        )
+    raise UserError(f"'{folder}' has no adapter_model.safetensors; it is not a complete LoRA adapter.")
+
+
+def _locate(source: str) -> tuple[str, Path | None, Path | None]:
     path = Path(source)
     if (path / "job.yaml").is_file():
         from engine.jobspec import JobSpec

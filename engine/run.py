@@ -6,7 +6,6 @@ state to status.json. SIGTERM (cancel) is honoured between steps: a checkpoint i
 """
 
 import argparse
-import errno
 import signal
 import sys
 import time
@@ -15,23 +14,28 @@ from pathlib import Path
 
 
 def log(msg: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+    try:
+        print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+    except OSError:  # log.txt on a full disk: the line is lost, the run's status must still be written
+        pass
 
 
-def failure_message(exc: BaseException, step: int) -> str:
+def failure_message(exc: BaseException, step: int, run_dir: Path | None = None) -> str:
     """The sentence a user sees for an unexpected exception."""
+    from engine.disk import disk_full_error
     from engine.errors import UserError
 
     if isinstance(exc, UserError):
         return str(exc)
+    full = disk_full_error(exc, run_dir or Path("."), f"training at step {step + 1}")
+    if full is not None:
+        return str(full)
     text = f"{type(exc).__name__}: {exc}"
     if "out of memory" in text.lower() or type(exc).__name__ == "OutOfMemoryError":
         return (
             f"Ran out of GPU memory at step {step + 1}. Lower the batch size or the maximum sequence length, or "
             "use QLoRA, then resume: the run continues from its last checkpoint."
         )
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return "The disk is full. Free some space, then resume: the run continues from its last checkpoint."
     if isinstance(exc, MemoryError):
         return "Ran out of RAM. Close other programs or pick a smaller model, then resume."
     return f"Training stopped with an error ({text.splitlines()[0][:200]}); the full report is in log.txt."
@@ -59,6 +63,11 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     runlog.set(state="starting", message="starting")
     try:
+        from engine.disk import remove_stale_partials
+
+        remove_stale_partials(
+            run_dir, run_dir / "checkpoints", log=log, legacy=True
+        )  # left by an earlier attempt killed mid-save
         spec = JobSpec.from_yaml(job.read_text(), source=str(job))
         from engine.train import Cancelled, train
 
@@ -69,9 +78,9 @@ def main(argv=None) -> int:
             log("cancelled")
             return 0
     except BaseException as exc:  # every failure becomes a state and a sentence; the traceback goes to log.txt
-        traceback.print_exc(file=sys.stdout)
+        log(traceback.format_exc())
         step = runlog.state.get("step", 0)
-        message = failure_message(exc, step) if not isinstance(exc, KeyboardInterrupt) else "Interrupted."
+        message = failure_message(exc, step, run_dir) if not isinstance(exc, KeyboardInterrupt) else "Interrupted."
         runlog.set(state="failed", message=message)
         log(f"failed: {message}")
         return 2 if isinstance(exc, UserError) else 1

@@ -9,9 +9,11 @@ Layout of runs/<id>/:
   adapter/          the final LoRA adapter with tokenizer (model/ for full fine-tuning)
 """
 
+import json
 import time
 from pathlib import Path
 
+from engine.disk import is_disk_full, overwrite_in_place
 from engine.files import append_jsonl, read_jsonl, write_json
 
 TERMINAL = ("done", "failed", "cancelled")
@@ -23,10 +25,17 @@ class RunLog:
         self.state = dict(state="starting", message="", step=0, total_steps=0)
 
     def set(self, **fields) -> None:
+        """Update status.json atomically; on a full disk, where the atomic write's temporary copy finds no room, the
+        file is overwritten in place (compact, so it fits the space it holds), so a run never stays "running"."""
         import os
 
         self.state.update(fields, pid=os.getpid(), updated=time.time())
-        write_json(self.dir / "status.json", self.state)
+        try:
+            write_json(self.dir / "status.json", self.state)
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            overwrite_in_place(self.dir / "status.json", json.dumps(self.state, separators=(",", ":")))
 
     def metric(self, **record) -> None:
         append_jsonl(self.dir / "metrics.jsonl", dict(record, time=round(time.time(), 3)))
@@ -36,6 +45,8 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     """Step records in order; after a resume, the resumed steps replace the ones past the checkpoint."""
     by_step = {}
     for rec in read_jsonl(Path(run_dir) / "metrics.jsonl"):
+        if not isinstance(rec.get("step"), int):
+            continue  # not a record this engine wrote
         if "event" in rec:
             if rec["event"] == "resume":
                 by_step = {s: r for s, r in by_step.items() if s <= rec["step"]}

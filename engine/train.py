@@ -19,7 +19,16 @@ from engine.errors import UserError
 from engine.files import new_folder, write_json
 from engine.hardware import choose_placement, memory_in_use_gb
 
-CHECKPOINT_FILES = ("optimizer.pt", "scheduler.pt", "rng.pt", "state.json")
+# optimizer, scheduler and rng are each a .safetensors + .json pair (engine.statefile): no checkpoint file is a pickle
+CHECKPOINT_FILES = (
+    "optimizer.safetensors",
+    "optimizer.json",
+    "scheduler.safetensors",
+    "scheduler.json",
+    "rng.safetensors",
+    "rng.json",
+    "state.json",
+)
 
 
 class Cancelled(Exception):
@@ -125,25 +134,33 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def save_checkpoint(run_dir: Path, step: int, model, opt, sched, epoch_pos, keep: int, log) -> Path:
-    """Write checkpoints/step-NNNNNN atomically, then prune the oldest beyond `keep`."""
+    """Write checkpoints/step-NNNNNN atomically, then prune the oldest beyond `keep`. A full disk leaves the earlier
+    checkpoints as they were and raises engine.disk's sentence saying which one is kept."""
     import torch
+
+    from engine.disk import disk_full_error
+    from engine.statefile import save_state
 
     dest = run_dir / "checkpoints" / f"step-{step:06d}"
     if dest.is_dir():  # saved at this step already (save_every, then a cancel before the next step)
         return dest
-    with new_folder(dest) as tmp:
-        save_trainable(model, tmp)
-        torch.save(opt.state_dict(), tmp / "optimizer.pt")
-        torch.save(sched.state_dict(), tmp / "scheduler.pt")
-        torch.save(
-            dict(
+    try:
+        with new_folder(dest) as tmp:
+            save_trainable(model, tmp)
+            save_state(opt.state_dict(), tmp, "optimizer")
+            save_state(sched.state_dict(), tmp, "scheduler")
+            rng = dict(
                 torch=torch.get_rng_state(),
                 python=random.getstate(),
                 cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            ),
-            tmp / "rng.pt",
-        )
-        write_json(tmp / "state.json", dict(step=step, epoch=epoch_pos[0], micro_in_epoch=epoch_pos[1]))
+            )
+            save_state(rng, tmp, "rng")
+            write_json(tmp / "state.json", dict(step=step, epoch=epoch_pos[0], micro_in_epoch=epoch_pos[1]))
+    except Exception as e:
+        err = disk_full_error(e, run_dir, f"saving the checkpoint of step {step}")
+        if err is None:
+            raise
+        raise err from e
     for old in sorted((run_dir / "checkpoints").glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     log(f"checkpoint: saved step {step}")
@@ -156,20 +173,27 @@ def save_trainable(model, folder: Path) -> None:
 
 
 def load_checkpoint(ckpt: Path, model, opt, sched, log):
+    """Restore the weights, optimizer, schedule and random generators of `ckpt`; returns its state.json.
+
+    Nothing here is unpickled: weights and states are safetensors and JSON (engine.statefile), and a checkpoint of
+    the older pickle format is read with torch's restricted loader or refused."""
     import json
 
     import torch
     from peft import PeftModel, set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    from engine.statefile import load_state
+
     if isinstance(model, PeftModel):
         set_peft_model_state_dict(model, load_file(ckpt / "adapter_model.safetensors"))
     else:
         for shard in sorted(ckpt.glob("*.safetensors")):
-            model.load_state_dict(load_file(shard), strict=False)
-    opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
-    sched.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
-    rng = torch.load(ckpt / "rng.pt", weights_only=False)
+            if shard.stem not in ("optimizer", "scheduler", "rng"):
+                model.load_state_dict(load_file(shard), strict=False)
+    opt.load_state_dict(load_state(ckpt, "optimizer"))
+    sched.load_state_dict(load_state(ckpt, "scheduler"))
+    rng = load_state(ckpt, "rng")
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])
     if rng["cuda"] is not None and torch.cuda.is_available():

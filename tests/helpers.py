@@ -47,3 +47,26 @@ def resume_after_cut(status, step: int, total: int):
     message = dict(state="failed", message="x", step=step, total_steps=total)
     (status.run_dir / "status.json").write_text(json.dumps(message))
     return wait_for(api.resume(status.run_dir))
+
+
+def tiny_spec(model, data, **kw):
+    """A JobSpec for a few quick LoRA steps of a tiny model on the CPU; `kw` overrides any field."""
+    from engine import api
+
+    base = dict(
+        model=str(model),
+        data=str(data),
+        name="t",
+        max_steps=40,
+        save_every=2,
+        keep_checkpoints=2,
+        batch_size=2,
+        grad_accum=1,
+        max_seq_length=64,
+        lora_r=4,
+        lora_alpha=4,
+        device="cpu",
+        gradient_checkpointing=False,
+        seed=0,
+    )
+    return api.JobSpec(**{**base, **kw})

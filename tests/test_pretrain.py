@@ -8,6 +8,7 @@ from tiny import CORPUS
 from engine import api
 from engine.pretrain import load_text_examples
 from engine.runlog import RunLog, read_metrics
+from engine.statefile import load_state
 from engine.train import train
 
 
@@ -55,7 +56,7 @@ def test_pretrain_lowers_loss_with_embeddings_at_their_own_rate(tiny_llama, text
     losses = [m["loss"] for m in read_metrics(tmp_path)]
     assert len(losses) == 30 and sum(losses[-3:]) / 3 < 0.5 * losses[0], losses
     [ckpt] = (tmp_path / "checkpoints").iterdir()
-    groups = torch.load(ckpt / "optimizer.pt", weights_only=False)["param_groups"]
+    groups = load_state(ckpt, "optimizer")["param_groups"]
     assert [g["initial_lr"] for g in groups] == [1e-2, 1e-3]
 
     adapter = tmp_path / "adapter"

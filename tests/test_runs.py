@@ -11,6 +11,7 @@ import yaml
 from helpers import log_of, resume_after_cut, wait_for
 
 from engine import api
+from engine.train import CHECKPOINT_FILES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,9 +36,8 @@ def test_cancel_mid_run_then_resume_continues_steps_and_curve(tiny_qwen3, identi
     assert st.state == "cancelled", log_of(st)
     ckpts = sorted((st.run_dir / "checkpoints").glob("step-*"))
     assert [c.name for c in ckpts] == [f"step-{st.step:06d}"]
-    assert {"adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json"} <= {
-        f.name for f in ckpts[0].iterdir()
-    }
+    assert {"adapter_model.safetensors", *CHECKPOINT_FILES} <= {f.name for f in ckpts[0].iterdir()}
+    assert not list(ckpts[0].glob("*.pt"))  # no pickle
     assert not list((st.run_dir / "checkpoints").glob(".*partial"))  # nothing half-written
     assert not (st.run_dir / "adapter").exists()
     stopped_at = st.step

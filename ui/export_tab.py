@@ -24,7 +24,7 @@ def formats_for(run_id: str):
     if not run_id:
         return gr.Radio(choices=FORMATS), ""
     try:
-        ok, why = api.gguf_support(str(api.runs_dir() / run_id))
+        ok, why = api.gguf_support(str(api.find_run(run_id)))
     except api.UserError as e:
         ok, why = False, str(e)
     if ok:
@@ -41,7 +41,7 @@ def start(run_id: str, fmt: str, name: str, push: bool = False, repo: str = "", 
             raise api.UserError("Type the hub repository to push to, as user/name.")
         out = api.workspace() / "exports" / api.safe_name(name, "export name")
         hub = dict(push_to_hub=repo.strip(), token=(token or "").strip(), private=bool(private)) if push else {}
-        job = api.start_export(str(api.runs_dir() / run_id), fmt, out, **hub)
+        job = api.start_export(str(api.find_run(run_id)), fmt, out, **hub)
     except api.UserError as e:
         return None, f"**Export failed:** {e}", "", gr.Timer(active=False)
     return job, f"Exporting **{fmt}** to `{job.out}`…", "", gr.Timer(active=True)

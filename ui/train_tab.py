@@ -265,7 +265,10 @@ def method_view(run_id: str):
 def cancel(run_id: str) -> str:
     if not run_id:
         return "No run to cancel."
-    st = api.cancel(run_id)
+    try:
+        st = api.cancel(run_id)
+    except api.UserError as e:
+        return f"**Not cancelled:** {e}"
     return f"**{st.state}** · {st.message}"
 
 

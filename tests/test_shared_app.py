@@ -1,0 +1,234 @@
+"""A logged-in user of a shared app (`--auth`) reaches nothing outside its workspace: each endpoint of the real app,
+called through Gradio's HTTP API with gradio_client, is given the issue's attacks (paths outside the workspace as run
+ids, sources and targets; an uploaded job.yaml; a job with a Python reward) and answers with a sentence, while nothing
+outside is read, deleted, signalled or trained."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import IDENTITY_ANSWER
+
+from engine import api
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "SECRET-LOG-LINE-outside-the-workspace"
+NOT_A_RUN = "is not a run of this app"
+OUTSIDE = "only opens files inside its workspace"
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory, tiny_llama):
+    """The app on 127.0.0.1 with a login, a workspace, and a run-like folder outside the workspace."""
+    from gradio_client import Client
+
+    base = tmp_path_factory.mktemp("shared")
+    work, uploads, outside = base / "work", base / "uploads", base / "outside"
+    for d in (work / "runs", work / "data", uploads, outside):
+        d.mkdir(parents=True)
+    victim = outside / "victim-run"
+    victim.mkdir()
+    data = outside / "data.jsonl"
+    data.write_text(json.dumps(dict(instruction="Who are you?", input="", output=IDENTITY_ANSWER)) + "\n")
+    spec = api.JobSpec(model=str(tiny_llama), data=str(data), max_steps=2, device="cpu")
+    (victim / "job.yaml").write_text(spec.to_yaml())
+    (victim / "log.txt").write_text(SECRET + "\n")
+    sleeper = subprocess.Popen(["sleep", "600"])  # the "run" of the outside folder: cancel must not signal it
+    (victim / "status.json").write_text(json.dumps(dict(state="running", message="", pid=sleeper.pid, step=0)))
+    port = _free_port()
+    env = dict(
+        os.environ,
+        TUNESMITH_RUNS=str(work / "runs"),
+        GRADIO_TEMP_DIR=str(uploads),
+        GRADIO_ANALYTICS_ENABLED="False",
+    )
+    app = subprocess.Popen(
+        [sys.executable, "app.py", "--port", str(port), "--auth", "alice:wonderland"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        client = None
+        deadline = time.time() + 180
+        while client is None:
+            try:
+                client = Client(f"http://127.0.0.1:{port}/", auth=("alice", "wonderland"), verbose=False)
+            except Exception:
+                if app.poll() is not None or time.time() > deadline:
+                    raise AssertionError(app.stdout.read1().decode()) from None
+                time.sleep(1)
+        yield dict(client=client, work=work, uploads=uploads, outside=outside, victim=victim, spec=spec)
+    finally:
+        app.terminate()
+        app.wait(timeout=30)
+        sleeper.kill()
+        sleeper.wait()
+    assert sleeper.returncode == -9  # alive until the end: nothing signalled it
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _upload(client, path: Path) -> str:
+    """Upload a file the way the browser does (any name; Gradio keeps it in its temp folder); its path there."""
+    with open(path, "rb") as f:
+        r = httpx.post(client.upload_url, cookies=client.cookies, files=[("files", (path.name, f))])
+    r.raise_for_status()
+    return r.json()[0]
+
+
+def _run_ids(shared) -> list[str]:
+    victim = shared["victim"]
+    return [str(victim), os.path.relpath(victim, shared["work"] / "runs"), f"../../outside/{victim.name}"]
+
+
+def _in_runs(shared, name: str, **changes) -> Path:
+    """A run folder copied into runs/ (as a user with shell access could), its job.yaml changed by `changes`."""
+    import dataclasses
+
+    folder = shared["work"] / "runs" / name
+    folder.mkdir()
+    (folder / "job.yaml").write_text(dataclasses.replace(shared["spec"], **changes).to_yaml())
+    (folder / "status.json").write_text(json.dumps(dict(state="failed", message="x", step=0, total_steps=2)))
+    return folder
+
+
+def test_show_log_reads_no_log_outside(shared):
+    for run_id in _run_ids(shared):
+        text = shared["client"].predict(run_id, api_name="/show_log")
+        assert NOT_A_RUN in text and SECRET not in text
+
+
+def test_view_and_method_view_read_no_run_outside(shared):
+    for run_id in _run_ids(shared):
+        status, plot, _ = shared["client"].predict(run_id, api_name="/view")
+        assert NOT_A_RUN in status
+        shared["client"].predict(run_id, api_name="/method_view")  # hidden, empty: nothing read
+
+
+def test_delete_removes_nothing_outside(shared):
+    for run_id in _run_ids(shared):
+        _, status, _ = shared["client"].predict(run_id, api_name="/delete")
+        assert "Not deleted" in status and NOT_A_RUN in status
+    assert (shared["victim"] / "job.yaml").is_file()
+
+
+def test_cancel_signals_no_process_of_a_folder_outside(shared):
+    for run_id in _run_ids(shared):
+        status = shared["client"].predict(run_id, api_name="/cancel")
+        assert "Not cancelled" in status and NOT_A_RUN in status
+    assert json.loads((shared["victim"] / "status.json").read_text())["state"] == "running"
+
+
+def test_resume_trains_nothing_outside_nor_an_uploaded_job(shared):
+    client = shared["client"]
+    uploaded = Path(_upload(client, shared["victim"] / "job.yaml"))
+    assert uploaded.name == "job.yaml" and shared["uploads"] in uploaded.parents
+    for run_id in [*_run_ids(shared), str(uploaded.parent)]:
+        _, status, _ = client.predict(run_id, api_name="/resume")
+        assert "Not resumed" in status and NOT_A_RUN in status
+    assert not (uploaded.parent / "status.json").exists() and not (uploaded.parent / "log.txt").exists()
+    assert json.loads((shared["victim"] / "status.json").read_text())["state"] == "running"
+
+
+def test_resume_of_a_copied_job_refuses_outside_model_and_python_reward(shared, tmp_path):
+    client = shared["client"]
+    far = _in_runs(shared, "20250101-000000-far")  # its model and data are outside the workspace
+    _, status, _ = client.predict(far.name, api_name="/resume")
+    assert "Not resumed" in status and OUTSIDE in status
+    marker = tmp_path / "imported"
+    (tmp_path / "evil_reward.py").write_text(f"open({str(marker)!r}, 'w').close()\ndef score(**kw): return 0.0\n")
+    inside = shared["work"] / "data" / "d.jsonl"
+    shutil.copy(shared["spec"].data, inside)
+    coded = _in_runs(
+        shared,
+        "20250101-000000-coded",
+        data=str(inside),
+        model="Qwen/Qwen3-0.6B",
+        objective="grpo",
+        rewards=({"preset": "python", "function": "evil_reward:score"},),
+    )
+    _, status, _ = client.predict(coded.name, api_name="/resume")
+    assert "Not resumed" in status and "'python' reward" in status
+    assert json.loads((coded / "status.json").read_text())["state"] == "failed"  # never launched
+    assert not marker.exists()
+
+
+def test_chat_loads_nothing_outside(shared, tmp_path):
+    for source in _run_ids(shared)[:1] + [str(shared["outside"])]:
+        status = shared["client"].predict(source, api_name="/load")
+        assert OUTSIDE in status
+
+
+def _answer(client, *args, api_name: str) -> str:
+    """The endpoint's answer as text, or the refusal of Gradio's own input check (e.g. a value not among a
+    dropdown's choices), which stops a request before the handler runs."""
+    from gradio_client.exceptions import AppError
+
+    try:
+        return json.dumps(client.predict(*args, api_name=api_name))
+    except AppError as e:
+        return f"AppError: {e}"
+
+
+def test_export_reads_no_run_and_writes_nothing_outside(shared):
+    client = shared["client"]
+    refused = (NOT_A_RUN, "is not in the list of choices")
+    for run_id in _run_ids(shared):
+        assert any(r in _answer(client, run_id, api_name="/formats_for") for r in refused)
+        answer = _answer(client, run_id, "lora", "x", False, "", "", False, api_name="/start_1")
+        assert any(r in answer for r in refused), answer
+    answer = _answer(client, None, "lora", "../../outside/x", False, "", "", False, api_name="/start_1")
+    assert "Export failed" in answer
+    assert not (shared["work"] / "exports" / ".jobs").exists()
+    assert sorted(os.listdir(shared["outside"])) == ["data.jsonl", "victim-run"]
+
+
+def test_data_and_train_read_no_dataset_outside(shared):
+    client = shared["client"]
+    client.predict(str(shared["spec"].data), api_name="/lambda_1")  # "Load hub dataset" with a path typed in
+    path, summary, *_ = client.predict("", "", "auto", 1024, "", "train", api_name="/inspect_1")
+    assert OUTSIDE in summary and not path
+    args = [shared["spec"].model, "lora", False, str(shared["spec"].data), "", "auto", "", "train", 64]
+    args += ["t", 2, 1, 2e-4, 1, 1, 4, False, False, "sft", 0.1, 2, 16, 1.0, False, 2e-5]
+    args += [False, "answer", "exact", 1.0, False, "", 1.0, False, 1.0, False, 0, 100, 1.0, False, "", "", 1.0]
+    run_id, status, *_ = client.predict(*args, api_name="/start")
+    assert not run_id and "Not started" in status and OUTSIDE in status
+    assert [p.name for p in (shared["work"] / "runs").iterdir() if "far" not in p.name and "coded" not in p.name] == []
+
+
+def test_download_opens_no_folder_outside(shared):
+    status = shared["client"].predict(None, str(shared["outside"]), api_name="/download")
+    assert OUTSIDE in str(status)
+
+
+def test_python_reward_is_refused_by_the_app_on_this_machine_too(tmp_path, runs, identity_file):
+    """Local app mode (no login): resume through the Train tab's handler still refuses a job with a Python reward."""
+    from ui import train_tab
+
+    folder = runs / "20250101-000000-coded"
+    folder.mkdir(parents=True)
+    spec = api.JobSpec(
+        model="Qwen/Qwen3-0.6B",
+        data=str(identity_file),
+        objective="grpo",
+        rewards=({"preset": "python", "function": "evil_reward:score"},),
+    )
+    (folder / "job.yaml").write_text(spec.to_yaml())
+    (folder / "status.json").write_text(json.dumps(dict(state="cancelled", message="x", step=1, total_steps=2)))
+    _, status, _ = train_tab.resume(folder.name)
+    assert "Not resumed" in status and "'python' reward" in status
+    assert not (folder / "log.txt").exists()
