@@ -8,9 +8,9 @@ from that batch's shape (and remembered per shape), with engine.estimate's model
 
 import math
 
-from engine.estimate import Arch, estimate, layer_activation_bytes
+from engine.estimate import ESTIMATE_SLACK, Arch, estimate, layer_activation_bytes
 
-SLACK = 1.1  # the allocator's fragmentation and the estimate's error, as in Estimate.fits
+SLACK = ESTIMATE_SLACK  # the estimate's error margin, as in Estimate.fits (the allocator's share is in the estimate)
 
 
 def layers_to_checkpoint(arch: Arch, method: str, tokens: int, budget_gib: float | None, fused_loss: bool, **kw) -> int:
