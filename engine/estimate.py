@@ -187,15 +187,19 @@ class Arch:
 
 def vision_params(vision: dict, text_hidden: int) -> int:
     """Parameters of a ViT-style vision tower (SigLIP, CLIP) and its projection into the language model: per layer
-    q/k/v/o and two MLP matrices with biases and two layer norms; patch and position embeddings; a final norm; a
-    (vision hidden x text hidden) projection with its norm."""
+    q/k/v/o and two MLP matrices with biases and two layer norms; patch and position embeddings; a final norm;
+    SigLIP's attention-pooling head where the config has one; a (vision hidden x text hidden) projection with its
+    norm (Gemma 3's)."""
     h = vision["hidden_size"]
     i = vision.get("intermediate_size") or 4 * h
     layers = vision.get("num_hidden_layers") or vision.get("depth") or 0
     patch, channels = vision.get("patch_size", 14), vision.get("num_channels", 3)
     positions = (vision.get("image_size", 224) // patch) ** 2
     per_layer = 4 * h * h + 4 * h + 2 * h * i + i + h + 4 * h
-    return layers * per_layer + channels * patch * patch * h + h + positions * h + 2 * h + h * text_hidden + h
+    tower = layers * per_layer + channels * patch * patch * h + h + positions * h + 2 * h + h * text_hidden + h
+    if vision.get("vision_use_head", vision.get("model_type", "").startswith("siglip")):  # SigLIP's pooling head
+        tower += h + (4 * h * h + 4 * h) + 2 * h + (2 * h * i + i + h)  # probe, attention, norm, MLP
+    return tower
 
 
 @dataclass(frozen=True)

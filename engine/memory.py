@@ -121,3 +121,27 @@ def smallest_budget(arch: Arch, spec, dtype: str = "bf16") -> float | None:
         mid = (low + high) / 2
         low, high = (low, mid) if works(mid) else (mid, high)
     return math.ceil(round(high * 10, 6)) / 10
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is an allocation failure: CUDA's out-of-memory error, or the CPU allocator's (a RuntimeError
+    saying it cannot allocate) and Python's MemoryError."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text)
+
+
+def out_of_memory_message(step: int, saved: int | None, on_gpu: bool) -> str:
+    """What a run that ran out of memory during step `step` (1-based) says: what was kept and what to lower."""
+    kept = f"The run saved step {saved}; resume continues from it" if saved is not None else "Resume starts it again"
+    if on_gpu:
+        return (
+            f"Ran out of GPU memory at step {step} (another program took GPU memory, or a batch needed more than "
+            f"planned). {kept} once GPU memory is free, or with a lower budget (TUNESMITH_VRAM_GIB); or start again "
+            "with a smaller batch size or maximum sequence length."
+        )
+    return (
+        f"Ran out of memory at step {step}. {kept} once other programs have freed RAM; or start again with a "
+        "smaller batch size or maximum sequence length."
+    )
