@@ -37,7 +37,7 @@ def fit_badge(model: str, method: str) -> str:
     tier = f", {est['tier_gb']} GB preset" if est["tier_gb"] else ""
     where = f"this GPU ({est['vram_budget_gib']:.0f} GiB{tier})"
     if not est["fits"]:
-        return f"⚠ Will not fit {where}: {est['reason']} Try QLoRA or a smaller model."
+        return f"⚠ Will not fit {where}: {est['reason']}"  # the reason says what to change
     offload = est["preset"]["offload"]
     if offload != "none":
         return (
