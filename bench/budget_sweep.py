@@ -1,7 +1,7 @@
 """Budget sweep (issue 24): at each VRAM budget a run is either refused before loading, with the smallest budget that
 would work, or trains with its peak reserved memory under the budget; never out of memory.
 
-    python3 bench/budget_sweep.py [--only llama8b,qwen3_4b,qwen3_14b] [--steps 4 --warmup 2] [--deadline-s 570]
+    python3 bench/budget_sweep.py [--only llama8b,qwen3_4b,qwen3_14b] [--parallel 2] [--deadline-s 570]
 
 Run on the GPU machine from the project root, with the shared harness copied to .bench/ (bench/README.md, "Running
 it on the GPU machine"; carry [".devsite", ".bench"], PYTHONPATH=$PWD/.devsite). For each configuration it makes the
@@ -10,14 +10,20 @@ computation the run plans with), and where that plan fits runs `train_bench.py -
 its own process, with a timeout; a failure is recorded and the sweep goes on. Prints one markdown row per budget as
 it goes, then the table; rows also go to $OUT/budget_sweep.jsonl when $OUT is set. Budgets not reached before the
 deadline are listed as skipped (run them in another call with --only).
+
+`--parallel N` runs N budgets of a configuration at once (each process is capped at its own budget, so the memory
+figures are each run's own; tokens/s is then of a shared GPU, and each estimate plans with 1/N of the host RAM). The
+speed comparison at a budget belongs to a call with `--parallel 1`.
 """
 
 import argparse
+import functools
 import json
 import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HARNESS = Path(".bench/train_bench.py")
@@ -51,12 +57,12 @@ def last_error(text: str) -> str:
     return (errors or lines or ["no output"])[-1].strip()[:240]
 
 
-def one(arch: str, mode: str, bs: int, seq: int, budget: float, steps: int, warmup: int, timeout: float) -> dict:
+def one(arch, mode, bs, seq, budget, steps, warmup, timeout, ram_gib=None) -> dict:
     """The estimate for this budget, and the harness's run where the estimate says it fits."""
     from engine import api
 
     row = dict(arch=arch, mode=mode, bs=bs, seq=seq, budget_gib=budget)
-    est = api.estimate(str(MODELS / arch), mode, seq=seq, batch=bs, vram_gib=budget)
+    est = api.estimate(str(MODELS / arch), mode, seq=seq, batch=bs, vram_gib=budget, ram_gib=ram_gib)
     row.update(estimate_gib=est["peak_vram_gib"], plan=est["plan"])
     if not est["fits"]:
         row.update(outcome="refused before loading", message=est.get("reason", ""), min_gib=est.get("min_vram_gib"))
@@ -91,6 +97,18 @@ def one(arch: str, mode: str, bs: int, seq: int, budget: float, steps: int, warm
     return row
 
 
+def row_for(arch, mode, bs, seq, a, start, ram, budget) -> dict:
+    """One budget's row, whatever happens (the sweep goes on); skipped once the deadline is near."""
+    left = a.deadline_s - (time.time() - start)
+    base = dict(arch=arch, mode=mode, bs=bs, seq=seq, budget_gib=budget)
+    if left < 20:
+        return dict(base, outcome="skipped (deadline)")
+    try:
+        return one(arch, mode, bs, seq, budget, a.steps, a.warmup, min(a.timeout_s, left), ram)
+    except Exception as e:  # the row says what went wrong
+        return dict(base, outcome="sweep error", message=f"{type(e).__name__}: {e}")
+
+
 def markdown(row: dict) -> str:
     cells = [row["arch"], f"{row['mode']} bs {row['bs']} seq {row['seq']}", f"{row['budget_gib']:.1f}", row["outcome"]]
     if "peak_reserved_gib" in row:
@@ -116,12 +134,16 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--timeout-s", type=float, default=150, help="per harness run")
     ap.add_argument("--deadline-s", type=float, default=570, help="stop starting runs after this many seconds")
+    ap.add_argument("--parallel", type=int, default=2, help="budgets of one configuration run at once")
     a = ap.parse_args()
     sys.path.insert(0, os.getcwd())
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     start = time.time()
     rows = []
     sink = open(Path(os.environ["OUT"]) / "budget_sweep.jsonl", "a") if os.environ.get("OUT") else None
+    from engine.offload import host_ram_gib
+
+    ram = host_ram_gib() / max(1, a.parallel)  # each concurrent run's share of the free host RAM
     print(HEADER, flush=True)
     for arch in a.only.split(","):
         mode, bs, seq, budgets = SWEEPS[arch]
@@ -132,21 +154,14 @@ def main() -> int:
         if made.returncode != 0:
             print(f"| {arch} | | | could not make the model: {last_error(made.stderr)} |", flush=True)
             continue
-        for budget in budgets:
-            left = a.deadline_s - (time.time() - start)
-            if left < 20:
-                row = dict(arch=arch, mode=mode, bs=bs, seq=seq, budget_gib=budget, outcome="skipped (deadline)")
-            else:
-                try:
-                    row = one(arch, mode, bs, seq, budget, a.steps, a.warmup, min(a.timeout_s, left))
-                except Exception as e:  # the sweep goes on; the row says what went wrong
-                    row = dict(arch=arch, mode=mode, bs=bs, seq=seq, budget_gib=budget, outcome="sweep error",
-                               message=f"{type(e).__name__}: {e}")  # fmt: skip
-            rows.append(row)
-            print(markdown(row), flush=True)
-            if sink:
-                sink.write(json.dumps(row) + "\n")
-                sink.flush()
+
+        with ThreadPoolExecutor(max(1, a.parallel)) as pool:
+            for row in pool.map(functools.partial(row_for, arch, mode, bs, seq, a, start, ram), budgets):
+                rows.append(row)
+                print(markdown(row), flush=True)
+                if sink:
+                    sink.write(json.dumps(row) + "\n")
+                    sink.flush()
     print("\n" + HEADER)
     print("\n".join(markdown(r) for r in rows))
     bad = [r for r in rows if r["outcome"] in ("OOM", "trained OVER budget")]
