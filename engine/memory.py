@@ -133,8 +133,13 @@ def out_of_memory(exc: BaseException) -> bool:
 
 
 def out_of_memory_message(step: int, saved: int | None, on_gpu: bool) -> str:
-    """What a run that ran out of memory during step `step` (1-based) says: what was kept and what to lower."""
-    kept = f"The run saved step {saved}; resume continues from it" if saved is not None else "Resume starts it again"
+    """What a run that ran out of memory during step `step` (1-based) says: what was kept (`saved`: the step
+    checkpointed, None when nothing could be) and what to lower."""
+    kept = (
+        f"The run saved step {saved}; resume continues from it"
+        if saved is not None
+        else "It ran out while updating the weights, so resume continues from the latest checkpoint"
+    )
     if on_gpu:
         return (
             f"Ran out of GPU memory at step {step} (another program took GPU memory, or a batch needed more than "

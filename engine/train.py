@@ -232,7 +232,9 @@ def train(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> None:
         import torch
 
         torch.cuda.empty_cache()
-    saved = progress["save"]()
+    # weights part-updated (in the optimizer step, or in the backward with released gradients) are no step's: the
+    # latest checkpoint stays the one to resume from
+    saved = None if progress["updating"] or progress["released"] else progress["save"]()
     raise UserError(out_of_memory_message(progress["step"] + 1, saved, on_gpu))
 
 
@@ -308,9 +310,10 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         save_checkpoint(run_dir, done, model, opt, sched, progress["position"], spec.keep_checkpoints, log)
         return done
 
-    progress.update(save=save_completed, on_gpu=placement.device == "cuda")
+    released = memory is not None and memory.grads_released
+    progress.update(save=save_completed, on_gpu=placement.device == "cuda", released=released)
     while step < total:
-        progress.update(step=step, position=(epoch, micro))
+        progress.update(step=step, position=(epoch, micro), updating=False)
         if should_stop():
             save_checkpoint(run_dir, step, model, opt, sched, (epoch, micro), spec.keep_checkpoints, log)
             raise Cancelled()
@@ -338,6 +341,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
                 f"(now {spec.learning_rate}) and start again."
             )
         lr = sched.get_last_lr()[0]
+        progress["updating"] = True
         if scaler:
             scaler.step(opt)
             scaler.update()

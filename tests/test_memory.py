@@ -137,16 +137,20 @@ def test_estimate_is_the_plan_and_honours_seq_and_batch():
     assert big["preset"]["fits"] is False
 
 
-def test_the_run_plans_with_the_same_computation(tiny_llama):
-    """engine.loading.plan_memory (the run) and the estimate give the same plan for the same settings."""
+def test_the_run_plans_with_the_same_computation(tmp_path, monkeypatch):
+    """engine.loading.plan_memory (the run, before it loads anything) and the estimate give the same plan for the
+    same settings and budget."""
     from engine.hardware import Placement
-    from engine.loading import plan_memory, read_config
+    from engine.loading import plan_memory
 
-    spec = JobSpec(model=str(tiny_llama), data="-", method="lora", max_seq_length=128, batch_size=1)
-    cpu = plan_memory(spec, read_config(tiny_llama), Placement("cpu", "fp32", "test"))
-    e = api.estimate(str(tiny_llama), "lora", seq=128, batch=1, ram_gib=64)
-    if e["vram_budget_gib"] is None:  # no GPU here: both plan for none
-        assert cpu.as_dict() == e["plan"]
+    monkeypatch.setenv("TUNESMITH_VRAM_GIB", "7.0")
+    monkeypatch.setenv("TUNESMITH_RAM_GIB", "64")
+    folder = json_folder_for(LLAMA_31_8B, tmp_path / "llama")
+    spec = JobSpec(model=folder, data="-", method="qlora", max_seq_length=2048, batch_size=2)
+    run = plan_memory(spec, LLAMA_31_8B, Placement("cuda", "bf16", "planned for a GPU"))
+    e = api.estimate(folder, "qlora", seq=2048, batch=2)
+    assert run.budget_gib == 7.0 and run.offload_activations and e["fits"] and e["plan"] == run.as_dict()
+    assert e["peak_vram_gib"] == run.peak_vram_gib and e["preset"]["offload"] != "none"
 
 
 def test_configs_are_found_offline_in_a_folder_and_in_the_hub_cache(tmp_path, monkeypatch):
@@ -240,3 +244,34 @@ def test_checkpoints_on_a_time_interval_by_default(tiny_llama, identity_file, tm
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("step-*")) == [f"step-{i:06d}" for i in (1, 2, 3)]
     with pytest.raises(UserError, match="save_every_minutes"):
         JobSpec(model="m", data="d", save_every_minutes=-1)
+
+
+def test_an_out_of_memory_error_in_the_optimizer_step_keeps_the_latest_checkpoint(tiny_llama, identity_file, tmp_path):
+    """Weights part-updated when the allocation fails are no step's: nothing is saved, the message names the latest
+    checkpoint, and resume continues from it (the failure from a hook torch offers on every optimizer step)."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from engine.runlog import RunLog
+    from engine.train import latest_checkpoint, train
+
+    spec = JobSpec(model=str(tiny_llama), data=str(identity_file), method="lora", max_steps=5, batch_size=2,
+                   gradient_checkpointing=False, save_every=2, seed=0)  # fmt: skip
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    steps = []
+
+    def fail_in_the_fourth_update(optimizer, args, kwargs):
+        steps.append(optimizer)
+        if len(steps) == 4:
+            torch.empty(2**62, dtype=torch.uint8)
+
+    hook = register_optimizer_step_pre_hook(fail_in_the_fourth_update)
+    try:
+        with pytest.raises(UserError, match="at step 4.*updating the weights.*latest checkpoint"):
+            train(spec, run_dir, RunLog(run_dir), False, lambda: False, lambda m: None)
+    finally:
+        hook.remove()
+    assert latest_checkpoint(run_dir).name == "step-000002"
+    lines = []
+    train(spec, run_dir, RunLog(run_dir), True, lambda: False, lines.append)
+    assert "resume: from step-000002" in lines and (run_dir / "adapter" / "adapter_model.safetensors").is_file()
