@@ -1,7 +1,10 @@
 """Peak GPU memory and host RAM of a training run, from the model's architecture numbers and the run's settings.
 
     peak = weights + trainable (params, grads, optimizer states) + activations + loss (logits) + fixed
-Weights: 2 bytes/param at 16 bits; NF4 linear layers 0.5 bytes/param plus 1/64 byte of double-quantized scale.
+           + what the allocator reserves beyond that (the CUDA graphs' pool, fragmentation)
+Weights: 2 bytes/param at 16 bits; NF4 linear layers 0.5 bytes/param plus 1/64 byte of double-quantized scale. Every
+parameter counts: a mixture-of-experts layer's experts (all of them; transformers keeps them as fused 3-D tensors,
+which QLoRA does not quantize) and router, a vision tower, biases and extra norms.
 Activations: with checkpointing, each layer keeps its bf16 input (2 bytes x hidden per token) and one layer at a time
 is rebuilt in full; without it, every layer keeps its full set. The per-token activation and loss coefficients below
 were fitted to peaks measured on the GPU machine (engine/calibrate.py; table in presets/README.md).
