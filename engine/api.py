@@ -565,14 +565,15 @@ def model_arch(model: str):
         return Arch.from_config(json.loads((path / "config.json").read_text()))
     from engine.loading import HUB_ID
 
-    if not HUB_ID.match(model) or model.startswith((".", "/", "~")):
-        raise UserError(f"Model folder '{model}' does not exist; give an existing folder or a hub id.")
-    cached = _cached_config(model)
+    listed = next((m for m in catalog() if model in (m["id"], m.get("id_4bit"), m["name"])), None)
+    hub_id = HUB_ID.match(model) and not model.startswith((".", "/", "~"))
+    cached = _cached_config(model) if hub_id else None
     if cached is not None:
         return Arch.from_config(json.loads(cached.read_text()))
-    for m in catalog():
-        if model in (m["id"], m.get("id_4bit"), m["name"]):
-            return Arch(*m["arch"])
+    if listed is not None:
+        return Arch(*listed["arch"])
+    if not hub_id:
+        raise UserError(f"Model folder '{model}' does not exist; give an existing folder or a hub id.")
     from huggingface_hub import hf_hub_download
 
     try:
