@@ -89,6 +89,12 @@ def install(
             where += ", attention outputs kept for the recompute" if decided[tokens][1] else ""
             where += ", gate/up dequantized once for it" if decided[tokens][2] else ""
             log(f"checkpointing: {k} of {len(layers)} layers recompute at {tokens} tokens per micro-batch ({where})")
+            if not fits_checkpointed(arch, method, tokens, budget, fused_loss, **lean):  # longer than planned for
+                log(
+                    f"memory: {tokens} tokens in one micro-batch need more than the {budget:.1f} GiB budget holds "
+                    "even with every layer recomputed; a step that runs out of memory stops the run with a "
+                    "checkpoint (lower batch_size or max_seq_length)"
+                )
         k, keep, dequantized = decided[tokens]
         recompute = set(order[:k])
         for i, layer in enumerate(layers):

@@ -275,3 +275,22 @@ def test_an_out_of_memory_error_in_the_optimizer_step_keeps_the_latest_checkpoin
     lines = []
     train(spec, run_dir, RunLog(run_dir), True, lambda: False, lines.append)
     assert "resume: from step-000002" in lines and (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_a_micro_batch_longer_than_any_plan_is_named_in_the_log():
+    """A micro-batch whose tokens the budget cannot hold even with every layer recomputed (a longer batch than the
+    run planned for) gets a log line saying what to lower before it runs."""
+    from tiny import ARCHS
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from engine.checkpointing import install
+
+    spec = dict(ARCHS["llama"], vocab_size=64)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(spec.pop("model_type"), **spec))
+    lines = []
+    install(model, "lora", 0.01, fused_loss=False, log=lines.append)
+    model.train()
+    ids = torch.ones(1, 8, dtype=torch.long)
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert any("8 tokens in one micro-batch need more than the 0.0 GiB budget" in line for line in lines), lines
+    assert "lower batch_size or max_seq_length" in lines[-1]
