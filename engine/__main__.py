@@ -75,13 +75,16 @@ def main(argv=None) -> int:
     d.add_argument("--config", default="", help="hub datasets: configuration name")
     d.add_argument("--split", default="train", help="hub datasets: split")
     sub.add_parser("doctor", help="versions, GPU and free memory and disk, as JSON")
-    p = sub.add_parser("estimate", help="peak VRAM/RAM of a training run and the preset for this GPU, as JSON")
+    p = sub.add_parser(
+        "estimate", help="the plan of a training run, its peak VRAM and RAM, whether it fits, and its preset, as JSON"
+    )
     p.add_argument("--model", required=True)
     p.add_argument("--method", default="qlora", choices=["qlora", "lora", "full"])
     p.add_argument("--seq", type=int, default=None, help="sequence length (default: the preset's)")
     p.add_argument("--batch", type=int, default=None, help="micro-batch (default: the preset's)")
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--vram", type=float, default=None, help="plan for a card of this many GiB instead of this one")
+    p.add_argument("--ram", type=float, default=None, help="plan for this many GiB of free host RAM instead")
     args = ap.parse_args(argv)
 
     from engine import api
@@ -146,7 +149,7 @@ def main(argv=None) -> int:
             print(json.dumps(info, indent=2, ensure_ascii=False))
             return 0
         if args.cmd == "estimate":
-            out = api.estimate(args.model, args.method, args.seq, args.batch, args.rank, args.vram)
+            out = api.estimate(args.model, args.method, args.seq, args.batch, args.rank, args.vram, args.ram)
             print(json.dumps(out, indent=2))
             return 0
         if args.cmd == "doctor":

@@ -611,13 +611,11 @@ def catalog() -> list[dict]:
 
 
 def model_arch(model: str):
-    """Architecture numbers of a catalog model (no download), a local folder, or a hub id (config.json only)."""
-    from engine.estimate import Arch
-
-    for m in catalog():
-        if model in (m["id"], m.get("id_4bit"), m["name"]):
-            return Arch(*m["arch"])
+    """Architecture numbers of a model, from its config.json: in a local folder, else in the local hub cache, else
+    (for a catalog model) the catalog's numbers, else downloaded from the hub (the config alone)."""
     import json
+
+    from engine.estimate import Arch
 
     check_access(model)
     path = Path(os.path.expanduser(model))
@@ -625,7 +623,14 @@ def model_arch(model: str):
         return Arch.from_config(json.loads((path / "config.json").read_text()))
     from engine.loading import HUB_ID
 
-    if not HUB_ID.match(model):
+    listed = next((m for m in catalog() if model in (m["id"], m.get("id_4bit"), m["name"])), None)
+    hub_id = HUB_ID.match(model) and not model.startswith((".", "/", "~"))
+    cached = _cached_config(model) if hub_id else None
+    if cached is not None:
+        return Arch.from_config(json.loads(cached.read_text()))
+    if listed is not None:
+        return Arch(*listed["arch"])
+    if not hub_id:
         raise UserError(f"Model folder '{model}' does not exist; give an existing folder or a hub id.")
     from huggingface_hub import hf_hub_download
 
@@ -633,10 +638,24 @@ def model_arch(model: str):
         cfg = hf_hub_download(model, "config.json")
     except Exception as e:  # offline, missing, gated: the same advice
         raise UserError(
-            f"Could not read the config of '{model}' from the hub ({type(e).__name__}); check the name "
-            "and the connection."
+            f"Could not read the config of '{model}' from the hub ({type(e).__name__}), and it is not in the local "
+            "cache; check the name and the connection, or give a local folder."
         ) from None
     return Arch.from_config(json.loads(Path(cfg).read_text()))
+
+
+def _cached_config(model: str) -> Path | None:
+    """config.json of hub id `model` in the local hub cache (HF_HUB_CACHE), with no network: the main revision's, else
+    the newest snapshot's."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cache = os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
+    found = try_to_load_from_cache(model, "config.json", cache_dir=cache)
+    if isinstance(found, str):
+        return Path(found)
+    snapshots = Path(cache) / f"models--{model.replace('/', '--')}" / "snapshots"
+    configs = sorted(snapshots.glob("*/config.json"), key=lambda p: p.stat().st_mtime)
+    return configs[-1] if configs else None
 
 
 def estimate(
@@ -646,32 +665,32 @@ def estimate(
     batch: int | None = None,
     rank: int = 16,
     vram_gib: float | None = None,
+    ram_gib: float | None = None,
 ) -> dict:
-    """Peak VRAM and RAM of training `model`, whether it fits, and the preset and plan for this GPU (or `vram_gib`).
+    """Whether training `model` fits this machine (or a card of `vram_gib` and `ram_gib` free host RAM): the plan a
+    run of these settings would make (engine.memory.plan_for, the run's own computation), its peak VRAM and host RAM,
+    and the preset for those settings. Settings left as None come from the preset of the GPU's tier.
 
-    Settings left as None come from the preset of the tier.
-    """
-    from engine import presets
-    from engine.estimate import estimate as _estimate
-    from engine.offload import plan
+    `fits` is True exactly when that plan exists within the VRAM budget and the free RAM. `peak_parts_gib` splits
+    the peak VRAM figure; `min_vram_gib` (when the budget is too small) is the smallest budget a plan exists for."""
+    from engine import memory, presets
+    from engine.offload import host_ram_gib
 
     if method not in ("qlora", "lora", "full"):
         raise UserError(f"Unknown method '{method}'; use qlora, lora or full.")
     arch = model_arch(model)
-    budget = vram_gib if vram_gib is not None else vram_budget_gib()
-    tier = presets.pick_tier(budget) if budget else None
-    preset = presets.preset_for(tier, arch.params, method) if tier else None
-    base = preset if isinstance(preset, presets.Preset) else None
+    budget = vram_gib if vram_gib is not None else memory.run_budget_gib()
+    ram = ram_gib if ram_gib is not None else host_ram_gib()
+    tier = presets.tier_for(budget) if budget else None
+    tier_preset = presets.preset_for(tier, arch.params, method) if tier else None
+    base = tier_preset if isinstance(tier_preset, presets.Preset) else None
     seq = seq or (base.max_seq_length if base else 1024)
     batch = batch or (base.batch_size if base else 1)
-    ckpt = base.gradient_checkpointing if base and seq == base.max_seq_length and batch == base.batch_size else True
-    est = _estimate(arch, method, seq, batch, rank, checkpointing=ckpt)
-    usable = budget * presets.USABLE if budget else None
-    try:  # what a run of these settings would do on this budget (engine.offload), with the fast path's loss
-        memory = plan(arch, method, seq, batch, budget, rank=rank).as_dict() if budget else None
-    except UserError as e:
-        memory = dict(fits=False, reason=str(e))
-    return dict(
+    # one micro-batch per step, as a preset for a run that needs its gradients released sets (engine.grad_release)
+    spec = JobSpec(model=model, data="-", method=method, max_seq_length=seq, batch_size=batch, lora_r=rank,
+                   lora_alpha=base.lora_alpha if base else rank)  # fmt: skip
+    v = memory.verdict(arch, spec, budget, ram, "bf16" if vram_gib is not None else memory.run_dtype())
+    out = dict(
         model=model,
         method=method,
         params_b=round(arch.params / 1e9, 2),
@@ -679,18 +698,25 @@ def estimate(
         batch=batch,
         rank=rank,
         vram_budget_gib=round(budget, 2) if budget else None,
+        free_ram_gib=round(ram, 1),
         tier_gb=tier,
-        peak_vram_gb=est.peak_vram_gib,
-        peak_ram_gb=est.peak_ram_gib,
-        fits=est.fits(usable) if usable else None,  # without offloading; `plan` says what offloading makes fit
-        parts_gib=est.parts_gib,
-        plan=memory,
-        preset=None
-        if preset is None
-        else dataclasses.asdict(preset)
-        if base
-        else dict(fits=False, reason=preset.reason),
+        fits=v.fits,
+        peak_vram_gib=v.peak_vram_gib,
+        peak_ram_gib=v.peak_ram_gib,
+        peak_parts_gib=v.parts_gib,
+        plan=v.plan.as_dict() if v.plan else None,
     )
+    if not v.fits:
+        out["reason"] = v.reason
+    if v.min_budget_gib is not None:
+        out["min_vram_gib"] = v.min_budget_gib
+    if not budget:
+        out["preset"] = None
+    elif v.fits:
+        out["preset"] = dataclasses.asdict(presets.from_plan(v.plan, base, spec))
+    else:
+        out["preset"] = dict(fits=False, reason=v.reason)
+    return out
 
 
 def delete_run(run: "str | Path | RunHandle") -> None:

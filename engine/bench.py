@@ -4,6 +4,8 @@
 so the yardstick measures what users get.
 """
 
+import os
+
 
 def training_model(path: str, mode: str, max_seq_length: int, rank: int, target_modules: list[str]):
     """Load `path` as the app trains it (mode "qlora": 4-bit NF4 base; "lora": 16-bit base), LoRA of `rank`
@@ -21,12 +23,13 @@ def training_model(path: str, mode: str, max_seq_length: int, rank: int, target_
         lora_alpha=rank,
         target_modules=tuple(target_modules),
         gradient_checkpointing=True,
-        batch_size=1,
+        batch_size=int(os.environ.get("TUNESMITH_BENCH_BATCH", "1")),
     )
     # The fast path (engine.patching), the offload plan (engine.offload) and the checkpointing policy apply as in a
     # run, from the budget (TUNESMITH_VRAM_GIB or the card). The contract does not say the harness's micro-batch, so
-    # the load-time choices (weight streaming, activation offload, host embedding) are planned for one sequence and
-    # the checkpointing policy re-plans for each micro-batch's real token count with those choices.
+    # the load-time choices (weight streaming, activation offload, host embedding, graphs) are planned for
+    # TUNESMITH_BENCH_BATCH sequences (bench/budget_sweep.py sets it to the harness's --bs; default one) and the
+    # checkpointing policy re-plans for each micro-batch's real token count with those choices.
     model, _ = load_for_training(spec, choose_placement("cuda"), log=lambda m: print(f"# {m}", flush=True))
     return model
 

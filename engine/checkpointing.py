@@ -8,9 +8,9 @@ from that batch's shape (and remembered per shape), with engine.estimate's model
 
 import math
 
-from engine.estimate import Arch, estimate, layer_activation_bytes
+from engine.estimate import ESTIMATE_SLACK, Arch, estimate, layer_activation_bytes
 
-SLACK = 1.1  # the allocator's fragmentation and the estimate's error, as in Estimate.fits
+SLACK = ESTIMATE_SLACK  # the estimate's error margin, as in Estimate.fits (the allocator's share is in the estimate)
 
 
 def layers_to_checkpoint(arch: Arch, method: str, tokens: int, budget_gib: float | None, fused_loss: bool, **kw) -> int:
@@ -89,6 +89,12 @@ def install(
             where += ", attention outputs kept for the recompute" if decided[tokens][1] else ""
             where += ", gate/up dequantized once for it" if decided[tokens][2] else ""
             log(f"checkpointing: {k} of {len(layers)} layers recompute at {tokens} tokens per micro-batch ({where})")
+            if not fits_checkpointed(arch, method, tokens, budget, fused_loss, **lean):  # longer than planned for
+                log(
+                    f"memory: {tokens} tokens in one micro-batch need more than the {budget:.1f} GiB budget holds "
+                    "even with every layer recomputed; a step that runs out of memory stops the run with a "
+                    "checkpoint (lower batch_size or max_seq_length)"
+                )
         k, keep, dequantized = decided[tokens]
         recompute = set(order[:k])
         for i, layer in enumerate(layers):

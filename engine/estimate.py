@@ -1,7 +1,10 @@
 """Peak GPU memory and host RAM of a training run, from the model's architecture numbers and the run's settings.
 
     peak = weights + trainable (params, grads, optimizer states) + activations + loss (logits) + fixed
-Weights: 2 bytes/param at 16 bits; NF4 linear layers 0.5 bytes/param plus 1/64 byte of double-quantized scale.
+           + what the allocator reserves beyond that (the CUDA graphs' pool, fragmentation)
+Weights: 2 bytes/param at 16 bits; NF4 linear layers 0.5 bytes/param plus 1/64 byte of double-quantized scale. Every
+parameter counts: a mixture-of-experts layer's experts (all of them; transformers keeps them as fused 3-D tensors,
+which QLoRA does not quantize) and router, a vision tower, biases and extra norms.
 Activations: with checkpointing, each layer keeps its bf16 input (2 bytes x hidden per token) and one layer at a time
 is rebuilt in full; without it, every layer keeps its full set. The per-token activation and loss coefficients below
 were fitted to peaks measured on the GPU machine (engine/calibrate.py; table in presets/README.md).
@@ -26,6 +29,13 @@ OPTIMIZER_BYTES = {"adamw_8bit": 2, "adamw": 8}  # optimizer state bytes per fp3
 # less the exact bytes of the layers the graph plans streamed in addition, bench/README.md). A quarter of the working
 # set plus the static buffers and one layer's gradients (0.21 and 0.18 GiB there) covers that with a margin.
 GRAPH_POOL_SHARE = 0.25
+# The allocated peak's share the caching allocator reserves on top of it (block rounding, split blocks it cannot
+# reuse). A planning constant, not a measured one: bench/budget_sweep.py reports each run's peak reserved beside the
+# estimate, which is what to fit it to.
+FRAGMENTATION = 0.04
+# A plan keeps its estimated peak times this within the budget: a margin for the estimate's own error (bench/README.md:
+# capped runs' allocated peaks were 4-6% under its allocated part, the 65536-token one 1% over it).
+ESTIMATE_SLACK = 1.05
 # Kept attention outputs (q, k, v, o of a checkpointed layer, engine.offload.Checkpoint): the graphs' two static sets
 # (even and odd layers) and the activation store's two landing sets (the layer's fetched copy, the next one arriving).
 ATTENTION_SETS = 4
@@ -33,7 +43,9 @@ ATTENTION_SETS = 4
 
 @dataclass(frozen=True)
 class Arch:
-    """The architecture numbers memory depends on."""
+    """The architecture numbers memory depends on. A mixture-of-experts model has `moe_layers` layers whose MLP is
+    `experts` experts of width `expert_intermediate` (`experts_per_token` of them run per token) beside an optional
+    shared expert of width `shared_intermediate`; its other layers have a dense MLP of width `intermediate`."""
 
     hidden: int
     intermediate: int
@@ -43,35 +55,94 @@ class Arch:
     head_dim: int
     vocab: int
     tied: bool
+    experts: int = 0
+    expert_intermediate: int = 0
+    moe_layers: int = 0
+    experts_per_token: int = 0
+    shared_intermediate: int = 0
+    expert_biases: bool = False  # gpt-oss: each expert's projections have biases
+    # parameters outside the decoder layers' linears, the embeddings and the two norms a layer: the routers, per-head
+    # q/k norms, attention biases and sinks, extra norms, a vision tower; frozen and kept in 16 bits
+    other_params: int = 0
 
     @classmethod
-    def from_config(cls, cfg: dict) -> "Arch":
-        cfg = cfg.get("text_config", cfg)  # multimodal configs (Gemma 3) keep the language model's numbers here
-        h, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    def from_config(cls, cfg: dict, with_vision: bool = True) -> "Arch":
+        """From a transformers config.json. A multimodal config keeps the language model's numbers in text_config;
+        its vision tower (vision_config) is counted when `with_vision` (transformers loads it with the model)."""
+        text = cfg.get("text_config") or cfg
+        kind = text.get("model_type") or cfg.get("model_type", "")
+        h, heads, layers = text["hidden_size"], text["num_attention_heads"], text["num_hidden_layers"]
+        kv = text.get("num_key_value_heads") or heads
+        head_dim = text.get("head_dim") or h // heads
+        experts = text.get("num_experts") or text.get("num_local_experts") or 0
+        if not experts:
+            moe = 0
+        elif "decoder_sparse_step" in text or "mlp_only_layers" in text:  # Qwen2/3-MoE: some layers stay dense
+            step, dense = text.get("decoder_sparse_step") or 1, set(text.get("mlp_only_layers") or ())
+            moe = sum(1 for i in range(layers) if i not in dense and (i + 1) % step == 0)
+        else:  # Mixtral, gpt-oss: every layer
+            moe = layers
+        expert_width = text.get("moe_intermediate_size") or text["intermediate_size"]
+        shared = text.get("shared_expert_intermediate_size") or 0
+        q, kvw = heads * head_dim, kv * head_dim
+        other = moe * experts * h  # each MoE layer's router
+        if kind == "gpt_oss":
+            other += moe * experts + layers * heads  # the router's bias; a learned attention sink per head
+        if shared:
+            other += moe * h  # the shared expert's gate (Qwen2-MoE)
+        if kind.startswith("qwen2"):  # q, k and v have biases
+            other += layers * (q + 2 * kvw)
+        elif text.get("attention_bias"):
+            other += layers * (q + 2 * kvw + h)
+        if kind in ("qwen3", "qwen3_moe", "gemma3", "gemma3_text"):  # per-head q and k norms
+            other += layers * 2 * head_dim
+        if kind.startswith(("gemma2", "gemma3")):  # two more norms a layer (before and after the MLP)
+            other += layers * 2 * h
+        vision = cfg.get("vision_config")
+        if with_vision and vision:
+            other += vision_params(vision, h)
         return cls(
             h,
-            cfg["intermediate_size"],
-            cfg["num_hidden_layers"],
+            text.get("intermediate_size") or expert_width,
+            layers,
             heads,
-            cfg.get("num_key_value_heads") or heads,
-            cfg.get("head_dim") or h // heads,
-            cfg["vocab_size"],
-            bool(cfg.get("tie_word_embeddings", True)),
+            kv,
+            head_dim,
+            text["vocab_size"],
+            bool(cfg.get("tie_word_embeddings", text.get("tie_word_embeddings", True))),
+            experts,
+            expert_width if experts else 0,
+            moe,
+            text.get("num_experts_per_tok") or text.get("experts_per_token") or 0,
+            shared,
+            kind == "gpt_oss",
+            other,
         )
 
     @property
+    def attention_shapes(self) -> dict[str, tuple[int, int]]:
+        h, q, kv = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim
+        return dict(q_proj=(h, q), k_proj=(h, kv), v_proj=(h, kv), o_proj=(q, h))
+
+    @staticmethod
+    def mlp_shapes(hidden: int, width: int) -> dict[str, tuple[int, int]]:
+        return dict(gate_proj=(hidden, width), up_proj=(hidden, width), down_proj=(width, hidden))
+
+    @property
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
-        """(in, out) of each decoder-layer linear, by module name."""
-        h, q, kv, i = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate
-        return dict(
-            q_proj=(h, q),
-            k_proj=(h, kv),
-            v_proj=(h, kv),
-            o_proj=(q, h),
-            gate_proj=(h, i),
-            up_proj=(h, i),
-            down_proj=(i, h),
-        )
+        """(in, out) of each linear of a layer with a dense MLP, by module name."""
+        return {**self.attention_shapes, **self.mlp_shapes(self.hidden, self.intermediate)}
+
+    @property
+    def _layer_linears(self) -> list[tuple[int, dict]]:
+        """(how many layers, their nn.Linear shapes by module name), for the dense and the MoE layers: what QLoRA
+        quantizes, weight streaming moves and LoRA can adapt. The experts of transformers' MoE layers are fused
+        3-D parameters, not nn.Linear modules: counted in `expert_params`."""
+        dense = [(self.layers - self.moe_layers, self.linear_shapes)]
+        if not self.moe_layers:
+            return dense
+        shared = self.mlp_shapes(self.hidden, self.shared_intermediate) if self.shared_intermediate else {}
+        return dense + [(self.moe_layers, {**self.attention_shapes, **shared})]
 
     @property
     def attention_width(self) -> int:
@@ -79,7 +150,15 @@ class Arch:
 
     @property
     def linear_params(self) -> int:
-        return self.layers * sum(a * b for a, b in self.linear_shapes.values())
+        return sum(n * sum(a * b for a, b in shapes.values()) for n, shapes in self._layer_linears)
+
+    @property
+    def expert_params(self) -> int:
+        """All experts' weights (and biases) of every MoE layer, not just the ones a token uses."""
+        per_expert = 3 * self.hidden * self.expert_intermediate
+        if self.expert_biases:
+            per_expert += 2 * self.expert_intermediate + self.hidden
+        return self.moe_layers * self.experts * per_expert
 
     @property
     def embedding_params(self) -> int:
@@ -87,10 +166,43 @@ class Arch:
 
     @property
     def params(self) -> int:
-        return self.linear_params + self.embedding_params + (2 * self.layers + 1) * self.hidden
+        norms = (2 * self.layers + 1) * self.hidden
+        return self.linear_params + self.expert_params + self.embedding_params + norms + self.other_params
+
+    @property
+    def largest_linear(self) -> int:
+        return max(a * b for _, shapes in self._layer_linears for a, b in shapes.values())
+
+    @property
+    def mlp_width(self) -> int:
+        """The widest per-token MLP activation of a layer: a dense MLP's, or a MoE layer's experts per token (each
+        token's rows for each of its experts) and its shared expert."""
+        moe = self.experts_per_token * self.expert_intermediate + self.shared_intermediate if self.moe_layers else 0
+        return max(self.intermediate if self.moe_layers < self.layers else 0, moe)
 
     def lora_params(self, rank: int, targets=ALL_TARGETS) -> int:
-        return self.layers * sum(rank * (a + b) for name, (a, b) in self.linear_shapes.items() if name in targets)
+        """Adapter weights on the `targets` that exist as nn.Linear modules (not the fused experts)."""
+        return sum(
+            n * sum(rank * (a + b) for name, (a, b) in shapes.items() if name in targets)
+            for n, shapes in self._layer_linears
+        )
+
+
+def vision_params(vision: dict, text_hidden: int) -> int:
+    """Parameters of a ViT-style vision tower (SigLIP, CLIP) and its projection into the language model: per layer
+    q/k/v/o and two MLP matrices with biases and two layer norms; patch and position embeddings; a final norm;
+    SigLIP's attention-pooling head where the config has one; a (vision hidden x text hidden) projection with its
+    norm (Gemma 3's)."""
+    h = vision["hidden_size"]
+    i = vision.get("intermediate_size") or 4 * h
+    layers = vision.get("num_hidden_layers") or vision.get("depth") or 0
+    patch, channels = vision.get("patch_size", 14), vision.get("num_channels", 3)
+    positions = (vision.get("image_size", 224) // patch) ** 2
+    per_layer = 4 * h * h + 4 * h + 2 * h * i + i + h + 4 * h
+    tower = layers * per_layer + channels * patch * patch * h + h + positions * h + 2 * h + h * text_hidden + h
+    if vision.get("vision_use_head", vision.get("model_type", "").startswith("siglip")):  # SigLIP's pooling head
+        tower += h + (4 * h * h + 4 * h) + 2 * h + (2 * h * i + i + h)  # probe, attention, norm, MLP
+    return tower
 
 
 @dataclass(frozen=True)
@@ -100,8 +212,8 @@ class Estimate:
     parts_gib: dict
 
     def fits(self, budget_gib: float) -> bool:
-        """Fits when the estimate plus allocator slack (10%) is within the budget."""
-        return self.peak_vram_gib * 1.1 <= budget_gib
+        """Fits when the estimate plus its own error (ESTIMATE_SLACK) is within the budget."""
+        return self.peak_vram_gib * ESTIMATE_SLACK <= budget_gib
 
 
 def estimate(
@@ -152,7 +264,7 @@ def estimate(
         weights = arch.linear_params * NF4_BYTES + (arch.params - arch.linear_params) * 2
         # a bf16 copy of the largest weight: transformers' path holds one in the forward and one in the backward;
         # the fast path (which brings the fused loss) dequantizes into one shared buffer (kernels.lora)
-        dequant = (1 if fused_loss else 2) * max(a * b for a, b in arch.linear_shapes.values()) * 2
+        dequant = (1 if fused_loss else 2) * arch.largest_linear * 2
         dequant += dense_layers * layer_weight_bytes(arch, "lora")
         if keep_dequantized and checkpointed_layers:
             dequant += 2 * arch.intermediate * arch.hidden * 2
@@ -167,7 +279,8 @@ def estimate(
     if method == "full":
         trainable = arch.params * (2 + 2 + opt) - paged  # bf16 gradient, optimizer states (bf16 params are the weights)
         if grads_released:  # only the largest tensor's gradient exists at a time
-            largest = max(arch.vocab * arch.hidden, *(a * b for a, b in arch.linear_shapes.values()))
+            fused_experts = arch.experts * 2 * arch.expert_intermediate * arch.hidden  # a MoE layer's gate_up tensor
+            largest = max(arch.vocab * arch.hidden, arch.largest_linear, fused_experts)
             trainable -= (arch.params - largest) * 2
     else:
         trainable = arch.lora_params(rank, targets) * (4 + 4 + opt)  # fp32 adapters, their grads, states
@@ -193,6 +306,16 @@ def estimate(
     kept_attention = tokens * (arch.attention_width + arch.hidden) * 2 if keep_attention and checkpointed_layers else 0
     if kept_attention:
         parts["attention_kept"] = ATTENTION_SETS * kept_attention
+    # What the allocator reserves beyond the allocated peak above (the process's cap counts reserved memory): the
+    # graphs' private pool keeps a recompute's whole working set for good beside the main pool, which still holds the
+    # one the first (eager) step used (llama8b QLoRA at 4096 tokens: 1 GiB of pool beside 6.51 GiB allocated, issue
+    # 24; this term gives 0.96); and the rounding and split blocks of the caching allocator.
+    if graphs and checkpointed_layers:
+        pool = layer
+        if keep_dequantized and method == "qlora":
+            pool += 2 * arch.intermediate * arch.hidden * 2
+        parts["graph_pool"] = pool
+    parts["fragmentation"] = FRAGMENTATION * sum(parts.values())
     parts = {k: round(v / GIB, 3) for k, v in parts.items()}
     # Host RAM: measured peak RSS (python -m engine.calibrate tiers) was the whole 16-bit checkpoint plus about
     # 1 GiB for every model and method: transformers maps every weight file while it loads, QLoRA included. What the
@@ -214,7 +337,7 @@ def layer_activation_bytes(arch: Arch, tokens: int, mlp_tile: int | None = None)
     """Bytes one decoder layer keeps for its backward when it is not checkpointed; with `mlp_tile`, the MLP's
     intermediate activations exist for one tile of tokens at a time (engine.patching's tiled MLP)."""
     width = COEF["layer_h"] * arch.hidden + COEF["layer_a"] * arch.attention_width
-    return tokens * width + min(tokens, mlp_tile or tokens) * COEF["layer_i"] * arch.intermediate
+    return tokens * width + min(tokens, mlp_tile or tokens) * COEF["layer_i"] * arch.mlp_width
 
 
 def size_class(params: int) -> str:

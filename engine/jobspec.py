@@ -65,6 +65,9 @@ class JobSpec:
     fast_path: bool = True  # Tunesmith's kernels for Llama/Mistral/Qwen/Gemma (off: plain transformers + PEFT)
     seed: int = 3407
     save_every: int = 0  # checkpoint every N optimizer steps (0: only at the end and on cancel)
+    # also checkpoint after this many minutes of training since the last save (0: off); each save pauses training
+    # while it writes the adapter and optimizer state (the whole model for full fine-tuning)
+    save_every_minutes: float = 10.0
     keep_checkpoints: int = 2  # older checkpoints are deleted once a newer one is complete
     device: str = "auto"  # auto: the GPU when there is one
     dtype: str = "auto"  # auto: bf16 where the GPU supports it, fp16 (with loss scaling) otherwise, fp32 on CPU
@@ -95,6 +98,10 @@ class JobSpec:
         for key in ("max_seq_length", "batch_size", "grad_accum", "lora_r", "keep_checkpoints", "max_new_tokens"):
             if getattr(self, key) < 1:
                 raise UserError(f"Job setting '{key}' must be at least 1 (it is {getattr(self, key)}).")
+        if self.save_every_minutes < 0:
+            raise UserError(
+                f"Job setting 'save_every_minutes' must be 0 (off) or more (it is {self.save_every_minutes})."
+            )
         if self.max_steps < 0 or self.epochs <= 0 and self.max_steps == 0:
             raise UserError("Set 'max_steps' to a positive number of steps, or 'epochs' above 0.")
         if not self.model.strip():

@@ -165,40 +165,20 @@ def load_for_training(spec, placement: Placement, log=print):
     return prepare_for_training(model, spec, log, memory), tok
 
 
-def _estimate_kw(spec) -> dict:
-    return dict(
-        rank=spec.lora_r,
-        targets=spec.target_modules,
-        optimizer="adamw" if spec.optimizer == "adamw" else "adamw_8bit",
-    )
-
-
 def plan_memory(spec, cfg: dict, placement: Placement):
-    """engine.offload's plan for this run: checkpointing, activation offload, weight streaming and the host
-    embedding, from the VRAM budget (TUNESMITH_VRAM_GIB or the card, lowered to what the GPU has free)."""
+    """engine.offload's plan for this run (engine.memory.plan_for: the computation `python -m engine estimate`
+    shows): checkpointing, activation offload, weight streaming and the host embedding, from the VRAM budget
+    (TUNESMITH_VRAM_GIB or the card, lowered to what the GPU has free) and the free host RAM."""
     import torch
 
-    from engine import checkpointing, offload
+    from engine import checkpointing, memory, offload
     from engine.estimate import Arch
     from engine.hardware import vram_budget_gib
 
     budget = None
     if placement.device.startswith("cuda") and spec.gradient_checkpointing:
         budget = checkpointing.usable_gib(vram_budget_gib(), torch.device(placement.device))
-    return offload.plan(
-        Arch.from_config(cfg),
-        spec.method,
-        spec.max_seq_length,
-        spec.batch_size,
-        budget,
-        offload.host_ram_gib(),
-        fused_loss=spec.fast_path and budget is not None,
-        embeddings_trained=spec.train_embeddings,
-        paged_optimizer=spec.optimizer in ("auto", "paged_adamw_8bit"),  # engine.train: auto is paged for full
-        # engine.grad_release: only engine.train's own loop, one micro-batch per step, no fp16 loss scaling
-        release_gradients=spec.objective in ("sft", "pretrain") and spec.grad_accum == 1 and placement.dtype != "fp16",
-        **_estimate_kw(spec),
-    )
+    return memory.plan_for(Arch.from_config(cfg), spec, budget, offload.host_ram_gib(), placement.dtype)
 
 
 def prepare_for_training(model, spec, log=print, memory=None):
@@ -207,6 +187,7 @@ def prepare_for_training(model, spec, log=print, memory=None):
     (engine.offload.Plan; None: nothing offloaded), as the spec says."""
     from engine import checkpointing, offload
     from engine.hardware import vram_budget_gib
+    from engine.memory import estimate_kw
 
     model.config.use_cache = False
     on_gpu = any(p.device.type == "cuda" for p in model.parameters())  # the input embedding may be in host RAM
@@ -232,7 +213,7 @@ def prepare_for_training(model, spec, log=print, memory=None):
             fused_loss,
             log,
             always=memory.streamed if memory is not None else (),
-            **_estimate_kw(spec),
+            **estimate_kw(spec),
             **plan_kw,
         )
     if spec.method == "full":

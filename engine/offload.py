@@ -196,12 +196,17 @@ def plan(
 
     plain = attempt(False)
     if method == "full" or not fused_loss or not plain.checkpointed:  # graphs: the fast path's adapters only
-        return plain
+        return check_ram(plain, host_ram_gib)
     try:
         graphed = attempt(True)
     except UserError:
-        return plain
-    return plain if graphed.streamed and not plain.streamed else graphed
+        return check_ram(plain, host_ram_gib)
+    return check_ram(plain if graphed.streamed and not plain.streamed else graphed, host_ram_gib)
+
+
+def at_least(peak_gib: float) -> float:
+    """The smallest budget, rounded up to 0.1 GiB, that holds a plan of this estimated peak."""
+    return math.ceil(round(peak_gib * SLACK * 10, 6)) / 10
 
 
 def _plan(
@@ -298,15 +303,15 @@ def _plan(
         if method == "full":
             e = est(checkpointed_layers=layers, optimizer_in_host=paged_optimizer, **offload)
             if paged_optimizer and e.peak_vram_gib <= cap:
-                return _check_ram(made(layers, e, True, (), host_embedding, paged=True), host_ram_gib)
+                return check_ram(made(layers, e, True, (), host_embedding, paged=True), host_ram_gib)
             if release_gradients:
                 kw = dict(checkpointed_layers=layers, optimizer_in_host=paged_optimizer, grads_released=True)
                 e = est(**kw, **offload)
                 if e.peak_vram_gib <= cap:
                     plan_ = made(layers, e, True, (), host_embedding, paged=paged_optimizer)
-                    return _check_ram(dataclasses.replace(plan_, grads_released=True), host_ram_gib)
+                    return check_ram(dataclasses.replace(plan_, grads_released=True), host_ram_gib)
             raise UserError(
-                f"Full fine-tuning of this model needs about {e.peak_vram_gib * SLACK:.1f} GiB of GPU memory even "
+                f"Full fine-tuning of this model needs at least {at_least(e.peak_vram_gib):.1f} GiB of GPU memory even "
                 f"with its activations{' and optimizer states' if paged_optimizer else ''} in host RAM"
                 f"{' and each gradient freed in the backward' if release_gradients else ''}, over the "
                 f"{budget_gib:.1f} GiB budget; use LoRA or QLoRA."
@@ -325,28 +330,34 @@ def _plan(
         e = est(checkpointed_layers=layers, streamed_layers=count, ring_slots=slots or 2, **offload)
         if slots is None:
             raise UserError(
-                f"This run needs about {e.peak_vram_gib * SLACK:.1f} GiB of GPU memory even with every layer's "
+                f"This run needs at least {at_least(e.peak_vram_gib):.1f} GiB of GPU memory even with every layer's "
                 f"weights in host RAM, over the {budget_gib:.1f} GiB budget; use a shorter sequence length, a "
                 "smaller batch, QLoRA, or a smaller model."
             )
         plan_ = made(layers, e, True, spread(count, layers), host_embedding, slots, tile)
-    return _check_ram(plan_, host_ram_gib)
+    return check_ram(plan_, host_ram_gib)
 
 
-def _check_ram(plan_: Plan, host_ram_gib: float | None) -> Plan:
+def check_ram(plan_: Plan, host_ram_gib: float | None) -> Plan:
     if host_ram_gib is not None and plan_.peak_ram_gib > host_ram_gib:
+        kept = f", and what does not fit in {plan_.budget_gib:.1f} GiB of GPU memory" if plan_.active else ""
         raise UserError(
-            f"This run needs about {plan_.peak_ram_gib:.1f} GiB of host RAM for what does not fit in "
-            f"{plan_.budget_gib:.1f} GiB of GPU memory, and {host_ram_gib:.1f} GiB is free; close other programs, use "
-            "a shorter sequence length, or a card with more memory."
+            f"This run needs about {plan_.peak_ram_gib:.1f} GiB of host RAM (the 16-bit checkpoint while it loads"
+            f"{kept}), and {host_ram_gib:.1f} GiB is free; close other programs, use a smaller model, or a machine "
+            "with more RAM."
         )
     return plan_
 
 
 def host_ram_gib() -> float:
-    """Host RAM available now, in GiB."""
+    """Host RAM available now, in GiB; $TUNESMITH_RAM_GIB plans for a machine with that much free instead (as
+    TUNESMITH_VRAM_GIB does for the GPU)."""
+    import os
+
     import psutil
 
+    if os.environ.get("TUNESMITH_RAM_GIB"):
+        return float(os.environ["TUNESMITH_RAM_GIB"])
     return psutil.virtual_memory().available / GIB
 
 

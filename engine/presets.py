@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from engine.errors import UserError
-from engine.estimate import Arch, estimate, size_class
+from engine.estimate import ESTIMATE_SLACK, Arch, estimate, size_class
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 TIERS = (6, 8, 12, 16, 24, 48, 80)
@@ -110,6 +110,30 @@ def pick_tier(vram_gib: float) -> int:
     return fitting[-1]
 
 
+def tier_for(vram_gib: float) -> int | None:
+    """The tier of a card with `vram_gib`, or None under the smallest."""
+    try:
+        return pick_tier(vram_gib)
+    except UserError:
+        return None
+
+
+def from_plan(plan, base: "Preset | None", spec) -> Preset:
+    """The preset for `spec`'s sequence length, batch and rank on the budget `plan` (engine.offload.Plan) was made
+    for: checkpointing and host-RAM offload as the plan has them, one micro-batch per step where the plan updates
+    weights in the backward (engine.grad_release needs it), else 8 sequences per step; the learning rate and its
+    schedule from the tier's preset `base` where there is one."""
+    lr = base.learning_rate if base else 2e-5 if spec.method == "full" else 2e-4
+    kind = "weights" if plan.streamed else "optimizer" if plan.optimizer_in_host else "none"
+    if kind == "none" and plan.offload_activations:
+        kind = "activations"
+    accum = 1 if plan.grads_released else max(1, 8 // spec.batch_size)
+    return Preset(
+        spec.batch_size, accum, spec.max_seq_length, spec.lora_r, spec.lora_alpha, plan.checkpointed > 0, kind,
+        "adamw_8bit", lr, base.lr_schedule if base else "linear", base.warmup_steps if base else 5,
+    )  # fmt: skip
+
+
 def preset_for(tier: int, params: int, method: str):
     return load_tier(tier_file(tier))[size_class(params)][method]
 
@@ -138,7 +162,7 @@ def derive(tier: int, arch: Arch, method: str):
                 continue
             kind = "weights" if p.streamed else "optimizer" if p.optimizer_in_host else "activations"
             return Preset(batch, 8 // batch, seq, 16, 16, True, kind, "adamw_8bit", lr, "linear", 5)
-    need = estimate(arch, method, 512, 1).peak_vram_gib * 1.1
+    need = estimate(arch, method, 512, 1).peak_vram_gib * ESTIMATE_SLACK
     return NoFit(
         f"needs about {need:.1f} GiB at 512 tokens and batch 1, and more than this tier's {budget:.1f} GiB even with "
         f"the offload manager and {OFFLOAD_RAM_GIB} GiB of host RAM"

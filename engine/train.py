@@ -213,6 +213,29 @@ def train(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> None:
         from engine.grpo import train_grpo
 
         return train_grpo(spec, run_dir, runlog, resume, should_stop, log)
+    from engine.memory import out_of_memory, out_of_memory_message
+
+    progress = {}  # the last completed step, its data position and how to save it (set by the loop)
+    try:
+        return _train_sft(spec, run_dir, runlog, resume, should_stop, log, progress)
+    except Exception as exc:  # only an allocation failure is handled here; anything else goes on up
+        if not out_of_memory(exc) or "save" not in progress:
+            raise
+        log(f"out of memory during step {progress['step'] + 1}: {str(exc).splitlines()[0][:200]}")
+    # outside the handler: the failed step's tensors went with its traceback, so the save has room
+    on_gpu = progress["on_gpu"]
+    if on_gpu:
+        import torch
+
+        torch.cuda.empty_cache()
+    # weights part-updated (in the optimizer step, or in the backward with released gradients) are no step's: the
+    # latest checkpoint stays the one to resume from
+    saved = None if progress["updating"] or progress["released"] else progress["save"]()
+    raise UserError(out_of_memory_message(progress["step"] + 1, saved, on_gpu))
+
+
+def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, progress: dict) -> None:
+    """engine.train's own loop (SFT and continued pretraining); `progress` follows its last completed step."""
     import torch
 
     from engine import pretrain
@@ -277,7 +300,18 @@ def train(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> None:
     varlen = getattr(getattr(model, "get_base_model", lambda: model)(), "varlen_attention", False)
     make_batch = Collator(examples, spec.batch_size, tok.pad_token_id, placement.device, varlen, log)
     started, steps_timed, step_times = time.perf_counter(), 0, []
+    last_save = time.monotonic()
+
+    def save_completed():  # after an out-of-memory error: the last completed step, its partial gradients dropped
+        opt.zero_grad(set_to_none=True)
+        done = progress["step"]
+        save_checkpoint(run_dir, done, model, opt, sched, progress["position"], spec.keep_checkpoints, log)
+        return done
+
+    released = memory is not None and memory.grads_released
+    progress.update(save=save_completed, on_gpu=placement.device == "cuda", released=released)
     while step < total:
+        progress.update(step=step, position=(epoch, micro), updating=False)
         if should_stop():
             save_checkpoint(run_dir, step, model, opt, sched, (epoch, micro), spec.keep_checkpoints, log)
             raise Cancelled()
@@ -306,6 +340,7 @@ def train(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> None:
                 f"(now {spec.learning_rate}) and start again."
             )
         lr = sched.get_last_lr()[0]
+        progress["updating"] = True
         if scaler:
             scaler.step(opt)
             scaler.update()
@@ -332,8 +367,10 @@ def train(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> None:
             epoch=round(epoch + micro / len(plan), 4),
         )
         runlog.set(step=step)
-        if spec.save_every and step % spec.save_every == 0 and step < total:
+        every = spec.save_every and step % spec.save_every == 0
+        if step < total and (every or 0 < spec.save_every_minutes <= (time.monotonic() - last_save) / 60):
             save_checkpoint(run_dir, step, model, opt, sched, (epoch, micro), spec.keep_checkpoints, log)
+            last_save = time.monotonic()
     if len(step_times) > 1:  # kernel compilation, autotuning and CUDA graph captures happen in the first steps
         later = sorted(step_times[1:])[len(step_times[1:]) // 2]
         log(

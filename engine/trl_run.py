@@ -3,8 +3,9 @@ as the SFT loop (engine.train), for the objectives whose loss TRL already implem
 
 The engine builds the model (engine.loading, fast path and LoRA included), the optimizer and the learning-rate
 schedule, and hands them to the trainer; TRL computes the loss. A TrainerCallback bridges the rest: one runlog line
-per optimizer step with the objective's own metrics, checkpoints every `save_every` steps in the SFT loop's layout,
-and the cancel signal, which finishes the current step, saves a checkpoint and ends the run "cancelled".
+per optimizer step with the objective's own metrics, checkpoints every `save_every` steps and `save_every_minutes`
+in the SFT loop's layout, and the cancel signal, which finishes the current step, saves a checkpoint and ends the
+run "cancelled".
 
 Resume restores the adapter (or weights), optimizer, schedule and random state from the latest checkpoint and trains
 the remaining steps; the data order after a resume is a fresh shuffle rather than the one the first attempt would
@@ -100,14 +101,17 @@ class TrlRun:
 
         class Bridge(TrainerCallback):
             def on_train_begin(self, args, state, control, **kw):
-                self.started = self.last = time.perf_counter()
+                self.started = self.last = self.saved = time.perf_counter()
                 run.tokens = 0
 
             def on_step_end(self, args, state, control, **kw):
                 run.step = run.first_step + state.global_step
                 spec = run.spec
-                if spec.save_every and run.step % spec.save_every == 0 and run.step < run.total:
+                every = spec.save_every and run.step % spec.save_every == 0
+                due = 0 < spec.save_every_minutes <= (time.perf_counter() - self.saved) / 60
+                if (every or due) and run.step < run.total:
                     run.checkpoint(state)
+                    self.saved = time.perf_counter()
                 if run.should_stop():
                     run.cancelled = control.should_training_stop = True
 

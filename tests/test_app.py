@@ -316,11 +316,14 @@ def test_model_tab_fit_badge(monkeypatch, tiny_llama):
     from ui import model_tab
 
     monkeypatch.setenv("TUNESMITH_VRAM_GIB", "14.6")  # plan for a T4
+    monkeypatch.setenv("TUNESMITH_RAM_GIB", "64")  # with 64 GiB of RAM free, whatever this machine has
     assert model_tab.fit_badge("Qwen/Qwen3-4B", "qlora").startswith("✅ Fits this GPU (15 GiB, 16 GB preset)")
     assert model_tab.fit_badge("Qwen/Qwen3-32B", "full").startswith("⚠ Will not fit this GPU")
     monkeypatch.setenv("TUNESMITH_VRAM_GIB", "7.2")  # an 8 GB card: a 14B model trains by streaming its weights
     badge = model_tab.fit_badge("Qwen/Qwen3-14B", "qlora")
     assert badge.startswith("✅ Fits this GPU (7 GiB, 8 GB preset) with weights in host RAM (slower)"), badge
+    monkeypatch.setenv("TUNESMITH_RAM_GIB", "16")  # the plan needs 35 GiB of RAM: the badge says so
+    assert "GiB of host RAM" in model_tab.fit_badge("Qwen/Qwen3-14B", "qlora")
     monkeypatch.delenv("TUNESMITH_VRAM_GIB")
     assert model_tab.fit_badge(str(tiny_llama), "lora").startswith("No GPU detected")
     assert "does not exist" in model_tab.describe(None, "/no/such/folder", "lora")
@@ -330,8 +333,9 @@ def test_preset_applied_from_the_gpu(monkeypatch):
     from ui import train_tab
 
     monkeypatch.setenv("TUNESMITH_VRAM_GIB", "14.6")
+    monkeypatch.setenv("TUNESMITH_RAM_GIB", "64")
     note, seq, batch, accum, rank, lr, ckpt = train_tab.apply_preset("Qwen/Qwen3-4B", "qlora")
-    assert note.startswith("Preset for this GPU (16 GB tier)") and "estimated peak" in note
+    assert note.startswith("Preset for this GPU (16 GB tier)") and "the run's plan peaks at" in note
     assert seq * batch >= 1024 and batch * accum == 8 and rank == 16 and lr == 2e-4 and isinstance(ckpt, bool)
     note, *_ = train_tab.apply_preset("Qwen/Qwen3-32B", "full")
     assert note.startswith("⚠ The 16 GB preset says this does not fit")

@@ -118,8 +118,7 @@ def test_parameter_count_from_config_matches_the_real_model(arch_name, tmp_path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     real = sum(p.numel() for p in model.parameters())
     counted = model_arch(str(path)).params
-    qk_norms = 2 * 16 * 2 if arch_name == "qwen3" else 0  # Qwen3's per-head q/k norms: 2 x head_dim per layer
-    assert counted + qk_norms == real
+    assert counted == real  # Qwen3's per-head q/k norms included
 
 
 @pytest.mark.parametrize(
@@ -136,7 +135,8 @@ def test_too_small_a_card_says_so():
 
 def test_estimate_cli_json():
     out = subprocess.run(
-        [sys.executable, "-m", "engine", "estimate", "--model", "Qwen/Qwen3-4B", "--method", "qlora", "--vram", "14.6"],
+        [sys.executable, "-m", "engine", "estimate", "--model", "Qwen/Qwen3-4B", "--method", "qlora", "--vram", "14.6"]
+        + ["--ram", "64"],  # a machine with 64 GiB of RAM free, whatever this one has
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -145,7 +145,7 @@ def test_estimate_cli_json():
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
     assert info["tier_gb"] == 16 and info["fits"] is True
-    assert info["peak_vram_gb"] > 0 and info["peak_ram_gb"] > 0
+    assert info["peak_vram_gib"] == info["plan"]["peak_vram_gib"] > 0 and info["peak_ram_gib"] > 0
     assert info["preset"]["max_seq_length"] == info["seq"] and info["plan"]["gradient_checkpointing"] in (True, False)
     too_big = estimate("Qwen/Qwen3-32B", "lora", vram_gib=8.0)
     assert too_big["fits"] is False and too_big["preset"]["fits"] is False

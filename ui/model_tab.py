@@ -22,28 +22,29 @@ def chosen_model(catalog_id: str | None, custom: str) -> str:
 
 
 def fit_badge(model: str, method: str) -> str:
-    """One line: will this run fit the detected GPU (or the CPU), with the estimate's numbers."""
+    """One line: will this run fit the detected GPU (or the CPU), with the figures of the plan the run will make."""
     try:
         est = api.estimate(model, method)
     except api.UserError as e:
         return f"Memory estimate unavailable: {e}"
-    if est["tier_gb"] is None:
+    shape = f"{est['seq']} tokens × {est['batch']}"
+    if est["vram_budget_gib"] is None:
+        if not est["fits"]:
+            return f"⚠ Will not fit this machine: {est['reason']}"
         return (
-            f"No GPU detected: training runs on the CPU (slow); about {est['peak_vram_gb']:.1f} GB of RAM at "
-            f"{est['seq']} tokens × {est['batch']}."
+            f"No GPU detected: training runs on the CPU (slow); about {est['peak_ram_gib']:.1f} GiB of RAM at {shape}."
         )
-    where = f"this GPU ({est['vram_budget_gib']:.0f} GiB, {est['tier_gb']} GB preset)"
-    if est["fits"]:
-        return f"✅ Fits {where}: about {est['peak_vram_gb']:.1f} GB peak at {est['seq']} tokens × {est['batch']}."
-    offload = (est["preset"] or {}).get("offload", "none")
-    if offload != "none" and est["plan"] and "reason" not in est["plan"]:
-        plan = est["plan"]
+    tier = f", {est['tier_gb']} GB preset" if est["tier_gb"] else ""
+    where = f"this GPU ({est['vram_budget_gib']:.0f} GiB{tier})"
+    if not est["fits"]:
+        return f"⚠ Will not fit {where}: {est['reason']}"  # the reason says what to change
+    offload = est["preset"]["offload"]
+    if offload != "none":
         return (
-            f"✅ Fits {where} with {offload} in host RAM (slower): about {plan['peak_vram_gib']:.1f} GB on the GPU "
-            f"and {plan['peak_ram_gib']:.0f} GB of RAM at {est['seq']} tokens × {est['batch']}."
+            f"✅ Fits {where} with {offload} in host RAM (slower): about {est['peak_vram_gib']:.1f} GiB on the GPU "
+            f"and {est['peak_ram_gib']:.0f} GiB of RAM at {shape}."
         )
-    reason = (est["preset"] or {}).get("reason", f"about {est['peak_vram_gb']:.1f} GB at {est['seq']} tokens")
-    return f"⚠ Will not fit {where}: {reason}. Try QLoRA or a smaller model."
+    return f"✅ Fits {where}: about {est['peak_vram_gib']:.1f} GiB peak at {shape}."
 
 
 def describe(catalog_id, custom, method) -> str:

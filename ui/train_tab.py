@@ -149,16 +149,16 @@ def apply_preset(model: str, method: str):
     if p is None:
         return "No GPU detected: the CPU trains with the settings below (slowly).", *keep
     if p.get("fits") is False:
-        return f"⚠ The {est['tier_gb']} GB preset says this does not fit: {p['reason']}.", *keep
-    peak = est["peak_vram_gb"]
+        where = f"The {est['tier_gb']} GB preset says this" if est["tier_gb"] else "This"
+        return f"⚠ {where} does not fit: {p['reason']}", *keep
     offload = ""
-    if p.get("offload", "none") != "none":  # fits by keeping something in host RAM (engine.offload plans it)
-        peak = est["plan"]["peak_vram_gib"]
+    if p["offload"] != "none":  # fits by keeping something in host RAM (engine.offload plans it)
         offload = f", {p['offload']} kept in host RAM (slower)"
     note = (
         f"Preset for this GPU ({est['tier_gb']} GB tier): {p['max_seq_length']} tokens × {p['batch_size']}, "
         f"accumulation {p['grad_accum']}, rank {p['lora_r']}, checkpointing "
-        f"{'on' if p['gradient_checkpointing'] else 'off'}{offload}; estimated peak {peak:.1f} GB."
+        f"{'on' if p['gradient_checkpointing'] else 'off'}{offload}; the run's plan peaks at "
+        f"{est['peak_vram_gib']:.1f} GiB."
     )
     return (
         note,

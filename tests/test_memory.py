@@ -1,0 +1,296 @@
+"""engine.memory: one verdict for the estimate, the presets and the run; every parameter of MoE and dense configs
+counted; configs found offline; budgets below the plannable minimum refused with the minimum; an out-of-memory error
+mid-run leaving a resumable checkpoint (issue 24)."""
+
+import json
+
+import pytest
+import torch
+
+from engine import api
+from engine.checkpointing import SLACK
+from engine.errors import UserError
+from engine.estimate import Arch
+from engine.jobspec import JobSpec
+from engine.memory import plan_for, smallest_budget, verdict
+from engine.offload import plan
+
+# Published configs (the numbers that size the model), written out here: nothing is downloaded.
+QWEN3_30B_A3B = dict(
+    model_type="qwen3_moe", hidden_size=2048, intermediate_size=6144, num_hidden_layers=48, num_attention_heads=32,
+    num_key_value_heads=4, head_dim=128, vocab_size=151936, moe_intermediate_size=768, num_experts=128,
+    num_experts_per_tok=8, decoder_sparse_step=1, mlp_only_layers=[], norm_topk_prob=True, tie_word_embeddings=False,
+)  # fmt: skip
+MIXTRAL_8X7B = dict(
+    model_type="mixtral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+    num_key_value_heads=8, vocab_size=32000, num_local_experts=8, num_experts_per_tok=2, tie_word_embeddings=False,
+)  # fmt: skip
+GPT_OSS_20B = dict(
+    model_type="gpt_oss", hidden_size=2880, intermediate_size=2880, num_hidden_layers=24, num_attention_heads=64,
+    num_key_value_heads=8, head_dim=64, vocab_size=201088, num_local_experts=32, num_experts_per_tok=4,
+    attention_bias=True, tie_word_embeddings=False,
+)  # fmt: skip
+QWEN3_4B = dict(
+    model_type="qwen3", hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+    num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True,
+)  # fmt: skip
+LLAMA_31_8B = dict(
+    model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+    num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False,
+)  # fmt: skip
+
+
+def by_hand(c: dict) -> int:
+    """The parameter count written out from a config's numbers: embeddings (x2 untied), per layer attention
+    (q, k, v, o, with biases and sinks where the family has them, Qwen3's per-head q/k norms) and two norms, the MLP
+    (dense: gate, up, down; MoE: every expert's gate, up and down and the router), and the final norm."""
+    h, n, v = c["hidden_size"], c["num_hidden_layers"], c["vocab_size"]
+    d = c.get("head_dim", h // c["num_attention_heads"])
+    q, kv = c["num_attention_heads"] * d, c["num_key_value_heads"] * d
+    attention = h * q + 2 * h * kv + q * h
+    if c.get("attention_bias"):
+        attention += q + 2 * kv + h
+    if c["model_type"] == "gpt_oss":
+        attention += c["num_attention_heads"]  # one sink per head
+    if c["model_type"].startswith("qwen3"):
+        attention += 2 * d
+    experts = c.get("num_experts") or c.get("num_local_experts")
+    if experts:
+        width = c.get("moe_intermediate_size") or c["intermediate_size"]
+        mlp = experts * 3 * h * width + experts * h  # the experts and the router
+        if c["model_type"] == "gpt_oss":
+            mlp += experts * (2 * width + h) + experts  # the experts' biases and the router's
+    else:
+        mlp = 3 * h * c["intermediate_size"]
+    embeddings = v * h * (1 if c["tie_word_embeddings"] else 2)
+    return embeddings + n * (attention + mlp + 2 * h) + h
+
+
+def on_meta(c: dict) -> int:
+    """Parameters of the real transformers model of this config, built on the meta device (no memory)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    c = dict(c)
+    config = AutoConfig.for_model(c.pop("model_type"), **c)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "config",
+    [QWEN3_30B_A3B, MIXTRAL_8X7B, GPT_OSS_20B, QWEN3_4B, LLAMA_31_8B],
+    ids=["qwen3-30b-a3b", "mixtral-8x7b", "gpt-oss-20b", "qwen3-4b", "llama-3.1-8b"],
+)
+def test_every_parameter_is_counted(config):
+    arch = Arch.from_config(config)
+    assert arch.params == by_hand(config) == on_meta(config)
+
+
+def test_moe_sizes_count_all_experts_and_adapters_only_where_they_go():
+    moe = Arch.from_config(QWEN3_30B_A3B)
+    assert 30.0e9 < moe.params < 31.0e9  # all 128 experts, not the 3B a token uses
+    # QLoRA quantizes nn.Linear layers only; transformers keeps each layer's experts as fused 3-D tensors (16 bits)
+    attention = 48 * (2048 * 4096 * 2 + 2048 * 512 * 2)
+    assert moe.linear_params == attention and moe.expert_params == 48 * 128 * 3 * 2048 * 768
+    assert moe.lora_params(16) == 48 * 16 * ((2048 + 4096) * 2 + (2048 + 512) * 2)  # q, k, v, o: no expert adapters
+    sparse_config = dict(QWEN3_30B_A3B, decoder_sparse_step=2, mlp_only_layers=[1])
+    sparse = Arch.from_config(sparse_config)
+    assert sparse.moe_layers == 23 and sparse.params == on_meta(sparse_config)  # layers 1, 3, .., 47 less layer 1
+    e = api.estimate(json_folder_for(QWEN3_30B_A3B), "qlora", seq=2048, batch=1, vram_gib=6.0, ram_gib=512)
+    assert e["params_b"] > 30 and e["fits"] is False and e["min_vram_gib"] > 6.0  # the experts alone: 56 GiB
+
+
+def json_folder_for(config: dict, folder=None) -> str:
+    import tempfile
+    from pathlib import Path
+
+    path = Path(folder or tempfile.mkdtemp())
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(config))
+    return str(path)
+
+
+def test_vision_tower_of_a_multimodal_config_is_counted():
+    vision = dict(model_type="siglip_vision_model", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, patch_size=14, image_size=56)  # fmt: skip
+    text = dict(model_type="gemma3_text", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=1000)  # fmt: skip
+    config = dict(model_type="gemma3", text_config=text, vision_config=vision, mm_tokens_per_image=16)
+    assert Arch.from_config(config).params == on_meta(config)
+    assert Arch.from_config(config, with_vision=False).params < Arch.from_config(config).params
+
+
+def test_estimate_is_the_plan_and_honours_seq_and_batch():
+    """The issue's examples: one verdict whose figures are the plan's, with the preset for the asked settings."""
+    for seq in (8192, 32768):
+        e = api.estimate("Qwen/Qwen3-4B", "qlora", seq=seq, batch=1, vram_gib=16, ram_gib=64)
+        assert e["fits"] is True and e["peak_vram_gib"] == e["plan"]["peak_vram_gib"] <= 16 / SLACK
+        assert e["peak_ram_gib"] == e["plan"]["peak_ram_gib"]
+        assert sum(e["peak_parts_gib"].values()) == pytest.approx(e["peak_vram_gib"], abs=0.01)
+        assert (e["preset"]["max_seq_length"], e["preset"]["batch_size"]) == (seq, 1)
+    full = api.estimate("Qwen/Qwen3-4B", "full", seq=512, batch=1, vram_gib=20, ram_gib=64)
+    assert full["fits"] is True and full["plan"]["grads_released"] and full["preset"]["grad_accum"] == 1
+    big = api.estimate("Qwen/Qwen3-32B", "qlora", seq=2048, batch=1, vram_gib=24, ram_gib=32)
+    assert big["fits"] is False and big["plan"] is not None and big["peak_ram_gib"] > 32
+    assert f"needs about {big['peak_ram_gib']:.1f} GiB of host RAM" in big["reason"]
+    assert big["preset"]["fits"] is False
+
+
+def test_the_run_plans_with_the_same_computation(tmp_path, monkeypatch):
+    """engine.loading.plan_memory (the run, before it loads anything) and the estimate give the same plan for the
+    same settings and budget."""
+    from engine.hardware import Placement
+    from engine.loading import plan_memory
+
+    monkeypatch.setenv("TUNESMITH_VRAM_GIB", "7.0")
+    monkeypatch.setenv("TUNESMITH_RAM_GIB", "64")
+    folder = json_folder_for(LLAMA_31_8B, tmp_path / "llama")
+    spec = JobSpec(model=folder, data="-", method="qlora", max_seq_length=2048, batch_size=2)
+    run = plan_memory(spec, LLAMA_31_8B, Placement("cuda", "bf16", "planned for a GPU"))
+    e = api.estimate(folder, "qlora", seq=2048, batch=2)
+    assert run.budget_gib == 7.0 and run.offload_activations and e["fits"] and e["plan"] == run.as_dict()
+    assert e["peak_vram_gib"] == run.peak_vram_gib and e["preset"]["offload"] != "none"
+
+
+def test_configs_are_found_offline_in_a_folder_and_in_the_hub_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = json_folder_for(MIXTRAL_8X7B, tmp_path / "mixtral")
+    assert api.estimate(folder, "qlora", seq=1024, batch=1, vram_gib=48, ram_gib=512)["params_b"] == pytest.approx(
+        by_hand(MIXTRAL_8X7B) / 1e9, abs=0.01
+    )
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--someorg--moe-model" / "snapshots" / "0123abcd"
+    json_folder_for(QWEN3_30B_A3B, snapshot)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    e = api.estimate("someorg/moe-model", "lora", seq=1024, batch=1, vram_gib=80, ram_gib=512)
+    assert e["params_b"] == pytest.approx(by_hand(QWEN3_30B_A3B) / 1e9, abs=0.01)
+    with pytest.raises(UserError, match="not in the local cache"):
+        api.estimate("someorg/not-there", "lora", vram_gib=80)
+
+
+SWEEPS = [  # the GPU sweep's configurations (bench/budget_sweep.py): arch, method, seq, batch, budgets
+    (Arch.from_config(LLAMA_31_8B), "qlora", 2048, 2, [round(5.6 + 0.2 * i, 1) for i in range(13)]),
+    (Arch.from_config(QWEN3_4B), "lora", 2048, 2, [round(6.0 + 0.5 * i, 1) for i in range(9)]),
+    (Arch.from_config(dict(QWEN3_4B, hidden_size=5120, intermediate_size=17408, num_hidden_layers=40,
+                           num_attention_heads=40, tie_word_embeddings=False)),
+     "qlora", 2048, 1, [round(3.6 + 0.2 * i, 1) for i in range(13)]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("arch, method, seq, batch, budgets", SWEEPS, ids=["llama8b", "qwen3_4b", "qwen3_14b"])
+def test_planned_peak_is_monotone_in_the_budget_and_within_it(arch, method, seq, batch, budgets):
+    spec = JobSpec(model="m", data="-", method=method, max_seq_length=seq, batch_size=batch)
+    least = smallest_budget(arch, spec)
+    peaks = []
+    for budget in budgets:
+        if budget < least:
+            with pytest.raises(UserError, match=f"needs at least {least:.1f} GiB"):
+                plan_for(arch, spec, budget, None)
+            v = verdict(arch, spec, budget, None)
+            assert not v.fits and v.min_budget_gib == least and v.plan is None
+            continue
+        p = plan_for(arch, spec, budget, None)
+        assert p.peak_vram_gib * SLACK <= budget
+        peaks.append(p.peak_vram_gib)
+    assert peaks == sorted(peaks) and peaks  # more budget never plans a smaller peak, and some budget is planned
+    assert plan(arch, method, seq, batch, least)  # the minimum named is one that plans
+
+
+def test_an_out_of_memory_error_mid_run_leaves_a_resumable_checkpoint(tiny_llama, identity_file, tmp_path):
+    """A real allocation failure in the 4th step's forward (the CPU allocator refusing an impossible size, raised
+    from a forward hook torch offers for every module) ends the run with step 3 saved and a sentence on what to
+    lower; resuming finishes the run from there."""
+    from engine.runlog import RunLog, read_metrics
+    from engine.train import latest_checkpoint, train
+
+    spec = JobSpec(model=str(tiny_llama), data=str(identity_file), method="lora", max_steps=6, batch_size=2,
+                   learning_rate=5e-3, gradient_checkpointing=False, seed=0)  # fmt: skip
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    forwards = []
+
+    def fail_in_the_fourth_step(module, args):
+        if type(module).__name__ == "LlamaForCausalLM" and module.training:
+            forwards.append(module)
+            if len(forwards) == 4:
+                torch.empty(2**62, dtype=torch.uint8)  # more than any machine can allocate: a real failure
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(fail_in_the_fourth_step)
+    lines = []
+    try:
+        with pytest.raises(UserError, match="Ran out of memory at step 4.*saved step 3.*resume continues from it"):
+            train(spec, run_dir, RunLog(run_dir), False, lambda: False, lines.append)
+    finally:
+        hook.remove()
+    assert latest_checkpoint(run_dir).name == "step-000003"
+    assert any("out of memory during step 4" in line for line in lines)
+    train(spec, run_dir, RunLog(run_dir), True, lambda: False, lines.append)
+    assert "resume: from step-000003" in lines
+    assert [m["step"] for m in read_metrics(run_dir) if "loss" in m] == [1, 2, 3, 4, 5, 6]
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_checkpoints_on_a_time_interval_by_default(tiny_llama, identity_file, tmp_path):
+    from engine.runlog import RunLog
+    from engine.train import train
+
+    assert JobSpec(model="m", data="d").save_every_minutes == 10  # on unless the job turns it off
+    spec = JobSpec(model=str(tiny_llama), data=str(identity_file), method="lora", max_steps=3, batch_size=2,
+                   gradient_checkpointing=False, save_every_minutes=1e-9, keep_checkpoints=5)  # fmt: skip
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    train(spec, run_dir, RunLog(run_dir), False, lambda: False, lambda m: None)
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step-*")) == [f"step-{i:06d}" for i in (1, 2, 3)]
+    with pytest.raises(UserError, match="save_every_minutes"):
+        JobSpec(model="m", data="d", save_every_minutes=-1)
+
+
+def test_an_out_of_memory_error_in_the_optimizer_step_keeps_the_latest_checkpoint(tiny_llama, identity_file, tmp_path):
+    """Weights part-updated when the allocation fails are no step's: nothing is saved, the message names the latest
+    checkpoint, and resume continues from it (the failure from a hook torch offers on every optimizer step)."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from engine.runlog import RunLog
+    from engine.train import latest_checkpoint, train
+
+    spec = JobSpec(model=str(tiny_llama), data=str(identity_file), method="lora", max_steps=5, batch_size=2,
+                   gradient_checkpointing=False, save_every=2, seed=0)  # fmt: skip
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    steps = []
+
+    def fail_in_the_fourth_update(optimizer, args, kwargs):
+        steps.append(optimizer)
+        if len(steps) == 4:
+            torch.empty(2**62, dtype=torch.uint8)
+
+    hook = register_optimizer_step_pre_hook(fail_in_the_fourth_update)
+    try:
+        with pytest.raises(UserError, match="at step 4.*updating the weights.*latest checkpoint"):
+            train(spec, run_dir, RunLog(run_dir), False, lambda: False, lambda m: None)
+    finally:
+        hook.remove()
+    assert latest_checkpoint(run_dir).name == "step-000002"
+    lines = []
+    train(spec, run_dir, RunLog(run_dir), True, lambda: False, lines.append)
+    assert "resume: from step-000002" in lines and (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_a_micro_batch_longer_than_any_plan_is_named_in_the_log():
+    """A micro-batch whose tokens the budget cannot hold even with every layer recomputed (a longer batch than the
+    run planned for) gets a log line saying what to lower before it runs."""
+    from tiny import ARCHS
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from engine.checkpointing import install
+
+    spec = dict(ARCHS["llama"], vocab_size=64)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(spec.pop("model_type"), **spec))
+    lines = []
+    install(model, "lora", 0.01, fused_loss=False, log=lines.append)
+    model.train()
+    ids = torch.ones(1, 8, dtype=torch.long)
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert any("8 tokens in one micro-batch need more than the 0.0 GiB budget" in line for line in lines), lines
+    assert "lower batch_size or max_seq_length" in lines[-1]
