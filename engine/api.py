@@ -22,7 +22,7 @@ from pathlib import Path
 from engine.errors import UserError
 from engine.hardware import vram_budget_gib
 from engine.infer import ReplyStats
-from engine.jobspec import JobSpec
+from engine.jobspec import JobSpec, read_job
 from engine.runlog import TERMINAL, read_metrics
 
 __all__ = [
@@ -252,9 +252,8 @@ def poll(run: "str | Path | RunHandle") -> RunStatus:
             f"The training process stopped unexpectedly (exit code {code}); see log.txt. Resume "
             "continues from the last checkpoint."
         )
-    spec_text = (run_dir / "job.yaml").read_text()
     try:
-        spec = JobSpec.from_yaml(spec_text)
+        spec = read_job(run_dir / "job.yaml")
         name, model = spec.name, spec.model
     except UserError:
         name = model = "?"

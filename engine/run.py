@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from engine.errors import UserError
-    from engine.jobspec import JobSpec
+    from engine.jobspec import read_job
     from engine.runlog import RunLog
 
     job = Path(args.job)
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     runlog.set(state="starting", message="starting")
     try:
-        spec = JobSpec.from_yaml(job.read_text(), source=str(job))
+        spec = read_job(job)
         from engine.train import Cancelled, train
 
         try:
