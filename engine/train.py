@@ -13,15 +13,11 @@ import shutil
 import time
 from pathlib import Path
 
-from engine.errors import UserError
+from engine.errors import Cancelled, UserError
 from engine.files import new_folder, write_json
 from engine.hardware import choose_placement, memory_in_use_gb
 
 CHECKPOINT_FILES = ("optimizer.pt", "scheduler.pt", "rng.pt", "state.json")
-
-
-class Cancelled(Exception):
-    pass
 
 
 def batches_for_epoch(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -228,13 +224,18 @@ def train(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> None:
     placement = choose_placement(spec.device, spec.dtype)
     runlog.set(state="loading", message="loading the model")
     model, tok = load_for_training(spec, placement, log)
+
+    def loading(text):  # a long pass over the data says where it is, in the status and the log
+        runlog.set(state="loading", message=text)
+        log(text)
+
     if spec.objective == "pretrain":
         if spec.train_embeddings and spec.method != "full":
             model = pretrain.add_embedding_training(model, log)
-        examples = pretrain.load_text_examples(spec, tok, log)
+        examples = pretrain.load_text_examples(spec, tok, log, loading, should_stop)
         groups = pretrain.param_groups(model, spec)
     else:
-        examples = load_examples(spec, tok, log)
+        examples = load_examples(spec, tok, log, loading, should_stop)
         groups = [p for p in model.parameters() if p.requires_grad]
     total = total_steps(spec, len(examples))
     params = [p for p in model.parameters() if p.requires_grad]
