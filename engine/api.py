@@ -135,7 +135,8 @@ def _slug(name: str) -> str:
 
 
 def start(spec: JobSpec, runs: Path | None = None, *, allow_code: bool = False) -> RunHandle:
-    """Write the spec to a new run folder and start `python -m engine.run` on it in the background.
+    """Check the model and the dataset's first rows, write the spec to a new run folder and start
+    `python -m engine.run` on it in the background.
 
     A job whose rewards include a `python` one (a module:function path) runs that code in the training process, so
     it is refused unless `allow_code` is True: the CLI and Python callers may pass it, the app never does.
@@ -149,6 +150,9 @@ def start(spec: JobSpec, runs: Path | None = None, *, allow_code: bool = False) 
             "This job has a 'python' reward, which runs your own code: that is accepted only from the command line "
             "or the Python API (engine.api.start(spec, allow_code=True)), never from the app."
         )
+    from engine.preflight import check_job
+
+    check_job(spec)  # a bad model folder or bad first rows: one sentence now, no run folder
     runs = Path(runs) if runs else runs_dir()
     runs.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -78,11 +78,11 @@ def iter_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     yield from file_rows(path)[1]
 
 
-def file_rows(path: str | os.PathLike) -> tuple[int | None, Iterator[tuple[int, dict]]]:
-    """The file's last row number when it is known without reading every row, and its (row number, row) pairs.
+def file_rows(path: str | os.PathLike, count: bool = False) -> tuple[int | None, Iterator[tuple[int, dict]]]:
+    """The file's last row number when it is known without parsing every row, and its (row number, row) pairs.
 
-    The number is exact for Parquet (its metadata) and JSON arrays (parsed whole); for JSONL it is the line count
-    (blank lines are not rows but keep their number); CSV, TSV and text give None.
+    The number is exact for Parquet (its metadata) and JSON arrays (parsed whole); for JSONL, with `count`, it is the
+    line count (one pass over the bytes; blank lines are not rows but keep their number); otherwise None.
     """
     path = Path(path)
     if not path.is_file():
@@ -104,7 +104,7 @@ def file_rows(path: str | os.PathLike) -> tuple[int | None, Iterator[tuple[int, 
         rows = _json_array(path)
         return len(rows), _json_array_rows(path, rows)
     if head.lstrip()[:1] == b"{":
-        return _line_count(path), _jsonl_rows(path)
+        return _line_count(path) if count else None, _jsonl_rows(path)
     raise UserError(f"'{path.name}' is neither JSON nor JSONL; use one of {', '.join(SUFFIXES)}.")
 
 
@@ -229,12 +229,14 @@ def iter_source(source: str, config: str = "", split: str = "train") -> Iterator
     yield from source_rows(source, config, split)[1]
 
 
-def source_rows(source: str, config: str = "", split: str = "train") -> tuple[int | None, Iterator[tuple[int, dict]]]:
-    """Like iter_source, with the last row number first when it is cheaply known (see file_rows; hub datasets know
-    their length), for progress reports."""
+def source_rows(
+    source: str, config: str = "", split: str = "train", count: bool = False
+) -> tuple[int | None, Iterator[tuple[int, dict]]]:
+    """Like iter_source, with the last row number first where it is known (see file_rows, whose `count` it takes;
+    hub datasets know their length), for progress reports."""
     path = Path(os.path.expanduser(source))
     if path.is_file():
-        return file_rows(path)
+        return file_rows(path, count)
     from engine.loading import HUB_ID
 
     if not (path.is_dir() or HUB_ID.match(source)):
@@ -592,7 +594,7 @@ def batched_rows(spec, what: str, report=None, should_stop=None) -> Iterator[lis
     """The spec's dataset as lists of TOKENIZE_BATCH (row number, row) pairs, columns mapped, read as a stream with
     progress reports and cancel checks between batches (Progress)."""
     source = Path(spec.data).name
-    total, rows = source_rows(spec.data, spec.data_config, spec.data_split)
+    total, rows = source_rows(spec.data, spec.data_config, spec.data_split, count=True)
     progress = Progress(what, total, report, should_stop)
     last = 0
     while batch := list(itertools.islice(rows, TOKENIZE_BATCH)):
