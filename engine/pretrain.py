@@ -8,7 +8,7 @@ parameter groups (those copies, or in full fine-tuning the weights themselves, a
 
 from pathlib import Path
 
-from engine.data import Example, Examples, batched_rows, check_format, pack, raw_text
+from engine.data import Example, Examples, batched_rows, check_format, encode_batch, pack, raw_text
 from engine.errors import UserError
 from engine.objectives import format_problem
 
@@ -29,7 +29,7 @@ def load_text_examples(spec, tokenizer, log=print, report=None, should_stop=None
             if problem := format_problem(spec.objective, fmt):
                 raise UserError(problem)
             texts.append(raw_text(row, i, source))
-        for ids in tokenizer(texts)["input_ids"]:
+        for ids, _ in encode_batch(tokenizer, texts, add_special_tokens=True):
             if eos is not None and ids[-1:] != [eos]:
                 ids = ids + [eos]  # the model learns where a document ends
             for start in range(0, len(ids), spec.max_seq_length):
