@@ -22,10 +22,13 @@ import time
 def _follow(handle) -> int:
     from engine import api
 
-    last = 0
+    last, said = 0, ""
     try:
         while True:
             st = api.poll(handle)
+            if st.state == "loading" and st.message != said:  # loading the model, tokenizing: N of M rows
+                print(st.message, flush=True)
+                said = st.message
             for rec in st.metrics[last:]:
                 print(
                     f"step {rec['step']}/{rec['total_steps']}  loss {rec['loss']:.4f}  lr {rec['lr']:.2e}  "
