@@ -9,7 +9,8 @@
       the upload reads its token from HF_TOKEN
   python -m engine data inspect FILE [--format F] [--model M]
   python -m engine doctor
-Exit status: 0 done, 1 the run failed, 2 bad input (one line on stderr says why), 130 interrupted.
+Exit status: 0 done, 1 the run failed, 2 bad input (one line on stderr says why), 130 interrupted. Any other
+error prints one line naming the file that holds its full report (exit 1).
 """
 
 import argparse
@@ -21,10 +22,13 @@ import time
 def _follow(handle) -> int:
     from engine import api
 
-    last = 0
+    last, said = 0, ""
     try:
         while True:
             st = api.poll(handle)
+            if st.state == "loading" and st.message != said:  # loading the model, tokenizing: N of M rows
+                print(st.message, flush=True)
+                said = st.message
             for rec in st.metrics[last:]:
                 print(
                     f"step {rec['step']}/{rec['total_steps']}  loss {rec['loss']:.4f}  lr {rec['lr']:.2e}  "
@@ -91,7 +95,9 @@ def main(argv=None) -> int:
 
     try:
         if args.cmd == "train":
-            spec = api.JobSpec.from_yaml(_read(args.job), source=args.job)
+            from engine.jobspec import read_job
+
+            spec = read_job(args.job)
             handle = api.start(spec, allow_code=True)  # the command line may run its own reward code
             print(f"run: {handle.run_dir}", flush=True)
             return 0 if args.detach else _follow(handle)
@@ -158,16 +164,26 @@ def main(argv=None) -> int:
     except api.UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # a bug or an unforeseen failure: one line here, the traceback in a file
+        report = _write_report(args.cmd)
+        first = str(e).splitlines()[0][:200] if str(e) else ""
+        print(
+            f"error: {args.cmd} stopped with {type(e).__name__}: {first}; the full report is in {report}",
+            file=sys.stderr,
+        )
+        return 1
     return 2
 
 
-def _read(path: str) -> str:
-    from engine.errors import UserError
+def _write_report(cmd: str) -> str:
+    """Write the current exception's traceback to a new file in the temporary folder and return its path."""
+    import tempfile
+    import traceback
 
-    try:
-        return open(path, encoding="utf-8").read()
-    except FileNotFoundError:
-        raise UserError(f"Job file '{path}' does not exist.") from None
+    fd, path = tempfile.mkstemp(prefix=f"tunesmith-{cmd}-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".log")
+    with open(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
+        f.write(f"python -m engine {' '.join(sys.argv[1:])}\n\n{traceback.format_exc()}")
+    return path
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 from engine.errors import UserError
 from engine.hardware import vram_budget_gib
 from engine.infer import ReplyStats
-from engine.jobspec import JobSpec
+from engine.jobspec import JobSpec, read_job
 from engine.runlog import TERMINAL, read_metrics
 
 __all__ = [
@@ -138,12 +138,16 @@ def _slug(name: str) -> str:
 
 
 def start(spec: JobSpec, runs: Path | None = None, *, allow_code: bool = False) -> RunHandle:
-    """Write the spec to a new run folder and start `python -m engine.run` on it in the background.
+    """Check the model and the dataset's first rows, write the spec to a new run folder and start
+    `python -m engine.run` on it in the background.
 
     A job whose rewards include a `python` one (a module:function path) runs that code in the training process, so
     it is refused unless `allow_code` is True: the CLI and Python callers may pass it, the app never does.
     """
     _check_job(spec, allow_code)
+    from engine.preflight import check_job
+
+    check_job(spec)  # a bad model folder or bad first rows: one sentence now, no run folder
     runs = Path(runs) if runs else runs_dir()
     runs.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -297,9 +301,8 @@ def _read_status(run_dir: Path) -> RunStatus:
             + (f" (exit code {code})" if code is not None else "")
             + f"; see log.txt.{_low_disk_note(run_dir)} Resume continues from the last checkpoint."
         )
-    spec_text = (run_dir / "job.yaml").read_text()
     try:
-        spec = JobSpec.from_yaml(spec_text)
+        spec = read_job(run_dir / "job.yaml")
         name, model = spec.name, spec.model
     except UserError:
         name = model = "?"

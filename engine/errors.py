@@ -7,3 +7,7 @@ class UserError(Exception):
     The message is one sentence (or two) that names the thing at fault and what to do about it. Code that catches a
     UserError shows `str(err)` to the user and writes any traceback to the run log only.
     """
+
+
+class Cancelled(Exception):
+    """The user cancelled the run; raised where the run polls its stop flag (between steps, between data batches)."""

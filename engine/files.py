@@ -26,6 +26,7 @@ def write_text(path: str | os.PathLike, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; other users (an Ollama service) may need to read it
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -89,12 +90,37 @@ def new_folder(dest: str | os.PathLike):
     dest.parent.mkdir(parents=True, exist_ok=True)
     # the builder's id in the name lets engine.disk.remove_stale_partials tell a dead builder's folder from a live one
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.{owner_tag()}.", suffix=".partial"))
+    # mkdtemp makes it 0700: an Ollama service running as another user could not read an export
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
-        os.rename(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    try:
+        if dest.exists():  # made meanwhile (another export to the same folder): rename would replace an empty one
+            raise FileExistsError(errno.EEXIST, "File exists", str(dest))
+        os.rename(tmp, dest)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            raise UserError(
+                f"'{dest}' already exists; choose another folder name (nothing is ever overwritten)."
+            ) from None
+        raise
+
+
+def _umask() -> int:
+    """The process's umask, from /proc where it can be read without changing it (the app has other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def check_free_disk(folder: str | os.PathLike, need_bytes: int, what: str) -> None:

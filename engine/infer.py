@@ -41,9 +41,9 @@ def check_adapter(folder: Path) -> None:
 def _locate(source: str) -> tuple[str, Path | None, Path | None]:
     path = Path(source)
     if (path / "job.yaml").is_file():
-        from engine.jobspec import JobSpec
+        from engine.jobspec import read_job
 
-        spec = JobSpec.from_yaml((path / "job.yaml").read_text())
+        spec = read_job(path / "job.yaml")
         if (path / "model").is_dir():
             return str(path / "model"), None, path / "model"
         if (path / "adapter").is_dir():

@@ -1,13 +1,17 @@
 """JobSpec: everything a training run needs, as one frozen dataclass with a YAML round trip.
 
 A run folder holds the spec it was started with (job.yaml), so any run can be replayed or resumed from that file
-alone. Unknown keys and values of the wrong type are rejected with a sentence naming the key.
+alone. Unknown keys, duplicate keys, values of the wrong type and numbers out of their range (LIMITS) are rejected
+with a sentence naming the key and what it means, before a run folder is made or anything loads.
 """
 
 import dataclasses
+import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import yaml
 
@@ -24,6 +28,60 @@ DEVICES = ("auto", "cpu", "cuda")
 OPTIMIZERS = ("auto", "adamw", "adamw_8bit", "paged_adamw_8bit")
 # Every linear layer of a decoder block in the Llama, Mistral, Qwen and Gemma families.
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+INT_MAX = 2**31 - 1  # counts beyond this overflow the int32 tensors and indices they end up in
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The range of one numeric setting: `low` <= value <= `high`, with `low_open` / `high_open` excluding the end.
+    Floats must also be finite."""
+
+    meaning: str
+    low: float
+    high: float = INT_MAX
+    low_open: bool = False
+    high_open: bool = False
+
+    def check(self, key: str, value) -> None:
+        finite = isinstance(value, int) or math.isfinite(value)
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        if not (finite and above and below):
+            raise UserError(f"Job setting '{key}' ({self.meaning}) must be {self.describe()}; got {value!r}.")
+
+    def describe(self) -> str:
+        if self.high == math.inf:
+            return "a positive number" if self.low_open else f"{self.low:g} or a positive number"
+        if self.high_open:
+            return f"at least {self.low:g} and below {self.high:g}"
+        return f"a whole number from {self.low:,} to {self.high:,}"
+
+
+# Every numeric setting's range. max_grad_norm 0 means no clipping (a negative one would flip the gradient).
+LIMITS = {
+    "max_seq_length": Limit("the longest example, in tokens", 1, 2**20),
+    "batch_size": Limit("examples per micro-step", 1, 2**16),
+    "grad_accum": Limit("micro-steps per optimizer step", 1, 2**16),
+    "max_steps": Limit("optimizer steps; 0 trains for 'epochs'", 0),
+    "epochs": Limit("passes over the data, when max_steps is 0", 0, math.inf),
+    "learning_rate": Limit("the peak step size", 0, math.inf, low_open=True),
+    "warmup_steps": Limit("steps over which the learning rate rises to its peak", 0),
+    "weight_decay": Limit("how strongly weights are pulled towards 0", 0, math.inf),
+    "max_grad_norm": Limit("the gradient-clipping threshold; 0 turns clipping off", 0, math.inf),
+    "lora_r": Limit("the adapter rank", 1, 2**16),
+    "lora_alpha": Limit("the adapter scale's numerator", 1),
+    "lora_dropout": Limit("the share of adapter inputs dropped in training", 0, 1, high_open=True),
+    "seed": Limit("the random seed", 0, 2**32 - 1),
+    "save_every": Limit("optimizer steps between checkpoints; 0 saves only at the end", 0),
+    "save_every_minutes": Limit("minutes of training between checkpoints; 0 turns the timer off", 0, math.inf),
+    "keep_checkpoints": Limit("checkpoints kept", 1),
+    "dpo_beta": Limit("the pull towards the base model", 0, math.inf, low_open=True),
+    "num_generations": Limit("replies sampled per prompt", 2, 2**16),
+    "max_new_tokens": Limit("the longest sampled reply, in tokens", 1, 2**20),
+    "temperature": Limit("the sampling temperature", 0, math.inf, low_open=True),
+    "grpo_beta": Limit("the KL penalty towards the base model", 0, math.inf),
+    "embedding_learning_rate": Limit("the embeddings' own step size", 0, math.inf, low_open=True),
+}
 
 
 @dataclass(frozen=True)
@@ -95,24 +153,18 @@ class JobSpec:
         ):
             if getattr(self, key) not in allowed:
                 raise UserError(f"Job setting '{key}' is '{getattr(self, key)}'; use one of: {', '.join(allowed)}.")
-        for key in ("max_seq_length", "batch_size", "grad_accum", "lora_r", "keep_checkpoints", "max_new_tokens"):
-            if getattr(self, key) < 1:
-                raise UserError(f"Job setting '{key}' must be at least 1 (it is {getattr(self, key)}).")
-        if self.save_every_minutes < 0:
-            raise UserError(
-                f"Job setting 'save_every_minutes' must be 0 (off) or more (it is {self.save_every_minutes})."
-            )
-        if self.max_steps < 0 or self.epochs <= 0 and self.max_steps == 0:
+        for key, limit in LIMITS.items():
+            limit.check(key, getattr(self, key))
+        if self.epochs == 0 and self.max_steps == 0:
             raise UserError("Set 'max_steps' to a positive number of steps, or 'epochs' above 0.")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, str):
+                _check_text(f.name, value)
         if not self.model.strip():
             raise UserError("No model chosen: give a hub id such as 'Qwen/Qwen3-0.6B' or a local folder.")
         if not self.data.strip():
             raise UserError("No dataset chosen: give a JSON or JSONL file.")
-        for key in ("dpo_beta", "temperature", "embedding_learning_rate"):
-            if getattr(self, key) <= 0:
-                raise UserError(f"Job setting '{key}' must be above 0 (it is {getattr(self, key)}).")
-        if self.num_generations < 2:
-            raise UserError("Job setting 'num_generations' must be at least 2: GRPO learns from how replies differ.")
         rewards.check(self.rewards)
         if self.objective == "grpo" and not self.rewards:
             raise UserError("GRPO needs at least one reward in 'rewards' (e.g. {preset: regex, pattern: ...}).")
@@ -143,7 +195,11 @@ class JobSpec:
     @classmethod
     def from_yaml(cls, text: str, source: str = "job.yaml") -> "JobSpec":
         try:
-            d = yaml.safe_load(text)
+            d = yaml.load(text, Loader=_UniqueKeyLoader)
+        except _DuplicateKey as e:
+            raise UserError(
+                f"{source}: the setting '{e.key}' is given twice (again at line {e.line}); keep one of them."
+            ) from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""
@@ -152,6 +208,53 @@ class JobSpec:
 
     def replace(self, **changes) -> "JobSpec":
         return dataclasses.replace(self, **changes)
+
+
+def read_job(path: str | os.PathLike) -> JobSpec:
+    """Read and check a job.yaml, with a sentence for a missing file, a folder, or bytes that are not UTF-8."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"Job file '{path}' does not exist.") from None
+    except IsADirectoryError:
+        raise UserError(f"'{path}' is a folder, not a job file; give the path of a job.yaml.") from None
+    except PermissionError:
+        raise UserError(f"Job file '{path}' cannot be read (permission denied).") from None
+    try:
+        text = raw.decode("utf-8-sig")  # a BOM from a Windows editor is fine
+    except UnicodeDecodeError as e:
+        raise UserError(f"Job file '{path}' is not UTF-8 text (byte {e.start}); save it as UTF-8.") from None
+    return JobSpec.from_yaml(text, source=str(path))
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, line: int):
+        super().__init__(key)
+        self.key, self.line = key, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if key_node.value in seen:
+                    raise _DuplicateKey(key_node.value, key_node.start_mark.line + 1)
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep)
+
+
+def _check_text(key: str, value: str) -> None:
+    """A lone surrogate ('\\ud800' in YAML) cannot be written or tokenized: refuse it here with the key's name."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UserError(
+            f"Job setting '{key}' holds an invalid character ({value[e.start]!a} at position {e.start}); remove it."
+        ) from None
 
 
 def _coerce(key, value, hint, source):

@@ -6,25 +6,41 @@ modules_to_save: full trainable copies beside the frozen originals, saved in the
 parameter groups (those copies, or in full fine-tuning the weights themselves, at `embedding_learning_rate`).
 """
 
-from engine.data import Example, pack
-from engine.objectives import read_rows
+from pathlib import Path
+
+from engine.data import Example, Examples, batched_rows, check_format, encode_batch, pack, raw_text
+from engine.errors import UserError
+from engine.objectives import format_problem
 
 EMBEDDING_NAMES = ("embed_tokens", "lm_head")
 
 
-def load_text_examples(spec, tokenizer, log=print) -> list[Example]:
-    """Every text of the dataset as training sequences with labels on every token."""
-    pieces = []
-    for row in read_rows(spec, log):
-        ids = tokenizer(row["text"])["input_ids"]
-        if tokenizer.eos_token_id is not None and ids[-1:] != [tokenizer.eos_token_id]:
-            ids = ids + [tokenizer.eos_token_id]  # the model learns where a document ends
-        for start in range(0, len(ids), spec.max_seq_length):
-            piece = ids[start : start + spec.max_seq_length]
-            if len(piece) > 1:  # a single token has nothing to predict
-                pieces.append(Example(piece, list(piece), False, (len(piece),)))
-    n_tokens = sum(len(p.input_ids) for p in pieces)
-    log(f"data: {n_tokens:,} tokens in {len(pieces)} pieces of up to {spec.max_seq_length} tokens")
+def load_text_examples(spec, tokenizer, log=print, report=None, should_stop=None) -> Examples:
+    """Every text of the dataset as training sequences with labels on every token, read and tokenized as a stream
+    in batches (engine.data.batched_rows: progress through `report`, cancel through `should_stop`)."""
+    source = Path(spec.data).name
+    fmt = None if spec.data_format == "auto" else spec.data_format
+    pieces, rows, eos = Examples(), 0, tokenizer.eos_token_id
+    for batch in batched_rows(spec, "tokenizing", report, should_stop):
+        texts = []
+        for i, row in batch:
+            if spec.data_format == "auto":
+                fmt = check_format(row, i, source, fmt)
+            if problem := format_problem(spec.objective, fmt):
+                raise UserError(problem)
+            texts.append(raw_text(row, i, source))
+        for ids, _ in encode_batch(tokenizer, texts, add_special_tokens=True):
+            if eos is not None and ids[-1:] != [eos]:
+                ids = ids + [eos]  # the model learns where a document ends
+            for start in range(0, len(ids), spec.max_seq_length):
+                piece = ids[start : start + spec.max_seq_length]
+                if len(piece) > 1:  # a single token has nothing to predict
+                    pieces.append(Example(piece, piece, False, (len(piece),)))
+        rows += len(batch)
+    if not rows:
+        raise UserError(f"Dataset '{source}' has no rows.")
+    log(f"data: {source} is {fmt}, {rows} rows")
+    log(f"data: {pieces.tokens():,} tokens in {len(pieces)} pieces of up to {spec.max_seq_length} tokens")
     if spec.packing:
         pieces = pack(pieces, spec.max_seq_length)
         log(f"data: packed into {len(pieces)} sequences")

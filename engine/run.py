@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from engine.errors import UserError
-    from engine.jobspec import JobSpec
+    from engine.jobspec import read_job
     from engine.runlog import RunLog
 
     job = Path(args.job)
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
         remove_stale_partials(
             run_dir, run_dir / "checkpoints", log=log, legacy=True
         )  # left by an earlier attempt killed mid-save
-        spec = JobSpec.from_yaml(job.read_text(), source=str(job))
+        spec = read_job(job)
         from engine.train import Cancelled, train
 
         try:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from engine.batching import Collator
 from engine.batching import padded as collate  # noqa: F401  right-padded rows, for callers of engine.train
-from engine.errors import UserError
+from engine.errors import Cancelled, UserError
 from engine.files import new_folder, write_json
 from engine.hardware import choose_placement, memory_in_use_gb
 
@@ -29,10 +29,6 @@ CHECKPOINT_FILES = (
     "rng.json",
     "state.json",
 )
-
-
-class Cancelled(Exception):
-    pass
 
 
 def batches_for_epoch(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -247,13 +243,18 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     placement = choose_placement(spec.device, spec.dtype)
     runlog.set(state="loading", message="loading the model")
     model, tok = load_for_training(spec, placement, log)
+
+    def loading(text):  # a long pass over the data says where it is, in the status and the log
+        runlog.set(state="loading", message=text)
+        log(text)
+
     if spec.objective == "pretrain":
         if spec.train_embeddings and spec.method != "full":
             model = pretrain.add_embedding_training(model, log)
-        examples = pretrain.load_text_examples(spec, tok, log)
+        examples = pretrain.load_text_examples(spec, tok, log, loading, should_stop)
         groups = pretrain.param_groups(model, spec)
     else:
-        examples = load_examples(spec, tok, log)
+        examples = load_examples(spec, tok, log, loading, should_stop)
         groups = [p for p in model.parameters() if p.requires_grad]
     total = total_steps(spec, len(examples))
     params = [p for p in model.parameters() if p.requires_grad]

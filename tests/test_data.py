@@ -171,3 +171,172 @@ def test_identity_generator_covers_languages():
     assert any("你" in r["instruction"] for r in rows) and any("Кто" in r["instruction"] for r in rows)
     with pytest.raises(UserError):
         identity_rows("", "x")
+
+
+# --- issue 23: large files stream, odd input gets a sentence, Windows files and shared exports work -------------------
+
+STREAM_SCRIPT = """
+import json, resource, sys
+sys.path[:0] = [{root!r}, {tests!r}]
+from tiny import make_tokenizer
+from engine import pretrain
+from engine.jobspec import JobSpec
+tok = make_tokenizer()
+def rss_kb():
+    return int(open("/proc/self/statm").read().split()[1]) * (resource.getpagesize() // 1024)
+before = rss_kb()
+reports = []
+spec = JobSpec(model="m", data={data!r}, objective="pretrain", max_seq_length=64)
+ex = pretrain.load_text_examples(spec, tok, lambda m: None, reports.append)
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(json.dumps(dict(grown_kb=grown, reports=reports, examples=len(ex), tokens=ex.tokens())))
+"""
+
+
+def test_a_large_file_streams_with_progress_and_bounded_memory(tmp_path):
+    """100,000 rows: progress reports with the row total, and the peak memory grows by about the token ids' own
+    size (8 bytes a token) rather than by the rows and lists of Python ints (200 MB for 200,000 rows before)."""
+    rows = 100_000
+    path = tmp_path / "big.jsonl"
+    with open(path, "w") as f:
+        for i in range(rows):
+            f.write(json.dumps({"text": f"Row {i} of the file."}) + "\n")
+    script = STREAM_SCRIPT.format(root=str(ROOT), tests=str(ROOT / "tests"), data=str(path))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["examples"] == rows
+    assert res["reports"][0] == "tokenizing: 0 of 100,000 rows"
+    assert res["reports"][-1] == "tokenizing: 100,000 of 100,000 rows"
+    # the ids and labels (8 bytes a token, twice over for the arrays' growth) and per-row offsets, plus 24 MiB for
+    # one batch of rows and the allocator
+    bound_kb = (16 * res["tokens"] + 64 * rows) // 1024 + 24 * 1024
+    assert res["grown_kb"] < bound_kb, (res["grown_kb"], bound_kb, path.stat().st_size)
+
+
+def test_tokenizing_reports_every_few_seconds_and_stops_on_cancel(tmp_path, tok, monkeypatch):
+    from engine.errors import Cancelled
+    from engine.jobspec import JobSpec
+
+    path = write(tmp_path, "d.jsonl", [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(3000)])
+    spec = JobSpec(model="m", data=str(path))
+    monkeypatch.setattr(data, "TOKENIZE_BATCH", 100)
+    monkeypatch.setattr(data, "REPORT_S", 0.0)  # every batch, so the test sees several
+    reports = []
+    examples = data.load_examples(spec, tok, lambda m: None, reports.append)
+    assert reports[:3] == [
+        "tokenizing: 0 of 3,000 rows",
+        "tokenizing: 100 of 3,000 rows",
+        "tokenizing: 200 of 3,000 rows",
+    ]
+    assert len(examples) == 3000 and isinstance(examples, data.Examples)
+    assert examples[-1] == data.tokenize_conversation(
+        tok, data.to_messages({"instruction": "q2999", "output": "a2999"}, "alpaca", 1), 1024
+    )
+    asked = []
+    with pytest.raises(Cancelled):
+        data.load_examples(spec, tok, lambda m: None, None, lambda: asked.append(1) or len(asked) > 2)
+    assert len(asked) == 3  # checked after each batch, stopped at the first true
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        (
+            "s.jsonl",
+            '{"instruction": "a\\ud800", "output": "b"}\n',
+            "s.jsonl: row 1: field 'instruction' holds an invalid character \\('\\\\ud800', half of a UTF-16 pair",
+        ),
+        (
+            "s.json",
+            '[{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "\\udc00b"}]}]',
+            "s.json: row 1: field 'messages\\[2\\].content' holds an invalid",
+        ),
+        (
+            "deep.jsonl",
+            '{"instruction": ' + "[" * 100_000 + "]" * 100_000 + "}\n",
+            "deep.jsonl: row 1 nests lists or objects thousands of levels deep",
+        ),
+        (
+            "deep.json",
+            "[" * 100_000 + "]" * 100_000,
+            "deep.json: the file nests lists or objects thousands of levels deep",
+        ),
+    ],
+)
+def test_surrogates_and_deep_nesting_get_a_sentence(tmp_path, tok, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(UserError, match=message):
+        data.inspect(str(path), tokenizer=tok)
+
+
+def test_a_csv_field_over_128_kib_is_read(tmp_path, tok):
+    import csv
+
+    long = "word " * 60_000  # 300 KB in one cell
+    path = tmp_path / "long.csv"
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([["instruction", "output"], ["Say it all.", long]])
+    from engine.jobspec import JobSpec
+
+    (ex,) = data.load_examples(JobSpec(model="m", data=str(path), max_seq_length=64), tok, lambda m: None)
+    assert ex.truncated and len(ex.input_ids) == 64
+
+
+def test_an_assistant_only_conversation_is_rendered_or_refused_with_a_sentence(tmp_path, tok):
+    path = write(tmp_path, "a.jsonl", [{"messages": [{"role": "assistant", "content": "Hello there."}]}])
+    info = data.inspect(str(path), tokenizer=tok)
+    assert [text for text, trained in info["sample_masked"] if trained] == ["Hello there.<|im_end|>"]
+    strict = copy_tokenizer(tok)
+    strict.chat_template = (
+        "{% for m in messages %}{% if (m['role'] == 'user') != loop.index0 is even %}"
+        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+        "{% endif %}{{ m['content'] }}{% endfor %}"
+    )
+    with pytest.raises(UserError, match=r"a.jsonl: row 1: the chat template cannot render its turns \(assistant\): "):
+        data.inspect(str(path), tokenizer=strict)
+
+
+def copy_tokenizer(tok):
+    import copy
+
+    return copy.deepcopy(tok)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])
+def test_a_utf8_bom_is_accepted(tmp_path, suffix):
+    rows = [{"instruction": "Ünïcode?", "output": "Yes."}, {"instruction": "b", "output": "c"}]
+    if suffix == ".jsonl":
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    elif suffix == ".json":
+        text = json.dumps(rows, ensure_ascii=False)
+    else:
+        text = "instruction,output\n" + "".join(f"{r['instruction']},{r['output']}\n" for r in rows)
+    path = tmp_path / f"bom{suffix}"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    assert data.read_rows(path) == rows
+    assert data.inspect(str(path))["format"] == "alpaca"
+
+
+def test_a_csv_column_named_twice_is_refused(tmp_path):
+    path = tmp_path / "two.csv"
+    path.write_text("instruction,output,output\nq,first,second\n")
+    with pytest.raises(UserError, match="two.csv: the header names the column 'output' twice; rename one of them."):
+        data.inspect(str(path))
+
+
+@pytest.mark.parametrize("kind", ["bpe", "spm"])
+def test_the_direct_batch_encoding_equals_the_tokenizers_own(kind):
+    """encode_batch calls the Rust tokenizer itself (twice as fast as the transformers wrapper): same ids and
+    offsets, with and without special tokens, and the wrapper's result where truncation is configured."""
+    from tiny import make_spm_tokenizer, make_tokenizer
+
+    tok = make_tokenizer() if kind == "bpe" else make_spm_tokenizer()
+    texts = ["<|im_start|>user\nHi there<|im_end|>\n", "  spaces  and \n newlines", "", "ünïcödé ✓ 日本"]
+    for special in (False, True):
+        enc = tok(texts, add_special_tokens=special, return_offsets_mapping=True)
+        direct = list(data.encode_batch(tok, texts, special, offsets=True))
+        assert direct == list(zip(enc["input_ids"], enc["offset_mapping"], strict=True))
+    tok.backend_tokenizer.enable_truncation(max_length=3)  # as some tokenizer.json files ship it
+    assert [ids for ids, _ in data.encode_batch(tok, texts, False)] == tok(texts, add_special_tokens=False)["input_ids"]

@@ -478,3 +478,52 @@ def test_failed_hub_upload_never_shows_the_token_and_keeps_the_export(tiny_qwen3
         hub.push(out, "someone/tiny", token=secret, log=lines.append)
     assert secret not in str(err.value) + "".join(lines) and err.value.__cause__ is None
     assert files == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.iterdir()}
+
+
+def test_two_exports_into_one_folder_keep_the_first(tiny_qwen3, tmp_path):
+    """Two exports started together into the same --out: one writes it, the other ends with a sentence (it used to
+    end with an ENOTEMPTY traceback after all its work), and nothing is overwritten or left behind."""
+    out = tmp_path / "exports" / "same"
+    command = [sys.executable, "-m", "engine", "export", str(tiny_qwen3), "--format", "gguf-f16", "--out", str(out)]
+    procs = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+    procs.append(subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = sorted((p.returncode, err) for p in procs for _, err in [p.communicate(timeout=600)])
+    assert results[0][0] == 0, results[0][1]
+    code, err = results[1]
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (
+        f"error: '{out}' already exists; choose another folder name (nothing is ever overwritten)."
+    )
+    assert sorted(p.name for p in out.parent.iterdir()) == ["same"]
+    assert "Modelfile" in [p.name for p in out.iterdir()]
+
+
+def test_a_folder_made_while_building_is_never_replaced(tmp_path):
+    from engine.files import new_folder
+
+    dest = tmp_path / "out"
+    for theirs in ([], ["theirs.txt"]):
+        with pytest.raises(api.UserError, match="already exists; choose another folder"):
+            with new_folder(dest) as tmp:
+                (tmp / "mine.txt").write_text("mine")
+                dest.mkdir()  # another export finished first
+                for name in theirs:
+                    (dest / name).write_text("theirs")
+        assert sorted(p.name for p in dest.iterdir()) == theirs
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no .partial left
+        shutil.rmtree(dest)
+
+
+def test_exports_are_readable_by_other_users(tiny_qwen3, tmp_path):
+    """An Ollama service runs as its own user: the export folder is 0755 and its files 0644 under the usual umask
+    (they were 0700 and 0600)."""
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        res = api.export(str(tiny_qwen3), "gguf-f16", tmp_path / "exports" / "shared", log=quiet)
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(res.path.stat().st_mode) == 0o755
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in res.path.iterdir()} == {n: 0o644 for n in res.files}

@@ -1,6 +1,7 @@
 """Run lifecycle through real subprocesses: cancel mid-run, resume, QLoRA on the CPU, failures as sentences."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -104,20 +105,82 @@ def test_qlora_trains_on_cpu_through_bitsandbytes(tiny_qwen3, identity_file, run
     assert isinstance(chat.reply([{"role": "user", "content": "Who are you?"}], max_new_tokens=8), str)
 
 
-def test_missing_model_folder_fails_with_one_sentence(identity_file, runs, tmp_path):
-    st = wait_for(api.start(spec_for(tmp_path / "no-such-model", identity_file, max_steps=2)))
-    assert st.state == "failed"
-    assert st.message.startswith(f"Model folder '{tmp_path / 'no-such-model'}' does not exist")
-    assert "\n" not in st.message
+def test_missing_model_folder_is_refused_before_a_run_folder(identity_file, runs, tmp_path):
+    with pytest.raises(api.UserError, match=f"Model folder '{tmp_path / 'no-such-model'}' does not exist"):
+        api.start(spec_for(tmp_path / "no-such-model", identity_file, max_steps=2))
+    assert not runs.exists() or not list(runs.iterdir())
 
 
 def test_bad_dataset_row_fails_naming_file_and_row(tiny_llama, runs, tmp_path):
+    """A bad row past the first ones (which are checked before the run starts) fails the run with a sentence."""
     data = tmp_path / "bad.jsonl"
-    data.write_text('{"instruction": "hi", "output": "yo"}\n{"instruction": "hi", "output": ""}\n')
+    good = '{"instruction": "hi", "output": "yo"}\n'
+    data.write_text(good * 59 + '{"instruction": "hi", "output": ""}\n')
     st = wait_for(api.start(spec_for(tiny_llama, data, max_steps=2)))
     assert st.state == "failed"
-    assert st.message == "bad.jsonl: row 2: field 'output' is missing or empty."
+    assert st.message == "bad.jsonl: row 60: field 'output' is missing or empty."
     assert "Traceback" in log_of(st)  # the traceback goes to the log, the sentence to the user
+
+
+def test_cancel_while_tokenizing_a_large_file(tiny_llama, runs, tmp_path):
+    """200,000 rows: the status says how far tokenizing is, and a cancel ends the run within seconds as cancelled
+    (the run's own stop, not the kill after 60 s)."""
+    data = tmp_path / "big.jsonl"
+    with open(data, "w") as f:
+        for i in range(200_000):
+            f.write(json.dumps({"instruction": f"What is {i} plus {i}?", "output": f"It is {2 * i}."}) + "\n")
+    handle = api.start(spec_for(tiny_llama, data, max_steps=1))
+    st = wait_for(
+        handle, timeout=300, until=lambda st: re.fullmatch(r"tokenizing: [1-9][\d,]* of 200,000 rows", st.message)
+    )
+    assert st.state == "loading", st.message
+    t0 = time.monotonic()
+    st = api.cancel(handle)
+    assert st.state == "cancelled" and st.message.startswith("Cancelled;"), st.message
+    assert time.monotonic() - t0 < 10
+    assert re.search(r"tokenizing: [1-9][\d,]* of 200,000 rows", log_of(st))
+
+
+def test_cli_train_refuses_bad_data_or_model_before_a_run_folder(tiny_llama, runs, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "hi", "output": "yo"}\n{"instruction": "hi", "output": ""}\n')
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    (broken / "model.safetensors").write_bytes(b"")
+    cases = [
+        (spec_for(tiny_llama, bad), "error: bad.jsonl: row 2: field 'output' is missing or empty."),
+        (spec_for(broken, bad), f"error: '{broken / 'config.json'}' is not valid JSON; the model folder is damaged."),
+    ]
+    for spec, message in cases:
+        job = tmp_path / "job.yaml"
+        job.write_text(spec.to_yaml())
+        out = cli("train", str(job), timeout=120)
+        assert (out.returncode, out.stderr.strip().splitlines()) == (2, [message])
+    for path, message in [(tmp_path, "is a folder, not a job file"), (bad, "is not valid YAML")]:
+        out = cli("train", str(path), timeout=120)
+        assert out.returncode == 2 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"model: caf\xe9\n")
+    out = cli("train", str(latin), timeout=120)
+    assert out.returncode == 2 and "is not UTF-8 text (byte 10)" in out.stderr
+    assert not runs.exists() or not list(runs.iterdir())
+
+
+def test_cli_unexpected_error_is_one_line_and_a_report(monkeypatch, capsys):
+    from engine.__main__ import main
+
+    def broken():
+        raise RuntimeError("the machine room is on fire\nsecond line")
+
+    monkeypatch.setattr(api, "doctor", broken)  # an unforeseen failure deep in a command
+    assert main(["doctor"]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    head, _, report = line.partition("; the full report is in ")
+    assert head == "error: doctor stopped with RuntimeError: the machine room is on fire"
+    text = Path(report).read_text()
+    assert "Traceback" in text and "in broken" in text and "RuntimeError: the machine room is on fire" in text
+    Path(report).unlink()
 
 
 def test_killed_process_is_reported_failed(tiny_llama, identity_file, runs):
