@@ -12,10 +12,10 @@ reads cu_seqlens: engine.batching), no KV cache, and a captured shape. Anything 
 `Captures` decides what is held: the first training step's shape is captured at once (fixed-length batches keep it:
 the benchmark, pretraining pieces), any other shape once it has run eagerly (padding-free micro-batches come in a few
 token-count buckets, each one shape), at most MAX_SHAPES shapes at a time (the least recently used set is dropped;
-all sets share one memory pool, which holds a step's activations). cu_seqlens is an input of the graphs like cos and sin, so one
-graph serves every micro-batch of its bucket. Families whose attention needs a mask or a soft cap (sliding windows,
-Gemma 2) are not captured. The model's module tree is unchanged (each layer gets an instance `forward`), so adapters
-save as before.
+all sets share one memory pool, which holds a step's activations). cu_seqlens is an input of the graphs like cos and
+sin, so one graph serves every micro-batch of its bucket. Families whose attention needs a mask or a soft cap
+(sliding windows, Gemma 2) are not captured. The model's module tree is unchanged (each layer gets an instance
+`forward`), so adapters save as before.
 """
 
 import contextlib
