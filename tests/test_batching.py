@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_patching_parity import tiny_model, with_lora
 
-from engine.batching import bucket, buckets, most_tokens, padded, padding_free, segment_slots
+from engine.batching import Collator, bucket, buckets, most_tokens, padded, padding_free, segment_slots
 from engine.data import Example, pack
 from engine.patching import patch_model
 from engine.patching.modules import packed_gradient
@@ -76,6 +76,21 @@ def test_buckets_bound_the_shapes_of_an_epoch():
     assert len(shapes) == len(widths) <= len(buckets(cap)) <= 8 + math.ceil(math.log(cap / 512, 1.25)) + 1
     assert buckets(cap)[-1] == cap and bucket(cap, cap) == cap
     assert bucket(1, cap) == 64 and bucket(513, cap) == 640
+
+
+def test_collator_logs_each_bucket_once_and_pads_rows_for_the_plain_path():
+    examples = examples_for([30, 40, 50, 300, 20, 10])
+    logs = []
+    make = Collator(examples, 2, 0, "cpu", varlen=True, log=logs.append)
+    widths = [make([examples[i] for i in pair])["input_ids"].shape for pair in ([0, 1], [4, 5], [2, 3], [0, 1])]
+    assert widths == [(1, 128), (1, 64), (1, 350), (1, 128)]  # 350: the most two examples hold
+    assert [line for line in logs if "first micro-batch" in line] == [
+        "batches: first micro-batch of 128 tokens (bucket 1)",
+        "batches: first micro-batch of 64 tokens (bucket 2)",
+        "batches: first micro-batch of 350 tokens (bucket 3)",
+    ]
+    plain = Collator(examples, 2, 0, "cpu", varlen=False, log=logs.append)
+    assert plain(examples[:2])["input_ids"].shape == (2, 40) and "attention_mask" in plain(examples[:2])
 
 
 @pytest.mark.parametrize(

@@ -105,6 +105,7 @@ def test_resume_mid_epoch_continues_with_the_same_batches(tiny_llama, runs, tmp_
     kw = dict(max_steps=12, batch_size=3, save_every=4, keep_checkpoints=5, lr_schedule="constant")
     full = wait_for(api.start(spec_for(tiny_llama, data, **kw)))
     assert full.state == "done", log_of(full)
+    assert "batches: right-padded rows" in log_of(full)  # the CPU runs plain transformers: padded rows as before
     cut = wait_for(api.start(spec_for(tiny_llama, data, name="cut", **kw)))
     resumed = resume_after_cut(cut, 4, 12)  # died at step 4 of epoch 0's 7 micro-batches
     assert resumed.state == "done", log_of(resumed)
