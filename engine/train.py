@@ -362,6 +362,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
             loss=round(loss_sum, 6),
             lr=lr,
             grad_norm=round(grad_norm, 6),
+            tokens=n_tokens,  # the step's real (unpadded) tokens: which examples it trained on, in short
             tokens_per_s=round(n_tokens / dt, 1),
             memory_gb=round(memory_in_use_gb(placement.device), 3),
             eta_s=round(eta, 1),

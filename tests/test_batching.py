@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_patching_parity import tiny_model, with_lora
 
-from engine.batching import bucket, buckets, most_tokens, padded, padding_free, segment_slots
+from engine.batching import Collator, bucket, buckets, most_tokens, padded, padding_free, segment_slots
 from engine.data import Example, pack
 from engine.patching import patch_model
 from engine.patching.modules import packed_gradient
@@ -76,6 +76,21 @@ def test_buckets_bound_the_shapes_of_an_epoch():
     assert len(shapes) == len(widths) <= len(buckets(cap)) <= 8 + math.ceil(math.log(cap / 512, 1.25)) + 1
     assert buckets(cap)[-1] == cap and bucket(cap, cap) == cap
     assert bucket(1, cap) == 64 and bucket(513, cap) == 640
+
+
+def test_collator_logs_each_bucket_once_and_pads_rows_for_the_plain_path():
+    examples = examples_for([30, 40, 50, 300, 20, 10])
+    logs = []
+    make = Collator(examples, 2, 0, "cpu", varlen=True, log=logs.append)
+    widths = [make([examples[i] for i in pair])["input_ids"].shape for pair in ([0, 1], [4, 5], [2, 3], [0, 1])]
+    assert widths == [(1, 128), (1, 64), (1, 350), (1, 128)]  # 350: the most two examples hold
+    assert [line for line in logs if "first micro-batch" in line] == [
+        "batches: first micro-batch of 128 tokens (bucket 1)",
+        "batches: first micro-batch of 64 tokens (bucket 2)",
+        "batches: first micro-batch of 350 tokens (bucket 3)",
+    ]
+    plain = Collator(examples, 2, 0, "cpu", varlen=False, log=logs.append)
+    assert plain(examples[:2])["input_ids"].shape == (2, 40) and "attention_mask" in plain(examples[:2])
 
 
 @pytest.mark.parametrize(
@@ -172,19 +187,23 @@ def test_padding_free_matches_padded_in_bf16_on_the_gpu():
     batches = [examples_for([rng.randint(40, 400) for _ in range(8)], seed=s) for s in (1, 2)]
     cap = 8 * 400
 
-    def step(inputs):
+    def step(inputs, dtype=torch.bfloat16):
         model.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
             loss = model(**inputs).loss
         loss.backward()
         grads = torch.cat([packed_gradient(p).flatten() for n, p in model.named_parameters() if "lora_" in n])
         return loss.detach().float(), grads.float()
 
-    want = [step(padded(b, 0, "cuda")) for b in batches]
+    def error(got, want):
+        return float((got[1] - want[1]).norm() / want[1].norm()), abs(float(got[0] - want[0]))
+
+    exact = [step(padded(b, 0, "cuda"), torch.float32) for b in batches]
+    noise = [error(step(padded(b, 0, "cuda")), want) for b, want in zip(batches, exact, strict=True)]
     free = [padding_free(b, 0, "cuda", 10, cap) for b in batches]
     assert free[0]["input_ids"].shape == free[1]["input_ids"].shape  # one bucket: the graphs serve both
     for index in (0, 1, 0, 1):  # eager, captured, replayed, replayed
-        loss, grads = step(free[index])
-        torch.testing.assert_close(loss, want[index][0], rtol=2e-2, atol=2e-2)
-        error = (grads - want[index][1]).norm() / want[index][1].norm()
-        assert error < 3e-2, (index, float(error))
+        grads, loss = error(step(free[index]), exact[index])
+        # bf16 noise: the padded rows' own distance from the fp32 step, with a margin for other rounding orders
+        assert grads <= 2 * noise[index][0] + 1e-3, (index, grads, noise[index])
+        assert loss <= 2 * noise[index][1] + 1e-2, (index, loss, noise[index])

@@ -93,6 +93,29 @@ def test_resume_matches_an_uninterrupted_run(tiny_llama, identity_file, runs):
     assert b == pytest.approx(a, rel=1e-5)
 
 
+def test_resume_mid_epoch_continues_with_the_same_batches(tiny_llama, runs, tmp_path):
+    """Examples of many lengths, 3 a micro-batch (7 micro-batches an epoch): a run cut mid-epoch and resumed trains
+    on the same micro-batches in the same order as an uninterrupted one (each step's real token count and loss)."""
+    words = "the quick brown fox jumps over the lazy dog and runs far away".split()
+    rows = [
+        {"instruction": " ".join(words[: 2 + i % 5]), "input": "", "output": " ".join(words[: 1 + (7 * i) % 12])}
+        for i in range(20)
+    ]
+    data = tmp_path / "lengths.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kw = dict(max_steps=12, batch_size=3, save_every=4, keep_checkpoints=5, lr_schedule="constant")
+    full = wait_for(api.start(spec_for(tiny_llama, data, **kw)))
+    assert full.state == "done", log_of(full)
+    assert "batches: right-padded rows" in log_of(full)  # the CPU runs plain transformers: padded rows as before
+    cut = wait_for(api.start(spec_for(tiny_llama, data, name="cut", **kw)))
+    resumed = resume_after_cut(cut, 4, 12)  # died at step 4 of epoch 0's 7 micro-batches
+    assert resumed.state == "done", log_of(resumed)
+    tokens = [m["tokens"] for m in full.metrics]
+    assert len(set(tokens)) > 4  # the steps' batches differ, so the token counts tell them apart
+    assert [m["tokens"] for m in resumed.metrics] == tokens
+    assert [m["loss"] for m in resumed.metrics] == pytest.approx([m["loss"] for m in full.metrics], rel=1e-5)
+
+
 def test_qlora_trains_on_cpu_through_bitsandbytes(tiny_qwen3, identity_file, runs):
     import bitsandbytes  # noqa: F401  the real library, on the CPU backend
 
