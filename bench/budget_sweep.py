@@ -141,7 +141,7 @@ def main() -> int:
     start = time.time()
     rows = []
     sink = open(Path(os.environ["OUT"]) / "budget_sweep.jsonl", "a") if os.environ.get("OUT") else None
-    from engine.offload import host_ram_gib
+    from engine.memory.offload import host_ram_gib
 
     ram = host_ram_gib() / max(1, a.parallel)  # each concurrent run's share of the free host RAM
     print(HEADER, flush=True)

@@ -1,10 +1,10 @@
-"""Batch-1 greedy decoding of a 4-bit (bitsandbytes NF4) base: transformers generate against engine.decode.Decoder on
+"""Batch-1 greedy decoding of a 4-bit (bitsandbytes NF4) base: transformers generate against engine.chat.decode.Decoder on
 the same loaded model.
 
     python3 bench/decode_4bit.py [--arch qwen3_4b] [--prompt 128] [--new 256] [--lora 0]
 
 Loads the shared harness's random-weight model (.bench/train_bench.py ensure_model) with NF4 weights, double-quantized
-absmax and bf16 compute, as engine.loading.load_model(four_bit=True) does, and times both on the one model object:
+absmax and bf16 compute, as engine.models.loading.load_model(four_bit=True) does, and times both on the one model object:
 transformers generate (default dynamic cache, sdpa; what a user gets without us) and our decoder (its own step with
 kernels/nf4.py's matvec, in a CUDA graph). `--lora R` first wraps the model in a PEFT LoRA of rank R on every
 projection (random B, so the adapter does something), as a QLoRA run's chat has. Prints one `RESULT {json}` line:
@@ -42,7 +42,7 @@ def main():
     import train_bench as tb
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from engine.decode import Decoder
+    from engine.chat.decode import Decoder
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="qwen3_4b")
@@ -82,7 +82,7 @@ def main():
     print(f"# transformers generate: {a.new / hf_best:.1f} tok/s (first call {hf_first:.2f}s)", flush=True)
     decoder = Decoder(model, log=lambda m: print(f"# {m}", flush=True))
     ours_first, ours_best = timed(decoder.generate, ids, a.new)
-    print(f"# engine.decode: {a.new / ours_best:.1f} tok/s (first call {ours_first:.2f}s)", flush=True)
+    print(f"# engine.chat.decode: {a.new / ours_best:.1f} tok/s (first call {ours_first:.2f}s)", flush=True)
     with torch.inference_mode():
         same = decoder.generate(ids, 64)[0, a.prompt :].tolist() == hf(ids, 64)[0, a.prompt :].tolist()
     result = dict(

@@ -26,7 +26,7 @@ def main():
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from engine.decode import Decoder
+    from engine.chat.decode import Decoder
 
     torch.manual_seed(0)
     with torch.device("cuda"):

@@ -1,4 +1,4 @@
-"""Full fine-tuning through the app's own training loop (engine.train) on the GPU under a VRAM cap, to check what the
+"""Full fine-tuning through the app's own training loop (engine.training.sft) on the GPU under a VRAM cap, to check what the
 offload planner chose against what the run used.
 
     python3 bench/full_ft.py --arch qwen3_4b --vram-gib 24 [--steps 6] [--seq 512]
@@ -36,8 +36,8 @@ def main():
     torch.cuda.set_per_process_memory_fraction(min(1.0, a.vram_gib * 2**30 / total))
 
     from engine import api
-    from engine.runlog import RunLog, read_metrics
-    from engine.train import train
+    from engine.core.runlog import RunLog, read_metrics
+    from engine.training.sft import train
 
     work = Path(tempfile.mkdtemp())
     rows = [

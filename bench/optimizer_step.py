@@ -1,5 +1,5 @@
 """The optimizer step of a LoRA on every projection of Llama-3-8B (448 tensors, rank 16): bitsandbytes' AdamW8bit
-against engine.train's, which skips its per-parameter `torch.cuda.synchronize()`.
+against engine.training.sft's, which skips its per-parameter `torch.cuda.synchronize()`.
 
     python3 bench/optimizer_step.py [--rank 16] [--steps 20]
 
@@ -22,7 +22,7 @@ def main():
     import bitsandbytes as bnb
     import torch
 
-    from engine.train import adamw_8bit
+    from engine.training.sft import adamw_8bit
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--rank", type=int, default=16)

@@ -95,7 +95,7 @@ def main(argv=None) -> int:
 
     try:
         if args.cmd == "train":
-            from engine.jobspec import read_job
+            from engine.spec.jobspec import read_job
 
             spec = read_job(args.job)
             handle = api.start(spec, allow_code=True)  # the command line may run its own reward code
@@ -135,12 +135,12 @@ def main(argv=None) -> int:
                 flush=True,
             )
             if args.push_to_hub:
-                from engine.hub import push
+                from engine.models.hub import push
 
                 push(res.path, args.push_to_hub, private=args.private, log=lambda m: print(m, file=sys.stderr))
             return 0
         if args.cmd == "data":
-            from engine.data import parse_map
+            from engine.data.formats import parse_map
 
             info = api.inspect_data(
                 args.file,

@@ -80,11 +80,11 @@ def one(model_id: str, method: str, seq: int, batch: int, ckpt: bool, cap: float
     import torch
 
     from engine.api import model_arch
-    from engine.estimate import estimate
-    from engine.hardware import choose_placement
-    from engine.jobspec import JobSpec
-    from engine.loading import load_model, prepare_for_training
-    from engine.train import make_optimizer
+    from engine.memory.estimate import estimate
+    from engine.core.hardware import choose_placement
+    from engine.spec.jobspec import JobSpec
+    from engine.models.loading import load_model, prepare_for_training
+    from engine.training.sft import make_optimizer
 
     path = make_model(model_id)
     if cap:
@@ -148,7 +148,7 @@ def _run_child(args: list[str]) -> dict:
 
 
 def tiers(out) -> None:
-    from engine import presets
+    from engine.models import presets
     from engine.api import model_arch
 
     print(

@@ -22,8 +22,8 @@ def log(msg: str) -> None:
 
 def failure_message(exc: BaseException, step: int, run_dir: Path | None = None) -> str:
     """The sentence a user sees for an unexpected exception."""
-    from engine.disk import disk_full_error
-    from engine.errors import UserError
+    from engine.core.disk import disk_full_error
+    from engine.core.errors import UserError
 
     if isinstance(exc, UserError):
         return str(exc)
@@ -47,9 +47,9 @@ def main(argv=None) -> int:
     ap.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     args = ap.parse_args(argv)
 
-    from engine.errors import UserError
-    from engine.jobspec import read_job
-    from engine.runlog import RunLog
+    from engine.core.errors import UserError
+    from engine.spec.jobspec import read_job
+    from engine.core.runlog import RunLog
 
     job = Path(args.job)
     run_dir = job.parent
@@ -63,13 +63,13 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     runlog.set(state="starting", message="starting")
     try:
-        from engine.disk import remove_stale_partials
+        from engine.core.disk import remove_stale_partials
 
         remove_stale_partials(
             run_dir, run_dir / "checkpoints", log=log, legacy=True
         )  # left by an earlier attempt killed mid-save
         spec = read_job(job)
-        from engine.train import Cancelled, train
+        from engine.training.sft import Cancelled, train
 
         try:
             train(spec, run_dir, runlog, args.resume, lambda: stop["requested"], log)

@@ -60,7 +60,7 @@ model = FastLanguageModel.get_peft_model(
 # %% The identity dataset (3.4): ShareGPT conversations rendered with the Qwen chat template
 from datasets import Dataset
 
-from engine.identity import identity_rows
+from engine.data.identity import identity_rows
 
 rows = identity_rows(args.name, args.maker)[: args.rows or None]
 dataset = Dataset.from_list(

@@ -193,7 +193,7 @@ def test_model_tab_download_progress_from_a_local_hub_cache(tmp_path, tiny_llama
     of links to them) resolves offline through the same thread and poll; nothing is downloaded."""
     from huggingface_hub import constants
 
-    from engine import hub
+    from engine.models import hub
     from ui import model_tab
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -244,7 +244,7 @@ def test_model_tab_download_offline_says_one_sentence(tmp_path, monkeypatch):
 
 
 def test_download_progress_reads_a_folder_being_filled(tmp_path):
-    from engine import hub
+    from engine.models import hub
 
     blobs = tmp_path / "models--someone--big" / "blobs"
     assert hub.folder_bytes(tmp_path / "models--someone--big") == 0  # not created yet

@@ -1,4 +1,4 @@
-"""Padding-free micro-batches (engine.batching): one row per micro-batch, shapes from a few buckets, and the same
+"""Padding-free micro-batches (engine.data.batching): one row per micro-batch, shapes from a few buckets, and the same
 loss and LoRA gradients as the right-padded rows, on the fast path (FastAttention + kernels.varlen_attention, in
 Triton's interpreter here) and on plain transformers (whose sdpa mask detects the restarting position ids)."""
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from test_patching_parity import tiny_model, with_lora
 
-from engine.batching import Collator, bucket, buckets, most_tokens, padded, padding_free, segment_slots
-from engine.data import Example, pack
+from engine.data.batching import Collator, bucket, buckets, most_tokens, padded, padding_free, segment_slots
+from engine.data.formats import Example, pack
 from engine.patching import patch_model
 from engine.patching.modules import packed_gradient
 

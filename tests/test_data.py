@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from helpers import learned_runs
 
-from engine import data
-from engine.errors import UserError
+from engine.data.formats import formats as data
+from engine.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -163,7 +163,7 @@ def test_cli_data_inspect(tmp_path):
 
 
 def test_identity_generator_covers_languages():
-    from engine.identity import identity_rows
+    from engine.data.identity import identity_rows
 
     rows = identity_rows("Nova", "Tunesmith Labs", languages=("en", "zh", "ru"))
     assert len(rows) >= 150
@@ -179,8 +179,8 @@ STREAM_SCRIPT = """
 import json, resource, sys
 sys.path[:0] = [{root!r}, {tests!r}]
 from tiny import make_tokenizer
-from engine import pretrain
-from engine.jobspec import JobSpec
+from engine.training import pretrain
+from engine.spec.jobspec import JobSpec
 tok = make_tokenizer()
 def rss_kb():
     return int(open("/proc/self/statm").read().split()[1]) * (resource.getpagesize() // 1024)
@@ -215,8 +215,8 @@ def test_a_large_file_streams_with_progress_and_bounded_memory(tmp_path):
 
 
 def test_tokenizing_reports_every_few_seconds_and_stops_on_cancel(tmp_path, tok, monkeypatch):
-    from engine.errors import Cancelled
-    from engine.jobspec import JobSpec
+    from engine.core.errors import Cancelled
+    from engine.spec.jobspec import JobSpec
 
     path = write(tmp_path, "d.jsonl", [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(3000)])
     spec = JobSpec(model="m", data=str(path))
@@ -278,7 +278,7 @@ def test_a_csv_field_over_128_kib_is_read(tmp_path, tok):
     path = tmp_path / "long.csv"
     with open(path, "w", newline="") as f:
         csv.writer(f).writerows([["instruction", "output"], ["Say it all.", long]])
-    from engine.jobspec import JobSpec
+    from engine.spec.jobspec import JobSpec
 
     (ex,) = data.load_examples(JobSpec(model="m", data=str(path), max_seq_length=64), tok, lambda m: None)
     assert ex.truncated and len(ex.input_ids) == 64

@@ -10,9 +10,11 @@ from helpers import learned_runs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import data, templates
-from engine.errors import UserError
-from engine.jobspec import JobSpec
+from engine.data.formats import formats as data
+
+from engine.data.formats import templates
+from engine.core.errors import UserError
+from engine.spec.jobspec import JobSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 CONVERSATION = [
@@ -220,7 +222,7 @@ def test_packed_batch_loss_equals_separate_examples(tiny_llama, tok):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from engine.train import collate
+    from engine.training.sft import collate
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32, attn_implementation="sdpa").eval()
     exs = [

@@ -8,8 +8,8 @@ import torch
 from conftest import IDENTITY_ANSWER, IDENTITY_QUESTIONS
 
 from engine import api
-from engine.runlog import RunLog, read_metrics
-from engine.train import Cancelled, train
+from engine.core.runlog import RunLog, read_metrics
+from engine.training.sft import Cancelled, train
 
 REJECTED = "I am a fox that jumps over the lazy dog."
 

@@ -6,8 +6,8 @@ import torch
 from conftest import IDENTITY_QUESTIONS
 
 from engine import api
-from engine.runlog import RunLog, read_metrics
-from engine.train import make_optimizer, train
+from engine.core.runlog import RunLog, read_metrics
+from engine.training.sft import make_optimizer, train
 
 
 def test_full_changes_every_weight_and_the_export_loads(tiny_llama, identity_file, tmp_path):
@@ -59,7 +59,7 @@ def test_full_auto_optimizer_is_paged_8bit_on_a_gpu(method, device, chosen):
 def test_adamw_8bit_without_its_syncs_updates_exactly_as_bitsandbytes():
     import bitsandbytes as bnb
 
-    from engine.train import adamw_8bit
+    from engine.training.sft import adamw_8bit
 
     gen = torch.Generator().manual_seed(0)
     shapes = [(16, 4096), (4096, 16), (16, 14336), (1024, 16), (300,)]  # LoRA A/B shapes, and one odd size
@@ -95,7 +95,7 @@ def test_full_on_the_gpu_trains_every_weight_with_paged_adamw_8bit(tiny_llama, i
     assert [name for name in before if torch.equal(before[name].float(), after[name].float())] == []
 
 
-# engine.grad_release: the weights updated in the backward, for budgets where even paged optimizer states do not fit
+# engine.memory.grad_release: the weights updated in the backward, for budgets where even paged optimizer states do not fit
 
 
 def _tiny_causal_lm(path):
@@ -106,7 +106,7 @@ def _tiny_causal_lm(path):
 
 
 def test_full_released_gradients_update_as_a_step_after_the_backward(tiny_llama):
-    from engine.grad_release import StepInBackward
+    from engine.memory.grad_release import StepInBackward
 
     ids = torch.randint(3, 200, (2, 16), generator=torch.Generator().manual_seed(0))
 
@@ -140,7 +140,7 @@ def test_full_released_gradients_update_as_a_step_after_the_backward(tiny_llama)
 
 
 def test_full_released_gradients_clip_each_weight_to_the_max_norm(tiny_llama):
-    from engine.grad_release import StepInBackward
+    from engine.memory.grad_release import StepInBackward
 
     model = _tiny_causal_lm(tiny_llama)
     seen = {}
@@ -163,13 +163,13 @@ def test_full_released_gradients_clip_each_weight_to_the_max_norm(tiny_llama):
 def test_full_training_loop_with_released_gradients_equals_the_plain_loop(
     tiny_llama, identity_file, tmp_path, monkeypatch
 ):
-    """engine.train under a plan that releases gradients (forced here; the planner picks it only on a GPU budget):
+    """engine.training.sft under a plan that releases gradients (forced here; the planner picks it only on a GPU budget):
     the same weights as the plain loop when nothing is clipped, the whole model's gradient norm in the metrics."""
     import dataclasses
 
     from safetensors.torch import load_file
 
-    from engine import loading
+    from engine.models import loading
 
     spec = api.JobSpec(
         model=str(tiny_llama),

@@ -13,8 +13,8 @@ import pytest
 from helpers import log_of, tiny_spec, wait_for
 
 from engine import api
-from engine.files import append_jsonl, read_jsonl
-from engine.runlog import RunLog, read_metrics
+from engine.core.files import append_jsonl, read_jsonl
+from engine.core.runlog import RunLog, read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,10 +56,10 @@ def fill(disk: Path) -> Path:
 
 
 def killed_builder(dest: Path, kill: bool = True):
-    """A process that starts building `dest` with engine.files.new_folder; killed with SIGKILL mid-build when
+    """A process that starts building `dest` with engine.core.files.new_folder; killed with SIGKILL mid-build when
     `kill` (as the OOM killer or a power cut would), it leaves its .partial folder. Returns (process, that folder)."""
     code = (
-        "import time\nfrom engine.files import new_folder\n"
+        "import time\nfrom engine.core.files import new_folder\n"
         f"with new_folder({str(dest)!r}) as t:\n    (t / 'half').write_bytes(b'x')\n    print(t, flush=True)\n"
         "    time.sleep(600)\n"
     )
@@ -144,7 +144,7 @@ def test_a_line_that_does_not_fit_is_cut_back_off(small_disk):
 
 
 def test_a_torn_last_line_is_skipped_and_resume_continues_after_it(tiny_llama, identity_file, tmp_path):
-    from engine.train import train
+    from engine.training.sft import train
 
     spec = tiny_spec(tiny_llama, identity_file, max_steps=4, save_every=2)
     run = tmp_path / "run"

@@ -14,7 +14,7 @@ from helpers import log_of, wait_for
 from engine import api
 
 GGUF_FORMATS = [f for f in api.EXPORT_FORMATS if f.startswith("gguf-")]
-# Formats whose argmax must agree with PyTorch wherever the choice is clear (engine.gguf.CLEAR_MARGIN); on the 64-wide
+# Formats whose argmax must agree with PyTorch wherever the choice is clear (engine.export.gguf.CLEAR_MARGIN); on the 64-wide
 # models Q8_0 is near-lossless too. The K-quants lose more on random weights, so they are checked for loading, types
 # and size here, and for the right answer after training in test_identity_tune_answers_from_gguf.
 NEAR_LOSSLESS = ("gguf-f16", "gguf-bf16", "gguf-q8_0")
@@ -178,7 +178,7 @@ def test_unigram_tokenizer_is_refused_with_a_sentence(tiny_llama, tmp_path):
 
 def test_refusal_names_the_run_not_its_adapter_folder(tiny_llama, tmp_path):
     """A run keeps its tokenizer in `adapter/`: the sentence names the run, the folder the user picked."""
-    from engine.gguf import supported
+    from engine.export.gguf import supported
 
     adapter = tmp_path / "20261122-my-run" / "adapter"
     adapter.mkdir(parents=True)
@@ -211,7 +211,7 @@ def test_existing_output_folder_is_refused(tiny_qwen3, tmp_path):
 
 
 def test_interrupted_export_leaves_nothing(tiny_qwen3, tmp_path, monkeypatch):
-    from engine import gguf
+    from engine.export.merge import gguf
 
     def interrupt(*args, **kw):
         raise KeyboardInterrupt
@@ -223,7 +223,7 @@ def test_interrupted_export_leaves_nothing(tiny_qwen3, tmp_path, monkeypatch):
 
 
 def test_pre_tokenizer_names_follow_the_split_regex():
-    from engine import gguf
+    from engine.export.merge import gguf
 
     def split(regex):
         return {
@@ -277,7 +277,7 @@ def test_streaming_merge_equals_peft_merge(tiny_llama, random_adapter, tmp_path,
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from engine import export as export_mod
+    from engine.export.merge import merge as export_mod
 
     monkeypatch.setattr(export_mod, "SHARD_BYTES", 100_000)  # several shards and an index, as for a large model
     res = api.export(str(random_adapter), "merged16", tmp_path / "merged", log=quiet)
@@ -299,7 +299,7 @@ def test_streaming_merge_equals_peft_merge(tiny_llama, random_adapter, tmp_path,
 def test_merge_of_a_model_too_large_for_ram_checks_fewer_layers(random_adapter, tmp_path, monkeypatch):
     """Above the RAM limit the merge check runs on the first CHECK_LAYERS layers and the GGUF is checked for its
     tokenizer only (the fp32 greedy reference needs the whole model); both say so in the checks."""
-    from engine import export as export_mod
+    from engine.export.merge import merge as export_mod
 
     monkeypatch.setattr(export_mod, "_fits_in_ram", lambda n_bytes: False)
     monkeypatch.setattr(export_mod, "CHECK_LAYERS", 1)
@@ -442,7 +442,7 @@ def test_sentencepiece_style_tokenizer_round_trips(arch, tmp_path):
 
 
 def test_hub_upload_needs_a_token(tiny_qwen3, tmp_path, monkeypatch):
-    from engine import hub
+    from engine.models import hub
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
     res = api.export(str(tiny_qwen3), "merged16", tmp_path / "m", log=quiet)
@@ -471,7 +471,7 @@ def test_failed_hub_upload_never_shows_the_token_and_keeps_the_export(tiny_qwen3
     for p in tmp_path.rglob("*"):
         assert not p.is_file() or secret.encode() not in p.read_bytes(), p
 
-    from engine import hub
+    from engine.models import hub
 
     lines = []
     with pytest.raises(api.UserError) as err:
@@ -499,7 +499,7 @@ def test_two_exports_into_one_folder_keep_the_first(tiny_qwen3, tmp_path):
 
 
 def test_a_folder_made_while_building_is_never_replaced(tmp_path):
-    from engine.files import new_folder
+    from engine.core.files import new_folder
 
     dest = tmp_path / "out"
     for theirs in ([], ["theirs.txt"]):

@@ -8,11 +8,13 @@ import json
 import pytest
 import torch
 
-from engine import api, rewards
-from engine.decode import Decoder
-from engine.grpo import choose_sampler
-from engine.runlog import RunLog, read_metrics
-from engine.train import train
+from engine import api
+
+from engine.spec import rewards
+from engine.chat.decode import Decoder
+from engine.training.grpo import choose_sampler
+from engine.core.runlog import RunLog, read_metrics
+from engine.training.sft import train
 
 PROMPTS = [
     "What is two plus two?",
@@ -203,7 +205,7 @@ def test_grpo_rollout_keeps_the_end_token_and_samples_in_eval_mode():
 
     from tiny import make_tokenizer
 
-    from engine.grpo import engine_rollout
+    from engine.training.grpo import engine_rollout
 
     tok = make_tokenizer()
     end_of_turn, eos = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")

@@ -1,7 +1,7 @@
-"""The chat decoder (engine.decode through engine.infer.ChatModel) against transformers generate, on tiny
+"""The chat decoder (engine.chat.decode through engine.chat.infer.ChatModel) against transformers generate, on tiny
 random-weight models of each family (fp32, CPU), with and without an unmerged LoRA adapter; and on a GPU (bf16 and a
 4-bit NF4 base, qwen3-0.6b-shaped) the CUDA-graph path against transformers and against its own eager path.
-engine/decode_step.py's own tests are in test_decode_step.py."""
+engine/chat/decode_step.py's own tests are in test_decode_step.py."""
 
 import copy
 from pathlib import Path
@@ -10,9 +10,9 @@ import pytest
 import torch
 from tiny import ARCHS, QWEN3_06B, make_model, make_tokenizer
 
-from engine.decode import Decoder, Sampling, pick
-from engine.errors import UserError
-from engine.infer import ChatModel, TextStream
+from engine.chat.decode import Decoder, Sampling, pick
+from engine.core.errors import UserError
+from engine.chat.infer import ChatModel, TextStream
 
 FAMILIES = [a for a in ARCHS if a != "llama256"]  # llama256 is llama again, wider for the GGUF K-quants
 MESSAGES = [{"role": "user", "content": "Who are you?"}]
@@ -402,7 +402,7 @@ def test_gpu_bench_contract_and_first_call(qwen3_06b):
 
 
 def test_reply_stats_count_the_generated_tokens(chats):
-    from engine.infer import ReplyStats
+    from engine.chat.infer import ReplyStats
 
     chat = chats("llama")
     tokens = list(chat.decoder.tokens(chat.prompt_ids(MESSAGES), N, stop_ids=chat.stop_ids))
@@ -426,8 +426,8 @@ def test_chat_command_prints_the_reply_then_its_speed(chats, capsys):
 
 
 def test_compare_streams_fine_tuned_then_base_from_one_model(chats):
-    from engine.errors import UserError
-    from engine.infer import ReplyStats
+    from engine.core.errors import UserError
+    from engine.chat.infer import ReplyStats
 
     chat = chats("llama", lora=True)
     weights = {id(p) for p in chat.model.parameters()}
@@ -452,7 +452,7 @@ def test_sampling_defaults_prefer_the_model_then_its_family(chats, tmp_path):
     import json
     import shutil
 
-    from engine.infer import folder_sampling, sampling_defaults, source_sampling
+    from engine.chat.infer import folder_sampling, sampling_defaults, source_sampling
 
     assert sampling_defaults("qwen3") == dict(temperature=0.7, top_p=0.8, top_k=20, min_p=0.0, repetition_penalty=1.0)
     assert sampling_defaults("llama")["temperature"] == 0.6 and sampling_defaults("llama")["top_p"] == 0.9

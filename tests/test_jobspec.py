@@ -131,7 +131,7 @@ def test_every_number_is_checked_with_its_meaning(line, message):
 
 
 def test_every_numeric_setting_has_a_range():
-    from engine.jobspec import LIMITS
+    from engine.spec.jobspec import LIMITS
 
     numeric = {f.name for f in dataclasses.fields(JobSpec) if f.type in (int, float, "int", "float")}
     assert numeric == set(LIMITS)
@@ -147,7 +147,7 @@ def test_duplicate_key_names_the_key_and_line():
 
 
 def test_job_file_that_is_not_utf8_or_a_folder_gets_a_sentence(tmp_path):
-    from engine.jobspec import read_job
+    from engine.spec.jobspec import read_job
 
     latin = tmp_path / "job.yaml"
     latin.write_bytes("model: m\ndata: d\nname: caf\xe9\n".encode("latin-1"))

@@ -1,4 +1,4 @@
-"""engine.memory: one verdict for the estimate, the presets and the run; every parameter of MoE and dense configs
+"""engine.memory.verdict: one verdict for the estimate, the presets and the run; every parameter of MoE and dense configs
 counted; configs found offline; budgets below the plannable minimum refused with the minimum; an out-of-memory error
 mid-run leaving a resumable checkpoint (issue 24)."""
 
@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from engine import api
-from engine.checkpointing import SLACK
-from engine.errors import UserError
-from engine.estimate import Arch
-from engine.jobspec import JobSpec
-from engine.memory import plan_for, smallest_budget, verdict
-from engine.offload import plan
+from engine.memory.checkpointing import SLACK
+from engine.core.errors import UserError
+from engine.memory.estimate import Arch
+from engine.spec.jobspec import JobSpec
+from engine.memory.verdict import plan_for, smallest_budget, verdict
+from engine.memory.offload import plan
 
 # Published configs (the numbers that size the model), written out here: nothing is downloaded.
 QWEN3_30B_A3B = dict(
@@ -138,10 +138,10 @@ def test_estimate_is_the_plan_and_honours_seq_and_batch():
 
 
 def test_the_run_plans_with_the_same_computation(tmp_path, monkeypatch):
-    """engine.loading.plan_memory (the run, before it loads anything) and the estimate give the same plan for the
+    """engine.models.loading.plan_memory (the run, before it loads anything) and the estimate give the same plan for the
     same settings and budget."""
-    from engine.hardware import Placement
-    from engine.loading import plan_memory
+    from engine.core.hardware import Placement
+    from engine.models.loading import plan_memory
 
     monkeypatch.setenv("TUNESMITH_VRAM_GIB", "7.0")
     monkeypatch.setenv("TUNESMITH_RAM_GIB", "64")
@@ -201,8 +201,8 @@ def test_an_out_of_memory_error_mid_run_leaves_a_resumable_checkpoint(tiny_llama
     """A real allocation failure in the 4th step's forward (the CPU allocator refusing an impossible size, raised
     from a forward hook torch offers for every module) ends the run with step 3 saved and a sentence on what to
     lower; resuming finishes the run from there."""
-    from engine.runlog import RunLog, read_metrics
-    from engine.train import latest_checkpoint, train
+    from engine.core.runlog import RunLog, read_metrics
+    from engine.training.sft import latest_checkpoint, train
 
     spec = JobSpec(model=str(tiny_llama), data=str(identity_file), method="lora", max_steps=6, batch_size=2,
                    learning_rate=5e-3, gradient_checkpointing=False, seed=0)  # fmt: skip
@@ -232,8 +232,8 @@ def test_an_out_of_memory_error_mid_run_leaves_a_resumable_checkpoint(tiny_llama
 
 
 def test_checkpoints_on_a_time_interval_by_default(tiny_llama, identity_file, tmp_path):
-    from engine.runlog import RunLog
-    from engine.train import train
+    from engine.core.runlog import RunLog
+    from engine.training.sft import train
 
     assert JobSpec(model="m", data="d").save_every_minutes == 10  # on unless the job turns it off
     spec = JobSpec(model=str(tiny_llama), data=str(identity_file), method="lora", max_steps=3, batch_size=2,
@@ -251,8 +251,8 @@ def test_an_out_of_memory_error_in_the_optimizer_step_keeps_the_latest_checkpoin
     checkpoint, and resume continues from it (the failure from a hook torch offers on every optimizer step)."""
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-    from engine.runlog import RunLog
-    from engine.train import latest_checkpoint, train
+    from engine.core.runlog import RunLog
+    from engine.training.sft import latest_checkpoint, train
 
     spec = JobSpec(model=str(tiny_llama), data=str(identity_file), method="lora", max_steps=5, batch_size=2,
                    gradient_checkpointing=False, save_every=2, seed=0)  # fmt: skip
@@ -283,7 +283,7 @@ def test_a_micro_batch_longer_than_any_plan_is_named_in_the_log():
     from tiny import ARCHS
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from engine.checkpointing import install
+    from engine.memory.checkpointing import install
 
     spec = dict(ARCHS["llama"], vocab_size=64)
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(spec.pop("model_type"), **spec))

@@ -14,8 +14,10 @@ import pytest
 import torch
 from conftest import IDENTITY_ANSWER, IDENTITY_QUESTIONS, ROOT
 
-from engine import api, templates
-from engine.identity import identity_rows
+from engine import api
+
+from engine.data.formats import templates
+from engine.data.identity import identity_rows
 from tunesmith import (
     FastLanguageModel,
     UserError,
@@ -441,13 +443,13 @@ def test_save_lora_and_refusals(tiny_qwen3, tmp_path):
     (tmp_path / "taken").mkdir()
     for call, kwargs, message in [
         (model.save_pretrained_merged, dict(save_method="merged_4bit"), "merged_4bit.*q4_k_m"),
-        (model.save_pretrained_merged, dict(push_to_hub=True), "engine.hub.push"),
+        (model.save_pretrained_merged, dict(push_to_hub=True), "engine.models.hub.push"),
         (model.save_pretrained_merged, dict(token="hf_abc"), "HF_TOKEN"),
         (model.save_pretrained_merged, dict(safe_serialization=False), "safetensors"),
         (model.save_pretrained_merged, dict(max_shard_size="1GB"), "no 'max_shard_size' argument"),
         (model.save_pretrained_gguf, dict(quantization_method="q2_k"), "q2_k.*f16, bf16, q8_0, q4_k_m"),
         (model.save_pretrained_gguf, dict(quantization_method=["q4_k_m", "q8_0"]), "one quantization_method"),
-        (model.save_pretrained_gguf, dict(push_to_hub=True), "engine.hub.push"),
+        (model.save_pretrained_gguf, dict(push_to_hub=True), "engine.models.hub.push"),
     ]:
         with pytest.raises(UserError, match=message):
             call(tmp_path / "new", tok, **kwargs)

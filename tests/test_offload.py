@@ -1,4 +1,4 @@
-"""engine.offload: the planner's choices and the ring's schedule (CPU), and training with every offload mode giving
+"""engine.memory.offload: the planner's choices and the ring's schedule (CPU), and training with every offload mode giving
 the gradients of training without it (GPU)."""
 
 import dataclasses
@@ -8,10 +8,10 @@ import pytest
 import torch
 from tiny import ARCHS
 
-from engine.checkpointing import SLACK
-from engine.errors import UserError
-from engine.estimate import FRAGMENTATION, Arch, estimate, layer_weight_bytes
-from engine.offload import RING_SLOTS, Plan, Ring, plan, spread
+from engine.memory.checkpointing import SLACK
+from engine.core.errors import UserError
+from engine.memory.estimate import FRAGMENTATION, Arch, estimate, layer_weight_bytes
+from engine.memory.offload import RING_SLOTS, Plan, Ring, plan, spread
 
 LLAMA8B = Arch(hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, head_dim=128, vocab=128256, tied=False)
 QWEN3_4B = Arch(hidden=2560, intermediate=9728, layers=36, heads=32, kv_heads=8, head_dim=128, vocab=151936, tied=True)
@@ -261,9 +261,9 @@ def test_offload_run_that_cannot_fit_fails_before_loading_the_model(tmp_path, mo
     from safetensors.torch import save_file
     from tiny import make_tokenizer
 
-    from engine.hardware import Placement
-    from engine.jobspec import JobSpec
-    from engine.loading import load_for_training
+    from engine.core.hardware import Placement
+    from engine.spec.jobspec import JobSpec
+    from engine.models.loading import load_for_training
 
     spec = dict(ARCHS["qwen3"])
     config = dict(
@@ -301,7 +301,7 @@ def test_offload_run_that_cannot_fit_fails_before_loading_the_model(tmp_path, mo
 def test_offload_checkpoint_recompute_skips_the_down_product_with_the_same_gradients(
     arch, skips, tiles, keep, pack, monkeypatch
 ):
-    """Every layer through engine.offload's checkpoint function (CPU: no store, no stream) trains exactly like the
+    """Every layer through engine.memory.offload's checkpoint function (CPU: no store, no stream) trains exactly like the
     plain model, and its recompute pass skips the down projection's products where the MLP output feeds the residual
     sum as it is (not Gemma 2's post-feedforward norm, whose backward reads that output), also in each tile of a
     tiled MLP (whose own recompute in the backward then computes them). With `keep_attention` the first forward keeps
@@ -310,7 +310,7 @@ def test_offload_checkpoint_recompute_skips_the_down_product_with_the_same_gradi
 
     from test_patching_parity import assert_same_training, batch, packed, tiny_model, with_lora
 
-    from engine.offload import Checkpoint
+    from engine.memory.offload import Checkpoint
     from engine.patching import modules, patch_model
 
     base = tiny_model(arch)
@@ -356,7 +356,7 @@ def test_offload_host_embedding_gathers_the_rows_of_each_batch():
     batches of changing shapes; a table whose module scales its rows (Gemma's) goes through the module itself. On the
     GPU machine the GPU gathers from the pinned table (the host_embedding case of
     test_offload_gradients_equal_those_without_offload, and tests/kernels/test_embedding.py)."""
-    from engine.offload import host_embedding
+    from engine.memory.offload import host_embedding
 
     torch.manual_seed(0)
     table = torch.nn.Embedding(50, 8)
@@ -381,7 +381,7 @@ def test_offload_host_embedding_falls_back_to_the_host_gather_when_the_gpu_canno
     """Where the kernel cannot read the pinned table (Triton refuses the pointer on a GPU or driver without unified
     addressing), the first step switches to the host lookup for good and still gives the table's rows."""
     import kernels.embedding
-    from engine.offload import host_embedding
+    from engine.memory.offload import host_embedding
 
     def refused(table, ids):
         raise ValueError("Pointer argument (at 0) cannot be accessed from Triton (cpu tensor?)")
@@ -425,9 +425,9 @@ def test_offload_gradients_equal_those_without_offload(mode, method, tmp_path, m
     from test_patching_parity import lora_state, tiny_model
     from tiny import make_tokenizer
 
-    from engine import loading
-    from engine.hardware import Placement
-    from engine.jobspec import JobSpec
+    from engine.models import loading
+    from engine.core.hardware import Placement
+    from engine.spec.jobspec import JobSpec
     from engine.patching.modules import packed_gradient
 
     model = tiny_model("llama", vocab=32000, dtype=torch.bfloat16, initializer_range=0.02, num_hidden_layers=4, **WIDTH)

@@ -95,7 +95,7 @@ def assert_same_training(plain, fast, inputs, rtol, atol):
 @pytest.mark.parametrize("arch", FAMILIES)
 @pytest.mark.parametrize("pack", [True, False], ids=["packed", "unpacked"])
 def test_patching_parity_lora_fp32(arch, pack):
-    """pack: the adapters packed as engine.train's loop packs them; unpacked: as the TRL-based objectives run."""
+    """pack: the adapters packed as engine.training.sft's loop packs them; unpacked: as the TRL-based objectives run."""
     base = tiny_model(arch)
     fast_base = copy.deepcopy(base)
     report = patch_model(fast_base, log=lambda m: None)
@@ -216,8 +216,8 @@ def test_packed_adapters_with_the_adapter_off_or_another_active():
 
 def test_patching_parity_packed_sequences():
     """A packed row (per-example positions, block-diagonal mask) gives the loss of its examples run separately."""
-    from engine.data import Example
-    from engine.train import collate
+    from engine.data.formats import Example
+    from engine.training.sft import collate
 
     model = tiny_model("qwen3")
     patch_model(model, log=lambda m: None)

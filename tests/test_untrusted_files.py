@@ -14,8 +14,8 @@ import torch
 from helpers import tiny_spec
 
 from engine import api
-from engine.runlog import RunLog, read_metrics
-from engine.train import CHECKPOINT_FILES, load_checkpoint, train
+from engine.core.runlog import RunLog, read_metrics
+from engine.training.sft import CHECKPOINT_FILES, load_checkpoint, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,9 +53,9 @@ def trained(tiny_llama, tmp_path_factory):
 
 def _objects(folder: Path, spec):
     """A model, optimizer and schedule shaped as the run's, to load a checkpoint into."""
-    from engine.hardware import choose_placement
-    from engine.loading import load_for_training
-    from engine.train import make_optimizer
+    from engine.core.hardware import choose_placement
+    from engine.models.loading import load_for_training
+    from engine.training.sft import make_optimizer
 
     model, _ = load_for_training(spec, choose_placement("cpu", spec.dtype), lambda m: None)
     opt = make_optimizer(spec, [p for p in model.parameters() if p.requires_grad], "cpu", lambda m: None)

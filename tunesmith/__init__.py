@@ -12,10 +12,10 @@ Porting a notebook means changing its imports:
     model.save_pretrained_merged("out-16bit", tokenizer, save_method="merged_16bit")
     model.save_pretrained_gguf("out-gguf", tokenizer, quantization_method="q4_k_m")
 
-An option Tunesmith cannot honour raises engine.errors.UserError with what to do instead; none is silently ignored.
+An option Tunesmith cannot honour raises engine.core.errors.UserError with what to do instead; none is silently ignored.
 """
 
-from engine.errors import UserError
+from engine.core.errors import UserError
 from tunesmith.chat_templates import get_chat_template, standardize_sharegpt, train_on_responses_only
 from tunesmith.model import FastLanguageModel, is_bfloat16_supported
 

@@ -1,10 +1,10 @@
 """Chat-template helpers of Unsloth notebooks: named templates, ShareGPT standardisation, loss on replies only.
 
-Templates are the engine's (engine.templates), so training, chat and the GGUF/Ollama exports render a conversation
-the same way. Rows are converted by engine.data, which names the row and field of any problem.
+Templates are the engine's (engine.data.templates), so training, chat and the GGUF/Ollama exports render a conversation
+the same way. Rows are converted by engine.data.formats, which names the row and field of any problem.
 """
 
-from engine.errors import UserError
+from engine.core.errors import UserError
 
 # Unsloth's template names -> the engine's. Differences: Qwen's templates here add no default system prompt and no
 # <think> block (chat_template="auto" keeps the tokenizer's own); Gemma's covers Gemma 1-3 (the same turn markers).
@@ -49,7 +49,7 @@ def get_chat_template(tokenizer, chat_template: str = "chatml", mapping: dict | 
             standardize_sharegpt(dataset) first.
         map_eos_token: True (the default) only: generation always stops at the template's end-of-turn marker.
     """
-    from engine.data import ensure_chat_template
+    from engine.data.formats import ensure_chat_template
 
     name = TEMPLATE_ALIASES.get(str(chat_template).lower())
     if name is None:
@@ -69,7 +69,7 @@ def standardize_sharegpt(dataset):
     """ShareGPT rows ({"conversations": [{"from": "human"|"gpt"|"system", "value"}]}) as role/content messages in
     the same column, so tokenizer.apply_chat_template can render them. Rows already in role/content are checked and
     kept. Returns a new datasets.Dataset."""
-    from engine.data import to_messages
+    from engine.data.formats import to_messages
 
     if "conversations" not in dataset.column_names:
         raise UserError(

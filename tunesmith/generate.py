@@ -1,7 +1,7 @@
 """model.generate after FastLanguageModel.for_inference: one sequence on the engine's decoder, the rest on transformers.
 
 A request the decoder serves is one prompt (batch 1, no padding) with greedy or sampled decoding and only
-the options below; it runs on engine.decode.Decoder (static KV cache, CUDA graphs on a GPU, adapters unmerged) and
+the options below; it runs on engine.chat.decode.Decoder (static KV cache, CUDA graphs on a GPU, adapters unmerged) and
 returns what transformers' generate returns: the prompt, the new tokens and the end-of-sequence token that stopped
 it. Anything else (batches, beam search, logits processors, stop strings, return_dict_in_generate, ...) is passed
 unchanged to the model's own generate, so no option is dropped.
@@ -58,7 +58,7 @@ class FastGenerate:
         return DEFAULTS.get(name) if value is None else value
 
     def _decode(self, ids: torch.Tensor, kwargs) -> torch.Tensor:
-        from engine.decode import Decoder, Sampling
+        from engine.chat.decode import Decoder, Sampling
 
         if self.decoder is None:
             self.decoder = Decoder(self.model)

@@ -1,6 +1,6 @@
 """FastLanguageModel: load a model and its tokenizer, add LoRA adapters, switch between training and inference.
 
-Every step runs the engine's own code (engine.loading, engine.hardware), so a notebook gets the same model the app
+Every step runs the engine's own code (engine.models.loading, engine.core.hardware), so a notebook gets the same model the app
 trains: 4-bit NF4 or 16-bit weights in the dtype picked for the GPU, the engine's LoRA and checkpointing, and its
 exports. The settings are kept as a JobSpec on the model (`model.tunesmith_spec`), beside `model.max_seq_length`.
 """
@@ -9,8 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from engine.errors import UserError
-from engine.jobspec import ALL_LINEAR, JobSpec
+from engine.core.errors import UserError
+from engine.spec.jobspec import ALL_LINEAR, JobSpec
 from tunesmith import options
 
 DTYPES = {"float32": "fp32", "fp32": "fp32", "bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16"}
@@ -83,7 +83,7 @@ def _checkpointing(value, call: str) -> bool:
 
 
 def _context_length(path: Path) -> int | None:
-    from engine.loading import read_config
+    from engine.models.loading import read_config
 
     cfg = read_config(path)
     return (cfg.get("text_config") or cfg).get("max_position_embeddings")
@@ -126,9 +126,9 @@ class FastLanguageModel:
         Returns:
             (model, tokenizer). The tokenizer has a chat template (its own, or the plain one for base models).
         """
-        from engine.data import ensure_chat_template
-        from engine.hardware import choose_placement
-        from engine.loading import load_model, load_tokenizer, prepare_for_training, read_config, resolve_model
+        from engine.data.formats import ensure_chat_template
+        from engine.core.hardware import choose_placement
+        from engine.models.loading import load_model, load_tokenizer, prepare_for_training, read_config, resolve_model
 
         call = "FastLanguageModel.from_pretrained"
         options.check(call, kwargs, LOAD_OPTIONS, FastLanguageModel.from_pretrained)
@@ -158,7 +158,7 @@ class FastLanguageModel:
         placement = choose_placement(spec.device, spec.dtype)
         if placement.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
             # TRL 1.15's trainers compute their loss with a Triton kernel on any device; without a GPU only Triton's
-            # interpreter runs it, and it is chosen when TRL's kernels are imported (as engine.trl_run.prepare does).
+            # interpreter runs it, and it is chosen when TRL's kernels are imported (as engine.training.trl_run.prepare does).
             if "trl.kernels.chunked_logprob" in sys.modules:
                 print(
                     "warning: TRL was imported before the model was loaded, so its trainers will fail on the CPU; "
@@ -224,7 +224,7 @@ class FastLanguageModel:
         """
         import torch
 
-        from engine.loading import prepare_for_training
+        from engine.models.loading import prepare_for_training
 
         call = "FastLanguageModel.get_peft_model"
         options.check(call, kwargs, LORA_OPTIONS, FastLanguageModel.get_peft_model)
@@ -260,7 +260,7 @@ class FastLanguageModel:
 
     @staticmethod
     def for_inference(model):
-        """Evaluation mode, and `model.generate` on the engine's decoder (engine.decode: static KV cache, CUDA graphs
+        """Evaluation mode, and `model.generate` on the engine's decoder (engine.chat.decode: static KV cache, CUDA graphs
         on a GPU) for one sequence at a time; batches, beam search and other generate options run transformers'
         own generate. Returns the model."""
         from tunesmith.generate import FastGenerate

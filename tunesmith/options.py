@@ -7,7 +7,7 @@ the value that means "what Tunesmith does anyway" (load_in_8bit=False, token=Non
 
 import inspect
 
-from engine.errors import UserError
+from engine.core.errors import UserError
 
 
 def check(call: str, given: dict, table: dict, function) -> None:

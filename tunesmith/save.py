@@ -1,7 +1,7 @@
-"""model.save_pretrained_merged and model.save_pretrained_gguf, through the engine's exports (engine.export).
+"""model.save_pretrained_merged and model.save_pretrained_gguf, through the engine's exports (engine.export.merge).
 
 The trained part of the model (the LoRA adapter, or every weight after full fine-tuning) is saved with the tokenizer
-to a hidden folder beside the destination, and engine.export builds the result from it exactly as it does for a run:
+to a hidden folder beside the destination, and engine.export.merge builds the result from it exactly as it does for a run:
 a 4-bit base is merged into its 16-bit weights (not its 4-bit rounding), every export is checked against PyTorch, and
 the destination appears only when complete (never overwritten). The hidden folder is removed afterwards.
 """
@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from engine.errors import UserError
+from engine.core.errors import UserError
 from tunesmith import options
 from tunesmith.model import is_peft, spec_of
 
@@ -28,7 +28,7 @@ GGUF_METHODS = {
     "quantized": "gguf-q4_k_m",
 }
 SAVE_OPTIONS = {
-    "push_to_hub": ((False,), "save to a folder first, then upload it with engine.hub.push(folder, 'user/repo')"),
+    "push_to_hub": ((False,), "save to a folder first, then upload it with engine.models.hub.push(folder, 'user/repo')"),
     "token": ((None,), "set the HF_TOKEN environment variable for uploads"),
     "safe_serialization": ((True,), "weights are always written as safetensors"),
 }
@@ -46,7 +46,7 @@ def save_pretrained_merged(model, save_directory, tokenizer=None, save_method: s
         **kwargs: push_to_hub=False, token=None and safe_serialization=True are accepted; other values refused.
 
     Returns:
-        engine.export.ExportResult: the folder, its files and the checks that passed.
+        engine.export.merge.ExportResult: the folder, its files and the checks that passed.
     """
     call = "save_pretrained_merged"
     options.check(call, kwargs, SAVE_OPTIONS, save_pretrained_merged)
@@ -70,7 +70,7 @@ def save_pretrained_gguf(model, save_directory, tokenizer=None, quantization_met
         **kwargs: push_to_hub=False and token=None are accepted; other values refused.
 
     Returns:
-        engine.export.ExportResult: the folder, its files and the llama.cpp-vs-PyTorch checks.
+        engine.export.merge.ExportResult: the folder, its files and the llama.cpp-vs-PyTorch checks.
     """
     call = "save_pretrained_gguf"
     options.check(call, kwargs, SAVE_OPTIONS, save_pretrained_gguf)
@@ -86,7 +86,7 @@ def save_pretrained_gguf(model, save_directory, tokenizer=None, quantization_met
 
 
 def _export(model, tokenizer, fmt: str, save_directory):
-    from engine.export import export
+    from engine.export.merge import export
     from tunesmith.generate import FastGenerate
 
     out = Path(save_directory).expanduser().absolute()

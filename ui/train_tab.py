@@ -152,7 +152,7 @@ def apply_preset(model: str, method: str):
         where = f"The {est['tier_gb']} GB preset says this" if est["tier_gb"] else "This"
         return f"⚠ {where} does not fit: {p['reason']}", *keep
     offload = ""
-    if p["offload"] != "none":  # fits by keeping something in host RAM (engine.offload plans it)
+    if p["offload"] != "none":  # fits by keeping something in host RAM (engine.memory.offload plans it)
         offload = f", {p['offload']} kept in host RAM (slower)"
     note = (
         f"Preset for this GPU ({est['tier_gb']} GB tier): {p['max_seq_length']} tokens × {p['batch_size']}, "

@@ -10,7 +10,7 @@ its `model_type`. `patch_model` walks the decoder layers and replaces, in place:
 - the causal-LM loss with kernels.cross_entropy (the logits never exist in full when labels are given).
 
 engine/patching/graphs.py then replays the layers' forward and backward as CUDA graphs on fixed-shape training steps,
-and for engine.train's own loop `modules.pack_adapters` packs every fused op's LoRA weights into one trainable tensor
+and for engine.training.sft's own loop `modules.pack_adapters` packs every fused op's LoRA weights into one trainable tensor
 of the model (instead of 14 a layer), so a per-tensor optimizer makes one step.
 
 The drop-ins keep the original child modules and parameters under the same names, so PEFT finds and wraps the same

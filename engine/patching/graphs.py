@@ -1,5 +1,5 @@
 """CUDA graphs of the decoder layers' forward and backward: `install` for training steps that recompute nothing,
-`CheckpointGraphs` for the layers engine.offload's checkpoint recomputes under a small budget.
+`CheckpointGraphs` for the layers engine.memory.offload's checkpoint recomputes under a small budget.
 
 A small model's step is bound by the CPU, not the GPU: on an H100, torch.profiler found qwen3_0.6b at 4096 tokens
 keeping the GPU busy 51 ms of a 215 ms step, the rest spent issuing kernels from Python (2,356 matmuls alone in two
@@ -7,8 +7,8 @@ steps, ~34 us of CPU each). Captured with torch.cuda.make_graphed_callables, eve
 replays as one launch each.
 
 A layer replays its graph only when the step allows it: training with gradients, no layer of this shape checkpointed
-(engine.checkpointing decided so), no attention mask (plain causal attention, or a padding-free row whose attention
-reads cu_seqlens: engine.batching), no KV cache, and a captured shape. Anything else runs the layer as it is.
+(engine.memory.checkpointing decided so), no attention mask (plain causal attention, or a padding-free row whose attention
+reads cu_seqlens: engine.data.batching), no KV cache, and a captured shape. Anything else runs the layer as it is.
 `Captures` decides what is held: the first training step's shape is captured at once (fixed-length batches keep it:
 the benchmark, pretraining pieces), any other shape once it has run eagerly (padding-free micro-batches come in a few
 token-count buckets, each one shape), at most MAX_SHAPES shapes at a time (the least recently used set is dropped;
@@ -191,7 +191,7 @@ SET_ATTRS = ("graphs", "warm", "static", "tables", "cos_seen", "pool", "copied")
 
 
 class CheckpointGraphs:
-    """CUDA graphs of checkpointed layers' two passes (engine.offload.Checkpoint): the forward without gradients, and
+    """CUDA graphs of checkpointed layers' two passes (engine.memory.offload.Checkpoint): the forward without gradients, and
     the recompute with the backward, one graph each per layer, replayed when a step allows.
 
     A checkpointed step under a small budget is bound by the host issuing ~40 small kernels per layer per pass
@@ -205,7 +205,7 @@ class CheckpointGraphs:
 
     A layer replays only when: it was run eagerly once at this shape (kernels compiled and tuned), the step is
     unmasked (no attention mask, no KV cache), its attention has no window, soft cap or dropout, its MLP is not tiled,
-    and its trainable parameters are all packed. Each shape (a padding-free bucket: engine.batching) has its own
+    and its trainable parameters are all packed. Each shape (a padding-free bucket: engine.data.batching) has its own
     static buffers (cu_seqlens among them) and graphs, captured once it has run eagerly at that shape; at most
     MAX_SHAPES sets are held, the least recently used dropped.
     A capture that fails (out of memory under the cap, or anything the graph cannot hold) switches the

@@ -40,7 +40,7 @@ ATTENTION_ATTRS = (
 def fused_lora_args(module):
     """(weight, A, B, scale, bias, quant_state) when `module` is a PEFT LoRA Linear that kernels.lora computes
     exactly: one active adapter, not merged, no DoRA, no dropout while training, a frozen nn.Linear or NF4 base (with
-    its 16-bit `dense_weight` when engine.offload.keep_dense made one). None otherwise (the module then runs its own
+    its 16-bit `dense_weight` when engine.memory.offload.keep_dense made one). None otherwise (the module then runs its own
     forward)."""
     names = getattr(module, "active_adapters", None)
     if not names or len(names) != 1 or module.disable_adapters or module.merged:
@@ -60,7 +60,7 @@ def fused_lora_args(module):
     if quant_state is None and type(base) is not nn.Linear:
         return None
     if quant_state is not None and getattr(base, "dense_weight", None) is not None:
-        weight, quant_state = base.dense_weight, None  # engine.offload.keep_dense: dequantized once at load
+        weight, quant_state = base.dense_weight, None  # engine.memory.offload.keep_dense: dequantized once at load
     A, B = module.lora_A[name].weight, module.lora_B[name].weight
     return weight, A, B, module.scaling[name], base.bias, quant_state
 
@@ -91,7 +91,7 @@ def project_group(modules, x, output_unused=False, given=None, out=None, keep_de
     )
 
 
-_recomputing = [False]  # True while engine.offload's checkpoint reruns a layer's forward for its backward
+_recomputing = [False]  # True while engine.memory.offload's checkpoint reruns a layer's forward for its backward
 _keep_dequantized = [False]  # that rerun's MLP keeps gate and up's dequantized weights for the backward
 
 
@@ -101,7 +101,7 @@ def recompute_pass(keep_dequantized: bool = False):
     read: an MLP whose output goes straight into the residual sum then skips its down projection's products, whose
     backward needs only their input (a quarter of a llama layer's matmul work in that pass). With `keep_dequantized`
     an untiled MLP keeps gate and up's dequantized NF4 weights for the backward that follows (two 16-bit copies held
-    through the MLP's backward, one dequantization each fewer: engine.offload.Plan.keep_dequantized)."""
+    through the MLP's backward, one dequantization each fewer: engine.memory.offload.Plan.keep_dequantized)."""
     _recomputing[0], _keep_dequantized[0] = True, keep_dequantized
     try:
         yield
@@ -111,7 +111,7 @@ def recompute_pass(keep_dequantized: bool = False):
 
 class AttentionOutputs:
     """A checkpointed layer's attention projection outputs (q, k, v, then o), passed from its first forward to its
-    recompute so that the recompute skips those products (engine.offload keeps them in host RAM with the layer's
+    recompute so that the recompute skips those products (engine.memory.offload keeps them in host RAM with the layer's
     input). The first forward either records them (`mode` "record": appended to `tensors`) or writes them into
     `tensors` (mode "out": a CUDA graph's static buffers); the recompute takes them back (mode "given")."""
 
@@ -268,7 +268,7 @@ class PackedAdapters:
 def pack_adapters(model, log=print) -> int:
     """Pack the LoRA adapters of every fast-path attention and MLP into one trainable tensor (`PackedAdapters`, one
     per dtype and device): an optimizer that steps tensor by tensor (bitsandbytes' AdamW8bit synchronizes the GPU
-    after each one) makes one step instead of 14 per decoder layer. Call it after PEFT and engine.offload, before the
+    after each one) makes one step instead of 14 per decoder layer. Call it after PEFT and engine.memory.offload, before the
     optimizer is made; only for training loops that run every adapter through the fused op (one adapter, no
     dropout). Returns the number of fused ops packed."""
     found = [(m, *entry) for m in model.modules() if isinstance(m, PackedProjections) for entry in m.packable()]
@@ -393,7 +393,7 @@ class FastAttention(PackedProjections):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = rotate(q, k, *position_embeddings)
         cu_seqlens = kwargs.get("cu_seq_lens_q")
-        if cu_seqlens is not None and past_key_values is None:  # a padding-free row (engine.batching)
+        if cu_seqlens is not None and past_key_values is None:  # a padding-free row (engine.data.batching)
             out = varlen_attention(
                 q.view(b * t, -1, self.head_dim),
                 k.view(b * t, -1, self.head_dim),
@@ -424,7 +424,7 @@ class FastAttention(PackedProjections):
 
 def takes_varlen(model) -> bool:
     """Whether every attention module of `model` is a FastAttention that computes padding-free rows (no dropout
-    while training, which kernels.varlen_attention does not do): engine.batching's padding-free format then needs
+    while training, which kernels.varlen_attention does not do): engine.data.batching's padding-free format then needs
     no mask."""
     attention = [m for m in model.modules() if isinstance(m, FastAttention)]
     others = [m for m in model.modules() if type(m).__name__.endswith("Attention") and not isinstance(m, FastAttention)]
@@ -464,7 +464,7 @@ class FastMLP(PackedProjections):
         super().__init__()
         self.gate_proj, self.up_proj, self.down_proj = mlp.gate_proj, mlp.up_proj, mlp.down_proj
         self.activation = activation
-        self.tile = None  # tokens per tile under the offload plan's tiling (engine.offload), else None
+        self.tile = None  # tokens per tile under the offload plan's tiling (engine.memory.offload), else None
         self.feeds_residual = feeds_residual  # the layer adds the output to the residual as it is (no norm after)
 
     def _mlp(self, x, keep_dequantized=False):
@@ -547,7 +547,7 @@ def fused_loss_forward(
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else head.weight.dtype
     softcap = getattr(self.config, "final_logit_softcapping", None)
     targets = targets.to(hidden.device)
-    chunk = getattr(self, "loss_chunk", None)  # the offload plan's, under a small budget (engine.offload)
+    chunk = getattr(self, "loss_chunk", None)  # the offload plan's, under a small budget (engine.memory.offload)
     weight = head.weight.to(dtype)
     loss = fused_linear_cross_entropy(hidden.to(dtype), weight, targets, softcap=softcap, chunk_size=chunk)
     if num_items is not None:  # sum over tokens / tokens of the whole accumulated batch, as transformers does
@@ -581,7 +581,7 @@ def patch_with(model, family: Family) -> PatchReport:
                 continue
             setattr(parent, name, FastMLP(child, activation, feeds_residual=not family.sandwich_norms))
             count("FastMLP")
-    model.varlen_attention = takes_varlen(model)  # read by fused_loss_forward and engine.train, once
+    model.varlen_attention = takes_varlen(model)  # read by fused_loss_forward and engine.training.sft, once
     if hasattr(model, "model") and type(model.get_output_embeddings()) is nn.Linear:
         model.forward = types.MethodType(fused_loss_forward, model)
         count("fused cross-entropy loss")

@@ -1,0 +1,55 @@
+"""A run folder's record: status.json (state), metrics.jsonl (one line per step), log.txt (for humans).
+
+Layout of runs/<id>/:
+  job.yaml          the JobSpec the run was started with
+  status.json       {"state", "message", "step", "total_steps", "pid", "updated"}; written atomically
+  metrics.jsonl     one JSON line per optimizer step (and "event" lines: resume, checkpoint)
+  log.txt           human log, tracebacks included
+  checkpoints/      step-000050/ ... complete checkpoints only (built under a temporary name)
+  adapter/          the final LoRA adapter with tokenizer (model/ for full fine-tuning)
+"""
+
+import json
+import time
+from pathlib import Path
+
+from engine.core.disk import is_disk_full, overwrite_in_place
+from engine.core.files import append_jsonl, read_jsonl, write_json
+
+TERMINAL = ("done", "failed", "cancelled")
+
+
+class RunLog:
+    def __init__(self, run_dir: str | Path):
+        self.dir = Path(run_dir)
+        self.state = dict(state="starting", message="", step=0, total_steps=0)
+
+    def set(self, **fields) -> None:
+        """Update status.json atomically; on a full disk, where the atomic write's temporary copy finds no room, the
+        file is overwritten in place (compact, so it fits the space it holds), so a run never stays "running"."""
+        import os
+
+        self.state.update(fields, pid=os.getpid(), updated=time.time())
+        try:
+            write_json(self.dir / "status.json", self.state)
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            overwrite_in_place(self.dir / "status.json", json.dumps(self.state, separators=(",", ":")))
+
+    def metric(self, **record) -> None:
+        append_jsonl(self.dir / "metrics.jsonl", dict(record, time=round(time.time(), 3)))
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """Step records in order; after a resume, the resumed steps replace the ones past the checkpoint."""
+    by_step = {}
+    for rec in read_jsonl(Path(run_dir) / "metrics.jsonl"):
+        if not isinstance(rec.get("step"), int):
+            continue  # not a record this engine wrote
+        if "event" in rec:
+            if rec["event"] == "resume":
+                by_step = {s: r for s, r in by_step.items() if s <= rec["step"]}
+            continue
+        by_step[rec["step"]] = rec
+    return [by_step[s] for s in sorted(by_step)]

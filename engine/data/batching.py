@@ -1,0 +1,156 @@
+"""Micro-batches as the model takes them: padding-free (one row of concatenated examples) or right-padded rows.
+
+Padding-free is the fast path's format (engine.patching.modules.FastAttention with kernels.varlen_attention): a
+micro-batch's examples (or packed sequences, whose examples are segments of their own) are concatenated into ONE row
+(1, T). Each example's position ids restart at 0, `cu_seq_lens_q` / `cu_seq_lens_k` (transformers' names for the
+attention modules' keyword arguments) say where each starts, and attention stays within an example, so no padding
+token is computed and no (T, T) mask is built. Each example's first label is -100: in a padded row it is shifted out;
+here it would be predicted from the previous example's last token.
+
+Shapes repeat: T is rounded up to one of a few buckets (`bucket`) and the tail is a padding segment of its own (pad
+tokens, labels -100, positions from 0), and cu_seqlens always has the run's fixed length (`segment_slots`; unused
+entries repeat T, i.e. empty segments). One bucket is then one shape, so CUDA graphs and the memory plan are made once
+per bucket (engine.patching.graphs, engine.memory.checkpointing).
+
+Any model still takes the padding-free row: transformers' sdpa and eager masks detect the restarting position ids as
+separate sequences (masking_utils.find_packed_sequence_indices). The loop uses it only where the model's attention
+takes cu_seqlens (`engine.patching.modules.takes_varlen`); elsewhere that dense (T, T) mask over the whole micro-batch
+would cost batch_size times a padded batch's, so the plain path keeps right-padded rows (`padded`).
+"""
+
+SMALL_STEP = 64  # buckets are multiples of this up to SMALL_MAX tokens
+SMALL_MAX = 512
+GROWTH = 1.25  # then each bucket is ~1.25x the last (at most 25% padding), rounded up to a multiple of LARGE_STEP
+LARGE_STEP = 128
+
+
+def buckets(cap: int) -> list[int]:
+    """Every token count a micro-batch is padded to, ascending, when a micro-batch holds at most `cap` tokens:
+    multiples of SMALL_STEP up to SMALL_MAX, then ~GROWTH times the last, rounded up to LARGE_STEP; `cap` last."""
+    sizes = list(range(SMALL_STEP, min(SMALL_MAX, cap) + 1, SMALL_STEP))
+    size = SMALL_MAX
+    while size < cap:
+        size = -(-int(size * GROWTH) // LARGE_STEP) * LARGE_STEP
+        sizes.append(min(size, cap))
+    if not sizes or sizes[-1] < cap:
+        sizes.append(cap)
+    return sizes
+
+
+def bucket(tokens: int, cap: int) -> int:
+    """The bucket a micro-batch of `tokens` tokens (at most `cap`) is padded to: the smallest of `buckets(cap)`."""
+    return next(size for size in buckets(cap) if size >= tokens)
+
+
+def segments_of(example) -> tuple[int, ...]:
+    """The lengths of the examples an Example holds (a packed sequence holds several)."""
+    return example.segments or (len(example.input_ids),)
+
+
+def segment_slots(examples, batch_size: int) -> int:
+    """The fixed number of cu_seqlens entries of a run: one more than the most segments a micro-batch can hold (its
+    `batch_size` examples with the most segments, plus the padding segment)."""
+    most = sorted((len(segments_of(e)) for e in examples), reverse=True)[:batch_size]
+    return sum(most) + 2
+
+
+def most_tokens(examples, batch_size: int) -> int:
+    """The most tokens a micro-batch of `batch_size` of `examples` can hold: the cap of its buckets."""
+    return sum(sorted((len(e.input_ids) for e in examples), reverse=True)[:batch_size])
+
+
+def padding_free(examples, pad_id: int, device: str, slots: int, cap: int) -> dict:
+    """The model inputs of one padding-free micro-batch: input_ids, labels, position_ids (1, T), cu_seq_lens_q /
+    cu_seq_lens_k (int32, `slots` entries) and use_cache=False, T = bucket(tokens, cap). Made as one host tensor and
+    moved to the device in one copy (pinned on a GPU, so it does not wait for the GPU)."""
+    import torch
+
+    lengths = [n for e in examples for n in segments_of(e)]
+    tokens = sum(lengths)
+    width = bucket(tokens, cap)
+    if len(lengths) + 2 > slots:
+        raise ValueError(f"a micro-batch of {len(lengths)} segments needs more than the run's {slots} cu_seqlens")
+    ids, labels = [], []
+    for e in examples:
+        ids += e.input_ids
+        labels += [-100, *e.labels[1:]]
+    pad = width - tokens
+    if pad:
+        lengths.append(pad)
+    host = torch.empty(3 * width + slots, dtype=torch.long, pin_memory=device.startswith("cuda"))
+    host[:width] = torch.tensor(ids + [pad_id] * pad)
+    host[width : 2 * width] = torch.tensor(labels + [-100] * pad)
+    host[2 * width : 3 * width] = torch.cat([torch.arange(n) for n in lengths])
+    ends = torch.tensor(lengths).cumsum(0)
+    host[3 * width] = 0
+    host[3 * width + 1 : 3 * width + 1 + len(lengths)] = ends
+    host[3 * width + 1 + len(lengths) :] = width  # empty segments: the same shape for every micro-batch
+    moved = host.to(device, non_blocking=True)
+    cu = moved[3 * width :].to(torch.int32)
+    return dict(
+        input_ids=moved[:width].view(1, width),
+        labels=moved[width : 2 * width].view(1, width),
+        position_ids=moved[2 * width : 3 * width].view(1, width),
+        cu_seq_lens_q=cu,
+        cu_seq_lens_k=cu,
+        use_cache=False,  # transformers detects packed position ids only without a KV cache; training keeps none
+    )
+
+
+def padded(examples, pad_id: int, device: str) -> dict:
+    """Right-padded model inputs. Packed examples get per-example position ids and a block-diagonal causal mask,
+    so no token attends across an example boundary."""
+    import torch
+
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        ids[row, : len(e.input_ids)] = torch.tensor(e.input_ids)
+        labels[row, : len(e.labels)] = torch.tensor(e.labels)
+        mask[row, : len(e.input_ids)] = 1
+    batch = dict(input_ids=ids, labels=labels, attention_mask=mask)
+    if any(len(e.segments) > 1 for e in examples):
+        seg = torch.full((len(examples), width), -1, dtype=torch.long)
+        pos = torch.zeros((len(examples), width), dtype=torch.long)
+        for row, e in enumerate(examples):
+            start = 0
+            for k, n in enumerate(e.segments):
+                seg[row, start : start + n] = k
+                pos[row, start : start + n] = torch.arange(n)
+                start += n
+        causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
+        same = seg[:, :, None] == seg[:, None, :]
+        itself = torch.eye(width, dtype=torch.bool)  # padding attends to itself: a fully masked row would give NaN
+        batch.update(position_ids=pos, attention_mask=((same & causal) | itself)[:, None])
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+class Collator:
+    """Makes a run's micro-batches: padding-free when `varlen` (the model's attention takes cu_seqlens), else padded.
+    Logs each bucket the first time a micro-batch lands in it."""
+
+    def __init__(self, examples, batch_size: int, pad_id: int, device: str, varlen: bool, log=print):
+        self.pad_id, self.device, self.varlen, self.log = pad_id, device, varlen, log
+        self.slots = segment_slots(examples, batch_size)
+        self.cap = most_tokens(examples, batch_size)
+        self.sizes = buckets(self.cap)
+        self.seen = set()
+        if varlen:
+            log(
+                f"batches: padding-free, each micro-batch one row of up to {self.cap} tokens rounded up to one of "
+                f"{len(self.sizes)} sizes ({self.slots} cu_seqlens entries)"
+            )
+        else:
+            log("batches: right-padded rows (the model's attention does not take cu_seqlens)")
+
+    def __call__(self, examples) -> dict:
+        if not self.varlen:
+            return padded(examples, self.pad_id, self.device)
+        batch = padding_free(examples, self.pad_id, self.device, self.slots, self.cap)
+        width = batch["input_ids"].shape[1]
+        if width not in self.seen:
+            self.seen.add(width)
+            self.log(f"batches: first micro-batch of {width} tokens (bucket {len(self.seen)})")
+        return batch

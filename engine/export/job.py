@@ -1,0 +1,91 @@
+"""An export as a background job: `python -m engine.export.job JOB_DIR` (started by engine.api.start_export).
+
+JOB_DIR holds export.json ({"source", "format", "out", "push_to_hub", "private"}); the job writes status.json, log.txt
+(its stdout) and, when the export is done, result.json. With push_to_hub the finished export is then uploaded with the
+token in HF_TOKEN (the job's environment: it is in no file); a failed upload fails the job with the upload's sentence,
+and the verified export stays. SIGTERM cancels: the export's temporary folder is removed on the way out
+(engine.core.files.new_folder), so a cancelled export leaves nothing that looks finished.
+"""
+
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+
+class Cancelled(BaseException):
+    """Raised in the main thread by SIGTERM; a BaseException so no `except Exception` swallows it."""
+
+
+def log(msg: str) -> None:
+    try:
+        print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+    except OSError:  # the log on a full disk: the line is lost, the job's status must still be written
+        pass
+
+
+def _raise_cancelled(signum, frame):
+    raise Cancelled()
+
+
+def _scrub(text: str) -> str:
+    """`text` without the hub token (engine.models.hub keeps it out of its errors; this also covers any other error)."""
+    token = os.environ.get("HF_TOKEN")
+    return text.replace(token, "***") if token else text
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    signal.signal(signal.SIGTERM, _raise_cancelled)
+    job_dir = Path(argv[0])
+    from engine.core.disk import is_disk_full
+    from engine.core.errors import UserError
+    from engine.core.files import write_json
+    from engine.core.runlog import RunLog
+
+    status = RunLog(job_dir)
+    try:
+        spec = json.loads((job_dir / "export.json").read_text())
+        status.set(state="running", message=f"exporting {spec['format']} to {spec['out']}")
+        from engine.export.merge import export
+
+        res = export(spec["source"], spec["format"], Path(spec["out"]), log)
+        result = dict(path=str(res.path), format=res.format, files=res.files, seconds=res.seconds, checks=res.checks)
+        write_json(job_dir / "result.json", result)
+        message = f"Exported {res.format} to {res.path}."
+        if spec.get("push_to_hub"):
+            from engine.models.hub import push
+
+            status.set(state="running", message=f"uploading to {spec['push_to_hub']}")
+            result["url"] = push(res.path, spec["push_to_hub"], private=bool(spec.get("private")), log=log)
+            write_json(job_dir / "result.json", result)
+            message += f" Uploaded to {result['url']}."
+        status.set(state="done", message=message)
+        return 0
+    except Cancelled:
+        if (job_dir / "result.json").is_file():  # cancelled during the upload: the export itself is complete
+            message = f"Upload cancelled; the export is complete in {spec['out']}."
+        else:
+            message = "Export cancelled; nothing was written."
+        status.set(state="cancelled", message=message)
+        log("cancelled")
+        return 0
+    except BaseException as exc:  # every failure is a state and a sentence; the traceback goes to the log
+        log(_scrub(traceback.format_exc()))
+        if isinstance(exc, UserError):
+            message = str(exc)
+        elif is_disk_full(exc):
+            message = "The disk filled up during the export; free some space and export again. Nothing was written."
+        elif isinstance(exc, MemoryError):
+            message = "Ran out of RAM during the export; close other programs and export again."
+        else:
+            message = f"The export stopped with an error ({type(exc).__name__}: {str(exc)[:200]}); see its log."
+        status.set(state="failed", message=_scrub(message))
+        return 2 if isinstance(exc, UserError) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,357 @@
+"""Peak GPU memory and host RAM of a training run, from the model's architecture numbers and the run's settings.
+
+    peak = weights + trainable (params, grads, optimizer states) + activations + loss (logits) + fixed
+           + what the allocator reserves beyond that (the CUDA graphs' pool, fragmentation)
+Weights: 2 bytes/param at 16 bits; NF4 linear layers 0.5 bytes/param plus 1/64 byte of double-quantized scale. Every
+parameter counts: a mixture-of-experts layer's experts (all of them; transformers keeps them as fused 3-D tensors,
+which QLoRA does not quantize) and router, a vision tower, biases and extra norms.
+Activations: with checkpointing, each layer keeps its bf16 input (2 bytes x hidden per token) and one layer at a time
+is rebuilt in full; without it, every layer keeps its full set. The per-token activation and loss coefficients below
+were fitted to peaks measured on the GPU machine (engine/calibrate.py; table in presets/README.md).
+"""
+
+import math
+from dataclasses import dataclass
+
+GIB = 2**30
+ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Fitted to peaks measured on an H100 (python -m engine.calibrate fit, presets/README.md): bytes per token of one
+# layer's full activations per unit of hidden (h), intermediate (i) and attention (a: q + k + v widths) size; bytes
+# per token per vocabulary entry in the loss (transformers' path: bf16 logits, an fp32 copy, log-softmax, gradients);
+# GiB fixed. The two models fitted (0.6B and 4B Qwen3) gave 11.5 and 11.1 bytes per logit.
+COEF = dict(layer_h=1.3, layer_i=8.0, layer_a=12.0, loss_v=11.3, fixed_gib=0.05)
+NF4_BYTES = 0.5 + 1 / 64  # packed 4-bit weight + uint8 absmax per 64-block (double quantization)
+OFFLOAD_ON_GPU = 2  # checkpointed inputs on the GPU with activation offload: the last layer's and one in flight
+OPTIMIZER_BYTES = {"adamw_8bit": 2, "adamw": 8}  # optimizer state bytes per fp32 trainable parameter
+# CUDA graphs of checkpointed layers (engine.patching.graphs): their pool holds one layer's working set for good, which
+# the estimate's activations already count once (the eager recompute's). On capped H100 runs the graphs added 0.12
+# GiB in all to the eager peak (qwen3_4b LoRA at 4096 tokens, qwen3_14b QLoRA at 2048: peaks with and without graphs,
+# less the exact bytes of the layers the graph plans streamed in addition, bench/README.md). A quarter of the working
+# set plus the static buffers and one layer's gradients (0.21 and 0.18 GiB there) covers that with a margin.
+GRAPH_POOL_SHARE = 0.25
+# The allocated peak's share the caching allocator reserves on top of it (block rounding, split blocks it cannot
+# reuse). A planning constant, not a measured one: bench/budget_sweep.py reports each run's peak reserved beside the
+# estimate, which is what to fit it to.
+FRAGMENTATION = 0.04
+# A plan keeps its estimated peak times this within the budget: a margin for the estimate's own error (bench/README.md:
+# capped runs' allocated peaks were 4-6% under its allocated part, the 65536-token one 1% over it).
+ESTIMATE_SLACK = 1.05
+# Kept attention outputs (q, k, v, o of a checkpointed layer, engine.memory.offload.Checkpoint): the graphs' two static sets
+# (even and odd layers) and the activation store's two landing sets (the layer's fetched copy, the next one arriving).
+ATTENTION_SETS = 4
+
+
+@dataclass(frozen=True)
+class Arch:
+    """The architecture numbers memory depends on. A mixture-of-experts model has `moe_layers` layers whose MLP is
+    `experts` experts of width `expert_intermediate` (`experts_per_token` of them run per token) beside an optional
+    shared expert of width `shared_intermediate`; its other layers have a dense MLP of width `intermediate`."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+    experts: int = 0
+    expert_intermediate: int = 0
+    moe_layers: int = 0
+    experts_per_token: int = 0
+    shared_intermediate: int = 0
+    expert_biases: bool = False  # gpt-oss: each expert's projections have biases
+    # parameters outside the decoder layers' linears, the embeddings and the two norms a layer: the routers, per-head
+    # q/k norms, attention biases and sinks, extra norms, a vision tower; frozen and kept in 16 bits
+    other_params: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: dict, with_vision: bool = True) -> "Arch":
+        """From a transformers config.json. A multimodal config keeps the language model's numbers in text_config;
+        its vision tower (vision_config) is counted when `with_vision` (transformers loads it with the model)."""
+        text = cfg.get("text_config") or cfg
+        kind = text.get("model_type") or cfg.get("model_type", "")
+        h, heads, layers = text["hidden_size"], text["num_attention_heads"], text["num_hidden_layers"]
+        kv = text.get("num_key_value_heads") or heads
+        head_dim = text.get("head_dim") or h // heads
+        experts = text.get("num_experts") or text.get("num_local_experts") or 0
+        if not experts:
+            moe = 0
+        elif "decoder_sparse_step" in text or "mlp_only_layers" in text:  # Qwen2/3-MoE: some layers stay dense
+            step, dense = text.get("decoder_sparse_step") or 1, set(text.get("mlp_only_layers") or ())
+            moe = sum(1 for i in range(layers) if i not in dense and (i + 1) % step == 0)
+        else:  # Mixtral, gpt-oss: every layer
+            moe = layers
+        expert_width = text.get("moe_intermediate_size") or text["intermediate_size"]
+        shared = text.get("shared_expert_intermediate_size") or 0
+        q, kvw = heads * head_dim, kv * head_dim
+        other = moe * experts * h  # each MoE layer's router
+        if kind == "gpt_oss":
+            other += moe * experts + layers * heads  # the router's bias; a learned attention sink per head
+        if shared:
+            other += moe * h  # the shared expert's gate (Qwen2-MoE)
+        if kind.startswith("qwen2"):  # q, k and v have biases
+            other += layers * (q + 2 * kvw)
+        elif text.get("attention_bias"):
+            other += layers * (q + 2 * kvw + h)
+        if kind in ("qwen3", "qwen3_moe", "gemma3", "gemma3_text"):  # per-head q and k norms
+            other += layers * 2 * head_dim
+        if kind.startswith(("gemma2", "gemma3")):  # two more norms a layer (before and after the MLP)
+            other += layers * 2 * h
+        vision = cfg.get("vision_config")
+        if with_vision and vision:
+            other += vision_params(vision, h)
+        return cls(
+            h,
+            text.get("intermediate_size") or expert_width,
+            layers,
+            heads,
+            kv,
+            head_dim,
+            text["vocab_size"],
+            bool(cfg.get("tie_word_embeddings", text.get("tie_word_embeddings", True))),
+            experts,
+            expert_width if experts else 0,
+            moe,
+            text.get("num_experts_per_tok") or text.get("experts_per_token") or 0,
+            shared,
+            kind == "gpt_oss",
+            other,
+        )
+
+    @property
+    def attention_shapes(self) -> dict[str, tuple[int, int]]:
+        h, q, kv = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim
+        return dict(q_proj=(h, q), k_proj=(h, kv), v_proj=(h, kv), o_proj=(q, h))
+
+    @staticmethod
+    def mlp_shapes(hidden: int, width: int) -> dict[str, tuple[int, int]]:
+        return dict(gate_proj=(hidden, width), up_proj=(hidden, width), down_proj=(width, hidden))
+
+    @property
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of each linear of a layer with a dense MLP, by module name."""
+        return {**self.attention_shapes, **self.mlp_shapes(self.hidden, self.intermediate)}
+
+    @property
+    def _layer_linears(self) -> list[tuple[int, dict]]:
+        """(how many layers, their nn.Linear shapes by module name), for the dense and the MoE layers: what QLoRA
+        quantizes, weight streaming moves and LoRA can adapt. The experts of transformers' MoE layers are fused
+        3-D parameters, not nn.Linear modules: counted in `expert_params`."""
+        dense = [(self.layers - self.moe_layers, self.linear_shapes)]
+        if not self.moe_layers:
+            return dense
+        shared = self.mlp_shapes(self.hidden, self.shared_intermediate) if self.shared_intermediate else {}
+        return dense + [(self.moe_layers, {**self.attention_shapes, **shared})]
+
+    @property
+    def attention_width(self) -> int:
+        return (self.heads + 2 * self.kv_heads) * self.head_dim
+
+    @property
+    def linear_params(self) -> int:
+        return sum(n * sum(a * b for a, b in shapes.values()) for n, shapes in self._layer_linears)
+
+    @property
+    def expert_params(self) -> int:
+        """All experts' weights (and biases) of every MoE layer, not just the ones a token uses."""
+        per_expert = 3 * self.hidden * self.expert_intermediate
+        if self.expert_biases:
+            per_expert += 2 * self.expert_intermediate + self.hidden
+        return self.moe_layers * self.experts * per_expert
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden * (1 if self.tied else 2)
+
+    @property
+    def params(self) -> int:
+        norms = (2 * self.layers + 1) * self.hidden
+        return self.linear_params + self.expert_params + self.embedding_params + norms + self.other_params
+
+    @property
+    def largest_linear(self) -> int:
+        return max(a * b for _, shapes in self._layer_linears for a, b in shapes.values())
+
+    @property
+    def mlp_width(self) -> int:
+        """The widest per-token MLP activation of a layer: a dense MLP's, or a MoE layer's experts per token (each
+        token's rows for each of its experts) and its shared expert."""
+        moe = self.experts_per_token * self.expert_intermediate + self.shared_intermediate if self.moe_layers else 0
+        return max(self.intermediate if self.moe_layers < self.layers else 0, moe)
+
+    def lora_params(self, rank: int, targets=ALL_TARGETS) -> int:
+        """Adapter weights on the `targets` that exist as nn.Linear modules (not the fused experts)."""
+        return sum(
+            n * sum(rank * (a + b) for name, (a, b) in shapes.items() if name in targets)
+            for n, shapes in self._layer_linears
+        )
+
+
+def vision_params(vision: dict, text_hidden: int) -> int:
+    """Parameters of a ViT-style vision tower (SigLIP, CLIP) and its projection into the language model: per layer
+    q/k/v/o and two MLP matrices with biases and two layer norms; patch and position embeddings; a final norm;
+    SigLIP's attention-pooling head where the config has one; a (vision hidden x text hidden) projection with its
+    norm (Gemma 3's)."""
+    h = vision["hidden_size"]
+    i = vision.get("intermediate_size") or 4 * h
+    layers = vision.get("num_hidden_layers") or vision.get("depth") or 0
+    patch, channels = vision.get("patch_size", 14), vision.get("num_channels", 3)
+    positions = (vision.get("image_size", 224) // patch) ** 2
+    per_layer = 4 * h * h + 4 * h + 2 * h * i + i + h + 4 * h
+    tower = layers * per_layer + channels * patch * patch * h + h + positions * h + 2 * h + h * text_hidden + h
+    if vision.get("vision_use_head", vision.get("model_type", "").startswith("siglip")):  # SigLIP's pooling head
+        tower += h + (4 * h * h + 4 * h) + 2 * h + (2 * h * i + i + h)  # probe, attention, norm, MLP
+    return tower
+
+
+@dataclass(frozen=True)
+class Estimate:
+    peak_vram_gib: float
+    peak_ram_gib: float
+    parts_gib: dict
+
+    def fits(self, budget_gib: float) -> bool:
+        """Fits when the estimate plus its own error (ESTIMATE_SLACK) is within the budget."""
+        return self.peak_vram_gib * ESTIMATE_SLACK <= budget_gib
+
+
+def estimate(
+    arch: Arch,
+    method: str,
+    seq: int,
+    batch: int,
+    rank: int = 16,
+    checkpointing: bool = True,
+    optimizer: str = "adamw_8bit",
+    targets=ALL_TARGETS,
+    checkpointed_layers: int | None = None,
+    fused_loss: bool = False,
+    loss_chunk: int = 4096,
+    offload_activations: bool = False,
+    streamed_layers: int = 0,
+    ring_slots: int = 0,
+    host_embedding: bool = False,
+    mlp_tile: int | None = None,
+    optimizer_in_host: bool = False,
+    dense_layers: int = 0,
+    grads_released: bool = False,
+    graphs: bool = False,
+    keep_attention: bool = False,
+    keep_dequantized: bool = False,
+) -> Estimate:
+    """Peak allocated GPU memory (and host RAM) of one training step, in GiB.
+
+    `checkpointed_layers` (default: all when `checkpointing`, else none) counts the layers that keep only their input;
+    `fused_loss` is the fast path's chunked cross-entropy, which holds one chunk of `loss_chunk` tokens' logits
+    instead of all of them. The offload manager's choices (engine.memory.offload): `offload_activations` keeps checkpointed
+    inputs in host RAM (at most OFFLOAD_ON_GPU of them on the GPU at once), `streamed_layers` layers' frozen weights
+    live in host RAM and pass through `ring_slots` GPU slots, `host_embedding` keeps the input embedding table in host
+    RAM, `mlp_tile` runs the MLP over tiles of that many tokens, and `optimizer_in_host` counts full fine-tuning's
+    paged optimizer states in host RAM (where bitsandbytes' paged AdamW moves them under memory pressure), and
+    `dense_layers` QLoRA layers keep a 16-bit copy of their NF4 weights beside them, and `grads_released` (full
+    fine-tuning, engine.memory.grad_release) frees each gradient as soon as its weight is updated, in the backward, so at
+    most the largest one exists at a time, and `graphs` replays the checkpointed layers' passes as CUDA graphs
+    (engine.patching.graphs.CheckpointGraphs), whose memory pool keeps one layer's working set for good (see
+    GRAPH_POOL_SHARE), with three static (tokens x hidden) buffers, and `keep_attention` keeps each checkpointed
+    layer's q, k, v and o projection outputs in host RAM with its input (engine.memory.offload.Checkpoint), with
+    ATTENTION_SETS sets of them on the GPU at the peak, and `keep_dequantized` has a QLoRA recompute keep gate and
+    up's dequantized weights for its backward (two 16-bit copies)."""
+    tokens = seq * batch
+    if checkpointed_layers is None:
+        checkpointed_layers = arch.layers if checkpointing else 0
+    if method == "qlora":
+        weights = arch.linear_params * NF4_BYTES + (arch.params - arch.linear_params) * 2
+        # a bf16 copy of the largest weight: transformers' path holds one in the forward and one in the backward;
+        # the fast path (which brings the fused loss) dequantizes into one shared buffer (kernels.lora)
+        dequant = (1 if fused_loss else 2) * arch.largest_linear * 2
+        dequant += dense_layers * layer_weight_bytes(arch, "lora")
+        if keep_dequantized and checkpointed_layers:
+            dequant += 2 * arch.intermediate * arch.hidden * 2
+    else:
+        weights, dequant = arch.params * 2, 0
+    streamed = layer_weight_bytes(arch, method) * streamed_layers
+    weights -= streamed - layer_weight_bytes(arch, method) * (ring_slots if streamed_layers else 0)
+    if host_embedding and not arch.tied:
+        weights -= arch.vocab * arch.hidden * 2
+    opt = OPTIMIZER_BYTES[optimizer]
+    paged = arch.params * opt if method == "full" and optimizer_in_host else 0
+    if method == "full":
+        trainable = arch.params * (2 + 2 + opt) - paged  # bf16 gradient, optimizer states (bf16 params are the weights)
+        if grads_released:  # only the largest tensor's gradient exists at a time
+            fused_experts = arch.experts * 2 * arch.expert_intermediate * arch.hidden  # a MoE layer's gate_up tensor
+            largest = max(arch.vocab * arch.hidden, arch.largest_linear, fused_experts)
+            trainable -= (arch.params - largest) * 2
+    else:
+        trainable = arch.lora_params(rank, targets) * (4 + 4 + opt)  # fp32 adapters, their grads, states
+    layer = layer_activation_bytes(arch, tokens, mlp_tile)
+    on_gpu = min(checkpointed_layers, OFFLOAD_ON_GPU) if offload_activations else checkpointed_layers
+    kept = on_gpu * tokens * arch.hidden * 2  # a checkpointed layer keeps its bf16 input
+    activations = kept + (arch.layers - checkpointed_layers) * layer + (layer if checkpointed_layers else 0)
+    if fused_loss:  # one bf16 chunk of logits, reused as its gradient, plus fp32 dh
+        loss = min(tokens, loss_chunk) * arch.vocab * 2 + tokens * arch.hidden * 4
+    else:
+        loss = tokens * arch.vocab * COEF["loss_v"]
+    parts = dict(
+        weights=weights,
+        trainable=trainable,
+        activations=activations,
+        loss=loss,
+        dequant=dequant,
+        fixed=COEF["fixed_gib"] * GIB,
+    )
+    if graphs and checkpointed_layers:  # the pool's excess, three (tokens x hidden) buffers, one layer's gradients
+        grads = arch.lora_params(rank, targets) * 4 / arch.layers
+        parts["graphs"] = GRAPH_POOL_SHARE * layer + 3 * tokens * arch.hidden * 2 + grads
+    kept_attention = tokens * (arch.attention_width + arch.hidden) * 2 if keep_attention and checkpointed_layers else 0
+    if kept_attention:
+        parts["attention_kept"] = ATTENTION_SETS * kept_attention
+    # What the allocator reserves beyond the allocated peak above (the process's cap counts reserved memory): the
+    # graphs' private pool keeps a recompute's whole working set for good beside the main pool, which still holds the
+    # one the first (eager) step used (llama8b QLoRA at 4096 tokens: 1 GiB of pool beside 6.51 GiB allocated, issue
+    # 24; this term gives 0.96); and the rounding and split blocks of the caching allocator.
+    if graphs and checkpointed_layers:
+        pool = layer
+        if keep_dequantized and method == "qlora":
+            pool += 2 * arch.intermediate * arch.hidden * 2
+        parts["graph_pool"] = pool
+    parts["fragmentation"] = FRAGMENTATION * sum(parts.values())
+    parts = {k: round(v / GIB, 3) for k, v in parts.items()}
+    # Host RAM: measured peak RSS (python -m engine.calibrate tiers) was the whole 16-bit checkpoint plus about
+    # 1 GiB for every model and method: transformers maps every weight file while it loads, QLoRA included. What the
+    # offload manager keeps in pinned host memory comes on top.
+    pinned = streamed + paged + (checkpointed_layers * tokens * arch.hidden * 2 if offload_activations else 0)
+    pinned += checkpointed_layers * kept_attention
+    ram = 1.0 + (arch.params * 2 + pinned) / GIB
+    return Estimate(round(sum(parts.values()), 2), round(ram, 2), parts)
+
+
+def layer_weight_bytes(arch: Arch, method: str) -> float:
+    """Bytes of one decoder layer's frozen linear weights that weight streaming moves (NF4: the packed 4-bit data;
+    its small scales stay on the GPU)."""
+    per_layer = arch.linear_params / arch.layers
+    return per_layer * (0.5 if method == "qlora" else 2)
+
+
+def layer_activation_bytes(arch: Arch, tokens: int, mlp_tile: int | None = None) -> float:
+    """Bytes one decoder layer keeps for its backward when it is not checkpointed; with `mlp_tile`, the MLP's
+    intermediate activations exist for one tile of tokens at a time (engine.patching's tiled MLP)."""
+    width = COEF["layer_h"] * arch.hidden + COEF["layer_a"] * arch.attention_width
+    return tokens * width + min(tokens, mlp_tile or tokens) * COEF["layer_i"] * arch.mlp_width
+
+
+def size_class(params: int) -> str:
+    """The preset size class of a model with `params` parameters."""
+    b = params / 1e9
+    for name, upper in (
+        ("0.5b", 0.9),
+        ("1-2b", 2.8),
+        ("3-4b", 5.0),
+        ("7-8b", 10.0),
+        ("12-14b", 16.0),
+        ("24-32b", 36.0),
+        ("70b", math.inf),
+    ):
+        if b <= upper:
+            return name
+    raise AssertionError("unreachable")

@@ -1,0 +1,152 @@
+"""One memory verdict for a run: the offload manager's plan for its settings on a VRAM budget, the peak GPU memory and
+host RAM that plan expects, and whether it fits.
+
+`python -m engine estimate`, the Model tab's fit badge, the Train tab's preset and the run itself
+(engine.models.loading.plan_memory) all ask `plan_for`, so the figure shown is the figure the run plans with.
+"""
+
+import math
+from dataclasses import dataclass
+
+from engine.memory.verdict import offload
+from engine.core.errors import UserError
+from engine.memory.estimate import Arch, estimate
+from engine.memory.offload import Plan
+
+LARGEST_BUDGET_GIB = 4096  # where the search for the smallest workable budget gives up
+
+
+def plan_for(arch: Arch, spec, budget_gib: float | None, host_ram_gib: float | None, dtype: str = "bf16") -> Plan:
+    """engine.memory.offload's plan for a run of `spec` (a JobSpec) on `budget_gib` of GPU memory (None: no GPU) and
+    `host_ram_gib` of free host RAM (None: not checked), computing in `dtype`. Raises UserError when it cannot fit."""
+    return offload.plan(
+        arch,
+        spec.method,
+        spec.max_seq_length,
+        spec.batch_size,
+        budget_gib,
+        host_ram_gib,
+        fused_loss=spec.fast_path and budget_gib is not None,
+        embeddings_trained=spec.train_embeddings,
+        paged_optimizer=spec.optimizer in ("auto", "paged_adamw_8bit"),  # engine.training.sft: auto is paged for full
+        # engine.memory.grad_release: only engine.training.sft's own loop, one micro-batch per step, no fp16 loss scaling
+        release_gradients=spec.objective in ("sft", "pretrain") and spec.grad_accum == 1 and dtype != "fp16",
+        **estimate_kw(spec),
+    )
+
+
+def run_budget_gib() -> float | None:
+    """The VRAM budget a run on this machine plans with (engine.models.loading.plan_memory): TUNESMITH_VRAM_GIB or the
+    card's memory, lowered to what GPU 0 has free now; None without a GPU."""
+    import torch
+
+    from engine.memory.checkpointing import usable_gib
+    from engine.core.hardware import vram_budget_gib
+
+    return usable_gib(vram_budget_gib(), torch.device("cuda"))
+
+
+def run_dtype() -> str:
+    """The dtype a run on this machine computes in (engine.core.hardware.choose_placement's choice)."""
+    from engine.core.hardware import choose_placement
+
+    return choose_placement().dtype
+
+
+def estimate_kw(spec) -> dict:
+    """The estimate's arguments that come from the job's LoRA and optimizer settings."""
+    return dict(
+        rank=spec.lora_r,
+        targets=spec.target_modules,
+        optimizer="adamw" if spec.optimizer == "adamw" else "adamw_8bit",
+    )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether a run fits, with the plan that makes it fit and that plan's peaks. `parts_gib` splits the peak VRAM
+    figure into what holds it; `min_budget_gib` is the smallest VRAM budget a plan exists for, where the budget given
+    is below it."""
+
+    fits: bool
+    reason: str
+    plan: Plan | None
+    peak_vram_gib: float | None
+    peak_ram_gib: float | None
+    parts_gib: dict | None
+    min_budget_gib: float | None = None
+
+
+def verdict(arch: Arch, spec, budget_gib: float | None, host_ram_gib: float | None, dtype: str = "bf16") -> Verdict:
+    """The plan for `spec` on this budget and free RAM, and whether it fits (never raises for a run that does not)."""
+    try:
+        plan = plan_for(arch, spec, budget_gib, host_ram_gib, dtype)
+        return Verdict(True, "", plan, plan.peak_vram_gib, plan.peak_ram_gib, parts(arch, spec, plan))
+    except UserError as e:
+        reason = str(e)
+    try:  # the GPU budget holds it and host RAM does not: the plan and its figures, not fitting
+        plan = plan_for(arch, spec, budget_gib, None, dtype)
+    except UserError:
+        return Verdict(False, reason, None, None, None, None, smallest_budget(arch, spec, dtype))
+    try:  # the reason, for the plan shown
+        offload.check_ram(plan, host_ram_gib)
+    except UserError as e:
+        reason = str(e)
+    return Verdict(False, reason, plan, plan.peak_vram_gib, plan.peak_ram_gib, parts(arch, spec, plan))
+
+
+def parts(arch: Arch, spec, plan: Plan) -> dict:
+    """What holds the plan's peak GPU memory, in GiB (the estimate the plan was made with; they add up to its peak)."""
+    fused = spec.fast_path and plan.budget_gib is not None
+    kw = dict(plan.estimate_kw(), **estimate_kw(spec))
+    e = estimate(arch, spec.method, spec.max_seq_length, spec.batch_size, checkpointed_layers=plan.checkpointed,
+                 fused_loss=fused, **kw)  # fmt: skip
+    return e.parts_gib
+
+
+def smallest_budget(arch: Arch, spec, dtype: str = "bf16") -> float | None:
+    """The smallest VRAM budget (to 0.1 GiB) a plan for `spec` exists for, host RAM aside; None when none does."""
+
+    def works(budget):
+        try:
+            plan_for(arch, spec, budget, None, dtype)
+            return True
+        except UserError:
+            return False
+
+    low, high = 0.0, float(LARGEST_BUDGET_GIB)
+    if not works(high):
+        return None
+    while high - low > 0.05:
+        mid = (low + high) / 2
+        low, high = (low, mid) if works(mid) else (mid, high)
+    return math.ceil(round(high * 10, 6)) / 10
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is an allocation failure: CUDA's out-of-memory error, or the CPU allocator's (a RuntimeError
+    saying it cannot allocate) and Python's MemoryError."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text)
+
+
+def out_of_memory_message(step: int, saved: int | None, on_gpu: bool) -> str:
+    """What a run that ran out of memory during step `step` (1-based) says: what was kept (`saved`: the step
+    checkpointed, None when nothing could be) and what to lower."""
+    kept = (
+        f"The run saved step {saved}; resume continues from it"
+        if saved is not None
+        else "It ran out while updating the weights, so resume continues from the latest checkpoint"
+    )
+    if on_gpu:
+        return (
+            f"Ran out of GPU memory at step {step} (another program took GPU memory, or a batch needed more than "
+            f"planned). {kept} once GPU memory is free, or with a lower budget (TUNESMITH_VRAM_GIB); or start again "
+            "with a smaller batch size or maximum sequence length."
+        )
+    return (
+        f"Ran out of memory at step {step}. {kept} once other programs have freed RAM; or start again with a "
+        "smaller batch size or maximum sequence length."
+    )

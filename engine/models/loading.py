@@ -1,0 +1,242 @@
+"""Find, download and load a model and its tokenizer, for training or for chat.
+
+Weights load from safetensors only; code shipped with a model runs only when the job sets trust_remote_code.
+"""
+
+import json
+import os
+import re
+from pathlib import Path
+
+from engine.core.errors import UserError
+from engine.core.hardware import Placement
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# What a causal LM needs from a hub repository; skips .bin/.pt/.gguf duplicates of the weights.
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+
+
+def resolve_model(model: str, log=print) -> Path:
+    """Return a local folder for `model`: the folder itself, or a hub id downloaded (with progress) to the cache."""
+    path = Path(os.path.expanduser(model))
+    if path.is_dir():
+        _check_folder(path)
+        return path
+    if not HUB_ID.match(model) or model.startswith((".", "/", "~")):
+        raise UserError(
+            f"Model folder '{model}' does not exist; give an existing folder or a hub id like 'Qwen/Qwen3-0.6B'."
+        )
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    log(f"model: fetching {model} from the Hugging Face hub (safetensors only)")
+    try:
+        folder = Path(snapshot_download(repo_id=model, allow_patterns=HUB_FILES))
+    except GatedRepoError:
+        raise UserError(
+            f"'{model}' is gated: accept its licence on huggingface.co and set HF_TOKEN, then retry."
+        ) from None
+    except RepositoryNotFoundError:
+        raise UserError(
+            f"No model '{model}' on the Hugging Face hub; check the spelling (or set HF_TOKEN for a private one)."
+        ) from None
+    except LocalEntryNotFoundError:
+        raise UserError(
+            f"Could not download '{model}': the hub is unreachable and it is not in the local cache. "
+            "Connect to the internet, or pick a local model folder."
+        ) from None
+    except OSError as e:
+        raise UserError(
+            f"Could not download '{model}' ({e.__class__.__name__}); check the connection and free disk, then retry."
+        ) from None
+    _check_folder(folder)
+    return folder
+
+
+def _check_folder(path: Path) -> None:
+    if not (path / "config.json").is_file():
+        raise UserError(f"'{path}' has no config.json, so it is not a transformers model folder.")
+    if not any(path.glob("*.safetensors")):
+        if any(path.glob("*.bin")) or any(path.glob("*.pt")):
+            raise UserError(
+                f"'{path}' has only pickled (.bin/.pt) weights; Tunesmith loads safetensors only, which "
+                "cannot run code. Convert the model to safetensors first."
+            )
+        raise UserError(f"'{path}' has no .safetensors weight files.")
+
+
+def read_config(path: Path) -> dict:
+    return json.loads((path / "config.json").read_text())
+
+
+def load_tokenizer(path: Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    return tok
+
+
+def load_model(path: Path, placement: Placement, four_bit: bool = False, trust_remote_code: bool = False):
+    """Load a causal LM onto `placement.device` in its dtype, optionally with 4-bit NF4 weights (bitsandbytes)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kw = dict(
+        dtype=placement.torch_dtype,
+        use_safetensors=True,
+        trust_remote_code=trust_remote_code,
+        attn_implementation="sdpa",
+        device_map={"": placement.device},
+    )
+    if four_bit:
+        from transformers import BitsAndBytesConfig
+
+        kw["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=placement.torch_dtype,
+        )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kw)
+    except torch.cuda.OutOfMemoryError:
+        raise UserError(
+            f"'{path.name}' does not fit in GPU memory; use QLoRA (4-bit), a smaller model, or a card with more memory."
+        ) from None
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise UserError(
+                f"'{path.name}' needs its own Python code to load; turn on 'trust remote code' only if "
+                "you trust its authors."
+            ) from None
+        raise
+    return model
+
+
+def add_lora(model, spec, log=print):
+    """Wrap `model` with PEFT LoRA adapters on the spec's target modules that the model has."""
+    from peft import LoraConfig, get_peft_model
+
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = [t for t in spec.target_modules if t in present]
+    if not targets:
+        raise UserError(
+            f"None of the LoRA target modules {list(spec.target_modules)} exist in this model; its "
+            f"layers are named e.g. {sorted(present)[:8]}."
+        )
+    skipped = sorted(set(spec.target_modules) - set(targets))
+    if skipped:
+        log(f"lora: this model has no {skipped}; adapters go on {targets}")
+    config = LoraConfig(
+        r=spec.lora_r,
+        lora_alpha=spec.lora_alpha,
+        lora_dropout=spec.lora_dropout,
+        bias="none",
+        target_modules=targets,
+        use_rslora=spec.use_rslora,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def load_for_training(spec, placement: Placement, log=print):
+    """Model (with LoRA unless full fine-tuning) and tokenizer, ready for a training loop."""
+    from engine.data.formats import ensure_chat_template
+
+    path = resolve_model(spec.model, log)
+    cfg = read_config(path)
+    log(
+        f"model: {spec.model} ({cfg.get('model_type', '?')}), method {spec.method}, device {placement.device}, "
+        f"dtype {placement.dtype}: {placement.reason}"
+    )
+    tok = load_tokenizer(path, spec.trust_remote_code)
+    log(f"chat template: {ensure_chat_template(tok, spec.chat_template)}")
+    memory = plan_memory(spec, cfg, placement)
+    log(memory.describe())
+    four_bit = spec.method == "qlora"
+    if memory.streamed:
+        from engine.memory.offload import load_streamed
+
+        model = load_streamed(path, placement, four_bit, memory, spec.trust_remote_code, log)
+    else:
+        model = load_model(path, placement, four_bit=four_bit, trust_remote_code=spec.trust_remote_code)
+    return prepare_for_training(model, spec, log, memory), tok
+
+
+def plan_memory(spec, cfg: dict, placement: Placement):
+    """engine.memory.offload's plan for this run (engine.memory.verdict.plan_for: the computation `python -m engine estimate`
+    shows): checkpointing, activation offload, weight streaming and the host embedding, from the VRAM budget
+    (TUNESMITH_VRAM_GIB or the card, lowered to what the GPU has free) and the free host RAM."""
+    import torch
+
+    from engine.memory.verdict import checkpointing
+
+    from engine.memory.verdict import verdict as memory
+
+    from engine.memory.verdict import offload
+    from engine.memory.estimate import Arch
+    from engine.core.hardware import vram_budget_gib
+
+    budget = None
+    if placement.device.startswith("cuda") and spec.gradient_checkpointing:
+        budget = checkpointing.usable_gib(vram_budget_gib(), torch.device(placement.device))
+    return memory.plan_for(Arch.from_config(cfg), spec, budget, offload.host_ram_gib(), placement.dtype)
+
+
+def prepare_for_training(model, spec, log=print, memory=None):
+    """The fast path's drop-ins (engine.patching), the checkpointing policy (engine.memory.checkpointing), the trainable
+    parameters (LoRA adapters, or every weight for full fine-tuning) and the offload plan `memory`
+    (engine.memory.offload.Plan; None: nothing offloaded), as the spec says."""
+    from engine.memory.verdict import checkpointing
+    from engine.memory.verdict import offload
+    from engine.core.hardware import vram_budget_gib
+    from engine.memory.verdict import estimate_kw
+
+    model.config.use_cache = False
+    on_gpu = any(p.device.type == "cuda" for p in model.parameters())  # the input embedding may be in host RAM
+    fused_loss = False
+    if spec.fast_path and on_gpu:
+        from engine.patching import patch_model
+
+        fused_loss = "fused cross-entropy loss" in patch_model(model, log).swapped
+        if spec.method != "full":  # with every weight trainable a graph would hold a second set of gradients
+            from engine.patching import graphs
+
+            graphs.install(model, log)
+    elif spec.fast_path:
+        log("patching: none on the CPU (the fast path's kernels are GPU kernels); plain transformers + PEFT")
+    plan_kw = memory.estimate_kw() if memory is not None else {}
+    if fused_loss and memory is not None:
+        model.loss_chunk = memory.loss_chunk  # read by engine.patching's fused loss
+    if spec.gradient_checkpointing:
+        checkpointing.install(
+            model,
+            spec.method,
+            vram_budget_gib() if on_gpu else None,
+            fused_loss,
+            log,
+            always=memory.streamed if memory is not None else (),
+            **estimate_kw(spec),
+            **plan_kw,
+        )
+    if spec.method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+    else:
+        model = add_lora(model, spec, log)
+    model.memory_plan = memory  # engine.training.sft reads grads_released
+    if memory is not None and memory.dense_layers and on_gpu and fused_loss:
+        offload.keep_dense(model, memory.dense_layers, log)
+    if memory is not None and memory.active and on_gpu:
+        device = next(p.device for p in model.parameters() if p.device.type == "cuda")
+        model.offload_stream = offload.install(model, memory, device, log)
+    if fused_loss and spec.method != "full" and spec.objective in ("sft", "pretrain"):
+        from engine.patching.modules import pack_adapters
+
+        pack_adapters(model, log)  # engine.training.sft's own loop: every adapter goes through the fused op
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in model.parameters())
+    log(f"parameters: {n_train:,} trainable of {n_all:,} ({100 * n_train / max(n_all, 1):.2f}%)")
+    return model

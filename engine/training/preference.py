@@ -1,0 +1,113 @@
+"""DPO and ORPO on preference pairs (prompt, chosen, rejected), through TRL's trainers with the engine's model.
+
+DPO (trl.DPOTrainer) raises the likelihood of the chosen reply over the rejected one, relative to a reference model.
+With LoRA the reference is the same loaded model with the adapter switched off (PEFT's disable_adapter), so no second
+copy is held: TRL would otherwise add a frozen copy of the adapter named "ref", which for our freshly initialized
+adapter is the base model anyway, and for a resumed run would wrongly be the half-trained one, so it is removed.
+Full fine-tuning has no adapter to switch off, so there the reference is a second, frozen copy of the weights.
+ORPO (trl.experimental.orpo.ORPOTrainer in TRL 1.15) needs no reference at all: an SFT loss on the chosen reply plus
+an odds-ratio term (weight `dpo_beta`) against the rejected one.
+
+Rows are turned into conversations (a plain-text prompt becomes a user turn, a plain reply an assistant turn, the
+job's system prompt is added), so TRL renders them with the same chat template as SFT. Rows without a prompt column
+must hold whole conversations in chosen and rejected that share their first turns; the shared turns are the prompt.
+"""
+
+from pathlib import Path
+
+from engine.data.formats import validate_row
+from engine.core.errors import UserError
+from engine.core.hardware import choose_placement
+from engine.spec.objectives import read_rows
+from engine.training.sft import total_steps
+
+METRICS = {  # runlog name: TRL log key (both trainers log these per step)
+    "margin": "rewards/margins",
+    "chosen_reward": "rewards/chosen",
+    "rejected_reward": "rewards/rejected",
+    "accuracy": "rewards/accuracies",
+}
+
+
+def to_pair(row: dict, row_no: int, source: str, system_prompt: str = "") -> dict:
+    """One preference row as {"prompt", "chosen", "rejected"} message lists."""
+    from trl import extract_prompt
+
+    where = f"{source}: row {row_no}"
+    validate_row(row, "preference", row_no, source)
+    prompt, chosen, rejected = row.get("prompt"), row["chosen"], row["rejected"]
+    if prompt is None:
+        if not (isinstance(chosen, list) and isinstance(rejected, list)):
+            raise UserError(
+                f"{where} has no 'prompt'; then 'chosen' and 'rejected' must be whole conversations (message lists) "
+                "that share their first turns. Add a prompt column, or map one (e.g. question=prompt)."
+            )
+        split = extract_prompt({"chosen": _messages(chosen), "rejected": _messages(rejected)})
+        prompt, chosen, rejected = split["prompt"], split["chosen"], split["rejected"]
+        if not prompt:
+            raise UserError(f"{where}: 'chosen' and 'rejected' share no first turn, so there is no prompt to answer.")
+    if not prompt or not isinstance(prompt, (str, list)):
+        raise UserError(f"{where}: field 'prompt' is missing or empty.")
+    prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _messages(prompt)
+    if system_prompt and prompt[0]["role"] != "system":
+        prompt.insert(0, {"role": "system", "content": system_prompt})
+    return dict(prompt=prompt, chosen=_reply(chosen), rejected=_reply(rejected))
+
+
+def _messages(turns: list) -> list[dict]:
+    return [{"role": t["role"], "content": t["content"]} for t in turns]
+
+
+def _reply(value) -> list[dict]:
+    return [{"role": "assistant", "content": value}] if isinstance(value, str) else _messages(value)
+
+
+def train_preference(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> None:
+    """Train `spec` (objective dpo or orpo) into `run_dir`, with the SFT loop's metrics, checkpoints and cancel."""
+    import torch
+    from datasets import Dataset
+
+    from engine.models.loading import load_for_training
+    from engine.training.trl_run import TrlRun, prepare
+
+    torch.manual_seed(spec.seed)
+    placement = choose_placement(spec.device, spec.dtype)
+    prepare(placement)
+    runlog.set(state="loading", message="loading the model")
+    model, tok = load_for_training(spec, placement, log)
+    source = Path(spec.data).name
+    pairs = [to_pair(r, i, source, spec.system_prompt) for i, r in enumerate(read_rows(spec, log), 1)]
+    run = TrlRun(spec, run_dir, runlog, should_stop, log, model, tok, placement, total_steps(spec, len(pairs)), resume)
+    common = dict(
+        train_dataset=Dataset.from_list(pairs),
+        processing_class=tok,
+        callbacks=[run.callback(METRICS)],
+        optimizers=(run.opt, run.sched),
+    )
+    if spec.objective == "orpo":
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        args = run.args(ORPOConfig, beta=spec.dpo_beta, max_length=spec.max_seq_length, remove_unused_columns=False)
+        trainer = ORPOTrainer(model=model, args=args, **common)
+        log(f"orpo: {len(pairs)} pairs, odds-ratio weight {spec.dpo_beta}, no reference model")
+    else:
+        from trl import DPOConfig, DPOTrainer
+
+        args = run.args(DPOConfig, beta=spec.dpo_beta, max_length=spec.max_seq_length)
+        trainer = DPOTrainer(model=model, ref_model=_full_reference(spec, placement, log), args=args, **common)
+        if "ref" in getattr(model, "peft_config", {}):
+            model.delete_adapter("ref")  # the reference is the base: the adapter switched off (see the docstring)
+        reference = "a frozen copy of the weights" if spec.method == "full" else "the base model, adapter off"
+        log(f"dpo: {len(pairs)} pairs, beta {spec.dpo_beta}, reference: {reference}")
+    run.train(trainer)
+
+
+def _full_reference(spec, placement, log):
+    """Full fine-tuning's DPO reference: a second, frozen copy of the starting weights (None with LoRA)."""
+    if spec.method != "full":
+        return None
+    from engine.models.loading import load_model, resolve_model
+
+    log("dpo: full fine-tuning keeps a frozen copy of the model as the reference (twice the weight memory)")
+    ref = load_model(resolve_model(spec.model, log), placement, trust_remote_code=spec.trust_remote_code)
+    return ref.eval().requires_grad_(False)

@@ -1,0 +1,190 @@
+"""One of TRL's trainers run as a Tunesmith run: the same model, optimizer, schedule, metrics, checkpoints and cancel
+as the SFT loop (engine.training.sft), for the objectives whose loss TRL already implements well (DPO, ORPO, GRPO).
+
+The engine builds the model (engine.models.loading, fast path and LoRA included), the optimizer and the learning-rate
+schedule, and hands them to the trainer; TRL computes the loss. A TrainerCallback bridges the rest: one runlog line
+per optimizer step with the objective's own metrics, checkpoints every `save_every` steps and `save_every_minutes`
+in the SFT loop's layout, and the cancel signal, which finishes the current step, saves a checkpoint and ends the
+run "cancelled".
+
+Resume restores the adapter (or weights), optimizer, schedule and random state from the latest checkpoint and trains
+the remaining steps; the data order after a resume is a fresh shuffle rather than the one the first attempt would
+have continued with.
+"""
+
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+from engine.core.errors import UserError
+from engine.core.files import new_folder
+from engine.core.hardware import memory_in_use_gb
+from engine.training.sft import (
+    Cancelled,
+    latest_checkpoint,
+    load_checkpoint,
+    lr_factor,
+    make_optimizer,
+    save_checkpoint,
+    save_trainable,
+)
+
+
+class TrlRun:
+    """The run-side state around one trainer: optimizer, schedule, resume point, and the callback that reports."""
+
+    def __init__(self, spec, run_dir: Path, runlog, should_stop, log, model, tok, placement, total: int, resume: bool):
+        import torch
+
+        self.spec, self.run_dir, self.runlog, self.should_stop, self.log = spec, run_dir, runlog, should_stop, log
+        self.model, self.tok, self.placement, self.total = model, tok, placement, total
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = make_optimizer(spec, params, placement.device, log)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: lr_factor(s, total, spec.warmup_steps, spec.lr_schedule)
+        )
+        self.first_step = 0
+        ckpt = latest_checkpoint(run_dir) if resume else None
+        if resume and ckpt is None:
+            log("resume: no checkpoint yet, starting from step 0")
+        if ckpt is not None:
+            self.first_step = load_checkpoint(ckpt, model, self.opt, self.sched, log)["step"]
+            runlog.metric(event="resume", step=self.first_step)
+        self.step = self.first_step
+        self.cancelled = False
+        self.tokens = 0
+        model.register_forward_pre_hook(self._count_tokens, with_kwargs=True)
+
+    def _count_tokens(self, module, args, kwargs):
+        """Tokens of the forward passes that train (the reference and sampling passes run without gradients)."""
+        import torch
+
+        if torch.is_grad_enabled():
+            mask = kwargs.get("attention_mask")
+            if mask is not None and mask.dim() == 2:
+                self.tokens += int(mask.sum())
+            elif kwargs.get("input_ids") is not None:
+                self.tokens += kwargs["input_ids"].numel()
+
+    def args(self, config_cls, **settings):
+        """TRL's config for this spec (`settings` add to it or override it): the batch shape and step count; saving,
+        logging and the schedule stay ours."""
+        spec, device = self.spec, self.placement.device
+        base = dict(
+            output_dir=str(self.run_dir / "trainer"),  # scratch: with saving and reporting off TRL writes nothing there
+            per_device_train_batch_size=spec.batch_size,
+            gradient_accumulation_steps=spec.grad_accum,
+            max_steps=self.total - self.first_step,
+            max_grad_norm=spec.max_grad_norm,
+            seed=spec.seed,
+            data_seed=spec.seed + self.first_step,  # a resumed run reshuffles rather than replaying the first batches
+            bf16=self.placement.dtype == "bf16",
+            fp16=self.placement.dtype == "fp16",
+            use_cpu=device == "cpu",
+            gradient_checkpointing=False,  # engine.models.loading already set it up as the spec asks
+            gradient_checkpointing_kwargs={"use_reentrant": False},  # TRL re-enables it with these after no-grad passes
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            dataloader_pin_memory=device == "cuda",
+        )
+        return config_cls(**{**base, **settings})
+
+    def callback(self, metrics: dict[str, str]):
+        """The TrainerCallback; `metrics` maps runlog names to the trainer's log keys (e.g. margin: rewards/margins)."""
+        from transformers import TrainerCallback
+
+        run = self
+
+        class Bridge(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kw):
+                self.started = self.last = self.saved = time.perf_counter()
+                run.tokens = 0
+
+            def on_step_end(self, args, state, control, **kw):
+                run.step = run.first_step + state.global_step
+                spec = run.spec
+                every = spec.save_every and run.step % spec.save_every == 0
+                due = 0 < spec.save_every_minutes <= (time.perf_counter() - self.saved) / 60
+                if (every or due) and run.step < run.total:
+                    run.checkpoint(state)
+                    self.saved = time.perf_counter()
+                if run.should_stop():
+                    run.cancelled = control.should_training_stop = True
+
+            def on_log(self, args, state, control, logs=None, **kw):
+                if not logs or "loss" not in logs:  # the end-of-training summary has train_loss instead
+                    return
+                now = time.perf_counter()
+                done = state.global_step
+                if not math.isfinite(logs["loss"]):
+                    raise UserError(
+                        f"The loss became {logs['loss']} at step {run.first_step + done}; lower the learning rate "
+                        f"(now {run.spec.learning_rate}) and start again."
+                    )
+                record = dict(
+                    step=run.first_step + done,
+                    total_steps=run.total,
+                    loss=round(float(logs["loss"]), 6),
+                    lr=float(logs.get("learning_rate", 0.0)),
+                    grad_norm=round(float(logs.get("grad_norm", 0.0)), 6),
+                    tokens_per_s=round(run.tokens / max(now - self.last, 1e-9), 1),
+                    memory_gb=round(memory_in_use_gb(run.placement.device), 3),
+                    eta_s=round((now - self.started) / max(done, 1) * (run.total - run.first_step - done), 1),
+                    epoch=round(float(logs.get("epoch", 0.0)), 4),
+                )
+                record.update({name: round(float(logs[key]), 6) for name, key in metrics.items() if key in logs})
+                run.runlog.metric(**record)
+                run.runlog.set(step=record["step"])
+                self.last, run.tokens = now, 0
+
+        return Bridge()
+
+    def checkpoint(self, state=None) -> None:
+        """Save checkpoints/step-NNNNNN for the current step (the SFT loop's layout), unless it is already there."""
+        if (self.run_dir / "checkpoints" / f"step-{self.step:06d}").exists():
+            return  # saved by save_every at this very step
+        epoch = int(state.epoch or 0) if state is not None else 0
+        save_checkpoint(
+            self.run_dir, self.step, self.model, self.opt, self.sched, (epoch, 0), self.spec.keep_checkpoints, self.log
+        )
+
+    def train(self, trainer) -> None:
+        """Run the trainer to the last step (or a cancel), then save the final adapter (model/ for full fine-tuning)
+        with the tokenizer, as the SFT loop does."""
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # the runlog has every step; log.txt stays for humans
+        self.tok.save_pretrained(self.run_dir / "tokenizer")
+        self.runlog.set(state="running", message="training", step=self.step, total_steps=self.total)
+        if self.should_stop():
+            self.checkpoint()
+            raise Cancelled()
+        if self.step < self.total:
+            trainer.train()
+        shutil.rmtree(self.run_dir / "trainer", ignore_errors=True)
+        self.checkpoint(trainer.state)
+        if self.cancelled:
+            raise Cancelled()
+        final = self.run_dir / ("model" if self.spec.method == "full" else "adapter")
+        with new_folder(final) as tmp:
+            save_trainable(self.model, tmp)
+            self.tok.save_pretrained(tmp)
+        self.log(f"saved {final.name}/ after {self.step} steps")
+
+
+def prepare(placement) -> None:
+    """Process settings for a TRL run, before TRL is imported.
+
+    TRL 1.15 computes DPO's and GRPO's log-probabilities with a Triton kernel whatever the device; on a CPU it runs in
+    Triton's interpreter, which has to be chosen before the kernel is decorated (slow, but CPU training is a test
+    path). TRL tokenizes through datasets.map, whose progress bars would fill log.txt.
+    """
+    import datasets
+
+    if placement.device == "cpu":
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    datasets.disable_progress_bars()
