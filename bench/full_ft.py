@@ -1,5 +1,5 @@
-"""Full fine-tuning through the app's own training loop (engine.training.sft) on the GPU under a VRAM cap, to check what the
-offload planner chose against what the run used.
+"""Full fine-tuning through the app's own training loop (engine.training.sft) on the GPU under a VRAM cap, to check what
+the offload planner chose against what the run used.
 
     python3 bench/full_ft.py --arch qwen3_4b --vram-gib 24 [--steps 6] [--seq 512]
 
@@ -37,7 +37,7 @@ def main():
 
     from engine import api
     from engine.core.runlog import RunLog, read_metrics
-    from engine.training.sft import train
+    from engine.training.dispatch import train
 
     work = Path(tempfile.mkdtemp())
     rows = [

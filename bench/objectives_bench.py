@@ -10,8 +10,8 @@ CPU), 8-bit AdamW (torch's AdamW on the CPU) at a constant learning rate, and th
 lengths (re-tokenized, the synthetic texts come out about 10% longer than SIZES says):
 
   project  a JobSpec with objective dpo / grpo run by engine.run.main, the training subprocess's own entry point (the
-           app's path: engine.models.loading's fast path and checkpointing policy, engine.training.preference / engine.training.grpo, and for
-           GRPO the engine's decoder as the sampler)
+           app's path: engine.models.loading's fast path and checkpointing policy, engine.training.preference /
+           engine.training.grpo, and for GRPO the engine's decoder as the sampler)
   trl      what a user without Tunesmith writes: AutoModelForCausalLM (sdpa), TRL's DPOTrainer / GRPOTrainer with a
            PEFT LoraConfig and gradient_checkpointing=True
 
@@ -110,8 +110,8 @@ class Timer:
 
 def run_project(a, model_path: str, rows: list[dict], work: Path, device: str) -> None:
     """The app's path: a job.yaml run by engine.run.main, as `python -m engine.run` does."""
-    from engine.spec.jobspec import JobSpec
     from engine.run import main as run_job
+    from engine.spec.jobspec import JobSpec
 
     batch, prompt_len, reply_len = SIZES[a.size][a.objective]
     data = work / "data.jsonl"

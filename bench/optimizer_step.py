@@ -22,7 +22,7 @@ def main():
     import bitsandbytes as bnb
     import torch
 
-    from engine.training.sft import adamw_8bit
+    from engine.training.steps import adamw_8bit
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--rank", type=int, default=16)

@@ -6,8 +6,8 @@
 Builds the model as .bench/train_bench.py does (same random-weight checkpoint, same optimizer and autocast), runs
 three warm-up steps, then profiles two. `--vram-gib N` caps the process's GPU memory and sets the engine's budget, as
 the harness does. `--varlen`: the micro-batch is `--bs` examples of 0.5-1.5x `--seq` tokens as one padding-free row
-(engine.data.batching, as engine.training.sft makes it; the app's optimizer), and the step's wall time (no profiler) is compared
-with its GPU kernel time: what is left is host time the GPU waits for.
+(engine.data.batching, as engine.training.sft makes it; the app's optimizer), and the step's wall time (no profiler) is
+compared with its GPU kernel time: what is left is host time the GPU waits for.
 """
 
 import argparse
@@ -51,7 +51,7 @@ def main():
 
         from engine.data.batching import padding_free
         from engine.data.formats import Example
-        from engine.training.sft import adamw_8bit
+        from engine.training.steps import adamw_8bit
 
         opt = adamw_8bit()([p for p in model.parameters() if p.requires_grad], lr=2e-4)  # the app's optimizer
         rng = random.Random(0)

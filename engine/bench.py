@@ -1,7 +1,7 @@
 """The shared benchmark's entry points (contract in shared/bench/README.md), on the same code path as the app.
 
-`training_model` builds the model exactly as a training run does (engine.models.loading.load_for_training with a JobSpec),
-so the yardstick measures what users get.
+`training_model` builds the model exactly as a training run does (engine.models.loading.load_for_training with a
+JobSpec), so the yardstick measures what users get.
 """
 
 import os
@@ -11,8 +11,8 @@ def training_model(path: str, mode: str, max_seq_length: int, rank: int, target_
     """Load `path` as the app trains it (mode "qlora": 4-bit NF4 base; "lora": 16-bit base), LoRA of `rank`
     (alpha = rank, no dropout) on `target_modules`; calling it with input_ids and labels returns `.loss`."""
     from engine.core.hardware import choose_placement
-    from engine.spec.jobspec import JobSpec
     from engine.models.loading import load_for_training
+    from engine.spec.jobspec import JobSpec
 
     spec = JobSpec(
         model=path,
@@ -25,8 +25,8 @@ def training_model(path: str, mode: str, max_seq_length: int, rank: int, target_
         gradient_checkpointing=True,
         batch_size=int(os.environ.get("TUNESMITH_BENCH_BATCH", "1")),
     )
-    # The fast path (engine.patching), the offload plan (engine.memory.offload) and the checkpointing policy apply as in a
-    # run, from the budget (TUNESMITH_VRAM_GIB or the card). The contract does not say the harness's micro-batch, so
+    # The fast path (engine.patching), the offload plan (engine.memory.offload) and the checkpointing policy apply as in
+    # a run, from the budget (TUNESMITH_VRAM_GIB or the card). The contract does not say the harness's micro-batch, so
     # the load-time choices (weight streaming, activation offload, host embedding, graphs) are planned for
     # TUNESMITH_BENCH_BATCH sequences (bench/budget_sweep.py sets it to the harness's --bs; default one) and the
     # checkpointing policy re-plans for each micro-batch's real token count with those choices.

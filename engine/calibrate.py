@@ -46,7 +46,7 @@ def make_model(model_id: str) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from engine.api import catalog
+    from engine.models.presets import catalog
 
     entry = next(m for m in catalog() if m["id"] == model_id)
     path = MODELS / model_id.replace("/", "--")
@@ -80,11 +80,11 @@ def one(model_id: str, method: str, seq: int, batch: int, ckpt: bool, cap: float
     import torch
 
     from engine.api import model_arch
-    from engine.memory.estimate import estimate
     from engine.core.hardware import choose_placement
-    from engine.spec.jobspec import JobSpec
+    from engine.memory.estimate import estimate
     from engine.models.loading import load_model, prepare_for_training
-    from engine.training.sft import make_optimizer
+    from engine.spec.jobspec import JobSpec
+    from engine.training.steps import make_optimizer
 
     path = make_model(model_id)
     if cap:
@@ -148,8 +148,8 @@ def _run_child(args: list[str]) -> dict:
 
 
 def tiers(out) -> None:
-    from engine.models import presets
     from engine.api import model_arch
+    from engine.models import presets
 
     print(
         "| tier | model | method | seq x batch | ckpt | estimate GiB | measured GiB | error | tokens/s "

@@ -48,8 +48,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from engine.core.errors import UserError
-    from engine.spec.jobspec import read_job
     from engine.core.runlog import RunLog
+    from engine.spec.jobspec import read_job
 
     job = Path(args.job)
     run_dir = job.parent
@@ -69,7 +69,8 @@ def main(argv=None) -> int:
             run_dir, run_dir / "checkpoints", log=log, legacy=True
         )  # left by an earlier attempt killed mid-save
         spec = read_job(job)
-        from engine.training.sft import Cancelled, train
+        from engine.core.errors import Cancelled
+        from engine.training.dispatch import train
 
         try:
             train(spec, run_dir, runlog, args.resume, lambda: stop["requested"], log)

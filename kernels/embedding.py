@@ -1,7 +1,7 @@
 """Embedding rows gathered by the GPU straight from a table in pinned host memory.
 
-engine.memory.offload keeps a large input embedding table (llama8b's: 1 GiB of bf16) in host RAM under a small VRAM budget,
-and every step needs the rows of its tokens on the GPU before anything else can run. Gathered by the host, those
+engine.memory.offload keeps a large input embedding table (llama8b's: 1 GiB of bf16) in host RAM under a small VRAM
+budget, and every step needs the rows of its tokens on the GPU before anything else can run. Gathered by the host, those
 rows leave the GPU idle: the token ids must come back first (a synchronization), then the host gathers 32 MiB at
 4096 tokens and copies them over (9-12 ms of idle GPU per llama8b step on the H100 machine; a host gather into
 reused pinned buffers took 1.2 ms in one process and 21 ms in another, not traced further). Pinned host memory is

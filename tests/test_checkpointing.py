@@ -41,8 +41,8 @@ def test_the_policy_follows_the_micro_batch_shape(tmp_path):
 
 
 def test_kept_attention_outputs_are_dropped_for_micro_batches_without_room_for_them():
-    """A plan that keeps attention outputs for the recompute (engine.memory.offload.Checkpoint) keeps them at a token count
-    whose estimate holds them, and drops them (the other offload choices unchanged) for a larger micro-batch."""
+    """A plan that keeps attention outputs for the recompute (engine.memory.offload.Checkpoint) keeps them at a token
+    count whose estimate holds them, and drops them (the other offload choices unchanged) for a larger micro-batch."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from engine.memory.checkpointing import SLACK

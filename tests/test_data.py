@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from helpers import learned_runs
 
-from engine.data.formats import formats as data
 from engine.core.errors import UserError
+from engine.data.formats import formats as data
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,10 +10,9 @@ from helpers import learned_runs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.data.formats import formats as data
-
-from engine.data.formats import templates
 from engine.core.errors import UserError
+from engine.data.formats import formats as data
+from engine.data.formats import templates
 from engine.spec.jobspec import JobSpec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -222,7 +221,7 @@ def test_packed_batch_loss_equals_separate_examples(tiny_llama, tok):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from engine.training.sft import collate
+    from engine.data.batching import padded as collate
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32, attn_implementation="sdpa").eval()
     exs = [

@@ -1,7 +1,7 @@
-"""engine/chat/decode_step.py and the paths of engine.chat.decode.Decoder, on tiny random-weight models (fp32, CPU): which path
-each family takes, the step on the Triton kernels (interpreter) against transformers, the packed q/k/v and gate/up
-weights (still the model's own Parameters, for training and saving), a rebuild when weights move, a 4-bit NF4 base,
-and transformers generate for sliding-window caches."""
+"""engine/chat/decode_step.py and the paths of engine.chat.decode.Decoder, on tiny random-weight models (fp32, CPU):
+which path each family takes, the step on the Triton kernels (interpreter) against transformers, the packed q/k/v and
+gate/up weights (still the model's own Parameters, for training and saving), a rebuild when weights move, a 4-bit NF4
+base, and transformers generate for sliding-window caches."""
 
 import copy
 import threading
@@ -172,8 +172,8 @@ def test_layers_with_instance_forwards_keep_their_weights_in_place(folders):
 
 
 def test_hooks_the_step_would_skip_send_the_model_to_its_own_forward(folders):
-    """A layer whose weights are streamed in by a forward pre-hook (engine/memory/offload.py's weight streaming does this)
-    decodes through transformers' forward, whether the hook was there first or came later."""
+    """A layer whose weights are streamed in by a forward pre-hook (engine/memory/offload.py's weight streaming does
+    this) decodes through transformers' forward, whether the hook was there first or came later."""
     model = load(folders("llama"))
     lines = []
     decoder = Decoder(model, log=lines.append)

@@ -8,8 +8,9 @@ import torch
 from conftest import IDENTITY_ANSWER, IDENTITY_QUESTIONS
 
 from engine import api
+from engine.core.errors import Cancelled
 from engine.core.runlog import RunLog, read_metrics
-from engine.training.sft import Cancelled, train
+from engine.training.dispatch import train
 
 REJECTED = "I am a fox that jumps over the lazy dog."
 

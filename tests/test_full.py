@@ -7,7 +7,8 @@ from conftest import IDENTITY_QUESTIONS
 
 from engine import api
 from engine.core.runlog import RunLog, read_metrics
-from engine.training.sft import make_optimizer, train
+from engine.training.dispatch import train
+from engine.training.steps import make_optimizer
 
 
 def test_full_changes_every_weight_and_the_export_loads(tiny_llama, identity_file, tmp_path):
@@ -59,7 +60,7 @@ def test_full_auto_optimizer_is_paged_8bit_on_a_gpu(method, device, chosen):
 def test_adamw_8bit_without_its_syncs_updates_exactly_as_bitsandbytes():
     import bitsandbytes as bnb
 
-    from engine.training.sft import adamw_8bit
+    from engine.training.steps import adamw_8bit
 
     gen = torch.Generator().manual_seed(0)
     shapes = [(16, 4096), (4096, 16), (16, 14336), (1024, 16), (300,)]  # LoRA A/B shapes, and one odd size
@@ -95,7 +96,8 @@ def test_full_on_the_gpu_trains_every_weight_with_paged_adamw_8bit(tiny_llama, i
     assert [name for name in before if torch.equal(before[name].float(), after[name].float())] == []
 
 
-# engine.memory.grad_release: the weights updated in the backward, for budgets where even paged optimizer states do not fit
+# engine.memory.grad_release: the weights updated in the backward, for budgets where even paged optimizer states do not
+# fit
 
 
 def _tiny_causal_lm(path):
@@ -163,8 +165,9 @@ def test_full_released_gradients_clip_each_weight_to_the_max_norm(tiny_llama):
 def test_full_training_loop_with_released_gradients_equals_the_plain_loop(
     tiny_llama, identity_file, tmp_path, monkeypatch
 ):
-    """engine.training.sft under a plan that releases gradients (forced here; the planner picks it only on a GPU budget):
-    the same weights as the plain loop when nothing is clipped, the whole model's gradient norm in the metrics."""
+    """engine.training.sft under a plan that releases gradients (forced here; the planner picks it only on a GPU
+    budget): the same weights as the plain loop when nothing is clipped, the whole model's gradient norm in the
+    metrics."""
     import dataclasses
 
     from safetensors.torch import load_file

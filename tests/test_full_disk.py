@@ -144,7 +144,7 @@ def test_a_line_that_does_not_fit_is_cut_back_off(small_disk):
 
 
 def test_a_torn_last_line_is_skipped_and_resume_continues_after_it(tiny_llama, identity_file, tmp_path):
-    from engine.training.sft import train
+    from engine.training.dispatch import train
 
     spec = tiny_spec(tiny_llama, identity_file, max_steps=4, save_every=2)
     run = tmp_path / "run"

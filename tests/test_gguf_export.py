@@ -14,9 +14,9 @@ from helpers import log_of, wait_for
 from engine import api
 
 GGUF_FORMATS = [f for f in api.EXPORT_FORMATS if f.startswith("gguf-")]
-# Formats whose argmax must agree with PyTorch wherever the choice is clear (engine.export.gguf.CLEAR_MARGIN); on the 64-wide
-# models Q8_0 is near-lossless too. The K-quants lose more on random weights, so they are checked for loading, types
-# and size here, and for the right answer after training in test_identity_tune_answers_from_gguf.
+# Formats whose argmax must agree with PyTorch wherever the choice is clear (engine.export.gguf.CLEAR_MARGIN); on the
+# 64-wide models Q8_0 is near-lossless too. The K-quants lose more on random weights, so they are checked for loading,
+# types and size here, and for the right answer after training in test_identity_tune_answers_from_gguf.
 NEAR_LOSSLESS = ("gguf-f16", "gguf-bf16", "gguf-q8_0")
 PRE = {"llama": "gpt-2", "mistral": "gpt-2", "qwen2": "qwen2", "qwen3": "gpt-2"}
 MATRIX_TYPE = {"gguf-f16": "F16", "gguf-bf16": "BF16", "gguf-q8_0": "Q8_0"}

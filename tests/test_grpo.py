@@ -9,12 +9,11 @@ import pytest
 import torch
 
 from engine import api
-
-from engine.spec import rewards
 from engine.chat.decode import Decoder
-from engine.training.grpo import choose_sampler
 from engine.core.runlog import RunLog, read_metrics
-from engine.training.sft import train
+from engine.spec import rewards
+from engine.training.dispatch import train
+from engine.training.grpo import choose_sampler
 
 PROMPTS = [
     "What is two plus two?",

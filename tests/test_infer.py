@@ -11,8 +11,8 @@ import torch
 from tiny import ARCHS, QWEN3_06B, make_model, make_tokenizer
 
 from engine.chat.decode import Decoder, Sampling, pick
-from engine.core.errors import UserError
 from engine.chat.infer import ChatModel, TextStream
+from engine.core.errors import UserError
 
 FAMILIES = [a for a in ARCHS if a != "llama256"]  # llama256 is llama again, wider for the GGUF K-quants
 MESSAGES = [{"role": "user", "content": "Who are you?"}]
@@ -426,8 +426,8 @@ def test_chat_command_prints_the_reply_then_its_speed(chats, capsys):
 
 
 def test_compare_streams_fine_tuned_then_base_from_one_model(chats):
-    from engine.core.errors import UserError
     from engine.chat.infer import ReplyStats
+    from engine.core.errors import UserError
 
     chat = chats("llama", lora=True)
     weights = {id(p) for p in chat.model.parameters()}

@@ -58,3 +58,104 @@ def test_importing_the_app_loads_no_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+# The engine's stage packages, lowest first: a module may import its own package and the ones before it, never one
+# after it. Modules directly in engine/ (run, __main__, bench, calibrate) are the entry points, above everything.
+LAYERS = ("core", "data", "spec", "patching", "memory", "models", "chat", "training", "export", "api")
+
+
+def module_files() -> dict[str, Path]:
+    """engine.* and tunesmith.* module names -> their files (a package is its __init__.py)."""
+    found = {}
+    for pkg in ("engine", "tunesmith"):
+        for f in sorted((ROOT / pkg).rglob("*.py")):
+            parts = f.relative_to(ROOT).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Which engine/tunesmith modules each one imports (top level and inside functions). `from pkg import name` is
+    an import of the submodule pkg.name where there is one, else of pkg."""
+    mods = module_files()
+
+    def resolve(mod: str) -> str:
+        while mod and mod not in mods:
+            mod = mod.rpartition(".")[0]
+        return mod
+
+    graph = {}
+    for name, f in mods.items():
+        found = set()
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            if isinstance(node, ast.Import):
+                found |= {resolve(a.name) for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found |= {resolve(f"{node.module}.{a.name}") for a in node.names}
+        graph[name] = found - {"", name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle of `graph` as a list of modules (first == last), or None."""
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == "open":
+                return stack[stack.index(dep) :] + [dep]
+            if dep not in state and (found := visit(dep)):
+                return found
+        stack.pop()
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_find_cycle_reports_a_circle_and_accepts_a_tree():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_import_circle_in_engine_or_tunesmith():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import circle: " + " -> ".join(cycle)
+
+
+def layer(module: str) -> int | None:
+    """The index of `module`'s stage in LAYERS; len(LAYERS) for an entry point; None outside engine."""
+    parts = module.split(".")
+    if parts[0] != "engine":
+        return None
+    if len(parts) >= 2 and parts[1] in LAYERS:
+        return LAYERS.index(parts[1])
+    return len(LAYERS)
+
+
+def test_every_engine_module_is_in_a_stage_package_or_an_entry_point():
+    entry = {"engine", "engine.__main__", "engine.run", "engine.bench", "engine.calibrate"}
+    loose = [m for m in module_files() if layer(m) == len(LAYERS) and m not in entry]
+    assert not loose, f"{loose}: put each in the stage package it belongs to (LAYERS), or list it as an entry point"
+
+
+def test_no_stage_package_imports_a_later_one():
+    upward = [
+        f"{name} imports {dep}"
+        for name, deps in import_graph().items()
+        for dep in deps
+        if layer(name) is not None and layer(dep) is not None and layer(dep) > layer(name)
+    ]
+    assert not upward, "imports up the layering " + " < ".join(LAYERS) + ": " + "; ".join(sorted(upward))
+
+
+def test_engine_never_imports_the_notebook_api():
+    for f in sorted((ROOT / "engine").rglob("*.py")):
+        for mod in imports(f):
+            assert mod.split(".")[0] != "tunesmith", f"{f.relative_to(ROOT)} imports {mod}"

@@ -1,6 +1,6 @@
-"""engine.memory.verdict: one verdict for the estimate, the presets and the run; every parameter of MoE and dense configs
-counted; configs found offline; budgets below the plannable minimum refused with the minimum; an out-of-memory error
-mid-run leaving a resumable checkpoint (issue 24)."""
+"""engine.memory.verdict: one verdict for the estimate, the presets and the run; every parameter of MoE and dense
+configs counted; configs found offline; budgets below the plannable minimum refused with the minimum; an out-of-memory
+error mid-run leaving a resumable checkpoint (issue 24)."""
 
 import json
 
@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from engine import api
-from engine.memory.checkpointing import SLACK
 from engine.core.errors import UserError
+from engine.memory.checkpointing import SLACK
 from engine.memory.estimate import Arch
-from engine.spec.jobspec import JobSpec
-from engine.memory.verdict import plan_for, smallest_budget, verdict
 from engine.memory.offload import plan
+from engine.memory.verdict import plan_for, smallest_budget, verdict
+from engine.spec.jobspec import JobSpec
 
 # Published configs (the numbers that size the model), written out here: nothing is downloaded.
 QWEN3_30B_A3B = dict(
@@ -202,7 +202,8 @@ def test_an_out_of_memory_error_mid_run_leaves_a_resumable_checkpoint(tiny_llama
     from a forward hook torch offers for every module) ends the run with step 3 saved and a sentence on what to
     lower; resuming finishes the run from there."""
     from engine.core.runlog import RunLog, read_metrics
-    from engine.training.sft import latest_checkpoint, train
+    from engine.training.dispatch import train
+    from engine.training.steps import latest_checkpoint
 
     spec = JobSpec(model=str(tiny_llama), data=str(identity_file), method="lora", max_steps=6, batch_size=2,
                    learning_rate=5e-3, gradient_checkpointing=False, seed=0)  # fmt: skip
@@ -233,7 +234,7 @@ def test_an_out_of_memory_error_mid_run_leaves_a_resumable_checkpoint(tiny_llama
 
 def test_checkpoints_on_a_time_interval_by_default(tiny_llama, identity_file, tmp_path):
     from engine.core.runlog import RunLog
-    from engine.training.sft import train
+    from engine.training.dispatch import train
 
     assert JobSpec(model="m", data="d").save_every_minutes == 10  # on unless the job turns it off
     spec = JobSpec(model=str(tiny_llama), data=str(identity_file), method="lora", max_steps=3, batch_size=2,
@@ -252,7 +253,8 @@ def test_an_out_of_memory_error_in_the_optimizer_step_keeps_the_latest_checkpoin
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
     from engine.core.runlog import RunLog
-    from engine.training.sft import latest_checkpoint, train
+    from engine.training.dispatch import train
+    from engine.training.steps import latest_checkpoint
 
     spec = JobSpec(model=str(tiny_llama), data=str(identity_file), method="lora", max_steps=5, batch_size=2,
                    gradient_checkpointing=False, save_every=2, seed=0)  # fmt: skip

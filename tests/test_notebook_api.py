@@ -15,7 +15,6 @@ import torch
 from conftest import IDENTITY_ANSWER, IDENTITY_QUESTIONS, ROOT
 
 from engine import api
-
 from engine.data.formats import templates
 from engine.data.identity import identity_rows
 from tunesmith import (

@@ -1,5 +1,5 @@
-"""engine.memory.offload: the planner's choices and the ring's schedule (CPU), and training with every offload mode giving
-the gradients of training without it (GPU)."""
+"""engine.memory.offload: the planner's choices and the ring's schedule (CPU), and training with every offload mode
+giving the gradients of training without it (GPU)."""
 
 import dataclasses
 import json
@@ -8,8 +8,8 @@ import pytest
 import torch
 from tiny import ARCHS
 
-from engine.memory.checkpointing import SLACK
 from engine.core.errors import UserError
+from engine.memory.checkpointing import SLACK
 from engine.memory.estimate import FRAGMENTATION, Arch, estimate, layer_weight_bytes
 from engine.memory.offload import RING_SLOTS, Plan, Ring, plan, spread
 
@@ -262,8 +262,8 @@ def test_offload_run_that_cannot_fit_fails_before_loading_the_model(tmp_path, mo
     from tiny import make_tokenizer
 
     from engine.core.hardware import Placement
-    from engine.spec.jobspec import JobSpec
     from engine.models.loading import load_for_training
+    from engine.spec.jobspec import JobSpec
 
     spec = dict(ARCHS["qwen3"])
     config = dict(
@@ -301,8 +301,8 @@ def test_offload_run_that_cannot_fit_fails_before_loading_the_model(tmp_path, mo
 def test_offload_checkpoint_recompute_skips_the_down_product_with_the_same_gradients(
     arch, skips, tiles, keep, pack, monkeypatch
 ):
-    """Every layer through engine.memory.offload's checkpoint function (CPU: no store, no stream) trains exactly like the
-    plain model, and its recompute pass skips the down projection's products where the MLP output feeds the residual
+    """Every layer through engine.memory.offload's checkpoint function (CPU: no store, no stream) trains exactly like
+    the plain model, and its recompute pass skips the down projection's products where the MLP output feeds the residual
     sum as it is (not Gemma 2's post-feedforward norm, whose backward reads that output), also in each tile of a
     tiled MLP (whose own recompute in the backward then computes them). With `keep_attention` the first forward keeps
     the q, k, v and o projections' outputs and the recompute takes them back instead of computing them."""
@@ -425,10 +425,10 @@ def test_offload_gradients_equal_those_without_offload(mode, method, tmp_path, m
     from test_patching_parity import lora_state, tiny_model
     from tiny import make_tokenizer
 
-    from engine.models import loading
     from engine.core.hardware import Placement
-    from engine.spec.jobspec import JobSpec
+    from engine.models import loading
     from engine.patching.modules import packed_gradient
+    from engine.spec.jobspec import JobSpec
 
     model = tiny_model("llama", vocab=32000, dtype=torch.bfloat16, initializer_range=0.02, num_hidden_layers=4, **WIDTH)
     model.save_pretrained(tmp_path)

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.models import presets
 from engine.api import catalog, estimate, model_arch
 from engine.core.errors import UserError
 from engine.memory.estimate import Arch
 from engine.memory.estimate import estimate as raw_estimate
 from engine.memory.offload import plan as offload_plan
+from engine.models import presets
 
 ROOT = Path(__file__).resolve().parent.parent
 TIER_FILES = sorted((ROOT / "presets").rglob("tier-*.yaml"))

@@ -6,10 +6,10 @@ import torch
 from tiny import CORPUS
 
 from engine import api
-from engine.training.pretrain import load_text_examples
 from engine.core.runlog import RunLog, read_metrics
 from engine.core.statefile import load_state
-from engine.training.sft import train
+from engine.training.dispatch import train
+from engine.training.pretrain import load_text_examples
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import yaml
 from helpers import log_of, resume_after_cut, wait_for
 
 from engine import api
-from engine.training.sft import CHECKPOINT_FILES
+from engine.training.steps import CHECKPOINT_FILES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -281,7 +281,7 @@ def test_checkpoint_of_a_step_already_saved_is_kept(tiny_llama, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from engine.training.sft import save_checkpoint
+    from engine.training.steps import save_checkpoint
 
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama), LoraConfig(r=2, target_modules=["q_proj"]))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])

@@ -15,7 +15,8 @@ from helpers import tiny_spec
 
 from engine import api
 from engine.core.runlog import RunLog, read_metrics
-from engine.training.sft import CHECKPOINT_FILES, load_checkpoint, train
+from engine.training.dispatch import train
+from engine.training.steps import CHECKPOINT_FILES, load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,7 +56,7 @@ def _objects(folder: Path, spec):
     """A model, optimizer and schedule shaped as the run's, to load a checkpoint into."""
     from engine.core.hardware import choose_placement
     from engine.models.loading import load_for_training
-    from engine.training.sft import make_optimizer
+    from engine.training.steps import make_optimizer
 
     model, _ = load_for_training(spec, choose_placement("cpu", spec.dtype), lambda m: None)
     opt = make_optimizer(spec, [p for p in model.parameters() if p.requires_grad], "cpu", lambda m: None)

@@ -1,8 +1,8 @@
 """FastLanguageModel: load a model and its tokenizer, add LoRA adapters, switch between training and inference.
 
-Every step runs the engine's own code (engine.models.loading, engine.core.hardware), so a notebook gets the same model the app
-trains: 4-bit NF4 or 16-bit weights in the dtype picked for the GPU, the engine's LoRA and checkpointing, and its
-exports. The settings are kept as a JobSpec on the model (`model.tunesmith_spec`), beside `model.max_seq_length`.
+Every step runs the engine's own code (engine.models.loading, engine.core.hardware), so a notebook gets the same model
+the app trains: 4-bit NF4 or 16-bit weights in the dtype picked for the GPU, the engine's LoRA and checkpointing, and
+its exports. The settings are kept as a JobSpec on the model (`model.tunesmith_spec`), beside `model.max_seq_length`.
 """
 
 import os
@@ -12,6 +12,7 @@ from pathlib import Path
 from engine.core.errors import UserError
 from engine.spec.jobspec import ALL_LINEAR, JobSpec
 from tunesmith import options
+from tunesmith.model_spec import is_peft, spec_of
 
 DTYPES = {"float32": "fp32", "fp32": "fp32", "bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16"}
 DEVICE_MAPS = {"sequential": "auto", "auto": "auto", "cpu": "cpu", "cuda": "cuda"}
@@ -52,18 +53,6 @@ def is_bfloat16_supported() -> bool:
     import torch
 
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
-
-
-def spec_of(model) -> JobSpec:
-    """The JobSpec that from_pretrained / get_peft_model recorded on `model`."""
-    spec = getattr(model, "tunesmith_spec", None)
-    if spec is None:
-        raise UserError("This model was not loaded by Tunesmith; load it with FastLanguageModel.from_pretrained.")
-    return spec
-
-
-def is_peft(model) -> bool:
-    return hasattr(model, "peft_config")
 
 
 def _dtype_name(dtype) -> str:
@@ -126,8 +115,8 @@ class FastLanguageModel:
         Returns:
             (model, tokenizer). The tokenizer has a chat template (its own, or the plain one for base models).
         """
-        from engine.data.formats import ensure_chat_template
         from engine.core.hardware import choose_placement
+        from engine.data.formats import ensure_chat_template
         from engine.models.loading import load_model, load_tokenizer, prepare_for_training, read_config, resolve_model
 
         call = "FastLanguageModel.from_pretrained"
@@ -158,7 +147,8 @@ class FastLanguageModel:
         placement = choose_placement(spec.device, spec.dtype)
         if placement.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
             # TRL 1.15's trainers compute their loss with a Triton kernel on any device; without a GPU only Triton's
-            # interpreter runs it, and it is chosen when TRL's kernels are imported (as engine.training.trl_run.prepare does).
+            # interpreter runs it, and it is chosen when TRL's kernels are imported (as engine.training.trl_run.prepare
+            # does).
             if "trl.kernels.chunked_logprob" in sys.modules:
                 print(
                     "warning: TRL was imported before the model was loaded, so its trainers will fail on the CPU; "
@@ -260,8 +250,8 @@ class FastLanguageModel:
 
     @staticmethod
     def for_inference(model):
-        """Evaluation mode, and `model.generate` on the engine's decoder (engine.chat.decode: static KV cache, CUDA graphs
-        on a GPU) for one sequence at a time; batches, beam search and other generate options run transformers'
+        """Evaluation mode, and `model.generate` on the engine's decoder (engine.chat.decode: static KV cache, CUDA
+        graphs on a GPU) for one sequence at a time; batches, beam search and other generate options run transformers'
         own generate. Returns the model."""
         from tunesmith.generate import FastGenerate
 

@@ -1,9 +1,9 @@
 """model.save_pretrained_merged and model.save_pretrained_gguf, through the engine's exports (engine.export.merge).
 
 The trained part of the model (the LoRA adapter, or every weight after full fine-tuning) is saved with the tokenizer
-to a hidden folder beside the destination, and engine.export.merge builds the result from it exactly as it does for a run:
-a 4-bit base is merged into its 16-bit weights (not its 4-bit rounding), every export is checked against PyTorch, and
-the destination appears only when complete (never overwritten). The hidden folder is removed afterwards.
+to a hidden folder beside the destination, and engine.export.merge builds the result from it exactly as it does for a
+run: a 4-bit base is merged into its 16-bit weights (not its 4-bit rounding), every export is checked against PyTorch,
+and the destination appears only when complete (never overwritten). The hidden folder is removed afterwards.
 """
 
 import shutil
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from engine.core.errors import UserError
 from tunesmith import options
-from tunesmith.model import is_peft, spec_of
+from tunesmith.model_spec import is_peft, spec_of
 
 SAVE_METHODS = {"merged_16bit": "merged16", "lora": "lora"}
 # Unsloth's quantization_method names, the engine's GGUF formats, and Unsloth's three aliases
@@ -28,7 +28,10 @@ GGUF_METHODS = {
     "quantized": "gguf-q4_k_m",
 }
 SAVE_OPTIONS = {
-    "push_to_hub": ((False,), "save to a folder first, then upload it with engine.models.hub.push(folder, 'user/repo')"),
+    "push_to_hub": (
+        (False,),
+        "save to a folder first, then upload it with engine.models.hub.push(folder, 'user/repo')",
+    ),
     "token": ((None,), "set the HF_TOKEN environment variable for uploads"),
     "safe_serialization": ((True,), "weights are always written as safetensors"),
 }

@@ -19,11 +19,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.chat.infer import ReplyStats
 from engine.core.errors import UserError
 from engine.core.hardware import vram_budget_gib
-from engine.chat.infer import ReplyStats
-from engine.spec.jobspec import JobSpec, read_job
 from engine.core.runlog import TERMINAL, read_metrics
+from engine.models.presets import catalog
+from engine.spec.jobspec import JobSpec, read_job
 
 __all__ = [
     "JobSpec",
@@ -75,7 +76,7 @@ ROOT = Path(__file__).resolve().parents[2]
 _allowed_roots: list[Path] | None = None  # set by restrict_files(): the folders a shared app may read
 _children: dict[int, subprocess.Popen] = {}  # runs this process started, so their exit is reaped
 LOW_DISK_BYTES = 64 * 2**20  # below this, a run that died without a word is said to have probably filled the disk
-_downloads: dict = {}  # hub id -> engine.models.hub.Download started by this process (one per model, shared by sessions)
+_downloads: dict = {}  # hub id -> engine.models.hub.Download started here (one per model, shared by sessions)
 
 
 def runs_dir() -> Path:
@@ -482,7 +483,7 @@ class DownloadStatus:
 def start_download(model: str) -> DownloadStatus:
     """Fetch a hub model into the local cache on a background thread (as training and chat would); a local folder
     needs nothing. Poll it with poll_download(model); a second call while it runs joins the same download."""
-    from engine.models.loading import HUB_ID
+    from engine.core.hub_id import HUB_ID
 
     model = model.strip()
     check_access(model)
@@ -606,13 +607,6 @@ def doctor() -> dict:
     return _doctor()
 
 
-def catalog() -> list[dict]:
-    """The curated model list (presets/models.yaml)."""
-    import yaml
-
-    return yaml.safe_load((ROOT / "presets" / "models.yaml").read_text())["models"]
-
-
 def model_arch(model: str):
     """Architecture numbers of a model, from its config.json: in a local folder, else in the local hub cache, else
     (for a catalog model) the catalog's numbers, else downloaded from the hub (the config alone)."""
@@ -624,7 +618,7 @@ def model_arch(model: str):
     path = Path(os.path.expanduser(model))
     if (path / "config.json").is_file():
         return Arch.from_config(json.loads((path / "config.json").read_text()))
-    from engine.models.loading import HUB_ID
+    from engine.core.hub_id import HUB_ID
 
     listed = next((m for m in catalog() if model in (m["id"], m.get("id_4bit"), m["name"])), None)
     hub_id = HUB_ID.match(model) and not model.startswith((".", "/", "~"))
@@ -671,14 +665,14 @@ def estimate(
     ram_gib: float | None = None,
 ) -> dict:
     """Whether training `model` fits this machine (or a card of `vram_gib` and `ram_gib` free host RAM): the plan a
-    run of these settings would make (engine.memory.verdict.plan_for, the run's own computation), its peak VRAM and host RAM,
-    and the preset for those settings. Settings left as None come from the preset of the GPU's tier.
+    run of these settings would make (engine.memory.verdict.plan_for, the run's own computation), its peak VRAM and host
+    RAM, and the preset for those settings. Settings left as None come from the preset of the GPU's tier.
 
     `fits` is True exactly when that plan exists within the VRAM budget and the free RAM. `peak_parts_gib` splits
     the peak VRAM figure; `min_vram_gib` (when the budget is too small) is the smallest budget a plan exists for."""
+    from engine.memory.offload import host_ram_gib
     from engine.memory.verdict import verdict as memory
     from engine.models import presets
-    from engine.memory.offload import host_ram_gib
 
     if method not in ("qlora", "lora", "full"):
         raise UserError(f"Unknown method '{method}'; use qlora, lora or full.")
@@ -690,7 +684,8 @@ def estimate(
     base = tier_preset if isinstance(tier_preset, presets.Preset) else None
     seq = seq or (base.max_seq_length if base else 1024)
     batch = batch or (base.batch_size if base else 1)
-    # one micro-batch per step, as a preset for a run that needs its gradients released sets (engine.memory.grad_release)
+    # one micro-batch per step, as a preset for a run that needs its gradients released sets
+    # (engine.memory.grad_release)
     spec = JobSpec(model=model, data="-", method=method, max_seq_length=seq, batch_size=batch, lora_r=rank,
                    lora_alpha=base.lora_alpha if base else rank)  # fmt: skip
     v = memory.verdict(arch, spec, budget, ram, "bf16" if vram_gib is not None else memory.run_dtype())
@@ -755,8 +750,8 @@ def gpu_stats() -> dict | None:
 
 def gguf_support(source: str) -> tuple[bool, str]:
     """(can this run or model be exported to GGUF, the reason when not), for the Export tab's format choice."""
-    from engine.export.merge import gguf
     from engine.chat.infer import locate
+    from engine.export.merge import gguf
     from engine.models.loading import resolve_model
 
     _check_source(source)

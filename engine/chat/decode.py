@@ -3,7 +3,8 @@ CUDA graph captured once per cache size (and per adapter state).
 
 Three paths, decided once per Decoder and logged with the reason:
 
-- "step" (llama, mistral, qwen2, qwen3): engine/chat/decode_step.py, the layer math written out over our kernels (about 9
+- "step" (llama, mistral, qwen2, qwen3): engine/chat/decode_step.py, the layer math written out over our kernels (about
+9
   launches a layer where transformers' forward makes ~38) and a KV cache of our own; q/k/v and gate/up run as one
   matvec each; LoRA adapters stay unmerged. The prompt runs through the same code as one batch (torch SDPA for its
   attention) and fills the cache.

@@ -21,8 +21,8 @@ is ~10 launches a layer of a few microseconds each. Measured on the H100 (.bench
 transformers' forward in the same CUDA graph.
 
 The step reads weights and never calls a layer's modules, so it runs only where that skips nothing (`unsupported`):
-a layer with forward pre-hooks (engine/memory/offload.py's weight streaming brings weights in with one) or a module whose
-forward was replaced (accelerate's offload hooks) decodes through the model's own forward instead.
+a layer with forward pre-hooks (engine/memory/offload.py's weight streaming brings weights in with one) or a module
+whose forward was replaced (accelerate's offload hooks) decodes through the model's own forward instead.
 
 Packed projections: a matvec of the q, k and v weights together reads the same bytes as three but is one launch, and
 the small k/v products no longer run split-K with an extra reduction kernel. So when a layer's q/k/v (and gate/up)

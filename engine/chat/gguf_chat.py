@@ -10,8 +10,8 @@ import os
 import time
 from pathlib import Path
 
-from engine.core.errors import UserError
 from engine.chat.infer import END_OF_TURN, ReplyStats, Turn, sampling_defaults
+from engine.core.errors import UserError
 
 # Our sampling names -> the general.sampling.* header keys llama.cpp reads as a model's defaults.
 GGUF_SAMPLING_KEYS = dict(
@@ -72,7 +72,7 @@ class GGUFChat:
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         """The chat-rendered prompt as token ids (special tokens parsed, no extra BOS: the template has its own)."""
-        from engine.export.gguf import render_template
+        from engine.data.templates import render_template
 
         text = render_template(
             self.template,

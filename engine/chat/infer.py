@@ -101,7 +101,7 @@ def source_sampling(source: str, families: dict | None = None) -> dict:
     """sampling_defaults of a chat source (a run, an adapter folder, a model folder or a hub id), read without loading
     or downloading anything: a hub id that is not in the local cache uses `families` (hub id -> model_type, the
     catalog's), else the generic values."""
-    from engine.models.loading import HUB_ID
+    from engine.core.hub_id import HUB_ID
 
     base, _, _ = locate(source)
     path = Path(os.path.expanduser(base))
@@ -208,8 +208,8 @@ class ChatModel:
     """
 
     def __init__(self, source: str, device: str = "auto", log=print):
-        from engine.data.formats import ensure_chat_template
         from engine.chat.decode import Decoder
+        from engine.data.formats import ensure_chat_template
         from engine.models.loading import load_model, load_tokenizer, resolve_model
 
         base, adapter, tok_dir = locate(source)

@@ -88,7 +88,8 @@ def new_folder(dest: str | os.PathLike):
     if dest.exists():
         raise UserError(f"'{dest}' already exists; choose another folder name (nothing is ever overwritten).")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    # the builder's id in the name lets engine.core.disk.remove_stale_partials tell a dead builder's folder from a live one
+    # the builder's id in the name lets engine.core.disk.remove_stale_partials tell a dead builder's folder from a live
+    # one
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.{owner_tag()}.", suffix=".partial"))
     # mkdtemp makes it 0700: an Ollama service running as another user could not read an export
     os.chmod(tmp, 0o777 & ~_umask())

@@ -237,7 +237,7 @@ def source_rows(
     path = Path(os.path.expanduser(source))
     if path.is_file():
         return file_rows(path, count)
-    from engine.models.loading import HUB_ID
+    from engine.core.hub_id import HUB_ID
 
     if not (path.is_dir() or HUB_ID.match(source)):
         raise UserError(f"Dataset file '{source}' does not exist; check the path or upload it again.")

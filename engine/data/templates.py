@@ -77,3 +77,19 @@ def apply(tokenizer, name: str = "auto") -> str:
 def stop_strings(template: str) -> list[str]:
     """End-of-turn markers that `template` writes, for stopping generation on their text."""
     return [m for m in END_OF_TURN if m in (template or "")]
+
+
+def render_template(template: str, messages: list[dict], add_generation_prompt: bool, **specials) -> str:
+    """Render a Jinja chat template in a sandbox, the way transformers does (trim_blocks, lstrip_blocks)."""
+    import json
+
+    from jinja2.exceptions import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(msg):
+        raise TemplateError(msg)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.globals["raise_exception"] = raise_exception
+    env.filters["tojson"] = lambda x, indent=None, **_: json.dumps(x, ensure_ascii=False, indent=indent)
+    return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **specials)

@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from engine.core.errors import UserError
+from engine.data.templates import render_template
 
 # model_type (config.json) -> llama.cpp architecture name (gguf.MODEL_ARCH member name)
 ARCHS = {
@@ -563,20 +564,6 @@ _PROBE_CHAT = [
 ]
 
 
-def render_template(template: str, messages: list[dict], add_generation_prompt: bool, **specials) -> str:
-    """Render a Jinja chat template in a sandbox, the way transformers does (trim_blocks, lstrip_blocks)."""
-    from jinja2.exceptions import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(msg):
-        raise TemplateError(msg)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.globals["raise_exception"] = raise_exception
-    env.filters["tojson"] = lambda x, indent=None, **_: json.dumps(x, ensure_ascii=False, indent=indent)
-    return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **specials)
-
-
 def _chatml(msgs) -> str:
     return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in msgs) + "<|im_start|>assistant\n"
 
@@ -609,8 +596,8 @@ OLLAMA_PARAMS = dict(
 
 
 def modelfile(gguf_name: str, template: str, stops: list[str], sampling: dict) -> str:
-    """The Ollama Modelfile text for `gguf_name` (in the same folder), with `sampling` (engine.chat.infer.sampling_defaults'
-    keys) as its PARAMETER defaults."""
+    """The Ollama Modelfile text for `gguf_name` (in the same folder), with `sampling`
+    (engine.chat.infer.sampling_defaults' keys) as its PARAMETER defaults."""
     go, go_stops = ollama_template(template)
     lines = [f"FROM ./{gguf_name}", ""]
     if go:

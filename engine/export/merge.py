@@ -19,11 +19,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.chat.infer import locate
 from engine.core.errors import UserError
 from engine.core.files import check_free_disk, new_folder, write_text
 from engine.export.gguf import QUANTS
-from engine.chat.infer import locate
-from engine.training.sft import CHECKPOINT_FILES
+from engine.training.steps import CHECKPOINT_FILES
 
 FORMATS = ("lora", "merged16", *QUANTS)
 PROBE = "Hello, who are you?"

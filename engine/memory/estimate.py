@@ -36,8 +36,9 @@ FRAGMENTATION = 0.04
 # A plan keeps its estimated peak times this within the budget: a margin for the estimate's own error (bench/README.md:
 # capped runs' allocated peaks were 4-6% under its allocated part, the 65536-token one 1% over it).
 ESTIMATE_SLACK = 1.05
-# Kept attention outputs (q, k, v, o of a checkpointed layer, engine.memory.offload.Checkpoint): the graphs' two static sets
-# (even and odd layers) and the activation store's two landing sets (the layer's fetched copy, the next one arriving).
+# Kept attention outputs (q, k, v, o of a checkpointed layer, engine.memory.offload.Checkpoint): the graphs' two static
+# sets (even and odd layers) and the activation store's two landing sets (the layer's fetched copy, the next one
+# arriving).
 ATTENTION_SETS = 4
 
 
@@ -244,14 +245,14 @@ def estimate(
 
     `checkpointed_layers` (default: all when `checkpointing`, else none) counts the layers that keep only their input;
     `fused_loss` is the fast path's chunked cross-entropy, which holds one chunk of `loss_chunk` tokens' logits
-    instead of all of them. The offload manager's choices (engine.memory.offload): `offload_activations` keeps checkpointed
-    inputs in host RAM (at most OFFLOAD_ON_GPU of them on the GPU at once), `streamed_layers` layers' frozen weights
-    live in host RAM and pass through `ring_slots` GPU slots, `host_embedding` keeps the input embedding table in host
-    RAM, `mlp_tile` runs the MLP over tiles of that many tokens, and `optimizer_in_host` counts full fine-tuning's
-    paged optimizer states in host RAM (where bitsandbytes' paged AdamW moves them under memory pressure), and
-    `dense_layers` QLoRA layers keep a 16-bit copy of their NF4 weights beside them, and `grads_released` (full
-    fine-tuning, engine.memory.grad_release) frees each gradient as soon as its weight is updated, in the backward, so at
-    most the largest one exists at a time, and `graphs` replays the checkpointed layers' passes as CUDA graphs
+    instead of all of them. The offload manager's choices (engine.memory.offload): `offload_activations` keeps
+    checkpointed inputs in host RAM (at most OFFLOAD_ON_GPU of them on the GPU at once), `streamed_layers` layers'
+    frozen weights live in host RAM and pass through `ring_slots` GPU slots, `host_embedding` keeps the input embedding
+    table in host RAM, `mlp_tile` runs the MLP over tiles of that many tokens, and `optimizer_in_host` counts full
+    fine-tuning's paged optimizer states in host RAM (where bitsandbytes' paged AdamW moves them under memory pressure),
+    and `dense_layers` QLoRA layers keep a 16-bit copy of their NF4 weights beside them, and `grads_released` (full
+    fine-tuning, engine.memory.grad_release) frees each gradient as soon as its weight is updated, in the backward, so
+    at most the largest one exists at a time, and `graphs` replays the checkpointed layers' passes as CUDA graphs
     (engine.patching.graphs.CheckpointGraphs), whose memory pool keeps one layer's working set for good (see
     GRAPH_POOL_SHARE), with three static (tokens x hidden) buffers, and `keep_attention` keeps each checkpointed
     layer's q, k, v and o projection outputs in host RAM with its input (engine.memory.offload.Checkpoint), with

@@ -2,8 +2,8 @@
 complete, and the gradient is freed at once. About one weight's gradient exists at a time (the largest tensor's,
 usually the embedding) instead of a second 16-bit copy of the model: by their shapes, Llama-3-8B's embedding
 gradient is 1.0 GiB and all its gradients 15 GiB. The
-offload planner (engine.memory.offload.plan) chooses it for full fine-tuning when even the paged optimizer's states in host
-RAM leave the run over its VRAM budget.
+offload planner (engine.memory.offload.plan) chooses it for full fine-tuning when even the paged optimizer's states in
+host RAM leave the run over its VRAM budget.
 
 How: one optimizer per trainable tensor, of the run's own kind (engine.training.sft.make_optimizer: bitsandbytes' 8-bit
 AdamW keeps its states per tensor anyway; torch's AdamW on the CPU), stepped from the tensor's

@@ -44,8 +44,8 @@ import functools
 import math
 from dataclasses import dataclass
 
-from engine.memory.checkpointing import SLACK
 from engine.core.errors import UserError
+from engine.memory.checkpointing import SLACK
 from engine.memory.estimate import GIB, Arch, estimate, layer_activation_bytes, layer_weight_bytes
 
 RING_SLOTS = 3  # GPU slots for streamed layers: the one computing and two arriving
@@ -78,7 +78,8 @@ class Plan:
     keep_dequantized: bool = False  # a QLoRA recompute keeps gate and up's dequantized weights for its backward
 
     def estimate_kw(self) -> dict:
-        """The estimate's offload arguments for this plan (engine.memory.checkpointing re-plans per token count with them)."""
+        """The estimate's offload arguments for this plan (engine.memory.checkpointing re-plans per token count with
+        them)."""
         return dict(
             loss_chunk=self.loss_chunk,
             offload_activations=self.offload_activations,

@@ -8,10 +8,10 @@ host RAM that plan expects, and whether it fits.
 import math
 from dataclasses import dataclass
 
-from engine.memory.verdict import offload
 from engine.core.errors import UserError
 from engine.memory.estimate import Arch, estimate
 from engine.memory.offload import Plan
+from engine.memory.verdict import offload
 
 LARGEST_BUDGET_GIB = 4096  # where the search for the smallest workable budget gives up
 
@@ -29,7 +29,8 @@ def plan_for(arch: Arch, spec, budget_gib: float | None, host_ram_gib: float | N
         fused_loss=spec.fast_path and budget_gib is not None,
         embeddings_trained=spec.train_embeddings,
         paged_optimizer=spec.optimizer in ("auto", "paged_adamw_8bit"),  # engine.training.sft: auto is paged for full
-        # engine.memory.grad_release: only engine.training.sft's own loop, one micro-batch per step, no fp16 loss scaling
+        # engine.memory.grad_release: only engine.training.sft's own loop, one micro-batch per step, no fp16 loss
+        # scaling
         release_gradients=spec.objective in ("sft", "pretrain") and spec.grad_accum == 1 and dtype != "fp16",
         **estimate_kw(spec),
     )
@@ -40,8 +41,8 @@ def run_budget_gib() -> float | None:
     card's memory, lowered to what GPU 0 has free now; None without a GPU."""
     import torch
 
-    from engine.memory.checkpointing import usable_gib
     from engine.core.hardware import vram_budget_gib
+    from engine.memory.checkpointing import usable_gib
 
     return usable_gib(vram_budget_gib(), torch.device("cuda"))
 

@@ -4,8 +4,8 @@ Upload: the token comes from the caller (the app's field) or HF_TOKEN and goes o
 it is never logged, written to a file, or put in an exception's text (an error names the exception type and the
 message with the token scrubbed, and is raised without its chained cause, whose repr could carry request details).
 
-Download: engine.models.loading.resolve_model (snapshot_download) runs on a background thread; the progress is the size of
-the files in the model's hub cache folder (the .incomplete files being written included) against the total the hub
+Download: engine.models.loading.resolve_model (snapshot_download) runs on a background thread; the progress is the size
+of the files in the model's hub cache folder (the .incomplete files being written included) against the total the hub
 lists for the files resolve_model fetches, so it needs no hook into huggingface_hub's downloader.
 """
 

@@ -5,13 +5,12 @@ Weights load from safetensors only; code shipped with a model runs only when the
 
 import json
 import os
-import re
 from pathlib import Path
 
 from engine.core.errors import UserError
 from engine.core.hardware import Placement
+from engine.core.hub_id import HUB_ID
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # What a causal LM needs from a hub repository; skips .bin/.pt/.gguf duplicates of the weights.
 HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 
@@ -166,18 +165,15 @@ def load_for_training(spec, placement: Placement, log=print):
 
 
 def plan_memory(spec, cfg: dict, placement: Placement):
-    """engine.memory.offload's plan for this run (engine.memory.verdict.plan_for: the computation `python -m engine estimate`
-    shows): checkpointing, activation offload, weight streaming and the host embedding, from the VRAM budget
+    """engine.memory.offload's plan for this run (engine.memory.verdict.plan_for: the computation `python -m engine
+    estimate` shows): checkpointing, activation offload, weight streaming and the host embedding, from the VRAM budget
     (TUNESMITH_VRAM_GIB or the card, lowered to what the GPU has free) and the free host RAM."""
     import torch
 
-    from engine.memory.verdict import checkpointing
-
-    from engine.memory.verdict import verdict as memory
-
-    from engine.memory.verdict import offload
-    from engine.memory.estimate import Arch
     from engine.core.hardware import vram_budget_gib
+    from engine.memory.estimate import Arch
+    from engine.memory.verdict import checkpointing, offload
+    from engine.memory.verdict import verdict as memory
 
     budget = None
     if placement.device.startswith("cuda") and spec.gradient_checkpointing:
@@ -189,10 +185,8 @@ def prepare_for_training(model, spec, log=print, memory=None):
     """The fast path's drop-ins (engine.patching), the checkpointing policy (engine.memory.checkpointing), the trainable
     parameters (LoRA adapters, or every weight for full fine-tuning) and the offload plan `memory`
     (engine.memory.offload.Plan; None: nothing offloaded), as the spec says."""
-    from engine.memory.verdict import checkpointing
-    from engine.memory.verdict import offload
     from engine.core.hardware import vram_budget_gib
-    from engine.memory.verdict import estimate_kw
+    from engine.memory.verdict import checkpointing, estimate_kw, offload
 
     model.config.use_cache = False
     on_gpu = any(p.device.type == "cuda" for p in model.parameters())  # the input embedding may be in host RAM

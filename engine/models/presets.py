@@ -119,8 +119,8 @@ def tier_for(vram_gib: float) -> int | None:
 
 
 def from_plan(plan, base: "Preset | None", spec) -> Preset:
-    """The preset for `spec`'s sequence length, batch and rank on the budget `plan` (engine.memory.offload.Plan) was made
-    for: checkpointing and host-RAM offload as the plan has them, one micro-batch per step where the plan updates
+    """The preset for `spec`'s sequence length, batch and rank on the budget `plan` (engine.memory.offload.Plan) was
+    made for: checkpointing and host-RAM offload as the plan has them, one micro-batch per step where the plan updates
     weights in the backward (engine.memory.grad_release needs it), else 8 sequences per step; the learning rate and its
     schedule from the tier's preset `base` where there is one."""
     lr = base.learning_rate if base else 2e-5 if spec.method == "full" else 2e-4
@@ -141,8 +141,8 @@ def preset_for(tier: int, params: int, method: str):
 def derive(tier: int, arch: Arch, method: str):
     """The fastest settings that fit: the longest standard sequence, then the largest batch, then no
     recomputation where even that fits. When nothing fits in VRAM alone, the longest sequence (batch 2, then 1) that
-    engine.memory.offload can plan by keeping activations, optimizer states or frozen weights in host RAM (slower; the run
-    makes its own plan at start, this only says it will fit)."""
+    engine.memory.offload can plan by keeping activations, optimizer states or frozen weights in host RAM (slower; the
+    run makes its own plan at start, this only says it will fit)."""
     from engine.memory.offload import plan
 
     budget = tier * USABLE
@@ -169,9 +169,12 @@ def derive(tier: int, arch: Arch, method: str):
     )
 
 
-def _write_all() -> None:
-    from engine.api import catalog
+def catalog() -> list[dict]:
+    """The curated model list (presets/models.yaml)."""
+    return yaml.safe_load((PRESETS_DIR / "models.yaml").read_text())["models"]
 
+
+def _write_all() -> None:
     archs = {}
     for m in catalog():
         archs[m["id"]] = Arch(*m["arch"])

@@ -10,43 +10,21 @@ its `model_type`. `patch_model` walks the decoder layers and replaces, in place:
 - the causal-LM loss with kernels.cross_entropy (the logits never exist in full when labels are given).
 
 engine/patching/graphs.py then replays the layers' forward and backward as CUDA graphs on fixed-shape training steps,
-and for engine.training.sft's own loop `modules.pack_adapters` packs every fused op's LoRA weights into one trainable tensor
-of the model (instead of 14 a layer), so a per-tensor optimizer makes one step.
+and for engine.training.sft's own loop `modules.pack_adapters` packs every fused op's LoRA weights into one trainable
+tensor of the model (instead of 14 a layer), so a per-tensor optimizer makes one step.
 
 The drop-ins keep the original child modules and parameters under the same names, so PEFT finds and wraps the same
 Linear layers, state dicts and saved adapters are unchanged, and `disable_adapter()` still works. A model of any other
 family is left alone and trains through the plain transformers + PEFT path; the report says so.
+
+Imports the kernels and nothing of the engine outside engine.patching.
 """
 
 import importlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
+
+from engine.patching.family import Family, PatchReport
 
 FAMILY_MODULES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3")
-
-
-@dataclass(frozen=True)
-class Family:
-    """What differs between families: the RMSNorm offset (Gemma's `x * (1 + w)`), the attention call's extras, and
-    whether the layer norms the attention and MLP outputs before adding them to the residual (Gemma 2 and 3)."""
-
-    model_type: str
-    norm_offset: float = 0.0
-    attention_kwargs: Callable = lambda attn: {}  # the keyword arguments this family's attention passes along
-    sandwich_norms: bool = False  # post-attention and post-feedforward norms: the MLP output feeds a norm
-
-
-@dataclass
-class PatchReport:
-    family: str | None
-    swapped: dict = field(default_factory=dict)  # drop-in class name -> count
-    notes: list = field(default_factory=list)
-
-    def summary(self) -> str:
-        if self.family is None:
-            return "; ".join(self.notes)
-        parts = ", ".join(f"{n} {name}" for name, n in sorted(self.swapped.items()))
-        return f"fast path for {self.family}: {parts}" + "".join(f"; {n}" for n in self.notes)
 
 
 def family_for(model_type: str) -> Family | None:

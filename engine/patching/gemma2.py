@@ -1,7 +1,7 @@
 """Gemma 2: Gemma's norms and GeGLU, four norms per layer, sliding windows on alternate layers, attention logit
 soft-capping passed to the attention call, and final-logit soft-capping in the loss."""
 
-from engine.patching import Family
+from engine.patching.family import Family
 
 FAMILY = Family(
     "gemma2",

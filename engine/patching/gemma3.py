@@ -1,6 +1,6 @@
 """Gemma 3 (text): Gemma 2's layout with per-head q/k norms (offset 1) and local/global RoPE per layer type."""
 
-from engine.patching import Family
+from engine.patching.family import Family
 
 FAMILY = Family(
     "gemma3_text",

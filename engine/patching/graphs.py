@@ -7,9 +7,9 @@ steps, ~34 us of CPU each). Captured with torch.cuda.make_graphed_callables, eve
 replays as one launch each.
 
 A layer replays its graph only when the step allows it: training with gradients, no layer of this shape checkpointed
-(engine.memory.checkpointing decided so), no attention mask (plain causal attention, or a padding-free row whose attention
-reads cu_seqlens: engine.data.batching), no KV cache, and a captured shape. Anything else runs the layer as it is.
-`Captures` decides what is held: the first training step's shape is captured at once (fixed-length batches keep it:
+(engine.memory.checkpointing decided so), no attention mask (plain causal attention, or a padding-free row whose
+attention reads cu_seqlens: engine.data.batching), no KV cache, and a captured shape. Anything else runs the layer as it
+is. `Captures` decides what is held: the first training step's shape is captured at once (fixed-length batches keep it:
 the benchmark, pretraining pieces), any other shape once it has run eagerly (padding-free micro-batches come in a few
 token-count buckets, each one shape), at most MAX_SHAPES shapes at a time (the least recently used set is dropped;
 all sets share one memory pool, which holds a step's activations). cu_seqlens is an input of the graphs like cos and
@@ -191,8 +191,8 @@ SET_ATTRS = ("graphs", "warm", "static", "tables", "cos_seen", "pool", "copied")
 
 
 class CheckpointGraphs:
-    """CUDA graphs of checkpointed layers' two passes (engine.memory.offload.Checkpoint): the forward without gradients, and
-    the recompute with the backward, one graph each per layer, replayed when a step allows.
+    """CUDA graphs of checkpointed layers' two passes (engine.memory.offload.Checkpoint): the forward without gradients,
+    and the recompute with the backward, one graph each per layer, replayed when a step allows.
 
     A checkpointed step under a small budget is bound by the host issuing ~40 small kernels per layer per pass
     (bench/README.md); a replay issues one. Every graph reads its input from one static buffer and writes its

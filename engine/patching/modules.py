@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from engine.patching import Family, PatchReport
+from engine.patching.family import Family, PatchReport
 from kernels.cross_entropy import fused_linear_cross_entropy
 from kernels.lora import lora_linear, lora_linear_group
 from kernels.rms_norm import rms_norm
@@ -40,8 +40,8 @@ ATTENTION_ATTRS = (
 def fused_lora_args(module):
     """(weight, A, B, scale, bias, quant_state) when `module` is a PEFT LoRA Linear that kernels.lora computes
     exactly: one active adapter, not merged, no DoRA, no dropout while training, a frozen nn.Linear or NF4 base (with
-    its 16-bit `dense_weight` when engine.memory.offload.keep_dense made one). None otherwise (the module then runs its own
-    forward)."""
+    its 16-bit `dense_weight` when engine.memory.offload.keep_dense made one). None otherwise (the module then runs its
+    own forward)."""
     names = getattr(module, "active_adapters", None)
     if not names or len(names) != 1 or module.disable_adapters or module.merged:
         return None
@@ -268,8 +268,8 @@ class PackedAdapters:
 def pack_adapters(model, log=print) -> int:
     """Pack the LoRA adapters of every fast-path attention and MLP into one trainable tensor (`PackedAdapters`, one
     per dtype and device): an optimizer that steps tensor by tensor (bitsandbytes' AdamW8bit synchronizes the GPU
-    after each one) makes one step instead of 14 per decoder layer. Call it after PEFT and engine.memory.offload, before the
-    optimizer is made; only for training loops that run every adapter through the fused op (one adapter, no
+    after each one) makes one step instead of 14 per decoder layer. Call it after PEFT and engine.memory.offload, before
+    the optimizer is made; only for training loops that run every adapter through the fused op (one adapter, no
     dropout). Returns the number of fused ops packed."""
     found = [(m, *entry) for m in model.modules() if isinstance(m, PackedProjections) for entry in m.packable()]
     kinds = {}

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import yaml
 
-from engine.spec import rewards
-from engine.data.formats import FORMATS
 from engine.core.errors import UserError
-from engine.spec.objectives import OBJECTIVES
+from engine.data.formats import FORMATS
 from engine.data.templates import NAMES as TEMPLATE_NAMES
+from engine.spec import rewards
+from engine.spec.objectives import OBJECTIVES
 
 METHODS = ("lora", "qlora", "full")
 SCHEDULES = ("linear", "cosine", "constant")

@@ -12,8 +12,8 @@ A dataset of the wrong kind is refused before anything loads, with a sentence na
 import itertools
 from pathlib import Path
 
-from engine.data.formats import CHAT_FORMATS, DETECT_ROWS, check_format, iter_source, map_columns
 from engine.core.errors import UserError
+from engine.data.formats import CHAT_FORMATS, DETECT_ROWS, check_format, iter_source, map_columns
 
 OBJECTIVES = ("sft", "pretrain", "dpo", "orpo", "grpo")
 FORMATS_FOR = {

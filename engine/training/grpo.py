@@ -2,11 +2,11 @@
 model towards the replies that scored above their group's mean (trl.GRPOTrainer with the engine's model).
 
 Each row's prompt (text, or a message list) becomes a conversation rendered by the same chat template as SFT; the
-row's other columns (say `answer`) reach the rewards, which engine.spec.rewards builds from the job's presets. A micro-step
-holds `batch_size` prompts x `num_generations` replies; an optimizer step scores `batch_size x grad_accum` prompts.
-With `grpo_beta` 0 (the default) there is no KL term and no reference pass; above 0, the reference is the base model
-with the LoRA adapter switched off, as for DPO (engine.training.preference), never a second copy; full fine-tuning has no
-adapter, so there TRL loads a frozen copy of the starting weights (in the run's dtype).
+row's other columns (say `answer`) reach the rewards, which engine.spec.rewards builds from the job's presets. A
+micro-step holds `batch_size` prompts x `num_generations` replies; an optimizer step scores `batch_size x grad_accum`
+prompts. With `grpo_beta` 0 (the default) there is no KL term and no reference pass; above 0, the reference is the base
+model with the LoRA adapter switched off, as for DPO (engine.training.preference), never a second copy; full fine-tuning
+has no adapter, so there TRL loads a frozen copy of the starting weights (in the run's dtype).
 
 Sampling goes through the Chat tab's decoder (engine.chat.decode: static KV cache, a CUDA-graph decode step on a GPU),
 plugged into TRL as its `rollout_func`: the replies are decoded one after another from the training model itself, in
@@ -25,12 +25,12 @@ import os
 import warnings
 from pathlib import Path
 
-from engine.data.formats import validate_row
 from engine.core.errors import UserError
 from engine.core.hardware import choose_placement
+from engine.data.formats import validate_row
 from engine.spec.objectives import read_rows
 from engine.spec.rewards import build
-from engine.training.sft import total_steps
+from engine.training.steps import total_steps
 
 TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}  # full fine-tuning's reference copy
 METRICS = {  # runlog name: GRPOTrainer log key
@@ -135,8 +135,8 @@ def engine_rollout(make_decoder, tok):
     """
     import torch
 
-    from engine.data.formats import render
     from engine.chat.decode import Sampling
+    from engine.data.formats import render
 
     decoder = None
 
@@ -227,7 +227,9 @@ def train_grpo(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> N
             rollout_func=rollout,
         )
     if "ref" in getattr(model, "peft_config", {}):
-        model.delete_adapter("ref")  # TRL's frozen adapter copy; the reference is the base (see engine.training.preference)
+        model.delete_adapter(
+            "ref"
+        )  # TRL's frozen adapter copy; the reference is the base (see engine.training.preference)
     if sampler == "trl":
         sample_with_cache(model)
     log(

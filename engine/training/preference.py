@@ -15,11 +15,11 @@ must hold whole conversations in chosen and rejected that share their first turn
 
 from pathlib import Path
 
-from engine.data.formats import validate_row
 from engine.core.errors import UserError
 from engine.core.hardware import choose_placement
+from engine.data.formats import validate_row
 from engine.spec.objectives import read_rows
-from engine.training.sft import total_steps
+from engine.training.steps import total_steps
 
 METRICS = {  # runlog name: TRL log key (both trainers log these per step)
     "margin": "rewards/margins",

@@ -9,8 +9,8 @@ import json
 import os
 from pathlib import Path
 
-from engine.data.formats import DETECT_ROWS, iter_source, map_columns, validate_row
 from engine.core.errors import UserError
+from engine.data.formats import DETECT_ROWS, iter_source, map_columns, validate_row
 from engine.spec.objectives import check_data, format_problem
 
 
@@ -23,7 +23,8 @@ def check_job(spec) -> None:
 def check_model(model: str) -> None:
     """A local model folder must hold a readable config.json and safetensors weights; a hub id is checked when it is
     fetched (that needs the network)."""
-    from engine.models.loading import HUB_ID, resolve_model
+    from engine.core.hub_id import HUB_ID
+    from engine.models.loading import resolve_model
 
     path = Path(os.path.expanduser(model))
     if not path.is_dir() and HUB_ID.match(model) and not model.startswith((".", "/", "~")):

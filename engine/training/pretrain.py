@@ -8,8 +8,8 @@ parameter groups (those copies, or in full fine-tuning the weights themselves, a
 
 from pathlib import Path
 
-from engine.data.formats import Example, Examples, batched_rows, check_format, encode_batch, pack, raw_text
 from engine.core.errors import UserError
+from engine.data.formats import Example, Examples, batched_rows, check_format, encode_batch, pack, raw_text
 from engine.spec.objectives import format_problem
 
 EMBEDDING_NAMES = ("embed_tokens", "lm_head")

@@ -18,11 +18,10 @@ import shutil
 import time
 from pathlib import Path
 
-from engine.core.errors import UserError
+from engine.core.errors import Cancelled, UserError
 from engine.core.files import new_folder
 from engine.core.hardware import memory_in_use_gb
-from engine.training.sft import (
-    Cancelled,
+from engine.training.steps import (
     latest_checkpoint,
     load_checkpoint,
     lr_factor,

@@ -1,0 +1,194 @@
+"""What every objective's run shares, below the objectives: step count and batch order, the optimizer and learning
+rate schedule, and checkpoints (save, prune, find the latest, restore).
+
+The SFT loop (engine.training.sft) and the TRL-based objectives (engine.training.trl_run) both use these, so a
+checkpoint has one layout whatever wrote it. Imports engine.core only.
+"""
+
+import functools
+import math
+import random
+import shutil
+from pathlib import Path
+
+from engine.core.files import new_folder, write_json
+
+# optimizer, scheduler and rng are each a .safetensors + .json pair (engine.core.statefile): no checkpoint file is a
+# pickle
+CHECKPOINT_FILES = (
+    "optimizer.safetensors",
+    "optimizer.json",
+    "scheduler.safetensors",
+    "scheduler.json",
+    "rng.safetensors",
+    "rng.json",
+    "state.json",
+)
+
+
+def batches_for_epoch(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Example indices of each micro-batch of one epoch: a fresh shuffle per epoch, the same on every resume."""
+    order = list(range(n))
+    random.Random(seed * 1000003 + epoch).shuffle(order)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def total_steps(spec, n_examples: int) -> int:
+    if spec.max_steps:
+        return spec.max_steps
+    micro = math.ceil(n_examples / spec.batch_size)
+    return max(1, math.ceil(spec.epochs * micro / spec.grad_accum))
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate at optimizer step `step` (0-based)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return max(0.0, 1 - progress)
+
+
+@functools.cache
+def adamw_8bit():
+    """bitsandbytes' AdamW8bit without the `torch.cuda.synchronize()` its step makes after every parameter.
+
+    bitsandbytes 0.50.2 launches its update kernels on the default CUDA stream and then waits for the GPU after each
+    tensor: a LoRA of every projection of an 8B model has 448, and the step took 41 ms of a 292 ms training step on
+    the H100 with the GPU idle most of it (bench/README.md, "What the llama8b step was before the packing"; the app's
+    loop now packs them into one, engine.patching.modules.pack_adapters). Training runs on the default stream too,
+    so those kernels are already ordered before and after the rest of the step; the waits order nothing. The same
+    update runs in the same order (the GPU test compares the weights bit for bit); paged states (PagedAdamW8bit,
+    whose prefetches need the waits) and work on another stream keep bitsandbytes' own step.
+    Measured on the H100 (`python3 bench/optimizer_step.py`, those 448 tensors): 25.1 ms a step -> 17.9 ms; what
+    is left is bitsandbytes' Python around each tensor's kernel."""
+    import bitsandbytes as bnb
+    import torch
+
+    class AdamW8bit(bnb.optim.AdamW8bit):
+        @torch.no_grad()
+        def step(self, closure=None):
+            if (
+                self.is_paged
+                or not torch.cuda.is_available()
+                or torch.cuda.current_stream() != torch.cuda.default_stream()
+            ):
+                return super().step(closure)
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            if not self.initialized:
+                self.check_overrides()
+                self.to_gpu()
+                self.initialized = True
+            for gindex, group in enumerate(self.param_groups):
+                for pindex, p in enumerate(group["params"]):
+                    if p.grad is None:
+                        continue
+                    if len(self.state[p]) == 0:
+                        self.init_state(group, p, gindex, pindex)
+                    self.update_step(group, p, gindex, pindex)
+            return loss
+
+    return AdamW8bit
+
+
+def make_optimizer(spec, params, device: str, log):
+    """AdamW as the spec asks. `params` is a list of tensors or of optimizer groups (dicts with their own lr).
+
+    Full fine-tuning on a GPU defaults to bitsandbytes' paged 8-bit AdamW: its states (1/4 of fp32 AdamW's) live in
+    unified memory, so under pressure they page out to RAM instead of failing with out-of-memory.
+    """
+    import torch
+
+    name = spec.optimizer
+    if name == "auto":
+        name = "adamw" if device != "cuda" else "paged_adamw_8bit" if spec.method == "full" else "adamw_8bit"
+    if name in ("adamw_8bit", "paged_adamw_8bit"):
+        import bitsandbytes as bnb  # on a CPU the paged one runs unpaged (bitsandbytes warns)
+
+        kind = bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else adamw_8bit()
+        opt = kind(params, lr=spec.learning_rate, weight_decay=spec.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=spec.weight_decay, fused=device == "cuda")
+    log(f"optimizer: {name}, peak lr {spec.learning_rate}, {spec.lr_schedule} schedule, warmup {spec.warmup_steps}")
+    return opt
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    ckpts = sorted((run_dir / "checkpoints").glob("step-*"))
+    return ckpts[-1] if ckpts else None
+
+
+def save_checkpoint(run_dir: Path, step: int, model, opt, sched, epoch_pos, keep: int, log) -> Path:
+    """Write checkpoints/step-NNNNNN atomically, then prune the oldest beyond `keep`. A full disk leaves the earlier
+    checkpoints as they were and raises engine.core.disk's sentence saying which one is kept."""
+    import torch
+
+    from engine.core.disk import disk_full_error
+    from engine.core.statefile import save_state
+
+    dest = run_dir / "checkpoints" / f"step-{step:06d}"
+    if dest.is_dir():  # saved at this step already (save_every, then a cancel before the next step)
+        return dest
+    try:
+        with new_folder(dest) as tmp:
+            save_trainable(model, tmp)
+            save_state(opt.state_dict(), tmp, "optimizer")
+            save_state(sched.state_dict(), tmp, "scheduler")
+            rng = dict(
+                torch=torch.get_rng_state(),
+                python=random.getstate(),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            )
+            save_state(rng, tmp, "rng")
+            write_json(tmp / "state.json", dict(step=step, epoch=epoch_pos[0], micro_in_epoch=epoch_pos[1]))
+    except Exception as e:
+        err = disk_full_error(e, run_dir, f"saving the checkpoint of step {step}")
+        if err is None:
+            raise
+        raise err from e
+    for old in sorted((run_dir / "checkpoints").glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    log(f"checkpoint: saved step {step}")
+    return dest
+
+
+def save_trainable(model, folder: Path) -> None:
+    """The LoRA adapter (PEFT format) or, for full fine-tuning, the whole model, as safetensors."""
+    model.save_pretrained(folder, safe_serialization=True)
+
+
+def load_checkpoint(ckpt: Path, model, opt, sched, log):
+    """Restore the weights, optimizer, schedule and random generators of `ckpt`; returns its state.json.
+
+    Nothing here is unpickled: weights and states are safetensors and JSON (engine.core.statefile), and a checkpoint of
+    the older pickle format is read with torch's restricted loader or refused."""
+    import json
+
+    import torch
+    from peft import PeftModel, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from engine.core.statefile import load_state
+
+    if isinstance(model, PeftModel):
+        set_peft_model_state_dict(model, load_file(ckpt / "adapter_model.safetensors"))
+    else:
+        for shard in sorted(ckpt.glob("*.safetensors")):
+            if shard.stem not in ("optimizer", "scheduler", "rng"):
+                model.load_state_dict(load_file(shard), strict=False)
+    opt.load_state_dict(load_state(ckpt, "optimizer"))
+    sched.load_state_dict(load_state(ckpt, "scheduler"))
+    rng = load_state(ckpt, "rng")
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    state = json.loads((ckpt / "state.json").read_text())
+    log(f"resume: from {ckpt.name}")
+    return state
