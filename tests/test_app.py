@@ -353,12 +353,13 @@ def test_smoothed_loss_is_a_bias_corrected_average():
 
 def test_shared_app_reads_only_its_workspace(runs, tmp_path, identity_file, monkeypatch):
     from engine import api
+    from engine.api import access
     from ui import data_tab
 
     inside = runs.parent / "data" / "mine.jsonl"
     inside.parent.mkdir(parents=True)
     inside.write_text(identity_file.read_text())
-    monkeypatch.setattr(api, "_allowed_roots", None)
+    monkeypatch.setattr(access, "_allowed_roots", None)
     api.restrict_files([api.workspace()])
     secret = tmp_path.parent / "secret.jsonl"
     secret.write_text(identity_file.read_text())

@@ -1,0 +1,81 @@
+"""Which files the app may read and write: the workspace (runs/, data/, exports/), user-typed names, and, in a shared
+app, the refusal of any local path outside the workspace.
+"""
+
+import os
+from pathlib import Path
+
+from engine.core.errors import UserError
+
+_allowed_roots: list[Path] | None = None  # set by restrict_files(): the folders a shared app may read
+
+
+def runs_dir() -> Path:
+    """Where run folders live: $TUNESMITH_RUNS, or ./runs."""
+    return Path(os.environ.get("TUNESMITH_RUNS", "runs")).resolve()
+
+
+def workspace() -> Path:
+    """The folder the app reads and writes: runs/, data/ and exports/ (the parent of runs_dir())."""
+    return runs_dir().parent
+
+
+def safe_name(name: str, what: str = "name") -> str:
+    """A file or folder name typed by a user: no path separators, no '..', not empty."""
+    name = name.strip()
+    if not name or "/" in name or "\\" in name or name.startswith(".") or ".." in name:
+        raise UserError(
+            f"The {what} '{name}' is not allowed: use letters, digits, '-', '_' and '.', with no path "
+            "separators and not starting with a dot."
+        )
+    return name
+
+
+def restrict_files(roots: list) -> None:
+    """From now on, refuse local paths outside `roots` (the app calls this when it is reachable from elsewhere)."""
+    global _allowed_roots
+    _allowed_roots = [Path(r).resolve() for r in roots]
+
+
+def check_access(value: str) -> None:
+    """Raise a UserError for a local path outside the allowed folders; hub ids and unrestricted apps pass."""
+    if _allowed_roots is None or not value:
+        return
+    path = Path(os.path.expanduser(value))
+    if not path.exists() and not value.startswith((".", "/", "~")):
+        return  # a hub id, not a local path
+    real = path.resolve()
+    if not any(real == root or root in real.parents for root in _allowed_roots):
+        raise UserError(
+            f"This app is shared, so it only opens files inside its workspace ({workspace()}); upload the file instead."
+        )
+
+
+def check_source(source: str) -> None:
+    """check_access for a chat or export source and, in a shared app, for the base model that a run's job.yaml or an
+    adapter's config names (a folder handed over could name any path there)."""
+    check_access(source)
+    if _allowed_roots is None or source.lower().endswith(".gguf"):
+        return
+    from engine.chat.infer import locate
+
+    check_access(locate(source)[0])
+
+
+def tidy_workspace() -> list[Path]:
+    """Remove the half-built folders (`.partial`) that dead processes left in the workspace's runs, checkpoints and
+    exports (the app calls this at start); folders a live run or export is building are kept."""
+    from engine.core.disk import remove_stale_partials
+
+    runs = runs_dir()
+    folders = [runs, workspace() / "exports", workspace() / "data"]
+    if runs.is_dir():
+        for run in runs.iterdir():
+            if run.is_dir() and not run.is_symlink():
+                folders += [run, run / "checkpoints"]
+    return remove_stale_partials(*folders, legacy=True)
+
+
+def allowed_roots() -> list[Path] | None:
+    """The folders a shared app may read (restrict_files), or None when the app is not shared."""
+    return _allowed_roots

@@ -1,0 +1,32 @@
+"""Chat: a loaded chat model (a run, a model folder, a hub id or a .gguf file) and its starting sampling settings."""
+
+from engine.api.access import check_source
+from engine.models.presets import catalog
+
+
+def Chat(source: str, device: str = "auto"):
+    """A loaded chat model: a run (its adapter over its base model), a merged model folder, a hub id, or a .gguf
+    file (through llama.cpp, with the chat template embedded in the file)."""
+    check_source(str(source))
+    if str(source).lower().endswith(".gguf"):
+        from engine.chat.gguf_chat import GGUFChat
+
+        return GGUFChat(source, device)
+    from engine.chat.infer import ChatModel
+
+    return ChatModel(source, device)
+
+
+def sampling_defaults(source: str) -> dict:
+    """The sampling settings to start a chat with (temperature, top_p, top_k, min_p, repetition_penalty): the model's
+    generation_config.json where it sets them, else its family's (Qwen3, Llama 3, Gemma, ...). Reads only local files:
+    a run, a model folder, a .gguf file, or a hub id (from the cache, or by its catalog family)."""
+    check_source(str(source))
+    if str(source).lower().endswith(".gguf"):
+        from engine.chat.gguf_chat import file_sampling
+
+        return file_sampling(source)
+    from engine.chat.infer import source_sampling
+
+    families = {i: m["family"] for m in catalog() for i in (m["id"], m.get("id_4bit")) if i}
+    return source_sampling(str(source), families)

@@ -1,0 +1,69 @@
+"""Datasets: inspect one (format, rows, a rendered sample, token lengths), check it suits an objective, make the
+identity dataset, save rows as JSONL.
+"""
+
+from pathlib import Path
+
+from engine.api.access import check_access
+from engine.core.errors import UserError
+
+
+def inspect_data(
+    path: str,
+    fmt: str = "auto",
+    model: str | None = None,
+    column_map: dict | None = None,
+    max_seq_length: int = 1024,
+    template: str = "auto",
+    config: str = "",
+    split: str = "train",
+) -> dict:
+    """Format, row count, columns and a rendered sample; with `model`, rendered by its chat template (or `template`)
+    with the trained tokens marked, a token-length histogram and the rows `max_seq_length` would truncate."""
+    from engine.data import formats as data
+
+    check_access(path)
+    check_access(model or "")
+    tokenizer = None
+    if model:
+        from engine.models.loading import load_tokenizer, resolve_model
+
+        tokenizer = load_tokenizer(resolve_model(model))
+    return data.inspect(path, fmt, tokenizer, column_map, max_seq_length, config, split, template)
+
+
+def check_data(
+    path: str,
+    objective: str,
+    column_map: dict | None = None,
+    config: str = "",
+    split: str = "train",
+    rewards: tuple = (),
+) -> str:
+    """The dataset's format when it suits `objective` (sft, pretrain, dpo, orpo, grpo), from its first rows; else a
+    UserError saying what the objective needs, or which column a reward reads that the dataset lacks."""
+    from engine.spec.objectives import check_data as _check_data
+    from engine.spec.rewards import needed_columns
+
+    check_access(path)
+    return _check_data(path, objective, column_map, config, split, needed_columns(rewards))
+
+
+def identity_dataset(name: str, maker: str, description: str = "", languages=("en",)) -> list[dict]:
+    from engine.data.identity import identity_rows
+
+    return identity_rows(name, maker, description, languages)
+
+
+def save_jsonl(rows: list[dict], path: str | Path) -> Path:
+    """Save rows as JSONL at a new path (never overwriting)."""
+    import json
+
+    from engine.core.files import write_text
+
+    path = Path(path)
+    if path.exists():
+        raise UserError(f"'{path}' already exists; choose another file name.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return path

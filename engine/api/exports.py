@@ -1,0 +1,121 @@
+"""Exports: in this process or as a background job (cancellable, with a log and an optional hub upload), GGUF support of
+a source, and the GGUF files already exported.
+"""
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.api.access import check_access, check_source, workspace
+from engine.api.processes import alive, mark_cancelled, slug, spawn, stop
+from engine.core.errors import UserError
+from engine.core.runlog import TERMINAL
+
+EXPORT_FORMATS = ("lora", "merged16", "gguf-f16", "gguf-bf16", "gguf-q8_0", "gguf-q4_k_m", "gguf-q5_k_m", "gguf-q6_k")
+
+
+def export(source: str, fmt: str, out: str | Path, log=print):
+    """Export a run (or a model) as `fmt` into the new folder `out`, verified before it is called done (in this
+    process; the app uses start_export)."""
+    from engine.export.merge import export as _export
+
+    return _export(source, fmt, Path(out), log)
+
+
+@dataclass(frozen=True)
+class ExportJob:
+    job_id: str
+    job_dir: Path
+    pid: int
+    out: Path
+
+
+@dataclass
+class ExportStatus:
+    job_id: str
+    state: str  # starting, running, done, failed, cancelled
+    message: str
+    log: str  # the end of the job's log
+    result: dict | None  # path, format, files, seconds, checks once done
+
+    @property
+    def finished(self) -> bool:
+        return self.state in TERMINAL
+
+
+def start_export(
+    source: str, fmt: str, out: str | Path, push_to_hub: str = "", token: str = "", private: bool = False
+) -> ExportJob:
+    """Export in the background (python -m engine.export.job): cancellable, with a log, never leaving a folder that
+    looks finished. The job's own folder is exports/.jobs/<id>/.
+
+    With `push_to_hub` ("user/name") the finished export is then uploaded there (created `private` if new), with
+    `token` or else HF_TOKEN; the token reaches the job through its environment only, never a file or the log.
+    """
+    check_source(str(source))
+    out = Path(out)
+    check_access(str(out.resolve()))
+    if fmt not in EXPORT_FORMATS:
+        raise UserError(f"Unknown export format '{fmt}'; use one of: {', '.join(EXPORT_FORMATS)}.")
+    if out.exists():
+        raise UserError(f"'{out}' already exists; choose another folder name (nothing is ever overwritten).")
+    if push_to_hub:
+        from engine.models.hub import check_target
+
+        token = check_target(push_to_hub, token)
+    jobs = workspace() / "exports" / ".jobs"
+    jobs.mkdir(parents=True, exist_ok=True)
+    job_dir = jobs / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(out.name)}"
+    while True:
+        try:
+            job_dir.mkdir()
+            break
+        except FileExistsError:
+            job_dir = job_dir.with_name(job_dir.name + "-1")
+    from engine.core.files import write_json
+
+    spec = dict(source=str(source), format=fmt, out=str(out.resolve()), push_to_hub=push_to_hub, private=private)
+    write_json(job_dir / "export.json", spec)
+    pid = spawn("engine.export.job", [str(job_dir)], job_dir, dict(HF_TOKEN=token) if push_to_hub else None)
+    return ExportJob(job_dir.name, job_dir, pid, out.resolve())
+
+
+def poll_export(job: ExportJob) -> ExportStatus:
+    import json
+
+    st = json.loads((job.job_dir / "status.json").read_text())
+    if st["state"] not in TERMINAL and not alive(st["pid"]):
+        st.update(state="failed", message="The export process stopped unexpectedly; see its log.")
+    result_file = job.job_dir / "result.json"
+    result = json.loads(result_file.read_text()) if result_file.is_file() else None
+    log = "\n".join((job.job_dir / "log.txt").read_text(errors="replace").splitlines()[-40:])
+    return ExportStatus(job.job_id, st["state"], st.get("message", ""), log, result)
+
+
+def cancel_export(job: ExportJob, wait_s: float = 30.0) -> ExportStatus:
+    """Stop an export; whatever it had written under a temporary name is removed."""
+    import shutil
+
+    if not poll_export(job).finished and stop(job.job_dir, wait_s):
+        for partial in job.out.parent.glob(f".{job.out.name}.*.partial"):  # left only when it had to be killed
+            shutil.rmtree(partial, ignore_errors=True)
+        mark_cancelled(job.job_dir, "Export cancelled; nothing was written.")
+    return poll_export(job)
+
+
+def gguf_support(source: str) -> tuple[bool, str]:
+    """(can this run or model be exported to GGUF, the reason when not), for the Export tab's format choice."""
+    from engine.chat.infer import locate
+    from engine.export import gguf
+    from engine.models.loading import resolve_model
+
+    check_source(source)
+    base, _, tok_dir = locate(source)
+    return gguf.supported(resolve_model(base), tok_dir)
+
+
+def exported_gguf_files() -> list[Path]:
+    """GGUF files under the workspace's exports/ folder, newest first."""
+    folder = workspace() / "exports"
+    files = folder.glob("*/*.gguf") if folder.is_dir() else []
+    return sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)

@@ -1,0 +1,90 @@
+"""The machine: the doctor's report, live GPU memory and use, and whether training a model fits here (the estimate)."""
+
+import dataclasses
+
+from engine.api.models import model_arch
+from engine.core.errors import UserError
+from engine.spec.jobspec import JobSpec
+
+
+def doctor() -> dict:
+    from engine.core.hardware import doctor as _doctor
+
+    return _doctor()
+
+
+def gpu_stats() -> dict | None:
+    """Live GPU memory and utilisation through NVML (nvidia-ml-py), or None without an NVIDIA GPU."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
+        util = pynvml.nvmlDeviceGetUtilizationRates(handle)
+        return dict(used_gb=round(mem.used / 1e9, 2), total_gb=round(mem.total / 1e9, 2), util_pct=util.gpu)
+    except Exception:  # no driver, no GPU, or NVML missing: the view simply shows no GPU line
+        return None
+
+
+def estimate(
+    model: str,
+    method: str = "qlora",
+    seq: int | None = None,
+    batch: int | None = None,
+    rank: int = 16,
+    vram_gib: float | None = None,
+    ram_gib: float | None = None,
+) -> dict:
+    """Whether training `model` fits this machine (or a card of `vram_gib` and `ram_gib` free host RAM): the plan a
+    run of these settings would make (engine.memory.verdict.plan_for, the run's own computation), its peak VRAM and host
+    RAM, and the preset for those settings. Settings left as None come from the preset of the GPU's tier.
+
+    `fits` is True exactly when that plan exists within the VRAM budget and the free RAM. `peak_parts_gib` splits
+    the peak VRAM figure; `min_vram_gib` (when the budget is too small) is the smallest budget a plan exists for."""
+    from engine.memory import verdict as memory
+    from engine.memory.offload import host_ram_gib
+    from engine.models import presets
+
+    if method not in ("qlora", "lora", "full"):
+        raise UserError(f"Unknown method '{method}'; use qlora, lora or full.")
+    arch = model_arch(model)
+    budget = vram_gib if vram_gib is not None else memory.run_budget_gib()
+    ram = ram_gib if ram_gib is not None else host_ram_gib()
+    tier = presets.tier_for(budget) if budget else None
+    tier_preset = presets.preset_for(tier, arch.params, method) if tier else None
+    base = tier_preset if isinstance(tier_preset, presets.Preset) else None
+    seq = seq or (base.max_seq_length if base else 1024)
+    batch = batch or (base.batch_size if base else 1)
+    # one micro-batch per step, as a preset for a run that needs its gradients released sets
+    # (engine.memory.grad_release)
+    spec = JobSpec(model=model, data="-", method=method, max_seq_length=seq, batch_size=batch, lora_r=rank,
+                   lora_alpha=base.lora_alpha if base else rank)  # fmt: skip
+    v = memory.verdict(arch, spec, budget, ram, "bf16" if vram_gib is not None else memory.run_dtype())
+    out = dict(
+        model=model,
+        method=method,
+        params_b=round(arch.params / 1e9, 2),
+        seq=seq,
+        batch=batch,
+        rank=rank,
+        vram_budget_gib=round(budget, 2) if budget else None,
+        free_ram_gib=round(ram, 1),
+        tier_gb=tier,
+        fits=v.fits,
+        peak_vram_gib=v.peak_vram_gib,
+        peak_ram_gib=v.peak_ram_gib,
+        peak_parts_gib=v.parts_gib,
+        plan=v.plan.as_dict() if v.plan else None,
+    )
+    if not v.fits:
+        out["reason"] = v.reason
+    if v.min_budget_gib is not None:
+        out["min_vram_gib"] = v.min_budget_gib
+    if not budget:
+        out["preset"] = None
+    elif v.fits:
+        out["preset"] = dataclasses.asdict(presets.from_plan(v.plan, base, spec))
+    else:
+        out["preset"] = dict(fits=False, reason=v.reason)
+    return out

@@ -1,0 +1,102 @@
+"""Models: download a hub model in the background with progress, and read a model's architecture numbers."""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.api.access import check_access
+from engine.core.errors import UserError
+from engine.models.presets import catalog
+
+_downloads: dict = {}  # hub id -> engine.models.hub.Download started here (one per model, shared by sessions)
+
+
+@dataclass
+class DownloadStatus:
+    model: str
+    state: str  # downloading, done, failed
+    message: str
+    done_bytes: int
+    total_bytes: int | None  # None while (or when) the hub's file list is unknown
+    folder: Path | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state != "downloading"
+
+
+def start_download(model: str) -> DownloadStatus:
+    """Fetch a hub model into the local cache on a background thread (as training and chat would); a local folder
+    needs nothing. Poll it with poll_download(model); a second call while it runs joins the same download."""
+    from engine.core.hub_id import HUB_ID
+
+    model = model.strip()
+    check_access(model)
+    path = Path(os.path.expanduser(model))
+    if path.is_dir() or not HUB_ID.match(model):
+        from engine.models.loading import resolve_model
+
+        folder = resolve_model(model)  # a folder is checked, a bad name raises its sentence
+        return DownloadStatus(model, "done", f"'{model}' is a local folder; nothing to download.", 0, 0, folder)
+    if model not in _downloads or _downloads[model].state == "failed":
+        from engine.models.hub import Download
+
+        _downloads[model] = Download(model)
+    return poll_download(model)
+
+
+def poll_download(model: str) -> DownloadStatus:
+    """The progress of start_download(model): bytes in its cache folder so far, of the total the hub lists."""
+    if model not in _downloads:
+        raise UserError(f"No download of '{model}' was started.")
+    d = _downloads[model]
+    done, total = d.progress()
+    return DownloadStatus(model, d.state, d.message, done, total, d.folder)
+
+
+def model_arch(model: str):
+    """Architecture numbers of a model, from its config.json: in a local folder, else in the local hub cache, else
+    (for a catalog model) the catalog's numbers, else downloaded from the hub (the config alone)."""
+    import json
+
+    from engine.memory.estimate import Arch
+
+    check_access(model)
+    path = Path(os.path.expanduser(model))
+    if (path / "config.json").is_file():
+        return Arch.from_config(json.loads((path / "config.json").read_text()))
+    from engine.core.hub_id import HUB_ID
+
+    listed = next((m for m in catalog() if model in (m["id"], m.get("id_4bit"), m["name"])), None)
+    hub_id = HUB_ID.match(model) and not model.startswith((".", "/", "~"))
+    cached = _cached_config(model) if hub_id else None
+    if cached is not None:
+        return Arch.from_config(json.loads(cached.read_text()))
+    if listed is not None:
+        return Arch(*listed["arch"])
+    if not hub_id:
+        raise UserError(f"Model folder '{model}' does not exist; give an existing folder or a hub id.")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        cfg = hf_hub_download(model, "config.json")
+    except Exception as e:  # offline, missing, gated: the same advice
+        raise UserError(
+            f"Could not read the config of '{model}' from the hub ({type(e).__name__}), and it is not in the local "
+            "cache; check the name and the connection, or give a local folder."
+        ) from None
+    return Arch.from_config(json.loads(Path(cfg).read_text()))
+
+
+def _cached_config(model: str) -> Path | None:
+    """config.json of hub id `model` in the local hub cache (HF_HUB_CACHE), with no network: the main revision's, else
+    the newest snapshot's."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cache = os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
+    found = try_to_load_from_cache(model, "config.json", cache_dir=cache)
+    if isinstance(found, str):
+        return Path(found)
+    snapshots = Path(cache) / f"models--{model.replace('/', '--')}" / "snapshots"
+    configs = sorted(snapshots.glob("*/config.json"), key=lambda p: p.stat().st_mtime)
+    return configs[-1] if configs else None

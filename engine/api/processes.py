@@ -1,0 +1,96 @@
+"""The background processes of runs and exports: start one (`python -m module`, its output to the folder's log.txt),
+tell whether it is alive, stop it.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from engine.core.runlog import TERMINAL
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+_children: dict[int, subprocess.Popen] = {}  # runs this process started, so their exit is reaped
+
+
+def slug(name: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:40]
+    return slug or "run"
+
+
+def spawn(module: str, args: list[str], folder: Path, secrets: dict | None = None) -> int:
+    """Start `python -m module args` in the background with its output appended to folder/log.txt, and mark the
+    folder's status.json "starting" with its pid. `secrets` go to the child's environment only, never to a file."""
+    env = dict(
+        os.environ,
+        **(secrets or {}),
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
+    )
+    with open(folder / "log.txt", "a", encoding="utf-8") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    _children[proc.pid] = proc
+    from engine.core.files import write_json
+
+    write_json(
+        folder / "status.json",
+        dict(state="starting", message="starting", step=0, total_steps=0, pid=proc.pid, updated=time.time()),
+    )
+    return proc.pid
+
+
+def alive(pid: int) -> bool:
+    proc = _children.get(pid)
+    if proc is not None:
+        return proc.poll() is None
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def stop(folder: Path, wait_s: float) -> bool:
+    """SIGTERM the process of a run or export folder, SIGKILL it after `wait_s`. True when it left no final state
+    (killed, or stopped before it could install its handler), so the caller records the cancellation itself."""
+    import json
+
+    pid = json.loads((folder / "status.json").read_text()).get("pid")
+    if pid and alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.time() + wait_s
+        while alive(pid) and time.time() < deadline:
+            time.sleep(0.1)
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            while alive(pid):
+                time.sleep(0.05)
+    return json.loads((folder / "status.json").read_text())["state"] not in TERMINAL
+
+
+def mark_cancelled(folder: Path, message: str, **fields) -> None:
+    from engine.core.files import write_json
+
+    write_json(folder / "status.json", dict(state="cancelled", message=message, updated=time.time(), **fields))
+
+
+def exit_code(pid: int) -> int | None:
+    """The exit code of a process this one started and that has ended; None otherwise."""
+    proc = _children.get(pid)
+    return proc.returncode if proc is not None else None

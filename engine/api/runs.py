@@ -1,0 +1,235 @@
+"""Training runs: start one in the background (`python -m engine.run`), resume, poll, cancel, list, delete, read
+its log."""
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.api.access import allowed_roots, check_access, runs_dir
+from engine.api.processes import alive, exit_code, mark_cancelled, slug, spawn, stop
+from engine.core.errors import UserError
+from engine.core.runlog import TERMINAL, read_metrics
+from engine.spec.jobspec import JobSpec, read_job
+
+LOW_DISK_BYTES = 64 * 2**20  # below this, a run that died without a word is said to have probably filled the disk
+
+
+@dataclass(frozen=True)
+class RunHandle:
+    run_id: str
+    run_dir: Path
+    pid: int
+
+
+@dataclass
+class RunStatus:
+    run_id: str
+    run_dir: Path
+    state: str  # starting, loading, running, done, failed, cancelled
+    message: str
+    step: int
+    total_steps: int
+    name: str = ""
+    model: str = ""
+    metrics: list[dict] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        """No process works on it: done, failed, cancelled, or damaged (its files cannot be read)."""
+        return self.state in TERMINAL or self.state == "damaged"
+
+    @property
+    def loss(self) -> float | None:
+        return self.metrics[-1]["loss"] if self.metrics else None
+
+    @property
+    def eta_s(self) -> float | None:
+        return self.metrics[-1]["eta_s"] if self.metrics else None
+
+
+def start(spec: JobSpec, runs: Path | None = None, *, allow_code: bool = False) -> RunHandle:
+    """Check the model and the dataset's first rows, write the spec to a new run folder and start
+    `python -m engine.run` on it in the background.
+
+    A job whose rewards include a `python` one (a module:function path) runs that code in the training process, so
+    it is refused unless `allow_code` is True: the CLI and Python callers may pass it, the app never does.
+    """
+    _check_job(spec, allow_code)
+    from engine.training.preflight import check_job
+
+    check_job(spec)  # a bad model folder or bad first rows: one sentence now, no run folder
+    runs = Path(runs) if runs else runs_dir()
+    runs.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(100):
+        run_id = f"{stamp}-{slug(spec.name)}" + (f"-{n}" if n else "")
+        try:
+            (runs / run_id).mkdir()
+            break
+        except FileExistsError:
+            continue
+    run_dir = runs / run_id
+    from engine.core.files import write_text
+
+    write_text(run_dir / "job.yaml", spec.to_yaml())
+    return _launch(run_dir, resume=False)
+
+
+def _check_job(spec: JobSpec, allow_code: bool) -> None:
+    """Refuse a job the caller may not run: a model or dataset outside a shared app's workspace, or a `python`
+    reward (a module:function path, which runs that code in the training process) unless `allow_code`."""
+    from engine.spec.rewards import runs_code
+
+    check_access(spec.model)
+    check_access(spec.data)
+    if runs_code(spec.rewards) and not allow_code:
+        raise UserError(
+            "This job has a 'python' reward, which runs your own code: that is accepted only from the command line "
+            "or the Python API (engine.api.start(spec, allow_code=True)), never from the app."
+        )
+
+
+def resume(run: "str | Path | RunHandle", *, allow_code: bool = False) -> RunHandle:
+    """Continue a cancelled or failed run from its latest checkpoint, in the same folder.
+
+    Its job.yaml is checked as start() checks a new job: the folder may have been copied from elsewhere, so a
+    `python` reward needs `allow_code` (the command line passes it, the app never does)."""
+    status = poll(run)
+    if status.state == "damaged":
+        raise UserError(f"Run {status.run_id} cannot be resumed: {status.message}")
+    if not status.finished:
+        raise UserError(f"Run {status.run_id} is still {status.state}; cancel it before resuming.")
+    if status.state == "done":
+        raise UserError(f"Run {status.run_id} already finished; start a new run to train further.")
+    _check_job(JobSpec.from_yaml((status.run_dir / "job.yaml").read_text()), allow_code)
+    return _launch(status.run_dir, resume=True)
+
+
+def _launch(run_dir: Path, resume: bool) -> RunHandle:
+    pid = spawn("engine.run", [str(run_dir / "job.yaml")] + (["--resume"] if resume else []), run_dir)
+    return RunHandle(run_dir.name, run_dir, pid)
+
+
+def find_run(run: "str | Path | RunHandle") -> Path:
+    """A run folder from a handle, a path, or a run id under runs_dir(). A shared app (restrict_files) takes run
+    ids only: the name of a folder directly under runs_dir(), not a link."""
+    if isinstance(run, RunHandle):
+        return run.run_dir
+    if allowed_roots() is not None:
+        return _shared_run(str(run))
+    path = Path(run)
+    if (path / "job.yaml").is_file():
+        return path
+    if (runs_dir() / str(run) / "job.yaml").is_file():
+        return runs_dir() / str(run)
+    raise UserError(f"No run '{run}': give a run folder (with job.yaml) or a run id from the run list.")
+
+
+def _shared_run(run_id: str) -> Path:
+    """The folder of `run_id` under runs_dir(), refusing anything that could name a folder elsewhere."""
+    runs = runs_dir()
+    folder = runs / run_id
+    plain = run_id not in ("", ".", "..") and "/" not in run_id and "\\" not in run_id and "\0" not in run_id
+    if not (plain and folder.is_dir() and not folder.is_symlink() and (folder / "job.yaml").is_file()):
+        raise UserError(
+            f"'{run_id[:80]}' is not a run of this app; pick one from the run history (a run id is the name of a "
+            "folder in runs/)."
+        )
+    return folder
+
+
+def poll(run: "str | Path | RunHandle") -> RunStatus:
+    """The run's state, progress and metrics. A process that died without saying so is reported failed; a folder
+    whose files cannot be read is reported "damaged" rather than raising."""
+    return _poll_dir(find_run(run))
+
+
+def _poll_dir(run_dir: Path) -> RunStatus:
+    try:
+        return _read_status(run_dir)
+    except Exception as e:  # one bad folder must not break the run history or the app's start
+        why = f"{type(e).__name__}: {str(e)[:120]}"
+        message = f"This run folder is damaged ({why}); delete it, or fix its files by hand."
+        return RunStatus(run_dir.name, run_dir, "damaged", message, 0, 0, "?", "?", [])
+
+
+def _read_status(run_dir: Path) -> RunStatus:
+    import json
+
+    try:
+        st = json.loads((run_dir / "status.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        st = dict(state="failed", message="This run has no status; it never started.", step=0, total_steps=0)
+    if st["state"] not in TERMINAL and st.get("pid") and not alive(st["pid"]):
+        code = exit_code(st["pid"])
+        st["state"] = "failed"
+        st["message"] = (
+            "The training process stopped unexpectedly"
+            + (f" (exit code {code})" if code is not None else "")
+            + f"; see log.txt.{_low_disk_note(run_dir)} Resume continues from the last checkpoint."
+        )
+    try:
+        spec = read_job(run_dir / "job.yaml")
+        name, model = spec.name, spec.model
+    except UserError:
+        name = model = "?"
+    return RunStatus(
+        run_dir.name,
+        run_dir,
+        st["state"],
+        st.get("message", ""),
+        st.get("step", 0),
+        st.get("total_steps", 0),
+        name,
+        model,
+        read_metrics(run_dir),
+    )
+
+
+def _low_disk_note(folder: Path) -> str:
+    """A sentence when the disk holding `folder` is nearly full: the likely reason a process died without a word
+    (with a full disk it could not even write its status)."""
+    import shutil
+
+    free = shutil.disk_usage(folder).free
+    if free >= LOW_DISK_BYTES:
+        return ""
+    return f" The disk may be full (only {free / 2**20:.0f} MiB free there): free some space first."
+
+
+def cancel(run: "str | Path | RunHandle", wait_s: float = 60.0) -> RunStatus:
+    """Ask the run to stop (it checkpoints first); after `wait_s` without stopping, it is killed."""
+    status = poll(run)
+    if not status.finished and stop(status.run_dir, wait_s):
+        mark_cancelled(
+            status.run_dir,
+            "Cancelled before it could save a checkpoint; resume continues from the last checkpoint, if any.",
+            step=status.step,
+            total_steps=status.total_steps,
+        )
+    return _poll_dir(status.run_dir)
+
+
+def list_runs(runs: Path | None = None) -> list[RunStatus]:
+    """Every run folder, newest first."""
+    runs = Path(runs) if runs else runs_dir()
+    if not runs.is_dir():
+        return []
+    folders = [d for d in sorted(runs.iterdir(), reverse=True) if not (allowed_roots() and d.is_symlink())]
+    return [_poll_dir(d) for d in folders if (d / "job.yaml").is_file()]
+
+
+def delete_run(run: "str | Path | RunHandle") -> None:
+    """Delete a finished run's folder (a running one must be cancelled first)."""
+    import shutil
+
+    status = poll(run)
+    if not status.finished:
+        raise UserError(f"Run {status.run_id} is still {status.state}; cancel it before deleting it.")
+    shutil.rmtree(status.run_dir)
+
+
+def run_log(run: "str | Path | RunHandle", lines: int = 200) -> str:
+    """The last `lines` lines of a run's log.txt."""
+    path = find_run(run) / "log.txt"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else ""
