@@ -50,7 +50,7 @@ def main():
         import random
 
         from engine.data.batching import padding_free
-        from engine.data.formats import Example
+        from engine.data.tokenizing import Example
         from engine.training.steps import adamw_8bit
 
         opt = adamw_8bit()([p for p in model.parameters() if p.requires_grad], lr=2e-4)  # the app's optimizer

@@ -10,7 +10,7 @@ import torch
 from test_patching_parity import tiny_model, with_lora
 
 from engine.data.batching import Collator, bucket, buckets, most_tokens, padded, padding_free, segment_slots
-from engine.data.formats import Example, pack
+from engine.data.tokenizing import Example, pack
 from engine.patching import patch_model
 from engine.patching.modules import packed_gradient
 

@@ -41,13 +41,14 @@ def test_the_policy_follows_the_micro_batch_shape(tmp_path):
 
 
 def test_kept_attention_outputs_are_dropped_for_micro_batches_without_room_for_them():
-    """A plan that keeps attention outputs for the recompute (engine.memory.offload.Checkpoint) keeps them at a token
-    count whose estimate holds them, and drops them (the other offload choices unchanged) for a larger micro-batch."""
+    """A plan that keeps attention outputs for the recompute (engine.memory.activations.Checkpoint) keeps them at a
+    token count whose estimate holds them, and drops them (the other offload choices unchanged) for a larger
+    micro-batch."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from engine.memory.activations import Checkpoint
     from engine.memory.checkpointing import SLACK
     from engine.memory.estimate import estimate
-    from engine.memory.offload import Checkpoint
 
     capped = dict(offload_activations=True, host_embedding=True, graphs=True, loss_chunk=1024)  # llama8b under 8 GiB
     assert fits_checkpointed(LLAMA8B, "qlora", 2048, 8.0, True, keep_attention=True, **capped)

@@ -9,7 +9,7 @@ import pytest
 from helpers import learned_runs
 
 from engine.core.errors import UserError
-from engine.data.formats import formats as data
+from engine.data import formats, inspection, reading, tokenizing
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,12 +40,12 @@ def write(tmp_path, name, rows):
 )
 def test_detects_each_format(tmp_path, row, fmt):
     path = write(tmp_path, "d.jsonl", [row, row])
-    assert data.inspect(str(path))["format"] == fmt
+    assert inspection.inspect(str(path))["format"] == fmt
 
 
 def test_alpaca_renders_with_template_and_masks_all_but_the_reply(tok):
-    msgs = data.to_messages({"instruction": "Who are you?", "input": "", "output": "I am Nova."}, "alpaca", 1)
-    ex = data.tokenize_conversation(tok, msgs, 256)
+    msgs = formats.to_messages({"instruction": "Who are you?", "input": "", "output": "I am Nova."}, "alpaca", 1)
+    ex = tokenizing.tokenize_conversation(tok, msgs, 256)
     text = "<|im_start|>user\nWho are you?<|im_end|>\n<|im_start|>assistant\nI am Nova.<|im_end|>\n"
     assert tok.decode(ex.input_ids) == text
     learned = tok.decode([t for t in ex.labels if t != -100])
@@ -60,19 +60,19 @@ def test_every_assistant_turn_of_a_conversation_is_learned(tok):
         {"role": "user", "content": "Thank you!"},
         {"role": "assistant", "content": "You are welcome."},
     ]
-    ex = data.tokenize_conversation(tok, msgs, 256)
+    ex = tokenizing.tokenize_conversation(tok, msgs, 256)
     assert learned_runs(tok, ex) == ["Hi there<|im_end|>", "You are welcome.<|im_end|>"]
 
 
 def test_train_on_inputs_learns_everything(tok):
     msgs = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
-    ex = data.tokenize_conversation(tok, msgs, 256, train_on_inputs=True)
+    ex = tokenizing.tokenize_conversation(tok, msgs, 256, train_on_inputs=True)
     assert ex.labels == ex.input_ids
 
 
 def test_truncation_is_reported(tok):
     msgs = [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "b"}]
-    ex = data.tokenize_conversation(tok, msgs, 16)
+    ex = tokenizing.tokenize_conversation(tok, msgs, 16)
     assert ex.truncated and len(ex.input_ids) == 16
 
 
@@ -80,8 +80,8 @@ def test_base_model_without_template_gets_the_plain_one_ending_in_eos():
     from tiny import make_tokenizer
 
     tok = make_tokenizer(chat_template=None)
-    assert "plain" in data.ensure_chat_template(tok)
-    ex = data.tokenize_conversation(
+    assert "plain" in tokenizing.ensure_chat_template(tok)
+    ex = tokenizing.tokenize_conversation(
         tok, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}], 64
     )
     assert tok.decode([t for t in ex.labels if t != -100]) == "Hello<|im_end|>"
@@ -117,7 +117,7 @@ def test_bad_files_name_file_row_and_field(tmp_path, content, message):
     path.write_text(content)
     before = path.read_bytes()
     with pytest.raises(UserError, match=message):
-        data.inspect(str(path))
+        inspection.inspect(str(path))
     assert path.read_bytes() == before  # nothing the user gave us is modified
 
 
@@ -125,11 +125,11 @@ def test_non_utf8_and_binary_files(tmp_path):
     latin = tmp_path / "latin.jsonl"
     latin.write_bytes('{"instruction": "caf\xe9", "output": "b"}\n'.encode("latin-1"))
     with pytest.raises(UserError, match="row 1 is not UTF-8"):
-        data.inspect(str(latin))
+        inspection.inspect(str(latin))
     binary = tmp_path / "x.jsonl"
     binary.write_bytes(b"\x00\x01\x02PK")
     with pytest.raises(UserError, match="looks binary"):
-        data.inspect(str(binary))
+        inspection.inspect(str(binary))
 
 
 def test_cli_data_inspect(tmp_path):
@@ -220,22 +220,22 @@ def test_tokenizing_reports_every_few_seconds_and_stops_on_cancel(tmp_path, tok,
 
     path = write(tmp_path, "d.jsonl", [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(3000)])
     spec = JobSpec(model="m", data=str(path))
-    monkeypatch.setattr(data, "TOKENIZE_BATCH", 100)
-    monkeypatch.setattr(data, "REPORT_S", 0.0)  # every batch, so the test sees several
+    monkeypatch.setattr(tokenizing, "TOKENIZE_BATCH", 100)
+    monkeypatch.setattr(tokenizing, "REPORT_S", 0.0)  # every batch, so the test sees several
     reports = []
-    examples = data.load_examples(spec, tok, lambda m: None, reports.append)
+    examples = tokenizing.load_examples(spec, tok, lambda m: None, reports.append)
     assert reports[:3] == [
         "tokenizing: 0 of 3,000 rows",
         "tokenizing: 100 of 3,000 rows",
         "tokenizing: 200 of 3,000 rows",
     ]
-    assert len(examples) == 3000 and isinstance(examples, data.Examples)
-    assert examples[-1] == data.tokenize_conversation(
-        tok, data.to_messages({"instruction": "q2999", "output": "a2999"}, "alpaca", 1), 1024
+    assert len(examples) == 3000 and isinstance(examples, tokenizing.Examples)
+    assert examples[-1] == tokenizing.tokenize_conversation(
+        tok, formats.to_messages({"instruction": "q2999", "output": "a2999"}, "alpaca", 1), 1024
     )
     asked = []
     with pytest.raises(Cancelled):
-        data.load_examples(spec, tok, lambda m: None, None, lambda: asked.append(1) or len(asked) > 2)
+        tokenizing.load_examples(spec, tok, lambda m: None, None, lambda: asked.append(1) or len(asked) > 2)
     assert len(asked) == 3  # checked after each batch, stopped at the first true
 
 
@@ -268,7 +268,7 @@ def test_surrogates_and_deep_nesting_get_a_sentence(tmp_path, tok, name, content
     path = tmp_path / name
     path.write_text(content)
     with pytest.raises(UserError, match=message):
-        data.inspect(str(path), tokenizer=tok)
+        inspection.inspect(str(path), tokenizer=tok)
 
 
 def test_a_csv_field_over_128_kib_is_read(tmp_path, tok):
@@ -280,13 +280,13 @@ def test_a_csv_field_over_128_kib_is_read(tmp_path, tok):
         csv.writer(f).writerows([["instruction", "output"], ["Say it all.", long]])
     from engine.spec.jobspec import JobSpec
 
-    (ex,) = data.load_examples(JobSpec(model="m", data=str(path), max_seq_length=64), tok, lambda m: None)
+    (ex,) = tokenizing.load_examples(JobSpec(model="m", data=str(path), max_seq_length=64), tok, lambda m: None)
     assert ex.truncated and len(ex.input_ids) == 64
 
 
 def test_an_assistant_only_conversation_is_rendered_or_refused_with_a_sentence(tmp_path, tok):
     path = write(tmp_path, "a.jsonl", [{"messages": [{"role": "assistant", "content": "Hello there."}]}])
-    info = data.inspect(str(path), tokenizer=tok)
+    info = inspection.inspect(str(path), tokenizer=tok)
     assert [text for text, trained in info["sample_masked"] if trained] == ["Hello there.<|im_end|>"]
     strict = copy_tokenizer(tok)
     strict.chat_template = (
@@ -295,7 +295,7 @@ def test_an_assistant_only_conversation_is_rendered_or_refused_with_a_sentence(t
         "{% endif %}{{ m['content'] }}{% endfor %}"
     )
     with pytest.raises(UserError, match=r"a.jsonl: row 1: the chat template cannot render its turns \(assistant\): "):
-        data.inspect(str(path), tokenizer=strict)
+        inspection.inspect(str(path), tokenizer=strict)
 
 
 def copy_tokenizer(tok):
@@ -315,15 +315,15 @@ def test_a_utf8_bom_is_accepted(tmp_path, suffix):
         text = "instruction,output\n" + "".join(f"{r['instruction']},{r['output']}\n" for r in rows)
     path = tmp_path / f"bom{suffix}"
     path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
-    assert data.read_rows(path) == rows
-    assert data.inspect(str(path))["format"] == "alpaca"
+    assert reading.read_rows(path) == rows
+    assert inspection.inspect(str(path))["format"] == "alpaca"
 
 
 def test_a_csv_column_named_twice_is_refused(tmp_path):
     path = tmp_path / "two.csv"
     path.write_text("instruction,output,output\nq,first,second\n")
     with pytest.raises(UserError, match="two.csv: the header names the column 'output' twice; rename one of them."):
-        data.inspect(str(path))
+        inspection.inspect(str(path))
 
 
 @pytest.mark.parametrize("kind", ["bpe", "spm"])
@@ -336,7 +336,9 @@ def test_the_direct_batch_encoding_equals_the_tokenizers_own(kind):
     texts = ["<|im_start|>user\nHi there<|im_end|>\n", "  spaces  and \n newlines", "", "ünïcödé ✓ 日本"]
     for special in (False, True):
         enc = tok(texts, add_special_tokens=special, return_offsets_mapping=True)
-        direct = list(data.encode_batch(tok, texts, special, offsets=True))
+        direct = list(tokenizing.encode_batch(tok, texts, special, offsets=True))
         assert direct == list(zip(enc["input_ids"], enc["offset_mapping"], strict=True))
     tok.backend_tokenizer.enable_truncation(max_length=3)  # as some tokenizer.json files ship it
-    assert [ids for ids, _ in data.encode_batch(tok, texts, False)] == tok(texts, add_special_tokens=False)["input_ids"]
+    assert [ids for ids, _ in tokenizing.encode_batch(tok, texts, False)] == tok(texts, add_special_tokens=False)[
+        "input_ids"
+    ]

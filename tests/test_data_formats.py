@@ -11,8 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.core.errors import UserError
-from engine.data.formats import formats as data
-from engine.data.formats import templates
+from engine.data import formats, inspection, reading, templates, tokenizing
 from engine.spec.jobspec import JobSpec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +51,7 @@ def test_sharegpt_and_chatml_give_identical_ids_and_masks(tok, tmp_path):
     for name, row in (("s.jsonl", as_sharegpt(CONVERSATION)), ("c.jsonl", {"messages": CONVERSATION})):
         path = tmp_path / name
         path.write_text(json.dumps(row) + "\n")
-        (ex,) = data.load_examples(spec(path), tok, log=lambda m: None)
+        (ex,) = tokenizing.load_examples(spec(path), tok, log=lambda m: None)
         assert tok.decode(ex.input_ids) == EXPECTED_TEXT
         assert learned_runs(tok, ex) == EXPECTED_LEARNED
         results.append((ex.input_ids, ex.labels))
@@ -66,13 +65,13 @@ def test_alpaca_matches_the_equivalent_conversation(tok, tmp_path):
             [{"instruction": "Who are you?", "input": "Answer briefly.", "output": "I am Nova.", "system": "Be brief."}]
         )
     )
-    (ex,) = data.load_examples(spec(path), tok, log=lambda m: None)
+    (ex,) = tokenizing.load_examples(spec(path), tok, log=lambda m: None)
     conv = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Who are you?\n\nAnswer briefly."},
         {"role": "assistant", "content": "I am Nova."},
     ]
-    assert ex == data.tokenize_conversation(tok, conv, 1024)
+    assert ex == tokenizing.tokenize_conversation(tok, conv, 1024)
     assert learned_runs(tok, ex) == ["I am Nova.<|im_end|>"]
 
 
@@ -99,15 +98,15 @@ def test_file_types_load_the_same_rows(tmp_path, suffix):
         path.write_text(json.dumps(rows))
     else:
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert data.read_rows(path) == rows
-    assert data.inspect(str(path))["format"] == "alpaca"
+    assert reading.read_rows(path) == rows
+    assert inspection.inspect(str(path))["format"] == "alpaca"
 
 
 def test_plain_text_is_raw_paragraphs(tmp_path):
     path = tmp_path / "book.txt"
     path.write_text("First paragraph,\nstill first.\n\n\nSecond one.\n")
-    assert data.read_rows(path) == [{"text": "First paragraph,\nstill first."}, {"text": "Second one."}]
-    assert data.inspect(str(path))["format"] == "raw"
+    assert reading.read_rows(path) == [{"text": "First paragraph,\nstill first."}, {"text": "Second one."}]
+    assert inspection.inspect(str(path))["format"] == "raw"
 
 
 def test_dataset_folder_loads_through_datasets(tmp_path, tok):
@@ -116,31 +115,33 @@ def test_dataset_folder_loads_through_datasets(tmp_path, tok):
     folder.mkdir()
     (folder / "train.jsonl").write_text(json.dumps({"messages": CONVERSATION}) + "\n")
     (folder / "test.jsonl").write_text(json.dumps({"messages": CONVERSATION[:3]}) + "\n")
-    assert data.inspect(str(folder))["rows"] == 1
-    assert data.read_rows(str(folder), split="test") == [{"messages": CONVERSATION[:3]}]
+    assert inspection.inspect(str(folder))["rows"] == 1
+    assert reading.read_rows(str(folder), split="test") == [{"messages": CONVERSATION[:3]}]
     with pytest.raises(UserError, match="no split 'validation'"):
-        data.inspect(str(folder), split="validation")
-    (ex,) = data.load_examples(spec(folder), tok, log=lambda m: None)
+        inspection.inspect(str(folder), split="validation")
+    (ex,) = tokenizing.load_examples(spec(folder), tok, log=lambda m: None)
     assert learned_runs(tok, ex) == EXPECTED_LEARNED
 
 
 def test_unreachable_hub_dataset_is_one_sentence(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="Could not load dataset 'nobody/nothing'"):
-        data.inspect("nobody/nothing")
+        inspection.inspect("nobody/nothing")
 
 
 def test_column_mapping_in_the_job_and_the_cli(tmp_path, tok):
     path = tmp_path / "qa.jsonl"
     path.write_text(json.dumps({"q": "Who are you?", "a": "I am Nova."}) + "\n")
     with pytest.raises(UserError, match="match no known format"):
-        data.load_examples(spec(path), tok, log=lambda m: None)
-    (ex,) = data.load_examples(spec(path, column_map={"q": "instruction", "a": "output"}), tok, log=lambda m: None)
+        tokenizing.load_examples(spec(path), tok, log=lambda m: None)
+    (ex,) = tokenizing.load_examples(
+        spec(path, column_map={"q": "instruction", "a": "output"}), tok, log=lambda m: None
+    )
     assert learned_runs(tok, ex) == ["I am Nova.<|im_end|>"]
     with pytest.raises(UserError, match="row 1 has no column 'question'"):
-        data.load_examples(spec(path, column_map={"question": "instruction"}), tok, log=lambda m: None)
+        tokenizing.load_examples(spec(path, column_map={"question": "instruction"}), tok, log=lambda m: None)
     with pytest.raises(UserError, match="'answer' is not a field"):
-        data.inspect(str(path), column_map={"a": "answer"})
+        inspection.inspect(str(path), column_map={"a": "answer"})
     out = subprocess.run(
         [sys.executable, "-m", "engine", "data", "inspect", str(path), "--map", "q=instruction", "--map", "a=output"],
         cwd=ROOT,
@@ -190,7 +191,7 @@ def test_named_template_on_a_base_tokenizer_masks_and_stops(tmp_path):
 
     tok = make_tokenizer(chat_template=None)
     assert templates.apply(tok, "alpaca") == "alpaca"
-    ex = data.tokenize_conversation(tok, CONVERSATION[1:3], 256)
+    ex = tokenizing.tokenize_conversation(tok, CONVERSATION[1:3], 256)
     assert learned_runs(tok, ex) == ["I am Nova.<|im_end|>"]  # <|im_end|> is this tokenizer's EOS
     assert templates.stop_strings(templates.TEMPLATES["llama-3"]) == ["<|eot_id|>"]
     with pytest.raises(UserError, match="Unknown chat template 'vicuna'"):
@@ -199,12 +200,12 @@ def test_named_template_on_a_base_tokenizer_masks_and_stops(tmp_path):
 
 def test_packing_keeps_examples_apart(tok):
     exs = [
-        data.tokenize_conversation(
+        tokenizing.tokenize_conversation(
             tok, [{"role": "user", "content": f"Q{i} " * i}, {"role": "assistant", "content": f"A{i}"}], 64
         )
         for i in range(1, 6)
     ]
-    packed = data.pack(exs, 48)
+    packed = tokenizing.pack(exs, 48)
     assert [sum(p.segments) for p in packed] == [len(p.input_ids) for p in packed]
     assert all(len(p.input_ids) <= 48 for p in packed)
     assert [t for p in packed for t in p.input_ids] == [t for e in exs for t in e.input_ids]
@@ -225,12 +226,12 @@ def test_packed_batch_loss_equals_separate_examples(tiny_llama, tok):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32, attn_implementation="sdpa").eval()
     exs = [
-        data.tokenize_conversation(
+        tokenizing.tokenize_conversation(
             tok, [{"role": "user", "content": q}, {"role": "assistant", "content": a}], 64, train_on_inputs=True
         )
         for q, a in (("Who are you?", "I am Nova."), ("What is two plus two?", "Four."), ("Hi", "Hello!"))
     ]
-    (packed,) = data.pack(exs, 256)
+    (packed,) = tokenizing.pack(exs, 256)
     with torch.no_grad():
         out = model(**collate([packed], tok.pad_token_id, "cpu"))
         total, count = 0.0, 0
@@ -286,16 +287,16 @@ def test_detection_streams_only_the_first_rows(tmp_path):
         for _ in range(200_000):
             f.write('{"instruction": "Who are you?", "output": "I am Nova."}\n')
         f.write("this line is broken\n")
-    assert data.detect_format(data.read_rows(path, limit=data.DETECT_ROWS)) == "alpaca"
+    assert formats.detect_format(reading.read_rows(path, limit=formats.DETECT_ROWS)) == "alpaca"
     with pytest.raises(UserError, match="row 200001 is not valid JSON"):
-        data.inspect(str(path))  # the full validation pass still finds it, and names the row
+        inspection.inspect(str(path))  # the full validation pass still finds it, and names the row
 
 
 def test_csv_with_extra_values_names_the_row(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("instruction,output\na,b\nc,d,e\n")
     with pytest.raises(UserError, match="d.csv: row 2 has more values than the header"):
-        data.inspect(str(path))
+        inspection.inspect(str(path))
 
 
 # ----------------------------------------------------------------------------------------------- property-based
@@ -325,11 +326,11 @@ def test_any_valid_record_masks_exactly_the_assistant_turns(tok, msgs, form):
         msgs = sys_msgs + msgs[len(sys_msgs) : len(sys_msgs) + 2]
     else:
         row = {"messages": msgs} if form == "chatml" else as_sharegpt(msgs)
-    fmt = data.row_format(row)
+    fmt = formats.row_format(row)
     assert fmt == form
-    converted = data.to_messages(row, fmt, 1)
+    converted = formats.to_messages(row, fmt, 1)
     assert converted == msgs
-    ex = data.tokenize_conversation(tok, converted, 10_000)
-    text = data.render(tok, converted)
+    ex = tokenizing.tokenize_conversation(tok, converted, 10_000)
+    text = tokenizing.render(tok, converted)
     assert tok.decode(ex.input_ids) == text
     assert learned_runs(tok, ex) == [m["content"] + "<|im_end|>" for m in msgs if m["role"] == "assistant"]

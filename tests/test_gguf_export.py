@@ -211,7 +211,7 @@ def test_existing_output_folder_is_refused(tiny_qwen3, tmp_path):
 
 
 def test_interrupted_export_leaves_nothing(tiny_qwen3, tmp_path, monkeypatch):
-    from engine.export.merge import gguf
+    from engine.export import gguf
 
     def interrupt(*args, **kw):
         raise KeyboardInterrupt
@@ -223,7 +223,7 @@ def test_interrupted_export_leaves_nothing(tiny_qwen3, tmp_path, monkeypatch):
 
 
 def test_pre_tokenizer_names_follow_the_split_regex():
-    from engine.export.merge import gguf
+    from engine.export import gguf
 
     def split(regex):
         return {
@@ -277,7 +277,7 @@ def test_streaming_merge_equals_peft_merge(tiny_llama, random_adapter, tmp_path,
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from engine.export.merge import merge as export_mod
+    from engine.export import merge as export_mod
 
     monkeypatch.setattr(export_mod, "SHARD_BYTES", 100_000)  # several shards and an index, as for a large model
     res = api.export(str(random_adapter), "merged16", tmp_path / "merged", log=quiet)
@@ -299,7 +299,7 @@ def test_streaming_merge_equals_peft_merge(tiny_llama, random_adapter, tmp_path,
 def test_merge_of_a_model_too_large_for_ram_checks_fewer_layers(random_adapter, tmp_path, monkeypatch):
     """Above the RAM limit the merge check runs on the first CHECK_LAYERS layers and the GGUF is checked for its
     tokenizer only (the fp32 greedy reference needs the whole model); both say so in the checks."""
-    from engine.export.merge import merge as export_mod
+    from engine.export import merge as export_mod
 
     monkeypatch.setattr(export_mod, "_fits_in_ram", lambda n_bytes: False)
     monkeypatch.setattr(export_mod, "CHECK_LAYERS", 1)

@@ -159,3 +159,51 @@ def test_engine_never_imports_the_notebook_api():
     for f in sorted((ROOT / "engine").rglob("*.py")):
         for mod in imports(f):
             assert mod.split(".")[0] != "tunesmith", f"{f.relative_to(ROOT)} imports {mod}"
+
+
+def top_level_names(path: Path) -> set[str]:
+    """Names a module defines or imports at its top level (inside if/try blocks too)."""
+    names, todo = set(), list(ast.parse(path.read_text(), str(path)).body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.If, ast.Try, ast.With)):
+            todo += node.body + getattr(node, "orelse", []) + getattr(node, "finalbody", [])
+            todo += [s for h in getattr(node, "handlers", []) for s in h.body]
+    return names
+
+
+def test_every_engine_import_names_a_module_or_a_name_it_defines():
+    mods = module_files()
+    wrong = []
+    for name, f in mods.items():
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            if isinstance(node, ast.ImportFrom) and node.module in mods and node.level == 0:
+                defined = top_level_names(mods[node.module])
+                wrong += [
+                    f"{name}: from {node.module} import {a.name}"
+                    for a in node.names
+                    if f"{node.module}.{a.name}" not in mods and a.name not in defined
+                ]
+    assert not wrong, "; ".join(wrong)
+
+
+def test_a_module_over_500_lines_says_why_in_its_docstring():
+    long = [
+        f"{f.relative_to(ROOT)} ({n} lines)"
+        for f in sorted((ROOT / "engine").rglob("*.py")) + sorted((ROOT / "tunesmith").rglob("*.py"))
+        if (n := len(f.read_text().splitlines())) > 520
+        and "500 lines" not in (ast.get_docstring(ast.parse(f.read_text())) or "")
+    ]
+    assert not long, f"{long}: split it, or say in its docstring why it stays over 500 lines"
+
+
+def test_every_package_opens_with_a_docstring():
+    for init in sorted((ROOT / "engine").rglob("__init__.py")):
+        assert ast.get_docstring(ast.parse(init.read_text())), f"{init.relative_to(ROOT)} needs a docstring"

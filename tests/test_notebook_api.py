@@ -15,7 +15,7 @@ import torch
 from conftest import IDENTITY_ANSWER, IDENTITY_QUESTIONS, ROOT
 
 from engine import api
-from engine.data.formats import templates
+from engine.data import templates
 from engine.data.identity import identity_rows
 from tunesmith import (
     FastLanguageModel,

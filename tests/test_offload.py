@@ -11,7 +11,8 @@ from tiny import ARCHS
 from engine.core.errors import UserError
 from engine.memory.checkpointing import SLACK
 from engine.memory.estimate import FRAGMENTATION, Arch, estimate, layer_weight_bytes
-from engine.memory.offload import RING_SLOTS, Plan, Ring, plan, spread
+from engine.memory.offload import RING_SLOTS, Plan, plan, spread
+from engine.memory.weights import Ring
 
 LLAMA8B = Arch(hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, head_dim=128, vocab=128256, tied=False)
 QWEN3_4B = Arch(hidden=2560, intermediate=9728, layers=36, heads=32, kv_heads=8, head_dim=128, vocab=151936, tied=True)
@@ -310,7 +311,7 @@ def test_offload_checkpoint_recompute_skips_the_down_product_with_the_same_gradi
 
     from test_patching_parity import assert_same_training, batch, packed, tiny_model, with_lora
 
-    from engine.memory.offload import Checkpoint
+    from engine.memory.activations import Checkpoint
     from engine.patching import modules, patch_model
 
     base = tiny_model(arch)
@@ -356,7 +357,7 @@ def test_offload_host_embedding_gathers_the_rows_of_each_batch():
     batches of changing shapes; a table whose module scales its rows (Gemma's) goes through the module itself. On the
     GPU machine the GPU gathers from the pinned table (the host_embedding case of
     test_offload_gradients_equal_those_without_offload, and tests/kernels/test_embedding.py)."""
-    from engine.memory.offload import host_embedding
+    from engine.memory.host_embedding import host_embedding
 
     torch.manual_seed(0)
     table = torch.nn.Embedding(50, 8)
@@ -381,7 +382,7 @@ def test_offload_host_embedding_falls_back_to_the_host_gather_when_the_gpu_canno
     """Where the kernel cannot read the pinned table (Triton refuses the pointer on a GPU or driver without unified
     addressing), the first step switches to the host lookup for good and still gives the table's rows."""
     import kernels.embedding
-    from engine.memory.offload import host_embedding
+    from engine.memory.host_embedding import host_embedding
 
     def refused(table, ids):
         raise ValueError("Pointer argument (at 0) cannot be accessed from Triton (cpu tensor?)")

@@ -217,7 +217,7 @@ def test_packed_adapters_with_the_adapter_off_or_another_active():
 def test_patching_parity_packed_sequences():
     """A packed row (per-example positions, block-diagonal mask) gives the loss of its examples run separately."""
     from engine.data.batching import padded as collate
-    from engine.data.formats import Example
+    from engine.data.tokenizing import Example
 
     model = tiny_model("qwen3")
     patch_model(model, log=lambda m: None)

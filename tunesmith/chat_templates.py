@@ -49,7 +49,7 @@ def get_chat_template(tokenizer, chat_template: str = "chatml", mapping: dict | 
             standardize_sharegpt(dataset) first.
         map_eos_token: True (the default) only: generation always stops at the template's end-of-turn marker.
     """
-    from engine.data.formats import ensure_chat_template
+    from engine.data.tokenizing import ensure_chat_template
 
     name = TEMPLATE_ALIASES.get(str(chat_template).lower())
     if name is None:

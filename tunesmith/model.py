@@ -116,7 +116,7 @@ class FastLanguageModel:
             (model, tokenizer). The tokenizer has a chat template (its own, or the plain one for base models).
         """
         from engine.core.hardware import choose_placement
-        from engine.data.formats import ensure_chat_template
+        from engine.data.tokenizing import ensure_chat_template
         from engine.models.loading import load_model, load_tokenizer, prepare_for_training, read_config, resolve_model
 
         call = "FastLanguageModel.from_pretrained"

@@ -209,7 +209,7 @@ class ChatModel:
 
     def __init__(self, source: str, device: str = "auto", log=print):
         from engine.chat.decode import Decoder
-        from engine.data.formats import ensure_chat_template
+        from engine.data.tokenizing import ensure_chat_template
         from engine.models.loading import load_model, load_tokenizer, resolve_model
 
         base, adapter, tok_dir = locate(source)
@@ -240,7 +240,7 @@ class ChatModel:
 
     def prompt_ids(self, messages) -> list[int]:
         """The chat-rendered prompt (generation prompt added) as token ids."""
-        from engine.data.formats import render
+        from engine.data.tokenizing import render
 
         text = render(self.tokenizer, messages, add_generation_prompt=True)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -1,4 +1,4 @@
-"""Convert a merged 16-bit transformers model folder to GGUF, quantize it with llama.cpp, and write its Modelfile.
+"""Convert a merged 16-bit transformers model folder to GGUF, quantize it with llama.cpp, and check it against PyTorch.
 
 `convert` streams the safetensors one tensor at a time into a GGUF file (F16 or BF16 matrices, F32 for the 1-D
 norms and biases, as llama.cpp's own converter does), so RAM stays bounded by the largest tensor whatever the model
@@ -18,6 +18,10 @@ the stored weight, so every norm is written as 1 + w. llama.cpp applies Gemma's 
 sliding/global layer pattern (every 2nd layer global for Gemma 2, every 6th for Gemma 3, local rope base 10000) from
 the architecture, so a config that differs from it is refused. Anything else raises a UserError before a byte is
 written.
+
+Over 500 lines on purpose: the per-architecture header keys, tokenizer encoding and tensor layout must match
+llama.cpp's loader together, and the check of the result against PyTorch reads the same keys; the Ollama Modelfile
+is engine.export.ollama's.
 """
 
 import ctypes
@@ -29,7 +33,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from engine.core.errors import UserError
-from engine.data.templates import render_template
 
 # model_type (config.json) -> llama.cpp architecture name (gguf.MODEL_ARCH member name)
 ARCHS = {
@@ -545,70 +548,6 @@ def _c_output_to(path: Path):
 
 def estimate_bytes(n_params: int, fmt: str) -> int:
     return int(n_params * BYTES_PER_WEIGHT[fmt]) + 2**20
-
-
-# --- Ollama Modelfile --------------------------------------------------------------------------------------------
-
-OLLAMA_CHATML = (
-    "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
-)
-OLLAMA_LLAMA3 = (
-    "<|begin_of_text|>{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n"
-    "{{ .Content }}<|eot_id|>{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n"
-)
-_PROBE_CHAT = [
-    {"role": "system", "content": "S1"},
-    {"role": "user", "content": "U1"},
-    {"role": "assistant", "content": "A1"},
-    {"role": "user", "content": "U2"},
-]
-
-
-def _chatml(msgs) -> str:
-    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in msgs) + "<|im_start|>assistant\n"
-
-
-def _llama3(msgs) -> str:
-    body = "".join(f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n{m['content']}<|eot_id|>" for m in msgs)
-    return "<|begin_of_text|>" + body + "<|start_header_id|>assistant<|end_header_id|>\n\n"
-
-
-def ollama_template(template: str) -> tuple[str | None, list[str]]:
-    """(Go template for Ollama, its stop strings) when the Jinja template renders as ChatML or Llama 3; else
-    (None, []) and Ollama falls back to the template embedded in the GGUF."""
-    specials = dict(bos_token="<|begin_of_text|>", eos_token="", pad_token="")
-    for msgs in (_PROBE_CHAT, _PROBE_CHAT[1:]):
-        try:
-            text = render_template(template, msgs, True, **specials)
-        except Exception:  # a template that rejects this conversation (e.g. no system role) is tried without it
-            continue
-        if text == _chatml(msgs):
-            return OLLAMA_CHATML, ["<|im_start|>", "<|im_end|>"]
-        if text == _llama3(msgs):
-            return OLLAMA_LLAMA3, ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
-    return None, []
-
-
-# engine.chat.infer's sampling names -> Ollama's PARAMETER names
-OLLAMA_PARAMS = dict(
-    temperature="temperature", top_p="top_p", top_k="top_k", min_p="min_p", repetition_penalty="repeat_penalty"
-)
-
-
-def modelfile(gguf_name: str, template: str, stops: list[str], sampling: dict) -> str:
-    """The Ollama Modelfile text for `gguf_name` (in the same folder), with `sampling`
-    (engine.chat.infer.sampling_defaults' keys) as its PARAMETER defaults."""
-    go, go_stops = ollama_template(template)
-    lines = [f"FROM ./{gguf_name}", ""]
-    if go:
-        lines += [f'TEMPLATE """{go}"""', ""]
-    else:
-        lines += ["# The chat template is not ChatML or Llama 3; Ollama uses the one embedded in the GGUF.", ""]
-    for s in dict.fromkeys(go_stops + stops):
-        lines.append(f"PARAMETER stop {json.dumps(s)}")
-    for k, v in sampling.items():
-        lines.append(f"PARAMETER {OLLAMA_PARAMS[k]} {v}")
-    return "\n".join(lines) + "\n"
 
 
 def gguf_file_name(model_dir_name: str, fmt: str) -> str:

@@ -8,6 +8,9 @@ The merge streams: each base tensor is read alone from its safetensors shard, a 
 (W + scale * B @ A, scale = alpha / r, or alpha / sqrt(r) with rsLoRA), the result is cast to the model's 16-bit
 dtype and appended to the output shard, whose header is planned before any tensor is read. RAM holds one tensor (in
 fp32 when it has a LoRA pair) plus the adapter, whatever the model size (figures for an 8B model in _merge).
+
+About 500 lines: one export pipeline (resolve the source, merge, write, verify) for every format; GGUF conversion is
+engine.export.gguf's, the Modelfile engine.export.ollama's, the background job engine.export.job's.
 """
 
 import json
@@ -110,7 +113,7 @@ def _export_gguf(base: str, adapter: Path | None, tok_dir: Path | None, fmt: str
     """
     import shutil
 
-    from engine.export.merge import gguf
+    from engine.export import gguf, ollama
     from engine.models.loading import read_config, resolve_model
 
     path = resolve_model(base, log)
@@ -140,7 +143,7 @@ def _export_gguf(base: str, adapter: Path | None, tok_dir: Path | None, fmt: str
             info = gguf.convert(merged, tmp / name, gtype16, log)
         checks.update(gguf.compare_greedy(tmp / name, ref, strict=quant is None))
         log(f"export: llama.cpp vs PyTorch {checks}")
-        text = gguf.modelfile(name, info["template"], info["stops"], info["sampling"])
+        text = ollama.modelfile(name, info["template"], info["stops"], info["sampling"])
         write_text(tmp / "Modelfile", text)
         checks["modelfile_template"] = "TEMPLATE" in text
         shutil.rmtree(merged)
@@ -168,7 +171,7 @@ def _fits_in_ram(n_bytes: int) -> bool:
 
 
 def _prompt(tok) -> dict:
-    from engine.data.formats import render
+    from engine.data.tokenizing import render
 
     text = render(tok, [{"role": "user", "content": PROBE}], add_generation_prompt=True)
     return dict(text=text, prompt_ids=tok(text, add_special_tokens=False)["input_ids"])
@@ -473,7 +476,7 @@ def _merge(
     """
     import torch
 
-    from engine.data.formats import ensure_chat_template
+    from engine.data.tokenizing import ensure_chat_template
     from engine.models.loading import load_tokenizer, read_config, resolve_model
 
     path = resolve_model(base, log)

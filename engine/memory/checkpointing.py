@@ -52,7 +52,7 @@ def install(
     """Enable checkpointing on `model`'s decoder layers, then before each forward switch it off on as many layers as
     the budget holds for that micro-batch's token count. Layers in `always` (streamed by engine.memory.offload) always
     recompute; `estimate_kw` carries the offload plan's choices into the estimate. A plan that keeps dequantized
-    weights or attention outputs for the recompute (engine.memory.offload.Checkpoint) drops them, in that order, for
+    weights or attention outputs for the recompute (engine.memory.activations.Checkpoint) drops them, in that order, for
     micro-batches they do not fit."""
     import torch
     from transformers.modeling_layers import GradientCheckpointingLayer
@@ -100,7 +100,7 @@ def install(
         for i, layer in enumerate(layers):
             layer.gradient_checkpointing = i in recompute
             function = getattr(layer, "_gradient_checkpointing_func", None)
-            if hasattr(function, "keep_attention"):  # engine.memory.offload.Checkpoint
+            if hasattr(function, "keep_attention"):  # engine.memory.activations.Checkpoint
                 function.keep_attention, function.keep_dequantized = keep, dequantized
 
     model.base_model.register_forward_pre_hook(choose, with_kwargs=True)

@@ -36,8 +36,8 @@ FRAGMENTATION = 0.04
 # A plan keeps its estimated peak times this within the budget: a margin for the estimate's own error (bench/README.md:
 # capped runs' allocated peaks were 4-6% under its allocated part, the 65536-token one 1% over it).
 ESTIMATE_SLACK = 1.05
-# Kept attention outputs (q, k, v, o of a checkpointed layer, engine.memory.offload.Checkpoint): the graphs' two static
-# sets (even and odd layers) and the activation store's two landing sets (the layer's fetched copy, the next one
+# Kept attention outputs (q, k, v, o of a checkpointed layer, engine.memory.activations.Checkpoint): the graphs' two
+# static sets (even and odd layers) and the activation store's two landing sets (the layer's fetched copy, the next one
 # arriving).
 ATTENTION_SETS = 4
 
@@ -255,7 +255,7 @@ def estimate(
     at most the largest one exists at a time, and `graphs` replays the checkpointed layers' passes as CUDA graphs
     (engine.patching.graphs.CheckpointGraphs), whose memory pool keeps one layer's working set for good (see
     GRAPH_POOL_SHARE), with three static (tokens x hidden) buffers, and `keep_attention` keeps each checkpointed
-    layer's q, k, v and o projection outputs in host RAM with its input (engine.memory.offload.Checkpoint), with
+    layer's q, k, v and o projection outputs in host RAM with its input (engine.memory.activations.Checkpoint), with
     ATTENTION_SETS sets of them on the GPU at the peak, and `keep_dequantized` has a QLoRA recompute keep gate and
     up's dequantized weights for its backward (two 16-bit copies)."""
     tokens = seq * batch

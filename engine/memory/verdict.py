@@ -9,9 +9,9 @@ import math
 from dataclasses import dataclass
 
 from engine.core.errors import UserError
+from engine.memory import offload
 from engine.memory.estimate import Arch, estimate
 from engine.memory.offload import Plan
-from engine.memory.verdict import offload
 
 LARGEST_BUDGET_GIB = 4096  # where the search for the smallest workable budget gives up
 

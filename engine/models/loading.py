@@ -142,7 +142,7 @@ def add_lora(model, spec, log=print):
 
 def load_for_training(spec, placement: Placement, log=print):
     """Model (with LoRA unless full fine-tuning) and tokenizer, ready for a training loop."""
-    from engine.data.formats import ensure_chat_template
+    from engine.data.tokenizing import ensure_chat_template
 
     path = resolve_model(spec.model, log)
     cfg = read_config(path)
@@ -156,7 +156,7 @@ def load_for_training(spec, placement: Placement, log=print):
     log(memory.describe())
     four_bit = spec.method == "qlora"
     if memory.streamed:
-        from engine.memory.offload import load_streamed
+        from engine.memory.weights import load_streamed
 
         model = load_streamed(path, placement, four_bit, memory, spec.trust_remote_code, log)
     else:
@@ -171,9 +171,9 @@ def plan_memory(spec, cfg: dict, placement: Placement):
     import torch
 
     from engine.core.hardware import vram_budget_gib
+    from engine.memory import checkpointing, offload
+    from engine.memory import verdict as memory
     from engine.memory.estimate import Arch
-    from engine.memory.verdict import checkpointing, offload
-    from engine.memory.verdict import verdict as memory
 
     budget = None
     if placement.device.startswith("cuda") and spec.gradient_checkpointing:
@@ -186,7 +186,10 @@ def prepare_for_training(model, spec, log=print, memory=None):
     parameters (LoRA adapters, or every weight for full fine-tuning) and the offload plan `memory`
     (engine.memory.offload.Plan; None: nothing offloaded), as the spec says."""
     from engine.core.hardware import vram_budget_gib
-    from engine.memory.verdict import checkpointing, estimate_kw, offload
+    from engine.memory import checkpointing
+    from engine.memory.install import install
+    from engine.memory.verdict import estimate_kw
+    from engine.memory.weights import keep_dense
 
     model.config.use_cache = False
     on_gpu = any(p.device.type == "cuda" for p in model.parameters())  # the input embedding may be in host RAM
@@ -222,10 +225,10 @@ def prepare_for_training(model, spec, log=print, memory=None):
         model = add_lora(model, spec, log)
     model.memory_plan = memory  # engine.training.sft reads grads_released
     if memory is not None and memory.dense_layers and on_gpu and fused_loss:
-        offload.keep_dense(model, memory.dense_layers, log)
+        keep_dense(model, memory.dense_layers, log)
     if memory is not None and memory.active and on_gpu:
         device = next(p.device for p in model.parameters() if p.device.type == "cuda")
-        model.offload_stream = offload.install(model, memory, device, log)
+        model.offload_stream = install(model, memory, device, log)
     if fused_loss and spec.method != "full" and spec.objective in ("sft", "pretrain"):
         from engine.patching.modules import pack_adapters
 

@@ -191,8 +191,8 @@ SET_ATTRS = ("graphs", "warm", "static", "tables", "cos_seen", "pool", "copied")
 
 
 class CheckpointGraphs:
-    """CUDA graphs of checkpointed layers' two passes (engine.memory.offload.Checkpoint): the forward without gradients,
-    and the recompute with the backward, one graph each per layer, replayed when a step allows.
+    """CUDA graphs of checkpointed layers' two passes (engine.memory.activations.Checkpoint): the forward without
+    gradients, and the recompute with the backward, one graph each per layer, replayed when a step allows.
 
     A checkpointed step under a small budget is bound by the host issuing ~40 small kernels per layer per pass
     (bench/README.md); a replay issues one. Every graph reads its input from one static buffer and writes its

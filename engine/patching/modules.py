@@ -2,6 +2,9 @@
 
 Every drop-in takes over the original module's children and attributes, so parameter names (and so PEFT targets,
 state dicts and saved adapters) are unchanged.
+
+Over 500 lines on purpose: the drop-ins (norm, attention, MLP, loss) share the LoRA-packing and recompute helpers
+they are built from; the CUDA graphs are engine.patching.graphs'.
 """
 
 import contextlib
@@ -40,7 +43,7 @@ ATTENTION_ATTRS = (
 def fused_lora_args(module):
     """(weight, A, B, scale, bias, quant_state) when `module` is a PEFT LoRA Linear that kernels.lora computes
     exactly: one active adapter, not merged, no DoRA, no dropout while training, a frozen nn.Linear or NF4 base (with
-    its 16-bit `dense_weight` when engine.memory.offload.keep_dense made one). None otherwise (the module then runs its
+    its 16-bit `dense_weight` when engine.memory.weights.keep_dense made one). None otherwise (the module then runs its
     own forward)."""
     names = getattr(module, "active_adapters", None)
     if not names or len(names) != 1 or module.disable_adapters or module.merged:
@@ -60,7 +63,7 @@ def fused_lora_args(module):
     if quant_state is None and type(base) is not nn.Linear:
         return None
     if quant_state is not None and getattr(base, "dense_weight", None) is not None:
-        weight, quant_state = base.dense_weight, None  # engine.memory.offload.keep_dense: dequantized once at load
+        weight, quant_state = base.dense_weight, None  # engine.memory.weights.keep_dense: dequantized once at load
     A, B = module.lora_A[name].weight, module.lora_B[name].weight
     return weight, A, B, module.scaling[name], base.bias, quant_state
 

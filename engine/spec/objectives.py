@@ -13,7 +13,8 @@ import itertools
 from pathlib import Path
 
 from engine.core.errors import UserError
-from engine.data.formats import CHAT_FORMATS, DETECT_ROWS, check_format, iter_source, map_columns
+from engine.data.formats import CHAT_FORMATS, DETECT_ROWS, check_format, map_columns
+from engine.data.reading import iter_source
 
 OBJECTIVES = ("sft", "pretrain", "dpo", "orpo", "grpo")
 FORMATS_FOR = {

@@ -136,7 +136,7 @@ def engine_rollout(make_decoder, tok):
     import torch
 
     from engine.chat.decode import Sampling
-    from engine.data.formats import render
+    from engine.data.tokenizing import render
 
     decoder = None
 

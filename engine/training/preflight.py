@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 
 from engine.core.errors import UserError
-from engine.data.formats import DETECT_ROWS, iter_source, map_columns, validate_row
+from engine.data.formats import DETECT_ROWS, map_columns, validate_row
+from engine.data.reading import iter_source
 from engine.spec.objectives import check_data, format_problem
 
 

@@ -9,7 +9,8 @@ parameter groups (those copies, or in full fine-tuning the weights themselves, a
 from pathlib import Path
 
 from engine.core.errors import UserError
-from engine.data.formats import Example, Examples, batched_rows, check_format, encode_batch, pack, raw_text
+from engine.data.formats import check_format, raw_text
+from engine.data.tokenizing import Example, Examples, batched_rows, encode_batch, pack
 from engine.spec.objectives import format_problem
 
 EMBEDDING_NAMES = ("embed_tokens", "lm_head")
@@ -17,7 +18,7 @@ EMBEDDING_NAMES = ("embed_tokens", "lm_head")
 
 def load_text_examples(spec, tokenizer, log=print, report=None, should_stop=None) -> Examples:
     """Every text of the dataset as training sequences with labels on every token, read and tokenized as a stream
-    in batches (engine.data.formats.batched_rows: progress through `report`, cancel through `should_stop`)."""
+    in batches (engine.data.tokenizing.batched_rows: progress through `report`, cancel through `should_stop`)."""
     source = Path(spec.data).name
     fmt = None if spec.data_format == "auto" else spec.data_format
     pieces, rows, eos = Examples(), 0, tokenizer.eos_token_id

@@ -53,7 +53,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     """The loop itself (SFT and continued pretraining); `progress` follows its last completed step."""
     import torch
 
-    from engine.data.formats import load_examples
+    from engine.data.tokenizing import load_examples
     from engine.models.loading import load_for_training
     from engine.training import pretrain
 

@@ -1,0 +1,68 @@
+"""The Ollama Modelfile written beside an exported GGUF file: the chat template in Ollama's Go template language (for
+the ChatML and Llama 3 layouts it recognises by rendering a probe conversation), stop strings and sampling defaults.
+"""
+
+import json
+
+from engine.data.templates import render_template
+
+OLLAMA_CHATML = (
+    "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
+)
+OLLAMA_LLAMA3 = (
+    "<|begin_of_text|>{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n"
+    "{{ .Content }}<|eot_id|>{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n"
+)
+_PROBE_CHAT = [
+    {"role": "system", "content": "S1"},
+    {"role": "user", "content": "U1"},
+    {"role": "assistant", "content": "A1"},
+    {"role": "user", "content": "U2"},
+]
+
+
+def _chatml(msgs) -> str:
+    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in msgs) + "<|im_start|>assistant\n"
+
+
+def _llama3(msgs) -> str:
+    body = "".join(f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n{m['content']}<|eot_id|>" for m in msgs)
+    return "<|begin_of_text|>" + body + "<|start_header_id|>assistant<|end_header_id|>\n\n"
+
+
+def ollama_template(template: str) -> tuple[str | None, list[str]]:
+    """(Go template for Ollama, its stop strings) when the Jinja template renders as ChatML or Llama 3; else
+    (None, []) and Ollama falls back to the template embedded in the GGUF."""
+    specials = dict(bos_token="<|begin_of_text|>", eos_token="", pad_token="")
+    for msgs in (_PROBE_CHAT, _PROBE_CHAT[1:]):
+        try:
+            text = render_template(template, msgs, True, **specials)
+        except Exception:  # a template that rejects this conversation (e.g. no system role) is tried without it
+            continue
+        if text == _chatml(msgs):
+            return OLLAMA_CHATML, ["<|im_start|>", "<|im_end|>"]
+        if text == _llama3(msgs):
+            return OLLAMA_LLAMA3, ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    return None, []
+
+
+# engine.chat.infer's sampling names -> Ollama's PARAMETER names
+OLLAMA_PARAMS = dict(
+    temperature="temperature", top_p="top_p", top_k="top_k", min_p="min_p", repetition_penalty="repeat_penalty"
+)
+
+
+def modelfile(gguf_name: str, template: str, stops: list[str], sampling: dict) -> str:
+    """The Ollama Modelfile text for `gguf_name` (in the same folder), with `sampling`
+    (engine.chat.infer.sampling_defaults' keys) as its PARAMETER defaults."""
+    go, go_stops = ollama_template(template)
+    lines = [f"FROM ./{gguf_name}", ""]
+    if go:
+        lines += [f'TEMPLATE """{go}"""', ""]
+    else:
+        lines += ["# The chat template is not ChatML or Llama 3; Ollama uses the one embedded in the GGUF.", ""]
+    for s in dict.fromkeys(go_stops + stops):
+        lines.append(f"PARAMETER stop {json.dumps(s)}")
+    for k, v in sampling.items():
+        lines.append(f"PARAMETER {OLLAMA_PARAMS[k]} {v}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,293 @@
+"""Weight streaming and dense copies, as engine.memory.offload plans them: the frozen linear weights of streamed
+layers in pinned host RAM, copied into a ring of GPU slots ahead of use (`Ring` decides which, `WeightStream` copies),
+loading a model straight into that layout, and 16-bit copies of NF4 weights where the card has room (`keep_dense`).
+"""
+
+import math
+
+from engine.memory.estimate import GIB
+from engine.memory.offload import LOG_EVERY, RING_SLOTS, Plan
+
+
+def _aligned(n: int) -> int:
+    return -(-n // 256) * 256  # slot offsets aligned for any dtype and vectorized loads
+
+
+class Ring:
+    """Which streamed layer each GPU slot holds, and which to load next.
+
+    A step uses the streamed layers in the order s0 .. sn-1 (forward), then sn-1 .. s0 (backward), then again. `use`
+    is told each use and returns the (layer, slot) loads to issue: the layer itself if it is not resident, then the
+    next `slots - 1` distinct layers of that cycle. A load evicts the resident layer whose next use is furthest away,
+    never the one in use.
+    """
+
+    def __init__(self, streamed: list[int], slots: int):
+        self.cycle = [(i, "f") for i in streamed] + [(i, "b") for i in reversed(streamed)]
+        self.slots = slots
+        self.held: list[int | None] = [None] * slots  # layer in each slot
+
+    def slot_of(self, layer: int) -> int | None:
+        return self.held.index(layer) if layer in self.held else None
+
+    def _upcoming(self, position: int) -> list[int]:
+        """Distinct layers in cycle order from `position` on (the one used there first)."""
+        seen: list[int] = []
+        n = len(self.cycle)
+        for k in range(n):
+            layer = self.cycle[(position + k) % n][0]
+            if layer not in seen:
+                seen.append(layer)
+        return seen
+
+    def use(self, layer: int, phase: str) -> list[tuple[int, int]]:
+        upcoming = self._upcoming(self.cycle.index((layer, phase)))
+        wanted = upcoming[: self.slots]
+        loads = []
+        for want in wanted:
+            if want in self.held:
+                continue
+            rank = {held: upcoming.index(held) for held in self.held if held is not None}
+            free = [s for s, held in enumerate(self.held) if held is None or held not in wanted]
+            slot = max(free, key=lambda s: math.inf if self.held[s] is None else rank[self.held[s]])
+            self.held[slot] = want
+            loads.append((want, slot))
+        return loads
+
+
+def in_backward() -> bool:
+    """True while autograd runs a backward pass on this thread (a checkpoint's recompute)."""
+    import torch
+
+    return torch._C._current_graph_task_id() != -1
+
+
+class WeightStream:
+    """Frozen linear weights of some decoder layers in pinned host RAM, copied into GPU slots ahead of use.
+
+    Each streamed layer gets a forward pre-hook (make its weights resident, start the next loads) and a forward hook
+    (in the forward, mark its slot reusable once the GPU is past it); `Checkpoint.backward` marks it after the
+    layer's backward."""
+
+    def __init__(self, layers: dict, device, slots: int = RING_SLOTS, log=print):
+        import torch
+
+        self.device = device
+        self.copy = torch.cuda.Stream(device)
+        self.weights = {}  # layer index -> [(parameter, pinned host tensor)]
+        for index, layer in layers.items():
+            pairs = []
+            for module in layer.modules():
+                frozen = isinstance(module, torch.nn.Linear) and not module.weight.requires_grad
+                if frozen and not hasattr(module.weight, "packed_in"):  # a packed LoRA weight trains: not streamed
+                    param = module.weight
+                    host = getattr(param, "host_copy", None)  # put there by load_streamed
+                    if host is None:
+                        host = torch.empty(param.data.shape, dtype=param.dtype, pin_memory=True)
+                        host.copy_(param.data)
+                    else:
+                        del param.host_copy
+                    param.data = torch.empty(0, dtype=param.dtype, device=device)
+                    pairs.append((param, host))
+            self.weights[index] = pairs
+        torch.cuda.empty_cache()
+        self.slot_bytes = max(sum(_aligned(h.numel() * h.element_size()) for _, h in p) for p in self.weights.values())
+        self.buffers = [torch.empty(self.slot_bytes, dtype=torch.uint8, device=device) for _ in range(slots)]
+        self.ring = Ring(sorted(layers), slots)
+        self.ready = {}  # layer -> event: its weights are in its slot
+        self.done = {}  # layer -> event: the GPU is past its last use
+        self.timing = []  # ("copy" | "stall", start event, end event, bytes) since the last tick
+        self.last_tick, self.steps = None, 0
+        self.log = log
+        self.paused = False  # True while a CUDA graph is captured: engine.patching.graphs calls `use` itself
+        for index, layer in layers.items():
+            layer.register_forward_pre_hook(self._pre_hook(index))
+            layer.register_forward_hook(self._post_hook(index))
+
+    def _load(self, layer: int, slot: int) -> None:
+        import torch
+
+        evicted = [i for i, ev in self.ready.items() if i != layer and self.ring.slot_of(i) is None]
+        for i in evicted:  # its slot now belongs to `layer`: point its parameters nowhere until it is loaded again
+            del self.ready[i]
+            for param, _ in self.weights[i]:
+                param.data = torch.empty(0, dtype=param.dtype, device=self.device)
+        buffer, offset, moved = self.buffers[slot], 0, 0
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        with torch.cuda.stream(self.copy):
+            for i in evicted:
+                if i in self.done:
+                    self.copy.wait_event(self.done.pop(i))
+            start.record(self.copy)
+            for param, host in self.weights[layer]:
+                n = host.numel() * host.element_size()
+                view = buffer[offset : offset + n].view(host.dtype).view(host.shape)
+                view.copy_(host, non_blocking=True)
+                param.data = view
+                offset += _aligned(n)
+                moved += n
+            end.record(self.copy)
+        self.ready[layer] = end
+        self.timing.append(("copy", start, end, moved))
+
+    def use(self, layer: int, phase: str) -> None:
+        """Before layer `layer` runs in `phase` ("f" or "b"): its weights resident, the next ones on their way."""
+        import torch
+
+        for want, slot in self.ring.use(layer, phase):
+            self._load(want, slot)
+        compute = torch.cuda.current_stream(self.device)
+        before, after = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        before.record(compute)
+        compute.wait_event(self.ready[layer])
+        after.record(compute)
+        self.timing.append(("stall", before, after, 0))
+
+    def finished(self, layer: int) -> None:
+        """The GPU work of the layer's current use is enqueued: its slot may be reused once that work is done."""
+        import torch
+
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.device))
+        self.done[layer] = event
+
+    def _pre_hook(self, index: int):
+        def hook(module, args):
+            if not self.paused:
+                self.use(index, "b" if in_backward() else "f")
+
+        return hook
+
+    def _post_hook(self, index: int):
+        def hook(module, args, output):
+            if not (self.paused or in_backward()):
+                self.finished(index)
+
+        return hook
+
+    def slot_key(self, index: int) -> int | None:
+        """Where the layer's streamed weights sit now (a CUDA graph of it reads them there), None if not streamed."""
+        pairs = self.weights.get(index)
+        return pairs[0][0].data_ptr() if pairs else None
+
+    def tick(self) -> None:
+        """Called at each training forward: every LOG_EVERY steps, log the last step's copy, stall and compute time
+        (one synchronization); otherwise forget its events."""
+        import torch
+
+        now = torch.cuda.Event(enable_timing=True)
+        now.record(torch.cuda.current_stream(self.device))
+        if self.last_tick is not None and self.steps % LOG_EVERY == 1:
+            now.synchronize()
+            step = self.last_tick.elapsed_time(now)
+            copy, stall, moved = self.step_summary()
+            self.log(
+                f"offload: a {step:.0f} ms step copied {moved:.2f} GB of weights in {copy:.0f} ms on the side "
+                f"stream; compute waited {stall:.0f} ms for copies and computed {step - stall:.0f} ms"
+            )
+        self.timing.clear()
+        self.last_tick = now
+        self.steps += 1
+
+    def step_summary(self) -> tuple[float, float, float]:
+        """(copy ms, stall ms, GB copied) of the events recorded since the last tick."""
+        if self.timing:
+            self.timing[-1][2].synchronize()
+        copy = sum(s.elapsed_time(e) for kind, s, e, _ in self.timing if kind == "copy")
+        stall = sum(s.elapsed_time(e) for kind, s, e, _ in self.timing if kind == "stall")
+        moved = sum(n for *_, n in self.timing) / 1e9
+        return copy, stall, moved
+
+
+def load_streamed(path, placement, four_bit: bool, plan_: Plan, trust_remote_code: bool = False, log=print):
+    """Load a model whose weights do not fit the GPU: read it into host RAM in 16 bits, then move it to the GPU layer
+    by layer (quantizing linear weights to NF4 on the way for QLoRA, as transformers' bitsandbytes loading does), with
+    the streamed layers' frozen linear weights left in pinned host RAM (the GPU holds an empty placeholder until
+    WeightStream brings them in). The GPU never holds more than the resident part plus one layer."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    device = torch.device(placement.device)
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        dtype=placement.torch_dtype,
+        use_safetensors=True,
+        trust_remote_code=trust_remote_code,
+        attn_implementation="sdpa",
+        device_map={"": "cpu"},
+    )
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    on_host = set(plan_.streamed)
+    for index, layer in enumerate(layers):
+        if four_bit:
+            for name, module in list(layer.named_modules()):
+                if type(module) is torch.nn.Linear:
+                    parent, _, attr = name.rpartition(".")
+                    setattr(layer.get_submodule(parent) if parent else layer, attr, _nf4(module, device, placement))
+        layer.to(device)
+        if index in on_host:
+            for module in layer.modules():
+                if isinstance(module, torch.nn.Linear):
+                    param = module.weight
+                    param.host_copy = param.data.to("cpu").pin_memory()
+                    param.data = torch.empty(0, dtype=param.dtype, device=device)
+    skip = {id(p) for layer in layers for p in layer.parameters()}
+    if plan_.host_embedding:  # install() wraps it where it is
+        skip |= {id(p) for p in model.get_input_embeddings().parameters()}
+    for module in model.modules():  # embeddings, final norm, head, rotary tables: the rest of the model
+        for param in list(module.parameters(recurse=False)):
+            if id(param) not in skip and param.device != device:
+                param.data = param.data.to(device)
+        for name, buf in list(module.named_buffers(recurse=False)):
+            if buf.device != device:
+                module._buffers[name] = buf.to(device)
+    if four_bit:
+        model.is_loaded_in_4bit = True
+    log(f"loading: {len(on_host)} of {len(layers)} layers' weights stay in host RAM (weight streaming)")
+    return model
+
+
+def _nf4(linear, device, placement):
+    """`linear` as a bitsandbytes NF4 Linear4bit on `device`, quantized as transformers' loading does (blocks of
+    64, double-quantized scales, compute in the run's dtype)."""
+    import bitsandbytes as bnb
+
+    q = bnb.nn.Linear4bit(
+        linear.in_features,
+        linear.out_features,
+        bias=linear.bias is not None,
+        compute_dtype=placement.torch_dtype,
+        compress_statistics=True,
+        quant_type="nf4",
+        device="meta",
+    )
+    q.weight = bnb.nn.Params4bit(
+        linear.weight.data, requires_grad=False, compress_statistics=True, quant_type="nf4", module=q
+    ).to(device)
+    if linear.bias is not None:
+        q.bias = linear.bias
+    return q.to(device)
+
+
+def keep_dense(model, count: int, log=print) -> int:
+    """Give the NF4 base of every LoRA projection in the first `count` decoder layers a 16-bit copy,
+    dequantized once (kernels.nf4, the values the per-pass dequantization would give) and stored as the base
+    module's `dense_weight`, which engine.patching's fused LoRA then multiplies by instead of dequantizing. The NF4
+    weight stays (saving, merging and chat read it). Returns the bytes added."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    from kernels.nf4 import nf4_dequantize_state
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)][:count]
+    added = 0
+    for layer in layers:
+        for module in layer.modules():
+            base = module.get_base_layer() if hasattr(module, "get_base_layer") else None
+            state = getattr(getattr(base, "weight", None), "quant_state", None)
+            if state is None or state.quant_type != "nf4" or base.weight.device.type != "cuda":
+                continue
+            base.dense_weight = nf4_dequantize_state(base.weight, state)
+            added += base.dense_weight.numel() * base.dense_weight.element_size()
+    log(f"offload: 16-bit copies of {len(layers)} layers' 4-bit weights ({added / GIB:.2f} GiB): no dequantization")
+    return added
