@@ -1,0 +1,99 @@
+"""What the Data tab shows of a dataset: format, row count, columns, a rendered sample with the trained tokens marked,
+a token-length histogram and the rows a maximum length would truncate.
+"""
+
+import json
+from pathlib import Path
+
+from engine.core.errors import UserError
+from engine.data.formats import CHAT_FORMATS, DETECT_ROWS, check_format, map_columns, to_messages, validate_row
+from engine.data.reading import iter_source
+from engine.data.tokenizing import Example, ensure_chat_template, render, tokenize_conversation, tokenize_conversations
+
+TOKEN_STATS_ROWS = 2000  # rows tokenized for the length histogram and truncation count
+
+
+def masked_segments(tokenizer, ex: Example) -> list[list]:
+    """The sample as [text, trained] runs: what the Data tab highlights."""
+    runs: list[list] = []
+    for tok, label in zip(ex.input_ids, ex.labels, strict=True):
+        trained = label != -100
+        if runs and runs[-1][1] == trained:
+            runs[-1][0].append(tok)
+        else:
+            runs.append([[tok], trained])
+    return [[tokenizer.decode(ids), trained] for ids, trained in runs]
+
+
+def histogram(lengths: list[int], bins: int = 10) -> list[dict]:
+    if not lengths:
+        return []
+    hi = max(lengths)
+    width = max(1, -(-hi // bins))
+    counts = [0] * bins
+    for n in lengths:
+        counts[min(bins - 1, n // width)] += 1
+    return [{"from": i * width, "to": (i + 1) * width, "rows": c} for i, c in enumerate(counts)]
+
+
+def inspect(
+    source: str,
+    fmt: str = "auto",
+    tokenizer=None,
+    column_map: dict | None = None,
+    max_len: int = 1024,
+    config: str = "",
+    split: str = "train",
+    template: str = "auto",
+) -> dict:
+    """Everything the Data tab and `python -m engine data inspect` show, validating every row in one streaming pass.
+
+    With a tokenizer: the sample rendered by its chat template with trained/masked runs, a token-length histogram
+    and how many rows `max_len` would truncate (over the first TOKEN_STATS_ROWS rows).
+    """
+    name = Path(source).name
+    first, rows, columns, lengths, truncated = None, 0, set(), [], 0
+    if tokenizer is not None:
+        ensure_chat_template(tokenizer, template)
+    for i, raw in iter_source(source, config, split):
+        row = map_columns(raw, column_map or {}, i, name)
+        if i <= DETECT_ROWS:
+            columns |= set(raw)
+            if fmt == "auto" or i > 1:
+                fmt = check_format(row, i, name, None if i == 1 else fmt)
+        validate_row(row, fmt, i, name)
+        rows += 1
+        if first is None:
+            first = row
+        if tokenizer is not None and fmt in CHAT_FORMATS and i <= TOKEN_STATS_ROWS:
+            msgs = to_messages(row, fmt, i, name)
+            (whole,) = tokenize_conversations(tokenizer, [msgs], 2**31, where=[f"{name}: row {i}"])
+            lengths.append(len(whole.input_ids))
+            truncated += len(whole.input_ids) > max_len
+    if first is None:
+        raise UserError(f"Dataset '{name}' has no rows.")
+    out = dict(file=str(source), format=fmt, rows=rows, columns=sorted(columns))
+    if fmt in CHAT_FORMATS:
+        msgs = to_messages(first, fmt, 1, name)
+        out["sample_messages"] = msgs
+        if tokenizer is None:
+            out["sample"] = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in msgs)
+        else:
+            out["sample"] = render(tokenizer, msgs, where=f"{name}: row 1")
+            out["sample_masked"] = masked_segments(tokenizer, tokenize_conversation(tokenizer, msgs, max_len))
+            out["token_lengths"] = dict(
+                rows_counted=len(lengths),
+                max=max(lengths),
+                mean=round(sum(lengths) / len(lengths), 1),
+                histogram=histogram(lengths),
+            )
+            out["max_seq_length"] = max_len
+            out["truncated_rows"] = truncated
+            if truncated:
+                out["warning"] = (
+                    f"{truncated} of the first {len(lengths)} rows are longer than {max_len} tokens "
+                    "and will be cut; raise the maximum sequence length to keep them whole."
+                )
+    else:
+        out["sample"] = json.dumps(first, ensure_ascii=False)
+    return out

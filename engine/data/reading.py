@@ -1,0 +1,209 @@
+"""Reading a dataset as a stream of (row number, row): JSON (an array), JSONL, CSV, TSV, Parquet, plain text (.txt/.md:
+one raw-text row per paragraph), a folder of those, or a hub dataset. Every problem names the file and the 1-based row;
+files are read as streams where the format allows, and nothing is ever written back.
+"""
+
+import csv
+import itertools
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from engine.core.errors import UserError
+
+SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt", ".md")
+
+
+BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark some editors put at the start of a file
+
+
+CSV_FIELD_BYTES = 256 * 2**20  # the largest CSV cell read (csv's own limit is 128 KiB)
+
+
+def iter_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """Yield (1-based row number, row) from a dataset file, streaming where the format allows."""
+    yield from file_rows(path)[1]
+
+
+def file_rows(path: str | os.PathLike, count: bool = False) -> tuple[int | None, Iterator[tuple[int, dict]]]:
+    """The file's last row number when it is known without parsing every row, and its (row number, row) pairs.
+
+    The number is exact for Parquet (its metadata) and JSON arrays (parsed whole); for JSONL, with `count`, it is the
+    line count (one pass over the bytes; blank lines are not rows but keep their number); otherwise None.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"Dataset file '{path}' does not exist; check the path or upload it again.")
+    with open(path, "rb") as f:
+        head = f.read(4096).removeprefix(BOM)
+    if not head.strip():
+        raise UserError(f"Dataset file '{path.name}' is empty; it needs at least one example.")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return _parquet_total(path), _parquet_rows(path)
+    if b"\x00" in head:
+        raise UserError(f"Dataset file '{path.name}' looks binary, not text; save it as JSON, JSONL, CSV or Parquet.")
+    if suffix in (".csv", ".tsv"):
+        return None, _csv_rows(path, "\t" if suffix == ".tsv" else ",")
+    if suffix in (".txt", ".md"):
+        return None, _text_rows(path)
+    if head.lstrip()[:1] == b"[":
+        rows = _json_array(path)
+        return len(rows), _json_array_rows(path, rows)
+    if head.lstrip()[:1] == b"{":
+        return _line_count(path) if count else None, _jsonl_rows(path)
+    raise UserError(f"'{path.name}' is neither JSON nor JSONL; use one of {', '.join(SUFFIXES)}.")
+
+
+def _decode(path: Path, raw: bytes, row: int) -> str:
+    try:
+        return raw.decode("utf-8-sig" if row == 1 else "utf-8")  # a BOM (Windows editors write one) is not data
+    except UnicodeDecodeError:
+        raise UserError(f"{path.name}: row {row} is not UTF-8 text; re-save the file as UTF-8.") from None
+
+
+def _line_count(path: Path) -> int:
+    """Lines of a file, read in 1 MiB blocks (a pass over the bytes, far cheaper than parsing them)."""
+    n, last = 0, b"\n"
+    with open(path, "rb") as f:
+        while block := f.read(2**20):
+            n += block.count(b"\n")
+            last = block[-1:]
+    return n + (last != b"\n")
+
+
+def _json_value(path: Path, text: str, where: str):
+    """json.loads with a sentence for its errors, including nesting deeper than Python's recursion allows."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        if where == "the file":
+            raise UserError(f"{path.name}: invalid JSON at line {e.lineno}, column {e.colno} ({e.msg}).") from None
+        raise UserError(f"{path.name}: {where} is not valid JSON ({e.msg} at column {e.colno}).") from None
+    except RecursionError:
+        raise UserError(
+            f"{path.name}: {where} nests lists or objects thousands of levels deep; no training example does that, "
+            "so the file is probably damaged."
+        ) from None
+
+
+def _jsonl_rows(path: Path):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = _decode(path, raw, lineno)
+            if not line.strip():
+                continue
+            row = _json_value(path, line, f"row {lineno}")
+            if not isinstance(row, dict):
+                raise UserError(f"{path.name}: row {lineno} is not a JSON object ({{...}}).")
+            yield lineno, row
+
+
+def _json_array(path: Path) -> list:
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path.name}: byte {e.start} is not UTF-8 text; re-save the file as UTF-8.") from None
+    rows = _json_value(path, text, "the file")
+    if not isinstance(rows, list):
+        raise UserError(f"{path.name}: expected a JSON list of examples.")
+    return rows
+
+
+def _json_array_rows(path: Path, rows: list):
+    for i, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise UserError(f"{path.name}: row {i} is not a JSON object ({{...}}).")
+        yield i, row
+
+
+def _csv_rows(path: Path, delimiter: str):
+    # csv refuses fields over 128 KiB by default; a long document in one cell is a fair training example
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_BYTES))
+    with open(path, "rb") as f:
+        lines = (_decode(path, raw, n) for n, raw in enumerate(f, 1))
+        reader = csv.DictReader(lines, delimiter=delimiter)
+        i = 0
+        try:
+            header = reader.fieldnames or []
+            twice = sorted({c for c in header if header.count(c) > 1})
+            if twice:
+                raise UserError(f"{path.name}: the header names the column '{twice[0]}' twice; rename one of them.")
+            for i, row in enumerate(reader, 1):
+                if None in row:
+                    raise UserError(f"{path.name}: row {i} has more values than the header has columns.")
+                yield i, {k: v for k, v in row.items() if v is not None}
+        except csv.Error as e:
+            raise UserError(f"{path.name}: row {i + 1} cannot be read as CSV ({e}).") from None
+
+
+def _parquet_file(path: Path):
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except Exception:
+        raise UserError(f"'{path.name}' is not a readable Parquet file.") from None
+
+
+def _parquet_total(path: Path) -> int:
+    return _parquet_file(path).metadata.num_rows
+
+
+def _parquet_rows(path: Path):
+    n = 0
+    for batch in _parquet_file(path).iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            n += 1
+            yield n, row
+
+
+def _text_rows(path: Path):
+    with open(path, "rb") as f:
+        lines = (_decode(path, raw, n) for n, raw in enumerate(f, 1))
+        n, para = 0, []
+        for line in itertools.chain(lines, [""]):
+            if line.strip():
+                para.append(line)
+            elif para:
+                n += 1
+                yield n, {"text": "".join(para).strip()}
+                para = []
+
+
+def iter_source(source: str, config: str = "", split: str = "train") -> Iterator[tuple[int, dict]]:
+    """Rows of a local file, or of a hub dataset (or local dataset folder) loaded through `datasets`."""
+    yield from source_rows(source, config, split)[1]
+
+
+def source_rows(
+    source: str, config: str = "", split: str = "train", count: bool = False
+) -> tuple[int | None, Iterator[tuple[int, dict]]]:
+    """Like iter_source, with the last row number first where it is known (see file_rows, whose `count` it takes;
+    hub datasets know their length), for progress reports."""
+    path = Path(os.path.expanduser(source))
+    if path.is_file():
+        return file_rows(path, count)
+    from engine.core.hub_id import HUB_ID
+
+    if not (path.is_dir() or HUB_ID.match(source)):
+        raise UserError(f"Dataset file '{source}' does not exist; check the path or upload it again.")
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(source, config or None, split=split)
+    except ValueError as e:
+        if "split" in str(e).lower():
+            raise UserError(f"Dataset '{source}' has no split '{split}'; pick one it has (often 'train').") from None
+        raise UserError(f"Could not load dataset '{source}': {str(e).splitlines()[0][:200]}") from None
+    except (ConnectionError, OSError, datasets.exceptions.DatasetNotFoundError) as e:
+        raise UserError(
+            f"Could not load dataset '{source}' ({type(e).__name__}): check the name, the connection, "
+            "or download it on a connected machine."
+        ) from None
+    return len(ds), ((i, dict(row)) for i, row in enumerate(ds, 1))
+
+
+def read_rows(source: str | os.PathLike, limit: int | None = None, **where) -> list[dict]:
+    return [row for _, row in itertools.islice(iter_source(str(source), **where), limit)]
