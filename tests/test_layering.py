@@ -1,4 +1,7 @@
-"""The layering of shared/DESIGN.md: app/ui -> engine.api -> engine internals -> kernels. Arrows never point up."""
+"""The layering of shared/DESIGN.md: app/ui -> engine.api -> engine internals -> kernels. Arrows never point up.
+
+Inside the engine the stage packages have an order too (LAYERS): a module imports its own package and earlier ones
+only, and no module of engine/ or tunesmith/ takes part in an import circle (imports inside functions count)."""
 
 import ast
 import subprocess
