@@ -20,7 +20,7 @@ def inspect_data(
 ) -> dict:
     """Format, row count, columns and a rendered sample; with `model`, rendered by its chat template (or `template`)
     with the trained tokens marked, a token-length histogram and the rows `max_seq_length` would truncate."""
-    from engine.data import formats as data
+    from engine.data import inspection
 
     check_access(path)
     check_access(model or "")
@@ -29,7 +29,7 @@ def inspect_data(
         from engine.models.loading import load_tokenizer, resolve_model
 
         tokenizer = load_tokenizer(resolve_model(model))
-    return data.inspect(path, fmt, tokenizer, column_map, max_seq_length, config, split, template)
+    return inspection.inspect(path, fmt, tokenizer, column_map, max_seq_length, config, split, template)
 
 
 def check_data(
