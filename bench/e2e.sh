@@ -12,7 +12,7 @@ python3 -c "import sys; sys.path.insert(0, '.bench'); from train_bench import en
 for run in "$@"; do
   read -r impl data mode extra <<<"$run"
   echo "== $run" | tee -a "$log"
-  timeout 400 python3 .bench/e2e_bench.py --impl "$impl" --arch "${ARCH:-qwen3_4b}" --data "$data" --mode "$mode" \
+  timeout "${RUN_TIMEOUT:-400}" python3 .bench/e2e_bench.py --impl "$impl" --arch "${ARCH:-qwen3_4b}" --data "$data" --mode "$mode" \
     $extra >/tmp/e2e_one.log 2>&1
   echo "exit $?"
   cat /tmp/e2e_one.log >>"$log"

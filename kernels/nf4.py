@@ -299,10 +299,22 @@ def nf4_dequantize(
     return out
 
 
+def cpu_repacked(quant_state) -> bool:
+    """Whether bitsandbytes has rewritten this weight into its CPU layout, which the kernels here cannot read.
+
+    On a CPU with AVX512-BF16, a bitsandbytes Linear4bit in eval mode whose input needs no gradient (any no-grad
+    forward: transformers' generate, a prompt) replaces its weight, in place and for good, by a tiled repacking for
+    its bf16 CPU kernel: absmax un-nested, rounded to bf16 and transposed (`packing_format_for_cpu`). Clearing the
+    module's `support_avx512bf16_for_cpu` before that keeps the layout (and the fp32 math) as loaded."""
+    return bool(getattr(quant_state, "packing_format_for_cpu", False))
+
+
 def nf4_dequantize_state(packed: torch.Tensor, quant_state, out: torch.Tensor | None = None) -> torch.Tensor:
     """`nf4_dequantize` reading the fields of a bitsandbytes QuantState (duck-typed: bitsandbytes is not imported)."""
     if quant_state.quant_type != "nf4":
         raise ValueError(f"quant_type {quant_state.quant_type!r}: only nf4 is supported")
+    if cpu_repacked(quant_state):
+        raise ValueError("the weight is in bitsandbytes' CPU-repacked layout (see cpu_repacked): not readable here")
     state2 = quant_state.state2 if quant_state.nested else None
     return nf4_dequantize(
         packed,

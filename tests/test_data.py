@@ -184,6 +184,8 @@ from engine.spec.jobspec import JobSpec
 tok = make_tokenizer()
 def rss_kb():
     return int(open("/proc/self/statm").read().split()[1]) * (resource.getpagesize() // 1024)
+# a first pass over a few rows brings in the code and libraries it runs, so the figure below is the data's alone
+pretrain.load_text_examples(JobSpec(model="m", data={small!r}, objective="pretrain"), tok, lambda m: None)
 before = rss_kb()
 reports = []
 spec = JobSpec(model="m", data={data!r}, objective="pretrain", max_seq_length=64)
@@ -201,7 +203,9 @@ def test_a_large_file_streams_with_progress_and_bounded_memory(tmp_path):
     with open(path, "w") as f:
         for i in range(rows):
             f.write(json.dumps({"text": f"Row {i} of the file."}) + "\n")
-    script = STREAM_SCRIPT.format(root=str(ROOT), tests=str(ROOT / "tests"), data=str(path))
+    small = tmp_path / "small.jsonl"
+    small.write_text("".join(json.dumps({"text": f"Row {i} of the file."}) + "\n" for i in range(600)))
+    script = STREAM_SCRIPT.format(root=str(ROOT), tests=str(ROOT / "tests"), data=str(path), small=str(small))
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout.strip().splitlines()[-1])

@@ -104,12 +104,33 @@ def test_dpo_cancel_saves_a_checkpoint_and_resume_finishes(tiny_llama, pairs_fil
     spec = spec_for(tiny_llama, pairs_file, max_steps=4)
     polls = iter(range(100))
     with pytest.raises(Cancelled):
-        run_here(spec, tmp_path, should_stop=lambda: next(polls) >= 2)  # polled before training, then after each step
+        # polled once while reading the pairs, once before training, then after each step
+        run_here(spec, tmp_path, should_stop=lambda: next(polls) >= 3)
     assert [c.name for c in (tmp_path / "checkpoints").iterdir()] == ["step-000002"]
     assert not (tmp_path / "adapter").exists()
     metrics = run_here(spec, tmp_path, resume=True)
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_dpo_reading_a_large_file_reports_progress_and_cancels(tiny_llama, tmp_path):
+    """A preference file is read with "reading: N of M rows" in the status and log, and a stop asked for while it is
+    read ends the run there, before any training (engine.spec.objectives.read_rows)."""
+    path = tmp_path / "pairs.jsonl"
+    row = json.dumps(dict(prompt="Who are you?", chosen=IDENTITY_ANSWER, rejected=REJECTED)) + "\n"
+    path.write_text(row * 3000)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    runlog, lines = RunLog(run_dir), []
+
+    def reading():
+        return [line for line in lines if line.startswith("reading:")]
+
+    with pytest.raises(Cancelled):
+        train(spec_for(tiny_llama, path), run_dir, runlog, False, lambda: bool(reading()), lines.append)
+    assert reading() == ["reading: 0 of 3,000 rows"]
+    assert runlog.state == {**runlog.state, "state": "loading", "message": "reading: 0 of 3,000 rows"}
+    assert not (run_dir / "checkpoints").exists()
 
 
 def test_dpo_refuses_chat_data_with_a_sentence(identity_file, pairs_file):

@@ -67,6 +67,10 @@ def train_steps(model, inputs, steps: int = 3, lr: float = 1e-2, optimizer=torch
     wraps each forward as a training loop does (one context per step: autocast caches its casts of the weights)."""
     import contextlib
 
+    # Train mode, as a training loop runs. In eval mode, on a CPU with AVX512-BF16, a bitsandbytes Linear4bit whose
+    # input needs no gradient (layer 0's q/k/v: the embedding is frozen) repacks its weight for its bf16 CPU kernel
+    # (kernels.nf4.cpu_repacked): the plain QLoRA model's losses then differ by 1.2e-2 relative (measured).
+    model.train()
     opt = optimizer([p for p in model.parameters() if p.requires_grad], lr=lr)
     losses, grads = [], []
     for _ in range(steps):
@@ -81,6 +85,7 @@ def train_steps(model, inputs, steps: int = 3, lr: float = 1e-2, optimizer=torch
 
 
 def assert_same_training(plain, fast, inputs, rtol, atol):
+    initial = {n: p.detach().clone() for n, p in lora_state(plain).items()}
     losses_p, grads_p, final_p = train_steps(plain, inputs)
     losses_f, grads_f, final_f = train_steps(fast, inputs)
     torch.testing.assert_close(torch.tensor(losses_f), torch.tensor(losses_p), rtol=rtol, atol=atol)
@@ -88,8 +93,15 @@ def assert_same_training(plain, fast, inputs, rtol, atol):
         assert gp.keys() == gf.keys()
         for name in gp:
             torch.testing.assert_close(gf[name], gp[name], rtol=rtol, atol=atol, msg=f"step {step} grad {name}")
+    # Final weights, allowing besides rtol/atol 2% of each element's own update. Adam's first step moves an element
+    # by lr * g / (|g| + eps), so a gradient near eps turns fp32 noise into a visible step: measured on gemma, the
+    # step-0 gradient of one v_proj lora_A element is 3.74e-7 plain vs 3.12e-7 patched (within atol), and its final
+    # weights differ by 5.0e-5, 0.8% of its update (no element of gemma's adapters is further off, relative to its
+    # update; the other families stay within rtol/atol). A step not applied is off by 100%.
     for name in final_p:
-        torch.testing.assert_close(final_f[name], final_p[name], rtol=rtol, atol=atol, msg=name)
+        diff = (final_f[name] - final_p[name]).abs()
+        allowed = atol + rtol * final_p[name].abs() + 0.02 * (final_p[name] - initial[name]).abs()
+        assert (diff <= allowed).all(), f"{name}: final weights differ by up to {diff.max().item():.2e}"
 
 
 @pytest.mark.parametrize("arch", FAMILIES)

@@ -148,7 +148,7 @@ def _poll_dir(run_dir: Path) -> RunStatus:
     try:
         return _read_status(run_dir)
     except Exception as e:  # one bad folder must not break the run history or the app's start
-        why = f"{type(e).__name__}: {str(e)[:120]}"
+        why = str(e)[:200] if isinstance(e, UserError) else f"{type(e).__name__}: {str(e)[:120]}"
         message = f"This run folder is damaged ({why}); delete it, or fix its files by hand."
         return RunStatus(run_dir.name, run_dir, "damaged", message, 0, 0, "?", "?", [])
 
@@ -168,11 +168,7 @@ def _read_status(run_dir: Path) -> RunStatus:
             + (f" (exit code {code})" if code is not None else "")
             + f"; see log.txt.{_low_disk_note(run_dir)} Resume continues from the last checkpoint."
         )
-    try:
-        spec = read_job(run_dir / "job.yaml")
-        name, model = spec.name, spec.model
-    except UserError:
-        name = model = "?"
+    spec = read_job(run_dir / "job.yaml")  # unreadable or invalid: the folder is damaged (_poll_dir)
     return RunStatus(
         run_dir.name,
         run_dir,
@@ -180,8 +176,8 @@ def _read_status(run_dir: Path) -> RunStatus:
         st.get("message", ""),
         st.get("step", 0),
         st.get("total_steps", 0),
-        name,
-        model,
+        spec.name,
+        spec.model,
         read_metrics(run_dir),
     )
 

@@ -56,7 +56,7 @@ from kernels import dispatch
 from kernels.add_rms_norm import add_rms_norm
 from kernels.decode_attention import decode_attention
 from kernels.matvec import matvec
-from kernels.nf4 import nf4_matvec
+from kernels.nf4 import cpu_repacked, nf4_matvec
 from kernels.rope_kv_cache import rope_kv_cache
 from kernels.swiglu import swiglu
 
@@ -168,9 +168,13 @@ class Projection:
             state is not None
             and getattr(state, "quant_type", None) == "nf4"
             and type(self.base).__name__ == "Linear4bit"
+            and not cpu_repacked(state)
         ):
             self.kind = "nf4"
             self.nf4 = _nf4_fields(self.base.weight, state)
+            # The step reads this weight's bitsandbytes layout: keep bitsandbytes' CPU eval path (the prompt, or
+            # transformers' generate on the same model) from repacking it under us (see kernels.nf4.cpu_repacked).
+            self.base.support_avx512bf16_for_cpu = False
         else:
             self.kind = "module"
 

@@ -37,6 +37,15 @@ class RunLog:
                 raise
             overwrite_in_place(self.dir / "status.json", json.dumps(self.state, separators=(",", ":")))
 
+    def loading(self, log):
+        """A reporter for a long pass over the data: each text goes to the status (state "loading") and the log."""
+
+        def report(text: str) -> None:
+            self.set(state="loading", message=text)
+            log(text)
+
+        return report
+
     def metric(self, **record) -> None:
         append_jsonl(self.dir / "metrics.jsonl", dict(record, time=round(time.time(), 3)))
 

@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 from engine.patching.family import Family, PatchReport
 from kernels.cross_entropy import fused_linear_cross_entropy
 from kernels.lora import lora_linear, lora_linear_group
+from kernels.nf4 import cpu_repacked
 from kernels.rms_norm import rms_norm
 from kernels.rope import rope
 from kernels.swiglu import swiglu
@@ -43,8 +44,8 @@ ATTENTION_ATTRS = (
 def fused_lora_args(module):
     """(weight, A, B, scale, bias, quant_state) when `module` is a PEFT LoRA Linear that kernels.lora computes
     exactly: one active adapter, not merged, no DoRA, no dropout while training, a frozen nn.Linear or NF4 base (with
-    its 16-bit `dense_weight` when engine.memory.weights.keep_dense made one). None otherwise (the module then runs its
-    own forward)."""
+    its 16-bit `dense_weight` when engine.memory.weights.keep_dense made one; not one bitsandbytes repacked for its CPU
+    kernel). None otherwise (the module then runs its own forward)."""
     names = getattr(module, "active_adapters", None)
     if not names or len(names) != 1 or module.disable_adapters or module.merged:
         return None
@@ -58,7 +59,7 @@ def fused_lora_args(module):
     if weight.requires_grad:
         return None
     quant_state = getattr(weight, "quant_state", None)
-    if quant_state is not None and quant_state.quant_type != "nf4":
+    if quant_state is not None and (quant_state.quant_type != "nf4" or cpu_repacked(quant_state)):
         return None
     if quant_state is None and type(base) is not nn.Linear:
         return None

@@ -15,6 +15,7 @@ from pathlib import Path
 from engine.core.errors import UserError
 from engine.data.formats import CHAT_FORMATS, DETECT_ROWS, check_format, map_columns
 from engine.data.reading import iter_source
+from engine.data.tokenizing import batched_rows
 
 OBJECTIVES = ("sft", "pretrain", "dpo", "orpo", "grpo")
 FORMATS_FOR = {
@@ -49,15 +50,17 @@ def format_problem(objective: str, fmt: str) -> str:
     return f"{NAMES[objective]} needs {NEEDS[objective]}; this dataset is {fmt}.{hint}"
 
 
-def read_rows(spec, log=print) -> list[dict]:
-    """Every row of the spec's dataset, columns mapped, checked to be in one format that suits its objective."""
+def read_rows(spec, log=print, report=None, should_stop=None) -> list[dict]:
+    """Every row of the spec's dataset, columns mapped, checked to be in one format that suits its objective.
+    `report(text)` hears "reading: N of M rows" every few seconds and `should_stop()` true raises Cancelled
+    (engine.data.tokenizing.batched_rows), so a large file neither looks hung nor ignores Cancel."""
     source = Path(spec.data).name
     rows, fmt = [], None if spec.data_format == "auto" else spec.data_format
-    for i, raw in iter_source(spec.data, spec.data_config, spec.data_split):
-        row = map_columns(raw, spec.column_map, i, source)
-        if spec.data_format == "auto":
-            fmt = check_format(row, i, source, fmt)
-        rows.append(row)
+    for batch in batched_rows(spec, "reading", report, should_stop):
+        for i, row in batch:
+            if spec.data_format == "auto":
+                fmt = check_format(row, i, source, fmt)
+            rows.append(row)
     if not rows:
         raise UserError(f"Dataset '{source}' has no rows.")
     problem = format_problem(spec.objective, fmt)

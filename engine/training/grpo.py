@@ -192,7 +192,8 @@ def train_grpo(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> N
     runlog.set(state="loading", message="loading the model")
     model, tok = load_for_training(spec, placement, log)
     source = Path(spec.data).name
-    rows = [to_prompt(r, i, source, spec.system_prompt) for i, r in enumerate(read_rows(spec, log), 1)]
+    rows = read_rows(spec, log, runlog.loading(log), should_stop)
+    rows = [to_prompt(r, i, source, spec.system_prompt) for i, r in enumerate(rows, 1)]
     columns = sorted({k for r in rows for k in r} - {"prompt"})
     run = TrlRun(spec, run_dir, runlog, should_stop, log, model, tok, placement, total_steps(spec, len(rows)), resume)
     args = run.args(

@@ -76,7 +76,8 @@ def train_preference(spec, run_dir: Path, runlog, resume: bool, should_stop, log
     runlog.set(state="loading", message="loading the model")
     model, tok = load_for_training(spec, placement, log)
     source = Path(spec.data).name
-    pairs = [to_pair(r, i, source, spec.system_prompt) for i, r in enumerate(read_rows(spec, log), 1)]
+    rows = read_rows(spec, log, runlog.loading(log), should_stop)
+    pairs = [to_pair(r, i, source, spec.system_prompt) for i, r in enumerate(rows, 1)]
     run = TrlRun(spec, run_dir, runlog, should_stop, log, model, tok, placement, total_steps(spec, len(pairs)), resume)
     common = dict(
         train_dataset=Dataset.from_list(pairs),

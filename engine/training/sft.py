@@ -63,10 +63,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     runlog.set(state="loading", message="loading the model")
     model, tok = load_for_training(spec, placement, log)
 
-    def loading(text):  # a long pass over the data says where it is, in the status and the log
-        runlog.set(state="loading", message=text)
-        log(text)
-
+    loading = runlog.loading(log)  # a long pass over the data says where it is, in the status and the log
     if spec.objective == "pretrain":
         if spec.train_embeddings and spec.method != "full":
             model = pretrain.add_embedding_training(model, log)
