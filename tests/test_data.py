@@ -176,21 +176,21 @@ def test_identity_generator_covers_languages():
 # --- issue 23: large files stream, odd input gets a sentence, Windows files and shared exports work -------------------
 
 STREAM_SCRIPT = """
-import json, resource, sys
+import json, sys
 sys.path[:0] = [{root!r}, {tests!r}]
 from tiny import make_tokenizer
 from engine.training import pretrain
 from engine.spec.jobspec import JobSpec
 tok = make_tokenizer()
-def rss_kb():
-    return int(open("/proc/self/statm").read().split()[1]) * (resource.getpagesize() // 1024)
+def status_kb(key):  # VmRSS now, VmHWM the peak since exec (ru_maxrss would carry the forking parent's peak)
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key + ":"))
 # a first pass over a few rows brings in the code and libraries it runs, so the figure below is the data's alone
 pretrain.load_text_examples(JobSpec(model="m", data={small!r}, objective="pretrain"), tok, lambda m: None)
-before = rss_kb()
+before = status_kb("VmRSS")
 reports = []
 spec = JobSpec(model="m", data={data!r}, objective="pretrain", max_seq_length=64)
 ex = pretrain.load_text_examples(spec, tok, lambda m: None, reports.append)
-grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+grown = status_kb("VmHWM") - before
 print(json.dumps(dict(grown_kb=grown, reports=reports, examples=len(ex), tokens=ex.tokens())))
 """
 
