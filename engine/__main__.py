@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 
 def _follow(handle) -> int:
@@ -95,9 +96,9 @@ def main(argv=None) -> int:
 
     try:
         if args.cmd == "train":
-            from engine.spec.jobspec import read_job
+            from engine.spec.jobspec import read_job, with_paths_beside
 
-            spec = read_job(args.job)
+            spec = with_paths_beside(read_job(args.job), Path(args.job).parent)
             handle = api.start(spec, allow_code=True)  # the command line may run its own reward code
             print(f"run: {handle.run_dir}", flush=True)
             return 0 if args.detach else _follow(handle)

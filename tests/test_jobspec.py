@@ -161,3 +161,14 @@ def test_job_file_that_is_not_utf8_or_a_folder_gets_a_sentence(tmp_path):
     bom = tmp_path / "bom.yaml"
     bom.write_bytes(b"\xef\xbb\xbfmodel: m\ndata: d\n")
     assert read_job(bom).model == "m"
+
+
+def test_job_paths_resolve_beside_the_job_file_only_where_something_is_there(tmp_path):
+    from engine.spec.jobspec import with_paths_beside
+
+    (tmp_path / "rows.jsonl").write_text("{}\n")
+    spec = JobSpec(model="Qwen/Qwen3-0.6B", data="rows.jsonl")
+    resolved = with_paths_beside(spec, tmp_path)
+    assert (resolved.model, resolved.data) == ("Qwen/Qwen3-0.6B", str(tmp_path / "rows.jsonl"))
+    elsewhere = JobSpec(model="/abs/model", data="missing.jsonl")
+    assert with_paths_beside(elsewhere, tmp_path) == elsewhere

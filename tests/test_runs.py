@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -291,3 +292,15 @@ def test_checkpoint_of_a_step_already_saved_is_kept(tiny_llama, tmp_path):
     again = save_checkpoint(tmp_path, 4, model, opt, sched, (0, 4), 2, log=lambda m: None)
     assert again == first and (first / "state.json").stat().st_mtime_ns == stamp
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-000004"]
+
+
+def test_cli_job_paths_are_relative_to_the_job_file(tiny_llama, identity_file, runs, tmp_path):
+    """README's smallest job names its data as it lies beside the job file; the command runs from elsewhere."""
+    folder = tmp_path / "my-job"
+    folder.mkdir()
+    shutil.copy(identity_file, folder / "identity.jsonl")
+    (folder / "job.yaml").write_text(f"model: {tiny_llama}\ndata: identity.jsonl\nmethod: lora\nmax_steps: 1\n")
+    out = cli("train", str(folder / "job.yaml"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    run_dir = Path(out.stdout.splitlines()[0].removeprefix("run: "))
+    assert api.JobSpec.from_yaml((run_dir / "job.yaml").read_text()).data == str((folder / "identity.jsonl").resolve())

@@ -228,6 +228,19 @@ def read_job(path: str | os.PathLike) -> JobSpec:
     return JobSpec.from_yaml(text, source=str(path))
 
 
+def with_paths_beside(spec: JobSpec, folder: str | os.PathLike) -> JobSpec:
+    """`spec` with its relative model and data paths resolved against `folder` (a job file's own folder) where
+    something exists there, so `data: identity.jsonl` means the file beside the job, wherever the command runs.
+    Anything else (a hub id, an absolute path, a path found only from the working folder) is kept as written."""
+    changes = {}
+    for key in ("model", "data"):
+        value = getattr(spec, key)
+        beside = Path(folder) / value
+        if value and not Path(value).is_absolute() and beside.exists():
+            changes[key] = str(beside.resolve())
+    return dataclasses.replace(spec, **changes) if changes else spec
+
+
 class _DuplicateKey(Exception):
     def __init__(self, key: str, line: int):
         super().__init__(key)
