@@ -108,6 +108,16 @@ def test_from_pretrained_16bit_dtype_device_and_noop_options(tiny_llama):
     assert model.dtype == torch.bfloat16 and model.device.type == "cpu"
 
 
+@pytest.mark.parametrize("device_map", [None, "auto", "cpu", {"": "cpu"}, {"": 0}, {"": "cuda:0"}, "cuda", "cuda:0", 0])
+def test_from_pretrained_takes_the_common_device_maps(tiny_llama, device_map, capsys):
+    model, _ = FastLanguageModel.from_pretrained(
+        str(tiny_llama), max_seq_length=128, load_in_4bit=False, device_map=device_map
+    )
+    assert model.device.type == "cpu"  # no GPU here: a GPU map falls back to the CPU, and says so
+    gpu_map = device_map not in (None, "auto", "cpu", {"": "cpu"})
+    assert ("asks for a GPU but PyTorch sees none; loading on the CPU" in capsys.readouterr().out) == gpu_map
+
+
 def test_full_finetuning_trains_every_weight_and_saves_merged(tiny_llama, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -146,7 +156,9 @@ def test_full_finetuning_trains_every_weight_and_saves_merged(tiny_llama, tmp_pa
         (dict(load_in_4bit=True, full_finetuning=True), "full fine-tuning trains 16-bit weights"),
         (dict(use_gradient_checkpointing=True), "pass use_gradient_checkpointing to FastLanguageModel.get_peft"),
         (dict(full_finetuning=True, use_gradient_checkpointing="sometimes"), 'use "unsloth", True or False'),
-        (dict(device_map="balanced"), "device_map='balanced' is not supported; use one of sequential"),
+        (dict(device_map="balanced"), "device_map='balanced' is not supported; the model goes on one device"),
+        (dict(device_map={"model": 0, "lm_head": "cpu"}), "the model goes on one device"),
+        (dict(device_map="cuda:1"), "device_map='cuda:1' is not supported"),
         (dict(dtype="int8"), "dtype='int8' is not supported"),
         (dict(max_seq_length=513), "longer than this model's context \\(512 tokens\\).*max_seq_length=512"),
     ],

@@ -15,7 +15,16 @@ from tunesmith import options
 from tunesmith.model_spec import is_peft, spec_of
 
 DTYPES = {"float32": "fp32", "fp32": "fp32", "bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16"}
-DEVICE_MAPS = {"sequential": "auto", "auto": "auto", "cpu": "cpu", "cuda": "cuda"}
+# device_map spellings of one device, as notebooks write them (a map {"": x} puts the whole model on x); GPU 0 only
+DEVICE_MAPS = {
+    None: "auto",
+    "sequential": "auto",
+    "auto": "auto",
+    "cpu": "cpu",
+    "cuda": "cuda",
+    "cuda:0": "cuda",
+    0: "cuda",
+}
 LOAD_OPTIONS = {  # argument: (values that change nothing, what to do instead of any other value)
     "load_in_8bit": ((False,), "8-bit weights are not supported: use load_in_4bit=True (QLoRA) or False (16-bit)"),
     "fast_inference": (
@@ -71,6 +80,24 @@ def _checkpointing(value, call: str) -> bool:
     raise UserError(f'{call}: use_gradient_checkpointing={value!r} is not supported; use "unsloth", True or False.')
 
 
+def _device(device_map, call: str) -> str:
+    """The engine's device ("auto", "cpu" or "cuda") for a one-device `device_map`; "auto" for a GPU map without one."""
+    import torch
+
+    one = device_map[""] if isinstance(device_map, dict) and list(device_map) == [""] else device_map
+    if isinstance(one, torch.device):
+        one = str(one)
+    if not isinstance(one, (str, int, type(None))) or isinstance(one, bool) or one not in DEVICE_MAPS:
+        raise UserError(
+            f"{call}: device_map={device_map!r} is not supported; the model goes on one device: use "
+            '"auto", "cpu", "cuda" or {"": 0}.'
+        )
+    if DEVICE_MAPS[one] == "cuda" and not torch.cuda.is_available():
+        print(f"warning: device_map={device_map!r} asks for a GPU but PyTorch sees none; loading on the CPU")
+        return "auto"
+    return DEVICE_MAPS[one]
+
+
 def _context_length(path: Path) -> int | None:
     from engine.models.loading import read_config
 
@@ -88,7 +115,7 @@ class FastLanguageModel:
         dtype=None,
         load_in_4bit: bool | None = None,
         full_finetuning: bool = False,
-        device_map: str = "sequential",
+        device_map="sequential",
         trust_remote_code: bool = False,
         use_gradient_checkpointing=None,
         **kwargs,
@@ -106,7 +133,10 @@ class FastLanguageModel:
             load_in_4bit: 4-bit NF4 weights (QLoRA). None means True, except with full_finetuning.
             full_finetuning: train every weight (16-bit, no adapters); the model comes back ready to train, with
                 `use_gradient_checkpointing` ("unsloth"/True by default, or False).
-            device_map: "sequential" or "auto" (the GPU when there is one), "cpu" or "cuda". One device only.
+            device_map: one device: None, "sequential" or "auto" (the GPU when there is one), "cpu", or GPU 0 as
+                "cuda", "cuda:0", 0, {"": 0} or {"": "cuda:0"} ({"": x} is the same as x). Without a GPU a GPU map
+                loads on the CPU with a log line saying so, as "auto" does, so a Colab cell runs unchanged; splitting
+                a model over devices ("balanced", a map per layer) is refused.
             trust_remote_code: run Python code shipped with the model; only for models you trust.
             use_gradient_checkpointing: only with full_finetuning; LoRA takes it in get_peft_model.
             **kwargs: Unsloth options Tunesmith cannot honour raise a UserError naming the alternative, unless set to
@@ -127,8 +157,7 @@ class FastLanguageModel:
             raise UserError(
                 f"{call}: with LoRA, pass use_gradient_checkpointing to FastLanguageModel.get_peft_model instead."
             )
-        if device_map not in DEVICE_MAPS:
-            raise UserError(f"{call}: device_map={device_map!r} is not supported; use one of {', '.join(DEVICE_MAPS)}.")
+        device = _device(device_map, call)
         four_bit = not full_finetuning if load_in_4bit is None else bool(load_in_4bit)
         method = "full" if full_finetuning else "qlora" if four_bit else "lora"
         checkpointing = _checkpointing(
@@ -139,7 +168,7 @@ class FastLanguageModel:
             data="-",  # no dataset: the notebook brings its own trainer and data
             method=method,
             max_seq_length=max_seq_length,
-            device=DEVICE_MAPS[device_map],
+            device=device,
             dtype=_dtype_name(dtype),
             trust_remote_code=trust_remote_code,
             gradient_checkpointing=checkpointing,
