@@ -182,6 +182,48 @@ def test_pre_quantized_checkpoints_are_refused(tiny_qwen3, tmp_path):
 # ------------------------------------------------------------------------------------------------------------- LoRA
 
 
+def test_adapter_folder_loads_its_base_and_the_adapter(tiny_qwen3, tmp_path, monkeypatch):
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=False)
+    model = FastLanguageModel.get_peft_model(model, r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj"])
+    with torch.no_grad():  # stands in for training: PEFT starts B at 0, which would make any adapter look right
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)
+    monkeypatch.chdir(tmp_path)
+    model.save_pretrained("my_finetuned_model")  # as Unsloth notebooks save it
+    tok.save_pretrained("my_finetuned_model")
+    cfg = json.loads((tmp_path / "my_finetuned_model" / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == str(tiny_qwen3.resolve())  # a local base: its folder
+
+    again, tok2 = FastLanguageModel.from_pretrained("./my_finetuned_model", max_seq_length=128, load_in_4bit=False)
+    assert again.peft_config["default"].r == 8 and again.max_seq_length == 128 and tok2.model_max_length == 128
+    trainable = sorted(n for n, p in again.named_parameters() if p.requires_grad)
+    assert trainable == sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    ids = tok(["Who are you? I am Nova."], return_tensors="pt")["input_ids"]
+    model.eval(), again.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids).logits, model(ids).logits)
+
+    shutil.copytree(tmp_path / "my_finetuned_model", tmp_path / "orphan")
+    gone = tmp_path / "deleted-base"
+    (tmp_path / "orphan" / "adapter_config.json").write_text(json.dumps({**cfg, "base_model_name_or_path": str(gone)}))
+    with pytest.raises(UserError, match=f"LoRA adapter of '{gone}', which is neither a folder"):
+        FastLanguageModel.from_pretrained("orphan", max_seq_length=128)
+
+
+def test_saved_adapters_name_the_hub_id(tiny_qwen3, tmp_path):
+    from engine.core.hardware import choose_placement
+    from engine.models.loading import add_lora, load_model, name_after_source
+    from engine.spec.jobspec import JobSpec
+    from engine.training.steps import save_trainable
+
+    model = load_model(tiny_qwen3, choose_placement("cpu"))  # what resolve_model gives for a hub id: a folder
+    name_after_source(model, "Qwen/Qwen3-0.6B")
+    save_trainable(add_lora(model, JobSpec(model="Qwen/Qwen3-0.6B", data="-"), quiet), tmp_path / "adapter")
+    cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == "Qwen/Qwen3-0.6B"
+
+
 def test_get_peft_model_options(tiny_qwen3):
     model, _ = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=256)
     model = FastLanguageModel.get_peft_model(

@@ -123,7 +123,12 @@ class FastLanguageModel:
         """Load a causal LM and its tokenizer from a hub id or a local folder (safetensors only).
 
         Args:
-            model_name: hub id ("Qwen/Qwen3-4B-Instruct-2507") or a folder with config.json and safetensors weights.
+            model_name: hub id ("Qwen/Qwen3-4B-Instruct-2507") or a folder with config.json and safetensors weights,
+                or a saved LoRA adapter folder (adapter_config.json + adapter_model.safetensors, as
+                model.save_pretrained or save_method="lora" write it): the base model it names is loaded with the
+                other arguments and the adapter on top, trainable, so the model is ready for more training or
+                for_inference (as Unsloth does; no get_peft_model call). The adapter folder's tokenizer is used when
+                it has one.
                 Pre-quantized checkpoints (e.g. "unsloth/...-bnb-4bit") are refused: Tunesmith quantizes the 16-bit
                 weights at load time and merges exports into them.
             max_seq_length: longest sequence the notebook will use; kept as `model.max_seq_length` and as the
@@ -138,7 +143,7 @@ class FastLanguageModel:
                 loads on the CPU with a log line saying so, as "auto" does, so a Colab cell runs unchanged; splitting
                 a model over devices ("balanced", a map per layer) is refused.
             trust_remote_code: run Python code shipped with the model; only for models you trust.
-            use_gradient_checkpointing: only with full_finetuning; LoRA takes it in get_peft_model.
+            use_gradient_checkpointing: only with full_finetuning or an adapter folder; LoRA takes it in get_peft_model.
             **kwargs: Unsloth options Tunesmith cannot honour raise a UserError naming the alternative, unless set to
                 their no-op value (load_in_8bit=False, fast_inference=False, token=None, ...).
 
@@ -147,10 +152,29 @@ class FastLanguageModel:
         """
         from engine.core.hardware import choose_placement
         from engine.data.tokenizing import ensure_chat_template
-        from engine.models.loading import load_model, load_tokenizer, prepare_for_training, read_config, resolve_model
+        from engine.models.loading import (
+            load_model,
+            load_tokenizer,
+            name_after_source,
+            prepare_for_training,
+            read_config,
+            resolve_model,
+        )
 
         call = "FastLanguageModel.from_pretrained"
         options.check(call, kwargs, LOAD_OPTIONS, FastLanguageModel.from_pretrained)
+        adapter = Path(os.path.expanduser(model_name))
+        if (adapter / "adapter_config.json").is_file() and not (adapter / "config.json").is_file():
+            if full_finetuning:
+                raise UserError(f"{call}: '{model_name}' is a LoRA adapter; load it with full_finetuning=False.")
+            base = _adapter_base(adapter)
+            model, tokenizer = FastLanguageModel.from_pretrained(
+                base, max_seq_length, dtype, load_in_4bit, False, device_map, trust_remote_code, None, **kwargs
+            )
+            if (adapter / "tokenizer_config.json").is_file():
+                tokenizer = load_tokenizer(adapter, trust_remote_code)
+                tokenizer.model_max_length = max_seq_length
+            return _with_adapter(model, adapter, use_gradient_checkpointing or "unsloth"), tokenizer
         if load_in_4bit and full_finetuning:
             raise UserError(f"{call}: full fine-tuning trains 16-bit weights; set load_in_4bit=False (or drop it).")
         if use_gradient_checkpointing is not None and not full_finetuning:
@@ -200,6 +224,7 @@ class FastLanguageModel:
         print(f"chat template: {ensure_chat_template(tokenizer)}")
         tokenizer.model_max_length = max_seq_length
         model = load_model(path, placement, four_bit=four_bit, trust_remote_code=trust_remote_code)
+        name_after_source(model, model_name)
         if full_finetuning:
             model = prepare_for_training(model, spec)
         model.tunesmith_spec = spec
@@ -300,6 +325,63 @@ class FastLanguageModel:
             del model.generate
         model.train()
         return model
+
+
+def _adapter_base(adapter: Path) -> str:
+    """The base model an adapter folder names, checked to be a folder here or a hub id (else a UserError naming it)."""
+    import json
+
+    from engine.core.hub_id import HUB_ID
+
+    base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise UserError(
+            f"'{adapter}' is a LoRA adapter that does not name its base model; set base_model_name_or_path in its "
+            "adapter_config.json to the base's hub id or folder."
+        )
+    if not Path(os.path.expanduser(base)).is_dir() and (not HUB_ID.match(base) or base.startswith((".", "/", "~"))):
+        raise UserError(
+            f"'{adapter}' is a LoRA adapter of '{base}', which is neither a folder on this machine nor a hub id; "
+            "put the base model there, or set base_model_name_or_path in its adapter_config.json to where it is."
+        )
+    return base
+
+
+def _with_adapter(model, adapter: Path, checkpointing):
+    """`model` (from from_pretrained) with the LoRA adapter saved in `adapter`, trainable as get_peft_model makes it."""
+    import json
+
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    plain = isinstance(cfg.get("target_modules"), list) and not (cfg.get("use_dora") or cfg.get("modules_to_save"))
+    if cfg.get("peft_type", "LORA") != "LORA" or not plain:
+        raise UserError(
+            f"'{adapter}' is not a plain LoRA adapter "
+            "(DoRA, modules_to_save, a pattern of target modules or another PEFT type); merge it with PEFT instead."
+        )
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise UserError(f"'{adapter}' has no adapter_model.safetensors; save the adapter again with safetensors.")
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=cfg["r"],
+        target_modules=sorted(cfg["target_modules"]),
+        lora_alpha=cfg["lora_alpha"],
+        lora_dropout=cfg.get("lora_dropout", 0.0),
+        use_rslora=cfg.get("use_rslora", False),
+        use_gradient_checkpointing=checkpointing,
+    )
+    loaded = set_peft_model_state_dict(model, load_file(weights))
+    missing = [k for k in loaded.missing_keys if "lora_" in k]
+    if loaded.unexpected_keys or missing:
+        raise UserError(
+            f"'{adapter}' does not fit its base model ({len(loaded.unexpected_keys)} unknown and {len(missing)} "
+            "missing adapter weights); load it with the base it was trained on."
+        )
+    print(f"adapter: {adapter} on {model.peft_config['default'].base_model_name_or_path}")
+    return model
 
 
 def _keep_trainable_fp32(model) -> None:

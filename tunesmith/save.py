@@ -90,6 +90,7 @@ def save_pretrained_gguf(model, save_directory, tokenizer=None, quantization_met
 
 def _export(model, tokenizer, fmt: str, save_directory):
     from engine.export.merge import export
+    from engine.training.steps import save_trainable
     from tunesmith.generate import FastGenerate
 
     out = Path(save_directory).expanduser().absolute()
@@ -110,7 +111,7 @@ def _export(model, tokenizer, fmt: str, save_directory):
     hidden = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".source"))
     try:
         source = hidden / out.name  # the GGUF file is named after this folder
-        model.save_pretrained(source, safe_serialization=True)
+        save_trainable(model, source)
         if tokenizer is not None:
             tokenizer.save_pretrained(source)
         return export(str(source), fmt, out)

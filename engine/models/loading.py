@@ -64,6 +64,14 @@ def _check_folder(path: Path) -> None:
         raise UserError(f"'{path}' has no .safetensors weight files.")
 
 
+def name_after_source(model, source: str) -> None:
+    """Record the hub id `source` as the model's name when it came from the hub, so that saved adapters name it
+    (PEFT writes the name as adapter_config.json's base_model_name_or_path) rather than this machine's cache folder."""
+    if not Path(os.path.expanduser(source)).is_dir():
+        model.config._name_or_path = source
+        model.name_or_path = source
+
+
 def read_config(path: Path) -> dict:
     return json.loads((path / "config.json").read_text())
 
@@ -161,6 +169,7 @@ def load_for_training(spec, placement: Placement, log=print):
         model = load_streamed(path, placement, four_bit, memory, spec.trust_remote_code, log)
     else:
         model = load_model(path, placement, four_bit=four_bit, trust_remote_code=spec.trust_remote_code)
+    name_after_source(model, spec.model)
     return prepare_for_training(model, spec, log, memory), tok
 
 

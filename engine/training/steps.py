@@ -159,8 +159,12 @@ def save_checkpoint(run_dir: Path, step: int, model, opt, sched, epoch_pos, keep
 
 
 def save_trainable(model, folder: Path) -> None:
-    """The LoRA adapter (PEFT format) or, for full fine-tuning, the whole model, as safetensors."""
-    model.save_pretrained(folder, safe_serialization=True)
+    """The LoRA adapter (PEFT format) or, for full fine-tuning, the whole model, as safetensors.
+
+    An adapter never holds embeddings (only LoRA layers are trained), which PEFT would otherwise find out by looking its
+    base up on the hub at every save when the base is named by hub id (engine.models.loading.name_after_source)."""
+    extra = {"save_embedding_layers": False} if hasattr(model, "peft_config") else {}
+    model.save_pretrained(folder, safe_serialization=True, **extra)
 
 
 def load_checkpoint(ckpt: Path, model, opt, sched, log):
