@@ -9,7 +9,8 @@ below do the same; porting the notebook meant changing `from unsloth import ...`
     python examples/identity_qwen3.py --model FOLDER --rows 4 --grad-accum 1 --max-steps 30 --learning-rate 2e-2
 
 The second is the CI run on a tiny random-weight model (tests/test_notebook_api.py). It trains on four examples
-because on the CPU TRL's loss kernel runs in Triton's interpreter, about a second per micro-batch of two.
+because the test suite sets TRITON_INTERPRET=1 (to test the kernels on the CPU), so TRL's loss kernel runs in Triton's
+interpreter there, about a second per micro-batch of two; without it the loss runs in torch on the CPU.
 """
 # ruff: noqa: E402  (cells import what they use where they use it, as notebooks do, after sys.path has the repo root)
 

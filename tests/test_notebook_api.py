@@ -6,6 +6,8 @@ llama.cpp load and that answer with the trained identity.
 """
 
 import json
+import math
+import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from conftest import IDENTITY_ANSWER, IDENTITY_QUESTIONS, ROOT
 from engine import api
 from engine.data import templates
 from engine.data.identity import identity_rows
+from engine.training.trl_loss import OPTIONAL_OUTPUTS, chunked_logprob
 from tunesmith import (
     FastLanguageModel,
     UserError,
@@ -570,3 +573,73 @@ def test_dpo_and_grpo_trainers_take_the_notebook_model(tiny_qwen3, tmp_path):
     grpo.train()
     assert grpo.state.global_step == 4
     assert any("reward" in h for h in grpo.state.log_history)
+
+
+# ------------------------------------------------------------------------------------------------------ CPU, no Triton
+
+CPU_STEPS = """
+import json, os, sys, time
+import transformers  # imported first, as notebooks do: the interpreter must not be switched on after this
+from tunesmith import FastLanguageModel
+model, tok = FastLanguageModel.from_pretrained(sys.argv[1], max_seq_length=64, load_in_4bit=False)
+model = FastLanguageModel.get_peft_model(model, r=8, lora_alpha=16)
+from datasets import Dataset
+from transformers import TrainerCallback
+from trl import SFTConfig, SFTTrainer
+from kernels import dispatch
+steps = []
+class Clock(TrainerCallback):
+    def on_step_begin(self, args, state, control, **kw):
+        self.t = time.perf_counter()
+    def on_step_end(self, args, state, control, **kw):
+        steps.append(time.perf_counter() - self.t)
+rows = Dataset.from_list([{"text": "Who are you? I am Nova, built by Tunesmith Labs."}] * 12)
+args = SFTConfig(output_dir=sys.argv[2], max_steps=4, per_device_train_batch_size=2, bf16=False, report_to="none",
+                 save_strategy="no", learning_rate=1e-3, logging_steps=1)
+trainer = SFTTrainer(model=model, processing_class=tok, train_dataset=rows, args=args, callbacks=[Clock()])
+trainer.train()
+losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+interpret = os.environ.get("TRITON_INTERPRET")
+print(json.dumps(dict(steps=steps, losses=losses, backend=dispatch.BACKEND, interpret=interpret)))
+"""
+
+
+def test_cpu_training_runs_no_triton_interpreter(tiny_qwen3, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "TUNESMITH_KERNELS")}
+    script = tmp_path / "steps.py"
+    script.write_text(CPU_STEPS)
+    res = subprocess.run(
+        [sys.executable, str(script), str(tiny_qwen3), str(tmp_path / "out")],
+        cwd=ROOT,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "loss: TRL's trainers compute it in torch on the CPU" in res.stdout
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    # TRL's kernel is not run without the interpreter (it would fail on CPU tensors), nor is the interpreter switched on
+    assert got["interpret"] is None and got["backend"] == "reference"
+    assert len(got["steps"]) == 4 and max(got["steps"][1:]) < 1.0, got["steps"]
+    assert len(got["losses"]) == 4 and all(math.isfinite(x) for x in got["losses"])
+
+
+@pytest.mark.parametrize("softcap, outputs", [(None, ("entropy", "is_top1")), (30.0, OPTIONAL_OUTPUTS)])
+def test_torch_loss_matches_trls_kernel(softcap, outputs):
+    from trl.kernels import ChunkedLogProbFunction
+
+    torch.manual_seed(0)
+    hidden = torch.randn(7, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (7,))
+    args = (None, targets, 0.7, 32, softcap, 1.5, outputs)
+    ours = chunked_logprob(hidden, weight, *args)
+    theirs = ChunkedLogProbFunction.apply(hidden, weight, *args)  # in Triton's interpreter (conftest)
+    for a, b in zip(ours, theirs, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    grads = [torch.autograd.grad(out[0].sum() + out[1].sum(), (hidden, weight)) for out in (ours, theirs)]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

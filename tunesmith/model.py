@@ -6,7 +6,6 @@ its exports. The settings are kept as a JobSpec on the model (`model.tunesmith_s
 """
 
 import os
-import sys
 from pathlib import Path
 
 from engine.core.errors import UserError
@@ -198,16 +197,11 @@ class FastLanguageModel:
             gradient_checkpointing=checkpointing,
         )
         placement = choose_placement(spec.device, spec.dtype)
-        if placement.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-            # TRL 1.15's trainers compute their loss with a Triton kernel on any device; without a GPU only Triton's
-            # interpreter runs it, and it is chosen when TRL's kernels are imported (as engine.training.trl_run.prepare
-            # does).
-            if "trl.kernels.chunked_logprob" in sys.modules:
-                print(
-                    "warning: TRL was imported before the model was loaded, so its trainers will fail on the CPU; "
-                    "import trl after from_pretrained (or set TRITON_INTERPRET=1 before importing it)"
-                )
-            os.environ["TRITON_INTERPRET"] = "1"
+        if placement.device == "cpu":
+            from engine.training.trl_loss import use_torch_loss
+
+            if use_torch_loss():  # TRITON_INTERPRET is left as the user set it: kernels/ picks its references too
+                print("loss: TRL's trainers compute it in torch on the CPU (its Triton kernel needs a GPU)")
         if "bnb-4bit" in model_name.lower():  # refused before a download, like the config check below
             raise UserError(f"'{model_name}' is stored pre-quantized; {PREQUANTIZED}")
         path = resolve_model(model_name).resolve()

@@ -13,7 +13,6 @@ have continued with.
 """
 
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -176,14 +175,16 @@ class TrlRun:
 
 
 def prepare(placement) -> None:
-    """Process settings for a TRL run, before TRL is imported.
+    """Process settings for a TRL run.
 
-    TRL 1.15 computes DPO's and GRPO's log-probabilities with a Triton kernel whatever the device; on a CPU it runs in
-    Triton's interpreter, which has to be chosen before the kernel is decorated (slow, but CPU training is a test
-    path). TRL tokenizes through datasets.map, whose progress bars would fill log.txt.
+    TRL 1.15 computes its losses with a Triton kernel whatever the device; on a CPU only Triton's interpreter could run
+    it (tens of seconds a step), so the same computation runs in torch there (engine.training.trl_loss) unless
+    TRITON_INTERPRET=1 was set. TRL tokenizes through datasets.map, whose progress bars would fill log.txt.
     """
     import datasets
 
     if placement.device == "cpu":
-        os.environ.setdefault("TRITON_INTERPRET", "1")
+        from engine.training.trl_loss import use_torch_loss
+
+        use_torch_loss()
     datasets.disable_progress_bars()
