@@ -2,6 +2,7 @@
 loss and LoRA gradients as the right-padded rows, on the fast path (FastAttention + kernels.varlen_attention, in
 Triton's interpreter here) and on plain transformers (whose sdpa mask detects the restarting position ids)."""
 
+import itertools
 import math
 import random
 
@@ -9,10 +10,22 @@ import pytest
 import torch
 from test_patching_parity import tiny_model, with_lora
 
-from engine.data.batching import Collator, bucket, buckets, most_tokens, padded, padding_free, segment_slots
+from engine.data.batching import (
+    GRAPH_SHAPE_COST,
+    SMALL_STEP,
+    Collator,
+    bucket,
+    buckets,
+    most_tokens,
+    padded,
+    padding_free,
+    plan_buckets,
+    segment_slots,
+)
 from engine.data.tokenizing import Example, pack
 from engine.patching import patch_model
 from engine.patching.modules import packed_gradient
+from engine.training.steps import micro_batches_of_run
 
 VOCAB = 96
 
@@ -91,6 +104,71 @@ def test_collator_logs_each_bucket_once_and_pads_rows_for_the_plain_path():
     ]
     plain = Collator(examples, 2, 0, "cpu", varlen=False, log=logs.append)
     assert plain(examples[:2])["input_ids"].shape == (2, 40) and "attention_mask" in plain(examples[:2])
+
+
+def run_cost(counts, sizes, shape_cost):
+    """Padded tokens of a run with these bucket sizes plus shape_cost per size (None: a count has no bucket)."""
+    if max(counts) > max(sizes):
+        return None
+    return sum(next(s for s in sorted(sizes) if s >= c) for c in counts) + shape_cost * len(sizes)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_planned_buckets_cost_least(seed):
+    """plan_buckets' choice costs no more than any other set of at most 4 multiples of 64 that covers the run,
+    found by trying every one."""
+    rng = random.Random(seed)
+    counts = [rng.choice([rng.randint(1, 400), rng.randint(300, 700)]) for _ in range(rng.randint(1, 60))]
+    shape_cost = rng.choice([0, 100, 2_000, GRAPH_SHAPE_COST])
+    sizes = plan_buckets(counts, shape_cost, most=4)
+    assert len(sizes) <= 4 and sizes == sorted(set(sizes)) and all(s % SMALL_STEP == 0 for s in sizes)
+    assert max(sizes) >= max(counts)
+    candidates = sorted({-(-c // SMALL_STEP) * SMALL_STEP for c in counts})
+    tried = [
+        run_cost(counts, chosen, shape_cost)
+        for k in range(1, 5)
+        for chosen in itertools.combinations(candidates, k)
+        if run_cost(counts, chosen, shape_cost) is not None
+    ]
+    assert run_cost(counts, sizes, shape_cost) == min(tried)
+
+
+def identity_like(n=100, seed=0):
+    """An identity-tuning file: n short examples of 60-140 tokens."""
+    rng = random.Random(seed)
+    return examples_for([rng.randint(60, 140) for _ in range(n)], seed)
+
+
+def test_a_graph_captured_run_plans_few_buckets_and_a_plain_one_little_padding():
+    """Three epochs of an identity-style file in micro-batches of 8: where each shape costs a CUDA graph capture
+    the run gets one or two buckets; where shapes are free it gets up to 8 and less padding than the fixed sizes."""
+    examples = identity_like()
+    run = micro_batches_of_run(len(examples), 8, 0, 3 * math.ceil(len(examples) / 8))
+    counts = [sum(len(examples[i].input_ids) for i in micro) for micro in run]
+    captured, free = plan_buckets(counts, GRAPH_SHAPE_COST), plan_buckets(counts, 0)
+    fixed = buckets(most_tokens(examples, 8))
+    assert len(captured) <= 2 < len(free) <= 8
+    assert run_cost(counts, free, 0) < run_cost(counts, fixed, 0)
+    assert run_cost(counts, captured, GRAPH_SHAPE_COST) < run_cost(counts, free, GRAPH_SHAPE_COST)
+    assert run_cost(counts, captured, GRAPH_SHAPE_COST) < run_cost(counts, fixed, GRAPH_SHAPE_COST)
+
+
+def test_collator_uses_the_run_plan_and_resume_gets_the_same_shapes():
+    """A Collator given the run's micro-batches pads each to the planned sizes, logs them with the padding share, and
+    a second Collator (a resumed run) makes the same rows for the same micro-batches."""
+    examples = identity_like(60, seed=1)
+    run = micro_batches_of_run(len(examples), 8, 3, 2 * math.ceil(len(examples) / 8))
+    assert run[:8] != run[8:16] and sorted(sum(run[:8], [])) == list(range(60))  # epoch 2: another shuffle
+    logs = []
+    make = Collator(examples, 8, 0, "cpu", varlen=True, log=logs.append, run=run, shape_cost=GRAPH_SHAPE_COST)
+    planned = plan_buckets([sum(len(examples[i].input_ids) for i in micro) for micro in run], GRAPH_SHAPE_COST)
+    assert make.sizes == planned and f"({', '.join(map(str, planned))} tokens;" in logs[0]
+    widths = {make([examples[i] for i in micro])["input_ids"].shape[1] for micro in run}
+    assert widths <= set(planned)
+    again = Collator(examples, 8, 0, "cpu", varlen=True, log=lambda line: None, run=run, shape_cost=GRAPH_SHAPE_COST)
+    for micro in run[9:12]:
+        first, second = make([examples[i] for i in micro]), again([examples[i] for i in micro])
+        assert all(torch.equal(first[k], second[k]) for k in ("input_ids", "labels", "position_ids", "cu_seq_lens_q"))
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,13 @@ attention modules' keyword arguments) say where each starts, and attention stays
 token is computed and no (T, T) mask is built. Each example's first label is -100: in a padded row it is shifted out;
 here it would be predicted from the previous example's last token.
 
-Shapes repeat: T is rounded up to one of a few buckets (`bucket`) and the tail is a padding segment of its own (pad
-tokens, labels -100, positions from 0), and cu_seqlens always has the run's fixed length (`segment_slots`; unused
-entries repeat T, i.e. empty segments). One bucket is then one shape, so CUDA graphs and the memory plan are made once
-per bucket (engine.patching.graphs, engine.memory.checkpointing).
+Shapes repeat: T is rounded up to one of a few buckets and the tail is a padding segment of its own (pad tokens,
+labels -100, positions from 0), and cu_seqlens always has the run's fixed length (`segment_slots`; unused entries
+repeat T, i.e. empty segments). One bucket is then one shape, so CUDA graphs and the memory plan are made once per
+bucket (engine.patching.graphs, engine.memory.checkpointing). A run knows its micro-batches in advance (a seeded
+shuffle per epoch), so its buckets are chosen for them (`plan_buckets`): the sizes that cost least in padded tokens
+plus a fixed price per shape, which is a CUDA graph capture and an eager step where the layers are captured.
+Without that plan (a TRL batch, a benchmark row) the sizes are fixed ones (`buckets`).
 
 Any model still takes the padding-free row: transformers' sdpa and eager masks detect the restarting position ids as
 separate sequences (masking_utils.find_packed_sequence_indices). The loop uses it only where the model's attention
@@ -37,6 +40,49 @@ def buckets(cap: int) -> list[int]:
     return sizes
 
 
+# At most this many sizes a run: engine.patching.graphs holds this many shapes' graphs, so none is captured twice.
+MAX_BUCKETS = 8
+# The price of one more shape, in padded tokens, where the layers are captured as CUDA graphs: a new bucket's eager step
+# and capture took 0.7-0.9 s on the H200 while the captured steps ran at 19,000-24,000 tokens/s (qwen3_4b QLoRA, the
+# shared e2e run at commit f2709af; bench/README.md), i.e. the time of ~20,000 tokens.
+GRAPH_SHAPE_COST = 20_000
+
+
+def plan_buckets(counts, shape_cost: int, most: int = MAX_BUCKETS) -> list[int]:
+    """The bucket sizes (ascending multiples of SMALL_STEP, at most `most`) for a run whose micro-batches hold
+    `counts` tokens each, chosen to minimise the padded tokens of the whole run plus `shape_cost` per size.
+
+    Dynamic programming over the distinct counts (each rounded up to SMALL_STEP): a size covers a run of
+    consecutive counts and is the largest of them; best[b][i] is the least cost of covering the i smallest with b
+    sizes. The largest count is always a size, so every micro-batch of the run has a bucket."""
+    import numpy as np
+
+    if not counts:
+        return [SMALL_STEP]
+    rounded = np.asarray([-(-max(int(c), 1) // SMALL_STEP) * SMALL_STEP for c in counts], dtype=np.int64)
+    sizes, freq = np.unique(rounded, return_counts=True)
+    n = len(sizes)
+    many = np.concatenate([[0], np.cumsum(freq)])  # micro-batches among the i smallest counts
+    tokens = np.concatenate([[0], np.cumsum(freq * sizes)])  # their tokens
+    inf = np.iinfo(np.int64).max // 4
+    best = np.full((most + 1, n + 1), inf, dtype=np.int64)
+    best[0, 0] = 0
+    choice = np.zeros((most + 1, n + 1), dtype=np.int64)
+    for b in range(1, most + 1):
+        for i in range(1, n + 1):
+            # sizes[i - 1] covers counts j..i-1: the padding of each up to it
+            pad = sizes[i - 1] * (many[i] - many[:i]) - (tokens[i] - tokens[:i])
+            total = best[b - 1, :i] + pad + shape_cost
+            j = int(np.argmin(total))
+            best[b, i], choice[b, i] = total[j], j
+    b = int(np.argmin(best[:, n]))
+    chosen, i = [], n
+    while i > 0:
+        chosen.append(int(sizes[i - 1]))
+        i, b = int(choice[b, i]), b - 1
+    return chosen[::-1]
+
+
 def bucket(tokens: int, cap: int) -> int:
     """The bucket a micro-batch of `tokens` tokens (at most `cap`) is padded to: the smallest of `buckets(cap)`."""
     return next(size for size in buckets(cap) if size >= tokens)
@@ -59,15 +105,16 @@ def most_tokens(examples, batch_size: int) -> int:
     return sum(sorted((len(e.input_ids) for e in examples), reverse=True)[:batch_size])
 
 
-def padding_free(examples, pad_id: int, device: str, slots: int, cap: int) -> dict:
+def padding_free(examples, pad_id: int, device: str, slots: int, cap: int, sizes=None) -> dict:
     """The model inputs of one padding-free micro-batch: input_ids, labels, position_ids (1, T), cu_seq_lens_q /
-    cu_seq_lens_k (int32, `slots` entries) and use_cache=False, T = bucket(tokens, cap). Made as one host tensor and
-    moved to the device in one copy (pinned on a GPU, so it does not wait for the GPU)."""
+    cu_seq_lens_k (int32, `slots` entries) and use_cache=False; T is the smallest of `sizes` (the run's planned
+    buckets) that holds the tokens, else bucket(tokens, cap). Made as one host tensor and moved to the device in one
+    copy (pinned on a GPU, so it does not wait for the GPU)."""
     import torch
 
     lengths = [n for e in examples for n in segments_of(e)]
     tokens = sum(lengths)
-    width = bucket(tokens, cap)
+    width = next((size for size in sizes or () if size >= tokens), None) or bucket(tokens, cap)
     if len(lengths) + 2 > slots:
         raise ValueError(f"a micro-batch of {len(lengths)} segments needs more than the run's {slots} cu_seqlens")
     ids, labels = [], []
@@ -129,15 +176,28 @@ def padded(examples, pad_id: int, device: str) -> dict:
 
 class Collator:
     """Makes a run's micro-batches: padding-free when `varlen` (the model's attention takes cu_seqlens), else padded.
-    Logs each bucket the first time a micro-batch lands in it."""
+    `run`: the example indices of every micro-batch the run will make, when known, so the buckets are planned for
+    them (`plan_buckets` with `shape_cost`); else the fixed sizes. Logs each bucket the first time a micro-batch
+    lands in it."""
 
-    def __init__(self, examples, batch_size: int, pad_id: int, device: str, varlen: bool, log=print):
+    def __init__(
+        self, examples, batch_size: int, pad_id: int, device: str, varlen: bool, log=print, run=None, shape_cost=0
+    ):
         self.pad_id, self.device, self.varlen, self.log = pad_id, device, varlen, log
         self.slots = segment_slots(examples, batch_size)
         self.cap = most_tokens(examples, batch_size)
         self.sizes = buckets(self.cap)
         self.seen = set()
-        if varlen:
+        if varlen and run:
+            counts = [sum(len(examples[i].input_ids) for i in micro) for micro in run]
+            self.sizes = plan_buckets(counts, shape_cost)
+            padded_tokens = sum(next(s for s in self.sizes if s >= c) for c in counts)
+            log(
+                f"batches: padding-free, each micro-batch one row rounded up to one of {len(self.sizes)} sizes "
+                f"planned for the run's {len(counts)} micro-batches ({', '.join(map(str, self.sizes))} tokens; "
+                f"{100 * (1 - sum(counts) / padded_tokens):.1f}% padding; {self.slots} cu_seqlens entries)"
+            )
+        elif varlen:
             log(
                 f"batches: padding-free, each micro-batch one row of up to {self.cap} tokens rounded up to one of "
                 f"{len(self.sizes)} sizes ({self.slots} cu_seqlens entries)"
@@ -148,7 +208,7 @@ class Collator:
     def __call__(self, examples) -> dict:
         if not self.varlen:
             return padded(examples, self.pad_id, self.device)
-        batch = padding_free(examples, self.pad_id, self.device, self.slots, self.cap)
+        batch = padding_free(examples, self.pad_id, self.device, self.slots, self.cap, self.sizes)
         width = batch["input_ids"].shape[1]
         if width not in self.seen:
             self.seen.add(width)

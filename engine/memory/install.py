@@ -22,6 +22,7 @@ def install(model, plan_: Plan, device, log=print):
     # with 3.3 GiB reserved but unallocated): grow segments in place instead.
     torch.cuda.memory._set_allocator_settings("expandable_segments:True")
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    net = model.get_base_model() if hasattr(model, "get_base_model") else model
     if plan_.mlp_tile:
         from engine.patching.modules import FastMLP
 
@@ -29,7 +30,6 @@ def install(model, plan_: Plan, device, log=print):
             if isinstance(module, FastMLP):
                 module.tile = plan_.mlp_tile
     if plan_.host_embedding:
-        net = model.get_base_model() if hasattr(model, "get_base_model") else model
         net.set_input_embeddings(host_embedding(net.get_input_embeddings(), device))
         torch.cuda.empty_cache()
     stream = None
@@ -39,6 +39,8 @@ def install(model, plan_: Plan, device, log=print):
     from engine.patching import graphs as cuda_graphs
 
     graphs = cuda_graphs.CheckpointGraphs(layers, log) if plan_.graphs and cuda_graphs.eligible_layers(model) else None
+    if graphs is not None:  # each padding-free bucket costs a capture: engine.data.batching.plan_buckets
+        net.shape_graphs = True
 
     def last_checkpointed():
         return max(i for i, layer in enumerate(layers) if layer.gradient_checkpointing)
@@ -48,7 +50,6 @@ def install(model, plan_: Plan, device, log=print):
             index, store, stream, last_checkpointed, graphs, plan_.keep_attention, plan_.keep_dequantized
         )
     if stream is not None:
-        net = model.get_base_model() if hasattr(model, "get_base_model") else model
 
         def tick(module, args):
             if module.training and torch.is_grad_enabled():

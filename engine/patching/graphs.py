@@ -27,6 +27,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from engine.data.batching import MAX_BUCKETS
+
 
 class _LayerCall(nn.Module):
     """The layer's own forward with the tensors a graph takes as positional inputs; its parameters are the layer's."""
@@ -52,11 +54,12 @@ class _LayerCall(nn.Module):
                 yield from m.packed.values()
 
 
-# Graph sets held at once. They share one memory pool (a step replays one shape's graphs from its forward to its
-# backward, so sets of other shapes may reuse that memory between steps), and a set dropped and captured again costs
-# its capture (~1.2 s for qwen3_4b's 36 layers at 512-900 tokens on the H200): an identity run of 400 examples used 5
-# buckets, and with 3 sets held re-captured two of them in its 50 steps.
-MAX_SHAPES = 8
+# Graph sets held at once: as many as a run plans buckets (engine.data.batching), so none is captured twice. They share
+# one memory pool (a step replays one shape's graphs from its forward to its backward, so sets of other shapes may
+# reuse that memory between steps), and a set dropped and captured again costs its capture (~1.2 s for qwen3_4b's 36
+# layers at 512-900 tokens on the H200): an identity run of 400 examples used 5 buckets, and with 3 sets held
+# re-captured two of them in its 50 steps.
+MAX_SHAPES = MAX_BUCKETS
 
 
 class Captures:
@@ -113,6 +116,7 @@ def install(model, log=print) -> bool:
     if layers is None:
         log("cuda graphs: off (a layer needs an attention mask, a window or a soft cap, or is not on the fast path)")
         return False
+    model.shape_graphs = True  # each padding-free bucket costs a capture: engine.data.batching.plan_buckets
     held = Captures()
     graphs = held.graphs
 

@@ -13,17 +13,20 @@ from pathlib import Path
 from engine.core.errors import Cancelled, UserError
 from engine.core.files import new_folder
 from engine.core.hardware import choose_placement, memory_in_use_gb
-from engine.data.batching import Collator
+from engine.data.batching import GRAPH_SHAPE_COST, Collator
 from engine.training.steps import (
     batches_for_epoch,
     latest_checkpoint,
     load_checkpoint,
     lr_factor,
     make_optimizer,
+    micro_batches_of_run,
     save_checkpoint,
     save_trainable,
     total_steps,
 )
+
+PLANNED = 20_000  # micro-batches a run's padding-free buckets are planned for
 
 
 def train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> None:
@@ -114,8 +117,14 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         f"max {spec.max_seq_length} tokens"
     )
     plan = batches_for_epoch(len(examples), spec.batch_size, spec.seed, epoch)
-    varlen = getattr(getattr(model, "get_base_model", lambda: model)(), "varlen_attention", False)
-    make_batch = Collator(examples, spec.batch_size, tok.pad_token_id, placement.device, varlen, log)
+    base = getattr(model, "get_base_model", lambda: model)()
+    varlen = getattr(base, "varlen_attention", False)
+    # the buckets are planned for the run's micro-batches (the first PLANNED of a long run: later epochs are shuffles
+    # of the same examples; a micro-batch past the largest planned size gets a fixed size of its own)
+    micro_batches = min(total * spec.grad_accum, PLANNED)
+    run = micro_batches_of_run(len(examples), spec.batch_size, spec.seed, micro_batches) if varlen else None
+    shape_cost = GRAPH_SHAPE_COST if getattr(base, "shape_graphs", False) else 0
+    make_batch = Collator(examples, spec.batch_size, tok.pad_token_id, placement.device, varlen, log, run, shape_cost)
     started, steps_timed, step_times = time.perf_counter(), 0, []
     last_save = time.monotonic()
 

@@ -33,6 +33,15 @@ def batches_for_epoch(n: int, batch_size: int, seed: int, epoch: int) -> list[li
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
+def micro_batches_of_run(n: int, batch_size: int, seed: int, count: int) -> list[list[int]]:
+    """The example indices of the first `count` micro-batches of a run, epoch after epoch (`batches_for_epoch`)."""
+    run, epoch = [], 0
+    while len(run) < count:
+        run += batches_for_epoch(n, batch_size, seed, epoch)
+        epoch += 1
+    return run[:count]
+
+
 def total_steps(spec, n_examples: int) -> int:
     if spec.max_steps:
         return spec.max_steps
