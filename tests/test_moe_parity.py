@@ -18,6 +18,7 @@ from engine.patching import moe, patch_model
 from kernels import dispatch
 
 ARCHS = ["qwen3_moe", "mixtral", "gpt_oss"]
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on the CPU the kernels run in Triton's interpreter
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
@@ -29,7 +30,7 @@ def tiny_model(arch: str, vocab: int = 96):
     cfg = AutoConfig.for_model(spec.pop("model_type"), **spec)
     torch.manual_seed(0)
     attention = "eager" if arch == "gpt_oss" else "sdpa"
-    return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation=attention)
+    return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation=attention).to(DEVICE)
 
 
 def with_expert_lora(model, seed: int = 1):
@@ -53,12 +54,17 @@ def test_grouped_expert_path_matches_transformers_lora(arch):
     fast_base = copy.deepcopy(base)
     assert moe.install(fast_base, log=lambda m: None) == base.config.num_hidden_layers
     assert base.config._experts_implementation != moe.IMPLEMENTATION  # only the patched copy's config changed
+    assert isinstance(fast_base.model.layers[0].mlp, moe.FastMoEBlock)
     plain, fast = with_expert_lora(base), with_expert_lora(fast_base)
+    assert moe._lora_factors(fast.base_model.model.model.layers[0].mlp.experts)[1].keys() == {
+        "gate_up_proj",
+        "down_proj",
+    }  # the block hands PEFT's factors to the grouped path
     assert plain.state_dict().keys() == fast.state_dict().keys()
     expert_grads = [n for n, p in fast.named_parameters() if p.requires_grad and ".experts." in n]
     assert len(expert_grads) == 4 * base.config.num_hidden_layers  # A and B of gate_up and down, per layer
     with dispatch.force("triton"):
-        assert_same_training(plain, fast, batch(96), rtol=2e-4, atol=2e-5)
+        assert_same_training(plain, fast, batch(96, DEVICE), rtol=2e-4, atol=2e-5)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -66,7 +72,7 @@ def test_grouped_expert_path_matches_transformers_full(arch):
     base = tiny_model(arch)
     fast = copy.deepcopy(base)
     moe.install(fast, log=lambda m: None)
-    inputs = batch(96)
+    inputs = batch(96, DEVICE)
     grads = []
     for model in (base, fast):
         model.train()
@@ -99,7 +105,7 @@ def test_patched_moe_family_matches_transformers(arch):
     assert f"grouped expert path (kernels.grouped_mm) in {layers} mixture-of-experts layers" in report.notes
     plain, fast = with_expert_lora(base), with_expert_lora(fast_base)
     with dispatch.force("triton"):
-        assert_same_training(plain, fast, batch(96), rtol=2e-4, atol=2e-5)
+        assert_same_training(plain, fast, batch(96, DEVICE), rtol=2e-4, atol=2e-5)
 
 
 def test_router_loss_keeps_the_loss_unfused():
@@ -109,7 +115,7 @@ def test_router_loss_keeps_the_loss_unfused():
     fast = copy.deepcopy(base)
     report = patch_model(fast, log=lambda m: None)
     assert "fused cross-entropy loss" not in report.swapped
-    inputs = batch(96)
+    inputs = batch(96, DEVICE)
     with dispatch.force("triton"):
         loss_f, loss_p = fast(**inputs), base(**inputs)
     assert loss_p.aux_loss is not None
@@ -128,3 +134,19 @@ def test_lora_experts_off_and_router_trained_on_request():
     assert "base_model.model.model.layers.0.mlp.gate.modules_to_save.default.weight" in trainable
     assert "lora: mixture-of-experts: experts frozen, adapters on the other target modules only" in lines
     assert "lora: routers trained in full (['gate'])" in lines
+
+
+def test_disabled_adapters_run_the_base_model():
+    """disable_adapter() (DPO's reference model) goes through PEFT's wrappers, which then add nothing."""
+    base = tiny_model("qwen3_moe")
+    fast = copy.deepcopy(base)
+    moe.install(fast, log=lambda m: None)
+    fast = with_expert_lora(fast)
+    inputs = batch(96, DEVICE)
+    with dispatch.force("triton"), torch.no_grad():
+        with fast.disable_adapter():
+            off = fast(**inputs).loss
+        on = fast(**inputs).loss
+        plain = base(**inputs).loss
+    torch.testing.assert_close(off, plain, rtol=1e-5, atol=1e-6)
+    assert abs(on.item() - plain.item()) > 1e-3
