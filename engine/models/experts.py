@@ -69,7 +69,7 @@ def lora_options(model, spec, log=print) -> dict:
         kw["target_parameters"] = params
         log(f"lora: mixture-of-experts: one adapter per expert on {params}")
     if getattr(model, "is_loaded_in_4bit", False):
-        log("qlora: the experts' fused weights stay 16-bit (bitsandbytes quantizes Linear layers only)")
+        log("qlora: bitsandbytes leaves the fused expert weights 16-bit; the GPU fast path stores them NF4")
     else:
         log("lora: mixture-of-experts: experts frozen, adapters on the other target modules only")
     routers = router_names(model)

@@ -241,6 +241,10 @@ def prepare_for_training(model, spec, log=print, memory=None):
         freeze_routers(model, spec, log)
     else:
         model = add_lora(model, spec, log)
+        if spec.method == "qlora" and spec.fast_path and on_gpu and spec.lora_dropout == 0:
+            from engine.patching.moe import quantize_experts
+
+            quantize_experts(model, log)  # MoE experts (fused 3-D tensors, which bitsandbytes leaves 16-bit)
     model.memory_plan = memory  # engine.training.sft reads grads_released
     if memory is not None and memory.dense_layers and on_gpu and fused_loss:
         keep_dense(model, memory.dense_layers, log)

@@ -32,7 +32,7 @@ def experts_forward(
     it they are read from PEFT's parametrization of the module."""
     from kernels.grouped_mm import grouped_mm
 
-    n_experts = _param(self, "gate_up_proj", factors)[0].shape[0]
+    n_experts = self.num_experts
     k = top_k_index.shape[-1]
     flat = top_k_index.reshape(-1)
     order = torch.argsort(flat, stable=True)  # slot t * k + j sorted by expert: each expert's rows are contiguous
@@ -54,7 +54,7 @@ def _param(module, name: str, factors=None):
     from torch.nn.utils import parametrize
 
     if factors is not None:
-        return getattr(module, name), factors.get(name)
+        return _weight(module, name), factors.get(name)
     if not parametrize.is_parametrized(module, name):
         return getattr(module, name), None
     plist = module.parametrizations[name]
@@ -107,6 +107,8 @@ class FastMoEBlock(nn.Module):
         x = hidden_states.reshape(-1, hidden)
         _, weights, index = getattr(self, self.router_name)(x)
         base, factors = _lora_factors(self.experts)
+        if factors is None and hasattr(_innermost(self.experts), "nf4_states"):
+            raise RuntimeError("NF4 experts run only with one active, unmerged adapter without dropout")
         out = self.experts(x, index, weights) if factors is None else experts_forward(base, x, index, weights, factors)
         out = out.reshape(batch, seq, hidden)
         return (out, weights) if self.returns_scores else out
@@ -119,14 +121,60 @@ def _lora_factors(experts):
 
     factors, module = {}, experts
     while isinstance(module, ParamWrapper):
-        active = [a for a in module.active_adapters if a in module.lora_A]
-        if module.disable_adapters or module.merged or len(active) != 1 or module.num_experts < 2:
+        if module.merged:
             return module, None
-        if not isinstance(module.lora_dropout[active[0]], nn.Identity):
-            return module, None
-        factors[module.parameter_name] = module.get_delta_factors(active[0])
+        if not module.disable_adapters:  # disabled (DPO's reference pass): the base weight alone
+            active = [a for a in module.active_adapters if a in module.lora_A]
+            if len(active) != 1 or module.num_experts < 2:
+                return module, None
+            if not isinstance(module.lora_dropout[active[0]], nn.Identity):
+                return module, None
+            factors[module.parameter_name] = module.get_delta_factors(active[0])
         module = module.base_layer
     return module, factors
+
+
+def _innermost(experts):
+    while hasattr(experts, "base_layer"):  # PEFT's ParamWrappers
+        experts = experts.base_layer
+    return experts
+
+
+def _weight(module, name: str) -> torch.Tensor:
+    """An expert tensor: the parameter, or the dequantization of its NF4 copy (quantize_experts)."""
+    from kernels.nf4 import nf4_dequantize_state
+
+    packed = module._buffers.get(f"{name}_nf4")
+    if packed is None:
+        return getattr(module, name)
+    state, shape = module.nf4_states[name]
+    return nf4_dequantize_state(packed, state).reshape(shape)
+
+
+def quantize_experts(model, log=print) -> int:
+    """QLoRA: store the fused expert weights of every FastMoEBlock in NF4 (bitsandbytes' layout, blocks of 64, nested
+    absmax), as bitsandbytes stores Linear layers, and free the 16-bit copies. Call after PEFT has wrapped them (it
+    reads their shapes then); each forward dequantizes a layer's stack of one projection at a time. The parameter stays
+    as an empty 16-bit tensor so that PEFT's wrappers keep their dtype. Returns the number of tensors quantized."""
+    import bitsandbytes.functional as bnbf
+
+    count = 0
+    for block in [m for m in model.modules() if isinstance(m, FastMoEBlock)]:
+        base = _innermost(block.experts)
+        base.nf4_states = {}
+        for name in ("gate_up_proj", "down_proj"):
+            w = base._parameters[name].data
+            # 2-D: bitsandbytes' CPU quantizer mis-blocks 3-D tensors (measured: 3x the round-trip error)
+            packed, state = bnbf.quantize_4bit(
+                w.reshape(-1, w.shape[-1]), blocksize=64, compress_statistics=True, quant_type="nf4"
+            )
+            base.register_buffer(f"{name}_nf4", packed)
+            base.nf4_states[name] = (state, tuple(w.shape))
+            base._parameters[name] = nn.Parameter(w.new_empty(0), requires_grad=False)
+            count += 1
+    if count:
+        log(f"qlora: {count} fused expert tensors stored in NF4 (dequantized per layer in the forward)")
+    return count
 
 
 def install(model, log=print) -> int:
