@@ -17,6 +17,16 @@ CHATML = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+_MOE = dict(  # what the tiny mixture-of-experts models share
+    initializer_range=0.25,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    num_experts_per_tok=2,
+    max_position_embeddings=512,
+    tie_word_embeddings=False,
+)
 # initializer_range 0.25 (not the usual 0.02): at width 64 a 0.02 lm_head bounds every logit near +-1.3 after the
 # final RMSNorm, so no adapter could make a confident prediction; trained heads of real models are far larger.
 ARCHS = {
@@ -115,6 +125,33 @@ ARCHS = {
         max_position_embeddings=512,
         rms_norm_eps=1e-6,
         tie_word_embeddings=True,
+    ),
+    # Mixture-of-experts: 4 experts, 2 per token, fused 3-D expert weights (transformers 5). gpt_oss alternates
+    # sliding and full attention like the real one and has biases, attention sinks and its clamped SwiGLU.
+    "qwen3_moe": dict(
+        _MOE,
+        model_type="qwen3_moe",
+        intermediate_size=128,
+        moe_intermediate_size=32,
+        num_experts=4,
+        norm_topk_prob=True,  # as Qwen3-30B-A3B
+        head_dim=16,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-6,
+    ),
+    "mixtral": dict(
+        _MOE, model_type="mixtral", intermediate_size=48, num_local_experts=4, rms_norm_eps=1e-5, sliding_window=None
+    ),
+    "gpt_oss": dict(
+        _MOE,
+        model_type="gpt_oss",
+        intermediate_size=32,
+        num_local_experts=4,
+        head_dim=16,
+        sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"],
+        max_position_embeddings=131072,  # YaRN from 4096, factor 32, as gpt-oss-20b
+        rms_norm_eps=1e-5,
     ),
     # Rows of 256 (llama.cpp's K-quant block): the GGUF tests quantize this one to Q4_K/Q5_K/Q6_K for real, where
     # the 64-wide models fall back to the legacy 32-blocks (Q5_0, Q8_0) that llama.cpp uses for short rows.

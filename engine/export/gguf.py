@@ -9,8 +9,9 @@ Gemma) as its "llama" model (tokens, scores from the merge ranks, <0xXX> byte to
 SentencePiece Unigram tokenizers (T5-style) are refused with a sentence. The model's sampling defaults
 (engine.chat.infer.folder_sampling) go into the header's general.sampling.* keys and the Modelfile.
 
-Supported: Llama and Mistral (written as llama.cpp's "llama", with q/k rows permuted from transformers' rotate-half
-rope layout to llama.cpp's interleaved one), Qwen2 (q/k/v biases) and Qwen3 (per-head q/k RMSNorm); Qwen uses NEOX
+Supported: Llama, Mistral and Mixtral (written as llama.cpp's "llama", with q/k rows permuted from transformers'
+rotate-half rope layout to llama.cpp's interleaved one), Qwen2 (q/k/v biases), Qwen3 (per-head q/k RMSNorm) and
+Qwen3-MoE (experts: engine.export.gguf_moe); Qwen uses NEOX
 rope in llama.cpp, so its rows are written unpermuted. Gemma, Gemma 2 and Gemma 3 (text; a multimodal Gemma 3
 folder exports its language model) are NEOX too; their RMSNorms scale by (1 + w), which llama.cpp expects folded into
 the stored weight, so every norm is written as 1 + w. llama.cpp applies Gemma's sqrt(hidden) embedding scale itself
@@ -33,6 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from engine.core.errors import UserError
+from engine.export import gguf_moe
 
 # model_type (config.json) -> llama.cpp architecture name (gguf.MODEL_ARCH member name)
 ARCHS = {
@@ -43,8 +45,9 @@ ARCHS = {
     "gemma": "GEMMA",
     "gemma2": "GEMMA2",
     "gemma3_text": "GEMMA3",
+    **gguf_moe.ARCHS,
 }
-PERMUTE_QK = {"llama", "mistral"}  # transformers' rotate-half rope -> llama.cpp's interleaved (NORM) rope
+PERMUTE_QK = {"llama", "mistral", "mixtral"}  # transformers' rotate-half rope -> llama.cpp's interleaved (NORM) rope
 GEMMA = {"gemma", "gemma2", "gemma3_text"}  # RMSNorm scales by (1 + w): written as 1 + w
 # llama.cpp's fixed sliding-window layout: layer i is global when (i + 1) % period == 0
 SWA_PERIOD = {"gemma2": 2, "gemma3_text": 6}
@@ -83,14 +86,15 @@ QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 PRE_BY_SPLIT = {LLAMA3_SPLIT: "llama-bpe", QWEN2_SPLIT: "qwen2"}
-PRE_BY_ARCH = {"qwen2": "qwen2", "qwen3": "qwen2"}
+PRE_BY_ARCH = {"qwen2": "qwen2", "qwen3": "qwen2", "qwen3_moe": "qwen2"}
 
 
 def supported(model_dir: Path, tok_dir: Path | None = None) -> tuple[bool, str]:
     """(can export to GGUF, reason) for a model folder (and the folder of its tokenizer, when elsewhere): the
     architecture and the tokenizer kind are checked, so the UI can disable the option with the reason."""
     try:
-        _arch(_config(model_dir))
+        cfg = _config(model_dir)
+        gguf_moe.check(cfg, _arch(cfg))
         has_own = tok_dir is not None and (tok_dir / "tokenizer.json").is_file()
         _tokenizer_json(tok_dir if has_own else model_dir)
     except UserError as e:
@@ -241,6 +245,7 @@ def _add_hparams(w, cfg: dict, model_type: str, gtype: str, extra_tensors: dict,
     w.add_file_type(gguf.LlamaFileType.MOSTLY_BF16 if gtype == "BF16" else gguf.LlamaFileType.MOSTLY_F16)
     if model_type in GEMMA:
         _add_gemma_hparams(w, cfg, model_type, head_dim)
+    gguf_moe.add_hparams(w, cfg, model_type)
     rs = _rope_scaling(cfg)
     if not rs:
         return
@@ -377,7 +382,7 @@ def _tensor_plan(model_dir: Path, cfg: dict, model_type: str):
     from safetensors import safe_open
 
     nmap = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, ARCHS[model_type]), cfg["num_hidden_layers"])
-    plan = []
+    plan, experts = [], []
     for f in sorted(model_dir.glob("*.safetensors")):
         with safe_open(f, framework="pt") as st:
             for name in st.keys():
@@ -385,6 +390,9 @@ def _tensor_plan(model_dir: Path, cfg: dict, model_type: str):
                     continue
                 if name.endswith("lm_head.weight") and (cfg.get("tie_word_embeddings") or model_type in GEMMA):
                     continue  # llama.cpp's Gemma always ties the head to the embeddings
+                if gguf_moe.is_expert(name):
+                    experts.append((name, f, tuple(st.get_slice(name).get_shape())))
+                    continue
                 new = nmap.get_name(_text_name(name), try_suffixes=(".weight", ".bias"))
                 if new is None:
                     raise UserError(
@@ -392,7 +400,7 @@ def _tensor_plan(model_dir: Path, cfg: dict, model_type: str):
                         "export as merged16 instead."
                     )
                 plan.append((new, name, f, tuple(st.get_slice(name).get_shape())))
-    return plan
+    return plan + gguf_moe.stacked(experts, nmap)
 
 
 # A multimodal folder (Gemma 3) holds its language model's weights under one of these prefixes, beside vision tensors.
@@ -441,10 +449,10 @@ def convert(model_dir: Path, out_file: Path, gtype: str = "F16", log=print) -> d
     import gguf
     import numpy as np
     import torch
-    from safetensors import safe_open
 
     cfg = _config(model_dir)
     model_type = _arch(cfg)
+    gguf_moe.check(cfg, model_type)
     arch = gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, ARCHS[model_type])]
     w = gguf.GGUFWriter(out_file, arch)
     w.add_name(model_dir.name)
@@ -473,8 +481,8 @@ def convert(model_dir: Path, out_file: Path, gtype: str = "F16", log=print) -> d
     try:
         for _, hf_name, f, _ in plan:
             # A handle per tensor: its memory map closes at once, so the pages read never pile up in the resident set.
-            with safe_open(f, framework="pt") as st, torch.no_grad():
-                arr, _ = _prepare(st.get_tensor(hf_name), hf_name, cfg, model_type, gtype)
+            with torch.no_grad():
+                arr, _ = _prepare(gguf_moe.read(hf_name, f), str(hf_name), cfg, model_type, gtype)
             w.write_tensor_data(arr)
             del arr
     finally:

@@ -25,6 +25,7 @@ from pathlib import Path
 from engine.chat.infer import locate
 from engine.core.errors import UserError
 from engine.core.files import check_free_disk, new_folder, write_text
+from engine.export import experts as experts_merge
 from engine.export.gguf import QUANTS
 from engine.training.steps import CHECKPOINT_FILES
 
@@ -221,14 +222,6 @@ class _Delta:
         return w.add_(delta.T if self.transpose else delta)
 
 
-def _pattern_value(patterns: dict | None, module: str, default):
-    """PEFT's rank_pattern / alpha_pattern lookup: the first pattern matching the end of the module's name."""
-    for pat, value in (patterns or {}).items():
-        if re.match(rf"(.*\.)?({pat})$", module):
-            return value
-    return default
-
-
 def _read_adapter(adapter: Path) -> tuple[dict[str, _Delta], dict]:
     """({module name: _Delta}, {weight name: replacement tensor}) of a PEFT LoRA adapter folder.
 
@@ -258,7 +251,7 @@ def _read_adapter(adapter: Path) -> tuple[dict[str, _Delta], dict]:
         if set(ab) != {"A", "B", "embedding"}:
             raise UserError(f"The adapter's LoRA weights for '{module}' are incomplete; the adapter file is damaged.")
         r = ab["A"].shape[0]
-        alpha = _pattern_value(cfg.get("alpha_pattern"), module, cfg.get("lora_alpha", r))
+        alpha = experts_merge.pattern_value(cfg.get("alpha_pattern"), module, cfg.get("lora_alpha", r))
         scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
         transpose = ab["embedding"] or bool(cfg.get("fan_in_fan_out"))  # PEFT stores both as (in, out)
         deltas[module] = _Delta(module, ab["A"], ab["B"], scale, transpose)
@@ -329,12 +322,18 @@ def _stream_merge(path: Path, adapter: Path | None, out_dtype, dest: Path, log) 
     deltas, replace = _read_adapter(adapter) if adapter is not None else ({}, {})
     entries = _base_entries(path)
     names = {e[0] for e in entries}
-    by_name: dict[str, _Delta] = {}
+    experts = experts_merge.split_expert_deltas(deltas, adapter, _text_config(path)) if adapter else {}
+    try:
+        by_name = experts_merge.base_targets(experts, names, _text_config(path).get("model_type", ""))
+    except KeyError as e:
+        raise UserError(
+            f"The adapter changes '{e.args[0]}', which this base model does not have; wrong base?"
+        ) from None
     for module, d in deltas.items():
         target = _match(names, module + ".weight")
         if target is None:
             raise UserError(f"The adapter changes '{module}', which this base model does not have; wrong base model?")
-        by_name[target] = d
+        by_name[target] = d.apply
     new = {}
     tied = _text_config(path).get("tie_word_embeddings", True)
     for key, t in replace.items():
@@ -367,7 +366,7 @@ def _stream_merge(path: Path, adapter: Path | None, out_dtype, dest: Path, log) 
         if name in new:
             t = new[name]
         if name in by_name:
-            t = by_name[name].apply(t.to(torch.float32))
+            t = by_name[name](t.to(torch.float32))
         return t.to(out_dtype) if t.is_floating_point() else t
 
     weight_map = {}
@@ -383,7 +382,7 @@ def _stream_merge(path: Path, adapter: Path | None, out_dtype, dest: Path, log) 
         index = {"metadata": {"total_size": sum(it[3] for s in plan for it in s)}, "weight_map": weight_map}
         (dest / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     log(f"export: {len(by_name)} LoRA pairs and {len(new)} replaced weights merged into {len(entries)} tensors")
-    return deltas
+    return {**deltas, **experts}
 
 
 def _load_fp32(path: Path, layers: int | None):
@@ -431,6 +430,7 @@ def _check_merge(path: Path, adapter: Path | None, dest: Path, deltas: dict, pro
         model = model.unload()  # the base model again, weights untouched
         params = dict(model.named_parameters())
         with torch.no_grad():
+            experts_merge.apply_to_model(model, deltas)
             for module, d in deltas.items():
                 p = params.get(module + ".weight")
                 if p is not None:  # None: a layer past the checked ones

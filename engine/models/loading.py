@@ -113,6 +113,8 @@ def load_model(path: Path, placement: Placement, four_bit: bool = False, trust_r
             f"'{path.name}' does not fit in GPU memory; use QLoRA (4-bit), a smaller model, or a card with more memory."
         ) from None
     except ValueError as e:
+        if "scaled_dot_product_attention" in str(e):  # gpt-oss (attention sinks): transformers' eager attention
+            return AutoModelForCausalLM.from_pretrained(path, **dict(kw, attn_implementation="eager"))
         if "trust_remote_code" in str(e):
             raise UserError(
                 f"'{path.name}' needs its own Python code to load; turn on 'trust remote code' only if "
@@ -126,15 +128,18 @@ def add_lora(model, spec, log=print):
     """Wrap `model` with PEFT LoRA adapters on the spec's target modules that the model has."""
     from peft import LoraConfig, get_peft_model
 
+    from engine.models.experts import lora_options
+
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     targets = [t for t in spec.target_modules if t in present]
-    if not targets:
+    moe = lora_options(model, spec, log)
+    if not targets and not moe.get("target_parameters"):
         raise UserError(
             f"None of the LoRA target modules {list(spec.target_modules)} exist in this model; its "
             f"layers are named e.g. {sorted(present)[:8]}."
         )
     skipped = sorted(set(spec.target_modules) - set(targets))
-    if skipped:
+    if skipped and not moe.get("target_parameters"):
         log(f"lora: this model has no {skipped}; adapters go on {targets}")
     config = LoraConfig(
         r=spec.lora_r,
@@ -144,6 +149,7 @@ def add_lora(model, spec, log=print):
         target_modules=targets,
         use_rslora=spec.use_rslora,
         task_type="CAUSAL_LM",
+        **moe,
     )
     return get_peft_model(model, config)
 
@@ -228,10 +234,17 @@ def prepare_for_training(model, spec, log=print, memory=None):
             **plan_kw,
         )
     if spec.method == "full":
+        from engine.models.experts import freeze_routers
+
         for p in model.parameters():
             p.requires_grad_(True)
+        freeze_routers(model, spec, log)
     else:
         model = add_lora(model, spec, log)
+        if spec.method == "qlora" and spec.fast_path and on_gpu and spec.lora_dropout == 0:
+            from engine.patching.moe import quantize_experts
+
+            quantize_experts(model, log)  # MoE experts (fused 3-D tensors, which bitsandbytes leaves 16-bit)
     model.memory_plan = memory  # engine.training.sft reads grads_released
     if memory is not None and memory.dense_layers and on_gpu and fused_loss:
         keep_dense(model, memory.dense_layers, log)

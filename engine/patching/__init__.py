@@ -1,13 +1,17 @@
 """Per-family fast paths: swap module instances of a loaded transformers model for kernel-backed drop-ins.
 
-Each family file (llama.py, mistral.py, qwen2.py, qwen3.py, gemma.py, gemma2.py, gemma3.py) registers a `Family` for
+Each family file (llama.py, mistral.py, qwen2.py, qwen3.py, gemma.py, gemma2.py, gemma3.py, and the
+mixture-of-experts qwen3_moe.py and mixtral.py) registers a `Family` for
 its `model_type`. `patch_model` walks the decoder layers and replaces, in place:
 
 - every RMSNorm (layer norms, the final norm, Qwen3/Gemma3 per-head q/k norms) with `FastRMSNorm` (kernels.rms_norm);
 - each attention module with `FastAttention`: RoPE through kernels.rope, LoRA projections through kernels.lora,
   attention through transformers' own interface for the loaded implementation (SDPA: flash / memory-efficient);
 - each gated MLP with `FastMLP`: kernels.swiglu for act(gate) * up, LoRA projections through kernels.lora;
-- the causal-LM loss with kernels.cross_entropy (the logits never exist in full when labels are given).
+- the causal-LM loss with kernels.cross_entropy (the logits never exist in full when labels are given), unless the
+  config adds the router's load-balancing loss to it;
+- in mixture-of-experts models (any model type, gpt-oss included), the experts' forward with engine.patching.moe's
+  grouped expert path.
 
 engine/patching/graphs.py then replays the layers' forward and backward as CUDA graphs on fixed-shape training steps,
 and for engine.training.sft's own loop `modules.pack_adapters` packs every fused op's LoRA weights into one trainable
@@ -22,9 +26,10 @@ Imports the kernels and nothing of the engine outside engine.patching.
 
 import importlib
 
+from engine.patching import moe
 from engine.patching.family import Family, PatchReport
 
-FAMILY_MODULES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3")
+FAMILY_MODULES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "qwen3_moe", "mixtral")
 
 
 def family_for(model_type: str) -> Family | None:
@@ -44,6 +49,9 @@ def patch_model(model, log=print) -> PatchReport:
     if fam is None:
         report = PatchReport(None, notes=[f"no fast path for model type '{model_type}': plain transformers + PEFT"])
     else:
-        report = patch_with(model, fam)
+        report = patch_with(model, fam, fuse_loss=not getattr(model.config, "output_router_logits", False))
+    experts = moe.install(model, log=lambda m: None)
+    if experts:
+        report.notes.append(f"grouped expert path (kernels.grouped_mm) in {experts} mixture-of-experts layers")
     log(f"patching: {report.summary()}")
     return report

@@ -559,8 +559,8 @@ def fused_loss_forward(
     return CausalLMOutputWithPast(loss=loss, logits=None, past_key_values=out.past_key_values)
 
 
-def patch_with(model, family: Family) -> PatchReport:
-    """Swap norms, attention, MLPs and the loss of `model` for the drop-ins; count what changed."""
+def patch_with(model, family: Family, fuse_loss: bool = True) -> PatchReport:
+    """Swap norms, attention, MLPs and (with `fuse_loss`) the loss of `model` for the drop-ins; count what changed."""
     report = PatchReport(family.model_type)
 
     def count(name):
@@ -586,9 +586,9 @@ def patch_with(model, family: Family) -> PatchReport:
             setattr(parent, name, FastMLP(child, activation, feeds_residual=not family.sandwich_norms))
             count("FastMLP")
     model.varlen_attention = takes_varlen(model)  # read by fused_loss_forward and engine.training.sft, once
-    if hasattr(model, "model") and type(model.get_output_embeddings()) is nn.Linear:
+    if fuse_loss and hasattr(model, "model") and type(model.get_output_embeddings()) is nn.Linear:
         model.forward = types.MethodType(fused_loss_forward, model)
         count("fused cross-entropy loss")
     else:
-        report.notes.append("loss kept unfused (no plain linear head)")
+        report.notes.append(f"loss kept unfused ({'no plain linear head' if fuse_loss else 'plus router loss'})")
     return report

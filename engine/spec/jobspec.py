@@ -119,6 +119,9 @@ class JobSpec:
     lora_dropout: float = 0.0
     use_rslora: bool = False
     target_modules: tuple[str, ...] = ALL_LINEAR  # layers that get adapters; missing names are skipped
+    # mixture-of-experts models: adapters also on the experts' projections named in target_modules (gate/up/down)
+    lora_experts: bool = True
+    train_router: bool = False  # mixture-of-experts models: also train the router (LoRA: a full copy of it)
     gradient_checkpointing: bool = True  # recompute in backward the layers whose activations exceed the VRAM budget
     fast_path: bool = True  # Tunesmith's kernels for Llama/Mistral/Qwen/Gemma (off: plain transformers + PEFT)
     seed: int = 3407

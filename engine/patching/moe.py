@@ -1,0 +1,210 @@
+"""The fast expert path for mixture-of-experts layers (Qwen3-MoE, Mixtral, gpt-oss): tokens grouped by expert and each
+projection done as one grouped matrix product (kernels.grouped_mm), with its per-expert LoRA, forward and backward.
+
+transformers 5 keeps a layer's experts as fused 3-D parameters of one module whose forward dispatches, through
+transformers' own `ExpertsInterface`, on `config._experts_implementation`; this module registers one more
+implementation there ("tunesmith_grouped") and `install` selects it on the given model's config only, and swaps each
+MoE block for `FastMoEBlock`, which keeps the block's router and experts under their names (so PEFT's adapters, saved
+names and `disable_adapter()` work as before) and hands PEFT's LoRA factors to the grouped path itself.
+
+transformers' eager forward loops over the experts (two F.linear calls each). PEFT adapts a fused expert tensor by
+re-parametrizing it: every forward it builds W + scale * lhs @ rhs for the whole stack (E x out x in, the size of the
+experts) before the experts' forward runs. Here the grouped path takes the raw W and PEFT's low-rank factors instead
+and computes, per projection, over the rows of all experts at once:
+
+    y = grouped(x, W) + scale * grouped(grouped(x, A), B)        (A, B: each expert's factors, rank r)
+
+so the LoRA costs two thin grouped products and no stack-sized temporary. Routing, the gate activation and biases are
+the model's own (`module._apply_gate`: SwiGLU, or gpt-oss's clamped GLU on interleaved gate/up columns).
+"""
+
+import torch
+from torch import nn
+
+IMPLEMENTATION = "tunesmith_grouped"
+
+
+def experts_forward(
+    self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor, factors=None
+):
+    """An experts module's forward (the ExpertsInterface signature): [T, H] hidden states, [T, k] expert ids and
+    routing weights -> [T, H]. `factors`: {tensor name: PEFT's (lhs, rhs, scaling)} given by FastMoEBlock; without
+    it they are read from PEFT's parametrization of the module."""
+    from kernels.grouped_mm import grouped_mm
+
+    n_experts = self.num_experts
+    k = top_k_index.shape[-1]
+    flat = top_k_index.reshape(-1)
+    order = torch.argsort(flat, stable=True)  # slot t * k + j sorted by expert: each expert's rows are contiguous
+    token = order // k
+    expert = flat[order]
+    counts = torch.zeros(n_experts, dtype=torch.int64, device=flat.device).scatter_add_(0, flat, torch.ones_like(flat))
+    offsets = torch.cumsum(counts, 0).to(torch.int32)  # scatter_add, not bincount: no host sync on the GPU
+    x = hidden_states[token]
+    gate_up = _project(self, "gate_up_proj", x, offsets, expert, grouped_mm, factors)
+    out = _project(self, "down_proj", self._apply_gate(gate_up), offsets, expert, grouped_mm, factors)
+    out = out * top_k_weights.reshape(-1)[order, None].to(out.dtype)
+    return torch.zeros_like(hidden_states).index_add_(0, token, out.to(hidden_states.dtype))
+
+
+def _param(module, name: str, factors=None):
+    """(raw weight, PEFT LoRA factors or None) of an expert tensor. PEFT's single-adapter parametrization keeps the
+    factors (lhs, rhs, scaling) with W + scaling * lhs @ rhs the adapted weight; any other parametrization (several
+    adapters, a low-precision base) is evaluated as transformers would."""
+    from torch.nn.utils import parametrize
+
+    if factors is not None:
+        return _weight(module, name), factors.get(name)
+    if not parametrize.is_parametrized(module, name):
+        return getattr(module, name), None
+    plist = module.parametrizations[name]
+    proxy = plist[0]
+    if len(plist) == 1 and all(hasattr(proxy, a) for a in ("lhs", "rhs", "scaling")):
+        return plist.original, (proxy.lhs, proxy.rhs, proxy.scaling)
+    return getattr(module, name), None
+
+
+def _project(module, name: str, x, offsets, expert, grouped_mm, factors):
+    """x @ W_e (+ LoRA, + bias) for each row's expert e, in the stored layout: [E, in, out] when the module says
+    is_transposed (gpt-oss), else [E, out, in] (nn.Linear orientation)."""
+    w, lora = _param(module, name, factors)
+    transposed = getattr(module, "is_transposed", False)
+    y = grouped_mm(x, w if transposed else w.transpose(1, 2), offsets)
+    if lora is not None:
+        lhs, rhs, scaling = lora  # transposed: lhs [E, in, r], rhs [E, r, out]; else lhs [E, out, r], rhs [E, r, in]
+        first, second = (lhs, rhs) if transposed else (rhs.transpose(1, 2), lhs.transpose(1, 2))
+        y = y + scaling * grouped_mm(grouped_mm(x, first.to(x.dtype), offsets), second.to(x.dtype), offsets)
+    bias = getattr(module, f"{name}_bias", None)
+    if bias is not None:
+        y = y + bias[expert]
+    return y
+
+
+class FastMoEBlock(nn.Module):
+    """Drop-in for a mixture-of-experts block (Qwen3-MoE's and Mixtral's sparse MoE block, gpt-oss's MLP) that keeps
+    its router and experts as children under their own names, so PEFT wraps and saves them as before.
+
+    PEFT runs an adapted expert tensor through a parametrization registered anew on every forward, which evaluates
+    W + scale * lhs @ rhs for the whole stack once to check its shape. When one adapter is active and not merged (the
+    training case), this block takes PEFT's factors from its ParamWrappers and calls the grouped path on the raw
+    experts module directly, so no stack-sized tensor is built; otherwise (adapters disabled, merged, several, dropout)
+    it calls the experts as they are.
+    """
+
+    def __init__(self, block, router: str, returns_scores: bool):
+        super().__init__()
+        for name, child in block.named_children():
+            self.add_module(name, child)
+        self.router_name = router
+        self.returns_scores = returns_scores  # gpt-oss's MLP returns (hidden, router scores)
+        self.jitter_noise = getattr(block, "jitter_noise", 0.0)  # Mixtral's training-time input jitter
+
+    def forward(self, hidden_states: torch.Tensor):
+        batch, seq, hidden = hidden_states.shape
+        if self.training and self.jitter_noise > 0:
+            noise = torch.empty_like(hidden_states).uniform_(1.0 - self.jitter_noise, 1.0 + self.jitter_noise)
+            hidden_states = hidden_states * noise
+        x = hidden_states.reshape(-1, hidden)
+        _, weights, index = getattr(self, self.router_name)(x)
+        base, factors = _lora_factors(self.experts)
+        if factors is None and hasattr(_innermost(self.experts), "nf4_states"):
+            raise RuntimeError("NF4 experts run only with one active, unmerged adapter without dropout")
+        out = self.experts(x, index, weights) if factors is None else experts_forward(base, x, index, weights, factors)
+        out = out.reshape(batch, seq, hidden)
+        return (out, weights) if self.returns_scores else out
+
+
+def _lora_factors(experts):
+    """(the raw experts module, {tensor name: (lhs, rhs, scaling)}) under PEFT's ParamWrappers; factors None when the
+    wrappers must run themselves (adapters disabled or merged, several adapters, dropout)."""
+    from peft.tuners.lora.layer import ParamWrapper
+
+    factors, module = {}, experts
+    while isinstance(module, ParamWrapper):
+        if module.merged:
+            return module, None
+        if not module.disable_adapters:  # disabled (DPO's reference pass): the base weight alone
+            active = [a for a in module.active_adapters if a in module.lora_A]
+            if len(active) != 1 or module.num_experts < 2:
+                return module, None
+            if not isinstance(module.lora_dropout[active[0]], nn.Identity):
+                return module, None
+            factors[module.parameter_name] = module.get_delta_factors(active[0])
+        module = module.base_layer
+    return module, factors
+
+
+def _innermost(experts):
+    while hasattr(experts, "base_layer"):  # PEFT's ParamWrappers
+        experts = experts.base_layer
+    return experts
+
+
+def _weight(module, name: str) -> torch.Tensor:
+    """An expert tensor: the parameter, or the dequantization of its NF4 copy (quantize_experts)."""
+    from kernels.nf4 import nf4_dequantize_state
+
+    packed = module._buffers.get(f"{name}_nf4")
+    if packed is None:
+        return getattr(module, name)
+    state, shape = module.nf4_states[name]
+    return nf4_dequantize_state(packed, state).reshape(shape)
+
+
+def quantize_experts(model, log=print) -> int:
+    """QLoRA: store the fused expert weights of every FastMoEBlock in NF4 (bitsandbytes' layout, blocks of 64, nested
+    absmax), as bitsandbytes stores Linear layers, and free the 16-bit copies. Call after PEFT has wrapped them (it
+    reads their shapes then); each forward dequantizes a layer's stack of one projection at a time. The parameter stays
+    as an empty 16-bit tensor so that PEFT's wrappers keep their dtype. Returns the number of tensors quantized."""
+    import bitsandbytes.functional as bnbf
+
+    count = 0
+    for block in [m for m in model.modules() if isinstance(m, FastMoEBlock)]:
+        base = _innermost(block.experts)
+        base.nf4_states = {}
+        for name in ("gate_up_proj", "down_proj"):
+            w = base._parameters[name].data
+            # 2-D: bitsandbytes' CPU quantizer mis-blocks 3-D tensors (measured: 3x the round-trip error)
+            packed, state = bnbf.quantize_4bit(
+                w.reshape(-1, w.shape[-1]), blocksize=64, compress_statistics=True, quant_type="nf4"
+            )
+            base.register_buffer(f"{name}_nf4", packed)
+            base.nf4_states[name] = (state, tuple(w.shape))
+            base._parameters[name] = nn.Parameter(w.new_empty(0), requires_grad=False)
+            count += 1
+    if count:
+        log(f"qlora: {count} fused expert tensors stored in NF4 (dequantized per layer in the forward)")
+    return count
+
+
+def install(model, log=print) -> int:
+    """Select the grouped expert path for `model`'s experts (none: not a mixture-of-experts model); returns how many
+    experts modules now run through it."""
+    from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+
+    experts = [m for m in model.modules() if hasattr(m, "_apply_gate") and hasattr(m, "gate_up_proj")]
+    if not experts:
+        return 0
+    ALL_EXPERTS_FUNCTIONS.register(IMPLEMENTATION, experts_forward)  # a named entry; chosen per model config below
+    for m in experts:
+        m.config._experts_implementation = IMPLEMENTATION
+    for parent in list(model.modules()):
+        for name, block in list(parent.named_children()):
+            router = _router_of(block)
+            if router is not None:
+                setattr(parent, name, FastMoEBlock(block, router, returns_scores=hasattr(block, "router")))
+    log(f"patching: grouped expert path (kernels.grouped_mm) for {len(experts)} mixture-of-experts layers")
+    return len(experts)
+
+
+def _router_of(block) -> str | None:
+    """The router's name in a MoE block (a child beside `experts` with one weight row per expert), else None."""
+    experts = getattr(block, "experts", None)
+    if experts is None or not hasattr(experts, "gate_up_proj") or isinstance(block, FastMoEBlock):
+        return None
+    n = experts.gate_up_proj.shape[0]
+    for name, child in block.named_children():
+        weight = getattr(child, "weight", None)
+        if child is not experts and weight is not None and weight.dim() == 2 and weight.shape[0] == n:
+            return name
+    return None
