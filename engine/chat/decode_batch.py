@@ -21,6 +21,7 @@ Other paths (transformers' forward or generate: Gemma 2/3 sliding windows, kerne
 not fit in memory decode the rows one after another through the one-row Decoder, said once in the log.
 """
 
+from collections import deque
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -206,3 +207,31 @@ def _batched(decoder, rows: Rows, prompts, max_new_tokens, sampling, stop_ids, a
             with torch.inference_mode():
                 tok = pick(logits, sampling, seen, generator)
                 read = _readback(tok)
+
+
+def split_rows(steps: Iterator[list[int | None]], count: int) -> list[Iterator[int]]:
+    """`count` iterators over the tokens of each row of `batch`'s `steps`, each pulling shared steps as it needs them
+    (the other rows' tokens wait in buffers). A row has ended once it has had a token and a step then has none for
+    it (batched: the row stopped; row after row: the next row's turn has come)."""
+    buffers: list[deque] = [deque() for _ in range(count)]
+    started, ended = [False] * count, [False] * count
+
+    def pull() -> bool:
+        step = next(steps, None)
+        if step is None:
+            ended[:] = [True] * count
+            return False
+        for b, token in enumerate(step):
+            if token is None:
+                ended[b] = ended[b] or started[b]
+            else:
+                started[b] = True
+                buffers[b].append(token)
+        return True
+
+    def row(b: int) -> Iterator[int]:
+        while buffers[b] or (not ended[b] and pull()) or buffers[b]:
+            if buffers[b]:
+                yield buffers[b].popleft()
+
+    return [row(b) for b in range(count)]
