@@ -36,6 +36,9 @@ top-p, min-p) and no host sync: a sample is `argmax(p / E)` with E ~ Exp(1) i.i.
 draws token i with probability p_i. The loop keeps one step in flight: it enqueues step i+1 before it reads token i
 back, so the GPU never waits for the host to decode text or check stops.
 
+B replies at once (GRPO's samples, the Chat tab's compare) run on the same step with a cache per row:
+engine/chat/decode_batch.py.
+
 A little over 500 lines: the three paths share one Decoder (cache, sampling, graph capture); the step's own layer
 math is engine.chat.decode_step's.
 """
