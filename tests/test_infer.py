@@ -324,22 +324,26 @@ def with_random_lora(model):
     return peft_model
 
 
-@pytest.mark.gpu
-@needs_cuda
-def test_gpu_nf4_base_graph_equals_eager_and_agrees_with_bitsandbytes(qwen3_06b):
-    """A 4-bit NF4 base (kernels/nf4.py's matvec, no dequantized copy) with and without LoRA."""
+def nf4_model(path):
+    """The model at `path` on the GPU with NF4 weights (double-quantized absmax, bf16 compute), as the app loads it."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    _, path = qwen3_06b
     quant = BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16,
     )
-    model = AutoModelForCausalLM.from_pretrained(
+    return AutoModelForCausalLM.from_pretrained(
         path, dtype=torch.bfloat16, quantization_config=quant, device_map={"": "cuda"}
     ).eval()
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_nf4_base_graph_equals_eager_and_agrees_with_bitsandbytes(qwen3_06b):
+    """A 4-bit NF4 base (kernels/nf4.py's matvec, no dequantized copy) with and without LoRA."""
+    model = nf4_model(qwen3_06b[1])
     graph, eager = Decoder(model, log=lambda m: None), Decoder(model, log=lambda m: None, mode="eager")
     assert graph.path == "step" and {p.kind for p in graph.step.layers[0].qkv.projections} == {"nf4"}
     prefixes = []
