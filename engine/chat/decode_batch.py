@@ -111,7 +111,8 @@ def batch(
 
 def _tokens(decoder, prompts, max_new_tokens, sampling, stop_ids, adapters, keep_stop):
     if decoder.path != "step":
-        yield from _one_by_one(decoder, prompts, max_new_tokens, sampling, stop_ids, adapters, keep_stop, decoder.path)
+        why = f"the {decoder.path} path has no batched step; only our decode step has"
+        yield from _one_by_one(decoder, prompts, max_new_tokens, sampling, stop_ids, adapters, keep_stop, why)
         return
     prompts = [torch.as_tensor(p, dtype=torch.long).view(-1) for p in prompts]
     rows = decoder._rows
