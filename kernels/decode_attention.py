@@ -11,6 +11,10 @@ and keeps (max, sum of exponentials, unnormalized output) per head; a second ker
 S is fixed by the cache's capacity, not by p, so one captured graph serves every position (chunks past p do no work).
 With one chunk the first kernel writes the output itself.
 
+Batched (B sequences decoding together, each at its own position): q (B, Hq, D), caches (B, Hk, C, D) and one position
+per row; the grid gains a row axis and each row reads its own cache up to its own position (ragged prompts need no
+padding). The reference runs the one-row reference row by row, so a row's result is the unbatched one.
+
 Numerics: q, k, v are loaded in their dtype and everything is fp32 (scores, softmax, the weighted sum); the output is
 rounded once. transformers' SDPA kernels do the same up to the order of the sums.
 
@@ -33,7 +37,13 @@ TILE = 8192  # elements of a (heads, positions, dim) product tile a program hold
 def decode_attention_reference(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, position: torch.Tensor, scale: float
 ) -> torch.Tensor:
-    """Pure-torch version in fp32 over the whole cache with positions past `position` masked: (Hq, D) in q's dtype."""
+    """Pure-torch version in fp32 over the whole cache with positions past `position` masked: (Hq, D) in q's dtype
+    (batched: (B, Hq, D), row by row)."""
+    if q.dim() == 3:
+        pos = position.reshape(-1)
+        return torch.stack(
+            [decode_attention_reference(q[b], k_cache[b], v_cache[b], pos[b : b + 1], scale) for b in range(len(q))]
+        )
     hq, d = q.shape
     hk, capacity, _ = k_cache.shape
     qf = q.float().view(hk, hq // hk, d)
@@ -60,10 +70,13 @@ def _decode_attention_kernel(
     m_ptr,
     l_ptr,
     acc_ptr,
+    k_row,
     k_head,
     k_pos,
+    v_row,
     v_head,
     v_pos,
+    HQ,
     G,
     D,
     C,
@@ -77,7 +90,12 @@ def _decode_attention_kernel(
 ):
     kv = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
-    n = tl.minimum(tl.load(pos_ptr).to(tl.int32) + 1, C)  # a position past the end reads the whole cache, no further
+    row = tl.program_id(2).to(tl.int64)  # batched: this row's query, cache, position, output and partials
+    q_ptr += row * HQ * D
+    o_ptr += row * HQ * D
+    k_ptr += row * k_row
+    v_ptr += row * v_row
+    n = tl.minimum(tl.load(pos_ptr + row).to(tl.int32) + 1, C)  # a position past the end reads the whole cache
     g = tl.arange(0, BLOCK_G)
     j = tl.arange(0, BLOCK_N)
     dd = tl.arange(0, BLOCK_D)
@@ -107,7 +125,7 @@ def _decode_attention_kernel(
         m = m_new
     out_mask = g_mask[:, None] & d_mask[None, :]
     if SPLIT:
-        part = heads * SPLITS + split
+        part = (row * HQ + heads) * SPLITS + split
         tl.store(m_ptr + part, m, mask=g_mask)
         tl.store(l_ptr + part, l_sum, mask=g_mask)
         tl.store(acc_ptr + part[:, None] * D + dd[None, :], acc, mask=out_mask)
@@ -133,20 +151,21 @@ def _merge_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, D, SPLITS, BLOCK_S: tl.constexpr
 
 
 def decode_attention_fwd(q, k_cache, v_cache, position, scale):
-    hq, d = q.shape
-    hk, capacity, _ = k_cache.shape
+    """q (B, Hq, D) contiguous, caches (B, Hk, C, D), position (B,): the launches for B rows at once."""
+    rows, hq, d = q.shape
+    _, hk, capacity, _ = k_cache.shape
     group = hq // hk
     block_g, block_d = triton.next_power_of_2(group), triton.next_power_of_2(d)
     block_n = max(16, TILE // (block_g * block_d))
     splits, chunk = splits_for(capacity, block_n)
     out = torch.empty_like(q)
     if splits > 1:
-        m = torch.empty(hq * splits, dtype=torch.float32, device=q.device)
+        m = torch.empty(rows * hq * splits, dtype=torch.float32, device=q.device)
         lse = torch.empty_like(m)
-        acc = torch.empty(hq * splits, d, dtype=torch.float32, device=q.device)
+        acc = torch.empty(rows * hq * splits, d, dtype=torch.float32, device=q.device)
     else:
         m = lse = acc = out  # unused
-    _decode_attention_kernel[(hk, splits)](
+    _decode_attention_kernel[(hk, splits, rows)](
         q,
         k_cache,
         v_cache,
@@ -157,8 +176,11 @@ def decode_attention_fwd(q, k_cache, v_cache, position, scale):
         acc,
         k_cache.stride(0),
         k_cache.stride(1),
+        k_cache.stride(2),
         v_cache.stride(0),
         v_cache.stride(1),
+        v_cache.stride(2),
+        hq,
         group,
         d,
         capacity,
@@ -172,7 +194,9 @@ def decode_attention_fwd(q, k_cache, v_cache, position, scale):
         num_warps=4,
     )
     if splits > 1:
-        _merge_kernel[(hq,)](m, lse, acc, out, d, splits, BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d)
+        _merge_kernel[(rows * hq,)](
+            m, lse, acc, out, d, splits, BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d
+        )
     return out
 
 
@@ -182,19 +206,27 @@ def decode_attention(
     """softmax(scale * q K^T) V for one query token over cache positions 0..position, grouped-query heads.
 
     Args:
-        q: (Hq, D) the token's rotated queries (contiguous); Hq a multiple of Hk.
-        k_cache, v_cache: (Hk, C, D) one layer's cache (last dim contiguous), filled up to `position`.
+        q: (Hq, D) the token's rotated queries; Hq a multiple of Hk. Batched: (B, Hq, D), one token per row.
+        k_cache, v_cache: (Hk, C, D) one layer's cache (last dim contiguous), filled up to `position`. Batched:
+            (B, Hk, C, D), one cache per row.
         position: integer tensor whose first element is the query's position (read on the device); must be < C.
+            Batched: (B,) each row's position.
         scale: the score scale (head_dim ** -0.5 for these families).
 
     Returns:
-        (Hq, D) in q's dtype.
+        (Hq, D) in q's dtype (batched: (B, Hq, D)).
     """
-    hq, d = q.shape
-    hk, _, dk = k_cache.shape
-    if dk != d or hq % hk or v_cache.shape != k_cache.shape:
-        raise ValueError(f"decode_attention: q {tuple(q.shape)}, caches {tuple(k_cache.shape)}")
+    batched = q.dim() == 3
+    hq, d = q.shape[-2:]
+    hk, _, dk = k_cache.shape[-3:]
+    rows_ok = not batched or (k_cache.dim() == 4 and k_cache.shape[0] == q.shape[0] and position.numel() == len(q))
+    if dk != d or hq % hk or v_cache.shape != k_cache.shape or not rows_ok or k_cache.dim() != q.dim() + 1:
+        raise ValueError(
+            f"decode_attention: q {tuple(q.shape)}, caches {tuple(k_cache.shape)}, positions {tuple(position.shape)}"
+        )
     if dispatch.use_triton(q, k_cache):
-        q = q.contiguous()
-        return decode_attention_fwd(q, k_cache, v_cache, position, scale)
+        if not batched:
+            q, k_cache, v_cache = q[None], k_cache[None], v_cache[None]
+        out = decode_attention_fwd(q.contiguous(), k_cache, v_cache, position, scale)
+        return out if batched else out[0]
     return decode_attention_reference(q, k_cache, v_cache, position, scale)

@@ -20,6 +20,10 @@ Bytes moved per token: reads (Hq + 2 Hk) * D * b and writes as much (b bytes per
 eager path (view, two norms of ~8 kernels, rotate_half's slices, neg and cat, four multiplies, two adds, two cache
 index_copy kernels) makes ~25 launches of it.
 
+Batched (B sequences decoding together, one new token each at its own position): caches (B, Hk, C, D) and
+positions (B,); token t is row t's, at position[t], written into cache t. The same kernel: a token's position is
+`position[t * ROW] + t * (1 - ROW)` and its cache is offset by t times the cache's row stride (0 for one sequence).
+
 No backward: decoding only.
 """
 
@@ -46,7 +50,27 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 def rope_kv_cache_reference(
     q, k, v, cos, sin, position, k_cache, v_cache, q_weight=None, k_weight=None, eps=1e-6
 ) -> torch.Tensor:
-    """Pure-torch version with transformers' ops (and so its rounding); writes the caches, returns q (T, Hq, D)."""
+    """Pure-torch version with transformers' ops (and so its rounding); writes the caches, returns q (T, Hq, D).
+    Batched (4-D caches), row by row."""
+    if k_cache.dim() == 4:
+        positions = position.reshape(-1)
+        rows = [
+            rope_kv_cache_reference(
+                q[b : b + 1],
+                k[b : b + 1],
+                v[b : b + 1],
+                cos,
+                sin,
+                positions[b : b + 1],
+                k_cache[b],
+                v_cache[b],
+                q_weight,
+                k_weight,
+                eps,
+            )
+            for b in range(q.shape[0])
+        ]
+        return torch.cat(rows)
     t, d = q.shape[0], k_cache.shape[-1]
     q, k, v = q.reshape(t, -1, d), k.reshape(t, -1, d), v.reshape(t, -1, d)
     if q_weight is not None:
@@ -109,6 +133,8 @@ def _rope_kv_cache_kernel(
     q_stride,
     k_stride,
     v_stride,
+    kc_row,
+    vc_row,
     kc_head,
     kc_pos,
     vc_head,
@@ -122,10 +148,16 @@ def _rope_kv_cache_kernel(
     NORM: tl.constexpr,
     BF16: tl.constexpr,
     BLOCK_HALF: tl.constexpr,
+    ROW: tl.constexpr,
 ):
     t = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
-    pos = tl.load(pos_ptr).to(tl.int64) + t
+    if ROW:  # batched: token t is row t's, with its own position and cache
+        pos = tl.load(pos_ptr + t).to(tl.int64)
+        kc_ptr += t * kc_row
+        vc_ptr += t * vc_row
+    else:
+        pos = tl.load(pos_ptr).to(tl.int64) + t
     d = tl.arange(0, BLOCK_HALF)
     mask = d < HALF
     write = d < tl.where(pos < C, HALF, 0)  # nothing past the cache's end (such a query uses the last table row)
@@ -158,7 +190,8 @@ def _rope_kv_cache_kernel(
 
 def rope_kv_cache_fwd(q, k, v, cos, sin, position, k_cache, v_cache, q_weight, k_weight, eps):
     t = q.shape[0]
-    hk, capacity, d = k_cache.shape
+    row = k_cache.dim() == 4
+    hk, capacity, d = k_cache.shape[-3:]
     hq = q.shape[1] // d
     q_out = torch.empty(t, hq, d, dtype=q.dtype, device=q.device)
     norm = q_weight is not None
@@ -177,10 +210,12 @@ def rope_kv_cache_fwd(q, k, v, cos, sin, position, k_cache, v_cache, q_weight, k
         q.stride(0),
         k.stride(0),
         v.stride(0),
-        k_cache.stride(0),
-        k_cache.stride(1),
-        v_cache.stride(0),
-        v_cache.stride(1),
+        k_cache.stride(0) if row else 0,
+        v_cache.stride(0) if row else 0,
+        k_cache.stride(-3),
+        k_cache.stride(-2),
+        v_cache.stride(-3),
+        v_cache.stride(-2),
         cos.stride(0),
         hq,
         hk,
@@ -190,6 +225,7 @@ def rope_kv_cache_fwd(q, k, v, cos, sin, position, k_cache, v_cache, q_weight, k
         NORM=norm,
         BF16=q.dtype == torch.bfloat16,
         BLOCK_HALF=triton.next_power_of_2(d // 2),
+        ROW=row,
         num_warps=1,
     )
     return q_out
@@ -215,6 +251,7 @@ def rope_kv_cache(
         cos, sin: (C, D) the model's rotary tables for positions 0..C-1, in the activation dtype.
         position: integer tensor whose first element is the position of the first new token (read on the device).
         k_cache, v_cache: (Hk, C, D) one layer's cache, written in place at positions position..position+T-1.
+            Batched: (B, Hk, C, D) with T = B, and `position` (B,): token t is row t's, at position[t].
         q_weight, k_weight: (D,) Qwen3's q_norm / k_norm scales, or None (no per-head norm).
         eps: the per-head norm's epsilon.
 
@@ -222,7 +259,8 @@ def rope_kv_cache(
         (T, Hq, D) the rotated queries.
     """
     d = k_cache.shape[-1]
-    if d % 2 or q.shape[-1] % d or k.shape[-1] != k_cache.shape[0] * d or v.shape != k.shape:
+    rows_ok = k_cache.dim() == 3 or (k_cache.dim() == 4 and k_cache.shape[0] == q.shape[0] == position.numel())
+    if d % 2 or q.shape[-1] % d or k.shape[-1] != k_cache.shape[-3] * d or v.shape != k.shape or not rows_ok:
         raise ValueError(f"rope_kv_cache: q {tuple(q.shape)}, k {tuple(k.shape)}, cache {tuple(k_cache.shape)}")
     if cos.shape[-1] != d:
         raise ValueError(f"rope_kv_cache: tables of {cos.shape[-1]} dims for heads of {d}")

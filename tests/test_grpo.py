@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from engine import api
+from engine.chat import decode_batch
 from engine.chat.decode import Decoder
 from engine.core.runlog import RunLog, read_metrics
 from engine.spec import rewards
@@ -141,21 +142,23 @@ def test_grpo_samples_with_the_engine_decoder_unless_told_otherwise(
     sampler, tiny_llama, prompts_file, tmp_path, monkeypatch
 ):
     """Near temperature 0 both samplers must give every prompt the base model's greedy reply (the adapter starts at
-    zero), and what TRL scores is exactly what the decoder produced: one Decoder.tokens call per reply, or none when
-    TUNESMITH_GRPO_SAMPLER=trl brings back TRL's generate."""
+    zero), and what TRL scores is exactly what the decoder produced: one batch (engine.chat.decode_batch) of all the
+    generation batch's replies, or none when TUNESMITH_GRPO_SAMPLER=trl brings back TRL's generate."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    streams: list[tuple[list[int], list[int]]] = []  # (prompt ids, tokens yielded) per Decoder.tokens call
-    tokens = Decoder.tokens
+    calls: list[list[tuple[list[int], list[int]]]] = []  # per batch call: (prompt ids, tokens yielded) per row
+    real = decode_batch.batch
 
-    def spy(self, prompt_ids, *args, **kwargs):
-        streams.append((list(prompt_ids), out := []))
-        with contextlib.closing(tokens(self, prompt_ids, *args, **kwargs)) as stream:
-            for t in stream:
-                out.append(t)
-                yield t
+    def spy(decoder, prompts, *args, **kwargs):
+        calls.append(rows := [(list(p), []) for p in prompts])
+        with contextlib.closing(real(decoder, prompts, *args, **kwargs)) as steps:
+            for step in steps:
+                for (_, out), t in zip(rows, step, strict=True):
+                    if t is not None:
+                        out.append(t)
+                yield step
 
-    monkeypatch.setattr(Decoder, "tokens", spy)
+    monkeypatch.setattr(decode_batch, "batch", spy)
     if sampler == "trl":
         monkeypatch.setenv("TUNESMITH_GRPO_SAMPLER", "trl")
     SCORED.clear()
@@ -185,7 +188,9 @@ def test_grpo_samples_with_the_engine_decoder_unless_told_otherwise(
         p: tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)["input_ids"]
         for p, _ in SCORED
     }
+    streams = [row for rows in calls for row in rows]
     if sampler == "engine":
+        assert len(calls) == 1  # the generation batch's 8 replies in one batch
         assert [ids for ids, _ in streams] == [prompt_ids[p] for p, _ in SCORED]
         assert [r for _, r in SCORED] == [tok.decode(out, skip_special_tokens=True) for _, out in streams]
     else:
@@ -197,41 +202,37 @@ def test_grpo_samples_with_the_engine_decoder_unless_told_otherwise(
         assert reply == tok.decode(greedy[0, ids.shape[1] :], skip_special_tokens=True), prompt
 
 
-def test_grpo_rollout_keeps_the_end_token_and_samples_in_eval_mode():
-    """A reply ends at the first EOS / end-of-turn token and keeps it (TRL trains on it and counts the reply as
-    finished); sampling runs in eval mode with the trainer's settings, and training mode comes back afterwards."""
+def test_grpo_rollout_keeps_the_end_token_and_samples_in_eval_mode(tiny_llama):
+    """All replies are sampled as one batch; a reply ends at the first EOS / end-of-turn token and keeps it (TRL
+    trains on it and counts the reply as finished); sampling runs in eval mode without gradients with the trainer's
+    settings, and training mode comes back afterwards."""
     from types import SimpleNamespace
 
-    from tiny import make_tokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from engine.training.grpo import engine_rollout
 
-    tok = make_tokenizer()
-    end_of_turn, eos = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
-    model = torch.nn.Linear(1, 1).train()
-    seen = []
-
-    class FakeDecoder:
-        def __init__(self):
-            self.model = model
-
-        def tokens(self, prompt_ids, max_new_tokens, sampling):
-            seen.append((len(prompt_ids), max_new_tokens, sampling, self.model.training, torch.is_grad_enabled()))
-            replies = {0: [5, end_of_turn, 7], 1: [8, 9, 10], 2: [eos, 11, 12]}
-            yield from replies[len(seen) - 1][:max_new_tokens]
-
-    trainer = SimpleNamespace(
-        temperature=0.7, top_p=0.9, top_k=0, min_p=None, repetition_penalty=1.0, max_completion_length=3
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).train()
+    seen = []  # (training, grad enabled) at every embedding call: the prompts' and each step's
+    model.get_input_embeddings().register_forward_hook(
+        lambda m, a, out: seen.append((model.training, torch.is_grad_enabled()))
     )
-    trainer.eos_token_ids = [end_of_turn]
-    prompts = [[{"role": "user", "content": "Hi"}]] * 3
-    out = engine_rollout(FakeDecoder, tok)(prompts, trainer)
-    assert out["completion_ids"] == [[5, end_of_turn], [8, 9, 10], [eos]]  # <|endoftext|> ends a turn too
-    ids = tok.apply_chat_template(prompts[0], add_generation_prompt=True)["input_ids"]
-    assert out["prompt_ids"] == [ids] * 3 and out["logprobs"] is None
-    assert [s[:2] for s in seen] == [(len(ids), 3)] * 3
-    assert seen[0][2].temperature == 0.7 and seen[0][2].top_p == 0.9 and seen[0][2].min_p == 0.0
-    assert not any(training or grad for *_, training, grad in seen) and model.training
+    prompts = [[{"role": "user", "content": "Hi"}]] * 3 + [[{"role": "user", "content": "Who are you?"}]] * 3
+    ids = [tok.apply_chat_template(p, add_generation_prompt=True)["input_ids"] for p in prompts]
+    greedy = [list(Decoder(model, log=print).tokens(ids[i], 6)) for i in (0, 3)]
+    end = greedy[0][2] if greedy[0][2] not in greedy[0][:2] else greedy[0][1]
+    trainer = SimpleNamespace(
+        temperature=1e-6, top_p=0.9, top_k=0, min_p=None, repetition_penalty=1.0, max_completion_length=6
+    )
+    trainer.eos_token_ids = [end]
+    seen.clear()
+    out = engine_rollout(lambda: Decoder(model, log=print), tok)(prompts, trainer)
+    cut = [g[: g.index(end) + 1] if end in g else g for g in greedy]
+    assert out["completion_ids"] == [cut[0]] * 3 + [cut[1]] * 3 and cut[0][-1] == end
+    assert out["prompt_ids"] == ids and out["logprobs"] is None
+    assert len(seen) == 2 + len(max(cut, key=len)) - 1  # two distinct prompts, then one step for all six rows
+    assert not any(training or grad for training, grad in seen) and model.training
 
 
 def test_grpo_sampler_choice(monkeypatch):

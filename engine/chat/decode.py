@@ -36,6 +36,9 @@ top-p, min-p) and no host sync: a sample is `argmax(p / E)` with E ~ Exp(1) i.i.
 draws token i with probability p_i. The loop keeps one step in flight: it enqueues step i+1 before it reads token i
 back, so the GPU never waits for the host to decode text or check stops.
 
+B replies at once (GRPO's samples, the Chat tab's compare) run on the same step with a cache per row:
+engine/chat/decode_batch.py.
+
 A little over 500 lines: the three paths share one Decoder (cache, sampling, graph capture); the step's own layer
 math is engine.chat.decode_step's.
 """
@@ -144,7 +147,10 @@ def choose_path(net, kernels: bool | None) -> tuple[str, str]:
 
 
 def pick(logits: torch.Tensor, s: Sampling, seen: torch.Tensor | None, generator=None) -> torch.Tensor:
-    """Next token (shape (1,), on the logits' device) from float32 `logits` (V,); `seen` marks context tokens."""
+    """Next token (shape (1,), on the logits' device) from float32 `logits` (V,); `seen` marks context tokens.
+
+    Batched: logits and seen (B, V) -> (B, 1), row by row; `generator` may then be a list of one generator per row
+    (each row draws what a one-row pick with its generator would)."""
     if seen is not None and s.repetition_penalty != 1.0:
         p = s.repetition_penalty
         logits = torch.where(seen, torch.where(logits < 0, logits * p, logits / p), logits)
@@ -152,18 +158,23 @@ def pick(logits: torch.Tensor, s: Sampling, seen: torch.Tensor | None, generator
         return logits.argmax(-1, keepdim=True)
     logits = logits / s.temperature
     if 0 < s.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, s.top_k).values[-1]
+        kth = torch.topk(logits, s.top_k).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if s.top_p < 1.0:
         # as transformers: drop the ascending-sorted head whose mass is <= 1 - top_p, always keeping the top token
         sorted_logits, order = torch.sort(logits)
         drop = sorted_logits.softmax(-1).cumsum(-1) <= 1 - s.top_p
-        drop[-1] = False
-        logits = logits.masked_fill(drop.scatter(0, order, drop), float("-inf"))
+        drop[..., -1] = False
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     probs = logits.softmax(-1)
     if s.min_p > 0:
-        probs = probs.masked_fill(probs < s.min_p * probs.max(), 0.0)
-    race = torch.empty_like(probs).exponential_(generator=generator)
+        probs = probs.masked_fill(probs < s.min_p * probs.amax(-1, keepdim=True), 0.0)
+    if isinstance(generator, list):
+        race = torch.stack(
+            [torch.empty_like(row).exponential_(generator=g) for row, g in zip(probs, generator, strict=True)]
+        )
+    else:
+        race = torch.empty_like(probs).exponential_(generator=generator)
     return (probs / race).argmax(-1, keepdim=True)
 
 
@@ -218,7 +229,8 @@ class Decoder:
         self._ids = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         self._pos = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         self._start = torch.zeros(1, dtype=torch.long, device=self.device)  # where a prompt starts: always 0
-        self._busy = False  # one sequence at a time: every generation shares the one cache and graph
+        self._busy = False  # one generation at a time: every generation shares the one cache and graph
+        self._rows = None  # engine.chat.decode_batch.Rows: the batched cache and graphs, made at the first batch
 
     def _adapter(self, on: bool):
         """peft's disable_adapter() when `on` is False and the model has adapters; else nothing."""
@@ -302,35 +314,39 @@ class Decoder:
         self._pos.add_(1)
         return out.logits[0, -1].float()
 
-    def _capture(self, adapter: bool):
-        """Capture `_step` in a CUDA graph (warm-ups on a side stream first, as torch.cuda.graphs asks)."""
-        self._pos.zero_()  # the warm-ups write positions 0-3 of the cache, which the next prompt overwrites
+    def _capture(self, adapter: bool, run, pos: torch.Tensor):
+        """Capture `run` (a step that advances `pos`) in a CUDA graph (warm-ups on a side stream first, as
+        torch.cuda.graphs asks)."""
+        pos.zero_()  # the warm-ups write positions 0-3 of the cache, which the next prompt overwrites
         with self._adapter(adapter):
-            self._step()  # compiles the kernels, and allocates the StaticCache's buffers outside the graph's pool
+            run()  # compiles the kernels, and allocates the StaticCache's buffers outside the graph's pool
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
                 for _ in range(2):
-                    self._step()
+                    run()
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                logits = self._step()
+                logits = run()
         if self._cache is not None:
             self._cache.reset()
         return graph, logits
 
-    def _stepper(self, adapter: bool):
-        """The decode step to run: a graph replay, or the eager step (with the adapter state set around it)."""
+    def _stepper(self, adapter: bool, run=None, pos=None, graphs=None, key=()):
+        """The decode step to run: a graph replay, or the eager step (with the adapter state set around it).
+        engine.chat.decode_batch passes its batched step `run`, its positions `pos` and its `graphs` (by `key`)."""
+        run, pos = run or self._step, pos if pos is not None else self._pos
+        graphs = self._graphs if graphs is None else graphs
         if self.mode == "graph":
-            key = self._key(adapter)
-            if key not in self._graphs:
+            key = (*key, *self._key(adapter))
+            if key not in graphs:
                 try:
-                    self._graphs[key] = self._capture(adapter)
+                    graphs[key] = self._capture(adapter, run, pos)
                 except Exception as e:  # noqa: BLE001  any capture failure means the eager path, logged once
                     self._fallback(f"CUDA graph capture failed: {e.__class__.__name__}: {e}")
             if self.mode == "graph":
-                graph, logits = self._graphs[key]
+                graph, logits = graphs[key]
 
                 def replay():
                     graph.replay()
@@ -340,7 +356,7 @@ class Decoder:
 
         def eager():
             with self._adapter(adapter):
-                return self._step()
+                return run()
 
         return eager
 
@@ -395,6 +411,13 @@ class Decoder:
         """
         if max_new_tokens <= 0:
             return
+        with self._exclusive(adapter):
+            run = self._generated if self.path == "generate" else self._tokens
+            yield from run(prompt_ids, max_new_tokens, sampling, stop_ids, adapter)
+
+    @contextlib.contextmanager
+    def _exclusive(self, adapter: bool):
+        """The decoder for one generation at a time (they share the caches and graphs), refreshed for `adapter`."""
         if self._busy:
             raise RuntimeError(
                 "This model is already generating a reply; finish (or close) that stream before starting another."
@@ -402,8 +425,7 @@ class Decoder:
         self._busy = True
         try:
             self._refresh(adapter)
-            run = self._generated if self.path == "generate" else self._tokens
-            yield from run(prompt_ids, max_new_tokens, sampling, stop_ids, adapter)
+            yield
         finally:
             self._busy = False
 

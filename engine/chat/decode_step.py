@@ -192,10 +192,11 @@ class Projection:
             return y if self.base.bias is None else y + self.base.bias.to(y.dtype)
         return self.module(x)
 
-    def add_lora(self, x: torch.Tensor, y: torch.Tensor, casts: dict | None = None) -> None:
+    def add_lora(self, x: torch.Tensor, y: torch.Tensor, casts: dict | None = None, mask=None) -> None:
         """Add the active adapters' terms to `y` in place, with PEFT's casts (its Linear adds in the adapter's dtype
         and rounds once; its Linear4bit rounds the term to the output dtype first). `casts` keeps x cast to an
-        adapter dtype for the other projections of the same x."""
+        adapter dtype for the other projections of the same x. `mask` (rows, 1) of ones and zeros keeps the terms
+        of the rows whose adapter is on (a batch of base and tuned replies); a zero term leaves a row's y as is."""
         lora = self.lora
         if lora is None or self.kind == "module" or lora.disable_adapters or lora.merged:
             return
@@ -208,11 +209,13 @@ class Projection:
             if dtype not in casts:
                 casts[dtype] = x if x.dtype == dtype else x.to(dtype)
             term = b(a(casts[dtype])) * lora.scaling[name]
+            if mask is not None:
+                term = term * mask.to(term.dtype)
             y.add_(term.to(y.dtype) if self.kind == "nf4" else term)
 
-    def __call__(self, x: torch.Tensor, casts: dict | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, casts: dict | None = None, mask=None) -> torch.Tensor:
         y = self.base_out(x)
-        self.add_lora(x, y, casts)
+        self.add_lora(x, y, casts, mask)
         return y
 
 
@@ -223,15 +226,15 @@ class Group:
         self.projections = projections
         self.packed = packed  # (weight, bias or None, [(start, end) rows of each projection])
 
-    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def __call__(self, x: torch.Tensor, mask=None) -> list[torch.Tensor]:
         casts = {}  # x in the adapters' dtype, cast once for the group
         if self.packed is None:
-            return [p(x, casts) for p in self.projections]
+            return [p(x, casts, mask) for p in self.projections]
         weight, bias, bounds = self.packed
         y = matvec(x, weight, bias)
         outs = [y[:, start:end] for start, end in bounds]
         for p, out in zip(self.projections, outs, strict=True):
-            p.add_lora(x, out, casts)
+            p.add_lora(x, out, casts, mask)
         return outs
 
 
@@ -372,6 +375,7 @@ class DecodeStep:
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         self.capacity = 0
         self.k_cache = self.v_cache = self.cos = self.sin = None
+        self.rows: Cache | None = None  # the batched cache (engine.chat.decode_batch)
         self.backend, self.backend_reason = choose_backend(self.device)
 
     def describe(self) -> str:
@@ -384,46 +388,78 @@ class DecodeStep:
         )
         return f"{len(self.layers)} layers, {'/'.join(kinds)} projections, {how}; {self.backend_reason}"
 
-    def allocate(self, capacity: int) -> None:
-        """A KV cache and RoPE tables for positions 0..capacity-1 (the old ones are dropped first)."""
+    def allocate(self, capacity: int, rows: int | None = None) -> None:
+        """A KV cache and RoPE tables for positions 0..capacity-1 (the old ones are dropped first). `rows` allocates
+        the batched cache instead, one per row (`self.rows`), beside the one-sequence cache."""
+        if rows is not None:
+            self.rows = None
+            self.rows = Cache(self, capacity, rows)
+            return
         self.k_cache = self.v_cache = self.cos = self.sin = None
-        d = self.layers[0].head_dim
-        shape = (len(self.layers), self.kv_heads, capacity, d)
-        self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        positions = torch.arange(capacity, device=self.device).view(1, capacity)
-        probe = torch.empty(0, dtype=self.dtype, device=self.device)
-        cos, sin = self.net.model.rotary_emb(probe, positions)  # the model's own tables, as transformers computes them
-        if cos.shape[-1] != d:
-            raise ValueError(f"rotary tables of {cos.shape[-1]} dims for heads of {d} (partial rotary)")
-        self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()
+        one = Cache(self, capacity)
+        self.k_cache, self.v_cache, self.cos, self.sin = one.k, one.v, one.cos, one.sin
         self.capacity = capacity
 
     def forward(self, ids: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         """Run T tokens `ids` (T,) from `position` (a device tensor; a prompt of T > 1 tokens starts at 0), writing
         their K and V into the cache; return the last token's float32 logits (V,)."""
         with dispatch.force(self.backend):
-            return self._forward(ids, position)
+            return self._forward(ids, position, self.k_cache, self.v_cache, self.cos, self.sin)[0]
 
-    def _forward(self, ids: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    def prefill_row(self, ids: torch.Tensor, row: int) -> torch.Tensor:
+        """`forward` of a prompt (T,) from position 0 into row `row` of the batched cache: its last logits (V,)."""
+        rows, start = self.rows, torch.zeros(1, dtype=torch.long, device=self.device)
+        with dispatch.force(self.backend):
+            return self._forward(ids, start, rows.k[:, row], rows.v[:, row], rows.cos, rows.sin)[0]
+
+    def forward_rows(self, ids: torch.Tensor, positions: torch.Tensor, mask=None) -> torch.Tensor:
+        """One token per row of the batched cache: `ids` (B,) at `positions` (B,) -> float32 logits (B, V). `mask`
+        (B, 1), ones and zeros, keeps the adapters' terms of some rows only (see Projection.add_lora)."""
+        rows = self.rows
+        with dispatch.force(self.backend):
+            return self._forward(ids, positions, rows.k, rows.v, rows.cos, rows.sin, batched=True, mask=mask)
+
+    def _forward(self, ids, position, k_cache, v_cache, cos, sin, batched=False, mask=None) -> torch.Tensor:
         t = ids.shape[0]
         x = self.embed(ids.view(1, t))[0]
         h = None
         for i, layer in enumerate(self.layers):
             y, h = add_rms_norm(x, h, layer.input_norm.weight, _eps(layer.input_norm))
-            q, k, v = layer.qkv(y)
+            q, k, v = layer.qkv(y, mask)
             qk = (layer.q_norm.weight, layer.k_norm.weight) if layer.q_norm is not None else (None, None)
             eps = _eps(layer.q_norm) if layer.q_norm is not None else 1e-6
-            q = rope_kv_cache(q, k, v, self.cos, self.sin, position, self.k_cache[i], self.v_cache[i], *qk, eps)
-            if t == 1:
-                a = decode_attention(q[0], self.k_cache[i], self.v_cache[i], position, layer.scale)
+            q = rope_kv_cache(q, k, v, cos, sin, position, k_cache[i], v_cache[i], *qk, eps)
+            if batched:  # (B, Hq, D): row b over its own cache
+                a = decode_attention(q, k_cache[i], v_cache[i], position, layer.scale)
+            elif t == 1:
+                a = decode_attention(q[0], k_cache[i], v_cache[i], position, layer.scale)
             else:
-                keys, values = self.k_cache[i, None, :, :t], self.v_cache[i, None, :, :t]
+                keys, values = k_cache[i, None, :, :t], v_cache[i, None, :, :t]
                 a = F.scaled_dot_product_attention(
                     q.transpose(0, 1)[None], keys, values, is_causal=True, scale=layer.scale, enable_gqa=True
                 )[0].transpose(0, 1)
-            y, h = add_rms_norm(layer.o(a.reshape(t, -1)), h, layer.post_norm.weight, _eps(layer.post_norm))
-            gate, up = layer.gate_up(y)
-            x = layer.down(swiglu(gate, up))
-        y, _ = add_rms_norm(x[-1:], h[-1:], self.final_norm.weight, _eps(self.final_norm))
-        return self.head(y)[0].float()
+            y, h = add_rms_norm(layer.o(a.reshape(t, -1), None, mask), h, layer.post_norm.weight, _eps(layer.post_norm))
+            gate, up = layer.gate_up(y, mask)
+            x = layer.down(swiglu(gate, up), None, mask)
+        if not batched:  # a prompt: the last token's logits only
+            x, h = x[-1:], h[-1:]
+        y, _ = add_rms_norm(x, h, self.final_norm.weight, _eps(self.final_norm))
+        return self.head(y, None, mask).float()
+
+
+class Cache:
+    """K and V of every layer over `capacity` positions, (L, Hk, C, D), or (L, rows, Hk, C, D) for `rows` sequences
+    decoding together; and the model's RoPE tables (C, D) for those positions."""
+
+    def __init__(self, step: DecodeStep, capacity: int, rows: int | None = None):
+        d = step.layers[0].head_dim
+        shape = (len(step.layers), *((rows,) if rows is not None else ()), step.kv_heads, capacity, d)
+        self.k = torch.zeros(shape, dtype=step.dtype, device=step.device)
+        self.v = torch.zeros(shape, dtype=step.dtype, device=step.device)
+        positions = torch.arange(capacity, device=step.device).view(1, capacity)
+        probe = torch.empty(0, dtype=step.dtype, device=step.device)
+        cos, sin = step.net.model.rotary_emb(probe, positions)  # the model's own tables, as transformers computes them
+        if cos.shape[-1] != d:
+            raise ValueError(f"rotary tables of {cos.shape[-1]} dims for heads of {d} (partial rotary)")
+        self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()
+        self.capacity, self.count = capacity, rows

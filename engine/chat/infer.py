@@ -272,13 +272,15 @@ class ChatModel:
         stops = [s for s in [*self.stop_texts, *(stop or [])] if s]
         ids = self.prompt_ids(messages)
         with self._turn():
-            yield from self._pieces(ids, max_new_tokens, sampling, stops, adapter, stats)
+            tokens = self.decoder.tokens(ids, max_new_tokens, sampling, self.stop_ids, adapter and self.has_adapter)
+            yield from self._pieces(tokens, stops, stats)
 
-    def _pieces(self, ids, max_new_tokens, sampling, stops, adapter, stats):
+    def _pieces(self, tokens, stops, stats):
+        """The text pieces of the reply whose token ids `tokens` yields (see `pieces`)."""
         t0 = time.perf_counter()
         text = TextStream(self.tokenizer)
         pending = ""  # decoded text not yet shown: it may be the start of a stop string
-        for token in self.decoder.tokens(ids, max_new_tokens, sampling, self.stop_ids, adapter and self.has_adapter):
+        for token in tokens:
             stats.tokens += 1
             stats.seconds = time.perf_counter() - t0
             pending += text.push(token)
@@ -340,8 +342,10 @@ class ChatModel:
             yield text.strip()
 
     def compare(self, messages, stats: tuple[ReplyStats, ReplyStats] | None = None, **sampling):
-        """Yield (fine-tuned reply so far, base reply so far) for the same messages: the fine-tuned reply streams
-        first, then the base model's, from the same loaded weights with the adapter switched off (no second copy).
+        """Yield (fine-tuned reply so far, base reply so far) for the same messages, decoded together as one batch of
+        two rows (engine.chat.decode_batch; the adapter masked off in the base row) from the same loaded weights (no
+        second copy). Where the model has no batched step, or no memory for it, the fine-tuned reply streams first,
+        then the base model's.
 
         Both replies use the same sampling settings and, when sampling, the same seed (one is drawn if none is
         given), so a difference comes from the adapter and not from the draw. `stats` receives (fine-tuned, base).
@@ -354,9 +358,26 @@ class ChatModel:
             )
         if sampling.get("temperature", 0.0) > 0 and sampling.get("seed") is None:
             sampling["seed"] = random.randrange(2**31)
-        tuned_stats, base_stats = stats or (None, None)
-        tuned = base = ""
-        for tuned in self.stream(messages, adapter=True, stats=tuned_stats, **sampling):
-            yield tuned, base
-        for base in self.stream(messages, adapter=False, stats=base_stats, **sampling):
-            yield tuned, base
+        from engine.chat.decode import Sampling
+        from engine.chat.decode_batch import batch, split_rows
+
+        stats = stats or (ReplyStats(), ReplyStats())
+        keys = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed")
+        chosen = Sampling(**{k: sampling[k] for k in keys if sampling.get(k) is not None})
+        stops = [s for s in [*self.stop_texts, *(sampling.get("stop") or [])] if s]
+        ids = self.prompt_ids(messages)
+        with self._turn():
+            steps = batch(
+                self.decoder, [ids, ids], sampling.get("max_new_tokens", 256), chosen, self.stop_ids, [True, False]
+            )
+            rows = [self._pieces(r, stops, s) for r, s in zip(split_rows(steps, 2), stats, strict=True)]
+            texts, live = ["", ""], [True, True]
+            try:
+                while any(live):  # a piece of each reply in turn, so both grow together
+                    for i, row in enumerate(rows):
+                        piece = next(row, None) if live[i] else None
+                        live[i] = piece is not None
+                        texts[i] += piece or ""
+                    yield texts[0].strip(), texts[1].strip()
+            finally:
+                steps.close()

@@ -129,12 +129,15 @@ def engine_rollout(make_decoder, tok):
 
     TRL hands it the prompts of a whole generation batch, each already repeated num_generations times, and expects one
     reply per entry: prompt ids, completion ids, and sampling log-probabilities (None: TRL computes its own without
-    vLLM). The trainer's temperature, top-p, top-k, min-p, repetition penalty and max_completion_length apply. The
-    decoder is made at the first call, once TRL has set the model up (it adds a "ref" adapter that we remove, and may
-    cast the trainable weights), so that it is not rebuilt straight away.
+    vLLM). All of them are sampled as one batch (engine.chat.decode_batch: each distinct prompt runs once, then one
+    step per token for every reply, reading the weights once for all). The trainer's temperature, top-p, top-k,
+    min-p, repetition penalty and max_completion_length apply. The decoder is made at the first call, once TRL has
+    set the model up (it adds a "ref" adapter that we remove, and may cast the trainable weights), so that it is not
+    rebuilt straight away.
     """
     import torch
 
+    from engine.chat import decode_batch
     from engine.chat.decode import Sampling
     from engine.data.tokenizing import render
 
@@ -154,20 +157,20 @@ def engine_rollout(make_decoder, tok):
         stop = stop_ids(tok, trainer)
         texts = [p if isinstance(p, str) else render(tok, p, add_generation_prompt=True) for p in prompts]
         prompt_ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
-        completion_ids = []
+        completion_ids = [[] for _ in prompt_ids]
         model, training = decoder.model, decoder.model.training
         model.eval()  # no dropout, and a checkpointing layer keeps nothing for a backward
         try:
             with torch.no_grad():
-                for ids in prompt_ids:
-                    reply = []
-                    # the stop test is ours, not the decoder's stop_ids, so the end token stays in the reply: TRL
-                    # trains on it and counts a reply that ends with it as finished, not clipped
-                    for token in decoder.tokens(ids, trainer.max_completion_length, sampling):
-                        reply.append(token)
-                        if token in stop:
-                            break
-                    completion_ids.append(reply)
+                # keep_stop: the end token stays in the reply, as TRL trains on it and counts a reply that ends with
+                # it as finished, not clipped
+                steps = decode_batch.batch(
+                    decoder, prompt_ids, trainer.max_completion_length, sampling, stop, keep_stop=True
+                )
+                for step in steps:
+                    for reply, token in zip(completion_ids, step, strict=True):
+                        if token is not None:
+                            reply.append(token)
         finally:
             model.train(training)
         return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}

@@ -43,6 +43,25 @@ def test_decode_attention_matches_reference(hq, hk, d, capacity, where, dtype):
     _check(hq, hk, d, capacity, position, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("capacity", [64, 200], ids=["one-split", "split-k"])
+def test_batched_rows_are_each_rows_own_attention(capacity, dtype):
+    """B rows at ragged positions, each over its own cache: the batched launch gives each row's one-row result."""
+    hq, hk, d, positions = 6, 2, 24, [0, capacity // 2 + 3, capacity - 1, 5]
+    rows = [_inputs(hq, hk, d, capacity, dtype) for _ in positions]
+    torch.manual_seed(1)
+    q = torch.stack([torch.randn(hq, d, device=DEVICE).to(dtype) for _ in positions])
+    k, v = torch.stack([r[1] for r in rows]), torch.stack([r[2] for r in rows]) * 0.5
+    pos = torch.tensor(positions, device=DEVICE)
+    with dispatch.force("triton"):
+        out = decode_attention(q, k, v, pos, d**-0.5)
+        one = [decode_attention(q[b], k[b], v[b], pos[b : b + 1], d**-0.5) for b in range(len(positions))]
+    ref = decode_attention_reference(q, k, v, pos, d**-0.5)
+    assert out.shape == (len(positions), hq, d)
+    torch.testing.assert_close(out, torch.stack(one), rtol=0, atol=0)  # the same programs, row by row
+    assert_close(out, ref, dtype)
+
+
 def test_split_k_covers_the_cache():
     for capacity in (1, 63, 64, 65, 512, 4096, 40960):
         splits, chunk = splits_for(capacity, 16)

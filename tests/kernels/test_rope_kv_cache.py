@@ -60,6 +60,35 @@ def test_rope_kv_cache_matches_reference(t, hq, hk, d, capacity, start, dtype, n
     _check(t, hq, hk, d, capacity, start, dtype, norm)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("norm", [True, False], ids=["qwen3", "llama"])
+def test_batched_rows_write_their_own_cache_at_their_own_position(dtype, norm):
+    """B rows of one token each, at ragged positions (one past the end): each row's result and cache are the
+    one-row call's, and the batched reference is the one-row reference row by row."""
+    hq, hk, d, capacity, positions = 4, 2, 16, 24, [0, 7, 23, 30]
+    q, k, v, _, (qw, kw) = _inputs(len(positions), hq, hk, d, capacity, dtype)
+    torch.manual_seed(2)
+    kc = torch.randn(len(positions), hk, capacity, d, device=DEVICE).to(dtype)
+    vc = torch.randn_like(kc)
+    cos, sin = _tables(capacity, d, dtype, DEVICE)
+    norms = (qw, kw) if norm else (None, None)
+    pos = torch.tensor(positions, device=DEVICE)
+    kc_one, vc_one, kc_ref, vc_ref = kc.clone(), vc.clone(), kc.clone(), vc.clone()
+    with dispatch.force("triton"):
+        out = rope_kv_cache(q, k, v, cos, sin, pos, kc, vc, *norms, 1e-6)
+        one = [
+            rope_kv_cache(
+                q[b : b + 1], k[b : b + 1], v[b : b + 1], cos, sin, pos[b : b + 1], kc_one[b], vc_one[b], *norms
+            )
+            for b in range(len(positions))
+        ]
+    ref = rope_kv_cache_reference(q, k, v, cos, sin, pos, kc_ref, vc_ref, *norms, 1e-6)
+    assert torch.equal(out, torch.cat(one)) and torch.equal(kc, kc_one) and torch.equal(vc, vc_one)
+    assert_close(out, ref, dtype)
+    assert_close(kc, kc_ref, dtype)
+    assert torch.equal(vc, vc_ref)
+
+
 def test_positions_past_the_end_are_not_written():
     capacity = 12
     kc, kc_ref = _check(4, 4, 2, 16, capacity, capacity - 2, torch.float32, True)
