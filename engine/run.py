@@ -3,6 +3,8 @@
 Its stdout and stderr are the run's log.txt (the launcher points them there). Progress goes to metrics.jsonl and the
 state to status.json. SIGTERM (cancel) is honoured between steps: a checkpoint is saved and the run ends
 "cancelled". Every failure ends the run "failed" with a sentence for the user; the traceback stays in log.txt.
+A run on several GPUs is this process as the supervisor of torchrun's ranks, each of them this module again
+(engine.training.launch).
 """
 
 import argparse

@@ -1,7 +1,9 @@
-"""Data-parallel runs on the CPU: two processes over gloo, launched by torchrun as a run on two GPUs is (DDP for LoRA,
-FSDP2 for full fine-tuning), train as one process does over the same global batches; their checkpoints resume on
-either count; a cancel stops both ranks after one checkpoint; a killed rank ends the run failed, not hung."""
+"""Data-parallel runs on the CPU: two processes over gloo, launched by torchrun as a run on two GPUs is (averaged
+adapter gradients for LoRA, FSDP2 for full fine-tuning), train as one process does over the same global batches; their
+checkpoints resume on either count; a cancel stops both ranks after one checkpoint; a killed rank ends the run failed,
+not hung. Also the per-GPU estimate and the machine presets."""
 
+import json
 import os
 import signal
 import time
@@ -66,13 +68,33 @@ def test_two_processes_train_as_one_and_checkpoints_resume_on_either_count(metho
     text = log_of(two)
     assert "launch: 2 processes, one process each, through torchrun" in text
     assert f"{STEPS} steps of 1x2 per process x 2 = 4 a step, lr unchanged" in text
-    assert ("FSDP2" if method == "full" else "DDP of the adapters") in text
+    assert ("FSDP2" if method == "full" else "adapters' gradients averaged") in text
     assert all(len(m["peak_memory_gb_per_gpu"]) == 2 for m in two.metrics[2:])
     assert not list(two.run_dir.glob(".rank-*"))
 
     back = resume_on(two, 4, gpus=1, grad_accum=4)
     assert_same_training(record(back), want)
     assert "resume: from step-000004" in log_of(back)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+@pytest.mark.parametrize("method", ["qlora", "lora", "full"])
+def test_two_gpus_train_as_one_over_nccl(method, tiny_llama, identity_file, runs):
+    """The same on two GPUs (NCCL, the fast path with packed adapters and CUDA graphs per rank, FSDP2 for full): one
+    GPU with grad_accum 4 and two with grad_accum 2 train alike. QLoRA computes in bf16 (its kernels' path), whose
+    rounding differs with the order of the sums, hence its looser bound."""
+    dtype = "bf16" if method == "qlora" else "fp32"
+    kw = dict(method=method, device="cuda", dtype=dtype, learning_rate=1e-3 if method == "full" else 5e-3)
+    one = record(wait_for(api.start(spec(tiny_llama, identity_file, grad_accum=4, gpus=1, **kw))))
+    two = wait_for(api.start(spec(tiny_llama, identity_file, grad_accum=2, gpus=2, **kw)))
+    got = record(two)
+    assert "over nccl" in log_of(two)
+    assert got["tokens"] == one["tokens"]
+    bound = 2e-2 if dtype == "bf16" else 1e-4
+    assert got["loss"] == pytest.approx(one["loss"], rel=bound)
+    for name, value in one["weights"].items():
+        torch.testing.assert_close(got["weights"][name].float(), value.float(), atol=bound, rtol=bound, msg=name)
 
 
 def rank_processes(status) -> dict[int, psutil.Process]:
@@ -98,6 +120,10 @@ def test_cancel_stops_every_rank_after_one_checkpoint(tiny_llama, identity_file,
     assert [c.name for c in (st.run_dir / "checkpoints").glob("step-*")] == [f"step-{st.step:06d}"]
     assert 2 <= st.step < 500
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in ranks.values())
+    from ui import train_tab
+
+    text, *_ = train_tab.view(st.run_id)  # the monitor shows each GPU's (here each process's) memory
+    assert "2 GPUs, peak memory per GPU: " in text
 
 
 def test_a_killed_rank_ends_the_run_failed_within_a_timeout(tiny_llama, identity_file, runs):
@@ -132,3 +158,38 @@ def test_the_run_fails_with_the_sentence_of_the_rank_that_failed_first():
     users = [dict(own, rank=r, message="Fix the data.", user=True) for r in (0, 1)]
     assert launch._failure_sentence(users, None, two, 2) == ("Fix the data.", True)
     assert launch._failure_sentence([broken], 1, two, 1)[0].startswith("The GPU 1 of 2 ended without a word")
+
+
+def test_estimate_plans_per_gpu_with_full_fine_tunings_shards(capsys):
+    """`python -m engine estimate --gpus 2`: full fine-tuning's weights are halved per GPU, plus two layers gathered
+    whole; a QLoRA run needs on each GPU what it needs on one."""
+    from engine.__main__ import main
+    from engine.api.models import model_arch
+    from engine.memory.estimate import GIB, layer_weight_bytes
+
+    arch = model_arch("Qwen/Qwen3-4B")
+    assert main(["estimate", "--model", "Qwen/Qwen3-4B", "--method", "full", "--vram", "80", "--ram", "256"]) == 0
+    one = json.loads(capsys.readouterr().out)
+    args = ["estimate", "--model", "Qwen/Qwen3-4B", "--method", "full", "--vram", "80", "--ram", "256", "--gpus", "2"]
+    assert main(args) == 0
+    two = json.loads(capsys.readouterr().out)
+    assert (one["gpus"], two["gpus"]) == (1, 2) and one["fits"] and two["fits"]
+    layer = layer_weight_bytes(arch, "full") / GIB
+    assert one["peak_parts_gib"]["weights"] == pytest.approx(arch.params * 2 / GIB, abs=0.01)
+    assert two["peak_parts_gib"]["weights"] == pytest.approx(arch.params / GIB + 2 * layer, abs=0.01)
+    assert two["peak_vram_gib"] < one["peak_vram_gib"]
+    qlora = [api.estimate("Qwen/Qwen3-4B", "qlora", 1024, 1, vram_gib=16, ram_gib=64, gpus=n) for n in (1, 2)]
+    assert qlora[0]["peak_vram_gib"] == qlora[1]["peak_vram_gib"]
+
+
+def test_machine_presets_plan_kaggles_two_t4s():
+    """Every machine preset loads; Kaggle's 2 x T4 plans per T4 in fp16 for a run on both."""
+    from engine.models.machines import MACHINES, machines
+    from ui import model_tab
+
+    assert set(machines()) == set(yaml.safe_load(MACHINES.read_text())["machines"])
+    e = api.estimate("Qwen/Qwen3-4B", "qlora", ram_gib=32, machine="kaggle-2xt4")
+    assert (e["gpus"], e["dtype"], e["vram_budget_gib"], e["tier_gb"], e["fits"]) == (2, "fp16", 14.6, 16, True)
+    with pytest.raises(UserError, match="No machine preset 'kaggle'; known ones are: kaggle-2xt4"):
+        api.estimate("Qwen/Qwen3-4B", "qlora", machine="kaggle")
+    assert model_tab.gpus_line() == "GPUs found: none."  # this CPU machine

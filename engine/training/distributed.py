@@ -1,8 +1,12 @@
 """One rank of a data-parallel run (engine.training.launch starts the ranks): the process group, the model's
 wrapper, the step's agreement between ranks, and checkpoints that any number of processes can resume.
 
-- LoRA and QLoRA: torch's DistributedDataParallel around the PEFT model. Only the trainable weights (the adapters)
-  are in its buckets, so only they are all-reduced; the frozen base (NF4 or 16-bit) is loaded whole on every GPU.
+- LoRA and QLoRA: the frozen base (NF4 or 16-bit) is loaded whole on every GPU, and after a step's last backward
+  the trainable weights' gradients (the adapters only) are averaged over the ranks by one all-reduce. Not torch's
+  DistributedDataParallel: it starts its all-reduces from autograd's hooks on each weight, and the fast path's packed
+  adapters (engine.patching.modules.pack_adapters) take their gradients outside those hooks, so DDP would never see
+  them. An adapter's gradients are small (Llama-3.1-8B at rank 16: 42M values), so one all-reduce after the backward
+  costs little beside the step; with packing it is one tensor.
 - Full fine-tuning: FSDP2 (`torch.distributed.fsdp.fully_shard`) per decoder layer and at the root. The model is
   loaded into host RAM and each rank keeps its 1/N shard of the weights, gradients and AdamW states on its GPU.
 - Data: every rank walks the same global sequence of micro-batches (engine.training.steps.batches_for_epoch) and
@@ -18,7 +22,6 @@ Collectives time out after TIMEOUT_S ($TUNESMITH_COLLECTIVE_TIMEOUT_S), so a ran
 rather than hanging it.
 """
 
-import contextlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -36,7 +39,7 @@ class World:
     rank: int
     size: int
     local_rank: int
-    sharded: bool  # FSDP2 (full fine-tuning); else DDP of the trainable weights
+    sharded: bool  # FSDP2 (full fine-tuning); else the trainable weights are replicated, their gradients averaged
 
     @property
     def main(self) -> bool:
@@ -64,7 +67,7 @@ def join(spec, placement: Placement, log) -> World | None:
         torch.cuda.set_device(world.local_rank)
         backend = "nccl"
     dist.init_process_group(backend, timeout=timedelta(seconds=TIMEOUT_S))
-    how = "FSDP2: weights, gradients and optimizer states sharded" if world.sharded else "DDP of the adapters"
+    how = "FSDP2: weights, gradients and optimizer states sharded" if world.sharded else "adapters' gradients averaged"
     log(f"data-parallel: {world.size} ranks over {backend}, {how}; collectives time out after {TIMEOUT_S:.0f} s")
     return world
 
@@ -101,25 +104,44 @@ def shard(model, world: World, placement: Placement, log):
     return model
 
 
-def replicate(model, world: World, placement: Placement):
-    """DDP around `model`: the trainable weights' gradients are averaged over the ranks in the backward."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    ids = [world.local_rank] if placement.device == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
-
-
-def accumulating(forward_model, world: World | None, last: bool):
-    """The context of one micro-batch's forward and backward: gradients are synchronised over the ranks only on the
+def accumulating(model, world: World | None, last: bool) -> None:
+    """Before one micro-batch's forward and backward: a sharded model reduce-scatters its gradients only on the
     step's last micro-batch (the others accumulate locally)."""
-    if world is None or last:
-        if world is not None and world.sharded:
-            forward_model.set_requires_gradient_sync(True)
-        return contextlib.nullcontext()
-    if world.sharded:
-        forward_model.set_requires_gradient_sync(False)
-        return contextlib.nullcontext()
-    return forward_model.no_sync()
+    if world is not None and world.sharded:
+        model.set_requires_gradient_sync(last)
+
+
+def average_gradients(params, world: World) -> None:
+    """Average the gradients of `params` (the trainable weights) over the ranks, in place: one all-reduce of them
+    all, flattened into one buffer unless they already are one tensor (packed adapters)."""
+    import torch.distributed as dist
+
+    def average(flat):
+        dist.all_reduce(flat)  # a sum: gloo has no average
+        flat.div_(world.size)
+
+    _as_one([p.grad for p in params if p.grad is not None], average)
+
+
+def same_start(params, world: World) -> None:
+    """Give every rank rank 0's trainable weights (they start equal from the same seed and checkpoint; this makes
+    sure of it before the first averaged step, as DDP does): one broadcast."""
+    import torch.distributed as dist
+
+    _as_one([p.data for p in params], lambda flat: dist.broadcast(flat, 0))
+
+
+def _as_one(tensors: list, collective) -> None:
+    """Run `collective` in place on `tensors` as one flat buffer (one call, whatever their number)."""
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    if len(tensors) == 1:
+        collective(tensors[0])
+        return
+    flat = _flatten_dense_tensors(tensors)
+    collective(flat)
+    for tensor, value in zip(tensors, _unflatten_dense_tensors(flat, tensors), strict=True):
+        tensor.copy_(value)
 
 
 def agree(world: World, loss: float, stop: bool, memory_gb: float, device: str) -> tuple[float, bool, list[float]]:

@@ -119,7 +119,8 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         step, epoch, micro = state["step"], state["epoch"], state["micro_in_epoch"]
         runlog.metric(event="resume", step=step)
     model.train()
-    forward = model if world is None or world.sharded else distributed.replicate(model, world, placement)
+    if world is not None and not world.sharded:
+        distributed.same_start(params, world)
     rank = 0 if world is None else world.rank
     if rank == 0:
         tok.save_pretrained(run_dir / "tokenizer")
@@ -172,11 +173,14 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
                 n_tokens += sum(len(examples[i].input_ids) for i in plan[micro])
                 micro += 1
             batch = make_batch([examples[i] for i in mine])
-            with distributed.accumulating(forward, world, accumulated == spec.grad_accum - 1):
-                with autocast:
-                    loss = forward(**batch).loss / spec.grad_accum
-                (scaler.scale(loss) if scaler else loss).backward()
+            if world is not None:
+                distributed.accumulating(model, world, accumulated == spec.grad_accum - 1)
+            with autocast:
+                loss = model(**batch).loss / spec.grad_accum
+            (scaler.scale(loss) if scaler else loss).backward()
             loss_sum += loss.detach()  # read once per step: a read per micro-batch would wait for the GPU each time
+        if world is not None and not world.sharded:
+            distributed.average_gradients(params, world)
         loss_sum = float(loss_sum)
         if world is not None:
             loss_sum, stopping, memories = distributed.agree(
