@@ -46,6 +46,17 @@ class World:
         return self.rank == 0
 
 
+def pin_device(spec) -> None:
+    """On GPUs, make this rank's GPU (LOCAL_RANK) the current one before anything touches CUDA, so nothing of this
+    rank lands on GPU 0, or opens a context there, by default. Nothing to do for one process or on the CPU."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or spec.device == "cpu":
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+
+
 def join(spec, placement: Placement, log) -> World | None:
     """Join the run's process group (NCCL on GPUs, gloo on the CPU); None when the run has one process. On a GPU this
     rank's device becomes the current one, so "cuda" means it everywhere else."""
@@ -82,9 +93,11 @@ def leave() -> None:
 
 def load_placement(placement: Placement, world: World | None) -> Placement:
     """Where the model is loaded: a sharded model into host RAM, so no GPU ever holds all of it (fully_shard moves
-    each rank's shard to its GPU); anything else where it trains."""
-    if world is None or not world.sharded or placement.device == "cpu":
+    each rank's shard to its GPU); anything else onto this rank's GPU, named by its index."""
+    if world is None or placement.device == "cpu":
         return placement
+    if not world.sharded:
+        return Placement(f"cuda:{world.local_rank}", placement.dtype, placement.reason)
     return Placement("cpu", placement.dtype, placement.reason + "; loaded into RAM, then sharded over the GPUs")
 
 

@@ -60,6 +60,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
 
     torch.manual_seed(spec.seed)
     random.seed(spec.seed)
+    distributed.pin_device(spec)  # several ranks on GPUs: each on its own before anything touches CUDA
     placement = choose_placement(spec.device, spec.dtype)
     world = distributed.join(spec, placement, log)  # None: one process
     if world is not None:  # the memory plan is per GPU, with full fine-tuning's shards counted
