@@ -8,6 +8,7 @@
       FORMAT: lora, merged16, gguf-f16, gguf-bf16, gguf-q8_0, gguf-q4_k_m, gguf-q5_k_m or gguf-q6_k
       the upload reads its token from HF_TOKEN
   python -m engine data inspect FILE [--format F] [--model M]
+  python -m engine estimate --model M [--method METHOD] [--vram GIB] [--gpus N | --machine NAME]
   python -m engine doctor
 Exit status: 0 done, 1 the run failed, 2 bad input (one line on stderr says why), 130 interrupted. Any other
 error prints one line naming the file that holds its full report (exit 1).
@@ -90,6 +91,8 @@ def main(argv=None) -> int:
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--vram", type=float, default=None, help="plan for a card of this many GiB instead of this one")
     p.add_argument("--ram", type=float, default=None, help="plan for this many GiB of free host RAM instead")
+    p.add_argument("--gpus", type=int, default=1, help="plan per GPU of a run on this many (full: FSDP2 shards)")
+    p.add_argument("--machine", default=None, help="plan for a machine preset (presets/machines.yaml): kaggle-2xt4")
     args = ap.parse_args(argv)
 
     from engine import api
@@ -156,7 +159,17 @@ def main(argv=None) -> int:
             print(json.dumps(info, indent=2, ensure_ascii=False))
             return 0
         if args.cmd == "estimate":
-            out = api.estimate(args.model, args.method, args.seq, args.batch, args.rank, args.vram, args.ram)
+            out = api.estimate(
+                args.model,
+                args.method,
+                args.seq,
+                args.batch,
+                args.rank,
+                args.vram,
+                args.ram,
+                gpus=args.gpus,
+                machine=args.machine,
+            )
             print(json.dumps(out, indent=2))
             return 0
         if args.cmd == "doctor":

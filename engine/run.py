@@ -3,6 +3,8 @@
 Its stdout and stderr are the run's log.txt (the launcher points them there). Progress goes to metrics.jsonl and the
 state to status.json. SIGTERM (cancel) is honoured between steps: a checkpoint is saved and the run ends
 "cancelled". Every failure ends the run "failed" with a sentence for the user; the traceback stays in log.txt.
+A run on several GPUs is this process as the supervisor of torchrun's ranks, each of them this module again
+(engine.training.launch).
 """
 
 import argparse
@@ -18,6 +20,10 @@ def log(msg: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
     except OSError:  # log.txt on a full disk: the line is lost, the run's status must still be written
         pass
+
+
+def _quiet(msg: str) -> None:
+    pass
 
 
 def failure_message(exc: BaseException, step: int, run_dir: Path | None = None) -> str:
@@ -50,15 +56,18 @@ def main(argv=None) -> int:
     from engine.core.errors import UserError
     from engine.core.runlog import RunLog
     from engine.spec.jobspec import read_job
+    from engine.training import launch
 
     job = Path(args.job)
     run_dir = job.parent
-    runlog = RunLog(run_dir)
+    rank = launch.worker_rank()  # None: one process, or the supervisor of several
+    runlog = RunLog(run_dir) if not rank else launch.QuietRunLog(run_dir)
+    say = log if not rank else _quiet  # the other ranks say only why they failed; rank 0 speaks for the run
     stop = {"requested": False}
 
     def on_term(signum, frame):
         stop["requested"] = True
-        log("cancel requested: stopping after this step")
+        say("cancel requested: stopping after this step")
 
     signal.signal(signal.SIGTERM, on_term)
     runlog.set(state="starting", message="starting")
@@ -66,27 +75,41 @@ def main(argv=None) -> int:
         from engine.core.disk import remove_stale_partials
 
         remove_stale_partials(
-            run_dir, run_dir / "checkpoints", log=log, legacy=True
+            run_dir, run_dir / "checkpoints", log=say, legacy=True
         )  # left by an earlier attempt killed mid-save
         spec = read_job(job)
+        if rank is None:
+            plan = launch.plan_launch(spec)
+            if plan.processes > 1:
+                return launch.supervise(job, args.resume, plan, runlog, say)
         from engine.core.errors import Cancelled
         from engine.training.dispatch import train
 
         try:
-            train(spec, run_dir, runlog, args.resume, lambda: stop["requested"], log)
+            train(spec, run_dir, runlog, args.resume, lambda: stop["requested"], say)
         except Cancelled:
             runlog.set(state="cancelled", message="Cancelled; resume continues from the last checkpoint.")
-            log("cancelled")
+            say("cancelled")
             return 0
     except BaseException as exc:  # every failure becomes a state and a sentence; the traceback goes to log.txt
-        log(traceback.format_exc())
+        if rank:
+            say = lambda m: print(f"[rank {rank}] {m}", flush=True)  # noqa: E731 (its failure is worth a line)
+        say(traceback.format_exc())
         step = runlog.state.get("step", 0)
         message = failure_message(exc, step, run_dir) if not isinstance(exc, KeyboardInterrupt) else "Interrupted."
-        runlog.set(state="failed", message=message)
-        log(f"failed: {message}")
+        if rank is None:
+            runlog.set(state="failed", message=message)
+        else:  # the supervisor picks the sentence of the rank that failed first
+            launch.report_failure(run_dir, rank, message, exc)
+        say(f"failed: {message}")
         return 2 if isinstance(exc, UserError) else 1
+    finally:
+        if rank is not None:
+            from engine.training.distributed import leave
+
+            leave()
     runlog.set(state="done", message="Training finished.")
-    log("done")
+    say("done")
     return 0
 
 

@@ -43,7 +43,8 @@ def resume_after_cut(status, step: int, total: int):
     for c in (status.run_dir / "checkpoints").glob("step-*"):
         if c.name != f"step-{step:06d}":
             shutil.rmtree(c)
-    shutil.rmtree(status.run_dir / "adapter")
+    for final in ("adapter", "model"):  # LoRA's or full fine-tuning's
+        shutil.rmtree(status.run_dir / final, ignore_errors=True)
     message = dict(state="failed", message="x", step=step, total_steps=total)
     (status.run_dir / "status.json").write_text(json.dumps(message))
     return wait_for(api.resume(status.run_dir))

@@ -51,7 +51,20 @@ def describe(catalog_id, custom, method) -> str:
     model = chosen_model(catalog_id, custom)
     if not model:
         return "Pick a model from the list or type a hub id / local folder."
-    return f"**Model:** `{model}` · **method:** {method}\n\n{fit_badge(model, method)}"
+    return f"**Model:** `{model}` · **method:** {method}\n\n{fit_badge(model, method)}\n\n{gpus_line()}"
+
+
+def gpus_line() -> str:
+    """The GPUs found, which a run trains on (all of them, one process each, unless the job's `gpus` says fewer)."""
+    found = api.gpus_found()
+    if not found:
+        return "GPUs found: none."
+    names = ", ".join(f"{n} x {name}" for name, n in _counted(found))
+    return f"GPUs found: {len(found)} ({names})" + (", a run trains on all of them." if len(found) > 1 else ".")
+
+
+def _counted(names: list[str]) -> list[tuple[str, int]]:
+    return [(name, names.count(name)) for name in dict.fromkeys(names)]
 
 
 def progress(st) -> str:

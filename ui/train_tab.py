@@ -142,7 +142,8 @@ def apply_preset(model: str, method: str):
     if not model:
         return "Pick a model to see the preset for this GPU.", *keep
     try:
-        est = api.estimate(model, method)
+        gpus = max(1, len(api.gpus_found()))  # a run trains on every visible GPU: the plan is per GPU
+        est = api.estimate(model, method, gpus=gpus)
     except api.UserError as e:
         return f"No preset: {e}", *keep
     p = est["preset"]
@@ -160,6 +161,8 @@ def apply_preset(model: str, method: str):
         f"{'on' if p['gradient_checkpointing'] else 'off'}{offload}; the run's plan peaks at "
         f"{est['peak_vram_gib']:.1f} GiB."
     )
+    if gpus > 1:
+        note += f" The run trains on {gpus} GPUs, one process each: these settings are per GPU."
     return (
         note,
         p["max_seq_length"],
@@ -219,6 +222,9 @@ def view(run_id: str):
                 f"reward {m['reward_mean']:.3f} ± {m.get('reward_std', 0):.3f} · "
                 f"reply length {m.get('reply_length', 0):.0f} tokens"
             )
+    if st.metrics and "peak_memory_gb_per_gpu" in st.metrics[-1]:  # a run on several GPUs: each one's memory
+        each = " · ".join(f"{gb:.2f}" for gb in st.metrics[-1]["peak_memory_gb_per_gpu"])
+        lines.append(f"{len(st.metrics[-1]['peak_memory_gb_per_gpu'])} GPUs, peak memory per GPU: {each} GB")
     gpu = api.gpu_stats()
     if gpu:
         lines.append(f"GPU: {gpu['used_gb']:.1f} / {gpu['total_gb']:.1f} GB in use, {gpu['util_pct']}% busy")

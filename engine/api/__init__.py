@@ -28,7 +28,7 @@ from engine.api.exports import (
     poll_export,
     start_export,
 )
-from engine.api.machine import doctor, estimate, gpu_stats
+from engine.api.machine import doctor, estimate, gpu_stats, gpus_for, gpus_found
 from engine.api.models import DownloadStatus, model_arch, poll_download, start_download
 from engine.api.runs import (
     RunHandle,
@@ -82,6 +82,8 @@ __all__ = [
     "delete_run",
     "run_log",
     "gpu_stats",
+    "gpus_found",
+    "gpus_for",
     "gguf_support",
     "exported_gguf_files",
     "restrict_files",

@@ -35,13 +35,18 @@ def estimate(
     rank: int = 16,
     vram_gib: float | None = None,
     ram_gib: float | None = None,
+    gpus: int = 1,
+    machine: str | None = None,
 ) -> dict:
     """Whether training `model` fits this machine (or a card of `vram_gib` and `ram_gib` free host RAM): the plan a
     run of these settings would make (engine.memory.verdict.plan_for, the run's own computation), its peak VRAM and host
     RAM, and the preset for those settings. Settings left as None come from the preset of the GPU's tier.
 
     `fits` is True exactly when that plan exists within the VRAM budget and the free RAM. `peak_parts_gib` splits
-    the peak VRAM figure; `min_vram_gib` (when the budget is too small) is the smallest budget a plan exists for."""
+    the peak VRAM figure; `min_vram_gib` (when the budget is too small) is the smallest budget a plan exists for.
+    With `gpus` > 1 everything is per GPU of a data-parallel run: full fine-tuning's weights, gradients and optimizer
+    states sharded over them (FSDP2), LoRA and QLoRA the same as on one GPU. `machine` names a preset of
+    presets/machines.yaml (e.g. "kaggle-2xt4"): its GPU count, memory per GPU and dtype stand in for this machine's."""
     from engine.memory import verdict as memory
     from engine.memory.offload import host_ram_gib
     from engine.models import presets
@@ -49,6 +54,12 @@ def estimate(
     if method not in ("qlora", "lora", "full"):
         raise UserError(f"Unknown method '{method}'; use qlora, lora or full.")
     arch = model_arch(model)
+    dtype = None
+    if machine is not None:
+        from engine.models.machines import machine as machine_preset
+
+        chosen = machine_preset(machine)
+        gpus, vram_gib, dtype = chosen.gpus, chosen.vram_gib, chosen.dtype
     budget = vram_gib if vram_gib is not None else memory.run_budget_gib()
     ram = ram_gib if ram_gib is not None else host_ram_gib()
     tier = presets.tier_for(budget) if budget else None
@@ -59,8 +70,9 @@ def estimate(
     # one micro-batch per step, as a preset for a run that needs its gradients released sets
     # (engine.memory.grad_release)
     spec = JobSpec(model=model, data="-", method=method, max_seq_length=seq, batch_size=batch, lora_r=rank,
-                   lora_alpha=base.lora_alpha if base else rank)  # fmt: skip
-    v = memory.verdict(arch, spec, budget, ram, "bf16" if vram_gib is not None else memory.run_dtype())
+                   lora_alpha=base.lora_alpha if base else rank, gpus=gpus)  # fmt: skip
+    dtype = dtype or ("bf16" if vram_gib is not None else memory.run_dtype())
+    v = memory.verdict(arch, spec, budget, ram, dtype)
     out = dict(
         model=model,
         method=method,
@@ -68,6 +80,8 @@ def estimate(
         seq=seq,
         batch=batch,
         rank=rank,
+        gpus=gpus,
+        dtype=dtype,
         vram_budget_gib=round(budget, 2) if budget else None,
         free_ram_gib=round(ram, 1),
         tier_gb=tier,
@@ -88,3 +102,32 @@ def estimate(
     else:
         out["preset"] = dict(fits=False, reason=v.reason)
     return out
+
+
+def gpus_found() -> list[str]:
+    """The names of the GPUs a run can use (CUDA_VISIBLE_DEVICES applies); none without CUDA. Named through NVML, as
+    gpu_stats reads them: asking torch for a name would start CUDA on every GPU in the app's own process."""
+    import os
+
+    import torch
+
+    count = torch.cuda.device_count()
+    if not count:
+        return []
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    indexes = [int(v) for v in visible] if visible and all(v.isdigit() for v in visible) else range(count)
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        names = [pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i)) for i in list(indexes)[:count]]
+        return [n.decode() if isinstance(n, bytes) else n for n in names]
+    except Exception:  # NVML missing, or devices named by UUID: the count is still right
+        return ["GPU"] * count
+
+
+def gpus_for(spec: JobSpec) -> int:
+    """How many GPUs (on a CPU, processes) a run of `spec` trains on: engine.training.launch's choice."""
+    from engine.training.launch import plan_launch
+
+    return plan_launch(spec).processes

@@ -78,10 +78,22 @@ def stop(folder: Path, wait_s: float) -> bool:
         while alive(pid) and time.time() < deadline:
             time.sleep(0.1)
         if alive(pid):
-            os.kill(pid, signal.SIGKILL)
+            _kill(pid)
             while alive(pid):
                 time.sleep(0.05)
     return json.loads((folder / "status.json").read_text())["state"] not in TERMINAL
+
+
+def _kill(pid: int) -> None:
+    """SIGKILL `pid` and, when it leads its own process group (spawn starts each run in a new session), all it
+    started: a multi-GPU run's torchrun and ranks (engine.training.launch) go with their supervisor."""
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+            return
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def mark_cancelled(folder: Path, message: str, **fields) -> None:

@@ -48,13 +48,14 @@ def choose_placement(device: str = "auto", dtype: str = "auto") -> Placement:
 
 
 def gpu_info() -> dict | None:
-    """Name, memory and capability of GPU 0, or None without one."""
+    """Name, memory and capability of the current GPU (GPU 0, or a rank's own in a multi-GPU run), or None."""
     import torch
 
     if not torch.cuda.is_available():
         return None
-    props = torch.cuda.get_device_properties(0)
-    free, total = torch.cuda.mem_get_info(0)
+    index = torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(index)
+    free, total = torch.cuda.mem_get_info(index)
     return dict(
         name=props.name,
         compute_capability=f"{props.major}.{props.minor}",

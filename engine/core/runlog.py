@@ -29,7 +29,9 @@ class RunLog:
         file is overwritten in place (compact, so it fits the space it holds), so a run never stays "running"."""
         import os
 
-        self.state.update(fields, pid=os.getpid(), updated=time.time())
+        # a rank of a multi-GPU run names its supervisor (engine.training.launch), the process cancel signals
+        pid = int(os.environ.get("TUNESMITH_RUN_PID") or os.getpid())
+        self.state.update(fields, pid=pid, updated=time.time())
         try:
             write_json(self.dir / "status.json", self.state)
         except OSError as e:

@@ -240,6 +240,7 @@ def estimate(
     graphs: bool = False,
     keep_attention: bool = False,
     keep_dequantized: bool = False,
+    shards: int = 1,
 ) -> Estimate:
     """Peak allocated GPU memory (and host RAM) of one training step, in GiB.
 
@@ -257,7 +258,10 @@ def estimate(
     GRAPH_POOL_SHARE), with three static (tokens x hidden) buffers, and `keep_attention` keeps each checkpointed
     layer's q, k, v and o projection outputs in host RAM with its input (engine.memory.activations.Checkpoint), with
     ATTENTION_SETS sets of them on the GPU at the peak, and `keep_dequantized` has a QLoRA recompute keep gate and
-    up's dequantized weights for its backward (two 16-bit copies)."""
+    up's dequantized weights for its backward (two 16-bit copies), and `shards` GPUs share full fine-tuning's weights,
+    gradients and optimizer states (FSDP2, engine.training.distributed): each holds 1/shards of them plus two layers
+    gathered whole (the one computing and the next, prefetched) and one layer's whole gradient before its
+    reduce-scatter. LoRA and QLoRA runs on several GPUs hold the same per GPU as on one."""
     tokens = seq * batch
     if checkpointed_layers is None:
         checkpointed_layers = arch.layers if checkpointing else 0
@@ -285,6 +289,10 @@ def estimate(
             trainable -= (arch.params - largest) * 2
     else:
         trainable = arch.lora_params(rank, targets) * (4 + 4 + opt)  # fp32 adapters, their grads, states
+    if method == "full" and shards > 1:
+        layer_bytes = layer_weight_bytes(arch, method)
+        weights = weights / shards + 2 * layer_bytes
+        trainable = trainable / shards + layer_bytes
     layer = layer_activation_bytes(arch, tokens, mlp_tile)
     on_gpu = min(checkpointed_layers, OFFLOAD_ON_GPU) if offload_activations else checkpointed_layers
     kept = on_gpu * tokens * arch.hidden * 2  # a checkpointed layer keeps its bf16 input

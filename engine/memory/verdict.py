@@ -28,10 +28,15 @@ def plan_for(arch: Arch, spec, budget_gib: float | None, host_ram_gib: float | N
         host_ram_gib,
         fused_loss=spec.fast_path and budget_gib is not None,
         embeddings_trained=spec.train_embeddings,
-        paged_optimizer=spec.optimizer in ("auto", "paged_adamw_8bit"),  # engine.training.sft: auto is paged for full
+        # engine.training.sft: auto is paged for full fine-tuning on one GPU; FSDP2's states are sharded instead
+        paged_optimizer=spec.optimizer in ("auto", "paged_adamw_8bit")
+        and not (spec.method == "full" and spec.gpus > 1),
         # engine.memory.grad_release: only engine.training.sft's own loop, one micro-batch per step, no fp16 loss
         # scaling
-        release_gradients=spec.objective in ("sft", "pretrain") and spec.grad_accum == 1 and dtype != "fp16",
+        release_gradients=spec.objective in ("sft", "pretrain")
+        and spec.grad_accum == 1
+        and dtype != "fp16"
+        and spec.gpus <= 1,  # several GPUs average the gradients before any update
         **estimate_kw(spec),
     )
 
@@ -56,10 +61,12 @@ def run_dtype() -> str:
 
 def estimate_kw(spec) -> dict:
     """The estimate's arguments that come from the job's LoRA and optimizer settings."""
+    sharded = spec.method == "full" and spec.gpus > 1  # FSDP2 (engine.training.distributed): plain AdamW, sharded
     return dict(
         rank=spec.lora_r,
         targets=spec.target_modules,
-        optimizer="adamw" if spec.optimizer == "adamw" else "adamw_8bit",
+        optimizer="adamw" if spec.optimizer == "adamw" or sharded else "adamw_8bit",
+        **({"shards": spec.gpus} if sharded else {}),
     )
 
 

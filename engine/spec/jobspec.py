@@ -81,6 +81,7 @@ LIMITS = {
     "temperature": Limit("the sampling temperature", 0, math.inf, low_open=True),
     "grpo_beta": Limit("the KL penalty towards the base model", 0, math.inf),
     "embedding_learning_rate": Limit("the embeddings' own step size", 0, math.inf, low_open=True),
+    "gpus": Limit("GPUs a run trains on; 0 uses every visible one", 0, 1024),
 }
 
 
@@ -131,6 +132,9 @@ class JobSpec:
     save_every_minutes: float = 10.0
     keep_checkpoints: int = 2  # older checkpoints are deleted once a newer one is complete
     device: str = "auto"  # auto: the GPU when there is one
+    # GPUs to train on, one process each (data-parallel: effective batch = batch_size x grad_accum x gpus, the same
+    # learning rate); 0: every visible GPU. On a CPU, that many processes (gloo), as the tests run it
+    gpus: int = 0
     dtype: str = "auto"  # auto: bf16 where the GPU supports it, fp16 (with loss scaling) otherwise, fp32 on CPU
     trust_remote_code: bool = False  # runs Python code shipped with the model: only for models you trust
     dpo_beta: float = 0.1  # dpo: strength of the pull towards the base model; orpo: weight of the odds-ratio term

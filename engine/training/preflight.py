@@ -1,5 +1,6 @@
 """Checks a job before a run folder is made, so bad input is one sentence at once (the CLI exits 2) instead of a
-failed run found after the model has loaded: the model folder and its config, and the dataset's first rows.
+failed run found after the model has loaded: the model folder and its config, the dataset's first rows, and the GPUs
+the job asks for.
 
 The settings themselves are checked by JobSpec; rows past the first DETECT_ROWS are checked as the run reads them.
 """
@@ -19,6 +20,10 @@ def check_job(spec) -> None:
     """Raise a UserError when the spec's model or the first rows of its dataset cannot work."""
     check_model(spec.model)
     check_first_rows(spec)
+    if spec.gpus > 1:  # more GPUs than are visible, or an objective that trains on one
+        from engine.training.launch import plan_launch
+
+        plan_launch(spec)
 
 
 def check_model(model: str) -> None:

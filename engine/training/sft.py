@@ -14,6 +14,7 @@ from engine.core.errors import Cancelled, UserError
 from engine.core.files import new_folder
 from engine.core.hardware import choose_placement, memory_in_use_gb
 from engine.data.batching import GRAPH_SHAPE_COST, Collator
+from engine.training import distributed
 from engine.training.steps import (
     batches_for_epoch,
     latest_checkpoint,
@@ -62,9 +63,17 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
 
     torch.manual_seed(spec.seed)
     random.seed(spec.seed)
+    distributed.pin_device(spec)  # several ranks on GPUs: each on its own before anything touches CUDA
     placement = choose_placement(spec.device, spec.dtype)
+    world = distributed.join(spec, placement, log)  # None: one process
+    if world is not None:  # the memory plan is per GPU, with full fine-tuning's shards counted
+        spec = spec.replace(gpus=world.size)
     runlog.set(state="loading", message="loading the model")
-    model, tok = load_for_training(spec, placement, log)
+    model, tok = load_for_training(spec, distributed.load_placement(placement, world), log)
+    if world is not None and world.sharded:
+        model = distributed.shard(model, world, placement, log)
+        if spec.optimizer == "auto":  # bitsandbytes' 8-bit states cannot be sharded
+            spec = spec.replace(optimizer="adamw")
 
     loading = runlog.loading(log)  # a long pass over the data says where it is, in the status and the log
     if spec.objective == "pretrain":
@@ -75,9 +84,12 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     else:
         examples = load_examples(spec, tok, log, loading, should_stop)
         groups = [p for p in model.parameters() if p.requires_grad]
-    total = total_steps(spec, len(examples))
+    ranks = 1 if world is None else world.size
+    total = total_steps(spec.replace(grad_accum=spec.grad_accum * ranks), len(examples))
     params = [p for p in model.parameters() if p.requires_grad]
     memory = getattr(model, "memory_plan", None)
+    if memory is not None and memory.grads_released and world is not None:
+        raise UserError("This model's plan updates weights in the backward, which one GPU does; set gpus to 1.")
     if memory is not None and memory.grads_released:
         from engine.memory.grad_release import StepInBackward
 
@@ -106,14 +118,23 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     if resume and ckpt is None:
         log("resume: no checkpoint yet, starting from step 0")
     if ckpt is not None:
-        state = load_checkpoint(ckpt, model, opt, sched, log)
+        restore = distributed.restore_sharded if world is not None and world.sharded else None
+        state = load_checkpoint(ckpt, model, opt, sched, log, restore)
         step, epoch, micro = state["step"], state["epoch"], state["micro_in_epoch"]
         runlog.metric(event="resume", step=step)
     model.train()
-    tok.save_pretrained(run_dir / "tokenizer")
+    if world is not None and not world.sharded:
+        distributed.same_start(params, world)
+    rank = 0 if world is None else world.rank
+    if rank == 0:
+        tok.save_pretrained(run_dir / "tokenizer")
     runlog.set(state="running", message="training", step=step, total_steps=total)
+    unit = "GPU" if placement.device == "cuda" else "process"
+    per_gpu = (
+        f" per {unit} x {ranks} = {spec.batch_size * spec.grad_accum * ranks} a step, lr unchanged" if world else ""
+    )
     log(
-        f"training: {len(examples)} examples, {total} steps of {spec.batch_size}x{spec.grad_accum}, "
+        f"training: {len(examples)} examples, {total} steps of {spec.batch_size}x{spec.grad_accum}{per_gpu}, "
         f"max {spec.max_seq_length} tokens"
     )
     plan = batches_for_epoch(len(examples), spec.batch_size, spec.seed, epoch)
@@ -121,12 +142,19 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     varlen = getattr(base, "varlen_attention", False)
     # the buckets are planned for the run's micro-batches (the first PLANNED of a long run: later epochs are shuffles
     # of the same examples; a micro-batch past the largest planned size gets a fixed size of its own)
-    micro_batches = min(total * spec.grad_accum, PLANNED)
+    micro_batches = min(total * spec.grad_accum * ranks, PLANNED)  # every rank plans the same, global ones
     run = micro_batches_of_run(len(examples), spec.batch_size, spec.seed, micro_batches) if varlen else None
     shape_cost = GRAPH_SHAPE_COST if getattr(base, "shape_graphs", False) else 0
     make_batch = Collator(examples, spec.batch_size, tok.pad_token_id, placement.device, varlen, log, run, shape_cost)
     started, steps_timed, step_times = time.perf_counter(), 0, []
     last_save = time.monotonic()
+
+    def save(done, position):
+        if world is None:
+            return save_checkpoint(run_dir, done, model, opt, sched, position, spec.keep_checkpoints, log)
+        return distributed.save_checkpoint(
+            world, run_dir, done, model, opt, sched, position, spec.keep_checkpoints, log
+        )
 
     def save_completed():  # after an out-of-memory error: the last completed step, its partial gradients dropped
         opt.zero_grad(set_to_none=True)
@@ -135,31 +163,47 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         return done
 
     released = memory is not None and memory.grads_released
-    progress.update(save=save_completed, on_gpu=placement.device == "cuda", released=released)
+    progress.update(on_gpu=placement.device == "cuda", released=released)
+    if world is None:  # with several ranks a save is collective: one rank's out-of-memory error cannot make one
+        progress["save"] = save_completed
+    stopping = False  # several ranks: a cancel on any of them, agreed at the end of each step
     while step < total:
         progress.update(step=step, position=(epoch, micro), updating=False)
-        if should_stop():
-            save_checkpoint(run_dir, step, model, opt, sched, (epoch, micro), spec.keep_checkpoints, log)
+        if should_stop() if world is None else stopping:
+            save(step, (epoch, micro))
             raise Cancelled()
         t0, loss_sum, n_tokens = time.perf_counter(), 0.0, 0
-        for _ in range(spec.grad_accum):
-            if micro >= len(plan):
-                epoch, micro = epoch + 1, 0
-                plan = batches_for_epoch(len(examples), spec.batch_size, spec.seed, epoch)
-            batch = make_batch([examples[i] for i in plan[micro]])
-            micro += 1
+        for accumulated in range(spec.grad_accum):
+            for r in range(ranks):  # the global sequence of micro-batches; this rank trains on every ranks-th one
+                if micro >= len(plan):
+                    epoch, micro = epoch + 1, 0
+                    plan = batches_for_epoch(len(examples), spec.batch_size, spec.seed, epoch)
+                if r == rank:
+                    mine = plan[micro]
+                n_tokens += sum(len(examples[i].input_ids) for i in plan[micro])
+                micro += 1
+            batch = make_batch([examples[i] for i in mine])
+            if world is not None:
+                distributed.accumulating(model, world, accumulated == spec.grad_accum - 1)
             with autocast:
                 loss = model(**batch).loss / spec.grad_accum
             (scaler.scale(loss) if scaler else loss).backward()
             loss_sum += loss.detach()  # read once per step: a read per micro-batch would wait for the GPU each time
-            n_tokens += sum(len(examples[i].input_ids) for i in plan[micro - 1])
+        if world is not None and not world.sharded:
+            distributed.average_gradients(params, world)
         loss_sum = float(loss_sum)
+        if world is not None:
+            loss_sum, stopping, memories = distributed.agree(
+                world, loss_sum, should_stop(), distributed.peak_memory_gb(placement.device), placement.device
+            )
         if scaler:
             scaler.unscale_(opt)
         if hasattr(opt, "take_grad_norm"):  # engine.memory.grad_release: the weights were updated in the backward
             grad_norm = opt.take_grad_norm()
         else:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm or float("inf")))
+            grad_norm = distributed.grad_norm(
+                torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm or float("inf"))
+            )
         if not math.isfinite(loss_sum) and not scaler:
             raise UserError(
                 f"The loss became {loss_sum} at step {step + 1}; lower the learning rate "
@@ -192,11 +236,12 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
             memory_gb=round(memory_in_use_gb(placement.device), 3),
             eta_s=round(eta, 1),
             epoch=round(epoch + micro / len(plan), 4),
+            **({} if world is None else dict(peak_memory_gb_per_gpu=memories)),
         )
         runlog.set(step=step)
         every = spec.save_every and step % spec.save_every == 0
         if step < total and (every or 0 < spec.save_every_minutes <= (time.monotonic() - last_save) / 60):
-            save_checkpoint(run_dir, step, model, opt, sched, (epoch, micro), spec.keep_checkpoints, log)
+            save(step, (epoch, micro))
             last_save = time.monotonic()
     if len(step_times) > 1:  # kernel compilation, autotuning and CUDA graph captures happen in the first steps
         later = sorted(step_times[1:])[len(step_times[1:]) // 2]
@@ -204,9 +249,12 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
             f"timing: first step {step_times[0]:.2f} s, later steps {later:.3f} s (median); the first step's extra "
             f"{step_times[0] - later:.2f} s is compilation, autotuning and CUDA graph capture"
         )
-    save_checkpoint(run_dir, step, model, opt, sched, (epoch, micro), spec.keep_checkpoints, log)
+    save(step, (epoch, micro))
+    whole = distributed.full_states(model) if world is not None and world.sharded else {}  # every rank takes part
+    if rank != 0:
+        return
     final = run_dir / ("model" if spec.method == "full" else "adapter")
     with new_folder(final) as tmp:
-        save_trainable(model, tmp)
+        save_trainable(model, tmp, whole.get("model_state"))
         tok.save_pretrained(tmp)
     log(f"saved {final.name}/ after {step} steps")

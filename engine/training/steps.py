@@ -133,9 +133,13 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def save_checkpoint(run_dir: Path, step: int, model, opt, sched, epoch_pos, keep: int, log) -> Path:
+def save_checkpoint(
+    run_dir: Path, step: int, model, opt, sched, epoch_pos, keep: int, log, model_state=None, opt_state=None
+) -> Path:
     """Write checkpoints/step-NNNNNN atomically, then prune the oldest beyond `keep`. A full disk leaves the earlier
-    checkpoints as they were and raises engine.core.disk's sentence saying which one is kept."""
+    checkpoints as they were and raises engine.core.disk's sentence saying which one is kept. `model_state` and
+    `opt_state` stand in for the model's and optimizer's own (a sharded model's, gathered whole:
+    engine.training.distributed)."""
     import torch
 
     from engine.core.disk import disk_full_error
@@ -146,8 +150,8 @@ def save_checkpoint(run_dir: Path, step: int, model, opt, sched, epoch_pos, keep
         return dest
     try:
         with new_folder(dest) as tmp:
-            save_trainable(model, tmp)
-            save_state(opt.state_dict(), tmp, "optimizer")
+            save_trainable(model, tmp, model_state)
+            save_state(opt.state_dict() if opt_state is None else opt_state, tmp, "optimizer")
             save_state(sched.state_dict(), tmp, "scheduler")
             rng = dict(
                 torch=torch.get_rng_state(),
@@ -167,17 +171,21 @@ def save_checkpoint(run_dir: Path, step: int, model, opt, sched, epoch_pos, keep
     return dest
 
 
-def save_trainable(model, folder: Path) -> None:
+def save_trainable(model, folder: Path, state=None) -> None:
     """The LoRA adapter (PEFT format) or, for full fine-tuning, the whole model, as safetensors.
 
     An adapter never holds embeddings (only LoRA layers are trained), which PEFT would otherwise find out by looking its
     base up on the hub at every save when the base is named by hub id (engine.models.loading.name_after_source)."""
     extra = {"save_embedding_layers": False} if hasattr(model, "peft_config") else {}
+    if state is not None:  # a sharded model's weights, gathered whole
+        extra["state_dict"] = state
     model.save_pretrained(folder, safe_serialization=True, **extra)
 
 
-def load_checkpoint(ckpt: Path, model, opt, sched, log):
+def load_checkpoint(ckpt: Path, model, opt, sched, log, restore=None):
     """Restore the weights, optimizer, schedule and random generators of `ckpt`; returns its state.json.
+    `restore(model, opt, weights, optimizer_state)` loads the weights and optimizer state instead (a sharded model:
+    engine.training.distributed.restore_sharded).
 
     Nothing here is unpickled: weights and states are safetensors and JSON (engine.core.statefile), and a checkpoint of
     the older pickle format is read with torch's restricted loader or refused."""
@@ -189,13 +197,20 @@ def load_checkpoint(ckpt: Path, model, opt, sched, log):
 
     from engine.core.statefile import load_state
 
-    if isinstance(model, PeftModel):
+    if restore is not None:
+        weights = {}
+        for shard in sorted(ckpt.glob("*.safetensors")):
+            if shard.stem not in ("optimizer", "scheduler", "rng"):
+                weights.update(load_file(shard))
+        restore(model, opt, weights, load_state(ckpt, "optimizer"))
+    elif isinstance(model, PeftModel):
         set_peft_model_state_dict(model, load_file(ckpt / "adapter_model.safetensors"))
     else:
         for shard in sorted(ckpt.glob("*.safetensors")):
             if shard.stem not in ("optimizer", "scheduler", "rng"):
                 model.load_state_dict(load_file(shard), strict=False)
-    opt.load_state_dict(load_state(ckpt, "optimizer"))
+    if restore is None:
+        opt.load_state_dict(load_state(ckpt, "optimizer"))
     sched.load_state_dict(load_state(ckpt, "scheduler"))
     rng = load_state(ckpt, "rng")
     torch.set_rng_state(rng["torch"])

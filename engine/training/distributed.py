@@ -1,0 +1,231 @@
+"""One rank of a data-parallel run (engine.training.launch starts the ranks): the process group, the model's
+wrapper, the step's agreement between ranks, and checkpoints that any number of processes can resume.
+
+- LoRA and QLoRA: the frozen base (NF4 or 16-bit) is loaded whole on every GPU, and after a step's last backward
+  the trainable weights' gradients (the adapters only) are averaged over the ranks by one all-reduce. Not torch's
+  DistributedDataParallel: it starts its all-reduces from autograd's hooks on each weight, and the fast path's packed
+  adapters (engine.patching.modules.pack_adapters) take their gradients outside those hooks, so DDP would never see
+  them. An adapter's gradients are small (Llama-3.1-8B at rank 16: 42M values), so one all-reduce after the backward
+  costs little beside the step; with packing it is one tensor.
+- Full fine-tuning: FSDP2 (`torch.distributed.fsdp.fully_shard`) per decoder layer and at the root. The model is
+  loaded into host RAM and each rank keeps its 1/N shard of the weights, gradients and AdamW states on its GPU.
+- Data: every rank walks the same global sequence of micro-batches (engine.training.steps.batches_for_epoch) and
+  trains on every N-th one, so a step sees batch_size x grad_accum x N examples and a checkpoint's position is the
+  same whatever N is. The loss of a micro-batch is divided by grad_accum and the gradients are averaged over ranks:
+  the step equals one process's step with grad_accum x N micro-batches.
+- Each step ends with one small all-gather of (loss, stop flag, memory): the logged loss is the global mean, and a
+  cancel on any rank stops every rank at the same step.
+- Checkpoints hold what one process would write (the optimizer's state keyed by parameter index), so a run resumes
+  on any number of processes. Rank 0 writes them; the others wait at a barrier.
+
+Collectives time out after TIMEOUT_S ($TUNESMITH_COLLECTIVE_TIMEOUT_S), so a rank that stops answering ends the run
+rather than hanging it.
+"""
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+from engine.core.errors import UserError
+from engine.core.hardware import Placement
+
+TIMEOUT_S = float(os.environ.get("TUNESMITH_COLLECTIVE_TIMEOUT_S", "600"))
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the run's ranks, and how the model is spread over them."""
+
+    rank: int
+    size: int
+    local_rank: int
+    sharded: bool  # FSDP2 (full fine-tuning); else the trainable weights are replicated, their gradients averaged
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def pin_device(spec) -> None:
+    """On GPUs, make this rank's GPU (LOCAL_RANK) the current one before anything touches CUDA, so nothing of this
+    rank lands on GPU 0, or opens a context there, by default. Nothing to do for one process or on the CPU."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or spec.device == "cpu":
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+
+
+def join(spec, placement: Placement, log) -> World | None:
+    """Join the run's process group (NCCL on GPUs, gloo on the CPU); None when the run has one process. On a GPU this
+    rank's device becomes the current one, so "cuda" means it everywhere else."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    import torch.distributed as dist
+
+    world = World(
+        int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]), spec.method == "full"
+    )
+    if world.sharded and spec.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+        raise UserError(
+            f"Full fine-tuning on several GPUs shards AdamW's states, which {spec.optimizer} cannot; set optimizer to "
+            "auto or adamw, or gpus to 1."
+        )
+    backend = "gloo"
+    if placement.device == "cuda":
+        torch.cuda.set_device(world.local_rank)
+        backend = "nccl"
+    dist.init_process_group(backend, timeout=timedelta(seconds=TIMEOUT_S))
+    how = "FSDP2: weights, gradients and optimizer states sharded" if world.sharded else "adapters' gradients averaged"
+    log(f"data-parallel: {world.size} ranks over {backend}, {how}; collectives time out after {TIMEOUT_S:.0f} s")
+    return world
+
+
+def leave() -> None:
+    """Leave the process group, if this process joined one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def load_placement(placement: Placement, world: World | None) -> Placement:
+    """Where the model is loaded: a sharded model into host RAM, so no GPU ever holds all of it (fully_shard moves
+    each rank's shard to its GPU); anything else onto this rank's GPU, named by its index."""
+    if world is None or placement.device == "cpu":
+        return placement
+    if not world.sharded:
+        return Placement(f"cuda:{world.local_rank}", placement.dtype, placement.reason)
+    return Placement("cpu", placement.dtype, placement.reason + "; loaded into RAM, then sharded over the GPUs")
+
+
+def shard(model, world: World, placement: Placement, log):
+    """FSDP2 over `model` in place: each decoder layer its own unit (gathered only while it computes), then the
+    root (embeddings, final norm, head)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    mesh = init_device_mesh(placement.device, (world.size,))
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    log(f"fsdp2: {len(layers)} decoder layers and the root sharded over {world.size} ranks")
+    return model
+
+
+def accumulating(model, world: World | None, last: bool) -> None:
+    """Before one micro-batch's forward and backward: a sharded model reduce-scatters its gradients only on the
+    step's last micro-batch (the others accumulate locally)."""
+    if world is not None and world.sharded:
+        model.set_requires_gradient_sync(last)
+
+
+def average_gradients(params, world: World) -> None:
+    """Average the gradients of `params` (the trainable weights) over the ranks, in place: one all-reduce of them
+    all, flattened into one buffer unless they already are one tensor (packed adapters)."""
+    import torch.distributed as dist
+
+    def average(flat):
+        dist.all_reduce(flat)  # a sum: gloo has no average
+        flat.div_(world.size)
+
+    _as_one([p.grad for p in params if p.grad is not None], average)
+
+
+def same_start(params, world: World) -> None:
+    """Give every rank rank 0's trainable weights (they start equal from the same seed and checkpoint; this makes
+    sure of it before the first averaged step, as DDP does): one broadcast."""
+    import torch.distributed as dist
+
+    _as_one([p.data for p in params], lambda flat: dist.broadcast(flat, 0))
+
+
+def _as_one(tensors: list, collective) -> None:
+    """Run `collective` in place on `tensors` as one flat buffer (one call, whatever their number)."""
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    if len(tensors) == 1:
+        collective(tensors[0])
+        return
+    flat = _flatten_dense_tensors(tensors)
+    collective(flat)
+    for tensor, value in zip(tensors, _unflatten_dense_tensors(flat, tensors), strict=True):
+        tensor.copy_(value)
+
+
+def agree(world: World, loss: float, stop: bool, memory_gb: float, device: str) -> tuple[float, bool, list[float]]:
+    """The step's global mean loss, whether any rank was asked to stop, and each rank's `memory_gb`."""
+    import torch
+    import torch.distributed as dist
+
+    mine = torch.tensor([loss, float(stop), memory_gb], dtype=torch.float64, device=device)
+    every = [torch.empty_like(mine) for _ in range(world.size)]
+    dist.all_gather(every, mine)
+    rows = torch.stack(every).cpu()
+    return float(rows[:, 0].mean()), bool(rows[:, 1].any()), [round(float(m), 3) for m in rows[:, 2]]
+
+
+def peak_memory_gb(device: str) -> float:
+    """This rank's peak allocated GPU memory so far (GB), or its resident RAM on the CPU."""
+    import torch
+
+    from engine.core.hardware import memory_in_use_gb
+
+    return torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else memory_in_use_gb(device)
+
+
+def grad_norm(norm) -> float:
+    """clip_grad_norm_'s result as a number: FSDP2's is a DTensor (already reduced over the ranks)."""
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+def save_checkpoint(world: World, run_dir, step, model, opt, sched, position, keep, log):
+    """engine.training.steps.save_checkpoint for a run of several ranks: a sharded model's weights and optimizer
+    states are gathered whole (every rank takes part), rank 0 writes them as one process would, and every rank
+    waits until it has."""
+    import torch.distributed as dist
+
+    from engine.training.steps import save_checkpoint as save_one
+
+    states = full_states(model, opt) if world.sharded else {}
+    if world.main:
+        save_one(run_dir, step, model, opt, sched, position, keep, log, **states)
+    dist.barrier()
+
+
+def full_states(model, opt=None) -> dict:
+    """The whole model's weights (and the optimizer's state, keyed by parameter index as one process keys it) of a
+    sharded model, on rank 0's CPU; every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    states = dict(model_state=get_model_state_dict(model, options=options))
+    if opt is not None:
+        by_name = get_optimizer_state_dict(model, opt, options=options)
+        if by_name:  # rank 0; the others get nothing back
+            names = [n for group in by_name["param_groups"] for n in group["params"]]
+            index = {name: i for i, name in enumerate(names)}
+            states["opt_state"] = dict(
+                state={index[n]: s for n, s in by_name["state"].items()},
+                param_groups=[{**g, "params": [index[n] for n in g["params"]]} for g in by_name["param_groups"]],
+            )
+    return states
+
+
+def restore_sharded(model, opt, weights: dict, opt_state: dict) -> None:
+    """Load one process's checkpoint (weights by name, optimizer state by parameter index) into a sharded model and
+    its optimizer; each rank keeps its shard."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, strict=False)
+    set_model_state_dict(model, weights, options=options)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    by_name = dict(
+        state={names[i]: s for i, s in opt_state["state"].items()},
+        param_groups=[{**g, "params": [names[i] for i in g["params"]]} for g in opt_state["param_groups"]],
+    )
+    set_optimizer_state_dict(model, opt, by_name, options=options)
