@@ -33,6 +33,7 @@ from engine.api.models import DownloadStatus, model_arch, poll_download, start_d
 from engine.api.runs import (
     RunHandle,
     RunStatus,
+    best_checkpoint,
     cancel,
     delete_run,
     find_run,
@@ -92,4 +93,5 @@ __all__ = [
     "cancel_export",
     "ExportJob",
     "ExportStatus",
+    "best_checkpoint",
 ]

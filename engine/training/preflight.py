@@ -19,6 +19,10 @@ def check_job(spec) -> None:
     """Raise a UserError when the spec's model or the first rows of its dataset cannot work."""
     check_model(spec.model)
     check_first_rows(spec)
+    if spec.eval_data:  # the validation file's first rows too (engine.data.heldout)
+        from engine.data.heldout import eval_spec
+
+        check_first_rows(eval_spec(spec))
 
 
 def check_model(model: str) -> None:

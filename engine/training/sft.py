@@ -24,6 +24,7 @@ from engine.training.steps import (
     save_trainable,
     total_steps,
 )
+from engine.training.validation import make_validator
 
 
 def train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> None:
@@ -116,6 +117,11 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     plan = batches_for_epoch(len(examples), spec.batch_size, spec.seed, epoch)
     varlen = getattr(getattr(model, "get_base_model", lambda: model)(), "varlen_attention", False)
     make_batch = Collator(examples, spec.batch_size, tok.pad_token_id, placement.device, varlen, log)
+    validator = make_validator(
+        spec, tok, total, run_dir, tok.pad_token_id, placement.device, varlen, log, loading, should_stop
+    )
+    if validator is not None:
+        runlog.set(state="running", message="training")
     started, steps_timed, step_times = time.perf_counter(), 0, []
     last_save = time.monotonic()
 
@@ -172,6 +178,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         step_times.append(dt)
         steps_timed += 1
         eta = (time.perf_counter() - started) / steps_timed * (total - step)
+        checked = validator.check(step, model, tok, autocast) if validator and validator.due(step) else {}
         runlog.metric(
             step=step,
             total_steps=total,
@@ -183,6 +190,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
             memory_gb=round(memory_in_use_gb(placement.device), 3),
             eta_s=round(eta, 1),
             epoch=round(epoch + micro / len(plan), 4),
+            **checked,  # eval_loss and best on validation steps
         )
         runlog.set(step=step)
         every = spec.save_every and step % spec.save_every == 0
