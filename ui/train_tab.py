@@ -6,6 +6,7 @@ import pandas as pd
 
 from engine import api
 from ui.data_tab import parse_mapping
+from ui.eval_tab import validation_lines, with_validation
 
 # No data is None, never an empty frame: Gradio 6.31's LinePlot that starts from an empty frame never draws the
 # lines it is given later (tests/browser checks the drawn plot).
@@ -219,6 +220,7 @@ def view(run_id: str):
                 f"reward {m['reward_mean']:.3f} ± {m.get('reward_std', 0):.3f} · "
                 f"reply length {m.get('reply_length', 0):.0f} tokens"
             )
+    lines += validation_lines(st.metrics)  # the validation loss and best step, where the run has a validation set
     gpu = api.gpu_stats()
     if gpu:
         lines.append(f"GPU: {gpu['used_gb']:.1f} / {gpu['total_gb']:.1f} GB in use, {gpu['util_pct']}% busy")
@@ -235,6 +237,7 @@ def view(run_id: str):
             "series": ["raw"] * len(steps) + ["smoothed"] * len(steps),
         }
     )
+    frame = with_validation(frame, st.metrics)  # the validation loss, where the run has a validation set
     return "\n\n".join(lines), frame, gr.Timer(active=not st.finished)
 
 

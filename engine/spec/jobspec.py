@@ -145,7 +145,9 @@ class JobSpec:
     # every resume), or give `eval_data`, a separate file in any supported format; each pass costs a forward over it
     eval_fraction: float = 0.0
     eval_data: str = ""
-    eval_steps: int = 0  # optimizer steps between validation passes (0: about 10 over the run, and at the end)
+    # optimizer steps between validation passes (0: about 10 over the run, and at the end); each new lowest eval_loss
+    # saves those weights to best/step-N (the adapter; the whole model for full fine-tuning)
+    eval_steps: int = 0
 
     def __post_init__(self):
         for key, allowed in (
