@@ -70,3 +70,28 @@ def test_separate_eval_file_in_another_format(tiny_llama, identity_rows_file, ru
     assert [m["step"] for m in st.metrics if "eval_loss" in m] == [2, 4]
     assert "validation data: eval.csv is alpaca, 10 rows" in log_of(st)
     assert "data: identity-nova.jsonl is alpaca, 180 rows" in log_of(st)
+
+
+def test_pretrain_validation_and_a_resume_keeps_the_records(tiny_llama, runs, tmp_path):
+    from helpers import resume_after_cut
+    from tiny import CORPUS
+
+    lines = [line for line in CORPUS.splitlines() if line.strip()]
+    text = tmp_path / "notes.txt"
+    text.write_text("\n\n".join(f"{k}. {lines[k % len(lines)]}" for k in range(40)) + "\n")
+    spec = tiny_spec(
+        tiny_llama, text, objective="pretrain", max_steps=4, save_every=2, eval_fraction=0.25, eval_steps=2
+    )
+    st = wait_for(api.start(spec))
+    assert st.state == "done", log_of(st)
+    held = sum(held_out(spec.seed, i, 0.25) for i in range(1, 41))
+    assert f"validation data: notes.txt is raw, {held} rows" in log_of(st)
+    first = {m["step"]: m["eval_loss"] for m in st.metrics if "eval_loss" in m}
+    assert sorted(first) == [2, 4]
+
+    again = resume_after_cut(st, 2, 4)
+    assert again.state == "done", log_of(again)
+    assert {m["step"]: m["eval_loss"] for m in again.metrics if "eval_loss" in m} == first  # the same weights
+    assert json.loads((api.best_checkpoint(again.run_dir) / "best.json").read_text())["eval_loss"] == min(
+        first.values()
+    )
