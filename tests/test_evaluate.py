@@ -106,3 +106,18 @@ def test_identity_tune_scores_base_tuned_and_q8_0_gguf(tiny_llama, runs, tmp_pat
     printed = json.loads(out.stdout)
     assert printed["cases"] == 3 and [m["name"] for m in printed["models"]] == [st.run_id]
     assert "saved" not in printed
+
+
+def test_eval_without_questions_says_what_to_give(tiny_llama, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "engine", "eval", str(tiny_llama)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        "error: Give the questions to evaluate on (a data file), or pick a run that held some out for validation "
+        "(eval_fraction or eval_data)."
+    )
+    raw = tmp_path / "notes.txt"
+    raw.write_text("Just some text.\n\nMore text.\n")
+    with pytest.raises(api.UserError, match="notes.txt is raw data; evaluation takes chat rows"):
+        api.evaluate([str(tiny_llama)], str(raw), save=False)
