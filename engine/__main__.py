@@ -7,6 +7,8 @@
   python -m engine export RUN_OR_MODEL --format FORMAT --out DIR [--push-to-hub USER/REPO [--private]]
       FORMAT: lora, merged16, gguf-f16, gguf-bf16, gguf-q8_0, gguf-q4_k_m, gguf-q5_k_m or gguf-q6_k
       the upload reads its token from HF_TOKEN
+  python -m engine eval RUN_OR_MODEL_OR_GGUF [...] [--data FILE] [--regex RE] [--reward JSON] [--name N --maker M]
+      loss / perplexity and scored greedy answers as JSON (a run adds its base model), saved in the run's eval/
   python -m engine data inspect FILE [--format F] [--model M]
   python -m engine estimate --model M [--method METHOD] [--vram GIB] [--gpus N | --machine NAME]
   python -m engine doctor
@@ -69,6 +71,19 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--push-to-hub", metavar="USER/REPO", default=None, help="upload the finished export (HF_TOKEN)")
     p.add_argument("--private", action="store_true", help="create the hub repository private")
+    p = sub.add_parser("eval", help="evaluate runs, models and .gguf files on reference answers, as JSON")
+    p.add_argument("sources", nargs="+", metavar="RUN_OR_MODEL_OR_GGUF")
+    p.add_argument("--data", default="", help="questions with reference answers (default: the run's held-out rows)")
+    p.add_argument("--regex", default="", help="also score: the reply matches this regular expression")
+    p.add_argument(
+        "--reward", action="append", default=[], help='a GRPO reward preset as JSON, e.g. {"preset": "length"}'
+    )
+    p.add_argument("--name", default="", help="identity check: the assistant's name (found in identity data otherwise)")
+    p.add_argument("--maker", default="", help="identity check: its maker")
+    p.add_argument("--no-base", action="store_true", help="skip the base model of a run")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N rows (default 100; 0: all)")
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--no-save", action="store_true", help="print only; write no results folder")
     p = sub.add_parser("data", help="dataset tools")
     dsub = p.add_subparsers(dest="data_cmd", required=True)
     d = dsub.add_parser("inspect", help="detect the format and show a rendered sample as JSON")
@@ -142,6 +157,23 @@ def main(argv=None) -> int:
                 from engine.models.hub import push
 
                 push(res.path, args.push_to_hub, private=args.private, log=lambda m: print(m, file=sys.stderr))
+            return 0
+        if args.cmd == "eval":
+            from engine.export.evaluate import parse_rewards
+
+            out = api.evaluate(
+                args.sources,
+                args.data,
+                base=not args.no_base,
+                regex=args.regex,
+                rewards=parse_rewards(args.reward),
+                identity=(args.name, args.maker) if args.name and args.maker else None,
+                limit=args.limit,
+                max_new_tokens=args.max_new_tokens,
+                save=not args.no_save,
+                log=lambda m: print(m, file=sys.stderr),
+            )
+            print(json.dumps(out, indent=2, ensure_ascii=False))
             return 0
         if args.cmd == "data":
             from engine.data.formats import parse_map

@@ -145,6 +145,8 @@ def test_how_many_processes_a_job_gets(tiny_llama, identity_file):
     assert launch.plan_launch(base.replace(objective="dpo")).processes == 1
     with pytest.raises(UserError, match="DPO trains on one GPU for now; set gpus to 1"):
         launch.plan_launch(base.replace(objective="dpo", gpus=2))
+    with pytest.raises(UserError, match="validation .* trains on one GPU for now; set gpus to 1"):
+        launch.plan_launch(base.replace(eval_fraction=0.1, gpus=2))
 
 
 def test_the_run_fails_with_the_sentence_of_the_rank_that_failed_first():

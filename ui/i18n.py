@@ -201,6 +201,23 @@ STRINGS = {  # English: (Chinese, Russian)
     ),
     "Create it private": ("创建为私有仓库", "Создать приватным"),
     "Download": ("下载", "Скачать"),
+    "Evaluate": ("评估", "Оценка"),
+    "Runs to evaluate": ("要评估的运行", "Запуски для оценки"),
+    "GGUF files": ("GGUF 文件", "Файлы GGUF"),
+    "Include the base model": ("包括基座模型", "Включить базовую модель"),
+    "Questions file (empty: the run's held-out rows)": (
+        "问题文件（留空：使用运行留出的行）",
+        "Файл с вопросами (пусто: отложенные строки запуска)",
+    ),
+    "Questions (at most)": ("问题数（最多）", "Вопросов (не больше)"),
+    "Longest answer (tokens)": ("最长回答（token 数）", "Самый длинный ответ (токенов)"),
+    "Scoring": ("评分", "Оценивание"),
+    "Example answers": ("示例回答", "Примеры ответов"),
+    "### Compare runs": ("### 对比运行", "### Сравнение запусков"),
+    "Runs to compare": ("要对比的运行", "Запуски для сравнения"),
+    "Settings that differ": ("不同的设置", "Различающиеся настройки"),
+    "Loss curves": ("损失曲线", "Кривые потерь"),
+    "Latest eval scores": ("最新评估得分", "Последние оценки"),
 }
 
 

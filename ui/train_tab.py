@@ -6,6 +6,7 @@ import pandas as pd
 
 from engine import api
 from ui.data_tab import parse_mapping
+from ui.eval_tab import validation_lines, with_validation
 
 # No data is None, never an empty frame: Gradio 6.31's LinePlot that starts from an empty frame never draws the
 # lines it is given later (tests/browser checks the drawn plot).
@@ -225,6 +226,7 @@ def view(run_id: str):
     if st.metrics and "peak_memory_gb_per_gpu" in st.metrics[-1]:  # a run on several GPUs: each one's memory
         each = " · ".join(f"{gb:.2f}" for gb in st.metrics[-1]["peak_memory_gb_per_gpu"])
         lines.append(f"{len(st.metrics[-1]['peak_memory_gb_per_gpu'])} GPUs, peak memory per GPU: {each} GB")
+    lines += validation_lines(st.metrics)  # the validation loss and best step, where the run has a validation set
     gpu = api.gpu_stats()
     if gpu:
         lines.append(f"GPU: {gpu['used_gb']:.1f} / {gpu['total_gb']:.1f} GB in use, {gpu['util_pct']}% busy")
@@ -241,6 +243,7 @@ def view(run_id: str):
             "series": ["raw"] * len(steps) + ["smoothed"] * len(steps),
         }
     )
+    frame = with_validation(frame, st.metrics)  # the validation loss, where the run has a validation set
     return "\n\n".join(lines), frame, gr.Timer(active=not st.finished)
 
 

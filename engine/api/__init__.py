@@ -4,6 +4,8 @@ Training:  start(spec) -> RunHandle; poll(handle) -> RunStatus; cancel(handle); 
 Data:      inspect_data(path); identity_dataset(...); save_jsonl(rows, path).
 Chat:      Chat(source).reply(messages) / .stream(messages, stats=ReplyStats()) / .compare(messages);
            sampling_defaults(source).
+Evaluate:  evaluate(sources, data) -> results (saved in the run's eval/); eval_results(run); compare_runs(runs);
+           best_checkpoint(run).
 Export:    export(source, fmt, out) -> ExportResult; start_export(source, fmt, out, push_to_hub, token) -> ExportJob.
 Models:    start_download(model) / poll_download(model) -> DownloadStatus.
 Machine:   doctor(); gpu_stats(); estimate(model); catalog().
@@ -17,6 +19,7 @@ May import every engine stage; torch and the other heavy libraries load inside t
 from engine.api.access import check_access, restrict_files, runs_dir, safe_name, tidy_workspace, workspace
 from engine.api.chat import Chat, sampling_defaults
 from engine.api.data import check_data, identity_dataset, inspect_data, save_jsonl
+from engine.api.evals import compare_runs, eval_results, evaluate
 from engine.api.exports import (
     EXPORT_FORMATS,
     ExportJob,
@@ -33,6 +36,7 @@ from engine.api.models import DownloadStatus, model_arch, poll_download, start_d
 from engine.api.runs import (
     RunHandle,
     RunStatus,
+    best_checkpoint,
     cancel,
     delete_run,
     find_run,
@@ -94,4 +98,8 @@ __all__ = [
     "cancel_export",
     "ExportJob",
     "ExportStatus",
+    "best_checkpoint",
+    "evaluate",
+    "eval_results",
+    "compare_runs",
 ]

@@ -82,6 +82,7 @@ def _check_job(spec: JobSpec, allow_code: bool) -> None:
 
     check_access(spec.model)
     check_access(spec.data)
+    check_access(spec.eval_data)
     if runs_code(spec.rewards) and not allow_code:
         raise UserError(
             "This job has a 'python' reward, which runs your own code: that is accepted only from the command line "
@@ -229,3 +230,11 @@ def run_log(run: "str | Path | RunHandle", lines: int = 200) -> str:
     """The last `lines` lines of a run's log.txt."""
     path = find_run(run) / "log.txt"
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else ""
+
+
+def best_checkpoint(run: "str | Path | RunHandle") -> Path | None:
+    """The folder of a run's best weights by validation loss (best/step-NNNNNN, an adapter or a model with its
+    tokenizer, which export and chat take as a source), or None when the run has no validation set or no pass yet."""
+    from engine.training.validation import best_checkpoint as best
+
+    return best(find_run(run))

@@ -34,7 +34,9 @@ def _trained_context(path: Path) -> int:
 class GGUFChat:
     """A GGUF model loaded for chat; `reply` and `stream` take a list of {"role", "content"} messages."""
 
-    def __init__(self, path: str | os.PathLike, device: str = "auto", n_ctx: int = 4096):
+    def __init__(self, path: str | os.PathLike, device: str = "auto", n_ctx: int = 4096, logits: bool = False):
+        """`logits` keeps every position's logits after `llm.eval` (llm.scores: n_ctx x vocab floats), which the
+        loss of engine.export.evaluate reads."""
         import llama_cpp
 
         path = Path(path)
@@ -46,6 +48,7 @@ class GGUFChat:
                 n_ctx=min(n_ctx, _trained_context(path)),
                 n_gpu_layers=0 if device == "cpu" else -1,
                 n_threads=os.cpu_count() or 1,
+                logits_all=logits,
                 verbose=False,
             )
         except ValueError:
@@ -70,20 +73,27 @@ class GGUFChat:
         """Free llama.cpp's model and context now rather than at garbage collection."""
         self.llm.close()
 
-    def prompt_ids(self, messages: list[dict]) -> list[int]:
-        """The chat-rendered prompt as token ids (special tokens parsed, no extra BOS: the template has its own)."""
+    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """The conversation as text through the file's chat template."""
         from engine.data.templates import render_template
 
-        text = render_template(
+        return render_template(
             self.template,
             messages,
-            True,
+            add_generation_prompt,
             bos_token=self.specials["bos"],
             eos_token=self.specials["eos"],
             pad_token=self.specials["pad"],
             unk_token=self.specials["unk"],
         )
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of rendered text (special tokens parsed, no extra BOS: the template has its own)."""
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        """The chat-rendered prompt as token ids."""
+        return self.encode(self.render(messages))
 
     def _completion(self, messages, max_new_tokens, temperature, top_p, top_k, repetition_penalty, min_p, stream):
         return self.llm.create_completion(

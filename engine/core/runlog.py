@@ -3,10 +3,11 @@
 Layout of runs/<id>/:
   job.yaml          the JobSpec the run was started with
   status.json       {"state", "message", "step", "total_steps", "pid", "updated"}; written atomically
-  metrics.jsonl     one JSON line per optimizer step (and "event" lines: resume, checkpoint)
+  metrics.jsonl     one JSON line per optimizer step, with eval_loss on validation steps (and "event" lines: resume)
   log.txt           human log, tracebacks included
   checkpoints/      step-000050/ ... complete checkpoints only (built under a temporary name)
   adapter/          the final LoRA adapter with tokenizer (model/ for full fine-tuning)
+  best/step-NNNNNN/ with a validation set: the weights of the lowest eval_loss so far, with tokenizer and best.json
 """
 
 import json

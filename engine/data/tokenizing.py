@@ -222,28 +222,45 @@ class Progress:
             self.tell(done)
 
 
-def batched_rows(spec, what: str, report=None, should_stop=None) -> Iterator[list[tuple[int, dict]]]:
-    """The spec's dataset as lists of TOKENIZE_BATCH (row number, row) pairs, columns mapped, read as a stream with
-    progress reports and cancel checks between batches (Progress)."""
+def batched_rows(
+    spec, what: str, report=None, should_stop=None, part: str = "train"
+) -> Iterator[list[tuple[int, dict]]]:
+    """The spec's dataset as lists of up to TOKENIZE_BATCH (row number, row) pairs, columns mapped, read as a stream
+    with progress reports and cancel checks between batches (Progress). `part` "eval" gives the rows held out for
+    validation (engine.data.heldout), "train" the others."""
+    from engine.data.heldout import row_filter
+
     source = Path(spec.data).name
     total, rows = source_rows(spec.data, spec.data_config, spec.data_split, count=True)
     progress = Progress(what, total, report, should_stop)
+    keep = row_filter(spec, part)
     last = 0
     while batch := list(itertools.islice(rows, TOKENIZE_BATCH)):
-        yield [(i, map_columns(r, spec.column_map, i, source)) for i, r in batch]
+        kept = [(i, r) for i, r in batch if keep is None or keep(i)]
+        if kept:
+            yield [(i, map_columns(r, spec.column_map, i, source)) for i, r in kept]
         last = batch[-1][0]
         progress.tick(last)
     progress.tell(last)
 
 
-def load_examples(spec, tokenizer, log=print, report=None, should_stop=None) -> Examples:
+def no_rows(spec, part: str) -> UserError:
+    """The sentence for a dataset (or its held-out part) without rows."""
+    from engine.data.heldout import no_rows_error, row_filter
+
+    if row_filter(spec, part) is not None:
+        return no_rows_error(spec, part)
+    return UserError(f"Dataset '{Path(spec.data).name}' has no rows.")
+
+
+def load_examples(spec, tokenizer, log=print, report=None, should_stop=None, part: str = "train") -> Examples:
     """Read, map, convert, tokenize (and pack) the spec's chat dataset as a stream: rows are tokenized in batches
     and kept only as token ids; `report(text)` hears the progress every few seconds; `should_stop()` true raises
-    Cancelled between batches."""
+    Cancelled between batches. `part` picks the training or the held-out rows (batched_rows)."""
     source = Path(spec.data).name
     fmt = None if spec.data_format == "auto" else spec.data_format
     examples, rows, dropped, truncated = Examples(), 0, 0, 0
-    for batch in batched_rows(spec, "tokenizing", report, should_stop):
+    for batch in batched_rows(spec, "tokenizing", report, should_stop, part):
         conversations, where = [], [f"{source}: row {i}" for i, _ in batch]
         for i, row in batch:
             if spec.data_format == "auto":
@@ -258,7 +275,7 @@ def load_examples(spec, tokenizer, log=print, report=None, should_stop=None) -> 
             examples.append(ex)
         rows += len(batch)
     if not rows:
-        raise UserError(f"Dataset '{source}' has no rows.")
+        raise no_rows(spec, part)
     log(
         f"data: {source} is {fmt}, {rows} rows; {truncated} truncated to {spec.max_seq_length} tokens; "
         f"{dropped} dropped (no assistant tokens left)"

@@ -82,6 +82,8 @@ LIMITS = {
     "grpo_beta": Limit("the KL penalty towards the base model", 0, math.inf),
     "embedding_learning_rate": Limit("the embeddings' own step size", 0, math.inf, low_open=True),
     "gpus": Limit("GPUs a run trains on; 0 uses every visible one", 0, 1024),
+    "eval_fraction": Limit("the share of the training rows held out for validation", 0, 1, high_open=True),
+    "eval_steps": Limit("optimizer steps between validation passes; 0 makes about 10 of them", 0),
 }
 
 
@@ -146,6 +148,13 @@ class JobSpec:
     train_embeddings: bool = False  # pretrain with LoRA: also train embed_tokens and lm_head (full copies of both)
     embedding_learning_rate: float = 2e-5  # pretrain: the embeddings' and lm_head's own (lower) learning rate
     notes: dict = field(default_factory=dict)  # free-form, kept with the run (UI choices such as the preset)
+    # validation (sft and pretrain): hold out this share of the training file's rows (chosen by the seed, the same on
+    # every resume), or give `eval_data`, a separate file in any supported format; each pass costs a forward over it
+    eval_fraction: float = 0.0
+    eval_data: str = ""
+    # optimizer steps between validation passes (0: about 10 over the run, and at the end); each new lowest eval_loss
+    # saves those weights to best/step-N (the adapter; the whole model for full fine-tuning)
+    eval_steps: int = 0
 
     def __post_init__(self):
         for key, allowed in (
@@ -173,6 +182,11 @@ class JobSpec:
         if not self.data.strip():
             raise UserError("No dataset chosen: give a JSON or JSONL file.")
         rewards.check(self.rewards)
+        if (self.eval_fraction or self.eval_data) and self.objective not in ("sft", "pretrain"):
+            raise UserError(
+                f"Validation ('eval_fraction', 'eval_data') works with the sft and pretrain objectives, not "
+                f"{self.objective}; remove it or use `python -m engine eval` on the finished run."
+            )
         if self.objective == "grpo" and not self.rewards:
             raise UserError("GRPO needs at least one reward in 'rewards' (e.g. {preset: regex, pattern: ...}).")
 
@@ -240,7 +254,7 @@ def with_paths_beside(spec: JobSpec, folder: str | os.PathLike) -> JobSpec:
     something exists there, so `data: identity.jsonl` means the file beside the job, wherever the command runs.
     Anything else (a hub id, an absolute path, a path found only from the working folder) is kept as written."""
     changes = {}
-    for key in ("model", "data"):
+    for key in ("model", "data", "eval_data"):
         value = getattr(spec, key)
         beside = Path(folder) / value
         if value and not Path(value).is_absolute() and beside.exists():

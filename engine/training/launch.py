@@ -52,8 +52,8 @@ def plan_launch(spec) -> Launch:
     """The processes a run trains on: `gpus` of the visible GPUs (0: all of them), one process each; on a CPU
     `gpus` processes (at least one). Raises a UserError when the job asks for more GPUs than are visible.
 
-    Only SFT and continued pretraining train data-parallel; the other objectives take one GPU unless `gpus` asks
-    for more, which is refused with a sentence."""
+    Only SFT and continued pretraining without validation train data-parallel; the other runs take one GPU unless
+    `gpus` asks for more, which is refused with a sentence."""
     import torch
 
     on_gpu = spec.device != "cpu" and torch.cuda.is_available()
@@ -64,9 +64,14 @@ def plan_launch(spec) -> Launch:
             f"{found} or less (0 uses all of them), or check CUDA_VISIBLE_DEVICES."
         )
     wanted = (spec.gpus or found) if on_gpu else max(1, spec.gpus)
-    if wanted > 1 and spec.objective not in ("sft", "pretrain"):
+    one_gpu = None
+    if spec.objective not in ("sft", "pretrain"):
+        one_gpu = f"{spec.objective.upper()} trains on one GPU for now; set gpus to 1."
+    elif spec.eval_fraction or spec.eval_data:  # engine.training.validation runs in one process
+        one_gpu = "A run with validation (eval_fraction or eval_data) trains on one GPU for now; set gpus to 1."
+    if wanted > 1 and one_gpu:
         if spec.gpus > 1:
-            raise UserError(f"{spec.objective.upper()} trains on one GPU for now; set gpus to 1.")
+            raise UserError(one_gpu)
         wanted = 1
     return Launch(wanted, "GPU" if on_gpu else "process")
 

@@ -24,6 +24,10 @@ def check_job(spec) -> None:
         from engine.training.launch import plan_launch
 
         plan_launch(spec)
+    if spec.eval_data:  # the validation file's first rows too (engine.data.heldout)
+        from engine.data.heldout import eval_spec
+
+        check_first_rows(eval_spec(spec))
 
 
 def check_model(model: str) -> None:

@@ -10,19 +10,20 @@ from pathlib import Path
 
 from engine.core.errors import UserError
 from engine.data.formats import check_format, raw_text
-from engine.data.tokenizing import Example, Examples, batched_rows, encode_batch, pack
+from engine.data.tokenizing import Example, Examples, batched_rows, encode_batch, no_rows, pack
 from engine.spec.objectives import format_problem
 
 EMBEDDING_NAMES = ("embed_tokens", "lm_head")
 
 
-def load_text_examples(spec, tokenizer, log=print, report=None, should_stop=None) -> Examples:
+def load_text_examples(spec, tokenizer, log=print, report=None, should_stop=None, part: str = "train") -> Examples:
     """Every text of the dataset as training sequences with labels on every token, read and tokenized as a stream
-    in batches (engine.data.tokenizing.batched_rows: progress through `report`, cancel through `should_stop`)."""
+    in batches (engine.data.tokenizing.batched_rows: progress through `report`, cancel through `should_stop`, the
+    training or held-out rows by `part`)."""
     source = Path(spec.data).name
     fmt = None if spec.data_format == "auto" else spec.data_format
     pieces, rows, eos = Examples(), 0, tokenizer.eos_token_id
-    for batch in batched_rows(spec, "tokenizing", report, should_stop):
+    for batch in batched_rows(spec, "tokenizing", report, should_stop, part):
         texts = []
         for i, row in batch:
             if spec.data_format == "auto":
@@ -39,7 +40,7 @@ def load_text_examples(spec, tokenizer, log=print, report=None, should_stop=None
                     pieces.append(Example(piece, piece, False, (len(piece),)))
         rows += len(batch)
     if not rows:
-        raise UserError(f"Dataset '{source}' has no rows.")
+        raise no_rows(spec, part)
     log(f"data: {source} is {fmt}, {rows} rows")
     log(f"data: {pieces.tokens():,} tokens in {len(pieces)} pieces of up to {spec.max_seq_length} tokens")
     if spec.packing:

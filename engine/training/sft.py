@@ -26,6 +26,7 @@ from engine.training.steps import (
     save_trainable,
     total_steps,
 )
+from engine.training.validation import make_validator
 
 PLANNED = 20_000  # micro-batches a run's padding-free buckets are planned for
 
@@ -146,6 +147,11 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     run = micro_batches_of_run(len(examples), spec.batch_size, spec.seed, micro_batches) if varlen else None
     shape_cost = GRAPH_SHAPE_COST if getattr(base, "shape_graphs", False) else 0
     make_batch = Collator(examples, spec.batch_size, tok.pad_token_id, placement.device, varlen, log, run, shape_cost)
+    validator = make_validator(
+        spec, tok, total, run_dir, tok.pad_token_id, placement.device, varlen, log, loading, should_stop
+    )
+    if validator is not None:
+        runlog.set(state="running", message="training")
     started, steps_timed, step_times = time.perf_counter(), 0, []
     last_save = time.monotonic()
 
@@ -225,6 +231,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         step_times.append(dt)
         steps_timed += 1
         eta = (time.perf_counter() - started) / steps_timed * (total - step)
+        checked = validator.check(step, model, tok, autocast) if validator and validator.due(step) else {}
         runlog.metric(
             step=step,
             total_steps=total,
@@ -237,6 +244,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
             eta_s=round(eta, 1),
             epoch=round(epoch + micro / len(plan), 4),
             **({} if world is None else dict(peak_memory_gb_per_gpu=memories)),
+            **checked,  # eval_loss and best on validation steps
         )
         runlog.set(step=step)
         every = spec.save_every and step % spec.save_every == 0

@@ -1,0 +1,121 @@
+"""Evaluation and run comparison: score the base model, runs and GGUF files on the same questions (saved in the run's
+eval/ folder), read saved results back, and compare two or more runs (settings, loss curves, eval scores)."""
+
+import json
+import time
+from pathlib import Path
+
+from engine.api.access import check_access, check_source, workspace
+from engine.api.processes import slug
+from engine.api.runs import find_run, poll
+from engine.core.errors import UserError
+
+
+def evaluate(
+    sources: list[str],
+    data: str = "",
+    base: bool = True,
+    regex: str = "",
+    rewards: tuple = (),
+    identity: tuple[str, str] | None = None,
+    limit: int | None = None,
+    max_new_tokens: int | None = None,
+    device: str = "auto",
+    save: bool = True,
+    log=print,
+) -> dict:
+    """Evaluate runs (by id or folder), model folders, hub ids and .gguf files on the questions of `data`, or, without
+    it, on the first run's validation set (its held-out rows or eval_data file).
+
+    Returns {"cases", "scorers", "models": [{name, source, loss, perplexity, tokens, scores}], "rows": [{row, prompt,
+    reference, replies, scores, loss}], "data", "held_out", "identity", "saved"}. `base` adds the first run's base
+    model (its adapter off). Scorers: exact, contains, `regex`, the reward presets in `rewards` (as a job lists them),
+    and the identity check with `identity` (name, maker), or the one found in an identity dataset's answers.
+    """
+    from engine.data.heldout import eval_spec
+    from engine.export import evaluate as ev
+    from engine.export import scoring
+    from engine.spec.jobspec import JobSpec, read_job
+
+    if not sources:
+        raise UserError("Pick a model, a run or a GGUF file to evaluate.")
+    sources = [_resolve(str(s)) for s in sources]
+    runs = [Path(s) for s in sources if (Path(s) / "job.yaml").is_file()]
+    job = read_job(runs[0] / "job.yaml") if runs else None
+    if data:
+        check_access(data)
+        spec = JobSpec(
+            model=job.model if job else sources[0], data=data, system_prompt=job.system_prompt if job else ""
+        )
+        part = "train"  # every row of the file
+    elif job is not None and eval_spec(job) is not None:
+        spec, part = eval_spec(job), "eval"
+    else:
+        raise UserError(
+            "Give the questions to evaluate on (a data file), or pick a run that held some out for validation "
+            "(eval_fraction or eval_data)."
+        )
+    cases = ev.read_cases(spec, part, ev.LIMIT if limit is None else limit)
+    who = tuple(identity) if identity else scoring.detect_identity([c.reference for c in cases])
+    scorers = scoring.build(regex, tuple(rewards), who)
+    results = ev.evaluate(sources, cases, scorers, base, max_new_tokens or ev.MAX_NEW_TOKENS, device, log)
+    results.update(
+        data=str(spec.data),
+        held_out=part == "eval",
+        identity=dict(name=who[0], maker=who[1]) if who else None,
+        created=time.strftime("%Y-%m-%d %H:%M:%S"),
+    )
+    if save:
+        where = runs[0] / "eval" if runs else workspace() / "evals"
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        folder = where / f"{stamp}-{slug(ev.label_of(sources[-1]))}"
+        n = 0
+        while folder.exists():
+            n += 1
+            folder = where / f"{stamp}-{slug(ev.label_of(sources[-1]))}-{n}"
+        results["saved"] = ev.save(results, folder)
+    return results
+
+
+def _resolve(source: str) -> str:
+    """A run id becomes its folder; anything else (a folder, a hub id, a .gguf file) is kept, access-checked."""
+    check_source(source)
+    if source.lower().endswith(".gguf"):
+        return source
+    try:
+        return str(find_run(source))
+    except UserError:
+        return source
+
+
+def eval_results(run) -> list[dict]:
+    """A run's saved evaluations (results.json of its eval/ folders), newest first."""
+    folder = find_run(run) / "eval"
+    out = []
+    for f in sorted(folder.glob("*/results.json"), reverse=True) if folder.is_dir() else []:
+        try:
+            out.append(json.loads(f.read_text()))
+        except (OSError, ValueError):
+            continue  # a damaged file is skipped, not fatal to the list
+    return out
+
+
+def compare_runs(runs: list) -> dict:
+    """Two or more runs side by side: the settings that differ ({key: [value per run]}), each run's loss and
+    validation loss per step, and the model scores of each run's latest evaluation."""
+    import dataclasses
+
+    from engine.spec.jobspec import read_job
+
+    if len(runs) < 2:
+        raise UserError("Pick two or more runs to compare.")
+    folders = [find_run(r) for r in runs]
+    specs = [dataclasses.asdict(read_job(f / "job.yaml")) for f in folders]
+    diff = {k: [s[k] for s in specs] for k in specs[0] if len({json.dumps(s[k], sort_keys=True) for s in specs}) > 1}
+    curves, scores = [], {}
+    for f in folders:
+        for m in poll(f).metrics:
+            curves.append(dict(run=f.name, step=m["step"], loss=m["loss"], eval_loss=m.get("eval_loss")))
+        latest = eval_results(f)
+        scores[f.name] = latest[0]["models"] if latest else []
+    return dict(runs=[f.name for f in folders], settings=diff, curves=curves, scores=scores)

@@ -1,0 +1,92 @@
+"""Validation and evaluation in a real browser: a run's validation loss on the Train tab, the Evaluate tab's table for
+a run and its base model, and two runs compared (settings that differ, loss curves on one plot, eval scores).
+
+The runs are trained through engine.api in the app's workspace before the page opens; screenshots go to
+test-output/screenshots/.
+"""
+
+import re
+import time
+
+import pytest
+import test_app_browser as shared
+from helpers import log_of, tiny_spec, wait_for
+from test_app_browser import coloured_pixels, shot, tab
+
+server, browser, page = shared.server, shared.browser, shared.page  # the app, Chromium and a page, as there
+pytestmark = shared.pytestmark
+
+
+@pytest.fixture(scope="module")
+def two_runs(server, tiny_llama, tmp_path_factory):
+    """Two finished runs with a validation set, differing in learning rate, in the app's runs/ folder."""
+    import json
+    import os
+
+    from engine import api
+    from engine.data.identity import identity_rows
+
+    data = tmp_path_factory.mktemp("data") / "identity-nova.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in identity_rows("Nova", "Tunesmith Labs")))
+    before = os.environ.get("TUNESMITH_RUNS")
+    os.environ["TUNESMITH_RUNS"] = str(server[1] / "runs")
+    try:
+        out = []
+        for lr in (2e-3, 1e-2):
+            spec = tiny_spec(tiny_llama, data, name=f"lr{lr}", max_steps=8, eval_fraction=0.1, eval_steps=2)
+            st = wait_for(api.start(spec.replace(learning_rate=lr)))
+            assert st.state == "done", log_of(st)
+            out.append(st.run_id)
+            time.sleep(1.1)  # run ids carry the second they started
+        return out
+    finally:
+        if before is None:
+            os.environ.pop("TUNESMITH_RUNS")
+        else:
+            os.environ["TUNESMITH_RUNS"] = before
+
+
+def pick(page, label, values):
+    """Choose `values` in a multiselect dropdown, typing each and pressing Enter."""
+    box = page.get_by_label(label)
+    for v in values:
+        box.fill(v)
+        box.press("Enter")
+
+
+def test_validation_loss_on_the_train_tab(page, two_runs):
+    tab(page, "Train")
+    page.get_by_text("Run history").click()
+    page.get_by_role("button", name="Refresh", exact=True).click()
+    page.get_by_text(two_runs[1]).first.click()
+    page.get_by_text(re.compile(r"validation loss \d+\.\d+ · best \d+\.\d+ at step \d")).wait_for(timeout=60_000)
+    time.sleep(2)  # the plot's redraw
+    shot(page, "eval-1-train-validation")
+    assert coloured_pixels(page.locator(".block").filter(has_text="Loss").last) > 500, "the loss lines are not drawn"
+
+
+def test_evaluate_a_run_and_compare_two(page, two_runs):
+    tab(page, "Evaluate")
+    page.get_by_role("button", name="Refresh runs").last.click()
+    pick(page, "Runs to evaluate", two_runs[:1])
+    page.get_by_label("Questions (at most)").fill("5")
+    page.get_by_label("Longest answer (tokens)").fill("12")
+    page.get_by_role("button", name="Evaluate", exact=True).click()
+    page.get_by_text("Identity check: the answer names").wait_for(timeout=300_000)
+    table = page.locator(".block").filter(has_text="Scores (loss")
+    for text in ("base", two_runs[0], "perplexity", "identity"):
+        assert text in table.inner_text()
+    assert "Tunesmith Labs" in page.locator(".block").filter(has_text="Example answers").inner_text()
+    shot(page, "eval-2-evaluate")
+
+    pick(page, "Runs to compare", two_runs)
+    page.get_by_role("button", name="Compare", exact=True).click()
+    settings = page.locator(".block").filter(has_text="Settings that differ")
+    # Gradio keeps a hidden copy of every cell: wait for the shown text, not for the first element that holds it
+    page.wait_for_function("() => document.body.innerText.includes('learning_rate')", timeout=60_000)
+    assert "0.002" in settings.inner_text() and "0.01" in settings.inner_text()
+    scores = page.locator(".block").filter(has_text="Latest eval scores")
+    assert "base" in scores.inner_text() and two_runs[0] in scores.inner_text()  # the evaluation above
+    time.sleep(2)
+    shot(page, "eval-3-compare")
+    assert coloured_pixels(page.locator(".block").filter(has_text="Loss curves").last) > 500, "no curves drawn"

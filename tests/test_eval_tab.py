@@ -1,0 +1,64 @@
+"""The Evaluate tab's handlers and the validation series it lends the Train tab's loss plot."""
+
+import pandas as pd
+
+from ui import eval_tab
+
+
+def metrics():
+    return [
+        {"step": 1, "loss": 3.0},
+        {"step": 2, "loss": 2.5, "eval_loss": 2.8},
+        {"step": 3, "loss": 2.0},
+        {"step": 4, "loss": 1.5, "eval_loss": 2.9},
+    ]
+
+
+def test_validation_is_a_series_of_its_own():
+    frame = pd.DataFrame({"step": [1, 2, 3, 4], "loss": [3.0, 2.5, 2.0, 1.5], "series": ["raw"] * 4})
+    out = eval_tab.with_validation(frame, metrics())
+    assert out[out.series == "validation"][["step", "loss"]].values.tolist() == [[2, 2.8], [4, 2.9]]
+    assert len(out[out.series == "raw"]) == 4
+    assert eval_tab.with_validation(frame, metrics()[:1]) is frame
+    assert eval_tab.with_validation(None, metrics()) is None
+
+
+def test_validation_line_names_the_best_step():
+    assert eval_tab.validation_lines(metrics()) == [
+        "validation loss 2.9000 · best 2.8000 at step 2 (kept in the run's best/ folder)"
+    ]
+    assert eval_tab.validation_lines(metrics()[:1]) == []
+
+
+def test_tables_of_results():
+    results = {
+        "models": [
+            {"name": "base", "loss": 3.21, "perplexity": 24.8, "scores": {"exact": 0.0, "identity": 0.0}},
+            {"name": "run", "loss": None, "perplexity": None, "scores": {"exact": 0.5, "identity": 1.0}},
+        ],
+        "rows": [
+            {"prompt": f"q{k}", "reference": "r", "replies": {"base": "x", "run": "r"}}
+            for k in range(eval_tab.EXAMPLES + 2)
+        ],
+    }
+    table = eval_tab.score_table(results["models"])
+    assert table.to_dict("records") == [
+        {"model": "base", "loss": 3.21, "perplexity": 24.8, "exact": 0.0, "identity": 0.0},
+        {"model": "run", "loss": "", "perplexity": "", "exact": 0.5, "identity": 1.0},
+    ]
+    examples = eval_tab.example_table(results)
+    assert len(examples) == eval_tab.EXAMPLES and list(examples.columns) == ["question", "reference", "base", "run"]
+
+
+def test_errors_become_a_sentence():
+    text, table, examples = eval_tab.run_evaluation([], [], True, "", "", "", "", 5)
+    assert text.startswith("**Evaluation failed:** Pick a model") and table is None and examples is None
+    *_, note = eval_tab.compare(["only-one"])
+    assert note == "**Comparison failed:** Pick two or more runs to compare."
+
+
+def test_the_app_has_the_evaluate_tab():
+    import app
+
+    labels = {getattr(b, "label", None) for b in app.demo.blocks.values()}
+    assert {"Evaluate", "Runs to evaluate", "Runs to compare", "Loss curves"} <= labels

@@ -1,0 +1,123 @@
+"""Evaluation: scorers, the identity check found in identity data, and an identity tune measured on its held-out
+questions for the base model, the tuned run and its q8_0 GGUF (engine.api.evaluate and `python -m engine eval`)."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+from helpers import log_of, wait_for
+
+from engine import api
+from engine.data.identity import identity_rows
+from engine.export import scoring
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def test_identity_is_found_in_identity_answers_of_every_language():
+    for lang in ("en", "zh", "ru"):
+        refs = [r["output"] for r in identity_rows("Nova", "Tunesmith Labs", languages=(lang,))]
+        assert scoring.detect_identity(refs) == ("Nova", "Tunesmith Labs"), lang
+    assert scoring.detect_identity(["Paris.", "Four.", "The sea is blue.", "Yes."]) is None
+    assert scoring.detect_identity(["I am Nova, built by Tunesmith Labs."] * 5) == ("Nova", "Tunesmith Labs")
+
+
+def test_scorers_exact_contains_regex_rewards_and_identity():
+    replies = ["The answer is 42.", "42", "I'm Nova from Tunesmith Labs", "nova"]
+    refs = ["42", "42.", "Nova", "Nova"]
+    found = {
+        name: fn(replies, [""] * 4, refs)
+        for name, fn in scoring.build(
+            r"\d+$",
+            ({"preset": "answer", "mode": "numeric"}, {"preset": "length", "min_chars": 3, "max_chars": 100}),
+            ("Nova", "Tunesmith Labs"),
+        )
+    }
+    assert found["exact"] == [0.0, 1.0, 0.0, 1.0]
+    assert found["contains"] == [1.0, 1.0, 1.0, 1.0]
+    assert found["regex"] == [0.0, 1.0, 0.0, 0.0]
+    assert found["answer"] == [1.0, 1.0, 0.0, 0.0]
+    assert found["length"] == [1.0, 2 / 3, 1.0, 1.0]
+    assert found["identity"] == [0.0, 0.0, 1.0, 0.0]
+    with pytest.raises(api.UserError, match="regular expression"):
+        scoring.build("(")
+    with pytest.raises(api.UserError, match="own code"):
+        scoring.build("", ({"preset": "python", "function": "m:f"},))
+
+
+def test_identity_tune_scores_base_tuned_and_q8_0_gguf(tiny_llama, runs, tmp_path, monkeypatch):
+    # transformers' forward for the replies: our decode step's Triton kernels run interpreted on a CPU, far slower
+    monkeypatch.setenv("TUNESMITH_DECODE_KERNELS", "0")
+    data = tmp_path / "identity-nova.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in identity_rows("Nova", "Tunesmith Labs")))
+    spec = api.JobSpec(
+        model=str(tiny_llama),
+        data=str(data),
+        name="nova",
+        max_steps=80,
+        batch_size=4,
+        learning_rate=1e-2,
+        lora_r=16,
+        lora_alpha=32,
+        lr_schedule="constant",
+        gradient_checkpointing=False,
+        device="cpu",
+        seed=0,
+        eval_fraction=0.2,
+        eval_steps=40,
+    )
+    st = wait_for(api.start(spec))
+    assert st.state == "done", log_of(st)
+    gguf = api.export(str(st.run_dir), "gguf-q8_0", tmp_path / "q8", log=lambda m: None)
+    (gguf_file,) = gguf.path.glob("*.gguf")
+
+    res = api.evaluate([st.run_id, str(gguf_file)], max_new_tokens=40, limit=24, device="cpu", log=lambda m: None)
+    assert res["held_out"] and res["identity"] == dict(name="Nova", maker="Tunesmith Labs")
+    assert res["cases"] == len(res["rows"]) == 24
+    base, tuned, q8 = res["models"]
+    assert [m["name"] for m in res["models"]] == ["base", st.run_id, gguf_file.name]
+    assert base["scores"]["identity"] == 0.0
+    assert tuned["scores"]["identity"] >= 0.9
+    # q8_0 rounds each weight to 8 bits per block of 32 (with llama.cpp's own arithmetic besides): a near tie can
+    # flip a token, so a reply's wording may change (exact match 2 of 24 tuned, 1 of 24 q8_0 when measured), but not
+    # whether it names Nova and Tunesmith Labs: the identity scores agree exactly. The loss moved 0.5% (0.3639 ->
+    # 0.3622); 2% is allowed.
+    assert q8["scores"]["identity"] == tuned["scores"]["identity"]
+    assert abs(q8["loss"] - tuned["loss"]) < 0.02 * tuned["loss"] + 1e-3
+    assert tuned["loss"] < 0.5 * base["loss"] and tuned["perplexity"] < base["perplexity"]
+
+    saved = json.loads(open(res["saved"]["json"]).read())
+    assert saved["models"] == res["models"] and str(st.run_dir / "eval") in res["saved"]["json"]
+    with open(res["saved"]["csv"], newline="") as f:
+        lines = list(csv.DictReader(f))
+    assert len(lines) == 3 * res["cases"] and {"exact", "contains", "identity", "reply", "loss"} <= set(lines[0])
+    assert api.eval_results(st.run_id)[0]["models"] == res["models"]
+
+    out = subprocess.run(
+        [sys.executable, "-m", "engine", "eval", str(st.run_dir), "--no-base", "--limit", "3", "--no-save"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    printed = json.loads(out.stdout)
+    assert printed["cases"] == 3 and [m["name"] for m in printed["models"]] == [st.run_id]
+    assert "saved" not in printed
+
+
+def test_eval_without_questions_says_what_to_give(tiny_llama, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "engine", "eval", str(tiny_llama)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        "error: Give the questions to evaluate on (a data file), or pick a run that held some out for validation "
+        "(eval_fraction or eval_data)."
+    )
+    raw = tmp_path / "notes.txt"
+    raw.write_text("Just some text.\n\nMore text.\n")
+    with pytest.raises(api.UserError, match="notes.txt is raw data; evaluation takes chat rows"):
+        api.evaluate([str(tiny_llama)], str(raw), save=False)

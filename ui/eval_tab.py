@@ -1,0 +1,174 @@
+"""Evaluate tab: the base model, runs and exported GGUF files on the same questions, side by side (loss, perplexity,
+scores of the generated answers, the identity check, example rows; saved in the run's eval/ folder), and a comparison
+of two or more runs (the settings that differ, the loss curves on one plot, their latest eval scores). Also the
+validation series the Train tab's loss plot adds (`with_validation`)."""
+
+import gradio as gr
+import pandas as pd
+
+from engine import api
+from ui.chat_tab import run_choices
+
+EXAMPLES = 5  # example rows shown under the table
+
+
+def with_validation(frame, metrics: list[dict]):
+    """The Train tab's loss plot data with the validation loss added as its own series (steps that ran one)."""
+    points = [(m["step"], m["eval_loss"]) for m in metrics if m.get("eval_loss") is not None]
+    if frame is None or not points:
+        return frame
+    extra = pd.DataFrame(
+        {"step": [s for s, _ in points], "loss": [v for _, v in points], "series": ["validation"] * len(points)}
+    )
+    return pd.concat([frame, extra], ignore_index=True)
+
+
+def validation_lines(metrics: list[dict]) -> list[str]:
+    """The Train tab's status line on validation: the latest validation loss and the best one's step (its weights
+    are kept in the run's best/ folder, exportable)."""
+    evals = [m for m in metrics if m.get("eval_loss") is not None]
+    if not evals:
+        return []
+    best = min(evals, key=lambda m: m["eval_loss"])
+    return [
+        f"validation loss {evals[-1]['eval_loss']:.4f} · best {best['eval_loss']:.4f} at step {best['step']} "
+        "(kept in the run's best/ folder)"
+    ]
+
+
+def score_table(models: list[dict]) -> pd.DataFrame:
+    """One line per model: loss, perplexity and every score (a share of the cases, 0 to 1)."""
+    rows = []
+    for m in models:
+        loss = "" if m["loss"] is None else round(m["loss"], 4)
+        ppl = "" if m["perplexity"] is None else round(m["perplexity"], 2)
+        rows.append(
+            {"model": m["name"], "loss": loss, "perplexity": ppl, **{k: round(v, 3) for k, v in m["scores"].items()}}
+        )
+    return pd.DataFrame(rows)
+
+
+def example_table(results: dict) -> pd.DataFrame:
+    """The first EXAMPLES cases: question, reference and each model's reply."""
+    names = [m["name"] for m in results["models"]]
+    rows = [
+        {"question": r["prompt"], "reference": r["reference"], **{n: r["replies"][n] for n in names}}
+        for r in results["rows"][:EXAMPLES]
+    ]
+    return pd.DataFrame(rows)
+
+
+def run_evaluation(runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens=128):
+    """(summary markdown, score table, example rows) of an evaluation; errors become the summary."""
+    try:
+        sources = list(runs or []) + list(ggufs or [])
+        name, maker = (name or "").strip(), (maker or "").strip()
+        identity = (name, maker) if name and maker else None
+        res = api.evaluate(
+            sources,
+            (data or "").strip(),
+            bool(base),
+            regex=(regex or "").strip(),
+            identity=identity,
+            limit=int(limit or 0),
+            max_new_tokens=int(max_new_tokens or 128),
+        )
+    except api.UserError as e:
+        return f"**Evaluation failed:** {e}", None, None
+    what = "held-out rows of the run" if res["held_out"] else f"`{res['data']}`"
+    text = f"{res['cases']} questions from the {what}."
+    if res["identity"]:
+        text += f" Identity check: the answer names **{res['identity']['name']}** and **{res['identity']['maker']}**."
+    if res.get("saved"):
+        text += f"\n\nSaved to `{res['saved']['csv']}` and `results.json` beside it."
+    return text, score_table(res["models"]), example_table(res)
+
+
+def compare(runs):
+    """(settings diff, loss curves, eval scores, message) of two or more runs."""
+    try:
+        res = api.compare_runs(list(runs or []))
+    except api.UserError as e:
+        return None, None, None, f"**Comparison failed:** {e}"
+    settings = pd.DataFrame(
+        [
+            {"setting": k, **{run: str(v) for run, v in zip(res["runs"], values, strict=True)}}
+            for k, values in res["settings"].items()
+        ]
+    )
+    points = []
+    for c in res["curves"]:
+        points.append({"step": c["step"], "loss": c["loss"], "series": f"{c['run']} · train"})
+        if c["eval_loss"] is not None:
+            points.append({"step": c["step"], "loss": c["eval_loss"], "series": f"{c['run']} · validation"})
+    scores = pd.DataFrame(
+        [
+            {"run": run, **score_table(models).iloc[k].to_dict()}
+            for run, models in res["scores"].items()
+            for k in range(len(models))
+        ]
+    )
+    note = "" if len(scores) else "No run here has been evaluated yet: evaluate them above to see their scores."
+    return settings, pd.DataFrame(points) if points else None, scores if len(scores) else None, note
+
+
+def refresh():
+    """Fresh run and GGUF choices for both pickers."""
+    runs = run_choices()
+    return (
+        gr.Dropdown(choices=runs),
+        gr.Dropdown(choices=[str(p) for p in api.exported_gguf_files()]),
+        gr.Dropdown(choices=runs),
+    )
+
+
+def build() -> dict:
+    with gr.Tab("Evaluate"):
+        gr.Markdown(
+            "Did the tune work? Score the base model, your runs and their GGUF exports on the same questions: the "
+            "loss of the reference answers, and greedy answers checked against them."
+        )
+        with gr.Row():
+            runs = gr.Dropdown(run_choices(), multiselect=True, label="Runs to evaluate", allow_custom_value=True)
+            ggufs = gr.Dropdown(
+                [str(p) for p in api.exported_gguf_files()],
+                multiselect=True,
+                label="GGUF files",
+                allow_custom_value=True,
+            )
+            again = gr.Button("Refresh runs", scale=0)
+        with gr.Row():
+            base = gr.Checkbox(True, label="Include the base model")
+            data = gr.Textbox(label="Questions file (empty: the run's held-out rows)")
+            limit = gr.Number(50, label="Questions (at most)", precision=0, minimum=1)
+            new_tokens = gr.Number(128, label="Longest answer (tokens)", precision=0, minimum=1)
+        with gr.Accordion("Scoring", open=False):
+            regex = gr.Textbox(label="Also score: the answer matches this regex")
+            with gr.Row():
+                name = gr.Textbox(label="Identity name (found in identity data when empty)")
+                maker = gr.Textbox(label="Identity maker")
+        go = gr.Button("Evaluate", variant="primary")
+        summary = gr.Markdown()
+        table = gr.Dataframe(
+            headers=["model", "loss", "perplexity"],
+            label="Scores (loss: lower is better; scores: share of questions)",
+            interactive=False,
+        )
+        examples = gr.Dataframe(
+            headers=["question", "reference"], label="Example answers", interactive=False, wrap=True
+        )
+
+        gr.Markdown("### Compare runs")
+        with gr.Row():
+            pick = gr.Dropdown(run_choices(), multiselect=True, label="Runs to compare", allow_custom_value=True)
+            compare_btn = gr.Button("Compare", scale=0)
+        note = gr.Markdown()
+        settings = gr.Dataframe(headers=["setting"], label="Settings that differ", interactive=False)
+        curves = gr.LinePlot(None, x="step", y="loss", color="series", label="Loss curves")
+        scores = gr.Dataframe(headers=["run", "model"], label="Latest eval scores", interactive=False)
+
+    inputs = [runs, ggufs, base, data, regex, name, maker, limit, new_tokens]
+    go.click(run_evaluation, inputs, [summary, table, examples])
+    again.click(refresh, None, [runs, ggufs, pick])
+    compare_btn.click(compare, pick, [settings, curves, scores, note])
+    return dict(runs=runs, ggufs=ggufs, table=table, examples=examples, pick=pick, curves=curves, settings=settings)
