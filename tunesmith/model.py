@@ -34,8 +34,19 @@ LOAD_OPTIONS = {  # argument: (values that change nothing, what to do instead of
     "rope_scaling": ((None,), "RoPE is not stretched: keep max_seq_length within the model's context"),
     "fix_tokenizer": ((True,), "the tokenizer is always given a pad token (its EOS) when it has none"),
     "revision": ((None,), "give the hub id's default branch, or download the revision and pass its folder"),
-    "offload_folder": ((None,), "weights are not offloaded to disk: use load_in_4bit=True or a smaller model"),
-    "offload_enabled": ((False,), "weights are not offloaded: use load_in_4bit=True or a smaller model"),
+    "offload_folder": (
+        (None,),
+        "drop it: weights are never offloaded to disk; when the model does not fit the GPU, the memory plan streams "
+        "its layers from RAM by itself (see model.memory_plan)",
+    ),
+    # no library has these three (guides show them): what to write instead
+    "offload_enabled": (
+        (),
+        "no library has offload_enabled; drop it: the memory plan offloads and streams layers from RAM by itself "
+        "when the model does not fit the GPU (see model.memory_plan)",
+    ),
+    "load_in_3bit": ((), "no library trains 3-bit weights; write load_in_4bit=True (the smallest there is)"),
+    "model_name_or_path": ((), "the model argument is model_name: write model_name=... (or pass it first)"),
 }
 PREQUANTIZED = (
     "Tunesmith quantizes at load time and exports from the 16-bit weights, so load the original model "
@@ -142,7 +153,8 @@ class FastLanguageModel:
                 loads on the CPU with a log line saying so, as "auto" does, so a Colab cell runs unchanged; splitting
                 a model over devices ("balanced", a map per layer) is refused.
             trust_remote_code: run Python code shipped with the model; only for models you trust.
-            use_gradient_checkpointing: only with full_finetuning or an adapter folder; LoRA takes it in get_peft_model.
+            use_gradient_checkpointing: "unsloth"/True (the default) or False: with full_finetuning or an adapter
+                folder it applies here; with LoRA, get_peft_model's own argument decides (as in Unsloth).
             **kwargs: Unsloth options Tunesmith cannot honour raise a UserError naming the alternative, unless set to
                 their no-op value (load_in_8bit=False, fast_inference=False, token=None, ...).
 
@@ -176,10 +188,6 @@ class FastLanguageModel:
             return _with_adapter(model, adapter, use_gradient_checkpointing or "unsloth"), tokenizer
         if load_in_4bit and full_finetuning:
             raise UserError(f"{call}: full fine-tuning trains 16-bit weights; set load_in_4bit=False (or drop it).")
-        if use_gradient_checkpointing is not None and not full_finetuning:
-            raise UserError(
-                f"{call}: with LoRA, pass use_gradient_checkpointing to FastLanguageModel.get_peft_model instead."
-            )
         device = _device(device_map, call)
         four_bit = not full_finetuning if load_in_4bit is None else bool(load_in_4bit)
         method = "full" if full_finetuning else "qlora" if four_bit else "lora"
