@@ -173,15 +173,14 @@ def test_from_pretrained_refuses_what_it_cannot_honour(tiny_qwen3, kwargs, messa
         FastLanguageModel.from_pretrained(str(tiny_qwen3), **{"max_seq_length": 256, **kwargs})
 
 
-def test_pre_quantized_checkpoints_are_refused(tiny_qwen3, tmp_path):
-    folder = tmp_path / "qwen3-bnb-4bit"
+def test_other_stored_quantizations_are_refused(tiny_qwen3, tmp_path):
+    """bitsandbytes 4-bit checkpoints load for QLoRA (tests/test_prequantized.py); other quantizations are refused."""
+    folder = tmp_path / "qwen3-gptq"
     shutil.copytree(tiny_qwen3, folder)
     cfg = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**cfg, "quantization_config": {"load_in_4bit": True}}))
-    with pytest.raises(UserError, match="stored pre-quantized.*load the original model"):
+    (folder / "config.json").write_text(json.dumps({**cfg, "quantization_config": {"quant_method": "gptq"}}))
+    with pytest.raises(UserError, match="stored quantized \\(gptq\\).*load its 16-bit original"):
         FastLanguageModel.from_pretrained(str(folder), max_seq_length=256)
-    with pytest.raises(UserError, match="stored pre-quantized"):  # refused by name, before any download
-        FastLanguageModel.from_pretrained("unsloth/Qwen3-4B-Instruct-2507-unsloth-bnb-4bit")
 
 
 # ------------------------------------------------------------------------------------------------------------- LoRA

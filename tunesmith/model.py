@@ -48,10 +48,6 @@ LOAD_OPTIONS = {  # argument: (values that change nothing, what to do instead of
     "load_in_3bit": ((), "no library trains 3-bit weights; write load_in_4bit=True (the smallest there is)"),
     "model_name_or_path": ((), "the model argument is model_name: write model_name=... (or pass it first)"),
 }
-PREQUANTIZED = (
-    "Tunesmith quantizes at load time and exports from the 16-bit weights, so load the original model "
-    "(e.g. 'Qwen/Qwen3-4B-Instruct-2507', not '...-bnb-4bit')."
-)
 LORA_OPTIONS = {
     "bias": (("none",), 'bias terms are not trained: use bias="none"'),
     "loftq_config": ((None, {}), "LoftQ initialisation is not supported: drop loftq_config"),
@@ -139,8 +135,9 @@ class FastLanguageModel:
                 other arguments and the adapter on top, trainable, so the model is ready for more training or
                 for_inference (as Unsloth does; no get_peft_model call). The adapter folder's tokenizer is used when
                 it has one.
-                Pre-quantized checkpoints (e.g. "unsloth/...-bnb-4bit") are refused: Tunesmith quantizes the 16-bit
-                weights at load time and merges exports into them.
+                A bitsandbytes 4-bit checkpoint (e.g. "unsloth/...-bnb-4bit") loads as it is for QLoRA; exports merge
+                into its dequantized weights and name its 16-bit original where its files say which. Other stored
+                quantizations, and a 4-bit checkpoint with load_in_4bit=False or full_finetuning, are refused.
             max_seq_length: longest sequence the notebook will use; kept as `model.max_seq_length` and as the
                 tokenizer's `model_max_length` (its truncation length). Must fit the model's context.
             dtype: None picks bf16 on GPUs that have it, fp16 otherwise (T4), fp32 on the CPU; or torch.float16,
@@ -171,6 +168,7 @@ class FastLanguageModel:
             read_config,
             resolve_model,
         )
+        from engine.models.prequantized import check_trainable, original_model
 
         call = "FastLanguageModel.from_pretrained"
         options.check(call, kwargs, LOAD_OPTIONS, FastLanguageModel.from_pretrained)
@@ -210,11 +208,8 @@ class FastLanguageModel:
 
             if use_torch_loss():  # TRITON_INTERPRET is left as the user set it: kernels/ picks its references too
                 print("loss: TRL's trainers compute it in torch on the CPU (its Triton kernel needs a GPU)")
-        if "bnb-4bit" in model_name.lower():  # refused before a download, like the config check below
-            raise UserError(f"'{model_name}' is stored pre-quantized; {PREQUANTIZED}")
         path = resolve_model(model_name).resolve()
-        if "quantization_config" in read_config(path):
-            raise UserError(f"'{model_name}' is stored pre-quantized; {PREQUANTIZED}")
+        check_trainable(model_name, read_config(path), method, original_model(path, read_config(path)))
         context = _context_length(path)
         if context and max_seq_length > context:
             raise UserError(
