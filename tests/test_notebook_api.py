@@ -644,3 +644,24 @@ def test_torch_loss_matches_trls_kernel(softcap, outputs):
     grads = [torch.autograd.grad(out[0].sum() + out[1].sum(), (hidden, weight)) for out in (ours, theirs)]
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------------------ memory
+
+
+def test_from_pretrained_plans_memory_like_the_cli(tiny_qwen3, capsys, monkeypatch):
+    """The notebook API asks the CLI's planner (engine.models.loading.plan_memory) for max_seq_length on this machine
+    and loads as it says; when nothing fits, the plan's reason and figures are the error."""
+    from engine.core.hardware import choose_placement
+    from engine.models.loading import plan_memory, read_config
+
+    model, _ = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=256)
+    spec = model.tunesmith_spec
+    cli = plan_memory(spec, read_config(tiny_qwen3), choose_placement(spec.device, spec.dtype))
+    assert model.memory_plan == cli and cli.describe() in capsys.readouterr().out
+    peft = FastLanguageModel.get_peft_model(model, r=4)
+    assert peft.memory_plan is model.memory_plan
+
+    monkeypatch.setenv("TUNESMITH_RAM_GIB", "0.0001")  # plan for a machine with (almost) no free RAM
+    with pytest.raises(UserError, match=r"needs about \d+\.\d GiB of host RAM.*and 0\.0 GiB is free"):
+        FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=256)

@@ -139,7 +139,11 @@ class FastLanguageModel:
                 into its dequantized weights and name its 16-bit original where its files say which. Other stored
                 quantizations, and a 4-bit checkpoint with load_in_4bit=False or full_finetuning, are refused.
             max_seq_length: longest sequence the notebook will use; kept as `model.max_seq_length` and as the
-                tokenizer's `model_max_length` (its truncation length). Must fit the model's context.
+                tokenizer's `model_max_length` (its truncation length). Must fit the model's context. The memory plan
+                is made from it and the card, as the CLI makes it (engine.models.loading.plan_memory, with the JobSpec
+                defaults for batch size and LoRA rank): checkpointing, activation offload and, for a model larger
+                than the GPU, layers streamed from host RAM; kept as `model.memory_plan`. A run no plan fits raises a
+                UserError with the plan's reason and figures.
             dtype: None picks bf16 on GPUs that have it, fp16 otherwise (T4), fp32 on the CPU; or torch.float16,
                 torch.bfloat16, torch.float32.
             load_in_4bit: 4-bit NF4 weights (QLoRA). None means True, except with full_finetuning.
@@ -161,14 +165,12 @@ class FastLanguageModel:
         from engine.core.hardware import choose_placement
         from engine.data.tokenizing import ensure_chat_template
         from engine.models.loading import (
-            load_model,
+            load_planned,
             load_tokenizer,
-            name_after_source,
             prepare_for_training,
             read_config,
             resolve_model,
         )
-        from engine.models.prequantized import check_trainable, original_model
 
         call = "FastLanguageModel.from_pretrained"
         options.check(call, kwargs, LOAD_OPTIONS, FastLanguageModel.from_pretrained)
@@ -209,7 +211,6 @@ class FastLanguageModel:
             if use_torch_loss():  # TRITON_INTERPRET is left as the user set it: kernels/ picks its references too
                 print("loss: TRL's trainers compute it in torch on the CPU (its Triton kernel needs a GPU)")
         path = resolve_model(model_name).resolve()
-        check_trainable(model_name, read_config(path), method, original_model(path, read_config(path)))
         context = _context_length(path)
         if context and max_seq_length > context:
             raise UserError(
@@ -220,10 +221,12 @@ class FastLanguageModel:
         tokenizer = load_tokenizer(path, trust_remote_code)
         print(f"chat template: {ensure_chat_template(tokenizer)}")
         tokenizer.model_max_length = max_seq_length
-        model = load_model(path, placement, four_bit=four_bit, trust_remote_code=trust_remote_code)
-        name_after_source(model, model_name)
+        # the CLI's memory plan (checkpointing, activation offload, weight streaming) for max_seq_length on this
+        # card; a UserError with the plan's reason and figures when nothing fits
+        model, memory = load_planned(spec, path, read_config(path), placement)
         if full_finetuning:
-            model = prepare_for_training(model, spec)
+            model = prepare_for_training(model, spec, memory=memory)
+        model.memory_plan = memory
         model.tunesmith_spec = spec
         model.max_seq_length = max_seq_length
         _add_save_methods(model)
@@ -291,7 +294,7 @@ class FastLanguageModel:
             seed=random_state,
         )
         torch.manual_seed(random_state)
-        peft_model = prepare_for_training(model, spec)
+        peft_model = prepare_for_training(model, spec, memory=getattr(model, "memory_plan", None))
         if model.get_input_embeddings().weight.dtype == torch.float16:
             _keep_trainable_fp32(peft_model)
         peft_model.tunesmith_spec = spec

@@ -165,6 +165,13 @@ def load_for_training(spec, placement: Placement, log=print):
     )
     tok = load_tokenizer(path, spec.trust_remote_code)
     log(f"chat template: {ensure_chat_template(tok, spec.chat_template)}")
+    model, memory = load_planned(spec, path, cfg, placement, log)
+    return prepare_for_training(model, spec, log, memory), tok
+
+
+def load_planned(spec, path: Path, cfg: dict, placement: Placement, log=print):
+    """(model, memory plan): the plan for `spec` on this machine (plan_memory; a UserError with its reason and figures
+    when nothing fits), and the model at `path` loaded as it says, its layers streamed from host RAM when they must."""
     from engine.models.prequantized import check_trainable, original_model
 
     stored_4bit = check_trainable(spec.model, cfg, spec.method, original_model(path, cfg))
@@ -183,7 +190,7 @@ def load_for_training(spec, placement: Placement, log=print):
     else:
         model = load_model(path, placement, four_bit=four_bit, trust_remote_code=spec.trust_remote_code)
     name_after_source(model, spec.model)
-    return prepare_for_training(model, spec, log, memory), tok
+    return model, memory
 
 
 def plan_memory(spec, cfg: dict, placement: Placement):
