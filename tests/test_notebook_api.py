@@ -500,19 +500,49 @@ def test_save_lora_and_refusals(tiny_qwen3, tmp_path):
     (tmp_path / "taken").mkdir()
     for call, kwargs, message in [
         (model.save_pretrained_merged, dict(save_method="merged_4bit"), "merged_4bit.*q4_k_m"),
-        (model.save_pretrained_merged, dict(push_to_hub=True), "engine.models.hub.push"),
-        (model.save_pretrained_merged, dict(token="hf_abc"), "HF_TOKEN"),
+        (model.save_pretrained_merged, dict(push_to_hub=True), "model.push_to_hub_merged"),
+        (model.save_pretrained_merged, dict(token="hf_abc"), "pass it to push_to_hub_merged.*or set HF_TOKEN"),
         (model.save_pretrained_merged, dict(safe_serialization=False), "safetensors"),
         (model.save_pretrained_merged, dict(max_shard_size="1GB"), "no 'max_shard_size' argument"),
         (model.save_pretrained_gguf, dict(quantization_method="q2_k"), "q2_k.*f16, bf16, q8_0, q4_k_m"),
         (model.save_pretrained_gguf, dict(quantization_method=["q4_k_m", "q8_0"]), "one quantization_method"),
-        (model.save_pretrained_gguf, dict(push_to_hub=True), "engine.models.hub.push"),
+        (model.save_pretrained_gguf, dict(push_to_hub=True), "push_to_hub_gguf"),
     ]:
         with pytest.raises(UserError, match=message):
             call(tmp_path / "new", tok, **kwargs)
     with pytest.raises(UserError, match="already exists"):
         model.save_pretrained_gguf(tmp_path / "taken", tok, quantization_method="q8_0")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "taken"]
+
+
+def test_push_to_hub_token_from_argument_or_env_never_logged(tiny_qwen3, tmp_path, monkeypatch, capsys):
+    """Offline (conftest sets HF_HUB_OFFLINE) the upload fails for real after the export: a clear sentence, the
+    export kept for another push, and the token in no output, error or file. Without a token nothing is exported."""
+    secret = "hf_tunesmithNotebookToken0123456789abcXYZ"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=False)
+    model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8)
+    with pytest.raises(UserError, match="needs a write token: set HF_TOKEN"):
+        model.push_to_hub_merged("someone/tiny-merged", tok)
+    with pytest.raises(UserError, match="'not a repo' is not a hub repository name"):
+        model.push_to_hub_gguf("not a repo", tok, token=secret)
+    assert list(tmp_path.iterdir()) == []
+
+    with pytest.raises(UserError) as merged_err:
+        model.push_to_hub_merged("someone/tiny-merged", tok, save_method="merged_16bit", token=secret, private=True)
+    monkeypatch.setenv("HF_TOKEN", secret)
+    with pytest.raises(UserError) as gguf_err:
+        model.push_to_hub_gguf("someone/tiny-gguf", tok, quantization_method="f16")
+    for err, name in ((merged_err, "tiny-merged"), (gguf_err, "tiny-gguf")):
+        assert f"Uploading '{name}' to 'someone/{name}' failed" in str(err.value)
+        assert f"The export is complete in '{tmp_path / name}'" in str(err.value) and err.value.__cause__ is None
+    assert "model.safetensors" in os.listdir(tmp_path / "tiny-merged")
+    assert any(f.endswith(".gguf") for f in os.listdir(tmp_path / "tiny-gguf"))
+    out = capsys.readouterr()
+    assert secret not in out.out + out.err + str(merged_err.value) + str(gguf_err.value)
+    for p in tmp_path.rglob("*"):
+        assert not p.is_file() or secret.encode() not in p.read_bytes(), p
 
 
 def test_gguf_methods_are_engine_formats():

@@ -404,10 +404,13 @@ def _keep_trainable_fp32(model) -> None:
 
 
 def _add_save_methods(model) -> None:
-    """model.save_pretrained_merged / save_pretrained_gguf, bound to this instance (no class is changed)."""
+    """model.save_pretrained_merged / save_pretrained_gguf / push_to_hub_merged / push_to_hub_gguf, bound to this
+    instance (no class is changed)."""
     from functools import partial
 
     from tunesmith import save
 
     model.save_pretrained_merged = partial(save.save_pretrained_merged, model)
     model.save_pretrained_gguf = partial(save.save_pretrained_gguf, model)
+    model.push_to_hub_merged = partial(save.push_to_hub_merged, model)
+    model.push_to_hub_gguf = partial(save.push_to_hub_gguf, model)
