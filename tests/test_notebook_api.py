@@ -151,7 +151,6 @@ def test_full_finetuning_trains_every_weight_and_saves_merged(tiny_llama, tmp_pa
         (dict(fast_inference=True), "vLLM is not used.*for_inference"),
         (dict(token="hf_abc"), "HF_TOKEN"),
         (dict(rope_scaling={"type": "linear", "factor": 2.0}), "RoPE is not stretched"),
-        (dict(fix_tokenizer=False), "pad token"),
         (dict(offload_folder="./offload"), "never offloaded to disk.*streams its layers from RAM"),
         (dict(offload_enabled=True), "no library has offload_enabled; drop it"),
         (dict(offload_enabled=False), "no library has offload_enabled; drop it"),

@@ -21,21 +21,9 @@ ORIGINAL = "Qwen/Qwen3-4B-Instruct-2507"
 
 @pytest.fixture(scope="module")
 def bnb_4bit(tiny_qwen3, tmp_path_factory):
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from tiny import make_bnb_4bit
 
-    folder = tmp_path_factory.mktemp("models") / "tiny-qwen3-bnb-4bit"
-    quant = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
-    )
-    model = AutoModelForCausalLM.from_pretrained(tiny_qwen3, quantization_config=quant, device_map={"": "cpu"})
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(tiny_qwen3).save_pretrained(folder)
-    cfg = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**cfg, "_name_or_path": ORIGINAL}))
-    return folder
+    return make_bnb_4bit(tiny_qwen3, tmp_path_factory.mktemp("models") / "tiny-qwen3-bnb-4bit", ORIGINAL)
 
 
 def trained(model, tok, folder, steps=8):

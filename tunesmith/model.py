@@ -32,7 +32,8 @@ LOAD_OPTIONS = {  # argument: (values that change nothing, what to do instead of
     ),
     "token": ((None,), "set the HF_TOKEN environment variable (or run `hf auth login`) for gated or private models"),
     "rope_scaling": ((None,), "RoPE is not stretched: keep max_seq_length within the model's context"),
-    "fix_tokenizer": ((True,), "the tokenizer is always given a pad token (its EOS) when it has none"),
+    # either value: the tokenizer is changed only where it has no pad token (it gets its EOS), which training needs
+    "fix_tokenizer": ((True, False), ""),
     "revision": ((None,), "give the hub id's default branch, or download the revision and pass its folder"),
     "offload_folder": (
         (None,),
@@ -116,7 +117,7 @@ class FastLanguageModel:
 
     @staticmethod
     def from_pretrained(
-        model_name: str,
+        model_name: str | None = None,
         max_seq_length: int = 2048,
         dtype=None,
         load_in_4bit: bool | None = None,
@@ -174,6 +175,8 @@ class FastLanguageModel:
 
         call = "FastLanguageModel.from_pretrained"
         options.check(call, kwargs, LOAD_OPTIONS, FastLanguageModel.from_pretrained)
+        if model_name is None:
+            raise UserError(f"{call}: give the model as model_name=... (a hub id or a model folder).")
         adapter = Path(os.path.expanduser(model_name))
         if (adapter / "adapter_config.json").is_file() and not (adapter / "config.json").is_file():
             if full_finetuning:
