@@ -151,13 +151,14 @@ def test_full_finetuning_trains_every_weight_and_saves_merged(tiny_llama, tmp_pa
         (dict(fast_inference=True), "vLLM is not used.*for_inference"),
         (dict(token="hf_abc"), "HF_TOKEN"),
         (dict(rope_scaling={"type": "linear", "factor": 2.0}), "RoPE is not stretched"),
-        (dict(fix_tokenizer=False), "pad token"),
-        (dict(offload_folder="./offload"), "not offloaded"),
-        (dict(offload_enabled=True), "not offloaded"),
+        (dict(offload_folder="./offload"), "never offloaded to disk.*streams its layers from RAM"),
+        (dict(offload_enabled=True), "no library has offload_enabled; drop it"),
+        (dict(offload_enabled=False), "no library has offload_enabled; drop it"),
+        (dict(load_in_3bit=True), "no library trains 3-bit weights; write load_in_4bit=True"),
+        (dict(model_name_or_path="Qwen/Qwen3-4B"), "write model_name="),
         (dict(revision="main"), "revision"),
         (dict(gpu_memory_utilization=0.5), "no 'gpu_memory_utilization' argument; it takes model_name"),
         (dict(load_in_4bit=True, full_finetuning=True), "full fine-tuning trains 16-bit weights"),
-        (dict(use_gradient_checkpointing=True), "pass use_gradient_checkpointing to FastLanguageModel.get_peft"),
         (dict(full_finetuning=True, use_gradient_checkpointing="sometimes"), 'use "unsloth", True or False'),
         (dict(device_map="balanced"), "device_map='balanced' is not supported; the model goes on one device"),
         (dict(device_map={"model": 0, "lm_head": "cpu"}), "the model goes on one device"),
@@ -171,15 +172,14 @@ def test_from_pretrained_refuses_what_it_cannot_honour(tiny_qwen3, kwargs, messa
         FastLanguageModel.from_pretrained(str(tiny_qwen3), **{"max_seq_length": 256, **kwargs})
 
 
-def test_pre_quantized_checkpoints_are_refused(tiny_qwen3, tmp_path):
-    folder = tmp_path / "qwen3-bnb-4bit"
+def test_other_stored_quantizations_are_refused(tiny_qwen3, tmp_path):
+    """bitsandbytes 4-bit checkpoints load for QLoRA (tests/test_prequantized.py); other quantizations are refused."""
+    folder = tmp_path / "qwen3-gptq"
     shutil.copytree(tiny_qwen3, folder)
     cfg = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**cfg, "quantization_config": {"load_in_4bit": True}}))
-    with pytest.raises(UserError, match="stored pre-quantized.*load the original model"):
+    (folder / "config.json").write_text(json.dumps({**cfg, "quantization_config": {"quant_method": "gptq"}}))
+    with pytest.raises(UserError, match="stored quantized \\(gptq\\).*load its 16-bit original"):
         FastLanguageModel.from_pretrained(str(folder), max_seq_length=256)
-    with pytest.raises(UserError, match="stored pre-quantized"):  # refused by name, before any download
-        FastLanguageModel.from_pretrained("unsloth/Qwen3-4B-Instruct-2507-unsloth-bnb-4bit")
 
 
 # ------------------------------------------------------------------------------------------------------------- LoRA
@@ -499,19 +499,49 @@ def test_save_lora_and_refusals(tiny_qwen3, tmp_path):
     (tmp_path / "taken").mkdir()
     for call, kwargs, message in [
         (model.save_pretrained_merged, dict(save_method="merged_4bit"), "merged_4bit.*q4_k_m"),
-        (model.save_pretrained_merged, dict(push_to_hub=True), "engine.models.hub.push"),
-        (model.save_pretrained_merged, dict(token="hf_abc"), "HF_TOKEN"),
+        (model.save_pretrained_merged, dict(push_to_hub=True), "model.push_to_hub_merged"),
+        (model.save_pretrained_merged, dict(token="hf_abc"), "pass it to push_to_hub_merged.*or set HF_TOKEN"),
         (model.save_pretrained_merged, dict(safe_serialization=False), "safetensors"),
         (model.save_pretrained_merged, dict(max_shard_size="1GB"), "no 'max_shard_size' argument"),
         (model.save_pretrained_gguf, dict(quantization_method="q2_k"), "q2_k.*f16, bf16, q8_0, q4_k_m"),
         (model.save_pretrained_gguf, dict(quantization_method=["q4_k_m", "q8_0"]), "one quantization_method"),
-        (model.save_pretrained_gguf, dict(push_to_hub=True), "engine.models.hub.push"),
+        (model.save_pretrained_gguf, dict(push_to_hub=True), "push_to_hub_gguf"),
     ]:
         with pytest.raises(UserError, match=message):
             call(tmp_path / "new", tok, **kwargs)
     with pytest.raises(UserError, match="already exists"):
         model.save_pretrained_gguf(tmp_path / "taken", tok, quantization_method="q8_0")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "taken"]
+
+
+def test_push_to_hub_token_from_argument_or_env_never_logged(tiny_qwen3, tmp_path, monkeypatch, capsys):
+    """Offline (conftest sets HF_HUB_OFFLINE) the upload fails for real after the export: a clear sentence, the
+    export kept for another push, and the token in no output, error or file. Without a token nothing is exported."""
+    secret = "hf_tunesmithNotebookToken0123456789abcXYZ"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=False)
+    model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8)
+    with pytest.raises(UserError, match="needs a write token: set HF_TOKEN"):
+        model.push_to_hub_merged("someone/tiny-merged", tok)
+    with pytest.raises(UserError, match="'not a repo' is not a hub repository name"):
+        model.push_to_hub_gguf("not a repo", tok, token=secret)
+    assert list(tmp_path.iterdir()) == []
+
+    with pytest.raises(UserError) as merged_err:
+        model.push_to_hub_merged("someone/tiny-merged", tok, save_method="merged_16bit", token=secret, private=True)
+    monkeypatch.setenv("HF_TOKEN", secret)
+    with pytest.raises(UserError) as gguf_err:
+        model.push_to_hub_gguf("someone/tiny-gguf", tok, quantization_method="f16")
+    for err, name in ((merged_err, "tiny-merged"), (gguf_err, "tiny-gguf")):
+        assert f"Uploading '{name}' to 'someone/{name}' failed" in str(err.value)
+        assert f"The export is complete in '{tmp_path / name}'" in str(err.value) and err.value.__cause__ is None
+    assert "model.safetensors" in os.listdir(tmp_path / "tiny-merged")
+    assert any(f.endswith(".gguf") for f in os.listdir(tmp_path / "tiny-gguf"))
+    out = capsys.readouterr()
+    assert secret not in out.out + out.err + str(merged_err.value) + str(gguf_err.value)
+    for p in tmp_path.rglob("*"):
+        assert not p.is_file() or secret.encode() not in p.read_bytes(), p
 
 
 def test_gguf_methods_are_engine_formats():
@@ -643,3 +673,24 @@ def test_torch_loss_matches_trls_kernel(softcap, outputs):
     grads = [torch.autograd.grad(out[0].sum() + out[1].sum(), (hidden, weight)) for out in (ours, theirs)]
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------------------ memory
+
+
+def test_from_pretrained_plans_memory_like_the_cli(tiny_qwen3, capsys, monkeypatch):
+    """The notebook API asks the CLI's planner (engine.models.loading.plan_memory) for max_seq_length on this machine
+    and loads as it says; when nothing fits, the plan's reason and figures are the error."""
+    from engine.core.hardware import choose_placement
+    from engine.models.loading import plan_memory, read_config
+
+    model, _ = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=256)
+    spec = model.tunesmith_spec
+    cli = plan_memory(spec, read_config(tiny_qwen3), choose_placement(spec.device, spec.dtype))
+    assert model.memory_plan == cli and cli.describe() in capsys.readouterr().out
+    peft = FastLanguageModel.get_peft_model(model, r=4)
+    assert peft.memory_plan is model.memory_plan
+
+    monkeypatch.setenv("TUNESMITH_RAM_GIB", "0.0001")  # plan for a machine with (almost) no free RAM
+    with pytest.raises(UserError, match=r"needs about \d+\.\d GiB of host RAM.*and 0\.0 GiB is free"):
+        FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=256)

@@ -245,6 +245,45 @@ def make_model(
     return path
 
 
+def make_bnb_4bit(
+    source: str | Path, path: str | Path, original: str | None = None, context: int | None = None
+) -> Path:
+    """Save `source` (a model folder) quantized with bitsandbytes to 4-bit NF4 on the CPU, as a pre-quantized
+    "...-bnb-4bit" checkpoint; `original` is written as config.json's _name_or_path (the 16-bit model it came from, as
+    Unsloth's checkpoints name it) and `context` as its max_position_embeddings."""
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    path = Path(path)
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+    model = AutoModelForCausalLM.from_pretrained(source, quantization_config=quant, device_map={"": "cpu"})
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(source).save_pretrained(path)
+    cfg = json.loads((path / "config.json").read_text())
+    cfg.update({"_name_or_path": original} if original else {})
+    cfg.update({"max_position_embeddings": context} if context else {})
+    (path / "config.json").write_text(json.dumps(cfg, indent=2))
+    return path
+
+
+def with_context(source: str | Path, path: str | Path, context: int) -> Path:
+    """A copy of the model folder `source` whose config allows `context` positions (RoPE needs no more weights)."""
+    import json
+    import shutil
+
+    shutil.copytree(source, path)
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    (Path(path) / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": context}, indent=2))
+    return Path(path)
+
+
 QWEN3_06B = dict(  # Qwen/Qwen3-0.6B's shape, random weights: the GPU decode tests and bench/decode_agreement.py
     hidden_size=1024,
     intermediate_size=3072,

@@ -12,12 +12,19 @@ Porting a notebook means changing its imports:
     model.save_pretrained_merged("out-16bit", tokenizer, save_method="merged_16bit")
     model.save_pretrained_gguf("out-gguf", tokenizer, quantization_method="q4_k_m")
 
+Importing tunesmith also lets the older TRL / transformers spellings those notebooks use (SFTTrainer(tokenizer=...,
+max_seq_length=...), TrainingArguments(warmup_ratio=...), ...) run on the installed versions: tunesmith.compat
+translates each, with a log line.
+
 An option Tunesmith cannot honour raises engine.core.errors.UserError with what to do instead; none is silently ignored.
 """
 
 from engine.core.errors import UserError
+from tunesmith import compat
 from tunesmith.chat_templates import get_chat_template, standardize_sharegpt, train_on_responses_only
 from tunesmith.model import FastLanguageModel, is_bfloat16_supported
+
+compat.install()
 
 __all__ = [
     "FastLanguageModel",

@@ -32,15 +32,23 @@ LOAD_OPTIONS = {  # argument: (values that change nothing, what to do instead of
     ),
     "token": ((None,), "set the HF_TOKEN environment variable (or run `hf auth login`) for gated or private models"),
     "rope_scaling": ((None,), "RoPE is not stretched: keep max_seq_length within the model's context"),
-    "fix_tokenizer": ((True,), "the tokenizer is always given a pad token (its EOS) when it has none"),
+    # either value: the tokenizer is changed only where it has no pad token (it gets its EOS), which training needs
+    "fix_tokenizer": ((True, False), ""),
     "revision": ((None,), "give the hub id's default branch, or download the revision and pass its folder"),
-    "offload_folder": ((None,), "weights are not offloaded to disk: use load_in_4bit=True or a smaller model"),
-    "offload_enabled": ((False,), "weights are not offloaded: use load_in_4bit=True or a smaller model"),
+    "offload_folder": (
+        (None,),
+        "drop it: weights are never offloaded to disk; when the model does not fit the GPU, the memory plan streams "
+        "its layers from RAM by itself (see model.memory_plan)",
+    ),
+    # no library has these three (guides show them): what to write instead
+    "offload_enabled": (
+        (),
+        "no library has offload_enabled; drop it: the memory plan offloads and streams layers from RAM by itself "
+        "when the model does not fit the GPU (see model.memory_plan)",
+    ),
+    "load_in_3bit": ((), "no library trains 3-bit weights; write load_in_4bit=True (the smallest there is)"),
+    "model_name_or_path": ((), "the model argument is model_name: write model_name=... (or pass it first)"),
 }
-PREQUANTIZED = (
-    "Tunesmith quantizes at load time and exports from the 16-bit weights, so load the original model "
-    "(e.g. 'Qwen/Qwen3-4B-Instruct-2507', not '...-bnb-4bit')."
-)
 LORA_OPTIONS = {
     "bias": (("none",), 'bias terms are not trained: use bias="none"'),
     "loftq_config": ((None, {}), "LoftQ initialisation is not supported: drop loftq_config"),
@@ -109,7 +117,7 @@ class FastLanguageModel:
 
     @staticmethod
     def from_pretrained(
-        model_name: str,
+        model_name: str | None = None,
         max_seq_length: int = 2048,
         dtype=None,
         load_in_4bit: bool | None = None,
@@ -128,10 +136,15 @@ class FastLanguageModel:
                 other arguments and the adapter on top, trainable, so the model is ready for more training or
                 for_inference (as Unsloth does; no get_peft_model call). The adapter folder's tokenizer is used when
                 it has one.
-                Pre-quantized checkpoints (e.g. "unsloth/...-bnb-4bit") are refused: Tunesmith quantizes the 16-bit
-                weights at load time and merges exports into them.
+                A bitsandbytes 4-bit checkpoint (e.g. "unsloth/...-bnb-4bit") loads as it is for QLoRA; exports merge
+                into its dequantized weights and name its 16-bit original where its files say which. Other stored
+                quantizations, and a 4-bit checkpoint with load_in_4bit=False or full_finetuning, are refused.
             max_seq_length: longest sequence the notebook will use; kept as `model.max_seq_length` and as the
-                tokenizer's `model_max_length` (its truncation length). Must fit the model's context.
+                tokenizer's `model_max_length` (its truncation length). Must fit the model's context. The memory plan
+                is made from it and the card, as the CLI makes it (engine.models.loading.plan_memory, with the JobSpec
+                defaults for batch size and LoRA rank): checkpointing, activation offload and, for a model larger
+                than the GPU, layers streamed from host RAM; kept as `model.memory_plan`. A run no plan fits raises a
+                UserError with the plan's reason and figures.
             dtype: None picks bf16 on GPUs that have it, fp16 otherwise (T4), fp32 on the CPU; or torch.float16,
                 torch.bfloat16, torch.float32.
             load_in_4bit: 4-bit NF4 weights (QLoRA). None means True, except with full_finetuning.
@@ -142,7 +155,8 @@ class FastLanguageModel:
                 loads on the CPU with a log line saying so, as "auto" does, so a Colab cell runs unchanged; splitting
                 a model over devices ("balanced", a map per layer) is refused.
             trust_remote_code: run Python code shipped with the model; only for models you trust.
-            use_gradient_checkpointing: only with full_finetuning or an adapter folder; LoRA takes it in get_peft_model.
+            use_gradient_checkpointing: "unsloth"/True (the default) or False: with full_finetuning or an adapter
+                folder it applies here; with LoRA, get_peft_model's own argument decides (as in Unsloth).
             **kwargs: Unsloth options Tunesmith cannot honour raise a UserError naming the alternative, unless set to
                 their no-op value (load_in_8bit=False, fast_inference=False, token=None, ...).
 
@@ -152,9 +166,8 @@ class FastLanguageModel:
         from engine.core.hardware import choose_placement
         from engine.data.tokenizing import ensure_chat_template
         from engine.models.loading import (
-            load_model,
+            load_planned,
             load_tokenizer,
-            name_after_source,
             prepare_for_training,
             read_config,
             resolve_model,
@@ -162,6 +175,8 @@ class FastLanguageModel:
 
         call = "FastLanguageModel.from_pretrained"
         options.check(call, kwargs, LOAD_OPTIONS, FastLanguageModel.from_pretrained)
+        if model_name is None:
+            raise UserError(f"{call}: give the model as model_name=... (a hub id or a model folder).")
         adapter = Path(os.path.expanduser(model_name))
         if (adapter / "adapter_config.json").is_file() and not (adapter / "config.json").is_file():
             if full_finetuning:
@@ -176,10 +191,6 @@ class FastLanguageModel:
             return _with_adapter(model, adapter, use_gradient_checkpointing or "unsloth"), tokenizer
         if load_in_4bit and full_finetuning:
             raise UserError(f"{call}: full fine-tuning trains 16-bit weights; set load_in_4bit=False (or drop it).")
-        if use_gradient_checkpointing is not None and not full_finetuning:
-            raise UserError(
-                f"{call}: with LoRA, pass use_gradient_checkpointing to FastLanguageModel.get_peft_model instead."
-            )
         device = _device(device_map, call)
         four_bit = not full_finetuning if load_in_4bit is None else bool(load_in_4bit)
         method = "full" if full_finetuning else "qlora" if four_bit else "lora"
@@ -202,11 +213,7 @@ class FastLanguageModel:
 
             if use_torch_loss():  # TRITON_INTERPRET is left as the user set it: kernels/ picks its references too
                 print("loss: TRL's trainers compute it in torch on the CPU (its Triton kernel needs a GPU)")
-        if "bnb-4bit" in model_name.lower():  # refused before a download, like the config check below
-            raise UserError(f"'{model_name}' is stored pre-quantized; {PREQUANTIZED}")
         path = resolve_model(model_name).resolve()
-        if "quantization_config" in read_config(path):
-            raise UserError(f"'{model_name}' is stored pre-quantized; {PREQUANTIZED}")
         context = _context_length(path)
         if context and max_seq_length > context:
             raise UserError(
@@ -217,10 +224,12 @@ class FastLanguageModel:
         tokenizer = load_tokenizer(path, trust_remote_code)
         print(f"chat template: {ensure_chat_template(tokenizer)}")
         tokenizer.model_max_length = max_seq_length
-        model = load_model(path, placement, four_bit=four_bit, trust_remote_code=trust_remote_code)
-        name_after_source(model, model_name)
+        # the CLI's memory plan (checkpointing, activation offload, weight streaming) for max_seq_length on this
+        # card; a UserError with the plan's reason and figures when nothing fits
+        model, memory = load_planned(spec, path, read_config(path), placement)
         if full_finetuning:
-            model = prepare_for_training(model, spec)
+            model = prepare_for_training(model, spec, memory=memory)
+        model.memory_plan = memory
         model.tunesmith_spec = spec
         model.max_seq_length = max_seq_length
         _add_save_methods(model)
@@ -288,7 +297,7 @@ class FastLanguageModel:
             seed=random_state,
         )
         torch.manual_seed(random_state)
-        peft_model = prepare_for_training(model, spec)
+        peft_model = prepare_for_training(model, spec, memory=getattr(model, "memory_plan", None))
         if model.get_input_embeddings().weight.dtype == torch.float16:
             _keep_trainable_fp32(peft_model)
         peft_model.tunesmith_spec = spec
@@ -398,10 +407,13 @@ def _keep_trainable_fp32(model) -> None:
 
 
 def _add_save_methods(model) -> None:
-    """model.save_pretrained_merged / save_pretrained_gguf, bound to this instance (no class is changed)."""
+    """model.save_pretrained_merged / save_pretrained_gguf / push_to_hub_merged / push_to_hub_gguf, bound to this
+    instance (no class is changed)."""
     from functools import partial
 
     from tunesmith import save
 
     model.save_pretrained_merged = partial(save.save_pretrained_merged, model)
     model.save_pretrained_gguf = partial(save.save_pretrained_gguf, model)
+    model.push_to_hub_merged = partial(save.push_to_hub_merged, model)
+    model.push_to_hub_gguf = partial(save.push_to_hub_gguf, model)

@@ -1,4 +1,5 @@
-"""model.save_pretrained_merged and model.save_pretrained_gguf, through the engine's exports (engine.export.merge).
+"""model.save_pretrained_merged / save_pretrained_gguf, through the engine's exports (engine.export.merge), and
+push_to_hub_merged / push_to_hub_gguf, which upload such an export with engine.models.hub.push.
 
 The trained part of the model (the LoRA adapter, or every weight after full fine-tuning) is saved with the tokenizer
 to a hidden folder beside the destination, and engine.export.merge builds the result from it exactly as it does for a
@@ -28,13 +29,11 @@ GGUF_METHODS = {
     "quantized": "gguf-q4_k_m",
 }
 SAVE_OPTIONS = {
-    "push_to_hub": (
-        (False,),
-        "save to a folder first, then upload it with engine.models.hub.push(folder, 'user/repo')",
-    ),
-    "token": ((None,), "set the HF_TOKEN environment variable for uploads"),
+    "push_to_hub": ((False,), "upload with model.push_to_hub_merged / push_to_hub_gguf('user/repo', tokenizer, ...)"),
+    "token": ((None,), "a token is for uploads: pass it to push_to_hub_merged / push_to_hub_gguf, or set HF_TOKEN"),
     "safe_serialization": ((True,), "weights are always written as safetensors"),
 }
+PUSH_OPTIONS = {k: v for k, v in SAVE_OPTIONS.items() if k != "token"}
 
 
 def save_pretrained_merged(model, save_directory, tokenizer=None, save_method: str = "merged_16bit", **kwargs):
@@ -51,14 +50,17 @@ def save_pretrained_merged(model, save_directory, tokenizer=None, save_method: s
     Returns:
         engine.export.merge.ExportResult: the folder, its files and the checks that passed.
     """
-    call = "save_pretrained_merged"
-    options.check(call, kwargs, SAVE_OPTIONS, save_pretrained_merged)
+    options.check("save_pretrained_merged", kwargs, SAVE_OPTIONS, save_pretrained_merged)
+    return _export(model, tokenizer, _merged_format("save_pretrained_merged", save_method), save_directory)
+
+
+def _merged_format(call: str, save_method: str) -> str:
     if save_method not in SAVE_METHODS:
         raise UserError(
             f"{call}: save_method={save_method!r} is not supported; use one of {', '.join(SAVE_METHODS)} "
             '(or save_pretrained_gguf with quantization_method="q4_k_m" for a 4-bit file).'
         )
-    return _export(model, tokenizer, SAVE_METHODS[save_method], save_directory)
+    return SAVE_METHODS[save_method]
 
 
 def save_pretrained_gguf(model, save_directory, tokenizer=None, quantization_method: str = "fast_quantized", **kwargs):
@@ -75,8 +77,45 @@ def save_pretrained_gguf(model, save_directory, tokenizer=None, quantization_met
     Returns:
         engine.export.merge.ExportResult: the folder, its files and the llama.cpp-vs-PyTorch checks.
     """
-    call = "save_pretrained_gguf"
-    options.check(call, kwargs, SAVE_OPTIONS, save_pretrained_gguf)
+    options.check("save_pretrained_gguf", kwargs, SAVE_OPTIONS, save_pretrained_gguf)
+    return _export(model, tokenizer, _gguf_format("save_pretrained_gguf", quantization_method), save_directory)
+
+
+def push_to_hub_merged(model, repo_id: str, tokenizer=None, save_method: str = "merged_16bit", token=None,
+                       private: bool = False, **kwargs):  # fmt: skip
+    """save_pretrained_merged into a new folder named after the repository (in the current folder), then upload it.
+
+    Args:
+        model: a model from FastLanguageModel (bound already when called as model.push_to_hub_merged).
+        repo_id: "user/name" on the Hugging Face hub (created if missing).
+        tokenizer, save_method: as for save_pretrained_merged.
+        token: a write token; None reads HF_TOKEN. It goes only to huggingface_hub's requests, never to a log.
+        private: create the repository private (an existing one keeps its visibility).
+
+    Returns:
+        The repository's URL. Without a token nothing is exported; a failed upload keeps the folder (push it again).
+    """
+    options.check("push_to_hub_merged", kwargs, PUSH_OPTIONS, push_to_hub_merged)
+    return _push(model, tokenizer, _merged_format("push_to_hub_merged", save_method), repo_id, token, private)
+
+
+def push_to_hub_gguf(model, repo_id: str, tokenizer=None, quantization_method: str = "fast_quantized", token=None,
+                     private: bool = False, **kwargs):  # fmt: skip
+    """save_pretrained_gguf into a new folder named after the repository (in the current folder), then upload it;
+    arguments as for push_to_hub_merged, quantization_method as for save_pretrained_gguf."""
+    options.check("push_to_hub_gguf", kwargs, PUSH_OPTIONS, push_to_hub_gguf)
+    return _push(model, tokenizer, _gguf_format("push_to_hub_gguf", quantization_method), repo_id, token, private)
+
+
+def _push(model, tokenizer, fmt: str, repo_id: str, token, private: bool) -> str:
+    from engine.models import hub
+
+    token = hub.check_target(repo_id, token)  # no token or a bad name: refused before anything is exported
+    result = _export(model, tokenizer, fmt, Path(repo_id.split("/")[-1]))
+    return hub.push(result.path, repo_id, token=token, private=private)
+
+
+def _gguf_format(call: str, quantization_method) -> str:
     if isinstance(quantization_method, (list, tuple)):
         raise UserError(f"{call}: give one quantization_method per call, each into its own folder.")
     fmt = GGUF_METHODS.get(str(quantization_method).lower())
@@ -85,7 +124,7 @@ def save_pretrained_gguf(model, save_directory, tokenizer=None, quantization_met
             f"{call}: quantization_method={quantization_method!r} is not supported; use one of "
             f"{', '.join(GGUF_METHODS)}."
         )
-    return _export(model, tokenizer, fmt, save_directory)
+    return fmt
 
 
 def _export(model, tokenizer, fmt: str, save_directory):

@@ -70,6 +70,8 @@ def export(source: str, fmt: str, out: Path, log=print) -> ExportResult:
 
 
 def _export(source: str, fmt: str, out: Path, log) -> ExportResult:
+    from engine.export.dequantize import unquantized
+
     t0 = time.time()
     base, adapter, tok_dir = locate(source)
     if fmt == "lora":
@@ -83,11 +85,14 @@ def _export(source: str, fmt: str, out: Path, log) -> ExportResult:
                 if f.is_file() and f.suffix in (".json", ".safetensors", ".jinja", ".model", ".txt", ".md"):
                     shutil.copy2(f, tmp / f.name)
         checks = {}
-    elif fmt == "merged16":
-        with new_folder(out) as tmp:
-            checks, _ = _merge(base, adapter, tok_dir, tmp, out.parent, log)
-    else:
-        checks = _export_gguf(base, adapter, tok_dir, fmt, out, log)
+    else:  # a 4-bit checkpoint as base is merged into a dequantized 16-bit copy of it
+        with unquantized(base, out.parent, log) as (base, origin):
+            if fmt == "merged16":
+                with new_folder(out) as tmp:
+                    checks, _ = _merge(base, adapter, tok_dir, tmp, out.parent, log)
+            else:
+                checks = _export_gguf(base, adapter, tok_dir, fmt, out, log)
+        checks = {**origin, **checks}
     files = sorted(p.name for p in out.iterdir())
     log(f"export: {fmt} written to {out} ({', '.join(files)})")
     return ExportResult(out, fmt, files, round(time.time() - t0, 2), checks)

@@ -97,7 +97,8 @@ def load_model(path: Path, placement: Placement, four_bit: bool = False, trust_r
         attn_implementation="sdpa",
         device_map={"": placement.device},
     )
-    if four_bit:
+    stored_4bit = four_bit and "quantization_config" in read_config(path)  # engine.models.prequantized checked it
+    if four_bit and not stored_4bit:
         from transformers import BitsAndBytesConfig
 
         kw["quantization_config"] = BitsAndBytesConfig(
@@ -121,6 +122,10 @@ def load_model(path: Path, placement: Placement, four_bit: bool = False, trust_r
                 "you trust its authors."
             ) from None
         raise
+    if stored_4bit:  # its saved compute dtype (often bf16) gives way to the one chosen for this GPU, as ours does
+        for module in model.modules():
+            if hasattr(module, "compute_dtype"):
+                module.compute_dtype = placement.torch_dtype
     return model
 
 
@@ -166,9 +171,24 @@ def load_for_training(spec, placement: Placement, log=print):
     )
     tok = load_tokenizer(path, spec.trust_remote_code)
     log(f"chat template: {ensure_chat_template(tok, spec.chat_template)}")
+    model, memory = load_planned(spec, path, cfg, placement, log)
+    return prepare_for_training(model, spec, log, memory), tok
+
+
+def load_planned(spec, path: Path, cfg: dict, placement: Placement, log=print):
+    """(model, memory plan): the plan for `spec` on this machine (plan_memory; a UserError with its reason and figures
+    when nothing fits), and the model at `path` loaded as it says, its layers streamed from host RAM when they must."""
+    from engine.models.prequantized import check_trainable, original_model
+
+    stored_4bit = check_trainable(spec.model, cfg, spec.method, original_model(path, cfg))
     memory = plan_memory(spec, cfg, placement)
     log(memory.describe())
     four_bit = spec.method == "qlora"
+    if memory.streamed and stored_4bit:
+        raise UserError(
+            f"'{spec.model}' is stored in 4-bit and does not fit this GPU without streaming its layers, which needs "
+            "the 16-bit original; load that (as QLoRA), or use a shorter max_seq_length or a larger GPU."
+        )
     if memory.streamed:
         from engine.memory.weights import load_streamed
 
@@ -176,7 +196,7 @@ def load_for_training(spec, placement: Placement, log=print):
     else:
         model = load_model(path, placement, four_bit=four_bit, trust_remote_code=spec.trust_remote_code)
     name_after_source(model, spec.model)
-    return prepare_for_training(model, spec, log, memory), tok
+    return model, memory
 
 
 def plan_memory(spec, cfg: dict, placement: Placement):

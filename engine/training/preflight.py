@@ -18,7 +18,11 @@ from engine.spec.objectives import check_data, format_problem
 
 def check_job(spec) -> None:
     """Raise a UserError when the spec's model or the first rows of its dataset cannot work."""
-    check_model(spec.model)
+    from engine.models.prequantized import check_trainable
+
+    config = check_model(spec.model)
+    if config is not None:
+        check_trainable(spec.model, config, spec.method)
     check_first_rows(spec)
     if spec.gpus > 1:  # more GPUs than are visible, or an objective that trains on one
         from engine.training.launch import plan_launch
@@ -30,15 +34,15 @@ def check_job(spec) -> None:
         check_first_rows(eval_spec(spec))
 
 
-def check_model(model: str) -> None:
+def check_model(model: str) -> dict | None:
     """A local model folder must hold a readable config.json and safetensors weights; a hub id is checked when it is
-    fetched (that needs the network)."""
+    fetched (that needs the network). Returns a folder's config (None for a hub id)."""
     from engine.core.hub_id import HUB_ID
     from engine.models.loading import resolve_model
 
     path = Path(os.path.expanduser(model))
     if not path.is_dir() and HUB_ID.match(model) and not model.startswith((".", "/", "~")):
-        return
+        return None
     folder = resolve_model(model)  # a folder only: the sentence for a missing one, no config, pickled weights
     try:
         config = json.loads((folder / "config.json").read_bytes().decode("utf-8-sig"))
@@ -48,6 +52,7 @@ def check_model(model: str) -> None:
         raise UserError(
             f"'{folder / 'config.json'}' names no model_type, so it is not a transformers model configuration."
         )
+    return config
 
 
 def check_first_rows(spec) -> str:

@@ -1,0 +1,136 @@
+"""`import tunesmith` runs the older TRL / transformers spellings (tunesmith.compat): each becomes its current spelling
+with one log line, the result equals what the current spelling makes, and current spellings are untouched."""
+
+import pytest
+import torch
+from conftest import IDENTITY_ANSWER, IDENTITY_QUESTIONS
+
+from tunesmith import FastLanguageModel, UserError, compat
+
+CPU = dict(report_to="none", use_cpu=True, bf16=False)  # settings both sides share, so only the spelling differs
+
+
+def made(cls, **kwargs) -> dict:
+    return cls(output_dir="out", **kwargs).to_dict()
+
+
+def translated(capsys, cls, old: dict, new: dict) -> str:
+    """The log of making `cls` from `old`, after checking it equals `cls` made from `new`."""
+    capsys.readouterr()
+    got = made(cls, **CPU, **old)
+    log = capsys.readouterr().out
+    assert got == made(cls, **CPU, **new)
+    return log
+
+
+@pytest.mark.parametrize(
+    "cls_name, old, new",
+    [
+        ("TrainingArguments", dict(warmup_ratio=0.1), dict(warmup_steps=0.1)),
+        (
+            "TrainingArguments",
+            dict(evaluation_strategy="steps", eval_steps=5),
+            dict(eval_strategy="steps", eval_steps=5),
+        ),
+        ("TrainingArguments", dict(per_gpu_train_batch_size=3), dict(per_device_train_batch_size=3)),
+        ("TrainingArguments", dict(group_by_length=True), dict(train_sampling_strategy="group_by_length")),
+        ("TrainingArguments", dict(overwrite_output_dir=True), dict()),
+        ("SFTConfig", dict(max_seq_length=77, warmup_ratio=0.03), dict(max_length=77, warmup_steps=0.03)),
+        ("DPOConfig", dict(max_prompt_length=512, max_length=1024), dict(max_length=1024)),
+        ("GRPOConfig", dict(max_prompt_length=512), dict()),
+    ],
+)
+def test_old_config_spellings_make_the_current_config(capsys, cls_name, old, new):
+    import transformers
+    import trl
+
+    cls = getattr(trl, cls_name, None) or getattr(transformers, cls_name)
+    log = translated(capsys, cls, old, new)
+    assert len(log.splitlines()) == len(old) - ("eval_steps" in old) - ("max_length" in old)
+    assert all(line.startswith(f"tunesmith: {cls_name}") for line in log.splitlines())
+
+
+def test_current_spellings_are_untouched(capsys):
+    """Every argument the installed classes take goes through as given: the wrapped and the original __init__ make
+    the same config, with nothing logged; warmup_ratio is left alone where warmup_steps wins, as it always did."""
+    from transformers import TrainingArguments
+    from trl import DPOConfig, SFTConfig
+
+    current = [
+        (TrainingArguments, dict(warmup_steps=3, eval_strategy="no", learning_rate=1e-3, max_grad_norm=0.3)),
+        (SFTConfig, dict(max_length=64, packing=True, dataset_text_field="text", warmup_steps=0.1)),
+        (DPOConfig, dict(max_length=64, beta=0.2)),
+    ]
+    wrapped = [made(cls, **CPU, **kw) for cls, kw in current]
+    assert capsys.readouterr().out == ""
+    compat.uninstall()
+    try:
+        assert not hasattr(TrainingArguments.__init__, "__tunesmith_wrapped__")
+        assert [made(cls, **CPU, **kw) for cls, kw in current] == wrapped
+    finally:
+        compat.install()
+    both = made(TrainingArguments, **CPU, warmup_steps=7, warmup_ratio=0.5)
+    assert both["warmup_steps"] == 7 and "warmup_steps was given too" in capsys.readouterr().out
+
+
+def test_bf16_without_a_gpu_gets_use_cpu(capsys):
+    """TRL's configs default to bf16, which transformers 5 refuses without a GPU unless use_cpu is set."""
+    from trl import DPOConfig
+
+    if torch.cuda.is_available():
+        pytest.skip("only a machine without a GPU needs use_cpu")
+    config = DPOConfig(output_dir="out", report_to="none")
+    assert config.bf16 and config.use_cpu
+    assert "bf16 without a GPU needs use_cpu=True" in capsys.readouterr().out
+    assert not DPOConfig(output_dir="out", report_to="none", fp16=False, bf16=False).use_cpu
+
+
+def test_arguments_of_no_library_are_refused_with_what_to_write():
+    from transformers import TrainingArguments
+
+    with pytest.raises(UserError, match="'offload_params_to_cpu' is not an argument of any.*drop it"):
+        TrainingArguments(output_dir="out", offload_params_to_cpu=False)
+    with pytest.raises(UserError, match="'offload_activations'.*activation_offloading=True"):
+        TrainingArguments(output_dir="out", offload_activations=False)
+    with pytest.raises(TypeError, match="no_such_argument"):  # anything else: the library's own error
+        TrainingArguments(output_dir="out", no_such_argument=1)
+
+
+def test_old_trainer_spellings_train(tiny_qwen3, tmp_path, capsys):
+    """SFTTrainer(tokenizer=, dataset_text_field=, max_seq_length=, packing=) with a TrainingArguments, as 2024
+    notebooks write it, trains; DPOTrainer(tokenizer=) builds. One log line per translated argument."""
+    from datasets import Dataset
+    from transformers import TrainingArguments
+    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=False)
+    model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8)
+    texts = [f"Q: {q}\nA: {IDENTITY_ANSWER}{tok.eos_token}" for q in IDENTITY_QUESTIONS]
+    capsys.readouterr()
+    trainer = SFTTrainer(
+        model=model,
+        tokenizer=tok,
+        train_dataset=Dataset.from_dict({"body": texts}),
+        dataset_text_field="body",
+        max_seq_length=48,
+        packing=False,
+        dataset_num_proc=1,
+        args=TrainingArguments(output_dir=str(tmp_path / "sft"), max_steps=2, report_to="none", save_strategy="no"),
+    )
+    log = [line for line in capsys.readouterr().out.splitlines() if line.startswith("tunesmith:")]
+    assert log == [
+        "tunesmith: SFTTrainer(tokenizer=...) is processing_class=... now; translated",
+        "tunesmith: SFTTrainer(max_seq_length=...) is SFTConfig(max_length=...) now; translated",
+        "tunesmith: SFTTrainer(dataset_text_field=...) is SFTConfig(dataset_text_field=...) now; moved into args",
+        "tunesmith: SFTTrainer(packing=...) is SFTConfig(packing=...) now; moved into args",
+        "tunesmith: SFTTrainer(dataset_num_proc=...) is SFTConfig(dataset_num_proc=...) now; moved into args",
+    ]
+    assert isinstance(trainer.args, SFTConfig) and trainer.processing_class is tok
+    assert (trainer.args.max_length, trainer.args.dataset_text_field, trainer.args.max_steps) == (48, "body", 2)
+    assert max(len(row["input_ids"]) for row in trainer.train_dataset) <= 48
+    assert trainer.train().global_step == 2
+
+    pairs = Dataset.from_dict({"prompt": ["Who are you?"], "chosen": [IDENTITY_ANSWER], "rejected": ["No idea."]})
+    config = DPOConfig(output_dir=str(tmp_path / "dpo"), max_length=64, max_prompt_length=32, report_to="none")
+    dpo = DPOTrainer(model=model, ref_model=None, train_dataset=pairs, tokenizer=tok, args=config)
+    assert dpo.processing_class is tok and dpo.args.max_length == 64

@@ -1,0 +1,204 @@
+"""Older TRL / transformers argument spellings, translated to the installed versions' (as `import unsloth` does).
+
+Notebooks written in 2024-2025 pass `SFTTrainer(tokenizer=..., dataset_text_field=..., max_seq_length=...,
+packing=...)`, `SFTConfig(max_seq_length=...)`, `TrainingArguments(warmup_ratio=...)`, `DPOTrainer(tokenizer=...)`,
+`DPOConfig(max_prompt_length=...)`; TRL 1.x and transformers 5 refuse them with a TypeError. `install` (run by
+`import tunesmith`) wraps the `__init__` of those classes so that an argument the installed class no longer takes is
+rewritten to its current spelling, with one log line saying so, before the library's own `__init__` runs. Arguments the
+installed class still takes are never touched, so on older versions nothing changes; `uninstall` restores the
+originals. This is the one process-wide change Tunesmith makes, because a ported notebook keeps its `from trl import
+SFTTrainer` line: the issue's "change only the imports" needs it.
+
+Arguments that no version of any library took (offload_params_to_cpu, ...) raise a UserError saying what to write.
+"""
+
+import dataclasses
+import functools
+import inspect
+
+from engine.core.errors import UserError
+
+# old argument -> (current argument, or None when the installed versions have no equivalent and drop it, why)
+CONFIG_RENAMES = {
+    "evaluation_strategy": ("eval_strategy", ""),
+    "no_cuda": ("use_cpu", ""),
+    "per_gpu_train_batch_size": ("per_device_train_batch_size", ""),
+    "per_gpu_eval_batch_size": ("per_device_eval_batch_size", ""),
+    "push_to_hub_token": ("hub_token", ""),
+    "max_seq_length": ("max_length", ""),
+    "max_prompt_length": (
+        None,
+        "prompts are no longer cut on their own; max_length (DPO) or the model's context "
+        "(GRPO) bounds the whole sequence",
+    ),  # fmt: skip
+    "max_completion_length": (None, "answers are no longer cut on their own; max_length bounds the whole sequence"),
+    "max_target_length": (None, "answers are no longer cut on their own; max_length bounds the whole sequence"),
+    "overwrite_output_dir": (None, "the Trainer never read it (only example scripts did)"),
+}
+TRAINER_RENAMES = {"tokenizer": ("processing_class", "")}
+# Arguments of no transformers/TRL version that guides show: what to write instead
+NOWHERE = {
+    "offload_params_to_cpu": "drop it: no library has it; Tunesmith's memory plan (model.memory_plan, made by "
+    "FastLanguageModel.from_pretrained) decides what is offloaded",
+    "offload_activations": "drop it: no TrainingArguments has it; Tunesmith's memory plan offloads activations when "
+    "the GPU needs it (TRL's own switch is SFTConfig(activation_offloading=True))",
+}
+TRAINERS = {"SFTTrainer": "SFTConfig", "DPOTrainer": "DPOConfig", "GRPOTrainer": "GRPOConfig"}
+CONFIGS = ("SFTConfig", "DPOConfig", "GRPOConfig")
+_WRAPPED = "__tunesmith_wrapped__"
+
+
+def _log(line: str) -> None:
+    print(f"tunesmith: {line}")
+
+
+def translate_config(name: str, fields: set, kwargs: dict, given_to: str = "") -> dict:
+    """`kwargs` for the config class `name` whose fields are `fields`, with older spellings rewritten (logged).
+
+    Only arguments the class does not take are rewritten; values are never logged (a hub token may be among them).
+    `given_to` names the call the user wrote them in when that was not the config (a trainer), for the log.
+    """
+    said = given_to or name
+    out = {}
+    for key, value in kwargs.items():
+        if key in fields:
+            out[key] = value
+        elif key in NOWHERE:
+            raise UserError(f"{said}: '{key}' is not an argument of any transformers or TRL version; {NOWHERE[key]}.")
+        elif key == "warmup_ratio" and "warmup_steps" in fields:
+            if kwargs.get("warmup_steps"):  # transformers used warmup_steps over warmup_ratio when both were set
+                _log(f"{said}: warmup_ratio dropped; warmup_steps was given too and takes precedence, as it always did")
+            else:
+                out["warmup_steps"] = value
+                _log(
+                    f"{said}(warmup_ratio=...) is {name}(warmup_steps=...) now (a value below 1 is a ratio); translated"
+                )
+        elif key == "group_by_length" and "train_sampling_strategy" in fields:
+            if value:
+                out["train_sampling_strategy"] = "group_by_length"
+            _log(f'{said}(group_by_length=...) is {name}(train_sampling_strategy="group_by_length") now; translated')
+        elif key in CONFIG_RENAMES and (CONFIG_RENAMES[key][0] is None or CONFIG_RENAMES[key][0] in fields):
+            new, why = CONFIG_RENAMES[key]
+            if new is None:
+                _log(f"{said}: {key} dropped ({why})")
+            else:
+                out.setdefault(new, value)
+                _log(f"{said}({key}=...) is {name}({new}=...) now; translated")
+        else:
+            out[key] = value  # unknown here: the library raises its own TypeError
+    return out
+
+
+def cpu_bf16(name: str, kwargs: dict, bf16_default) -> dict:
+    """`kwargs` with use_cpu=True added where bf16 is asked for (or TRL's default of it) on a machine without a GPU.
+
+    transformers 5 refuses bf16 unless a bf16 GPU is present or use_cpu is set, though the CPU is where such a run
+    goes anyway and torch computes bf16 there; TRL's configs default to bf16, so without this no TRL config could be
+    made on a CPU. Nothing changes where a GPU (or use_cpu) is present.
+    """
+    import torch
+
+    if "use_cpu" in kwargs or torch.cuda.is_available() or torch.backends.mps.is_available():
+        return kwargs
+    bf16 = kwargs.get("bf16", bf16_default)
+    if bf16 is None:  # TRL's default: bf16 unless fp16
+        bf16 = not kwargs.get("fp16", False)
+    if not bf16:
+        return kwargs
+    _log(f"{name}: bf16 without a GPU needs use_cpu=True in transformers 5 (the run is on the CPU either way); set")
+    return dict(kwargs, use_cpu=True)
+
+
+def _fields(cls) -> set:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _wrap_config(cls) -> None:
+    original = cls.__dict__["__init__"]
+    name, fields = cls.__name__, _fields(cls)
+    bf16_default = next(f.default for f in dataclasses.fields(cls) if f.name == "bf16")
+
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **cpu_bf16(name, translate_config(name, fields, kwargs), bf16_default))
+
+    setattr(__init__, _WRAPPED, original)
+    cls.__init__ = __init__
+
+
+def _wrap_trainer(cls, config_cls) -> None:
+    """Trainer(tokenizer=...) becomes processing_class=...; config arguments given to the trainer (TRL <= 0.11's
+    dataset_text_field, max_seq_length, packing, beta, ...) move into its `args`, converted as TRL converts a plain
+    TrainingArguments, then translated like a config's own arguments."""
+    original = cls.__dict__["__init__"]
+    name, params = cls.__name__, set(inspect.signature(original).parameters)
+    fields = _fields(config_cls)
+    movable = fields | set(CONFIG_RENAMES) | {"warmup_ratio", "group_by_length"}
+
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):
+        kw, moved = {}, {}
+        for key, value in kwargs.items():
+            if key in params:
+                kw[key] = value
+            elif key in TRAINER_RENAMES and TRAINER_RENAMES[key][0] in params:
+                kw.setdefault(TRAINER_RENAMES[key][0], value)
+                _log(f"{name}({key}=...) is {TRAINER_RENAMES[key][0]}=... now; translated")
+            elif key in movable:
+                moved[key] = value
+            else:
+                kw[key] = value
+        if moved:
+            bound = inspect.signature(original).bind_partial(self, *args, **kw)
+            config = _as_config(bound.arguments.get("args"), bound.arguments.get("model"), config_cls, name)
+            for key, value in translate_config(config_cls.__name__, fields, moved, name).items():
+                setattr(config, key, value)
+                if key in moved:
+                    _log(f"{name}({key}=...) is {config_cls.__name__}({key}=...) now; moved into args")
+            bound.arguments["args"] = config
+            args, kw = bound.args[1:], bound.kwargs
+        original(self, *args, **kw)
+
+    setattr(__init__, _WRAPPED, original)
+    cls.__init__ = __init__
+
+
+def _as_config(args, model, config_cls, trainer: str):
+    """The trainer's `args` as a `config_cls`, made as TRL makes it (a default for None, else a converted copy)."""
+    if isinstance(args, config_cls):
+        return args
+    if args is None:
+        model_name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
+        return config_cls(f"{str(model_name).rstrip('/').split('/')[-1]}-{trainer.removesuffix('Trainer')}")
+    values = args.to_dict()
+    values["hub_token"] = args.hub_token  # to_dict hides the hub_token
+    values.pop("push_to_hub_token", None)
+    return config_cls(**values)
+
+
+def install() -> None:
+    """Wrap the installed TrainingArguments, TRL configs and trainers (once); nothing when TRL is not installed."""
+    import transformers
+
+    try:
+        import trl
+    except ImportError:
+        trl = None
+    classes = [transformers.TrainingArguments] + [getattr(trl, c) for c in CONFIGS if trl and hasattr(trl, c)]
+    for cls in classes:
+        if not hasattr(cls.__dict__["__init__"], _WRAPPED):
+            _wrap_config(cls)
+    for trainer, config in TRAINERS.items():
+        if trl and hasattr(trl, trainer) and not hasattr(getattr(trl, trainer).__dict__["__init__"], _WRAPPED):
+            _wrap_trainer(getattr(trl, trainer), getattr(trl, config))
+
+
+def uninstall() -> None:
+    """Put back every `__init__` that install wrapped."""
+    import transformers
+    import trl
+
+    for cls in [transformers.TrainingArguments] + [getattr(trl, c) for c in (*CONFIGS, *TRAINERS) if hasattr(trl, c)]:
+        original = getattr(cls.__dict__["__init__"], _WRAPPED, None)
+        if original is not None:
+            cls.__init__ = original
