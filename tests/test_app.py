@@ -136,7 +136,7 @@ def test_train_chat_export_handlers(tiny_llama, identity_file, runs, tmp_path):
 def wait_export(export_tab, job, timeout=300):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        msg, log, timer = export_tab.view(job)
+        msg, log, timer, _ = export_tab.view(job)
         if not timer.active:
             return msg, log
         time.sleep(0.2)
