@@ -201,6 +201,13 @@ STRINGS = {  # English: (Chinese, Russian)
     ),
     "Create it private": ("创建为私有仓库", "Создать приватным"),
     "Download": ("下载", "Скачать"),
+    "◀ Previous example": ("◀ 上一个样本", "◀ Предыдущий пример"),
+    "Example": ("样本", "Пример"),
+    "Next example ▶": ("下一个样本 ▶", "Следующий пример ▶"),
+    "The example as the model sees it (highlighted: what it learns)": (
+        "模型看到的样本（高亮部分：模型学习的内容）",
+        "Пример глазами модели (выделено то, чему она учится)",
+    ),
 }
 
 
