@@ -43,7 +43,11 @@ def export_through_the_page(page, run_id, fmt_label, folder):  # noqa: F811
     page.get_by_label(fmt_label).check()
     page.get_by_label("Folder name (under exports/)").fill(folder)
     page.get_by_role("button", name="Export", exact=True).click()
-    page.get_by_text(re.compile(r"^Exported ")).wait_for(timeout=300_000)
+    said = page.get_by_text(re.compile(r"^(Exported |Export failed|Export cancelled)")).first
+    said.wait_for(timeout=300_000)
+    if not said.inner_text().startswith("Exported "):
+        shot(page, f"25-export-failed-{folder}")
+        raise AssertionError(said.inner_text() + "\n" + page.get_by_label("Export log").last.input_value())
 
 
 def test_each_export_downloads_through_the_browser_and_loads(page, server, trained, tmp_path):  # noqa: F811
