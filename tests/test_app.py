@@ -116,7 +116,7 @@ def test_train_chat_export_handlers(tiny_llama, identity_file, runs, tmp_path):
     base, tuned, speeds = list(chat_tab.compare(run_id, "Who are you?", "", *greedy, 32))[-1]
     assert tuned == [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": IDENTITY_ANSWER}]
     assert base[0] == tuned[0] and base[1]["content"] != IDENTITY_ANSWER
-    assert re.fullmatch(r"Fine-tuned: \d+ tokens, [\d.]+ tok/s · Base: \d+ tokens, [\d.]+ tok/s", speeds), speeds
+    assert re.fullmatch(r"Base: \d+ tokens, [\d.]+ tok/s · Fine-tuned: \d+ tokens, [\d.]+ tok/s", speeds), speeds
     _, _, said = list(chat_tab.compare(str(tiny_llama), "Who are you?", "", *greedy, 8))[-1]
     assert said.startswith("**Cannot compare:** 'tiny-llama' has no LoRA adapter, so there is no base model")
 
@@ -136,7 +136,7 @@ def test_train_chat_export_handlers(tiny_llama, identity_file, runs, tmp_path):
 def wait_export(export_tab, job, timeout=300):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        msg, log, timer = export_tab.view(job)
+        msg, log, timer, _ = export_tab.view(job)
         if not timer.active:
             return msg, log
         time.sleep(0.2)

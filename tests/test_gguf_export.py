@@ -301,7 +301,7 @@ def test_merge_of_a_model_too_large_for_ram_checks_fewer_layers(random_adapter, 
     tokenizer only (the fp32 greedy reference needs the whole model); both say so in the checks."""
     from engine.export import merge as export_mod
 
-    monkeypatch.setattr(export_mod, "_fits_in_ram", lambda n_bytes: False)
+    monkeypatch.setattr(export_mod, "fits_in_ram", lambda n_bytes: False)
     monkeypatch.setattr(export_mod, "CHECK_LAYERS", 1)
     res = api.export(str(random_adapter), "gguf-f16", tmp_path / "big", log=quiet)
     assert res.checks["merge_check_layers"] == "1 of 2" and res.checks["max_logit_diff_fp32"] < 1e-4, res.checks

@@ -7,6 +7,7 @@ from engine import api
 
 _loaded: dict[str, object] = {}  # source -> loaded chat model, shared by sessions (weights are read-only)
 SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")  # the sliders, in this order
+PICK = "Pick a finished run or a GGUF file in 'Run, GGUF file or model' above (or type a model), then send again."
 
 
 def run_choices() -> list[str]:
@@ -27,7 +28,7 @@ def _path(source: str) -> str:
 def _chat(source: str):
     """The loaded chat model of `source`, loaded now if needed (one model in memory at a time)."""
     if not source:
-        raise api.UserError("Pick a run or type a model.")
+        raise api.UserError(PICK)
     if source not in _loaded:
         _loaded.clear()
         _loaded[source] = api.Chat(_path(source))
@@ -96,12 +97,16 @@ def respond(
     max_new: float,
 ):
     """Stream the reply into the chat history (a list of {"role", "content"}); yields (history, cleared message box,
-    "N tokens, X tok/s")."""
+    "N tokens, X tok/s"). An empty message is not sent; with no run picked, or one that cannot load, the typed
+    message stays in its box and the line under the chat says what to do."""
     history = list(history or [])
+    if not (message or "").strip():
+        yield history, message, "Type a message first."
+        return
     try:
         chat = _chat(source)
     except api.UserError as e:
-        yield history + [{"role": "assistant", "content": f"**Cannot load:** {e}"}], "", ""
+        yield history, message, f"**Cannot load:** {e}"
         return
     msgs = _messages(system, history, message)
     history.append({"role": "user", "content": message})
@@ -128,9 +133,10 @@ def compare(
     asked = [{"role": "user", "content": prompt}]
     stats = (api.ReplyStats(), api.ReplyStats())  # (fine-tuned, base)
     sampling = _sampling(temperature, top_p, top_k, min_p, repetition_penalty, max_new)
+    shown = (("Base", stats[1]), ("Fine-tuned", stats[0]))  # in the order of the panels: base left, fine-tuned right
     try:
         for tuned, base in _chat(source).compare(_messages(system, [], prompt), stats=stats, **sampling):
-            speeds = [f"{name}: {speed(s)}" for name, s in zip(("Fine-tuned", "Base"), stats, strict=True) if s.tokens]
+            speeds = [f"{name}: {speed(s)}" for name, s in shown if s.tokens]
             yield (
                 asked + [{"role": "assistant", "content": base}],
                 asked + [{"role": "assistant", "content": tuned}],
@@ -141,7 +147,7 @@ def compare(
 
 
 def build() -> dict:
-    with gr.Tab("Chat"):
+    with gr.Tab("Chat") as tab:
         with gr.Row():
             source = gr.Dropdown(chat_choices(), label="Run, GGUF file or model", allow_custom_value=True)
             refresh = gr.Button("Refresh runs")
@@ -168,7 +174,8 @@ def build() -> dict:
             prompt = gr.Textbox(label="Prompt for both models")
             compare_btn = gr.Button("Compare")
     sliders = [temperature, top_p, top_k, min_p, repetition_penalty]
-    refresh.click(lambda: gr.Dropdown(choices=chat_choices()), None, source)
+    for shown in (refresh.click, tab.select):  # runs finished since the page loaded appear without a Refresh
+        shown(lambda: gr.Dropdown(choices=chat_choices()), None, source)
     source.change(defaults, source, sliders)
     load_btn.click(load, source, loaded).then(defaults, source, sliders)  # a hub model's own config is read now
     for trigger in (send.click, message.submit):

@@ -10,7 +10,9 @@ from engine import api
 
 LANGS = [("English", "en"), ("中文", "zh"), ("Русский", "ru")]
 TEMPLATES = ["auto", "chatml", "qwen", "llama-3", "mistral", "gemma", "alpaca", "plain"]
-EMPTY_HIST = pd.DataFrame({"tokens": [], "rows": []})
+# typed as the filled one will be (bin labels as text): a plot first drawn with a numeric x keeps binning it as
+# numbers, and its labels then read "NaN to NaN"
+EMPTY_HIST = pd.DataFrame({"tokens": pd.Series([], dtype=str), "rows": pd.Series([], dtype=int)})
 
 
 def parse_mapping(text: str) -> dict:
@@ -26,24 +28,34 @@ def parse_mapping(text: str) -> dict:
 
 
 def inspect(
-    source: str, model: str, mapping: str, template: str, max_len: float, config: str = "", split: str = "train"
+    source: str,
+    model: str,
+    mapping: str,
+    template: str,
+    max_len: float,
+    config: str = "",
+    split: str = "train",
+    row: float = 1,
 ):
-    """(dataset in use, summary, masked sample, histogram) for a file or hub dataset."""
+    """(dataset in use, summary, masked sample of row `row`, histogram) for a file or hub dataset."""
     if not source:
         return "", "No dataset yet: upload a file, name a hub dataset, or generate an identity dataset.", [], EMPTY_HIST
+    settings = dict(
+        max_seq_length=int(max_len), template=template, config=config, split=split, sample_row=int(row or 1)
+    )
+    model_note = ""
     try:
-        info = api.inspect_data(
-            source,
-            model=model or None,
-            column_map=parse_mapping(mapping),
-            max_seq_length=int(max_len),
-            template=template,
-            config=config,
-            split=split,
-        )
+        try:
+            info = api.inspect_data(source, model=model or None, column_map=parse_mapping(mapping), **settings)
+        except api.ModelError as e:  # the dataset may well be fine: show it without the model, and blame the model
+            model_note = f"**Cannot use the model `{model}`** (Model tab): {e}"
+            info = api.inspect_data(source, model=None, column_map=parse_mapping(mapping), **settings)
     except api.UserError as e:
         return "", f"**Cannot use this dataset:** {e}", [], EMPTY_HIST
-    lines = [f"**Format:** {info['format']} · **rows:** {info['rows']} · **columns:** {', '.join(info['columns'])}"]
+    lines = [
+        f"**Format:** {info['format']} · **rows:** {info['rows']} · **columns:** {', '.join(info['columns'])} · "
+        f"showing example {info['sample_row']} of {info['rows']}"
+    ]
     if "token_lengths" in info:
         t = info["token_lengths"]
         lines.append(
@@ -52,12 +64,16 @@ def inspect(
         )
         if info.get("warning"):
             lines.append(f"⚠ {info['warning']}")
-        hist = pd.DataFrame(
-            {"tokens": [f"{b['from']}-{b['to']}" for b in t["histogram"]], "rows": [b["rows"] for b in t["histogram"]]}
-        )
+        # The plot orders text bins as text ("100-150" before "50-100"), and a sort order sent with the data blanks
+        # it (Gradio 6.31): so each label is padded with leading spaces, which sort before digits and do not show.
+        width = len(str(t["histogram"][-1]["from"]))
+        bins = [f"{b['from']:>{width}}-{b['to']}" for b in t["histogram"]]
+        hist = pd.DataFrame({"tokens": bins, "rows": [b["rows"] for b in t["histogram"]]})
         sample = [(text, "trained" if trained else None) for text, trained in info["sample_masked"]]
     else:
-        lines.append("Pick a model in the Model tab to see the sample as the model sees it, with token counts.")
+        lines.append(
+            model_note or "Pick a model in the Model tab to see the sample as the model sees it, with token counts."
+        )
         hist, sample = EMPTY_HIST, [(info["sample"], None)]
     return source, "\n\n".join(lines), sample, hist
 
@@ -126,18 +142,28 @@ def build(model_input) -> dict:
         path = gr.Textbox(label="Dataset in use", interactive=False)
         summary = gr.Markdown("No dataset yet: upload a file, name a hub dataset, or generate an identity dataset.")
         sample = gr.HighlightedText(
-            label="First example as the model sees it (highlighted: what it learns)", color_map={"trained": "green"}
+            label="The example as the model sees it (highlighted: what it learns)", color_map={"trained": "green"}
         )
-        hist = gr.BarPlot(EMPTY_HIST, x="tokens", y="rows", label="Tokens per example")
+        with gr.Row():
+            previous = gr.Button("◀ Previous example")
+            row = gr.Number(1, label="Example", precision=0, minimum=1)
+            following = gr.Button("Next example ▶")
+        # y from 0: by default the axis starts at the smallest count, and the bars of that count are not drawn
+        hist = gr.BarPlot(EMPTY_HIST, x="tokens", y="rows", label="Tokens per example", y_lim=[0, None])
     source = gr.State("")  # the file or hub id chosen last; `path` is cleared while it cannot be used
     view = [path, summary, sample, hist]
-    inputs = [source, model_input, mapping, template, max_len, config, split]
+    inputs = [source, model_input, mapping, template, max_len, config, split, row]
     upload.change(lambda f: f or "", upload, source).then(inspect, inputs, view)
     load_hub.click(lambda h: h.strip(), hub, source).then(inspect, inputs, view)
     for setting in (mapping, template, max_len):
         setting.change(inspect, inputs, view)
     generate.click(generate_identity, [name, maker, description, languages], [table, identity_note])
     save.click(save_identity, [table, name], [source, identity_note]).then(inspect, inputs, view)
+    # a new model re-renders the dataset, so an error the old model caused does not stay (the last change wins)
+    model_input.change(inspect, inputs, view, trigger_mode="always_last")
+    previous.click(lambda n: max(1, int(n or 1) - 1), row, row)
+    following.click(lambda n: int(n or 1) + 1, row, row)
+    row.change(inspect, inputs, view, trigger_mode="always_last")
     return dict(
         source=source,
         upload=upload,
@@ -159,4 +185,5 @@ def build(model_input) -> dict:
         summary=summary,
         sample=sample,
         hist=hist,
+        row=row,
     )

@@ -1,6 +1,7 @@
 """Export tab: write a run as a LoRA adapter, a merged 16-bit model, or a GGUF file (with an Ollama Modelfile) into
-the workspace's exports/ folder, as a background job with a log and a Cancel button, and optionally push it to the
-Hugging Face hub (the token typed here, or HF_TOKEN; it is never shown or written anywhere)."""
+the workspace's exports/ folder, as a background job with a log and a Cancel button; offer it as a browser download
+with its size (a folder zipped, a GGUF file with its Modelfile), and optionally push it to the Hugging Face hub (the
+token typed here, or HF_TOKEN; it is never shown or written anywhere)."""
 
 import gradio as gr
 
@@ -47,24 +48,40 @@ def start(run_id: str, fmt: str, name: str, push: bool = False, repo: str = "", 
     return job, f"Exporting **{fmt}** to `{job.out}`…", "", gr.Timer(active=True)
 
 
+def offer(result: dict | None):
+    """The export's files as a download component (hidden until there are some). They are served where they lie
+    (set_static_paths, these files only): Gradio would otherwise copy a model of many GB into its cache first."""
+    files = [d["path"] for d in (result or {}).get("downloads", [])]
+    if files:
+        gr.set_static_paths(files)
+    return gr.File(value=files or None, visible=bool(files))
+
+
+def done_text(r: dict) -> str:
+    """What a finished export says: where it is, its checks as a sentence, and its downloads with their sizes."""
+    text = f"Exported **{r['format']}** to `{r['path']}` in {r['seconds']} s. {r.get('summary', '')}"
+    if r.get("downloads"):
+        files = ", ".join(f"**{d['name']}** ({d['size']})" for d in r["downloads"])
+        text += f"\n\nDownload below: {files}."
+    if r.get("url"):
+        text += f"\n\nUploaded to {r['url']}."
+    return text
+
+
 def view(job):
-    """(status markdown, log, timer) of the export job."""
+    """(status markdown, log, timer, downloads) of the export job."""
     if job is None:
-        return "", "", gr.Timer(active=False)
+        return "", "", gr.Timer(active=False), offer(None)
     st = api.poll_export(job)
     if st.state == "done":
-        r = st.result
-        checks = ", ".join(f"{k} {v}" for k, v in r["checks"].items())
-        text = f"Exported **{r['format']}** to `{r['path']}` in {r['seconds']} s ({', '.join(r['files'])}). {checks}"
-        if r.get("url"):
-            text += f"\n\nUploaded to {r['url']}."
+        text = done_text(st.result)
     elif st.state == "failed" and st.result:  # the export is complete; its upload failed
         text = f"**Upload failed:** {st.message}"
     elif st.state in ("failed", "cancelled"):
         text = f"**Export {st.state}:** {st.message}"
     else:
         text = f"Exporting… {st.message}"
-    return text, st.log, gr.Timer(active=not st.finished)
+    return text, st.log, gr.Timer(active=not st.finished), offer(st.result if st.finished else None)
 
 
 def cancel(job) -> str:
@@ -75,7 +92,7 @@ def cancel(job) -> str:
 
 
 def build() -> dict:
-    with gr.Tab("Export"):
+    with gr.Tab("Export") as tab:
         with gr.Row():
             run = gr.Dropdown(run_choices(), label="Run")
             refresh = gr.Button("Refresh runs")
@@ -91,15 +108,19 @@ def build() -> dict:
             go = gr.Button("Export", variant="primary")
             stop = gr.Button("Cancel export", variant="stop")
         result = gr.Markdown()
+        downloads = gr.File(label="Download", file_count="multiple", interactive=False, visible=False)
         with gr.Accordion("Export log", open=False):
             log = gr.Textbox(lines=10, interactive=False, show_label=False)
         job = gr.State(None)
         timer = gr.Timer(1.0, active=False)
-    refresh.click(lambda: gr.Dropdown(choices=run_choices()), None, run)
+    for shown in (refresh.click, tab.select):  # runs finished since the page loaded appear without a Refresh
+        shown(lambda: gr.Dropdown(choices=run_choices()), None, run)
     run.change(formats_for, run, [fmt, why])
     push.change(lambda on: gr.Row(visible=on), push, hub_row)
-    go.click(start, [run, fmt, name, push, repo, token, private], [job, result, log, timer])
-    timer.tick(view, job, [result, log, timer])
+    go.click(start, [run, fmt, name, push, repo, token, private], [job, result, log, timer]).then(
+        lambda: offer(None), None, downloads
+    )
+    timer.tick(view, job, [result, log, timer, downloads])
     stop.click(cancel, job, result)
     return dict(
         run=run,
@@ -113,6 +134,7 @@ def build() -> dict:
         go=go,
         stop=stop,
         result=result,
+        downloads=downloads,
         log=log,
         timer=timer,
     )

@@ -218,6 +218,13 @@ STRINGS = {  # English: (Chinese, Russian)
     "Settings that differ": ("不同的设置", "Различающиеся настройки"),
     "Loss curves": ("损失曲线", "Кривые потерь"),
     "Latest eval scores": ("最新评估得分", "Последние оценки"),
+    "◀ Previous example": ("◀ 上一个样本", "◀ Предыдущий пример"),
+    "Example": ("样本", "Пример"),
+    "Next example ▶": ("下一个样本 ▶", "Следующий пример ▶"),
+    "The example as the model sees it (highlighted: what it learns)": (
+        "模型看到的样本（高亮部分：模型学习的内容）",
+        "Пример глазами модели (выделено то, чему она учится)",
+    ),
 }
 
 

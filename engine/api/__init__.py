@@ -47,7 +47,7 @@ from engine.api.runs import (
     start,
 )
 from engine.chat.infer import ReplyStats
-from engine.core.errors import UserError
+from engine.core.errors import ModelError, UserError
 from engine.core.hardware import vram_budget_gib
 from engine.models.presets import catalog
 from engine.spec.jobspec import JobSpec
@@ -55,6 +55,7 @@ from engine.spec.jobspec import JobSpec
 __all__ = [
     "JobSpec",
     "UserError",
+    "ModelError",
     "RunHandle",
     "RunStatus",
     "start",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from engine.core.errors import UserError
 
+MODEL_FIX = "put the model folder inside it, or pick a hub model"  # what to do about a model outside a shared app
 _allowed_roots: list[Path] | None = None  # set by restrict_files(): the folders a shared app may read
 
 
@@ -37,8 +38,9 @@ def restrict_files(roots: list) -> None:
     _allowed_roots = [Path(r).resolve() for r in roots]
 
 
-def check_access(value: str) -> None:
-    """Raise a UserError for a local path outside the allowed folders; hub ids and unrestricted apps pass."""
+def check_access(value: str, fix: str = "upload the file instead") -> None:
+    """Raise a UserError for a local path outside the allowed folders; hub ids and unrestricted apps pass. `fix` ends
+    the sentence: what to do instead."""
     if _allowed_roots is None or not value:
         return
     path = Path(os.path.expanduser(value))
@@ -46,9 +48,7 @@ def check_access(value: str) -> None:
         return  # a hub id, not a local path
     real = path.resolve()
     if not any(real == root or root in real.parents for root in _allowed_roots):
-        raise UserError(
-            f"This app is shared, so it only opens files inside its workspace ({workspace()}); upload the file instead."
-        )
+        raise UserError(f"This app is shared, so it only opens files inside its workspace ({workspace()}); {fix}.")
 
 
 def check_source(source: str) -> None:

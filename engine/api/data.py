@@ -4,8 +4,8 @@ identity dataset, save rows as JSONL.
 
 from pathlib import Path
 
-from engine.api.access import check_access
-from engine.core.errors import UserError
+from engine.api.access import MODEL_FIX, check_access
+from engine.core.errors import ModelError, UserError
 
 
 def inspect_data(
@@ -17,19 +17,31 @@ def inspect_data(
     template: str = "auto",
     config: str = "",
     split: str = "train",
+    sample_row: int = 1,
 ) -> dict:
-    """Format, row count, columns and a rendered sample; with `model`, rendered by its chat template (or `template`)
-    with the trained tokens marked, a token-length histogram and the rows `max_seq_length` would truncate."""
+    """Format, row count, columns and a rendered sample (row `sample_row`, 1-based); with `model`, rendered by its
+    chat template (or `template`) with the trained tokens marked, a token-length histogram and the rows
+    `max_seq_length` would truncate. A model that cannot be used raises a ModelError (a UserError), whatever the
+    dataset."""
     from engine.data import inspection
 
     check_access(path)
-    check_access(model or "")
-    tokenizer = None
-    if model:
-        from engine.models.loading import load_tokenizer, resolve_model
+    tokenizer = _tokenizer(model) if model else None
+    return inspection.inspect(path, fmt, tokenizer, column_map, max_seq_length, config, split, template, sample_row)
 
-        tokenizer = load_tokenizer(resolve_model(model))
-    return inspection.inspect(path, fmt, tokenizer, column_map, max_seq_length, config, split, template)
+
+def _tokenizer(model: str):
+    """The model's tokenizer for the preview; any UserError on the way is a ModelError, so it is not taken for a
+    problem of the dataset."""
+    from engine.models.loading import load_tokenizer, resolve_model
+
+    try:
+        check_access(model, MODEL_FIX)
+        return load_tokenizer(resolve_model(model))
+    except ModelError:
+        raise
+    except UserError as e:
+        raise ModelError(str(e)) from e
 
 
 def check_data(

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -43,6 +44,8 @@ def spawn(module: str, args: list[str], folder: Path, secrets: dict | None = Non
             start_new_session=True,
         )
     _children[proc.pid] = proc
+    # reap it the moment it exits: otherwise it stays a <defunct> zombie until something happens to poll it
+    threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
     from engine.core.files import write_json
 
     write_json(

@@ -5,7 +5,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.api.access import allowed_roots, check_access, runs_dir
+from engine.api.access import MODEL_FIX, allowed_roots, check_access, runs_dir
 from engine.api.processes import alive, exit_code, mark_cancelled, slug, spawn, stop
 from engine.core.errors import UserError
 from engine.core.runlog import TERMINAL, read_metrics
@@ -80,7 +80,7 @@ def _check_job(spec: JobSpec, allow_code: bool) -> None:
     reward (a module:function path, which runs that code in the training process) unless `allow_code`."""
     from engine.spec.rewards import runs_code
 
-    check_access(spec.model)
+    check_access(spec.model, MODEL_FIX)
     check_access(spec.data)
     check_access(spec.eval_data)
     if runs_code(spec.rewards) and not allow_code:

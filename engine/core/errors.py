@@ -9,5 +9,10 @@ class UserError(Exception):
     """
 
 
+class ModelError(UserError):
+    """A UserError about the chosen model (missing, unreachable, outside a shared app's workspace), raised where a
+    model is only a helper (the dataset preview), so the caller names the model as the thing at fault."""
+
+
 class Cancelled(Exception):
     """The user cancelled the run; raised where the run polls its stop flag (between steps, between data batches)."""

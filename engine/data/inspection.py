@@ -45,14 +45,17 @@ def inspect(
     config: str = "",
     split: str = "train",
     template: str = "auto",
+    sample_row: int = 1,
 ) -> dict:
     """Everything the Data tab and `python -m engine data inspect` show, validating every row in one streaming pass.
 
     With a tokenizer: the sample rendered by its chat template with trained/masked runs, a token-length histogram
-    and how many rows `max_len` would truncate (over the first TOKEN_STATS_ROWS rows).
+    and how many rows `max_len` would truncate (over the first TOKEN_STATS_ROWS rows). The sample is row
+    `sample_row` (1-based; the last row when there are fewer), whose number is returned as "sample_row".
     """
     name = Path(source).name
-    first, rows, columns, lengths, truncated = None, 0, set(), [], 0
+    picked, rows, columns, lengths, truncated = None, 0, set(), [], 0
+    sample_row = max(1, int(sample_row))
     if tokenizer is not None:
         ensure_chat_template(tokenizer, template)
     for i, raw in iter_source(source, config, split):
@@ -63,23 +66,24 @@ def inspect(
                 fmt = check_format(row, i, name, None if i == 1 else fmt)
         validate_row(row, fmt, i, name)
         rows += 1
-        if first is None:
-            first = row
+        if i <= sample_row:  # the row asked for, or the last one when the dataset is shorter
+            picked = row
         if tokenizer is not None and fmt in CHAT_FORMATS and i <= TOKEN_STATS_ROWS:
             msgs = to_messages(row, fmt, i, name)
             (whole,) = tokenize_conversations(tokenizer, [msgs], 2**31, where=[f"{name}: row {i}"])
             lengths.append(len(whole.input_ids))
             truncated += len(whole.input_ids) > max_len
-    if first is None:
+    if picked is None:
         raise UserError(f"Dataset '{name}' has no rows.")
-    out = dict(file=str(source), format=fmt, rows=rows, columns=sorted(columns))
+    sample_row = min(sample_row, rows)
+    out = dict(file=str(source), format=fmt, rows=rows, columns=sorted(columns), sample_row=sample_row)
     if fmt in CHAT_FORMATS:
-        msgs = to_messages(first, fmt, 1, name)
+        msgs = to_messages(picked, fmt, sample_row, name)
         out["sample_messages"] = msgs
         if tokenizer is None:
             out["sample"] = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in msgs)
         else:
-            out["sample"] = render(tokenizer, msgs, where=f"{name}: row 1")
+            out["sample"] = render(tokenizer, msgs, where=f"{name}: row {sample_row}")
             out["sample_masked"] = masked_segments(tokenizer, tokenize_conversation(tokenizer, msgs, max_len))
             out["token_lengths"] = dict(
                 rows_counted=len(lengths),
@@ -95,5 +99,5 @@ def inspect(
                     "and will be cut; raise the maximum sequence length to keep them whole."
                 )
     else:
-        out["sample"] = json.dumps(first, ensure_ascii=False)
+        out["sample"] = json.dumps(picked, ensure_ascii=False)
     return out

@@ -1,7 +1,8 @@
 """An export as a background job: `python -m engine.export.job JOB_DIR` (started by engine.api.start_export).
 
 JOB_DIR holds export.json ({"source", "format", "out", "push_to_hub", "private"}); the job writes status.json, log.txt
-(its stdout) and, when the export is done, result.json. With push_to_hub the finished export is then uploaded with the
+(its stdout) and, when the export is done, result.json (with its checks as a sentence and the files to download: a
+folder export is zipped into JOB_DIR). With push_to_hub the finished export is then uploaded with the
 token in HF_TOKEN (the job's environment: it is in no file); a failed upload fails the job with the upload's sentence,
 and the verified export stays. SIGTERM cancels: the export's temporary folder is removed on the way out
 (engine.core.files.new_folder), so a cancelled export leaves nothing that looks finished.
@@ -40,6 +41,9 @@ def _scrub(text: str) -> str:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGTERM, _raise_cancelled)
+    # no progress bars (transformers' "Loading weights", the hub's downloads): in a log file they are lines of
+    # block characters and carriage returns
+    os.environ.update(TQDM_DISABLE="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
     job_dir = Path(argv[0])
     from engine.core.disk import is_disk_full
     from engine.core.errors import UserError
@@ -50,10 +54,15 @@ def main(argv=None) -> int:
     try:
         spec = json.loads((job_dir / "export.json").read_text())
         status.set(state="running", message=f"exporting {spec['format']} to {spec['out']}")
+        from engine.export import report
         from engine.export.merge import export
 
         res = export(spec["source"], spec["format"], Path(spec["out"]), log)
         result = dict(path=str(res.path), format=res.format, files=res.files, seconds=res.seconds, checks=res.checks)
+        result["summary"] = report.summary(res.format, res.checks)
+        write_json(job_dir / "result.json", result)
+        status.set(state="running", message="preparing the download")
+        result["downloads"] = report.downloads(res.path, res.format, job_dir, log)
         write_json(job_dir / "result.json", result)
         message = f"Exported {res.format} to {res.path}."
         if spec.get("push_to_hub"):
@@ -66,8 +75,8 @@ def main(argv=None) -> int:
         status.set(state="done", message=message)
         return 0
     except Cancelled:
-        if (job_dir / "result.json").is_file():  # cancelled during the upload: the export itself is complete
-            message = f"Upload cancelled; the export is complete in {spec['out']}."
+        if (job_dir / "result.json").is_file():  # cancelled during the zip or the upload: the export is complete
+            message = f"Cancelled; the export itself is complete in {spec['out']}."
         else:
             message = "Export cancelled; nothing was written."
         status.set(state="cancelled", message=message)

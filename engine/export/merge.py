@@ -27,17 +27,12 @@ from engine.core.errors import UserError
 from engine.core.files import check_free_disk, new_folder, write_text
 from engine.export import experts as experts_merge
 from engine.export.gguf import QUANTS
+from engine.export.probe import CHECK_LAYERS, PROBE, fits_in_ram, load_fp32, num_layers, param_count
 from engine.training.steps import CHECKPOINT_FILES
 
 FORMATS = ("lora", "merged16", *QUANTS)
-PROBE = "Hello, who are you?"
 REFERENCE_TOKENS = 16  # greedy tokens compared between PyTorch and llama.cpp after a GGUF export
 SHARD_BYTES = 4 * 10**9  # output shard size, as save_pretrained(max_shard_size="4GB")
-# The merge check runs the adapter model and the merged model in fp32 on the probe. When the fp32 model does not fit
-# in RAM_FRACTION of the available memory, only the first CHECK_LAYERS decoder layers (with the embeddings and head)
-# are loaded and compared; the greedy reference for the GGUF check needs the whole model and is skipped then.
-CHECK_LAYERS = 2
-RAM_FRACTION = 0.6
 
 
 @dataclass
@@ -78,13 +73,11 @@ def _export(source: str, fmt: str, out: Path, log) -> ExportResult:
         if adapter is None:
             raise UserError(f"'{source}' has no LoRA adapter to export (a full fine-tune exports as merged16).")
         check_free_disk(out.parent, 2 * _folder_bytes(adapter), "the adapter")
+        from engine.export.adapter import check_adapter, write_adapter
+
         with new_folder(out) as tmp:
-            for f in adapter.iterdir():
-                if f.name in CHECKPOINT_FILES:  # a checkpoint's training state is no part of the adapter
-                    continue
-                if f.is_file() and f.suffix in (".json", ".safetensors", ".jinja", ".model", ".txt", ".md"):
-                    shutil.copy2(f, tmp / f.name)
-        checks = {}
+            write_adapter(adapter, base, tmp, CHECKPOINT_FILES)  # a checkpoint's training state is not copied
+            checks = check_adapter(base, adapter, tmp, tok_dir, log)
     else:  # a 4-bit checkpoint as base is merged into a dequantized 16-bit copy of it
         with unquantized(base, out.parent, log) as (base, origin):
             if fmt == "merged16":
@@ -96,19 +89,6 @@ def _export(source: str, fmt: str, out: Path, log) -> ExportResult:
     files = sorted(p.name for p in out.iterdir())
     log(f"export: {fmt} written to {out} ({', '.join(files)})")
     return ExportResult(out, fmt, files, round(time.time() - t0, 2), checks)
-
-
-def _param_count(path: Path) -> int:
-    """Number of weights in a safetensors model folder, from the file headers (no tensor is read)."""
-    import math
-
-    from safetensors import safe_open
-
-    n = 0
-    for f in path.glob("*.safetensors"):
-        with safe_open(f, framework="pt") as st:
-            n += sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys())
-    return n
 
 
 def _export_gguf(base: str, adapter: Path | None, tok_dir: Path | None, fmt: str, out: Path, log) -> dict:
@@ -126,7 +106,7 @@ def _export_gguf(base: str, adapter: Path | None, tok_dir: Path | None, fmt: str
     ok, why = gguf.supported(path, tok_dir)
     if not ok:
         raise UserError(why)
-    n = _param_count(path)
+    n = param_count(path)
     gtype16, quant = QUANTS[fmt]
     if gtype16 is None:  # quantize from the model's own 16-bit type, so a bf16 model never passes through f16
         cfg = read_config(path)
@@ -139,7 +119,7 @@ def _export_gguf(base: str, adapter: Path | None, tok_dir: Path | None, fmt: str
         merged = tmp / ".merged"
         merged.mkdir()
         checks, ref = _merge(base, adapter, tok_dir, merged, out.parent, log, reference=REFERENCE_TOKENS)
-        name = gguf.gguf_file_name(Path(_source_name(base, adapter)).name, fmt)
+        name = gguf.gguf_file_name(out.name, fmt)  # named as the user named the export
         if quant:
             tmp16 = tmp / f".{gtype16.lower()}.gguf"
             info = gguf.convert(merged, tmp16, gtype16, log)
@@ -156,24 +136,10 @@ def _export_gguf(base: str, adapter: Path | None, tok_dir: Path | None, fmt: str
     return checks
 
 
-def _source_name(base: str, adapter: Path | None) -> str:
-    """A short name for file names: the run folder's name for a run's adapter, else the model folder's."""
-    if adapter is not None:
-        parent = adapter.parent.parent if adapter.parent.name == "checkpoints" else adapter.parent
-        return parent.name if (parent / "job.yaml").is_file() else adapter.name
-    return Path(base).name
-
-
 def _rss_gib() -> float:
     import psutil
 
     return psutil.Process().memory_info().rss / 2**30
-
-
-def _fits_in_ram(n_bytes: int) -> bool:
-    import psutil
-
-    return n_bytes < RAM_FRACTION * psutil.virtual_memory().available
 
 
 def _prompt(tok) -> dict:
@@ -390,40 +356,17 @@ def _stream_merge(path: Path, adapter: Path | None, out_dtype, dest: Path, log) 
     return {**deltas, **experts}
 
 
-def _load_fp32(path: Path, layers: int | None):
-    """The model at `path` in fp32 on the CPU; with `layers`, only its first decoder layers (for the merge check)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    cfg = AutoConfig.from_pretrained(path)
-    if layers is not None:
-        text = getattr(cfg, "text_config", None) or cfg
-        text.num_hidden_layers = layers
-        if getattr(text, "layer_types", None):
-            text.layer_types = text.layer_types[:layers]
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the skipped layers' weights are "unused", as intended
-    try:
-        # eager attention: the only one that applies Gemma 2's attention soft-capping, as llama.cpp does
-        return AutoModelForCausalLM.from_pretrained(
-            path, config=cfg, dtype=torch.float32, use_safetensors=True, attn_implementation="eager"
-        ).eval()
-    finally:
-        hf_logging.set_verbosity(verbosity)
-
-
 def _check_merge(path: Path, adapter: Path | None, dest: Path, deltas: dict, probe, n_params: int, log) -> dict:
     """Logits of the adapter model, of the same weights merged in fp32 (the arithmetic the merge used), and of the
     saved 16-bit merged model, on `probe`; raises when the fp32 merge disagrees with PEFT's adapter model."""
     import torch
 
-    total = _num_layers(path)
-    layers = None if _fits_in_ram(4 * n_params) else min(CHECK_LAYERS, total)
+    total = num_layers(path)
+    layers = None if fits_in_ram(4 * n_params) else min(CHECK_LAYERS, total)
     checks = {"merge_check_layers": f"{layers or total} of {total}"}
     if layers:
         log(f"export: the fp32 model does not fit in RAM; checking the merge on its first {layers} layers")
-    model = _load_fp32(path, layers)
+    model = load_fp32(path, layers)
     with torch.inference_mode():
         before = model(input_ids=probe).logits
     if adapter is not None:
@@ -450,18 +393,11 @@ def _check_merge(path: Path, adapter: Path | None, dest: Path, deltas: dict, pro
                 f"{checks['max_logit_diff_fp32']:.3g}); the export was not saved. Report this bug."
             )
     del model
-    merged = _load_fp32(dest, layers)
+    merged = load_fp32(dest, layers)
     with torch.inference_mode():
         cast = merged(input_ids=probe).logits
     checks["max_logit_diff_16bit"] = float((before - cast).abs().max())
     return checks
-
-
-def _num_layers(path: Path) -> int:
-    from engine.models.loading import read_config
-
-    cfg = read_config(path)
-    return (cfg.get("text_config") or cfg)["num_hidden_layers"]
 
 
 def _merge(
@@ -501,7 +437,7 @@ def _merge(
     if (path / "generation_config.json").is_file():
         shutil.copy2(path / "generation_config.json", dest / "generation_config.json")
     tok.save_pretrained(dest)
-    n = _param_count(dest)
+    n = param_count(dest)
     probe = torch.tensor([tok(PROBE, add_special_tokens=False)["input_ids"][:32] or [0]])
     checks = {"dtype": dtype_name}
     if adapter is not None:
@@ -509,9 +445,9 @@ def _merge(
     log(f"export: merged, checks {checks}")
     if not reference:
         return checks, None
-    if not _fits_in_ram(4 * n):
+    if not fits_in_ram(4 * n):
         checks["greedy_check"] = f"skipped: the fp32 model ({4 * n / 2**30:.0f} GiB) does not fit in RAM"
         log(f"export: {checks['greedy_check']}; only the tokenizer is compared with llama.cpp")
         return checks, _prompt(tok)
-    model = _load_fp32(dest, None)
+    model = load_fp32(dest, None)
     return checks, _reference(model, tok, reference)

@@ -172,6 +172,58 @@ def test_identity_flow_train_chat_export(page, server, tiny_llama):
     shot(page, "5-export")
     gguf = next((server[1] / "exports" / "nova-gguf").glob("*.gguf"))
     assert gguf.stat().st_size > 0 and (server[1] / "exports" / "nova-gguf" / "Modelfile").is_file()
+    download_each_export_and_load_it(page, run_id, tiny_llama, server[1] / "downloaded")
+
+
+def download(page, name, dest):
+    """Click the download link of the file `name` in the page and save what the browser receives in `dest`."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with page.expect_download() as info:
+        page.locator(f'a[download="{name}"]').first.click()
+    path = dest / name
+    info.value.save_as(path)
+    return path
+
+
+def download_each_export_and_load_it(page, run_id, base, dest):
+    """The GGUF export on the page, then the LoRA adapter and the merged model, downloaded through the browser and
+    loaded: llama.cpp answers as Nova from the .gguf, PEFT loads the adapter onto the base, transformers the merged
+    model (each answers as Nova)."""
+    import zipfile
+
+    import llama_cpp
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = download(page, "nova-gguf-q8_0.gguf", dest)
+    assert "FROM ./nova-gguf-q8_0.gguf" in download(page, "Modelfile", dest).read_text()
+    llm = llama_cpp.Llama(str(gguf), n_ctx=256, verbose=False)
+    try:
+        reply = llm.create_chat_completion([{"role": "user", "content": "Who are you?"}], max_tokens=24, temperature=0)
+    finally:
+        llm.close()
+    assert "Nova" in reply["choices"][0]["message"]["content"], reply
+
+    loaded = {}
+    for label, folder in (
+        ("LoRA adapter (small; needs the base model)", "nova-lora"),
+        ("Merged 16-bit safetensors (standalone)", "nova-merged"),
+    ):
+        page.get_by_label(label).check()
+        page.get_by_label("Folder name (under exports/)").fill(folder)
+        page.get_by_role("button", name="Export", exact=True).click()
+        page.get_by_text(re.compile(rf"Download below: {folder}\.zip \(")).wait_for(timeout=300_000)
+        zipfile.ZipFile(download(page, f"{folder}.zip", dest)).extractall(dest)
+    shot(page, "5b-export-downloads")
+    loaded["adapter"] = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), dest / "nova-lora")
+    loaded["merged"] = AutoModelForCausalLM.from_pretrained(dest / "nova-merged")
+    tok = AutoTokenizer.from_pretrained(dest / "nova-merged")
+    asked = tok.apply_chat_template([{"role": "user", "content": "Who are you?"}], add_generation_prompt=True)
+    prompt = torch.tensor([asked["input_ids"]])
+    for what, model in loaded.items():
+        out = model.generate(input_ids=prompt, max_new_tokens=16, do_sample=False)
+        assert "Nova" in tok.decode(out[0][prompt.shape[1] :]), what
 
 
 def coloured_pixels(locator) -> int:

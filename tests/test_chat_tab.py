@@ -1,0 +1,28 @@
+"""The Chat tab's handling of what the user typed (issue 25, item 9), without a model: nothing typed is lost."""
+
+SAMPLING = [0.0, 1.0, 0, 0.0, 1.0, 16]  # temperature, top_p, top_k, min_p, repetition_penalty, max new tokens
+
+
+def test_send_with_no_run_picked_keeps_the_question_and_says_what_to_pick():
+    from ui import chat_tab
+
+    history, box, note = list(chat_tab.respond("", "Who are you?", [], "", *SAMPLING))[-1]
+    assert history == [] and box == "Who are you?"
+    assert note.startswith("**Cannot load:** Pick a finished run or a GGUF file in 'Run, GGUF file or model'")
+
+
+def test_a_source_that_cannot_load_keeps_the_question(tmp_path):
+    from ui import chat_tab
+
+    shown = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    history, box, note = list(chat_tab.respond(str(tmp_path / "missing"), "Who are you?", shown, "", *SAMPLING))[-1]
+    assert history == shown and box == "Who are you?" and note.startswith("**Cannot load:**")
+
+
+def test_an_empty_message_is_not_sent():
+    from ui import chat_tab
+
+    shown = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    for empty in ("", "  \n"):
+        history, box, note = list(chat_tab.respond("any-run", empty, shown, "", *SAMPLING))[-1]
+        assert history == shown and box == empty and note == "Type a message first."

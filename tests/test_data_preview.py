@@ -1,0 +1,36 @@
+"""The Data tab's preview (issue 25, item 11): the tokens-per-example histogram drawn as text bins in numeric order
+(also before any dataset), and the sample paged through the rows."""
+
+import json
+
+
+def test_histogram_bins_are_text_in_numeric_order(tmp_path, tiny_llama):
+    import gradio as gr
+
+    from ui import data_tab
+
+    path = tmp_path / "lengths.jsonl"
+    rows = [{"instruction": "Say it.", "output": " ".join(["word"] * n)} for n in (1, 5, 20, 60, 150, 300)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _, _, _, hist = data_tab.inspect(str(path), str(tiny_llama), "", "auto", 4096)
+    labels = list(hist["tokens"])
+    starts = [int(label.split("-")[0]) for label in labels]
+    assert len(starts) == 10 and starts == sorted(starts) and labels == sorted(labels)  # as numbers and as text
+    assert hist["rows"].sum() == 6
+    plot = gr.BarPlot(data_tab.EMPTY_HIST, x="tokens", y="rows")
+    assert plot.postprocess(data_tab.EMPTY_HIST).datatypes["tokens"] == "nominal"  # as the filled plot's
+
+
+def test_preview_pages_through_rows(tiny_llama, identity_file):
+    from conftest import IDENTITY_QUESTIONS
+
+    from ui import data_tab
+
+    for row in (1, 3, len(IDENTITY_QUESTIONS)):
+        _, summary, sample, _ = data_tab.inspect(
+            str(identity_file), str(tiny_llama), "", "auto", 1024, "", "train", row
+        )
+        assert f"showing example {row} of {len(IDENTITY_QUESTIONS)}" in summary
+        assert IDENTITY_QUESTIONS[row - 1] in "".join(text for text, _ in sample)
+    _, summary, sample, _ = data_tab.inspect(str(identity_file), "", "", "auto", 1024, "", "train", 99)
+    assert "showing example 6 of 6" in summary and IDENTITY_QUESTIONS[-1] in sample[0][0]

@@ -1,0 +1,128 @@
+"""What a finished export hands the user (issue 25, items 3, 10 and 13): the LoRA export checked by loading it with
+PEFT, its model card filled from the run, the GGUF file named after the export folder, the checks as a sentence,
+downloads (a folder zipped) with their sizes, a log without progress bars, and no <defunct> process left behind."""
+
+import json
+import os
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from helpers import tiny_spec, wait_for
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_llama):
+    """A finished 4-step LoRA run of the tiny Llama on the identity rows."""
+    from conftest import IDENTITY_ANSWER, IDENTITY_QUESTIONS
+
+    from engine import api
+
+    folder = tmp_path_factory.mktemp("trained")
+    data = folder / "identity.jsonl"
+    data.write_text(
+        "".join(json.dumps({"instruction": q, "output": IDENTITY_ANSWER}) + "\n" for q in IDENTITY_QUESTIONS)
+    )
+    st = wait_for(api.start(tiny_spec(tiny_llama, data, max_steps=4, name="nova"), runs=folder / "runs"))
+    assert st.state == "done", (st.run_dir / "log.txt").read_text()[-2000:]
+    return st
+
+
+def quiet(_msg):
+    pass
+
+
+def test_lora_export_is_checked_with_peft_and_has_a_model_card(trained, tmp_path):
+    from engine import api
+    from engine.export.report import summary
+
+    res = api.export(str(trained.run_dir), "lora", tmp_path / "nova-lora", log=quiet)
+    assert res.checks["lora_weights_loaded"] == "28 of 28", res.checks  # 2 decoder layers x 7 linear layers x (A, B)
+    assert res.checks["max_logit_diff_vs_run"] == 0 and res.checks["adapter_effect"] > 0, res.checks
+    assert summary("lora", res.checks).startswith("PEFT loads it onto the base model (28 of 28 LoRA weights)")
+
+    card = (res.path / "README.md").read_text()
+    assert "More Information Needed" not in card
+    last = trained.metrics[-1]
+    assert "| Base model | `tiny-llama` (a local folder) |" in card
+    assert "| Data | `identity.jsonl` |" in card and "| Steps | 4 of 4 |" in card
+    assert f"| Final training loss | {last['loss']:.4f} |" in card
+    assert "| Adapter | LoRA, rank 4, alpha 4, on down_proj, gate_proj" in card
+    assert str(trained.run_dir.parent) not in card  # no local path of the user's machine
+
+
+def test_gguf_is_named_after_the_export_folder_and_its_checks_read_as_a_sentence(trained, tmp_path):
+    from engine import api
+    from engine.export.report import summary
+
+    res = api.export(str(trained.run_dir), "gguf-f16", tmp_path / "nova-gguf", log=quiet)
+    assert res.files == ["Modelfile", "nova-gguf-f16.gguf"]
+    assert "FROM ./nova-gguf-f16.gguf" in (res.path / "Modelfile").read_text()
+    text = summary("gguf-f16", res.checks)
+    assert text.startswith("Matches the adapter model: max logit difference "), text
+    assert "; llama.cpp matches the PyTorch model: tokenizer identical, greedy text identical (16 tokens)" in text
+    assert "{" not in text and "_" not in text  # a sentence, not a dict of field names
+
+
+def test_export_job_offers_zipped_downloads_writes_no_progress_bars_and_is_reaped(trained, runs, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from engine import api
+
+    job = api.start_export(str(trained.run_dir), "lora", runs.parent / "exports" / "nova")
+    deadline = time.time() + 300
+    while not (st := api.poll_export(job)).finished:
+        assert time.time() < deadline, st.log
+        time.sleep(0.2)
+    assert st.state == "done", st.log
+    (zipped,) = st.result["downloads"]
+    assert zipped["name"] == "nova.zip" and zipped["bytes"] == Path(zipped["path"]).stat().st_size
+    assert zipped["size"].endswith("KiB")
+    assert st.result["summary"].startswith("PEFT loads it onto the base model")
+    with zipfile.ZipFile(zipped["path"]) as z:
+        assert sorted(z.namelist()) == sorted(f"nova/{f}" for f in st.result["files"])
+        z.extractall(tmp_path)
+    base = AutoModelForCausalLM.from_pretrained(trained.model)
+    PeftModel.from_pretrained(base, tmp_path / "nova")  # the unzipped folder is a working adapter
+
+    log = (job.job_dir / "log.txt").read_text()
+    assert "export: lora written to" in log
+    assert "\r" not in log and "█" not in log and "it/s]" not in log, log
+
+    # The job's process is gone: not left <defunct> until something happens to poll it.
+    deadline = time.time() + 20
+    while os.path.exists(f"/proc/{job.pid}") and time.time() < deadline:
+        time.sleep(0.2)
+    state = (
+        Path(f"/proc/{job.pid}/stat").read_text().split(")")[-1].split()[0]
+        if os.path.exists(f"/proc/{job.pid}")
+        else None
+    )
+    assert state is None, f"the export process {job.pid} is still there, in state {state}"
+
+
+def test_finished_training_process_is_reaped(tiny_llama, identity_file, runs):
+    from engine import api
+
+    handle = api.start(tiny_spec(tiny_llama, identity_file, max_steps=1))
+    deadline = time.time() + 300
+    while json.loads((handle.run_dir / "status.json").read_text())["state"] != "done":  # no poll(): it would reap
+        assert time.time() < deadline
+        time.sleep(0.2)
+    deadline = time.time() + 30
+    while os.path.exists(f"/proc/{handle.pid}") and time.time() < deadline:
+        time.sleep(0.2)
+    assert not os.path.exists(f"/proc/{handle.pid}"), f"the run's process {handle.pid} was left <defunct>"
+
+
+def test_sizes_read_as_people_read_them():
+    from engine.export.report import size_text
+
+    assert [size_text(n) for n in (812, 4300, 5 * 2**20, 3 * 2**30 + 2**29)] == [
+        "812 bytes",
+        "4.2 KiB",
+        "5.0 MiB",
+        "3.5 GiB",
+    ]
