@@ -38,6 +38,7 @@ from engine.api.runs import (
     find_run,
     list_runs,
     poll,
+    request_cancel,
     resume,
     run_log,
     start,
@@ -46,10 +47,17 @@ from engine.chat.infer import ReplyStats
 from engine.core.errors import UserError
 from engine.core.hardware import vram_budget_gib
 from engine.models.presets import catalog
-from engine.spec.jobspec import JobSpec
+from engine.spec.checks import check_settings
+from engine.spec.jobspec import DEVICES, DTYPES, OPTIMIZERS, SCHEDULES, JobSpec, read_job
+
+# The choices of the settings that have a fixed list, for forms that offer them.
+SETTING_CHOICES = dict(lr_schedule=SCHEDULES, optimizer=OPTIMIZERS, device=DEVICES, dtype=DTYPES)
 
 __all__ = [
     "JobSpec",
+    "read_job",
+    "check_settings",
+    "SETTING_CHOICES",
     "UserError",
     "RunHandle",
     "RunStatus",
@@ -57,6 +65,7 @@ __all__ = [
     "resume",
     "poll",
     "cancel",
+    "request_cancel",
     "list_runs",
     "runs_dir",
     "workspace",

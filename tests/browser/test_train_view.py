@@ -76,3 +76,62 @@ def test_1_the_view_follows_the_active_run(page, server, tiny_llama, identity_fi
     history_cell(page, run_id).wait_for(timeout=30_000)
     shot(page, "25-1-followed-after-reload")
     cancel_and_wait(page)
+
+
+def test_4_every_setting_with_help_saved_loaded_and_as_a_command(page, server, tiny_llama, identity_file, tmp_path):
+    choose_model(page, tiny_llama)
+    use_identity_data(page, identity_file)
+    tab(page, "Train")
+    page.get_by_text("Advanced", exact=True).click()
+    for help_line in (
+        "Steps over which the learning rate rises",
+        "Scales the adapter's effect",
+        "Fixes the data order",
+    ):
+        page.get_by_text(help_line).first.wait_for()
+    set_number(page, "Warmup steps", 5)
+    set_number(page, "Seed", 77)
+    page.get_by_label("rsLoRA").check()
+    page.get_by_text("Job file and command line").click()
+    page.get_by_role("button", name="Save as job.yaml").click()
+    page.get_by_text("python -m engine train job.yaml").wait_for()
+    page.get_by_text("warmup_steps: 5").first.wait_for()
+    page.get_by_text("use_rslora: true").first.wait_for()
+    shot(page, "25-4-advanced-and-job-file")
+
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"model: {tiny_llama}\ndata: {identity_file}\nname: loaded\nmax_steps: 33\nlearning_rate: 0.0005\n"
+        "seed: 99\nlr_schedule: cosine\n"
+    )
+    with page.expect_file_chooser() as chooser:
+        page.get_by_role("button", name="Load job.yaml").click()
+    chooser.value.set_files(str(job))
+    page.get_by_text("Loaded the settings of job.yaml").wait_for()
+    expect_value(page.get_by_label("Steps (0: use epochs)", exact=True), re.compile(r"^33$"))
+    expect_value(page.get_by_label("Seed", exact=True), re.compile(r"^99$"))
+    expect_value(page.get_by_label("Run name"), re.compile(r"^loaded$"))
+    shot(page, "25-4-job-loaded")
+
+
+def test_6_settings_checked_in_the_users_words(page, server, tiny_llama, identity_file):
+    runs = server[1] / "runs"
+    before = set(runs.iterdir()) if runs.exists() else set()
+    choose_model(page, tiny_llama)
+    use_identity_data(page, identity_file)
+    tab(page, "Model")
+    page.get_by_label("…or a hub id or local folder").fill("no-such-folder/model")
+    page.get_by_label("…or a hub id or local folder").press("Enter")
+    page.get_by_text("Memory estimate unavailable").wait_for()  # the Model tab knows it is not there
+    tab(page, "Train")
+    set_number(page, "Learning rate", -1)
+    page.get_by_role("button", name="Start training").click()
+    page.get_by_text("Learning rate must be a positive number; you entered -1.").first.wait_for()
+    set_number(page, "Learning rate", 50)
+    page.get_by_role("button", name="Start training").click()
+    page.get_by_text("Learning rate 50 is far above the usual range").first.wait_for()
+    shot(page, "25-6-warning")
+    page.get_by_role("button", name="Start training").click()  # again: the warning was seen
+    page.get_by_text(re.compile(r"^Not started: Could not read the config of 'no-such-folder/model'")).first.wait_for()
+    shot(page, "25-6-missing-model")
+    assert (set(runs.iterdir()) if runs.exists() else set()) == before  # no run folder was made
