@@ -10,7 +10,7 @@ import time
 
 import pytest
 import test_app_browser as app_browser
-from test_app_browser import choose_model, expect_value, set_number, shot, tab
+from test_app_browser import choose_model, coloured_pixels, expect_value, set_number, shot, tab
 
 browser, page, server = app_browser.browser, app_browser.page, app_browser.server  # its fixtures
 RUNNING = re.compile(r"^running · step [1-9]")
@@ -135,3 +135,49 @@ def test_6_settings_checked_in_the_users_words(page, server, tiny_llama, identit
     page.get_by_text(re.compile(r"^Not started: Could not read the config of 'no-such-folder/model'")).first.wait_for()
     shot(page, "25-6-missing-model")
     assert (set(runs.iterdir()) if runs.exists() else set()) == before  # no run folder was made
+
+
+def test_5_progress_bar_times_and_speed_and_memory_charts(page, server, tiny_llama, identity_file):
+    start_long_run(page, tiny_llama, identity_file)
+    page.wait_for_function("() => /step ([3-9]|\\d\\d+)\\//.exec(document.body.innerText)", timeout=120_000)
+    bar = page.locator(".ts-progress")
+    bar.get_by_text(re.compile(r"elapsed \d+.* · about .* left")).wait_for(timeout=30_000)
+    assert bar.locator("progress").get_attribute("max") == "100"
+    time.sleep(2)  # the charts' redraw
+    shot(page, "25-5-progress")
+    for name in ("Tokens/s", "Memory (GB)"):
+        chart = page.locator(".block").filter(has=page.get_by_text(name, exact=True)).last
+        assert coloured_pixels(chart) > 100, f"the {name} line is not drawn"
+    cancel_and_wait(page)
+
+
+def test_8_cancel_at_once_history_refreshes_itself_and_deleting_asks(page, server, tiny_llama, identity_file):
+    run_id = start_long_run(page, tiny_llama, identity_file)
+    page.get_by_text("Run history").click()
+    row = history_cell(page, run_id)
+    row.wait_for(timeout=30_000)  # no Refresh pressed
+    cells = page.get_by_text(re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d$")).locator("visible=true")
+    assert cells.count() >= 1  # the start time
+    page.get_by_text(re.compile(r"^\d+ (s|min \d\d s)$")).locator("visible=true").first.wait_for()  # the duration
+    page.get_by_role("button", name="Cancel", exact=True).click()
+    page.get_by_text(re.compile(r"^cancelling · ")).first.wait_for(timeout=10_000)  # before the run has stopped
+    shot(page, "25-8-cancelling")
+    page.get_by_text(re.compile(r"^cancelled · ")).first.wait_for(timeout=120_000)
+
+    row.click()
+    page.wait_for_function(
+        f"""() => [...document.querySelectorAll('span')].some(s => s.innerText === '{run_id}' &&
+            [s.parentElement, s.parentElement.parentElement].some(
+                e => getComputedStyle(e).backgroundColor === 'rgb(253, 230, 138)'))""",
+        timeout=30_000,
+    )  # the selected row is highlighted
+    page.get_by_role("button", name="Delete", exact=True).click()
+    page.get_by_text(f"Delete run {run_id} and everything in its folder").wait_for()
+    shot(page, "25-8-delete-asks")
+    page.get_by_role("button", name="Keep it").click()
+    time.sleep(1)
+    assert (server[1] / "runs" / run_id).is_dir()
+    page.get_by_role("button", name="Delete", exact=True).click()
+    page.get_by_role("button", name="Yes, delete it").click()
+    page.get_by_text(f"Deleted run {run_id}.").wait_for()
+    assert not (server[1] / "runs" / run_id).exists()
