@@ -36,7 +36,7 @@ def build_app() -> gr.Blocks:
         train_settings.wire_load(train, model, data)
         export_tab.build()
         items = i18n.translatable(demo.blocks)
-        language.change(i18n.switcher(items), language, [block for block, _ in items])
+        language.change(i18n.switcher(items), [language, *i18n.shown(items)], [block for block, _ in items])
     return demo
 
 

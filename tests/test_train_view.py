@@ -100,3 +100,18 @@ def test_cancel_answers_at_once_then_the_run_ends_cancelled(tiny_llama, identity
     assert st.state == "cancelled" and list((st.run_dir / "checkpoints").glob("step-*")), log_of(st)
     (row,) = train_live.history_rows()
     assert row[:2] == [run_id, "cancelled"] and row[5][:4].isdigit() and row[6].endswith("s")
+
+
+def test_language_switch_keeps_text_a_handler_wrote():
+    import gradio as gr
+
+    from ui import i18n
+
+    with gr.Blocks() as demo:
+        gr.Markdown("No run yet.")
+        gr.Markdown("Pick a model to see the preset for this GPU.")
+    items = i18n.translatable(demo.blocks)
+    switch = i18n.switcher(items)
+    live, default = switch("中文", "**done** · step 3/3", "Pick a model to see the preset for this GPU.")
+    assert "value" not in live and default["value"] == "选择模型以查看此 GPU 的预设。"
+    assert switch("English", "还没有运行。", "**done**")[0]["value"] == "No run yet."

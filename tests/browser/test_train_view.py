@@ -181,3 +181,27 @@ def test_8_cancel_at_once_history_refreshes_itself_and_deleting_asks(page, serve
     page.get_by_role("button", name="Yes, delete it").click()
     page.get_by_text(f"Deleted run {run_id}.").wait_for()
     assert not (server[1] / "runs" / run_id).exists()
+
+
+def test_2_switching_language_keeps_live_state(page, server, tiny_llama, identity_file):
+    choose_model(page, tiny_llama)
+    use_identity_data(page, identity_file)
+    tab(page, "Train")
+    set_number(page, "Steps (0: use epochs)", 3)
+    page.get_by_role("button", name="Start training").click()
+    page.get_by_text(re.compile(r"^done · step 3/3")).wait_for(timeout=300_000)
+    live = ["Format:", "No GPU detected: the CPU trains", "done · step 3/3"]
+
+    def all_there():
+        for text in live:  # hidden ones too (the Data tab's summary)
+            assert page.get_by_text(text).count() >= 1, f"{text!r} is gone"
+
+    page.get_by_role("radio", name="中文").check()
+    page.get_by_role("tab", name="训练").wait_for()
+    time.sleep(1)
+    all_there()
+    shot(page, "25-2-chinese-keeps-state")
+    page.get_by_role("radio", name="English").check()
+    page.get_by_role("tab", name="Train").wait_for()
+    time.sleep(1)
+    all_there()
