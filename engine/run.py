@@ -53,7 +53,7 @@ def main(argv=None) -> int:
 
     job = Path(args.job)
     run_dir = job.parent
-    runlog = RunLog(run_dir)
+    runlog = RunLog(run_dir, log)
     stop = {"requested": False}
 
     def on_term(signum, frame):

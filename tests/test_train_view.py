@@ -1,6 +1,7 @@
 """The Train view's handlers without a browser (issue 25): settings checked in the words on the screen, the job file
 round trip, the remaining time, the history's times, and a cancel that answers at once."""
 
+import re
 import time
 
 from helpers import log_of, wait_for
@@ -98,6 +99,8 @@ def test_cancel_answers_at_once_then_the_run_ends_cancelled(tiny_llama, identity
     train_live.finish_cancel(run_id)
     st = api.poll(handle)
     assert st.state == "cancelled" and list((st.run_dir / "checkpoints").glob("step-*")), log_of(st)
+    steps = re.findall(r"step \d+/100000: loss \d+\.\d{4}, lr \S+, [\d,]+ tokens/s, memory \d+\.\d\d GB", log_of(st))
+    assert len(steps) == st.step  # one line per step
     (row,) = train_live.history_rows()
     assert row[:2] == [run_id, "cancelled"] and row[5][:4].isdigit() and row[6].endswith("s")
 

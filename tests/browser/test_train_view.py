@@ -205,3 +205,21 @@ def test_2_switching_language_keeps_live_state(page, server, tiny_llama, identit
     page.get_by_role("tab", name="Train").wait_for()
     time.sleep(1)
     all_there()
+
+
+def test_14_the_run_log_has_one_line_per_step(page, server, tiny_llama, identity_file):
+    choose_model(page, tiny_llama)
+    use_identity_data(page, identity_file)
+    tab(page, "Train")
+    set_number(page, "Steps (0: use epochs)", 4)  # gradient checkpointing on: micro-batches of several sizes
+    page.get_by_role("button", name="Start training").click()
+    page.get_by_text(re.compile(r"^done · step 4/4")).wait_for(timeout=300_000)
+    page.get_by_text("Log", exact=True).click()
+    page.get_by_role("button", name="Show log").click()
+    box = page.get_by_label("log.txt (last 200 lines)")
+    expect_value(box, re.compile(r"step 4/4: loss"))
+    log = box.input_value()
+    steps = re.findall(r"step (\d)/4: loss \d+\.\d{4}, lr \S+, [\d,]+ tokens/s, memory \d+\.\d\d GB", log)
+    assert steps == ["1", "2", "3", "4"], log
+    assert log.count("checkpointing:") <= 1, log  # the plan once, not once per step
+    shot(page, "25-14-run-log")
