@@ -52,10 +52,7 @@ def make_spec(
 ) -> api.JobSpec:
     """The JobSpec for the values on the Model, Data and Train tabs (in the order `build` wires them); the reward
     settings come last, in `rewards_from`'s order."""
-    if not model:
-        raise api.UserError("Pick a model in the Model tab first.")
-    if not data:
-        raise api.UserError("Choose a dataset in the Data tab first.")
+    require_model_and_data(model, data)
     return api.JobSpec(
         model=model,
         data=data,
@@ -85,6 +82,13 @@ def make_spec(
         train_embeddings=bool(train_embeddings),
         embedding_learning_rate=float(embedding_lr),
     )
+
+
+def require_model_and_data(model, data) -> None:
+    if not model:
+        raise api.UserError("Pick a model in the Model tab first.")
+    if not data:
+        raise api.UserError("Choose a dataset in the Data tab first.")
 
 
 def rewards_from(
@@ -183,7 +187,9 @@ def start(*args, advanced=None, confirmed=False):
         if busy:  # follow it: the Run box and the updates stay on the run that is training
             note = f"**Not started:** Run `{busy[0]}` is still training; cancel it or wait for it to finish."
             return busy[0], note, gr.Timer(active=True)
-        warnings = train_settings.check(dict(zip(MAKE_SPEC_ARGS, args, strict=False)), advanced or {})
+        basic = dict(zip(MAKE_SPEC_ARGS, args, strict=False))
+        require_model_and_data(basic.get("model"), basic.get("data"))
+        warnings = train_settings.check(basic, advanced or {})
         spec = make_spec(*args)
         spec = train_settings.apply(spec, advanced) if advanced else spec
         if warnings and not confirmed:
@@ -447,7 +453,8 @@ def build(model_inputs: list, data_inputs: list) -> dict:
     inputs = model_inputs + data_inputs + [name, steps, epochs, lr, batch, accum, rank, packing, checkpointing]
     warned = gr.State("")
     form = inputs + objective_inputs + reward_inputs + list(advanced.values())
-    start_btn.click(train_settings.starter(start), form + [warned], [run_id, status, timer, notice, warned])
+    outputs = [run_id, status, timer, notice, warned]
+    start_btn.click(train_settings.starter(start), form + [warned], outputs, api_name="start")
     job["save"].click(train_settings.saver(make_spec), form, [job["download"], job["text"], job["command"], notice])
     objective.change(show_settings, objective, [preference_box, grpo_box, pretrain_box])
     note_inputs = [objective, *data_inputs[:2], *data_inputs[3:5], use_answer, answer_field]
@@ -457,7 +464,7 @@ def build(model_inputs: list, data_inputs: list) -> dict:
     timer.tick(method_view, run_id, method_plot)
     timer.tick(train_live.live_view, run_id, [progress, speed_plot, memory_plot])
     watch_timer.tick(train_live.watch, [run_id, seen_active], [run_id, table, seen_active, timer])
-    cancel_btn.click(train_live.cancel_now, run_id, [run_id, status, timer]).then(
+    cancel_btn.click(train_live.cancel_now, run_id, [run_id, status, timer], api_name="cancel").then(
         train_live.finish_cancel, run_id, None
     )
     log_btn.click(show_log, run_id, log)
