@@ -231,7 +231,7 @@ def view(run_id: str):
         m = st.metrics[-1]
         lines.append(
             f"loss {m['loss']:.4f} · lr {m['lr']:.2e} · grad norm {m['grad_norm']:.3f} · "
-            f"{m['tokens_per_s']:.0f} tokens/s · memory {m['memory_gb']:.2f} GB · ETA {m['eta_s']:.0f} s"
+            f"{m['tokens_per_s']:.0f} tokens/s · memory {m['memory_gb']:.2f} GB"  # time left: the progress bar
         )
         if "margin" in m:
             lines.append(
