@@ -15,7 +15,7 @@ import tempfile
 import gradio as gr
 
 from engine import api
-from ui import chat_tab, data_tab, eval_tab, export_tab, i18n, model_tab, train_tab
+from ui import chat_tab, data_tab, eval_tab, export_tab, i18n, model_tab, train_settings, train_tab
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -33,10 +33,11 @@ def build_app() -> gr.Blocks:
         )
         chat = chat_tab.build()
         train_tab.wire_chat(train, chat["source"])
+        train_settings.wire_load(train, model, data)
         export_tab.build()
         eval_tab.build()
         items = i18n.translatable(demo.blocks)
-        language.change(i18n.switcher(items), language, [block for block, _ in items])
+        language.change(i18n.switcher(items), [language, *i18n.shown(items)], [block for block, _ in items])
     return demo
 
 

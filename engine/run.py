@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     job = Path(args.job)
     run_dir = job.parent
     rank = launch.worker_rank()  # None: one process, or the supervisor of several
-    runlog = RunLog(run_dir) if not rank else launch.QuietRunLog(run_dir)
+    runlog = RunLog(run_dir, log) if not rank else launch.QuietRunLog(run_dir)
     say = log if not rank else _quiet  # the other ranks say only why they failed; rank 0 speaks for the run
     stop = {"requested": False}
 

@@ -128,7 +128,7 @@ def test_delete_removes_nothing_outside(shared):
 
 def test_cancel_signals_no_process_of_a_folder_outside(shared):
     for run_id in _run_ids(shared):
-        status = shared["client"].predict(run_id, api_name="/cancel")
+        _, status, _ = shared["client"].predict(run_id, api_name="/cancel")
         assert "Not cancelled" in status and NOT_A_RUN in status
     assert json.loads((shared["victim"] / "status.json").read_text())["state"] == "running"
 

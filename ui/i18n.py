@@ -248,15 +248,25 @@ def translatable(blocks) -> list[tuple[object, dict]]:
     return items
 
 
-def switcher(items: list[tuple[object, dict]]):
-    """The handler for the language selector: one update per translatable component."""
+def shown(items: list[tuple[object, dict]]) -> list:
+    """The components whose text `switcher` translates: pass them after the language, so that a text a handler
+    has written since (a dataset summary, a run's status) is kept rather than reset to the translated default."""
+    return [block for block, fields in items if "value" in fields]
 
-    def switch(language: str) -> list:
+
+def switcher(items: list[tuple[object, dict]]):
+    """The handler for the language selector: one update per translatable component. Given the current texts of
+    `shown(items)` after the language, it leaves alone those that are no longer a default text."""
+
+    def switch(language: str, *current) -> list:
         lang = LANGUAGES.get(language, "en")
+        texts = dict(zip((i for i, (_, fields) in enumerate(items) if "value" in fields), current, strict=False))
         updates = []
-        for _, fields in items:
+        for i, (_, fields) in enumerate(items):
             kw = {}
             for attr, english in fields.items():
+                if attr == "value" and i in texts and texts[i] not in (english, *STRINGS[english]):
+                    continue  # written by a handler since: live state, not a label
                 if attr == "choices":
                     kw["choices"] = [(tr(label, lang), value) for label, value in english]
                 else:

@@ -1,10 +1,13 @@
 """Train tab: the objective and its settings, the GPU's preset, Start and Cancel, a live view polled from the run
 folder (with the objective's own metric: DPO/ORPO's chosen-rejected margin, GRPO's reward), and the run history."""
 
+import inspect
+
 import gradio as gr
 import pandas as pd
 
 from engine import api
+from ui import train_live, train_settings
 from ui.data_tab import parse_mapping
 from ui.eval_tab import validation_lines, with_validation
 
@@ -50,10 +53,7 @@ def make_spec(
 ) -> api.JobSpec:
     """The JobSpec for the values on the Model, Data and Train tabs (in the order `build` wires them); the reward
     settings come last, in `rewards_from`'s order."""
-    if not model:
-        raise api.UserError("Pick a model in the Model tab first.")
-    if not data:
-        raise api.UserError("Choose a dataset in the Data tab first.")
+    require_model_and_data(model, data)
     return api.JobSpec(
         model=model,
         data=data,
@@ -83,6 +83,13 @@ def make_spec(
         train_embeddings=bool(train_embeddings),
         embedding_learning_rate=float(embedding_lr),
     )
+
+
+def require_model_and_data(model, data) -> None:
+    if not model:
+        raise api.UserError("Pick a model in the Model tab first.")
+    if not data:
+        raise api.UserError("Choose a dataset in the Data tab first.")
 
 
 def rewards_from(
@@ -175,18 +182,35 @@ def apply_preset(model: str, method: str):
     )
 
 
-def start(*args):
-    """Start a run; returns (run id, status line, timer)."""
+def start(*args, advanced=None, confirmed=False):
+    """Start a run; returns (run id, status line, timer). `advanced`: the Advanced section's values
+    (ui.train_settings). Settings are checked first, in the words on the screen; a value allowed but far outside
+    the usual range (a learning rate of 50) stops the start with a warning unless `confirmed`."""
     try:
         busy = [r.run_id for r in api.list_runs() if not r.finished]
-        if busy:
-            raise api.UserError(f"Run {busy[0]} is still training; cancel it or wait for it to finish.")
+        if busy:  # follow it: the Run box and the updates stay on the run that is training
+            note = f"**Not started:** Run `{busy[0]}` is still training; cancel it or wait for it to finish."
+            return busy[0], note, gr.Timer(active=True)
+        basic = dict(zip(MAKE_SPEC_ARGS, args, strict=False))
+        require_model_and_data(basic.get("model"), basic.get("data"))
+        warnings = train_settings.check(basic, advanced or {})
         spec = make_spec(*args)
+        spec = train_settings.apply(spec, advanced) if advanced else spec
+        if warnings and not confirmed:
+            return (
+                "",
+                "**Check:** " + " ".join(warnings) + " Press Start again to train anyway.",
+                gr.Timer(active=False),
+            )
+        api.model_arch(spec.model)  # what the Model tab found: a model that is not there stops here, not in a run
         api.check_data(spec.data, spec.objective, spec.column_map, spec.data_config, spec.data_split, spec.rewards)
         handle = api.start(spec)
     except api.UserError as e:
         return "", f"**Not started:** {e}", gr.Timer(active=False)
     return handle.run_id, f"Started run `{handle.run_id}`…", gr.Timer(active=True)
+
+
+MAKE_SPEC_ARGS = [p.name for p in inspect.signature(make_spec).parameters.values() if p.kind != p.VAR_POSITIONAL]
 
 
 def smoothed(values: list[float], weight: float = 0.9) -> list[float]:
@@ -211,7 +235,7 @@ def view(run_id: str):
         m = st.metrics[-1]
         lines.append(
             f"loss {m['loss']:.4f} · lr {m['lr']:.2e} · grad norm {m['grad_norm']:.3f} · "
-            f"{m['tokens_per_s']:.0f} tokens/s · memory {m['memory_gb']:.2f} GB · ETA {m['eta_s']:.0f} s"
+            f"{m['tokens_per_s']:.0f} tokens/s · memory {m['memory_gb']:.2f} GB"  # time left: the progress bar
         )
         if "margin" in m:
             lines.append(
@@ -269,16 +293,6 @@ def method_view(run_id: str):
         }
     )
     return gr.update(value=frame, visible=True)
-
-
-def cancel(run_id: str) -> str:
-    if not run_id:
-        return "No run to cancel."
-    try:
-        st = api.cancel(run_id)
-    except api.UserError as e:
-        return f"**Not cancelled:** {e}"
-    return f"**{st.state}** · {st.message}"
 
 
 def history() -> list[list]:
@@ -362,37 +376,66 @@ def build(model_inputs: list, data_inputs: list) -> dict:
                     False, label="Also train the embeddings and output layer (new vocabulary or language; large)"
                 )
                 embedding_lr = gr.Number(2e-5, label="Their learning rate")
-        name = gr.Textbox("my-run", label="Run name")
+        name = gr.Textbox("my-run", label="Run name", info="The run folder is runs/<date>-<time>-<name>.")
         with gr.Row():
-            steps = gr.Number(60, label="Steps (0: use epochs)", precision=0)
-            epochs = gr.Number(1, label="Epochs")
-            lr = gr.Number(2e-4, label="Learning rate")
+            steps = gr.Number(60, label="Steps (0: use epochs)", precision=0, info="Optimizer steps to train.")
+            epochs = gr.Number(1, label="Epochs", info="Passes over the data, when Steps is 0.")
+            lr = gr.Number(
+                2e-4, label="Learning rate", info="Peak step size: 1e-4 to 5e-4 for LoRA; too high ruins it."
+            )
         with gr.Accordion("Advanced", open=False):
             with gr.Row():
-                batch = gr.Number(2, label="Batch size", precision=0)
-                accum = gr.Number(4, label="Gradient accumulation", precision=0)
-                rank = gr.Number(16, label="LoRA rank (alpha = rank)", precision=0)
+                batch = gr.Number(
+                    2, label="Batch size", precision=0, info="Examples per micro-step; memory grows with it."
+                )
+                accum = gr.Number(
+                    4, label="Gradient accumulation", precision=0, info="Micro-steps per step; no memory."
+                )
+                rank = gr.Number(
+                    16, label="LoRA rank (alpha = rank)", precision=0, info="Adapter capacity; more: slower."
+                )
             with gr.Row():
-                checkpointing = gr.Checkbox(True, label="Gradient checkpointing (less memory, slower)")
-                packing = gr.Checkbox(False, label="Pack short examples (faster; the max length is on the Data tab)")
+                checkpointing = gr.Checkbox(
+                    True,
+                    label="Gradient checkpointing (less memory, slower)",
+                    info="Recomputes layers in the backward.",
+                )
+                packing = gr.Checkbox(
+                    False,
+                    label="Pack short examples (faster; the max length is on the Data tab)",
+                    info="Fills each row with several short examples: fewer padded tokens.",
+                )
+            advanced = train_settings.build_advanced()
+        job = train_settings.build_job_file()
         with gr.Row():
             start_btn = gr.Button("Start training", variant="primary")
             cancel_btn = gr.Button("Cancel", variant="stop")
+        notice = gr.Markdown("")
         run_id = gr.Textbox(label="Run", interactive=False)
         status = gr.Markdown("No run yet.")
-        plot = gr.LinePlot(EMPTY_PLOT, x="step", y="loss", color="series", label="Loss")
+        progress = gr.HTML("")
+        with gr.Row():
+            plot = gr.LinePlot(EMPTY_PLOT, x="step", y="loss", color="series", label="Loss")
+            speed_plot = gr.LinePlot(EMPTY_PLOT, x="step", y="tokens_per_s", label="Tokens/s", y_title="tokens/s")
+            memory_plot = gr.LinePlot(EMPTY_PLOT, x="step", y="memory_gb", label="Memory (GB)", y_title="GB")
         method_plot = gr.LinePlot(EMPTY_PLOT, x="step", y="value", color="series", label="Method metric", visible=False)
         timer = gr.Timer(1.0, active=False)
+        watch_timer = gr.Timer(2.0)  # follows a run started elsewhere or before a reload; refreshes the history
+        seen_active = gr.State("")
         with gr.Accordion("Log", open=False):
             log_btn = gr.Button("Show log")
             log = gr.Textbox(label="log.txt (last 200 lines)", lines=12, interactive=False)
         with gr.Accordion("Run history", open=False):
-            table = gr.Dataframe(headers=["run", "state", "step", "model", "loss"], value=history(), interactive=False)
+            table = gr.Dataframe(headers=train_live.HISTORY_HEADERS, value=train_live.history_table, interactive=False)
             with gr.Row():
                 refresh = gr.Button("Refresh")
                 resume_btn = gr.Button("Resume")
                 chat_btn = gr.Button("Chat with this run")
                 delete_btn = gr.Button("Delete", variant="stop")
+            with gr.Row(visible=False) as confirm_box:
+                confirm_text = gr.Markdown()
+                confirm_btn = gr.Button("Yes, delete it", variant="stop", scale=0)
+                keep_btn = gr.Button("Keep it", scale=0)
     model, method = model_inputs[0], model_inputs[1]
     for trigger in (model.change, method.change):
         trigger(apply_preset, [model, method], [preset_note, data_inputs[-1], batch, accum, rank, lr, checkpointing])
@@ -417,20 +460,43 @@ def build(model_inputs: list, data_inputs: list) -> dict:
     ]
     objective_inputs = [objective, beta, generations, new_tokens, temperature, train_embeddings, embedding_lr]
     inputs = model_inputs + data_inputs + [name, steps, epochs, lr, batch, accum, rank, packing, checkpointing]
-    start_btn.click(start, inputs + objective_inputs + reward_inputs, [run_id, status, timer])
+    warned = gr.State("")
+    form = inputs + objective_inputs + reward_inputs + list(advanced.values())
+    outputs = [run_id, status, timer, notice, warned]
+    start_btn.click(train_settings.starter(start), form + [warned], outputs, api_name="start")
+    job["save"].click(train_settings.saver(make_spec), form, [job["download"], job["text"], job["command"], notice])
     objective.change(show_settings, objective, [preference_box, grpo_box, pretrain_box])
     note_inputs = [objective, *data_inputs[:2], *data_inputs[3:5], use_answer, answer_field]
     for trigger in (objective.change, data_inputs[0].change, use_answer.change):
         trigger(data_note, note_inputs, objective_note)
     timer.tick(view, run_id, [status, plot, timer])
     timer.tick(method_view, run_id, method_plot)
-    cancel_btn.click(cancel, run_id, status)
+    timer.tick(train_live.live_view, run_id, [progress, speed_plot, memory_plot])
+    watch_timer.tick(train_live.watch, [run_id, seen_active], [run_id, table, seen_active, timer])
+    cancel_btn.click(train_live.cancel_now, run_id, [run_id, status, timer], api_name="cancel").then(
+        train_live.finish_cancel, run_id, None
+    )
     log_btn.click(show_log, run_id, log)
-    refresh.click(history, None, table)
+    refresh.click(train_live.history_table, run_id, table)
     table.select(pick, table, run_id).then(view, run_id, [status, plot, timer]).then(method_view, run_id, method_plot)
+    run_id.change(train_live.history_table, run_id, table)
     resume_btn.click(resume, run_id, [run_id, status, timer])
-    delete_btn.click(delete, run_id, [run_id, status, table])
+    delete_btn.click(train_live.ask_delete, run_id, [confirm_box, confirm_text, status])
+    confirm_btn.click(delete, run_id, [run_id, status, table]).then(
+        lambda: gr.update(visible=False), None, confirm_box
+    ).then(train_live.history_table, run_id, table)
+    keep_btn.click(lambda: gr.update(visible=False), None, confirm_box)
     return dict(
+        beta=beta,
+        generations=generations,
+        new_tokens=new_tokens,
+        temperature=temperature,
+        train_embeddings=train_embeddings,
+        embedding_lr=embedding_lr,
+        advanced=advanced,
+        load_job=job["load"],
+        notice=notice,
+        progress=progress,
         preset_note=preset_note,
         objective=objective,
         objective_note=objective_note,

@@ -42,6 +42,7 @@ from engine.api.runs import (
     find_run,
     list_runs,
     poll,
+    request_cancel,
     resume,
     run_log,
     start,
@@ -50,10 +51,17 @@ from engine.chat.infer import ReplyStats
 from engine.core.errors import ModelError, UserError
 from engine.core.hardware import vram_budget_gib
 from engine.models.presets import catalog
-from engine.spec.jobspec import JobSpec
+from engine.spec.checks import check_settings
+from engine.spec.jobspec import DEVICES, DTYPES, OPTIMIZERS, SCHEDULES, JobSpec, read_job
+
+# The choices of the settings that have a fixed list, for forms that offer them.
+SETTING_CHOICES = dict(lr_schedule=SCHEDULES, optimizer=OPTIMIZERS, device=DEVICES, dtype=DTYPES)
 
 __all__ = [
     "JobSpec",
+    "read_job",
+    "check_settings",
+    "SETTING_CHOICES",
     "UserError",
     "ModelError",
     "RunHandle",
@@ -62,6 +70,7 @@ __all__ = [
     "resume",
     "poll",
     "cancel",
+    "request_cancel",
     "list_runs",
     "runs_dir",
     "workspace",

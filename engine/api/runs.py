@@ -11,6 +11,7 @@ from engine.core.errors import UserError
 from engine.core.runlog import TERMINAL, read_metrics
 from engine.spec.jobspec import JobSpec, read_job
 
+CANCEL_MARK = "cancel-requested"  # written by request_cancel: the run is saving a checkpoint before it stops
 LOW_DISK_BYTES = 64 * 2**20  # below this, a run that died without a word is said to have probably filled the disk
 
 
@@ -32,6 +33,8 @@ class RunStatus:
     name: str = ""
     model: str = ""
     metrics: list[dict] = field(default_factory=list)
+    started: float = 0.0  # when the run folder was made (seconds since the epoch)
+    updated: float = 0.0  # the last state change or step; for a finished run, when it ended
 
     @property
     def finished(self) -> bool:
@@ -107,6 +110,7 @@ def resume(run: "str | Path | RunHandle", *, allow_code: bool = False) -> RunHan
 
 
 def _launch(run_dir: Path, resume: bool) -> RunHandle:
+    (run_dir / CANCEL_MARK).unlink(missing_ok=True)  # a cancel asked of an earlier attempt is done with
     pid = spawn("engine.run", [str(run_dir / "job.yaml")] + (["--resume"] if resume else []), run_dir)
     return RunHandle(run_dir.name, run_dir, pid)
 
@@ -169,6 +173,8 @@ def _read_status(run_dir: Path) -> RunStatus:
             + (f" (exit code {code})" if code is not None else "")
             + f"; see log.txt.{_low_disk_note(run_dir)} Resume continues from the last checkpoint."
         )
+    if st["state"] not in TERMINAL and (run_dir / CANCEL_MARK).is_file():
+        st["state"], st["message"] = "cancelling", "Cancelling: saving a checkpoint, then stopping."
     spec = read_job(run_dir / "job.yaml")  # unreadable or invalid: the folder is damaged (_poll_dir)
     return RunStatus(
         run_dir.name,
@@ -180,6 +186,8 @@ def _read_status(run_dir: Path) -> RunStatus:
         spec.name,
         spec.model,
         read_metrics(run_dir),
+        (run_dir / "job.yaml").stat().st_mtime,
+        st.get("updated", 0.0),
     )
 
 
@@ -205,6 +213,31 @@ def cancel(run: "str | Path | RunHandle", wait_s: float = 60.0) -> RunStatus:
             total_steps=status.total_steps,
         )
     return _poll_dir(status.run_dir)
+
+
+def request_cancel(run: "str | Path | RunHandle") -> RunStatus:
+    """Ask the run to stop without waiting: it saves a checkpoint at the end of its step, then ends "cancelled".
+    Until then poll() says "cancelling". cancel() waits for the end (and kills a process that does not stop)."""
+    import os
+    import signal
+
+    status = poll(run)
+    if status.finished:
+        return status
+    (status.run_dir / CANCEL_MARK).touch()
+    pid = _pid(status.run_dir)
+    if pid and alive(pid):
+        os.kill(pid, signal.SIGTERM)
+    return _poll_dir(status.run_dir)
+
+
+def _pid(run_dir: Path) -> int | None:
+    import json
+
+    try:
+        return json.loads((run_dir / "status.json").read_text()).get("pid")
+    except (OSError, ValueError):
+        return None
 
 
 def list_runs(runs: Path | None = None) -> list[RunStatus]:

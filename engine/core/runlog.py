@@ -21,8 +21,10 @@ TERMINAL = ("done", "failed", "cancelled")
 
 
 class RunLog:
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, log=None):
+        """`log`: where each step's line goes (log.txt, through engine.run's log), if anywhere."""
         self.dir = Path(run_dir)
+        self.log = log
         self.state = dict(state="starting", message="", step=0, total_steps=0)
 
     def set(self, **fields) -> None:
@@ -50,7 +52,22 @@ class RunLog:
         return report
 
     def metric(self, **record) -> None:
+        """Append a step's record (or an event) to metrics.jsonl; a step also gets one line in the log."""
         append_jsonl(self.dir / "metrics.jsonl", dict(record, time=round(time.time(), 3)))
+        if self.log is not None and "loss" in record and "event" not in record:
+            self.log(step_line(record))
+
+
+def step_line(record: dict) -> str:
+    """A step's line for the log: 'step 5/60: loss 2.3456, lr 2.00e-04, 1,234 tokens/s, memory 0.52 GB'."""
+    parts = [f"loss {record['loss']:.4f}"]
+    if "lr" in record:
+        parts.append(f"lr {record['lr']:.2e}")
+    if "tokens_per_s" in record:
+        parts.append(f"{record['tokens_per_s']:,.0f} tokens/s")
+    if "memory_gb" in record:
+        parts.append(f"memory {record['memory_gb']:.2f} GB")
+    return f"step {record['step']}/{record.get('total_steps', '?')}: " + ", ".join(parts)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

@@ -63,6 +63,7 @@ def install(
     order = [*always, *(i for i in range(len(layers)) if i not in set(always))]  # which layers recompute first
     arch = Arch.from_config(model.config.to_dict())
     decided: dict[int, int] = {}
+    said = {}  # the decision last logged: a line when it changes, not for every new micro-batch size
 
     def choose(module, args, kwargs):
         if not (module.training and torch.is_grad_enabled()):
@@ -88,8 +89,13 @@ def install(
             where = f"{budget:.1f} GiB budget" if budget else "no GPU budget"
             where += ", attention outputs kept for the recompute" if decided[tokens][1] else ""
             where += ", gate/up dequantized once for it" if decided[tokens][2] else ""
-            log(f"checkpointing: {k} of {len(layers)} layers recompute at {tokens} tokens per micro-batch ({where})")
-            if not fits_checkpointed(arch, method, tokens, budget, fused_loss, **lean):  # longer than planned for
+            if said.get("decision") != decided[tokens]:
+                said["decision"] = decided[tokens]
+                log(
+                    f"checkpointing: {k} of {len(layers)} layers recompute at {tokens} tokens per micro-batch ({where})"
+                )
+            if not fits_checkpointed(arch, method, tokens, budget, fused_loss, **lean) and not said.get("over"):
+                said["over"] = True  # longer than planned for: said once
                 log(
                     f"memory: {tokens} tokens in one micro-batch need more than the {budget:.1f} GiB budget holds "
                     "even with every layer recomputed; a step that runs out of memory stops the run with a "

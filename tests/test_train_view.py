@@ -1,0 +1,120 @@
+"""The Train view's handlers without a browser (issue 25): settings checked in the words on the screen, the job file
+round trip, the remaining time, the history's times, and a cancel that answers at once."""
+
+import re
+import time
+
+from helpers import log_of, wait_for
+
+from engine import api
+from ui import train_live, train_settings, train_tab
+
+LABELS = {"learning_rate": "Learning rate", "batch_size": "Batch size", "max_steps": "Steps", "epochs": "Epochs"}
+
+
+def form(model, data, lr=1e-3, batch=2, steps=5, **advanced):
+    """The Start button's values: make_spec's, then every Advanced field (defaults, or as given)."""
+    basic = [model, "lora", False, str(data), "", "auto", "", "train", 256, "ui", steps, 1, lr, batch, 1, 8, False]
+    adv = {key: train_settings._field(key).value for key in train_settings.ADVANCED} | advanced
+    return [*basic, False, "sft", 0.1, 4, 256, 1.0, False, 2e-5, *([None] * 17), *adv.values()]
+
+
+def start(values, warned=""):
+    run_id, status, _, notice, warned = train_settings.starter(train_tab.start)(*values, warned)
+    return run_id, status, notice, warned
+
+
+def test_settings_are_checked_in_the_words_on_the_screen():
+    def said(values):
+        try:
+            api.check_settings(values, LABELS)
+        except api.UserError as e:
+            return str(e)
+        raise AssertionError(f"{values} was accepted")
+
+    assert said({"learning_rate": -1.0}) == "Learning rate must be a positive number; you entered -1."
+    assert said({"batch_size": 0}) == "Batch size must be a whole number from 1 to 65,536; you entered 0."
+    assert said({"max_steps": -3}) == "Steps must be a whole number, 0 or more; you entered -3."
+    assert said({"batch_size": None}) == "Batch size is empty; enter a number."
+    assert said({"max_steps": 0, "epochs": 0}) == "Steps and Epochs are both 0: set one of them above 0."
+    assert api.check_settings({"learning_rate": 2e-4}, LABELS) == []
+    (warning,) = api.check_settings({"learning_rate": 50.0}, LABELS)
+    assert warning.startswith("Learning rate 50 is far above the usual range for lora (at most 0.01)")
+    assert api.check_settings({"learning_rate": 5e-3}, LABELS, "full")  # full fine-tuning: lower still
+
+
+def test_start_refuses_bad_settings_and_a_missing_model_before_a_run_folder(runs, tiny_llama, identity_file):
+    _, status, notice, _ = start(form(str(tiny_llama), identity_file, lr=-1))
+    assert notice == status == "**Not started:** Learning rate must be a positive number; you entered -1."
+    _, status, _, _ = start(form(str(tiny_llama), identity_file, batch=0))
+    assert "Batch size must be a whole number from 1" in status and "batch_size" not in status
+    _, status, _, _ = start(form(str(tiny_llama), identity_file, lora_dropout=1.5))
+    assert status == "**Not started:** LoRA dropout must be at least 0 and below 1; you entered 1.5."
+
+    values = form("no-such-folder/model", identity_file, lr=50)
+    _, status, notice, warned = start(values)
+    assert status.startswith("**Check:** Learning rate 50 is far above") and notice == status and warned
+    assert status.endswith("Press Start again to train anyway.")
+    _, status, _, _ = start(values, warned)  # pressed again: the warning was seen; the model is checked next
+    assert status.startswith("**Not started:** Could not read the config of 'no-such-folder/model'"), status
+    assert not runs.exists() or not list(runs.iterdir())
+
+
+def test_job_file_round_trip_and_command(tiny_llama, identity_file):
+    values = form(str(tiny_llama), identity_file, warmup_steps=7, lr_schedule="cosine", lora_dropout=0.05, seed=11)
+    values[train_tab.MAKE_SPEC_ARGS.index("objective")] = "dpo"
+    path, text, command, notice = train_settings.saver(train_tab.make_spec)(*values)
+    assert notice == "" and "python -m engine train job.yaml" in command
+    spec = api.read_job(path)
+    assert (spec.warmup_steps, spec.lr_schedule, spec.lora_dropout, spec.seed) == (7, "cosine", 0.05, 11)
+    assert spec.objective == "dpo" and spec.lora_alpha == spec.lora_r == 8  # alpha 0 in the form: the rank
+    assert text == spec.to_yaml()
+
+    loaded = train_settings.load(path)
+    fields = dict(zip(train_settings.LOADED, loaded, strict=False))
+    assert fields["model"] == str(tiny_llama) and fields["objective"] == "dpo" and fields["learning_rate"] == 1e-3
+    advanced = dict(zip(train_settings.ADVANCED, loaded[len(train_settings.LOADED) :], strict=False))
+    assert advanced["warmup_steps"] == 7 and advanced["lr_schedule"] == "cosine"
+    assert loaded[-1].startswith("Loaded the settings of job.yaml")
+    assert train_settings.load("")[-1] == "**Not loaded:** Choose a job.yaml file to load."
+
+
+def test_remaining_time_is_smoothed_and_durations_read_well():
+    metrics = [{"step": s, "time": 1000.0 + s} for s in range(1, 41)]
+    assert train_live.remaining_s(metrics, 100) == 60.0
+    metrics.append({"step": 41, "time": 1000.0 + 40 + 30})  # a checkpoint pause of 30 s
+    assert train_live.remaining_s(metrics, 100) == 59.0  # the median step time is unmoved
+    assert [train_live.duration(s) for s in (45, 200, 7500)] == ["45 s", "3 min 20 s", "2 h 05 min"]
+
+
+def test_cancel_answers_at_once_then_the_run_ends_cancelled(tiny_llama, identity_file, runs):
+    spec = api.JobSpec(model=str(tiny_llama), data=str(identity_file), max_steps=100000, gradient_checkpointing=False)
+    handle = api.start(spec)
+    wait_for(handle, until=lambda st: st.step >= 1)
+    t0 = time.time()
+    run_id, status, timer = train_live.cancel_now("")  # nothing picked: the active run
+    assert time.time() - t0 < 2 and run_id == handle.run_id and timer.active
+    assert status == "**cancelling** · saving a checkpoint, then stopping…"
+    assert api.poll(handle).state in ("cancelling", "cancelled")
+    train_live.finish_cancel(run_id)
+    st = api.poll(handle)
+    assert st.state == "cancelled" and list((st.run_dir / "checkpoints").glob("step-*")), log_of(st)
+    steps = re.findall(r"step \d+/100000: loss \d+\.\d{4}, lr \S+, [\d,]+ tokens/s, memory \d+\.\d\d GB", log_of(st))
+    assert len(steps) == st.step  # one line per step
+    (row,) = train_live.history_rows()
+    assert row[:2] == [run_id, "cancelled"] and row[5][:4].isdigit() and row[6].endswith("s")
+
+
+def test_language_switch_keeps_text_a_handler_wrote():
+    import gradio as gr
+
+    from ui import i18n
+
+    with gr.Blocks() as demo:
+        gr.Markdown("No run yet.")
+        gr.Markdown("Pick a model to see the preset for this GPU.")
+    items = i18n.translatable(demo.blocks)
+    switch = i18n.switcher(items)
+    live, default = switch("中文", "**done** · step 3/3", "Pick a model to see the preset for this GPU.")
+    assert "value" not in live and default["value"] == "选择模型以查看此 GPU 的预设。"
+    assert switch("English", "还没有运行。", "**done**")[0]["value"] == "No run yet."
