@@ -35,6 +35,10 @@ ADVANCED = {
     "device": ("Device", "auto: the GPU when there is one.", str),
     "dtype": ("Precision", "auto: bf16 where the GPU has it, fp16 otherwise, fp32 on the CPU.", str),
     "grpo_beta": ("GRPO: KL penalty", "Pull towards the base model; 0 skips the reference pass (faster).", float),
+    "eval_fraction": ("Held out for validation (0-1)", "Share of rows kept out to measure a validation loss.", float),
+    "eval_steps": ("Validation every N steps (0: ~10 times)", "Each pass runs the held-out rows once.", int),
+    "gpus": ("GPUs (0: every visible one)", "Several GPUs train data-parallel, one process each.", int),
+    "lora_experts": ("Adapters on experts (MoE)", "Mixture-of-experts models: train the experts too.", bool),
 }
 CHOICES = api.SETTING_CHOICES  # lr_schedule, optimizer, device, dtype
 # The labels of the settings the Train tab shows outside the Advanced section (make_spec's argument names), for
