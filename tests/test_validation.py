@@ -2,6 +2,7 @@
 
 import csv
 import json
+import time
 
 import pytest
 from helpers import log_of, tiny_spec, wait_for
@@ -56,6 +57,20 @@ def test_validation_loss_in_metrics_and_best_weights_exportable(tiny_llama, iden
     assert [p.name for p in (st.run_dir / "best").iterdir()] == [best.name]  # earlier bests are removed
     res = api.export(str(best), "merged16", tmp_path / "merged", log=lambda m: None)
     assert res.checks["max_logit_diff_fp32"] < 1e-4
+
+    # the Export tab offers the best weights where a run kept them, and exports them when ticked
+    from ui import export_tab
+
+    offered = export_tab.best_for(st.run_id)
+    assert offered.visible and best.name in offered.label
+    job, text, _, _ = export_tab.start(st.run_id, "lora", "best-lora", best=True)
+    assert job is not None, text
+    assert json.loads((job.job_dir / "export.json").read_text())["source"] == str(best)
+    deadline = time.time() + 300
+    while not (done := api.poll_export(job)).finished:
+        assert time.time() < deadline, done.log
+        time.sleep(0.2)
+    assert done.state == "done", done.log
 
 
 def test_separate_eval_file_in_another_format(tiny_llama, identity_rows_file, runs, tmp_path):

@@ -33,16 +33,41 @@ def formats_for(run_id: str):
     return gr.Radio(choices=[f for f in FORMATS if not f[1].startswith("gguf")], value="lora"), f"GGUF: {why}"
 
 
-def start(run_id: str, fmt: str, name: str, push: bool = False, repo: str = "", token: str = "", private: bool = False):
-    """Start the export job (and the upload after it when `push`); returns (job, status markdown, log, timer)."""
+def best_for(run_id: str):
+    """The "best weights" checkbox: shown, unticked, where the run kept its best weights by validation loss."""
+    try:
+        best = api.best_checkpoint(run_id) if run_id else None
+    except api.UserError:
+        best = None
+    label = f"Export the best weights by validation loss ({best.name}) instead of the last" if best else ""
+    return gr.Checkbox(value=False, visible=best is not None, label=label)
+
+
+def start(
+    run_id: str,
+    fmt: str,
+    name: str,
+    push: bool = False,
+    repo: str = "",
+    token: str = "",
+    private: bool = False,
+    best: bool = False,
+):
+    """Start the export job (and the upload after it when `push`) of the run's last weights, or of its best by
+    validation loss when `best`; returns (job, status markdown, log, timer)."""
     try:
         if not run_id:
             raise api.UserError("Pick a run to export.")
+        source = api.find_run(run_id)
+        if best:
+            source = api.best_checkpoint(run_id)
+            if source is None:
+                raise api.UserError("This run kept no best weights (it had no validation set); untick 'best'.")
         if push and not repo.strip():
             raise api.UserError("Type the hub repository to push to, as user/name.")
         out = api.workspace() / "exports" / api.safe_name(name, "export name")
         hub = dict(push_to_hub=repo.strip(), token=(token or "").strip(), private=bool(private)) if push else {}
-        job = api.start_export(str(api.find_run(run_id)), fmt, out, **hub)
+        job = api.start_export(str(source), fmt, out, **hub)
     except api.UserError as e:
         return None, f"**Export failed:** {e}", "", gr.Timer(active=False)
     return job, f"Exporting **{fmt}** to `{job.out}`…", "", gr.Timer(active=True)
@@ -96,6 +121,7 @@ def build() -> dict:
         with gr.Row():
             run = gr.Dropdown(run_choices(), label="Run")
             refresh = gr.Button("Refresh runs")
+        best = gr.Checkbox(False, visible=False)
         fmt = gr.Radio(FORMATS, value="lora", label="Format")
         why = gr.Markdown()
         name = gr.Textbox("my-model", label="Folder name (under exports/)")
@@ -116,14 +142,16 @@ def build() -> dict:
     for shown in (refresh.click, tab.select):  # runs finished since the page loaded appear without a Refresh
         shown(lambda: gr.Dropdown(choices=run_choices()), None, run)
     run.change(formats_for, run, [fmt, why])
+    run.change(best_for, run, best)
     push.change(lambda on: gr.Row(visible=on), push, hub_row)
-    go.click(start, [run, fmt, name, push, repo, token, private], [job, result, log, timer]).then(
+    go.click(start, [run, fmt, name, push, repo, token, private, best], [job, result, log, timer]).then(
         lambda: offer(None), None, downloads
     )
     timer.tick(view, job, [result, log, timer, downloads])
     stop.click(cancel, job, result)
     return dict(
         run=run,
+        best=best,
         fmt=fmt,
         why=why,
         name=name,
