@@ -159,7 +159,25 @@ def test_the_run_fails_with_the_sentence_of_the_rank_that_failed_first():
     )
     users = [dict(own, rank=r, message="Fix the data.", user=True) for r in (0, 1)]
     assert launch._failure_sentence(users, None, two, 2) == ("Fix the data.", True)
-    assert launch._failure_sentence([broken], 1, two, 1)[0].startswith("The GPU 1 of 2 ended without a word")
+    assert launch._failure_sentence([broken], [1], two, 1)[0].startswith("The GPU 1 of 2 ended without a word")
+    # both seen gone at once (torchrun stopped rank 0 within one look): the one that wrote nothing was killed
+    assert launch._failure_sentence([broken], [0, 1], two, 1)[0].startswith("The GPU 1 of 2 ended without a word")
+    assert launch._failure_sentence([], [0, 1], two, 1)[0].startswith("The GPU 0 of 2 ended without a word")
+
+
+def test_torchruns_root_cause_names_the_rank(tmp_path):
+    """torchrun's failure report at the end of log.txt names the first rank that failed (the one that was killed),
+    where the supervisor's polling saw two ranks gone at once."""
+    report = (
+        "Failures:\n[1]:\n  rank      : 0 (local_rank: 0)\n  exitcode  : -15 (pid: 13654)  (SIGTERM)\n"
+        "Root Cause (first observed failure):\n[0]:\n  time      : 2026-12-05_00:30:13\n"
+        "  rank      : 1 (local_rank: 1)\n  exitcode  : -9 (pid: 13655)  (SIGKILL)\n"
+    )
+    (tmp_path / "log.txt").write_text("00:30:12 step 2/500: loss 4.8\n" + report)
+    assert launch.root_cause(tmp_path / "log.txt") == 1
+    (tmp_path / "log.txt").write_text("00:30:12 step 2/500: loss 4.8\n")
+    assert launch.root_cause(tmp_path / "log.txt") is None
+    assert launch.root_cause(tmp_path / "missing.txt") is None
 
 
 def test_estimate_plans_per_gpu_with_full_fine_tunings_shards(capsys):

@@ -58,15 +58,13 @@ def start(
     try:
         if not run_id:
             raise api.UserError("Pick a run to export.")
-        source = api.find_run(run_id)
-        if best:
-            source = api.best_checkpoint(run_id)
-            if source is None:
-                raise api.UserError("This run kept no best weights (it had no validation set); untick 'best'.")
         if push and not repo.strip():
             raise api.UserError("Type the hub repository to push to, as user/name.")
         out = api.workspace() / "exports" / api.safe_name(name, "export name")
         hub = dict(push_to_hub=repo.strip(), token=(token or "").strip(), private=bool(private)) if push else {}
+        source = api.best_checkpoint(run_id) if best else api.find_run(run_id)
+        if source is None:
+            raise api.UserError("This run kept no best weights (it had no validation set); untick 'best'.")
         job = api.start_export(str(source), fmt, out, **hub)
     except api.UserError as e:
         return None, f"**Export failed:** {e}", "", gr.Timer(active=False)
@@ -136,7 +134,7 @@ def build() -> dict:
         result = gr.Markdown()
         downloads = gr.File(label="Download", file_count="multiple", interactive=False, visible=False)
         with gr.Accordion("Export log", open=False):
-            log = gr.Textbox(lines=10, interactive=False, show_label=False)
+            log = gr.Textbox(lines=10, interactive=False, label="Export log lines", show_label=False)
         job = gr.State(None)
         timer = gr.Timer(1.0, active=False)
     for shown in (refresh.click, tab.select):  # runs finished since the page loaded appear without a Refresh

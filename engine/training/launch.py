@@ -179,17 +179,20 @@ def supervise(job: Path, resume: bool, launch: Launch, runlog: RunLog, log) -> i
     return _finish(run_dir, runlog, launch, proc.returncode, first_dead, cancel["asked"], log)
 
 
-def _first_gone(ranks: dict[int, int]) -> int | None:
+def _first_gone(ranks: dict[int, int]) -> list[int] | None:
+    """The ranks gone at the first look that finds any gone (several when torchrun stopped the others between two
+    looks), or None while every rank runs."""
     import psutil
 
+    gone = []
     for pid, rank in ranks.items():
         try:
             if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
                 continue
         except psutil.NoSuchProcess:
             pass
-        return rank
-    return None
+        gone.append(rank)
+    return sorted(gone) or None
 
 
 def _finish(run_dir: Path, runlog: RunLog, launch: Launch, code: int, first_dead, cancelled: bool, log) -> int:
@@ -214,10 +217,25 @@ def _finish(run_dir: Path, runlog: RunLog, launch: Launch, code: int, first_dead
     if cancelled and not failures:
         runlog.set(state="cancelled", message="Cancelled; resume continues from the last checkpoint, if any.")
         return 0
-    message, user = _failure_sentence(failures, first_dead, launch, code)
+    root = root_cause(run_dir / "log.txt")  # torchrun's own account, where it made one, beats the polled one
+    message, user = _failure_sentence(failures, [root] if root is not None else first_dead, launch, code)
     runlog.set(state="failed", message=message)
     log(f"failed: {message}")
     return 2 if user else 1
+
+
+def root_cause(log_file: Path) -> int | None:
+    """The rank torchrun's failure report (written to the run's log.txt as torchrun exits) names as the root cause,
+    the first observed failure; None without such a report."""
+    import re
+
+    try:
+        text = log_file.read_text(errors="replace")[-20_000:]
+    except OSError:
+        return None
+    _, found, after = text.rpartition("Root Cause (first observed failure):")
+    match = re.search(r"rank\s*:\s*(\d+)", after) if found else None
+    return int(match.group(1)) if match else None
 
 
 def _failure_sentence(failures: list[dict], first_dead, launch: Launch, code: int) -> tuple[str, bool]:
@@ -230,9 +248,11 @@ def _failure_sentence(failures: list[dict], first_dead, launch: Launch, code: in
         if first["user"]:
             return first["message"], True
         return f"The {launch.name(first['rank'])} stopped: {first['message']}", False
-    if first_dead is not None:
+    # of the ranks first seen gone, one that wrote no failure of its own was killed; the others wrote why they stopped
+    silent = [rank for rank in first_dead or () if rank not in {f["rank"] for f in failures}]
+    if silent:
         return (
-            f"The {launch.name(first_dead)} ended without a word (killed, perhaps for lack of memory), so the others "
+            f"The {launch.name(silent[0])} ended without a word (killed, perhaps for lack of memory), so the others "
             "stopped too; see log.txt. Resume continues from the last checkpoint."
         ), False
     if failures:

@@ -36,10 +36,25 @@ def pick(page, label, value, nth=-1):  # noqa: F811
     box.press("Enter")
 
 
+def export_log(page) -> str:  # noqa: F811
+    """The Export tab's log, its accordion opened first where it is closed."""
+    box = page.get_by_label("Export log lines", exact=True)
+    if not box.is_visible():
+        page.get_by_text("Export log", exact=True).click()
+    box.wait_for(timeout=10_000)
+    return box.input_value()
+
+
 def export_through_the_page(page, run_id, fmt_label, folder):  # noqa: F811
     """Export `run_id` in the Export tab (its run list is not refreshed by hand) and wait until it is done."""
     tab(page, "Export")
-    pick(page, "Run", run_id)
+    box = page.get_by_label("Run", exact=True).last
+    deadline = time.time() + 60
+    while True:  # the list of runs refreshes as the tab opens: a run typed before it arrives is not taken
+        pick(page, "Run", run_id)
+        if box.input_value() == run_id or time.time() > deadline:
+            break
+        page.wait_for_timeout(500)
     page.get_by_label(fmt_label).check()
     page.get_by_label("Folder name (under exports/)").fill(folder)
     page.get_by_role("button", name="Export", exact=True).click()
@@ -47,7 +62,7 @@ def export_through_the_page(page, run_id, fmt_label, folder):  # noqa: F811
     said.wait_for(timeout=300_000)
     if not said.inner_text().startswith("Exported "):
         shot(page, f"25-export-failed-{folder}")
-        raise AssertionError(said.inner_text() + "\n" + page.get_by_label("Export log").last.input_value())
+        raise AssertionError(said.inner_text() + "\n" + export_log(page))
 
 
 def test_each_export_downloads_through_the_browser_and_loads(page, server, trained, tmp_path):  # noqa: F811
@@ -86,8 +101,7 @@ def test_export_page_says_its_checks_as_a_sentence(page, server, trained, tmp_pa
     result = page.get_by_text(re.compile(r"^Exported ")).inner_text()
     assert "PEFT loads it onto the base model (28 of 28 LoRA weights)" in result, result
     assert "checks" not in result and "{" not in result and "max_logit" not in result, result
-    page.get_by_text("Export log").click()
-    log = page.get_by_label("Export log").or_(page.locator("textarea").last).last.input_value()
+    log = export_log(page)
     assert "export: lora written to" in log and "█" not in log and "it/s]" not in log, log
     shot(page, "25-13-export-checks")
     zipfile.ZipFile(download(page, "card.zip", tmp_path)).extractall(tmp_path)
