@@ -1,11 +1,16 @@
 """The interface in English, Chinese and Russian, switchable at any time.
 
 Strings are keyed by their English text: after the layout is built, `translatable` collects every component whose
-label, placeholder, text or choices appear in STRINGS, and the language switch returns one update for each. Messages
-that handlers write (engine sentences) stay in English.
+label, placeholder, help line, text, choices or axis titles appear in STRINGS, and the language switch returns one
+update for each. Messages that handlers write (engine sentences) stay in English, except that the switch translates
+the ones on screen whose whole sentence or template is known (`message`, templates in i18n_more.MESSAGES).
 """
 
+import re
+
 import gradio as gr
+
+from ui import i18n_more
 
 LANGUAGES = {"English": "en", "中文": "zh", "Русский": "ru"}
 STRINGS = {  # English: (Chinese, Russian)
@@ -226,6 +231,8 @@ STRINGS = {  # English: (Chinese, Russian)
         "Пример глазами модели (выделено то, чему она учится)",
     ),
 }
+STRINGS.update(i18n_more.STRINGS)
+PLOTS = (gr.LinePlot, gr.BarPlot, gr.ScatterPlot)
 
 
 def tr(text: str, lang: str) -> str:
@@ -238,11 +245,16 @@ def translatable(blocks) -> list[tuple[object, dict]]:
     """(component, {attribute: English}) for every component showing a string of STRINGS."""
     items = []
     for block in blocks.values():
-        fields = {a: getattr(block, a) for a in ("label", "placeholder") if getattr(block, a, None) in STRINGS}
+        fields = {a: getattr(block, a) for a in ("label", "placeholder", "info") if getattr(block, a, None) in STRINGS}
         if isinstance(block, (gr.Button, gr.Markdown)) and block.value in STRINGS:
             fields["value"] = block.value
-        if isinstance(block, gr.Radio) and any(label in STRINGS for label, _ in block.choices):
+        if any(label in STRINGS for label, _ in getattr(block, "choices", None) or ()):
             fields["choices"] = list(block.choices)
+        if isinstance(block, PLOTS):  # an axis is titled with its column's name unless given a title
+            for axis in ("x", "y", "color"):
+                title = getattr(block, f"{axis}_title") or getattr(block, axis)
+                if title in STRINGS:
+                    fields[f"{axis}_title"] = title
         if fields:
             items.append((block, fields))
     return items
@@ -266,7 +278,8 @@ def switcher(items: list[tuple[object, dict]]):
             kw = {}
             for attr, english in fields.items():
                 if attr == "value" and i in texts and texts[i] not in (english, *STRINGS[english]):
-                    continue  # written by a handler since: live state, not a label
+                    kw["value"] = message(texts[i], lang)  # written by a handler since: live state, not a label
+                    continue
                 if attr == "choices":
                     kw["choices"] = [(tr(label, lang), value) for label, value in english]
                 else:
@@ -275,3 +288,21 @@ def switcher(items: list[tuple[object, dict]]):
         return updates
 
     return switch
+
+
+def message(text: str, lang: str) -> str:
+    """`text` as a handler wrote it (English), in `lang`: each " · "-separated part translated whole when it is a
+    known string or matches a template of i18n_more.MESSAGES (keeping **bold**); unknown parts stay as they are."""
+    if lang == "en" or not isinstance(text, str):
+        return text
+    return " · ".join(_part(part, lang) for part in text.split(" · "))
+
+
+def _part(part: str, lang: str) -> str:
+    before, core, after = re.fullmatch(r"(\s*\**)(.*?)(\**\s*)", part, re.S).groups()
+    if core in STRINGS:
+        return before + tr(core, lang) + after
+    for pattern, zh, ru in i18n_more.PATTERNS:
+        if m := pattern.fullmatch(core):
+            return before + (zh if lang == "zh" else ru).format(*m.groups()) + after
+    return part

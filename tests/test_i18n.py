@@ -1,0 +1,96 @@
+"""The language switch without a browser: every text the app shows has a Chinese and a Russian entry, the switch
+translates labels, help lines, choices and axis titles, and live messages are translated whole by template."""
+
+import gradio as gr
+import pytest
+
+from ui import i18n
+
+# Shown as they are in every language: names, file names and code-like values.
+ALLOWED = {
+    "job.yaml",
+    "rsLoRA",
+    "GB",
+    "auto",
+    "Nova",
+    "Tunesmith Labs",
+    "yahma/alpaca-cleaned",
+    "question=instruction, answer=output",  # the mapping's syntax
+    "instruction",  # the identity table's columns are the dataset's field names
+    "output",
+} | {f"GGUF {quant}" for quant in ("Q5_K_M", "Q6_K", "Q8_0", "F16", "BF16")}
+# Components whose options are names (models, runs, files, templates, layers, dtypes, languages): content, not text.
+NAMED_OPTIONS = {"Model catalog", "Chat template (auto: the model's own)", "Layers with adapters", "Languages"}
+NAMED_OPTIONS |= {"Optimizer", "Device", "Precision", "Language"}
+
+
+def visible_texts(block) -> set[str]:
+    """The user-visible strings of one component."""
+    texts = {getattr(block, a, None) for a in ("label", "placeholder", "info")}
+    if isinstance(block, (gr.Button, gr.Markdown)):
+        texts.add(block.value)
+    if (
+        getattr(block, "choices", None)
+        and block.label not in NAMED_OPTIONS
+        and not getattr(block, "allow_custom_value", False)
+    ):
+        texts |= {label for label, _ in block.choices}
+    if isinstance(block, i18n.PLOTS):
+        texts |= {getattr(block, f"{a}_title") or getattr(block, a) for a in ("x", "y", "color")}
+    if isinstance(block, gr.Dataframe):
+        texts |= set(block.headers or ())
+    return {t for t in texts if isinstance(t, str) and t.strip()}
+
+
+@pytest.fixture(scope="module")
+def demo():
+    import app
+
+    return app.build_app()
+
+
+def test_every_visible_text_has_chinese_and_russian(demo):
+    missing = set()
+    for block in demo.blocks.values():
+        for text in visible_texts(block) - ALLOWED:
+            if not all(i18n.STRINGS.get(text, ("", ""))):
+                missing.add(text)
+    assert not missing, f"no zh/ru entry for: {sorted(missing)}"
+
+
+def test_switch_translates_help_lines_choices_and_axes(demo):
+    items = i18n.translatable(demo.blocks)
+    current = [block.value for block in i18n.shown(items)]
+    updates = dict(zip((b for b, _ in items), i18n.switcher(items)("Русский", *current), strict=True))
+    by_label = {b.label: u for b, u in updates.items() if isinstance(b.label, str)}
+    assert by_label["Warmup steps"]["label"] == "Шаги разогрева"
+    assert by_label["Warmup steps"]["info"].startswith("За сколько шагов")
+    assert ("линейный", "linear") in by_label["Learning-rate schedule"]["choices"]
+    assert by_label["Tokens/s"]["x_title"] == "шаг" and by_label["Tokens/s"]["y_title"] == "токенов/с"
+    assert by_label["Loss"]["color_title"] == "ряд"
+    back = i18n.switcher(items)("English", *current)
+    assert dict(zip((b for b, _ in items), back, strict=True))[next(b for b in updates if b.label == "Seed")] == {
+        "__type__": "update",
+        "label": "Seed",
+        "info": "Fixes the data order and the adapter's start: the same seed repeats a run.",
+    }
+
+
+def test_live_text_on_screen_is_translated_by_template(demo):
+    items = i18n.translatable(demo.blocks)
+    shown = i18n.shown(items)
+    status = next(b for b in shown if b.value == "No run yet.")
+    current = [("**running** · training" if b is status else b.value) for b in shown]
+    updates = dict(zip((b for b, _ in items), i18n.switcher(items)("中文", *current), strict=True))
+    assert updates[status]["value"] == "**运行中** · 训练中"
+
+
+def test_messages_by_template_and_unknown_ones_kept():
+    assert i18n.message("GPUs found: 2 (H200, H200), a run trains on all of them.", "ru") == (
+        "Найдено GPU: 2 (H200, H200), запуск учится на всех."
+    )
+    assert i18n.message("step 3/10 · 30% · elapsed 1 min 02 s · about 2 min left", "zh") == (
+        "第 3/10 步 · 30% · 已用 1 min 02 s · 约剩 2 min"
+    )
+    assert i18n.message("**failed** · CUDA out of memory", "zh") == "**失败** · CUDA out of memory"
+    assert i18n.message("No run is training.", "en") == "No run is training."

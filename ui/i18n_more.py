@@ -1,0 +1,230 @@
+"""Chinese and Russian for the texts added after the first translation: the Train tab's help lines and Advanced
+section, its plots, history and confirmation, the Evaluate tab, table headers and axis titles, and the templates of
+the live messages (GPU lines, progress, run states) that `i18n.message` translates whole at the UI boundary.
+
+Kept apart from i18n.py so that the mechanism stays short; i18n.STRINGS includes these.
+"""
+
+import re
+
+STRINGS = {  # English: (Chinese, Russian)
+    # Model and Data tabs
+    "Qwen/Qwen3-0.6B or /path/to/model": ("Qwen/Qwen3-0.6B 或 /path/to/model", "Qwen/Qwen3-0.6B или /путь/к/модели"),
+    "Pick a model from the list or type a hub id / local folder.": (
+        "从列表中选择模型，或输入 Hub ID / 本地文件夹。",
+        "Выберите модель из списка или введите ID на хабе / локальную папку.",
+    ),
+    "(default)": ("（默认）", "(по умолчанию)"),
+    "Who are you?": ("你是谁？", "Кто ты?"),
+    "tokens": ("token 数", "токены"),
+    "rows": ("行数", "строки"),
+    # Train tab: everyday settings' help lines
+    "The run folder is runs/<date>-<time>-<name>.": (
+        "运行文件夹为 runs/<日期>-<时间>-<名称>。",
+        "Папка запуска: runs/<дата>-<время>-<имя>.",
+    ),
+    "Optimizer steps to train.": ("要训练的优化器步数。", "Сколько шагов оптимизатора обучать."),
+    "Passes over the data, when Steps is 0.": ("步数为 0 时遍历数据的轮数。", "Проходы по данным, когда шагов 0."),
+    "Peak step size: 1e-4 to 5e-4 for LoRA; too high ruins it.": (
+        "峰值步长：LoRA 用 1e-4 到 5e-4；过高会毁掉训练。",
+        "Пиковый шаг: 1e-4–5e-4 для LoRA; слишком большой всё портит.",
+    ),
+    "Examples per micro-step; memory grows with it.": (
+        "每个微步的样本数；显存随之增长。",
+        "Примеров на микрошаг; память растёт.",
+    ),
+    "Micro-steps per step; no memory.": ("每步的微步数；不占显存。", "Микрошагов на шаг; без лишней памяти."),
+    "Adapter capacity; more: slower.": ("适配器容量；越大越慢。", "Ёмкость адаптера; больше — медленнее."),
+    "Recomputes layers in the backward.": ("反向传播时重新计算各层。", "Пересчитывает слои при обратном проходе."),
+    "Fills each row with several short examples: fewer padded tokens.": (
+        "每行装入多个短样本：填充 token 更少。",
+        "Несколько коротких примеров в строке: меньше паддинга.",
+    ),
+    "exact": ("精确", "точно"),
+    "numeric": ("数值", "числом"),
+    # Train tab: Advanced section (train_settings.ADVANCED)
+    "Warmup steps": ("预热步数", "Шаги разогрева"),
+    "Steps over which the learning rate rises to its peak; steadies the start.": (
+        "学习率升到峰值所用的步数；让开头更平稳。",
+        "За сколько шагов скорость обучения растёт до пика; сглаживает старт.",
+    ),
+    "Learning-rate schedule": ("学习率调度", "График скорости обучения"),
+    "How the learning rate falls after warmup: to 0, or constant.": (
+        "预热后学习率如何下降：降到 0，或保持不变。",
+        "Как скорость падает после разогрева: до 0 или не меняется.",
+    ),
+    "linear": ("线性", "линейный"),
+    "cosine": ("余弦", "косинусный"),
+    "constant": ("恒定", "постоянный"),
+    "Weight decay": ("权重衰减", "Затухание весов"),
+    "Pulls weights towards 0 each step; 0 (the default) suits LoRA.": (
+        "每步把权重拉向 0；0（默认）适合 LoRA。",
+        "Тянет веса к 0 на каждом шаге; 0 (по умолчанию) подходит LoRA.",
+    ),
+    "Gradient clipping": ("梯度裁剪", "Обрезка градиента"),
+    "Largest gradient norm a step may use; 0 turns clipping off.": (
+        "每步允许的最大梯度范数；0 表示关闭裁剪。",
+        "Наибольшая норма градиента на шаг; 0 выключает обрезку.",
+    ),
+    "Optimizer": ("优化器", "Оптимизатор"),
+    "auto: 8-bit AdamW on a GPU (1/4 the state memory), AdamW on the CPU.": (
+        "auto：GPU 上用 8 位 AdamW（状态显存为 1/4），CPU 上用 AdamW。",
+        "auto: 8-битный AdamW на GPU (1/4 памяти состояния), AdamW на CPU.",
+    ),
+    "LoRA alpha (0: same as the rank)": ("LoRA alpha（0：等于秩）", "LoRA alpha (0: равна рангу)"),
+    "Scales the adapter's effect (alpha / rank).": (
+        "缩放适配器的作用（alpha / 秩）。",
+        "Масштаб влияния адаптера (alpha / ранг).",
+    ),
+    "LoRA dropout": ("LoRA dropout", "Дропаут LoRA"),
+    "Share of adapter inputs dropped while training; against overfitting.": (
+        "训练时丢弃的适配器输入比例；防止过拟合。",
+        "Доля входов адаптера, отбрасываемых при обучении; против переобучения.",
+    ),
+    "Scale by alpha / √rank: steadier at high ranks.": (
+        "按 alpha / √秩 缩放：高秩时更稳。",
+        "Масштаб alpha / √ранг: стабильнее при больших рангах.",
+    ),
+    "Layers with adapters": ("加适配器的层", "Слои с адаптерами"),
+    "More layers learn more, for a little more memory and time.": (
+        "层越多学得越多，显存和时间略增。",
+        "Больше слоёв — больше учится, чуть больше памяти и времени.",
+    ),
+    "Seed": ("随机种子", "Сид"),
+    "Fixes the data order and the adapter's start: the same seed repeats a run.": (
+        "固定数据顺序和适配器初值：相同种子可复现运行。",
+        "Фиксирует порядок данных и старт адаптера: тот же сид повторяет запуск.",
+    ),
+    "Checkpoint every N steps (0: at the end only)": (
+        "每 N 步保存检查点（0：仅在结束时）",
+        "Чекпоинт каждые N шагов (0: только в конце)",
+    ),
+    "Each checkpoint pauses training to write.": (
+        "每次保存都会暂停训练来写盘。",
+        "Каждый чекпоинт приостанавливает обучение.",
+    ),
+    "Checkpoint every N minutes (0: off)": ("每 N 分钟保存检查点（0：关闭）", "Чекпоинт каждые N минут (0: выкл.)"),
+    "A time-based save, so a crash loses little.": (
+        "按时间保存，崩溃时损失很少。",
+        "Сохранение по времени: при сбое теряется мало.",
+    ),
+    "Checkpoints kept": ("保留的检查点数", "Хранить чекпоинтов"),
+    "Older ones are deleted; each takes the adapter's size on disk.": (
+        "更早的会被删除；每个占用一个适配器大小的磁盘空间。",
+        "Старые удаляются; каждый занимает на диске размер адаптера.",
+    ),
+    "Learn the prompts too": ("也学习提示词", "Учить и промпты"),
+    "Off: loss on the replies only, what chat models need.": (
+        "关闭：只对回复计算损失，对话模型需要这样。",
+        "Выкл.: потери только на ответах, как нужно чат-моделям.",
+    ),
+    "Added as a system turn to every example that has none.": (
+        "作为系统消息加到每个没有系统消息的样本中。",
+        "Добавляется как системная реплика в примеры без неё.",
+    ),
+    "Fast kernels": ("快速内核", "Быстрые ядра"),
+    "Tunesmith's kernels for Llama, Mistral, Qwen and Gemma; off: plain PyTorch.": (
+        "Tunesmith 为 Llama、Mistral、Qwen 和 Gemma 提供的内核；关闭：纯 PyTorch。",
+        "Ядра Tunesmith для Llama, Mistral, Qwen и Gemma; выкл.: обычный PyTorch.",
+    ),
+    "Device": ("设备", "Устройство"),
+    "auto: the GPU when there is one.": ("auto：有 GPU 时用 GPU。", "auto: GPU, если он есть."),
+    "Precision": ("精度", "Точность"),
+    "auto: bf16 where the GPU has it, fp16 otherwise, fp32 on the CPU.": (
+        "auto：GPU 支持时用 bf16，否则 fp16，CPU 上 fp32。",
+        "auto: bf16, где GPU умеет, иначе fp16; fp32 на CPU.",
+    ),
+    "GRPO: KL penalty": ("GRPO：KL 惩罚", "GRPO: штраф KL"),
+    "Pull towards the base model; 0 skips the reference pass (faster).": (
+        "向基座模型靠拢；0 跳过参考模型计算（更快）。",
+        "Притяжение к базовой модели; 0 пропускает эталонный проход (быстрее).",
+    ),
+    "Held out for validation (0-1)": ("留作验证的比例（0-1）", "Доля для валидации (0-1)"),
+    "Share of rows kept out to measure a validation loss.": (
+        "留出部分行来测量验证损失。",
+        "Доля строк, отложенных для потерь на валидации.",
+    ),
+    "Validation every N steps (0: ~10 times)": (
+        "每 N 步验证一次（0：约 10 次）",
+        "Валидация каждые N шагов (0: ~10 раз)",
+    ),
+    "Each pass runs the held-out rows once.": ("每次把留出的行跑一遍。", "Каждый проход прогоняет отложенные строки."),
+    "GPUs (0: every visible one)": ("GPU 数（0：全部可见的）", "GPU (0: все видимые)"),
+    "Several GPUs train data-parallel, one process each.": (
+        "多块 GPU 数据并行训练，每块一个进程。",
+        "Несколько GPU учат параллельно, по процессу на каждый.",
+    ),
+    "Adapters on experts (MoE)": ("专家层加适配器（MoE）", "Адаптеры на экспертах (MoE)"),
+    "Mixture-of-experts models: train the experts too.": (
+        "混合专家模型：也训练专家层。",
+        "Модели со смесью экспертов: учить и экспертов.",
+    ),
+    "Job file and command line": ("任务文件与命令行", "Файл задания и командная строка"),
+    "Save as job.yaml": ("保存为 job.yaml", "Сохранить как job.yaml"),
+    "Load job.yaml": ("加载 job.yaml", "Загрузить job.yaml"),
+    # Train tab: plots, history, deleting
+    "Tokens/s": ("token/秒", "Токенов/с"),
+    "tokens/s": ("token/秒", "токенов/с"),
+    "Memory (GB)": ("显存（GB）", "Память (ГБ)"),
+    "step": ("步", "шаг"),
+    "loss": ("损失", "потери"),
+    "value": ("数值", "значение"),
+    "series": ("曲线", "ряд"),
+    "run": ("运行", "запуск"),
+    "state": ("状态", "состояние"),
+    "model": ("模型", "модель"),
+    "started": ("开始于", "начат"),
+    "duration": ("时长", "длительность"),
+    "Yes, delete it": ("是，删除", "Да, удалить"),
+    "Keep it": ("保留", "Оставить"),
+    # Evaluate tab
+    "Did the tune work? Score the base model, your runs and their GGUF exports on the same questions: the loss of the "
+    "reference answers, and greedy answers checked against them.": (
+        "微调有效吗？用同一组问题给基座模型、你的运行及其 GGUF 导出打分：参考答案的损失，以及与之核对的贪心回答。",
+        "Сработало ли дообучение? Оцените базовую модель, ваши запуски и их GGUF на одних вопросах: потери на "
+        "эталонных ответах и жадные ответы, сверенные с ними.",
+    ),
+    "Also score: the answer matches this regex": ("另计：回答匹配此正则", "Также оценить: ответ подходит под regex"),
+    "Identity name (found in identity data when empty)": (
+        "身份名字（留空：从身份数据中查找）",
+        "Имя личности (пусто: из датасета личности)",
+    ),
+    "Identity maker": ("身份开发者", "Создатель личности"),
+    "Scores (loss: lower is better; scores: share of questions)": (
+        "得分（损失：越低越好；得分：问题占比）",
+        "Оценки (потери: чем ниже, тем лучше; оценки: доля вопросов)",
+    ),
+    "perplexity": ("困惑度", "перплексия"),
+    "question": ("问题", "вопрос"),
+    "reference": ("参考答案", "эталон"),
+    "setting": ("设置", "настройка"),
+}
+
+# Live messages that handlers write (engine and UI sentences), translated whole: (English pattern, Chinese, Russian),
+# the templates' {0}, {1}… being the pattern's groups in order. The states and messages are those of engine runlog.
+MESSAGES = [
+    (r"GPUs found: none\.", "找到的 GPU：无。", "Найдено GPU: нет."),
+    (
+        r"GPUs found: (\d+) \((.*)\), a run trains on all of them\.",
+        "找到 {0} 块 GPU（{1}），运行会用上全部。",
+        "Найдено GPU: {0} ({1}), запуск учится на всех.",
+    ),
+    (r"GPUs found: (\d+) \((.*)\)\.", "找到 {0} 块 GPU（{1}）。", "Найдено GPU: {0} ({1})."),
+    (r"No run is training\.", "没有正在训练的运行。", "Ничего не обучается."),
+    (r"step (\d+)/(\S+)", "第 {0}/{1} 步", "шаг {0}/{1}"),
+    (r"elapsed (.+)", "已用 {0}", "прошло {0}"),
+    (r"about (.+) left", "约剩 {0}", "осталось около {0}"),
+    (r"loading the model", "正在加载模型", "загрузка модели"),
+    (r"training", "训练中", "обучение"),
+    (
+        r"Cancelled; resume continues from the last checkpoint, if any\.",
+        "已取消；继续时从最后一个检查点开始（如有）。",
+        "Отменено; продолжение начнётся с последнего чекпоинта, если он есть.",
+    ),
+    (r"loading", "加载中", "загрузка"),
+    (r"running", "运行中", "идёт"),
+    (r"done", "完成", "готово"),
+    (r"failed", "失败", "ошибка"),
+    (r"cancelled", "已取消", "отменён"),
+]
+PATTERNS = [(re.compile(english), zh, ru) for english, zh, ru in MESSAGES]
