@@ -1,8 +1,11 @@
 """The language switch without a browser: every text the app shows has a Chinese and a Russian entry, the switch
 translates labels, help lines, choices and axis titles, and live messages are translated whole by template."""
 
+import asyncio
+
 import gradio as gr
 import pytest
+from gradio.state_holder import SessionState
 
 from ui import i18n
 
@@ -10,7 +13,6 @@ from ui import i18n
 ALLOWED = {
     "job.yaml",
     "rsLoRA",
-    "GB",
     "auto",
     "Nova",
     "Tunesmith Labs",
@@ -94,3 +96,14 @@ def test_messages_by_template_and_unknown_ones_kept():
     )
     assert i18n.message("**failed** · CUDA out of memory", "zh") == "**失败** · CUDA out of memory"
     assert i18n.message("No run is training.", "en") == "No run is training."
+
+
+def test_switch_runs_through_gradio(demo):
+    """The switch's updates pass Gradio's own processing, as in a browser session."""
+    switch = next(fn for fn in demo.fns.values() if getattr(fn.fn, "__name__", "") == "switch")
+    values = ["中文", *(block.value for block in switch.inputs[1:])]
+    out = asyncio.run(demo.process_api(block_fn=switch, inputs=values, state=SessionState(demo)))
+    updates = {block.label: update for block, update in zip(switch.outputs, out["data"], strict=True)}
+    assert updates["Memory (GB)"]["label"] == "显存（GB）" and updates["Memory (GB)"]["x_title"] == "步"
+    assert updates["Gradient clipping"]["info"] == "每步允许的最大梯度范数；0 表示关闭裁剪。"
+    assert ["恒定", "constant"] in updates["Learning-rate schedule"]["choices"]

@@ -166,6 +166,7 @@ STRINGS = {  # English: (Chinese, Russian)
     "Tokens/s": ("token/秒", "Токенов/с"),
     "tokens/s": ("token/秒", "токенов/с"),
     "Memory (GB)": ("显存（GB）", "Память (ГБ)"),
+    "GB": ("GB", "ГБ"),
     "step": ("步", "шаг"),
     "loss": ("损失", "потери"),
     "value": ("数值", "значение"),
