@@ -91,8 +91,8 @@ def test_messages_by_template_and_unknown_ones_kept():
     assert i18n.message("GPUs found: 2 (H200, H200), a run trains on all of them.", "ru") == (
         "Найдено GPU: 2 (H200, H200), запуск учится на всех."
     )
-    assert i18n.message("step 3/10 · 30% · elapsed 1 min 02 s · about 2 min left", "zh") == (
-        "第 3/10 步 · 30% · 已用 1 min 02 s · 约剩 2 min"
+    assert i18n.message("step 3/10 · 30% · elapsed 1 min 02 s · about 2 min 05 s left", "zh") == (
+        "第 3/10 步 · 30% · 已用 1 分 02 秒 · 约剩 2 分 05 秒"
     )
     assert i18n.message("**failed** · CUDA out of memory", "zh") == "**失败** · CUDA out of memory"
     assert i18n.message("No run is training.", "en") == "No run is training."
@@ -107,3 +107,23 @@ def test_switch_runs_through_gradio(demo):
     assert updates["Memory (GB)"]["label"] == "显存（GB）" and updates["Memory (GB)"]["x_title"] == "步"
     assert updates["Gradient clipping"]["info"] == "每步允许的最大梯度范数；0 表示关闭裁剪。"
     assert ["恒定", "constant"] in updates["Learning-rate schedule"]["choices"]
+
+
+def test_handlers_answer_in_the_language_picked_on_that_page(demo, runs):
+    """`i18n.say`: after a page switches to Russian, what handlers write to it is in Russian; another page stays
+    in English."""
+    from ui import train_live, train_tab
+
+    functions = {fn.fn: fn for fn in demo.fns.values()}
+    switch = next(fn for fn in demo.fns.values() if getattr(fn.fn, "__name__", "") == "switch")
+    view, history = functions[train_tab.view], functions[train_live.history_table]
+
+    def call(fn, inputs, page):
+        request = gr.Request(session_hash=page)
+        return asyncio.run(demo.process_api(block_fn=fn, inputs=inputs, state=SessionState(demo), request=request))
+
+    call(switch, ["Русский", *(block.value for block in switch.inputs[1:])], "page-ru")
+    assert call(view, [""], "page-ru")["data"][0] == "Запусков пока нет."
+    assert call(view, [""], "page-en")["data"][0] == "No run yet."
+    assert call(history, [""], "page-ru")["data"][0]["headers"][:2] == ["запуск", "состояние"]
+    assert call(history, [""], "page-en")["data"][0]["headers"][:2] == ["run", "state"]

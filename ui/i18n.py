@@ -9,6 +9,7 @@ the ones on screen whose whole sentence or template is known (`message`, templat
 import re
 
 import gradio as gr
+from gradio.context import LocalContext
 
 from ui import i18n_more
 
@@ -233,6 +234,7 @@ STRINGS = {  # English: (Chinese, Russian)
 }
 STRINGS.update(i18n_more.STRINGS)
 PLOTS = (gr.LinePlot, gr.BarPlot, gr.ScatterPlot)
+SESSIONS: dict[str, str] = {}  # page session -> the language picked there (a fresh page starts in English)
 
 
 def tr(text: str, lang: str) -> str:
@@ -272,13 +274,15 @@ def switcher(items: list[tuple[object, dict]]):
 
     def switch(language: str, *current) -> list:
         lang = LANGUAGES.get(language, "en")
+        SESSIONS[session()] = lang
         texts = dict(zip((i for i, (_, fields) in enumerate(items) if "value" in fields), current, strict=False))
         updates = []
         for i, (_, fields) in enumerate(items):
             kw = {}
             for attr, english in fields.items():
                 if attr == "value" and i in texts and texts[i] not in (english, *STRINGS[english]):
-                    kw["value"] = message(texts[i], lang)  # written by a handler since: live state, not a label
+                    if message(texts[i], lang) != texts[i]:  # written by a handler since: live state, not a label
+                        kw["value"] = message(texts[i], lang)
                     continue
                 if attr == "choices":
                     kw["choices"] = [(tr(label, lang), value) for label, value in english]
@@ -295,7 +299,7 @@ def message(text: str, lang: str) -> str:
     known string or matches a template of i18n_more.MESSAGES (keeping **bold**); unknown parts stay as they are."""
     if lang == "en" or not isinstance(text, str):
         return text
-    return " · ".join(_part(part, lang) for part in text.split(" · "))
+    return "\n".join(" · ".join(_part(part, lang) for part in line.split(" · ")) for line in text.split("\n"))
 
 
 def _part(part: str, lang: str) -> str:
@@ -304,5 +308,17 @@ def _part(part: str, lang: str) -> str:
         return before + tr(core, lang) + after
     for pattern, zh, ru in i18n_more.PATTERNS:
         if m := pattern.fullmatch(core):
-            return before + (zh if lang == "zh" else ru).format(*m.groups()) + after
+            groups = (_part(group, lang) for group in m.groups())  # a group may be a template itself: durations
+            return before + (zh if lang == "zh" else ru).format(*groups) + after
     return part
+
+
+def session() -> str:
+    """The page session of the event being handled ("" outside one)."""
+    request = LocalContext.request.get(None)
+    return getattr(request, "session_hash", None) or ""
+
+
+def say(text: str) -> str:
+    """`text`, a message a handler is about to show, in the language picked on the page it goes to."""
+    return message(text, SESSIONS.get(session(), "en"))

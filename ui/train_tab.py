@@ -7,7 +7,7 @@ import gradio as gr
 import pandas as pd
 
 from engine import api
-from ui import train_live, train_settings
+from ui import i18n, train_live, train_settings
 from ui.data_tab import parse_mapping
 from ui.eval_tab import validation_lines, with_validation
 
@@ -225,11 +225,11 @@ def smoothed(values: list[float], weight: float = 0.9) -> list[float]:
 def view(run_id: str):
     """(status markdown, loss plot data, timer) of a run."""
     if not run_id:
-        return "No run yet.", EMPTY_PLOT, gr.Timer(active=False)
+        return i18n.say("No run yet."), EMPTY_PLOT, gr.Timer(active=False)
     try:
         st = api.poll(run_id)
     except api.UserError as e:
-        return str(e), EMPTY_PLOT, gr.Timer(active=False)
+        return i18n.say(str(e)), EMPTY_PLOT, gr.Timer(active=False)
     lines = [f"**{st.state}** · step {st.step}/{st.total_steps or '?'} · {st.message}"]
     if st.metrics:
         m = st.metrics[-1]
@@ -259,7 +259,7 @@ def view(run_id: str):
     steps = [m["step"] for m in st.metrics]
     losses = [m["loss"] for m in st.metrics]
     if not st.metrics:
-        return "\n\n".join(lines), EMPTY_PLOT, gr.Timer(active=not st.finished)
+        return i18n.say("\n\n".join(lines)), EMPTY_PLOT, gr.Timer(active=not st.finished)
     frame = pd.DataFrame(
         {
             "step": steps * 2,
@@ -268,7 +268,7 @@ def view(run_id: str):
         }
     )
     frame = with_validation(frame, st.metrics)  # the validation loss, where the run has a validation set
-    return "\n\n".join(lines), frame, gr.Timer(active=not st.finished)
+    return i18n.say("\n\n".join(lines)), frame, gr.Timer(active=not st.finished)
 
 
 def method_view(run_id: str):
