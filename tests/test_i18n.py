@@ -127,3 +127,9 @@ def test_handlers_answer_in_the_language_picked_on_that_page(demo, runs):
     assert call(view, [""], "page-en")["data"][0] == "No run yet."
     assert call(history, [""], "page-ru")["data"][0]["headers"][:2] == ["запуск", "состояние"]
     assert call(history, [""], "page-en")["data"][0]["headers"][:2] == ["run", "state"]
+    assert call(functions[train_tab.delete], [""], "page-ru")["data"][1] == (
+        "**Не удалено:** Сначала выберите запуск в истории."
+    )
+    assert call(functions[train_tab.delete], [""], "page-en")["data"][1] == (
+        "**Not deleted:** Pick a run in the history first."
+    )

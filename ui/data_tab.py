@@ -7,6 +7,7 @@ import gradio as gr
 import pandas as pd
 
 from engine import api
+from ui import i18n
 
 LANGS = [("English", "en"), ("中文", "zh"), ("Русский", "ru")]
 TEMPLATES = ["auto", "chatml", "qwen", "llama-3", "mistral", "gemma", "alpaca", "plain"]
@@ -51,7 +52,7 @@ def inspect(
             model_note = f"**Cannot use the model `{model}`** (Model tab): {e}"
             info = api.inspect_data(source, model=None, column_map=parse_mapping(mapping), **settings)
     except api.UserError as e:
-        return "", f"**Cannot use this dataset:** {e}", [], EMPTY_HIST
+        return "", i18n.say(f"**Cannot use this dataset:** {e}"), [], EMPTY_HIST
     lines = [
         f"**Format:** {info['format']} · **rows:** {info['rows']} · **columns:** {', '.join(info['columns'])} · "
         f"showing example {info['sample_row']} of {info['rows']}"

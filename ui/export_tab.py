@@ -6,6 +6,7 @@ token typed here, or HF_TOKEN; it is never shown or written anywhere)."""
 import gradio as gr
 
 from engine import api
+from ui import i18n
 from ui.chat_tab import run_choices
 
 FORMATS = [
@@ -44,8 +45,8 @@ def start(run_id: str, fmt: str, name: str, push: bool = False, repo: str = "", 
         hub = dict(push_to_hub=repo.strip(), token=(token or "").strip(), private=bool(private)) if push else {}
         job = api.start_export(str(api.find_run(run_id)), fmt, out, **hub)
     except api.UserError as e:
-        return None, f"**Export failed:** {e}", "", gr.Timer(active=False)
-    return job, f"Exporting **{fmt}** to `{job.out}`…", "", gr.Timer(active=True)
+        return None, i18n.say(f"**Export failed:** {e}"), "", gr.Timer(active=False)
+    return job, i18n.say(f"Exporting **{fmt}** to `{job.out}`…"), "", gr.Timer(active=True)
 
 
 def offer(result: dict | None):

@@ -199,6 +199,14 @@ STRINGS = {  # English: (Chinese, Russian)
     "question": ("问题", "вопрос"),
     "reference": ("参考答案", "эталон"),
     "setting": ("设置", "настройка"),
+    "raw": ("原始", "исходные"),
+    "smoothed": ("平滑", "сглаженные"),
+    "train": ("训练", "обучение"),
+    "validation": ("验证", "валидация"),
+    "No run here has been evaluated yet: evaluate them above to see their scores.": (
+        "这些运行还没有评估过：先在上方评估，才能看到得分。",
+        "Эти запуски ещё не оценивались: оцените их выше, чтобы увидеть оценки.",
+    ),
 }
 
 # Live messages that handlers write (engine and UI sentences), translated whole: (English pattern, Chinese, Russian),
@@ -230,10 +238,31 @@ MESSAGES = [
     (r"The full log is under \*Log\* below\.", "完整日志见下方 *日志*。", "Полный журнал — ниже, в разделе *Журнал*."),
     (r"Model:\*\* (.*)", "模型：** {0}", "Модель:** {0}"),
     (r"method:\*\* (.*)", "方法：** {0}", "метод:** {0}"),
-    (r"Not cancelled:\*\* (.*)", "未取消：** {0}", "Не отменено:** {0}"),
     (r"cancelling", "正在取消", "отмена"),
     (r"saving a checkpoint, then stopping…", "先保存检查点，然后停止…", "сохраняю чекпоинт, затем остановка…"),
     (r"(.*) \(nothing to cancel\)", "{0}（无可取消）", "{0} (отменять нечего)"),
+    (
+        r"(\d+) questions from the held-out rows of the run\.",
+        "来自运行留出行的 {0} 个问题。",
+        "{0} вопросов из отложенных строк запуска.",
+    ),
+    (r"(\d+) questions from the (`.*`)\.", "来自 {1} 的 {0} 个问题。", "{0} вопросов из {1}."),
+    (
+        r"Identity check: the answer names \*\*(.*)\*\* and \*\*(.*)\*\*\.",
+        "身份检查：回答需说出 **{0}** 和 **{1}**。",
+        "Проверка личности: ответ называет **{0}** и **{1}**.",
+    ),
+    (
+        r"Saved to (`.*`) and `results\.json` beside it\.",
+        "已保存到 {0}，旁边还有 `results.json`。",
+        "Сохранено в {0}, рядом `results.json`.",
+    ),
+    (r"validation loss (\S+)", "验证损失 {0}", "потери на валидации {0}"),
+    (
+        r"best (\S+) at step (\d+) \(kept in the run's best/ folder\)",
+        "最佳 {0}，在第 {1} 步（保存在运行的 best/ 文件夹）",
+        "лучшие {0} на шаге {1} (сохранены в папке best/ запуска)",
+    ),
     (r"loading the model", "正在加载模型", "загрузка модели"),
     (r"training", "训练中", "обучение"),
     (
@@ -246,5 +275,57 @@ MESSAGES = [
     (r"done", "完成", "готово"),
     (r"failed", "失败", "ошибка"),
     (r"cancelled", "已取消", "отменён"),
+]
+# "**Not started:** <why>": the lead in bold, then the reason (itself translated when known).
+LEADS = {
+    "Not started": ("未开始", "Не запущено"),
+    "Not resumed": ("未继续", "Не продолжено"),
+    "Not deleted": ("未删除", "Не удалено"),
+    "Not cancelled": ("未取消", "Не отменено"),
+    "Cannot use this dataset": ("无法使用此数据集", "Нельзя использовать этот датасет"),
+    "Cannot load": ("无法加载", "Не удалось загрузить"),
+    "Export failed": ("导出失败", "Экспорт не удался"),
+    "Evaluation failed": ("评估失败", "Оценка не удалась"),
+    "Comparison failed": ("对比失败", "Сравнение не удалось"),
+}
+MESSAGES += [(re.escape(en) + r":\*\* (.*)", zh + "：** {0}", ru + ":** {0}") for en, (zh, ru) in LEADS.items()]
+MESSAGES += [  # the engine's most common refusals, as the UI shows them
+    (r"Loaded (`.*`)\.", "已加载 {0}。", "Загружено: {0}."),
+    (r"Exporting \*\*(.*)\*\* to (`.*`)…", "正在把 **{0}** 导出到 {1}…", "Экспорт **{0}** в {1}…"),
+    (r"Started run (`.*`)…", "已开始运行 {0}…", "Запущен {0}…"),
+    (r"Resumed run (`.*`)…", "已继续运行 {0}…", "Продолжен {0}…"),
+    (r"Deleted run (`.*`)\.", "已删除运行 {0}。", "Запуск {0} удалён."),
+    (
+        r"Run (`.*`) is still training; cancel it or wait for it to finish\.",
+        "运行 {0} 仍在训练；请取消或等它结束。",
+        "Запуск {0} ещё обучается; отмените его или дождитесь конца.",
+    ),
+    (
+        r"Choose a dataset in the Data tab first\.",
+        "请先在数据页选择数据集。",
+        "Сначала выберите датасет на вкладке «Данные».",
+    ),
+    (
+        r"Pick a model in the Model tab first\.",
+        "请先在模型页选择模型。",
+        "Сначала выберите модель на вкладке «Модель».",
+    ),
+    (r"Pick a run in the history first\.", "请先在历史中选择一个运行。", "Сначала выберите запуск в истории."),
+    (r"Pick a run to export\.", "请选择要导出的运行。", "Выберите запуск для экспорта."),
+    (
+        r"Pick a model, a run or a GGUF file to evaluate\.",
+        "请选择要评估的模型、运行或 GGUF 文件。",
+        "Выберите модель, запуск или GGUF-файл для оценки.",
+    ),
+    (
+        r"Dataset file '(.*)' does not exist; check the path or upload it again\.",
+        "数据集文件 '{0}' 不存在；请检查路径或重新上传。",
+        "Файла датасета '{0}' нет; проверьте путь или загрузите заново.",
+    ),
+    (
+        r"Model folder '(.*)' does not exist; give an existing folder or a hub id(?: like '.*')?\.",
+        "模型文件夹 '{0}' 不存在；请给出已有文件夹或 Hub ID。",
+        "Папки модели '{0}' нет; укажите существующую папку или ID на хабе.",
+    ),
 ]
 PATTERNS = [(re.compile(english), zh, ru) for english, zh, ru in MESSAGES]

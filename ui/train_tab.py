@@ -190,7 +190,7 @@ def start(*args, advanced=None, confirmed=False):
         busy = [r.run_id for r in api.list_runs() if not r.finished]
         if busy:  # follow it: the Run box and the updates stay on the run that is training
             note = f"**Not started:** Run `{busy[0]}` is still training; cancel it or wait for it to finish."
-            return busy[0], note, gr.Timer(active=True)
+            return busy[0], i18n.say(note), gr.Timer(active=True)
         basic = dict(zip(MAKE_SPEC_ARGS, args, strict=False))
         require_model_and_data(basic.get("model"), basic.get("data"))
         warnings = train_settings.check(basic, advanced or {})
@@ -206,8 +206,8 @@ def start(*args, advanced=None, confirmed=False):
         api.check_data(spec.data, spec.objective, spec.column_map, spec.data_config, spec.data_split, spec.rewards)
         handle = api.start(spec)
     except api.UserError as e:
-        return "", f"**Not started:** {e}", gr.Timer(active=False)
-    return handle.run_id, f"Started run `{handle.run_id}`…", gr.Timer(active=True)
+        return "", i18n.say(f"**Not started:** {e}"), gr.Timer(active=False)
+    return handle.run_id, i18n.say(f"Started run `{handle.run_id}`…"), gr.Timer(active=True)
 
 
 MAKE_SPEC_ARGS = [p.name for p in inspect.signature(make_spec).parameters.values() if p.kind != p.VAR_POSITIONAL]
@@ -268,6 +268,7 @@ def view(run_id: str):
         }
     )
     frame = with_validation(frame, st.metrics)  # the validation loss, where the run has a validation set
+    frame["series"] = frame["series"].map(i18n.say)  # the legend in the page's language
     return i18n.say("\n\n".join(lines)), frame, gr.Timer(active=not st.finished)
 
 
@@ -306,8 +307,8 @@ def resume(run_id: str):
     try:
         handle = api.resume(run_id)
     except api.UserError as e:
-        return run_id, f"**Not resumed:** {e}", gr.Timer(active=False)
-    return handle.run_id, f"Resumed run `{handle.run_id}`…", gr.Timer(active=True)
+        return run_id, i18n.say(f"**Not resumed:** {e}"), gr.Timer(active=False)
+    return handle.run_id, i18n.say(f"Resumed run `{handle.run_id}`…"), gr.Timer(active=True)
 
 
 def delete(run_id: str):
@@ -317,8 +318,8 @@ def delete(run_id: str):
             raise api.UserError("Pick a run in the history first.")
         api.delete_run(run_id)
     except api.UserError as e:
-        return run_id, f"**Not deleted:** {e}", history()
-    return "", f"Deleted run `{run_id}`.", history()
+        return run_id, i18n.say(f"**Not deleted:** {e}"), history()
+    return "", i18n.say(f"Deleted run `{run_id}`."), history()
 
 
 def pick(table: pd.DataFrame, evt: gr.SelectData) -> str:
