@@ -133,3 +133,16 @@ def test_handlers_answer_in_the_language_picked_on_that_page(demo, runs):
     assert call(functions[train_tab.delete], [""], "page-en")["data"][1] == (
         "**Not deleted:** Pick a run in the history first."
     )
+
+
+def test_model_and_data_lines_in_russian():
+    fit = "✅ Fits this GPU (80 GiB, 80 GB preset): about 3.2 GiB peak at 2048 tokens × 4."
+    assert (
+        i18n.message(fit, "ru")
+        == "✅ Помещается в эту GPU (80 ГиБ, пресет 80 ГБ): пик около 3.2 ГиБ при 2048 токенов × 4."
+    )
+    summary = "**Format:** jsonl · **rows:** 10 · **columns:** a, b · showing example 1 of 10"
+    assert i18n.message(summary, "zh") == "**格式：** jsonl · **行数：** 10 · **列：** a, b · 显示第 1 个样本，共 10 个"
+    assert i18n.message("**Not started:** Choose a dataset in the Data tab first.", "ru") == (
+        "**Не запущено:** Сначала выберите датасет на вкладке «Данные»."
+    )

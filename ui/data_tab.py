@@ -76,7 +76,7 @@ def inspect(
             model_note or "Pick a model in the Model tab to see the sample as the model sees it, with token counts."
         )
         hist, sample = EMPTY_HIST, [(info["sample"], None)]
-    return source, "\n\n".join(lines), sample, hist
+    return source, i18n.say("\n\n".join(lines)), sample, hist
 
 
 def generate_identity(name: str, maker: str, description: str, languages: list[str]):

@@ -274,7 +274,8 @@ def switcher(items: list[tuple[object, dict]]):
 
     def switch(language: str, *current) -> list:
         lang = LANGUAGES.get(language, "en")
-        SESSIONS[session()] = lang
+        if session():  # called by a page (not directly, as in tests or scripts)
+            SESSIONS[session()] = lang
         texts = dict(zip((i for i, (_, fields) in enumerate(items) if "value" in fields), current, strict=False))
         updates = []
         for i, (_, fields) in enumerate(items):

@@ -328,4 +328,50 @@ MESSAGES += [  # the engine's most common refusals, as the UI shows them
         "Папки модели '{0}' нет; укажите существующую папку или ID на хабе.",
     ),
 ]
+MESSAGES += [  # the Model tab's fit line and the Data tab's summary
+    (r"this GPU \((\S+) GiB\)", "此 GPU（{0} GiB）", "в эту GPU ({0} ГиБ)"),
+    (
+        r"this GPU \((\S+) GiB, (\S+) GB preset\)",
+        "此 GPU（{0} GiB，{1} GB 预设）",
+        "в эту GPU ({0} ГиБ, пресет {1} ГБ)",
+    ),
+    (r"this machine", "本机", "в этот компьютер"),
+    (
+        r"✅ Fits (.*): about (\S+) GiB peak at (\d+) tokens × (\d+)\.",
+        "✅ {0}放得下：峰值约 {1} GiB，{2} token × {3}。",
+        "✅ Помещается {0}: пик около {1} ГиБ при {2} токенов × {3}.",
+    ),
+    (
+        r"✅ Fits (.*) with (\S+) in host RAM \(slower\): about (\S+) GiB on the GPU "
+        r"and (\S+) GiB of RAM at (\d+) tokens × (\d+)\.",
+        "✅ {0}放得下，{1} 放在内存中（较慢）：GPU 约 {2} GiB，内存 {3} GiB，{4} token × {5}。",
+        "✅ Помещается {0}, {1} в ОЗУ (медленнее): около {2} ГиБ на GPU и {3} ГиБ ОЗУ при {4} токенов × {5}.",
+    ),
+    (r"⚠ Will not fit (.*?): (.*)", "⚠ {0}放不下：{1}", "⚠ Не поместится {0}: {1}"),
+    (
+        r"No GPU detected: training runs on the CPU \(slow\); about (\S+) GiB of RAM at (\d+) tokens × (\d+)\.",
+        "未检测到 GPU：在 CPU 上训练（很慢）；约 {0} GiB 内存，{1} token × {2}。",
+        "GPU не найдена: обучение на CPU (медленно); около {0} ГиБ ОЗУ при {1} токенов × {2}.",
+    ),
+    (r"Memory estimate unavailable: (.*)", "无法估算显存：{0}", "Оценка памяти недоступна: {0}"),
+    (r"Format:\*\* (.*)", "格式：** {0}", "Формат:** {0}"),
+    (r"rows:\*\* (.*)", "行数：** {0}", "строк:** {0}"),
+    (r"columns:\*\* (.*)", "列：** {0}", "колонки:** {0}"),
+    (r"showing example (\d+) of (\d+)", "显示第 {0} 个样本，共 {1} 个", "пример {0} из {1}"),
+    (
+        r"Tokens per example: mean (\S+), max (\S+) \(first (\d+) rows\); (\d+) longer than (\d+)\.",
+        "每个样本的 token 数：平均 {0}，最大 {1}（前 {2} 行）；{3} 行超过 {4}。",
+        "Токенов в примере: в среднем {0}, максимум {1} (первые {2} строк); длиннее {4}: {3}.",
+    ),
+    (
+        r"Pick a model in the Model tab to see the sample as the model sees it, with token counts\.",
+        "在模型页选择模型，即可看到模型眼中的样本和 token 数。",
+        "Выберите модель на вкладке «Модель», чтобы увидеть пример её глазами и число токенов.",
+    ),
+    (
+        r"Cannot use the model (`.*`)\*\* \(Model tab\): (.*)",
+        "无法使用模型 {0}**（模型页）：{1}",
+        "Нельзя использовать модель {0}** (вкладка «Модель»): {1}",
+    ),
+]
 PATTERNS = [(re.compile(english), zh, ru) for english, zh, ru in MESSAGES]
