@@ -290,7 +290,7 @@ def method_view(run_id: str):
         {
             "step": steps * len(series),
             "value": [m.get(key, 0.0) for key in series.values() for m in metrics],
-            "series": [name for name in series for _ in steps],
+            "series": [i18n.say(name) for name in series for _ in steps],
         }
     )
     return gr.update(value=frame, visible=True)
