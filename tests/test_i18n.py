@@ -85,6 +85,9 @@ def test_live_text_on_screen_is_translated_by_template(demo):
     current = [("**running** · training" if b is status else b.value) for b in shown]
     updates = dict(zip((b for b, _ in items), i18n.switcher(items)("中文", *current), strict=True))
     assert updates[status]["value"] == "**运行中** · 训练中"
+    current = [("**运行中** · 训练中" if b is status else b.value) for b in shown]  # and back: the English again
+    updates = dict(zip((b for b, _ in items), i18n.switcher(items)("English", *current), strict=True))
+    assert updates[status]["value"] == "**running** · training"
 
 
 def test_messages_by_template_and_unknown_ones_kept():

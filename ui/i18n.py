@@ -54,7 +54,7 @@ STRINGS = {  # English: (Chinese, Russian)
         "对话模板（auto：模型自带）",
         "Шаблон чата (auto: собственный шаблон модели)",
     ),
-    "Max sequence length": ("最大序列长度", "Максимальная длина последовательности"),
+    "Max sequence length": ("最大序列长度", "Макс. длина последовательности"),
     "Identity dataset: teach the model its name and maker": (
         "身份数据集：教模型它的名字和开发者",
         "Датасет личности: научите модель её имени и создателю",
@@ -65,7 +65,7 @@ STRINGS = {  # English: (Chinese, Russian)
     "Languages": ("语言", "Языки"),
     "Generate": ("生成", "Сгенерировать"),
     "Identity examples (editable)": ("身份示例（可编辑）", "Примеры (можно редактировать)"),
-    "Save and use this dataset": ("保存并使用此数据集", "Сохранить и использовать этот датасет"),
+    "Save and use this dataset": ("保存并使用此数据集", "Сохранить и использовать"),
     "Dataset in use": ("当前数据集", "Используемый датасет"),
     "No dataset yet: upload a file, name a hub dataset, or generate an identity dataset.": (
         "还没有数据集：上传文件、填写 Hub 数据集，或生成身份数据集。",
@@ -161,7 +161,7 @@ STRINGS = {  # English: (Chinese, Russian)
     "Run history": ("运行历史", "История запусков"),
     "Refresh": ("刷新", "Обновить"),
     "Resume": ("继续", "Продолжить"),
-    "Chat with this run": ("与此运行对话", "Поговорить с этим запуском"),
+    "Chat with this run": ("与此运行对话", "Чат с этим запуском"),
     "Delete": ("删除", "Удалить"),
     "Run, GGUF file or model": ("运行、GGUF 文件或模型", "Запуск, GGUF-файл или модель"),
     "Refresh runs": ("刷新运行列表", "Обновить список"),
@@ -195,12 +195,12 @@ STRINGS = {  # English: (Chinese, Russian)
         "基座模型 vs 微调模型（同一提示词）",
         "Базовая модель и дообученная (один промпт)",
     ),
-    "Base model (adapter off)": ("基座模型（关闭适配器）", "Базовая модель (адаптер выключен)"),
+    "Base model (adapter off)": ("基座模型（关闭适配器）", "Базовая (адаптер выкл.)"),
     "Fine-tuned": ("微调后", "Дообученная"),
     "Prompt for both models": ("两个模型共用的提示词", "Промпт для обеих моделей"),
     "Compare": ("对比", "Сравнить"),
     "Push to the Hugging Face hub": ("推送到 Hugging Face Hub", "Загрузить на Hugging Face Hub"),
-    "Hub repository (user/name)": ("Hub 仓库（用户/名称）", "Репозиторий на хабе (пользователь/имя)"),
+    "Hub repository (user/name)": ("Hub 仓库（用户/名称）", "Репозиторий на хабе (user/name)"),
     "Hugging Face token (blank: HF_TOKEN)": (
         "Hugging Face 令牌（留空：使用 HF_TOKEN）",
         "Токен Hugging Face (пусто: HF_TOKEN)",
@@ -235,6 +235,7 @@ STRINGS = {  # English: (Chinese, Russian)
 STRINGS.update(i18n_more.STRINGS)
 PLOTS = (gr.LinePlot, gr.BarPlot, gr.ScatterPlot)
 SESSIONS: dict[str, str] = {}  # page session -> the language picked there (a fresh page starts in English)
+ORIGINALS: dict[str, str] = {}  # a translated live text -> its English, so that switching again starts from it
 
 
 def tr(text: str, lang: str) -> str:
@@ -282,8 +283,9 @@ def switcher(items: list[tuple[object, dict]]):
             kw = {}
             for attr, english in fields.items():
                 if attr == "value" and i in texts and texts[i] not in (english, *STRINGS[english]):
-                    if message(texts[i], lang) != texts[i]:  # written by a handler since: live state, not a label
-                        kw["value"] = message(texts[i], lang)
+                    text = message(ORIGINALS.get(texts[i], texts[i]), lang)  # written by a handler: live state
+                    if text != texts[i]:
+                        kw["value"] = text
                     continue
                 if attr == "choices":
                     kw["choices"] = [(tr(label, lang), value) for label, value in english]
@@ -300,7 +302,12 @@ def message(text: str, lang: str) -> str:
     known string or matches a template of i18n_more.MESSAGES (keeping **bold**); unknown parts stay as they are."""
     if lang == "en" or not isinstance(text, str):
         return text
-    return "\n".join(" · ".join(_part(part, lang) for part in line.split(" · ")) for line in text.split("\n"))
+    out = "\n".join(" · ".join(_part(part, lang) for part in line.split(" · ")) for line in text.split("\n"))
+    if out != text:
+        if len(ORIGINALS) > 5000:  # live texts change every second while training: keep the memory bounded
+            ORIGINALS.clear()
+        ORIGINALS[out] = text
+    return out
 
 
 def _part(part: str, lang: str) -> str:

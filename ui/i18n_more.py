@@ -23,7 +23,7 @@ STRINGS = {  # English: (Chinese, Russian)
         "运行文件夹为 runs/<日期>-<时间>-<名称>。",
         "Папка запуска: runs/<дата>-<время>-<имя>.",
     ),
-    "Optimizer steps to train.": ("要训练的优化器步数。", "Сколько шагов оптимизатора обучать."),
+    "Optimizer steps to train.": ("要训练的优化器步数。", "Шагов оптимизатора."),
     "Passes over the data, when Steps is 0.": ("步数为 0 时遍历数据的轮数。", "Проходы по данным, когда шагов 0."),
     "Peak step size: 1e-4 to 5e-4 for LoRA; too high ruins it.": (
         "峰值步长：LoRA 用 1e-4 到 5e-4；过高会毁掉训练。",
@@ -268,6 +268,7 @@ MESSAGES = [
     ),
     (r"loading the model", "正在加载模型", "загрузка модели"),
     (r"training", "训练中", "обучение"),
+    (r"Training finished\.", "训练完成。", "Обучение завершено."),
     (
         r"Cancelled; resume continues from the last checkpoint, if any\.",
         "已取消；继续时从最后一个检查点开始（如有）。",
