@@ -82,14 +82,14 @@ def view(job):
         text = f"**Export {st.state}:** {st.message}"
     else:
         text = f"Exporting… {st.message}"
-    return text, st.log, gr.Timer(active=not st.finished), offer(st.result if st.finished else None)
+    return i18n.say(text), st.log, gr.Timer(active=not st.finished), offer(st.result if st.finished else None)
 
 
 def cancel(job) -> str:
     if job is None:
-        return "No export to cancel."
+        return i18n.say("No export to cancel.")
     st = api.cancel_export(job)
-    return f"**Export {st.state}:** {st.message}"
+    return i18n.say(f"**Export {st.state}:** {st.message}")
 
 
 def build() -> dict:
