@@ -2,8 +2,10 @@
 
 Strings are keyed by their English text: after the layout is built, `translatable` collects every component whose
 label, placeholder, help line, text, choices or axis titles appear in STRINGS, and the language switch returns one
-update for each. Messages that handlers write (engine sentences) stay in English, except that the switch translates
-the ones on screen whose whole sentence or template is known (`message`, templates in i18n_more.MESSAGES).
+update for each. Messages that handlers write stay English in the engine and are translated at the UI boundary:
+a handler passes its text through `say`, which translates each whole sentence whose text or template is known
+(`message`, templates in i18n_more.MESSAGES) into the language picked on the page the answer goes to; the switch
+translates the ones already on screen the same way. Sentences with no template stay in English.
 """
 
 import re
