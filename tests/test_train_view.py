@@ -116,5 +116,5 @@ def test_language_switch_keeps_text_a_handler_wrote():
     items = i18n.translatable(demo.blocks)
     switch = i18n.switcher(items)
     live, default = switch("中文", "**done** · step 3/3", "Pick a model to see the preset for this GPU.")
-    assert "value" not in live and default["value"] == "选择模型以查看此 GPU 的预设。"
+    assert live["value"] == "**完成** · 第 3/3 步" and default["value"] == "选择模型以查看此 GPU 的预设。"
     assert switch("English", "还没有运行。", "**done**")[0]["value"] == "No run yet."

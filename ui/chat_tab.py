@@ -4,6 +4,7 @@ tokens/s, sampling sliders set to the model family's defaults, and the base and 
 import gradio as gr
 
 from engine import api
+from ui import i18n
 
 _loaded: dict[str, object] = {}  # source -> loaded chat model, shared by sessions (weights are read-only)
 SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")  # the sliders, in this order
@@ -39,8 +40,8 @@ def load(source: str) -> str:
     try:
         _chat(source)
     except api.UserError as e:
-        return f"**Cannot load:** {e}"
-    return f"Loaded `{source}`."
+        return i18n.say(f"**Cannot load:** {e}")
+    return i18n.say(f"Loaded `{source}`.")
 
 
 def defaults(source: str) -> list:

@@ -7,6 +7,7 @@ import gradio as gr
 import pandas as pd
 
 from engine import api
+from ui import i18n
 
 LANGS = [("English", "en"), ("中文", "zh"), ("Русский", "ru")]
 TEMPLATES = ["auto", "chatml", "qwen", "llama-3", "mistral", "gemma", "alpaca", "plain"]
@@ -51,7 +52,7 @@ def inspect(
             model_note = f"**Cannot use the model `{model}`** (Model tab): {e}"
             info = api.inspect_data(source, model=None, column_map=parse_mapping(mapping), **settings)
     except api.UserError as e:
-        return "", f"**Cannot use this dataset:** {e}", [], EMPTY_HIST
+        return "", i18n.say(f"**Cannot use this dataset:** {e}"), [], EMPTY_HIST
     lines = [
         f"**Format:** {info['format']} · **rows:** {info['rows']} · **columns:** {', '.join(info['columns'])} · "
         f"showing example {info['sample_row']} of {info['rows']}"
@@ -75,7 +76,7 @@ def inspect(
             model_note or "Pick a model in the Model tab to see the sample as the model sees it, with token counts."
         )
         hist, sample = EMPTY_HIST, [(info["sample"], None)]
-    return source, "\n\n".join(lines), sample, hist
+    return source, i18n.say("\n\n".join(lines)), sample, hist
 
 
 def generate_identity(name: str, maker: str, description: str, languages: list[str]):
@@ -83,9 +84,9 @@ def generate_identity(name: str, maker: str, description: str, languages: list[s
     try:
         rows = api.identity_dataset(name, maker, description, languages or ["en"])
     except api.UserError as e:
-        return pd.DataFrame({"instruction": [], "output": []}), f"**Cannot generate:** {e}"
+        return pd.DataFrame({"instruction": [], "output": []}), i18n.say(f"**Cannot generate:** {e}")
     table = pd.DataFrame({"instruction": [r["instruction"] for r in rows], "output": [r["output"] for r in rows]})
-    return table, f"{len(rows)} question/answer pairs: edit them below, then save."
+    return table, i18n.say(f"{len(rows)} question/answer pairs: edit them below, then save.")
 
 
 def save_identity(table: pd.DataFrame, name: str) -> tuple[str, str]:
@@ -96,14 +97,14 @@ def save_identity(table: pd.DataFrame, name: str) -> tuple[str, str]:
         if str(q).strip() and str(a).strip()
     ]
     if not rows:
-        return "", "**Nothing to save:** generate the identity dataset first."
+        return "", i18n.say("**Nothing to save:** generate the identity dataset first.")
     try:
         stem = (name or "identity").strip().replace(" ", "_")
         fname = api.safe_name(f"identity-{stem}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl", "dataset name")
         path = api.save_jsonl(rows, api.workspace() / "data" / fname)
     except api.UserError as e:
-        return "", f"**Cannot save:** {e}"
-    return str(path), f"Saved {len(rows)} rows to `{path}`."
+        return "", i18n.say(f"**Cannot save:** {e}")
+    return str(path), i18n.say(f"Saved {len(rows)} rows to `{path}`.")
 
 
 def build(model_input) -> dict:

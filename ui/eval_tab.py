@@ -7,6 +7,7 @@ import gradio as gr
 import pandas as pd
 
 from engine import api
+from ui import i18n
 from ui.chat_tab import run_choices
 
 EXAMPLES = 5  # example rows shown under the table
@@ -74,14 +75,15 @@ def run_evaluation(runs, ggufs, base, data, regex, name, maker, limit, max_new_t
             max_new_tokens=int(max_new_tokens or 128),
         )
     except api.UserError as e:
-        return f"**Evaluation failed:** {e}", None, None
+        return i18n.say(f"**Evaluation failed:** {e}"), None, None
     what = "held-out rows of the run" if res["held_out"] else f"`{res['data']}`"
-    text = f"{res['cases']} questions from the {what}."
+    text = i18n.say(f"{res['cases']} questions from the {what}.")
     if res["identity"]:
-        text += f" Identity check: the answer names **{res['identity']['name']}** and **{res['identity']['maker']}**."
+        ident = res["identity"]
+        text += " " + i18n.say(f"Identity check: the answer names **{ident['name']}** and **{ident['maker']}**.")
     if res.get("saved"):
-        text += f"\n\nSaved to `{res['saved']['csv']}` and `results.json` beside it."
-    return text, score_table(res["models"]), example_table(res)
+        text += "\n\n" + i18n.say(f"Saved to `{res['saved']['csv']}` and `results.json` beside it.")
+    return text, shown(score_table(res["models"])), shown(example_table(res))
 
 
 def compare(runs):
@@ -89,7 +91,7 @@ def compare(runs):
     try:
         res = api.compare_runs(list(runs or []))
     except api.UserError as e:
-        return None, None, None, f"**Comparison failed:** {e}"
+        return None, None, None, i18n.say(f"**Comparison failed:** {e}")
     settings = pd.DataFrame(
         [
             {"setting": k, **{run: str(v) for run, v in zip(res["runs"], values, strict=True)}}
@@ -109,7 +111,15 @@ def compare(runs):
         ]
     )
     note = "" if len(scores) else "No run here has been evaluated yet: evaluate them above to see their scores."
-    return settings, pd.DataFrame(points) if points else None, scores if len(scores) else None, note
+    curves = shown(pd.DataFrame(points), "series") if points else None
+    return shown(settings), curves, shown(scores) if len(scores) else None, i18n.say(note)
+
+
+def shown(frame: pd.DataFrame, legend: str = "") -> pd.DataFrame:
+    """`frame` with its column names (or, for a plot, its `legend` column's values) in the page's language."""
+    if legend:
+        return frame.assign(**{legend: frame[legend].map(i18n.say)})
+    return frame.rename(columns=i18n.say)
 
 
 def refresh():

@@ -6,6 +6,7 @@ token typed here, or HF_TOKEN; it is never shown or written anywhere)."""
 import gradio as gr
 
 from engine import api
+from ui import i18n
 from ui.chat_tab import run_choices
 
 FORMATS = [
@@ -67,8 +68,8 @@ def start(
             raise api.UserError("This run kept no best weights (it had no validation set); untick 'best'.")
         job = api.start_export(str(source), fmt, out, **hub)
     except api.UserError as e:
-        return None, f"**Export failed:** {e}", "", gr.Timer(active=False)
-    return job, f"Exporting **{fmt}** to `{job.out}`…", "", gr.Timer(active=True)
+        return None, i18n.say(f"**Export failed:** {e}"), "", gr.Timer(active=False)
+    return job, i18n.say(f"Exporting **{fmt}** to `{job.out}`…"), "", gr.Timer(active=True)
 
 
 def offer(result: dict | None):
@@ -104,14 +105,14 @@ def view(job):
         text = f"**Export {st.state}:** {st.message}"
     else:
         text = f"Exporting… {st.message}"
-    return text, st.log, gr.Timer(active=not st.finished), offer(st.result if st.finished else None)
+    return i18n.say(text), st.log, gr.Timer(active=not st.finished), offer(st.result if st.finished else None)
 
 
 def cancel(job) -> str:
     if job is None:
-        return "No export to cancel."
+        return i18n.say("No export to cancel.")
     st = api.cancel_export(job)
-    return f"**Export {st.state}:** {st.message}"
+    return i18n.say(f"**Export {st.state}:** {st.message}")
 
 
 def build() -> dict:

@@ -1,11 +1,19 @@
 """The interface in English, Chinese and Russian, switchable at any time.
 
 Strings are keyed by their English text: after the layout is built, `translatable` collects every component whose
-label, placeholder, text or choices appear in STRINGS, and the language switch returns one update for each. Messages
-that handlers write (engine sentences) stay in English.
+label, placeholder, help line, text, choices or axis titles appear in STRINGS, and the language switch returns one
+update for each. Messages that handlers write stay English in the engine and are translated at the UI boundary:
+a handler passes its text through `say`, which translates each whole sentence whose text or template is known
+(`message`, templates in i18n_more.MESSAGES) into the language picked on the page the answer goes to; the switch
+translates the ones already on screen the same way. Sentences with no template stay in English.
 """
 
+import re
+
 import gradio as gr
+from gradio.context import LocalContext
+
+from ui import i18n_more
 
 LANGUAGES = {"English": "en", "中文": "zh", "Русский": "ru"}
 STRINGS = {  # English: (Chinese, Russian)
@@ -48,7 +56,7 @@ STRINGS = {  # English: (Chinese, Russian)
         "对话模板（auto：模型自带）",
         "Шаблон чата (auto: собственный шаблон модели)",
     ),
-    "Max sequence length": ("最大序列长度", "Максимальная длина последовательности"),
+    "Max sequence length": ("最大序列长度", "Макс. длина последовательности"),
     "Identity dataset: teach the model its name and maker": (
         "身份数据集：教模型它的名字和开发者",
         "Датасет личности: научите модель её имени и создателю",
@@ -59,7 +67,7 @@ STRINGS = {  # English: (Chinese, Russian)
     "Languages": ("语言", "Языки"),
     "Generate": ("生成", "Сгенерировать"),
     "Identity examples (editable)": ("身份示例（可编辑）", "Примеры (можно редактировать)"),
-    "Save and use this dataset": ("保存并使用此数据集", "Сохранить и использовать этот датасет"),
+    "Save and use this dataset": ("保存并使用此数据集", "Сохранить и использовать"),
     "Dataset in use": ("当前数据集", "Используемый датасет"),
     "No dataset yet: upload a file, name a hub dataset, or generate an identity dataset.": (
         "还没有数据集：上传文件、填写 Hub 数据集，或生成身份数据集。",
@@ -155,7 +163,7 @@ STRINGS = {  # English: (Chinese, Russian)
     "Run history": ("运行历史", "История запусков"),
     "Refresh": ("刷新", "Обновить"),
     "Resume": ("继续", "Продолжить"),
-    "Chat with this run": ("与此运行对话", "Поговорить с этим запуском"),
+    "Chat with this run": ("与此运行对话", "Чат с этим запуском"),
     "Delete": ("删除", "Удалить"),
     "Run, GGUF file or model": ("运行、GGUF 文件或模型", "Запуск, GGUF-файл или модель"),
     "Refresh runs": ("刷新运行列表", "Обновить список"),
@@ -189,12 +197,12 @@ STRINGS = {  # English: (Chinese, Russian)
         "基座模型 vs 微调模型（同一提示词）",
         "Базовая модель и дообученная (один промпт)",
     ),
-    "Base model (adapter off)": ("基座模型（关闭适配器）", "Базовая модель (адаптер выключен)"),
+    "Base model (adapter off)": ("基座模型（关闭适配器）", "Базовая (адаптер выкл.)"),
     "Fine-tuned": ("微调后", "Дообученная"),
     "Prompt for both models": ("两个模型共用的提示词", "Промпт для обеих моделей"),
     "Compare": ("对比", "Сравнить"),
     "Push to the Hugging Face hub": ("推送到 Hugging Face Hub", "Загрузить на Hugging Face Hub"),
-    "Hub repository (user/name)": ("Hub 仓库（用户/名称）", "Репозиторий на хабе (пользователь/имя)"),
+    "Hub repository (user/name)": ("Hub 仓库（用户/名称）", "Репозиторий на хабе (user/name)"),
     "Hugging Face token (blank: HF_TOKEN)": (
         "Hugging Face 令牌（留空：使用 HF_TOKEN）",
         "Токен Hugging Face (пусто: HF_TOKEN)",
@@ -226,6 +234,10 @@ STRINGS = {  # English: (Chinese, Russian)
         "Пример глазами модели (выделено то, чему она учится)",
     ),
 }
+STRINGS.update(i18n_more.STRINGS)
+PLOTS = (gr.LinePlot, gr.BarPlot, gr.ScatterPlot)
+SESSIONS: dict[str, str] = {}  # page session -> the language picked there (a fresh page starts in English)
+ORIGINALS: dict[str, str] = {}  # a translated live text -> its English, so that switching again starts from it
 
 
 def tr(text: str, lang: str) -> str:
@@ -238,11 +250,16 @@ def translatable(blocks) -> list[tuple[object, dict]]:
     """(component, {attribute: English}) for every component showing a string of STRINGS."""
     items = []
     for block in blocks.values():
-        fields = {a: getattr(block, a) for a in ("label", "placeholder") if getattr(block, a, None) in STRINGS}
+        fields = {a: getattr(block, a) for a in ("label", "placeholder", "info") if getattr(block, a, None) in STRINGS}
         if isinstance(block, (gr.Button, gr.Markdown)) and block.value in STRINGS:
             fields["value"] = block.value
-        if isinstance(block, gr.Radio) and any(label in STRINGS for label, _ in block.choices):
+        if any(label in STRINGS for label, _ in getattr(block, "choices", None) or ()):
             fields["choices"] = list(block.choices)
+        if isinstance(block, PLOTS):  # an axis is titled with its column's name unless given a title
+            for axis in ("x", "y", "color"):
+                title = getattr(block, f"{axis}_title") or getattr(block, axis)
+                if title in STRINGS:
+                    fields[f"{axis}_title"] = title
         if fields:
             items.append((block, fields))
     return items
@@ -260,13 +277,18 @@ def switcher(items: list[tuple[object, dict]]):
 
     def switch(language: str, *current) -> list:
         lang = LANGUAGES.get(language, "en")
+        if session():  # called by a page (not directly, as in tests or scripts)
+            SESSIONS[session()] = lang
         texts = dict(zip((i for i, (_, fields) in enumerate(items) if "value" in fields), current, strict=False))
         updates = []
         for i, (_, fields) in enumerate(items):
             kw = {}
             for attr, english in fields.items():
                 if attr == "value" and i in texts and texts[i] not in (english, *STRINGS[english]):
-                    continue  # written by a handler since: live state, not a label
+                    text = message(ORIGINALS.get(texts[i], texts[i]), lang)  # written by a handler: live state
+                    if text != texts[i]:
+                        kw["value"] = text
+                    continue
                 if attr == "choices":
                     kw["choices"] = [(tr(label, lang), value) for label, value in english]
                 else:
@@ -275,3 +297,38 @@ def switcher(items: list[tuple[object, dict]]):
         return updates
 
     return switch
+
+
+def message(text: str, lang: str) -> str:
+    """`text` as a handler wrote it (English), in `lang`: each " · "-separated part translated whole when it is a
+    known string or matches a template of i18n_more.MESSAGES (keeping **bold**); unknown parts stay as they are."""
+    if lang == "en" or not isinstance(text, str):
+        return text
+    out = "\n".join(" · ".join(_part(part, lang) for part in line.split(" · ")) for line in text.split("\n"))
+    if out != text:
+        if len(ORIGINALS) > 5000:  # live texts change every second while training: keep the memory bounded
+            ORIGINALS.clear()
+        ORIGINALS[out] = text
+    return out
+
+
+def _part(part: str, lang: str) -> str:
+    before, core, after = re.fullmatch(r"(\s*\**)(.*?)(\**\s*)", part, re.S).groups()
+    if core in STRINGS:
+        return before + tr(core, lang) + after
+    for pattern, zh, ru in i18n_more.PATTERNS:
+        if m := pattern.fullmatch(core):
+            groups = (_part(group, lang) for group in m.groups())  # a group may be a template itself: durations
+            return before + (zh if lang == "zh" else ru).format(*groups) + after
+    return part
+
+
+def session() -> str:
+    """The page session of the event being handled ("" outside one)."""
+    request = LocalContext.request.get(None)
+    return getattr(request, "session_hash", None) or ""
+
+
+def say(text: str) -> str:
+    """`text`, a message a handler is about to show, in the language picked on the page it goes to."""
+    return message(text, SESSIONS.get(session(), "en"))

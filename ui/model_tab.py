@@ -4,6 +4,7 @@ of training with its progress shown."""
 import gradio as gr
 
 from engine import api
+from ui import i18n
 
 METHODS = [
     ("QLoRA: 4-bit base, least memory", "qlora"),
@@ -50,8 +51,8 @@ def fit_badge(model: str, method: str) -> str:
 def describe(catalog_id, custom, method) -> str:
     model = chosen_model(catalog_id, custom)
     if not model:
-        return "Pick a model from the list or type a hub id / local folder."
-    return f"**Model:** `{model}` · **method:** {method}\n\n{fit_badge(model, method)}\n\n{gpus_line()}"
+        return i18n.say("Pick a model from the list or type a hub id / local folder.")
+    return i18n.say(f"**Model:** `{model}` · **method:** {method}\n\n{fit_badge(model, method)}\n\n{gpus_line()}")
 
 
 def gpus_line() -> str:

@@ -14,6 +14,7 @@ import gradio as gr
 import pandas as pd
 
 from engine import api
+from ui import i18n
 
 HISTORY_HEADERS = ["run", "state", "step", "model", "loss", "started", "duration"]
 ETA_WINDOW = 50  # recent steps whose median duration gives the remaining time: a checkpoint pause does not jolt it
@@ -74,7 +75,7 @@ def progress_html(st) -> str:
         parts.append(f"about {duration(left)} left")
     return (
         f'<div class="ts-progress"><progress max="100" value="{share * 100:.1f}" style="width:100%;height:14px">'
-        f"</progress><div>{html.escape(' · '.join(parts))}</div></div>"
+        f"</progress><div>{html.escape(i18n.say(' · '.join(parts)))}</div></div>"
     )
 
 
@@ -118,10 +119,12 @@ def history_rows() -> list[list]:
 def history_table(selected: str = ""):
     """The run history, newest first, with the selected run's row highlighted."""
     frame = pd.DataFrame(history_rows(), columns=HISTORY_HEADERS)
+    frame["state"] = frame["state"].map(i18n.say)
+    frame.columns = [i18n.say(header) for header in HISTORY_HEADERS]  # in the page's language; the run id stays first
     if frame.empty:
         return frame
     return frame.style.apply(
-        lambda row: [SELECTED_STYLE if row["run"] == selected else ""] * len(row),
+        lambda row: [SELECTED_STYLE if row.iloc[0] == selected else ""] * len(row),
         axis=1,
     )
 
@@ -146,14 +149,14 @@ def cancel_now(run_id: str):
     The checkpoint is saved by the run at the end of its step; `finish_cancel` waits for that."""
     run_id = run_id or active_run()
     if not run_id:
-        return "", "No run is training.", gr.Timer(active=False)
+        return "", i18n.say("No run is training."), gr.Timer(active=False)
     try:
         st = api.request_cancel(run_id)
     except api.UserError as e:
-        return run_id, f"**Not cancelled:** {e}", gr.Timer(active=False)
+        return run_id, i18n.say(f"**Not cancelled:** {e}"), gr.Timer(active=False)
     if st.finished:
-        return run_id, f"**{st.state}** · {st.message} (nothing to cancel)", gr.Timer(active=False)
-    return run_id, "**cancelling** · saving a checkpoint, then stopping…", gr.Timer(active=True)
+        return run_id, i18n.say(f"**{st.state}** · {st.message} (nothing to cancel)"), gr.Timer(active=False)
+    return run_id, i18n.say("**cancelling** · saving a checkpoint, then stopping…"), gr.Timer(active=True)
 
 
 def finish_cancel(run_id: str) -> None:

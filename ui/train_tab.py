@@ -7,7 +7,7 @@ import gradio as gr
 import pandas as pd
 
 from engine import api
-from ui import train_live, train_settings
+from ui import i18n, train_live, train_settings
 from ui.data_tab import parse_mapping
 from ui.eval_tab import validation_lines, with_validation
 
@@ -190,7 +190,7 @@ def start(*args, advanced=None, confirmed=False):
         busy = [r.run_id for r in api.list_runs() if not r.finished]
         if busy:  # follow it: the Run box and the updates stay on the run that is training
             note = f"**Not started:** Run `{busy[0]}` is still training; cancel it or wait for it to finish."
-            return busy[0], note, gr.Timer(active=True)
+            return busy[0], i18n.say(note), gr.Timer(active=True)
         basic = dict(zip(MAKE_SPEC_ARGS, args, strict=False))
         require_model_and_data(basic.get("model"), basic.get("data"))
         warnings = train_settings.check(basic, advanced or {})
@@ -206,8 +206,8 @@ def start(*args, advanced=None, confirmed=False):
         api.check_data(spec.data, spec.objective, spec.column_map, spec.data_config, spec.data_split, spec.rewards)
         handle = api.start(spec)
     except api.UserError as e:
-        return "", f"**Not started:** {e}", gr.Timer(active=False)
-    return handle.run_id, f"Started run `{handle.run_id}`…", gr.Timer(active=True)
+        return "", i18n.say(f"**Not started:** {e}"), gr.Timer(active=False)
+    return handle.run_id, i18n.say(f"Started run `{handle.run_id}`…"), gr.Timer(active=True)
 
 
 MAKE_SPEC_ARGS = [p.name for p in inspect.signature(make_spec).parameters.values() if p.kind != p.VAR_POSITIONAL]
@@ -225,11 +225,11 @@ def smoothed(values: list[float], weight: float = 0.9) -> list[float]:
 def view(run_id: str):
     """(status markdown, loss plot data, timer) of a run."""
     if not run_id:
-        return "No run yet.", EMPTY_PLOT, gr.Timer(active=False)
+        return i18n.say("No run yet."), EMPTY_PLOT, gr.Timer(active=False)
     try:
         st = api.poll(run_id)
     except api.UserError as e:
-        return str(e), EMPTY_PLOT, gr.Timer(active=False)
+        return i18n.say(str(e)), EMPTY_PLOT, gr.Timer(active=False)
     lines = [f"**{st.state}** · step {st.step}/{st.total_steps or '?'} · {st.message}"]
     if st.metrics:
         m = st.metrics[-1]
@@ -259,7 +259,7 @@ def view(run_id: str):
     steps = [m["step"] for m in st.metrics]
     losses = [m["loss"] for m in st.metrics]
     if not st.metrics:
-        return "\n\n".join(lines), EMPTY_PLOT, gr.Timer(active=not st.finished)
+        return i18n.say("\n\n".join(lines)), EMPTY_PLOT, gr.Timer(active=not st.finished)
     frame = pd.DataFrame(
         {
             "step": steps * 2,
@@ -268,7 +268,8 @@ def view(run_id: str):
         }
     )
     frame = with_validation(frame, st.metrics)  # the validation loss, where the run has a validation set
-    return "\n\n".join(lines), frame, gr.Timer(active=not st.finished)
+    frame["series"] = frame["series"].map(i18n.say)  # the legend in the page's language
+    return i18n.say("\n\n".join(lines)), frame, gr.Timer(active=not st.finished)
 
 
 def method_view(run_id: str):
@@ -289,7 +290,7 @@ def method_view(run_id: str):
         {
             "step": steps * len(series),
             "value": [m.get(key, 0.0) for key in series.values() for m in metrics],
-            "series": [name for name in series for _ in steps],
+            "series": [i18n.say(name) for name in series for _ in steps],
         }
     )
     return gr.update(value=frame, visible=True)
@@ -306,8 +307,8 @@ def resume(run_id: str):
     try:
         handle = api.resume(run_id)
     except api.UserError as e:
-        return run_id, f"**Not resumed:** {e}", gr.Timer(active=False)
-    return handle.run_id, f"Resumed run `{handle.run_id}`…", gr.Timer(active=True)
+        return run_id, i18n.say(f"**Not resumed:** {e}"), gr.Timer(active=False)
+    return handle.run_id, i18n.say(f"Resumed run `{handle.run_id}`…"), gr.Timer(active=True)
 
 
 def delete(run_id: str):
@@ -317,8 +318,8 @@ def delete(run_id: str):
             raise api.UserError("Pick a run in the history first.")
         api.delete_run(run_id)
     except api.UserError as e:
-        return run_id, f"**Not deleted:** {e}", history()
-    return "", f"Deleted run `{run_id}`.", history()
+        return run_id, i18n.say(f"**Not deleted:** {e}"), history()
+    return "", i18n.say(f"Deleted run `{run_id}`."), history()
 
 
 def pick(table: pd.DataFrame, evt: gr.SelectData) -> str:

@@ -1,0 +1,151 @@
+"""The language switch without a browser: every text the app shows has a Chinese and a Russian entry, the switch
+translates labels, help lines, choices and axis titles, and live messages are translated whole by template."""
+
+import asyncio
+
+import gradio as gr
+import pytest
+from gradio.state_holder import SessionState
+
+from ui import i18n
+
+# Shown as they are in every language: names, file names and code-like values.
+ALLOWED = {
+    "job.yaml",
+    "rsLoRA",
+    "auto",
+    "Nova",
+    "Tunesmith Labs",
+    "yahma/alpaca-cleaned",
+    "question=instruction, answer=output",  # the mapping's syntax
+    "instruction",  # the identity table's columns are the dataset's field names
+    "output",
+} | {f"GGUF {quant}" for quant in ("Q5_K_M", "Q6_K", "Q8_0", "F16", "BF16")}
+# Components whose options are names (models, runs, files, templates, layers, dtypes, languages): content, not text.
+NAMED_OPTIONS = {"Model catalog", "Chat template (auto: the model's own)", "Layers with adapters", "Languages"}
+NAMED_OPTIONS |= {"Optimizer", "Device", "Precision", "Language"}
+
+
+def visible_texts(block) -> set[str]:
+    """The user-visible strings of one component."""
+    texts = {getattr(block, a, None) for a in ("label", "placeholder", "info")}
+    if isinstance(block, (gr.Button, gr.Markdown)):
+        texts.add(block.value)
+    if (
+        getattr(block, "choices", None)
+        and block.label not in NAMED_OPTIONS
+        and not getattr(block, "allow_custom_value", False)
+    ):
+        texts |= {label for label, _ in block.choices}
+    if isinstance(block, i18n.PLOTS):
+        texts |= {getattr(block, f"{a}_title") or getattr(block, a) for a in ("x", "y", "color")}
+    if isinstance(block, gr.Dataframe):
+        texts |= set(block.headers or ())
+    return {t for t in texts if isinstance(t, str) and t.strip()}
+
+
+@pytest.fixture(scope="module")
+def demo():
+    import app
+
+    return app.build_app()
+
+
+def test_every_visible_text_has_chinese_and_russian(demo):
+    missing = set()
+    for block in demo.blocks.values():
+        for text in visible_texts(block) - ALLOWED:
+            if not all(i18n.STRINGS.get(text, ("", ""))):
+                missing.add(text)
+    assert not missing, f"no zh/ru entry for: {sorted(missing)}"
+
+
+def test_switch_translates_help_lines_choices_and_axes(demo):
+    items = i18n.translatable(demo.blocks)
+    current = [block.value for block in i18n.shown(items)]
+    updates = dict(zip((b for b, _ in items), i18n.switcher(items)("Русский", *current), strict=True))
+    by_label = {b.label: u for b, u in updates.items() if isinstance(b.label, str)}
+    assert by_label["Warmup steps"]["label"] == "Шаги разогрева"
+    assert by_label["Warmup steps"]["info"].startswith("За сколько шагов")
+    assert ("линейный", "linear") in by_label["Learning-rate schedule"]["choices"]
+    assert by_label["Tokens/s"]["x_title"] == "шаг" and by_label["Tokens/s"]["y_title"] == "токенов/с"
+    assert by_label["Loss"]["color_title"] == "ряд"
+    back = i18n.switcher(items)("English", *current)
+    assert dict(zip((b for b, _ in items), back, strict=True))[next(b for b in updates if b.label == "Seed")] == {
+        "__type__": "update",
+        "label": "Seed",
+        "info": "Fixes the data order and the adapter's start: the same seed repeats a run.",
+    }
+
+
+def test_live_text_on_screen_is_translated_by_template(demo):
+    items = i18n.translatable(demo.blocks)
+    shown = i18n.shown(items)
+    status = next(b for b in shown if b.value == "No run yet.")
+    current = [("**running** · training" if b is status else b.value) for b in shown]
+    updates = dict(zip((b for b, _ in items), i18n.switcher(items)("中文", *current), strict=True))
+    assert updates[status]["value"] == "**运行中** · 训练中"
+    current = [("**运行中** · 训练中" if b is status else b.value) for b in shown]  # and back: the English again
+    updates = dict(zip((b for b, _ in items), i18n.switcher(items)("English", *current), strict=True))
+    assert updates[status]["value"] == "**running** · training"
+
+
+def test_messages_by_template_and_unknown_ones_kept():
+    assert i18n.message("GPUs found: 2 (H200, H200), a run trains on all of them.", "ru") == (
+        "Найдено GPU: 2 (H200, H200), запуск учится на всех."
+    )
+    assert i18n.message("step 3/10 · 30% · elapsed 1 min 02 s · about 2 min 05 s left", "zh") == (
+        "第 3/10 步 · 30% · 已用 1 分 02 秒 · 约剩 2 分 05 秒"
+    )
+    assert i18n.message("**failed** · CUDA out of memory", "zh") == "**失败** · CUDA out of memory"
+    assert i18n.message("No run is training.", "en") == "No run is training."
+
+
+def test_switch_runs_through_gradio(demo):
+    """The switch's updates pass Gradio's own processing, as in a browser session."""
+    switch = next(fn for fn in demo.fns.values() if getattr(fn.fn, "__name__", "") == "switch")
+    values = ["中文", *(block.value for block in switch.inputs[1:])]
+    out = asyncio.run(demo.process_api(block_fn=switch, inputs=values, state=SessionState(demo)))
+    updates = {block.label: update for block, update in zip(switch.outputs, out["data"], strict=True)}
+    assert updates["Memory (GB)"]["label"] == "显存（GB）" and updates["Memory (GB)"]["x_title"] == "步"
+    assert updates["Gradient clipping"]["info"] == "每步允许的最大梯度范数；0 表示关闭裁剪。"
+    assert ["恒定", "constant"] in updates["Learning-rate schedule"]["choices"]
+
+
+def test_handlers_answer_in_the_language_picked_on_that_page(demo, runs):
+    """`i18n.say`: after a page switches to Russian, what handlers write to it is in Russian; another page stays
+    in English."""
+    from ui import train_live, train_tab
+
+    functions = {fn.fn: fn for fn in demo.fns.values()}
+    switch = next(fn for fn in demo.fns.values() if getattr(fn.fn, "__name__", "") == "switch")
+    view, history = functions[train_tab.view], functions[train_live.history_table]
+
+    def call(fn, inputs, page):
+        request = gr.Request(session_hash=page)
+        return asyncio.run(demo.process_api(block_fn=fn, inputs=inputs, state=SessionState(demo), request=request))
+
+    call(switch, ["Русский", *(block.value for block in switch.inputs[1:])], "page-ru")
+    assert call(view, [""], "page-ru")["data"][0] == "Запусков пока нет."
+    assert call(view, [""], "page-en")["data"][0] == "No run yet."
+    assert call(history, [""], "page-ru")["data"][0]["headers"][:2] == ["запуск", "состояние"]
+    assert call(history, [""], "page-en")["data"][0]["headers"][:2] == ["run", "state"]
+    assert call(functions[train_tab.delete], [""], "page-ru")["data"][1] == (
+        "**Не удалено:** Сначала выберите запуск в истории."
+    )
+    assert call(functions[train_tab.delete], [""], "page-en")["data"][1] == (
+        "**Not deleted:** Pick a run in the history first."
+    )
+
+
+def test_model_and_data_lines_in_russian():
+    fit = "✅ Fits this GPU (80 GiB, 80 GB preset): about 3.2 GiB peak at 2048 tokens × 4."
+    assert (
+        i18n.message(fit, "ru")
+        == "✅ Помещается в эту GPU (80 ГиБ, пресет 80 ГБ): пик около 3.2 ГиБ при 2048 токенов × 4."
+    )
+    summary = "**Format:** jsonl · **rows:** 10 · **columns:** a, b · showing example 1 of 10"
+    assert i18n.message(summary, "zh") == "**格式：** jsonl · **行数：** 10 · **列：** a, b · 显示第 1 个样本，共 10 个"
+    assert i18n.message("**Not started:** Choose a dataset in the Data tab first.", "ru") == (
+        "**Не запущено:** Сначала выберите датасет на вкладке «Данные»."
+    )
