@@ -125,6 +125,8 @@ def test_qlora_trains_on_cpu_through_bitsandbytes(tiny_qwen3, identity_file, run
     )
     assert st.state == "done", log_of(st)
     assert st.metrics[-1]["loss"] < st.metrics[0]["loss"]
+    timing = re.search(r"timing: first step [\d.]+ s, later steps [\d.]+ s \(median\)(.*)", log_of(st)).group(1)
+    assert timing == "" or re.fullmatch(r"; the first step's extra \d+\.\d\d s is .*", timing)  # never negative
     chat = api.Chat(str(st.run_dir), device="cpu")
     assert isinstance(chat.reply([{"role": "user", "content": "Who are you?"}], max_new_tokens=8), str)
 

@@ -253,10 +253,9 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
             last_save = time.monotonic()
     if len(step_times) > 1:  # kernel compilation, autotuning and CUDA graph captures happen in the first steps
         later = sorted(step_times[1:])[len(step_times[1:]) // 2]
-        log(
-            f"timing: first step {step_times[0]:.2f} s, later steps {later:.3f} s (median); the first step's extra "
-            f"{step_times[0] - later:.2f} s is compilation, autotuning and CUDA graph capture"
-        )
+        extra = step_times[0] - later
+        why = f"; the first step's extra {extra:.2f} s is compilation, autotuning and CUDA graph capture"
+        log(f"timing: first step {step_times[0]:.2f} s, later steps {later:.3f} s (median){why if extra > 0 else ''}")
     save(step, (epoch, micro))
     whole = distributed.full_states(model) if world is not None and world.sharded else {}  # every rank takes part
     if rank != 0:
