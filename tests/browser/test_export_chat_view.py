@@ -48,13 +48,9 @@ def export_log(page) -> str:  # noqa: F811
 def export_through_the_page(page, run_id, fmt_label, folder):  # noqa: F811
     """Export `run_id` in the Export tab (its run list is not refreshed by hand) and wait until it is done."""
     tab(page, "Export")
-    box = page.get_by_label("Run", exact=True).last
-    deadline = time.time() + 60
-    while True:  # the list of runs refreshes as the tab opens: a run typed before it arrives is not taken
-        pick(page, "Run", run_id)
-        if box.input_value() == run_id or time.time() > deadline:
-            break
-        page.wait_for_timeout(500)
+    # the list of runs refreshes as the tab opens: a run typed before it arrives is not taken, so pick its option
+    page.get_by_label("Run", exact=True).last.click()
+    page.get_by_role("option", name=run_id).click(timeout=60_000)
     page.get_by_label(fmt_label).check()
     page.get_by_label("Folder name (under exports/)").fill(folder)
     page.get_by_role("button", name="Export", exact=True).click()
