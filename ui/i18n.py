@@ -257,7 +257,7 @@ def translatable(blocks) -> list[tuple[object, dict]]:
         if any(label in STRINGS for label, _ in getattr(block, "choices", None) or ()):
             fields["choices"] = list(block.choices)
         if isinstance(block, gr.Dataframe) and any(h in STRINGS for h in block.headers or ()):
-            fields["headers"] = list(block.headers)  # an empty table shows these; a filled one its own columns
+            fields["headers"] = tuple(block.headers)  # an empty table shows these; a filled one its own columns
         if isinstance(block, PLOTS):  # an axis is titled with its column's name unless given a title
             for axis in ("x", "y", "color"):
                 title = getattr(block, f"{axis}_title") or getattr(block, axis)
@@ -306,7 +306,7 @@ def switcher(items: list[tuple[object, dict]]):
     return switch
 
 
-def _table(value, headers: list[str], lang: str) -> pd.DataFrame:
+def _table(value, headers: tuple[str, ...], lang: str) -> pd.DataFrame:
     """A table's current value with its column names in `lang` (its default headers when it is empty)."""
     if not isinstance(value, pd.DataFrame) or value.empty:
         value = pd.DataFrame(columns=headers)
