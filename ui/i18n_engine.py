@@ -279,4 +279,35 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
     ),
     (r"Could not load dataset '(.*)': (.*)", "无法加载数据集 '{0}'：{1}", "Не удалось загрузить датасет '{0}': {1}"),
     (r"Dataset '(.*)' has no rows\.", "数据集 '{0}' 没有任何行。", "В датасете '{0}' нет строк."),
+    (
+        r"(.+?): the chat template cannot render its turns \((.*)\): (.*)\. Check the turn order or pick another "
+        r"chat template\.",
+        "{0}：对话模板无法渲染这些轮次（{1}）：{2}。请检查轮次顺序，或换一个对话模板。",
+        "{0}: шаблон чата не может отобразить реплики ({1}): {2}. Проверьте порядок реплик или выберите другой шаблон.",
+    ),
+    (r"A conversation", "一段对话", "Диалог"),
+    (
+        r"The chat template changes assistant replies when it renders them; pick another template \(e\.g\. chatml\) "
+        r"for this model\.",
+        "对话模板在渲染时改动了助手的回复；请为此模型换一个模板（例如 chatml）。",
+        "Шаблон чата меняет ответы ассистента при отображении; выберите для этой модели другой (например, chatml).",
+    ),
+    (
+        r"(.+?): no example has an assistant reply within (\d+) tokens; raise the maximum sequence length\.",
+        "{0}：没有样本的助手回复落在 {1} 个 token 以内；请调大最大序列长度。",
+        "{0}: ни в одном примере ответ ассистента не укладывается в {1} токенов; увеличьте макс. длину.",
+    ),
+    (
+        r"Unknown chat template '(.*)'; choose one of: (.*)\.",
+        "未知的对话模板 '{0}'；请从中选择：{1}。",
+        "Неизвестный шаблон чата '{0}'; выберите один из: {1}.",
+    ),
+    (
+        r"This tokenizer has no end-of-sequence token, so a reply could never end; pick an instruct model or one "
+        r"with an EOS token\.",
+        "此分词器没有结束符，回复将无法结束；请选择 instruct 模型或带 EOS 符的模型。",
+        "У токенизатора нет токена конца последовательности, ответ не сможет закончиться; выберите instruct-модель "
+        "или модель с токеном EOS.",
+    ),
+    (ROW, "{0}：第 {1} 行", "{0}: строка {1}"),  # where a sentence names the row first (the chat template's)
 ]
