@@ -310,4 +310,18 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         "или модель с токеном EOS.",
     ),
     (ROW, "{0}：第 {1} 行", "{0}: строка {1}"),  # where a sentence names the row first (the chat template's)
+    # the Export tab's format note and best-weights box
+    (r"GGUF: (.*)", "GGUF：{0}", "GGUF: {0}"),
+    (
+        r"GGUF export does not support the '(.*)' architecture yet; it supports (.*)\. Export as merged16 and "
+        r"convert with llama\.cpp's convert_hf_to_gguf\.py\.",
+        "GGUF 导出暂不支持 '{0}' 架构；支持的有 {1}。请导出为 merged16，再用 llama.cpp 的 convert_hf_to_gguf.py 转换。",
+        "Экспорт в GGUF пока не поддерживает архитектуру '{0}'; поддерживаются: {1}. Экспортируйте как merged16 "
+        "и сконвертируйте скриптом convert_hf_to_gguf.py из llama.cpp.",
+    ),
+    (
+        r"Export the best weights by validation loss \((.*)\) instead of the last",
+        "导出验证损失最低的权重（{0}），而非最后的权重",
+        "Экспортировать лучшие по валидации веса ({0}) вместо последних",
+    ),
 ]
