@@ -160,7 +160,7 @@ def english_left(text: str) -> list[str]:
 
 
 @pytest.mark.parametrize("language", ["中文", "Русский"])
-def test_engine_sentences_reach_the_page_translated(demo, runs, tiny_llama, tmp_path, language):
+def test_engine_sentences_reach_the_page_translated(demo, runs, tiny_llama, tmp_path, monkeypatch, language):
     """The real handlers on a page switched to Chinese or Russian: a malformed file, a wrong column, a chat with no
     run picked, the preset note, an export summary and the empty Evaluate tables leave no English sentence."""
     from engine.export import report
@@ -192,6 +192,12 @@ def test_engine_sentences_reach_the_page_translated(demo, runs, tiny_llama, tmp_
             "chat, no message": next(chat_tab.respond("", "", [], "", 0, 1, 0, 0, 1, 16))[2],
             "preset note": train_tab.apply_preset(str(tiny_llama), "lora")[0],
         }
+        monkeypatch.setenv("TUNESMITH_RAM_GIB", "64")  # the GPU tier notes, for a 16 GB and an 8 GB card
+        for vram, model, method in (("14.6", "Qwen/Qwen3-4B", "qlora"), ("14.6", "Qwen/Qwen3-32B", "full")):
+            monkeypatch.setenv("TUNESMITH_VRAM_GIB", vram)
+            replies[f"preset {model} {method}"] = train_tab.apply_preset(model, method)[0]
+        monkeypatch.setenv("TUNESMITH_VRAM_GIB", "7.2")
+        replies["preset, offloading"] = train_tab.apply_preset("Qwen/Qwen3-14B", "qlora")[0]
         checks = dict(max_logit_diff_fp32=0.001, max_logit_diff_16bit=0.02, dtype="bfloat16", tokenizer_match=True)
         checks |= dict(tokens_compared=20, tokens_agree=18, clear_disagreements=1, max_logit_diff=0.4)
         lora = dict(lora_weights_loaded=56, max_logit_diff_vs_run=0.0, adapter_effect=0.35, check_layers="2 of 32")
@@ -201,6 +207,7 @@ def test_engine_sentences_reach_the_page_translated(demo, runs, tiny_llama, tmp_
     finally:
         LocalContext.request.reset(token)
     assert "bad.jsonl" in replies["malformed file"] and "'prompt'" in replies["wrong column"]
+    assert "16" in replies["preset Qwen/Qwen3-4B qlora"] and "16" in replies["preset Qwen/Qwen3-32B full"]
     for what, reply in replies.items():
         assert not english_left(reply), f"{what}: {reply}"
     lang = i18n.LANGUAGES[language]

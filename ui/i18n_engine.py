@@ -43,7 +43,7 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
     (
         r"⚠ The (\S+) GB preset says this does not fit: (.*)",
         "⚠ {0} GB 预设显示放不下：{1}",
-        "⚠ Пресет {0} ГБ: не поместится: {1}",
+        "⚠ По пресету {0} ГБ не поместится: {1}",
     ),
     (r"⚠ This does not fit: (.*)", "⚠ 放不下：{0}", "⚠ Не поместится: {0}"),
     (
@@ -56,7 +56,16 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
     ),
     (r"checkpointing on", "梯度检查点开启", "чекпоинтинг вкл."),
     (r"checkpointing off", "梯度检查点关闭", "чекпоинтинг выкл."),
+    (r", weights kept in host RAM \(slower\)", "，冻结权重放在内存中（较慢）", ", веса в ОЗУ (медленнее)"),
+    (r", optimizer kept in host RAM \(slower\)", "，优化器状态放在内存中（较慢）", ", оптимизатор в ОЗУ (медленнее)"),
+    (r", activations kept in host RAM \(slower\)", "，激活值放在内存中（较慢）", ", активации в ОЗУ (медленнее)"),
     (r", (.*) kept in host RAM \(slower\)", "，{0} 放在内存中（较慢）", ", {0} в ОЗУ (медленнее)"),
+    (  # why a tier's preset does not fit (engine.models.presets.derive, presets/*.yaml)
+        r"needs about (\S+) GiB at (\d+) tokens and batch (\d+), and more than this tier's (\S+) GiB even with the "
+        r"offload manager and (\d+) GiB of host RAM",
+        "在 {1} token、批大小 {2} 时约需 {0} GiB，即使用上卸载管理器和 {4} GiB 内存，也超出此档的 {3} GiB",
+        "нужно около {0} ГиБ при {1} токенах и батче {2} — больше {3} ГиБ этого уровня даже с выгрузкой и {4} ГиБ ОЗУ",
+    ),
     (
         r"The run trains on (\d+) GPUs, one process each: these settings are per GPU\.",
         "运行在 {0} 块 GPU 上训练，每块一个进程：这些设置按每块 GPU 计。",
@@ -323,5 +332,29 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         r"Export the best weights by validation loss \((.*)\) instead of the last",
         "导出验证损失最低的权重（{0}），而非最后的权重",
         "Экспортировать лучшие по валидации веса ({0}) вместо последних",
+    ),
+    # why a run does not fit (engine.memory.offload), as the preset note and the Model tab show it
+    (
+        r"Full fine-tuning of this model needs at least (\S+) GiB of GPU memory even with its activations"
+        r"( ?)(and optimizer states|) in host RAM( ?)(and each gradient freed in the backward|), over the (\S+) GiB "
+        r"budget; use LoRA or QLoRA\.",
+        "即使把激活值{2}放在内存中{4}，全量微调此模型也至少需要 {0} GiB 显存，超出 {5} GiB 的预算；"
+        "请改用 LoRA 或 QLoRA。",
+        "Полному дообучению этой модели нужно не меньше {0} ГиБ памяти GPU даже с активациями{2} в ОЗУ{4} — "
+        "больше бюджета {5} ГиБ; используйте LoRA или QLoRA.",
+    ),
+    (r"and optimizer states", "和优化器状态", " и состояниями оптимизатора"),
+    (
+        r"and each gradient freed in the backward",
+        "、反向传播中逐个释放梯度",
+        " и освобождением градиентов при обратном проходе",
+    ),
+    (
+        r"This run needs at least (\S+) GiB of GPU memory even with every layer's weights in host RAM, over the "
+        r"(\S+) GiB budget; use a shorter sequence length, a smaller batch, QLoRA, or a smaller model\.",
+        "即使把每层权重都放在内存中，此运行也至少需要 {0} GiB 显存，超出 {1} GiB 的预算；"
+        "请缩短序列长度、减小批大小、改用 QLoRA 或更小的模型。",
+        "Запуску нужно не меньше {0} ГиБ памяти GPU даже с весами всех слоёв в ОЗУ — больше бюджета {1} ГиБ; "
+        "сократите длину последовательности, уменьшите батч, возьмите QLoRA или модель поменьше.",
     ),
 ]
