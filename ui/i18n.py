@@ -332,7 +332,7 @@ def _part(part: str, lang: str) -> str:
         return before + tr(core, lang) + after
     for pattern, zh, ru in i18n_more.PATTERNS:
         if m := pattern.fullmatch(core):
-            groups = (_part(group, lang) for group in m.groups())  # a group may be a template itself: durations
+            groups = (_part(group, lang) for group in m.groups(""))  # a group may be a template itself: durations
             return before + (zh if lang == "zh" else ru).format(*groups) + after
     return part
 

@@ -357,4 +357,31 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         "Запуску нужно не меньше {0} ГиБ памяти GPU даже с весами всех слоёв в ОЗУ — больше бюджета {1} ГиБ; "
         "сократите длину последовательности, уменьшите батч, возьмите QLoRA или модель поменьше.",
     ),
+    (
+        r"This run needs about (\S+) GiB of host RAM \(the 16-bit checkpoint while it loads(|, and what does not fit "
+        r"in \S+ GiB of GPU memory)\), and (\S+) GiB is free; close other programs, use a smaller model, or a "
+        r"machine with more RAM\.",
+        "此运行需要约 {0} GiB 内存（加载时的 16 位检查点{1}），而空闲的只有 {2} GiB；"
+        "请关闭其他程序、换更小的模型，或换内存更大的机器。",
+        "Запуску нужно около {0} ГиБ ОЗУ (16-битный чекпоинт при загрузке{1}), а свободно {2} ГиБ; "
+        "закройте другие программы, возьмите модель поменьше или машину с большим ОЗУ.",
+    ),
+    (
+        r", and what does not fit in (\S+) GiB of GPU memory",
+        "，以及放不进 {0} GiB 显存的部分",
+        " и то, что не влезло в {0} ГиБ памяти GPU",
+    ),
+    # held-out rows (engine.data.heldout)
+    (
+        r"No rows were held out for validation at eval_fraction (\S+); raise it, or give a separate file in "
+        r"'eval_data'\.",
+        "eval_fraction 为 {0} 时没有留出任何验证行；请调大它，或在 'eval_data' 中给出单独的文件。",
+        "При eval_fraction {0} для валидации не отложено ни одной строки; увеличьте его или укажите отдельный файл "
+        "в 'eval_data'.",
+    ),
+    (
+        r"eval_fraction (\S+) held out every row; lower it so some are left to train on\.",
+        "eval_fraction 为 {0} 时所有行都被留出；请调小它，留一些行用于训练。",
+        "eval_fraction {0} отложил все строки; уменьшите его, чтобы осталось на чём учиться.",
+    ),
 ]
