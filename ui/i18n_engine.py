@@ -78,8 +78,9 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
     (r"Fine-tuned: (.*)", "微调后：{0}", "Дообученная: {0}"),
     # the export's check summary (engine.export.report.summary)
     (
-        r"PEFT loads it onto the base model \((\d+) LoRA weights\) and it answers exactly as the run's adapter "
-        r"\(max logit difference (\S+)\); it moves the base model's logits by up to (\S+?)(| \(checked on .*\))\.",
+        r"PEFT loads it onto the base model \((\d+|\d+ of \d+) LoRA weights\) and it answers exactly as the run's "
+        r"adapter \(max logit difference (\S+)\); it moves the base model's logits by up to "
+        r"(\S+?)(| \(checked on .*\))\.",
         "PEFT 可把它加载到基座模型上（{0} 个 LoRA 权重），回答与运行的适配器完全一致（最大 logit 差 {1}）；"
         "它使基座模型的 logit 最多改变 {2}{3}。",
         "PEFT загружает его на базовую модель ({0} весов LoRA), и он отвечает в точности как адаптер запуска "
@@ -115,6 +116,7 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         "贪心文本在 {1} 个 token 中有 {0} 个一致（{2}）",
         "жадный текст совпадает в {0} из {1} токенов ({2})",
     ),
+    (r"(\d+) of (\d+)", "{0}/{1}", "{0} из {1}"),  # LoRA weights loaded of those saved
     (r"(\d+) clear disagreements", "{0} 处明显不一致", "явных расхождений: {0}"),
     # the Data tab: a malformed file or a wrong column (engine.data.reading, engine.data.formats)
     (
