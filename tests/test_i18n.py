@@ -2,9 +2,11 @@
 translates labels, help lines, choices and axis titles, and live messages are translated whole by template."""
 
 import asyncio
+import re
 
 import gradio as gr
 import pytest
+from gradio.context import LocalContext
 from gradio.state_holder import SessionState
 
 from ui import i18n
@@ -149,3 +151,67 @@ def test_model_and_data_lines_in_russian():
     assert i18n.message("**Not started:** Choose a dataset in the Data tab first.", "ru") == (
         "**Не запущено:** Сначала выберите датасет на вкладке «Данные»."
     )
+
+
+def english_left(text: str) -> list[str]:
+    """Runs of 3+ English words left in `text`, once names, paths and quoted values (`...`, '...', [...]) are out."""
+    text = re.sub(r"`[^`]*`|'[^']*'|\[[^\]]*\]", "", text)
+    return re.findall(r"[A-Za-z]+(?: [A-Za-z]+){2,}", text)
+
+
+@pytest.mark.parametrize("language", ["中文", "Русский"])
+def test_engine_sentences_reach_the_page_translated(demo, runs, tiny_llama, tmp_path, monkeypatch, language):
+    """The real handlers on a page switched to Chinese or Russian: a malformed file, a wrong column, a chat with no
+    run picked, the preset note, an export summary and the empty Evaluate tables leave no English sentence."""
+    from engine.export import report
+    from ui import chat_tab, data_tab, export_tab, train_tab
+
+    page = f"page-{language}"
+    switch = next(fn for fn in demo.fns.values() if getattr(fn.fn, "__name__", "") == "switch")
+    request = gr.Request(session_hash=page)
+    out = asyncio.run(
+        demo.process_api(
+            block_fn=switch,
+            inputs=[language, *(block.value for block in switch.inputs[1:])],
+            state=SessionState(demo),
+            request=request,
+        )
+    )
+    tables = {b.label: u for b, u in zip(switch.outputs, out["data"], strict=True) if isinstance(b, gr.Dataframe)}
+    token = LocalContext.request.set(request)  # the handlers below answer this page, as in an event
+    try:
+        bad_json = tmp_path / "bad.jsonl"
+        bad_json.write_text('{"instruction": "a" "output": "b"}\n')
+        table = tmp_path / "table.csv"
+        table.write_text("question,reply\nHi,Hello\n")
+        replies = {
+            "malformed file": data_tab.inspect(str(bad_json), "", "", "auto", 512)[1],
+            "wrong column": data_tab.inspect(str(table), "", "prompt=instruction, reply=output", "auto", 512)[1],
+            "no format": data_tab.inspect(str(table), "", "", "auto", 512)[1],
+            "chat, no run": next(chat_tab.respond("", "Hi", [], "", 0, 1, 0, 0, 1, 16))[2],
+            "chat, no message": next(chat_tab.respond("", "", [], "", 0, 1, 0, 0, 1, 16))[2],
+            "preset note": train_tab.apply_preset(str(tiny_llama), "lora")[0],
+        }
+        monkeypatch.setenv("TUNESMITH_RAM_GIB", "64")  # the GPU tier notes, for a 16 GB and an 8 GB card
+        for vram, model, method in (("14.6", "Qwen/Qwen3-4B", "qlora"), ("14.6", "Qwen/Qwen3-32B", "full")):
+            monkeypatch.setenv("TUNESMITH_VRAM_GIB", vram)
+            replies[f"preset {model} {method}"] = train_tab.apply_preset(model, method)[0]
+        monkeypatch.setenv("TUNESMITH_VRAM_GIB", "7.2")
+        replies["preset, offloading"] = train_tab.apply_preset("Qwen/Qwen3-14B", "qlora")[0]
+        checks = dict(max_logit_diff_fp32=0.001, max_logit_diff_16bit=0.02, dtype="bfloat16", tokenizer_match=True)
+        checks |= dict(tokens_compared=20, tokens_agree=18, clear_disagreements=1, max_logit_diff=0.4)
+        lora = dict(
+            lora_weights_loaded="28 of 28", max_logit_diff_vs_run=0.0, adapter_effect=0.35, check_layers="2 of 32"
+        )
+        for fmt, c in (("gguf_q4_k_m", checks), ("lora", lora), ("merged", {})):
+            r = dict(format=fmt, path="exports/nova", seconds=3.2, summary=report.summary(fmt, c))
+            replies[f"export {fmt}"] = i18n.say(export_tab.done_text(r))
+    finally:
+        LocalContext.request.reset(token)
+    assert "bad.jsonl" in replies["malformed file"] and "'prompt'" in replies["wrong column"]
+    assert "16" in replies["preset Qwen/Qwen3-4B qlora"] and "16" in replies["preset Qwen/Qwen3-32B full"]
+    for what, reply in replies.items():
+        assert not english_left(reply), f"{what}: {reply}"
+    lang = i18n.LANGUAGES[language]
+    for label, english in (("Example answers", ["question", "reference"]), ("Settings that differ", ["setting"])):
+        assert tables[label]["value"]["headers"] == [i18n.tr(h, lang) for h in english] != english

@@ -102,20 +102,24 @@ def respond(
     message stays in its box and the line under the chat says what to do."""
     history = list(history or [])
     if not (message or "").strip():
-        yield history, message, "Type a message first."
+        yield history, message, i18n.say("Type a message first.")
         return
     try:
         chat = _chat(source)
     except api.UserError as e:
-        yield history, message, f"**Cannot load:** {e}"
+        yield history, message, i18n.say(f"**Cannot load:** {e}")
         return
     msgs = _messages(system, history, message)
     history.append({"role": "user", "content": message})
     stats, text = api.ReplyStats(), ""
     sampling = _sampling(temperature, top_p, top_k, min_p, repetition_penalty, max_new)
     for text in chat.stream(msgs, stats=stats, **sampling):
-        yield history + [{"role": "assistant", "content": text}], "", speed(stats)
-    yield history + [{"role": "assistant", "content": text}], "", speed(stats)  # the time of the last step included
+        yield history + [{"role": "assistant", "content": text}], "", i18n.say(speed(stats))
+    yield (
+        history + [{"role": "assistant", "content": text}],
+        "",
+        i18n.say(speed(stats)),
+    )  # the time of the last step included
 
 
 def compare(
@@ -141,10 +145,10 @@ def compare(
             yield (
                 asked + [{"role": "assistant", "content": base}],
                 asked + [{"role": "assistant", "content": tuned}],
-                " · ".join(speeds),
+                i18n.say(" · ".join(speeds)),
             )
     except api.UserError as e:
-        yield [], [], f"**Cannot compare:** {e}"
+        yield [], [], i18n.say(f"**Cannot compare:** {e}")
 
 
 def build() -> dict:

@@ -40,7 +40,8 @@ def inspect(
 ):
     """(dataset in use, summary, masked sample of row `row`, histogram) for a file or hub dataset."""
     if not source:
-        return "", "No dataset yet: upload a file, name a hub dataset, or generate an identity dataset.", [], EMPTY_HIST
+        note = "No dataset yet: upload a file, name a hub dataset, or generate an identity dataset."
+        return "", i18n.say(note), [], EMPTY_HIST
     settings = dict(
         max_seq_length=int(max_len), template=template, config=config, split=split, sample_row=int(row or 1)
     )

@@ -31,7 +31,7 @@ def formats_for(run_id: str):
         ok, why = False, str(e)
     if ok:
         return gr.Radio(choices=FORMATS), ""
-    return gr.Radio(choices=[f for f in FORMATS if not f[1].startswith("gguf")], value="lora"), f"GGUF: {why}"
+    return gr.Radio(choices=[f for f in FORMATS if not f[1].startswith("gguf")], value="lora"), i18n.say(f"GGUF: {why}")
 
 
 def best_for(run_id: str):
@@ -41,7 +41,7 @@ def best_for(run_id: str):
     except api.UserError:
         best = None
     label = f"Export the best weights by validation loss ({best.name}) instead of the last" if best else ""
-    return gr.Checkbox(value=False, visible=best is not None, label=label)
+    return gr.Checkbox(value=False, visible=best is not None, label=i18n.say(label))
 
 
 def start(

@@ -11,6 +11,7 @@ translates the ones already on screen the same way. Sentences with no template s
 import re
 
 import gradio as gr
+import pandas as pd
 from gradio.context import LocalContext
 
 from ui import i18n_more
@@ -255,6 +256,8 @@ def translatable(blocks) -> list[tuple[object, dict]]:
             fields["value"] = block.value
         if any(label in STRINGS for label, _ in getattr(block, "choices", None) or ()):
             fields["choices"] = list(block.choices)
+        if isinstance(block, gr.Dataframe) and any(h in STRINGS for h in block.headers or ()):
+            fields["headers"] = tuple(block.headers)  # an empty table shows these; a filled one its own columns
         if isinstance(block, PLOTS):  # an axis is titled with its column's name unless given a title
             for axis in ("x", "y", "color"):
                 title = getattr(block, f"{axis}_title") or getattr(block, axis)
@@ -268,7 +271,7 @@ def translatable(blocks) -> list[tuple[object, dict]]:
 def shown(items: list[tuple[object, dict]]) -> list:
     """The components whose text `switcher` translates: pass them after the language, so that a text a handler
     has written since (a dataset summary, a run's status) is kept rather than reset to the translated default."""
-    return [block for block, fields in items if "value" in fields]
+    return [block for block, fields in items if "value" in fields or "headers" in fields]
 
 
 def switcher(items: list[tuple[object, dict]]):
@@ -279,7 +282,8 @@ def switcher(items: list[tuple[object, dict]]):
         lang = LANGUAGES.get(language, "en")
         if session():  # called by a page (not directly, as in tests or scripts)
             SESSIONS[session()] = lang
-        texts = dict(zip((i for i, (_, fields) in enumerate(items) if "value" in fields), current, strict=False))
+        live = (i for i, (_, fields) in enumerate(items) if "value" in fields or "headers" in fields)
+        texts = dict(zip(live, current, strict=False))
         updates = []
         for i, (_, fields) in enumerate(items):
             kw = {}
@@ -289,6 +293,9 @@ def switcher(items: list[tuple[object, dict]]):
                     if text != texts[i]:
                         kw["value"] = text
                     continue
+                if attr == "headers":
+                    kw["value"] = _table(texts.get(i), english, lang)
+                    continue
                 if attr == "choices":
                     kw["choices"] = [(tr(label, lang), value) for label, value in english]
                 else:
@@ -297,6 +304,13 @@ def switcher(items: list[tuple[object, dict]]):
         return updates
 
     return switch
+
+
+def _table(value, headers: tuple[str, ...], lang: str) -> pd.DataFrame:
+    """A table's current value with its column names in `lang` (its default headers when it is empty)."""
+    if not isinstance(value, pd.DataFrame) or value.empty:
+        value = pd.DataFrame(columns=headers)
+    return value.rename(columns=lambda name: message(ORIGINALS.get(name, name), lang))
 
 
 def message(text: str, lang: str) -> str:
@@ -318,7 +332,7 @@ def _part(part: str, lang: str) -> str:
         return before + tr(core, lang) + after
     for pattern, zh, ru in i18n_more.PATTERNS:
         if m := pattern.fullmatch(core):
-            groups = (_part(group, lang) for group in m.groups())  # a group may be a template itself: durations
+            groups = (_part(group, lang) for group in m.groups(""))  # a group may be a template itself: durations
             return before + (zh if lang == "zh" else ru).format(*groups) + after
     return part
 

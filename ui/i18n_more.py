@@ -7,6 +7,8 @@ Kept apart from i18n.py so that the mechanism stays short; i18n.STRINGS includes
 
 import re
 
+from ui import i18n_engine
+
 STRINGS = {  # English: (Chinese, Russian)
     # Model and Data tabs
     "Qwen/Qwen3-0.6B or /path/to/model": ("Qwen/Qwen3-0.6B 或 /path/to/model", "Qwen/Qwen3-0.6B или /путь/к/модели"),
@@ -401,4 +403,6 @@ MESSAGES += [  # the Model tab's fit line and the Data tab's summary
         "Нельзя использовать модель {0}** (вкладка «Модель»): {1}",
     ),
 ]
+STRINGS.update(i18n_engine.STRINGS)
+MESSAGES += i18n_engine.MESSAGES
 PATTERNS = [(re.compile(english), zh, ru) for english, zh, ru in MESSAGES]

@@ -148,18 +148,18 @@ def apply_preset(model: str, method: str):
     """(note, seq, batch, accum, rank, lr, checkpointing) from the preset for this GPU; unchanged fields on CPU."""
     keep = [gr.update()] * 6
     if not model:
-        return "Pick a model to see the preset for this GPU.", *keep
+        return i18n.say("Pick a model to see the preset for this GPU."), *keep
     try:
         gpus = max(1, len(api.gpus_found()))  # a run trains on every visible GPU: the plan is per GPU
         est = api.estimate(model, method, gpus=gpus)
     except api.UserError as e:
-        return f"No preset: {e}", *keep
+        return i18n.say(f"No preset: {e}"), *keep
     p = est["preset"]
     if p is None:
-        return "No GPU detected: the CPU trains with the settings below (slowly).", *keep
+        return i18n.say("No GPU detected: the CPU trains with the settings below (slowly)."), *keep
     if p.get("fits") is False:
         where = f"The {est['tier_gb']} GB preset says this" if est["tier_gb"] else "This"
-        return f"⚠ {where} does not fit: {p['reason']}", *keep
+        return i18n.say(f"⚠ {where} does not fit: {p['reason']}"), *keep
     offload = ""
     if p["offload"] != "none":  # fits by keeping something in host RAM (engine.memory.offload plans it)
         offload = f", {p['offload']} kept in host RAM (slower)"
@@ -172,7 +172,7 @@ def apply_preset(model: str, method: str):
     if gpus > 1:
         note += f" The run trains on {gpus} GPUs, one process each: these settings are per GPU."
     return (
-        note,
+        i18n.say(note),
         p["max_seq_length"],
         p["batch_size"],
         p["grad_accum"],

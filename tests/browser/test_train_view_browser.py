@@ -191,7 +191,7 @@ def test_2_switching_language_keeps_live_state(page, server, tiny_llama, identit
     page.get_by_role("button", name="Start training").click()
     page.get_by_text(re.compile(r"^done · step 3/3")).wait_for(timeout=300_000)
     live = ["Format:", "No GPU detected: the CPU trains", "done · step 3/3"]
-    chinese = ["格式：", "No GPU detected: the CPU trains", "完成 · 第 3/3 步"]  # kept, and translated (item 12)
+    chinese = ["格式：", "未检测到 GPU：CPU 按下面的设置训练", "完成 · 第 3/3 步"]  # kept, and translated (item 12)
 
     def all_there(texts):
         for text in texts:  # hidden ones too (the Data tab's summary)

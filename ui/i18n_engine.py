@@ -1,0 +1,389 @@
+"""Chinese and Russian templates for the sentences the engine writes that users meet on the Data, Train, Chat and
+Export tabs: a malformed dataset file or a wrong column, the Train tab's preset note, the Chat tab's lines and the
+export's check summary. File, column and field names stay as the engine wrote them (they are the template's groups).
+
+i18n_more adds these to its MESSAGES and STRINGS; the mechanism is in i18n.py.
+"""
+
+ROW = r"(.+?): row (\d+)"  # "data.jsonl: row 3", where the engine names a row
+STRINGS = {  # English: (Chinese, Russian)
+    "No GPU detected: the CPU trains with the settings below (slowly).": (
+        "未检测到 GPU：CPU 按下面的设置训练（很慢）。",
+        "GPU не найдена: обучение на CPU с настройками ниже (медленно).",
+    ),
+    "Pick a finished run or a GGUF file in 'Run, GGUF file or model' above (or type a model), then send again.": (
+        "请在上方「运行、GGUF 文件或模型」中选择已完成的运行或 GGUF 文件（或输入模型），然后再发送。",
+        "Выберите завершённый запуск или GGUF-файл в поле «Запуск, GGUF-файл или модель» выше "
+        "(или введите модель) и отправьте снова.",
+    ),
+    "Type a message first.": ("请先输入消息。", "Сначала введите сообщение."),
+    "Saved in 16 bits; a model without an adapter has nothing to compare with.": (
+        "已保存为 16 位；没有适配器的模型无可对比。",
+        "Сохранено в 16 битах; модели без адаптера не с чем сравнивать.",
+    ),
+    "tokenizer identical": ("分词器一致", "токенизатор совпадает"),
+    "tokenizer differs": ("分词器不同", "токенизатор отличается"),
+    "the others are near-ties, which rounding may tip": (
+        "其余是几乎打平的情况，舍入即可改变",
+        "остальные — почти ничьи, их решает округление",
+    ),
+    # Python's JSON parser's reasons, shown in brackets after "invalid JSON"
+    "Expecting value": ("缺少值", "ожидалось значение"),
+    "Expecting ',' delimiter": ("缺少 ',' 分隔符", "ожидался разделитель ','"),
+    "Expecting ':' delimiter": ("缺少 ':' 分隔符", "ожидался разделитель ':'"),
+    "Expecting property name enclosed in double quotes": (
+        "属性名应使用双引号",
+        "имя свойства должно быть в двойных кавычках",
+    ),
+    "Extra data": ("多余的数据", "лишние данные"),
+}
+MESSAGES = [  # (English regex, Chinese, Russian); each group is translated again, so templates nest
+    # the Train tab's preset note
+    (r"No preset: (.*)", "无预设：{0}", "Нет пресета: {0}"),
+    (
+        r"⚠ The (\S+) GB preset says this does not fit: (.*)",
+        "⚠ {0} GB 预设显示放不下：{1}",
+        "⚠ По пресету {0} ГБ не поместится: {1}",
+    ),
+    (r"⚠ This does not fit: (.*)", "⚠ 放不下：{0}", "⚠ Не поместится: {0}"),
+    (
+        r"Preset for this GPU \((\S+) GB tier\): (\d+) tokens × (\d+), accumulation (\d+), rank (\d+), "
+        r"(checkpointing \S+?)(|, .* kept in host RAM \(slower\)); the run's plan peaks at (\S+) GiB\."
+        r"( ?)(The run .*|)",
+        "此 GPU 的预设（{0} GB 档）：{1} token × {2}，梯度累积 {3}，秩 {4}，{5}{6}；运行计划峰值 {7} GiB。{9}",
+        "Пресет для этой GPU (уровень {0} ГБ): {1} токенов × {2}, накопление {3}, ранг {4}, {5}{6}; "
+        "пик по плану {7} ГиБ.{8}{9}",
+    ),
+    (r"checkpointing on", "梯度检查点开启", "чекпоинтинг вкл."),
+    (r"checkpointing off", "梯度检查点关闭", "чекпоинтинг выкл."),
+    (r", weights kept in host RAM \(slower\)", "，冻结权重放在内存中（较慢）", ", веса в ОЗУ (медленнее)"),
+    (r", optimizer kept in host RAM \(slower\)", "，优化器状态放在内存中（较慢）", ", оптимизатор в ОЗУ (медленнее)"),
+    (r", activations kept in host RAM \(slower\)", "，激活值放在内存中（较慢）", ", активации в ОЗУ (медленнее)"),
+    (r", (.*) kept in host RAM \(slower\)", "，{0} 放在内存中（较慢）", ", {0} в ОЗУ (медленнее)"),
+    (  # why a tier's preset does not fit (engine.models.presets.derive, presets/*.yaml)
+        r"needs about (\S+) GiB at (\d+) tokens and batch (\d+), and more than this tier's (\S+) GiB even with the "
+        r"offload manager and (\d+) GiB of host RAM",
+        "在 {1} token、批大小 {2} 时约需 {0} GiB，即使用上卸载管理器和 {4} GiB 内存，也超出此档的 {3} GiB",
+        "нужно около {0} ГиБ при {1} токенах и батче {2} — больше {3} ГиБ этого уровня даже с выгрузкой и {4} ГиБ ОЗУ",
+    ),
+    (
+        r"The run trains on (\d+) GPUs, one process each: these settings are per GPU\.",
+        "运行在 {0} 块 GPU 上训练，每块一个进程：这些设置按每块 GPU 计。",
+        "Запуск обучается на {0} GPU, по процессу на каждой: настройки — на одну GPU.",
+    ),
+    # the Chat tab
+    (r"Cannot compare:\*\* (.*)", "无法对比：** {0}", "Не удалось сравнить:** {0}"),
+    (r"(\d+) tokens, (\S+) tok/s", "{0} 个 token，{1} token/秒", "{0} токенов, {1} ток/с"),
+    (r"Base: (.*)", "基座：{0}", "База: {0}"),
+    (r"Fine-tuned: (.*)", "微调后：{0}", "Дообученная: {0}"),
+    # the export's check summary (engine.export.report.summary)
+    (
+        r"PEFT loads it onto the base model \((\d+|\d+ of \d+) LoRA weights\) and it answers exactly as the run's "
+        r"adapter \(max logit difference (\S+)\); it moves the base model's logits by up to "
+        r"(\S+?)(| \(checked on .*\))\.",
+        "PEFT 可把它加载到基座模型上（{0} 个 LoRA 权重），回答与运行的适配器完全一致（最大 logit 差 {1}）；"
+        "它使基座模型的 logit 最多改变 {2}{3}。",
+        "PEFT загружает его на базовую модель ({0} весов LoRA), и он отвечает в точности как адаптер запуска "
+        "(макс. разница логитов {1}); он меняет логиты базовой модели не больше чем на {2}{3}.",
+    ),
+    (
+        r" ?\(checked on its first (\d+) of (\d+) layers\)",
+        "（仅检查了前 {0}/{1} 层）",
+        "(проверено на первых {0} из {1} слоёв)",
+    ),
+    (r"(.+); ([Ll]lama\.cpp matches .*)\.", "{0}；{1}。", "{0}; {1}."),
+    (r"([Mm]atches the adapter model: .*|Llama\.cpp matches .*)\.", "{0}。", "{0}."),
+    (
+        r"[Mm]atches the adapter model: max logit difference (\S+) in fp32, (\S+) once saved in "
+        r"(\S+?)(| \(checked on .*\))",
+        "与适配器模型一致：最大 logit 差 fp32 下为 {0}，保存为 {2} 后为 {1}{3}",
+        "Совпадает с моделью с адаптером: макс. разница логитов {0} в fp32 и {1} после сохранения в {2}{3}",
+    ),
+    (
+        r"[Ll]lama\.cpp matches the PyTorch model's (tokenizer \S+) "
+        r"\(greedy text not compared: the model is too large\)",
+        "llama.cpp 与 PyTorch 模型一致：{0}（未比较贪心文本：模型太大）",
+        "llama.cpp совпадает с моделью PyTorch: {0} (жадный текст не сравнивался: модель слишком большая)",
+    ),
+    (
+        r"[Ll]lama\.cpp matches the PyTorch model: (tokenizer \S+), (greedy text .*), max logit difference (\S+)",
+        "llama.cpp 与 PyTorch 模型一致：{0}，{1}，最大 logit 差 {2}",
+        "llama.cpp совпадает с моделью PyTorch: {0}, {1}, макс. разница логитов {2}",
+    ),
+    (r"greedy text identical \((\d+) tokens\)", "贪心文本一致（{0} 个 token）", "жадный текст совпадает ({0} токенов)"),
+    (
+        r"greedy text agrees on (\d+) of (\d+) tokens \((.*)\)",
+        "贪心文本在 {1} 个 token 中有 {0} 个一致（{2}）",
+        "жадный текст совпадает в {0} из {1} токенов ({2})",
+    ),
+    (r"(\d+) of (\d+)", "{0}/{1}", "{0} из {1}"),  # LoRA weights loaded of those saved
+    (r"(\d+) clear disagreements", "{0} 处明显不一致", "явных расхождений: {0}"),
+    # the Data tab: a malformed file or a wrong column (engine.data.reading, engine.data.formats)
+    (
+        r"Column mapping '(.*)' should look like column=field, e\.g\. question=instruction\.",
+        "列映射 '{0}' 应写成 column=field，例如 question=instruction。",
+        "Сопоставление '{0}' должно иметь вид column=field, например question=instruction.",
+    ),
+    (
+        r"Column mapping (.*?)=(.*?): '(.*)' is not a field; use one of (.*)\.",
+        "列映射 {0}={1}：'{2}' 不是字段；请使用其中之一：{3}。",
+        "Сопоставление {0}={1}: '{2}' — не поле; используйте одно из: {3}.",
+    ),
+    (
+        ROW + r" has no column '(.*)' \(mapped to '(.*)'\); its columns are (.*)\.",
+        "{0}：第 {1} 行没有列 '{2}'（映射到 '{3}'）；该行的列为 {4}。",
+        "{0}: в строке {1} нет колонки '{2}' (сопоставлена с '{3}'); её колонки: {4}.",
+    ),
+    (
+        ROW + r" has fields (.*) which match no known format; use instruction/output \(Alpaca\), conversations "
+        r"\(ShareGPT\) or messages \(ChatML\), or map your columns \(e\.g\. question=instruction\)\.",
+        "{0}：第 {1} 行的字段 {2} 不符合任何已知格式；请使用 instruction/output（Alpaca）、conversations（ShareGPT）"
+        "或 messages（ChatML），或映射列（例如 question=instruction）。",
+        "{0}: поля строки {1} {2} не подходят ни к одному формату; нужны instruction/output (Alpaca), "
+        "conversations (ShareGPT) или messages (ChatML), либо сопоставьте колонки (например, question=instruction).",
+    ),
+    (
+        ROW + r" is (\S+) but earlier rows are (\S+); a file holds one format\.",
+        "{0}：第 {1} 行是 {2} 格式，但前面的行是 {3}；一个文件只能有一种格式。",
+        "{0}: строка {1} в формате {2}, а строки до неё — {3}; в файле должен быть один формат.",
+    ),
+    (
+        ROW + r": field '(.*)' is missing or empty\.",
+        "{0}：第 {1} 行：字段 '{2}' 缺失或为空。",
+        "{0}: строка {1}: поле '{2}' отсутствует или пусто.",
+    ),
+    (
+        ROW + r": field '(.*)' should be text, not (\S+)\.",
+        "{0}：第 {1} 行：字段 '{2}' 应为文本，而不是 {3}。",
+        "{0}: строка {1}: поле '{2}' должно быть текстом, а не {3}.",
+    ),
+    (
+        ROW + r": field '(.*)' should be text\.",
+        "{0}：第 {1} 行：字段 '{2}' 应为文本。",
+        "{0}: строка {1}: поле '{2}' должно быть текстом.",
+    ),
+    (
+        ROW + r": field '(.*)' holds an invalid character \((.*), half of a UTF-16 pair\) at position (\d+); "
+        r"remove it or fix the program that wrote the file\.",
+        "{0}：第 {1} 行：字段 '{2}' 在位置 {4} 有无效字符（{3}，半个 UTF-16 代理对）；"
+        "请删除它，或修正写出该文件的程序。",
+        "{0}: строка {1}: в поле '{2}' на позиции {4} недопустимый символ ({3}, половина пары UTF-16); "
+        "удалите его или исправьте программу, записавшую файл.",
+    ),
+    (
+        ROW + r": field '(.*)' should be a non-empty list of turns\.",
+        "{0}：第 {1} 行：字段 '{2}' 应为非空的对话轮次列表。",
+        "{0}: строка {1}: поле '{2}' должно быть непустым списком реплик.",
+    ),
+    (
+        ROW + r": turn (\d+) of '(.*)' needs '(.*)' and '(.*)'\.",
+        "{0}：第 {1} 行：'{3}' 的第 {2} 轮需要 '{4}' 和 '{5}'。",
+        "{0}: строка {1}: реплике {2} в '{3}' нужны '{4}' и '{5}'.",
+    ),
+    (
+        ROW + r": turn (\d+) has unknown role '(.*)'; use (.*)\.",
+        "{0}：第 {1} 行：第 {2} 轮的角色 '{3}' 未知；请使用 {4}。",
+        "{0}: строка {1}: у реплики {2} неизвестная роль '{3}'; используйте {4}.",
+    ),
+    (
+        ROW + r": turn (\d+) of '(.*)' has an empty '(.*)'\.",
+        "{0}：第 {1} 行：'{3}' 的第 {2} 轮的 '{4}' 为空。",
+        "{0}: строка {1}: в реплике {2} из '{3}' пустое '{4}'.",
+    ),
+    (
+        ROW + r": the conversation has no assistant turn, so there is nothing to learn\.",
+        "{0}：第 {1} 行：对话里没有助手的回复，无可学习。",
+        "{0}: строка {1}: в диалоге нет реплики ассистента, учиться нечему.",
+    ),
+    (
+        r"(.+?): (\S+) data is not chat data; supervised fine-tuning takes alpaca, sharegpt or chatml rows\.",
+        "{0}：{1} 数据不是对话数据；对话微调（SFT）需要 alpaca、sharegpt 或 chatml 格式的行。",
+        "{0}: данные {1} — не диалоги; дообучение на диалогах (SFT) принимает строки alpaca, sharegpt или chatml.",
+    ),
+    (
+        r"Dataset file '(.*)' is empty; it needs at least one example\.",
+        "数据集文件 '{0}' 是空的；至少需要一个样本。",
+        "Файл датасета '{0}' пуст; нужен хотя бы один пример.",
+    ),
+    (
+        r"Dataset file '(.*)' looks binary, not text; save it as JSON, JSONL, CSV or Parquet\.",
+        "数据集文件 '{0}' 看起来是二进制文件而非文本；请另存为 JSON、JSONL、CSV 或 Parquet。",
+        "Файл датасета '{0}' похож на двоичный, а не на текст; сохраните его как JSON, JSONL, CSV или Parquet.",
+    ),
+    (
+        r"'(.*)' is neither JSON nor JSONL; use one of (.*)\.",
+        "'{0}' 既不是 JSON 也不是 JSONL；请使用其中之一：{1}。",
+        "'{0}' — не JSON и не JSONL; используйте одно из: {1}.",
+    ),
+    (
+        ROW + r" is not UTF-8 text; re-save the file as UTF-8\.",
+        "{0}：第 {1} 行不是 UTF-8 文本；请把文件另存为 UTF-8。",
+        "{0}: строка {1} — не текст UTF-8; пересохраните файл в UTF-8.",
+    ),
+    (
+        r"(.+?): byte (\d+) is not UTF-8 text; re-save the file as UTF-8\.",
+        "{0}：第 {1} 字节不是 UTF-8 文本；请把文件另存为 UTF-8。",
+        "{0}: байт {1} — не текст UTF-8; пересохраните файл в UTF-8.",
+    ),
+    (
+        r"(.+?): invalid JSON at line (\d+), column (\d+) \((.*)\)\.",
+        "{0}：第 {1} 行第 {2} 列的 JSON 无效（{3}）。",
+        "{0}: неверный JSON в строке {1}, позиция {2} ({3}).",
+    ),
+    (
+        ROW + r" is not valid JSON \((.*) at column (\d+)\)\.",
+        "{0}：第 {1} 行不是有效的 JSON（第 {3} 列：{2}）。",
+        "{0}: строка {1} — неверный JSON ({2}, позиция {3}).",
+    ),
+    (
+        ROW + r" nests lists or objects thousands of levels deep; no training example does that, so the file is "
+        r"probably damaged\.",
+        "{0}：第 {1} 行的列表或对象嵌套了数千层；训练样本不会这样，文件可能已损坏。",
+        "{0}: в строке {1} списки или объекты вложены на тысячи уровней; так не бывает, файл, видимо, повреждён.",
+    ),
+    (
+        r"(.+?): the file nests lists or objects thousands of levels deep; no training example does that, so the "
+        r"file is probably damaged\.",
+        "{0}：文件的列表或对象嵌套了数千层；训练样本不会这样，文件可能已损坏。",
+        "{0}: в файле списки или объекты вложены на тысячи уровней; так не бывает, файл, видимо, повреждён.",
+    ),
+    (
+        ROW + r" is not a JSON object \(\{\.\.\.\}\)\.",
+        "{0}：第 {1} 行不是 JSON 对象（{{...}}）。",
+        "{0}: строка {1} — не JSON-объект ({{...}}).",
+    ),
+    (
+        r"(.+?): expected a JSON list of examples\.",
+        "{0}：应为由样本组成的 JSON 列表。",
+        "{0}: ожидался JSON-список примеров.",
+    ),
+    (
+        r"(.+?): the header names the column '(.*)' twice; rename one of them\.",
+        "{0}：表头中列 '{1}' 出现了两次；请重命名其中一个。",
+        "{0}: в заголовке колонка '{1}' названа дважды; переименуйте одну из них.",
+    ),
+    (
+        ROW + r" has more values than the header has columns\.",
+        "{0}：第 {1} 行的值比表头的列多。",
+        "{0}: в строке {1} значений больше, чем колонок в заголовке.",
+    ),
+    (
+        ROW + r" cannot be read as CSV \((.*)\)\.",
+        "{0}：第 {1} 行无法按 CSV 读取（{2}）。",
+        "{0}: строку {1} не прочитать как CSV ({2}).",
+    ),
+    (
+        r"'(.*)' is not a readable Parquet file\.",
+        "'{0}' 不是可读取的 Parquet 文件。",
+        "'{0}' — не читаемый файл Parquet.",
+    ),
+    (
+        r"Dataset '(.*)' has no split '(.*)'; pick one it has \(often 'train'\)\.",
+        "数据集 '{0}' 没有划分 '{1}'；请选一个它有的（通常是 'train'）。",
+        "У датасета '{0}' нет сплита '{1}'; выберите существующий (обычно 'train').",
+    ),
+    (
+        r"Could not load dataset '(.*)' \((.*)\): check the name, the connection, or download it on a connected "
+        r"machine\.",
+        "无法加载数据集 '{0}'（{1}）：请检查名称和网络连接，或在联网的机器上下载。",
+        "Не удалось загрузить датасет '{0}' ({1}): проверьте имя и подключение или скачайте его на машине с сетью.",
+    ),
+    (r"Could not load dataset '(.*)': (.*)", "无法加载数据集 '{0}'：{1}", "Не удалось загрузить датасет '{0}': {1}"),
+    (r"Dataset '(.*)' has no rows\.", "数据集 '{0}' 没有任何行。", "В датасете '{0}' нет строк."),
+    (
+        r"(.+?): the chat template cannot render its turns \((.*)\): (.*)\. Check the turn order or pick another "
+        r"chat template\.",
+        "{0}：对话模板无法渲染这些轮次（{1}）：{2}。请检查轮次顺序，或换一个对话模板。",
+        "{0}: шаблон чата не может отобразить реплики ({1}): {2}. Проверьте порядок реплик или выберите другой шаблон.",
+    ),
+    (r"A conversation", "一段对话", "Диалог"),
+    (
+        r"The chat template changes assistant replies when it renders them; pick another template \(e\.g\. chatml\) "
+        r"for this model\.",
+        "对话模板在渲染时改动了助手的回复；请为此模型换一个模板（例如 chatml）。",
+        "Шаблон чата меняет ответы ассистента при отображении; выберите для этой модели другой (например, chatml).",
+    ),
+    (
+        r"(.+?): no example has an assistant reply within (\d+) tokens; raise the maximum sequence length\.",
+        "{0}：没有样本的助手回复落在 {1} 个 token 以内；请调大最大序列长度。",
+        "{0}: ни в одном примере ответ ассистента не укладывается в {1} токенов; увеличьте макс. длину.",
+    ),
+    (
+        r"Unknown chat template '(.*)'; choose one of: (.*)\.",
+        "未知的对话模板 '{0}'；请从中选择：{1}。",
+        "Неизвестный шаблон чата '{0}'; выберите один из: {1}.",
+    ),
+    (
+        r"This tokenizer has no end-of-sequence token, so a reply could never end; pick an instruct model or one "
+        r"with an EOS token\.",
+        "此分词器没有结束符，回复将无法结束；请选择 instruct 模型或带 EOS 符的模型。",
+        "У токенизатора нет токена конца последовательности, ответ не сможет закончиться; выберите instruct-модель "
+        "или модель с токеном EOS.",
+    ),
+    (ROW, "{0}：第 {1} 行", "{0}: строка {1}"),  # where a sentence names the row first (the chat template's)
+    # the Export tab's format note and best-weights box
+    (r"GGUF: (.*)", "GGUF：{0}", "GGUF: {0}"),
+    (
+        r"GGUF export does not support the '(.*)' architecture yet; it supports (.*)\. Export as merged16 and "
+        r"convert with llama\.cpp's convert_hf_to_gguf\.py\.",
+        "GGUF 导出暂不支持 '{0}' 架构；支持的有 {1}。请导出为 merged16，再用 llama.cpp 的 convert_hf_to_gguf.py 转换。",
+        "Экспорт в GGUF пока не поддерживает архитектуру '{0}'; поддерживаются: {1}. Экспортируйте как merged16 "
+        "и сконвертируйте скриптом convert_hf_to_gguf.py из llama.cpp.",
+    ),
+    (
+        r"Export the best weights by validation loss \((.*)\) instead of the last",
+        "导出验证损失最低的权重（{0}），而非最后的权重",
+        "Экспортировать лучшие по валидации веса ({0}) вместо последних",
+    ),
+    # why a run does not fit (engine.memory.offload), as the preset note and the Model tab show it
+    (
+        r"Full fine-tuning of this model needs at least (\S+) GiB of GPU memory even with its activations"
+        r"( ?)(and optimizer states|) in host RAM( ?)(and each gradient freed in the backward|), over the (\S+) GiB "
+        r"budget; use LoRA or QLoRA\.",
+        "即使把激活值{2}放在内存中{4}，全量微调此模型也至少需要 {0} GiB 显存，超出 {5} GiB 的预算；"
+        "请改用 LoRA 或 QLoRA。",
+        "Полному дообучению этой модели нужно не меньше {0} ГиБ памяти GPU даже с активациями{2} в ОЗУ{4} — "
+        "больше бюджета {5} ГиБ; используйте LoRA или QLoRA.",
+    ),
+    (r"and optimizer states", "和优化器状态", " и состояниями оптимизатора"),
+    (
+        r"and each gradient freed in the backward",
+        "、反向传播中逐个释放梯度",
+        " и освобождением градиентов при обратном проходе",
+    ),
+    (
+        r"This run needs at least (\S+) GiB of GPU memory even with every layer's weights in host RAM, over the "
+        r"(\S+) GiB budget; use a shorter sequence length, a smaller batch, QLoRA, or a smaller model\.",
+        "即使把每层权重都放在内存中，此运行也至少需要 {0} GiB 显存，超出 {1} GiB 的预算；"
+        "请缩短序列长度、减小批大小、改用 QLoRA 或更小的模型。",
+        "Запуску нужно не меньше {0} ГиБ памяти GPU даже с весами всех слоёв в ОЗУ — больше бюджета {1} ГиБ; "
+        "сократите длину последовательности, уменьшите батч, возьмите QLoRA или модель поменьше.",
+    ),
+    (
+        r"This run needs about (\S+) GiB of host RAM \(the 16-bit checkpoint while it loads(|, and what does not fit "
+        r"in \S+ GiB of GPU memory)\), and (\S+) GiB is free; close other programs, use a smaller model, or a "
+        r"machine with more RAM\.",
+        "此运行需要约 {0} GiB 内存（加载时的 16 位检查点{1}），而空闲的只有 {2} GiB；"
+        "请关闭其他程序、换更小的模型，或换内存更大的机器。",
+        "Запуску нужно около {0} ГиБ ОЗУ (16-битный чекпоинт при загрузке{1}), а свободно {2} ГиБ; "
+        "закройте другие программы, возьмите модель поменьше или машину с большим ОЗУ.",
+    ),
+    (
+        r", and what does not fit in (\S+) GiB of GPU memory",
+        "，以及放不进 {0} GiB 显存的部分",
+        " и то, что не влезло в {0} ГиБ памяти GPU",
+    ),
+    # held-out rows (engine.data.heldout)
+    (
+        r"No rows were held out for validation at eval_fraction (\S+); raise it, or give a separate file in "
+        r"'eval_data'\.",
+        "eval_fraction 为 {0} 时没有留出任何验证行；请调大它，或在 'eval_data' 中给出单独的文件。",
+        "При eval_fraction {0} для валидации не отложено ни одной строки; увеличьте его или укажите отдельный файл "
+        "в 'eval_data'.",
+    ),
+    (
+        r"eval_fraction (\S+) held out every row; lower it so some are left to train on\.",
+        "eval_fraction 为 {0} 时所有行都被留出；请调小它，留一些行用于训练。",
+        "eval_fraction {0} отложил все строки; уменьшите его, чтобы осталось на чём учиться.",
+    ),
+]
