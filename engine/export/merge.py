@@ -97,8 +97,6 @@ def _export_gguf(base: str, adapter: Path | None, tok_dir: Path | None, fmt: str
     Everything happens inside one new_folder, so until the final rename nothing named `out` exists; the merged
     safetensors and the 16-bit intermediate are removed before it.
     """
-    import shutil
-
     from engine.export import gguf, ollama
     from engine.models.loading import read_config, resolve_model
 
