@@ -90,15 +90,20 @@ def test_every_parameter_is_counted(config):
 def test_moe_sizes_count_all_experts_and_adapters_only_where_they_go():
     moe = Arch.from_config(QWEN3_30B_A3B)
     assert 30.0e9 < moe.params < 31.0e9  # all 128 experts, not the 3B a token uses
-    # QLoRA quantizes nn.Linear layers only; transformers keeps each layer's experts as fused 3-D tensors (16 bits)
+    # bitsandbytes quantizes nn.Linear layers only; transformers keeps each layer's experts as fused 3-D tensors
     attention = 48 * (2048 * 4096 * 2 + 2048 * 512 * 2)
     assert moe.linear_params == attention and moe.expert_params == 48 * 128 * 3 * 2048 * 768
-    assert moe.lora_params(16) == 48 * 16 * ((2048 + 4096) * 2 + (2048 + 512) * 2)  # q, k, v, o: no expert adapters
+    adapters = 48 * 16 * ((2048 + 4096) * 2 + (2048 + 512) * 2)  # q, k, v, o
+    assert moe.lora_params(16, experts=False) == adapters
+    # one rank-16 pair per expert on gate_up [1536 x 2048] and down [2048 x 768]
+    assert moe.lora_params(16) == adapters + 48 * 128 * 16 * ((1536 + 2048) + (2048 + 768))
     sparse_config = dict(QWEN3_30B_A3B, decoder_sparse_step=2, mlp_only_layers=[1])
     sparse = Arch.from_config(sparse_config)
     assert sparse.moe_layers == 23 and sparse.params == on_meta(sparse_config)  # layers 1, 3, .., 47 less layer 1
     e = api.estimate(json_folder_for(QWEN3_30B_A3B), "qlora", seq=2048, batch=1, vram_gib=6.0, ram_gib=512)
-    assert e["params_b"] > 30 and e["fits"] is False and e["min_vram_gib"] > 6.0  # the experts alone: 56 GiB
+    assert (
+        e["params_b"] > 30 and e["fits"] is False and e["min_vram_gib"] > 6.0
+    )  # the per-expert adapters alone: 4.8 GiB
 
 
 def json_folder_for(config: dict, folder=None) -> str:

@@ -3,8 +3,10 @@
     peak = weights + trainable (params, grads, optimizer states) + activations + loss (logits) + fixed
            + what the allocator reserves beyond that (the CUDA graphs' pool, fragmentation)
 Weights: 2 bytes/param at 16 bits; NF4 linear layers 0.5 bytes/param plus 1/64 byte of double-quantized scale. Every
-parameter counts: a mixture-of-experts layer's experts (all of them; transformers keeps them as fused 3-D tensors,
-which QLoRA does not quantize) and router, a vision tower, biases and extra norms.
+parameter counts: a mixture-of-experts layer's experts (all of them) and router, a vision tower, biases and extra
+norms. transformers keeps a layer's experts as fused 3-D tensors, which bitsandbytes does not quantize; QLoRA on the
+fast path stores them NF4 as they load (engine.patching.moe), so they count 4-bit there and 16-bit elsewhere, and
+LoRA on them is one rank-r adapter per expert (PEFT's target_parameters), counted with the other adapters.
 Activations: with checkpointing, each layer keeps its bf16 input (2 bytes x hidden per token) and one layer at a time
 is rebuilt in full; without it, every layer keeps its full set. The per-token activation and loss coefficients below
 were fitted to peaks measured on the GPU machine (engine/calibrate.py; table in presets/README.md).
@@ -12,6 +14,8 @@ were fitted to peaks measured on the GPU machine (engine/calibrate.py; table in 
 
 import math
 from dataclasses import dataclass
+
+from engine.core.scratch import experts_per_chunk
 
 GIB = 2**30
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -136,8 +140,8 @@ class Arch:
 
     @property
     def _layer_linears(self) -> list[tuple[int, dict]]:
-        """(how many layers, their nn.Linear shapes by module name), for the dense and the MoE layers: what QLoRA
-        quantizes, weight streaming moves and LoRA can adapt. The experts of transformers' MoE layers are fused
+        """(how many layers, their nn.Linear shapes by module name), for the dense and the MoE layers: what
+        bitsandbytes quantizes and LoRA's target_modules adapt. The experts of transformers' MoE layers are fused
         3-D parameters, not nn.Linear modules: counted in `expert_params`."""
         dense = [(self.layers - self.moe_layers, self.linear_shapes)]
         if not self.moe_layers:
@@ -162,6 +166,18 @@ class Arch:
         return self.moe_layers * self.experts * per_expert
 
     @property
+    def expert_weight_params(self) -> int:
+        """The experts' fused 3-D weight tensors alone (no biases): what QLoRA's fast path stores NF4."""
+        return self.moe_layers * self.experts * 3 * self.hidden * self.expert_intermediate
+
+    def expert_lora_params(self, rank: int, targets=ALL_TARGETS) -> int:
+        """PEFT's adapters on the fused expert tensors (engine.models.experts: gate_proj or up_proj selects gate_up,
+        down_proj selects down): one rank-r pair per expert, rank * experts * (the tensor's two matrix sides)."""
+        h, i = self.hidden, self.expert_intermediate
+        sides = (2 * i + h if {"gate_proj", "up_proj"} & set(targets) else 0) + (i + h if "down_proj" in targets else 0)
+        return self.moe_layers * self.experts * rank * sides
+
+    @property
     def embedding_params(self) -> int:
         return self.vocab * self.hidden * (1 if self.tied else 2)
 
@@ -181,12 +197,14 @@ class Arch:
         moe = self.experts_per_token * self.expert_intermediate + self.shared_intermediate if self.moe_layers else 0
         return max(self.intermediate if self.moe_layers < self.layers else 0, moe)
 
-    def lora_params(self, rank: int, targets=ALL_TARGETS) -> int:
-        """Adapter weights on the `targets` that exist as nn.Linear modules (not the fused experts)."""
-        return sum(
+    def lora_params(self, rank: int, targets=ALL_TARGETS, experts: bool = True) -> int:
+        """Adapter weights on the `targets` that exist as nn.Linear modules, and on the fused experts unless
+        `experts` is off (a job's lora_experts)."""
+        linear = sum(
             n * sum(rank * (a + b) for name, (a, b) in shapes.items() if name in targets)
             for n, shapes in self._layer_linears
         )
+        return linear + (self.expert_lora_params(rank, targets) if experts else 0)
 
 
 def vision_params(vision: dict, text_hidden: int) -> int:
@@ -241,46 +259,57 @@ def estimate(
     keep_attention: bool = False,
     keep_dequantized: bool = False,
     shards: int = 1,
+    lora_experts: bool = True,
 ) -> Estimate:
     """Peak allocated GPU memory (and host RAM) of one training step, in GiB.
 
     `checkpointed_layers` (default: all when `checkpointing`, else none) counts the layers that keep only their input;
-    `fused_loss` is the fast path's chunked cross-entropy, which holds one chunk of `loss_chunk` tokens' logits
-    instead of all of them. The offload manager's choices (engine.memory.offload): `offload_activations` keeps
-    checkpointed inputs in host RAM (at most OFFLOAD_ON_GPU of them on the GPU at once), `streamed_layers` layers'
-    frozen weights live in host RAM and pass through `ring_slots` GPU slots, `host_embedding` keeps the input embedding
-    table in host RAM, `mlp_tile` runs the MLP over tiles of that many tokens, and `optimizer_in_host` counts full
-    fine-tuning's paged optimizer states in host RAM (where bitsandbytes' paged AdamW moves them under memory pressure),
-    and `dense_layers` QLoRA layers keep a 16-bit copy of their NF4 weights beside them, and `grads_released` (full
-    fine-tuning, engine.memory.grad_release) frees each gradient as soon as its weight is updated, in the backward, so
-    at most the largest one exists at a time, and `graphs` replays the checkpointed layers' passes as CUDA graphs
-    (engine.patching.graphs.CheckpointGraphs), whose memory pool keeps one layer's working set for good (see
-    GRAPH_POOL_SHARE), with three static (tokens x hidden) buffers, and `keep_attention` keeps each checkpointed
-    layer's q, k, v and o projection outputs in host RAM with its input (engine.memory.activations.Checkpoint), with
-    ATTENTION_SETS sets of them on the GPU at the peak, and `keep_dequantized` has a QLoRA recompute keep gate and
-    up's dequantized weights for its backward (two 16-bit copies), and `shards` GPUs share full fine-tuning's weights,
+    `fused_loss` is the fast path's chunked cross-entropy, which holds one chunk of `loss_chunk` tokens' logits instead
+    of all of them. The offload manager's choices (engine.memory.offload): `offload_activations` keeps checkpointed
+    inputs in host RAM (at most OFFLOAD_ON_GPU of them on the GPU at once), `streamed_layers` layers' frozen weights
+    live in host RAM and pass through `ring_slots` GPU slots, `host_embedding` keeps the input embedding table in host
+    RAM, `mlp_tile` runs the MLP over tiles of that many tokens, and `optimizer_in_host` counts the paged optimizer
+    states (full fine-tuning's, or LoRA's) in host RAM (where bitsandbytes' paged AdamW moves them under memory
+    pressure), and `dense_layers` QLoRA layers keep a 16-bit copy of their NF4 weights beside them, and `grads_released`
+    (full fine-tuning, engine.memory.grad_release) frees each gradient as soon as its weight is updated, in the
+    backward, so at most the largest one exists at a time, and `graphs` replays the checkpointed layers' passes as CUDA
+    graphs (engine.patching.graphs.CheckpointGraphs), whose memory pool keeps one layer's working set for good (see
+    GRAPH_POOL_SHARE), with three static (tokens x hidden) buffers, and `keep_attention` keeps each checkpointed layer's
+    q, k, v and o projection outputs in host RAM with its input (engine.memory.activations.Checkpoint), with
+    ATTENTION_SETS sets of them on the GPU at the peak, and `keep_dequantized` has a QLoRA recompute keep gate and up's
+    dequantized weights for its backward (two 16-bit copies), and `shards` GPUs share full fine-tuning's weights,
     gradients and optimizer states (FSDP2, engine.training.distributed): each holds 1/shards of them plus two layers
     gathered whole (the one computing and the next, prefetched) and one layer's whole gradient before its
-    reduce-scatter. LoRA and QLoRA runs on several GPUs hold the same per GPU as on one."""
+    reduce-scatter. LoRA and QLoRA runs on several GPUs hold the same per GPU as on one. `lora_experts` off leaves a
+    mixture-of-experts model's experts without adapters (the job's lora_experts).
+
+    QLoRA on the fast path (`fused_loss`) keeps the experts NF4 too and dequantizes them a chunk of experts at a time
+    into one scratch buffer (engine.patching.moe); without it they stay 16-bit."""
     tokens = seq * batch
     if checkpointed_layers is None:
         checkpointed_layers = arch.layers if checkpointing else 0
     if method == "qlora":
-        weights = arch.linear_params * NF4_BYTES + (arch.params - arch.linear_params) * 2
+        four_bit = arch.linear_params + (arch.expert_weight_params if nf4_experts(method, fused_loss) else 0)
+        weights = four_bit * NF4_BYTES + (arch.params - four_bit) * 2
         # a bf16 copy of the largest weight: transformers' path holds one in the forward and one in the backward;
-        # the fast path (which brings the fused loss) dequantizes into one shared buffer (kernels.lora)
+        # the fast path (which brings the fused loss) dequantizes into one shared buffer (kernels.lora), and NF4
+        # experts into one chunk's buffer of their own
         dequant = (1 if fused_loss else 2) * arch.largest_linear * 2
-        dequant += dense_layers * layer_weight_bytes(arch, "lora")
+        if nf4_experts(method, fused_loss) and arch.moe_layers:
+            dequant += expert_chunk_bytes(arch)
+        dequant += dense_layers * dense_copy_bytes(arch)
         if keep_dequantized and checkpointed_layers:
             dequant += 2 * arch.intermediate * arch.hidden * 2
     else:
         weights, dequant = arch.params * 2, 0
-    streamed = layer_weight_bytes(arch, method) * streamed_layers
-    weights -= streamed - layer_weight_bytes(arch, method) * (ring_slots if streamed_layers else 0)
+    layer_bytes = layer_weight_bytes(arch, method, fused_loss)
+    streamed = layer_bytes * streamed_layers
+    weights -= streamed - layer_bytes * (ring_slots if streamed_layers else 0)
     if host_embedding and not arch.tied:
         weights -= arch.vocab * arch.hidden * 2
     opt = OPTIMIZER_BYTES[optimizer]
-    paged = arch.params * opt if method == "full" and optimizer_in_host else 0
+    adapters = arch.lora_params(rank, targets, lora_experts)
+    paged = (arch.params if method == "full" else adapters) * opt if optimizer_in_host else 0
     if method == "full":
         trainable = arch.params * (2 + 2 + opt) - paged  # bf16 gradient, optimizer states (bf16 params are the weights)
         if grads_released:  # only the largest tensor's gradient exists at a time
@@ -288,9 +317,8 @@ def estimate(
             largest = max(arch.vocab * arch.hidden, arch.largest_linear, fused_experts)
             trainable -= (arch.params - largest) * 2
     else:
-        trainable = arch.lora_params(rank, targets) * (4 + 4 + opt)  # fp32 adapters, their grads, states
+        trainable = adapters * (4 + 4 + opt) - paged  # fp32 adapters, their grads, optimizer states
     if method == "full" and shards > 1:
-        layer_bytes = layer_weight_bytes(arch, method)
         weights = weights / shards + 2 * layer_bytes
         trainable = trainable / shards + layer_bytes
     layer = layer_activation_bytes(arch, tokens, mlp_tile)
@@ -310,7 +338,7 @@ def estimate(
         fixed=COEF["fixed_gib"] * GIB,
     )
     if graphs and checkpointed_layers:  # the pool's excess, three (tokens x hidden) buffers, one layer's gradients
-        grads = arch.lora_params(rank, targets) * 4 / arch.layers
+        grads = adapters * 4 / arch.layers
         parts["graphs"] = GRAPH_POOL_SHARE * layer + 3 * tokens * arch.hidden * 2 + grads
     kept_attention = tokens * (arch.attention_width + arch.hidden) * 2 if keep_attention and checkpointed_layers else 0
     if kept_attention:
@@ -335,11 +363,31 @@ def estimate(
     return Estimate(round(sum(parts.values()), 2), round(ram, 2), parts)
 
 
-def layer_weight_bytes(arch: Arch, method: str) -> float:
-    """Bytes of one decoder layer's frozen linear weights that weight streaming moves (NF4: the packed 4-bit data;
-    its small scales stay on the GPU)."""
-    per_layer = arch.linear_params / arch.layers
-    return per_layer * (0.5 if method == "qlora" else 2)
+def nf4_experts(method: str, fused_loss: bool) -> bool:
+    """Whether a run keeps a mixture-of-experts model's fused expert weights NF4: QLoRA on the fast path (which
+    brings the fused loss; engine.models.loading quantizes them as they load)."""
+    return method == "qlora" and fused_loss
+
+
+def layer_weight_bytes(arch: Arch, method: str, fused_loss: bool = False) -> float:
+    """Bytes of one decoder layer's frozen weights that weight streaming moves: its linear layers' and its experts'
+    (NF4: the packed 4-bit data; the small scales stay on the GPU). Averaged over the layers."""
+    linear = arch.linear_params * (0.5 if method == "qlora" else 2)
+    experts = arch.expert_weight_params * (0.5 if nf4_experts(method, fused_loss) else 2)
+    return (linear + experts) / arch.layers
+
+
+def dense_copy_bytes(arch: Arch) -> float:
+    """Bytes of one layer's 16-bit copies of its NF4 linear weights (engine.memory.weights.keep_dense; experts have
+    none)."""
+    return arch.linear_params / arch.layers * 2
+
+
+def expert_chunk_bytes(arch: Arch) -> int:
+    """The scratch buffer NF4 experts are dequantized into: a chunk of experts' gate_up tensors, 16-bit
+    (engine.core.scratch, as engine.patching.moe sizes it)."""
+    per_expert = 2 * arch.expert_intermediate * arch.hidden * 2
+    return experts_per_chunk(per_expert) * per_expert
 
 
 def layer_activation_bytes(arch: Arch, tokens: int, mlp_tile: int | None = None) -> float:

@@ -33,7 +33,9 @@ Chosen by `plan` from the budget (the card, or TUNESMITH_VRAM_GIB) and the run's
   CheckpointGraphs; `Plan.graphs`). The recompute also skips the MLP's down projection, whose output nothing reads.
 - Optimizer states. LoRA's 8-bit AdamW states are small and stay on the GPU. Full fine-tuning uses bitsandbytes'
   paged 8-bit AdamW (engine.training.sft), whose states page out to host RAM under memory pressure; the plan counts them
-  there when that is what makes the run fit (`Plan.optimizer_in_host`).
+  there when that is what makes the run fit (`Plan.optimizer_in_host`). LoRA does the same when even streaming every
+  layer's weights does not fit: a mixture-of-experts model's per-expert adapters (Qwen3-30B-A3B at rank 16: 645M
+  weights, 1.2 GiB of 8-bit states).
 
 This module is the planner (`plan`, plain Python, unit-tested on the CPU); the parts that carry a plan out live beside
 it: engine.memory.weights (`Ring`, `WeightStream`, streamed loading, dense copies), engine.memory.activations
@@ -47,7 +49,7 @@ from dataclasses import dataclass
 
 from engine.core.errors import UserError
 from engine.memory.checkpointing import SLACK
-from engine.memory.estimate import GIB, Arch, estimate, layer_activation_bytes, layer_weight_bytes
+from engine.memory.estimate import GIB, Arch, dense_copy_bytes, estimate, layer_activation_bytes
 
 RING_SLOTS = 3  # GPU slots for streamed layers: the one computing and two arriving
 
@@ -76,7 +78,7 @@ class Plan:
     host_embedding: bool
     loss_chunk: int  # tokens per chunk of the fused loss
     mlp_tile: int | None  # tokens per MLP tile on long sequences (engine.patching.modules.FastMLP), else None
-    optimizer_in_host: bool  # full fine-tuning's paged optimizer states are planned in host RAM
+    optimizer_in_host: bool  # paged optimizer states (full fine-tuning's, or LoRA's) are planned in host RAM
     peak_vram_gib: float
     peak_ram_gib: float
     layers: int
@@ -180,8 +182,9 @@ def plan(
     keep 16-bit copies of as many layers' NF4 weights as half the memory left over holds); else keep checkpointed
     inputs and the input embedding in host RAM (copies that overlap compute) and recompute only the layers that still
     do not fit; else also run the MLP in tiles of tokens (long sequences); else also stream the fewest layers' weights
-    from host RAM. Raises UserError when even streaming every layer does not fit the budget, or when host RAM cannot
-    hold what must be offloaded.
+    from host RAM, and when even every layer streamed does not fit, also page LoRA's 8-bit optimizer states to host RAM
+    (`paged_optimizer`). Raises UserError when that does not fit the budget, or when host RAM cannot hold what must be
+    offloaded.
 
     Full fine-tuning streams no weights (they are trained); with a paged optimizer (`paged_optimizer`, the default
     paged 8-bit AdamW) its states may instead be planned in host RAM, where bitsandbytes pages them under pressure;
@@ -205,7 +208,8 @@ def plan(
             return _plan(*args, graphs_wanted=graphs_wanted, keep_wanted=False, **estimate_kw)
 
     plain = attempt(False)
-    if method == "full" or not fused_loss or not plain.checkpointed:  # graphs: the fast path's adapters only
+    # graphs: the fast path's adapters only, in layers with a FastMLP (engine.patching.graphs.eligible_layers)
+    if method == "full" or not fused_loss or not plain.checkpointed or arch.moe_layers:
         return check_ram(plain, host_ram_gib)
     try:
         graphed = attempt(True)
@@ -278,7 +282,7 @@ def _plan(
     if e.peak_vram_gib <= cap:
         if method != "qlora" or not fused_loss:
             return made(0, e)
-        per_layer = layer_weight_bytes(arch, "lora") / GIB
+        per_layer = dense_copy_bytes(arch) / GIB
         dense = min(layers, math.floor((cap - e.peak_vram_gib) * DENSE_SHARE / per_layer))
         return dataclasses.replace(made(0, est(checkpointed_layers=0, dense_layers=dense)), dense_layers=dense)
     host_embedding = not arch.tied and method != "full" and not embeddings_trained
@@ -290,11 +294,17 @@ def _plan(
         offload["keep_attention"] = False
         e = est(checkpointed_layers=layers, **offload)
     kept = offload.pop("keep_attention")
-    # with the attention outputs kept, a QLoRA recompute also keeps gate and up's dequantized weights where that fits,
+    # with the attention outputs kept, a QLoRA recompute also keeps gate and up's dequantized weights where that fits
+    # (a FastMLP's: mixture-of-experts layers have none),
     # before un-checkpointing any layer (llama8b at 4096 tokens on the H100: 0.22 GiB for two of the 66.6 us
     # dequantizations a layer; one layer less recomputed took 0.44 GiB more peak, 343.7 -> 345.9 ms median step)
     both = dict(keep_attention=True, keep_dequantized=True)
-    dequantized = kept and method == "qlora" and est(checkpointed_layers=layers, **both, **offload).peak_vram_gib <= cap
+    dequantized = (
+        kept
+        and method == "qlora"
+        and not arch.moe_layers
+        and est(checkpointed_layers=layers, **both, **offload).peak_vram_gib <= cap
+    )
     if dequantized:
         e = est(checkpointed_layers=layers, **both, **offload)
     if e.peak_vram_gib <= cap:
@@ -330,13 +340,23 @@ def _plan(
         tile = MLP_TILE if seq * batch > MLP_TILE else None
         offload["mlp_tile"] = tile
         offload["graphs"] = graphs_wanted and tile is None
-        fitting = (
-            (slots, count)
-            for slots in (RING_SLOTS, 2)
-            for count in range(1, layers + 1)
-            if est(checkpointed_layers=layers, streamed_layers=count, ring_slots=slots, **offload).peak_vram_gib <= cap
-        )
-        slots, count = next(fitting, (None, layers))
+
+        def fitting():
+            return next(
+                (
+                    (slots, count)
+                    for slots in (RING_SLOTS, 2)
+                    for count in range(1, layers + 1)
+                    if est(checkpointed_layers=layers, streamed_layers=count, ring_slots=slots, **offload).peak_vram_gib
+                    <= cap
+                ),
+                (None, layers),
+            )
+
+        slots, count = fitting()
+        if slots is None and paged_optimizer:  # then the adapters' 8-bit states too (many: a MoE's per-expert LoRA)
+            offload["optimizer_in_host"] = True
+            slots, count = fitting()
         e = est(checkpointed_layers=layers, streamed_layers=count, ring_slots=slots or 2, **offload)
         if slots is None:
             raise UserError(
@@ -344,7 +364,8 @@ def _plan(
                 f"weights in host RAM, over the {budget_gib:.1f} GiB budget; use a shorter sequence length, a "
                 "smaller batch, QLoRA, or a smaller model."
             )
-        plan_ = made(layers, e, True, spread(count, layers), host_embedding, slots, tile)
+        paged = offload.get("optimizer_in_host", False)
+        plan_ = made(layers, e, True, spread(count, layers), host_embedding, slots, tile, paged=paged)
     return check_ram(plan_, host_ram_gib)
 
 

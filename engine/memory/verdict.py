@@ -66,6 +66,7 @@ def estimate_kw(spec) -> dict:
         rank=spec.lora_r,
         targets=spec.target_modules,
         optimizer="adamw" if spec.optimizer == "adamw" or sharded else "adamw_8bit",
+        lora_experts=spec.lora_experts,
         **({"shards": spec.gpus} if sharded else {}),
     )
 

@@ -106,7 +106,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
             f"{spec.learning_rate}, {spec.lr_schedule} schedule, warmup {spec.warmup_steps}"
         )
     else:
-        opt = make_optimizer(spec, groups, placement.device, log)
+        opt = make_optimizer(spec, groups, placement.device, log, paged=memory is not None and memory.optimizer_in_host)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, spec.warmup_steps, spec.lr_schedule))
     scaler = torch.amp.GradScaler("cuda") if placement.dtype == "fp16" else None
     autocast = (

@@ -106,17 +106,18 @@ def adamw_8bit():
     return AdamW8bit
 
 
-def make_optimizer(spec, params, device: str, log):
+def make_optimizer(spec, params, device: str, log, paged: bool = False):
     """AdamW as the spec asks. `params` is a list of tensors or of optimizer groups (dicts with their own lr).
 
     Full fine-tuning on a GPU defaults to bitsandbytes' paged 8-bit AdamW: its states (1/4 of fp32 AdamW's) live in
-    unified memory, so under pressure they page out to RAM instead of failing with out-of-memory.
+    unified memory, so under pressure they page out to RAM instead of failing with out-of-memory. LoRA does too when
+    `paged` (the memory plan counts its states in host RAM: engine.memory.offload.Plan.optimizer_in_host).
     """
     import torch
 
     name = spec.optimizer
     if name == "auto":
-        name = "adamw" if device != "cuda" else "paged_adamw_8bit" if spec.method == "full" else "adamw_8bit"
+        name = "adamw" if device != "cuda" else "paged_adamw_8bit" if spec.method == "full" or paged else "adamw_8bit"
     if name in ("adamw_8bit", "paged_adamw_8bit"):
         import bitsandbytes as bnb  # on a CPU the paged one runs unpaged (bitsandbytes warns)
 

@@ -39,7 +39,8 @@ class TrlRun:
         self.spec, self.run_dir, self.runlog, self.should_stop, self.log = spec, run_dir, runlog, should_stop, log
         self.model, self.tok, self.placement, self.total = model, tok, placement, total
         params = [p for p in model.parameters() if p.requires_grad]
-        self.opt = make_optimizer(spec, params, placement.device, log)
+        paged = getattr(getattr(model, "memory_plan", None), "optimizer_in_host", False)  # engine.memory.offload
+        self.opt = make_optimizer(spec, params, placement.device, log, paged=paged)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, total, spec.warmup_steps, spec.lr_schedule)
         )
