@@ -315,19 +315,22 @@ def nf4_dequantize_state(packed: torch.Tensor, quant_state, out: torch.Tensor | 
         raise ValueError(f"quant_type {quant_state.quant_type!r}: only nf4 is supported")
     if cpu_repacked(quant_state):
         raise ValueError("the weight is in bitsandbytes' CPU-repacked layout (see cpu_repacked): not readable here")
-    state2 = quant_state.state2 if quant_state.nested else None
     return nf4_dequantize(
-        packed,
-        quant_state.absmax,
-        tuple(quant_state.shape),
-        quant_state.dtype,
-        quant_state.blocksize,
-        quant_state.code,
-        state2.absmax if state2 is not None else None,
-        state2.code if state2 is not None else None,
-        _offset(quant_state) if state2 is not None else 0.0,
-        state2.blocksize if state2 is not None else 256,
-        out,
+        packed, shape=tuple(quant_state.shape), dtype=quant_state.dtype, out=out, **state_args(quant_state)
+    )
+
+
+def state_args(quant_state) -> dict:
+    """The keyword arguments of `nf4_dequantize` (and its reference) that a bitsandbytes QuantState holds."""
+    state2 = quant_state.state2 if quant_state.nested else None
+    return dict(
+        absmax=quant_state.absmax,
+        blocksize=quant_state.blocksize,
+        code=quant_state.code,
+        absmax2=state2.absmax if state2 is not None else None,
+        code2=state2.code if state2 is not None else None,
+        offset=_offset(quant_state) if state2 is not None else 0.0,
+        blocksize2=state2.blocksize if state2 is not None else 256,
     )
 
 

@@ -197,7 +197,8 @@ def test_nf4_experts_train_like_their_dequantized_weights(arch):
     fast = with_expert_lora(fast_base)
     assert moe.quantize_experts(fast, log=lambda m: None) == 2 * base.config.num_hidden_layers
     experts = fast.base_model.model.model.layers[0].mlp.experts.base_layer.base_layer
-    assert experts.gate_up_proj.numel() == 0 and experts.gate_up_proj_nf4.dtype == torch.uint8
+    # the parameter keeps its shape for PEFT over one element of storage
+    assert experts.gate_up_proj.untyped_storage().nbytes() == 4 and experts.gate_up_proj_nf4.dtype == torch.uint8
     with torch.no_grad():
         for layer, fast_layer in zip(base.model.layers, fast.base_model.model.model.layers, strict=True):
             inner = moe._innermost(fast_layer.mlp.experts)

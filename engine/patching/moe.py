@@ -14,7 +14,9 @@ and computes, per projection, over the rows of all experts at once:
 
     y = grouped(x, W) + scale * grouped(grouped(x, A), B)        (A, B: each expert's factors, rank r)
 
-so the LoRA costs two thin grouped products and no stack-sized temporary. Routing, the gate activation and biases are
+so the LoRA costs two thin grouped products and no stack-sized temporary. QLoRA keeps the experts NF4
+(`quantize_expert_tensors`, at load) and dequantizes them a chunk of experts at a time (kernels.nf4_grouped_mm, chunks
+of engine.core.scratch's size), so neither does the base weight. Routing, the gate activation and biases are
 the model's own (`module._apply_gate`: SwiGLU, or gpt-oss's clamped GLU on interleaved gate/up columns).
 """
 
@@ -66,10 +68,21 @@ def _param(module, name: str, factors=None):
 
 def _project(module, name: str, x, offsets, expert, grouped_mm, factors):
     """x @ W_e (+ LoRA, + bias) for each row's expert e, in the stored layout: [E, in, out] when the module says
-    is_transposed (gpt-oss), else [E, out, in] (nn.Linear orientation)."""
-    w, lora = _param(module, name, factors)
+    is_transposed (gpt-oss), else [E, out, in] (nn.Linear orientation). NF4 experts (quantize_expert_tensors) are
+    dequantized a chunk of experts at a time (kernels.nf4_grouped_mm), never as a whole stack."""
     transposed = getattr(module, "is_transposed", False)
-    y = grouped_mm(x, w if transposed else w.transpose(1, 2), offsets)
+    packed = module._buffers.get(f"{name}_nf4")
+    if packed is not None:
+        from engine.core.scratch import experts_per_chunk
+        from kernels.nf4_grouped_mm import nf4_grouped_mm
+
+        state, shape = module.nf4_states[name]
+        chunk = experts_per_chunk(shape[1] * shape[2] * x.element_size())
+        y = nf4_grouped_mm(x, packed, state, shape, offsets, transposed, chunk)
+        lora = factors.get(name) if factors is not None else None
+    else:
+        w, lora = _param(module, name, factors)
+        y = grouped_mm(x, w if transposed else w.transpose(1, 2), offsets)
     if lora is not None:
         lhs, rhs, scaling = lora  # transposed: lhs [E, in, r], rhs [E, r, out]; else lhs [E, out, r], rhs [E, r, in]
         first, second = (lhs, rhs) if transposed else (rhs.transpose(1, 2), lhs.transpose(1, 2))
@@ -151,29 +164,46 @@ def _weight(module, name: str) -> torch.Tensor:
     return nf4_dequantize_state(packed, state).reshape(shape)
 
 
-def quantize_experts(model, log=print) -> int:
-    """QLoRA: store the fused expert weights of every FastMoEBlock in NF4 (bitsandbytes' layout, blocks of 64, nested
-    absmax), as bitsandbytes stores Linear layers, and free the 16-bit copies. Call after PEFT has wrapped them (it
-    reads their shapes then); each forward dequantizes a layer's stack of one projection at a time. The parameter stays
-    as an empty 16-bit tensor so that PEFT's wrappers keep their dtype. Returns the number of tensors quantized."""
+EXPERT_TENSORS = ("gate_up_proj", "down_proj")
+
+
+def is_experts(module) -> bool:
+    """Whether `module` is a transformers experts module (fused 3-D expert weights and the model's gate function)."""
+    return hasattr(module, "_apply_gate") and hasattr(module, "gate_up_proj")
+
+
+def quantize_expert_tensors(experts) -> int:
+    """QLoRA: store an experts module's fused weights in NF4 (bitsandbytes' layout, blocks of 64, nested absmax, as
+    bitsandbytes stores Linear layers) as `<name>_nf4` buffers with their states in `nf4_states`, and free the 16-bit
+    copies where they are (engine.memory.weights quantizes each layer this way as it moves to the GPU). The parameter
+    stays, frozen, as a stride-0 view of one element with the stack's shape and dtype: PEFT reads the shape of the
+    tensors it adapts, and nothing computes with it (FastMoEBlock refuses a forward that would). Returns the number
+    of tensors quantized (0 when already done)."""
     import bitsandbytes.functional as bnbf
 
+    if getattr(experts, "nf4_states", None):
+        return 0
+    experts.nf4_states = {}
+    for name in EXPERT_TENSORS:
+        w = experts._parameters[name].data
+        # 2-D: bitsandbytes' CPU quantizer mis-blocks 3-D tensors (measured: 3x the round-trip error)
+        packed, state = bnbf.quantize_4bit(
+            w.reshape(-1, w.shape[-1]), blocksize=64, compress_statistics=True, quant_type="nf4"
+        )
+        experts.register_buffer(f"{name}_nf4", packed)
+        experts.nf4_states[name] = (state, tuple(w.shape))
+        experts._parameters[name] = nn.Parameter(w.new_zeros(1).expand(w.shape), requires_grad=False)
+    return len(EXPERT_TENSORS)
+
+
+def quantize_experts(model, log=print) -> int:
+    """QLoRA: `quantize_expert_tensors` on every FastMoEBlock's experts not already stored NF4 (a model loaded by
+    transformers' bitsandbytes path, which leaves them 16-bit). Returns the number of tensors quantized."""
     count = 0
     for block in [m for m in model.modules() if isinstance(m, FastMoEBlock)]:
-        base = _innermost(block.experts)
-        base.nf4_states = {}
-        for name in ("gate_up_proj", "down_proj"):
-            w = base._parameters[name].data
-            # 2-D: bitsandbytes' CPU quantizer mis-blocks 3-D tensors (measured: 3x the round-trip error)
-            packed, state = bnbf.quantize_4bit(
-                w.reshape(-1, w.shape[-1]), blocksize=64, compress_statistics=True, quant_type="nf4"
-            )
-            base.register_buffer(f"{name}_nf4", packed)
-            base.nf4_states[name] = (state, tuple(w.shape))
-            base._parameters[name] = nn.Parameter(w.new_empty(0), requires_grad=False)
-            count += 1
+        count += quantize_expert_tensors(_innermost(block.experts))
     if count:
-        log(f"qlora: {count} fused expert tensors stored in NF4 (dequantized per layer in the forward)")
+        log(f"qlora: {count} fused expert tensors stored in NF4 (dequantized a chunk of experts at a time)")
     return count
 
 
@@ -182,7 +212,7 @@ def install(model, log=print) -> int:
     experts modules now run through it."""
     from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 
-    experts = [m for m in model.modules() if hasattr(m, "_apply_gate") and hasattr(m, "gate_up_proj")]
+    experts = [m for m in model.modules() if is_experts(m)]
     if not experts:
         return 0
     ALL_EXPERTS_FUNCTIONS.register(IMPLEMENTATION, experts_forward)  # a named entry; chosen per model config below
