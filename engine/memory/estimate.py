@@ -188,7 +188,7 @@ class Arch:
 
     @property
     def largest_linear(self) -> int:
-        return max(a * b for _, shapes in self._layer_linears for a, b in shapes.values())
+        return max(a * b for n, shapes in self._layer_linears if n for a, b in shapes.values())
 
     @property
     def mlp_width(self) -> int:

@@ -20,7 +20,8 @@ def install(model, plan_: Plan, device, log=print):
         return None
     # A tight budget leaves no room for the caching allocator's fragmentation (a 65536-token llama8b step failed
     # with 3.3 GiB reserved but unallocated): grow segments in place instead.
-    torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+    if device.type == "cuda":  # (tests carry plans out on the CPU too)
+        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
     net = model.get_base_model() if hasattr(model, "get_base_model") else model
     if plan_.mlp_tile:

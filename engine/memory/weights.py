@@ -62,39 +62,73 @@ def in_backward() -> bool:
     return torch._C._current_graph_task_id() != -1
 
 
+def streamed_tensors(layer, frozen_only: bool = True) -> list[tuple[object, str, object]]:
+    """(module, name, tensor) of a decoder layer's weights that streaming moves: each nn.Linear's weight (NF4 or
+    16-bit; not a trained one, nor a packed LoRA weight), and each experts module's fused expert weights: their NF4
+    buffers where engine.patching.moe quantized them, else the 16-bit 3-D parameters. `frozen_only` off (at load,
+    before anything is frozen) takes every Linear and expert weight."""
+    import torch
+
+    from engine.patching.moe import EXPERT_TENSORS, is_experts
+
+    found = []
+    for module in layer.modules():
+        if isinstance(module, torch.nn.Linear):
+            weight = module.weight
+            if not (frozen_only and weight.requires_grad) and not hasattr(weight, "packed_in"):
+                found.append((module, "weight", weight))
+        if is_experts(module):
+            quantized = getattr(module, "nf4_states", None) or {}
+            for name in EXPERT_TENSORS:
+                if name in quantized:
+                    found.append((module, f"{name}_nf4", module._buffers[f"{name}_nf4"]))
+                elif not (frozen_only and module._parameters[name].requires_grad):
+                    found.append((module, name, module._parameters[name]))
+    return found
+
+
+def _place(module, name: str, value) -> None:
+    """Point a streamed weight at `value`: a parameter keeps its identity (PEFT and bitsandbytes hold it), a buffer
+    is replaced."""
+    if name in module._parameters:
+        module._parameters[name].data = value
+    else:
+        module._buffers[name] = value
+
+
 class WeightStream:
-    """Frozen linear weights of some decoder layers in pinned host RAM, copied into GPU slots ahead of use.
+    """Frozen weights of some decoder layers (`streamed_tensors`: linear layers' and experts') in pinned host RAM,
+    copied into GPU slots ahead of use.
 
     Each streamed layer gets a forward pre-hook (make its weights resident, start the next loads) and a forward hook
     (in the forward, mark its slot reusable once the GPU is past it); `Checkpoint.backward` marks it after the
-    layer's backward."""
+    layer's backward. Without a GPU (`device` the CPU) the same slots and schedule run with plain copies, in order."""
 
     def __init__(self, layers: dict, device, slots: int = RING_SLOTS, log=print):
         import torch
 
         self.device = device
-        self.copy = torch.cuda.Stream(device)
-        self.weights = {}  # layer index -> [(parameter, pinned host tensor)]
+        self.cuda = device.type == "cuda"
+        self.copy = torch.cuda.Stream(device) if self.cuda else None
+        self.weights = {}  # layer index -> [(module, name, host tensor)]
         for index, layer in layers.items():
             pairs = []
-            for module in layer.modules():
-                frozen = isinstance(module, torch.nn.Linear) and not module.weight.requires_grad
-                if frozen and not hasattr(module.weight, "packed_in"):  # a packed LoRA weight trains: not streamed
-                    param = module.weight
-                    host = getattr(param, "host_copy", None)  # put there by load_streamed
-                    if host is None:
-                        host = torch.empty(param.data.shape, dtype=param.dtype, pin_memory=True)
-                        host.copy_(param.data)
-                    else:
-                        del param.host_copy
-                    param.data = torch.empty(0, dtype=param.dtype, device=device)
-                    pairs.append((param, host))
+            for module, name, tensor in streamed_tensors(layer):
+                host = getattr(tensor, "host_copy", None)  # put there by load_streamed
+                if host is None:
+                    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=self.cuda)
+                    host.copy_(tensor.data)
+                else:
+                    del tensor.host_copy
+                _place(module, name, torch.empty(0, dtype=tensor.dtype, device=device))
+                pairs.append((module, name, host))
             self.weights[index] = pairs
-        torch.cuda.empty_cache()
-        self.slot_bytes = max(sum(_aligned(h.numel() * h.element_size()) for _, h in p) for p in self.weights.values())
+        if self.cuda:
+            torch.cuda.empty_cache()
+        self.slot_bytes = max(sum(_aligned(h.numel() * h.element_size()) for *_, h in p) for p in self.weights.values())
         self.buffers = [torch.empty(self.slot_bytes, dtype=torch.uint8, device=device) for _ in range(slots)]
         self.ring = Ring(sorted(layers), slots)
-        self.ready = {}  # layer -> event: its weights are in its slot
+        self.ready = {}  # layer -> event: its weights are in its slot (None without a GPU: copied already)
         self.done = {}  # layer -> event: the GPU is past its last use
         self.timing = []  # ("copy" | "stall", start event, end event, bytes) since the last tick
         self.last_tick, self.steps = None, 0
@@ -105,30 +139,36 @@ class WeightStream:
             layer.register_forward_hook(self._post_hook(index))
 
     def _load(self, layer: int, slot: int) -> None:
+        import contextlib
+
         import torch
 
-        evicted = [i for i, ev in self.ready.items() if i != layer and self.ring.slot_of(i) is None]
-        for i in evicted:  # its slot now belongs to `layer`: point its parameters nowhere until it is loaded again
+        evicted = [i for i in self.ready if i != layer and self.ring.slot_of(i) is None]
+        for i in evicted:  # its slot now belongs to `layer`: point its weights nowhere until it is loaded again
             del self.ready[i]
-            for param, _ in self.weights[i]:
-                param.data = torch.empty(0, dtype=param.dtype, device=self.device)
+            for module, name, host in self.weights[i]:
+                _place(module, name, torch.empty(0, dtype=host.dtype, device=self.device))
         buffer, offset, moved = self.buffers[slot], 0, 0
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        with torch.cuda.stream(self.copy):
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        with torch.cuda.stream(self.copy) if self.cuda else contextlib.nullcontext():
             for i in evicted:
                 if i in self.done:
                     self.copy.wait_event(self.done.pop(i))
-            start.record(self.copy)
-            for param, host in self.weights[layer]:
+            if self.cuda:
+                start.record(self.copy)
+            for module, name, host in self.weights[layer]:
                 n = host.numel() * host.element_size()
                 view = buffer[offset : offset + n].view(host.dtype).view(host.shape)
-                view.copy_(host, non_blocking=True)
-                param.data = view
+                view.copy_(host, non_blocking=self.cuda)
+                _place(module, name, view)
                 offset += _aligned(n)
                 moved += n
-            end.record(self.copy)
-        self.ready[layer] = end
-        self.timing.append(("copy", start, end, moved))
+            if self.cuda:
+                end.record(self.copy)
+        self.ready[layer] = end if self.cuda else None
+        if self.cuda:
+            self.timing.append(("copy", start, end, moved))
 
     def use(self, layer: int, phase: str) -> None:
         """Before layer `layer` runs in `phase` ("f" or "b"): its weights resident, the next ones on their way."""
@@ -136,6 +176,8 @@ class WeightStream:
 
         for want, slot in self.ring.use(layer, phase):
             self._load(want, slot)
+        if not self.cuda:
+            return
         compute = torch.cuda.current_stream(self.device)
         before, after = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         before.record(compute)
@@ -147,9 +189,10 @@ class WeightStream:
         """The GPU work of the layer's current use is enqueued: its slot may be reused once that work is done."""
         import torch
 
-        event = torch.cuda.Event()
-        event.record(torch.cuda.current_stream(self.device))
-        self.done[layer] = event
+        if self.cuda:
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(self.device))
+            self.done[layer] = event
 
     def _pre_hook(self, index: int):
         def hook(module, args):
@@ -168,13 +211,19 @@ class WeightStream:
     def slot_key(self, index: int) -> int | None:
         """Where the layer's streamed weights sit now (a CUDA graph of it reads them there), None if not streamed."""
         pairs = self.weights.get(index)
-        return pairs[0][0].data_ptr() if pairs else None
+        if not pairs:
+            return None
+        module, name, _ = pairs[0]
+        return (module._parameters[name] if name in module._parameters else module._buffers[name]).data_ptr()
 
     def tick(self) -> None:
         """Called at each training forward: every LOG_EVERY steps, log the last step's copy, stall and compute time
         (one synchronization); otherwise forget its events."""
         import torch
 
+        if not self.cuda:
+            self.steps += 1
+            return
         now = torch.cuda.Event(enable_timing=True)
         now.record(torch.cuda.current_stream(self.device))
         if self.last_tick is not None and self.steps % LOG_EVERY == 1:
@@ -199,14 +248,19 @@ class WeightStream:
         return copy, stall, moved
 
 
-def load_streamed(path, placement, four_bit: bool, plan_: Plan, trust_remote_code: bool = False, log=print):
+def load_streamed(
+    path, placement, four_bit: bool, plan_: Plan, trust_remote_code: bool = False, log=print, nf4_experts: bool = False
+):
     """Load a model whose weights do not fit the GPU: read it into host RAM in 16 bits, then move it to the GPU layer
-    by layer (quantizing linear weights to NF4 on the way for QLoRA, as transformers' bitsandbytes loading does), with
-    the streamed layers' frozen linear weights left in pinned host RAM (the GPU holds an empty placeholder until
-    WeightStream brings them in). The GPU never holds more than the resident part plus one layer."""
+    by layer (quantizing linear weights to NF4 on the way for QLoRA, as transformers' bitsandbytes loading does, and
+    with `nf4_experts` a mixture-of-experts layer's fused expert weights too: engine.patching.moe), with the streamed
+    layers' frozen weights (`streamed_tensors`) left in pinned host RAM (the GPU holds an empty placeholder until
+    WeightStream brings them in). The GPU never holds more than the resident part plus one layer in 16 bits."""
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.modeling_layers import GradientCheckpointingLayer
+
+    from engine.patching.moe import is_experts, quantize_expert_tensors
 
     device = torch.device(placement.device)
     model = AutoModelForCausalLM.from_pretrained(
@@ -226,12 +280,18 @@ def load_streamed(path, placement, four_bit: bool, plan_: Plan, trust_remote_cod
                     parent, _, attr = name.rpartition(".")
                     setattr(layer.get_submodule(parent) if parent else layer, attr, _nf4(module, device, placement))
         layer.to(device)
-        if index in on_host:
+        if nf4_experts:
             for module in layer.modules():
-                if isinstance(module, torch.nn.Linear):
-                    param = module.weight
-                    param.host_copy = param.data.to("cpu").pin_memory()
-                    param.data = torch.empty(0, dtype=param.dtype, device=device)
+                if is_experts(module):
+                    quantize_expert_tensors(module)  # frees the layer's 16-bit experts on the GPU
+        if index in on_host:
+            for module, name, tensor in streamed_tensors(layer, frozen_only=False):
+                host = tensor.data.to("cpu")
+                host = host.pin_memory() if device.type == "cuda" else host
+                placeholder = torch.empty(0, dtype=tensor.dtype, device=device)
+                _place(module, name, placeholder)
+                # a parameter keeps its identity, so the copy rides on it; a buffer is replaced by the placeholder
+                (tensor if name in module._parameters else placeholder).host_copy = host
     skip = {id(p) for layer in layers for p in layer.parameters()}
     if plan_.host_embedding:  # install() wraps it where it is
         skip |= {id(p) for p in model.get_input_embeddings().parameters()}
@@ -244,6 +304,8 @@ def load_streamed(path, placement, four_bit: bool, plan_: Plan, trust_remote_cod
                 module._buffers[name] = buf.to(device)
     if four_bit:
         model.is_loaded_in_4bit = True
+    if nf4_experts:
+        log("loading: the experts' fused weights stored NF4 as each layer reached the GPU")
     log(f"loading: {len(on_host)} of {len(layers)} layers' weights stay in host RAM (weight streaming)")
     return model
 

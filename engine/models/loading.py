@@ -184,19 +184,29 @@ def load_planned(spec, path: Path, cfg: dict, placement: Placement, log=print):
     memory = plan_memory(spec, cfg, placement)
     log(memory.describe())
     four_bit = spec.method == "qlora"
+    experts_4bit = nf4_experts_on_load(spec, cfg, placement) and not stored_4bit
     if memory.streamed and stored_4bit:
         raise UserError(
             f"'{spec.model}' is stored in 4-bit and does not fit this GPU without streaming its layers, which needs "
             "the 16-bit original; load that (as QLoRA), or use a shorter max_seq_length or a larger GPU."
         )
-    if memory.streamed:
+    if memory.streamed or experts_4bit:  # layer by layer, so no layer's 16-bit experts stay on the GPU
         from engine.memory.weights import load_streamed
 
-        model = load_streamed(path, placement, four_bit, memory, spec.trust_remote_code, log)
+        model = load_streamed(path, placement, four_bit, memory, spec.trust_remote_code, log, experts_4bit)
     else:
         model = load_model(path, placement, four_bit=four_bit, trust_remote_code=spec.trust_remote_code)
     name_after_source(model, spec.model)
     return model, memory
+
+
+def nf4_experts_on_load(spec, cfg: dict, placement: Placement) -> bool:
+    """Whether a mixture-of-experts model's fused expert weights are stored NF4 as it loads: QLoRA on the GPU's fast
+    path (engine.memory.estimate.nf4_experts, the rule the plan counts them by)."""
+    from engine.memory.estimate import Arch, nf4_experts
+
+    on_gpu = placement.device.startswith("cuda")
+    return nf4_experts(spec.method, spec.fast_path and on_gpu) and Arch.from_config(cfg).moe_layers > 0
 
 
 def plan_memory(spec, cfg: dict, placement: Placement):
@@ -261,10 +271,11 @@ def prepare_for_training(model, spec, log=print, memory=None):
         freeze_routers(model, spec, log)
     else:
         model = add_lora(model, spec, log)
-        if spec.method == "qlora" and spec.fast_path and on_gpu and spec.lora_dropout == 0:
+        if spec.method == "qlora" and spec.fast_path and on_gpu:
             from engine.patching.moe import quantize_experts
 
-            quantize_experts(model, log)  # MoE experts (fused 3-D tensors, which bitsandbytes leaves 16-bit)
+            # MoE experts (fused 3-D tensors, which bitsandbytes leaves 16-bit) that did not load NF4 (load_planned)
+            quantize_experts(model, log)
     model.memory_plan = memory  # engine.training.sft reads grads_released
     if memory is not None and memory.dense_layers and on_gpu and fused_loss:
         keep_dense(model, memory.dense_layers, log)

@@ -1,0 +1,170 @@
+"""Mixture-of-experts models under the offload manager: the estimate of Qwen3-30B-A3B's full-depth QLoRA plan on an
+8 GiB budget against a count by hand, and a tiny Qwen3-MoE whose NF4 experts load layer by layer and stream from host
+RAM through GPU slots training exactly as the same model with every weight resident (on the CPU the slots are CPU
+memory and the copies plain ones; the GPU test in test_offload.py covers the side stream)."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from test_memory import QWEN3_30B_A3B, json_folder_for
+from test_patching_parity import batch, lora_state
+
+from engine.core.hardware import Placement
+from engine.memory.estimate import FRAGMENTATION, GIB, NF4_BYTES, Arch
+from engine.memory.offload import Plan, plan
+from kernels import dispatch
+
+ATTENTION = 48 * (2048 * 4096 * 2 + 2048 * 512 * 2)  # q, o [2048 x 4096]; k, v [2048 x 512]; 48 layers
+EXPERTS = 48 * 128 * 3 * 2048 * 768  # 128 experts a layer: gate and up [768 x 2048], down [2048 x 768]
+EMBEDDINGS = 2 * 151936 * 2048  # input embedding and the untied head
+OTHER = 97 * 2048 + 48 * 128 * 2048 + 48 * 2 * 128  # norms (2 a layer, 1 final), routers, q/k norms
+ADAPTERS = 48 * 16 * (2 * (2048 + 4096) + 2 * (2048 + 512)) + 48 * 128 * 16 * ((1536 + 2048) + (2048 + 768))
+
+
+def test_qwen3_30b_a3b_qlora_full_depth_fits_8_gib_with_the_host_ram_it_states(capsys):
+    """`python -m engine estimate --model Qwen/Qwen3-30B-A3B --method qlora --vram 8`: the 8 GB tier's 1024 tokens,
+    every layer's NF4 weights (attention and experts) streamed through three slots, the adapters' 8-bit states paged
+    to host RAM. Each part of the peak by hand from the architecture's numbers."""
+    from engine.__main__ import main
+
+    folder = json_folder_for(QWEN3_30B_A3B)
+    assert main(["estimate", "--model", folder, "--method", "qlora", "--vram", "8", "--ram", "96"]) == 0
+    e = json.loads(capsys.readouterr().out)
+    assert e["fits"] is True and (e["seq"], e["batch"]) == (1024, 1)
+    chosen = e["plan"]
+    assert chosen["streamed_layers"] == 48 and chosen["checkpointed_layers"] == 48 and chosen["optimizer_in_host"]
+    assert chosen["host_embedding"] and not chosen["cuda_graphs"] and chosen["activation_offload"]
+    assert ATTENTION + EXPERTS + EMBEDDINGS + OTHER == Arch.from_config(QWEN3_30B_A3B).params
+
+    tokens, per_layer = 1024, (ATTENTION + EXPERTS) / 48 * 0.5  # one layer's packed 4-bit bytes
+    parts = dict(
+        # NF4 attention and experts (their scales stay), less what streams, plus 3 slots; the head in 16 bits (the
+        # input embedding is in host RAM), norms, routers
+        weights=(ATTENTION + EXPERTS) * NF4_BYTES - 48 * per_layer + 3 * per_layer + (EMBEDDINGS / 2 + OTHER) * 2,
+        trainable=ADAPTERS * (4 + 4),  # fp32 adapters and their gradients; the 8-bit states are in host RAM
+        # two offloaded layer inputs on the GPU, one layer rebuilt: tokens x (h 1.3 + attention 12 + MLP 8 per unit)
+        activations=2 * tokens * 2048 * 2 + tokens * (1.3 * 2048 + 12.0 * (32 + 8) * 128 + 8.0 * 8 * 768),
+        loss=1024 * 151936 * 2 + tokens * 2048 * 4,  # one 1024-token chunk of bf16 logits, fp32 dh
+        # the largest attention weight in 16 bits, and one chunk of 10 experts' gate_up (6 MiB each in 16 bits)
+        dequant=2048 * 4096 * 2 + 10 * 1536 * 2048 * 2,
+        fixed=0.05 * GIB,
+    )
+    parts["fragmentation"] = FRAGMENTATION * sum(parts.values())
+    for name, value in parts.items():
+        assert e["peak_parts_gib"][name] == pytest.approx(value / GIB, abs=1e-3), name
+    assert e["peak_vram_gib"] == pytest.approx(sum(parts.values()) / GIB, abs=0.01)
+    assert e["peak_vram_gib"] * 1.05 <= 8.0  # with the estimate's own margin (ESTIMATE_SLACK)
+    # host RAM: the 16-bit checkpoint while it loads, 1 GiB, and what is pinned: every layer's packed weights, the
+    # adapters' 8-bit states, the 48 checkpointed inputs
+    pinned = 48 * per_layer + ADAPTERS * 2 + 48 * tokens * 2048 * 2
+    ram = 1.0 + (Arch.from_config(QWEN3_30B_A3B).params * 2 + pinned) / GIB
+    assert e["peak_ram_gib"] == pytest.approx(ram, abs=0.01)
+    assert 70 < e["peak_ram_gib"] < 75  # 73.2 GiB
+
+    # less host RAM than that: the same plan, refused with its figure
+    assert main(["estimate", "--model", folder, "--method", "qlora", "--vram", "8", "--ram", "64"]) == 0
+    short = json.loads(capsys.readouterr().out)
+    assert short["fits"] is False and f"{ram:.1f} GiB of host RAM" in short["reason"]
+
+
+def test_qwen3_30b_a3b_experts_count_16_bit_off_the_fast_path():
+    """Without the fast path (no GPU: the plain transformers + PEFT path) the experts stay 16-bit, as the run holds
+    them; frozen experts carry no adapters."""
+    from engine.memory.estimate import estimate
+
+    arch = Arch.from_config(QWEN3_30B_A3B)
+    fast = estimate(arch, "qlora", 1024, 1, fused_loss=True)
+    plain = estimate(arch, "qlora", 1024, 1, fused_loss=False)
+    assert plain.parts_gib["weights"] - fast.parts_gib["weights"] == pytest.approx(
+        EXPERTS * (2 - NF4_BYTES) / GIB, abs=1e-3
+    )
+    frozen = estimate(arch, "qlora", 1024, 1, fused_loss=True, lora_experts=False)
+    assert fast.parts_gib["trainable"] - frozen.parts_gib["trainable"] == pytest.approx(
+        48 * 128 * 16 * (3584 + 2816) * 10 / GIB, abs=1e-3
+    )
+
+
+def _streaming_plan(folder, streamed: tuple[int, ...]) -> Plan:
+    """The plain plan (every layer checkpointed, nothing offloaded) with `streamed` layers through two slots."""
+    arch = Arch.from_config(json.loads((folder / "config.json").read_text()))
+    return dataclasses.replace(plan(arch, "qlora", 12, 2, None), streamed=streamed, ring_slots=2)
+
+
+def _prepared(folder, streamed: tuple[int, ...]):
+    """As engine.models.loading prepares a QLoRA run's MoE layers on the fast path: loaded layer by layer with the
+    experts quantized to NF4 on the way (the streamed layers' weights left in host RAM), the grouped expert path,
+    adapters on attention and every expert, checkpointing, and the plan installed."""
+    from engine.memory.install import install
+    from engine.memory.weights import load_streamed
+    from engine.models.loading import add_lora
+    from engine.patching import moe
+    from engine.spec.jobspec import JobSpec
+
+    plan_ = _streaming_plan(folder, streamed)
+    logs = []
+    model = load_streamed(folder, Placement("cpu", "fp32", "test"), False, plan_, log=logs.append, nf4_experts=True)
+    assert "loading: the experts' fused weights stored NF4 as each layer reached the GPU" in logs
+    assert moe.install(model, log=lambda m: None) == 3
+    torch.manual_seed(1)
+    model = add_lora(model, JobSpec(model="tiny", data="rows.jsonl", lora_r=4, lora_alpha=8), log=lambda m: None)
+    assert moe.quantize_experts(model, log=lambda m: None) == 0  # quantized as they loaded
+    gen = torch.Generator().manual_seed(3)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # non-zero B: every adapter gradient is live from the first step
+            p.data = torch.randn(p.shape, generator=gen) * 0.1
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    stream = install(model, plan_, torch.device("cpu"), log=lambda m: None) if streamed else None
+    return model, stream
+
+
+def _train(model, steps: int = 3):
+    model.train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    losses, grads = [], []
+    inputs = batch(96)
+    for _ in range(steps):
+        with dispatch.force("triton"):
+            loss = model(**inputs).loss
+            loss.backward()
+        losses.append(loss.item())
+        grads.append({n: p.grad.clone() for n, p in lora_state(model).items()})
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return losses, grads
+
+
+def test_tiny_qwen3_moe_trains_with_its_nf4_experts_streamed(tmp_path):
+    from tiny import ARCHS, make_model
+
+    ARCHS["qwen3_moe_3l"] = dict(ARCHS["qwen3_moe"], num_hidden_layers=3)
+    try:
+        folder = make_model("qwen3_moe_3l", tmp_path / "model")
+    finally:
+        del ARCHS["qwen3_moe_3l"]
+    plain, _ = _prepared(folder, ())
+    streamed, stream = _prepared(folder, (0, 1, 2))  # three layers through two slots: copies at every use
+
+    experts = streamed.base_model.model.model.layers[1].mlp.experts.base_layer.base_layer
+    assert experts.gate_up_proj_nf4.numel() == 0  # in host RAM until the layer runs
+    host = {name: h for module, name, h in stream.weights[1] if module is experts}
+    assert host["gate_up_proj_nf4"].dtype == torch.uint8 and host["gate_up_proj_nf4"].numel() == 4 * 64 * 64 // 2
+    assert host["down_proj_nf4"].numel() == 4 * 64 * 32 // 2
+    assert {name for _, name, _ in stream.weights[1]} == {"weight", "gate_up_proj_nf4", "down_proj_nf4"}
+    assert len(stream.weights[1]) == 4 + 2  # q, k, v, o and the two expert tensors
+
+    losses, grads = _train(streamed)
+    plain_losses, plain_grads = _train(plain)
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(plain_losses), rtol=1e-6, atol=0)
+    assert losses[-1] < losses[0]
+    for step in range(3):
+        assert grads[step].keys() == plain_grads[step].keys()
+        assert any("experts" in name for name in grads[step])
+        for name, ref in plain_grads[step].items():
+            torch.testing.assert_close(grads[step][name], ref, rtol=1e-5, atol=1e-7, msg=name)
+    assert stream.steps == 3
+    # the last backward ran layers 2, 1, 0 through two slots: layer 2's weights went back to being host-only
+    last = streamed.base_model.model.model.layers[2].mlp.experts.base_layer.base_layer
+    assert last.gate_up_proj_nf4.numel() == 0 and experts.gate_up_proj_nf4.numel() == 4 * 64 * 64 // 2
