@@ -136,14 +136,19 @@ def _train(model, steps: int = 3):
     return losses, grads
 
 
-def test_tiny_qwen3_moe_trains_with_its_nf4_experts_streamed(tmp_path):
+def _three_layers(folder):
+    """A tiny Qwen3-MoE of three layers: three streamed through two slots are copied at every use."""
     from tiny import ARCHS, make_model
 
     ARCHS["qwen3_moe_3l"] = dict(ARCHS["qwen3_moe"], num_hidden_layers=3)
     try:
-        folder = make_model("qwen3_moe_3l", tmp_path / "model")
+        return make_model("qwen3_moe_3l", folder)
     finally:
         del ARCHS["qwen3_moe_3l"]
+
+
+def test_tiny_qwen3_moe_trains_with_its_nf4_experts_streamed(tmp_path):
+    folder = _three_layers(tmp_path / "model")
     plain, _ = _prepared(folder, ())
     streamed, stream = _prepared(folder, (0, 1, 2))  # three layers through two slots: copies at every use
 
@@ -168,3 +173,56 @@ def test_tiny_qwen3_moe_trains_with_its_nf4_experts_streamed(tmp_path):
     # the last backward ran layers 2, 1, 0 through two slots: layer 2's weights went back to being host-only
     last = streamed.base_model.model.model.layers[2].mlp.experts.base_layer.base_layer
     assert last.gate_up_proj_nf4.numel() == 0 and experts.gate_up_proj_nf4.numel() == 4 * 64 * 64 // 2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["qlora", "lora"])
+def test_moe_streamed_run_trains_as_the_resident_one_on_the_gpu(method, tmp_path, monkeypatch):
+    """The app's own loading (engine.models.loading.load_for_training) on the GPU, with a plan that streams all three
+    layers (NF4 or 16-bit experts, through the side stream) against one that streams none: the same losses and LoRA
+    gradients over three steps."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a GPU")
+    from test_offload import _forced
+
+    from engine.models import loading
+    from engine.patching.modules import packed_gradient
+    from engine.spec.jobspec import JobSpec
+
+    folder = _three_layers(tmp_path / "model")
+    job = JobSpec(model=str(folder), data="-", method=method, max_seq_length=64, batch_size=2, lora_r=8, lora_alpha=16)
+    ids = torch.randint(3, 96, (2, 64), generator=torch.Generator().manual_seed(0)).cuda()
+
+    def run(plan_):
+        monkeypatch.setattr(loading, "plan_memory", _forced(plan_))
+        monkeypatch.setenv("TUNESMITH_VRAM_GIB", "0.05")  # every layer recomputes in both runs
+        logs = []
+        net, _ = loading.load_for_training(job, Placement("cuda", "bf16", "test"), log=logs.append)
+        gen = torch.Generator().manual_seed(1)
+        for p in lora_state(net).values():  # the same nonzero adapters in both runs
+            p.data.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+        net.train()
+        opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1)
+        losses, grads = [], []
+        for _ in range(3):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = net(input_ids=ids, labels=ids).loss
+            loss.backward()
+            losses.append(loss.item())
+            grads.append({k: packed_gradient(v).detach().clone() for k, v in lora_state(net).items()})
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return net, losses, grads, logs
+
+    streaming = dataclasses.replace(_streaming_plan(folder, (0, 1, 2)), offload_activations=True)
+    _, plain_losses, plain_grads, _ = run(None)
+    net, losses, grads, logs = run(streaming)
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(plain_losses), rtol=1e-3, atol=0)
+    for step in range(3):
+        for name, ref in plain_grads[step].items():
+            torch.testing.assert_close(grads[step][name], ref, rtol=2e-2, atol=1e-5, msg=name)
+    copy_ms, _, moved_gb = net.offload_stream.step_summary()
+    assert moved_gb > 0 and copy_ms > 0
+    names = {name for _, name, _ in net.offload_stream.weights[0]}
+    assert names >= ({"gate_up_proj_nf4", "down_proj_nf4"} if method == "qlora" else {"gate_up_proj", "down_proj"})
+    assert ("experts' fused weights stored NF4" in "\n".join(logs)) == (method == "qlora")
