@@ -86,6 +86,19 @@ def test_qwen3_30b_a3b_experts_count_16_bit_off_the_fast_path():
     )
 
 
+def test_adapter_states_page_to_host_ram_only_when_streaming_every_layer_is_not_enough():
+    from engine.core.errors import UserError
+
+    arch = Arch.from_config(QWEN3_30B_A3B)
+    roomy = plan(arch, "qlora", 1024, 1, 12.0)
+    assert 0 < len(roomy.streamed) < 48 and not roomy.optimizer_in_host
+    tight = plan(arch, "qlora", 1024, 1, 8.0)
+    assert len(tight.streamed) == 48 and tight.optimizer_in_host
+    assert "paged optimizer states in host RAM" in tight.describe()
+    with pytest.raises(UserError, match="even with every layer's weights in host RAM"):  # the job fixed its optimizer
+        plan(arch, "qlora", 1024, 1, 8.0, paged_optimizer=False)
+
+
 def _streaming_plan(folder, streamed: tuple[int, ...]) -> Plan:
     """The plain plan (every layer checkpointed, nothing offloaded) with `streamed` layers through two slots."""
     arch = Arch.from_config(json.loads((folder / "config.json").read_text()))
