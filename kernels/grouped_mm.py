@@ -108,10 +108,11 @@ def _tiles(offsets: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(valid, g, -1).to(torch.int32), row.to(torch.int32)
 
 
-def grouped_mm_fwd(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+def grouped_mm_fwd(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, out=None) -> torch.Tensor:
+    """The forward launch; `out`: an [M, N] tensor (any row-major strides) to write y into."""
     m, k = x.shape
     n = w.shape[2]
-    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    y = torch.empty(m, n, dtype=x.dtype, device=x.device) if out is None else out
     if m == 0:
         return y
     tile_group, tile_row = _tiles(offsets, m)

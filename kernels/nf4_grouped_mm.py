@@ -6,7 +6,7 @@ A layer's stack of G experts, [G, A, B] in 16 bits, is stored as one NF4 tensor 
 order (quantized as the 2-D [G*A, B]), so expert g's weights are one run of whole quantization blocks when A*B is a
 multiple of the blocksize. The forward and the backward (dx = dy @ W_g^T; the weights are frozen, so there is no dW)
 walk the experts that have rows in chunks of at most `chunk` consecutive experts, dequantize a chunk into one scratch
-buffer (kernels.nf4, un-nesting that chunk's absmax first) and run the grouped product (kernels.grouped_mm) on the
+buffer (kernels.nf4) and run the grouped product (kernels.grouped_mm) on the
 chunk's rows. The layer's whole 16-bit stack never exists: for Qwen3-30B-A3B's gate_up a chunk of 10 experts is 60
 MiB against 768 MiB, and experts no row went to are not dequantized at all. The cost: the group ends are read on the
 host once per call (the chunks' row ranges), so the op cannot be captured in a CUDA graph (mixture-of-experts layers
@@ -30,14 +30,20 @@ def nf4_grouped_mm_reference(x, packed, quant_state, shape, offsets, transposed:
     return grouped_mm_reference(x, w if transposed else w.transpose(1, 2), offsets)
 
 
-def _scales(quant_state, first: int, last: int) -> torch.Tensor:
-    """fp32 absmax of quantization blocks first..last-1, the nested level undone as kernels.nf4 does it."""
+def _scales(quant_state, first: int, last: int) -> dict:
+    """nf4_dequantize's absmax arguments for quantization blocks first..last-1: a slice of both levels when the run
+    starts on a second-level block (Qwen3-30B-A3B's and Mixtral's experts are whole numbers of them), else fp32
+    absmax with the nested level undone here, as kernels.nf4 does it."""
     absmax = quant_state.absmax[first:last]
     if not quant_state.nested:
-        return absmax.float()
+        return dict(absmax=absmax.float())
     state2 = quant_state.state2
+    if first % state2.blocksize == 0:
+        second = state2.absmax[first // state2.blocksize : -(-last // state2.blocksize)]
+        offset = _offset(quant_state)
+        return dict(absmax=absmax, absmax2=second, code2=state2.code, offset=offset, blocksize2=state2.blocksize)
     second = torch.arange(first, last, device=absmax.device) // state2.blocksize
-    return state2.code.float()[absmax.long()] * state2.absmax.float()[second] + _offset(quant_state)
+    return dict(absmax=state2.code.float()[absmax.long()] * state2.absmax.float()[second] + _offset(quant_state))
 
 
 def _chunks(ends: list[int], chunk: int) -> list[tuple[int, int]]:
@@ -73,12 +79,12 @@ def _product(x, packed, quant_state, shape, offsets, transposed: bool, chunk: in
         first, last = g * per_expert // blocksize, -(-end * per_expert // blocksize)
         w = nf4_dequantize(
             flat[g * per_expert // 2 : end * per_expert // 2],
-            _scales(quant_state, first, last),
-            (n * a, b),
-            x.dtype,
-            blocksize,
-            quant_state.code,
+            shape=(n * a, b),
+            dtype=x.dtype,
+            blocksize=blocksize,
+            code=quant_state.code,
             out=buffer[: n * per_expert].view(n * a, b),
+            **_scales(quant_state, first, last),
         ).view(n, a, b)
         w = w if transposed else w.transpose(1, 2)  # [n, K, N]
         if backward:
@@ -86,7 +92,10 @@ def _product(x, packed, quant_state, shape, offsets, transposed: bool, chunk: in
         row0 = ends[g - 1] if g else 0
         rows = slice(row0, ends[end - 1])
         local = (offsets[g:end] - row0).to(torch.int32)
-        y[rows] = grouped_mm_fwd(x[rows], w, local) if triton else grouped_mm_reference(x[rows], w, local)
+        if triton:
+            grouped_mm_fwd(x[rows], w, local, out=y[rows])
+        else:
+            y[rows] = grouped_mm_reference(x[rows], w, local)
     return y
 
 

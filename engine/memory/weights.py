@@ -263,14 +263,13 @@ def load_streamed(
     from engine.patching.moe import is_experts, quantize_expert_tensors
 
     device = torch.device(placement.device)
-    model = AutoModelForCausalLM.from_pretrained(
-        path,
-        dtype=placement.torch_dtype,
-        use_safetensors=True,
-        trust_remote_code=trust_remote_code,
-        attn_implementation="sdpa",
-        device_map={"": "cpu"},
-    )
+    kw = dict(dtype=placement.torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa", device_map={"": "cpu"}, **kw)
+    except ValueError as e:  # gpt-oss (attention sinks): transformers' eager attention, as engine.models.loading
+        if "scaled_dot_product_attention" not in str(e):
+            raise
+        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", device_map={"": "cpu"}, **kw)
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
     on_host = set(plan_.streamed)
     for index, layer in enumerate(layers):

@@ -30,8 +30,9 @@ def _quantized(shape, dtype):
         ([5, 0, 70, 1, 13], (5, 48, 40), 2),  # odd widths, an empty expert splits a run
         ([0, 3, 9, 0, 0, 4, 2], (7, 96, 24), 3),  # leading and trailing empty experts; chunks of one, three
         ([3, 4, 5], (3, 6, 10), 1),  # 60 weights an expert: blocks straddle experts, so one chunk of all
+        ([9, 0, 7, 5], (4, 128, 128), 1),  # an expert is 256 blocks: chunks slice both absmax levels
     ],
-    ids=["pow2", "odd-with-empty", "runs", "unaligned"],
+    ids=["pow2", "odd-with-empty", "runs", "unaligned", "second-level-aligned"],
 )
 @pytest.mark.parametrize("transposed", [False, True], ids=["nk", "kn"])
 def test_nf4_grouped_mm_matches_reference(counts, shape, chunk, dtype, transposed):
