@@ -149,19 +149,23 @@ def _train(model, steps: int = 3):
     return losses, grads
 
 
-def _three_layers(folder):
-    """A tiny Qwen3-MoE of three layers: three streamed through two slots are copied at every use."""
+def _three_layers(folder, arch: str = "qwen3_moe"):
+    """A tiny MoE model of three layers: three streamed through two slots are copied at every use."""
     from tiny import ARCHS, make_model
 
-    ARCHS["qwen3_moe_3l"] = dict(ARCHS["qwen3_moe"], num_hidden_layers=3)
+    spec = dict(ARCHS[arch], num_hidden_layers=3)
+    if "layer_types" in spec:  # gpt-oss alternates sliding and full attention
+        spec["layer_types"] = ["sliding_attention", "full_attention", "sliding_attention"]
+    ARCHS[f"{arch}_3l"] = spec
     try:
-        return make_model("qwen3_moe_3l", folder)
+        return make_model(f"{arch}_3l", folder)
     finally:
-        del ARCHS["qwen3_moe_3l"]
+        del ARCHS[f"{arch}_3l"]
 
 
-def test_tiny_qwen3_moe_trains_with_its_nf4_experts_streamed(tmp_path):
-    folder = _three_layers(tmp_path / "model")
+@pytest.mark.parametrize("arch", ["qwen3_moe", "gpt_oss"])  # gpt-oss: experts stored transposed, with biases
+def test_tiny_moe_trains_with_its_nf4_experts_streamed(arch, tmp_path):
+    folder = _three_layers(tmp_path / "model", arch)
     plain, _ = _prepared(folder, ())
     streamed, stream = _prepared(folder, (0, 1, 2))  # three layers through two slots: copies at every use
 
@@ -172,6 +176,10 @@ def test_tiny_qwen3_moe_trains_with_its_nf4_experts_streamed(tmp_path):
     assert host["down_proj_nf4"].numel() == 4 * 64 * 32 // 2
     assert {name for _, name, _ in stream.weights[1]} == {"weight", "gate_up_proj_nf4", "down_proj_nf4"}
     assert len(stream.weights[1]) == 4 + 2  # q, k, v, o and the two expert tensors
+    # what the estimate counts: a layer's packed experts (layer_weight_bytes' expert part) and every adapter
+    arch = Arch.from_config(json.loads((folder / "config.json").read_text()))
+    assert sum(h.numel() for h in host.values()) == arch.expert_weight_params / 3 * 0.5
+    assert sum(p.numel() for p in lora_state(streamed).values()) == arch.lora_params(4)
 
     losses, grads = _train(streamed)
     plain_losses, plain_grads = _train(plain)
