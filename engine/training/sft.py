@@ -70,7 +70,8 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     if world is not None:  # the memory plan is per GPU, with full fine-tuning's shards counted
         spec = spec.replace(gpus=world.size)
     runlog.set(state="loading", message="loading the model")
-    model, tok = load_for_training(spec, distributed.load_placement(placement, world), log)
+    compute = distributed.compute_placement(placement, world)  # a sharded model loads elsewhere, plans for its GPU
+    model, tok = load_for_training(spec, distributed.load_placement(placement, world), log, compute)
     if world is not None and world.sharded:
         model = distributed.shard(model, world, placement, log)
         if spec.optimizer == "auto":  # bitsandbytes' 8-bit states cannot be sharded
@@ -108,7 +109,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     else:
         opt = make_optimizer(spec, groups, placement.device, log)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, spec.warmup_steps, spec.lr_schedule))
-    scaler = torch.amp.GradScaler("cuda") if placement.dtype == "fp16" else None
+    scaler = distributed.grad_scaler(placement, world)
     autocast = (
         torch.autocast("cuda", dtype=placement.torch_dtype)
         if placement.device == "cuda"
