@@ -273,16 +273,24 @@ def full_states(model, opt=None) -> dict:
     return states
 
 
-def restore_sharded(model, opt, weights: dict, opt_state: dict) -> None:
-    """Load one process's checkpoint (weights by name, optimizer state by parameter index) into a sharded model and
-    its optimizer; each rank keeps its shard."""
+def restore_sharded(model, opt, ckpt) -> None:
+    """Load one process's checkpoint `ckpt` (weights by name, optimizer state by parameter index) into a sharded model
+    and its optimizer: rank 0 reads it and each rank receives its shard, one tensor at a time, so the machine's RAM
+    holds the checkpoint once."""
+    import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
-    options = StateDictOptions(full_state_dict=True, strict=False)
+    from engine.core.statefile import load_state
+    from engine.training.steps import checkpoint_weights
+
+    weights, by_name = {}, {}
+    if dist.get_rank() == 0:
+        weights, opt_state = checkpoint_weights(ckpt), load_state(ckpt, "optimizer")
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        by_name = dict(
+            state={names[i]: s for i, s in opt_state["state"].items()},
+            param_groups=[{**g, "params": [names[i] for i in g["params"]]} for g in opt_state["param_groups"]],
+        )
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
     set_model_state_dict(model, weights, options=options)
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    by_name = dict(
-        state={names[i]: s for i, s in opt_state["state"].items()},
-        param_groups=[{**g, "params": [names[i] for i in g["params"]]} for g in opt_state["param_groups"]],
-    )
     set_optimizer_state_dict(model, opt, by_name, options=options)

@@ -182,9 +182,20 @@ def save_trainable(model, folder: Path, state=None) -> None:
     model.save_pretrained(folder, safe_serialization=True, **extra)
 
 
+def checkpoint_weights(ckpt: Path) -> dict:
+    """The weights a checkpoint holds, by name (every .safetensors file but the optimizer's, schedule's and rng's)."""
+    from safetensors.torch import load_file
+
+    weights = {}
+    for shard in sorted(ckpt.glob("*.safetensors")):
+        if shard.stem not in ("optimizer", "scheduler", "rng"):
+            weights.update(load_file(shard))
+    return weights
+
+
 def load_checkpoint(ckpt: Path, model, opt, sched, log, restore=None):
     """Restore the weights, optimizer, schedule and random generators of `ckpt`; returns its state.json.
-    `restore(model, opt, weights, optimizer_state)` loads the weights and optimizer state instead (a sharded model:
+    `restore(model, opt, ckpt)` loads the weights and optimizer state instead (a sharded model:
     engine.training.distributed.restore_sharded).
 
     Nothing here is unpickled: weights and states are safetensors and JSON (engine.core.statefile), and a checkpoint of
@@ -198,17 +209,11 @@ def load_checkpoint(ckpt: Path, model, opt, sched, log, restore=None):
     from engine.core.statefile import load_state
 
     if restore is not None:
-        weights = {}
-        for shard in sorted(ckpt.glob("*.safetensors")):
-            if shard.stem not in ("optimizer", "scheduler", "rng"):
-                weights.update(load_file(shard))
-        restore(model, opt, weights, load_state(ckpt, "optimizer"))
+        restore(model, opt, ckpt)
     elif isinstance(model, PeftModel):
         set_peft_model_state_dict(model, load_file(ckpt / "adapter_model.safetensors"))
     else:
-        for shard in sorted(ckpt.glob("*.safetensors")):
-            if shard.stem not in ("optimizer", "scheduler", "rng"):
-                model.load_state_dict(load_file(shard), strict=False)
+        model.load_state_dict(checkpoint_weights(ckpt), strict=False)
     if restore is None:
         opt.load_state_dict(load_state(ckpt, "optimizer"))
     sched.load_state_dict(load_state(ckpt, "scheduler"))
