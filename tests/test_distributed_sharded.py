@@ -178,3 +178,19 @@ def test_two_processes_fine_tune_in_fp16_sharded(tiny_llama, identity_file, runs
     stored = load_file(next(tiny_llama.glob("*.safetensors")))
     assert all(trained[k].dtype == torch.float32 and trained[k].isfinite().all() for k in stored)
     assert any(not torch.equal(trained[k], v.float()) for k, v in stored.items())
+
+
+def test_a_sharded_run_that_does_not_fit_says_what_to_do_in_each_language():
+    """Full fine-tuning of a 4B model on two 24 GiB GPUs does not fit even with every layer recomputed (nothing goes to
+    host RAM under FSDP2): the sentence says the smallest budget per GPU, and the page shows it in its language."""
+    from ui import i18n
+
+    e = api.estimate("Qwen/Qwen3-4B", "full", 4096, 1, vram_gib=24, ram_gib=256, gpus=2)
+    assert not e["fits"] and e["min_vram_gib"] > 24
+    assert e["reason"] == (
+        f"Full fine-tuning of this model needs at least {e['min_vram_gib']:.1f} GiB on each GPU even with every layer "
+        "recomputed, over the 24.0 GiB budget; use more GPUs, a shorter sequence length, LoRA or QLoRA."
+    )
+    for lang, word in (("zh", "全量微调"), ("ru", "Полному дообучению")):
+        said = i18n.message(e["reason"], lang)
+        assert said.startswith(("即使", word)) and word in said and f"{e['min_vram_gib']:.1f}" in said

@@ -368,9 +368,9 @@ def _recompute_only(arch: Arch, method: str, tokens: int, budget_gib: float, fus
     if not fits_checkpointed(arch, method, tokens, budget_gib, fused_loss, **kw):
         e = estimate(arch, method, tokens, 1, fused_loss=fused_loss, **kw)
         raise UserError(
-            f"{'Full fine-tuning' if method == 'full' else 'Training'} of this model needs at least "
-            f"{at_least(e.peak_vram_gib):.1f} GiB on each GPU even with every layer recomputed, over the "
-            f"{budget_gib:.1f} GiB budget; use more GPUs, a shorter sequence length, LoRA or QLoRA."
+            f"Full fine-tuning of this model needs at least {at_least(e.peak_vram_gib):.1f} GiB on each GPU even "
+            f"with every layer recomputed, over the {budget_gib:.1f} GiB budget; use more GPUs, a shorter sequence "
+            "length, LoRA or QLoRA."
         )
     k = layers_to_checkpoint(arch, method, tokens, budget_gib, fused_loss, **kw)
     return made(k, estimate(arch, method, tokens, 1, checkpointed_layers=k, fused_loss=fused_loss, **kw))
