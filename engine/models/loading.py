@@ -213,9 +213,11 @@ def empty_model(path: Path, placement: Placement, trust_remote_code: bool = Fals
 
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     with init_empty_weights(include_buffers=False):
-        return AutoModelForCausalLM.from_config(
+        model = AutoModelForCausalLM.from_config(
             config, dtype=placement.torch_dtype, attn_implementation="sdpa", trust_remote_code=trust_remote_code
         )
+    model.tie_weights()  # as from_pretrained does: a tied head is the embedding's parameter, so FSDP2 shards it once
+    return model
 
 
 def plan_memory(spec, cfg: dict, placement: Placement):
