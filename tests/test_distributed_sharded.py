@@ -196,3 +196,25 @@ def test_a_sharded_run_that_does_not_fit_says_what_to_do_in_each_language():
     for lang, word in (("zh", "全量微调"), ("ru", "Полному дообучению")):
         said = i18n.message(e["reason"], lang)
         assert said.startswith(("即使", word)) and word in said and f"{e['min_vram_gib']:.1f}" in said
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "gemma3", "gpt_oss"])
+def test_the_model_built_empty_is_the_loaded_model_without_its_weights(arch, tmp_path):
+    """What ranks > 0 build (engine.models.loading.empty_model): the loaded model's parameters by name and shape, on
+    the meta device, tied as it is (Qwen3's head), with the same attention (gpt-oss: eager) and the same computed
+    buffers (rotary frequencies, Gemma's embedding scale), which no state dict carries."""
+    from tiny import make_model
+
+    from engine.models.loading import empty_model, load_model
+
+    folder = make_model(arch, tmp_path / arch)
+    placement = Placement("cpu", "fp32", "test")
+    loaded, empty = load_model(folder, placement), empty_model(folder, placement)
+    assert {n: p.shape for n, p in empty.named_parameters()} == {n: p.shape for n, p in loaded.named_parameters()}
+    assert all(p.is_meta for p in empty.parameters())
+    assert empty.config._attn_implementation == loaded.config._attn_implementation
+    assert (empty.lm_head.weight is empty.get_input_embeddings().weight) == loaded.config.tie_word_embeddings
+    buffers = dict(loaded.named_buffers())
+    assert buffers.keys() == dict(empty.named_buffers()).keys()
+    for name, value in empty.named_buffers():
+        torch.testing.assert_close(value, buffers[name], msg=name)

@@ -212,10 +212,19 @@ def empty_model(path: Path, placement: Placement, trust_remote_code: bool = Fals
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(
-            config, dtype=placement.torch_dtype, attn_implementation="sdpa", trust_remote_code=trust_remote_code
-        )
+
+    def build(attention):
+        with init_empty_weights(include_buffers=False):
+            return AutoModelForCausalLM.from_config(
+                config, dtype=placement.torch_dtype, attn_implementation=attention, trust_remote_code=trust_remote_code
+            )
+
+    try:
+        model = build("sdpa")
+    except ValueError as e:  # gpt-oss (attention sinks): transformers' eager attention, as load_model falls back to
+        if "scaled_dot_product_attention" not in str(e):
+            raise
+        model = build("eager")
     model.tie_weights()  # as from_pretrained does: a tied head is the embedding's parameter, so FSDP2 shards it once
     return model
 
