@@ -99,8 +99,9 @@ def sharded_rank(rank: int, folder: str, data: str, port: int, out: str) -> None
     os.environ["MASTER_PORT"] = str(port)
     from engine.models.loading import load_for_training
     from engine.training import distributed
+    from engine.training.steps import make_optimizer
 
-    spec = tiny_spec(folder, data, method="full", gpus=2, dtype="fp16")
+    spec = tiny_spec(folder, data, method="full", gpus=2, dtype="fp16", learning_rate=1e-3)
     placement = Placement("cpu", "fp16", "test")
     world = distributed.join(spec, placement, print)
     try:
@@ -114,7 +115,7 @@ def sharded_rank(rank: int, folder: str, data: str, port: int, out: str) -> None
         outputs = []
         model.model.layers[0].mlp.register_forward_hook(lambda m, args, out: outputs.append(str(out.dtype)))
         scaler = distributed.grad_scaler(placement, world)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        opt = make_optimizer(spec, list(model.parameters()), placement.device, print, fused=False)  # as the run's
         seen.update(scaler=type(scaler).__name__, steps=[])
         # the first scales (from 2**16) overflow even the tiny model's fp16 gradients: those steps are skipped, then
         # one with finite gradients is taken; then rank 1's shard of a gradient gets an inf
@@ -122,6 +123,7 @@ def sharded_rank(rank: int, folder: str, data: str, port: int, out: str) -> None
             seen["steps"].append(scaled_step(model, opt, scaler, rank, overflow=False))
         seen["steps"].append(scaled_step(model, opt, scaler, rank, overflow=True))
         seen["computed_in"] = sorted(set(outputs))
+        torch.distributed.barrier()  # both ranks done before either tears the group down
     finally:
         distributed.leave()
     with open(f"{out}/rank-{rank}.json", "w") as f:
@@ -163,17 +165,23 @@ def test_rank_0_alone_loads_and_fp16s_scaler_skips_a_step_on_every_rank(arch, id
     assert ranks[0]["computed_in"] == ranks[1]["computed_in"] == ["torch.float16"]
 
 
-def test_two_processes_fine_tune_in_fp16_sharded(tiny_llama, identity_file, runs):
-    """A full fine-tune in fp16 on two processes (as on Kaggle's two T4s) trains through the scaler: finite losses,
-    weights that moved and stayed finite (fp32 master weights: AdamW on fp16 weights makes NaN of a zero gradient)."""
-    st = wait_for(
-        api.start(
-            tiny_spec(tiny_llama, identity_file, method="full", gpus=2, dtype="fp16", max_steps=6, learning_rate=1e-3)
-        )  # fmt: skip
-    )
+TWO_GPUS = [pytest.mark.gpu, pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=TWO_GPUS)])
+def test_two_processes_fine_tune_in_fp16_sharded(device, tiny_llama, identity_file, runs):
+    """A full fine-tune in fp16 on two processes (on two GPUs as on Kaggle's two T4s: NCCL, the unfused AdamW the
+    sharded scaler needs, each rank's layers recomputed as its GPU's plan says) trains through the scaler: finite
+    losses, weights that moved and stayed finite (fp32 master weights: AdamW on fp16 weights makes NaN of a zero
+    gradient)."""
+    spec = tiny_spec(tiny_llama, identity_file, method="full", gpus=2, dtype="fp16", max_steps=6, learning_rate=1e-3)
+    st = wait_for(api.start(spec.replace(device=device, gradient_checkpointing=device == "cuda")))
     assert st.state == "done", log_of(st)
     text = log_of(st)
     assert "sharded over 2 ranks from rank 0's weights; fp32 shards, computing in fp16" in text
+    assert "fp32 weight shards and gradients, computing in fp16; expected peak" in text  # the plan counts them
+    if device == "cuda":  # a tiny model on a big GPU: nothing recomputed, as the plan for that GPU says
+        assert "over nccl" in text and "checkpointing: 0 of 2 layers recompute" in text, text
     losses = [m["loss"] for m in st.metrics]
     assert len(losses) == 6 and all(math.isfinite(loss) for loss in losses)
     trained = load_file(next((st.run_dir / "model").glob("*.safetensors")))

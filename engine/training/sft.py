@@ -90,6 +90,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     total = total_steps(spec.replace(grad_accum=spec.grad_accum * ranks), len(examples))
     params = [p for p in model.parameters() if p.requires_grad]
     memory = getattr(model, "memory_plan", None)
+    scaler = distributed.grad_scaler(placement, world)
     if memory is not None and memory.grads_released and world is not None:
         raise UserError("This model's plan updates weights in the backward, which one GPU does; set gpus to 1.")
     if memory is not None and memory.grads_released:
@@ -106,10 +107,10 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
             f"gradient completes (no gradient buffer; max_grad_norm caps each weight's gradient), peak lr "
             f"{spec.learning_rate}, {spec.lr_schedule} schedule, warmup {spec.warmup_steps}"
         )
-    else:
-        opt = make_optimizer(spec, groups, placement.device, log)
+    else:  # a sharded model's loss scaler cannot drive the fused step (engine.training.steps.make_optimizer)
+        fused = scaler is None or world is None or not world.sharded
+        opt = make_optimizer(spec, groups, placement.device, log, fused)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, spec.warmup_steps, spec.lr_schedule))
-    scaler = distributed.grad_scaler(placement, world)
     autocast = (
         torch.autocast("cuda", dtype=placement.torch_dtype)
         if placement.device == "cuda"

@@ -106,8 +106,10 @@ def adamw_8bit():
     return AdamW8bit
 
 
-def make_optimizer(spec, params, device: str, log):
+def make_optimizer(spec, params, device: str, log, fused: bool = True):
     """AdamW as the spec asks. `params` is a list of tensors or of optimizer groups (dicts with their own lr).
+    torch's AdamW is its fused kernel on a GPU unless `fused` is False (its foreach path: torch's ShardedGradScaler
+    hands the fused step an inf flag of shape [1], which it cannot subtract from its scalar step counts).
 
     Full fine-tuning on a GPU defaults to bitsandbytes' paged 8-bit AdamW: its states (1/4 of fp32 AdamW's) live in
     unified memory, so under pressure they page out to RAM instead of failing with out-of-memory.
@@ -123,7 +125,8 @@ def make_optimizer(spec, params, device: str, log):
         kind = bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else adamw_8bit()
         opt = kind(params, lr=spec.learning_rate, weight_decay=spec.weight_decay)
     else:
-        opt = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=spec.weight_decay, fused=device == "cuda")
+        fused = fused and device == "cuda"
+        opt = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=spec.weight_decay, fused=fused)
     log(f"optimizer: {name}, peak lr {spec.learning_rate}, {spec.lr_schedule} schedule, warmup {spec.warmup_steps}")
     return opt
 
