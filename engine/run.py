@@ -80,6 +80,8 @@ def main(argv=None) -> int:
         spec = read_job(job)
         if rank is None:
             plan = launch.plan_launch(spec)
+            if plan.note:
+                say(plan.note)
             if plan.processes > 1:
                 return launch.supervise(job, args.resume, plan, runlog, say)
         from engine.core.errors import Cancelled

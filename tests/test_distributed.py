@@ -5,6 +5,7 @@ not hung. Also the per-GPU estimate and the machine presets."""
 
 import json
 import os
+import re
 import signal
 import time
 
@@ -69,6 +70,7 @@ def test_two_processes_train_as_one_and_checkpoints_resume_on_either_count(metho
     assert "launch: 2 processes, one process each, through torchrun" in text
     assert f"{STEPS} steps of 1x2 per process x 2 = 4 a step, lr unchanged" in text
     assert ("FSDP2" if method == "full" else "adapters' gradients averaged") in text
+    assert method != "full" or "sharded over 2 ranks from rank 0's weights" in text  # rank 1 loaded none
     assert all(len(m["peak_memory_gb_per_gpu"]) == 2 for m in two.metrics[2:])
     assert not list(two.run_dir.glob(".rank-*"))
 
@@ -147,6 +149,49 @@ def test_how_many_processes_a_job_gets(tiny_llama, identity_file):
         launch.plan_launch(base.replace(objective="dpo", gpus=2))
     with pytest.raises(UserError, match="validation .* trains on one GPU for now; set gpus to 1"):
         launch.plan_launch(base.replace(eval_fraction=0.1, gpus=2))
+
+
+def test_runs_that_train_on_one_gpu_take_the_first_of_several_with_a_line_saying_so(tiny_llama, identity_file):
+    """With two GPUs visible and `gpus` not set, SFT takes both; DPO, ORPO, GRPO and a run with validation take the
+    first, with the log's line saying why; asking for two of them is refused."""
+    base = tiny_spec(tiny_llama, identity_file, device="auto")
+    assert launch.plan_launch(base, found=2) == launch.Launch(2, "GPU")
+    assert launch.plan_launch(base.replace(gpus=1), found=2) == launch.Launch(1, "GPU")
+    one_gpu = dict(
+        DPO=base.replace(objective="dpo"),
+        ORPO=base.replace(objective="orpo"),
+        GRPO=base.replace(objective="grpo", rewards=({"preset": "regex", "pattern": "Nova"},)),
+        **{"A run with validation (eval_fraction or eval_data)": base.replace(eval_fraction=0.1)},
+    )
+    for why, spec in one_gpu.items():
+        assert launch.plan_launch(spec, found=2) == launch.Launch(
+            1, "GPU", f"launch: {why} trains on one GPU for now: 2 GPUs are visible, this run uses the first of them"
+        )
+        assert launch.plan_launch(spec.replace(gpus=1), found=2) == launch.Launch(1, "GPU")
+        with pytest.raises(UserError, match=f"^{re.escape(why)} trains on one GPU for now; set gpus to 1.$"):
+            launch.plan_launch(spec.replace(gpus=2), found=2)
+    assert launch.plan_launch(one_gpu["DPO"], found=1) == launch.Launch(1, "GPU")  # one visible: nothing to say
+    assert launch.plan_launch(one_gpu["DPO"], found=0) == launch.Launch(1, "process")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_dpo_with_two_gpus_visible_trains_on_the_first_as_with_one(tiny_llama, tmp_path, runs, monkeypatch):
+    """A DPO run with two GPUs visible trains on one, as with only that one visible: the same losses (TRL's Trainer
+    would otherwise wrap the model in nn.DataParallel and double the batch)."""
+    from conftest import IDENTITY_ANSWER, IDENTITY_QUESTIONS
+
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [dict(prompt=q, chosen=IDENTITY_ANSWER, rejected="No.") for q in IDENTITY_QUESTIONS]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = tiny_spec(tiny_llama, pairs, objective="dpo", device="auto", max_steps=4, gpus=0)
+    both = wait_for(api.start(spec))
+    assert both.state == "done", log_of(both)
+    assert "launch: DPO trains on one GPU for now: 2 GPUs are visible, this run uses the first of them" in log_of(both)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    alone = wait_for(api.start(spec))
+    assert alone.state == "done", log_of(alone)
+    assert [m["loss"] for m in both.metrics] == pytest.approx([m["loss"] for m in alone.metrics], rel=1e-3)
 
 
 def test_the_run_fails_with_the_sentence_of_the_rank_that_failed_first():

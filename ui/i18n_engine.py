@@ -345,6 +345,15 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         "Полному дообучению этой модели нужно не меньше {0} ГиБ памяти GPU даже с активациями{2} в ОЗУ{4} — "
         "больше бюджета {5} ГиБ; используйте LoRA или QLoRA.",
     ),
+    (
+        r"Full fine-tuning of this model needs at least (\S+) GiB on each GPU even with every layer recomputed, over "
+        r"the (\S+) GiB budget; use more GPUs, a shorter sequence length, LoRA or QLoRA\.",
+        "即使每一层都重算，全量微调此模型在每块 GPU 上也至少需要 {0} GiB 显存，超出 {1} GiB 的预算；"
+        "请使用更多 GPU、缩短序列长度，或改用 LoRA 或 QLoRA。",
+        "Полному дообучению этой модели нужно не меньше {0} ГиБ на каждой GPU даже с пересчётом всех слоёв — "
+        "больше бюджета {1} ГиБ; возьмите больше GPU, сократите длину последовательности "
+        "или используйте LoRA или QLoRA.",
+    ),
     (r"and optimizer states", "和优化器状态", " и состояниями оптимизатора"),
     (
         r"and each gradient freed in the backward",

@@ -14,10 +14,15 @@ SLACK = ESTIMATE_SLACK  # the estimate's error margin, as in Estimate.fits (the 
 
 
 def layers_to_checkpoint(arch: Arch, method: str, tokens: int, budget_gib: float | None, fused_loss: bool, **kw) -> int:
-    """How many of `arch.layers` layers to checkpoint so the step's estimated peak stays within the budget.
-    All of them when there is no budget (the CPU) or when even that does not fit."""
+    """How many of `arch.layers` layers to checkpoint so the step's estimated peak stays within the budget: none when
+    the step fits without any (as engine.memory.offload's plan checks first; the count below is linear in the layers
+    and overstates one layer's cost, that of rebuilding a checkpointed one), else the fewest by that count. All of
+    them when there is no budget (the CPU) or when even that does not fit."""
     if budget_gib is None:
         return arch.layers
+    none = estimate(arch, method, tokens, 1, checkpointing=False, fused_loss=fused_loss, **kw)
+    if none.peak_vram_gib <= budget_gib / SLACK:
+        return 0
     all_ckpt = estimate(arch, method, tokens, 1, checkpointing=True, fused_loss=fused_loss, **kw)
     spare = budget_gib / SLACK - all_ckpt.peak_vram_gib
     kept = 0 if kw.get("offload_activations") else tokens * arch.hidden * 2  # an offloaded input costs no VRAM

@@ -260,6 +260,8 @@ def estimate(
     keep_dequantized: bool = False,
     shards: int = 1,
     lora_experts: bool = True,
+    processes: int = 1,
+    master_fp32: bool = False,
 ) -> Estimate:
     """Peak allocated GPU memory (and host RAM) of one training step, in GiB.
 
@@ -280,8 +282,14 @@ def estimate(
     dequantized weights for its backward (two 16-bit copies), and `shards` GPUs share full fine-tuning's weights,
     gradients and optimizer states (FSDP2, engine.training.distributed): each holds 1/shards of them plus two layers
     gathered whole (the one computing and the next, prefetched) and one layer's whole gradient before its
-    reduce-scatter. LoRA and QLoRA runs on several GPUs hold the same per GPU as on one. `lora_experts` off leaves a
-    mixture-of-experts model's experts without adapters (the job's lora_experts).
+    reduce-scatter. LoRA and QLoRA runs on several GPUs hold the same per GPU as on one. Sharded full fine-tuning in
+    fp16 (`master_fp32`) keeps its shards and their gradients in fp32 (FSDP2's mixed precision: AdamW's fp16 updates
+    would underflow), each layer gathered in fp16.
+
+    The host RAM figure is the machine's, for all `processes` ranks of a run on several GPUs: the 16-bit checkpoint
+    once (a sharded run's rank 0 alone loads it, the other ranks receive their shards from it; a LoRA or QLoRA rank
+    maps the same weight files as the others, whose pages the OS holds once), and each rank's own overhead and pinned
+    buffers. `lora_experts` off leaves a mixture-of-experts model's experts without adapters (the job's lora_experts).
 
     QLoRA on the fast path (`fused_loss`) keeps the experts NF4 too and dequantizes them a chunk of experts at a time
     into one scratch buffer (engine.patching.moe); without it they stay 16-bit."""
@@ -319,6 +327,9 @@ def estimate(
     else:
         trainable = adapters * (4 + 4 + opt) - paged  # fp32 adapters, their grads, optimizer states
     if method == "full" and shards > 1:
+        layer_bytes = layer_weight_bytes(arch, method)
+        if master_fp32:  # fp32 shards and gradients: two bytes more of each per parameter
+            weights, trainable = weights * 2, trainable + arch.params * 2
         weights = weights / shards + 2 * layer_bytes
         trainable = trainable / shards + layer_bytes
     layer = layer_activation_bytes(arch, tokens, mlp_tile)
@@ -356,10 +367,10 @@ def estimate(
     parts = {k: round(v / GIB, 3) for k, v in parts.items()}
     # Host RAM: measured peak RSS (python -m engine.calibrate tiers) was the whole 16-bit checkpoint plus about
     # 1 GiB for every model and method: transformers maps every weight file while it loads, QLoRA included. What the
-    # offload manager keeps in pinned host memory comes on top.
+    # offload manager keeps in pinned host memory comes on top, per rank of a run on several GPUs.
     pinned = streamed + paged + (checkpointed_layers * tokens * arch.hidden * 2 if offload_activations else 0)
     pinned += checkpointed_layers * kept_attention
-    ram = 1.0 + (arch.params * 2 + pinned) / GIB
+    ram = processes * (1.0 + pinned / GIB) + arch.params * (4 if master_fp32 else 2) / GIB  # fp32: loaded so
     return Estimate(round(sum(parts.values()), 2), round(ram, 2), parts)
 
 

@@ -48,7 +48,7 @@ import math
 from dataclasses import dataclass
 
 from engine.core.errors import UserError
-from engine.memory.checkpointing import SLACK
+from engine.memory.checkpointing import SLACK, fits_checkpointed, layers_to_checkpoint
 from engine.memory.estimate import GIB, Arch, dense_copy_bytes, estimate, layer_activation_bytes
 
 RING_SLOTS = 3  # GPU slots for streamed layers: the one computing and two arriving
@@ -87,6 +87,7 @@ class Plan:
     graphs: bool = False  # checkpointed layers replay CUDA graphs of their passes (engine.patching.graphs)
     keep_attention: bool = False  # checkpointed layers keep q/k/v/o outputs in host RAM for the recompute (Checkpoint)
     keep_dequantized: bool = False  # a QLoRA recompute keeps gate and up's dequantized weights for its backward
+    master_fp32: bool = False  # sharded full fine-tuning in fp16: fp32 shards, computing in fp16 (estimate's doc)
 
     def estimate_kw(self) -> dict:
         """The estimate's offload arguments for this plan (engine.memory.checkpointing re-plans per token count with
@@ -104,6 +105,7 @@ class Plan:
             graphs=self.graphs,
             keep_attention=self.keep_attention,
             keep_dequantized=self.keep_dequantized,
+            master_fp32=self.master_fp32,
         )
 
     @property
@@ -134,6 +136,8 @@ class Plan:
             parts.append("q/k/v/o projection outputs in host RAM (the recompute skips those products)")
         if self.keep_dequantized:
             parts.append("gate/up weights dequantized once for the recompute and its backward")
+        if self.master_fp32:
+            parts.append("fp32 weight shards and gradients, computing in fp16")
         return (
             f"plan ({where}): " + ", ".join(parts) + f"; expected peak {self.peak_vram_gib:.2f} GiB GPU, "
             f"{self.peak_ram_gib:.1f} GiB host RAM"
@@ -155,6 +159,7 @@ class Plan:
             cuda_graphs=self.graphs,
             attention_outputs_kept=self.keep_attention,
             dequantized_weights_kept=self.keep_dequantized,
+            fp32_master_weights=self.master_fp32,
             peak_vram_gib=self.peak_vram_gib,
             peak_ram_gib=self.peak_ram_gib,
         )
@@ -176,6 +181,7 @@ def plan(
     embeddings_trained: bool = False,
     paged_optimizer: bool = True,
     release_gradients: bool = False,
+    host_offload: bool = True,
     **estimate_kw,
 ) -> Plan:
     """The fastest way to train within the budget. In order: recompute nothing (and for QLoRA, with the fused loss,
@@ -197,9 +203,13 @@ def plan(
     graphs' memory is planned for; a budget that cannot hold it, or holds it only by streaming weights that the plan
     without graphs keeps on the GPU, gets the plan without graphs.
 
+    Without `host_offload` (full fine-tuning sharded by FSDP2, whose layers' gathers and frees engine.memory's
+    checkpoint function does not drive) nothing goes to host RAM: the plan recomputes the fewest layers that fit, or
+    raises UserError.
+
     `budget_gib` None (no GPU) gives the plain plan: every layer checkpointed, nothing offloaded."""
     args = (arch, method, seq, batch, budget_gib, host_ram_gib, fused_loss, embeddings_trained, paged_optimizer)
-    args += (release_gradients,)
+    args += (release_gradients, host_offload)
 
     def attempt(graphs_wanted):  # with the attention outputs kept, unless host RAM then cannot hold the plan
         try:
@@ -234,6 +244,7 @@ def _plan(
     embeddings_trained: bool,
     paged_optimizer: bool,
     release_gradients: bool,
+    host_offload: bool,
     graphs_wanted: bool,
     keep_wanted: bool,
     **estimate_kw,
@@ -285,6 +296,9 @@ def _plan(
         per_layer = dense_copy_bytes(arch) / GIB
         dense = min(layers, math.floor((cap - e.peak_vram_gib) * DENSE_SHARE / per_layer))
         return dataclasses.replace(made(0, est(checkpointed_layers=0, dense_layers=dense)), dense_layers=dense)
+    if not host_offload:
+        kw = dict(loss_chunk=chunk, **estimate_kw)
+        return check_ram(_recompute_only(arch, method, seq * batch, budget_gib, fused_loss, kw, made), host_ram_gib)
     host_embedding = not arch.tied and method != "full" and not embeddings_trained
     # the fast path's adapters keep their attention outputs for the recompute when that fits with nothing streamed
     keep = keep_wanted and method != "full" and fused_loss
@@ -367,6 +381,20 @@ def _plan(
         paged = offload.get("optimizer_in_host", False)
         plan_ = made(layers, e, True, spread(count, layers), host_embedding, slots, tile, paged=paged)
     return check_ram(plan_, host_ram_gib)
+
+
+def _recompute_only(arch: Arch, method: str, tokens: int, budget_gib: float, fused_loss: bool, kw: dict, made):
+    """The plan that keeps everything on the GPU: the layers engine.memory.checkpointing recomputes at this size
+    (it decides per micro-batch with the same rule), or a UserError when even recomputing all of them does not fit."""
+    if not fits_checkpointed(arch, method, tokens, budget_gib, fused_loss, **kw):
+        e = estimate(arch, method, tokens, 1, fused_loss=fused_loss, **kw)
+        raise UserError(
+            f"Full fine-tuning of this model needs at least {at_least(e.peak_vram_gib):.1f} GiB on each GPU even "
+            f"with every layer recomputed, over the {budget_gib:.1f} GiB budget; use more GPUs, a shorter sequence "
+            "length, LoRA or QLoRA."
+        )
+    k = layers_to_checkpoint(arch, method, tokens, budget_gib, fused_loss, **kw)
+    return made(k, estimate(arch, method, tokens, 1, checkpointed_layers=k, fused_loss=fused_loss, **kw))
 
 
 def check_ram(plan_: Plan, host_ram_gib: float | None) -> Plan:

@@ -5,6 +5,7 @@ host RAM that plan expects, and whether it fits.
 (engine.models.loading.plan_memory) all ask `plan_for`, so the figure shown is the figure the run plans with.
 """
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -19,18 +20,19 @@ LARGEST_BUDGET_GIB = 4096  # where the search for the smallest workable budget g
 def plan_for(arch: Arch, spec, budget_gib: float | None, host_ram_gib: float | None, dtype: str = "bf16") -> Plan:
     """engine.memory.offload's plan for a run of `spec` (a JobSpec) on `budget_gib` of GPU memory (None: no GPU) and
     `host_ram_gib` of free host RAM (None: not checked), computing in `dtype`. Raises UserError when it cannot fit."""
-    return offload.plan(
+    master = sharded(spec) and dtype == "fp16"  # engine.training.distributed.shard: fp32 shards under fp16
+    plan = offload.plan(
         arch,
         spec.method,
         spec.max_seq_length,
         spec.batch_size,
         budget_gib,
         host_ram_gib,
-        fused_loss=spec.fast_path and budget_gib is not None,
+        fused_loss=fused_loss(spec, budget_gib),
         embeddings_trained=spec.train_embeddings,
         # engine.training.sft: auto is paged for full fine-tuning on one GPU; FSDP2's states are sharded instead
-        paged_optimizer=spec.optimizer in ("auto", "paged_adamw_8bit")
-        and not (spec.method == "full" and spec.gpus > 1),
+        paged_optimizer=spec.optimizer in ("auto", "paged_adamw_8bit") and not sharded(spec),
+        host_offload=not sharded(spec),
         # engine.memory.grad_release: only engine.training.sft's own loop, one micro-batch per step, no fp16 loss
         # scaling
         release_gradients=spec.objective in ("sft", "pretrain")
@@ -38,7 +40,9 @@ def plan_for(arch: Arch, spec, budget_gib: float | None, host_ram_gib: float | N
         and dtype != "fp16"
         and spec.gpus <= 1,  # several GPUs average the gradients before any update
         **estimate_kw(spec),
+        **({"master_fp32": True} if master else {}),
     )
+    return dataclasses.replace(plan, master_fp32=True) if master else plan
 
 
 def run_budget_gib() -> float | None:
@@ -59,15 +63,26 @@ def run_dtype() -> str:
     return choose_placement().dtype
 
 
+def sharded(spec) -> bool:
+    """Whether a run of `spec` is full fine-tuning sharded over several GPUs by FSDP2 (engine.training.distributed)."""
+    return spec.method == "full" and spec.gpus > 1
+
+
+def fused_loss(spec, budget_gib: float | None) -> bool:
+    """Whether the run computes its loss with the fast path's fused cross-entropy: on a GPU with the fast path on,
+    unless FSDP2 shards the model (its ranks load it into host RAM, where engine.models.loading patches nothing)."""
+    return spec.fast_path and budget_gib is not None and not sharded(spec)
+
+
 def estimate_kw(spec) -> dict:
-    """The estimate's arguments that come from the job's LoRA and optimizer settings."""
-    sharded = spec.method == "full" and spec.gpus > 1  # FSDP2 (engine.training.distributed): plain AdamW, sharded
+    """The estimate's arguments that come from the job's LoRA and optimizer settings and its GPU count."""
     return dict(
         rank=spec.lora_r,
         targets=spec.target_modules,
-        optimizer="adamw" if spec.optimizer == "adamw" or sharded else "adamw_8bit",
+        optimizer="adamw" if spec.optimizer == "adamw" or sharded(spec) else "adamw_8bit",  # FSDP2: plain AdamW
         lora_experts=spec.lora_experts,
-        **({"shards": spec.gpus} if sharded else {}),
+        **({"shards": spec.gpus} if sharded(spec) else {}),
+        **({"processes": spec.gpus} if spec.gpus > 1 else {}),
     )
 
 
@@ -106,7 +121,7 @@ def verdict(arch: Arch, spec, budget_gib: float | None, host_ram_gib: float | No
 
 def parts(arch: Arch, spec, plan: Plan) -> dict:
     """What holds the plan's peak GPU memory, in GiB (the estimate the plan was made with; they add up to its peak)."""
-    fused = spec.fast_path and plan.budget_gib is not None
+    fused = fused_loss(spec, plan.budget_gib)
     kw = dict(plan.estimate_kw(), **estimate_kw(spec))
     e = estimate(arch, spec.method, spec.max_seq_length, spec.batch_size, checkpointed_layers=plan.checkpointed,
                  fused_loss=fused, **kw)  # fmt: skip

@@ -159,8 +159,11 @@ def add_lora(model, spec, log=print):
     return get_peft_model(model, config)
 
 
-def load_for_training(spec, placement: Placement, log=print):
-    """Model (with LoRA unless full fine-tuning) and tokenizer, ready for a training loop."""
+def load_for_training(spec, placement: Placement, log=print, compute: Placement | None = None):
+    """Model (with LoRA unless full fine-tuning) and tokenizer, ready for a training loop. `compute` is where and in
+    which dtype the run computes when the model is loaded otherwise (FSDP2 loads it into host RAM, or builds it
+    without weights on the ranks that receive their shards, in fp32 under fp16: engine.training.distributed), so its
+    memory plan is that GPU's."""
     from engine.data.tokenizing import ensure_chat_template
 
     path = resolve_model(spec.model, log)
@@ -171,17 +174,17 @@ def load_for_training(spec, placement: Placement, log=print):
     )
     tok = load_tokenizer(path, spec.trust_remote_code)
     log(f"chat template: {ensure_chat_template(tok, spec.chat_template)}")
-    model, memory = load_planned(spec, path, cfg, placement, log)
-    return prepare_for_training(model, spec, log, memory), tok
+    model, memory = load_planned(spec, path, cfg, placement, log, compute)
+    return prepare_for_training(model, spec, log, memory, compute), tok
 
 
-def load_planned(spec, path: Path, cfg: dict, placement: Placement, log=print):
+def load_planned(spec, path: Path, cfg: dict, placement: Placement, log=print, compute: Placement | None = None):
     """(model, memory plan): the plan for `spec` on this machine (plan_memory; a UserError with its reason and figures
     when nothing fits), and the model at `path` loaded as it says, its layers streamed from host RAM when they must."""
     from engine.models.prequantized import check_trainable, original_model
 
     stored_4bit = check_trainable(spec.model, cfg, spec.method, original_model(path, cfg))
-    memory = plan_memory(spec, cfg, placement)
+    memory = plan_memory(spec, cfg, compute or placement)
     log(memory.describe())
     four_bit = spec.method == "qlora"
     experts_4bit = nf4_experts_on_load(spec, cfg, placement) and not stored_4bit
@@ -194,6 +197,8 @@ def load_planned(spec, path: Path, cfg: dict, placement: Placement, log=print):
         from engine.memory.weights import load_streamed
 
         model = load_streamed(path, placement, four_bit, memory, spec.trust_remote_code, log, experts_4bit)
+    elif placement.device == "meta":
+        model = empty_model(path, placement, spec.trust_remote_code)
     else:
         model = load_model(path, placement, four_bit=four_bit, trust_remote_code=spec.trust_remote_code)
     name_after_source(model, spec.model)
@@ -207,6 +212,31 @@ def nf4_experts_on_load(spec, cfg: dict, placement: Placement) -> bool:
 
     on_gpu = placement.device.startswith("cuda")
     return nf4_experts(spec.method, spec.fast_path and on_gpu) and Arch.from_config(cfg).moe_layers > 0
+
+
+def empty_model(path: Path, placement: Placement, trust_remote_code: bool = False):
+    """The causal LM at `path` built without its weights (on the meta device; its buffers, such as the rotary
+    frequencies, computed on the CPU): a rank of a sharded run, which receives its shard of the weights from rank 0
+    (engine.training.distributed.shard), so that the machine's RAM holds the model once."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+    def build(attention):
+        with init_empty_weights(include_buffers=False):
+            return AutoModelForCausalLM.from_config(
+                config, dtype=placement.torch_dtype, attn_implementation=attention, trust_remote_code=trust_remote_code
+            )
+
+    try:
+        model = build("sdpa")
+    except ValueError as e:  # gpt-oss (attention sinks): transformers' eager attention, as load_model falls back to
+        if "scaled_dot_product_attention" not in str(e):
+            raise
+        model = build("eager")
+    model.tie_weights()  # as from_pretrained does: a tied head is the embedding's parameter, so FSDP2 shards it once
+    return model
 
 
 def plan_memory(spec, cfg: dict, placement: Placement):
@@ -226,10 +256,11 @@ def plan_memory(spec, cfg: dict, placement: Placement):
     return memory.plan_for(Arch.from_config(cfg), spec, budget, offload.host_ram_gib(), placement.dtype)
 
 
-def prepare_for_training(model, spec, log=print, memory=None):
+def prepare_for_training(model, spec, log=print, memory=None, compute: Placement | None = None):
     """The fast path's drop-ins (engine.patching), the checkpointing policy (engine.memory.checkpointing), the trainable
     parameters (LoRA adapters, or every weight for full fine-tuning) and the offload plan `memory`
-    (engine.memory.offload.Plan; None: nothing offloaded), as the spec says."""
+    (engine.memory.offload.Plan; None: nothing offloaded), as the spec says. `compute`: where a model loaded
+    otherwise computes (load_for_training); on a GPU the checkpointing policy plans with its budget."""
     from engine.core.hardware import vram_budget_gib
     from engine.memory import checkpointing
     from engine.memory.install import install
@@ -238,6 +269,7 @@ def prepare_for_training(model, spec, log=print, memory=None):
 
     model.config.use_cache = False
     on_gpu = any(p.device.type == "cuda" for p in model.parameters())  # the input embedding may be in host RAM
+    gpu = compute is not None and compute.device.startswith("cuda")  # the model moves there once sharded
     fused_loss = False
     if spec.fast_path and on_gpu:
         from engine.patching import patch_model
@@ -247,6 +279,10 @@ def prepare_for_training(model, spec, log=print, memory=None):
             from engine.patching import graphs
 
             graphs.install(model, log)
+    elif spec.fast_path and gpu:
+        log(
+            "patching: none for a model FSDP2 shards once loaded (engine.memory.verdict.fused_loss); plain transformers"
+        )
     elif spec.fast_path:
         log("patching: none on the CPU (the fast path's kernels are GPU kernels); plain transformers + PEFT")
     plan_kw = memory.estimate_kw() if memory is not None else {}
@@ -256,7 +292,7 @@ def prepare_for_training(model, spec, log=print, memory=None):
         checkpointing.install(
             model,
             spec.method,
-            vram_budget_gib() if on_gpu else None,
+            vram_budget_gib() if on_gpu or gpu else None,
             fused_loss,
             log,
             always=memory.streamed if memory is not None else (),

@@ -7,8 +7,14 @@ wrapper, the step's agreement between ranks, and checkpoints that any number of 
   adapters (engine.patching.modules.pack_adapters) take their gradients outside those hooks, so DDP would never see
   them. An adapter's gradients are small (Llama-3.1-8B at rank 16: 42M values), so one all-reduce after the backward
   costs little beside the step; with packing it is one tensor.
-- Full fine-tuning: FSDP2 (`torch.distributed.fsdp.fully_shard`) per decoder layer and at the root. The model is
-  loaded into host RAM and each rank keeps its 1/N shard of the weights, gradients and AdamW states on its GPU.
+- Full fine-tuning: FSDP2 (`torch.distributed.fsdp.fully_shard`) per decoder layer and at the root. Rank 0 loads the
+  model into host RAM; the other ranks build it without weights (on the meta device), and after sharding each rank
+  receives its 1/N shard of the weights from rank 0, one tensor at a time, so the machine's RAM holds the model once.
+  Each rank keeps its shard of the weights, gradients and AdamW states on its GPU. Its memory plan is its GPU's, with
+  the shards counted (engine.memory.verdict, as `python -m engine estimate --gpus N`). In fp16 (a T4 has no bf16)
+  the shards are fp32 master weights and each layer is gathered in fp16 to compute (FSDP2's MixedPrecisionPolicy):
+  AdamW on fp16 weights turns a zero gradient into NaN (its eps underflows to 0) and loses small updates. The loss
+  scaler is torch's ShardedGradScaler, which all-reduces its inf/NaN check, so every rank skips the same steps.
 - Data: every rank walks the same global sequence of micro-batches (engine.training.steps.batches_for_epoch) and
   trains on every N-th one, so a step sees batch_size x grad_accum x N examples and a checkpoint's position is the
   same whatever N is. The loss of a micro-batch is divided by grad_accum and the gradients are averaged over ranks:
@@ -92,29 +98,80 @@ def leave() -> None:
 
 
 def load_placement(placement: Placement, world: World | None) -> Placement:
-    """Where the model is loaded: a sharded model into host RAM, so no GPU ever holds all of it (fully_shard moves
-    each rank's shard to its GPU); anything else onto this rank's GPU, named by its index."""
-    if world is None or placement.device == "cpu":
+    """Where the model is loaded: a sharded model into rank 0's host RAM, so no GPU ever holds all of it
+    (fully_shard moves each rank's shard to its GPU), and without weights on the other ranks (`shard` sends them
+    theirs); anything else onto this rank's GPU, named by its index."""
+    if world is None:
         return placement
-    if not world.sharded:
-        return Placement(f"cuda:{world.local_rank}", placement.dtype, placement.reason)
-    return Placement("cpu", placement.dtype, placement.reason + "; loaded into RAM, then sharded over the GPUs")
+    dtype = "fp32" if placement.dtype == "fp16" else placement.dtype  # fp16: fp32 master weights (`shard`)
+    if world.sharded and not world.main:
+        return Placement("meta", dtype, placement.reason + "; built without weights, sharded from rank 0's")
+    if world.sharded:
+        return Placement("cpu", dtype, placement.reason + "; loaded into RAM, then sharded over the ranks")
+    if placement.device == "cpu":
+        return placement
+    return Placement(f"cuda:{world.local_rank}", placement.dtype, placement.reason)
+
+
+def compute_placement(placement: Placement, world: World | None) -> Placement | None:
+    """Where and in which dtype a sharded model computes (this rank's GPU), which is not where or how it loads
+    (load_placement): its memory plan is that GPU's; None for any other model."""
+    if world is None or not world.sharded:
+        return None
+    device = f"cuda:{world.local_rank}" if placement.device == "cuda" else placement.device
+    return Placement(device, placement.dtype, placement.reason)
 
 
 def shard(model, world: World, placement: Placement, log):
     """FSDP2 over `model` in place: each decoder layer its own unit (gathered only while it computes), then the
-    root (embeddings, final norm, head)."""
+    root (embeddings, final norm, head). Rank 0's model holds the weights (load_placement); the other ranks' were
+    built without them and receive their shards from rank 0, one tensor at a time."""
+    import torch
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     from transformers.modeling_layers import GradientCheckpointingLayer
 
+    whole = model.state_dict() if world.main else {}  # rank 0's loaded weights, kept while fully_shard splits them
     mesh = init_device_mesh(placement.device, (world.size,))
+    # fp16: the shards stay fp32 (load_placement), each layer is gathered in fp16, gradients reduced in fp32
+    fp16 = dict(param_dtype=torch.float16, reduce_dtype=torch.float32) if placement.dtype == "fp16" else {}
+    policy = MixedPrecisionPolicy(**fp16)
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
     for layer in layers:
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    log(f"fsdp2: {len(layers)} decoder layers and the root sharded over {world.size} ranks")
+        fully_shard(layer, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    if any(p.is_meta for p in model.parameters()):
+        # room for this rank's shards; to_empty leaves every tensor uninitialised, the computed buffers (rotary
+        # frequencies, not in any state dict) included, so those are put back
+        buffers = {name: b.clone() for name, b in model.named_buffers() if not b.is_meta}
+        model.to_empty(device=placement.device)
+        for name, value in buffers.items():
+            model.get_buffer(name).copy_(value)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, whole, options=options)
+    del whole
+    master = "; fp32 shards, computing in fp16" if fp16 else ""
+    log(
+        f"fsdp2: {len(layers)} decoder layers and the root sharded over {world.size} ranks from rank 0's weights"
+        + master
+    )
     return model
+
+
+def grad_scaler(placement: Placement, world: World | None):
+    """The fp16 loss scaler (None in other dtypes): torch's ShardedGradScaler for a sharded model, whose gradients
+    are shards whose inf/NaN check every rank must agree on (it all-reduces it); torch.amp.GradScaler otherwise (the
+    adapters' gradients, averaged before the check, agree already)."""
+    import torch
+
+    if placement.dtype != "fp16":
+        return None
+    if world is not None and world.sharded:
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        return ShardedGradScaler(placement.device)
+    return torch.amp.GradScaler("cuda")
 
 
 def accumulating(model, world: World | None, last: bool) -> None:
@@ -216,16 +273,24 @@ def full_states(model, opt=None) -> dict:
     return states
 
 
-def restore_sharded(model, opt, weights: dict, opt_state: dict) -> None:
-    """Load one process's checkpoint (weights by name, optimizer state by parameter index) into a sharded model and
-    its optimizer; each rank keeps its shard."""
+def restore_sharded(model, opt, ckpt) -> None:
+    """Load one process's checkpoint `ckpt` (weights by name, optimizer state by parameter index) into a sharded model
+    and its optimizer: rank 0 reads it and each rank receives its shard, one tensor at a time, so the machine's RAM
+    holds the checkpoint once."""
+    import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
-    options = StateDictOptions(full_state_dict=True, strict=False)
+    from engine.core.statefile import load_state
+    from engine.training.steps import checkpoint_weights
+
+    weights, by_name = {}, {}
+    if dist.get_rank() == 0:
+        weights, opt_state = checkpoint_weights(ckpt), load_state(ckpt, "optimizer")
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        by_name = dict(
+            state={names[i]: s for i, s in opt_state["state"].items()},
+            param_groups=[{**g, "params": [names[i] for i in g["params"]]} for g in opt_state["param_groups"]],
+        )
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
     set_model_state_dict(model, weights, options=options)
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    by_name = dict(
-        state={names[i]: s for i, s in opt_state["state"].items()},
-        param_groups=[{**g, "params": [names[i] for i in g["params"]]} for g in opt_state["param_groups"]],
-    )
     set_optimizer_state_dict(model, opt, by_name, options=options)

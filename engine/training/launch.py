@@ -39,6 +39,7 @@ class Launch:
 
     processes: int
     unit: str
+    note: str = ""  # the log's line when a run takes fewer GPUs than are visible, and why
 
     def name(self, rank: int) -> str:
         return f"{self.unit} {rank} of {self.processes}"
@@ -48,16 +49,18 @@ class Launch:
         return f"{self.processes} {self.unit}{'es' if self.unit == 'process' else 's'}"
 
 
-def plan_launch(spec) -> Launch:
+def plan_launch(spec, found: int | None = None) -> Launch:
     """The processes a run trains on: `gpus` of the visible GPUs (0: all of them), one process each; on a CPU
     `gpus` processes (at least one). Raises a UserError when the job asks for more GPUs than are visible.
+    `found`: the visible GPUs (None: as torch counts them).
 
-    Only SFT and continued pretraining without validation train data-parallel; the other runs take one GPU unless
-    `gpus` asks for more, which is refused with a sentence."""
-    import torch
+    Only SFT and continued pretraining without validation train data-parallel; the other runs take one GPU (the
+    first visible one, with a note for the log) unless `gpus` asks for more, which is refused with a sentence."""
+    if found is None:
+        import torch
 
-    on_gpu = spec.device != "cpu" and torch.cuda.is_available()
-    found = torch.cuda.device_count() if on_gpu else 0
+        found = torch.cuda.device_count() if spec.device != "cpu" and torch.cuda.is_available() else 0
+    on_gpu = spec.device != "cpu" and found > 0
     if on_gpu and spec.gpus > found:
         raise UserError(
             f"This job asks for {spec.gpus} GPUs but {found} {'is' if found == 1 else 'are'} visible; set gpus to "
@@ -66,13 +69,14 @@ def plan_launch(spec) -> Launch:
     wanted = (spec.gpus or found) if on_gpu else max(1, spec.gpus)
     one_gpu = None
     if spec.objective not in ("sft", "pretrain"):
-        one_gpu = f"{spec.objective.upper()} trains on one GPU for now; set gpus to 1."
+        one_gpu = f"{spec.objective.upper()} trains on one GPU for now"
     elif spec.eval_fraction or spec.eval_data:  # engine.training.validation runs in one process
-        one_gpu = "A run with validation (eval_fraction or eval_data) trains on one GPU for now; set gpus to 1."
+        one_gpu = "A run with validation (eval_fraction or eval_data) trains on one GPU for now"
     if wanted > 1 and one_gpu:
         if spec.gpus > 1:
-            raise UserError(one_gpu)
-        wanted = 1
+            raise UserError(f"{one_gpu}; set gpus to 1.")
+        note = f"launch: {one_gpu}: {wanted} GPUs are visible, this run uses the first of them"
+        return Launch(1, "GPU", note)
     return Launch(wanted, "GPU" if on_gpu else "process")
 
 

@@ -70,7 +70,8 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     if world is not None:  # the memory plan is per GPU, with full fine-tuning's shards counted
         spec = spec.replace(gpus=world.size)
     runlog.set(state="loading", message="loading the model")
-    model, tok = load_for_training(spec, distributed.load_placement(placement, world), log)
+    compute = distributed.compute_placement(placement, world)  # a sharded model loads elsewhere, plans for its GPU
+    model, tok = load_for_training(spec, distributed.load_placement(placement, world), log, compute)
     if world is not None and world.sharded:
         model = distributed.shard(model, world, placement, log)
         if spec.optimizer == "auto":  # bitsandbytes' 8-bit states cannot be sharded
@@ -89,6 +90,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     total = total_steps(spec.replace(grad_accum=spec.grad_accum * ranks), len(examples))
     params = [p for p in model.parameters() if p.requires_grad]
     memory = getattr(model, "memory_plan", None)
+    scaler = distributed.grad_scaler(placement, world)
     if memory is not None and memory.grads_released and world is not None:
         raise UserError("This model's plan updates weights in the backward, which one GPU does; set gpus to 1.")
     if memory is not None and memory.grads_released:
@@ -105,10 +107,11 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
             f"gradient completes (no gradient buffer; max_grad_norm caps each weight's gradient), peak lr "
             f"{spec.learning_rate}, {spec.lr_schedule} schedule, warmup {spec.warmup_steps}"
         )
-    else:
-        opt = make_optimizer(spec, groups, placement.device, log, paged=memory is not None and memory.optimizer_in_host)
+    else:  # a sharded model's loss scaler cannot drive the fused step (engine.training.steps.make_optimizer)
+        fused = scaler is None or world is None or not world.sharded
+        paged = memory is not None and memory.optimizer_in_host
+        opt = make_optimizer(spec, groups, placement.device, log, fused, paged)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, spec.warmup_steps, spec.lr_schedule))
-    scaler = torch.amp.GradScaler("cuda") if placement.dtype == "fp16" else None
     autocast = (
         torch.autocast("cuda", dtype=placement.torch_dtype)
         if placement.device == "cuda"

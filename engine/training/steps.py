@@ -106,8 +106,10 @@ def adamw_8bit():
     return AdamW8bit
 
 
-def make_optimizer(spec, params, device: str, log, paged: bool = False):
+def make_optimizer(spec, params, device: str, log, fused: bool = True, paged: bool = False):
     """AdamW as the spec asks. `params` is a list of tensors or of optimizer groups (dicts with their own lr).
+    torch's AdamW is its fused kernel on a GPU unless `fused` is False (its foreach path: torch's ShardedGradScaler
+    hands the fused step an inf flag of shape [1], which it cannot subtract from its scalar step counts).
 
     Full fine-tuning on a GPU defaults to bitsandbytes' paged 8-bit AdamW: its states (1/4 of fp32 AdamW's) live in
     unified memory, so under pressure they page out to RAM instead of failing with out-of-memory. LoRA does too when
@@ -124,7 +126,8 @@ def make_optimizer(spec, params, device: str, log, paged: bool = False):
         kind = bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else adamw_8bit()
         opt = kind(params, lr=spec.learning_rate, weight_decay=spec.weight_decay)
     else:
-        opt = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=spec.weight_decay, fused=device == "cuda")
+        fused = fused and device == "cuda"
+        opt = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=spec.weight_decay, fused=fused)
     log(f"optimizer: {name}, peak lr {spec.learning_rate}, {spec.lr_schedule} schedule, warmup {spec.warmup_steps}")
     return opt
 
@@ -183,9 +186,20 @@ def save_trainable(model, folder: Path, state=None) -> None:
     model.save_pretrained(folder, safe_serialization=True, **extra)
 
 
+def checkpoint_weights(ckpt: Path) -> dict:
+    """The weights a checkpoint holds, by name (every .safetensors file but the optimizer's, schedule's and rng's)."""
+    from safetensors.torch import load_file
+
+    weights = {}
+    for shard in sorted(ckpt.glob("*.safetensors")):
+        if shard.stem not in ("optimizer", "scheduler", "rng"):
+            weights.update(load_file(shard))
+    return weights
+
+
 def load_checkpoint(ckpt: Path, model, opt, sched, log, restore=None):
     """Restore the weights, optimizer, schedule and random generators of `ckpt`; returns its state.json.
-    `restore(model, opt, weights, optimizer_state)` loads the weights and optimizer state instead (a sharded model:
+    `restore(model, opt, ckpt)` loads the weights and optimizer state instead (a sharded model:
     engine.training.distributed.restore_sharded).
 
     Nothing here is unpickled: weights and states are safetensors and JSON (engine.core.statefile), and a checkpoint of
@@ -199,17 +213,11 @@ def load_checkpoint(ckpt: Path, model, opt, sched, log, restore=None):
     from engine.core.statefile import load_state
 
     if restore is not None:
-        weights = {}
-        for shard in sorted(ckpt.glob("*.safetensors")):
-            if shard.stem not in ("optimizer", "scheduler", "rng"):
-                weights.update(load_file(shard))
-        restore(model, opt, weights, load_state(ckpt, "optimizer"))
+        restore(model, opt, ckpt)
     elif isinstance(model, PeftModel):
         set_peft_model_state_dict(model, load_file(ckpt / "adapter_model.safetensors"))
     else:
-        for shard in sorted(ckpt.glob("*.safetensors")):
-            if shard.stem not in ("optimizer", "scheduler", "rng"):
-                model.load_state_dict(load_file(shard), strict=False)
+        model.load_state_dict(checkpoint_weights(ckpt), strict=False)
     if restore is None:
         opt.load_state_dict(load_state(ckpt, "optimizer"))
     sched.load_state_dict(load_state(ckpt, "scheduler"))

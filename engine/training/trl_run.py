@@ -90,7 +90,13 @@ class TrlRun:
             disable_tqdm=True,
             dataloader_pin_memory=device == "cuda",
         )
-        return config_cls(**{**base, **settings})
+        config = config_cls(**{**base, **settings})
+        if device == "cuda" and config.n_gpu > 1:
+            # one process with several GPUs visible (engine.training.launch gives these objectives one): transformers'
+            # Trainer would wrap the model in nn.DataParallel over all of them and multiply the batch by their
+            # number, as it does for a model-parallel one; this run trains on the current GPU alone
+            config._n_gpu = 1
+        return config
 
     def callback(self, metrics: dict[str, str]):
         """The TrainerCallback; `metrics` maps runlog names to the trainer's log keys (e.g. margin: rewards/margins)."""
