@@ -10,15 +10,24 @@ from dataclasses import dataclass
 
 from engine.core.errors import UserError
 from engine.memory import offload
-from engine.memory.estimate import Arch, estimate
+from engine.memory.estimate import Arch, estimate, nf4_experts
 from engine.memory.offload import Plan
 
 LARGEST_BUDGET_GIB = 4096  # where the search for the smallest workable budget gives up
 
 
-def plan_for(arch: Arch, spec, budget_gib: float | None, host_ram_gib: float | None, dtype: str = "bf16") -> Plan:
-    """engine.memory.offload's plan for a run of `spec` (a JobSpec) on `budget_gib` of GPU memory (None: no GPU) and
-    `host_ram_gib` of free host RAM (None: not checked), computing in `dtype`. Raises UserError when it cannot fit."""
+def plan_for(
+    arch: Arch,
+    spec,
+    budget_gib: float | None,
+    host_ram_gib: float | None,
+    dtype: str = "bf16",
+    on_gpu: bool | None = None,
+) -> Plan:
+    """engine.memory.offload's plan for a run of `spec` (a JobSpec) on `budget_gib` of GPU memory (None: no GPU, or
+    no checkpointing on one: `on_gpu`, which defaults to whether there is a budget) and `host_ram_gib` of free host
+    RAM (None: not checked), computing in `dtype`. Raises UserError when it cannot fit."""
+    on_gpu = budget_gib is not None if on_gpu is None else on_gpu
     return offload.plan(
         arch,
         spec.method,
@@ -26,7 +35,8 @@ def plan_for(arch: Arch, spec, budget_gib: float | None, host_ram_gib: float | N
         spec.batch_size,
         budget_gib,
         host_ram_gib,
-        fused_loss=spec.fast_path and budget_gib is not None,
+        fused_loss=fused_loss(arch, spec, on_gpu),
+        experts_nf4=nf4_experts(spec.method, spec.fast_path and on_gpu),
         embeddings_trained=spec.train_embeddings,
         # engine.training.sft: auto is paged for full fine-tuning on one GPU; FSDP2's states are sharded instead
         paged_optimizer=spec.optimizer in ("auto", "paged_adamw_8bit")
@@ -39,6 +49,16 @@ def plan_for(arch: Arch, spec, budget_gib: float | None, host_ram_gib: float | N
         and spec.gpus <= 1,  # several GPUs average the gradients before any update
         **estimate_kw(spec),
     )
+
+
+def fused_loss(arch: Arch, spec, on_gpu: bool) -> bool:
+    """Whether the run's loss is the fast path's chunked cross-entropy (engine.patching.patch_model, with a
+    mixture-of-experts config's load-balancing loss added to it): on a GPU, for a model type engine.patching has a
+    family for. Others (gpt-oss) compute transformers' loss over all the logits at once, and are planned so."""
+    from engine.patching import family_for
+
+    known = not arch.model_type or family_for(arch.model_type) is not None  # "": an Arch written by hand
+    return spec.fast_path and on_gpu and known
 
 
 def run_budget_gib() -> float | None:
@@ -67,6 +87,7 @@ def estimate_kw(spec) -> dict:
         targets=spec.target_modules,
         optimizer="adamw" if spec.optimizer == "adamw" or sharded else "adamw_8bit",
         lora_experts=spec.lora_experts,
+        train_router=spec.train_router,
         **({"shards": spec.gpus} if sharded else {}),
     )
 
@@ -106,10 +127,9 @@ def verdict(arch: Arch, spec, budget_gib: float | None, host_ram_gib: float | No
 
 def parts(arch: Arch, spec, plan: Plan) -> dict:
     """What holds the plan's peak GPU memory, in GiB (the estimate the plan was made with; they add up to its peak)."""
-    fused = spec.fast_path and plan.budget_gib is not None
     kw = dict(plan.estimate_kw(), **estimate_kw(spec))
     e = estimate(arch, spec.method, spec.max_seq_length, spec.batch_size, checkpointed_layers=plan.checkpointed,
-                 fused_loss=fused, **kw)  # fmt: skip
+                 fused_loss=plan.fused_loss, **kw)  # fmt: skip
     return e.parts_gib
 
 
