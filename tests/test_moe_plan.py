@@ -155,3 +155,16 @@ def test_streaming_slots_hold_the_largest_streamed_layer(tmp_path):
     left = resident.parts_gib["weights"] - streamed.parts_gib["weights"]
     assert left == pytest.approx((24 * moe + 24 * dense - 3 * moe) / GIB, abs=1e-3)
     assert streamed.peak_ram_gib - resident.peak_ram_gib == pytest.approx((24 * moe + 24 * dense) / GIB, abs=0.01)
+
+
+def test_full_fine_tuning_on_several_gpus_gathers_the_largest_layer():
+    """FSDP2 gathers a layer whole (the one computing and the next) and reduce-scatters one layer's gradient: with
+    dense layers between the MoE ones, those are as large as a MoE layer, not the average layer."""
+    from engine.memory.estimate import estimate
+
+    big = Arch.from_config(dict(QWEN3_30B_A3B, decoder_sparse_step=2))
+    moe = (2048 * 4096 * 2 + 2048 * 512 * 2 + 128 * 3 * 2048 * 768) * 2
+    sharded = estimate(big, "full", 1024, 1, shards=4, optimizer="adamw").parts_gib
+    assert sharded["weights"] == pytest.approx((big.params * 2 / 4 + 2 * moe) / GIB, abs=1e-3)
+    trained = big.params - big.router_params  # the routers stay frozen
+    assert sharded["trainable"] == pytest.approx((trained * (2 + 2 + 8) / 4 + moe) / GIB, abs=1e-3)

@@ -334,7 +334,6 @@ def estimate(
             dequant += 2 * arch.intermediate * arch.hidden * 2
     else:
         weights, dequant = arch.params * 2, 0
-    layer_bytes = layer_weight_bytes(arch, method, experts_nf4)
     # the streamed layers (those engine.memory.offload.plan picks) leave the GPU; each of the ring's slots holds the
     # largest of them (engine.memory.weights.WeightStream sizes its slots so)
     per_layer = [layer_weight_bytes(arch, method, experts_nf4, i) for i in spread(streamed_layers, arch.layers)]
@@ -357,9 +356,10 @@ def estimate(
     else:
         # fp32 adapters, their grads, optimizer states; a trained router's 16-bit copy, its grad, optimizer states
         trainable = adapters * (4 + 4 + opt) + router * (2 + 2 + opt) - paged
-    if method == "full" and shards > 1:
-        weights = weights / shards + 2 * layer_bytes
-        trainable = trainable / shards + layer_bytes
+    if method == "full" and shards > 1:  # the layers gathered whole are as large as the largest one
+        largest = max(layer_weight_bytes(arch, method, experts_nf4, i) for i in range(arch.layers))
+        weights = weights / shards + 2 * largest
+        trainable = trainable / shards + largest
     layer = layer_activation_bytes(arch, tokens, mlp_tile)
     on_gpu = min(checkpointed_layers, OFFLOAD_ON_GPU) if offload_activations else checkpointed_layers
     kept = on_gpu * tokens * arch.hidden * 2  # a checkpointed layer keeps its bf16 input
