@@ -55,10 +55,11 @@ def fused_loss(arch: Arch, spec, on_gpu: bool) -> bool:
     """Whether the run's loss is the fast path's chunked cross-entropy (engine.patching.patch_model, with a
     mixture-of-experts config's load-balancing loss added to it): on a GPU, for a model type engine.patching has a
     family for. Others (gpt-oss) compute transformers' loss over all the logits at once, and are planned so."""
-    from engine.patching import family_for
+    if not (spec.fast_path and on_gpu):
+        return False
+    from engine.patching import family_for  # the kernels (Triton): imported only for a run on a GPU
 
-    known = not arch.model_type or family_for(arch.model_type) is not None  # "": an Arch written by hand
-    return spec.fast_path and on_gpu and known
+    return not arch.model_type or family_for(arch.model_type) is not None  # "": an Arch written by hand
 
 
 def run_budget_gib() -> float | None:
