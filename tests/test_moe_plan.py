@@ -31,11 +31,15 @@ def test_a_gpu_run_without_checkpointing_plans_the_nf4_experts_it_loads(monkeypa
     gpu = loading.plan_memory(job, QWEN3_30B_A3B, Placement("cuda", "bf16", "test"))
     cpu = loading.plan_memory(job, QWEN3_30B_A3B, Placement("cpu", "fp32", "test"))
     assert gpu.budget_gib is None and gpu.experts_nf4 and not cpu.experts_nf4
+    assert gpu.checkpointed == cpu.checkpointed == 0  # no layer recomputes: each keeps its activations
     arch = Arch.from_config(QWEN3_30B_A3B)
     # attention and experts NF4; embeddings, head, norms and routers 16-bit
     assert parts(arch, job, gpu)["weights"] == pytest.approx(
         ((ATTENTION + EXPERTS) * NF4_BYTES + (EMBEDDINGS + OTHER) * 2) / GIB, abs=1e-3
     )
+    # every layer's activations at 1024 tokens: tokens x (h 1.3 + attention 12 + MLP 8 per unit of width)
+    layer = 1024 * (1.3 * 2048 + 12.0 * (32 + 8) * 128 + 8.0 * 8 * 768)
+    assert parts(arch, job, gpu)["activations"] == pytest.approx(48 * layer / GIB, abs=1e-3)
     # on the CPU (plain transformers + PEFT) the experts stay 16-bit
     assert parts(arch, job, cpu)["weights"] == pytest.approx(
         (ATTENTION * NF4_BYTES + (EXPERTS + EMBEDDINGS + OTHER) * 2) / GIB, abs=1e-3

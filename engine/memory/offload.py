@@ -203,7 +203,8 @@ def plan(
     graphs' memory is planned for; a budget that cannot hold it, or holds it only by streaming weights that the plan
     without graphs keeps on the GPU, gets the plan without graphs.
 
-    `budget_gib` None (no GPU, or no checkpointing) gives the plain plan: every layer checkpointed, nothing offloaded.
+    `budget_gib` None (no GPU, or no checkpointing) gives the plain plan: every layer checkpointed (none with
+    `checkpointing` False in `estimate_kw`, the job's gradient_checkpointing off), nothing offloaded.
     `experts_nf4` (in `estimate_kw`; default: estimate.nf4_experts for QLoRA with the fused loss) is recorded in the
     plan, which the run loads a mixture-of-experts model's experts by."""
     estimate_kw.setdefault("experts_nf4", nf4_experts(method, fused_loss))
@@ -286,8 +287,9 @@ def _plan(
             fused_loss=fused_loss,
         )
 
-    if budget_gib is None:
-        return made(layers, est(checkpointed_layers=layers))
+    if budget_gib is None:  # every layer recomputes, unless the job turned checkpointing off (then none does)
+        k = layers if estimate_kw.get("checkpointing", True) else 0
+        return made(k, est(checkpointed_layers=k))
     cap = budget_gib / SLACK
     e = est(checkpointed_layers=0)
     if e.peak_vram_gib <= cap:

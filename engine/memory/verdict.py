@@ -37,6 +37,7 @@ def plan_for(
         host_ram_gib,
         fused_loss=fused_loss(arch, spec, on_gpu),
         experts_nf4=nf4_experts(spec.method, spec.fast_path and on_gpu),
+        checkpointing=spec.gradient_checkpointing,
         embeddings_trained=spec.train_embeddings,
         # engine.training.sft: auto is paged for full fine-tuning on one GPU; FSDP2's states are sharded instead
         paged_optimizer=spec.optimizer in ("auto", "paged_adamw_8bit")
