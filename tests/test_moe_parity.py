@@ -108,18 +108,28 @@ def test_patched_moe_family_matches_transformers(arch):
         assert_same_training(plain, fast, batch(96, DEVICE), rtol=2e-4, atol=2e-5)
 
 
-def test_router_loss_keeps_the_loss_unfused():
-    """With output_router_logits the model adds the load-balancing loss to .loss: the fused loss would drop it."""
-    base = tiny_model("qwen3_moe")
+@pytest.mark.parametrize("arch", ["qwen3_moe", "mixtral"])  # gpt-oss has no fast-path family: transformers' loss
+def test_router_loss_is_added_to_the_fused_loss(arch):
+    """With output_router_logits the model adds the load-balancing loss to .loss: the fused loss adds it too (the
+    memory plan counts one chunk of logits for every fast-path run), and trains as transformers' loss does."""
+    base = tiny_model(arch)
     base.config.output_router_logits = True
-    fast = copy.deepcopy(base)
-    report = patch_model(fast, log=lambda m: None)
-    assert "fused cross-entropy loss" not in report.swapped
+    base.router_aux_loss_coef = 0.5  # large enough that a dropped aux loss would show in every comparison below
+    fast_base = copy.deepcopy(base)
+    report = patch_model(fast_base, log=lambda m: None)
+    assert report.swapped["fused cross-entropy loss"] == 1
     inputs = batch(96, DEVICE)
+    with dispatch.force("triton"), torch.no_grad():
+        reference = base(**inputs)
+        assert fast_base(**inputs).logits is None  # the chunked loss ran
+        base.config.output_router_logits = False
+        without = base(**inputs).loss
+        base.config.output_router_logits = True
+    assert reference.aux_loss > 0
+    torch.testing.assert_close(reference.loss - without, 0.5 * reference.aux_loss, rtol=1e-5, atol=1e-6)
+    plain, fast = with_expert_lora(base), with_expert_lora(fast_base)
     with dispatch.force("triton"):
-        loss_f, loss_p = fast(**inputs), base(**inputs)
-    assert loss_p.aux_loss is not None
-    torch.testing.assert_close(loss_f.loss, loss_p.loss, rtol=1e-5, atol=1e-6)
+        assert_same_training(plain, fast, inputs, rtol=2e-4, atol=2e-5)
 
 
 def test_lora_experts_off_and_router_trained_on_request():

@@ -69,6 +69,10 @@ class Arch:
     # parameters outside the decoder layers' linears, the embeddings and the two norms a layer: the routers, per-head
     # q/k norms, attention biases and sinks, extra norms, a vision tower; frozen and kept in 16 bits
     other_params: int = 0
+    model_type: str = ""  # the config's (a text config's for a multimodal one); "" for numbers written by hand
+    # the MoE layers' indices where dense layers come between them (Qwen2/3-MoE's mlp_only_layers and
+    # decoder_sparse_step); () when the MoE layers are the last `moe_layers` (all, or DeepSeek-style dense first ones)
+    moe_ids: tuple[int, ...] = ()
 
     @classmethod
     def from_config(cls, cfg: dict, with_vision: bool = True) -> "Arch":
@@ -80,19 +84,22 @@ class Arch:
         kv = text.get("num_key_value_heads") or heads
         head_dim = text.get("head_dim") or h // heads
         experts = text.get("num_experts") or text.get("num_local_experts") or 0
+        ids = ()
         if not experts:
             moe = 0
         elif "decoder_sparse_step" in text or "mlp_only_layers" in text:  # Qwen2/3-MoE: some layers stay dense
             step, dense = text.get("decoder_sparse_step") or 1, set(text.get("mlp_only_layers") or ())
-            moe = sum(1 for i in range(layers) if i not in dense and (i + 1) % step == 0)
+            ids = tuple(i for i in range(layers) if i not in dense and (i + 1) % step == 0)
+            moe = len(ids)
         else:  # Mixtral, gpt-oss: every layer
             moe = layers
+        mixed = ids if experts and 0 < moe < layers else ()
         expert_width = text.get("moe_intermediate_size") or text["intermediate_size"]
         shared = text.get("shared_expert_intermediate_size") or 0
         q, kvw = heads * head_dim, kv * head_dim
-        other = moe * experts * h  # each MoE layer's router
+        other = moe * experts * (h + (kind == "gpt_oss"))  # each MoE layer's router (gpt-oss's has a bias)
         if kind == "gpt_oss":
-            other += moe * experts + layers * heads  # the router's bias; a learned attention sink per head
+            other += layers * heads  # a learned attention sink per head
         if shared:
             other += moe * h  # the shared expert's gate (Qwen2-MoE)
         if kind.startswith("qwen2"):  # q, k and v have biases
@@ -122,6 +129,8 @@ class Arch:
             shared,
             kind == "gpt_oss",
             other,
+            kind,
+            mixed,
         )
 
     @property
@@ -164,6 +173,22 @@ class Arch:
         if self.expert_biases:
             per_expert += 2 * self.expert_intermediate + self.hidden
         return self.moe_layers * self.experts * per_expert
+
+    def layer_is_moe(self, index: int) -> bool:
+        """Whether decoder layer `index` has experts (else a dense MLP)."""
+        return index in self.moe_ids if self.moe_ids else index >= self.layers - self.moe_layers
+
+    def layer_params(self, index: int) -> tuple[int, int]:
+        """(nn.Linear weights, fused expert weights) of decoder layer `index`: what weight streaming moves of it."""
+        moe = self.layer_is_moe(index)
+        shapes = self._layer_linears[-1][1] if moe else self.linear_shapes
+        experts = self.experts * 3 * self.hidden * self.expert_intermediate if moe else 0
+        return sum(a * b for a, b in shapes.values()), experts
+
+    @property
+    def router_params(self) -> int:
+        """Every MoE layer's router (experts x hidden, and gpt-oss's bias): counted in `other_params`."""
+        return self.moe_layers * self.experts * (self.hidden + self.expert_biases)
 
     @property
     def expert_weight_params(self) -> int:
@@ -262,6 +287,8 @@ def estimate(
     lora_experts: bool = True,
     processes: int = 1,
     master_fp32: bool = False,
+    experts_nf4: bool | None = None,
+    train_router: bool = False,
 ) -> Estimate:
     """Peak allocated GPU memory (and host RAM) of one training step, in GiB.
 
@@ -291,47 +318,58 @@ def estimate(
     maps the same weight files as the others, whose pages the OS holds once), and each rank's own overhead and pinned
     buffers. `lora_experts` off leaves a mixture-of-experts model's experts without adapters (the job's lora_experts).
 
-    QLoRA on the fast path (`fused_loss`) keeps the experts NF4 too and dequantizes them a chunk of experts at a time
-    into one scratch buffer (engine.patching.moe); without it they stay 16-bit."""
+    `experts_nf4` says whether the run keeps a mixture-of-experts model's fused expert weights NF4 (the plan decides it
+    with `nf4_experts`, the rule the run loads them by); None takes QLoRA with the fused loss for the GPU's fast path.
+    NF4 experts are dequantized a chunk of experts at a time into one scratch buffer (engine.patching.moe).
+    `train_router` (the job's) trains the routers: LoRA trains a 16-bit copy of each (PEFT's modules_to_save; the
+    frozen original stays), with its 16-bit gradient and optimizer states; full fine-tuning freezes them without it."""
     tokens = seq * batch
+    if experts_nf4 is None:
+        experts_nf4 = nf4_experts(method, fused_loss)
     if checkpointed_layers is None:
         checkpointed_layers = arch.layers if checkpointing else 0
     if method == "qlora":
-        four_bit = arch.linear_params + (arch.expert_weight_params if nf4_experts(method, fused_loss) else 0)
+        four_bit = arch.linear_params + (arch.expert_weight_params if experts_nf4 else 0)
         weights = four_bit * NF4_BYTES + (arch.params - four_bit) * 2
         # a bf16 copy of the largest weight: transformers' path holds one in the forward and one in the backward;
         # the fast path (which brings the fused loss) dequantizes into one shared buffer (kernels.lora), and NF4
         # experts into one chunk's buffer of their own
         dequant = (1 if fused_loss else 2) * arch.largest_linear * 2
-        if nf4_experts(method, fused_loss) and arch.moe_layers:
+        if experts_nf4 and arch.moe_layers:
             dequant += expert_chunk_bytes(arch)
         dequant += dense_layers * dense_copy_bytes(arch)
         if keep_dequantized and checkpointed_layers:
             dequant += 2 * arch.intermediate * arch.hidden * 2
     else:
         weights, dequant = arch.params * 2, 0
-    layer_bytes = layer_weight_bytes(arch, method, fused_loss)
-    streamed = layer_bytes * streamed_layers
-    weights -= streamed - layer_bytes * (ring_slots if streamed_layers else 0)
+    # the streamed layers (those engine.memory.offload.plan picks) leave the GPU; each of the ring's slots holds the
+    # largest of them (engine.memory.weights.WeightStream sizes its slots so)
+    per_layer = [layer_weight_bytes(arch, method, experts_nf4, i) for i in spread(streamed_layers, arch.layers)]
+    streamed = sum(per_layer)
+    weights -= streamed - max(per_layer, default=0) * ring_slots
     if host_embedding and not arch.tied:
         weights -= arch.vocab * arch.hidden * 2
     opt = OPTIMIZER_BYTES[optimizer]
     adapters = arch.lora_params(rank, targets, lora_experts)
-    paged = (arch.params if method == "full" else adapters) * opt if optimizer_in_host else 0
+    router = arch.router_params if train_router else 0  # LoRA's trained copy of the routers
+    # full fine-tuning trains every weight but the routers, unless asked
+    trained = arch.params - (arch.router_params - router if method == "full" else 0)
+    paged = (trained if method == "full" else adapters + router) * opt if optimizer_in_host else 0
     if method == "full":
-        trainable = arch.params * (2 + 2 + opt) - paged  # bf16 gradient, optimizer states (bf16 params are the weights)
+        trainable = trained * (2 + 2 + opt) - paged  # bf16 gradient, optimizer states (bf16 params are the weights)
         if grads_released:  # only the largest tensor's gradient exists at a time
             fused_experts = arch.experts * 2 * arch.expert_intermediate * arch.hidden  # a MoE layer's gate_up tensor
             largest = max(arch.vocab * arch.hidden, arch.largest_linear, fused_experts)
-            trainable -= (arch.params - largest) * 2
+            trainable -= (trained - largest) * 2
     else:
-        trainable = adapters * (4 + 4 + opt) - paged  # fp32 adapters, their grads, optimizer states
-    if method == "full" and shards > 1:
-        layer_bytes = layer_weight_bytes(arch, method)
+        # fp32 adapters, their grads, optimizer states; a trained router's 16-bit copy, its grad, optimizer states
+        trainable = adapters * (4 + 4 + opt) + router * (2 + 2 + opt) - paged
+    if method == "full" and shards > 1:  # the layers gathered whole are as large as the largest one
+        largest = max(layer_weight_bytes(arch, method, experts_nf4, i) for i in range(arch.layers))
         if master_fp32:  # fp32 shards and gradients: two bytes more of each per parameter
             weights, trainable = weights * 2, trainable + arch.params * 2
-        weights = weights / shards + 2 * layer_bytes
-        trainable = trainable / shards + layer_bytes
+        weights = weights / shards + 2 * largest
+        trainable = trainable / shards + largest
     layer = layer_activation_bytes(arch, tokens, mlp_tile)
     on_gpu = min(checkpointed_layers, OFFLOAD_ON_GPU) if offload_activations else checkpointed_layers
     kept = on_gpu * tokens * arch.hidden * 2  # a checkpointed layer keeps its bf16 input
@@ -374,18 +412,26 @@ def estimate(
     return Estimate(round(sum(parts.values()), 2), round(ram, 2), parts)
 
 
-def nf4_experts(method: str, fused_loss: bool) -> bool:
-    """Whether a run keeps a mixture-of-experts model's fused expert weights NF4: QLoRA on the fast path (which
-    brings the fused loss; engine.models.loading quantizes them as they load)."""
-    return method == "qlora" and fused_loss
+def nf4_experts(method: str, fast_path_on_gpu: bool) -> bool:
+    """Whether a run keeps a mixture-of-experts model's fused expert weights NF4: QLoRA on the GPU's fast path, with
+    gradient checkpointing or without it. The one rule: the plan counts them by it (engine.memory.verdict.plan_for,
+    `Plan.experts_nf4`) and the run loads and quantizes them by that plan (engine.models.loading)."""
+    return method == "qlora" and fast_path_on_gpu
 
 
-def layer_weight_bytes(arch: Arch, method: str, fused_loss: bool = False) -> float:
-    """Bytes of one decoder layer's frozen weights that weight streaming moves: its linear layers' and its experts'
-    (NF4: the packed 4-bit data; the small scales stay on the GPU). Averaged over the layers."""
-    linear = arch.linear_params * (0.5 if method == "qlora" else 2)
-    experts = arch.expert_weight_params * (0.5 if nf4_experts(method, fused_loss) else 2)
-    return (linear + experts) / arch.layers
+def layer_weight_bytes(arch: Arch, method: str, experts_nf4: bool = False, index: int | None = None) -> float:
+    """Bytes of decoder layer `index`'s frozen weights that weight streaming moves (None: averaged over the layers):
+    its linear layers' and its experts' (NF4: the packed 4-bit data; the small scales stay on the GPU)."""
+    if index is None:
+        linear, experts, layers = arch.linear_params, arch.expert_weight_params, arch.layers
+    else:
+        (linear, experts), layers = arch.layer_params(index), 1
+    return (linear * (0.5 if method == "qlora" else 2) + experts * (0.5 if experts_nf4 else 2)) / layers
+
+
+def spread(count: int, layers: int) -> tuple[int, ...]:
+    """`count` layer indices spread evenly over `layers`: resident layers' compute hides the streamed ones' copies."""
+    return tuple(sorted({j * layers // count for j in range(count)})) if count else ()
 
 
 def dense_copy_bytes(arch: Arch) -> float:

@@ -49,7 +49,15 @@ from dataclasses import dataclass
 
 from engine.core.errors import UserError
 from engine.memory.checkpointing import SLACK, fits_checkpointed, layers_to_checkpoint
-from engine.memory.estimate import GIB, Arch, dense_copy_bytes, estimate, layer_activation_bytes
+from engine.memory.estimate import (
+    GIB,
+    Arch,
+    dense_copy_bytes,
+    estimate,
+    layer_activation_bytes,
+    nf4_experts,
+    spread,
+)
 
 RING_SLOTS = 3  # GPU slots for streamed layers: the one computing and two arriving
 
@@ -88,6 +96,8 @@ class Plan:
     keep_attention: bool = False  # checkpointed layers keep q/k/v/o outputs in host RAM for the recompute (Checkpoint)
     keep_dequantized: bool = False  # a QLoRA recompute keeps gate and up's dequantized weights for its backward
     master_fp32: bool = False  # sharded full fine-tuning in fp16: fp32 shards, computing in fp16 (estimate's doc)
+    experts_nf4: bool = False  # a mixture-of-experts model's fused experts are stored NF4 (estimate.nf4_experts)
+    fused_loss: bool = True  # the loss is the fast path's chunked cross-entropy (one chunk of logits at a time)
 
     def estimate_kw(self) -> dict:
         """The estimate's offload arguments for this plan (engine.memory.checkpointing re-plans per token count with
@@ -106,6 +116,7 @@ class Plan:
             keep_attention=self.keep_attention,
             keep_dequantized=self.keep_dequantized,
             master_fp32=self.master_fp32,
+            experts_nf4=self.experts_nf4,
         )
 
     @property
@@ -165,11 +176,6 @@ class Plan:
         )
 
 
-def spread(count: int, layers: int) -> tuple[int, ...]:
-    """`count` layer indices spread evenly over `layers`: resident layers' compute hides the streamed ones' copies."""
-    return tuple(sorted({j * layers // count for j in range(count)})) if count else ()
-
-
 def plan(
     arch: Arch,
     method: str,
@@ -207,7 +213,11 @@ def plan(
     checkpoint function does not drive) nothing goes to host RAM: the plan recomputes the fewest layers that fit, or
     raises UserError.
 
-    `budget_gib` None (no GPU) gives the plain plan: every layer checkpointed, nothing offloaded."""
+    `budget_gib` None (no GPU, or no checkpointing) gives the plain plan: every layer checkpointed (none with
+    `checkpointing` False in `estimate_kw`, the job's gradient_checkpointing off), nothing offloaded.
+    `experts_nf4` (in `estimate_kw`; default: estimate.nf4_experts for QLoRA with the fused loss) is recorded in the
+    plan, which the run loads a mixture-of-experts model's experts by."""
+    estimate_kw.setdefault("experts_nf4", nf4_experts(method, fused_loss))
     args = (arch, method, seq, batch, budget_gib, host_ram_gib, fused_loss, embeddings_trained, paged_optimizer)
     args += (release_gradients, host_offload)
 
@@ -284,10 +294,13 @@ def _plan(
             graphs=graphs,
             keep_attention=kept and checkpointed > 0,
             keep_dequantized=dequantized and checkpointed > 0,
+            experts_nf4=estimate_kw["experts_nf4"] and arch.moe_layers > 0,
+            fused_loss=fused_loss,
         )
 
-    if budget_gib is None:
-        return made(layers, est(checkpointed_layers=layers))
+    if budget_gib is None:  # every layer recomputes, unless the job turned checkpointing off (then none does)
+        k = layers if estimate_kw.get("checkpointing", True) else 0
+        return made(k, est(checkpointed_layers=k))
     cap = budget_gib / SLACK
     e = est(checkpointed_layers=0)
     if e.peak_vram_gib <= cap:

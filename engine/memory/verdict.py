@@ -11,15 +11,24 @@ from dataclasses import dataclass
 
 from engine.core.errors import UserError
 from engine.memory import offload
-from engine.memory.estimate import Arch, estimate
+from engine.memory.estimate import Arch, estimate, nf4_experts
 from engine.memory.offload import Plan
 
 LARGEST_BUDGET_GIB = 4096  # where the search for the smallest workable budget gives up
 
 
-def plan_for(arch: Arch, spec, budget_gib: float | None, host_ram_gib: float | None, dtype: str = "bf16") -> Plan:
-    """engine.memory.offload's plan for a run of `spec` (a JobSpec) on `budget_gib` of GPU memory (None: no GPU) and
-    `host_ram_gib` of free host RAM (None: not checked), computing in `dtype`. Raises UserError when it cannot fit."""
+def plan_for(
+    arch: Arch,
+    spec,
+    budget_gib: float | None,
+    host_ram_gib: float | None,
+    dtype: str = "bf16",
+    on_gpu: bool | None = None,
+) -> Plan:
+    """engine.memory.offload's plan for a run of `spec` (a JobSpec) on `budget_gib` of GPU memory (None: no GPU, or
+    no checkpointing on one: `on_gpu`, which defaults to whether there is a budget) and `host_ram_gib` of free host
+    RAM (None: not checked), computing in `dtype`. Raises UserError when it cannot fit."""
+    on_gpu = budget_gib is not None if on_gpu is None else on_gpu
     master = sharded(spec) and dtype == "fp16"  # engine.training.distributed.shard: fp32 shards under fp16
     plan = offload.plan(
         arch,
@@ -28,7 +37,9 @@ def plan_for(arch: Arch, spec, budget_gib: float | None, host_ram_gib: float | N
         spec.batch_size,
         budget_gib,
         host_ram_gib,
-        fused_loss=fused_loss(spec, budget_gib),
+        fused_loss=fused_loss(arch, spec, on_gpu),
+        experts_nf4=nf4_experts(spec.method, spec.fast_path and on_gpu),
+        checkpointing=spec.gradient_checkpointing,
         embeddings_trained=spec.train_embeddings,
         # engine.training.sft: auto is paged for full fine-tuning on one GPU; FSDP2's states are sharded instead
         paged_optimizer=spec.optimizer in ("auto", "paged_adamw_8bit") and not sharded(spec),
@@ -43,6 +54,18 @@ def plan_for(arch: Arch, spec, budget_gib: float | None, host_ram_gib: float | N
         **({"master_fp32": True} if master else {}),
     )
     return dataclasses.replace(plan, master_fp32=True) if master else plan
+
+
+def fused_loss(arch: Arch, spec, on_gpu: bool) -> bool:
+    """Whether the run's loss is the fast path's chunked cross-entropy (engine.patching.patch_model, with a
+    mixture-of-experts config's load-balancing loss added to it): on a GPU, for a model type engine.patching has a
+    family for, unless FSDP2 shards the model (its ranks load it into host RAM, where engine.models.loading patches
+    nothing). Others (gpt-oss) compute transformers' loss over all the logits at once, and are planned so."""
+    if not (spec.fast_path and on_gpu) or sharded(spec):
+        return False
+    from engine.patching import family_for  # the kernels (Triton): imported only for a run on a GPU
+
+    return not arch.model_type or family_for(arch.model_type) is not None  # "": an Arch written by hand
 
 
 def run_budget_gib() -> float | None:
@@ -68,12 +91,6 @@ def sharded(spec) -> bool:
     return spec.method == "full" and spec.gpus > 1
 
 
-def fused_loss(spec, budget_gib: float | None) -> bool:
-    """Whether the run computes its loss with the fast path's fused cross-entropy: on a GPU with the fast path on,
-    unless FSDP2 shards the model (its ranks load it into host RAM, where engine.models.loading patches nothing)."""
-    return spec.fast_path and budget_gib is not None and not sharded(spec)
-
-
 def estimate_kw(spec) -> dict:
     """The estimate's arguments that come from the job's LoRA and optimizer settings and its GPU count."""
     return dict(
@@ -81,6 +98,7 @@ def estimate_kw(spec) -> dict:
         targets=spec.target_modules,
         optimizer="adamw" if spec.optimizer == "adamw" or sharded(spec) else "adamw_8bit",  # FSDP2: plain AdamW
         lora_experts=spec.lora_experts,
+        train_router=spec.train_router,
         **({"shards": spec.gpus} if sharded(spec) else {}),
         **({"processes": spec.gpus} if spec.gpus > 1 else {}),
     )
@@ -121,10 +139,9 @@ def verdict(arch: Arch, spec, budget_gib: float | None, host_ram_gib: float | No
 
 def parts(arch: Arch, spec, plan: Plan) -> dict:
     """What holds the plan's peak GPU memory, in GiB (the estimate the plan was made with; they add up to its peak)."""
-    fused = fused_loss(spec, plan.budget_gib)
     kw = dict(plan.estimate_kw(), **estimate_kw(spec))
     e = estimate(arch, spec.method, spec.max_seq_length, spec.batch_size, checkpointed_layers=plan.checkpointed,
-                 fused_loss=fused, **kw)  # fmt: skip
+                 fused_loss=plan.fused_loss, **kw)  # fmt: skip
     return e.parts_gib
 
 

@@ -187,7 +187,7 @@ def load_planned(spec, path: Path, cfg: dict, placement: Placement, log=print, c
     memory = plan_memory(spec, cfg, compute or placement)
     log(memory.describe())
     four_bit = spec.method == "qlora"
-    experts_4bit = nf4_experts_on_load(spec, cfg, placement) and not stored_4bit
+    experts_4bit = memory.experts_nf4 and not stored_4bit  # the plan counted them so (estimate.nf4_experts)
     if memory.streamed and stored_4bit:
         raise UserError(
             f"'{spec.model}' is stored in 4-bit and does not fit this GPU without streaming its layers, which needs "
@@ -203,15 +203,6 @@ def load_planned(spec, path: Path, cfg: dict, placement: Placement, log=print, c
         model = load_model(path, placement, four_bit=four_bit, trust_remote_code=spec.trust_remote_code)
     name_after_source(model, spec.model)
     return model, memory
-
-
-def nf4_experts_on_load(spec, cfg: dict, placement: Placement) -> bool:
-    """Whether a mixture-of-experts model's fused expert weights are stored NF4 as it loads: QLoRA on the GPU's fast
-    path (engine.memory.estimate.nf4_experts, the rule the plan counts them by)."""
-    from engine.memory.estimate import Arch, nf4_experts
-
-    on_gpu = placement.device.startswith("cuda")
-    return nf4_experts(spec.method, spec.fast_path and on_gpu) and Arch.from_config(cfg).moe_layers > 0
 
 
 def empty_model(path: Path, placement: Placement, trust_remote_code: bool = False):
@@ -253,7 +244,8 @@ def plan_memory(spec, cfg: dict, placement: Placement):
     budget = None
     if placement.device.startswith("cuda") and spec.gradient_checkpointing:
         budget = checkpointing.usable_gib(vram_budget_gib(), torch.device(placement.device))
-    return memory.plan_for(Arch.from_config(cfg), spec, budget, offload.host_ram_gib(), placement.dtype)
+    on_gpu = placement.device.startswith("cuda")
+    return memory.plan_for(Arch.from_config(cfg), spec, budget, offload.host_ram_gib(), placement.dtype, on_gpu)
 
 
 def prepare_for_training(model, spec, log=print, memory=None, compute: Placement | None = None):
@@ -263,6 +255,7 @@ def prepare_for_training(model, spec, log=print, memory=None, compute: Placement
     otherwise computes (load_for_training); on a GPU the checkpointing policy plans with its budget."""
     from engine.core.hardware import vram_budget_gib
     from engine.memory import checkpointing
+    from engine.memory.estimate import nf4_experts
     from engine.memory.install import install
     from engine.memory.verdict import estimate_kw
     from engine.memory.weights import keep_dense
@@ -307,7 +300,7 @@ def prepare_for_training(model, spec, log=print, memory=None, compute: Placement
         freeze_routers(model, spec, log)
     else:
         model = add_lora(model, spec, log)
-        if spec.method == "qlora" and spec.fast_path and on_gpu:
+        if nf4_experts(spec.method, spec.fast_path and on_gpu):
             from engine.patching.moe import quantize_experts
 
             # MoE experts (fused 3-D tensors, which bitsandbytes leaves 16-bit) that did not load NF4 (load_planned)

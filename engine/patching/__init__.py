@@ -8,8 +8,8 @@ its `model_type`. `patch_model` walks the decoder layers and replaces, in place:
 - each attention module with `FastAttention`: RoPE through kernels.rope, LoRA projections through kernels.lora,
   attention through transformers' own interface for the loaded implementation (SDPA: flash / memory-efficient);
 - each gated MLP with `FastMLP`: kernels.swiglu for act(gate) * up, LoRA projections through kernels.lora;
-- the causal-LM loss with kernels.cross_entropy (the logits never exist in full when labels are given), unless the
-  config adds the router's load-balancing loss to it;
+- the causal-LM loss with kernels.cross_entropy (the logits never exist in full when labels are given), plus the
+  router's load-balancing loss where a mixture-of-experts config adds it;
 - in mixture-of-experts models (any model type, gpt-oss included), the experts' forward with engine.patching.moe's
   grouped expert path.
 
@@ -49,7 +49,7 @@ def patch_model(model, log=print) -> PatchReport:
     if fam is None:
         report = PatchReport(None, notes=[f"no fast path for model type '{model_type}': plain transformers + PEFT"])
     else:
-        report = patch_with(model, fam, fuse_loss=not getattr(model.config, "output_router_logits", False))
+        report = patch_with(model, fam)
     experts = moe.install(model, log=lambda m: None)
     if experts:
         report.notes.append(f"grouped expert path (kernels.grouped_mm) in {experts} mixture-of-experts layers")

@@ -507,7 +507,9 @@ def fused_loss_forward(
     **kwargs,
 ):
     """The causal LM's forward; given labels, the loss comes from kernels.cross_entropy over chunks of tokens and
-    `.logits` is None (the full logits are never built). Without labels it is the model's own forward."""
+    `.logits` is None (the full logits are never built). A mixture-of-experts config with `output_router_logits`
+    adds its router load-balancing loss as transformers does (the model's own `load_balancing_loss_func`, times
+    `router_aux_loss_coef`, after the token average). Without labels it is the model's own forward."""
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
     head = self.get_output_embeddings()
@@ -524,6 +526,10 @@ def fused_loss_forward(
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
+    balance = getattr(self.config, "output_router_logits", False) and hasattr(self, "router_aux_loss_coef")
+    if balance:
+        kwargs["output_router_logits"] = True
+    mask = attention_mask  # the batch's padding, for the load-balancing loss (before any varlen replacement)
     num_items = kwargs.pop("num_items_in_batch", None)
     shift_labels = kwargs.pop("shift_labels", None)
     cached = past_key_values is not None or (use_cache if use_cache is not None else self.config.use_cache)
@@ -556,6 +562,10 @@ def fused_loss_forward(
     loss = fused_linear_cross_entropy(hidden.to(dtype), weight, targets, softcap=softcap, chunk_size=chunk)
     if num_items is not None:  # sum over tokens / tokens of the whole accumulated batch, as transformers does
         loss = loss * (targets != -100).sum() / num_items
+    if balance:
+        func = sys.modules[type(self).__module__].load_balancing_loss_func
+        aux = func(out.router_logits, self.num_experts, self.num_experts_per_tok, mask)
+        loss = loss + self.router_aux_loss_coef * aux.to(loss.device)
     return CausalLMOutputWithPast(loss=loss, logits=None, past_key_values=out.past_key_values)
 
 

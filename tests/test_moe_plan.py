@@ -1,0 +1,174 @@
+"""Mixture-of-experts plans against what the run holds (issue 29 under issue 24's rule: the estimate equals the run):
+the experts' storage decided once, by the plan, for a GPU run with checkpointing on or off; streaming slots sized by
+the largest streamed layer of a model that mixes dense and MoE layers; a trained router's copy, gradient and optimizer
+states; the load-balancing loss added to the fused loss, so the plan's chunked logits are the run's."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from test_memory import QWEN3_30B_A3B
+from test_moe_offload import ATTENTION, EMBEDDINGS, EXPERTS, OTHER
+
+from engine.core.hardware import Placement
+from engine.memory.estimate import GIB, NF4_BYTES, Arch
+from engine.models import loading
+from engine.spec.jobspec import JobSpec
+
+
+def _job(**kw) -> JobSpec:
+    return JobSpec(**{"model": "tiny", "data": "-", "max_seq_length": 1024, "batch_size": 1, **kw})
+
+
+def test_a_gpu_run_without_checkpointing_plans_the_nf4_experts_it_loads(monkeypatch, tmp_path):
+    """Checkpointing off leaves the plan no VRAM budget; on a GPU the fast path still stores the experts NF4, and the
+    plan counts them so. The run loads them by the plan's `experts_nf4`, not a rule of its own."""
+    from engine.memory.verdict import parts
+
+    monkeypatch.setenv("TUNESMITH_RAM_GIB", "512")
+    job = _job(method="qlora", gradient_checkpointing=False)
+    gpu = loading.plan_memory(job, QWEN3_30B_A3B, Placement("cuda", "bf16", "test"))
+    cpu = loading.plan_memory(job, QWEN3_30B_A3B, Placement("cpu", "fp32", "test"))
+    assert gpu.budget_gib is None and gpu.experts_nf4 and not cpu.experts_nf4
+    assert gpu.checkpointed == cpu.checkpointed == 0  # no layer recomputes: each keeps its activations
+    arch = Arch.from_config(QWEN3_30B_A3B)
+    # attention and experts NF4; embeddings, head, norms and routers 16-bit
+    assert parts(arch, job, gpu)["weights"] == pytest.approx(
+        ((ATTENTION + EXPERTS) * NF4_BYTES + (EMBEDDINGS + OTHER) * 2) / GIB, abs=1e-3
+    )
+    # every layer's activations at 1024 tokens: tokens x (h 1.3 + attention 12 + MLP 8 per unit of width)
+    layer = 1024 * (1.3 * 2048 + 12.0 * (32 + 8) * 128 + 8.0 * 8 * 768)
+    assert parts(arch, job, gpu)["activations"] == pytest.approx(48 * layer / GIB, abs=1e-3)
+    # on the CPU (plain transformers + PEFT) the experts stay 16-bit
+    assert parts(arch, job, cpu)["weights"] == pytest.approx(
+        (ATTENTION * NF4_BYTES + (EXPERTS + EMBEDDINGS + OTHER) * 2) / GIB, abs=1e-3
+    )
+
+    # the run: a tiny qwen3_moe loaded by load_planned with the plan a GPU gets stores every expert NF4
+    from tiny import make_model
+
+    folder = make_model("qwen3_moe", tmp_path / "model")
+    cfg = json.loads((folder / "config.json").read_text())
+    tiny_job = dataclasses.replace(job, model=str(folder))
+    planned = loading.plan_memory(tiny_job, cfg, Placement("cuda", "bf16", "test"))
+    assert planned.experts_nf4
+    monkeypatch.setattr(loading, "plan_memory", lambda spec, cfg, placement: planned)
+    model, memory = loading.load_planned(tiny_job, folder, cfg, Placement("cpu", "fp32", "test"), log=lambda m: None)
+    packed = [m._buffers[n] for m in model.modules() for n in ("gate_up_proj_nf4", "down_proj_nf4") if n in m._buffers]
+    assert len(packed) == 2 * 2 and memory is planned
+    assert sum(b.numel() for b in packed) == Arch.from_config(cfg).expert_weight_params * 0.5
+
+
+@pytest.mark.parametrize("arch", ["qwen3_moe", "mixtral", "gpt_oss"])
+def test_the_plan_counts_the_loss_the_run_computes(arch, tmp_path, monkeypatch):
+    """With the load-balancing loss on, the fast path keeps its chunked loss (the router loss added to it), and the
+    plan counts one chunk of logits; gpt-oss has no fast-path family, so its run and its plan have all the logits at
+    once."""
+    from test_moe_parity import tiny_model
+
+    from engine.memory.estimate import COEF
+    from engine.memory.verdict import parts
+    from engine.patching import patch_model
+
+    monkeypatch.setenv("TUNESMITH_RAM_GIB", "512")
+    model = tiny_model(arch)
+    model.config.output_router_logits = True
+    fused = "fused cross-entropy loss" in patch_model(model, log=lambda m: None).swapped
+    assert fused == (arch != "gpt_oss")
+    cfg = model.config.to_dict()
+    job = _job(method="qlora", max_seq_length=512, batch_size=2)
+    planned = loading.plan_memory(job, cfg, Placement("cuda", "bf16", "test"))
+    assert planned.fused_loss == fused
+    tokens, vocab, hidden = 1024, cfg["vocab_size"], cfg["hidden_size"]
+    # one 1024-token chunk of bf16 logits (the 4096-token chunk of a plan without a budget) and fp32 dh, or
+    # transformers' loss over every token's logits
+    loss = tokens * vocab * 2 + tokens * hidden * 4 if fused else tokens * vocab * COEF["loss_v"]
+    assert parts(Arch.from_config(cfg), job, planned)["loss"] == pytest.approx(loss / GIB, abs=1e-3)
+
+
+@pytest.mark.parametrize("arch", ["qwen3_moe", "gpt_oss"])  # gpt-oss: the router has a bias
+def test_a_trained_router_is_counted_as_the_run_holds_it(arch):
+    """train_router: LoRA trains a copy of every router (PEFT's modules_to_save) in the model's dtype, beside the
+    frozen original, with its gradient and 8-bit AdamW states; full fine-tuning freezes the routers without it."""
+    from test_moe_parity import tiny_model
+
+    from engine.memory.estimate import estimate
+    from engine.models.experts import freeze_routers
+
+    model = tiny_model(arch).to(torch.bfloat16)
+    tiny = Arch.from_config(model.config.to_dict())
+    assert tiny.params == sum(p.numel() for p in model.parameters())
+    lora = loading.add_lora(model, _job(train_router=True), log=lambda m: None)
+    copies = [p for n, p in lora.named_parameters() if p.requires_grad and "modules_to_save" in n]
+    assert {p.dtype for p in copies} == {torch.bfloat16}
+    assert sum(p.numel() for p in copies) == tiny.router_params == 2 * 4 * (64 + (arch == "gpt_oss"))
+    plain = tiny_model(arch)
+    freeze_routers(plain, _job(method="full"), log=lambda m: None)
+    assert sum(p.numel() for p in plain.parameters() if p.requires_grad) == tiny.params - tiny.router_params
+
+    big = Arch.from_config(QWEN3_30B_A3B)
+    routers = 48 * 128 * 2048
+    for method in ("qlora", "full"):
+        frozen = estimate(big, method, 1024, 1, fused_loss=True).parts_gib["trainable"]
+        trained = estimate(big, method, 1024, 1, fused_loss=True, train_router=True).parts_gib["trainable"]
+        # LoRA: the 16-bit copy, its 16-bit gradient, 2 bytes of 8-bit AdamW states; full: a trained weight's 6
+        # bytes as the estimate counts every one of them (2 + 2 + the states' 2)
+        assert trained - frozen == pytest.approx(routers * (2 + 2 + 2) / GIB, abs=1e-3), method
+
+
+def test_streaming_slots_hold_the_largest_streamed_layer(tmp_path):
+    """A Qwen3-MoE with a dense layer between MoE ones (mlp_only_layers): the dense layer's MLP (3 x 64 x 256) is
+    larger than the MoE layers' four experts (4 x 3 x 64 x 32), so the ring's slots hold that layer, in WeightStream
+    and in the estimate, and the layers that leave the GPU are counted each at its own size."""
+    from tiny import ARCHS, make_model
+
+    from engine.memory.estimate import estimate, layer_weight_bytes
+    from engine.memory.offload import plan
+    from engine.memory.weights import WeightStream, load_streamed
+
+    ARCHS["qwen3_moe_mixed"] = dict(ARCHS["qwen3_moe"], num_hidden_layers=3, mlp_only_layers=[1], intermediate_size=256)
+    try:
+        folder = make_model("qwen3_moe_mixed", tmp_path / "model")
+    finally:
+        del ARCHS["qwen3_moe_mixed"]
+    arch = Arch.from_config(json.loads((folder / "config.json").read_text()))
+    assert (arch.moe_layers, arch.moe_ids) == (2, (0, 2))
+    attention = 64 * 64 * 2 + 64 * 32 * 2  # q, o [64 x 64]; k, v [64 x 32]
+    moe, dense = (attention + 4 * 3 * 64 * 32) * 2, (attention + 3 * 64 * 256) * 2  # bytes, 16-bit
+    assert [layer_weight_bytes(arch, "lora", False, i) for i in range(3)] == [moe, dense, moe]
+
+    streaming = dataclasses.replace(plan(arch, "lora", 12, 2, None), streamed=(0, 1, 2), ring_slots=2)
+    model = load_streamed(folder, Placement("cpu", "bf16", "test"), False, streaming, log=lambda m: None)
+    model.requires_grad_(False)
+    layers = dict(enumerate(model.model.layers))
+    stream = WeightStream(layers, torch.device("cpu"), slots=2, log=lambda m: None)
+    held = {i: sum(h.numel() * h.element_size() for *_, h in pairs) for i, pairs in stream.weights.items()}
+    assert held == {0: moe, 1: dense, 2: moe}
+    assert stream.slot_bytes == dense and len(stream.buffers) == 2
+
+    # the estimate, at a size its GiB figures resolve: Qwen3-30B-A3B's numbers with every other layer dense
+    # (decoder_sparse_step 2), all 48 layers streamed through three slots, LoRA (16-bit weights)
+    big = Arch.from_config(dict(QWEN3_30B_A3B, decoder_sparse_step=2))
+    assert big.moe_ids == tuple(range(1, 48, 2))
+    attention = 2048 * 4096 * 2 + 2048 * 512 * 2
+    moe, dense = (attention + 128 * 3 * 2048 * 768) * 2, (attention + 3 * 2048 * 6144) * 2
+    assert (layer_weight_bytes(big, "lora", False, 0), layer_weight_bytes(big, "lora", False, 1)) == (dense, moe)
+    resident = estimate(big, "lora", 1024, 1)
+    streamed = estimate(big, "lora", 1024, 1, streamed_layers=48, ring_slots=3)
+    left = resident.parts_gib["weights"] - streamed.parts_gib["weights"]
+    assert left == pytest.approx((24 * moe + 24 * dense - 3 * moe) / GIB, abs=1e-3)
+    assert streamed.peak_ram_gib - resident.peak_ram_gib == pytest.approx((24 * moe + 24 * dense) / GIB, abs=0.01)
+
+
+def test_full_fine_tuning_on_several_gpus_gathers_the_largest_layer():
+    """FSDP2 gathers a layer whole (the one computing and the next) and reduce-scatters one layer's gradient: with
+    dense layers between the MoE ones, those are as large as a MoE layer, not the average layer."""
+    from engine.memory.estimate import estimate
+
+    big = Arch.from_config(dict(QWEN3_30B_A3B, decoder_sparse_step=2))
+    moe = (2048 * 4096 * 2 + 2048 * 512 * 2 + 128 * 3 * 2048 * 768) * 2
+    sharded = estimate(big, "full", 1024, 1, shards=4, optimizer="adamw").parts_gib
+    assert sharded["weights"] == pytest.approx((big.params * 2 / 4 + 2 * moe) / GIB, abs=1e-3)
+    trained = big.params - big.router_params  # the routers stay frozen
+    assert sharded["trainable"] == pytest.approx((trained * (2 + 2 + 8) / 4 + moe) / GIB, abs=1e-3)
