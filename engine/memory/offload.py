@@ -310,7 +310,8 @@ def _plan(
         dense = min(layers, math.floor((cap - e.peak_vram_gib) * DENSE_SHARE / per_layer))
         return dataclasses.replace(made(0, est(checkpointed_layers=0, dense_layers=dense)), dense_layers=dense)
     if not host_offload:
-        kw = dict(loss_chunk=chunk, **estimate_kw)
+        # a budget means checkpointing is on (None above otherwise): the rule below decides how many layers recompute
+        kw = dict(loss_chunk=chunk, **{k: v for k, v in estimate_kw.items() if k != "checkpointing"})
         return check_ram(_recompute_only(arch, method, seq * batch, budget_gib, fused_loss, kw, made), host_ram_gib)
     host_embedding = not arch.tied and method != "full" and not embeddings_trained
     # the fast path's adapters keep their attention outputs for the recompute when that fits with nothing streamed
