@@ -48,6 +48,7 @@ import math
 from dataclasses import dataclass
 
 from engine.core.errors import UserError
+from engine.data.batching import MAX_BUCKETS
 from engine.memory.checkpointing import SLACK
 from engine.memory.estimate import GIB, Arch, dense_copy_bytes, estimate, layer_activation_bytes
 
@@ -87,6 +88,12 @@ class Plan:
     graphs: bool = False  # checkpointed layers replay CUDA graphs of their passes (engine.patching.graphs)
     keep_attention: bool = False  # checkpointed layers keep q/k/v/o outputs in host RAM for the recompute (Checkpoint)
     keep_dequantized: bool = False  # a QLoRA recompute keeps gate and up's dequantized weights for its backward
+    # padding-free shapes (buckets, engine.data.batching.plan_buckets) whose CUDA graphs the run holds at once, each
+    # counted at `graph_tokens` (the largest micro-batch); `layer_graphs`: nothing recomputes and every layer's
+    # passes are captured (engine.patching.graphs.install), else those of the checkpointed layers (`graphs`)
+    shapes: int = MAX_BUCKETS
+    layer_graphs: bool = False
+    graph_tokens: int = 0
 
     def estimate_kw(self) -> dict:
         """The estimate's offload arguments for this plan (engine.memory.checkpointing re-plans per token count with
@@ -104,6 +111,9 @@ class Plan:
             graphs=self.graphs,
             keep_attention=self.keep_attention,
             keep_dequantized=self.keep_dequantized,
+            graph_shapes=self.shapes,
+            layer_graphs=self.layer_graphs,
+            graph_tokens=self.graph_tokens or None,
         )
 
     @property
@@ -208,14 +218,31 @@ def plan(
             return _plan(*args, graphs_wanted=graphs_wanted, keep_wanted=False, **estimate_kw)
 
     plain = attempt(False)
+    chosen = plain
     # graphs: the fast path's adapters only, in layers with a FastMLP (engine.patching.graphs.eligible_layers)
-    if method == "full" or not fused_loss or not plain.checkpointed or arch.moe_layers:
-        return check_ram(plain, host_ram_gib)
-    try:
-        graphed = attempt(True)
-    except UserError:
-        return check_ram(plain, host_ram_gib)
-    return check_ram(plain if graphed.streamed and not plain.streamed else graphed, host_ram_gib)
+    if not (method == "full" or not fused_loss or not plain.checkpointed or arch.moe_layers):
+        try:
+            graphed = attempt(True)
+            chosen = plain if graphed.streamed and not plain.streamed else graphed
+        except UserError:
+            pass
+    return check_ram(held_shapes(chosen, arch, method, seq, batch, fused_loss, estimate_kw), host_ram_gib)
+
+
+def held_shapes(plan_: Plan, arch: Arch, method: str, seq: int, batch: int, fused_loss: bool, estimate_kw) -> Plan:
+    """`plan_` (made counting one shape's CUDA graphs) holding as many padding-free shapes' graphs as its budget
+    has room for, up to MAX_BUCKETS, each counted at the largest micro-batch, with its peak for that many. A run that
+    holds no graphs (no budget, or none captured) keeps MAX_BUCKETS and its figure."""
+    held = plan_.graphs or plan_.layer_graphs
+    if plan_.budget_gib is None or not held:
+        return plan_
+    tokens = seq * batch
+    for shapes in range(MAX_BUCKETS, 0, -1):
+        kw = {**plan_.estimate_kw(), "graph_shapes": shapes, "graph_tokens": tokens, **estimate_kw}
+        e = estimate(arch, method, seq, batch, checkpointed_layers=plan_.checkpointed, fused_loss=fused_loss, **kw)
+        if e.peak_vram_gib <= plan_.budget_gib / SLACK or shapes == 1:  # one shape: the figure the plan fit with
+            return dataclasses.replace(plan_, shapes=shapes, graph_tokens=tokens, peak_vram_gib=e.peak_vram_gib)
+    raise AssertionError("unreachable")
 
 
 def at_least(peak_gib: float) -> float:
@@ -241,8 +268,17 @@ def _plan(
     layers = arch.layers
     chunk = 4096 if budget_gib is None or budget_gib >= SMALL_CARD_GIB else 1024
 
+    # every layer's passes are captured when nothing recomputes (engine.models.loading: the fast path's adapters in
+    # layers with a FastMLP, under a budget); the plan is made counting one shape's graphs (`held_shapes`)
+    layer_graphs = budget_gib is not None and fused_loss and method != "full" and not arch.moe_layers
+
     def est(**kw):
+        kw = {"graph_shapes": 1, "layer_graphs": layer_graphs, **kw}
         return estimate(arch, method, seq, batch, fused_loss=fused_loss, loss_chunk=chunk, **estimate_kw, **kw)
+
+    def most_shapes(**kw):  # the estimate with the graphs of as many shapes as fit, when one does
+        fitting = (e for e in (est(graph_shapes=n, **kw) for n in range(MAX_BUCKETS, 0, -1)) if e.peak_vram_gib <= cap)
+        return next(fitting, None)
 
     def made(
         checkpointed,
@@ -273,6 +309,7 @@ def _plan(
             graphs=graphs,
             keep_attention=kept and checkpointed > 0,
             keep_dequantized=dequantized and checkpointed > 0,
+            layer_graphs=layer_graphs and checkpointed == 0,
         )
 
     if budget_gib is None:
@@ -283,6 +320,8 @@ def _plan(
         if method != "qlora" or not fused_loss:
             return made(0, e)
         per_layer = dense_copy_bytes(arch) / GIB
+        # the graphs of as many shapes as fit come first (`held_shapes` then holds as many), the copies after them
+        e = most_shapes(checkpointed_layers=0)
         dense = min(layers, math.floor((cap - e.peak_vram_gib) * DENSE_SHARE / per_layer))
         return dataclasses.replace(made(0, est(checkpointed_layers=0, dense_layers=dense)), dense_layers=dense)
     host_embedding = not arch.tied and method != "full" and not embeddings_trained
@@ -308,10 +347,14 @@ def _plan(
     if dequantized:
         e = est(checkpointed_layers=layers, **both, **offload)
     if e.peak_vram_gib <= cap:
+        kw = dict(keep_attention=kept, keep_dequantized=dequantized, **offload)
+        e = most_shapes(checkpointed_layers=layers, **kw)  # as many shapes' graphs as fit, then fewer recomputes
         per_layer = layer_activation_bytes(arch, seq * batch) / GIB
         free = min(layers, math.floor((cap - e.peak_vram_gib) / per_layer))
         k = layers - free
-        e = est(checkpointed_layers=k, keep_attention=kept, keep_dequantized=dequantized, **offload)
+        e = est(checkpointed_layers=k, **kw)
+        if k == 0 and e.peak_vram_gib > cap:  # recomputing nothing brings every layer's graphs: one layer recomputes
+            k, e = 1, est(checkpointed_layers=1, **kw)
         plan_ = made(k, e, True, (), host_embedding, kept=kept, dequantized=dequantized)
     elif (
         seq * batch > MLP_TILE
