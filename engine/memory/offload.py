@@ -139,7 +139,9 @@ class Plan:
         if self.grads_released:
             parts.append("each weight updated in the backward as its gradient completes (no gradient buffer)")
         if self.graphs:
-            parts.append("CUDA graphs of the checkpointed layers' passes")
+            parts.append(f"CUDA graphs of the checkpointed layers' passes, for up to {self.shapes} batch shapes")
+        if self.layer_graphs and self.budget_gib:
+            parts.append(f"CUDA graphs of every layer, for up to {self.shapes} batch shapes")
         if self.keep_attention:
             parts.append("q/k/v/o projection outputs in host RAM (the recompute skips those products)")
         if self.keep_dequantized:
@@ -163,6 +165,7 @@ class Plan:
             dense_layers=self.dense_layers,
             grads_released=self.grads_released,
             cuda_graphs=self.graphs,
+            cuda_graph_shapes=self.shapes,  # padding-free batch shapes whose graphs the run holds (and buckets)
             attention_outputs_kept=self.keep_attention,
             dequantized_weights_kept=self.keep_dequantized,
             peak_vram_gib=self.peak_vram_gib,
