@@ -177,11 +177,20 @@ def padded(examples, pad_id: int, device: str) -> dict:
 class Collator:
     """Makes a run's micro-batches: padding-free when `varlen` (the model's attention takes cu_seqlens), else padded.
     `run`: the example indices of every micro-batch the run will make, when known, so the buckets are planned for
-    them (`plan_buckets` with `shape_cost`); else the fixed sizes. Logs each bucket the first time a micro-batch
-    lands in it."""
+    them (`plan_buckets` with `shape_cost`, at most `most` sizes: the shapes a memory plan holds graphs for); else the
+    fixed sizes. Logs each bucket the first time a micro-batch lands in it."""
 
     def __init__(
-        self, examples, batch_size: int, pad_id: int, device: str, varlen: bool, log=print, run=None, shape_cost=0
+        self,
+        examples,
+        batch_size: int,
+        pad_id: int,
+        device: str,
+        varlen: bool,
+        log=print,
+        run=None,
+        shape_cost=0,
+        most: int = MAX_BUCKETS,
     ):
         self.pad_id, self.device, self.varlen, self.log = pad_id, device, varlen, log
         self.slots = segment_slots(examples, batch_size)
@@ -190,7 +199,7 @@ class Collator:
         self.seen = set()
         if varlen and run:
             counts = [sum(len(examples[i].input_ids) for i in micro) for micro in run]
-            self.sizes = plan_buckets(counts, shape_cost)
+            self.sizes = plan_buckets(counts, shape_cost, most)
             padded_tokens = sum(next(s for s in self.sizes if s >= c) for c in counts)
             log(
                 f"batches: padding-free, each micro-batch one row rounded up to one of {len(self.sizes)} sizes "

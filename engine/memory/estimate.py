@@ -289,6 +289,9 @@ def estimate(
     master_fp32: bool = False,
     experts_nf4: bool | None = None,
     train_router: bool = False,
+    graph_shapes: int = 0,
+    layer_graphs: bool = False,
+    graph_tokens: int | None = None,
 ) -> Estimate:
     """Peak allocated GPU memory (and host RAM) of one training step, in GiB.
 
@@ -312,6 +315,13 @@ def estimate(
     reduce-scatter. LoRA and QLoRA runs on several GPUs hold the same per GPU as on one. Sharded full fine-tuning in
     fp16 (`master_fp32`) keeps its shards and their gradients in fp32 (FSDP2's mixed precision: AdamW's fp16 updates
     would underflow), each layer gathered in fp16.
+
+    `graph_shapes` is how many padding-free shapes' CUDA graphs the run holds at once
+    (engine.memory.offload.Plan.shapes), each sized for `graph_tokens` (default: this micro-batch's), counted by
+    `graph_shape_bytes` (part "graph_shapes"): the checkpointed layers' graphs (`graphs`) when layers recompute, else,
+    with `layer_graphs`, the graphs of every layer's forward and backward (engine.patching.graphs.install), whose pool
+    keeps a captured step's activations while a new shape's first step runs eagerly beside it (part "graph_pool", with
+    more than one shape).
 
     The host RAM figure is the machine's, for all `processes` ranks of a run on several GPUs: the 16-bit checkpoint
     once (a sharded run's rank 0 alone loads it, the other ranks receive their shards from it; a LoRA or QLoRA rank
@@ -401,6 +411,14 @@ def estimate(
         if keep_dequantized and method == "qlora":
             pool += 2 * arch.intermediate * arch.hidden * 2
         parts["graph_pool"] = pool
+    shape = graph_shape_bytes(arch, graph_tokens or tokens, checkpointed_layers, keep_attention, adapters)
+    if graph_shapes and graphs and checkpointed_layers:  # less the one set "graphs" and "attention_kept" count
+        counted = 3 * tokens * arch.hidden * 2 + 2 * kept_attention
+        parts["graph_shapes"] = graph_shapes * shape - counted
+    elif graph_shapes and layer_graphs and not checkpointed_layers:
+        parts["graph_shapes"] = graph_shapes * shape
+        if graph_shapes > 1:
+            parts["graph_pool"] = arch.layers * layer_activation_bytes(arch, graph_tokens or tokens, mlp_tile)
     parts["fragmentation"] = FRAGMENTATION * sum(parts.values())
     parts = {k: round(v / GIB, 3) for k, v in parts.items()}
     # Host RAM: measured peak RSS (python -m engine.calibrate tiers) was the whole 16-bit checkpoint plus about
@@ -410,6 +428,20 @@ def estimate(
     pinned += checkpointed_layers * kept_attention
     ram = processes * (1.0 + pinned / GIB) + arch.params * (4 if master_fp32 else 2) / GIB  # fp32: loaded so
     return Estimate(round(sum(parts.values()), 2), round(ram, 2), parts)
+
+
+def graph_shape_bytes(arch: Arch, tokens: int, checkpointed_layers: int, keep_attention: bool, adapters: int) -> int:
+    """Bytes one padding-free shape of `tokens` tokens holds in CUDA graphs beyond the pool every shape shares (the
+    buffers engine.patching.graphs lists): with checkpointed layers, CheckpointGraphs' static set (x, dy, out; cos,
+    sin and their fp32 RoPE tables and positions; two sets of q/k/v/o outputs when `keep_attention`); else, per layer,
+    `install`'s static inputs (hidden, cos, sin), the output's gradient, the output and the hidden state's gradient,
+    and the `adapters`' fp32 gradients."""
+    h, d = arch.hidden, arch.head_dim
+    if checkpointed_layers:
+        rope = tokens * (2 * d * 2 + d * 4 + 8)  # cos and sin (16-bit), the two fp32 half tables, int64 positions
+        kept = 2 * tokens * (arch.attention_width + h) * 2 if keep_attention else 0
+        return 3 * tokens * h * 2 + rope + kept
+    return arch.layers * (4 * tokens * h * 2 + 2 * tokens * d * 2) + adapters * 4
 
 
 def nf4_experts(method: str, fast_path_on_gpu: bool) -> bool:

@@ -39,7 +39,8 @@ def install(model, plan_: Plan, device, log=print):
     store = ActivationStore(device) if plan_.offload_activations else None
     from engine.patching import graphs as cuda_graphs
 
-    graphs = cuda_graphs.CheckpointGraphs(layers, log) if plan_.graphs and cuda_graphs.eligible_layers(model) else None
+    eligible = plan_.graphs and cuda_graphs.eligible_layers(model)
+    graphs = cuda_graphs.CheckpointGraphs(layers, log, plan_.shapes) if eligible else None
     if graphs is not None:  # each padding-free bucket costs a capture: engine.data.batching.plan_buckets
         net.shape_graphs = True
 

@@ -48,6 +48,7 @@ import math
 from dataclasses import dataclass
 
 from engine.core.errors import UserError
+from engine.data.batching import MAX_BUCKETS
 from engine.memory.checkpointing import SLACK, fits_checkpointed, layers_to_checkpoint
 from engine.memory.estimate import (
     GIB,
@@ -98,6 +99,12 @@ class Plan:
     master_fp32: bool = False  # sharded full fine-tuning in fp16: fp32 shards, computing in fp16 (estimate's doc)
     experts_nf4: bool = False  # a mixture-of-experts model's fused experts are stored NF4 (estimate.nf4_experts)
     fused_loss: bool = True  # the loss is the fast path's chunked cross-entropy (one chunk of logits at a time)
+    # padding-free shapes (buckets, engine.data.batching.plan_buckets) whose CUDA graphs the run holds at once, each
+    # counted at `graph_tokens` (the largest micro-batch); `layer_graphs`: nothing recomputes and every layer's
+    # passes are captured (engine.patching.graphs.install), else those of the checkpointed layers (`graphs`)
+    shapes: int = MAX_BUCKETS
+    layer_graphs: bool = False
+    graph_tokens: int = 0
 
     def estimate_kw(self) -> dict:
         """The estimate's offload arguments for this plan (engine.memory.checkpointing re-plans per token count with
@@ -117,6 +124,9 @@ class Plan:
             keep_dequantized=self.keep_dequantized,
             master_fp32=self.master_fp32,
             experts_nf4=self.experts_nf4,
+            graph_shapes=self.shapes,
+            layer_graphs=self.layer_graphs,
+            graph_tokens=self.graph_tokens or None,
         )
 
     @property
@@ -142,7 +152,9 @@ class Plan:
         if self.grads_released:
             parts.append("each weight updated in the backward as its gradient completes (no gradient buffer)")
         if self.graphs:
-            parts.append("CUDA graphs of the checkpointed layers' passes")
+            parts.append(f"CUDA graphs of the checkpointed layers' passes, for up to {self.shapes} batch shapes")
+        if self.layer_graphs and self.budget_gib:
+            parts.append(f"CUDA graphs of every layer, for up to {self.shapes} batch shapes")
         if self.keep_attention:
             parts.append("q/k/v/o projection outputs in host RAM (the recompute skips those products)")
         if self.keep_dequantized:
@@ -168,6 +180,7 @@ class Plan:
             dense_layers=self.dense_layers,
             grads_released=self.grads_released,
             cuda_graphs=self.graphs,
+            cuda_graph_shapes=self.shapes,  # padding-free batch shapes whose graphs the run holds (and buckets)
             attention_outputs_kept=self.keep_attention,
             dequantized_weights_kept=self.keep_dequantized,
             fp32_master_weights=self.master_fp32,
@@ -228,14 +241,31 @@ def plan(
             return _plan(*args, graphs_wanted=graphs_wanted, keep_wanted=False, **estimate_kw)
 
     plain = attempt(False)
+    chosen = plain
     # graphs: the fast path's adapters only, in layers with a FastMLP (engine.patching.graphs.eligible_layers)
-    if method == "full" or not fused_loss or not plain.checkpointed or arch.moe_layers:
-        return check_ram(plain, host_ram_gib)
-    try:
-        graphed = attempt(True)
-    except UserError:
-        return check_ram(plain, host_ram_gib)
-    return check_ram(plain if graphed.streamed and not plain.streamed else graphed, host_ram_gib)
+    if not (method == "full" or not fused_loss or not plain.checkpointed or arch.moe_layers):
+        try:
+            graphed = attempt(True)
+            chosen = plain if graphed.streamed and not plain.streamed else graphed
+        except UserError:
+            pass
+    return check_ram(held_shapes(chosen, arch, method, seq, batch, fused_loss, estimate_kw), host_ram_gib)
+
+
+def held_shapes(plan_: Plan, arch: Arch, method: str, seq: int, batch: int, fused_loss: bool, estimate_kw) -> Plan:
+    """`plan_` (made counting one shape's CUDA graphs) holding as many padding-free shapes' graphs as its budget
+    has room for, up to MAX_BUCKETS, each counted at the largest micro-batch, with its peak for that many. A run that
+    holds no graphs (no budget, or none captured) keeps MAX_BUCKETS and its figure."""
+    held = plan_.graphs or plan_.layer_graphs
+    if plan_.budget_gib is None or not held:
+        return plan_
+    tokens = seq * batch
+    for shapes in range(MAX_BUCKETS, 0, -1):
+        kw = {**plan_.estimate_kw(), "graph_shapes": shapes, "graph_tokens": tokens, **estimate_kw}
+        e = estimate(arch, method, seq, batch, checkpointed_layers=plan_.checkpointed, fused_loss=fused_loss, **kw)
+        if e.peak_vram_gib <= plan_.budget_gib / SLACK or shapes == 1:  # one shape: the figure the plan fit with
+            return dataclasses.replace(plan_, shapes=shapes, graph_tokens=tokens, peak_vram_gib=e.peak_vram_gib)
+    raise AssertionError("unreachable")
 
 
 def at_least(peak_gib: float) -> float:
@@ -262,8 +292,17 @@ def _plan(
     layers = arch.layers
     chunk = 4096 if budget_gib is None or budget_gib >= SMALL_CARD_GIB else 1024
 
+    # every layer's passes are captured when nothing recomputes (engine.models.loading: the fast path's adapters in
+    # layers with a FastMLP, under a budget); the plan is made counting one shape's graphs (`held_shapes`)
+    layer_graphs = budget_gib is not None and fused_loss and method != "full" and not arch.moe_layers
+
     def est(**kw):
+        kw = {"graph_shapes": 1, "layer_graphs": layer_graphs, **kw}
         return estimate(arch, method, seq, batch, fused_loss=fused_loss, loss_chunk=chunk, **estimate_kw, **kw)
+
+    def most_shapes(**kw):  # the estimate with the graphs of as many shapes as fit, when one does
+        fitting = (e for e in (est(graph_shapes=n, **kw) for n in range(MAX_BUCKETS, 0, -1)) if e.peak_vram_gib <= cap)
+        return next(fitting, None)
 
     def made(
         checkpointed,
@@ -296,6 +335,7 @@ def _plan(
             keep_dequantized=dequantized and checkpointed > 0,
             experts_nf4=estimate_kw["experts_nf4"] and arch.moe_layers > 0,
             fused_loss=fused_loss,
+            layer_graphs=layer_graphs and checkpointed == 0,
         )
 
     if budget_gib is None:  # every layer recomputes, unless the job turned checkpointing off (then none does)
@@ -307,6 +347,8 @@ def _plan(
         if method != "qlora" or not fused_loss:
             return made(0, e)
         per_layer = dense_copy_bytes(arch) / GIB
+        # the graphs of as many shapes as fit come first (`held_shapes` then holds as many), the copies after them
+        e = most_shapes(checkpointed_layers=0)
         dense = min(layers, math.floor((cap - e.peak_vram_gib) * DENSE_SHARE / per_layer))
         return dataclasses.replace(made(0, est(checkpointed_layers=0, dense_layers=dense)), dense_layers=dense)
     if not host_offload:
@@ -336,10 +378,14 @@ def _plan(
     if dequantized:
         e = est(checkpointed_layers=layers, **both, **offload)
     if e.peak_vram_gib <= cap:
+        kw = dict(keep_attention=kept, keep_dequantized=dequantized, **offload)
+        e = most_shapes(checkpointed_layers=layers, **kw)  # as many shapes' graphs as fit, then fewer recomputes
         per_layer = layer_activation_bytes(arch, seq * batch) / GIB
         free = min(layers, math.floor((cap - e.peak_vram_gib) / per_layer))
         k = layers - free
-        e = est(checkpointed_layers=k, keep_attention=kept, keep_dequantized=dequantized, **offload)
+        e = est(checkpointed_layers=k, **kw)
+        if k == 0 and e.peak_vram_gib > cap:  # recomputing nothing brings every layer's graphs: one layer recomputes
+            k, e = 1, est(checkpointed_layers=1, **kw)
         plan_ = made(k, e, True, (), host_embedding, kept=kept, dequantized=dequantized)
     elif (
         seq * batch > MLP_TILE

@@ -268,10 +268,13 @@ def prepare_for_training(model, spec, log=print, memory=None, compute: Placement
         from engine.patching import patch_model
 
         fused_loss = "fused cross-entropy loss" in patch_model(model, log).swapped
-        if spec.method != "full":  # with every weight trainable a graph would hold a second set of gradients
+        # with every weight trainable a graph would hold a second set of gradients; under a budget, only where the
+        # plan counts them (nothing recomputes), holding as many shapes as it counts (engine.memory.offload)
+        budgeted = memory is not None and memory.budget_gib is not None
+        if spec.method != "full" and not (budgeted and memory.checkpointed):
             from engine.patching import graphs
 
-            graphs.install(model, log)
+            graphs.install(model, log, memory.shapes if budgeted else graphs.MAX_SHAPES)
     elif spec.fast_path and gpu:
         log(
             "patching: none for a model FSDP2 shards once loaded (engine.memory.verdict.fused_loss); plain transformers"

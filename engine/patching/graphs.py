@@ -12,7 +12,8 @@ attention reads cu_seqlens: engine.data.batching), no KV cache, and a captured s
 is. `Captures` decides what is held: the first training step's shape is captured at once (fixed-length batches keep it:
 the benchmark, pretraining pieces), any other shape once it has run eagerly (padding-free micro-batches come in a few
 token-count buckets, each one shape), at most MAX_SHAPES shapes at a time (the least recently used set is dropped;
-all sets share one memory pool, which holds a step's activations). cu_seqlens is an input of the graphs like cos and
+all sets share one memory pool, which holds a step's activations; a run under a VRAM budget holds as many as its
+memory plan counts, engine.memory.offload.Plan.shapes). cu_seqlens is an input of the graphs like cos and
 sin, so one graph serves every micro-batch of its bucket. Families whose attention needs a mask or a soft cap
 (sliding windows, Gemma 2) are not captured. The model's module tree is unchanged (each layer gets an instance
 `forward`), so adapters save as before.
@@ -61,11 +62,27 @@ class _LayerCall(nn.Module):
 # re-captured two of them in its 50 steps.
 MAX_SHAPES = MAX_BUCKETS
 
+# What each shape held adds beyond the one memory pool every shape shares, the sizes in the estimate (engine.memory.
+# estimate.graph_shape_bytes), T tokens, h hidden, d head_dim, 16-bit activations:
+# - `install` (make_graphed_callables, torch/cuda/graphs.py): per layer, the sample inputs it keeps as the graphs'
+#   static inputs (hidden T*h, cos and sin T*d each, cu_seqlens), the static gradient of the output it allocates
+#   before the backward capture (T*h), and, live in the pool so no later capture reuses them, the static output (T*h)
+#   and the static input gradients: the hidden state's (T*h) and the layer's packed adapters' (fp32, their size).
+#   The layer's saved activations are freed when its backward is captured: that is the pool's shared memory.
+# - `CheckpointGraphs`: one static set per shape, outside the pool: x, dy and out (T*h each), cos and sin (T*d each),
+#   the RoPE tables made from them (fp32 T*d/2 twice, int64 positions T), cu_seqlens, and with kept attention outputs
+#   two sets (even and odd layers) of the q, k, v and o projections' outputs. The graphs write only into those, so
+#   their pool memory is scratch that every layer's and every shape's graph reuses (one pool for all sets); the
+#   adapters' gradient buffer is one for all shapes too.
+# cu_seqlens (int32, a run's fixed number of entries) and the graphs' own device memory (kernel parameters) are a few
+# KiB and not counted.
+
 
 class Captures:
-    """The graphs held (per shape, at most MAX_SHAPES) and whether a capture is still possible."""
+    """The graphs held (per shape, at most `most`) and whether a capture is still possible."""
 
-    def __init__(self):
+    def __init__(self, most: int = MAX_SHAPES):
+        self.most = most
         self.graphs: OrderedDict[tuple, list] = OrderedDict()  # shape key -> graphed callable per layer, LRU first
         self.seen: set = set()  # shape keys run eagerly once
         self.steps = 0
@@ -75,7 +92,7 @@ class Captures:
     def before_step(self, key) -> bool:
         """Called once per training forward with its shape key (None when the step cannot use graphs); says whether
         to capture `key` now: at the first step (as before any eager run), or at a shape's second step (its first
-        ran eagerly: kernels compiled and tuned), dropping the least recently used set beyond MAX_SHAPES."""
+        ran eagerly: kernels compiled and tuned), dropping the least recently used set beyond `most`."""
         first = self.steps == 0
         self.steps += 1
         if key is None or not self.enabled:
@@ -86,7 +103,7 @@ class Captures:
         if not first and key not in self.seen:
             self.seen.add(key)
             return False
-        while len(self.graphs) >= MAX_SHAPES:
+        while self.graphs and len(self.graphs) >= self.most:
             self.graphs.popitem(last=False)
         return True
 
@@ -107,9 +124,10 @@ def eligible_layers(model) -> list | None:
     return layers or None
 
 
-def install(model, log=print) -> bool:
-    """Give each decoder layer a forward that replays captured graphs when the step allows; False when the model's
-    layers cannot be captured (the reason is logged)."""
+def install(model, log=print, most: int = MAX_SHAPES) -> bool:
+    """Give each decoder layer a forward that replays captured graphs when the step allows, holding at most `most`
+    shapes' graphs (a memory plan's `shapes`); False when the model's layers cannot be captured (the reason is
+    logged)."""
     from engine.patching.modules import mask_skipped
 
     layers = eligible_layers(model)
@@ -117,7 +135,7 @@ def install(model, log=print) -> bool:
         log("cuda graphs: off (a layer needs an attention mask, a window or a soft cap, or is not on the fast path)")
         return False
     model.shape_graphs = True  # each padding-free bucket costs a capture: engine.data.batching.plan_buckets
-    held = Captures()
+    held = Captures(most)
     graphs = held.graphs
 
     def capture(key, hidden, cos, sin, cu_seqlens, warmed):
@@ -191,7 +209,7 @@ def install(model, log=print) -> bool:
     return True
 
 
-SET_ATTRS = ("graphs", "warm", "static", "tables", "cos_seen", "pool", "copied")  # CheckpointGraphs' per-shape state
+SET_ATTRS = ("graphs", "warm", "static", "tables", "cos_seen", "copied")  # CheckpointGraphs' per-shape state
 
 
 class CheckpointGraphs:
@@ -210,14 +228,15 @@ class CheckpointGraphs:
     A layer replays only when: it was run eagerly once at this shape (kernels compiled and tuned), the step is
     unmasked (no attention mask, no KV cache), its attention has no window, soft cap or dropout, its MLP is not tiled,
     and its trainable parameters are all packed. Each shape (a padding-free bucket: engine.data.batching) has its own
-    static buffers (cu_seqlens among them) and graphs, captured once it has run eagerly at that shape; at most
-    MAX_SHAPES sets are held, the least recently used dropped.
+    static buffers (cu_seqlens among them) and graphs, captured once it has run eagerly at that shape, into the one pool
+    all sets share; at most `most` sets are held (a memory plan's `shapes`), the least recently used dropped.
     A capture that fails (out of memory under the cap, or anything the graph cannot hold) switches the
     graphs off for the run, with the reason logged; the layers then run eagerly as before."""
 
-    def __init__(self, layers, log=print):
+    def __init__(self, layers, log=print, most: int = MAX_SHAPES):
         self.layers = layers
         self.log = log
+        self.most = most
         self.enabled = True
         self.key = None  # the shape the current set of graphs and static buffers is for
         self.sets = OrderedDict()  # other shapes' sets (SET_ATTRS), least recently used first
@@ -227,7 +246,7 @@ class CheckpointGraphs:
         self.static = {}
         self.tables = None  # the RoPE tables the graphs read (modules.rope_tables), refreshed when cos changes
         self.cos_seen = None
-        self.pool = None
+        self.pool = None  # every set's graphs: each writes only static buffers, so its pool memory is scratch
         self.grads = {}  # layer -> [(module, packed group name, its view of the shared gradient buffer)], or None
         self.copied = [None, None]  # events after the copies out of the even and odd layers' kept attention outputs
 
@@ -285,7 +304,7 @@ class CheckpointGraphs:
 
     def _switch(self, key, hidden, cos, sin, cu_seqlens):
         """Make `key`'s set of graphs and static buffers the current one (new, or held from an earlier step),
-        keeping the one it replaces unless MAX_SHAPES sets are held."""
+        keeping the one it replaces unless `most` sets are held."""
         from engine.patching.modules import rope_tables
 
         if self.key is not None:
@@ -296,9 +315,9 @@ class CheckpointGraphs:
             for name, value in held.items():
                 setattr(self, name, value)
             return
-        while len(self.sets) >= MAX_SHAPES - 1:
+        while len(self.sets) >= self.most:  # the others held, beside the one made current
             self.sets.popitem(last=False)
-        self.graphs, self.warm, self.pool, self.cos_seen, self.copied = {}, set(), None, None, [None, None]
+        self.graphs, self.warm, self.cos_seen, self.copied = {}, set(), None, [None, None]
         self.static = dict(
             x=torch.empty_like(hidden),
             dy=torch.empty_like(hidden),

@@ -13,7 +13,7 @@ from pathlib import Path
 from engine.core.errors import Cancelled, UserError
 from engine.core.files import new_folder
 from engine.core.hardware import choose_placement, memory_in_use_gb
-from engine.data.batching import GRAPH_SHAPE_COST, Collator
+from engine.data.batching import GRAPH_SHAPE_COST, MAX_BUCKETS, Collator
 from engine.training import distributed
 from engine.training.steps import (
     batches_for_epoch,
@@ -149,7 +149,10 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     micro_batches = min(total * spec.grad_accum * ranks, PLANNED)  # every rank plans the same, global ones
     run = micro_batches_of_run(len(examples), spec.batch_size, spec.seed, micro_batches) if varlen else None
     shape_cost = GRAPH_SHAPE_COST if getattr(base, "shape_graphs", False) else 0
-    make_batch = Collator(examples, spec.batch_size, tok.pad_token_id, placement.device, varlen, log, run, shape_cost)
+    most = memory.shapes if memory is not None else MAX_BUCKETS  # the shapes the memory plan counts graphs for
+    make_batch = Collator(
+        examples, spec.batch_size, tok.pad_token_id, placement.device, varlen, log, run, shape_cost, most
+    )
     validator = make_validator(
         spec, tok, total, run_dir, tok.pad_token_id, placement.device, varlen, log, loading, should_stop
     )
