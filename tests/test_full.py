@@ -205,3 +205,30 @@ def test_full_training_loop_with_released_gradients_equals_the_plain_loop(
         torch.testing.assert_close(released[key].float(), plain[key].float(), rtol=1e-4, atol=1e-6, msg=key)
     for a, b in zip(plain_metrics, released_metrics, strict=True):
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4) and b["grad_norm"] > 0
+
+
+@pytest.mark.parametrize(
+    "method, device, dtype, refused",
+    [("full", "cuda", "fp16", True), ("full", "cuda", "bf16", False), ("full", "cpu", "fp16", False),
+     ("lora", "cuda", "fp16", False), ("qlora", "cuda", "fp16", False)],
+)  # fmt: skip
+def test_full_fine_tuning_in_fp16_on_one_gpu_is_refused_before_loading(method, device, dtype, refused, tmp_path):
+    """fp16 weights cannot be trained by torch's loss scaler (it will not unscale fp16 gradients) and AdamW: the run
+    says so before it resolves the model (a path that does not exist shows nothing was loaded first). A sharded run
+    loads into host RAM ("cpu" here) and keeps fp32 master shards, so it is not refused; LoRA and QLoRA train fp32
+    adapters on fp16 bases."""
+    from engine.core.errors import UserError
+    from engine.core.hardware import Placement
+    from engine.models.loading import full_fp16_refusal, load_for_training
+    from ui.i18n import message
+
+    spec = api.JobSpec(model=str(tmp_path / "no-such-model"), data="unused.jsonl", method=method)
+    placement = Placement(device, dtype, "as the test asks")
+    if not refused:
+        assert full_fp16_refusal(spec, placement) is None
+        return
+    with pytest.raises(UserError, match="needs bf16") as err:
+        load_for_training(spec, placement)
+    assert "LoRA or QLoRA" in str(err.value)
+    assert message(str(err.value), "zh").startswith("单块 GPU 上的全量微调需要 bf16")
+    assert message(str(err.value), "ru").startswith("Полному дообучению на одной GPU нужен bf16")

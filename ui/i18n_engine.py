@@ -354,6 +354,15 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         "больше бюджета {1} ГиБ; возьмите больше GPU, сократите длину последовательности "
         "или используйте LoRA или QLoRA.",
     ),
+    (
+        r"Full fine-tuning on one GPU needs bf16, and this run computes in fp16 \(the GPU has no bf16, or the job asks "
+        r"for fp16\); use LoRA or QLoRA, whose adapters train in fp32, or set dtype to bf16 on a GPU that has it\.",
+        "单块 GPU 上的全量微调需要 bf16，而本次运行以 fp16 计算（GPU 不支持 bf16，或任务要求 fp16）；"
+        "请改用 LoRA 或 QLoRA（其适配器以 fp32 训练），或在支持 bf16 的 GPU 上把 dtype 设为 bf16。",
+        "Полному дообучению на одной GPU нужен bf16, а этот запуск считает в fp16 (у GPU нет bf16, или задание "
+        "просит fp16); используйте LoRA или QLoRA, чьи адаптеры обучаются в fp32, или задайте dtype bf16 "
+        "на GPU, где он есть.",
+    ),
     (r"and optimizer states", "和优化器状态", " и состояниями оптимизатора"),
     (
         r"and each gradient freed in the backward",

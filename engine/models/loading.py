@@ -166,6 +166,7 @@ def load_for_training(spec, placement: Placement, log=print, compute: Placement 
     memory plan is that GPU's."""
     from engine.data.tokenizing import ensure_chat_template
 
+    full_fp16_refusal(spec, placement)
     path = resolve_model(spec.model, log)
     cfg = read_config(path)
     log(
@@ -176,6 +177,18 @@ def load_for_training(spec, placement: Placement, log=print, compute: Placement 
     log(f"chat template: {ensure_chat_template(tok, spec.chat_template)}")
     model, memory = load_planned(spec, path, cfg, placement, log, compute)
     return prepare_for_training(model, spec, log, memory, compute), tok
+
+
+def full_fp16_refusal(spec, placement: Placement) -> None:
+    """Full fine-tuning in fp16 on one GPU is refused before anything loads: its weights would be fp16 themselves, whose
+    gradients torch's loss scaler will not unscale and which AdamW's small updates underflow (a sharded run keeps fp32
+    master shards instead: engine.training.distributed; its model loads into host RAM, so `placement` is not a GPU)."""
+    if spec.method == "full" and placement.device == "cuda" and placement.dtype == "fp16":
+        raise UserError(
+            "Full fine-tuning on one GPU needs bf16, and this run computes in fp16 (the GPU has no bf16, or the job "
+            "asks for fp16); use LoRA or QLoRA, whose adapters train in fp32, or set dtype to bf16 on a GPU that "
+            "has it."
+        )
 
 
 def load_planned(spec, path: Path, cfg: dict, placement: Placement, log=print, compute: Placement | None = None):
