@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 from test_memory import QWEN3_30B_A3B, json_folder_for
+from test_offload import three_sgd_steps
 from test_patching_parity import batch, lora_state
 
 from engine.core.hardware import Placement
@@ -207,7 +208,6 @@ def test_moe_streamed_run_trains_as_the_resident_one_on_the_gpu(method, tmp_path
     from test_offload import _forced
 
     from engine.models import loading
-    from engine.patching.modules import packed_gradient
     from engine.spec.jobspec import JobSpec
 
     folder = _three_layers(tmp_path / "model")
@@ -219,21 +219,7 @@ def test_moe_streamed_run_trains_as_the_resident_one_on_the_gpu(method, tmp_path
         monkeypatch.setenv("TUNESMITH_VRAM_GIB", "0.05")  # every layer recomputes in both runs
         logs = []
         net, _ = loading.load_for_training(job, Placement("cuda", "bf16", "test"), log=logs.append)
-        gen = torch.Generator().manual_seed(1)
-        for p in lora_state(net).values():  # the same nonzero adapters in both runs
-            p.data.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-        net.train()
-        opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1)
-        losses, grads = [], []
-        for _ in range(3):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = net(input_ids=ids, labels=ids).loss
-            loss.backward()
-            losses.append(loss.item())
-            grads.append({k: packed_gradient(v).detach().clone() for k, v in lora_state(net).items()})
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return net, losses, grads, logs
+        return (net, *three_sgd_steps(net, ids), logs)
 
     streaming = dataclasses.replace(_streaming_plan(folder, (0, 1, 2)), offload_activations=True)
     _, plain_losses, plain_grads, _ = run(None)

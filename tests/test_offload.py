@@ -426,12 +426,11 @@ def _forced(plan_: Plan | None):
 def test_offload_gradients_equal_those_without_offload(mode, method, tmp_path, monkeypatch):
     if not torch.cuda.is_available():
         pytest.skip("needs a GPU")
-    from test_patching_parity import lora_state, tiny_model
+    from test_patching_parity import tiny_model
     from tiny import make_tokenizer
 
     from engine.core.hardware import Placement
     from engine.models import loading
-    from engine.patching.modules import packed_gradient
     from engine.spec.jobspec import JobSpec
 
     model = tiny_model("llama", vocab=32000, dtype=torch.bfloat16, initializer_range=0.02, num_hidden_layers=4, **WIDTH)
@@ -468,21 +467,7 @@ def test_offload_gradients_equal_those_without_offload(mode, method, tmp_path, m
             monkeypatch.setenv("TUNESMITH_VRAM_GIB", "0.05")
         torch.manual_seed(5)
         net, _ = loading.load_for_training(job, placement, log=lambda m: None)
-        gen = torch.Generator().manual_seed(1)
-        for p in lora_state(net).values():  # the same nonzero adapters in both runs, whatever the loading drew
-            p.data.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-        net.train()
-        opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1)
-        losses, grads = [], []
-        for _ in range(3):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = net(input_ids=ids, labels=ids).loss
-            loss.backward()
-            losses.append(loss.item())
-            grads.append({k: packed_gradient(v).detach().clone() for k, v in lora_state(net).items()})
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return net, losses, grads
+        return (net, *three_sgd_steps(net, ids))
 
     _, plain_losses, plain_grads = run(None)
     net, losses, grads = run(forced)
@@ -507,3 +492,27 @@ def test_offload_gradients_equal_those_without_offload(mode, method, tmp_path, m
         assert graphs.enabled
         assert {(i, phase) for i, phase, _ in graphs.graphs} == {(i, p) for i in range(4) for p in "fb"}
         assert ("kept" in graphs.static) == forced.keep_attention  # the q/k/v/o outputs went through the graphs
+
+
+def three_sgd_steps(net, ids):
+    """(losses, packed LoRA gradients) of three bf16 SGD steps of `net` on `ids` on the GPU, its adapters first set to
+    the same nonzero values whatever the loading drew, so two loadings of one model can be compared."""
+    from test_patching_parity import lora_state
+
+    from engine.patching.modules import packed_gradient
+
+    gen = torch.Generator().manual_seed(1)
+    for p in lora_state(net).values():
+        p.data.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    net.train()
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1)
+    losses, grads = [], []
+    for _ in range(3):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = net(input_ids=ids, labels=ids).loss
+        loss.backward()
+        losses.append(loss.item())
+        grads.append({k: packed_gradient(v).detach().clone() for k, v in lora_state(net).items()})
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return losses, grads
