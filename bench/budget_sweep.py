@@ -1,7 +1,7 @@
 """Budget sweep (issue 24): at each VRAM budget a run is either refused before loading, with the smallest budget that
 would work, or trains with its peak reserved memory under the budget; never out of memory.
 
-    python3 bench/budget_sweep.py [--only llama8b,qwen3_4b,qwen3_14b] [--parallel 2] [--deadline-s 570]
+    python3 bench/budget_sweep.py [--only llama8b,qwen3_4b,qwen3_14b] [--parallel 2] [--deadline-s 570] [--skip FILE]
 
 Run on the GPU machine from the project root, with the shared harness copied to .bench/ (bench/README.md, "Running
 it on the GPU machine"; carry [".devsite", ".bench"], PYTHONPATH=$PWD/.devsite). For each configuration it makes the
@@ -35,12 +35,12 @@ def frange(start: float, stop: float, step: float) -> list[float]:
     return [round(start + i * step, 2) for i in range(n + 1)]
 
 
-# arch, mode, batch, seq, budgets (GiB): the issue's ranges; steps coarser than the issue's 0.2 where a run's time
-# (load and 6 steps, 30-60 s on the H200) would not let all three fit one 10-minute call
+# arch, mode, batch, seq, budgets (GiB): the issue's ranges and 0.2 GiB steps (47 runs of 25-50 s on the H200: more
+# than one 10-minute call, so a later call passes `--skip` the rows an earlier one wrote)
 SWEEPS = {
-    "llama8b": ("qlora", 2, 2048, frange(5.6, 8.0, 0.4)),
-    "qwen3_4b": ("lora", 2, 2048, frange(6.0, 10.0, 1.0)),
-    "qwen3_14b": ("qlora", 1, 2048, frange(3.6, 6.0, 0.6)),
+    "llama8b": ("qlora", 2, 2048, frange(5.6, 8.0, 0.2)),
+    "qwen3_4b": ("lora", 2, 2048, frange(6.0, 10.0, 0.2)),
+    "qwen3_14b": ("qlora", 1, 2048, frange(3.6, 6.0, 0.2)),
 }
 
 
@@ -130,6 +130,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default=",".join(SWEEPS), help="comma-separated archs of SWEEPS")
     ap.add_argument("--budgets", default="", help="comma-separated GiB, replacing the sweep's list (with one --only)")
+    ap.add_argument(
+        "--skip", default="", help="a budget_sweep.jsonl of an earlier call: its (arch, budget) rows are not run"
+    )
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--timeout-s", type=float, default=150, help="per harness run")
@@ -144,11 +147,17 @@ def main() -> int:
     from engine.memory.offload import host_ram_gib
 
     ram = host_ram_gib() / max(1, a.parallel)  # each concurrent run's share of the free host RAM
+    done = set()
+    if a.skip:
+        done = {(r["arch"], r["budget_gib"]) for r in map(json.loads, Path(a.skip).read_text().splitlines()) if r}
     print(HEADER, flush=True)
     for arch in a.only.split(","):
         mode, bs, seq, budgets = SWEEPS[arch]
         if a.budgets:
             budgets = [float(b) for b in a.budgets.split(",")]
+        budgets = [b for b in budgets if (arch, b) not in done]
+        if not budgets:
+            continue
         made = subprocess.run([sys.executable, str(HARNESS), "--impl", "project", "--arch", arch, "--make-only"],
                               capture_output=True, text=True)  # fmt: skip
         if made.returncode != 0:
