@@ -232,3 +232,34 @@ def test_full_fine_tuning_in_fp16_on_one_gpu_is_refused_before_loading(method, d
     assert "LoRA or QLoRA" in str(err.value)
     assert message(str(err.value), "zh").startswith("单块 GPU 上的全量微调需要 bf16")
     assert message(str(err.value), "ru").startswith("Полному дообучению на одной GPU нужен bf16")
+
+
+def test_eight_bit_adamw_ignores_the_overrides_another_trainer_left_in_bitsandbytes():
+    """transformers' Trainer registers its embeddings for 32-bit states in bitsandbytes' process-wide manager, which
+    keys them by (group, index) once its optimizer steps; the engine's 8-bit AdamW made later in the same process
+    (the notebook API, then a run) keeps 8-bit states for its own parameter at that index."""
+    import bitsandbytes as bnb
+
+    from engine.training.steps import make_optimizer
+
+    mng = bnb.optim.GlobalOptimManager.get_instance()
+    saved = dict(vars(mng))
+    try:
+        embedding = torch.nn.Embedding(64, 64)
+        mng.register_module_override(embedding, "weight", {"optim_bits": 32})
+        trainers = bnb.optim.PagedAdamW8bit(embedding.parameters())
+        embedding.weight.grad = torch.randn_like(embedding.weight)
+        trainers.step()
+        assert trainers.state[embedding.weight]["state1"].dtype == torch.float32  # the override is in force there
+
+        weight = torch.nn.Parameter(torch.randn(64, 128))
+        for name in ("paged_adamw_8bit", "adamw_8bit"):
+            spec = api.JobSpec(model="m", data="d", method="full", optimizer=name, device="cpu")
+            opt = make_optimizer(spec, [weight], "cpu", lambda m: None)
+            weight.grad = torch.randn_like(weight)
+            opt.step()
+            assert opt.state[weight]["state1"].dtype == torch.uint8, name
+    finally:
+        for key in list(vars(mng)):
+            delattr(mng, key)
+        vars(mng).update(saved)

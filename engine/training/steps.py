@@ -125,6 +125,11 @@ def make_optimizer(spec, params, device: str, log, fused: bool = True, paged: bo
 
         kind = bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else adamw_8bit()
         opt = kind(params, lr=spec.learning_rate, weight_decay=spec.weight_decay)
+        # bitsandbytes keeps per-parameter overrides in one process-wide manager, by (group, index): an earlier
+        # transformers Trainer in this process (the notebook API) registered its embeddings there, and this
+        # optimizer would give 32-bit states to whichever of its parameters sits at the same index
+        opt.mng = object.__new__(bnb.optim.GlobalOptimManager)
+        opt.mng.initialize()
     else:
         fused = fused and device == "cuda"
         opt = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=spec.weight_decay, fused=fused)
