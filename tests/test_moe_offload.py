@@ -15,6 +15,7 @@ from test_patching_parity import batch, lora_state
 from engine.core.hardware import Placement
 from engine.memory.estimate import FRAGMENTATION, GIB, NF4_BYTES, Arch
 from engine.memory.offload import Plan, plan
+from engine.patching import moe
 from kernels import dispatch
 
 ATTENTION = 48 * (2048 * 4096 * 2 + 2048 * 512 * 2)  # q, o [2048 x 4096]; k, v [2048 x 512]; 48 layers
@@ -100,30 +101,35 @@ def test_adapter_states_page_to_host_ram_only_when_streaming_every_layer_is_not_
         plan(arch, "qlora", 1024, 1, 8.0, paged_optimizer=False)
 
 
-def _streaming_plan(folder, streamed: tuple[int, ...]) -> Plan:
-    """The plain plan (every layer checkpointed, nothing offloaded) with `streamed` layers through two slots."""
+def _streaming_plan(folder, streamed: tuple[int, ...], method: str = "qlora") -> Plan:
+    """`method`'s plain plan (every layer checkpointed, nothing offloaded) with `streamed` layers through two slots.
+    Its `experts_nf4` (a QLoRA plan's, for the fast path) is what the run loads the experts by."""
     arch = Arch.from_config(json.loads((folder / "config.json").read_text()))
-    return dataclasses.replace(plan(arch, "qlora", 12, 2, None), streamed=streamed, ring_slots=2)
+    return dataclasses.replace(plan(arch, method, 12, 2, None), streamed=streamed, ring_slots=2)
 
 
-def _prepared(folder, streamed: tuple[int, ...]):
-    """As engine.models.loading prepares a QLoRA run's MoE layers on the fast path: loaded layer by layer with the
-    experts quantized to NF4 on the way (the streamed layers' weights left in host RAM), the grouped expert path,
-    adapters on attention and every expert, checkpointing, and the plan installed."""
+def _prepared(folder, streamed: tuple[int, ...], method: str = "qlora"):
+    """As engine.models.loading prepares a (Q)LoRA run's MoE layers on the fast path: loaded layer by layer (for
+    QLoRA with the experts quantized to NF4 on the way; LoRA keeps them 16-bit), the streamed layers' weights left in
+    host RAM, the grouped expert path, adapters on attention and every expert, checkpointing, and the plan
+    installed."""
     from engine.memory.install import install
     from engine.memory.weights import load_streamed
     from engine.models.loading import add_lora
-    from engine.patching import moe
     from engine.spec.jobspec import JobSpec
 
-    plan_ = _streaming_plan(folder, streamed)
+    plan_ = _streaming_plan(folder, streamed, method)
+    nf4 = plan_.experts_nf4
+    assert nf4 == (method == "qlora")
     logs = []
-    model = load_streamed(folder, Placement("cpu", "fp32", "test"), False, plan_, log=logs.append, nf4_experts=True)
-    assert "loading: the experts' fused weights stored NF4 as each layer reached the GPU" in logs
+    model = load_streamed(folder, Placement("cpu", "fp32", "test"), False, plan_, log=logs.append, nf4_experts=nf4)
+    assert ("loading: the experts' fused weights stored NF4 as each layer reached the GPU" in logs) == nf4
     assert moe.install(model, log=lambda m: None) == 3
+    assert sum(isinstance(m, moe.FastMoEBlock) for m in model.modules()) == 3, "a MoE block kept transformers' path"
     torch.manual_seed(1)
     model = add_lora(model, JobSpec(model="tiny", data="rows.jsonl", lora_r=4, lora_alpha=8), log=lambda m: None)
-    assert moe.quantize_experts(model, log=lambda m: None) == 0  # quantized as they loaded
+    if nf4:  # prepare_for_training quantizes QLoRA's experts only; these were as they loaded
+        assert moe.quantize_experts(model, log=lambda m: None) == 0
     gen = torch.Generator().manual_seed(3)
     for name, p in model.named_parameters():
         if "lora_B" in name:  # non-zero B: every adapter gradient is live from the first step
@@ -148,6 +154,11 @@ def _train(model, steps: int = 3):
         opt.step()
         opt.zero_grad(set_to_none=True)
     return losses, grads
+
+
+def _saying(where: str):
+    """assert_close's `msg` that puts `where` before its own account of the mismatch (a string would replace it)."""
+    return lambda account: f"{where}: {account}"
 
 
 def _three_layers(folder, arch: str = "qwen3_moe"):
@@ -182,6 +193,42 @@ def test_tiny_moe_trains_with_its_nf4_experts_streamed(arch, tmp_path):
     assert sum(h.numel() for h in host.values()) == arch.expert_weight_params / 3 * 0.5
     assert sum(p.numel() for p in lora_state(streamed).values()) == arch.lora_params(4)
 
+    _trains_the_same(streamed, plain, stream)
+    # the last backward ran layers 2, 1, 0 through two slots: layer 2's weights went back to being host-only
+    last = streamed.base_model.model.model.layers[2].mlp.experts.base_layer.base_layer
+    assert last.gate_up_proj_nf4.numel() == 0 and experts.gate_up_proj_nf4.numel() == 4 * 64 * 64 // 2
+
+
+@pytest.mark.parametrize("arch", ["qwen3_moe", "gpt_oss"])
+def test_tiny_moe_trains_with_its_16_bit_experts_streamed(arch, tmp_path):
+    """LoRA keeps the experts 16-bit, so their 3-D parameters themselves stream. In host RAM each leaves on the
+    device a placeholder of its shape that holds one element (PEFT's target_parameters, the adapter targets and the
+    grouped path's router lookup read that shape: an empty one left the experts without adapters or the grouped
+    path), and the grouped path refuses to compute with it."""
+    folder = _three_layers(tmp_path / "model", arch)
+    plain, _ = _prepared(folder, (), "lora")
+    streamed, stream = _prepared(folder, (0, 1, 2), "lora")
+
+    experts = streamed.base_model.model.model.layers[1].mlp.experts.base_layer.base_layer
+    host = {name: h for module, name, h in stream.weights[1] if module is experts}
+    assert {name for _, name, _ in stream.weights[1]} == {"weight", "gate_up_proj", "down_proj"}
+    assert len(stream.weights[1]) == 4 + 2  # q, k, v, o and the two expert tensors
+    assert experts.gate_up_proj.shape == host["gate_up_proj"].shape and experts.gate_up_proj.stride() == (0, 0, 0)
+    arch_ = Arch.from_config(json.loads((folder / "config.json").read_text()))
+    assert sum(h.numel() for h in host.values()) == arch_.expert_weight_params / 3
+    assert sum(p.numel() for p in lora_state(streamed).values()) == arch_.lora_params(4)
+    x = torch.zeros(2, arch_.hidden)
+    with pytest.raises(RuntimeError, match="gate_up_proj is not on the device"):
+        moe.experts_forward(experts, x, torch.zeros(2, 2, dtype=torch.int64), torch.ones(2, 2))
+
+    _trains_the_same(streamed, plain, stream)
+    # the last backward ran layers 2, 1, 0 through two slots: layer 2's experts went back to being host-only
+    last = streamed.base_model.model.model.layers[2].mlp.experts.base_layer.base_layer
+    assert last.gate_up_proj.stride() == (0, 0, 0) and torch.equal(experts.gate_up_proj, host["gate_up_proj"])
+
+
+def _trains_the_same(streamed, plain, stream):
+    """Three SGD steps of the streamed model and of the resident one give the same losses and adapter gradients."""
     losses, grads = _train(streamed)
     plain_losses, plain_grads = _train(plain)
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(plain_losses), rtol=1e-6, atol=0)
@@ -190,19 +237,17 @@ def test_tiny_moe_trains_with_its_nf4_experts_streamed(arch, tmp_path):
         assert grads[step].keys() == plain_grads[step].keys()
         assert any("experts" in name for name in grads[step])
         for name, ref in plain_grads[step].items():
-            torch.testing.assert_close(grads[step][name], ref, rtol=1e-5, atol=1e-7, msg=name)
+            torch.testing.assert_close(grads[step][name], ref, rtol=1e-5, atol=1e-7, msg=_saying(name))
     assert stream.steps == 3
-    # the last backward ran layers 2, 1, 0 through two slots: layer 2's weights went back to being host-only
-    last = streamed.base_model.model.model.layers[2].mlp.experts.base_layer.base_layer
-    assert last.gate_up_proj_nf4.numel() == 0 and experts.gate_up_proj_nf4.numel() == 4 * 64 * 64 // 2
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("method", ["qlora", "lora"])
 def test_moe_streamed_run_trains_as_the_resident_one_on_the_gpu(method, tmp_path, monkeypatch):
-    """The app's own loading (engine.models.loading.load_for_training) on the GPU, with a plan that streams all three
-    layers (NF4 or 16-bit experts, through the side stream) against one that streams none: the same losses and LoRA
-    gradients over three steps."""
+    """The app's own loading (engine.models.loading.load_for_training) on the GPU, with the method's plan streaming
+    all three layers (NF4 or 16-bit experts, through the side stream) against one that streams none: the same losses
+    and LoRA gradients over three steps. GPU runs are rare: each check says what it saw (how the experts loaded,
+    which tensors stream, which adapters exist) before the numbers are compared."""
     if not torch.cuda.is_available():
         pytest.skip("needs a GPU")
     from test_offload import _forced
@@ -219,17 +264,33 @@ def test_moe_streamed_run_trains_as_the_resident_one_on_the_gpu(method, tmp_path
         monkeypatch.setenv("TUNESMITH_VRAM_GIB", "0.05")  # every layer recomputes in both runs
         logs = []
         net, _ = loading.load_for_training(job, Placement("cuda", "bf16", "test"), log=logs.append)
-        return (net, *three_sgd_steps(net, ids), logs)
+        log = "\n".join(logs)
+        blocks = sum(isinstance(m, moe.FastMoEBlock) for m in net.modules())
+        assert blocks == 3, f"{blocks} of 3 MoE blocks on the grouped path (streamed: {bool(plan_)}); log:\n{log}"
+        return (net, *three_sgd_steps(net, ids), log)
 
-    streaming = dataclasses.replace(_streaming_plan(folder, (0, 1, 2)), offload_activations=True)
+    streaming = dataclasses.replace(_streaming_plan(folder, (0, 1, 2), method), offload_activations=True)
     _, plain_losses, plain_grads, _ = run(None)
-    net, losses, grads, logs = run(streaming)
-    torch.testing.assert_close(torch.tensor(losses), torch.tensor(plain_losses), rtol=1e-3, atol=0)
+    net, losses, grads, log = run(streaming)
+    nf4 = "experts' fused weights stored NF4" in log
+    assert nf4 == (method == "qlora"), f"{method}: experts stored NF4 is {nf4}; the streamed run's log:\n{log}"
+    names = {name for _, name, _ in net.offload_stream.weights[0]}
+    wanted = {"gate_up_proj_nf4", "down_proj_nf4"} if method == "qlora" else {"gate_up_proj", "down_proj"}
+    assert names >= wanted, f"layer 0 streams {sorted(names)}; wanted among them {sorted(wanted)}"
+    for step in range(3):
+        one_run_only = sorted(grads[step].keys() ^ plain_grads[step].keys())
+        assert not one_run_only, f"step {step}: adapters in one run only: {one_run_only}"
+    torch.testing.assert_close(
+        torch.tensor(losses),
+        torch.tensor(plain_losses),
+        rtol=1e-3,
+        atol=0,
+        msg=_saying(f"losses streamed {losses}, resident {plain_losses}"),
+    )
     for step in range(3):
         for name, ref in plain_grads[step].items():
-            torch.testing.assert_close(grads[step][name], ref, rtol=2e-2, atol=1e-5, msg=name)
+            torch.testing.assert_close(
+                grads[step][name], ref, rtol=2e-2, atol=1e-5, msg=_saying(f"step {step}, gradient of {name}")
+            )
     copy_ms, _, moved_gb = net.offload_stream.step_summary()
-    assert moved_gb > 0 and copy_ms > 0
-    names = {name for _, name, _ in net.offload_stream.weights[0]}
-    assert names >= ({"gate_up_proj_nf4", "down_proj_nf4"} if method == "qlora" else {"gate_up_proj", "down_proj"})
-    assert ("experts' fused weights stored NF4" in "\n".join(logs)) == (method == "qlora")
+    assert moved_gb > 0 and copy_ms > 0, f"the last step's side stream copied {moved_gb} GB in {copy_ms} ms"

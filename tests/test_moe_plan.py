@@ -60,6 +60,23 @@ def test_a_gpu_run_without_checkpointing_plans_the_nf4_experts_it_loads(monkeypa
     assert sum(b.numel() for b in packed) == Arch.from_config(cfg).expert_weight_params * 0.5
 
 
+def test_a_lora_run_refuses_a_plan_that_stores_its_experts_nf4(monkeypatch, tmp_path):
+    """A plan records how the experts load (`experts_nf4`, QLoRA's on the fast path); a LoRA run handed a QLoRA plan
+    (the GPU streaming test once built its LoRA plan as QLoRA's) would quietly train NF4 experts with the QLoRA
+    plan's figures. It refuses, naming the mismatch; its own plan loads them 16-bit."""
+    from tiny import make_model
+
+    folder = make_model("qwen3_moe", tmp_path / "model")
+    cfg = json.loads((folder / "config.json").read_text())
+    gpu = Placement("cuda", "bf16", "test")
+    qlora_plan = loading.plan_memory(_job(model=str(folder), method="qlora"), cfg, gpu)
+    lora = _job(model=str(folder), method="lora")
+    assert qlora_plan.experts_nf4 and not loading.plan_memory(lora, cfg, gpu).experts_nf4
+    monkeypatch.setattr(loading, "plan_memory", lambda spec, cfg, placement: qlora_plan)
+    with pytest.raises(ValueError, match="a lora run was given a plan that stores the experts NF4"):
+        loading.load_planned(lora, folder, cfg, Placement("cpu", "fp32", "test"), log=lambda m: None)
+
+
 @pytest.mark.parametrize("arch", ["qwen3_moe", "mixtral", "gpt_oss"])
 def test_the_plan_counts_the_loss_the_run_computes(arch, tmp_path, monkeypatch):
     """With the load-balancing loss on, the fast path keeps its chunked loss (the router loss added to it), and the

@@ -87,6 +87,21 @@ def streamed_tensors(layer, frozen_only: bool = True) -> list[tuple[object, str,
     return found
 
 
+def _absent(module, name: str, like, device):
+    """What a streamed tensor (`like`: it, or its host copy) leaves on `device` while its layer is not resident: an
+    empty tensor (a use fails), except for an experts module's fused 16-bit parameter (LoRA's experts), which keeps
+    its shape as a stride-0 view of one element, as NF4 experts' parameter does: PEFT's target_parameters, the adapter
+    targets (engine.models.experts) and the grouped path's router lookup (engine.patching.moe) read that shape, and
+    the grouped path refuses to compute with it."""
+    import torch
+
+    from engine.patching.moe import EXPERT_TENSORS, is_experts
+
+    if name in EXPERT_TENSORS and name in module._parameters and is_experts(module):
+        return torch.empty(1, dtype=like.dtype, device=device).expand(like.shape)
+    return torch.empty(0, dtype=like.dtype, device=device)
+
+
 def _place(module, name: str, value) -> None:
     """Point a streamed weight at `value`: a parameter keeps its identity (PEFT and bitsandbytes hold it), a buffer
     is replaced."""
@@ -120,7 +135,7 @@ class WeightStream:
                     host.copy_(tensor.data)
                 else:
                     del tensor.host_copy
-                _place(module, name, torch.empty(0, dtype=tensor.dtype, device=device))
+                _place(module, name, _absent(module, name, tensor, device))
                 pairs.append((module, name, host))
             self.weights[index] = pairs
         if self.cuda:
@@ -147,7 +162,7 @@ class WeightStream:
         for i in evicted:  # its slot now belongs to `layer`: point its weights nowhere until it is loaded again
             del self.ready[i]
             for module, name, host in self.weights[i]:
-                _place(module, name, torch.empty(0, dtype=host.dtype, device=self.device))
+                _place(module, name, _absent(module, name, host, self.device))
         buffer, offset, moved = self.buffers[slot], 0, 0
         if self.cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -254,7 +269,7 @@ def load_streamed(
     """Load a model whose weights do not fit the GPU: read it into host RAM in 16 bits, then move it to the GPU layer
     by layer (quantizing linear weights to NF4 on the way for QLoRA, as transformers' bitsandbytes loading does, and
     with `nf4_experts` a mixture-of-experts layer's fused expert weights too: engine.patching.moe), with the streamed
-    layers' frozen weights (`streamed_tensors`) left in pinned host RAM (the GPU holds an empty placeholder until
+    layers' frozen weights (`streamed_tensors`) left in pinned host RAM (the GPU holds a placeholder, `_absent`, until
     WeightStream brings them in). The GPU never holds more than the resident part plus one layer in 16 bits."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -287,7 +302,7 @@ def load_streamed(
             for module, name, tensor in streamed_tensors(layer, frozen_only=False):
                 host = tensor.data.to("cpu")
                 host = host.pin_memory() if device.type == "cuda" else host
-                placeholder = torch.empty(0, dtype=tensor.dtype, device=device)
+                placeholder = _absent(module, name, tensor, device)
                 _place(module, name, placeholder)
                 # a parameter keeps its identity, so the copy rides on it; a buffer is replaced by the placeholder
                 (tensor if name in module._parameters else placeholder).host_copy = host

@@ -82,6 +82,8 @@ def _project(module, name: str, x, offsets, expert, grouped_mm, factors):
         lora = factors.get(name) if factors is not None else None
     else:
         w, lora = _param(module, name, factors)
+        if w.stride(-1) == 0:  # engine.memory.weights' placeholder of a streamed layer's experts
+            raise RuntimeError(f"the experts' {name} is not on the device: its streamed layer was used before loading")
         y = grouped_mm(x, w if transposed else w.transpose(1, 2), offsets)
     if lora is not None:
         lhs, rhs, scaling = lora  # transposed: lhs [E, in, r], rhs [E, r, out]; else lhs [E, out, r], rhs [E, r, in]
