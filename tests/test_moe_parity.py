@@ -144,6 +144,10 @@ def test_lora_experts_off_and_router_trained_on_request():
     assert "base_model.model.model.layers.0.mlp.gate.modules_to_save.default.weight" in trainable
     assert "lora: mixture-of-experts: experts frozen, adapters on the other target modules only" in lines
     assert "lora: routers trained in full (['gate'])" in lines
+    lines.clear()
+    add_lora(tiny_model("qwen3_moe"), JobSpec(model="tiny", data="rows.jsonl"), log=lines.append)
+    assert any(line.startswith("lora: mixture-of-experts: one adapter per expert on") for line in lines), lines
+    assert not [line for line in lines if "experts frozen" in line], lines
 
 
 def test_disabled_adapters_run_the_base_model():

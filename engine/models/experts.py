@@ -68,10 +68,10 @@ def lora_options(model, spec, log=print) -> dict:
     if params:
         kw["target_parameters"] = params
         log(f"lora: mixture-of-experts: one adapter per expert on {params}")
-    if getattr(model, "is_loaded_in_4bit", False):
-        log("qlora: bitsandbytes leaves the fused expert weights 16-bit; the GPU fast path stores them NF4")
     else:
         log("lora: mixture-of-experts: experts frozen, adapters on the other target modules only")
+    if getattr(model, "is_loaded_in_4bit", False):
+        log("qlora: bitsandbytes leaves the fused expert weights 16-bit; the GPU fast path stores them NF4")
     routers = router_names(model)
     if spec.train_router and routers:
         kw["modules_to_save"] = sorted({n.rsplit(".", 1)[-1] for n in routers})
