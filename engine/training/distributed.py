@@ -155,8 +155,22 @@ def shard(model, world: World, placement: Placement, log):
     log(
         f"fsdp2: {len(layers)} decoder layers and the root sharded over {world.size} ranks from rank 0's weights"
         + master
+        + f"; each rank computes {computes(model)}"
     )
     return model
+
+
+def computes(model) -> str:
+    """What a sharded rank's forward runs, for the log: the fast path's drop-ins (engine.patching, swapped in before
+    fully_shard) and its fused loss, or plain transformers. Never CUDA graphs: a replayed layer would skip the
+    all-gather and reduce-scatter that FSDP2's hooks start around it (and full fine-tuning holds none on one GPU
+    either)."""
+    kernels = sum(type(m).__module__ == "engine.patching.modules" for m in model.modules())
+    fused = getattr(model.forward, "__name__", "") == "fused_loss_forward"  # engine.patching.modules' loss
+    if not kernels and not fused:
+        return "through plain transformers (no fast path), without CUDA graphs"
+    loss = "the fused cross-entropy loss" if fused else "transformers' loss"
+    return f"through the fast path ({kernels} kernel drop-ins, {loss}), without CUDA graphs (FSDP2's collectives)"
 
 
 def grad_scaler(placement: Placement, world: World | None):
@@ -260,7 +274,12 @@ def full_states(model, opt=None) -> dict:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    states = dict(model_state=get_model_state_dict(model, options=options))
+    whole = get_model_state_dict(model, options=options)
+    # a tied weight comes back under each of its names, as copies save_pretrained would write twice: one process's
+    # model (save_trainable) writes it once, under its first name (the embedding's)
+    first = {name for name, _ in model.named_parameters()}
+    tied = {name for name, _ in model.named_parameters(remove_duplicate=False)} - first
+    states = dict(model_state={name: value for name, value in whole.items() if name not in tied})
     if opt is not None:
         by_name = get_optimizer_state_dict(model, opt, options=options)
         if by_name:  # rank 0; the others get nothing back
