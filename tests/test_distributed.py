@@ -226,8 +226,8 @@ def test_torchruns_root_cause_names_the_rank(tmp_path):
 
 
 def test_estimate_plans_per_gpu_with_full_fine_tunings_shards(capsys):
-    """`python -m engine estimate --gpus 2`: full fine-tuning's weights are halved per GPU, plus two layers gathered
-    whole; a QLoRA run needs on each GPU what it needs on one."""
+    """`python -m engine estimate --gpus 2`: full fine-tuning's weights are halved per GPU, plus two layers and the
+    embeddings (FSDP2's root) gathered whole; a QLoRA run needs on each GPU what it needs on one."""
     from engine.__main__ import main
     from engine.api.models import model_arch
     from engine.memory.estimate import GIB, layer_weight_bytes
@@ -241,7 +241,8 @@ def test_estimate_plans_per_gpu_with_full_fine_tunings_shards(capsys):
     assert (one["gpus"], two["gpus"]) == (1, 2) and one["fits"] and two["fits"]
     layer = layer_weight_bytes(arch, "full") / GIB
     assert one["peak_parts_gib"]["weights"] == pytest.approx(arch.params * 2 / GIB, abs=0.01)
-    assert two["peak_parts_gib"]["weights"] == pytest.approx(arch.params / GIB + 2 * layer, abs=0.01)
+    root = arch.embedding_params * 2 / GIB
+    assert two["peak_parts_gib"]["weights"] == pytest.approx(arch.params / GIB + 2 * layer + root, abs=0.01)
     assert two["peak_vram_gib"] < one["peak_vram_gib"]
     qlora = [api.estimate("Qwen/Qwen3-4B", "qlora", 1024, 1, vram_gib=16, ram_gib=64, gpus=n) for n in (1, 2)]
     assert qlora[0]["peak_vram_gib"] == qlora[1]["peak_vram_gib"]

@@ -1,5 +1,5 @@
 """Full fine-tuning sharded by FSDP2 computes through the fast path (engine.patching's kernels and fused loss, swapped
-in before fully_shard, with every layer recomputed), and trains as one process through the same fast path does and as
+in before fully_shard, with every layer recomputed or none), and trains as one process through the same fast path does and as
 plain transformers does. Two gloo processes on the CPU, launched by torchrun as a run on two GPUs is; the kernels run
 in Triton's interpreter (TRITON_INTERPRET=1, set by conftest; TUNESMITH_KERNELS_ON_CPU=1 asks for them on the CPU)."""
 
@@ -13,10 +13,9 @@ from engine import api
 STEPS = 2  # of 2 micro-batches of one example: 1 a process on two (the interpreter takes seconds per micro-batch)
 
 
-def trained(model, data, gpus: int, fast: bool, monkeypatch) -> dict:
-    """Losses, final weights and log of a full fine-tune of `STEPS` steps of 2 examples, on `gpus` processes (several:
-    every layer recomputed, as on a GPU without the room for their activations; one: none, which is cheaper in the
-    interpreter), through the fast path or plain transformers."""
+def trained(model, data, gpus: int, fast: bool, recompute: bool, monkeypatch) -> dict:
+    """Losses, final weights and log of a full fine-tune of `STEPS` steps of 2 examples, on `gpus` processes, every
+    layer recomputed or none (without a GPU budget), through the fast path or plain transformers."""
     monkeypatch.setenv("TUNESMITH_KERNELS_ON_CPU", "1" if fast else "0")
     # one thread, as torchrun gives each rank: the interpreter's many tiny ops run 4x slower on two (measured)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -31,7 +30,7 @@ def trained(model, data, gpus: int, fast: bool, monkeypatch) -> dict:
         gpus=gpus,
         learning_rate=1e-3,
         save_every=0,
-        gradient_checkpointing=gpus > 1,  # recomputed or not, a layer's outputs are the same
+        gradient_checkpointing=recompute,
         fast_path=fast,
     )
     status = wait_for(api.start(spec))
@@ -51,23 +50,26 @@ def assert_close_training(got: dict, want: dict, atol: float, rtol: float) -> No
         torch.testing.assert_close(got["weights"][name], value, atol=atol, rtol=rtol, msg=name)
 
 
-@pytest.mark.parametrize("arch", ["tiny_qwen3"])  # per-head q/k norms and a head tied to the embedding
-def test_sharded_full_fine_tuning_takes_the_fast_path_and_trains_as_one_process(arch, identity_file, runs, request,
+def test_sharded_full_fine_tuning_takes_the_fast_path_and_trains_as_one_process(tiny_qwen3, identity_file, runs,
                                                                                  monkeypatch):  # fmt: skip
-    folder = request.getfixturevalue(arch)
-    two = trained(folder, identity_file, 2, True, monkeypatch)
-    text = two["log"]
-    assert "patching: fast path for qwen3" in text and "fused cross-entropy loss" in text
-    assert "each rank computes through the fast path (" in text and "the fused cross-entropy loss)" in text
-    assert "without CUDA graphs (FSDP2's collectives)" in text
-    assert "checkpointing: 2 of 2 layers recompute" in text
-    one = trained(folder, identity_file, 1, True, monkeypatch)
+    """Qwen3: per-head q/k norms inside the attention, and a head tied to the embedding. Sharded with every layer
+    recomputed (each layer gathered again for its recompute, in FSDP2's backward) and with none (the kernels' saved
+    weights freed after the forward and gathered again for the backward); one process without recomputing (the
+    same values, computed once)."""
+    one = trained(tiny_qwen3, identity_file, 1, True, False, monkeypatch)
     assert "patching: fast path for qwen3" in one["log"]
-    assert_close_training(two, one, atol=2e-5, rtol=1e-4)  # the same kernels; the sums in another order
-    plain = trained(folder, identity_file, 1, False, monkeypatch)
+    plain = trained(tiny_qwen3, identity_file, 1, False, False, monkeypatch)
     assert "patching:" not in plain["log"]
-    # transformers' ops against the kernels (test_patching_parity's bound for fp32)
-    assert_close_training(two, plain, atol=1e-5 * 10, rtol=1e-4)
+    for recompute in (True, False):
+        two = trained(tiny_qwen3, identity_file, 2, True, recompute, monkeypatch)
+        text = two["log"]
+        assert "patching: fast path for qwen3" in text and "fused cross-entropy loss" in text
+        assert "each rank computes through the fast path (" in text and "the fused cross-entropy loss)" in text
+        assert "without CUDA graphs (FSDP2's collectives)" in text
+        assert ("checkpointing: 2 of 2 layers recompute" in text) == recompute
+        assert_close_training(two, one, atol=2e-5, rtol=1e-4)  # the same kernels; the sums in another order
+        # transformers' ops against the kernels
+        assert_close_training(two, plain, atol=1e-4, rtol=1e-4)
 
 
 def test_a_sharded_plan_counts_the_fused_loss_as_one_gpus_does():

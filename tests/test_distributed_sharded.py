@@ -71,14 +71,14 @@ def test_the_estimates_host_ram_holds_the_checkpoint_once_and_each_ranks_own():
 
 def test_fp16_full_fine_tuning_plans_fp32_shards_on_kaggles_two_t4s():
     """On two T4s (fp16) the shards are fp32 master weights: 4 bytes a parameter over two GPUs, beside two fp16
-    layers gathered; rank 0 loads them in fp32."""
+    layers and the fp16 embeddings gathered; rank 0 loads them in fp32."""
     from engine.api.models import model_arch
     from engine.memory.estimate import layer_weight_bytes
 
     arch = model_arch("Qwen/Qwen3-0.6B")
     e = api.estimate("Qwen/Qwen3-0.6B", "full", 1024, 1, ram_gib=32, machine="kaggle-2xt4")
     assert (e["dtype"], e["gpus"], e["fits"], e["plan"]["fp32_master_weights"]) == ("fp16", 2, True, True)
-    weights = (arch.params * 4 / 2 + 2 * layer_weight_bytes(arch, "full")) / GIB
+    weights = (arch.params * 4 / 2 + 2 * layer_weight_bytes(arch, "full") + arch.embedding_params * 2) / GIB
     assert e["peak_parts_gib"]["weights"] == pytest.approx(weights, abs=0.01)
     assert e["peak_ram_gib"] == pytest.approx(2 + arch.params * 4 / GIB, abs=0.01)
     bf16 = api.estimate("Qwen/Qwen3-0.6B", "full", 1024, 1, vram_gib=14.6, ram_gib=32, gpus=2)
