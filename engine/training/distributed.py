@@ -15,6 +15,10 @@ wrapper, the step's agreement between ranks, and checkpoints that any number of 
   the shards are fp32 master weights and each layer is gathered in fp16 to compute (FSDP2's MixedPrecisionPolicy):
   AdamW on fp16 weights turns a zero gradient into NaN (its eps underflows to 0) and loses small updates. The loss
   scaler is torch's ShardedGradScaler, which all-reduces its inf/NaN check, so every rank skips the same steps.
+  The fast path (engine.patching) is swapped in before fully_shard (engine.models.loading.prepare_for_training): its
+  drop-ins read their weights through their own attributes in their forward, where FSDP2 has put the gathered ones,
+  and the fused loss reads the head's weight in the root's forward (FSDP2 keeps the root gathered until the backward
+  ends). No CUDA graphs: a replayed layer would skip the all-gather and reduce-scatter FSDP2's hooks start around it.
 - Data: every rank walks the same global sequence of micro-batches (engine.training.steps.batches_for_epoch) and
   trains on every N-th one, so a step sees batch_size x grad_accum x N examples and a checkpoint's position is the
   same whatever N is. The loss of a micro-batch is divided by grad_accum and the gradients are averaged over ranks:
