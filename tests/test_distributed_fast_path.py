@@ -1,7 +1,8 @@
 """Full fine-tuning sharded by FSDP2 computes through the fast path (engine.patching's kernels and fused loss, swapped
-in before fully_shard, with every layer recomputed or none), and trains as one process through the same fast path does and as
-plain transformers does. Two gloo processes on the CPU, launched by torchrun as a run on two GPUs is; the kernels run
-in Triton's interpreter (TRITON_INTERPRET=1, set by conftest; TUNESMITH_KERNELS_ON_CPU=1 asks for them on the CPU)."""
+in before fully_shard, with every layer recomputed or none), and trains as one process through the same fast path
+does and as plain transformers does. Two gloo processes on the CPU, launched by torchrun as a run on two GPUs is; the
+kernels run in Triton's interpreter (TRITON_INTERPRET=1, set by conftest; TUNESMITH_KERNELS_ON_CPU=1 asks for them on
+the CPU)."""
 
 import pytest
 import torch
