@@ -169,7 +169,7 @@ def computes(model) -> str:
     fully_shard) and its fused loss, or plain transformers. Never CUDA graphs: a replayed layer would skip the
     all-gather and reduce-scatter that FSDP2's hooks start around it (and full fine-tuning holds none on one GPU
     either)."""
-    kernels = sum(type(m).__module__ == "engine.patching.modules" for m in model.modules())
+    kernels = sum(type(m).__module__.startswith("engine.patching.") for m in model.modules())  # MoE blocks too
     fused = getattr(model.forward, "__name__", "") == "fused_loss_forward"  # engine.patching.modules' loss
     if not kernels and not fused:
         return "through plain transformers (no fast path), without CUDA graphs"
