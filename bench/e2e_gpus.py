@@ -7,6 +7,7 @@ peak allocated memory (`peak_gb_per_gpu`, from metrics.jsonl's peak_memory_gb_pe
   python3 bench/e2e_gpus.py --gpus 1 --arch qwen3_4b --mode qlora --data alpaca --bs 8   # global batch 8 on one GPU
   python3 bench/e2e_gpus.py --gpus 2 --arch qwen3_4b --mode qlora --data alpaca --bs 4   # the same global batch on two
   python3 bench/e2e_gpus.py --gpus 2 --arch llama8b --mode full --data alpaca --bs 4     # FSDP2
+  python3 bench/e2e_gpus.py --gpus 2 --arch llama8b --mode full --data alpaca --bs 4 --fast-path 0   # plain path
 
 Reads the harness from .bench/ (a copy of ../shared/bench, as bench/e2e.sh does), else from ../shared/bench. Run from
 the repository root on the GPU machine.
@@ -39,6 +40,7 @@ def main() -> None:
     argv = sys.argv[1:]
     gpus = int(take(argv, "--gpus", "1"))
     method = take(argv, "--mode", "qlora")
+    fast_path = take(argv, "--fast-path", "1") != "0"  # 0: plain transformers, to measure the fast path against
     # e2e_bench's parser takes qlora and lora; a full run is planned as lora and renamed in the job and the RESULT
     sys.argv = [sys.argv[0], "--impl", "project", "--mode", "lora" if method == "full" else method, *argv]
 
@@ -50,7 +52,7 @@ def main() -> None:
             f.write(
                 f"model: {model}\ndata: {data}\nname: e2e\nmethod: {method}\nmax_seq_length: {a.seq}\n"
                 f"batch_size: {a.bs}\nepochs: 1\nlearning_rate: {lr}\npacking: {str(bool(a.packing)).lower()}\n"
-                f"lora_r: 16\nlora_alpha: 16\ndtype: {a.dtype}\ngpus: {gpus}\n"
+                f"lora_r: 16\nlora_alpha: 16\ndtype: {a.dtype}\ngpus: {gpus}\nfast_path: {str(fast_path).lower()}\n"
             )
         env = dict(os.environ, **({"TUNESMITH_VRAM_GIB": str(a.vram_gib)} if a.vram_gib else {}))
         p = subprocess.run([sys.executable, "-m", "engine", "train", job], capture_output=True, text=True, env=env)
@@ -70,6 +72,7 @@ def main() -> None:
             peak_gb=max(r["memory_gb"] for r in recs),
             peak_gb_per_gpu=[max(gb) for gb in zip(*per_gpu, strict=True)],
             gpus=gpus,
+            fast_path=fast_path,
             global_batch=a.bs * gpus,
             run_dir=rd,
         )

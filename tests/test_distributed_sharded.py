@@ -18,19 +18,21 @@ from engine import api
 from engine.core.hardware import Placement
 from engine.memory.checkpointing import SLACK
 from engine.memory.estimate import GIB, estimate
-from engine.memory.verdict import estimate_kw
+from engine.memory.verdict import estimate_kw, plan_for
 
 
 def test_a_sharded_rank_recomputes_the_layers_its_gpus_plan_says(tiny_llama, identity_file, monkeypatch):
     """A rank of a full fine-tune on two GPUs loads the model into host RAM (here the CPU) and plans for its GPU
     (TUNESMITH_VRAM_GIB stands in for the card): in a micro-batch of the planned size, it recomputes the layers the
-    estimate's plan for two GPUs says. None where the budget holds every layer's activations beside the shards, all
-    where it holds them only recomputed."""
+    estimate's plan for two GPUs says (engine.memory.verdict.plan_for). None where the budget holds every layer's
+    activations beside the shards, all where it holds them only recomputed."""
     from engine.api.models import model_arch
     from engine.models.loading import load_for_training
 
     two = tiny_spec(tiny_llama, identity_file, method="full", gpus=2, batch_size=64, max_seq_length=256)
-    two = two.replace(gradient_checkpointing=True)
+    # plain transformers: 16384 tokens through the fast path's kernels would take minutes in Triton's interpreter (the
+    # sharded fast path's plan and run: tests/test_distributed_fast_path.py)
+    two = two.replace(gradient_checkpointing=True, fast_path=False)
     arch = model_arch(str(tiny_llama))
     kw = estimate_kw(two)
     assert kw["shards"] == 2
@@ -38,9 +40,9 @@ def test_a_sharded_rank_recomputes_the_layers_its_gpus_plan_says(tiny_llama, ide
     for recomputed in (0, arch.layers):
         budget = round(peaks[recomputed] * SLACK + 0.01, 3)
         assert not recomputed or budget < peaks[0] * SLACK  # the budget of all recomputed cannot hold none recomputed
-        shown = api.estimate(str(tiny_llama), "full", 256, 64, vram_gib=budget, ram_gib=64, gpus=2)
-        assert shown["plan"]["checkpointed_layers"] == recomputed
-        assert not shown["plan"]["activation_offload"]  # FSDP2's checkpointed inputs stay on the GPU
+        shown = plan_for(arch, two, budget, 64, on_gpu=True)  # what `estimate --gpus 2` computes, for this job
+        assert shown.checkpointed == recomputed and not shown.fused_loss
+        assert not shown.offload_activations  # FSDP2's checkpointed inputs stay on the GPU
         monkeypatch.setenv("TUNESMITH_VRAM_GIB", str(budget))
         lines = []
         on_gpu = Placement("cuda:0", "fp32", "test")
@@ -69,14 +71,14 @@ def test_the_estimates_host_ram_holds_the_checkpoint_once_and_each_ranks_own():
 
 def test_fp16_full_fine_tuning_plans_fp32_shards_on_kaggles_two_t4s():
     """On two T4s (fp16) the shards are fp32 master weights: 4 bytes a parameter over two GPUs, beside two fp16
-    layers gathered; rank 0 loads them in fp32."""
+    layers and the fp16 embeddings gathered; rank 0 loads them in fp32."""
     from engine.api.models import model_arch
     from engine.memory.estimate import layer_weight_bytes
 
     arch = model_arch("Qwen/Qwen3-0.6B")
     e = api.estimate("Qwen/Qwen3-0.6B", "full", 1024, 1, ram_gib=32, machine="kaggle-2xt4")
     assert (e["dtype"], e["gpus"], e["fits"], e["plan"]["fp32_master_weights"]) == ("fp16", 2, True, True)
-    weights = (arch.params * 4 / 2 + 2 * layer_weight_bytes(arch, "full")) / GIB
+    weights = (arch.params * 4 / 2 + 2 * layer_weight_bytes(arch, "full") + arch.embedding_params * 2) / GIB
     assert e["peak_parts_gib"]["weights"] == pytest.approx(weights, abs=0.01)
     assert e["peak_ram_gib"] == pytest.approx(2 + arch.params * 4 / GIB, abs=0.01)
     bf16 = api.estimate("Qwen/Qwen3-0.6B", "full", 1024, 1, vram_gib=14.6, ram_gib=32, gpus=2)

@@ -312,9 +312,10 @@ def estimate(
     dequantized weights for its backward (two 16-bit copies), and `shards` GPUs share full fine-tuning's weights,
     gradients and optimizer states (FSDP2, engine.training.distributed): each holds 1/shards of them plus two layers
     gathered whole (the one computing and the next, prefetched) and one layer's whole gradient before its
-    reduce-scatter. LoRA and QLoRA runs on several GPUs hold the same per GPU as on one. Sharded full fine-tuning in
-    fp16 (`master_fp32`) keeps its shards and their gradients in fp32 (FSDP2's mixed precision: AdamW's fp16 updates
-    would underflow), each layer gathered in fp16.
+    reduce-scatter, and the root's embeddings gathered whole with the head's whole gradient. LoRA and QLoRA runs on
+    several GPUs hold the same per GPU as on one. Sharded full fine-tuning in fp16 (`master_fp32`) keeps its shards
+    and their gradients in fp32 (FSDP2's mixed precision: AdamW's fp16 updates would underflow), each layer gathered
+    in fp16.
 
     `graph_shapes` is how many padding-free shapes' CUDA graphs the run holds at once
     (engine.memory.offload.Plan.shapes), each sized for `graph_tokens` (default: this micro-batch's), counted by
@@ -378,8 +379,11 @@ def estimate(
         largest = max(layer_weight_bytes(arch, method, experts_nf4, i) for i in range(arch.layers))
         if master_fp32:  # fp32 shards and gradients: two bytes more of each per parameter
             weights, trainable = weights * 2, trainable + arch.params * 2
-        weights = weights / shards + 2 * largest
-        trainable = trainable / shards + largest
+        # the root (embeddings, final norm, head) stays gathered whole from its forward to the backward's end (FSDP2
+        # does not reshard the root after its forward), and the head's gradient stays whole until the root's
+        # reduce-scatter at that end
+        weights = weights / shards + 2 * largest + arch.embedding_params * 2
+        trainable = trainable / shards + largest + arch.vocab * arch.hidden * 2
     layer = layer_activation_bytes(arch, tokens, mlp_tile)
     on_gpu = min(checkpointed_layers, OFFLOAD_ON_GPU) if offload_activations else checkpointed_layers
     kept = on_gpu * tokens * arch.hidden * 2  # a checkpointed layer keeps its bf16 input

@@ -59,9 +59,10 @@ def plan_for(
 def fused_loss(arch: Arch, spec, on_gpu: bool) -> bool:
     """Whether the run's loss is the fast path's chunked cross-entropy (engine.patching.patch_model, with a
     mixture-of-experts config's load-balancing loss added to it): on a GPU, for a model type engine.patching has a
-    family for, unless FSDP2 shards the model (its ranks load it into host RAM, where engine.models.loading patches
-    nothing). Others (gpt-oss) compute transformers' loss over all the logits at once, and are planned so."""
-    if not (spec.fast_path and on_gpu) or sharded(spec):
+    family for, FSDP2's sharded runs included (engine.models.loading patches the model before it is sharded; the
+    head's weight is the root's, gathered whole while the root's forward computes the loss). Others (gpt-oss) compute
+    transformers' loss over all the logits at once, and are planned so."""
+    if not (spec.fast_path and on_gpu):
         return False
     from engine.patching import family_for  # the kernels (Triton): imported only for a run on a GPU
 

@@ -247,6 +247,13 @@ def empty_model(path: Path, placement: Placement, trust_remote_code: bool = Fals
     return model
 
 
+def kernels_on_cpu() -> bool:
+    """Whether a model on the CPU takes the fast path all the same: only where a test asks for it
+    (TUNESMITH_KERNELS_ON_CPU=1) with Triton's interpreter on (TRITON_INTERPRET=1), which runs the GPU kernels on the
+    CPU, slowly; the CPU otherwise trains through plain transformers."""
+    return os.environ.get("TUNESMITH_KERNELS_ON_CPU") == "1" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def plan_memory(spec, cfg: dict, placement: Placement):
     """engine.memory.offload's plan for this run (engine.memory.verdict.plan_for: the computation `python -m engine
     estimate` shows): checkpointing, activation offload, weight streaming and the host embedding, from the VRAM budget
@@ -281,21 +288,21 @@ def prepare_for_training(model, spec, log=print, memory=None, compute: Placement
     on_gpu = any(p.device.type == "cuda" for p in model.parameters())  # the input embedding may be in host RAM
     gpu = compute is not None and compute.device.startswith("cuda")  # the model moves there once sharded
     fused_loss = False
-    if spec.fast_path and on_gpu:
+    if spec.fast_path and (on_gpu or gpu or kernels_on_cpu()):
+        # a model FSDP2 shards (gpu) is patched here, before fully_shard: each drop-in reads its weights through its
+        # own attributes in its forward, where FSDP2 has put the gathered (unsharded) ones (engine.training.distributed)
         from engine.patching import patch_model
 
         fused_loss = "fused cross-entropy loss" in patch_model(model, log).swapped
-        # with every weight trainable a graph would hold a second set of gradients; under a budget, only where the
-        # plan counts them (nothing recomputes), holding as many shapes as it counts (engine.memory.offload)
+        # with every weight trainable a graph would hold a second set of gradients (and under FSDP2 it would replay
+        # without the all-gathers and reduce-scatters that FSDP2's hooks start around each layer, so every full run
+        # is without); under a budget, only where the plan counts them (nothing recomputes), holding as many shapes
+        # as it counts (engine.memory.offload)
         budgeted = memory is not None and memory.budget_gib is not None
-        if spec.method != "full" and not (budgeted and memory.checkpointed):
+        if spec.method != "full" and on_gpu and not (budgeted and memory.checkpointed):
             from engine.patching import graphs
 
             graphs.install(model, log, memory.shapes if budgeted else graphs.MAX_SHAPES)
-    elif spec.fast_path and gpu:
-        log(
-            "patching: none for a model FSDP2 shards once loaded (engine.memory.verdict.fused_loss); plain transformers"
-        )
     elif spec.fast_path:
         log("patching: none on the CPU (the fast path's kernels are GPU kernels); plain transformers + PEFT")
     plan_kw = memory.estimate_kw() if memory is not None else {}

@@ -15,6 +15,10 @@ wrapper, the step's agreement between ranks, and checkpoints that any number of 
   the shards are fp32 master weights and each layer is gathered in fp16 to compute (FSDP2's MixedPrecisionPolicy):
   AdamW on fp16 weights turns a zero gradient into NaN (its eps underflows to 0) and loses small updates. The loss
   scaler is torch's ShardedGradScaler, which all-reduces its inf/NaN check, so every rank skips the same steps.
+  The fast path (engine.patching) is swapped in before fully_shard (engine.models.loading.prepare_for_training): its
+  drop-ins read their weights through their own attributes in their forward, where FSDP2 has put the gathered ones,
+  and the fused loss reads the head's weight in the root's forward (FSDP2 keeps the root gathered until the backward
+  ends). No CUDA graphs: a replayed layer would skip the all-gather and reduce-scatter FSDP2's hooks start around it.
 - Data: every rank walks the same global sequence of micro-batches (engine.training.steps.batches_for_epoch) and
   trains on every N-th one, so a step sees batch_size x grad_accum x N examples and a checkpoint's position is the
   same whatever N is. The loss of a micro-batch is divided by grad_accum and the gradients are averaged over ranks:
@@ -155,8 +159,22 @@ def shard(model, world: World, placement: Placement, log):
     log(
         f"fsdp2: {len(layers)} decoder layers and the root sharded over {world.size} ranks from rank 0's weights"
         + master
+        + f"; each rank computes {computes(model)}"
     )
     return model
+
+
+def computes(model) -> str:
+    """What a sharded rank's forward runs, for the log: the fast path's drop-ins (engine.patching, swapped in before
+    fully_shard) and its fused loss, or plain transformers. Never CUDA graphs: a replayed layer would skip the
+    all-gather and reduce-scatter that FSDP2's hooks start around it (and full fine-tuning holds none on one GPU
+    either)."""
+    kernels = sum(type(m).__module__.startswith("engine.patching.") for m in model.modules())  # MoE blocks too
+    fused = getattr(model.forward, "__name__", "") == "fused_loss_forward"  # engine.patching.modules' loss
+    if not kernels and not fused:
+        return "through plain transformers (no fast path), without CUDA graphs"
+    loss = "the fused cross-entropy loss" if fused else "transformers' loss"
+    return f"through the fast path ({kernels} kernel drop-ins, {loss}), without CUDA graphs (FSDP2's collectives)"
 
 
 def grad_scaler(placement: Placement, world: World | None):
@@ -260,7 +278,12 @@ def full_states(model, opt=None) -> dict:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    states = dict(model_state=get_model_state_dict(model, options=options))
+    whole = get_model_state_dict(model, options=options)
+    # a tied weight comes back under each of its names, as copies save_pretrained would write twice: one process's
+    # model (save_trainable) writes it once, under its first name (the embedding's)
+    first = {name for name, _ in model.named_parameters()}
+    tied = {name for name, _ in model.named_parameters(remove_duplicate=False)} - first
+    states = dict(model_state={name: value for name, value in whole.items() if name not in tied})
     if opt is not None:
         by_name = get_optimizer_state_dict(model, opt, options=options)
         if by_name:  # rank 0; the others get nothing back
