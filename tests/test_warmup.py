@@ -106,8 +106,10 @@ def test_warmup_covers_the_first_steps_kernels(arch, method):
     with compile_keys() as step:
         model(**batch).loss.backward()
     shapes = warmup.Shapes.from_config(cfg, method, batch_size)
+    generator = torch.get_rng_state()
     with compile_keys() as warmed:
         done = warmup.warm(shapes, torch.float32, torch.device("cpu"))
+    assert torch.equal(torch.get_rng_state(), generator)  # LoRA's initialisation draws while the warm-up runs
     assert done == [name for name, _ in warmup.launches(shapes)]  # every launch ran in the interpreter
     names = {name for name, _ in step}
     expected = {"_rms_norm_fwd_kernel", "_rms_norm_bwd_kernel", "_rope_fwd_kernel", "_swiglu_fwd_kernel"}
@@ -222,11 +224,12 @@ def test_after_the_warmup_the_first_step_compiles_nothing_and_no_memory_is_held(
     size = dict(hidden_size=1024, intermediate_size=2816, num_attention_heads=16, num_key_value_heads=8, head_dim=64)
     base = tiny_model("qwen3", vocab=4096, use_cache=False, **size)
     spec = JobSpec(model="-", data="-", method="lora", batch_size=3)
-    before = torch.cuda.memory_allocated()
+    before, generator = torch.cuda.memory_allocated(), torch.cuda.get_rng_state()
     kernels_warm = warmup.start(spec, base.config.to_dict(), "cuda", Placement("cuda", "bf16", "").torch_dtype)
     lines = []
     kernels_warm.join(lines.append)
     assert torch.cuda.memory_allocated() == before
+    assert torch.equal(torch.cuda.get_rng_state(), generator)
     assert len(lines) == 1 and lines[0].startswith("kernels compiled in"), lines
     base = base.cuda()
     patch_model(base, log=lambda m: None)

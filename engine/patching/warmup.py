@@ -102,28 +102,32 @@ class Shapes:
         )
 
 
+# Every tensor here is filled with constants, never drawn: the values do not matter to the compiler, and the run's
+# random generators (LoRA's initialisation, drawn while this thread runs) must not move.
+
+
 def _backward(outputs, leaves) -> None:
     """Differentiate `outputs` with contiguous gradients, as the layer around each drop-in hands it its gradient."""
     outputs = [outputs] if isinstance(outputs, torch.Tensor) else list(outputs)
-    torch.autograd.grad(outputs, leaves, [torch.randn_like(y) for y in outputs])
+    torch.autograd.grad(outputs, leaves, [torch.full_like(y, 0.5) for y in outputs])
 
 
-def _leaf(*shape, dtype, device):
-    return torch.randn(*shape, dtype=dtype, device=device, requires_grad=True)
+def _leaf(*shape, dtype, device, grad=True):
+    return torch.full(shape, 0.25, dtype=dtype, device=device, requires_grad=grad)
 
 
 def warm_nf4(s: Shapes, dtype, device) -> None:
     """kernels.nf4's dequantization of a bitsandbytes QuantState's fields (uint8 absmax codes when nested)."""
     shape, blocksize = (16, 256), 64  # 2,048 packed bytes: real weights' byte counts are multiples of 16 too
     blocks = shape[0] * shape[1] // blocksize
-    packed = torch.randint(0, 256, (shape[0] * shape[1] // 2, 1), dtype=torch.uint8, device=device)
+    packed = torch.full((shape[0] * shape[1] // 2, 1), 0x3C, dtype=torch.uint8, device=device)
     code = torch.linspace(-1, 1, 16, device=device)
     if s.nf4:
-        absmax = torch.randint(0, 256, (blocks,), dtype=torch.uint8, device=device)
-        absmax2, code2 = torch.rand(-(-blocks // 256), device=device), torch.linspace(-1, 1, 256, device=device)
+        absmax = torch.full((blocks,), 7, dtype=torch.uint8, device=device)
+        absmax2, code2 = torch.ones(-(-blocks // 256), device=device), torch.linspace(-1, 1, 256, device=device)
         nf4_dequantize(packed, absmax, shape, dtype, blocksize, code, absmax2, code2, 0.5, 256)
     else:
-        nf4_dequantize(packed, torch.rand(blocks, device=device), shape, dtype, blocksize, code)
+        nf4_dequantize(packed, torch.ones(blocks, device=device), shape, dtype, blocksize, code)
 
 
 def warm_norms(s: Shapes, dtype, device) -> None:
@@ -148,7 +152,7 @@ def warm_attention(s: Shapes, dtype, device) -> None:
     for window in s.windows:
         projected = [_leaf(1, TOKENS, n * d, dtype=dtype, device=device) for n in (s.heads, s.kv_heads, s.kv_heads)]
         q, k, v = (y.view(1, TOKENS, -1, d) for y in projected)
-        cos, sin = (torch.randn(1, TOKENS, d, dtype=dtype, device=device) for _ in range(2))
+        cos, sin = (_leaf(1, TOKENS, d, dtype=dtype, device=device, grad=False) for _ in range(2))
         q, k = rope(q, k, *rope_tables(cos, sin))
         out = varlen_attention(
             q.view(TOKENS, -1, d), k.view(TOKENS, -1, d), v.reshape(TOKENS, -1, d), cu, d**-0.5, s.softcap, window
@@ -168,8 +172,8 @@ def warm_loss(s: Shapes, dtype, device) -> None:
     """kernels.cross_entropy as engine.patching.modules.fused_loss_forward calls it: hidden states without their last
     token, labels without their first (an 8-byte offset: an unaligned pointer, as in the run)."""
     hidden = _leaf(1, TOKENS, LOSS_WIDTH, dtype=dtype, device=device)
-    weight = torch.randn(s.vocab, LOSS_WIDTH, dtype=dtype, device=device)
-    labels = torch.randint(0, s.vocab, (1, TOKENS), device=device)
+    weight = _leaf(s.vocab, LOSS_WIDTH, dtype=dtype, device=device, grad=False)
+    labels = torch.arange(TOKENS, device=device).view(1, TOKENS) % s.vocab
     labels[0, :3] = -100
     loss = fused_linear_cross_entropy(hidden[:, :-1], weight, labels[:, 1:], softcap=s.final_softcap or None)
     _backward(loss, (hidden,))
