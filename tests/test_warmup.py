@@ -189,6 +189,22 @@ def test_rms_norm_backward_compiles_once_for_every_row_count():
 
 
 @interpreted
+@pytest.mark.parametrize(
+    "changes, note",
+    [
+        (dict(fast_path=False), "the fast path is off"),
+        (dict(model_type="gpt2"), "no fast path for model type 'gpt2'"),
+    ],
+)
+def test_no_warmup_where_no_kernel_will_run(changes, note):
+    spec = JobSpec(model="-", data="-", method="lora", fast_path=changes.get("fast_path", True))
+    cfg = dict(ARCHS["llama"], vocab_size=96, model_type=changes.get("model_type", "llama"))
+    lines = []
+    warmup.start(spec, cfg, "cuda:0", torch.bfloat16).join(lines.append)
+    assert lines == [f"kernels: no warm-up ({note})"]
+
+
+@interpreted
 def test_a_failing_warmup_is_logged_and_the_run_goes_on():
     """An exception inside the warm-up (here varlen_attention refusing a 512 head dim) is logged with its traceback
     when joined, and nothing is raised: the first step compiles instead."""
@@ -222,7 +238,7 @@ def test_after_the_warmup_the_first_step_compiles_nothing_and_no_memory_is_held(
     from engine.core.hardware import Placement
 
     size = dict(hidden_size=1024, intermediate_size=2816, num_attention_heads=16, num_key_value_heads=8, head_dim=64)
-    base = tiny_model("qwen3", vocab=4096, use_cache=False, **size)
+    base = tiny_model("qwen3", vocab=4096, dtype=torch.bfloat16, use_cache=False, **size)  # loaded as a run loads it
     spec = JobSpec(model="-", data="-", method="lora", batch_size=3)
     before, generator = torch.cuda.memory_allocated(), torch.cuda.get_rng_state()
     kernels_warm = warmup.start(spec, base.config.to_dict(), "cuda", Placement("cuda", "bf16", "").torch_dtype)

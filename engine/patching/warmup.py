@@ -24,6 +24,7 @@ are freed and the allocator's cache emptied before `join` returns, so the memory
 (and with TUNESMITH_KERNELS=reference) it does nothing: the fast path's kernels are GPU kernels.
 """
 
+import contextlib
 import threading
 import time
 import traceback
@@ -215,7 +216,7 @@ class Warmup:
 
     def _run(self) -> None:
         try:
-            with torch.cuda.device(self.device) if self.device.type == "cuda" else _nothing():
+            with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
                 warm(self.shapes, self.dtype, self.device, lambda: self.stopping, self.done)
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)  # a kernel's failure shows here, not in the run's first step
@@ -252,14 +253,6 @@ class Warmup:
         log(f"kernels compiled in {took:.1f} s while the weights loaded ({', '.join(self.done)}; {when})")
 
 
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def start(spec, cfg: dict, device: str, dtype) -> Warmup:
     """Begin warming the kernels a run of `spec` will launch, for the model whose config.json is `cfg`, computing on
     `device` in `dtype`; a Warmup that does nothing (and says why when joined) where no Triton kernel will run."""
@@ -271,7 +264,7 @@ def start(spec, cfg: dict, device: str, dtype) -> Warmup:
         return Warmup(None, note=f"the kernels run their pure-torch references: {dispatch.REASON}")
     from engine.patching import family_for
 
-    kind = (cfg.get("text_config") or cfg).get("model_type") or cfg.get("model_type", "")
+    kind = cfg.get("model_type", "")  # what patch_model reads: a multimodal wrapper's own type has no fast path
     if family_for(kind) is None:
         return Warmup(None, note=f"no fast path for model type '{kind}'")
     where = torch.device(device)
