@@ -18,10 +18,18 @@ every padding-free bucket is a multiple of 64 (engine.data.batching), so a bucke
 specialization classes as T's (kernels.rms_norm's backward does not specialize on the row counts, which vary with T).
 tests/test_warmup.py checks that a patched model's padding-free step launches no specialization the warm-up missed.
 
-The compilation itself (MLIR, LLVM, ptxas) runs mostly outside Python's GIL, so loading goes on beside it. A failure
-in the warm-up is logged and the run goes on (the first step then compiles what is missing, as before). Its tensors
-are freed and the allocator's cache emptied before `join` returns, so the memory plan sees none of them. On the CPU
-(and with TUNESMITH_KERNELS=reference) it does nothing: the fast path's kernels are GPU kernels.
+No kernel here autotunes, so there is no tuning key to match. Not warmed: the mixture-of-experts kernels
+(kernels.grouped_mm, kernels.nf4_grouped_mm), the chat's decoding kernels, and the right-padded path's shapes (its
+token counts are any length); whatever is missed compiles at its first launch, as before.
+
+Compiling (MLIR passes, LLVM, ptxas) leaves the GIL to the loading thread most of the time: on this project's 2-core
+development VM (shared, loaded), while Triton compiled the varlen dQ kernel for sm_90, a Python thread's 1 ms sleeps
+took 1.2-1.6 ms on average in each compile stage, GIL included (0.12 s at worst). A failure in the warm-up is logged and the run goes on (the first step then
+compiles what is missing, as before). The memory plan, made while the warm-up runs, counts the allocator's reserved
+memory as the run's, so the warm-up's few MiB do not shrink it; its tensors are freed, and the allocator's cache
+emptied and its cuBLAS workspace released, before `join` returns. Its tensors hold constants, never random draws, so
+the run's generators (LoRA's initialisation draws while it runs) do not move. On the CPU (and with
+TUNESMITH_KERNELS=reference) it does nothing: the fast path's kernels are GPU kernels.
 """
 
 import contextlib
@@ -101,10 +109,6 @@ class Shapes:
             nf4=(True if stored is None else bool(stored)) if method == "qlora" else None,
             segments=batch_size + 1,  # engine.data.batching.segment_slots - 1 for unpacked examples
         )
-
-
-# Every tensor here is filled with constants, never drawn: the values do not matter to the compiler, and the run's
-# random generators (LoRA's initialisation, drawn while this thread runs) must not move.
 
 
 def _backward(outputs, leaves) -> None:
