@@ -24,12 +24,13 @@ token counts are any length); whatever is missed compiles at its first launch, a
 
 Compiling (MLIR passes, LLVM, ptxas) leaves the GIL to the loading thread most of the time: on this project's 2-core
 development VM (shared, loaded), while Triton compiled the varlen dQ kernel for sm_90, a Python thread's 1 ms sleeps
-took 1.2-1.6 ms on average in each compile stage, GIL included (0.12 s at worst). A failure in the warm-up is logged and the run goes on (the first step then
-compiles what is missing, as before). The memory plan, made while the warm-up runs, counts the allocator's reserved
-memory as the run's, so the warm-up's few MiB do not shrink it; its tensors are freed, and the allocator's cache
-emptied and its cuBLAS workspace released, before `join` returns. Its tensors hold constants, never random draws, so
-the run's generators (LoRA's initialisation draws while it runs) do not move. On the CPU (and with
-TUNESMITH_KERNELS=reference) it does nothing: the fast path's kernels are GPU kernels.
+took 1.2-1.6 ms on average in each compile stage, GIL included (0.12 s at worst). A failure in the warm-up is
+logged and the run goes on (the first step then compiles what is missing, as before). The memory plan, made while
+the warm-up runs, counts the allocator's reserved memory as the run's, so the warm-up's few MiB do not shrink it;
+its tensors are freed, and the allocator's cache emptied and its cuBLAS workspace released, before `join` returns.
+Its tensors hold constants, never random draws, so the run's generators (LoRA's initialisation draws while it runs)
+do not move. On the CPU (and with TUNESMITH_KERNELS=reference) it does nothing: the fast path's kernels are GPU
+kernels.
 """
 
 import contextlib
