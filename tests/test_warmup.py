@@ -229,37 +229,67 @@ def test_a_stopped_warmup_ends_between_steps_and_says_nothing():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_after_the_warmup_the_first_step_compiles_nothing_and_no_memory_is_held():
-    """On the GPU, in bf16 under autocast as a run trains: the warm-up started from the config compiles every kernel
-    of a patched model's padding-free step (Triton's post-compile hook sees no compile in the step), logs its line,
-    and leaves the allocated memory as it found it."""
+@pytest.mark.parametrize("method, dtype", [("lora", "bf16"), ("qlora", "fp16")])
+def test_after_the_warmup_the_first_step_compiles_nothing_and_no_memory_is_held(method, dtype, tmp_path):
+    """On the GPU, loaded as a run loads it (engine.models.loading.load_model: a 4-bit NF4 base for QLoRA) and under
+    autocast as a run trains: the warm-up started from config.json compiles every kernel of a patched model's
+    padding-free step (Triton's post-compile hook sees no compile in the step), logs its line, leaves the allocated
+    memory as it found it and draws nothing from the CUDA generator."""
     import triton
 
     from engine.core.hardware import Placement
+    from engine.models.loading import load_model, read_config
 
     size = dict(hidden_size=1024, intermediate_size=2816, num_attention_heads=16, num_key_value_heads=8, head_dim=64)
-    base = tiny_model("qwen3", vocab=4096, dtype=torch.bfloat16, use_cache=False, **size)  # loaded as a run loads it
-    spec = JobSpec(model="-", data="-", method="lora", batch_size=3)
+    tiny_model("qwen3", vocab=4096, use_cache=False, **size).save_pretrained(tmp_path)
+    placement = Placement("cuda", dtype, "the test's")
+    spec = JobSpec(model=str(tmp_path), data="-", method=method, batch_size=3)
     before, generator = torch.cuda.memory_allocated(), torch.cuda.get_rng_state()
-    kernels_warm = warmup.start(spec, base.config.to_dict(), "cuda", Placement("cuda", "bf16", "").torch_dtype)
+    kernels_warm = warmup.start(spec, read_config(tmp_path), "cuda", placement.torch_dtype)
     lines = []
     kernels_warm.join(lines.append)
     assert torch.cuda.memory_allocated() == before
     assert torch.equal(torch.cuda.get_rng_state(), generator)
     assert len(lines) == 1 and lines[0].startswith("kernels compiled in"), lines
-    base = base.cuda()
+    base = load_model(tmp_path, placement, four_bit=method == "qlora")
+    base.config.use_cache = False
     patch_model(base, log=lambda m: None)
     model = with_lora(base)
     pack_adapters(model, log=lambda m: None)
+    model.train()
     examples = examples_for([40, 50, 30])
     batch = padding_free(examples, 0, "cuda", segment_slots(examples, 3), most_tokens(examples, 3), [128])
-    compiled = []
-    triton.knobs.runtime.jit_post_compile_hook = lambda **kw: compiled.append(kw["fn"].name)
+    watch = warmup.CompileWatch()
     try:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast("cuda", dtype=placement.torch_dtype):
             loss = model(**batch).loss
         loss.backward()
         torch.cuda.synchronize()
     finally:
+        said = watch.stop()
+    assert said == "kernels: the first step compiled no Triton kernel", said
+    assert triton.knobs.runtime.jit_post_compile_hook is None
+
+
+def test_compile_watch_names_what_was_compiled_and_gives_the_hook_back():
+    """The first step's watch takes Triton's post-compile hook (calling on to one set before) and gives it back.
+    Triton calls the hook after each compile on a GPU; here it is called as Triton calls it, by keyword."""
+    import triton
+    from triton.runtime.jit import JitFunctionInfo
+
+    earlier = []
+
+    def before(**kw):
+        earlier.append(kw["fn"].name)
+
+    triton.knobs.runtime.jit_post_compile_hook = before
+    try:
+        watch = warmup.CompileWatch()
+        assert warmup.CompileWatch().stop() == "kernels: the first step compiled no Triton kernel"
+        for name in ("_rope_fwd_kernel", "_swiglu_bwd_kernel"):
+            triton.knobs.runtime.jit_post_compile_hook(fn=JitFunctionInfo(None, name, None), key=None)
+        said = watch.stop()
+        assert triton.knobs.runtime.jit_post_compile_hook is before and earlier == watch.names
+    finally:
         triton.knobs.runtime.jit_post_compile_hook = None
-    assert not compiled, f"the step compiled {compiled}"
+    assert said == "kernels: the first step compiled 2 Triton kernel(s): _rope_fwd_kernel, _swiglu_bwd_kernel"

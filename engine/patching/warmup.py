@@ -258,6 +258,32 @@ class Warmup:
         log(f"kernels compiled in {took:.1f} s while the weights loaded ({', '.join(self.done)}; {when})")
 
 
+class CompileWatch:
+    """The Triton kernels compiled (not found in the process's memory) from its creation until `stop`: the run's
+    first step says whether the warm-up missed any (Triton's post-compile hook; a hook set before is kept)."""
+
+    def __init__(self):
+        import triton
+
+        self.names: list[str] = []
+        self.previous = triton.knobs.runtime.jit_post_compile_hook
+
+        def hook(**kw):
+            self.names.append(kw["fn"].name)
+            return self.previous(**kw) if self.previous is not None else None
+
+        triton.knobs.runtime.jit_post_compile_hook = hook
+
+    def stop(self) -> str:
+        """Stop counting; the log line that says what was compiled."""
+        import triton
+
+        triton.knobs.runtime.jit_post_compile_hook = self.previous
+        if not self.names:
+            return "kernels: the first step compiled no Triton kernel"
+        return f"kernels: the first step compiled {len(self.names)} Triton kernel(s): {', '.join(self.names)}"
+
+
 def start(spec, cfg: dict, device: str, dtype) -> Warmup:
     """Begin warming the kernels a run of `spec` will launch, for the model whose config.json is `cfg`, computing on
     `device` in `dtype`; a Warmup that does nothing (and says why when joined) where no Triton kernel will run."""
