@@ -194,9 +194,12 @@ def test_rms_norm_backward_compiles_once_for_every_row_count():
     [
         (dict(fast_path=False), "the fast path is off"),
         (dict(model_type="gpt2"), "no fast path for model type 'gpt2'"),
+        (dict(env="0"), "TUNESMITH_KERNEL_WARMUP=0"),
     ],
 )
-def test_no_warmup_where_no_kernel_will_run(changes, note):
+def test_no_warmup_where_no_kernel_will_run(changes, note, monkeypatch):
+    if "env" in changes:
+        monkeypatch.setenv("TUNESMITH_KERNEL_WARMUP", changes["env"])
     spec = JobSpec(model="-", data="-", method="lora", fast_path=changes.get("fast_path", True))
     cfg = dict(ARCHS["llama"], vocab_size=96, model_type=changes.get("model_type", "llama"))
     lines = []

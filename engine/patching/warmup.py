@@ -30,10 +30,11 @@ the warm-up runs, counts the allocator's reserved memory as the run's, so the wa
 its tensors are freed, and the allocator's cache emptied and its cuBLAS workspace released, before `join` returns.
 Its tensors hold constants, never random draws, so the run's generators (LoRA's initialisation draws while it runs)
 do not move. On the CPU (and with TUNESMITH_KERNELS=reference) it does nothing: the fast path's kernels are GPU
-kernels.
+kernels. TUNESMITH_KERNEL_WARMUP=0 turns it off, to measure a run without it on the same machine.
 """
 
 import contextlib
+import os
 import threading
 import time
 import traceback
@@ -287,6 +288,8 @@ class CompileWatch:
 def start(spec, cfg: dict, device: str, dtype) -> Warmup:
     """Begin warming the kernels a run of `spec` will launch, for the model whose config.json is `cfg`, computing on
     `device` in `dtype`; a Warmup that does nothing (and says why when joined) where no Triton kernel will run."""
+    if os.environ.get("TUNESMITH_KERNEL_WARMUP", "1") == "0":  # to measure a run without it, on the same machine
+        return Warmup(None, note="TUNESMITH_KERNEL_WARMUP=0")
     if not spec.fast_path:
         return Warmup(None, note="the fast path is off")
     if not device.startswith("cuda"):
