@@ -236,8 +236,8 @@ def test_a_stopped_warmup_ends_between_steps_and_says_nothing():
 def test_after_the_warmup_the_first_step_compiles_nothing_and_no_memory_is_held(method, dtype, tmp_path):
     """On the GPU, loaded as a run loads it (engine.models.loading.load_model: a 4-bit NF4 base for QLoRA) and under
     autocast as a run trains: the warm-up started from config.json compiles every kernel of a patched model's
-    padding-free step (Triton's post-compile hook sees no compile in the step), logs its line, leaves the allocated
-    memory as it found it and draws nothing from the CUDA generator."""
+    padding-free step (Triton's post-compile hook sees no compile in the step), logs its line, holds no memory after
+    it and draws nothing from the CUDA generator."""
     import triton
 
     from engine.core.hardware import Placement
@@ -251,7 +251,7 @@ def test_after_the_warmup_the_first_step_compiles_nothing_and_no_memory_is_held(
     kernels_warm = warmup.start(spec, read_config(tmp_path), "cuda", placement.torch_dtype)
     lines = []
     kernels_warm.join(lines.append)
-    assert torch.cuda.memory_allocated() == before
+    assert torch.cuda.memory_allocated() <= before  # less when it released a cuBLAS workspace an earlier test made
     assert torch.equal(torch.cuda.get_rng_state(), generator)
     assert len(lines) == 1 and lines[0].startswith("kernels compiled in"), lines
     base = load_model(tmp_path, placement, four_bit=method == "qlora")
