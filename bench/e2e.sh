@@ -16,5 +16,5 @@ for run in "$@"; do
     $extra >/tmp/e2e_one.log 2>&1
   echo "exit $?"
   cat /tmp/e2e_one.log >>"$log"
-  grep -E "^RESULT|batching|bucket|cuda graphs|first step|Error|error:" /tmp/e2e_one.log | tail -8
+  grep -E "^RESULT|batching|bucket|cuda graphs|first step|kernels|Error|error:" /tmp/e2e_one.log | tail -9
 done

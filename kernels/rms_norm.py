@@ -49,7 +49,10 @@ def _rms_norm_fwd_kernel(x_ptr, w_ptr, y_ptr, rstd_ptr, x_stride, y_stride, N, e
     tl.store(y_ptr + row * y_stride + cols, (x * rstd * w).to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+# Not specialized on the row counts: they follow the micro-batch's token count, so each new bucket would otherwise
+# compile another variant (rows_per_program == 1, a multiple of 16, or neither), and engine.patching.warmup's compile
+# would not be the run's; both only bound loops and rows, where the specialization gains nothing.
+@triton.jit(do_not_specialize=["M", "rows_per_program"])
 def _rms_norm_bwd_kernel(
     dy_ptr,
     x_ptr,

@@ -165,6 +165,7 @@ def load_for_training(spec, placement: Placement, log=print, compute: Placement 
     without weights on the ranks that receive their shards, in fp32 under fp16: engine.training.distributed), so its
     memory plan is that GPU's."""
     from engine.data.tokenizing import ensure_chat_template
+    from engine.patching import warmup
 
     full_fp16_refusal(spec, placement)
     path = resolve_model(spec.model, log)
@@ -173,10 +174,18 @@ def load_for_training(spec, placement: Placement, log=print, compute: Placement 
         f"model: {spec.model} ({cfg.get('model_type', '?')}), method {spec.method}, device {placement.device}, "
         f"dtype {placement.dtype}: {placement.reason}"
     )
-    tok = load_tokenizer(path, spec.trust_remote_code)
-    log(f"chat template: {ensure_chat_template(tok, spec.chat_template)}")
-    model, memory = load_planned(spec, path, cfg, placement, log, compute)
-    return prepare_for_training(model, spec, log, memory, compute), tok
+    # the fast path's Triton kernels compile in the background while the tokenizer and the weights load
+    kernels = warmup.start(spec, cfg, placement.device, (compute or placement).torch_dtype)
+    try:
+        tok = load_tokenizer(path, spec.trust_remote_code)
+        log(f"chat template: {ensure_chat_template(tok, spec.chat_template)}")
+        model, memory = load_planned(spec, path, cfg, placement, log, compute)
+        model = prepare_for_training(model, spec, log, memory, compute)
+    except BaseException:
+        kernels.join(log, stop=True)  # the run fails with the load's error, not later for the warm-up
+        raise
+    kernels.join(log)  # before the first step: a CUDA-graph capture allows no other thread's launches
+    return model, tok
 
 
 def full_fp16_refusal(spec, placement: Placement) -> None:

@@ -179,6 +179,12 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     if world is None:  # with several ranks a save is collective: one rank's out-of-memory error cannot make one
         progress["save"] = save_completed
     stopping = False  # several ranks: a cancel on any of them, agreed at the end of each step
+    # whether the first step compiled any Triton kernel the warm-up (engine.patching.warmup) did not
+    compiles = None
+    if placement.device == "cuda" and spec.fast_path:
+        from engine.patching.warmup import CompileWatch
+
+        compiles = CompileWatch()
     while step < total:
         progress.update(step=step, position=(epoch, micro), updating=False)
         if should_stop() if world is None else stopping:
@@ -235,6 +241,9 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         step_times.append(dt)
+        if compiles is not None:
+            log(compiles.stop())
+            compiles = None
         steps_timed += 1
         eta = (time.perf_counter() - started) / steps_timed * (total - step)
         checked = validator.check(step, model, tok, autocast) if validator and validator.due(step) else {}
