@@ -455,28 +455,81 @@ def identity_trainer(model, tok, folder, **config):
     return train_on_responses_only(trainer, "<|im_start|>user\n", "<|im_start|>assistant\n")
 
 
-def test_fp16_model_keeps_its_adapters_fp32(tiny_qwen3, tmp_path):
-    """TRL casts a 4-bit model's adapters to bf16, which fp16 mixed precision cannot unscale: they go back to fp32."""
+@pytest.mark.parametrize("packed", [False, True], ids=["cpu", "gpu_packing"])
+def test_fp16_model_keeps_its_adapters_fp32(tiny_qwen3, tmp_path, monkeypatch, packed):
+    """TRL casts a 4-bit model's adapters to bf16, which fp16 mixed precision cannot unscale: they go back to fp32.
+    gpu_packing: as prepare_for_training does on a GPU (the CPU skips both), the base patched before PEFT and the
+    adapters packed after it: after the casts the fused ops and PEFT's weights read the fp32 tensor the optimizer
+    steps (before, TRL's cast left them on the first memory, and a T4 run's loss never moved)."""
+    from engine.models import loading
+    from engine.patching import patch_model
+    from engine.patching.modules import pack_adapters
+
+    add_lora = loading.add_lora
+
+    def add_packed_lora(model, spec, log):
+        patch_model(model, log=quiet)
+        model = add_lora(model, spec, log)
+        assert pack_adapters(model, log=quiet) == 4 * model.config.num_hidden_layers
+        return model
+
+    if packed:
+        monkeypatch.setattr(loading, "add_lora", add_packed_lora)
     model, tok = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=256, dtype=torch.float16)
-    model = FastLanguageModel.get_peft_model(model)
-    trainer = identity_trainer(model, tok, tmp_path, bf16=False)
+    model = FastLanguageModel.get_peft_model(model, use_gradient_checkpointing=False)
+    trainer = identity_trainer(model, tok, tmp_path, bf16=False, gradient_checkpointing=False)
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.bfloat16}  # TRL's cast
     model.train()
     batch = trainer.data_collator([trainer.train_dataset[0]])
     model(**{k: v.to(model.device) for k, v in batch.items()})
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    if packed:
+        flat = model.get_parameter("packed_adapters")
+        for packing in {id(m.packing): m.packing for m in model.modules() if getattr(m, "packing", None)}.values():
+            for leaf, start in packing.pieces:
+                assert leaf.dtype == torch.float32 and leaf.data_ptr() == flat.data_ptr() + start * 4
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                assert p.dtype == torch.float32 and p.data_ptr() == flat.data_ptr() + p.packed_in[1] * 4, name
+
+
+def gpu_identity_run(model_dir, folder, dtype, **config):
+    """QLoRA on the GPU through the notebook API (fast path, packed adapters, TRL's casts), 60 steps on the identity
+    questions, then for_inference: (the reply to "Who are you?", a message with what a failure needs, since GPU
+    runs are rare: the reply, the loss and gradient norm of every step, the trainable tensors)."""
+    model, tok = FastLanguageModel.from_pretrained(str(model_dir), max_seq_length=256, dtype=dtype)
+    model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=32)
+    config.update(per_device_train_batch_size=6, max_steps=60, learning_rate=1e-2, lr_scheduler_type="constant")
+    trainer = identity_trainer(model, tok, folder, logging_steps=1, disable_tqdm=True, **config)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    FastLanguageModel.for_inference(model)
+    reply = greedy_reply(model, tok, "Who are you?")
+    trainable = [(n, p.dtype, p.numel()) for n, p in model.named_parameters() if p.requires_grad]
+    message = (
+        f"reply {reply!r}; losses {[round(h['loss'], 4) for h in logs]}; "
+        f"grad norms {[round(float(h.get('grad_norm', 'nan')), 3) for h in logs]}; trainable {trainable}"
+    )
+    return reply, [h["loss"] for h in logs], message
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_t4_setting_trains_and_answers(tiny_qwen3, tmp_path):
     """The Kaggle T4 guide's setting: 4-bit weights, fp16 compute and SFTConfig(fp16=True), 8-bit AdamW."""
-    model, tok = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=256, dtype=torch.float16)
-    model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=32)
-    config = dict(per_device_train_batch_size=6, max_steps=60, learning_rate=1e-2, lr_scheduler_type="constant")
-    identity_trainer(model, tok, tmp_path, fp16=True, bf16=False, optim="adamw_8bit", **config).train()
-    FastLanguageModel.for_inference(model)
-    assert greedy_reply(model, tok, "Who are you?") == IDENTITY_ANSWER
+    config = dict(fp16=True, bf16=False, optim="adamw_8bit")
+    reply, losses, message = gpu_identity_run(tiny_qwen3, tmp_path, torch.float16, **config)
+    assert losses[-1] < losses[0] / 10, message  # it learnt (a loss that never moves: the adapters were not stepped)
+    assert reply == IDENTITY_ANSWER, message
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_bf16_qlora_trains_and_answers(tiny_qwen3, tmp_path):
+    """The same on a bf16 GPU (the README's example): TRL casts the packed adapters to bf16, and they train so."""
+    reply, losses, message = gpu_identity_run(tiny_qwen3, tmp_path, torch.bfloat16, bf16=True, fp16=False)
+    assert losses[-1] < losses[0] / 10, message
+    assert reply == IDENTITY_ANSWER, message
 
 
 # ----------------------------------------------------------------------------------------------------------- saving

@@ -226,6 +226,41 @@ def test_packed_adapters_with_the_adapter_off_or_another_active():
         model(**inputs)
 
 
+def test_packed_adapters_follow_their_tensor_when_its_data_is_replaced():
+    """TRL's SFTTrainer casts a 4-bit model's trainable weights with `param.data = param.data.to(torch.bfloat16)`, and
+    tunesmith's fp16 models cast them back to fp32 the same way (new memory each time): the packed model must then
+    train as one whose packed tensor was rounded in place. Before PackedAdapters.follow the fused ops kept reading the
+    old memory while the optimizer stepped the new one: the loss never moved (6.7794 at every step, measured)."""
+
+    def fast_model():
+        model = tiny_model("qwen3")
+        patch_model(model, log=lambda m: None)
+        return packed(with_lora(model))
+
+    in_place, replaced = fast_model(), fast_model()
+    flat = in_place.get_parameter("packed_adapters")
+    flat.data.copy_(flat.data.to(torch.bfloat16).float())  # the same values, in the same memory
+    flat = replaced.get_parameter("packed_adapters")
+    flat.data = flat.data.to(torch.bfloat16)  # TRL's cast
+    flat.data = flat.data.float()  # tunesmith.model's fp16 restore
+    losses_i, grads_i, final_i = train_steps(in_place, batch(96))
+    losses_r, grads_r, final_r = train_steps(replaced, batch(96))
+    assert losses_r[-1] < losses_r[0]
+    torch.testing.assert_close(torch.tensor(losses_r), torch.tensor(losses_i), rtol=0, atol=0)
+    for step, (gi, gr) in enumerate(zip(grads_i, grads_r, strict=True)):
+        for name in gi:
+            torch.testing.assert_close(gr[name], gi[name], rtol=0, atol=0, msg=f"step {step} grad {name}")
+    for name, p in lora_state(replaced).items():  # PEFT's weights (saved adapters, the decoder) are the trained ones
+        torch.testing.assert_close(final_r[name], final_i[name], rtol=0, atol=0, msg=name)
+        assert flat.data_ptr() + p.packed_in[1] * flat.element_size() == p.data_ptr(), name
+
+    bf16 = fast_model()  # TRL's cast alone (a bf16 GPU's QLoRA run): the adapters train in bf16
+    flat = bf16.get_parameter("packed_adapters")
+    flat.data = flat.data.to(torch.bfloat16)
+    losses, _, final = train_steps(bf16, batch(96))
+    assert losses[-1] < losses[0] and flat.grad is None and {t.dtype for t in final.values()} == {torch.bfloat16}
+
+
 def test_patching_parity_packed_sequences():
     """A packed row (per-example positions, block-diagonal mask) gives the loss of its examples run separately."""
     from engine.data.batching import padded as collate

@@ -393,7 +393,8 @@ def _keep_trainable_fp32(model) -> None:
     fp16 mixed precision unscales gradients with a GradScaler, which cannot handle bf16 ones, and TRL's trainers cast
     a 4-bit model's adapters to bf16 when they are built (the QLoRA paper's choice, for bf16 GPUs). Before each
     training forward, any bf16 trainable weight goes back to fp32 in place (the same Parameter, so the optimizer, whose
-    state is created at its first step, holds and updates fp32 weights).
+    state is created at its first step, holds and updates fp32 weights). The hook runs before the packed adapters'
+    own (engine.patching.modules.PackedAdapters.follow), which then points the fused ops at the fp32 tensor.
     """
     import torch
 
@@ -403,7 +404,7 @@ def _keep_trainable_fp32(model) -> None:
                 if p.requires_grad and p.dtype == torch.bfloat16:
                     p.data = p.data.float()
 
-    model.register_forward_pre_hook(restore)
+    model.register_forward_pre_hook(restore, prepend=True)
 
 
 def _add_save_methods(model) -> None:

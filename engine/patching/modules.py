@@ -226,12 +226,18 @@ class PackedAdapters:
     would: `link` (a hook on each piece, run before autograd accumulates into it) makes it, zeroed, and `release`
     (before each training forward) frees the memory of one the optimizer dropped (zero_grad(set_to_none=True)) while
     the pieces keep pointing at it. Setting 128 pieces' `.grad` again every step cost ~2 ms of host time with the GPU
-    idle (llama8b on the H100); holding the buffer through the forward ran qwen3_14b out of memory under 6 GiB."""
+    idle (llama8b on the H100); holding the buffer through the forward ran qwen3_14b out of memory under 6 GiB.
+
+    Code that replaces `flat.data` (TRL's SFTTrainer casts a 4-bit model's trainable weights to bf16 that way, and
+    tunesmith's fp16 models cast them back to fp32) leaves the pieces and views on the old memory: `follow`, before
+    each forward, points them at the new one, else the optimizer steps a tensor the model no longer reads."""
 
     def __init__(self, flat: nn.Parameter):
         self.flat = flat
         self.pieces = []  # (leaf tensor, start in flat)
+        self.views = []  # (PEFT's A or B, start in flat)
         self.linked = None  # the gradient buffer the pieces' .grad are views of
+        self.source = (flat.data_ptr(), flat.dtype)  # the memory the pieces and views are on
 
     def piece(self, start: int, count: int) -> torch.Tensor:
         """`count` values of `flat` from `start`, as a leaf tensor a fused op trains."""
@@ -263,6 +269,19 @@ class PackedAdapters:
             leaf.grad = grad[start : start + leaf.numel()].view(leaf.shape)
         self.linked = grad
 
+    def follow(self) -> None:
+        """Point the pieces and PEFT's views at `flat`'s memory again where `flat.data` was replaced since."""
+        data = self.flat.data
+        if (data.data_ptr(), data.dtype) == self.source:
+            return
+        for leaf, start in self.pieces:
+            leaf.grad = None  # a view of the old gradient buffer, maybe of the old dtype
+            leaf.data = data[start : start + leaf.numel()]
+        for view, start in self.views:
+            view.data = data[start : start + view.numel()].view(view.shape)
+        self.linked = None
+        self.source = (data.data_ptr(), data.dtype)
+
     def release(self) -> None:
         """Free the memory of a gradient buffer the optimizer dropped (the pieces' views stay, sizeless)."""
         if self.flat.grad is None and self.linked is not None:
@@ -281,13 +300,14 @@ def pack_adapters(model, log=print) -> int:
         kinds.setdefault((entry[3][0].dtype, entry[3][0].device), []).append(entry)
     packings = [_pack(model, index, entries) for index, entries in enumerate(kinds.values())]
 
-    def release(*_):
-        if torch.is_grad_enabled():
-            for packing in packings:
+    def before_forward(*_):
+        for packing in packings:
+            packing.follow()
+            if torch.is_grad_enabled():
                 packing.release()
 
     if packings:
-        model.register_forward_pre_hook(release)
+        model.register_forward_pre_hook(before_forward)
         log(f"adapters: packed into {len(packings)} trainable tensor(s), the LoRA weights of {len(found)} fused ops")
     return len(found)
 
@@ -305,6 +325,7 @@ def _pack(model, index: int, entries) -> PackedAdapters:
             t.data = flat.data[start : start + t.numel()].view(t.shape)
             t.requires_grad_(False)
             t.packed_in = (flat, start)  # where its gradient is: packed_gradient
+            packing.views.append((t, start))
             start += t.numel()
         module.packed_args[group] = (getattr(module, module.GROUPS[group][0]).active_adapters[0], args)
         module.packing = packing
