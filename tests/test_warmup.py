@@ -208,6 +208,16 @@ def test_no_warmup_where_no_kernel_will_run(changes, note, monkeypatch):
 
 
 @interpreted
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without a GPU")
+def test_no_warmup_for_a_gpu_placement_without_a_gpu():
+    """The planner's refusals are tested with a GPU placement on the CPU: the warm-up then starts nothing."""
+    spec = JobSpec(model="-", data="-", method="qlora")
+    lines = []
+    warmup.start(spec, dict(ARCHS["llama"], vocab_size=96), "cuda", torch.bfloat16).join(lines.append)
+    assert lines == ["kernels: no warm-up (no CUDA device is visible here)"]
+
+
+@interpreted
 def test_a_failing_warmup_is_logged_and_the_run_goes_on():
     """An exception inside the warm-up (here varlen_attention refusing a 512 head dim) is logged with its traceback
     when joined, and nothing is raised: the first step compiles instead."""

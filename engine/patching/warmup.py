@@ -301,6 +301,8 @@ def start(spec, cfg: dict, device: str, dtype) -> Warmup:
     kind = cfg.get("model_type", "")  # what patch_model reads: a multimodal wrapper's own type has no fast path
     if family_for(kind) is None:
         return Warmup(None, note=f"no fast path for model type '{kind}'")
+    if not torch.cuda.is_available():  # a GPU placement planned on a machine without one (the planner's refusals)
+        return Warmup(None, note="no CUDA device is visible here")
     where = torch.device(device)
     if where.index is None:  # this thread's device (a rank pinned its own): the warm-up's thread starts on GPU 0
         where = torch.device("cuda", torch.cuda.current_device())
