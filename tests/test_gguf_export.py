@@ -149,7 +149,7 @@ def test_unsupported_architecture_is_refused(tiny_llama, tmp_path):
     shutil.copytree(tiny_llama, folder)
     cfg = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**cfg, "model_type": "falcon"}))
-    with pytest.raises(api.UserError, match="'falcon' architecture.*gemma, gemma2, gemma3_text, llama, mistral"):
+    with pytest.raises(api.UserError, match="'falcon' architecture.*gemma, gemma2, gemma3_text, gpt_oss, llama"):
         api.export(str(folder), "gguf-q4_k_m", tmp_path / "out", log=quiet)
     assert not (tmp_path / "out").exists()
 

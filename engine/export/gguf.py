@@ -11,7 +11,7 @@ SentencePiece Unigram tokenizers (T5-style) are refused with a sentence. The mod
 
 Supported: Llama, Mistral and Mixtral (written as llama.cpp's "llama", with q/k rows permuted from transformers'
 rotate-half rope layout to llama.cpp's interleaved one), Qwen2 (q/k/v biases), Qwen3 (per-head q/k RMSNorm) and
-Qwen3-MoE (experts: engine.export.gguf_moe); Qwen uses NEOX
+Qwen3-MoE and gpt-oss (experts: engine.export.gguf_moe); Qwen and gpt-oss use NEOX
 rope in llama.cpp, so its rows are written unpermuted. Gemma, Gemma 2 and Gemma 3 (text; a multimodal Gemma 3
 folder exports its language model) are NEOX too; their RMSNorms scale by (1 + w), which llama.cpp expects folded into
 the stored weight, so every norm is written as 1 + w. llama.cpp applies Gemma's sqrt(hidden) embedding scale itself
@@ -86,7 +86,7 @@ QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 PRE_BY_SPLIT = {LLAMA3_SPLIT: "llama-bpe", QWEN2_SPLIT: "qwen2"}
-PRE_BY_ARCH = {"qwen2": "qwen2", "qwen3": "qwen2", "qwen3_moe": "qwen2"}
+PRE_BY_ARCH = {"qwen2": "qwen2", "qwen3": "qwen2", "qwen3_moe": "qwen2", "gpt_oss": "gpt-4o"}  # gpt-oss: o200k
 
 
 def supported(model_dir: Path, tok_dir: Path | None = None) -> tuple[bool, str]:
@@ -257,6 +257,9 @@ def _add_hparams(w, cfg: dict, model_type: str, gtype: str, extra_tensors: dict,
         w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
         w.add_rope_scaling_factor(float(rs["factor"]))
         w.add_rope_scaling_orig_ctx_len(int(rs.get("original_max_position_embeddings", 4096)))
+        if "beta_fast" in rs:  # llama.cpp's defaults (32, 1) otherwise, as transformers'
+            w.add_rope_scaling_yarn_beta_fast(float(rs["beta_fast"]))
+            w.add_rope_scaling_yarn_beta_slow(float(rs.get("beta_slow", 1.0)))
     elif kind == "llama3":
         extra_tensors[gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"] = _llama3_rope_factors(
             cfg, head_dim, rs
@@ -390,8 +393,13 @@ def _tensor_plan(model_dir: Path, cfg: dict, model_type: str):
                     continue
                 if name.endswith("lm_head.weight") and (cfg.get("tie_word_embeddings") or model_type in GEMMA):
                     continue  # llama.cpp's Gemma always ties the head to the embeddings
+                shape = tuple(st.get_slice(name).get_shape())
+                special = gguf_moe.gpt_oss_entries(name, f, shape, nmap, model_type)
+                if special is not None:
+                    plan += special
+                    continue
                 if gguf_moe.is_expert(name):
-                    experts.append((name, f, tuple(st.get_slice(name).get_shape())))
+                    experts.append((name, f, shape))
                     continue
                 new = nmap.get_name(_text_name(name), try_suffixes=(".weight", ".bias"))
                 if new is None:
@@ -399,7 +407,7 @@ def _tensor_plan(model_dir: Path, cfg: dict, model_type: str):
                         f"GGUF export does not know where the weight '{name}' of this {model_type} model goes; "
                         "export as merged16 instead."
                     )
-                plan.append((new, name, f, tuple(st.get_slice(name).get_shape())))
+                plan.append((new, name, f, shape))
     return plan + gguf_moe.stacked(experts, nmap)
 
 
@@ -414,8 +422,14 @@ def _text_name(name: str) -> str:
     return name
 
 
-def _prepare(tensor, hf_name: str, cfg: dict, model_type: str, gtype: str):
-    """torch tensor -> (numpy array to write, raw ggml type): 1-D in F32, 2-D in the 16-bit type, q/k permuted."""
+def _in_f32(gguf_name: str, shape: tuple) -> bool:
+    """Norms, biases (gpt-oss's per-expert ones are 2-D) and sinks stay F32, as llama.cpp's converter writes them."""
+    return len(shape) == 1 or gguf_name.endswith(".bias")
+
+
+def _prepare(tensor, hf_name: str, cfg: dict, model_type: str, gtype: str, f32: bool = False):
+    """torch tensor -> (numpy array to write, raw ggml type): 1-D (or `f32`) in F32, 2-D in the 16-bit type, q/k
+    permuted."""
     import gguf
     import torch
 
@@ -427,7 +441,7 @@ def _prepare(tensor, hf_name: str, cfg: dict, model_type: str, gtype: str):
         t = t.reshape(heads, 2, t.shape[0] // heads // 2, *t.shape[1:]).swapaxes(1, 2).reshape(t.shape)
     if model_type in GEMMA and hf_name.endswith("norm.weight"):
         t = t.to(torch.float32) + 1.0  # Gemma's RMSNorm computes x * (1 + w)
-    if t.ndim == 1:
+    if t.ndim == 1 or f32:
         return t.to(torch.float32).numpy(), gguf.GGMLQuantizationType.F32
     if gtype == "BF16":
         return t.to(torch.bfloat16).contiguous().view(torch.int16).numpy(), gguf.GGMLQuantizationType.BF16
@@ -467,7 +481,7 @@ def convert(model_dir: Path, out_file: Path, gtype: str = "F16", log=print) -> d
         w.add_tensor_info(name, arr.shape, arr.dtype, arr.nbytes)
     for new, _, _, shape in plan:
         n = math.prod(shape)
-        if len(shape) == 1:
+        if _in_f32(new, shape):
             w.add_tensor_info(new, shape, np.dtype(np.float32), 4 * n)
         elif gtype == "BF16":
             w.add_tensor_info(new, shape, np.dtype(np.int16), 2 * n, raw_dtype=gguf.GGMLQuantizationType.BF16)
@@ -479,10 +493,11 @@ def convert(model_dir: Path, out_file: Path, gtype: str = "F16", log=print) -> d
     for arr in extra.values():
         w.write_tensor_data(arr)
     try:
-        for _, hf_name, f, _ in plan:
+        for new, hf_name, f, shape in plan:
             # A handle per tensor: its memory map closes at once, so the pages read never pile up in the resident set.
             with torch.no_grad():
-                arr, _ = _prepare(gguf_moe.read(hf_name, f), str(hf_name), cfg, model_type, gtype)
+                tensor = gguf_moe.read(hf_name, f)
+                arr, _ = _prepare(tensor, str(hf_name), cfg, model_type, gtype, _in_f32(new, shape))
             w.write_tensor_data(arr)
             del arr
     finally:
