@@ -209,9 +209,7 @@ def load_planned(spec, path: Path, cfg: dict, placement: Placement, log=print, c
     memory = plan_memory(spec, cfg, compute or placement)
     log(memory.describe())
     four_bit = spec.method == "qlora"
-    if (
-        memory.experts_nf4 and not four_bit
-    ):  # a plan made for QLoRA: its figures, and the experts it loads, are not ours
+    if memory.experts_nf4 and not four_bit:  # a plan made for QLoRA: its figures and the experts it loads are not ours
         raise ValueError(f"a {spec.method} run was given a plan that stores the experts NF4 (a QLoRA plan's)")
     experts_4bit = memory.experts_nf4 and not stored_4bit  # the plan counted them so (estimate.nf4_experts)
     if memory.streamed and stored_4bit:
