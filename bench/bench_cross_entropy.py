@@ -5,7 +5,7 @@ The fused forward already computes the gradients, so only forward+backward is ti
 """
 
 import torch
-from common import DEVICE, SMOKE, compiled, empty_cache, main, measure
+from common import DEVICE, SMOKE, compiled, empty_cache, main, measure, peak_bytes
 
 from kernels import dispatch
 from kernels.cross_entropy import cross_entropy_reference, fused_linear_cross_entropy
@@ -17,14 +17,8 @@ DTYPES = [torch.bfloat16]
 
 def peak_gib(fn) -> float | None:
     """Peak memory fn allocates on top of what is already allocated."""
-    if SMOKE:
-        return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return round((torch.cuda.max_memory_allocated() - base) / 2**30, 2)
+    peak = peak_bytes(fn)
+    return None if peak is None else round(peak / 2**30, 2)
 
 
 def triton_ce(h, w, y):

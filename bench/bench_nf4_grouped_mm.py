@@ -6,7 +6,7 @@ beyond its inputs, on Qwen3-30B-A3B's gate_up and down projections for 4096 toke
 import functools
 
 import torch
-from common import DEVICE, SMOKE, fwd_bwd, main, measure  # first: sets TRITON_INTERPRET on the CPU
+from common import DEVICE, SMOKE, fwd_bwd, main, measure, peak_bytes  # first: sets TRITON_INTERPRET on the CPU
 
 from engine.core.scratch import experts_per_chunk
 from kernels import dispatch
@@ -31,14 +31,8 @@ def whole(x, packed, state, shape, offsets):
 
 def peak_mib(fn) -> float | None:
     """Peak allocated memory of one call beyond what was allocated before it, MiB (None on the CPU)."""
-    if SMOKE:
-        return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - before) / 2**20
+    peak = peak_bytes(fn)
+    return None if peak is None else peak / 2**20
 
 
 def bench_one(tokens, experts, k, n_out, n_in, dtype=torch.bfloat16) -> list[dict]:

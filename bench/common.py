@@ -91,6 +91,18 @@ def measure(op, shape, dtype, mode, variants, nbytes=None, grad_to_none=None) ->
     return row
 
 
+def peak_bytes(fn) -> int | None:
+    """Peak memory `fn` allocates on top of what is already allocated, bytes (None in a smoke run)."""
+    if SMOKE:
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
+
+
 def synchronize():
     if not SMOKE:
         torch.cuda.synchronize()
