@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.data.batching import SMALL_STEP
 from kernels import dispatch
 from kernels.cross_entropy import fused_linear_cross_entropy
 from kernels.nf4 import nf4_dequantize
@@ -50,7 +51,7 @@ from kernels.rope import rope
 from kernels.swiglu import swiglu
 from kernels.varlen_attention import varlen_attention
 
-TOKENS = 64  # engine.data.batching.SMALL_STEP: every padding-free bucket is a multiple of it
+TOKENS = SMALL_STEP  # every padding-free bucket is a multiple of it
 LOSS_WIDTH = 16  # the loss's hidden size here: only its matmuls (cuBLAS) see it, never the Triton kernel
 # config.json's activation names -> kernels.swiglu's (engine.patching.modules.ACTIVATIONS maps transformers' classes
 # for these names); any other activation keeps its MLP unfused
