@@ -55,3 +55,26 @@ def test_unknown_backend_is_an_error():
     with pytest.raises(ValueError, match="triton"):
         with dispatch.force("cuda"):
             pass
+
+
+def _fusion(env: dict) -> str:
+    code = (
+        "import kernels, os; from triton import knobs; "
+        "print(os.environ['TRITON_DEFAULT_FP_FUSION'], knobs.language.fp_fusion_enabled(None))"
+    )
+    clean = {k: v for k, v in os.environ.items() if k != "TRITON_DEFAULT_FP_FUSION"}
+    out = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr  # -W error: Triton 3.9's unset-default warning would fail the run
+    return out.stdout.strip()
+
+
+def test_fused_multiply_add_stays_on_unless_the_user_says():
+    assert _fusion({}) == "1 True"
+    assert _fusion({"TRITON_DEFAULT_FP_FUSION": "0"}) == "0 False"
