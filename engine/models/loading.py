@@ -90,14 +90,23 @@ def load_model(path: Path, placement: Placement, four_bit: bool = False, trust_r
     import torch
     from transformers import AutoModelForCausalLM
 
+    from engine.models import mxfp4
+    from engine.patching.moe import cast_experts
+
+    cfg = read_config(path)
+    if four_bit and mxfp4.is_mxfp4(cfg):  # dequantized in host RAM, then NF4 layer by layer (engine.memory.weights)
+        from engine.memory.weights import load_streamed
+
+        return load_streamed(path, placement, True, None, trust_remote_code, load_kw=mxfp4.load_kwargs(cfg))
     kw = dict(
         dtype=placement.torch_dtype,
         use_safetensors=True,
         trust_remote_code=trust_remote_code,
         attn_implementation="sdpa",
         device_map={"": placement.device},
+        **mxfp4.load_kwargs(cfg),
     )
-    stored_4bit = four_bit and "quantization_config" in read_config(path)  # engine.models.prequantized checked it
+    stored_4bit = four_bit and "quantization_config" in cfg  # engine.models.prequantized checked it
     if four_bit and not stored_4bit:
         from transformers import BitsAndBytesConfig
 
@@ -115,13 +124,16 @@ def load_model(path: Path, placement: Placement, four_bit: bool = False, trust_r
         ) from None
     except ValueError as e:
         if "scaled_dot_product_attention" in str(e):  # gpt-oss (attention sinks): transformers' eager attention
-            return AutoModelForCausalLM.from_pretrained(path, **dict(kw, attn_implementation="eager"))
+            model = AutoModelForCausalLM.from_pretrained(path, **dict(kw, attn_implementation="eager"))
+            cast_experts(model, placement.torch_dtype)
+            return model
         if "trust_remote_code" in str(e):
             raise UserError(
                 f"'{path.name}' needs its own Python code to load; turn on 'trust remote code' only if "
                 "you trust its authors."
             ) from None
         raise
+    cast_experts(model, placement.torch_dtype)
     if stored_4bit:  # its saved compute dtype (often bf16) gives way to the one chosen for this GPU, as ours does
         for module in model.modules():
             if hasattr(module, "compute_dtype"):
@@ -203,6 +215,7 @@ def full_fp16_refusal(spec, placement: Placement) -> None:
 def load_planned(spec, path: Path, cfg: dict, placement: Placement, log=print, compute: Placement | None = None):
     """(model, memory plan): the plan for `spec` on this machine (plan_memory; a UserError with its reason and figures
     when nothing fits), and the model at `path` loaded as it says, its layers streamed from host RAM when they must."""
+    from engine.models import mxfp4
     from engine.models.prequantized import check_trainable, original_model
 
     stored_4bit = check_trainable(spec.model, cfg, spec.method, original_model(path, cfg))
@@ -217,10 +230,14 @@ def load_planned(spec, path: Path, cfg: dict, placement: Placement, log=print, c
             f"'{spec.model}' is stored in 4-bit and does not fit this GPU without streaming its layers, which needs "
             "the 16-bit original; load that (as QLoRA), or use a shorter max_seq_length or a larger GPU."
         )
-    if memory.streamed or experts_4bit:  # layer by layer, so no layer's 16-bit experts stay on the GPU
+    if mxfp4.is_mxfp4(cfg):
+        log(f"loading: the MXFP4 experts are dequantized to {placement.dtype} as they load (engine.models.mxfp4)")
+    mxfp4_nf4 = four_bit and mxfp4.is_mxfp4(cfg)  # MXFP4 experts dequantized in host RAM, then NF4 on the way
+    if memory.streamed or experts_4bit or mxfp4_nf4:  # layer by layer, so no layer's 16-bit experts stay on the GPU
         from engine.memory.weights import load_streamed
 
-        model = load_streamed(path, placement, four_bit, memory, spec.trust_remote_code, log, experts_4bit)
+        load_kw = mxfp4.load_kwargs(cfg)
+        model = load_streamed(path, placement, four_bit, memory, spec.trust_remote_code, log, experts_4bit, load_kw)
     elif placement.device == "meta":
         model = empty_model(path, placement, spec.trust_remote_code)
     else:
