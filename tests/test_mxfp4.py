@@ -74,6 +74,27 @@ def test_the_checkpoint_reads_and_loads_as_its_twin(folders):
     assert Arch.from_config(read_config(packed)).params == n
 
 
+def test_the_layer_by_layer_loader_reads_a_layers_experts_when_filled(folders):
+    """QLoRA's loader (and weight streaming's): every weight but the experts read at once, each layer's experts
+    dequantized when load_streamed reaches the layer; filled, the model is the twin."""
+    from safetensors.torch import load_file
+
+    from engine.core.hardware import Placement
+    from engine.models.loading import mxfp4_host_model
+
+    packed, twin = folders
+    want = load_file(twin / "model.safetensors")
+    model, fill = mxfp4_host_model(packed, Placement("cpu", "fp32", "test"))
+    layers = model.model.layers
+    assert layers[0].mlp.experts.gate_up_proj.is_meta and not layers[0].self_attn.q_proj.weight.is_meta
+    fill(layers[0])
+    assert not layers[0].mlp.experts.down_proj.is_meta and layers[1].mlp.experts.down_proj.is_meta
+    fill(layers[1])
+    for name, p in model.named_parameters():
+        assert p.dtype == torch.float32 and torch.equal(p, want[name].float()), name
+    assert model.config._name_or_path == str(packed) and "quantization_config" not in model.config.to_dict()
+
+
 @pytest.fixture(scope="module")
 def lora_runs(folders, tmp_path_factory):
     """A LoRA run from the MXFP4 folder and one from its twin, through engine.api.start (the CLI's path)."""
@@ -140,3 +161,19 @@ def test_qlora_and_full_from_mxfp4_start_as_from_its_twin(method, folders, ident
         assert st.state == "done", log_of(st)
         losses.append([m["loss"] for m in st.metrics])
     assert losses[0] == pytest.approx(losses[1], rel=1e-6, abs=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_gpu_runs_from_mxfp4_start_as_from_its_twin(method, folders, identity_file, runs):
+    """On the GPU: LoRA loads whole through transformers' dequantization on the card (experts cast to the run's
+    dtype), QLoRA layer by layer with the fast path's NF4 experts; each run starts at its twin's loss (bf16: the same
+    weights, so only the GPU's order of sums may differ)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a GPU")
+    losses = []
+    for folder in folders:
+        st = wait_for(api.start(tiny_spec(folder, identity_file, method=method, max_steps=3, device="auto")))
+        assert st.state == "done" and "dtype bf16" in log_of(st), log_of(st)
+        losses.append([m["loss"] for m in st.metrics])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-3, abs=0)

@@ -271,33 +271,37 @@ def load_streamed(
     trust_remote_code: bool = False,
     log=print,
     nf4_experts: bool = False,
-    load_kw: dict | None = None,
+    host: tuple | None = None,
 ):
     """Load a model whose weights do not fit the GPU: read it into host RAM in 16 bits, then move it to the GPU layer
     by layer (quantizing linear weights to NF4 on the way for QLoRA, as transformers' bitsandbytes loading does, and
     with `nf4_experts` a mixture-of-experts layer's fused expert weights too: engine.patching.moe), with the streamed
     layers' frozen weights (`streamed_tensors`) left in pinned host RAM (the GPU holds a placeholder, `_absent`, until
     WeightStream brings them in). The GPU never holds more than the resident part plus one layer in 16 bits.
-    `plan_` None streams nothing (a QLoRA load of an MXFP4 checkpoint: engine.models.loading); `load_kw`: more
-    from_pretrained arguments (engine.models.mxfp4.load_kwargs)."""
+    `plan_` None streams nothing. `host`: (model, fill), the model built in host RAM without some weights, which
+    `fill(layer)` reads into each layer as the loop reaches it (an MXFP4 checkpoint's experts, dequantized a layer at
+    a time: engine.models.loading.mxfp4_host_model), in place of from_pretrained's."""
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.modeling_layers import GradientCheckpointingLayer
 
-    from engine.patching.moe import cast_experts, is_experts, quantize_expert_tensors
+    from engine.patching.moe import is_experts, quantize_expert_tensors
 
     device = torch.device(placement.device)
-    kw = dict(dtype=placement.torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code, **(load_kw or {}))
+    kw = dict(dtype=placement.torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
+    model, fill = host if host is not None else (None, None)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa", device_map={"": "cpu"}, **kw)
+        if model is None:
+            model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa", device_map={"": "cpu"}, **kw)
     except ValueError as e:  # gpt-oss (attention sinks): transformers' eager attention, as engine.models.loading
         if "scaled_dot_product_attention" not in str(e):
             raise
         model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", device_map={"": "cpu"}, **kw)
-    cast_experts(model, placement.torch_dtype)
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
     on_host = set(plan_.streamed if plan_ is not None else ())
     for index, layer in enumerate(layers):
+        if fill is not None:
+            fill(layer)
         if four_bit:
             for name, module in list(layer.named_modules()):
                 if type(module) is torch.nn.Linear:

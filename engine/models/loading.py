@@ -94,10 +94,11 @@ def load_model(path: Path, placement: Placement, four_bit: bool = False, trust_r
     from engine.patching.moe import cast_experts
 
     cfg = read_config(path)
-    if four_bit and mxfp4.is_mxfp4(cfg):  # dequantized in host RAM, then NF4 layer by layer (engine.memory.weights)
+    if four_bit and mxfp4.is_mxfp4(cfg):  # experts dequantized and NF4 a layer at a time (engine.memory.weights)
         from engine.memory.weights import load_streamed
 
-        return load_streamed(path, placement, True, None, trust_remote_code, load_kw=mxfp4.load_kwargs(cfg))
+        host = mxfp4_host_model(path, placement, trust_remote_code)
+        return load_streamed(path, placement, True, None, trust_remote_code, host=host)
     kw = dict(
         dtype=placement.torch_dtype,
         use_safetensors=True,
@@ -232,12 +233,13 @@ def load_planned(spec, path: Path, cfg: dict, placement: Placement, log=print, c
         )
     if mxfp4.is_mxfp4(cfg):
         log(f"loading: the MXFP4 experts are dequantized to {placement.dtype} as they load (engine.models.mxfp4)")
-    mxfp4_nf4 = four_bit and mxfp4.is_mxfp4(cfg)  # MXFP4 experts dequantized in host RAM, then NF4 on the way
-    if memory.streamed or experts_4bit or mxfp4_nf4:  # layer by layer, so no layer's 16-bit experts stay on the GPU
+    # an MXFP4 checkpoint's experts, dequantized a layer at a time, where the layers are loaded one by one anyway
+    mxfp4_layers = mxfp4.is_mxfp4(cfg) and (memory.streamed or experts_4bit or four_bit)
+    if memory.streamed or experts_4bit or mxfp4_layers:  # layer by layer, so no layer's 16-bit experts stay on the GPU
         from engine.memory.weights import load_streamed
 
-        load_kw = mxfp4.load_kwargs(cfg)
-        model = load_streamed(path, placement, four_bit, memory, spec.trust_remote_code, log, experts_4bit, load_kw)
+        host = mxfp4_host_model(path, placement, spec.trust_remote_code) if mxfp4_layers else None
+        model = load_streamed(path, placement, four_bit, memory, spec.trust_remote_code, log, experts_4bit, host)
     elif placement.device == "meta":
         model = empty_model(path, placement, spec.trust_remote_code)
     else:
@@ -269,6 +271,46 @@ def empty_model(path: Path, placement: Placement, trust_remote_code: bool = Fals
         model = build("eager")
     model.tie_weights()  # as from_pretrained does: a tied head is the embedding's parameter, so FSDP2 shards it once
     return model
+
+
+def mxfp4_host_model(path: Path, placement: Placement, trust_remote_code: bool = False):
+    """(model, fill) for an MXFP4 checkpoint loaded layer by layer (engine.memory.weights.load_streamed): the model in
+    host RAM in `placement`'s dtype with every weight but the experts' read from the checkpoint (those stay on the
+    meta device), and `fill(layer)`, which reads one decoder layer's experts into it, dequantized (engine.models.mxfp4).
+    load_streamed fills each layer as it moves it to the GPU, so host RAM holds one layer's 16-bit experts, where
+    transformers' own MXFP4 loading holds the whole model's."""
+    from accelerate.utils import set_module_tensor_to_device
+    from transformers import GenerationConfig
+
+    from engine.models import mxfp4
+
+    model = empty_model(path, Placement("meta", placement.dtype, placement.reason), trust_remote_code)
+    entries, packed = mxfp4.scan(path)
+    files = {name: f for name, f, _, _ in entries}
+    params = dict(model.named_parameters())
+    missing = sorted(set(params) - set(files))
+    if missing:
+        raise UserError(f"'{path.name}' lacks the weight '{missing[0]}' its config needs; the model folder is damaged.")
+    for name, f in files.items():
+        if name not in packed and name in params:
+            set_module_tensor_to_device(model, name, "cpu", value=mxfp4.read(name, f), dtype=params[name].dtype)
+    model.tie_weights()
+    model.config._name_or_path = model.name_or_path = str(path)  # as from_pretrained: PEFT saves it as the base
+    if hasattr(model.config, "quantization_config"):  # as transformers' dequantizing load: a saved model is 16-bit
+        del model.config.quantization_config
+    if (path / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(path)
+    prefix = {id(module): name for name, module in model.named_modules()}
+
+    def fill(layer) -> None:
+        for module in layer.modules():
+            for pname, p in module.named_parameters(recurse=False):
+                if p.is_meta:
+                    full = f"{prefix[id(module)]}.{pname}"
+                    value = mxfp4.read(full, files[full], p.dtype)
+                    set_module_tensor_to_device(model, full, "cpu", value=value)
+
+    return model.eval(), fill
 
 
 def kernels_on_cpu() -> bool:

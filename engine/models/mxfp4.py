@@ -6,12 +6,17 @@ even column, the high nibble the odd one), and `<name>_scales` [E, rows, cols / 
 values (the block's values are E2M1 * 2**(scale - 127)). `rows x cols` is the nn.Linear orientation (out x in), so the
 16-bit parameter transformers' GptOssExperts holds is its transpose, [E, cols, rows] (gate_up_proj [E, H, 2I],
 down_proj [E, I, H]); the layout is transformers' (integrations/mxfp4.py), written here again to read it without
-transformers' loader: the exports read the checkpoint tensor by tensor (`tensors`, `read`).
+transformers' loader: the exports read the checkpoint tensor by tensor (`tensors`, `read`), and so does the loader
+that goes layer by layer (QLoRA, weight streaming: engine.models.loading.mxfp4_host_model), which dequantizes one
+layer's experts at a time. An E2M1 value times a power of two is a bf16 number, so bf16 holds them exactly.
 
-Training loads the model through transformers with `Mxfp4Config(dequantize=True)` (`load_kwargs`): each expert
-tensor is dequantized to bf16 as it loads and cast to the run's dtype (exact: an E2M1 value times a power of two is a
-bf16 number), and the loaded model has no quantization_config left. That flag also keeps transformers from probing
-for its Triton MXFP4 kernels (Hugging Face's `kernels` package, which this repository's own `kernels/` shadows).
+A model loaded whole (LoRA and full fine-tuning that fit the GPU, chat, the export checks) loads through transformers
+with `Mxfp4Config(dequantize=True)` (`load_kwargs`), which dequantizes each expert tensor on the device it loads to
+and leaves no quantization_config on the model; it leaves those tensors bf16 whatever the dtype asked, so the caller
+casts them (engine.patching.moe.cast_experts). The flag also keeps transformers from probing for its Triton MXFP4
+kernels (Hugging Face's `kernels` package, which this repository's own `kernels/` shadows). Its dequantization holds
+the whole tensor's temporaries at once, ours one expert's: a random gate_up_proj of gpt-oss-20b's shape (blocks
+[32, 5760, 90, 16]) took 44.1 s there and 14.6 s here, timed one call each on a shared 2-core CPU, equal results.
 """
 
 import math
@@ -62,6 +67,11 @@ def tensors(path: Path) -> list[tuple[str, Path, tuple, str]]:
     """[(name, shard file, shape, safetensors dtype)] of the 16-bit model a checkpoint folder holds, from the headers
     only: an MXFP4 pair is one entry, named and shaped as its dequantized parameter, its dtype "BF16" (what it
     dequantizes to exactly)."""
+    return scan(path)[0]
+
+
+def scan(path: Path) -> tuple[list[tuple[str, Path, tuple, str]], set[str]]:
+    """(`tensors`, the names of its entries that are MXFP4 pairs)."""
     from safetensors import safe_open
 
     entries, pairs = [], {}
@@ -81,16 +91,17 @@ def tensors(path: Path) -> list[tuple[str, Path, tuple, str]]:
         if pair["scales"][0] != f:
             raise ValueError(f"the MXFP4 tensor '{name}' has its blocks and scales in different files")
         entries.append((name, f, (n_experts, groups * BLOCK, rows), "BF16"))
-    return entries
+    return entries, set(pairs)
 
 
-def read(name: str, f: Path, dtype):
+def read(name: str, f: Path, dtype=None):
     """Tensor `name` of shard `f` (an entry of `tensors`): as stored, or an MXFP4 pair dequantized to `dtype`."""
+    import torch
     from safetensors import safe_open
 
     with safe_open(f, framework="pt") as st:  # a handle per tensor: its memory map closes at once
         if f"{name}_blocks" in st.keys() and name not in st.keys():
-            return dequantize(st.get_tensor(f"{name}_blocks"), st.get_tensor(f"{name}_scales"), dtype)
+            return dequantize(st.get_tensor(f"{name}_blocks"), st.get_tensor(f"{name}_scales"), dtype or torch.bfloat16)
         return st.get_tensor(name)
 
 
