@@ -74,6 +74,17 @@ def test_the_checkpoint_reads_and_loads_as_its_twin(folders):
     assert Arch.from_config(read_config(packed)).params == n
 
 
+def test_mxfp4_trains_with_any_method_and_only_for_gpt_oss(folders):
+    from engine.core.errors import UserError
+    from engine.models.loading import read_config
+    from engine.models.prequantized import check_trainable
+
+    cfg = read_config(folders[0])
+    assert not any(check_trainable("m", cfg, method) for method in ("lora", "qlora", "full"))  # not stored 4-bit
+    with pytest.raises(UserError, match="stored quantized \\(mxfp4\\), which Tunesmith cannot train from"):
+        check_trainable("m", dict(cfg, model_type="llama"), "lora")  # transformers dequantizes gpt-oss's experts only
+
+
 def test_the_layer_by_layer_loader_reads_a_layers_experts_when_filled(folders):
     """QLoRA's loader (and weight streaming's): every weight but the experts read at once, each layer's experts
     dequantized when load_streamed reaches the layer; filled, the model is the twin."""
