@@ -297,3 +297,58 @@ QWEN3_06B = dict(  # Qwen/Qwen3-0.6B's shape, random weights: the GPU decode tes
     rms_norm_eps=1e-6,
     tie_word_embeddings=True,
 )
+
+
+E2M1_MAGNITUDES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+
+
+def mxfp4_quantize(w):
+    """Quantize a fused expert tensor [E, in, out] (transformers' gpt-oss layout) as OpenAI's MXFP4 checkpoints store
+    it: rows of the [E, out, in] transpose in blocks of 32, each block an E8M0 scale (2**(s - 127), the smallest that
+    brings the block's largest value within E2M1's 6) and 32 E2M1 codes rounded to the nearest value, packed two a
+    byte (low nibble the even column). Returns (blocks [E, out, in / 32, 16] uint8, scales [E, out, in / 32] uint8,
+    the values they hold in fp32 [E, in, out])."""
+    import torch
+
+    t = w.float().transpose(1, 2)
+    n_experts, rows, cols = t.shape
+    t = t.reshape(n_experts, rows, cols // 32, 32)
+    amax = t.abs().amax(-1, keepdim=True)
+    exponent = torch.where(amax > 0, torch.ceil(torch.log2(amax / 6)), torch.full_like(amax, -127)).clamp(-127, 127)
+    scaled = t / torch.exp2(exponent)
+    magnitudes = torch.tensor(E2M1_MAGNITUDES)
+    index = (scaled.abs().unsqueeze(-1) - magnitudes).abs().argmin(-1)
+    codes = (index + 8 * (scaled < 0)).to(torch.uint8)
+    blocks = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    values = magnitudes[index] * torch.where(scaled < 0, -1.0, 1.0) * torch.exp2(exponent)
+    scales = (exponent.squeeze(-1) + 127).to(torch.uint8)
+    return blocks.contiguous(), scales, values.reshape(n_experts, rows, cols).transpose(1, 2).contiguous()
+
+
+def make_mxfp4(source: str | Path, path: str | Path, twin: str | Path) -> tuple[Path, Path]:
+    """Save the gpt_oss model folder `source` as an MXFP4 checkpoint at `path` (experts as *_blocks/*_scales pairs,
+    config with quantization_config mxfp4, as openai/gpt-oss-20b), and at `twin` the same model in bf16 with the
+    experts' MXFP4 values (what dequantizing `path` must give)."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    path, twin = Path(path), Path(twin)
+    for folder in (path, twin):
+        shutil.copytree(source, folder, ignore=shutil.ignore_patterns("*.safetensors*"))
+    packed, plain = {}, {}
+    for name, t in load_file(Path(source) / "model.safetensors").items():
+        if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            blocks, scales, values = mxfp4_quantize(t)
+            packed[f"{name}_blocks"], packed[f"{name}_scales"] = blocks, scales
+            plain[name] = values.to(t.dtype)
+        else:
+            packed[name] = plain[name] = t
+    save_file(packed, path / "model.safetensors", metadata={"format": "pt"})
+    save_file(plain, twin / "model.safetensors", metadata={"format": "pt"})
+    cfg = json.loads((path / "config.json").read_text())
+    not_converted = ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]
+    cfg["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": not_converted}
+    (path / "config.json").write_text(json.dumps(cfg, indent=2))
+    return path, twin

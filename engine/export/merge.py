@@ -227,19 +227,6 @@ def _read_adapter(adapter: Path) -> tuple[dict[str, _Delta], dict]:
     return deltas, replace
 
 
-def _base_entries(path: Path) -> list[tuple[str, Path, tuple, str]]:
-    """[(name, shard file, shape, safetensors dtype)] of every base tensor, from the headers only."""
-    from safetensors import safe_open
-
-    entries = []
-    for f in sorted(path.glob("*.safetensors")):
-        with safe_open(f, framework="pt") as st:
-            for k in st.keys():
-                sl = st.get_slice(k)
-                entries.append((k, f, tuple(sl.get_shape()), sl.get_dtype()))
-    return entries
-
-
 def _text_config(path: Path) -> dict:
     """config.json's language-model settings (a multimodal config keeps them under text_config)."""
     cfg = json.loads((path / "config.json").read_text())
@@ -286,10 +273,11 @@ def _write_shard(file: Path, items: list[tuple[str, tuple, str, int]], produce) 
 def _stream_merge(path: Path, adapter: Path | None, out_dtype, dest: Path, log) -> dict[str, _Delta]:
     """Write the merged model's weights to `dest` shard by shard; returns the adapter's deltas (by module name)."""
     import torch
-    from safetensors import safe_open
+
+    from engine.models import mxfp4
 
     deltas, replace = _read_adapter(adapter) if adapter is not None else ({}, {})
-    entries = _base_entries(path)
+    entries = mxfp4.tensors(path)  # an MXFP4 expert tensor (blocks and scales) is one entry, read dequantized
     names = {e[0] for e in entries}
     experts = experts_merge.split_expert_deltas(deltas, adapter, _text_config(path)) if adapter else {}
     try:
@@ -329,9 +317,9 @@ def _stream_merge(path: Path, adapter: Path | None, out_dtype, dest: Path, log) 
 
     def produce(name):
         # One safe_open per tensor: its memory map is closed at once, so pages of the base read so far never pile
-        # up in this process's resident set (with one open handle they grew to the shard size).
-        with safe_open(source[name], framework="pt") as st:
-            t = st.get_tensor(name)
+        # up in this process's resident set (with one open handle they grew to the shard size). MXFP4 is read as
+        # bf16, which holds its values exactly.
+        t = mxfp4.read(name, source[name], torch.bfloat16)
         if name in new:
             t = new[name]
         if name in by_name:
@@ -421,14 +409,15 @@ def _merge(
     path = resolve_model(base, log)
     cfg = read_config(path)
     out_dtype = {"float16": torch.float16}.get(cfg.get("dtype") or cfg.get("torch_dtype"), torch.bfloat16)
-    weights = sum(f.stat().st_size for f in path.glob("*.safetensors"))
+    # the merged 16-bit model: the base files, or twice its weight count where they hold fewer bytes (MXFP4 experts)
+    weights = max(sum(f.stat().st_size for f in path.glob("*.safetensors")), 2 * param_count(path))
     check_free_disk(disk, int(weights * 1.1) + 2**20, "the merged model")
     has_tok = tok_dir is not None and any((tok_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
     tok = load_tokenizer(tok_dir if has_tok else path)  # a bare adapter folder uses its base's tokenizer
     ensure_chat_template(tok)
     deltas = _stream_merge(path, adapter, out_dtype, dest, log)
     dtype_name = str(out_dtype).removeprefix("torch.")
-    cfg_out = dict(cfg, dtype=dtype_name)
+    cfg_out = {k: v for k, v in dict(cfg, dtype=dtype_name).items() if k != "quantization_config"}  # MXFP4's
     if "torch_dtype" in cfg_out:
         cfg_out["torch_dtype"] = dtype_name
     (dest / "config.json").write_text(json.dumps(cfg_out, indent=2, sort_keys=True) + "\n")

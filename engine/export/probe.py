@@ -13,16 +13,11 @@ RAM_FRACTION = 0.6
 
 
 def param_count(path: Path) -> int:
-    """Number of weights in a safetensors model folder, from the file headers (no tensor is read)."""
-    import math
+    """Number of weights in a safetensors model folder, from the file headers (no tensor is read); an MXFP4 expert
+    tensor counts its dequantized weights (engine.models.mxfp4)."""
+    from engine.models.mxfp4 import param_count as count
 
-    from safetensors import safe_open
-
-    n = 0
-    for f in path.glob("*.safetensors"):
-        with safe_open(f, framework="pt") as st:
-            n += sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys())
-    return n
+    return count(path)
 
 
 def fits_in_ram(n_bytes: int) -> bool:
@@ -32,10 +27,15 @@ def fits_in_ram(n_bytes: int) -> bool:
 
 
 def load_fp32(path: Path, layers: int | None):
-    """The model at `path` in fp32 on the CPU; with `layers`, only its first decoder layers (for the merge check)."""
+    """The model at `path` in fp32 on the CPU (MXFP4 experts dequantized); with `layers`, only its first decoder
+    layers (for the merge check)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
+
+    from engine.models.loading import read_config
+    from engine.models.mxfp4 import load_kwargs
+    from engine.patching.moe import cast_experts
 
     cfg = AutoConfig.from_pretrained(path)
     if layers is not None:
@@ -47,9 +47,16 @@ def load_fp32(path: Path, layers: int | None):
     hf_logging.set_verbosity_error()  # the skipped layers' weights are "unused", as intended
     try:
         # eager attention: the only one that applies Gemma 2's attention soft-capping, as llama.cpp does
-        return AutoModelForCausalLM.from_pretrained(
-            path, config=cfg, dtype=torch.float32, use_safetensors=True, attn_implementation="eager"
-        ).eval()
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            config=cfg,
+            dtype=torch.float32,
+            use_safetensors=True,
+            attn_implementation="eager",
+            **load_kwargs(read_config(path)),
+        )
+        cast_experts(model, torch.float32)
+        return model.eval()
     finally:
         hf_logging.set_verbosity(verbosity)
 

@@ -264,13 +264,23 @@ class WeightStream:
 
 
 def load_streamed(
-    path, placement, four_bit: bool, plan_: Plan, trust_remote_code: bool = False, log=print, nf4_experts: bool = False
+    path,
+    placement,
+    four_bit: bool,
+    plan_: Plan | None,
+    trust_remote_code: bool = False,
+    log=print,
+    nf4_experts: bool = False,
+    host: tuple | None = None,
 ):
     """Load a model whose weights do not fit the GPU: read it into host RAM in 16 bits, then move it to the GPU layer
     by layer (quantizing linear weights to NF4 on the way for QLoRA, as transformers' bitsandbytes loading does, and
     with `nf4_experts` a mixture-of-experts layer's fused expert weights too: engine.patching.moe), with the streamed
     layers' frozen weights (`streamed_tensors`) left in pinned host RAM (the GPU holds a placeholder, `_absent`, until
-    WeightStream brings them in). The GPU never holds more than the resident part plus one layer in 16 bits."""
+    WeightStream brings them in). The GPU never holds more than the resident part plus one layer in 16 bits.
+    `plan_` None streams nothing. `host`: (model, fill), the model built in host RAM without some weights, which
+    `fill(layer)` reads into each layer as the loop reaches it (an MXFP4 checkpoint's experts, dequantized a layer at
+    a time: engine.models.loading.mxfp4_host_model), in place of from_pretrained's."""
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.modeling_layers import GradientCheckpointingLayer
@@ -279,15 +289,19 @@ def load_streamed(
 
     device = torch.device(placement.device)
     kw = dict(dtype=placement.torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
+    model, fill = host if host is not None else (None, None)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa", device_map={"": "cpu"}, **kw)
+        if model is None:
+            model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa", device_map={"": "cpu"}, **kw)
     except ValueError as e:  # gpt-oss (attention sinks): transformers' eager attention, as engine.models.loading
         if "scaled_dot_product_attention" not in str(e):
             raise
         model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", device_map={"": "cpu"}, **kw)
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
-    on_host = set(plan_.streamed)
+    on_host = set(plan_.streamed if plan_ is not None else ())
     for index, layer in enumerate(layers):
+        if fill is not None:
+            fill(layer)
         if four_bit:
             for name, module in list(layer.named_modules()):
                 if type(module) is torch.nn.Linear:
@@ -307,7 +321,7 @@ def load_streamed(
                 # a parameter keeps its identity, so the copy rides on it; a buffer is replaced by the placeholder
                 (tensor if name in module._parameters else placeholder).host_copy = host
     skip = {id(p) for layer in layers for p in layer.parameters()}
-    if plan_.host_embedding:  # install() wraps it where it is
+    if plan_ is not None and plan_.host_embedding:  # install() wraps it where it is
         skip |= {id(p) for p in model.get_input_embeddings().parameters()}
     for module in model.modules():  # embeddings, final norm, head, rotary tables: the rest of the model
         for param in list(module.parameters(recurse=False)):

@@ -90,14 +90,24 @@ def load_model(path: Path, placement: Placement, four_bit: bool = False, trust_r
     import torch
     from transformers import AutoModelForCausalLM
 
+    from engine.models import mxfp4
+    from engine.patching.moe import cast_experts
+
+    cfg = read_config(path)
+    if four_bit and mxfp4.is_mxfp4(cfg):  # experts dequantized and NF4 a layer at a time (engine.memory.weights)
+        from engine.memory.weights import load_streamed
+
+        host = mxfp4_host_model(path, placement, trust_remote_code)
+        return load_streamed(path, placement, True, None, trust_remote_code, host=host)
     kw = dict(
         dtype=placement.torch_dtype,
         use_safetensors=True,
         trust_remote_code=trust_remote_code,
         attn_implementation="sdpa",
         device_map={"": placement.device},
+        **mxfp4.load_kwargs(cfg),
     )
-    stored_4bit = four_bit and "quantization_config" in read_config(path)  # engine.models.prequantized checked it
+    stored_4bit = four_bit and "quantization_config" in cfg  # engine.models.prequantized checked it
     if four_bit and not stored_4bit:
         from transformers import BitsAndBytesConfig
 
@@ -115,13 +125,16 @@ def load_model(path: Path, placement: Placement, four_bit: bool = False, trust_r
         ) from None
     except ValueError as e:
         if "scaled_dot_product_attention" in str(e):  # gpt-oss (attention sinks): transformers' eager attention
-            return AutoModelForCausalLM.from_pretrained(path, **dict(kw, attn_implementation="eager"))
+            model = AutoModelForCausalLM.from_pretrained(path, **dict(kw, attn_implementation="eager"))
+            cast_experts(model, placement.torch_dtype)
+            return model
         if "trust_remote_code" in str(e):
             raise UserError(
                 f"'{path.name}' needs its own Python code to load; turn on 'trust remote code' only if "
                 "you trust its authors."
             ) from None
         raise
+    cast_experts(model, placement.torch_dtype)
     if stored_4bit:  # its saved compute dtype (often bf16) gives way to the one chosen for this GPU, as ours does
         for module in model.modules():
             if hasattr(module, "compute_dtype"):
@@ -203,6 +216,7 @@ def full_fp16_refusal(spec, placement: Placement) -> None:
 def load_planned(spec, path: Path, cfg: dict, placement: Placement, log=print, compute: Placement | None = None):
     """(model, memory plan): the plan for `spec` on this machine (plan_memory; a UserError with its reason and figures
     when nothing fits), and the model at `path` loaded as it says, its layers streamed from host RAM when they must."""
+    from engine.models import mxfp4
     from engine.models.prequantized import check_trainable, original_model
 
     stored_4bit = check_trainable(spec.model, cfg, spec.method, original_model(path, cfg))
@@ -217,10 +231,15 @@ def load_planned(spec, path: Path, cfg: dict, placement: Placement, log=print, c
             f"'{spec.model}' is stored in 4-bit and does not fit this GPU without streaming its layers, which needs "
             "the 16-bit original; load that (as QLoRA), or use a shorter max_seq_length or a larger GPU."
         )
-    if memory.streamed or experts_4bit:  # layer by layer, so no layer's 16-bit experts stay on the GPU
+    if mxfp4.is_mxfp4(cfg):
+        log(f"loading: the MXFP4 experts are dequantized to {placement.dtype} as they load (engine.models.mxfp4)")
+    # an MXFP4 checkpoint's experts, dequantized a layer at a time, where the layers are loaded one by one anyway
+    mxfp4_layers = mxfp4.is_mxfp4(cfg) and (memory.streamed or experts_4bit or four_bit)
+    if memory.streamed or experts_4bit or mxfp4_layers:  # layer by layer, so no layer's 16-bit experts stay on the GPU
         from engine.memory.weights import load_streamed
 
-        model = load_streamed(path, placement, four_bit, memory, spec.trust_remote_code, log, experts_4bit)
+        host = mxfp4_host_model(path, placement, spec.trust_remote_code) if mxfp4_layers else None
+        model = load_streamed(path, placement, four_bit, memory, spec.trust_remote_code, log, experts_4bit, host)
     elif placement.device == "meta":
         model = empty_model(path, placement, spec.trust_remote_code)
     else:
@@ -252,6 +271,46 @@ def empty_model(path: Path, placement: Placement, trust_remote_code: bool = Fals
         model = build("eager")
     model.tie_weights()  # as from_pretrained does: a tied head is the embedding's parameter, so FSDP2 shards it once
     return model
+
+
+def mxfp4_host_model(path: Path, placement: Placement, trust_remote_code: bool = False):
+    """(model, fill) for an MXFP4 checkpoint loaded layer by layer (engine.memory.weights.load_streamed): the model in
+    host RAM in `placement`'s dtype with every weight but the experts' read from the checkpoint (those stay on the
+    meta device), and `fill(layer)`, which reads one decoder layer's experts into it, dequantized (engine.models.mxfp4).
+    load_streamed fills each layer as it moves it to the GPU, so host RAM holds one layer's 16-bit experts, where
+    transformers' own MXFP4 loading holds the whole model's."""
+    from accelerate.utils import set_module_tensor_to_device
+    from transformers import GenerationConfig
+
+    from engine.models import mxfp4
+
+    model = empty_model(path, Placement("meta", placement.dtype, placement.reason), trust_remote_code)
+    entries, packed = mxfp4.scan(path)
+    files = {name: f for name, f, _, _ in entries}
+    params = dict(model.named_parameters())
+    missing = sorted(set(params) - set(files))
+    if missing:
+        raise UserError(f"'{path.name}' lacks the weight '{missing[0]}' its config needs; the model folder is damaged.")
+    for name, f in files.items():
+        if name not in packed and name in params:
+            set_module_tensor_to_device(model, name, "cpu", value=mxfp4.read(name, f), dtype=params[name].dtype)
+    model.tie_weights()
+    model.config._name_or_path = model.name_or_path = str(path)  # as from_pretrained: PEFT saves it as the base
+    if hasattr(model.config, "quantization_config"):  # as transformers' dequantizing load: a saved model is 16-bit
+        del model.config.quantization_config
+    if (path / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(path)
+    prefix = {id(module): name for name, module in model.named_modules()}
+
+    def fill(layer) -> None:
+        for module in layer.modules():
+            for pname, p in module.named_parameters(recurse=False):
+                if p.is_meta:
+                    full = f"{prefix[id(module)]}.{pname}"
+                    value = mxfp4.read(full, files[full], p.dtype)
+                    set_module_tensor_to_device(model, full, "cpu", value=value)
+
+    return model.eval(), fill
 
 
 def kernels_on_cpu() -> bool:

@@ -1,8 +1,9 @@
 """Checkpoints stored already quantized (e.g. Unsloth's "...-bnb-4bit"): which ones train, and their 16-bit original.
 
 A bitsandbytes 4-bit checkpoint holds packed NF4/FP4 weights with their quantization state; it loads as it is for
-QLoRA (nothing is quantized again) and is dequantized for merged and GGUF exports (engine.export.dequantize). Other
-stored quantizations (8-bit, GPTQ, AWQ, FP8, ...) are refused with a sentence.
+QLoRA (nothing is quantized again) and is dequantized for merged and GGUF exports (engine.export.dequantize). A gpt-oss
+checkpoint in MXFP4 (OpenAI's own) trains with any method: its experts are dequantized as it loads
+(engine.models.mxfp4). Other stored quantizations (8-bit, GPTQ, AWQ, FP8, ...) are refused with a sentence.
 """
 
 import os
@@ -32,6 +33,8 @@ def check_trainable(name: str, cfg: dict, method: str, original: str | None = No
     if kind is None:
         return False
     instead = f"load its 16-bit original{f' {original!r}' if original else ''}"
+    if kind == "mxfp4" and cfg.get("model_type") == "gpt_oss":
+        return False  # loads dequantized to 16 bits (engine.models.mxfp4), so it trains as a 16-bit checkpoint does
     if kind != "bnb-4bit":
         raise UserError(f"'{name}' is stored quantized ({kind}), which Tunesmith cannot train from; {instead}.")
     if method != "qlora":

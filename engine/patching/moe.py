@@ -174,6 +174,17 @@ def is_experts(module) -> bool:
     return hasattr(module, "_apply_gate") and hasattr(module, "gate_up_proj")
 
 
+def cast_experts(model, dtype) -> None:
+    """Put a loaded model's fused expert weights in the run's `dtype`: transformers leaves the ones it dequantized
+    from MXFP4 (engine.models.mxfp4) in bf16 whatever dtype the model loads in (fp32 on the CPU, fp16 on a T4)."""
+    for module in model.modules():
+        if is_experts(module):
+            for name in EXPERT_TENSORS:
+                p = module._parameters[name]
+                if p.is_floating_point() and p.dtype != dtype:
+                    p.data = p.data.to(dtype)
+
+
 def quantize_expert_tensors(experts) -> int:
     """QLoRA: store an experts module's fused weights in NF4 (bitsandbytes' layout, blocks of 64, nested absmax, as
     bitsandbytes stores Linear layers) as `<name>_nf4` buffers with their states in `nf4_states`, and free the 16-bit
