@@ -72,8 +72,9 @@ class Nf4MatvecConfig:
             raise ValueError(f"Nf4MatvecConfig: split_k and num_warps >= 1, decode one of {DECODES}; got {self}")
 
 
-# (N, K, rows) -> the best config `python bench/bench_nf4_matvec.py` found on the GPU (its last line, `BEST {json}`);
-# rows is 1 for the one-row kernel and 16 for the rows kernel. Empty until that bench has run on the GPU machine.
+# (N, K, rows) -> the best config `python bench/bench_nf4_matvec.py` found on the GPU (its last line, `BEST {json}`:
+# "N,K,rows": fields -> (N, K, rows): Nf4MatvecConfig(**fields)); rows is 1 for one row of x and 16 for 2..MAX_ROWS.
+# Empty until that bench has run on the GPU machine.
 MEASURED: dict[tuple[int, int, int], Nf4MatvecConfig] = {}
 
 
