@@ -13,13 +13,14 @@ x and y once; `% copy` is that over the device-to-device copy bandwidth (read + 
 
 Variants per shape, one row of x: `before` (the previous kernel), `bnb` (bitsandbytes.matmul_4bit, which for one row
 is its gemv_4bit kernel), `picked` (the config `pick_config` picks) and `best` (of the sweep: first BLOCK_N x
-BLOCK_KB at 4 warps, then around the best num_warps 2/8, decode "gather" and SPLIT_K 2/4/8, then the neighbouring
-block sizes). With `--rows`: the same weight times B rows of x (batched decoding), `bnb` (matmul_4bit: dequantize,
-then cuBLAS) against `picked` and `best` (swept at the first B of `--rows`, used for all). Every variant is checked
-against x @ W.T in fp32 before it is timed; one that fails (wrong result, out of resources) is reported and left out.
-No sweep step starts past `--budget` seconds. Then one token's NF4 matvecs per model (per layer q, k, v, o, gate, up,
-down) as ms and GB/s for each variant, and last a line `BEST {json}`: "N,K,rows" -> the best config's fields, for
-`kernels.nf4_matvec.MEASURED` (rows 1 for one row, 16 for the tensor-core kernel).
+BLOCK_KB at 1 and 4 warps with decode "gather", then around the best num_warps 1/2/4/8, decode "load" and SPLIT_K
+2/4/8, then the neighbouring block sizes). With `--rows`: the same weight times B rows of x (batched decoding),
+`bnb` (matmul_4bit: dequantize, then cuBLAS) against `picked` and `best` (swept at the first B of `--rows`, used for
+all). Every variant is checked against x @ W.T in fp32 before it is timed; one that fails (wrong result, out of
+resources) is reported and left out. No sweep step starts past `--budget` seconds. Then one token's NF4 matvecs per
+model (per layer q, k, v, o, gate, up, down) as ms and GB/s for each variant, and last a line `BEST {json}`:
+"N,K,rows" -> the best config's fields, for `kernels.nf4_matvec.MEASURED` (rows 1 for one row, 16 for the
+tensor-core kernel).
 
 Without a GPU (or with --smoke) it is a smoke run: tiny shapes, a few configs, Triton's CPU interpreter, wall-clock
 times that mean nothing.
@@ -51,8 +52,8 @@ MODELS = {  # model -> (layers, {role: ((N, K), calls per layer)})
 }  # fmt: skip
 SMOKE_MODELS = {"qwen3-4b": (2, {"q": ((32, 128), 1), "down": ((16, 256), 1), "odd": ((24, 192), 1)})}
 SMOKE_CONFIGS = {1: [Nf4MatvecConfig(4, 32), Nf4MatvecConfig(8, 64, 2, decode="gather")], 16: [Nf4MatvecConfig(16, 32)]}
-BLOCK_NS = {1: (1, 2, 4, 8, 16, 32), 16: (16, 32, 64, 128)}
-BLOCK_KBS = {1: (64, 128, 256, 512, 1024), 16: (16, 32, 64, 128)}
+BLOCK_NS = {1: (2, 4, 8, 16, 32), 16: (16, 32, 64)}  # the first round's grid, at 1 and 4 warps, decode="gather"
+BLOCK_KBS = {1: (64, 128, 256, 512), 16: (32, 64, 128)}
 COLD_BYTES = 256 << 20  # packed bytes per timed pass: 5x the H100's 50 MB L2
 RTOL, ATOL = 2e-2, 2e-2  # outputs of order 1: bf16 rounding plus fp32 sums in another order (bnb multiplies in bf16)
 SMOKE_RUN = SMOKE  # --smoke sets it on a GPU too
@@ -179,11 +180,16 @@ class Shape:
         if SMOKE_RUN:
             configs = SMOKE_CONFIGS[tile] if index == 0 else []
         elif index == 0:
-            configs = [Nf4MatvecConfig(bn, bkb) for bn in BLOCK_NS[tile] for bkb in BLOCK_KBS[tile]]
+            configs = [
+                Nf4MatvecConfig(bn, bkb, 1, w, "gather")
+                for w in (1, 4)
+                for bn in BLOCK_NS[tile]
+                for bkb in BLOCK_KBS[tile]
+            ]
         elif best is None:
             configs = []
         elif index == 1:
-            configs = [replace(best, num_warps=w) for w in (2, 8)] + [replace(best, decode="gather")]
+            configs = [replace(best, num_warps=w) for w in (1, 2, 4, 8)] + [replace(best, decode="load")]
             configs += [
                 replace(best, block_n=bn, split_k=s) for s in (2, 4, 8) for bn in {best.block_n, best.block_n * s}
             ]

@@ -13,7 +13,8 @@ row-contiguous (16-byte vector loads), as (BLOCK_N, groups, group bytes) where a
 the step's part of one), and the step's 2 * BLOCK_KB values of each row of x once, contiguously, for all BLOCK_N
 weight rows. Both nibbles of a byte are decoded through the 16-entry code table: `decode="load"` reads it with a
 per-nibble load from the 64-byte table (one L1 line for a whole warp: no memory traffic after the first touch),
-`decode="gather"` loads the table into registers once per program and picks with `tl.gather`. The block scale
+`decode="gather"` loads the table into registers once per program and picks with `tl.gather` (warp shuffles when a
+program is one warp; through shared memory otherwise). The block scale
 (kernels.nf4's `_block_scale`: nested absmax code2[q] * absmax2 + offset, or the plain fp32 absmax) is read once per
 group, not per byte. Then:
 
@@ -49,7 +50,7 @@ from kernels.matvec import REDUCE_BLOCK, _split_k_reduce_kernel  # the same dete
 from kernels.nf4 import _block_scale, _code, _nested_args, nf4_dequantize_reference
 from kernels.varlen_attention import _dot
 
-MAX_ROWS = 16  # rows of x one call takes: one tensor-core tile of the rows kernel
+MAX_ROWS = 16  # rows of x one call takes: one tensor-core tile (BLOCK_M) of the kernel's several-row path
 DECODES = ("load", "gather")
 
 
@@ -84,15 +85,18 @@ def _rows_tile(rows: int) -> int:
 
 def pick_config(n: int, k: int, rows: int = 1) -> Nf4MatvecConfig:
     """The config for a weight of shape (n, k) and `rows` rows of x: the measured one if there is one, else the
-    starting rule (not measured): 4 rows x 512 bytes a step for one row of x (x reused by 4 rows, 16 bytes a
-    thread), 32 rows x 64 bytes for the tensor-core kernel, steps no wider than a row."""
+    starting rule, chosen without a GPU (not measured): the fewest instructions per weight in the compiled loop
+    (`python bench/nf4_matvec_sass.py`: 32 bytes a thread per step, one warp per program, decode="gather", whose
+    one-warp lowering picks from the table by warp shuffles) with enough programs for a big GPU (n / 512 rows a
+    program, 2 to 32); for several rows, 32 x 64-byte tiles over 4 warps."""
     measured = MEASURED.get((n, k, _rows_tile(rows)))
     if measured is not None:
         return measured
-    row_bytes = max(1, triton.next_power_of_2(k // 2))
+    row_bytes = max(16, triton.next_power_of_2(k // 2))
     if rows == 1:
-        return Nf4MatvecConfig(4, min(512, row_bytes), 1, 4)
-    return Nf4MatvecConfig(32, max(16, min(64, row_bytes)), 1, 4)
+        block_n = min(32, max(2, 1 << max(0, (n // 512).bit_length() - 1)))
+        return Nf4MatvecConfig(block_n, min(row_bytes, max(64, 1024 // block_n)), 1, 1, "gather")
+    return Nf4MatvecConfig(32, min(64, row_bytes), 1, 4, "gather")
 
 
 def nf4_matvec_reference(
@@ -116,6 +120,25 @@ def _values(byte, code_ptr, table, GATHER: tl.constexpr, SIZE: tl.constexpr):
 
 
 @triton.jit
+def _halves(xw, DTYPE: tl.constexpr, FP32: tl.constexpr):
+    """Elements 2j and 2j + 1 of x from its word j (an int32 holding two 16-bit values, low half first; an int64
+    holding two fp32 ones): as fp32 when FP32, else in x's dtype DTYPE."""
+    if FP32 and DTYPE == tl.bfloat16:  # a bf16 is the high half of the fp32 of the same value: one op each
+        even = (xw << 16).to(tl.float32, bitcast=True)
+        odd = (xw & -65536).to(tl.float32, bitcast=True)
+    elif DTYPE == tl.float32:
+        even = xw.to(tl.int32).to(tl.float32, bitcast=True)
+        odd = (xw >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+    elif FP32:
+        even = xw.to(tl.int16).to(DTYPE, bitcast=True).to(tl.float32)
+        odd = (xw >> 16).to(tl.int16).to(DTYPE, bitcast=True).to(tl.float32)
+    else:
+        even = xw.to(tl.int16).to(DTYPE, bitcast=True)
+        odd = (xw >> 16).to(tl.int16).to(DTYPE, bitcast=True)
+    return even, odd
+
+
+@triton.jit
 def _tile(packed_ptr, absmax_ptr, absmax2_ptr, code2_ptr, code_ptr, table, rows, kb0, N, K, n_blocks, offset,
           BLOCKSIZE: tl.constexpr, BLOCKSIZE2: tl.constexpr, NESTED: tl.constexpr, ALIGNED: tl.constexpr,
           EVEN_K: tl.constexpr, GATHER: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr,
@@ -133,16 +156,33 @@ def _tile(packed_ptr, absmax_ptr, absmax2_ptr, code2_ptr, code_ptr, table, rows,
         byte = tl.load(ptrs, mask=(j < kb_row)[None, :, :], other=0, eviction_policy="evict_first")
     hi, lo = _values(byte.to(tl.int32), code_ptr, table, GATHER, BLOCK_N * BLOCK_KB)
     if ALIGNED:  # a group lies in one block: block = row * blocks per row + its first element // BLOCKSIZE
-        first = 2 * (kb0 + tl.arange(0, NG) * GROUP)
-        blk = rows_ld[:, None] * (K // BLOCKSIZE) + (first // BLOCKSIZE)[None, :]
+        # unsigned 32-bit: the divisions by powers of two are shifts (block counts are far below 2**32)
+        first = (2 * (kb0 + tl.arange(0, NG) * GROUP)).to(tl.uint32)
+        row_blk = tl.minimum(rows, N - 1).to(tl.uint32) * (K // BLOCKSIZE)
+        blk = row_blk[:, None] + (first // BLOCKSIZE)[None, :]
+        scale = _scales(absmax_ptr, absmax2_ptr, code2_ptr, blk, offset, n_blocks, NESTED, BLOCKSIZE2, not EVEN_K)
     else:  # the flat layout: byte i of the weight is in block 2i // BLOCKSIZE
         blk = (rows_ld[:, None, None] * kb_row + j[None, :, :]) // (BLOCKSIZE // 2)
-    scale = _block_scale(absmax_ptr, absmax2_ptr, code2_ptr, blk, offset, blk < n_blocks, NESTED, BLOCKSIZE2)
+        scale = _scales(absmax_ptr, absmax2_ptr, code2_ptr, blk, offset, n_blocks, NESTED, BLOCKSIZE2, True)
     return hi, lo, scale
 
 
 @triton.jit
-def _nf4_matvec_kernel(x_ptr, packed_ptr, absmax_ptr, absmax2_ptr, code2_ptr, code_ptr, b_ptr, y_ptr, part_ptr,
+def _scales(absmax_ptr, absmax2_ptr, code2_ptr, blk, offset, n_blocks, NESTED: tl.constexpr,
+            BLOCKSIZE2: tl.constexpr, MASKED: tl.constexpr):  # fmt: skip
+    """kernels.nf4's `_block_scale` of blocks `blk`; unmasked loads where every block is in the weight."""
+    if MASKED:
+        scale = _block_scale(absmax_ptr, absmax2_ptr, code2_ptr, blk, offset, blk < n_blocks, NESTED, BLOCKSIZE2)
+    elif NESTED:
+        q = tl.load(absmax_ptr + blk).to(tl.int32)
+        scale = tl.load(code2_ptr + q) * tl.load(absmax2_ptr + blk // BLOCKSIZE2) + offset
+    else:
+        scale = tl.load(absmax_ptr + blk)
+    return scale
+
+
+@triton.jit
+def _nf4_matvec_kernel(xw_ptr, packed_ptr, absmax_ptr, absmax2_ptr, code2_ptr, code_ptr, b_ptr, y_ptr, part_ptr,
                        M, N, K, n_blocks, kb_per_split, offset,
                        BLOCKSIZE: tl.constexpr, BLOCKSIZE2: tl.constexpr, NESTED: tl.constexpr,
                        ALIGNED: tl.constexpr, EVEN_K: tl.constexpr, GATHER: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -154,7 +194,9 @@ def _nf4_matvec_kernel(x_ptr, packed_ptr, absmax_ptr, absmax2_ptr, code2_ptr, co
     pid_k = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m = tl.arange(0, BLOCK_M)
-    x_rows = x_ptr + tl.minimum(m, M - 1)[:, None] * K  # rows of x past M repeat row M - 1; their y is not stored
+    # x as words (xw_ptr): word j of a row holds x[2j], the partner of byte j's high nibble, and x[2j + 1], the low
+    # one's; so x is loaded in the byte tile's own layout, with no reshuffle. Rows of x past M repeat row M - 1.
+    xw_rows = xw_ptr + tl.minimum(m, M - 1)[:, None] * (K // 2)
     table = tl.load(code_ptr + tl.arange(0, 16))  # for decode="gather" (unused, and dropped, otherwise)
     kb_start = pid_k * kb_per_split
     kb_end = tl.minimum(kb_start + kb_per_split, K // 2)
@@ -166,25 +208,30 @@ def _nf4_matvec_kernel(x_ptr, packed_ptr, absmax_ptr, absmax2_ptr, code2_ptr, co
         hi, lo, scale = _tile(packed_ptr, absmax_ptr, absmax2_ptr, code2_ptr, code_ptr, table, rows, kb0, N, K,
                               n_blocks, offset, BLOCKSIZE, BLOCKSIZE2, NESTED, ALIGNED, EVEN_K, GATHER, BLOCK_N,
                               BLOCK_KB, GROUP)  # fmt: skip
-        xk = 2 * kb0 + tl.arange(0, 2 * BLOCK_KB)
-        if EVEN_K:
-            xv = tl.load(x_rows + xk[None, :], eviction_policy="evict_last")
-        else:
-            xv = tl.load(x_rows + xk[None, :], mask=(xk < K)[None, :], other=0.0, eviction_policy="evict_last")
         if BLOCK_M == 1:
-            # element 2i of x meets byte i's high nibble, 2i + 1 its low one
-            x_hi, x_lo = tl.split(tl.reshape(xv.to(tl.float32), (NG, GROUP, 2)))
-            if ALIGNED:  # sum each group first, then one multiply by its scale
-                acc += (tl.sum(hi * x_hi[None, :, :], axis=2) + tl.sum(lo * x_lo[None, :, :], axis=2)) * scale
+            j = kb0 + tl.arange(0, NG)[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
+            if EVEN_K:
+                xw = tl.load(xw_ptr + j, eviction_policy="evict_last")
             else:
-                acc += tl.sum((hi * x_hi[None, :, :] + lo * x_lo[None, :, :]) * scale, axis=2)
+                xw = tl.load(xw_ptr + j, mask=j < K // 2, other=0, eviction_policy="evict_last")  # zero past K
+            x_hi, x_lo = _halves(xw, y_ptr.dtype.element_ty, True)
+            part = hi * x_hi[None, :, :] + lo * x_lo[None, :, :]
+            if ALIGNED:  # sum each group first, then one multiply by its scale
+                acc += tl.sum(part, axis=2) * scale
+            else:
+                acc += tl.sum(part * scale, axis=2)
         else:
             if ALIGNED:
                 scale = scale[:, :, None]
             # the weights in x's dtype, rounded once from fp32 as dequantize-then-matmul rounds them
-            w_hi = tl.reshape(hi * scale, (BLOCK_N, BLOCK_KB)).to(x_ptr.dtype.element_ty)
-            w_lo = tl.reshape(lo * scale, (BLOCK_N, BLOCK_KB)).to(x_ptr.dtype.element_ty)
-            x_hi, x_lo = tl.split(tl.reshape(xv, (BLOCK_M, BLOCK_KB, 2)))
+            w_hi = tl.reshape(hi * scale, (BLOCK_N, BLOCK_KB)).to(y_ptr.dtype.element_ty)
+            w_lo = tl.reshape(lo * scale, (BLOCK_N, BLOCK_KB)).to(y_ptr.dtype.element_ty)
+            j = kb0 + tl.arange(0, BLOCK_KB)
+            if EVEN_K:
+                xw = tl.load(xw_rows + j[None, :], eviction_policy="evict_last")
+            else:
+                xw = tl.load(xw_rows + j[None, :], mask=(j < K // 2)[None, :], other=0, eviction_policy="evict_last")
+            x_hi, x_lo = _halves(xw, y_ptr.dtype.element_ty, False)
             acc += _dot(x_hi, tl.trans(w_hi), PRECISION) + _dot(x_lo, tl.trans(w_lo), PRECISION)
     if BLOCK_M == 1:
         out = tl.sum(acc, axis=1)[None, :]
@@ -212,7 +259,8 @@ def nf4_matvec_fwd(x, packed, absmax, absmax2, code2, offset, code, shape, block
     split = cfg.split_k > 1
     part = torch.empty((cfg.split_k, m, n), dtype=torch.float32, device=x.device) if split else y  # unused without
     fused_bias = bias is not None and not (split and m > 1)  # the reduction adds a bias of one row only
-    args = (x, packed, absmax, absmax2, code2, _code(code, x.device), bias if fused_bias else y, y, part)
+    words = x.view(torch.int32 if x.element_size() == 2 else torch.int64)  # x[2j] and x[2j + 1] in word j
+    args = (words, packed, absmax, absmax2, code2, _code(code, x.device), bias if fused_bias else y, y, part)
     common = dict(
         BLOCKSIZE=blocksize,
         BLOCKSIZE2=blocksize2,
@@ -228,6 +276,8 @@ def nf4_matvec_fwd(x, packed, absmax, absmax2, code2, offset, code, shape, block
         PRECISION=_precision(x),
         BLOCK_M=_rows_tile(m),
         num_warps=cfg.num_warps,
+        # a product and the sum it feeds become one FMA (Triton 3.10 turns fusion off unless asked)
+        **({"enable_fp_fusion": True} if x.is_cuda else {}),
     )
     if m > 1 and (cfg.block_n < 16 or cfg.block_kb < 16):
         raise ValueError(f"nf4_matvec: {cfg} for {m} rows; the tensor-core kernel needs block_n, block_kb >= 16")
@@ -240,6 +290,12 @@ def nf4_matvec_fwd(x, packed, absmax, absmax2, code2, offset, code, shape, block
     if bias is not None and not fused_bias:
         y += bias
     return y
+
+
+def _aligned(x: torch.Tensor) -> torch.Tensor:
+    """x contiguous and starting on a two-element boundary, so that it can be read as words of two elements."""
+    x = x.contiguous()
+    return x if x.storage_offset() % 2 == 0 else x.clone()
 
 
 def nf4_matvec(
@@ -280,7 +336,7 @@ def nf4_matvec(
     if kernel_dtype and dispatch.use_triton(x, packed):
         b = None if bias is None else bias.to(x.dtype).contiguous()
         cfg = config or pick_config(n_out, k_in, rows)
-        y = nf4_matvec_fwd(x.reshape(rows, k_in).contiguous(), packed.reshape(-1), absmax, absmax2, code2, offset,
+        y = nf4_matvec_fwd(_aligned(x.reshape(rows, k_in)), packed.reshape(-1), absmax, absmax2, code2, offset,
                            code, shape, blocksize, blocksize2, b, cfg)  # fmt: skip
         return y.view(*x.shape[:-1], n_out)
     return nf4_matvec_reference(x, packed, absmax, shape, blocksize, code, absmax2, code2, offset, blocksize2, bias)

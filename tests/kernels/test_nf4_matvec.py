@@ -22,9 +22,9 @@ CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"  # test_nf4's quantize puts the weights there too
 
 CONFIGS = {
-    "picked": None,
-    # 3 splits (not a power of two) of 16-byte steps, the table in registers, a bias: split-K's reduction adds it
-    "split-gather": Nf4MatvecConfig(16, 16, split_k=3, num_warps=2, decode="gather"),
+    "picked": None,  # decode="gather" (the table in registers)
+    # 3 splits (not a power of two) of 16-byte steps, the table read from memory, a bias: split-K's reduction adds it
+    "split-load": Nf4MatvecConfig(16, 16, split_k=3, num_warps=2, decode="load"),
 }
 
 
