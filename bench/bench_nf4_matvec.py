@@ -13,14 +13,14 @@ x and y once; `% copy` is that over the device-to-device copy bandwidth (read + 
 
 Variants per shape, one row of x: `before` (the previous kernel), `bnb` (bitsandbytes.matmul_4bit, which for one row
 is its gemv_4bit kernel), `picked` (the config `pick_config` picks) and `best` (of the sweep: first BLOCK_N x
-BLOCK_KB at 1 and 4 warps with decode "gather", then around the best num_warps 1/2/4/8, decode "load" and SPLIT_K
-2/4/8, then the neighbouring block sizes). With `--rows`: the same weight times B rows of x (batched decoding),
-`bnb` (matmul_4bit: dequantize, then cuBLAS) against `picked` and `best` (swept at the first B of `--rows`, used for
-all). Every variant is checked against x @ W.T in fp32 before it is timed; one that fails (wrong result, out of
-resources) is reported and left out. No sweep step starts past `--budget` seconds. Then one token's NF4 matvecs per
-model (per layer q, k, v, o, gate, up, down) as ms and GB/s for each variant, and last a line `BEST {json}`:
-"N,K,rows" -> the best config's fields, for `kernels.nf4_matvec.MEASURED` (rows 1 for one row, 16 for the
-tensor-core kernel).
+BLOCK_KB at 1 and 4 warps, decode "gather", 2 stages, then around the best num_warps 1/2/4/8, decode "load", 1 and 3
+stages and SPLIT_K 2/4/8, then the neighbouring block sizes). With `--rows`: the same weight times B rows of x
+(batched decoding), `bnb` (matmul_4bit: dequantize, then cuBLAS) against `picked` and `best` (swept at the first B
+of `--rows`, used for all). Every variant is checked against x @ W.T in fp32 before it is timed; one that fails
+(wrong result, out of resources) is reported and left out. No sweep step starts past `--budget` seconds. Then one
+token's NF4 matvecs per model (per layer q, k, v, o, gate, up, down) as ms and GB/s for each variant, and last a
+line `BEST {json}`: "N,K,rows" -> the best config's fields, for `kernels.nf4_matvec.MEASURED` (rows 1 for one row,
+16 for the tensor-core kernel).
 
 Without a GPU (or with --smoke) it is a smoke run: tiny shapes, a few configs, Triton's CPU interpreter, wall-clock
 times that mean nothing.
@@ -93,7 +93,7 @@ def time_us(fn, reps: int) -> tuple[float, str]:
 
 
 def label(cfg: Nf4MatvecConfig) -> str:
-    return f"{cfg.block_n}x{cfg.block_kb}B split{cfg.split_k} w{cfg.num_warps} {cfg.decode}"
+    return f"{cfg.block_n}x{cfg.block_kb}B split{cfg.split_k} w{cfg.num_warps} st{cfg.num_stages} {cfg.decode}"
 
 
 def sensible(cfg: Nf4MatvecConfig, n: int, k: int, tile: int) -> bool:
@@ -181,7 +181,7 @@ class Shape:
             configs = SMOKE_CONFIGS[tile] if index == 0 else []
         elif index == 0:
             configs = [
-                Nf4MatvecConfig(bn, bkb, 1, w, "gather")
+                Nf4MatvecConfig(bn, bkb, 1, w, "gather", 2)
                 for w in (1, 4)
                 for bn in BLOCK_NS[tile]
                 for bkb in BLOCK_KBS[tile]
@@ -190,6 +190,7 @@ class Shape:
             configs = []
         elif index == 1:
             configs = [replace(best, num_warps=w) for w in (1, 2, 4, 8)] + [replace(best, decode="load")]
+            configs += [replace(best, num_stages=st) for st in (1, 3)]
             configs += [
                 replace(best, block_n=bn, split_k=s) for s in (2, 4, 8) for bn in {best.block_n, best.block_n * s}
             ]

@@ -70,11 +70,12 @@ def compile_new(cfg: Nf4MatvecConfig, rows: int):
                n_blocks="i32", kb_per_split="i32", offset="fp32")  # fmt: skip
     const = dict(BLOCKSIZE=64, BLOCKSIZE2=256, NESTED=True, ALIGNED=True, EVEN_K=True, GATHER=cfg.decode == "gather",
                  HAS_BIAS=False, SPLIT=cfg.split_k > 1, PRECISION="tf32", BLOCK_M=1 if rows == 1 else 16,
-                 BLOCK_N=cfg.block_n, BLOCK_KB=cfg.block_kb, GROUP=min(32, cfg.block_kb))  # fmt: skip
+                 BLOCK_N=cfg.block_n, BLOCK_KB=cfg.block_kb, GROUP=min(32, cfg.block_kb),
+                 NUM_STAGES=cfg.num_stages)  # fmt: skip
     sig.update(dict.fromkeys(const, "constexpr"))
     divisible = {(i,): [["tt.divisibility", 16]] for i in (*range(9), 10, 11, 12, 13)}  # pointers, N, K, counts
     src = ASTSource(fn=nf4_matvec._nf4_matvec_kernel, signature=sig, constexprs=const, attrs=divisible)
-    return triton.compile(src, target=TARGET, options=dict(num_warps=cfg.num_warps))
+    return triton.compile(src, target=TARGET, options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
 
 
 def compile_before():
@@ -89,11 +90,11 @@ def compile_before():
 
 
 def parse(text: str) -> Nf4MatvecConfig:
-    """'8x128w1gather' -> Nf4MatvecConfig(8, 128, num_warps=1, decode="gather")."""
-    m = re.fullmatch(r"(\d+)x(\d+)w(\d+)(load|gather)", text)
+    """'8x128w1gather' -> Nf4MatvecConfig(8, 128, num_warps=1, decode="gather"); a suffix 's2' asks for 2 stages."""
+    m = re.fullmatch(r"(\d+)x(\d+)w(\d+)(load|gather)(?:s(\d+))?", text)
     if not m:
-        raise SystemExit(f"config {text!r}: write BLOCK_NxBLOCK_KBw<warps><load|gather>, e.g. 8x128w1gather")
-    return Nf4MatvecConfig(int(m.group(1)), int(m.group(2)), 1, int(m.group(3)), m.group(4))
+        raise SystemExit(f"config {text!r}: write BLOCK_NxBLOCK_KBw<warps><load|gather>[s<stages>], e.g. 8x128w1gather")
+    return Nf4MatvecConfig(int(m.group(1)), int(m.group(2)), 1, int(m.group(3)), m.group(4), int(m.group(5) or 1))
 
 
 def report(name: str, kernel, weights: int) -> str:
@@ -119,7 +120,11 @@ def main() -> None:
     for cfg in configs:
         weights = 2 * cfg.block_n * cfg.block_kb // (32 * cfg.num_warps)
         print(
-            report(f"{cfg.block_n}x{cfg.block_kb}B w{cfg.num_warps} {cfg.decode}", compile_new(cfg, args.rows), weights)
+            report(
+                f"{cfg.block_n}x{cfg.block_kb}B w{cfg.num_warps} {cfg.decode} st{cfg.num_stages}",
+                compile_new(cfg, args.rows),
+                weights,
+            )
         )
     if args.before:
         print(report("before (16x128B w4)", compile_before(), 2 * 16 * 128 // 128))

@@ -63,14 +63,15 @@ class Nf4MatvecConfig:
     split_k: int = 1  # programs sharing one row block, each over 1/split_k of K (then a reduction kernel)
     num_warps: int = 4
     decode: str = "load"  # how a nibble becomes its NF4 value: "load" (64-byte table) or "gather" (registers)
+    num_stages: int = 1  # 1: plain loop; > 1: Triton prefetches that many steps ahead (through shared memory)
 
     def __post_init__(self):
         for name in ("block_n", "block_kb"):
             v = getattr(self, name)
             if v < 1 or v & (v - 1):
                 raise ValueError(f"Nf4MatvecConfig.{name}={v}: must be a power of two")
-        if self.split_k < 1 or self.num_warps < 1 or self.decode not in DECODES:
-            raise ValueError(f"Nf4MatvecConfig: split_k and num_warps >= 1, decode one of {DECODES}; got {self}")
+        if min(self.split_k, self.num_warps, self.num_stages) < 1 or self.decode not in DECODES:
+            raise ValueError(f"Nf4MatvecConfig: split_k, num_warps, num_stages >= 1, decode in {DECODES}; got {self}")
 
 
 # (N, K, rows) -> the best config `python bench/bench_nf4_matvec.py` found on the GPU (its last line, `BEST {json}`:
@@ -85,17 +86,18 @@ def _rows_tile(rows: int) -> int:
 
 def pick_config(n: int, k: int, rows: int = 1) -> Nf4MatvecConfig:
     """The config for a weight of shape (n, k) and `rows` rows of x: the measured one if there is one, else the
-    starting rule, chosen without a GPU (not measured): the fewest instructions per weight in the compiled loop
-    (`python bench/nf4_matvec_sass.py`: 32 bytes a thread per step, one warp per program, decode="gather", whose
-    one-warp lowering picks from the table by warp shuffles) with enough programs for a big GPU (n / 512 rows a
-    program, 2 to 32); for several rows, 32 x 64-byte tiles over 4 warps."""
+    starting rule, chosen without a GPU (not measured). One row: programs of one warp (decode="gather" then picks
+    from the table by warp shuffles) reading 32 bytes a thread per step, which the compiled loop turns into the
+    fewest instructions per weight (`python bench/nf4_matvec_sass.py`), two steps in flight (num_stages=2) and
+    n / 1024 rows a program (2 to 16), so that a 132-SM GPU holds ~16 KB of reads in flight per SM. Several rows:
+    32 x 64-byte tiles over 4 warps."""
     measured = MEASURED.get((n, k, _rows_tile(rows)))
     if measured is not None:
         return measured
     row_bytes = max(16, triton.next_power_of_2(k // 2))
     if rows == 1:
-        block_n = min(32, max(2, 1 << max(0, (n // 512).bit_length() - 1)))
-        return Nf4MatvecConfig(block_n, min(row_bytes, max(64, 1024 // block_n)), 1, 1, "gather")
+        block_n = min(16, max(2, 1 << max(0, (n // 1024).bit_length() - 1)))
+        return Nf4MatvecConfig(block_n, min(row_bytes, 1024 // block_n), 1, 1, "gather", 2)
     return Nf4MatvecConfig(32, min(64, row_bytes), 1, 4, "gather")
 
 
@@ -187,7 +189,7 @@ def _nf4_matvec_kernel(xw_ptr, packed_ptr, absmax_ptr, absmax2_ptr, code2_ptr, c
                        BLOCKSIZE: tl.constexpr, BLOCKSIZE2: tl.constexpr, NESTED: tl.constexpr,
                        ALIGNED: tl.constexpr, EVEN_K: tl.constexpr, GATHER: tl.constexpr, HAS_BIAS: tl.constexpr,
                        SPLIT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_KB: tl.constexpr, GROUP: tl.constexpr):  # fmt: skip
+                       BLOCK_KB: tl.constexpr, GROUP: tl.constexpr, NUM_STAGES: tl.constexpr):  # fmt: skip
     """BLOCK_M == 1: one row of x, FMAs on the CUDA cores; else up to BLOCK_M rows through tl.dot (module docstring)."""
     NG: tl.constexpr = BLOCK_KB // GROUP
     pid_n = tl.program_id(0)
@@ -204,7 +206,7 @@ def _nf4_matvec_kernel(xw_ptr, packed_ptr, absmax_ptr, absmax2_ptr, code2_ptr, c
         acc = tl.zeros((BLOCK_N, NG), dtype=tl.float32)  # per group: summed over K once, after the loop
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for kb0 in range(kb_start, kb_end, BLOCK_KB):
+    for kb0 in tl.range(kb_start, kb_end, BLOCK_KB, num_stages=NUM_STAGES):
         hi, lo, scale = _tile(packed_ptr, absmax_ptr, absmax2_ptr, code2_ptr, code_ptr, table, rows, kb0, N, K,
                               n_blocks, offset, BLOCKSIZE, BLOCKSIZE2, NESTED, ALIGNED, EVEN_K, GATHER, BLOCK_N,
                               BLOCK_KB, GROUP)  # fmt: skip
@@ -275,7 +277,9 @@ def nf4_matvec_fwd(x, packed, absmax, absmax2, code2, offset, code, shape, block
         GROUP=min(blocksize // 2, cfg.block_kb) if aligned else cfg.block_kb,
         PRECISION=_precision(x),
         BLOCK_M=_rows_tile(m),
+        NUM_STAGES=cfg.num_stages,
         num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
         # a product and the sum it feeds become one FMA (Triton 3.10 turns fusion off unless asked)
         **({"enable_fp_fusion": True} if x.is_cuda else {}),
     )
