@@ -17,10 +17,10 @@ BLOCK_KB at 1 and 4 warps, decode "gather", 2 stages, then around the best num_w
 stages and SPLIT_K 2/4/8, then the neighbouring block sizes). With `--rows`: the same weight times B rows of x
 (batched decoding), `bnb` (matmul_4bit: dequantize, then cuBLAS) against `picked` and `best` (swept at the first B
 of `--rows`, used for all). Every variant is checked against x @ W.T in fp32 before it is timed; one that fails
-(wrong result, out of resources) is reported and left out. No sweep step starts past `--budget` seconds. Then one
-token's NF4 matvecs per model (per layer q, k, v, o, gate, up, down) as ms and GB/s for each variant, and last a
-line `BEST {json}`: "N,K,rows" -> the best config's fields, for `kernels.nf4_matvec.MEASURED` (rows 1 for one row,
-16 for the tensor-core kernel).
+(wrong result, out of resources) is reported and left out. No sweep step starts past `--budget` seconds (of what
+is left after the baselines, 60% goes to the one-row sweep). Then one token's NF4 matvecs per model (per layer q, k,
+v, o, gate, up, down) as ms and GB/s for each variant, and last a line `BEST {json}`: "N,K,rows" -> the best config's
+fields, for `kernels.nf4_matvec.MEASURED` (rows 1 for one row, 16 for the tensor-core kernel).
 
 Without a GPU (or with --smoke) it is a smoke run: tiny shapes, a few configs, Triton's CPU interpreter, wall-clock
 times that mean nothing.
@@ -309,10 +309,14 @@ def main() -> None:
                 shape.run(rows, "bnb", bnb)
                 shape.run_config(rows, pick_config(*nk, rows))
         print(f"baselines done at {time.time() - start:.0f}s", flush=True)
-        for rows in [1, *batch_rows[:1]]:  # one row, then the first batch size: the two kernels' sweeps
+        sweeps = [1, *batch_rows[:1]]  # one row, then the first batch size: the two kernels' sweeps
+        for i, rows in enumerate(sweeps):
+            # each sweep gets its share of the budget left (the one-row sweep 60% when both run)
+            share = 1.0 if i == len(sweeps) - 1 else 0.6
+            deadline = time.time() + share * max(0.0, start + args.budget - time.time())
             for index in range(ROUNDS):
                 for shape in shapes.values():
-                    shape.sweep_round(rows, index, start + args.budget)
+                    shape.sweep_round(rows, index, deadline)
                 print(f"{rows}-row sweep round {index + 1} done at {time.time() - start:.0f}s", flush=True)
         for shape in shapes.values():
             best = shape.best(16)
