@@ -1,11 +1,13 @@
 """NF4: dequantization into a scratch buffer and the batch-1 matvec, Triton vs reference vs torch.compile(reference)
-vs bitsandbytes (when importable), with GB/s."""
+vs bitsandbytes (when importable), with GB/s. bench/bench_nf4_matvec.py times the matvec in more detail (cold weights,
+CUDA graphs, the previous kernel, several rows, a config sweep)."""
 
 import torch
 from common import DEVICE, SMOKE, compiled, main, measure
 
 from kernels import dispatch
-from kernels.nf4 import nf4_dequantize, nf4_dequantize_reference, nf4_matvec, nf4_matvec_reference
+from kernels.nf4 import nf4_dequantize, nf4_dequantize_reference
+from kernels.nf4_matvec import nf4_matvec, nf4_matvec_reference
 
 SHAPES = [(32, 128)] if SMOKE else [(4096, 4096), (14336, 4096)]  # Llama-3-8B q/o and gate/up
 DTYPES = [torch.bfloat16]

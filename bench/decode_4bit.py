@@ -6,7 +6,7 @@ on the same loaded model.
 Loads the shared harness's random-weight model (.bench/train_bench.py ensure_model) with NF4 weights, double-quantized
 absmax and bf16 compute, as engine.models.loading.load_model(four_bit=True) does, and times both on the one model
 object: transformers generate (default dynamic cache, sdpa; what a user gets without us) and our decoder (its own step
-with kernels/nf4.py's matvec, in a CUDA graph). `--lora R` first wraps the model in a PEFT LoRA of rank R on every
+with kernels/nf4_matvec.py, in a CUDA graph). `--lora R` first wraps the model in a PEFT LoRA of rank R on every
 projection (random B, so the adapter does something), as a QLoRA run's chat has. Prints one `RESULT {json}` line:
 tokens/s of the best of three warm calls of each, the first calls, and the ratio.
 """

@@ -76,7 +76,7 @@ def main():
                 for group in (layer.qkv, layer.gate_up):
                     ran += [group.packed[0]] if group.packed else [p.base.weight for p in group.projections]
                 ran += [layer.o.base.weight, layer.down.base.weight]
-            ran = [w for w in ran if w.dtype != torch.uint8]  # NF4 weights run kernels/nf4.py, not a dense matvec
+            ran = [w for w in ran if w.dtype != torch.uint8]  # NF4 weights run kernels/nf4_matvec.py, not a dense one
             gib = sum(w.numel() * w.element_size() for w in ran) / 2**30
             ms = cuda_ms(lambda: [torch.nn.functional.linear(x[w.shape[1]], w) for w in ran], reps=10)
             print(f"the step's {len(ran)} dense matvecs ({gib:.2f} GiB): {ms:.3f} ms = {gib / ms * 1e3:.0f} GiB/s")

@@ -1,4 +1,4 @@
-"""NF4 dequantization (bitsandbytes layout, double-quantized absmax) and a fused NF4 matrix-vector product.
+"""NF4 dequantization (bitsandbytes layout, double-quantized absmax); the fused NF4 matvec is kernels/nf4_matvec.py.
 
 Layout, as `bitsandbytes.functional.quantize_4bit(w, quant_type="nf4", compress_statistics=True)` writes it, for a
 weight of n elements in flat row-major order:
@@ -17,8 +17,6 @@ because Triton's CPU interpreter truncates fp32 -> bf16; on the GPU the hand rou
 hardware conversion.
 
 Bytes moved by the dequantization: n/2 + n/blocksize read, n * b written (b = 2 for bf16): ~4.5 bytes per weight.
-The matvec reads only the n/2 packed bytes plus absmax and x: a 4x smaller read than a bf16 GEMV, which is the
-point for batch-1 decoding, where the weight read is the whole cost.
 
 No autograd: NF4 weights are frozen; a training step dequantizes into a scratch buffer and lets torch differentiate
 the matmul with respect to the activations.
@@ -80,14 +78,6 @@ def nf4_dequantize_reference(
     return (values * scales.repeat_interleave(blocksize)[:n]).reshape(shape).to(dtype)
 
 
-def nf4_matvec_reference(
-    x, packed, absmax, shape, blocksize=64, code=None, absmax2=None, code2=None, offset=0.0, blocksize2=256
-):
-    """x @ W.T with W dequantized to x's dtype: (..., K) -> (..., N) for W of shape (N, K)."""
-    w = nf4_dequantize_reference(packed, absmax, shape, x.dtype, blocksize, code, absmax2, code2, offset, blocksize2)
-    return x @ w.T
-
-
 @triton.jit
 def _round_to_bf16(x):
     """fp32 -> the nearest-even bf16 value, still as fp32 (so the final cast is exact whichever way it rounds)."""
@@ -142,53 +132,6 @@ def _nf4_dequant_fwd_kernel(
     tl.store(out_ptr + o, pairs.to(out_ptr.dtype.element_ty), mask=o < 2 * n_bytes)
 
 
-@triton.jit
-def _nf4_matvec_fwd_kernel(
-    x_ptr,
-    packed_ptr,
-    absmax_ptr,
-    absmax2_ptr,
-    code2_ptr,
-    code_ptr,
-    y_ptr,
-    N,
-    K,
-    offset,
-    BLOCKSIZE: tl.constexpr,
-    BLOCKSIZE2: tl.constexpr,
-    NESTED: tl.constexpr,
-    ROUND_BF16: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_KB: tl.constexpr,
-):
-    """y[n] = sum_k W[n, k] x[k], W decoded to x's dtype tile by tile (BLOCK_N rows x 2*BLOCK_KB columns)."""
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_mask = rows < N
-    kb_total = K // 2
-    acc = tl.zeros((BLOCK_N,), tl.float32)
-    for kb in range(0, kb_total, BLOCK_KB):
-        j = kb + tl.arange(0, BLOCK_KB)
-        col_mask = j < kb_total
-        mask = row_mask[:, None] & col_mask[None, :]
-        byte_idx = rows[:, None] * kb_total + j[None, :]
-        byte = tl.load(packed_ptr + byte_idx, mask=mask, other=0).to(tl.int32)
-        scale = _block_scale(
-            absmax_ptr, absmax2_ptr, code2_ptr, (2 * byte_idx) // BLOCKSIZE, offset, mask, NESTED, BLOCKSIZE2
-        )
-        hi = tl.load(code_ptr + (byte >> 4)) * scale
-        lo = tl.load(code_ptr + (byte & 0xF)) * scale
-        if ROUND_BF16:
-            hi = _round_to_bf16(hi)
-            lo = _round_to_bf16(lo)
-        # round the weights to x's dtype like the dequantize-then-matmul reference does
-        hi = hi.to(x_ptr.dtype.element_ty).to(tl.float32)
-        lo = lo.to(x_ptr.dtype.element_ty).to(tl.float32)
-        x_even = tl.load(x_ptr + 2 * j, mask=col_mask, other=0.0).to(tl.float32)
-        x_odd = tl.load(x_ptr + 2 * j + 1, mask=col_mask, other=0.0).to(tl.float32)
-        acc += tl.sum(hi * x_even[None, :] + lo * x_odd[None, :], axis=1)
-    tl.store(y_ptr + rows, acc.to(y_ptr.dtype.element_ty), mask=row_mask)
-
-
 def _nested_args(absmax, absmax2, code2, device):
     """Kernel pointer arguments for the absmax state (dummies stand in for the second level when not nested)."""
     if absmax2 is None:
@@ -222,33 +165,6 @@ def nf4_dequantize_fwd(packed, absmax, absmax2, code2, offset, code, blocksize, 
         **_launch_options(packed.device),
     )
     return out
-
-
-def nf4_matvec_fwd(x, packed, absmax, absmax2, code2, offset, code, n_out, k_in, blocksize, blocksize2):
-    y = torch.empty(n_out, dtype=x.dtype, device=x.device)
-    absmax, absmax2, code2, nested = _nested_args(absmax, absmax2, code2, x.device)
-    block_n, block_kb = 16, 128
-    _nf4_matvec_fwd_kernel[(triton.cdiv(n_out, block_n),)](
-        x,
-        packed,
-        absmax,
-        absmax2,
-        code2,
-        _code(code, x.device),
-        y,
-        n_out,
-        k_in,
-        float(offset),
-        BLOCKSIZE=blocksize,
-        BLOCKSIZE2=blocksize2,
-        NESTED=nested,
-        ROUND_BF16=x.dtype == torch.bfloat16,
-        BLOCK_N=block_n,
-        BLOCK_KB=block_kb,
-        num_warps=4,
-        **_launch_options(x.device),
-    )
-    return y
 
 
 def nf4_dequantize(
@@ -341,37 +257,3 @@ def _offset(quant_state) -> float:
     if cached is None:
         cached = quant_state.tunesmith_offset = float(quant_state.offset)
     return cached
-
-
-def nf4_matvec(
-    x: torch.Tensor,
-    packed: torch.Tensor,
-    absmax: torch.Tensor,
-    shape,
-    blocksize: int = 64,
-    code: torch.Tensor | None = None,
-    absmax2: torch.Tensor | None = None,
-    code2: torch.Tensor | None = None,
-    offset: float = 0.0,
-    blocksize2: int = 256,
-) -> torch.Tensor:
-    """y = x @ W.T for one token (batch-1 decoding) with W (N, K) in NF4, never dequantized to memory.
-
-    Args:
-        x: (K,) or (1, K) activations, fp32/bf16/fp16.
-        packed, absmax, blocksize, code, absmax2, code2, offset, blocksize2: as for `nf4_dequantize`.
-        shape: (N, K), the weight's shape; K must be even.
-
-    Returns:
-        (N,) or (1, N), x's dtype; fp32 accumulation.
-    """
-    n_out, k_in = shape
-    if x.shape[-1] != k_in or x.numel() != k_in:
-        raise ValueError(f"nf4_matvec takes one token of {k_in} features, got {tuple(x.shape)}")
-    if k_in % 2:
-        raise ValueError("nf4_matvec: in_features must be even")
-    if dispatch.use_triton(x, packed):
-        y = nf4_matvec_fwd(x.reshape(-1).contiguous(), packed.reshape(-1), absmax, absmax2, code2, offset, code,
-                           n_out, k_in, blocksize, blocksize2)  # fmt: skip
-        return y.view(*x.shape[:-1], n_out)
-    return nf4_matvec_reference(x, packed, absmax, shape, blocksize, code, absmax2, code2, offset, blocksize2)

@@ -5,7 +5,7 @@ base and tuned side by side; seeded sampling draws per row as a one-row reply do
 
 import pytest
 import torch
-from test_decode_step import folders, hf_greedy, load, with_lora  # noqa: F401  (folders is a fixture)
+from test_decode_step import folders, hf_greedy, load, load_nf4, with_lora  # noqa: F401  (folders is a fixture)
 from test_infer import common_prefix, qwen3_06b  # noqa: F401  (qwen3_06b is a fixture)
 
 from engine.chat.decode import Decoder, Sampling
@@ -100,6 +100,21 @@ def test_batched_step_on_the_triton_kernels(folders):  # noqa: F811
     prompts = [PROMPTS[0], PROMPTS[1]]
     want = per_row(decoder, prompts, n, adapters=[True, False])
     assert batched(decoder, prompts, n, adapter=[True, False]) == want
+
+
+def test_nf4_batched_step_on_the_triton_kernels(folders):  # noqa: F811
+    """An NF4 base (fp32 compute) on the step's Triton kernels: kernels/nf4_matvec.py's one-row kernel for each token
+    of a reply, its rows kernel for the batched tokens and the short prompts; each row's greedy reply equals the
+    one-row decoder's, and the first also transformers' generate over bitsandbytes."""
+    model = with_lora(load_nf4(folders("qwen3")))
+    decoder = Decoder(model, log=lambda m: None)
+    decoder.step.backend = "triton"
+    assert decoder.step.layers[0].o.kind == "nf4"
+    n = 4
+    prompts = [PROMPTS[0], PROMPTS[1]]
+    want = per_row(decoder, prompts, n, adapters=[True, False])
+    assert batched(decoder, prompts, n, adapter=[True, False]) == want
+    assert want[0] == hf_greedy(model, torch.tensor([PROMPTS[0]]), n)
 
 
 def test_a_second_generation_waits_for_the_first(folders):  # noqa: F811

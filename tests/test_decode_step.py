@@ -210,7 +210,8 @@ def test_merged_and_unloaded_adapters(folders):
     assert ours(Decoder(merged, log=lambda m: None)) == tuned == hf_greedy(merged, PROMPT, N)
 
 
-def test_nf4_base_with_lora_matches_transformers(folders):
+def load_nf4(folder):
+    """The model at `folder` on the CPU with NF4 weights (double-quantized absmax, fp32 compute)."""
     pytest.importorskip("bitsandbytes")
     from transformers import BitsAndBytesConfig
 
@@ -220,7 +221,11 @@ def test_nf4_base_with_lora_matches_transformers(folders):
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.float32,
     )
-    model = with_lora(load(folders("qwen3"), quantization_config=quant, device_map={"": "cpu"}))
+    return load(folder, quantization_config=quant, device_map={"": "cpu"})
+
+
+def test_nf4_base_with_lora_matches_transformers(folders):
+    model = with_lora(load_nf4(folders("qwen3")))
     lines = []
     decoder = Decoder(model, log=lines.append)
     assert "nf4 projections" in lines[0]

@@ -342,7 +342,7 @@ def nf4_model(path):
 @pytest.mark.gpu
 @needs_cuda
 def test_gpu_nf4_base_graph_equals_eager_and_agrees_with_bitsandbytes(qwen3_06b):
-    """A 4-bit NF4 base (kernels/nf4.py's matvec, no dequantized copy) with and without LoRA."""
+    """A 4-bit NF4 base (kernels/nf4_matvec.py, no dequantized copy) with and without LoRA."""
     model = nf4_model(qwen3_06b[1])
     graph, eager = Decoder(model, log=lambda m: None), Decoder(model, log=lambda m: None, mode="eager")
     assert graph.path == "step" and {p.kind for p in graph.step.layers[0].qkv.projections} == {"nf4"}

@@ -41,11 +41,11 @@ becomes a row slice of it (`pack_rows`): no second copy of the weights, the same
   graphs): a captured graph holds the weights' addresses, and moving them would make it read freed memory. Those
   models keep separate matvecs.
 
-Adapters: PEFT LoRA layers stay unmerged. A LoRA Linear's base (dense, or bitsandbytes NF4 through kernels/nf4.py's
-matvec) is computed as above and each active adapter adds `lora_B(lora_A(x)) * scaling` in place, as PEFT's forward
-does (with its dtype casts; dropout is off in eval), unless the adapters are disabled (`disable_adapter()`) or merged.
-Whether they are is read when the step runs, so engine.chat.decode keeps one graph per adapter state. Any other kind of
-module (DoRA, 8-bit, a custom layer) runs its own forward.
+Adapters: PEFT LoRA layers stay unmerged. A LoRA Linear's base (dense, or bitsandbytes NF4 through kernels/nf4_matvec.py
+for up to its MAX_ROWS rows) is computed as above and each active adapter adds `lora_B(lora_A(x)) * scaling` in place,
+as PEFT's forward does (with its dtype casts; dropout is off in eval), unless the adapters are disabled
+(`disable_adapter()`) or merged. Whether they are is read when the step runs, so engine.chat.decode keeps one graph per
+adapter state. Any other kind of module (DoRA, 8-bit, a custom layer) runs its own forward.
 """
 
 import torch
@@ -56,7 +56,8 @@ from kernels import dispatch
 from kernels.add_rms_norm import add_rms_norm
 from kernels.decode_attention import decode_attention
 from kernels.matvec import matvec
-from kernels.nf4 import cpu_repacked, nf4_matvec
+from kernels.nf4 import cpu_repacked
+from kernels.nf4_matvec import MAX_ROWS, nf4_matvec
 from kernels.rope_kv_cache import rope_kv_cache
 from kernels.swiglu import swiglu
 
@@ -186,10 +187,9 @@ class Projection:
         if self.kind == "dense":
             return matvec(x, self.base.weight, self.base.bias)  # F.linear for a prompt
         if self.kind == "nf4":
-            if x.shape[0] != 1:
-                return self.base(x)  # a prompt: bitsandbytes' own matmul
-            y = nf4_matvec(x, **self.nf4)
-            return y if self.base.bias is None else y + self.base.bias.to(y.dtype)
+            if x.shape[0] > MAX_ROWS:
+                return self.base(x)  # a longer prompt: bitsandbytes' own matmul (dequantize, then cuBLAS)
+            return nf4_matvec(x, bias=self.base.bias, **self.nf4)  # a token, B rows' tokens, a short prompt
         return self.module(x)
 
     def add_lora(self, x: torch.Tensor, y: torch.Tensor, casts: dict | None = None, mask=None) -> None:
