@@ -5,7 +5,8 @@
   python -m engine chat MODEL_OR_RUN_OR_GGUF --prompt TEXT [--system TEXT] [--max-new-tokens N] [--stream]
       prints the reply, then its tokens and tokens/s on stderr
   python -m engine export RUN_OR_MODEL --format FORMAT --out DIR [--push-to-hub USER/REPO [--private]]
-      FORMAT: lora, merged16, gguf-f16, gguf-bf16, gguf-q8_0, gguf-q4_k_m, gguf-q5_k_m or gguf-q6_k
+      FORMAT: lora, merged16, gguf-f16, gguf-bf16, gguf-q8_0, gguf-q4_k_m, gguf-q5_k_m, gguf-q6_k or
+      gguf-mxfp4 (mixture-of-experts models: experts in MXFP4, the rest Q8_0)
       the upload reads its token from HF_TOKEN
   python -m engine eval RUN_OR_MODEL_OR_GGUF [...] [--data FILE] [--regex RE] [--reward JSON] [--name N --maker M]
       loss / perplexity and scored greedy answers as JSON (a run adds its base model), saved in the run's eval/

@@ -24,6 +24,7 @@ GGUF_METHODS = {
     "q4_k_m": "gguf-q4_k_m",
     "q5_k_m": "gguf-q5_k_m",
     "q6_k": "gguf-q6_k",
+    "mxfp4": "gguf-mxfp4",
     "not_quantized": "gguf-f16",
     "fast_quantized": "gguf-q8_0",
     "quantized": "gguf-q4_k_m",
@@ -71,7 +72,8 @@ def save_pretrained_gguf(model, save_directory, tokenizer=None, quantization_met
         save_directory: a new folder (an existing one is refused, never overwritten).
         tokenizer: its chat template and stop tokens go into the file. None uses the base model's.
         quantization_method: one of f16, bf16, q8_0, q4_k_m, q5_k_m, q6_k, or Unsloth's aliases not_quantized
-            (f16), fast_quantized (q8_0, the default) and quantized (q4_k_m). One method per call.
+            (f16), fast_quantized (q8_0, the default) and quantized (q4_k_m), or mxfp4 (mixture-of-experts models:
+            experts in MXFP4, the rest Q8_0). One method per call.
         **kwargs: push_to_hub=False and token=None are accepted; other values refused.
 
     Returns:

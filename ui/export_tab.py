@@ -16,6 +16,7 @@ FORMATS = [
     ("GGUF Q5_K_M", "gguf-q5_k_m"),
     ("GGUF Q6_K", "gguf-q6_k"),
     ("GGUF Q8_0", "gguf-q8_0"),
+    ("GGUF MXFP4 experts, rest Q8_0 (mixture-of-experts models)", "gguf-mxfp4"),
     ("GGUF F16", "gguf-f16"),
     ("GGUF BF16", "gguf-bf16"),
 ]

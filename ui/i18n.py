@@ -187,6 +187,10 @@ STRINGS = {  # English: (Chinese, Russian)
         "GGUF Q4_K_M（Ollama / llama.cpp，最小）",
         "GGUF Q4_K_M (Ollama / llama.cpp, самый маленький)",
     ),
+    "GGUF MXFP4 experts, rest Q8_0 (mixture-of-experts models)": (
+        "GGUF MXFP4 专家层，其余 Q8_0（混合专家模型）",
+        "GGUF: эксперты в MXFP4, остальное Q8_0 (модели со смесью экспертов)",
+    ),
     "Folder name (under exports/)": ("文件夹名（在 exports/ 下）", "Имя папки (в exports/)"),
     "Cancel export": ("取消导出", "Отменить экспорт"),
     "Export log": ("导出日志", "Журнал экспорта"),

@@ -11,7 +11,17 @@ from engine.api.processes import alive, mark_cancelled, slug, spawn, stop
 from engine.core.errors import UserError
 from engine.core.runlog import TERMINAL
 
-EXPORT_FORMATS = ("lora", "merged16", "gguf-f16", "gguf-bf16", "gguf-q8_0", "gguf-q4_k_m", "gguf-q5_k_m", "gguf-q6_k")
+EXPORT_FORMATS = (
+    "lora",
+    "merged16",
+    "gguf-f16",
+    "gguf-bf16",
+    "gguf-q8_0",
+    "gguf-q4_k_m",
+    "gguf-q5_k_m",
+    "gguf-q6_k",
+    "gguf-mxfp4",
+)
 
 
 def export(source: str, fmt: str, out: str | Path, log=print):

@@ -62,6 +62,7 @@ QUANTS = {
     "gguf-q4_k_m": (None, "LLAMA_FTYPE_MOSTLY_Q4_K_M"),
     "gguf-q5_k_m": (None, "LLAMA_FTYPE_MOSTLY_Q5_K_M"),
     "gguf-q6_k": (None, "LLAMA_FTYPE_MOSTLY_Q6_K"),
+    "gguf-mxfp4": (None, "LLAMA_FTYPE_MOSTLY_MXFP4_MOE"),  # experts MXFP4, the rest Q8_0, as gpt-oss ships
 }
 # Bytes per weight of each format, for the size estimate before an export starts. K-quants mix block types; the
 # Q4_K_M figure is measured (a random 596M-weight Qwen3 gave 394 MB, 0.66 B/weight), the others are llama.cpp's
@@ -74,6 +75,10 @@ BYTES_PER_WEIGHT = {
     "gguf-q5_k_m": 0.71,
     "gguf-q6_k": 0.82,
 }
+# gguf-mxfp4 stores the expert projections in MXFP4 (32 weights in 17 bytes: 4-bit values, one 8-bit shared exponent)
+# and every other matrix in Q8_0 (32 weights in 34 bytes), so its size follows the model's expert share; llama.cpp
+# keeps the routers in their 16-bit type and the norms and biases in F32, too few weights to count.
+MXFP4_BYTES, Q8_0_BYTES = 17 / 32, 34 / 32
 
 # Pre-tokenizer regexes of known byte-level BPE families -> llama.cpp's tokenizer.ggml.pre name. llama.cpp picks its
 # own split regex from that name, so the name must describe the same split as tokenizer.json or prompts tokenize
@@ -569,8 +574,22 @@ def _c_output_to(path: Path):
         Path(path).unlink(missing_ok=True)
 
 
-def estimate_bytes(n_params: int, fmt: str) -> int:
+def estimate_bytes(n_params: int, fmt: str, model_dir: Path | None = None) -> int:
+    """The GGUF file's size in bytes for a model of `n_params` weights (gguf-mxfp4 reads `model_dir`'s headers for
+    its expert weights), plus 1 MiB for the header and tokenizer."""
+    if fmt == "gguf-mxfp4":
+        n_experts = gguf_moe.expert_weights(model_dir)
+        return int(n_experts * MXFP4_BYTES + (n_params - n_experts) * Q8_0_BYTES) + 2**20
     return int(n_params * BYTES_PER_WEIGHT[fmt]) + 2**20
+
+
+def check_format(model_dir: Path, fmt: str) -> None:
+    """Refuse gguf-mxfp4 for a model without mixture-of-experts layers: it quantizes only expert tensors to MXFP4."""
+    if fmt == "gguf-mxfp4" and _config(model_dir).get("model_type") not in gguf_moe.ARCHS:
+        raise UserError(
+            f"gguf-mxfp4 stores a mixture-of-experts model's experts in MXFP4 and '{_shown(model_dir)}' has no "
+            "experts; pick gguf-q8_0 or gguf-q4_k_m instead."
+        )
 
 
 def gguf_file_name(model_dir_name: str, fmt: str) -> str:

@@ -77,6 +77,21 @@ def is_expert(name: str) -> bool:
     return _EXPERT.match(name) is not None
 
 
+def expert_weights(model_dir) -> int:
+    """Number of expert projection weights (per-expert Linears or gpt-oss's fused tensors, not their biases) in a
+    safetensors folder, from its headers (an MXFP4 pair counts as its dequantized tensor)."""
+    import math
+
+    from engine.models.mxfp4 import tensors
+
+    return sum(math.prod(shape) for name, _, shape, _ in tensors(model_dir) if _is_expert_weight(name))
+
+
+def _is_expert_weight(name: str) -> bool:
+    fused = _FUSED.match(name)
+    return is_expert(name) or (fused is not None and not fused[3])
+
+
 def gpt_oss_entries(name: str, f, shape: tuple, nmap, model_type: str) -> list | None:
     """Plan entries (gguf name, Part, file, shape) of a gpt-oss tensor that the name map does not place as it is
     stored (fused experts: split, transposed; sinks: named .weight), or None for any other tensor."""

@@ -104,12 +104,13 @@ def _export_gguf(base: str, adapter: Path | None, tok_dir: Path | None, fmt: str
     ok, why = gguf.supported(path, tok_dir)
     if not ok:
         raise UserError(why)
+    gguf.check_format(path, fmt)
     n = param_count(path)
     gtype16, quant = QUANTS[fmt]
     if gtype16 is None:  # quantize from the model's own 16-bit type, so a bf16 model never passes through f16
         cfg = read_config(path)
         gtype16 = "F16" if (cfg.get("dtype") or cfg.get("torch_dtype")) == "float16" else "BF16"
-    size = gguf.estimate_bytes(n, fmt)
+    size = gguf.estimate_bytes(n, fmt, path)
     need = 2 * n + (2 * n if quant else 0) + size + 2**24  # merged folder + 16-bit GGUF (+ quantized file)
     log(f"export: {n / 1e6:.1f}M weights; the {fmt} file will be about {size / 2**20:.1f} MiB")
     check_free_disk(out.parent, need, f"the {fmt} export")
