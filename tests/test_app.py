@@ -404,6 +404,7 @@ def test_export_tab_hides_gguf_for_an_unsupported_model(runs, tmp_path, tiny_lla
     st = wait_for(api.start(api.JobSpec(model=str(tiny_llama), data=str(identity_file), max_steps=1)))
     radio, why = export_tab.formats_for(st.run_id)
     assert why == "" and any(v == "gguf-q4_k_m" for _, v in radio.choices)
+    assert all(v != "gguf-mxfp4" for _, v in radio.choices)  # a dense model: no experts to store in MXFP4
     job = st.run_dir / "job.yaml"
     job.write_text(job.read_text().replace(str(tiny_llama), str(gemma)))
     radio, why = export_tab.formats_for(st.run_id)

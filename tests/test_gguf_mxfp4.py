@@ -116,6 +116,7 @@ def test_mxfp4_experts_answer_like_the_f16_gguf(arch, moe_folders, tmp_path):
     estimate = gguf_export.estimate_bytes(param_count(folder), "gguf-mxfp4", folder) - 2**20  # less the header
     assert abs(estimate - tensor_bytes) < ESTIMATE_TOL * tensor_bytes, (estimate, tensor_bytes)
     assert mx_file.stat().st_size < estimate + 2**20
+    assert api.formats_refused(str(folder)) == set()  # the Export tab offers the format for it
 
 
 def test_a_model_without_experts_is_refused(tiny_qwen3, tmp_path):
@@ -123,3 +124,4 @@ def test_a_model_without_experts_is_refused(tiny_qwen3, tmp_path):
     with pytest.raises(api.UserError, match="has no experts; pick gguf-q8_0 or gguf-q4_k_m instead"):
         api.export(str(tiny_qwen3), "gguf-mxfp4", out, log=quiet)
     assert not out.exists() and not list(tmp_path.iterdir())
+    assert api.formats_refused(str(tiny_qwen3)) == {"gguf-mxfp4"}  # the Export tab leaves it out

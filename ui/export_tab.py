@@ -31,7 +31,8 @@ def formats_for(run_id: str):
     except api.UserError as e:
         ok, why = False, str(e)
     if ok:
-        return gr.Radio(choices=FORMATS), ""
+        refused = api.formats_refused(str(api.find_run(run_id)))  # e.g. MXFP4 experts for a model without experts
+        return gr.Radio(choices=[f for f in FORMATS if f[1] not in refused]), ""
     return gr.Radio(choices=[f for f in FORMATS if not f[1].startswith("gguf")], value="lora"), i18n.say(f"GGUF: {why}")
 
 

@@ -124,6 +124,24 @@ def gguf_support(source: str) -> tuple[bool, str]:
     return gguf.supported(resolve_model(base), tok_dir)
 
 
+def formats_refused(source: str) -> set[str]:
+    """The export formats that a run (or model) GGUF can export to still refuses for its model: gguf-mxfp4 where it
+    has no mixture-of-experts layers. The Export tab leaves them out instead of offering a job that would fail."""
+    from engine.chat.infer import locate
+    from engine.export import gguf
+    from engine.models.loading import resolve_model
+
+    check_source(source)
+    model_dir = resolve_model(locate(source)[0])
+    refused = set()
+    for fmt in EXPORT_FORMATS:
+        try:
+            gguf.check_format(model_dir, fmt)
+        except UserError:
+            refused.add(fmt)
+    return refused
+
+
 def exported_gguf_files() -> list[Path]:
     """GGUF files under the workspace's exports/ folder, newest first."""
     folder = workspace() / "exports"
