@@ -83,6 +83,20 @@ def test_the_final_adapter_is_the_last_checkpoint_and_the_tokenizer(cli_run):
     assert AutoTokenizer.from_pretrained(adapter).chat_template
 
 
+def test_the_run_log_says_where_loading_went(cli_run):
+    _, run_dir = cli_run
+    (line,) = re.findall(r"startup: .*", (run_dir / "log.txt").read_text())
+    figures = re.fullmatch(
+        r"startup: ([\d.]+) s since the process started: before loading ([\d.]+) s, tokenizer ([\d.]+) s, weights "
+        r"([\d.]+) s, patching and adapters ([\d.]+) s, waiting for the kernel warm-up ([\d.]+) s",
+        line,
+    )
+    assert figures, line
+    total, *parts = (float(x) for x in figures.groups())
+    assert parts[0] > 0 and parts[2] > 0  # Python and its imports, then the weights, took time
+    assert abs(total - sum(parts)) <= 0.03  # the parts add up to the whole (each rounded to 0.01 s)
+
+
 def test_wait_returns_as_the_run_ends(tmp_path):
     import threading
     import time
