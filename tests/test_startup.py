@@ -85,7 +85,9 @@ def test_the_final_adapter_is_the_last_checkpoint_and_the_tokenizer(cli_run):
 
 def test_the_run_log_says_where_loading_went(cli_run):
     _, run_dir = cli_run
-    (line,) = re.findall(r"startup: .*", (run_dir / "log.txt").read_text())
+    log = (run_dir / "log.txt").read_text()
+    (line,) = re.findall(r"startup: .* since the process started: .*", log)
+    assert re.search(r"startup: the first step begins [\d.]+ s after loading \(data, optimizer, batch plan\)", log)
     figures = re.fullmatch(
         r"startup: ([\d.]+) s since the process started: before loading ([\d.]+) s, tokenizer ([\d.]+) s, weights "
         r"([\d.]+) s, patching and adapters ([\d.]+) s, waiting for the kernel warm-up ([\d.]+) s",

@@ -72,6 +72,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     runlog.set(state="loading", message="loading the model")
     compute = distributed.compute_placement(placement, world)  # a sharded model loads elsewhere, plans for its GPU
     model, tok = load_for_training(spec, distributed.load_placement(placement, world), log, compute)
+    loaded = time.perf_counter()
     if world is not None and world.sharded:
         model = distributed.shard(model, world, placement, log)
         if spec.optimizer == "auto":  # bitsandbytes' 8-bit states cannot be sharded
@@ -159,6 +160,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     if validator is not None:
         runlog.set(state="running", message="training")
     started, steps_timed, step_times = time.perf_counter(), 0, []
+    log(f"startup: the first step begins {started - loaded:.2f} s after loading (data, optimizer, batch plan)")
     last_save = time.monotonic()
 
     def save(done, position):
