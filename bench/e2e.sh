@@ -17,4 +17,11 @@ for run in "$@"; do
   echo "exit $?"
   cat /tmp/e2e_one.log >>"$log"
   grep -E "^RESULT|batching|bucket|cuda graphs|first step|kernels|Error|error:" /tmp/e2e_one.log | tail -9
+  if [[ $impl == project ]]; then  # the run's own log.txt (not printed by the harness): where loading and the end went
+    runlog="$(ls -d runs/*e2e 2>/dev/null | sort | tail -1)/log.txt"
+    if [[ -f $runlog ]]; then
+      cat "$runlog" >>"$log"
+      grep -E "startup:|kernels compiled|16-bit copies|cuda graphs|timing:|saved adapter" "$runlog"
+    fi
+  fi
 done

@@ -44,7 +44,7 @@ def _follow(handle) -> int:
             if st.finished:
                 print(f"{st.state}: {st.message}  ({st.run_dir})", flush=True)
                 return 0 if st.state == "done" else 1
-            time.sleep(0.5)
+            api.wait(handle, 0.5)  # returns as the run ends, so the command ends with it
     except KeyboardInterrupt:
         print("cancelling (a checkpoint is saved first)...", file=sys.stderr, flush=True)
         api.cancel(handle)

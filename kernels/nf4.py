@@ -250,6 +250,21 @@ def state_args(quant_state) -> dict:
     )
 
 
+def read_offsets(quant_states) -> None:
+    """Read the nested-absmax offsets of many QuantStates in one transfer per device, into the cache `_offset` reads:
+    dequantizing every weight of a model (engine.memory.weights.keep_dense) then waits for the GPU once, not once per
+    weight. The values are those `float(quant_state.offset)` gives (fp32 scalars, read exactly)."""
+    todo = {}
+    for state in quant_states:
+        if state.nested and getattr(state, "tunesmith_offset", None) is None:
+            offset = torch.as_tensor(state.offset)
+            todo.setdefault(offset.device, []).append((state, offset.reshape(())))
+    for pairs in todo.values():
+        values = torch.stack([offset for _, offset in pairs]).tolist()
+        for (state, _), value in zip(pairs, values, strict=True):
+            state.tunesmith_offset = value
+
+
 def _offset(quant_state) -> float:
     """The nested-absmax offset as a Python float, read from the device once per QuantState: reading a GPU scalar
     waits for the GPU, and a training step dequantizes every layer's weights twice."""

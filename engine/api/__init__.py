@@ -1,6 +1,7 @@
 """The one surface the UI and the CLI call. Plain values in and out; heavy libraries load only when needed.
 
-Training:  start(spec) -> RunHandle; poll(handle) -> RunStatus; cancel(handle); resume(run); list_runs().
+Training:  start(spec) -> RunHandle; poll(handle) -> RunStatus; wait(handle, seconds); cancel(handle); resume(run);
+           list_runs().
 Data:      inspect_data(path); identity_dataset(...); save_jsonl(rows, path).
 Chat:      Chat(source).reply(messages) / .stream(messages, stats=ReplyStats()) / .compare(messages);
            sampling_defaults(source).
@@ -47,6 +48,7 @@ from engine.api.runs import (
     resume,
     run_log,
     start,
+    wait,
 )
 from engine.chat.infer import ReplyStats
 from engine.core.errors import ModelError, UserError
@@ -70,6 +72,7 @@ __all__ = [
     "start",
     "resume",
     "poll",
+    "wait",
     "cancel",
     "request_cancel",
     "list_runs",

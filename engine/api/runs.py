@@ -12,6 +12,7 @@ from engine.core.runlog import TERMINAL, read_metrics
 from engine.spec.jobspec import JobSpec, read_job
 
 CANCEL_MARK = "cancel-requested"  # written by request_cancel: the run is saving a checkpoint before it stops
+FINISH_CHECK_S = 0.05  # wait() looks at a run's state this often
 LOW_DISK_BYTES = 64 * 2**20  # below this, a run that died without a word is said to have probably filled the disk
 
 
@@ -189,6 +190,23 @@ def _read_status(run_dir: Path) -> RunStatus:
         (run_dir / "job.yaml").stat().st_mtime,
         st.get("updated", 0.0),
     )
+
+
+def wait(run: "str | Path | RunHandle", seconds: float) -> None:
+    """Sleep up to `seconds`, returning early once the run's status.json names a final state: a caller that polls in
+    between (the command line following a run) sees the run end at once rather than up to `seconds` later. It reads
+    only that small file, every FINISH_CHECK_S."""
+    import json
+
+    status = find_run(run) / "status.json"
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            if json.loads(status.read_text()).get("state") in TERMINAL:
+                return
+        except (OSError, ValueError):  # being replaced this moment, or not written yet
+            pass
+        time.sleep(min(FINISH_CHECK_S, left))
 
 
 def _low_disk_note(folder: Path) -> str:

@@ -5,6 +5,7 @@ Weights load from safetensors only; code shipped with a model runs only when the
 
 import json
 import os
+import time
 from pathlib import Path
 
 from engine.core.errors import UserError
@@ -187,18 +188,56 @@ def load_for_training(spec, placement: Placement, log=print, compute: Placement 
         f"model: {spec.model} ({cfg.get('model_type', '?')}), method {spec.method}, device {placement.device}, "
         f"dtype {placement.dtype}: {placement.reason}"
     )
+    laps = Laps()  # for the run log's "startup:" line
     # the fast path's Triton kernels compile in the background while the tokenizer and the weights load
     kernels = warmup.start(spec, cfg, placement.device, (compute or placement).torch_dtype)
     try:
         tok = load_tokenizer(path, spec.trust_remote_code)
         log(f"chat template: {ensure_chat_template(tok, spec.chat_template)}")
+        laps.lap("tokenizer")
         model, memory = load_planned(spec, path, cfg, placement, log, compute)
+        laps.lap("weights")
         model = prepare_for_training(model, spec, log, memory, compute)
+        laps.lap("patching and adapters")
     except BaseException:
         kernels.join(log, stop=True)  # the run fails with the load's error, not later for the warm-up
         raise
     kernels.join(log)  # before the first step: a CUDA-graph capture allows no other thread's launches
+    laps.lap("waiting for the kernel warm-up")
+    log(laps.line())
     return model, tok
+
+
+class Laps:
+    """Where loading's time went, in sub-second figures the run log's timestamps cannot give: the process's age when
+    it began (Python's start and the imports before it), then each `lap` since the one before."""
+
+    def __init__(self):
+        self.age = _process_age_s()
+        self.mark = time.perf_counter()
+        self.laps: list[tuple[str, float]] = []
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps.append((name, now - self.mark))
+        self.mark = now
+
+    def line(self) -> str:
+        parts = [f"{name} {seconds:.2f} s" for name, seconds in self.laps]
+        if self.age is None:
+            return "startup: " + ", ".join(parts)
+        total = self.age + sum(seconds for _, seconds in self.laps)
+        return f"startup: {total:.2f} s since the process started: before loading {self.age:.2f} s, " + ", ".join(parts)
+
+
+def _process_age_s() -> float | None:
+    """Seconds since this process started (its start time as the system records it), None where unknown."""
+    import psutil
+
+    try:
+        return max(0.0, time.time() - psutil.Process().create_time())
+    except (psutil.Error, OSError):
+        return None
 
 
 def full_fp16_refusal(spec, placement: Placement) -> None:

@@ -154,7 +154,7 @@ def save_checkpoint(
     from engine.core.disk import disk_full_error
     from engine.core.statefile import save_state
 
-    dest = run_dir / "checkpoints" / f"step-{step:06d}"
+    dest = checkpoint_dir(run_dir, step)
     if dest.is_dir():  # saved at this step already (save_every, then a cancel before the next step)
         return dest
     try:
@@ -178,6 +178,30 @@ def save_checkpoint(
         shutil.rmtree(old, ignore_errors=True)
     log(f"checkpoint: saved step {step}")
     return dest
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    """The folder of the checkpoint of `step` (save_checkpoint writes it)."""
+    return run_dir / "checkpoints" / f"step-{step:06d}"
+
+
+def publish_final(ckpt: Path, final: Path, tokenizer: Path) -> None:
+    """Make a run's final folder (adapter/, or model/ for full fine-tuning) from its last checkpoint `ckpt` and the
+    tokenizer folder the run saved when it started: the checkpoint's weight files (all but CHECKPOINT_FILES) and the
+    tokenizer's files, hard-linked (copied where the filesystem refuses links). They are the bytes save_trainable and
+    the tokenizer's save_pretrained would write again, so the end of a run serializes (and, sharded, gathers) its
+    weights once, for the checkpoint. Nothing writes into a finished folder, so the two names never diverge."""
+    import os
+
+    tokenizer_files = [f for f in sorted(tokenizer.iterdir()) if f.is_file()]
+    taken = set(CHECKPOINT_FILES) | {f.name for f in tokenizer_files}  # the tokenizer's, as when it was saved last
+    sources = [f for f in sorted(ckpt.iterdir()) if f.is_file() and f.name not in taken] + tokenizer_files
+    with new_folder(final) as tmp:
+        for source in sources:
+            try:
+                os.link(source, tmp / source.name)
+            except OSError:  # another filesystem, or one without hard links
+                shutil.copyfile(source, tmp / source.name)
 
 
 def save_trainable(model, folder: Path, state=None) -> None:

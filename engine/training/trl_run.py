@@ -18,15 +18,15 @@ import time
 from pathlib import Path
 
 from engine.core.errors import Cancelled, UserError
-from engine.core.files import new_folder
 from engine.core.hardware import memory_in_use_gb
 from engine.training.steps import (
+    checkpoint_dir,
     latest_checkpoint,
     load_checkpoint,
     lr_factor,
     make_optimizer,
+    publish_final,
     save_checkpoint,
-    save_trainable,
 )
 
 
@@ -150,7 +150,7 @@ class TrlRun:
 
     def checkpoint(self, state=None) -> None:
         """Save checkpoints/step-NNNNNN for the current step (the SFT loop's layout), unless it is already there."""
-        if (self.run_dir / "checkpoints" / f"step-{self.step:06d}").exists():
+        if checkpoint_dir(self.run_dir, self.step).exists():
             return  # saved by save_every at this very step
         epoch = int(state.epoch or 0) if state is not None else 0
         save_checkpoint(
@@ -175,9 +175,8 @@ class TrlRun:
         if self.cancelled:
             raise Cancelled()
         final = self.run_dir / ("model" if self.spec.method == "full" else "adapter")
-        with new_folder(final) as tmp:
-            save_trainable(self.model, tmp)
-            self.tok.save_pretrained(tmp)
+        # the checkpoint just saved holds the final weights: linked into place, not serialized again
+        publish_final(checkpoint_dir(self.run_dir, self.step), final, self.run_dir / "tokenizer")
         self.log(f"saved {final.name}/ after {self.step} steps")
 
 

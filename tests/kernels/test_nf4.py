@@ -10,6 +10,7 @@ from kernels.nf4 import (
     nf4_dequantize,
     nf4_dequantize_reference,
     nf4_dequantize_state,
+    read_offsets,
 )
 
 bnb_functional = pytest.importorskip("bitsandbytes.functional")
@@ -55,6 +56,23 @@ def test_dequantize_is_bit_exact_with_bitsandbytes(shape, dtype):
         direct = nf4_dequantize(packed, absmax, shape, dtype, **f)
     torch.testing.assert_close(direct, expected, rtol=0, atol=0)
     torch.testing.assert_close(nf4_dequantize_reference(packed, absmax, shape, dtype, **f), expected, rtol=0, atol=0)
+
+
+def test_offsets_read_at_once_are_each_states_own():
+    """read_offsets caches every nested state's offset in one transfer: the values float(offset) gives, so the
+    dequantization after it stays bit-exact; a plain (not nested) state and an already cached one are left alone."""
+    weights = [_quantize(shape, torch.float16) for shape in ((64, 128), (37, 74), (48, 64))]
+    plain_packed, plain = _quantize((64, 128), torch.float16, nested=False)
+    states = [state for _, state in weights]
+    assert len({float(s.offset) for s in states}) == len(states)  # distinct, so a mix-up would show
+    states[2].tunesmith_offset = 0.125  # cached already: kept
+    read_offsets([*states, plain])
+    assert [s.tunesmith_offset for s in states[:2]] == [float(s.offset) for s in states[:2]]
+    assert states[2].tunesmith_offset == 0.125 and getattr(plain, "tunesmith_offset", None) is None
+    for packed, state in weights[:2]:
+        with dispatch.force("triton"):
+            got = nf4_dequantize_state(packed, state)
+        torch.testing.assert_close(got, bnb_functional.dequantize_4bit(packed, state), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("blocksize", [128, 256])
