@@ -177,9 +177,9 @@ def test_qlora_and_full_from_mxfp4_start_as_from_its_twin(method, folders, ident
 @pytest.mark.gpu
 @pytest.mark.parametrize("method", ["lora", "qlora"])
 def test_gpu_runs_from_mxfp4_start_as_from_its_twin(method, folders, identity_file, runs):
-    """On the GPU: LoRA loads whole through transformers' dequantization on the card (experts cast to the run's
-    dtype), QLoRA layer by layer with the fast path's NF4 experts; each run starts at its twin's loss (bf16: the same
-    weights, so only the GPU's order of sums may differ)."""
+    """On the GPU: both load layer by layer (engine.models.mxfp4 dequantizes each layer's experts), LoRA's experts in
+    the run's 16-bit dtype, QLoRA's NF4 on the fast path; each run starts at its twin's loss (bf16: the same weights,
+    so only the GPU's order of sums may differ)."""
     if not torch.cuda.is_available():
         pytest.skip("needs a GPU")
     losses = []

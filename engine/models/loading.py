@@ -272,8 +272,10 @@ def load_planned(spec, path: Path, cfg: dict, placement: Placement, log=print, c
         )
     if mxfp4.is_mxfp4(cfg):
         log(f"loading: the MXFP4 experts are dequantized to {placement.dtype} as they load (engine.models.mxfp4)")
-    # an MXFP4 checkpoint's experts, dequantized a layer at a time, where the layers are loaded one by one anyway
-    mxfp4_layers = mxfp4.is_mxfp4(cfg) and (memory.streamed or experts_4bit or four_bit)
+    # an MXFP4 checkpoint's experts, dequantized a layer at a time for every method: transformers' own MXFP4 loading
+    # dequantizes whole tensors at once (7.7 GiB of host RAM for a 3 GiB two-layer slice of gpt-oss-20b) and on the
+    # GPU, where a run that fits only just would not have that room
+    mxfp4_layers = mxfp4.is_mxfp4(cfg)
     if memory.streamed or experts_4bit or mxfp4_layers:  # layer by layer, so no layer's 16-bit experts stay on the GPU
         from engine.memory.weights import load_streamed
 

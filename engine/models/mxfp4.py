@@ -7,10 +7,10 @@ values (the block's values are E2M1 * 2**(scale - 127)). `rows x cols` is the nn
 16-bit parameter transformers' GptOssExperts holds is its transpose, [E, cols, rows] (gate_up_proj [E, H, 2I],
 down_proj [E, I, H]); the layout is transformers' (integrations/mxfp4.py), written here again to read it without
 transformers' loader: the exports read the checkpoint tensor by tensor (`tensors`, `read`), and so does the loader
-that goes layer by layer (QLoRA, weight streaming: engine.models.loading.mxfp4_host_model), which dequantizes one
-layer's experts at a time. An E2M1 value times a power of two is a bf16 number, so bf16 holds them exactly.
+of every training run (engine.models.loading.mxfp4_host_model, layer by layer), which dequantizes one layer's
+experts at a time. An E2M1 value times a power of two is a bf16 number, so bf16 holds them exactly.
 
-A model loaded whole (LoRA and full fine-tuning that fit the GPU, chat, the export checks) loads through transformers
+A model loaded whole outside training (chat, calibration, the export checks) loads through transformers
 with `Mxfp4Config(dequantize=True)` (`load_kwargs`), which dequantizes each expert tensor on the device it loads to
 and leaves no quantization_config on the model; it leaves those tensors bf16 whatever the dtype asked, so the caller
 casts them (engine.patching.moe.cast_experts). The flag also keeps transformers from probing for its Triton MXFP4
