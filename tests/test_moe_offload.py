@@ -49,8 +49,10 @@ def test_qwen3_30b_a3b_qlora_full_depth_fits_8_gib_with_the_host_ram_it_states(c
         # two offloaded layer inputs on the GPU, one layer rebuilt: tokens x (h 1.3 + attention 12 + MLP 8 per unit)
         activations=2 * tokens * 2048 * 2 + tokens * (1.3 * 2048 + 12.0 * (32 + 8) * 128 + 8.0 * 8 * 768),
         loss=1024 * 151936 * 2 + tokens * 2048 * 4,  # one 1024-token chunk of bf16 logits, fp32 dh
-        # the largest attention weight in 16 bits, and one chunk of 10 experts' gate_up (6 MiB each in 16 bits)
-        dequant=2048 * 4096 * 2 + 10 * 1536 * 2048 * 2,
+        # the largest attention weight in 16 bits, one chunk of 10 experts' gate_up (6 MiB each in 16 bits), and in
+        # each of the 3 slots the fp32 scales of the 64 experts a layer fetches alone at most (engine.memory.
+        # expert_fetch: one a block of 64 weights)
+        dequant=2048 * 4096 * 2 + 10 * 1536 * 2048 * 2 + 3 * 64 * 3 * 2048 * 768 // 64 * 4,
         fixed=0.05 * GIB,
     )
     parts["fragmentation"] = FRAGMENTATION * sum(parts.values())
@@ -108,11 +110,11 @@ def _streaming_plan(folder, streamed: tuple[int, ...], method: str = "qlora") ->
     return dataclasses.replace(plan(arch, method, 12, 2, None), streamed=streamed, ring_slots=2)
 
 
-def _prepared(folder, streamed: tuple[int, ...], method: str = "qlora"):
+def _prepared(folder, streamed: tuple[int, ...], method: str = "qlora", log=lambda m: None):
     """As engine.models.loading prepares a (Q)LoRA run's MoE layers on the fast path: loaded layer by layer (for
     QLoRA with the experts quantized to NF4 on the way; LoRA keeps them 16-bit), the streamed layers' weights left in
     host RAM, the grouped expert path, adapters on attention and every expert, checkpointing, and the plan
-    installed."""
+    installed (`log`: the offload manager's run log)."""
     from engine.memory.install import install
     from engine.memory.weights import load_streamed
     from engine.models.loading import add_lora
@@ -136,7 +138,7 @@ def _prepared(folder, streamed: tuple[int, ...], method: str = "qlora"):
             p.data = torch.randn(p.shape, generator=gen) * 0.1
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.enable_input_require_grads()
-    stream = install(model, plan_, torch.device("cpu"), log=lambda m: None) if streamed else None
+    stream = install(model, plan_, torch.device("cpu"), log=log) if streamed else None
     return model, stream
 
 
@@ -161,11 +163,14 @@ def _saying(where: str):
     return lambda account: f"{where}: {account}"
 
 
-def _three_layers(folder, arch: str = "qwen3_moe"):
-    """A tiny MoE model of three layers: three streamed through two slots are copied at every use."""
+def _three_layers(folder, arch: str = "qwen3_moe", experts: int | None = None):
+    """A tiny MoE model of three layers (with `experts` experts a layer, else the tiny model's): three streamed
+    through two slots are copied at every use."""
     from tiny import ARCHS, make_model
 
     spec = dict(ARCHS[arch], num_hidden_layers=3)
+    if experts:
+        spec["num_experts" if arch == "qwen3_moe" else "num_local_experts"] = experts
     if "layer_types" in spec:  # gpt-oss alternates sliding and full attention
         spec["layer_types"] = ["sliding_attention", "full_attention", "sliding_attention"]
     ARCHS[f"{arch}_3l"] = spec
