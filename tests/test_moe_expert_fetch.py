@@ -14,8 +14,8 @@ from kernels import dispatch
 
 EXPERTS, PER_TOKEN = 16, 2
 # (rows, tokens) of the micro-batches: 3 tokens are expected to pick 23% of the experts, 5 tokens 49% (both wait
-# for the router; 5 tokens' 10 picks may be more than half of 16: then all come), 2 x 24 tokens 96% (prefetched)
-SHAPES = [(1, 3), (2, 24), (1, 5), (1, 2), (1, 5), (2, 24)]
+# for the router; 5 tokens' 10 picks may be more than half of 16: then all come), 2 x 12 tokens 96% (prefetched)
+SHAPES = [(1, 3), (2, 12), (1, 5), (1, 2), (1, 5)]
 
 
 def _many_experts(folder, arch: str):
@@ -23,10 +23,10 @@ def _many_experts(folder, arch: str):
     return _three_layers(folder, arch, EXPERTS)
 
 
-def _micro_batches(vocab: int = 96) -> list[dict]:
+def _micro_batches(shapes, vocab: int = 96) -> list[dict]:
     gen = torch.Generator().manual_seed(5)
     batches = []
-    for rows, tokens in SHAPES:
+    for rows, tokens in shapes:
         ids = torch.randint(3, vocab, (rows, tokens), generator=gen)
         labels = ids.clone()
         labels[:, 0] = -100
@@ -34,12 +34,12 @@ def _micro_batches(vocab: int = 96) -> list[dict]:
     return batches
 
 
-def _train(model, stream=None):
-    """(losses, LoRA gradients, expert bytes copied) of one SGD step per micro-batch."""
+def _train(model, stream=None, shapes=SHAPES):
+    """(losses, LoRA gradients, expert bytes copied) of one SGD step per micro-batch of `shapes`."""
     model.train()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     losses, grads, copied = [], [], []
-    for inputs in _micro_batches():
+    for inputs in _micro_batches(shapes):
         before = stream.experts.bytes if stream is not None else 0
         with dispatch.force("triton"):
             loss = model(**inputs).loss
@@ -60,7 +60,7 @@ def _expert_bytes(stream, layer: int) -> int:
 
 @pytest.mark.parametrize(
     "arch, method",
-    [("qwen3_moe", "qlora"), ("gpt_oss", "qlora"), ("mixtral", "qlora"), ("qwen3_moe", "lora"), ("gpt_oss", "lora")],
+    [("qwen3_moe", "qlora"), ("gpt_oss", "qlora"), ("mixtral", "qlora"), ("qwen3_moe", "lora")],
 )
 def test_active_only_fetch_trains_as_the_resident_model(arch, method, tmp_path):
     folder = _many_experts(tmp_path / "model", arch)
@@ -84,7 +84,7 @@ def test_active_only_fetch_trains_as_the_resident_model(arch, method, tmp_path):
     whole = sum(_expert_bytes(stream, i) for i in range(3))
     # a step uses each layer twice (forward, backward): 3 and 2 tokens pick at most 6 and 4 of 16 experts
     assert 0 < copied[0] <= 2 * whole * 6 / 16 and 0 < copied[3] <= 2 * whole * 4 / 16
-    assert min(copied[1], copied[5]) > max(copied[0], copied[3]) and max(copied) <= 2 * whole
+    assert copied[1] > max(copied[0], copied[3]) and max(copied) <= 2 * whole
 
 
 def test_the_fallback_copies_every_expert_and_the_switch_turns_the_rule_off(tmp_path, monkeypatch):
@@ -118,15 +118,14 @@ def test_the_fallback_copies_every_expert_and_the_switch_turns_the_rule_off(tmp_
     logs.clear()
     model, off = _prepared(folder, (0, 1, 2), log=logs.append)
     assert "offload: streamed mixture-of-experts layers fetch the whole layer (TUNESMITH_ACTIVE_EXPERTS=0)" in logs
-    losses_off, _, copied_off = _train(model, off)
+    few = [(1, 3), (1, 2)]
+    losses_off, _, copied_off = _train(model, off, few)
     assert set(off.experts.counts) == {"prefetched"}
     monkeypatch.delenv("TUNESMITH_ACTIVE_EXPERTS")
-    losses, _, copied = _train(*_prepared(folder, (0, 1, 2)))
+    losses, _, copied = _train(*_prepared(folder, (0, 1, 2)), few)
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(losses_off), rtol=1e-5, atol=1e-7)
-    for step, (rows, tokens) in enumerate(SHAPES):  # the micro-batches of 2 and 3 tokens copy under half as much
-        if rows * tokens <= 3:
-            assert copied[step] < copied_off[step] / 2, (step, copied, copied_off)
-    assert sum(copied) < sum(copied_off)
+    for step in range(len(few)):  # 3 and 2 tokens: at most 6 and 4 of the 16 experts, copied alone
+        assert copied[step] < copied_off[step] / 2, (step, copied, copied_off)
 
 
 def test_experts_run_through_peft_wrappers_get_every_expert(tmp_path):
@@ -146,3 +145,54 @@ def test_experts_run_through_peft_wrappers_get_every_expert(tmp_path):
         ids = torch.tensor([[5, 9, 17]])
         torch.testing.assert_close(streamed(input_ids=ids).logits, plain(input_ids=ids).logits, rtol=1e-5, atol=1e-6)
     assert stream.experts.counts["whole"] == 3 and stream.experts.counts["active"] == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["qlora", "lora"])
+def test_active_only_fetch_on_the_gpu_trains_as_the_resident_model(method, tmp_path, monkeypatch):
+    """The app's own loading on the GPU, every layer streamed, a 3-token micro-batch (the picked experts alone, copied
+    on the side stream after the router) against the resident model: the same losses and LoRA gradients over three
+    bf16 steps. Each check says what it saw first."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a GPU")
+    import dataclasses
+
+    from test_moe_offload import _streaming_plan
+    from test_offload import _forced, three_sgd_steps
+
+    from engine.core.hardware import Placement
+    from engine.models import loading
+    from engine.spec.jobspec import JobSpec
+
+    folder = _many_experts(tmp_path / "model", "qwen3_moe")
+    job = JobSpec(model=str(folder), data="-", method=method, max_seq_length=64, batch_size=1, lora_r=8, lora_alpha=16)
+    ids = torch.randint(3, 96, (1, 3), generator=torch.Generator().manual_seed(0)).cuda()
+
+    def run(plan_):
+        monkeypatch.setattr(loading, "plan_memory", _forced(plan_))
+        monkeypatch.setenv("TUNESMITH_VRAM_GIB", "0.05")  # every layer recomputes in both runs
+        logs = []
+        net, _ = loading.load_for_training(job, Placement("cuda", "bf16", "test"), log=logs.append)
+        return (net, *three_sgd_steps(net, ids), "\n".join(logs))
+
+    streaming = dataclasses.replace(_streaming_plan(folder, (0, 1, 2), method), offload_activations=True)
+    _, plain_losses, plain_grads, _ = run(None)
+    net, losses, grads, log = run(streaming)
+    fetch = net.offload_stream.experts
+    assert "fetch only the experts their router picks" in log, f"the streamed run's log:\n{log}"
+    assert fetch.counts["active"] > 0, f"fetches {dict(fetch.counts)}; the streamed run's log:\n{log}"
+    torch.testing.assert_close(
+        torch.tensor(losses),
+        torch.tensor(plain_losses),
+        rtol=1e-3,
+        atol=0,
+        msg=_saying(f"losses streamed {losses}, resident {plain_losses}"),
+    )
+    for step in range(3):
+        assert grads[step].keys() == plain_grads[step].keys(), f"step {step}: adapters differ"
+        for name, ref in plain_grads[step].items():
+            torch.testing.assert_close(
+                grads[step][name], ref, rtol=2e-2, atol=1e-5, msg=_saying(f"step {step}, gradient of {name}")
+            )
+    copy_ms, _, moved_gb = net.offload_stream.step_summary()
+    assert moved_gb > 0 and copy_ms > 0, f"the last step's side stream copied {moved_gb} GB in {copy_ms} ms"
