@@ -155,44 +155,12 @@ def test_active_only_fetch_on_the_gpu_trains_as_the_resident_model(method, tmp_p
     bf16 steps. Each check says what it saw first."""
     if not torch.cuda.is_available():
         pytest.skip("needs a GPU")
-    import dataclasses
-
-    from test_moe_offload import _streaming_plan
-    from test_offload import _forced, three_sgd_steps
-
-    from engine.core.hardware import Placement
-    from engine.models import loading
-    from engine.spec.jobspec import JobSpec
+    from test_moe_offload import assert_trains_alike, gpu_runs
 
     folder = _many_experts(tmp_path / "model", "qwen3_moe")
-    job = JobSpec(model=str(folder), data="-", method=method, max_seq_length=64, batch_size=1, lora_r=8, lora_alpha=16)
     ids = torch.randint(3, 96, (1, 3), generator=torch.Generator().manual_seed(0)).cuda()
-
-    def run(plan_):
-        monkeypatch.setattr(loading, "plan_memory", _forced(plan_))
-        monkeypatch.setenv("TUNESMITH_VRAM_GIB", "0.05")  # every layer recomputes in both runs
-        logs = []
-        net, _ = loading.load_for_training(job, Placement("cuda", "bf16", "test"), log=logs.append)
-        return (net, *three_sgd_steps(net, ids), "\n".join(logs))
-
-    streaming = dataclasses.replace(_streaming_plan(folder, (0, 1, 2), method), offload_activations=True)
-    _, plain_losses, plain_grads, _ = run(None)
-    net, losses, grads, log = run(streaming)
+    net, log, streamed, resident = gpu_runs(folder, method, ids, monkeypatch)
     fetch = net.offload_stream.experts
     assert "fetch only the experts their router picks" in log, f"the streamed run's log:\n{log}"
     assert fetch.counts["active"] > 0, f"fetches {dict(fetch.counts)}; the streamed run's log:\n{log}"
-    torch.testing.assert_close(
-        torch.tensor(losses),
-        torch.tensor(plain_losses),
-        rtol=1e-3,
-        atol=0,
-        msg=_saying(f"losses streamed {losses}, resident {plain_losses}"),
-    )
-    for step in range(3):
-        assert grads[step].keys() == plain_grads[step].keys(), f"step {step}: adapters differ"
-        for name, ref in plain_grads[step].items():
-            torch.testing.assert_close(
-                grads[step][name], ref, rtol=2e-2, atol=1e-5, msg=_saying(f"step {step}, gradient of {name}")
-            )
-    copy_ms, _, moved_gb = net.offload_stream.step_summary()
-    assert moved_gb > 0 and copy_ms > 0, f"the last step's side stream copied {moved_gb} GB in {copy_ms} ms"
+    assert_trains_alike(streamed, resident, net.offload_stream)
