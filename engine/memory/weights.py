@@ -143,11 +143,11 @@ class WeightStream:
             self.weights[index] = pairs
         if self.cuda:
             torch.cuda.empty_cache()
-        self.offsets = {}  # layer index -> each streamed tensor's byte offset in the layer's slot
+        self.offsets, self.slot_bytes = {}, 0  # layer index -> each streamed tensor's byte offset in the layer's slot
         for index, pairs in self.weights.items():
             sizes = [_aligned(h.numel() * h.element_size()) for *_, h in pairs]
             self.offsets[index] = [sum(sizes[:j]) for j in range(len(sizes))]
-        self.slot_bytes = max(sum(_aligned(h.numel() * h.element_size()) for *_, h in p) for p in self.weights.values())
+            self.slot_bytes = max(self.slot_bytes, sum(sizes))
         self.buffers = [torch.empty(self.slot_bytes, dtype=torch.uint8, device=device) for _ in range(slots)]
         self.ring = Ring(sorted(layers), slots)
         self.ready = {}  # layer -> event: its weights are in its slot (None without a GPU: copied already)
@@ -163,11 +163,8 @@ class WeightStream:
 
     def slot_view(self, layer: int, position: int, numel: int, dtype):
         """`numel` elements of `dtype` at the place of the layer's streamed tensor `position` in its slot."""
-        import torch
-
         offset = self.offsets[layer][position]
-        size = torch.empty(0, dtype=dtype).element_size()
-        return self.buffers[self.ring.slot_of(layer)][offset : offset + numel * size].view(dtype)
+        return self.buffers[self.ring.slot_of(layer)][offset : offset + numel * dtype.itemsize].view(dtype)
 
     def _load(self, layer: int, slot: int) -> None:
         import contextlib
