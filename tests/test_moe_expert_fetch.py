@@ -63,6 +63,8 @@ def _expert_bytes(stream, layer: int) -> int:
     [("qwen3_moe", "qlora"), ("gpt_oss", "qlora"), ("mixtral", "qlora"), ("qwen3_moe", "lora")],
 )
 def test_active_only_fetch_trains_as_the_resident_model(arch, method, tmp_path):
+    """Micro-batches of 2 to 24 tokens (SHAPES): the same losses and LoRA gradients as the resident model, every kind
+    of fetch seen, and the few-token steps copying a fraction of the experts' bytes."""
     folder = _many_experts(tmp_path / "model", arch)
     plain, _ = _prepared(folder, (), method)
     streamed, stream = _prepared(folder, (0, 1, 2), method)
@@ -96,11 +98,13 @@ def test_the_fallback_copies_every_expert_and_the_switch_turns_the_rule_off(tmp_
     fetch = stream.experts
     stream.use(0, "f", tokens=1)  # a one-token micro-batch: the experts wait for the router
     experts = fetch.layers[0].experts
+    host = {name: h for module, name, h in stream.weights[0] if module is experts}
     assert fetch.deferring and experts.gate_up_proj_nf4.numel() == 0
     fetch.fetch(0, torch.tensor([[0, 1], [2, 3], [4, 5], [6, 7]]))  # half of them: only those
     assert experts.active_experts.key == tuple(range(8)) and experts.gate_up_proj_nf4.numel() == 0
+    packed, _, shape = experts.active_experts.stored["gate_up_proj"]  # experts 0-7: the first half of the bytes
+    assert shape == (8, 64, 64) and torch.equal(packed, host["gate_up_proj_nf4"].reshape(-1)[: 8 * 64 * 64 // 2])
     fetch.fetch(0, torch.arange(EXPERTS).reshape(-1, 2)[:5])  # 10 of 16: all of them, where the layer keeps them
-    host = {name: h for module, name, h in stream.weights[0] if module is experts}
     assert experts.active_experts is None and torch.equal(experts.gate_up_proj_nf4, host["gate_up_proj_nf4"])
     assert dict(fetch.counts) == {"active": 1, "whole": 1}
 
