@@ -49,8 +49,10 @@ def test_qwen3_30b_a3b_qlora_full_depth_fits_8_gib_with_the_host_ram_it_states(c
         # two offloaded layer inputs on the GPU, one layer rebuilt: tokens x (h 1.3 + attention 12 + MLP 8 per unit)
         activations=2 * tokens * 2048 * 2 + tokens * (1.3 * 2048 + 12.0 * (32 + 8) * 128 + 8.0 * 8 * 768),
         loss=1024 * 151936 * 2 + tokens * 2048 * 4,  # one 1024-token chunk of bf16 logits, fp32 dh
-        # the largest attention weight in 16 bits, and one chunk of 10 experts' gate_up (6 MiB each in 16 bits)
-        dequant=2048 * 4096 * 2 + 10 * 1536 * 2048 * 2,
+        # the largest attention weight in 16 bits, one chunk of 10 experts' gate_up (6 MiB each in 16 bits), and in
+        # each of the 3 slots the fp32 scales of the 64 experts a layer fetches alone at most (engine.memory.
+        # expert_fetch: one a block of 64 weights)
+        dequant=2048 * 4096 * 2 + 10 * 1536 * 2048 * 2 + 3 * 64 * 3 * 2048 * 768 // 64 * 4,
         fixed=0.05 * GIB,
     )
     parts["fragmentation"] = FRAGMENTATION * sum(parts.values())
@@ -108,11 +110,11 @@ def _streaming_plan(folder, streamed: tuple[int, ...], method: str = "qlora") ->
     return dataclasses.replace(plan(arch, method, 12, 2, None), streamed=streamed, ring_slots=2)
 
 
-def _prepared(folder, streamed: tuple[int, ...], method: str = "qlora"):
+def _prepared(folder, streamed: tuple[int, ...], method: str = "qlora", log=lambda m: None):
     """As engine.models.loading prepares a (Q)LoRA run's MoE layers on the fast path: loaded layer by layer (for
     QLoRA with the experts quantized to NF4 on the way; LoRA keeps them 16-bit), the streamed layers' weights left in
     host RAM, the grouped expert path, adapters on attention and every expert, checkpointing, and the plan
-    installed."""
+    installed (`log`: the offload manager's run log)."""
     from engine.memory.install import install
     from engine.memory.weights import load_streamed
     from engine.models.loading import add_lora
@@ -136,7 +138,7 @@ def _prepared(folder, streamed: tuple[int, ...], method: str = "qlora"):
             p.data = torch.randn(p.shape, generator=gen) * 0.1
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.enable_input_require_grads()
-    stream = install(model, plan_, torch.device("cpu"), log=lambda m: None) if streamed else None
+    stream = install(model, plan_, torch.device("cpu"), log=log) if streamed else None
     return model, stream
 
 
@@ -161,11 +163,14 @@ def _saying(where: str):
     return lambda account: f"{where}: {account}"
 
 
-def _three_layers(folder, arch: str = "qwen3_moe"):
-    """A tiny MoE model of three layers: three streamed through two slots are copied at every use."""
+def _three_layers(folder, arch: str = "qwen3_moe", experts: int | None = None):
+    """A tiny MoE model of three layers (with `experts` experts a layer, else the tiny model's): three streamed
+    through two slots are copied at every use."""
     from tiny import ARCHS, make_model
 
     spec = dict(ARCHS[arch], num_hidden_layers=3)
+    if experts:
+        spec["num_experts" if arch == "qwen3_moe" else "num_local_experts"] = experts
     if "layer_types" in spec:  # gpt-oss alternates sliding and full attention
         spec["layer_types"] = ["sliding_attention", "full_attention", "sliding_attention"]
     ARCHS[f"{arch}_3l"] = spec
@@ -250,14 +255,30 @@ def test_moe_streamed_run_trains_as_the_resident_one_on_the_gpu(method, tmp_path
     which tensors stream, which adapters exist) before the numbers are compared."""
     if not torch.cuda.is_available():
         pytest.skip("needs a GPU")
+    folder = _three_layers(tmp_path / "model")
+    ids = torch.randint(3, 96, (2, 64), generator=torch.Generator().manual_seed(0)).cuda()
+    net, log, streamed, resident = gpu_runs(folder, method, ids, monkeypatch)
+    nf4 = "experts' fused weights stored NF4" in log
+    assert nf4 == (method == "qlora"), f"{method}: experts stored NF4 is {nf4}; the streamed run's log:\n{log}"
+    names = {name for _, name, _ in net.offload_stream.weights[0]}
+    wanted = {"gate_up_proj_nf4", "down_proj_nf4"} if method == "qlora" else {"gate_up_proj", "down_proj"}
+    assert names >= wanted, f"layer 0 streams {sorted(names)}; wanted among them {sorted(wanted)}"
+    assert_trains_alike(streamed, resident, net.offload_stream)
+
+
+def gpu_runs(folder, method: str, ids, monkeypatch):
+    """The app's own loading (engine.models.loading.load_for_training) of the tiny MoE model `folder` on the GPU for
+    `method`, resident and with every layer's weights streamed, each trained three bf16 SGD steps on `ids`: (the
+    streamed net, its log, its (losses, gradients), the resident run's)."""
     from test_offload import _forced
 
     from engine.models import loading
     from engine.spec.jobspec import JobSpec
 
-    folder = _three_layers(tmp_path / "model")
-    job = JobSpec(model=str(folder), data="-", method=method, max_seq_length=64, batch_size=2, lora_r=8, lora_alpha=16)
-    ids = torch.randint(3, 96, (2, 64), generator=torch.Generator().manual_seed(0)).cuda()
+    rows = ids.shape[0]
+    job = JobSpec(
+        model=str(folder), data="-", method=method, max_seq_length=64, batch_size=rows, lora_r=8, lora_alpha=16
+    )
 
     def run(plan_):
         monkeypatch.setattr(loading, "plan_memory", _forced(plan_))
@@ -267,16 +288,18 @@ def test_moe_streamed_run_trains_as_the_resident_one_on_the_gpu(method, tmp_path
         log = "\n".join(logs)
         blocks = sum(isinstance(m, moe.FastMoEBlock) for m in net.modules())
         assert blocks == 3, f"{blocks} of 3 MoE blocks on the grouped path (streamed: {bool(plan_)}); log:\n{log}"
-        return (net, *three_sgd_steps(net, ids), log)
+        return net, three_sgd_steps(net, ids), log
 
     streaming = dataclasses.replace(_streaming_plan(folder, (0, 1, 2), method), offload_activations=True)
-    _, plain_losses, plain_grads, _ = run(None)
-    net, losses, grads, log = run(streaming)
-    nf4 = "experts' fused weights stored NF4" in log
-    assert nf4 == (method == "qlora"), f"{method}: experts stored NF4 is {nf4}; the streamed run's log:\n{log}"
-    names = {name for _, name, _ in net.offload_stream.weights[0]}
-    wanted = {"gate_up_proj_nf4", "down_proj_nf4"} if method == "qlora" else {"gate_up_proj", "down_proj"}
-    assert names >= wanted, f"layer 0 streams {sorted(names)}; wanted among them {sorted(wanted)}"
+    _, resident, _ = run(None)
+    net, streamed, log = run(streaming)
+    return net, log, streamed, resident
+
+
+def assert_trains_alike(streamed, resident, stream):
+    """Two (losses, gradients) of three bf16 steps agree (losses within 1e-3, gradients 2e-2), and `stream`'s side
+    stream copied in the last step. GPU runs are rare: each check says what it saw."""
+    (losses, grads), (plain_losses, plain_grads) = streamed, resident
     for step in range(3):
         one_run_only = sorted(grads[step].keys() ^ plain_grads[step].keys())
         assert not one_run_only, f"step {step}: adapters in one run only: {one_run_only}"
@@ -292,5 +315,5 @@ def test_moe_streamed_run_trains_as_the_resident_one_on_the_gpu(method, tmp_path
             torch.testing.assert_close(
                 grads[step][name], ref, rtol=2e-2, atol=1e-5, msg=_saying(f"step {step}, gradient of {name}")
             )
-    copy_ms, _, moved_gb = net.offload_stream.step_summary()
+    copy_ms, _, moved_gb = stream.step_summary()
     assert moved_gb > 0 and copy_ms > 0, f"the last step's side stream copied {moved_gb} GB in {copy_ms} ms"

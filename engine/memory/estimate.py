@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 
 from engine.core.scratch import experts_per_chunk
+from engine.memory.expert_fetch import ACTIVE_SHARE
 
 GIB = 2**30
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -331,7 +332,8 @@ def estimate(
 
     `experts_nf4` says whether the run keeps a mixture-of-experts model's fused expert weights NF4 (the plan decides it
     with `nf4_experts`, the rule the run loads them by); None takes QLoRA with the fused loss for the GPU's fast path.
-    NF4 experts are dequantized a chunk of experts at a time into one scratch buffer (engine.patching.moe).
+    NF4 experts are dequantized a chunk of experts at a time into one scratch buffer (engine.patching.moe); a
+    streamed layer's slot may hold some of them alone, with their scales gathered in fp32 (`active_scale_bytes`).
     `train_router` (the job's) trains the routers: LoRA trains a 16-bit copy of each (PEFT's modules_to_save; the
     frozen original stays), with its 16-bit gradient and optimizer states; full fine-tuning freezes them without it."""
     tokens = seq * batch
@@ -349,6 +351,8 @@ def estimate(
         if experts_nf4 and arch.moe_layers:
             dequant += expert_chunk_bytes(arch)
         dequant += dense_layers * dense_copy_bytes(arch)
+        if experts_nf4 and any(arch.layer_is_moe(i) for i in spread(streamed_layers, arch.layers)):
+            dequant += ring_slots * active_scale_bytes(arch)  # each slot's compact experts' fp32 scales
         if keep_dequantized and checkpointed_layers:
             dequant += 2 * arch.intermediate * arch.hidden * 2
     else:
@@ -481,6 +485,12 @@ def expert_chunk_bytes(arch: Arch) -> int:
     (engine.core.scratch, as engine.patching.moe sizes it)."""
     per_expert = 2 * arch.expert_intermediate * arch.hidden * 2
     return experts_per_chunk(per_expert) * per_expert
+
+
+def active_scale_bytes(arch: Arch) -> int:
+    """The fp32 scales of the most NF4 experts a streamed layer fetches alone (engine.memory.expert_fetch: a share
+    ACTIVE_SHARE of them, each block's absmax gathered for their compact copy)."""
+    return math.floor(ACTIVE_SHARE * arch.experts) * 3 * arch.hidden * arch.expert_intermediate // 64 * 4
 
 
 def layer_activation_bytes(arch: Arch, tokens: int, mlp_tile: int | None = None) -> float:

@@ -12,7 +12,9 @@ Chosen by `plan` from the budget (the card, or TUNESMITH_VRAM_GIB) and the run's
   and then in reverse for the backward (where the recompute and the backward of a layer share one copy). A slot is
   overwritten only after the GPU has finished with its previous layer (an event recorded after that layer's last
   use). Streamed layers are always checkpointed, so no autograd node keeps a reference to a slot. LoRA weights, their
-  optimizer state and the NF4 scales stay on the GPU. The run log reports copy, stall and compute time.
+  optimizer state and the NF4 scales stay on the GPU. The run log reports copy, stall and compute time. A small
+  micro-batch's mixture-of-experts layers copy only the experts their router picks, after it
+  (engine.memory.expert_fetch: the rule, and the fallback to the whole layer).
 - Kept attention outputs. Where that fits with no weights streamed, the first forward of a fast-path LoRA/QLoRA
   layer also writes its q, k, v and o projections' outputs to host RAM beside its input (`Plan.keep_attention`), and
   the recompute takes them back instead of computing those products again (engine.patching.modules.

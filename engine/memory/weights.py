@@ -6,6 +6,7 @@ loading a model straight into that layout, and 16-bit copies of NF4 weights wher
 import math
 
 from engine.memory.estimate import GIB
+from engine.memory.expert_fetch import ExpertFetch
 from engine.memory.offload import LOG_EVERY, RING_SLOTS, Plan
 
 
@@ -117,7 +118,9 @@ class WeightStream:
 
     Each streamed layer gets a forward pre-hook (make its weights resident, start the next loads) and a forward hook
     (in the forward, mark its slot reusable once the GPU is past it); `Checkpoint.backward` marks it after the
-    layer's backward. Without a GPU (`device` the CPU) the same slots and schedule run with plain copies, in order."""
+    layer's backward. A mixture-of-experts layer's experts may wait for its router instead, and come alone where
+    few are picked (`experts`: engine.memory.expert_fetch). Without a GPU (`device` the CPU) the same slots and
+    schedule run with plain copies, in order."""
 
     def __init__(self, layers: dict, device, slots: int = RING_SLOTS, log=print):
         import torch
@@ -140,7 +143,11 @@ class WeightStream:
             self.weights[index] = pairs
         if self.cuda:
             torch.cuda.empty_cache()
-        self.slot_bytes = max(sum(_aligned(h.numel() * h.element_size()) for *_, h in p) for p in self.weights.values())
+        self.offsets, self.slot_bytes = {}, 0  # layer index -> each streamed tensor's byte offset in the layer's slot
+        for index, pairs in self.weights.items():
+            sizes = [_aligned(h.numel() * h.element_size()) for *_, h in pairs]
+            self.offsets[index] = [sum(sizes[:j]) for j in range(len(sizes))]
+            self.slot_bytes = max(self.slot_bytes, sum(sizes))
         self.buffers = [torch.empty(self.slot_bytes, dtype=torch.uint8, device=device) for _ in range(slots)]
         self.ring = Ring(sorted(layers), slots)
         self.ready = {}  # layer -> event: its weights are in its slot (None without a GPU: copied already)
@@ -152,6 +159,12 @@ class WeightStream:
         for index, layer in layers.items():
             layer.register_forward_pre_hook(self._pre_hook(index))
             layer.register_forward_hook(self._post_hook(index))
+        self.experts = ExpertFetch(self, layers, log)  # MoE layers: only the router's experts, where that pays
+
+    def slot_view(self, layer: int, position: int, numel: int, dtype):
+        """`numel` elements of `dtype` at the place of the layer's streamed tensor `position` in its slot."""
+        offset = self.offsets[layer][position]
+        return self.buffers[self.ring.slot_of(layer)][offset : offset + numel * dtype.itemsize].view(dtype)
 
     def _load(self, layer: int, slot: int) -> None:
         import contextlib
@@ -161,9 +174,11 @@ class WeightStream:
         evicted = [i for i in self.ready if i != layer and self.ring.slot_of(i) is None]
         for i in evicted:  # its slot now belongs to `layer`: point its weights nowhere until it is loaded again
             del self.ready[i]
+            self.experts.forget(i)
             for module, name, host in self.weights[i]:
                 _place(module, name, _absent(module, name, host, self.device))
-        buffer, offset, moved = self.buffers[slot], 0, 0
+        deferred = self.experts.defer(layer)  # experts that wait for the router (engine.memory.expert_fetch)
+        moved = 0
         if self.cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         with torch.cuda.stream(self.copy) if self.cuda else contextlib.nullcontext():
@@ -172,23 +187,64 @@ class WeightStream:
                     self.copy.wait_event(self.done.pop(i))
             if self.cuda:
                 start.record(self.copy)
-            for module, name, host in self.weights[layer]:
-                n = host.numel() * host.element_size()
-                view = buffer[offset : offset + n].view(host.dtype).view(host.shape)
+            for position, (module, name, host) in enumerate(self.weights[layer]):
+                if position in deferred:
+                    _place(module, name, _absent(module, name, host, self.device))
+                    continue
+                view = self.slot_view(layer, position, host.numel(), host.dtype).view(host.shape)
                 view.copy_(host, non_blocking=self.cuda)
                 _place(module, name, view)
-                offset += _aligned(n)
-                moved += n
+                moved += host.numel() * host.element_size()
             if self.cuda:
                 end.record(self.copy)
         self.ready[layer] = end if self.cuda else None
         if self.cuda:
             self.timing.append(("copy", start, end, moved))
 
-    def use(self, layer: int, phase: str) -> None:
-        """Before layer `layer` runs in `phase` ("f" or "b"): its weights resident, the next ones on their way."""
+    def copy_now(self, layer: int, positions) -> None:
+        """Copy the layer's streamed tensors at `positions` whole into their places in its slot, for the work queued
+        next (engine.memory.expert_fetch: the experts of a layer whose router picked most of them)."""
+        pieces, placed = [], []
+        for position in sorted(positions):
+            module, name, host = self.weights[layer][position]
+            view = self.slot_view(layer, position, host.numel(), host.dtype).view(host.shape)
+            pieces.append((view, host))
+            placed.append((module, name, view))
+        self.copy_pieces(pieces)
+        for module, name, view in placed:
+            _place(module, name, view)
+
+    def copy_pieces(self, pieces: list) -> None:
+        """(slot view, host tensor) copies on the side stream, after the work queued so far (it may still read the
+        slot's earlier contents), which the work queued next waits for."""
         import torch
 
+        if not self.cuda:
+            for target, host in pieces:
+                target.copy_(host)
+            return
+        compute = torch.cuda.current_stream(self.device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        before, after = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        self.copy.wait_stream(compute)
+        with torch.cuda.stream(self.copy):
+            start.record(self.copy)
+            for target, host in pieces:
+                target.copy_(host, non_blocking=True)
+            end.record(self.copy)
+        before.record(compute)
+        compute.wait_event(end)
+        after.record(compute)
+        moved = sum(host.numel() * host.element_size() for _, host in pieces)
+        self.timing += [("copy", start, end, moved), ("stall", before, after, 0)]
+
+    def use(self, layer: int, phase: str, tokens: int | None = None) -> None:
+        """Before layer `layer` runs in `phase` ("f" or "b") on `tokens` tokens (None: as its last forward): its
+        weights resident, the next ones on their way."""
+        import torch
+
+        if phase == "f" and tokens is not None:
+            self.experts.step(tokens)
         for want, slot in self.ring.use(layer, phase):
             self._load(want, slot)
         if not self.cuda:
@@ -212,7 +268,9 @@ class WeightStream:
     def _pre_hook(self, index: int):
         def hook(module, args):
             if not self.paused:
-                self.use(index, "b" if in_backward() else "f")
+                hidden = args[0] if args else None
+                tokens = hidden.shape[:-1].numel() if hasattr(hidden, "shape") else None
+                self.use(index, "b" if in_backward() else "f", tokens)
 
         return hook
 

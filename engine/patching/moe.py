@@ -71,20 +71,26 @@ def _project(module, name: str, x, offsets, expert, grouped_mm, factors):
     is_transposed (gpt-oss), else [E, out, in] (nn.Linear orientation). NF4 experts (quantize_expert_tensors) are
     dequantized a chunk of experts at a time (kernels.nf4_grouped_mm), never as a whole stack."""
     transposed = getattr(module, "is_transposed", False)
+    active = getattr(module, "active_experts", None)
+    # engine.memory.expert_fetch brought only the experts with rows here, as [A, ...] stacks in id order: the base
+    # product takes their groups' ends (every other expert's group is empty); the adapters keep all E groups
+    base_offsets = offsets if active is None else offsets[active.ids]
+    stored = active.stored[name] if active is not None else None
     packed = module._buffers.get(f"{name}_nf4")
     if packed is not None:
         from engine.core.scratch import experts_per_chunk
         from kernels.nf4_grouped_mm import nf4_grouped_mm
 
-        state, shape = module.nf4_states[name]
+        packed, state, shape = stored if stored is not None else (packed, *module.nf4_states[name])
         chunk = experts_per_chunk(shape[1] * shape[2] * x.element_size())
-        y = nf4_grouped_mm(x, packed, state, shape, offsets, transposed, chunk)
+        y = nf4_grouped_mm(x, packed, state, shape, base_offsets, transposed, chunk)
         lora = factors.get(name) if factors is not None else None
     else:
         w, lora = _param(module, name, factors)
+        w = stored if stored is not None else w
         if w.stride(-1) == 0:  # engine.memory.weights' placeholder of a streamed layer's experts
             raise RuntimeError(f"the experts' {name} is not on the device: its streamed layer was used before loading")
-        y = grouped_mm(x, w if transposed else w.transpose(1, 2), offsets)
+        y = grouped_mm(x, w if transposed else w.transpose(1, 2), base_offsets)
     if lora is not None:
         lhs, rhs, scaling = lora  # transposed: lhs [E, in, r], rhs [E, r, out]; else lhs [E, out, r], rhs [E, r, in]
         first, second = (lhs, rhs) if transposed else (rhs.transpose(1, 2), lhs.transpose(1, 2))
@@ -147,6 +153,12 @@ def _lora_factors(experts):
             factors[module.parameter_name] = module.get_delta_factors(active[0])
         module = module.base_layer
     return module, factors
+
+
+def runs_grouped(block) -> bool:
+    """Whether FastMoEBlock `block` computes its experts through the grouped path itself (else PEFT's wrappers run,
+    which read the whole stack of each expert tensor)."""
+    return _lora_factors(block.experts)[1] is not None
 
 
 def _innermost(experts):
