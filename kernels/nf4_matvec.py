@@ -234,8 +234,10 @@ def _product(xw_ptr, packed_ptr, absmax_ptr, absmax2_ptr, code2_ptr, code_ptr, y
             x_hi, x_lo = _halves(xw, y_ptr.dtype.element_ty, False)
             acc += _dot(x_hi, tl.trans(w_hi), PRECISION) + _dot(x_lo, tl.trans(w_lo), PRECISION)
     if BLOCK_M == 1:
-        return tl.sum(acc, axis=1)[None, :]
-    return acc
+        out = tl.sum(acc, axis=1)[None, :]
+    else:
+        out = acc
+    return out
 
 
 @triton.jit
