@@ -20,7 +20,9 @@ reduction, over the summed rows. A weight of another K, blocksize or nesting, a 
 that the tiling cannot split, other dtypes or the reference backend: `nf4_group_matvec` runs `nf4_matvec` once per
 weight instead (the same results, one launch each); `one_launch` says which it does.
 
-The launch shape comes from `MEASURED` first, else the rule above (a starting point, not a measurement).
+The launch shape comes from `MEASURED` first, else the rule above (a starting point, not a measurement). On sm_90
+the grouped kernel's K loop compiles to the instructions of nf4_matvec's (its weight is picked once per program,
+before the loop): `python bench/nf4_matvec_sass.py --group`.
 """
 
 from dataclasses import replace
@@ -49,8 +51,9 @@ from kernels.nf4_matvec import (
 
 MAX_WEIGHTS = 3  # q, k and v: the kernel's weight slots
 
-# ((N_0, N_1, ...), K, rows) -> the best config found on the GPU, as kernels/nf4_matvec.py's MEASURED (rows 1 or 16).
-# Empty: no GPU measurement of the grouped kernel yet.
+# ((N_0, N_1, ...), K, rows) -> the best config `python bench/bench_nf4_group_matvec.py` found on the GPU (its last
+# line, `BEST {json}`: "N_0/N_1/..,K,rows": fields); rows is 1 for one row of x and 16 for 2..MAX_ROWS.
+# Empty until that bench has run on the GPU machine.
 MEASURED: dict[tuple[tuple[int, ...], int, int], Nf4MatvecConfig] = {}
 
 
