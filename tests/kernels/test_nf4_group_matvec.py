@@ -159,3 +159,24 @@ def test_refusals_and_configs(monkeypatch):
     measured = Nf4MatvecConfig(8, 256, 2, 8, "gather")
     monkeypatch.setitem(module.MEASURED, ((4096, 1024, 1024), 2560, 1), measured)
     assert group_config((4096, 1024, 1024), 2560) == measured
+
+
+# ---- GPU (pytest -m gpu on the device machine) ----
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["qwen3-4b q/k/v", "qwen3-4b gate/up", "llama-8b q/k/v"])
+def test_gpu_decode_groups(name, dtype):
+    """Qwen3-4B's and Llama-8B's groups: one launch for 1, 8 and MAX_ROWS rows, equal to a launch per weight."""
+    ns, k = {"qwen3-4b q/k/v": ((4096, 1024, 1024), 2560), "qwen3-4b gate/up": ((9728, 9728), 2560)}.get(
+        name, ((4096, 1024, 1024), 4096)
+    )
+    ws = weights(ns, k, dtype)
+    for rows in (1, 8, MAX_ROWS):
+        x = torch.randn(rows, k, dtype=dtype, device="cuda")
+        ys, separate, counts = launched(x, ws)
+        assert counts == {"_nf4_group_matvec_kernel": 1}
+        for y, y_sep in zip(ys, separate, strict=True):
+            assert_close(y, y_sep, dtype, summed=k)  # other tiles along K: fp32 sums in another order
