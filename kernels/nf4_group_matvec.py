@@ -20,9 +20,9 @@ reduction, over the summed rows. A weight of another K, blocksize or nesting, a 
 that the tiling cannot split, other dtypes or the reference backend: `nf4_group_matvec` runs `nf4_matvec` once per
 weight instead (the same results, one launch each); `one_launch` says which it does.
 
-The launch shape comes from `MEASURED` first, else the rule above (a starting point, not a measurement). On sm_90
-the grouped kernel's K loop compiles to the instructions of nf4_matvec's (its weight is picked once per program,
-before the loop): `python bench/nf4_matvec_sass.py --group`.
+The launch shape comes from `MEASURED` first, else the rule above (a starting point, not a measurement). Compiled
+for sm_90 (Triton 3.9, `python bench/nf4_matvec_sass.py --group`: a count of instructions, not a speed), its K loop
+is nf4_matvec's within 2 instructions a step: the weight is picked once per program, before the loop.
 """
 
 from dataclasses import replace

@@ -6,6 +6,7 @@ Per layer, for one new token (T = 1) or a prompt (T > 1), where transformers' fo
 
     y, h = add_rms_norm(x, h)               residual add + input norm            kernels/add_rms_norm.py
     q, k, v = qkv(y)                        one matvec (q/k/v packed, see below)  kernels/matvec.py
+                                            (NF4: one launch, see below)   kernels/nf4_group_matvec.py
     q = rope_kv_cache(q, k, v)              Qwen3 q/k norms, RoPE, K/V into the cache   kernels/rope_kv_cache.py
     a = decode_attention(q, cache)          GQA over the cache, split-K             kernels/decode_attention.py
                                             (a prompt: torch SDPA, causal)
