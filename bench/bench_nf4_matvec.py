@@ -92,6 +92,30 @@ def time_us(fn, reps: int) -> tuple[float, str]:
     return statistics.median(times), how
 
 
+def check_close(y: torch.Tensor, expected: torch.Tensor) -> None:
+    diff = (y - expected).abs()
+    if not bool((diff <= ATOL + RTOL * expected.abs()).all()):
+        raise AssertionError(f"max abs diff {diff.max().item():.3g} against the fp32 product")
+
+
+def record(times: dict, notes: dict, key, check, one_pass, copies: int, reps: int) -> float | None:
+    """check() (it raises when a variant is wrong), then time one_pass(), the variant over `copies` copies of its
+    weights: times[key] is the time of one copy. A variant that fails gets notes[key] instead; the run goes on."""
+    if key in times or key in notes:
+        return times.get(key)
+    try:
+        check()
+        us, how = time_us(one_pass, reps)
+        times[key] = us / copies
+        if how != "graph":
+            notes[key] = how
+    except Exception as exc:  # a variant that does not compile or is wrong is reported, the rest go on
+        notes[key] = f"FAILED {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+        empty_cache()
+        return None
+    return times[key]
+
+
 def label(cfg: Nf4MatvecConfig) -> str:
     return f"{cfg.block_n}x{cfg.block_kb}B split{cfg.split_k} w{cfg.num_warps} st{cfg.num_stages} {cfg.decode}"
 
@@ -142,29 +166,16 @@ class Shape:
 
     def run(self, rows: int, variant, op) -> float | None:
         """Check op against the fp32 product, then time it over every copy; None (and a note) if it fails."""
-        key = (rows, variant)
-        if key in self.times or key in self.notes:
-            return self.times.get(key)
         x = self.x[rows]
-        try:
-            y = op(x, *self.weights[0], self.fields[0]).float().view(rows, self.n)
-            diff = (y - self.expected[rows]).abs()
-            if not bool((diff <= ATOL + RTOL * self.expected[rows].abs()).all()):
-                raise AssertionError(f"max abs diff {diff.max().item():.3g} against the fp32 product")
 
-            def everything():
-                for (packed, state), fields in zip(self.weights, self.fields, strict=True):
-                    op(x, packed, state, fields)
+        def check():
+            check_close(op(x, *self.weights[0], self.fields[0]).float().view(rows, self.n), self.expected[rows])
 
-            us, how = time_us(everything, self.reps)
-            self.times[key] = us / len(self.weights)
-            if how != "graph":
-                self.notes[key] = how
-        except Exception as exc:  # a variant that does not compile or is wrong is reported, the rest go on
-            self.notes[key] = f"FAILED {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
-            empty_cache()
-            return None
-        return self.times[key]
+        def everything():
+            for (packed, state), fields in zip(self.weights, self.fields, strict=True):
+                op(x, packed, state, fields)
+
+        return record(self.times, self.notes, (rows, variant), check, everything, len(self.weights), self.reps)
 
     def run_config(self, rows: int, cfg: Nf4MatvecConfig) -> float | None:
         return self.run(rows, cfg, lambda x, packed, state, f: nf4_matvec(x, packed, config=cfg, **f))

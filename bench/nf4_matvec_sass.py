@@ -3,13 +3,13 @@ a GPU: a proxy, not a speed. At batch 1 the kernel is bounded by how fast the SM
 memory delivers, so fewer instructions per weight is what `kernels.nf4_matvec.pick_config`'s starting rule looks
 for until bench/bench_nf4_matvec.py has measured configs on the GPU.
 
-    python bench/nf4_matvec_sass.py [--configs 8x128w1gather,4x512w4load] [--rows 1] [--before]
+    python bench/nf4_matvec_sass.py [--configs 8x128w1gather,4x512w4load] [--rows 1] [--before] [--group]
 
 For each config (default: the picked ones of the NF4 decode shapes of Qwen3-4B and Llama-8B) it compiles the kernel
 for bf16 x, nested absmax, K a multiple of the step, through Triton's own compiler and ptxas, disassembles it with
 the nvdisasm that ships with Triton, finds the K loop (the backward branch) and prints its instructions, their count
 per weight (weights a thread handles per step) and the registers. `--before` also counts the previous kernel's loop
-(bench/nf4_matvec_before.py).
+(bench/nf4_matvec_before.py); `--group` also counts kernels/nf4_group_matvec.py's loop for each config.
 """
 
 import argparse
@@ -78,6 +78,28 @@ def compile_new(cfg: Nf4MatvecConfig, rows: int):
     return triton.compile(src, target=TARGET, options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
 
 
+def compile_group(cfg: Nf4MatvecConfig, rows: int):
+    """kernels/nf4_group_matvec.py's kernel, as compile_new compiles nf4_matvec's (three weights' slots)."""
+    from kernels import nf4_group_matvec
+
+    sig = dict(xw_ptr="*i32", y_ptr="*bf16", part_ptr="*fp32")
+    for i in range(3):
+        sig.update({f"packed{i}": "*u8", f"absmax{i}": "*u8", f"absmax2_{i}": "*fp32", f"code2_{i}": "*fp32",
+                    f"code{i}": "*fp32", f"b{i}": "*bf16", f"n{i}": "i32", f"n_blocks{i}": "i32",
+                    f"offset{i}": "fp32"})  # fmt: skip
+    sig.update(M="i32", N="i32", K="i32", kb_per_split="i32", end0="i32", end1="i32")
+    const = dict(BLOCKSIZE=64, BLOCKSIZE2=256, NESTED=True, ALIGNED=True, EVEN_K=True, GATHER=cfg.decode == "gather",
+                 HAS_BIAS=False, SPLIT=cfg.split_k > 1, PRECISION="tf32", BLOCK_M=1 if rows == 1 else 16,
+                 BLOCK_N=cfg.block_n, BLOCK_KB=cfg.block_kb, GROUP=min(32, cfg.block_kb),
+                 NUM_STAGES=cfg.num_stages)  # fmt: skip
+    names = list(sig)
+    sig.update(dict.fromkeys(const, "constexpr"))
+    counts = {"N", "K", "kb_per_split", *(f"{c}{i}" for c in ("n", "n_blocks") for i in range(3))}
+    divisible = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(names) if sig[a].startswith("*") or a in counts}
+    src = ASTSource(fn=nf4_group_matvec._nf4_group_matvec_kernel, signature=sig, constexprs=const, attrs=divisible)
+    return triton.compile(src, target=TARGET, options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+
+
 def compile_before():
     import nf4_matvec_before
 
@@ -112,6 +134,7 @@ def main() -> None:
     parser.add_argument("--configs", default="", help="comma-separated, e.g. 8x128w1gather,4x512w4load")
     parser.add_argument("--rows", type=int, default=1, help="rows of x: 1, or 2..16 for the tensor-core kernel")
     parser.add_argument("--before", action="store_true", help="also count the previous kernel's loop")
+    parser.add_argument("--group", action="store_true", help="also count kernels/nf4_group_matvec.py's loop")
     args = parser.parse_args()
     print(f"triton {triton.__version__}, target sm_90, bf16 x, nested absmax")
     configs = [parse(c) for c in args.configs.split(",") if c] or list(
@@ -126,6 +149,8 @@ def main() -> None:
                 weights,
             )
         )
+        if args.group:
+            print(report("  grouped (3 weights' slots)", compile_group(cfg, args.rows), weights))
     if args.before:
         print(report("before (16x128B w4)", compile_before(), 2 * 16 * 128 // 128))
 

@@ -184,17 +184,15 @@ def _scales(absmax_ptr, absmax2_ptr, code2_ptr, blk, offset, n_blocks, NESTED: t
 
 
 @triton.jit
-def _nf4_matvec_kernel(xw_ptr, packed_ptr, absmax_ptr, absmax2_ptr, code2_ptr, code_ptr, b_ptr, y_ptr, part_ptr,
-                       M, N, K, n_blocks, kb_per_split, offset,
-                       BLOCKSIZE: tl.constexpr, BLOCKSIZE2: tl.constexpr, NESTED: tl.constexpr,
-                       ALIGNED: tl.constexpr, EVEN_K: tl.constexpr, GATHER: tl.constexpr, HAS_BIAS: tl.constexpr,
-                       SPLIT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_KB: tl.constexpr, GROUP: tl.constexpr, NUM_STAGES: tl.constexpr):  # fmt: skip
-    """BLOCK_M == 1: one row of x, FMAs on the CUDA cores; else up to BLOCK_M rows through tl.dot (module docstring)."""
+def _product(xw_ptr, packed_ptr, absmax_ptr, absmax2_ptr, code2_ptr, code_ptr, y_ptr, rows, pid_k, M, N, K,
+             n_blocks, kb_per_split, offset,
+             BLOCKSIZE: tl.constexpr, BLOCKSIZE2: tl.constexpr, NESTED: tl.constexpr, ALIGNED: tl.constexpr,
+             EVEN_K: tl.constexpr, GATHER: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+             BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, GROUP: tl.constexpr, NUM_STAGES: tl.constexpr):  # fmt: skip
+    """The (BLOCK_M, BLOCK_N) fp32 products of the rows of x with weight rows `rows` (of the weight at packed_ptr,
+    N rows) over the pid_k-th range of K. BLOCK_M == 1: one row of x, FMAs on the CUDA cores; else up to BLOCK_M
+    rows through tl.dot (module docstring). y_ptr gives x's dtype only."""
     NG: tl.constexpr = BLOCK_KB // GROUP
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m = tl.arange(0, BLOCK_M)
     # x as words (xw_ptr): word j of a row holds x[2j], the partner of byte j's high nibble, and x[2j + 1], the low
     # one's; so x is loaded in the byte tile's own layout, with no reshuffle. Rows of x past M repeat row M - 1.
@@ -239,31 +237,50 @@ def _nf4_matvec_kernel(xw_ptr, packed_ptr, absmax_ptr, absmax2_ptr, code2_ptr, c
         out = tl.sum(acc, axis=1)[None, :]
     else:
         out = acc
-    offs = m[:, None] * N + rows[None, :]
-    mask = (m < M)[:, None] & (rows < N)[None, :]
+    return out
+
+
+@triton.jit
+def _store(out, y_ptr, part_ptr, b_ptr, cols, bias_rows, pid_k, M, N,
+           HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, BLOCK_M: tl.constexpr):  # fmt: skip
+    """Write `out` (BLOCK_M, BLOCK_N) to columns `cols` of y (M, N) (+ the bias at `bias_rows`), or to the pid_k-th
+    split-K part."""
+    m = tl.arange(0, BLOCK_M)
+    offs = m[:, None] * N + cols[None, :]
+    mask = (m < M)[:, None] & (cols < N)[None, :]
     if SPLIT:
         tl.store(part_ptr + pid_k * M * N + offs, out, mask=mask)
     else:
         if HAS_BIAS:
-            out += tl.load(b_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)[None, :]
+            out += tl.load(b_ptr + bias_rows, mask=cols < N, other=0.0).to(tl.float32)[None, :]
         tl.store(y_ptr + offs, out.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-def nf4_matvec_fwd(x, packed, absmax, absmax2, code2, offset, code, shape, blocksize, blocksize2, bias, cfg):
-    """Launch on a contiguous (M, K) x (1 <= M <= MAX_ROWS) and the flat packed bytes; returns (M, N), x's dtype."""
-    m, (n, k) = x.shape[0], shape
-    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    absmax, absmax2, code2, nested = _nested_args(absmax, absmax2, code2, x.device)
-    kb = k // 2
+@triton.jit
+def _nf4_matvec_kernel(xw_ptr, packed_ptr, absmax_ptr, absmax2_ptr, code2_ptr, code_ptr, b_ptr, y_ptr, part_ptr,
+                       M, N, K, n_blocks, kb_per_split, offset,
+                       BLOCKSIZE: tl.constexpr, BLOCKSIZE2: tl.constexpr, NESTED: tl.constexpr,
+                       ALIGNED: tl.constexpr, EVEN_K: tl.constexpr, GATHER: tl.constexpr, HAS_BIAS: tl.constexpr,
+                       SPLIT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_KB: tl.constexpr, GROUP: tl.constexpr, NUM_STAGES: tl.constexpr):  # fmt: skip
+    """Program (i, s): weight rows i * BLOCK_N.. over the s-th range of K (`_product`), stored by `_store`."""
+    pid_k = tl.program_id(1)
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    out = _product(xw_ptr, packed_ptr, absmax_ptr, absmax2_ptr, code2_ptr, code_ptr, y_ptr, rows, pid_k, M, N, K,
+                   n_blocks, kb_per_split, offset, BLOCKSIZE, BLOCKSIZE2, NESTED, ALIGNED, EVEN_K, GATHER, PRECISION,
+                   BLOCK_M, BLOCK_N, BLOCK_KB, GROUP, NUM_STAGES)  # fmt: skip
+    _store(out, y_ptr, part_ptr, b_ptr, rows, rows, pid_k, M, N, HAS_BIAS, SPLIT, BLOCK_M)
+
+
+def launch_options(x, k, blocksize, blocksize2, nested, fused_bias, cfg) -> dict:
+    """The constexprs and launch options of `_nf4_matvec_kernel` (and kernels/nf4_group_matvec.py's) for a contiguous
+    (M, K) x and a weight of K columns; also checks the config fits M rows."""
+    m, kb = x.shape[0], k // 2
+    if m > 1 and (cfg.block_n < 16 or cfg.block_kb < 16):
+        raise ValueError(f"nf4_matvec: {cfg} for {m} rows; the tensor-core kernel needs block_n, block_kb >= 16")
     # groups of bytes that share one scale: whole blocks of a row (or the step's part of one) when blocks align
     aligned = blocksize & (blocksize - 1) == 0 and k % blocksize == 0
-    kb_per_split = triton.cdiv(triton.cdiv(kb, cfg.split_k), cfg.block_kb) * cfg.block_kb  # whole steps per split
-    split = cfg.split_k > 1
-    part = torch.empty((cfg.split_k, m, n), dtype=torch.float32, device=x.device) if split else y  # unused without
-    fused_bias = bias is not None and not (split and m > 1)  # the reduction adds a bias of one row only
-    words = x.view(torch.int32 if x.element_size() == 2 else torch.int64)  # x[2j] and x[2j + 1] in word j
-    args = (words, packed, absmax, absmax2, code2, _code(code, x.device), bias if fused_bias else y, y, part)
-    common = dict(
+    return dict(
         BLOCKSIZE=blocksize,
         BLOCKSIZE2=blocksize2,
         NESTED=nested,
@@ -271,7 +288,7 @@ def nf4_matvec_fwd(x, packed, absmax, absmax2, code2, offset, code, shape, block
         EVEN_K=kb % cfg.block_kb == 0,
         GATHER=cfg.decode == "gather",
         HAS_BIAS=fused_bias,
-        SPLIT=split,
+        SPLIT=cfg.split_k > 1,
         BLOCK_N=cfg.block_n,
         BLOCK_KB=cfg.block_kb,
         GROUP=min(blocksize // 2, cfg.block_kb) if aligned else cfg.block_kb,
@@ -283,14 +300,42 @@ def nf4_matvec_fwd(x, packed, absmax, absmax2, code2, offset, code, shape, block
         # a product and the sum it feeds become one FMA (Triton 3.10 turns fusion off unless asked)
         **({"enable_fp_fusion": True} if x.is_cuda else {}),
     )
-    if m > 1 and (cfg.block_n < 16 or cfg.block_kb < 16):
-        raise ValueError(f"nf4_matvec: {cfg} for {m} rows; the tensor-core kernel needs block_n, block_kb >= 16")
+
+
+def kb_per_split(k: int, cfg: Nf4MatvecConfig) -> int:
+    """Packed bytes of a row each split-K program covers: whole loop steps."""
+    return triton.cdiv(triton.cdiv(k // 2, cfg.split_k), cfg.block_kb) * cfg.block_kb
+
+
+def words(x: torch.Tensor) -> torch.Tensor:
+    """x (contiguous, even start) as words: x[2j] and x[2j + 1] in word j."""
+    return x.view(torch.int32 if x.element_size() == 2 else torch.int64)
+
+
+def reduce_split_k(part, bias, y, fused_bias: bool) -> None:
+    """y = the sum of the split-K parts (split, M, N) (+ bias when fused_bias)."""
+    n = y.numel()
+    _split_k_reduce_kernel[(triton.cdiv(n, REDUCE_BLOCK),)](
+        part, bias if fused_bias else y, y, n, HAS_BIAS=fused_bias, SPLIT_K=part.shape[0], BLOCK=REDUCE_BLOCK
+    )
+
+
+def nf4_matvec_fwd(x, packed, absmax, absmax2, code2, offset, code, shape, blocksize, blocksize2, bias, cfg):
+    """Launch on a contiguous (M, K) x (1 <= M <= MAX_ROWS) and the flat packed bytes; returns (M, N), x's dtype."""
+    m, (n, k) = x.shape[0], shape
+    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    absmax, absmax2, code2, nested = _nested_args(absmax, absmax2, code2, x.device)
+    split = cfg.split_k > 1
+    part = torch.empty((cfg.split_k, m, n), dtype=torch.float32, device=x.device) if split else y  # unused without
+    fused_bias = bias is not None and not (split and m > 1)  # the reduction adds a bias of one row only
+    args = (words(x), packed, absmax, absmax2, code2, _code(code, x.device), bias if fused_bias else y, y, part)
+    common = launch_options(x, k, blocksize, blocksize2, nested, fused_bias, cfg)
     grid = (triton.cdiv(n, cfg.block_n), cfg.split_k)
-    _nf4_matvec_kernel[grid](*args, m, n, k, triton.cdiv(n * k, blocksize), kb_per_split, float(offset), **common)
+    _nf4_matvec_kernel[grid](
+        *args, m, n, k, triton.cdiv(n * k, blocksize), kb_per_split(k, cfg), float(offset), **common
+    )
     if split:
-        _split_k_reduce_kernel[(triton.cdiv(m * n, REDUCE_BLOCK),)](
-            part, bias if fused_bias else y, y, m * n, HAS_BIAS=fused_bias, SPLIT_K=cfg.split_k, BLOCK=REDUCE_BLOCK
-        )
+        reduce_split_k(part, bias, y, fused_bias)
     if bias is not None and not fused_bias:
         y += bias
     return y

@@ -1,3 +1,5 @@
+import collections
+import contextlib
 import time
 
 
@@ -71,3 +73,30 @@ def tiny_spec(model, data, **kw):
         seed=0,
     )
     return api.JobSpec(**{**base, **kw})
+
+
+@contextlib.contextmanager
+def launch_hooks(kernels, on_launch):
+    """Within it, every launch of these Triton kernels first calls on_launch(kernel, *args, **kwargs), through
+    Triton's own pre-run hooks (the kernels still run; in the interpreter too)."""
+    hooks = []
+    for kernel in kernels:
+
+        def hook(*args, _kernel=kernel, **kwargs):
+            on_launch(_kernel, *args, **kwargs)
+
+        kernel.add_pre_run_hook(hook)
+        hooks.append((kernel, hook))
+    try:
+        yield
+    finally:
+        for kernel, hook in hooks:
+            kernel.pre_run_hooks.remove(hook)
+
+
+@contextlib.contextmanager
+def count_launches(*kernels):
+    """A Counter of the launches of these Triton kernels (by function name) while the block runs."""
+    counts = collections.Counter()
+    with launch_hooks(kernels, lambda kernel, *args, **kwargs: counts.update([kernel.fn.__name__])):
+        yield counts

@@ -14,6 +14,7 @@ import tempfile
 
 import pytest
 import torch
+from helpers import launch_hooks
 from test_batching import examples_for
 from test_patching_parity import ARCHS, tiny_model, with_lora
 
@@ -42,23 +43,18 @@ def _binder(kernel):
 @contextlib.contextmanager
 def compile_keys():
     """Within it, every Triton kernel launch of kernels/ adds (kernel name, its specialization) to the set yielded."""
-    keys, hooked = set(), []
+    keys, binders = set(), {}
     for info in pkgutil.iter_modules(kernels.__path__):
         module = importlib.import_module(f"kernels.{info.name}")
         for obj in vars(module).values():
-            if isinstance(obj, triton_runtime.InterpretedFunction) and obj not in [k for k, _ in hooked]:
-                bind = _binder(obj)
+            if isinstance(obj, triton_runtime.InterpretedFunction) and obj not in binders:
+                binders[obj] = _binder(obj)
 
-                def hook(*args, _bind=bind, _name=obj.fn.__name__, **kwargs):
-                    keys.add((_name, str(_bind(*args, **kwargs)[1])))
+    def on_launch(kernel, *args, **kwargs):
+        keys.add((kernel.fn.__name__, str(binders[kernel](*args, **kwargs)[1])))
 
-                obj.add_pre_run_hook(hook)
-                hooked.append((obj, hook))
-    try:
+    with launch_hooks(list(binders), on_launch):
         yield keys
-    finally:
-        for kernel, hook in hooked:
-            kernel.pre_run_hooks.remove(hook)
 
 
 def nf4_model(arch: str):

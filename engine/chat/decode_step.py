@@ -6,6 +6,7 @@ Per layer, for one new token (T = 1) or a prompt (T > 1), where transformers' fo
 
     y, h = add_rms_norm(x, h)               residual add + input norm            kernels/add_rms_norm.py
     q, k, v = qkv(y)                        one matvec (q/k/v packed, see below)  kernels/matvec.py
+                                            (NF4: one launch, see below)   kernels/nf4_group_matvec.py
     q = rope_kv_cache(q, k, v)              Qwen3 q/k norms, RoPE, K/V into the cache   kernels/rope_kv_cache.py
     a = decode_attention(q, cache)          GQA over the cache, split-K             kernels/decode_attention.py
                                             (a prompt: torch SDPA, causal)
@@ -41,12 +42,21 @@ becomes a row slice of it (`pack_rows`): no second copy of the weights, the same
   graphs): a captured graph holds the weights' addresses, and moving them would make it read freed memory. Those
   models keep separate matvecs.
 
+NF4 groups: a QLoRA model's q/k/v (and gate/up) are bitsandbytes NF4 weights, which are not copied: the group runs
+kernels/nf4_group_matvec.py, one launch that reads each weight where bitsandbytes keeps it (the same bytes and
+QuantState fields, the nested offset read once as a Python float, `_nf4_fields`) and writes one output of the summed
+rows, for up to its MAX_ROWS rows of x. Weights the kernel's tiling cannot split, a mixed group (NF4 and dense) or a
+longer prompt take a launch per projection as before. `TUNESMITH_NF4_GROUPS=0` in the environment (read at import)
+turns the groups off, to measure them against separate launches on the same machine.
+
 Adapters: PEFT LoRA layers stay unmerged. A LoRA Linear's base (dense, or bitsandbytes NF4 through kernels/nf4_matvec.py
 for up to its MAX_ROWS rows) is computed as above and each active adapter adds `lora_B(lora_A(x)) * scaling` in place,
 as PEFT's forward does (with its dtype casts; dropout is off in eval), unless the adapters are disabled
 (`disable_adapter()`) or merged. Whether they are is read when the step runs, so engine.chat.decode keeps one graph per
 adapter state. Any other kind of module (DoRA, 8-bit, a custom layer) runs its own forward.
 """
+
+import os
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +67,7 @@ from kernels.add_rms_norm import add_rms_norm
 from kernels.decode_attention import decode_attention
 from kernels.matvec import matvec
 from kernels.nf4 import cpu_repacked
+from kernels.nf4_group_matvec import nf4_group_matvec, one_launch
 from kernels.nf4_matvec import MAX_ROWS, nf4_matvec
 from kernels.rope_kv_cache import rope_kv_cache
 from kernels.swiglu import swiglu
@@ -65,6 +76,7 @@ FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "FastRMSNorm")
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # a position's cos/sin do not depend on the sequence length
 ACTIVATIONS = ("silu", "swish")
+NF4_GROUPS = os.environ.get("TUNESMITH_NF4_GROUPS", "1") != "0"  # one NF4 launch per group (module docstring)
 
 
 def _eps(norm) -> float:
@@ -220,19 +232,25 @@ class Projection:
 
 
 class Group:
-    """Projections of the same input (q/k/v, or gate/up): one matvec over a packed weight when there is one."""
+    """Projections of the same input (q/k/v, or gate/up): one matvec over a packed weight when there is one, one
+    NF4 launch over their weights where they lie when all are NF4 (`nf4`), else one each."""
 
-    def __init__(self, projections: list[Projection], packed: tuple | None):
+    def __init__(self, projections: list[Projection], packed: tuple | None, nf4: bool = False):
         self.projections = projections
         self.packed = packed  # (weight, bias or None, [(start, end) rows of each projection])
+        self.nf4 = [p.nf4 for p in projections] if nf4 else None  # kernels.nf4_group_matvec's weights
+        self.kind = "packed" if packed is not None else "nf4" if nf4 else "separate"
 
     def __call__(self, x: torch.Tensor, mask=None) -> list[torch.Tensor]:
         casts = {}  # x in the adapters' dtype, cast once for the group
-        if self.packed is None:
+        if self.nf4 is not None and x.shape[0] <= MAX_ROWS:
+            outs = nf4_group_matvec(x, self.nf4, [p.base.bias for p in self.projections])
+        elif self.packed is None:
             return [p(x, casts, mask) for p in self.projections]
-        weight, bias, bounds = self.packed
-        y = matvec(x, weight, bias)
-        outs = [y[:, start:end] for start, end in bounds]
+        else:
+            weight, bias, bounds = self.packed
+            y = matvec(x, weight, bias)
+            outs = [y[:, start:end] for start, end in bounds]
         for p, out in zip(self.projections, outs, strict=True):
             p.add_lora(x, out, casts, mask)
         return outs
@@ -270,6 +288,9 @@ def pack_rows(params: list[nn.Parameter]) -> torch.Tensor:
 def _group(modules: list, pack: bool) -> Group:
     projections = [Projection(m) for m in modules]
     bases = [p.base for p in projections]
+    if NF4_GROUPS and all(p.kind == "nf4" for p in projections):  # nothing moves: no `pack` needed
+        biases = [b.bias for b in bases]
+        return Group(projections, None, nf4=one_launch([p.nf4 for p in projections], 1, biases) is not None)
     can = pack and all(p.kind == "dense" for p in projections)
     can = can and len({(b.weight.dtype, b.weight.device, b.weight.shape[1]) for b in bases}) == 1
     with_bias = [b.bias is not None for b in bases]
@@ -379,13 +400,15 @@ class DecodeStep:
         self.backend, self.backend_reason = choose_backend(self.device)
 
     def describe(self) -> str:
-        packed = sum(g.packed is not None for layer in self.layers for g in (layer.qkv, layer.gate_up))
+        groups = [g.kind for layer in self.layers for g in (layer.qkv, layer.gate_up)]
         kinds = sorted({p.kind for layer in self.layers for p in (*layer.qkv.projections, layer.o)})
-        how = (
-            f"q/k/v and gate/up packed into one matvec each in {packed // 2} of {len(self.layers)} layers"
-            if packed
-            else f"separate matvecs ({self.blocker or 'the projections are not plain nn.Linear weights'})"
-        )
+        if "packed" in groups:
+            layers = groups.count("packed") // 2
+            how = f"q/k/v and gate/up packed into one matvec each in {layers} of {len(self.layers)} layers"
+        elif "nf4" in groups:
+            how = f"{groups.count('nf4')} of the {len(groups)} q/k/v and gate/up groups as one NF4 launch each"
+        else:
+            how = f"separate matvecs ({self.blocker or 'the projections are not plain nn.Linear or NF4 weights'})"
         return f"{len(self.layers)} layers, {'/'.join(kinds)} projections, {how}; {self.backend_reason}"
 
     def allocate(self, capacity: int, rows: int | None = None) -> None:
