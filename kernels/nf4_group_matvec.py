@@ -75,27 +75,26 @@ def group_config(ns, k: int, rows: int = 1) -> Nf4MatvecConfig | None:
     return replace(cfg, block_n=block_n) if block_n >= lowest else None
 
 
-def _why_separate(weights, biases) -> str | None:
-    """Why the weights cannot share a launch whatever the rows of x, or None when they can."""
+def _shareable(weights, biases) -> bool:
+    """Whether the weights can share a launch whatever the rows of x: 1 to MAX_WEIGHTS of them, one in_features,
+    blocksize, nested blocksize and nesting, and a bias on all of them or on none."""
     if not 1 <= len(weights) <= MAX_WEIGHTS:
-        return f"{len(weights)} weights (the kernel takes 1 to {MAX_WEIGHTS})"
+        return False
     first = weights[0]
     for w in weights:
         if w["shape"][1] != first["shape"][1] or w.get("blocksize", 64) != first.get("blocksize", 64):
-            return "weights of different in_features or blocksizes"
+            return False
         if w.get("blocksize2", 256) != first.get("blocksize2", 256):
-            return "weights of different nested blocksizes"
+            return False
         if (w.get("absmax2") is None) != (first.get("absmax2") is None):
-            return "nested and plain absmax in one group"
-    if biases is not None and len({b is None for b in biases}) > 1:
-        return "a bias on some weights only"
-    return None
+            return False
+    return biases is None or len({b is None for b in biases}) == 1
 
 
 def one_launch(weights, rows: int = 1, biases=None) -> Nf4MatvecConfig | None:
     """The config of the one launch `nf4_group_matvec` makes for `weights` and `rows` rows of x (on the Triton
     backend, x fp32/bf16/fp16), or None when it launches `nf4_matvec` once per weight."""
-    if _why_separate(weights, biases) is not None:
+    if not _shareable(weights, biases):
         return None
     return group_config([w["shape"][0] for w in weights], weights[0]["shape"][1], rows)
 
@@ -192,9 +191,9 @@ def nf4_group_matvec(x: torch.Tensor, weights, biases=None, config: Nf4MatvecCon
     if x.shape[-1] != k or not 1 <= rows <= MAX_ROWS:
         raise ValueError(f"nf4_group_matvec takes 1 to {MAX_ROWS} rows of {k} features, got {tuple(x.shape)}")
     kernel_dtype = x.dtype in (torch.float32, torch.bfloat16, torch.float16)
-    cfg = config or one_launch(weights, rows, biases)
-    if cfg is None or _why_separate(weights, biases) is not None or not kernel_dtype or k % 2:
-        cfg = None
+    cfg = None
+    if kernel_dtype and not k % 2 and _shareable(weights, biases):
+        cfg = config or group_config([w["shape"][0] for w in weights], k, rows)
     if cfg is None or not dispatch.use_triton(x, *(w["packed"] for w in weights)):
         return [nf4_matvec(x, bias=b, **w) for w, b in zip(weights, biases or [None] * len(weights), strict=True)]
     xs = _aligned(x.reshape(rows, k))
