@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import dispatch
+from kernels import dispatch, target
 from kernels.varlen_attention import _dot  # tl.dot with the interpreter's bf16 workaround
 
 BLOCK_M, BLOCK_N, BLOCK_K = 64, 64, 32
@@ -90,7 +90,7 @@ def _grouped_mm_dw_kernel(
 
 
 def _precision(x: torch.Tensor) -> str:
-    return "upcast" if dispatch.INTERPRET else ("ieee" if x.dtype == torch.float32 else "tf32")
+    return target.dot_precision(x)
 
 
 def _tiles(offsets: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import dispatch
+from kernels import dispatch, target
 
 NF4_CODE = (
     -1.0,
@@ -139,8 +139,8 @@ def _nested_args(absmax, absmax2, code2, device):
     return absmax.contiguous(), absmax2.float().contiguous(), code2.float().contiguous(), True
 
 
-def _launch_options(device) -> dict:
-    return {"enable_fp_fusion": False} if device.type == "cuda" else {}
+def _launch_options(t: torch.Tensor) -> dict:
+    return {"enable_fp_fusion": False} if target.of(t) is not None else {}
 
 
 def nf4_dequantize_fwd(packed, absmax, absmax2, code2, offset, code, blocksize, blocksize2, out):
@@ -162,7 +162,7 @@ def nf4_dequantize_fwd(packed, absmax, absmax2, code2, offset, code, blocksize, 
         ROUND_BF16=out.dtype == torch.bfloat16,
         BLOCKS=blocks,
         num_warps=4,
-        **_launch_options(packed.device),
+        **_launch_options(packed),
     )
     return out
 

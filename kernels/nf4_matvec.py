@@ -44,7 +44,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels import dispatch
+from kernels import dispatch, target
 from kernels.grouped_mm import _precision  # fp32: exact products ("ieee"), not TF32; the interpreter's bf16 fix
 from kernels.matvec import REDUCE_BLOCK, _split_k_reduce_kernel  # the same deterministic split-K sum
 from kernels.nf4 import _block_scale, _code, _nested_args, nf4_dequantize_reference
@@ -298,7 +298,7 @@ def launch_options(x, k, blocksize, blocksize2, nested, fused_bias, cfg) -> dict
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
         # a product and the sum it feeds become one FMA (Triton 3.10 turns fusion off unless asked)
-        **({"enable_fp_fusion": True} if x.is_cuda else {}),
+        **({"enable_fp_fusion": True} if target.of(x) is not None else {}),
     )
 
 

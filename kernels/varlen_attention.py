@@ -43,7 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import dispatch
+from kernels import dispatch, target
 
 MAX_HEAD_DIM = 256
 
@@ -383,20 +383,49 @@ class Blocks(NamedTuple):
 
 
 # Per head dim on CUDA: forward, dQ, dK/dV. 128 and 256: the fastest of `bench/bench_varlen_attention.py --sweep` on
-# the H200 (16 x ~1000 tokens; bench/README.md). 64: not measured, the 128 tiles with 4 warps.
+# the H200 (16 x ~1000 tokens; bench/README.md). 64: not measured, the 128 tiles with 4 warps. They need up to 164352
+# bytes of shared memory per block (dK/dV at 256, sm_80; Triton 3.9), which an A100 (163 KiB) and an H100 have.
 GPU_BLOCKS = {
     64: (Blocks(64, 64, 4, 3), Blocks(128, 64, 4, 3), Blocks(32, 128, 4, 3)),
     128: (Blocks(64, 64, 4, 3), Blocks(128, 64, 8, 3), Blocks(32, 128, 8, 3)),
     256: (Blocks(128, 64, 8, 2), Blocks(64, 64, 8, 2), Blocks(64, 64, 8, 2)),
 }
+GPU_BLOCKS_SHARED = 163 * 1024
+# Cards with less shared memory per block: (the least they need, tiles), largest first. RTX 30xx/40xx (sm_86/89,
+# 99 KiB) keep GPU_BLOCKS up to head dim 128 (98816 bytes at most) and halve the tiles at 256 (98304 at most); a T4
+# (sm_75, 64 KiB; Triton stages Turing's tensor-core operands through far more shared memory) takes one stage and
+# the largest tiles that fit (65536 at most). Bytes as Triton 3.9 compiles them (tests/kernels/test_compile_targets.py
+# checks every target's pick); the tiles are not measured for speed (no such card here).
+SMALL_GPU_BLOCKS = {
+    64: ((99 * 1024, GPU_BLOCKS[64]), (64 * 1024, (Blocks(64, 64, 4, 1),) * 3)),
+    128: (
+        (99 * 1024, GPU_BLOCKS[128]),
+        (64 * 1024, (Blocks(64, 64, 4, 1), Blocks(32, 64, 4, 1), Blocks(64, 32, 4, 1))),
+    ),
+    256: (
+        (99 * 1024, (Blocks(64, 64, 8, 2), Blocks(64, 32, 8, 2), Blocks(32, 32, 8, 2))),
+        (64 * 1024, (Blocks(32, 32, 4, 1), Blocks(16, 32, 4, 1), Blocks(32, 16, 4, 1))),
+    ),
+}
 CPU_BLOCKS = (Blocks(16, 16, 4, 1),) * 3
+
+
+def gpu_blocks(block_d: int, shared_memory: int) -> tuple[Blocks, Blocks, Blocks]:
+    """The 16-bit tiles (forward, dQ, dK/dV) for a head dim block of 64, 128 or 256 on a GPU with `shared_memory`
+    bytes per block: GPU_BLOCKS where they fit, else the largest of SMALL_GPU_BLOCKS that fit (the smallest below a
+    T4's 64 KiB)."""
+    if shared_memory >= GPU_BLOCKS_SHARED:
+        return GPU_BLOCKS[block_d]
+    tiers = SMALL_GPU_BLOCKS[block_d]
+    return next((blocks for least, blocks in tiers if shared_memory >= least), tiers[-1][1])
 
 
 def _blocks(block_d: int, t: torch.Tensor) -> tuple[Blocks, Blocks, Blocks]:
     """The tiles for this head dim and device; fp32 tiles take twice the shared memory, so half the rows, one stage."""
-    if t.device.type != "cuda":
+    gpu = target.of(t)
+    if gpu is None:
         return CPU_BLOCKS
-    blocks = GPU_BLOCKS[max(block_d, 64)]
+    blocks = gpu_blocks(max(block_d, 64), gpu.shared_memory)
     if t.dtype == torch.float32:
         blocks = tuple(Blocks(max(16, b.block_m // 2), max(16, b.block_n // 2), b.warps, 1) for b in blocks)
     return blocks
@@ -418,7 +447,7 @@ def _common(q, k, cu_seqlens, scale, softcap, window) -> dict:
         BLOCK_D=max(16, triton.next_power_of_2(q.shape[2])),
         SOFTCAP=softcap > 0,
         WINDOW=window > 0,
-        PRECISION="upcast" if dispatch.INTERPRET else ("ieee" if q.dtype == torch.float32 else "tf32"),
+        PRECISION=target.dot_precision(q),
     )
 
 
