@@ -8,47 +8,31 @@ key here (the interpreter drops them), but every launcher here derives them from
 """
 
 import contextlib
-import importlib
-import pkgutil
 import tempfile
 
 import pytest
 import torch
 from helpers import launch_hooks
+from launches import binder, jit_functions
 from test_batching import examples_for
 from test_patching_parity import ARCHS, tiny_model, with_lora
 
-import kernels
 from engine.data.batching import most_tokens, padding_free, segment_slots
 from engine.patching import patch_model, warmup
 from engine.patching.modules import pack_adapters
 from engine.spec.jobspec import JobSpec
 from kernels import dispatch
 
-triton_runtime = pytest.importorskip("triton.runtime.interpreter")
+pytest.importorskip("triton.runtime.interpreter")
 # the CPU tests launch Triton's interpreter on CPU tensors; the GPU test below compiles for real
 interpreted = pytest.mark.skipif(not dispatch.INTERPRET, reason="needs TRITON_INTERPRET=1 (no CUDA GPU)")
-
-
-def _binder(kernel):
-    """Triton's argument binder for `kernel` as a CUDA build (sm_90) makes it: it returns the specialization."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler.compiler import make_backend
-    from triton.runtime.jit import JITFunction, create_function_from_signature
-
-    jit = JITFunction(kernel.fn, **kernel.kwargs)  # the same do_not_specialize lists as the decorator was given
-    return create_function_from_signature(jit.signature, jit.params, make_backend(GPUTarget("cuda", 90, 32)))
 
 
 @contextlib.contextmanager
 def compile_keys():
     """Within it, every Triton kernel launch of kernels/ adds (kernel name, its specialization) to the set yielded."""
-    keys, binders = set(), {}
-    for info in pkgutil.iter_modules(kernels.__path__):
-        module = importlib.import_module(f"kernels.{info.name}")
-        for obj in vars(module).values():
-            if isinstance(obj, triton_runtime.InterpretedFunction) and obj not in binders:
-                binders[obj] = _binder(obj)
+    keys = set()
+    binders = {kernel: binder(kernel)[2] for kernel in jit_functions().values()}
 
     def on_launch(kernel, *args, **kwargs):
         keys.add((kernel.fn.__name__, str(binders[kernel](*args, **kwargs)[1])))

@@ -2,7 +2,7 @@
 
 The CPU interpreter runs kernels but never compiles them: a kernel the compiler refuses, or one whose tiles need more
 shared memory than a T4 or an RTX 4090 has (Triton's OutOfResources, at the first launch), passes every CPU test.
-Here the engine's launches are recorded in the interpreter (tests/kernels/launches.py) as the engine makes them, with
+Here the engine's launches are recorded in the interpreter (tests/launches.py) as the engine makes them, with
 the configs their launchers pick for each target GPU (`kernels.target.emulate`), and each distinct specialization is
 compiled ahead of time for that GPU (Triton 3.9 ships ptxas; no GPU needed), in one subprocess batch per test session.
 

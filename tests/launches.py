@@ -1,5 +1,5 @@
 """Record the Triton launches a block of code makes in the CPU interpreter, and compile them ahead of time for GPUs
-this machine does not have (tests/kernels/test_compile_targets.py).
+this machine does not have (tests/kernels/test_compile_targets.py, and tests/test_warmup.py's binder).
 
 Recording: inside `recorded()`, every launch of a kernel of kernels/ becomes a `Launch`: the key under which a CUDA
 build of Triton would compile it (its specialization: signature types, constexprs, 16-byte alignment and divisibility
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class Launch(NamedTuple):
@@ -85,8 +85,9 @@ def launchable(functions: dict[str, object]) -> set[str]:
     return set(functions) - called
 
 
-def _binder(kernel):
-    """Triton's CUDA (sm_90) binder and the JITFunction for an interpreted kernel (the same decorator arguments)."""
+def binder(kernel):
+    """(JITFunction, CUDA backend, binder) for an interpreted kernel as a CUDA build of Triton (sm_90) makes them, with
+    the same decorator arguments: the binder returns (bound arguments, specialization, options)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler.compiler import make_backend
     from triton.runtime.jit import JITFunction, create_function_from_signature
@@ -111,7 +112,7 @@ def recorded(run: bool = True):
     launches: set[Launch] = set()
     wrapped = []
     for kernel in jit_functions().values():
-        jit, backend, bind = _binder(kernel)
+        jit, backend, bind = binder(kernel)
         names = {p.name for p in jit.params}
 
         def wrapper(
