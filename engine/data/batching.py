@@ -83,6 +83,15 @@ def plan_buckets(counts, shape_cost: int, most: int = MAX_BUCKETS) -> list[int]:
     return chosen[::-1]
 
 
+def planned(examples, run, shape_cost: int, most: int = MAX_BUCKETS) -> tuple[list[int], float]:
+    """The bucket sizes `plan_buckets` picks for a run's micro-batches (`run`: each one's example indices) and the
+    share of the padded tokens that is padding."""
+    counts = [sum(len(examples[i].input_ids) for i in micro) for micro in run]
+    sizes = plan_buckets(counts, shape_cost, most)
+    padded_tokens = sum(next(s for s in sizes if s >= c) for c in counts)
+    return sizes, 1 - sum(counts) / padded_tokens
+
+
 def bucket(tokens: int, cap: int) -> int:
     """The bucket a micro-batch of `tokens` tokens (at most `cap`) is padded to: the smallest of `buckets(cap)`."""
     return next(size for size in buckets(cap) if size >= tokens)
@@ -198,13 +207,11 @@ class Collator:
         self.sizes = buckets(self.cap)
         self.seen = set()
         if varlen and run:
-            counts = [sum(len(examples[i].input_ids) for i in micro) for micro in run]
-            self.sizes = plan_buckets(counts, shape_cost, most)
-            padded_tokens = sum(next(s for s in self.sizes if s >= c) for c in counts)
+            self.sizes, share = planned(examples, run, shape_cost, most)
             log(
                 f"batches: padding-free, each micro-batch one row rounded up to one of {len(self.sizes)} sizes "
-                f"planned for the run's {len(counts)} micro-batches ({', '.join(map(str, self.sizes))} tokens; "
-                f"{100 * (1 - sum(counts) / padded_tokens):.1f}% padding; {self.slots} cu_seqlens entries)"
+                f"planned for the run's {len(run)} micro-batches ({', '.join(map(str, self.sizes))} tokens; "
+                f"{100 * share:.1f}% padding; {self.slots} cu_seqlens entries)"
             )
         elif varlen:
             log(

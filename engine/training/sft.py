@@ -12,7 +12,7 @@ from pathlib import Path
 
 from engine.core.errors import Cancelled, UserError
 from engine.core.hardware import choose_placement, memory_in_use_gb
-from engine.data.batching import GRAPH_SHAPE_COST, MAX_BUCKETS, Collator
+from engine.data.batching import GRAPH_SHAPE_COST, MAX_BUCKETS, Collator, planned
 from engine.training import distributed
 from engine.training.steps import (
     batches_for_epoch,
@@ -142,15 +142,23 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         f"training: {len(examples)} examples, {total} steps of {spec.batch_size}x{spec.grad_accum}{per_gpu}, "
         f"max {spec.max_seq_length} tokens"
     )
-    plan = batches_for_epoch(len(examples), spec.batch_size, spec.seed, epoch)
     base = getattr(model, "get_base_model", lambda: model)()
     varlen = getattr(base, "varlen_attention", False)
+    # padding-free micro-batches are evened out by tokens, so few buckets hold them with little padding
+    lengths = [len(e.input_ids) for e in examples] if varlen else None
+    plan = batches_for_epoch(len(examples), spec.batch_size, spec.seed, epoch, lengths)
     # the buckets are planned for the run's micro-batches (the first PLANNED of a long run: later epochs are shuffles
     # of the same examples; a micro-batch past the largest planned size gets a fixed size of its own)
     micro_batches = min(total * spec.grad_accum * ranks, PLANNED)  # every rank plans the same, global ones
-    run = micro_batches_of_run(len(examples), spec.batch_size, spec.seed, micro_batches) if varlen else None
+    run = micro_batches_of_run(len(examples), spec.batch_size, spec.seed, micro_batches, lengths) if varlen else None
     shape_cost = GRAPH_SHAPE_COST if getattr(base, "shape_graphs", False) else 0
     most = memory.shapes if memory is not None else MAX_BUCKETS  # the shapes the memory plan counts graphs for
+    if varlen:
+        shuffled = micro_batches_of_run(len(examples), spec.batch_size, spec.seed, micro_batches)
+        log(
+            f"batches: each epoch's shuffled micro-batches of {spec.batch_size} examples evened out by tokens (swaps "
+            f"between them); as shuffled they would pad {100 * planned(examples, shuffled, shape_cost, most)[1]:.1f}%"
+        )
     make_batch = Collator(
         examples, spec.batch_size, tok.pad_token_id, placement.device, varlen, log, run, shape_cost, most
     )
@@ -197,7 +205,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
             for r in range(ranks):  # the global sequence of micro-batches; this rank trains on every ranks-th one
                 if micro >= len(plan):
                     epoch, micro = epoch + 1, 0
-                    plan = batches_for_epoch(len(examples), spec.batch_size, spec.seed, epoch)
+                    plan = batches_for_epoch(len(examples), spec.batch_size, spec.seed, epoch, lengths)
                 if r == rank:
                     mine = plan[micro]
                 n_tokens += sum(len(examples[i].input_ids) for i in plan[micro])
