@@ -14,15 +14,19 @@ if [[ ! -f $shared/bench/prepare_device_site.sh && -z ${TUNESMITH_SHARED:-} ]]; 
   shared=$(dirname "$common")/../shared
 fi
 [[ -f $shared/bench/prepare_device_site.sh ]] || { echo "no shared/bench/ at $shared: set TUNESMITH_SHARED"; exit 2; }
-{ git check-ignore -q .anchors/ && git check-ignore -q .bench/; } || { echo ".anchors/ or .bench/ is not git-ignored: add them to .gitignore"; exit 2; }
+if ! { git check-ignore -q .anchors/ && git check-ignore -q .bench/; }; then
+  echo ".anchors/ or .bench/ is not git-ignored: add them to .gitignore"
+  exit 2
+fi
 
 bash "$shared/bench/prepare_device_site.sh" .anchors --anchors || { echo "building .anchors failed"; exit 1; }
 rm -rf .bench && mkdir -p .bench && cp "$shared"/bench/*.py .bench/ || exit 1
 
 du -sh .anchors .bench
-tree=$( (git ls-files -z; git ls-files -z --others --exclude-standard) | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
+files() { git ls-files -z && git ls-files -z --others --exclude-standard; }  # what travels besides the carry
+tree=$(files | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
 carry=$(du -sb .anchors .bench | awk '{s += $1} END {print s}')
 total=$((tree + carry))
 echo "working tree $((tree / 1024)) KiB + carry $((carry / 1024)) KiB = $((total / 1048576)) MiB of the 64 MiB limit"
 ((total < 64 * 1048576)) || { echo "over the 64 MiB carry limit"; exit 1; }
-echo 'carry: [".anchors", ".bench"]   command: bash bench/queue.sh N   (N = 1, 2, ...: bench/README.md, "Next GPU session")'
+echo 'carry: [".anchors", ".bench"]   command: bash bench/queue.sh N   (bench/README.md, "Next GPU session")'

@@ -1,7 +1,7 @@
 #!/bin/bash
 # The pending GPU measurements, one `run` call each, in priority order (bench/README.md, "Next GPU session"):
-#   bash bench/queue.sh N        on the GPU machine, carry [".anchors", ".bench"] (bash bench/prepare_device.sh here first)
-#   bash bench/queue.sh          lists the calls
+#   bash bench/queue.sh N   on the GPU machine, carry [".anchors", ".bench"] (bash bench/prepare_device.sh here first)
+#   bash bench/queue.sh     lists the calls
 # Each call ends before QUEUE_END_S seconds (565): every step runs under `timeout`, cut to what is left of the call,
 # and is skipped when less than 15 s are left. Everything goes to $OUT/callN.log when OUT is set.
 set -uo pipefail
@@ -56,8 +56,8 @@ keep_models() {  # keep_models ARCH...: the GPU machine's disk is 64 GiB; drop t
 e2e() {  # e2e SECONDS RUN_TIMEOUT CACHE "impl data mode [args]"...: bench/e2e.sh, Triton/Inductor caches in CACHE
   local want=$1 run_timeout=$2 cache=$3
   shift 3
-  step "$want" env RUN_TIMEOUT="$run_timeout" TRITON_CACHE_DIR="$cache/triton" TORCHINDUCTOR_CACHE_DIR="$cache/inductor" \
-    bash bench/e2e.sh "$@"
+  step "$want" env RUN_TIMEOUT="$run_timeout" TRITON_CACHE_DIR="$cache/triton" \
+    TORCHINDUCTOR_CACHE_DIR="$cache/inductor" bash bench/e2e.sh "$@"
 }
 
 call1() {  # issue 22: identity wall_s, project <= 0.5x Unsloth's; what the warm-up (engine/patching/warmup.py) saves
@@ -103,7 +103,8 @@ call4() {  # issue 29: MoE QLoRA at Qwen3-30B-A3B's width, 12 layers; Unsloth an
 }
 
 call5() {  # issue 29: budgets; TUNESMITH_ACTIVE_EXPERTS (engine/memory/expert_fetch.py) only acts on micro-batches
-  # of <= 10 tokens whose layers stream: 8 tokens under 5 GiB (`python -m engine estimate ... --ram 100` streams 8 of 12 layers)
+  # of <= 10 tokens whose layers stream: 8 tokens under 5 GiB (`python -m engine estimate ... --ram 100` streams 8
+  # of the 12 layers there)
   local run=(python3 .bench/train_bench.py --impl project --arch "$ID" --mode qlora)
   keep_models "$ID"
   step 200 python3 .bench/train_bench.py --impl project --arch "$ID" --make-only
