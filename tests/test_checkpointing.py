@@ -78,3 +78,39 @@ def test_kept_attention_outputs_are_dropped_for_micro_batches_without_room_for_t
         kept[batch * seq] = [layer._gradient_checkpointing_func.keep_attention for layer in layers]
     assert kept == {512: [True, True], 4096: [False, False]}
     assert ["attention outputs kept" in line for line in lines] == [True, False]
+
+
+def test_layer_graphs_only_at_the_sizes_where_nothing_recomputes_and_they_fit():
+    """Under a plan that recomputes layers at its largest micro-batch, engine.patching.graphs.install(per_shape=True)
+    captures every layer's passes only at the token counts this adds to `model.layer_graph_tokens`: those where no
+    layer recomputes and the estimate holds the graphs too (512 tokens here); 2,048 tokens fit without recomputing
+    but not with the graphs, and 4,096 recompute."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from engine.memory.checkpointing import SLACK
+    from engine.memory.estimate import estimate
+
+    spec = dict(ARCHS["llama"], vocab_size=64, hidden_size=256, intermediate_size=512, head_dim=64)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(spec.pop("model_type"), **spec))
+    arch = Arch.from_config(model.config.to_dict())
+    kw = dict(graph_shapes=2)
+
+    def peak(tokens, graphed):
+        e = estimate(arch, "lora", tokens, 1, checkpointing=False, fused_loss=False, layer_graphs=graphed, **kw)
+        return e.peak_vram_gib
+
+    budget = (peak(2048, False) + peak(2048, True)) / 2 * SLACK
+    assert peak(512, True) * SLACK <= budget < peak(4096, False) * SLACK
+    model.layer_graph_tokens = set()  # as graphs.install(per_shape=True) leaves it
+    lines = []
+    install(model, "lora", budget, fused_loss=False, log=lines.append, **kw)
+    model.train()
+    recomputing = {}
+    for seq in (512, 2048, 4096, 512):
+        ids = torch.ones(1, seq, dtype=torch.long)
+        model(input_ids=ids, labels=ids).loss.backward()
+        recomputing[seq] = sum(layer.gradient_checkpointing for layer in model.model.layers)
+    assert recomputing[512] == recomputing[2048] == 0 < recomputing[4096]
+    assert model.layer_graph_tokens == {512}
+    said = "cuda graphs: every layer's passes captured at 512 tokens per micro-batch (none recomputes)"
+    assert lines.count(said) == 1, lines

@@ -39,6 +39,16 @@ def fits_checkpointed(arch: Arch, method: str, tokens: int, budget_gib: float | 
     return peak <= budget_gib / SLACK
 
 
+def layer_graphs_fit(arch: Arch, method: str, tokens: int, budget_gib: float | None, fused_loss: bool, **kw) -> bool:
+    """Whether a step of `tokens` tokens with no layer recomputed fits the budget with every layer's passes captured
+    as CUDA graphs (engine.patching.graphs.install), as many shapes as the plan holds, each of this size."""
+    if budget_gib is None:
+        return False
+    kw = {**kw, "layer_graphs": True, "graph_tokens": None}
+    peak = estimate(arch, method, tokens, 1, checkpointing=False, fused_loss=fused_loss, **kw).peak_vram_gib
+    return peak <= budget_gib / SLACK
+
+
 def usable_gib(budget_gib: float | None, device) -> float | None:
     """The budget, lowered to what this GPU can still give this process: its free memory plus what the process
     holds already (the model is loaded by now). Another process on the card (the app chatting with a model while
@@ -91,6 +101,10 @@ def install(
                         kw[flag] = False
             k = max(layers_to_checkpoint(arch, method, tokens, budget, fused_loss, **kw), len(always))
             decided[tokens] = k, kw.get("keep_attention", False), kw.get("keep_dequantized", False)
+            graphed = getattr(model, "layer_graph_tokens", None)  # engine.patching.graphs.install(per_shape=True)
+            if graphed is not None and k == 0 and layer_graphs_fit(arch, method, tokens, budget, fused_loss, **kw):
+                graphed.add(tokens)
+                log(f"cuda graphs: every layer's passes captured at {tokens} tokens per micro-batch (none recomputes)")
             where = f"{budget:.1f} GiB budget" if budget else "no GPU budget"
             where += ", attention outputs kept for the recompute" if decided[tokens][1] else ""
             where += ", gate/up dequantized once for it" if decided[tokens][2] else ""

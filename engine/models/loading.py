@@ -403,13 +403,15 @@ def prepare_for_training(model, spec, log=print, memory=None, compute: Placement
         fused_loss = "fused cross-entropy loss" in patch_model(model, log).swapped
         # with every weight trainable a graph would hold a second set of gradients (and under FSDP2 it would replay
         # without the all-gathers and reduce-scatters that FSDP2's hooks start around each layer, so every full run
-        # is without); under a budget, only where the plan counts them (nothing recomputes), holding as many shapes
-        # as it counts (engine.memory.offload)
+        # is without); under a budget, holding as many shapes as the plan counts (engine.memory.offload), and where
+        # the plan recomputes layers at its largest micro-batch, only at the smaller sizes where none recomputes and
+        # the graphs fit (engine.memory.checkpointing decides them): those would otherwise run every layer eagerly
         budgeted = memory is not None and memory.budget_gib is not None
-        if spec.method != "full" and on_gpu and not (budgeted and memory.checkpointed):
+        per_shape = budgeted and memory.checkpointed > 0
+        if spec.method != "full" and on_gpu and (not per_shape or fused_loss and spec.gradient_checkpointing):
             from engine.patching import graphs
 
-            graphs.install(model, log, memory.shapes if budgeted else graphs.MAX_SHAPES)
+            graphs.install(model, log, memory.shapes if budgeted else graphs.MAX_SHAPES, per_shape)
     elif spec.fast_path:
         log("patching: none on the CPU (the fast path's kernels are GPU kernels); plain transformers + PEFT")
     plan_kw = memory.estimate_kw() if memory is not None else {}

@@ -124,10 +124,13 @@ def eligible_layers(model) -> list | None:
     return layers or None
 
 
-def install(model, log=print, most: int = MAX_SHAPES) -> bool:
+def install(model, log=print, most: int = MAX_SHAPES, per_shape: bool = False) -> bool:
     """Give each decoder layer a forward that replays captured graphs when the step allows, holding at most `most`
     shapes' graphs (a memory plan's `shapes`); False when the model's layers cannot be captured (the reason is
-    logged)."""
+    logged). `per_shape`: only micro-batches whose token count is in `model.layer_graph_tokens` are captured, the
+    sizes at which a memory plan that recomputes layers at its largest micro-batch recomputes none and has room for
+    these graphs (engine.memory.checkpointing adds them as it decides each size); the others run as they are, their
+    recomputed layers through CheckpointGraphs."""
     from engine.patching.modules import mask_skipped
 
     layers = eligible_layers(model)
@@ -135,6 +138,7 @@ def install(model, log=print, most: int = MAX_SHAPES) -> bool:
         log("cuda graphs: off (a layer needs an attention mask, a window or a soft cap, or is not on the fast path)")
         return False
     model.shape_graphs = True  # each padding-free bucket costs a capture: engine.data.batching.plan_buckets
+    allowed = model.layer_graph_tokens = set() if per_shape else None
     held = Captures(most)
     graphs = held.graphs
 
@@ -183,6 +187,7 @@ def install(model, log=print, most: int = MAX_SHAPES) -> bool:
                 and past_key_values is None
                 and cos is not None
                 and hidden_states.is_cuda
+                and (allowed is None or hidden_states.shape[0] * hidden_states.shape[1] in allowed)
             )
             key = None
             if usable:
