@@ -114,3 +114,41 @@ def test_layer_graphs_only_at_the_sizes_where_nothing_recomputes_and_they_fit():
     assert model.layer_graph_tokens == {512}
     said = "cuda graphs: every layer's passes captured at 512 tokens per micro-batch (none recomputes)"
     assert lines.count(said) == 1, lines
+
+
+def test_no_layer_graphs_where_they_would_leave_the_largest_micro_batch_no_room():
+    """The graphs captured at a small size keep their pool for the run: a size is not admitted when the plan's largest
+    micro-batch (`graph_tokens`) would no longer fit beside them, every layer recomputed; and once a size is admitted,
+    the other sizes are decided again with what the graphs keep taken off the budget."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from engine.memory.checkpointing import SLACK, layer_graphs_fit, layer_graphs_held
+    from engine.memory.estimate import estimate
+
+    spec = dict(ARCHS["llama"], vocab_size=64, hidden_size=256, intermediate_size=512, head_dim=64)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(spec.pop("model_type"), **spec))
+    arch = Arch.from_config(model.config.to_dict())
+    kw = dict(graph_shapes=1)
+    held = layer_graphs_held(arch, 512, **kw)
+    recomputed = estimate(arch, "lora", 8192, 1, checkpointing=True, fused_loss=False, **kw).peak_vram_gib
+    graphed = estimate(arch, "lora", 512, 1, checkpointing=False, fused_loss=False, layer_graphs=True, **kw)
+    tight = (recomputed + held / 2) * SLACK  # 8,192 tokens fit recomputed, but not beside the 512-token graphs
+    assert graphed.peak_vram_gib * SLACK <= tight
+    assert layer_graphs_fit(arch, "lora", 512, tight, False, **kw)  # no largest micro-batch given
+    assert not layer_graphs_fit(arch, "lora", 512, tight, False, graph_tokens=8192, **kw)
+    roomy = (recomputed + 2 * held) * SLACK
+    assert layer_graphs_fit(arch, "lora", 512, roomy, False, graph_tokens=8192, **kw)
+    # 2,048 tokens fit without recomputing under the whole budget, not beside the graphs
+    alone = estimate(arch, "lora", 2048, 1, checkpointing=False, fused_loss=False, **kw).peak_vram_gib
+    budget = (alone + held / 2) * SLACK
+    model.layer_graph_tokens = set()
+    lines = []
+    install(model, "lora", budget, fused_loss=False, log=lines.append, graph_tokens=2048, **kw)
+    model.train()
+    recomputing = []
+    for seq in (2048, 512, 2048):
+        ids = torch.ones(1, seq, dtype=torch.long)
+        model(input_ids=ids, labels=ids).loss.backward()
+        recomputing.append(sum(layer.gradient_checkpointing for layer in model.model.layers))
+    assert model.layer_graph_tokens == {512}
+    assert recomputing[0] == recomputing[1] == 0 < recomputing[2], (recomputing, lines)

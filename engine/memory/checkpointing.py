@@ -8,7 +8,7 @@ from that batch's shape (and remembered per shape), with engine.memory.estimate'
 
 import math
 
-from engine.memory.estimate import ESTIMATE_SLACK, Arch, estimate, layer_activation_bytes
+from engine.memory.estimate import ESTIMATE_SLACK, Arch, estimate, graph_shape_bytes, layer_activation_bytes
 
 SLACK = ESTIMATE_SLACK  # the estimate's error margin, as in Estimate.fits (the allocator's share is in the estimate)
 
@@ -41,12 +41,28 @@ def fits_checkpointed(arch: Arch, method: str, tokens: int, budget_gib: float | 
 
 def layer_graphs_fit(arch: Arch, method: str, tokens: int, budget_gib: float | None, fused_loss: bool, **kw) -> bool:
     """Whether a step of `tokens` tokens with no layer recomputed fits the budget with every layer's passes captured
-    as CUDA graphs (engine.patching.graphs.install), as many shapes as the plan holds, each of this size."""
+    as CUDA graphs (engine.patching.graphs.install), as many shapes as the plan holds, each of this size; and whether
+    the plan's largest micro-batch (`graph_tokens`) still fits, every layer recomputed, beside what those graphs keep
+    for the rest of the run (`layer_graphs_held`)."""
     if budget_gib is None:
         return False
-    kw = {**kw, "layer_graphs": True, "graph_tokens": None}
+    kw = {**kw, "layer_graphs": True}
+    largest = kw.pop("graph_tokens", None)
     peak = estimate(arch, method, tokens, 1, checkpointing=False, fused_loss=fused_loss, **kw).peak_vram_gib
-    return peak <= budget_gib / SLACK
+    if peak > budget_gib / SLACK:
+        return False
+    if not largest or largest <= tokens:
+        return True
+    rest = budget_gib - layer_graphs_held(arch, tokens, **kw)
+    return fits_checkpointed(arch, method, largest, rest, fused_loss, **{**kw, "layer_graphs": False})
+
+
+def layer_graphs_held(arch: Arch, tokens: int, **kw) -> float:
+    """GiB that every layer's graphs captured at `tokens` tokens keep for the rest of the run: their memory pool (the
+    captured step's activations) and their static buffers, for as many shapes as the plan holds."""
+    shapes = kw.get("graph_shapes") or 1
+    pool = arch.layers * layer_activation_bytes(arch, tokens, kw.get("mlp_tile"))
+    return (pool + shapes * graph_shape_bytes(arch, tokens, 0, False, 0)) / 2**30
 
 
 def usable_gib(budget_gib: float | None, device) -> float | None:
@@ -91,6 +107,9 @@ def install(
         tokens = x.shape[0] * x.shape[1]
         if tokens not in decided:
             budget = usable_gib(budget_gib, x.device)
+            graphed = getattr(model, "layer_graph_tokens", None)  # engine.patching.graphs.install(per_shape=True)
+            if graphed and tokens not in graphed:  # their pool stays reserved (usable_gib counts it as this run's)
+                budget -= layer_graphs_held(arch, max(graphed), **estimate_kw)
             kw = dict(estimate_kw)
             lean = {**kw, "keep_dequantized": False, "keep_attention": False}
             if not fits_checkpointed(arch, method, tokens, budget, fused_loss, **kw) and fits_checkpointed(
@@ -101,9 +120,10 @@ def install(
                         kw[flag] = False
             k = max(layers_to_checkpoint(arch, method, tokens, budget, fused_loss, **kw), len(always))
             decided[tokens] = k, kw.get("keep_attention", False), kw.get("keep_dequantized", False)
-            graphed = getattr(model, "layer_graph_tokens", None)  # engine.patching.graphs.install(per_shape=True)
             if graphed is not None and k == 0 and layer_graphs_fit(arch, method, tokens, budget, fused_loss, **kw):
                 graphed.add(tokens)
+                for other in [t for t in decided if t not in graphed]:  # decided beside no graphs: decide again
+                    del decided[other]
                 log(f"cuda graphs: every layer's passes captured at {tokens} tokens per micro-batch (none recomputes)")
             where = f"{budget:.1f} GiB budget" if budget else "no GPU budget"
             where += ", attention outputs kept for the recompute" if decided[tokens][1] else ""
