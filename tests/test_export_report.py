@@ -103,6 +103,20 @@ def test_export_job_offers_zipped_downloads_writes_no_progress_bars_and_is_reape
     assert state is None, f"the export process {job.pid} is still there, in state {state}"
 
 
+def test_export_job_takes_a_run_path_relative_to_where_it_is_called(trained, monkeypatch, tmp_path):
+    """The export job starts in the project folder: a relative run path used to name a folder there ("has no LoRA
+    adapter to export")."""
+    from engine import api
+
+    monkeypatch.chdir(trained.run_dir.parent)
+    job = api.start_export(trained.run_dir.name, "lora", tmp_path / "nova")
+    deadline = time.time() + 300
+    while not (st := api.poll_export(job)).finished:
+        assert time.time() < deadline, st.log
+        time.sleep(0.2)
+    assert st.state == "done", st.log
+
+
 def test_finished_training_process_is_reaped(tiny_llama, identity_file, runs):
     from engine import api
 

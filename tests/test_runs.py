@@ -306,3 +306,15 @@ def test_cli_job_paths_are_relative_to_the_job_file(tiny_llama, identity_file, r
     assert out.returncode == 0, out.stdout + out.stderr
     run_dir = Path(out.stdout.splitlines()[0].removeprefix("run: "))
     assert api.JobSpec.from_yaml((run_dir / "job.yaml").read_text()).data == str((folder / "identity.jsonl").resolve())
+
+
+def test_resume_and_export_take_a_run_path_relative_to_where_the_command_runs(
+    tiny_llama, identity_file, runs, monkeypatch
+):
+    """README's `python -m engine resume runs/<id>`: the training process starts in the project folder, so a relative
+    run path used to name a folder there (a FileNotFoundError in the log, "stopped unexpectedly" to the user)."""
+    first = wait_for(api.start(spec_for(tiny_llama, identity_file, max_steps=1, max_seq_length=4)))
+    assert first.state == "failed" and "no example has an assistant reply" in first.message, log_of(first)
+    monkeypatch.chdir(runs.parent)
+    again = wait_for(api.resume(Path("runs") / first.run_id))
+    assert again.state == "failed" and "no example has an assistant reply" in again.message, log_of(again)

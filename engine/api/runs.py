@@ -111,6 +111,7 @@ def resume(run: "str | Path | RunHandle", *, allow_code: bool = False) -> RunHan
 
 
 def _launch(run_dir: Path, resume: bool) -> RunHandle:
+    run_dir = run_dir.absolute()  # the process starts in the project folder: a relative path would name another run
     (run_dir / CANCEL_MARK).unlink(missing_ok=True)  # a cancel asked of an earlier attempt is done with
     pid = spawn("engine.run", [str(run_dir / "job.yaml")] + (["--resume"] if resume else []), run_dir)
     return RunHandle(run_dir.name, run_dir, pid)
