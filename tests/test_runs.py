@@ -1,6 +1,7 @@
 """Run lifecycle through real subprocesses: cancel mid-run, resume, QLoRA on the CPU, failures as sentences."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -318,3 +319,13 @@ def test_resume_and_export_take_a_run_path_relative_to_where_the_command_runs(
     monkeypatch.chdir(runs.parent)
     again = wait_for(api.resume(Path("runs") / first.run_id))
     assert again.state == "failed" and "no example has an assistant reply" in again.message, log_of(again)
+
+
+def test_job_paths_relative_to_where_the_command_runs(tiny_llama, identity_file, runs, monkeypatch):
+    """A model and data named relative to the working folder (not beside a job file) pass the checks before the run,
+    so the training process, which starts in the project folder, must be handed them as absolute paths."""
+    monkeypatch.chdir(identity_file.parent)
+    st = wait_for(api.start(spec_for(os.path.relpath(tiny_llama), identity_file.name, max_steps=1)))
+    assert st.state == "done", log_of(st)
+    written = api.JobSpec.from_yaml((st.run_dir / "job.yaml").read_text())
+    assert (written.model, written.data) == (str(tiny_llama), str(identity_file))

@@ -9,7 +9,7 @@ from engine.api.access import MODEL_FIX, allowed_roots, check_access, runs_dir
 from engine.api.processes import alive, exit_code, mark_cancelled, slug, spawn, stop
 from engine.core.errors import UserError
 from engine.core.runlog import TERMINAL, read_metrics
-from engine.spec.jobspec import JobSpec, read_job
+from engine.spec.jobspec import JobSpec, read_job, with_paths_beside
 
 CANCEL_MARK = "cancel-requested"  # written by request_cancel: the run is saving a checkpoint before it stops
 FINISH_CHECK_S = 0.05  # wait() looks at a run's state this often
@@ -58,6 +58,8 @@ def start(spec: JobSpec, runs: Path | None = None, *, allow_code: bool = False) 
     A job whose rewards include a `python` one (a module:function path) runs that code in the training process, so
     it is refused unless `allow_code` is True: the CLI and Python callers may pass it, the app never does.
     """
+    # the process starts in the project folder: a model or data path relative to here would be missing there
+    spec = with_paths_beside(spec, Path.cwd())
     _check_job(spec, allow_code)
     from engine.training.preflight import check_job
 
