@@ -51,6 +51,14 @@ def test_ints_are_accepted_for_floats():
     assert spec.learning_rate == 1.0 and isinstance(spec.learning_rate, float)
 
 
+def test_numbers_in_exponent_form_without_a_dot_are_numbers():
+    """PyYAML (YAML 1.1) reads `2e-4` as the text '2e-4'; the user wrote a number, as Axolotl's and TRL's configs do.
+    A name that looks like one still round-trips as text."""
+    spec = JobSpec.from_yaml("model: m\ndata: d\nlearning_rate: 2e-4\nembedding_learning_rate: 1E-5\nname: '1e3'\n")
+    assert (spec.learning_rate, spec.embedding_learning_rate, spec.name) == (2e-4, 1e-5, "1e3")
+    assert JobSpec.from_yaml(spec.to_yaml()) == spec
+
+
 def test_a_job_file_from_before_the_objectives_loads_as_sft():
     spec = JobSpec.from_yaml("model: m\ndata: d\nmethod: full\n")
     assert (spec.objective, spec.rewards, spec.optimizer, spec.train_embeddings) == ("sft", (), "auto", False)

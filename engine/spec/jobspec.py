@@ -8,6 +8,7 @@ with a sentence naming the key and what it means, before a run folder is made or
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -192,7 +193,7 @@ class JobSpec:
 
     def to_yaml(self) -> str:
         d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-        return yaml.safe_dump(d, sort_keys=False, allow_unicode=True)
+        return yaml.dump(d, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "job") -> "JobSpec":
@@ -279,6 +280,16 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     raise _DuplicateKey(key_node.value, key_node.start_mark.line + 1)
                 seen.add(key_node.value)
         return super().construct_mapping(node, deep)
+
+
+class _Dumper(yaml.SafeDumper):
+    """yaml.safe_dump that quotes the text _UniqueKeyLoader would read as a number ("1e3" as a run name)."""
+
+
+# YAML 1.1 (PyYAML) reads `2e-4`, with no dot in it, as text; YAML 1.2 and the other tools read a number, as meant.
+_EXPONENT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+for _cls in (_UniqueKeyLoader, _Dumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT, list("-+0123456789"))
 
 
 def _check_text(key: str, value: str) -> None:
