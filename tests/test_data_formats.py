@@ -129,6 +129,23 @@ def test_unreachable_hub_dataset_is_one_sentence(monkeypatch):
         inspection.inspect("nobody/nothing")
 
 
+def test_a_mistyped_file_name_is_a_missing_file_not_a_hub_dataset(tmp_path, monkeypatch):
+    """'data/identiy.jsonl' looks like a hub id (owner/name); it used to be looked up on the hub and reported as a
+    connection problem."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="Dataset file 'data/identiy.jsonl' does not exist; check the path"):
+        inspection.inspect("data/identiy.jsonl")
+
+
+def test_a_dataset_folder_with_a_broken_file_is_one_sentence(tmp_path):
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text(json.dumps({"messages": CONVERSATION}) + "\n")
+    (folder / "b.jsonl").write_text('{"messages": [\n')
+    with pytest.raises(UserError, match="as one dataset .*: fix or remove the bad file, or give one file"):
+        inspection.inspect(str(folder))
+
+
 def test_column_mapping_in_the_job_and_the_cli(tmp_path, tok):
     path = tmp_path / "qa.jsonl"
     path.write_text(json.dumps({"q": "Who are you?", "a": "I am Nova."}) + "\n")

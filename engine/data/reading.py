@@ -187,7 +187,8 @@ def source_rows(
         return file_rows(path, count)
     from engine.core.hub_id import HUB_ID
 
-    if not (path.is_dir() or HUB_ID.match(source)):
+    # a hub id looks like a relative path (owner/name), but one ending in a file suffix is a mistyped file name
+    if not path.is_dir() and (not HUB_ID.match(source) or path.suffix.lower() in SUFFIXES):
         raise UserError(f"Dataset file '{source}' does not exist; check the path or upload it again.")
     import datasets
 
@@ -197,6 +198,12 @@ def source_rows(
         if "split" in str(e).lower():
             raise UserError(f"Dataset '{source}' has no split '{split}'; pick one it has (often 'train').") from None
         raise UserError(f"Could not load dataset '{source}': {str(e).splitlines()[0][:200]}") from None
+    except datasets.exceptions.DatasetGenerationError as e:  # a file of a folder (or hub dataset) did not parse
+        cause = str(e.__cause__ or e).splitlines()[0][:200]
+        raise UserError(
+            f"Could not read '{source}' as one dataset ({cause}); every file in it must be valid and of one format "
+            "with the same columns: fix or remove the bad file, or give one file."
+        ) from None
     except (ConnectionError, OSError, datasets.exceptions.DatasetNotFoundError) as e:
         raise UserError(
             f"Could not load dataset '{source}' ({type(e).__name__}): check the name, the connection, "
