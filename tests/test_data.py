@@ -110,6 +110,7 @@ def test_base_model_without_template_gets_the_plain_one_ending_in_eos():
         ('{"question": "a", "answer": "b"}\n', "d.jsonl: row 1 has fields \\['answer', 'question'\\]"),
         ("", "is empty"),
         ("[1, 2]", "row 1 is not a JSON object"),
+        ('{"instruction": ["a"], "output": "b"}\n', "d.jsonl: row 1: field 'instruction' should be text, not list"),
     ],
 )
 def test_bad_files_name_file_row_and_field(tmp_path, content, message):
@@ -119,6 +120,15 @@ def test_bad_files_name_file_row_and_field(tmp_path, content, message):
     with pytest.raises(UserError, match=message):
         inspection.inspect(str(path))
     assert path.read_bytes() == before  # nothing the user gave us is modified
+
+
+def test_a_numeric_alpaca_answer_is_its_text(tmp_path):
+    """{"output": 4} (a maths dataset) used to be refused as "missing or empty"."""
+    path = tmp_path / "maths.jsonl"
+    path.write_text('{"instruction": "What is 2+2?", "output": 4}\n{"instruction": "Half of 5?", "output": 2.5}\n')
+    info = inspection.inspect(str(path))
+    assert info["sample_messages"][-1] == {"role": "assistant", "content": "4"}
+    assert formats.to_messages(reading.read_rows(path)[1], "alpaca", 2)[-1]["content"] == "2.5"
 
 
 def test_non_utf8_and_binary_files(tmp_path):

@@ -115,9 +115,13 @@ def detect_format(rows: list[dict], source: str = "dataset") -> str:
     return fmt
 
 
-def _text(row: dict, key: str, where: str) -> str:
+def _text(row: dict, key: str, where: str, numbers: bool = False) -> str:
     value = row.get(key)
-    if not isinstance(value, str) or not value.strip():
+    if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)  # a numeric answer ("output": 4) is the text it reads as
+    if value is not None and not isinstance(value, str):
+        raise UserError(f"{where}: field '{key}' should be text, not {type(value).__name__}.")
+    if not value or not value.strip():
         raise UserError(f"{where}: field '{key}' is missing or empty.")
     return _encodable(value, key, where)
 
@@ -165,7 +169,7 @@ def to_messages(row: dict, fmt: str, row_no: int, source: str = "dataset", syste
     """Turn one row of a chat format into a list of {"role", "content"} messages with at least one assistant turn."""
     where = f"{source}: row {row_no}"
     if fmt == "alpaca":
-        instruction, output = _text(row, "instruction", where), _text(row, "output", where)
+        instruction, output = _text(row, "instruction", where, True), _text(row, "output", where, True)
         extra = row.get("input") or ""
         if not isinstance(extra, str):
             raise UserError(f"{where}: field 'input' should be text.")
