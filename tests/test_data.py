@@ -140,6 +140,10 @@ def test_non_utf8_and_binary_files(tmp_path):
     binary.write_bytes(b"\x00\x01\x02PK")
     with pytest.raises(UserError, match="looks binary"):
         inspection.inspect(str(binary))
+    notepad = tmp_path / "unicode.jsonl"  # Windows Notepad's "Unicode"
+    notepad.write_text('{"instruction": "a", "output": "b"}\n', encoding="utf-16")
+    with pytest.raises(UserError, match="'unicode.jsonl' is UTF-16 text; save it again as UTF-8"):
+        inspection.inspect(str(notepad))
 
 
 def test_cli_data_inspect(tmp_path):

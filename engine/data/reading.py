@@ -42,6 +42,8 @@ def file_rows(path: str | os.PathLike, count: bool = False) -> tuple[int | None,
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return _parquet_total(path), _parquet_rows(path)
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):  # what Windows Notepad saves as "Unicode"
+        raise UserError(f"Dataset file '{path.name}' is UTF-16 text; save it again as UTF-8.")
     if b"\x00" in head:
         raise UserError(f"Dataset file '{path.name}' looks binary, not text; save it as JSON, JSONL, CSV or Parquet.")
     if suffix in (".csv", ".tsv"):
