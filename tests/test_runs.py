@@ -138,6 +138,18 @@ def test_missing_model_folder_is_refused_before_a_run_folder(identity_file, runs
     assert not runs.exists() or not list(runs.iterdir())
 
 
+def test_a_model_newer_than_transformers_fails_with_a_sentence(tiny_llama, identity_file, runs, tmp_path):
+    """An architecture the installed transformers does not know used to end the run with its ValueError, cut off."""
+    model = tmp_path / "new-model"
+    shutil.copytree(tiny_llama, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps(dict(config, model_type="llama99")))
+    st = wait_for(api.start(spec_for(model, identity_file, max_steps=1)))
+    assert st.state == "failed", log_of(st)
+    assert st.message.startswith("'new-model' is a kind of model that transformers "), st.message
+    assert st.message.endswith("update transformers (pip install -U transformers) or pick another model.")
+
+
 def test_bad_dataset_row_fails_naming_file_and_row(tiny_llama, runs, tmp_path):
     """A bad row past the first ones (which are checked before the run starts) fails the run with a sentence."""
     data = tmp_path / "bad.jsonl"

@@ -134,6 +134,14 @@ def load_model(path: Path, placement: Placement, four_bit: bool = False, trust_r
                 f"'{path.name}' needs its own Python code to load; turn on 'trust remote code' only if "
                 "you trust its authors."
             ) from None
+        if "does not recognize this architecture" in str(e):  # a model newer than the installed transformers
+            import transformers
+
+            raise UserError(
+                f"'{path.name}' is a kind of model that transformers {transformers.__version__} does not know "
+                "(model_type in its config.json); update transformers (pip install -U transformers) or pick "
+                "another model."
+            ) from None
         raise
     cast_experts(model, placement.torch_dtype)
     if stored_4bit:  # its saved compute dtype (often bf16) gives way to the one chosen for this GPU, as ours does
