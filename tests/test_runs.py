@@ -150,6 +150,20 @@ def test_a_model_newer_than_transformers_fails_with_a_sentence(tiny_llama, ident
     assert st.message.endswith("update transformers (pip install -U transformers) or pick another model.")
 
 
+def test_mistyped_lora_targets_are_told_the_linear_layer_names(tiny_llama):
+    """The sentence used to list the first module names in sorted order: '', '0', '1', 'act_fn', ..."""
+    from engine.core.hardware import choose_placement
+    from engine.models.loading import add_lora, load_model
+
+    model = load_model(tiny_llama, choose_placement("cpu"))
+    with pytest.raises(api.UserError) as info:
+        add_lora(model, api.JobSpec(model="m", data="d", target_modules=("qproj",)), log=lambda m: None)
+    assert str(info.value) == (
+        "None of the LoRA target modules ['qproj'] exist in this model; its linear layers are named "
+        "['down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj', 'up_proj', 'v_proj']."
+    )
+
+
 def test_bad_dataset_row_fails_naming_file_and_row(tiny_llama, runs, tmp_path):
     """A bad row past the first ones (which are checked before the run starts) fails the run with a sentence."""
     data = tmp_path / "bad.jsonl"

@@ -161,9 +161,13 @@ def add_lora(model, spec, log=print):
     targets = [t for t in spec.target_modules if t in present]
     moe = lora_options(model, spec, log)
     if not targets and not moe.get("target_parameters"):
+        import torch
+
+        # the names an adapter can go on (bitsandbytes' 4-bit layers are Linear too), not '0' or 'act_fn'
+        linear = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
         raise UserError(
             f"None of the LoRA target modules {list(spec.target_modules)} exist in this model; its "
-            f"layers are named e.g. {sorted(present)[:8]}."
+            f"linear layers are named {sorted(linear - {'lm_head'})}."
         )
     skipped = sorted(set(spec.target_modules) - set(targets))
     if skipped and not moe.get("target_parameters"):
