@@ -21,8 +21,10 @@ def test_yaml_round_trip_keeps_every_field():
 
 def test_unknown_key_is_rejected_by_name():
     text = JobSpec(model="m", data="d").to_yaml() + "learning_rat: 0.1\n"
-    with pytest.raises(UserError, match="unknown setting 'learning_rat'"):
+    with pytest.raises(UserError, match="unknown setting 'learning_rat'; did you mean 'learning_rate'\\?$"):
         JobSpec.from_yaml(text)
+    with pytest.raises(UserError, match="unknown setting 'wandb_project'; known settings are: model, data, "):
+        JobSpec.from_yaml("model: m\ndata: d\nwandb_project: x\n")
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ with a sentence naming the key and what it means, before a run folder is made or
 """
 
 import dataclasses
+import difflib
 import math
 import os
 import re
@@ -203,6 +204,9 @@ class JobSpec:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - set(fields))
         if unknown:
+            close = difflib.get_close_matches(str(unknown[0]), fields, n=1)
+            if close:
+                raise UserError(f"{source}: unknown setting '{unknown[0]}'; did you mean '{close[0]}'?")
             raise UserError(f"{source}: unknown setting '{unknown[0]}'; known settings are: {', '.join(fields)}.")
         missing = [
             n
