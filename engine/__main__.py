@@ -47,7 +47,16 @@ def _follow(handle) -> int:
             api.wait(handle, 0.5)  # returns as the run ends, so the command ends with it
     except KeyboardInterrupt:
         print("cancelling (a checkpoint is saved first)...", file=sys.stderr, flush=True)
-        api.cancel(handle)
+        try:
+            st = api.cancel(handle)
+        except KeyboardInterrupt:  # a second Ctrl-C: the run, asked to stop, still saves its checkpoint on its own
+            print(
+                f"stopped waiting; the run saves its checkpoint and then stops on its own ({handle.run_dir})",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 130
+        print(f"{st.state}: {st.message}  ({st.run_dir})", flush=True)
         return 130
 
 

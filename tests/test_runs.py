@@ -279,6 +279,33 @@ def test_cli_train_chat_export(tiny_llama, identity_file, runs, tmp_path):
     assert out.returncode == 2 and "already exists" in out.stderr
 
 
+@pytest.mark.parametrize("presses", [1, 2])
+def test_cli_ctrl_c_cancels_with_a_sentence_even_when_pressed_twice(tiny_llama, identity_file, runs, tmp_path, presses):
+    """Ctrl-C asks the run for a checkpoint and says how it ended; a second one while it saves used to print the
+    CLI's KeyboardInterrupt traceback. The run, in its own session, still saves and ends cancelled."""
+    import signal
+
+    job = tmp_path / "job.yaml"
+    job.write_text(spec_for(tiny_llama, identity_file, max_steps=100000).to_yaml())
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    with open(out, "w") as o, open(err, "w") as e:
+        proc = subprocess.Popen([sys.executable, "-m", "engine", "train", str(job)], cwd=ROOT, stdout=o, stderr=e)
+    deadline = time.time() + 300
+    while "step 2/" not in out.read_text():
+        assert time.time() < deadline and proc.poll() is None, out.read_text() + err.read_text()
+        time.sleep(0.1)
+    for _ in range(presses):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+    assert proc.wait(timeout=120) == 130
+    assert "Traceback" not in err.read_text(), err.read_text()
+    run_dir = Path(out.read_text().splitlines()[0].removeprefix("run: "))
+    st = wait_for(api.RunHandle(run_dir.name, run_dir, 0))
+    assert st.state == "cancelled", log_of(st)
+    if presses == 1:
+        assert out.read_text().splitlines()[-1].startswith("cancelled: Cancelled; resume continues")
+
+
 def test_cli_doctor_reports_the_machine():
     out = cli("doctor")
     assert out.returncode == 0, out.stderr
