@@ -220,6 +220,10 @@ def main(argv=None) -> int:
     except api.UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C in export, chat or eval, which work in this process
+        # an export writes under a temporary name, removed on the way out (engine.core.files.new_folder)
+        print(f"{args.cmd} interrupted; nothing unfinished was kept.", file=sys.stderr)
+        return 130
     except Exception as e:  # a bug or an unforeseen failure: one line here, the traceback in a file
         report = _write_report(args.cmd)
         first = str(e).splitlines()[0][:200] if str(e) else ""

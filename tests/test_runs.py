@@ -306,6 +306,25 @@ def test_cli_ctrl_c_cancels_with_a_sentence_even_when_pressed_twice(tiny_llama, 
         assert out.read_text().splitlines()[-1].startswith("cancelled: Cancelled; resume continues")
 
 
+def test_cli_ctrl_c_during_an_export_is_one_line_and_leaves_nothing(tiny_llama, identity_file, runs, tmp_path):
+    import signal
+
+    st = wait_for(api.start(spec_for(tiny_llama, identity_file, max_steps=1)))
+    out = tmp_path / "exports" / "m"
+    log = tmp_path / "log.txt"
+    with open(log, "w") as f:
+        cmd = [sys.executable, "-m", "engine", "export", str(st.run_dir), "--format", "gguf-q8_0", "--out", str(out)]
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while "merged shard" not in log.read_text():  # under way: the merge is written, its checks and GGUF are next
+        assert time.time() < deadline and proc.poll() is None, log.read_text()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130, log.read_text()
+    assert "Traceback" not in log.read_text() and "export interrupted; nothing unfinished was kept." in log.read_text()
+    assert not out.parent.exists() or not list(out.parent.iterdir())
+
+
 def test_cli_doctor_reports_the_machine():
     out = cli("doctor")
     assert out.returncode == 0, out.stderr
