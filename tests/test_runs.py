@@ -57,6 +57,20 @@ def test_cancel_mid_run_then_resume_continues_steps_and_curve(tiny_qwen3, identi
     assert (again.run_dir / "adapter" / "adapter_model.safetensors").is_file()
 
 
+def test_a_resume_cancelled_while_loading_keeps_its_step(tiny_qwen3, identity_file, runs):
+    """The resumed process starts at step 0 until its checkpoint is restored; cancelled then, the run history said
+    "cancelled, step 0/0" as if its progress were gone."""
+    st = wait_for(api.start(spec_for(tiny_qwen3, identity_file, max_steps=3)))
+    assert st.state == "done", log_of(st)
+    shutil.rmtree(st.run_dir / "adapter")  # made to look as if it died after its last checkpoint
+    (st.run_dir / "status.json").write_text(json.dumps(dict(state="failed", message="x", step=3, total_steps=3)))
+    handle = api.resume(st.run_dir)
+    assert api.poll(handle).step == 3  # before the process has written a step of its own
+    wait_for(handle, until=lambda s: s.state == "loading")
+    cancelled = api.cancel(handle)
+    assert cancelled.state == "cancelled" and (cancelled.step, cancelled.total_steps) == (3, 3), log_of(cancelled)
+
+
 def test_resume_matches_an_uninterrupted_run(tiny_llama, identity_file, runs):
     """Optimizer, schedule, data order and RNG all come back: the resumed curve is the uninterrupted one."""
     full = wait_for(

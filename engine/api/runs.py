@@ -180,16 +180,20 @@ def _read_status(run_dir: Path) -> RunStatus:
     if st["state"] not in TERMINAL and (run_dir / CANCEL_MARK).is_file():
         st["state"], st["message"] = "cancelling", "Cancelling: saving a checkpoint, then stopping."
     spec = read_job(run_dir / "job.yaml")  # unreadable or invalid: the folder is damaged (_poll_dir)
+    metrics = read_metrics(run_dir)
+    step, total = st.get("step", 0), st.get("total_steps", 0)
+    if not step and metrics:  # a resume that has not restored its checkpoint yet stands where the run stopped
+        step, total = metrics[-1]["step"], metrics[-1].get("total_steps", total)
     return RunStatus(
         run_dir.name,
         run_dir,
         st["state"],
         st.get("message", ""),
-        st.get("step", 0),
-        st.get("total_steps", 0),
+        step,
+        total,
         spec.name,
         spec.model,
-        read_metrics(run_dir),
+        metrics,
         (run_dir / "job.yaml").stat().st_mtime,
         st.get("updated", 0.0),
     )
