@@ -52,6 +52,25 @@ def test_lora_export_is_checked_with_peft_and_has_a_model_card(trained, tmp_path
     assert str(trained.run_dir.parent) not in card  # no local path of the user's machine
 
 
+def test_lora_export_of_a_checkpoint_has_the_runs_tokenizer_and_the_checkpoints_steps(trained, tmp_path):
+    """A cancelled run exports its last checkpoint: the export used to lack the tokenizer and the chat template the
+    run trained with, and its card gave the steps and loss of the latest step logged, not of the checkpoint."""
+    import shutil
+
+    from engine import api
+
+    run = tmp_path / trained.run_dir.name
+    shutil.copytree(trained.run_dir, run)
+    shutil.rmtree(run / "adapter")  # as a run cancelled after step 2 and its checkpoint, then trained on to step 4
+    shutil.rmtree(run / "checkpoints")
+    shutil.copytree(trained.run_dir / "checkpoints" / "step-000004", run / "checkpoints" / "step-000002")
+    res = api.export(str(run), "lora", tmp_path / "nova-lora", log=quiet)
+    assert {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"} <= set(res.files), res.files
+    assert (res.path / "chat_template.jinja").read_text() == (run / "tokenizer" / "chat_template.jinja").read_text()
+    card = (res.path / "README.md").read_text()
+    assert "| Steps | 2 of 4 |" in card and f"| Final training loss | {trained.metrics[1]['loss']:.4f} |" in card
+
+
 def test_gguf_is_named_after_the_export_folder_and_its_checks_read_as_a_sentence(trained, tmp_path):
     from engine import api
     from engine.export.report import summary

@@ -76,7 +76,7 @@ def _export(source: str, fmt: str, out: Path, log) -> ExportResult:
         from engine.export.adapter import check_adapter, write_adapter
 
         with new_folder(out) as tmp:
-            write_adapter(adapter, base, tmp, CHECKPOINT_FILES)  # a checkpoint's training state is not copied
+            write_adapter(adapter, base, tmp, CHECKPOINT_FILES, tok_dir)  # no checkpoint training state
             checks = check_adapter(base, adapter, tmp, tok_dir, log)
     else:  # a 4-bit checkpoint as base is merged into a dequantized 16-bit copy of it
         with unquantized(base, out.parent, log) as (base, origin):
