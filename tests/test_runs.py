@@ -259,7 +259,20 @@ def test_killed_process_is_reported_failed(tiny_llama, identity_file, runs):
     os.kill(handle.pid, signal.SIGKILL)
     time.sleep(0.5)
     st = api.poll(handle)
-    assert st.state == "failed" and "stopped unexpectedly" in st.message
+    assert st.state == "failed" and "stopped unexpectedly (exit code -9)" in st.message
+    assert "most often by the system when RAM runs out" in st.message  # what a SIGKILL nobody asked for usually is
+
+
+def test_running_out_of_ram_on_the_cpu_is_a_sentence():
+    """torch's CPU allocator raises a RuntimeError, not a MemoryError: the run said "Training stopped with an error
+    ([enforce fail at alloc_cpu.cpp:..."."""
+    import torch
+
+    from engine.run import failure_message
+
+    with pytest.raises(RuntimeError) as info:
+        torch.empty(2**50, dtype=torch.uint8)  # a PiB: refused at once, nothing allocated
+    assert failure_message(info.value, 3).startswith("Ran out of RAM.")
 
 
 def cli(*args, timeout=600):

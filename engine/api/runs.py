@@ -172,10 +172,16 @@ def _read_status(run_dir: Path) -> RunStatus:
     if st["state"] not in TERMINAL and st.get("pid") and not alive(st["pid"]):
         code = exit_code(st["pid"])
         st["state"] = "failed"
+        killed = (
+            " It was killed (SIGKILL), most often by the system when RAM runs out: pick a smaller model, batch or "
+            "sequence length, or close other programs."
+            if code == -9
+            else ""
+        )
         st["message"] = (
             "The training process stopped unexpectedly"
             + (f" (exit code {code})" if code is not None else "")
-            + f"; see log.txt.{_low_disk_note(run_dir)} Resume continues from the last checkpoint."
+            + f"; see log.txt.{killed}{_low_disk_note(run_dir)} Resume continues from the last checkpoint."
         )
     if st["state"] not in TERMINAL and (run_dir / CANCEL_MARK).is_file():
         st["state"], st["message"] = "cancelling", "Cancelling: saving a checkpoint, then stopping."
