@@ -168,6 +168,8 @@ def test_column_mapping_in_the_job_and_the_cli(tmp_path, tok):
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["format"] == "alpaca"
+    # several pairs in one --map, as the Data tab takes them: the second used to be read as part of the first's field
+    assert formats.parse_map(["q=instruction, a=output"]) == {"q": "instruction", "a": "output"}
 
 
 EXPECTED_TEMPLATES = {

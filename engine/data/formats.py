@@ -52,10 +52,12 @@ DETECT_ROWS = 50  # rows read to detect a format: enough to catch a mixed file e
 
 
 def parse_map(pairs: list[str] | None) -> dict:
-    """CLI `--map col=field` pairs to a {column: field} dict."""
+    """CLI `--map col=field` pairs to a {column: field} dict; one --map may hold several, "q=instruction,a=output",
+    as the Data tab's mapping box does."""
     out = {}
-    for pair in pairs or []:
+    for pair in (p.strip() for given in pairs or [] for p in given.split(",") if p.strip()):
         col, sep, fld = pair.partition("=")
+        col, fld = col.strip(), fld.strip()
         if not sep or not col or not fld:
             raise UserError(f"Column mapping '{pair}' should look like column=field, e.g. question=instruction.")
         out[col] = fld
