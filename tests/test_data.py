@@ -108,6 +108,10 @@ def test_base_model_without_template_gets_the_plain_one_ending_in_eos():
             "d.jsonl: row 1: the conversation has no assistant turn",
         ),
         ('{"question": "a", "answer": "b"}\n', "d.jsonl: row 1 has fields \\['answer', 'question'\\]"),
+        (
+            '{"Instruction": "a", "Output": "b"}\n',
+            "case-sensitive: rename them in lower case, or map them \\(Instruction=instruction, Output=output\\)",
+        ),
         ("", "is empty"),
         ("[1, 2]", "row 1 is not a JSON object"),
         ('{"instruction": ["a"], "output": "b"}\n', "d.jsonl: row 1: field 'instruction' should be text, not list"),

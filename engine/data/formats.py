@@ -99,6 +99,14 @@ def row_format(row: dict) -> str | None:
 def check_format(row: dict, row_no: int, source: str, expected: str | None) -> str:
     fmt = row_format(row)
     if fmt is None:
+        if row_format(dict.fromkeys(str(k).lower() for k in row)) is not None:  # "Instruction" from a spreadsheet
+            pairs = ", ".join(
+                f"{k}={k.lower()}" for k in sorted(map(str, row)) if k != k.lower() and k.lower() in FIELDS
+            )
+            raise UserError(
+                f"{source}: row {row_no} has fields {sorted(row)}; names are case-sensitive: rename them in "
+                f"lower case, or map them ({pairs})."
+            )
         raise UserError(
             f"{source}: row {row_no} has fields {sorted(row)} which match no known format; use "
             "instruction/output (Alpaca), conversations (ShareGPT) or messages (ChatML), or map your "
