@@ -135,6 +135,24 @@ def test_a_numeric_alpaca_answer_is_its_text(tmp_path):
     assert formats.to_messages(reading.read_rows(path)[1], "alpaca", 2)[-1]["content"] == "2.5"
 
 
+def test_openai_content_parts_are_read_as_their_text(tmp_path):
+    """ "content": [{"type": "text", "text": ...}] (OpenAI's parts) was refused as an empty 'content'."""
+    path = tmp_path / "parts.jsonl"
+    turns = [
+        {"role": "user", "content": [{"type": "text", "text": "Who are "}, {"type": "text", "text": "you?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Nova."}]},
+    ]
+    path.write_text(json.dumps({"messages": turns}) + "\n")
+    assert inspection.inspect(str(path))["sample_messages"] == [
+        {"role": "user", "content": "Who are you?"},
+        {"role": "assistant", "content": "Nova."},
+    ]
+    turns[0]["content"].insert(0, {"type": "image_url", "image_url": {"url": "cat.png"}})
+    path.write_text(json.dumps({"messages": turns}) + "\n")
+    with pytest.raises(UserError, match="row 1: turn 1 of 'messages' has a 'content' of parts that are not all text"):
+        inspection.inspect(str(path))
+
+
 def test_non_utf8_and_binary_files(tmp_path):
     latin = tmp_path / "latin.jsonl"
     latin.write_bytes('{"instruction": "caf\xe9", "output": "b"}\n'.encode("latin-1"))

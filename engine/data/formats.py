@@ -169,9 +169,19 @@ def _turns(turns, key: str, where: str, sharegpt: bool) -> list[dict]:
         if role not in ROLES:
             names = SHAREGPT_ROLES if sharegpt else ROLES
             raise UserError(f"{where}: turn {j} has unknown role '{turn[role_key]}'; use {', '.join(names)}.")
-        if not isinstance(turn[text_key], str) or not turn[text_key].strip():
+        text = turn[text_key]
+        if isinstance(text, list) and text and all(isinstance(p, dict) and p.get("type") == "text" for p in text):
+            text = "".join(str(p.get("text") or "") for p in text)  # OpenAI's content parts, all of them text
+        elif isinstance(text, list):
+            raise UserError(
+                f"{where}: turn {j} of '{key}' has a '{text_key}' of parts that are not all text "
+                "(images or audio); only text can be trained on."
+            )
+        elif text is not None and not isinstance(text, str):
+            raise UserError(f"{where}: turn {j} of '{key}' has a '{text_key}' that is {type(text).__name__}, not text.")
+        if not text or not text.strip():
             raise UserError(f"{where}: turn {j} of '{key}' has an empty '{text_key}'.")
-        msgs.append({"role": role, "content": _encodable(turn[text_key], f"{key}[{j}].{text_key}", where)})
+        msgs.append({"role": role, "content": _encodable(text, f"{key}[{j}].{text_key}", where)})
     return msgs
 
 
