@@ -135,6 +135,9 @@ def test_a_mistyped_file_name_is_a_missing_file_not_a_hub_dataset(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match="Dataset file 'data/identiy.jsonl' does not exist; check the path"):
         inspection.inspect("data/identiy.jsonl")
+    url = "https://huggingface.co/datasets/tatsu-lab/alpaca"  # copied from the browser
+    with pytest.raises(UserError, match=f"^'{url}' is a web address; give its hub id 'tatsu-lab/alpaca' instead.$"):
+        inspection.inspect(url)
 
 
 def test_a_dataset_folder_with_a_broken_file_is_one_sentence(tmp_path):

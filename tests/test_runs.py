@@ -149,6 +149,9 @@ def test_qlora_trains_on_cpu_through_bitsandbytes(tiny_qwen3, identity_file, run
 def test_missing_model_folder_is_refused_before_a_run_folder(identity_file, runs, tmp_path):
     with pytest.raises(api.UserError, match=f"Model folder '{tmp_path / 'no-such-model'}' does not exist"):
         api.start(spec_for(tmp_path / "no-such-model", identity_file, max_steps=2))
+    url = "https://huggingface.co/Qwen/Qwen3-0.6B/tree/main"  # the model's page, copied from the browser
+    with pytest.raises(api.UserError, match=f"^'{url}' is a web address; give its hub id 'Qwen/Qwen3-0.6B' instead.$"):
+        api.start(spec_for(url, identity_file, max_steps=2))
     assert not runs.exists() or not list(runs.iterdir())
 
 

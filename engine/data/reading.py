@@ -187,11 +187,13 @@ def source_rows(
     path = Path(os.path.expanduser(source))
     if path.is_file():
         return file_rows(path, count)
-    from engine.core.hub_id import HUB_ID
+    from engine.core.hub_id import HUB_ID, url_hint
 
     # a hub id looks like a relative path (owner/name), but one ending in a file suffix is a mistyped file name
     if not path.is_dir() and (not HUB_ID.match(source) or path.suffix.lower() in SUFFIXES):
-        raise UserError(f"Dataset file '{source}' does not exist; check the path or upload it again.")
+        raise UserError(
+            url_hint(source) or f"Dataset file '{source}' does not exist; check the path or upload it again."
+        )
     import datasets
 
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from engine.core.errors import UserError
 from engine.core.hardware import Placement
-from engine.core.hub_id import HUB_ID
+from engine.core.hub_id import HUB_ID, url_hint
 
 # What a causal LM needs from a hub repository; skips .bin/.pt/.gguf duplicates of the weights.
 HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
@@ -24,7 +24,8 @@ def resolve_model(model: str, log=print) -> Path:
         return path
     if not HUB_ID.match(model) or model.startswith((".", "/", "~")):
         raise UserError(
-            f"Model folder '{model}' does not exist; give an existing folder or a hub id like 'Qwen/Qwen3-0.6B'."
+            url_hint(model)
+            or f"Model folder '{model}' does not exist; give an existing folder or a hub id like 'Qwen/Qwen3-0.6B'."
         )
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
