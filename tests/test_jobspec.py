@@ -59,6 +59,9 @@ def test_numbers_in_exponent_form_without_a_dot_are_numbers():
     spec = JobSpec.from_yaml("model: m\ndata: d\nlearning_rate: 2e-4\nembedding_learning_rate: 1E-5\nname: '1e3'\n")
     assert (spec.learning_rate, spec.embedding_learning_rate, spec.name) == (2e-4, 1e-5, "1e3")
     assert JobSpec.from_yaml(spec.to_yaml()) == spec
+    assert JobSpec.from_yaml("model: m\ndata: d\nmax_steps: 1e3\n").max_steps == 1000
+    with pytest.raises(UserError, match="'max_steps' should be a whole number, not 2.5"):
+        JobSpec.from_yaml("model: m\ndata: d\nmax_steps: 2.5\n")
 
 
 def test_a_job_file_from_before_the_objectives_loads_as_sft():

@@ -315,6 +315,8 @@ def _coerce(key, value, hint, source):
             raise bad
         return value
     if hint is int:
+        if isinstance(value, float) and value.is_integer():  # max_steps: 1e3
+            return int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad
         return value
