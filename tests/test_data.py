@@ -158,6 +158,10 @@ def test_non_utf8_and_binary_files(tmp_path):
     latin.write_bytes('{"instruction": "caf\xe9", "output": "b"}\n'.encode("latin-1"))
     with pytest.raises(UserError, match="row 1 is not UTF-8"):
         inspection.inspect(str(latin))
+    excel = tmp_path / "excel.csv"  # Excel's "CSV" on Windows is cp1252; its first row is the file's second line
+    excel.write_bytes("instruction,output\nWho?,Nov\xe9\n".encode("cp1252"))
+    with pytest.raises(UserError, match="excel.csv: line 2 is not UTF-8 text; re-save the file as UTF-8"):
+        inspection.inspect(str(excel))
     binary = tmp_path / "x.jsonl"
     binary.write_bytes(b"\x00\x01\x02PK")
     with pytest.raises(UserError, match="looks binary"):

@@ -58,11 +58,13 @@ def file_rows(path: str | os.PathLike, count: bool = False) -> tuple[int | None,
     raise UserError(f"'{path.name}' is neither JSON nor JSONL; use one of {', '.join(SUFFIXES)}.")
 
 
-def _decode(path: Path, raw: bytes, row: int) -> str:
+def _decode(path: Path, raw: bytes, row: int, what: str = "row") -> str:
+    """One line of the file as text; `what` names it ("line" in a CSV or text file, whose rows are counted otherwise:
+    after the header, or by paragraph)."""
     try:
         return raw.decode("utf-8-sig" if row == 1 else "utf-8")  # a BOM (Windows editors write one) is not data
     except UnicodeDecodeError:
-        raise UserError(f"{path.name}: row {row} is not UTF-8 text; re-save the file as UTF-8.") from None
+        raise UserError(f"{path.name}: {what} {row} is not UTF-8 text; re-save the file as UTF-8.") from None
 
 
 def _line_count(path: Path) -> int:
@@ -124,7 +126,7 @@ def _csv_rows(path: Path, delimiter: str):
     # csv refuses fields over 128 KiB by default; a long document in one cell is a fair training example
     csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_BYTES))
     with open(path, "rb") as f:
-        lines = (_decode(path, raw, n) for n, raw in enumerate(f, 1))
+        lines = (_decode(path, raw, n, "line") for n, raw in enumerate(f, 1))
         reader = csv.DictReader(lines, delimiter=delimiter)
         i = 0
         try:
@@ -163,7 +165,7 @@ def _parquet_rows(path: Path):
 
 def _text_rows(path: Path):
     with open(path, "rb") as f:
-        lines = (_decode(path, raw, n) for n, raw in enumerate(f, 1))
+        lines = (_decode(path, raw, n, "line") for n, raw in enumerate(f, 1))  # its rows are paragraphs
         n, para = 0, []
         for line in itertools.chain(lines, [""]):
             if line.strip():
