@@ -2,6 +2,7 @@
 translates labels, help lines, choices and axis titles, and live messages are translated whole by template."""
 
 import asyncio
+import json
 import re
 
 import gradio as gr
@@ -229,7 +230,11 @@ def test_data_sentences_added_by_the_audit_are_translated(tmp_path):
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "a.jsonl").write_text('{"instruction": "a", "output": "b"}\n')
     (tmp_path / "folder" / "b.jsonl").write_text('{"instruction": \n')
-    sources = ["excel.csv", "notepad.jsonl", "caps.jsonl", "folder"]
+    image = [{"type": "image_url", "image_url": {"url": "cat.png"}}]
+    turns = [{"role": "user", "content": image}, {"role": "assistant", "content": 4}]
+    (tmp_path / "parts.jsonl").write_text(json.dumps({"messages": turns}) + "\n")
+    (tmp_path / "number.jsonl").write_text(json.dumps({"messages": [turns[0] | {"content": "a"}, turns[1]]}) + "\n")
+    sources = ["excel.csv", "notepad.jsonl", "caps.jsonl", "folder", "parts.jsonl", "number.jsonl"]
     sentences = []
     for source in [str(tmp_path / s) for s in sources] + ["https://huggingface.co/datasets/tatsu-lab/alpaca"]:
         with pytest.raises(UserError) as info:

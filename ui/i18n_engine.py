@@ -191,6 +191,18 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         "{0}: строка {1}: в реплике {2} из '{3}' пустое '{4}'.",
     ),
     (
+        ROW + r": turn (\d+) of '(.*)' has a '(.*)' of parts that are not all text \(images or audio\); only text can "
+        r"be trained on\.",
+        "{0}：第 {1} 行：'{3}' 的第 {2} 轮的 '{4}' 含有非文本部分（图片或音频）；只能用文本训练。",
+        "{0}: строка {1}: в реплике {2} из '{3}' поле '{4}' содержит не только текст (изображения или аудио); "
+        "обучать можно только на тексте.",
+    ),
+    (
+        ROW + r": turn (\d+) of '(.*)' has a '(.*)' that is (\S+), not text\.",
+        "{0}：第 {1} 行：'{3}' 的第 {2} 轮的 '{4}' 是 {5}，不是文本。",
+        "{0}: строка {1}: в реплике {2} из '{3}' поле '{4}' — {5}, а не текст.",
+    ),
+    (
         ROW + r": the conversation has no assistant turn, so there is nothing to learn\.",
         "{0}：第 {1} 行：对话里没有助手的回复，无可学习。",
         "{0}: строка {1}: в диалоге нет реплики ассистента, учиться нечему.",
