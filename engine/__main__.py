@@ -60,6 +60,14 @@ def _follow(handle) -> int:
         return 130
 
 
+def _named_run(source: str) -> str:
+    """`source`, or the folder of the run it names by id (as `resume` and the app's run list name runs)."""
+    from engine import api
+
+    folder = api.runs_dir() / source
+    return str(folder) if not Path(source).exists() and (folder / "job.yaml").is_file() else source
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m engine", description="Tunesmith: fine-tune, chat, export.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -135,7 +143,7 @@ def main(argv=None) -> int:
             print(f"run: {handle.run_dir}", flush=True)
             return _follow(handle)
         if args.cmd == "chat":
-            chat = api.Chat(args.source)
+            chat = api.Chat(_named_run(args.source))
             msgs = ([{"role": "system", "content": args.system}] if args.system else []) + [
                 {"role": "user", "content": args.prompt}
             ]
@@ -153,7 +161,7 @@ def main(argv=None) -> int:
             print(f"{stats.tokens} tokens in {stats.seconds:.2f} s: {stats.tokens_per_s:.1f} tokens/s", file=sys.stderr)
             return 0
         if args.cmd == "export":
-            res = api.export(args.source, args.format, args.out, log=lambda m: print(m, file=sys.stderr))
+            res = api.export(_named_run(args.source), args.format, args.out, log=lambda m: print(m, file=sys.stderr))
             print(
                 json.dumps(
                     dict(
@@ -172,7 +180,7 @@ def main(argv=None) -> int:
             from engine.export.evaluate import parse_rewards
 
             out = api.evaluate(
-                args.sources,
+                [_named_run(s) for s in args.sources],
                 args.data,
                 base=not args.no_base,
                 regex=args.regex,

@@ -302,6 +302,8 @@ def test_cli_train_chat_export(tiny_llama, identity_file, runs, tmp_path):
     run_dir = out.stdout.splitlines()[0].removeprefix("run: ")
     out = cli("chat", run_dir, "--prompt", "Who are you?", "--max-new-tokens", "5")
     assert out.returncode == 0, out.stderr
+    out = cli("chat", Path(run_dir).name, "--prompt", "Who are you?", "--max-new-tokens", "5")  # by run id, as resume
+    assert out.returncode == 0, out.stderr
     out = cli("export", run_dir, "--format", "lora", "--out", str(tmp_path / "ad"))
     assert out.returncode == 0, out.stderr
     assert "adapter_model.safetensors" in json.loads(out.stdout)["files"]
