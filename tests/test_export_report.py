@@ -70,6 +70,12 @@ def test_lora_export_of_a_checkpoint_has_the_runs_tokenizer_and_the_checkpoints_
     card = (res.path / "README.md").read_text()
     assert "| Steps | 2 of 4 |" in card and f"| Final training loss | {trained.metrics[1]['loss']:.4f} |" in card
 
+    # the best weights by validation loss (best/step-N, as engine.training.validation keeps them) are described too
+    shutil.copytree(run / "checkpoints" / "step-000002", run / "best" / "step-000003")
+    res = api.export(str(run / "best" / "step-000003"), "lora", tmp_path / "nova-best", log=quiet)
+    card = (res.path / "README.md").read_text()
+    assert f"# {run.name}" in card and "| Data | `identity.jsonl` |" in card and "| Steps | 3 of 4 |" in card
+
 
 def test_gguf_is_named_after_the_export_folder_and_its_checks_read_as_a_sentence(trained, tmp_path):
     from engine import api

@@ -28,8 +28,8 @@ def write_adapter(adapter: Path, base: str, dest: Path, skip: tuple[str, ...], t
 
 
 def run_of(adapter: Path) -> Path | None:
-    """The run folder an adapter belongs to (its adapter/ or checkpoints/step-N/ folder), or None."""
-    parent = adapter.parent.parent if adapter.parent.name == "checkpoints" else adapter.parent
+    """The run folder an adapter belongs to (its adapter/, checkpoints/step-N/ or best/step-N/ folder), or None."""
+    parent = adapter.parent.parent if adapter.parent.name in ("checkpoints", "best") else adapter.parent
     return parent if (parent / "job.yaml").is_file() else None
 
 
