@@ -107,6 +107,10 @@ def test_base_model_without_template_gets_the_plain_one_ending_in_eos():
             '{"messages": [{"role": "user", "content": "a"}]}\n',
             "d.jsonl: row 1: the conversation has no assistant turn",
         ),
+        (
+            '{"conversations": [{"from": ["human"], "value": "a"}, {"from": "gpt", "value": "b"}]}\n',
+            "d.jsonl: row 1: turn 1 has unknown role",  # it was a TypeError (unhashable list)
+        ),
         ('{"question": "a", "answer": "b"}\n', "d.jsonl: row 1 has fields \\['answer', 'question'\\]"),
         (
             '{"Instruction": "a", "Output": "b"}\n',

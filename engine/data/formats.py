@@ -165,10 +165,11 @@ def _turns(turns, key: str, where: str, sharegpt: bool) -> list[dict]:
     for j, turn in enumerate(turns, 1):
         if not isinstance(turn, dict) or role_key not in turn or text_key not in turn:
             raise UserError(f"{where}: turn {j} of '{key}' needs '{role_key}' and '{text_key}'.")
-        role = SHAREGPT_ROLES.get(turn[role_key]) if sharegpt else turn[role_key]
+        given = turn[role_key] if isinstance(turn[role_key], str) else repr(turn[role_key])  # a list is no role
+        role = SHAREGPT_ROLES.get(given) if sharegpt else given
         if role not in ROLES:
             names = SHAREGPT_ROLES if sharegpt else ROLES
-            raise UserError(f"{where}: turn {j} has unknown role '{turn[role_key]}'; use {', '.join(names)}.")
+            raise UserError(f"{where}: turn {j} has unknown role '{given}'; use {', '.join(names)}.")
         text = turn[text_key]
         if isinstance(text, list) and text and all(isinstance(p, dict) and p.get("type") == "text" for p in text):
             text = "".join(str(p.get("text") or "") for p in text)  # OpenAI's content parts, all of them text
