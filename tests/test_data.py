@@ -130,6 +130,14 @@ def test_bad_files_name_file_row_and_field(tmp_path, content, message):
     assert path.read_bytes() == before  # nothing the user gave us is modified
 
 
+def test_an_unknown_format_name_is_refused(tmp_path):
+    """`data inspect --format nope` used to say "row 2 is alpaca but earlier rows are nope"."""
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"instruction": "a", "output": "b"}\n' * 2)
+    with pytest.raises(UserError, match="^Unknown data format 'nope'; use auto or one of: alpaca, sharegpt, chatml"):
+        inspection.inspect(str(path), "nope")
+
+
 def test_a_numeric_alpaca_answer_is_its_text(tmp_path):
     """{"output": 4} (a maths dataset) used to be refused as "missing or empty"."""
     path = tmp_path / "maths.jsonl"

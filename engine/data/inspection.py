@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from engine.core.errors import UserError
-from engine.data.formats import CHAT_FORMATS, DETECT_ROWS, check_format, map_columns, to_messages, validate_row
+from engine.data.formats import CHAT_FORMATS, DETECT_ROWS, FORMATS, check_format, map_columns, to_messages, validate_row
 from engine.data.reading import iter_source
 from engine.data.tokenizing import Example, ensure_chat_template, render, tokenize_conversation, tokenize_conversations
 
@@ -53,6 +53,8 @@ def inspect(
     and how many rows `max_len` would truncate (over the first TOKEN_STATS_ROWS rows). The sample is row
     `sample_row` (1-based; the last row when there are fewer), whose number is returned as "sample_row".
     """
+    if fmt != "auto" and fmt not in FORMATS:  # a job's data_format is checked by JobSpec; this is the CLI's --format
+        raise UserError(f"Unknown data format '{fmt}'; use auto or one of: {', '.join(FORMATS)}.")
     name = Path(source).name
     picked, rows, columns, lengths, truncated = None, 0, set(), [], 0
     sample_row = max(1, int(sample_row))
