@@ -60,6 +60,21 @@ def _follow(handle) -> int:
         return 130
 
 
+def _above_0(kind):
+    """An argparse type: a number of `kind` above 0 (--batch 0 was taken as "the preset's", --vram -3 as a card)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+        return value
+
+    return parse
+
+
 def _named_run(source: str) -> str:
     """`source`, or the folder of the run it names by id (as `resume` and the app's run list name runs)."""
     from engine import api
@@ -119,12 +134,16 @@ def main(argv=None) -> int:
     )
     p.add_argument("--model", required=True)
     p.add_argument("--method", default="qlora", choices=["qlora", "lora", "full"])
-    p.add_argument("--seq", type=int, default=None, help="sequence length (default: the preset's)")
-    p.add_argument("--batch", type=int, default=None, help="micro-batch (default: the preset's)")
-    p.add_argument("--rank", type=int, default=16)
-    p.add_argument("--vram", type=float, default=None, help="plan for a card of this many GiB instead of this one")
-    p.add_argument("--ram", type=float, default=None, help="plan for this many GiB of free host RAM instead")
-    p.add_argument("--gpus", type=int, default=1, help="plan per GPU of a run on this many (full: FSDP2 shards)")
+    p.add_argument("--seq", type=_above_0(int), default=None, help="sequence length (default: the preset's)")
+    p.add_argument("--batch", type=_above_0(int), default=None, help="micro-batch (default: the preset's)")
+    p.add_argument("--rank", type=_above_0(int), default=16)
+    p.add_argument(
+        "--vram", type=_above_0(float), default=None, help="plan for a card of this many GiB instead of this one"
+    )
+    p.add_argument("--ram", type=_above_0(float), default=None, help="plan for this many GiB of free host RAM instead")
+    p.add_argument(
+        "--gpus", type=_above_0(int), default=1, help="plan per GPU of a run on this many (full: FSDP2 shards)"
+    )
     p.add_argument("--machine", default=None, help="plan for a machine preset (presets/machines.yaml): kaggle-2xt4")
     args = ap.parse_args(argv)
 
