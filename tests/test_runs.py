@@ -359,6 +359,12 @@ def test_cli_ctrl_c_during_an_export_is_one_line_and_leaves_nothing(tiny_llama, 
     assert not out.parent.exists() or not list(out.parent.iterdir())
 
 
+def test_cli_chat_refuses_max_new_tokens_of_0():
+    """It answered nothing ("0 tokens in 0.00 s")."""
+    out = cli("chat", "m", "--prompt", "hi", "--max-new-tokens", "0")
+    assert out.returncode == 2 and "argument --max-new-tokens: must be above 0, not 0" in out.stderr
+
+
 def test_cli_doctor_reports_the_machine():
     out = cli("doctor")
     assert out.returncode == 0, out.stderr
