@@ -296,6 +296,8 @@ def test_inspect_reports_lengths_truncation_and_masked_sample(tmp_path, tiny_lla
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     info = api.inspect_data(str(path), model=str(tiny_llama), max_seq_length=32)
     assert info["rows"] == 2 and info["truncated_rows"] == 1 and "will be cut" in info["warning"]
+    # the long row's reply starts past 32 tokens: training leaves it out ("dropped" in the run log), as said here
+    assert "1 of them keep none of their reply and are left out of training" in info["warning"]
     assert info["token_lengths"]["rows_counted"] == 2 and info["token_lengths"]["max"] > 32
     assert sum(b["rows"] for b in info["token_lengths"]["histogram"]) == 2
     assert ["I am Nova.<|im_end|>", True] in info["sample_masked"]

@@ -56,7 +56,7 @@ def inspect(
     if fmt != "auto" and fmt not in FORMATS:  # a job's data_format is checked by JobSpec; this is the CLI's --format
         raise UserError(f"Unknown data format '{fmt}'; use auto or one of: {', '.join(FORMATS)}.")
     name = Path(source).name
-    picked, rows, columns, lengths, truncated = None, 0, set(), [], 0
+    picked, rows, columns, lengths, truncated, replyless = None, 0, set(), [], 0, 0
     sample_row = max(1, int(sample_row))
     if tokenizer is not None:
         ensure_chat_template(tokenizer, template)
@@ -75,6 +75,8 @@ def inspect(
             (whole,) = tokenize_conversations(tokenizer, [msgs], 2**31, where=[f"{name}: row {i}"])
             lengths.append(len(whole.input_ids))
             truncated += len(whole.input_ids) > max_len
+            # cut to max_len, a row whose reply starts past it has nothing to learn: training leaves it out
+            replyless += all(label == -100 for label in whole.labels[:max_len])
     if picked is None:
         raise UserError(f"Dataset '{name}' has no rows.")
     sample_row = min(sample_row, rows)
@@ -96,9 +98,10 @@ def inspect(
             out["max_seq_length"] = max_len
             out["truncated_rows"] = truncated
             if truncated:
+                lost = f"; {replyless} of them keep none of their reply and are left out of training"
                 out["warning"] = (
                     f"{truncated} of the first {len(lengths)} rows are longer than {max_len} tokens "
-                    "and will be cut; raise the maximum sequence length to keep them whole."
+                    f"and will be cut{lost if replyless else ''}; raise the maximum sequence length to keep them whole."
                 )
     else:
         out["sample"] = json.dumps(picked, ensure_ascii=False)
