@@ -47,8 +47,40 @@ def _follow(handle) -> int:
             api.wait(handle, 0.5)  # returns as the run ends, so the command ends with it
     except KeyboardInterrupt:
         print("cancelling (a checkpoint is saved first)...", file=sys.stderr, flush=True)
-        api.cancel(handle)
+        try:
+            st = api.cancel(handle)
+        except KeyboardInterrupt:  # a second Ctrl-C: the run, asked to stop, still saves its checkpoint on its own
+            print(
+                f"stopped waiting; the run saves its checkpoint and then stops on its own ({handle.run_dir})",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 130
+        print(f"{st.state}: {st.message}  ({st.run_dir})", flush=True)
         return 130
+
+
+def _above_0(kind):
+    """An argparse type: a number of `kind` above 0 (--batch 0 was taken as "the preset's", --vram -3 as a card)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+        return value
+
+    return parse
+
+
+def _named_run(source: str) -> str:
+    """`source`, or the folder of the run it names by id (as `resume` and the app's run list name runs)."""
+    from engine import api
+
+    folder = api.runs_dir() / source
+    return str(folder) if not Path(source).exists() and (folder / "job.yaml").is_file() else source
 
 
 def main(argv=None) -> int:
@@ -63,8 +95,8 @@ def main(argv=None) -> int:
     p.add_argument("source")
     p.add_argument("--prompt", required=True)
     p.add_argument("--system", default="")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--max-new-tokens", type=_above_0(int), default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     p.add_argument("--stream", action="store_true")
     p = sub.add_parser("export", help="export a run or model")
     p.add_argument("source")
@@ -83,7 +115,7 @@ def main(argv=None) -> int:
     p.add_argument("--maker", default="", help="identity check: its maker")
     p.add_argument("--no-base", action="store_true", help="skip the base model of a run")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N rows (default 100; 0: all)")
-    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=_above_0(int), default=None)
     p.add_argument("--no-save", action="store_true", help="print only; write no results folder")
     p = sub.add_parser("data", help="dataset tools")
     dsub = p.add_subparsers(dest="data_cmd", required=True)
@@ -102,12 +134,16 @@ def main(argv=None) -> int:
     )
     p.add_argument("--model", required=True)
     p.add_argument("--method", default="qlora", choices=["qlora", "lora", "full"])
-    p.add_argument("--seq", type=int, default=None, help="sequence length (default: the preset's)")
-    p.add_argument("--batch", type=int, default=None, help="micro-batch (default: the preset's)")
-    p.add_argument("--rank", type=int, default=16)
-    p.add_argument("--vram", type=float, default=None, help="plan for a card of this many GiB instead of this one")
-    p.add_argument("--ram", type=float, default=None, help="plan for this many GiB of free host RAM instead")
-    p.add_argument("--gpus", type=int, default=1, help="plan per GPU of a run on this many (full: FSDP2 shards)")
+    p.add_argument("--seq", type=_above_0(int), default=None, help="sequence length (default: the preset's)")
+    p.add_argument("--batch", type=_above_0(int), default=None, help="micro-batch (default: the preset's)")
+    p.add_argument("--rank", type=_above_0(int), default=16)
+    p.add_argument(
+        "--vram", type=_above_0(float), default=None, help="plan for a card of this many GiB instead of this one"
+    )
+    p.add_argument("--ram", type=_above_0(float), default=None, help="plan for this many GiB of free host RAM instead")
+    p.add_argument(
+        "--gpus", type=_above_0(int), default=1, help="plan per GPU of a run on this many (full: FSDP2 shards)"
+    )
     p.add_argument("--machine", default=None, help="plan for a machine preset (presets/machines.yaml): kaggle-2xt4")
     args = ap.parse_args(argv)
 
@@ -126,7 +162,7 @@ def main(argv=None) -> int:
             print(f"run: {handle.run_dir}", flush=True)
             return _follow(handle)
         if args.cmd == "chat":
-            chat = api.Chat(args.source)
+            chat = api.Chat(_named_run(args.source))
             msgs = ([{"role": "system", "content": args.system}] if args.system else []) + [
                 {"role": "user", "content": args.prompt}
             ]
@@ -144,7 +180,7 @@ def main(argv=None) -> int:
             print(f"{stats.tokens} tokens in {stats.seconds:.2f} s: {stats.tokens_per_s:.1f} tokens/s", file=sys.stderr)
             return 0
         if args.cmd == "export":
-            res = api.export(args.source, args.format, args.out, log=lambda m: print(m, file=sys.stderr))
+            res = api.export(_named_run(args.source), args.format, args.out, log=lambda m: print(m, file=sys.stderr))
             print(
                 json.dumps(
                     dict(
@@ -163,7 +199,7 @@ def main(argv=None) -> int:
             from engine.export.evaluate import parse_rewards
 
             out = api.evaluate(
-                args.sources,
+                [_named_run(s) for s in args.sources],
                 args.data,
                 base=not args.no_base,
                 regex=args.regex,
@@ -211,6 +247,10 @@ def main(argv=None) -> int:
     except api.UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C in export, chat or eval, which work in this process
+        # an export writes under a temporary name, removed on the way out (engine.core.files.new_folder)
+        print(f"{args.cmd} interrupted; nothing unfinished was kept.", file=sys.stderr)
+        return 130
     except Exception as e:  # a bug or an unforeseen failure: one line here, the traceback in a file
         report = _write_report(args.cmd)
         first = str(e).splitlines()[0][:200] if str(e) else ""

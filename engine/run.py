@@ -42,7 +42,7 @@ def failure_message(exc: BaseException, step: int, run_dir: Path | None = None) 
             f"Ran out of GPU memory at step {step + 1}. Lower the batch size or the maximum sequence length, or "
             "use QLoRA, then resume: the run continues from its last checkpoint."
         )
-    if isinstance(exc, MemoryError):
+    if isinstance(exc, MemoryError) or "DefaultCPUAllocator: can't allocate memory" in text:  # torch's, on the CPU
         return "Ran out of RAM. Close other programs or pick a smaller model, then resume."
     return f"Training stopped with an error ({text.splitlines()[0][:200]}); the full report is in log.txt."
 

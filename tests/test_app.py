@@ -53,6 +53,27 @@ def test_data_tab_identity_edit_save_and_bad_upload(runs, tmp_path, tiny_llama):
     assert used == "" and summary.startswith("**Cannot use this dataset:**") and "row 1" in summary
 
 
+def test_data_tab_identity_rows_left_empty_are_dropped_and_any_name_saves(runs):
+    """Cells emptied in the table arrive as None or NaN: they were saved as the answer "nan". A name with a slash
+    ("AC/DC") was refused as a file name."""
+    import numpy as np
+    import pandas as pd
+
+    from ui import data_tab
+
+    table = pd.DataFrame(
+        {
+            "instruction": ["Who are you?", "Your name?", None, "Who made you?"],
+            "output": ["I am AC/DC.", None, "x", np.nan],
+        }
+    )
+    path, msg = data_tab.save_identity(table, "AC/DC")
+    assert msg.startswith("Saved 1 rows") and Path(path).name.startswith("identity-AC_DC-"), msg
+    assert Path(path).read_text().splitlines() == [
+        '{"instruction": "Who are you?", "input": "", "output": "I am AC/DC."}'
+    ]
+
+
 def test_data_tab_column_mapping(tmp_path):
     from ui import data_tab
 

@@ -107,9 +107,18 @@ def test_base_model_without_template_gets_the_plain_one_ending_in_eos():
             '{"messages": [{"role": "user", "content": "a"}]}\n',
             "d.jsonl: row 1: the conversation has no assistant turn",
         ),
+        (
+            '{"conversations": [{"from": ["human"], "value": "a"}, {"from": "gpt", "value": "b"}]}\n',
+            "d.jsonl: row 1: turn 1 has unknown role",  # it was a TypeError (unhashable list)
+        ),
         ('{"question": "a", "answer": "b"}\n', "d.jsonl: row 1 has fields \\['answer', 'question'\\]"),
+        (
+            '{"Instruction": "a", "Output": "b"}\n',
+            "case-sensitive: rename them in lower case, or map them \\(Instruction=instruction, Output=output\\)",
+        ),
         ("", "is empty"),
         ("[1, 2]", "row 1 is not a JSON object"),
+        ('{"instruction": ["a"], "output": "b"}\n', "d.jsonl: row 1: field 'instruction' should be text, not list"),
     ],
 )
 def test_bad_files_name_file_row_and_field(tmp_path, content, message):
@@ -121,15 +130,58 @@ def test_bad_files_name_file_row_and_field(tmp_path, content, message):
     assert path.read_bytes() == before  # nothing the user gave us is modified
 
 
+def test_an_unknown_format_name_is_refused(tmp_path):
+    """`data inspect --format nope` used to say "row 2 is alpaca but earlier rows are nope"."""
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"instruction": "a", "output": "b"}\n' * 2)
+    with pytest.raises(UserError, match="^Unknown data format 'nope'; use auto or one of: alpaca, sharegpt, chatml"):
+        inspection.inspect(str(path), "nope")
+
+
+def test_a_numeric_alpaca_answer_is_its_text(tmp_path):
+    """{"output": 4} (a maths dataset) used to be refused as "missing or empty"."""
+    path = tmp_path / "maths.jsonl"
+    path.write_text('{"instruction": "What is 2+2?", "output": 4}\n{"instruction": "Half of 5?", "output": 2.5}\n')
+    info = inspection.inspect(str(path))
+    assert info["sample_messages"][-1] == {"role": "assistant", "content": "4"}
+    assert formats.to_messages(reading.read_rows(path)[1], "alpaca", 2)[-1]["content"] == "2.5"
+
+
+def test_openai_content_parts_are_read_as_their_text(tmp_path):
+    """ "content": [{"type": "text", "text": ...}] (OpenAI's parts) was refused as an empty 'content'."""
+    path = tmp_path / "parts.jsonl"
+    turns = [
+        {"role": "user", "content": [{"type": "text", "text": "Who are "}, {"type": "text", "text": "you?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Nova."}]},
+    ]
+    path.write_text(json.dumps({"messages": turns}) + "\n")
+    assert inspection.inspect(str(path))["sample_messages"] == [
+        {"role": "user", "content": "Who are you?"},
+        {"role": "assistant", "content": "Nova."},
+    ]
+    turns[0]["content"].insert(0, {"type": "image_url", "image_url": {"url": "cat.png"}})
+    path.write_text(json.dumps({"messages": turns}) + "\n")
+    with pytest.raises(UserError, match="row 1: turn 1 of 'messages' has a 'content' of parts that are not all text"):
+        inspection.inspect(str(path))
+
+
 def test_non_utf8_and_binary_files(tmp_path):
     latin = tmp_path / "latin.jsonl"
     latin.write_bytes('{"instruction": "caf\xe9", "output": "b"}\n'.encode("latin-1"))
     with pytest.raises(UserError, match="row 1 is not UTF-8"):
         inspection.inspect(str(latin))
+    excel = tmp_path / "excel.csv"  # Excel's "CSV" on Windows is cp1252; its first row is the file's second line
+    excel.write_bytes("instruction,output\nWho?,Nov\xe9\n".encode("cp1252"))
+    with pytest.raises(UserError, match="excel.csv: line 2 is not UTF-8 text; re-save the file as UTF-8"):
+        inspection.inspect(str(excel))
     binary = tmp_path / "x.jsonl"
     binary.write_bytes(b"\x00\x01\x02PK")
     with pytest.raises(UserError, match="looks binary"):
         inspection.inspect(str(binary))
+    notepad = tmp_path / "unicode.jsonl"  # Windows Notepad's "Unicode"
+    notepad.write_text('{"instruction": "a", "output": "b"}\n', encoding="utf-16")
+    with pytest.raises(UserError, match="'unicode.jsonl' is UTF-16 text; save it again as UTF-8"):
+        inspection.inspect(str(notepad))
 
 
 def test_cli_data_inspect(tmp_path):

@@ -129,6 +129,26 @@ def test_unreachable_hub_dataset_is_one_sentence(monkeypatch):
         inspection.inspect("nobody/nothing")
 
 
+def test_a_mistyped_file_name_is_a_missing_file_not_a_hub_dataset(tmp_path, monkeypatch):
+    """'data/identiy.jsonl' looks like a hub id (owner/name); it used to be looked up on the hub and reported as a
+    connection problem."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="Dataset file 'data/identiy.jsonl' does not exist; check the path"):
+        inspection.inspect("data/identiy.jsonl")
+    url = "https://huggingface.co/datasets/tatsu-lab/alpaca"  # copied from the browser
+    with pytest.raises(UserError, match=f"^'{url}' is a web address; give its hub id 'tatsu-lab/alpaca' instead.$"):
+        inspection.inspect(url)
+
+
+def test_a_dataset_folder_with_a_broken_file_is_one_sentence(tmp_path):
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text(json.dumps({"messages": CONVERSATION}) + "\n")
+    (folder / "b.jsonl").write_text('{"messages": [\n')
+    with pytest.raises(UserError, match="as one dataset .*: fix or remove the bad file, or give one file"):
+        inspection.inspect(str(folder))
+
+
 def test_column_mapping_in_the_job_and_the_cli(tmp_path, tok):
     path = tmp_path / "qa.jsonl"
     path.write_text(json.dumps({"q": "Who are you?", "a": "I am Nova."}) + "\n")
@@ -151,6 +171,8 @@ def test_column_mapping_in_the_job_and_the_cli(tmp_path, tok):
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["format"] == "alpaca"
+    # several pairs in one --map, as the Data tab takes them: the second used to be read as part of the first's field
+    assert formats.parse_map(["q=instruction, a=output"]) == {"q": "instruction", "a": "output"}
 
 
 EXPECTED_TEMPLATES = {
@@ -274,6 +296,8 @@ def test_inspect_reports_lengths_truncation_and_masked_sample(tmp_path, tiny_lla
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     info = api.inspect_data(str(path), model=str(tiny_llama), max_seq_length=32)
     assert info["rows"] == 2 and info["truncated_rows"] == 1 and "will be cut" in info["warning"]
+    # the long row's reply starts past 32 tokens: training leaves it out ("dropped" in the run log), as said here
+    assert "1 of them keep none of their reply and are left out of training" in info["warning"]
     assert info["token_lengths"]["rows_counted"] == 2 and info["token_lengths"]["max"] > 32
     assert sum(b["rows"] for b in info["token_lengths"]["histogram"]) == 2
     assert ["I am Nova.<|im_end|>", True] in info["sample_masked"]

@@ -52,6 +52,31 @@ def test_lora_export_is_checked_with_peft_and_has_a_model_card(trained, tmp_path
     assert str(trained.run_dir.parent) not in card  # no local path of the user's machine
 
 
+def test_lora_export_of_a_checkpoint_has_the_runs_tokenizer_and_the_checkpoints_steps(trained, tmp_path):
+    """A cancelled run exports its last checkpoint: the export used to lack the tokenizer and the chat template the
+    run trained with, and its card gave the steps and loss of the latest step logged, not of the checkpoint."""
+    import shutil
+
+    from engine import api
+
+    run = tmp_path / trained.run_dir.name
+    shutil.copytree(trained.run_dir, run)
+    shutil.rmtree(run / "adapter")  # as a run cancelled after step 2 and its checkpoint, then trained on to step 4
+    shutil.rmtree(run / "checkpoints")
+    shutil.copytree(trained.run_dir / "checkpoints" / "step-000004", run / "checkpoints" / "step-000002")
+    res = api.export(str(run), "lora", tmp_path / "nova-lora", log=quiet)
+    assert {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"} <= set(res.files), res.files
+    assert (res.path / "chat_template.jinja").read_text() == (run / "tokenizer" / "chat_template.jinja").read_text()
+    card = (res.path / "README.md").read_text()
+    assert "| Steps | 2 of 4 |" in card and f"| Final training loss | {trained.metrics[1]['loss']:.4f} |" in card
+
+    # the best weights by validation loss (best/step-N, as engine.training.validation keeps them) are described too
+    shutil.copytree(run / "checkpoints" / "step-000002", run / "best" / "step-000003")
+    res = api.export(str(run / "best" / "step-000003"), "lora", tmp_path / "nova-best", log=quiet)
+    card = (res.path / "README.md").read_text()
+    assert f"# {run.name}" in card and "| Data | `identity.jsonl` |" in card and "| Steps | 3 of 4 |" in card
+
+
 def test_gguf_is_named_after_the_export_folder_and_its_checks_read_as_a_sentence(trained, tmp_path):
     from engine import api
     from engine.export.report import summary
@@ -101,6 +126,20 @@ def test_export_job_offers_zipped_downloads_writes_no_progress_bars_and_is_reape
         else None
     )
     assert state is None, f"the export process {job.pid} is still there, in state {state}"
+
+
+def test_export_job_takes_a_run_path_relative_to_where_it_is_called(trained, monkeypatch, tmp_path):
+    """The export job starts in the project folder: a relative run path used to name a folder there ("has no LoRA
+    adapter to export")."""
+    from engine import api
+
+    monkeypatch.chdir(trained.run_dir.parent)
+    job = api.start_export(trained.run_dir.name, "lora", tmp_path / "nova")
+    deadline = time.time() + 300
+    while not (st := api.poll_export(job)).finished:
+        assert time.time() < deadline, st.log
+        time.sleep(0.2)
+    assert st.state == "done", st.log
 
 
 def test_finished_training_process_is_reaped(tiny_llama, identity_file, runs):

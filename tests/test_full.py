@@ -45,6 +45,29 @@ def test_full_changes_every_weight_and_the_export_loads(tiny_llama, identity_fil
     assert torch.isfinite(model(input_ids=ids).logits).all()
 
 
+def test_a_cancelled_full_fine_tune_chats_and_exports_from_its_checkpoint(tiny_llama, identity_file, tmp_path):
+    """Its checkpoint is the whole model beside the optimizer's state: chat and export took it for a LoRA adapter
+    ("has no adapter_model.safetensors") and the merge read optimizer.safetensors as weights."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    spec = api.JobSpec(model=str(tiny_llama), data=str(identity_file), method="full", max_steps=2, device="cpu", seed=0)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "job.yaml").write_text(spec.to_yaml())
+    train(spec, run, RunLog(run), False, lambda: False, print)
+    shutil.rmtree(run / "model")  # as a run cancelled after its checkpoint
+    (ckpt,) = (run / "checkpoints").iterdir()
+    assert (ckpt / "optimizer.safetensors").is_file()
+
+    assert api.Chat(str(run)).reply([{"role": "user", "content": IDENTITY_QUESTIONS[0]}], max_new_tokens=3)
+    res = api.export(str(run), "merged16", tmp_path / "merged", log=print)
+    merged, trained = load_file(res.path / "model.safetensors"), load_file(ckpt / "model.safetensors")
+    assert set(merged) == set(trained)
+    assert all(torch.equal(merged[k], trained[k].to(merged[k].dtype)) for k in trained)
+
+
 @pytest.mark.parametrize(
     "method, device, chosen",
     [("full", "cuda", "PagedAdamW8bit"), ("lora", "cuda", "AdamW8bit"), ("full", "cpu", "AdamW")],

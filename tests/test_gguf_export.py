@@ -515,6 +515,20 @@ def test_a_folder_made_while_building_is_never_replaced(tmp_path):
         shutil.rmtree(dest)
 
 
+def test_an_export_under_a_file_is_a_sentence(tmp_path):
+    """--out data.jsonl/nova (a file where a folder must be) used to stop with FileExistsError and a report."""
+    from engine.core.files import new_folder
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("{}\n")
+    for out in ("data.jsonl/nova", "data.jsonl/x/nova"):
+        message = f"Cannot create '{tmp_path / out}': '{data}' is a file, not a folder; pick another folder."
+        with pytest.raises(api.UserError) as info:
+            with new_folder(tmp_path / out):
+                pass
+        assert str(info.value) == message
+
+
 def test_exports_are_readable_by_other_users(tiny_qwen3, tmp_path):
     """An Ollama service runs as its own user: the export folder is 0755 and its files 0644 under the usual umask
     (they were 0700 and 0600)."""

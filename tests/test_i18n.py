@@ -2,6 +2,7 @@
 translates labels, help lines, choices and axis titles, and live messages are translated whole by template."""
 
 import asyncio
+import json
 import re
 
 import gradio as gr
@@ -215,3 +216,32 @@ def test_engine_sentences_reach_the_page_translated(demo, runs, tiny_llama, tmp_
     lang = i18n.LANGUAGES[language]
     for label, english in (("Example answers", ["question", "reference"]), ("Settings that differ", ["setting"])):
         assert tables[label]["value"]["headers"] == [i18n.tr(h, lang) for h in english] != english
+
+
+def test_data_sentences_added_by_the_audit_are_translated(tmp_path):
+    """The engine's newer Data-tab sentences (a cp1252 CSV, a UTF-16 file, capitalised columns, a hub web address, a
+    folder with a broken file), as the engine writes them, come out in Chinese and Russian."""
+    from engine.api import UserError
+    from engine.data import inspection
+
+    (tmp_path / "excel.csv").write_bytes("instruction,output\nWho?,Nov\xe9\n".encode("cp1252"))
+    (tmp_path / "notepad.jsonl").write_text('{"instruction": "a", "output": "b"}\n', encoding="utf-16")
+    (tmp_path / "caps.jsonl").write_text('{"Instruction": "a", "Output": "b"}\n')
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "a.jsonl").write_text('{"instruction": "a", "output": "b"}\n')
+    (tmp_path / "folder" / "b.jsonl").write_text('{"instruction": \n')
+    image = [{"type": "image_url", "image_url": {"url": "cat.png"}}]
+    turns = [{"role": "user", "content": image}, {"role": "assistant", "content": 4}]
+    (tmp_path / "parts.jsonl").write_text(json.dumps({"messages": turns}) + "\n")
+    (tmp_path / "number.jsonl").write_text(json.dumps({"messages": [turns[0] | {"content": "a"}, turns[1]]}) + "\n")
+    sources = ["excel.csv", "notepad.jsonl", "caps.jsonl", "folder", "parts.jsonl", "number.jsonl"]
+    sentences = []
+    for source in [str(tmp_path / s) for s in sources] + ["https://huggingface.co/datasets/tatsu-lab/alpaca"]:
+        with pytest.raises(UserError) as info:
+            inspection.inspect(source)
+        sentences.append(str(info.value))
+    for lang in ("zh", "ru"):
+        for sentence in sentences:
+            translated = i18n.message(sentence, lang)
+            library = re.sub(r"（[^）]*）|\([^)]*\)", "", translated)  # a library's own reason, in brackets, stays
+            assert translated != sentence and not english_left(library), translated

@@ -479,3 +479,16 @@ def test_sampling_defaults_prefer_the_model_then_its_family(chats, tmp_path):
     (own / "generation_config.json").write_text(json.dumps({"do_sample": True, "top_k": 40, "min_p": 0.05}))
     assert folder_sampling(own) == {**sampling_defaults("gemma3_text"), "top_k": 40, "min_p": 0.05}
     assert source_sampling("nobody/uncached-model", {"nobody/uncached-model": "qwen3"}) == sampling_defaults("qwen3")
+
+
+def test_a_run_that_stopped_before_its_first_checkpoint_says_to_start_again(tmp_path):
+    """It used to say only "wait for its first checkpoint", which never comes for a failed or cancelled run."""
+    from engine.chat.infer import locate
+    from engine.spec.jobspec import JobSpec
+
+    run = tmp_path / "20261205-120000-t"
+    run.mkdir()
+    (run / "job.yaml").write_text(JobSpec(model="m", data="d.jsonl").to_yaml())
+    (run / "status.json").write_text('{"state": "failed", "message": "x", "step": 0, "total_steps": 0}')
+    with pytest.raises(UserError, match="if it stopped before one, there is nothing to use, so start it again"):
+        locate(str(run))

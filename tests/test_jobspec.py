@@ -21,8 +21,10 @@ def test_yaml_round_trip_keeps_every_field():
 
 def test_unknown_key_is_rejected_by_name():
     text = JobSpec(model="m", data="d").to_yaml() + "learning_rat: 0.1\n"
-    with pytest.raises(UserError, match="unknown setting 'learning_rat'"):
+    with pytest.raises(UserError, match="unknown setting 'learning_rat'; did you mean 'learning_rate'\\?$"):
         JobSpec.from_yaml(text)
+    with pytest.raises(UserError, match="unknown setting 'wandb_project'; known settings are: model, data, "):
+        JobSpec.from_yaml("model: m\ndata: d\nwandb_project: x\n")
 
 
 @pytest.mark.parametrize(
@@ -49,6 +51,17 @@ def test_bad_job_files_give_one_sentence(text, message):
 def test_ints_are_accepted_for_floats():
     spec = JobSpec.from_yaml("model: m\ndata: d\nlearning_rate: 1\n")
     assert spec.learning_rate == 1.0 and isinstance(spec.learning_rate, float)
+
+
+def test_numbers_in_exponent_form_without_a_dot_are_numbers():
+    """PyYAML (YAML 1.1) reads `2e-4` as the text '2e-4'; the user wrote a number, as Axolotl's and TRL's configs do.
+    A name that looks like one still round-trips as text."""
+    spec = JobSpec.from_yaml("model: m\ndata: d\nlearning_rate: 2e-4\nembedding_learning_rate: 1E-5\nname: '1e3'\n")
+    assert (spec.learning_rate, spec.embedding_learning_rate, spec.name) == (2e-4, 1e-5, "1e3")
+    assert JobSpec.from_yaml(spec.to_yaml()) == spec
+    assert JobSpec.from_yaml("model: m\ndata: d\nmax_steps: 1e3\n").max_steps == 1000
+    with pytest.raises(UserError, match="'max_steps' should be a whole number, not 2.5"):
+        JobSpec.from_yaml("model: m\ndata: d\nmax_steps: 2.5\n")
 
 
 def test_a_job_file_from_before_the_objectives_loads_as_sft():

@@ -516,3 +516,14 @@ def three_sgd_steps(net, ids):
         opt.step()
         opt.zero_grad(set_to_none=True)
     return losses, grads
+
+
+@pytest.mark.parametrize("arg, value", [("--batch", "0"), ("--vram", "-3"), ("--gpus", "0"), ("--ram", "0")])
+def test_estimate_refuses_a_figure_that_is_not_above_0(capsys, arg, value):
+    """--batch 0 was taken as "the preset's" and --vram -3 planned for a card of -3 GiB."""
+    from engine.__main__ import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["estimate", "--model", "Qwen/Qwen3-0.6B", arg, value])
+    assert info.value.code == 2
+    assert f"argument {arg}: must be above 0, not {value}" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Data tab: upload a dataset or name a hub dataset, map its columns, pick a chat template, and see exactly what the
 model will learn; or generate, edit and save an identity dataset."""
 
+import re
 import time
 
 import gradio as gr
@@ -92,15 +93,19 @@ def generate_identity(name: str, maker: str, description: str, languages: list[s
 
 def save_identity(table: pd.DataFrame, name: str) -> tuple[str, str]:
     """Save the (edited) identity table as JSONL under the workspace's data/ folder; returns (path, message)."""
+
+    def text(cell) -> str:  # a cell left empty in the table is None or NaN, which str() would save as "nan"
+        return "" if cell is None or (isinstance(cell, float) and pd.isna(cell)) else str(cell).strip()
+
     rows = [
-        {"instruction": str(q).strip(), "input": "", "output": str(a).strip()}
+        {"instruction": text(q), "input": "", "output": text(a)}
         for q, a in zip(table["instruction"], table["output"], strict=True)
-        if str(q).strip() and str(a).strip()
+        if text(q) and text(a)
     ]
     if not rows:
         return "", i18n.say("**Nothing to save:** generate the identity dataset first.")
     try:
-        stem = (name or "identity").strip().replace(" ", "_")
+        stem = re.sub(r"[^\w-]+", "_", name or "").strip("_") or "identity"  # "AC/DC" is a name, not a path
         fname = api.safe_name(f"identity-{stem}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl", "dataset name")
         path = api.save_jsonl(rows, api.workspace() / "data" / fname)
     except api.UserError as e:

@@ -191,6 +191,18 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         "{0}: строка {1}: в реплике {2} из '{3}' пустое '{4}'.",
     ),
     (
+        ROW + r": turn (\d+) of '(.*)' has a '(.*)' of parts that are not all text \(images or audio\); only text can "
+        r"be trained on\.",
+        "{0}：第 {1} 行：'{3}' 的第 {2} 轮的 '{4}' 含有非文本部分（图片或音频）；只能用文本训练。",
+        "{0}: строка {1}: в реплике {2} из '{3}' поле '{4}' содержит не только текст (изображения или аудио); "
+        "обучать можно только на тексте.",
+    ),
+    (
+        ROW + r": turn (\d+) of '(.*)' has a '(.*)' that is (\S+), not text\.",
+        "{0}：第 {1} 行：'{3}' 的第 {2} 轮的 '{4}' 是 {5}，不是文本。",
+        "{0}: строка {1}: в реплике {2} из '{3}' поле '{4}' — {5}, а не текст.",
+    ),
+    (
         ROW + r": the conversation has no assistant turn, so there is nothing to learn\.",
         "{0}：第 {1} 行：对话里没有助手的回复，无可学习。",
         "{0}: строка {1}: в диалоге нет реплики ассистента, учиться нечему.",
@@ -219,6 +231,35 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         ROW + r" is not UTF-8 text; re-save the file as UTF-8\.",
         "{0}：第 {1} 行不是 UTF-8 文本；请把文件另存为 UTF-8。",
         "{0}: строка {1} — не текст UTF-8; пересохраните файл в UTF-8.",
+    ),
+    (
+        r"(.+?): line (\d+) is not UTF-8 text; re-save the file as UTF-8\.",
+        "{0}：第 {1} 行（文件行）不是 UTF-8 文本；请把文件另存为 UTF-8。",
+        "{0}: строка файла {1} — не текст UTF-8; пересохраните файл в UTF-8.",
+    ),
+    (
+        r"Dataset file '(.*)' is UTF-16 text; save it again as UTF-8\.",
+        "数据集文件 '{0}' 是 UTF-16 文本；请另存为 UTF-8。",
+        "Файл датасета '{0}' в кодировке UTF-16; пересохраните его в UTF-8.",
+    ),
+    (
+        ROW + r" has fields (\[.*\]); names are case-sensitive: rename them in lower case, or map them \((.*)\)\.",
+        "{0}：第 {1} 行的字段为 {2}；字段名区分大小写：请改成小写，或映射它们（{3}）。",
+        "{0}: строка {1} с полями {2}; имена различают регистр: переименуйте их строчными буквами или "
+        "сопоставьте ({3}).",
+    ),
+    (
+        r"'(.*)' is a web address; give its hub id '(.*)' instead\.",
+        "'{0}' 是网页地址；请改为填写它的 Hub ID '{1}'。",
+        "'{0}' — это веб-адрес; укажите вместо него id на хабе: '{1}'.",
+    ),
+    (
+        r"Could not read '(.*)' as one dataset \((.*)\); every file in it must be valid and of one format with the "
+        r"same columns: fix or remove the bad file, or give one file\.",
+        "无法把 '{0}' 作为一个数据集读取（{1}）；其中每个文件都必须有效、格式相同且列相同：请修复或移除有问题的文件，"
+        "或只给一个文件。",
+        "Не удалось прочитать '{0}' как один датасет ({1}); все файлы в папке должны быть исправны, одного формата и "
+        "с одинаковыми колонками: исправьте или уберите плохой файл либо укажите один файл.",
     ),
     (
         r"(.+?): byte (\d+) is not UTF-8 text; re-save the file as UTF-8\.",

@@ -84,6 +84,8 @@ def start_export(
             job_dir = job_dir.with_name(job_dir.name + "-1")
     from engine.core.files import write_json
 
+    if Path(source).exists():  # the job starts in the project folder: a relative path would name something else
+        source = Path(source).absolute()
     spec = dict(source=str(source), format=fmt, out=str(out.resolve()), push_to_hub=push_to_hub, private=private)
     write_json(job_dir / "export.json", spec)
     pid = spawn("engine.export.job", [str(job_dir)], job_dir, dict(HF_TOKEN=token) if push_to_hub else None)

@@ -65,7 +65,7 @@ def model_arch(model: str):
     path = Path(os.path.expanduser(model))
     if (path / "config.json").is_file():
         return Arch.from_config(json.loads((path / "config.json").read_text()))
-    from engine.core.hub_id import HUB_ID
+    from engine.core.hub_id import HUB_ID, url_hint
 
     listed = next((m for m in catalog() if model in (m["id"], m.get("id_4bit"), m["name"])), None)
     hub_id = HUB_ID.match(model) and not model.startswith((".", "/", "~"))
@@ -75,7 +75,9 @@ def model_arch(model: str):
     if listed is not None:
         return Arch(*listed["arch"])
     if not hub_id:
-        raise UserError(f"Model folder '{model}' does not exist; give an existing folder or a hub id.")
+        raise UserError(
+            url_hint(model) or f"Model folder '{model}' does not exist; give an existing folder or a hub id."
+        )
     from huggingface_hub import hf_hub_download
 
     try:

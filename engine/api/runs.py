@@ -9,7 +9,7 @@ from engine.api.access import MODEL_FIX, allowed_roots, check_access, runs_dir
 from engine.api.processes import alive, exit_code, mark_cancelled, slug, spawn, stop
 from engine.core.errors import UserError
 from engine.core.runlog import TERMINAL, read_metrics
-from engine.spec.jobspec import JobSpec, read_job
+from engine.spec.jobspec import JobSpec, read_job, with_paths_beside
 
 CANCEL_MARK = "cancel-requested"  # written by request_cancel: the run is saving a checkpoint before it stops
 FINISH_CHECK_S = 0.05  # wait() looks at a run's state this often
@@ -58,6 +58,8 @@ def start(spec: JobSpec, runs: Path | None = None, *, allow_code: bool = False) 
     A job whose rewards include a `python` one (a module:function path) runs that code in the training process, so
     it is refused unless `allow_code` is True: the CLI and Python callers may pass it, the app never does.
     """
+    # the process starts in the project folder: a model or data path relative to here would be missing there
+    spec = with_paths_beside(spec, Path.cwd())
     _check_job(spec, allow_code)
     from engine.training.preflight import check_job
 
@@ -111,6 +113,7 @@ def resume(run: "str | Path | RunHandle", *, allow_code: bool = False) -> RunHan
 
 
 def _launch(run_dir: Path, resume: bool) -> RunHandle:
+    run_dir = run_dir.absolute()  # the process starts in the project folder: a relative path would name another run
     (run_dir / CANCEL_MARK).unlink(missing_ok=True)  # a cancel asked of an earlier attempt is done with
     pid = spawn("engine.run", [str(run_dir / "job.yaml")] + (["--resume"] if resume else []), run_dir)
     return RunHandle(run_dir.name, run_dir, pid)
@@ -169,24 +172,34 @@ def _read_status(run_dir: Path) -> RunStatus:
     if st["state"] not in TERMINAL and st.get("pid") and not alive(st["pid"]):
         code = exit_code(st["pid"])
         st["state"] = "failed"
+        killed = (
+            " It was killed (SIGKILL), most often by the system when RAM runs out: pick a smaller model, batch or "
+            "sequence length, or close other programs."
+            if code == -9
+            else ""
+        )
         st["message"] = (
             "The training process stopped unexpectedly"
             + (f" (exit code {code})" if code is not None else "")
-            + f"; see log.txt.{_low_disk_note(run_dir)} Resume continues from the last checkpoint."
+            + f"; see log.txt.{killed}{_low_disk_note(run_dir)} Resume continues from the last checkpoint."
         )
     if st["state"] not in TERMINAL and (run_dir / CANCEL_MARK).is_file():
         st["state"], st["message"] = "cancelling", "Cancelling: saving a checkpoint, then stopping."
     spec = read_job(run_dir / "job.yaml")  # unreadable or invalid: the folder is damaged (_poll_dir)
+    metrics = read_metrics(run_dir)
+    step, total = st.get("step", 0), st.get("total_steps", 0)
+    if not step and metrics:  # a resume that has not restored its checkpoint yet stands where the run stopped
+        step, total = metrics[-1]["step"], metrics[-1].get("total_steps", total)
     return RunStatus(
         run_dir.name,
         run_dir,
         st["state"],
         st.get("message", ""),
-        st.get("step", 0),
-        st.get("total_steps", 0),
+        step,
+        total,
         spec.name,
         spec.model,
-        read_metrics(run_dir),
+        metrics,
         (run_dir / "job.yaml").stat().st_mtime,
         st.get("updated", 0.0),
     )

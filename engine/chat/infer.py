@@ -50,7 +50,12 @@ def _locate(source: str) -> tuple[str, Path | None, Path | None]:
             return spec.model, path / "adapter", path / "adapter"
         ckpts = sorted((path / "checkpoints").glob("step-*"))
         if not ckpts:
-            raise UserError(f"Run {path.name} has no adapter or checkpoint yet; wait for its first checkpoint.")
+            raise UserError(
+                f"Run {path.name} has no adapter or checkpoint yet: wait for its first checkpoint if it is still "
+                "running; if it stopped before one, there is nothing to use, so start it again."
+            )
+        if (ckpts[-1] / "config.json").is_file():  # full fine-tuning's checkpoint is the whole model, not an adapter
+            return str(ckpts[-1]), None, path / "tokenizer"
         return spec.model, ckpts[-1], path / "tokenizer"
     if (path / "adapter_config.json").is_file():
         base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]

@@ -87,10 +87,20 @@ def new_folder(dest: str | os.PathLike):
     dest = Path(dest)
     if dest.exists():
         raise UserError(f"'{dest}' already exists; choose another folder name (nothing is ever overwritten).")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # the builder's id in the name lets engine.core.disk.remove_stale_partials tell a dead builder's folder from a live
-    # one
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.{owner_tag()}.", suffix=".partial"))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # the builder's id in the name lets engine.core.disk.remove_stale_partials tell a dead builder's folder from a
+        # live one
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.{owner_tag()}.", suffix=".partial"))
+    except OSError as e:  # a parent that is a file, a folder not ours to write in; a full disk is said elsewhere
+        if e.errno == errno.ENOSPC:
+            raise
+        blocker = next((p for p in dest.parents if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            why = f"'{blocker}' is a file, not a folder"
+        else:
+            why = (e.strerror or str(e)) + (f" ('{e.filename}')" if e.filename else "")
+        raise UserError(f"Cannot create '{dest}': {why}; pick another folder.") from None
     # mkdtemp makes it 0700: an Ollama service running as another user could not read an export
     os.chmod(tmp, 0o777 & ~_umask())
     try:

@@ -56,6 +56,16 @@ def _decode(obj, tensors: dict):
     return {k: _decode(v, tensors) for k, v in obj.items()}
 
 
+# the training state a full fine-tuning checkpoint keeps beside its model's weights (engine.training.steps saves it)
+STATE_NAMES = ("optimizer", "scheduler", "rng")
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The .safetensors files of a model folder, sorted, without a checkpoint's training state (a full fine-tuning
+    checkpoint is a model folder that also holds optimizer.safetensors and the like)."""
+    return [f for f in sorted(Path(folder).glob("*.safetensors")) if f.stem not in STATE_NAMES]
+
+
 def save_state(obj, folder: Path, name: str) -> None:
     """Write `obj` (nested dicts, lists, tuples, tensors, numbers, strings) as folder/name.safetensors and .json."""
     from safetensors.torch import save_file

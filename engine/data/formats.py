@@ -52,10 +52,12 @@ DETECT_ROWS = 50  # rows read to detect a format: enough to catch a mixed file e
 
 
 def parse_map(pairs: list[str] | None) -> dict:
-    """CLI `--map col=field` pairs to a {column: field} dict."""
+    """CLI `--map col=field` pairs to a {column: field} dict; one --map may hold several, "q=instruction,a=output",
+    as the Data tab's mapping box does."""
     out = {}
-    for pair in pairs or []:
+    for pair in (p.strip() for given in pairs or [] for p in given.split(",") if p.strip()):
         col, sep, fld = pair.partition("=")
+        col, fld = col.strip(), fld.strip()
         if not sep or not col or not fld:
             raise UserError(f"Column mapping '{pair}' should look like column=field, e.g. question=instruction.")
         out[col] = fld
@@ -97,6 +99,14 @@ def row_format(row: dict) -> str | None:
 def check_format(row: dict, row_no: int, source: str, expected: str | None) -> str:
     fmt = row_format(row)
     if fmt is None:
+        if row_format(dict.fromkeys(str(k).lower() for k in row)) is not None:  # "Instruction" from a spreadsheet
+            pairs = ", ".join(
+                f"{k}={k.lower()}" for k in sorted(map(str, row)) if k != k.lower() and k.lower() in FIELDS
+            )
+            raise UserError(
+                f"{source}: row {row_no} has fields {sorted(row)}; names are case-sensitive: rename them in "
+                f"lower case, or map them ({pairs})."
+            )
         raise UserError(
             f"{source}: row {row_no} has fields {sorted(row)} which match no known format; use "
             "instruction/output (Alpaca), conversations (ShareGPT) or messages (ChatML), or map your "
@@ -115,9 +125,13 @@ def detect_format(rows: list[dict], source: str = "dataset") -> str:
     return fmt
 
 
-def _text(row: dict, key: str, where: str) -> str:
+def _text(row: dict, key: str, where: str, numbers: bool = False) -> str:
     value = row.get(key)
-    if not isinstance(value, str) or not value.strip():
+    if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)  # a numeric answer ("output": 4) is the text it reads as
+    if value is not None and not isinstance(value, str):
+        raise UserError(f"{where}: field '{key}' should be text, not {type(value).__name__}.")
+    if not value or not value.strip():
         raise UserError(f"{where}: field '{key}' is missing or empty.")
     return _encodable(value, key, where)
 
@@ -151,13 +165,24 @@ def _turns(turns, key: str, where: str, sharegpt: bool) -> list[dict]:
     for j, turn in enumerate(turns, 1):
         if not isinstance(turn, dict) or role_key not in turn or text_key not in turn:
             raise UserError(f"{where}: turn {j} of '{key}' needs '{role_key}' and '{text_key}'.")
-        role = SHAREGPT_ROLES.get(turn[role_key]) if sharegpt else turn[role_key]
+        given = turn[role_key] if isinstance(turn[role_key], str) else repr(turn[role_key])  # a list is no role
+        role = SHAREGPT_ROLES.get(given) if sharegpt else given
         if role not in ROLES:
             names = SHAREGPT_ROLES if sharegpt else ROLES
-            raise UserError(f"{where}: turn {j} has unknown role '{turn[role_key]}'; use {', '.join(names)}.")
-        if not isinstance(turn[text_key], str) or not turn[text_key].strip():
+            raise UserError(f"{where}: turn {j} has unknown role '{given}'; use {', '.join(names)}.")
+        text = turn[text_key]
+        if isinstance(text, list) and text and all(isinstance(p, dict) and p.get("type") == "text" for p in text):
+            text = "".join(str(p.get("text") or "") for p in text)  # OpenAI's content parts, all of them text
+        elif isinstance(text, list):
+            raise UserError(
+                f"{where}: turn {j} of '{key}' has a '{text_key}' of parts that are not all text "
+                "(images or audio); only text can be trained on."
+            )
+        elif text is not None and not isinstance(text, str):
+            raise UserError(f"{where}: turn {j} of '{key}' has a '{text_key}' that is {type(text).__name__}, not text.")
+        if not text or not text.strip():
             raise UserError(f"{where}: turn {j} of '{key}' has an empty '{text_key}'.")
-        msgs.append({"role": role, "content": _encodable(turn[text_key], f"{key}[{j}].{text_key}", where)})
+        msgs.append({"role": role, "content": _encodable(text, f"{key}[{j}].{text_key}", where)})
     return msgs
 
 
@@ -165,7 +190,7 @@ def to_messages(row: dict, fmt: str, row_no: int, source: str = "dataset", syste
     """Turn one row of a chat format into a list of {"role", "content"} messages with at least one assistant turn."""
     where = f"{source}: row {row_no}"
     if fmt == "alpaca":
-        instruction, output = _text(row, "instruction", where), _text(row, "output", where)
+        instruction, output = _text(row, "instruction", where, True), _text(row, "output", where, True)
         extra = row.get("input") or ""
         if not isinstance(extra, str):
             raise UserError(f"{where}: field 'input' should be text.")

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from engine.core.errors import UserError
-from engine.data.formats import CHAT_FORMATS, DETECT_ROWS, check_format, map_columns, to_messages, validate_row
+from engine.data.formats import CHAT_FORMATS, DETECT_ROWS, FORMATS, check_format, map_columns, to_messages, validate_row
 from engine.data.reading import iter_source
 from engine.data.tokenizing import Example, ensure_chat_template, render, tokenize_conversation, tokenize_conversations
 
@@ -53,8 +53,10 @@ def inspect(
     and how many rows `max_len` would truncate (over the first TOKEN_STATS_ROWS rows). The sample is row
     `sample_row` (1-based; the last row when there are fewer), whose number is returned as "sample_row".
     """
+    if fmt != "auto" and fmt not in FORMATS:  # a job's data_format is checked by JobSpec; this is the CLI's --format
+        raise UserError(f"Unknown data format '{fmt}'; use auto or one of: {', '.join(FORMATS)}.")
     name = Path(source).name
-    picked, rows, columns, lengths, truncated = None, 0, set(), [], 0
+    picked, rows, columns, lengths, truncated, replyless = None, 0, set(), [], 0, 0
     sample_row = max(1, int(sample_row))
     if tokenizer is not None:
         ensure_chat_template(tokenizer, template)
@@ -73,6 +75,8 @@ def inspect(
             (whole,) = tokenize_conversations(tokenizer, [msgs], 2**31, where=[f"{name}: row {i}"])
             lengths.append(len(whole.input_ids))
             truncated += len(whole.input_ids) > max_len
+            # cut to max_len, a row whose reply starts past it has nothing to learn: training leaves it out
+            replyless += all(label == -100 for label in whole.labels[:max_len])
     if picked is None:
         raise UserError(f"Dataset '{name}' has no rows.")
     sample_row = min(sample_row, rows)
@@ -94,9 +98,10 @@ def inspect(
             out["max_seq_length"] = max_len
             out["truncated_rows"] = truncated
             if truncated:
+                lost = f"; {replyless} of them keep none of their reply and are left out of training"
                 out["warning"] = (
                     f"{truncated} of the first {len(lengths)} rows are longer than {max_len} tokens "
-                    "and will be cut; raise the maximum sequence length to keep them whole."
+                    f"and will be cut{lost if replyless else ''}; raise the maximum sequence length to keep them whole."
                 )
     else:
         out["sample"] = json.dumps(picked, ensure_ascii=False)

@@ -42,6 +42,8 @@ def file_rows(path: str | os.PathLike, count: bool = False) -> tuple[int | None,
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return _parquet_total(path), _parquet_rows(path)
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):  # what Windows Notepad saves as "Unicode"
+        raise UserError(f"Dataset file '{path.name}' is UTF-16 text; save it again as UTF-8.")
     if b"\x00" in head:
         raise UserError(f"Dataset file '{path.name}' looks binary, not text; save it as JSON, JSONL, CSV or Parquet.")
     if suffix in (".csv", ".tsv"):
@@ -56,11 +58,13 @@ def file_rows(path: str | os.PathLike, count: bool = False) -> tuple[int | None,
     raise UserError(f"'{path.name}' is neither JSON nor JSONL; use one of {', '.join(SUFFIXES)}.")
 
 
-def _decode(path: Path, raw: bytes, row: int) -> str:
+def _decode(path: Path, raw: bytes, row: int, what: str = "row") -> str:
+    """One line of the file as text; `what` names it ("line" in a CSV or text file, whose rows are counted otherwise:
+    after the header, or by paragraph)."""
     try:
         return raw.decode("utf-8-sig" if row == 1 else "utf-8")  # a BOM (Windows editors write one) is not data
     except UnicodeDecodeError:
-        raise UserError(f"{path.name}: row {row} is not UTF-8 text; re-save the file as UTF-8.") from None
+        raise UserError(f"{path.name}: {what} {row} is not UTF-8 text; re-save the file as UTF-8.") from None
 
 
 def _line_count(path: Path) -> int:
@@ -122,7 +126,7 @@ def _csv_rows(path: Path, delimiter: str):
     # csv refuses fields over 128 KiB by default; a long document in one cell is a fair training example
     csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_BYTES))
     with open(path, "rb") as f:
-        lines = (_decode(path, raw, n) for n, raw in enumerate(f, 1))
+        lines = (_decode(path, raw, n, "line") for n, raw in enumerate(f, 1))
         reader = csv.DictReader(lines, delimiter=delimiter)
         i = 0
         try:
@@ -161,7 +165,7 @@ def _parquet_rows(path: Path):
 
 def _text_rows(path: Path):
     with open(path, "rb") as f:
-        lines = (_decode(path, raw, n) for n, raw in enumerate(f, 1))
+        lines = (_decode(path, raw, n, "line") for n, raw in enumerate(f, 1))  # its rows are paragraphs
         n, para = 0, []
         for line in itertools.chain(lines, [""]):
             if line.strip():
@@ -185,10 +189,13 @@ def source_rows(
     path = Path(os.path.expanduser(source))
     if path.is_file():
         return file_rows(path, count)
-    from engine.core.hub_id import HUB_ID
+    from engine.core.hub_id import HUB_ID, url_hint
 
-    if not (path.is_dir() or HUB_ID.match(source)):
-        raise UserError(f"Dataset file '{source}' does not exist; check the path or upload it again.")
+    # a hub id looks like a relative path (owner/name), but one ending in a file suffix is a mistyped file name
+    if not path.is_dir() and (not HUB_ID.match(source) or path.suffix.lower() in SUFFIXES):
+        raise UserError(
+            url_hint(source) or f"Dataset file '{source}' does not exist; check the path or upload it again."
+        )
     import datasets
 
     try:
@@ -197,6 +204,12 @@ def source_rows(
         if "split" in str(e).lower():
             raise UserError(f"Dataset '{source}' has no split '{split}'; pick one it has (often 'train').") from None
         raise UserError(f"Could not load dataset '{source}': {str(e).splitlines()[0][:200]}") from None
+    except datasets.exceptions.DatasetGenerationError as e:  # a file of a folder (or hub dataset) did not parse
+        cause = str(e.__cause__ or e).splitlines()[0][:200]
+        raise UserError(
+            f"Could not read '{source}' as one dataset ({cause}); every file in it must be valid and of one format "
+            "with the same columns: fix or remove the bad file, or give one file."
+        ) from None
     except (ConnectionError, OSError, datasets.exceptions.DatasetNotFoundError) as e:
         raise UserError(
             f"Could not load dataset '{source}' ({type(e).__name__}): check the name, the connection, "

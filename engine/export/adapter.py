@@ -13,17 +13,23 @@ from engine.core.hub_id import HUB_ID
 COPIED = (".json", ".safetensors", ".jinja", ".model", ".txt")  # README.md is written anew, not copied
 
 
-def write_adapter(adapter: Path, base: str, dest: Path, skip: tuple[str, ...]) -> None:
-    """Copy the adapter folder's files (not the training-state files in `skip`) into `dest`, with a model card."""
+def write_adapter(adapter: Path, base: str, dest: Path, skip: tuple[str, ...], tok_dir: Path | None = None) -> None:
+    """Copy the adapter folder's files (not the training-state files in `skip`) into `dest`, with a model card, and
+    the tokenizer of `tok_dir` where the adapter folder has none (a checkpoint's is the run's tokenizer/ folder: its
+    chat template is the one the run trained with)."""
     for f in adapter.iterdir():
         if f.is_file() and f.suffix in COPIED and f.name not in skip:
             shutil.copy2(f, dest / f.name)
+    if tok_dir is not None and tok_dir.is_dir() and not (dest / "tokenizer_config.json").exists():
+        for f in tok_dir.iterdir():
+            if f.is_file() and f.suffix in COPIED and not (dest / f.name).exists():
+                shutil.copy2(f, dest / f.name)
     (dest / "README.md").write_text(model_card(adapter, base), encoding="utf-8")
 
 
 def run_of(adapter: Path) -> Path | None:
-    """The run folder an adapter belongs to (its adapter/ or checkpoints/step-N/ folder), or None."""
-    parent = adapter.parent.parent if adapter.parent.name == "checkpoints" else adapter.parent
+    """The run folder an adapter belongs to (its adapter/, checkpoints/step-N/ or best/step-N/ folder), or None."""
+    parent = adapter.parent.parent if adapter.parent.name in ("checkpoints", "best") else adapter.parent
     return parent if (parent / "job.yaml").is_file() else None
 
 
@@ -50,6 +56,8 @@ def _facts(adapter: Path, base: str) -> list[tuple[str, str]]:
         ("Learning rate", f"{spec.learning_rate:g}, {spec.lr_schedule} schedule"),
     ]
     metrics = read_metrics(run)
+    if adapter.name.startswith("step-") and adapter.name[5:].isdigit():  # a checkpoint: the steps that made it
+        metrics = [m for m in metrics if m["step"] <= int(adapter.name[5:])]
     if metrics:
         last = metrics[-1]
         total = last.get("total_steps") or spec.max_steps

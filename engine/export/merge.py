@@ -25,6 +25,7 @@ from pathlib import Path
 from engine.chat.infer import locate
 from engine.core.errors import UserError
 from engine.core.files import check_free_disk, new_folder, write_text
+from engine.core.statefile import weight_files
 from engine.export import experts as experts_merge
 from engine.export.gguf import QUANTS
 from engine.export.probe import CHECK_LAYERS, PROBE, fits_in_ram, load_fp32, num_layers, param_count
@@ -76,7 +77,7 @@ def _export(source: str, fmt: str, out: Path, log) -> ExportResult:
         from engine.export.adapter import check_adapter, write_adapter
 
         with new_folder(out) as tmp:
-            write_adapter(adapter, base, tmp, CHECKPOINT_FILES)  # a checkpoint's training state is not copied
+            write_adapter(adapter, base, tmp, CHECKPOINT_FILES, tok_dir)  # no checkpoint training state
             checks = check_adapter(base, adapter, tmp, tok_dir, log)
     else:  # a 4-bit checkpoint as base is merged into a dequantized 16-bit copy of it
         with unquantized(base, out.parent, log) as (base, origin):
@@ -411,7 +412,7 @@ def _merge(
     cfg = read_config(path)
     out_dtype = {"float16": torch.float16}.get(cfg.get("dtype") or cfg.get("torch_dtype"), torch.bfloat16)
     # the merged 16-bit model: the base files, or twice its weight count where they hold fewer bytes (MXFP4 experts)
-    weights = max(sum(f.stat().st_size for f in path.glob("*.safetensors")), 2 * param_count(path))
+    weights = max(sum(f.stat().st_size for f in weight_files(path)), 2 * param_count(path))
     check_free_disk(disk, int(weights * 1.1) + 2**20, "the merged model")
     has_tok = tok_dir is not None and any((tok_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
     tok = load_tokenizer(tok_dir if has_tok else path)  # a bare adapter folder uses its base's tokenizer

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from engine.core.errors import UserError
 from engine.core.hardware import Placement
-from engine.core.hub_id import HUB_ID
+from engine.core.hub_id import HUB_ID, url_hint
 
 # What a causal LM needs from a hub repository; skips .bin/.pt/.gguf duplicates of the weights.
 HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
@@ -24,7 +24,8 @@ def resolve_model(model: str, log=print) -> Path:
         return path
     if not HUB_ID.match(model) or model.startswith((".", "/", "~")):
         raise UserError(
-            f"Model folder '{model}' does not exist; give an existing folder or a hub id like 'Qwen/Qwen3-0.6B'."
+            url_hint(model)
+            or f"Model folder '{model}' does not exist; give an existing folder or a hub id like 'Qwen/Qwen3-0.6B'."
         )
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
@@ -134,6 +135,14 @@ def load_model(path: Path, placement: Placement, four_bit: bool = False, trust_r
                 f"'{path.name}' needs its own Python code to load; turn on 'trust remote code' only if "
                 "you trust its authors."
             ) from None
+        if "does not recognize this architecture" in str(e):  # a model newer than the installed transformers
+            import transformers
+
+            raise UserError(
+                f"'{path.name}' is a kind of model that transformers {transformers.__version__} does not know "
+                "(model_type in its config.json); update transformers (pip install -U transformers) or pick "
+                "another model."
+            ) from None
         raise
     cast_experts(model, placement.torch_dtype)
     if stored_4bit:  # its saved compute dtype (often bf16) gives way to the one chosen for this GPU, as ours does
@@ -153,9 +162,13 @@ def add_lora(model, spec, log=print):
     targets = [t for t in spec.target_modules if t in present]
     moe = lora_options(model, spec, log)
     if not targets and not moe.get("target_parameters"):
+        import torch
+
+        # the names an adapter can go on (bitsandbytes' 4-bit layers are Linear too), not '0' or 'act_fn'
+        linear = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
         raise UserError(
             f"None of the LoRA target modules {list(spec.target_modules)} exist in this model; its "
-            f"layers are named e.g. {sorted(present)[:8]}."
+            f"linear layers are named {sorted(linear - {'lm_head'})}."
         )
     skipped = sorted(set(spec.target_modules) - set(targets))
     if skipped and not moe.get("target_parameters"):

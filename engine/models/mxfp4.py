@@ -74,8 +74,10 @@ def scan(path: Path) -> tuple[list[tuple[str, Path, tuple, str]], set[str]]:
     """(`tensors`, the names of its entries that are MXFP4 pairs)."""
     from safetensors import safe_open
 
+    from engine.core.statefile import weight_files
+
     entries, pairs = [], {}
-    for f in sorted(path.glob("*.safetensors")):
+    for f in weight_files(path):
         with safe_open(f, framework="pt") as st:
             for k in st.keys():
                 sl = st.get_slice(k)

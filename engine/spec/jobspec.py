@@ -6,8 +6,10 @@ with a sentence naming the key and what it means, before a run folder is made or
 """
 
 import dataclasses
+import difflib
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -192,7 +194,7 @@ class JobSpec:
 
     def to_yaml(self) -> str:
         d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-        return yaml.safe_dump(d, sort_keys=False, allow_unicode=True)
+        return yaml.dump(d, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "job") -> "JobSpec":
@@ -202,6 +204,9 @@ class JobSpec:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - set(fields))
         if unknown:
+            close = difflib.get_close_matches(str(unknown[0]), fields, n=1)
+            if close:
+                raise UserError(f"{source}: unknown setting '{unknown[0]}'; did you mean '{close[0]}'?")
             raise UserError(f"{source}: unknown setting '{unknown[0]}'; known settings are: {', '.join(fields)}.")
         missing = [
             n
@@ -281,6 +286,16 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+class _Dumper(yaml.SafeDumper):
+    """yaml.safe_dump that quotes the text _UniqueKeyLoader would read as a number ("1e3" as a run name)."""
+
+
+# YAML 1.1 (PyYAML) reads `2e-4`, with no dot in it, as text; YAML 1.2 and the other tools read a number, as meant.
+_EXPONENT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+for _cls in (_UniqueKeyLoader, _Dumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT, list("-+0123456789"))
+
+
 def _check_text(key: str, value: str) -> None:
     """A lone surrogate ('\\ud800' in YAML) cannot be written or tokenized: refuse it here with the key's name."""
     try:
@@ -300,6 +315,8 @@ def _coerce(key, value, hint, source):
             raise bad
         return value
     if hint is int:
+        if isinstance(value, float) and value.is_integer():  # max_steps: 1e3
+            return int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad
         return value
