@@ -278,6 +278,15 @@ def test_running_out_of_ram_on_the_cpu_is_a_sentence():
     assert failure_message(info.value, 3).startswith("Ran out of RAM.")
 
 
+def as_in_a_terminal():
+    """A child's Ctrl-C as a terminal gives it: SIGINT neither ignored nor blocked, whatever this test process inherited
+    or had set by a library (both pass to a child through exec; the Ctrl-C tests failed only inside the full suite)."""
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def cli(*args, timeout=600):
     return subprocess.run(
         [sys.executable, "-m", "engine", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
@@ -321,7 +330,13 @@ def test_cli_ctrl_c_cancels_with_a_sentence_even_when_pressed_twice(tiny_llama, 
     job.write_text(spec_for(tiny_llama, identity_file, max_steps=100000).to_yaml())
     out, err = tmp_path / "out.txt", tmp_path / "err.txt"
     with open(out, "w") as o, open(err, "w") as e:
-        proc = subprocess.Popen([sys.executable, "-m", "engine", "train", str(job)], cwd=ROOT, stdout=o, stderr=e)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine", "train", str(job)],
+            cwd=ROOT,
+            stdout=o,
+            stderr=e,
+            preexec_fn=as_in_a_terminal,
+        )
     deadline = time.time() + 300
     while "step 2/" not in out.read_text():
         assert time.time() < deadline and proc.poll() is None, out.read_text() + err.read_text()
@@ -346,7 +361,7 @@ def test_cli_ctrl_c_during_an_export_is_one_line_and_leaves_nothing(tiny_llama, 
     log = tmp_path / "log.txt"
     with open(log, "w") as f:
         cmd = [sys.executable, "-m", "engine", "export", str(st.run_dir), "--format", "gguf-q8_0", "--out", str(out)]
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, preexec_fn=as_in_a_terminal)
     deadline = time.time() + 300
     while "merged shard" not in log.read_text():  # under way: the merge is written, its checks and GGUF are next
         assert time.time() < deadline and proc.poll() is None, log.read_text()
