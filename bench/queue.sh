@@ -22,6 +22,8 @@ list() {
 7  issue 24: budget sweep, the rest of qwen3_4b's 0.2 GiB steps; then llama8b QLoRA uncapped (project)
 8  issue 30: decode bf16 batch 1; decode_profile bf16+NF4 batch 8; NF4 groups off; NF4 matvec and group benches
 9  issue 22: identity fp16 without the kernel warm-up (TUNESMITH_KERNEL_WARMUP=0) and with, cold; then warm
+10 issue 22: where an alpaca-sized padding-free step (8 x ~280 tokens) loses per token against a packed one
+   (8 x ~1,824): bench/profile_step.py --varlen, QLoRA and LoRA
 EOF
 }
 
@@ -141,6 +143,15 @@ call7() {  # issue 24; then the H200's uncapped llama8b figure (the budget secti
     --seq 2048 --bs 2
 }
 
+call10() {  # issue 22: defaults at 88% of packing's tokens/s per padded token (2026-12-05): host or kernels?
+  local prof=(python3 bench/profile_step.py --impl project --arch qwen3_4b --varlen --bs 8 --rows 25)
+  keep_models qwen3_4b
+  step 150 "${prof[@]}" --mode qlora --seq 280
+  step 150 "${prof[@]}" --mode qlora --seq 1824
+  step 120 "${prof[@]}" --mode lora --seq 280
+  step 120 "${prof[@]}" --mode lora --seq 1824
+}
+
 call8() {  # issue 30: decode; bench_*'s --budget bounds their sweeps, not their baselines
   keep_models qwen3_4b
   step 120 python3 .bench/decode_bench.py --impl project --arch qwen3_4b
@@ -152,7 +163,7 @@ call8() {  # issue 30: decode; bench_*'s --budget bounds their sweeps, not their
 }
 
 n=${1:-}
-if [[ ! $n =~ ^[1-9]$ ]]; then
+if [[ ! $n =~ ^([1-9]|10)$ ]]; then
   list
   exit 2
 fi

@@ -55,7 +55,13 @@ def identity_file(tmp_path):
 
 @pytest.fixture
 def runs(tmp_path, monkeypatch):
-    """A private runs/ folder for the test."""
+    """A private runs/ folder for the test. A run the test left going (it failed before the run ended: a Ctrl-C test's
+    runs ask for 100,000 steps) is stopped afterwards, so it does not train on through the rest of the suite."""
     folder = tmp_path / "runs"
     monkeypatch.setenv("TUNESMITH_RUNS", str(folder))
-    return folder
+    yield folder
+    from engine import api
+
+    for run in api.list_runs(folder):
+        if not run.finished:
+            api.cancel(run.run_dir, wait_s=10)
