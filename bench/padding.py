@@ -44,7 +44,7 @@ def main():
     import train_bench
     from transformers import AutoTokenizer
 
-    from engine.data.batching import GRAPH_SHAPE_COST, planned
+    from engine.data.batching import EAGER_STEP_COST, GRAPH_SHAPE_COST, planned
     from engine.data.tokenizing import load_examples
     from engine.spec.jobspec import JobSpec
     from engine.training.steps import micro_batches_of_run
@@ -64,7 +64,7 @@ def main():
     print(f"{a.data}: {len(examples)} examples, {sum(lengths)} tokens, micro-batches of {a.bs}, {count} of them")
     for name, by in (("shuffled", None), ("evened out", lengths)):
         run = micro_batches_of_run(len(examples), a.bs, a.seed, count, by)
-        sizes, share = planned(examples, run, GRAPH_SHAPE_COST)
+        sizes, share = planned(examples, run, GRAPH_SHAPE_COST, once_cost=EAGER_STEP_COST)
         counts = sorted(sum(lengths[i] for i in micro) for micro in run)
         print(
             f"  {name:10s}: buckets {', '.join(map(str, sizes))}; {100 * share:.1f}% padding; "

@@ -24,6 +24,7 @@ list() {
 9  issue 22: identity fp16 without the kernel warm-up (TUNESMITH_KERNEL_WARMUP=0) and with, cold; then warm
 10 issue 22: where an alpaca-sized padding-free step (8 x ~280 tokens) loses per token against a packed one
    (8 x ~1,824): bench/profile_step.py --varlen, QLoRA and LoRA
+11 issue 22: alpaca QLoRA side by side: project defaults and --packing 1, Unsloth defaults and --packing 1
 EOF
 }
 
@@ -143,9 +144,19 @@ call7() {  # issue 24; then the H200's uncapped llama8b figure (the budget secti
     --seq 2048 --bs 2
 }
 
+call11() {  # issue 22: the alpaca targets in one call (>= 3x Unsloth, >= 90% of --packing 1, packing >= 3x Unsloth's)
+  local a
+  a=$(mktemp -d)
+  keep_models qwen3_4b
+  e2e 170 100 "$a" "project alpaca qlora" "project alpaca qlora --packing 1"
+  e2e 200 180 "$a" "unsloth alpaca qlora"
+  e2e 180 170 "$a" "unsloth alpaca qlora --packing 1"
+}
+
 call10() {  # issue 22: defaults at 88% of packing's tokens/s per padded token (2026-12-05): host or kernels?
   local prof=(python3 bench/profile_step.py --impl project --arch qwen3_4b --varlen --bs 8 --rows 25)
   keep_models qwen3_4b
+  step 90 python3 -m pytest -m gpu -p no:cacheprovider -q -rfEs tests/test_patching_parity.py -k "one_micro_batch"
   step 150 "${prof[@]}" --mode qlora --seq 280
   step 150 "${prof[@]}" --mode qlora --seq 1824
   step 120 "${prof[@]}" --mode lora --seq 280
@@ -163,7 +174,7 @@ call8() {  # issue 30: decode; bench_*'s --budget bounds their sweeps, not their
 }
 
 n=${1:-}
-if [[ ! $n =~ ^([1-9]|10)$ ]]; then
+if [[ ! $n =~ ^([1-9]|1[01])$ ]]; then
   list
   exit 2
 fi

@@ -426,6 +426,37 @@ def test_cuda_graph_steps_equal_eager_steps(four_bit, tmp_path):
             torch.testing.assert_close(grads_g[step][name], grads_e[step][name], rtol=2e-2, atol=1e-5, msg=name)
 
 
+@pytest.mark.gpu
+def test_a_size_of_one_micro_batch_is_never_captured(tmp_path):
+    """The training loop names the run's sizes that one micro-batch has (engine.data.batching.used_once): such a
+    step runs eagerly even as the run's first, and the next size is then captured at its second step."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a GPU")
+    from transformers import AutoModelForCausalLM
+
+    from engine.patching import graphs
+
+    width = dict(hidden_size=512, intermediate_size=1408, num_attention_heads=8, num_key_value_heads=4, head_dim=64)
+    tiny_model("qwen3", vocab=32000, dtype=torch.bfloat16, initializer_range=0.02, **width).save_pretrained(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16, device_map={"": 0})
+    model.config.use_cache = False
+    patch_model(model, log=lambda m: None)
+    lines = []
+    assert graphs.install(model, log=lines.append)
+    model = packed(with_lora(model)).train()
+    model.get_base_model().eager_tokens.add(2 * 64)
+
+    def step(tokens):
+        ids = torch.randint(3, 32000, (2, tokens), device="cuda")
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            model(input_ids=ids, labels=ids).loss.backward()
+
+    step(64), step(64)
+    assert not any("captured" in line for line in lines), lines
+    step(32), step(32), step(32)
+    assert [line for line in lines if "captured" in line and "(2, 32)" in line] and len(lines) == 1, lines
+
+
 def test_cuda_graphs_are_captured_per_shape_after_an_eager_step():
     """The first training step's shape is captured at once; any other shape (a padding-free bucket) at its second
     step, after an eager one; a step that cannot use graphs keeps them; at most MAX_SHAPES are held, the least

@@ -46,11 +46,19 @@ MAX_BUCKETS = 8
 # and capture took 0.7-0.9 s on the H200 while the captured steps ran at 19,000-24,000 tokens/s (qwen3_4b QLoRA, the
 # shared e2e run at commit f2709af; bench/README.md), i.e. the time of ~20,000 tokens.
 GRAPH_SHAPE_COST = 20_000
+# The price of a size that only one micro-batch of the run lands in, where the layers are captured: it is never
+# captured (engine.patching.graphs captures a shape at its second micro-batch, and leaves out the run's sizes of one
+# micro-batch, `used_once`, even at the first step), so it costs one eager step's extra time. An eager step took
+# 0.186 s on the H100 against 0.040 s captured on the H200 (identity, 576 tokens, bench/README.md), i.e. ~0.15 s:
+# the time of ~3,200 tokens at the 21,500 tokens/s of the H200's captured Alpaca-like steps; rounded up. An
+# Alpaca-like file's longest example then gets a size of its own instead of setting the size of every micro-batch.
+EAGER_STEP_COST = 4_000
 
 
-def plan_buckets(counts, shape_cost: int, most: int = MAX_BUCKETS) -> list[int]:
+def plan_buckets(counts, shape_cost: int, most: int = MAX_BUCKETS, once_cost: int | None = None) -> list[int]:
     """The bucket sizes (ascending multiples of SMALL_STEP, at most `most`) for a run whose micro-batches hold
-    `counts` tokens each, chosen to minimise the padded tokens of the whole run plus `shape_cost` per size.
+    `counts` tokens each, chosen to minimise the padded tokens of the whole run plus `shape_cost` per size, or
+    `once_cost` (default: `shape_cost`) for a size that only one micro-batch lands in.
 
     Dynamic programming over the distinct counts (each rounded up to SMALL_STEP): a size covers a run of
     consecutive counts and is the largest of them; best[b][i] is the least cost of covering the i smallest with b
@@ -59,6 +67,7 @@ def plan_buckets(counts, shape_cost: int, most: int = MAX_BUCKETS) -> list[int]:
 
     if not counts:
         return [SMALL_STEP]
+    once_cost = shape_cost if once_cost is None else once_cost
     rounded = np.asarray([-(-max(int(c), 1) // SMALL_STEP) * SMALL_STEP for c in counts], dtype=np.int64)
     sizes, freq = np.unique(rounded, return_counts=True)
     n = len(sizes)
@@ -72,7 +81,7 @@ def plan_buckets(counts, shape_cost: int, most: int = MAX_BUCKETS) -> list[int]:
         for i in range(1, n + 1):
             # sizes[i - 1] covers counts j..i-1: the padding of each up to it
             pad = sizes[i - 1] * (many[i] - many[:i]) - (tokens[i] - tokens[:i])
-            total = best[b - 1, :i] + pad + shape_cost
+            total = best[b - 1, :i] + pad + np.where(many[i] - many[:i] == 1, once_cost, shape_cost)
             j = int(np.argmin(total))
             best[b, i], choice[b, i] = total[j], j
     b = int(np.argmin(best[:, n]))
@@ -83,13 +92,22 @@ def plan_buckets(counts, shape_cost: int, most: int = MAX_BUCKETS) -> list[int]:
     return chosen[::-1]
 
 
-def planned(examples, run, shape_cost: int, most: int = MAX_BUCKETS) -> tuple[list[int], float]:
+def planned(examples, run, shape_cost: int, most: int = MAX_BUCKETS, once_cost=None) -> tuple[list[int], float]:
     """The bucket sizes `plan_buckets` picks for a run's micro-batches (`run`: each one's example indices) and the
     share of the padded tokens that is padding."""
     counts = [sum(len(examples[i].input_ids) for i in micro) for micro in run]
-    sizes = plan_buckets(counts, shape_cost, most)
+    sizes = plan_buckets(counts, shape_cost, most, once_cost)
     padded_tokens = sum(next(s for s in sizes if s >= c) for c in counts)
     return sizes, 1 - sum(counts) / padded_tokens
+
+
+def used_once(examples, run, sizes) -> set[int]:
+    """The sizes that exactly one of the run's micro-batches is padded to."""
+    from collections import Counter
+
+    counts = [sum(len(examples[i].input_ids) for i in micro) for micro in run]
+    uses = Counter(next(s for s in sizes if s >= c) for c in counts)
+    return {size for size, n in uses.items() if n == 1}
 
 
 def bucket(tokens: int, cap: int) -> int:
@@ -186,8 +204,9 @@ def padded(examples, pad_id: int, device: str) -> dict:
 class Collator:
     """Makes a run's micro-batches: padding-free when `varlen` (the model's attention takes cu_seqlens), else padded.
     `run`: the example indices of every micro-batch the run will make, when known, so the buckets are planned for
-    them (`plan_buckets` with `shape_cost`, at most `most` sizes: the shapes a memory plan holds graphs for); else the
-    fixed sizes. Logs each bucket the first time a micro-batch lands in it."""
+    them (`plan_buckets` with `shape_cost` and `once_cost`, at most `most` sizes: the shapes a memory plan holds graphs
+    for), and `once` holds those that only one micro-batch lands in (run without graphs); else the fixed sizes. Logs
+    each bucket the first time a micro-batch lands in it."""
 
     def __init__(
         self,
@@ -200,17 +219,21 @@ class Collator:
         run=None,
         shape_cost=0,
         most: int = MAX_BUCKETS,
+        once_cost=None,
     ):
         self.pad_id, self.device, self.varlen, self.log = pad_id, device, varlen, log
         self.slots = segment_slots(examples, batch_size)
         self.cap = most_tokens(examples, batch_size)
         self.sizes = buckets(self.cap)
         self.seen = set()
+        self.once = set()
         if varlen and run:
-            self.sizes, share = planned(examples, run, shape_cost, most)
+            self.sizes, share = planned(examples, run, shape_cost, most, once_cost)
+            self.once = used_once(examples, run, self.sizes) if shape_cost else set()
+            alone = f"; {', '.join(map(str, sorted(self.once)))} for one micro-batch, run eagerly" if self.once else ""
             log(
                 f"batches: padding-free, each micro-batch one row rounded up to one of {len(self.sizes)} sizes "
-                f"planned for the run's {len(run)} micro-batches ({', '.join(map(str, self.sizes))} tokens; "
+                f"planned for the run's {len(run)} micro-batches ({', '.join(map(str, self.sizes))} tokens{alone}; "
                 f"{100 * share:.1f}% padding; {self.slots} cu_seqlens entries)"
             )
         elif varlen:

@@ -127,10 +127,11 @@ def eligible_layers(model) -> list | None:
 def install(model, log=print, most: int = MAX_SHAPES, per_shape: bool = False) -> bool:
     """Give each decoder layer a forward that replays captured graphs when the step allows, holding at most `most`
     shapes' graphs (a memory plan's `shapes`); False when the model's layers cannot be captured (the reason is
-    logged). `per_shape`: only micro-batches whose token count is in `model.layer_graph_tokens` are captured, the
-    sizes at which a memory plan that recomputes layers at its largest micro-batch recomputes none and has room for
-    these graphs (engine.memory.checkpointing adds them as it decides each size); the others run as they are, their
-    recomputed layers through CheckpointGraphs."""
+    logged). Micro-batches whose token count is in `model.eager_tokens` (a size only one micro-batch of the run has,
+    filled by the training loop) run as they are. `per_shape`: only micro-batches whose token count is in
+    `model.layer_graph_tokens` are captured, the sizes at which a memory plan that recomputes layers at its largest
+    micro-batch recomputes none and has room for these graphs (engine.memory.checkpointing adds them as it decides
+    each size); the others run as they are, their recomputed layers through CheckpointGraphs."""
     from engine.patching.modules import mask_skipped
 
     layers = eligible_layers(model)
@@ -139,6 +140,7 @@ def install(model, log=print, most: int = MAX_SHAPES, per_shape: bool = False) -
         return False
     model.shape_graphs = True  # each padding-free bucket costs a capture: engine.data.batching.plan_buckets
     allowed = model.layer_graph_tokens = set() if per_shape else None
+    eager = model.eager_tokens = set()  # the run's sizes of one micro-batch (engine.data.batching.used_once)
     held = Captures(most)
     graphs = held.graphs
 
@@ -188,6 +190,7 @@ def install(model, log=print, most: int = MAX_SHAPES, per_shape: bool = False) -
                 and cos is not None
                 and hidden_states.is_cuda
                 and (allowed is None or hidden_states.shape[0] * hidden_states.shape[1] in allowed)
+                and hidden_states.shape[0] * hidden_states.shape[1] not in eager
             )
             key = None
             if usable:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from engine.core.errors import Cancelled, UserError
 from engine.core.hardware import choose_placement, memory_in_use_gb
-from engine.data.batching import GRAPH_SHAPE_COST, MAX_BUCKETS, Collator, planned
+from engine.data.batching import EAGER_STEP_COST, GRAPH_SHAPE_COST, MAX_BUCKETS, Collator, planned
 from engine.training import distributed
 from engine.training.steps import (
     batches_for_epoch,
@@ -152,16 +152,20 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     micro_batches = min(total * spec.grad_accum * ranks, PLANNED)  # every rank plans the same, global ones
     run = micro_batches_of_run(len(examples), spec.batch_size, spec.seed, micro_batches, lengths) if varlen else None
     shape_cost = GRAPH_SHAPE_COST if getattr(base, "shape_graphs", False) else 0
+    once_cost = EAGER_STEP_COST if shape_cost else 0  # a size of one micro-batch is never captured: an eager step
     most = memory.shapes if memory is not None else MAX_BUCKETS  # the shapes the memory plan counts graphs for
     if varlen:
         shuffled = micro_batches_of_run(len(examples), spec.batch_size, spec.seed, micro_batches)
         log(
             f"batches: each epoch's shuffled micro-batches of {spec.batch_size} examples evened out by tokens (swaps "
-            f"between them); as shuffled they would pad {100 * planned(examples, shuffled, shape_cost, most)[1]:.1f}%"
+            f"between them); as shuffled they would pad "
+            f"{100 * planned(examples, shuffled, shape_cost, most, once_cost)[1]:.1f}%"
         )
     make_batch = Collator(
-        examples, spec.batch_size, tok.pad_token_id, placement.device, varlen, log, run, shape_cost, most
+        examples, spec.batch_size, tok.pad_token_id, placement.device, varlen, log, run, shape_cost, most, once_cost
     )
+    if hasattr(base, "eager_tokens"):  # engine.patching.graphs.install: these sizes are not captured
+        base.eager_tokens.update(make_batch.once)
     validator = make_validator(
         spec, tok, total, run_dir, tok.pad_token_id, placement.device, varlen, log, loading, should_stop
     )
