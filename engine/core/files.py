@@ -17,15 +17,18 @@ from engine.core.disk import owner_tag
 from engine.core.errors import UserError
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` atomically (replacing a previous version of the same file)."""
+def write_text(path: str | os.PathLike, text: str, durable: bool = True) -> None:
+    """Write `text` to `path` atomically (replacing a previous version of the same file). `durable`: on the disk
+    before it replaces the old version (fsync), so a power cut leaves one or the other; without it a reader still
+    sees one or the other, and the write is much cheaper (a training step's progress: `RunLog.progress`)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; other users (an Ollama service) may need to read it
         os.replace(tmp, path)
     except BaseException:
@@ -33,8 +36,8 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
-def write_json(path: str | os.PathLike, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def write_json(path: str | os.PathLike, obj, durable: bool = True) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", durable)
 
 
 def append_jsonl(path: str | os.PathLike, obj) -> None:

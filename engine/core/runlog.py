@@ -30,13 +30,24 @@ class RunLog:
     def set(self, **fields) -> None:
         """Update status.json atomically; on a full disk, where the atomic write's temporary copy finds no room, the
         file is overwritten in place (compact, so it fits the space it holds), so a run never stays "running"."""
+        self._write(fields, durable=True)
+
+    def progress(self, step: int) -> None:
+        """A training step's count in status.json: replaced atomically like `set` but not forced to the disk (no
+        fsync). A step's loop waits for the GPU and then writes this with the GPU idle, and the fsync took 7.3 ms a
+        write on the development machine's disk (200 writes), against 40-103 ms steps on the H200. After a power
+        cut the file holds its last version or, on some filesystems, nothing: either way the run reads as stopped
+        and resume continues from its last checkpoint."""
+        self._write(dict(step=step), durable=False)
+
+    def _write(self, fields: dict, durable: bool) -> None:
         import os
 
         # a rank of a multi-GPU run names its supervisor (engine.training.launch), the process cancel signals
         pid = int(os.environ.get("TUNESMITH_RUN_PID") or os.getpid())
         self.state.update(fields, pid=pid, updated=time.time())
         try:
-            write_json(self.dir / "status.json", self.state)
+            write_json(self.dir / "status.json", self.state, durable)
         except OSError as e:
             if not is_disk_full(e):
                 raise

@@ -232,10 +232,8 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
             scaler.unscale_(opt)
         if hasattr(opt, "take_grad_norm"):  # engine.memory.grad_release: the weights were updated in the backward
             grad_norm = opt.take_grad_norm()
-        else:
-            grad_norm = distributed.grad_norm(
-                torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm or float("inf"))
-            )
+        else:  # read after the step's end: reading it here would leave the GPU idle while the update is launched
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm or float("inf"))
         if not math.isfinite(loss_sum) and not scaler:
             raise UserError(
                 f"The loss became {loss_sum} at step {step + 1}; lower the learning rate "
@@ -254,6 +252,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         if placement.device == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
+        grad_norm = grad_norm if isinstance(grad_norm, float) else distributed.grad_norm(grad_norm)
         step_times.append(dt)
         if compiles is not None:
             log(compiles.stop())
@@ -275,7 +274,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
             **({} if world is None else dict(peak_memory_gb_per_gpu=memories)),
             **checked,  # eval_loss and best on validation steps
         )
-        runlog.set(step=step)
+        runlog.progress(step)
         every = spec.save_every and step % spec.save_every == 0
         if step < total and (every or 0 < spec.save_every_minutes <= (time.monotonic() - last_save) / 60):
             save(step, (epoch, micro))

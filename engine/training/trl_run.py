@@ -143,7 +143,7 @@ class TrlRun:
                 )
                 record.update({name: round(float(logs[key]), 6) for name, key in metrics.items() if key in logs})
                 run.runlog.metric(**record)
-                run.runlog.set(step=record["step"])
+                run.runlog.progress(record["step"])
                 self.last, run.tokens = now, 0
 
         return Bridge()
