@@ -25,6 +25,8 @@ list() {
 10 issue 22: where an alpaca-sized padding-free step (8 x ~280 tokens) loses per token against a packed one
    (8 x ~1,824): bench/profile_step.py --varlen, QLoRA and LoRA
 11 issue 22: alpaca QLoRA side by side: project defaults and --packing 1, Unsloth defaults and --packing 1
+12 issue 22, this session's changes (eager size of one micro-batch, no per-step wait): their GPU tests; project
+   alpaca QLoRA defaults and --packing 1, identity fp16; profile of the alpaca-sized and packed steps (QLoRA)
 EOF
 }
 
@@ -153,6 +155,18 @@ call11() {  # issue 22: the alpaca targets in one call (>= 3x Unsloth, >= 90% of
   e2e 180 170 "$a" "unsloth alpaca qlora --packing 1"
 }
 
+call12() {  # issue 22: what 76740b3 (eager size of one micro-batch) and 435766c (no per-step wait) change
+  local a prof=(python3 bench/profile_step.py --impl project --arch qwen3_4b --varlen --bs 8 --rows 25 --mode qlora)
+  a=$(mktemp -d)
+  keep_models qwen3_4b
+  step 120 python3 -m pytest -m gpu -p no:cacheprovider -q -rfEs tests/test_patching_parity.py tests/test_batching.py \
+    -k "graph or one_micro_batch or padding_free or varlen"
+  e2e 200 100 "$a" "project alpaca qlora" "project alpaca qlora --packing 1"
+  e2e 80 70 "$a" "project identity qlora --dtype fp16"
+  step 80 "${prof[@]}" --seq 280
+  step 80 "${prof[@]}" --seq 1824
+}
+
 call10() {  # issue 22: defaults at 88% of packing's tokens/s per padded token (2026-12-05): host or kernels?
   local prof=(python3 bench/profile_step.py --impl project --arch qwen3_4b --varlen --bs 8 --rows 25)
   keep_models qwen3_4b
@@ -174,7 +188,7 @@ call8() {  # issue 30: decode; bench_*'s --budget bounds their sweeps, not their
 }
 
 n=${1:-}
-if [[ ! $n =~ ^([1-9]|1[01])$ ]]; then
+if [[ ! $n =~ ^([1-9]|1[0-2])$ ]]; then
   list
   exit 2
 fi
