@@ -128,6 +128,7 @@ class ReplyStats:
 
     tokens: int = 0
     seconds: float = 0.0
+    note: str = ""  # why the reply ended early, when it did (the model's context was full)
 
     @property
     def tokens_per_s(self) -> float:
@@ -276,9 +277,35 @@ class ChatModel:
         sampling = Sampling(temperature, top_p, top_k, min_p, repetition_penalty, seed)
         stops = [s for s in [*self.stop_texts, *(stop or [])] if s]
         ids = self.prompt_ids(messages)
+        room = self.room(ids, max_new_tokens)
         with self._turn():
-            tokens = self.decoder.tokens(ids, max_new_tokens, sampling, self.stop_ids, adapter and self.has_adapter)
+            tokens = self.decoder.tokens(ids, room, sampling, self.stop_ids, adapter and self.has_adapter)
             yield from self._pieces(tokens, stops, stats)
+        self._note_context(stats, ids, room, max_new_tokens)
+
+    def room(self, ids: list[int], max_new_tokens: int) -> int:
+        """max_new_tokens, cut to the positions the model's context leaves after the prompt `ids`. A prompt that
+        fills the context is a UserError: past it the model was never trained, so its replies would be noise."""
+        from engine.models.context import context_length
+
+        context = context_length(self.model.config)
+        if context is None:
+            return max_new_tokens
+        if len(ids) >= context:
+            raise UserError(
+                f"This conversation is {len(ids)} tokens, which fills the model's context of {context} tokens; clear "
+                "the chat (or shorten the system prompt) to go on."
+            )
+        return min(max_new_tokens, context - len(ids))
+
+    @staticmethod
+    def _note_context(stats: ReplyStats, ids: list[int], room: int, max_new_tokens: int) -> None:
+        """Say so in `stats.note` when the reply ended because the context was full, not at its end of turn."""
+        if room < max_new_tokens and stats.tokens >= room:
+            stats.note = (
+                f"The reply stopped at the model's context of {len(ids) + room} tokens (the conversation's "
+                f"{len(ids)} and {room} of the reply); clear the chat to go on."
+            )
 
     def _pieces(self, tokens, stops, stats):
         """The text pieces of the reply whose token ids `tokens` yields (see `pieces`)."""
@@ -371,10 +398,10 @@ class ChatModel:
         chosen = Sampling(**{k: sampling[k] for k in keys if sampling.get(k) is not None})
         stops = [s for s in [*self.stop_texts, *(sampling.get("stop") or [])] if s]
         ids = self.prompt_ids(messages)
+        asked = sampling.get("max_new_tokens", 256)
+        room = self.room(ids, asked)
         with self._turn():
-            steps = batch(
-                self.decoder, [ids, ids], sampling.get("max_new_tokens", 256), chosen, self.stop_ids, [True, False]
-            )
+            steps = batch(self.decoder, [ids, ids], room, chosen, self.stop_ids, [True, False])
             rows = [self._pieces(r, stops, s) for r, s in zip(split_rows(steps, 2), stats, strict=True)]
             texts, live = ["", ""], [True, True]
             try:
@@ -386,3 +413,5 @@ class ChatModel:
                     yield texts[0].strip(), texts[1].strip()
             finally:
                 steps.close()
+        for one in stats:
+            self._note_context(one, ids, room, asked)
