@@ -358,3 +358,42 @@ def test_any_valid_record_masks_exactly_the_assistant_turns(tok, msgs, form):
     text = tokenizing.render(tok, converted)
     assert tok.decode(ex.input_ids) == text
     assert learned_runs(tok, ex) == [m["content"] + "<|im_end|>" for m in msgs if m["role"] == "assistant"]
+
+
+LONG_ROWS = [
+    {"instruction": "Who are you?", "output": "I am Nova."},
+    {"instruction": "Who are you?", "output": "I am Nova. " * 30},  # cut inside its reply: trains on the start
+    {"instruction": "word " * 100, "output": "long"},  # cut before its reply: nothing left to learn
+]
+CUT_NOTE = (
+    "2 of 3 examples were longer than max_seq_length 32 and were cut to their first 32 tokens; 1 of them kept none "
+    "of their reply and were left out. Raise max_seq_length to keep them whole."
+)
+
+
+def test_examples_cut_to_length_are_told_in_one_sentence(tok, tmp_path):
+    path = tmp_path / "long.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in LONG_ROWS))
+    notes = []
+    examples = tokenizing.load_examples(spec(path, max_seq_length=32), tok, lambda m: None, note=notes.append)
+    assert len(examples) == 2 and notes == [CUT_NOTE]
+    tokenizing.load_examples(spec(path, max_seq_length=4096), tok, lambda m: None, note=notes.append)
+    assert notes == [CUT_NOTE]  # nothing cut: nothing said
+    replyless = "2 of 5 examples have no assistant reply to learn and were left out."
+    assert tokenizing.length_note(5, 0, 0, 2, 64) == replyless
+    info = inspection.inspect(str(path), tokenizer=tok, max_len=32)  # the Data tab says the same before a run
+    assert info["truncated_rows"] == 2 and info["warning"].startswith("2 of the first 3 rows are longer than 32 tokens")
+    assert "1 of them keep none of their reply and are left out of training" in info["warning"]
+
+
+def test_a_runs_status_and_train_tab_say_how_many_examples_were_cut(tiny_llama, runs, tmp_path):
+    from helpers import tiny_spec, wait_for
+
+    from engine import api
+    from ui import train_tab
+
+    path = tmp_path / "long.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in LONG_ROWS))
+    st = wait_for(api.start(tiny_spec(tiny_llama, path, max_seq_length=32, max_steps=1)))
+    assert st.state == "done" and st.notes == [CUT_NOTE]
+    assert CUT_NOTE in train_tab.view(st.run_id)[0]
