@@ -84,6 +84,10 @@ def test_data_tab_column_mapping(tmp_path):
     used, summary, _, _ = data_tab.inspect(str(csv), "", "question=instruction, answer=output", "auto", 1024)
     assert used == str(csv) and "**Format:** alpaca" in summary
     assert "should look like column=field" in data_tab.inspect(str(csv), "", "question", "auto", 1024)[1]
+    _, summary, _, _ = data_tab.inspect(str(csv), "", "question=instruction, answer=instruction", "auto", 1024)
+    assert "Columns 'question' and 'answer' are both mapped to 'instruction'" in summary
+    _, summary, _, _ = data_tab.inspect(str(csv), "", "question=instruction, question=output", "auto", 1024)
+    assert "Column 'question' is mapped twice, to 'instruction' and to 'output'" in summary
 
 
 def test_train_chat_export_handlers(tiny_llama, identity_file, runs, tmp_path):

@@ -175,6 +175,36 @@ def test_column_mapping_in_the_job_and_the_cli(tmp_path, tok):
     assert formats.parse_map(["q=instruction, a=output"]) == {"q": "instruction", "a": "output"}
 
 
+def test_two_columns_mapped_to_one_field_are_refused_naming_both(tmp_path, tok, runs, tiny_llama):
+    from helpers import tiny_spec
+
+    from engine import api
+
+    path = tmp_path / "qa.jsonl"
+    path.write_text(json.dumps({"q": "Who are you?", "question": "Who?", "a": "I am Nova."}) + "\n")
+    both = {"q": "instruction", "question": "instruction", "a": "output"}
+    said = "Columns 'q' and 'question' are both mapped to 'instruction', so one would overwrite the other; map only one"
+    with pytest.raises(UserError, match=said):
+        tokenizing.load_examples(spec(path, column_map=both), tok, log=lambda m: None)
+    with pytest.raises(UserError, match=said):  # the Data tab's check and the start of a run say it at once
+        inspection.inspect(str(path), column_map=both)
+    with pytest.raises(UserError, match=said):
+        api.start(tiny_spec(tiny_llama, path, column_map=both))
+    assert not runs.exists() or not list(runs.iterdir())
+    # a column mapped onto a field the dataset already has as a column of its own
+    path.write_text(json.dumps({"instruction": "Who are you?", "question": "Who?", "output": "I am Nova."}) + "\n")
+    with pytest.raises(
+        UserError,
+        match="Column 'question' is mapped to 'instruction', but qa.jsonl also has a column "
+        "'instruction', so one would overwrite the other; map 'instruction' to another field as well",
+    ):
+        inspection.inspect(str(path), column_map={"question": "instruction"})
+    swapped = inspection.inspect(str(path), column_map={"question": "instruction", "instruction": "input"})
+    assert swapped["format"] == "alpaca"  # renaming the other column out of the way is no clash
+    with pytest.raises(UserError, match="Column 'q' is mapped twice, to 'instruction' and to 'output'"):
+        formats.parse_map(["q=instruction", "q=output"])
+
+
 EXPECTED_TEMPLATES = {
     "llama-3": "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
     "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"

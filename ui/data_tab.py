@@ -25,7 +25,12 @@ def parse_mapping(text: str) -> dict:
         col, sep, fld = pair.partition("=")
         if not sep or not col.strip() or not fld.strip():
             raise api.UserError(f"Column mapping '{pair}' should look like column=field, e.g. question=instruction.")
-        out[col.strip()] = fld.strip()
+        col, fld = col.strip(), fld.strip()
+        if col in out and out[col] != fld:
+            raise api.UserError(
+                f"Column '{col}' is mapped twice, to '{out[col]}' and to '{fld}'; a column can be one field only."
+            )
+        out[col] = fld
     return out
 
 
