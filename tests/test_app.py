@@ -196,7 +196,10 @@ def test_export_tab_push_never_shows_or_stores_the_token(runs, tiny_llama, ident
     _, msg, _, _ = export_tab.start(st.run_id, "lora", "x", True, "someone/tiny", "", True)
     assert msg.startswith("**Export failed:** Uploading to the Hugging Face hub needs a write token")
     _, msg, _, _ = export_tab.start(st.run_id, "lora", "x", True, "not a repo", "hf_x", True)
-    assert msg == "**Export failed:** 'not a repo' is not a hub repository name; use 'user/name'."
+    assert msg == (
+        "**Export failed:** 'not a repo' is not a hub repository name; use 'user/name' in ASCII letters, digits, "
+        "'-', '_' and '.'."
+    )
 
     secret = "hf_tunesmithUiToken0123456789abcdefXYZ"
     job, msg, _, _ = export_tab.start(st.run_id, "lora", "pushed", True, "someone/tiny", secret, True)
