@@ -410,7 +410,7 @@ def test_examples_cut_to_length_are_told_in_one_sentence(tok, tmp_path):
     tokenizing.load_examples(spec(path, max_seq_length=4096), tok, lambda m: None, note=notes.append)
     assert notes == [CUT_NOTE]  # nothing cut: nothing said
     replyless = "2 of 5 examples have no assistant reply to learn and were left out."
-    assert tokenizing.length_note(5, 0, 0, 2, 64) == replyless
+    assert tokenizing.length_notes(5, 0, 0, 2, 64) == [replyless]
     info = inspection.inspect(str(path), tokenizer=tok, max_len=32)  # the Data tab says the same before a run
     assert info["truncated_rows"] == 2 and info["warning"].startswith("2 of the first 3 rows are longer than 32 tokens")
     assert "1 of them keep none of their reply and are left out of training" in info["warning"]

@@ -198,9 +198,9 @@ def pack(examples: Iterable[Example], max_len: int) -> Examples:
     return packed
 
 
-def length_note(rows: int, truncated: int, cut_out: int, replyless: int, max_len: int) -> str:
-    """The sentence on what training does not see whole: examples cut to `max_len` tokens (`cut_out` of them with
-    none of their reply left, so left out) and `replyless` ones with no reply to learn at all; "" when none."""
+def length_notes(rows: int, truncated: int, cut_out: int, replyless: int, max_len: int) -> list[str]:
+    """The sentences on what training does not see whole: examples cut to `max_len` tokens (`cut_out` of them with
+    none of their reply left, so left out) and `replyless` ones with no reply to learn at all; none when neither."""
     said = []
     if truncated:
         left_out = f"; {cut_out} of them kept none of their reply and were left out" if cut_out else ""
@@ -210,7 +210,7 @@ def length_note(rows: int, truncated: int, cut_out: int, replyless: int, max_len
         )
     if replyless:
         said.append(f"{replyless} of {rows} examples have no assistant reply to learn and were left out.")
-    return " ".join(said)
+    return said
 
 
 class Progress:
@@ -299,9 +299,9 @@ def load_examples(
         f"data: {source} is {fmt}, {rows} rows; {truncated} truncated to {spec.max_seq_length} tokens; "
         f"{dropped} dropped (no assistant tokens left)"
     )
-    said = length_note(rows, truncated, cut_out, dropped - cut_out, spec.max_seq_length)
-    if said and note is not None:
-        note(said)
+    for said in length_notes(rows, truncated, cut_out, dropped - cut_out, spec.max_seq_length):
+        if note is not None:
+            note(said)
     if not examples:
         raise UserError(
             f"{source}: no example has an assistant reply within {spec.max_seq_length} tokens; raise "
