@@ -95,3 +95,29 @@ def test_chat_tab_shows_the_note_and_keeps_a_message_that_does_not_fit(short_cha
     too_long = "Who are you? Tell me about yourself."
     history, box, line = list(chat_tab.respond("short", too_long, [], "", *sampling))[-1]
     assert history == [] and box == too_long and line.startswith("**Not sent:** This conversation is")
+
+
+def test_gguf_chat_stops_at_its_context_with_a_note(tiny_llama, tmp_path):
+    """llama.cpp (engine.chat.gguf_chat) the same way: the reply cut at its context window, with the note; a
+    conversation that fills the window is the same sentence, not llama.cpp's ValueError."""
+    from engine.chat.gguf_chat import GGUFChat
+    from engine.chat.infer import ReplyStats
+
+    res = api.export(str(tiny_llama), "gguf-f16", tmp_path / "f16", log=lambda m: None)
+    (gguf_file,) = res.path.glob("*.gguf")
+    chat = GGUFChat(gguf_file, device="cpu", n_ctx=256)  # llama.cpp's window comes in steps of 256
+    try:
+        assert chat.llm.n_ctx() == 256
+        # a conversation that leaves 3 positions of the window (the tiny tokenizer has no "aa": one token per "a")
+        lengths = {k: len(chat.prompt_ids([{"role": "user", "content": "a" * k}])) for k in range(200, 256)}
+        k = next(k for k, n in lengths.items() if n == 253)
+        asked = [{"role": "user", "content": "a" * k}]
+        stats, streamed = ReplyStats(), ReplyStats()
+        chat.reply(asked, 16, stats=stats)
+        list(chat.stream(asked, 16, stats=streamed))
+        for one in (stats, streamed):
+            assert one.tokens == 3 and one.note.startswith("The reply stopped at the model's context of 256 tokens")
+        with pytest.raises(UserError, match="This conversation is 256 tokens, which fills the model's context"):
+            chat.reply([{"role": "user", "content": "a" * (k + 3)}], 16)
+    finally:
+        chat.close()

@@ -255,7 +255,7 @@ def test_run_notes_chat_context_and_column_clashes_are_translated():
     from transformers import LlamaConfig
 
     from engine.api import JobSpec, UserError
-    from engine.chat.infer import ChatModel, ReplyStats
+    from engine.chat.infer import ChatModel, ReplyStats, note_context
     from engine.data import formats, tokenizing
     from engine.models.context import fit_to_context
     from engine.models.hub import check_target
@@ -264,7 +264,7 @@ def test_run_notes_chat_context_and_column_clashes_are_translated():
     shown = [f"ⓘ {clamp}"]
     shown += [f"ⓘ {n}" for n in tokenizing.length_notes(400, 12, 3, 2, 2048) + tokenizing.length_notes(9, 1, 0, 0, 64)]
     stats = ReplyStats(tokens=5, seconds=1.0)
-    ChatModel._note_context(stats, list(range(27)), 5, 256)
+    note_context(stats, 27, 5, 256)
     shown.append(f"5 tokens, 5.0 tok/s · {stats.note}")
     short = SimpleNamespace(model=SimpleNamespace(config=LlamaConfig(max_position_embeddings=8)))
     refusals = [

@@ -177,6 +177,30 @@ def _held_back(text: str, stops: list[str]) -> int:
     return 0
 
 
+def reply_room(prompt: int, max_new_tokens: int, context: int | None) -> int:
+    """max_new_tokens, cut to the positions a context of `context` tokens (None: unknown) leaves after a prompt of
+    `prompt` tokens. A prompt that fills the context is a UserError: past it the model was never trained, so its
+    replies would be noise."""
+    if context is None:
+        return max_new_tokens
+    if prompt >= context:
+        raise UserError(
+            f"This conversation is {prompt} tokens, which fills the model's context of {context} tokens; clear "
+            "the chat (or shorten the system prompt) to go on."
+        )
+    return min(max_new_tokens, context - prompt)
+
+
+def note_context(stats: ReplyStats, prompt: int, room: int, max_new_tokens: int) -> None:
+    """Say so in `stats.note` when the reply ended because the context was full (`room` of the `max_new_tokens`
+    asked for were left after the prompt), not at its end of turn."""
+    if room < max_new_tokens and stats.tokens >= room:
+        stats.note = (
+            f"The reply stopped at the model's context of {prompt + room} tokens (the conversation's "
+            f"{prompt} and {room} of the reply); clear the chat to go on."
+        )
+
+
 TURN_WAIT_S = 600  # how long a reply waits for the one being written before giving up with a sentence
 
 
@@ -281,31 +305,13 @@ class ChatModel:
         with self._turn():
             tokens = self.decoder.tokens(ids, room, sampling, self.stop_ids, adapter and self.has_adapter)
             yield from self._pieces(tokens, stops, stats)
-        self._note_context(stats, ids, room, max_new_tokens)
+        note_context(stats, len(ids), room, max_new_tokens)
 
     def room(self, ids: list[int], max_new_tokens: int) -> int:
-        """max_new_tokens, cut to the positions the model's context leaves after the prompt `ids`. A prompt that
-        fills the context is a UserError: past it the model was never trained, so its replies would be noise."""
+        """max_new_tokens, cut to what the model's context leaves after the prompt `ids` (reply_room)."""
         from engine.models.context import context_length
 
-        context = context_length(self.model.config)
-        if context is None:
-            return max_new_tokens
-        if len(ids) >= context:
-            raise UserError(
-                f"This conversation is {len(ids)} tokens, which fills the model's context of {context} tokens; clear "
-                "the chat (or shorten the system prompt) to go on."
-            )
-        return min(max_new_tokens, context - len(ids))
-
-    @staticmethod
-    def _note_context(stats: ReplyStats, ids: list[int], room: int, max_new_tokens: int) -> None:
-        """Say so in `stats.note` when the reply ended because the context was full, not at its end of turn."""
-        if room < max_new_tokens and stats.tokens >= room:
-            stats.note = (
-                f"The reply stopped at the model's context of {len(ids) + room} tokens (the conversation's "
-                f"{len(ids)} and {room} of the reply); clear the chat to go on."
-            )
+        return reply_room(len(ids), max_new_tokens, context_length(self.model.config))
 
     def _pieces(self, tokens, stops, stats):
         """The text pieces of the reply whose token ids `tokens` yields (see `pieces`)."""
@@ -414,4 +420,4 @@ class ChatModel:
             finally:
                 steps.close()
         for one in stats:
-            self._note_context(one, ids, room, asked)
+            note_context(one, len(ids), room, asked)
