@@ -27,7 +27,7 @@ def test_fit_to_context_clamps_only_a_longer_length():
     fitted, note = fit_to_context(spec, {"model_type": "llama", "max_position_embeddings": 2048})
     assert fitted.max_seq_length == 2048 and fitted.replace(max_seq_length=4096) == spec
     assert note == (
-        "max_seq_length 4096 is longer than this model's context of 2048 tokens, so this run uses 2048; set "
+        "max_seq_length 4096 is longer than this model's context of 2048 tokens, so training uses 2048; set "
         "max_seq_length to 2048 or less to match."
     )
     same, none = fit_to_context(spec, {"model_type": "llama", "max_position_embeddings": 4096})
@@ -41,7 +41,7 @@ def test_a_run_longer_than_the_context_trains_at_the_context_and_says_so(tiny_ll
 
     st = wait_for(api.start(tiny_spec(tiny_llama, identity_file, max_seq_length=4096, max_steps=1)))
     assert st.state == "done", st.message
-    note = "max_seq_length 4096 is longer than this model's context of 512 tokens, so this run uses 512"
+    note = "max_seq_length 4096 is longer than this model's context of 512 tokens, so training uses 512"
     assert len(st.notes) == 1 and st.notes[0].startswith(note)
     assert f"note: {note}" in log_of(st) and "max 512 tokens" in log_of(st)
     assert note in train_tab.view(st.run_id)[0]
@@ -121,3 +121,20 @@ def test_gguf_chat_stops_at_its_context_with_a_note(tiny_llama, tmp_path):
             chat.reply([{"role": "user", "content": "a" * (k + 3)}], 16)
     finally:
         chat.close()
+
+
+def test_data_tab_counts_lengths_at_the_models_context_and_says_so(tiny_llama, tmp_path):
+    import json
+
+    from ui import data_tab
+
+    path = tmp_path / "long.jsonl"
+    rows = [{"instruction": "Who are you?", "output": "I am Nova."}, {"instruction": "a" * 600, "output": "x"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    info = api.inspect_data(str(path), model=str(tiny_llama), max_seq_length=4096)
+    assert info["max_seq_length"] == 512 and info["truncated_rows"] == 1  # the 600-token row, cut at the context
+    assert info["context_note"].startswith("max_seq_length 4096 is longer than this model's context of 512 tokens")
+    within = api.inspect_data(str(path), model=str(tiny_llama), max_seq_length=512)
+    assert "context_note" not in within and within["truncated_rows"] == 1
+    _, summary, _, _ = data_tab.inspect(str(path), str(tiny_llama), "", "auto", 4096)
+    assert "ⓘ max_seq_length 4096 is longer than this model's context of 512 tokens, so training uses 512" in summary

@@ -70,6 +70,8 @@ def inspect(
             f"Tokens per example: mean {t['mean']}, max {t['max']} (first {t['rows_counted']} rows); "
             f"{info['truncated_rows']} longer than {info['max_seq_length']}."
         )
+        if info.get("context_note"):  # the length asked for is past the model's context: the counts are at it
+            lines.append(f"ⓘ {info['context_note']}")
         if info.get("warning"):
             lines.append(f"⚠ {info['warning']}")
         # The plot orders text bins as text ("100-150" before "50-100"), and a sort order sent with the data blanks

@@ -448,11 +448,11 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
     # a run's notes on the Train tab (engine.core.runlog.RunLog.note): the length cut to the model's context, examples
     # cut to max_seq_length or left out
     (
-        r"ⓘ max_seq_length (\d+) is longer than this model's context of (\d+) tokens, so this run uses (\d+); set "
+        r"ⓘ max_seq_length (\d+) is longer than this model's context of (\d+) tokens, so training uses (\d+); set "
         r"max_seq_length to (\d+) or less to match\.",
-        "ⓘ max_seq_length {0} 超过了此模型的上下文长度 {1} 个 token，因此本次运行使用 {2}；"
+        "ⓘ max_seq_length {0} 超过了此模型的上下文长度 {1} 个 token，因此训练使用 {2}；"
         "请把 max_seq_length 设为 {3} 或更小。",
-        "ⓘ max_seq_length {0} больше контекста этой модели ({1} токенов), поэтому запуск использует {2}; "
+        "ⓘ max_seq_length {0} больше контекста этой модели ({1} токенов), поэтому обучение использует {2}; "
         "задайте max_seq_length не больше {3}.",
     ),
     (

@@ -47,8 +47,12 @@ def fit_to_context(spec, config: dict):
     context = context_length(config)
     if context is None or spec.max_seq_length <= context:
         return spec, None
-    note = (
-        f"max_seq_length {spec.max_seq_length} is longer than this model's context of {context} tokens, so this run "
-        f"uses {context}; set max_seq_length to {context} or less to match."
+    return spec.replace(max_seq_length=context), context_note(spec.max_seq_length, context)
+
+
+def context_note(asked: int, context: int) -> str:
+    """The sentence for a max_seq_length of `asked` cut to the model's `context` (a run's note, the Data tab's)."""
+    return (
+        f"max_seq_length {asked} is longer than this model's context of {context} tokens, so training uses "
+        f"{context}; set max_seq_length to {context} or less to match."
     )
-    return spec.replace(max_seq_length=context), note
