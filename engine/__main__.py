@@ -27,7 +27,7 @@ from pathlib import Path
 def _follow(handle) -> int:
     from engine import api
 
-    last, said = 0, ""
+    last, said, told = 0, "", 0
     try:
         while True:
             st = api.poll(handle)
@@ -41,6 +41,9 @@ def _follow(handle) -> int:
                     flush=True,
                 )
             last = len(st.metrics)
+            for note in st.notes[told:]:
+                print(f"note: {note}", flush=True)
+            told = len(st.notes)
             if st.finished:
                 print(f"{st.state}: {st.message}  ({st.run_dir})", flush=True)
                 return 0 if st.state == "done" else 1
@@ -177,6 +180,8 @@ def main(argv=None) -> int:
             else:
                 print(chat.reply(msgs, **kw))
             # on stderr, so stdout stays the reply alone (scripts read it)
+            if stats.note:  # the model's context cut the reply
+                print(f"note: {stats.note}", file=sys.stderr)
             print(f"{stats.tokens} tokens in {stats.seconds:.2f} s: {stats.tokens_per_s:.1f} tokens/s", file=sys.stderr)
             return 0
         if args.cmd == "export":

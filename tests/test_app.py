@@ -84,6 +84,10 @@ def test_data_tab_column_mapping(tmp_path):
     used, summary, _, _ = data_tab.inspect(str(csv), "", "question=instruction, answer=output", "auto", 1024)
     assert used == str(csv) and "**Format:** alpaca" in summary
     assert "should look like column=field" in data_tab.inspect(str(csv), "", "question", "auto", 1024)[1]
+    _, summary, _, _ = data_tab.inspect(str(csv), "", "question=instruction, answer=instruction", "auto", 1024)
+    assert "Columns 'question' and 'answer' are both mapped to 'instruction'" in summary
+    _, summary, _, _ = data_tab.inspect(str(csv), "", "question=instruction, question=output", "auto", 1024)
+    assert "Column 'question' is mapped twice, to 'instruction' and to 'output'" in summary
 
 
 def test_train_chat_export_handlers(tiny_llama, identity_file, runs, tmp_path):
@@ -192,7 +196,10 @@ def test_export_tab_push_never_shows_or_stores_the_token(runs, tiny_llama, ident
     _, msg, _, _ = export_tab.start(st.run_id, "lora", "x", True, "someone/tiny", "", True)
     assert msg.startswith("**Export failed:** Uploading to the Hugging Face hub needs a write token")
     _, msg, _, _ = export_tab.start(st.run_id, "lora", "x", True, "not a repo", "hf_x", True)
-    assert msg == "**Export failed:** 'not a repo' is not a hub repository name; use 'user/name'."
+    assert msg == (
+        "**Export failed:** 'not a repo' is not a hub repository name; use 'user/name' in ASCII letters, digits, "
+        "'-', '_' and '.'."
+    )
 
     secret = "hf_tunesmithUiToken0123456789abcdefXYZ"
     job, msg, _, _ = export_tab.start(st.run_id, "lora", "pushed", True, "someone/tiny", secret, True)

@@ -175,6 +175,36 @@ def test_column_mapping_in_the_job_and_the_cli(tmp_path, tok):
     assert formats.parse_map(["q=instruction, a=output"]) == {"q": "instruction", "a": "output"}
 
 
+def test_two_columns_mapped_to_one_field_are_refused_naming_both(tmp_path, tok, runs, tiny_llama):
+    from helpers import tiny_spec
+
+    from engine import api
+
+    path = tmp_path / "qa.jsonl"
+    path.write_text(json.dumps({"q": "Who are you?", "question": "Who?", "a": "I am Nova."}) + "\n")
+    both = {"q": "instruction", "question": "instruction", "a": "output"}
+    said = "Columns 'q' and 'question' are both mapped to 'instruction', so one would overwrite the other; map only one"
+    with pytest.raises(UserError, match=said):
+        tokenizing.load_examples(spec(path, column_map=both), tok, log=lambda m: None)
+    with pytest.raises(UserError, match=said):  # the Data tab's check and the start of a run say it at once
+        inspection.inspect(str(path), column_map=both)
+    with pytest.raises(UserError, match=said):
+        api.start(tiny_spec(tiny_llama, path, column_map=both))
+    assert not runs.exists() or not list(runs.iterdir())
+    # a column mapped onto a field the dataset already has as a column of its own
+    path.write_text(json.dumps({"instruction": "Who are you?", "question": "Who?", "output": "I am Nova."}) + "\n")
+    with pytest.raises(
+        UserError,
+        match="Column 'question' is mapped to 'instruction', but qa.jsonl also has a column "
+        "'instruction', so one would overwrite the other; map 'instruction' to another field as well",
+    ):
+        inspection.inspect(str(path), column_map={"question": "instruction"})
+    swapped = inspection.inspect(str(path), column_map={"question": "instruction", "instruction": "input"})
+    assert swapped["format"] == "alpaca"  # renaming the other column out of the way is no clash
+    with pytest.raises(UserError, match="Column 'q' is mapped twice, to 'instruction' and to 'output'"):
+        formats.parse_map(["q=instruction", "q=output"])
+
+
 EXPECTED_TEMPLATES = {
     "llama-3": "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
     "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
@@ -358,3 +388,42 @@ def test_any_valid_record_masks_exactly_the_assistant_turns(tok, msgs, form):
     text = tokenizing.render(tok, converted)
     assert tok.decode(ex.input_ids) == text
     assert learned_runs(tok, ex) == [m["content"] + "<|im_end|>" for m in msgs if m["role"] == "assistant"]
+
+
+LONG_ROWS = [
+    {"instruction": "Who are you?", "output": "I am Nova."},
+    {"instruction": "Who are you?", "output": "I am Nova. " * 30},  # cut inside its reply: trains on the start
+    {"instruction": "word " * 100, "output": "long"},  # cut before its reply: nothing left to learn
+]
+CUT_NOTE = (
+    "2 of 3 examples were longer than max_seq_length 32 and were cut to their first 32 tokens; 1 of them kept none "
+    "of their reply and were left out. Raise max_seq_length to keep them whole."
+)
+
+
+def test_examples_cut_to_length_are_told_in_one_sentence(tok, tmp_path):
+    path = tmp_path / "long.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in LONG_ROWS))
+    notes = []
+    examples = tokenizing.load_examples(spec(path, max_seq_length=32), tok, lambda m: None, note=notes.append)
+    assert len(examples) == 2 and notes == [CUT_NOTE]
+    tokenizing.load_examples(spec(path, max_seq_length=4096), tok, lambda m: None, note=notes.append)
+    assert notes == [CUT_NOTE]  # nothing cut: nothing said
+    replyless = "2 of 5 examples have no assistant reply to learn and were left out."
+    assert tokenizing.length_notes(5, 0, 0, 2, 64) == [replyless]
+    info = inspection.inspect(str(path), tokenizer=tok, max_len=32)  # the Data tab says the same before a run
+    assert info["truncated_rows"] == 2 and info["warning"].startswith("2 of the first 3 rows are longer than 32 tokens")
+    assert "1 of them keep none of their reply and are left out of training" in info["warning"]
+
+
+def test_a_runs_status_and_train_tab_say_how_many_examples_were_cut(tiny_llama, runs, tmp_path):
+    from helpers import tiny_spec, wait_for
+
+    from engine import api
+    from ui import train_tab
+
+    path = tmp_path / "long.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in LONG_ROWS))
+    st = wait_for(api.start(tiny_spec(tiny_llama, path, max_seq_length=32, max_steps=1)))
+    assert st.state == "done" and st.notes == [CUT_NOTE]
+    assert CUT_NOTE in train_tab.view(st.run_id)[0]

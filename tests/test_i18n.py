@@ -245,3 +245,41 @@ def test_data_sentences_added_by_the_audit_are_translated(tmp_path):
             translated = i18n.message(sentence, lang)
             library = re.sub(r"（[^）]*）|\([^)]*\)", "", translated)  # a library's own reason, in brackets, stays
             assert translated != sentence and not english_left(library), translated
+
+
+def test_run_notes_chat_context_and_column_clashes_are_translated():
+    """The sentences of the context clamp, examples cut to length, a chat at the model's context, two columns on
+    one field and a non-ASCII hub name, as the engine writes them and the tabs show them, in Chinese and Russian."""
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig
+
+    from engine.api import JobSpec, UserError
+    from engine.chat.infer import ChatModel, ReplyStats, note_context
+    from engine.data import formats, tokenizing
+    from engine.models.context import fit_to_context
+    from engine.models.hub import check_target
+
+    _, clamp = fit_to_context(JobSpec(model="m", data="d", max_seq_length=4096), {"max_position_embeddings": 2048})
+    shown = [f"ⓘ {clamp}"]
+    shown += [f"ⓘ {n}" for n in tokenizing.length_notes(400, 12, 3, 2, 2048) + tokenizing.length_notes(9, 1, 0, 0, 64)]
+    stats = ReplyStats(tokens=5, seconds=1.0)
+    note_context(stats, 27, 5, 256)
+    shown.append(f"5 tokens, 5.0 tok/s · {stats.note}")
+    short = SimpleNamespace(model=SimpleNamespace(config=LlamaConfig(max_position_embeddings=8)))
+    refusals = [
+        lambda: ChatModel.room(short, list(range(9)), 16),
+        lambda: formats.map_columns({"q": 1, "question": 2}, {"q": "instruction", "question": "instruction"}, 1, "d"),
+        lambda: formats.map_columns({"instruction": 1, "question": 2}, {"question": "instruction"}, 1, "d.jsonl"),
+        lambda: formats.parse_map(["q=instruction, q=output"]),
+        lambda: check_target("me/Нова", token="x"),
+    ]
+    leads = ["**Not sent:** ", "**Cannot use this dataset:** ", "**Cannot use this dataset:** ", "", ""]
+    for lead, refuse in zip(leads, refusals, strict=True):
+        with pytest.raises(UserError) as info:
+            refuse()
+        shown.append(lead + str(info.value))
+    for lang in ("zh", "ru"):
+        for text in shown:
+            translated = i18n.message(text, lang)
+            assert translated != text and not english_left(translated), translated

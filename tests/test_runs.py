@@ -456,3 +456,44 @@ def test_job_paths_relative_to_where_the_command_runs(tiny_llama, identity_file,
     assert st.state == "done", log_of(st)
     written = api.JobSpec.from_yaml((st.run_dir / "job.yaml").read_text())
     assert (written.model, written.data) == (str(tiny_llama), str(identity_file))
+
+
+@pytest.mark.parametrize(
+    "name, folder",
+    [
+        ("Нова", "Нова"),
+        ("小助手", "小助手"),
+        ("café au lait", "café-au-lait"),  # é composed (NFKC) whichever way it was typed
+        ("cafe\u0301", "café"),
+        ("ＡＢＣ run", "ABC-run"),  # full-width letters are the ASCII ones
+        ("हिन्दी मॉडल", "हिन्दी-मॉडल"),  # vowel signs are marks: kept inside the word
+        ("my run/../2: x?", "my-run-..-2-x"),
+        ("🚀 ✨", "run"),
+        ("", "run"),
+        ("Нова " * 20, "Нова-Нова-Нова-Нова-Нова-Нова-Нова-Нова"),  # 40 characters, no trailing '-'
+    ],
+)
+def test_run_folder_names_keep_letters_of_any_script(name, folder):
+    from engine.api.processes import slug
+
+    assert slug(name) == folder
+    assert "/" not in slug(name) and "\\" not in slug(name) and len(slug(name).encode()) <= 160
+
+
+def test_a_run_named_in_cyrillic_gets_a_readable_folder_and_ascii_export_names(
+    tiny_llama, identity_file, runs, tmp_path
+):
+    from engine.export.gguf import gguf_file_name
+    from engine.models.hub import check_target
+
+    st = wait_for(api.start(spec_for(tiny_llama, identity_file, name="Нова", max_steps=1, device="cpu")))
+    assert st.state == "done", st.message
+    assert st.run_id.endswith("-Нова") and st.name == "Нова" and (runs / st.run_id / "adapter").is_dir()
+    assert api.poll(st.run_id).run_id == st.run_id and [r.run_id for r in api.list_runs()] == [st.run_id]
+    out = api.export(str(st.run_dir), "lora", tmp_path / "Нова-lora", log=lambda m: None)
+    assert out.path.name == "Нова-lora" and (out.path / "adapter_model.safetensors").is_file()
+    # names outside this machine stay ASCII: a GGUF file (and the Modelfile's FROM line), a hub repository
+    assert gguf_file_name("Нова-gguf", "gguf-q8_0") == "gguf-q8_0.gguf"
+    assert gguf_file_name("小助手", "gguf-q8_0") == "model-q8_0.gguf"
+    with pytest.raises(api.UserError, match="not a hub repository name; use 'user/name' in ASCII"):
+        check_target("me/Нова", token="x")

@@ -106,10 +106,10 @@ def _device(device_map, call: str) -> str:
 
 
 def _context_length(path: Path) -> int | None:
+    from engine.models.context import context_length
     from engine.models.loading import read_config
 
-    cfg = read_config(path)
-    return (cfg.get("text_config") or cfg).get("max_position_embeddings")
+    return context_length(read_config(path))
 
 
 class FastLanguageModel:

@@ -82,7 +82,8 @@ def _sampling(temperature, top_p, top_k, min_p, repetition_penalty, max_new) -> 
 
 
 def speed(stats) -> str:
-    return f"{stats.tokens} tokens, {stats.tokens_per_s:.1f} tok/s"
+    line = f"{stats.tokens} tokens, {stats.tokens_per_s:.1f} tok/s"
+    return f"{line} · {stats.note}" if stats.note else line  # the model's context cut the reply
 
 
 def respond(
@@ -113,8 +114,12 @@ def respond(
     history.append({"role": "user", "content": message})
     stats, text = api.ReplyStats(), ""
     sampling = _sampling(temperature, top_p, top_k, min_p, repetition_penalty, max_new)
-    for text in chat.stream(msgs, stats=stats, **sampling):
-        yield history + [{"role": "assistant", "content": text}], "", i18n.say(speed(stats))
+    try:
+        for text in chat.stream(msgs, stats=stats, **sampling):
+            yield history + [{"role": "assistant", "content": text}], "", i18n.say(speed(stats))
+    except api.UserError as e:  # the conversation fills the model's context, or another reply is being written
+        yield history[:-1], message, i18n.say(f"**Not sent:** {e}")
+        return
     yield (
         history + [{"role": "assistant", "content": text}],
         "",
@@ -140,6 +145,7 @@ def compare(
     sampling = _sampling(temperature, top_p, top_k, min_p, repetition_penalty, max_new)
     shown = (("Base", stats[1]), ("Fine-tuned", stats[0]))  # in the order of the panels: base left, fine-tuned right
     try:
+        tuned = base = ""
         for tuned, base in _chat(source).compare(_messages(system, [], prompt), stats=stats, **sampling):
             speeds = [f"{name}: {speed(s)}" for name, s in shown if s.tokens]
             yield (
@@ -147,6 +153,12 @@ def compare(
                 asked + [{"role": "assistant", "content": tuned}],
                 i18n.say(" · ".join(speeds)),
             )
+        speeds = [f"{name}: {speed(s)}" for name, s in shown if s.tokens]  # with a note of a reply the context cut
+        yield (
+            asked + [{"role": "assistant", "content": base}],
+            asked + [{"role": "assistant", "content": tuned}],
+            i18n.say(" · ".join(speeds)),
+        )
     except api.UserError as e:
         yield [], [], i18n.say(f"**Cannot compare:** {e}")
 

@@ -25,7 +25,12 @@ def parse_mapping(text: str) -> dict:
         col, sep, fld = pair.partition("=")
         if not sep or not col.strip() or not fld.strip():
             raise api.UserError(f"Column mapping '{pair}' should look like column=field, e.g. question=instruction.")
-        out[col.strip()] = fld.strip()
+        col, fld = col.strip(), fld.strip()
+        if col in out and out[col] != fld:
+            raise api.UserError(
+                f"Column '{col}' is mapped twice, to '{out[col]}' and to '{fld}'; a column can be one field only."
+            )
+        out[col] = fld
     return out
 
 
@@ -65,6 +70,8 @@ def inspect(
             f"Tokens per example: mean {t['mean']}, max {t['max']} (first {t['rows_counted']} rows); "
             f"{info['truncated_rows']} longer than {info['max_seq_length']}."
         )
+        if info.get("context_note"):  # the length asked for is past the model's context: the counts are at it
+            lines.append(f"ⓘ {info['context_note']}")
         if info.get("warning"):
             lines.append(f"⚠ {info['warning']}")
         # The plot orders text bins as text ("100-150" before "50-100"), and a sort order sent with the data blanks

@@ -445,4 +445,76 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         "eval_fraction 为 {0} 时所有行都被留出；请调小它，留一些行用于训练。",
         "eval_fraction {0} отложил все строки; уменьшите его, чтобы осталось на чём учиться.",
     ),
+    # a run's notes on the Train tab (engine.core.runlog.RunLog.note): the length cut to the model's context, examples
+    # cut to max_seq_length or left out
+    (
+        r"ⓘ max_seq_length (\d+) is longer than this model's context of (\d+) tokens, so training uses (\d+); set "
+        r"max_seq_length to (\d+) or less to match\.",
+        "ⓘ max_seq_length {0} 超过了此模型的上下文长度 {1} 个 token，因此训练使用 {2}；"
+        "请把 max_seq_length 设为 {3} 或更小。",
+        "ⓘ max_seq_length {0} больше контекста этой модели ({1} токенов), поэтому обучение использует {2}; "
+        "задайте max_seq_length не больше {3}.",
+    ),
+    (
+        r"ⓘ (\d+) of (\d+) examples were longer than max_seq_length (\d+) and were cut to their first (\d+) tokens; "
+        r"(\d+) of them kept none of their reply and were left out\. Raise max_seq_length to keep them whole\.",
+        "ⓘ {1} 个样本中有 {0} 个超过 max_seq_length {2}，已截断为前 {3} 个 token；其中 {4} 个没有留下任何回复，"
+        "已被略去。调大 max_seq_length 可保留完整样本。",
+        "ⓘ {0} из {1} примеров длиннее max_seq_length {2} и обрезаны до первых {3} токенов; у {4} из них не "
+        "осталось ответа, и они пропущены. Увеличьте max_seq_length, чтобы сохранить их целиком.",
+    ),
+    (
+        r"ⓘ (\d+) of (\d+) examples were longer than max_seq_length (\d+) and were cut to their first (\d+) "
+        r"tokens\. Raise max_seq_length to keep them whole\.",
+        "ⓘ {1} 个样本中有 {0} 个超过 max_seq_length {2}，已截断为前 {3} 个 token。调大 max_seq_length 可保留完整样本。",
+        "ⓘ {0} из {1} примеров длиннее max_seq_length {2} и обрезаны до первых {3} токенов. Увеличьте "
+        "max_seq_length, чтобы сохранить их целиком.",
+    ),
+    (
+        r"ⓘ (\d+) of (\d+) examples have no assistant reply to learn and were left out\.",
+        "ⓘ {1} 个样本中有 {0} 个没有可学习的助手回复，已被略去。",
+        "ⓘ {0} из {1} примеров не содержат ответа ассистента для обучения и пропущены.",
+    ),
+    # the Chat tab: a reply cut at the model's context, a conversation that fills it
+    (
+        r"The reply stopped at the model's context of (\d+) tokens \(the conversation's (\d+) and (\d+) of the "
+        r"reply\); clear the chat to go on\.",
+        "回复在模型的上下文长度 {0} 个 token 处停止（对话 {1} 个，回复 {2} 个）；请清空聊天后继续。",
+        "Ответ остановлен на границе контекста модели, {0} токенов (разговор — {1}, ответ — {2}); очистите чат, "
+        "чтобы продолжить.",
+    ),
+    (
+        r"This conversation is (\d+) tokens, which fills the model's context of (\d+) tokens; clear the chat \(or "
+        r"shorten the system prompt\) to go on\.",
+        "此对话有 {0} 个 token，已占满模型的上下文长度 {1} 个 token；请清空聊天（或缩短系统提示词）后继续。",
+        "Разговор занимает {0} токенов и заполняет весь контекст модели ({1} токенов); очистите чат (или "
+        "сократите системную подсказку), чтобы продолжить.",
+    ),
+    # the Data tab's column mapping: two columns onto one field, one column twice
+    (
+        r"Columns '(.*)' and '(.*)' are both mapped to '(.*)', so one would overwrite the other; map only one of "
+        r"them to '(.*)'\.",
+        "列 '{0}' 和 '{1}' 都映射到了 '{2}'，其中一个会覆盖另一个；只把其中一个映射到 '{3}'。",
+        "Колонки '{0}' и '{1}' обе сопоставлены с '{2}', и одна затёрла бы другую; сопоставьте с '{3}' только "
+        "одну из них.",
+    ),
+    (
+        r"Column '(.*)' is mapped to '(.*)', but (.*) also has a column '(.*)', so one would overwrite the other; "
+        r"map '(.*)' to another field as well, or drop the mapping of '(.*)'\.",
+        "列 '{0}' 映射到了 '{1}'，但 {2} 本身也有列 '{3}'，其中一个会覆盖另一个；把 '{4}' 也映射到别的字段，"
+        "或去掉 '{5}' 的映射。",
+        "Колонка '{0}' сопоставлена с '{1}', но в {2} уже есть колонка '{3}', и одна затёрла бы другую; "
+        "сопоставьте '{4}' с другим полем или уберите сопоставление '{5}'.",
+    ),
+    (
+        r"Column '(.*)' is mapped twice, to '(.*)' and to '(.*)'; a column can be one field only\.",
+        "列 '{0}' 被映射了两次：到 '{1}' 和到 '{2}'；一列只能对应一个字段。",
+        "Колонка '{0}' сопоставлена дважды: с '{1}' и с '{2}'; колонка может быть только одним полем.",
+    ),
+    # the Export tab: a hub repository name outside ASCII
+    (
+        r"'(.*)' is not a hub repository name; use 'user/name' in ASCII letters, digits, '-', '_' and '\.'\.",
+        "'{0}' 不是 hub 仓库名；请用 ASCII 字母、数字、'-'、'_' 和 '.' 写成 'user/name'。",
+        "'{0}' — не имя репозитория hub; используйте 'user/name' из ASCII-букв, цифр, '-', '_' и '.'.",
+    ),
 ]

@@ -231,6 +231,7 @@ def view(run_id: str):
     except api.UserError as e:
         return i18n.say(str(e)), EMPTY_PLOT, gr.Timer(active=False)
     lines = [f"**{st.state}** · step {st.step}/{st.total_steps or '?'} · {st.message}"]
+    lines += [f"ⓘ {note}" for note in st.notes]  # what the run changed or left out (engine.core.runlog.RunLog.note)
     if st.metrics:
         m = st.metrics[-1]
         lines.append(

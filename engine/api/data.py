@@ -24,20 +24,27 @@ def inspect_data(
     `max_seq_length` would truncate. A model that cannot be used raises a ModelError (a UserError), whatever the
     dataset."""
     from engine.data import inspection
+    from engine.models.context import context_note
 
     check_access(path)
-    tokenizer = _tokenizer(model) if model else None
-    return inspection.inspect(path, fmt, tokenizer, column_map, max_seq_length, config, split, template, sample_row)
+    tokenizer, context = _tokenizer(model) if model else (None, None)
+    used = min(max_seq_length, context or max_seq_length)  # a run trains at most at the model's context
+    info = inspection.inspect(path, fmt, tokenizer, column_map, used, config, split, template, sample_row)
+    if used < max_seq_length:
+        info["context_note"] = context_note(max_seq_length, used)
+    return info
 
 
 def _tokenizer(model: str):
-    """The model's tokenizer for the preview; any UserError on the way is a ModelError, so it is not taken for a
-    problem of the dataset."""
-    from engine.models.loading import load_tokenizer, resolve_model
+    """(the model's tokenizer, its context length or None) for the preview; any UserError on the way is a
+    ModelError, so it is not taken for a problem of the dataset."""
+    from engine.models.context import context_length
+    from engine.models.loading import load_tokenizer, read_config, resolve_model
 
     try:
         check_access(model, MODEL_FIX)
-        return load_tokenizer(resolve_model(model))
+        folder = resolve_model(model)
+        return load_tokenizer(folder), context_length(read_config(folder))
     except ModelError:
         raise
     except UserError as e:

@@ -19,8 +19,19 @@ ROOT = Path(__file__).resolve().parents[2]
 _children: dict[int, subprocess.Popen] = {}  # runs this process started, so their exit is reaped
 
 
+SLUG_CHARS = 40  # at most 160 bytes in UTF-8: well inside any filesystem's 255-byte name limit
+
+
 def slug(name: str) -> str:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:40]
+    """The folder-name form of a run's (or export's) name: letters, digits and marks of any script ("Нова",
+    "小助手", "café"), NFKC-normalised (full-width "ＡＢ" is "AB"), with '.', '_' and '-'; every other run of
+    characters (spaces, slashes, punctuation, emoji) becomes one '-'. At most SLUG_CHARS characters; "run" when
+    nothing is left. Hub repository names and GGUF file names, which must be ASCII, are not made from it."""
+    import unicodedata
+
+    name = unicodedata.normalize("NFKC", name)
+    kept = "".join(c if c in "._-" or unicodedata.category(c)[0] in "LNM" else " " for c in name)
+    slug = re.sub(r"\s+", "-", kept.strip()).strip("-.")[:SLUG_CHARS].strip("-.")
     return slug or "run"
 
 

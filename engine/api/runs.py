@@ -36,6 +36,7 @@ class RunStatus:
     metrics: list[dict] = field(default_factory=list)
     started: float = 0.0  # when the run folder was made (seconds since the epoch)
     updated: float = 0.0  # the last state change or step; for a finished run, when it ended
+    notes: list[str] = field(default_factory=list)  # sentences to show beside the state (e.g. examples cut to length)
 
     @property
     def finished(self) -> bool:
@@ -202,6 +203,7 @@ def _read_status(run_dir: Path) -> RunStatus:
         metrics,
         (run_dir / "job.yaml").stat().st_mtime,
         st.get("updated", 0.0),
+        [str(n) for n in st.get("notes", [])],
     )
 
 

@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from engine.chat.infer import END_OF_TURN, ReplyStats, Turn, sampling_defaults
+from engine.chat.infer import END_OF_TURN, ReplyStats, Turn, note_context, reply_room, sampling_defaults
 from engine.core.errors import UserError
 
 # Our sampling names -> the general.sampling.* header keys llama.cpp reads as a model's defaults.
@@ -95,9 +95,9 @@ class GGUFChat:
         """The chat-rendered prompt as token ids."""
         return self.encode(self.render(messages))
 
-    def _completion(self, messages, max_new_tokens, temperature, top_p, top_k, repetition_penalty, min_p, stream):
+    def _completion(self, ids, max_new_tokens, temperature, top_p, top_k, repetition_penalty, min_p, stream):
         return self.llm.create_completion(
-            self.prompt_ids(messages),
+            ids,
             max_tokens=max_new_tokens,
             temperature=temperature,
             top_p=top_p,
@@ -120,13 +120,14 @@ class GGUFChat:
         stats: ReplyStats | None = None,
     ) -> str:
         """The whole reply (greedy when temperature is 0), without the end-of-turn token."""
+        ids = self.prompt_ids(messages)
+        room = reply_room(len(ids), max_new_tokens, self.llm.n_ctx())  # llama.cpp raises past its context
         with self._turn():
             t0 = time.perf_counter()
-            out = self._completion(
-                messages, max_new_tokens, temperature, top_p, top_k, repetition_penalty, min_p, False
-            )
+            out = self._completion(ids, room, temperature, top_p, top_k, repetition_penalty, min_p, False)
         if stats is not None:
             stats.tokens, stats.seconds = out["usage"]["completion_tokens"], time.perf_counter() - t0
+            note_context(stats, len(ids), room, max_new_tokens)
         return out["choices"][0]["text"].strip()
 
     def stream(
@@ -143,12 +144,12 @@ class GGUFChat:
         """Yield the reply so far, growing as tokens arrive. `stats`, when given, is updated as they do: llama.cpp
         streams one chunk per generated token (a chunk's text may be empty mid-character), then a closing chunk."""
         stats = stats if stats is not None else ReplyStats()
+        ids = self.prompt_ids(messages)
+        room = reply_room(len(ids), max_new_tokens, self.llm.n_ctx())  # llama.cpp raises past its context
         with self._turn():
             t0 = time.perf_counter()
             text = ""
-            chunks = self._completion(
-                messages, max_new_tokens, temperature, top_p, top_k, repetition_penalty, min_p, True
-            )
+            chunks = self._completion(ids, room, temperature, top_p, top_k, repetition_penalty, min_p, True)
             for chunk in chunks:
                 choice = chunk["choices"][0]
                 if choice["finish_reason"] is None:  # the closing chunk carries no token
@@ -157,6 +158,7 @@ class GGUFChat:
                 if choice["text"]:
                     text += choice["text"]
                     yield text.strip()
+        note_context(stats, len(ids), room, max_new_tokens)
 
     def compare(self, messages, stats=None, **sampling):
         """A GGUF file has its adapter merged into the weights: there is no base model in it to compare with."""

@@ -128,6 +128,7 @@ class ReplyStats:
 
     tokens: int = 0
     seconds: float = 0.0
+    note: str = ""  # why the reply ended early, when it did (the model's context was full)
 
     @property
     def tokens_per_s(self) -> float:
@@ -174,6 +175,30 @@ def _held_back(text: str, stops: list[str]) -> int:
         if any(s.startswith(text[-n:]) for s in stops):
             return n
     return 0
+
+
+def reply_room(prompt: int, max_new_tokens: int, context: int | None) -> int:
+    """max_new_tokens, cut to the positions a context of `context` tokens (None: unknown) leaves after a prompt of
+    `prompt` tokens. A prompt that fills the context is a UserError: past it the model was never trained, so its
+    replies would be noise."""
+    if context is None:
+        return max_new_tokens
+    if prompt >= context:
+        raise UserError(
+            f"This conversation is {prompt} tokens, which fills the model's context of {context} tokens; clear "
+            "the chat (or shorten the system prompt) to go on."
+        )
+    return min(max_new_tokens, context - prompt)
+
+
+def note_context(stats: ReplyStats, prompt: int, room: int, max_new_tokens: int) -> None:
+    """Say so in `stats.note` when the reply ended because the context was full (`room` of the `max_new_tokens`
+    asked for were left after the prompt), not at its end of turn."""
+    if room < max_new_tokens and stats.tokens >= room:
+        stats.note = (
+            f"The reply stopped at the model's context of {prompt + room} tokens (the conversation's "
+            f"{prompt} and {room} of the reply); clear the chat to go on."
+        )
 
 
 TURN_WAIT_S = 600  # how long a reply waits for the one being written before giving up with a sentence
@@ -276,9 +301,17 @@ class ChatModel:
         sampling = Sampling(temperature, top_p, top_k, min_p, repetition_penalty, seed)
         stops = [s for s in [*self.stop_texts, *(stop or [])] if s]
         ids = self.prompt_ids(messages)
+        room = self.room(ids, max_new_tokens)
         with self._turn():
-            tokens = self.decoder.tokens(ids, max_new_tokens, sampling, self.stop_ids, adapter and self.has_adapter)
+            tokens = self.decoder.tokens(ids, room, sampling, self.stop_ids, adapter and self.has_adapter)
             yield from self._pieces(tokens, stops, stats)
+        note_context(stats, len(ids), room, max_new_tokens)
+
+    def room(self, ids: list[int], max_new_tokens: int) -> int:
+        """max_new_tokens, cut to what the model's context leaves after the prompt `ids` (reply_room)."""
+        from engine.models.context import context_length
+
+        return reply_room(len(ids), max_new_tokens, context_length(self.model.config))
 
     def _pieces(self, tokens, stops, stats):
         """The text pieces of the reply whose token ids `tokens` yields (see `pieces`)."""
@@ -371,10 +404,10 @@ class ChatModel:
         chosen = Sampling(**{k: sampling[k] for k in keys if sampling.get(k) is not None})
         stops = [s for s in [*self.stop_texts, *(sampling.get("stop") or [])] if s]
         ids = self.prompt_ids(messages)
+        asked = sampling.get("max_new_tokens", 256)
+        room = self.room(ids, asked)
         with self._turn():
-            steps = batch(
-                self.decoder, [ids, ids], sampling.get("max_new_tokens", 256), chosen, self.stop_ids, [True, False]
-            )
+            steps = batch(self.decoder, [ids, ids], room, chosen, self.stop_ids, [True, False])
             rows = [self._pieces(r, stops, s) for r, s in zip(split_rows(steps, 2), stats, strict=True)]
             texts, live = ["", ""], [True, True]
             try:
@@ -386,3 +419,5 @@ class ChatModel:
                     yield texts[0].strip(), texts[1].strip()
             finally:
                 steps.close()
+        for one in stats:
+            note_context(one, len(ids), room, asked)

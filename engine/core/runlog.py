@@ -2,7 +2,7 @@
 
 Layout of runs/<id>/:
   job.yaml          the JobSpec the run was started with
-  status.json       {"state", "message", "step", "total_steps", "pid", "updated"}; written atomically
+  status.json       {"state", "message", "step", "total_steps", "pid", "updated", "notes"}; written atomically
   metrics.jsonl     one JSON line per optimizer step, with eval_loss on validation steps (and "event" lines: resume)
   log.txt           human log, tracebacks included
   checkpoints/      step-000050/ ... complete checkpoints only (built under a temporary name)
@@ -53,6 +53,14 @@ class RunLog:
             if not is_disk_full(e):
                 raise
             overwrite_in_place(self.dir / "status.json", json.dumps(self.state, separators=(",", ":")))
+
+    def note(self, text: str) -> None:
+        """Keep a sentence the user should see beside the run's state (status.json's "notes", which later states
+        keep), e.g. that examples were cut to max_seq_length."""
+        notes = self.state.setdefault("notes", [])
+        if text not in notes:
+            notes.append(text)
+            self.set()
 
     def loading(self, log):
         """A reporter for a long pass over the data: each text goes to the status (state "loading") and the log."""

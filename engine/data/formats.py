@@ -60,6 +60,10 @@ def parse_map(pairs: list[str] | None) -> dict:
         col, fld = col.strip(), fld.strip()
         if not sep or not col or not fld:
             raise UserError(f"Column mapping '{pair}' should look like column=field, e.g. question=instruction.")
+        if col in out and out[col] != fld:
+            raise UserError(
+                f"Column '{col}' is mapped twice, to '{out[col]}' and to '{fld}'; a column can be one field only."
+            )
         out[col] = fld
     return out
 
@@ -68,14 +72,32 @@ def map_columns(row: dict, mapping: dict, row_no: int, source: str) -> dict:
     """Rename the row's columns: {"question": "instruction"} makes a "question" column the instruction."""
     if not mapping:
         return row
+    mapped_to: dict = {}
     for col, fld in mapping.items():
         if fld not in FIELDS:
             raise UserError(f"Column mapping {col}={fld}: '{fld}' is not a field; use one of {', '.join(FIELDS)}.")
+        if fld in mapped_to:
+            raise UserError(
+                f"Columns '{mapped_to[fld]}' and '{col}' are both mapped to '{fld}', so one would overwrite the "
+                f"other; map only one of them to '{fld}'."
+            )
+        mapped_to[fld] = col
+    for col, fld in mapping.items():
         if col not in row:
             raise UserError(
                 f"{source}: row {row_no} has no column '{col}' (mapped to '{fld}'); its columns are {sorted(row)}."
             )
-    return {mapping.get(k, k): v for k, v in row.items()}
+    out, came_from = {}, {}
+    for col, value in row.items():
+        key = mapping.get(col, col)
+        if key in out:  # an unmapped column already named as the field another column is mapped to
+            mapped, kept = (col, came_from[key]) if col in mapping else (came_from[key], col)
+            raise UserError(
+                f"Column '{mapped}' is mapped to '{key}', but {source} also has a column '{kept}', so one would "
+                f"overwrite the other; map '{kept}' to another field as well, or drop the mapping of '{mapped}'."
+            )
+        out[key], came_from[key] = value, col
+    return out
 
 
 def row_format(row: dict) -> str | None:

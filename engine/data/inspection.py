@@ -74,9 +74,10 @@ def inspect(
             msgs = to_messages(row, fmt, i, name)
             (whole,) = tokenize_conversations(tokenizer, [msgs], 2**31, where=[f"{name}: row {i}"])
             lengths.append(len(whole.input_ids))
-            truncated += len(whole.input_ids) > max_len
+            cut = len(whole.input_ids) > max_len
+            truncated += cut
             # cut to max_len, a row whose reply starts past it has nothing to learn: training leaves it out
-            replyless += all(label == -100 for label in whole.labels[:max_len])
+            replyless += cut and all(label == -100 for label in whole.labels[:max_len])
     if picked is None:
         raise UserError(f"Dataset '{name}' has no rows.")
     sample_row = min(sample_row, rows)

@@ -198,6 +198,21 @@ def pack(examples: Iterable[Example], max_len: int) -> Examples:
     return packed
 
 
+def length_notes(rows: int, truncated: int, cut_out: int, replyless: int, max_len: int) -> list[str]:
+    """The sentences on what training does not see whole: examples cut to `max_len` tokens (`cut_out` of them with
+    none of their reply left, so left out) and `replyless` ones with no reply to learn at all; none when neither."""
+    said = []
+    if truncated:
+        left_out = f"; {cut_out} of them kept none of their reply and were left out" if cut_out else ""
+        said.append(
+            f"{truncated} of {rows} examples were longer than max_seq_length {max_len} and were cut to their first "
+            f"{max_len} tokens{left_out}. Raise max_seq_length to keep them whole."
+        )
+    if replyless:
+        said.append(f"{replyless} of {rows} examples have no assistant reply to learn and were left out.")
+    return said
+
+
 class Progress:
     """Counts rows through a long pass over a dataset: says "tokenizing: 120,000 of 3,000,000 rows" through `report`
     every REPORT_S seconds (not per row), and raises Cancelled as soon as `should_stop()` is true."""
@@ -253,13 +268,16 @@ def no_rows(spec, part: str) -> UserError:
     return UserError(f"Dataset '{Path(spec.data).name}' has no rows.")
 
 
-def load_examples(spec, tokenizer, log=print, report=None, should_stop=None, part: str = "train") -> Examples:
+def load_examples(
+    spec, tokenizer, log=print, report=None, should_stop=None, part: str = "train", note=None
+) -> Examples:
     """Read, map, convert, tokenize (and pack) the spec's chat dataset as a stream: rows are tokenized in batches
     and kept only as token ids; `report(text)` hears the progress every few seconds; `should_stop()` true raises
-    Cancelled between batches. `part` picks the training or the held-out rows (batched_rows)."""
+    Cancelled between batches. `part` picks the training or the held-out rows (batched_rows). `note(text)` hears
+    the sentence on examples cut to max_seq_length or left out (length_note), for the run's status."""
     source = Path(spec.data).name
     fmt = None if spec.data_format == "auto" else spec.data_format
-    examples, rows, dropped, truncated = Examples(), 0, 0, 0
+    examples, rows, dropped, truncated, cut_out = Examples(), 0, 0, 0, 0
     for batch in batched_rows(spec, "tokenizing", report, should_stop, part):
         conversations, where = [], [f"{source}: row {i}" for i, _ in batch]
         for i, row in batch:
@@ -271,6 +289,7 @@ def load_examples(spec, tokenizer, log=print, report=None, should_stop=None, par
             truncated += ex.truncated
             if all(label == -100 for label in ex.labels):
                 dropped += 1
+                cut_out += ex.truncated
                 continue
             examples.append(ex)
         rows += len(batch)
@@ -280,6 +299,9 @@ def load_examples(spec, tokenizer, log=print, report=None, should_stop=None, par
         f"data: {source} is {fmt}, {rows} rows; {truncated} truncated to {spec.max_seq_length} tokens; "
         f"{dropped} dropped (no assistant tokens left)"
     )
+    for said in length_notes(rows, truncated, cut_out, dropped - cut_out, spec.max_seq_length):
+        if note is not None:
+            note(said)
     if not examples:
         raise UserError(
             f"{source}: no example has an assistant reply within {spec.max_seq_length} tokens; raise "

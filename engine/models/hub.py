@@ -15,7 +15,7 @@ from pathlib import Path
 
 from engine.core.errors import UserError
 
-_REPO = r"^[A-Za-z0-9][\w.-]*/[\w.-]+$"
+_REPO = r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$"  # the hub takes ASCII names only
 
 
 def _scrub(text: str, token: str) -> str:
@@ -34,7 +34,9 @@ def check_target(repo_id: str, token: str | None = None) -> str:
             "huggingface.co/settings/tokens) or enter it in the Export tab."
         )
     if not re.match(_REPO, repo_id):
-        raise UserError(f"'{repo_id}' is not a hub repository name; use 'user/name'.")
+        raise UserError(
+            f"'{repo_id}' is not a hub repository name; use 'user/name' in ASCII letters, digits, '-', '_' and '.'."
+        )
     return token
 
 

@@ -106,7 +106,7 @@ class JobSpec:
     packing: bool = False  # pack short examples into full-length sequences: faster, same loss per example
     system_prompt: str = ""  # prepended as a system turn to every example that has none
     train_on_inputs: bool = False  # False: loss on assistant turns only (what chat models need)
-    max_seq_length: int = 1024  # longer examples are truncated; memory grows linearly with it
+    max_seq_length: int = 1024  # longer examples are truncated; memory grows linearly; capped at the model's context
     batch_size: int = 2  # examples per micro-step; memory grows linearly with it
     grad_accum: int = 1  # micro-steps per optimizer step; effective batch = batch_size * grad_accum, no memory cost
     max_steps: int = 0  # optimizer steps; 0 means train for `epochs` over the data

@@ -9,6 +9,7 @@ from pathlib import Path
 
 def train(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> None:
     """Train `spec` into `run_dir`. `should_stop()` is polled between steps; True saves a checkpoint and stops."""
+    spec = _within_context(spec, runlog, log)
     if spec.objective in ("dpo", "orpo"):
         from engine.training.preference import train_preference
 
@@ -20,3 +21,20 @@ def train(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> None:
     from engine.training.sft import train_sft
 
     return train_sft(spec, run_dir, runlog, resume, should_stop, log)
+
+
+def _within_context(spec, runlog, log):
+    """The spec with max_seq_length no longer than the model's context (engine.models.context.fit_to_context); a
+    clamp is told in the log and kept as a note of the run's status, which the Train tab and the CLI show."""
+    import os
+
+    from engine.models.context import fit_to_context
+    from engine.models.loading import read_config, resolve_model
+
+    if not Path(os.path.expanduser(spec.model)).is_dir():
+        runlog.set(state="loading", message="loading the model")  # a hub model is fetched now, not as it loads
+    spec, note = fit_to_context(spec, read_config(resolve_model(spec.model, log)))
+    if note:
+        log(f"note: {note}")
+        runlog.note(note)
+    return spec

@@ -85,7 +85,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         examples = pretrain.load_text_examples(spec, tok, log, loading, should_stop)
         groups = pretrain.param_groups(model, spec)
     else:
-        examples = load_examples(spec, tok, log, loading, should_stop)
+        examples = load_examples(spec, tok, log, loading, should_stop, note=runlog.note)
         groups = [p for p in model.parameters() if p.requires_grad]
     ranks = 1 if world is None else world.size
     total = total_steps(spec.replace(grad_accum=spec.grad_accum * ranks), len(examples))
