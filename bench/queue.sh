@@ -159,9 +159,9 @@ call12() {  # issue 22: what 76740b3 (eager size of one micro-batch) and 435766c
   local a prof=(python3 bench/profile_step.py --impl project --arch qwen3_4b --varlen --bs 8 --rows 25 --mode qlora)
   a=$(mktemp -d)
   keep_models qwen3_4b
+  e2e 200 100 "$a" "project alpaca qlora" "project alpaca qlora --packing 1"
   step 120 python3 -m pytest -m gpu -p no:cacheprovider -q -rfEs tests/test_patching_parity.py tests/test_batching.py \
     -k "graph or one_micro_batch or padding_free or varlen"
-  e2e 200 100 "$a" "project alpaca qlora" "project alpaca qlora --packing 1"
   e2e 80 70 "$a" "project identity qlora --dtype fp16"
   step 80 "${prof[@]}" --seq 280
   step 80 "${prof[@]}" --seq 1824
