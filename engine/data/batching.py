@@ -205,8 +205,8 @@ class Collator:
     """Makes a run's micro-batches: padding-free when `varlen` (the model's attention takes cu_seqlens), else padded.
     `run`: the example indices of every micro-batch the run will make, when known, so the buckets are planned for
     them (`plan_buckets` with `shape_cost` and `once_cost`, at most `most` sizes: the shapes a memory plan holds graphs
-    for), and `once` holds those that only one micro-batch lands in (run without graphs); else the fixed sizes. Logs
-    each bucket the first time a micro-batch lands in it."""
+    for), and with a `once_cost` `once` holds those that only one micro-batch lands in (run without graphs); else the
+    fixed sizes. Logs each bucket the first time a micro-batch lands in it."""
 
     def __init__(
         self,
@@ -229,7 +229,7 @@ class Collator:
         self.once = set()
         if varlen and run:
             self.sizes, share = planned(examples, run, shape_cost, most, once_cost)
-            self.once = used_once(examples, run, self.sizes) if shape_cost else set()
+            self.once = used_once(examples, run, self.sizes) if once_cost else set()
             alone = f"; {', '.join(map(str, sorted(self.once)))} for one micro-batch, run eagerly" if self.once else ""
             log(
                 f"batches: padding-free, each micro-batch one row rounded up to one of {len(self.sizes)} sizes "

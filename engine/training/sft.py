@@ -152,7 +152,9 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     micro_batches = min(total * spec.grad_accum * ranks, PLANNED)  # every rank plans the same, global ones
     run = micro_batches_of_run(len(examples), spec.batch_size, spec.seed, micro_batches, lengths) if varlen else None
     shape_cost = GRAPH_SHAPE_COST if getattr(base, "shape_graphs", False) else 0
-    once_cost = EAGER_STEP_COST if shape_cost else 0  # a size of one micro-batch is never captured: an eager step
+    # a size of one micro-batch is never captured (an eager step), where the plan sees all of the run's micro-batches
+    whole = micro_batches == total * spec.grad_accum * ranks
+    once_cost = EAGER_STEP_COST if shape_cost and whole else None
     most = memory.shapes if memory is not None else MAX_BUCKETS  # the shapes the memory plan counts graphs for
     if varlen:
         shuffled = micro_batches_of_run(len(examples), spec.batch_size, spec.seed, micro_batches)
