@@ -162,6 +162,7 @@ call12() {  # issue 22: what 76740b3 (eager size of one micro-batch) and 435766c
   e2e 200 100 "$a" "project alpaca qlora" "project alpaca qlora --packing 1"
   step 120 python3 -m pytest -m gpu -p no:cacheprovider -q -rfEs tests/test_patching_parity.py tests/test_batching.py \
     -k "graph or one_micro_batch or padding_free or varlen"
+  step 90 python3 -m pytest -p no:cacheprovider -q -rfEs tests/kernels/test_rms_norm.py tests/test_warmup.py
   e2e 80 70 "$a" "project identity qlora --dtype fp16"
   step 80 "${prof[@]}" --seq 280
   step 80 "${prof[@]}" --seq 1824

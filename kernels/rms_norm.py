@@ -14,7 +14,12 @@ the normalized x, so the backward recomputes x_hat = x * rstd:
     dw = sum over rows of dy * x_hat
 
 dw is reduced in two stages: each backward program walks a strided set of rows and keeps an fp32 partial sum
-(one row of a (programs, N) buffer), which torch then sums.
+(one row of a (programs, N) buffer), which torch then sums. Only when the weight is trained (full fine-tuning): a
+LoRA's norms are frozen, and then the backward runs one row per program like the forward, with no partial sums. In
+a LoRA step the dw pass was waste, and its few programs (4 per SM) each looping over many rows were slow on Qwen3's
+per-head q/k norms (N = 128): on the H100 the backward took 39 us a call, 5.6 ms of a 104.5 ms padding-free qwen3_4b
+QLoRA step of 2,432 tokens, and summing the partials another 1.7 ms (`python3 bench/profile_step.py --impl project
+--arch qwen3_4b --mode qlora --varlen --bs 8 --seq 280`, 2026-12-06, before this change).
 
 Bytes moved (N = hidden, M = rows, b = bytes per element): forward reads M*N*b and writes M*N*b (+4M for rstd); the
 backward reads x and dy and writes dx (3*M*N*b) plus the small dw partials. The reference materializes several fp32
@@ -68,6 +73,7 @@ def _rms_norm_bwd_kernel(
     offset,
     rows_per_program,
     BLOCK_N: tl.constexpr,
+    COMPUTE_DW: tl.constexpr,
 ):
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_N)
@@ -85,8 +91,10 @@ def _rms_norm_bwd_kernel(
             g = dy * w
             dx = rstd * (g - x_hat * (tl.sum(g * x_hat, axis=0) / N))
             tl.store(dx_ptr + row * dx_stride + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
-            dw += dy * x_hat
-    tl.store(dw_partial_ptr + pid * N + cols, dw, mask=mask)
+            if COMPUTE_DW:
+                dw += dy * x_hat
+    if COMPUTE_DW:
+        tl.store(dw_partial_ptr + pid * N + cols, dw, mask=mask)
 
 
 def _block_and_warps(n: int) -> tuple[int, int]:
@@ -108,18 +116,22 @@ def rms_norm_fwd(x2d: torch.Tensor, weight: torch.Tensor, eps: float, offset: fl
     return y, rstd
 
 
-def rms_norm_bwd(dy2d: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor, offset: float):
-    """Launch the backward; returns (dx, dw) with dw in the weight's dtype."""
+def rms_norm_bwd(
+    dy2d: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor, offset: float, need_dw=True
+):
+    """Launch the backward; returns (dx, dw) with dw in the weight's dtype, None without `need_dw`."""
     m, n = x2d.shape
     dy2d = dy2d.contiguous()
     dx = torch.empty_like(x2d)
-    if x2d.is_cuda:
+    if not need_dw:
+        programs = m  # one row each, as the forward
+    elif x2d.is_cuda:
         programs = min(m, torch.cuda.get_device_properties(x2d.device).multi_processor_count * 4)
     else:
         programs = min(m, 4)
     programs = max(programs, 1)
     rows_per_program = triton.cdiv(m, programs)
-    dw_partial = torch.empty(programs, n, dtype=torch.float32, device=x2d.device)
+    dw_partial = torch.empty(programs if need_dw else 1, n, dtype=torch.float32, device=x2d.device)
     block, warps = _block_and_warps(n)
     _rms_norm_bwd_kernel[(programs,)](
         dy2d,
@@ -136,9 +148,10 @@ def rms_norm_bwd(dy2d: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor, rs
         offset,
         rows_per_program,
         BLOCK_N=block,
+        COMPUTE_DW=need_dw,
         num_warps=warps,
     )
-    return dx, dw_partial.sum(0).to(weight.dtype)
+    return dx, dw_partial.sum(0).to(weight.dtype) if need_dw else None
 
 
 class RMSNormFunction(torch.autograd.Function):
@@ -154,8 +167,9 @@ class RMSNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x2d, weight, rstd = ctx.saved_tensors
-        dx, dw = rms_norm_bwd(dy.reshape(x2d.shape), x2d, weight.contiguous(), rstd, ctx.offset)
-        return dx.view(dy.shape), (dw if ctx.needs_input_grad[1] else None), None, None
+        need_dw = ctx.needs_input_grad[1]
+        dx, dw = rms_norm_bwd(dy.reshape(x2d.shape), x2d, weight.contiguous(), rstd, ctx.offset, need_dw)
+        return dx.view(dy.shape), dw, None, None
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, offset: float = 0.0) -> torch.Tensor:

@@ -78,6 +78,7 @@ class Shapes:
     final_softcap: float  # the loss's logit soft cap, 0: none
     nf4: bool | None  # None: a 16-bit base; else whether the NF4 absmax is double-quantized
     segments: int  # cu_seqlens entries - 1: a micro-batch's examples plus the padding segment
+    train_norms: bool = False  # full fine-tuning: the norms' weights get gradients (kernels.rms_norm's dw pass)
 
     @classmethod
     def from_config(cls, cfg: dict, method: str = "lora", batch_size: int = 8) -> "Shapes":
@@ -111,6 +112,7 @@ class Shapes:
             final_softcap=float(text.get("final_logit_softcapping") or 0.0),
             nf4=(True if stored is None else bool(stored)) if method == "qlora" else None,
             segments=batch_size + 1,  # engine.data.batching.segment_slots - 1 for unpacked examples
+            train_norms=method == "full",
         )
 
 
@@ -145,8 +147,8 @@ def warm_norms(s: Shapes, dtype, device) -> None:
         shapes.append(((1, TOKENS, s.heads, s.head_dim), s.head_dim))
     for shape, width in shapes:
         x = _leaf(*shape, dtype=dtype, device=device)
-        w = _leaf(width, dtype=dtype, device=device)
-        _backward(rms_norm(x, w, s.eps), (x, w))
+        w = _leaf(width, dtype=dtype, device=device, grad=s.train_norms)  # frozen (LoRA): the backward without dw
+        _backward(rms_norm(x, w, s.eps), (x, w) if s.train_norms else (x,))
 
 
 def warm_attention(s: Shapes, dtype, device) -> None:

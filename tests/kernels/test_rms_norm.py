@@ -39,6 +39,22 @@ def test_rms_norm_matches_reference(shape, dtype, offset):
     _check(shape, dtype, offset)
 
 
+@pytest.mark.parametrize("shape", [(2, 8, 64), (3, 7, 67), (5, 3, 4, 128)], ids=["pow2", "odd", "per-head"])
+def test_rms_norm_frozen_weight_gives_dx_alone(shape):
+    """A LoRA's norms are frozen: the backward then skips dw (one row per program) and dx is still the reference's."""
+    torch.manual_seed(1)
+    x = torch.randn(shape, dtype=torch.bfloat16, device=DEVICE, requires_grad=True)
+    w = torch.randn(shape[-1], device=DEVICE).to(torch.bfloat16) * 0.1 + 1.0
+    dy = torch.randn(shape, dtype=torch.bfloat16, device=DEVICE)
+    with dispatch.force("triton"):
+        y = rms_norm(x, w, 1e-6)
+    (dx,) = torch.autograd.grad(y, x, dy)
+    x_ref = x.detach().requires_grad_()
+    (dx_ref,) = torch.autograd.grad(rms_norm_reference(x_ref, w, 1e-6), x_ref, dy)
+    assert w.grad is None and not w.requires_grad
+    assert_close(dx, dx_ref, torch.bfloat16)
+
+
 def test_rms_norm_fp32_weight_with_half_input():
     _check((4, 96), torch.bfloat16, 0.0, weight_dtype=torch.float32)
 
