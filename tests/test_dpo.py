@@ -184,3 +184,15 @@ def test_pairs_longer_than_max_seq_length_are_a_note_of_the_run(tiny_llama, runs
     assert json.loads((run_dir / "status.json").read_text())["notes"] == [note]
     assert note in train_tab.view(objective)[0]
     assert f"{objective}: 2 pairs" in capsys.readouterr().out  # the third left out before TRL sees it
+
+
+def test_pairs_whose_prompts_all_fill_max_seq_length_are_refused_with_a_sentence(tiny_llama):
+    from transformers import AutoTokenizer
+
+    from engine.training.preference import fit_pairs, to_pair
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    pairs = [to_pair(dict(prompt="word " * 100, chosen=IDENTITY_ANSWER, rejected=REJECTED), 1, "p.jsonl")]
+    with pytest.raises(api.UserError, match="Every prompt is 48 tokens or longer, .* raise max_seq_length"):
+        fit_pairs(pairs, tok, 48, "p.jsonl", lambda m: None)
+    assert fit_pairs(pairs, tok, 4096, "p.jsonl", print) == pairs  # nothing cut: nothing said

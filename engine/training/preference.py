@@ -23,7 +23,7 @@ from pathlib import Path
 from engine.core.errors import UserError
 from engine.core.hardware import choose_placement
 from engine.data.formats import validate_row
-from engine.data.tokenizing import length_notes
+from engine.data.tokenizing import length_notes, render
 from engine.spec.objectives import read_rows
 from engine.training.steps import total_steps
 
@@ -68,23 +68,21 @@ def _reply(value) -> list[dict]:
     return [{"role": "assistant", "content": value}] if isinstance(value, str) else _messages(value)
 
 
-def fit_pairs(pairs: list[dict], tok, max_len: int, log, note=None) -> list[dict]:
+def fit_pairs(pairs: list[dict], tok, max_len: int, source: str, log, note=None) -> list[dict]:
     """The pairs without those whose prompt alone fills `max_len` tokens (no reply left to compare); how many pairs
     are longer than `max_len` (their prompt with the chosen or the rejected reply, rendered by the chat template as
-    TRL renders them) and how many were left out is logged and told to `note(text)` (length_notes' sentence)."""
+    TRL renders them) and how many were left out is logged and told to `note(text)` (length_notes' sentence). A
+    chat template that cannot render a pair is a UserError naming its row of `source`."""
 
-    def tokens(messages, prompt=False) -> int:
-        return len(
-            tok.apply_chat_template(messages, tokenize=True, return_dict=True, add_generation_prompt=prompt)[
-                "input_ids"
-            ]
-        )
+    def tokens(messages, prompt: bool, where: str) -> int:  # as apply_chat_template(tokenize=True) counts them
+        return len(tok(render(tok, messages, prompt, where), add_special_tokens=False).input_ids)
 
     kept, longer = [], 0
-    for pair in pairs:
-        whole = max(tokens(pair["prompt"] + pair["chosen"]), tokens(pair["prompt"] + pair["rejected"]))
-        longer += whole > max_len
-        if tokens(pair["prompt"], prompt=True) < max_len:
+    for i, pair in enumerate(pairs, 1):
+        where = f"{source}: row {i}"
+        replies = (pair["prompt"] + pair["chosen"], pair["prompt"] + pair["rejected"])
+        longer += max(tokens(whole, False, where) for whole in replies) > max_len
+        if tokens(pair["prompt"], True, where) < max_len:
             kept.append(pair)
     for said in length_notes(len(pairs), longer, len(pairs) - len(kept), 0, max_len, "preference pairs"):
         log(f"note: {said}")
@@ -114,7 +112,7 @@ def train_preference(spec, run_dir: Path, runlog, resume: bool, should_stop, log
     source = Path(spec.data).name
     rows = read_rows(spec, log, runlog.loading(log), should_stop)
     pairs = [to_pair(r, i, source, spec.system_prompt) for i, r in enumerate(rows, 1)]
-    pairs = fit_pairs(pairs, tok, spec.max_seq_length, log, runlog.note)
+    pairs = fit_pairs(pairs, tok, spec.max_seq_length, source, log, runlog.note)
     run = TrlRun(spec, run_dir, runlog, should_stop, log, model, tok, placement, total_steps(spec, len(pairs)), resume)
     common = dict(
         train_dataset=Dataset.from_list(pairs),
