@@ -99,7 +99,8 @@ def test_chat_tab_shows_the_note_and_keeps_a_message_that_does_not_fit(short_cha
 
 def test_gguf_chat_stops_at_its_context_with_a_note(tiny_llama, tmp_path):
     """llama.cpp (engine.chat.gguf_chat) the same way: the reply cut at its context window, with the note; a
-    conversation that fills the window is the same sentence, not llama.cpp's ValueError."""
+    conversation that fills the window is the same sentence, not llama.cpp's ValueError. The sentences name the
+    window, not the model's context, where the window (n_ctx) is the shorter."""
     from engine.chat.gguf_chat import GGUFChat
     from engine.chat.infer import ReplyStats
 
@@ -116,11 +117,24 @@ def test_gguf_chat_stops_at_its_context_with_a_note(tiny_llama, tmp_path):
         chat.reply(asked, 16, stats=stats)
         list(chat.stream(asked, 16, stats=streamed))
         for one in (stats, streamed):
-            assert one.tokens == 3 and one.note.startswith("The reply stopped at the model's context of 256 tokens")
-        with pytest.raises(UserError, match="This conversation is 256 tokens, which fills the model's context"):
+            assert one.tokens == 3 and one.note == (
+                "The reply stopped at llama.cpp's chat window of 256 tokens (the conversation's 253 and 3 of the "
+                "reply); clear the chat to go on."
+            )
+        with pytest.raises(UserError, match="This conversation is 256 tokens, which fills llama.cpp's chat window of"):
             chat.reply([{"role": "user", "content": "a" * (k + 3)}], 16)
     finally:
         chat.close()
+    whole = GGUFChat(gguf_file, device="cpu")  # a window of 4096 asked: the model's context of 512 is the limit
+    try:
+        assert whole.llm.n_ctx() == 512 and whole.limit == "the model's context"
+        longer = [{"role": "user", "content": "a" * (k + 256)}]  # leaves 3 positions of the 512
+        assert len(whole.prompt_ids(longer)) == 509
+        stats = ReplyStats()
+        whole.reply(longer, 16, stats=stats)
+        assert stats.note.startswith("The reply stopped at the model's context of 512 tokens (the conversation's 509")
+    finally:
+        whole.close()
 
 
 def test_data_tab_counts_lengths_at_the_models_context_and_says_so(tiny_llama, tmp_path):

@@ -160,3 +160,39 @@ def test_dpo_and_orpo_on_the_gpu(tiny_llama, pairs_file, tmp_path, objective, me
     assert metrics[-1]["margin"] > metrics[0]["margin"] + 0.1 and metrics[-1]["memory_gb"] > 0
     if objective == "dpo":
         assert metrics[0]["margin"] == 0.0
+
+
+@pytest.mark.parametrize("objective", ["dpo", "orpo"])
+def test_pairs_longer_than_max_seq_length_are_a_note_of_the_run(tiny_llama, runs, tmp_path, objective, capsys):
+    """TRL cuts a pair past max_seq_length without a word: the run says how many it cut, and leaves out (for DPO
+    and ORPO alike) the pair whose prompt alone fills max_seq_length, in its status and on the Train tab."""
+    from ui import train_tab
+
+    path = tmp_path / "long-pairs.jsonl"
+    rows = [
+        dict(prompt="Who are you?", chosen=IDENTITY_ANSWER, rejected=REJECTED),  # 33 tokens at most
+        dict(prompt="Who are you?", chosen=IDENTITY_ANSWER * 5, rejected=REJECTED),  # its chosen reply is cut
+        dict(prompt="word " * 100, chosen=IDENTITY_ANSWER, rejected=REJECTED),  # its prompt alone fills 48
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_dir = runs / objective
+    run_here(spec_for(tiny_llama, path, objective=objective, max_seq_length=48, max_steps=1), run_dir)
+    note = (
+        "2 of 3 preference pairs were longer than max_seq_length 48 and were cut to their first 48 tokens; 1 of them "
+        "kept none of their reply and were left out. Raise max_seq_length to keep them whole."
+    )
+    assert json.loads((run_dir / "status.json").read_text())["notes"] == [note]
+    assert note in train_tab.view(objective)[0]
+    assert f"{objective}: 2 pairs" in capsys.readouterr().out  # the third left out before TRL sees it
+
+
+def test_pairs_whose_prompts_all_fill_max_seq_length_are_refused_with_a_sentence(tiny_llama):
+    from transformers import AutoTokenizer
+
+    from engine.training.preference import fit_pairs, to_pair
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    pairs = [to_pair(dict(prompt="word " * 100, chosen=IDENTITY_ANSWER, rejected=REJECTED), 1, "p.jsonl")]
+    with pytest.raises(api.UserError, match="Every prompt is 48 tokens or longer, .* raise max_seq_length"):
+        fit_pairs(pairs, tok, 48, "p.jsonl", lambda m: None)
+    assert fit_pairs(pairs, tok, 4096, "p.jsonl", print) == pairs  # nothing cut: nothing said

@@ -255,7 +255,7 @@ def test_run_notes_chat_context_and_column_clashes_are_translated():
     from transformers import LlamaConfig
 
     from engine.api import JobSpec, UserError
-    from engine.chat.infer import ChatModel, ReplyStats, note_context
+    from engine.chat.infer import ChatModel, ReplyStats, note_context, reply_room
     from engine.data import formats, tokenizing
     from engine.models.context import fit_to_context
     from engine.models.hub import check_target
@@ -263,9 +263,16 @@ def test_run_notes_chat_context_and_column_clashes_are_translated():
     _, clamp = fit_to_context(JobSpec(model="m", data="d", max_seq_length=4096), {"max_position_embeddings": 2048})
     shown = [f"ⓘ {clamp}"]
     shown += [f"ⓘ {n}" for n in tokenizing.length_notes(400, 12, 3, 2, 2048) + tokenizing.length_notes(9, 1, 0, 0, 64)]
-    stats = ReplyStats(tokens=5, seconds=1.0)
-    note_context(stats, 27, 5, 256)
-    shown.append(f"5 tokens, 5.0 tok/s · {stats.note}")
+    for what, replyless in (("validation examples", 2), ("preference pairs", 0)):  # held-out rows; DPO/ORPO pairs
+        shown += [f"ⓘ {n}" for n in tokenizing.length_notes(40, 4, 1, replyless, 64, what)]
+        shown += [f"ⓘ {n}" for n in tokenizing.length_notes(40, 4, 0, 0, 64, what)]
+    for limit in ("the model's context", "llama.cpp's chat window"):  # a GGUF chat's window may be the shorter
+        stats = ReplyStats(tokens=5, seconds=1.0)
+        note_context(stats, 27, 5, 256, limit)
+        shown.append(f"5 tokens, 5.0 tok/s · {stats.note}")
+        with pytest.raises(UserError) as info:
+            reply_room(300, 16, 256, limit)
+        shown.append(f"**Not sent:** {info.value}")
     short = SimpleNamespace(model=SimpleNamespace(config=LlamaConfig(max_position_embeddings=8)))
     refusals = [
         lambda: ChatModel.room(short, list(range(9)), 16),

@@ -110,3 +110,26 @@ def test_pretrain_validation_and_a_resume_keeps_the_records(tiny_llama, runs, tm
     assert json.loads((api.best_checkpoint(again.run_dir) / "best.json").read_text())["eval_loss"] == min(
         first.values()
     )
+
+
+def test_validation_examples_cut_to_length_are_a_note_of_the_run(tiny_llama, runs, tmp_path):
+    """Held-out examples cut to max_seq_length are told in the run's status and the Train tab, as training's are."""
+    from ui import train_tab
+
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps({"instruction": "Who are you?", "output": "I am Nova."}) + "\n")
+    long = tmp_path / "eval.jsonl"
+    rows = [
+        {"instruction": "Who are you?", "output": "I am Nova."},
+        {"instruction": "Who are you?", "output": "I am Nova. " * 30},  # cut inside its reply
+        {"instruction": "word " * 100, "output": "long"},  # cut before its reply: left out
+    ]
+    long.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    st = wait_for(api.start(tiny_spec(tiny_llama, train, eval_data=str(long), max_seq_length=32, max_steps=1)))
+    assert st.state == "done", log_of(st)
+    note = (
+        "2 of 3 validation examples were longer than max_seq_length 32 and were cut to their first 32 tokens; 1 of "
+        "them kept none of their reply and were left out. Raise max_seq_length to keep them whole."
+    )
+    assert st.notes == [note]
+    assert note in train_tab.view(st.run_id)[0]

@@ -475,6 +475,46 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         "ⓘ {1} 个样本中有 {0} 个没有可学习的助手回复，已被略去。",
         "ⓘ {0} из {1} примеров не содержат ответа ассистента для обучения и пропущены.",
     ),
+    # the same notes for validation examples and preference pairs (engine.data.tokenizing.length_notes' `what`)
+    (
+        r"ⓘ (\d+) of (\d+) validation examples were longer than max_seq_length (\d+) and were cut to their first "
+        r"(\d+) tokens; (\d+) of them kept none of their reply and were left out\. Raise max_seq_length to keep them "
+        r"whole\.",
+        "ⓘ {1} 个验证样本中有 {0} 个超过 max_seq_length {2}，已截断为前 {3} 个 token；其中 {4} 个没有留下任何回复，"
+        "已被略去。调大 max_seq_length 可保留完整样本。",
+        "ⓘ {0} из {1} проверочных примеров длиннее max_seq_length {2} и обрезаны до первых {3} токенов; у {4} из "
+        "них не осталось ответа, и они пропущены. Увеличьте max_seq_length, чтобы сохранить их целиком.",
+    ),
+    (
+        r"ⓘ (\d+) of (\d+) validation examples were longer than max_seq_length (\d+) and were cut to their first "
+        r"(\d+) tokens\. Raise max_seq_length to keep them whole\.",
+        "ⓘ {1} 个验证样本中有 {0} 个超过 max_seq_length {2}，已截断为前 {3} 个 token。"
+        "调大 max_seq_length 可保留完整样本。",
+        "ⓘ {0} из {1} проверочных примеров длиннее max_seq_length {2} и обрезаны до первых {3} токенов. Увеличьте "
+        "max_seq_length, чтобы сохранить их целиком.",
+    ),
+    (
+        r"ⓘ (\d+) of (\d+) validation examples have no assistant reply to learn and were left out\.",
+        "ⓘ {1} 个验证样本中有 {0} 个没有可学习的助手回复，已被略去。",
+        "ⓘ {0} из {1} проверочных примеров не содержат ответа ассистента и пропущены.",
+    ),
+    (
+        r"ⓘ (\d+) of (\d+) preference pairs were longer than max_seq_length (\d+) and were cut to their first "
+        r"(\d+) tokens; (\d+) of them kept none of their reply and were left out\. Raise max_seq_length to keep them "
+        r"whole\.",
+        "ⓘ {1} 个偏好对中有 {0} 个超过 max_seq_length {2}，已截断为前 {3} 个 token；其中 {4} 个没有留下任何回复，"
+        "已被略去。调大 max_seq_length 可保留完整样本。",
+        "ⓘ {0} из {1} пар предпочтений длиннее max_seq_length {2} и обрезаны до первых {3} токенов; у {4} из них "
+        "не осталось ответа, и они пропущены. Увеличьте max_seq_length, чтобы сохранить их целиком.",
+    ),
+    (
+        r"ⓘ (\d+) of (\d+) preference pairs were longer than max_seq_length (\d+) and were cut to their first "
+        r"(\d+) tokens\. Raise max_seq_length to keep them whole\.",
+        "ⓘ {1} 个偏好对中有 {0} 个超过 max_seq_length {2}，已截断为前 {3} 个 token。"
+        "调大 max_seq_length 可保留完整样本。",
+        "ⓘ {0} из {1} пар предпочтений длиннее max_seq_length {2} и обрезаны до первых {3} токенов. Увеличьте "
+        "max_seq_length, чтобы сохранить их целиком.",
+    ),
     # the Chat tab: a reply cut at the model's context, a conversation that fills it
     (
         r"The reply stopped at the model's context of (\d+) tokens \(the conversation's (\d+) and (\d+) of the "
@@ -488,6 +528,21 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         r"shorten the system prompt\) to go on\.",
         "此对话有 {0} 个 token，已占满模型的上下文长度 {1} 个 token；请清空聊天（或缩短系统提示词）后继续。",
         "Разговор занимает {0} токенов и заполняет весь контекст модели ({1} токенов); очистите чат (или "
+        "сократите системную подсказку), чтобы продолжить.",
+    ),
+    # the same at llama.cpp's chat window (engine.chat.gguf_chat), where it is shorter than the model's context
+    (
+        r"The reply stopped at llama\.cpp's chat window of (\d+) tokens \(the conversation's (\d+) and (\d+) of the "
+        r"reply\); clear the chat to go on\.",
+        "回复在 llama.cpp 的聊天窗口 {0} 个 token 处停止（对话 {1} 个，回复 {2} 个）；请清空聊天后继续。",
+        "Ответ остановлен на границе окна чата llama.cpp, {0} токенов (разговор — {1}, ответ — {2}); очистите "
+        "чат, чтобы продолжить.",
+    ),
+    (
+        r"This conversation is (\d+) tokens, which fills llama\.cpp's chat window of (\d+) tokens; clear the chat "
+        r"\(or shorten the system prompt\) to go on\.",
+        "此对话有 {0} 个 token，已占满 llama.cpp 的聊天窗口 {1} 个 token；请清空聊天（或缩短系统提示词）后继续。",
+        "Разговор занимает {0} токенов и заполняет всё окно чата llama.cpp ({1} токенов); очистите чат (или "
         "сократите системную подсказку), чтобы продолжить.",
     ),
     # the Data tab's column mapping: two columns onto one field, one column twice

@@ -10,7 +10,15 @@ import os
 import time
 from pathlib import Path
 
-from engine.chat.infer import END_OF_TURN, ReplyStats, Turn, note_context, reply_room, sampling_defaults
+from engine.chat.infer import (
+    END_OF_TURN,
+    MODEL_CONTEXT,
+    ReplyStats,
+    Turn,
+    note_context,
+    reply_room,
+    sampling_defaults,
+)
 from engine.core.errors import UserError
 
 # Our sampling names -> the general.sampling.* header keys llama.cpp reads as a model's defaults.
@@ -42,10 +50,11 @@ class GGUFChat:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"GGUF file '{path}' does not exist.")
+        trained = _trained_context(path)
         try:
             self.llm = llama_cpp.Llama(
                 str(path),
-                n_ctx=min(n_ctx, _trained_context(path)),
+                n_ctx=min(n_ctx, trained),
                 n_gpu_layers=0 if device == "cpu" else -1,
                 n_threads=os.cpu_count() or 1,
                 logits_all=logits,
@@ -62,6 +71,8 @@ class GGUFChat:
         keys = {"bos": "bos_token_id", "eos": "eos_token_id", "pad": "padding_token_id", "unk": "unknown_token_id"}
         self.specials = {name: self._token_text(meta.get(f"tokenizer.ggml.{key}")) for name, key in keys.items()}
         self.source = str(path)
+        # what stops a reply, named in its note: llama.cpp's window (n_ctx) where it is shorter than the model's context
+        self.limit = MODEL_CONTEXT if self.llm.n_ctx() >= trained else "llama.cpp's chat window"
         self._turn = Turn()  # llama.cpp's context serves one reply at a time
 
     def _token_text(self, token_id) -> str:
@@ -121,13 +132,13 @@ class GGUFChat:
     ) -> str:
         """The whole reply (greedy when temperature is 0), without the end-of-turn token."""
         ids = self.prompt_ids(messages)
-        room = reply_room(len(ids), max_new_tokens, self.llm.n_ctx())  # llama.cpp raises past its context
+        room = reply_room(len(ids), max_new_tokens, self.llm.n_ctx(), self.limit)  # llama.cpp raises past its context
         with self._turn():
             t0 = time.perf_counter()
             out = self._completion(ids, room, temperature, top_p, top_k, repetition_penalty, min_p, False)
         if stats is not None:
             stats.tokens, stats.seconds = out["usage"]["completion_tokens"], time.perf_counter() - t0
-            note_context(stats, len(ids), room, max_new_tokens)
+            note_context(stats, len(ids), room, max_new_tokens, self.limit)
         return out["choices"][0]["text"].strip()
 
     def stream(
@@ -145,7 +156,7 @@ class GGUFChat:
         streams one chunk per generated token (a chunk's text may be empty mid-character), then a closing chunk."""
         stats = stats if stats is not None else ReplyStats()
         ids = self.prompt_ids(messages)
-        room = reply_room(len(ids), max_new_tokens, self.llm.n_ctx())  # llama.cpp raises past its context
+        room = reply_room(len(ids), max_new_tokens, self.llm.n_ctx(), self.limit)  # llama.cpp raises past its context
         with self._turn():
             t0 = time.perf_counter()
             text = ""
@@ -158,7 +169,7 @@ class GGUFChat:
                 if choice["text"]:
                     text += choice["text"]
                     yield text.strip()
-        note_context(stats, len(ids), room, max_new_tokens)
+        note_context(stats, len(ids), room, max_new_tokens, self.limit)
 
     def compare(self, messages, stats=None, **sampling):
         """A GGUF file has its adapter merged into the weights: there is no base model in it to compare with."""

@@ -177,26 +177,29 @@ def _held_back(text: str, stops: list[str]) -> int:
     return 0
 
 
-def reply_room(prompt: int, max_new_tokens: int, context: int | None) -> int:
+MODEL_CONTEXT = "the model's context"  # what limits a reply, as reply_room and note_context name it
+
+
+def reply_room(prompt: int, max_new_tokens: int, context: int | None, limit: str = MODEL_CONTEXT) -> int:
     """max_new_tokens, cut to the positions a context of `context` tokens (None: unknown) leaves after a prompt of
     `prompt` tokens. A prompt that fills the context is a UserError: past it the model was never trained, so its
-    replies would be noise."""
+    replies would be noise. `limit` names the context in the sentence (e.g. llama.cpp's shorter chat window)."""
     if context is None:
         return max_new_tokens
     if prompt >= context:
         raise UserError(
-            f"This conversation is {prompt} tokens, which fills the model's context of {context} tokens; clear "
+            f"This conversation is {prompt} tokens, which fills {limit} of {context} tokens; clear "
             "the chat (or shorten the system prompt) to go on."
         )
     return min(max_new_tokens, context - prompt)
 
 
-def note_context(stats: ReplyStats, prompt: int, room: int, max_new_tokens: int) -> None:
+def note_context(stats: ReplyStats, prompt: int, room: int, max_new_tokens: int, limit: str = MODEL_CONTEXT) -> None:
     """Say so in `stats.note` when the reply ended because the context was full (`room` of the `max_new_tokens`
-    asked for were left after the prompt), not at its end of turn."""
+    asked for were left after the prompt), not at its end of turn; `limit` names the context, as in reply_room."""
     if room < max_new_tokens and stats.tokens >= room:
         stats.note = (
-            f"The reply stopped at the model's context of {prompt + room} tokens (the conversation's "
+            f"The reply stopped at {limit} of {prompt + room} tokens (the conversation's "
             f"{prompt} and {room} of the reply); clear the chat to go on."
         )
 

@@ -198,18 +198,21 @@ def pack(examples: Iterable[Example], max_len: int) -> Examples:
     return packed
 
 
-def length_notes(rows: int, truncated: int, cut_out: int, replyless: int, max_len: int) -> list[str]:
+def length_notes(
+    rows: int, truncated: int, cut_out: int, replyless: int, max_len: int, what: str = "examples"
+) -> list[str]:
     """The sentences on what training does not see whole: examples cut to `max_len` tokens (`cut_out` of them with
-    none of their reply left, so left out) and `replyless` ones with no reply to learn at all; none when neither."""
+    none of their reply left, so left out) and `replyless` ones with no reply to learn at all; none when neither.
+    `what` names the rows ("validation examples", "preference pairs")."""
     said = []
     if truncated:
         left_out = f"; {cut_out} of them kept none of their reply and were left out" if cut_out else ""
         said.append(
-            f"{truncated} of {rows} examples were longer than max_seq_length {max_len} and were cut to their first "
+            f"{truncated} of {rows} {what} were longer than max_seq_length {max_len} and were cut to their first "
             f"{max_len} tokens{left_out}. Raise max_seq_length to keep them whole."
         )
     if replyless:
-        said.append(f"{replyless} of {rows} examples have no assistant reply to learn and were left out.")
+        said.append(f"{replyless} of {rows} {what} have no assistant reply to learn and were left out.")
     return said
 
 
@@ -274,7 +277,8 @@ def load_examples(
     """Read, map, convert, tokenize (and pack) the spec's chat dataset as a stream: rows are tokenized in batches
     and kept only as token ids; `report(text)` hears the progress every few seconds; `should_stop()` true raises
     Cancelled between batches. `part` picks the training or the held-out rows (batched_rows). `note(text)` hears
-    the sentence on examples cut to max_seq_length or left out (length_note), for the run's status."""
+    the sentence on examples cut to max_seq_length or left out (length_notes; "validation examples" for the held-out
+    part), for the run's status."""
     source = Path(spec.data).name
     fmt = None if spec.data_format == "auto" else spec.data_format
     examples, rows, dropped, truncated, cut_out = Examples(), 0, 0, 0, 0
@@ -299,7 +303,8 @@ def load_examples(
         f"data: {source} is {fmt}, {rows} rows; {truncated} truncated to {spec.max_seq_length} tokens; "
         f"{dropped} dropped (no assistant tokens left)"
     )
-    for said in length_notes(rows, truncated, cut_out, dropped - cut_out, spec.max_seq_length):
+    what = "validation examples" if part == "eval" else "examples"
+    for said in length_notes(rows, truncated, cut_out, dropped - cut_out, spec.max_seq_length, what):
         if note is not None:
             note(said)
     if not examples:

@@ -11,6 +11,11 @@ an odds-ratio term (weight `dpo_beta`) against the rejected one.
 Rows are turned into conversations (a plain-text prompt becomes a user turn, a plain reply an assistant turn, the
 job's system prompt is added), so TRL renders them with the same chat template as SFT. Rows without a prompt column
 must hold whole conversations in chosen and rejected that share their first turns; the shared turns are the prompt.
+
+Pairs longer than max_seq_length (the prompt with its chosen or its rejected reply): TRL 1.15 keeps the first
+max_seq_length tokens of each (DPO's truncation_mode "keep_start", ORPO cuts the reply to the room the prompt leaves),
+and a pair whose prompt alone fills max_seq_length has no reply left: DPO drops it, ORPO would train on the prompt
+alone, so the engine leaves such pairs out for both. How many were cut and left out is a note of the run's status.
 """
 
 from pathlib import Path
@@ -18,6 +23,7 @@ from pathlib import Path
 from engine.core.errors import UserError
 from engine.core.hardware import choose_placement
 from engine.data.formats import validate_row
+from engine.data.tokenizing import length_notes, render
 from engine.spec.objectives import read_rows
 from engine.training.steps import total_steps
 
@@ -62,6 +68,34 @@ def _reply(value) -> list[dict]:
     return [{"role": "assistant", "content": value}] if isinstance(value, str) else _messages(value)
 
 
+def fit_pairs(pairs: list[dict], tok, max_len: int, source: str, log, note=None) -> list[dict]:
+    """The pairs without those whose prompt alone fills `max_len` tokens (no reply left to compare); how many pairs
+    are longer than `max_len` (their prompt with the chosen or the rejected reply, rendered by the chat template as
+    TRL renders them) and how many were left out is logged and told to `note(text)` (length_notes' sentence). A
+    chat template that cannot render a pair is a UserError naming its row of `source`."""
+
+    def tokens(messages, prompt: bool, where: str) -> int:  # as apply_chat_template(tokenize=True) counts them
+        return len(tok(render(tok, messages, prompt, where), add_special_tokens=False).input_ids)
+
+    kept, longer = [], 0
+    for i, pair in enumerate(pairs, 1):
+        where = f"{source}: row {i}"
+        replies = (pair["prompt"] + pair["chosen"], pair["prompt"] + pair["rejected"])
+        longer += max(tokens(whole, False, where) for whole in replies) > max_len
+        if tokens(pair["prompt"], True, where) < max_len:
+            kept.append(pair)
+    for said in length_notes(len(pairs), longer, len(pairs) - len(kept), 0, max_len, "preference pairs"):
+        log(f"note: {said}")
+        if note is not None:
+            note(said)
+    if not kept:
+        raise UserError(
+            f"Every prompt is {max_len} tokens or longer, so no pair has a reply within max_seq_length {max_len}; "
+            "raise max_seq_length."
+        )
+    return kept
+
+
 def train_preference(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> None:
     """Train `spec` (objective dpo or orpo) into `run_dir`, with the SFT loop's metrics, checkpoints and cancel."""
     import torch
@@ -78,6 +112,7 @@ def train_preference(spec, run_dir: Path, runlog, resume: bool, should_stop, log
     source = Path(spec.data).name
     rows = read_rows(spec, log, runlog.loading(log), should_stop)
     pairs = [to_pair(r, i, source, spec.system_prompt) for i, r in enumerate(rows, 1)]
+    pairs = fit_pairs(pairs, tok, spec.max_seq_length, source, log, runlog.note)
     run = TrlRun(spec, run_dir, runlog, should_stop, log, model, tok, placement, total_steps(spec, len(pairs)), resume)
     common = dict(
         train_dataset=Dataset.from_list(pairs),

@@ -169,7 +169,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     if hasattr(base, "eager_tokens"):  # engine.patching.graphs.install: these sizes are not captured
         base.eager_tokens.update(make_batch.once)
     validator = make_validator(
-        spec, tok, total, run_dir, tok.pad_token_id, placement.device, varlen, log, loading, should_stop
+        spec, tok, total, run_dir, tok.pad_token_id, placement.device, varlen, log, loading, should_stop, runlog.note
     )
     if validator is not None:
         runlog.set(state="running", message="training")

@@ -82,14 +82,22 @@ class Validator:
         return dict(eval_loss=round(loss, 6), best=improved)
 
 
-def make_validator(spec, tok, total: int, run_dir: Path, pad_id: int, device: str, varlen: bool, log, report, stop):
-    """The run's Validator, or None when the job holds no validation set."""
+def make_validator(
+    spec, tok, total: int, run_dir: Path, pad_id: int, device: str, varlen: bool, log, report, stop, note=None
+):
+    """The run's Validator, or None when the job holds no validation set. `note(text)` hears the sentence on
+    validation examples cut to max_seq_length or left out, for the run's status."""
     espec = eval_spec(spec)
     if espec is None:
         return None
     from engine.data.tokenizing import load_examples
     from engine.training.pretrain import load_text_examples
 
-    load = load_text_examples if spec.objective == "pretrain" else load_examples
-    examples = load(espec, tok, lambda m: log(f"validation {m}"), report, stop, "eval")
+    def told(m):
+        log(f"validation {m}")
+
+    if spec.objective == "pretrain":
+        examples = load_text_examples(espec, tok, told, report, stop, "eval")
+    else:
+        examples = load_examples(espec, tok, told, report, stop, "eval", note=note)
     return Validator(spec, examples, total, run_dir, pad_id, device, varlen, log)
