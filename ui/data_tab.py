@@ -18,20 +18,8 @@ EMPTY_HIST = pd.DataFrame({"tokens": pd.Series([], dtype=str), "rows": pd.Series
 
 
 def parse_mapping(text: str) -> dict:
-    """'question=instruction, answer=output' -> {"question": "instruction", "answer": "output"}."""
-    pairs = [p.strip() for p in (text or "").replace("\n", ",").split(",") if p.strip()]
-    out = {}
-    for pair in pairs:
-        col, sep, fld = pair.partition("=")
-        if not sep or not col.strip() or not fld.strip():
-            raise api.UserError(f"Column mapping '{pair}' should look like column=field, e.g. question=instruction.")
-        col, fld = col.strip(), fld.strip()
-        if col in out and out[col] != fld:
-            raise api.UserError(
-                f"Column '{col}' is mapped twice, to '{out[col]}' and to '{fld}'; a column can be one field only."
-            )
-        out[col] = fld
-    return out
+    """'question=instruction, answer=output' (commas or lines) -> {"question": "instruction", "answer": "output"}."""
+    return api.parse_map([(text or "").replace("\n", ",")])
 
 
 def inspect(

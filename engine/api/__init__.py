@@ -2,7 +2,7 @@
 
 Training:  start(spec) -> RunHandle; poll(handle) -> RunStatus; wait(handle, seconds); cancel(handle); resume(run);
            list_runs().
-Data:      inspect_data(path); identity_dataset(...); save_jsonl(rows, path).
+Data:      inspect_data(path); identity_dataset(...); save_jsonl(rows, path); parse_map(['q=instruction']).
 Chat:      Chat(source).reply(messages) / .stream(messages, stats=ReplyStats()) / .compare(messages);
            sampling_defaults(source).
 Evaluate:  evaluate(sources, data) -> results (saved in the run's eval/); eval_results(run); compare_runs(runs);
@@ -53,6 +53,7 @@ from engine.api.runs import (
 from engine.chat.infer import ReplyStats
 from engine.core.errors import ModelError, UserError
 from engine.core.hardware import vram_budget_gib
+from engine.data.formats import parse_map
 from engine.models.presets import catalog
 from engine.spec.checks import check_settings
 from engine.spec.jobspec import DEVICES, DTYPES, OPTIMIZERS, SCHEDULES, JobSpec, read_job
@@ -80,6 +81,7 @@ __all__ = [
     "workspace",
     "safe_name",
     "inspect_data",
+    "parse_map",
     "check_data",
     "identity_dataset",
     "save_jsonl",
