@@ -27,6 +27,8 @@ list() {
 11 issue 22: alpaca QLoRA side by side: project defaults and --packing 1, Unsloth defaults and --packing 1
 12 issue 22, this session's changes (eager size of one micro-batch, no per-step wait): their GPU tests; project
    alpaca QLoRA defaults and --packing 1, identity fp16; profile of the alpaca-sized and packed steps (QLoRA)
+13 a step's micro-batches joined into rows (presets' 2 x 4): identity fp16 and alpaca QLoRA, joined and apart
+   (TUNESMITH_JOIN=0); first the GPU tests of e6d26c8 (kernels.rms_norm without dw)
 EOF
 }
 
@@ -168,6 +170,16 @@ call12() {  # issue 22: what 76740b3 (eager size of one micro-batch) and 435766c
   step 80 "${prof[@]}" --seq 1824
 }
 
+call13() {  # a step's micro-batches joined into padding-free rows (engine.training.sft), at a preset's 2 x 4
+  local run=(python3 bench/preset_e2e.py --bs 2 --accum 4)
+  keep_models qwen3_4b
+  step 90 python3 -m pytest -p no:cacheprovider -q -rfEs tests/kernels/test_rms_norm.py tests/test_warmup.py
+  step 100 "${run[@]}" --data identity --dtype fp16
+  step 100 env TUNESMITH_JOIN=0 "${run[@]}" --data identity --dtype fp16
+  step 100 "${run[@]}" --data alpaca
+  step 100 env TUNESMITH_JOIN=0 "${run[@]}" --data alpaca
+}
+
 call10() {  # issue 22: defaults at 88% of packing's tokens/s per padded token (2026-12-05): host or kernels?
   local prof=(python3 bench/profile_step.py --impl project --arch qwen3_4b --varlen --bs 8 --rows 25)
   keep_models qwen3_4b
@@ -189,7 +201,7 @@ call8() {  # issue 30: decode; bench_*'s --budget bounds their sweeps, not their
 }
 
 n=${1:-}
-if [[ ! $n =~ ^([1-9]|1[0-2])$ ]]; then
+if [[ ! $n =~ ^([1-9]|1[0-3])$ ]]; then
   list
   exit 2
 fi

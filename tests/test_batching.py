@@ -22,6 +22,8 @@ from engine.data.batching import (
     Collator,
     bucket,
     buckets,
+    join,
+    label_tokens,
     most_tokens,
     padded,
     padding_free,
@@ -31,7 +33,7 @@ from engine.data.batching import (
 from engine.data.tokenizing import Example, pack
 from engine.patching import patch_model
 from engine.patching.modules import packed_gradient
-from engine.training.steps import batches_for_epoch, even_out, micro_batches_of_run
+from engine.training.steps import batches_for_epoch, even_out, micro_batches_of_run, rows_of_run
 
 VOCAB = 96
 
@@ -159,6 +161,59 @@ def test_a_long_example_gets_a_size_of_its_own_that_runs_eagerly():
     assert captured_alike.sizes == [2496] and captured_alike.once == set()
     assert Collator(examples, 8, 0, "cpu", True, lambda line: None, run, 0).once == set()  # no graphs: no eager size
     assert {make([examples[i] for i in micro])["input_ids"].shape[1] for micro in run} == {2304, 2496}
+
+
+def test_a_step_joins_its_micro_batches_in_order_up_to_the_cap():
+    """Micro-batches stay whole and in order; a row takes the next one while the cap holds; one over the cap alone is
+    a row of its own. With two ranks each joins its own (every other) micro-batches of each step."""
+    lengths = [50, 60, 70, 80, 300, 10, 20, 30]
+    micro = [[0, 1], [2, 3], [4], [5, 6], [7]]  # 110, 150, 300, 30, 30 tokens
+    assert join(micro, lengths, 260) == [[0, 1, 2, 3], [4], [5, 6, 7]]
+    assert join(micro, lengths, 1000) == [[0, 1, 2, 3, 4, 5, 6, 7]]
+    assert join(micro, lengths, 100) == [[0, 1], [2, 3], [4], [5, 6, 7]]
+    assert join([], lengths, 100) == []
+    run = [[0], [1], [2], [3], [4], [5], [6], [7]]  # 2 steps of grad_accum 2 on 2 ranks
+    assert rows_of_run(run, 2, 2, lengths, 1000) == [[0, 2], [1, 3], [4, 6], [5, 7]]
+    assert rows_of_run(run, 4, 1, lengths, 200) == [[0, 1, 2], [3], [4], [5, 6, 7]]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_a_step_joined_into_one_row_computes_its_micro_batches_gradient(arch):
+    """fp32, the fast path: a step of 4 micro-batches of 2, each micro-batch's loss weighed by its share of the
+    step's label tokens, gives the loss and every LoRA gradient of the 4 joined into one padding-free row, and of all
+    8 examples in one padded batch (the step's loss is the mean over its label tokens, as transformers' Trainer
+    takes it; a mean of the micro-batches' means would weigh a short example's tokens more)."""
+    base = tiny_model(arch, vocab=VOCAB, use_cache=False)
+    patch_model(base, log=lambda m: None)
+    model = with_lora(base)
+    examples = examples_for([9, 4, 17, 3, 12, 30, 5, 21], seed=1)
+    micro = [[0, 1], [2, 3], [4, 5], [6, 7]]
+    total = sum(label_tokens(e) for e in examples)
+    assert total == sum(len(e.input_ids) - 3 for e in examples)  # the first 3 tokens are the prompt
+
+    def step(batches, shares):
+        model.zero_grad(set_to_none=True)
+        loss = 0
+        for inputs, share in zip(batches, shares, strict=True):
+            part = model(**inputs).loss * share
+            part.backward()
+            loss += part.detach()
+        return loss, {n: packed_gradient(p).clone() for n, p in model.named_parameters() if "lora_" in n}
+
+    parts = [[examples[i] for i in m] for m in micro]
+    shares = [sum(label_tokens(e) for e in part) / total for part in parts]
+    loss_micro, grads_micro = step([free_batch(part, 2) for part in parts], shares)
+    (row,) = join(micro, [len(e.input_ids) for e in examples], 2 * 64)  # batch_size x max_seq_length
+    loss_row, grads_row = step([free_batch([examples[i] for i in row], 8)], [1.0])
+    loss_padded, grads_padded = step([padded(examples, 0, "cpu")], [1.0])
+    for loss in (loss_row, loss_padded):
+        torch.testing.assert_close(loss_micro, loss, rtol=1e-6, atol=1e-6)
+    assert grads_micro.keys() == grads_row.keys() == grads_padded.keys() and grads_micro
+    for name, grad in grads_micro.items():
+        torch.testing.assert_close(grads_row[name], grad, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(grads_padded[name], grad, rtol=1e-5, atol=1e-6, msg=name)
+    mean_of_means = step([free_batch(part, 2) for part in parts], [0.25] * 4)[0]
+    assert abs(float(mean_of_means) - float(loss_micro)) > 1e-4  # the weighing is not a no-op on these lengths
 
 
 def identity_like(n=100, seed=0):
@@ -389,3 +444,24 @@ def test_a_padding_free_run_evens_out_its_micro_batches(tiny_qwen3, runs, tmp_pa
     tokens = [m["tokens"] for m in status.metrics]
     assert len(tokens) == 4 and max(tokens) - min(tokens) <= 8, tokens  # the examples' answers differ by 39 words
     assert 0 <= evened < 100 and 0 <= shuffled < 100
+
+
+def test_a_run_joins_each_steps_micro_batches(tiny_qwen3, runs, tmp_path, monkeypatch):
+    """A LoRA run through the fast path on the CPU with batch_size 2 and grad_accum 4 (a small card's preset): each
+    step's 4 micro-batches join into fewer padding-free rows of up to 2 x 128 tokens (the log says so and plans the
+    buckets for the rows), and the steps train."""
+    monkeypatch.setenv("TUNESMITH_KERNELS_ON_CPU", "1")
+    rng = random.Random(0)
+    words = "the quick brown fox jumps over a lazy dog and runs far away".split()
+    rows = [{"instruction": "say", "input": "", "output": " ".join(rng.choices(words, k=n))} for n in range(2, 18)]
+    data = tmp_path / "short.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = tiny_spec(tiny_qwen3, data, max_steps=2, batch_size=2, grad_accum=4, save_every=0, max_seq_length=128)
+    status = wait_for(api.start(spec))
+    text = log_of(status)
+    assert status.state == "done", text
+    assert "each step's 4 micro-batches of 2 examples join into padding-free rows of up to 256 tokens" in text
+    joined = int(re.search(r"the run's first 8 micro-batches make (\d+) rows", text)[1])
+    assert 2 <= joined < 8 and f"planned for the run's {joined} rows" in text  # ~45 tokens an example here
+    assert [m["step"] for m in status.metrics if "loss" in m] == [1, 2]
+    assert all(math.isfinite(m["loss"]) for m in status.metrics if "loss" in m)

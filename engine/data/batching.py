@@ -132,6 +132,28 @@ def most_tokens(examples, batch_size: int) -> int:
     return sum(sorted((len(e.input_ids) for e in examples), reverse=True)[:batch_size])
 
 
+def label_tokens(example) -> int:
+    """The tokens `example`'s loss is taken over: its labels other than -100 past the first, which nothing predicts."""
+    return sum(label != -100 for label in example.labels[1:])
+
+
+def join(micro_batches, lengths, cap: int) -> list[list[int]]:
+    """One optimizer step's micro-batches (example indices each), in order, joined into as few padding-free rows as
+    hold at most `cap` tokens each (`lengths`: each example's tokens); a micro-batch is never split. The rows' examples
+    attend only within themselves and the step's loss weighs every label token alike, so the step computes the same
+    gradient in fewer, larger micro-steps."""
+    rows, tokens = [], 0
+    for micro in micro_batches:
+        n = sum(lengths[i] for i in micro)
+        if rows and tokens + n <= cap:
+            rows[-1] = [*rows[-1], *micro]
+            tokens += n
+        else:
+            rows.append(list(micro))
+            tokens = n
+    return rows
+
+
 def padding_free(examples, pad_id: int, device: str, slots: int, cap: int, sizes=None) -> dict:
     """The model inputs of one padding-free micro-batch: input_ids, labels, position_ids (1, T), cu_seq_lens_q /
     cu_seq_lens_k (int32, `slots` entries) and use_cache=False; T is the smallest of `sizes` (the run's planned
@@ -206,7 +228,9 @@ class Collator:
     `run`: the example indices of every micro-batch the run will make, when known, so the buckets are planned for
     them (`plan_buckets` with `shape_cost` and `once_cost`, at most `most` sizes: the shapes a memory plan holds graphs
     for), and with a `once_cost` `once` holds those that only one micro-batch lands in (run without graphs); else the
-    fixed sizes. Logs each bucket the first time a micro-batch lands in it."""
+    fixed sizes. Where a step's micro-batches are joined into rows (`join`), `run` holds the rows, `joined` is the most
+    micro-batches a row joins and `cap` the most tokens it holds. Logs each bucket the first time a micro-batch lands
+    in it."""
 
     def __init__(
         self,
@@ -220,21 +244,28 @@ class Collator:
         shape_cost=0,
         most: int = MAX_BUCKETS,
         once_cost=None,
+        joined: int = 1,
+        cap: int = 0,
     ):
         self.pad_id, self.device, self.varlen, self.log = pad_id, device, varlen, log
-        self.slots = segment_slots(examples, batch_size)
-        self.cap = most_tokens(examples, batch_size)
+        self.slots = segment_slots(examples, batch_size * joined)
+        self.cap = max(most_tokens(examples, batch_size), cap)
         self.sizes = buckets(self.cap)
         self.seen = set()
         self.once = set()
         if varlen and run:
             self.sizes, share = planned(examples, run, shape_cost, most, once_cost)
             self.once = used_once(examples, run, self.sizes) if once_cost else set()
-            alone = f"; {', '.join(map(str, sorted(self.once)))} for one micro-batch, run eagerly" if self.once else ""
+            one, what, units = (
+                ("micro-batch", "each micro-batch one row", "micro-batches")
+                if joined == 1
+                else ("row", "each row", "rows")
+            )
+            alone = f"; {', '.join(map(str, sorted(self.once)))} for one {one}, run eagerly" if self.once else ""
             log(
-                f"batches: padding-free, each micro-batch one row rounded up to one of {len(self.sizes)} sizes "
-                f"planned for the run's {len(run)} micro-batches ({', '.join(map(str, self.sizes))} tokens{alone}; "
-                f"{100 * share:.1f}% padding; {self.slots} cu_seqlens entries)"
+                f"batches: padding-free, {what} rounded up to one of {len(self.sizes)} sizes planned for the run's "
+                f"{len(run)} {units} ({', '.join(map(str, self.sizes))} tokens{alone}; {100 * share:.1f}% padding; "
+                f"{self.slots} cu_seqlens entries)"
             )
         elif varlen:
             log(

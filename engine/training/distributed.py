@@ -21,8 +21,9 @@ wrapper, the step's agreement between ranks, and checkpoints that any number of 
   ends). No CUDA graphs: a replayed layer would skip the all-gather and reduce-scatter FSDP2's hooks start around it.
 - Data: every rank walks the same global sequence of micro-batches (engine.training.steps.batches_for_epoch) and
   trains on every N-th one, so a step sees batch_size x grad_accum x N examples and a checkpoint's position is the
-  same whatever N is. The loss of a micro-batch is divided by grad_accum and the gradients are averaged over ranks:
-  the step equals one process's step with grad_accum x N micro-batches.
+  same whatever N is. A step's loss is the mean over its label tokens on every rank (each rank knows them all): a
+  rank's micro-batch loss is weighed by N x its share of them and the gradients are averaged over ranks, so the step
+  equals one process's step with grad_accum x N micro-batches.
 - Each step ends with one small all-gather of (loss, stop flag, memory): the logged loss is the global mean, and a
   cancel on any rank stops every rank at the same step.
 - Checkpoints hold what one process would write (the optimizer's state keyed by parameter index), so a run resumes

@@ -5,14 +5,16 @@ ours. engine.training.dispatch picks it for `sft` and `pretrain` (whose examples
 the optimizer, schedule and checkpoints are engine.training.steps', shared with the TRL-based objectives.
 """
 
+import functools
 import math
+import os
 import random
 import time
 from pathlib import Path
 
 from engine.core.errors import Cancelled, UserError
 from engine.core.hardware import choose_placement, memory_in_use_gb
-from engine.data.batching import EAGER_STEP_COST, GRAPH_SHAPE_COST, MAX_BUCKETS, Collator, planned
+from engine.data.batching import EAGER_STEP_COST, GRAPH_SHAPE_COST, MAX_BUCKETS, Collator, join, label_tokens, planned
 from engine.training import distributed
 from engine.training.steps import (
     batches_for_epoch,
@@ -23,6 +25,7 @@ from engine.training.steps import (
     make_optimizer,
     micro_batches_of_run,
     publish_final,
+    rows_of_run,
     save_checkpoint,
     total_steps,
 )
@@ -151,6 +154,19 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     # of the same examples; a micro-batch past the largest planned size gets a fixed size of its own)
     micro_batches = min(total * spec.grad_accum * ranks, PLANNED)  # every rank plans the same, global ones
     run = micro_batches_of_run(len(examples), spec.batch_size, spec.seed, micro_batches, lengths) if varlen else None
+    # a step's micro-batches join into padding-free rows of up to the tokens the memory plan holds for one micro-batch
+    # (batch_size examples of max_seq_length): the same gradient in fewer, larger micro-steps. TUNESMITH_JOIN=0 keeps
+    # them apart, to measure a run without it on the same machine
+    joins = varlen and spec.grad_accum > 1 and os.environ.get("TUNESMITH_JOIN", "1") != "0"
+    cap = spec.batch_size * spec.max_seq_length if joins else 0
+    if joins:
+        rows = rows_of_run(run, spec.grad_accum, ranks, lengths, cap)
+        log(
+            f"batches: each step's {spec.grad_accum} micro-batches of {spec.batch_size} examples join into "
+            f"padding-free rows of up to {cap} tokens ({spec.batch_size} x max_seq_length, what the memory plan "
+            f"holds for one micro-batch): the run's first {len(run)} micro-batches make {len(rows)} rows"
+        )
+        run = rows
     shape_cost = GRAPH_SHAPE_COST if getattr(base, "shape_graphs", False) else 0
     # a size of one micro-batch is never captured (an eager step), where the plan sees all of the run's micro-batches
     whole = micro_batches == total * spec.grad_accum * ranks
@@ -164,8 +180,10 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
             f"{100 * planned(examples, shuffled, shape_cost, most, once_cost)[1]:.1f}%"
         )
     make_batch = Collator(
-        examples, spec.batch_size, tok.pad_token_id, placement.device, varlen, log, run, shape_cost, most, once_cost
-    )
+        examples, spec.batch_size, tok.pad_token_id, placement.device, varlen, log, run, shape_cost, most, once_cost,
+        spec.grad_accum if joins else 1, cap,
+    )  # fmt: skip
+    labelled = functools.cache(lambda i: label_tokens(examples[i]))  # example -> the tokens its loss is taken over
     if hasattr(base, "eager_tokens"):  # engine.patching.graphs.install: these sizes are not captured
         base.eager_tokens.update(make_batch.once)
     validator = make_validator(
@@ -207,20 +225,27 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
             save(step, (epoch, micro))
             raise Cancelled()
         t0, loss_sum, n_tokens = time.perf_counter(), 0.0, 0
-        for accumulated in range(spec.grad_accum):
+        mine, step_labels = [], 0  # this rank's micro-batches of the step; the step's label tokens on every rank
+        for _ in range(spec.grad_accum):
             for r in range(ranks):  # the global sequence of micro-batches; this rank trains on every ranks-th one
                 if micro >= len(plan):
                     epoch, micro = epoch + 1, 0
                     plan = batches_for_epoch(len(examples), spec.batch_size, spec.seed, epoch, lengths)
                 if r == rank:
-                    mine = plan[micro]
+                    mine.append(plan[micro])
                 n_tokens += sum(len(examples[i].input_ids) for i in plan[micro])
+                step_labels += sum(labelled(i) for i in plan[micro])
                 micro += 1
-            batch = make_batch([examples[i] for i in mine])
+        rows = join(mine, lengths, cap) if joins else mine
+        for k, row in enumerate(rows):
+            batch = make_batch([examples[i] for i in row])
             if world is not None:
-                distributed.accumulating(model, world, accumulated == spec.grad_accum - 1)
+                distributed.accumulating(model, world, k == len(rows) - 1)
+            # the step's loss is the mean over all its label tokens, as transformers' Trainer takes it: each row's
+            # mean weighed by its share of them (times the ranks, whose gradients are averaged)
+            share = ranks * sum(labelled(i) for i in row) / max(step_labels, 1)
             with autocast:
-                loss = model(**batch).loss / spec.grad_accum
+                loss = model(**batch).loss * share
             (scaler.scale(loss) if scaler else loss).backward()
             loss_sum += loss.detach()  # read once per step: a read per micro-batch would wait for the GPU each time
         if world is not None and not world.sharded:

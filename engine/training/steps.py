@@ -100,6 +100,19 @@ def micro_batches_of_run(n: int, batch_size: int, seed: int, count: int, lengths
     return run[:count]
 
 
+def rows_of_run(run, grad_accum: int, ranks: int, lengths, cap: int) -> list[list[int]]:
+    """The padding-free rows `run`'s micro-batches (the global sequence: rank r trains on every ranks-th) make when
+    each rank joins its micro-batches of one optimizer step (engine.data.batching.join), every rank's in turn."""
+    from engine.data.batching import join
+
+    rows, per_step = [], grad_accum * ranks
+    for start in range(0, len(run), per_step):
+        step = run[start : start + per_step]
+        for rank in range(ranks):
+            rows += join(step[rank::ranks], lengths, cap)
+    return rows
+
+
 def total_steps(spec, n_examples: int) -> int:
     if spec.max_steps:
         return spec.max_steps
