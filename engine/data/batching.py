@@ -139,19 +139,29 @@ def label_tokens(example) -> int:
 
 def join(micro_batches, lengths, cap: int) -> list[list[int]]:
     """One optimizer step's micro-batches (example indices each), in order, joined into as few padding-free rows as
-    hold at most `cap` tokens each (`lengths`: each example's tokens); a micro-batch is never split. The rows' examples
-    attend only within themselves and the step's loss weighs every label token alike, so the step computes the same
-    gradient in fewer, larger micro-steps."""
-    rows, tokens = [], 0
-    for micro in micro_batches:
-        n = sum(lengths[i] for i in micro)
-        if rows and tokens + n <= cap:
-            rows[-1] = [*rows[-1], *micro]
-            tokens += n
-        else:
-            rows.append(list(micro))
-            tokens = n
-    return rows
+    hold at most `cap` tokens each (`lengths`: each example's tokens), as even as that many rows can be: the cut
+    points that make the largest row smallest. A micro-batch is never split; one over `cap` is a row of its own. The
+    rows' examples attend only within themselves and the step's loss weighs every label token alike, so the step
+    computes the same gradient in fewer, larger micro-steps."""
+    sizes = [sum(lengths[i] for i in micro) for micro in micro_batches]
+
+    def cut(limit):  # rows in order, each taking the next micro-batch while it stays within `limit`
+        rows, tokens = [], 0
+        for micro, n in zip(micro_batches, sizes, strict=True):
+            if rows and tokens + n <= limit:
+                rows[-1] += micro
+                tokens += n
+            else:
+                rows.append(list(micro))
+                tokens = n
+        return rows
+
+    fewest = len(cut(cap))
+    low, high = 1, max(cap, 1)  # the smallest limit that still gives `fewest` rows (fewer rows as it grows)
+    while low < high:
+        mid = (low + high) // 2
+        low, high = (low, mid) if len(cut(mid)) <= fewest else (mid + 1, high)
+    return cut(low)
 
 
 def padding_free(examples, pad_id: int, device: str, slots: int, cap: int, sizes=None) -> dict:

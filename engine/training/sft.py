@@ -149,16 +149,21 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     varlen = getattr(base, "varlen_attention", False)
     # padding-free micro-batches are evened out by tokens, so few buckets hold them with little padding
     lengths = [len(e.input_ids) for e in examples] if varlen else None
-    plan = batches_for_epoch(len(examples), spec.batch_size, spec.seed, epoch, lengths)
+    # a step's micro-batches join into padding-free rows of up to the tokens the memory plan holds for one micro-batch
+    # (batch_size examples of max_seq_length): the same gradient in fewer, larger micro-steps, and the steps are what
+    # is evened out. TUNESMITH_JOIN=0 keeps them apart, to measure a run without it on the same machine
+    joins = varlen and spec.grad_accum > 1 and os.environ.get("TUNESMITH_JOIN", "1") != "0"
+    cap = spec.batch_size * spec.max_seq_length if joins else 0
+    per_step = spec.grad_accum * ranks if joins else 1
+    plan = batches_for_epoch(len(examples), spec.batch_size, spec.seed, epoch, lengths, per_step)
     # the buckets are planned for the run's micro-batches (the first PLANNED of a long run: later epochs are shuffles
     # of the same examples; a micro-batch past the largest planned size gets a fixed size of its own)
     micro_batches = min(total * spec.grad_accum * ranks, PLANNED)  # every rank plans the same, global ones
-    run = micro_batches_of_run(len(examples), spec.batch_size, spec.seed, micro_batches, lengths) if varlen else None
-    # a step's micro-batches join into padding-free rows of up to the tokens the memory plan holds for one micro-batch
-    # (batch_size examples of max_seq_length): the same gradient in fewer, larger micro-steps. TUNESMITH_JOIN=0 keeps
-    # them apart, to measure a run without it on the same machine
-    joins = varlen and spec.grad_accum > 1 and os.environ.get("TUNESMITH_JOIN", "1") != "0"
-    cap = spec.batch_size * spec.max_seq_length if joins else 0
+    run = (
+        micro_batches_of_run(len(examples), spec.batch_size, spec.seed, micro_batches, lengths, per_step)
+        if varlen
+        else None
+    )
     if joins:
         rows = rows_of_run(run, spec.grad_accum, ranks, lengths, cap)
         log(
@@ -230,7 +235,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
             for r in range(ranks):  # the global sequence of micro-batches; this rank trains on every ranks-th one
                 if micro >= len(plan):
                     epoch, micro = epoch + 1, 0
-                    plan = batches_for_epoch(len(examples), spec.batch_size, spec.seed, epoch, lengths)
+                    plan = batches_for_epoch(len(examples), spec.batch_size, spec.seed, epoch, lengths, per_step)
                 if r == rank:
                     mine.append(plan[micro])
                 n_tokens += sum(len(examples[i].input_ids) for i in plan[micro])

@@ -26,14 +26,29 @@ CHECKPOINT_FILES = (
 )
 
 
-def batches_for_epoch(n: int, batch_size: int, seed: int, epoch: int, lengths=None) -> list[list[int]]:
+def batches_for_epoch(
+    n: int, batch_size: int, seed: int, epoch: int, lengths=None, per_step: int = 1
+) -> list[list[int]]:
     """Example indices of each micro-batch of one epoch: a fresh shuffle per epoch, the same on every resume.
     With `lengths` (each example's tokens; the padding-free path) the shuffled micro-batches are then evened out
-    (`even_out`) so their token counts are close and few padded buckets hold them all."""
+    (`even_out`) so their token counts are close and few padded buckets hold them all. Where a step's micro-batches
+    are joined into rows (engine.training.sft; `per_step` micro-batches a step, every rank's), it is the steps that
+    are evened out: each step's examples together, then dealt back into its micro-batches in order. A step that
+    crosses the epoch's start or end, or holds its short last micro-batch, is left as shuffled."""
     order = list(range(n))
     random.Random(seed * 1000003 + epoch).shuffle(order)
     batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
-    return batches if lengths is None else even_out(batches, lengths)
+    if lengths is None or per_step == 1:
+        return batches if lengths is None else even_out(batches, lengths)
+    steps = {}  # the run's step -> this epoch's micro-batches in it (every epoch has len(batches) of them)
+    for k in range(len(batches)):
+        steps.setdefault((epoch * len(batches) + k) // per_step, []).append(k)
+    whole = [ks for ks in steps.values() if len(ks) == per_step and all(len(batches[k]) == batch_size for k in ks)]
+    evened = even_out([[i for k in ks for i in batches[k]] for ks in whole], lengths)
+    for ks, examples in zip(whole, evened, strict=True):
+        for j, k in enumerate(ks):
+            batches[k] = examples[j * batch_size : (j + 1) * batch_size]
+    return batches
 
 
 # At most this many rounds of swaps in `even_out`, which stops earlier after QUIET_ROUNDS rounds in a row without one
@@ -91,11 +106,13 @@ def even_out(batches: list[list[int]], lengths, rounds: int = EVEN_ROUNDS) -> li
     return [[int(i) for i in row if i >= 0] for row in index]
 
 
-def micro_batches_of_run(n: int, batch_size: int, seed: int, count: int, lengths=None) -> list[list[int]]:
+def micro_batches_of_run(
+    n: int, batch_size: int, seed: int, count: int, lengths=None, per_step: int = 1
+) -> list[list[int]]:
     """The example indices of the first `count` micro-batches of a run, epoch after epoch (`batches_for_epoch`)."""
     run, epoch = [], 0
     while len(run) < count:
-        run += batches_for_epoch(n, batch_size, seed, epoch, lengths)
+        run += batches_for_epoch(n, batch_size, seed, epoch, lengths, per_step)
         epoch += 1
     return run[:count]
 
