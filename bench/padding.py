@@ -10,7 +10,8 @@ prints for the run's micro-batches, plain shuffled and evened out by tokens (eng
 bucket sizes the run plans (engine.data.batching.plan_buckets with the CUDA-graph price of the GPU path) and the
 share of the padded tokens that is padding: the figures a GPU run's log prints in its `batches:` lines. With
 `--accum` above 1 each step's micro-batches are joined into rows (engine.training.steps.rows_of_run, the steps
-evened out instead of the micro-batches, as the run does), and the rows are what is planned. No model, no GPU. The harness is read from $BENCH_HARNESS, else .bench/, else ../shared/bench/.
+evened out instead of the micro-batches, as the run does), and the rows are what is planned. No model, no GPU.
+The harness is read from $BENCH_HARNESS, else .bench/, else ../shared/bench/.
 """
 
 import argparse

@@ -47,15 +47,17 @@ def _scales(quant_state, first: int, last: int) -> dict:
 
 
 def _chunks(ends: list[int], chunk: int) -> list[tuple[int, int]]:
-    """Runs of at most `chunk` consecutive experts that have rows, as (first, past-last) expert indices."""
+    """Runs of at most `chunk` consecutive experts, as (first, past-last) expert indices, each starting and ending at
+    an expert that has rows; experts without rows inside a run are dequantized with it (a run per gap would cost a
+    dequantization and a grouped launch each, which the host issues one after another)."""
     runs, g = [], 0
     while g < len(ends):
         if ends[g] == (ends[g - 1] if g else 0):
             g += 1
             continue
-        end = g + 1
-        while end < len(ends) and end - g < chunk and ends[end] > ends[end - 1]:
-            end += 1
+        end = min(g + chunk, len(ends))
+        while end - 1 > g and ends[end - 1] == ends[end - 2]:  # trailing experts without rows
+            end -= 1
         runs.append((g, end))
         g = end
     return runs

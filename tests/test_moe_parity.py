@@ -201,15 +201,24 @@ def test_app_pipeline_on_moe_matches_transformers():
         torch.testing.assert_close(grads_f[name], grads_p[name], rtol=2e-4, atol=2e-5, msg=name)
 
 
+@pytest.mark.parametrize("whole", [False, True])
 @pytest.mark.parametrize("arch", ["qwen3_moe", "gpt_oss"])
-def test_nf4_experts_train_like_their_dequantized_weights(arch):
+def test_nf4_experts_train_like_their_dequantized_weights(arch, whole, monkeypatch):
     """QLoRA's NF4 experts: the patched model with NF4 expert storage trains like transformers whose expert weights
-    are the NF4 round trip of the same weights, with the same adapters."""
+    are the NF4 round trip of the same weights, with the same adapters; also with each layer's stack dequantized at
+    once (`whole`, a plan's expert_stack: every product one chunk of all the experts)."""
+    import kernels.nf4_grouped_mm as grouped
+
     base = tiny_model(arch)
     fast_base = copy.deepcopy(base)
     moe.install(fast_base, log=lambda m: None)
     fast = with_expert_lora(fast_base)
     assert moe.quantize_experts(fast, log=lambda m: None) == 2 * base.config.num_hidden_layers
+    for module in fast.modules():
+        if hasattr(module, "nf4_states"):
+            module.whole_stack = whole
+    chunks, product = [], grouped.nf4_grouped_mm
+    monkeypatch.setattr(grouped, "nf4_grouped_mm", lambda *a: chunks.append(a[-1]) or product(*a))
     experts = fast.base_model.model.model.layers[0].mlp.experts.base_layer.base_layer
     # the parameter keeps its shape for PEFT over one element of storage
     assert experts.gate_up_proj.untyped_storage().nbytes() == 4 and experts.gate_up_proj_nf4.dtype == torch.uint8
@@ -228,3 +237,5 @@ def test_nf4_experts_train_like_their_dequantized_weights(arch):
     assert grads_p.keys() == grads_f.keys()
     for name in grads_p:
         torch.testing.assert_close(grads_f[name], grads_p[name], rtol=2e-4, atol=2e-5, msg=name)
+    experts = base.config.num_local_experts if arch == "gpt_oss" else base.config.num_experts
+    assert chunks and (set(chunks) == {experts} if whole else experts not in chunks)

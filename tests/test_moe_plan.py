@@ -191,3 +191,28 @@ def test_full_fine_tuning_on_several_gpus_gathers_the_largest_layer():
     trained = big.params - big.router_params  # the routers stay frozen
     head = big.vocab * big.hidden * 2  # the head's gradient, whole until the root's reduce-scatter
     assert sharded["trainable"] == pytest.approx((trained * (2 + 2 + 8) / 4 + moe + head) / GIB, abs=1e-3)
+
+
+def test_a_card_with_room_dequantizes_each_layers_experts_at_once():
+    """Qwen3-30B-A3B QLoRA at 1,024 tokens: with room to spare (40 GiB, nothing recomputes) the plan dequantizes each
+    layer's NF4 experts as one stack, and counts the stack's scratch (128 experts' gate_up, 16-bit) where a chunk's
+    was counted; at 24 GiB, where layers recompute, it keeps the chunks (the run's side: test_moe_parity's NF4
+    test)."""
+    from engine.core.scratch import experts_per_chunk
+    from engine.memory.estimate import estimate
+    from engine.memory.offload import plan
+
+    arch = Arch.from_config(QWEN3_30B_A3B)
+    roomy, tight = plan(arch, "qlora", 1024, 1, 40, 512), plan(arch, "qlora", 1024, 1, 24, 512)
+    assert roomy.checkpointed == 0 and roomy.expert_stack and "experts dequantized at once" in roomy.describe()
+    assert tight.checkpointed > 0 and not tight.expert_stack
+    per_expert = 2 * 768 * 2048 * 2  # one expert's gate_up, 16-bit
+    kw = {**roomy.estimate_kw(), "checkpointed_layers": 0}
+    whole, chunked = (
+        estimate(arch, "qlora", 1024, 1, **kw),
+        estimate(arch, "qlora", 1024, 1, **kw | {"expert_stack": False}),
+    )
+    assert whole.parts_gib["dequant"] - chunked.parts_gib["dequant"] == pytest.approx(
+        (128 - experts_per_chunk(per_expert)) * per_expert / GIB,
+        abs=2e-3,  # parts are rounded
+    )

@@ -289,6 +289,7 @@ def estimate(
     processes: int = 1,
     master_fp32: bool = False,
     experts_nf4: bool | None = None,
+    expert_stack: bool = False,
     train_router: bool = False,
     graph_shapes: int = 0,
     layer_graphs: bool = False,
@@ -332,8 +333,10 @@ def estimate(
 
     `experts_nf4` says whether the run keeps a mixture-of-experts model's fused expert weights NF4 (the plan decides it
     with `nf4_experts`, the rule the run loads them by); None takes QLoRA with the fused loss for the GPU's fast path.
-    NF4 experts are dequantized a chunk of experts at a time into one scratch buffer (engine.patching.moe); a
-    streamed layer's slot may hold some of them alone, with their scales gathered in fp32 (`active_scale_bytes`).
+    NF4 experts are dequantized a chunk of experts at a time into one scratch buffer (engine.patching.moe), a layer's
+    whole stack at once with `expert_stack` (a plan with room for it: one dequantization and one grouped launch per
+    product instead of a chunk's each, which the host issues one after another); a streamed layer's slot may hold
+    some of them alone, with their scales gathered in fp32 (`active_scale_bytes`).
     `train_router` (the job's) trains the routers: LoRA trains a 16-bit copy of each (PEFT's modules_to_save; the
     frozen original stays), with its 16-bit gradient and optimizer states; full fine-tuning freezes them without it."""
     tokens = seq * batch
@@ -349,7 +352,7 @@ def estimate(
         # experts into one chunk's buffer of their own
         dequant = (1 if fused_loss else 2) * arch.largest_linear * 2
         if experts_nf4 and arch.moe_layers:
-            dequant += expert_chunk_bytes(arch)
+            dequant += expert_chunk_bytes(arch, expert_stack)
         dequant += dense_layers * dense_copy_bytes(arch)
         if experts_nf4 and any(arch.layer_is_moe(i) for i in spread(streamed_layers, arch.layers)):
             dequant += ring_slots * active_scale_bytes(arch)  # each slot's compact experts' fp32 scales
@@ -480,11 +483,11 @@ def dense_copy_bytes(arch: Arch) -> float:
     return arch.linear_params / arch.layers * 2
 
 
-def expert_chunk_bytes(arch: Arch) -> int:
+def expert_chunk_bytes(arch: Arch, whole: bool = False) -> int:
     """The scratch buffer NF4 experts are dequantized into: a chunk of experts' gate_up tensors, 16-bit
-    (engine.core.scratch, as engine.patching.moe sizes it)."""
+    (engine.core.scratch, as engine.patching.moe sizes it), or all of a layer's (`whole`)."""
     per_expert = 2 * arch.expert_intermediate * arch.hidden * 2
-    return experts_per_chunk(per_expert) * per_expert
+    return (arch.experts if whole else experts_per_chunk(per_expert)) * per_expert
 
 
 def active_scale_bytes(arch: Arch) -> int:

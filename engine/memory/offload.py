@@ -100,6 +100,7 @@ class Plan:
     keep_dequantized: bool = False  # a QLoRA recompute keeps gate and up's dequantized weights for its backward
     master_fp32: bool = False  # sharded full fine-tuning in fp16: fp32 shards, computing in fp16 (estimate's doc)
     experts_nf4: bool = False  # a mixture-of-experts model's fused experts are stored NF4 (estimate.nf4_experts)
+    expert_stack: bool = False  # NF4 experts dequantized a layer's whole stack at once, not a chunk at a time
     fused_loss: bool = True  # the loss is the fast path's chunked cross-entropy (one chunk of logits at a time)
     # padding-free shapes (buckets, engine.data.batching.plan_buckets) whose CUDA graphs the run holds at once, each
     # counted at `graph_tokens` (the largest micro-batch); `layer_graphs`: nothing recomputes and every layer's
@@ -126,6 +127,7 @@ class Plan:
             keep_dequantized=self.keep_dequantized,
             master_fp32=self.master_fp32,
             experts_nf4=self.experts_nf4,
+            expert_stack=self.expert_stack,
             graph_shapes=self.shapes,
             layer_graphs=self.layer_graphs,
             graph_tokens=self.graph_tokens or None,
@@ -151,6 +153,8 @@ class Plan:
             parts.append("paged optimizer states in host RAM")
         if self.dense_layers:
             parts.append(f"16-bit copies of {self.dense_layers} layers' 4-bit weights (no per-step dequantization)")
+        if self.expert_stack:
+            parts.append("each layer's 4-bit experts dequantized at once (one launch a product)")
         if self.grads_released:
             parts.append("each weight updated in the backward as its gradient completes (no gradient buffer)")
         if self.graphs:
@@ -180,6 +184,7 @@ class Plan:
             mlp_tile=self.mlp_tile,
             optimizer_in_host=self.optimizer_in_host,
             dense_layers=self.dense_layers,
+            experts_dequantized_whole=self.expert_stack,
             grads_released=self.grads_released,
             cuda_graphs=self.graphs,
             cuda_graph_shapes=self.shapes,  # padding-free batch shapes whose graphs the run holds (and buckets)
@@ -349,10 +354,15 @@ def _plan(
         if method != "qlora" or not fused_loss:
             return made(0, e)
         per_layer = dense_copy_bytes(arch) / GIB
+        # NF4 experts dequantized a whole layer at a time where that fits (the host issues a chunk's launches one
+        # after another: 29 chunks a product took 67% of a 12-layer Qwen3-30B-A3B step, bench/README.md)
+        stack = arch.moe_layers > 0 and estimate_kw["experts_nf4"]
+        stack = stack and est(checkpointed_layers=0, expert_stack=True).peak_vram_gib <= cap
         # the graphs of as many shapes as fit come first (`held_shapes` then holds as many), the copies after them
-        e = most_shapes(checkpointed_layers=0)
+        e = most_shapes(checkpointed_layers=0, expert_stack=stack)
         dense = min(layers, math.floor((cap - e.peak_vram_gib) * DENSE_SHARE / per_layer))
-        return dataclasses.replace(made(0, est(checkpointed_layers=0, dense_layers=dense)), dense_layers=dense)
+        e = est(checkpointed_layers=0, dense_layers=dense, expert_stack=stack)
+        return dataclasses.replace(made(0, e), dense_layers=dense, expert_stack=stack)
     if not host_offload:
         # a budget means checkpointing is on (None above otherwise): the rule below decides how many layers recompute
         kw = dict(loss_chunk=chunk, **{k: v for k, v in estimate_kw.items() if k != "checkpointing"})

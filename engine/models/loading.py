@@ -455,6 +455,10 @@ def prepare_for_training(model, spec, log=print, memory=None, compute: Placement
             # MoE experts (fused 3-D tensors, which bitsandbytes leaves 16-bit) that did not load NF4 (load_planned)
             quantize_experts(model, log)
     model.memory_plan = memory  # engine.training.sft reads grads_released
+    if memory is not None and memory.expert_stack:  # engine.patching.moe dequantizes a layer's experts at once
+        for module in model.modules():
+            if hasattr(module, "nf4_states"):
+                module.whole_stack = True
     if memory is not None and memory.dense_layers and on_gpu and fused_loss:
         keep_dense(model, memory.dense_layers, log)
     if memory is not None and memory.active and on_gpu:

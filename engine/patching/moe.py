@@ -82,7 +82,9 @@ def _project(module, name: str, x, offsets, expert, grouped_mm, factors):
         from kernels.nf4_grouped_mm import nf4_grouped_mm
 
         packed, state, shape = stored if stored is not None else (packed, *module.nf4_states[name])
-        chunk = experts_per_chunk(shape[1] * shape[2] * x.element_size())
+        # a layer's whole stack where the plan has room for it (engine.memory.offload, Plan.expert_stack)
+        whole = getattr(module, "whole_stack", False)
+        chunk = shape[0] if whole else experts_per_chunk(shape[1] * shape[2] * x.element_size())
         y = nf4_grouped_mm(x, packed, state, shape, base_offsets, transposed, chunk)
         lora = factors.get(name) if factors is not None else None
     else:

@@ -55,8 +55,10 @@ def test_nf4_grouped_mm_matches_reference(counts, shape, chunk, dtype, transpose
     assert_close(dx, x.grad, dtype)
 
 
-def test_chunks_are_runs_of_experts_with_rows():
+def test_chunks_are_runs_of_experts_that_start_and_end_with_rows():
     assert _chunks([2, 2, 5, 9, 9, 12], 2) == [(0, 1), (2, 4), (5, 6)]  # experts 1 and 4 have no rows
+    assert _chunks([2, 2, 5, 9, 9, 12], 6) == [(0, 6)]  # one run: the experts without rows inside it too
+    assert _chunks([0, 2, 2, 5, 9, 9, 9], 4) == [(1, 5)]  # none leading or trailing
     assert _chunks([1, 2, 3, 4, 5], 2) == [(0, 2), (2, 4), (4, 5)]
     assert _chunks([0, 0], 4) == []
 
