@@ -29,6 +29,8 @@ list() {
    alpaca QLoRA defaults and --packing 1, identity fp16; profile of the alpaca-sized and packed steps (QLoRA)
 13 a step's micro-batches joined into rows (presets' 2 x 4): identity fp16 and alpaca QLoRA, joined and apart
    (TUNESMITH_JOIN=0); first the GPU tests of e6d26c8 (kernels.rms_norm without dw)
+14 issue 29: the MoE step after f8e7b47 (NF4 experts dequantized a layer at a time): qwen3_30b_a3b_12l QLoRA seq
+   2048 bs 2, project only, and its profile; the MoE GPU tests
 EOF
 }
 
@@ -180,6 +182,16 @@ call13() {  # a step's micro-batches joined into padding-free rows (engine.train
   step 100 env TUNESMITH_JOIN=0 "${run[@]}" --data alpaca
 }
 
+call14() {  # issue 29: f8e7b47 against call 4's 6,707 tokens/s (0.61 s steps, 67% of it the GPU waiting on the host)
+  local args=(--arch "$ID" --mode qlora --seq 2048 --bs 2)
+  keep_models "$ID"
+  step 200 python3 .bench/train_bench.py --impl project --arch "$ID" --make-only
+  step 120 env TUNESMITH_BENCH_BATCH=2 python3 .bench/train_bench.py --impl project "${args[@]}"
+  step 120 python3 bench/profile_step.py --impl project "${args[@]}" --rows 25
+  step 150 python3 -m pytest -m gpu -p no:cacheprovider -q -rfEs tests/test_moe_offload.py \
+    tests/test_moe_expert_fetch.py tests/kernels/test_nf4_grouped_mm.py tests/test_moe_parity.py
+}
+
 call10() {  # issue 22: defaults at 88% of packing's tokens/s per padded token (2026-12-05): host or kernels?
   local prof=(python3 bench/profile_step.py --impl project --arch qwen3_4b --varlen --bs 8 --rows 25)
   keep_models qwen3_4b
@@ -201,7 +213,7 @@ call8() {  # issue 30: decode; bench_*'s --budget bounds their sweeps, not their
 }
 
 n=${1:-}
-if [[ ! $n =~ ^([1-9]|1[0-3])$ ]]; then
+if [[ ! $n =~ ^([1-9]|1[0-4])$ ]]; then
   list
   exit 2
 fi
