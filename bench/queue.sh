@@ -188,6 +188,7 @@ call14() {  # issue 29: f8e7b47 against call 4's 6,707 tokens/s (0.61 s steps, 6
   step 200 python3 .bench/train_bench.py --impl project --arch "$ID" --make-only
   step 120 env TUNESMITH_BENCH_BATCH=2 python3 .bench/train_bench.py --impl project "${args[@]}"
   step 120 python3 bench/profile_step.py --impl project "${args[@]}" --rows 25
+  step 90 python3 bench/bench_grouped_mm.py  # ours against torch._grouped_mm (CUTLASS) at Qwen3-30B-A3B's gate_up
   step 150 python3 -m pytest -m gpu -p no:cacheprovider -q -rfEs tests/test_moe_offload.py \
     tests/test_moe_expert_fetch.py tests/kernels/test_nf4_grouped_mm.py tests/test_moe_parity.py
 }
