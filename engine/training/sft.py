@@ -151,8 +151,10 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     lengths = [len(e.input_ids) for e in examples] if varlen else None
     # a step's micro-batches join into padding-free rows of up to the tokens the memory plan holds for one micro-batch
     # (batch_size examples of max_seq_length): the same gradient in fewer, larger micro-steps, and the steps are what
-    # is evened out. TUNESMITH_JOIN=0 keeps them apart, to measure a run without it on the same machine
-    joins = varlen and spec.grad_accum > 1 and os.environ.get("TUNESMITH_JOIN", "1") != "0"
+    # is evened out. Not under FSDP2 (a sharded model's every forward gathers its weights from all ranks, so each
+    # rank must run as many passes as the others). TUNESMITH_JOIN=0 keeps them apart, to measure a run without it
+    sharded = world is not None and world.sharded
+    joins = varlen and spec.grad_accum > 1 and not sharded and os.environ.get("TUNESMITH_JOIN", "1") != "0"
     cap = spec.batch_size * spec.max_seq_length if joins else 0
     per_step = spec.grad_accum * ranks if joins else 1
     plan = batches_for_epoch(len(examples), spec.batch_size, spec.seed, epoch, lengths, per_step)
