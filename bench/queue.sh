@@ -30,7 +30,8 @@ list() {
 13 a step's micro-batches joined into rows (presets' 2 x 4): identity fp16 and alpaca QLoRA, joined and apart
    (TUNESMITH_JOIN=0); first the GPU tests of e6d26c8 (kernels.rms_norm without dw)
 14 issue 29: the MoE step after f8e7b47 (NF4 experts dequantized a layer at a time): qwen3_30b_a3b_12l QLoRA seq
-   2048 bs 2, project only, and its profile; the MoE GPU tests
+   2048 bs 2, project only, with kernels.grouped_mm and with torch._grouped_mm; grouped kernel tests on both; the MoE
+   GPU tests; the step's profile
 EOF
 }
 
@@ -187,10 +188,14 @@ call14() {  # issue 29: f8e7b47 against call 4's 6,707 tokens/s (0.61 s steps, 6
   keep_models "$ID"
   step 200 python3 .bench/train_bench.py --impl project --arch "$ID" --make-only
   step 120 env TUNESMITH_BENCH_BATCH=2 python3 .bench/train_bench.py --impl project "${args[@]}"
-  step 120 python3 bench/profile_step.py --impl project "${args[@]}" --rows 25
-  step 90 python3 bench/bench_grouped_mm.py  # ours against torch._grouped_mm (CUTLASS) at Qwen3-30B-A3B's gate_up
+  step 120 env TUNESMITH_BENCH_BATCH=2 TUNESMITH_GROUPED_MM=torch python3 .bench/train_bench.py --impl project \
+    "${args[@]}"  # the grouped products through torch._grouped_mm (CUTLASS) instead of kernels.grouped_mm
+  step 90 python3 bench/bench_grouped_mm.py  # ours against torch._grouped_mm at Qwen3-30B-A3B's gate_up
+  step 60 env TUNESMITH_GROUPED_MM=torch python3 -m pytest -p no:cacheprovider -q -rfEs \
+    tests/kernels/test_grouped_mm.py tests/kernels/test_nf4_grouped_mm.py
   step 150 python3 -m pytest -m gpu -p no:cacheprovider -q -rfEs tests/test_moe_offload.py \
     tests/test_moe_expert_fetch.py tests/kernels/test_nf4_grouped_mm.py tests/test_moe_parity.py
+  step 100 python3 bench/profile_step.py --impl project "${args[@]}" --rows 25
 }
 
 call10() {  # issue 22: defaults at 88% of packing's tokens/s per padded token (2026-12-05): host or kernels?

@@ -19,6 +19,8 @@ Bytes moved: forward reads x once per column tile and w once per row tile and wr
 F.linear moves the same bytes but launches 2G kernels and gathers each group's rows into a new tensor first.
 """
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -150,6 +152,22 @@ class GroupedMMFunction(torch.autograd.Function):
         return dx, dw, None
 
 
+def cutlass(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether PyTorch's CUTLASS grouped product (torch._grouped_mm) runs x @ w[g] instead of the Triton kernel: only
+    when asked (TUNESMITH_GROUPED_MM=torch, until it is measured faster and correct here), on a CUDA GPU of compute 9.0
+    or newer, in bf16, with 16-byte aligned rows (K and N multiples of 8)."""
+    return (
+        os.environ.get("TUNESMITH_GROUPED_MM") == "torch"
+        and dispatch.backend() == "triton"  # the fast path's (a forced reference stays the reference)
+        and hasattr(torch, "_grouped_mm")
+        and x.is_cuda
+        and x.dtype == w.dtype == torch.bfloat16
+        and torch.cuda.get_device_capability(x.device) >= (9, 0)
+        and x.shape[1] % 8 == 0
+        and w.shape[2] % 8 == 0
+    )
+
+
 def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """y[s_g:e_g] = x[s_g:e_g] @ w[g] for rows sorted by group, differentiable in x and w.
 
@@ -162,6 +180,8 @@ def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch
         raise ValueError(f"x {tuple(x.shape)}, w {tuple(w.shape)}, offsets {tuple(offsets.shape)} do not fit")
     if x.dtype != w.dtype:
         raise ValueError(f"x is {x.dtype} and w is {w.dtype}")
+    if cutlass(x, w):
+        return torch._grouped_mm(x, w, offs=offsets.to(torch.int32))  # differentiable in both
     if dispatch.use_triton(x, w):
         return GroupedMMFunction.apply(x, w, offsets.to(torch.int32))
     return grouped_mm_reference(x, w, offsets)

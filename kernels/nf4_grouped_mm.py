@@ -20,7 +20,7 @@ the chunk's 16-bit weights written and read once (2n + 2n), x and y as in kernel
 import torch
 
 from kernels import dispatch
-from kernels.grouped_mm import grouped_mm_fwd, grouped_mm_reference
+from kernels.grouped_mm import cutlass, grouped_mm_fwd, grouped_mm_reference
 from kernels.nf4 import _offset, nf4_dequantize, nf4_dequantize_reference, state_args
 
 
@@ -94,7 +94,9 @@ def _product(x, packed, quant_state, shape, offsets, transposed: bool, chunk: in
         row0 = ends[g - 1] if g else 0
         rows = slice(row0, ends[end - 1])
         local = (offsets[g:end] - row0).to(torch.int32)
-        if triton:
+        if cutlass(x, w):
+            y[rows] = torch._grouped_mm(x[rows], w, offs=local)
+        elif triton:
             grouped_mm_fwd(x[rows], w, local, out=y[rows])
         else:
             y[rows] = grouped_mm_reference(x[rows], w, local)
