@@ -8,9 +8,11 @@ multiple of the blocksize. The forward and the backward (dx = dy @ W_g^T; the we
 walk the experts that have rows in chunks of at most `chunk` consecutive experts, dequantize a chunk into one scratch
 buffer (kernels.nf4) and run the grouped product (kernels.grouped_mm) on the
 chunk's rows. The layer's whole 16-bit stack never exists: for Qwen3-30B-A3B's gate_up a chunk of 10 experts is 60
-MiB against 768 MiB, and experts no row went to are not dequantized at all. The cost: the group ends are read on the
-host once per call (the chunks' row ranges), so the op cannot be captured in a CUDA graph (mixture-of-experts layers
-are not: engine.patching.graphs), and a chunk is one dequantization and one grouped launch.
+MiB against 768 MiB, and a chunk never starts or ends at an expert no row went to. The cost: the group ends are read
+on the host once per call (the chunks' row ranges), so the op cannot be captured in a CUDA graph (mixture-of-experts
+layers are not: engine.patching.graphs), and a chunk is one dequantization and one grouped launch. Where the memory
+plan has room (engine.memory.offload, Plan.expert_stack) the chunk is the whole stack: one dequantization, one grouped
+launch and no host read.
 
 Numerics: the dequantized values are bit-exact with bitsandbytes' (kernels.nf4), rounded once to x's dtype; the
 products are kernels.grouped_mm's (fp32 accumulation). Bytes moved: the packed weights once per pass (n/2 + n/64),
@@ -67,9 +69,11 @@ def _product(x, packed, quant_state, shape, offsets, transposed: bool, chunk: in
     """y = x @ W_g row group by row group (`backward`: dy @ W_g^T), dequantizing a chunk of experts at a time."""
     groups, a, b = shape
     per_expert, blocksize = a * b, quant_state.blocksize
-    ends = offsets.tolist()
-    # an expert that starts inside a quantization block cannot be dequantized alone: then one chunk of them all
-    runs = _chunks(ends, chunk) if per_expert % blocksize == 0 else [(0, groups)] if x.shape[0] else []
+    # an expert that starts inside a quantization block cannot be dequantized alone: then one chunk of them all; one
+    # chunk of them all reads no group ends on the host (that read waits for the GPU to finish all it was given)
+    whole = chunk >= groups or per_expert % blocksize != 0
+    ends = None if whole else offsets.tolist()
+    runs = ([(0, groups)] if x.shape[0] else []) if whole else _chunks(ends, chunk)
     stored_n = b if transposed else a  # [G, K, N] when transposed, else [G, N, K]
     n_out = (a if transposed else b) if backward else stored_n
     y = x.new_empty(x.shape[0], n_out)
@@ -92,8 +96,8 @@ def _product(x, packed, quant_state, shape, offsets, transposed: bool, chunk: in
         if backward:
             w = w.transpose(1, 2)
         row0 = ends[g - 1] if g else 0
-        rows = slice(row0, ends[end - 1])
-        local = (offsets[g:end] - row0).to(torch.int32)
+        rows = slice(row0, x.shape[0] if whole else ends[end - 1])
+        local = offsets if whole else (offsets[g:end] - row0).to(torch.int32)
         if cutlass(x, w):
             y[rows] = torch._grouped_mm(x[rows], w, offs=local)
         elif triton:
