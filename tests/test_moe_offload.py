@@ -27,7 +27,7 @@ ADAPTERS = 48 * 16 * (2 * (2048 + 4096) + 2 * (2048 + 512)) + 48 * 128 * 16 * ((
 
 def test_qwen3_30b_a3b_qlora_full_depth_fits_8_gib_with_the_host_ram_it_states(capsys):
     """`python -m engine estimate --model Qwen/Qwen3-30B-A3B --method qlora --vram 8`: the 8 GB tier's 1024 tokens,
-    every layer's NF4 weights (attention and experts) streamed through three slots, the adapters' 8-bit states paged
+    every layer's NF4 weights (attention and experts) streamed through two slots, the adapters' 8-bit states paged
     to host RAM. Each part of the peak by hand from the architecture's numbers."""
     from engine.__main__ import main
 
@@ -42,17 +42,19 @@ def test_qwen3_30b_a3b_qlora_full_depth_fits_8_gib_with_the_host_ram_it_states(c
 
     tokens, per_layer = 1024, (ATTENTION + EXPERTS) / 48 * 0.5  # one layer's packed 4-bit bytes
     parts = dict(
-        # NF4 attention and experts (their scales stay), less what streams, plus 3 slots; the head in 16 bits (the
+        # NF4 attention and experts (their scales stay), less what streams, plus 2 slots; the head in 16 bits (the
         # input embedding is in host RAM), norms, routers
-        weights=(ATTENTION + EXPERTS) * NF4_BYTES - 48 * per_layer + 3 * per_layer + (EMBEDDINGS / 2 + OTHER) * 2,
+        weights=(ATTENTION + EXPERTS) * NF4_BYTES - 48 * per_layer + 2 * per_layer + (EMBEDDINGS / 2 + OTHER) * 2,
         trainable=ADAPTERS * (4 + 4),  # fp32 adapters and their gradients; the 8-bit states are in host RAM
-        # two offloaded layer inputs on the GPU, one layer rebuilt: tokens x (h 1.3 + attention 12 + MLP 8 per unit)
-        activations=2 * tokens * 2048 * 2 + tokens * (1.3 * 2048 + 12.0 * (32 + 8) * 128 + 8.0 * 8 * 768),
+        # two offloaded layer inputs on the GPU, one layer rebuilt: tokens x (h 1.3 + attention 12 + MLP 8 per unit,
+        # and the grouped path's gathered rows and expert outputs, 2 bf16 rows of hidden per routed row)
+        activations=2 * tokens * 2048 * 2
+        + tokens * (1.3 * 2048 + 12.0 * (32 + 8) * 128 + 8.0 * 8 * 768 + 4 * 8 * 2048),
         loss=1024 * 151936 * 2 + tokens * 2048 * 4,  # one 1024-token chunk of bf16 logits, fp32 dh
         # the largest attention weight in 16 bits, one chunk of 10 experts' gate_up (6 MiB each in 16 bits), and in
-        # each of the 3 slots the fp32 scales of the 64 experts a layer fetches alone at most (engine.memory.
+        # each of the 2 slots the fp32 scales of the 64 experts a layer fetches alone at most (engine.memory.
         # expert_fetch: one a block of 64 weights)
-        dequant=2048 * 4096 * 2 + 10 * 1536 * 2048 * 2 + 3 * 64 * 3 * 2048 * 768 // 64 * 4,
+        dequant=2048 * 4096 * 2 + 10 * 1536 * 2048 * 2 + 2 * 64 * 3 * 2048 * 768 // 64 * 4,
         fixed=0.05 * GIB,
     )
     parts["fragmentation"] = FRAGMENTATION * sum(parts.values())

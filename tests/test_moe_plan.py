@@ -37,8 +37,9 @@ def test_a_gpu_run_without_checkpointing_plans_the_nf4_experts_it_loads(monkeypa
     assert parts(arch, job, gpu)["weights"] == pytest.approx(
         ((ATTENTION + EXPERTS) * NF4_BYTES + (EMBEDDINGS + OTHER) * 2) / GIB, abs=1e-3
     )
-    # every layer's activations at 1024 tokens: tokens x (h 1.3 + attention 12 + MLP 8 per unit of width)
-    layer = 1024 * (1.3 * 2048 + 12.0 * (32 + 8) * 128 + 8.0 * 8 * 768)
+    # every layer's activations at 1024 tokens: tokens x (h 1.3 + attention 12 + MLP 8 per unit of width, and the
+    # grouped path's 2 bf16 rows of hidden per routed row: 4 x top-8 x 2048)
+    layer = 1024 * (1.3 * 2048 + 12.0 * (32 + 8) * 128 + 8.0 * 8 * 768 + 4 * 8 * 2048)
     assert parts(arch, job, gpu)["activations"] == pytest.approx(48 * layer / GIB, abs=1e-3)
     # on the CPU (plain transformers + PEFT) the experts stay 16-bit
     assert parts(arch, job, cpu)["weights"] == pytest.approx(

@@ -496,10 +496,20 @@ def active_scale_bytes(arch: Arch) -> int:
     return math.floor(ACTIVE_SHARE * arch.experts) * 3 * arch.hidden * arch.expert_intermediate // 64 * 4
 
 
+# A mixture-of-experts layer's grouped path (engine.patching.moe) also keeps two 16-bit [tokens x top-k, hidden]
+# tensors per layer: the rows gathered for the experts (the adapters' product saves them) and the experts' outputs
+# (saved for the routing weights' gradient): 4 bytes per token per routed row per unit of hidden. Read from the code;
+# without it the plan of qwen3_30b_a3b_12l QLoRA at 4,096 tokens said 13.70 GiB against 16.38 GiB allocated on the
+# H100 (bench/README.md, "Joined micro-batches, alpaca side by side and the MoE step on the H100").
+MOE_ROW_BYTES = 4
+
+
 def layer_activation_bytes(arch: Arch, tokens: int, mlp_tile: int | None = None) -> float:
     """Bytes one decoder layer keeps for its backward when it is not checkpointed; with `mlp_tile`, the MLP's
     intermediate activations exist for one tile of tokens at a time (engine.patching's tiled MLP)."""
     width = COEF["layer_h"] * arch.hidden + COEF["layer_a"] * arch.attention_width
+    if arch.moe_layers:
+        width += MOE_ROW_BYTES * arch.experts_per_token * arch.hidden
     return tokens * width + min(tokens, mlp_tile or tokens) * COEF["layer_i"] * arch.mlp_width
 
 
