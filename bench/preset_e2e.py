@@ -59,6 +59,8 @@ def main():
     print(p.stdout[-3000:], p.stderr[-3000:], flush=True)
     run = sorted(d for d in (ROOT / "runs").iterdir() if d.name.endswith("e2e"))[-1]
     recs = [json.loads(line) for line in open(run / "metrics.jsonl") if '"step"' in line and '"loss"' in line]
+    if len(recs) < 2:
+        sys.exit(f"the run ({run}) ended with {p.returncode} after {len(recs)} steps")
     steady_s, steady_steps = e2e_bench.steady([r["time"] for r in recs])
     result = dict(
         rc=p.returncode, steps=len(recs), steady_s=round(steady_s, 2), steady_steps=steady_steps,

@@ -152,6 +152,18 @@ class GroupedMMFunction(torch.autograd.Function):
         return dx, dw, None
 
 
+class ContiguousGradient(torch.autograd.Function):
+    """The identity, whose backward hands on a contiguous gradient (torch._grouped_mm's backward refuses others)."""
+
+    @staticmethod
+    def forward(ctx, y):
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx, dy):
+        return dy.contiguous()
+
+
 def cutlass(x: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether PyTorch's CUTLASS grouped product (torch._grouped_mm) runs x @ w[g] instead of the Triton kernel: only
     when asked (TUNESMITH_GROUPED_MM=torch, until it is measured faster and correct here), on a CUDA GPU of compute 9.0
@@ -180,8 +192,8 @@ def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch
         raise ValueError(f"x {tuple(x.shape)}, w {tuple(w.shape)}, offsets {tuple(offsets.shape)} do not fit")
     if x.dtype != w.dtype:
         raise ValueError(f"x is {x.dtype} and w is {w.dtype}")
-    if cutlass(x, w):
-        return torch._grouped_mm(x, w, offs=offsets.to(torch.int32))  # differentiable in both
+    if cutlass(x, w):  # differentiable in both; its backward takes only a contiguous gradient
+        return ContiguousGradient.apply(torch._grouped_mm(x, w, offs=offsets.to(torch.int32)))
     if dispatch.use_triton(x, w):
         return GroupedMMFunction.apply(x, w, offsets.to(torch.int32))
     return grouped_mm_reference(x, w, offsets)

@@ -97,7 +97,7 @@ def _product(x, packed, quant_state, shape, offsets, transposed: bool, chunk: in
             w = w.transpose(1, 2)
         row0 = ends[g - 1] if g else 0
         rows = slice(row0, x.shape[0] if whole else ends[end - 1])
-        local = offsets if whole else (offsets[g:end] - row0).to(torch.int32)
+        local = (offsets if whole else offsets[g:end] - row0).to(torch.int32)
         if cutlass(x, w):
             y[rows] = torch._grouped_mm(x[rows], w, offs=local)
         elif triton:

@@ -496,3 +496,7 @@ def test_a_run_joins_each_steps_micro_batches(tiny_qwen3, runs, tmp_path, monkey
     assert 2 <= joined < 8 and f"planned for the run's {joined} rows" in text  # ~45 tokens an example here
     assert [m["step"] for m in status.metrics if "loss" in m] == [1, 2]
     assert all(math.isfinite(m["loss"]) for m in status.metrics if "loss" in m)
+    # the checkpoint says how the epoch's micro-batches were evened out (in steps of 4), so a resume that does not
+    # join (TUNESMITH_JOIN=0, another number of GPUs) makes the same ones for the rest of the epoch
+    state = json.loads((status.run_dir / "checkpoints" / "step-000002" / "state.json").read_text())
+    assert state == {"step": 2, "epoch": 0, "micro_in_epoch": 8, "evened_by": 4}

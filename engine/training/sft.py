@@ -122,6 +122,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         else torch.autocast("cpu", enabled=False)
     )
     step, epoch, micro = 0, 0, 0
+    evened_by = None  # the resumed epoch's micro-batches per evened-out unit (its plan is made again the same way)
     ckpt = latest_checkpoint(run_dir) if resume else None
     if resume and ckpt is None:
         log("resume: no checkpoint yet, starting from step 0")
@@ -129,6 +130,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         restore = distributed.restore_sharded if world is not None and world.sharded else None
         state = load_checkpoint(ckpt, model, opt, sched, log, restore)
         step, epoch, micro = state["step"], state["epoch"], state["micro_in_epoch"]
+        evened_by = state.get("evened_by", 1)  # checkpoints before joined steps evened out micro-batches
         runlog.metric(event="resume", step=step)
     model.train()
     if world is not None and not world.sharded:
@@ -157,7 +159,10 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     joins = varlen and spec.grad_accum > 1 and not sharded and os.environ.get("TUNESMITH_JOIN", "1") != "0"
     cap = spec.batch_size * spec.max_seq_length if joins else 0
     per_step = spec.grad_accum * ranks if joins else 1
-    plan = batches_for_epoch(len(examples), spec.batch_size, spec.seed, epoch, lengths, per_step)
+    # a resumed epoch keeps the micro-batches it started with, though joining may be decided otherwise now (another
+    # number of GPUs, FSDP2, TUNESMITH_JOIN): the later epochs are evened out for this run's steps
+    evened_by = per_step if evened_by is None else evened_by
+    plan = batches_for_epoch(len(examples), spec.batch_size, spec.seed, epoch, lengths, evened_by)
     # the buckets are planned for the run's micro-batches (the first PLANNED of a long run: later epochs are shuffles
     # of the same examples; a micro-batch past the largest planned size gets a fixed size of its own)
     micro_batches = min(total * spec.grad_accum * ranks, PLANNED)  # every rank plans the same, global ones
@@ -227,16 +232,16 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
 
         compiles = CompileWatch()
     while step < total:
-        progress.update(step=step, position=(epoch, micro), updating=False)
+        progress.update(step=step, position=(epoch, micro, evened_by), updating=False)
         if should_stop() if world is None else stopping:
-            save(step, (epoch, micro))
+            save(step, (epoch, micro, evened_by))
             raise Cancelled()
         t0, loss_sum, n_tokens = time.perf_counter(), 0.0, 0
         mine, step_labels = [], 0  # this rank's micro-batches of the step; the step's label tokens on every rank
         for _ in range(spec.grad_accum):
             for r in range(ranks):  # the global sequence of micro-batches; this rank trains on every ranks-th one
                 if micro >= len(plan):
-                    epoch, micro = epoch + 1, 0
+                    epoch, micro, evened_by = epoch + 1, 0, per_step
                     plan = batches_for_epoch(len(examples), spec.batch_size, spec.seed, epoch, lengths, per_step)
                 if r == rank:
                     mine.append(plan[micro])
@@ -245,12 +250,15 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
                 micro += 1
         rows = join(mine, lengths, cap) if joins else mine
         for k, row in enumerate(rows):
+            # the step's loss is the mean over all its label tokens, as transformers' Trainer takes it: each row's
+            # mean weighed by its share of them (times the ranks, whose gradients are averaged). A row without any
+            # adds nothing (its mean would be 0/0); with several ranks it still runs, for the gradients they average
+            share = ranks * sum(labelled(i) for i in row) / max(step_labels, 1)
+            if not share and world is None:
+                continue
             batch = make_batch([examples[i] for i in row])
             if world is not None:
                 distributed.accumulating(model, world, k == len(rows) - 1)
-            # the step's loss is the mean over all its label tokens, as transformers' Trainer takes it: each row's
-            # mean weighed by its share of them (times the ranks, whose gradients are averaged)
-            share = ranks * sum(labelled(i) for i in row) / max(step_labels, 1)
             with autocast:
                 loss = model(**batch).loss * share
             (scaler.scale(loss) if scaler else loss).backward()
@@ -311,7 +319,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         runlog.progress(step)
         every = spec.save_every and step % spec.save_every == 0
         if step < total and (every or 0 < spec.save_every_minutes <= (time.monotonic() - last_save) / 60):
-            save(step, (epoch, micro))
+            save(step, (epoch, micro, evened_by))
             last_save = time.monotonic()
     if len(step_times) > 1:  # kernel compilation, autotuning and CUDA graph captures happen in the first steps
         later = sorted(step_times[1:])[len(step_times[1:]) // 2]
@@ -319,7 +327,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         why = f"; the first step's extra {extra:.2f} s is compilation, autotuning and CUDA graph capture"
         log(f"timing: first step {step_times[0]:.2f} s, later steps {later:.3f} s (median){why if extra > 0 else ''}")
     saving = time.perf_counter()
-    save(step, (epoch, micro))
+    save(step, (epoch, micro, evened_by))
     if rank != 0:
         return
     final = run_dir / ("model" if spec.method == "full" else "adapter")

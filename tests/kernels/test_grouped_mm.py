@@ -61,3 +61,27 @@ def test_grouped_mm_reference_is_a_loop_of_matmuls():
 def test_grouped_mm_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="do not fit"):
         grouped_mm(torch.ones(4, 3), torch.ones(2, 5, 6), torch.tensor([2, 4]))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA or torch.cuda.get_device_capability() < (9, 0), reason="needs a GPU of compute 9.0+")
+def test_cutlass_grouped_mm_on_request_matches_reference(monkeypatch):
+    """TUNESMITH_GROUPED_MM=torch: torch._grouped_mm (bf16) against the reference, both gradients, with the upstream
+    gradient of a sum (an expanded, non-contiguous one, which its backward refuses without ContiguousGradient)."""
+    from kernels.grouped_mm import cutlass
+
+    monkeypatch.setenv("TUNESMITH_GROUPED_MM", "torch")
+    counts, k, n = [40, 0, 7, 81], 64, 128
+    offsets = torch.tensor(counts, device=DEVICE).cumsum(0).to(torch.int32)
+    x = torch.randn(sum(counts), k, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
+    stored = (torch.randn(len(counts), n, k, device=DEVICE) / k**0.5).to(torch.bfloat16).requires_grad_()
+    assert cutlass(x, stored.transpose(1, 2))
+    results = []
+    for backend in ("triton", "reference"):
+        with dispatch.force(backend):
+            grouped_mm(x, stored.transpose(1, 2), offsets).float().sum().backward()
+        results.append((x.grad, stored.grad))
+        x.grad = stored.grad = None
+    (dx, dw), (dx_ref, dw_ref) = results
+    assert_close(dx, dx_ref, torch.bfloat16)
+    assert_close(dw, dw_ref, torch.bfloat16, summed=max(counts))
