@@ -511,20 +511,3 @@ def layer_activation_bytes(arch: Arch, tokens: int, mlp_tile: int | None = None)
     if arch.moe_layers:
         width += MOE_ROW_BYTES * arch.experts_per_token * arch.hidden
     return tokens * width + min(tokens, mlp_tile or tokens) * COEF["layer_i"] * arch.mlp_width
-
-
-def size_class(params: int) -> str:
-    """The preset size class of a model with `params` parameters."""
-    b = params / 1e9
-    for name, upper in (
-        ("0.5b", 0.9),
-        ("1-2b", 2.8),
-        ("3-4b", 5.0),
-        ("7-8b", 10.0),
-        ("12-14b", 16.0),
-        ("24-32b", 36.0),
-        ("70b", math.inf),
-    ):
-        if b <= upper:
-            return name
-    raise AssertionError("unreachable")

@@ -5,6 +5,7 @@ fast on an N GB card, or "does not fit" with the reason. Values only, validated 
 """
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from engine.core.errors import UserError
-from engine.memory.estimate import ESTIMATE_SLACK, Arch, estimate, size_class
+from engine.memory.estimate import ESTIMATE_SLACK, Arch, estimate
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "presets"
 TIERS = (6, 8, 12, 16, 24, 48, 80)
@@ -132,6 +133,23 @@ def from_plan(plan, base: "Preset | None", spec) -> Preset:
         spec.batch_size, accum, spec.max_seq_length, spec.lora_r, spec.lora_alpha, plan.checkpointed > 0, kind,
         "adamw_8bit", lr, base.lr_schedule if base else "linear", base.warmup_steps if base else 5,
     )  # fmt: skip
+
+
+def size_class(params: int) -> str:
+    """The preset size class of a model with `params` parameters."""
+    b = params / 1e9
+    for name, upper in (
+        ("0.5b", 0.9),
+        ("1-2b", 2.8),
+        ("3-4b", 5.0),
+        ("7-8b", 10.0),
+        ("12-14b", 16.0),
+        ("24-32b", 36.0),
+        ("70b", math.inf),
+    ):
+        if b <= upper:
+            return name
+    raise AssertionError("unreachable")
 
 
 def preset_for(tier: int, params: int, method: str):
