@@ -354,8 +354,9 @@ def _plan(
         if method != "qlora" or not fused_loss:
             return made(0, e)
         per_layer = dense_copy_bytes(arch) / GIB
-        # NF4 experts dequantized a whole layer at a time where that fits (the host issues a chunk's launches one
-        # after another: 29 chunks a product took 67% of a 12-layer Qwen3-30B-A3B step, bench/README.md)
+        # NF4 experts dequantized a whole layer at a time where that fits: the host issues a chunk's launches one
+        # after another, and with chunks of at most 10 experts (29 a product) the GPU waited on the host 67% of a
+        # 12-layer Qwen3-30B-A3B QLoRA step on the H100 (bench/README.md)
         stack = arch.moe_layers > 0 and estimate_kw["experts_nf4"]
         stack = stack and est(checkpointed_layers=0, expert_stack=True).peak_vram_gib <= cap
         # the graphs of as many shapes as fit come first (`held_shapes` then holds as many), the copies after them

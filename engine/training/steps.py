@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from engine.core.files import new_folder, write_json
+from engine.data.batching import join
 
 # optimizer, scheduler and rng are each a .safetensors + .json pair (engine.core.statefile): no checkpoint file is a
 # pickle
@@ -52,8 +53,9 @@ def batches_for_epoch(
     return batches
 
 
-# The widest unit `batches_for_epoch` evens out whole: 100,000 Alpaca-like examples took 2.0 s and 467 MB in units of
-# 256 against 0.3 s and 60 MB in units of 8 (2-core CPU); it runs at the start and at every epoch's start.
+# The widest unit `batches_for_epoch` evens out whole: an epoch of 100,000 Alpaca-like examples took 2.6 s and 468 MB
+# peak RSS in units of 256 against 0.37 s and 58 MB in units of 8 (`python3 bench/even_width.py 8 32` and `8 1`, the
+# 2-core CPU); it runs at the start and at every epoch's start.
 EVEN_WIDEST = 256
 # At most this many rounds of swaps in `even_out`, which stops earlier after QUIET_ROUNDS rounds in a row without one
 # (an epoch of 100,000 Alpaca-like examples took 0.25 s at batch 8 and 0.5 s at batch 64 on the 2-core CPU).
@@ -124,8 +126,6 @@ def micro_batches_of_run(
 def rows_of_run(run, grad_accum: int, ranks: int, lengths, cap: int) -> list[list[int]]:
     """The padding-free rows `run`'s micro-batches (the global sequence: rank r trains on every ranks-th) make when
     each rank joins its micro-batches of one optimizer step (engine.data.batching.join), every rank's in turn."""
-    from engine.data.batching import join
-
     rows, per_step = [], grad_accum * ranks
     for start in range(0, len(run), per_step):
         step = run[start : start + per_step]
@@ -262,7 +262,8 @@ def save_checkpoint(
             save_state(rng, tmp, "rng")
             # where the data stands: the epoch, its micro-batches done, and how its plan was evened out (sft's joined
             # steps: micro-batches per evened-out unit), so a resume makes the same micro-batches
-            position = dict(epoch=epoch_pos[0], micro_in_epoch=epoch_pos[1], evened_by=(*epoch_pos, 1)[2])
+            evened_by = epoch_pos[2] if len(epoch_pos) > 2 else 1  # the TRL-based objectives give two
+            position = dict(epoch=epoch_pos[0], micro_in_epoch=epoch_pos[1], evened_by=evened_by)
             write_json(tmp / "state.json", dict(step=step, **position))
     except Exception as e:
         err = disk_full_error(e, run_dir, f"saving the checkpoint of step {step}")
