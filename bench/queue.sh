@@ -32,6 +32,10 @@ list() {
 14 issue 29: the MoE step after f8e7b47 (NF4 experts dequantized a layer at a time): qwen3_30b_a3b_12l QLoRA seq
    2048 bs 2, project only, with kernels.grouped_mm and with torch._grouped_mm; grouped kernel tests on both; the MoE
    GPU tests; the step's profile
+15 issue 29: kernels.grouped_mm's tile sizes against torch._grouped_mm, product by product (bench_grouped_mm.py);
+   the step with TUNESMITH_GROUPED_MM=torch after its layout check; then call 5's --vram-gib 8 and 5
+16 issue 29: the MoE step side by side (project, Unsloth, hf) with torch._grouped_mm the default and 16-bit copies
+   of the NF4 experts where the plan has room; the GPU tests of both; the step's profile
 EOF
 }
 
@@ -198,6 +202,30 @@ call14() {  # issue 29: f8e7b47 against call 4's 6,707 tokens/s (0.61 s steps, 6
   step 100 python3 bench/profile_step.py --impl project "${args[@]}" --rows 25
 }
 
+call15() {  # issue 29: call 14 measured 21,787 tokens/s (kernels.grouped_mm's fixed 64x64x32 tiles); torch._grouped_mm
+  # refused a PEFT factor's permuted view there (now left to the Triton kernel)
+  local run=(python3 .bench/train_bench.py --impl project --arch "$ID" --mode qlora)
+  keep_models "$ID"
+  step 200 python3 .bench/train_bench.py --impl project --arch "$ID" --make-only
+  step 200 python3 bench/bench_grouped_mm.py
+  step 120 env TUNESMITH_BENCH_BATCH=2 TUNESMITH_GROUPED_MM=torch "${run[@]}" --seq 2048 --bs 2
+  step 60 python3 -m pytest -m gpu -p no:cacheprovider -q -rfEs tests/kernels/test_grouped_mm.py
+  step 130 env TUNESMITH_BENCH_BATCH=2 "${run[@]}" --seq 2048 --bs 2 --vram-gib 8
+  step 150 env TUNESMITH_BENCH_BATCH=2 "${run[@]}" --seq 2048 --bs 2 --vram-gib 5
+}
+
+call16() {  # issue 29: after call 15 (torch._grouped_mm 28,492 tokens/s against Unsloth's 33,109 of call 4)
+  local run=(python3 .bench/train_bench.py --arch "$ID" --mode qlora --seq 2048 --bs 2)
+  keep_models "$ID"
+  step 200 python3 .bench/train_bench.py --impl project --arch "$ID" --make-only
+  step 120 env TUNESMITH_BENCH_BATCH=2 "${run[@]}" --impl project
+  step 150 "${run[@]}" --impl unsloth --steps 5 --warmup 2
+  step 90 python3 -m pytest -m gpu -p no:cacheprovider -q -rfEs tests/kernels/test_grouped_mm.py \
+    tests/test_moe_offload.py
+  step 100 python3 bench/profile_step.py --impl project --arch "$ID" --mode qlora --seq 2048 --bs 2 --rows 25
+  step 150 "${run[@]}" --impl hf --steps 5 --warmup 2
+}
+
 call10() {  # issue 22: defaults at 88% of packing's tokens/s per padded token (2026-12-05): host or kernels?
   local prof=(python3 bench/profile_step.py --impl project --arch qwen3_4b --varlen --bs 8 --rows 25)
   keep_models qwen3_4b
@@ -219,7 +247,7 @@ call8() {  # issue 30: decode; bench_*'s --budget bounds their sweeps, not their
 }
 
 n=${1:-}
-if [[ ! $n =~ ^([1-9]|1[0-4])$ ]]; then
+if ! declare -F "call$n" > /dev/null; then
   list
   exit 2
 fi

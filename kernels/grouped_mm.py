@@ -20,6 +20,7 @@ F.linear moves the same bytes but launches 2G kernels and gathers each group's r
 """
 
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -28,7 +29,18 @@ import triton.language as tl
 from kernels import dispatch, target
 from kernels.varlen_attention import _dot  # tl.dot with the interpreter's bf16 workaround
 
-BLOCK_M, BLOCK_N, BLOCK_K = 64, 64, 32
+
+class Tiles(NamedTuple):
+    """A launch's tile sizes and pipelining (bench/bench_grouped_mm.py times alternatives on the GPU)."""
+
+    m: int = 64
+    n: int = 64
+    k: int = 32
+    warps: int = 4
+    stages: int = 3
+
+
+TILES = Tiles()
 
 
 def grouped_mm_reference(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -95,44 +107,46 @@ def _precision(x: torch.Tensor) -> str:
     return target.dot_precision(x)
 
 
-def _tiles(offsets: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(group, first row) of every BLOCK_M row tile, -1 past the last one, for cdiv(m, BLOCK_M) + G tiles."""
+def _tiles(offsets: torch.Tensor, m: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(group, first row) of every block_m row tile, -1 past the last one, for cdiv(m, block_m) + G tiles."""
     ends = offsets.long()
     starts = torch.cat([ends.new_zeros(1), ends[:-1]])
-    per_group = (ends - starts + BLOCK_M - 1) // BLOCK_M
+    per_group = (ends - starts + block_m - 1) // block_m
     first_tile = torch.cumsum(per_group, 0) - per_group
-    n_tiles = triton.cdiv(m, BLOCK_M) + offsets.numel()
+    n_tiles = triton.cdiv(m, block_m) + offsets.numel()
     t = torch.arange(n_tiles, device=offsets.device)
     group = torch.searchsorted(first_tile + per_group, t, right=True)
     valid = group < offsets.numel()
     g = group.clamp(max=offsets.numel() - 1)
-    row = starts[g] + (t - first_tile[g]) * BLOCK_M
+    row = starts[g] + (t - first_tile[g]) * block_m
     return torch.where(valid, g, -1).to(torch.int32), row.to(torch.int32)
 
 
-def grouped_mm_fwd(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, out=None) -> torch.Tensor:
+def grouped_mm_fwd(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, out=None, tiles=TILES) -> torch.Tensor:
     """The forward launch; `out`: an [M, N] tensor (any row-major strides) to write y into."""
     m, k = x.shape
     n = w.shape[2]
     y = torch.empty(m, n, dtype=x.dtype, device=x.device) if out is None else out
     if m == 0:
         return y
-    tile_group, tile_row = _tiles(offsets, m)
-    grid = (tile_group.numel(), triton.cdiv(n, BLOCK_N))
+    tile_group, tile_row = _tiles(offsets, m, tiles.m)
+    grid = (tile_group.numel(), triton.cdiv(n, tiles.n))
     _grouped_mm_fwd_kernel[grid](
         x, w, y, tile_group, tile_row, offsets, n, k, *x.stride(), *w.stride(), *y.stride(),
-        PRECISION=_precision(x), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
+        PRECISION=_precision(x), BLOCK_M=tiles.m, BLOCK_N=tiles.n, BLOCK_K=tiles.k,
+        num_warps=tiles.warps, num_stages=tiles.stages,
     )  # fmt: skip
     return y
 
 
-def grouped_mm_dw(x: torch.Tensor, dy: torch.Tensor, offsets: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def grouped_mm_dw(x, dy, offsets: torch.Tensor, dtype: torch.dtype, tiles=TILES) -> torch.Tensor:
     k, n, groups = x.shape[1], dy.shape[1], offsets.numel()
     dw = torch.empty(groups, k, n, dtype=dtype, device=x.device)
-    grid = (groups, triton.cdiv(k, BLOCK_K), triton.cdiv(n, BLOCK_N))
+    grid = (groups, triton.cdiv(k, tiles.k), triton.cdiv(n, tiles.n))
     _grouped_mm_dw_kernel[grid](
         x, dy, dw, offsets, k, n, *x.stride(), *dy.stride(),
-        PRECISION=_precision(x), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
+        PRECISION=_precision(x), BLOCK_M=tiles.m, BLOCK_N=tiles.n, BLOCK_K=tiles.k,
+        num_warps=tiles.warps, num_stages=tiles.stages,
     )  # fmt: skip
     return dw
 
@@ -164,12 +178,24 @@ class ContiguousGradient(torch.autograd.Function):
         return dy.contiguous()
 
 
-def cutlass(x: torch.Tensor, w: torch.Tensor) -> bool:
-    """Whether PyTorch's CUTLASS grouped product (torch._grouped_mm) runs x @ w[g] instead of the Triton kernel: only
-    when asked (TUNESMITH_GROUPED_MM=torch, until it is measured faster and correct here), on a CUDA GPU of compute 9.0
-    or newer, in bf16, with 16-byte aligned rows (K and N multiples of 8)."""
+def _dense_matrices(t: torch.Tensor) -> bool:
+    """Whether each matrix of t (its last two dims) is row- or column-major with 16-byte aligned rows, as
+    torch._grouped_mm requires (a PEFT factor's permuted view is neither)."""
+    rows, cols = t.stride()[-2:]
+    if cols == 1 and rows >= max(1, t.shape[-1]):
+        lead = rows
+    elif rows == 1 and cols >= max(1, t.shape[-2]):
+        lead = cols
+    else:
+        return False
+    return lead * t.element_size() % 16 == 0 and t.data_ptr() % 16 == 0
+
+
+def _cutlass_wanted(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Everything torch._grouped_mm needs but the matrices' layout: a CUDA GPU of compute 9.0 or newer, bf16, K and N
+    multiples of 8, and not turned off (TUNESMITH_GROUPED_MM=triton runs the Triton kernel everywhere)."""
     return (
-        os.environ.get("TUNESMITH_GROUPED_MM") == "torch"
+        os.environ.get("TUNESMITH_GROUPED_MM", "auto") != "triton"
         and dispatch.backend() == "triton"  # the fast path's (a forced reference stays the reference)
         and hasattr(torch, "_grouped_mm")
         and x.is_cuda
@@ -178,6 +204,14 @@ def cutlass(x: torch.Tensor, w: torch.Tensor) -> bool:
         and x.shape[1] % 8 == 0
         and w.shape[2] % 8 == 0
     )
+
+
+def cutlass(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether PyTorch's CUTLASS grouped product (torch._grouped_mm) runs x @ w[g] instead of the Triton kernel:
+    where it can (`_cutlass_wanted`, and matrices it reads). On the H100 it took half the Triton kernel's time at the
+    best of eight tile sizes on Qwen3-30B-A3B's expert products, and a fifth on the LoRA factors' (bench/README.md,
+    "The MoE step"); the step with it ran 28,492 tokens/s against 21,787."""
+    return _cutlass_wanted(x, w) and _dense_matrices(x) and _dense_matrices(w)
 
 
 def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -192,6 +226,8 @@ def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch
         raise ValueError(f"x {tuple(x.shape)}, w {tuple(w.shape)}, offsets {tuple(offsets.shape)} do not fit")
     if x.dtype != w.dtype:
         raise ValueError(f"x is {x.dtype} and w is {w.dtype}")
+    if _cutlass_wanted(x, w) and not _dense_matrices(w) and w.numel() <= x.numel():
+        w = w.contiguous()  # a PEFT factor's permuted view: a copy of the small factor, which CUTLASS then reads
     if cutlass(x, w):  # differentiable in both; its backward takes only a contiguous gradient
         return ContiguousGradient.apply(torch._grouped_mm(x, w, offs=offsets.to(torch.int32)))
     if dispatch.use_triton(x, w):

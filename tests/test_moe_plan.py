@@ -217,3 +217,25 @@ def test_a_card_with_room_dequantizes_each_layers_experts_at_once():
         (128 - experts_per_chunk(per_expert)) * per_expert / GIB,
         abs=2e-3,  # parts are rounded
     )
+
+
+def test_a_card_with_room_keeps_16_bit_copies_of_the_nf4_experts():
+    """Qwen3-30B-A3B at 12 of its 48 layers (what bench/README.md times), QLoRA at 2 x 2,048 tokens: at 78.5 GiB the
+    plan keeps a 16-bit copy of every layer's weights, experts included (1.1 GiB a layer on top of the attention's),
+    and then no stack buffer, since no layer dequantizes its experts; at 24 GiB only as many layers' copies as fit."""
+    from engine.memory.estimate import dense_copy_bytes, estimate
+    from engine.memory.offload import plan
+
+    arch = Arch.from_config({**QWEN3_30B_A3B, "num_hidden_layers": 12})
+    assert dense_copy_bytes(arch, True) - dense_copy_bytes(arch) == 128 * 3 * 2048 * 768 * 2
+    roomy, tight = plan(arch, "qlora", 2048, 2, 78.5), plan(arch, "qlora", 2048, 2, 24)
+    assert roomy.dense_layers == 12 and not roomy.expert_stack
+    assert 0 < tight.dense_layers < 12 and tight.expert_stack
+    kw = {**roomy.estimate_kw(), "checkpointed_layers": 0}
+    with_copies, without = (
+        estimate(arch, "qlora", 2048, 2, **kw),
+        estimate(arch, "qlora", 2048, 2, **kw | {"dense_layers": 0}),
+    )
+    assert with_copies.parts_gib["dequant"] - without.parts_gib["dequant"] == pytest.approx(
+        12 * dense_copy_bytes(arch, True) / GIB, abs=2e-3
+    )

@@ -353,7 +353,7 @@ def estimate(
         dequant = (1 if fused_loss else 2) * arch.largest_linear * 2
         if experts_nf4 and arch.moe_layers:
             dequant += expert_chunk_bytes(arch, expert_stack)
-        dequant += dense_layers * dense_copy_bytes(arch)
+        dequant += dense_layers * dense_copy_bytes(arch, experts_nf4)
         if experts_nf4 and any(arch.layer_is_moe(i) for i in spread(streamed_layers, arch.layers)):
             dequant += ring_slots * active_scale_bytes(arch)  # each slot's compact experts' fp32 scales
         if keep_dequantized and checkpointed_layers:
@@ -477,10 +477,10 @@ def spread(count: int, layers: int) -> tuple[int, ...]:
     return tuple(sorted({j * layers // count for j in range(count)})) if count else ()
 
 
-def dense_copy_bytes(arch: Arch) -> float:
-    """Bytes of one layer's 16-bit copies of its NF4 linear weights (engine.memory.weights.keep_dense; experts have
-    none)."""
-    return arch.linear_params / arch.layers * 2
+def dense_copy_bytes(arch: Arch, experts_nf4: bool = False) -> float:
+    """Bytes of one layer's 16-bit copies of its NF4 weights (engine.memory.weights.keep_dense), experts' included
+    when they are NF4 (the layers' mean)."""
+    return (arch.linear_params + (arch.expert_weight_params if experts_nf4 else 0)) / arch.layers * 2
 
 
 def expert_chunk_bytes(arch: Arch, whole: bool = False) -> int:

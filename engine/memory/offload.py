@@ -28,7 +28,8 @@ Chosen by `plan` from the budget (the card, or TUNESMITH_VRAM_GIB) and the run's
   (engine.patching.modules.FastMLP), so its (tokens x intermediate) activations never exist at once.
 - Dense copies. On a card with room to spare, QLoRA keeps a 16-bit copy of the first `plan.dense_layers` layers'
   NF4 weights (`keep_dense`), dequantized once at load with the same kernel, so those layers skip the two
-  dequantizations of every step (forward and backward): the same values, computed once instead of per pass.
+  dequantizations of every step (forward and backward): the same values, computed once instead of per pass. NF4
+  experts get theirs too (a Qwen3-30B-A3B layer's are 1.1 GiB), which their grouped products then read.
 - CUDA graphs. A capped step recomputes every layer and is bound by the host issuing small kernels, so the
   checkpointed layers of the fast path's LoRA/QLoRA replay CUDA graphs of their two passes (the forward without
   gradients; the recompute with the backward), one launch each instead of ~40 (engine.patching.graphs.
@@ -353,15 +354,16 @@ def _plan(
     if e.peak_vram_gib <= cap:
         if method != "qlora" or not fused_loss:
             return made(0, e)
-        per_layer = dense_copy_bytes(arch) / GIB
+        nf4_experts_ = arch.moe_layers > 0 and estimate_kw["experts_nf4"]
+        per_layer = dense_copy_bytes(arch, nf4_experts_) / GIB
         # NF4 experts dequantized a whole layer at a time where that fits: the host issues a chunk's launches one
         # after another, and with chunks of at most 10 experts (29 a product) the GPU waited on the host 67% of a
         # 12-layer Qwen3-30B-A3B QLoRA step on the H100 (bench/README.md)
-        stack = arch.moe_layers > 0 and estimate_kw["experts_nf4"]
-        stack = stack and est(checkpointed_layers=0, expert_stack=True).peak_vram_gib <= cap
+        stack = nf4_experts_ and est(checkpointed_layers=0, expert_stack=True).peak_vram_gib <= cap
         # the graphs of as many shapes as fit come first (`held_shapes` then holds as many), the copies after them
         e = most_shapes(checkpointed_layers=0, expert_stack=stack)
         dense = min(layers, math.floor((cap - e.peak_vram_gib) * DENSE_SHARE / per_layer))
+        stack = stack and dense < layers  # layers with 16-bit experts need no dequantization buffer
         e = est(checkpointed_layers=0, dense_layers=dense, expert_stack=stack)
         return dataclasses.replace(made(0, e), dense_layers=dense, expert_stack=stack)
     if not host_offload:

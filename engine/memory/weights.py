@@ -421,8 +421,10 @@ def _nf4(linear, device, placement):
 def keep_dense(model, count: int, log=print) -> int:
     """Give the NF4 base of every LoRA projection in the first `count` decoder layers a 16-bit copy,
     dequantized once (kernels.nf4, the values the per-pass dequantization would give) and stored as the base
-    module's `dense_weight`, which engine.patching's fused LoRA then multiplies by instead of dequantizing. The NF4
-    weight stays (saving, merging and chat read it). Returns the bytes added."""
+    module's `dense_weight`, which engine.patching's fused LoRA then multiplies by instead of dequantizing; NF4
+    experts (engine.patching.moe) get theirs as the experts module's `dense_experts`, {tensor name: [G, A, B]}, which
+    the grouped path multiplies by. The NF4 weights stay (saving, merging and chat read them). Returns the bytes
+    added."""
     import time
 
     from transformers.modeling_layers import GradientCheckpointingLayer
@@ -431,18 +433,26 @@ def keep_dense(model, count: int, log=print) -> int:
 
     started = time.perf_counter()
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)][:count]
-    bases = []
+    bases, experts = [], []
     for layer in layers:
         for module in layer.modules():
             base = module.get_base_layer() if hasattr(module, "get_base_layer") else None
             state = getattr(getattr(base, "weight", None), "quant_state", None)
             if state is not None and state.quant_type == "nf4" and base.weight.device.type == "cuda":
                 bases.append(base)
-    read_offsets([base.weight.quant_state for base in bases])  # one wait for the GPU, not one per weight
+            stacks = getattr(module, "nf4_states", None) or {}
+            experts += [(module, name) for name in stacks if module._buffers[f"{name}_nf4"].device.type == "cuda"]
+    states = [base.weight.quant_state for base in bases] + [module.nf4_states[name][0] for module, name in experts]
+    read_offsets(states)  # one wait for the GPU, not one per weight
     added = 0
     for base in bases:
         base.dense_weight = nf4_dequantize_state(base.weight, base.weight.quant_state)
         added += base.dense_weight.numel() * base.dense_weight.element_size()
+    for module, name in experts:
+        state, shape = module.nf4_states[name]
+        dense = nf4_dequantize_state(module._buffers[f"{name}_nf4"], state).reshape(shape)
+        module.dense_experts = {**getattr(module, "dense_experts", {}), name: dense}
+        added += dense.numel() * dense.element_size()
     took = time.perf_counter() - started  # the launches' time: the copies themselves finish on the GPU after it
     log(
         f"offload: 16-bit copies of {len(layers)} layers' 4-bit weights ({added / GIB:.2f} GiB, launched in "

@@ -77,7 +77,12 @@ def _project(module, name: str, x, offsets, expert, grouped_mm, factors):
     base_offsets = offsets if active is None else offsets[active.ids]
     stored = active.stored[name] if active is not None else None
     packed = module._buffers.get(f"{name}_nf4")
-    if packed is not None:
+    # a 16-bit copy of NF4 experts where the plan has room (engine.memory.weights.keep_dense, Plan.dense_layers)
+    dense = getattr(module, "dense_experts", {}).get(name) if stored is None else None
+    if dense is not None:
+        y = grouped_mm(x, dense if transposed else dense.transpose(1, 2), base_offsets)
+        lora = factors.get(name) if factors is not None else None
+    elif packed is not None:
         from engine.core.scratch import experts_per_chunk
         from kernels.nf4_grouped_mm import nf4_grouped_mm
 

@@ -45,8 +45,20 @@ def _check(counts, k, n, dtype, transposed):
     ids=["pow2", "odd-with-empty-group", "leading-empty-groups"],
 )
 @pytest.mark.parametrize("transposed", [False, True], ids=["kn", "nk-view"])
-def test_grouped_mm_matches_reference(counts, k, n, dtype, transposed):
+def test_grouped_mm_matches_reference(counts, k, n, dtype, transposed, monkeypatch):
+    monkeypatch.setenv("TUNESMITH_GROUPED_MM", "triton")  # the Triton kernel on a GPU where CUTLASS would run
     _check(counts, k, n, dtype, transposed)
+
+
+def test_cutlass_reads_row_or_column_major_matrices_with_aligned_rows():
+    """torch._grouped_mm's layout rule (it raises "Invalid strides/sizes" otherwise): each matrix row- or
+    column-major, its leading stride a multiple of 16 bytes. A PEFT expert factor's permuted view is neither."""
+    from kernels.grouped_mm import _dense_matrices
+
+    stack = torch.zeros(4, 16, 32, dtype=torch.bfloat16)
+    assert _dense_matrices(stack) and _dense_matrices(stack.transpose(1, 2))
+    assert not _dense_matrices(torch.zeros(32, 16, 4, dtype=torch.bfloat16).permute(2, 1, 0))  # stride 1 on experts
+    assert not _dense_matrices(torch.zeros(4, 16, 12, dtype=torch.bfloat16)[:, :, :4])  # rows of 24 bytes
 
 
 def test_grouped_mm_reference_is_a_loop_of_matmuls():
@@ -65,21 +77,27 @@ def test_grouped_mm_rejects_mismatched_shapes():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA or torch.cuda.get_device_capability() < (9, 0), reason="needs a GPU of compute 9.0+")
-def test_cutlass_grouped_mm_on_request_matches_reference(monkeypatch):
-    """TUNESMITH_GROUPED_MM=torch: torch._grouped_mm (bf16) against the reference, both gradients, with the upstream
-    gradient of a sum (an expanded, non-contiguous one, which its backward refuses without ContiguousGradient)."""
+@pytest.mark.parametrize("layout", ["nk-view", "permuted"])
+def test_cutlass_grouped_mm_matches_reference(layout):
+    """torch._grouped_mm (bf16, the default on compute 9.0+) against the reference, both gradients, with the upstream
+    gradient of a sum (an expanded, non-contiguous one, which its backward refuses without ContiguousGradient); a
+    permuted w (as PEFT hands an expert factor) is copied contiguous first, and its gradient still reaches it."""
     from kernels.grouped_mm import cutlass
 
-    monkeypatch.setenv("TUNESMITH_GROUPED_MM", "torch")
-    counts, k, n = [40, 0, 7, 81], 64, 128
+    counts, k, n = [400, 0, 70, 810], 64, 128  # x holds more elements than w: a permuted w is copied
     offsets = torch.tensor(counts, device=DEVICE).cumsum(0).to(torch.int32)
     x = torch.randn(sum(counts), k, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
-    stored = (torch.randn(len(counts), n, k, device=DEVICE) / k**0.5).to(torch.bfloat16).requires_grad_()
-    assert cutlass(x, stored.transpose(1, 2))
+    shape = (len(counts), n, k) if layout == "nk-view" else (n, k, len(counts))
+    stored = (torch.randn(shape, device=DEVICE) / k**0.5).to(torch.bfloat16).requires_grad_()
+
+    def w():  # [G, K, N]
+        return stored.transpose(1, 2) if layout == "nk-view" else stored.permute(2, 1, 0)
+
+    assert cutlass(x, w()) == (layout == "nk-view")
     results = []
     for backend in ("triton", "reference"):
         with dispatch.force(backend):
-            grouped_mm(x, stored.transpose(1, 2), offsets).float().sum().backward()
+            grouped_mm(x, w(), offsets).float().sum().backward()
         results.append((x.grad, stored.grad))
         x.grad = stored.grad = None
     (dx, dw), (dx_ref, dw_ref) = results
