@@ -226,8 +226,8 @@ def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch
         raise ValueError(f"x {tuple(x.shape)}, w {tuple(w.shape)}, offsets {tuple(offsets.shape)} do not fit")
     if x.dtype != w.dtype:
         raise ValueError(f"x is {x.dtype} and w is {w.dtype}")
-    if _cutlass_wanted(x, w) and not _dense_matrices(w) and w.numel() <= x.numel():
-        w = w.contiguous()  # a PEFT factor's permuted view: a copy of the small factor, which CUTLASS then reads
+    if _cutlass_wanted(x, w) and not _dense_matrices(w):
+        w = w.contiguous()  # a PEFT factor's permuted view: a copy of the small factor (the product reads it anyway)
     if cutlass(x, w):  # differentiable in both; its backward takes only a contiguous gradient
         return ContiguousGradient.apply(torch._grouped_mm(x, w, offs=offsets.to(torch.int32)))
     if dispatch.use_triton(x, w):

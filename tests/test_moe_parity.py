@@ -239,3 +239,25 @@ def test_nf4_experts_train_like_their_dequantized_weights(arch, whole, monkeypat
         torch.testing.assert_close(grads_f[name], grads_p[name], rtol=2e-4, atol=2e-5, msg=name)
     experts = base.config.num_local_experts if arch == "gpt_oss" else base.config.num_experts
     assert chunks and (set(chunks) == {experts} if whole else experts not in chunks)
+
+
+def test_expert_rows_gather_and_their_gradients_gather_back():
+    """moe.Rows: a token's k rows in expert order and back, values and gradients equal to plain indexing's (whose
+    backward accumulates with atomic adds on the GPU; Rows' is a gather and a sum over each token's k rows)."""
+    tokens, k = 7, 3
+    gen = torch.Generator().manual_seed(0)
+    flat = torch.stack([torch.randperm(5, generator=gen)[:k] for _ in range(tokens)]).reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    slot = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel()))
+    hidden = torch.randn(tokens, 4, generator=gen, requires_grad=True)
+    rows = torch.randn(tokens * k, 4, generator=gen, requires_grad=True)
+    for fn in (moe.Rows.apply, None):
+        gathered = fn(hidden, order // k, slot, k) if fn else hidden[order // k]
+        back = fn(rows, slot, order, 1) if fn else rows[slot]
+        (gathered * torch.arange(gathered.numel()).view_as(gathered)).sum().backward()
+        (back * torch.arange(back.numel()).view_as(back) ** 2).sum().backward()
+        if fn:
+            ours = gathered.detach(), back.detach(), hidden.grad, rows.grad
+            hidden.grad = rows.grad = None
+    for mine, plain in zip(ours, (gathered.detach(), back.detach(), hidden.grad, rows.grad), strict=True):
+        torch.testing.assert_close(mine, plain, rtol=1e-6, atol=0)
