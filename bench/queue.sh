@@ -36,6 +36,8 @@ list() {
    the step with TUNESMITH_GROUPED_MM=torch after its layout check; then call 5's --vram-gib 8 and 5
 16 issue 29: the MoE step side by side (project, Unsloth, hf) with torch._grouped_mm the default and 16-bit copies
    of the NF4 experts where the plan has room; the GPU tests of both; the step's profile
+17 issue 29: call 16's step after moe.Rows (no atomic scatter) and CUTLASS for every LoRA factor: project step,
+   its profile, the MoE GPU tests
 EOF
 }
 
@@ -224,6 +226,16 @@ call16() {  # issue 29: after call 15 (torch._grouped_mm 28,492 tokens/s against
     tests/test_moe_offload.py
   step 100 python3 bench/profile_step.py --impl project --arch "$ID" --mode qlora --seq 2048 --bs 2 --rows 25
   step 150 "${run[@]}" --impl hf --steps 5 --warmup 2
+}
+
+call17() {  # issue 29: call 16 measured 30,765 tokens/s (Unsloth 32,722, hf 15,038 on the H200)
+  keep_models "$ID"
+  step 200 python3 .bench/train_bench.py --impl project --arch "$ID" --make-only
+  step 120 env TUNESMITH_BENCH_BATCH=2 python3 .bench/train_bench.py --impl project --arch "$ID" --mode qlora \
+    --seq 2048 --bs 2
+  step 100 python3 bench/profile_step.py --impl project --arch "$ID" --mode qlora --seq 2048 --bs 2 --rows 25
+  step 120 python3 -m pytest -m gpu -p no:cacheprovider -q -rfEs tests/kernels/test_grouped_mm.py \
+    tests/test_moe_offload.py tests/test_moe_parity.py tests/test_moe_expert_fetch.py
 }
 
 call10() {  # issue 22: defaults at 88% of packing's tokens/s per padded token (2026-12-05): host or kernels?
