@@ -122,7 +122,9 @@ def _project(module, name: str, x, offsets, expert, grouped_mm, factors):
     if lora is not None:
         lhs, rhs, scaling = lora  # transposed: lhs [E, in, r], rhs [E, r, out]; else lhs [E, out, r], rhs [E, r, in]
         first, second = (lhs, rhs) if transposed else (rhs.transpose(1, 2), lhs.transpose(1, 2))
-        y = y + scaling * grouped_mm(grouped_mm(x, first.to(x.dtype), offsets), second.to(x.dtype), offsets)
+        update = grouped_mm(grouped_mm(x, first.to(x.dtype), offsets), second.to(x.dtype), offsets)
+        # one pass over the [rows x out] outputs where the scale is a number (PEFT's is), not a product and a sum
+        y = y.add(update, alpha=scaling) if isinstance(scaling, (int, float)) else y + scaling * update
     bias = getattr(module, f"{name}_bias", None)
     if bias is not None:
         y = y + bias[expert]
