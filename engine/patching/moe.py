@@ -16,7 +16,8 @@ and computes, per projection, over the rows of all experts at once:
 
 so the LoRA costs two thin grouped products and no stack-sized temporary. QLoRA keeps the experts NF4
 (`quantize_expert_tensors`, at load) and dequantizes them a chunk of experts at a time (kernels.nf4_grouped_mm, chunks
-of engine.core.scratch's size), so neither does the base weight. Routing, the gate activation and biases are
+of engine.core.scratch's size, or a layer's whole stack where the plan has room), so neither does the base weight; a
+plan with more room keeps a 16-bit copy of them (engine.memory.weights.keep_dense), which the product reads instead. Routing, the gate activation and biases are
 the model's own (`module._apply_gate`: SwiGLU, or gpt-oss's clamped GLU on interleaved gate/up columns).
 """
 
@@ -90,7 +91,8 @@ def _param(module, name: str, factors=None):
 def _project(module, name: str, x, offsets, expert, grouped_mm, factors):
     """x @ W_e (+ LoRA, + bias) for each row's expert e, in the stored layout: [E, in, out] when the module says
     is_transposed (gpt-oss), else [E, out, in] (nn.Linear orientation). NF4 experts (quantize_expert_tensors) are
-    dequantized a chunk of experts at a time (kernels.nf4_grouped_mm), never as a whole stack."""
+    read from their 16-bit copy where the plan keeps one, else dequantized a chunk of experts at a time
+    (kernels.nf4_grouped_mm)."""
     transposed = getattr(module, "is_transposed", False)
     active = getattr(module, "active_experts", None)
     # engine.memory.expert_fetch brought only the experts with rows here, as [A, ...] stacks in id order: the base
