@@ -17,8 +17,9 @@ and computes, per projection, over the rows of all experts at once:
 so the LoRA costs two thin grouped products and no stack-sized temporary. QLoRA keeps the experts NF4
 (`quantize_expert_tensors`, at load) and dequantizes them a chunk of experts at a time (kernels.nf4_grouped_mm, chunks
 of engine.core.scratch's size, or a layer's whole stack where the plan has room), so neither does the base weight; a
-plan with more room keeps a 16-bit copy of them (engine.memory.weights.keep_dense), which the product reads instead. Routing, the gate activation and biases are
-the model's own (`module._apply_gate`: SwiGLU, or gpt-oss's clamped GLU on interleaved gate/up columns).
+plan with more room keeps a 16-bit copy of them (engine.memory.weights.keep_dense), which the product reads instead.
+Routing, the gate activation and biases are the model's own (`module._apply_gate`: SwiGLU, or gpt-oss's clamped GLU
+on interleaved gate/up columns).
 """
 
 import torch
