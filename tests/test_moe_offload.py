@@ -47,9 +47,11 @@ def test_qwen3_30b_a3b_qlora_full_depth_fits_8_gib_with_the_host_ram_it_states(c
         weights=(ATTENTION + EXPERTS) * NF4_BYTES - 48 * per_layer + 2 * per_layer + (EMBEDDINGS / 2 + OTHER) * 2,
         trainable=ADAPTERS * (4 + 4),  # fp32 adapters and their gradients; the 8-bit states are in host RAM
         # two offloaded layer inputs on the GPU, one layer rebuilt: tokens x (h 1.3 + attention 12 + MLP 8 per unit,
-        # and the grouped path's gathered rows and expert outputs, 2 bf16 rows of hidden per routed row)
+        # and the grouped path's gathered rows and expert outputs, 2 bf16 rows of hidden per routed row), and the
+        # contiguous 16-bit copies of its expert factors that CUTLASS's grouped products save
         activations=2 * tokens * 2048 * 2
-        + tokens * (1.3 * 2048 + 12.0 * (32 + 8) * 128 + 8.0 * 8 * 768 + 4 * 8 * 2048),
+        + tokens * (1.3 * 2048 + 12.0 * (32 + 8) * 128 + 8.0 * 8 * 768 + 4 * 8 * 2048)
+        + 128 * 16 * (2048 + 2 * 768 + 768 + 2048) * 2,
         loss=1024 * 151936 * 2 + tokens * 2048 * 4,  # one 1024-token chunk of bf16 logits, fp32 dh
         # the largest attention weight in 16 bits, one chunk of 10 experts' gate_up (6 MiB each in 16 bits), and in
         # each of the 2 slots the fp32 scales of the 64 experts a layer fetches alone at most (engine.memory.

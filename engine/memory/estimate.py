@@ -392,6 +392,8 @@ def estimate(
         weights = weights / shards + 2 * largest + arch.embedding_params * 2
         trainable = trainable / shards + largest + arch.vocab * arch.hidden * 2
     layer = layer_activation_bytes(arch, tokens, mlp_tile)
+    if method != "full" and lora_experts:  # CUTLASS's contiguous copies of PEFT's expert factors, saved (moe)
+        layer += arch.expert_lora_params(rank, targets) * 2 / arch.layers
     on_gpu = min(checkpointed_layers, OFFLOAD_ON_GPU) if offload_activations else checkpointed_layers
     kept = on_gpu * tokens * arch.hidden * 2  # a checkpointed layer keeps its bf16 input
     activations = kept + (arch.layers - checkpointed_layers) * layer + (layer if checkpointed_layers else 0)
