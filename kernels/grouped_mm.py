@@ -19,6 +19,7 @@ Bytes moved: forward reads x once per column tile and w once per row tile and wr
 F.linear moves the same bytes but launches 2G kernels and gathers each group's rows into a new tensor first.
 """
 
+import functools
 import os
 from typing import NamedTuple
 
@@ -191,26 +192,32 @@ def _dense_matrices(t: torch.Tensor) -> bool:
     return lead * t.element_size() % 16 == 0 and t.data_ptr() % 16 == 0
 
 
+@functools.cache
+def _hopper_or_newer(device: torch.device) -> bool:
+    return torch.cuda.get_device_capability(device) >= (9, 0)
+
+
 def _cutlass_wanted(x: torch.Tensor, w: torch.Tensor) -> bool:
     """Everything torch._grouped_mm needs but the matrices' layout: a CUDA GPU of compute 9.0 or newer, bf16, K and N
     multiples of 8, and not turned off (TUNESMITH_GROUPED_MM=triton runs the Triton kernel everywhere)."""
     return (
-        os.environ.get("TUNESMITH_GROUPED_MM", "auto") != "triton"
-        and dispatch.backend() == "triton"  # the fast path's (a forced reference stays the reference)
-        and hasattr(torch, "_grouped_mm")
-        and x.is_cuda
+        x.is_cuda
         and x.dtype == w.dtype == torch.bfloat16
-        and torch.cuda.get_device_capability(x.device) >= (9, 0)
         and x.shape[1] % 8 == 0
         and w.shape[2] % 8 == 0
+        and hasattr(torch, "_grouped_mm")
+        and dispatch.backend() == "triton"  # the fast path's (a forced reference stays the reference)
+        and os.environ.get("TUNESMITH_GROUPED_MM", "auto") != "triton"
+        and _hopper_or_newer(x.device)
     )
 
 
 def cutlass(x: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether PyTorch's CUTLASS grouped product (torch._grouped_mm) runs x @ w[g] instead of the Triton kernel:
-    where it can (`_cutlass_wanted`, and matrices it reads). On the H100 it took half the Triton kernel's time at the
-    best of eight tile sizes on Qwen3-30B-A3B's expert products, and a fifth on the LoRA factors' (bench/README.md,
-    "The MoE step with CUTLASS and 16-bit expert copies"); the step with it ran 28,492 tokens/s against 21,787."""
+    where it can (`_cutlass_wanted`, and matrices it reads). On the H100 it took 0.64-0.70x the Triton kernel's time
+    at the best of eight tile sizes on Qwen3-30B-A3B's expert products, and 0.2x on row-major LoRA factors
+    (bench/README.md, "The MoE step with CUTLASS and 16-bit expert copies"); the step with it ran 28,492 tokens/s
+    against 21,787."""
     return _cutlass_wanted(x, w) and _dense_matrices(x) and _dense_matrices(w)
 
 
@@ -226,9 +233,10 @@ def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch
         raise ValueError(f"x {tuple(x.shape)}, w {tuple(w.shape)}, offsets {tuple(offsets.shape)} do not fit")
     if x.dtype != w.dtype:
         raise ValueError(f"x is {x.dtype} and w is {w.dtype}")
-    if _cutlass_wanted(x, w) and not _dense_matrices(w):
+    wanted = _cutlass_wanted(x, w)
+    if wanted and not _dense_matrices(w):
         w = w.contiguous()  # a PEFT factor's permuted view: a copy of the small factor (the product reads it anyway)
-    if cutlass(x, w):  # differentiable in both; its backward takes only a contiguous gradient
+    if wanted and _dense_matrices(x) and _dense_matrices(w):  # differentiable in both; see ContiguousGradient
         return ContiguousGradient.apply(torch._grouped_mm(x, w, offs=offsets.to(torch.int32)))
     if dispatch.use_triton(x, w):
         return GroupedMMFunction.apply(x, w, offsets.to(torch.int32))

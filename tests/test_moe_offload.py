@@ -48,7 +48,7 @@ def test_qwen3_30b_a3b_qlora_full_depth_fits_8_gib_with_the_host_ram_it_states(c
         trainable=ADAPTERS * (4 + 4),  # fp32 adapters and their gradients; the 8-bit states are in host RAM
         # two offloaded layer inputs on the GPU, one layer rebuilt: tokens x (h 1.3 + attention 12 + MLP 8 per unit,
         # and the grouped path's gathered rows and expert outputs, 2 bf16 rows of hidden per routed row), and the
-        # contiguous 16-bit copies of its expert factors that CUTLASS's grouped products save
+        # 16-bit copies of its expert factors that its grouped products save
         activations=2 * tokens * 2048 * 2
         + tokens * (1.3 * 2048 + 12.0 * (32 + 8) * 128 + 8.0 * 8 * 768 + 4 * 8 * 2048)
         + 128 * 16 * (2048 + 2 * 768 + 768 + 2048) * 2,
@@ -272,7 +272,7 @@ def test_moe_streamed_run_trains_as_the_resident_one_on_the_gpu(method, tmp_path
 
 @pytest.mark.gpu
 def test_moe_16_bit_expert_copies_train_as_the_nf4_experts_on_the_gpu(tmp_path, monkeypatch):
-    """A plan with room keeps 16-bit copies of NF4 experts (engine.memory.weights.keep_dense, Plan.dense_layers),
+    """A plan with room keeps 16-bit copies of NF4 experts (engine.memory.weights.keep_dense, Plan.dense_experts),
     which the grouped path then multiplies by: three QLoRA steps give the losses and LoRA gradients of the same
     model dequantizing its experts every pass."""
     if not torch.cuda.is_available():
@@ -288,10 +288,11 @@ def test_moe_16_bit_expert_copies_train_as_the_nf4_experts_on_the_gpu(tmp_path, 
     roomy = plan(Arch.from_config(json.loads((folder / "config.json").read_text())), "qlora", 64, 2, 80.0)
     runs = []
     for dense in (0, 3):
-        monkeypatch.setattr(loading, "plan_memory", _forced(dataclasses.replace(roomy, dense_layers=dense)))
+        forced = dataclasses.replace(roomy, dense_layers=3, dense_experts=dense)
+        monkeypatch.setattr(loading, "plan_memory", _forced(forced))
         net, _ = loading.load_for_training(job, Placement("cuda", "bf16", "test"), log=lambda m: None)
         copies = sum(len(getattr(m, "dense_experts", {})) for m in net.modules())
-        assert copies == 2 * dense, f"{copies} 16-bit expert copies with dense_layers={dense}; wanted {2 * dense}"
+        assert copies == 2 * dense, f"{copies} 16-bit expert copies with dense_experts={dense}; wanted {2 * dense}"
         runs.append(three_sgd_steps(net, ids))
         del net
     assert_trains_alike(runs[1], runs[0], None)

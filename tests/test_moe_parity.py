@@ -261,3 +261,16 @@ def test_expert_rows_gather_and_their_gradients_gather_back():
             hidden.grad = rows.grad = None
     for mine, plain in zip(ours, (gathered.detach(), back.detach(), hidden.grad, rows.grad), strict=True):
         torch.testing.assert_close(mine, plain, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("arch", ["qwen3_moe", "mixtral", "gpt_oss"])
+def test_an_empty_batch_goes_through_the_grouped_path(arch):
+    """No tokens (a micro-batch of nothing): the grouped path returns an empty output and gradient, not an error."""
+    model = tiny_model(arch)
+    moe.install(model, log=lambda m: None)
+    block = next(m for m in model.modules() if isinstance(m, moe.FastMoEBlock))
+    hidden = torch.zeros(1, 0, model.config.hidden_size, requires_grad=True)
+    out = block(hidden)
+    out = out[0] if isinstance(out, tuple) else out
+    out.sum().backward()
+    assert out.shape == hidden.shape and hidden.grad.shape == hidden.shape

@@ -40,8 +40,8 @@ def test_a_gpu_run_without_checkpointing_plans_the_nf4_experts_it_loads(monkeypa
     # every layer's activations at 1024 tokens: tokens x (h 1.3 + attention 12 + MLP 8 per unit of width, and the
     # grouped path's 2 bf16 rows of hidden per routed row: 4 x top-8 x 2048)
     layer = 1024 * (1.3 * 2048 + 12.0 * (32 + 8) * 128 + 8.0 * 8 * 768 + 4 * 8 * 2048)
-    # and the contiguous 16-bit copies of its expert factors CUTLASS's grouped products save: 128 experts x rank 16 x
-    # (gate_up's 2048 + 2 x 768 and down's 768 + 2048)
+    # and the 16-bit copies of its expert factors its grouped products save (PEFT's cast, made contiguous for
+    # CUTLASS): 128 experts x rank 16 x (gate_up's 2048 + 2 x 768 and down's 768 + 2048)
     layer += 128 * 16 * (2048 + 2 * 768 + 768 + 2048) * 2
     assert parts(arch, job, gpu)["activations"] == pytest.approx(48 * layer / GIB, abs=1e-3)
     # on the CPU (plain transformers + PEFT) the experts stay 16-bit
@@ -225,20 +225,26 @@ def test_a_card_with_room_dequantizes_each_layers_experts_at_once():
 def test_a_card_with_room_keeps_16_bit_copies_of_the_nf4_experts():
     """Qwen3-30B-A3B at 12 of its 48 layers (what bench/README.md times), QLoRA at 2 x 2,048 tokens: at 78.5 GiB the
     plan keeps a 16-bit copy of every layer's weights, experts included (1.1 GiB a layer on top of the attention's),
-    and then no stack buffer, since no layer dequantizes its experts; at 24 GiB only as many layers' copies as fit."""
+    and then no stack buffer, since no layer dequantizes its experts; at 24 GiB every layer's attention copies (small,
+    and each saves launches) come first, then as many layers' experts as fit. At full depth on 78.5 GiB the experts
+    of only some layers fit, and every layer keeps its attention copies all the same."""
     from engine.memory.estimate import dense_copy_bytes, estimate
     from engine.memory.offload import plan
 
     arch = Arch.from_config({**QWEN3_30B_A3B, "num_hidden_layers": 12})
-    assert dense_copy_bytes(arch, True) - dense_copy_bytes(arch) == 128 * 3 * 2048 * 768 * 2
+    assert dense_copy_bytes(arch, experts=True) == 128 * 3 * 2048 * 768 * 2
     roomy, tight = plan(arch, "qlora", 2048, 2, 78.5), plan(arch, "qlora", 2048, 2, 24)
-    assert roomy.dense_layers == 12 and not roomy.expert_stack
-    assert 0 < tight.dense_layers < 12 and tight.expert_stack
+    assert (roomy.dense_layers, roomy.dense_experts) == (12, 12) and not roomy.expert_stack
+    assert "16-bit copies of 12 layers' 4-bit weights, 12 layers' experts" in roomy.describe()
+    assert tight.dense_layers == 12 and 0 < tight.dense_experts < 12 and tight.expert_stack
+    deep = plan(Arch.from_config(QWEN3_30B_A3B), "qlora", 2048, 2, 78.5)
+    assert deep.dense_layers == 48 and 0 < deep.dense_experts < 48
     kw = {**roomy.estimate_kw(), "checkpointed_layers": 0}
     with_copies, without = (
         estimate(arch, "qlora", 2048, 2, **kw),
-        estimate(arch, "qlora", 2048, 2, **kw | {"dense_layers": 0}),
+        estimate(arch, "qlora", 2048, 2, **kw | {"dense_experts": 0}),
     )
+    chunk = 10 * 2 * 768 * 2048 * 2  # without the experts' copies, a chunk's dequantization buffer is back
     assert with_copies.parts_gib["dequant"] - without.parts_gib["dequant"] == pytest.approx(
-        12 * dense_copy_bytes(arch, True) / GIB, abs=2e-3
+        (12 * dense_copy_bytes(arch, experts=True) - chunk) / GIB, abs=2e-3
     )

@@ -8,7 +8,14 @@ from that batch's shape (and remembered per shape), with engine.memory.estimate'
 
 import math
 
-from engine.memory.estimate import ESTIMATE_SLACK, Arch, estimate, graph_shape_bytes, layer_activation_bytes
+from engine.memory.estimate import (
+    ESTIMATE_SLACK,
+    Arch,
+    estimate,
+    expert_factor_bytes,
+    graph_shape_bytes,
+    layer_activation_bytes,
+)
 
 SLACK = ESTIMATE_SLACK  # the estimate's error margin, as in Estimate.fits (the allocator's share is in the estimate)
 
@@ -26,7 +33,7 @@ def layers_to_checkpoint(arch: Arch, method: str, tokens: int, budget_gib: float
     all_ckpt = estimate(arch, method, tokens, 1, checkpointing=True, fused_loss=fused_loss, **kw)
     spare = budget_gib / SLACK - all_ckpt.peak_vram_gib
     kept = 0 if kw.get("offload_activations") else tokens * arch.hidden * 2  # an offloaded input costs no VRAM
-    per_layer = (layer_activation_bytes(arch, tokens) - kept) / 2**30
+    per_layer = (layer_activation_bytes(arch, tokens) + expert_factor_bytes(arch, method, **kw) - kept) / 2**30
     free = max(0, min(arch.layers, math.floor(spare / per_layer)))
     return arch.layers - free
 

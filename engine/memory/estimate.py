@@ -280,6 +280,7 @@ def estimate(
     mlp_tile: int | None = None,
     optimizer_in_host: bool = False,
     dense_layers: int = 0,
+    dense_experts: int = 0,
     grads_released: bool = False,
     graphs: bool = False,
     keep_attention: bool = False,
@@ -351,9 +352,9 @@ def estimate(
         # the fast path (which brings the fused loss) dequantizes into one shared buffer (kernels.lora), and NF4
         # experts into one chunk's buffer of their own
         dequant = (1 if fused_loss else 2) * arch.largest_linear * 2
-        if experts_nf4 and arch.moe_layers:
+        if experts_nf4 and arch.moe_layers and dense_experts < arch.layers:
             dequant += expert_chunk_bytes(arch, expert_stack)
-        dequant += dense_layers * dense_copy_bytes(arch, experts_nf4)
+        dequant += dense_layers * dense_copy_bytes(arch) + dense_experts * dense_copy_bytes(arch, experts=True)
         if experts_nf4 and any(arch.layer_is_moe(i) for i in spread(streamed_layers, arch.layers)):
             dequant += ring_slots * active_scale_bytes(arch)  # each slot's compact experts' fp32 scales
         if keep_dequantized and checkpointed_layers:
@@ -392,8 +393,7 @@ def estimate(
         weights = weights / shards + 2 * largest + arch.embedding_params * 2
         trainable = trainable / shards + largest + arch.vocab * arch.hidden * 2
     layer = layer_activation_bytes(arch, tokens, mlp_tile)
-    if method != "full" and lora_experts:  # CUTLASS's contiguous copies of PEFT's expert factors, saved (moe)
-        layer += arch.expert_lora_params(rank, targets) * 2 / arch.layers
+    layer += expert_factor_bytes(arch, method, rank, targets, lora_experts)
     on_gpu = min(checkpointed_layers, OFFLOAD_ON_GPU) if offload_activations else checkpointed_layers
     kept = on_gpu * tokens * arch.hidden * 2  # a checkpointed layer keeps its bf16 input
     activations = kept + (arch.layers - checkpointed_layers) * layer + (layer if checkpointed_layers else 0)
@@ -479,10 +479,17 @@ def spread(count: int, layers: int) -> tuple[int, ...]:
     return tuple(sorted({j * layers // count for j in range(count)})) if count else ()
 
 
-def dense_copy_bytes(arch: Arch, experts_nf4: bool = False) -> float:
-    """Bytes of one layer's 16-bit copies of its NF4 weights (engine.memory.weights.keep_dense), experts' included
-    when they are NF4 (the layers' mean)."""
-    return (arch.linear_params + (arch.expert_weight_params if experts_nf4 else 0)) / arch.layers * 2
+def dense_copy_bytes(arch: Arch, experts: bool = False) -> float:
+    """Bytes of one layer's 16-bit copies of its NF4 linear weights, or of its NF4 experts (`experts`; the layers'
+    mean), engine.memory.weights.keep_dense."""
+    return (arch.expert_weight_params if experts else arch.linear_params) / arch.layers * 2
+
+
+def expert_factor_bytes(arch: Arch, method: str, rank=16, targets=ALL_TARGETS, lora_experts=True, **_) -> float:
+    """Bytes a MoE layer's grouped products save of its expert adapters for the backward (the layers' mean): PEFT's
+    16-bit copies of the factors, made contiguous for CUTLASS (engine.patching.moe)."""
+    trained = method != "full" and lora_experts and arch.moe_layers
+    return arch.expert_lora_params(rank, targets) * 2 / arch.layers if trained else 0.0
 
 
 def expert_chunk_bytes(arch: Arch, whole: bool = False) -> int:
@@ -498,11 +505,9 @@ def active_scale_bytes(arch: Arch) -> int:
     return math.floor(ACTIVE_SHARE * arch.experts) * 3 * arch.hidden * arch.expert_intermediate // 64 * 4
 
 
-# A mixture-of-experts layer's grouped path (engine.patching.moe) also keeps two 16-bit [tokens x top-k, hidden]
-# tensors per layer: the rows gathered for the experts (the adapters' product saves them) and the experts' outputs
-# (saved for the routing weights' gradient): 4 bytes per token per routed row per unit of hidden. Read from the code;
-# without it the plan of qwen3_30b_a3b_12l QLoRA at 4,096 tokens said 13.70 GiB against 16.38 GiB allocated on the
-# H100 (bench/README.md, "Joined micro-batches, alpaca side by side and the MoE step on the H100").
+# A MoE layer's grouped path (engine.patching.moe) also keeps two 16-bit [tokens x top-k, hidden] tensors: the rows
+# gathered for the experts and the experts' outputs in token order (saved for the routing weights' sum); without them
+# the qwen3_30b_a3b_12l QLoRA plan at 4,096 tokens said 13.70 GiB against 16.38 allocated (H100, bench/README.md).
 MOE_ROW_BYTES = 4
 
 

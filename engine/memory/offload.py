@@ -58,6 +58,7 @@ from engine.memory.estimate import (
     Arch,
     dense_copy_bytes,
     estimate,
+    expert_factor_bytes,
     layer_activation_bytes,
     nf4_experts,
     spread,
@@ -95,6 +96,7 @@ class Plan:
     peak_ram_gib: float
     layers: int
     dense_layers: int = 0  # QLoRA layers whose NF4 weights also have a 16-bit copy on the GPU (`keep_dense`)
+    dense_experts: int = 0  # of them (from the first), those whose NF4 experts have one as well
     grads_released: bool = False  # full fine-tuning updates each weight in the backward (engine.memory.grad_release)
     graphs: bool = False  # checkpointed layers replay CUDA graphs of their passes (engine.patching.graphs)
     keep_attention: bool = False  # checkpointed layers keep q/k/v/o outputs in host RAM for the recompute (Checkpoint)
@@ -122,6 +124,7 @@ class Plan:
             mlp_tile=self.mlp_tile,
             optimizer_in_host=self.optimizer_in_host,
             dense_layers=self.dense_layers,
+            dense_experts=self.dense_experts,
             grads_released=self.grads_released,
             graphs=self.graphs,
             keep_attention=self.keep_attention,
@@ -153,7 +156,9 @@ class Plan:
         if self.optimizer_in_host:
             parts.append("paged optimizer states in host RAM")
         if self.dense_layers:
-            parts.append(f"16-bit copies of {self.dense_layers} layers' 4-bit weights (no per-step dequantization)")
+            experts = f", {self.dense_experts} layers' experts" if self.dense_experts else ""
+            copies = f"16-bit copies of {self.dense_layers} layers' 4-bit weights{experts}"
+            parts.append(f"{copies} (no per-step dequantization)")
         if self.expert_stack:
             parts.append("each layer's 4-bit experts dequantized at once (one launch a product)")
         if self.grads_released:
@@ -185,6 +190,7 @@ class Plan:
             mlp_tile=self.mlp_tile,
             optimizer_in_host=self.optimizer_in_host,
             dense_layers=self.dense_layers,
+            dense_expert_layers=self.dense_experts,
             experts_dequantized_whole=self.expert_stack,
             grads_released=self.grads_released,
             cuda_graphs=self.graphs,
@@ -355,17 +361,21 @@ def _plan(
         if method != "qlora" or not fused_loss:
             return made(0, e)
         nf4_experts_ = arch.moe_layers > 0 and estimate_kw["experts_nf4"]
-        per_layer = dense_copy_bytes(arch, nf4_experts_) / GIB
         # NF4 experts dequantized a whole layer at a time where that fits: the host issues a chunk's launches one
         # after another, and with chunks of at most 10 experts (29 a product) the GPU waited on the host 67% of a
         # 12-layer Qwen3-30B-A3B QLoRA step on the H100 (bench/README.md)
         stack = nf4_experts_ and est(checkpointed_layers=0, expert_stack=True).peak_vram_gib <= cap
-        # the graphs of as many shapes as fit come first (`held_shapes` then holds as many), the copies after them
+        # the graphs of as many shapes as fit come first (`held_shapes` then holds as many), then the copies of the
+        # linear weights (small, and each saves many launches), then the experts' (1.1 GiB a Qwen3-30B-A3B layer)
         e = most_shapes(checkpointed_layers=0, expert_stack=stack)
-        dense = min(layers, math.floor((cap - e.peak_vram_gib) * DENSE_SHARE / per_layer))
-        stack = stack and dense < layers  # layers with 16-bit experts need no dequantization buffer
-        e = est(checkpointed_layers=0, dense_layers=dense, expert_stack=stack)
-        return dataclasses.replace(made(0, e), dense_layers=dense, expert_stack=stack)
+        dense = min(layers, math.floor((cap - e.peak_vram_gib) * DENSE_SHARE / (dense_copy_bytes(arch) / GIB)))
+        e, experts = est(checkpointed_layers=0, dense_layers=dense, expert_stack=stack), 0
+        if nf4_experts_ and dense == layers:
+            per_layer = dense_copy_bytes(arch, experts=True) / GIB
+            experts = min(layers, math.floor((cap - e.peak_vram_gib) * DENSE_SHARE / per_layer))
+            stack = stack and experts < layers  # layers with 16-bit experts need no dequantization buffer
+            e = est(checkpointed_layers=0, dense_layers=dense, dense_experts=experts, expert_stack=stack)
+        return dataclasses.replace(made(0, e), dense_layers=dense, dense_experts=experts, expert_stack=stack)
     if not host_offload:
         # a budget means checkpointing is on (None above otherwise): the rule below decides how many layers recompute
         kw = dict(loss_chunk=chunk, **{k: v for k, v in estimate_kw.items() if k != "checkpointing"})
@@ -395,7 +405,7 @@ def _plan(
     if e.peak_vram_gib <= cap:
         kw = dict(keep_attention=kept, keep_dequantized=dequantized, **offload)
         e = most_shapes(checkpointed_layers=layers, **kw)  # as many shapes' graphs as fit, then fewer recomputes
-        per_layer = layer_activation_bytes(arch, seq * batch) / GIB
+        per_layer = (layer_activation_bytes(arch, seq * batch) + expert_factor_bytes(arch, method, **estimate_kw)) / GIB
         free = min(layers, math.floor((cap - e.peak_vram_gib) / per_layer))
         k = layers - free
         e = est(checkpointed_layers=k, **kw)

@@ -418,13 +418,13 @@ def _nf4(linear, device, placement):
     return q.to(device)
 
 
-def keep_dense(model, count: int, log=print) -> int:
+def keep_dense(model, count: int, experts: int = 0, log=print) -> int:
     """Give the NF4 base of every LoRA projection in the first `count` decoder layers a 16-bit copy,
     dequantized once (kernels.nf4, the values the per-pass dequantization would give) and stored as the base
-    module's `dense_weight`, which engine.patching's fused LoRA then multiplies by instead of dequantizing; NF4
-    experts (engine.patching.moe) get theirs as the experts module's `dense_experts`, {tensor name: [G, A, B]}, which
-    the grouped path multiplies by. The NF4 weights stay (saving, merging and chat read them). Returns the bytes
-    added."""
+    module's `dense_weight`, which engine.patching's fused LoRA then multiplies by instead of dequantizing; the NF4
+    experts (engine.patching.moe) of the first `experts` layers get theirs as the experts module's `dense_experts`,
+    {tensor name: [G, A, B]}, which the grouped path multiplies by. The NF4 weights stay (saving, merging and chat
+    read them). Returns the bytes added."""
     import time
 
     from transformers.modeling_layers import GradientCheckpointingLayer
@@ -432,30 +432,31 @@ def keep_dense(model, count: int, log=print) -> int:
     from kernels.nf4 import nf4_dequantize_state, read_offsets
 
     started = time.perf_counter()
-    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)][:count]
-    bases, experts = [], []
-    for layer in layers:
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    bases, stacks = [], []
+    for index, layer in enumerate(layers[: max(count, experts)]):
         for module in layer.modules():
             base = module.get_base_layer() if hasattr(module, "get_base_layer") else None
             state = getattr(getattr(base, "weight", None), "quant_state", None)
-            if state is not None and state.quant_type == "nf4" and base.weight.device.type == "cuda":
+            if index < count and state is not None and state.quant_type == "nf4" and base.weight.device.type == "cuda":
                 bases.append(base)
-            stacks = getattr(module, "nf4_states", None) or {}
-            experts += [(module, name) for name in stacks if module._buffers[f"{name}_nf4"].device.type == "cuda"]
-    states = [base.weight.quant_state for base in bases] + [module.nf4_states[name][0] for module, name in experts]
+            names = (getattr(module, "nf4_states", None) or {}) if index < experts else {}
+            stacks += [(module, name) for name in names if module._buffers[f"{name}_nf4"].device.type == "cuda"]
+    states = [base.weight.quant_state for base in bases] + [module.nf4_states[name][0] for module, name in stacks]
     read_offsets(states)  # one wait for the GPU, not one per weight
     added = 0
     for base in bases:
         base.dense_weight = nf4_dequantize_state(base.weight, base.weight.quant_state)
         added += base.dense_weight.numel() * base.dense_weight.element_size()
-    for module, name in experts:
+    for module, name in stacks:
         state, shape = module.nf4_states[name]
         dense = nf4_dequantize_state(module._buffers[f"{name}_nf4"], state).reshape(shape)
         module.dense_experts = {**getattr(module, "dense_experts", {}), name: dense}
         added += dense.numel() * dense.element_size()
     took = time.perf_counter() - started  # the launches' time: the copies themselves finish on the GPU after it
+    with_experts = f" and {min(experts, len(layers))} layers' experts" if stacks else ""
     log(
-        f"offload: 16-bit copies of {len(layers)} layers' 4-bit weights ({added / GIB:.2f} GiB, launched in "
-        f"{took:.2f} s): no dequantization"
+        f"offload: 16-bit copies of {min(count, len(layers))} layers' 4-bit weights{with_experts} ({added / GIB:.2f} "
+        f"GiB, launched in {took:.2f} s): no dequantization"
     )
     return added

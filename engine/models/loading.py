@@ -460,7 +460,7 @@ def prepare_for_training(model, spec, log=print, memory=None, compute: Placement
             if hasattr(module, "nf4_states"):
                 module.whole_stack = True
     if memory is not None and memory.dense_layers and on_gpu and fused_loss:
-        keep_dense(model, memory.dense_layers, log)
+        keep_dense(model, memory.dense_layers, memory.dense_experts, log)
     if memory is not None and memory.active and on_gpu:
         device = next(p.device for p in model.parameters() if p.device.type == "cuda")
         model.offload_stream = install(model, memory, device, log)

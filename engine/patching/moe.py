@@ -47,9 +47,10 @@ def experts_forward(
     x = Rows.apply(hidden_states, order // k, slot, k)
     gate_up = _project(self, "gate_up_proj", x, offsets, expert, grouped_mm, factors)
     out = _project(self, "down_proj", self._apply_gate(gate_up), offsets, expert, grouped_mm, factors)
-    out = Rows.apply(out, slot, order, 1).view(tokens, k, -1)  # back in slot order: token t's k rows together
-    weights = top_k_weights.to(out.dtype).view(tokens, 1, k)
-    return torch.bmm(weights, out).view(tokens, -1).to(hidden_states.dtype)  # each token's weighted sum of its rows
+    hidden = out.shape[-1]
+    out = Rows.apply(out, slot, order, 1).view(tokens, k, hidden)  # back in slot order: token t's k rows together
+    weights = top_k_weights.to(out.dtype).reshape(tokens, 1, k)
+    return torch.bmm(weights, out).view(tokens, hidden).to(hidden_states.dtype)  # each token's weighted sum of rows
 
 
 class Rows(torch.autograd.Function):
@@ -69,7 +70,7 @@ class Rows(torch.autograd.Function):
     def backward(ctx, grad):
         (back,) = ctx.saved_tensors
         rows = grad[back]
-        return rows.view(-1, ctx.k, rows.shape[-1]).sum(1) if ctx.k > 1 else rows, None, None, None
+        return rows.view(rows.shape[0] // ctx.k, ctx.k, rows.shape[1]).sum(1) if ctx.k > 1 else rows, None, None, None
 
 
 def _param(module, name: str, factors=None):
