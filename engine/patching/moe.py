@@ -102,7 +102,7 @@ def _project(module, name: str, x, offsets, expert, grouped_mm, factors):
     base_offsets = offsets if active is None else offsets[active.ids]
     stored = active.stored[name] if active is not None else None
     packed = module._buffers.get(f"{name}_nf4")
-    # a 16-bit copy of NF4 experts where the plan has room (engine.memory.weights.keep_dense, Plan.dense_layers)
+    # a 16-bit copy of NF4 experts where the plan has room (engine.memory.weights.keep_dense, Plan.dense_experts)
     dense = getattr(module, "dense_experts", {}).get(name) if stored is None else None
     if dense is not None:
         y = grouped_mm(x, dense if transposed else dense.transpose(1, 2), base_offsets)
