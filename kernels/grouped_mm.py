@@ -17,6 +17,9 @@ no TF32), one rounding to the output dtype.
 
 Bytes moved: forward reads x once per column tile and w once per row tile and writes y; a per-expert loop of
 F.linear moves the same bytes but launches 2G kernels and gathers each group's rows into a new tensor first.
+
+`grouped_mm` hands bf16 products on compute 9.0+ to PyTorch's CUTLASS grouped product (torch._grouped_mm; `cutlass`
+says when), measured faster there; this kernel runs everywhere else (fp16, fp32, older cards, the CPU's interpreter).
 """
 
 import functools
