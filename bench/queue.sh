@@ -38,6 +38,8 @@ list() {
    of the NF4 experts where the plan has room; the GPU tests of both; the step's profile
 17 issue 29: call 16's step after moe.Rows (no atomic scatter) and CUTLASS for every LoRA factor: project step,
    its profile, the MoE GPU tests
+18 issue 29: one machine, side by side: the MoE step at HEAD and at f28c0d0 (before moe.Rows and the one-pass LoRA
+   add; a git worktree of the copied repository), then Unsloth
 EOF
 }
 
@@ -236,6 +238,18 @@ call17() {  # issue 29: call 16 measured 30,765 tokens/s (Unsloth 32,722, hf 15,
   step 100 python3 bench/profile_step.py --impl project --arch "$ID" --mode qlora --seq 2048 --bs 2 --rows 25
   step 120 python3 -m pytest -m gpu -p no:cacheprovider -q -rfEs tests/kernels/test_grouped_mm.py \
     tests/test_moe_offload.py tests/test_moe_parity.py tests/test_moe_expert_fetch.py
+}
+
+call18() {  # issue 29: what fa68db9 and 0bb7bc5 changed, on one machine (calls 16, 17 and 4 ran on three)
+  local run=(python3 "$PWD/.bench/train_bench.py" --impl project --arch "$ID" --mode qlora --seq 2048 --bs 2) old
+  keep_models "$ID"
+  step 200 python3 .bench/train_bench.py --impl project --arch "$ID" --make-only
+  old=$(mktemp -d)/f28c0d0  # the harness imports the engine from its working directory
+  git worktree add -q --detach "$old" f28c0d0 || return
+  step 120 env TUNESMITH_BENCH_BATCH=2 "${run[@]}"
+  step 120 env -C "$old" TUNESMITH_BENCH_BATCH=2 "${run[@]}"
+  step 150 python3 .bench/train_bench.py --impl unsloth --arch "$ID" --mode qlora --seq 2048 --bs 2 --steps 5 \
+    --warmup 2
 }
 
 call10() {  # issue 22: defaults at 88% of packing's tokens/s per padded token (2026-12-05): host or kernels?
