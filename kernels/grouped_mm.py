@@ -45,6 +45,25 @@ class Tiles(NamedTuple):
 
 
 TILES = Tiles()
+# The forward's tiles for 16-bit products with K >= 64 and N >= 128, by the card's shared memory per block
+# (kernels.target): on the H100, 128x256x64 was the fastest of eight tile sizes on every Qwen3-30B-A3B expert product,
+# 2.5-3.4x as fast as TILES, 64x128x64 1.9-2.5x and 64x128x32 (4 stages) 1.5-1.6x (bench/README.md, "The MoE step
+# with CUTLASS and 16-bit expert copies"). A card gets the largest that its shared memory holds; tests/kernels/
+# test_compile_targets.py compiles them for each card, but only the H100 timed them. Thin products (the LoRA
+# factors'), fp32 and the interpreter keep TILES.
+WIDE_TILES = (  # (least shared memory per block, tiles)
+    (160 * 1024, Tiles(128, 256, 64, 8, 3)),  # A100, H100, H200: (128 x 64 + 64 x 256) x 2 bytes x 3 stages
+    (96 * 1024, Tiles(64, 128, 64, 4, 3)),  # RTX 30xx / 40xx, L4
+    (0, Tiles(64, 128, 32, 4, 4)),  # T4
+)
+
+
+def forward_tiles(x: torch.Tensor, w: torch.Tensor) -> Tiles:
+    """The forward launch's tiles for x @ w[g] on x's device (see WIDE_TILES)."""
+    gpu = target.of(x)
+    if gpu is None or x.dtype == torch.float32 or w.shape[1] < 64 or w.shape[2] < 128:
+        return TILES
+    return next(tiles for least, tiles in WIDE_TILES if gpu.shared_memory >= least)
 
 
 def grouped_mm_reference(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -126,10 +145,12 @@ def _tiles(offsets: torch.Tensor, m: int, block_m: int) -> tuple[torch.Tensor, t
     return torch.where(valid, g, -1).to(torch.int32), row.to(torch.int32)
 
 
-def grouped_mm_fwd(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, out=None, tiles=TILES) -> torch.Tensor:
-    """The forward launch; `out`: an [M, N] tensor (any row-major strides) to write y into."""
+def grouped_mm_fwd(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, out=None, tiles=None) -> torch.Tensor:
+    """The forward launch; `out`: an [M, N] tensor (any row-major strides) to write y into; `tiles`: forward_tiles'
+    unless given."""
     m, k = x.shape
     n = w.shape[2]
+    tiles = tiles or forward_tiles(x, w)
     y = torch.empty(m, n, dtype=x.dtype, device=x.device) if out is None else out
     if m == 0:
         return y

@@ -103,3 +103,23 @@ def test_cutlass_grouped_mm_matches_reference(layout):
     (dx, dw), (dx_ref, dw_ref) = results
     assert_close(dx, dx_ref, torch.bfloat16)
     assert_close(dw, dw_ref, torch.bfloat16, summed=max(counts))
+
+
+def test_wide_products_get_the_largest_tiles_each_card_holds():
+    """kernels.grouped_mm.forward_tiles: Qwen3-30B-A3B's expert products get WIDE_TILES by the card's shared memory
+    (their pipelined operand tiles within it; tests/kernels/test_compile_targets.py compiles them for each card);
+    the LoRA factors' thin products, fp32 and the interpreter keep TILES."""
+    from kernels import target
+    from kernels.grouped_mm import TILES, forward_tiles
+
+    x, w = torch.zeros(8, 2048, dtype=torch.float16), torch.zeros(4, 2048, 1536, dtype=torch.float16)
+    assert forward_tiles(x, w) == TILES  # the CPU
+    picked = {}
+    for name, shared in (("T4", 64), ("RTX 4090", 99), ("A100", 163), ("H100", 227)):
+        with target.emulate(target.Target(90, shared * 1024)):
+            tiles = picked[name] = forward_tiles(x, w)
+            assert (tiles.m * tiles.k + tiles.k * tiles.n) * 2 * tiles.stages <= shared * 1024, name
+            assert forward_tiles(x, torch.zeros(4, 2048, 16, dtype=torch.float16)) == TILES  # a LoRA factor
+            assert forward_tiles(x.float(), w.float()) == TILES
+    assert (picked["H100"].m, picked["H100"].n, picked["H100"].k) == (128, 256, 64) == tuple(picked["A100"][:3])
+    assert picked["T4"] != picked["RTX 4090"] != picked["A100"]
