@@ -102,21 +102,21 @@ def _project(module, name: str, x, offsets, expert, grouped_mm, factors):
     base_offsets = offsets if active is None else offsets[active.ids]
     stored = active.stored[name] if active is not None else None
     packed = module._buffers.get(f"{name}_nf4")
-    # a 16-bit copy of NF4 experts where the plan has room (engine.memory.weights.keep_dense, Plan.dense_experts)
-    dense = getattr(module, "dense_experts", {}).get(name) if stored is None else None
-    if dense is not None:
-        y = grouped_mm(x, dense if transposed else dense.transpose(1, 2), base_offsets)
+    if packed is not None:
         lora = factors.get(name) if factors is not None else None
-    elif packed is not None:
-        from engine.core.scratch import experts_per_chunk
-        from kernels.nf4_grouped_mm import nf4_grouped_mm
+        # a 16-bit copy where the plan has room for it (engine.memory.weights.keep_dense, Plan.dense_experts)
+        dense = getattr(module, "dense_experts", {}).get(name) if stored is None else None
+        if dense is not None:
+            y = grouped_mm(x, dense if transposed else dense.transpose(1, 2), base_offsets)
+        else:
+            from engine.core.scratch import experts_per_chunk
+            from kernels.nf4_grouped_mm import nf4_grouped_mm
 
-        packed, state, shape = stored if stored is not None else (packed, *module.nf4_states[name])
-        # a layer's whole stack where the plan has room for it (engine.memory.offload, Plan.expert_stack)
-        whole = getattr(module, "whole_stack", False)
-        chunk = shape[0] if whole else experts_per_chunk(shape[1] * shape[2] * x.element_size())
-        y = nf4_grouped_mm(x, packed, state, shape, base_offsets, transposed, chunk)
-        lora = factors.get(name) if factors is not None else None
+            packed, state, shape = stored if stored is not None else (packed, *module.nf4_states[name])
+            # a layer's whole stack where the plan has room for it (engine.memory.offload, Plan.expert_stack)
+            whole = getattr(module, "whole_stack", False)
+            chunk = shape[0] if whole else experts_per_chunk(shape[1] * shape[2] * x.element_size())
+            y = nf4_grouped_mm(x, packed, state, shape, base_offsets, transposed, chunk)
     else:
         w, lora = _param(module, name, factors)
         w = stored if stored is not None else w
