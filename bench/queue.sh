@@ -38,6 +38,8 @@ list() {
    of the NF4 experts where the plan has room; the GPU tests of both; the step's profile
 17 issue 29: call 16's step after moe.Rows (no atomic scatter) and CUTLASS for every LoRA factor: project step,
    its profile, the MoE GPU tests
+19 issue 22: call 11 after the one long micro-batch runs as rows of the captured size (Collator.rows), with the
+   project's defaults at f81baef (before it; a git worktree of the copied repository) last
 18 issue 29: one machine, side by side: the MoE step at HEAD and at f28c0d0 (before moe.Rows and the one-pass LoRA
    add; a git worktree of the copied repository), then Unsloth
 EOF
@@ -250,6 +252,19 @@ call18() {  # issue 29: what fa68db9 and 0bb7bc5 changed, on one machine (calls 
   step 120 env -C "$old" TUNESMITH_BENCH_BATCH=2 "${run[@]}"
   step 150 python3 .bench/train_bench.py --impl unsloth --arch "$ID" --mode qlora --seq 2048 --bs 2 --steps 5 \
     --warmup 2
+}
+
+call19() {  # issue 22: call 11, and what Collator.rows changes against f81baef on the same machine
+  local a old
+  a=$(mktemp -d)
+  keep_models qwen3_4b
+  e2e 170 100 "$a" "project alpaca qlora" "project alpaca qlora --packing 1"
+  e2e 200 180 "$a" "unsloth alpaca qlora"
+  e2e 180 170 "$a" "unsloth alpaca qlora --packing 1"
+  old=$(mktemp -d)/f81baef
+  git worktree add -q --detach "$old" f81baef || return
+  ln -s "$PWD/.anchors" "$old/.anchors" && ln -s "$PWD/.bench" "$old/.bench"
+  (cd "$old" && e2e 90 80 "$a" "project alpaca qlora")
 }
 
 call10() {  # issue 22: defaults at 88% of packing's tokens/s per padded token (2026-12-05): host or kernels?

@@ -161,6 +161,61 @@ def test_a_long_example_gets_a_size_of_its_own_that_runs_eagerly():
     assert captured_alike.sizes == [2496] and captured_alike.once == set()
     assert Collator(examples, 8, 0, "cpu", True, lambda line: None, run, 0).once == set()  # no graphs: no eager size
     assert {make([examples[i] for i in micro])["input_ids"].shape[1] for micro in run} == {2304, 2496}
+    assert make.rows(run[0]) == [run[0]] and make.split_to == 0  # not asked to split: the eager step stays
+
+
+def test_the_one_long_micro_batch_runs_as_rows_of_the_captured_size():
+    """The same run with `split` (the training loop on one GPU): its one 2,474-token micro-batch runs as two rows
+    that the 2,304-token graphs take (4,608 padded tokens against 2,496 + EAGER_STEP_COST for an eager step), its
+    examples in order; the other micro-batches stay whole, and 2,496 is no size of the run. Not where the rows would
+    cost more than the eager step, nor where an example is longer than the captured size."""
+    lengths = [2048, 60, 60, 60, 60, 60, 60, 66] + [282, 282, 282, 282, 282, 282, 282, 281] * 49
+    examples = examples_for(lengths, 0)
+    run = [list(range(i, i + 8)) for i in range(0, len(lengths), 8)]
+    logs = []
+    args = (examples, 8, 0, "cpu", True, logs.append, run, GRAPH_SHAPE_COST, MAX_BUCKETS)
+    make = Collator(*args, EAGER_STEP_COST, split=True)
+    assert make.sizes == [2304] and make.once == set() and make.split_to == 2304
+    assert "the 1 micro-batch(s) over 2304 tokens as 2 rows of up to 2304 instead of an eager step" in logs[0]
+    assert "2.1% padding" not in logs[0] and "(2304 tokens;" in logs[0]
+    parts = make.rows(run[0])
+    assert len(parts) == 2 and sum(parts, []) == run[0] and all(sum(lengths[i] for i in p) <= 2304 for p in parts)
+    assert all(make.rows(micro) == [micro] for micro in run[1:])
+    assert {make([examples[i] for i in part])["input_ids"].shape[1] for part in parts} == {2304}
+    assert Collator(*args, 100, split=True).split_to == 0  # an eager step costs ~100 tokens' time: kept
+    longest = examples_for([2400] + [10] * 7 + lengths[8:], 0)  # an example no row of 2,304 holds
+    assert Collator(longest, *args[1:], EAGER_STEP_COST, split=True).split_to == 0
+
+
+def test_a_micro_batch_split_into_rows_computes_its_gradient():
+    """fp32, the fast path: a micro-batch as the rows Collator.rows makes of it, each row's loss weighed by its share
+    of the label tokens (as the training loop weighs a step's rows), gives its loss and every LoRA gradient."""
+    model = with_lora(tiny_model("qwen3", vocab=VOCAB, use_cache=False))
+    patch_model(model.get_base_model(), log=lambda m: None)
+    lengths = [40, 9, 4, 17, 3, 12, 30, 5]
+    examples = examples_for(lengths, seed=2)
+    micro = list(range(8))
+    make = Collator(examples, 8, 0, "cpu", True, lambda line: None)
+    make.split_to = 72  # what Collator._split sets where a size of its own would run eagerly
+    parts = make.rows(micro)
+    assert len(parts) == 2 and sum(parts, []) == micro
+    total = sum(label_tokens(e) for e in examples)
+
+    def step(rows):
+        model.zero_grad(set_to_none=True)
+        loss = 0
+        for row in rows:
+            part = model(**make([examples[i] for i in row])).loss * sum(label_tokens(examples[i]) for i in row)
+            (part / total).backward()
+            loss += part.detach() / total
+        return loss, {n: packed_gradient(p).clone() for n, p in model.named_parameters() if "lora_" in n}
+
+    loss_whole, grads_whole = step([micro])
+    loss_rows, grads_rows = step(parts)
+    torch.testing.assert_close(loss_rows, loss_whole, rtol=1e-6, atol=1e-6)
+    assert grads_whole
+    for name, grad in grads_whole.items():
+        torch.testing.assert_close(grads_rows[name], grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_a_step_joins_its_micro_batches_in_order_up_to_the_cap():

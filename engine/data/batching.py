@@ -239,8 +239,9 @@ class Collator:
     them (`plan_buckets` with `shape_cost` and `once_cost`, at most `most` sizes: the shapes a memory plan holds graphs
     for), and with a `once_cost` `once` holds those that only one micro-batch lands in (run without graphs); else the
     fixed sizes. Where a step's micro-batches are joined into rows (`join`), `run` holds the rows, `joined` is the most
-    micro-batches a row joins and `cap` the most tokens it holds. Logs each bucket the first time a micro-batch lands
-    in it."""
+    micro-batches a row joins and `cap` the most tokens it holds. With `split`, a micro-batch whose size runs eagerly
+    runs instead as rows of the largest captured size where that costs less (`rows`). Logs each bucket the first time
+    a micro-batch lands in it."""
 
     def __init__(
         self,
@@ -256,6 +257,7 @@ class Collator:
         once_cost=None,
         joined: int = 1,
         cap: int = 0,
+        split: bool = False,
     ):
         self.pad_id, self.device, self.varlen, self.log = pad_id, device, varlen, log
         self.slots = segment_slots(examples, batch_size * joined)
@@ -263,6 +265,8 @@ class Collator:
         self.sizes = buckets(self.cap)
         self.seen = set()
         self.once = set()
+        self.lengths = [len(e.input_ids) for e in examples]
+        self.split_to = 0  # rows over this many tokens run as rows of at most this many (`rows`); 0: none
         if varlen and run:
             self.sizes, share = planned(examples, run, shape_cost, most, once_cost)
             self.once = used_once(examples, run, self.sizes) if once_cost else set()
@@ -272,6 +276,11 @@ class Collator:
                 else ("row", "each row", "rows")
             )
             alone = f"; {', '.join(map(str, sorted(self.once)))} for one {one}, run eagerly" if self.once else ""
+            if split and self.once:
+                alone = self._split(run, once_cost, one) or alone
+            if self.split_to:
+                counts = [sum(self.lengths[i] for i in part) for row in run for part in self.rows(row)]
+                share = 1 - sum(counts) / sum(next(s for s in self.sizes if s >= c) for c in counts)
             log(
                 f"batches: padding-free, {what} rounded up to one of {len(self.sizes)} sizes planned for the run's "
                 f"{len(run)} {units} ({', '.join(map(str, self.sizes))} tokens{alone}; {100 * share:.1f}% padding; "
@@ -284,6 +293,36 @@ class Collator:
             )
         else:
             log("batches: right-padded rows (the model's attention does not take cu_seqlens)")
+
+    def _split(self, run, once_cost: int, one: str) -> str:
+        """Where every size above the largest captured one holds one micro-batch (run eagerly, ~`once_cost` tokens'
+        time more than captured) and that micro-batch's examples make rows of the captured size that cost less (their
+        padded tokens against its size plus `once_cost`), it runs as those rows: the same gradient, since a step's
+        loss weighs its rows by their label tokens. Says so for the log line."""
+        captured = max((size for size in self.sizes if size not in self.once), default=0)
+        above = [size for size in self.sizes if size > captured]
+        if not captured or not above or not set(above) <= self.once:
+            return ""
+        over = [row for row in run if sum(self.lengths[i] for i in row) > captured]
+        parts = [join([[i] for i in row], self.lengths, captured) for row in over]
+        if any(self.lengths[i] > captured for row in over for i in row):
+            return ""  # an example longer than the captured size: no rows of it hold that one
+        if sum(len(p) * captured for p in parts) >= sum(above) + once_cost * len(above):
+            return ""
+        self.split_to = captured
+        self.sizes = [size for size in self.sizes if size <= captured]
+        self.once -= set(above)
+        return (
+            f"; the {len(over)} {one}(s) over {captured} tokens as {sum(map(len, parts))} rows of up to {captured} "
+            f"instead of an eager step in a size of its own ({', '.join(map(str, above))})"
+        )
+
+    def rows(self, row) -> list[list[int]]:
+        """`row` (example indices) as the rows it runs as: itself, or, over `split_to` tokens, its examples in order
+        as the fewest rows of at most `split_to` tokens (`join`)."""
+        if not self.split_to or sum(self.lengths[i] for i in row) <= self.split_to:
+            return [row]
+        return join([[i] for i in row], self.lengths, self.split_to)
 
     def __call__(self, examples) -> dict:
         if not self.varlen:

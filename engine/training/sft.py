@@ -193,7 +193,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         )
     make_batch = Collator(
         examples, spec.batch_size, tok.pad_token_id, placement.device, varlen, log, run, shape_cost, most, once_cost,
-        spec.grad_accum if joins else 1, cap,
+        spec.grad_accum if joins else 1, cap, world is None,
     )  # fmt: skip
     labelled = functools.cache(lambda i: label_tokens(examples[i]))  # example -> the tokens its loss is taken over
     if hasattr(base, "eager_tokens"):  # engine.patching.graphs.install: these sizes are not captured
@@ -248,7 +248,8 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
                 n_tokens += sum(len(examples[i].input_ids) for i in plan[micro])
                 step_labels += sum(labelled(i) for i in plan[micro])
                 micro += 1
-        rows = join(mine, lengths, cap) if joins else mine
+        # a row whose size would run eagerly may run as rows of a captured size instead (Collator.rows; one rank)
+        rows = [part for row in (join(mine, lengths, cap) if joins else mine) for part in make_batch.rows(row)]
         for k, row in enumerate(rows):
             # the step's loss is the mean over all its label tokens, as transformers' Trainer takes it: each row's
             # mean weighed by its share of them (times the ranks, whose gradients are averaged). A row without any
