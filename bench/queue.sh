@@ -40,6 +40,8 @@ list() {
    its profile, the MoE GPU tests
 19 issue 22: call 11 after the one long micro-batch runs as rows of the captured size (Collator.rows), with the
    project's defaults at f81baef (before it; a git worktree of the copied repository) last
+20 issue 30: decode attention over the filled positions (CHUNK 16): its GPU tests; decode bf16 batch 1 at HEAD and
+   at f81baef (a git worktree), decode_profile bf16 batch 8
 18 issue 29: one machine, side by side: the MoE step at HEAD and at f28c0d0 (before moe.Rows and the one-pass LoRA
    add; a git worktree of the copied repository), then Unsloth
 EOF
@@ -265,6 +267,17 @@ call19() {  # issue 22: call 11, and what Collator.rows changes against f81baef 
   git worktree add -q --detach "$old" f81baef || return
   ln -s "$PWD/.anchors" "$old/.anchors" && ln -s "$PWD/.bench" "$old/.bench"
   (cd "$old" && e2e 90 80 "$a" "project alpaca qlora")
+}
+
+call20() {  # issue 30: call 8 measured 13 us a decode attention call (H100, qwen3_4b, positions 128-383)
+  local old
+  keep_models qwen3_4b
+  step 60 python3 -m pytest -m gpu -p no:cacheprovider -q -rfEs tests/kernels/test_decode_attention.py
+  step 90 python3 .bench/decode_bench.py --impl project --arch qwen3_4b
+  old=$(mktemp -d)/f81baef
+  git worktree add -q --detach "$old" f81baef || return
+  step 60 env -C "$old" python3 "$PWD/.bench/decode_bench.py" --impl project --arch qwen3_4b
+  step 90 python3 bench/decode_profile.py --arch qwen3_4b --batch 8 --dtypes bf16 --rows 8
 }
 
 call10() {  # issue 22: defaults at 88% of packing's tokens/s per padded token (2026-12-05): host or kernels?

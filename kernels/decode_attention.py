@@ -5,11 +5,15 @@ cached positions 0..p (p read from a device tensor, so a replayed CUDA graph nee
 
     s_j = scale * q_h . k_j        o_h = sum_j softmax(s)_j v_j
 
-Split-K over the sequence (flash-decoding): the cache's C positions are cut into S chunks; program (k, i) runs an
+Split-K over the sequence (flash-decoding): the filled positions are cut into S chunks; program (k, i) runs an
 online softmax over chunk i for the G query heads of KV head k, reading each K and V row once for the whole group,
 and keeps (max, sum of exponentials, unnormalized output) per head; a second kernel merges the S partial results.
-S is fixed by the cache's capacity, not by p, so one captured graph serves every position (chunks past p do no work).
-With one chunk the first kernel writes the output itself.
+S is fixed by the cache's capacity, not by p, so one captured graph serves every position; the filled positions 0..p
+are what is cut into the S chunks (each a multiple of the block of positions a program loads), read from the device
+position in the kernel, so a short chat still spreads over the GPU's SMs. Before, chunks of at least 64 positions of
+the capacity left most programs idle and a few looping: 13 us a call at positions 128-383 of a 512-position cache on
+an H100 (qwen3_4b, `bench/decode_profile.py`, call 8 of bench/queue.sh). With one chunk the first kernel writes the
+output itself.
 
 Batched (B sequences decoding together, each at its own position): q (B, Hq, D), caches (B, Hk, C, D) and one position
 per row; the grid gains a row axis and each row reads its own cache up to its own position (ragged prompts need no
@@ -29,7 +33,7 @@ import triton.language as tl
 
 from kernels import dispatch
 
-CHUNK = 64  # cache positions per split at the least: enough programs to cover the GPU's SMs on short chats
+CHUNK = 16  # capacity per split at the least: a short chat's positions spread over many programs
 MAX_SPLITS = 64  # the merge kernel holds all splits of a head at once
 TILE = 8192  # elements of a (heads, positions, dim) product tile a program holds in registers
 
@@ -81,7 +85,6 @@ def _decode_attention_kernel(
     D,
     C,
     scale,
-    chunk,
     SPLITS,
     SPLIT: tl.constexpr,
     BLOCK_G: tl.constexpr,
@@ -107,6 +110,7 @@ def _decode_attention_kernel(
     m = tl.full((BLOCK_G,), float("-inf"), tl.float32)
     l_sum = tl.zeros((BLOCK_G,), tl.float32)
     acc = tl.zeros((BLOCK_G, BLOCK_D), tl.float32)
+    chunk = tl.cdiv(tl.cdiv(n, SPLITS), BLOCK_N) * BLOCK_N  # the filled positions over the splits
     start = split * chunk
     end = tl.minimum(start + chunk, n)
     for lo in range(start, end, BLOCK_N):
@@ -157,7 +161,7 @@ def decode_attention_fwd(q, k_cache, v_cache, position, scale):
     group = hq // hk
     block_g, block_d = triton.next_power_of_2(group), triton.next_power_of_2(d)
     block_n = max(16, TILE // (block_g * block_d))
-    splits, chunk = splits_for(capacity, block_n)
+    splits, _ = splits_for(capacity, block_n)
     out = torch.empty_like(q)
     if splits > 1:
         m = torch.empty(rows * hq * splits, dtype=torch.float32, device=q.device)
@@ -185,7 +189,6 @@ def decode_attention_fwd(q, k_cache, v_cache, position, scale):
         d,
         capacity,
         scale,
-        chunk,
         splits,
         SPLIT=splits > 1,
         BLOCK_G=block_g,

@@ -34,7 +34,7 @@ def _check(hq, hk, d, capacity, position, dtype, device=DEVICE):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     "hq, hk, d, capacity",
-    [(4, 2, 16, 64), (6, 2, 24, 200), (3, 3, 16, 130)],
+    [(4, 2, 16, 16), (6, 2, 24, 200), (3, 3, 16, 130)],
     ids=["one-split", "split-k-odd-dim", "mha-split-k"],
 )
 @pytest.mark.parametrize("where", ["first", "middle", "last"])
@@ -44,7 +44,7 @@ def test_decode_attention_matches_reference(hq, hk, d, capacity, where, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("capacity", [64, 200], ids=["one-split", "split-k"])
+@pytest.mark.parametrize("capacity", [16, 200], ids=["one-split", "split-k"])
 def test_batched_rows_are_each_rows_own_attention(capacity, dtype):
     """B rows at ragged positions, each over its own cache: the batched launch gives each row's one-row result."""
     hq, hk, d, positions = 6, 2, 24, [0, capacity // 2 + 3, capacity - 1, 5]
@@ -66,7 +66,15 @@ def test_split_k_covers_the_cache():
     for capacity in (1, 63, 64, 65, 512, 4096, 40960):
         splits, chunk = splits_for(capacity, 16)
         assert chunk % 16 == 0 and (splits - 1) * chunk < capacity <= splits * chunk and splits <= 64
-    assert splits_for(64, 16)[0] == 1 and splits_for(512, 16)[0] == 8
+    assert splits_for(16, 16)[0] == 1 and splits_for(512, 16)[0] == 32 and splits_for(40960, 16)[0] == 64
+
+
+def test_few_filled_positions_spread_over_every_split():
+    """A position early in a long cache: its positions are cut over all of the cache's splits (the kernel derives
+    the chunk from the position), and the result is still the reference's, at positions that leave some splits
+    empty (fewer positions than splits x 16)."""
+    for position in (0, 5, 17, 300, 1023):
+        _check(4, 2, 16, 1024, position, torch.float32)
 
 
 def test_a_position_past_the_end_reads_the_whole_cache():
