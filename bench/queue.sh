@@ -42,6 +42,8 @@ list() {
    project's defaults at f81baef (before it; a git worktree of the copied repository) last
 20 issue 30: decode attention over the filled positions (CHUNK 16): its GPU tests; decode bf16 batch 1 at HEAD and
    at f81baef (a git worktree), decode_profile bf16 batch 8
+22 issue 29: CUDA graphs of the MoE layers (TUNESMITH_MOE_GRAPHS=1): their GPU test, then the qwen3_30b_a3b_12l
+   QLoRA step with and without them, Unsloth, and the captured step's profile
 18 issue 29: one machine, side by side: the MoE step at HEAD and at f28c0d0 (before moe.Rows and the one-pass LoRA
    add; a git worktree of the copied repository), then Unsloth
 EOF
@@ -278,6 +280,18 @@ call20() {  # issue 30: call 8 measured 13 us a decode attention call (H100, qwe
   git worktree add -q --detach "$old" f81baef || return
   step 60 env -C "$old" python3 "$PWD/.bench/decode_bench.py" --impl project --arch qwen3_4b
   step 90 python3 bench/decode_profile.py --arch qwen3_4b --batch 8 --dtypes bf16 --rows 8
+}
+
+call22() {  # issue 29: the host issued 192 grouped products a step (call 17); captured layers replay them at once
+  local run=(python3 .bench/train_bench.py --arch "$ID" --mode qlora --seq 2048 --bs 2)
+  keep_models "$ID"
+  step 200 python3 .bench/train_bench.py --impl project --arch "$ID" --make-only
+  step 60 python3 -m pytest -m gpu -p no:cacheprovider -q -rfEs tests/test_moe_parity.py -k graph
+  step 120 env TUNESMITH_BENCH_BATCH=2 TUNESMITH_MOE_GRAPHS=1 "${run[@]}" --impl project
+  step 120 env TUNESMITH_BENCH_BATCH=2 "${run[@]}" --impl project
+  step 150 "${run[@]}" --impl unsloth --steps 5 --warmup 2
+  step 100 env TUNESMITH_MOE_GRAPHS=1 python3 bench/profile_step.py --impl project --arch "$ID" --mode qlora \
+    --seq 2048 --bs 2 --rows 25
 }
 
 call10() {  # issue 22: defaults at 88% of packing's tokens/s per padded token (2026-12-05): host or kernels?

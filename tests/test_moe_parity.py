@@ -274,3 +274,63 @@ def test_an_empty_batch_goes_through_the_grouped_path(arch):
     out = out[0] if isinstance(out, tuple) else out
     out.sum().backward()
     assert out.shape == hidden.shape and hidden.grad.shape == hidden.shape
+
+
+def test_moe_layers_are_captured_only_when_asked_and_safe(monkeypatch):
+    """CUDA graphs of MoE layers are an experiment (TUNESMITH_MOE_GRAPHS=1) until timed on a GPU; even then never
+    with router logits recorded for the load-balancing loss (hooks do not run in a replay), with Mixtral's input
+    jitter, or under a plan that recomputes layers at its largest micro-batch."""
+    from engine.patching import graphs
+
+    def install(arch, per_shape=False, **config):
+        model = tiny_model(arch)
+        for key, value in config.items():
+            setattr(model.config, key, value)
+        patch_model(model, log=lambda m: None)
+        if "router_jitter_noise" in config:  # the block read it from the config when it was built
+            for layer in model.model.layers:
+                layer.mlp.jitter_noise = config["router_jitter_noise"]
+        lines = []
+        return graphs.install(model, log=lines.append, per_shape=per_shape), lines
+
+    assert install("qwen3_moe")[0] is False
+    monkeypatch.setenv("TUNESMITH_MOE_GRAPHS", "1")
+    assert install("qwen3_moe")[0] is True and install("mixtral")[0] is True
+    assert install("qwen3_moe", output_router_logits=True)[0] is False
+    assert install("mixtral", router_jitter_noise=0.1)[0] is False
+    installed, lines = install("qwen3_moe", per_shape=True)
+    assert installed is False and "captured only where the plan recomputes nothing" in lines[-1]
+
+
+@pytest.mark.gpu
+def test_moe_graph_steps_equal_eager_steps(monkeypatch):
+    """With TUNESMITH_MOE_GRAPHS=1, bf16 on the GPU: three SGD steps of a qwen3_moe with LoRA on attention and experts
+    replay captured layers (the grouped products, the row moves and the routing inside the graphs) and give the eager
+    path's losses and LoRA gradients."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a GPU")
+    from engine.patching import graphs
+
+    monkeypatch.setenv("TUNESMITH_MOE_GRAPHS", "1")
+    ids = torch.randint(3, 96, (2, 64), generator=torch.Generator().manual_seed(0)).cuda()
+    inputs = dict(input_ids=ids, labels=ids)  # no attention mask: a masked step runs its layers eagerly
+
+    def load(graphed):
+        model = tiny_model("qwen3_moe").to(torch.bfloat16)
+        model.config.use_cache = False
+        patch_model(model, log=lambda m: None)
+        lines = []
+        if graphed:
+            assert graphs.install(model, log=lines.append)
+        return with_expert_lora(model).train(), lines
+
+    kw = dict(steps=3, lr=0.1, optimizer=torch.optim.SGD, autocast=torch.bfloat16)
+    eager, _ = load(False)
+    graphed, lines = load(True)
+    losses_e, grads_e, _ = train_steps(eager, inputs, **kw)
+    losses_g, grads_g, _ = train_steps(graphed, inputs, **kw)
+    assert any("captured" in line for line in lines), lines
+    torch.testing.assert_close(torch.tensor(losses_g), torch.tensor(losses_e), rtol=1e-3, atol=0)
+    for step in range(3):
+        for name in grads_e[step]:
+            torch.testing.assert_close(grads_g[step][name], grads_e[step][name], rtol=2e-2, atol=1e-5, msg=name)

@@ -109,15 +109,17 @@ class Captures:
 
 
 def eligible_layers(model) -> list | None:
-    """The decoder layers, when every one can be captured (fast-path attention without window or soft cap)."""
+    """The decoder layers, when every one can be captured (fast-path attention without window or soft cap, and a
+    fast MLP or a mixture-of-experts block that `moe.capturable` allows)."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     from engine.patching.modules import FastAttention, FastMLP
+    from engine.patching.moe import capturable
 
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
     for layer in layers:
-        attn = getattr(layer, "self_attn", None)
-        if not isinstance(attn, FastAttention) or not isinstance(getattr(layer, "mlp", None), FastMLP):
+        attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+        if not isinstance(attn, FastAttention) or not (isinstance(mlp, FastMLP) or capturable(model, mlp)):
             return None
         if getattr(attn, "sliding_window", None) is not None or getattr(attn, "attn_logit_softcapping", None):
             return None
@@ -133,11 +135,17 @@ def install(model, log=print, most: int = MAX_SHAPES, per_shape: bool = False) -
     micro-batch recomputes none and has room for these graphs (engine.memory.checkpointing adds them as it decides
     each size); the others run as they are, their recomputed layers through CheckpointGraphs."""
     from engine.patching.modules import mask_skipped
+    from engine.patching.moe import FastMoEBlock
 
     layers = eligible_layers(model)
     if layers is None:
         log("cuda graphs: off (a layer needs an attention mask, a window or a soft cap, or is not on the fast path)")
         return False
+    if any(isinstance(getattr(layer, "mlp", None), FastMoEBlock) for layer in layers):  # moe.capturable
+        if per_shape:
+            log("cuda graphs: off (mixture-of-experts layers are captured only where the plan recomputes nothing)")
+            return False
+        most = 1  # the memory plan counts no MoE layer's graphs: one shape, whose pool holds what eager steps would
     model.shape_graphs = True  # each padding-free bucket costs a capture: engine.data.batching.plan_buckets
     allowed = model.layer_graph_tokens = set() if per_shape else None
     eager = model.eager_tokens = set()  # the run's sizes of one micro-batch (engine.data.batching.used_once)

@@ -189,6 +189,22 @@ def _lora_factors(experts):
     return module, factors
 
 
+def capturable(model, block) -> bool:
+    """Whether engine.patching.graphs may capture a layer with this MoE block: only with TUNESMITH_MOE_GRAPHS=1, an
+    experiment until a GPU has measured it (bench/queue.sh call 22), held to one shape, where nothing recomputes; never
+    when the load-balancing loss reads router logits (transformers records them with hooks, which a replay does not
+    run) or with Mixtral's input jitter (a random draw each step). No host read in the grouped path stops a capture:
+    the groups' ends stay on the GPU (`experts_forward`)."""
+    import os
+
+    return (
+        isinstance(block, FastMoEBlock)
+        and os.environ.get("TUNESMITH_MOE_GRAPHS") == "1"
+        and not getattr(model.config, "output_router_logits", False)
+        and not block.jitter_noise
+    )
+
+
 def runs_grouped(block) -> bool:
     """Whether FastMoEBlock `block` computes its experts through the grouped path itself (else PEFT's wrappers run,
     which read the whole stack of each expert tensor)."""
