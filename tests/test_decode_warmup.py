@@ -272,6 +272,7 @@ def test_after_the_warmup_the_first_reply_compiles_nothing(four_bit, tmp_path):
     placement = choose_placement("cuda")
     before = torch.cuda.memory_allocated()
     kernels_warm = warmup.start_for(tmp_path, placement.device, placement.torch_dtype, four_bit, rows=(2,))
+    assert kernels_warm.thread is not None, joined(kernels_warm)  # else it says why it did not start
     kernels_warm.thread.join()  # the compiles end before the check below starts counting
     assert torch.cuda.memory_allocated() == before  # stand-ins on the CPU: no GPU memory taken from the load
     model = load_model(tmp_path, placement, four_bit=four_bit).eval()
