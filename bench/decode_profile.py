@@ -10,7 +10,9 @@ double-quantized absmax and bf16 compute), optionally wrapped in a PEFT LoRA of 
 (random B: the adapter is live), and decoded greedily with the app's decoder (engine.chat.decode.Decoder):
 
 - first reply: a fresh Decoder's first call (cache, kernels' compilation and CUDA-graph capture included), and the
-  time to its first token;
+  time to its first token; the kernels compile in the background from before the load, as the Chat tab's do
+  (engine.chat.warmup, with the batch's rows; TUNESMITH_DECODE_WARMUP=0 turns it off), so this includes only the
+  wait for what is left of it;
 - batch 1: the best of three warm calls of `--new` tokens after a `--prompt`-token prompt, in tokens/s, against the
   bandwidth limit: the card's copy bandwidth (a 1 GiB device-to-device copy, read + write bytes) over the bytes a
   token reads (every weight once; the input embedding only when the head does not share it; NF4 absmax included);
@@ -117,6 +119,7 @@ def kernel_profile(step, rows: int) -> dict:
 def measure(path: Path, four_bit: bool, a) -> dict:
     import torch
 
+    from engine.chat import warmup
     from engine.chat.decode import Decoder
     from engine.chat.decode_batch import batch
     from engine.core.hardware import choose_placement
@@ -124,13 +127,15 @@ def measure(path: Path, four_bit: bool, a) -> dict:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     placement = choose_placement(device)
+    # as the Chat tab starts it (engine.chat.infer.ChatModel); TUNESMITH_DECODE_WARMUP=0 measures without it
+    kernels = warmup.start_for(path, placement.device, placement.torch_dtype, four_bit, rows=(a.batch,))
     t = time.time()
     model = load_model(path, placement, four_bit=four_bit).eval()
     if a.lora:
         model = with_lora(model, a.lora)
     load_s = time.time() - t
     lines = []
-    decoder = Decoder(model, log=lines.append)
+    decoder = Decoder(model, log=lines.append, warmup=kernels)
     gen = torch.Generator().manual_seed(0)
     vocab = min(model.config.vocab_size, 30000)
     prompt = torch.randint(100, vocab, (a.prompt,), generator=gen).tolist()

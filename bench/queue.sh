@@ -46,6 +46,9 @@ list() {
    QLoRA step with and without them, Unsloth, and the captured step's profile
 18 issue 29: one machine, side by side: the MoE step at HEAD and at f28c0d0 (before moe.Rows and the one-pass LoRA
    add; a git worktree of the copied repository), then Unsloth
+21 issue 30: the decoder's kernel warm-up (engine.chat.warmup), first reply <= 3 s: its GPU test; decode bf16 batch 1
+   with a cold Triton cache, with the warm-up and without (TUNESMITH_DECODE_WARMUP=0); decode_profile bf16+NF4
+   batch 8, cold
 EOF
 }
 
@@ -292,6 +295,17 @@ call22() {  # issue 29: the host issued 192 grouped products a step (call 17); c
   step 150 "${run[@]}" --impl unsloth --steps 5 --warmup 2
   step 100 env TUNESMITH_MOE_GRAPHS=1 python3 bench/profile_step.py --impl project --arch "$ID" --mode qlora \
     --seq 2048 --bs 2 --rows 25
+}
+
+call21() {  # issue 30: decode_bench's first_call_s was 5.68 s with a cold Triton cache (H100, qwen3_4b; 1.82 s
+  # first_reply_s with the kernels on disk); engine.chat.warmup compiles them while the weights load. A cold cache each.
+  keep_models qwen3_4b
+  step 120 python3 -m pytest -m gpu -p no:cacheprovider -q -rfEs tests/test_decode_warmup.py
+  step 90 env TRITON_CACHE_DIR="$(mktemp -d)" python3 .bench/decode_bench.py --impl project --arch qwen3_4b
+  step 90 env TRITON_CACHE_DIR="$(mktemp -d)" TUNESMITH_DECODE_WARMUP=0 python3 .bench/decode_bench.py --impl project \
+    --arch qwen3_4b
+  step 240 env TRITON_CACHE_DIR="$(mktemp -d)" python3 bench/decode_profile.py --arch qwen3_4b --batch 8 \
+    --dtypes bf16,nf4 --rows 8
 }
 
 call10() {  # issue 22: defaults at 88% of packing's tokens/s per padded token (2026-12-05): host or kernels?

@@ -188,10 +188,13 @@ class Decoder:
         kernels: False keeps transformers' own forward (bit-equal to transformers generate), as
             TUNESMITH_DECODE_KERNELS=0 does; True or None runs our decode step where the family has one
             (`choose_path`).
+        warmup: engine.chat.warmup's background compile of the step's kernels (started before the weights loaded),
+            joined, and logged, before the first reply, so before any capture; None: nothing to wait for.
     """
 
-    def __init__(self, model, log=print, mode: str | None = None, kernels: bool | None = None):
+    def __init__(self, model, log=print, mode: str | None = None, kernels: bool | None = None, warmup=None):
         self.model = model
+        self.warmup = warmup
         self.net = model.get_base_model() if hasattr(model, "disable_adapter") else model
         self.device = next(model.parameters()).device
         if mode is None:
@@ -424,6 +427,9 @@ class Decoder:
             )
         self._busy = True
         try:
+            if self.warmup is not None:  # its compiles must be done before this reply's kernels launch
+                self.warmup.join(self.log)
+                self.warmup = None
             self._refresh(adapter)
             yield
         finally:

@@ -241,22 +241,27 @@ class ChatModel:
     """
 
     def __init__(self, source: str, device: str = "auto", log=print):
+        from engine.chat import warmup
         from engine.chat.decode import Decoder
         from engine.data.tokenizing import ensure_chat_template
         from engine.models.loading import load_model, load_tokenizer, resolve_model
 
         base, adapter, tok_dir = locate(source)
         self.placement = choose_placement(device)
-        self.tokenizer = load_tokenizer(tok_dir or resolve_model(base, log))
+        path = resolve_model(base, log)
+        # the decode step's kernels compile while the weights load; the decoder waits for them at the first reply
+        rows = (2,) if adapter is not None else ()  # the compare's base and tuned rows
+        kernels = warmup.start_for(path, self.placement.device, self.placement.torch_dtype, rows=rows)
+        self.tokenizer = load_tokenizer(tok_dir or path)
         ensure_chat_template(self.tokenizer)
-        model = load_model(resolve_model(base, log), self.placement)
+        model = load_model(path, self.placement)
         if adapter is not None:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, adapter)  # applied on the fly: the base stays shared
         self.model = model.eval()
         self.has_adapter = adapter is not None
-        self.decoder = Decoder(self.model, log=log)
+        self.decoder = Decoder(self.model, log=log, warmup=kernels)
         self.stop_ids = self._stop_ids()
         # markers the template writes that are not single tokens here (a named template on a base model): stop on text
         vocab = self.tokenizer.get_vocab()

@@ -19,8 +19,9 @@ specialization classes as T's (kernels.rms_norm's backward does not specialize o
 tests/test_warmup.py checks that a patched model's padding-free step launches no specialization the warm-up missed.
 
 No kernel here autotunes, so there is no tuning key to match. Not warmed: the mixture-of-experts kernels
-(kernels.grouped_mm, kernels.nf4_grouped_mm), the chat's decoding kernels, and the right-padded path's shapes (its
-token counts are any length); whatever is missed compiles at its first launch, as before.
+(kernels.grouped_mm, kernels.nf4_grouped_mm), the chat's decoding kernels (engine.chat.warmup compiles those for a
+chat, with this module's `Shapes` and `Warmup`), and the right-padded path's shapes (its token counts are any
+length); whatever is missed compiles at its first launch, as before.
 
 Compiling (MLIR passes, LLVM, ptxas) leaves the GIL to the loading thread most of the time: on this project's 2-core
 development VM (shared, loaded), while Triton compiled the varlen dQ kernel for sm_90, a Python thread's 1 ms sleeps
@@ -39,6 +40,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -208,12 +210,39 @@ def warm(s: Shapes, dtype, device, stop=None, done=None) -> list[str]:
     return done
 
 
-class Warmup:
-    """The background warm-up of one run: `join` waits for it and logs what it did (once)."""
+def warm_and_release(s: Shapes, dtype, device, stop=None, done=None) -> None:
+    """`warm`, then (on CUDA) wait for its kernels, so that a failing one shows here and not in the run's first step,
+    and hand its memory back before the memory plan counts it, whether it failed or not."""
+    try:
+        warm(s, dtype, device, stop, done)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    finally:
+        if device.type == "cuda":
+            if hasattr(torch._C, "_cuda_clearCublasWorkspaces"):
+                torch._C._cuda_clearCublasWorkspaces()  # the loss's matmuls gave this thread a cuBLAS workspace
+            torch.cuda.empty_cache()
 
-    def __init__(self, shapes: Shapes | None, dtype=None, device=None, note: str = ""):
+
+class Words(NamedTuple):
+    """How a warm-up's log lines name what it warmed and who waits for it."""
+
+    subject: str = "kernels"
+    waiter: str = "the run"  # "... waited 0.4 s for it"
+    ready: str = "the model was ready"  # "done before ..."
+    first: str = "the first step"  # what compiles the kernels when the warm-up failed
+
+
+class Warmup:
+    """The background warm-up of one run: `join` waits for it and logs what it did (once).
+
+    `work(shapes, dtype, device, stop, done)` does it (default: `warm_and_release`), appending what it did to `done`
+    and ending early when `stop()` is True; `words` names it in the log (engine.chat.warmup's decode kernels)."""
+
+    def __init__(self, shapes, dtype=None, device=None, note: str = "", work=None, words: Words = Words()):
         self.shapes, self.dtype, self.device = shapes, dtype, device
         self.note = note  # why there is nothing to do, when there is not
+        self.work, self.words = work or warm_and_release, words
         self.error, self.trace = None, ""
         self.done: list[str] = []
         self.started = self.finished = time.perf_counter()
@@ -226,24 +255,19 @@ class Warmup:
     def _run(self) -> None:
         try:
             with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
-                warm(self.shapes, self.dtype, self.device, lambda: self.stopping, self.done)
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)  # a kernel's failure shows here, not in the run's first step
+                self.work(self.shapes, self.dtype, self.device, lambda: self.stopping, self.done)
         except Exception as exc:  # noqa: BLE001  a warm-up must never fail the run: the first step compiles instead
             self.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
             self.trace = traceback.format_exc()
         finally:
-            if self.device.type == "cuda":  # its tensors are gone: hand their memory back before the plan counts it
-                if hasattr(torch._C, "_cuda_clearCublasWorkspaces"):
-                    torch._C._cuda_clearCublasWorkspaces()  # the loss's matmuls gave this thread a cuBLAS workspace
-                torch.cuda.empty_cache()
             self.finished = time.perf_counter()
 
     def join(self, log=print, stop: bool = False) -> None:
         """Wait for the warm-up (`stop`: after its current step) and log how it went; the run goes on either way."""
+        w = self.words
         if self.thread is None:
             if self.note:
-                log(f"kernels: no warm-up ({self.note})")
+                log(f"{w.subject}: no warm-up ({self.note})")
                 self.note = ""
             return
         self.stopping = stop
@@ -256,10 +280,10 @@ class Warmup:
             return
         if self.error is not None:
             log(self.trace.rstrip())
-            log(f"kernels: the warm-up failed after {took:.1f} s ({self.error}); the first step compiles the kernels")
+            log(f"{w.subject}: the warm-up failed after {took:.1f} s ({self.error}); {w.first} compiles the kernels")
             return
-        when = f"the run waited {waited:.1f} s for it" if waited > 0.05 else "done before the model was ready"
-        log(f"kernels compiled in {took:.1f} s while the weights loaded ({', '.join(self.done)}; {when})")
+        when = f"{w.waiter} waited {waited:.1f} s for it" if waited > 0.05 else f"done before {w.ready}"
+        log(f"{w.subject} compiled in {took:.1f} s while the weights loaded ({', '.join(self.done)}; {when})")
 
 
 class CompileWatch:
