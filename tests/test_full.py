@@ -211,8 +211,8 @@ def test_full_training_loop_with_released_gradients_equals_the_plain_loop(
     )
     plain_memory = loading.plan_memory
 
-    def released_memory(spec, cfg, placement):
-        return dataclasses.replace(plain_memory(spec, cfg, placement), grads_released=True)
+    def released_memory(spec, cfg, placement, tokens=None):
+        return dataclasses.replace(plain_memory(spec, cfg, placement, tokens), grads_released=True)
 
     out = {}
     for name, memory in (("plain", plain_memory), ("released", released_memory)):

@@ -57,7 +57,7 @@ def test_a_gpu_run_without_checkpointing_plans_the_nf4_experts_it_loads(monkeypa
     tiny_job = dataclasses.replace(job, model=str(folder))
     planned = loading.plan_memory(tiny_job, cfg, Placement("cuda", "bf16", "test"))
     assert planned.experts_nf4
-    monkeypatch.setattr(loading, "plan_memory", lambda spec, cfg, placement: planned)
+    monkeypatch.setattr(loading, "plan_memory", lambda spec, cfg, placement, tokens=None: planned)
     model, memory = loading.load_planned(tiny_job, folder, cfg, Placement("cpu", "fp32", "test"), log=lambda m: None)
     packed = [m._buffers[n] for m in model.modules() for n in ("gate_up_proj_nf4", "down_proj_nf4") if n in m._buffers]
     assert len(packed) == 2 * 2 and memory is planned
@@ -76,7 +76,7 @@ def test_a_lora_run_refuses_a_plan_that_stores_its_experts_nf4(monkeypatch, tmp_
     qlora_plan = loading.plan_memory(_job(model=str(folder), method="qlora"), cfg, gpu)
     lora = _job(model=str(folder), method="lora")
     assert qlora_plan.experts_nf4 and not loading.plan_memory(lora, cfg, gpu).experts_nf4
-    monkeypatch.setattr(loading, "plan_memory", lambda spec, cfg, placement: qlora_plan)
+    monkeypatch.setattr(loading, "plan_memory", lambda spec, cfg, placement, tokens=None: qlora_plan)
     with pytest.raises(ValueError, match="a lora run was given a plan that stores the experts NF4"):
         loading.load_planned(lora, folder, cfg, Placement("cpu", "fp32", "test"), log=lambda m: None)
 

@@ -405,7 +405,8 @@ WIDTH = dict(hidden_size=512, intermediate_size=1408, num_attention_heads=8, num
 
 
 def _forced(plan_: Plan | None):
-    def plan_memory(spec, cfg, placement):  # None: nothing offloaded and no 16-bit copies of 4-bit weights
+    # None: nothing offloaded and no 16-bit copies of 4-bit weights
+    def plan_memory(spec, cfg, placement, tokens=None):
         return plan_ or dataclasses.replace(plan(Arch.from_config(cfg), spec.method, 64, 2, 80.0), dense_layers=0)
 
     return plan_memory

@@ -132,6 +132,19 @@ def most_tokens(examples, batch_size: int) -> int:
     return sum(sorted((len(e.input_ids) for e in examples), reverse=True)[:batch_size])
 
 
+def step_tokens(examples, batch_size: int, varlen: bool, joined: int = 1) -> int:
+    """The most tokens, padding included, one micro-step over `examples` can compute (0 for none): padding-free
+    (`varlen`), the `batch_size` x `joined` longest examples in one row (`joined` micro-batches that `join` makes one),
+    rounded up to SMALL_STEP as `plan_buckets` rounds its sizes (a row past the planned sizes is padded to a bucket
+    within its cap instead: `bucket`); right-padded (`padded`), `batch_size` rows of the longest example, rounded up
+    the same way, so the figure also holds the padding-free micro-batches of `batch_size` examples."""
+    if not examples:
+        return 0
+    longest = max(len(e.input_ids) for e in examples)
+    tokens = most_tokens(examples, batch_size * joined) if varlen else batch_size * longest
+    return -(-tokens // SMALL_STEP) * SMALL_STEP
+
+
 def label_tokens(example) -> int:
     """The tokens `example`'s loss is taken over: its labels other than -100 past the first, which nothing predicts."""
     return sum(label != -100 for label in example.labels[1:])

@@ -24,17 +24,26 @@ def plan_for(
     host_ram_gib: float | None,
     dtype: str = "bf16",
     on_gpu: bool | None = None,
+    tokens: int | None = None,
 ) -> Plan:
     """engine.memory.offload's plan for a run of `spec` (a JobSpec) on `budget_gib` of GPU memory (None: no GPU, or
     no checkpointing on one: `on_gpu`, which defaults to whether there is a budget) and `host_ram_gib` of free host
-    RAM (None: not checked), computing in `dtype`. Raises UserError when it cannot fit."""
+    RAM (None: not checked), computing in `dtype`. Raises UserError when it cannot fit.
+
+    The plan is made for micro-steps of batch_size x max_seq_length tokens, or of `tokens` where that is fewer: the
+    most a run's own micro-steps compute, which it knows from its tokenized data (engine.training.sft, through
+    engine.models.loading.load_planned). The estimates shown before a run (the UI, `python -m engine estimate`) do
+    not know the data and stay those of batch_size x max_seq_length; the run may then plan for less."""
     on_gpu = budget_gib is not None if on_gpu is None else on_gpu
     master = sharded(spec) and dtype == "fp16"  # engine.training.distributed.shard: fp32 shards under fp16
+    seq, batch = spec.max_seq_length, spec.batch_size
+    if tokens is not None and tokens < seq * batch:  # the estimate and the plan read only their product
+        seq, batch = tokens, 1
     plan = offload.plan(
         arch,
         spec.method,
-        spec.max_seq_length,
-        spec.batch_size,
+        seq,
+        batch,
         budget_gib,
         host_ram_gib,
         fused_loss=fused_loss(arch, spec, on_gpu),

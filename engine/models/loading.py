@@ -186,11 +186,14 @@ def add_lora(model, spec, log=print):
     return get_peft_model(model, config)
 
 
-def load_for_training(spec, placement: Placement, log=print, compute: Placement | None = None):
+def load_for_training(spec, placement: Placement, log=print, compute: Placement | None = None, data=None):
     """Model (with LoRA unless full fine-tuning) and tokenizer, ready for a training loop. `compute` is where and in
     which dtype the run computes when the model is loaded otherwise (FSDP2 loads it into host RAM, or builds it
     without weights on the ranks that receive their shards, in fp32 under fp16: engine.training.distributed), so its
-    memory plan is that GPU's."""
+    memory plan is that GPU's. `data(tok, varlen)`, where given, runs once the tokenizer has loaded and before the
+    weights do: it loads the run's examples and returns the most tokens, padding included, any micro-step of the run
+    computes (`varlen`: whether the model is expected to take padding-free micro-batches, `expects_varlen`), or None;
+    the memory plan is then made for that many tokens instead of batch_size x max_seq_length (load_planned)."""
     from engine.data.tokenizing import ensure_chat_template
     from engine.patching import warmup
 
@@ -208,7 +211,11 @@ def load_for_training(spec, placement: Placement, log=print, compute: Placement 
         tok = load_tokenizer(path, spec.trust_remote_code)
         log(f"chat template: {ensure_chat_template(tok, spec.chat_template)}")
         laps.lap("tokenizer")
-        model, memory = load_planned(spec, path, cfg, placement, log, compute)
+        tokens = None
+        if data is not None:
+            tokens = data(tok, expects_varlen(spec, cfg, compute or placement))
+            laps.lap("data")
+        model, memory = load_planned(spec, path, cfg, placement, log, compute, tokens)
         laps.lap("weights")
         model = prepare_for_training(model, spec, log, memory, compute)
         laps.lap("patching and adapters")
@@ -265,14 +272,23 @@ def full_fp16_refusal(spec, placement: Placement) -> None:
         )
 
 
-def load_planned(spec, path: Path, cfg: dict, placement: Placement, log=print, compute: Placement | None = None):
+def load_planned(
+    spec, path: Path, cfg: dict, placement: Placement, log=print, compute: Placement | None = None, tokens=None
+):
     """(model, memory plan): the plan for `spec` on this machine (plan_memory; a UserError with its reason and figures
-    when nothing fits), and the model at `path` loaded as it says, its layers streamed from host RAM when they must."""
+    when nothing fits), made for micro-steps of at most `tokens` tokens where given (the run's data, fewer than
+    batch_size x max_seq_length), and the model at `path` loaded as it says, its layers streamed from host RAM when
+    they must."""
     from engine.models import mxfp4
     from engine.models.prequantized import check_trainable, original_model
 
     stored_4bit = check_trainable(spec.model, cfg, spec.method, original_model(path, cfg))
-    memory = plan_memory(spec, cfg, compute or placement)
+    memory = plan_memory(spec, cfg, compute or placement, tokens)
+    if tokens is not None:
+        log(
+            f"plan: made for the data's largest micro-batch, {tokens} tokens with its padding (batch_size x "
+            f"max_seq_length would be {spec.batch_size * spec.max_seq_length})"
+        )
     log(memory.describe())
     four_bit = spec.method == "qlora"
     if memory.experts_nf4 and not four_bit:  # a plan made for QLoRA: its figures and the experts it loads are not ours
@@ -374,10 +390,24 @@ def kernels_on_cpu() -> bool:
     return os.environ.get("TUNESMITH_KERNELS_ON_CPU") == "1" and os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def plan_memory(spec, cfg: dict, placement: Placement):
+def expects_varlen(spec, cfg: dict, placement: Placement) -> bool:
+    """Whether a one-process run's model will take padding-free micro-batches (engine.patching.modules.takes_varlen,
+    known only once prepare_for_training has patched it): the fast path patches it (on a GPU, or on the CPU where
+    kernels_on_cpu) for a model type engine.patching has a family for (the config's own, as patch_model reads it), and
+    its attention has no dropout. engine.training.sft checks the guess against the patched model."""
+    if not (spec.fast_path and (placement.device.startswith("cuda") or kernels_on_cpu())):
+        return False
+    from engine.patching import family_for
+
+    dropout = cfg.get("attention_dropout") or (cfg.get("text_config") or {}).get("attention_dropout")
+    return family_for(cfg.get("model_type", "")) is not None and not dropout
+
+
+def plan_memory(spec, cfg: dict, placement: Placement, tokens: int | None = None):
     """engine.memory.offload's plan for this run (engine.memory.verdict.plan_for: the computation `python -m engine
     estimate` shows): checkpointing, activation offload, weight streaming and the host embedding, from the VRAM budget
-    (TUNESMITH_VRAM_GIB or the card, lowered to what the GPU has free) and the free host RAM."""
+    (TUNESMITH_VRAM_GIB or the card, lowered to what the GPU has free) and the free host RAM; for micro-steps of at
+    most `tokens` tokens where given (load_planned), else of batch_size x max_seq_length."""
     import torch
 
     from engine.core.hardware import vram_budget_gib
@@ -389,7 +419,8 @@ def plan_memory(spec, cfg: dict, placement: Placement):
     if placement.device.startswith("cuda") and spec.gradient_checkpointing:
         budget = checkpointing.usable_gib(vram_budget_gib(), torch.device(placement.device))
     on_gpu = placement.device.startswith("cuda")
-    return memory.plan_for(Arch.from_config(cfg), spec, budget, offload.host_ram_gib(), placement.dtype, on_gpu)
+    ram = offload.host_ram_gib()
+    return memory.plan_for(Arch.from_config(cfg), spec, budget, ram, placement.dtype, on_gpu, tokens)
 
 
 def prepare_for_training(model, spec, log=print, memory=None, compute: Placement | None = None):

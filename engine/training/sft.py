@@ -14,7 +14,16 @@ from pathlib import Path
 
 from engine.core.errors import Cancelled, UserError
 from engine.core.hardware import choose_placement, memory_in_use_gb
-from engine.data.batching import EAGER_STEP_COST, GRAPH_SHAPE_COST, MAX_BUCKETS, Collator, join, label_tokens, planned
+from engine.data.batching import (
+    EAGER_STEP_COST,
+    GRAPH_SHAPE_COST,
+    MAX_BUCKETS,
+    Collator,
+    join,
+    label_tokens,
+    planned,
+    step_tokens,
+)
 from engine.training import distributed
 from engine.training.steps import (
     batches_for_epoch,
@@ -29,7 +38,7 @@ from engine.training.steps import (
     save_checkpoint,
     total_steps,
 )
-from engine.training.validation import make_validator
+from engine.training.validation import load_validation, make_validator
 
 PLANNED = 20_000  # micro-batches a run's padding-free buckets are planned for
 
@@ -73,22 +82,33 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     if world is not None:  # the memory plan is per GPU, with full fine-tuning's shards counted
         spec = spec.replace(gpus=world.size)
     runlog.set(state="loading", message="loading the model")
+    loading = runlog.loading(log)  # a long pass over the data says where it is, in the status and the log
+    data = {}  # the examples, loaded once the tokenizer has, before the weights (their memory plan is made for them)
+
+    def load_data(tok, varlen):
+        if spec.objective == "pretrain":
+            data["train"] = pretrain.load_text_examples(spec, tok, log, loading, should_stop)
+        else:
+            data["train"] = load_examples(spec, tok, log, loading, should_stop, note=runlog.note)
+        data["validation"] = load_validation(spec, tok, log, loading, should_stop, runlog.note)
+        runlog.set(state="loading", message="loading the model")
+        # several ranks (each one's micro-batches, FSDP2's gathers) plan for batch_size x max_seq_length as before
+        data["tokens"] = None if world is not None else plan_tokens(spec, data["train"], data["validation"], varlen)
+        return data["tokens"]
+
     compute = distributed.compute_placement(placement, world)  # a sharded model loads elsewhere, plans for its GPU
-    model, tok = load_for_training(spec, distributed.load_placement(placement, world), log, compute)
+    model, tok = load_for_training(spec, distributed.load_placement(placement, world), log, compute, load_data)
     loaded = time.perf_counter()
     if world is not None and world.sharded:
         model = distributed.shard(model, world, placement, log)
         if spec.optimizer == "auto":  # bitsandbytes' 8-bit states cannot be sharded
             spec = spec.replace(optimizer="adamw")
-
-    loading = runlog.loading(log)  # a long pass over the data says where it is, in the status and the log
+    examples = data["train"]
     if spec.objective == "pretrain":
         if spec.train_embeddings and spec.method != "full":
             model = pretrain.add_embedding_training(model, log)
-        examples = pretrain.load_text_examples(spec, tok, log, loading, should_stop)
         groups = pretrain.param_groups(model, spec)
     else:
-        examples = load_examples(spec, tok, log, loading, should_stop, note=runlog.note)
         groups = [p for p in model.parameters() if p.requires_grad]
     ranks = 1 if world is None else world.size
     total = total_steps(spec.replace(grad_accum=spec.grad_accum * ranks), len(examples))
@@ -152,12 +172,15 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     # padding-free micro-batches are evened out by tokens, so few buckets hold them with little padding
     lengths = [len(e.input_ids) for e in examples] if varlen else None
     # a step's micro-batches join into padding-free rows of up to the tokens the memory plan holds for one micro-batch
-    # (batch_size examples of max_seq_length): the same gradient in fewer, larger micro-steps, and the steps are what
-    # is evened out. Not under FSDP2 (a sharded model's every forward gathers its weights from all ranks, so each
-    # rank must run as many passes as the others). TUNESMITH_JOIN=0 keeps them apart, to measure a run without it
+    # (batch_size examples of max_seq_length, or the data's largest micro-step that the plan was made for): the same
+    # gradient in fewer, larger micro-steps, and the steps are what is evened out. Not under FSDP2 (a sharded model's
+    # every forward gathers its weights from all ranks, so each rank must run as many passes as the others).
+    # TUNESMITH_JOIN=0 keeps them apart, to measure a run without it
     sharded = world is not None and world.sharded
-    joins = varlen and spec.grad_accum > 1 and not sharded and os.environ.get("TUNESMITH_JOIN", "1") != "0"
-    cap = spec.batch_size * spec.max_seq_length if joins else 0
+    joins = varlen and spec.grad_accum > 1 and not sharded and joining()
+    cap = (data["tokens"] or spec.batch_size * spec.max_seq_length) if joins else 0
+    if data["tokens"] is not None and memory is not None and memory.budget_gib is not None:
+        kept_to_plan(spec, examples, data["validation"], varlen, data["tokens"])
     per_step = spec.grad_accum * ranks if joins else 1
     # a resumed epoch keeps the micro-batches it started with, though joining may be decided otherwise now (another
     # number of GPUs, FSDP2, TUNESMITH_JOIN): the later epochs are evened out for this run's steps
@@ -173,10 +196,11 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     )
     if joins:
         rows = rows_of_run(run, spec.grad_accum, ranks, lengths, cap)
+        held = "the most a step of this data holds" if data["tokens"] else f"{spec.batch_size} x max_seq_length"
         log(
             f"batches: each step's {spec.grad_accum} micro-batches of {spec.batch_size} examples join into "
-            f"padding-free rows of up to {cap} tokens ({spec.batch_size} x max_seq_length, what the memory plan "
-            f"holds for one micro-batch): the run's first {len(run)} micro-batches make {len(rows)} rows"
+            f"padding-free rows of up to {cap} tokens ({held}, what the memory plan holds for one micro-batch): the "
+            f"run's first {len(run)} micro-batches make {len(rows)} rows"
         )
         run = rows
     shape_cost = GRAPH_SHAPE_COST if getattr(base, "shape_graphs", False) else 0
@@ -198,13 +222,10 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     labelled = functools.cache(lambda i: label_tokens(examples[i]))  # example -> the tokens its loss is taken over
     if hasattr(base, "eager_tokens"):  # engine.patching.graphs.install: these sizes are not captured
         base.eager_tokens.update(make_batch.once)
-    validator = make_validator(
-        spec, tok, total, run_dir, tok.pad_token_id, placement.device, varlen, log, loading, should_stop, runlog.note
-    )
-    if validator is not None:
-        runlog.set(state="running", message="training")
+    pad_id = tok.pad_token_id
+    validator = make_validator(spec, data["validation"], total, run_dir, pad_id, placement.device, varlen, log)
     started, steps_timed, step_times = time.perf_counter(), 0, []
-    log(f"startup: the first step begins {started - loaded:.2f} s after loading (data, optimizer, batch plan)")
+    log(f"startup: the first step begins {started - loaded:.2f} s after loading (optimizer, batch plan)")
     last_save = time.monotonic()
 
     def save(done, position):
@@ -335,3 +356,39 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     # the checkpoint just saved holds the final weights: linked into place, not serialized (or gathered) again
     publish_final(checkpoint_dir(run_dir, step), final, run_dir / "tokenizer")
     log(f"saved {final.name}/ after {step} steps (the last checkpoint and it in {time.perf_counter() - saving:.2f} s)")
+
+
+def joining() -> bool:
+    """Whether a padding-free run with several micro-batches a step joins them into rows (TUNESMITH_JOIN=0: not, to
+    measure a run without it)."""
+    return os.environ.get("TUNESMITH_JOIN", "1") != "0"
+
+
+def plan_tokens(spec, examples, validation, varlen: bool) -> int | None:
+    """The most tokens, padding included, any micro-step of a one-process run of `spec` computes over `examples` and
+    its validation passes over `validation` (engine.data.batching.step_tokens; `varlen`: padding-free micro-batches
+    expected, whose rows join a step's micro-batches where the run joins them), for the memory plan made before the
+    weights load (engine.models.loading.load_for_training). None where that is not fewer than batch_size x
+    max_seq_length, the plan without the data, or where TUNESMITH_PLAN_FOR_DATA=0 asks for that plan (to measure a
+    run without this one)."""
+    if os.environ.get("TUNESMITH_PLAN_FOR_DATA", "1") == "0":
+        return None
+    joined = spec.grad_accum if varlen and spec.grad_accum > 1 and joining() else 1
+    tokens = max(
+        step_tokens(examples, spec.batch_size, varlen, joined), step_tokens(validation or (), spec.batch_size, varlen)
+    )
+    return tokens if tokens < spec.batch_size * spec.max_seq_length else None
+
+
+def kept_to_plan(spec, examples, validation, varlen: bool, tokens: int) -> None:
+    """Refuses a run whose micro-batches would be larger than the memory plan made for `tokens` (plan_tokens), which
+    happens only where the model takes right-padded micro-batches though the plan expected padding-free ones
+    (engine.models.loading.expects_varlen): a budget the plan accepted is a budget the run keeps. Joined rows are
+    kept within `tokens` by their cap."""
+    need = max(step_tokens(examples, spec.batch_size, varlen), step_tokens(validation or (), spec.batch_size, varlen))
+    if need > tokens:
+        raise RuntimeError(
+            f"the memory plan was made for micro-batches of up to {tokens} tokens, and this model takes micro-batches "
+            f"of up to {need} ({'padding-free' if varlen else 'right-padded'}); set TUNESMITH_PLAN_FOR_DATA=0 to plan "
+            "for batch_size x max_seq_length"
+        )

@@ -82,11 +82,11 @@ class Validator:
         return dict(eval_loss=round(loss, 6), best=improved)
 
 
-def make_validator(
-    spec, tok, total: int, run_dir: Path, pad_id: int, device: str, varlen: bool, log, report, stop, note=None
-):
-    """The run's Validator, or None when the job holds no validation set. `note(text)` hears the sentence on
-    validation examples cut to max_seq_length or left out, for the run's status."""
+def load_validation(spec, tok, log, report, stop, note=None):
+    """The run's validation examples, tokenized as its training examples, or None when the job holds no validation
+    set. engine.training.sft loads them with the training examples, before the weights, so that its memory plan
+    holds the validation passes' micro-batches too. `note(text)` hears the sentence on validation examples cut to
+    max_seq_length or left out, for the run's status."""
     espec = eval_spec(spec)
     if espec is None:
         return None
@@ -97,7 +97,12 @@ def make_validator(
         log(f"validation {m}")
 
     if spec.objective == "pretrain":
-        examples = load_text_examples(espec, tok, told, report, stop, "eval")
-    else:
-        examples = load_examples(espec, tok, told, report, stop, "eval", note=note)
+        return load_text_examples(espec, tok, told, report, stop, "eval")
+    return load_examples(espec, tok, told, report, stop, "eval", note=note)
+
+
+def make_validator(spec, examples, total: int, run_dir: Path, pad_id: int, device: str, varlen: bool, log):
+    """The run's Validator over `examples` (load_validation's), or None without any."""
+    if examples is None:
+        return None
     return Validator(spec, examples, total, run_dir, pad_id, device, varlen, log)
