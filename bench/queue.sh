@@ -44,6 +44,8 @@ list() {
    at f81baef (a git worktree), decode_profile bf16 batch 8
 22 issue 29: CUDA graphs of the MoE layers (TUNESMITH_MOE_GRAPHS=1): their GPU test, then the qwen3_30b_a3b_12l
    QLoRA step with and without them, Unsloth, and the captured step's profile
+23 issue 22: the load-time plan made for the data's largest micro-step: alpaca QLoRA defaults and --packing 1,
+   defaults and identity fp16 again with TUNESMITH_PLAN_FOR_DATA=0, then Unsloth's alpaca defaults
 18 issue 29: one machine, side by side: the MoE step at HEAD and at f28c0d0 (before moe.Rows and the one-pass LoRA
    add; a git worktree of the copied repository), then Unsloth
 21 issue 30: the decoder's kernel warm-up (engine.chat.warmup), first reply <= 3 s: its GPU test; decode bf16 batch 1
@@ -306,6 +308,17 @@ call21() {  # issue 30: decode_bench's first_call_s was 5.68 s with a cold Trito
     --arch qwen3_4b
   step 240 env TRITON_CACHE_DIR="$(mktemp -d)" python3 bench/decode_profile.py --arch qwen3_4b --batch 8 \
     --dtypes bf16,nf4 --rows 8
+}
+
+call23() {  # issue 22: call 19's run plans were made for 16,384 tokens (8 x 2,048) where its micro-batches held 2,304
+  local a
+  a=$(mktemp -d)
+  keep_models qwen3_4b
+  e2e 170 100 "$a" "project alpaca qlora" "project alpaca qlora --packing 1"
+  TUNESMITH_PLAN_FOR_DATA=0 e2e 90 80 "$a" "project alpaca qlora"
+  e2e 80 70 "$a" "project identity qlora --dtype fp16"
+  TUNESMITH_PLAN_FOR_DATA=0 e2e 80 70 "$a" "project identity qlora --dtype fp16"
+  e2e 200 180 "$a" "unsloth alpaca qlora"
 }
 
 call10() {  # issue 22: defaults at 88% of packing's tokens/s per padded token (2026-12-05): host or kernels?

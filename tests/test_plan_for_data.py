@@ -99,8 +99,6 @@ def test_no_micro_step_is_larger_than_the_plan(varlen, grad_accum, monkeypatch):
         lens = lengths if varlen else None
         run = micro_batches_of_run(len(examples), spec.batch_size, trial, count, lens, per_step)
         rows = rows_of_run(run, grad_accum, 1, lengths, cap) if joins else run
-        if tokens is not None:
-            kept_to_plan(spec, examples, None, varlen, tokens)  # the check the run makes once the model is patched
         if not varlen:
             assert all(padded([examples[i] for i in row], 0, "cpu")["input_ids"].numel() <= limit for row in rows)
             continue
@@ -115,15 +113,31 @@ def test_no_micro_step_is_larger_than_the_plan(varlen, grad_accum, monkeypatch):
         assert make.cap <= limit
 
 
-def test_a_run_refuses_micro_batches_larger_than_its_plan():
-    """A plan made for padding-free micro-batches, and a model that turned out to take right-padded ones: refused
-    before the first step, not run out of memory in it."""
-    examples = _examples([10, 300, 50, 700, 200])
-    tokens = plan_tokens(_job(), examples, None, varlen=True)
-    kept_to_plan(_job(), examples, None, True, tokens)
-    with pytest.raises(RuntimeError, match=r"up to 1024 tokens, .* up to 1408 \(right-padded\)"):
-        kept_to_plan(_job(), examples, None, False, tokens)
-    kept_to_plan(_job(), examples, None, True, plan_tokens(_job(), examples, None, varlen=False))  # the other way
+@pytest.mark.parametrize("batch_size", [2, 3, 8])
+def test_right_padded_micro_batches_over_a_padding_free_plan_run_as_parts_within_it(batch_size):
+    """A plan made for padding-free micro-batches, and a model that turned out to take right-padded ones
+    (engine.models.loading.expects_varlen guessed wrong): each micro-batch whose padded size would be over the plan
+    runs as parts, its examples in order, each padded within the plan; the others run whole; the log says so once."""
+    rng = random.Random(batch_size)
+    examples = _examples([700] + [rng.randint(5, 100) for _ in range(39)])  # one long example among short ones
+    spec = _job(batch_size=batch_size)
+    tokens = plan_tokens(spec, examples, None, varlen=True)
+    lines = []
+    make = Collator(examples, batch_size, 0, "cpu", False, lines.append)
+    kept_to_plan(make, spec, examples, tokens, lines.append)
+    assert make.padded_to == tokens and "each runs as parts within" in lines[-1]
+    split = 0
+    for micro in micro_batches_of_run(len(examples), batch_size, 0, 3 * len(examples) // batch_size):
+        parts = make.rows(micro)
+        assert sum(parts, []) == micro
+        assert all(make([examples[i] for i in part])["input_ids"].numel() <= tokens for part in parts)
+        whole = make([examples[i] for i in micro])["input_ids"].numel() <= tokens
+        assert (len(parts) == 1) == whole  # a micro-batch within the plan runs whole
+        split += len(parts) > 1
+    assert split  # these lengths make some micro-batches too large for the plan
+    unsplit = Collator(examples, batch_size, 0, "cpu", False, lines.append)
+    kept_to_plan(unsplit, spec, examples, plan_tokens(spec, examples, None, varlen=False) or 10**9, lines.append)
+    assert unsplit.padded_to == 0  # a plan for right-padded micro-batches holds them
 
 
 def test_the_plan_for_alpaca_like_data_keeps_16_bit_copies_the_worst_case_cannot():

@@ -280,6 +280,7 @@ class Collator:
         self.once = set()
         self.lengths = [len(e.input_ids) for e in examples]
         self.split_to = 0  # rows over this many tokens run as rows of at most this many (`rows`); 0: none
+        self.padded_to = 0  # right-padded: micro-batches run as parts of at most this many padded tokens; 0: whole
         if varlen and run:
             self.sizes, share = planned(examples, run, shape_cost, most, once_cost)
             self.once = used_once(examples, run, self.sizes) if once_cost else set()
@@ -332,7 +333,18 @@ class Collator:
 
     def rows(self, row) -> list[list[int]]:
         """`row` (example indices) as the rows it runs as: itself, or, over `split_to` tokens, its examples in order
-        as the fewest rows of at most `split_to` tokens (`join`)."""
+        as the fewest rows of at most `split_to` tokens (`join`); right-padded with `padded_to`, its examples in order
+        in parts whose padded size (examples x the longest) is at most that."""
+        if self.padded_to and not self.varlen:
+            parts, longest = [], 0
+            for i in row:
+                if parts and (len(parts[-1]) + 1) * max(longest, self.lengths[i]) <= self.padded_to:
+                    parts[-1].append(i)
+                    longest = max(longest, self.lengths[i])
+                else:
+                    parts.append([i])
+                    longest = self.lengths[i]
+            return parts
         if not self.split_to or sum(self.lengths[i] for i in row) <= self.split_to:
             return [row]
         return join([[i] for i in row], self.lengths, self.split_to)

@@ -179,8 +179,6 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     sharded = world is not None and world.sharded
     joins = varlen and spec.grad_accum > 1 and not sharded and joining()
     cap = (data["tokens"] or spec.batch_size * spec.max_seq_length) if joins else 0
-    if data["tokens"] is not None and memory is not None and memory.budget_gib is not None:
-        kept_to_plan(spec, examples, data["validation"], varlen, data["tokens"])
     per_step = spec.grad_accum * ranks if joins else 1
     # a resumed epoch keeps the micro-batches it started with, though joining may be decided otherwise now (another
     # number of GPUs, FSDP2, TUNESMITH_JOIN): the later epochs are evened out for this run's steps
@@ -219,6 +217,8 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         examples, spec.batch_size, tok.pad_token_id, placement.device, varlen, log, run, shape_cost, most, once_cost,
         spec.grad_accum if joins else 1, cap, world is None,
     )  # fmt: skip
+    if data["tokens"] is not None and not varlen:  # the plan expected padding-free micro-batches (expects_varlen)
+        kept_to_plan(make_batch, spec, examples, data["tokens"], log)
     labelled = functools.cache(lambda i: label_tokens(examples[i]))  # example -> the tokens its loss is taken over
     if hasattr(base, "eager_tokens"):  # engine.patching.graphs.install: these sizes are not captured
         base.eager_tokens.update(make_batch.once)
@@ -380,15 +380,15 @@ def plan_tokens(spec, examples, validation, varlen: bool) -> int | None:
     return tokens if tokens < spec.batch_size * spec.max_seq_length else None
 
 
-def kept_to_plan(spec, examples, validation, varlen: bool, tokens: int) -> None:
-    """Refuses a run whose micro-batches would be larger than the memory plan made for `tokens` (plan_tokens), which
-    happens only where the model takes right-padded micro-batches though the plan expected padding-free ones
-    (engine.models.loading.expects_varlen): a budget the plan accepted is a budget the run keeps. Joined rows are
-    kept within `tokens` by their cap."""
-    need = max(step_tokens(examples, spec.batch_size, varlen), step_tokens(validation or (), spec.batch_size, varlen))
+def kept_to_plan(make_batch, spec, examples, tokens: int, log) -> None:
+    """Where the model takes right-padded micro-batches though the memory plan, made for `tokens` (plan_tokens),
+    expected padding-free ones (engine.models.loading.expects_varlen guessed wrong), a micro-batch whose padded size would be
+    over the plan runs as parts within it (Collator.rows: the same gradient, the loop weighing each part by its label
+    tokens): a budget the plan accepted is a budget the run keeps. Validation's forward passes keep no activations."""
+    need = step_tokens(examples, spec.batch_size, varlen=False)
     if need > tokens:
-        raise RuntimeError(
-            f"the memory plan was made for micro-batches of up to {tokens} tokens, and this model takes micro-batches "
-            f"of up to {need} ({'padding-free' if varlen else 'right-padded'}); set TUNESMITH_PLAN_FOR_DATA=0 to plan "
-            "for batch_size x max_seq_length"
+        make_batch.padded_to = tokens
+        log(
+            f"batches: right-padded micro-batches of up to {need} tokens, over the {tokens} the memory plan was made "
+            f"for (it expected padding-free ones): each runs as parts within {tokens}"
         )
