@@ -292,3 +292,30 @@ def test_after_the_warmup_the_first_reply_compiles_nothing(four_bit, tmp_path):
     assert len(warmed) == 1 and warmed[0].startswith("decode kernels compiled in"), lines
     assert watch.names == [], said
     assert triton.knobs.runtime.jit_post_compile_hook is None
+
+
+def test_a_failed_compile_raises_after_the_others_and_is_not_kept(monkeypatch):
+    """compile_kernels runs each kernel's specializations in one pool task, each a plain synchronous
+    `kernel.warmup` (so a failure leaves no future in the kernel's cache, as Triton's AsyncCompileMode would): one
+    kernel whose compile fails raises once every task has finished, and the other kernel's compiles all ran."""
+    calls = []
+
+    class Kernel:
+        def __init__(self, name, fails=False):
+            self.name, self.fails = name, fails
+
+        def warmup(self, *args, grid, **kw):
+            calls.append((self.name, args))
+            if self.fails:
+                raise RuntimeError(f"{self.name} failed to compile")
+
+    good, bad = Kernel("good"), Kernel("bad", fails=True)
+    jobs = [("good", good, (1,), {}), ("bad", bad, (1,), {}), ("good", good, (2,), {}), ("bad", bad, (2,), {})]
+    monkeypatch.setattr(warmup, "launches", lambda s, dtype, device: jobs)
+    with pytest.raises(RuntimeError, match="bad failed to compile"):
+        warmup.compile_kernels(None, torch.bfloat16, torch.device("cpu"))
+    assert ("good", (1,)) in calls and ("good", (2,)) in calls  # the other kernel's compiles all ran
+    assert calls.count(("bad", (1,))) == 1 and ("bad", (2,)) not in calls  # its task stopped at its failure
+    calls.clear()
+    jobs[:] = [job for job in jobs if job[0] == "good"]
+    assert warmup.compile_kernels(None, torch.bfloat16, torch.device("cpu")) == ["good x2"]

@@ -6,6 +6,7 @@ that plans so."""
 import json
 import random
 import re
+from pathlib import Path
 
 import pytest
 from helpers import log_of, tiny_spec, wait_for
@@ -19,8 +20,6 @@ from engine.data.batching import (
     MAX_BUCKETS,
     SMALL_STEP,
     Collator,
-    padded,
-    padding_free,
     step_tokens,
 )
 from engine.data.tokenizing import Example
@@ -58,18 +57,23 @@ def test_the_plan_tokens_of_joined_and_separate_micro_batches(monkeypatch):
     monkeypatch.delenv("TUNESMITH_JOIN", raising=False)
     monkeypatch.delenv("TUNESMITH_PLAN_FOR_DATA", raising=False)
     examples = _examples([10, 300, 50, 700, 200])
-    assert plan_tokens(_job(), examples, None, varlen=True) == 1024  # of batch_size x max_seq_length = 2048
+    # the run's own micro-batches, evened out by tokens: (700, 10), (50, 200), (300): 710, up to 768; the 2 longest
+    # examples (1,024) only where the weights may be updated in the backward (full fine-tuning); of 2 x 1,024
+    assert plan_tokens(_job(), examples, None, varlen=True) == 768
+    assert plan_tokens(_job(method="full"), examples, None, varlen=True) == 1024
     assert plan_tokens(_job(), examples, None, varlen=False) == 1408
     assert plan_tokens(_job(grad_accum=2), examples, None, varlen=True) == 1280  # the step's two joined
     assert plan_tokens(_job(grad_accum=2), examples, None, varlen=False) == 1408  # right-padded rows never join
     monkeypatch.setenv("TUNESMITH_JOIN", "0")
-    assert plan_tokens(_job(grad_accum=2), examples, None, varlen=True) == 1024
+    assert plan_tokens(_job(grad_accum=2), examples, None, varlen=True) == 768
     monkeypatch.delenv("TUNESMITH_JOIN")
     # the validation passes' micro-batches count too
     assert plan_tokens(_job(), examples, _examples([900, 800]), varlen=True) == 1728
     # not fewer than batch_size x max_seq_length: the plan without the data
-    assert plan_tokens(_job(max_seq_length=512), examples, None, varlen=True) is None
-    assert plan_tokens(_job(grad_accum=8, max_seq_length=600), examples, None, varlen=True) is None  # 1280 > 1200
+    assert plan_tokens(_job(max_seq_length=384), examples, None, varlen=True) is None  # 768 of 2 x 384
+    # a step of 8 micro-batches (the 5 examples, then 3 again) joined into rows of at most 2 x 600: their largest
+    assert plan_tokens(_job(grad_accum=8, max_seq_length=600), examples, None, varlen=True) == 1024
+    assert plan_tokens(_job(grad_accum=8, max_seq_length=600, method="full"), examples, None, varlen=True) is None
     monkeypatch.setenv("TUNESMITH_PLAN_FOR_DATA", "0")
     assert plan_tokens(_job(), examples, None, varlen=True) is None
 
@@ -99,18 +103,20 @@ def test_no_micro_step_is_larger_than_the_plan(varlen, grad_accum, monkeypatch):
         lens = lengths if varlen else None
         run = micro_batches_of_run(len(examples), spec.batch_size, trial, count, lens, per_step)
         rows = rows_of_run(run, grad_accum, 1, lengths, cap) if joins else run
-        if not varlen:
-            assert all(padded([examples[i] for i in row], 0, "cpu")["input_ids"].numel() <= limit for row in rows)
-            continue
         joined = grad_accum if joins else 1
-        planned = rows[: len(rows) // 2]
-        make = Collator(examples, spec.batch_size, 0, "cpu", True, lambda m: None, planned, GRAPH_SHAPE_COST,
+        planned = rows[: len(rows) // 2] if varlen else None
+        make = Collator(examples, spec.batch_size, 0, "cpu", varlen, lambda m: None, planned, GRAPH_SHAPE_COST,
                         MAX_BUCKETS, EAGER_STEP_COST, joined, cap, True)  # fmt: skip
-        for row in rows:  # the second half of them past the planned sizes: a bucket within the Collator's cap
-            for part in make.rows(row):
-                width = padding_free([examples[i] for i in part], 0, "cpu", make.slots, make.cap, make.sizes)
-                assert width["input_ids"].shape[1] <= limit, (trial, tokens, width["input_ids"].shape)
-        assert make.cap <= limit
+        if tokens is not None:  # as engine.training.sft keeps them to the plan
+            kept_to_plan(make, None, spec, (examples, ()), tokens, varlen, False, lambda m: None)
+        # this trial's seed is not the spec's: its micro-batches are not the ones planned, and the second half of
+        # them are past the Collator's planned sizes; cut to fit where over the plan, the same examples in order
+        for row in rows:
+            parts = make.rows(row)
+            assert sum(parts, []) == row
+            for part in parts:
+                numel = make([examples[i] for i in part])["input_ids"].numel()
+                assert numel <= limit, (trial, tokens, numel)
 
 
 @pytest.mark.parametrize("batch_size", [2, 3, 8])
@@ -124,8 +130,8 @@ def test_right_padded_micro_batches_over_a_padding_free_plan_run_as_parts_within
     tokens = plan_tokens(spec, examples, None, varlen=True)
     lines = []
     make = Collator(examples, batch_size, 0, "cpu", False, lines.append)
-    kept_to_plan(make, spec, examples, tokens, lines.append)
-    assert make.padded_to == tokens and "each runs as parts within" in lines[-1]
+    kept_to_plan(make, None, spec, (examples, ()), tokens, False, False, lines.append)
+    assert make.padded_to == tokens and "runs as parts" in lines[-1]
     split = 0
     for micro in micro_batches_of_run(len(examples), batch_size, 0, 3 * len(examples) // batch_size):
         parts = make.rows(micro)
@@ -136,8 +142,46 @@ def test_right_padded_micro_batches_over_a_padding_free_plan_run_as_parts_within
         split += len(parts) > 1
     assert split  # these lengths make some micro-batches too large for the plan
     unsplit = Collator(examples, batch_size, 0, "cpu", False, lines.append)
-    kept_to_plan(unsplit, spec, examples, plan_tokens(spec, examples, None, varlen=False) or 10**9, lines.append)
+    plain = plan_tokens(spec, examples, None, varlen=False) or 10**9
+    kept_to_plan(unsplit, None, spec, (examples, ()), plain, False, False, lines.append)
     assert unsplit.padded_to == 0  # a plan for right-padded micro-batches holds them
+    with pytest.raises(UserError, match="TUNESMITH_PLAN_FOR_DATA=0"):  # weights updated in each part's backward
+        kept_to_plan(
+            Collator(examples, batch_size, 0, "cpu", False, print),
+            None,
+            spec,
+            (examples, ()),
+            tokens,
+            False,
+            True,
+            print,
+        )
+
+
+def test_validation_batches_over_the_plan_run_in_parts_with_the_same_loss(tiny_qwen3):
+    """The validation set's right-padded micro-batches over the plan (its one long example among short ones) are
+    split as the training ones are, and the validation loss, a mean over predicted tokens, is the same as whole."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from engine.training.validation import Validator
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen3)
+    vocab = model.config.vocab_size
+    rng = random.Random(1)
+    valid = [Example([rng.randrange(3, vocab) for _ in range(n)], [rng.randrange(3, vocab) for _ in range(n)])
+             for n in [90] + [rng.randint(4, 20) for _ in range(7)]]  # fmt: skip
+    train = _examples([20] * 16)
+    spec = _job(batch_size=4, eval_steps=1)
+    whole = Validator(spec, valid, 4, Path("/nonexistent"), 0, "cpu", False, lambda m: None)
+    split = Validator(spec, valid, 4, Path("/nonexistent"), 0, "cpu", False, lambda m: None)
+    make = Collator(train, 4, 0, "cpu", False, lambda m: None)
+    lines = []
+    kept_to_plan(make, split, spec, (train, valid), 128, False, False, lines.append)
+    assert split.collate.padded_to == 128 and "runs as parts" in lines[-1]  # 4 x 90 tokens padded: over 128
+    assert len(split.collate.rows([0, 1, 2, 3])) > 1
+    off = torch.autocast("cpu", enabled=False)
+    assert abs(split.loss(model, off) - whole.loss(model, off)) < 1e-5
 
 
 def test_the_plan_for_alpaca_like_data_keeps_16_bit_copies_the_worst_case_cannot():

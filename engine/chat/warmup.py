@@ -17,9 +17,10 @@ a view that starts k elements into a buffer, as q/k/v's slices of one packed pro
 integers, and the constexprs and launch options that the launchers derive from those sizes, through the launchers'
 own helpers (kernels.matvec.pick_config, kernels.decode_attention.splits_for, kernels.nf4_matvec.launch_options,
 ...). So a matvec over Qwen3-4B's 151936 x 2560 lm_head compiles with its real tile shape without a byte of it, no
-GPU memory is taken from the load, and no stream or graph can see the warm-up. The compiles run in parallel:
-`triton.AsyncCompileMode` hands each to a thread pool (Triton's own API for that; its compiles leave the GIL for most
-of their time, see engine.patching.warmup), and its exit waits for all of them and puts them in each kernel's cache.
+GPU memory is taken from the load, and no stream or graph can see the warm-up. The compiles run in parallel, one
+thread-pool task per kernel (Triton's compiles leave the GIL for most of their time, see engine.patching.warmup), so a
+kernel's own caches see one thread. Not Triton's AsyncCompileMode: it keeps a failed compile's future in the kernel's
+cache, and every later launch of that specialization would raise its error instead of compiling.
 
 What it compiles (`launches`): the one-row step and, with `rows`, the batched step of engine.chat.decode_batch (the Chat
 tab's compare, 2 rows); the prompt's pass where it differs (swiglu over copies of T rows, T a multiple of 16 or not);
@@ -313,21 +314,31 @@ def launches(s: DecodeShapes, dtype, device) -> list:
 
 
 def compile_kernels(s: DecodeShapes, dtype, device, stop=None, done=None) -> list[str]:
-    """Compile `launches(s, dtype, device)` for the current CUDA device without launching them, WORKERS at a time
-    (Triton's AsyncCompileMode); returns (and appends to `done`) a summary per kernel, e.g. "matvec x5". `stop()`
-    True ends the submissions early; what was submitted still completes."""
-    jobs = launches(s, dtype, device)
-    workers = max(1, min(WORKERS, os.cpu_count() or 1, len(jobs)))
-    parallel = getattr(triton, "AsyncCompileMode", None)  # in Triton since mid-2025; else one after another
-    counts: dict[str, int] = {}
-    with ThreadPoolExecutor(workers, thread_name_prefix="decode-compile") as pool:
-        with parallel(pool) if parallel is not None else contextlib.nullcontext():
-            for name, kernel, args, kw in jobs:
+    """Compile `launches(s, dtype, device)` for `device` without launching them: each kernel's specializations one
+    after another in one task, the kernels WORKERS at a time in a thread pool (a kernel's own caches see one thread;
+    a compile that fails raises here, after the others finished, and leaves nothing in the kernel's cache, so its
+    first launch compiles it as if there had been no warm-up; Triton's AsyncCompileMode, which caches a failed compile's
+    future, is not used). Returns (and appends to `done`) a summary per kernel, e.g. "matvec x5". `stop()` True ends
+    each task before its next compile."""
+    jobs: dict = {}
+    for name, kernel, args, kw in launches(s, dtype, device):
+        jobs.setdefault((name, kernel), []).append((args, kw))
+
+    def compile_all(kernel, specializations) -> int:
+        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+            for n, (args, kw) in enumerate(specializations):
                 if stop is not None and stop():
-                    break
+                    return n
                 kernel.warmup(*args, grid=(1,), **kw)
-                counts[name] = counts.get(name, 0) + 1
-    summary = [f"{name} x{n}" if n > 1 else name for name, n in counts.items()]
+        return len(specializations)
+
+    workers = max(1, min(WORKERS, os.cpu_count() or 1, len(jobs)))
+    with ThreadPoolExecutor(workers, thread_name_prefix="decode-compile") as pool:
+        futures = {name: pool.submit(compile_all, kernel, specs) for (name, kernel), specs in jobs.items()}
+    counts: dict[str, int] = {}
+    for name, future in futures.items():  # all done: the pool's exit waited for them
+        counts[name] = counts.get(name, 0) + future.result()  # raises the first failure, once all have finished
+    summary = [f"{name} x{n}" if n > 1 else name for name, n in counts.items() if n]
     if done is not None:
         done += summary
     return summary

@@ -147,6 +147,7 @@ def install(model, log=print, most: int = MAX_SHAPES, per_shape: bool = False) -
             return False
         most = 1  # the memory plan counts no MoE layer's graphs: one shape, whose pool holds what eager steps would
     model.shape_graphs = True  # each padding-free bucket costs a capture: engine.data.batching.plan_buckets
+    model.shapes_held = most  # engine.training.sft plans at most this many bucket sizes
     allowed = model.layer_graph_tokens = set() if per_shape else None
     eager = model.eager_tokens = set()  # the run's sizes of one micro-batch (engine.data.batching.used_once)
     held = Captures(most)

@@ -193,8 +193,9 @@ def capturable(model, block) -> bool:
     """Whether engine.patching.graphs may capture a layer with this MoE block: only with TUNESMITH_MOE_GRAPHS=1, an
     experiment until a GPU has measured it (bench/queue.sh call 22), held to one shape, where nothing recomputes; never
     when the load-balancing loss reads router logits (transformers records them with hooks, which a replay does not
-    run) or with Mixtral's input jitter (a random draw each step). No host read in the grouped path stops a capture:
-    the groups' ends stay on the GPU (`experts_forward`)."""
+    run) or with Mixtral's input jitter (a random draw each step). The groups' ends stay on the GPU (`experts_forward`)
+    except where NF4 experts are dequantized a chunk at a time (kernels.nf4_grouped_mm reads them on the host): that
+    capture fails, and the run goes on without graphs and says so (16-bit copies and whole stacks read none)."""
     import os
 
     return (

@@ -18,6 +18,7 @@ from engine.data.batching import (
     EAGER_STEP_COST,
     GRAPH_SHAPE_COST,
     MAX_BUCKETS,
+    SMALL_STEP,
     Collator,
     join,
     label_tokens,
@@ -206,6 +207,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     whole = micro_batches == total * spec.grad_accum * ranks
     once_cost = EAGER_STEP_COST if shape_cost and whole else None
     most = memory.shapes if memory is not None else MAX_BUCKETS  # the shapes the memory plan counts graphs for
+    most = min(most, getattr(base, "shapes_held", most))  # engine.patching.graphs.install's (MoE layers: one)
     if varlen:
         shuffled = micro_batches_of_run(len(examples), spec.batch_size, spec.seed, micro_batches)
         log(
@@ -213,17 +215,19 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
             f"between them); as shuffled they would pad "
             f"{100 * planned(examples, shuffled, shape_cost, most, once_cost)[1]:.1f}%"
         )
+    released = memory is not None and memory.grads_released
     make_batch = Collator(
         examples, spec.batch_size, tok.pad_token_id, placement.device, varlen, log, run, shape_cost, most, once_cost,
-        spec.grad_accum if joins else 1, cap, world is None,
+        spec.grad_accum if joins else 1, cap, world is None and not released,
     )  # fmt: skip
-    if data["tokens"] is not None and not varlen:  # the plan expected padding-free micro-batches (expects_varlen)
-        kept_to_plan(make_batch, spec, examples, data["tokens"], log)
     labelled = functools.cache(lambda i: label_tokens(examples[i]))  # example -> the tokens its loss is taken over
     if hasattr(base, "eager_tokens"):  # engine.patching.graphs.install: these sizes are not captured
         base.eager_tokens.update(make_batch.once)
     pad_id = tok.pad_token_id
     validator = make_validator(spec, data["validation"], total, run_dir, pad_id, placement.device, varlen, log)
+    if data["tokens"] is not None:  # micro-steps past the run's planned ones, or not as the plan expected them
+        sets = (examples, data["validation"] or ())
+        kept_to_plan(make_batch, validator, spec, sets, data["tokens"], varlen, released, log)
     started, steps_timed, step_times = time.perf_counter(), 0, []
     log(f"startup: the first step begins {started - loaded:.2f} s after loading (optimizer, batch plan)")
     last_save = time.monotonic()
@@ -241,7 +245,6 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         save_checkpoint(run_dir, done, model, opt, sched, progress["position"], spec.keep_checkpoints, log)
         return done
 
-    released = memory is not None and memory.grads_released
     progress.update(on_gpu=placement.device == "cuda", released=released)
     if world is None:  # with several ranks a save is collective: one rank's out-of-memory error cannot make one
         progress["save"] = save_completed
@@ -365,30 +368,61 @@ def joining() -> bool:
 
 
 def plan_tokens(spec, examples, validation, varlen: bool) -> int | None:
-    """The most tokens, padding included, any micro-step of a one-process run of `spec` computes over `examples` and
-    its validation passes over `validation` (engine.data.batching.step_tokens; `varlen`: padding-free micro-batches
-    expected, whose rows join a step's micro-batches where the run joins them), for the memory plan made before the
-    weights load (engine.models.loading.load_for_training). None where that is not fewer than batch_size x
-    max_seq_length, the plan without the data, or where TUNESMITH_PLAN_FOR_DATA=0 asks for that plan (to measure a
-    run without this one)."""
+    """The most tokens, padding included, a micro-step of a one-process run of `spec` computes over `examples` and
+    its validation passes over `validation` (`varlen`: padding-free micro-batches expected, whose rows join a step's
+    micro-batches where the run joins them), for the memory plan made before the weights load
+    (engine.models.loading.load_for_training): the largest of the run's own micro-batches or rows (`largest_step`),
+    which the loop makes again the same way; past them (a long run's later epochs) a row over the plan is cut to fit
+    (Collator.rows, `kept_to_plan`). Full fine-tuning, whose plan may update the weights in the backward where no row
+    can be cut, and validation take the most any micro-batch of theirs can hold (engine.data.batching.step_tokens).
+    None where that is not fewer than batch_size x max_seq_length, the plan without the data, or where
+    TUNESMITH_PLAN_FOR_DATA=0 asks for that plan (to measure a run without this one)."""
     if os.environ.get("TUNESMITH_PLAN_FOR_DATA", "1") == "0":
         return None
     joined = spec.grad_accum if varlen and spec.grad_accum > 1 and joining() else 1
-    tokens = max(
-        step_tokens(examples, spec.batch_size, varlen, joined), step_tokens(validation or (), spec.batch_size, varlen)
-    )
+    train = step_tokens(examples, spec.batch_size, varlen, joined)
+    if spec.method != "full" and examples:
+        train = min(train, largest_step(spec, examples, varlen, joined))
+    tokens = max(train, step_tokens(validation or (), spec.batch_size, varlen))
     return tokens if tokens < spec.batch_size * spec.max_seq_length else None
 
 
-def kept_to_plan(make_batch, spec, examples, tokens: int, log) -> None:
-    """Where the model takes right-padded micro-batches though the memory plan, made for `tokens` (plan_tokens),
-    expected padding-free ones (engine.models.loading.expects_varlen guessed wrong), a micro-batch whose padded size would be
-    over the plan runs as parts within it (Collator.rows: the same gradient, the loop weighing each part by its label
-    tokens): a budget the plan accepted is a budget the run keeps. Validation's forward passes keep no activations."""
-    need = step_tokens(examples, spec.batch_size, varlen=False)
-    if need > tokens:
-        make_batch.padded_to = tokens
-        log(
-            f"batches: right-padded micro-batches of up to {need} tokens, over the {tokens} the memory plan was made "
-            f"for (it expected padding-free ones): each runs as parts within {tokens}"
+def largest_step(spec, examples, varlen: bool, joined: int) -> int:
+    """The most tokens, padding included and rounded up to SMALL_STEP as the planned buckets are, of the micro-batches
+    (padding-free rows where `joined` > 1) that the run's first PLANNED micro-batches make, as _train_sft makes them;
+    at least the longest example's, so a row cut to fit holds any example."""
+    lengths = [len(e.input_ids) for e in examples]
+    count = min(total_steps(spec, len(examples)) * spec.grad_accum, PLANNED)
+    run = micro_batches_of_run(len(examples), spec.batch_size, spec.seed, count, lengths if varlen else None, joined)
+    if joined > 1:
+        run = rows_of_run(run, spec.grad_accum, 1, lengths, spec.batch_size * spec.max_seq_length)
+    sizes = [sum(lengths[i] for i in r) if varlen else len(r) * max(lengths[i] for i in r) for r in run if r]
+    return -(-max(sizes + lengths) // SMALL_STEP) * SMALL_STEP
+
+
+def kept_to_plan(make_batch, validator, spec, sets, tokens: int, varlen: bool, released: bool, log) -> None:
+    """Keeps every micro-step within the memory plan made for `tokens` (plan_tokens), with the same gradient and loss
+    (Collator.rows: each part weighed by its label tokens). Padding-free: a row over it (one past the run's planned
+    micro-batches) runs as rows within it. Right-padded (`sets`: the training and the validation examples), where a
+    micro-batch can be over it (the plan expected padding-free ones, engine.models.loading.expects_varlen guessed
+    wrong, or a row past the planned ones): it runs as parts within it, in training and validation. Where the weights
+    are updated in the backward (`released`, engine.memory.grad_release: each part would be an update) nothing is
+    cut, and a run whose micro-batches could be over the plan is refused."""
+    if varlen:
+        if not released:  # and no bucket above the plan: planned (the same rows), or a fallback one within its cap
+            make_batch.split_to = make_batch.split_to or tokens
+            make_batch.cap = min(make_batch.cap, tokens)
+            make_batch.sizes = [size for size in make_batch.sizes if size <= tokens]
+        return
+    need = max(step_tokens(examples, spec.batch_size, varlen=False) for examples in sets)
+    if need <= tokens:
+        return
+    if released:
+        raise UserError(
+            f"This model takes padded batches of up to {need} tokens, more than the {tokens} its memory plan was made "
+            "for; set the environment variable TUNESMITH_PLAN_FOR_DATA=0 and start the run again."
         )
+    for collate in (make_batch, validator.collate if validator else None):
+        if collate is not None:
+            collate.padded_to = tokens
+    log(f"batches: a right-padded micro-batch over the {tokens} tokens the memory plan was made for runs as parts")

@@ -51,14 +51,17 @@ class Validator:
         total, count = 0.0, 0
         try:
             with torch.no_grad():
-                for start in range(0, len(self.examples), self.spec.batch_size):
-                    batch = self.collate(self.examples[start : start + self.spec.batch_size])
-                    n = int((batch["labels"][..., 1:] != -100).sum())  # the model shifts labels by one
-                    if not n:
-                        continue
-                    with autocast:
-                        total += float(model(**batch).loss) * n
-                    count += n
+                size = self.spec.batch_size
+                for start in range(0, len(self.examples), size):
+                    # in parts where a micro-batch is over the memory plan (engine.training.sft.kept_to_plan)
+                    for part in self.collate.rows(list(range(start, min(start + size, len(self.examples))))):
+                        batch = self.collate([self.examples[i] for i in part])
+                        n = int((batch["labels"][..., 1:] != -100).sum())  # the model shifts labels by one
+                        if not n:
+                            continue
+                        with autocast:
+                            total += float(model(**batch).loss) * n
+                        count += n
         finally:
             model.train(was_training)
         return total / max(count, 1)

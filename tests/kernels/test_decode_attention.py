@@ -70,11 +70,12 @@ def test_split_k_covers_the_cache():
 
 
 def test_few_filled_positions_spread_over_every_split():
-    """A position early in a long cache: its positions are cut over all of the cache's splits (the kernel derives
-    the chunk from the position), and the result is still the reference's, at positions that leave some splits
-    empty (fewer positions than splits x 16)."""
-    for position in (0, 5, 17, 300, 1023):
-        _check(4, 2, 16, 1024, position, torch.float32)
+    """A position early in a long cache: the kernel cuts the filled positions, not the capacity, over the cache's
+    splits (here 64 splits of blocks of 16 positions: a chunk of 16 positions at position 100 where the capacity's
+    would be 64), and the result is still the reference's, also where some splits get no position."""
+    assert splits_for(4096, 16) == (64, 64)  # hq 4 over hk 1 at d 128: blocks of 16 positions (decode_attention_fwd)
+    for position in (0, 5, 17, 100, 1000, 4095):
+        _check(4, 1, 128, 4096, position, torch.float32)
 
 
 def test_a_position_past_the_end_reads_the_whole_cache():
