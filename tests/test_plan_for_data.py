@@ -270,7 +270,7 @@ def test_a_run_plans_for_its_data_and_joins_rows_within_it(tiny_qwen3, runs, tmp
     lines = text.splitlines()
     where = {key: next(k for k, line in enumerate(lines) if key in line) for key in ("validation data", "plan: made")}
     assert where["validation data"] < where["plan: made"] < next(k for k, x in enumerate(lines) if "parameters:" in x)
-    assert f"join into padding-free rows of up to {tokens} tokens (the most a step of this data holds" in text
+    assert f"join into padding-free rows of up to {tokens} tokens (the largest row planned for this data" in text
     sizes = re.search(r"rounded up to one of \d+ sizes planned for the run's \d+ rows \(([\d, ]+) tokens", text)
     assert sizes and max(int(s) for s in sizes[1].split(", ")) <= tokens, text
     assert [m["step"] for m in status.metrics if "loss" in m] == [1, 2]

@@ -195,7 +195,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     )
     if joins:
         rows = rows_of_run(run, spec.grad_accum, ranks, lengths, cap)
-        held = "the most a step of this data holds" if data["tokens"] else f"{spec.batch_size} x max_seq_length"
+        held = "the largest row planned for this data" if data["tokens"] else f"{spec.batch_size} x max_seq_length"
         log(
             f"batches: each step's {spec.grad_accum} micro-batches of {spec.batch_size} examples join into "
             f"padding-free rows of up to {cap} tokens ({held}, what the memory plan holds for one micro-batch): the "
