@@ -94,7 +94,8 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         data["validation"] = load_validation(spec, tok, log, loading, should_stop, runlog.note)
         runlog.set(state="loading", message="loading the model")
         # several ranks (each one's micro-batches, FSDP2's gathers) plan for batch_size x max_seq_length as before
-        data["tokens"] = None if world is not None else plan_tokens(spec, data["train"], data["validation"], varlen)
+        train, validation = data["train"], data["validation"]
+        data["tokens"] = None if world is not None else plan_tokens(spec, train, validation, varlen, data)
         return data["tokens"]
 
     compute = distributed.compute_placement(placement, world)  # a sharded model loads elsewhere, plans for its GPU
@@ -188,11 +189,11 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     # the buckets are planned for the run's micro-batches (the first PLANNED of a long run: later epochs are shuffles
     # of the same examples; a micro-batch past the largest planned size gets a fixed size of its own)
     micro_batches = min(total * spec.grad_accum * ranks, PLANNED)  # every rank plans the same, global ones
-    run = (
-        micro_batches_of_run(len(examples), spec.batch_size, spec.seed, micro_batches, lengths, per_step)
-        if varlen
-        else None
-    )
+    run = None
+    if varlen:  # made once already where the plan's guess was the same (largest_step)
+        run = data.get("runs", {}).get((True, micro_batches, per_step)) or micro_batches_of_run(
+            len(examples), spec.batch_size, spec.seed, micro_batches, lengths, per_step
+        )
     if joins:
         rows = rows_of_run(run, spec.grad_accum, ranks, lengths, cap)
         held = "the largest row planned for this data" if data["tokens"] else f"{spec.batch_size} x max_seq_length"
@@ -367,7 +368,7 @@ def joining() -> bool:
     return os.environ.get("TUNESMITH_JOIN", "1") != "0"
 
 
-def plan_tokens(spec, examples, validation, varlen: bool) -> int | None:
+def plan_tokens(spec, examples, validation, varlen: bool, keep: dict | None = None) -> int | None:
     """The most tokens, padding included, a micro-step of a one-process run of `spec` computes over `examples` and
     its validation passes over `validation` (`varlen`: padding-free micro-batches expected, whose rows join a step's
     micro-batches where the run joins them), for the memory plan made before the weights load
@@ -376,24 +377,28 @@ def plan_tokens(spec, examples, validation, varlen: bool) -> int | None:
     (Collator.rows, `kept_to_plan`). Full fine-tuning, whose plan may update the weights in the backward where no row
     can be cut, and validation take the most any micro-batch of theirs can hold (engine.data.batching.step_tokens).
     None where that is not fewer than batch_size x max_seq_length, the plan without the data, or where
-    TUNESMITH_PLAN_FOR_DATA=0 asks for that plan (to measure a run without this one)."""
+    TUNESMITH_PLAN_FOR_DATA=0 asks for that plan (to measure a run without this one). `keep`: where the micro-batches
+    made for it are kept (largest_step), for the training loop to reuse."""
     if os.environ.get("TUNESMITH_PLAN_FOR_DATA", "1") == "0":
         return None
     joined = spec.grad_accum if varlen and spec.grad_accum > 1 and joining() else 1
     train = step_tokens(examples, spec.batch_size, varlen, joined)
     if spec.method != "full" and examples:
-        train = min(train, largest_step(spec, examples, varlen, joined))
+        train = min(train, largest_step(spec, examples, varlen, joined, keep))
     tokens = max(train, step_tokens(validation or (), spec.batch_size, varlen))
     return tokens if tokens < spec.batch_size * spec.max_seq_length else None
 
 
-def largest_step(spec, examples, varlen: bool, joined: int) -> int:
+def largest_step(spec, examples, varlen: bool, joined: int, keep: dict | None = None) -> int:
     """The most tokens, padding included and rounded up to SMALL_STEP as the planned buckets are, of the micro-batches
     (padding-free rows where `joined` > 1) that the run's first PLANNED micro-batches make, as _train_sft makes them;
-    at least the longest example's, so a row cut to fit holds any example."""
+    at least the longest example's, so a row cut to fit holds any example. The micro-batches go into `keep["runs"]`
+    under (varlen, count, joined), so _train_sft does not even them out again."""
     lengths = [len(e.input_ids) for e in examples]
     count = min(total_steps(spec, len(examples)) * spec.grad_accum, PLANNED)
     run = micro_batches_of_run(len(examples), spec.batch_size, spec.seed, count, lengths if varlen else None, joined)
+    if keep is not None:
+        keep.setdefault("runs", {})[(varlen, count, joined)] = run
     if joined > 1:
         run = rows_of_run(run, spec.grad_accum, 1, lengths, spec.batch_size * spec.max_seq_length)
     sizes = [sum(lengths[i] for i in r) if varlen else len(r) * max(lengths[i] for i in r) for r in run if r]
