@@ -319,3 +319,65 @@ def test_a_failed_compile_raises_after_the_others_and_is_not_kept(monkeypatch):
     calls.clear()
     jobs[:] = [job for job in jobs if job[0] == "good"]
     assert warmup.compile_kernels(None, torch.bfloat16, torch.device("cpu")) == ["good x2"]
+
+
+def test_kernels_that_share_a_name_or_a_kernel_all_compile_and_report(monkeypatch):
+    """Jobs name kernels by their module ("matvec": its matvec and its split-K reduce), and one kernel can serve several
+    names (kernels.matvec's split-K reduce under "matvec" and the NF4 matvecs): a failure in any kernel of a name
+    raises, every compile is counted under its name, and a kernel's compiles run in one task (one thread at a time)."""
+    import threading
+
+    calls, threads = [], {}
+
+    class Kernel:
+        def __init__(self, name, fails=False):
+            self.name, self.fails = name, fails
+
+        def warmup(self, *args, grid, **kw):
+            calls.append((self.name, args))
+            threads.setdefault(self.name, set()).add(threading.get_ident())
+            if self.fails:
+                raise RuntimeError(f"{self.name} failed to compile")
+
+    main, reduce = Kernel("main", fails=True), Kernel("reduce")
+    jobs = [("matvec", main, (1,), {}), ("matvec", reduce, (1,), {}), ("nf4_matvec", reduce, (2,), {})]
+    monkeypatch.setattr(warmup, "launches", lambda s, dtype, device: jobs)
+    with pytest.raises(RuntimeError, match="main failed to compile"):  # not lost behind "matvec"'s other kernel
+        warmup.compile_kernels(None, torch.bfloat16, torch.device("cpu"))
+    assert len(threads["reduce"]) == 1  # the shared kernel's two specializations in one task
+    main.fails = False
+    assert warmup.compile_kernels(None, torch.bfloat16, torch.device("cpu")) == ["matvec x2", "nf4_matvec"]
+
+
+def test_a_chat_whose_load_fails_stops_its_warmup(tiny_llama, monkeypatch):
+    """ChatModel starts the warm-up before the weights load; where the load fails no Decoder will ever join it, so
+    the load's error is raised only once the warm-up has stopped (after its current compile), not with its compiles
+    still running behind the app's next load."""
+    import threading
+
+    from engine.chat.infer import ChatModel
+    from engine.models import loading
+
+    running, stop_seen = threading.Event(), []
+
+    def work(shapes, dtype, device, stop, done):
+        running.set()
+        while not stop():  # a compile after another until told to stop
+            threading.Event().wait(0.01)
+        stop_seen.append(True)
+
+    started = []
+
+    def start_for(path, device, dtype, four_bit=False, rows=()):
+        started.append(warmup.Warmup("shapes", torch.float32, torch.device("cpu"), work=work, words=warmup.WORDS))
+        running.wait(5)
+        return started[-1]
+
+    def broken(*args, **kw):
+        raise OSError("weights unreadable")
+
+    monkeypatch.setattr(warmup, "start_for", start_for)
+    monkeypatch.setattr(loading, "load_model", broken)
+    with pytest.raises(OSError, match="weights unreadable"):
+        ChatModel(str(tiny_llama), device="cpu", log=lambda m: None)
+    assert stop_seen == [True] and started[0].thread is None

@@ -252,13 +252,17 @@ class ChatModel:
         # the decode step's kernels compile while the weights load; the decoder waits for them at the first reply
         rows = (2,) if adapter is not None else ()  # the compare's base and tuned rows
         kernels = warmup.start_for(path, self.placement.device, self.placement.torch_dtype, rows=rows)
-        self.tokenizer = load_tokenizer(tok_dir or path)
-        ensure_chat_template(self.tokenizer)
-        model = load_model(path, self.placement)
-        if adapter is not None:
-            from peft import PeftModel
+        try:
+            self.tokenizer = load_tokenizer(tok_dir or path)
+            ensure_chat_template(self.tokenizer)
+            model = load_model(path, self.placement)
+            if adapter is not None:
+                from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, adapter)  # applied on the fly: the base stays shared
+                model = PeftModel.from_pretrained(model, adapter)  # applied on the fly: the base stays shared
+        except BaseException:  # no Decoder will join it: its compiles end here, not behind the app's next load
+            kernels.join(log, stop=True)
+            raise
         self.model = model.eval()
         self.has_adapter = adapter is not None
         self.decoder = Decoder(self.model, log=log, warmup=kernels)

@@ -318,26 +318,30 @@ def compile_kernels(s: DecodeShapes, dtype, device, stop=None, done=None) -> lis
     after another in one task, the kernels WORKERS at a time in a thread pool (a kernel's own caches see one thread;
     a compile that fails raises here, after the others finished, and leaves nothing in the kernel's cache, so its
     first launch compiles it as if there had been no warm-up; Triton's AsyncCompileMode, which caches a failed compile's
-    future, is not used). Returns (and appends to `done`) a summary per kernel, e.g. "matvec x5". `stop()` True ends
-    each task before its next compile."""
-    jobs: dict = {}
+    future, is not used). Returns (and appends to `done`) a summary per name of `launches`, e.g. "matvec x5".
+    `stop()` True ends each task before its next compile."""
+    jobs: dict = {}  # kernel -> its specializations, whichever names launch it (the split-K reduce serves several)
+    counts: dict[str, int] = {}  # name -> compiles done, in the order launches names them
     for name, kernel, args, kw in launches(s, dtype, device):
-        jobs.setdefault((name, kernel), []).append((args, kw))
+        jobs.setdefault(kernel, []).append((name, args, kw))
+        counts.setdefault(name, 0)
 
-    def compile_all(kernel, specializations) -> int:
+    def compile_all(kernel, specializations) -> list[str]:
+        names = []
         with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-            for n, (args, kw) in enumerate(specializations):
+            for name, args, kw in specializations:
                 if stop is not None and stop():
-                    return n
+                    break
                 kernel.warmup(*args, grid=(1,), **kw)
-        return len(specializations)
+                names.append(name)
+        return names
 
     workers = max(1, min(WORKERS, os.cpu_count() or 1, len(jobs)))
     with ThreadPoolExecutor(workers, thread_name_prefix="decode-compile") as pool:
-        futures = {name: pool.submit(compile_all, kernel, specs) for (name, kernel), specs in jobs.items()}
-    counts: dict[str, int] = {}
-    for name, future in futures.items():  # all done: the pool's exit waited for them
-        counts[name] = counts.get(name, 0) + future.result()  # raises the first failure, once all have finished
+        futures = [pool.submit(compile_all, kernel, specs) for kernel, specs in jobs.items()]
+    for future in futures:  # all done: the pool's exit waited for them
+        for name in future.result():  # raises the first failure, once all have finished
+            counts[name] += 1
     summary = [f"{name} x{n}" if n > 1 else name for name, n in counts.items() if n]
     if done is not None:
         done += summary
