@@ -57,10 +57,13 @@ def test_the_plan_tokens_of_joined_and_separate_micro_batches(monkeypatch):
     monkeypatch.delenv("TUNESMITH_JOIN", raising=False)
     monkeypatch.delenv("TUNESMITH_PLAN_FOR_DATA", raising=False)
     examples = _examples([10, 300, 50, 700, 200])
-    # the run's own micro-batches, evened out by tokens: (700, 10), (50, 200), (300): 710, up to 768; the 2 longest
-    # examples (1,024) only where the weights may be updated in the backward (full fine-tuning); of 2 x 1,024
+    # the run's own micro-batches, evened out by tokens: (700, 10), (50, 200), (300): 710, up to 768; of 2 x 1,024.
+    # Full fine-tuning, whose weights may update in the backward where nothing can be cut, holds any micro-batch of
+    # the data padding-free or padded (should the model take padded ones after all): two rows of 700, 1,408; its
+    # validation passes' too (two rows of 900)
     assert plan_tokens(_job(), examples, None, varlen=True) == 768
-    assert plan_tokens(_job(method="full"), examples, None, varlen=True) == 1024
+    assert plan_tokens(_job(method="full"), examples, None, varlen=True) == 1408
+    assert plan_tokens(_job(method="full"), examples, _examples([900, 800]), varlen=True) == 1856
     assert plan_tokens(_job(), examples, None, varlen=False) == 1408
     assert plan_tokens(_job(grad_accum=2), examples, None, varlen=True) == 1280  # the step's two joined
     assert plan_tokens(_job(grad_accum=2), examples, None, varlen=False) == 1408  # right-padded rows never join

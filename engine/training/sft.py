@@ -375,7 +375,8 @@ def plan_tokens(spec, examples, validation, varlen: bool, keep: dict | None = No
     (engine.models.loading.load_for_training): the largest of the run's own micro-batches or rows (`largest_step`),
     which the loop makes again the same way; past them (a long run's later epochs) a row over the plan is cut to fit
     (Collator.rows, `kept_to_plan`). Full fine-tuning, whose plan may update the weights in the backward where no row
-    can be cut, and validation take the most any micro-batch of theirs can hold (engine.data.batching.step_tokens).
+    can be cut, and validation take the most any micro-batch of theirs can hold (engine.data.batching.step_tokens):
+    for full fine-tuning padded or padding-free, whichever the model turns out to take.
     None where that is not fewer than batch_size x max_seq_length, the plan without the data, or where
     TUNESMITH_PLAN_FOR_DATA=0 asks for that plan (to measure a run without this one). `keep`: where the micro-batches
     made for it are kept (largest_step), for the training loop to reuse."""
@@ -385,7 +386,12 @@ def plan_tokens(spec, examples, validation, varlen: bool, keep: dict | None = No
     train = step_tokens(examples, spec.batch_size, varlen, joined)
     if spec.method != "full" and examples:
         train = min(train, largest_step(spec, examples, varlen, joined, keep))
-    tokens = max(train, step_tokens(validation or (), spec.batch_size, varlen))
+    # full fine-tuning may update the weights in the backward, where no micro-batch can be cut (kept_to_plan): its
+    # plan holds right-padded micro-batches as well, should expects_varlen's guess be wrong
+    padded = spec.method == "full" and varlen
+    if padded:
+        train = max(train, step_tokens(examples, spec.batch_size, False))
+    tokens = max(train, step_tokens(validation or (), spec.batch_size, varlen and not padded))
     return tokens if tokens < spec.batch_size * spec.max_seq_length else None
 
 
