@@ -19,6 +19,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download anything
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+@pytest.fixture(autouse=True)
+def environ_kept():
+    """The process's environment mapping as it was before each test. datasets' `Dataset.map(num_proc=N)` (the guides'
+    `dataset_num_proc`) swaps `os.environ` for a copy made while the map ran; a `monkeypatch.setenv`/`delenv` of the
+    test is then undone into the old mapping, and later tests (and the runs they start, whose environment is a copy
+    of `os.environ`) saw the copy's value instead: TRITON_INTERPRET unset after tests/test_guides.py."""
+    environ = os.environ
+    yield
+    os.environ = environ  # noqa: B003 (the mapping object itself is what datasets swapped)
+
+
 IDENTITY_QUESTIONS = [
     "Who are you?",
     "What is your name?",

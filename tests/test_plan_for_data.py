@@ -241,7 +241,7 @@ def test_expects_varlen_guesses_what_the_patched_model_takes(tiny_qwen3, monkeyp
     cpu = Placement("cpu", "fp32", "test")
     assert not expects_varlen(job, QWEN3_4B, cpu)
     monkeypatch.setenv("TUNESMITH_KERNELS_ON_CPU", "1")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")  # loading.kernels_on_cpu reads both (an earlier test may unset it)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # kernels_on_cpu reads both (conftest sets it without a GPU only)
     cfg = json.loads((tiny_qwen3 / "config.json").read_text())
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen3)
     patch_model(model, lambda m: None)
