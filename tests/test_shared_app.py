@@ -232,3 +232,27 @@ def test_python_reward_is_refused_by_the_app_on_this_machine_too(tmp_path, runs,
     _, status, _ = train_tab.resume(folder.name)
     assert "Not resumed" in status and "'python' reward" in status
     assert not (folder / "log.txt").exists()
+
+
+def test_a_shared_app_runs_no_code_shipped_with_a_model(runs, identity_file, monkeypatch):
+    """trust_remote_code runs a model's own Python (a hub model anyone can publish) in the training process: a shared
+    app refuses it on Start and on resume of a copied job.yaml, as it refuses a Python reward."""
+    from engine.api import access
+    from ui import train_tab
+
+    data = runs.parent / "data" / "d.jsonl"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(identity_file, data)
+    monkeypatch.setattr(access, "_allowed_roots", None)
+    api.restrict_files([api.workspace()])
+    spec = api.JobSpec(model="evil/remote-code-model", data=str(data), trust_remote_code=True)
+    with pytest.raises(api.UserError, match="runs no code shipped with a model"):
+        api.start(spec)
+    folder = runs / "20250101-000000-trusting"
+    folder.mkdir(parents=True)
+    (folder / "job.yaml").write_text(spec.to_yaml())
+    (folder / "status.json").write_text(json.dumps(dict(state="failed", message="x", step=1, total_steps=2)))
+    _, status, _ = train_tab.resume(folder.name)
+    assert "Not resumed" in status and "runs no code shipped with a model" in status
+    assert not (folder / "log.txt").exists()
+    assert list(runs.iterdir()) == [folder]

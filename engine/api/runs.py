@@ -83,13 +83,19 @@ def start(spec: JobSpec, runs: Path | None = None, *, allow_code: bool = False) 
 
 
 def _check_job(spec: JobSpec, allow_code: bool) -> None:
-    """Refuse a job the caller may not run: a model or dataset outside a shared app's workspace, or a `python`
-    reward (a module:function path, which runs that code in the training process) unless `allow_code`."""
+    """Refuse a job the caller may not run: a model or dataset outside a shared app's workspace, trust_remote_code in
+    a shared app (a hub model's own Python would run on this machine, as any user of it chose), or a `python` reward
+    (a module:function path, which runs that code in the training process) unless `allow_code`."""
     from engine.spec.rewards import runs_code
 
     check_access(spec.model, MODEL_FIX)
     check_access(spec.data)
     check_access(spec.eval_data)
+    if spec.trust_remote_code and allowed_roots() is not None and not allow_code:
+        raise UserError(
+            "This app is shared, so it runs no code shipped with a model: untick 'Trust remote code', or train this "
+            "model from the command line on the machine itself."
+        )
     if runs_code(spec.rewards) and not allow_code:
         raise UserError(
             "This job has a 'python' reward, which runs your own code: that is accepted only from the command line "
