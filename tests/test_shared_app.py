@@ -256,3 +256,16 @@ def test_a_shared_app_runs_no_code_shipped_with_a_model(runs, identity_file, mon
     assert "Not resumed" in status and "runs no code shipped with a model" in status
     assert not (folder / "log.txt").exists()
     assert list(runs.iterdir()) == [folder]
+
+
+def test_a_shared_app_lends_no_hub_token_of_the_machine(runs, monkeypatch):
+    """An upload with the token field left blank used the machine's HF_TOKEN: any logged-in user could write to every
+    repository of the token's owner (replace their published model). A shared app asks for the user's own token."""
+    from engine.api import access
+
+    monkeypatch.setenv("HF_TOKEN", "hf_machineOwnerToken0123456789")
+    monkeypatch.setattr(access, "_allowed_roots", None)
+    api.restrict_files([api.workspace()])
+    with pytest.raises(api.UserError, match="needs your own write token typed in the Export tab"):
+        api.start_export(str(runs), "lora", runs.parent / "exports" / "x", push_to_hub="owner/model")
+    assert not (runs.parent / "exports").exists()
