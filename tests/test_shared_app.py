@@ -269,3 +269,18 @@ def test_a_shared_app_lends_no_hub_token_of_the_machine(runs, monkeypatch):
     with pytest.raises(api.UserError, match="needs your own write token typed in the Export tab"):
         api.start_export(str(runs), "lora", runs.parent / "exports" / "x", push_to_hub="owner/model")
     assert not (runs.parent / "exports").exists()
+
+
+def test_the_app_resumes_no_copied_run_that_trusts_remote_code(runs, identity_file):
+    """Local app (no login): a run folder handed over with trust_remote_code in its job.yaml ran its model's Python
+    on Resume, unasked; it is refused as a Python reward is (the command line resumes it)."""
+    from ui import train_tab
+
+    folder = runs / "20250101-000000-trusting"
+    folder.mkdir(parents=True)
+    spec = api.JobSpec(model="evil/remote-code-model", data=str(identity_file), trust_remote_code=True)
+    (folder / "job.yaml").write_text(spec.to_yaml())
+    (folder / "status.json").write_text(json.dumps(dict(state="cancelled", message="x", step=1, total_steps=2)))
+    _, status, _ = train_tab.resume(folder.name)
+    assert "Not resumed" in status and "turns on trust_remote_code" in status and "python -m engine resume" in status
+    assert not (folder / "log.txt").exists()
