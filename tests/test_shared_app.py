@@ -284,3 +284,25 @@ def test_the_app_resumes_no_copied_run_that_trusts_remote_code(runs, identity_fi
     _, status, _ = train_tab.resume(folder.name)
     assert "Not resumed" in status and "turns on trust_remote_code" in status and "python -m engine resume" in status
     assert not (folder / "log.txt").exists()
+
+
+def test_cancel_signals_no_process_but_the_runs_own(runs, identity_file):
+    """status.json's pid may name any process of the user (one that took the pid after the run died unseen, or any at
+    all in a run folder handed over): Cancel sent it SIGTERM, then SIGKILL to its whole group when it led one (a
+    shell's session). Only a process whose command line names the run folder is signalled; the run ends cancelled."""
+    folder = runs / "20250101-000000-stale"
+    folder.mkdir(parents=True)
+    (folder / "job.yaml").write_text(api.JobSpec(model="Qwen/Qwen3-0.6B", data=str(identity_file)).to_yaml())
+    bystander = subprocess.Popen(["sleep", "600"], start_new_session=True)  # leads its own process group
+    try:
+        for stop in (api.request_cancel, lambda run: api.cancel(run, wait_s=0.5)):
+            status = dict(state="running", message="training", pid=bystander.pid, step=1, total_steps=9)
+            (folder / "status.json").write_text(json.dumps(status))
+            (folder / "cancel-requested").unlink(missing_ok=True)
+            stop(folder.name)
+            time.sleep(0.3)
+            assert bystander.poll() is None
+        assert api.poll(folder.name).state == "cancelled"
+    finally:
+        bystander.kill()
+        bystander.wait()

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.api.access import MODEL_FIX, allowed_roots, check_access, runs_dir
-from engine.api.processes import alive, exit_code, mark_cancelled, slug, spawn, stop
+from engine.api.processes import alive, exit_code, mark_cancelled, runs_in, slug, spawn, stop
 from engine.core.errors import UserError
 from engine.core.runlog import TERMINAL, read_metrics
 from engine.spec.jobspec import JobSpec, read_job, with_paths_beside
@@ -272,7 +272,7 @@ def request_cancel(run: "str | Path | RunHandle") -> RunStatus:
         return status
     (status.run_dir / CANCEL_MARK).touch()
     pid = _pid(status.run_dir)
-    if pid and alive(pid):
+    if pid and alive(pid) and runs_in(pid, status.run_dir):
         os.kill(pid, signal.SIGTERM)
     return _poll_dir(status.run_dir)
 
