@@ -306,3 +306,24 @@ def test_cancel_signals_no_process_but_the_runs_own(runs, identity_file):
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_a_shared_app_takes_no_model_from_its_uploads(runs, tmp_path, monkeypatch):
+    """Gradio's upload folder is open to a shared app for datasets and job files; a .gguf (or model folder) uploaded
+    there was taken as a chat, eval or export source, so llama.cpp parsed a file any logged-in user crafted."""
+    from engine.api import access
+
+    uploads = tmp_path.parent / f"{tmp_path.name}-uploads"  # beside the workspace (tmp_path), as Gradio's is
+    crafted = uploads / "0123abcd" / "crafted.gguf"
+    crafted.parent.mkdir(parents=True)
+    crafted.write_bytes(b"GGUF" + b"\xff" * 60)
+    monkeypatch.setattr(access, "_allowed_roots", None)
+    api.restrict_files([api.workspace(), uploads])
+    api.check_access(str(crafted))  # an upload is still a file the app may read (a dataset)
+    for call in (api.Chat, api.sampling_defaults, api.gguf_support, lambda s: api.evaluate([s], data="x.jsonl")):
+        with pytest.raises(api.UserError, match=OUTSIDE):
+            call(str(crafted))
+    with pytest.raises(api.UserError, match=OUTSIDE):
+        api.start_export(str(crafted), "gguf-f16", runs.parent / "exports" / "x")
+    with pytest.raises(api.UserError, match=OUTSIDE):
+        api.Chat(str(crafted.parent))
