@@ -327,3 +327,22 @@ def test_a_shared_app_takes_no_model_from_its_uploads(runs, tmp_path, monkeypatc
         api.start_export(str(crafted), "gguf-f16", runs.parent / "exports" / "x")
     with pytest.raises(api.UserError, match=OUTSIDE):
         api.Chat(str(crafted.parent))
+
+
+def test_a_shared_app_evaluates_on_no_held_out_rows_outside(runs, identity_file, monkeypatch):
+    """A run trained before the app was shared may name a dataset outside the workspace; evaluating it on its
+    held-out rows showed those rows (prompts and reference answers) to any logged-in user."""
+    from engine.api import access
+
+    outside = runs.parent.parent / f"{runs.parent.name}-private.jsonl"  # beside the workspace (tmp_path)
+    shutil.copy(identity_file, outside)
+    folder = runs / "20250101-000000-before-sharing"
+    (folder / "adapter").mkdir(parents=True)
+    (folder / "adapter" / "adapter_model.safetensors").write_bytes(b"")
+    spec = api.JobSpec(model="Qwen/Qwen3-0.6B", data=str(outside), eval_fraction=0.5)
+    (folder / "job.yaml").write_text(spec.to_yaml())
+    (folder / "status.json").write_text(json.dumps(dict(state="done", message="x", step=2, total_steps=2)))
+    monkeypatch.setattr(access, "_allowed_roots", None)
+    api.restrict_files([api.workspace()])
+    with pytest.raises(api.UserError, match=OUTSIDE):
+        api.evaluate([folder.name])
