@@ -3,7 +3,8 @@
 Layout and wiring only: every action goes through engine.api, and training runs in its own process.
   --host 0.0.0.0 / --share   reachable from other machines: needs --auth user:password (one is generated otherwise)
   --auth user:password       a login; with one, the app is shared: paths and run ids stay inside the workspace
-  --root-path /prefix        when served behind a reverse proxy
+                             (TUNESMITH_AUTH=user:password keeps it out of the process list other users can read)
+  --root-path /prefix        when served behind a reverse proxy: reachable from elsewhere too, so it needs a login
 """
 
 import argparse
@@ -50,19 +51,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     ap.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     ap.add_argument("--share", action="store_true", help="public link through Gradio's tunnel (needs a password)")
-    ap.add_argument("--auth", default=os.environ.get("TUNESMITH_AUTH"), help="user:password required to log in")
-    ap.add_argument("--root-path", default=os.environ.get("GRADIO_ROOT_PATH", ""), help="URL prefix behind a proxy")
+    ap.add_argument(
+        "--auth",
+        default=os.environ.get("TUNESMITH_AUTH"),
+        help="user:password required to log in (or set TUNESMITH_AUTH: a command line is visible to other users)",
+    )
+    ap.add_argument(
+        "--root-path",
+        default=os.environ.get("GRADIO_ROOT_PATH", ""),
+        help="URL prefix behind a reverse proxy (which makes the app reachable from elsewhere: needs a login)",
+    )
     return ap.parse_args(argv)
 
 
 def auth_for(args) -> tuple[str, str] | None:
-    """The login to require: the one given, or a generated one whenever the app is reachable from elsewhere."""
+    """The login to require: the one given, or a generated one whenever the app is reachable from elsewhere (another
+    address than loopback, a share link, or a reverse proxy in front of it: --root-path, whose proxy forwards every
+    request from 127.0.0.1)."""
     if args.auth:
         user, sep, password = args.auth.partition(":")
         if not sep or not user or not password:
             sys.exit("--auth must look like user:password")
         return user, password
-    if args.share or args.host not in LOOPBACK:
+    if args.share or args.host not in LOOPBACK or args.root_path:
         password = secrets.token_urlsafe(12)
         print(
             f"This app is reachable from other machines, so it needs a login: user 'tunesmith', password "

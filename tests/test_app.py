@@ -298,7 +298,10 @@ def test_start_without_model_or_data_says_what_to_do(runs):
     assert status == "**Not started:** Pick a model in the Model tab first."
 
 
-@pytest.mark.parametrize("argv, needs_login", [([], False), (["--host", "0.0.0.0"], True), (["--share"], True)])
+@pytest.mark.parametrize(
+    "argv, needs_login",
+    [([], False), (["--host", "0.0.0.0"], True), (["--share"], True), (["--root-path", "/tunesmith"], True)],
+)
 def test_login_required_when_reachable_from_elsewhere(argv, needs_login, capsys):
     import app
 

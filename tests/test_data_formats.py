@@ -140,6 +140,28 @@ def test_a_mistyped_file_name_is_a_missing_file_not_a_hub_dataset(tmp_path, monk
         inspection.inspect(url)
 
 
+def test_a_dataset_reads_no_file_outside_itself(tmp_path):
+    """A dataset folder's README.md (one uploaded to a shared app is a folder of its own) can name files anywhere in its
+    `configs`; `datasets` read them, and the preview showed their rows. A folder reads only its own files, a hub
+    dataset only the hub's."""
+    secret = tmp_path / "outside" / "secret.jsonl"
+    secret.parent.mkdir()
+    secret.write_text(json.dumps({"text": "SECRET"}) + "\n")
+    for i, named in enumerate([str(secret), "../outside/secret.jsonl", "link.jsonl"]):
+        folder = tmp_path / f"crafted{i}"
+        folder.mkdir()
+        (folder / "link.jsonl").symlink_to(secret)
+        (folder / "README.md").write_text(f"---\nconfigs:\n- config_name: default\n  data_files: {named}\n---\n")
+        for read in (inspection.inspect, reading.read_rows):
+            with pytest.raises(UserError, match="names a file that is not inside its folder") as e:
+                read(str(folder))
+            assert "SECRET" not in str(e.value)
+    reading._check_files("owner/name", Path("owner/name"), {"train": ["hf://datasets/owner/name@abc/t.jsonl"]})
+    for local in (str(secret), f"zip://t.jsonl::{secret}", f"hf://x::{secret}"):
+        with pytest.raises(UserError, match="names a file that is not on the hub"):
+            reading._check_files("owner/name", Path("owner/name"), {"train": [local]})
+
+
 def test_a_dataset_folder_with_a_broken_file_is_one_sentence(tmp_path):
     folder = tmp_path / "my_dataset"
     folder.mkdir()

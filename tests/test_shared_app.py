@@ -232,3 +232,117 @@ def test_python_reward_is_refused_by_the_app_on_this_machine_too(tmp_path, runs,
     _, status, _ = train_tab.resume(folder.name)
     assert "Not resumed" in status and "'python' reward" in status
     assert not (folder / "log.txt").exists()
+
+
+def test_a_shared_app_runs_no_code_shipped_with_a_model(runs, identity_file, monkeypatch):
+    """trust_remote_code runs a model's own Python (a hub model anyone can publish) in the training process: a shared
+    app refuses it on Start and on resume of a copied job.yaml, as it refuses a Python reward."""
+    from engine.api import access
+    from ui import train_tab
+
+    data = runs.parent / "data" / "d.jsonl"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(identity_file, data)
+    monkeypatch.setattr(access, "_allowed_roots", None)
+    api.restrict_files([api.workspace()])
+    spec = api.JobSpec(model="evil/remote-code-model", data=str(data), trust_remote_code=True)
+    with pytest.raises(api.UserError, match="runs no code shipped with a model"):
+        api.start(spec)
+    folder = runs / "20250101-000000-trusting"
+    folder.mkdir(parents=True)
+    (folder / "job.yaml").write_text(spec.to_yaml())
+    (folder / "status.json").write_text(json.dumps(dict(state="failed", message="x", step=1, total_steps=2)))
+    _, status, _ = train_tab.resume(folder.name)
+    assert "Not resumed" in status and "runs no code shipped with a model" in status
+    assert not (folder / "log.txt").exists()
+    assert list(runs.iterdir()) == [folder]
+
+
+def test_a_shared_app_lends_no_hub_token_of_the_machine(runs, monkeypatch):
+    """An upload with the token field left blank used the machine's HF_TOKEN: any logged-in user could write to every
+    repository of the token's owner (replace their published model). A shared app asks for the user's own token."""
+    from engine.api import access
+
+    monkeypatch.setenv("HF_TOKEN", "hf_machineOwnerToken0123456789")
+    monkeypatch.setattr(access, "_allowed_roots", None)
+    api.restrict_files([api.workspace()])
+    with pytest.raises(api.UserError, match="needs your own write token typed in the Export tab"):
+        api.start_export(str(runs), "lora", runs.parent / "exports" / "x", push_to_hub="owner/model")
+    assert not (runs.parent / "exports").exists()
+
+
+def test_the_app_resumes_no_copied_run_that_trusts_remote_code(runs, identity_file):
+    """Local app (no login): a run folder handed over with trust_remote_code in its job.yaml ran its model's Python
+    on Resume, unasked; it is refused as a Python reward is (the command line resumes it)."""
+    from ui import train_tab
+
+    folder = runs / "20250101-000000-trusting"
+    folder.mkdir(parents=True)
+    spec = api.JobSpec(model="evil/remote-code-model", data=str(identity_file), trust_remote_code=True)
+    (folder / "job.yaml").write_text(spec.to_yaml())
+    (folder / "status.json").write_text(json.dumps(dict(state="cancelled", message="x", step=1, total_steps=2)))
+    _, status, _ = train_tab.resume(folder.name)
+    assert "Not resumed" in status and "turns on trust_remote_code" in status and "python -m engine resume" in status
+    assert not (folder / "log.txt").exists()
+
+
+def test_cancel_signals_no_process_but_the_runs_own(runs, identity_file):
+    """status.json's pid may name any process of the user (one that took the pid after the run died unseen, or any at
+    all in a run folder handed over): Cancel sent it SIGTERM, then SIGKILL to its whole group when it led one (a
+    shell's session). Only a process whose command line names the run folder is signalled; the run ends cancelled."""
+    folder = runs / "20250101-000000-stale"
+    folder.mkdir(parents=True)
+    (folder / "job.yaml").write_text(api.JobSpec(model="Qwen/Qwen3-0.6B", data=str(identity_file)).to_yaml())
+    bystander = subprocess.Popen(["sleep", "600"], start_new_session=True)  # leads its own process group
+    try:
+        for stop in (api.request_cancel, lambda run: api.cancel(run, wait_s=0.5)):
+            status = dict(state="running", message="training", pid=bystander.pid, step=1, total_steps=9)
+            (folder / "status.json").write_text(json.dumps(status))
+            (folder / "cancel-requested").unlink(missing_ok=True)
+            stop(folder.name)
+            time.sleep(0.3)
+            assert bystander.poll() is None
+        assert api.poll(folder.name).state == "cancelled"
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_a_shared_app_takes_no_model_from_its_uploads(runs, tmp_path, monkeypatch):
+    """Gradio's upload folder is open to a shared app for datasets and job files; a .gguf (or model folder) uploaded
+    there was taken as a chat, eval or export source, so llama.cpp parsed a file any logged-in user crafted."""
+    from engine.api import access
+
+    uploads = tmp_path.parent / f"{tmp_path.name}-uploads"  # beside the workspace (tmp_path), as Gradio's is
+    crafted = uploads / "0123abcd" / "crafted.gguf"
+    crafted.parent.mkdir(parents=True)
+    crafted.write_bytes(b"GGUF" + b"\xff" * 60)
+    monkeypatch.setattr(access, "_allowed_roots", None)
+    api.restrict_files([api.workspace(), uploads])
+    api.check_access(str(crafted))  # an upload is still a file the app may read (a dataset)
+    for call in (api.Chat, api.sampling_defaults, api.gguf_support, lambda s: api.evaluate([s], data="x.jsonl")):
+        with pytest.raises(api.UserError, match=OUTSIDE):
+            call(str(crafted))
+    with pytest.raises(api.UserError, match=OUTSIDE):
+        api.start_export(str(crafted), "gguf-f16", runs.parent / "exports" / "x")
+    with pytest.raises(api.UserError, match=OUTSIDE):
+        api.Chat(str(crafted.parent))
+
+
+def test_a_shared_app_evaluates_on_no_held_out_rows_outside(runs, identity_file, monkeypatch):
+    """A run trained before the app was shared may name a dataset outside the workspace; evaluating it on its
+    held-out rows showed those rows (prompts and reference answers) to any logged-in user."""
+    from engine.api import access
+
+    outside = runs.parent.parent / f"{runs.parent.name}-private.jsonl"  # beside the workspace (tmp_path)
+    shutil.copy(identity_file, outside)
+    folder = runs / "20250101-000000-before-sharing"
+    (folder / "adapter").mkdir(parents=True)
+    (folder / "adapter" / "adapter_model.safetensors").write_bytes(b"")
+    spec = api.JobSpec(model="Qwen/Qwen3-0.6B", data=str(outside), eval_fraction=0.5)
+    (folder / "job.yaml").write_text(spec.to_yaml())
+    (folder / "status.json").write_text(json.dumps(dict(state="done", message="x", step=2, total_steps=2)))
+    monkeypatch.setattr(access, "_allowed_roots", None)
+    api.restrict_files([api.workspace()])
+    with pytest.raises(api.UserError, match=OUTSIDE):
+        api.evaluate([folder.name])

@@ -79,6 +79,15 @@ def test_job_file_round_trip_and_command(tiny_llama, identity_file):
     assert train_settings.load("")[-1] == "**Not loaded:** Choose a job.yaml file to load."
 
 
+def test_a_loaded_job_file_never_ticks_trust_remote_code(tiny_llama, identity_file, tmp_path):
+    """A job.yaml handed over ticked 'Trust remote code' on the Model tab, unsaid: Start then ran the model's Python."""
+    path = tmp_path / "job.yaml"
+    path.write_text(api.JobSpec(model="someone/custom-code", data=str(identity_file), trust_remote_code=True).to_yaml())
+    loaded = train_settings.load(str(path))
+    assert dict(zip(train_settings.LOADED, loaded, strict=False))["trust_remote_code"] is False
+    assert "asks for 'Trust remote code'" in loaded[-1] and "left unticked" in loaded[-1]
+
+
 def test_remaining_time_is_smoothed_and_durations_read_well():
     metrics = [{"step": s, "time": 1000.0 + s} for s in range(1, 41)]
     assert train_live.remaining_s(metrics, 100) == 60.0

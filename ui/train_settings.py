@@ -195,8 +195,14 @@ def load(path: str):
         return *[gr.update()] * (len(LOADED) + len(ADVANCED)), f"**Not loaded:** {e}"
     values = [getattr(spec, key) for key in LOADED]
     values[LOADED.index("column_map")] = ", ".join(f"{k}={v}" for k, v in spec.column_map.items())
+    values[LOADED.index("trust_remote_code")] = False  # a file handed over must not tick it: the user does
     advanced = advanced_values(spec)
     note = f"Loaded the settings of {Path(path).name}: model `{spec.model}`, dataset `{spec.data}`."
+    if spec.trust_remote_code:
+        note += (
+            " It asks for 'Trust remote code', which runs Python shipped with the model: that box is left unticked; "
+            "tick it on the Model tab only if you trust this model."
+        )
     if spec.rewards:
         note += " Its GRPO rewards are not shown here: tick them again, or run the file from the command line."
     return *values, *[advanced[key] for key in ADVANCED], note

@@ -8,6 +8,7 @@ from pathlib import Path
 from engine.core.errors import UserError
 
 MODEL_FIX = "put the model folder inside it, or pick a hub model"  # what to do about a model outside a shared app
+SOURCE_FIX = "pick a run or an exported GGUF file, or a hub model"  # ... about a chat, eval or export source
 _allowed_roots: list[Path] | None = None  # set by restrict_files(): the folders a shared app may read
 
 
@@ -38,28 +39,31 @@ def restrict_files(roots: list) -> None:
     _allowed_roots = [Path(r).resolve() for r in roots]
 
 
-def check_access(value: str, fix: str = "upload the file instead") -> None:
-    """Raise a UserError for a local path outside the allowed folders; hub ids and unrestricted apps pass. `fix` ends
-    the sentence: what to do instead."""
+def check_access(value: str, fix: str = "upload the file instead", roots: list[Path] | None = None) -> None:
+    """Raise a UserError for a local path outside the allowed folders (or `roots`, some of them); hub ids and
+    unrestricted apps pass. `fix` ends the sentence: what to do instead."""
     if _allowed_roots is None or not value:
         return
     path = Path(os.path.expanduser(value))
     if not path.exists() and not value.startswith((".", "/", "~")):
         return  # a hub id, not a local path
     real = path.resolve()
-    if not any(real == root or root in real.parents for root in _allowed_roots):
+    if not any(real == root or root in real.parents for root in roots or _allowed_roots):
         raise UserError(f"This app is shared, so it only opens files inside its workspace ({workspace()}); {fix}.")
 
 
 def check_source(source: str) -> None:
-    """check_access for a chat or export source and, in a shared app, for the base model that a run's job.yaml or an
-    adapter's config names (a folder handed over could name any path there)."""
-    check_access(source)
-    if _allowed_roots is None or source.lower().endswith(".gguf"):
+    """check_access for a chat, eval or export source and, in a shared app, for the base model that a run's job.yaml
+    or an adapter's config names (a folder handed over could name any path there). A source is a model: in a shared
+    app it is in the workspace, never among the uploads (a .gguf uploaded there would be parsed by llama.cpp)."""
+    if _allowed_roots is None:
+        return
+    check_access(source, SOURCE_FIX, [workspace()])
+    if source.lower().endswith(".gguf"):
         return
     from engine.chat.infer import locate
 
-    check_access(locate(source)[0])
+    check_access(locate(source)[0], SOURCE_FIX, [workspace()])
 
 
 def tidy_workspace() -> list[Path]:

@@ -50,6 +50,7 @@ def evaluate(
         part = "train"  # every row of the file
     elif job is not None and eval_spec(job) is not None:
         spec, part = eval_spec(job), "eval"
+        check_access(spec.data)  # a run made before the app was shared may have trained on a file outside
     else:
         raise UserError(
             "Give the questions to evaluate on (a data file), or pick a run that held some out for validation "

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.api.access import check_access, check_source, workspace
+from engine.api.access import allowed_roots, check_access, check_source, workspace
 from engine.api.processes import alive, mark_cancelled, slug, spawn, stop
 from engine.core.errors import UserError
 from engine.core.runlog import TERMINAL
@@ -60,8 +60,15 @@ def start_export(
     looks finished. The job's own folder is exports/.jobs/<id>/.
 
     With `push_to_hub` ("user/name") the finished export is then uploaded there (created `private` if new), with
-    `token` or else HF_TOKEN; the token reaches the job through its environment only, never a file or the log.
+    `token` or else HF_TOKEN; the token reaches the job through its environment only, never a file or the log. A
+    shared app (restrict_files) needs `token`: the machine's HF_TOKEN would let any of its users write to every
+    repository of the token's owner.
     """
+    if push_to_hub and not token and allowed_roots() is not None:
+        raise UserError(
+            "This app is shared, so an upload needs your own write token typed in the Export tab: the machine's "
+            "HF_TOKEN is not lent to the app's users."
+        )
     check_source(str(source))
     out = Path(out)
     check_access(str(out.resolve()))

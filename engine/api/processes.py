@@ -86,7 +86,7 @@ def stop(folder: Path, wait_s: float) -> bool:
     import json
 
     pid = json.loads((folder / "status.json").read_text()).get("pid")
-    if pid and alive(pid):
+    if pid and alive(pid) and runs_in(pid, folder):
         os.kill(pid, signal.SIGTERM)
         deadline = time.time() + wait_s
         while alive(pid) and time.time() < deadline:
@@ -96,6 +96,25 @@ def stop(folder: Path, wait_s: float) -> bool:
             while alive(pid):
                 time.sleep(0.05)
     return json.loads((folder / "status.json").read_text())["state"] not in TERMINAL
+
+
+def runs_in(pid: int, folder: Path) -> bool:
+    """Whether process `pid` works on the run or export `folder`: its command line names the folder or its job.yaml
+    (spawn's arguments). Checked before a signal, since status.json's pid may name any process of this user: one that
+    took the pid after the run died unseen, or any at all in a run folder handed over (a shell leading its session
+    would be killed with its whole group). Where there is no /proc to tell, True."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return not Path("/proc/self").is_dir()
+    target = Path(folder).resolve()
+    for arg in filter(None, args):
+        try:
+            if Path(os.fsdecode(arg)).resolve() in (target, target / "job.yaml"):
+                return True
+        except (OSError, RuntimeError):  # a symlink loop
+            continue
+    return False
 
 
 def _kill(pid: int) -> None:

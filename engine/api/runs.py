@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.api.access import MODEL_FIX, allowed_roots, check_access, runs_dir
-from engine.api.processes import alive, exit_code, mark_cancelled, slug, spawn, stop
+from engine.api.processes import alive, exit_code, mark_cancelled, runs_in, slug, spawn, stop
 from engine.core.errors import UserError
 from engine.core.runlog import TERMINAL, read_metrics
 from engine.spec.jobspec import JobSpec, read_job, with_paths_beside
@@ -82,14 +82,27 @@ def start(spec: JobSpec, runs: Path | None = None, *, allow_code: bool = False) 
     return _launch(run_dir, resume=False)
 
 
-def _check_job(spec: JobSpec, allow_code: bool) -> None:
-    """Refuse a job the caller may not run: a model or dataset outside a shared app's workspace, or a `python`
-    reward (a module:function path, which runs that code in the training process) unless `allow_code`."""
+def _check_job(spec: JobSpec, allow_code: bool, resumed: bool = False) -> None:
+    """Refuse a job the caller may not run: a model or dataset outside a shared app's workspace; unless `allow_code`,
+    trust_remote_code in a shared app (a hub model's own Python would run on this machine, as any user of it chose)
+    or in a `resumed` job.yaml (a run folder may come from anyone), and a `python` reward (a module:function path,
+    which runs that code in the training process)."""
     from engine.spec.rewards import runs_code
 
     check_access(spec.model, MODEL_FIX)
     check_access(spec.data)
     check_access(spec.eval_data)
+    if spec.trust_remote_code and not allow_code and allowed_roots() is not None:
+        raise UserError(
+            "This app is shared, so it runs no code shipped with a model: untick 'Trust remote code', or train this "
+            "model from the command line on the machine itself."
+        )
+    if spec.trust_remote_code and not allow_code and resumed:
+        raise UserError(
+            "This run's job.yaml turns on trust_remote_code (Python shipped with its model runs on this machine), and "
+            "a run folder may come from anyone: if you trust its model, resume it from the command line "
+            "(python -m engine resume RUN)."
+        )
     if runs_code(spec.rewards) and not allow_code:
         raise UserError(
             "This job has a 'python' reward, which runs your own code: that is accepted only from the command line "
@@ -101,7 +114,7 @@ def resume(run: "str | Path | RunHandle", *, allow_code: bool = False) -> RunHan
     """Continue a cancelled or failed run from its latest checkpoint, in the same folder.
 
     Its job.yaml is checked as start() checks a new job: the folder may have been copied from elsewhere, so a
-    `python` reward needs `allow_code` (the command line passes it, the app never does)."""
+    `python` reward or trust_remote_code needs `allow_code` (the command line passes it, the app never does)."""
     status = poll(run)
     if status.state == "damaged":
         raise UserError(f"Run {status.run_id} cannot be resumed: {status.message}")
@@ -109,7 +122,7 @@ def resume(run: "str | Path | RunHandle", *, allow_code: bool = False) -> RunHan
         raise UserError(f"Run {status.run_id} is still {status.state}; cancel it before resuming.")
     if status.state == "done":
         raise UserError(f"Run {status.run_id} already finished; start a new run to train further.")
-    _check_job(JobSpec.from_yaml((status.run_dir / "job.yaml").read_text()), allow_code)
+    _check_job(JobSpec.from_yaml((status.run_dir / "job.yaml").read_text()), allow_code, resumed=True)
     return _launch(status.run_dir, resume=True)
 
 
@@ -259,7 +272,7 @@ def request_cancel(run: "str | Path | RunHandle") -> RunStatus:
         return status
     (status.run_dir / CANCEL_MARK).touch()
     pid = _pid(status.run_dir)
-    if pid and alive(pid):
+    if pid and alive(pid) and runs_in(pid, status.run_dir):
         os.kill(pid, signal.SIGTERM)
     return _poll_dir(status.run_dir)
 

@@ -199,7 +199,10 @@ def source_rows(
     import datasets
 
     try:
-        ds = datasets.load_dataset(source, config or None, split=split)
+        builder = datasets.load_dataset_builder(source, config or None)
+        _check_files(source, path, builder.config.data_files or {})  # before anything is read
+        builder.download_and_prepare()
+        ds = builder.as_dataset(split=split)
     except ValueError as e:
         if "split" in str(e).lower():
             raise UserError(f"Dataset '{source}' has no split '{split}'; pick one it has (often 'train').") from None
@@ -216,6 +219,25 @@ def source_rows(
             "or download it on a connected machine."
         ) from None
     return len(ds), ((i, dict(row)) for i, row in enumerate(ds, 1))
+
+
+def _check_files(source: str, folder: Path, data_files: dict) -> None:
+    """Refuse a dataset whose files are not its own: a hub dataset reads only files of the hub, a dataset folder only
+    files inside itself. Its README.md's `configs` may name any path (absolute, '..', another filesystem's URL), which
+    `datasets` would read: a dataset handed over, or a README.md uploaded to a shared app, could show or train on any
+    file of this machine."""
+    inside = folder.resolve() if folder.is_dir() else None
+    for name in (str(f) for files in data_files.values() for f in files):
+        if inside is not None:
+            ok = "://" not in name and "::" not in name and inside in Path(name).resolve().parents
+        else:
+            ok = name.startswith("hf://") and "::" not in name
+        if not ok:
+            where = "inside its folder" if inside is not None else "on the hub"
+            raise UserError(
+                f"Dataset '{source}' names a file that is not {where} ('{name[:120]}'), in its README.md's "
+                "configs; give the data file itself, or put the files in the dataset's folder."
+            )
 
 
 def read_rows(source: str | os.PathLike, limit: int | None = None, **where) -> list[dict]:
