@@ -292,9 +292,10 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         if world is not None and not world.sharded:
             distributed.average_gradients(params, world)
         loss_sum = float(loss_sum)
+        timer = 0 < spec.save_every_minutes <= (time.monotonic() - last_save) / 60  # several ranks: any one's
         if world is not None:
-            loss_sum, stopping, memories = distributed.agree(
-                world, loss_sum, should_stop(), distributed.peak_memory_gb(placement.device), placement.device
+            loss_sum, stopping, memories, timer = distributed.agree(
+                world, loss_sum, should_stop(), distributed.peak_memory_gb(placement.device), placement.device, timer
             )
         if scaler:
             scaler.unscale_(opt)
@@ -344,7 +345,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         )
         runlog.progress(step)
         every = spec.save_every and step % spec.save_every == 0
-        if step < total and (every or 0 < spec.save_every_minutes <= (time.monotonic() - last_save) / 60):
+        if step < total and (every or timer):
             save(step, (epoch, micro, evened_by))
             last_save = time.monotonic()
     if len(step_times) > 1:  # kernel compilation, autotuning and CUDA graph captures happen in the first steps
