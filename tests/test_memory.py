@@ -3,6 +3,7 @@ configs counted; configs found offline; budgets below the plannable minimum refu
 error mid-run leaving a resumable checkpoint (issue 24)."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -301,3 +302,33 @@ def test_a_micro_batch_longer_than_any_plan_is_named_in_the_log():
     model(input_ids=ids, labels=ids).loss.backward()
     assert any("8 tokens in one micro-batch need more than the 0.0 GiB budget" in line for line in lines), lines
     assert "lower batch_size or max_seq_length" in lines[-1]
+
+
+def test_a_resume_keeps_the_fp16_loss_scale(tiny_llama, identity_file, tmp_path, monkeypatch):
+    """fp16 training (a T4) scales its loss by what the scaler has learned the gradients hold: a resume that started
+    the scale over (65,536) skipped its first updates as overflows while the schedule moved on, so it did not continue
+    the run. A CPU scaler that doubles its scale every step stands in for the GPU's (fp32 here: scaling by a power of
+    two changes nothing else): after a resume from step 2 it holds the scale of the uninterrupted run."""
+    from engine.core.runlog import RunLog
+    from engine.training import distributed
+    from engine.training.dispatch import train
+
+    made = []
+
+    def scaler(placement, world):
+        made.append(torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1))
+        return made[-1]
+
+    monkeypatch.setattr(distributed, "grad_scaler", scaler)
+    spec = JobSpec(model=str(tiny_llama), data=str(identity_file), method="lora", max_steps=4, batch_size=2,
+                   gradient_checkpointing=False, save_every=2, keep_checkpoints=5, seed=0)  # fmt: skip
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    for run_dir in (whole, cut):
+        run_dir.mkdir()
+        train(spec, run_dir, RunLog(run_dir), False, lambda: False, lambda m: None)
+    assert made[0].get_scale() == 2.0**14  # doubled at each of the 4 steps
+    shutil.rmtree(cut / "adapter")
+    for later in ("step-000003", "step-000004"):
+        shutil.rmtree(cut / "checkpoints" / later, ignore_errors=True)
+    train(spec, cut, RunLog(cut), True, lambda: False, lambda m: None)
+    assert made[-1].get_scale() == made[0].get_scale()

@@ -264,7 +264,7 @@ def grad_norm(norm) -> float:
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
-def save_checkpoint(world: World, run_dir, step, model, opt, sched, position, keep, log):
+def save_checkpoint(world: World, run_dir, step, model, opt, sched, position, keep, log, scaler=None):
     """engine.training.steps.save_checkpoint for a run of several ranks: a sharded model's weights and optimizer
     states are gathered whole (every rank takes part), rank 0 writes them as one process would, and every rank
     waits until it has."""
@@ -274,7 +274,7 @@ def save_checkpoint(world: World, run_dir, step, model, opt, sched, position, ke
 
     states = full_states(model, opt) if world.sharded else {}
     if world.main:
-        save_one(run_dir, step, model, opt, sched, position, keep, log, **states)
+        save_one(run_dir, step, model, opt, sched, position, keep, log, **states, scaler=scaler)
     dist.barrier()
 
 

@@ -150,7 +150,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         log("resume: no checkpoint yet, starting from step 0")
     if ckpt is not None:
         restore = distributed.restore_sharded if world is not None and world.sharded else None
-        state = load_checkpoint(ckpt, model, opt, sched, log, restore)
+        state = load_checkpoint(ckpt, model, opt, sched, log, restore, scaler)
         step, epoch, micro = state["step"], state["epoch"], state["micro_in_epoch"]
         evened_by = state.get("evened_by", 1)  # checkpoints before joined steps evened out micro-batches
         runlog.metric(event="resume", step=step)
@@ -235,15 +235,18 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
 
     def save(done, position):
         if world is None:
-            return save_checkpoint(run_dir, done, model, opt, sched, position, spec.keep_checkpoints, log)
+            return save_checkpoint(
+                run_dir, done, model, opt, sched, position, spec.keep_checkpoints, log, scaler=scaler
+            )
         return distributed.save_checkpoint(
-            world, run_dir, done, model, opt, sched, position, spec.keep_checkpoints, log
+            world, run_dir, done, model, opt, sched, position, spec.keep_checkpoints, log, scaler
         )
 
     def save_completed():  # after an out-of-memory error: the last completed step, its partial gradients dropped
         opt.zero_grad(set_to_none=True)
         done = progress["step"]
-        save_checkpoint(run_dir, done, model, opt, sched, progress["position"], spec.keep_checkpoints, log)
+        position, keep = progress["position"], spec.keep_checkpoints
+        save_checkpoint(run_dir, done, model, opt, sched, position, keep, log, scaler=scaler)
         return done
 
     progress.update(on_gpu=placement.device == "cuda", released=released)
