@@ -356,7 +356,12 @@ def load_checkpoint(ckpt: Path, model, opt, sched, log, restore=None, scaler=Non
     else:
         model.load_state_dict(checkpoint_weights(ckpt), strict=False)
     if restore is None:
-        opt.load_state_dict(load_state(ckpt, "optimizer"))
+        saved = load_state(ckpt, "optimizer")
+        if "outer" in saved and not hasattr(opt, "inner"):  # saved where the plan updated in the backward
+            from engine.memory.grad_release import one_optimizer
+
+            saved = one_optimizer(saved)
+        opt.load_state_dict(saved)
     sched.load_state_dict(load_state(ckpt, "scheduler"))
     rng = load_state(ckpt, "rng")
     torch.set_rng_state(rng["torch"])
