@@ -332,3 +332,34 @@ def test_a_resume_keeps_the_fp16_loss_scale(tiny_llama, identity_file, tmp_path,
         shutil.rmtree(cut / "checkpoints" / later, ignore_errors=True)
     train(spec, cut, RunLog(cut), True, lambda: False, lambda m: None)
     assert made[-1].get_scale() == made[0].get_scale()
+
+
+def test_an_out_of_memory_error_in_validation_saves_the_step_it_follows(tiny_llama, identity_file, tmp_path):
+    """Validation runs after a step's update: an allocation failure in its forward is no partial update, so the run
+    saves that completed step and says so (it said the weights were being updated, and resume went back to the
+    latest checkpoint, losing the steps since)."""
+    from engine.core.runlog import RunLog, read_metrics
+    from engine.training.dispatch import train
+    from engine.training.steps import latest_checkpoint
+
+    spec = JobSpec(model=str(tiny_llama), data=str(identity_file), method="lora", max_steps=6, batch_size=2,
+                   gradient_checkpointing=False, save_every=0, eval_fraction=0.5, eval_steps=3, seed=0)  # fmt: skip
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+
+    def fail_in_validation(module, args):
+        if type(module).__name__ == "LlamaForCausalLM" and not module.training:
+            torch.empty(2**62, dtype=torch.uint8)
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(fail_in_validation)
+    try:
+        with pytest.raises(UserError, match="saved step 3; resume continues from it"):
+            train(spec, run_dir, RunLog(run_dir), False, lambda: False, lambda m: None)
+    finally:
+        hook.remove()
+    assert latest_checkpoint(run_dir).name == "step-000003"
+    lines = []
+    train(spec, run_dir, RunLog(run_dir), True, lambda: False, lines.append)
+    assert "resume: from step-000003" in lines and (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    # step 3's record went with its validation (written after it, with its eval_loss): the curve goes on from there
+    assert [m["step"] for m in read_metrics(run_dir) if "loss" in m] == [1, 2, 4, 5, 6]

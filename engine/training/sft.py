@@ -321,6 +321,8 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         sched.step()
         opt.zero_grad(set_to_none=True)
         step += 1
+        # a completed step: an allocation failure in its validation or its save is no partial update, and saves it
+        progress.update(step=step, position=(epoch, micro, evened_by), updating=False)
         # no wait for the update's kernels: the GPU runs them while this logs the step and makes the next batch (the
         # next step's loss read waits for them), so a step's time is from its start to the launch of its update
         grad_norm = grad_norm if isinstance(grad_norm, float) else distributed.grad_norm(grad_norm)
