@@ -245,3 +245,18 @@ def test_a_resume_removes_a_best_weights_folder_left_half_built(tiny_llama, iden
     again = resume_after_cut(st, 2, 4)
     assert again.state == "done", log_of(again)
     assert not stale.exists()
+
+
+def test_a_run_killed_after_publishing_its_adapter_resumes_to_done(tiny_llama, identity_file, runs):
+    """A process killed between renaming its final adapter/ into place and writing "done" reads as failed; its resume
+    has nothing left to train and ends done with that adapter as it was (it failed: "'adapter' already exists"). The
+    tokenizer files, hard-linked into adapter/, are not written again in place."""
+    st = wait_for(api.start(tiny_spec(tiny_llama, identity_file, max_steps=3)))
+    assert st.state == "done", log_of(st)
+    final = {f.name: f.read_bytes() for f in (st.run_dir / "adapter").iterdir()}
+    inodes = {f.name: f.stat().st_ino for f in (st.run_dir / "adapter").iterdir()}
+    (st.run_dir / "status.json").write_text(json.dumps(dict(state="failed", message="x", step=3, total_steps=3)))
+    again = wait_for(api.resume(st.run_dir))
+    assert again.state == "done", log_of(again)
+    assert {f.name: f.read_bytes() for f in (st.run_dir / "adapter").iterdir()} == final
+    assert {f.name: f.stat().st_ino for f in (st.run_dir / "adapter").iterdir()} == inodes

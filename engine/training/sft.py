@@ -37,6 +37,7 @@ from engine.training.steps import (
     publish_final,
     rows_of_run,
     save_checkpoint,
+    save_tokenizer,
     total_steps,
 )
 from engine.training.validation import load_validation, make_validator
@@ -159,7 +160,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         distributed.same_start(params, world)
     rank = 0 if world is None else world.rank
     if rank == 0:
-        tok.save_pretrained(run_dir / "tokenizer")
+        save_tokenizer(tok, run_dir / "tokenizer")
     runlog.set(state="running", message="training", step=step, total_steps=total)
     unit = "GPU" if placement.device == "cuda" else "process"
     per_gpu = (

@@ -298,8 +298,12 @@ def publish_final(ckpt: Path, final: Path, tokenizer: Path) -> None:
     tokenizer folder the run saved when it started: the checkpoint's weight files (all but CHECKPOINT_FILES) and the
     tokenizer's files, hard-linked (copied where the filesystem refuses links). They are the bytes save_trainable and
     the tokenizer's save_pretrained would write again, so the end of a run serializes (and, sharded, gathers) its
-    weights once, for the checkpoint. Nothing writes into a finished folder, so the two names never diverge."""
+    weights once, for the checkpoint. Nothing writes into a finished folder, so the two names never diverge: one
+    there already was made from this last checkpoint by an attempt killed before it could say "done", and is kept."""
     import os
+
+    if final.is_dir():
+        return
 
     tokenizer_files = [f for f in sorted(tokenizer.iterdir()) if f.is_file()]
     taken = set(CHECKPOINT_FILES) | {f.name for f in tokenizer_files}  # the tokenizer's, as when it was saved last
@@ -310,6 +314,14 @@ def publish_final(ckpt: Path, final: Path, tokenizer: Path) -> None:
                 os.link(source, tmp / source.name)
             except OSError:  # another filesystem, or one without hard links
                 shutil.copyfile(source, tmp / source.name)
+
+
+def save_tokenizer(tok, folder: Path) -> None:
+    """The run's tokenizer folder, which publish_final links into the final one: written once, under a temporary name
+    (a resume writing it again in place would write into the finished folder's linked files)."""
+    if not folder.is_dir():
+        with new_folder(folder) as tmp:
+            tok.save_pretrained(tmp)
 
 
 def save_trainable(model, folder: Path, state=None) -> None:
