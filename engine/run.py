@@ -74,9 +74,8 @@ def main(argv=None) -> int:
     try:
         from engine.core.disk import remove_stale_partials
 
-        remove_stale_partials(
-            run_dir, run_dir / "checkpoints", log=say, legacy=True
-        )  # left by an earlier attempt killed mid-save
+        # left by an earlier attempt killed mid-save: a checkpoint, the final folder, the best weights by validation
+        remove_stale_partials(run_dir, run_dir / "checkpoints", run_dir / "best", log=say, legacy=True)
         spec = read_job(job)
         if rank is None:
             plan = launch.plan_launch(spec)

@@ -261,3 +261,25 @@ def test_machine_presets_plan_kaggles_two_t4s():
     with pytest.raises(UserError, match="No machine preset 'kaggle'; known ones are: kaggle-2xt4"):
         api.estimate("Qwen/Qwen3-4B", "qlora", machine="kaggle")
     assert model_tab.gpus_line() == "GPUs found: none."  # this CPU machine
+
+
+def test_the_checkpoint_timer_is_agreed_by_every_rank(tiny_llama, identity_file, runs, tmp_path, monkeypatch):
+    """Each rank keeps its own clock, started at a slightly different moment (rank 0 saves the tokenizer first); a
+    save is collective, so a timer that came due on one rank alone left the other in the next step's collectives
+    (a hang, or gradients averaged with a barrier). Here rank 1's clock runs at half speed: the ranks still save the
+    same steps, and the run ends."""
+    hook = tmp_path / "clock"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os, time\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    _real = time.monotonic\n"
+        "    time.monotonic = lambda: _real() / 2\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(hook))
+    spec = tiny_spec(tiny_llama, identity_file, max_steps=80, save_every=0, save_every_minutes=0.002, gpus=2)
+    st = wait_for(api.start(spec), timeout=120)  # the ranks' steps take ~20 ms here: the timer saves many times
+    assert st.state == "done", log_of(st)
+    assert [m["step"] for m in st.metrics] == list(range(1, 81))
+    saved = [int(s) for s in re.findall(r"checkpoint: saved step (\d+)", log_of(st))]
+    assert len(saved) > 1 and saved[-1] == 80, log_of(st)  # by the timer, then at the end

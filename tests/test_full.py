@@ -286,3 +286,49 @@ def test_eight_bit_adamw_ignores_the_overrides_another_trainer_left_in_bitsandby
         for key in list(vars(mng)):
             delattr(mng, key)
         vars(mng).update(saved)
+
+
+def test_a_checkpoint_resumes_under_a_plan_that_updates_in_the_backward_and_back(
+    tiny_llama, identity_file, tmp_path, monkeypatch
+):
+    """Out of GPU memory, a run is told to resume under a lower budget (TUNESMITH_VRAM_GIB), where full fine-tuning's
+    plan may update each weight in the backward (one optimizer per weight, engine.memory.grad_release), and a higher
+    budget goes back to one optimizer: each checkpoint's optimizer state resumes in the other (it failed with
+    "KeyError: 'outer'" and the reverse), and the run ends with the uninterrupted run's weights (a resumed run that
+    updated in the backward also kept the peak learning rate, whatever its schedule said)."""
+    import dataclasses
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from engine.models import loading
+
+    spec = api.JobSpec(model=str(tiny_llama), data=str(identity_file), method="full", optimizer="paged_adamw_8bit",
+                       max_steps=6, learning_rate=1e-3, batch_size=2, max_grad_norm=0, device="cpu", seed=0,
+                       save_every=1, keep_checkpoints=10)  # fmt: skip
+    plain_memory = loading.plan_memory
+
+    def released_memory(spec, cfg, placement, tokens=None):
+        return dataclasses.replace(plain_memory(spec, cfg, placement, tokens), grads_released=True)
+
+    def run(folder, memory, resume, cut=None):
+        if cut is not None:  # as if the run stopped after step `cut`
+            shutil.rmtree(folder / "model")
+            for later in (folder / "checkpoints").glob("step-*"):
+                if int(later.name[5:]) > cut:
+                    shutil.rmtree(later)
+        monkeypatch.setattr(loading, "plan_memory", memory)
+        lines = []
+        train(spec, folder, RunLog(folder), resume, lambda: False, lines.append)
+        return load_file(folder / "model" / "model.safetensors"), "\n".join(lines)
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    whole.mkdir(), cut.mkdir()
+    want, _ = run(whole, plain_memory, False)
+    run(cut, plain_memory, False)
+    _, log = run(cut, released_memory, True, cut=2)  # a lower budget
+    assert "resume: from step-000002" in log and "updated in the backward" in log
+    got, log = run(cut, plain_memory, True, cut=4)  # and back
+    assert "resume: from step-000004" in log and "updated in the backward" not in log
+    for key in want:
+        torch.testing.assert_close(got[key].float(), want[key].float(), rtol=1e-4, atol=1e-6, msg=key)

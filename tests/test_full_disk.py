@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import log_of, tiny_spec, wait_for
+from helpers import log_of, resume_after_cut, tiny_spec, wait_for
 
 from engine import api
 from engine.core.files import append_jsonl, read_jsonl
@@ -233,3 +233,30 @@ def test_an_export_that_runs_out_of_space_says_so_and_leaves_nothing(small_disk,
     assert str(err.value).startswith("The disk is full: writing the merged16 export failed")
     assert f"nothing was written to '{out}'" in str(err.value)
     assert os.listdir(disk) == []
+
+
+def test_a_resume_removes_a_best_weights_folder_left_half_built(tiny_llama, identity_file, runs):
+    """The best weights by validation loss (best/step-NNNNNN: the whole model for full fine-tuning) are built under a
+    temporary name like a checkpoint; one left by a killed process stayed on the disk for good."""
+    st = wait_for(api.start(tiny_spec(tiny_llama, identity_file, max_steps=4, eval_fraction=0.5, eval_steps=2)))
+    assert st.state == "done", log_of(st)
+    assert list((st.run_dir / "best").glob("step-*"))
+    _, stale = killed_builder(st.run_dir / "best" / "step-000003")
+    again = resume_after_cut(st, 2, 4)
+    assert again.state == "done", log_of(again)
+    assert not stale.exists()
+
+
+def test_a_run_killed_after_publishing_its_adapter_resumes_to_done(tiny_llama, identity_file, runs):
+    """A process killed between renaming its final adapter/ into place and writing "done" reads as failed; its resume
+    has nothing left to train and ends done with that adapter as it was (it failed: "'adapter' already exists"). The
+    tokenizer files, hard-linked into adapter/, are not written again in place."""
+    st = wait_for(api.start(tiny_spec(tiny_llama, identity_file, max_steps=3)))
+    assert st.state == "done", log_of(st)
+    final = {f.name: f.read_bytes() for f in (st.run_dir / "adapter").iterdir()}
+    inodes = {f.name: f.stat().st_ino for f in (st.run_dir / "adapter").iterdir()}
+    (st.run_dir / "status.json").write_text(json.dumps(dict(state="failed", message="x", step=3, total_steps=3)))
+    again = wait_for(api.resume(st.run_dir))
+    assert again.state == "done", log_of(again)
+    assert {f.name: f.read_bytes() for f in (st.run_dir / "adapter").iterdir()} == final
+    assert {f.name: f.stat().st_ino for f in (st.run_dir / "adapter").iterdir()} == inodes

@@ -3,6 +3,7 @@ configs counted; configs found offline; budgets below the plannable minimum refu
 error mid-run leaving a resumable checkpoint (issue 24)."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -301,3 +302,64 @@ def test_a_micro_batch_longer_than_any_plan_is_named_in_the_log():
     model(input_ids=ids, labels=ids).loss.backward()
     assert any("8 tokens in one micro-batch need more than the 0.0 GiB budget" in line for line in lines), lines
     assert "lower batch_size or max_seq_length" in lines[-1]
+
+
+def test_a_resume_keeps_the_fp16_loss_scale(tiny_llama, identity_file, tmp_path, monkeypatch):
+    """fp16 training (a T4) scales its loss by what the scaler has learned the gradients hold: a resume that started
+    the scale over (65,536) skipped its first updates as overflows while the schedule moved on, so it did not continue
+    the run. A CPU scaler that doubles its scale every step stands in for the GPU's (fp32 here: scaling by a power of
+    two changes nothing else): after a resume from step 2 it holds the scale of the uninterrupted run."""
+    from engine.core.runlog import RunLog
+    from engine.training import distributed
+    from engine.training.dispatch import train
+
+    made = []
+
+    def scaler(placement, world):
+        made.append(torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1))
+        return made[-1]
+
+    monkeypatch.setattr(distributed, "grad_scaler", scaler)
+    spec = JobSpec(model=str(tiny_llama), data=str(identity_file), method="lora", max_steps=4, batch_size=2,
+                   gradient_checkpointing=False, save_every=2, keep_checkpoints=5, seed=0)  # fmt: skip
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    for run_dir in (whole, cut):
+        run_dir.mkdir()
+        train(spec, run_dir, RunLog(run_dir), False, lambda: False, lambda m: None)
+    assert made[0].get_scale() == 2.0**14  # doubled at each of the 4 steps
+    shutil.rmtree(cut / "adapter")
+    for later in ("step-000003", "step-000004"):
+        shutil.rmtree(cut / "checkpoints" / later, ignore_errors=True)
+    train(spec, cut, RunLog(cut), True, lambda: False, lambda m: None)
+    assert made[-1].get_scale() == made[0].get_scale()
+
+
+def test_an_out_of_memory_error_in_validation_saves_the_step_it_follows(tiny_llama, identity_file, tmp_path):
+    """Validation runs after a step's update: an allocation failure in its forward is no partial update, so the run
+    saves that completed step and says so (it said the weights were being updated, and resume went back to the
+    latest checkpoint, losing the steps since)."""
+    from engine.core.runlog import RunLog, read_metrics
+    from engine.training.dispatch import train
+    from engine.training.steps import latest_checkpoint
+
+    spec = JobSpec(model=str(tiny_llama), data=str(identity_file), method="lora", max_steps=6, batch_size=2,
+                   gradient_checkpointing=False, save_every=0, eval_fraction=0.5, eval_steps=3, seed=0)  # fmt: skip
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+
+    def fail_in_validation(module, args):
+        if type(module).__name__ == "LlamaForCausalLM" and not module.training:
+            torch.empty(2**62, dtype=torch.uint8)
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(fail_in_validation)
+    try:
+        with pytest.raises(UserError, match="saved step 3; resume continues from it"):
+            train(spec, run_dir, RunLog(run_dir), False, lambda: False, lambda m: None)
+    finally:
+        hook.remove()
+    assert latest_checkpoint(run_dir).name == "step-000003"
+    lines = []
+    train(spec, run_dir, RunLog(run_dir), True, lambda: False, lines.append)
+    assert "resume: from step-000003" in lines and (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    # step 3's record went with its validation (written after it, with its eval_loss): the curve goes on from there
+    assert [m["step"] for m in read_metrics(run_dir) if "loss" in m] == [1, 2, 4, 5, 6]

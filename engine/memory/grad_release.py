@@ -69,6 +69,41 @@ class StepInBackward(torch.optim.Optimizer):
         return dict(outer=super().state_dict(), inner=[self.inner[p].state_dict() for p in self._group])
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """Its own state dict, or one optimizer's over the same weights (the checkpoint of a plan that stepped after
+        the backward, resumed under a lower budget), split into each weight's."""
+        if "outer" not in state_dict:
+            state_dict = per_weight(state_dict)
         super().load_state_dict(state_dict["outer"])
+        # torch's load_state_dict makes new group dicts, which the schedule sets the lr of from now on: each weight's
+        # update reads its group's (the old dicts kept the lr of the start, whatever the schedule said)
+        self._group = {p: group for group in self.param_groups for p in group["params"]}
         for p, inner in zip(self._group, state_dict["inner"], strict=True):
             self.inner[p].load_state_dict(inner)
+
+
+def per_weight(state: dict) -> dict:
+    """One optimizer's state dict (torch's layout: each weight's state by its index over the groups) as
+    StepInBackward's over the same weights: the groups' learning rates outside, each weight's state with its group's
+    settings inside."""
+    inner = []
+    for group in state["param_groups"]:
+        settings = {k: v for k, v in group.items() if k != "params"}
+        for i in group["params"]:
+            mine = {0: state["state"][i]} if i in state["state"] else {}
+            inner.append(dict(state=mine, param_groups=[dict(settings, params=[0])]))
+    return dict(outer=dict(state={}, param_groups=state["param_groups"]), inner=inner)
+
+
+def one_optimizer(state: dict) -> dict:
+    """StepInBackward's state dict as one optimizer's over the same weights (its checkpoint resumed under a plan that
+    steps after the backward): each group takes its weights' settings, with the learning rates the schedule set."""
+    inner, states, groups = iter(state["inner"]), {}, []
+    for group in state["outer"]["param_groups"]:
+        settings = {}
+        for i in group["params"]:
+            weight = next(inner)
+            settings = settings or {k: v for k, v in weight["param_groups"][0].items() if k != "params"}
+            if weight["state"]:
+                states[i] = next(iter(weight["state"].values()))
+        groups.append({**settings, **group})
+    return dict(state=states, param_groups=groups)

@@ -233,16 +233,21 @@ def _as_one(tensors: list, collective) -> None:
         tensor.copy_(value)
 
 
-def agree(world: World, loss: float, stop: bool, memory_gb: float, device: str) -> tuple[float, bool, list[float]]:
-    """The step's global mean loss, whether any rank was asked to stop, and each rank's `memory_gb`."""
+def agree(
+    world: World, loss: float, stop: bool, memory_gb: float, device: str, due: bool = False
+) -> tuple[float, bool, list[float], bool]:
+    """The step's global mean loss, whether any rank was asked to stop, each rank's `memory_gb`, and whether any
+    rank's checkpoint timer is `due`: a save is collective, and each rank's clock started at its own moment, so one
+    rank's timer alone must not decide it (the other would go on into the next step's collectives, and hang)."""
     import torch
     import torch.distributed as dist
 
-    mine = torch.tensor([loss, float(stop), memory_gb], dtype=torch.float64, device=device)
+    mine = torch.tensor([loss, float(stop), memory_gb, float(due)], dtype=torch.float64, device=device)
     every = [torch.empty_like(mine) for _ in range(world.size)]
     dist.all_gather(every, mine)
     rows = torch.stack(every).cpu()
-    return float(rows[:, 0].mean()), bool(rows[:, 1].any()), [round(float(m), 3) for m in rows[:, 2]]
+    memories = [round(float(m), 3) for m in rows[:, 2]]
+    return float(rows[:, 0].mean()), bool(rows[:, 1].any()), memories, bool(rows[:, 3].any())
 
 
 def peak_memory_gb(device: str) -> float:
@@ -259,7 +264,7 @@ def grad_norm(norm) -> float:
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
-def save_checkpoint(world: World, run_dir, step, model, opt, sched, position, keep, log):
+def save_checkpoint(world: World, run_dir, step, model, opt, sched, position, keep, log, scaler=None):
     """engine.training.steps.save_checkpoint for a run of several ranks: a sharded model's weights and optimizer
     states are gathered whole (every rank takes part), rank 0 writes them as one process would, and every rank
     waits until it has."""
@@ -269,7 +274,7 @@ def save_checkpoint(world: World, run_dir, step, model, opt, sched, position, ke
 
     states = full_states(model, opt) if world.sharded else {}
     if world.main:
-        save_one(run_dir, step, model, opt, sched, position, keep, log, **states)
+        save_one(run_dir, step, model, opt, sched, position, keep, log, **states, scaler=scaler)
     dist.barrier()
 
 

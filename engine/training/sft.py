@@ -37,6 +37,7 @@ from engine.training.steps import (
     publish_final,
     rows_of_run,
     save_checkpoint,
+    save_tokenizer,
     total_steps,
 )
 from engine.training.validation import load_validation, make_validator
@@ -150,7 +151,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         log("resume: no checkpoint yet, starting from step 0")
     if ckpt is not None:
         restore = distributed.restore_sharded if world is not None and world.sharded else None
-        state = load_checkpoint(ckpt, model, opt, sched, log, restore)
+        state = load_checkpoint(ckpt, model, opt, sched, log, restore, scaler)
         step, epoch, micro = state["step"], state["epoch"], state["micro_in_epoch"]
         evened_by = state.get("evened_by", 1)  # checkpoints before joined steps evened out micro-batches
         runlog.metric(event="resume", step=step)
@@ -159,7 +160,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         distributed.same_start(params, world)
     rank = 0 if world is None else world.rank
     if rank == 0:
-        tok.save_pretrained(run_dir / "tokenizer")
+        save_tokenizer(tok, run_dir / "tokenizer")
     runlog.set(state="running", message="training", step=step, total_steps=total)
     unit = "GPU" if placement.device == "cuda" else "process"
     per_gpu = (
@@ -235,15 +236,18 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
 
     def save(done, position):
         if world is None:
-            return save_checkpoint(run_dir, done, model, opt, sched, position, spec.keep_checkpoints, log)
+            return save_checkpoint(
+                run_dir, done, model, opt, sched, position, spec.keep_checkpoints, log, scaler=scaler
+            )
         return distributed.save_checkpoint(
-            world, run_dir, done, model, opt, sched, position, spec.keep_checkpoints, log
+            world, run_dir, done, model, opt, sched, position, spec.keep_checkpoints, log, scaler
         )
 
     def save_completed():  # after an out-of-memory error: the last completed step, its partial gradients dropped
         opt.zero_grad(set_to_none=True)
         done = progress["step"]
-        save_checkpoint(run_dir, done, model, opt, sched, progress["position"], spec.keep_checkpoints, log)
+        position, keep = progress["position"], spec.keep_checkpoints
+        save_checkpoint(run_dir, done, model, opt, sched, position, keep, log, scaler=scaler)
         return done
 
     progress.update(on_gpu=placement.device == "cuda", released=released)
@@ -292,9 +296,10 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         if world is not None and not world.sharded:
             distributed.average_gradients(params, world)
         loss_sum = float(loss_sum)
+        timer = 0 < spec.save_every_minutes <= (time.monotonic() - last_save) / 60  # several ranks: any one's
         if world is not None:
-            loss_sum, stopping, memories = distributed.agree(
-                world, loss_sum, should_stop(), distributed.peak_memory_gb(placement.device), placement.device
+            loss_sum, stopping, memories, timer = distributed.agree(
+                world, loss_sum, should_stop(), distributed.peak_memory_gb(placement.device), placement.device, timer
             )
         if scaler:
             scaler.unscale_(opt)
@@ -317,6 +322,8 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         sched.step()
         opt.zero_grad(set_to_none=True)
         step += 1
+        # a completed step: an allocation failure in its validation or its save is no partial update, and saves it
+        progress.update(step=step, position=(epoch, micro, evened_by), updating=False)
         # no wait for the update's kernels: the GPU runs them while this logs the step and makes the next batch (the
         # next step's loss read waits for them), so a step's time is from its start to the launch of its update
         grad_norm = grad_norm if isinstance(grad_norm, float) else distributed.grad_norm(grad_norm)
@@ -344,7 +351,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         )
         runlog.progress(step)
         every = spec.save_every and step % spec.save_every == 0
-        if step < total and (every or 0 < spec.save_every_minutes <= (time.monotonic() - last_save) / 60):
+        if step < total and (every or timer):
             save(step, (epoch, micro, evened_by))
             last_save = time.monotonic()
     if len(step_times) > 1:  # kernel compilation, autotuning and CUDA graph captures happen in the first steps

@@ -235,12 +235,23 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def save_checkpoint(
-    run_dir: Path, step: int, model, opt, sched, epoch_pos, keep: int, log, model_state=None, opt_state=None
+    run_dir: Path,
+    step: int,
+    model,
+    opt,
+    sched,
+    epoch_pos,
+    keep: int,
+    log,
+    model_state=None,
+    opt_state=None,
+    scaler=None,
 ) -> Path:
     """Write checkpoints/step-NNNNNN atomically, then prune the oldest beyond `keep`. A full disk leaves the earlier
     checkpoints as they were and raises engine.core.disk's sentence saying which one is kept. `model_state` and
     `opt_state` stand in for the model's and optimizer's own (a sharded model's, gathered whole:
-    engine.training.distributed)."""
+    engine.training.distributed). `scaler`: fp16's loss scaler, whose scale goes into state.json (a resume that
+    started it over would skip its first updates as overflows)."""
     import torch
 
     from engine.core.disk import disk_full_error
@@ -264,7 +275,8 @@ def save_checkpoint(
             # steps: micro-batches per evened-out unit), so a resume makes the same micro-batches
             evened_by = epoch_pos[2] if len(epoch_pos) > 2 else 1  # the TRL-based objectives give two
             position = dict(epoch=epoch_pos[0], micro_in_epoch=epoch_pos[1], evened_by=evened_by)
-            write_json(tmp / "state.json", dict(step=step, **position))
+            scale = {"scaler": scaler.state_dict()} if scaler is not None and scaler.is_enabled() else {}
+            write_json(tmp / "state.json", dict(step=step, **position, **scale))
     except Exception as e:
         err = disk_full_error(e, run_dir, f"saving the checkpoint of step {step}")
         if err is None:
@@ -286,8 +298,12 @@ def publish_final(ckpt: Path, final: Path, tokenizer: Path) -> None:
     tokenizer folder the run saved when it started: the checkpoint's weight files (all but CHECKPOINT_FILES) and the
     tokenizer's files, hard-linked (copied where the filesystem refuses links). They are the bytes save_trainable and
     the tokenizer's save_pretrained would write again, so the end of a run serializes (and, sharded, gathers) its
-    weights once, for the checkpoint. Nothing writes into a finished folder, so the two names never diverge."""
+    weights once, for the checkpoint. Nothing writes into a finished folder, so the two names never diverge: one
+    there already was made from this last checkpoint by an attempt killed before it could say "done", and is kept."""
     import os
+
+    if final.is_dir():
+        return
 
     tokenizer_files = [f for f in sorted(tokenizer.iterdir()) if f.is_file()]
     taken = set(CHECKPOINT_FILES) | {f.name for f in tokenizer_files}  # the tokenizer's, as when it was saved last
@@ -298,6 +314,14 @@ def publish_final(ckpt: Path, final: Path, tokenizer: Path) -> None:
                 os.link(source, tmp / source.name)
             except OSError:  # another filesystem, or one without hard links
                 shutil.copyfile(source, tmp / source.name)
+
+
+def save_tokenizer(tok, folder: Path) -> None:
+    """The run's tokenizer folder, which publish_final links into the final one: written once, under a temporary name
+    (a resume writing it again in place would write into the finished folder's linked files)."""
+    if not folder.is_dir():
+        with new_folder(folder) as tmp:
+            tok.save_pretrained(tmp)
 
 
 def save_trainable(model, folder: Path, state=None) -> None:
@@ -322,10 +346,10 @@ def checkpoint_weights(ckpt: Path) -> dict:
     return weights
 
 
-def load_checkpoint(ckpt: Path, model, opt, sched, log, restore=None):
-    """Restore the weights, optimizer, schedule and random generators of `ckpt`; returns its state.json.
-    `restore(model, opt, ckpt)` loads the weights and optimizer state instead (a sharded model:
-    engine.training.distributed.restore_sharded).
+def load_checkpoint(ckpt: Path, model, opt, sched, log, restore=None, scaler=None):
+    """Restore the weights, optimizer, schedule, random generators and fp16 loss `scaler` (where given and saved) of
+    `ckpt`; returns its state.json. `restore(model, opt, ckpt)` loads the weights and optimizer state instead (a
+    sharded model: engine.training.distributed.restore_sharded).
 
     Nothing here is unpickled: weights and states are safetensors and JSON (engine.core.statefile), and a checkpoint of
     the older pickle format is read with torch's restricted loader or refused."""
@@ -344,7 +368,12 @@ def load_checkpoint(ckpt: Path, model, opt, sched, log, restore=None):
     else:
         model.load_state_dict(checkpoint_weights(ckpt), strict=False)
     if restore is None:
-        opt.load_state_dict(load_state(ckpt, "optimizer"))
+        saved = load_state(ckpt, "optimizer")
+        if "outer" in saved and not hasattr(opt, "inner"):  # saved where the plan updated in the backward
+            from engine.memory.grad_release import one_optimizer
+
+            saved = one_optimizer(saved)
+        opt.load_state_dict(saved)
     sched.load_state_dict(load_state(ckpt, "scheduler"))
     rng = load_state(ckpt, "rng")
     torch.set_rng_state(rng["torch"])
@@ -352,5 +381,7 @@ def load_checkpoint(ckpt: Path, model, opt, sched, log, restore=None):
     if rng["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     state = json.loads((ckpt / "state.json").read_text())
+    if scaler is not None and scaler.is_enabled() and "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
     log(f"resume: from {ckpt.name}")
     return state

@@ -27,6 +27,7 @@ from engine.training.steps import (
     make_optimizer,
     publish_final,
     save_checkpoint,
+    save_tokenizer,
 )
 
 
@@ -163,7 +164,7 @@ class TrlRun:
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)  # the runlog has every step; log.txt stays for humans
-        self.tok.save_pretrained(self.run_dir / "tokenizer")
+        save_tokenizer(self.tok, self.run_dir / "tokenizer")
         self.runlog.set(state="running", message="training", step=self.step, total_steps=self.total)
         if self.should_stop():
             self.checkpoint()
