@@ -171,6 +171,24 @@ def test_a_dataset_folder_with_a_broken_file_is_one_sentence(tmp_path):
         inspection.inspect(str(folder))
 
 
+def test_a_dataset_folder_of_mixed_formats_is_refused_not_half_read(tmp_path):
+    """`datasets` reads a folder's most common format only: a folder of one JSONL and one CSV file trained on the
+    JSONL's rows and dropped the CSV's without a word. An empty folder was 'check the name, the connection'."""
+    folder = tmp_path / "mixed"
+    (folder / "data").mkdir(parents=True)
+    (folder / "a.jsonl").write_text(json.dumps({"messages": CONVERSATION}) + "\n")
+    (folder / "data" / "b.csv").write_text("instruction,output\nq,a\n")
+    for read in (inspection.inspect, reading.read_rows):
+        with pytest.raises(UserError, match="'data/b.csv' would be left out: put files of one format"):
+            read(str(folder))
+    (folder / "data" / "b.csv").unlink()
+    (folder / "README.md").write_text("# notes\n")
+    assert inspection.inspect(str(folder))["rows"] == 1
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="^Dataset folder 'empty' holds no data files"):
+        inspection.inspect(str(tmp_path / "empty"))
+
+
 def test_column_mapping_in_the_job_and_the_cli(tmp_path, tok):
     path = tmp_path / "qa.jsonl"
     path.write_text(json.dumps({"q": "Who are you?", "a": "I am Nova."}) + "\n")

@@ -213,6 +213,12 @@ def source_rows(
             f"Could not read '{source}' as one dataset ({cause}); every file in it must be valid and of one format "
             "with the same columns: fix or remove the bad file, or give one file."
         ) from None
+    except datasets.data_files.EmptyDatasetError:
+        if not path.is_dir():
+            raise
+        raise UserError(
+            f"Dataset folder '{path.name}' holds no data files; put .jsonl, .json, .csv or .parquet files in it."
+        ) from None
     except (ConnectionError, OSError, datasets.exceptions.DatasetNotFoundError) as e:
         raise UserError(
             f"Could not load dataset '{source}' ({type(e).__name__}): check the name, the connection, "
@@ -237,6 +243,24 @@ def _check_files(source: str, folder: Path, data_files: dict) -> None:
             raise UserError(
                 f"Dataset '{source}' names a file that is not {where} ('{name[:120]}'), in its README.md's "
                 "configs; give the data file itself, or put the files in the dataset's folder."
+            )
+    readme = folder / "README.md"
+    if inside is not None and not (readme.is_file() and "configs:" in readme.read_text(errors="replace")):
+        _check_one_format(source, inside, {Path(str(f)).resolve() for files in data_files.values() for f in files})
+
+
+def _check_one_format(source: str, folder: Path, read: set[Path]) -> None:
+    """Refuse a folder of which `datasets` would read only some data files: it reads only the most common format of a
+    folder (a CSV beside JSONL files was dropped without a word) unless a README.md's configs say which files."""
+    for f in sorted(folder.rglob("*")):
+        part = f.relative_to(folder).parts
+        skip = any(p.startswith((".", "__")) for p in part) or f.suffix.lower() not in SUFFIXES or f.suffix == ".md"
+        if not skip and f.is_file() and f.resolve() not in read:
+            kinds = sorted({g.suffix for g in read}) or ["no"]
+            raise UserError(
+                f"Dataset '{source}' holds files of more than one format: only its {'/'.join(kinds)} files would be "
+                f"read, and '{'/'.join(part)}' would be left out: put files of one format in the folder, or give one "
+                "file."
             )
 
 
