@@ -98,6 +98,11 @@ def _jsonl_rows(path: Path):
             line = _decode(path, raw, lineno)
             if not line.strip():
                 continue
+            if line.strip() == "{":  # json.dumps(indent=...): valid JSON, but "row 1 is not valid JSON" said otherwise
+                raise UserError(
+                    f"{path.name} holds JSON objects spread over several lines; put one example per line (JSONL), "
+                    "or make the file a JSON list of examples ([{...}, {...}])."
+                )
             row = _json_value(path, line, f"row {lineno}")
             if not isinstance(row, dict):
                 raise UserError(f"{path.name}: row {lineno} is not a JSON object ({{...}}).")
