@@ -393,6 +393,18 @@ def test_csv_with_extra_values_names_the_row(tmp_path):
         inspection.inspect(str(path))
 
 
+def test_a_csv_separated_by_semicolons_is_read(tmp_path):
+    """Excel saves CSV with semicolons where the comma is the decimal mark (German, French, ...): the header was one
+    column 'instruction;output', and the sentence said to map columns, which no mapping could do."""
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbfinstruction;output\r\nWhat is 2,5 + 1?;3,5\r\nSay hi;hi\r\n")
+    assert reading.read_rows(path) == [
+        {"instruction": "What is 2,5 + 1?", "output": "3,5"},
+        {"instruction": "Say hi", "output": "hi"},
+    ]
+    assert inspection.inspect(str(path))["rows"] == 2
+
+
 # ----------------------------------------------------------------------------------------------- property-based
 
 TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=30).filter(

@@ -47,7 +47,9 @@ def file_rows(path: str | os.PathLike, count: bool = False) -> tuple[int | None,
     if b"\x00" in head:
         raise UserError(f"Dataset file '{path.name}' looks binary, not text; save it as JSON, JSONL, CSV or Parquet.")
     if suffix in (".csv", ".tsv"):
-        return None, _csv_rows(path, "\t" if suffix == ".tsv" else ",")
+        header = head.split(b"\n", 1)[0]  # Excel writes ';' where the comma is the decimal mark (German, French...)
+        semicolons = suffix == ".csv" and b";" in header and b"," not in header
+        return None, _csv_rows(path, "\t" if suffix == ".tsv" else ";" if semicolons else ",")
     if suffix in (".txt", ".md"):
         return None, _text_rows(path)
     if head.lstrip()[:1] == b"[":
