@@ -393,6 +393,26 @@ def test_csv_with_extra_values_names_the_row(tmp_path):
         inspection.inspect(str(path))
 
 
+def test_the_preview_checks_every_rows_format_as_training_does(tmp_path):
+    """The Data tab checked the format of the first 50 rows only; training checks every row, so a later row that is
+    another format (here ChatML, which it also reads as) passed the preview and failed the run."""
+    path = tmp_path / "d.jsonl"
+    late = {"instruction": "a", "output": "b", "messages": CONVERSATION}
+    path.write_text("".join(json.dumps(r) + "\n" for r in [{"instruction": "a", "output": "b"}] * 60 + [late]))
+    with pytest.raises(UserError, match="d.jsonl: row 61 is chatml but earlier rows are alpaca"):
+        inspection.inspect(str(path))
+
+
+def test_blank_lines_before_the_first_row_are_not_an_empty_file(tmp_path):
+    """Only the first 4 KiB were looked at: a file whose rows came after 4 KiB of blank lines was 'empty'."""
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n" * 5000 + json.dumps({"instruction": "a", "output": "b"}) + "\n")
+    assert reading.read_rows(path) == [{"instruction": "a", "output": "b"}]
+    path.write_text("\n" * 5000)
+    with pytest.raises(UserError, match="is empty"):
+        reading.read_rows(path)
+
+
 def test_a_csv_separated_by_semicolons_is_read(tmp_path):
     """Excel saves CSV with semicolons where the comma is the decimal mark (German, French, ...): the header was one
     column 'instruction;output', and the sentence said to map columns, which no mapping could do."""

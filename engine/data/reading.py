@@ -37,6 +37,8 @@ def file_rows(path: str | os.PathLike, count: bool = False) -> tuple[int | None,
         raise UserError(f"Dataset file '{path}' does not exist; check the path or upload it again.")
     with open(path, "rb") as f:
         head = f.read(4096).removeprefix(BOM)
+        while not head.strip() and (more := f.read(2**20)):  # blank lines before the first row
+            head = more
     if not head.strip():
         raise UserError(f"Dataset file '{path.name}' is empty; it needs at least one example.")
     suffix = path.suffix.lower()
