@@ -119,6 +119,10 @@ def test_base_model_without_template_gets_the_plain_one_ending_in_eos():
         ("", "is empty"),
         ("[1, 2]", "row 1 is not a JSON object"),
         ('{"instruction": ["a"], "output": "b"}\n', "d.jsonl: row 1: field 'instruction' should be text, not list"),
+        (  # valid JSON, pretty-printed: it was "row 1 is not valid JSON (Expecting property name ...)"
+            json.dumps({"data": [{"instruction": "a", "output": "b"}]}, indent=2),
+            "d.jsonl holds JSON objects spread over several lines; put one example per line",
+        ),
     ],
 )
 def test_bad_files_name_file_row_and_field(tmp_path, content, message):

@@ -171,6 +171,24 @@ def test_a_dataset_folder_with_a_broken_file_is_one_sentence(tmp_path):
         inspection.inspect(str(folder))
 
 
+def test_a_dataset_folder_of_mixed_formats_is_refused_not_half_read(tmp_path):
+    """`datasets` reads a folder's most common format only: a folder of one JSONL and one CSV file trained on the
+    JSONL's rows and dropped the CSV's without a word. An empty folder was 'check the name, the connection'."""
+    folder = tmp_path / "mixed"
+    (folder / "data").mkdir(parents=True)
+    (folder / "a.jsonl").write_text(json.dumps({"messages": CONVERSATION}) + "\n")
+    (folder / "data" / "b.csv").write_text("instruction,output\nq,a\n")
+    for read in (inspection.inspect, reading.read_rows):
+        with pytest.raises(UserError, match="'data/b.csv' would be left out: put files of one format"):
+            read(str(folder))
+    (folder / "data" / "b.csv").unlink()
+    (folder / "README.md").write_text("# notes\n")
+    assert inspection.inspect(str(folder))["rows"] == 1
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="^Dataset folder 'empty' holds no data files"):
+        inspection.inspect(str(tmp_path / "empty"))
+
+
 def test_column_mapping_in_the_job_and_the_cli(tmp_path, tok):
     path = tmp_path / "qa.jsonl"
     path.write_text(json.dumps({"q": "Who are you?", "a": "I am Nova."}) + "\n")
@@ -373,6 +391,38 @@ def test_csv_with_extra_values_names_the_row(tmp_path):
     path.write_text("instruction,output\na,b\nc,d,e\n")
     with pytest.raises(UserError, match="d.csv: row 2 has more values than the header"):
         inspection.inspect(str(path))
+
+
+def test_the_preview_checks_every_rows_format_as_training_does(tmp_path):
+    """The Data tab checked the format of the first 50 rows only; training checks every row, so a later row that is
+    another format (here ChatML, which it also reads as) passed the preview and failed the run."""
+    path = tmp_path / "d.jsonl"
+    late = {"instruction": "a", "output": "b", "messages": CONVERSATION}
+    path.write_text("".join(json.dumps(r) + "\n" for r in [{"instruction": "a", "output": "b"}] * 60 + [late]))
+    with pytest.raises(UserError, match="d.jsonl: row 61 is chatml but earlier rows are alpaca"):
+        inspection.inspect(str(path))
+
+
+def test_blank_lines_before_the_first_row_are_not_an_empty_file(tmp_path):
+    """Only the first 4 KiB were looked at: a file whose rows came after 4 KiB of blank lines was 'empty'."""
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n" * 5000 + json.dumps({"instruction": "a", "output": "b"}) + "\n")
+    assert reading.read_rows(path) == [{"instruction": "a", "output": "b"}]
+    path.write_text("\n" * 5000)
+    with pytest.raises(UserError, match="is empty"):
+        reading.read_rows(path)
+
+
+def test_a_csv_separated_by_semicolons_is_read(tmp_path):
+    """Excel saves CSV with semicolons where the comma is the decimal mark (German, French, ...): the header was one
+    column 'instruction;output', and the sentence said to map columns, which no mapping could do."""
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbfinstruction;output\r\nWhat is 2,5 + 1?;3,5\r\nSay hi;hi\r\n")
+    assert reading.read_rows(path) == [
+        {"instruction": "What is 2,5 + 1?", "output": "3,5"},
+        {"instruction": "Say hi", "output": "hi"},
+    ]
+    assert inspection.inspect(str(path))["rows"] == 2
 
 
 # ----------------------------------------------------------------------------------------------- property-based

@@ -142,6 +142,29 @@ def test_export_job_takes_a_run_path_relative_to_where_it_is_called(trained, mon
     assert st.state == "done", st.log
 
 
+def test_a_full_disk_after_the_export_is_complete_does_not_say_nothing_was_written(trained, monkeypatch, tmp_path):
+    """The disk filling up while the download's zip is written (after the export was renamed into place) failed the
+    job with 'export again. Nothing was written.': the export was there, complete, and exporting again to its folder
+    is refused."""
+    import errno
+    import signal
+
+    from engine.export import job, report
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(report, "_zip", full)
+    monkeypatch.setattr(signal, "signal", lambda *a: None)  # the job's SIGTERM handler, not pytest's process's
+    job_dir, out = tmp_path / "job", tmp_path / "nova"
+    job_dir.mkdir()
+    (job_dir / "export.json").write_text(json.dumps(dict(source=str(trained.run_dir), format="lora", out=str(out))))
+    assert job.main([str(job_dir)]) == 1
+    st = json.loads((job_dir / "status.json").read_text())
+    assert st["state"] == "failed" and (out / "adapter_model.safetensors").is_file()
+    assert "Nothing was written" not in st["message"] and f"export itself is complete in {out};" in st["message"]
+
+
 def test_finished_training_process_is_reaped(tiny_llama, identity_file, runs):
     from engine import api
 

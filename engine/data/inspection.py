@@ -60,12 +60,13 @@ def inspect(
     sample_row = max(1, int(sample_row))
     if tokenizer is not None:
         ensure_chat_template(tokenizer, template)
+    auto = fmt == "auto"
     for i, raw in iter_source(source, config, split):
         row = map_columns(raw, column_map or {}, i, name)
         if i <= DETECT_ROWS:
             columns |= set(raw)
-            if fmt == "auto" or i > 1:
-                fmt = check_format(row, i, name, None if i == 1 else fmt)
+        if auto or 1 < i <= DETECT_ROWS:  # training checks every row's format when it is detected
+            fmt = check_format(row, i, name, None if i == 1 else fmt)
         validate_row(row, fmt, i, name)
         rows += 1
         if i <= sample_row:  # the row asked for, or the last one when the dataset is shorter

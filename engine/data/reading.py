@@ -37,6 +37,8 @@ def file_rows(path: str | os.PathLike, count: bool = False) -> tuple[int | None,
         raise UserError(f"Dataset file '{path}' does not exist; check the path or upload it again.")
     with open(path, "rb") as f:
         head = f.read(4096).removeprefix(BOM)
+        while not head.strip() and (more := f.read(2**20)):  # blank lines before the first row
+            head = more
     if not head.strip():
         raise UserError(f"Dataset file '{path.name}' is empty; it needs at least one example.")
     suffix = path.suffix.lower()
@@ -47,7 +49,9 @@ def file_rows(path: str | os.PathLike, count: bool = False) -> tuple[int | None,
     if b"\x00" in head:
         raise UserError(f"Dataset file '{path.name}' looks binary, not text; save it as JSON, JSONL, CSV or Parquet.")
     if suffix in (".csv", ".tsv"):
-        return None, _csv_rows(path, "\t" if suffix == ".tsv" else ",")
+        header = head.split(b"\n", 1)[0]  # Excel writes ';' where the comma is the decimal mark (German, French...)
+        semicolons = suffix == ".csv" and b";" in header and b"," not in header
+        return None, _csv_rows(path, "\t" if suffix == ".tsv" else ";" if semicolons else ",")
     if suffix in (".txt", ".md"):
         return None, _text_rows(path)
     if head.lstrip()[:1] == b"[":
@@ -98,6 +102,11 @@ def _jsonl_rows(path: Path):
             line = _decode(path, raw, lineno)
             if not line.strip():
                 continue
+            if line.strip() == "{":  # json.dumps(indent=...): valid JSON, but "row 1 is not valid JSON" said otherwise
+                raise UserError(
+                    f"{path.name} holds JSON objects spread over several lines; put one example per line (JSONL), "
+                    "or make the file a JSON list of examples ([{...}, {...}])."
+                )
             row = _json_value(path, line, f"row {lineno}")
             if not isinstance(row, dict):
                 raise UserError(f"{path.name}: row {lineno} is not a JSON object ({{...}}).")
@@ -213,6 +222,12 @@ def source_rows(
             f"Could not read '{source}' as one dataset ({cause}); every file in it must be valid and of one format "
             "with the same columns: fix or remove the bad file, or give one file."
         ) from None
+    except datasets.data_files.EmptyDatasetError:
+        if not path.is_dir():
+            raise
+        raise UserError(
+            f"Dataset folder '{path.name}' holds no data files; put .jsonl, .json, .csv or .parquet files in it."
+        ) from None
     except (ConnectionError, OSError, datasets.exceptions.DatasetNotFoundError) as e:
         raise UserError(
             f"Could not load dataset '{source}' ({type(e).__name__}): check the name, the connection, "
@@ -237,6 +252,24 @@ def _check_files(source: str, folder: Path, data_files: dict) -> None:
             raise UserError(
                 f"Dataset '{source}' names a file that is not {where} ('{name[:120]}'), in its README.md's "
                 "configs; give the data file itself, or put the files in the dataset's folder."
+            )
+    readme = folder / "README.md"
+    if inside is not None and not (readme.is_file() and "configs:" in readme.read_text(errors="replace")):
+        _check_one_format(source, inside, {Path(str(f)).resolve() for files in data_files.values() for f in files})
+
+
+def _check_one_format(source: str, folder: Path, read: set[Path]) -> None:
+    """Refuse a folder of which `datasets` would read only some data files: it reads only the most common format of a
+    folder (a CSV beside JSONL files was dropped without a word) unless a README.md's configs say which files."""
+    for f in sorted(folder.rglob("*")):
+        part = f.relative_to(folder).parts
+        skip = any(p.startswith((".", "__")) for p in part) or f.suffix.lower() not in SUFFIXES or f.suffix == ".md"
+        if not skip and f.is_file() and f.resolve() not in read:
+            kinds = sorted({g.suffix for g in read}) or ["no"]
+            raise UserError(
+                f"Dataset '{source}' holds files of more than one format: only its {'/'.join(kinds)} files would be "
+                f"read, and '{'/'.join(part)}' would be left out: put files of one format in the folder, or give one "
+                "file."
             )
 
 

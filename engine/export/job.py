@@ -86,6 +86,10 @@ def main(argv=None) -> int:
         log(_scrub(traceback.format_exc()))
         if isinstance(exc, UserError):
             message = str(exc)
+        elif (job_dir / "result.json").is_file():  # preparing its download or its upload failed, not the export
+            cause = "the disk filled up" if is_disk_full(exc) else f"{type(exc).__name__}: {str(exc)[:200]}"
+            message = f"The export itself is complete in {spec['out']}; preparing its download or upload failed "
+            message += f"({cause}); see its log."
         elif is_disk_full(exc):
             message = "The disk filled up during the export; free some space and export again. Nothing was written."
         elif isinstance(exc, MemoryError):
