@@ -258,10 +258,6 @@ def test_an_out_of_memory_error_in_the_optimizer_step_keeps_the_latest_checkpoin
     checkpoint, and resume continues from it (the failure from a hook torch offers on every optimizer step)."""
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-    from engine.core.runlog import RunLog
-    from engine.training.dispatch import train
-    from engine.training.steps import latest_checkpoint
-
     spec = JobSpec(model=str(tiny_llama), data=str(identity_file), method="lora", max_steps=5, batch_size=2,
                    gradient_checkpointing=False, save_every=2, seed=0)  # fmt: skip
     run_dir = tmp_path / "run"
@@ -274,15 +270,25 @@ def test_an_out_of_memory_error_in_the_optimizer_step_keeps_the_latest_checkpoin
             torch.empty(2**62, dtype=torch.uint8)
 
     hook = register_optimizer_step_pre_hook(fail_in_the_fourth_update)
+    _fails_then_resumes(spec, run_dir, hook, "at step 4.*updating the weights.*latest checkpoint", "step-000002")
+
+
+def _fails_then_resumes(spec, run_dir, hook, match: str, checkpoint: str) -> None:
+    """A run that fails with `match` while `hook` (removed after) makes an allocation fail, leaving `checkpoint` the
+    latest; resumed, it continues from that one and finishes."""
+    from engine.core.runlog import RunLog
+    from engine.training.dispatch import train
+    from engine.training.steps import latest_checkpoint
+
     try:
-        with pytest.raises(UserError, match="at step 4.*updating the weights.*latest checkpoint"):
+        with pytest.raises(UserError, match=match):
             train(spec, run_dir, RunLog(run_dir), False, lambda: False, lambda m: None)
     finally:
         hook.remove()
-    assert latest_checkpoint(run_dir).name == "step-000002"
+    assert latest_checkpoint(run_dir).name == checkpoint
     lines = []
     train(spec, run_dir, RunLog(run_dir), True, lambda: False, lines.append)
-    assert "resume: from step-000002" in lines and (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert f"resume: from {checkpoint}" in lines and (run_dir / "adapter" / "adapter_model.safetensors").is_file()
 
 
 def test_a_micro_batch_longer_than_any_plan_is_named_in_the_log():
@@ -338,9 +344,7 @@ def test_an_out_of_memory_error_in_validation_saves_the_step_it_follows(tiny_lla
     """Validation runs after a step's update: an allocation failure in its forward is no partial update, so the run
     saves that completed step and says so (it said the weights were being updated, and resume went back to the
     latest checkpoint, losing the steps since)."""
-    from engine.core.runlog import RunLog, read_metrics
-    from engine.training.dispatch import train
-    from engine.training.steps import latest_checkpoint
+    from engine.core.runlog import read_metrics
 
     spec = JobSpec(model=str(tiny_llama), data=str(identity_file), method="lora", max_steps=6, batch_size=2,
                    gradient_checkpointing=False, save_every=0, eval_fraction=0.5, eval_steps=3, seed=0)  # fmt: skip
@@ -352,14 +356,6 @@ def test_an_out_of_memory_error_in_validation_saves_the_step_it_follows(tiny_lla
             torch.empty(2**62, dtype=torch.uint8)
 
     hook = torch.nn.modules.module.register_module_forward_pre_hook(fail_in_validation)
-    try:
-        with pytest.raises(UserError, match="saved step 3; resume continues from it"):
-            train(spec, run_dir, RunLog(run_dir), False, lambda: False, lambda m: None)
-    finally:
-        hook.remove()
-    assert latest_checkpoint(run_dir).name == "step-000003"
-    lines = []
-    train(spec, run_dir, RunLog(run_dir), True, lambda: False, lines.append)
-    assert "resume: from step-000003" in lines and (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    _fails_then_resumes(spec, run_dir, hook, "saved step 3; resume continues from it", "step-000003")
     # step 3's record went with its validation (written after it, with its eval_loss): the curve goes on from there
     assert [m["step"] for m in read_metrics(run_dir) if "loss" in m] == [1, 2, 4, 5, 6]
