@@ -51,6 +51,9 @@ list() {
 21 issue 30: the decoder's kernel warm-up (engine.chat.warmup), first reply <= 3 s: its GPU test; decode bf16 batch 1
    with a cold Triton cache, with the warm-up and without (TUNESMITH_DECODE_WARMUP=0); decode_profile bf16+NF4
    batch 8, cold
+24 issues 30, 29, 22: the decoder warm-up loading its kernels (launchers built): its GPU test, decode bf16 batch 1
+   with a cold Triton cache, then warm; MoE graphs on by default: the MoE GPU tests, the qwen3_30b_a3b_12l step,
+   identity e2e on it with and without TUNESMITH_MOE_GRAPHS=0; alpaca QLoRA defaults and --packing 1 again
 EOF
 }
 
@@ -319,6 +322,22 @@ call23() {  # issue 22: call 19's run plans were made for 16,384 tokens (8 x 2,0
   e2e 80 70 "$a" "project identity qlora --dtype fp16"
   TUNESMITH_PLAN_FOR_DATA=0 e2e 80 70 "$a" "project identity qlora --dtype fp16"
   e2e 200 180 "$a" "unsloth alpaca qlora"
+}
+
+call24() {  # call 21: a cold cache's first decode call 3.48 s, 0.92 s of it decoding; call 22: MoE graphs 1.07x
+  local a run=(python3 .bench/train_bench.py --arch "$ID" --mode qlora --seq 2048 --bs 2)
+  a=$(mktemp -d)
+  keep_models qwen3_4b "$ID"
+  step 90 python3 -m pytest -m gpu -p no:cacheprovider -q -rfEs tests/test_decode_warmup.py
+  step 60 env TRITON_CACHE_DIR="$a/decode" python3 .bench/decode_bench.py --impl project --arch qwen3_4b
+  step 60 env TRITON_CACHE_DIR="$a/decode" python3 .bench/decode_bench.py --impl project --arch qwen3_4b
+  step 200 python3 .bench/train_bench.py --impl project --arch "$ID" --make-only
+  step 120 python3 -m pytest -m gpu -p no:cacheprovider -q -rfEs tests/test_moe_parity.py tests/test_moe_offload.py \
+    tests/test_moe_expert_fetch.py
+  step 60 env TUNESMITH_BENCH_BATCH=2 "${run[@]}" --impl project
+  ARCH=$ID e2e 80 70 "$a" "project identity qlora"
+  ARCH=$ID TUNESMITH_MOE_GRAPHS=0 e2e 80 70 "$a" "project identity qlora"
+  e2e 170 100 "$a" "project alpaca qlora" "project alpaca qlora --packing 1"
 }
 
 call10() {  # issue 22: defaults at 88% of packing's tokens/s per padded token (2026-12-05): host or kernels?

@@ -257,8 +257,9 @@ def test_a_failing_warmup_is_logged_and_the_reply_goes_on(folders, monkeypatch):
 def test_after_the_warmup_the_first_reply_compiles_nothing(four_bit, tmp_path):
     """On the GPU, as the Chat tab loads a model (engine.models.loading.load_model, bf16, or NF4 with double
     quantization): the warm-up started from config.json compiles every kernel a fresh Decoder's first reply (a
-    40-token prompt, then 8 tokens through the captured step) and a 2-row batch launch, so Triton's post-compile
-    hook sees no compile in them; the warm-up holds no memory after it and logs its line at the first reply."""
+    40-token prompt, then 8 tokens through the captured step) and a 2-row batch launch, and loads them (their
+    launchers built): Triton's post-compile hook sees no compile in them, its load hook no kernel loaded. The warm-up
+    holds no tensor memory after it and logs its line at the first reply."""
     import triton
     from test_patching_parity import tiny_model
 
@@ -280,6 +281,8 @@ def test_after_the_warmup_the_first_reply_compiles_nothing(four_bit, tmp_path):
     decoder = Decoder(model, log=lines.append, warmup=kernels_warm)
     prompt = torch.arange(100, 140).tolist()
     watch = CompileWatch()
+    loaded, hooked = [], triton.knobs.runtime.kernel_load_start_hook  # a kernel's first launch loads it (its launcher)
+    triton.knobs.runtime.kernel_load_start_hook = lambda *args: loaded.append(args[2])
     try:
         with torch.inference_mode():
             assert len(list(decoder.tokens(prompt, 8))) == 8
@@ -287,10 +290,12 @@ def test_after_the_warmup_the_first_reply_compiles_nothing(four_bit, tmp_path):
         torch.cuda.synchronize()
     finally:
         said = watch.stop()
+        triton.knobs.runtime.kernel_load_start_hook = hooked
     assert decoder.mode == "graph" and decoder.path == "step", lines
     warmed = [line for line in lines if line.startswith("decode kernels")]
     assert len(warmed) == 1 and warmed[0].startswith("decode kernels compiled in"), lines
     assert watch.names == [], said
+    assert loaded == [], f"the first reply loaded kernels the warm-up compiled but did not load: {loaded}"
     assert triton.knobs.runtime.jit_post_compile_hook is None
 
 

@@ -276,10 +276,10 @@ def test_an_empty_batch_goes_through_the_grouped_path(arch):
     assert out.shape == hidden.shape and hidden.grad.shape == hidden.shape
 
 
-def test_moe_layers_are_captured_only_when_asked_and_safe(monkeypatch):
-    """CUDA graphs of MoE layers are an experiment (TUNESMITH_MOE_GRAPHS=1) until timed on a GPU; even then never
-    with router logits recorded for the load-balancing loss (hooks do not run in a replay), with Mixtral's input
-    jitter, or under a plan that recomputes layers at its largest micro-batch."""
+def test_moe_layers_are_captured_by_default_where_safe(monkeypatch):
+    """CUDA graphs of MoE layers are on by default (TUNESMITH_MOE_GRAPHS=0 turns them off), never with router logits
+    recorded for the load-balancing loss (hooks do not run in a replay), with Mixtral's input jitter, or under a plan
+    that recomputes layers at its largest micro-batch."""
     from engine.patching import graphs
 
     def install(arch, per_shape=False, **config):
@@ -293,18 +293,39 @@ def test_moe_layers_are_captured_only_when_asked_and_safe(monkeypatch):
         lines = []
         return graphs.install(model, log=lines.append, per_shape=per_shape), lines
 
+    monkeypatch.delenv("TUNESMITH_MOE_GRAPHS", raising=False)
+    assert install("qwen3_moe")[0] is True and install("mixtral")[0] is True
+    monkeypatch.setenv("TUNESMITH_MOE_GRAPHS", "0")
     assert install("qwen3_moe")[0] is False
     monkeypatch.setenv("TUNESMITH_MOE_GRAPHS", "1")
-    assert install("qwen3_moe")[0] is True and install("mixtral")[0] is True
     assert install("qwen3_moe", output_router_logits=True)[0] is False
     assert install("mixtral", router_jitter_noise=0.1)[0] is False
     installed, lines = install("qwen3_moe", per_shape=True)
     assert installed is False and "captured only where the plan recomputes nothing" in lines[-1]
 
 
+def test_nf4_experts_read_on_the_host_are_not_captured():
+    """NF4 experts dequantized a chunk at a time read their groups' ends on the host, which a CUDA graph cannot
+    capture (moe.reads_host); a layer's whole stack at once, or 16-bit copies of both expert tensors, read none."""
+    base = tiny_model("qwen3_moe")
+    moe.install(base, log=lambda m: None)
+    model = with_expert_lora(base)
+    blocks = [m for m in model.modules() if isinstance(m, moe.FastMoEBlock)]
+    assert blocks and not any(moe.reads_host(b) for b in blocks)  # 16-bit experts
+    moe.quantize_experts(model, log=lambda m: None)
+    assert all(moe.reads_host(b) for b in blocks)
+    inner = moe._innermost(blocks[0].experts)
+    inner.dense_experts = {"gate_up_proj": moe._weight(inner, "gate_up_proj")}
+    assert moe.reads_host(blocks[0])  # down_proj still dequantized a chunk at a time
+    inner.dense_experts["down_proj"] = moe._weight(inner, "down_proj")
+    assert not moe.reads_host(blocks[0])
+    moe._innermost(blocks[1].experts).whole_stack = True
+    assert not moe.reads_host(blocks[1])
+
+
 @pytest.mark.gpu
 def test_moe_graph_steps_equal_eager_steps(monkeypatch):
-    """With TUNESMITH_MOE_GRAPHS=1, bf16 on the GPU: three SGD steps of a qwen3_moe with LoRA on attention and experts
+    """With MoE graphs (the default), bf16 on the GPU: three SGD steps of a qwen3_moe with LoRA on attention and experts
     replay captured layers (the grouped products, the row moves and the routing inside the graphs) and give the eager
     path's losses and LoRA gradients."""
     if not torch.cuda.is_available():

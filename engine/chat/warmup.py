@@ -11,16 +11,17 @@ begins compiling them in a background thread (engine.patching.warmup's `Warmup`)
 the Decoder joins it before its first reply (engine.chat.decode), which is before any CUDA-graph capture.
 
 Unlike the training warm-up it launches nothing: each kernel's specialization is compiled with Triton's
-`kernel.warmup(...)` (compile, no launch) from stand-ins for its arguments, `launches(shapes, dtype, device)`: tiny
-CPU tensors for the pointers (dtype and alignment are all Triton reads from them: an offset of k elements stands for
-a view that starts k elements into a buffer, as q/k/v's slices of one packed product do), the real sizes as
-integers, and the constexprs and launch options that the launchers derive from those sizes, through the launchers'
-own helpers (kernels.matvec.pick_config, kernels.decode_attention.splits_for, kernels.nf4_matvec.launch_options,
-...). So a matvec over Qwen3-4B's 151936 x 2560 lm_head compiles with its real tile shape without a byte of it, no
-GPU memory is taken from the load, and no stream or graph can see the warm-up. The compiles run in parallel, one
-thread-pool task per kernel (Triton's compiles leave the GIL for most of their time, see engine.patching.warmup), so a
-kernel's own caches see one thread. Not Triton's AsyncCompileMode: it keeps a failed compile's future in the kernel's
-cache, and every later launch of that specialization would raise its error instead of compiling.
+`kernel.warmup(...)` (compile, no launch) and loaded onto the GPU with its launcher built (`_load`), from stand-ins for
+its arguments, `launches(shapes, dtype, device)`: tiny CPU tensors for the pointers (dtype and alignment are all Triton
+reads from them: an offset of k elements stands for a view that starts k elements into a buffer, as q/k/v's slices of
+one packed product do), the real sizes as integers, and the constexprs and launch options that the launchers derive from
+those sizes, through the launchers' own helpers (kernels.matvec.pick_config, kernels.decode_attention.splits_for,
+kernels.nf4_matvec.launch_options, ...). So a matvec over Qwen3-4B's 151936 x 2560 lm_head compiles with its real tile
+shape without a byte of it, no tensor memory is taken from the load, and no stream or graph can see the warm-up. The
+compiles run in parallel, one thread-pool task per kernel (Triton's compiles leave the GIL for most of their time, see
+engine.patching.warmup), so a kernel's own caches see one thread. Not Triton's AsyncCompileMode: it keeps a failed
+compile's future in the kernel's cache, and every later launch of that specialization would raise its error instead of
+compiling.
 
 What it compiles (`launches`): the one-row step and, with `rows`, the batched step of engine.chat.decode_batch (the Chat
 tab's compare, 2 rows); the prompt's pass where it differs (swiglu over copies of T rows, T a multiple of 16 or not);
@@ -31,8 +32,9 @@ forward, engine.chat.decode_step.pack_blocker: not a model loaded for chat), a h
 forward or generate: nothing of ours to compile). The weights are taken to start 16-byte aligned, as each of a GPU
 load's does (its own allocation). A launcher and its stand-in here must agree: tests/test_decode_warmup.py checks, in
 Triton's interpreter, that a tiny model's prompt, one-row and batched steps launch no specialization `launches` does not
-cover (dense and NF4), and the GPU test that a fresh Decoder's first reply compiles nothing after the warm-up. How much
-of the first reply it saves is not measured yet (queue call 21 in bench/queue.sh).
+cover (dense and NF4), and the GPU test that a fresh Decoder's first reply compiles and loads nothing after the
+warm-up. On an H100 with a cold Triton cache (queue call 21, 2026-12-06, qwen3_4b bf16, before `_load`), the shared
+decode bench's first call took 3.48 s with the warm-up and 7.08 s without (TUNESMITH_DECODE_WARMUP=0).
 
 A failure is logged when joined and the reply goes on (its kernels then compile at first use, as before). On the
 CPU, with the pure-torch references (TUNESMITH_KERNELS=reference), TUNESMITH_DECODE_KERNELS=0, or a model our step
@@ -332,7 +334,9 @@ def compile_kernels(s: DecodeShapes, dtype, device, stop=None, done=None) -> lis
             for name, args, kw in specializations:
                 if stop is not None and stop():
                     break
-                kernel.warmup(*args, grid=(1,), **kw)
+                compiled = kernel.warmup(*args, grid=(1,), **kw)
+                if device.type == "cuda":
+                    _load(compiled)
                 names.append(name)
         return names
 
@@ -346,6 +350,15 @@ def compile_kernels(s: DecodeShapes, dtype, device, stop=None, done=None) -> lis
     if done is not None:
         done += summary
     return summary
+
+
+def _load(compiled) -> None:
+    """Load a compiled kernel onto the current device and build its launcher, as its first launch would. Triton 3.6
+    compiles each launcher's C source with the host's C compiler there (cached on disk beside the kernel): left to the
+    first reply, a cold cache's launchers took part of its 3.5 s (queue call 21, H100)."""
+    init = getattr(compiled, "_init_handles", None)  # what CompiledKernel.run does at the first launch
+    if init is not None:
+        init()
 
 
 def _off(note: str) -> Warmup:

@@ -13,10 +13,9 @@ is. `Captures` decides what is held: the first training step's shape is captured
 the benchmark, pretraining pieces), any other shape once it has run eagerly (padding-free micro-batches come in a few
 token-count buckets, each one shape), at most MAX_SHAPES shapes at a time (the least recently used set is dropped;
 all sets share one memory pool, which holds a step's activations; a run under a VRAM budget holds as many as its
-memory plan counts, engine.memory.offload.Plan.shapes). cu_seqlens is an input of the graphs like cos and
-sin, so one graph serves every micro-batch of its bucket. Families whose attention needs a mask or a soft cap
-(sliding windows, Gemma 2) are not captured. The model's module tree is unchanged (each layer gets an instance
-`forward`), so adapters save as before.
+memory plan counts, engine.memory.offload.Plan.shapes). cu_seqlens is an input of the graphs like cos and sin, so one
+graph serves every micro-batch of its bucket. Families whose attention needs a mask or a soft cap (sliding windows,
+Gemma 2) are not captured. Each layer gets an instance `forward` (module tree unchanged: adapters save as before).
 """
 
 import contextlib
@@ -74,8 +73,7 @@ MAX_SHAPES = MAX_BUCKETS
 #   two sets (even and odd layers) of the q, k, v and o projections' outputs. The graphs write only into those, so
 #   their pool memory is scratch that every layer's and every shape's graph reuses (one pool for all sets); the
 #   adapters' gradient buffer is one for all shapes too.
-# cu_seqlens (int32, a run's fixed number of entries) and the graphs' own device memory (kernel parameters) are a few
-# KiB and not counted.
+# cu_seqlens (int32, a run's fixed number of entries) and the graphs' own device memory are a few KiB, not counted.
 
 
 class Captures:
@@ -135,7 +133,7 @@ def install(model, log=print, most: int = MAX_SHAPES, per_shape: bool = False) -
     micro-batch recomputes none and has room for these graphs (engine.memory.checkpointing adds them as it decides
     each size); the others run as they are, their recomputed layers through CheckpointGraphs."""
     from engine.patching.modules import mask_skipped
-    from engine.patching.moe import FastMoEBlock
+    from engine.patching.moe import FastMoEBlock, reads_host
 
     layers = eligible_layers(model)
     if layers is None:
@@ -154,6 +152,9 @@ def install(model, log=print, most: int = MAX_SHAPES, per_shape: bool = False) -
     graphs = held.graphs
 
     def capture(key, hidden, cos, sin, cu_seqlens, warmed):
+        if any(isinstance(layer.mlp, FastMoEBlock) and reads_host(layer.mlp) for layer in layers):
+            held.enabled = False  # decided here: the NF4 experts' copies come after install (engine.models.loading)
+            return log("cuda graphs: off (NF4 experts dequantized a chunk at a time read their groups on the host)")
         autocast = torch.is_autocast_enabled("cuda")
         dtype = torch.get_autocast_dtype("cuda")
         calls = [_LayerCall(layer) for layer in layers]
