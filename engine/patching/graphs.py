@@ -39,9 +39,8 @@ class _LayerCall(nn.Module):
 
     def forward(self, hidden, cos, sin, *cu_seqlens):
         varlen = dict(cu_seq_lens_q=cu_seqlens[0], cu_seq_lens_k=cu_seqlens[0]) if cu_seqlens else {}
-        return type(self.layer).forward(
-            self.layer, hidden, position_embeddings=(cos, sin), attention_mask=None, **varlen
-        )
+        layer = self.layer
+        return type(layer).forward(layer, hidden, position_embeddings=(cos, sin), attention_mask=None, **varlen)
 
     def parameters(self, recurse: bool = True):
         """The layer's parameters and its packed adapters' pieces (engine.patching.modules.PackedAdapters: leaf
