@@ -248,3 +248,21 @@ def test_a_card_with_room_keeps_16_bit_copies_of_the_nf4_experts():
     assert with_copies.parts_gib["dequant"] - without.parts_gib["dequant"] == pytest.approx(
         (12 * dense_copy_bytes(arch, experts=True) - chunk) / GIB, abs=2e-3
     )
+
+
+def test_a_roomy_moe_plan_counts_the_layer_graphs_the_run_captures(monkeypatch):
+    """MoE layers are captured in CUDA graphs by default where nothing recomputes (engine.patching.moe.capturable), one
+    shape's graphs (engine.patching.graphs.install): the plan counts that one shape (every layer's static inputs,
+    outputs and gradients and the adapters' fp32 gradients, experts' adapters included) and holds no more shapes."""
+    from engine.memory.estimate import graph_shape_bytes
+    from engine.memory.verdict import parts
+
+    monkeypatch.setenv("TUNESMITH_RAM_GIB", "512")
+    monkeypatch.setenv("TUNESMITH_VRAM_GIB", "78")
+    config = {**QWEN3_30B_A3B, "num_hidden_layers": 12}  # queue call 22's qwen3_30b_a3b_12l
+    job = _job(method="qlora", max_seq_length=2048, batch_size=2)
+    plan = loading.plan_memory(job, config, Placement("cuda", "bf16", "test"))
+    assert plan.checkpointed == 0 and plan.layer_graphs and plan.shapes == 1
+    arch = Arch.from_config(config)
+    shape = graph_shape_bytes(arch, 4096, 0, False, arch.lora_params(job.lora_r, job.target_modules))
+    assert parts(arch, job, plan)["graph_shapes"] == pytest.approx(shape / GIB, abs=1e-3)

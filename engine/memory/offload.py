@@ -273,6 +273,8 @@ def held_shapes(plan_: Plan, arch: Arch, method: str, seq: int, batch: int, fuse
     held = plan_.graphs or plan_.layer_graphs
     if plan_.budget_gib is None or not held:
         return plan_
+    if arch.moe_layers and not plan_.graphs:  # engine.patching.graphs holds one shape of MoE layers' graphs
+        return dataclasses.replace(plan_, shapes=1, graph_tokens=seq * batch)
     tokens = seq * batch
     for shapes in range(MAX_BUCKETS, 0, -1):
         kw = {**plan_.estimate_kw(), "graph_shapes": shapes, "graph_tokens": tokens, **estimate_kw}
@@ -306,9 +308,9 @@ def _plan(
     layers = arch.layers
     chunk = 4096 if budget_gib is None or budget_gib >= SMALL_CARD_GIB else 1024
 
-    # every layer's passes are captured when nothing recomputes (engine.models.loading: the fast path's adapters in
-    # layers with a FastMLP, under a budget); the plan is made counting one shape's graphs (`held_shapes`)
-    layer_graphs = budget_gib is not None and fused_loss and method != "full" and not arch.moe_layers
+    # every layer's passes are captured when nothing recomputes (engine.models.loading: the fast path's adapters, under
+    # a budget, mixture-of-experts layers too); the plan is made counting one shape's graphs (`held_shapes`)
+    layer_graphs = budget_gib is not None and fused_loss and method != "full"
 
     def est(**kw):
         kw = {"graph_shapes": 1, "layer_graphs": layer_graphs, **kw}
