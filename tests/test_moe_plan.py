@@ -265,4 +265,6 @@ def test_a_roomy_moe_plan_counts_the_layer_graphs_the_run_captures(monkeypatch):
     assert plan.checkpointed == 0 and plan.layer_graphs and plan.shapes == 1
     arch = Arch.from_config(config)
     shape = graph_shape_bytes(arch, 4096, 0, False, arch.lora_params(job.lora_r, job.target_modules))
-    assert parts(arch, job, plan)["graph_shapes"] == pytest.approx(shape / GIB, abs=1e-3)
+    held = parts(arch, job, plan)
+    assert held["graph_shapes"] == pytest.approx(shape / GIB, abs=1e-3)
+    assert sum(held.values()) == pytest.approx(plan.peak_vram_gib, abs=0.01)  # the figure the plan shows: one shape

@@ -316,8 +316,9 @@ def _plan(
         kw = {"graph_shapes": 1, "layer_graphs": layer_graphs, **kw}
         return estimate(arch, method, seq, batch, fused_loss=fused_loss, loss_chunk=chunk, **estimate_kw, **kw)
 
-    def most_shapes(**kw):  # the estimate with the graphs of as many shapes as fit, when one does
-        fitting = (e for e in (est(graph_shapes=n, **kw) for n in range(MAX_BUCKETS, 0, -1)) if e.peak_vram_gib <= cap)
+    def most_shapes(**kw):  # the estimate with the graphs of as many shapes as fit (MoE layers: one), when one does
+        most = 1 if arch.moe_layers else MAX_BUCKETS
+        fitting = (e for e in (est(graph_shapes=n, **kw) for n in range(most, 0, -1)) if e.peak_vram_gib <= cap)
         return next(fitting, None)
 
     def made(
