@@ -55,6 +55,8 @@ list() {
    with a cold Triton cache, then warm; MoE graphs on by default: the MoE GPU tests, the qwen3_30b_a3b_12l step,
    identity e2e on it with and without TUNESMITH_MOE_GRAPHS=0; identity fp16 without the kernel warm-up (its
    startup laps); alpaca QLoRA defaults and --packing 1 again
+25 issue 29: chat on a MoE model, the speed the Chat tab decodes qwen3_30b_a3b_12l at (bf16 and NF4, engine's
+   decoder path or transformers' generate, whichever it picks), against transformers' generate; then call 19 on an H200
 EOF
 }
 
@@ -341,6 +343,14 @@ call24() {  # call 21: a cold cache's first decode call 3.48 s, 0.92 s of it dec
   # the run log's "tokenizer" lap was 9.9-12.8 s in call 23 while the kernel warm-up ran beside it: without it
   TUNESMITH_KERNEL_WARMUP=0 e2e 80 70 "$a" "project identity qlora --dtype fp16"
   e2e 170 100 "$a" "project alpaca qlora" "project alpaca qlora --packing 1"
+}
+
+call25() {  # issue 29 asks for MoE chat "on the engine's decoder (or transformers' generate with a stated speed)"
+  keep_models "$ID"
+  step 200 python3 .bench/train_bench.py --impl project --arch "$ID" --make-only
+  step 90 python3 .bench/decode_bench.py --impl project --arch "$ID"
+  step 90 python3 .bench/decode_bench.py --impl hf --arch "$ID"
+  step 120 python3 bench/decode_profile.py --arch "$ID" --batch 8 --dtypes bf16,nf4 --rows 8
 }
 
 call10() {  # issue 22: defaults at 88% of packing's tokens/s per padded token (2026-12-05): host or kernels?
