@@ -334,6 +334,25 @@ def test_for_inference_generate_matches_transformers_and_falls_back(tiny_llama):
     assert "generate" not in model.__dict__ and fast.decoder is None
 
 
+def test_generate_takes_apply_chat_template_output_as_the_prompt(tiny_llama):
+    """Notebooks pass `tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")` to
+    generate as `input_ids`, by position or by name; in transformers 5 that is a BatchEncoding, not a tensor."""
+    from transformers import TextIteratorStreamer
+
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_llama), max_seq_length=256, load_in_4bit=False)
+    model = FastLanguageModel.for_inference(FastLanguageModel.get_peft_model(model))
+    messages = [{"role": "user", "content": "Who are you?"}]
+    enc = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_tensors="pt")
+    expected = model.generate.transformers_generate(**enc, max_new_tokens=6, do_sample=False)
+    assert torch.equal(model.generate(enc, max_new_tokens=6, use_cache=True), expected)
+    assert torch.equal(model.generate(input_ids=enc, max_new_tokens=6, pad_token_id=tok.eos_token_id), expected)
+    assert model.generate.decoder is not None  # served by the engine's decoder, not handed on
+    streamer = TextIteratorStreamer(tok, skip_prompt=True)
+    out = model.generate(enc, streamer=streamer, max_new_tokens=6)
+    assert "".join(streamer) == tok.decode(out[0, enc["input_ids"].shape[1] :])
+    assert model.generate(enc, max_new_tokens=3, num_beams=2).shape[1] == enc["input_ids"].shape[1] + 3
+
+
 # ----------------------------------------------------------------------------------------------------- chat helpers
 
 
