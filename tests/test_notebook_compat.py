@@ -134,3 +134,27 @@ def test_old_trainer_spellings_train(tiny_qwen3, tmp_path, capsys):
     config = DPOConfig(output_dir=str(tmp_path / "dpo"), max_length=64, max_prompt_length=32, report_to="none")
     dpo = DPOTrainer(model=model, ref_model=None, train_dataset=pairs, tokenizer=tok, args=config)
     assert dpo.processing_class is tok and dpo.args.max_length == 64
+
+
+def test_apply_chat_template_renders_a_dataset_column_as_a_batch(tiny_qwen3, capsys):
+    """Qwen3 notebooks render `dataset["conversations"]` in one call; datasets 4 gives a Column there (a list before),
+    which transformers alone renders into one string of empty turns. With tunesmith it renders each conversation."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen3)
+    convos = [
+        [{"role": "user", "content": q}, {"role": "assistant", "content": IDENTITY_ANSWER}] for q in IDENTITY_QUESTIONS
+    ]
+    column = Dataset.from_list([{"conversations": c} for c in convos])["conversations"]
+    assert not isinstance(column, list)  # datasets 4's lazy column
+    expected = [tok.apply_chat_template(c, tokenize=False) for c in convos]
+    assert tok.apply_chat_template(column, tokenize=False) == expected
+    assert tok.apply_chat_template(column, tokenize=False) == expected  # logged once only
+    assert capsys.readouterr().out.count("apply_chat_template(Column): made a list") == 1
+    assert tok.apply_chat_template(convos, tokenize=False) == expected  # lists go through as they are
+    compat.uninstall()
+    try:
+        assert tok.apply_chat_template(column, tokenize=False) != expected  # what transformers does alone
+    finally:
+        compat.install()

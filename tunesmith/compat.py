@@ -10,11 +10,17 @@ originals. This is the one process-wide change Tunesmith makes, because a ported
 SFTTrainer` line: the issue's "change only the imports" needs it.
 
 Arguments that no version of any library took (offload_params_to_cpu, ...) raise a UserError saying what to write.
+
+One value is translated too: `tokenizer.apply_chat_template(dataset["conversations"], tokenize=False)` (Qwen3
+notebooks) got a list of conversations from datasets 3, and renders each; datasets 4 gives a lazy `Column`, which
+transformers takes for one conversation and renders into a single string of empty turns, with no error. The tokenizers'
+apply_chat_template turns such a column into the list it was (logged once).
 """
 
 import dataclasses
 import functools
 import inspect
+from collections.abc import Sequence
 
 from engine.core.errors import UserError
 
@@ -176,9 +182,30 @@ def _as_config(args, model, config_cls, trainer: str):
     return config_cls(**values)
 
 
+def _wrap_chat_template(cls) -> None:
+    """cls.apply_chat_template with a datasets `Column` (or any sequence other than a list or tuple) of conversations
+    made a list first, so that transformers renders it as a batch, as it did with datasets 3's lists."""
+    original = cls.__dict__["apply_chat_template"]
+    said = []
+
+    @functools.wraps(original)
+    def apply_chat_template(self, conversation, *args, **kwargs):
+        if isinstance(conversation, Sequence) and not isinstance(conversation, (list, tuple, str)):
+            if not said:
+                said.append(True)
+                _log(f"apply_chat_template({type(conversation).__name__}): made a list, rendered as a batch")
+            conversation = list(conversation)
+        return original(self, conversation, *args, **kwargs)
+
+    setattr(apply_chat_template, _WRAPPED, original)
+    cls.apply_chat_template = apply_chat_template
+
+
 def install() -> None:
-    """Wrap the installed TrainingArguments, TRL configs and trainers (once); nothing when TRL is not installed."""
+    """Wrap the installed TrainingArguments, TRL configs and trainers and the tokenizers' apply_chat_template (once);
+    the TRL classes only when TRL is installed."""
     import transformers
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
     try:
         import trl
@@ -188,17 +215,23 @@ def install() -> None:
     for cls in classes:
         if not hasattr(cls.__dict__["__init__"], _WRAPPED):
             _wrap_config(cls)
+    if not hasattr(PreTrainedTokenizerBase.__dict__["apply_chat_template"], _WRAPPED):
+        _wrap_chat_template(PreTrainedTokenizerBase)
     for trainer, config in TRAINERS.items():
         if trl and hasattr(trl, trainer) and not hasattr(getattr(trl, trainer).__dict__["__init__"], _WRAPPED):
             _wrap_trainer(getattr(trl, trainer), getattr(trl, config))
 
 
 def uninstall() -> None:
-    """Put back every `__init__` that install wrapped."""
+    """Put back every `__init__` and the `apply_chat_template` that install wrapped."""
     import transformers
     import trl
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
     for cls in [transformers.TrainingArguments] + [getattr(trl, c) for c in (*CONFIGS, *TRAINERS) if hasattr(trl, c)]:
         original = getattr(cls.__dict__["__init__"], _WRAPPED, None)
         if original is not None:
             cls.__init__ = original
+    original = getattr(PreTrainedTokenizerBase.__dict__["apply_chat_template"], _WRAPPED, None)
+    if original is not None:
+        PreTrainedTokenizerBase.apply_chat_template = original
