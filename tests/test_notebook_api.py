@@ -453,6 +453,15 @@ def test_train_on_responses_only_with_sft_trainer(tiny_qwen3, tmp_path):
     runs += [tok.decode(run)] if run else []
     # each reply with its end-of-turn (TRL appends one more EOS after the text), nothing of the prompts
     assert runs == [f"{IDENTITY_ANSWER}<|im_end|>\n", "Two plus two is four.<|im_end|>\n<|im_end|>"]
+    # the dataset's labels (TRL builds the column) are masked too: the notebooks print them to check the masking
+    assert trainer.train_dataset[0]["labels"] == labels
+
+    args = SFTConfig(output_dir=str(tmp_path), bf16=False, report_to="none", max_length=256, packing=True)
+    packed = SFTTrainer(model=model, processing_class=tok, train_dataset=ds, args=args)
+    train_on_responses_only(packed, "<|im_start|>user\n", "<|im_start|>assistant\n")
+    (row,) = packed.train_dataset
+    assert row["seq_lengths"] == [len(labels)] * 2 and row["labels"] == labels * 2
+    assert packed.data_collator([row])["labels"][0].tolist() == labels * 2
 
     with pytest.raises(UserError, match="no reply after '<\\|im_start\\|>bot\\\\n'"):
         train_on_responses_only(trainer, "<|im_start|>user\n", "<|im_start|>bot\n")

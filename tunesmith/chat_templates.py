@@ -142,7 +142,9 @@ def train_on_responses_only(trainer, instruction_part: str, response_part: str):
         response_part: the text that starts an assistant turn ("<|im_start|>assistant\\n" for chatml/Qwen).
 
     Each batch's labels keep the tokens after a response_part up to the next instruction_part (so the end-of-turn
-    token is learned); everything else gets -100. The trainer's data collator is wrapped; its data is unchanged.
+    token is learned); everything else gets -100. The trainer's data collator is wrapped, and where its datasets carry
+    a labels column (TRL 1.x's SFTTrainer builds one) that column is masked the same way, so the notebooks' check,
+    `tokenizer.decode([... trainer.train_dataset[i]["labels"]])`, shows what is trained.
     """
     tok = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
     instruction = tok(instruction_part, add_special_tokens=False)["input_ids"]
@@ -155,5 +157,29 @@ def train_on_responses_only(trainer, instruction_part: str, response_part: str):
             f"train_on_responses_only: the first training example has no reply after {response_part!r}; give the "
             "markers exactly as the chat template writes them (tokenizer.apply_chat_template shows it)."
         )
+    trainer.train_dataset = _mask_labels(trainer.train_dataset, instruction, response)
+    evals = trainer.eval_dataset
+    if isinstance(evals, dict):
+        trainer.eval_dataset = {k: _mask_labels(v, instruction, response) for k, v in evals.items()}
+    elif evals is not None:
+        trainer.eval_dataset = _mask_labels(evals, instruction, response)
     trainer.data_collator = ResponsesOnly(trainer.data_collator, instruction, response)
     return trainer
+
+
+def _mask_labels(dataset, instruction: list[int], response: list[int]):
+    """`dataset` with the labels column of its tokenized rows set to -100 outside the replies (packed rows by their
+    seq_lengths); a dataset without input_ids and labels columns is returned as it is."""
+    from itertools import accumulate
+
+    from datasets import Dataset
+
+    if not isinstance(dataset, Dataset) or not {"input_ids", "labels"} <= set(dataset.column_names):
+        return dataset
+
+    def mask(row):
+        starts = list(accumulate(row["seq_lengths"])) if "seq_lengths" in row else []
+        keep = response_mask(row["input_ids"], instruction, response, starts)
+        return {"labels": [label if k else -100 for label, k in zip(row["labels"], keep, strict=True)]}
+
+    return dataset.map(mask, desc="Masking labels outside the replies")
