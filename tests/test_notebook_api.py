@@ -367,6 +367,26 @@ def test_get_chat_template_names(tiny_qwen3, name):
     assert tok.chat_template == (own if target == "auto" else templates.TEMPLATES[target])
 
 
+def test_gemma_3_template_takes_content_as_a_list_of_parts(tiny_qwen3):
+    """Gemma 3 notebooks write a message's content as [{"type": "text", "text": ...}]; it renders as the text."""
+    from transformers import AutoTokenizer
+
+    tok = get_chat_template(AutoTokenizer.from_pretrained(tiny_qwen3), chat_template="gemma-3")
+
+    def parts(text):
+        return [{"type": "text", "text": text}]
+
+    plain = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Who are you?"},
+        {"role": "assistant", "content": IDENTITY_ANSWER},
+    ]
+    listed = [{**m, "content": parts(m["content"])} for m in plain]
+    text = tok.apply_chat_template(plain, tokenize=False, add_generation_prompt=True)
+    assert tok.apply_chat_template(listed, tokenize=False, add_generation_prompt=True) == text
+    assert "<start_of_turn>user\nBe brief.\n\nWho are you?<end_of_turn>" in text and "'type'" not in text
+
+
 def test_get_chat_template_refusals(tiny_qwen3):
     from transformers import AutoTokenizer
 
