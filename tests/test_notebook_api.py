@@ -615,6 +615,18 @@ def test_save_lora_and_refusals(tiny_qwen3, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "taken"]
 
 
+def test_save_pretrained_gguf_takes_quantization_type(tiny_qwen3, tmp_path):
+    """Gemma 3 notebooks spell the GGUF type quantization_type="Q8_0" (and pass no tokenizer)."""
+    model, _ = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=False)
+    model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8)
+    res = model.save_pretrained_gguf(tmp_path / "gemma-3-finetune", quantization_type="Q8_0")
+    assert res.format == "gguf-q8_0" and "gemma-3-finetune-q8_0.gguf" in res.files
+    with pytest.raises(UserError, match="quantization_method='f16' and quantization_type='Q8_0' are the same setting"):
+        model.save_pretrained_gguf(tmp_path / "both", quantization_method="f16", quantization_type="Q8_0")
+    with pytest.raises(UserError, match="quantization_method='q2_k' is not supported"):
+        model.push_to_hub_gguf("someone/tiny-gguf", quantization_type="q2_k", token="hf_x")
+
+
 def test_push_to_hub_token_from_argument_or_env_never_logged(tiny_qwen3, tmp_path, monkeypatch, capsys):
     """Offline (conftest sets HF_HUB_OFFLINE) the upload fails for real after the export: a clear sentence, the
     export kept for another push, and the token in no output, error or file. Without a token nothing is exported."""
