@@ -19,6 +19,7 @@ from conftest import IDENTITY_ANSWER, IDENTITY_QUESTIONS, ROOT
 from engine import api
 from engine.data import templates
 from engine.data.identity import identity_rows
+from engine.spec.jobspec import ALL_LINEAR
 from engine.training.trl_loss import OPTIONAL_OUTPUTS, chunked_logprob
 from tunesmith import (
     FastLanguageModel,
@@ -258,6 +259,34 @@ def test_get_peft_model_options(tiny_qwen3):
     m, a = first_lora_a(3407, target_modules="all-linear", use_gradient_checkpointing="unsloth")
     assert len(m.peft_config["default"].target_modules) == 7 and m.is_gradient_checkpointing
     assert torch.equal(a, first_lora_a(3407)[1]) and not torch.equal(a, first_lora_a(1)[1])
+
+
+def test_fast_model_picks_layers_by_the_finetune_switches(tiny_qwen3):
+    """Gemma 3 notebooks load with FastModel and choose adapters with finetune_*_layers / _modules switches."""
+    from datasets import Dataset
+
+    from tunesmith import FastModel, standardize_data_formats
+
+    def targets(**switches):
+        model, _ = FastModel.from_pretrained(
+            model_name=str(tiny_qwen3), max_seq_length=128, load_in_4bit=True, load_in_8bit=False, full_finetuning=False
+        )
+        model = FastModel.get_peft_model(
+            model, r=8, lora_alpha=8, lora_dropout=0, bias="none", random_state=3407, **switches
+        )
+        return set(model.peft_config["default"].target_modules)
+
+    notebook = dict(finetune_vision_layers=False, finetune_language_layers=True)
+    assert targets(**notebook, finetune_attention_modules=True, finetune_mlp_modules=True) == set(ALL_LINEAR)
+    assert targets(finetune_mlp_modules=False) == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    assert targets(finetune_attention_modules=False, target_modules=["q_proj", "up_proj"]) == {"up_proj"}
+    with pytest.raises(UserError, match="finetune_language_layers=False leaves nothing to train"):
+        targets(finetune_language_layers=False)
+    with pytest.raises(UserError, match="leave no layer to train"):
+        targets(finetune_attention_modules=False, finetune_mlp_modules=False)
+
+    rows = Dataset.from_list([{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}]}])
+    assert standardize_data_formats(rows)[0] == standardize_sharegpt(rows)[0]
 
 
 @pytest.mark.parametrize(

@@ -85,6 +85,12 @@ def standardize_sharegpt(dataset):
     return dataset.map(convert, with_indices=True)
 
 
+def standardize_data_formats(dataset):
+    """Unsloth's newer name for standardize_sharegpt (Gemma 3 notebooks): the same conversion of the
+    "conversations" column to role/content messages."""
+    return standardize_sharegpt(dataset)
+
+
 def response_mask(ids: list[int], instruction: list[int], response: list[int], starts=()) -> list[bool]:
     """Which tokens of `ids` belong to a reply: those after each `response` marker, up to the next `instruction`
     marker (the markers themselves excluded). `starts` are positions where a new packed sequence begins."""
