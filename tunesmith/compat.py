@@ -163,10 +163,50 @@ def _wrap_trainer(cls, config_cls) -> None:
                     _log(f"{name}({key}=...) is {config_cls.__name__}({key}=...) now; moved into args")
             bound.arguments["args"] = config
             args, kw = bound.args[1:], bound.kwargs
+        if name == "SFTTrainer":
+            args, kw = _one_bos(inspect.signature(original).bind_partial(self, *args, **kw))
         original(self, *args, **kw)
 
     setattr(__init__, _WRAPPED, original)
     cls.__init__ = __init__
+
+
+def _one_bos(bound) -> tuple[tuple, dict]:
+    """SFTTrainer's arguments with the BOS token taken off the front of text rows that start with it, where the
+    tokenizer adds its own BOS (Llama 3, Mistral, Gemma).
+
+    Notebooks render their rows with tokenizer.apply_chat_template(..., tokenize=False), whose templates write
+    bos_token first; TRL tokenizes such text with special tokens, so every example would start with two BOS tokens,
+    which Unsloth's trainer avoids. Taking it off the text (as the Gemma 3 notebook does by hand) leaves one.
+    """
+    from datasets import Dataset
+
+    tok = bound.arguments.get("processing_class")
+    tok = getattr(tok, "tokenizer", tok)
+    config = bound.arguments.get("args")
+    field = getattr(config, "dataset_text_field", None) or "text"
+    bos = getattr(tok, "bos_token", None)
+    if not bos or tok.bos_token_id is None or bound.arguments.get("formatting_func") is not None:
+        return bound.args[1:], bound.kwargs
+    if tok("a")["input_ids"][:1] != [tok.bos_token_id]:  # this tokenizer adds no BOS itself
+        return bound.args[1:], bound.kwargs
+
+    def strip(dataset, which):
+        if not isinstance(dataset, Dataset) or field not in dataset.column_names or "input_ids" in dataset.column_names:
+            return dataset
+        first = dataset[0][field] if len(dataset) else None
+        if not isinstance(first, str) or not first.startswith(bos):
+            return dataset
+        _log(f"SFTTrainer: the {which} texts start with {bos}, which the tokenizer adds again; taken off the text")
+        return dataset.map(lambda row: {field: row[field].removeprefix(bos)}, desc=f"One {bos} per {which} example")
+
+    bound.arguments["train_dataset"] = strip(bound.arguments.get("train_dataset"), "train")
+    evals = bound.arguments.get("eval_dataset")
+    if isinstance(evals, dict):
+        bound.arguments["eval_dataset"] = {k: strip(v, f"{k} eval") for k, v in evals.items()}
+    elif evals is not None:
+        bound.arguments["eval_dataset"] = strip(evals, "eval")
+    return bound.args[1:], bound.kwargs
 
 
 def _as_config(args, model, config_cls, trainer: str):
