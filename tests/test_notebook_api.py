@@ -422,14 +422,41 @@ def test_get_chat_template_refusals(tiny_qwen3):
     tok = AutoTokenizer.from_pretrained(tiny_qwen3)
     with pytest.raises(UserError, match="Unknown chat template 'vicuna'; Tunesmith supports chatml, qwen-2.5"):
         get_chat_template(tok, chat_template="vicuna")
-    sharegpt = {"role": "from", "content": "value", "user": "human", "assistant": "gpt"}
-    with pytest.raises(UserError, match="standardize_sharegpt"):
-        get_chat_template(tok, chat_template="llama-3.1", mapping=sharegpt)
+    with pytest.raises(UserError, match="mapping should name the keys and roles of your rows"):
+        get_chat_template(tok, chat_template="llama-3.1", mapping={"role": "from", "content": "value"})
     with pytest.raises(UserError, match="map_eos_token=False"):
         get_chat_template(tok, chat_template="chatml", map_eos_token=False)
     get_chat_template(
         tok, "chatml", mapping={"role": "role", "content": "content", "user": "user", "assistant": "assistant"}
     )
+
+
+@pytest.mark.parametrize("name", ["chatml", "llama-3.1", "mistral", "gemma-3", "auto"])
+def test_get_chat_template_with_a_sharegpt_mapping(tiny_llama, name):
+    """Mistral / Llama 3 conversational notebooks keep ShareGPT rows and pass mapping= (and write their prompts as
+    {"from": "human", "value": ...}); the template reads both those and role/content messages the same way."""
+    from transformers import AutoTokenizer
+
+    sharegpt = {"role": "from", "content": "value", "user": "human", "assistant": "gpt"}
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    tok = get_chat_template(tok, chat_template=name, mapping=sharegpt, map_eos_token=True)
+    again = get_chat_template(tok, chat_template=name, mapping=sharegpt).chat_template  # notebooks call it twice
+    assert again == tok.chat_template and again.count("namespace(messages=[])") == 1
+    turns = [("user", "human", "Who are you?"), ("assistant", "gpt", IDENTITY_ANSWER), ("user", "human", "Hi")]
+    standard = [{"role": r, "content": c} for r, _, c in turns]
+    rows = [{"from": f, "value": c} for _, f, c in turns]
+    text = tok.apply_chat_template(standard, tokenize=False, add_generation_prompt=True)
+    assert tok.apply_chat_template(rows, tokenize=False, add_generation_prompt=True) == text
+    assert "Who are you?" in text and "human" not in text and "gpt" not in text
+    plain = get_chat_template(AutoTokenizer.from_pretrained(tiny_llama), chat_template=name)
+    assert plain.apply_chat_template(standard, tokenize=False, add_generation_prompt=True) == text
+
+    model, _ = FastLanguageModel.from_pretrained(str(tiny_llama), max_seq_length=128, load_in_4bit=False)
+    model = FastLanguageModel.for_inference(FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8))
+    inputs = tok.apply_chat_template(rows[:1], tokenize=True, add_generation_prompt=True, return_tensors="pt")
+    expected = tok.apply_chat_template(standard[:1], add_generation_prompt=True, return_tensors="pt")["input_ids"]
+    assert torch.equal(inputs["input_ids"], expected)
+    assert model.generate(input_ids=inputs, max_new_tokens=3, use_cache=True).shape[1] == expected.shape[1] + 3
 
 
 def test_standardize_sharegpt():

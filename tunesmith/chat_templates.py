@@ -45,8 +45,9 @@ def get_chat_template(tokenizer, chat_template: str = "chatml", mapping: dict | 
         chat_template: an Unsloth name (qwen-2.5, qwen3, chatml, llama-3, llama-3.1, mistral, gemma, gemma-3, alpaca,
             ... see TEMPLATE_ALIASES), or "auto" for the tokenizer's own. Unknown names raise a UserError listing
             the supported ones.
-        mapping: only the standard role/content mapping; for ShareGPT "from"/"value" rows, run
-            standardize_sharegpt(dataset) first.
+        mapping: the message keys and role names of the rows, as Unsloth takes them: {"role": "from", "content":
+            "value", "user": "human", "assistant": "gpt"} for ShareGPT rows. The template then reads those keys and
+            names, and role/content messages too (what the app's chat and the exports send it).
         map_eos_token: True (the default) only: generation always stops at the template's end-of-turn marker.
     """
     from engine.data.tokenizing import ensure_chat_template
@@ -54,15 +55,40 @@ def get_chat_template(tokenizer, chat_template: str = "chatml", mapping: dict | 
     name = TEMPLATE_ALIASES.get(str(chat_template).lower())
     if name is None:
         raise UserError(f"Unknown chat template '{chat_template}'; Tunesmith supports {', '.join(TEMPLATE_ALIASES)}.")
-    if mapping not in (None, STANDARD_MAPPING):
+    mapped = mapping not in (None, STANDARD_MAPPING)
+    if mapped and (
+        not isinstance(mapping, dict)
+        or set(mapping) != set(STANDARD_MAPPING)
+        or not all(isinstance(v, str) and v for v in mapping.values())
+    ):
         raise UserError(
-            "get_chat_template: only the standard role/content mapping is supported; convert ShareGPT rows "
-            "(from/value, human/gpt) with standardize_sharegpt(dataset) first."
+            'get_chat_template: mapping should name the keys and roles of your rows, e.g. {"role": "from", '
+            '"content": "value", "user": "human", "assistant": "gpt"}; or convert the rows with '
+            "standardize_sharegpt(dataset) and leave mapping out."
         )
     if map_eos_token is not True:
         raise UserError("get_chat_template: map_eos_token=False is not supported; replies end at the end-of-turn.")
     ensure_chat_template(tokenizer, name)
+    prelude = _mapping_prelude(mapping) if mapped else ""
+    if not tokenizer.chat_template.startswith(prelude):  # "auto" keeps the template a first call mapped already
+        tokenizer.chat_template = prelude + tokenizer.chat_template
     return tokenizer
+
+
+def _mapping_prelude(mapping: dict) -> str:
+    """Jinja that rewrites `messages` to role/content with the standard role names, reading a message by the
+    mapping's keys where it has them (role/content otherwise), before the template proper. It writes no text."""
+    import json
+
+    q = {k: json.dumps(v) for k, v in mapping.items()}  # JSON strings are Jinja string literals
+    return (
+        "{% set mapped = namespace(messages=[]) %}{% for m in messages %}"
+        f"{{% set role = m[{q['role']}] if {q['role']} in m else m['role'] %}}"
+        f"{{% set content = m[{q['content']}] if {q['content']} in m else m['content'] %}}"
+        f"{{% set role = 'user' if role == {q['user']} else ('assistant' if role == {q['assistant']} else role) %}}"
+        "{% set mapped.messages = mapped.messages + [{'role': role, 'content': content}] %}{% endfor %}"
+        "{% set messages = mapped.messages %}"
+    )
 
 
 def standardize_sharegpt(dataset):
