@@ -19,6 +19,7 @@ from conftest import IDENTITY_ANSWER, IDENTITY_QUESTIONS, ROOT
 from engine import api
 from engine.data import templates
 from engine.data.identity import identity_rows
+from engine.spec.jobspec import ALL_LINEAR
 from engine.training.trl_loss import OPTIONAL_OUTPUTS, chunked_logprob
 from tunesmith import (
     FastLanguageModel,
@@ -260,6 +261,34 @@ def test_get_peft_model_options(tiny_qwen3):
     assert torch.equal(a, first_lora_a(3407)[1]) and not torch.equal(a, first_lora_a(1)[1])
 
 
+def test_fast_model_picks_layers_by_the_finetune_switches(tiny_qwen3):
+    """Gemma 3 notebooks load with FastModel and choose adapters with finetune_*_layers / _modules switches."""
+    from datasets import Dataset
+
+    from tunesmith import FastModel, standardize_data_formats
+
+    def targets(**switches):
+        model, _ = FastModel.from_pretrained(
+            model_name=str(tiny_qwen3), max_seq_length=128, load_in_4bit=True, load_in_8bit=False, full_finetuning=False
+        )
+        model = FastModel.get_peft_model(
+            model, r=8, lora_alpha=8, lora_dropout=0, bias="none", random_state=3407, **switches
+        )
+        return set(model.peft_config["default"].target_modules)
+
+    notebook = dict(finetune_vision_layers=False, finetune_language_layers=True)
+    assert targets(**notebook, finetune_attention_modules=True, finetune_mlp_modules=True) == set(ALL_LINEAR)
+    assert targets(finetune_mlp_modules=False) == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    assert targets(finetune_attention_modules=False, target_modules=["q_proj", "up_proj"]) == {"up_proj"}
+    with pytest.raises(UserError, match="finetune_language_layers=False leaves nothing to train"):
+        targets(finetune_language_layers=False)
+    with pytest.raises(UserError, match="leave no layer to train"):
+        targets(finetune_attention_modules=False, finetune_mlp_modules=False)
+
+    rows = Dataset.from_list([{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}]}])
+    assert standardize_data_formats(rows)[0] == standardize_sharegpt(rows)[0]
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -334,6 +363,25 @@ def test_for_inference_generate_matches_transformers_and_falls_back(tiny_llama):
     assert "generate" not in model.__dict__ and fast.decoder is None
 
 
+def test_generate_takes_apply_chat_template_output_as_the_prompt(tiny_llama):
+    """Notebooks pass `tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")` to
+    generate as `input_ids`, by position or by name; in transformers 5 that is a BatchEncoding, not a tensor."""
+    from transformers import TextIteratorStreamer
+
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_llama), max_seq_length=256, load_in_4bit=False)
+    model = FastLanguageModel.for_inference(FastLanguageModel.get_peft_model(model))
+    messages = [{"role": "user", "content": "Who are you?"}]
+    enc = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_tensors="pt")
+    expected = model.generate.transformers_generate(**enc, max_new_tokens=6, do_sample=False)
+    assert torch.equal(model.generate(enc, max_new_tokens=6, use_cache=True), expected)
+    assert torch.equal(model.generate(input_ids=enc, max_new_tokens=6, pad_token_id=tok.eos_token_id), expected)
+    assert model.generate.decoder is not None  # served by the engine's decoder, not handed on
+    streamer = TextIteratorStreamer(tok, skip_prompt=True)
+    out = model.generate(enc, streamer=streamer, max_new_tokens=6)
+    assert "".join(streamer) == tok.decode(out[0, enc["input_ids"].shape[1] :])
+    assert model.generate(enc, max_new_tokens=3, num_beams=2).shape[1] == enc["input_ids"].shape[1] + 3
+
+
 # ----------------------------------------------------------------------------------------------------- chat helpers
 
 
@@ -348,20 +396,67 @@ def test_get_chat_template_names(tiny_qwen3, name):
     assert tok.chat_template == (own if target == "auto" else templates.TEMPLATES[target])
 
 
+def test_gemma_3_template_takes_content_as_a_list_of_parts(tiny_qwen3):
+    """Gemma 3 notebooks write a message's content as [{"type": "text", "text": ...}]; it renders as the text."""
+    from transformers import AutoTokenizer
+
+    tok = get_chat_template(AutoTokenizer.from_pretrained(tiny_qwen3), chat_template="gemma-3")
+
+    def parts(text):
+        return [{"type": "text", "text": text}]
+
+    plain = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Who are you?"},
+        {"role": "assistant", "content": IDENTITY_ANSWER},
+    ]
+    listed = [{**m, "content": parts(m["content"])} for m in plain]
+    text = tok.apply_chat_template(plain, tokenize=False, add_generation_prompt=True)
+    assert tok.apply_chat_template(listed, tokenize=False, add_generation_prompt=True) == text
+    assert "<start_of_turn>user\nBe brief.\n\nWho are you?<end_of_turn>" in text and "'type'" not in text
+
+
 def test_get_chat_template_refusals(tiny_qwen3):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_qwen3)
     with pytest.raises(UserError, match="Unknown chat template 'vicuna'; Tunesmith supports chatml, qwen-2.5"):
         get_chat_template(tok, chat_template="vicuna")
-    sharegpt = {"role": "from", "content": "value", "user": "human", "assistant": "gpt"}
-    with pytest.raises(UserError, match="standardize_sharegpt"):
-        get_chat_template(tok, chat_template="llama-3.1", mapping=sharegpt)
+    with pytest.raises(UserError, match="mapping should name the keys and roles of your rows"):
+        get_chat_template(tok, chat_template="llama-3.1", mapping={"role": "from", "content": "value"})
     with pytest.raises(UserError, match="map_eos_token=False"):
         get_chat_template(tok, chat_template="chatml", map_eos_token=False)
     get_chat_template(
         tok, "chatml", mapping={"role": "role", "content": "content", "user": "user", "assistant": "assistant"}
     )
+
+
+@pytest.mark.parametrize("name", ["chatml", "llama-3.1", "mistral", "gemma-3", "auto"])
+def test_get_chat_template_with_a_sharegpt_mapping(tiny_llama, name):
+    """Mistral / Llama 3 conversational notebooks keep ShareGPT rows and pass mapping= (and write their prompts as
+    {"from": "human", "value": ...}); the template reads both those and role/content messages the same way."""
+    from transformers import AutoTokenizer
+
+    sharegpt = {"role": "from", "content": "value", "user": "human", "assistant": "gpt"}
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    tok = get_chat_template(tok, chat_template=name, mapping=sharegpt, map_eos_token=True)
+    again = get_chat_template(tok, chat_template=name, mapping=sharegpt).chat_template  # notebooks call it twice
+    assert again == tok.chat_template and again.count("namespace(messages=[])") == 1
+    turns = [("user", "human", "Who are you?"), ("assistant", "gpt", IDENTITY_ANSWER), ("user", "human", "Hi")]
+    standard = [{"role": r, "content": c} for r, _, c in turns]
+    rows = [{"from": f, "value": c} for _, f, c in turns]
+    text = tok.apply_chat_template(standard, tokenize=False, add_generation_prompt=True)
+    assert tok.apply_chat_template(rows, tokenize=False, add_generation_prompt=True) == text
+    assert "Who are you?" in text and "human" not in text and "gpt" not in text
+    plain = get_chat_template(AutoTokenizer.from_pretrained(tiny_llama), chat_template=name)
+    assert plain.apply_chat_template(standard, tokenize=False, add_generation_prompt=True) == text
+
+    model, _ = FastLanguageModel.from_pretrained(str(tiny_llama), max_seq_length=128, load_in_4bit=False)
+    model = FastLanguageModel.for_inference(FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8))
+    inputs = tok.apply_chat_template(rows[:1], tokenize=True, add_generation_prompt=True, return_tensors="pt")
+    expected = tok.apply_chat_template(standard[:1], add_generation_prompt=True, return_tensors="pt")["input_ids"]
+    assert torch.equal(inputs["input_ids"], expected)
+    assert model.generate(input_ids=inputs, max_new_tokens=3, use_cache=True).shape[1] == expected.shape[1] + 3
 
 
 def test_standardize_sharegpt():
@@ -434,6 +529,15 @@ def test_train_on_responses_only_with_sft_trainer(tiny_qwen3, tmp_path):
     runs += [tok.decode(run)] if run else []
     # each reply with its end-of-turn (TRL appends one more EOS after the text), nothing of the prompts
     assert runs == [f"{IDENTITY_ANSWER}<|im_end|>\n", "Two plus two is four.<|im_end|>\n<|im_end|>"]
+    # the dataset's labels (TRL builds the column) are masked too: the notebooks print them to check the masking
+    assert trainer.train_dataset[0]["labels"] == labels
+
+    args = SFTConfig(output_dir=str(tmp_path), bf16=False, report_to="none", max_length=256, packing=True)
+    packed = SFTTrainer(model=model, processing_class=tok, train_dataset=ds, args=args)
+    train_on_responses_only(packed, "<|im_start|>user\n", "<|im_start|>assistant\n")
+    (row,) = packed.train_dataset
+    assert row["seq_lengths"] == [len(labels)] * 2 and row["labels"] == labels * 2
+    assert packed.data_collator([row])["labels"][0].tolist() == labels * 2
 
     with pytest.raises(UserError, match="no reply after '<\\|im_start\\|>bot\\\\n'"):
         train_on_responses_only(trainer, "<|im_start|>user\n", "<|im_start|>bot\n")
@@ -565,6 +669,18 @@ def test_save_lora_and_refusals(tiny_qwen3, tmp_path):
     with pytest.raises(UserError, match="already exists"):
         model.save_pretrained_gguf(tmp_path / "taken", tok, quantization_method="q8_0")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "taken"]
+
+
+def test_save_pretrained_gguf_takes_quantization_type(tiny_qwen3, tmp_path):
+    """Gemma 3 notebooks spell the GGUF type quantization_type="Q8_0" (and pass no tokenizer)."""
+    model, _ = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=False)
+    model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8)
+    res = model.save_pretrained_gguf(tmp_path / "gemma-3-finetune", quantization_type="Q8_0")
+    assert res.format == "gguf-q8_0" and "gemma-3-finetune-q8_0.gguf" in res.files
+    with pytest.raises(UserError, match="quantization_method='f16' and quantization_type='Q8_0' are the same setting"):
+        model.save_pretrained_gguf(tmp_path / "both", quantization_method="f16", quantization_type="Q8_0")
+    with pytest.raises(UserError, match="quantization_method='q2_k' is not supported"):
+        model.push_to_hub_gguf("someone/tiny-gguf", quantization_type="q2_k", token="hf_x")
 
 
 def test_push_to_hub_token_from_argument_or_env_never_logged(tiny_qwen3, tmp_path, monkeypatch, capsys):

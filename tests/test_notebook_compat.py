@@ -134,3 +134,63 @@ def test_old_trainer_spellings_train(tiny_qwen3, tmp_path, capsys):
     config = DPOConfig(output_dir=str(tmp_path / "dpo"), max_length=64, max_prompt_length=32, report_to="none")
     dpo = DPOTrainer(model=model, ref_model=None, train_dataset=pairs, tokenizer=tok, args=config)
     assert dpo.processing_class is tok and dpo.args.max_length == 64
+
+
+def test_apply_chat_template_renders_a_dataset_column_as_a_batch(tiny_qwen3, capsys):
+    """Qwen3 notebooks render `dataset["conversations"]` in one call; datasets 4 gives a Column there (a list before),
+    which transformers alone renders into one string of empty turns. With tunesmith it renders each conversation."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen3)
+    convos = [
+        [{"role": "user", "content": q}, {"role": "assistant", "content": IDENTITY_ANSWER}] for q in IDENTITY_QUESTIONS
+    ]
+    column = Dataset.from_list([{"conversations": c} for c in convos])["conversations"]
+    assert not isinstance(column, list)  # datasets 4's lazy column
+    expected = [tok.apply_chat_template(c, tokenize=False) for c in convos]
+    assert tok.apply_chat_template(column, tokenize=False) == expected
+    assert tok.apply_chat_template(column, tokenize=False) == expected  # logged once only
+    assert capsys.readouterr().out.count("apply_chat_template(Column): made a list") == 1
+    assert tok.apply_chat_template(convos, tokenize=False) == expected  # lists go through as they are
+    compat.uninstall()
+    try:
+        assert tok.apply_chat_template(column, tokenize=False) != expected  # what transformers does alone
+    finally:
+        compat.install()
+
+
+def test_sft_text_rendered_with_bos_gets_one_bos(tiny_llama, tmp_path, capsys):
+    """Llama 3 / Mistral notebooks render rows with apply_chat_template(tokenize=False), whose text starts with the
+    BOS token, and their tokenizers add a BOS of their own: each example must start with one BOS, not two."""
+    from datasets import Dataset
+    from tiny import make_spm_tokenizer
+    from tokenizers.processors import TemplateProcessing
+    from trl import SFTConfig, SFTTrainer
+
+    from tunesmith import get_chat_template
+
+    tok = make_spm_tokenizer()  # "<s>" BOS; a post-processor adds it, as Llama 3's and Mistral's tokenizer.json do
+    bos = tok.bos_token_id
+    tok._tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    tok = get_chat_template(tok, chat_template="llama-3.1")
+    model, _ = FastLanguageModel.from_pretrained(str(tiny_llama), max_seq_length=128, load_in_4bit=False)
+    model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8)
+    convos = [
+        [{"role": "user", "content": q}, {"role": "assistant", "content": IDENTITY_ANSWER}] for q in IDENTITY_QUESTIONS
+    ]
+    texts = [tok.apply_chat_template(c, tokenize=False) for c in convos]
+    assert texts[0].startswith("<s><|start_header_id|>")
+    rows = Dataset.from_dict({"text": texts})
+    args = SFTConfig(output_dir=str(tmp_path), bf16=False, report_to="none", max_length=128)
+    trainer = SFTTrainer(model=model, processing_class=tok, train_dataset=rows, eval_dataset=rows, args=args)
+    once = tok(texts[0], add_special_tokens=False)["input_ids"]  # the text's own "<s>", nothing added
+    for dataset in (trainer.train_dataset, trainer.eval_dataset):
+        ids = dataset[0]["input_ids"]
+        assert ids[:2] == [bos, once[1]] and ids[: len(once)] == once  # (TRL appends an EOS after)
+    assert "the train texts start with <s>, which the tokenizer adds again" in capsys.readouterr().out
+
+    plain = SFTTrainer(
+        model=model, processing_class=tok, train_dataset=Dataset.from_dict({"text": ["Hi there"]}), args=args
+    )
+    assert plain.train_dataset[0]["input_ids"][:2] == tok("Hi there")["input_ids"][:2]  # text without BOS: unchanged

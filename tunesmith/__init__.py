@@ -21,16 +21,23 @@ An option Tunesmith cannot honour raises engine.core.errors.UserError with what 
 
 from engine.core.errors import UserError
 from tunesmith import compat
-from tunesmith.chat_templates import get_chat_template, standardize_sharegpt, train_on_responses_only
-from tunesmith.model import FastLanguageModel, is_bfloat16_supported
+from tunesmith.chat_templates import (
+    get_chat_template,
+    standardize_data_formats,
+    standardize_sharegpt,
+    train_on_responses_only,
+)
+from tunesmith.model import FastLanguageModel, FastModel, is_bfloat16_supported
 
 compat.install()
 
 __all__ = [
     "FastLanguageModel",
+    "FastModel",
     "UserError",
     "get_chat_template",
     "is_bfloat16_supported",
+    "standardize_data_formats",
     "standardize_sharegpt",
     "train_on_responses_only",
 ]

@@ -45,8 +45,9 @@ def get_chat_template(tokenizer, chat_template: str = "chatml", mapping: dict | 
         chat_template: an Unsloth name (qwen-2.5, qwen3, chatml, llama-3, llama-3.1, mistral, gemma, gemma-3, alpaca,
             ... see TEMPLATE_ALIASES), or "auto" for the tokenizer's own. Unknown names raise a UserError listing
             the supported ones.
-        mapping: only the standard role/content mapping; for ShareGPT "from"/"value" rows, run
-            standardize_sharegpt(dataset) first.
+        mapping: the message keys and role names of the rows, as Unsloth takes them: {"role": "from", "content":
+            "value", "user": "human", "assistant": "gpt"} for ShareGPT rows. The template then reads those keys and
+            names, and role/content messages too (what the app's chat and the exports send it).
         map_eos_token: True (the default) only: generation always stops at the template's end-of-turn marker.
     """
     from engine.data.tokenizing import ensure_chat_template
@@ -54,15 +55,40 @@ def get_chat_template(tokenizer, chat_template: str = "chatml", mapping: dict | 
     name = TEMPLATE_ALIASES.get(str(chat_template).lower())
     if name is None:
         raise UserError(f"Unknown chat template '{chat_template}'; Tunesmith supports {', '.join(TEMPLATE_ALIASES)}.")
-    if mapping not in (None, STANDARD_MAPPING):
+    mapped = mapping not in (None, STANDARD_MAPPING)
+    if mapped and (
+        not isinstance(mapping, dict)
+        or set(mapping) != set(STANDARD_MAPPING)
+        or not all(isinstance(v, str) and v for v in mapping.values())
+    ):
         raise UserError(
-            "get_chat_template: only the standard role/content mapping is supported; convert ShareGPT rows "
-            "(from/value, human/gpt) with standardize_sharegpt(dataset) first."
+            'get_chat_template: mapping should name the keys and roles of your rows, e.g. {"role": "from", '
+            '"content": "value", "user": "human", "assistant": "gpt"}; or convert the rows with '
+            "standardize_sharegpt(dataset) and leave mapping out."
         )
     if map_eos_token is not True:
         raise UserError("get_chat_template: map_eos_token=False is not supported; replies end at the end-of-turn.")
     ensure_chat_template(tokenizer, name)
+    prelude = _mapping_prelude(mapping) if mapped else ""
+    if not tokenizer.chat_template.startswith(prelude):  # "auto" keeps the template a first call mapped already
+        tokenizer.chat_template = prelude + tokenizer.chat_template
     return tokenizer
+
+
+def _mapping_prelude(mapping: dict) -> str:
+    """Jinja that rewrites `messages` to role/content with the standard role names, reading a message by the
+    mapping's keys where it has them (role/content otherwise), before the template proper. It writes no text."""
+    import json
+
+    q = {k: json.dumps(v) for k, v in mapping.items()}  # JSON strings are Jinja string literals
+    return (
+        "{% set mapped = namespace(messages=[]) %}{% for m in messages %}"
+        f"{{% set role = m[{q['role']}] if {q['role']} in m else m['role'] %}}"
+        f"{{% set content = m[{q['content']}] if {q['content']} in m else m['content'] %}}"
+        f"{{% set role = 'user' if role == {q['user']} else ('assistant' if role == {q['assistant']} else role) %}}"
+        "{% set mapped.messages = mapped.messages + [{'role': role, 'content': content}] %}{% endfor %}"
+        "{% set messages = mapped.messages %}"
+    )
 
 
 def standardize_sharegpt(dataset):
@@ -83,6 +109,12 @@ def standardize_sharegpt(dataset):
         return {"conversations": to_messages({key: turns}, fmt, index + 1)}
 
     return dataset.map(convert, with_indices=True)
+
+
+def standardize_data_formats(dataset):
+    """Unsloth's newer name for standardize_sharegpt (Gemma 3 notebooks): the same conversion of the
+    "conversations" column to role/content messages."""
+    return standardize_sharegpt(dataset)
 
 
 def response_mask(ids: list[int], instruction: list[int], response: list[int], starts=()) -> list[bool]:
@@ -142,7 +174,9 @@ def train_on_responses_only(trainer, instruction_part: str, response_part: str):
         response_part: the text that starts an assistant turn ("<|im_start|>assistant\\n" for chatml/Qwen).
 
     Each batch's labels keep the tokens after a response_part up to the next instruction_part (so the end-of-turn
-    token is learned); everything else gets -100. The trainer's data collator is wrapped; its data is unchanged.
+    token is learned); everything else gets -100. The trainer's data collator is wrapped, and where its datasets carry
+    a labels column (TRL 1.x's SFTTrainer builds one) that column is masked the same way, so the notebooks' check,
+    `tokenizer.decode([... trainer.train_dataset[i]["labels"]])`, shows what is trained.
     """
     tok = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
     instruction = tok(instruction_part, add_special_tokens=False)["input_ids"]
@@ -155,5 +189,29 @@ def train_on_responses_only(trainer, instruction_part: str, response_part: str):
             f"train_on_responses_only: the first training example has no reply after {response_part!r}; give the "
             "markers exactly as the chat template writes them (tokenizer.apply_chat_template shows it)."
         )
+    trainer.train_dataset = _mask_labels(trainer.train_dataset, instruction, response)
+    evals = trainer.eval_dataset
+    if isinstance(evals, dict):
+        trainer.eval_dataset = {k: _mask_labels(v, instruction, response) for k, v in evals.items()}
+    elif evals is not None:
+        trainer.eval_dataset = _mask_labels(evals, instruction, response)
     trainer.data_collator = ResponsesOnly(trainer.data_collator, instruction, response)
     return trainer
+
+
+def _mask_labels(dataset, instruction: list[int], response: list[int]):
+    """`dataset` with the labels column of its tokenized rows set to -100 outside the replies (packed rows by their
+    seq_lengths); a dataset without input_ids and labels columns is returned as it is."""
+    from itertools import accumulate
+
+    from datasets import Dataset
+
+    if not isinstance(dataset, Dataset) or not {"input_ids", "labels"} <= set(dataset.column_names):
+        return dataset
+
+    def mask(row):
+        starts = list(accumulate(row["seq_lengths"])) if "seq_lengths" in row else []
+        keep = response_mask(row["input_ids"], instruction, response, starts)
+        return {"labels": [label if k else -100 for label, k in zip(row["labels"], keep, strict=True)]}
+
+    return dataset.map(mask, desc="Masking labels outside the replies")

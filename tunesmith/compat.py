@@ -10,11 +10,17 @@ originals. This is the one process-wide change Tunesmith makes, because a ported
 SFTTrainer` line: the issue's "change only the imports" needs it.
 
 Arguments that no version of any library took (offload_params_to_cpu, ...) raise a UserError saying what to write.
+
+One value is translated too: `tokenizer.apply_chat_template(dataset["conversations"], tokenize=False)` (Qwen3
+notebooks) got a list of conversations from datasets 3, and renders each; datasets 4 gives a lazy `Column`, which
+transformers takes for one conversation and renders into a single string of empty turns, with no error. The tokenizers'
+apply_chat_template turns such a column into the list it was (logged once).
 """
 
 import dataclasses
 import functools
 import inspect
+from collections.abc import Sequence
 
 from engine.core.errors import UserError
 
@@ -157,10 +163,50 @@ def _wrap_trainer(cls, config_cls) -> None:
                     _log(f"{name}({key}=...) is {config_cls.__name__}({key}=...) now; moved into args")
             bound.arguments["args"] = config
             args, kw = bound.args[1:], bound.kwargs
+        if name == "SFTTrainer":
+            args, kw = _one_bos(inspect.signature(original).bind_partial(self, *args, **kw))
         original(self, *args, **kw)
 
     setattr(__init__, _WRAPPED, original)
     cls.__init__ = __init__
+
+
+def _one_bos(bound) -> tuple[tuple, dict]:
+    """SFTTrainer's arguments with the BOS token taken off the front of text rows that start with it, where the
+    tokenizer adds its own BOS (Llama 3, Mistral, Gemma).
+
+    Notebooks render their rows with tokenizer.apply_chat_template(..., tokenize=False), whose templates write
+    bos_token first; TRL tokenizes such text with special tokens, so every example would start with two BOS tokens,
+    which Unsloth's trainer avoids. Taking it off the text (as the Gemma 3 notebook does by hand) leaves one.
+    """
+    from datasets import Dataset
+
+    tok = bound.arguments.get("processing_class")
+    tok = getattr(tok, "tokenizer", tok)
+    config = bound.arguments.get("args")
+    field = getattr(config, "dataset_text_field", None) or "text"
+    bos = getattr(tok, "bos_token", None)
+    if not bos or tok.bos_token_id is None or bound.arguments.get("formatting_func") is not None:
+        return bound.args[1:], bound.kwargs
+    if tok("a")["input_ids"][:1] != [tok.bos_token_id]:  # this tokenizer adds no BOS itself
+        return bound.args[1:], bound.kwargs
+
+    def strip(dataset, which):
+        if not isinstance(dataset, Dataset) or field not in dataset.column_names or "input_ids" in dataset.column_names:
+            return dataset
+        first = dataset[0][field] if len(dataset) else None
+        if not isinstance(first, str) or not first.startswith(bos):
+            return dataset
+        _log(f"SFTTrainer: the {which} texts start with {bos}, which the tokenizer adds again; taken off the text")
+        return dataset.map(lambda row: {field: row[field].removeprefix(bos)}, desc=f"One {bos} per {which} example")
+
+    bound.arguments["train_dataset"] = strip(bound.arguments.get("train_dataset"), "train")
+    evals = bound.arguments.get("eval_dataset")
+    if isinstance(evals, dict):
+        bound.arguments["eval_dataset"] = {k: strip(v, f"{k} eval") for k, v in evals.items()}
+    elif evals is not None:
+        bound.arguments["eval_dataset"] = strip(evals, "eval")
+    return bound.args[1:], bound.kwargs
 
 
 def _as_config(args, model, config_cls, trainer: str):
@@ -176,9 +222,30 @@ def _as_config(args, model, config_cls, trainer: str):
     return config_cls(**values)
 
 
+def _wrap_chat_template(cls) -> None:
+    """cls.apply_chat_template with a datasets `Column` (or any sequence other than a list or tuple) of conversations
+    made a list first, so that transformers renders it as a batch, as it did with datasets 3's lists."""
+    original = cls.__dict__["apply_chat_template"]
+    said = []
+
+    @functools.wraps(original)
+    def apply_chat_template(self, conversation, *args, **kwargs):
+        if isinstance(conversation, Sequence) and not isinstance(conversation, (list, tuple, str)):
+            if not said:
+                said.append(True)
+                _log(f"apply_chat_template({type(conversation).__name__}): made a list, rendered as a batch")
+            conversation = list(conversation)
+        return original(self, conversation, *args, **kwargs)
+
+    setattr(apply_chat_template, _WRAPPED, original)
+    cls.apply_chat_template = apply_chat_template
+
+
 def install() -> None:
-    """Wrap the installed TrainingArguments, TRL configs and trainers (once); nothing when TRL is not installed."""
+    """Wrap the installed TrainingArguments, TRL configs and trainers and the tokenizers' apply_chat_template (once);
+    the TRL classes only when TRL is installed."""
     import transformers
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
     try:
         import trl
@@ -188,17 +255,23 @@ def install() -> None:
     for cls in classes:
         if not hasattr(cls.__dict__["__init__"], _WRAPPED):
             _wrap_config(cls)
+    if not hasattr(PreTrainedTokenizerBase.__dict__["apply_chat_template"], _WRAPPED):
+        _wrap_chat_template(PreTrainedTokenizerBase)
     for trainer, config in TRAINERS.items():
         if trl and hasattr(trl, trainer) and not hasattr(getattr(trl, trainer).__dict__["__init__"], _WRAPPED):
             _wrap_trainer(getattr(trl, trainer), getattr(trl, config))
 
 
 def uninstall() -> None:
-    """Put back every `__init__` that install wrapped."""
+    """Put back every `__init__` and the `apply_chat_template` that install wrapped."""
     import transformers
     import trl
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
     for cls in [transformers.TrainingArguments] + [getattr(trl, c) for c in (*CONFIGS, *TRAINERS) if hasattr(trl, c)]:
         original = getattr(cls.__dict__["__init__"], _WRAPPED, None)
         if original is not None:
             cls.__init__ = original
+    original = getattr(PreTrainedTokenizerBase.__dict__["apply_chat_template"], _WRAPPED, None)
+    if original is not None:
+        PreTrainedTokenizerBase.apply_chat_template = original

@@ -7,6 +7,8 @@ it. Anything else (batches, beam search, logits processors, stop strings, return
 unchanged to the model's own generate, so no option is dropped.
 """
 
+from collections.abc import Mapping
+
 import torch
 
 # What the decoder does itself. use_cache is always on there (the output is the same either way).
@@ -42,6 +44,7 @@ class FastGenerate:
         self.decoder = None
 
     def __call__(self, *args, **kwargs):
+        args, kwargs = _unpacked(args, kwargs)
         ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
         mask = kwargs.get("attention_mask")
         rest = set(kwargs) - {"input_ids", "inputs", "attention_mask"}
@@ -88,3 +91,19 @@ class FastGenerate:
         if streamer is not None:
             streamer.end()
         return torch.cat([ids, torch.tensor([new], dtype=ids.dtype, device=ids.device)], dim=1)
+
+
+def _unpacked(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The call with a prompt given as a BatchEncoding spread into its tensors (input_ids, attention_mask, ...).
+
+    In transformers 5 `tokenizer.apply_chat_template(messages, return_tensors="pt")` returns a BatchEncoding where
+    it returned the input_ids tensor before, and notebooks pass that result on as `model.generate(input_ids)` or
+    `model.generate(input_ids=inputs)`; generate itself fails on it. Options given beside it are kept over its keys.
+    """
+    if args and isinstance(args[0], Mapping):
+        return args[1:], {**args[0], **kwargs}
+    for name in ("input_ids", "inputs"):
+        if isinstance(kwargs.get(name), Mapping):
+            rest = {k: v for k, v in kwargs.items() if k != name}
+            return args, {**kwargs[name], **rest}
+    return args, kwargs

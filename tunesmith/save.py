@@ -64,7 +64,8 @@ def _merged_format(call: str, save_method: str) -> str:
     return SAVE_METHODS[save_method]
 
 
-def save_pretrained_gguf(model, save_directory, tokenizer=None, quantization_method: str = "fast_quantized", **kwargs):
+def save_pretrained_gguf(model, save_directory, tokenizer=None, quantization_method: str = "fast_quantized",
+                         quantization_type: str | None = None, **kwargs):  # fmt: skip
     """Save the model as one GGUF file for llama.cpp / Ollama, with a Modelfile beside it, in a new folder.
 
     Args:
@@ -74,13 +75,16 @@ def save_pretrained_gguf(model, save_directory, tokenizer=None, quantization_met
         quantization_method: one of f16, bf16, q8_0, q4_k_m, q5_k_m, q6_k, or Unsloth's aliases not_quantized
             (f16), fast_quantized (q8_0, the default) and quantized (q4_k_m), or mxfp4 (mixture-of-experts models:
             experts in MXFP4, the rest Q8_0). One method per call.
+        quantization_type: the same, as Unsloth's FastModel notebooks (Gemma 3) spell it ("Q8_0", "BF16", "F16");
+            it is used when quantization_method is left at its default.
         **kwargs: push_to_hub=False and token=None are accepted; other values refused.
 
     Returns:
         engine.export.merge.ExportResult: the folder, its files and the llama.cpp-vs-PyTorch checks.
     """
     options.check("save_pretrained_gguf", kwargs, SAVE_OPTIONS, save_pretrained_gguf)
-    return _export(model, tokenizer, _gguf_format("save_pretrained_gguf", quantization_method), save_directory)
+    fmt = _gguf_format("save_pretrained_gguf", quantization_method, quantization_type)
+    return _export(model, tokenizer, fmt, save_directory)
 
 
 def push_to_hub_merged(model, repo_id: str, tokenizer=None, save_method: str = "merged_16bit", token=None,
@@ -102,11 +106,12 @@ def push_to_hub_merged(model, repo_id: str, tokenizer=None, save_method: str = "
 
 
 def push_to_hub_gguf(model, repo_id: str, tokenizer=None, quantization_method: str = "fast_quantized", token=None,
-                     private: bool = False, **kwargs):  # fmt: skip
+                     private: bool = False, quantization_type: str | None = None, **kwargs):  # fmt: skip
     """save_pretrained_gguf into a new folder named after the repository (in the current folder), then upload it;
-    arguments as for push_to_hub_merged, quantization_method as for save_pretrained_gguf."""
+    arguments as for push_to_hub_merged, quantization_method and quantization_type as for save_pretrained_gguf."""
     options.check("push_to_hub_gguf", kwargs, PUSH_OPTIONS, push_to_hub_gguf)
-    return _push(model, tokenizer, _gguf_format("push_to_hub_gguf", quantization_method), repo_id, token, private)
+    fmt = _gguf_format("push_to_hub_gguf", quantization_method, quantization_type)
+    return _push(model, tokenizer, fmt, repo_id, token, private)
 
 
 def _push(model, tokenizer, fmt: str, repo_id: str, token, private: bool) -> str:
@@ -117,7 +122,17 @@ def _push(model, tokenizer, fmt: str, repo_id: str, token, private: bool) -> str
     return hub.push(result.path, repo_id, token=token, private=private)
 
 
-def _gguf_format(call: str, quantization_method) -> str:
+def _gguf_format(call: str, quantization_method, quantization_type=None) -> str:
+    if quantization_type is not None:
+        if (
+            quantization_method != "fast_quantized"
+            and str(quantization_method).lower() != str(quantization_type).lower()
+        ):
+            raise UserError(
+                f"{call}: quantization_method={quantization_method!r} and quantization_type={quantization_type!r} "
+                "are the same setting; give one of them."
+            )
+        quantization_method = quantization_type
     if isinstance(quantization_method, (list, tuple)):
         raise UserError(f"{call}: give one quantization_method per call, each into its own folder.")
     fmt = GGUF_METHODS.get(str(quantization_method).lower())

@@ -28,11 +28,14 @@ TEMPLATES = {
         "{% if ns.sys %}{{ ns.sys }}\n\n{% set ns.sys = '' %}{% endif %}{{ m['content'] }}[/INST]"
         "{% elif m['role'] == 'assistant' %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
     ),
-    "gemma": (
-        _SYSTEM_FIRST + "{{ bos_token }}{% for m in messages %}{% if m['role'] != 'system' %}<start_of_turn>"
+    "gemma": (  # content may be Gemma 3's list of parts ([{"type": "text", "text": ...}]): its text parts are written
+        "{% macro text(c) %}{% if c is string %}{{ c }}{% else %}{% for p in c %}{% if p['type'] == 'text' %}"
+        "{{ p['text'] }}{% endif %}{% endfor %}{% endif %}{% endmacro %}"
+        + _SYSTEM_FIRST
+        + "{{ bos_token }}{% for m in messages %}{% if m['role'] != 'system' %}<start_of_turn>"
         "{{ 'model' if m['role'] == 'assistant' else 'user' }}\n{% if ns.sys and m['role'] == 'user' %}"
-        "{{ ns.sys }}\n\n{% set ns.sys = '' %}{% endif %}{{ m['content'] }}<end_of_turn>\n{% endif %}{% endfor %}"
-        "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+        "{{ text(ns.sys) }}\n\n{% set ns.sys = '' %}{% endif %}{{ text(m['content']) }}<end_of_turn>\n{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
     ),
     "alpaca": (
         "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
