@@ -331,6 +331,13 @@ MESSAGES += [  # the engine's most common refusals, as the UI shows them
         "Запуск {0} ещё обучается; отмените его или дождитесь конца.",
     ),
     (
+        r"Run (`.*`) is still training: chat with it once it has finished, or cancel it \(a cancelled run answers "
+        r"from its last checkpoint\)\.",
+        "运行 {0} 仍在训练：等它结束后再对话，或取消它（已取消的运行用其最后一个检查点回答）。",
+        "Запуск {0} ещё обучается: поговорите с ним после окончания или отмените его (отменённый запуск отвечает "
+        "по последней контрольной точке).",
+    ),
+    (
         r"Choose a dataset in the Data tab first\.",
         "请先在数据页选择数据集。",
         "Сначала выберите датасет на вкладке «Данные».",
