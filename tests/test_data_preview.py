@@ -34,3 +34,19 @@ def test_preview_pages_through_rows(tiny_llama, identity_file):
         assert IDENTITY_QUESTIONS[row - 1] in "".join(text for text, _ in sample)
     _, summary, sample, _ = data_tab.inspect(str(identity_file), "", "", "auto", 1024, "", "train", 99)
     assert "showing example 6 of 6" in summary and IDENTITY_QUESTIONS[-1] in sample[0][0]
+
+
+def test_a_blank_or_impossible_max_length_is_a_sentence(tiny_llama, identity_file):
+    """Clearing the Max sequence length box (to type another number) raised a TypeError in the preview: four red
+    "Error" badges over the Data tab. 0 or -5 previewed every row as "longer than -5 tokens". Each is now the Train
+    tab's sentence, with the dataset kept in use."""
+    from ui import data_tab
+
+    for typed, said in (
+        (None, "Max sequence length is empty; enter a number."),
+        (0, "Max sequence length must be a whole number from 1 to 1,048,576; you entered 0."),
+        (-5, "Max sequence length must be a whole number from 1 to 1,048,576; you entered -5."),
+    ):
+        used, summary, sample, hist = data_tab.inspect(str(identity_file), str(tiny_llama), "", "auto", typed)
+        assert used == str(identity_file) and summary == f"**Not previewed:** {said}" and sample == []
+        assert hist.empty

@@ -36,6 +36,10 @@ def inspect(
     if not source:
         note = "No dataset yet: upload a file, name a hub dataset, or generate an identity dataset."
         return "", i18n.say(note), [], EMPTY_HIST
+    try:  # a box cleared to type another number is None: the Train tab's sentence, the dataset kept in use
+        api.check_settings({"max_seq_length": max_len}, {"max_seq_length": "Max sequence length"}, "lora")
+    except api.UserError as e:
+        return source, i18n.say(f"**Not previewed:** {e}"), [], EMPTY_HIST
     settings = dict(
         max_seq_length=int(max_len), template=template, config=config, split=split, sample_row=int(row or 1)
     )
