@@ -32,3 +32,19 @@ def test_clearing_the_max_length_to_type_another_says_so(page, tiny_llama, ident
     box.fill("256")
     box.press("Tab")
     page.get_by_text(re.compile(r"^Tokens per example: mean .* longer than 256\.")).wait_for()
+
+
+def test_saving_the_job_file_with_a_blank_box_says_so(page, tiny_llama, identity_file):
+    choose_model(page, tiny_llama)
+    tab(page, "Data")
+    page.locator("input[type=file]").first.set_input_files(str(identity_file))
+    expect_value(page.get_by_label("Dataset in use"), re.compile(r"identity\.jsonl$"))
+    tab(page, "Train")
+    steps = page.get_by_label("Steps (0: use epochs)", exact=True)
+    steps.fill("")
+    steps.press("Tab")
+    page.get_by_text("Job file and command line").click()
+    page.get_by_role("button", name="Save as job.yaml").click()
+    page.get_by_text("Not saved: Steps is empty; enter a number.").wait_for()
+    shot(page, "first-run-save-blank-steps")
+    no_error_badges(page)
