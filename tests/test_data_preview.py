@@ -50,3 +50,18 @@ def test_a_blank_or_impossible_max_length_is_a_sentence(tiny_llama, identity_fil
         used, summary, sample, hist = data_tab.inspect(str(identity_file), str(tiny_llama), "", "auto", typed)
         assert used == str(identity_file) and summary == f"**Not previewed:** {said}" and sample == []
         assert hist.empty
+
+
+def test_a_dataset_that_is_not_chat_does_not_ask_for_the_model_already_picked(tiny_llama, tmp_path):
+    """Raw text (or preference pairs, or prompts) with a model picked said "Pick a model in the Model tab to see the
+    sample as the model sees it": the model was picked; token counts are drawn for chat examples only."""
+    from ui import data_tab
+
+    path = tmp_path / "notes.txt"
+    path.write_text("Just some raw text.\nAnother line of text.\n")
+    _, summary, sample, _ = data_tab.inspect(str(path), str(tiny_llama), "", "auto", 256)
+    assert summary.startswith("**Format:** raw") and "Pick a model" not in summary, summary
+    assert "shown as stored: the model's view and token counts are drawn for chat examples" in summary
+    assert "Just some raw text." in sample[0][0]
+    _, summary, _, _ = data_tab.inspect(str(path), "", "", "auto", 256)
+    assert "Pick a model in the Model tab to see the sample" in summary  # none picked: that is the way

@@ -407,6 +407,11 @@ MESSAGES += [  # the Model tab's fit line and the Data tab's summary
         "Выберите модель на вкладке «Модель», чтобы увидеть пример её глазами и число токенов.",
     ),
     (
+        r"This (\S+) dataset is shown as stored: the model's view and token counts are drawn for chat examples\.",
+        "此 {0} 数据集按原样显示：模型眼中的样本和 token 数只对对话样本绘制。",
+        "Датасет {0} показан как есть: вид глазами модели и число токенов строятся только для диалоговых примеров.",
+    ),
+    (
         r"Cannot use the model (`.*`)\*\* \(Model tab\): (.*)",
         "无法使用模型 {0}**（模型页）：{1}",
         "Нельзя использовать модель {0}** (вкладка «Модель»): {1}",
