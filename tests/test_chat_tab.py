@@ -26,3 +26,30 @@ def test_an_empty_message_is_not_sent():
     for empty in ("", "  \n"):
         history, box, note = list(chat_tab.respond("any-run", empty, shown, "", *SAMPLING))[-1]
         assert history == shown and box == empty and note == "Type a message first."
+
+
+def test_a_run_still_training_is_named_as_such(runs, tiny_llama, identity_file):
+    """ "Chat with this run" (Train tab) on the run that is training, then Send: the Chat tab said "Model folder
+    '<run id>' does not exist", as if the run were gone. It says the run is still training."""
+    import json
+    import os
+
+    from helpers import tiny_spec
+
+    from ui import chat_tab, i18n
+
+    folder = runs / "20260101-000000-t"
+    folder.mkdir(parents=True)
+    (folder / "job.yaml").write_text(tiny_spec(tiny_llama, identity_file).to_yaml())
+    status = dict(state="running", message="training", step=3, total_steps=40, pid=os.getpid())
+    (folder / "status.json").write_text(json.dumps(status))
+    history, box, note = list(chat_tab.respond(folder.name, "Who are you?", [], "", *SAMPLING))[-1]
+    assert history == [] and box == "Who are you?"
+    assert note == (
+        f"**Cannot load:** Run `{folder.name}` is still training: chat with it once it has finished, or cancel it "
+        "(a cancelled run answers from its last checkpoint)."
+    )
+    *_, said = list(chat_tab.compare(folder.name, "Who are you?", "", *SAMPLING))[-1]
+    assert "is still training" in said
+    zh = i18n.message(note, "zh")
+    assert zh.startswith(f"**无法加载：** 运行 `{folder.name}` 仍在训练"), zh

@@ -34,3 +34,34 @@ def test_preview_pages_through_rows(tiny_llama, identity_file):
         assert IDENTITY_QUESTIONS[row - 1] in "".join(text for text, _ in sample)
     _, summary, sample, _ = data_tab.inspect(str(identity_file), "", "", "auto", 1024, "", "train", 99)
     assert "showing example 6 of 6" in summary and IDENTITY_QUESTIONS[-1] in sample[0][0]
+
+
+def test_a_blank_or_impossible_max_length_is_a_sentence(tiny_llama, identity_file):
+    """Clearing the Max sequence length box (to type another number) raised a TypeError in the preview: four red
+    "Error" badges over the Data tab. 0 or -5 previewed every row as "longer than -5 tokens". Each is now the Train
+    tab's sentence, with the dataset kept in use."""
+    from ui import data_tab
+
+    for typed, said in (
+        (None, "Max sequence length is empty; enter a number."),
+        (0, "Max sequence length must be a whole number from 1 to 1,048,576; you entered 0."),
+        (-5, "Max sequence length must be a whole number from 1 to 1,048,576; you entered -5."),
+    ):
+        used, summary, sample, hist = data_tab.inspect(str(identity_file), str(tiny_llama), "", "auto", typed)
+        assert used == str(identity_file) and summary == f"**Not previewed:** {said}" and sample == []
+        assert hist.empty
+
+
+def test_a_dataset_that_is_not_chat_does_not_ask_for_the_model_already_picked(tiny_llama, tmp_path):
+    """Raw text (or preference pairs, or prompts) with a model picked said "Pick a model in the Model tab to see the
+    sample as the model sees it": the model was picked; token counts are drawn for chat examples only."""
+    from ui import data_tab
+
+    path = tmp_path / "notes.txt"
+    path.write_text("Just some raw text.\nAnother line of text.\n")
+    _, summary, sample, _ = data_tab.inspect(str(path), str(tiny_llama), "", "auto", 256)
+    assert summary.startswith("**Format:** raw") and "Pick a model" not in summary, summary
+    assert "shown as stored: the model's view and token counts are drawn for chat examples" in summary
+    assert "Just some raw text." in sample[0][0]
+    _, summary, _, _ = data_tab.inspect(str(path), "", "", "auto", 256)
+    assert "Pick a model in the Model tab to see the sample" in summary  # none picked: that is the way

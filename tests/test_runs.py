@@ -497,3 +497,49 @@ def test_a_run_named_in_cyrillic_gets_a_readable_folder_and_ascii_export_names(
     assert gguf_file_name("小助手", "gguf-q8_0") == "model-q8_0.gguf"
     with pytest.raises(api.UserError, match="not a hub repository name; use 'user/name' in ASCII"):
         check_target("me/Нова", token="x")
+
+
+# A run process as the app sees one (its command line names the job.yaml): on SIGTERM it records "cancelled", as
+# engine.run does, then takes a while to exit (a real one tears down torch), as long as it was told.
+SLOW_EXIT = """
+import json, os, signal, sys, time
+folder = os.path.dirname(sys.argv[1])
+def stop(*_):
+    state = dict(state="cancelled", message="Cancelled.", step=5, total_steps=40, pid=os.getpid())
+    with open(os.path.join(folder, "status.tmp"), "w") as f:
+        json.dump(state, f)
+    os.replace(os.path.join(folder, "status.tmp"), os.path.join(folder, "status.json"))
+    time.sleep(float(sys.argv[2]))
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_resume_pressed_while_the_cancelled_process_exits_is_not_marked_cancelled(tiny_llama, identity_file, runs):
+    """Cancel, then Resume the moment the view says "cancelled": the old process was still exiting, so the cancel
+    still waited for it, then found the resumed attempt's "starting" status and wrote "Cancelled before it could save
+    a checkpoint" over it. The resumed run trained on, shown as cancelled (the Train view stopped following it, and
+    Resume or Start could be pressed again beside it)."""
+    import threading
+
+    from helpers import tiny_spec
+
+    folder = runs / "20260101-000000-t"
+    folder.mkdir(parents=True)
+    (folder / "job.yaml").write_text(tiny_spec(tiny_llama, identity_file, max_steps=40).to_yaml())
+    old = subprocess.Popen([sys.executable, "-c", SLOW_EXIT, str(folder / "job.yaml"), "3"], stdout=subprocess.PIPE)
+    assert old.stdout.readline().strip() == b"ready"
+    (folder / "status.json").write_text(json.dumps(dict(state="running", step=5, total_steps=40, pid=old.pid)))
+
+    cancelling = threading.Thread(target=api.cancel, args=(folder,))
+    cancelling.start()
+    wait_for(folder, timeout=30, until=lambda st: st.state == "cancelled")
+    assert old.poll() is None  # still exiting
+    resumed = api.resume(folder)
+    cancelling.join(timeout=60)
+    old.wait()
+    status = json.loads((folder / "status.json").read_text())
+    assert status.get("pid") == resumed.pid and status["state"] != "cancelled", status
+    assert api.cancel(resumed).state == "cancelled"

@@ -79,6 +79,21 @@ def test_job_file_round_trip_and_command(tiny_llama, identity_file):
     assert train_settings.load("")[-1] == "**Not loaded:** Choose a job.yaml file to load."
 
 
+def test_save_as_job_yaml_checks_the_settings_as_start_does(tiny_llama, identity_file):
+    """Save as job.yaml with a box left blank (Steps cleared to type another number) raised a TypeError: four red
+    "Error" badges over the Train tab. It says what Start says; a value Start only warns about is saved."""
+    save = train_settings.saver(train_tab.make_spec)
+    values = form(str(tiny_llama), identity_file)
+    values[train_tab.MAKE_SPEC_ARGS.index("steps")] = None
+    assert save(*values) == (None, "", "", "**Not saved:** Steps is empty; enter a number.")
+    assert save(*form(str(tiny_llama), identity_file, batch=0))[-1].startswith("**Not saved:** Batch size must be")
+    assert save(*form(str(tiny_llama), identity_file, lora_dropout=None))[-1] == (
+        "**Not saved:** LoRA dropout is empty; enter a number."
+    )
+    path, _, _, notice = save(*form(str(tiny_llama), identity_file, lr=50))
+    assert notice == "" and api.read_job(path).learning_rate == 50
+
+
 def test_a_loaded_job_file_never_ticks_trust_remote_code(tiny_llama, identity_file, tmp_path):
     """A job.yaml handed over ticked 'Trust remote code' on the Model tab, unsaid: Start then ran the model's Python."""
     path = tmp_path / "job.yaml"

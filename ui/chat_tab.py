@@ -22,8 +22,17 @@ def chat_choices() -> list[str]:
 
 
 def _path(source: str) -> str:
-    """A run id as its folder; anything else (a model folder, a hub id, a .gguf file) as typed."""
-    return str(api.runs_dir() / source) if source in run_choices() else source
+    """A run id as its folder; anything else (a model folder, a hub id, a .gguf file) as typed. A run still training
+    is refused in words: it has no final weights yet (a typed id of one read as a missing model folder)."""
+    run = next((r for r in api.list_runs() if r.run_id == source), None)
+    if run is None:
+        return source
+    if not run.finished:
+        raise api.UserError(
+            f"Run `{source}` is still training: chat with it once it has finished, or cancel it (a cancelled run "
+            "answers from its last checkpoint)."
+        )
+    return str(run.run_dir)
 
 
 def _chat(source: str):

@@ -36,6 +36,10 @@ def inspect(
     if not source:
         note = "No dataset yet: upload a file, name a hub dataset, or generate an identity dataset."
         return "", i18n.say(note), [], EMPTY_HIST
+    try:  # a box cleared to type another number is None: the Train tab's sentence, the dataset kept in use
+        api.check_settings({"max_seq_length": max_len}, {"max_seq_length": "Max sequence length"}, "lora")
+    except api.UserError as e:
+        return source, i18n.say(f"**Not previewed:** {e}"), [], EMPTY_HIST
     settings = dict(
         max_seq_length=int(max_len), template=template, config=config, split=split, sample_row=int(row or 1)
     )
@@ -69,9 +73,15 @@ def inspect(
         hist = pd.DataFrame({"tokens": bins, "rows": [b["rows"] for b in t["histogram"]]})
         sample = [(text, "trained" if trained else None) for text, trained in info["sample_masked"]]
     else:
-        lines.append(
-            model_note or "Pick a model in the Model tab to see the sample as the model sees it, with token counts."
-        )
+        if model_note or not model:
+            lines.append(
+                model_note or "Pick a model in the Model tab to see the sample as the model sees it, with token counts."
+            )
+        else:  # raw text, preference pairs, prompts: the model was picked, and has nothing to draw here
+            lines.append(
+                f"This {info['format']} dataset is shown as stored: the model's view and token counts are drawn for "
+                "chat examples."
+            )
         hist, sample = EMPTY_HIST, [(info["sample"], None)]
     return source, i18n.say("\n\n".join(lines)), sample, hist
 

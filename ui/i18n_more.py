@@ -290,6 +290,7 @@ LEADS = {
     "Not deleted": ("未删除", "Не удалено"),
     "Not cancelled": ("未取消", "Не отменено"),
     "Cannot use this dataset": ("无法使用此数据集", "Нельзя использовать этот датасет"),
+    "Not previewed": ("未预览", "Предпросмотр не показан"),
     "Cannot load": ("无法加载", "Не удалось загрузить"),
     "Not sent": ("未发送", "Не отправлено"),
     "Export failed": ("导出失败", "Экспорт не удался"),
@@ -329,6 +330,13 @@ MESSAGES += [  # the engine's most common refusals, as the UI shows them
         r"Run (`.*`) is still training; cancel it or wait for it to finish\.",
         "运行 {0} 仍在训练；请取消或等它结束。",
         "Запуск {0} ещё обучается; отмените его или дождитесь конца.",
+    ),
+    (
+        r"Run (`.*`) is still training: chat with it once it has finished, or cancel it \(a cancelled run answers "
+        r"from its last checkpoint\)\.",
+        "运行 {0} 仍在训练：等它结束后再对话，或取消它（已取消的运行用其最后一个检查点回答）。",
+        "Запуск {0} ещё обучается: поговорите с ним после окончания или отмените его (отменённый запуск отвечает "
+        "по последней контрольной точке).",
     ),
     (
         r"Choose a dataset in the Data tab first\.",
@@ -397,6 +405,11 @@ MESSAGES += [  # the Model tab's fit line and the Data tab's summary
         r"Pick a model in the Model tab to see the sample as the model sees it, with token counts\.",
         "在模型页选择模型，即可看到模型眼中的样本和 token 数。",
         "Выберите модель на вкладке «Модель», чтобы увидеть пример её глазами и число токенов.",
+    ),
+    (
+        r"This (\S+) dataset is shown as stored: the model's view and token counts are drawn for chat examples\.",
+        "此 {0} 数据集按原样显示：模型眼中的样本和 token 数只对对话样本绘制。",
+        "Датасет {0} показан как есть: вид глазами модели и число токенов строятся только для диалоговых примеров.",
     ),
     (
         r"Cannot use the model (`.*`)\*\* \(Model tab\): (.*)",

@@ -6,6 +6,7 @@ Defaults come from engine.api.JobSpec, so the app and a hand-written job.yaml me
 """
 
 import dataclasses
+import inspect
 import tempfile
 from pathlib import Path
 
@@ -175,10 +176,13 @@ def saver(make_spec):
     """The "Save as job.yaml" handler: the same inputs as `starter` but the State. Returns (file to download,
     job.yaml text, command line, notice)."""
     n = len(ADVANCED)
+    names = [p.name for p in inspect.signature(make_spec).parameters.values() if p.kind != p.VAR_POSITIONAL]
 
     def save(*args):
+        basic, advanced = args[:-n], dict(zip(ADVANCED, args[-n:], strict=True))
         try:
-            spec = apply(make_spec(*args[:-n]), dict(zip(ADVANCED, args[-n:], strict=True)))
+            check(dict(zip(names, basic, strict=False)), advanced)  # a blank box: Start's sentence, not a TypeError
+            spec = apply(make_spec(*basic), advanced)
         except api.UserError as e:
             return None, "", "", f"**Not saved:** {e}"
         path, text, command = job_file(spec)

@@ -82,7 +82,8 @@ def alive(pid: int) -> bool:
 
 def stop(folder: Path, wait_s: float) -> bool:
     """SIGTERM the process of a run or export folder, SIGKILL it after `wait_s`. True when it left no final state
-    (killed, or stopped before it could install its handler), so the caller records the cancellation itself."""
+    (killed, or stopped before it could install its handler), so the caller records the cancellation itself; False
+    when the status names another process by then (a resume started while this one was exiting: not ours)."""
     import json
 
     pid = json.loads((folder / "status.json").read_text()).get("pid")
@@ -95,7 +96,8 @@ def stop(folder: Path, wait_s: float) -> bool:
             _kill(pid)
             while alive(pid):
                 time.sleep(0.05)
-    return json.loads((folder / "status.json").read_text())["state"] not in TERMINAL
+    after = json.loads((folder / "status.json").read_text())
+    return after.get("pid") == pid and after["state"] not in TERMINAL
 
 
 def runs_in(pid: int, folder: Path) -> bool:

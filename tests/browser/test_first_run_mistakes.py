@@ -1,0 +1,50 @@
+"""A hobbyist's first run in a real browser, and what they get wrong on the way: each test is a slip that once
+showed Gradio's red "Error" badges, a wrong sentence or a stuck state. Same set-up as test_app_browser.py (its
+fixtures and helpers); screenshots go to test-output/screenshots/.
+"""
+
+import re
+
+import test_app_browser as shared
+from test_app_browser import choose_model, expect_value, shot, tab
+
+browser, page, server = shared.browser, shared.page, shared.server  # its fixtures
+pytestmark = shared.pytestmark
+
+
+def no_error_badges(page):
+    """Gradio marks an output whose handler raised with a red "Error" badge."""
+    assert page.locator(".error").filter(has_text=re.compile(r"^Error$")).count() == 0, "an Error badge is shown"
+
+
+def test_clearing_the_max_length_to_type_another_says_so(page, tiny_llama, identity_file):
+    choose_model(page, tiny_llama)
+    tab(page, "Data")
+    page.locator("input[type=file]").first.set_input_files(str(identity_file))
+    page.get_by_text(re.compile(r"^Tokens per example: mean")).wait_for()
+    box = page.get_by_label("Max sequence length", exact=True)
+    box.fill("")
+    box.press("Tab")
+    page.get_by_text("Max sequence length is empty; enter a number.").wait_for()
+    shot(page, "first-run-max-length-cleared")
+    no_error_badges(page)
+    expect_value(page.get_by_label("Dataset in use"), re.compile(r"identity\.jsonl$"))
+    box.fill("256")
+    box.press("Tab")
+    page.get_by_text(re.compile(r"^Tokens per example: mean .* longer than 256\.")).wait_for()
+
+
+def test_saving_the_job_file_with_a_blank_box_says_so(page, tiny_llama, identity_file):
+    choose_model(page, tiny_llama)
+    tab(page, "Data")
+    page.locator("input[type=file]").first.set_input_files(str(identity_file))
+    expect_value(page.get_by_label("Dataset in use"), re.compile(r"identity\.jsonl$"))
+    tab(page, "Train")
+    steps = page.get_by_label("Steps (0: use epochs)", exact=True)
+    steps.fill("")
+    steps.press("Tab")
+    page.get_by_text("Job file and command line").click()
+    page.get_by_role("button", name="Save as job.yaml").click()
+    page.get_by_text("Not saved: Steps is empty; enter a number.").wait_for()
+    shot(page, "first-run-save-blank-steps")
+    no_error_badges(page)
