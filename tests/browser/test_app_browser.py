@@ -245,11 +245,15 @@ def expect_value(locator, pattern, timeout=30):
     raise AssertionError(f"value {locator.input_value()!r} never matched {pattern.pattern}")
 
 
-def test_cancel_a_run(page, tiny_llama, identity_file):
-    choose_model(page, tiny_llama)
+def use_identity_data(page, identity_file):
     tab(page, "Data")
     page.locator("input[type=file]").first.set_input_files(str(identity_file))
     expect_value(page.get_by_label("Dataset in use"), re.compile(r"identity\.jsonl$"))
+
+
+def test_cancel_a_run(page, tiny_llama, identity_file):
+    choose_model(page, tiny_llama)
+    use_identity_data(page, identity_file)
     tab(page, "Train")
     set_number(page, "Steps (0: use epochs)", 100000)
     page.get_by_role("button", name="Start training").click()

@@ -6,7 +6,7 @@ fixtures and helpers); screenshots go to test-output/screenshots/.
 import re
 
 import test_app_browser as shared
-from test_app_browser import choose_model, expect_value, shot, tab
+from test_app_browser import choose_model, expect_value, shot, tab, use_identity_data
 
 browser, page, server = shared.browser, shared.page, shared.server  # its fixtures
 pytestmark = shared.pytestmark
@@ -36,9 +36,7 @@ def test_clearing_the_max_length_to_type_another_says_so(page, tiny_llama, ident
 
 def test_saving_the_job_file_with_a_blank_box_says_so(page, tiny_llama, identity_file):
     choose_model(page, tiny_llama)
-    tab(page, "Data")
-    page.locator("input[type=file]").first.set_input_files(str(identity_file))
-    expect_value(page.get_by_label("Dataset in use"), re.compile(r"identity\.jsonl$"))
+    use_identity_data(page, identity_file)
     tab(page, "Train")
     steps = page.get_by_label("Steps (0: use epochs)", exact=True)
     steps.fill("")

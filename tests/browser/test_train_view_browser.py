@@ -10,7 +10,7 @@ import time
 
 import pytest
 import test_app_browser as app_browser
-from test_app_browser import choose_model, coloured_pixels, expect_value, set_number, shot, tab
+from test_app_browser import choose_model, coloured_pixels, expect_value, set_number, shot, tab, use_identity_data
 
 browser, page, server = app_browser.browser, app_browser.page, app_browser.server  # its fixtures
 RUNNING = re.compile(r"^running · step [1-9]")
@@ -30,12 +30,6 @@ def no_run_left_training(server):
 def history_cell(page, text):
     """The visible history cell holding `text` (the table keeps hidden copies of its cells for measuring)."""
     return page.get_by_text(text, exact=True).locator("visible=true").first
-
-
-def use_identity_data(page, identity_file):
-    tab(page, "Data")
-    page.locator("input[type=file]").first.set_input_files(str(identity_file))
-    expect_value(page.get_by_label("Dataset in use"), re.compile(r"identity\.jsonl$"))
 
 
 def start_long_run(page, tiny_llama, identity_file):
