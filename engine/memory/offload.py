@@ -266,17 +266,21 @@ def plan(
     return check_ram(held_shapes(chosen, arch, method, seq, batch, fused_loss, estimate_kw), host_ram_gib)
 
 
+def most_held(arch: Arch) -> int:
+    """The most padding-free shapes' graphs a run holds: MAX_BUCKETS, one for mixture-of-experts layers
+    (engine.patching.graphs.install)."""
+    return 1 if arch.moe_layers else MAX_BUCKETS
+
+
 def held_shapes(plan_: Plan, arch: Arch, method: str, seq: int, batch: int, fused_loss: bool, estimate_kw) -> Plan:
     """`plan_` (made counting one shape's CUDA graphs) holding as many padding-free shapes' graphs as its budget
-    has room for, up to MAX_BUCKETS, each counted at the largest micro-batch, with its peak for that many. A run that
+    has room for, up to `most_held`, each counted at the largest micro-batch, with its peak for that many. A run that
     holds no graphs (no budget, or none captured) keeps MAX_BUCKETS and its figure."""
     held = plan_.graphs or plan_.layer_graphs
     if plan_.budget_gib is None or not held:
         return plan_
-    if arch.moe_layers and not plan_.graphs:  # engine.patching.graphs holds one shape of MoE layers' graphs
-        return dataclasses.replace(plan_, shapes=1, graph_tokens=seq * batch)
     tokens = seq * batch
-    for shapes in range(MAX_BUCKETS, 0, -1):
+    for shapes in range(most_held(arch), 0, -1):
         kw = {**plan_.estimate_kw(), "graph_shapes": shapes, "graph_tokens": tokens, **estimate_kw}
         e = estimate(arch, method, seq, batch, checkpointed_layers=plan_.checkpointed, fused_loss=fused_loss, **kw)
         if e.peak_vram_gib <= plan_.budget_gib / SLACK or shapes == 1:  # one shape: the figure the plan fit with
@@ -316,9 +320,9 @@ def _plan(
         kw = {"graph_shapes": 1, "layer_graphs": layer_graphs, **kw}
         return estimate(arch, method, seq, batch, fused_loss=fused_loss, loss_chunk=chunk, **estimate_kw, **kw)
 
-    def most_shapes(**kw):  # the estimate with the graphs of as many shapes as fit (MoE layers: one), when one does
-        most = 1 if arch.moe_layers else MAX_BUCKETS
-        fitting = (e for e in (est(graph_shapes=n, **kw) for n in range(most, 0, -1)) if e.peak_vram_gib <= cap)
+    def most_shapes(**kw):  # the estimate with the graphs of as many shapes as fit, when one does
+        shapes = range(most_held(arch), 0, -1)
+        fitting = (e for e in (est(graph_shapes=n, **kw) for n in shapes) if e.peak_vram_gib <= cap)
         return next(fitting, None)
 
     def made(
