@@ -62,10 +62,16 @@ def copy_bandwidth() -> float:
 
 
 def bytes_per_token(model) -> int:
-    """Bytes of weights one decode step reads: every parameter once, NF4 quantization states included, the input
+    """Bytes of weights one decode step reads: every parameter once (of a mixture-of-experts layer's experts, the
+    share a token routes to: num_experts_per_tok / num_experts), NF4 quantization states included, the input
     embedding only where the output head is the same tensor (only one row of a separate one is read)."""
     net = model.get_base_model() if hasattr(model, "get_base_model") else model
-    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    config = net.config.get_text_config() if hasattr(net.config, "get_text_config") else net.config
+    experts = getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None)
+    active = getattr(config, "num_experts_per_tok", None)
+    share = active / experts if experts and active else 1.0  # a token reads only its top-k experts' weights
+    total = sum(p.numel() * p.element_size() * (share if ".experts." in name else 1.0)
+                for name, p in model.named_parameters())
     embed, head = net.get_input_embeddings().weight, net.get_output_embeddings().weight
     if embed.data_ptr() != head.data_ptr():
         total -= embed.numel() * embed.element_size()
@@ -75,7 +81,7 @@ def bytes_per_token(model) -> int:
             total += state.absmax.numel() * state.absmax.element_size()
             if state.nested:
                 total += state.state2.absmax.numel() * state.state2.absmax.element_size()
-    return total
+    return int(total)
 
 
 def with_lora(model, rank: int):
@@ -158,7 +164,8 @@ def measure(path: Path, four_bit: bool, a) -> dict:
 
         def many():
             steps = sum(1 for _ in batch(decoder, prompts, a.new))
-            assert steps == a.new
+            # one step a token for all rows on our decode step; the other paths run the rows one after another
+            assert steps == (a.new if decoder.path == "step" else a.batch * a.new), steps
 
         many_first = seconds(many)
         many_s = min(seconds(many) for _ in range(2))
@@ -167,6 +174,7 @@ def measure(path: Path, four_bit: bool, a) -> dict:
         "dtype": "nf4" if four_bit else placement.dtype,  # the CPU loads fp32
         "device": torch.cuda.get_device_name() if device == "cuda" else "CPU",
         "lora_rank": a.lora,
+        "decode_path": decoder.path,  # "step": ours; "forward": transformers' forward in the graph; "generate"
         "load_s": round(load_s, 1),
         "decode_log": lines,
         "first_reply_s": round(first_s, 3),

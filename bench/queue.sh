@@ -57,6 +57,10 @@ list() {
    startup laps); alpaca QLoRA defaults and --packing 1 again
 25 issue 29: chat on a MoE model, the speed the Chat tab decodes qwen3_30b_a3b_12l at (bf16 and NF4, engine's
    decoder path or transformers' generate, whichever it picks), against transformers' generate; then call 19 on an H200
+26 issue 22: alpaca QLoRA defaults against --packing 1 on 3,000 examples (the issue's own packing row; 400 examples
+   give the packed run 3 steady steps), each twice, alternating
+27 issue 29: decode_profile on qwen3_30b_a3b_12l (bf16 and NF4, rows one after another on the forward path), then
+   the QLoRA step under --vram-gib 8 and 5 with today's planner (MoE graphs the default, counted by the plan)
 EOF
 }
 
@@ -351,6 +355,23 @@ call25() {  # issue 29 asks for MoE chat "on the engine's decoder (or transforme
   step 90 python3 .bench/decode_bench.py --impl project --arch "$ID"
   step 90 python3 .bench/decode_bench.py --impl hf --arch "$ID"
   step 120 python3 bench/decode_profile.py --arch "$ID" --batch 8 --dtypes bf16,nf4 --rows 8
+}
+
+call26() {  # issue 22: 88.5% of --packing 1 in call 23, where the packed figure was 3 steady steps (22,330-23,970)
+  local a
+  a=$(mktemp -d)
+  keep_models qwen3_4b
+  e2e 290 135 "$a" "project alpaca qlora --n 3000 --packing 1" "project alpaca qlora --n 3000"
+  e2e 250 120 "$a" "project alpaca qlora --n 3000 --packing 1" "project alpaca qlora --n 3000"
+}
+
+call27() {  # issue 29: call 25's profile stopped at its batch assertion; the budgets last ran in call 15
+  local run=(python3 .bench/train_bench.py --impl project --arch "$ID" --mode qlora)
+  keep_models "$ID"
+  step 200 python3 .bench/train_bench.py --impl project --arch "$ID" --make-only
+  step 130 python3 bench/decode_profile.py --arch "$ID" --batch 8 --dtypes bf16,nf4 --rows 8
+  step 140 env TUNESMITH_BENCH_BATCH=2 "${run[@]}" --seq 2048 --bs 2 --vram-gib 8
+  step 160 env TUNESMITH_BENCH_BATCH=2 "${run[@]}" --seq 2048 --bs 2 --vram-gib 5
 }
 
 call10() {  # issue 22: defaults at 88% of packing's tokens/s per padded token (2026-12-05): host or kernels?
