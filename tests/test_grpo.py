@@ -286,6 +286,32 @@ def test_grpo_train_tab_sends_only_ticked_presets_and_checks_the_data(tiny_llama
     assert status.startswith("**Not started:** DPO needs preference pairs")
 
 
+def test_a_ticked_reward_with_a_blank_number_is_a_sentence(tiny_llama, prompts_file, runs):
+    """A ticked reward's Weight (or the length reward's Min / Max) cleared to type another number is None: it raised
+    a TypeError in make_spec (Gradio's red "Error" badges on Start). Now Start says which box is empty; an unticked
+    reward's blank box does not matter."""
+    from ui import i18n, train_tab
+
+    tabs = [str(tiny_llama), "lora", False, str(prompts_file), "", "auto", "", "train", 128]
+    fields = ["g", 2, 1, 1e-2, 2, 1, 8, False, False]
+    grpo = ["grpo", 0.1, 4, 8, 1.0, False, 2e-5]
+    ticks = [False, "answer", "exact", 1, False, "", 1, True, None, False, None, 9, 1, False, "", "", None]
+    _, status, _ = train_tab.start(*tabs, *fields, *grpo, *ticks)
+    said = "The Weight of the reward 'A reasoning block, then an answer (<think>…</think>)' is empty; enter a number."
+    assert status == f"**Not started:** {said}"
+    ticks[7], ticks[9] = False, True  # the length reward, its Min cleared
+    _, status, _ = train_tab.start(*tabs, *fields, *grpo, *ticks)
+    said = "The Min of the reward 'Length within bounds (characters)' is empty; enter a number."
+    assert status == f"**Not started:** {said}"
+    assert i18n.message(status, "ru") == (
+        "**Не запущено:** Поле «Мин.» награды «Длина в пределах (символы)» пустое; введите число."
+    )
+    ticks[10] = 0
+    assert train_tab.make_spec(*tabs, *fields, *grpo, *ticks).rewards == (
+        {"preset": "length", "min_chars": 0, "max_chars": 9, "weight": 1.0},
+    )
+
+
 def test_grpo_custom_reward_is_refused_from_api_start(prompts_file, runs):
     spec = api.JobSpec(
         model="m",

@@ -339,6 +339,16 @@ MESSAGES += [  # the engine's most common refusals, as the UI shows them
         "по последней контрольной точке).",
     ),
     (
+        r"The (.*) of the reward '(.*)' is empty; enter a number\.",
+        "奖励“{1}”的{0}为空；请输入一个数字。",
+        "Поле «{0}» награды «{1}» пустое; введите число.",
+    ),
+    (
+        r"(.*) is empty; enter a number\.",
+        "{0}为空；请输入一个数字。",
+        "Поле «{0}» пустое; введите число.",
+    ),
+    (
         r"Choose a dataset in the Data tab first\.",
         "请先在数据页选择数据集。",
         "Сначала выберите датасет на вкладке «Данные».",

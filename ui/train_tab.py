@@ -112,15 +112,41 @@ def rewards_from(
     character_weight=1.0,
 ) -> tuple[dict, ...]:
     """The ticked reward presets with their settings. There is no way to name a Python reward function here: those
-    run code, so they come only from the CLI or the Python API."""
-    presets = [
-        (use_answer, dict(preset="answer", field=answer_field, mode=answer_mode), answer_weight),
-        (use_regex, dict(preset="regex", pattern=pattern), regex_weight),
-        (use_format, dict(preset="format"), format_weight),
-        (use_length, dict(preset="length", min_chars=int(min_chars), max_chars=int(max_chars)), length_weight),
-        (use_character, dict(preset="character", name=name or "", maker=maker or ""), character_weight),
+    run code, so they come only from the CLI or the Python API. A ticked reward's number box left blank (cleared to
+    type another) is a sentence naming it, not a TypeError."""
+
+    def number(value, reward: str, box: str, kind=float):
+        if value is None or value == "":
+            raise api.UserError(f"The {box} of the reward '{reward}' is empty; enter a number.")
+        return kind(value)
+
+    said = {  # the checkboxes' labels, which the page translates
+        "answer": "Answer matches the dataset column",
+        "regex": "Reply matches a regular expression",
+        "format": "A reasoning block, then an answer (<think>…</think>)",
+        "length": "Length within bounds (characters)",
+        "character": "Stays in character: names itself, never another assistant",
+    }
+    ticked = [
+        (use_answer, "answer", lambda: dict(field=answer_field, mode=answer_mode), answer_weight),
+        (use_regex, "regex", lambda: dict(pattern=pattern), regex_weight),
+        (use_format, "format", dict, format_weight),
+        (
+            use_length,
+            "length",
+            lambda: dict(
+                min_chars=number(min_chars, said["length"], "Min", int),
+                max_chars=number(max_chars, said["length"], "Max", int),
+            ),
+            length_weight,
+        ),
+        (use_character, "character", lambda: dict(name=name or "", maker=maker or ""), character_weight),
     ]
-    return tuple({**preset, "weight": float(weight)} for used, preset, weight in presets if used)
+    return tuple(
+        {"preset": preset, **settings(), "weight": number(weight, said[preset], "Weight")}
+        for used, preset, settings, weight in ticked
+        if used
+    )
 
 
 def data_note(objective, data, mapping, config, split, use_answer=False, answer_field="answer") -> str:
