@@ -61,6 +61,9 @@ list() {
    give the packed run 3 steady steps), each twice, alternating
 27 issue 29: decode_profile on qwen3_30b_a3b_12l (bf16 and NF4, rows one after another on the forward path), then
    the QLoRA step under --vram-gib 8 and 5 with today's planner (MoE graphs the default, counted by the plan)
+28 issue 22: a step's record written while the next step runs (engine.training.sft.StepRecords): alpaca QLoRA
+   defaults and --packing 1 on 3,000 examples, then the defaults at b43ce33 (before it; a git worktree) on the same
+   machine; its GPU test
 EOF
 }
 
@@ -372,6 +375,18 @@ call27() {  # issue 29: call 25's profile stopped at its batch assertion; the bu
   step 130 python3 bench/decode_profile.py --arch "$ID" --batch 8 --dtypes bf16,nf4 --rows 8
   step 140 env TUNESMITH_BENCH_BATCH=2 "${run[@]}" --seq 2048 --bs 2 --vram-gib 8
   step 160 env TUNESMITH_BENCH_BATCH=2 "${run[@]}" --seq 2048 --bs 2 --vram-gib 5
+}
+
+call28() {  # issue 22: call 26 had the defaults at 88.8-89.4% of --packing 1; the grad-norm read left the GPU idle
+  local a old
+  a=$(mktemp -d)
+  keep_models qwen3_4b
+  e2e 290 135 "$a" "project alpaca qlora --n 3000" "project alpaca qlora --n 3000 --packing 1"
+  old=$(mktemp -d)/b43ce33
+  git worktree add -q --detach "$old" b43ce33 || return
+  ln -s "$PWD/.anchors" "$old/.anchors" && ln -s "$PWD/.bench" "$old/.bench"
+  (cd "$old" && e2e 130 120 "$a" "project alpaca qlora --n 3000")
+  step 60 python3 -m pytest -m gpu -p no:cacheprovider -q -rfEs tests/test_memory.py -k next_step_launches
 }
 
 call10() {  # issue 22: defaults at 88% of packing's tokens/s per padded token (2026-12-05): host or kernels?

@@ -232,6 +232,8 @@ def test_an_out_of_memory_error_mid_run_leaves_a_resumable_checkpoint(tiny_llama
         hook.remove()
     assert latest_checkpoint(run_dir).name == "step-000003"
     assert any("out of memory during step 4" in line for line in lines)
+    # step 3's record waits for step 4's passes to be launched (sft.StepRecords): written as the run ended all the same
+    assert [m["step"] for m in read_metrics(run_dir) if "loss" in m] == [1, 2, 3]
     train(spec, run_dir, RunLog(run_dir), True, lambda: False, lines.append)
     assert "resume: from step-000003" in lines
     assert [m["step"] for m in read_metrics(run_dir) if "loss" in m] == [1, 2, 3, 4, 5, 6]
@@ -359,3 +361,23 @@ def test_an_out_of_memory_error_in_validation_saves_the_step_it_follows(tiny_lla
     _fails_then_resumes(spec, run_dir, hook, "saved step 3; resume continues from it", "step-000003")
     # step 3's record went with its validation (written after it, with its eval_loss): the curve goes on from there
     assert [m["step"] for m in read_metrics(run_dir) if "loss" in m] == [1, 2, 4, 5, 6]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_a_steps_record_is_written_when_the_next_step_launches(tmp_path, device):
+    """engine.training.sft.StepRecords: a step's record (and status.json's step) is written when the next one is
+    held or the loop writes it; a CUDA gradient norm is read back then, from pinned memory, not at the step's end."""
+    from engine.core.runlog import RunLog, read_metrics
+    from engine.training.sft import StepRecords
+
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    records = StepRecords(RunLog(tmp_path))
+    records.hold(torch.tensor(1.5, device=device), step=1, loss=2.0)
+    assert read_metrics(tmp_path) == []
+    records.hold(torch.tensor(0.25, device=device), step=2, loss=1.0)
+    assert [(m["step"], m["grad_norm"]) for m in read_metrics(tmp_path)] == [(1, 1.5)]
+    records.write()
+    records.write()  # nothing held: nothing written twice
+    assert [(m["step"], m["grad_norm"]) for m in read_metrics(tmp_path)] == [(1, 1.5), (2, 0.25)]
+    assert json.loads((tmp_path / "status.json").read_text())["step"] == 2

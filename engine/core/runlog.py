@@ -34,11 +34,10 @@ class RunLog:
 
     def progress(self, step: int) -> None:
         """A training step's count in status.json: replaced atomically like `set` but not forced to the disk (no
-        fsync). A step's loop waits for the GPU and then writes this with the GPU idle: on the development machine's
-        disk a write with the fsync took 0.5-7.3 ms and one without 0.3-1.9 ms (runs of 200 writes, the machine
-        shared with other work), against 40-103 ms steps on the H200. After a power cut the file holds its last
-        version or, on some filesystems, nothing: either way the run reads as stopped and resume continues from its
-        last checkpoint."""
+        fsync), as it is written once a step: on the development machine's disk a write with the fsync took 0.5-7.3
+        ms and one without 0.3-1.9 ms (runs of 200 writes, the machine shared with other work), against 40-103 ms
+        steps on the H200. After a power cut the file holds its last version or, on some filesystems, nothing:
+        either way the run reads as stopped and resume continues from its last checkpoint."""
         self._write(dict(step=step), durable=False)
 
     def _write(self, fields: dict, durable: bool) -> None:

@@ -53,6 +53,8 @@ def train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> No
     try:
         return _train_sft(spec, run_dir, runlog, resume, should_stop, log, progress)
     except Exception as exc:  # only an allocation failure is handled here; anything else goes on up
+        if "records" in progress:  # the last completed step's record first, whatever ended the loop
+            progress["records"].write(quiet=True)
         if not out_of_memory(exc) or "save" not in progress:
             raise
         log(f"out of memory during step {progress['step'] + 1}: {str(exc).splitlines()[0][:200]}")
@@ -231,6 +233,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         sets = (examples, data["validation"] or ())
         kept_to_plan(make_batch, validator, spec, sets, data["tokens"], varlen, released, log)
     started, steps_timed, step_times = time.perf_counter(), 0, []
+    records = progress["records"] = StepRecords(runlog)
     log(f"startup: the first step begins {started - loaded:.2f} s after loading (optimizer, batch plan)")
     last_save = time.monotonic()
 
@@ -263,6 +266,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     while step < total:
         progress.update(step=step, position=(epoch, micro, evened_by), updating=False)
         if should_stop() if world is None else stopping:
+            records.write()
             save(step, (epoch, micro, evened_by))
             raise Cancelled()
         t0, loss_sum, n_tokens = time.perf_counter(), 0.0, 0
@@ -293,6 +297,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
                 loss = model(**batch).loss * share
             (scaler.scale(loss) if scaler else loss).backward()
             loss_sum += loss.detach()  # read once per step: a read per micro-batch would wait for the GPU each time
+        records.write()  # the last step's, while the GPU runs this one's passes
         if world is not None and not world.sharded:
             distributed.average_gradients(params, world)
         loss_sum = float(loss_sum)
@@ -324,9 +329,8 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         step += 1
         # a completed step: an allocation failure in its validation or its save is no partial update, and saves it
         progress.update(step=step, position=(epoch, micro, evened_by), updating=False)
-        # no wait for the update's kernels: the GPU runs them while this logs the step and makes the next batch (the
-        # next step's loss read waits for them), so a step's time is from its start to the launch of its update
-        grad_norm = grad_norm if isinstance(grad_norm, float) else distributed.grad_norm(grad_norm)
+        # no wait for the update's kernels: the GPU runs them while this makes the next batch and launches its
+        # passes (the next step's loss read waits for them), so a step's time is from its start to its update's launch
         dt = time.perf_counter() - t0
         step_times.append(dt)
         if compiles is not None:
@@ -335,12 +339,12 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         steps_timed += 1
         eta = (time.perf_counter() - started) / steps_timed * (total - step)
         checked = validator.check(step, model, tok, autocast) if validator and validator.due(step) else {}
-        runlog.metric(
+        records.hold(
+            grad_norm,
             step=step,
             total_steps=total,
             loss=round(loss_sum, 6),
             lr=lr,
-            grad_norm=round(grad_norm, 6),
             tokens=n_tokens,  # the step's real (unpadded) tokens: which examples it trained on, in short
             tokens_per_s=round(n_tokens / dt, 1),
             memory_gb=round(memory_in_use_gb(placement.device), 3),
@@ -349,11 +353,12 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
             **({} if world is None else dict(peak_memory_gb_per_gpu=memories)),
             **checked,  # eval_loss and best on validation steps
         )
-        runlog.progress(step)
         every = spec.save_every and step % spec.save_every == 0
         if step < total and (every or timer):
+            records.write()
             save(step, (epoch, micro, evened_by))
             last_save = time.monotonic()
+    records.write()
     if len(step_times) > 1:  # kernel compilation, autotuning and CUDA graph captures happen in the first steps
         later = sorted(step_times[1:])[len(step_times[1:]) // 2]
         extra = step_times[0] - later
@@ -367,6 +372,49 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     # the checkpoint just saved holds the final weights: linked into place, not serialized (or gathered) again
     publish_final(checkpoint_dir(run_dir, step), final, run_dir / "tokenizer")
     log(f"saved {final.name}/ after {step} steps (the last checkpoint and it in {time.perf_counter() - saving:.2f} s)")
+
+
+class StepRecords:
+    """A step's metrics record, written when the next step's passes are launched (or before a save, and when the
+    loop ends): writing it (metrics.jsonl, the log line, status.json's step) and reading the step's gradient norm
+    then overlap the GPU's work. Written at once, they left the GPU idle after each update: the norm's read waited
+    for the update's kernels, then the writes and the next batch ran before the next step's first kernel."""
+
+    def __init__(self, runlog):
+        self.runlog, self.record, self.norm = runlog, None, None
+
+    def hold(self, grad_norm, **record) -> None:
+        """Keep `record` (a step's fields but its gradient norm) and `grad_norm` (clip_grad_norm_'s result, or a
+        number): a CUDA tensor's value is copied to pinned memory, read when the record is written."""
+        import torch
+
+        self.write()
+        if isinstance(grad_norm, torch.Tensor) and grad_norm.is_cuda and not hasattr(grad_norm, "full_tensor"):
+            host = torch.empty((), dtype=grad_norm.dtype, pin_memory=True)
+            host.copy_(grad_norm, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            self.norm = (host, done)
+        else:
+            self.norm = grad_norm if isinstance(grad_norm, float) else distributed.grad_norm(grad_norm)
+        self.record = record
+
+    def write(self, quiet: bool = False) -> None:
+        """Write the record held, if any. `quiet`: as the loop ends on an error, which a failed write must not hide."""
+        record, norm, self.record = self.record, self.norm, None
+        if record is None:
+            return
+        try:
+            if isinstance(norm, tuple):
+                host, done = norm
+                done.synchronize()
+                norm = float(host)
+            step = record["step"]
+            self.runlog.metric(**dict(record, grad_norm=round(norm, 6)))
+            self.runlog.progress(step)
+        except Exception:
+            if not quiet:
+                raise
 
 
 def joining() -> bool:
