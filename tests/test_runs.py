@@ -543,3 +543,46 @@ def test_a_resume_pressed_while_the_cancelled_process_exits_is_not_marked_cancel
     status = json.loads((folder / "status.json").read_text())
     assert status.get("pid") == resumed.pid and status["state"] != "cancelled", status
     assert api.cancel(resumed).state == "cancelled"
+
+
+def test_resume_pressed_twice_at_once_starts_one_process(tiny_llama, identity_file, runs, monkeypatch):
+    """Two resumes of the same cancelled run at the same moment (two tabs of the app, the app and the command line)
+    each found it cancelled and each started a process: both trained in the one folder until one failed on the
+    other's checkpoint ("'step-000018' already exists"), and the run read as failed while the other trained on."""
+    import threading
+
+    from helpers import tiny_spec
+
+    from engine.api import runs as api_runs
+
+    folder = runs / "20260101-000000-t"
+    folder.mkdir(parents=True)
+    (folder / "job.yaml").write_text(tiny_spec(tiny_llama, identity_file, max_steps=100000).to_yaml())
+    (folder / "status.json").write_text(json.dumps(dict(state="cancelled", message="x", step=0, total_steps=0)))
+    checked = api_runs._check_job
+
+    def slow_check(*args, **kw):  # the moment between reading the state and starting the process, made longer
+        time.sleep(0.5)
+        return checked(*args, **kw)
+
+    monkeypatch.setattr(api_runs, "_check_job", slow_check)
+    started, refused = [], []
+
+    def press():
+        try:
+            started.append(api.resume(folder))
+        except api.UserError as e:
+            refused.append(str(e))
+
+    presses = [threading.Thread(target=press) for _ in range(2)]
+    for t in presses:
+        t.start()
+    for t in presses:
+        t.join()
+    try:
+        assert len(started) == 1 and refused and "still starting" in refused[0], (started, refused)
+    finally:
+        api.cancel(folder, wait_s=10)
+        for handle in started:  # a second process, which the folder's status does not name
+            if api.processes.alive(handle.pid):
+                os.kill(handle.pid, 9)

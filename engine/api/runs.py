@@ -115,15 +115,22 @@ def resume(run: "str | Path | RunHandle", *, allow_code: bool = False) -> RunHan
 
     Its job.yaml is checked as start() checks a new job: the folder may have been copied from elsewhere, so a
     `python` reward or trust_remote_code needs `allow_code` (the command line passes it, the app never does)."""
-    status = poll(run)
-    if status.state == "damaged":
-        raise UserError(f"Run {status.run_id} cannot be resumed: {status.message}")
-    if not status.finished:
-        raise UserError(f"Run {status.run_id} is still {status.state}; cancel it before resuming.")
-    if status.state == "done":
-        raise UserError(f"Run {status.run_id} already finished; start a new run to train further.")
-    _check_job(JobSpec.from_yaml((status.run_dir / "job.yaml").read_text()), allow_code, resumed=True)
-    return _launch(status.run_dir, resume=True)
+    import fcntl
+
+    folder = find_run(run)
+    # one resume at a time per run (two tabs, the app and the command line): the second one waits here and then finds
+    # the first one's process "starting", where both would have found the run stopped and trained in the one folder
+    with open(folder / "job.yaml", "rb") as job:
+        fcntl.flock(job, fcntl.LOCK_EX)
+        status = _poll_dir(folder)
+        if status.state == "damaged":
+            raise UserError(f"Run {status.run_id} cannot be resumed: {status.message}")
+        if not status.finished:
+            raise UserError(f"Run {status.run_id} is still {status.state}; cancel it before resuming.")
+        if status.state == "done":
+            raise UserError(f"Run {status.run_id} already finished; start a new run to train further.")
+        _check_job(JobSpec.from_yaml((status.run_dir / "job.yaml").read_text()), allow_code, resumed=True)
+        return _launch(status.run_dir, resume=True)
 
 
 def _launch(run_dir: Path, resume: bool) -> RunHandle:
