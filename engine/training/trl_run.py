@@ -173,7 +173,7 @@ class TrlRun:
             trainer.train()
         shutil.rmtree(self.run_dir / "trainer", ignore_errors=True)
         self.checkpoint(trainer.state)
-        if self.cancelled:
+        if self.cancelled and self.step < self.total:  # a cancel during the last step leaves nothing to stop
             raise Cancelled()
         final = self.run_dir / ("model" if self.spec.method == "full" else "adapter")
         # the checkpoint just saved holds the final weights: linked into place, not serialized again
