@@ -49,6 +49,7 @@ class TrlRun:
         ckpt = latest_checkpoint(run_dir) if resume else None
         if resume and ckpt is None:
             log("resume: no checkpoint yet, starting from step 0")
+            runlog.metric(event="resume", step=0)  # the earlier attempt's steps are gone with it, from the curve too
         if ckpt is not None:
             self.first_step = load_checkpoint(ckpt, model, self.opt, self.sched, log)["step"]
             runlog.metric(event="resume", step=self.first_step)
