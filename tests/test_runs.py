@@ -618,3 +618,21 @@ def test_a_resume_without_a_checkpoint_starts_the_curve_over(tiny_llama, identit
     with pytest.raises(Cancelled):  # stopped after the resumed run's first step
         train(spec, run_dir, RunLog(run_dir), True, lambda: next(polls) >= 2, lambda m: None)
     assert [m["step"] for m in read_metrics(run_dir)] == [1]
+
+
+def test_a_run_whose_process_id_now_names_another_program_reads_as_stopped(tiny_llama, identity_file, runs):
+    """After a power cut or a restart (a container's process ids start over) status.json still says "running" with
+    the pid of a process long gone; when another program now has that pid, the run read as training for good: Resume
+    said to cancel it first, and Start refused while it "trained"."""
+    folder = runs / "20260101-000000-t"
+    folder.mkdir(parents=True)
+    (folder / "job.yaml").write_text(tiny_spec(tiny_llama, identity_file).to_yaml())
+    other = subprocess.Popen(["sleep", "60"])  # not a run: its command line names no run folder
+    try:
+        state = dict(state="running", message="training", step=5, total_steps=40, pid=other.pid)
+        (folder / "status.json").write_text(json.dumps(state))
+        st = api.poll(folder)
+        assert st.state == "failed" and "stopped unexpectedly" in st.message, st.message
+    finally:
+        other.kill()
+        other.wait()

@@ -190,7 +190,9 @@ def _read_status(run_dir: Path) -> RunStatus:
         st = json.loads((run_dir / "status.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         st = dict(state="failed", message="This run has no status; it never started.", step=0, total_steps=0)
-    if st["state"] not in TERMINAL and st.get("pid") and not alive(st["pid"]):
+    # a pid that names another program now (ids are reused, from 1 again after a restart) is a process gone too
+    gone = st.get("pid") and not (alive(st["pid"]) and runs_in(st["pid"], run_dir))
+    if st["state"] not in TERMINAL and gone:
         code = exit_code(st["pid"])
         st["state"] = "failed"
         killed = (
