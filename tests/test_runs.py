@@ -278,6 +278,22 @@ def test_running_out_of_ram_on_the_cpu_is_a_sentence():
     assert failure_message(info.value, 3).startswith("Ran out of RAM.")
 
 
+def test_out_of_memory_says_what_a_resume_can_change():
+    """A resume continues the run as its job.yaml has it, from a checkpoint made for that model and batch: the
+    messages said to pick a smaller model (or lower the batch size, or use QLoRA), "then resume", which trains the
+    same model and batch again (or cannot load the adapter into another model). A resume is for when memory is
+    free; smaller settings are a new run."""
+    import torch
+
+    from engine.run import failure_message
+
+    with pytest.raises(RuntimeError) as info:
+        torch.empty(2**50, dtype=torch.uint8)
+    for exc in (info.value, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")):
+        message = failure_message(exc, 3)
+        assert "then resume" not in message and "start again" in message, message
+
+
 def as_in_a_terminal():
     """A child's Ctrl-C as a terminal gives it: SIGINT neither ignored nor blocked, whatever this test process inherited
     or had set by a library (both pass to a child through exec; the Ctrl-C tests failed only inside the full suite)."""
