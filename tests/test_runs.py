@@ -652,3 +652,56 @@ def test_a_run_whose_process_id_now_names_another_program_reads_as_stopped(tiny_
     finally:
         other.kill()
         other.wait()
+
+
+# A run process whose step and checkpoint take a while: on SIGTERM it works on for as long as it was told, then
+# records "cancelled" (its checkpoint saved) and exits, as engine.run does.
+SLOW_STEP = """
+import json, os, signal, sys, time
+folder = os.path.dirname(sys.argv[1])
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+print("ready", flush=True)
+while not stop:
+    time.sleep(0.05)
+time.sleep(float(sys.argv[2]))
+state = dict(state="cancelled", message="Cancelled; saved.", step=2, total_steps=40, pid=os.getpid())
+with open(os.path.join(folder, "status.tmp"), "w") as f:
+    json.dump(state, f)
+os.replace(os.path.join(folder, "status.tmp"), os.path.join(folder, "status.json"))
+"""
+
+
+def test_cancel_waits_for_a_step_and_its_checkpoint_as_long_as_the_run_takes_for_them(tiny_llama, identity_file, runs):
+    """Cancel asks the run to finish its step and save a checkpoint, then killed it after a fixed minute: a run whose
+    steps take longer (GRPO sampling, a large model on a T4) was always killed before its checkpoint, and the
+    progress since the last one was lost ("Cancelled before it could save a checkpoint"). The wait now covers twice
+    the longest time the run took from one step to the next."""
+    folder = runs / "20260101-000000-t"
+    folder.mkdir(parents=True)
+    (folder / "job.yaml").write_text(tiny_spec(tiny_llama, identity_file, max_steps=40).to_yaml())
+    now = time.time()
+    records = [dict(step=1, loss=1.0, time=now - 2.0), dict(step=2, loss=1.0, time=now)]  # a step of 2 s
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    run = subprocess.Popen([sys.executable, "-c", SLOW_STEP, str(folder / "job.yaml"), "2.5"], stdout=subprocess.PIPE)
+    try:
+        assert run.stdout.readline().strip() == b"ready"
+        (folder / "status.json").write_text(json.dumps(dict(state="running", step=2, total_steps=40, pid=run.pid)))
+        st = api.cancel(folder, wait_s=1)
+        assert (st.state, st.message) == ("cancelled", "Cancelled; saved."), st.message
+    finally:
+        run.kill()
+        run.wait()
+    # the time between an earlier attempt and the resumed one is no step: a run that never stops is still killed
+    resumed = [dict(step=1, loss=1.0, time=now - 60), dict(event="resume", step=1, time=now - 2.0)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in resumed + records[1:]))
+    stuck = subprocess.Popen([sys.executable, "-c", SLOW_STEP, str(folder / "job.yaml"), "600"], stdout=subprocess.PIPE)
+    try:
+        assert stuck.stdout.readline().strip() == b"ready"
+        (folder / "status.json").write_text(json.dumps(dict(state="running", step=2, total_steps=40, pid=stuck.pid)))
+        t0 = time.monotonic()
+        st = api.cancel(folder, wait_s=1)
+        assert st.message.startswith("Cancelled before it could save") and time.monotonic() - t0 < 30
+    finally:
+        stuck.kill()
+        stuck.wait()

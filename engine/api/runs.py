@@ -258,8 +258,10 @@ def _low_disk_note(folder: Path) -> str:
 
 
 def cancel(run: "str | Path | RunHandle", wait_s: float = 60.0) -> RunStatus:
-    """Ask the run to stop (it checkpoints first); after `wait_s` without stopping, it is killed."""
+    """Ask the run to stop (it finishes its step and checkpoints first); after `wait_s`, or twice the longest time it
+    took from one step to the next where that is longer (a step, and a checkpoint after it), it is killed."""
     status = poll(run)
+    wait_s = max([wait_s] + [2 * gap for gap in _step_gaps(status.run_dir)])
     if not status.finished and stop(status.run_dir, wait_s):
         mark_cancelled(
             status.run_dir,
@@ -268,6 +270,20 @@ def cancel(run: "str | Path | RunHandle", wait_s: float = 60.0) -> RunStatus:
             total_steps=status.total_steps,
         )
     return _poll_dir(status.run_dir)
+
+
+def _step_gaps(run_dir: Path) -> list[float]:
+    """Seconds between consecutive steps of the run's latest attempt (metrics.jsonl since its last resume: the time
+    between two attempts is no step's)."""
+    from engine.core.files import read_jsonl
+
+    times = []
+    for rec in read_jsonl(run_dir / "metrics.jsonl"):
+        if rec.get("event") == "resume":
+            times = []
+        elif "loss" in rec and isinstance(rec.get("time"), (int, float)):
+            times.append(rec["time"])
+    return [b - a for a, b in zip(times, times[1:], strict=False)]
 
 
 def request_cancel(run: "str | Path | RunHandle") -> RunStatus:
