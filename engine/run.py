@@ -38,12 +38,16 @@ def failure_message(exc: BaseException, step: int, run_dir: Path | None = None) 
         return str(full)
     text = f"{type(exc).__name__}: {exc}"
     if "out of memory" in text.lower() or type(exc).__name__ == "OutOfMemoryError":
+        # a resume trains the job as it is (a checkpoint is of its model and batch): smaller settings are a new run
         return (
-            f"Ran out of GPU memory at step {step + 1}. Lower the batch size or the maximum sequence length, or "
-            "use QLoRA, then resume: the run continues from its last checkpoint."
+            f"Ran out of GPU memory at step {step + 1}. Resume continues from the last checkpoint once GPU memory is "
+            "free; or start again with a smaller batch size or maximum sequence length, or with QLoRA."
         )
     if isinstance(exc, MemoryError) or "DefaultCPUAllocator: can't allocate memory" in text:  # torch's, on the CPU
-        return "Ran out of RAM. Close other programs or pick a smaller model, then resume."
+        return (
+            "Ran out of RAM. Close other programs and resume (the run continues from its last checkpoint); or start "
+            "again with a smaller model."
+        )
     return f"Training stopped with an error ({text.splitlines()[0][:200]}); the full report is in log.txt."
 
 

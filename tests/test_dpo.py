@@ -196,3 +196,14 @@ def test_pairs_whose_prompts_all_fill_max_seq_length_are_refused_with_a_sentence
     with pytest.raises(api.UserError, match="Every prompt is 48 tokens or longer, .* raise max_seq_length"):
         fit_pairs(pairs, tok, 48, "p.jsonl", lambda m: None)
     assert fit_pairs(pairs, tok, 4096, "p.jsonl", print) == pairs  # nothing cut: nothing said
+
+
+def test_a_cancel_during_the_last_step_ends_done_with_the_adapter(tiny_llama, pairs_file, tmp_path):
+    """Cancel pressed while the last step trains: the SFT loop has nothing left to stop and ends done; a DPO run
+    saved its last checkpoint, then ended "cancelled" at step 2/2 without its adapter, to be resumed for nothing."""
+    spec = spec_for(tiny_llama, pairs_file, max_steps=2)
+    polls = iter(range(100))
+    # polled once while reading the pairs, once before training, then after each step: true after the last one
+    metrics = run_here(spec, tmp_path, should_stop=lambda: next(polls) >= 3)
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()

@@ -260,3 +260,37 @@ def test_a_run_killed_after_publishing_its_adapter_resumes_to_done(tiny_llama, i
     assert again.state == "done", log_of(again)
     assert {f.name: f.read_bytes() for f in (st.run_dir / "adapter").iterdir()} == final
     assert {f.name: f.stat().st_ino for f in (st.run_dir / "adapter").iterdir()} == inodes
+
+
+def test_a_folder_is_on_the_disk_before_its_name_says_it_is_complete(tmp_path, monkeypatch):
+    """A checkpoint, a final adapter or an export is published by renaming its finished temporary folder. Its files
+    were written through the page cache (safetensors and save_pretrained do not fsync), so after a power cut the
+    published name could hold empty or missing files, and a resume would load that checkpoint as the latest. Every
+    file and folder in it must be on the disk before the rename, and the rename itself after it."""
+    from engine.core.files import new_folder
+
+    synced, renames = [], []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def rename(src, dst):
+        renames.append((str(dst), set(synced)))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    dest = tmp_path / "checkpoints" / "step-000004"
+    with new_folder(dest) as tmp:
+        (tmp / "nested").mkdir()
+        with open(tmp / "adapter_model.safetensors", "wb") as f:  # as safetensors writes: no fsync of its own
+            f.write(b"\1" * 4096)
+        (tmp / "nested" / "config.json").write_text("{}")
+        written = [str(tmp / "adapter_model.safetensors"), str(tmp / "nested" / "config.json")]
+        folders = [str(tmp), str(tmp / "nested")]
+    ((renamed, before),) = renames
+    assert renamed == str(dest)
+    assert set(written + folders) <= before, sorted(before)
+    assert synced[-1] == str(dest.parent)  # the new name itself, after the rename

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import log_of, resume_after_cut, wait_for
+from helpers import log_of, resume_after_cut, tiny_spec, wait_for
 
 from engine import api
 from engine.training.steps import CHECKPOINT_FILES
@@ -276,6 +276,22 @@ def test_running_out_of_ram_on_the_cpu_is_a_sentence():
     with pytest.raises(RuntimeError) as info:
         torch.empty(2**50, dtype=torch.uint8)  # a PiB: refused at once, nothing allocated
     assert failure_message(info.value, 3).startswith("Ran out of RAM.")
+
+
+def test_out_of_memory_says_what_a_resume_can_change():
+    """A resume continues the run as its job.yaml has it, from a checkpoint made for that model and batch: the
+    messages said to pick a smaller model (or lower the batch size, or use QLoRA), "then resume", which trains the
+    same model and batch again (or cannot load the adapter into another model). A resume is for when memory is
+    free; smaller settings are a new run."""
+    import torch
+
+    from engine.run import failure_message
+
+    with pytest.raises(RuntimeError) as info:
+        torch.empty(2**50, dtype=torch.uint8)
+    for exc in (info.value, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")):
+        message = failure_message(exc, 3)
+        assert "then resume" not in message and "start again" in message, message
 
 
 def as_in_a_terminal():
@@ -543,3 +559,149 @@ def test_a_resume_pressed_while_the_cancelled_process_exits_is_not_marked_cancel
     status = json.loads((folder / "status.json").read_text())
     assert status.get("pid") == resumed.pid and status["state"] != "cancelled", status
     assert api.cancel(resumed).state == "cancelled"
+
+
+def test_resume_pressed_twice_at_once_starts_one_process(tiny_llama, identity_file, runs, monkeypatch):
+    """Two resumes of the same cancelled run at the same moment (two tabs of the app, the app and the command line)
+    each found it cancelled and each started a process: both trained in the one folder until one failed on the
+    other's checkpoint ("'step-000018' already exists"), and the run read as failed while the other trained on."""
+    import threading
+
+    from engine.api import runs as api_runs
+
+    folder = runs / "20260101-000000-t"
+    folder.mkdir(parents=True)
+    (folder / "job.yaml").write_text(tiny_spec(tiny_llama, identity_file, max_steps=100000).to_yaml())
+    (folder / "status.json").write_text(json.dumps(dict(state="cancelled", message="x", step=0, total_steps=0)))
+    checked = api_runs._check_job
+
+    def slow_check(*args, **kw):  # the moment between reading the state and starting the process, made longer
+        time.sleep(0.5)
+        return checked(*args, **kw)
+
+    monkeypatch.setattr(api_runs, "_check_job", slow_check)
+    started, refused = [], []
+
+    def press():
+        try:
+            started.append(api.resume(folder))
+        except api.UserError as e:
+            refused.append(str(e))
+
+    presses = [threading.Thread(target=press) for _ in range(2)]
+    for t in presses:
+        t.start()
+    for t in presses:
+        t.join()
+    try:
+        assert len(started) == 1 and refused and "still starting" in refused[0], (started, refused)
+    finally:
+        api.cancel(folder, wait_s=10)
+        for handle in started:  # a second process, which the folder's status does not name
+            if api.processes.alive(handle.pid):
+                os.kill(handle.pid, 9)
+
+
+def test_a_resume_without_a_checkpoint_starts_the_curve_over(tiny_llama, identity_file, tmp_path):
+    """A run that failed before its first checkpoint (no save_every, the 10-minute timer not yet due) resumes from
+    step 0; its old steps stayed in metrics.jsonl, so the resumed run's curve and last loss were the old attempt's
+    past the step it had reached (cancelled at step 1, it showed the loss of step 3)."""
+    import torch
+
+    from engine.core.errors import Cancelled
+    from engine.core.runlog import RunLog, read_metrics
+    from engine.training.dispatch import train
+
+    spec = tiny_spec(tiny_llama, identity_file, max_steps=6, save_every=0, save_every_minutes=0)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    forwards = []
+
+    def fail_in_the_fourth_step(module, args):
+        if type(module).__name__ == "LlamaForCausalLM" and module.training:
+            forwards.append(module)
+            if len(forwards) == 4:
+                raise RuntimeError("a driver error")
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(fail_in_the_fourth_step)
+    try:
+        with pytest.raises(RuntimeError, match="a driver error"):
+            train(spec, run_dir, RunLog(run_dir), False, lambda: False, lambda m: None)
+    finally:
+        hook.remove()
+    assert not (run_dir / "checkpoints").exists() and [m["step"] for m in read_metrics(run_dir)] == [1, 2, 3]
+    polls = iter(range(100))
+    with pytest.raises(Cancelled):  # stopped after the resumed run's first step
+        train(spec, run_dir, RunLog(run_dir), True, lambda: next(polls) >= 2, lambda m: None)
+    assert [m["step"] for m in read_metrics(run_dir)] == [1]
+
+
+def test_a_run_whose_process_id_now_names_another_program_reads_as_stopped(tiny_llama, identity_file, runs):
+    """After a power cut or a restart (a container's process ids start over) status.json still says "running" with
+    the pid of a process long gone; when another program now has that pid, the run read as training for good: Resume
+    said to cancel it first, and Start refused while it "trained"."""
+    folder = runs / "20260101-000000-t"
+    folder.mkdir(parents=True)
+    (folder / "job.yaml").write_text(tiny_spec(tiny_llama, identity_file).to_yaml())
+    other = subprocess.Popen(["sleep", "60"])  # not a run: its command line names no run folder
+    try:
+        state = dict(state="running", message="training", step=5, total_steps=40, pid=other.pid)
+        (folder / "status.json").write_text(json.dumps(state))
+        st = api.poll(folder)
+        assert st.state == "failed" and "stopped unexpectedly" in st.message, st.message
+    finally:
+        other.kill()
+        other.wait()
+
+
+# A run process whose step and checkpoint take a while: on SIGTERM it works on for as long as it was told, then
+# records "cancelled" (its checkpoint saved) and exits, as engine.run does.
+SLOW_STEP = """
+import json, os, signal, sys, time
+folder = os.path.dirname(sys.argv[1])
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+print("ready", flush=True)
+while not stop:
+    time.sleep(0.05)
+time.sleep(float(sys.argv[2]))
+state = dict(state="cancelled", message="Cancelled; saved.", step=2, total_steps=40, pid=os.getpid())
+with open(os.path.join(folder, "status.tmp"), "w") as f:
+    json.dump(state, f)
+os.replace(os.path.join(folder, "status.tmp"), os.path.join(folder, "status.json"))
+"""
+
+
+def test_cancel_waits_for_a_step_and_its_checkpoint_as_long_as_the_run_takes_for_them(tiny_llama, identity_file, runs):
+    """Cancel asks the run to finish its step and save a checkpoint, then killed it after a fixed minute: a run whose
+    steps take longer (GRPO sampling, a large model on a T4) was always killed before its checkpoint, and the
+    progress since the last one was lost ("Cancelled before it could save a checkpoint"). The wait now covers twice
+    the longest time the run took from one step to the next."""
+    folder = runs / "20260101-000000-t"
+    folder.mkdir(parents=True)
+    (folder / "job.yaml").write_text(tiny_spec(tiny_llama, identity_file, max_steps=40).to_yaml())
+    now = time.time()
+    records = [dict(step=1, loss=1.0, time=now - 2.0), dict(step=2, loss=1.0, time=now)]  # a step of 2 s
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    run = subprocess.Popen([sys.executable, "-c", SLOW_STEP, str(folder / "job.yaml"), "2.5"], stdout=subprocess.PIPE)
+    try:
+        assert run.stdout.readline().strip() == b"ready"
+        (folder / "status.json").write_text(json.dumps(dict(state="running", step=2, total_steps=40, pid=run.pid)))
+        st = api.cancel(folder, wait_s=1)
+        assert (st.state, st.message) == ("cancelled", "Cancelled; saved."), st.message
+    finally:
+        run.kill()
+        run.wait()
+    # the time between an earlier attempt and the resumed one is no step: a run that never stops is still killed
+    resumed = [dict(step=1, loss=1.0, time=now - 60), dict(event="resume", step=1, time=now - 2.0)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in resumed + records[1:]))
+    stuck = subprocess.Popen([sys.executable, "-c", SLOW_STEP, str(folder / "job.yaml"), "600"], stdout=subprocess.PIPE)
+    try:
+        assert stuck.stdout.readline().strip() == b"ready"
+        (folder / "status.json").write_text(json.dumps(dict(state="running", step=2, total_steps=40, pid=stuck.pid)))
+        t0 = time.monotonic()
+        st = api.cancel(folder, wait_s=1)
+        assert st.message.startswith("Cancelled before it could save") and time.monotonic() - t0 < 30
+    finally:
+        stuck.kill()
+        stuck.wait()

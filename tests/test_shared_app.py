@@ -289,7 +289,8 @@ def test_the_app_resumes_no_copied_run_that_trusts_remote_code(runs, identity_fi
 def test_cancel_signals_no_process_but_the_runs_own(runs, identity_file):
     """status.json's pid may name any process of the user (one that took the pid after the run died unseen, or any at
     all in a run folder handed over): Cancel sent it SIGTERM, then SIGKILL to its whole group when it led one (a
-    shell's session). Only a process whose command line names the run folder is signalled; the run ends cancelled."""
+    shell's session). Only a process whose command line names the run folder is signalled; a run whose pid names
+    another program reads as stopped, as its process is gone."""
     folder = runs / "20250101-000000-stale"
     folder.mkdir(parents=True)
     (folder / "job.yaml").write_text(api.JobSpec(model="Qwen/Qwen3-0.6B", data=str(identity_file)).to_yaml())
@@ -302,7 +303,7 @@ def test_cancel_signals_no_process_but_the_runs_own(runs, identity_file):
             stop(folder.name)
             time.sleep(0.3)
             assert bystander.poll() is None
-        assert api.poll(folder.name).state == "cancelled"
+        assert api.poll(folder.name).state == "failed"
     finally:
         bystander.kill()
         bystander.wait()

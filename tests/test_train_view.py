@@ -142,3 +142,20 @@ def test_language_switch_keeps_text_a_handler_wrote():
     live, default = switch("中文", "**done** · step 3/3", "Pick a model to see the preset for this GPU.")
     assert live["value"] == "**完成** · 第 3/3 步" and default["value"] == "选择模型以查看此 GPU 的预设。"
     assert switch("English", "还没有运行。", "**done**")[0]["value"] == "No run yet."
+
+
+def test_resume_refuses_while_another_run_trains(tiny_llama, identity_file, runs):
+    """Start refuses while a run trains (one GPU, one run); Resume of another run in the history did not, and the two
+    trained side by side on the GPU whose memory plan each had made for itself alone."""
+    spec = api.JobSpec(model=str(tiny_llama), data=str(identity_file), max_steps=100000, gradient_checkpointing=False)
+    old = wait_for(api.start(spec.replace(name="old", max_steps=1)))
+    (old.run_dir / "status.json").write_text('{"state": "cancelled", "message": "x", "step": 0, "total_steps": 1}')
+    busy = api.start(spec)
+    try:
+        run_id, status, timer = train_tab.resume(old.run_id)
+        assert status == f"**Not resumed:** Run `{busy.run_id}` is still training; cancel it or wait for it to finish."
+        assert run_id == busy.run_id and timer.active  # the view follows the run that trains
+        assert api.poll(old.run_dir).state == "cancelled"
+    finally:
+        api.cancel(busy)
+        api.cancel(old.run_dir)

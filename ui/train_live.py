@@ -160,7 +160,8 @@ def cancel_now(run_id: str):
 
 
 def finish_cancel(run_id: str) -> None:
-    """Wait for the cancelled run to stop; one that does not stop within a minute is killed (api.cancel)."""
+    """Wait for the cancelled run to stop; one that does not stop within a minute (or twice its longest step, where
+    that is longer) is killed (api.cancel)."""
     try:
         if run_id:
             api.cancel(run_id)

@@ -332,6 +332,10 @@ def history() -> list[list]:
 
 def resume(run_id: str):
     try:
+        busy = [r.run_id for r in api.list_runs() if not r.finished and r.run_id != run_id]
+        if busy:  # one run at a time, as Start has it: the view follows the one training
+            note = f"**Not resumed:** Run `{busy[0]}` is still training; cancel it or wait for it to finish."
+            return busy[0], i18n.say(note), gr.Timer(active=True)
         handle = api.resume(run_id)
     except api.UserError as e:
         return run_id, i18n.say(f"**Not resumed:** {e}"), gr.Timer(active=False)

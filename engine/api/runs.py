@@ -115,15 +115,22 @@ def resume(run: "str | Path | RunHandle", *, allow_code: bool = False) -> RunHan
 
     Its job.yaml is checked as start() checks a new job: the folder may have been copied from elsewhere, so a
     `python` reward or trust_remote_code needs `allow_code` (the command line passes it, the app never does)."""
-    status = poll(run)
-    if status.state == "damaged":
-        raise UserError(f"Run {status.run_id} cannot be resumed: {status.message}")
-    if not status.finished:
-        raise UserError(f"Run {status.run_id} is still {status.state}; cancel it before resuming.")
-    if status.state == "done":
-        raise UserError(f"Run {status.run_id} already finished; start a new run to train further.")
-    _check_job(JobSpec.from_yaml((status.run_dir / "job.yaml").read_text()), allow_code, resumed=True)
-    return _launch(status.run_dir, resume=True)
+    import fcntl
+
+    folder = find_run(run)
+    # one resume at a time per run (two tabs, the app and the command line): the second one waits here and then finds
+    # the first one's process "starting", where both would have found the run stopped and trained in the one folder
+    with open(folder / "job.yaml", "rb") as job:
+        fcntl.flock(job, fcntl.LOCK_EX)
+        status = _poll_dir(folder)
+        if status.state == "damaged":
+            raise UserError(f"Run {status.run_id} cannot be resumed: {status.message}")
+        if not status.finished:
+            raise UserError(f"Run {status.run_id} is still {status.state}; cancel it before resuming.")
+        if status.state == "done":
+            raise UserError(f"Run {status.run_id} already finished; start a new run to train further.")
+        _check_job(JobSpec.from_yaml((status.run_dir / "job.yaml").read_text()), allow_code, resumed=True)
+        return _launch(status.run_dir, resume=True)
 
 
 def _launch(run_dir: Path, resume: bool) -> RunHandle:
@@ -183,7 +190,9 @@ def _read_status(run_dir: Path) -> RunStatus:
         st = json.loads((run_dir / "status.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         st = dict(state="failed", message="This run has no status; it never started.", step=0, total_steps=0)
-    if st["state"] not in TERMINAL and st.get("pid") and not alive(st["pid"]):
+    # a pid that names another program now (ids are reused, from 1 again after a restart) is a process gone too
+    gone = st.get("pid") and not (alive(st["pid"]) and runs_in(st["pid"], run_dir))
+    if st["state"] not in TERMINAL and gone:
         code = exit_code(st["pid"])
         st["state"] = "failed"
         killed = (
@@ -249,8 +258,10 @@ def _low_disk_note(folder: Path) -> str:
 
 
 def cancel(run: "str | Path | RunHandle", wait_s: float = 60.0) -> RunStatus:
-    """Ask the run to stop (it checkpoints first); after `wait_s` without stopping, it is killed."""
+    """Ask the run to stop (it finishes its step and checkpoints first); after `wait_s`, or twice the longest time it
+    took from one step to the next where that is longer (a step, and a checkpoint after it), it is killed."""
     status = poll(run)
+    wait_s = max([wait_s] + [2 * gap for gap in _step_gaps(status.run_dir)])
     if not status.finished and stop(status.run_dir, wait_s):
         mark_cancelled(
             status.run_dir,
@@ -259,6 +270,20 @@ def cancel(run: "str | Path | RunHandle", wait_s: float = 60.0) -> RunStatus:
             total_steps=status.total_steps,
         )
     return _poll_dir(status.run_dir)
+
+
+def _step_gaps(run_dir: Path) -> list[float]:
+    """Seconds between consecutive steps of the run's latest attempt (metrics.jsonl since its last resume: the time
+    between two attempts is no step's)."""
+    from engine.core.files import read_jsonl
+
+    times = []
+    for rec in read_jsonl(run_dir / "metrics.jsonl"):
+        if rec.get("event") == "resume":
+            times = []
+        elif "loss" in rec and isinstance(rec.get("time"), (int, float)):
+            times.append(rec["time"])
+    return [b - a for a, b in zip(times, times[1:], strict=False)]
 
 
 def request_cancel(run: "str | Path | RunHandle") -> RunStatus:

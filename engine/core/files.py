@@ -112,9 +112,13 @@ def new_folder(dest: str | os.PathLike):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     try:
+        # its files (written by safetensors, save_pretrained, gguf: none of them syncs) reach the disk before the name
+        # says the folder is complete, and the name after it: a power cut leaves the folder whole or not there
+        _sync_tree(tmp)
         if dest.exists():  # made meanwhile (another export to the same folder): rename would replace an empty one
             raise FileExistsError(errno.EEXIST, "File exists", str(dest))
         os.rename(tmp, dest)
+        _sync(dest.parent)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
@@ -122,6 +126,28 @@ def new_folder(dest: str | os.PathLike):
                 f"'{dest}' already exists; choose another folder name (nothing is ever overwritten)."
             ) from None
         raise
+
+
+def _sync(path: Path) -> None:
+    """fsync a file, or a folder's entries (a folder some filesystems cannot sync: EINVAL, passed over)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if not (e.errno == errno.EINVAL and path.is_dir()):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _sync_tree(folder: Path) -> None:
+    """fsync every file under `folder`, then every folder in it and `folder` itself (their entries)."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if not os.path.islink(os.path.join(root, name)):
+                _sync(Path(root, name))
+    for root, _, _ in os.walk(folder, topdown=False):
+        _sync(Path(root))
 
 
 def _umask() -> int:

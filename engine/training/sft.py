@@ -151,6 +151,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
     ckpt = latest_checkpoint(run_dir) if resume else None
     if resume and ckpt is None:
         log("resume: no checkpoint yet, starting from step 0")
+        runlog.metric(event="resume", step=0)  # the earlier attempt's steps are gone with it, from the curve too
     if ckpt is not None:
         restore = distributed.restore_sharded if world is not None and world.sharded else None
         state = load_checkpoint(ckpt, model, opt, sched, log, restore, scaler)

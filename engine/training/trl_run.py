@@ -49,6 +49,7 @@ class TrlRun:
         ckpt = latest_checkpoint(run_dir) if resume else None
         if resume and ckpt is None:
             log("resume: no checkpoint yet, starting from step 0")
+            runlog.metric(event="resume", step=0)  # the earlier attempt's steps are gone with it, from the curve too
         if ckpt is not None:
             self.first_step = load_checkpoint(ckpt, model, self.opt, self.sched, log)["step"]
             runlog.metric(event="resume", step=self.first_step)
@@ -173,7 +174,7 @@ class TrlRun:
             trainer.train()
         shutil.rmtree(self.run_dir / "trainer", ignore_errors=True)
         self.checkpoint(trainer.state)
-        if self.cancelled:
+        if self.cancelled and self.step < self.total:  # a cancel during the last step leaves nothing to stop
             raise Cancelled()
         final = self.run_dir / ("model" if self.spec.method == "full" else "adapter")
         # the checkpoint just saved holds the final weights: linked into place, not serialized again
