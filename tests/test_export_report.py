@@ -188,3 +188,18 @@ def test_sizes_read_as_people_read_them():
         "5.0 MiB",
         "3.5 GiB",
     ]
+
+
+def test_gguf_files_offered_to_chat_are_finished_ones_only(runs):
+    """The Chat and Eval tabs listed the .gguf files of an export still being built (its hidden .partial folder,
+    with the 16-bit intermediate and the half-quantized file): picking one loaded a half-written file."""
+    from engine import api
+    from engine.core.files import new_folder
+
+    exports = runs.parent / "exports"
+    with new_folder(exports / "done") as tmp:
+        (tmp / "done-q8_0.gguf").write_bytes(b"GGUF")
+    with new_folder(exports / "building") as tmp:
+        (tmp / ".bf16.gguf").write_bytes(b"GGUF")
+        (tmp / "building-q4_k_m.gguf").write_bytes(b"GG")
+        assert api.exported_gguf_files() == [exports / "done" / "done-q8_0.gguf"]
