@@ -129,7 +129,7 @@ def _export_gguf(base: str, adapter: Path | None, tok_dir: Path | None, fmt: str
             info = gguf.convert(merged, tmp / name, gtype16, log)
         checks.update(gguf.compare_greedy(tmp / name, ref, strict=quant is None))
         log(f"export: llama.cpp vs PyTorch {checks}")
-        text = ollama.modelfile(name, info["template"], info["stops"], info["sampling"])
+        text = ollama.modelfile(name, info["template"], info["stops"], info["sampling"], info["bos_added"])
         write_text(tmp / "Modelfile", text)
         checks["modelfile_template"] = "TEMPLATE" in text
         shutil.rmtree(merged)

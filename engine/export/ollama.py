@@ -52,10 +52,13 @@ OLLAMA_PARAMS = dict(
 )
 
 
-def modelfile(gguf_name: str, template: str, stops: list[str], sampling: dict) -> str:
+def modelfile(gguf_name: str, template: str, stops: list[str], sampling: dict, bos_added: str | None = None) -> str:
     """The Ollama Modelfile text for `gguf_name` (in the same folder), with `sampling`
-    (engine.chat.infer.sampling_defaults' keys) as its PARAMETER defaults."""
+    (engine.chat.infer.sampling_defaults' keys) as its PARAMETER defaults. `bos_added`: the BOS text the GGUF has
+    llama.cpp put before every prompt (add_bos_token), which the template then leaves out."""
     go, go_stops = ollama_template(template)
+    if go and bos_added and go.startswith(bos_added):  # else Ollama's prompts would start with two BOS tokens
+        go = go.removeprefix(bos_added)
     lines = [f"FROM ./{gguf_name}", ""]
     if go:
         lines += [f'TEMPLATE """{go}"""', ""]
