@@ -599,3 +599,51 @@ def test_ollama_prompt_of_a_llama3_export_has_one_bos(tmp_path):
         llm.close()
     trained = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
     assert ollama_ids == tok(trained, add_special_tokens=False)["input_ids"]
+
+
+# Qwen2.5 Instruct's chat template (its tool-calling branches left out): a conversation without a system message gets
+# the default one
+QWEN25_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}\n"
+    "    {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}\n"
+    "{%- else %}\n"
+    "    {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. "
+    "You are a helpful assistant.<|im_end|>\\n' }}\n"
+    "{%- endif %}\n"
+    "{%- for message in messages %}\n"
+    '    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or '
+    '(message.role == "assistant" and not message.tool_calls) %}\n'
+    "        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}\n"
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n"
+    "    {{- '<|im_start|>assistant\\n' }}\n"
+    "{%- endif %}\n"
+)
+
+
+def test_ollama_modelfile_keeps_the_templates_default_system_prompt():
+    """Qwen2.5's template puts its default system prompt before a conversation that has none, so the model trained
+    with it there; the Modelfile's ChatML TEMPLATE has no default, and Ollama prompted without it. The Modelfile now
+    gives it as SYSTEM, which Ollama puts first when the user gives no system message."""
+    import re
+
+    from engine.data.templates import render_template
+    from engine.export.ollama import modelfile
+
+    text = modelfile("m.gguf", QWEN25_TEMPLATE, [], {})
+    go = re.search(r'TEMPLATE """(.*?)"""', text, re.S)[1]
+    system = re.search(r'SYSTEM """(.*?)"""', text, re.S)
+    head, body, tail = re.fullmatch(r"(.*)\{\{- range \.Messages \}\}(.*)\{\{ end \}\}(.*)", go, re.S).groups()
+
+    def ollama(msgs):  # Ollama's chat: the Modelfile's SYSTEM first where the messages have none
+        if system and msgs[0]["role"] != "system":
+            msgs = [{"role": "system", "content": system[1]}, *msgs]
+        turns = (body.replace("{{ .Role }}", m["role"]).replace("{{ .Content }}", m["content"]) for m in msgs)
+        return head + "".join(turns) + tail
+
+    for msgs in (
+        [{"role": "user", "content": "Hi"}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+    ):
+        assert ollama(msgs) == render_template(QWEN25_TEMPLATE, msgs, True), msgs
