@@ -71,20 +71,24 @@ OLLAMA_PARAMS = dict(
 )
 
 
-def modelfile(gguf_name: str, template: str, stops: list[str], sampling: dict, bos_added: str | None = None) -> str:
+def modelfile(
+    gguf_name: str, template: str, stops: list[str], sampling: dict, bos_added: str | None = None, system: str = ""
+) -> str:
     """The Ollama Modelfile text for `gguf_name` (in the same folder), with `sampling`
     (engine.chat.infer.sampling_defaults' keys) as its PARAMETER defaults. `bos_added`: the BOS text the GGUF has
-    llama.cpp put before every prompt (add_bos_token), which the template then leaves out."""
-    go, go_stops, system = ollama_template(template)
+    llama.cpp put before every prompt (add_bos_token), which the template then leaves out. `system`: the system
+    prompt the model was trained with (a run's), in place of the template's default one."""
+    go, go_stops, default_system = ollama_template(template)
+    system = system or (default_system if go else "")
     if go and bos_added and go.startswith(bos_added):  # else Ollama's prompts would start with two BOS tokens
         go = go.removeprefix(bos_added)
     lines = [f"FROM ./{gguf_name}", ""]
     if go:
         lines += [f'TEMPLATE """{go}"""', ""]
-        if system:  # Ollama puts it first where the user gives no system message, as the Jinja template did
-            lines += [f'SYSTEM """{system}"""', ""]
     else:
         lines += ["# The chat template is not ChatML or Llama 3; Ollama uses the one embedded in the GGUF.", ""]
+    if system:  # Ollama puts it first where the user gives no system message, as training (or the template) did
+        lines += [f'SYSTEM """{system}"""', ""]
     for s in dict.fromkeys(go_stops + stops):
         lines.append(f"PARAMETER stop {json.dumps(s)}")
     for k, v in sampling.items():
