@@ -540,14 +540,16 @@ def quantize(src: Path, dst: Path, fmt: str, log=print) -> None:
     params.nthread = os.cpu_count() or 1
     with _c_output_to(dst.with_name(dst.name + ".log")) as captured:
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+        # llama.cpp's code does not say why it failed; a full disk (no bytes left, or no inode for its file) is one
+        # reason, looked at before the captured output's file is removed and frees its inode
+        room = os.statvfs(dst.parent)
     for line in captured():
         if "WARNING" in line or "error" in line.lower():
             log(f"gguf: llama.cpp: {line.strip()}")
     if rc != 0:
         import errno
-        import shutil
 
-        if shutil.disk_usage(dst.parent).free < 2**24:  # llama.cpp's code does not say why; a full disk is one reason
+        if room.f_bavail * room.f_frsize < 2**24 or (room.f_files and not room.f_favail):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
         raise UserError(f"llama.cpp could not quantize the model to {fmt} (code {rc}); try gguf-f16 or gguf-q8_0.")
     log(f"gguf: quantized to {fmt} ({dst.stat().st_size / 2**20:.1f} MiB)")
