@@ -183,6 +183,20 @@ def test_export_job_cancel_leaves_nothing(runs, tiny_llama, identity_file):
     assert job is None
 
 
+def test_an_export_name_too_long_for_a_folder_is_a_sentence(runs, tiny_llama, identity_file):
+    """A long export name raised OSError 'File name too long' out of the Export button (300 characters), or failed
+    the job after it started (240: the folder's name fits, its temporary name does not)."""
+    from engine import api
+    from ui import export_tab
+
+    st = wait_for(api.start(api.JobSpec(model=str(tiny_llama), data=str(identity_file), max_steps=1)))
+    for name in ("a" * 300, "a" * 240, "小" * 70):
+        job, msg, _, _ = export_tab.start(st.run_id, "lora", name)
+        assert job is None and msg.startswith("**Export failed:** The export name is too long"), msg
+    job, _, _, _ = export_tab.start(st.run_id, "lora", "a" * 150)
+    assert wait_export(export_tab, job)[0].startswith("Exported **lora**")
+
+
 def test_export_tab_push_never_shows_or_stores_the_token(runs, tiny_llama, identity_file, monkeypatch):
     """Offline (conftest sets HF_HUB_OFFLINE) the upload fails for real after a complete export; the token typed in
     the tab appears in no message, log or file of the workspace (runs, exports and the export job's folder)."""

@@ -188,3 +188,31 @@ def test_sizes_read_as_people_read_them():
         "5.0 MiB",
         "3.5 GiB",
     ]
+
+
+def test_gguf_files_offered_to_chat_are_finished_ones_only(runs):
+    """The Chat and Eval tabs listed the .gguf files of an export still being built (its hidden .partial folder,
+    with the 16-bit intermediate and the half-quantized file): picking one loaded a half-written file."""
+    from engine import api
+    from engine.core.files import new_folder
+
+    exports = runs.parent / "exports"
+    with new_folder(exports / "done") as tmp:
+        (tmp / "done-q8_0.gguf").write_bytes(b"GGUF")
+    with new_folder(exports / "building") as tmp:
+        (tmp / ".bf16.gguf").write_bytes(b"GGUF")
+        (tmp / "building-q4_k_m.gguf").write_bytes(b"GG")
+        assert api.exported_gguf_files() == [exports / "done" / "done-q8_0.gguf"]
+
+
+def test_modelfile_of_a_run_trained_with_a_system_prompt_gives_it(tiny_llama, identity_file, tmp_path):
+    """A run trained with a system prompt (the Train tab's "System prompt": a system turn on every example) exported a
+    Modelfile without it, so Ollama prompted the model without the system turn it always saw in training."""
+    from engine import api
+
+    system = 'You are Nova, a "helpful" assistant.'
+    spec = tiny_spec(tiny_llama, identity_file, max_steps=2, name="sys", system_prompt=system)
+    st = wait_for(api.start(spec, runs=tmp_path / "runs"))
+    assert st.state == "done", (st.run_dir / "log.txt").read_text()[-2000:]
+    res = api.export(str(st.run_dir), "gguf-f16", tmp_path / "nova", log=quiet)
+    assert f'SYSTEM """{system}"""' in (res.path / "Modelfile").read_text().splitlines()

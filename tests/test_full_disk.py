@@ -294,3 +294,20 @@ def test_a_folder_is_on_the_disk_before_its_name_says_it_is_complete(tmp_path, m
     assert renamed == str(dest)
     assert set(written + folders) <= before, sorted(before)
     assert synced[-1] == str(dest.parent)  # the new name itself, after the rename
+
+
+def test_a_gguf_export_that_runs_out_of_space_at_any_step_says_so_and_leaves_nothing(small_disk, tiny_llama):
+    """Filling up at each step in turn (merge, conversion, quantization, Modelfile). When llama.cpp's quantizer found
+    no room for its file it said 'llama.cpp could not quantize the model ...; try gguf-f16 or gguf-q8_0' (a full disk
+    was told only by its free bytes, and a disk out of inodes has bytes left)."""
+    for inodes in range(3, 16):
+        disk = small_disk("64m", inodes=inodes)
+        try:
+            api.export(str(tiny_llama), "gguf-q4_k_m", disk / "out", log=lambda m: None)
+        except api.UserError as err:
+            assert str(err).startswith("The disk is full: writing the gguf-q4_k_m export failed"), (inodes, err)
+            assert os.listdir(disk) == [], inodes
+        else:
+            assert os.listdir(disk) == ["out"] and inodes > 10  # room for every file at last
+            return
+    raise AssertionError("the export never fitted")

@@ -542,3 +542,108 @@ def test_exports_are_readable_by_other_users(tiny_qwen3, tmp_path):
         os.umask(umask)
     assert stat.S_IMODE(res.path.stat().st_mode) == 0o755
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in res.path.iterdir()} == {n: 0o644 for n in res.files}
+
+
+def _llama3_model(path):
+    """A tiny Llama whose tokenizer is laid out as Llama 3's: <|begin_of_text|> is BOS and the tokenizer adds it,
+    with Llama 3's header and end-of-turn tokens and chat template."""
+    import torch
+    from tiny import ARCHS, make_tokenizer
+    from tokenizers import processors
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from engine.data.templates import TEMPLATES
+
+    tok = make_tokenizer(TEMPLATES["llama-3"])
+    tok.add_special_tokens(
+        {"bos_token": "<|begin_of_text|>", "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>"]}
+    )
+    tok.add_special_tokens({"eos_token": "<|eot_id|>"})
+    bos = tok.convert_tokens_to_ids("<|begin_of_text|>")
+    tok._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B", special_tokens=[("<|begin_of_text|>", bos)]
+    )
+    spec = dict(ARCHS["llama"])
+    cfg = AutoConfig.for_model(
+        spec.pop("model_type"), vocab_size=len(tok), bos_token_id=bos, eos_token_id=tok.eos_token_id, **spec
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path, tok
+
+
+def test_ollama_prompt_of_a_llama3_export_has_one_bos(tmp_path):
+    """The Modelfile's Llama 3 TEMPLATE began with <|begin_of_text|>, and Ollama's llama.cpp also adds the BOS the
+    GGUF says to add (tokenizer.ggml.add_bos_token): every Ollama prompt started with two BOS tokens, a prompt the
+    model never saw in training. The prompt Ollama would build (the Go template rendered, then tokenized as its
+    llama.cpp does) must be the token ids the model trained on."""
+    import re
+
+    import llama_cpp
+
+    path, tok = _llama3_model(tmp_path / "tiny-llama3")
+    res = api.export(str(path), "gguf-f16", tmp_path / "out", log=quiet)
+    text = (res.path / "Modelfile").read_text()
+    go = re.search(r'TEMPLATE """(.*?)"""', text, re.S)[1]
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who are you?"}]
+    # Ollama's Go template, rendered for these messages: the range body once per message
+    head, body, tail = re.fullmatch(r"(.*)\{\{- range \.Messages \}\}(.*)\{\{ end \}\}(.*)", go, re.S).groups()
+    rendered = head + "".join(body.replace("{{ .Role }}", m["role"]).replace("{{ .Content }}", m["content"])
+                              for m in msgs) + tail  # fmt: skip
+    (gguf_file,) = res.path.glob("*.gguf")
+    llm = llama_cpp.Llama(str(gguf_file), vocab_only=True, verbose=False)
+    try:
+        ollama_ids = llm.tokenize(rendered.encode(), add_bos=True, special=True)  # add_bos: as the GGUF says
+    finally:
+        llm.close()
+    trained = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    assert ollama_ids == tok(trained, add_special_tokens=False)["input_ids"]
+
+
+# Qwen2.5 Instruct's chat template (its tool-calling branches left out): a conversation without a system message gets
+# the default one
+QWEN25_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}\n"
+    "    {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}\n"
+    "{%- else %}\n"
+    "    {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. "
+    "You are a helpful assistant.<|im_end|>\\n' }}\n"
+    "{%- endif %}\n"
+    "{%- for message in messages %}\n"
+    '    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or '
+    '(message.role == "assistant" and not message.tool_calls) %}\n'
+    "        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}\n"
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n"
+    "    {{- '<|im_start|>assistant\\n' }}\n"
+    "{%- endif %}\n"
+)
+
+
+def test_ollama_modelfile_keeps_the_templates_default_system_prompt():
+    """Qwen2.5's template puts its default system prompt before a conversation that has none, so the model trained
+    with it there; the Modelfile's ChatML TEMPLATE has no default, and Ollama prompted without it. The Modelfile now
+    gives it as SYSTEM, which Ollama puts first when the user gives no system message."""
+    import re
+
+    from engine.data.templates import render_template
+    from engine.export.ollama import modelfile
+
+    text = modelfile("m.gguf", QWEN25_TEMPLATE, [], {})
+    go = re.search(r'TEMPLATE """(.*?)"""', text, re.S)[1]
+    system = re.search(r'SYSTEM """(.*?)"""', text, re.S)
+    head, body, tail = re.fullmatch(r"(.*)\{\{- range \.Messages \}\}(.*)\{\{ end \}\}(.*)", go, re.S).groups()
+
+    def ollama(msgs):  # Ollama's chat: the Modelfile's SYSTEM first where the messages have none
+        if system and msgs[0]["role"] != "system":
+            msgs = [{"role": "system", "content": system[1]}, *msgs]
+        turns = (body.replace("{{ .Role }}", m["role"]).replace("{{ .Content }}", m["content"]) for m in msgs)
+        return head + "".join(turns) + tail
+
+    for msgs in (
+        [{"role": "user", "content": "Hi"}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+    ):
+        assert ollama(msgs) == render_template(QWEN25_TEMPLATE, msgs, True), msgs

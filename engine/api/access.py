@@ -9,6 +9,7 @@ from engine.core.errors import UserError
 
 MODEL_FIX = "put the model folder inside it, or pick a hub model"  # what to do about a model outside a shared app
 SOURCE_FIX = "pick a run or an exported GGUF file, or a hub model"  # ... about a chat, eval or export source
+NAME_BYTES = 200  # the longest name safe_name takes, in UTF-8 bytes
 _allowed_roots: list[Path] | None = None  # set by restrict_files(): the folders a shared app may read
 
 
@@ -23,12 +24,18 @@ def workspace() -> Path:
 
 
 def safe_name(name: str, what: str = "name") -> str:
-    """A file or folder name typed by a user: no path separators, no '..', not empty."""
+    """A file or folder name typed by a user: no path separators, no '..', not empty, at most NAME_BYTES long."""
     name = name.strip()
     if not name or "/" in name or "\\" in name or name.startswith(".") or ".." in name:
         raise UserError(
             f"The {what} '{name}' is not allowed: use letters, digits, '-', '_' and '.', with no path "
             "separators and not starting with a dot."
+        )
+    # a folder name holds 255 bytes; the temporary name it is built under (engine.core.files.new_folder) adds ~45
+    if len(name.encode()) > NAME_BYTES:
+        raise UserError(
+            f"The {what} is too long for a file name; shorten it to {NAME_BYTES} characters or fewer "
+            "(a third of that in Chinese or Japanese)."
         )
     return name
 

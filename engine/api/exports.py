@@ -152,7 +152,9 @@ def formats_refused(source: str) -> set[str]:
 
 
 def exported_gguf_files() -> list[Path]:
-    """GGUF files under the workspace's exports/ folder, newest first."""
+    """GGUF files of finished exports under the workspace's exports/ folder, newest first."""
     folder = workspace() / "exports"
     files = folder.glob("*/*.gguf") if folder.is_dir() else []
-    return sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)
+    # a hidden folder is an export still being built (or left by a killed one), a hidden file its intermediate
+    finished = [p for p in files if not p.name.startswith(".") and not p.parent.name.startswith(".")]
+    return sorted(finished, key=lambda p: p.stat().st_mtime, reverse=True)

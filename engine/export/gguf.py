@@ -311,7 +311,8 @@ def _add_gemma_hparams(w, cfg: dict, model_type: str, head_dim: int) -> None:
 
 
 def _add_tokenizer(w, model_dir: Path, cfg: dict, model_type: str, log) -> dict:
-    """Write the tokenizer keys; returns {"eos": id, "stops": [end-of-turn token texts]} for the Modelfile."""
+    """Write the tokenizer keys; returns {"eos": id, "stops": [end-of-turn token texts], "template", "bos_added": the
+    BOS text llama.cpp puts before every prompt itself, or None} for the Modelfile."""
     import gguf
     from transformers import AutoTokenizer
 
@@ -361,7 +362,8 @@ def _add_tokenizer(w, model_dir: Path, cfg: dict, model_type: str, log) -> dict:
     if tok.pad_token_id is not None:
         w.add_pad_token_id(tok.pad_token_id)
     probe = tok("a", add_special_tokens=True)["input_ids"]
-    w.add_add_bos_token(bool(tok.bos_token_id is not None and probe and probe[0] == tok.bos_token_id))
+    add_bos = bool(tok.bos_token_id is not None and probe and probe[0] == tok.bos_token_id)
+    w.add_add_bos_token(add_bos)
     w.add_add_eos_token(False)
     template = tok.chat_template
     if not template:
@@ -372,7 +374,7 @@ def _add_tokenizer(w, model_dir: Path, cfg: dict, model_type: str, log) -> dict:
     stops = [t for t in END_OF_TURN if t in vocab and types[vocab[t]] == gguf.TokenType.CONTROL]
     if tok.eos_token and tok.eos_token not in stops:
         stops.insert(0, tok.eos_token)
-    return {"eos": eos, "stops": stops, "template": template}
+    return {"eos": eos, "stops": stops, "template": template, "bos_added": tok.bos_token if add_bos else None}
 
 
 def _spm_scores(tokens: list[str], merges: list) -> list[float]:
@@ -463,7 +465,8 @@ def convert(model_dir: Path, out_file: Path, gtype: str = "F16", log=print) -> d
         log: progress lines.
 
     Returns:
-        {"arch", "tensors", "eos", "stops", "template", "sampling"}: what the Modelfile and the checks need.
+        {"arch", "tensors", "eos", "stops", "template", "bos_added", "sampling"}: what the Modelfile and the checks
+        need.
     """
     import gguf
     import numpy as np
@@ -537,14 +540,16 @@ def quantize(src: Path, dst: Path, fmt: str, log=print) -> None:
     params.nthread = os.cpu_count() or 1
     with _c_output_to(dst.with_name(dst.name + ".log")) as captured:
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+        # llama.cpp's code does not say why it failed; a full disk (no bytes left, or no inode for its file) is one
+        # reason, looked at before the captured output's file is removed and frees its inode
+        room = os.statvfs(dst.parent)
     for line in captured():
         if "WARNING" in line or "error" in line.lower():
             log(f"gguf: llama.cpp: {line.strip()}")
     if rc != 0:
         import errno
-        import shutil
 
-        if shutil.disk_usage(dst.parent).free < 2**24:  # llama.cpp's code does not say why; a full disk is one reason
+        if room.f_bavail * room.f_frsize < 2**24 or (room.f_files and not room.f_favail):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
         raise UserError(f"llama.cpp could not quantize the model to {fmt} (code {rc}); try gguf-f16 or gguf-q8_0.")
     log(f"gguf: quantized to {fmt} ({dst.stat().st_size / 2**20:.1f} MiB)")

@@ -85,15 +85,27 @@ def _export(source: str, fmt: str, out: Path, log) -> ExportResult:
                 with new_folder(out) as tmp:
                     checks, _ = _merge(base, adapter, tok_dir, tmp, out.parent, log)
             else:
-                checks = _export_gguf(base, adapter, tok_dir, fmt, out, log)
+                checks = _export_gguf(base, adapter, tok_dir, fmt, out, log, _system_prompt(source, adapter))
         checks = {**origin, **checks}
     files = sorted(p.name for p in out.iterdir())
     log(f"export: {fmt} written to {out} ({', '.join(files)})")
     return ExportResult(out, fmt, files, round(time.time() - t0, 2), checks)
 
 
-def _export_gguf(base: str, adapter: Path | None, tok_dir: Path | None, fmt: str, out: Path, log) -> dict:
-    """Merge into a hidden subfolder, convert to a 16-bit GGUF, quantize, compare with PyTorch, write the Modelfile.
+def _system_prompt(source: str, adapter: Path | None) -> str:
+    """The system prompt the run of `source` (a run, or one of its checkpoints) trained with on every example, or ""."""
+    from engine.export.adapter import run_of
+    from engine.spec.jobspec import read_job
+
+    run = Path(source) if (Path(source) / "job.yaml").is_file() else run_of(adapter) if adapter else None
+    return read_job(run / "job.yaml").system_prompt if run is not None else ""
+
+
+def _export_gguf(
+    base: str, adapter: Path | None, tok_dir: Path | None, fmt: str, out: Path, log, system: str = ""
+) -> dict:
+    """Merge into a hidden subfolder, convert to a 16-bit GGUF, quantize, compare with PyTorch, write the Modelfile
+    (with `system`, the run's system prompt).
 
     Everything happens inside one new_folder, so until the final rename nothing named `out` exists; the merged
     safetensors and the 16-bit intermediate are removed before it.
@@ -129,7 +141,7 @@ def _export_gguf(base: str, adapter: Path | None, tok_dir: Path | None, fmt: str
             info = gguf.convert(merged, tmp / name, gtype16, log)
         checks.update(gguf.compare_greedy(tmp / name, ref, strict=quant is None))
         log(f"export: llama.cpp vs PyTorch {checks}")
-        text = ollama.modelfile(name, info["template"], info["stops"], info["sampling"])
+        text = ollama.modelfile(name, info["template"], info["stops"], info["sampling"], info["bos_added"], system)
         write_text(tmp / "Modelfile", text)
         checks["modelfile_template"] = "TEMPLATE" in text
         shutil.rmtree(merged)

@@ -30,20 +30,39 @@ def _llama3(msgs) -> str:
     return "<|begin_of_text|>" + body + "<|start_header_id|>assistant<|end_header_id|>\n\n"
 
 
-def ollama_template(template: str) -> tuple[str | None, list[str]]:
-    """(Go template for Ollama, its stop strings) when the Jinja template renders as ChatML or Llama 3; else
-    (None, []) and Ollama falls back to the template embedded in the GGUF."""
+def ollama_template(template: str) -> tuple[str | None, list[str], str]:
+    """(Go template for Ollama, its stop strings, the default system prompt) when the Jinja template renders as
+    ChatML or Llama 3; else (None, [], "") and Ollama falls back to the template embedded in the GGUF. The default
+    system prompt is the one the Jinja template puts first in a conversation without one (Qwen2.5's), else ""."""
     specials = dict(bos_token="<|begin_of_text|>", eos_token="", pad_token="")
+    layouts = (
+        (_chatml, OLLAMA_CHATML, ["<|im_start|>", "<|im_end|>"]),
+        (_llama3, OLLAMA_LLAMA3, ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]),
+    )
     for msgs in (_PROBE_CHAT, _PROBE_CHAT[1:]):
         try:
             text = render_template(template, msgs, True, **specials)
         except Exception:  # a template that rejects this conversation (e.g. no system role) is tried without it
             continue
-        if text == _chatml(msgs):
-            return OLLAMA_CHATML, ["<|im_start|>", "<|im_end|>"]
-        if text == _llama3(msgs):
-            return OLLAMA_LLAMA3, ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
-    return None, []
+        for layout, go, stops in layouts:
+            if text == layout(msgs):
+                return go, stops, _default_system(template, layout, specials)
+    return None, [], ""
+
+
+def _default_system(template: str, layout, specials: dict) -> str:
+    """The system prompt `template` adds to a conversation that has none, as `layout` lays it out; "" for none."""
+    msgs = _PROBE_CHAT[1:]
+    try:
+        text = render_template(template, msgs, True, **specials)
+    except Exception:
+        return ""
+    marker = "\x00SYSTEM\x00"
+    before, _, after = layout([{"role": "system", "content": marker}, *msgs]).partition(marker)
+    if text == layout(msgs) or not (text.startswith(before) and text.endswith(after)):
+        return ""
+    system = text[len(before) : len(text) - len(after)]
+    return system if text == layout([{"role": "system", "content": system}, *msgs]) else ""
 
 
 # engine.chat.infer's sampling names -> Ollama's PARAMETER names
@@ -52,15 +71,24 @@ OLLAMA_PARAMS = dict(
 )
 
 
-def modelfile(gguf_name: str, template: str, stops: list[str], sampling: dict) -> str:
+def modelfile(
+    gguf_name: str, template: str, stops: list[str], sampling: dict, bos_added: str | None = None, system: str = ""
+) -> str:
     """The Ollama Modelfile text for `gguf_name` (in the same folder), with `sampling`
-    (engine.chat.infer.sampling_defaults' keys) as its PARAMETER defaults."""
-    go, go_stops = ollama_template(template)
+    (engine.chat.infer.sampling_defaults' keys) as its PARAMETER defaults. `bos_added`: the BOS text the GGUF has
+    llama.cpp put before every prompt (add_bos_token), which the template then leaves out. `system`: the system
+    prompt the model was trained with (a run's), in place of the template's default one."""
+    go, go_stops, default_system = ollama_template(template)
+    system = system or (default_system if go else "")
+    if go and bos_added and go.startswith(bos_added):  # else Ollama's prompts would start with two BOS tokens
+        go = go.removeprefix(bos_added)
     lines = [f"FROM ./{gguf_name}", ""]
     if go:
         lines += [f'TEMPLATE """{go}"""', ""]
     else:
         lines += ["# The chat template is not ChatML or Llama 3; Ollama uses the one embedded in the GGUF.", ""]
+    if system:  # Ollama puts it first where the user gives no system message, as training (or the template) did
+        lines += [f'SYSTEM """{system}"""', ""]
     for s in dict.fromkeys(go_stops + stops):
         lines.append(f"PARAMETER stop {json.dumps(s)}")
     for k, v in sampling.items():
