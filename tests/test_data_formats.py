@@ -393,6 +393,16 @@ def test_csv_with_extra_values_names_the_row(tmp_path):
         inspection.inspect(str(path))
 
 
+def test_a_csv_quote_never_closed_names_its_row_instead_of_swallowing_the_rest(tmp_path):
+    """A quote opened in a CSV cell and never closed made the rest of the file that one cell: three rows were
+    trained as one, whose answer held the other rows' text, without a word."""
+    path = tmp_path / "d.csv"
+    path.write_text('instruction,output\nq1,a1\nq2,"a2\nq3,a3\nq4,a4\n')
+    for read in (reading.read_rows, inspection.inspect):
+        with pytest.raises(UserError, match='d.csv: row 2 opens a quote \\("\\) that is never closed; close it'):
+            read(path)
+
+
 def test_the_preview_checks_every_rows_format_as_training_does(tmp_path):
     """The Data tab checked the format of the first 50 rows only; training checks every row, so a later row that is
     another format (here ChatML, which it also reads as) passed the preview and failed the run."""

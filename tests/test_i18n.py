@@ -234,7 +234,8 @@ def test_data_sentences_added_by_the_audit_are_translated(tmp_path):
     turns = [{"role": "user", "content": image}, {"role": "assistant", "content": 4}]
     (tmp_path / "parts.jsonl").write_text(json.dumps({"messages": turns}) + "\n")
     (tmp_path / "number.jsonl").write_text(json.dumps({"messages": [turns[0] | {"content": "a"}, turns[1]]}) + "\n")
-    sources = ["excel.csv", "notepad.jsonl", "caps.jsonl", "folder", "parts.jsonl", "number.jsonl"]
+    (tmp_path / "unclosed.csv").write_text('instruction,output\nWho?,"Nova\n')
+    sources = ["excel.csv", "notepad.jsonl", "caps.jsonl", "folder", "parts.jsonl", "number.jsonl", "unclosed.csv"]
     sentences = []
     for source in [str(tmp_path / s) for s in sources] + ["https://huggingface.co/datasets/tatsu-lab/alpaca"]:
         with pytest.raises(UserError) as info:

@@ -309,6 +309,13 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         "{0}: в строке {1} значений больше, чем колонок в заголовке.",
     ),
     (
+        ROW + r" opens a quote \(\"\) that is never closed; close it, or write a quote that is part of the text as "
+        r"two \(\"\"\)\.",
+        '{0}：第 {1} 行的引号（"）没有闭合；请闭合它，或把属于文本的引号写成两个（""）。',
+        '{0}: в строке {1} открыта кавычка ("), которая нигде не закрыта; закройте её или запишите кавычку, '
+        'которая входит в текст, двумя ("").',
+    ),
+    (
         ROW + r" cannot be read as CSV \((.*)\)\.",
         "{0}：第 {1} 行无法按 CSV 读取（{2}）。",
         "{0}: строку {1} не прочитать как CSV ({2}).",

@@ -136,7 +136,8 @@ def _csv_rows(path: Path, delimiter: str):
     csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_BYTES))
     with open(path, "rb") as f:
         lines = (_decode(path, raw, n, "line") for n, raw in enumerate(f, 1))
-        reader = csv.DictReader(lines, delimiter=delimiter)
+        # strict: a quote never closed is an error, where csv otherwise reads the rest of the file into its cell
+        reader = csv.DictReader(lines, delimiter=delimiter, strict=True)
         i = 0
         try:
             header = reader.fieldnames or []
@@ -148,6 +149,11 @@ def _csv_rows(path: Path, delimiter: str):
                     raise UserError(f"{path.name}: row {i} has more values than the header has columns.")
                 yield i, {k: v for k, v in row.items() if v is not None}
         except csv.Error as e:
+            if "unexpected end of data" in str(e):
+                raise UserError(
+                    f'{path.name}: row {i + 1} opens a quote (") that is never closed; close it, or write a quote '
+                    'that is part of the text as two ("").'
+                ) from None
             raise UserError(f"{path.name}: row {i + 1} cannot be read as CSV ({e}).") from None
 
 
