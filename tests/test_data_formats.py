@@ -58,6 +58,24 @@ def test_sharegpt_and_chatml_give_identical_ids_and_masks(tok, tmp_path):
     assert results[0] == results[1]
 
 
+def test_conversations_of_role_and_content_read_as_messages(tok, tmp_path):
+    """Unsloth's standardize_sharegpt (and this project's, tunesmith.chat_templates) keeps the 'conversations' column
+    with role/content turns; such a file, saved and dropped in, was refused: "turn 1 of 'conversations' needs 'from'
+    and 'value'". 'messages' of from/value turns were refused the same way."""
+    chatml = tmp_path / "c.jsonl"
+    chatml.write_text(json.dumps({"messages": CONVERSATION}) + "\n")
+    (want,) = tokenizing.load_examples(spec(chatml), tok, log=lambda m: None)
+    for name, row in (
+        ("s.jsonl", {"conversations": CONVERSATION}),
+        ("m.jsonl", {"messages": as_sharegpt(CONVERSATION)["conversations"]}),
+    ):
+        path = tmp_path / name
+        path.write_text(json.dumps(row) + "\n")
+        assert inspection.inspect(str(path))["sample_messages"] == CONVERSATION
+        (ex,) = tokenizing.load_examples(spec(path), tok, log=lambda m: None)
+        assert ex == want
+
+
 def test_alpaca_matches_the_equivalent_conversation(tok, tmp_path):
     path = tmp_path / "a.json"
     path.write_text(

@@ -223,7 +223,12 @@ def to_messages(row: dict, fmt: str, row_no: int, source: str = "dataset", syste
             msgs.insert(0, {"role": "system", "content": _encodable(row["system"], "system", where)})
     elif fmt in ("sharegpt", "chatml"):
         key = "conversations" if fmt == "sharegpt" else "messages"
-        msgs = _turns(row.get(key), key, where, fmt == "sharegpt")
+        turns = row.get(key)
+        # the column's name does not say the turns' keys: Unsloth's standardize_sharegpt keeps 'conversations' with
+        # role/content turns, and some ShareGPT exports name the column 'messages'; the first turn's keys do
+        first = turns[0] if isinstance(turns, list) and turns and isinstance(turns[0], dict) else {}
+        sharegpt = "from" in first if ("from" in first) != ("role" in first) else fmt == "sharegpt"
+        msgs = _turns(turns, key, where, sharegpt)
         if not any(m["role"] == "assistant" for m in msgs):
             raise UserError(f"{where}: the conversation has no assistant turn, so there is nothing to learn.")
     else:
