@@ -169,6 +169,28 @@ def test_openai_content_parts_are_read_as_their_text(tmp_path):
         inspection.inspect(str(path))
 
 
+def test_tool_calls_are_named_as_such(tmp_path):
+    """OpenAI's function-calling rows (an assistant turn of tool_calls with "content": null, then a "tool" turn) were
+    refused with "turn 2 of 'messages' has an empty 'content'", which filling in no content could fix."""
+    call = {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+    said = "is a tool call or a tool's result, which cannot be trained on yet; leave out the rows with tool calls"
+    for n, turn in (
+        (2, {"role": "assistant", "content": None, "tool_calls": [call]}),
+        (2, {"role": "assistant", "tool_calls": [call]}),
+        (3, None),
+    ):
+        turns = [
+            {"role": "user", "content": "Weather?"},
+            turn or {"role": "assistant", "content": "Let me look."},
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+            {"role": "assistant", "content": "Sunny."},
+        ]
+        path = tmp_path / "tools.jsonl"
+        path.write_text(json.dumps({"messages": turns}) + "\n")
+        with pytest.raises(UserError, match=f"tools.jsonl: row 1: turn {n} of 'messages' {said}"):
+            inspection.inspect(str(path))
+
+
 def test_non_utf8_and_binary_files(tmp_path):
     latin = tmp_path / "latin.jsonl"
     latin.write_bytes('{"instruction": "caf\xe9", "output": "b"}\n'.encode("latin-1"))

@@ -34,6 +34,9 @@ SHAREGPT_ROLES = {
 ROLES = ("system", "user", "assistant")
 
 
+TOOL_ROLES = ("tool", "function", "ipython", "function_call", "observation")  # OpenAI, Llama 3.1, glaive-style ShareGPT
+
+
 FIELDS = (
     "instruction",
     "input",
@@ -185,6 +188,12 @@ def _turns(turns, key: str, where: str, sharegpt: bool) -> list[dict]:
         raise UserError(f"{where}: field '{key}' should be a non-empty list of turns.")
     msgs = []
     for j, turn in enumerate(turns, 1):
+        tool = isinstance(turn, dict) and (turn.get("tool_calls") or turn.get("function_call"))  # often no content
+        if tool or isinstance(turn, dict) and turn.get(role_key) in TOOL_ROLES:
+            raise UserError(
+                f"{where}: turn {j} of '{key}' is a tool call or a tool's result, which cannot be trained on yet; "
+                "leave out the rows with tool calls."
+            )
         if not isinstance(turn, dict) or role_key not in turn or text_key not in turn:
             raise UserError(f"{where}: turn {j} of '{key}' needs '{role_key}' and '{text_key}'.")
         given = turn[role_key] if isinstance(turn[role_key], str) else repr(turn[role_key])  # a list is no role
