@@ -233,6 +233,21 @@ def test_column_mapping_in_the_job_and_the_cli(tmp_path, tok):
     assert formats.parse_map(["q=instruction, a=output"]) == {"q": "instruction", "a": "output"}
 
 
+def test_prompt_and_completion_columns_for_sft_say_the_mapping(tmp_path, tok):
+    """OpenAI's legacy fine-tuning rows ({"prompt", "completion"}) for chat fine-tuning were refused as "this dataset
+    is prompt. It suits GRPO", which would train on the prompts alone; the sentence now gives the mapping."""
+    from engine import api
+
+    path = tmp_path / "pc.jsonl"
+    path.write_text(json.dumps({"prompt": "Who are you?", "completion": "I am Nova."}) + "\n")
+    with pytest.raises(UserError, match="^pc.jsonl has 'prompt' and 'completion' columns: to fine-tune on them, map "):
+        api.check_data(str(path), "sft")
+    mapping = formats.parse_map(["prompt=instruction, completion=output"])
+    assert api.check_data(str(path), "sft", mapping) == "alpaca"
+    (ex,) = tokenizing.load_examples(spec(path, column_map=mapping), tok, log=lambda m: None)
+    assert learned_runs(tok, ex) == ["I am Nova.<|im_end|>"]
+
+
 def test_two_columns_mapped_to_one_field_are_refused_naming_both(tmp_path, tok, runs, tiny_llama):
     from helpers import tiny_spec
 

@@ -186,6 +186,13 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         "{0}: строка {1}: у реплики {2} неизвестная роль '{3}'; используйте {4}.",
     ),
     (
+        r"(.+?) has 'prompt' and 'completion' columns: to fine-tune on them, map them as prompt=instruction, "
+        r"completion=output\.",
+        "{0} 含有 'prompt' 和 'completion' 列：要用它们微调，请映射为 prompt=instruction, completion=output。",
+        "В {0} есть колонки 'prompt' и 'completion': чтобы дообучить на них, сопоставьте их как "
+        "prompt=instruction, completion=output.",
+    ),
+    (
         ROW + r": turn (\d+) of '(.*)' is a tool call or a tool's result, which cannot be trained on yet; leave out "
         r"the rows with tool calls\.",
         "{0}：第 {1} 行：'{3}' 的第 {2} 轮是工具调用或工具的结果，目前还不能用于训练；请去掉含工具调用的行。",
