@@ -210,6 +210,16 @@ def test_non_utf8_and_binary_files(tmp_path):
         inspection.inspect(str(notepad))
 
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_utf16_without_a_byte_order_mark_is_named(tmp_path, encoding):
+    """UTF-16 without a BOM (what a program writing "utf-16-le" saves) was "looks binary, not text; save it as JSON,
+    JSONL, CSV or Parquet", of a file that is JSON already."""
+    path = tmp_path / "d.jsonl"
+    path.write_bytes('{"instruction": "a", "output": "b"}\n'.encode(encoding))
+    with pytest.raises(UserError, match="'d.jsonl' is UTF-16 text; save it again as UTF-8"):
+        inspection.inspect(str(path))
+
+
 def test_cli_data_inspect(tmp_path):
     good = write(
         tmp_path, "g.jsonl", [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]}]

@@ -44,7 +44,10 @@ def file_rows(path: str | os.PathLike, count: bool = False) -> tuple[int | None,
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return _parquet_total(path), _parquet_rows(path)
-    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):  # what Windows Notepad saves as "Unicode"
+    # what Windows Notepad saves as "Unicode" (with a byte-order mark), or a text starting with two ASCII characters
+    # in UTF-16 without one: every other byte zero
+    no_bom = len(head) >= 4 and (not any(head[1:4:2]) and all(head[0:4:2]) or not any(head[0:4:2]) and all(head[1:4:2]))
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff") or no_bom:
         raise UserError(f"Dataset file '{path.name}' is UTF-16 text; save it again as UTF-8.")
     if b"\x00" in head:
         raise UserError(f"Dataset file '{path.name}' looks binary, not text; save it as JSON, JSONL, CSV or Parquet.")
