@@ -127,6 +127,19 @@ def test_plain_text_is_raw_paragraphs(tmp_path):
     assert inspection.inspect(str(path))["format"] == "raw"
 
 
+def test_empty_texts_preview_as_training_reads_them(tmp_path, tok):
+    """Continued pretraining takes an empty 'text' row as no example (wikitext's rows are often ""), but the Data
+    tab refused the same file: "row 1: field 'text' is missing or empty", and so did the check before a run."""
+    from engine.training.preflight import check_first_rows
+    from engine.training.pretrain import load_text_examples
+
+    path = tmp_path / "wiki.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["", " = Nova = \n", "", " Nova is a name .\n"]))
+    assert inspection.inspect(str(path))["rows"] == 4
+    assert check_first_rows(spec(path, objective="pretrain")) == "raw"
+    assert len(load_text_examples(spec(path, objective="pretrain"), tok, log=lambda m: None)) == 2
+
+
 def test_dataset_folder_loads_through_datasets(tmp_path, tok):
     """The hub path (datasets.load_dataset) on a local dataset folder: the same call, no network."""
     folder = tmp_path / "my_dataset"

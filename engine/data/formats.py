@@ -255,7 +255,7 @@ def validate_row(row: dict, fmt: str, row_no: int, source: str) -> None:
     if fmt in CHAT_FORMATS:
         to_messages(row, fmt, row_no, source)
     elif fmt == "raw":
-        _text(row, "text", where)
+        raw_text(row, row_no, source)  # as continued pretraining reads it: an empty text is no example, not an error
     elif fmt == "prompt":
         if not isinstance(row.get("prompt"), (str, list)) or not row["prompt"]:
             raise UserError(f"{where}: field 'prompt' is missing or empty.")
