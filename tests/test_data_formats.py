@@ -154,6 +154,15 @@ def test_dataset_folder_loads_through_datasets(tmp_path, tok):
     assert learned_runs(tok, ex) == EXPECTED_LEARNED
 
 
+def test_a_dataset_folder_under_the_home_folder_is_found_by_tilde(tmp_path, monkeypatch):
+    """`data: ~/my_dataset` in a job.yaml: a file there was found, a folder was "Could not load dataset
+    '~/my_dataset' (ConnectionError): check the name, the connection, ..."."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "my_dataset").mkdir()
+    (tmp_path / "my_dataset" / "train.jsonl").write_text(json.dumps({"messages": CONVERSATION}) + "\n")
+    assert reading.read_rows("~/my_dataset") == reading.read_rows("~/my_dataset/train.jsonl")
+
+
 def test_unreachable_hub_dataset_is_one_sentence(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="Could not load dataset 'nobody/nothing'"):

@@ -217,7 +217,8 @@ def source_rows(
     import datasets
 
     try:
-        builder = datasets.load_dataset_builder(source, config or None)
+        # a folder by its expanded path: datasets takes '~/my_dataset' for a hub id
+        builder = datasets.load_dataset_builder(str(path) if path.is_dir() else source, config or None)
         _check_files(source, path, builder.config.data_files or {})  # before anything is read
         builder.download_and_prepare()
         ds = builder.as_dataset(split=split)
