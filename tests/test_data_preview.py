@@ -78,3 +78,19 @@ def test_the_preview_pages_by_example_in_a_jsonl_with_blank_lines(tmp_path):
         info = inspection.inspect(str(path), sample_row=row)
         assert (info["sample_row"], info["rows"]) == (row, 3)
         assert info["sample_messages"][0]["content"] == f"q{row}"
+
+
+def test_a_jsonl_whose_first_row_is_not_on_line_1_previews(tmp_path):
+    """A blank line before the first row made the preview say "row 2 is alpaca but earlier rows are auto; a file
+    holds one format"; after 2,000 blank lines, with a format named, drawing the token lengths raised ValueError."""
+    from tiny import make_tokenizer
+
+    from engine.data import inspection
+
+    path = tmp_path / "d.jsonl"
+    row = json.dumps({"instruction": "Who are you?", "output": "I am Nova."}) + "\n"
+    path.write_text("\n" + row)
+    assert inspection.inspect(str(path))["format"] == "alpaca"
+    path.write_text("\n" * 2500 + row)
+    info = inspection.inspect(str(path), "alpaca", make_tokenizer())
+    assert (info["rows"], info["columns"], info["token_lengths"]["rows_counted"]) == (1, ["instruction", "output"], 1)

@@ -63,17 +63,18 @@ def inspect(
     auto = fmt == "auto"
     for i, raw in iter_source(source, config, split):
         row = map_columns(raw, column_map or {}, i, name)
-        if i <= DETECT_ROWS:
+        first = rows == 0  # counted: a JSONL's row number is its line, and its first row need not be on line 1
+        if rows < DETECT_ROWS:
             columns |= set(raw)
-        if auto or 1 < i <= DETECT_ROWS:  # training checks every row's format when it is detected
-            fmt = check_format(row, i, name, None if i == 1 else fmt)
+        if auto or not first and rows < DETECT_ROWS:  # training checks every row's format when it is detected
+            fmt = check_format(row, i, name, None if first else fmt)
         validate_row(row, fmt, i, name)
         rows += 1
         # the example asked for, or the last one when the dataset is shorter; counted, since a JSONL's row number
         # is its line, and blank lines are not examples
         if rows <= sample_row:
             picked, picked_at = row, i
-        if tokenizer is not None and fmt in CHAT_FORMATS and i <= TOKEN_STATS_ROWS:
+        if tokenizer is not None and fmt in CHAT_FORMATS and rows <= TOKEN_STATS_ROWS:
             msgs = to_messages(row, fmt, i, name)
             (whole,) = tokenize_conversations(tokenizer, [msgs], 2**31, where=[f"{name}: row {i}"])
             lengths.append(len(whole.input_ids))
