@@ -151,6 +151,17 @@ def test_a_numeric_alpaca_answer_is_its_text(tmp_path):
     assert formats.to_messages(reading.read_rows(path)[1], "alpaca", 2)[-1]["content"] == "2.5"
 
 
+def test_an_empty_pandas_cell_written_as_nan_is_empty(tmp_path):
+    """json.dumps(df.to_dict("records")) writes pandas' empty cells as NaN: an empty 'input' was refused as "field
+    'input' should be text", and an empty 'output' trained the model to answer "nan"."""
+    path = tmp_path / "pandas.jsonl"
+    path.write_text('{"instruction": "Who are you?", "input": NaN, "output": "I am Nova."}\n')
+    assert inspection.inspect(str(path))["sample_messages"][0] == {"role": "user", "content": "Who are you?"}
+    path.write_text('{"instruction": "Who are you?", "input": "", "output": NaN}\n')
+    with pytest.raises(UserError, match="pandas.jsonl: row 1: field 'output' is missing or empty"):
+        inspection.inspect(str(path))
+
+
 def test_openai_content_parts_are_read_as_their_text(tmp_path):
     """ "content": [{"type": "text", "text": ...}] (OpenAI's parts) was refused as an empty 'content'."""
     path = tmp_path / "parts.jsonl"

@@ -11,6 +11,8 @@ Every problem with a row names the file, the 1-based row and the field. Reading 
 tokenizing engine.data.tokenizing's, the Data tab's summary engine.data.inspection's.
 """
 
+import math
+
 from engine.core.errors import UserError
 
 FORMATS = ("alpaca", "sharegpt", "chatml", "raw", "preference", "prompt")
@@ -150,8 +152,13 @@ def detect_format(rows: list[dict], source: str = "dataset") -> str:
     return fmt
 
 
+def _empty(value) -> bool:
+    """None, or NaN: json.dumps writes pandas' empty cells (df.to_dict("records")) as NaN."""
+    return value is None or isinstance(value, float) and math.isnan(value)
+
+
 def _text(row: dict, key: str, where: str, numbers: bool = False) -> str:
-    value = row.get(key)
+    value = None if _empty(row.get(key)) else row.get(key)
     if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)  # a numeric answer ("output": 4) is the text it reads as
     if value is not None and not isinstance(value, str):
@@ -222,7 +229,7 @@ def to_messages(row: dict, fmt: str, row_no: int, source: str = "dataset", syste
     where = f"{source}: row {row_no}"
     if fmt == "alpaca":
         instruction, output = _text(row, "instruction", where, True), _text(row, "output", where, True)
-        extra = row.get("input") or ""
+        extra = "" if _empty(row.get("input")) else row.get("input") or ""
         if not isinstance(extra, str):
             raise UserError(f"{where}: field 'input' should be text.")
         _encodable(extra, "input", where)
