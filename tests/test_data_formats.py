@@ -333,6 +333,25 @@ def test_named_templates_render_the_family_format(name):
     assert text == EXPECTED_TEMPLATES[name]
 
 
+def test_a_reply_the_template_renders_differently_is_found_in_its_own_turn():
+    """Qwen3's template writes an empty <think></think> block into the last reply only, so an earlier reply is found
+    by its text; the search started at the previous reply, and a reply "yes" after the question "Say yes" trained the
+    user's "yes" and left the reply itself untrained."""
+    from tiny import make_tokenizer
+
+    qwen3_like = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['role'] == 'assistant' and loop.last %}"
+        "<think>\n\n</think>\n\n{% endif %}{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    tok = make_tokenizer(qwen3_like)
+    conv = [{"role": "user", "content": "Say yes"}, {"role": "assistant", "content": "yes"}]
+    conv += [{"role": "user", "content": "Again"}, {"role": "assistant", "content": "yes"}]
+    text = tokenizing.render(tok, conv)
+    first_reply = text.index("<|im_start|>assistant\nyes") + len("<|im_start|>assistant\n")
+    assert tokenizing.assistant_spans(tok, conv, text)[0] == (first_reply, first_reply + len("yes<|im_end|>"))
+
+
 def test_named_template_on_a_base_tokenizer_masks_and_stops(tmp_path):
     from tiny import make_tokenizer
 
