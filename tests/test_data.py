@@ -151,6 +151,17 @@ def test_a_numeric_alpaca_answer_is_its_text(tmp_path):
     assert formats.to_messages(reading.read_rows(path)[1], "alpaca", 2)[-1]["content"] == "2.5"
 
 
+def test_an_empty_pandas_cell_written_as_nan_is_empty(tmp_path):
+    """json.dumps(df.to_dict("records")) writes pandas' empty cells as NaN: an empty 'input' was refused as "field
+    'input' should be text", and an empty 'output' trained the model to answer "nan"."""
+    path = tmp_path / "pandas.jsonl"
+    path.write_text('{"instruction": "Who are you?", "input": NaN, "output": "I am Nova."}\n')
+    assert inspection.inspect(str(path))["sample_messages"][0] == {"role": "user", "content": "Who are you?"}
+    path.write_text('{"instruction": "Who are you?", "input": "", "output": NaN}\n')
+    with pytest.raises(UserError, match="pandas.jsonl: row 1: field 'output' is missing or empty"):
+        inspection.inspect(str(path))
+
+
 def test_openai_content_parts_are_read_as_their_text(tmp_path):
     """ "content": [{"type": "text", "text": ...}] (OpenAI's parts) was refused as an empty 'content'."""
     path = tmp_path / "parts.jsonl"
@@ -167,6 +178,28 @@ def test_openai_content_parts_are_read_as_their_text(tmp_path):
     path.write_text(json.dumps({"messages": turns}) + "\n")
     with pytest.raises(UserError, match="row 1: turn 1 of 'messages' has a 'content' of parts that are not all text"):
         inspection.inspect(str(path))
+
+
+def test_tool_calls_are_named_as_such(tmp_path):
+    """OpenAI's function-calling rows (an assistant turn of tool_calls with "content": null, then a "tool" turn) were
+    refused with "turn 2 of 'messages' has an empty 'content'", which filling in no content could fix."""
+    call = {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+    said = "is a tool call or a tool's result, which cannot be trained on yet; leave out the rows with tool calls"
+    for n, turn in (
+        (2, {"role": "assistant", "content": None, "tool_calls": [call]}),
+        (2, {"role": "assistant", "tool_calls": [call]}),
+        (3, None),
+    ):
+        turns = [
+            {"role": "user", "content": "Weather?"},
+            turn or {"role": "assistant", "content": "Let me look."},
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+            {"role": "assistant", "content": "Sunny."},
+        ]
+        path = tmp_path / "tools.jsonl"
+        path.write_text(json.dumps({"messages": turns}) + "\n")
+        with pytest.raises(UserError, match=f"tools.jsonl: row 1: turn {n} of 'messages' {said}"):
+            inspection.inspect(str(path))
 
 
 def test_non_utf8_and_binary_files(tmp_path):
@@ -186,6 +219,16 @@ def test_non_utf8_and_binary_files(tmp_path):
     notepad.write_text('{"instruction": "a", "output": "b"}\n', encoding="utf-16")
     with pytest.raises(UserError, match="'unicode.jsonl' is UTF-16 text; save it again as UTF-8"):
         inspection.inspect(str(notepad))
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_utf16_without_a_byte_order_mark_is_named(tmp_path, encoding):
+    """UTF-16 without a BOM (what a program writing "utf-16-le" saves) was "looks binary, not text; save it as JSON,
+    JSONL, CSV or Parquet", of a file that is JSON already."""
+    path = tmp_path / "d.jsonl"
+    path.write_bytes('{"instruction": "a", "output": "b"}\n'.encode(encoding))
+    with pytest.raises(UserError, match="'d.jsonl' is UTF-16 text; save it again as UTF-8"):
+        inspection.inspect(str(path))
 
 
 def test_cli_data_inspect(tmp_path):

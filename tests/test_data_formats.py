@@ -58,6 +58,24 @@ def test_sharegpt_and_chatml_give_identical_ids_and_masks(tok, tmp_path):
     assert results[0] == results[1]
 
 
+def test_conversations_of_role_and_content_read_as_messages(tok, tmp_path):
+    """Unsloth's standardize_sharegpt (and this project's, tunesmith.chat_templates) keeps the 'conversations' column
+    with role/content turns; such a file, saved and dropped in, was refused: "turn 1 of 'conversations' needs 'from'
+    and 'value'". 'messages' of from/value turns were refused the same way."""
+    chatml = tmp_path / "c.jsonl"
+    chatml.write_text(json.dumps({"messages": CONVERSATION}) + "\n")
+    (want,) = tokenizing.load_examples(spec(chatml), tok, log=lambda m: None)
+    for name, row in (
+        ("s.jsonl", {"conversations": CONVERSATION}),
+        ("m.jsonl", {"messages": as_sharegpt(CONVERSATION)["conversations"]}),
+    ):
+        path = tmp_path / name
+        path.write_text(json.dumps(row) + "\n")
+        assert inspection.inspect(str(path))["sample_messages"] == CONVERSATION
+        (ex,) = tokenizing.load_examples(spec(path), tok, log=lambda m: None)
+        assert ex == want
+
+
 def test_alpaca_matches_the_equivalent_conversation(tok, tmp_path):
     path = tmp_path / "a.json"
     path.write_text(
@@ -109,6 +127,19 @@ def test_plain_text_is_raw_paragraphs(tmp_path):
     assert inspection.inspect(str(path))["format"] == "raw"
 
 
+def test_empty_texts_preview_as_training_reads_them(tmp_path, tok):
+    """Continued pretraining takes an empty 'text' row as no example (wikitext's rows are often ""), but the Data
+    tab refused the same file: "row 1: field 'text' is missing or empty", and so did the check before a run."""
+    from engine.training.preflight import check_first_rows
+    from engine.training.pretrain import load_text_examples
+
+    path = tmp_path / "wiki.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["", " = Nova = \n", "", " Nova is a name .\n"]))
+    assert inspection.inspect(str(path))["rows"] == 4
+    assert check_first_rows(spec(path, objective="pretrain")) == "raw"
+    assert len(load_text_examples(spec(path, objective="pretrain"), tok, log=lambda m: None)) == 2
+
+
 def test_dataset_folder_loads_through_datasets(tmp_path, tok):
     """The hub path (datasets.load_dataset) on a local dataset folder: the same call, no network."""
     folder = tmp_path / "my_dataset"
@@ -121,6 +152,15 @@ def test_dataset_folder_loads_through_datasets(tmp_path, tok):
         inspection.inspect(str(folder), split="validation")
     (ex,) = tokenizing.load_examples(spec(folder), tok, log=lambda m: None)
     assert learned_runs(tok, ex) == EXPECTED_LEARNED
+
+
+def test_a_dataset_folder_under_the_home_folder_is_found_by_tilde(tmp_path, monkeypatch):
+    """`data: ~/my_dataset` in a job.yaml: a file there was found, a folder was "Could not load dataset
+    '~/my_dataset' (ConnectionError): check the name, the connection, ..."."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "my_dataset").mkdir()
+    (tmp_path / "my_dataset" / "train.jsonl").write_text(json.dumps({"messages": CONVERSATION}) + "\n")
+    assert reading.read_rows("~/my_dataset") == reading.read_rows("~/my_dataset/train.jsonl")
 
 
 def test_unreachable_hub_dataset_is_one_sentence(monkeypatch):
@@ -215,6 +255,21 @@ def test_column_mapping_in_the_job_and_the_cli(tmp_path, tok):
     assert formats.parse_map(["q=instruction, a=output"]) == {"q": "instruction", "a": "output"}
 
 
+def test_prompt_and_completion_columns_for_sft_say_the_mapping(tmp_path, tok):
+    """OpenAI's legacy fine-tuning rows ({"prompt", "completion"}) for chat fine-tuning were refused as "this dataset
+    is prompt. It suits GRPO", which would train on the prompts alone; the sentence now gives the mapping."""
+    from engine import api
+
+    path = tmp_path / "pc.jsonl"
+    path.write_text(json.dumps({"prompt": "Who are you?", "completion": "I am Nova."}) + "\n")
+    with pytest.raises(UserError, match="^pc.jsonl has 'prompt' and 'completion' columns: to fine-tune on them, map "):
+        api.check_data(str(path), "sft")
+    mapping = formats.parse_map(["prompt=instruction, completion=output"])
+    assert api.check_data(str(path), "sft", mapping) == "alpaca"
+    (ex,) = tokenizing.load_examples(spec(path, column_map=mapping), tok, log=lambda m: None)
+    assert learned_runs(tok, ex) == ["I am Nova.<|im_end|>"]
+
+
 def test_two_columns_mapped_to_one_field_are_refused_naming_both(tmp_path, tok, runs, tiny_llama):
     from helpers import tiny_spec
 
@@ -276,6 +331,25 @@ def test_named_templates_render_the_family_format(name):
         )
     )
     assert text == EXPECTED_TEMPLATES[name]
+
+
+def test_a_reply_the_template_renders_differently_is_found_in_its_own_turn():
+    """Qwen3's template writes an empty <think></think> block into the last reply only, so an earlier reply is found
+    by its text; the search started at the previous reply, and a reply "yes" after the question "Say yes" trained the
+    user's "yes" and left the reply itself untrained."""
+    from tiny import make_tokenizer
+
+    qwen3_like = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['role'] == 'assistant' and loop.last %}"
+        "<think>\n\n</think>\n\n{% endif %}{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    tok = make_tokenizer(qwen3_like)
+    conv = [{"role": "user", "content": "Say yes"}, {"role": "assistant", "content": "yes"}]
+    conv += [{"role": "user", "content": "Again"}, {"role": "assistant", "content": "yes"}]
+    text = tokenizing.render(tok, conv)
+    first_reply = text.index("<|im_start|>assistant\nyes") + len("<|im_start|>assistant\n")
+    assert tokenizing.assistant_spans(tok, conv, text)[0] == (first_reply, first_reply + len("yes<|im_end|>"))
 
 
 def test_named_template_on_a_base_tokenizer_masks_and_stops(tmp_path):
@@ -391,6 +465,16 @@ def test_csv_with_extra_values_names_the_row(tmp_path):
     path.write_text("instruction,output\na,b\nc,d,e\n")
     with pytest.raises(UserError, match="d.csv: row 2 has more values than the header"):
         inspection.inspect(str(path))
+
+
+def test_a_csv_quote_never_closed_names_its_row_instead_of_swallowing_the_rest(tmp_path):
+    """A quote opened in a CSV cell and never closed made the rest of the file that one cell: three rows were
+    trained as one, whose answer held the other rows' text, without a word."""
+    path = tmp_path / "d.csv"
+    path.write_text('instruction,output\nq1,a1\nq2,"a2\nq3,a3\nq4,a4\n')
+    for read in (reading.read_rows, inspection.inspect):
+        with pytest.raises(UserError, match='d.csv: row 2 opens a quote \\("\\) that is never closed; close it'):
+            read(path)
 
 
 def test_the_preview_checks_every_rows_format_as_training_does(tmp_path):

@@ -65,3 +65,32 @@ def test_a_dataset_that_is_not_chat_does_not_ask_for_the_model_already_picked(ti
     assert "Just some raw text." in sample[0][0]
     _, summary, _, _ = data_tab.inspect(str(path), "", "", "auto", 256)
     assert "Pick a model in the Model tab to see the sample" in summary  # none picked: that is the way
+
+
+def test_the_preview_pages_by_example_in_a_jsonl_with_blank_lines(tmp_path):
+    """Example N was the row on line N of a JSONL: with a blank line after each row, "showing example 2 of 3" showed
+    the first and "example 3 of 3" the second, and the third showed only at example 5."""
+    from engine.data import inspection
+
+    path = tmp_path / "spaced.jsonl"
+    path.write_text("".join(json.dumps({"instruction": f"q{i}", "output": f"a{i}"}) + "\n\n" for i in (1, 2, 3)))
+    for row in (1, 2, 3):
+        info = inspection.inspect(str(path), sample_row=row)
+        assert (info["sample_row"], info["rows"]) == (row, 3)
+        assert info["sample_messages"][0]["content"] == f"q{row}"
+
+
+def test_a_jsonl_whose_first_row_is_not_on_line_1_previews(tmp_path):
+    """A blank line before the first row made the preview say "row 2 is alpaca but earlier rows are auto; a file
+    holds one format"; after 2,000 blank lines, with a format named, drawing the token lengths raised ValueError."""
+    from tiny import make_tokenizer
+
+    from engine.data import inspection
+
+    path = tmp_path / "d.jsonl"
+    row = json.dumps({"instruction": "Who are you?", "output": "I am Nova."}) + "\n"
+    path.write_text("\n" + row)
+    assert inspection.inspect(str(path))["format"] == "alpaca"
+    path.write_text("\n" * 2500 + row)
+    info = inspection.inspect(str(path), "alpaca", make_tokenizer())
+    assert (info["rows"], info["columns"], info["token_lengths"]["rows_counted"]) == (1, ["instruction", "output"], 1)

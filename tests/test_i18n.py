@@ -234,7 +234,11 @@ def test_data_sentences_added_by_the_audit_are_translated(tmp_path):
     turns = [{"role": "user", "content": image}, {"role": "assistant", "content": 4}]
     (tmp_path / "parts.jsonl").write_text(json.dumps({"messages": turns}) + "\n")
     (tmp_path / "number.jsonl").write_text(json.dumps({"messages": [turns[0] | {"content": "a"}, turns[1]]}) + "\n")
-    sources = ["excel.csv", "notepad.jsonl", "caps.jsonl", "folder", "parts.jsonl", "number.jsonl"]
+    (tmp_path / "unclosed.csv").write_text('instruction,output\nWho?,"Nova\n')
+    tool = {"role": "tool", "content": "sunny"}
+    (tmp_path / "tools.jsonl").write_text(json.dumps({"messages": [turns[0] | {"content": "a"}, tool]}) + "\n")
+    sources = ["excel.csv", "notepad.jsonl", "caps.jsonl", "folder", "parts.jsonl", "number.jsonl", "unclosed.csv"]
+    sources.append("tools.jsonl")
     sentences = []
     for source in [str(tmp_path / s) for s in sources] + ["https://huggingface.co/datasets/tatsu-lab/alpaca"]:
         with pytest.raises(UserError) as info:

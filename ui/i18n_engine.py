@@ -186,6 +186,20 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         "{0}: строка {1}: у реплики {2} неизвестная роль '{3}'; используйте {4}.",
     ),
     (
+        r"(.+?) has 'prompt' and 'completion' columns: to fine-tune on them, map them as prompt=instruction, "
+        r"completion=output\.",
+        "{0} 含有 'prompt' 和 'completion' 列：要用它们微调，请映射为 prompt=instruction, completion=output。",
+        "В {0} есть колонки 'prompt' и 'completion': чтобы дообучить на них, сопоставьте их как "
+        "prompt=instruction, completion=output.",
+    ),
+    (
+        ROW + r": turn (\d+) of '(.*)' is a tool call or a tool's result, which cannot be trained on yet; leave out "
+        r"the rows with tool calls\.",
+        "{0}：第 {1} 行：'{3}' 的第 {2} 轮是工具调用或工具的结果，目前还不能用于训练；请去掉含工具调用的行。",
+        "{0}: строка {1}: реплика {2} в '{3}' — вызов инструмента или его результат, на них пока нельзя обучать; "
+        "уберите строки с вызовами инструментов.",
+    ),
+    (
         ROW + r": turn (\d+) of '(.*)' has an empty '(.*)'\.",
         "{0}：第 {1} 行：'{3}' 的第 {2} 轮的 '{4}' 为空。",
         "{0}: строка {1}: в реплике {2} из '{3}' пустое '{4}'.",
@@ -307,6 +321,13 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         ROW + r" has more values than the header has columns\.",
         "{0}：第 {1} 行的值比表头的列多。",
         "{0}: в строке {1} значений больше, чем колонок в заголовке.",
+    ),
+    (
+        ROW + r" opens a quote \(\"\) that is never closed; close it, or write a quote that is part of the text as "
+        r"two \(\"\"\)\.",
+        '{0}：第 {1} 行的引号（"）没有闭合；请闭合它，或把属于文本的引号写成两个（""）。',
+        '{0}: в строке {1} открыта кавычка ("), которая нигде не закрыта; закройте её или запишите кавычку, '
+        'которая входит в текст, двумя ("").',
     ),
     (
         ROW + r" cannot be read as CSV \((.*)\)\.",

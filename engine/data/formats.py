@@ -11,6 +11,8 @@ Every problem with a row names the file, the 1-based row and the field. Reading 
 tokenizing engine.data.tokenizing's, the Data tab's summary engine.data.inspection's.
 """
 
+import math
+
 from engine.core.errors import UserError
 
 FORMATS = ("alpaca", "sharegpt", "chatml", "raw", "preference", "prompt")
@@ -32,6 +34,9 @@ SHAREGPT_ROLES = {
 
 
 ROLES = ("system", "user", "assistant")
+
+
+TOOL_ROLES = ("tool", "function", "ipython", "function_call", "observation")  # OpenAI, Llama 3.1, glaive-style ShareGPT
 
 
 FIELDS = (
@@ -147,8 +152,13 @@ def detect_format(rows: list[dict], source: str = "dataset") -> str:
     return fmt
 
 
+def _empty(value) -> bool:
+    """None, or NaN: json.dumps writes pandas' empty cells (df.to_dict("records")) as NaN."""
+    return value is None or isinstance(value, float) and math.isnan(value)
+
+
 def _text(row: dict, key: str, where: str, numbers: bool = False) -> str:
-    value = row.get(key)
+    value = None if _empty(row.get(key)) else row.get(key)
     if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)  # a numeric answer ("output": 4) is the text it reads as
     if value is not None and not isinstance(value, str):
@@ -185,6 +195,12 @@ def _turns(turns, key: str, where: str, sharegpt: bool) -> list[dict]:
         raise UserError(f"{where}: field '{key}' should be a non-empty list of turns.")
     msgs = []
     for j, turn in enumerate(turns, 1):
+        tool = isinstance(turn, dict) and (turn.get("tool_calls") or turn.get("function_call"))  # often no content
+        if tool or isinstance(turn, dict) and turn.get(role_key) in TOOL_ROLES:
+            raise UserError(
+                f"{where}: turn {j} of '{key}' is a tool call or a tool's result, which cannot be trained on yet; "
+                "leave out the rows with tool calls."
+            )
         if not isinstance(turn, dict) or role_key not in turn or text_key not in turn:
             raise UserError(f"{where}: turn {j} of '{key}' needs '{role_key}' and '{text_key}'.")
         given = turn[role_key] if isinstance(turn[role_key], str) else repr(turn[role_key])  # a list is no role
@@ -213,7 +229,7 @@ def to_messages(row: dict, fmt: str, row_no: int, source: str = "dataset", syste
     where = f"{source}: row {row_no}"
     if fmt == "alpaca":
         instruction, output = _text(row, "instruction", where, True), _text(row, "output", where, True)
-        extra = row.get("input") or ""
+        extra = "" if _empty(row.get("input")) else row.get("input") or ""
         if not isinstance(extra, str):
             raise UserError(f"{where}: field 'input' should be text.")
         _encodable(extra, "input", where)
@@ -223,7 +239,12 @@ def to_messages(row: dict, fmt: str, row_no: int, source: str = "dataset", syste
             msgs.insert(0, {"role": "system", "content": _encodable(row["system"], "system", where)})
     elif fmt in ("sharegpt", "chatml"):
         key = "conversations" if fmt == "sharegpt" else "messages"
-        msgs = _turns(row.get(key), key, where, fmt == "sharegpt")
+        turns = row.get(key)
+        # the column's name does not say the turns' keys: Unsloth's standardize_sharegpt keeps 'conversations' with
+        # role/content turns, and some ShareGPT exports name the column 'messages'; the first turn's keys do
+        first = turns[0] if isinstance(turns, list) and turns and isinstance(turns[0], dict) else {}
+        sharegpt = "from" in first if ("from" in first) != ("role" in first) else fmt == "sharegpt"
+        msgs = _turns(turns, key, where, sharegpt)
         if not any(m["role"] == "assistant" for m in msgs):
             raise UserError(f"{where}: the conversation has no assistant turn, so there is nothing to learn.")
     else:
@@ -241,7 +262,7 @@ def validate_row(row: dict, fmt: str, row_no: int, source: str) -> None:
     if fmt in CHAT_FORMATS:
         to_messages(row, fmt, row_no, source)
     elif fmt == "raw":
-        _text(row, "text", where)
+        raw_text(row, row_no, source)  # as continued pretraining reads it: an empty text is no example, not an error
     elif fmt == "prompt":
         if not isinstance(row.get("prompt"), (str, list)) or not row["prompt"]:
             raise UserError(f"{where}: field 'prompt' is missing or empty.")

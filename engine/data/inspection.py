@@ -56,22 +56,25 @@ def inspect(
     if fmt != "auto" and fmt not in FORMATS:  # a job's data_format is checked by JobSpec; this is the CLI's --format
         raise UserError(f"Unknown data format '{fmt}'; use auto or one of: {', '.join(FORMATS)}.")
     name = Path(source).name
-    picked, rows, columns, lengths, truncated, replyless = None, 0, set(), [], 0, 0
+    picked, picked_at, rows, columns, lengths, truncated, replyless = None, 0, 0, set(), [], 0, 0
     sample_row = max(1, int(sample_row))
     if tokenizer is not None:
         ensure_chat_template(tokenizer, template)
     auto = fmt == "auto"
     for i, raw in iter_source(source, config, split):
         row = map_columns(raw, column_map or {}, i, name)
-        if i <= DETECT_ROWS:
+        first = rows == 0  # counted: a JSONL's row number is its line, and its first row need not be on line 1
+        if rows < DETECT_ROWS:
             columns |= set(raw)
-        if auto or 1 < i <= DETECT_ROWS:  # training checks every row's format when it is detected
-            fmt = check_format(row, i, name, None if i == 1 else fmt)
+        if auto or not first and rows < DETECT_ROWS:  # training checks every row's format when it is detected
+            fmt = check_format(row, i, name, None if first else fmt)
         validate_row(row, fmt, i, name)
         rows += 1
-        if i <= sample_row:  # the row asked for, or the last one when the dataset is shorter
-            picked = row
-        if tokenizer is not None and fmt in CHAT_FORMATS and i <= TOKEN_STATS_ROWS:
+        # the example asked for, or the last one when the dataset is shorter; counted, since a JSONL's row number
+        # is its line, and blank lines are not examples
+        if rows <= sample_row:
+            picked, picked_at = row, i
+        if tokenizer is not None and fmt in CHAT_FORMATS and rows <= TOKEN_STATS_ROWS:
             msgs = to_messages(row, fmt, i, name)
             (whole,) = tokenize_conversations(tokenizer, [msgs], 2**31, where=[f"{name}: row {i}"])
             lengths.append(len(whole.input_ids))
@@ -84,12 +87,12 @@ def inspect(
     sample_row = min(sample_row, rows)
     out = dict(file=str(source), format=fmt, rows=rows, columns=sorted(columns), sample_row=sample_row)
     if fmt in CHAT_FORMATS:
-        msgs = to_messages(picked, fmt, sample_row, name)
+        msgs = to_messages(picked, fmt, picked_at, name)
         out["sample_messages"] = msgs
         if tokenizer is None:
             out["sample"] = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in msgs)
         else:
-            out["sample"] = render(tokenizer, msgs, where=f"{name}: row {sample_row}")
+            out["sample"] = render(tokenizer, msgs, where=f"{name}: row {picked_at}")
             out["sample_masked"] = masked_segments(tokenizer, tokenize_conversation(tokenizer, msgs, max_len))
             out["token_lengths"] = dict(
                 rows_counted=len(lengths),

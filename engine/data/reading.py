@@ -44,7 +44,10 @@ def file_rows(path: str | os.PathLike, count: bool = False) -> tuple[int | None,
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return _parquet_total(path), _parquet_rows(path)
-    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):  # what Windows Notepad saves as "Unicode"
+    # what Windows Notepad saves as "Unicode" (with a byte-order mark), or a text starting with two ASCII characters
+    # in UTF-16 without one: every other byte zero
+    no_bom = len(head) >= 4 and (not any(head[1:4:2]) and all(head[0:4:2]) or not any(head[0:4:2]) and all(head[1:4:2]))
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff") or no_bom:
         raise UserError(f"Dataset file '{path.name}' is UTF-16 text; save it again as UTF-8.")
     if b"\x00" in head:
         raise UserError(f"Dataset file '{path.name}' looks binary, not text; save it as JSON, JSONL, CSV or Parquet.")
@@ -136,7 +139,8 @@ def _csv_rows(path: Path, delimiter: str):
     csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_BYTES))
     with open(path, "rb") as f:
         lines = (_decode(path, raw, n, "line") for n, raw in enumerate(f, 1))
-        reader = csv.DictReader(lines, delimiter=delimiter)
+        # strict: a quote never closed is an error, where csv otherwise reads the rest of the file into its cell
+        reader = csv.DictReader(lines, delimiter=delimiter, strict=True)
         i = 0
         try:
             header = reader.fieldnames or []
@@ -148,6 +152,11 @@ def _csv_rows(path: Path, delimiter: str):
                     raise UserError(f"{path.name}: row {i} has more values than the header has columns.")
                 yield i, {k: v for k, v in row.items() if v is not None}
         except csv.Error as e:
+            if "unexpected end of data" in str(e):
+                raise UserError(
+                    f'{path.name}: row {i + 1} opens a quote (") that is never closed; close it, or write a quote '
+                    'that is part of the text as two ("").'
+                ) from None
             raise UserError(f"{path.name}: row {i + 1} cannot be read as CSV ({e}).") from None
 
 
@@ -208,7 +217,8 @@ def source_rows(
     import datasets
 
     try:
-        builder = datasets.load_dataset_builder(source, config or None)
+        # a folder by its expanded path: datasets takes '~/my_dataset' for a hub id
+        builder = datasets.load_dataset_builder(str(path) if path.is_dir() else source, config or None)
         _check_files(source, path, builder.config.data_files or {})  # before anything is read
         builder.download_and_prepare()
         ds = builder.as_dataset(split=split)

@@ -72,6 +72,8 @@ def assistant_spans(tokenizer, messages: list[dict], text: str, where: str = "")
             spans.append((len(before), end))
             cursor = len(upto)
             continue
+        if before is not None and text.startswith(before):  # the reply is after the turns before it, not in them
+            cursor = max(cursor, len(before))
         start = text.find(m["content"], cursor)
         if start < 0:
             raise UserError(

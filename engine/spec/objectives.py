@@ -88,6 +88,11 @@ def check_data(
         columns |= set(row)
     if fmt is None:
         raise UserError(f"Dataset '{name}' has no rows.")
+    if objective == "sft" and fmt == "prompt" and "completion" in columns:  # OpenAI's legacy rows, not RL prompts
+        raise UserError(
+            f"{name} has 'prompt' and 'completion' columns: to fine-tune on them, map them as "
+            "prompt=instruction, completion=output."
+        )
     problem = format_problem(objective, fmt)
     if problem:
         raise UserError(problem)
