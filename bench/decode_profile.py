@@ -70,8 +70,9 @@ def bytes_per_token(model) -> int:
     experts = getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None)
     active = getattr(config, "num_experts_per_tok", None)
     share = active / experts if experts and active else 1.0  # a token reads only its top-k experts' weights
-    total = sum(p.numel() * p.element_size() * (share if ".experts." in name else 1.0)
-                for name, p in model.named_parameters())
+    total = sum(
+        p.numel() * p.element_size() * (share if ".experts." in name else 1.0) for name, p in model.named_parameters()
+    )
     embed, head = net.get_input_embeddings().weight, net.get_output_embeddings().weight
     if embed.data_ptr() != head.data_ptr():
         total -= embed.numel() * embed.element_size()
