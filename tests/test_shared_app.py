@@ -286,6 +286,23 @@ def test_the_app_resumes_no_copied_run_that_trusts_remote_code(runs, identity_fi
     assert not (folder / "log.txt").exists()
 
 
+def test_a_process_just_spawned_is_known_as_its_runs(tmp_path):
+    """Right after Popen returns, the child's /proc/<pid>/cmdline can still be empty (its exec under way): runs_in
+    said it was not the run's process, so a poll in that moment read a run just started (or resumed) as "stopped
+    unexpectedly". It reads the command line again until it is there."""
+    from engine.api.processes import runs_in
+
+    job = tmp_path / "job.yaml"
+    for _ in range(20):
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", str(job)], start_new_session=True)
+        try:
+            assert runs_in(proc.pid, tmp_path)
+            assert not runs_in(proc.pid, tmp_path / "another")
+        finally:
+            proc.kill()
+            proc.wait()
+
+
 def test_cancel_signals_no_process_but_the_runs_own(runs, identity_file):
     """status.json's pid may name any process of the user (one that took the pid after the run died unseen, or any at
     all in a run folder handed over): Cancel sent it SIGTERM, then SIGKILL to its whole group when it led one (a

@@ -105,10 +105,15 @@ def runs_in(pid: int, folder: Path) -> bool:
     (spawn's arguments). Checked before a signal, since status.json's pid may name any process of this user: one that
     took the pid after the run died unseen, or any at all in a run folder handed over (a shell leading its session
     would be killed with its whole group). Where there is no /proc to tell, True."""
-    try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return not Path("/proc/self").is_dir()
+    for _ in range(100):  # empty while a process just spawned is still in its exec: read again, for up to ~1 s
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return not Path("/proc/self").is_dir()
+        if raw:
+            break
+        time.sleep(0.01)
+    args = raw.split(b"\0")
     target = Path(folder).resolve()
     for arg in filter(None, args):
         try:
