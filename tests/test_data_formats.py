@@ -497,6 +497,19 @@ def test_blank_lines_before_the_first_row_are_not_an_empty_file(tmp_path):
         reading.read_rows(path)
 
 
+def test_a_csv_with_mac_line_endings_is_read(tmp_path):
+    """Excel for Mac saves CSV with a carriage return alone at each line's end: the file was "row 1 cannot be read
+    as CSV (new-line character seen in unquoted field - do you need to open the file in universal-newline mode?)"."""
+    path = tmp_path / "mac.csv"
+    path.write_bytes(b'instruction,output\rWho are you?,"I am\rNova."\rSay hi,hi\r')
+    assert reading.read_rows(path) == [
+        {"instruction": "Who are you?", "output": "I am\rNova."},
+        {"instruction": "Say hi", "output": "hi"},
+    ]
+    path.write_bytes(b"instruction;output\rWhat is 2,5 + 1?;3,5\r")  # and with semicolons, where the comma is decimal
+    assert reading.read_rows(path) == [{"instruction": "What is 2,5 + 1?", "output": "3,5"}]
+
+
 def test_a_csv_separated_by_semicolons_is_read(tmp_path):
     """Excel saves CSV with semicolons where the comma is the decimal mark (German, French, ...): the header was one
     column 'instruction;output', and the sentence said to map columns, which no mapping could do."""

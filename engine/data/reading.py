@@ -52,9 +52,10 @@ def file_rows(path: str | os.PathLike, count: bool = False) -> tuple[int | None,
     if b"\x00" in head:
         raise UserError(f"Dataset file '{path.name}' looks binary, not text; save it as JSON, JSONL, CSV or Parquet.")
     if suffix in (".csv", ".tsv"):
-        header = head.split(b"\n", 1)[0]  # Excel writes ';' where the comma is the decimal mark (German, French...)
+        header = head.splitlines()[0]  # Excel writes ';' where the comma is the decimal mark (German, French...)
         semicolons = suffix == ".csv" and b";" in header and b"," not in header
-        return None, _csv_rows(path, "\t" if suffix == ".tsv" else ";" if semicolons else ",")
+        mac = b"\r" in head and b"\n" not in head  # Excel for Mac ends each line with a carriage return alone
+        return None, _csv_rows(path, "\t" if suffix == ".tsv" else ";" if semicolons else ",", mac)
     if suffix in (".txt", ".md"):
         return None, _text_rows(path)
     if head.lstrip()[:1] == b"[":
@@ -134,11 +135,12 @@ def _json_array_rows(path: Path, rows: list):
         yield i, row
 
 
-def _csv_rows(path: Path, delimiter: str):
+def _csv_rows(path: Path, delimiter: str, mac: bool = False):
     # csv refuses fields over 128 KiB by default; a long document in one cell is a fair training example
     csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_BYTES))
     with open(path, "rb") as f:
-        lines = (_decode(path, raw, n, "line") for n, raw in enumerate(f, 1))
+        raw_lines = f.read().splitlines(keepends=True) if mac else f  # a file object splits at "\n" only
+        lines = (_decode(path, raw, n, "line") for n, raw in enumerate(raw_lines, 1))
         # strict: a quote never closed is an error, where csv otherwise reads the rest of the file into its cell
         reader = csv.DictReader(lines, delimiter=delimiter, strict=True)
         i = 0
