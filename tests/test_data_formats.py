@@ -497,6 +497,19 @@ def test_blank_lines_before_the_first_row_are_not_an_empty_file(tmp_path):
         reading.read_rows(path)
 
 
+def test_a_csv_written_by_hand_with_a_space_after_each_comma_is_read(tmp_path):
+    """ "instruction, output" made a column ' output', so the file matched no format, and a quoted cell after ", "
+    was split at its comma: "row 1 has more values than the header has columns"."""
+    path = tmp_path / "hand.csv"
+    path.write_text('instruction, output\nWho are you?, "I am Nova, really."\nSay hi, hi\n')
+    assert reading.read_rows(path) == [
+        {"instruction": "Who are you?", "output": "I am Nova, really."},
+        {"instruction": "Say hi", "output": "hi"},
+    ]
+    path.write_text('instruction,output\nIndent it.,"    return 1"\nAnd this., return 2\n')  # no spaces typed
+    assert [r["output"] for r in reading.read_rows(path)] == ["    return 1", " return 2"]
+
+
 def test_a_csv_with_mac_line_endings_is_read(tmp_path):
     """Excel for Mac saves CSV with a carriage return alone at each line's end: the file was "row 1 cannot be read
     as CSV (new-line character seen in unquoted field - do you need to open the file in universal-newline mode?)"."""

@@ -55,7 +55,11 @@ def file_rows(path: str | os.PathLike, count: bool = False) -> tuple[int | None,
         header = head.splitlines()[0]  # Excel writes ';' where the comma is the decimal mark (German, French...)
         semicolons = suffix == ".csv" and b";" in header and b"," not in header
         mac = b"\r" in head and b"\n" not in head  # Excel for Mac ends each line with a carriage return alone
-        return None, _csv_rows(path, "\t" if suffix == ".tsv" else ";" if semicolons else ",", mac)
+        delimiter = "\t" if suffix == ".tsv" else ";" if semicolons else ","
+        # "instruction, output", typed by hand: a space after each separator is no part of a value (where it is
+        # not, a cell may start with spaces that are: indented code)
+        spaced = f"{delimiter} ".encode() in header
+        return None, _csv_rows(path, delimiter, mac, spaced)
     if suffix in (".txt", ".md"):
         return None, _text_rows(path)
     if head.lstrip()[:1] == b"[":
@@ -135,14 +139,14 @@ def _json_array_rows(path: Path, rows: list):
         yield i, row
 
 
-def _csv_rows(path: Path, delimiter: str, mac: bool = False):
+def _csv_rows(path: Path, delimiter: str, mac: bool = False, spaced: bool = False):
     # csv refuses fields over 128 KiB by default; a long document in one cell is a fair training example
     csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_BYTES))
     with open(path, "rb") as f:
         raw_lines = f.read().splitlines(keepends=True) if mac else f  # a file object splits at "\n" only
         lines = (_decode(path, raw, n, "line") for n, raw in enumerate(raw_lines, 1))
         # strict: a quote never closed is an error, where csv otherwise reads the rest of the file into its cell
-        reader = csv.DictReader(lines, delimiter=delimiter, strict=True)
+        reader = csv.DictReader(lines, delimiter=delimiter, strict=True, skipinitialspace=spaced)
         i = 0
         try:
             header = reader.fieldnames or []
