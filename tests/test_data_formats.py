@@ -487,6 +487,15 @@ def test_the_preview_checks_every_rows_format_as_training_does(tmp_path):
         inspection.inspect(str(path))
 
 
+def test_jsonl_files_joined_each_with_a_byte_order_mark_are_read(tmp_path):
+    """Files saved by Windows Notepad (UTF-8 with a BOM) and joined (`type a.jsonl b.jsonl > all.jsonl`) were "row 2
+    is not valid JSON (Unexpected UTF-8 BOM (decode using utf-8-sig) at column 1)"."""
+    path = tmp_path / "all.jsonl"
+    rows = [{"instruction": "a", "output": "b"}, {"instruction": "c", "output": "d"}]
+    path.write_bytes(b"".join("\ufeff".encode() + json.dumps(r).encode() + b"\r\n" for r in rows))
+    assert reading.read_rows(path) == rows
+
+
 def test_blank_lines_before_the_first_row_are_not_an_empty_file(tmp_path):
     """Only the first 4 KiB were looked at: a file whose rows came after 4 KiB of blank lines was 'empty'."""
     path = tmp_path / "d.jsonl"

@@ -74,7 +74,8 @@ def _decode(path: Path, raw: bytes, row: int, what: str = "row") -> str:
     """One line of the file as text; `what` names it ("line" in a CSV or text file, whose rows are counted otherwise:
     after the header, or by paragraph)."""
     try:
-        return raw.decode("utf-8-sig" if row == 1 else "utf-8")  # a BOM (Windows editors write one) is not data
+        # a BOM (Windows editors write one) is not data, on the first line or on that of a file joined to another
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise UserError(f"{path.name}: {what} {row} is not UTF-8 text; re-save the file as UTF-8.") from None
 
