@@ -227,6 +227,10 @@ def test_a_dataset_folder_of_mixed_formats_is_refused_not_half_read(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="^Dataset folder 'empty' holds no data files"):
         inspection.inspect(str(tmp_path / "empty"))
+    (tmp_path / "excel").mkdir()  # files of no format it reads: it was 'check the name, the connection' too
+    (tmp_path / "excel" / "data.xlsx").write_bytes(b"PK\x03\x04")
+    with pytest.raises(UserError, match="^Dataset folder 'excel' holds no data files"):
+        inspection.inspect(str(tmp_path / "excel"))
 
 
 def test_column_mapping_in_the_job_and_the_cli(tmp_path, tok):

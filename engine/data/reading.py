@@ -239,18 +239,23 @@ def source_rows(
             f"Could not read '{source}' as one dataset ({cause}); every file in it must be valid and of one format "
             "with the same columns: fix or remove the bad file, or give one file."
         ) from None
-    except datasets.data_files.EmptyDatasetError:
-        if not path.is_dir():
-            raise
+    except (datasets.data_files.EmptyDatasetError, datasets.exceptions.DataFilesNotFoundError) as e:
+        if not path.is_dir():  # a hub dataset without data files: as any other failure to load it, below
+            raise _not_loaded(source, e) from None
         raise UserError(
             f"Dataset folder '{path.name}' holds no data files; put .jsonl, .json, .csv or .parquet files in it."
         ) from None
     except (ConnectionError, OSError, datasets.exceptions.DatasetNotFoundError) as e:
-        raise UserError(
-            f"Could not load dataset '{source}' ({type(e).__name__}): check the name, the connection, "
-            "or download it on a connected machine."
-        ) from None
+        raise _not_loaded(source, e) from None
     return len(ds), ((i, dict(row)) for i, row in enumerate(ds, 1))
+
+
+def _not_loaded(source: str, e: Exception) -> UserError:
+    """The sentence for a hub dataset that could not be loaded (offline, misspelt, or without data files)."""
+    return UserError(
+        f"Could not load dataset '{source}' ({type(e).__name__}): check the name, the connection, "
+        "or download it on a connected machine."
+    )
 
 
 def _check_files(source: str, folder: Path, data_files: dict) -> None:
