@@ -479,6 +479,10 @@ def test_a_csv_quote_never_closed_names_its_row_instead_of_swallowing_the_rest(t
     for read in (reading.read_rows, inspection.inspect):
         with pytest.raises(UserError, match='d.csv: row 2 opens a quote \\("\\) that is never closed; close it'):
             read(path)
+    # read strictly, a value with text after its closing quote is refused too (it lost its quotes): with a sentence
+    path.write_text('instruction,output\n"Hello," she said. Reply.,Hi\n')
+    with pytest.raises(UserError, match="d.csv: row 1 has text after the closing quote of a quoted value; put the "):
+        reading.read_rows(path)
 
 
 def test_the_preview_checks_every_rows_format_as_training_does(tmp_path):

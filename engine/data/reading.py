@@ -164,6 +164,11 @@ def _csv_rows(path: Path, delimiter: str, mac: bool = False, spaced: bool = Fals
                     f'{path.name}: row {i + 1} opens a quote (") that is never closed; close it, or write a quote '
                     'that is part of the text as two ("").'
                 ) from None
+            if "expected after '\"'" in str(e):
+                raise UserError(
+                    f"{path.name}: row {i + 1} has text after the closing quote of a quoted value; put the whole "
+                    'value in quotes, and write each quote inside it as two ("").'
+                ) from None
             raise UserError(f"{path.name}: row {i + 1} cannot be read as CSV ({e}).") from None
 
 
