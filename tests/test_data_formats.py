@@ -154,6 +154,19 @@ def test_dataset_folder_loads_through_datasets(tmp_path, tok):
     assert learned_runs(tok, ex) == EXPECTED_LEARNED
 
 
+def test_a_missing_split_names_the_splits_there_are(tmp_path):
+    """HuggingFaceH4/ultrachat_200k has train_sft and test_sft, no 'train': "has no split 'train'; pick one it has
+    (often 'train')" named neither."""
+    folder = tmp_path / "chats"
+    folder.mkdir()
+    (folder / "sft.jsonl").write_text(json.dumps({"messages": CONVERSATION}) + "\n")
+    splits = "".join(f"  - split: {s}\n    path: sft.jsonl\n" for s in ("train_sft", "test_sft"))
+    (folder / "README.md").write_text(f"---\nconfigs:\n- config_name: default\n  data_files:\n{splits}---\n")
+    with pytest.raises(UserError, match="has no split 'train'; pick one it has: 'train_sft', 'test_sft'.$"):
+        inspection.inspect(str(folder))
+    assert inspection.inspect(str(folder), split="train_sft")["rows"] == 1
+
+
 def test_a_dataset_folder_under_the_home_folder_is_found_by_tilde(tmp_path, monkeypatch):
     """`data: ~/my_dataset` in a job.yaml: a file there was found, a folder was "Could not load dataset
     '~/my_dataset' (ConnectionError): check the name, the connection, ..."."""

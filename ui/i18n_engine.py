@@ -347,6 +347,11 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         "'{0}' — не читаемый файл Parquet.",
     ),
     (
+        r"Dataset '(.*)' has no split '(.*)'; pick one it has: (.*)\.",
+        "数据集 '{0}' 没有划分 '{1}'；请选一个它有的：{2}。",
+        "У датасета '{0}' нет сплита '{1}'; выберите существующий: {2}.",
+    ),
+    (
         r"Dataset '(.*)' has no split '(.*)'; pick one it has \(often 'train'\)\.",
         "数据集 '{0}' 没有划分 '{1}'；请选一个它有的（通常是 'train'）。",
         "У датасета '{0}' нет сплита '{1}'; выберите существующий (обычно 'train').",

@@ -228,6 +228,7 @@ def source_rows(
         )
     import datasets
 
+    builder = None
     try:
         # a folder by its expanded path: datasets takes '~/my_dataset' for a hub id
         builder = datasets.load_dataset_builder(str(path) if path.is_dir() else source, config or None)
@@ -236,6 +237,9 @@ def source_rows(
         ds = builder.as_dataset(split=split)
     except ValueError as e:
         if "split" in str(e).lower():
+            have = ", ".join(f"'{s}'" for s in (builder.info.splits or {})) if builder is not None else ""
+            if have:  # ultrachat_200k has train_sft and test_sft, no 'train'
+                raise UserError(f"Dataset '{source}' has no split '{split}'; pick one it has: {have}.") from None
             raise UserError(f"Dataset '{source}' has no split '{split}'; pick one it has (often 'train').") from None
         raise UserError(f"Could not load dataset '{source}': {str(e).splitlines()[0][:200]}") from None
     except datasets.exceptions.DatasetGenerationError as e:  # a file of a folder (or hub dataset) did not parse
