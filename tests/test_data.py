@@ -180,6 +180,22 @@ def test_openai_content_parts_are_read_as_their_text(tmp_path):
         inspection.inspect(str(path))
 
 
+def test_an_empty_system_turn_is_no_system_turn(tmp_path):
+    """ShareGPT and OpenAI exports often open with {"from": "system", "value": ""}: every such row was refused with
+    "turn 1 of 'conversations' has an empty 'value'", though an empty system prompt is none at all."""
+    path = tmp_path / "sg.jsonl"
+    turns = [{"from": "system", "value": ""}, {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]
+    path.write_text(json.dumps({"conversations": turns}) + "\n")
+    assert inspection.inspect(str(path))["sample_messages"] == [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+    ]
+    turns[2]["value"] = " "  # an empty reply is still refused
+    path.write_text(json.dumps({"conversations": turns}) + "\n")
+    with pytest.raises(UserError, match="row 1: turn 3 of 'conversations' has an empty 'value'"):
+        inspection.inspect(str(path))
+
+
 def test_tool_calls_are_named_as_such(tmp_path):
     """OpenAI's function-calling rows (an assistant turn of tool_calls with "content": null, then a "tool" turn) were
     refused with "turn 2 of 'messages' has an empty 'content'", which filling in no content could fix."""

@@ -154,6 +154,19 @@ def test_dataset_folder_loads_through_datasets(tmp_path, tok):
     assert learned_runs(tok, ex) == EXPECTED_LEARNED
 
 
+def test_a_missing_split_names_the_splits_there_are(tmp_path):
+    """HuggingFaceH4/ultrachat_200k has train_sft and test_sft, no 'train': "has no split 'train'; pick one it has
+    (often 'train')" named neither."""
+    folder = tmp_path / "chats"
+    folder.mkdir()
+    (folder / "sft.jsonl").write_text(json.dumps({"messages": CONVERSATION}) + "\n")
+    splits = "".join(f"  - split: {s}\n    path: sft.jsonl\n" for s in ("train_sft", "test_sft"))
+    (folder / "README.md").write_text(f"---\nconfigs:\n- config_name: default\n  data_files:\n{splits}---\n")
+    with pytest.raises(UserError, match="has no split 'train'; pick one it has: 'train_sft', 'test_sft'.$"):
+        inspection.inspect(str(folder))
+    assert inspection.inspect(str(folder), split="train_sft")["rows"] == 1
+
+
 def test_a_dataset_folder_under_the_home_folder_is_found_by_tilde(tmp_path, monkeypatch):
     """`data: ~/my_dataset` in a job.yaml: a file there was found, a folder was "Could not load dataset
     '~/my_dataset' (ConnectionError): check the name, the connection, ..."."""
@@ -227,6 +240,10 @@ def test_a_dataset_folder_of_mixed_formats_is_refused_not_half_read(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="^Dataset folder 'empty' holds no data files"):
         inspection.inspect(str(tmp_path / "empty"))
+    (tmp_path / "excel").mkdir()  # files of no format it reads: it was 'check the name, the connection' too
+    (tmp_path / "excel" / "data.xlsx").write_bytes(b"PK\x03\x04")
+    with pytest.raises(UserError, match="^Dataset folder 'excel' holds no data files"):
+        inspection.inspect(str(tmp_path / "excel"))
 
 
 def test_column_mapping_in_the_job_and_the_cli(tmp_path, tok):
@@ -475,6 +492,10 @@ def test_a_csv_quote_never_closed_names_its_row_instead_of_swallowing_the_rest(t
     for read in (reading.read_rows, inspection.inspect):
         with pytest.raises(UserError, match='d.csv: row 2 opens a quote \\("\\) that is never closed; close it'):
             read(path)
+    # read strictly, a value with text after its closing quote is refused too (it lost its quotes): with a sentence
+    path.write_text('instruction,output\n"Hello," she said. Reply.,Hi\n')
+    with pytest.raises(UserError, match="d.csv: row 1 has text after the closing quote of a quoted value; put the "):
+        reading.read_rows(path)
 
 
 def test_the_preview_checks_every_rows_format_as_training_does(tmp_path):
@@ -487,6 +508,15 @@ def test_the_preview_checks_every_rows_format_as_training_does(tmp_path):
         inspection.inspect(str(path))
 
 
+def test_jsonl_files_joined_each_with_a_byte_order_mark_are_read(tmp_path):
+    """Files saved by Windows Notepad (UTF-8 with a BOM) and joined (`type a.jsonl b.jsonl > all.jsonl`) were "row 2
+    is not valid JSON (Unexpected UTF-8 BOM (decode using utf-8-sig) at column 1)"."""
+    path = tmp_path / "all.jsonl"
+    rows = [{"instruction": "a", "output": "b"}, {"instruction": "c", "output": "d"}]
+    path.write_bytes(b"".join("\ufeff".encode() + json.dumps(r).encode() + b"\r\n" for r in rows))
+    assert reading.read_rows(path) == rows
+
+
 def test_blank_lines_before_the_first_row_are_not_an_empty_file(tmp_path):
     """Only the first 4 KiB were looked at: a file whose rows came after 4 KiB of blank lines was 'empty'."""
     path = tmp_path / "d.jsonl"
@@ -495,6 +525,32 @@ def test_blank_lines_before_the_first_row_are_not_an_empty_file(tmp_path):
     path.write_text("\n" * 5000)
     with pytest.raises(UserError, match="is empty"):
         reading.read_rows(path)
+
+
+def test_a_csv_written_by_hand_with_a_space_after_each_comma_is_read(tmp_path):
+    """ "instruction, output" made a column ' output', so the file matched no format, and a quoted cell after ", "
+    was split at its comma: "row 1 has more values than the header has columns"."""
+    path = tmp_path / "hand.csv"
+    path.write_text('instruction, output\nWho are you?, "I am Nova, really."\nSay hi, hi\n')
+    assert reading.read_rows(path) == [
+        {"instruction": "Who are you?", "output": "I am Nova, really."},
+        {"instruction": "Say hi", "output": "hi"},
+    ]
+    path.write_text('instruction,output\nIndent it.,"    return 1"\nAnd this., return 2\n')  # no spaces typed
+    assert [r["output"] for r in reading.read_rows(path)] == ["    return 1", " return 2"]
+
+
+def test_a_csv_with_mac_line_endings_is_read(tmp_path):
+    """Excel for Mac saves CSV with a carriage return alone at each line's end: the file was "row 1 cannot be read
+    as CSV (new-line character seen in unquoted field - do you need to open the file in universal-newline mode?)"."""
+    path = tmp_path / "mac.csv"
+    path.write_bytes(b'instruction,output\rWho are you?,"I am\rNova."\rSay hi,hi\r')
+    assert reading.read_rows(path) == [
+        {"instruction": "Who are you?", "output": "I am\rNova."},
+        {"instruction": "Say hi", "output": "hi"},
+    ]
+    path.write_bytes(b"instruction;output\rWhat is 2,5 + 1?;3,5\r")  # and with semicolons, where the comma is decimal
+    assert reading.read_rows(path) == [{"instruction": "What is 2,5 + 1?", "output": "3,5"}]
 
 
 def test_a_csv_separated_by_semicolons_is_read(tmp_path):

@@ -94,3 +94,14 @@ def test_a_jsonl_whose_first_row_is_not_on_line_1_previews(tmp_path):
     path.write_text("\n" * 2500 + row)
     info = inspection.inspect(str(path), "alpaca", make_tokenizer())
     assert (info["rows"], info["columns"], info["token_lengths"]["rows_counted"]) == (1, ["instruction", "output"], 1)
+
+
+def test_a_cleared_split_box_previews_the_split_training_uses(tmp_path):
+    """Training reads split 'train' when the Split box is empty; the preview said "has no split ''"."""
+    from ui import data_tab
+
+    folder = tmp_path / "chats"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text(json.dumps({"instruction": "Who are you?", "output": "I am Nova."}) + "\n")
+    used, summary, _, _ = data_tab.inspect(str(folder), "", "", "auto", 256, "", "", 1)
+    assert used == str(folder) and summary.startswith("**Format:** alpaca"), summary

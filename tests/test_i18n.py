@@ -238,7 +238,8 @@ def test_data_sentences_added_by_the_audit_are_translated(tmp_path):
     tool = {"role": "tool", "content": "sunny"}
     (tmp_path / "tools.jsonl").write_text(json.dumps({"messages": [turns[0] | {"content": "a"}, tool]}) + "\n")
     sources = ["excel.csv", "notepad.jsonl", "caps.jsonl", "folder", "parts.jsonl", "number.jsonl", "unclosed.csv"]
-    sources.append("tools.jsonl")
+    (tmp_path / "after.csv").write_text('instruction,output\n"Who," she asked,Nova\n')
+    sources += ["tools.jsonl", "after.csv"]
     sentences = []
     for source in [str(tmp_path / s) for s in sources] + ["https://huggingface.co/datasets/tatsu-lab/alpaca"]:
         with pytest.raises(UserError) as info:

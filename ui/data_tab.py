@@ -40,8 +40,8 @@ def inspect(
         api.check_settings({"max_seq_length": max_len}, {"max_seq_length": "Max sequence length"}, "lora")
     except api.UserError as e:
         return source, i18n.say(f"**Not previewed:** {e}"), [], EMPTY_HIST
-    settings = dict(
-        max_seq_length=int(max_len), template=template, config=config, split=split, sample_row=int(row or 1)
+    settings = dict(  # an empty Split box is 'train', as the Train tab's job reads it
+        max_seq_length=int(max_len), template=template, config=config, split=split or "train", sample_row=int(row or 1)
     )
     model_note = ""
     try:

@@ -330,6 +330,13 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         'которая входит в текст, двумя ("").',
     ),
     (
+        ROW + r" has text after the closing quote of a quoted value; put the whole value in quotes, and write each "
+        r'quote inside it as two \(""\)\.',
+        '{0}：第 {1} 行中带引号的值在右引号之后还有文字；请把整个值放进引号里，并把值内的每个引号写成两个（""）。',
+        "{0}: в строке {1} после закрывающей кавычки значения идёт текст; заключите в кавычки всё значение, а "
+        'каждую кавычку внутри него запишите двумя ("").',
+    ),
+    (
         ROW + r" cannot be read as CSV \((.*)\)\.",
         "{0}：第 {1} 行无法按 CSV 读取（{2}）。",
         "{0}: строку {1} не прочитать как CSV ({2}).",
@@ -338,6 +345,11 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         r"'(.*)' is not a readable Parquet file\.",
         "'{0}' 不是可读取的 Parquet 文件。",
         "'{0}' — не читаемый файл Parquet.",
+    ),
+    (
+        r"Dataset '(.*)' has no split '(.*)'; pick one it has: (.*)\.",
+        "数据集 '{0}' 没有划分 '{1}'；请选一个它有的：{2}。",
+        "У датасета '{0}' нет сплита '{1}'; выберите существующий: {2}.",
     ),
     (
         r"Dataset '(.*)' has no split '(.*)'; pick one it has \(often 'train'\)\.",

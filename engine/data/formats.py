@@ -218,6 +218,8 @@ def _turns(turns, key: str, where: str, sharegpt: bool) -> list[dict]:
             )
         elif text is not None and not isinstance(text, str):
             raise UserError(f"{where}: turn {j} of '{key}' has a '{text_key}' that is {type(text).__name__}, not text.")
+        if (not text or not text.strip()) and role == "system":  # exports often open with an empty system turn
+            continue
         if not text or not text.strip():
             raise UserError(f"{where}: turn {j} of '{key}' has an empty '{text_key}'.")
         msgs.append({"role": role, "content": _encodable(text, f"{key}[{j}].{text_key}", where)})

@@ -52,9 +52,14 @@ def file_rows(path: str | os.PathLike, count: bool = False) -> tuple[int | None,
     if b"\x00" in head:
         raise UserError(f"Dataset file '{path.name}' looks binary, not text; save it as JSON, JSONL, CSV or Parquet.")
     if suffix in (".csv", ".tsv"):
-        header = head.split(b"\n", 1)[0]  # Excel writes ';' where the comma is the decimal mark (German, French...)
+        header = head.splitlines()[0]  # Excel writes ';' where the comma is the decimal mark (German, French...)
         semicolons = suffix == ".csv" and b";" in header and b"," not in header
-        return None, _csv_rows(path, "\t" if suffix == ".tsv" else ";" if semicolons else ",")
+        mac = b"\r" in head and b"\n" not in head  # Excel for Mac ends each line with a carriage return alone
+        delimiter = "\t" if suffix == ".tsv" else ";" if semicolons else ","
+        # "instruction, output", typed by hand: a space after each separator is no part of a value (where it is
+        # not, a cell may start with spaces that are: indented code)
+        spaced = f"{delimiter} ".encode() in header
+        return None, _csv_rows(path, delimiter, mac, spaced)
     if suffix in (".txt", ".md"):
         return None, _text_rows(path)
     if head.lstrip()[:1] == b"[":
@@ -69,7 +74,8 @@ def _decode(path: Path, raw: bytes, row: int, what: str = "row") -> str:
     """One line of the file as text; `what` names it ("line" in a CSV or text file, whose rows are counted otherwise:
     after the header, or by paragraph)."""
     try:
-        return raw.decode("utf-8-sig" if row == 1 else "utf-8")  # a BOM (Windows editors write one) is not data
+        # a BOM (Windows editors write one) is not data, on the first line or on that of a file joined to another
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise UserError(f"{path.name}: {what} {row} is not UTF-8 text; re-save the file as UTF-8.") from None
 
@@ -134,13 +140,14 @@ def _json_array_rows(path: Path, rows: list):
         yield i, row
 
 
-def _csv_rows(path: Path, delimiter: str):
+def _csv_rows(path: Path, delimiter: str, mac: bool = False, spaced: bool = False):
     # csv refuses fields over 128 KiB by default; a long document in one cell is a fair training example
     csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_BYTES))
     with open(path, "rb") as f:
-        lines = (_decode(path, raw, n, "line") for n, raw in enumerate(f, 1))
+        raw_lines = f.read().splitlines(keepends=True) if mac else f  # a file object splits at "\n" only
+        lines = (_decode(path, raw, n, "line") for n, raw in enumerate(raw_lines, 1))
         # strict: a quote never closed is an error, where csv otherwise reads the rest of the file into its cell
-        reader = csv.DictReader(lines, delimiter=delimiter, strict=True)
+        reader = csv.DictReader(lines, delimiter=delimiter, strict=True, skipinitialspace=spaced)
         i = 0
         try:
             header = reader.fieldnames or []
@@ -156,6 +163,11 @@ def _csv_rows(path: Path, delimiter: str):
                 raise UserError(
                     f'{path.name}: row {i + 1} opens a quote (") that is never closed; close it, or write a quote '
                     'that is part of the text as two ("").'
+                ) from None
+            if "expected after '\"'" in str(e):
+                raise UserError(
+                    f"{path.name}: row {i + 1} has text after the closing quote of a quoted value; put the whole "
+                    'value in quotes, and write each quote inside it as two ("").'
                 ) from None
             raise UserError(f"{path.name}: row {i + 1} cannot be read as CSV ({e}).") from None
 
@@ -216,6 +228,7 @@ def source_rows(
         )
     import datasets
 
+    builder = None
     try:
         # a folder by its expanded path: datasets takes '~/my_dataset' for a hub id
         builder = datasets.load_dataset_builder(str(path) if path.is_dir() else source, config or None)
@@ -224,6 +237,9 @@ def source_rows(
         ds = builder.as_dataset(split=split)
     except ValueError as e:
         if "split" in str(e).lower():
+            have = ", ".join(f"'{s}'" for s in (builder.info.splits or {})) if builder is not None else ""
+            if have:  # ultrachat_200k has train_sft and test_sft, no 'train'
+                raise UserError(f"Dataset '{source}' has no split '{split}'; pick one it has: {have}.") from None
             raise UserError(f"Dataset '{source}' has no split '{split}'; pick one it has (often 'train').") from None
         raise UserError(f"Could not load dataset '{source}': {str(e).splitlines()[0][:200]}") from None
     except datasets.exceptions.DatasetGenerationError as e:  # a file of a folder (or hub dataset) did not parse
@@ -232,18 +248,23 @@ def source_rows(
             f"Could not read '{source}' as one dataset ({cause}); every file in it must be valid and of one format "
             "with the same columns: fix or remove the bad file, or give one file."
         ) from None
-    except datasets.data_files.EmptyDatasetError:
-        if not path.is_dir():
-            raise
+    except (datasets.data_files.EmptyDatasetError, datasets.exceptions.DataFilesNotFoundError) as e:
+        if not path.is_dir():  # a hub dataset without data files: as any other failure to load it, below
+            raise _not_loaded(source, e) from None
         raise UserError(
             f"Dataset folder '{path.name}' holds no data files; put .jsonl, .json, .csv or .parquet files in it."
         ) from None
     except (ConnectionError, OSError, datasets.exceptions.DatasetNotFoundError) as e:
-        raise UserError(
-            f"Could not load dataset '{source}' ({type(e).__name__}): check the name, the connection, "
-            "or download it on a connected machine."
-        ) from None
+        raise _not_loaded(source, e) from None
     return len(ds), ((i, dict(row)) for i, row in enumerate(ds, 1))
+
+
+def _not_loaded(source: str, e: Exception) -> UserError:
+    """The sentence for a hub dataset that could not be loaded (offline, misspelt, or without data files)."""
+    return UserError(
+        f"Could not load dataset '{source}' ({type(e).__name__}): check the name, the connection, "
+        "or download it on a connected machine."
+    )
 
 
 def _check_files(source: str, folder: Path, data_files: dict) -> None:
