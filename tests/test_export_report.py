@@ -216,3 +216,23 @@ def test_modelfile_of_a_run_trained_with_a_system_prompt_gives_it(tiny_llama, id
     assert st.state == "done", (st.run_dir / "log.txt").read_text()[-2000:]
     res = api.export(str(st.run_dir), "gguf-f16", tmp_path / "nova", log=quiet)
     assert f'SYSTEM """{system}"""' in (res.path / "Modelfile").read_text().splitlines()
+
+
+def test_a_run_still_training_exports_its_latest_checkpoint(tiny_llama, identity_file, runs, tmp_path):
+    """An export of a run still training failed part way ("FileNotFoundError: ... checkpoints/step-000024/
+    adapter_config.json"): the run deleted the checkpoint being exported once newer ones were saved
+    (keep_checkpoints), which on a real model happens within a long GGUF export."""
+    from engine import api
+
+    spec = tiny_spec(tiny_llama, identity_file, max_steps=100_000, save_every=2, keep_checkpoints=1, name="going")
+    handle = api.start(spec)
+    wait_for(handle, until=lambda st: st.step >= 4)
+    try:
+        for fmt in ("lora", "merged16", "gguf-q8_0"):
+            res = api.export(str(handle.run_dir), fmt, tmp_path / fmt, log=quiet)
+            assert res.path.is_dir() and not list(tmp_path.glob(".*")), fmt
+        card = (tmp_path / "lora" / "README.md").read_text()
+        assert "# " + handle.run_dir.name in card and "| Steps | " in card  # the run's model card, as before
+        assert api.poll(handle).state == "running"
+    finally:
+        api.cancel(handle.run_dir)
