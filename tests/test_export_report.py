@@ -236,3 +236,21 @@ def test_a_run_still_training_exports_its_latest_checkpoint(tiny_llama, identity
         assert api.poll(handle).state == "running"
     finally:
         api.cancel(handle.run_dir)
+
+
+def test_a_second_export_to_a_folder_being_exported_is_refused(trained, runs):
+    """Export pressed twice with one name started two jobs doing the same work side by side (two merges of the model
+    in RAM at once); whichever finished second failed with "already exists", which the tab showed when it was the
+    job it followed."""
+    from engine import api
+
+    out = runs.parent / "exports" / "twice"
+    job = api.start_export(str(trained.run_dir), "gguf-q8_0", out)
+    with pytest.raises(api.UserError, match="is being exported already"):
+        api.start_export(str(trained.run_dir), "gguf-q8_0", out)
+    deadline = time.time() + 300
+    while not (st := api.poll_export(job)).finished:
+        assert time.time() < deadline, st.log
+        time.sleep(0.2)
+    assert st.state == "done", st.log
+    assert len(list((runs.parent / "exports" / ".jobs").iterdir())) == 1

@@ -76,11 +76,15 @@ def start_export(
         raise UserError(f"Unknown export format '{fmt}'; use one of: {', '.join(EXPORT_FORMATS)}.")
     if out.exists():
         raise UserError(f"'{out}' already exists; choose another folder name (nothing is ever overwritten).")
+    jobs = workspace() / "exports" / ".jobs"
+    if _being_exported(out.resolve(), jobs):
+        raise UserError(
+            f"'{out}' is being exported already; wait for that export, or cancel it, or choose another name."
+        )
     if push_to_hub:
         from engine.models.hub import check_target
 
         token = check_target(push_to_hub, token)
-    jobs = workspace() / "exports" / ".jobs"
     jobs.mkdir(parents=True, exist_ok=True)
     job_dir = jobs / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(out.name)}"
     while True:
@@ -97,6 +101,23 @@ def start_export(
     write_json(job_dir / "export.json", spec)
     pid = spawn("engine.export.job", [str(job_dir)], job_dir, dict(HF_TOKEN=token) if push_to_hub else None)
     return ExportJob(job_dir.name, job_dir, pid, out.resolve())
+
+
+def _being_exported(out: Path, jobs: Path) -> bool:
+    """Whether an export job under `jobs` still running writes to `out` (two would do the same work side by side, and
+    the one finishing second fail)."""
+    import json
+
+    for job_dir in jobs.iterdir() if jobs.is_dir() else []:
+        try:
+            spec = json.loads((job_dir / "export.json").read_text())
+            st = json.loads((job_dir / "status.json").read_text())
+        except (OSError, ValueError):  # a job folder being made, or damaged
+            continue
+        pid = st.get("pid")
+        if spec.get("out") == str(out) and st.get("state") not in TERMINAL and pid and alive(pid):
+            return True
+    return False
 
 
 def poll_export(job: ExportJob) -> ExportStatus:
