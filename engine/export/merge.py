@@ -191,7 +191,15 @@ def _export_gguf(
             info = gguf.convert(merged, tmp / name, gtype16, log)
         checks.update(gguf.compare_greedy(tmp / name, ref, strict=quant is None))
         log(f"export: llama.cpp vs PyTorch {checks}")
-        text = ollama.modelfile(name, info["template"], info["stops"], info["sampling"], info["bos_added"], system)
+        text = ollama.modelfile(
+            name,
+            info["template"],
+            info["stops"],
+            info["sampling"],
+            info["bos_added"],
+            system,
+            {k: info[k] for k in ("bos_token", "eos_token")},
+        )
         write_text(tmp / "Modelfile", text)
         checks["modelfile_template"] = "TEMPLATE" in text
         shutil.rmtree(merged)
