@@ -90,6 +90,19 @@ def test_gguf_is_named_after_the_export_folder_and_its_checks_read_as_a_sentence
     assert "{" not in text and "_" not in text  # a sentence, not a dict of field names
 
 
+def test_checks_of_a_gguf_too_large_for_the_greedy_check_read_as_a_sentence():
+    """A model whose fp32 copy does not fit in RAM is compared with llama.cpp by its tokenizer only; its checks read
+    "llama.cpp matches the PyTorch model's tokenizer identical (greedy text not compared ...)"."""
+    from engine.export.report import summary
+
+    checks = dict(tokenizer_match=True, tokens_compared=0, max_logit_diff_fp32=0.001, max_logit_diff_16bit=0.01)
+    assert summary("gguf-q4_k_m", dict(checks, dtype="bfloat16", merge_check_layers="2 of 32")) == (
+        "Matches the adapter model: max logit difference 0.001 in fp32, 0.01 once saved in bfloat16 (checked on its "
+        "first 2 of 32 layers); llama.cpp tokenizes the chat prompt exactly as the PyTorch model does (its "
+        "answers are not compared: the model is too large for the check's fp32 copy in RAM)."
+    )
+
+
 def test_export_job_offers_zipped_downloads_writes_no_progress_bars_and_is_reaped(trained, runs, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
