@@ -267,3 +267,18 @@ def test_a_second_export_to_a_folder_being_exported_is_refused(trained, runs):
         time.sleep(0.2)
     assert st.state == "done", st.log
     assert len(list((runs.parent / "exports" / ".jobs").iterdir())) == 1
+
+
+def test_cancelling_an_export_leaves_another_exports_folder_alone(trained, runs):
+    """An export killed by Cancel (it did not stop within wait_s) had its half-built folder removed by the pattern
+    .<name>.*.partial, which also matches the one another export named <name>.v2 is building at the same time."""
+    from engine import api
+    from engine.core.files import new_folder
+
+    exports = runs.parent / "exports"
+    with new_folder(exports / "nova.v2") as other:
+        job = api.start_export(str(trained.run_dir), "gguf-q8_0", exports / "nova")
+        st = api.cancel_export(job, wait_s=0)
+        assert st.state == "cancelled" and other.is_dir()
+        (other / "done").write_text("x")
+    assert (exports / "nova.v2" / "done").is_file()

@@ -134,10 +134,13 @@ def poll_export(job: ExportJob) -> ExportStatus:
 
 def cancel_export(job: ExportJob, wait_s: float = 30.0) -> ExportStatus:
     """Stop an export; whatever it had written under a temporary name is removed."""
+    import glob
     import shutil
 
     if not poll_export(job).finished and stop(job.job_dir, wait_s):
-        for partial in job.out.parent.glob(f".{job.out.name}.*.partial"):  # left only when it had to be killed
+        # left only when it had to be killed; named with its builder's pid (engine.core.files.new_folder), so another
+        # export's (one named like "<name>.v2") is left alone
+        for partial in job.out.parent.glob(f".{glob.escape(job.out.name)}.{job.pid}-*.partial"):
             shutil.rmtree(partial, ignore_errors=True)
         mark_cancelled(job.job_dir, "Export cancelled; nothing was written.")
     return poll_export(job)
