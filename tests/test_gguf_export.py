@@ -190,6 +190,18 @@ def test_refusal_names_the_run_not_its_adapter_folder(tiny_llama, tmp_path):
     assert not ok and "the tokenizer of '20261122-my-run'" in why
 
 
+def test_refusal_names_a_full_fine_tune_run_not_its_model_folder(tiny_llama, tmp_path):
+    """A full fine-tune keeps its weights in `model/`: `export RUN --format gguf-mxfp4` said "'model' has no
+    experts", of a folder the user never named."""
+    from engine.export.gguf import check_format
+
+    model = tmp_path / "20261122-my-run" / "model"
+    shutil.copytree(tiny_llama, model)
+    (model.parent / "job.yaml").write_text(f"model: {tiny_llama}\ndata: d.jsonl\nmethod: full\n")
+    with pytest.raises(api.UserError, match="and '20261122-my-run' has no experts"):
+        check_format(model, "gguf-mxfp4")
+
+
 def test_sentencepiece_style_tokenizer_is_refused(tiny_llama, tmp_path):
     folder = tmp_path / "spm-llama"
     shutil.copytree(tiny_llama, folder)

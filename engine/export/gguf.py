@@ -123,8 +123,10 @@ def _arch(cfg: dict) -> str:
 
 
 def _shown(folder: Path) -> str:
-    """The name a user knows a folder by: a run's `adapter/` folder (which holds the run's tokenizer) is the run."""
-    return folder.parent.name if folder.name == "adapter" else folder.name
+    """The name a user knows a folder by: a run's `adapter/` folder (which holds the run's tokenizer), or its `model/`
+    one (a full fine-tune's weights), is the run."""
+    in_run = folder.name == "adapter" or (folder.name == "model" and (folder.parent / "job.yaml").is_file())
+    return folder.parent.name if in_run else folder.name
 
 
 def _tokenizer_json(model_dir: Path) -> dict:
