@@ -282,3 +282,13 @@ def test_cancelling_an_export_leaves_another_exports_folder_alone(trained, runs)
         assert st.state == "cancelled" and other.is_dir()
         (other / "done").write_text("x")
     assert (exports / "nova.v2" / "done").is_file()
+
+
+def test_a_lora_export_of_a_mistyped_run_says_it_does_not_exist(tmp_path):
+    """`python -m engine export nvoa --format lora` said "'nvoa' has no LoRA adapter to export (a full fine-tune
+    exports as merged16)", of a run or folder that does not exist; the other formats said so."""
+    from engine import api
+
+    for fmt in ("lora", "merged16"):
+        with pytest.raises(api.UserError, match="Model folder 'nvoa' does not exist"):
+            api.export("nvoa", fmt, tmp_path / "out", log=quiet)

@@ -28,6 +28,7 @@ from pathlib import Path
 from engine.chat.infer import locate
 from engine.core.errors import UserError
 from engine.core.files import check_free_disk, new_folder, write_text
+from engine.core.hub_id import HUB_ID
 from engine.core.statefile import weight_files
 from engine.export import experts as experts_merge
 from engine.export.gguf import QUANTS
@@ -75,6 +76,10 @@ def _export(source: str, fmt: str, out: Path, log) -> ExportResult:
     with _pinned(source, out) as (base, adapter, tok_dir):
         if fmt == "lora":
             if adapter is None:
+                if not HUB_ID.match(base) and not Path(base).expanduser().exists():
+                    from engine.models.loading import resolve_model
+
+                    resolve_model(base, log)  # a mistyped run or folder: its sentence says that it does not exist
                 raise UserError(f"'{source}' has no LoRA adapter to export (a full fine-tune exports as merged16).")
             check_free_disk(out.parent, 2 * _folder_bytes(adapter), "the adapter")
             from engine.export.adapter import check_adapter, write_adapter
