@@ -162,6 +162,7 @@ def test_a_full_disk_after_the_export_is_complete_does_not_say_nothing_was_writt
     import errno
     import signal
 
+    from engine import api
     from engine.export import job, report
 
     def full(*a, **k):
@@ -176,6 +177,13 @@ def test_a_full_disk_after_the_export_is_complete_does_not_say_nothing_was_writt
     st = json.loads((job_dir / "status.json").read_text())
     assert st["state"] == "failed" and (out / "adapter_model.safetensors").is_file()
     assert "Nothing was written" not in st["message"] and f"export itself is complete in {out};" in st["message"]
+
+    # The Export tab headed it "Upload failed:", for an export that had no upload.
+    from ui import export_tab
+
+    (job_dir / "log.txt").write_text("")
+    text = export_tab.view(api.ExportJob(job_dir.name, job_dir, 0, out))[0]
+    assert text.startswith("**Exported; its download could not be prepared:** The export itself is complete"), text
 
 
 def test_finished_training_process_is_reaped(tiny_llama, identity_file, runs):

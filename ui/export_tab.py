@@ -101,8 +101,9 @@ def view(job):
     st = api.poll_export(job)
     if st.state == "done":
         text = done_text(st.result)
-    elif st.state == "failed" and st.result:  # the export is complete; its upload failed
-        text = f"**Upload failed:** {st.message}"
+    elif st.state == "failed" and st.result:  # the export is complete; its download (zip) or its upload failed
+        what = "Upload failed" if "downloads" in st.result else "Exported; its download could not be prepared"
+        text = f"**{what}:** {st.message}"
     elif st.state in ("failed", "cancelled"):
         text = f"**Export {st.state}:** {st.message}"
     else:
