@@ -300,3 +300,27 @@ def test_a_lora_export_of_a_mistyped_run_says_it_does_not_exist(tmp_path):
     for fmt in ("lora", "merged16"):
         with pytest.raises(api.UserError, match="Model folder 'nvoa' does not exist"):
             api.export("nvoa", fmt, tmp_path / "out", log=quiet)
+
+
+def test_a_cancel_just_after_the_export_is_in_place_does_not_say_nothing_was_written(trained, monkeypatch, tmp_path):
+    """Cancel (SIGTERM) arriving after the finished export was renamed into place but before the job recorded it said
+    "Export cancelled; nothing was written.", beside a complete export whose name a new export is then refused."""
+    import signal
+
+    from engine.export import job, merge
+
+    real = merge.export
+
+    def export_then_cancelled(*a, **k):
+        real(*a, **k)
+        raise job.Cancelled()
+
+    monkeypatch.setattr(merge, "export", export_then_cancelled)
+    monkeypatch.setattr(signal, "signal", lambda *a: None)  # the job's SIGTERM handler, not pytest's process's
+    job_dir, out = tmp_path / "job", tmp_path / "nova"
+    job_dir.mkdir()
+    (job_dir / "export.json").write_text(json.dumps(dict(source=str(trained.run_dir), format="lora", out=str(out))))
+    assert job.main([str(job_dir)]) == 0
+    st = json.loads((job_dir / "status.json").read_text())
+    assert (out / "adapter_model.safetensors").is_file()
+    assert st["state"] == "cancelled" and st["message"] == f"Cancelled; the export itself is complete in {out}."
