@@ -324,3 +324,20 @@ def test_a_cancel_just_after_the_export_is_in_place_does_not_say_nothing_was_wri
     st = json.loads((job_dir / "status.json").read_text())
     assert (out / "adapter_model.safetensors").is_file()
     assert st["state"] == "cancelled" and st["message"] == f"Cancelled; the export itself is complete in {out}."
+
+
+def test_an_export_killed_by_the_system_says_the_likely_cause(trained, runs):
+    """An export the system killed (SIGKILL: the kernel's out-of-memory killer, merging a model too large for the
+    RAM) said only "The export process stopped unexpectedly; see its log."; it now says what most often causes it
+    and what to do, as a killed training run does."""
+    import signal
+
+    from engine import api
+
+    job = api.start_export(str(trained.run_dir), "gguf-q8_0", runs.parent / "exports" / "killed")
+    os.kill(job.pid, signal.SIGKILL)
+    deadline = time.time() + 30
+    while not (st := api.poll_export(job)).finished:
+        assert time.time() < deadline
+        time.sleep(0.1)
+    assert st.state == "failed" and "most often by the system when RAM runs out" in st.message, st.message

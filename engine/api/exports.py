@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.api.access import allowed_roots, check_access, check_source, workspace
-from engine.api.processes import alive, mark_cancelled, slug, spawn, stop
+from engine.api.processes import alive, exit_code, mark_cancelled, slug, spawn, stop
 from engine.core.errors import UserError
 from engine.core.runlog import TERMINAL
 
@@ -125,7 +125,13 @@ def poll_export(job: ExportJob) -> ExportStatus:
 
     st = json.loads((job.job_dir / "status.json").read_text())
     if st["state"] not in TERMINAL and not alive(st["pid"]):
-        st.update(state="failed", message="The export process stopped unexpectedly; see its log.")
+        message = "The export process stopped unexpectedly; see its log."
+        killed = "killed (SIGKILL), most often by the system when RAM runs out"
+        if exit_code(st["pid"]) == -9 and (job.job_dir / "result.json").is_file():  # preparing its download or upload
+            message = f"The export itself is complete in {job.out}; preparing its download or upload was {killed}."
+        elif exit_code(st["pid"]) == -9:
+            message = f"The export process was {killed}: close other programs and export again. Nothing was written."
+        st.update(state="failed", message=message)
     result_file = job.job_dir / "result.json"
     result = json.loads(result_file.read_text()) if result_file.is_file() else None
     log = "\n".join((job.job_dir / "log.txt").read_text(errors="replace").splitlines()[-40:])
