@@ -115,8 +115,12 @@ def _pinned(source: str, out: Path):
         if ckpt.parent.name not in ("checkpoints", "best") or not (run / "job.yaml").is_file():
             yield base, adapter, tok_dir
             return
-        out.parent.mkdir(parents=True, exist_ok=True)
-        hidden = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{owner_tag()}.", suffix=".partial"))
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            hidden = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{owner_tag()}.", suffix=".partial"))
+        except (FileExistsError, NotADirectoryError, PermissionError):  # new_folder(out) says what to do
+            yield base, adapter, tok_dir
+            return
         try:
             pinned = hidden / run.name / ckpt.parent.name / ckpt.name
             try:
