@@ -341,3 +341,13 @@ def test_an_export_killed_by_the_system_says_the_likely_cause(trained, runs):
         assert time.time() < deadline
         time.sleep(0.1)
     assert st.state == "failed" and "most often by the system when RAM runs out" in st.message, st.message
+
+
+def test_a_checkpoint_exported_under_a_file_is_a_sentence(trained, tmp_path):
+    """A checkpoint's export (held in a hidden folder beside the export for its time) into a folder under a file."""
+    from engine import api
+
+    (tmp_path / "file").write_text("x")
+    ckpt = sorted((trained.run_dir / "checkpoints").glob("step-*"))[-1]
+    with pytest.raises(api.UserError, match="is a file, not a folder; pick another folder"):
+        api.export(str(ckpt), "lora", tmp_path / "file" / "nova", log=quiet)
