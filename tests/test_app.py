@@ -455,3 +455,17 @@ def test_export_tab_hides_gguf_for_an_unsupported_model(runs, tmp_path, tiny_lla
     radio, why = export_tab.formats_for(st.run_id)
     assert why.startswith("GGUF: GGUF export does not support the 'falcon' architecture")
     assert all(not v.startswith("gguf") for _, v in radio.choices)
+
+
+def test_export_tab_offers_no_lora_adapter_for_a_full_fine_tune(runs, tiny_llama, identity_file):
+    """A full fine-tune has no adapter, yet the Export tab offered "LoRA adapter" and kept it picked (the default):
+    Export then failed with "has no LoRA adapter to export"."""
+    from engine import api
+    from ui import export_tab
+
+    st = wait_for(api.start(api.JobSpec(model=str(tiny_llama), data=str(identity_file), max_steps=1, method="full")))
+    assert st.state == "done"
+    radio, why = export_tab.formats_for(st.run_id)
+    assert why == "" and "lora" not in [v for _, v in radio.choices] and radio.value == "merged16"
+    lora = wait_for(api.start(api.JobSpec(model=str(tiny_llama), data=str(identity_file), max_steps=1)))
+    assert "lora" in [v for _, v in export_tab.formats_for(lora.run_id)[0].choices]

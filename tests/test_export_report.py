@@ -90,6 +90,19 @@ def test_gguf_is_named_after_the_export_folder_and_its_checks_read_as_a_sentence
     assert "{" not in text and "_" not in text  # a sentence, not a dict of field names
 
 
+def test_checks_of_a_gguf_too_large_for_the_greedy_check_read_as_a_sentence():
+    """A model whose fp32 copy does not fit in RAM is compared with llama.cpp by its tokenizer only; its checks read
+    "llama.cpp matches the PyTorch model's tokenizer identical (greedy text not compared ...)"."""
+    from engine.export.report import summary
+
+    checks = dict(tokenizer_match=True, tokens_compared=0, max_logit_diff_fp32=0.001, max_logit_diff_16bit=0.01)
+    assert summary("gguf-q4_k_m", dict(checks, dtype="bfloat16", merge_check_layers="2 of 32")) == (
+        "Matches the adapter model: max logit difference 0.001 in fp32, 0.01 once saved in bfloat16 (checked on its "
+        "first 2 of 32 layers); llama.cpp tokenizes the chat prompt exactly as the PyTorch model does (its "
+        "answers are not compared: the model is too large for the check's fp32 copy in RAM)."
+    )
+
+
 def test_export_job_offers_zipped_downloads_writes_no_progress_bars_and_is_reaped(trained, runs, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -149,6 +162,7 @@ def test_a_full_disk_after_the_export_is_complete_does_not_say_nothing_was_writt
     import errno
     import signal
 
+    from engine import api
     from engine.export import job, report
 
     def full(*a, **k):
@@ -163,6 +177,13 @@ def test_a_full_disk_after_the_export_is_complete_does_not_say_nothing_was_writt
     st = json.loads((job_dir / "status.json").read_text())
     assert st["state"] == "failed" and (out / "adapter_model.safetensors").is_file()
     assert "Nothing was written" not in st["message"] and f"export itself is complete in {out};" in st["message"]
+
+    # The Export tab headed it "Upload failed:", for an export that had no upload.
+    from ui import export_tab
+
+    (job_dir / "log.txt").write_text("")
+    text = export_tab.view(api.ExportJob(job_dir.name, job_dir, 0, out))[0]
+    assert text.startswith("**Exported; its download could not be prepared:** The export itself is complete"), text
 
 
 def test_finished_training_process_is_reaped(tiny_llama, identity_file, runs):
@@ -216,3 +237,117 @@ def test_modelfile_of_a_run_trained_with_a_system_prompt_gives_it(tiny_llama, id
     assert st.state == "done", (st.run_dir / "log.txt").read_text()[-2000:]
     res = api.export(str(st.run_dir), "gguf-f16", tmp_path / "nova", log=quiet)
     assert f'SYSTEM """{system}"""' in (res.path / "Modelfile").read_text().splitlines()
+
+
+def test_a_run_still_training_exports_its_latest_checkpoint(tiny_llama, identity_file, runs, tmp_path):
+    """An export of a run still training failed part way ("FileNotFoundError: ... checkpoints/step-000024/
+    adapter_config.json"): the run deleted the checkpoint being exported once newer ones were saved
+    (keep_checkpoints), which on a real model happens within a long GGUF export."""
+    from engine import api
+
+    spec = tiny_spec(tiny_llama, identity_file, max_steps=100_000, save_every=2, keep_checkpoints=1, name="going")
+    handle = api.start(spec)
+    wait_for(handle, until=lambda st: st.step >= 4)
+    try:
+        for fmt in ("lora", "merged16", "gguf-q8_0"):
+            res = api.export(str(handle.run_dir), fmt, tmp_path / fmt, log=quiet)
+            assert res.path.is_dir() and not list(tmp_path.glob(".*")), fmt
+        card = (tmp_path / "lora" / "README.md").read_text()
+        assert "# " + handle.run_dir.name in card and "| Steps | " in card  # the run's model card, as before
+        assert api.poll(handle).state == "running"
+    finally:
+        api.cancel(handle.run_dir)
+
+
+def test_a_second_export_to_a_folder_being_exported_is_refused(trained, runs):
+    """Export pressed twice with one name started two jobs doing the same work side by side (two merges of the model
+    in RAM at once); whichever finished second failed with "already exists", which the tab showed when it was the
+    job it followed."""
+    from engine import api
+
+    out = runs.parent / "exports" / "twice"
+    job = api.start_export(str(trained.run_dir), "gguf-q8_0", out)
+    with pytest.raises(api.UserError, match="is being exported already"):
+        api.start_export(str(trained.run_dir), "gguf-q8_0", out)
+    deadline = time.time() + 300
+    while not (st := api.poll_export(job)).finished:
+        assert time.time() < deadline, st.log
+        time.sleep(0.2)
+    assert st.state == "done", st.log
+    assert len(list((runs.parent / "exports" / ".jobs").iterdir())) == 1
+
+
+def test_cancelling_an_export_leaves_another_exports_folder_alone(trained, runs):
+    """An export killed by Cancel (it did not stop within wait_s) had its half-built folder removed by the pattern
+    .<name>.*.partial, which also matches the one another export named <name>.v2 is building at the same time."""
+    from engine import api
+    from engine.core.files import new_folder
+
+    exports = runs.parent / "exports"
+    with new_folder(exports / "nova.v2") as other:
+        job = api.start_export(str(trained.run_dir), "gguf-q8_0", exports / "nova")
+        st = api.cancel_export(job, wait_s=0)
+        assert st.state == "cancelled" and other.is_dir()
+        (other / "done").write_text("x")
+    assert (exports / "nova.v2" / "done").is_file()
+
+
+def test_a_lora_export_of_a_mistyped_run_says_it_does_not_exist(tmp_path):
+    """`python -m engine export nvoa --format lora` said "'nvoa' has no LoRA adapter to export (a full fine-tune
+    exports as merged16)", of a run or folder that does not exist; the other formats said so."""
+    from engine import api
+
+    for fmt in ("lora", "merged16"):
+        with pytest.raises(api.UserError, match="Model folder 'nvoa' does not exist"):
+            api.export("nvoa", fmt, tmp_path / "out", log=quiet)
+
+
+def test_a_cancel_just_after_the_export_is_in_place_does_not_say_nothing_was_written(trained, monkeypatch, tmp_path):
+    """Cancel (SIGTERM) arriving after the finished export was renamed into place but before the job recorded it said
+    "Export cancelled; nothing was written.", beside a complete export whose name a new export is then refused."""
+    import signal
+
+    from engine.export import job, merge
+
+    real = merge.export
+
+    def export_then_cancelled(*a, **k):
+        real(*a, **k)
+        raise job.Cancelled()
+
+    monkeypatch.setattr(merge, "export", export_then_cancelled)
+    monkeypatch.setattr(signal, "signal", lambda *a: None)  # the job's SIGTERM handler, not pytest's process's
+    job_dir, out = tmp_path / "job", tmp_path / "nova"
+    job_dir.mkdir()
+    (job_dir / "export.json").write_text(json.dumps(dict(source=str(trained.run_dir), format="lora", out=str(out))))
+    assert job.main([str(job_dir)]) == 0
+    st = json.loads((job_dir / "status.json").read_text())
+    assert (out / "adapter_model.safetensors").is_file()
+    assert st["state"] == "cancelled" and st["message"] == f"Cancelled; the export itself is complete in {out}."
+
+
+def test_an_export_killed_by_the_system_says_the_likely_cause(trained, runs):
+    """An export the system killed (SIGKILL: the kernel's out-of-memory killer, merging a model too large for the
+    RAM) said only "The export process stopped unexpectedly; see its log."; it now says what most often causes it
+    and what to do, as a killed training run does."""
+    import signal
+
+    from engine import api
+
+    job = api.start_export(str(trained.run_dir), "gguf-q8_0", runs.parent / "exports" / "killed")
+    os.kill(job.pid, signal.SIGKILL)
+    deadline = time.time() + 30
+    while not (st := api.poll_export(job)).finished:
+        assert time.time() < deadline
+        time.sleep(0.1)
+    assert st.state == "failed" and "most often by the system when RAM runs out" in st.message, st.message
+
+
+def test_a_checkpoint_exported_under_a_file_is_a_sentence(trained, tmp_path):
+    """A checkpoint's export (held in a hidden folder beside the export for its time) into a folder under a file."""
+    from engine import api
+
+    (tmp_path / "file").write_text("x")
+    ckpt = sorted((trained.run_dir / "checkpoints").glob("step-*"))[-1]
+    with pytest.raises(api.UserError, match="is a file, not a folder; pick another folder"):
+        api.export(str(ckpt), "lora", tmp_path / "file" / "nova", log=quiet)

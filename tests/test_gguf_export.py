@@ -190,6 +190,18 @@ def test_refusal_names_the_run_not_its_adapter_folder(tiny_llama, tmp_path):
     assert not ok and "the tokenizer of '20261122-my-run'" in why
 
 
+def test_refusal_names_a_full_fine_tune_run_not_its_model_folder(tiny_llama, tmp_path):
+    """A full fine-tune keeps its weights in `model/`: `export RUN --format gguf-mxfp4` said "'model' has no
+    experts", of a folder the user never named."""
+    from engine.export.gguf import check_format
+
+    model = tmp_path / "20261122-my-run" / "model"
+    shutil.copytree(tiny_llama, model)
+    (model.parent / "job.yaml").write_text(f"model: {tiny_llama}\ndata: d.jsonl\nmethod: full\n")
+    with pytest.raises(api.UserError, match="and '20261122-my-run' has no experts"):
+        check_format(model, "gguf-mxfp4")
+
+
 def test_sentencepiece_style_tokenizer_is_refused(tiny_llama, tmp_path):
     folder = tmp_path / "spm-llama"
     shutil.copytree(tiny_llama, folder)
@@ -647,3 +659,55 @@ def test_ollama_modelfile_keeps_the_templates_default_system_prompt():
         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
     ):
         assert ollama(msgs) == render_template(QWEN25_TEMPLATE, msgs, True), msgs
+
+
+def _ollama_prompt(modelfile_text: str, msgs: list[dict]) -> str:
+    """The prompt Ollama builds from a Modelfile's TEMPLATE (the forms engine.export.ollama writes: a range over the
+    messages, with one body or an if / else if chain on the role) for `msgs`."""
+    import re
+
+    go = re.search(r'TEMPLATE """(.*?)"""', modelfile_text, re.S)[1]
+    head, body, tail = re.fullmatch(r"(.*?)\{\{-? ?range \.Messages \}\}(.*)\{\{ end \}\}(.*)", go, re.S).groups()
+    branch = r'\{\{ (?:else )?if eq \.Role "(\w+)" \}\}(.*?)(?=\{\{ else if|\{\{ end \}\}|$)'
+    branches = dict(re.findall(branch, body, re.S))
+    out = head
+    for m in msgs:
+        piece = branches.get(m["role"], "") if branches else body
+        out += piece.replace("{{ .Role }}", m["role"]).replace("{{ .Content }}", m["content"])
+    return out + tail
+
+
+@pytest.mark.parametrize("name", ["plain", "alpaca"])
+def test_ollama_prompt_of_a_base_model_template_is_the_trained_one(name, tmp_path):
+    """A base model trains with the plain template (### User: / ### Assistant:, the default where it has none) or a
+    named one like alpaca; the Modelfile had no TEMPLATE for them ("Ollama uses the one embedded in the GGUF"), but
+    Ollama runs no Jinja: it picks the nearest of its own templates, or none, so it prompted the model in a layout it
+    never saw. The Modelfile now carries a template that gives the prompt training did, token for token."""
+    import llama_cpp
+    from tiny import make_model
+    from transformers import AutoTokenizer
+
+    from engine.data.templates import TEMPLATES
+
+    path = make_model("llama", tmp_path / "base", chat_template=TEMPLATES[name])
+    res = api.export(str(path), "gguf-f16", tmp_path / "out", log=quiet)
+    text = (res.path / "Modelfile").read_text()
+    assert "TEMPLATE" in text, text
+    tok = AutoTokenizer.from_pretrained(path)
+    (gguf_file,) = res.path.glob("*.gguf")
+    llm = llama_cpp.Llama(str(gguf_file), vocab_only=True, verbose=False)
+    try:
+        for msgs in (
+            [{"role": "user", "content": "Who are you?"}],
+            [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello there."},
+                {"role": "user", "content": "Who are you?"},
+            ],
+        ):
+            ollama_ids = llm.tokenize(_ollama_prompt(text, msgs).encode(), add_bos=True, special=True)
+            trained = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+            assert ollama_ids == tok(trained, add_special_tokens=False)["input_ids"], msgs
+    finally:
+        llm.close()

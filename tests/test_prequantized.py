@@ -90,3 +90,29 @@ def test_cli_qlora_run_and_exports(bnb_4bit, identity_file, runs, tmp_path):
     assert merged.checks["original_model"] == ORIGINAL and merged.checks["max_logit_diff_fp32"] < 1e-3
     gguf = api.export(str(st.run_dir), "gguf-q8_0", tmp_path / "gguf")
     assert any(f.endswith(".gguf") for f in gguf.files) and "original_model" in gguf.checks
+
+
+def test_a_dequantized_copy_left_by_a_killed_export_goes_at_the_next_export(bnb_4bit, tmp_path):
+    """An export of a 4-bit model killed while it dequantized the base (out of memory, or a Cancel that had to kill)
+    left the hidden 16-bit copy (.<model>.<random>.dequantized, the size of the 16-bit model) beside the exports for
+    good: nothing knew to remove it. It is now named as every half-built folder, so the next export there removes it."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = (
+        "import time\nfrom pathlib import Path\nfrom engine.export import dequantize\nfrom engine import api\n"
+        "def slow(path, dest, *a):\n    print('dequantizing', flush=True)\n    time.sleep(600)\n"
+        "dequantize.dequantize = slow\n"
+        f"api.export({str(bnb_4bit)!r}, 'merged16', Path({str(tmp_path / 'merged')!r}), log=lambda m: None)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "dequantizing"
+    finally:
+        proc.kill()
+        proc.wait()
+    (left,) = [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    api.export(str(bnb_4bit), "merged16", tmp_path / "merged", log=lambda m: None)
+    assert not left.exists() and [p.name for p in tmp_path.iterdir()] == ["merged"]

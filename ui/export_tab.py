@@ -28,12 +28,16 @@ def formats_for(run_id: str):
         return gr.Radio(choices=FORMATS), ""
     try:
         ok, why = api.gguf_support(str(api.find_run(run_id)))
+        full = api.read_job(api.find_run(run_id) / "job.yaml").method == "full"  # no adapter to export
     except api.UserError as e:
-        ok, why = False, str(e)
+        ok, why, full = False, str(e), False
+    kept = [f for f in FORMATS if not (full and f[1] == "lora")]
+    picked = {"value": "merged16"} if full else {}
     if ok:
         refused = api.formats_refused(str(api.find_run(run_id)))  # e.g. MXFP4 experts for a model without experts
-        return gr.Radio(choices=[f for f in FORMATS if f[1] not in refused]), ""
-    return gr.Radio(choices=[f for f in FORMATS if not f[1].startswith("gguf")], value="lora"), i18n.say(f"GGUF: {why}")
+        return gr.Radio(choices=[f for f in kept if f[1] not in refused], **picked), ""
+    choices = [f for f in kept if not f[1].startswith("gguf")]
+    return gr.Radio(choices=choices, value=choices[0][1]), i18n.say(f"GGUF: {why}")
 
 
 def best_for(run_id: str):
@@ -101,8 +105,9 @@ def view(job):
     st = api.poll_export(job)
     if st.state == "done":
         text = done_text(st.result)
-    elif st.state == "failed" and st.result:  # the export is complete; its upload failed
-        text = f"**Upload failed:** {st.message}"
+    elif st.state == "failed" and st.result:  # the export is complete; its download (zip) or its upload failed
+        what = "Upload failed" if "downloads" in st.result else "Exported; its download could not be prepared"
+        text = f"**{what}:** {st.message}"
     elif st.state in ("failed", "cancelled"):
         text = f"**Export {st.state}:** {st.message}"
     else:

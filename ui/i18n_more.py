@@ -297,6 +297,10 @@ LEADS = {
     "Evaluation failed": ("评估失败", "Оценка не удалась"),
     "Comparison failed": ("对比失败", "Сравнение не удалось"),
     "Upload failed": ("上传失败", "Загрузка не удалась"),
+    "Exported; its download could not be prepared": (
+        "已导出；但无法准备下载",
+        "Экспортировано; скачивание не подготовлено",
+    ),
     "Export cancelled": ("导出已取消", "Экспорт отменён"),
     "Export done": ("导出完成", "Экспорт готов"),
     "Cannot generate": ("无法生成", "Не удалось сгенерировать"),

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.api.access import allowed_roots, check_access, check_source, workspace
-from engine.api.processes import alive, mark_cancelled, slug, spawn, stop
+from engine.api.processes import alive, exit_code, mark_cancelled, slug, spawn, stop
 from engine.core.errors import UserError
 from engine.core.runlog import TERMINAL
 
@@ -76,11 +76,15 @@ def start_export(
         raise UserError(f"Unknown export format '{fmt}'; use one of: {', '.join(EXPORT_FORMATS)}.")
     if out.exists():
         raise UserError(f"'{out}' already exists; choose another folder name (nothing is ever overwritten).")
+    jobs = workspace() / "exports" / ".jobs"
+    if _being_exported(out.resolve(), jobs):
+        raise UserError(
+            f"'{out}' is being exported already; wait for that export, or cancel it, or choose another name."
+        )
     if push_to_hub:
         from engine.models.hub import check_target
 
         token = check_target(push_to_hub, token)
-    jobs = workspace() / "exports" / ".jobs"
     jobs.mkdir(parents=True, exist_ok=True)
     job_dir = jobs / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(out.name)}"
     while True:
@@ -99,12 +103,35 @@ def start_export(
     return ExportJob(job_dir.name, job_dir, pid, out.resolve())
 
 
+def _being_exported(out: Path, jobs: Path) -> bool:
+    """Whether an export job under `jobs` still running writes to `out` (two would do the same work side by side, and
+    the one finishing second fail)."""
+    import json
+
+    for job_dir in jobs.iterdir() if jobs.is_dir() else []:
+        try:
+            spec = json.loads((job_dir / "export.json").read_text())
+            st = json.loads((job_dir / "status.json").read_text())
+        except (OSError, ValueError):  # a job folder being made, or damaged
+            continue
+        pid = st.get("pid")
+        if spec.get("out") == str(out) and st.get("state") not in TERMINAL and pid and alive(pid):
+            return True
+    return False
+
+
 def poll_export(job: ExportJob) -> ExportStatus:
     import json
 
     st = json.loads((job.job_dir / "status.json").read_text())
     if st["state"] not in TERMINAL and not alive(st["pid"]):
-        st.update(state="failed", message="The export process stopped unexpectedly; see its log.")
+        message = "The export process stopped unexpectedly; see its log."
+        killed = "killed (SIGKILL), most often by the system when RAM runs out"
+        if exit_code(st["pid"]) == -9 and (job.job_dir / "result.json").is_file():  # preparing its download or upload
+            message = f"The export itself is complete in {job.out}; preparing its download or upload was {killed}."
+        elif exit_code(st["pid"]) == -9:
+            message = f"The export process was {killed}: close other programs and export again. Nothing was written."
+        st.update(state="failed", message=message)
     result_file = job.job_dir / "result.json"
     result = json.loads(result_file.read_text()) if result_file.is_file() else None
     log = "\n".join((job.job_dir / "log.txt").read_text(errors="replace").splitlines()[-40:])
@@ -113,10 +140,13 @@ def poll_export(job: ExportJob) -> ExportStatus:
 
 def cancel_export(job: ExportJob, wait_s: float = 30.0) -> ExportStatus:
     """Stop an export; whatever it had written under a temporary name is removed."""
+    import glob
     import shutil
 
     if not poll_export(job).finished and stop(job.job_dir, wait_s):
-        for partial in job.out.parent.glob(f".{job.out.name}.*.partial"):  # left only when it had to be killed
+        # left only when it had to be killed; named with its builder's pid (engine.core.files.new_folder), so another
+        # export's (one named like "<name>.v2") is left alone
+        for partial in job.out.parent.glob(f".{glob.escape(job.out.name)}.{job.pid}-*.partial"):
             shutil.rmtree(partial, ignore_errors=True)
         mark_cancelled(job.job_dir, "Export cancelled; nothing was written.")
     return poll_export(job)

@@ -21,6 +21,7 @@ _QUANT_PARTS = ("absmax", "quant_map", "nested_absmax", "nested_quant_map", "qua
 def unquantized(base: str, near: Path, log=print):
     """Yield (base, checks): `base` itself for plain weights; for a bnb 4-bit checkpoint, a dequantized 16-bit copy
     in a hidden folder under `near` (removed on exit) with checks naming where it came from."""
+    from engine.core.disk import owner_tag
     from engine.models.loading import read_config, resolve_model
     from engine.models.prequantized import original_model, quantization
 
@@ -30,7 +31,9 @@ def unquantized(base: str, near: Path, log=print):
         yield base, {}
         return
     original = original_model(path, cfg)
-    hidden = Path(tempfile.mkdtemp(dir=near, prefix=f".{path.name}.", suffix=".dequantized"))
+    # named as engine.core.files.new_folder names a half-built folder: one a killed export leaves is removed by the
+    # next export there (engine.core.disk.remove_stale_partials)
+    hidden = Path(tempfile.mkdtemp(dir=near, prefix=f".{path.name}.{owner_tag()}.", suffix=".partial"))
     try:
         dest = hidden / path.name  # the GGUF file is named after the base folder
         dest.mkdir()

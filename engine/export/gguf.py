@@ -123,8 +123,10 @@ def _arch(cfg: dict) -> str:
 
 
 def _shown(folder: Path) -> str:
-    """The name a user knows a folder by: a run's `adapter/` folder (which holds the run's tokenizer) is the run."""
-    return folder.parent.name if folder.name == "adapter" else folder.name
+    """The name a user knows a folder by: a run's `adapter/` folder (which holds the run's tokenizer), or its `model/`
+    one (a full fine-tune's weights), is the run."""
+    in_run = folder.name == "adapter" or (folder.name == "model" and (folder.parent / "job.yaml").is_file())
+    return folder.parent.name if in_run else folder.name
 
 
 def _tokenizer_json(model_dir: Path) -> dict:
@@ -312,7 +314,8 @@ def _add_gemma_hparams(w, cfg: dict, model_type: str, head_dim: int) -> None:
 
 def _add_tokenizer(w, model_dir: Path, cfg: dict, model_type: str, log) -> dict:
     """Write the tokenizer keys; returns {"eos": id, "stops": [end-of-turn token texts], "template", "bos_added": the
-    BOS text llama.cpp puts before every prompt itself, or None} for the Modelfile."""
+    BOS text llama.cpp puts before every prompt itself, or None, "bos_token", "eos_token": their texts} for the
+    Modelfile."""
     import gguf
     from transformers import AutoTokenizer
 
@@ -374,7 +377,14 @@ def _add_tokenizer(w, model_dir: Path, cfg: dict, model_type: str, log) -> dict:
     stops = [t for t in END_OF_TURN if t in vocab and types[vocab[t]] == gguf.TokenType.CONTROL]
     if tok.eos_token and tok.eos_token not in stops:
         stops.insert(0, tok.eos_token)
-    return {"eos": eos, "stops": stops, "template": template, "bos_added": tok.bos_token if add_bos else None}
+    specials = dict(bos_token=tok.bos_token or "", eos_token=tok.eos_token or "")  # as the template renders them
+    return {
+        "eos": eos,
+        "stops": stops,
+        "template": template,
+        "bos_added": tok.bos_token if add_bos else None,
+        **specials,
+    }
 
 
 def _spm_scores(tokens: list[str], merges: list) -> list[float]:

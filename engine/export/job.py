@@ -51,6 +51,7 @@ def main(argv=None) -> int:
     from engine.core.runlog import RunLog
 
     status = RunLog(job_dir)
+    spec: dict = {}
     try:
         spec = json.loads((job_dir / "export.json").read_text())
         status.set(state="running", message=f"exporting {spec['format']} to {spec['out']}")
@@ -75,7 +76,9 @@ def main(argv=None) -> int:
         status.set(state="done", message=message)
         return 0
     except Cancelled:
-        if (job_dir / "result.json").is_file():  # cancelled during the zip or the upload: the export is complete
+        # cancelled during the zip or the upload, or once the export was renamed into place: it is complete (a
+        # folder there is this job's: start_export refuses an existing one, and one another job is writing)
+        if (job_dir / "result.json").is_file() or (spec.get("out") and Path(spec["out"]).is_dir()):
             message = f"Cancelled; the export itself is complete in {spec['out']}."
         else:
             message = "Export cancelled; nothing was written."

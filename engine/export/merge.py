@@ -15,16 +15,20 @@ engine.export.gguf's, the Modelfile engine.export.ollama's, the background job e
 
 import json
 import math
+import os
 import re
 import shutil
 import struct
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.chat.infer import locate
 from engine.core.errors import UserError
 from engine.core.files import check_free_disk, new_folder, write_text
+from engine.core.hub_id import HUB_ID
 from engine.core.statefile import weight_files
 from engine.export import experts as experts_merge
 from engine.export.gguf import QUANTS
@@ -69,27 +73,82 @@ def _export(source: str, fmt: str, out: Path, log) -> ExportResult:
     from engine.export.dequantize import unquantized
 
     t0 = time.time()
-    base, adapter, tok_dir = locate(source)
-    if fmt == "lora":
-        if adapter is None:
-            raise UserError(f"'{source}' has no LoRA adapter to export (a full fine-tune exports as merged16).")
-        check_free_disk(out.parent, 2 * _folder_bytes(adapter), "the adapter")
-        from engine.export.adapter import check_adapter, write_adapter
+    with _pinned(source, out) as (base, adapter, tok_dir):
+        if fmt == "lora":
+            if adapter is None:
+                if not HUB_ID.match(base) and not Path(base).expanduser().exists():
+                    from engine.models.loading import resolve_model
 
-        with new_folder(out) as tmp:
-            write_adapter(adapter, base, tmp, CHECKPOINT_FILES, tok_dir)  # no checkpoint training state
-            checks = check_adapter(base, adapter, tmp, tok_dir, log)
-    else:  # a 4-bit checkpoint as base is merged into a dequantized 16-bit copy of it
-        with unquantized(base, out.parent, log) as (base, origin):
-            if fmt == "merged16":
-                with new_folder(out) as tmp:
-                    checks, _ = _merge(base, adapter, tok_dir, tmp, out.parent, log)
-            else:
-                checks = _export_gguf(base, adapter, tok_dir, fmt, out, log, _system_prompt(source, adapter))
-        checks = {**origin, **checks}
+                    resolve_model(base, log)  # a mistyped run or folder: its sentence says that it does not exist
+                raise UserError(f"'{source}' has no LoRA adapter to export (a full fine-tune exports as merged16).")
+            check_free_disk(out.parent, 2 * _folder_bytes(adapter), "the adapter")
+            from engine.export.adapter import check_adapter, write_adapter
+
+            with new_folder(out) as tmp:
+                write_adapter(adapter, base, tmp, CHECKPOINT_FILES, tok_dir)  # no checkpoint training state
+                checks = check_adapter(base, adapter, tmp, tok_dir, log)
+        else:  # a 4-bit checkpoint as base is merged into a dequantized 16-bit copy of it
+            with unquantized(base, out.parent, log) as (base, origin):
+                if fmt == "merged16":
+                    with new_folder(out) as tmp:
+                        checks, _ = _merge(base, adapter, tok_dir, tmp, out.parent, log)
+                else:
+                    checks = _export_gguf(base, adapter, tok_dir, fmt, out, log, _system_prompt(source, adapter))
+            checks = {**origin, **checks}
     files = sorted(p.name for p in out.iterdir())
     log(f"export: {fmt} written to {out} ({', '.join(files)})")
     return ExportResult(out, fmt, files, round(time.time() - t0, 2), checks)
+
+
+@contextmanager
+def _pinned(source: str, out: Path):
+    """locate(source), with the checkpoint it picks hard-linked (copied where links are refused) into a hidden folder
+    beside `out` for the export's time: a run still training deletes its older checkpoints (keep_checkpoints), and its
+    best/ one when a better comes, while a long export reads it. The copy keeps the run folder's layout (its job.yaml,
+    its metrics so far), so the model card still names the run and the checkpoint's steps."""
+    from engine.core.disk import owner_tag
+
+    for attempt in range(3):
+        base, adapter, tok_dir = locate(source)
+        ckpt = Path(base) if adapter is None else adapter
+        run = ckpt.parent.parent
+        if ckpt.parent.name not in ("checkpoints", "best") or not (run / "job.yaml").is_file():
+            yield base, adapter, tok_dir
+            return
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            hidden = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{owner_tag()}.", suffix=".partial"))
+        except (FileExistsError, NotADirectoryError, PermissionError):  # new_folder(out) says what to do
+            yield base, adapter, tok_dir
+            return
+        try:
+            pinned = hidden / run.name / ckpt.parent.name / ckpt.name
+            try:
+                pinned.mkdir(parents=True)
+                for f in ckpt.iterdir():
+                    if f.is_file() and f.name not in CHECKPOINT_FILES:  # no training state
+                        _link_or_copy(f, pinned / f.name)
+                shutil.copyfile(run / "job.yaml", hidden / run.name / "job.yaml")
+                if (run / "metrics.jsonl").is_file():
+                    shutil.copyfile(run / "metrics.jsonl", hidden / run.name / "metrics.jsonl")
+            except FileNotFoundError:  # the run deleted it meanwhile, having saved a newer one
+                if attempt == 2:
+                    raise
+                continue
+            tok_dir = pinned if tok_dir == ckpt else tok_dir  # a best/ folder holds its tokenizer
+            yield (str(pinned), None, tok_dir) if adapter is None else (base, pinned, tok_dir)
+            return
+        finally:
+            shutil.rmtree(hidden, ignore_errors=True)
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    try:
+        os.link(source, dest)
+    except FileNotFoundError:  # gone: the caller looks again
+        raise
+    except OSError:  # another filesystem, or one without hard links
+        shutil.copyfile(source, dest)
 
 
 def _system_prompt(source: str, adapter: Path | None) -> str:
@@ -141,7 +200,15 @@ def _export_gguf(
             info = gguf.convert(merged, tmp / name, gtype16, log)
         checks.update(gguf.compare_greedy(tmp / name, ref, strict=quant is None))
         log(f"export: llama.cpp vs PyTorch {checks}")
-        text = ollama.modelfile(name, info["template"], info["stops"], info["sampling"], info["bos_added"], system)
+        text = ollama.modelfile(
+            name,
+            info["template"],
+            info["stops"],
+            info["sampling"],
+            info["bos_added"],
+            system,
+            {k: info[k] for k in ("bos_token", "eos_token")},
+        )
         write_text(tmp / "Modelfile", text)
         checks["modelfile_template"] = "TEMPLATE" in text
         shutil.rmtree(merged)

@@ -49,8 +49,11 @@ def _layers(checked: str | None) -> str:
 
 def _gguf(checks: dict) -> str:
     tokenizer = "tokenizer identical" if checks.get("tokenizer_match") else "tokenizer differs"
-    if not checks.get("tokens_compared"):
-        return f"llama.cpp matches the PyTorch model's {tokenizer} (greedy text not compared: the model is too large)"
+    if not checks.get("tokens_compared"):  # a mismatch of the tokenizer fails the export (gguf.compare_greedy)
+        return (
+            "llama.cpp tokenizes the chat prompt exactly as the PyTorch model does (its answers are not compared: "
+            "the model is too large for the check's fp32 copy in RAM)"
+        )
     n, agree = checks["tokens_compared"], checks["tokens_agree"]
     if checks.get("greedy_match"):
         greedy = f"greedy text identical ({n} tokens)"
