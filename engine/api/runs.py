@@ -145,6 +145,8 @@ def find_run(run: "str | Path | RunHandle") -> Path:
     ids only: the name of a folder directly under runs_dir(), not a link."""
     if isinstance(run, RunHandle):
         return run.run_dir
+    if not str(run).strip():  # an empty Run box: as a path it is the working folder, which is no run of the list
+        raise UserError("Pick a run in the history first.")
     if allowed_roots() is not None:
         return _shared_run(str(run))
     path = Path(run)
