@@ -180,3 +180,23 @@ def test_resume_with_no_run_picked_trains_nothing_in_the_working_folder(tiny_lla
             continue
         raise AssertionError(f"{call.__name__}('') took the working folder for a run")
     assert (work / "job.yaml").is_file()
+
+
+def test_start_pressed_twice_at_once_starts_one_run(tiny_llama, identity_file, runs):
+    """A double-click on Start (or Start in two tabs): the app runs up to four handlers at once, each found no run
+    training, and each started one, so two runs trained side by side on the GPU each had planned for alone."""
+    import threading
+
+    values = form(str(tiny_llama), identity_file, steps=100000)
+    said = []
+    presses = [threading.Thread(target=lambda: said.append(start(values)[1])) for _ in range(2)]
+    for t in presses:
+        t.start()
+    for t in presses:
+        t.join()
+    try:
+        assert len(api.list_runs()) == 1, said
+        assert sorted(s.split("`")[0] for s in said) == ["**Not started:** Run ", "Started run "], said
+    finally:
+        for run in api.list_runs():
+            api.cancel(run.run_dir)
