@@ -726,3 +726,24 @@ def test_a_cancel_before_the_first_step_saves_no_checkpoint(objective, tiny_llam
     with pytest.raises(Cancelled):  # asked while loading, seen when training would begin
         train(spec, run_dir, runlog, False, lambda: runlog.state["state"] == "running", lambda m: None)
     assert not (run_dir / "checkpoints").exists()
+
+
+def test_a_run_process_taking_its_command_line_reads_as_running(tiny_llama, identity_file, runs, monkeypatch):
+    """Right after a run is started its process's command line reads empty for a moment, while exec gives it its
+    new one: the check that the pid is the run's own read that as another program, and a resume just pressed
+    read as "stopped unexpectedly" (seen under load in test_full_disk)."""
+    from pathlib import Path as P
+
+    folder = runs / "20260101-000000-t"
+    folder.mkdir(parents=True)
+    (folder / "job.yaml").write_text(tiny_spec(tiny_llama, identity_file).to_yaml())
+    run = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", str(folder / "job.yaml")])
+    try:
+        (folder / "status.json").write_text(json.dumps(dict(state="starting", step=0, total_steps=0, pid=run.pid)))
+        read_bytes = P.read_bytes
+        exec_moment = P(f"/proc/{run.pid}/cmdline")
+        monkeypatch.setattr(P, "read_bytes", lambda self: b"" if self == exec_moment else read_bytes(self))
+        assert api.poll(folder).state == "starting"
+    finally:
+        run.kill()
+        run.wait()

@@ -100,15 +100,19 @@ def stop(folder: Path, wait_s: float) -> bool:
     return after.get("pid") == pid and after["state"] not in TERMINAL
 
 
-def runs_in(pid: int, folder: Path) -> bool:
+def runs_in(pid: int, folder: Path, unknown: bool = False) -> bool:
     """Whether process `pid` works on the run or export `folder`: its command line names the folder or its job.yaml
     (spawn's arguments). Checked before a signal, since status.json's pid may name any process of this user: one that
     took the pid after the run died unseen, or any at all in a run folder handed over (a shell leading its session
-    would be killed with its whole group). Where there is no /proc to tell, True."""
+    would be killed with its whole group). Where there is no /proc to tell, True. `unknown`: the answer while the
+    command line is empty, as it is for a moment while a process just started takes its new one (exec)."""
     try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return not Path("/proc/self").is_dir()
+    if not cmdline:
+        return unknown
+    args = cmdline.split(b"\0")
     target = Path(folder).resolve()
     for arg in filter(None, args):
         try:

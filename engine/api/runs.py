@@ -194,7 +194,7 @@ def _read_status(run_dir: Path) -> RunStatus:
         st = dict(state="failed", message="This run has no status; it never started.", step=0, total_steps=0)
     # a pid that names another program now (ids are reused, from 1 again after a restart) is a process gone too
     pid = st.get("pid") if st["state"] not in TERMINAL else None
-    if pid and not (alive(pid) and runs_in(pid, run_dir)):
+    if pid and not (alive(pid) and runs_in(pid, run_dir, unknown=True)):
         code = exit_code(st["pid"])
         st["state"] = "failed"
         killed = (
