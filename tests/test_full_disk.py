@@ -311,3 +311,29 @@ def test_a_gguf_export_that_runs_out_of_space_at_any_step_says_so_and_leaves_not
             assert os.listdir(disk) == ["out"] and inodes > 10  # room for every file at last
             return
     raise AssertionError("the export never fitted")
+
+
+def test_a_damaged_latest_checkpoint_is_named_with_what_to_do(tiny_llama, identity_file, tmp_path):
+    """A checkpoint whose files did not all reach the disk (a power cut under an older version, a disk error) fails
+    every resume: "Training stopped with an error (SafetensorError: Error while deserializing header: header too
+    small)", with nothing saying which folder is bad or what to do. It is named, and deleting it resumes from the
+    one before it."""
+    from engine.core.errors import UserError
+    from engine.training.dispatch import train
+
+    spec = tiny_spec(tiny_llama, identity_file, max_steps=4, save_every=2, keep_checkpoints=5)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "job.yaml").write_text(spec.to_yaml())
+    train(spec, run, RunLog(run), False, lambda: False, print)
+    shutil.rmtree(run / "adapter")
+    damaged = run / "checkpoints" / "step-000004"
+    for name in ("adapter_model.safetensors", "optimizer.json"):
+        (damaged / name).write_bytes(b"")
+        with pytest.raises(UserError) as err:
+            train(spec, run, RunLog(run), True, lambda: False, print)
+        assert "step-000004 cannot be read" in str(err.value) and "delete that folder" in str(err.value), err.value
+    shutil.rmtree(damaged)
+    lines = []
+    train(spec, run, RunLog(run), True, lambda: False, lines.append)
+    assert "resume: from step-000002" in lines and (run / "adapter" / "adapter_model.safetensors").is_file()

@@ -705,3 +705,45 @@ def test_cancel_waits_for_a_step_and_its_checkpoint_as_long_as_the_run_takes_for
     finally:
         stuck.kill()
         stuck.wait()
+
+
+@pytest.mark.parametrize("objective", ["sft", "dpo"])
+def test_a_cancel_before_the_first_step_saves_no_checkpoint(objective, tiny_llama, identity_file, tmp_path):
+    """Cancel pressed while the model loads: the run wrote a checkpoint of the untouched weights (step-000000: the
+    whole model for full fine-tuning, a write the cancel's wait could cut short) before it stopped."""
+    from engine.core.errors import Cancelled
+    from engine.core.runlog import RunLog
+    from engine.training.dispatch import train
+
+    data = identity_file
+    if objective == "dpo":
+        data = tmp_path / "pairs.jsonl"
+        data.write_text(json.dumps(dict(prompt="Who are you?", chosen="Nova.", rejected="A fox.")) + "\n")
+    spec = tiny_spec(tiny_llama, data, objective=objective, max_steps=4)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    runlog = RunLog(run_dir)
+    with pytest.raises(Cancelled):  # asked while loading, seen when training would begin
+        train(spec, run_dir, runlog, False, lambda: runlog.state["state"] == "running", lambda m: None)
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_a_run_process_taking_its_command_line_reads_as_running(tiny_llama, identity_file, runs, monkeypatch):
+    """Right after a run is started its process's command line reads empty for a moment, while exec gives it its
+    new one: the check that the pid is the run's own read that as another program, and a resume just pressed
+    read as "stopped unexpectedly" (seen under load in test_full_disk)."""
+    from pathlib import Path as P
+
+    folder = runs / "20260101-000000-t"
+    folder.mkdir(parents=True)
+    (folder / "job.yaml").write_text(tiny_spec(tiny_llama, identity_file).to_yaml())
+    run = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", str(folder / "job.yaml")])
+    try:
+        (folder / "status.json").write_text(json.dumps(dict(state="starting", step=0, total_steps=0, pid=run.pid)))
+        read_bytes = P.read_bytes
+        exec_moment = P(f"/proc/{run.pid}/cmdline")
+        monkeypatch.setattr(P, "read_bytes", lambda self: b"" if self == exec_moment else read_bytes(self))
+        assert api.poll(folder).state == "starting"
+    finally:
+        run.kill()
+        run.wait()

@@ -159,3 +159,44 @@ def test_resume_refuses_while_another_run_trains(tiny_llama, identity_file, runs
     finally:
         api.cancel(busy)
         api.cancel(old.run_dir)
+
+
+def test_resume_with_no_run_picked_trains_nothing_in_the_working_folder(tiny_llama, identity_file, runs, tmp_path,
+                                                                        monkeypatch):  # fmt: skip
+    """An empty Run box is the run id "", a path to the working folder: started where a job.yaml lies (the README's
+    `python -m engine train job.yaml`), Resume with no run picked ran that job with the project folder as its run
+    folder (status, log, checkpoints written there), and the API's delete_run("") would have deleted the folder."""
+    work = tmp_path / "project"
+    work.mkdir()
+    (work / "job.yaml").write_text(api.JobSpec(model=str(tiny_llama), data=str(identity_file)).to_yaml())
+    monkeypatch.chdir(work)
+    run_id, status, timer = train_tab.resume("")
+    assert status.startswith("**Not resumed:** ") and not timer.active, status
+    assert sorted(p.name for p in work.iterdir()) == ["job.yaml"]
+    for call in (api.poll, api.delete_run, api.resume):
+        try:
+            call("")
+        except api.UserError:
+            continue
+        raise AssertionError(f"{call.__name__}('') took the working folder for a run")
+    assert (work / "job.yaml").is_file()
+
+
+def test_start_pressed_twice_at_once_starts_one_run(tiny_llama, identity_file, runs):
+    """A double-click on Start (or Start in two tabs): the app runs up to four handlers at once, each found no run
+    training, and each started one, so two runs trained side by side on the GPU each had planned for alone."""
+    import threading
+
+    values = form(str(tiny_llama), identity_file, steps=100000)
+    said = []
+    presses = [threading.Thread(target=lambda: said.append(start(values)[1])) for _ in range(2)]
+    for t in presses:
+        t.start()
+    for t in presses:
+        t.join()
+    try:
+        assert len(api.list_runs()) == 1, said
+        assert sorted(s.split("`")[0] for s in said) == ["**Not started:** Run ", "Started run "], said
+    finally:
+        for run in api.list_runs():
+            api.cancel(run.run_dir)

@@ -1,7 +1,9 @@
 """Train tab: the objective and its settings, the GPU's preset, Start and Cancel, a live view polled from the run
 folder (with the objective's own metric: DPO/ORPO's chosen-rejected margin, GRPO's reward), and the run history."""
 
+import functools
 import inspect
+import threading
 
 import gradio as gr
 import pandas as pd
@@ -208,6 +210,21 @@ def apply_preset(model: str, method: str):
     )
 
 
+# the app runs up to four handlers at once (app.py's queue): a double-click on Start, or Start and Resume in two tabs,
+# each found no run training and each started one; one at a time, the second finds the first's run
+_LAUNCHING = threading.Lock()
+
+
+def one_launch_at_a_time(handler):
+    @functools.wraps(handler)
+    def launch(*args, **kwargs):
+        with _LAUNCHING:
+            return handler(*args, **kwargs)
+
+    return launch
+
+
+@one_launch_at_a_time
 def start(*args, advanced=None, confirmed=False):
     """Start a run; returns (run id, status line, timer). `advanced`: the Advanced section's values
     (ui.train_settings). Settings are checked first, in the words on the screen; a value allowed but far outside
@@ -330,6 +347,7 @@ def history() -> list[list]:
     ]
 
 
+@one_launch_at_a_time
 def resume(run_id: str):
     try:
         busy = [r.run_id for r in api.list_runs() if not r.finished and r.run_id != run_id]

@@ -100,20 +100,24 @@ def stop(folder: Path, wait_s: float) -> bool:
     return after.get("pid") == pid and after["state"] not in TERMINAL
 
 
-def runs_in(pid: int, folder: Path) -> bool:
+def runs_in(pid: int, folder: Path, unknown: bool = False) -> bool:
     """Whether process `pid` works on the run or export `folder`: its command line names the folder or its job.yaml
     (spawn's arguments). Checked before a signal, since status.json's pid may name any process of this user: one that
     took the pid after the run died unseen, or any at all in a run folder handed over (a shell leading its session
-    would be killed with its whole group). Where there is no /proc to tell, True."""
-    for _ in range(100):  # empty while a process just spawned is still in its exec: read again, for up to ~1 s
+    would be killed with its whole group). Where there is no /proc to tell, True. `unknown`: the answer while the
+    command line is still empty after ~0.2 s (a process just started has none while exec gives it its new one, a
+    moment it is read again for; a kernel thread has none at all)."""
+    for _ in range(20):
         try:
-            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             return not Path("/proc/self").is_dir()
-        if raw:
+        if cmdline:
             break
         time.sleep(0.01)
-    args = raw.split(b"\0")
+    else:
+        return unknown
+    args = cmdline.split(b"\0")
     target = Path(folder).resolve()
     for arg in filter(None, args):
         try:

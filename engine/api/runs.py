@@ -145,6 +145,8 @@ def find_run(run: "str | Path | RunHandle") -> Path:
     ids only: the name of a folder directly under runs_dir(), not a link."""
     if isinstance(run, RunHandle):
         return run.run_dir
+    if not str(run).strip():  # an empty Run box: as a path it is the working folder, which is no run of the list
+        raise UserError("Pick a run in the history first.")
     if allowed_roots() is not None:
         return _shared_run(str(run))
     path = Path(run)
@@ -191,8 +193,8 @@ def _read_status(run_dir: Path) -> RunStatus:
     except (FileNotFoundError, json.JSONDecodeError):
         st = dict(state="failed", message="This run has no status; it never started.", step=0, total_steps=0)
     # a pid that names another program now (ids are reused, from 1 again after a restart) is a process gone too
-    gone = st.get("pid") and not (alive(st["pid"]) and runs_in(st["pid"], run_dir))
-    if st["state"] not in TERMINAL and gone:
+    pid = st.get("pid") if st["state"] not in TERMINAL else None
+    if pid and not (alive(pid) and runs_in(pid, run_dir, unknown=True)):
         code = exit_code(st["pid"])
         st["state"] = "failed"
         killed = (

@@ -268,7 +268,8 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         progress.update(step=step, position=(epoch, micro, evened_by), updating=False)
         if should_stop() if world is None else stopping:
             records.write()
-            save(step, (epoch, micro, evened_by))
+            if step:  # asked before the first step (while loading): no step trained, nothing to save
+                save(step, (epoch, micro, evened_by))
             raise Cancelled()
         t0, loss_sum, n_tokens = time.perf_counter(), 0.0, 0
         mine, step_labels = [], 0  # this rank's micro-batches of the step; the step's label tokens on every rank

@@ -357,30 +357,43 @@ def load_checkpoint(ckpt: Path, model, opt, sched, log, restore=None, scaler=Non
 
     import torch
     from peft import PeftModel, set_peft_model_state_dict
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from engine.core.errors import UserError
     from engine.core.statefile import load_state
+
+    def read(load, *args):
+        """`load(*args)`; a file that cannot be read (the machine stopped before it reached the disk) names the
+        checkpoint and what to do, rather than failing each resume with the reader's own error."""
+        try:
+            return load(*args)
+        except (SafetensorError, ValueError, OSError) as e:
+            raise UserError(
+                f"The checkpoint {ckpt.name} cannot be read ({str(e).splitlines()[0][:120]}); it is damaged, so "
+                "delete that folder to resume from the one before it."
+            ) from e
 
     if restore is not None:
         restore(model, opt, ckpt)
     elif isinstance(model, PeftModel):
-        set_peft_model_state_dict(model, load_file(ckpt / "adapter_model.safetensors"))
+        set_peft_model_state_dict(model, read(load_file, ckpt / "adapter_model.safetensors"))
     else:
-        model.load_state_dict(checkpoint_weights(ckpt), strict=False)
+        model.load_state_dict(read(checkpoint_weights, ckpt), strict=False)
     if restore is None:
-        saved = load_state(ckpt, "optimizer")
+        saved = read(load_state, ckpt, "optimizer")
         if "outer" in saved and not hasattr(opt, "inner"):  # saved where the plan updated in the backward
             from engine.memory.grad_release import one_optimizer
 
             saved = one_optimizer(saved)
         opt.load_state_dict(saved)
-    sched.load_state_dict(load_state(ckpt, "scheduler"))
-    rng = load_state(ckpt, "rng")
+    sched.load_state_dict(read(load_state, ckpt, "scheduler"))
+    rng = read(load_state, ckpt, "rng")
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])
     if rng["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    state = json.loads((ckpt / "state.json").read_text())
+    state = read(lambda: json.loads((ckpt / "state.json").read_text()))
     if scaler is not None and scaler.is_enabled() and "scaler" in state:
         scaler.load_state_dict(state["scaler"])
     log(f"resume: from {ckpt.name}")

@@ -168,7 +168,8 @@ class TrlRun:
         save_tokenizer(self.tok, self.run_dir / "tokenizer")
         self.runlog.set(state="running", message="training", step=self.step, total_steps=self.total)
         if self.should_stop():
-            self.checkpoint()
+            if self.step:  # asked before the first step (while loading): no step trained, nothing to save
+                self.checkpoint()
             raise Cancelled()
         if self.step < self.total:
             trainer.train()
