@@ -105,9 +105,9 @@ def runs_in(pid: int, folder: Path, unknown: bool = False) -> bool:
     (spawn's arguments). Checked before a signal, since status.json's pid may name any process of this user: one that
     took the pid after the run died unseen, or any at all in a run folder handed over (a shell leading its session
     would be killed with its whole group). Where there is no /proc to tell, True. `unknown`: the answer while the
-    command line is still empty after ~0.2 s (a process just started has none while exec gives it its new one, a
+    command line is still empty after ~0.5 s (a process just started has none while exec gives it its new one, a
     moment it is read again for; a kernel thread has none at all)."""
-    for _ in range(20):
+    for _ in range(50):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
