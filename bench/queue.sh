@@ -64,6 +64,7 @@ list() {
 28 issue 22: a step's record written while the next step runs (engine.training.sft.StepRecords): alpaca QLoRA
    defaults and --packing 1 on 3,000 examples, then the defaults at b43ce33 (before it; a git worktree) on the same
    machine; its GPU test
+29 call 28 cut to what 374 s of device time hold: alpaca QLoRA defaults on 1,500 examples at HEAD and at b43ce33
 EOF
 }
 
@@ -387,6 +388,17 @@ call28() {  # issue 22: call 26 had the defaults at 88.8-89.4% of --packing 1; t
   ln -s "$PWD/.anchors" "$old/.anchors" && ln -s "$PWD/.bench" "$old/.bench"
   (cd "$old" && e2e 130 120 "$a" "project alpaca qlora --n 3000")
   step 60 python3 -m pytest -m gpu -p no:cacheprovider -q -rfEs tests/test_memory.py -k next_step_launches
+}
+
+call29() {  # call 28 in less device time: the defaults alone, before and after StepRecords, on one machine
+  local a old
+  a=$(mktemp -d)
+  keep_models qwen3_4b
+  e2e 130 100 "$a" "project alpaca qlora --n 1500"
+  old=$(mktemp -d)/b43ce33
+  git worktree add -q --detach "$old" b43ce33 || return
+  ln -s "$PWD/.anchors" "$old/.anchors" && ln -s "$PWD/.bench" "$old/.bench"
+  (cd "$old" && e2e 80 75 "$a" "project alpaca qlora --n 1500")
 }
 
 call10() {  # issue 22: defaults at 88% of packing's tokens/s per padded token (2026-12-05): host or kernels?
