@@ -100,3 +100,24 @@ def count_launches(*kernels):
     counts = collections.Counter()
     with launch_hooks(kernels, lambda kernel, *args, **kwargs: counts.update([kernel.fn.__name__])):
         yield counts
+
+
+@contextlib.contextmanager
+def failing_forward(n: int, fail):
+    """Within the block, call `fail()` in the `n`-th training forward of a Llama model (a forward pre-hook torch
+    offers for every module): a failure at a chosen step of a real run."""
+    import torch
+
+    forwards = []
+
+    def hook(module, args):
+        if type(module).__name__ == "LlamaForCausalLM" and module.training:
+            forwards.append(module)
+            if len(forwards) == n:
+                fail()
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+from helpers import failing_forward
 
 from engine import api
 from engine.core.errors import UserError
@@ -215,21 +216,14 @@ def test_an_out_of_memory_error_mid_run_leaves_a_resumable_checkpoint(tiny_llama
                    learning_rate=5e-3, gradient_checkpointing=False, seed=0)  # fmt: skip
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    forwards = []
-
-    def fail_in_the_fourth_step(module, args):
-        if type(module).__name__ == "LlamaForCausalLM" and module.training:
-            forwards.append(module)
-            if len(forwards) == 4:
-                torch.empty(2**62, dtype=torch.uint8)  # more than any machine can allocate: a real failure
-
-    hook = torch.nn.modules.module.register_module_forward_pre_hook(fail_in_the_fourth_step)
     lines = []
-    try:
-        with pytest.raises(UserError, match="Ran out of memory at step 4.*saved step 3.*resume continues from it"):
-            train(spec, run_dir, RunLog(run_dir), False, lambda: False, lines.append)
-    finally:
-        hook.remove()
+    said = "Ran out of memory at step 4.*saved step 3.*resume continues from it"
+
+    def impossible():  # more than any machine can allocate: a real failure
+        torch.empty(2**62, dtype=torch.uint8)
+
+    with failing_forward(4, impossible), pytest.raises(UserError, match=said):
+        train(spec, run_dir, RunLog(run_dir), False, lambda: False, lines.append)
     assert latest_checkpoint(run_dir).name == "step-000003"
     assert any("out of memory during step 4" in line for line in lines)
     # step 3's record waits for step 4's passes to be launched (sft.StepRecords): written as the run ended all the same

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import log_of, resume_after_cut, tiny_spec, wait_for
+from helpers import failing_forward, log_of, resume_after_cut, tiny_spec, wait_for
 
 from engine import api
 from engine.training.steps import CHECKPOINT_FILES
@@ -606,7 +606,6 @@ def test_a_resume_without_a_checkpoint_starts_the_curve_over(tiny_llama, identit
     """A run that failed before its first checkpoint (no save_every, the 10-minute timer not yet due) resumes from
     step 0; its old steps stayed in metrics.jsonl, so the resumed run's curve and last loss were the old attempt's
     past the step it had reached (cancelled at step 1, it showed the loss of step 3)."""
-    import torch
 
     from engine.core.errors import Cancelled
     from engine.core.runlog import RunLog, read_metrics
@@ -615,20 +614,12 @@ def test_a_resume_without_a_checkpoint_starts_the_curve_over(tiny_llama, identit
     spec = tiny_spec(tiny_llama, identity_file, max_steps=6, save_every=0, save_every_minutes=0)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    forwards = []
 
-    def fail_in_the_fourth_step(module, args):
-        if type(module).__name__ == "LlamaForCausalLM" and module.training:
-            forwards.append(module)
-            if len(forwards) == 4:
-                raise RuntimeError("a driver error")
+    def driver_error():
+        raise RuntimeError("a driver error")
 
-    hook = torch.nn.modules.module.register_module_forward_pre_hook(fail_in_the_fourth_step)
-    try:
-        with pytest.raises(RuntimeError, match="a driver error"):
-            train(spec, run_dir, RunLog(run_dir), False, lambda: False, lambda m: None)
-    finally:
-        hook.remove()
+    with failing_forward(4, driver_error), pytest.raises(RuntimeError, match="a driver error"):
+        train(spec, run_dir, RunLog(run_dir), False, lambda: False, lambda m: None)
     assert not (run_dir / "checkpoints").exists() and [m["step"] for m in read_metrics(run_dir)] == [1, 2, 3]
     polls = iter(range(100))
     with pytest.raises(Cancelled):  # stopped after the resumed run's first step
