@@ -234,6 +234,26 @@ def test_an_out_of_memory_error_mid_run_leaves_a_resumable_checkpoint(tiny_llama
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
 
 
+def test_an_out_of_memory_error_in_the_first_step_saves_nothing(tiny_llama, identity_file, tmp_path):
+    """Out of memory in a new run's first step saved step-000000, a checkpoint of untrained weights, and said "The
+    run saved step 0; resume continues from it". Nothing is saved, and the sentence says to start again smaller."""
+    from engine.core.runlog import RunLog
+    from engine.training.dispatch import train
+
+    spec = JobSpec(model=str(tiny_llama), data=str(identity_file), method="lora", max_steps=3, batch_size=2,
+                   gradient_checkpointing=False, seed=0)  # fmt: skip
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+
+    def impossible():
+        torch.empty(2**62, dtype=torch.uint8)
+
+    said = "Ran out of memory in the first step, before anything was trained; start again with a smaller batch size"
+    with failing_forward(1, impossible), pytest.raises(UserError, match=said):
+        train(spec, run_dir, RunLog(run_dir), False, lambda: False, lambda m: None)
+    assert not (run_dir / "checkpoints").exists()
+
+
 def test_checkpoints_on_a_time_interval_by_default(tiny_llama, identity_file, tmp_path):
     from engine.core.runlog import RunLog
     from engine.training.dispatch import train

@@ -186,6 +186,12 @@ def out_of_memory(exc: BaseException) -> bool:
 def out_of_memory_message(step: int, saved: int | None, on_gpu: bool) -> str:
     """What a run that ran out of memory during step `step` (1-based) says: what was kept (`saved`: the step
     checkpointed, None when nothing could be) and what to lower."""
+    if step == 1 and saved is None:  # a new run's first step: nothing trained, nothing to resume from
+        where = "a lower budget (TUNESMITH_VRAM_GIB), " if on_gpu else ""
+        return (
+            f"Ran out of {'GPU ' if on_gpu else ''}memory in the first step, before anything was trained; start again "
+            f"with {where}a smaller batch size or maximum sequence length, or a smaller model."
+        )
     kept = (
         f"The run saved step {saved}; resume continues from it"
         if saved is not None

@@ -65,8 +65,9 @@ def train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> No
 
         torch.cuda.empty_cache()
     # weights part-updated (in the optimizer step, or in the backward with released gradients) are no step's: the
-    # latest checkpoint stays the one to resume from
-    saved = None if progress["updating"] or progress["released"] else progress["save"]()
+    # latest checkpoint stays the one to resume from; in a new run's first step nothing was trained to save
+    first = progress["step"] == 0
+    saved = None if first or progress["updating"] or progress["released"] else progress["save"]()
     raise UserError(out_of_memory_message(progress["step"] + 1, saved, on_gpu))
 
 
