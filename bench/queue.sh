@@ -383,9 +383,7 @@ call28() {  # issue 22: call 26 had the defaults at 88.8-89.4% of --packing 1; t
   a=$(mktemp -d)
   keep_models qwen3_4b
   e2e 290 135 "$a" "project alpaca qlora --n 3000" "project alpaca qlora --n 3000 --packing 1"
-  old=$(mktemp -d)/b43ce33
-  git worktree add -q --detach "$old" b43ce33 || return
-  ln -s "$PWD/.anchors" "$old/.anchors" && ln -s "$PWD/.bench" "$old/.bench"
+  old=$(old_tree b43ce33) || return
   (cd "$old" && e2e 130 120 "$a" "project alpaca qlora --n 3000")
   step 60 python3 -m pytest -m gpu -p no:cacheprovider -q -rfEs tests/test_memory.py -k next_step_launches
 }
@@ -395,10 +393,20 @@ call29() {  # call 28 in less device time: the defaults alone, before and after 
   a=$(mktemp -d)
   keep_models qwen3_4b
   e2e 130 100 "$a" "project alpaca qlora --n 1500"
-  old=$(mktemp -d)/b43ce33
-  git worktree add -q --detach "$old" b43ce33 || return
-  ln -s "$PWD/.anchors" "$old/.anchors" && ln -s "$PWD/.bench" "$old/.bench"
+  old=$(old_tree b43ce33) || return
   (cd "$old" && e2e 80 75 "$a" "project alpaca qlora --n 1500")
+}
+
+old_tree() {  # old_tree COMMIT: a tree of COMMIT that imports its own engine, .anchors and .bench linked in
+  # a git worktree where the copy has .git; else .old/COMMIT, made here by
+  # `mkdir -p .old/COMMIT && git archive COMMIT | tar -x -C .old/COMMIT` and carried
+  local dir
+  dir=$(mktemp -d)/$1
+  if ! git worktree add -q --detach "$dir" "$1" 2> /dev/null; then
+    dir=$PWD/.old/$1
+    [[ -d $dir/engine ]] || { echo "no tree of $1: carry .old (see old_tree)" >&2; return 1; }
+  fi
+  ln -sfn "$PWD/.anchors" "$dir/.anchors" && ln -sfn "$PWD/.bench" "$dir/.bench" && echo "$dir"
 }
 
 call10() {  # issue 22: defaults at 88% of packing's tokens/s per padded token (2026-12-05): host or kernels?
