@@ -863,3 +863,19 @@ def test_from_pretrained_plans_memory_like_the_cli(tiny_qwen3, capsys, monkeypat
     monkeypatch.setenv("TUNESMITH_RAM_GIB", "0.0001")  # plan for a machine with (almost) no free RAM
     with pytest.raises(UserError, match=r"needs about \d+\.\d GiB of host RAM.*and 0\.0 GiB is free"):
         FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=256)
+
+
+def test_refused_tokens_are_never_shown(tiny_qwen3, tmp_path):
+    """Unsloth notebooks pass token="hf_..." to from_pretrained and the save calls; the refusal (shown in the notebook's
+    output, which users share) must not carry the token itself."""
+    secret = "hf_tunesmithRefusedToken0123456789abcXYZ"
+    with pytest.raises(UserError, match="token=\\.\\.\\. is not supported; set the HF_TOKEN") as loading:
+        FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=False, token=secret)
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=False)
+    model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8)
+    with pytest.raises(UserError, match="token=\\.\\.\\. is not supported; a token is for uploads") as merged:
+        model.save_pretrained_merged(tmp_path / "merged", tok, token=secret)
+    with pytest.raises(UserError, match="token=\\.\\.\\. is not supported") as gguf:
+        model.save_pretrained_gguf(tmp_path / "gguf", tok, token=secret)
+    for err in (loading, merged, gguf):
+        assert secret not in str(err.value)
