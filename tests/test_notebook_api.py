@@ -879,3 +879,14 @@ def test_refused_tokens_are_never_shown(tiny_qwen3, tmp_path):
         model.save_pretrained_gguf(tmp_path / "gguf", tok, token=secret)
     for err in (loading, merged, gguf):
         assert secret not in str(err.value)
+
+
+def test_load_in_16bit_is_16bit_lora(tiny_qwen3):
+    """Unsloth's Qwen3.5 and QAT guides load for 16-bit LoRA with load_in_16bit=True (load_in_4bit=False or none)."""
+    for kwargs in (dict(load_in_4bit=False, load_in_16bit=True), dict(load_in_16bit=True)):
+        model, _ = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, **kwargs)
+        assert model.tunesmith_spec.method == "lora" and not getattr(model, "is_loaded_in_4bit", False)
+    model, _ = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_16bit=False)
+    assert model.tunesmith_spec.method == "qlora"
+    with pytest.raises(UserError, match="load_in_4bit=True and load_in_16bit=True ask for two weight formats"):
+        FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=True, load_in_16bit=True)

@@ -125,6 +125,7 @@ class FastLanguageModel:
         device_map="sequential",
         trust_remote_code: bool = False,
         use_gradient_checkpointing=None,
+        load_in_16bit: bool = False,
         **kwargs,
     ):
         """Load a causal LM and its tokenizer from a hub id or a local folder (safetensors only).
@@ -147,7 +148,7 @@ class FastLanguageModel:
                 UserError with the plan's reason and figures.
             dtype: None picks bf16 on GPUs that have it, fp16 otherwise (T4), fp32 on the CPU; or torch.float16,
                 torch.bfloat16, torch.float32.
-            load_in_4bit: 4-bit NF4 weights (QLoRA). None means True, except with full_finetuning.
+            load_in_4bit: 4-bit NF4 weights (QLoRA). None means True, except with full_finetuning or load_in_16bit.
             full_finetuning: train every weight (16-bit, no adapters); the model comes back ready to train, with
                 `use_gradient_checkpointing` ("unsloth"/True by default, or False).
             device_map: one device: None, "sequential" or "auto" (the GPU when there is one), "cpu", or GPU 0 as
@@ -157,6 +158,8 @@ class FastLanguageModel:
             trust_remote_code: run Python code shipped with the model; only for models you trust.
             use_gradient_checkpointing: "unsloth"/True (the default) or False: with full_finetuning or an adapter
                 folder it applies here; with LoRA, get_peft_model's own argument decides (as in Unsloth).
+            load_in_16bit: True loads 16-bit weights for LoRA (Unsloth's spelling of load_in_4bit=False); it cannot
+                be given with load_in_4bit=True.
             **kwargs: Unsloth options Tunesmith cannot honour raise a UserError naming the alternative, unless set to
                 their no-op value (load_in_8bit=False, fast_inference=False, token=None, ...).
 
@@ -183,16 +186,30 @@ class FastLanguageModel:
                 raise UserError(f"{call}: '{model_name}' is a LoRA adapter; load it with full_finetuning=False.")
             base = _adapter_base(adapter)
             model, tokenizer = FastLanguageModel.from_pretrained(
-                base, max_seq_length, dtype, load_in_4bit, False, device_map, trust_remote_code, None, **kwargs
+                base,
+                max_seq_length,
+                dtype,
+                load_in_4bit,
+                False,
+                device_map,
+                trust_remote_code,
+                None,
+                load_in_16bit,
+                **kwargs,
             )
             if (adapter / "tokenizer_config.json").is_file():
                 tokenizer = load_tokenizer(adapter, trust_remote_code)
                 tokenizer.model_max_length = max_seq_length
             return _with_adapter(model, adapter, use_gradient_checkpointing or "unsloth"), tokenizer
+        if load_in_4bit and load_in_16bit:
+            raise UserError(
+                f"{call}: load_in_4bit=True and load_in_16bit=True ask for two weight formats; keep "
+                "load_in_4bit=True for QLoRA or load_in_16bit=True for 16-bit LoRA."
+            )
         if load_in_4bit and full_finetuning:
             raise UserError(f"{call}: full fine-tuning trains 16-bit weights; set load_in_4bit=False (or drop it).")
         device = _device(device_map, call)
-        four_bit = not full_finetuning if load_in_4bit is None else bool(load_in_4bit)
+        four_bit = not (full_finetuning or load_in_16bit) if load_in_4bit is None else bool(load_in_4bit)
         method = "full" if full_finetuning else "qlora" if four_bit else "lora"
         checkpointing = _checkpointing(
             "unsloth" if use_gradient_checkpointing is None else use_gradient_checkpointing, call
