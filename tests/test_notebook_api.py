@@ -686,9 +686,12 @@ def test_save_pretrained_gguf_takes_quantization_type(tiny_qwen3, tmp_path):
 def test_push_to_hub_token_from_argument_or_env_never_logged(tiny_qwen3, tmp_path, monkeypatch, capsys):
     """Offline (conftest sets HF_HUB_OFFLINE) the upload fails for real after the export: a clear sentence, the
     export kept for another push, and the token in no output, error or file. Without a token nothing is exported."""
+    from huggingface_hub import constants
+
     secret = "hf_tunesmithNotebookToken0123456789abcXYZ"
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path.parent / "no-token"))  # nor a stored login
     model, tok = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=False)
     model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8)
     with pytest.raises(UserError, match="needs a write token: set HF_TOKEN"):
@@ -890,3 +893,29 @@ def test_load_in_16bit_is_16bit_lora(tiny_qwen3):
     assert model.tunesmith_spec.method == "qlora"
     with pytest.raises(UserError, match="load_in_4bit=True and load_in_16bit=True ask for two weight formats"):
         FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=True, load_in_16bit=True)
+
+
+def test_push_to_hub_uses_the_login_token(tiny_qwen3, tmp_path, monkeypatch, capsys):
+    """A notebook logged in with notebook_login() / `hf auth login` has a stored token and no HF_TOKEN; Unsloth
+    notebooks then push with token="" (or none). The push uses the stored token (here it gets as far as the upload,
+    which fails offline), never shown; without any token the sentence says how to give one."""
+    from huggingface_hub import constants
+
+    secret = "hf_tunesmithLoginToken0123456789abcXYZ"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=False)
+    model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8)
+    with pytest.raises(UserError, match="needs a write token: set HF_TOKEN, pass token=.*notebook_login\\(\\)") as err:
+        model.push_to_hub_merged("someone/tiny-merged", tok, token="")
+    assert "Export tab" not in str(err.value) and list(tmp_path.iterdir()) == []
+
+    stored = tmp_path / "stored" / "token"
+    stored.parent.mkdir()
+    stored.write_text(secret)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(stored))
+    with pytest.raises(UserError, match="Uploading 'tiny-gguf' to 'someone/tiny-gguf' failed") as err:
+        model.push_to_hub_gguf("someone/tiny-gguf", tok, quantization_method="f16", token="")
+    out = capsys.readouterr()
+    assert secret not in out.out + out.err + str(err.value)

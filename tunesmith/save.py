@@ -95,7 +95,8 @@ def push_to_hub_merged(model, repo_id: str, tokenizer=None, save_method: str = "
         model: a model from FastLanguageModel (bound already when called as model.push_to_hub_merged).
         repo_id: "user/name" on the Hugging Face hub (created if missing).
         tokenizer, save_method: as for save_pretrained_merged.
-        token: a write token; None reads HF_TOKEN. It goes only to huggingface_hub's requests, never to a log.
+        token: a write token; None or "" reads HF_TOKEN, else the token `hf auth login` / notebook_login() stored
+            (as huggingface_hub does). It goes only to huggingface_hub's requests, never to a log.
         private: create the repository private (an existing one keeps its visibility).
 
     Returns:
@@ -115,9 +116,19 @@ def push_to_hub_gguf(model, repo_id: str, tokenizer=None, quantization_method: s
 
 
 def _push(model, tokenizer, fmt: str, repo_id: str, token, private: bool) -> str:
+    from huggingface_hub import get_token
+
     from engine.models import hub
 
-    token = hub.check_target(repo_id, token)  # no token or a bad name: refused before anything is exported
+    # Unsloth notebooks pass token="" (or none) after notebook_login() / `hf auth login`, which store the token in
+    # the Hugging Face home rather than HF_TOKEN; get_token reads HF_TOKEN, then that file (and Colab's secret)
+    token = token or get_token()
+    if not token:
+        raise UserError(
+            'Uploading to the Hugging Face hub needs a write token: set HF_TOKEN, pass token="hf_...", or log in '
+            "with `hf auth login` (notebook_login() in a notebook); create one at huggingface.co/settings/tokens."
+        )
+    token = hub.check_target(repo_id, token)  # a bad name: refused before anything is exported
     result = _export(model, tokenizer, fmt, Path(repo_id.split("/")[-1]))
     return hub.push(result.path, repo_id, token=token, private=private)
 
