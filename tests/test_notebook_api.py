@@ -919,3 +919,15 @@ def test_push_to_hub_uses_the_login_token(tiny_qwen3, tmp_path, monkeypatch, cap
         model.push_to_hub_gguf("someone/tiny-gguf", tok, quantization_method="f16", token="")
     out = capsys.readouterr()
     assert secret not in out.out + out.err + str(err.value)
+
+
+def test_adapter_folder_keeps_checkpointing_off_when_asked(tiny_qwen3, tmp_path):
+    """from_pretrained on an adapter folder applies use_gradient_checkpointing itself (no get_peft_model call)."""
+    model, _ = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=False)
+    FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8).save_pretrained(tmp_path / "adapter")
+    again, _ = FastLanguageModel.from_pretrained(
+        str(tmp_path / "adapter"), max_seq_length=128, load_in_4bit=False, use_gradient_checkpointing=False
+    )
+    assert not again.is_gradient_checkpointing and not again.tunesmith_spec.gradient_checkpointing
+    again, _ = FastLanguageModel.from_pretrained(str(tmp_path / "adapter"), max_seq_length=128, load_in_4bit=False)
+    assert again.is_gradient_checkpointing  # "unsloth" by default

@@ -200,7 +200,8 @@ class FastLanguageModel:
             if (adapter / "tokenizer_config.json").is_file():
                 tokenizer = load_tokenizer(adapter, trust_remote_code)
                 tokenizer.model_max_length = max_seq_length
-            return _with_adapter(model, adapter, use_gradient_checkpointing or "unsloth"), tokenizer
+            checkpointing = "unsloth" if use_gradient_checkpointing is None else use_gradient_checkpointing
+            return _with_adapter(model, adapter, checkpointing), tokenizer
         if load_in_4bit and load_in_16bit:
             raise UserError(
                 f"{call}: load_in_4bit=True and load_in_16bit=True ask for two weight formats; keep "
