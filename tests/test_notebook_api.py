@@ -931,3 +931,13 @@ def test_adapter_folder_keeps_checkpointing_off_when_asked(tiny_qwen3, tmp_path)
     assert not again.is_gradient_checkpointing and not again.tunesmith_spec.gradient_checkpointing
     again, _ = FastLanguageModel.from_pretrained(str(tmp_path / "adapter"), max_seq_length=128, load_in_4bit=False)
     assert again.is_gradient_checkpointing  # "unsloth" by default
+
+
+def test_full_finetune_saved_as_lora_is_refused_before_saving(tiny_llama, tmp_path):
+    """A fully fine-tuned model has no adapter: save_method="lora" is refused at once, in the user's terms (it saved
+    the whole model to a hidden folder first, then named that folder in the sentence)."""
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_llama), max_seq_length=128, full_finetuning=True)
+    with pytest.raises(UserError) as err:
+        model.save_pretrained_merged(tmp_path / "adapter", tok, save_method="lora")
+    assert "fully fine-tuned" in str(err.value) and 'save_method="merged_16bit"' in str(err.value)
+    assert ".source" not in str(err.value) and list(tmp_path.iterdir()) == []

@@ -169,6 +169,10 @@ def _export(model, tokenizer, fmt: str, save_directory):
             "Nothing trained to save: add LoRA adapters with FastLanguageModel.get_peft_model (or load with "
             "full_finetuning=True) and train first."
         )
+    if fmt == "lora" and spec.method == "full":
+        raise UserError(
+            'This model was fully fine-tuned, so it has no LoRA adapter to save; use save_method="merged_16bit".'
+        )
     if tokenizer is None and spec.method == "full":
         raise UserError("Pass the tokenizer: a fully fine-tuned model is saved with it, e.g. (dir, tokenizer).")
     fast = model.__dict__.get("generate")
