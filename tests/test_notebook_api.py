@@ -661,7 +661,6 @@ def test_save_lora_and_refusals(tiny_qwen3, tmp_path):
         (model.save_pretrained_merged, dict(safe_serialization=False), "safetensors"),
         (model.save_pretrained_merged, dict(max_shard_size="1GB"), "no 'max_shard_size' argument"),
         (model.save_pretrained_gguf, dict(quantization_method="q2_k"), "q2_k.*f16, bf16, q8_0, q4_k_m"),
-        (model.save_pretrained_gguf, dict(quantization_method=["q4_k_m", "q8_0"]), "one quantization_method"),
         (model.save_pretrained_gguf, dict(push_to_hub=True), "push_to_hub_gguf"),
     ]:
         with pytest.raises(UserError, match=message):
@@ -941,3 +940,26 @@ def test_full_finetune_saved_as_lora_is_refused_before_saving(tiny_llama, tmp_pa
         model.save_pretrained_merged(tmp_path / "adapter", tok, save_method="lora")
     assert "fully fine-tuned" in str(err.value) and 'save_method="merged_16bit"' in str(err.value)
     assert ".source" not in str(err.value) and list(tmp_path.iterdir()) == []
+
+
+def test_save_pretrained_gguf_takes_a_list_of_methods(tiny_qwen3, tmp_path, monkeypatch):
+    """Unsloth notebooks pass quantization_method=["q4_k_m", "q8_0", ...]: every file goes into the one folder, with
+    the first method's Modelfile, as Unsloth writes them (push_to_hub_gguf uploads that folder)."""
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=False)
+    model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8)
+    results = model.save_pretrained_gguf(tmp_path / "model", tok, quantization_method=["q8_0", "F16", "fast_quantized"])
+    assert [r.format for r in results] == ["gguf-q8_0", "gguf-f16"]  # fast_quantized is q8_0 again
+    assert all(r.path == tmp_path / "model" for r in results)
+    assert sorted(os.listdir(tmp_path / "model")) == ["Modelfile", "model-f16.gguf", "model-q8_0.gguf"]
+    assert "FROM ./model-q8_0.gguf" in (tmp_path / "model" / "Modelfile").read_text()
+    assert os.listdir(tmp_path) == ["model"]  # no hidden leftovers
+    with pytest.raises(UserError, match="quantization_method=\\[\\] names no method"):
+        model.save_pretrained_gguf(tmp_path / "none", tok, quantization_method=[])
+    with pytest.raises(UserError, match="quantization_method='q2_k' is not supported"):
+        model.save_pretrained_gguf(tmp_path / "bad", tok, quantization_method=["q8_0", "q2_k"])
+    assert os.listdir(tmp_path) == ["model"]
+
+    monkeypatch.chdir(tmp_path)  # offline, the upload of the one folder fails after the export
+    with pytest.raises(UserError, match="Uploading 'tiny-gguf' to 'someone/tiny-gguf' failed"):
+        model.push_to_hub_gguf("someone/tiny-gguf", tok, quantization_method=["q8_0", "f16"], token="hf_x")
+    assert sorted(os.listdir(tmp_path / "tiny-gguf")) == ["Modelfile", "tiny-gguf-f16.gguf", "tiny-gguf-q8_0.gguf"]
