@@ -963,3 +963,14 @@ def test_save_pretrained_gguf_takes_a_list_of_methods(tiny_qwen3, tmp_path, monk
     with pytest.raises(UserError, match="Uploading 'tiny-gguf' to 'someone/tiny-gguf' failed"):
         model.push_to_hub_gguf("someone/tiny-gguf", tok, quantization_method=["q8_0", "f16"], token="hf_x")
     assert sorted(os.listdir(tmp_path / "tiny-gguf")) == ["Modelfile", "tiny-gguf-f16.gguf", "tiny-gguf-q8_0.gguf"]
+
+
+def test_from_pretrained_takes_a_path_and_dtype_auto(tiny_qwen3):
+    """Scripts pass the model folder as a pathlib.Path and transformers' dtype="auto"; both load as their string /
+    None forms do (a Path raised AttributeError, "auto" was refused)."""
+    from pathlib import Path
+
+    model, tok = FastLanguageModel.from_pretrained(Path(tiny_qwen3), max_seq_length=128, load_in_4bit=False)
+    assert model.tunesmith_spec.model == str(tiny_qwen3) and tok.model_max_length == 128
+    model, _ = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=False, dtype="auto")
+    assert model.tunesmith_spec.dtype == "auto" and model.dtype == torch.float32  # the CPU's pick, as dtype=None

@@ -72,7 +72,7 @@ def is_bfloat16_supported() -> bool:
 
 
 def _dtype_name(dtype) -> str:
-    if dtype is None:
+    if dtype is None or dtype == "auto":  # transformers' "auto" is this pick too
         return "auto"
     name = str(dtype).removeprefix("torch.")
     if name not in DTYPES:
@@ -131,8 +131,8 @@ class FastLanguageModel:
         """Load a causal LM and its tokenizer from a hub id or a local folder (safetensors only).
 
         Args:
-            model_name: hub id ("Qwen/Qwen3-4B-Instruct-2507") or a folder with config.json and safetensors weights,
-                or a saved LoRA adapter folder (adapter_config.json + adapter_model.safetensors, as
+            model_name: hub id ("Qwen/Qwen3-4B-Instruct-2507") or a folder (a str or a Path) with config.json and
+                safetensors weights, or a saved LoRA adapter folder (adapter_config.json + adapter_model.safetensors, as
                 model.save_pretrained or save_method="lora" write it): the base model it names is loaded with the
                 other arguments and the adapter on top, trainable, so the model is ready for more training or
                 for_inference (as Unsloth does; no get_peft_model call). The adapter folder's tokenizer is used when
@@ -146,8 +146,8 @@ class FastLanguageModel:
                 defaults for batch size and LoRA rank): checkpointing, activation offload and, for a model larger
                 than the GPU, layers streamed from host RAM; kept as `model.memory_plan`. A run no plan fits raises a
                 UserError with the plan's reason and figures.
-            dtype: None picks bf16 on GPUs that have it, fp16 otherwise (T4), fp32 on the CPU; or torch.float16,
-                torch.bfloat16, torch.float32.
+            dtype: None (or "auto") picks bf16 on GPUs that have it, fp16 otherwise (T4), fp32 on the CPU; or
+                torch.float16, torch.bfloat16, torch.float32.
             load_in_4bit: 4-bit NF4 weights (QLoRA). None means True, except with full_finetuning or load_in_16bit.
             full_finetuning: train every weight (16-bit, no adapters); the model comes back ready to train, with
                 `use_gradient_checkpointing` ("unsloth"/True by default, or False).
@@ -180,6 +180,7 @@ class FastLanguageModel:
         options.check(call, kwargs, LOAD_OPTIONS, FastLanguageModel.from_pretrained)
         if model_name is None:
             raise UserError(f"{call}: give the model as model_name=... (a hub id or a model folder).")
+        model_name = os.fspath(model_name)  # a pathlib.Path, as transformers takes it
         adapter = Path(os.path.expanduser(model_name))
         if (adapter / "adapter_config.json").is_file() and not (adapter / "config.json").is_file():
             if full_finetuning:
