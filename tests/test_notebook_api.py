@@ -974,3 +974,22 @@ def test_from_pretrained_takes_a_path_and_dtype_auto(tiny_qwen3):
     assert model.tunesmith_spec.model == str(tiny_qwen3) and tok.model_max_length == 128
     model, _ = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=False, dtype="auto")
     assert model.tunesmith_spec.dtype == "auto" and model.dtype == torch.float32  # the CPU's pick, as dtype=None
+
+
+def test_chat_helpers_refuse_other_arguments_with_a_sentence(tiny_qwen3, tmp_path):
+    """Unsloth's get_chat_template(system_message=...), train_on_responses_only(num_proc=...) and
+    standardize_sharegpt(aliases_for_assistant=...) were TypeErrors; each is a sentence saying what to do."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen3)
+    with pytest.raises(UserError, match='get_chat_template: system_message=.*put .*"system".* first in each'):
+        get_chat_template(tok, chat_template="qwen-2.5", system_message="You are Nova.")
+    get_chat_template(tok, chat_template="qwen-2.5", system_message=None)
+    with pytest.raises(UserError, match="get_chat_template: Tunesmith has no 'patch' argument; it takes tokenizer"):
+        get_chat_template(tok, chat_template="qwen-2.5", patch=True)
+    rows = Dataset.from_list([{"conversations": [{"from": "human", "value": "Hi"}, {"from": "bot", "value": "Yo"}]}])
+    with pytest.raises(UserError, match="standardize_sharegpt: aliases_for_assistant=.*not supported; rename"):
+        standardize_sharegpt(rows, aliases_for_assistant=["bot"])
+    with pytest.raises(UserError, match="train_on_responses_only: num_proc=4 is not supported"):
+        train_on_responses_only(None, "<|im_start|>user\n", "<|im_start|>assistant\n", num_proc=4)
