@@ -993,3 +993,11 @@ def test_chat_helpers_refuse_other_arguments_with_a_sentence(tiny_qwen3, tmp_pat
         standardize_sharegpt(rows, aliases_for_assistant=["bot"])
     with pytest.raises(UserError, match="train_on_responses_only: num_proc=4 is not supported"):
         train_on_responses_only(None, "<|im_start|>user\n", "<|im_start|>assistant\n", num_proc=4)
+
+
+def test_get_peft_model_target_modules_none_is_every_projection(tiny_qwen3):
+    """target_modules=None (Unsloth's FastModel default, passed through by ported code) means every linear layer of a
+    decoder block, as FastModel.get_peft_model takes it; it raised TypeError ('NoneType' object is not iterable)."""
+    model, _ = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=False)
+    model = FastLanguageModel.get_peft_model(model, r=4, target_modules=None)
+    assert set(model.peft_config["default"].target_modules) == set(ALL_LINEAR)

@@ -272,7 +272,7 @@ class FastLanguageModel:
         Args:
             model: the model from FastLanguageModel.from_pretrained (not a full fine-tuning one).
             r: adapter rank.
-            target_modules: layer names that get adapters ("all-linear" for every linear layer of a decoder block);
+            target_modules: layer names that get adapters ("all-linear" or None for every linear layer of a block);
                 names the model lacks are skipped with a log line.
             lora_alpha: adapter scale is lora_alpha / r (lora_alpha / sqrt(r) with use_rslora).
             lora_dropout: dropout on the adapter input.
@@ -303,7 +303,7 @@ class FastLanguageModel:
             raise UserError(
                 f"{call}: set max_seq_length in FastLanguageModel.from_pretrained (it is {model.max_seq_length})."
             )
-        targets = ALL_LINEAR if target_modules == "all-linear" else target_modules
+        targets = ALL_LINEAR if target_modules in (None, "all-linear") else target_modules
         if isinstance(targets, str) or not all(isinstance(t, str) for t in targets):
             raise UserError(f'{call}: target_modules should be a list of layer names, e.g. ["q_proj", "v_proj"].')
         spec = spec.replace(
