@@ -224,3 +224,17 @@ def test_sft_max_length_follows_the_models_max_seq_length(tiny_qwen3, tmp_path, 
     assert SFTTrainer(model=model, processing_class=tok, train_dataset=rows, args=given).args.max_length == 1024
     old = SFTTrainer(model=model, tokenizer=tok, train_dataset=rows, max_seq_length=1024, args=None)
     assert old.args.max_length == 1024
+
+
+def test_unsloth_trainer_patches_are_no_ops():
+    """Unsloth's DPO/ORPO/KTO and early GRPO notebooks call PatchDPOTrainer() / PatchKTOTrainer() /
+    PatchFastRL("GRPO", FastLanguageModel) before building the TRL trainer; they do nothing in Unsloth now, and TRL's
+    trainers take Tunesmith's model as they are, so after the import change the lines run and change nothing."""
+    import trl
+
+    from tunesmith import PatchDPOTrainer, PatchFastRL, PatchKTOTrainer
+
+    before = trl.DPOTrainer.__init__, trl.GRPOTrainer.__init__
+    assert PatchDPOTrainer() is None and PatchKTOTrainer() is None
+    assert PatchFastRL("GRPO", FastLanguageModel) is None and PatchFastRL() is None
+    assert (trl.DPOTrainer.__init__, trl.GRPOTrainer.__init__) == before

@@ -27,6 +27,7 @@ from tunesmith.chat_templates import (
     standardize_sharegpt,
     train_on_responses_only,
 )
+from tunesmith.compat import PatchDPOTrainer, PatchFastRL, PatchKTOTrainer
 from tunesmith.model import FastLanguageModel, FastModel, is_bfloat16_supported
 
 compat.install()
@@ -34,6 +35,9 @@ compat.install()
 __all__ = [
     "FastLanguageModel",
     "FastModel",
+    "PatchDPOTrainer",
+    "PatchFastRL",
+    "PatchKTOTrainer",
     "UserError",
     "get_chat_template",
     "is_bfloat16_supported",

@@ -272,6 +272,20 @@ def _wrap_chat_template(cls) -> None:
     cls.apply_chat_template = apply_chat_template
 
 
+def PatchDPOTrainer() -> None:  # noqa: N802 (Unsloth's name, which ported notebooks call)
+    """Unsloth's DPO/ORPO notebooks call this before building the trainer; it does nothing (as in Unsloth now): TRL's
+    DPOTrainer takes Tunesmith's model as it is, and `install` translated its older spellings."""
+
+
+def PatchKTOTrainer() -> None:  # noqa: N802 (Unsloth's name)
+    """As PatchDPOTrainer, for Unsloth's KTO notebooks: does nothing."""
+
+
+def PatchFastRL(algorithm=None, FastLanguageModel=None) -> None:  # noqa: N802, N803 (Unsloth's names)
+    """Unsloth's early GRPO notebooks call PatchFastRL("GRPO", FastLanguageModel); it does nothing here: TRL's
+    GRPOTrainer takes Tunesmith's model as it is (there is no vLLM to hook up)."""
+
+
 def install() -> None:
     """Wrap the installed TrainingArguments, TRL configs and trainers and the tokenizers' apply_chat_template (once);
     the TRL classes only when TRL is installed."""
