@@ -1001,3 +1001,21 @@ def test_get_peft_model_target_modules_none_is_every_projection(tiny_qwen3):
     model, _ = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=False)
     model = FastLanguageModel.get_peft_model(model, r=4, target_modules=None)
     assert set(model.peft_config["default"].target_modules) == set(ALL_LINEAR)
+
+
+def test_push_after_a_save_into_the_repositorys_name(tiny_qwen3, tmp_path, monkeypatch, capsys):
+    """Unsloth notebooks save into "model" in one line and push to "hf/model" in the next; the push's export folder
+    (named after the repository) then exists. It goes to the next free name, and the saved folder is left as it was
+    (offline, the upload itself fails after the export)."""
+    monkeypatch.chdir(tmp_path)
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=False)
+    model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8)
+    model.save_pretrained_merged("model", tok, save_method="lora")
+    saved = sorted(os.listdir(tmp_path / "model"))
+    with pytest.raises(UserError, match="Uploading 'model-2' to 'someone/model' failed"):
+        model.push_to_hub_merged("someone/model", tok, save_method="merged_16bit", token="hf_x")
+    assert "'model' exists here; exporting into 'model-2' for the upload" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path / "model")) == saved and "model.safetensors" in os.listdir(tmp_path / "model-2")
+    with pytest.raises(UserError, match="Uploading 'model-3' to 'someone/model' failed"):
+        model.push_to_hub_gguf("someone/model", tok, quantization_method="q8_0", token="hf_x")
+    assert "model-3-q8_0.gguf" in os.listdir(tmp_path / "model-3")

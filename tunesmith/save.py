@@ -10,6 +10,7 @@ and the destination appears only when complete (never overwritten). The hidden f
 import os
 import shutil
 import tempfile
+from itertools import chain, count
 from pathlib import Path
 
 from engine.core.errors import UserError
@@ -93,7 +94,8 @@ def save_pretrained_gguf(model, save_directory, tokenizer=None, quantization_met
 
 def push_to_hub_merged(model, repo_id: str, tokenizer=None, save_method: str = "merged_16bit", token=None,
                        private: bool = False, **kwargs):  # fmt: skip
-    """save_pretrained_merged into a new folder named after the repository (in the current folder), then upload it.
+    """save_pretrained_merged into a new folder named after the repository (in the current folder; "name-2", ...
+    where that exists), then upload it.
 
     Args:
         model: a model from FastLanguageModel (bound already when called as model.push_to_hub_merged).
@@ -134,7 +136,13 @@ def _push(model, tokenizer, fmts: list[str], repo_id: str, token, private: bool)
             "with `hf auth login` (notebook_login() in a notebook); create one at huggingface.co/settings/tokens."
         )
     token = hub.check_target(repo_id, token)  # a bad name: refused before anything is exported
-    results = _export(model, tokenizer, fmts, Path(repo_id.split("/")[-1]))
+    name = repo_id.split("/")[-1]
+    # Unsloth notebooks save into "model" and push to "user/model" in the next line: that folder is theirs, so the
+    # upload's export takes the next free name rather than being refused
+    folder = next(p for p in chain([Path(name)], (Path(f"{name}-{i}") for i in count(2))) if not p.exists())
+    if folder.name != name:
+        print(f"push: '{name}' exists here; exporting into '{folder}' for the upload")
+    results = _export(model, tokenizer, fmts, folder)
     return hub.push(results[0].path, repo_id, token=token, private=private)
 
 
