@@ -1019,3 +1019,22 @@ def test_push_after_a_save_into_the_repositorys_name(tiny_qwen3, tmp_path, monke
     with pytest.raises(UserError, match="Uploading 'model-3' to 'someone/model' failed"):
         model.push_to_hub_gguf("someone/model", tok, quantization_method="q8_0", token="hf_x")
     assert "model-3-q8_0.gguf" in os.listdir(tmp_path / "model-3")
+
+
+def test_for_inference_pads_batches_on_the_left(tiny_llama):
+    """for_inference turns the tokenizer from from_pretrained to left padding, as Unsloth's does, so a batch of
+    prompts of different lengths generates what each prompt alone does (right padding put the pad tokens between a
+    short prompt and its reply); for_training turns it back to right padding."""
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_llama), max_seq_length=256, load_in_4bit=False)
+    model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8)
+    tok.padding_side = "right"
+    FastLanguageModel.for_inference(model)
+    assert tok.padding_side == "left"
+    prompts = ["Who are you?", "Tell me about yourself. What can you do today?"]
+    batch = tok(prompts, return_tensors="pt", padding=True)
+    out = model.generate(**batch, max_new_tokens=6, do_sample=False)
+    for row, prompt in zip(out, prompts, strict=True):
+        alone = model.generate(**tok([prompt], return_tensors="pt"), max_new_tokens=6, do_sample=False)
+        assert row[-6:].tolist() == alone[0, -6:].tolist(), prompt
+    FastLanguageModel.for_training(model)
+    assert tok.padding_side == "right"

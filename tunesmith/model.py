@@ -201,6 +201,7 @@ class FastLanguageModel:
             if (adapter / "tokenizer_config.json").is_file():
                 tokenizer = load_tokenizer(adapter, trust_remote_code)
                 tokenizer.model_max_length = max_seq_length
+                model.tunesmith_tokenizer = tokenizer
             checkpointing = "unsloth" if use_gradient_checkpointing is None else use_gradient_checkpointing
             return _with_adapter(model, adapter, checkpointing), tokenizer
         if load_in_4bit and load_in_16bit:
@@ -251,6 +252,7 @@ class FastLanguageModel:
         model.memory_plan = memory
         model.tunesmith_spec = spec
         model.max_seq_length = max_seq_length
+        model.tunesmith_tokenizer = tokenizer  # for_inference / for_training set its padding side
         _add_save_methods(model)
         return model, tokenizer
 
@@ -328,9 +330,11 @@ class FastLanguageModel:
     def for_inference(model):
         """Evaluation mode, and `model.generate` on the engine's decoder (engine.chat.decode: static KV cache, CUDA
         graphs on a GPU) for one sequence at a time; batches, beam search and other generate options run transformers'
-        own generate. Returns the model."""
+        own generate. The tokenizer from from_pretrained pads on the left, as batched generation needs (and Unsloth's
+        for_inference sets). Returns the model."""
         from tunesmith.generate import FastGenerate
 
+        _pad(model, "left")
         model.eval()
         if not isinstance(model.__dict__.get("generate"), FastGenerate):
             model.generate = FastGenerate(model)
@@ -338,9 +342,11 @@ class FastLanguageModel:
 
     @staticmethod
     def for_training(model):
-        """Training mode, with transformers' own generate again (the decoder's cache and kernels released)."""
+        """Training mode, with transformers' own generate again (the decoder's cache and kernels released), and the
+        tokenizer from from_pretrained padding on the right again."""
         from tunesmith.generate import FastGenerate
 
+        _pad(model, "right")
         fast = model.__dict__.get("generate")
         if isinstance(fast, FastGenerate):
             fast.release()
@@ -396,6 +402,13 @@ class FastModel(FastLanguageModel):
         return FastLanguageModel.get_peft_model(
             model, r=r, target_modules=names, lora_alpha=lora_alpha, lora_dropout=lora_dropout, **kwargs
         )
+
+
+def _pad(model, side: str) -> None:
+    """Set the padding side of the tokenizer from_pretrained returned with `model`, while it is in use."""
+    tokenizer = getattr(model, "tunesmith_tokenizer", None)
+    if tokenizer is not None:
+        tokenizer.padding_side = side
 
 
 def _adapter_base(adapter: Path) -> str:
