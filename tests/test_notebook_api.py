@@ -1038,3 +1038,24 @@ def test_for_inference_pads_batches_on_the_left(tiny_llama):
         assert row[-6:].tolist() == alone[0, -6:].tolist(), prompt
     FastLanguageModel.for_training(model)
     assert tok.padding_side == "right"
+
+
+def test_get_peft_model_on_a_loaded_adapter_with_its_settings_keeps_it(tiny_qwen3, tmp_path, capsys):
+    """A notebook switched to model_name="lora_model" (to train on) still runs its get_peft_model cell: with the
+    adapter's own settings the loaded adapter is kept as it is (Unsloth passes it through too); other settings are a
+    sentence, as before."""
+    model, _ = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=False)
+    model = FastLanguageModel.get_peft_model(model, r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj"])
+    model.save_pretrained(tmp_path / "lora_model")
+    loaded, _ = FastLanguageModel.from_pretrained(str(tmp_path / "lora_model"), max_seq_length=128, load_in_4bit=False)
+    weights = {n: p.detach().clone() for n, p in loaded.named_parameters() if p.requires_grad}
+    capsys.readouterr()
+    again = FastLanguageModel.get_peft_model(
+        loaded, r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj", "no_such_proj"], random_state=1
+    )
+    assert again is loaded and "has these LoRA adapters already; kept as they are" in capsys.readouterr().out
+    for n, p in again.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, weights[n]), n
+    with pytest.raises(UserError, match="already has LoRA adapters \\(r=8, lora_alpha=16.*differ"):
+        FastLanguageModel.get_peft_model(loaded, r=16, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj"])

@@ -272,7 +272,9 @@ class FastLanguageModel:
         """Add LoRA adapters (PEFT) to a model from from_pretrained, with the engine's checkpointing.
 
         Args:
-            model: the model from FastLanguageModel.from_pretrained (not a full fine-tuning one).
+            model: the model from FastLanguageModel.from_pretrained (not a full fine-tuning one). One with LoRA
+                adapters already (loaded from a saved adapter folder, or this call run twice) is returned as it is
+                when the settings below are its adapters' own, and refused otherwise.
             r: adapter rank.
             target_modules: layer names that get adapters ("all-linear" or None for every linear layer of a block);
                 names the model lacks are skipped with a log line.
@@ -299,8 +301,6 @@ class FastLanguageModel:
         spec = spec_of(model)
         if spec.method == "full":
             raise UserError(f"{call}: this model was loaded for full fine-tuning; load it with full_finetuning=False.")
-        if is_peft(model):
-            raise UserError(f"{call}: this model already has LoRA adapters; call it once per loaded model.")
         if max_seq_length is not None and max_seq_length != model.max_seq_length:
             raise UserError(
                 f"{call}: set max_seq_length in FastLanguageModel.from_pretrained (it is {model.max_seq_length})."
@@ -308,13 +308,31 @@ class FastLanguageModel:
         targets = ALL_LINEAR if target_modules in (None, "all-linear") else target_modules
         if isinstance(targets, str) or not all(isinstance(t, str) for t in targets):
             raise UserError(f'{call}: target_modules should be a list of layer names, e.g. ["q_proj", "v_proj"].')
+        checkpointing = _checkpointing(use_gradient_checkpointing, call)
+        if is_peft(model):
+            # a model from a saved adapter folder (or this call run twice): with the adapters' own settings they are
+            # kept, trained weights and all, as Unsloth passes them through
+            cfg = model.peft_config["default"]
+            present = {name.rsplit(".", 1)[-1] for name, _ in model.get_base_model().named_modules()}
+            have = (cfg.r, cfg.lora_alpha, cfg.lora_dropout, cfg.use_rslora, set(cfg.target_modules))
+            if have == (r, lora_alpha, float(lora_dropout), use_rslora, set(targets) & present) and (
+                checkpointing == spec.gradient_checkpointing
+            ):
+                print("adapters: this model has these LoRA adapters already; kept as they are")
+                return model
+            raise UserError(
+                f"{call}: this model already has LoRA adapters (r={cfg.r}, lora_alpha={cfg.lora_alpha}, "
+                f"lora_dropout={cfg.lora_dropout}, use_rslora={cfg.use_rslora}, target_modules="
+                f"{sorted(cfg.target_modules)}, use_gradient_checkpointing={spec.gradient_checkpointing}) and these "
+                "settings differ; call it with those, or load the base model for new adapters."
+            )
         spec = spec.replace(
             lora_r=r,
             lora_alpha=lora_alpha,
             lora_dropout=float(lora_dropout),
             use_rslora=use_rslora,
             target_modules=tuple(targets),
-            gradient_checkpointing=_checkpointing(use_gradient_checkpointing, call),
+            gradient_checkpointing=checkpointing,
             seed=random_state,
         )
         torch.manual_seed(random_state)
