@@ -28,8 +28,12 @@ LOAD_OPTIONS = {  # argument: (values that change nothing, what to do instead of
     "load_in_8bit": ((False,), "8-bit weights are not supported: use load_in_4bit=True (QLoRA) or False (16-bit)"),
     "fast_inference": (
         (False,),
-        "vLLM is not used: FastLanguageModel.for_inference(model) switches to Tunesmith's own fast decoder",
+        "vLLM is not used: drop fast_inference, max_lora_rank and gpu_memory_utilization (which size vLLM); "
+        "FastLanguageModel.for_inference(model) switches to Tunesmith's own fast decoder",
     ),
+    # GRPO notebooks size vLLM with these beside fast_inference=True
+    "max_lora_rank": ((), "it sizes vLLM's adapters and vLLM is not used (see fast_inference): drop it"),
+    "gpu_memory_utilization": ((), "it sizes vLLM's cache and vLLM is not used (see fast_inference): drop it"),
     "token": ((None,), "set the HF_TOKEN environment variable (or run `hf auth login`) for gated or private models"),
     "rope_scaling": ((None,), "RoPE is not stretched: keep max_seq_length within the model's context"),
     # either value: the tokenizer is changed only where it has no pad token (it gets its EOS), which training needs
