@@ -1061,3 +1061,38 @@ def test_get_peft_model_on_a_loaded_adapter_with_its_settings_keeps_it(tiny_qwen
             assert torch.equal(p, weights[n]), n
     with pytest.raises(UserError, match="already has LoRA adapters \\(r=8, lora_alpha=16.*differ"):
         FastLanguageModel.get_peft_model(loaded, r=16, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj"])
+
+
+KILLED_SAVE = """
+import os, signal, sys
+from tunesmith import FastLanguageModel
+from engine.export import merge
+model, tok = FastLanguageModel.from_pretrained(sys.argv[1], max_seq_length=64, load_in_4bit=False)
+model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8)
+merge.export = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)  # killed while it merges (out of memory)
+model.save_pretrained_merged(os.path.join(sys.argv[2], "model"), tok)
+"""
+
+
+def test_a_save_killed_midway_leaves_nothing_for_good(tiny_qwen3, tmp_path):
+    """A save killed while it merges (the out-of-memory killer, a Colab runtime stopped) left its hidden copy of the
+    trained weights (the whole model after full fine-tuning) beside the destination for good; the next save there
+    removes it, as the engine's exports remove their half-built folders."""
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_SAVE)
+    out = tmp_path / "out"
+    out.mkdir()
+    res = subprocess.run(
+        [sys.executable, str(script), str(tiny_qwen3), str(out)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == -9, res.stdout[-2000:] + res.stderr[-2000:]
+    assert len(list(out.iterdir())) == 1  # the hidden copy the killed save left
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=64, load_in_4bit=False)
+    model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8)
+    model.save_pretrained_merged(out / "model", tok, save_method="lora")
+    assert os.listdir(out) == ["model"]

@@ -181,6 +181,7 @@ def _gguf_formats(call: str, quantization_method, quantization_type=None) -> lis
 
 
 def _export(model, tokenizer, fmts: list[str], save_directory) -> list:
+    from engine.core.disk import owner_tag
     from engine.export.merge import export
     from engine.training.steps import save_trainable
     from tunesmith.generate import FastGenerate
@@ -204,7 +205,9 @@ def _export(model, tokenizer, fmts: list[str], save_directory) -> list:
     if isinstance(fast, FastGenerate):
         fast.release()  # on a GPU the decoder swaps norm modules, which would rename weights in a full save
     out.parent.mkdir(parents=True, exist_ok=True)
-    hidden = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".source"))
+    # named as the engine's half-built folders (owner process, .partial): when this process is killed midway (out of
+    # memory while merging), the next export here removes it (engine.core.disk.remove_stale_partials)
+    hidden = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{owner_tag()}.", suffix=".partial"))
     try:
         source = hidden / out.name  # the GGUF file is named after this folder
         save_trainable(model, source)
