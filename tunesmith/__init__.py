@@ -28,7 +28,8 @@ from tunesmith.chat_templates import (
     train_on_responses_only,
 )
 from tunesmith.compat import PatchDPOTrainer, PatchFastRL, PatchKTOTrainer
-from tunesmith.model import FastLanguageModel, FastModel, is_bfloat16_supported
+from tunesmith.fast_model import FastModel
+from tunesmith.model import FastLanguageModel, is_bfloat16_supported
 
 compat.install()
 
