@@ -158,7 +158,9 @@ def test_full_finetuning_trains_every_weight_and_saves_merged(tiny_llama, tmp_pa
         (dict(load_in_3bit=True), "no library trains 3-bit weights; write load_in_4bit=True"),
         (dict(model_name_or_path="Qwen/Qwen3-4B"), "write model_name="),
         (dict(revision="main"), "revision"),
-        (dict(gpu_memory_utilization=0.5), "no 'gpu_memory_utilization' argument; it takes model_name"),
+        (dict(gpu_memory_utilization=0.5), "gpu_memory_utilization=0.5 is not supported; it sizes vLLM.*drop it"),
+        (dict(fast_inference=True, max_lora_rank=32), "drop fast_inference, max_lora_rank and gpu_memory_utilization"),
+        (dict(max_lora_rank=32), "max_lora_rank=32 is not supported; it sizes vLLM.*drop it"),
         (dict(load_in_4bit=True, full_finetuning=True), "full fine-tuning trains 16-bit weights"),
         (dict(full_finetuning=True, use_gradient_checkpointing="sometimes"), 'use "unsloth", True or False'),
         (dict(device_map="balanced"), "device_map='balanced' is not supported; the model goes on one device"),
@@ -661,7 +663,6 @@ def test_save_lora_and_refusals(tiny_qwen3, tmp_path):
         (model.save_pretrained_merged, dict(safe_serialization=False), "safetensors"),
         (model.save_pretrained_merged, dict(max_shard_size="1GB"), "no 'max_shard_size' argument"),
         (model.save_pretrained_gguf, dict(quantization_method="q2_k"), "q2_k.*f16, bf16, q8_0, q4_k_m"),
-        (model.save_pretrained_gguf, dict(quantization_method=["q4_k_m", "q8_0"]), "one quantization_method"),
         (model.save_pretrained_gguf, dict(push_to_hub=True), "push_to_hub_gguf"),
     ]:
         with pytest.raises(UserError, match=message):
@@ -686,9 +687,12 @@ def test_save_pretrained_gguf_takes_quantization_type(tiny_qwen3, tmp_path):
 def test_push_to_hub_token_from_argument_or_env_never_logged(tiny_qwen3, tmp_path, monkeypatch, capsys):
     """Offline (conftest sets HF_HUB_OFFLINE) the upload fails for real after the export: a clear sentence, the
     export kept for another push, and the token in no output, error or file. Without a token nothing is exported."""
+    from huggingface_hub import constants
+
     secret = "hf_tunesmithNotebookToken0123456789abcXYZ"
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path.parent / "no-token"))  # nor a stored login
     model, tok = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=False)
     model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8)
     with pytest.raises(UserError, match="needs a write token: set HF_TOKEN"):
@@ -863,3 +867,232 @@ def test_from_pretrained_plans_memory_like_the_cli(tiny_qwen3, capsys, monkeypat
     monkeypatch.setenv("TUNESMITH_RAM_GIB", "0.0001")  # plan for a machine with (almost) no free RAM
     with pytest.raises(UserError, match=r"needs about \d+\.\d GiB of host RAM.*and 0\.0 GiB is free"):
         FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=256)
+
+
+def test_refused_tokens_are_never_shown(tiny_qwen3, tmp_path):
+    """Unsloth notebooks pass token="hf_..." to from_pretrained and the save calls; the refusal (shown in the notebook's
+    output, which users share) must not carry the token itself."""
+    secret = "hf_tunesmithRefusedToken0123456789abcXYZ"
+    with pytest.raises(UserError, match="token=\\.\\.\\. is not supported; set the HF_TOKEN") as loading:
+        FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=False, token=secret)
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=False)
+    model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8)
+    with pytest.raises(UserError, match="token=\\.\\.\\. is not supported; a token is for uploads") as merged:
+        model.save_pretrained_merged(tmp_path / "merged", tok, token=secret)
+    with pytest.raises(UserError, match="token=\\.\\.\\. is not supported") as gguf:
+        model.save_pretrained_gguf(tmp_path / "gguf", tok, token=secret)
+    for err in (loading, merged, gguf):
+        assert secret not in str(err.value)
+
+
+def test_load_in_16bit_is_16bit_lora(tiny_qwen3):
+    """Unsloth's Qwen3.5 and QAT guides load for 16-bit LoRA with load_in_16bit=True (load_in_4bit=False or none)."""
+    for kwargs in (dict(load_in_4bit=False, load_in_16bit=True), dict(load_in_16bit=True)):
+        model, _ = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, **kwargs)
+        assert model.tunesmith_spec.method == "lora" and not getattr(model, "is_loaded_in_4bit", False)
+    model, _ = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_16bit=False)
+    assert model.tunesmith_spec.method == "qlora"
+    with pytest.raises(UserError, match="load_in_4bit=True and load_in_16bit=True ask for two weight formats"):
+        FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=True, load_in_16bit=True)
+
+
+def test_push_to_hub_uses_the_login_token(tiny_qwen3, tmp_path, monkeypatch, capsys):
+    """A notebook logged in with notebook_login() / `hf auth login` has a stored token and no HF_TOKEN; Unsloth
+    notebooks then push with token="" (or none). The push uses the stored token (here it gets as far as the upload,
+    which fails offline), never shown; without any token the sentence says how to give one."""
+    from huggingface_hub import constants
+
+    secret = "hf_tunesmithLoginToken0123456789abcXYZ"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=False)
+    model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8)
+    with pytest.raises(UserError, match="needs a write token: set HF_TOKEN, pass token=.*notebook_login\\(\\)") as err:
+        model.push_to_hub_merged("someone/tiny-merged", tok, token="")
+    assert "Export tab" not in str(err.value) and list(tmp_path.iterdir()) == []
+
+    stored = tmp_path / "stored" / "token"
+    stored.parent.mkdir()
+    stored.write_text(secret)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(stored))
+    with pytest.raises(UserError, match="Uploading 'tiny-gguf' to 'someone/tiny-gguf' failed") as err:
+        model.push_to_hub_gguf("someone/tiny-gguf", tok, quantization_method="f16", token="")
+    out = capsys.readouterr()
+    assert secret not in out.out + out.err + str(err.value)
+
+
+def test_adapter_folder_keeps_checkpointing_off_when_asked(tiny_qwen3, tmp_path):
+    """from_pretrained on an adapter folder applies use_gradient_checkpointing itself (no get_peft_model call)."""
+    model, _ = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=False)
+    FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8).save_pretrained(tmp_path / "adapter")
+    again, _ = FastLanguageModel.from_pretrained(
+        str(tmp_path / "adapter"), max_seq_length=128, load_in_4bit=False, use_gradient_checkpointing=False
+    )
+    assert not again.is_gradient_checkpointing and not again.tunesmith_spec.gradient_checkpointing
+    again, _ = FastLanguageModel.from_pretrained(str(tmp_path / "adapter"), max_seq_length=128, load_in_4bit=False)
+    assert again.is_gradient_checkpointing  # "unsloth" by default
+
+
+def test_full_finetune_saved_as_lora_is_refused_before_saving(tiny_llama, tmp_path):
+    """A fully fine-tuned model has no adapter: save_method="lora" is refused at once, in the user's terms (it saved
+    the whole model to a hidden folder first, then named that folder in the sentence)."""
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_llama), max_seq_length=128, full_finetuning=True)
+    with pytest.raises(UserError) as err:
+        model.save_pretrained_merged(tmp_path / "adapter", tok, save_method="lora")
+    assert "fully fine-tuned" in str(err.value) and 'save_method="merged_16bit"' in str(err.value)
+    assert ".source" not in str(err.value) and list(tmp_path.iterdir()) == []
+
+
+def test_save_pretrained_gguf_takes_a_list_of_methods(tiny_qwen3, tmp_path, monkeypatch):
+    """Unsloth notebooks pass quantization_method=["q4_k_m", "q8_0", ...]: every file goes into the one folder, with
+    the first method's Modelfile, as Unsloth writes them (push_to_hub_gguf uploads that folder)."""
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=False)
+    model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8)
+    results = model.save_pretrained_gguf(tmp_path / "model", tok, quantization_method=["q8_0", "F16", "fast_quantized"])
+    assert [r.format for r in results] == ["gguf-q8_0", "gguf-f16"]  # fast_quantized is q8_0 again
+    assert all(r.path == tmp_path / "model" for r in results)
+    assert sorted(os.listdir(tmp_path / "model")) == ["Modelfile", "model-f16.gguf", "model-q8_0.gguf"]
+    assert "FROM ./model-q8_0.gguf" in (tmp_path / "model" / "Modelfile").read_text()
+    assert os.listdir(tmp_path) == ["model"]  # no hidden leftovers
+    with pytest.raises(UserError, match="quantization_method=\\[\\] names no method"):
+        model.save_pretrained_gguf(tmp_path / "none", tok, quantization_method=[])
+    with pytest.raises(UserError, match="quantization_method='q2_k' is not supported"):
+        model.save_pretrained_gguf(tmp_path / "bad", tok, quantization_method=["q8_0", "q2_k"])
+    assert os.listdir(tmp_path) == ["model"]
+
+    monkeypatch.chdir(tmp_path)  # offline, the upload of the one folder fails after the export
+    with pytest.raises(UserError, match="Uploading 'tiny-gguf' to 'someone/tiny-gguf' failed"):
+        model.push_to_hub_gguf("someone/tiny-gguf", tok, quantization_method=["q8_0", "f16"], token="hf_x")
+    assert sorted(os.listdir(tmp_path / "tiny-gguf")) == ["Modelfile", "tiny-gguf-f16.gguf", "tiny-gguf-q8_0.gguf"]
+
+
+def test_from_pretrained_takes_a_path_and_dtype_auto(tiny_qwen3):
+    """Scripts pass the model folder as a pathlib.Path and transformers' dtype="auto"; both load as their string /
+    None forms do (a Path raised AttributeError, "auto" was refused)."""
+    from pathlib import Path
+
+    model, tok = FastLanguageModel.from_pretrained(Path(tiny_qwen3), max_seq_length=128, load_in_4bit=False)
+    assert model.tunesmith_spec.model == str(tiny_qwen3) and tok.model_max_length == 128
+    model, _ = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=False, dtype="auto")
+    assert model.tunesmith_spec.dtype == "auto" and model.dtype == torch.float32  # the CPU's pick, as dtype=None
+
+
+def test_chat_helpers_refuse_other_arguments_with_a_sentence(tiny_qwen3, tmp_path):
+    """Unsloth's get_chat_template(system_message=...), train_on_responses_only(num_proc=...) and
+    standardize_sharegpt(aliases_for_assistant=...) were TypeErrors; each is a sentence saying what to do."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen3)
+    with pytest.raises(UserError, match='get_chat_template: system_message=.*put .*"system".* first in each'):
+        get_chat_template(tok, chat_template="qwen-2.5", system_message="You are Nova.")
+    get_chat_template(tok, chat_template="qwen-2.5", system_message=None)
+    with pytest.raises(UserError, match="get_chat_template: Tunesmith has no 'patch' argument; it takes tokenizer"):
+        get_chat_template(tok, chat_template="qwen-2.5", patch=True)
+    rows = Dataset.from_list([{"conversations": [{"from": "human", "value": "Hi"}, {"from": "bot", "value": "Yo"}]}])
+    with pytest.raises(UserError, match="standardize_sharegpt: aliases_for_assistant=.*not supported; rename"):
+        standardize_sharegpt(rows, aliases_for_assistant=["bot"])
+    with pytest.raises(UserError, match="train_on_responses_only: num_proc=4 is not supported"):
+        train_on_responses_only(None, "<|im_start|>user\n", "<|im_start|>assistant\n", num_proc=4)
+
+
+def test_get_peft_model_target_modules_none_is_every_projection(tiny_qwen3):
+    """target_modules=None (Unsloth's FastModel default, passed through by ported code) means every linear layer of a
+    decoder block, as FastModel.get_peft_model takes it; it raised TypeError ('NoneType' object is not iterable)."""
+    model, _ = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=False)
+    model = FastLanguageModel.get_peft_model(model, r=4, target_modules=None)
+    assert set(model.peft_config["default"].target_modules) == set(ALL_LINEAR)
+
+
+def test_push_after_a_save_into_the_repositorys_name(tiny_qwen3, tmp_path, monkeypatch, capsys):
+    """Unsloth notebooks save into "model" in one line and push to "hf/model" in the next; the push's export folder
+    (named after the repository) then exists. It goes to the next free name, and the saved folder is left as it was
+    (offline, the upload itself fails after the export)."""
+    monkeypatch.chdir(tmp_path)
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=False)
+    model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8)
+    model.save_pretrained_merged("model", tok, save_method="lora")
+    saved = sorted(os.listdir(tmp_path / "model"))
+    with pytest.raises(UserError, match="Uploading 'model-2' to 'someone/model' failed"):
+        model.push_to_hub_merged("someone/model", tok, save_method="merged_16bit", token="hf_x")
+    assert "'model' exists here; exporting into 'model-2' for the upload" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path / "model")) == saved and "model.safetensors" in os.listdir(tmp_path / "model-2")
+    with pytest.raises(UserError, match="Uploading 'model-3' to 'someone/model' failed"):
+        model.push_to_hub_gguf("someone/model", tok, quantization_method="q8_0", token="hf_x")
+    assert "model-3-q8_0.gguf" in os.listdir(tmp_path / "model-3")
+
+
+def test_for_inference_pads_batches_on_the_left(tiny_llama):
+    """for_inference turns the tokenizer from from_pretrained to left padding, as Unsloth's does, so a batch of
+    prompts of different lengths generates what each prompt alone does (right padding put the pad tokens between a
+    short prompt and its reply); for_training turns it back to right padding."""
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_llama), max_seq_length=256, load_in_4bit=False)
+    model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8)
+    tok.padding_side = "right"
+    FastLanguageModel.for_inference(model)
+    assert tok.padding_side == "left"
+    prompts = ["Who are you?", "Tell me about yourself. What can you do today?"]
+    batch = tok(prompts, return_tensors="pt", padding=True)
+    out = model.generate(**batch, max_new_tokens=6, do_sample=False)
+    for row, prompt in zip(out, prompts, strict=True):
+        alone = model.generate(**tok([prompt], return_tensors="pt"), max_new_tokens=6, do_sample=False)
+        assert row[-6:].tolist() == alone[0, -6:].tolist(), prompt
+    FastLanguageModel.for_training(model)
+    assert tok.padding_side == "right"
+
+
+def test_get_peft_model_on_a_loaded_adapter_with_its_settings_keeps_it(tiny_qwen3, tmp_path, capsys):
+    """A notebook switched to model_name="lora_model" (to train on) still runs its get_peft_model cell: with the
+    adapter's own settings the loaded adapter is kept as it is (Unsloth passes it through too); other settings are a
+    sentence, as before."""
+    model, _ = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=False)
+    model = FastLanguageModel.get_peft_model(model, r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj"])
+    model.save_pretrained(tmp_path / "lora_model")
+    loaded, _ = FastLanguageModel.from_pretrained(str(tmp_path / "lora_model"), max_seq_length=128, load_in_4bit=False)
+    weights = {n: p.detach().clone() for n, p in loaded.named_parameters() if p.requires_grad}
+    capsys.readouterr()
+    again = FastLanguageModel.get_peft_model(
+        loaded, r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj", "no_such_proj"], random_state=1
+    )
+    assert again is loaded and "has these LoRA adapters already; kept as they are" in capsys.readouterr().out
+    for n, p in again.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, weights[n]), n
+    with pytest.raises(UserError, match="already has LoRA adapters \\(r=8, lora_alpha=16.*differ"):
+        FastLanguageModel.get_peft_model(loaded, r=16, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj"])
+
+
+KILLED_SAVE = """
+import os, signal, sys
+from tunesmith import FastLanguageModel
+from engine.export import merge
+model, tok = FastLanguageModel.from_pretrained(sys.argv[1], max_seq_length=64, load_in_4bit=False)
+model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8)
+merge.export = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)  # killed while it merges (out of memory)
+model.save_pretrained_merged(os.path.join(sys.argv[2], "model"), tok)
+"""
+
+
+def test_a_save_killed_midway_leaves_nothing_for_good(tiny_qwen3, tmp_path):
+    """A save killed while it merges (the out-of-memory killer, a Colab runtime stopped) left its hidden copy of the
+    trained weights (the whole model after full fine-tuning) beside the destination for good; the next save there
+    removes it, as the engine's exports remove their half-built folders."""
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_SAVE)
+    out = tmp_path / "out"
+    out.mkdir()
+    res = subprocess.run(
+        [sys.executable, str(script), str(tiny_qwen3), str(out)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == -9, res.stdout[-2000:] + res.stderr[-2000:]
+    assert len(list(out.iterdir())) == 1  # the hidden copy the killed save left
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=64, load_in_4bit=False)
+    model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8)
+    model.save_pretrained_merged(out / "model", tok, save_method="lora")
+    assert os.listdir(out) == ["model"]

@@ -194,3 +194,47 @@ def test_sft_text_rendered_with_bos_gets_one_bos(tiny_llama, tmp_path, capsys):
         model=model, processing_class=tok, train_dataset=Dataset.from_dict({"text": ["Hi there"]}), args=args
     )
     assert plain.train_dataset[0]["input_ids"][:2] == tok("Hi there")["input_ids"][:2]  # text without BOS: unchanged
+
+
+def test_sft_max_length_follows_the_models_max_seq_length(tiny_qwen3, tmp_path, capsys):
+    """Unsloth notebooks set the length once, in from_pretrained(max_seq_length=...), and give SFTConfig none; Unsloth's
+    trainer then cuts at the model's max_seq_length. TRL's own default (1024) would train longer rows than the memory
+    plan was made for (or cut a longer max_seq_length at 1024), silently. A length the notebook gives is kept."""
+    from datasets import Dataset
+    from transformers import TrainingArguments
+    from trl import SFTConfig, SFTTrainer
+
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=64, load_in_4bit=False)
+    model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8)
+    rows = Dataset.from_dict({"text": [" ".join(["Who are you?"] * 40)] * 2})  # about 160 tokens each
+    out = str(tmp_path / "out")
+    for args in (
+        SFTConfig(output_dir=out, bf16=False, report_to="none"),
+        TrainingArguments(output_dir=out, report_to="none"),
+        None,
+    ):
+        capsys.readouterr()
+        trainer = SFTTrainer(model=model, processing_class=tok, train_dataset=rows, args=args)
+        assert trainer.args.max_length == 64, type(args)
+        assert max(len(r["input_ids"]) for r in trainer.train_dataset) == 64
+        assert "max_length is the model's max_seq_length (64)" in capsys.readouterr().out
+    given = SFTConfig(output_dir=out, bf16=False, report_to="none", max_length=32)
+    assert SFTTrainer(model=model, processing_class=tok, train_dataset=rows, args=given).args.max_length == 32
+    given = SFTConfig(output_dir=out, bf16=False, report_to="none", max_seq_length=1024)  # the old spelling
+    assert SFTTrainer(model=model, processing_class=tok, train_dataset=rows, args=given).args.max_length == 1024
+    old = SFTTrainer(model=model, tokenizer=tok, train_dataset=rows, max_seq_length=1024, args=None)
+    assert old.args.max_length == 1024
+
+
+def test_unsloth_trainer_patches_are_no_ops():
+    """Unsloth's DPO/ORPO/KTO and early GRPO notebooks call PatchDPOTrainer() / PatchKTOTrainer() /
+    PatchFastRL("GRPO", FastLanguageModel) before building the TRL trainer; they do nothing in Unsloth now, and TRL's
+    trainers take Tunesmith's model as they are, so after the import change the lines run and change nothing."""
+    import trl
+
+    from tunesmith import PatchDPOTrainer, PatchFastRL, PatchKTOTrainer
+
+    before = trl.DPOTrainer.__init__, trl.GRPOTrainer.__init__
+    assert PatchDPOTrainer() is None and PatchKTOTrainer() is None
+    assert PatchFastRL("GRPO", FastLanguageModel) is None and PatchFastRL() is None
+    assert (trl.DPOTrainer.__init__, trl.GRPOTrainer.__init__) == before

@@ -27,13 +27,18 @@ from tunesmith.chat_templates import (
     standardize_sharegpt,
     train_on_responses_only,
 )
-from tunesmith.model import FastLanguageModel, FastModel, is_bfloat16_supported
+from tunesmith.compat import PatchDPOTrainer, PatchFastRL, PatchKTOTrainer
+from tunesmith.fast_model import FastModel
+from tunesmith.model import FastLanguageModel, is_bfloat16_supported
 
 compat.install()
 
 __all__ = [
     "FastLanguageModel",
     "FastModel",
+    "PatchDPOTrainer",
+    "PatchFastRL",
+    "PatchKTOTrainer",
     "UserError",
     "get_chat_template",
     "is_bfloat16_supported",

@@ -5,6 +5,7 @@ the same way. Rows are converted by engine.data.formats, which names the row and
 """
 
 from engine.core.errors import UserError
+from tunesmith import options
 
 # Unsloth's template names -> the engine's. Differences: Qwen's templates here add no default system prompt and no
 # <think> block (chat_template="auto" keeps the tokenizer's own); Gemma's covers Gemma 1-3 (the same turn markers).
@@ -35,9 +36,34 @@ TEMPLATE_ALIASES = {
     "auto": "auto",
 }
 STANDARD_MAPPING = {"role": "role", "content": "content", "user": "user", "assistant": "assistant"}
+# Unsloth's other arguments: (values that change nothing, what to do instead of any other value)
+TEMPLATE_OPTIONS = {
+    "system_message": (
+        (None,),
+        "Tunesmith's templates write no default system prompt to replace: put "
+        '{"role": "system", "content": ...} first in each conversation',
+    ),
+}
+ALIAS_HELP = (
+    "rename the roles of your rows to human/user, gpt/assistant or system first (e.g. with dataset.map); those are "
+    "the ones it reads"
+)
+SHAREGPT_OPTIONS = {
+    "aliases_for_system": ((), ALIAS_HELP),
+    "aliases_for_user": ((), ALIAS_HELP),
+    "aliases_for_assistant": ((), ALIAS_HELP),
+}
+RESPONSES_OPTIONS = {
+    "force_match": ((), "the markers are matched exactly as the tokenizer writes them: drop force_match"),
+    "tokenizer": ((None,), "the trainer's processing_class is used: drop tokenizer"),
+    "return_function": ((False,), "the trainer itself is changed and returned: drop return_function"),
+    "num_proc": ((None,), "the masking runs in this process: drop num_proc"),
+}
 
 
-def get_chat_template(tokenizer, chat_template: str = "chatml", mapping: dict | None = None, map_eos_token=True):
+def get_chat_template(
+    tokenizer, chat_template: str = "chatml", mapping: dict | None = None, map_eos_token=True, **kwargs
+):
     """Set a named chat template on the tokenizer and return it.
 
     Args:
@@ -49,8 +75,12 @@ def get_chat_template(tokenizer, chat_template: str = "chatml", mapping: dict | 
             "value", "user": "human", "assistant": "gpt"} for ShareGPT rows. The template then reads those keys and
             names, and role/content messages too (what the app's chat and the exports send it).
         map_eos_token: True (the default) only: generation always stops at the template's end-of-turn marker.
+        **kwargs: system_message=None is accepted; a system message goes first in each conversation instead (the
+            templates write no default one to replace). Other arguments are refused with a sentence.
     """
     from engine.data.tokenizing import ensure_chat_template
+
+    options.check("get_chat_template", kwargs, TEMPLATE_OPTIONS, get_chat_template)
 
     name = TEMPLATE_ALIASES.get(str(chat_template).lower())
     if name is None:
@@ -91,11 +121,13 @@ def _mapping_prelude(mapping: dict) -> str:
     )
 
 
-def standardize_sharegpt(dataset):
+def standardize_sharegpt(dataset, **kwargs):
     """ShareGPT rows ({"conversations": [{"from": "human"|"gpt"|"system", "value"}]}) as role/content messages in
     the same column, so tokenizer.apply_chat_template can render them. Rows already in role/content are checked and
-    kept. Returns a new datasets.Dataset."""
+    kept. Returns a new datasets.Dataset. Unsloth's aliases_for_* arguments are refused with what to do instead."""
     from engine.data.formats import to_messages
+
+    options.check("standardize_sharegpt", kwargs, SHAREGPT_OPTIONS, standardize_sharegpt)
 
     if "conversations" not in dataset.column_names:
         raise UserError(
@@ -111,10 +143,10 @@ def standardize_sharegpt(dataset):
     return dataset.map(convert, with_indices=True)
 
 
-def standardize_data_formats(dataset):
+def standardize_data_formats(dataset, **kwargs):
     """Unsloth's newer name for standardize_sharegpt (Gemma 3 notebooks): the same conversion of the
     "conversations" column to role/content messages."""
-    return standardize_sharegpt(dataset)
+    return standardize_sharegpt(dataset, **kwargs)
 
 
 def response_mask(ids: list[int], instruction: list[int], response: list[int], starts=()) -> list[bool]:
@@ -164,7 +196,7 @@ class ResponsesOnly:
         return batch
 
 
-def train_on_responses_only(trainer, instruction_part: str, response_part: str):
+def train_on_responses_only(trainer, instruction_part: str, response_part: str, **kwargs):
     """Make a TRL trainer learn only the assistant replies; returns the trainer.
 
     Args:
@@ -172,12 +204,15 @@ def train_on_responses_only(trainer, instruction_part: str, response_part: str):
         instruction_part: the text that starts a user turn, exactly as the chat template writes it
             ("<|im_start|>user\\n" for chatml/Qwen, "<|start_header_id|>user<|end_header_id|>\\n\\n" for Llama 3).
         response_part: the text that starts an assistant turn ("<|im_start|>assistant\\n" for chatml/Qwen).
+        **kwargs: Unsloth's tokenizer=None, return_function=False and num_proc=None change nothing; other values,
+            and force_match, are refused with what to do instead.
 
     Each batch's labels keep the tokens after a response_part up to the next instruction_part (so the end-of-turn
     token is learned); everything else gets -100. The trainer's data collator is wrapped, and where its datasets carry
     a labels column (TRL 1.x's SFTTrainer builds one) that column is masked the same way, so the notebooks' check,
     `tokenizer.decode([... trainer.train_dataset[i]["labels"]])`, shows what is trained.
     """
+    options.check("train_on_responses_only", kwargs, RESPONSES_OPTIONS, train_on_responses_only)
     tok = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
     instruction = tok(instruction_part, add_special_tokens=False)["input_ids"]
     response = tok(response_part, add_special_tokens=False)["input_ids"]

@@ -11,6 +11,9 @@ SFTTrainer` line: the issue's "change only the imports" needs it.
 
 Arguments that no version of any library took (offload_params_to_cpu, ...) raise a UserError saying what to write.
 
+An SFTTrainer given no max_length cuts at the model's max_seq_length (from FastLanguageModel.from_pretrained), as
+Unsloth's does, rather than at TRL's default of 1024 (logged).
+
 One value is translated too: `tokenizer.apply_chat_template(dataset["conversations"], tokenize=False)` (Qwen3
 notebooks) got a list of conversations from datasets 3, and renders each; datasets 4 gives a lazy `Column`, which
 transformers takes for one conversation and renders into a single string of empty turns, with no error. The tokenizers'
@@ -52,6 +55,8 @@ NOWHERE = {
 TRAINERS = {"SFTTrainer": "SFTConfig", "DPOTrainer": "DPOConfig", "GRPOTrainer": "GRPOConfig"}
 CONFIGS = ("SFTConfig", "DPOConfig", "GRPOConfig")
 _WRAPPED = "__tunesmith_wrapped__"
+# set on an SFTConfig made without max_length (nor max_seq_length): the trainer may take the model's max_seq_length
+_NO_LENGTH = "_tunesmith_no_max_length"
 
 
 def _log(line: str) -> None:
@@ -126,7 +131,10 @@ def _wrap_config(cls) -> None:
 
     @functools.wraps(original)
     def __init__(self, *args, **kwargs):
-        original(self, *args, **cpu_bf16(name, translate_config(name, fields, kwargs), bf16_default))
+        kwargs = translate_config(name, fields, kwargs)
+        original(self, *args, **cpu_bf16(name, kwargs, bf16_default))
+        if name == "SFTConfig" and "max_length" not in kwargs:
+            setattr(self, _NO_LENGTH, True)
 
     setattr(__init__, _WRAPPED, original)
     cls.__init__ = __init__
@@ -159,16 +167,39 @@ def _wrap_trainer(cls, config_cls) -> None:
             config = _as_config(bound.arguments.get("args"), bound.arguments.get("model"), config_cls, name)
             for key, value in translate_config(config_cls.__name__, fields, moved, name).items():
                 setattr(config, key, value)
+                if key == "max_length":
+                    setattr(config, _NO_LENGTH, False)
                 if key in moved:
                     _log(f"{name}({key}=...) is {config_cls.__name__}({key}=...) now; moved into args")
             bound.arguments["args"] = config
             args, kw = bound.args[1:], bound.kwargs
         if name == "SFTTrainer":
-            args, kw = _one_bos(inspect.signature(original).bind_partial(self, *args, **kw))
+            bound = inspect.signature(original).bind_partial(self, *args, **kw)
+            _model_length(bound, config_cls)
+            args, kw = _one_bos(bound)
         original(self, *args, **kw)
 
     setattr(__init__, _WRAPPED, original)
     cls.__init__ = __init__
+
+
+def _model_length(bound, config_cls) -> None:
+    """SFTTrainer's `args` with max_length set to the model's max_seq_length (a Tunesmith model's, from
+    from_pretrained) where the notebook gave no length, as Unsloth's trainer does.
+
+    Unsloth notebooks give the length once, to from_pretrained, which plans memory for it; TRL's default max_length
+    (1024) would instead cut a longer max_seq_length short, or train rows longer than the plan, without a word.
+    """
+    model = bound.arguments.get("model")
+    length = getattr(model, "max_seq_length", None) if not isinstance(model, str) else None
+    config = bound.arguments.get("args")
+    if not isinstance(length, int) or (isinstance(config, config_cls) and not getattr(config, _NO_LENGTH, False)):
+        return
+    config = _as_config(config, model, config_cls, "SFTTrainer")
+    config.max_length = length
+    setattr(config, _NO_LENGTH, False)
+    _log(f"SFTTrainer: max_length is the model's max_seq_length ({length}), as in Unsloth (TRL's default is 1024)")
+    bound.arguments["args"] = config
 
 
 def _one_bos(bound) -> tuple[tuple, dict]:
@@ -239,6 +270,20 @@ def _wrap_chat_template(cls) -> None:
 
     setattr(apply_chat_template, _WRAPPED, original)
     cls.apply_chat_template = apply_chat_template
+
+
+def PatchDPOTrainer() -> None:  # noqa: N802 (Unsloth's name, which ported notebooks call)
+    """Unsloth's DPO/ORPO notebooks call this before building the trainer; it does nothing (as in Unsloth now): TRL's
+    DPOTrainer takes Tunesmith's model as it is, and `install` translated its older spellings."""
+
+
+def PatchKTOTrainer() -> None:  # noqa: N802 (Unsloth's name)
+    """As PatchDPOTrainer, for Unsloth's KTO notebooks: does nothing."""
+
+
+def PatchFastRL(algorithm=None, FastLanguageModel=None) -> None:  # noqa: N802, N803 (Unsloth's names)
+    """Unsloth's early GRPO notebooks call PatchFastRL("GRPO", FastLanguageModel); it does nothing here: TRL's
+    GRPOTrainer takes Tunesmith's model as it is (there is no vLLM to hook up)."""
 
 
 def install() -> None:

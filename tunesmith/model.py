@@ -28,8 +28,12 @@ LOAD_OPTIONS = {  # argument: (values that change nothing, what to do instead of
     "load_in_8bit": ((False,), "8-bit weights are not supported: use load_in_4bit=True (QLoRA) or False (16-bit)"),
     "fast_inference": (
         (False,),
-        "vLLM is not used: FastLanguageModel.for_inference(model) switches to Tunesmith's own fast decoder",
+        "vLLM is not used: drop fast_inference, max_lora_rank and gpu_memory_utilization (which size vLLM); "
+        "FastLanguageModel.for_inference(model) switches to Tunesmith's own fast decoder",
     ),
+    # GRPO notebooks size vLLM with these beside fast_inference=True
+    "max_lora_rank": ((), "it sizes vLLM's adapters and vLLM is not used (see fast_inference): drop it"),
+    "gpu_memory_utilization": ((), "it sizes vLLM's cache and vLLM is not used (see fast_inference): drop it"),
     "token": ((None,), "set the HF_TOKEN environment variable (or run `hf auth login`) for gated or private models"),
     "rope_scaling": ((None,), "RoPE is not stretched: keep max_seq_length within the model's context"),
     # either value: the tokenizer is changed only where it has no pad token (it gets its EOS), which training needs
@@ -72,7 +76,7 @@ def is_bfloat16_supported() -> bool:
 
 
 def _dtype_name(dtype) -> str:
-    if dtype is None:
+    if dtype is None or dtype == "auto":  # transformers' "auto" is this pick too
         return "auto"
     name = str(dtype).removeprefix("torch.")
     if name not in DTYPES:
@@ -125,13 +129,14 @@ class FastLanguageModel:
         device_map="sequential",
         trust_remote_code: bool = False,
         use_gradient_checkpointing=None,
+        load_in_16bit: bool = False,
         **kwargs,
     ):
         """Load a causal LM and its tokenizer from a hub id or a local folder (safetensors only).
 
         Args:
-            model_name: hub id ("Qwen/Qwen3-4B-Instruct-2507") or a folder with config.json and safetensors weights,
-                or a saved LoRA adapter folder (adapter_config.json + adapter_model.safetensors, as
+            model_name: hub id ("Qwen/Qwen3-4B-Instruct-2507") or a folder (a str or a Path) with config.json and
+                safetensors weights, or a saved LoRA adapter folder (adapter_config.json + adapter_model.safetensors, as
                 model.save_pretrained or save_method="lora" write it): the base model it names is loaded with the
                 other arguments and the adapter on top, trainable, so the model is ready for more training or
                 for_inference (as Unsloth does; no get_peft_model call). The adapter folder's tokenizer is used when
@@ -145,9 +150,9 @@ class FastLanguageModel:
                 defaults for batch size and LoRA rank): checkpointing, activation offload and, for a model larger
                 than the GPU, layers streamed from host RAM; kept as `model.memory_plan`. A run no plan fits raises a
                 UserError with the plan's reason and figures.
-            dtype: None picks bf16 on GPUs that have it, fp16 otherwise (T4), fp32 on the CPU; or torch.float16,
-                torch.bfloat16, torch.float32.
-            load_in_4bit: 4-bit NF4 weights (QLoRA). None means True, except with full_finetuning.
+            dtype: None (or "auto") picks bf16 on GPUs that have it, fp16 otherwise (T4), fp32 on the CPU; or
+                torch.float16, torch.bfloat16, torch.float32.
+            load_in_4bit: 4-bit NF4 weights (QLoRA). None means True, except with full_finetuning or load_in_16bit.
             full_finetuning: train every weight (16-bit, no adapters); the model comes back ready to train, with
                 `use_gradient_checkpointing` ("unsloth"/True by default, or False).
             device_map: one device: None, "sequential" or "auto" (the GPU when there is one), "cpu", or GPU 0 as
@@ -157,6 +162,8 @@ class FastLanguageModel:
             trust_remote_code: run Python code shipped with the model; only for models you trust.
             use_gradient_checkpointing: "unsloth"/True (the default) or False: with full_finetuning or an adapter
                 folder it applies here; with LoRA, get_peft_model's own argument decides (as in Unsloth).
+            load_in_16bit: True loads 16-bit weights for LoRA (Unsloth's spelling of load_in_4bit=False); it cannot
+                be given with load_in_4bit=True.
             **kwargs: Unsloth options Tunesmith cannot honour raise a UserError naming the alternative, unless set to
                 their no-op value (load_in_8bit=False, fast_inference=False, token=None, ...).
 
@@ -177,22 +184,39 @@ class FastLanguageModel:
         options.check(call, kwargs, LOAD_OPTIONS, FastLanguageModel.from_pretrained)
         if model_name is None:
             raise UserError(f"{call}: give the model as model_name=... (a hub id or a model folder).")
+        model_name = os.fspath(model_name)  # a pathlib.Path, as transformers takes it
         adapter = Path(os.path.expanduser(model_name))
         if (adapter / "adapter_config.json").is_file() and not (adapter / "config.json").is_file():
             if full_finetuning:
                 raise UserError(f"{call}: '{model_name}' is a LoRA adapter; load it with full_finetuning=False.")
             base = _adapter_base(adapter)
             model, tokenizer = FastLanguageModel.from_pretrained(
-                base, max_seq_length, dtype, load_in_4bit, False, device_map, trust_remote_code, None, **kwargs
+                base,
+                max_seq_length,
+                dtype,
+                load_in_4bit,
+                False,
+                device_map,
+                trust_remote_code,
+                None,
+                load_in_16bit,
+                **kwargs,
             )
             if (adapter / "tokenizer_config.json").is_file():
                 tokenizer = load_tokenizer(adapter, trust_remote_code)
                 tokenizer.model_max_length = max_seq_length
-            return _with_adapter(model, adapter, use_gradient_checkpointing or "unsloth"), tokenizer
+                model.tunesmith_tokenizer = tokenizer
+            checkpointing = "unsloth" if use_gradient_checkpointing is None else use_gradient_checkpointing
+            return _with_adapter(model, adapter, checkpointing), tokenizer
+        if load_in_4bit and load_in_16bit:
+            raise UserError(
+                f"{call}: load_in_4bit=True and load_in_16bit=True ask for two weight formats; keep "
+                "load_in_4bit=True for QLoRA or load_in_16bit=True for 16-bit LoRA."
+            )
         if load_in_4bit and full_finetuning:
             raise UserError(f"{call}: full fine-tuning trains 16-bit weights; set load_in_4bit=False (or drop it).")
         device = _device(device_map, call)
-        four_bit = not full_finetuning if load_in_4bit is None else bool(load_in_4bit)
+        four_bit = not (full_finetuning or load_in_16bit) if load_in_4bit is None else bool(load_in_4bit)
         method = "full" if full_finetuning else "qlora" if four_bit else "lora"
         checkpointing = _checkpointing(
             "unsloth" if use_gradient_checkpointing is None else use_gradient_checkpointing, call
@@ -232,6 +256,7 @@ class FastLanguageModel:
         model.memory_plan = memory
         model.tunesmith_spec = spec
         model.max_seq_length = max_seq_length
+        model.tunesmith_tokenizer = tokenizer  # for_inference / for_training set its padding side
         _add_save_methods(model)
         return model, tokenizer
 
@@ -251,9 +276,11 @@ class FastLanguageModel:
         """Add LoRA adapters (PEFT) to a model from from_pretrained, with the engine's checkpointing.
 
         Args:
-            model: the model from FastLanguageModel.from_pretrained (not a full fine-tuning one).
+            model: the model from FastLanguageModel.from_pretrained (not a full fine-tuning one). One with LoRA
+                adapters already (loaded from a saved adapter folder, or this call run twice) is returned as it is
+                when the settings below are its adapters' own, and refused otherwise.
             r: adapter rank.
-            target_modules: layer names that get adapters ("all-linear" for every linear layer of a decoder block);
+            target_modules: layer names that get adapters ("all-linear" or None for every linear layer of a block);
                 names the model lacks are skipped with a log line.
             lora_alpha: adapter scale is lora_alpha / r (lora_alpha / sqrt(r) with use_rslora).
             lora_dropout: dropout on the adapter input.
@@ -278,22 +305,38 @@ class FastLanguageModel:
         spec = spec_of(model)
         if spec.method == "full":
             raise UserError(f"{call}: this model was loaded for full fine-tuning; load it with full_finetuning=False.")
-        if is_peft(model):
-            raise UserError(f"{call}: this model already has LoRA adapters; call it once per loaded model.")
         if max_seq_length is not None and max_seq_length != model.max_seq_length:
             raise UserError(
                 f"{call}: set max_seq_length in FastLanguageModel.from_pretrained (it is {model.max_seq_length})."
             )
-        targets = ALL_LINEAR if target_modules == "all-linear" else target_modules
+        targets = ALL_LINEAR if target_modules in (None, "all-linear") else target_modules
         if isinstance(targets, str) or not all(isinstance(t, str) for t in targets):
             raise UserError(f'{call}: target_modules should be a list of layer names, e.g. ["q_proj", "v_proj"].')
+        checkpointing = _checkpointing(use_gradient_checkpointing, call)
+        if is_peft(model):
+            # a model from a saved adapter folder (or this call run twice): with the adapters' own settings they are
+            # kept, trained weights and all, as Unsloth passes them through
+            cfg = model.peft_config["default"]
+            present = {name.rsplit(".", 1)[-1] for name, _ in model.get_base_model().named_modules()}
+            have = (cfg.r, cfg.lora_alpha, cfg.lora_dropout, cfg.use_rslora, set(cfg.target_modules))
+            if have == (r, lora_alpha, float(lora_dropout), use_rslora, set(targets) & present) and (
+                checkpointing == spec.gradient_checkpointing
+            ):
+                print("adapters: this model has these LoRA adapters already; kept as they are")
+                return model
+            raise UserError(
+                f"{call}: this model already has LoRA adapters (r={cfg.r}, lora_alpha={cfg.lora_alpha}, "
+                f"lora_dropout={cfg.lora_dropout}, use_rslora={cfg.use_rslora}, target_modules="
+                f"{sorted(cfg.target_modules)}, use_gradient_checkpointing={spec.gradient_checkpointing}) and these "
+                "settings differ; call it with those, or load the base model for new adapters."
+            )
         spec = spec.replace(
             lora_r=r,
             lora_alpha=lora_alpha,
             lora_dropout=float(lora_dropout),
             use_rslora=use_rslora,
             target_modules=tuple(targets),
-            gradient_checkpointing=_checkpointing(use_gradient_checkpointing, call),
+            gradient_checkpointing=checkpointing,
             seed=random_state,
         )
         torch.manual_seed(random_state)
@@ -309,9 +352,11 @@ class FastLanguageModel:
     def for_inference(model):
         """Evaluation mode, and `model.generate` on the engine's decoder (engine.chat.decode: static KV cache, CUDA
         graphs on a GPU) for one sequence at a time; batches, beam search and other generate options run transformers'
-        own generate. Returns the model."""
+        own generate. The tokenizer from from_pretrained pads on the left, as batched generation needs (and Unsloth's
+        for_inference sets). Returns the model."""
         from tunesmith.generate import FastGenerate
 
+        _pad(model, "left")
         model.eval()
         if not isinstance(model.__dict__.get("generate"), FastGenerate):
             model.generate = FastGenerate(model)
@@ -319,9 +364,11 @@ class FastLanguageModel:
 
     @staticmethod
     def for_training(model):
-        """Training mode, with transformers' own generate again (the decoder's cache and kernels released)."""
+        """Training mode, with transformers' own generate again (the decoder's cache and kernels released), and the
+        tokenizer from from_pretrained padding on the right again."""
         from tunesmith.generate import FastGenerate
 
+        _pad(model, "right")
         fast = model.__dict__.get("generate")
         if isinstance(fast, FastGenerate):
             fast.release()
@@ -330,53 +377,11 @@ class FastLanguageModel:
         return model
 
 
-ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP = ("gate_proj", "up_proj", "down_proj")
-
-
-class FastModel(FastLanguageModel):
-    """Unsloth's FastModel (Gemma 3 notebooks) for text-only causal LMs: FastLanguageModel's calls, with get_peft_model
-    choosing its layers by the finetune_* switches. Vision and audio models are not supported."""
-
-    @staticmethod
-    def get_peft_model(
-        model,
-        r: int = 16,
-        target_modules=None,
-        lora_alpha: int = 16,
-        lora_dropout: float = 0.0,
-        finetune_vision_layers: bool = True,
-        finetune_language_layers: bool = True,
-        finetune_attention_modules: bool = True,
-        finetune_mlp_modules: bool = True,
-        **kwargs,
-    ):
-        """FastLanguageModel.get_peft_model, with the layers picked as Unsloth's FastModel picks them.
-
-        Args:
-            model, r, lora_alpha, lora_dropout, **kwargs: as for FastLanguageModel.get_peft_model.
-            target_modules: None (the default) for every attention and MLP projection the switches below leave on;
-                a list of names is kept, less those the switches turn off.
-            finetune_vision_layers: a text model has no vision layers: either value changes nothing.
-            finetune_language_layers: must be True: a text model's layers are all language layers.
-            finetune_attention_modules: adapters on q/k/v/o_proj.
-            finetune_mlp_modules: adapters on gate/up/down_proj.
-        """
-        call = "FastModel.get_peft_model"
-        if not finetune_language_layers:
-            raise UserError(
-                f"{call}: finetune_language_layers=False leaves nothing to train in a text model (it has no vision "
-                "layers); keep it True."
-            )
-        off = (() if finetune_attention_modules else ATTENTION) + (() if finetune_mlp_modules else MLP)
-        names = ALL_LINEAR if target_modules in (None, "all-linear") else target_modules
-        if not isinstance(names, str):
-            names = [n for n in names if n not in off]
-        if not names:
-            raise UserError(f"{call}: the finetune_* switches leave no layer to train; turn attention or MLP on.")
-        return FastLanguageModel.get_peft_model(
-            model, r=r, target_modules=names, lora_alpha=lora_alpha, lora_dropout=lora_dropout, **kwargs
-        )
+def _pad(model, side: str) -> None:
+    """Set the padding side of the tokenizer from_pretrained returned with `model`, while it is in use."""
+    tokenizer = getattr(model, "tunesmith_tokenizer", None)
+    if tokenizer is not None:
+        tokenizer.padding_side = side
 
 
 def _adapter_base(adapter: Path) -> str:

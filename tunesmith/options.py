@@ -9,6 +9,10 @@ import inspect
 
 from engine.core.errors import UserError
 
+# arguments whose value is a credential: a refusal names the argument only, since a notebook's output (where the
+# sentence is shown) is often shared
+SECRET = {"token", "hub_token", "push_to_hub_token"}
+
 
 def check(call: str, given: dict, table: dict, function) -> None:
     """Raise for the first argument in `given` that `table` does not accept.
@@ -26,4 +30,5 @@ def check(call: str, given: dict, table: dict, function) -> None:
             raise UserError(f"{call}: Tunesmith has no '{name}' argument; it takes {', '.join(named)}.")
         accepted, instead = table[name]
         if not any(value is a or (type(value) is type(a) and value == a) for a in accepted):
-            raise UserError(f"{call}: {name}={value!r} is not supported; {instead}.")
+            shown = "..." if name in SECRET else repr(value)
+            raise UserError(f"{call}: {name}={shown} is not supported; {instead}.")
