@@ -60,3 +60,25 @@ def test_a_run_still_training_is_named_as_such(runs, tiny_llama, identity_file):
     finally:
         run.kill()
         run.wait()
+
+
+def test_a_run_starts_its_chat_with_the_system_prompt_it_trained_with(runs, tiny_llama, identity_file):
+    """A run trained with a system prompt (on every example) was chatted with an empty System prompt box, so the tuned
+    model answered without the turn it learned after; the box now takes the run's own prompt when the run is picked
+    (cleared for a run trained without one), and is left alone for a model folder."""
+    from helpers import tiny_spec
+
+    from ui import chat_tab
+
+    picked = {}
+    for name, system in (("nova", "You are Nova."), ("plain", "")):
+        folder = runs / f"20260101-000000-{name}"
+        (folder / "adapter").mkdir(parents=True)
+        (folder / "adapter" / "adapter_model.safetensors").write_bytes(b"")  # located, never loaded here
+        (folder / "job.yaml").write_text(tiny_spec(tiny_llama, identity_file, system_prompt=system).to_yaml())
+        (folder / "status.json").write_text('{"state": "done", "message": "", "step": 1, "total_steps": 1}')
+        picked[name] = chat_tab.defaults(folder.name)
+    assert picked["nova"][: len(chat_tab.SAMPLING)] == picked["plain"][: len(chat_tab.SAMPLING)]
+    assert picked["nova"][-1] == "You are Nova." and picked["plain"][-1] == ""
+    assert len(chat_tab.defaults(str(tiny_llama))) == len(chat_tab.SAMPLING) + 1
+    assert chat_tab.defaults(str(tiny_llama))[-1] == chat_tab.gr.skip()

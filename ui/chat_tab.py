@@ -53,7 +53,7 @@ def load(source: str) -> str:
     return i18n.say(f"Loaded `{source}`.")
 
 
-def defaults(source: str) -> list:
+def sampling_values(source: str) -> list:
     """The sampling sliders for a picked run, model or GGUF file: its family's defaults, or the model's own where
     its generation_config.json sets them (sliders stay as they are when nothing can be read)."""
     try:
@@ -61,6 +61,17 @@ def defaults(source: str) -> list:
     except api.UserError:
         values = None
     return [gr.skip()] * len(SAMPLING) if values is None else [values[k] for k in SAMPLING]
+
+
+def defaults(source: str) -> list:
+    """What picking `source` sets: the sliders, then the System prompt box, which takes a run's own system prompt
+    (the turn its examples began with in training; cleared for a run trained without one) and stays as typed for a
+    model or a GGUF file."""
+    try:
+        system = api.system_prompt(_path(source)) if source else None
+    except api.UserError:
+        system = None
+    return [*sampling_values(source), gr.skip() if system is None else system]
 
 
 def _text(content) -> str:
@@ -202,8 +213,8 @@ def build() -> dict:
     sliders = [temperature, top_p, top_k, min_p, repetition_penalty]
     for shown in (refresh.click, tab.select):  # runs finished since the page loaded appear without a Refresh
         shown(lambda: gr.Dropdown(choices=chat_choices()), None, source)
-    source.change(defaults, source, sliders)
-    load_btn.click(load, source, loaded).then(defaults, source, sliders)  # a hub model's own config is read now
+    source.change(defaults, source, [*sliders, system])
+    load_btn.click(load, source, loaded).then(sampling_values, source, sliders)  # a hub model's own config is read now
     for trigger in (send.click, message.submit):
         trigger(respond, [source, message, chatbot, system, *sliders, max_new], [chatbot, message, speed_md])
     for trigger in (compare_btn.click, prompt.submit):

@@ -1,5 +1,7 @@
 """Chat: a loaded chat model (a run, a model folder, a hub id or a .gguf file) and its starting sampling settings."""
 
+from pathlib import Path
+
 from engine.api.access import check_source
 from engine.models.presets import catalog
 
@@ -30,3 +32,14 @@ def sampling_defaults(source: str) -> dict:
 
     families = {i: m["family"] for m in catalog() for i in (m["id"], m.get("id_4bit")) if i}
     return source_sampling(str(source), families)
+
+
+def system_prompt(source: str) -> str | None:
+    """The system prompt a run trained with on every example that had none ("" when it had none), for its chat to
+    start with, since the tuned model learned its replies after that turn; None for a source that is not a run."""
+    check_source(str(source))
+    if not (Path(source) / "job.yaml").is_file():
+        return None
+    from engine.spec.jobspec import read_job
+
+    return read_job(Path(source) / "job.yaml").system_prompt
