@@ -121,3 +121,32 @@ def test_eval_without_questions_says_what_to_give(tiny_llama, tmp_path):
     raw.write_text("Just some text.\n\nMore text.\n")
     with pytest.raises(api.UserError, match="notes.txt is raw data; evaluation takes chat rows"):
         api.evaluate([str(tiny_llama)], str(raw), save=False)
+
+
+def test_a_question_longer_than_the_context_is_left_out_not_fatal(tiny_llama, runs, tmp_path, monkeypatch):
+    """One question past the model's context (512 positions here) ended the whole evaluation with the Chat tab's
+    sentence ("clear the chat ... to go on"), and a reference that ran past the context was scored with a loss the
+    model was never trained to give. Such a question is now left out of that model's scores (said in the summary),
+    and such a reference out of its loss, as llama.cpp's loss already left it."""
+    monkeypatch.setenv("TUNESMITH_DECODE_KERNELS", "0")
+    from ui import eval_tab
+
+    rows = [
+        {"instruction": "Who are you?", "output": "Nova."},
+        {"instruction": "a " * 600, "output": "Nova."},  # the question alone fills the context
+        {"instruction": "Who made you?", "output": "b " * 600},  # the question fits; the reference runs past
+    ]
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = api.evaluate([str(tiny_llama)], str(data), save=False, max_new_tokens=4, device="cpu", log=lambda m: None)
+    (model,) = res["models"]
+    assert res["cases"] == 3 and model["left_out"] == 1
+    long, past = res["rows"][1], res["rows"][2]
+    assert long["replies"]["tiny-llama"] == "" and long["loss"]["tiny-llama"] is None
+    assert long["scores"]["tiny-llama"] == {"exact": None, "contains": None}
+    assert past["replies"]["tiny-llama"] != "" and past["loss"]["tiny-llama"] is None
+    assert model["loss"] == res["rows"][0]["loss"]["tiny-llama"]  # the one case measured whole
+    text, table, _ = eval_tab.run_evaluation([str(tiny_llama)], [], False, str(data), "", "", "", 10, 4)
+    assert text.startswith("3 questions from the"), text
+    assert "`tiny-llama` could not answer 1 of the 3 questions, which are longer than its context" in text
+    assert list(table["model"]) == ["tiny-llama"]

@@ -78,6 +78,12 @@ def run_evaluation(runs, ggufs, base, data, regex, name, maker, limit, max_new_t
         return i18n.say(f"**Evaluation failed:** {e}"), None, None
     what = "held-out rows of the run" if res["held_out"] else f"`{res['data']}`"
     text = i18n.say(f"{res['cases']} questions from the {what}.")
+    for m in res["models"]:  # questions past a model's context: it could not answer them
+        if m.get("left_out"):
+            text += " " + i18n.say(
+                f"`{m['name']}` could not answer {m['left_out']} of the {res['cases']} questions, which are longer "
+                "than its context: they are left out of its scores."
+            )
     if res["identity"]:
         ident = res["identity"]
         text += " " + i18n.say(f"Identity check: the answer names **{ident['name']}** and **{ident['maker']}**.")

@@ -75,9 +75,15 @@ class TorchModel:
 
     def __init__(self, source: str, device: str, log):
         from engine.chat.infer import ChatModel
+        from engine.models.context import context_length
 
         self.chat = ChatModel(source, device, log=log)
         self.has_adapter = self.chat.has_adapter
+        self.context = context_length(self.chat.model.config)  # None: unknown, nothing is left out
+
+    def fits(self, case: Case) -> bool:
+        """Whether the case's prompt leaves the model's context room for a reply."""
+        return self.context is None or len(self.chat.prompt_ids(case.prompt)) < self.context
 
     def reply(self, case: Case, adapter: bool, max_new_tokens: int) -> str:
         return self.chat.reply(case.prompt, max_new_tokens=max_new_tokens, temperature=0.0, adapter=adapter)
@@ -93,8 +99,8 @@ class TorchModel:
         span = reference_span(
             lambda t: tok(t, add_special_tokens=False)["input_ids"], render(tok, case.prompt, True), full
         )
-        if span is None:
-            return None
+        if span is None or (self.context is not None and len(span[0]) > self.context):
+            return None  # past the context the model was never trained: no loss to read there
         ids, start = span
         model = self.chat.model
         off = model.disable_adapter() if self.has_adapter and not adapter else contextlib.nullcontext()
@@ -118,6 +124,10 @@ class GGUFModel:
         from engine.chat.gguf_chat import GGUFChat
 
         self.chat = GGUFChat(path, device, n_ctx=GGUF_CONTEXT, logits=True)
+
+    def fits(self, case: Case) -> bool:
+        """Whether the case's prompt leaves llama.cpp's window room for a reply."""
+        return len(self.chat.prompt_ids(case.prompt)) < self.chat.llm.n_ctx()
 
     def reply(self, case: Case, adapter: bool, max_new_tokens: int) -> str:
         return self.chat.reply(case.prompt, max_new_tokens=max_new_tokens, temperature=0.0)
@@ -178,17 +188,26 @@ def evaluate(
 
 
 def _measure(model, label, source, adapter, cases, scorers, rows, max_new_tokens) -> dict:
+    """One model's replies, losses and mean scores. A case whose prompt fills the model's context gets no reply and is
+    left out of its scores and loss (counted in "left_out"): one long row does not end the whole evaluation."""
     t0 = time.perf_counter()
-    replies = [model.reply(c, adapter, max_new_tokens) for c in cases]
-    losses = [model.loss(c, adapter) for c in cases]
-    prompts, refs = [_question(c) for c in cases], [c.reference for c in cases]
-    scores = {name: fn(replies, prompts, refs) for name, fn in scorers}
-    nll = sum(v[0] for v in losses if v)
-    count = sum(v[1] for v in losses if v)
+    kept = [k for k, c in enumerate(cases) if model.fits(c)]
+    if not kept:
+        raise UserError(
+            f"Every question is longer than the context of {label}, so it cannot answer any; evaluate on shorter "
+            "questions."
+        )
+    replies = {k: model.reply(cases[k], adapter, max_new_tokens) for k in kept}
+    losses = {k: model.loss(cases[k], adapter) for k in kept}
+    prompts, refs = [_question(cases[k]) for k in kept], [cases[k].reference for k in kept]
+    scores = {name: dict(zip(kept, fn([replies[k] for k in kept], prompts, refs), strict=True)) for name, fn in scorers}
+    nll = sum(v[0] for v in losses.values() if v)
+    count = sum(v[1] for v in losses.values() if v)
     for k, row in enumerate(rows):
-        row.setdefault("replies", {})[label] = replies[k]
-        row.setdefault("scores", {})[label] = {name: s[k] for name, s in scores.items()}
-        row.setdefault("loss", {})[label] = round(losses[k][0] / losses[k][1], 6) if losses[k] else None
+        row.setdefault("replies", {})[label] = replies.get(k, "")
+        row.setdefault("scores", {})[label] = {name: s.get(k) for name, s in scores.items()}
+        one = losses.get(k)
+        row.setdefault("loss", {})[label] = round(one[0] / one[1], 6) if one else None
     loss = nll / count if count else None
     return dict(
         name=label,
@@ -196,7 +215,8 @@ def _measure(model, label, source, adapter, cases, scorers, rows, max_new_tokens
         loss=round(loss, 6) if loss is not None else None,
         perplexity=round(math.exp(min(loss, 700)), 4) if loss is not None else None,
         tokens=count,
-        scores={name: round(sum(s) / len(s), 6) for name, s in scores.items()},
+        scores={name: round(sum(s.values()) / len(s), 6) for name, s in scores.items()},
+        left_out=len(cases) - len(kept),
         seconds=round(time.perf_counter() - t0, 2),
     )
 
