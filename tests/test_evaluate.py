@@ -150,3 +150,28 @@ def test_a_question_longer_than_the_context_is_left_out_not_fatal(tiny_llama, ru
     assert text.startswith("3 questions from the"), text
     assert "`tiny-llama` could not answer 1 of the 3 questions, which are longer than its context" in text
     assert list(table["model"]) == ["tiny-llama"]
+
+
+def test_a_full_fine_tune_is_compared_with_its_base_model(tiny_llama, runs, tmp_path, monkeypatch):
+    """With "Include the base model" (on by default) a full fine-tune gave no base line at all, without a word: its
+    base was only ever the adapter switched off. The run's base model (its job's model) is now loaded and measured as
+    "base"."""
+    import shutil
+
+    from helpers import tiny_spec
+
+    monkeypatch.setenv("TUNESMITH_DECODE_KERNELS", "0")
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps({"instruction": "Who are you?", "output": "Nova."}) + "\n")
+    run = runs / "20260101-000000-full"
+    run.mkdir(parents=True)
+    (run / "job.yaml").write_text(tiny_spec(tiny_llama, data, method="full").to_yaml())
+    (run / "status.json").write_text('{"state": "done", "message": "", "step": 1, "total_steps": 1}')
+    shutil.copytree(tiny_llama, run / "model")  # the tuned weights: the same as the base's here
+    quiet = dict(save=False, max_new_tokens=4, device="cpu", log=lambda m: None)
+    res = api.evaluate([run.name], str(data), **quiet)
+    base, tuned = res["models"]
+    assert base["name"] == "base" and base["source"] == str(tiny_llama) and tuned["name"] == run.name
+    assert base["loss"] == tuned["loss"]
+    res = api.evaluate([run.name], str(data), base=False, **quiet)
+    assert [m["name"] for m in res["models"]] == [run.name]

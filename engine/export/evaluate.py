@@ -170,10 +170,20 @@ def evaluate(
     max_new_tokens: int = MAX_NEW_TOKENS,
     device: str = "auto",
     log=print,
+    base_model: str | None = None,
 ) -> dict:
     """Every source on every case: loss, perplexity and mean scores per model, and each case's replies and scores.
-    With `base`, the first source that has an adapter is also measured with it switched off ("base")."""
+    With `base`, the first source that has an adapter is also measured with it switched off ("base"); `base_model`
+    (a full fine-tune's base, which has no adapter to switch off) is instead loaded and measured first as "base"."""
     models, rows = [], [dict(row=c.row, prompt=_question(c), reference=c.reference) for c in cases]
+    if base and base_model:
+        model = TorchModel(base_model, device, log)
+        try:
+            log(f"evaluate: base ({base_model}) on {len(cases)} cases")
+            models.append(_measure(model, "base", base_model, True, cases, scorers, rows, max_new_tokens))
+        finally:
+            model.close()
+        base = False
     for source in sources:
         model = GGUFModel(source, device) if source.lower().endswith(".gguf") else TorchModel(source, device, log)
         try:
