@@ -82,3 +82,30 @@ def test_a_run_starts_its_chat_with_the_system_prompt_it_trained_with(runs, tiny
     assert picked["nova"][-1] == "You are Nova." and picked["plain"][-1] == ""
     assert len(chat_tab.defaults(str(tiny_llama))) == len(chat_tab.SAMPLING) + 1
     assert chat_tab.defaults(str(tiny_llama))[-1] == chat_tab.gr.skip()
+
+
+def test_a_reply_can_be_stopped_and_the_next_one_sent(tiny_llama, monkeypatch):
+    """The Chat tab had no way to stop a reply (a long one at 2,048 new tokens, on a slow card), though its busy
+    sentence says "wait for it to finish (or stop it)". A Stop button now cancels the chat's and the compare's
+    streams; a stream stopped mid-reply hands the model back at once for the next message."""
+    import gradio as gr
+
+    from ui import chat_tab
+
+    monkeypatch.setenv("TUNESMITH_DECODE_KERNELS", "0")  # transformers' forward: the Triton interpreter is slow
+    with gr.Blocks() as demo:
+        parts = chat_tab.build()
+    fns = list(demo.fns.values())
+    replies = {fn._id for fn in fns if fn.fn in (chat_tab.respond, chat_tab.compare)}
+    assert len(replies) == 4  # Send, Enter in the message box, Compare, Enter in the prompt box
+    assert "stop" in parts and any(set(fn.cancels) >= replies for fn in fns)
+
+    chat_tab._loaded.clear()
+    greedy = [0.0, 1.0, 0, 0.0, 1.0]
+    writing = chat_tab.respond(str(tiny_llama), "Who are you?", [], "", *greedy, 64)
+    history, box, _ = next(writing)
+    assert history[-1]["role"] == "assistant" and box == ""
+    writing.close()  # what Gradio's cancel leaves of the stream: it is dropped mid-reply
+    history, box, note = list(chat_tab.respond(str(tiny_llama), "Hi", [], "", *greedy, 4))[-1]
+    assert [m["role"] for m in history] == ["user", "assistant"] and box == "", note
+    chat_tab._loaded.clear()

@@ -202,7 +202,9 @@ def build() -> dict:
         chatbot = gr.Chatbot(label="Chat", height=360)
         speed_md = gr.Markdown()
         message = gr.Textbox(label="Message", placeholder="Who are you?")
-        send = gr.Button("Send", variant="primary")
+        with gr.Row():
+            send = gr.Button("Send", variant="primary")
+            stop = gr.Button("Stop", variant="stop", scale=0)
         with gr.Accordion("Base vs fine-tuned (same prompt)", open=False):
             with gr.Row():
                 base_bot = gr.Chatbot(label="Base model (adapter off)", height=300)
@@ -215,10 +217,16 @@ def build() -> dict:
         shown(lambda: gr.Dropdown(choices=chat_choices()), None, source)
     source.change(defaults, source, [*sliders, system])
     load_btn.click(load, source, loaded).then(sampling_values, source, sliders)  # a hub model's own config is read now
-    for trigger in (send.click, message.submit):
+    replies = [
         trigger(respond, [source, message, chatbot, system, *sliders, max_new], [chatbot, message, speed_md])
-    for trigger in (compare_btn.click, prompt.submit):
+        for trigger in (send.click, message.submit)
+    ]
+    replies += [
         trigger(compare, [source, prompt, system, *sliders, max_new], [base_bot, tuned_bot, compare_speed])
+        for trigger in (compare_btn.click, prompt.submit)
+    ]
+    # the streams stop where they are (the reply so far stays shown); closing a stream hands the model back at once
+    stop.click(None, cancels=replies)
     return dict(
         source=source,
         load=load_btn,
@@ -229,6 +237,7 @@ def build() -> dict:
         speed=speed_md,
         message=message,
         send=send,
+        stop=stop,
         base_bot=base_bot,
         tuned_bot=tuned_bot,
         prompt=prompt,
