@@ -107,6 +107,9 @@ class GGUFChat:
         return self.encode(self.render(messages))
 
     def _completion(self, ids, max_new_tokens, temperature, top_p, top_k, repetition_penalty, min_p, stream):
+        if max_new_tokens <= 0:  # llama.cpp reads max_tokens 0 as "no limit": the reply would run to the window's end
+            empty = dict(choices=[dict(text="", finish_reason="length")], usage=dict(completion_tokens=0))
+            return iter([empty]) if stream else empty
         return self.llm.create_completion(
             ids,
             max_tokens=max_new_tokens,
