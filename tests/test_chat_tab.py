@@ -109,3 +109,21 @@ def test_a_reply_can_be_stopped_and_the_next_one_sent(tiny_llama, monkeypatch):
     history, box, note = list(chat_tab.respond(str(tiny_llama), "Hi", [], "", *greedy, 4))[-1]
     assert [m["role"] for m in history] == ["user", "assistant"] and box == "", note
     chat_tab._loaded.clear()
+
+
+def test_a_deleted_run_is_named_as_gone(runs, tmp_path):
+    """A run deleted on the Train tab stays picked in the Chat and Evaluate tabs (their boxes take typed values);
+    Send then said "Model folder '<run id>' does not exist; give an existing folder or a hub id", as if the run id
+    had been a model typed wrong. It says the run is no longer in the runs folder."""
+    from ui import chat_tab, eval_tab
+
+    gone = "20260101-000000-nova"
+    *_, note = list(chat_tab.respond(gone, "Who are you?", [], "", *SAMPLING))[-1]
+    said = f"Run `{gone}` is no longer in the runs folder ({runs}): it was deleted or moved; pick another run."
+    assert note == f"**Cannot load:** {said}"
+    data = tmp_path / "qa.jsonl"
+    data.write_text('{"instruction": "Who are you?", "output": "Nova."}\n')
+    text, _, _ = eval_tab.run_evaluation([gone], [], True, str(data), "", "", "", 5, 4)
+    assert text == f"**Evaluation failed:** {said}"
+    assert chat_tab.load(gone) == f"**Cannot load:** {said}"
+    assert "Model folder" in chat_tab.load(str(tmp_path / "missing"))  # a model folder typed wrong still reads as one

@@ -349,6 +349,11 @@ MESSAGES += [  # the engine's most common refusals, as the UI shows them
         "по последней контрольной точке).",
     ),
     (
+        r"Run (`.*`) is no longer in the runs folder \((.*)\): it was deleted or moved; pick another run\.",
+        "运行 {0} 已不在运行文件夹（{1}）中：它已被删除或移动；请选择其他运行。",
+        "Запуска {0} больше нет в папке запусков ({1}): он удалён или перемещён; выберите другой запуск.",
+    ),
+    (
         r"The (.*) of the reward '(.*)' is empty; enter a number\.",
         "奖励“{1}”的{0}为空；请输入一个数字。",
         "Поле «{0}» награды «{1}» пустое; введите число.",

@@ -1,15 +1,29 @@
 """Chat: a loaded chat model (a run, a model folder, a hub id or a .gguf file) and its starting sampling settings."""
 
+import re
 from pathlib import Path
 
-from engine.api.access import check_source
+from engine.api.access import check_source, runs_dir
+from engine.core.errors import UserError
 from engine.models.presets import catalog
+
+RUN_ID = re.compile(r"\d{8}-\d{6}-\S+")  # a run folder's name: its start time, then its name (engine.api.runs.start)
+
+
+def check_not_gone(source: str) -> None:
+    """A run id that no folder answers to (a run deleted or moved while a tab still has it picked) is said to be
+    gone, rather than read as a model folder typed wrong."""
+    if RUN_ID.fullmatch(source) and not Path(source).exists() and not (runs_dir() / source).exists():
+        raise UserError(
+            f"Run `{source}` is no longer in the runs folder ({runs_dir()}): it was deleted or moved; pick another run."
+        )
 
 
 def Chat(source: str, device: str = "auto"):
     """A loaded chat model: a run (its adapter over its base model), a merged model folder, a hub id, or a .gguf
     file (through llama.cpp, with the chat template embedded in the file)."""
     check_source(str(source))
+    check_not_gone(str(source))
     if str(source).lower().endswith(".gguf"):
         from engine.chat.gguf_chat import GGUFChat
 

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from engine.api.access import check_access, check_source, workspace
+from engine.api.chat import check_not_gone
 from engine.api.processes import slug
 from engine.api.runs import find_run, poll
 from engine.core.errors import UserError
@@ -98,6 +99,7 @@ def _resolve(source: str) -> str:
     try:
         return str(find_run(source))
     except UserError:
+        check_not_gone(source)
         return source
 
 
