@@ -548,6 +548,15 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         "ⓘ {0} из {1} пар предпочтений длиннее max_seq_length {2} и обрезаны до первых {3} токенов. Увеличьте "
         "max_seq_length, чтобы сохранить их целиком.",
     ),
+    # the Chat tab: a reply that ran out of GPU memory
+    (
+        r"The GPU ran out of memory for this reply; lower 'Max new tokens' or clear the chat \(the conversation and "
+        r"the reply are held in memory as it is written\), or pick a smaller model\.",
+        "GPU 内存不足，无法写完此回复；请调低“最大新 token 数”或清空聊天（对话和回复在生成时都保存在内存中），"
+        "或选择更小的模型。",
+        "Для этого ответа не хватило памяти GPU; уменьшите «Максимум новых токенов» или очистите чат (разговор и ответ "
+        "хранятся в памяти, пока он пишется), либо выберите модель поменьше.",
+    ),
     # the Chat tab: a reply cut at the model's context, a conversation that fills it
     (
         r"The reply stopped at the model's context of (\d+) tokens \(the conversation's (\d+) and (\d+) of the "

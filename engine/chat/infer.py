@@ -204,6 +204,24 @@ def note_context(stats: ReplyStats, prompt: int, room: int, max_new_tokens: int,
         )
 
 
+OUT_OF_MEMORY = (
+    "The GPU ran out of memory for this reply; lower 'Max new tokens' or clear the chat (the conversation and the "
+    "reply are held in memory as it is written), or pick a smaller model."
+)
+
+
+@contextlib.contextmanager
+def memory_sentence():
+    """torch's out-of-memory error of a reply as OUT_OF_MEMORY (a UserError), the memory it left cached freed."""
+    import torch
+
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        raise UserError(OUT_OF_MEMORY) from None
+
+
 TURN_WAIT_S = 600  # how long a reply waits for the one being written before giving up with a sentence
 
 
@@ -314,7 +332,7 @@ class ChatModel:
         stops = [s for s in [*self.stop_texts, *(stop or [])] if s]
         ids = self.prompt_ids(messages)
         room = self.room(ids, max_new_tokens)
-        with self._turn():
+        with self._turn(), memory_sentence():
             tokens = self.decoder.tokens(ids, room, sampling, self.stop_ids, adapter and self.has_adapter)
             yield from self._pieces(tokens, stops, stats)
         note_context(stats, len(ids), room, max_new_tokens)
@@ -418,7 +436,7 @@ class ChatModel:
         ids = self.prompt_ids(messages)
         asked = sampling.get("max_new_tokens", 256)
         room = self.room(ids, asked)
-        with self._turn():
+        with self._turn(), memory_sentence():
             steps = batch(self.decoder, [ids, ids], room, chosen, self.stop_ids, [True, False])
             rows = [self._pieces(r, stops, s) for r, s in zip(split_rows(steps, 2), stats, strict=True)]
             texts, live = ["", ""], [True, True]
