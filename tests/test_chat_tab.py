@@ -127,3 +127,30 @@ def test_a_deleted_run_is_named_as_gone(runs, tmp_path):
     assert text == f"**Evaluation failed:** {said}"
     assert chat_tab.load(gone) == f"**Cannot load:** {said}"
     assert "Model folder" in chat_tab.load(str(tmp_path / "missing"))  # a model folder typed wrong still reads as one
+
+
+def test_two_sessions_sending_at_once_load_the_model_once(runs, monkeypatch):
+    """Two browser tabs (or two users of a shared app) sending to a model not yet loaded each loaded their own copy
+    (twice the GPU memory, and the slower of the two replaced the other in the cache). The second now waits for the
+    first's load and chats with the same copy."""
+    import threading
+    import time
+
+    from ui import chat_tab
+
+    loads = []
+
+    def slow_load(source):
+        loads.append(source)
+        time.sleep(0.5)  # reading the weights
+        return object()
+
+    monkeypatch.setattr(chat_tab.api, "Chat", slow_load)
+    monkeypatch.setattr(chat_tab, "_loaded", {})
+    got = []
+    sessions = [threading.Thread(target=lambda: got.append(chat_tab._chat("some/model"))) for _ in range(2)]
+    for s in sessions:
+        s.start()
+    for s in sessions:
+        s.join()
+    assert loads == ["some/model"] and got[0] is got[1]

@@ -1,12 +1,15 @@
 """Chat tab: talk to a finished run (its adapter over the base model) or any model, streamed, with the reply's
 tokens/s, sampling sliders set to the model family's defaults, and the base and fine-tuned models side by side."""
 
+import threading
+
 import gradio as gr
 
 from engine import api
 from ui import i18n
 
 _loaded: dict[str, object] = {}  # source -> loaded chat model, shared by sessions (weights are read-only)
+_loading = threading.Lock()  # one load at a time: sessions asking for the same model at once share one copy
 SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")  # the sliders, in this order
 PICK = "Pick a finished run or a GGUF file in 'Run, GGUF file or model' above (or type a model), then send again."
 
@@ -39,10 +42,11 @@ def _chat(source: str):
     """The loaded chat model of `source`, loaded now if needed (one model in memory at a time)."""
     if not source:
         raise api.UserError(PICK)
-    if source not in _loaded:
-        _loaded.clear()
-        _loaded[source] = api.Chat(_path(source))
-    return _loaded[source]
+    with _loading:
+        if source not in _loaded:
+            _loaded.clear()
+            _loaded[source] = api.Chat(_path(source))
+        return _loaded[source]
 
 
 def load(source: str) -> str:
