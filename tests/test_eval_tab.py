@@ -62,3 +62,21 @@ def test_the_app_has_the_evaluate_tab():
 
     labels = {getattr(b, "label", None) for b in app.demo.blocks.values()}
     assert {"Evaluate", "Runs to evaluate", "Runs to compare", "Loss curves"} <= labels
+
+
+def test_a_cleared_questions_box_evaluates_the_usual_number_not_every_row(tiny_llama, runs, tmp_path, monkeypatch):
+    """Clearing 'Questions (at most)' (Gradio hands None) asked for limit 0, which reads as every row: a 50,000-row
+    file meant a reply per row and model, hours with no way to stop it. A cleared box now takes the engine's usual
+    number (engine.export.evaluate.LIMIT, 2 here)."""
+    import json
+
+    from engine.export import evaluate
+
+    monkeypatch.setenv("TUNESMITH_DECODE_KERNELS", "0")
+    monkeypatch.setattr(evaluate, "LIMIT", 2)
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"Question {i}?", "output": "Nova."}) + "\n" for i in range(3)))
+    text, table, _ = eval_tab.run_evaluation([str(tiny_llama)], [], False, str(data), "", "", "", None, 4)
+    assert text.startswith("2 questions from the"), text
+    text, _, _ = eval_tab.run_evaluation([str(tiny_llama)], [], False, str(data), "", "", "", 3, 4)
+    assert text.startswith("3 questions from the"), text

@@ -71,7 +71,7 @@ def run_evaluation(runs, ggufs, base, data, regex, name, maker, limit, max_new_t
             bool(base),
             regex=(regex or "").strip(),
             identity=identity,
-            limit=int(limit or 0),
+            limit=int(limit) if limit else None,  # a cleared box: the engine's usual number, not 0 (every row)
             max_new_tokens=int(max_new_tokens or 128),
         )
     except api.UserError as e:
