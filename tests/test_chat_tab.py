@@ -154,3 +154,22 @@ def test_two_sessions_sending_at_once_load_the_model_once(runs, monkeypatch):
     for s in sessions:
         s.join()
     assert loads == ["some/model"] and got[0] is got[1]
+
+
+def test_a_gguf_exported_from_a_run_starts_its_chat_with_the_runs_system_prompt(tiny_llama, runs, tmp_path):
+    """The export writes the run's system prompt into the Ollama Modelfile beside the GGUF (SYSTEM), so Ollama chats
+    as the run trained; the Chat tab chatted with that GGUF without it. Picking the GGUF now fills the System prompt
+    box from its Modelfile; a GGUF with no Modelfile of ours beside it leaves the box as typed."""
+    from engine import api
+    from ui import chat_tab
+
+    res = api.export(str(tiny_llama), "gguf-f16", tmp_path / "f16", log=lambda m: None)
+    (gguf_file,) = res.path.glob("*.gguf")
+    modelfile = res.path / "Modelfile"
+    assert chat_tab.defaults(str(gguf_file))[-1] == ""  # exported with no system prompt
+    # as the export writes it for a run trained with one (engine.export.ollama.modelfile)
+    system = 'SYSTEM """You are Nova.\nBe brief."""\n\n'
+    modelfile.write_text(modelfile.read_text().replace("\nPARAMETER stop", f"\n{system}PARAMETER stop", 1))
+    assert chat_tab.defaults(str(gguf_file))[-1] == "You are Nova.\nBe brief."
+    modelfile.unlink()
+    assert chat_tab.defaults(str(gguf_file))[-1] == chat_tab.gr.skip()

@@ -50,10 +50,28 @@ def sampling_defaults(source: str) -> dict:
 
 def system_prompt(source: str) -> str | None:
     """The system prompt a run trained with on every example that had none ("" when it had none), for its chat to
-    start with, since the tuned model learned its replies after that turn; None for a source that is not a run."""
+    start with, since the tuned model learned its replies after that turn: a run's from its job, a GGUF file's from
+    the Ollama Modelfile its export wrote beside it (SYSTEM). None for any other source."""
     check_source(str(source))
-    if not (Path(source) / "job.yaml").is_file():
+    path = Path(source)
+    if str(source).lower().endswith(".gguf"):
+        return _modelfile_system(path)
+    if not (path / "job.yaml").is_file():
         return None
     from engine.spec.jobspec import read_job
 
-    return read_job(Path(source) / "job.yaml").system_prompt
+    return read_job(path / "job.yaml").system_prompt
+
+
+def _modelfile_system(gguf: Path) -> str | None:
+    """The SYSTEM of the Modelfile beside `gguf` that names it (engine.export.ollama.modelfile), "" when it has
+    none; None without such a Modelfile (a file made elsewhere)."""
+    modelfile = gguf.parent / "Modelfile"
+    try:
+        text = modelfile.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if f"FROM ./{gguf.name}\n" not in text:
+        return None
+    found = re.search(r'^SYSTEM """(.*?)"""$', text, re.S | re.M)
+    return found.group(1) if found else ""
