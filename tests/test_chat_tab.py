@@ -173,3 +173,19 @@ def test_a_gguf_exported_from_a_run_starts_its_chat_with_the_runs_system_prompt(
     assert chat_tab.defaults(str(gguf_file))[-1] == "You are Nova.\nBe brief."
     modelfile.unlink()
     assert chat_tab.defaults(str(gguf_file))[-1] == chat_tab.gr.skip()
+
+
+def test_picking_a_cut_off_gguf_file_is_a_sentence_not_a_traceback(tiny_llama, tmp_path):
+    """A .gguf file cut off in its header (a copy or download that stopped) raised IndexError from the sliders'
+    handler the moment it was picked, an error box where Send says the file is not readable."""
+    from engine import api
+    from ui import chat_tab
+
+    res = api.export(str(tiny_llama), "gguf-f16", tmp_path / "f16", log=lambda m: None)
+    (whole,) = res.path.glob("*.gguf")
+    for size in (200, 1000, 3000):
+        cut = tmp_path / f"cut-{size}.gguf"
+        cut.write_bytes(whole.read_bytes()[:size])
+        assert chat_tab.sampling_values(str(cut)) == [chat_tab.gr.skip()] * len(chat_tab.SAMPLING), size
+        *_, note = list(chat_tab.respond(str(cut), "Who are you?", [], "", *SAMPLING))[-1]
+        assert note == f"**Cannot load:** '{cut.name}' is not a readable GGUF model file.", size

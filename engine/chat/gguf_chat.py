@@ -190,11 +190,11 @@ def file_sampling(path: str | os.PathLike) -> dict:
     try:
         reader = gguf.GGUFReader(path)
         arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
-    except (KeyError, ValueError, OSError):
+        out = sampling_defaults(arch)  # llama.cpp's names of these families are their model_type
+        for ours, key in GGUF_SAMPLING_KEYS.items():
+            field = reader.fields.get(f"general.sampling.{key}")
+            if field is not None:
+                out[ours] = type(out[ours])(round(float(field.parts[-1][0]), 4))  # stored as float32
+    except (KeyError, ValueError, IndexError, OSError):  # IndexError: a header cut off (a copy that stopped)
         raise UserError(f"'{Path(path).name}' is not a readable GGUF model file.") from None
-    out = sampling_defaults(arch)  # llama.cpp's names of these families are their model_type
-    for ours, key in GGUF_SAMPLING_KEYS.items():
-        field = reader.fields.get(f"general.sampling.{key}")
-        if field is not None:
-            out[ours] = type(out[ours])(round(float(field.parts[-1][0]), 4))  # stored as float32
     return out
