@@ -5,6 +5,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import log_of, wait_for
@@ -175,3 +176,27 @@ def test_a_full_fine_tune_is_compared_with_its_base_model(tiny_llama, runs, tmp_
     assert base["loss"] == tuned["loss"]
     res = api.evaluate([run.name], str(data), base=False, **quiet)
     assert [m["name"] for m in res["models"]] == [run.name]
+
+
+def test_models_of_the_same_name_keep_their_own_columns(tiny_llama, tmp_path):
+    """Two GGUF files of the same name from different exports (a quantization made twice, or two runs whose names
+    slug to the same file name) were both labelled by their file name: the second's replies, scores and losses
+    overwrote the first's in every row, and the table showed two lines of one name. Each now keeps a label of its
+    own, its folder's name before the file's."""
+    import shutil
+
+    res = api.export(str(tiny_llama), "gguf-f16", tmp_path / "first", log=lambda m: None)
+    (first,) = res.path.glob("*.gguf")
+    (tmp_path / "second").mkdir()
+    second = Path(shutil.copy(first, tmp_path / "second" / first.name))
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps({"instruction": "Who are you?", "output": "Nova."}) + "\n")
+    quiet = dict(save=False, max_new_tokens=4, device="cpu", log=lambda m: None)
+    res = api.evaluate([str(first), str(second)], str(data), **quiet)
+    names = [m["name"] for m in res["models"]]
+    assert names == [f"first/{first.name}", f"second/{first.name}"]
+    (row,) = res["rows"]
+    assert set(row["replies"]) == set(row["loss"]) == set(row["scores"]) == set(names)
+    assert row["loss"][names[0]] == row["loss"][names[1]]  # the same file
+    res = api.evaluate([str(first)], str(data), **quiet)
+    assert [m["name"] for m in res["models"]] == [first.name]  # a name of its own stays short

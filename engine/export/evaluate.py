@@ -162,6 +162,21 @@ def label_of(source: str) -> str:
     return source
 
 
+def labels_of(sources: list[str]) -> list[str]:
+    """label_of each source, made unique: a label two sources share (GGUF files of one name from two exports), or
+    "base", is prefixed with the source's folder name, then numbered if still taken."""
+    short = [label_of(s) for s in sources]
+    taken, out = {"base"}, []
+    for source, name in zip(sources, short, strict=True):
+        label = f"{Path(source).parent.name}/{name}" if name in taken or short.count(name) > 1 else name
+        unique, n = label, 2
+        while unique in taken:
+            unique, n = f"{label} ({n})", n + 1
+        taken.add(unique)
+        out.append(unique)
+    return out
+
+
 def evaluate(
     sources: list[str],
     cases: list[Case],
@@ -184,12 +199,12 @@ def evaluate(
         finally:
             model.close()
         base = False
-    for source in sources:
+    for source, name in zip(sources, labels_of(sources), strict=True):
         model = GGUFModel(source, device) if source.lower().endswith(".gguf") else TorchModel(source, device, log)
         try:
             variants = [("base", False)] if base and model.has_adapter else []
             base = base and not model.has_adapter
-            for label, adapter in [*variants, (label_of(source), True)]:
+            for label, adapter in [*variants, (name, True)]:
                 log(f"evaluate: {label} on {len(cases)} cases")
                 models.append(_measure(model, label, source, adapter, cases, scorers, rows, max_new_tokens))
         finally:
