@@ -189,3 +189,13 @@ def test_picking_a_cut_off_gguf_file_is_a_sentence_not_a_traceback(tiny_llama, t
         assert chat_tab.sampling_values(str(cut)) == [chat_tab.gr.skip()] * len(chat_tab.SAMPLING), size
         *_, note = list(chat_tab.respond(str(cut), "Who are you?", [], "", *SAMPLING))[-1]
         assert note == f"**Cannot load:** '{cut.name}' is not a readable GGUF model file.", size
+
+
+def test_compare_with_no_prompt_asks_for_one():
+    """Compare with the prompt box empty had both models answer an empty question (both models' time, on a slow card,
+    for nothing), where Send says to type a message first."""
+    from ui import chat_tab
+
+    for empty in ("", "  \n"):
+        base, tuned, note = list(chat_tab.compare("any-run", empty, "", *SAMPLING))[-1]
+        assert base == [] and tuned == [] and note == "Type a prompt first."

@@ -163,7 +163,11 @@ def compare(
     max_new: float,
 ):
     """Stream the base model's and the fine-tuned model's replies to the same prompt, from one loaded copy of the
-    weights (the adapter switched off for the base); yields (base chat, fine-tuned chat, speeds)."""
+    weights (the adapter switched off for the base); yields (base chat, fine-tuned chat, speeds). An empty prompt is
+    not sent."""
+    if not (prompt or "").strip():
+        yield [], [], i18n.say("Type a prompt first.")
+        return
     asked = [{"role": "user", "content": prompt}]
     stats = (api.ReplyStats(), api.ReplyStats())  # (fine-tuned, base)
     sampling = _sampling(temperature, top_p, top_k, min_p, repetition_penalty, max_new)

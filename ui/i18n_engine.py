@@ -17,6 +17,7 @@ STRINGS = {  # English: (Chinese, Russian)
         "(или введите модель) и отправьте снова.",
     ),
     "Type a message first.": ("请先输入消息。", "Сначала введите сообщение."),
+    "Type a prompt first.": ("请先输入提示词。", "Сначала введите запрос."),
     "Saved in 16 bits; a model without an adapter has nothing to compare with.": (
         "已保存为 16 位；没有适配器的模型无可对比。",
         "Сохранено в 16 битах; модели без адаптера не с чем сравнивать.",
