@@ -2,6 +2,7 @@
 
 import pandas as pd
 
+from engine import api
 from ui import eval_tab
 
 
@@ -80,3 +81,35 @@ def test_a_cleared_questions_box_evaluates_the_usual_number_not_every_row(tiny_l
     assert text.startswith("2 questions from the"), text
     text, _, _ = eval_tab.run_evaluation([str(tiny_llama)], [], False, str(data), "", "", "", 3, 4)
     assert text.startswith("3 questions from the"), text
+
+
+def test_an_evaluation_out_of_gpu_memory_is_a_sentence(tiny_llama, runs, tmp_path, monkeypatch):
+    """The loss pass over a long reference (every position's logits at once) running out of GPU memory reached the
+    Evaluate tab as torch's OutOfMemoryError, an error box; a reply that did said "clear the chat", the Chat tab's
+    advice. Both now say what to lower here."""
+    import json
+
+    import torch
+
+    from engine.chat.infer import OUT_OF_MEMORY
+    from engine.export import evaluate
+
+    monkeypatch.setenv("TUNESMITH_DECODE_KERNELS", "0")
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps({"instruction": "Who are you?", "output": "Nova."}) + "\n")
+    said = (
+        "**Evaluation failed:** The GPU ran out of memory evaluating tiny-llama; lower 'Longest answer (tokens)', or "
+        "evaluate on shorter questions or a smaller model."
+    )
+
+    def loss(self, case, adapter):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.16 GiB")
+
+    def reply(self, case, adapter, max_new_tokens):
+        raise api.UserError(OUT_OF_MEMORY)
+
+    for name, short in (("loss", loss), ("reply", reply)):
+        with monkeypatch.context() as m:
+            m.setattr(evaluate.TorchModel, name, short)
+            text, table, _ = eval_tab.run_evaluation([str(tiny_llama)], [], False, str(data), "", "", "", 1, 4)
+        assert text == said and table is None, name

@@ -254,6 +254,13 @@ MESSAGES = [
     ),
     (r"(\d+) questions from the (`.*`)\.", "来自 {1} 的 {0} 个问题。", "{0} вопросов из {1}."),
     (
+        r"The GPU ran out of memory evaluating (.*); lower 'Longest answer \(tokens\)', or evaluate on shorter "
+        r"questions or a smaller model\.",
+        "评估 {0} 时 GPU 内存不足；请调低“最长回答（token 数）”，或用更短的问题或更小的模型评估。",
+        "При оценке {0} не хватило памяти GPU; уменьшите «Самый длинный ответ (токенов)» или оценивайте на более "
+        "коротких вопросах или меньшей модели.",
+    ),
+    (
         r"(`.*`) could not answer (\d+) of the (\d+) questions, which are longer than its context: they are left out "
         r"of its scores\.",
         "{0} 无法回答 {2} 个问题中的 {1} 个（超出其上下文长度），它们不计入其得分。",

@@ -212,9 +212,34 @@ def evaluate(
     return dict(cases=len(cases), scorers=[n for n, _ in scorers], models=models, rows=rows)
 
 
+@contextlib.contextmanager
+def _memory_sentence(label: str):
+    """Running out of GPU memory (the loss pass's logits, a reply's cache) as a sentence for the Evaluate tab, in
+    place of torch's error or the Chat tab's advice (engine.chat.infer.OUT_OF_MEMORY)."""
+    import torch
+
+    from engine.chat.infer import OUT_OF_MEMORY
+
+    try:
+        yield
+    except (torch.OutOfMemoryError, UserError) as e:
+        if isinstance(e, UserError) and str(e) != OUT_OF_MEMORY:
+            raise
+        torch.cuda.empty_cache()
+        raise UserError(
+            f"The GPU ran out of memory evaluating {label}; lower 'Longest answer (tokens)', or evaluate on shorter "
+            "questions or a smaller model."
+        ) from None
+
+
 def _measure(model, label, source, adapter, cases, scorers, rows, max_new_tokens) -> dict:
     """One model's replies, losses and mean scores. A case whose prompt fills the model's context gets no reply and is
     left out of its scores and loss (counted in "left_out"): one long row does not end the whole evaluation."""
+    with _memory_sentence(label):
+        return _measured(model, label, source, adapter, cases, scorers, rows, max_new_tokens)
+
+
+def _measured(model, label, source, adapter, cases, scorers, rows, max_new_tokens) -> dict:
     t0 = time.perf_counter()
     kept = [k for k, c in enumerate(cases) if model.fits(c)]
     if not kept:
