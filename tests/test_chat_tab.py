@@ -199,3 +199,41 @@ def test_compare_with_no_prompt_asks_for_one():
     for empty in ("", "  \n"):
         base, tuned, note = list(chat_tab.compare("any-run", empty, "", *SAMPLING))[-1]
         assert base == [] and tuned == [] and note == "Type a prompt first."
+
+
+# Gemma 2's own chat template (google/gemma-2-2b-it), which a GGUF export of a Gemma 2 run carries
+GEMMA2 = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
+    "{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
+)
+
+
+def test_a_gguf_template_refusing_a_system_prompt_is_a_sentence(tmp_path):
+    """A GGUF whose chat template refuses a system turn (Gemma 2's raises 'System role not supported'), sent a
+    message with the System prompt box filled, raised jinja's TemplateError at the Chat tab, an error box; the same
+    run chatted through PyTorch says a sentence. The GGUF chat now says one too, and keeps the message."""
+    from tiny import make_model
+
+    from engine import api
+    from ui import chat_tab
+
+    model = make_model("llama", tmp_path / "gemma2-template", chat_template=GEMMA2)
+    res = api.export(str(model), "gguf-f16", tmp_path / "f16", log=lambda m: None)
+    (gguf_file,) = res.path.glob("*.gguf")
+    chat_tab._loaded.clear()
+    try:
+        shown = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+        history, box, note = list(chat_tab.respond(str(gguf_file), "Who are you?", shown, "Be brief.", *SAMPLING))[-1]
+        assert history == shown and box == "Who are you?"
+        assert note == (
+            f"**Not sent:** The chat template in '{gguf_file.name}' cannot render this conversation (system, user, "
+            "assistant, user): System role not supported. Leave the System prompt empty if the model takes none."
+        )
+        history, box, note = list(chat_tab.respond(str(gguf_file), "Who are you?", shown, "", *SAMPLING))[-1]
+        assert len(history) == 4 and box == "", note  # without the system prompt it answers
+    finally:
+        chat_tab._loaded.clear()

@@ -85,18 +85,28 @@ class GGUFChat:
         self.llm.close()
 
     def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """The conversation as text through the file's chat template."""
+        """The conversation as text through the file's chat template. A template refusing it (Gemma 2's raises on a
+        system turn, many on turns out of order) is a UserError, as engine.data.tokenizing.render makes it."""
         from engine.data.templates import render_template
 
-        return render_template(
-            self.template,
-            messages,
-            add_generation_prompt,
-            bos_token=self.specials["bos"],
-            eos_token=self.specials["eos"],
-            pad_token=self.specials["pad"],
-            unk_token=self.specials["unk"],
-        )
+        try:
+            return render_template(
+                self.template,
+                messages,
+                add_generation_prompt,
+                bos_token=self.specials["bos"],
+                eos_token=self.specials["eos"],
+                pad_token=self.specials["pad"],
+                unk_token=self.specials["unk"],
+            )
+        except Exception as e:  # a template is a program of its own: it can fail in any way, always for this input
+            roles = [m["role"] for m in messages]
+            why = str(e).splitlines()[0][:200].rstrip(".") if str(e) else type(e).__name__
+            fix = "Leave the System prompt empty if the model takes none" if "system" in roles else "Clear the chat"
+            raise UserError(
+                f"The chat template in '{Path(self.source).name}' cannot render this conversation "
+                f"({', '.join(roles)}): {why}. {fix}."
+            ) from None
 
     def encode(self, text: str) -> list[int]:
         """Token ids of rendered text (special tokens parsed, no extra BOS: the template has its own)."""
