@@ -113,3 +113,32 @@ def test_an_evaluation_out_of_gpu_memory_is_a_sentence(tiny_llama, runs, tmp_pat
             m.setattr(evaluate.TorchModel, name, short)
             text, table, _ = eval_tab.run_evaluation([str(tiny_llama)], [], False, str(data), "", "", "", 1, 4)
         assert text == said and table is None, name
+
+
+def test_evaluating_frees_the_chat_tabs_model_first(tiny_llama, runs, tmp_path, monkeypatch):
+    """Train, chat, then evaluate: the Chat tab kept its model in GPU memory while the evaluation loaded its own copy
+    of the same weights, twice the memory (an 8B LoRA fits a 24 GB card once, not twice), and the load's sentence
+    then blamed the model's size. The chat's model is let go before an evaluation loads anything."""
+    import gc
+    import json
+    import weakref
+
+    from ui import chat_tab
+
+    monkeypatch.setenv("TUNESMITH_DECODE_KERNELS", "0")
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps({"instruction": "Who are you?", "output": "Nova."}) + "\n")
+    chatting = weakref.ref(chat_tab._chat(str(tiny_llama)))
+    loaded_at_eval = []
+    real = api.evaluate
+
+    def evaluate(*args, **kw):
+        gc.collect()
+        loaded_at_eval.append(chatting() is not None)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(api, "evaluate", evaluate)
+    text, _, _ = eval_tab.run_evaluation([str(tiny_llama)], [], False, str(data), "", "", "", 1, 4)
+    assert text.startswith("1 questions from the") and loaded_at_eval == [False]
+    assert chat_tab._chat(str(tiny_llama)) is not None  # the next message loads it again
+    chat_tab._loaded.clear()

@@ -49,6 +49,17 @@ def _chat(source: str):
         return _loaded[source]
 
 
+def unload() -> None:
+    """Let go of the chat's model (a reply being written keeps it until it ends), so that an evaluation loading its
+    own copy does not hold two in GPU memory; the next message loads it again. Collected now: a model's modules
+    refer to each other, so without a collection its memory would wait for the next one."""
+    import gc
+
+    with _loading:
+        _loaded.clear()
+    gc.collect()
+
+
 def load(source: str) -> str:
     try:
         _chat(source)

@@ -8,7 +8,7 @@ import pandas as pd
 
 from engine import api
 from ui import i18n
-from ui.chat_tab import run_choices
+from ui.chat_tab import run_choices, unload
 
 EXAMPLES = 5  # example rows shown under the table
 
@@ -65,6 +65,8 @@ def run_evaluation(runs, ggufs, base, data, regex, name, maker, limit, max_new_t
         sources = list(runs or []) + list(ggufs or [])
         name, maker = (name or "").strip(), (maker or "").strip()
         identity = (name, maker) if name and maker else None
+        if sources:
+            unload()  # the Chat tab's copy of the weights: the evaluation loads its own
         res = api.evaluate(
             sources,
             (data or "").strip(),
