@@ -51,8 +51,8 @@ def _chat(source: str):
 
 def unload() -> None:
     """Let go of the chat's model (a reply being written keeps it until it ends), so that an evaluation loading its
-    own copy does not hold two in GPU memory; the next message loads it again. Collected now: a model's modules
-    refer to each other, so without a collection its memory would wait for the next one."""
+    own copy does not hold two in GPU memory; the next message loads it again. Collected now: garbage cycles left by
+    its load can still refer to it, and would keep its memory until Python's next full collection."""
     import gc
 
     with _loading:
