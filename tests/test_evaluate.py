@@ -200,3 +200,15 @@ def test_models_of_the_same_name_keep_their_own_columns(tiny_llama, tmp_path):
     assert row["loss"][names[0]] == row["loss"][names[1]]  # the same file
     res = api.evaluate([str(first)], str(data), **quiet)
     assert [m["name"] for m in res["models"]] == [first.name]  # a name of its own stays short
+
+
+def test_a_model_folder_named_base_is_told_from_the_runs_base(tmp_path):
+    """A model folder named 'base' beside a LoRA run was labelled 'base', the name the run's adapter-off model takes."""
+    from engine.export.evaluate import labels_of
+
+    (tmp_path / "models" / "base").mkdir(parents=True)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    sources = [str(tmp_path / "models" / "base"), str(tmp_path / "x" / "m.gguf"), str(tmp_path / "y" / "m.gguf")]
+    assert labels_of(sources) == ["models/base", "x/m.gguf", "y/m.gguf"]
+    assert labels_of([str(tmp_path / "x" / "m.gguf")] * 2) == ["x/m.gguf", "x/m.gguf (2)"]
