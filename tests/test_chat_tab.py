@@ -237,3 +237,25 @@ def test_a_gguf_template_refusing_a_system_prompt_is_a_sentence(tmp_path):
         assert len(history) == 4 and box == "", note  # without the system prompt it answers
     finally:
         chat_tab._loaded.clear()
+
+
+def test_a_template_refusing_a_system_prompt_says_what_to_do_in_the_chat(tmp_path, monkeypatch):
+    """The same through PyTorch (a Gemma 2 run) said "Check the turn order or pick another chat template", the Data
+    tab's advice, which the Chat tab offers no way to follow; it says to leave the System prompt empty, as the GGUF
+    chat does."""
+    from tiny import make_model
+
+    from ui import chat_tab
+
+    monkeypatch.setenv("TUNESMITH_DECODE_KERNELS", "0")
+    model = make_model("llama", tmp_path / "gemma2-template", chat_template=GEMMA2)
+    chat_tab._loaded.clear()
+    try:
+        history, box, note = list(chat_tab.respond(str(model), "Who are you?", [], "Be brief.", *SAMPLING))[-1]
+        assert history == [] and box == "Who are you?"
+        assert note == (
+            "**Not sent:** The chat template of 'gemma2-template' cannot render this conversation (system, user): "
+            "System role not supported. Leave the System prompt empty if the model takes none."
+        )
+    finally:
+        chat_tab._loaded.clear()

@@ -372,16 +372,16 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         "{0}: шаблон чата не может отобразить реплики ({1}): {2}. Проверьте порядок реплик или выберите другой шаблон.",
     ),
     (r"A conversation", "一段对话", "Диалог"),
-    # a GGUF file's own template refusing the Chat tab's conversation (engine.chat.gguf_chat)
+    # a model's own template refusing the Chat tab's conversation (engine.chat.infer.template_refused)
     (
-        r"The chat template in '(.*)' cannot render this conversation \((.*)\): (.*)\. Leave the System prompt empty "
-        r"if the model takes none\.",
+        r"The chat template (?:in|of) '(.*)' cannot render this conversation \((.*)\): (.*)\. Leave the System "
+        r"prompt empty if the model takes none\.",
         "'{0}' 中的对话模板无法渲染此对话（{1}）：{2}。如果模型不接受系统提示词，请将其留空。",
         "Шаблон чата в '{0}' не может отобразить этот разговор ({1}): {2}. Оставьте системную подсказку пустой, "
         "если модель её не принимает.",
     ),
     (
-        r"The chat template in '(.*)' cannot render this conversation \((.*)\): (.*)\. Clear the chat\.",
+        r"The chat template (?:in|of) '(.*)' cannot render this conversation \((.*)\): (.*)\. Clear the chat\.",
         "'{0}' 中的对话模板无法渲染此对话（{1}）：{2}。请清空聊天。",
         "Шаблон чата в '{0}' не может отобразить этот разговор ({1}): {2}. Очистите чат.",
     ),

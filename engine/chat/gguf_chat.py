@@ -18,6 +18,7 @@ from engine.chat.infer import (
     note_context,
     reply_room,
     sampling_defaults,
+    template_refused,
 )
 from engine.core.errors import UserError
 
@@ -100,13 +101,7 @@ class GGUFChat:
                 unk_token=self.specials["unk"],
             )
         except Exception as e:  # a template is a program of its own: it can fail in any way, always for this input
-            roles = [m["role"] for m in messages]
-            why = str(e).splitlines()[0][:200].rstrip(".") if str(e) else type(e).__name__
-            fix = "Leave the System prompt empty if the model takes none" if "system" in roles else "Clear the chat"
-            raise UserError(
-                f"The chat template in '{Path(self.source).name}' cannot render this conversation "
-                f"({', '.join(roles)}): {why}. {fix}."
-            ) from None
+            raise template_refused(f"in '{Path(self.source).name}'", messages, e) from None
 
     def encode(self, text: str) -> list[int]:
         """Token ids of rendered text (special tokens parsed, no extra BOS: the template has its own)."""

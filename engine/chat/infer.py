@@ -204,6 +204,16 @@ def note_context(stats: ReplyStats, prompt: int, room: int, max_new_tokens: int,
         )
 
 
+def template_refused(owner: str, messages: list[dict], error: Exception) -> UserError:
+    """The sentence for a chat template that raised on the Chat tab's conversation (Gemma 2's refuses a system turn,
+    many raise on turns out of order): which turns, why, and what the Chat tab can do about it. `owner` names the
+    template's model ("of 'run'", "in 'file.gguf'")."""
+    roles = [m["role"] for m in messages]
+    why = str(error).splitlines()[0][:200].rstrip(".") if str(error) else type(error).__name__
+    fix = "Leave the System prompt empty if the model takes none" if "system" in roles else "Clear the chat"
+    return UserError(f"The chat template {owner} cannot render this conversation ({', '.join(roles)}): {why}. {fix}.")
+
+
 OUT_OF_MEMORY = (
     "The GPU ran out of memory for this reply; lower 'Max new tokens' or clear the chat (the conversation and the "
     "reply are held in memory as it is written), or pick a smaller model."
@@ -300,9 +310,10 @@ class ChatModel:
 
     def prompt_ids(self, messages) -> list[int]:
         """The chat-rendered prompt (generation prompt added) as token ids."""
-        from engine.data.tokenizing import render
-
-        text = render(self.tokenizer, messages, add_generation_prompt=True)
+        try:
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as e:  # a template is a program of its own: it can fail in any way, always for this input
+            raise template_refused(f"of '{Path(self.source).name}'", messages, e) from None
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def pieces(
