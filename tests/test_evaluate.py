@@ -151,6 +151,9 @@ def test_a_question_longer_than_the_context_is_left_out_not_fatal(tiny_llama, ru
     assert text.startswith("3 questions from the"), text
     assert "`tiny-llama` could not answer 1 of the 3 questions, which are longer than its context" in text
     assert list(table["model"]) == ["tiny-llama"]
+    data.write_text(json.dumps(rows[1]) + "\n")  # none it could answer: no scores at all, said so
+    with pytest.raises(api.UserError, match="^Every question is longer than the context of tiny-llama, so it cannot"):
+        api.evaluate([str(tiny_llama)], str(data), save=False, max_new_tokens=4, device="cpu", log=lambda m: None)
 
 
 def test_a_full_fine_tune_is_compared_with_its_base_model(tiny_llama, runs, tmp_path, monkeypatch):

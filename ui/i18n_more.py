@@ -261,6 +261,12 @@ MESSAGES = [
         "коротких вопросах или меньшей модели.",
     ),
     (
+        r"Every question is longer than the context of (.*), so it cannot answer any; evaluate on shorter questions\.",
+        "每个问题都超出了 {0} 的上下文长度，它一个也无法回答；请用更短的问题评估。",
+        "Каждый вопрос длиннее контекста {0}, поэтому она не может ответить ни на один; оценивайте на более коротких "
+        "вопросах.",
+    ),
+    (
         r"(`.*`) could not answer (\d+) of the (\d+) questions, which are longer than its context: they are left out "
         r"of its scores\.",
         "{0} 无法回答 {2} 个问题中的 {1} 个（超出其上下文长度），它们不计入其得分。",
