@@ -215,3 +215,34 @@ def test_a_model_folder_named_base_is_told_from_the_runs_base(tmp_path):
     sources = [str(tmp_path / "models" / "base"), str(tmp_path / "x" / "m.gguf"), str(tmp_path / "y" / "m.gguf")]
     assert labels_of(sources) == ["models/base", "x/m.gguf", "y/m.gguf"]
     assert labels_of([str(tmp_path / "x" / "m.gguf")] * 2) == ["x/m.gguf", "x/m.gguf (2)"]
+
+
+def test_each_model_is_let_go_before_the_next_one_loads(tiny_llama, tmp_path, monkeypatch):
+    """Evaluating two runs (or a full fine-tune and its base): the loop loaded the second model while the first was
+    still bound to its variable, so both sets of weights were in GPU memory at once (two 8B models on a 24 GB card:
+    out of memory at the second load, which then blamed its size)."""
+    import gc
+    import shutil
+    import weakref
+
+    from engine.chat import infer
+
+    monkeypatch.setenv("TUNESMITH_DECODE_KERNELS", "0")
+    other = shutil.copytree(tiny_llama, tmp_path / "other")
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps({"instruction": "Who are you?", "output": "Nova."}) + "\n")
+    loaded, alive_at_load = [], []
+    real = infer.ChatModel.__init__
+
+    def init(self, *args, **kw):
+        alive_at_load.append(sum(ref() is not None for ref in loaded))
+        real(self, *args, **kw)
+        loaded.append(weakref.ref(self))
+
+    monkeypatch.setattr(infer.ChatModel, "__init__", init)
+    gc.disable()  # as between two of Python's full collections: what a load leaves in cycles is freed too
+    try:
+        res = api.evaluate([str(tiny_llama), str(other)], str(data), save=False, max_new_tokens=4, device="cpu")
+    finally:
+        gc.enable()
+    assert [m["name"] for m in res["models"]] == ["tiny-llama", "other"] and alive_at_load == [0, 0]

@@ -112,7 +112,11 @@ class TorchModel:
         return float(nll), len(target)
 
     def close(self) -> None:
-        pass
+        """Let go of the weights now (and of what the load left in garbage cycles), before the next model loads."""
+        import gc
+
+        self.chat = None
+        gc.collect()
 
 
 class GGUFModel:
@@ -200,6 +204,7 @@ def evaluate(
             model.close()
         base = False
     for source, name in zip(sources, labels_of(sources), strict=True):
+        # one model in memory at a time: the one before was closed, which let go of its weights
         model = GGUFModel(source, device) if source.lower().endswith(".gguf") else TorchModel(source, device, log)
         try:
             variants = [("base", False)] if base and model.has_adapter else []
