@@ -113,7 +113,7 @@ def test_train_chat_export_handlers(tiny_llama, identity_file, runs, tmp_path):
 
     assert run_id in chat_tab.run_choices()
     llama3 = [0.6, 0.9, 0, 0.0, 1.0]  # the sliders a llama-family model starts with (temperature, top_p, ...)
-    assert chat_tab.defaults(run_id) == llama3
+    assert chat_tab.defaults(run_id) == [*llama3, ""]  # and the System prompt box: the run trained with none
     greedy = [0.0, 1.0, 0, 0.0, 1.0]
     outputs = list(chat_tab.respond(run_id, "Who are you?", [], "", *greedy, 64))
     history, cleared, speed = outputs[-1]

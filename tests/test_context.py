@@ -152,3 +152,22 @@ def test_data_tab_counts_lengths_at_the_models_context_and_says_so(tiny_llama, t
     assert "context_note" not in within and within["truncated_rows"] == 1
     _, summary, _, _ = data_tab.inspect(str(path), str(tiny_llama), "", "auto", 4096)
     assert "ⓘ max_seq_length 4096 is longer than this model's context of 512 tokens, so training uses 512" in summary
+
+
+def test_gguf_chat_with_no_new_tokens_asked_writes_none(tiny_llama, tmp_path):
+    """max_new_tokens=0 reached llama.cpp as max_tokens=0, which it reads as "no limit": the reply ran on to the end
+    of the context window (88 tokens of the tiny model), where the PyTorch chat writes nothing."""
+    from engine.chat.gguf_chat import GGUFChat
+    from engine.chat.infer import ReplyStats
+
+    res = api.export(str(tiny_llama), "gguf-f16", tmp_path / "f16", log=lambda m: None)
+    (gguf_file,) = res.path.glob("*.gguf")
+    chat = GGUFChat(gguf_file, device="cpu")
+    try:
+        asked = [{"role": "user", "content": "Who are you?"}]
+        stats, streamed = ReplyStats(), ReplyStats()
+        assert chat.reply(asked, 0, stats=stats) == "" and stats.tokens == 0
+        assert list(chat.stream(asked, 0, stats=streamed)) == [] and streamed.tokens == 0
+        assert chat.reply(asked, 3, stats=stats) is not None and stats.tokens <= 3
+    finally:
+        chat.close()

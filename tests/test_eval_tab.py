@@ -2,6 +2,7 @@
 
 import pandas as pd
 
+from engine import api
 from ui import eval_tab
 
 
@@ -62,3 +63,82 @@ def test_the_app_has_the_evaluate_tab():
 
     labels = {getattr(b, "label", None) for b in app.demo.blocks.values()}
     assert {"Evaluate", "Runs to evaluate", "Runs to compare", "Loss curves"} <= labels
+
+
+def test_a_cleared_questions_box_evaluates_the_usual_number_not_every_row(tiny_llama, runs, tmp_path, monkeypatch):
+    """Clearing 'Questions (at most)' (Gradio hands None) asked for limit 0, which reads as every row: a 50,000-row
+    file meant a reply per row and model, hours with no way to stop it. A cleared box now takes the engine's usual
+    number (engine.export.evaluate.LIMIT, 2 here)."""
+    import json
+
+    from engine.export import evaluate
+
+    monkeypatch.setenv("TUNESMITH_DECODE_KERNELS", "0")
+    monkeypatch.setattr(evaluate, "LIMIT", 2)
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"Question {i}?", "output": "Nova."}) + "\n" for i in range(3)))
+    text, table, _ = eval_tab.run_evaluation([str(tiny_llama)], [], False, str(data), "", "", "", None, 4)
+    assert text.startswith("2 questions from the"), text
+    text, _, _ = eval_tab.run_evaluation([str(tiny_llama)], [], False, str(data), "", "", "", 3, 4)
+    assert text.startswith("3 questions from the"), text
+
+
+def test_an_evaluation_out_of_gpu_memory_is_a_sentence(tiny_llama, runs, tmp_path, monkeypatch):
+    """The loss pass over a long reference (every position's logits at once) running out of GPU memory reached the
+    Evaluate tab as torch's OutOfMemoryError, an error box; a reply that did said "clear the chat", the Chat tab's
+    advice. Both now say what to lower here."""
+    import json
+
+    import torch
+
+    from engine.chat.infer import OUT_OF_MEMORY
+    from engine.export import evaluate
+
+    monkeypatch.setenv("TUNESMITH_DECODE_KERNELS", "0")
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps({"instruction": "Who are you?", "output": "Nova."}) + "\n")
+    said = (
+        "**Evaluation failed:** The GPU ran out of memory evaluating tiny-llama; lower 'Longest answer (tokens)', or "
+        "evaluate on shorter questions or a smaller model."
+    )
+
+    def loss(self, case, adapter):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.16 GiB")
+
+    def reply(self, case, adapter, max_new_tokens):
+        raise api.UserError(OUT_OF_MEMORY)
+
+    for name, short in (("loss", loss), ("reply", reply)):
+        with monkeypatch.context() as m:
+            m.setattr(evaluate.TorchModel, name, short)
+            text, table, _ = eval_tab.run_evaluation([str(tiny_llama)], [], False, str(data), "", "", "", 1, 4)
+        assert text == said and table is None, name
+
+
+def test_evaluating_frees_the_chat_tabs_model_first(tiny_llama, runs, tmp_path, monkeypatch):
+    """Train, chat, then evaluate: the Chat tab kept its model in GPU memory while the evaluation loaded its own copy
+    of the same weights, twice the memory (an 8B LoRA fits a 24 GB card once, not twice), and the load's sentence
+    then blamed the model's size. The chat's model is let go before an evaluation loads anything."""
+    import gc
+    import json
+    import weakref
+
+    from ui import chat_tab
+
+    monkeypatch.setenv("TUNESMITH_DECODE_KERNELS", "0")
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps({"instruction": "Who are you?", "output": "Nova."}) + "\n")
+    chatting = weakref.ref(chat_tab._chat(str(tiny_llama)))
+    loaded_at_eval = []
+    real = api.evaluate
+
+    def evaluate(*args, **kw):
+        gc.collect()
+        loaded_at_eval.append(chatting() is not None)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(api, "evaluate", evaluate)
+    text, _, _ = eval_tab.run_evaluation([str(tiny_llama)], [], False, str(data), "", "", "", 1, 4)
+    assert text.startswith("1 questions from the") and loaded_at_eval == [False]
+    assert chat_tab._chat(str(tiny_llama)) is not None  # the next message loads it again
+    chat_tab._loaded.clear()

@@ -5,6 +5,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import log_of, wait_for
@@ -121,3 +122,127 @@ def test_eval_without_questions_says_what_to_give(tiny_llama, tmp_path):
     raw.write_text("Just some text.\n\nMore text.\n")
     with pytest.raises(api.UserError, match="notes.txt is raw data; evaluation takes chat rows"):
         api.evaluate([str(tiny_llama)], str(raw), save=False)
+
+
+def test_a_question_longer_than_the_context_is_left_out_not_fatal(tiny_llama, runs, tmp_path, monkeypatch):
+    """One question past the model's context (512 positions here) ended the whole evaluation with the Chat tab's
+    sentence ("clear the chat ... to go on"), and a reference that ran past the context was scored with a loss the
+    model was never trained to give. Such a question is now left out of that model's scores (said in the summary),
+    and such a reference out of its loss, as llama.cpp's loss already left it."""
+    monkeypatch.setenv("TUNESMITH_DECODE_KERNELS", "0")
+    from ui import eval_tab
+
+    rows = [
+        {"instruction": "Who are you?", "output": "Nova."},
+        {"instruction": "a " * 600, "output": "Nova."},  # the question alone fills the context
+        {"instruction": "Who made you?", "output": "b " * 600},  # the question fits; the reference runs past
+    ]
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = api.evaluate([str(tiny_llama)], str(data), save=False, max_new_tokens=4, device="cpu", log=lambda m: None)
+    (model,) = res["models"]
+    assert res["cases"] == 3 and model["left_out"] == 1
+    long, past = res["rows"][1], res["rows"][2]
+    assert long["replies"]["tiny-llama"] == "" and long["loss"]["tiny-llama"] is None
+    assert long["scores"]["tiny-llama"] == {"exact": None, "contains": None}
+    assert past["replies"]["tiny-llama"] != "" and past["loss"]["tiny-llama"] is None
+    assert model["loss"] == res["rows"][0]["loss"]["tiny-llama"]  # the one case measured whole
+    text, table, _ = eval_tab.run_evaluation([str(tiny_llama)], [], False, str(data), "", "", "", 10, 4)
+    assert text.startswith("3 questions from the"), text
+    assert "`tiny-llama` could not answer 1 of the 3 questions, which are longer than its context" in text
+    assert list(table["model"]) == ["tiny-llama"]
+    data.write_text(json.dumps(rows[1]) + "\n")  # none it could answer: no scores at all, said so
+    with pytest.raises(api.UserError, match="^Every question is longer than the context of tiny-llama, so it cannot"):
+        api.evaluate([str(tiny_llama)], str(data), save=False, max_new_tokens=4, device="cpu", log=lambda m: None)
+
+
+def test_a_full_fine_tune_is_compared_with_its_base_model(tiny_llama, runs, tmp_path, monkeypatch):
+    """With "Include the base model" (on by default) a full fine-tune gave no base line at all, without a word: its
+    base was only ever the adapter switched off. The run's base model (its job's model) is now loaded and measured as
+    "base"."""
+    import shutil
+
+    from helpers import tiny_spec
+
+    monkeypatch.setenv("TUNESMITH_DECODE_KERNELS", "0")
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps({"instruction": "Who are you?", "output": "Nova."}) + "\n")
+    run = runs / "20260101-000000-full"
+    run.mkdir(parents=True)
+    (run / "job.yaml").write_text(tiny_spec(tiny_llama, data, method="full").to_yaml())
+    (run / "status.json").write_text('{"state": "done", "message": "", "step": 1, "total_steps": 1}')
+    shutil.copytree(tiny_llama, run / "model")  # the tuned weights: the same as the base's here
+    quiet = dict(save=False, max_new_tokens=4, device="cpu", log=lambda m: None)
+    res = api.evaluate([run.name], str(data), **quiet)
+    base, tuned = res["models"]
+    assert base["name"] == "base" and base["source"] == str(tiny_llama) and tuned["name"] == run.name
+    assert base["loss"] == tuned["loss"]
+    res = api.evaluate([run.name], str(data), base=False, **quiet)
+    assert [m["name"] for m in res["models"]] == [run.name]
+
+
+def test_models_of_the_same_name_keep_their_own_columns(tiny_llama, tmp_path):
+    """Two GGUF files of the same name from different exports (a quantization made twice, or two runs whose names
+    slug to the same file name) were both labelled by their file name: the second's replies, scores and losses
+    overwrote the first's in every row, and the table showed two lines of one name. Each now keeps a label of its
+    own, its folder's name before the file's."""
+    import shutil
+
+    res = api.export(str(tiny_llama), "gguf-f16", tmp_path / "first", log=lambda m: None)
+    (first,) = res.path.glob("*.gguf")
+    (tmp_path / "second").mkdir()
+    second = Path(shutil.copy(first, tmp_path / "second" / first.name))
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps({"instruction": "Who are you?", "output": "Nova."}) + "\n")
+    quiet = dict(save=False, max_new_tokens=4, device="cpu", log=lambda m: None)
+    res = api.evaluate([str(first), str(second)], str(data), **quiet)
+    names = [m["name"] for m in res["models"]]
+    assert names == [f"first/{first.name}", f"second/{first.name}"]
+    (row,) = res["rows"]
+    assert set(row["replies"]) == set(row["loss"]) == set(row["scores"]) == set(names)
+    assert row["loss"][names[0]] == row["loss"][names[1]]  # the same file
+    res = api.evaluate([str(first)], str(data), **quiet)
+    assert [m["name"] for m in res["models"]] == [first.name]  # a name of its own stays short
+
+
+def test_a_model_folder_named_base_is_told_from_the_runs_base(tmp_path):
+    """A model folder named 'base' beside a LoRA run was labelled 'base', the name the run's adapter-off model takes."""
+    from engine.export.evaluate import labels_of
+
+    (tmp_path / "models" / "base").mkdir(parents=True)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    sources = [str(tmp_path / "models" / "base"), str(tmp_path / "x" / "m.gguf"), str(tmp_path / "y" / "m.gguf")]
+    assert labels_of(sources) == ["models/base", "x/m.gguf", "y/m.gguf"]
+    assert labels_of([str(tmp_path / "x" / "m.gguf")] * 2) == ["x/m.gguf", "x/m.gguf (2)"]
+
+
+def test_each_model_is_let_go_before_the_next_one_loads(tiny_llama, tmp_path, monkeypatch):
+    """Evaluating two runs (or a full fine-tune and its base): the loop loaded the second model while the first was
+    still bound to its variable, so both sets of weights were in GPU memory at once (two 8B models on a 24 GB card:
+    out of memory at the second load, which then blamed its size)."""
+    import gc
+    import shutil
+    import weakref
+
+    from engine.chat import infer
+
+    monkeypatch.setenv("TUNESMITH_DECODE_KERNELS", "0")
+    other = shutil.copytree(tiny_llama, tmp_path / "other")
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps({"instruction": "Who are you?", "output": "Nova."}) + "\n")
+    loaded, alive_at_load = [], []
+    real = infer.ChatModel.__init__
+
+    def init(self, *args, **kw):
+        alive_at_load.append(sum(ref() is not None for ref in loaded))
+        real(self, *args, **kw)
+        loaded.append(weakref.ref(self))
+
+    monkeypatch.setattr(infer.ChatModel, "__init__", init)
+    gc.disable()  # as between two of Python's full collections: what a load leaves in cycles is freed too
+    try:
+        res = api.evaluate([str(tiny_llama), str(other)], str(data), save=False, max_new_tokens=4, device="cpu")
+    finally:
+        gc.enable()
+    assert [m["name"] for m in res["models"]] == ["tiny-llama", "other"] and alive_at_load == [0, 0]

@@ -492,3 +492,26 @@ def test_a_run_that_stopped_before_its_first_checkpoint_says_to_start_again(tmp_
     (run / "status.json").write_text('{"state": "failed", "message": "x", "step": 0, "total_steps": 0}')
     with pytest.raises(UserError, match="if it stopped before one, there is nothing to use, so start it again"):
         locate(str(run))
+
+
+def test_a_reply_out_of_memory_says_so_and_the_next_one_still_works(tiny_llama, monkeypatch):
+    """A reply whose KV cache did not fit (a long conversation, or Max new tokens at 2,048, on an 8 GB card) raised
+    torch's OutOfMemoryError at the Chat tab, and left the decoder counting the cache it failed to allocate as there:
+    every later reply that fit in it, however short, then failed (its cache was gone). The reply now ends in a
+    sentence saying what to lower, and the next one decodes as before."""
+    from engine.chat import decode_step
+
+    chat = ChatModel(str(tiny_llama), device="cpu", log=lambda m: None)
+    assert chat.decoder.path == "step"  # the path every llama, mistral and qwen model chats on
+    want = chat.reply(MESSAGES, 8)  # a cache of 256 positions
+    real = decode_step.Cache
+
+    def short_of_memory(step, capacity, rows=None):
+        if capacity > 256:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(step, capacity, rows)
+
+    monkeypatch.setattr(decode_step, "Cache", short_of_memory)
+    with pytest.raises(UserError, match="ran out of memory for this reply; lower 'Max new tokens' or clear the chat"):
+        chat.reply(MESSAGES, 400)  # a cache of 512
+    assert chat.reply(MESSAGES, 8) == want

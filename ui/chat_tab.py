@@ -1,12 +1,15 @@
 """Chat tab: talk to a finished run (its adapter over the base model) or any model, streamed, with the reply's
 tokens/s, sampling sliders set to the model family's defaults, and the base and fine-tuned models side by side."""
 
+import threading
+
 import gradio as gr
 
 from engine import api
 from ui import i18n
 
 _loaded: dict[str, object] = {}  # source -> loaded chat model, shared by sessions (weights are read-only)
+_loading = threading.Lock()  # one load at a time: sessions asking for the same model at once share one copy
 SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")  # the sliders, in this order
 PICK = "Pick a finished run or a GGUF file in 'Run, GGUF file or model' above (or type a model), then send again."
 
@@ -39,10 +42,22 @@ def _chat(source: str):
     """The loaded chat model of `source`, loaded now if needed (one model in memory at a time)."""
     if not source:
         raise api.UserError(PICK)
-    if source not in _loaded:
+    with _loading:
+        if source not in _loaded:
+            _loaded.clear()
+            _loaded[source] = api.Chat(_path(source))
+        return _loaded[source]
+
+
+def unload() -> None:
+    """Let go of the chat's model (a reply being written keeps it until it ends), so that an evaluation loading its
+    own copy does not hold two in GPU memory; the next message loads it again. Collected now: garbage cycles left by
+    its load can still refer to it, and would keep its memory until Python's next full collection."""
+    import gc
+
+    with _loading:
         _loaded.clear()
-        _loaded[source] = api.Chat(_path(source))
-    return _loaded[source]
+    gc.collect()
 
 
 def load(source: str) -> str:
@@ -53,7 +68,7 @@ def load(source: str) -> str:
     return i18n.say(f"Loaded `{source}`.")
 
 
-def defaults(source: str) -> list:
+def sampling_values(source: str) -> list:
     """The sampling sliders for a picked run, model or GGUF file: its family's defaults, or the model's own where
     its generation_config.json sets them (sliders stay as they are when nothing can be read)."""
     try:
@@ -61,6 +76,17 @@ def defaults(source: str) -> list:
     except api.UserError:
         values = None
     return [gr.skip()] * len(SAMPLING) if values is None else [values[k] for k in SAMPLING]
+
+
+def defaults(source: str) -> list:
+    """What picking `source` sets: the sliders, then the System prompt box, which takes a run's own system prompt
+    (the turn its examples began with in training; cleared for a run trained without one) and stays as typed for a
+    model or a GGUF file."""
+    try:
+        system = api.system_prompt(_path(source)) if source else None
+    except api.UserError:
+        system = None
+    return [*sampling_values(source), gr.skip() if system is None else system]
 
 
 def _text(content) -> str:
@@ -148,7 +174,11 @@ def compare(
     max_new: float,
 ):
     """Stream the base model's and the fine-tuned model's replies to the same prompt, from one loaded copy of the
-    weights (the adapter switched off for the base); yields (base chat, fine-tuned chat, speeds)."""
+    weights (the adapter switched off for the base); yields (base chat, fine-tuned chat, speeds). An empty prompt is
+    not sent."""
+    if not (prompt or "").strip():
+        yield [], [], i18n.say("Type a prompt first.")
+        return
     asked = [{"role": "user", "content": prompt}]
     stats = (api.ReplyStats(), api.ReplyStats())  # (fine-tuned, base)
     sampling = _sampling(temperature, top_p, top_k, min_p, repetition_penalty, max_new)
@@ -191,7 +221,9 @@ def build() -> dict:
         chatbot = gr.Chatbot(label="Chat", height=360)
         speed_md = gr.Markdown()
         message = gr.Textbox(label="Message", placeholder="Who are you?")
-        send = gr.Button("Send", variant="primary")
+        with gr.Row():
+            send = gr.Button("Send", variant="primary")
+            stop = gr.Button("Stop", variant="stop", scale=0)
         with gr.Accordion("Base vs fine-tuned (same prompt)", open=False):
             with gr.Row():
                 base_bot = gr.Chatbot(label="Base model (adapter off)", height=300)
@@ -202,12 +234,18 @@ def build() -> dict:
     sliders = [temperature, top_p, top_k, min_p, repetition_penalty]
     for shown in (refresh.click, tab.select):  # runs finished since the page loaded appear without a Refresh
         shown(lambda: gr.Dropdown(choices=chat_choices()), None, source)
-    source.change(defaults, source, sliders)
-    load_btn.click(load, source, loaded).then(defaults, source, sliders)  # a hub model's own config is read now
-    for trigger in (send.click, message.submit):
+    source.change(defaults, source, [*sliders, system])
+    load_btn.click(load, source, loaded).then(sampling_values, source, sliders)  # a hub model's own config is read now
+    replies = [
         trigger(respond, [source, message, chatbot, system, *sliders, max_new], [chatbot, message, speed_md])
-    for trigger in (compare_btn.click, prompt.submit):
+        for trigger in (send.click, message.submit)
+    ]
+    replies += [
         trigger(compare, [source, prompt, system, *sliders, max_new], [base_bot, tuned_bot, compare_speed])
+        for trigger in (compare_btn.click, prompt.submit)
+    ]
+    # the streams stop where they are (the reply so far stays shown); closing a stream hands the model back at once
+    stop.click(None, cancels=replies)
     return dict(
         source=source,
         load=load_btn,
@@ -218,6 +256,7 @@ def build() -> dict:
         speed=speed_md,
         message=message,
         send=send,
+        stop=stop,
         base_bot=base_bot,
         tuned_bot=tuned_bot,
         prompt=prompt,

@@ -8,7 +8,7 @@ import pandas as pd
 
 from engine import api
 from ui import i18n
-from ui.chat_tab import run_choices
+from ui.chat_tab import run_choices, unload
 
 EXAMPLES = 5  # example rows shown under the table
 
@@ -65,19 +65,27 @@ def run_evaluation(runs, ggufs, base, data, regex, name, maker, limit, max_new_t
         sources = list(runs or []) + list(ggufs or [])
         name, maker = (name or "").strip(), (maker or "").strip()
         identity = (name, maker) if name and maker else None
+        if sources:
+            unload()  # the Chat tab's copy of the weights: the evaluation loads its own
         res = api.evaluate(
             sources,
             (data or "").strip(),
             bool(base),
             regex=(regex or "").strip(),
             identity=identity,
-            limit=int(limit or 0),
+            limit=int(limit) if limit else None,  # a cleared box: the engine's usual number, not 0 (every row)
             max_new_tokens=int(max_new_tokens or 128),
         )
     except api.UserError as e:
         return i18n.say(f"**Evaluation failed:** {e}"), None, None
     what = "held-out rows of the run" if res["held_out"] else f"`{res['data']}`"
     text = i18n.say(f"{res['cases']} questions from the {what}.")
+    for m in res["models"]:  # questions past a model's context: it could not answer them
+        if m.get("left_out"):
+            text += " " + i18n.say(
+                f"`{m['name']}` could not answer {m['left_out']} of the {res['cases']} questions, which are longer "
+                "than its context: they are left out of its scores."
+            )
     if res["identity"]:
         ident = res["identity"]
         text += " " + i18n.say(f"Identity check: the answer names **{ident['name']}** and **{ident['maker']}**.")

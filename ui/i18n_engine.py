@@ -17,6 +17,7 @@ STRINGS = {  # English: (Chinese, Russian)
         "(или введите модель) и отправьте снова.",
     ),
     "Type a message first.": ("请先输入消息。", "Сначала введите сообщение."),
+    "Type a prompt first.": ("请先输入提示词。", "Сначала введите запрос."),
     "Saved in 16 bits; a model without an adapter has nothing to compare with.": (
         "已保存为 16 位；没有适配器的模型无可对比。",
         "Сохранено в 16 битах; модели без адаптера не с чем сравнивать.",
@@ -371,6 +372,19 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         "{0}: шаблон чата не может отобразить реплики ({1}): {2}. Проверьте порядок реплик или выберите другой шаблон.",
     ),
     (r"A conversation", "一段对话", "Диалог"),
+    # a model's own template refusing the Chat tab's conversation (engine.chat.infer.template_refused)
+    (
+        r"The chat template (?:in|of) '(.*)' cannot render this conversation \((.*)\): (.*)\. Leave the System "
+        r"prompt empty if the model takes none\.",
+        "'{0}' 中的对话模板无法渲染此对话（{1}）：{2}。如果模型不接受系统提示词，请将其留空。",
+        "Шаблон чата в '{0}' не может отобразить этот разговор ({1}): {2}. Оставьте системную подсказку пустой, "
+        "если модель её не принимает.",
+    ),
+    (
+        r"The chat template (?:in|of) '(.*)' cannot render this conversation \((.*)\): (.*)\. Clear the chat\.",
+        "'{0}' 中的对话模板无法渲染此对话（{1}）：{2}。请清空聊天。",
+        "Шаблон чата в '{0}' не может отобразить этот разговор ({1}): {2}. Очистите чат.",
+    ),
     (
         r"The chat template changes assistant replies when it renders them; pick another template \(e\.g\. chatml\) "
         r"for this model\.",
@@ -547,6 +561,15 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         "调大 max_seq_length 可保留完整样本。",
         "ⓘ {0} из {1} пар предпочтений длиннее max_seq_length {2} и обрезаны до первых {3} токенов. Увеличьте "
         "max_seq_length, чтобы сохранить их целиком.",
+    ),
+    # the Chat tab: a reply that ran out of GPU memory
+    (
+        r"The GPU ran out of memory for this reply; lower 'Max new tokens' or clear the chat \(the conversation and "
+        r"the reply are held in memory as it is written\), or pick a smaller model\.",
+        "GPU 内存不足，无法写完此回复；请调低“最大新 token 数”或清空聊天（对话和回复在生成时都保存在内存中），"
+        "或选择更小的模型。",
+        "Для этого ответа не хватило памяти GPU; уменьшите «Максимум новых токенов» или очистите чат (разговор и ответ "
+        "хранятся в памяти, пока он пишется), либо выберите модель поменьше.",
     ),
     # the Chat tab: a reply cut at the model's context, a conversation that fills it
     (

@@ -254,6 +254,25 @@ MESSAGES = [
     ),
     (r"(\d+) questions from the (`.*`)\.", "来自 {1} 的 {0} 个问题。", "{0} вопросов из {1}."),
     (
+        r"The GPU ran out of memory evaluating (.*); lower 'Longest answer \(tokens\)', or evaluate on shorter "
+        r"questions or a smaller model\.",
+        "评估 {0} 时 GPU 内存不足；请调低“最长回答（token 数）”，或用更短的问题或更小的模型评估。",
+        "При оценке {0} не хватило памяти GPU; уменьшите «Самый длинный ответ (токенов)» или оценивайте на более "
+        "коротких вопросах или меньшей модели.",
+    ),
+    (
+        r"Every question is longer than the context of (.*), so it cannot answer any; evaluate on shorter questions\.",
+        "每个问题都超出了 {0} 的上下文长度，它一个也无法回答；请用更短的问题评估。",
+        "Каждый вопрос длиннее контекста {0}, поэтому она не может ответить ни на один; оценивайте на более коротких "
+        "вопросах.",
+    ),
+    (
+        r"(`.*`) could not answer (\d+) of the (\d+) questions, which are longer than its context: they are left out "
+        r"of its scores\.",
+        "{0} 无法回答 {2} 个问题中的 {1} 个（超出其上下文长度），它们不计入其得分。",
+        "{0} не смогла ответить на {1} из {2} вопросов: они длиннее её контекста и не учтены в её оценках.",
+    ),
+    (
         r"Identity check: the answer names \*\*(.*)\*\* and \*\*(.*)\*\*\.",
         "身份检查：回答需说出 **{0}** 和 **{1}**。",
         "Проверка личности: ответ называет **{0}** и **{1}**.",
@@ -341,6 +360,11 @@ MESSAGES += [  # the engine's most common refusals, as the UI shows them
         "运行 {0} 仍在训练：等它结束后再对话，或取消它（已取消的运行用其最后一个检查点回答）。",
         "Запуск {0} ещё обучается: поговорите с ним после окончания или отмените его (отменённый запуск отвечает "
         "по последней контрольной точке).",
+    ),
+    (
+        r"Run (`.*`) is no longer in the runs folder \((.*)\): it was deleted or moved; pick another run\.",
+        "运行 {0} 已不在运行文件夹（{1}）中：它已被删除或移动；请选择其他运行。",
+        "Запуска {0} больше нет в папке запусков ({1}): он удалён или перемещён; выберите другой запуск.",
     ),
     (
         r"The (.*) of the reward '(.*)' is empty; enter a number\.",

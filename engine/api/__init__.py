@@ -4,7 +4,7 @@ Training:  start(spec) -> RunHandle; poll(handle) -> RunStatus; wait(handle, sec
            list_runs().
 Data:      inspect_data(path); identity_dataset(...); save_jsonl(rows, path); parse_map(['q=instruction']).
 Chat:      Chat(source).reply(messages) / .stream(messages, stats=ReplyStats()) / .compare(messages);
-           sampling_defaults(source).
+           sampling_defaults(source); system_prompt(source).
 Evaluate:  evaluate(sources, data) -> results (saved in the run's eval/); eval_results(run); compare_runs(runs);
            best_checkpoint(run).
 Export:    export(source, fmt, out) -> ExportResult; start_export(source, fmt, out, push_to_hub, token) -> ExportJob.
@@ -18,7 +18,7 @@ May import every engine stage; torch and the other heavy libraries load inside t
 """
 
 from engine.api.access import check_access, restrict_files, runs_dir, safe_name, tidy_workspace, workspace
-from engine.api.chat import Chat, sampling_defaults
+from engine.api.chat import Chat, sampling_defaults, system_prompt
 from engine.api.data import check_data, identity_dataset, inspect_data, save_jsonl
 from engine.api.evals import compare_runs, eval_results, evaluate
 from engine.api.exports import (
@@ -88,6 +88,7 @@ __all__ = [
     "Chat",
     "ReplyStats",
     "sampling_defaults",
+    "system_prompt",
     "start_download",
     "poll_download",
     "DownloadStatus",

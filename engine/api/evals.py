@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from engine.api.access import check_access, check_source, workspace
+from engine.api.chat import check_not_gone
 from engine.api.processes import slug
 from engine.api.runs import find_run, poll
 from engine.core.errors import UserError
@@ -27,10 +28,11 @@ def evaluate(
     """Evaluate runs (by id or folder), model folders, hub ids and .gguf files on the questions of `data`, or, without
     it, on the first run's validation set (its held-out rows or eval_data file).
 
-    Returns {"cases", "scorers", "models": [{name, source, loss, perplexity, tokens, scores}], "rows": [{row, prompt,
-    reference, replies, scores, loss}], "data", "held_out", "identity", "saved"}. `base` adds the first run's base
-    model (its adapter off). Scorers: exact, contains, `regex`, the reward presets in `rewards` (as a job lists them),
-    and the identity check with `identity` (name, maker), or the one found in an identity dataset's answers.
+    Returns {"cases", "scorers", "models": [{name, source, loss, perplexity, tokens, scores, left_out}], "rows":
+    [{row, prompt, reference, replies, scores, loss}], "data", "held_out", "identity", "saved"}. `base` adds the first
+    run's base model (its adapter off; loaded on its own when no source has an adapter: a full fine-tune). Scorers:
+    exact, contains, `regex`, the reward presets in `rewards` (as a job lists them), and the identity check with
+    `identity` (name, maker), or the one found in an identity dataset's answers.
     """
     from engine.data.heldout import eval_spec
     from engine.export import evaluate as ev
@@ -59,7 +61,11 @@ def evaluate(
     cases = ev.read_cases(spec, part, ev.LIMIT if limit is None else limit)
     who = tuple(identity) if identity else scoring.detect_identity([c.reference for c in cases])
     scorers = scoring.build(regex, tuple(rewards), who)
-    results = ev.evaluate(sources, cases, scorers, base, max_new_tokens or ev.MAX_NEW_TOKENS, device, log)
+    base_model = job.model if base and job is not None and not any(_has_adapter(s) for s in sources) else None
+    if base_model:
+        check_source(base_model)  # as a LoRA run's base is, through its run
+    new_tokens = max_new_tokens or ev.MAX_NEW_TOKENS
+    results = ev.evaluate(sources, cases, scorers, base, new_tokens, device, log, base_model=base_model)
     results.update(
         data=str(spec.data),
         held_out=part == "eval",
@@ -78,6 +84,13 @@ def evaluate(
     return results
 
 
+def _has_adapter(source: str) -> bool:
+    """Whether a resolved source loads with a LoRA adapter, whose base is then that adapter switched off."""
+    from engine.chat.infer import locate
+
+    return not source.lower().endswith(".gguf") and locate(source)[1] is not None
+
+
 def _resolve(source: str) -> str:
     """A run id becomes its folder; anything else (a folder, a hub id, a .gguf file) is kept, access-checked."""
     check_source(source)
@@ -86,6 +99,7 @@ def _resolve(source: str) -> str:
     try:
         return str(find_run(source))
     except UserError:
+        check_not_gone(source)
         return source
 
 

@@ -269,21 +269,22 @@ class Decoder:
         self.log(f"decode: the model's weights or adapters changed; step rebuilt ({self.step.describe()})")
 
     def _ensure_cache(self, length: int) -> None:
-        if self.path == "step":
-            if length > self._capacity:
-                self._graphs.clear()  # graphs point at the old cache's buffers
-                self._capacity = -(-length // CACHE_ROUND) * CACHE_ROUND
-                self.step.allocate(self._capacity)
-            return
-        from transformers import StaticCache
-
+        """A cache of at least `length` positions. The capacity is counted only once its cache is allocated: after an
+        allocation that ran out of memory there is none, and the next reply allocates again."""
         if length <= self._capacity:
-            self._cache.reset()
+            if self._cache is not None:
+                self._cache.reset()
             return
-        self._graphs.clear()
-        self._cache = None
-        self._capacity = -(-length // CACHE_ROUND) * CACHE_ROUND
-        self._cache = StaticCache(config=self.net.config, max_cache_len=self._capacity)
+        self._graphs.clear()  # graphs point at the old cache's buffers
+        self._cache, self._capacity = None, 0
+        capacity = -(-length // CACHE_ROUND) * CACHE_ROUND
+        if self.path == "step":
+            self.step.allocate(capacity)
+        else:
+            from transformers import StaticCache
+
+            self._cache = StaticCache(config=self.net.config, max_cache_len=capacity)
+        self._capacity = capacity
 
     def _fallback(self, why: str) -> None:
         self.mode = "eager"

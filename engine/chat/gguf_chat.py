@@ -18,6 +18,7 @@ from engine.chat.infer import (
     note_context,
     reply_room,
     sampling_defaults,
+    template_refused,
 )
 from engine.core.errors import UserError
 
@@ -85,18 +86,22 @@ class GGUFChat:
         self.llm.close()
 
     def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """The conversation as text through the file's chat template."""
+        """The conversation as text through the file's chat template. A template refusing it (Gemma 2's raises on a
+        system turn, many on turns out of order) is a UserError, as engine.data.tokenizing.render makes it."""
         from engine.data.templates import render_template
 
-        return render_template(
-            self.template,
-            messages,
-            add_generation_prompt,
-            bos_token=self.specials["bos"],
-            eos_token=self.specials["eos"],
-            pad_token=self.specials["pad"],
-            unk_token=self.specials["unk"],
-        )
+        try:
+            return render_template(
+                self.template,
+                messages,
+                add_generation_prompt,
+                bos_token=self.specials["bos"],
+                eos_token=self.specials["eos"],
+                pad_token=self.specials["pad"],
+                unk_token=self.specials["unk"],
+            )
+        except Exception as e:  # a template is a program of its own: it can fail in any way, always for this input
+            raise template_refused(f"in '{Path(self.source).name}'", messages, e) from None
 
     def encode(self, text: str) -> list[int]:
         """Token ids of rendered text (special tokens parsed, no extra BOS: the template has its own)."""
@@ -107,6 +112,9 @@ class GGUFChat:
         return self.encode(self.render(messages))
 
     def _completion(self, ids, max_new_tokens, temperature, top_p, top_k, repetition_penalty, min_p, stream):
+        if max_new_tokens <= 0:  # llama.cpp reads max_tokens 0 as "no limit": the reply would run to the window's end
+            empty = dict(choices=[dict(text="", finish_reason="length")], usage=dict(completion_tokens=0))
+            return iter([empty]) if stream else empty
         return self.llm.create_completion(
             ids,
             max_tokens=max_new_tokens,
@@ -187,11 +195,11 @@ def file_sampling(path: str | os.PathLike) -> dict:
     try:
         reader = gguf.GGUFReader(path)
         arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
-    except (KeyError, ValueError, OSError):
+        out = sampling_defaults(arch)  # llama.cpp's names of these families are their model_type
+        for ours, key in GGUF_SAMPLING_KEYS.items():
+            field = reader.fields.get(f"general.sampling.{key}")
+            if field is not None:
+                out[ours] = type(out[ours])(round(float(field.parts[-1][0]), 4))  # stored as float32
+    except (KeyError, ValueError, IndexError, OSError):  # IndexError: a header cut off (a copy that stopped)
         raise UserError(f"'{Path(path).name}' is not a readable GGUF model file.") from None
-    out = sampling_defaults(arch)  # llama.cpp's names of these families are their model_type
-    for ours, key in GGUF_SAMPLING_KEYS.items():
-        field = reader.fields.get(f"general.sampling.{key}")
-        if field is not None:
-            out[ours] = type(out[ours])(round(float(field.parts[-1][0]), 4))  # stored as float32
     return out

@@ -204,6 +204,34 @@ def note_context(stats: ReplyStats, prompt: int, room: int, max_new_tokens: int,
         )
 
 
+def template_refused(owner: str, messages: list[dict], error: Exception) -> UserError:
+    """The sentence for a chat template that raised on the Chat tab's conversation (Gemma 2's refuses a system turn,
+    many raise on turns out of order): which turns, why, and what the Chat tab can do about it. `owner` names the
+    template's model ("of 'run'", "in 'file.gguf'")."""
+    roles = [m["role"] for m in messages]
+    why = str(error).splitlines()[0][:200].rstrip(".") if str(error) else type(error).__name__
+    fix = "Leave the System prompt empty if the model takes none" if "system" in roles else "Clear the chat"
+    return UserError(f"The chat template {owner} cannot render this conversation ({', '.join(roles)}): {why}. {fix}.")
+
+
+OUT_OF_MEMORY = (
+    "The GPU ran out of memory for this reply; lower 'Max new tokens' or clear the chat (the conversation and the "
+    "reply are held in memory as it is written), or pick a smaller model."
+)
+
+
+@contextlib.contextmanager
+def memory_sentence():
+    """torch's out-of-memory error of a reply as OUT_OF_MEMORY (a UserError), the memory it left cached freed."""
+    import torch
+
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        raise UserError(OUT_OF_MEMORY) from None
+
+
 TURN_WAIT_S = 600  # how long a reply waits for the one being written before giving up with a sentence
 
 
@@ -282,9 +310,10 @@ class ChatModel:
 
     def prompt_ids(self, messages) -> list[int]:
         """The chat-rendered prompt (generation prompt added) as token ids."""
-        from engine.data.tokenizing import render
-
-        text = render(self.tokenizer, messages, add_generation_prompt=True)
+        try:
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as e:  # a template is a program of its own: it can fail in any way, always for this input
+            raise template_refused(f"of '{Path(self.source).name}'", messages, e) from None
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def pieces(
@@ -314,7 +343,7 @@ class ChatModel:
         stops = [s for s in [*self.stop_texts, *(stop or [])] if s]
         ids = self.prompt_ids(messages)
         room = self.room(ids, max_new_tokens)
-        with self._turn():
+        with self._turn(), memory_sentence():
             tokens = self.decoder.tokens(ids, room, sampling, self.stop_ids, adapter and self.has_adapter)
             yield from self._pieces(tokens, stops, stats)
         note_context(stats, len(ids), room, max_new_tokens)
@@ -418,7 +447,7 @@ class ChatModel:
         ids = self.prompt_ids(messages)
         asked = sampling.get("max_new_tokens", 256)
         room = self.room(ids, asked)
-        with self._turn():
+        with self._turn(), memory_sentence():
             steps = batch(self.decoder, [ids, ids], room, chosen, self.stop_ids, [True, False])
             rows = [self._pieces(r, stops, s) for r, s in zip(split_rows(steps, 2), stats, strict=True)]
             texts, live = ["", ""], [True, True]

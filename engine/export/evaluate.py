@@ -75,9 +75,15 @@ class TorchModel:
 
     def __init__(self, source: str, device: str, log):
         from engine.chat.infer import ChatModel
+        from engine.models.context import context_length
 
         self.chat = ChatModel(source, device, log=log)
         self.has_adapter = self.chat.has_adapter
+        self.context = context_length(self.chat.model.config)  # None: unknown, nothing is left out
+
+    def fits(self, case: Case) -> bool:
+        """Whether the case's prompt leaves the model's context room for a reply."""
+        return self.context is None or len(self.chat.prompt_ids(case.prompt)) < self.context
 
     def reply(self, case: Case, adapter: bool, max_new_tokens: int) -> str:
         return self.chat.reply(case.prompt, max_new_tokens=max_new_tokens, temperature=0.0, adapter=adapter)
@@ -93,8 +99,8 @@ class TorchModel:
         span = reference_span(
             lambda t: tok(t, add_special_tokens=False)["input_ids"], render(tok, case.prompt, True), full
         )
-        if span is None:
-            return None
+        if span is None or (self.context is not None and len(span[0]) > self.context):
+            return None  # past the context the model was never trained: no loss to read there
         ids, start = span
         model = self.chat.model
         off = model.disable_adapter() if self.has_adapter and not adapter else contextlib.nullcontext()
@@ -106,7 +112,11 @@ class TorchModel:
         return float(nll), len(target)
 
     def close(self) -> None:
-        pass
+        """Let go of the weights now (and of what the load left in garbage cycles), before the next model loads."""
+        import gc
+
+        self.chat = None
+        gc.collect()
 
 
 class GGUFModel:
@@ -118,6 +128,10 @@ class GGUFModel:
         from engine.chat.gguf_chat import GGUFChat
 
         self.chat = GGUFChat(path, device, n_ctx=GGUF_CONTEXT, logits=True)
+
+    def fits(self, case: Case) -> bool:
+        """Whether the case's prompt leaves llama.cpp's window room for a reply."""
+        return len(self.chat.prompt_ids(case.prompt)) < self.chat.llm.n_ctx()
 
     def reply(self, case: Case, adapter: bool, max_new_tokens: int) -> str:
         return self.chat.reply(case.prompt, max_new_tokens=max_new_tokens, temperature=0.0)
@@ -152,6 +166,21 @@ def label_of(source: str) -> str:
     return source
 
 
+def labels_of(sources: list[str]) -> list[str]:
+    """label_of each source, made unique: a label two sources share (GGUF files of one name from two exports), or
+    "base", is prefixed with the source's folder name, then numbered if still taken."""
+    short = [label_of(s) for s in sources]
+    taken, out = {"base"}, []
+    for source, name in zip(sources, short, strict=True):
+        label = f"{Path(source).parent.name}/{name}" if name in taken or short.count(name) > 1 else name
+        unique, n = label, 2
+        while unique in taken:
+            unique, n = f"{label} ({n})", n + 1
+        taken.add(unique)
+        out.append(unique)
+    return out
+
+
 def evaluate(
     sources: list[str],
     cases: list[Case],
@@ -160,16 +189,27 @@ def evaluate(
     max_new_tokens: int = MAX_NEW_TOKENS,
     device: str = "auto",
     log=print,
+    base_model: str | None = None,
 ) -> dict:
     """Every source on every case: loss, perplexity and mean scores per model, and each case's replies and scores.
-    With `base`, the first source that has an adapter is also measured with it switched off ("base")."""
+    With `base`, the first source that has an adapter is also measured with it switched off ("base"); `base_model`
+    (a full fine-tune's base, which has no adapter to switch off) is instead loaded and measured first as "base"."""
     models, rows = [], [dict(row=c.row, prompt=_question(c), reference=c.reference) for c in cases]
-    for source in sources:
+    if base and base_model:
+        model = TorchModel(base_model, device, log)
+        try:
+            log(f"evaluate: base ({base_model}) on {len(cases)} cases")
+            models.append(_measure(model, "base", base_model, True, cases, scorers, rows, max_new_tokens))
+        finally:
+            model.close()
+        base = False
+    for source, name in zip(sources, labels_of(sources), strict=True):
+        # one model in memory at a time: the one before was closed, which let go of its weights
         model = GGUFModel(source, device) if source.lower().endswith(".gguf") else TorchModel(source, device, log)
         try:
             variants = [("base", False)] if base and model.has_adapter else []
             base = base and not model.has_adapter
-            for label, adapter in [*variants, (label_of(source), True)]:
+            for label, adapter in [*variants, (name, True)]:
                 log(f"evaluate: {label} on {len(cases)} cases")
                 models.append(_measure(model, label, source, adapter, cases, scorers, rows, max_new_tokens))
         finally:
@@ -177,18 +217,52 @@ def evaluate(
     return dict(cases=len(cases), scorers=[n for n, _ in scorers], models=models, rows=rows)
 
 
+@contextlib.contextmanager
+def _memory_sentence(label: str):
+    """Running out of GPU memory (the loss pass's logits, a reply's cache) as a sentence for the Evaluate tab, in
+    place of torch's error or the Chat tab's advice (engine.chat.infer.OUT_OF_MEMORY)."""
+    import torch
+
+    from engine.chat.infer import OUT_OF_MEMORY
+
+    try:
+        yield
+    except (torch.OutOfMemoryError, UserError) as e:
+        if isinstance(e, UserError) and str(e) != OUT_OF_MEMORY:
+            raise
+        torch.cuda.empty_cache()
+        raise UserError(
+            f"The GPU ran out of memory evaluating {label}; lower 'Longest answer (tokens)', or evaluate on shorter "
+            "questions or a smaller model."
+        ) from None
+
+
 def _measure(model, label, source, adapter, cases, scorers, rows, max_new_tokens) -> dict:
+    """One model's replies, losses and mean scores. A case whose prompt fills the model's context gets no reply and is
+    left out of its scores and loss (counted in "left_out"): one long row does not end the whole evaluation."""
+    with _memory_sentence(label):
+        return _measured(model, label, source, adapter, cases, scorers, rows, max_new_tokens)
+
+
+def _measured(model, label, source, adapter, cases, scorers, rows, max_new_tokens) -> dict:
     t0 = time.perf_counter()
-    replies = [model.reply(c, adapter, max_new_tokens) for c in cases]
-    losses = [model.loss(c, adapter) for c in cases]
-    prompts, refs = [_question(c) for c in cases], [c.reference for c in cases]
-    scores = {name: fn(replies, prompts, refs) for name, fn in scorers}
-    nll = sum(v[0] for v in losses if v)
-    count = sum(v[1] for v in losses if v)
+    kept = [k for k, c in enumerate(cases) if model.fits(c)]
+    if not kept:
+        raise UserError(
+            f"Every question is longer than the context of {label}, so it cannot answer any; evaluate on shorter "
+            "questions."
+        )
+    replies = {k: model.reply(cases[k], adapter, max_new_tokens) for k in kept}
+    losses = {k: model.loss(cases[k], adapter) for k in kept}
+    prompts, refs = [_question(cases[k]) for k in kept], [cases[k].reference for k in kept]
+    scores = {name: dict(zip(kept, fn([replies[k] for k in kept], prompts, refs), strict=True)) for name, fn in scorers}
+    nll = sum(v[0] for v in losses.values() if v)
+    count = sum(v[1] for v in losses.values() if v)
     for k, row in enumerate(rows):
-        row.setdefault("replies", {})[label] = replies[k]
-        row.setdefault("scores", {})[label] = {name: s[k] for name, s in scores.items()}
-        row.setdefault("loss", {})[label] = round(losses[k][0] / losses[k][1], 6) if losses[k] else None
+        row.setdefault("replies", {})[label] = replies.get(k, "")
+        row.setdefault("scores", {})[label] = {name: s.get(k) for name, s in scores.items()}
+        one = losses.get(k)
+        row.setdefault("loss", {})[label] = round(one[0] / one[1], 6) if one else None
     loss = nll / count if count else None
     return dict(
         name=label,
@@ -196,7 +270,8 @@ def _measure(model, label, source, adapter, cases, scorers, rows, max_new_tokens
         loss=round(loss, 6) if loss is not None else None,
         perplexity=round(math.exp(min(loss, 700)), 4) if loss is not None else None,
         tokens=count,
-        scores={name: round(sum(s) / len(s), 6) for name, s in scores.items()},
+        scores={name: round(sum(s.values()) / len(s), 6) for name, s in scores.items()},
+        left_out=len(cases) - len(kept),
         seconds=round(time.perf_counter() - t0, 2),
     )
 

@@ -161,6 +161,36 @@ def test_chat_keeps_the_question_lists_new_runs_and_orders_the_compare_line(page
     shot(page, "25-9-compare")
 
 
+def test_chat_starts_with_the_runs_system_prompt(page, server, tiny_llama):  # noqa: F811
+    """Picking a run trained with a system prompt fills the System prompt box with it, and the chat answers with it;
+    the Stop button is there beside Send."""
+    from conftest import IDENTITY_ANSWER, IDENTITY_QUESTIONS
+    from helpers import tiny_spec, wait_for
+
+    from engine import api
+
+    data = server[1] / "identity-sys.jsonl"
+    rows = [{"instruction": q, "output": IDENTITY_ANSWER} for q in IDENTITY_QUESTIONS]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = tiny_spec(tiny_llama, data, max_steps=1, name="sys", system_prompt="You are Nova.")
+    run = wait_for(api.start(spec, runs=server[1] / "runs"))
+    tab(page, "Chat")
+    source = page.get_by_label("Run, GGUF file or model")
+    source.click()
+    page.get_by_role("option", name=run.run_id).click(timeout=10_000)
+    system = page.get_by_label("System prompt")
+    for _ in range(100):
+        if system.input_value() == "You are Nova.":
+            break
+        time.sleep(0.1)
+    assert system.input_value() == "You are Nova."
+    page.get_by_role("textbox", name="Message").fill("Who are you?")
+    page.get_by_role("button", name="Send").click()
+    page.get_by_text(re.compile(r"^\d+ tokens, [\d.]+ tok/s")).wait_for(timeout=120_000)
+    assert page.get_by_role("button", name="Stop").is_visible()
+    shot(page, "chat-run-system-prompt")
+
+
 def test_a_model_problem_is_named_as_such_and_clears_when_the_model_changes(page, tiny_llama, identity_file):  # noqa: F811
     """Item 7: an offline hub model is reported as the model's problem, not "Cannot use this dataset" (the dataset
     stays in use), and picking another model re-renders the dataset, so the old error goes."""
