@@ -259,3 +259,33 @@ def test_a_template_refusing_a_system_prompt_says_what_to_do_in_the_chat(tmp_pat
         )
     finally:
         chat_tab._loaded.clear()
+
+
+def test_starting_or_resuming_a_run_frees_the_chat_tabs_model_first(runs, tiny_llama, identity_file, monkeypatch):
+    """Chat, then Start (or Resume) on the Train tab: the Chat tab kept its model in GPU memory while the run loaded
+    its own copy in another process, so the run had that much less (on a 24 GB card, an 8B chat model and an 8B
+    QLoRA run do not both fit). The chat's model is let go before the run starts; the next message loads it again."""
+    import gc
+    import weakref
+
+    from engine import api
+    from ui import chat_tab, train_tab
+
+    monkeypatch.setenv("TUNESMITH_DECODE_KERNELS", "0")
+    held_at_start = []
+
+    def spy(*args, **kw):  # where the run's process would be spawned: stop there, noting whether the chat's model lives
+        gc.collect()
+        held_at_start.append(chatting() is not None)
+        raise api.UserError("stopped by the test")
+
+    monkeypatch.setattr(api, "start", spy)
+    monkeypatch.setattr(api, "resume", spy)
+    data = [str(identity_file), "", "auto", "", "train", 256]
+    chatting = weakref.ref(chat_tab._chat(str(tiny_llama)))
+    _, status, _ = train_tab.start(str(tiny_llama), "lora", False, *data, "ui", 5, 1, 1e-2, 2, 1, 16, False, False)
+    assert "stopped by the test" in status
+    chatting = weakref.ref(chat_tab._chat(str(tiny_llama)))  # the next message loads it again
+    _, status, _ = train_tab.resume("some-run")
+    assert "stopped by the test" in status and held_at_start == [False, False]
+    chat_tab._loaded.clear()

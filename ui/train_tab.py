@@ -10,6 +10,7 @@ import pandas as pd
 
 from engine import api
 from ui import i18n, train_live, train_settings
+from ui.chat_tab import unload
 from ui.data_tab import parse_mapping
 from ui.eval_tab import validation_lines, with_validation
 
@@ -247,6 +248,7 @@ def start(*args, advanced=None, confirmed=False):
             )
         api.model_arch(spec.model)  # what the Model tab found: a model that is not there stops here, not in a run
         api.check_data(spec.data, spec.objective, spec.column_map, spec.data_config, spec.data_split, spec.rewards)
+        unload()  # the Chat tab's model: the run loads its own in another process, and needs the GPU memory
         handle = api.start(spec)
     except api.UserError as e:
         return "", i18n.say(f"**Not started:** {e}"), gr.Timer(active=False)
@@ -354,6 +356,7 @@ def resume(run_id: str):
         if busy:  # one run at a time, as Start has it: the view follows the one training
             note = f"**Not resumed:** Run `{busy[0]}` is still training; cancel it or wait for it to finish."
             return busy[0], i18n.say(note), gr.Timer(active=True)
+        unload()  # as Start does
         handle = api.resume(run_id)
     except api.UserError as e:
         return run_id, i18n.say(f"**Not resumed:** {e}"), gr.Timer(active=False)
