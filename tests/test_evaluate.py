@@ -246,3 +246,33 @@ def test_each_model_is_let_go_before_the_next_one_loads(tiny_llama, tmp_path, mo
     finally:
         gc.enable()
     assert [m["name"] for m in res["models"]] == ["tiny-llama", "other"] and alive_at_load == [0, 0]
+
+
+def test_the_loss_pass_computes_logits_only_for_the_reference(tiny_llama, monkeypatch):
+    """The loss of a reference read the logits of every position of prompt and reply (positions x vocabulary, in
+    float32: 1.2 GB for a 2,000-token row of a 152k vocabulary), where only the reference's positions are scored. The
+    head now runs on those alone, and the loss is the same as from every position's logits."""
+    import torch
+
+    from engine.data.tokenizing import render
+    from engine.export.evaluate import Case, TorchModel, reference_span
+
+    monkeypatch.setenv("TUNESMITH_DECODE_KERNELS", "0")
+    model = TorchModel(str(tiny_llama), "cpu", lambda m: None)
+    case = Case(row=1, prompt=[{"role": "user", "content": "Who are you? " * 20}], reference="I am Nova, made by Ada.")
+    net, tok = model.chat.model, model.chat.tokenizer
+    head_rows = []
+    hook = net.get_output_embeddings().register_forward_hook(lambda m, i, o: head_rows.append(i[0].shape[1]))
+    try:
+        nll, count = model.loss(case, adapter=True)
+    finally:
+        hook.remove()
+    full = render(tok, [*case.prompt, {"role": "assistant", "content": case.reference}])
+    ids, start = reference_span(
+        lambda t: tok(t, add_special_tokens=False)["input_ids"], render(tok, case.prompt, True), full
+    )
+    with torch.no_grad():  # the reference figure: every position's logits
+        logits = net(input_ids=torch.tensor([ids])).logits[0, start - 1 : -1].float()
+    expected = -torch.log_softmax(logits, -1).gather(1, torch.tensor(ids[start:])[:, None]).sum()
+    assert count == len(ids) - start and head_rows[0] == count < len(ids)
+    assert nll == pytest.approx(float(expected), rel=1e-5)

@@ -104,10 +104,12 @@ class TorchModel:
         ids, start = span
         model = self.chat.model
         off = model.disable_adapter() if self.has_adapter and not adapter else contextlib.nullcontext()
+        target = torch.tensor(ids[start:], device=model.device)
         with torch.no_grad(), off:
-            x = torch.tensor([ids], device=model.device)
-            logits = model(input_ids=x).logits[0, start - 1 : -1].float()
-        target = x[0, start:]
+            # the head runs only where a reference token is predicted (the last position predicts none): every
+            # position's logits would be positions x vocabulary in float32, 1.2 GB for 2,000 tokens of a 152k vocabulary
+            x = torch.tensor([ids[:-1]], device=model.device)
+            logits = model(input_ids=x, logits_to_keep=len(target)).logits[0, -len(target) :].float()
         nll = -torch.log_softmax(logits, -1).gather(1, target[:, None]).sum()
         return float(nll), len(target)
 
