@@ -1,6 +1,9 @@
 """The Model tab and the Train tab's preset as a user meets them: typed model ids, the fit badge beside the preset,
 models the hub will not hand over without a token."""
 
+import httpx
+import pytest
+
 from engine import api
 
 
@@ -26,3 +29,44 @@ def test_fit_badge_plans_for_the_gpus_the_run_trains_on(monkeypatch):
     from ui import i18n
 
     assert "each of" not in i18n.message(badge, "ru") and "each of" not in i18n.message(badge, "zh")
+
+
+def hub_refuses(status: int, error: str):
+    """A stand-in for huggingface_hub's download functions that fails as the hub does without a token: 401 for a
+    private or missing repository, 403 for a gated one whose licence was not accepted."""
+    from huggingface_hub import errors
+
+    def download(repo_id, *args, **kwargs):
+        response = httpx.Response(status, request=httpx.Request("GET", f"https://huggingface.co/{repo_id}"))
+        raise getattr(errors, error)(f"{status} Client Error", response=response)
+
+    return download
+
+
+@pytest.mark.parametrize(
+    "status, error, said",
+    [
+        (403, "GatedRepoError", r"'meta-llama/Llama-3.2-1B' is gated: accept its licence on huggingface.co/.*hf auth"),
+        (401, "RepositoryNotFoundError", r"No model 'meta-llama/Llama-3.2-1B' .*private.*hf auth login"),
+    ],
+)
+def test_a_gated_or_private_model_without_a_token_is_one_clear_sentence(tmp_path, monkeypatch, status, error, said):
+    """Typed on the Model tab (not in the catalog, not cached): the badge, the Train tab's preset, Start and the
+    Download button say to accept the licence / log in, not 'check the name and the connection'."""
+    import huggingface_hub
+
+    from ui import model_tab, train_tab
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # not downloaded before
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub_refuses(status, error))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub_refuses(status, error))
+    model = "meta-llama/Llama-3.2-1B"
+    assert model not in [m["id"] for m in api.catalog()]
+    with pytest.raises(api.UserError, match=said):
+        api.model_arch(model)
+    assert "hf auth login" in model_tab.fit_badge(model, "qlora")
+    assert "hf auth login" in train_tab.apply_preset(model, "qlora")[0]
+    from engine.models.loading import resolve_model
+
+    with pytest.raises(api.UserError, match=said):  # what the Download button and the run say
+        resolve_model(model, log=lambda m: None)

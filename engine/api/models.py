@@ -80,9 +80,13 @@ def model_arch(model: str):
         )
     from huggingface_hub import hf_hub_download
 
+    from engine.core.hub_id import refusal
+
     try:
         cfg = hf_hub_download(model, "config.json")
-    except Exception as e:  # offline, missing, gated: the same advice
+    except Exception as e:  # noqa: BLE001  gated or private: what to do about the token; offline or missing: the rest
+        if refusal(model, e):
+            raise UserError(refusal(model, e)) from None
         raise UserError(
             f"Could not read the config of '{model}' from the hub ({type(e).__name__}), and it is not in the local "
             "cache; check the name and the connection, or give a local folder."
