@@ -70,3 +70,16 @@ def test_a_gated_or_private_model_without_a_token_is_one_clear_sentence(tmp_path
 
     with pytest.raises(api.UserError, match=said):  # what the Download button and the run say
         resolve_model(model, log=lambda m: None)
+
+
+def test_a_typed_id_or_folder_with_a_trailing_slash_is_the_same_model(tiny_llama):
+    """'Qwen/Qwen3-4B/' (copied from a path or typed with a slash) was 'Model folder ... does not exist' on the
+    badge, the preset and Start; a folder with a slash worked. Both now name the model without it."""
+    from ui import model_tab, train_tab
+
+    assert model_tab.chosen_model("Qwen/Qwen3-0.6B", " Qwen/Qwen3-4B/ ") == "Qwen/Qwen3-4B"
+    assert model_tab.chosen_model(None, f"{tiny_llama}/") == str(tiny_llama)
+    assert model_tab.chosen_model("Qwen/Qwen3-0.6B", " / ") == "Qwen/Qwen3-0.6B"  # nothing typed but a slash
+    badge = model_tab.describe(None, "Qwen/Qwen3-4B/", "qlora")
+    assert "`Qwen/Qwen3-4B`" in badge and "does not exist" not in badge, badge
+    assert "does not exist" not in train_tab.apply_preset(model_tab.chosen_model(None, "Qwen/Qwen3-4B/"), "qlora")[0]

@@ -18,8 +18,9 @@ def catalog_choices() -> list[tuple[str, str]]:
 
 
 def chosen_model(catalog_id: str | None, custom: str) -> str:
-    """The custom hub id or folder wins over the catalog pick."""
-    return (custom or "").strip() or (catalog_id or "")
+    """The custom hub id or folder wins over the catalog pick. A trailing slash is dropped: a folder is the same
+    without it, and a hub id ('Qwen/Qwen3-4B/', copied from a path) is one only without it."""
+    return (custom or "").strip().rstrip("/\\").strip() or (catalog_id or "")
 
 
 def fit_badge(model: str, method: str) -> str:
