@@ -83,3 +83,21 @@ def test_a_typed_id_or_folder_with_a_trailing_slash_is_the_same_model(tiny_llama
     badge = model_tab.describe(None, "Qwen/Qwen3-4B/", "qlora")
     assert "`Qwen/Qwen3-4B`" in badge and "does not exist" not in badge, badge
     assert "does not exist" not in train_tab.apply_preset(model_tab.chosen_model(None, "Qwen/Qwen3-4B/"), "qlora")[0]
+
+
+def test_preset_on_a_card_below_the_smallest_tier_names_no_tier(monkeypatch):
+    """A 4 GB card (GTX 1650) is under the 6 GB tier: the preset is made from the plan alone, and its note said
+    'Preset for this GPU (None GB tier)'."""
+    from ui import i18n, train_tab
+
+    monkeypatch.setenv("TUNESMITH_VRAM_GIB", "3.5")
+    monkeypatch.setenv("TUNESMITH_RAM_GIB", "16")
+    note, seq, batch, accum, rank, lr, ckpt = train_tab.apply_preset("Qwen/Qwen3-0.6B", "full")
+    assert "None" not in note and note.startswith("Preset for this GPU (3.5 GiB, below the smallest tier)"), note
+    assert lr == 2e-5 and batch >= 1  # full fine-tuning's rate, with no tier to take it from
+    for lang in ("zh", "ru"):
+        assert "below" not in i18n.message(note, lang) and "tier" not in i18n.message(note, lang)
+    monkeypatch.setenv("TUNESMITH_VRAM_GIB", "14.6")  # a tier's note is translated as before
+    note = train_tab.apply_preset("Qwen/Qwen3-4B", "qlora")[0]
+    assert note.startswith("Preset for this GPU (16 GB tier)"), note
+    assert i18n.message(note, "ru").startswith("Пресет для этой GPU (уровень 16 ГБ)")
