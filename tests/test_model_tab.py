@@ -101,3 +101,24 @@ def test_preset_on_a_card_below_the_smallest_tier_names_no_tier(monkeypatch):
     note = train_tab.apply_preset("Qwen/Qwen3-4B", "qlora")[0]
     assert note.startswith("Preset for this GPU (16 GB tier)"), note
     assert i18n.message(note, "ru").startswith("Пресет для этой GPU (уровень 16 ГБ)")
+
+
+def test_an_existing_folder_that_is_not_a_model_is_not_said_not_to_exist(tmp_path, monkeypatch):
+    """The folder one level above the model, typed on the Model tab: the badge said 'Model folder ... does not exist',
+    and a relative one shaped like a hub id ('models/qwen') was looked up on the hub (retrying for half a minute
+    offline). Both now say what the run says: the folder has no config.json."""
+    import huggingface_hub
+
+    from ui import model_tab
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("a local folder was looked up on the hub")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_hub)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "qwen").mkdir(parents=True)
+    for typed in (str(tmp_path / "models"), "models", "models/qwen"):
+        badge = model_tab.fit_badge(typed, "lora")
+        assert "has no config.json, so it is not a transformers model folder" in badge, badge
+        with pytest.raises(api.UserError, match="has no config.json"):
+            api.model_arch(typed)

@@ -65,6 +65,10 @@ def model_arch(model: str):
     path = Path(os.path.expanduser(model))
     if (path / "config.json").is_file():
         return Arch.from_config(json.loads((path / "config.json").read_text()))
+    if path.is_dir():  # an existing folder with no config.json (one above the model): neither missing nor a hub id
+        from engine.models.loading import resolve_model
+
+        resolve_model(model, log=lambda msg: None)  # raises the sentence the run would
     from engine.core.hub_id import HUB_ID, url_hint
 
     listed = next((m for m in catalog() if model in (m["id"], m.get("id_4bit"), m["name"])), None)
