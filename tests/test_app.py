@@ -197,13 +197,16 @@ def test_an_export_name_too_long_for_a_folder_is_a_sentence(runs, tiny_llama, id
     assert wait_export(export_tab, job)[0].startswith("Exported **lora**")
 
 
-def test_export_tab_push_never_shows_or_stores_the_token(runs, tiny_llama, identity_file, monkeypatch):
+def test_export_tab_push_never_shows_or_stores_the_token(runs, tiny_llama, identity_file, tmp_path, monkeypatch):
     """Offline (conftest sets HF_HUB_OFFLINE) the upload fails for real after a complete export; the token typed in
     the tab appears in no message, log or file of the workspace (runs, exports and the export job's folder)."""
+    from huggingface_hub import constants
+
     from engine import api
     from ui import export_tab
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))  # nor a stored login
     _, msg, _, _ = export_tab.start("any-run", "lora", "x", True, " ", "", True)
     assert msg == "**Export failed:** Type the hub repository to push to, as user/name."
     st = wait_for(api.start(api.JobSpec(model=str(tiny_llama), data=str(identity_file), max_steps=1)))

@@ -455,9 +455,12 @@ def test_sentencepiece_style_tokenizer_round_trips(arch, tmp_path):
 
 
 def test_hub_upload_needs_a_token(tiny_qwen3, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
     from engine.models import hub
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))  # nor a stored login
     res = api.export(str(tiny_qwen3), "merged16", tmp_path / "m", log=quiet)
     with pytest.raises(api.UserError, match="needs a write token: set HF_TOKEN"):
         hub.push(res.path, "someone/tiny")

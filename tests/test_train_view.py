@@ -200,3 +200,21 @@ def test_start_pressed_twice_at_once_starts_one_run(tiny_llama, identity_file, r
     finally:
         for run in api.list_runs():
             api.cancel(run.run_dir)
+
+
+def test_a_large_number_out_of_range_is_shown_as_typed():
+    """'you entered 2e+06' for a Max sequence length of 2000000, '5e+09' for a seed of 5000000000: the sentence shows
+    the number the user typed, not a rounded exponent."""
+    labels = {"max_seq_length": "Max sequence length", "seed": "Seed", "lora_dropout": "LoRA dropout"}
+    for values, shown in (
+        ({"max_seq_length": 2_000_000}, "you entered 2,000,000."),
+        ({"seed": 5_000_000_123}, "you entered 5,000,000,123."),
+        ({"max_seq_length": 1234567.0}, "you entered 1,234,567."),  # a gr.Number's float
+        ({"lora_dropout": 1.25}, "you entered 1.25."),
+    ):
+        try:
+            api.check_settings(values, labels)
+        except api.UserError as e:
+            assert str(e).endswith(shown), str(e)
+        else:
+            raise AssertionError(f"{values} was accepted")

@@ -48,13 +48,14 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
     ),
     (r"⚠ This does not fit: (.*)", "⚠ 放不下：{0}", "⚠ Не поместится: {0}"),
     (
-        r"Preset for this GPU \((\S+) GB tier\): (\d+) tokens × (\d+), accumulation (\d+), rank (\d+), "
+        r"Preset for this GPU \((.+?)\): (\d+) tokens × (\d+), accumulation (\d+), rank (\d+), "
         r"(checkpointing \S+?)(|, .* kept in host RAM \(slower\)); the run's plan peaks at (\S+) GiB\."
         r"( ?)(The run .*|)",
-        "此 GPU 的预设（{0} GB 档）：{1} token × {2}，梯度累积 {3}，秩 {4}，{5}{6}；运行计划峰值 {7} GiB。{9}",
-        "Пресет для этой GPU (уровень {0} ГБ): {1} токенов × {2}, накопление {3}, ранг {4}, {5}{6}; "
-        "пик по плану {7} ГиБ.{8}{9}",
+        "此 GPU 的预设（{0}）：{1} token × {2}，梯度累积 {3}，秩 {4}，{5}{6}；运行计划峰值 {7} GiB。{9}",
+        "Пресет для этой GPU ({0}): {1} токенов × {2}, накопление {3}, ранг {4}, {5}{6}; пик по плану {7} ГиБ.{8}{9}",
     ),
+    (r"(\S+) GB tier", "{0} GB 档", "уровень {0} ГБ"),
+    (r"(\S+) GiB, below the smallest tier", "{0} GiB，低于最小档", "{0} ГиБ, меньше самого малого уровня"),
     (r"checkpointing on", "梯度检查点开启", "чекпоинтинг вкл."),
     (r"checkpointing off", "梯度检查点关闭", "чекпоинтинг выкл."),
     (r", weights kept in host RAM \(slower\)", "，冻结权重放在内存中（较慢）", ", веса в ОЗУ (медленнее)"),

@@ -411,6 +411,12 @@ MESSAGES += [  # the Model tab's fit line and the Data tab's summary
         "此 GPU（{0} GiB，{1} GB 预设）",
         "в эту GPU ({0} ГиБ, пресет {1} ГБ)",
     ),
+    (r"each of the (\d+) GPUs \((\S+) GiB\)", "{0} 块 GPU 中的每一块（{1} GiB）", "в каждую из {0} GPU ({1} ГиБ)"),
+    (
+        r"each of the (\d+) GPUs \((\S+) GiB, (\S+) GB preset\)",
+        "{0} 块 GPU 中的每一块（{1} GiB，{2} GB 预设）",
+        "в каждую из {0} GPU ({1} ГиБ, пресет {2} ГБ)",
+    ),
     (r"this machine", "本机", "в этот компьютер"),
     (
         r"✅ Fits (.*): about (\S+) GiB peak at (\d+) tokens × (\d+)\.",

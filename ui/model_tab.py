@@ -18,14 +18,16 @@ def catalog_choices() -> list[tuple[str, str]]:
 
 
 def chosen_model(catalog_id: str | None, custom: str) -> str:
-    """The custom hub id or folder wins over the catalog pick."""
-    return (custom or "").strip() or (catalog_id or "")
+    """The custom hub id or folder wins over the catalog pick. A trailing slash is dropped: a folder is the same
+    without it, and a hub id ('Qwen/Qwen3-4B/', copied from a path) is one only without it."""
+    return (custom or "").strip().rstrip("/\\").strip() or (catalog_id or "")
 
 
 def fit_badge(model: str, method: str) -> str:
     """One line: will this run fit the detected GPU (or the CPU), with the figures of the plan the run will make."""
     try:
-        est = api.estimate(model, method)
+        gpus = max(1, len(api.gpus_found()))  # a run trains on every visible GPU, as the Train tab's preset plans
+        est = api.estimate(model, method, gpus=gpus)
     except api.UserError as e:
         return f"Memory estimate unavailable: {e}"
     shape = f"{est['seq']} tokens × {est['batch']}"
@@ -37,6 +39,8 @@ def fit_badge(model: str, method: str) -> str:
         )
     tier = f", {est['tier_gb']} GB preset" if est["tier_gb"] else ""
     where = f"this GPU ({est['vram_budget_gib']:.0f} GiB{tier})"
+    if gpus > 1:  # the figures are per GPU: full fine-tuning is sharded over them, LoRA holds the same on each
+        where = f"each of the {gpus} GPUs ({est['vram_budget_gib']:.0f} GiB{tier})"
     if not est["fits"]:
         return f"⚠ Will not fit {where}: {est['reason']}"  # the reason says what to change
     offload = est["preset"]["offload"]

@@ -192,8 +192,12 @@ def apply_preset(model: str, method: str):
     offload = ""
     if p["offload"] != "none":  # fits by keeping something in host RAM (engine.memory.offload plans it)
         offload = f", {p['offload']} kept in host RAM (slower)"
+    # a card under the smallest tier (a 4 GB one) has no tier: its preset is made from the run's plan alone
+    tier = (
+        f"{est['tier_gb']} GB tier" if est["tier_gb"] else f"{est['vram_budget_gib']:.1f} GiB, below the smallest tier"
+    )
     note = (
-        f"Preset for this GPU ({est['tier_gb']} GB tier): {p['max_seq_length']} tokens × {p['batch_size']}, "
+        f"Preset for this GPU ({tier}): {p['max_seq_length']} tokens × {p['batch_size']}, "
         f"accumulation {p['grad_accum']}, rank {p['lora_r']}, checkpointing "
         f"{'on' if p['gradient_checkpointing'] else 'off'}{offload}; the run's plan peaks at "
         f"{est['peak_vram_gib']:.1f} GiB."

@@ -65,6 +65,10 @@ def model_arch(model: str):
     path = Path(os.path.expanduser(model))
     if (path / "config.json").is_file():
         return Arch.from_config(json.loads((path / "config.json").read_text()))
+    if path.is_dir():  # an existing folder with no config.json (one above the model): neither missing nor a hub id
+        from engine.models.loading import resolve_model
+
+        resolve_model(model, log=lambda msg: None)  # raises the sentence the run would
     from engine.core.hub_id import HUB_ID, url_hint
 
     listed = next((m for m in catalog() if model in (m["id"], m.get("id_4bit"), m["name"])), None)
@@ -80,9 +84,13 @@ def model_arch(model: str):
         )
     from huggingface_hub import hf_hub_download
 
+    from engine.core.hub_id import refusal
+
     try:
         cfg = hf_hub_download(model, "config.json")
-    except Exception as e:  # offline, missing, gated: the same advice
+    except Exception as e:  # noqa: BLE001  gated or private: what to do about the token; offline or missing: the rest
+        if refusal(model, e):
+            raise UserError(refusal(model, e)) from None
         raise UserError(
             f"Could not read the config of '{model}' from the hub ({type(e).__name__}), and it is not in the local "
             "cache; check the name and the connection, or give a local folder."

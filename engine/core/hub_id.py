@@ -16,3 +16,22 @@ def url_hint(text: str) -> str:
     if m is None or not HUB_ID.match(m.group(1)):
         return ""
     return f"'{text.strip()}' is a web address; give its hub id '{m.group(1)}' instead."
+
+
+def refusal(model: str, exc: BaseException) -> str | None:
+    """The sentence for the hub refusing model `model` (huggingface_hub's error `exc`), or None for any other error.
+    Without a token the hub answers a gated model's licence not accepted with 403 and a private repository with 401
+    (as for one that does not exist); a token comes from HF_TOKEN or the login `hf auth login` stored."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    if isinstance(exc, GatedRepoError):
+        return (
+            f"'{model}' is gated: accept its licence on huggingface.co/{model} while logged in, then log in here "
+            "with `hf auth login` (or set HF_TOKEN) and retry."
+        )
+    if isinstance(exc, RepositoryNotFoundError):
+        return (
+            f"No model '{model}' on the Hugging Face hub; check the spelling, or, if it is private, log in with "
+            "`hf auth login` (or set HF_TOKEN) as a user who can read it."
+        )
+    return None

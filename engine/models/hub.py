@@ -1,8 +1,9 @@
 """The Hugging Face hub: upload a finished export folder, and download a model with progress the app can poll.
 
-Upload: the token comes from the caller (the app's field) or HF_TOKEN and goes only to huggingface_hub's HTTP headers:
-it is never logged, written to a file, or put in an exception's text (an error names the exception type and the
-message with the token scrubbed, and is raised without its chained cause, whose repr could carry request details).
+Upload: the token comes from the caller (the app's field), HF_TOKEN or the login `hf auth login` stored, and goes only
+to huggingface_hub's HTTP headers: it is never logged, written to a file, or put in an exception's text (an error
+names the exception type and the message with the token scrubbed, and is raised without its chained cause, whose
+repr could carry request details).
 
 Download: engine.models.loading.resolve_model (snapshot_download) runs on a background thread; the progress is the size
 of the files in the model's hub cache folder (the .incomplete files being written included) against the total the hub
@@ -23,15 +24,19 @@ def _scrub(text: str, token: str) -> str:
 
 
 def check_target(repo_id: str, token: str | None = None) -> str:
-    """The token to upload with (`token`, else HF_TOKEN), or a UserError when there is none or `repo_id` is not a
-    repository name; checked before an export starts, so a bad upload target is known at once."""
+    """The token to upload with (`token`, else HF_TOKEN, else the one `hf auth login` stored), or a UserError when
+    there is none or `repo_id` is not a repository name; checked before an export starts, so a bad upload target is
+    known at once."""
     import re
 
-    token = token or os.environ.get("HF_TOKEN") or ""
+    from huggingface_hub import get_token
+
+    # get_token reads HF_TOKEN, then the login `hf auth login` (or notebook_login()) stored in the Hugging Face home
+    token = token or get_token() or ""
     if not token:
         raise UserError(
-            "Uploading to the Hugging Face hub needs a write token: set HF_TOKEN (create one at "
-            "huggingface.co/settings/tokens) or enter it in the Export tab."
+            "Uploading to the Hugging Face hub needs a write token: set HF_TOKEN, enter it in the Export tab, or log "
+            "in with `hf auth login`; create one at huggingface.co/settings/tokens."
         )
     if not re.match(_REPO, repo_id):
         raise UserError(

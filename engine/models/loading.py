@@ -10,7 +10,7 @@ from pathlib import Path
 
 from engine.core.errors import UserError
 from engine.core.hardware import Placement
-from engine.core.hub_id import HUB_ID, url_hint
+from engine.core.hub_id import HUB_ID, refusal, url_hint
 
 # What a causal LM needs from a hub repository; skips .bin/.pt/.gguf duplicates of the weights.
 HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
@@ -28,19 +28,13 @@ def resolve_model(model: str, log=print) -> Path:
             or f"Model folder '{model}' does not exist; give an existing folder or a hub id like 'Qwen/Qwen3-0.6B'."
         )
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
 
     log(f"model: fetching {model} from the Hugging Face hub (safetensors only)")
     try:
         folder = Path(snapshot_download(repo_id=model, allow_patterns=HUB_FILES))
-    except GatedRepoError:
-        raise UserError(
-            f"'{model}' is gated: accept its licence on huggingface.co and set HF_TOKEN, then retry."
-        ) from None
-    except RepositoryNotFoundError:
-        raise UserError(
-            f"No model '{model}' on the Hugging Face hub; check the spelling (or set HF_TOKEN for a private one)."
-        ) from None
+    except RepositoryNotFoundError as e:  # gated ones too (GatedRepoError is one)
+        raise UserError(refusal(model, e)) from None
     except LocalEntryNotFoundError:
         raise UserError(
             f"Could not download '{model}': the hub is unreachable and it is not in the local cache. "

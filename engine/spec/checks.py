@@ -21,7 +21,7 @@ def check_settings(values: dict, labels: dict, method: str = "lora") -> list[str
             raise UserError(f"{label} is empty; enter a number.")
         limit = LIMITS.get(key)
         if limit is not None and not _within(limit, key, value):
-            raise UserError(f"{label} must be {_describe(limit)}; you entered {value:g}.")
+            raise UserError(f"{label} must be {_describe(limit)}; you entered {_typed(value)}.")
     if values.get("max_steps") == 0 and values.get("epochs") == 0:
         steps, epochs = labels.get("max_steps", "max_steps"), labels.get("epochs", "epochs")
         raise UserError(f"{steps} and {epochs} are both 0: set one of them above 0.")
@@ -41,6 +41,13 @@ def _within(limit: Limit, key: str, value) -> bool:
     except UserError:
         return False
     return True
+
+
+def _typed(value) -> str:
+    """`value` as the user typed it: whole numbers in full (`:g` showed 2000000 as 2e+06), others as `:g`."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
 
 
 def _describe(limit: Limit) -> str:

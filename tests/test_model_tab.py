@@ -1,0 +1,124 @@
+"""The Model tab and the Train tab's preset as a user meets them: typed model ids, the fit badge beside the preset,
+models the hub will not hand over without a token."""
+
+import httpx
+import pytest
+
+from engine import api
+
+
+def test_fit_badge_plans_for_the_gpus_the_run_trains_on(monkeypatch):
+    """A run trains on every visible GPU; full fine-tuning over two is sharded (FSDP2) with nothing in host RAM, a
+    different plan from one GPU's. The badge said a 4B full fine-tune fits two 24 GB cards (the one-GPU plan, its
+    optimizer in host RAM) while the Train tab's preset, planned for both, said it does not."""
+    from ui import model_tab, train_tab
+
+    monkeypatch.setenv("TUNESMITH_VRAM_GIB", "23")
+    monkeypatch.setenv("TUNESMITH_RAM_GIB", "64")
+    monkeypatch.setattr(api, "gpus_found", lambda: ["NVIDIA GeForce RTX 4090"] * 2)
+    note = train_tab.apply_preset("Qwen/Qwen3-4B", "full")[0]
+    badge = model_tab.fit_badge("Qwen/Qwen3-4B", "full")
+    assert note.startswith("⚠ The 24 GB preset says this does not fit"), note
+    assert badge.startswith("⚠ Will not fit"), badge
+    # where both fit, they name the same plan
+    note = train_tab.apply_preset("Qwen/Qwen3-1.7B", "full")[0]
+    badge = model_tab.fit_badge("Qwen/Qwen3-1.7B", "full")
+    assert badge.startswith("✅ Fits") and note.startswith("Preset for this GPU"), (badge, note)
+    peak = badge.split("about ")[1].split(" GiB")[0]
+    assert f"peaks at {peak} GiB" in note, (badge, note)
+    from ui import i18n
+
+    assert "each of" not in i18n.message(badge, "ru") and "each of" not in i18n.message(badge, "zh")
+
+
+def hub_refuses(status: int, error: str):
+    """A stand-in for huggingface_hub's download functions that fails as the hub does without a token: 401 for a
+    private or missing repository, 403 for a gated one whose licence was not accepted."""
+    from huggingface_hub import errors
+
+    def download(repo_id, *args, **kwargs):
+        response = httpx.Response(status, request=httpx.Request("GET", f"https://huggingface.co/{repo_id}"))
+        raise getattr(errors, error)(f"{status} Client Error", response=response)
+
+    return download
+
+
+@pytest.mark.parametrize(
+    "status, error, said",
+    [
+        (403, "GatedRepoError", r"'meta-llama/Llama-3.2-1B' is gated: accept its licence on huggingface.co/.*hf auth"),
+        (401, "RepositoryNotFoundError", r"No model 'meta-llama/Llama-3.2-1B' .*private.*hf auth login"),
+    ],
+)
+def test_a_gated_or_private_model_without_a_token_is_one_clear_sentence(tmp_path, monkeypatch, status, error, said):
+    """Typed on the Model tab (not in the catalog, not cached): the badge, the Train tab's preset, Start and the
+    Download button say to accept the licence / log in, not 'check the name and the connection'."""
+    import huggingface_hub
+
+    from ui import model_tab, train_tab
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # not downloaded before
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub_refuses(status, error))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub_refuses(status, error))
+    model = "meta-llama/Llama-3.2-1B"
+    assert model not in [m["id"] for m in api.catalog()]
+    with pytest.raises(api.UserError, match=said):
+        api.model_arch(model)
+    assert "hf auth login" in model_tab.fit_badge(model, "qlora")
+    assert "hf auth login" in train_tab.apply_preset(model, "qlora")[0]
+    from engine.models.loading import resolve_model
+
+    with pytest.raises(api.UserError, match=said):  # what the Download button and the run say
+        resolve_model(model, log=lambda m: None)
+
+
+def test_a_typed_id_or_folder_with_a_trailing_slash_is_the_same_model(tiny_llama):
+    """'Qwen/Qwen3-4B/' (copied from a path or typed with a slash) was 'Model folder ... does not exist' on the
+    badge, the preset and Start; a folder with a slash worked. Both now name the model without it."""
+    from ui import model_tab, train_tab
+
+    assert model_tab.chosen_model("Qwen/Qwen3-0.6B", " Qwen/Qwen3-4B/ ") == "Qwen/Qwen3-4B"
+    assert model_tab.chosen_model(None, f"{tiny_llama}/") == str(tiny_llama)
+    assert model_tab.chosen_model("Qwen/Qwen3-0.6B", " / ") == "Qwen/Qwen3-0.6B"  # nothing typed but a slash
+    badge = model_tab.describe(None, "Qwen/Qwen3-4B/", "qlora")
+    assert "`Qwen/Qwen3-4B`" in badge and "does not exist" not in badge, badge
+    assert "does not exist" not in train_tab.apply_preset(model_tab.chosen_model(None, "Qwen/Qwen3-4B/"), "qlora")[0]
+
+
+def test_preset_on_a_card_below_the_smallest_tier_names_no_tier(monkeypatch):
+    """A 4 GB card (GTX 1650) is under the 6 GB tier: the preset is made from the plan alone, and its note said
+    'Preset for this GPU (None GB tier)'."""
+    from ui import i18n, train_tab
+
+    monkeypatch.setenv("TUNESMITH_VRAM_GIB", "3.5")
+    monkeypatch.setenv("TUNESMITH_RAM_GIB", "16")
+    note, seq, batch, accum, rank, lr, ckpt = train_tab.apply_preset("Qwen/Qwen3-0.6B", "full")
+    assert "None" not in note and note.startswith("Preset for this GPU (3.5 GiB, below the smallest tier)"), note
+    assert lr == 2e-5 and batch >= 1  # full fine-tuning's rate, with no tier to take it from
+    for lang in ("zh", "ru"):
+        assert "below" not in i18n.message(note, lang) and "tier" not in i18n.message(note, lang)
+    monkeypatch.setenv("TUNESMITH_VRAM_GIB", "14.6")  # a tier's note is translated as before
+    note = train_tab.apply_preset("Qwen/Qwen3-4B", "qlora")[0]
+    assert note.startswith("Preset for this GPU (16 GB tier)"), note
+    assert i18n.message(note, "ru").startswith("Пресет для этой GPU (уровень 16 ГБ)")
+
+
+def test_an_existing_folder_that_is_not_a_model_is_not_said_not_to_exist(tmp_path, monkeypatch):
+    """The folder one level above the model, typed on the Model tab: the badge said 'Model folder ... does not exist',
+    and a relative one shaped like a hub id ('models/qwen') was looked up on the hub (retrying for half a minute
+    offline). Both now say what the run says: the folder has no config.json."""
+    import huggingface_hub
+
+    from ui import model_tab
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("a local folder was looked up on the hub")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_hub)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "qwen").mkdir(parents=True)
+    for typed in (str(tmp_path / "models"), "models", "models/qwen"):
+        badge = model_tab.fit_badge(typed, "lora")
+        assert "has no config.json, so it is not a transformers model folder" in badge, badge
+        with pytest.raises(api.UserError, match="has no config.json"):
+            api.model_arch(typed)
