@@ -134,7 +134,7 @@ def build() -> dict:
         push = gr.Checkbox(False, label="Push to the Hugging Face hub")
         with gr.Row(visible=False) as hub_row:
             repo = gr.Textbox(label="Hub repository (user/name)")
-            token = gr.Textbox(label="Hugging Face token (blank: HF_TOKEN)", type="password")
+            token = gr.Textbox(label="Hugging Face token (blank: HF_TOKEN or your `hf auth login`)", type="password")
             private = gr.Checkbox(True, label="Create it private")
         with gr.Row():
             go = gr.Button("Export", variant="primary")

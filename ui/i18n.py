@@ -209,9 +209,9 @@ STRINGS = {  # English: (Chinese, Russian)
     "Compare": ("对比", "Сравнить"),
     "Push to the Hugging Face hub": ("推送到 Hugging Face Hub", "Загрузить на Hugging Face Hub"),
     "Hub repository (user/name)": ("Hub 仓库（用户/名称）", "Репозиторий на хабе (user/name)"),
-    "Hugging Face token (blank: HF_TOKEN)": (
-        "Hugging Face 令牌（留空：使用 HF_TOKEN）",
-        "Токен Hugging Face (пусто: HF_TOKEN)",
+    "Hugging Face token (blank: HF_TOKEN or your `hf auth login`)": (
+        "Hugging Face 令牌（留空：使用 HF_TOKEN 或 `hf auth login` 保存的登录）",
+        "Токен Hugging Face (пусто: HF_TOKEN или ваш `hf auth login`)",
     ),
     "Create it private": ("创建为私有仓库", "Создать приватным"),
     "Download": ("下载", "Скачать"),

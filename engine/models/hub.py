@@ -51,7 +51,7 @@ def push(folder: str | os.PathLike, repo_id: str, token: str | None = None, priv
     Args:
         folder: a complete export folder (hidden files, such as partial uploads' leftovers, are skipped).
         repo_id: "user/name" or "org/name".
-        token: a write token; None reads HF_TOKEN.
+        token: a write token; None reads HF_TOKEN, else the login `hf auth login` stored.
         private: create the repository private (an existing repository keeps its visibility).
         log: progress lines.
 
