@@ -392,6 +392,29 @@ def test_preset_applied_from_the_gpu(monkeypatch):
     assert "weights kept in host RAM (slower)" in note and seq * batch >= 512, note
 
 
+def test_a_loaded_job_keeps_its_settings_over_the_gpus_preset(monkeypatch, tmp_path):
+    """Load job.yaml on a GPU machine: it filled the model and the method, whose change events (Gradio fires them on
+    programmatic updates too) then applied this GPU's preset over the job's max length, batch, accumulation, rank,
+    learning rate and checkpointing. The job's own values are kept for its model and method; another model or method
+    gets the preset."""
+    from ui import train_settings, train_tab
+
+    monkeypatch.setenv("TUNESMITH_VRAM_GIB", "14.6")
+    monkeypatch.setenv("TUNESMITH_RAM_GIB", "64")
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "model: Qwen/Qwen3-4B\nmethod: qlora\ndata: d.jsonl\nmax_seq_length: 300\nbatch_size: 3\ngrad_accum: 5\n"
+        "lora_r: 4\nlearning_rate: 0.0005\ngradient_checkpointing: false\n"
+    )
+    *_, loaded, note = train_settings.load(str(job))
+    assert note.startswith("Loaded the settings of job.yaml")
+    said, *values = train_tab.apply_preset("Qwen/Qwen3-4B", "qlora", loaded)
+    assert values == [300, 3, 5, 4, 0.0005, False]
+    assert said == "The loaded job's settings are kept; picking another model or method applies this GPU's preset."
+    said, seq, *_ = train_tab.apply_preset("Qwen/Qwen3-4B", "lora", loaded)  # the same model, LoRA: the preset
+    assert said.startswith("Preset for this GPU (16 GB tier)") and seq != 300
+
+
 def test_smoothed_loss_is_a_bias_corrected_average():
     from ui.train_tab import smoothed
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import gradio as gr
 
 from engine import api
+from ui.model_tab import chosen_model
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(api.JobSpec)}
 # key: (label, help line, kind, choices). The order is the layout's and the Start button's input order.
@@ -196,7 +197,7 @@ def load(path: str):
     try:
         spec = read_job_file(path)
     except api.UserError as e:
-        return *[gr.update()] * (len(LOADED) + len(ADVANCED)), f"**Not loaded:** {e}"
+        return *[gr.update()] * (len(LOADED) + len(ADVANCED)), gr.update(), f"**Not loaded:** {e}"
     values = [getattr(spec, key) for key in LOADED]
     values[LOADED.index("column_map")] = ", ".join(f"{k}={v}" for k, v in spec.column_map.items())
     values[LOADED.index("trust_remote_code")] = False  # a file handed over must not tick it: the user does
@@ -209,7 +210,15 @@ def load(path: str):
         )
     if spec.rewards:
         note += " Its GRPO rewards are not shown here: tick them again, or run the file from the command line."
-    return *values, *[advanced[key] for key in ADVANCED], note
+    return *values, *[advanced[key] for key in ADVANCED], kept_settings(spec), note
+
+
+def kept_settings(spec) -> dict:
+    """What a loaded job sets that the GPU's preset would also set (train_tab.apply_preset keeps these for the
+    job's model and method): its model as the Model tab passes it on, its method, and the values in the preset's
+    order."""
+    keys = ("max_seq_length", "batch_size", "grad_accum", "lora_r", "learning_rate", "gradient_checkpointing")
+    return dict(model=chosen_model(None, spec.model), method=spec.method, values=[getattr(spec, k) for k in keys])
 
 
 # The JobSpec settings `load` fills, in the order of wire_load's outputs.
@@ -250,7 +259,8 @@ def wire_load(train: dict, model: dict, data: dict) -> None:
     outputs += [data["config"], data["split"], data["max_len"]]
     outputs += [train[k] for k in ("name", "steps", "epochs", "lr", "batch", "accum", "rank", "packing")]
     outputs += [train[k] for k in ("checkpointing", "objective", "beta", "generations", "new_tokens", "temperature")]
-    outputs += [train["train_embeddings"], train["embedding_lr"], *train["advanced"].values(), train["notice"]]
+    outputs += [train["train_embeddings"], train["embedding_lr"], *train["advanced"].values(), train["loaded_job"]]
+    outputs += [train["notice"]]
     data_inputs = [data["source"], model["custom_or_catalog"], data["mapping"], data["template"], data["max_len"]]
     train["load_job"].upload(load, train["load_job"], outputs).then(
         inspect,

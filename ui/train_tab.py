@@ -173,9 +173,16 @@ def show_settings(objective: str):
     )
 
 
-def apply_preset(model: str, method: str):
-    """(note, seq, batch, accum, rank, lr, checkpointing) from the preset for this GPU; unchanged fields on CPU."""
+def apply_preset(model: str, method: str, loaded: dict | None = None):
+    """(note, seq, batch, accum, rank, lr, checkpointing) from the preset for this GPU; unchanged fields on CPU.
+
+    `loaded`: what a loaded job.yaml set (train_settings.kept_settings). For its model and method its own values are
+    given back, not the preset's: Gradio fires the change events of the model and method that the load filled in, in
+    an order of its own, and those values would otherwise be replaced."""
     keep = [gr.update()] * 6
+    if loaded and (model, method) == (loaded["model"], loaded["method"]):
+        note = "The loaded job's settings are kept; picking another model or method applies this GPU's preset."
+        return i18n.say(note), *loaded["values"]
     if not model:
         return i18n.say("Pick a model to see the preset for this GPU."), *keep
     try:
@@ -494,8 +501,10 @@ def build(model_inputs: list, data_inputs: list) -> dict:
                 confirm_btn = gr.Button("Yes, delete it", variant="stop", scale=0)
                 keep_btn = gr.Button("Keep it", scale=0)
     model, method = model_inputs[0], model_inputs[1]
+    loaded_job = gr.State(None)  # what a loaded job.yaml set (train_settings.kept_settings): apply_preset keeps it
+    preset_outputs = [preset_note, data_inputs[-1], batch, accum, rank, lr, checkpointing]
     for trigger in (model.change, method.change):
-        trigger(apply_preset, [model, method], [preset_note, data_inputs[-1], batch, accum, rank, lr, checkpointing])
+        trigger(apply_preset, [model, method, loaded_job], preset_outputs)
     reward_inputs = [
         use_answer,
         answer_field,
@@ -552,6 +561,7 @@ def build(model_inputs: list, data_inputs: list) -> dict:
         embedding_lr=embedding_lr,
         advanced=advanced,
         load_job=job["load"],
+        loaded_job=loaded_job,
         notice=notice,
         progress=progress,
         preset_note=preset_note,
