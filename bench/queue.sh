@@ -62,8 +62,8 @@ list() {
 27 issue 29: decode_profile on qwen3_30b_a3b_12l (bf16 and NF4, rows one after another on the forward path), then
    the QLoRA step under --vram-gib 8 and 5 with today's planner (MoE graphs the default, counted by the plan)
 28 issue 22 (ran 2026-12-06: bench/README.md, "StepRecords timed"): a step's record written while the next step runs
-   (engine.training.sft.StepRecords): alpaca QLoRA defaults and --packing 1 on 3,000 examples, then the defaults at b43ce33 (before it; a git worktree) on the same
-   machine; its GPU test
+   (engine.training.sft.StepRecords): alpaca QLoRA defaults and --packing 1 on 3,000 examples, then the defaults at
+   b43ce33 (before it; old_tree) on the same machine; its GPU test
 29 call 28 cut to what 374 s of device time hold: alpaca QLoRA defaults on 1,500 examples at HEAD and at b43ce33
 EOF
 }
