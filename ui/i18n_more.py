@@ -362,6 +362,13 @@ MESSAGES += [  # the engine's most common refusals, as the UI shows them
         "по последней контрольной точке).",
     ),
     (
+        r"Run (`.*`) is still training: evaluate it once it has finished, or cancel it \(a cancelled run answers "
+        r"from its last checkpoint\)\.",
+        "运行 {0} 仍在训练：等它结束后再评估，或取消它（已取消的运行用其最后一个检查点回答）。",
+        "Запуск {0} ещё обучается: оцените его после окончания или отмените его (отменённый запуск отвечает "
+        "по последней контрольной точке).",
+    ),
+    (
         r"Run (`.*`) is no longer in the runs folder \((.*)\): it was deleted or moved; pick another run\.",
         "运行 {0} 已不在运行文件夹（{1}）中：它已被删除或移动；请选择其他运行。",
         "Запуска {0} больше нет в папке запусков ({1}): он удалён или перемещён; выберите другой запуск.",

@@ -92,15 +92,22 @@ def _has_adapter(source: str) -> bool:
 
 
 def _resolve(source: str) -> str:
-    """A run id becomes its folder; anything else (a folder, a hub id, a .gguf file) is kept, access-checked."""
+    """A run id becomes its folder (refused while the run trains); anything else (a folder, a hub id, a .gguf file) is
+    kept, access-checked."""
     check_source(source)
     if source.lower().endswith(".gguf"):
         return source
     try:
-        return str(find_run(source))
+        folder = find_run(source)
     except UserError:
         check_not_gone(source)
         return source
+    if not poll(folder).finished:  # its newest checkpoint would load beside the training process, on the same GPU
+        raise UserError(
+            f"Run `{folder.name}` is still training: evaluate it once it has finished, or cancel it (a cancelled run "
+            "answers from its last checkpoint)."
+        )
+    return str(folder)
 
 
 def eval_results(run) -> list[dict]:
