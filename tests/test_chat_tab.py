@@ -289,3 +289,23 @@ def test_starting_or_resuming_a_run_frees_the_chat_tabs_model_first(runs, tiny_l
     _, status, _ = train_tab.resume("some-run")
     assert "stopped by the test" in status and held_at_start == [False, False]
     chat_tab._loaded.clear()
+
+
+def test_picking_a_folder_with_a_broken_config_keeps_the_sliders(tiny_llama, tmp_path):
+    """A typed model folder whose config.json (or generation_config.json) is not valid JSON (a file cut off in a copy,
+    or edited by hand) raised JSONDecodeError from the sliders' handler, an error box, as soon as it was picked; the
+    sliders now stay as they are, and Send says what is wrong with the file."""
+    import shutil
+
+    import gradio as gr
+    import pytest
+
+    from engine import api
+    from ui import chat_tab
+
+    for name in ("config.json", "generation_config.json"):
+        folder = shutil.copytree(tiny_llama, tmp_path / name.split(".")[0])
+        (folder / name).write_text('{"model_type": "llama",')
+        assert chat_tab.defaults(str(folder))[:5] == [gr.skip()] * 5
+        with pytest.raises(api.UserError, match=f"^'{name}' of '{folder}' is not valid JSON"):
+            api.sampling_defaults(str(folder))

@@ -97,9 +97,19 @@ def sampling_defaults(model_type: str | None, generation: dict | None = None) ->
 
 def folder_sampling(model_dir: Path) -> dict:
     """sampling_defaults of a model folder, from its config.json and generation_config.json."""
-    cfg = json.loads((model_dir / "config.json").read_text())
+    cfg = _json(model_dir / "config.json")
     gen = model_dir / "generation_config.json"
-    return sampling_defaults(cfg.get("model_type"), json.loads(gen.read_text()) if gen.is_file() else None)
+    return sampling_defaults(cfg.get("model_type"), _json(gen) if gen.is_file() else None)
+
+
+def _json(path: Path) -> dict:
+    """A model folder's JSON file; one that is not JSON (cut off in a copy, edited by hand) is a UserError."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise UserError(
+            f"'{path.name}' of '{path.parent}' is not valid JSON ({e}); copy the file again from the model's source."
+        ) from None
 
 
 def source_sampling(source: str, families: dict | None = None) -> dict:
