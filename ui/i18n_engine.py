@@ -265,6 +265,11 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         "сопоставьте ({3}).",
     ),
     (
+        r"No folder '(.*)' here, and hub ids have no spaces: did you mean '(.*)'\?",
+        "这里没有文件夹 '{0}'，且 Hub ID 不含空格：是否想填 '{1}'？",
+        "Папки '{0}' здесь нет, а в id на хабе не бывает пробелов: может быть, '{1}'?",
+    ),
+    (
         r"'(.*)' is a web address; give its hub id '(.*)' instead\.",
         "'{0}' 是网页地址；请改为填写它的 Hub ID '{1}'。",
         "'{0}' — это веб-адрес; укажите вместо него id на хабе: '{1}'.",

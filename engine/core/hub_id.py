@@ -10,12 +10,17 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HUB_URL = re.compile(r"^(?:https?://)?(?:www\.)?(?:huggingface\.co|hf\.co)/(?:datasets/|spaces/)?([^/\s]+/[^/\s?#]+)")
 
 
-def url_hint(text: str) -> str:
-    """For a hub web address, the sentence that says to give its id instead; else ""."""
-    m = _HUB_URL.match(text.strip())
-    if m is None or not HUB_ID.match(m.group(1)):
-        return ""
-    return f"'{text.strip()}' is a web address; give its hub id '{m.group(1)}' instead."
+def url_hint(text: str, spaces: bool = True) -> str:
+    """For a hub web address, the sentence that says to give its id instead; with `spaces`, for an id typed with
+    spaces (a model's name as its page titles it, 'Qwen/Qwen3 4B'), the one that says ids have none; else ""."""
+    text = text.strip()
+    m = _HUB_URL.match(text)
+    if m is not None and HUB_ID.match(m.group(1)):
+        return f"'{text}' is a web address; give its hub id '{m.group(1)}' instead."
+    meant = re.sub(r"\s+", "-", re.sub(r"\s*/\s*", "/", text))
+    if spaces and meant != text and HUB_ID.match(meant) and not text.startswith((".", "/", "~")):
+        return f"No folder '{text}' here, and hub ids have no spaces: did you mean '{meant}'?"
+    return ""
 
 
 def refusal(model: str, exc: BaseException) -> str | None:

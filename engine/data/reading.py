@@ -224,7 +224,9 @@ def source_rows(
     # a hub id looks like a relative path (owner/name), but one ending in a file suffix is a mistyped file name
     if not path.is_dir() and (not HUB_ID.match(source) or path.suffix.lower() in SUFFIXES):
         raise UserError(
-            url_hint(source) or f"Dataset file '{source}' does not exist; check the path or upload it again."
+            # a file name with a space ('data/my file.jsonl') is not a hub id typed with one
+            url_hint(source, spaces=path.suffix.lower() not in SUFFIXES)
+            or f"Dataset file '{source}' does not exist; check the path or upload it again."
         )
     import datasets
 
