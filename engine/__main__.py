@@ -65,14 +65,21 @@ def _follow(handle) -> int:
 
 def _above_0(kind):
     """An argparse type: a number of `kind` above 0 (--batch 0 was taken as "the preset's", --vram -3 as a card)."""
+    return _number(kind, 0, "above")
+
+
+def _number(kind, low: float, how: str):
+    """An argparse type: a finite number of `kind` `how` ("above" or "at least") `low`. float() takes "inf" and "nan":
+    --vram inf ended in an OverflowError report, --temperature nan in an empty reply that exited 0."""
+    import math
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+        if not math.isfinite(value) or not (value > low if how == "above" else value >= low):
+            raise argparse.ArgumentTypeError(f"must be {how} {low:g}, not {text}")
         return value
 
     return parse
@@ -99,7 +106,7 @@ def main(argv=None) -> int:
     p.add_argument("--prompt", required=True)
     p.add_argument("--system", default="")
     p.add_argument("--max-new-tokens", type=_above_0(int), default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--temperature", type=_number(float, 0, "at least"), default=0.0, help="0: greedy")
     p.add_argument("--stream", action="store_true")
     p = sub.add_parser("export", help="export a run or model")
     p.add_argument("source")
