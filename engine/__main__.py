@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--push-to-hub", metavar="USER/REPO", default=None, help="upload the finished export (HF_TOKEN)")
     p.add_argument("--private", action="store_true", help="create the hub repository private")
-    p = sub.add_parser("eval", help="evaluate runs, models and .gguf files on reference answers, as JSON")
+    p = ev = sub.add_parser("eval", help="evaluate runs, models and .gguf files on reference answers, as JSON")
     p.add_argument("sources", nargs="+", metavar="RUN_OR_MODEL_OR_GGUF")
     p.add_argument("--data", default="", help="questions with reference answers (default: the run's held-out rows)")
     p.add_argument("--regex", default="", help="also score: the reply matches this regular expression")
@@ -124,7 +124,12 @@ def main(argv=None) -> int:
     p.add_argument("--name", default="", help="identity check: the assistant's name (found in identity data otherwise)")
     p.add_argument("--maker", default="", help="identity check: its maker")
     p.add_argument("--no-base", action="store_true", help="skip the base model of a run")
-    p.add_argument("--limit", type=int, default=None, help="evaluate the first N rows (default 100; 0: all)")
+    p.add_argument(
+        "--limit",
+        type=_number(int, 0, "at least"),
+        default=None,
+        help="evaluate the first N rows (default 100; 0: all)",
+    )
     p.add_argument("--max-new-tokens", type=_above_0(int), default=None)
     p.add_argument("--no-save", action="store_true", help="print only; write no results folder")
     p = sub.add_parser("data", help="dataset tools")
@@ -134,7 +139,9 @@ def main(argv=None) -> int:
     d.add_argument("--format", default="auto")
     d.add_argument("--model", default=None, help="render with this model's tokenizer and chat template")
     d.add_argument("--map", action="append", metavar="COLUMN=FIELD", help="use COLUMN as FIELD, e.g. q=instruction")
-    d.add_argument("--max-seq-length", type=int, default=1024, help="count the rows this length would truncate")
+    d.add_argument(
+        "--max-seq-length", type=_above_0(int), default=1024, help="count the rows this length would truncate"
+    )
     d.add_argument("--template", default="auto", help="named chat template (chatml, llama-3, mistral, ...)")
     d.add_argument("--config", default="", help="hub datasets: configuration name")
     d.add_argument("--split", default="train", help="hub datasets: split")
@@ -156,6 +163,8 @@ def main(argv=None) -> int:
     )
     p.add_argument("--machine", default=None, help="plan for a machine preset (presets/machines.yaml): kaggle-2xt4")
     args = ap.parse_args(argv)
+    if args.cmd == "eval" and bool(args.name) != bool(args.maker):  # the check takes both; one was dropped unsaid
+        ev.error("give --name and --maker together (or neither: an identity dataset's answers name them)")
 
     from engine import api
 

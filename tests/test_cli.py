@@ -29,3 +29,22 @@ def test_numbers_that_are_not_finite_or_below_0_are_refused(capsys, argv):
     code, _, err = run(capsys, *argv)
     assert code == 2 and f"argument {argv[-2]}: " in err, err
     assert "Traceback" not in err and "report" not in err
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["eval", "m", "--data", "q.jsonl", "--limit", "-3"], "argument --limit: must be at least 0, not -3"),
+        (
+            ["data", "inspect", "d.jsonl", "--max-seq-length", "-5"],
+            "argument --max-seq-length: must be above 0, not -5",
+        ),
+        (["eval", "m", "--data", "q.jsonl", "--name", "Nova"], "give --name and --maker together"),
+        (["eval", "m", "--data", "q.jsonl", "--maker", "Tunesmith Labs"], "give --name and --maker together"),
+    ],
+)
+def test_eval_and_inspect_flags_that_were_taken_silently(capsys, argv, says):
+    """--limit -3 evaluated one row (read_cases stops once it has 'limit' or more), inspect said rows were "longer than
+    -5 tokens", and --name without --maker (or the other way) dropped the identity check without a word."""
+    code, out, err = run(capsys, *argv)
+    assert (code, out) == (2, "") and says in err and "Traceback" not in err, err
