@@ -201,6 +201,10 @@ def main(argv=None) -> int:
             print(f"{stats.tokens} tokens in {stats.seconds:.2f} s: {stats.tokens_per_s:.1f} tokens/s", file=sys.stderr)
             return 0
         if args.cmd == "export":
+            if args.push_to_hub:  # before the export, as the Export tab does: a GGUF takes minutes to find this out
+                from engine.models.hub import check_target
+
+                check_target(args.push_to_hub)
             res = api.export(_named_run(args.source), args.format, args.out, log=lambda m: print(m, file=sys.stderr))
             print(
                 json.dumps(

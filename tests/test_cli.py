@@ -48,3 +48,24 @@ def test_eval_and_inspect_flags_that_were_taken_silently(capsys, argv, says):
     -5 tokens", and --name without --maker (or the other way) dropped the identity check without a word."""
     code, out, err = run(capsys, *argv)
     assert (code, out) == (2, "") and says in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("token", ["hf_x", ""])
+def test_export_push_target_is_checked_before_the_export(capsys, tmp_path, monkeypatch, tiny_llama, token):
+    """A repository name that is not one, or no token, was found only after the whole export (a GGUF takes minutes);
+    the Export tab checks it first (engine.api.exports.start_export)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))  # no stored login
+    if token:
+        monkeypatch.setenv("HF_TOKEN", token)
+    else:
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+    out = tmp_path / "merged"
+    repo = "not a repo" if token else "user/name"
+    code, stdout, err = run(
+        capsys, "export", str(tiny_llama), "--format", "merged16", "--out", str(out), "--push-to-hub", repo
+    )
+    assert (code, stdout) == (2, ""), err
+    assert ("is not a hub repository name" if token else "needs a write token") in err.splitlines()[-1]
+    assert not out.exists() and "merged" not in err
