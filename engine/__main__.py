@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     d.add_argument("--config", default="", help="hub datasets: configuration name")
     d.add_argument("--split", default="train", help="hub datasets: split")
     sub.add_parser("doctor", help="versions, GPU and free memory and disk, as JSON")
-    p = sub.add_parser(
+    p = est = sub.add_parser(
         "estimate", help="the plan of a training run, its peak VRAM and RAM, whether it fits, and its preset, as JSON"
     )
     p.add_argument("--model", required=True)
@@ -159,12 +159,17 @@ def main(argv=None) -> int:
     )
     p.add_argument("--ram", type=_above_0(float), default=None, help="plan for this many GiB of free host RAM instead")
     p.add_argument(
-        "--gpus", type=_above_0(int), default=1, help="plan per GPU of a run on this many (full: FSDP2 shards)"
+        "--gpus",
+        type=_above_0(int),
+        default=None,
+        help="plan per GPU of a run on this many (default 1; full: FSDP2 shards)",
     )
     p.add_argument("--machine", default=None, help="plan for a machine preset (presets/machines.yaml): kaggle-2xt4")
     args = ap.parse_args(argv)
     if args.cmd == "eval" and bool(args.name) != bool(args.maker):  # the check takes both; one was dropped unsaid
         ev.error("give --name and --maker together (or neither: an identity dataset's answers name them)")
+    if args.cmd == "estimate" and args.machine and (args.gpus is not None or args.vram is not None):
+        est.error("--machine sets the GPUs and their memory; leave out --gpus and --vram")  # it replaced them unsaid
 
     from engine import api
 
@@ -261,7 +266,7 @@ def main(argv=None) -> int:
                 args.rank,
                 args.vram,
                 args.ram,
-                gpus=args.gpus,
+                gpus=args.gpus or 1,
                 machine=args.machine,
             )
             print(json.dumps(out, indent=2))

@@ -69,3 +69,11 @@ def test_export_push_target_is_checked_before_the_export(capsys, tmp_path, monke
     assert (code, stdout) == (2, ""), err
     assert ("is not a hub repository name" if token else "needs a write token") in err.splitlines()[-1]
     assert not out.exists() and "merged" not in err
+
+
+@pytest.mark.parametrize("flag", [["--vram", "80"], ["--gpus", "4"], ["--gpus", "1"]])
+def test_estimate_machine_with_gpus_or_vram_is_refused(capsys, flag):
+    """--machine kaggle-2xt4 --vram 80 planned for 14.6 GiB and 2 GPUs without a word: the machine preset replaced
+    what the user typed."""
+    code, out, err = run(capsys, "estimate", "--model", "Qwen/Qwen3-0.6B", "--machine", "kaggle-2xt4", *flag)
+    assert (code, out) == (2, "") and "--machine sets the GPUs and their memory" in err, err
