@@ -77,3 +77,14 @@ def test_estimate_machine_with_gpus_or_vram_is_refused(capsys, flag):
     what the user typed."""
     code, out, err = run(capsys, "estimate", "--model", "Qwen/Qwen3-0.6B", "--machine", "kaggle-2xt4", *flag)
     assert (code, out) == (2, "") and "--machine sets the GPUs and their memory" in err, err
+
+
+def test_the_run_process_given_a_job_file_that_is_not_there_says_so(capsys, tmp_path):
+    """`python -m engine.run runs/<id>/job.yaml` (how a run replays from its job.yaml alone) with a mistyped path
+    ended in a FileNotFoundError traceback from writing status.json into a folder that does not exist."""
+    from engine.run import main as run_main
+
+    for job in (tmp_path / "no-run" / "job.yaml", tmp_path / "job.yaml"):
+        assert run_main([str(job)]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [f"error: Job file '{job}' does not exist."]
+    assert list(tmp_path.iterdir()) == []  # no status.json beside a job that is not there
