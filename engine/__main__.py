@@ -104,7 +104,11 @@ def main(argv=None) -> int:
     p = sub.add_parser("chat", help="one reply from a run, a model folder, a hub id or a .gguf file")
     p.add_argument("source")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--system", default="")
+    p.add_argument(
+        "--system",
+        default=None,
+        help="system prompt (default: a run's own, the one it trained with, as the Chat tab starts; '': none)",
+    )
     p.add_argument("--max-new-tokens", type=_above_0(int), default=256)
     p.add_argument("--temperature", type=_number(float, 0, "at least"), default=0.0, help="0: greedy")
     p.add_argument("--stream", action="store_true")
@@ -186,8 +190,11 @@ def main(argv=None) -> int:
             print(f"run: {handle.run_dir}", flush=True)
             return _follow(handle)
         if args.cmd == "chat":
-            chat = api.Chat(_named_run(args.source))
-            msgs = ([{"role": "system", "content": args.system}] if args.system else []) + [
+            source = _named_run(args.source)
+            chat = api.Chat(source)
+            # the tuned model learned its replies after its run's system turn (a GGUF file's, from its Modelfile)
+            system = args.system if args.system is not None else api.system_prompt(source) or ""
+            msgs = ([{"role": "system", "content": system}] if system else []) + [
                 {"role": "user", "content": args.prompt}
             ]
             stats = api.ReplyStats()

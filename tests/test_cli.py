@@ -88,3 +88,29 @@ def test_the_run_process_given_a_job_file_that_is_not_there_says_so(capsys, tmp_
         assert run_main([str(job)]) == 2
         assert capsys.readouterr().err.strip().splitlines() == [f"error: Job file '{job}' does not exist."]
     assert list(tmp_path.iterdir()) == []  # no status.json beside a job that is not there
+
+
+@pytest.mark.parametrize("typed, sent", [([], "You are Nova."), (["--system", ""], None), (["--system", "Hi"], "Hi")])
+def test_chat_with_a_run_starts_with_the_system_prompt_it_trained_with(capsys, monkeypatch, tmp_path, typed, sent):
+    """The Chat tab and eval start a run's chat with its job's system_prompt, after which the tuned model learned its
+    replies; `chat runs/<id>` sent none unless --system repeated it, so the same run answered differently here."""
+    from engine import api
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "job.yaml").write_text(api.JobSpec(model="m", data="d", system_prompt="You are Nova.").to_yaml())
+    asked = []
+
+    class Chat:
+        def __init__(self, source):
+            assert source == str(run_dir)
+
+        def reply(self, messages, **kw):
+            asked.append(messages)
+            return "I am Nova."
+
+    monkeypatch.setattr(api, "Chat", Chat)
+    code, out, err = run(capsys, "chat", str(run_dir), "--prompt", "Who are you?", *typed)
+    assert (code, out) == (0, "I am Nova.\n"), err
+    system = [{"role": "system", "content": sent}] if sent is not None else []
+    assert asked == [[*system, {"role": "user", "content": "Who are you?"}]]
