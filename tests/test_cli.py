@@ -114,3 +114,22 @@ def test_chat_with_a_run_starts_with_the_system_prompt_it_trained_with(capsys, m
     assert (code, out) == (0, "I am Nova.\n"), err
     system = [{"role": "system", "content": sent}] if sent is not None else []
     assert asked == [[*system, {"role": "user", "content": "Who are you?"}]]
+
+
+def test_chat_and_eval_take_an_adapter_folder_without_a_tokenizer(capsys, tmp_path, tiny_llama, identity_file):
+    """A run's checkpoints/step-N/ (or an adapter saved without its tokenizer) took the adapter folder for the
+    tokenizer's and ended in transformers' "Couldn't instantiate the backend tokenizer" report (exit 1); export took
+    the base model's tokenizer all along."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    adapter = tmp_path / "step-000002"
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(adapter)
+    assert not list(adapter.glob("tokenizer*"))
+    code, out, err = run(capsys, "chat", str(adapter), "--prompt", "Who are you?", "--max-new-tokens", "3")
+    assert code == 0 and out.strip(), err
+    argv = ["eval", str(adapter), "--data", str(identity_file), "--limit", "1", "--max-new-tokens", "2", "--no-save"]
+    code, out, err = run(capsys, *argv)
+    assert code == 0 and '"cases": 1' in out, err

@@ -59,7 +59,9 @@ def _locate(source: str) -> tuple[str, Path | None, Path | None]:
         return spec.model, ckpts[-1], path / "tokenizer"
     if (path / "adapter_config.json").is_file():
         base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-        return base, path, path
+        # a run's checkpoint (or an adapter saved alone) holds no tokenizer: the base model's is the one it trained with
+        has_tokenizer = (path / "tokenizer_config.json").is_file() or (path / "tokenizer.json").is_file()
+        return base, path, path if has_tokenizer else None
     return source, None, None
 
 
