@@ -133,3 +133,18 @@ def test_chat_and_eval_take_an_adapter_folder_without_a_tokenizer(capsys, tmp_pa
     argv = ["eval", str(adapter), "--data", str(identity_file), "--limit", "1", "--max-new-tokens", "2", "--no-save"]
     code, out, err = run(capsys, *argv)
     assert code == 0 and '"cases": 1' in out, err
+
+
+def test_a_checkpoint_folder_chats_with_its_runs_tokenizer(tmp_path):
+    """checkpoints/step-N/ named alone: the run's tokenizer/ beside it is the one it trained with (its chat template
+    may be one the job named), not the base model's."""
+    from engine.chat.infer import locate
+
+    ckpt = tmp_path / "run" / "checkpoints" / "step-000002"
+    ckpt.mkdir(parents=True)
+    (ckpt / "adapter_config.json").write_text('{"base_model_name_or_path": "base"}')
+    (ckpt / "adapter_model.safetensors").write_bytes(b"")
+    assert locate(str(ckpt)) == ("base", ckpt, None)
+    (tmp_path / "run" / "tokenizer").mkdir()
+    (tmp_path / "run" / "tokenizer" / "tokenizer_config.json").write_text("{}")
+    assert locate(str(ckpt)) == ("base", ckpt, tmp_path / "run" / "tokenizer")
