@@ -148,3 +148,11 @@ def test_a_checkpoint_folder_chats_with_its_runs_tokenizer(tmp_path):
     (tmp_path / "run" / "tokenizer").mkdir()
     (tmp_path / "run" / "tokenizer" / "tokenizer_config.json").write_text("{}")
     assert locate(str(ckpt)) == ("base", ckpt, tmp_path / "run" / "tokenizer")
+
+
+@pytest.mark.parametrize("cmd", [["chat", "{f}", "--prompt", "hi"], ["estimate", "--model", "{f}"]])
+def test_a_file_given_as_the_model_is_not_called_missing(capsys, identity_file, cmd):
+    """A data file (or any file) given as the model was "Model folder '...' does not exist", which it does."""
+    code, out, err = run(capsys, *[a.format(f=identity_file) for a in cmd])
+    assert (code, out) == (2, "") and "does not exist" not in err
+    assert f"error: '{identity_file}' is a file, not a model folder" in err, err
