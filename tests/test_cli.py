@@ -156,3 +156,17 @@ def test_a_file_given_as_the_model_is_not_called_missing(capsys, identity_file, 
     code, out, err = run(capsys, *[a.format(f=identity_file) for a in cmd])
     assert (code, out) == (2, "") and "does not exist" not in err
     assert f"error: '{identity_file}' is a file, not a model folder" in err, err
+
+
+def test_a_checkpoint_folder_chats_with_its_runs_system_prompt(tmp_path):
+    """checkpoints/step-N/ (or best/step-N/) named alone started its chat with no system turn, though it learned its
+    replies after its run's."""
+    from engine import api
+
+    run_dir = tmp_path / "run"
+    for ckpt in (run_dir / "checkpoints" / "step-000002", run_dir / "best" / "step-000002"):
+        ckpt.mkdir(parents=True)
+        assert api.system_prompt(str(ckpt)) is None  # not a run's: nothing to go by
+    (run_dir / "job.yaml").write_text(api.JobSpec(model="m", data="d", system_prompt="You are Nova.").to_yaml())
+    for ckpt in (run_dir / "checkpoints" / "step-000002", run_dir / "best" / "step-000002"):
+        assert api.system_prompt(str(ckpt)) == "You are Nova."
