@@ -85,6 +85,20 @@ def _number(kind, low: float, how: str):
     return parse
 
 
+def _gib(most: float):
+    """An argparse type: GiB above 0 and at most `most`, which no machine has: --vram 24000 (megabytes typed) planned
+    for a 24,000 GiB card that fits anything, and 1e308 ended in an OverflowError report."""
+    above_0 = _above_0(float)
+
+    def parse(text: str):
+        value = above_0(text)
+        if value > most:
+            raise argparse.ArgumentTypeError(f"GiB, at most {most:,.0f}, not {text}")
+        return value
+
+    return parse
+
+
 def _named_run(source: str) -> str:
     """`source`, or the folder of the run it names by id (as `resume` and the app's run list name runs)."""
     from engine import api
@@ -158,10 +172,8 @@ def main(argv=None) -> int:
     p.add_argument("--seq", type=_above_0(int), default=None, help="sequence length (default: the preset's)")
     p.add_argument("--batch", type=_above_0(int), default=None, help="micro-batch (default: the preset's)")
     p.add_argument("--rank", type=_above_0(int), default=16)
-    p.add_argument(
-        "--vram", type=_above_0(float), default=None, help="plan for a card of this many GiB instead of this one"
-    )
-    p.add_argument("--ram", type=_above_0(float), default=None, help="plan for this many GiB of free host RAM instead")
+    p.add_argument("--vram", type=_gib(1024), default=None, help="plan for a card of this many GiB instead of this one")
+    p.add_argument("--ram", type=_gib(1 << 20), default=None, help="plan for this many GiB of free host RAM instead")
     p.add_argument(
         "--gpus",
         type=_above_0(int),

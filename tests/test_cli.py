@@ -170,3 +170,11 @@ def test_a_checkpoint_folder_chats_with_its_runs_system_prompt(tmp_path):
     (run_dir / "job.yaml").write_text(api.JobSpec(model="m", data="d", system_prompt="You are Nova.").to_yaml())
     for ckpt in (run_dir / "checkpoints" / "step-000002", run_dir / "best" / "step-000002"):
         assert api.system_prompt(str(ckpt)) == "You are Nova."
+
+
+@pytest.mark.parametrize("flag, value", [("--vram", "24000"), ("--vram", "1e308"), ("--ram", "1e308")])
+def test_estimate_refuses_memory_no_machine_has(capsys, flag, value):
+    """--vram 24000 (megabytes typed for gigabytes) planned for a 24,000 GiB card and said everything fits; 1e308
+    ended in an OverflowError report."""
+    code, out, err = run(capsys, "estimate", "--model", "Qwen/Qwen3-0.6B", flag, value)
+    assert (code, out) == (2, "") and f"argument {flag}: GiB, at most " in err and "Traceback" not in err, err
