@@ -65,14 +65,35 @@ def _follow(handle) -> int:
 
 def _above_0(kind):
     """An argparse type: a number of `kind` above 0 (--batch 0 was taken as "the preset's", --vram -3 as a card)."""
+    return _number(kind, 0, "above")
+
+
+def _number(kind, low: float, how: str):
+    """An argparse type: a finite number of `kind` `how` ("above" or "at least") `low`. float() takes "inf" and "nan":
+    --vram inf ended in an OverflowError report, --temperature nan in an empty reply that exited 0."""
+    import math
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+        if not math.isfinite(value) or not (value > low if how == "above" else value >= low):
+            raise argparse.ArgumentTypeError(f"must be {how} {low:g}, not {text}")
+        return value
+
+    return parse
+
+
+def _gib(most: float):
+    """An argparse type: GiB above 0 and at most `most`, which no machine has: --vram 24000 (megabytes typed) planned
+    for a 24,000 GiB card that fits anything, and 1e308 ended in an OverflowError report."""
+    above_0 = _above_0(float)
+
+    def parse(text: str):
+        value = above_0(text)
+        if value > most:
+            raise argparse.ArgumentTypeError(f"GiB, at most {most:,.0f}, not {text}")
         return value
 
     return parse
@@ -97,9 +118,13 @@ def main(argv=None) -> int:
     p = sub.add_parser("chat", help="one reply from a run, a model folder, a hub id or a .gguf file")
     p.add_argument("source")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--system", default="")
+    p.add_argument(
+        "--system",
+        default=None,
+        help="system prompt (default: a run's own, the one it trained with, as the Chat tab starts; '': none)",
+    )
     p.add_argument("--max-new-tokens", type=_above_0(int), default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--temperature", type=_number(float, 0, "at least"), default=0.0, help="0: greedy")
     p.add_argument("--stream", action="store_true")
     p = sub.add_parser("export", help="export a run or model")
     p.add_argument("source")
@@ -107,7 +132,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--push-to-hub", metavar="USER/REPO", default=None, help="upload the finished export (HF_TOKEN)")
     p.add_argument("--private", action="store_true", help="create the hub repository private")
-    p = sub.add_parser("eval", help="evaluate runs, models and .gguf files on reference answers, as JSON")
+    p = ev = sub.add_parser("eval", help="evaluate runs, models and .gguf files on reference answers, as JSON")
     p.add_argument("sources", nargs="+", metavar="RUN_OR_MODEL_OR_GGUF")
     p.add_argument("--data", default="", help="questions with reference answers (default: the run's held-out rows)")
     p.add_argument("--regex", default="", help="also score: the reply matches this regular expression")
@@ -117,7 +142,12 @@ def main(argv=None) -> int:
     p.add_argument("--name", default="", help="identity check: the assistant's name (found in identity data otherwise)")
     p.add_argument("--maker", default="", help="identity check: its maker")
     p.add_argument("--no-base", action="store_true", help="skip the base model of a run")
-    p.add_argument("--limit", type=int, default=None, help="evaluate the first N rows (default 100; 0: all)")
+    p.add_argument(
+        "--limit",
+        type=_number(int, 0, "at least"),
+        default=None,
+        help="evaluate the first N rows (default 100; 0: all)",
+    )
     p.add_argument("--max-new-tokens", type=_above_0(int), default=None)
     p.add_argument("--no-save", action="store_true", help="print only; write no results folder")
     p = sub.add_parser("data", help="dataset tools")
@@ -127,12 +157,14 @@ def main(argv=None) -> int:
     d.add_argument("--format", default="auto")
     d.add_argument("--model", default=None, help="render with this model's tokenizer and chat template")
     d.add_argument("--map", action="append", metavar="COLUMN=FIELD", help="use COLUMN as FIELD, e.g. q=instruction")
-    d.add_argument("--max-seq-length", type=int, default=1024, help="count the rows this length would truncate")
+    d.add_argument(
+        "--max-seq-length", type=_above_0(int), default=1024, help="count the rows this length would truncate"
+    )
     d.add_argument("--template", default="auto", help="named chat template (chatml, llama-3, mistral, ...)")
     d.add_argument("--config", default="", help="hub datasets: configuration name")
     d.add_argument("--split", default="train", help="hub datasets: split")
     sub.add_parser("doctor", help="versions, GPU and free memory and disk, as JSON")
-    p = sub.add_parser(
+    p = est = sub.add_parser(
         "estimate", help="the plan of a training run, its peak VRAM and RAM, whether it fits, and its preset, as JSON"
     )
     p.add_argument("--model", required=True)
@@ -140,15 +172,20 @@ def main(argv=None) -> int:
     p.add_argument("--seq", type=_above_0(int), default=None, help="sequence length (default: the preset's)")
     p.add_argument("--batch", type=_above_0(int), default=None, help="micro-batch (default: the preset's)")
     p.add_argument("--rank", type=_above_0(int), default=16)
+    p.add_argument("--vram", type=_gib(1024), default=None, help="plan for a card of this many GiB instead of this one")
+    p.add_argument("--ram", type=_gib(1 << 20), default=None, help="plan for this many GiB of free host RAM instead")
     p.add_argument(
-        "--vram", type=_above_0(float), default=None, help="plan for a card of this many GiB instead of this one"
-    )
-    p.add_argument("--ram", type=_above_0(float), default=None, help="plan for this many GiB of free host RAM instead")
-    p.add_argument(
-        "--gpus", type=_above_0(int), default=1, help="plan per GPU of a run on this many (full: FSDP2 shards)"
+        "--gpus",
+        type=_above_0(int),
+        default=None,
+        help="plan per GPU of a run on this many (default 1; full: FSDP2 shards)",
     )
     p.add_argument("--machine", default=None, help="plan for a machine preset (presets/machines.yaml): kaggle-2xt4")
     args = ap.parse_args(argv)
+    if args.cmd == "eval" and bool(args.name) != bool(args.maker):  # the check takes both; one was dropped unsaid
+        ev.error("give --name and --maker together (or neither: an identity dataset's answers name them)")
+    if args.cmd == "estimate" and args.machine and (args.gpus is not None or args.vram is not None):
+        est.error("--machine sets the GPUs and their memory; leave out --gpus and --vram")  # it replaced them unsaid
 
     from engine import api
 
@@ -165,8 +202,11 @@ def main(argv=None) -> int:
             print(f"run: {handle.run_dir}", flush=True)
             return _follow(handle)
         if args.cmd == "chat":
-            chat = api.Chat(_named_run(args.source))
-            msgs = ([{"role": "system", "content": args.system}] if args.system else []) + [
+            source = _named_run(args.source)
+            chat = api.Chat(source)
+            # the tuned model learned its replies after its run's system turn (a GGUF file's, from its Modelfile)
+            system = args.system if args.system is not None else api.system_prompt(source) or ""
+            msgs = ([{"role": "system", "content": system}] if system else []) + [
                 {"role": "user", "content": args.prompt}
             ]
             stats = api.ReplyStats()
@@ -185,6 +225,10 @@ def main(argv=None) -> int:
             print(f"{stats.tokens} tokens in {stats.seconds:.2f} s: {stats.tokens_per_s:.1f} tokens/s", file=sys.stderr)
             return 0
         if args.cmd == "export":
+            if args.push_to_hub:  # before the export, as the Export tab does: a GGUF takes minutes to find this out
+                from engine.models.hub import check_target
+
+                check_target(args.push_to_hub)
             res = api.export(_named_run(args.source), args.format, args.out, log=lambda m: print(m, file=sys.stderr))
             print(
                 json.dumps(
@@ -241,7 +285,7 @@ def main(argv=None) -> int:
                 args.rank,
                 args.vram,
                 args.ram,
-                gpus=args.gpus,
+                gpus=args.gpus or 1,
                 machine=args.machine,
             )
             print(json.dumps(out, indent=2))

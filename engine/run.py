@@ -63,6 +63,9 @@ def main(argv=None) -> int:
     from engine.training import launch
 
     job = Path(args.job)
+    if not job.exists():  # status.json goes beside the job: a missing folder was a traceback, another a stray file
+        print(f"error: Job file '{job}' does not exist.", file=sys.stderr)
+        return 2
     run_dir = job.parent
     rank = launch.worker_rank()  # None: one process, or the supervisor of several
     runlog = RunLog(run_dir, log) if not rank else launch.QuietRunLog(run_dir)

@@ -51,11 +51,14 @@ def sampling_defaults(source: str) -> dict:
 def system_prompt(source: str) -> str | None:
     """The system prompt a run trained with on every example that had none ("" when it had none), for its chat to
     start with, since the tuned model learned its replies after that turn: a run's from its job, a GGUF file's from
-    the Ollama Modelfile its export wrote beside it (SYSTEM). None for any other source."""
+    the Ollama Modelfile its export wrote beside it (SYSTEM); a checkpoint's (checkpoints/ or best/) from its run.
+    None for any other source."""
     check_source(str(source))
     path = Path(source)
     if str(source).lower().endswith(".gguf"):
         return _modelfile_system(path)
+    if path.parent.name in ("checkpoints", "best") and not (path / "job.yaml").is_file():
+        path = path.parent.parent  # a run's checkpoint learned its replies after the run's system turn too
     if not (path / "job.yaml").is_file():
         return None
     from engine.spec.jobspec import read_job

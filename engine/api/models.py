@@ -65,7 +65,7 @@ def model_arch(model: str):
     path = Path(os.path.expanduser(model))
     if (path / "config.json").is_file():
         return Arch.from_config(json.loads((path / "config.json").read_text()))
-    if path.is_dir():  # an existing folder with no config.json (one above the model): neither missing nor a hub id
+    if path.is_dir() or path.is_file():  # one with no config.json (a folder above the model, a file): not missing
         from engine.models.loading import resolve_model
 
         resolve_model(model, log=lambda msg: None)  # raises the sentence the run would

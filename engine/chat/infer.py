@@ -38,6 +38,10 @@ def check_adapter(folder: Path) -> None:
     raise UserError(f"'{folder}' has no adapter_model.safetensors; it is not a complete LoRA adapter.")
 
 
+def _has_tokenizer(folder: Path) -> bool:
+    return (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file()
+
+
 def _locate(source: str) -> tuple[str, Path | None, Path | None]:
     path = Path(source)
     if (path / "job.yaml").is_file():
@@ -59,7 +63,12 @@ def _locate(source: str) -> tuple[str, Path | None, Path | None]:
         return spec.model, ckpts[-1], path / "tokenizer"
     if (path / "adapter_config.json").is_file():
         base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-        return base, path, path
+        # a run's checkpoint holds no tokenizer: the run's tokenizer/ is the one it trained with (its chat template may
+        # be one the job named); an adapter saved alone without one trained with its base model's
+        run_tok = path.parent.parent / "tokenizer"
+        if _has_tokenizer(path):
+            return base, path, path
+        return base, path, run_tok if path.parent.name == "checkpoints" and _has_tokenizer(run_tok) else None
     return source, None, None
 
 

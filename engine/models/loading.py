@@ -22,6 +22,11 @@ def resolve_model(model: str, log=print) -> Path:
     if path.is_dir():
         _check_folder(path)
         return path
+    if path.is_file():
+        raise UserError(
+            f"'{model}' is a file, not a model folder; give the folder that holds its config.json and weights, or a "
+            "hub id."
+        )
     if not HUB_ID.match(model) or model.startswith((".", "/", "~")):
         raise UserError(
             url_hint(model)
