@@ -136,8 +136,8 @@ def test_chat_and_eval_take_an_adapter_folder_without_a_tokenizer(capsys, tmp_pa
 
 
 def test_a_checkpoint_folder_chats_with_its_runs_tokenizer(tmp_path):
-    """checkpoints/step-N/ named alone: the run's tokenizer/ beside it is the one it trained with (its chat template
-    may be one the job named), not the base model's."""
+    """checkpoints/step-N/ (or best/step-N/) named alone: the run's tokenizer/ beside it is the one it trained with
+    (its chat template may be one the job named), not the base model's."""
     from engine.chat.infer import locate
 
     ckpt = tmp_path / "run" / "checkpoints" / "step-000002"
@@ -148,6 +148,11 @@ def test_a_checkpoint_folder_chats_with_its_runs_tokenizer(tmp_path):
     (tmp_path / "run" / "tokenizer").mkdir()
     (tmp_path / "run" / "tokenizer" / "tokenizer_config.json").write_text("{}")
     assert locate(str(ckpt)) == ("base", ckpt, tmp_path / "run" / "tokenizer")
+    best = tmp_path / "run" / "best" / "step-000002"  # the lowest-validation-loss copy: the same tokenizer
+    best.mkdir(parents=True)
+    (best / "adapter_config.json").write_text('{"base_model_name_or_path": "base"}')
+    (best / "adapter_model.safetensors").write_bytes(b"")
+    assert locate(str(best)) == ("base", best, tmp_path / "run" / "tokenizer")
 
 
 @pytest.mark.parametrize("cmd", [["chat", "{f}", "--prompt", "hi"], ["estimate", "--model", "{f}"]])

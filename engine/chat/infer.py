@@ -63,12 +63,12 @@ def _locate(source: str) -> tuple[str, Path | None, Path | None]:
         return spec.model, ckpts[-1], path / "tokenizer"
     if (path / "adapter_config.json").is_file():
         base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-        # a run's checkpoint holds no tokenizer: the run's tokenizer/ is the one it trained with (its chat template may
-        # be one the job named); an adapter saved alone without one trained with its base model's
+        # a run's checkpoint (checkpoints/ or best/) holds no tokenizer: the run's tokenizer/ is the one it trained
+        # with (its chat template may be one the job named); an adapter saved alone without one trained with its base's
         run_tok = path.parent.parent / "tokenizer"
         if _has_tokenizer(path):
             return base, path, path
-        return base, path, run_tok if path.parent.name == "checkpoints" and _has_tokenizer(run_tok) else None
+        return base, path, run_tok if path.parent.name in ("checkpoints", "best") and _has_tokenizer(run_tok) else None
     return source, None, None
 
 
