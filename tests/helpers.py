@@ -121,3 +121,24 @@ def failing_forward(n: int, fail):
         yield
     finally:
         handle.remove()
+
+
+@contextlib.contextmanager
+def training_run(runs, model, data):
+    """A run folder that the app reads as training, with a process whose command line names its job.yaml (as a
+    run's does); yields the folder. The process is killed on exit."""
+    import json
+    import subprocess
+    import sys
+
+    folder = runs / "20260101-000000-t"
+    folder.mkdir(parents=True)
+    (folder / "job.yaml").write_text(tiny_spec(model, data).to_yaml())
+    run = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", str(folder / "job.yaml")])
+    try:
+        status = dict(state="running", message="training", step=3, total_steps=40, pid=run.pid)
+        (folder / "status.json").write_text(json.dumps(status))
+        yield folder
+    finally:
+        run.kill()
+        run.wait()

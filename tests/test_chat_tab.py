@@ -31,22 +31,11 @@ def test_an_empty_message_is_not_sent():
 def test_a_run_still_training_is_named_as_such(runs, tiny_llama, identity_file):
     """ "Chat with this run" (Train tab) on the run that is training, then Send: the Chat tab said "Model folder
     '<run id>' does not exist", as if the run were gone. It says the run is still training."""
-    import json
-    import subprocess
-    import sys
-
-    from helpers import tiny_spec
+    from helpers import training_run
 
     from ui import chat_tab, i18n
 
-    folder = runs / "20260101-000000-t"
-    folder.mkdir(parents=True)
-    (folder / "job.yaml").write_text(tiny_spec(tiny_llama, identity_file).to_yaml())
-    # a process as the app sees a run's: its command line names the run's job.yaml
-    run = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", str(folder / "job.yaml")])
-    try:
-        status = dict(state="running", message="training", step=3, total_steps=40, pid=run.pid)
-        (folder / "status.json").write_text(json.dumps(status))
+    with training_run(runs, tiny_llama, identity_file) as folder:
         history, box, note = list(chat_tab.respond(folder.name, "Who are you?", [], "", *SAMPLING))[-1]
         assert history == [] and box == "Who are you?"
         assert note == (
@@ -57,9 +46,6 @@ def test_a_run_still_training_is_named_as_such(runs, tiny_llama, identity_file):
         assert "is still training" in said
         zh = i18n.message(note, "zh")
         assert zh.startswith(f"**无法加载：** 运行 `{folder.name}` 仍在训练"), zh
-    finally:
-        run.kill()
-        run.wait()
 
 
 def test_a_run_starts_its_chat_with_the_system_prompt_it_trained_with(runs, tiny_llama, identity_file):

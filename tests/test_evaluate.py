@@ -281,20 +281,11 @@ def test_the_loss_pass_computes_logits_only_for_the_reference(tiny_llama, monkey
 def test_a_run_still_training_is_refused_in_words(runs, tiny_llama, identity_file, tmp_path):
     """Evaluate (a run id typed, or `python -m engine eval`) on the run that is training loaded its newest checkpoint
     beside the training process on the same GPU, as the Chat tab refuses to; it is now refused in the same words."""
-    import json
-
-    from helpers import tiny_spec
+    from helpers import training_run
 
     from ui import eval_tab, i18n
 
-    folder = runs / "20260101-000000-t"
-    folder.mkdir(parents=True)
-    (folder / "job.yaml").write_text(tiny_spec(tiny_llama, identity_file).to_yaml())
-    # a process as the app sees a run's: its command line names the run's job.yaml
-    run = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", str(folder / "job.yaml")])
-    try:
-        status = dict(state="running", message="training", step=3, total_steps=40, pid=run.pid)
-        (folder / "status.json").write_text(json.dumps(status))
+    with training_run(runs, tiny_llama, identity_file) as folder:
         said = (
             f"Run `{folder.name}` is still training: evaluate it once it has finished, or cancel it (a cancelled run "
             "answers from its last checkpoint)."
@@ -306,6 +297,3 @@ def test_a_run_still_training_is_refused_in_words(runs, tiny_llama, identity_fil
         text, table, _ = eval_tab.run_evaluation([folder.name], [], False, str(identity_file), "", "", "", 1, 4)
         assert text == f"**Evaluation failed:** {said}" and table is None
         assert i18n.message(said, "zh").startswith(f"运行 `{folder.name}` 仍在训练：等它结束后再评估")
-    finally:
-        run.kill()
-        run.wait()
