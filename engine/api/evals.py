@@ -102,7 +102,7 @@ def _resolve(source: str) -> str:
     except UserError:
         check_not_gone(source)
         return source
-    if not poll(folder).finished:  # its newest checkpoint would load beside the training process, on the same GPU
+    if not poll(source).finished:  # its newest checkpoint would load beside the training process, on the same GPU
         raise UserError(
             f"Run `{folder.name}` is still training: evaluate it once it has finished, or cancel it (a cancelled run "
             "answers from its last checkpoint)."
