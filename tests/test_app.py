@@ -410,7 +410,7 @@ def test_a_loaded_job_keeps_its_settings_over_the_gpus_preset(monkeypatch, tmp_p
     assert note.startswith("Loaded the settings of job.yaml")
     said, *values = train_tab.apply_preset("Qwen/Qwen3-4B", "qlora", loaded)
     assert values == [300, 3, 5, 4, 0.0005, False]
-    assert said == "The loaded job's settings are kept; picking another model or method applies this GPU's preset."
+    assert said == "The loaded job's settings are kept."
     said, seq, *_ = train_tab.apply_preset("Qwen/Qwen3-4B", "lora", loaded)  # the same model, LoRA: the preset
     assert said.startswith("Preset for this GPU (16 GB tier)") and seq != 300
 

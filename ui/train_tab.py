@@ -180,9 +180,8 @@ def apply_preset(model: str, method: str, loaded: dict | None = None):
     given back, not the preset's: Gradio fires the change events of the model and method that the load filled in, in
     an order of its own, and those values would otherwise be replaced."""
     keep = [gr.update()] * 6
-    if loaded and (model, method) == (loaded["model"], loaded["method"]):
-        note = "The loaded job's settings are kept; picking another model or method applies this GPU's preset."
-        return i18n.say(note), *loaded["values"]
+    if loaded and (model, method) == (loaded["model"], loaded["method"]):  # before any estimate: whatever it says
+        return i18n.say("The loaded job's settings are kept."), *loaded["values"]
     if not model:
         return i18n.say("Pick a model to see the preset for this GPU."), *keep
     try:
