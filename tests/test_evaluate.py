@@ -250,8 +250,9 @@ def test_each_model_is_let_go_before_the_next_one_loads(tiny_llama, tmp_path, mo
 
 def test_the_loss_pass_computes_logits_only_for_the_reference(tiny_llama, monkeypatch):
     """The loss of a reference read the logits of every position of prompt and reply (positions x vocabulary, in
-    float32: 1.2 GB for a 2,000-token row of a 152k vocabulary), where only the reference's positions are scored. The
-    head now runs on those alone, and the loss is the same as from every position's logits."""
+    float32: by arithmetic 2,000 x 151,936 x 4 bytes = 1.2 GB for a 2,000-token row of Qwen's vocabulary), where only
+    the reference's positions are scored. The head now runs on those alone, and the loss is the same as from every
+    position's logits."""
     import torch
 
     from engine.data.tokenizing import render
