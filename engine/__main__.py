@@ -13,7 +13,8 @@
   python -m engine data inspect FILE [--format F] [--model M]
   python -m engine estimate --model M [--method METHOD] [--vram GIB] [--gpus N | --machine NAME]
   python -m engine doctor
-Exit status: 0 done, 1 the run failed, 2 bad input (one line on stderr says why), 130 interrupted. Any other
+Exit status: 0 done, 1 the run failed, 2 bad input (one line on stderr says why), 130 interrupted (Ctrl-C), 143
+terminated (SIGTERM; a followed run is cancelled with a checkpoint, as by Ctrl-C). Any other
 error prints one line naming the file that holds its full report (exit 1).
 """
 
@@ -24,10 +25,22 @@ import time
 from pathlib import Path
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM while following a run (`timeout`, a scheduler, a notebook's stop): the run, in its own session, kept
+    training after this command ended; it is now cancelled with a checkpoint, as Ctrl-C does."""
+
+
+def _on_term(signum, frame):
+    raise _Terminated
+
+
 def _follow(handle) -> int:
+    import signal
+
     from engine import api
 
     last, said, told = 0, "", 0
+    signal.signal(signal.SIGTERM, _on_term)
     try:
         while True:
             st = api.poll(handle)
@@ -48,7 +61,8 @@ def _follow(handle) -> int:
                 print(f"{st.state}: {st.message}  ({st.run_dir})", flush=True)
                 return 0 if st.state == "done" else 1
             api.wait(handle, 0.5)  # returns as the run ends, so the command ends with it
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
+        code = 143 if isinstance(stop, _Terminated) else 130
         print("cancelling (a checkpoint is saved first)...", file=sys.stderr, flush=True)
         try:
             st = api.cancel(handle)
@@ -58,9 +72,9 @@ def _follow(handle) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-            return 130
+            return code
         print(f"{st.state}: {st.message}  ({st.run_dir})", flush=True)
-        return 130
+        return code
 
 
 def _above_0(kind):

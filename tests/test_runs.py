@@ -336,10 +336,13 @@ def test_cli_train_chat_export(tiny_llama, identity_file, runs, tmp_path):
     assert out.returncode == 2 and "already exists" in out.stderr
 
 
-@pytest.mark.parametrize("presses", [1, 2])
-def test_cli_ctrl_c_cancels_with_a_sentence_even_when_pressed_twice(tiny_llama, identity_file, runs, tmp_path, presses):
+@pytest.mark.parametrize("presses, sig", [(1, "SIGINT"), (2, "SIGINT"), (1, "SIGTERM")])
+def test_cli_ctrl_c_cancels_with_a_sentence_even_when_pressed_twice(
+    tiny_llama, identity_file, runs, tmp_path, presses, sig
+):
     """Ctrl-C asks the run for a checkpoint and says how it ended; a second one while it saves used to print the
-    CLI's KeyboardInterrupt traceback. The run, in its own session, still saves and ends cancelled."""
+    CLI's KeyboardInterrupt traceback. The run, in its own session, still saves and ends cancelled. SIGTERM (`timeout`,
+    a scheduler) does the same: it ended the command and left the run training on its own."""
     import signal
 
     job = tmp_path / "job.yaml"
@@ -358,9 +361,9 @@ def test_cli_ctrl_c_cancels_with_a_sentence_even_when_pressed_twice(tiny_llama, 
         assert time.time() < deadline and proc.poll() is None, out.read_text() + err.read_text()
         time.sleep(0.1)
     for _ in range(presses):
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, sig))
         time.sleep(0.2)
-    assert proc.wait(timeout=120) == 130
+    assert proc.wait(timeout=120) == (130 if sig == "SIGINT" else 143), err.read_text()
     assert "Traceback" not in err.read_text(), err.read_text()
     run_dir = Path(out.read_text().splitlines()[0].removeprefix("run: "))
     st = wait_for(api.RunHandle(run_dir.name, run_dir, 0))
