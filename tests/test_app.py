@@ -392,6 +392,18 @@ def test_preset_applied_from_the_gpu(monkeypatch):
     assert "weights kept in host RAM (slower)" in note and seq * batch >= 512, note
 
 
+def test_on_cpu_the_method_brings_its_usual_learning_rate(tiny_llama, monkeypatch):
+    """On a machine without a GPU there is no preset, and switching LoRA to full fine-tuning kept LoRA's 2e-4 in
+    the learning-rate box, ten times the usual rate for full fine-tuning; the other fields stay as they are."""
+    from ui import train_tab
+
+    monkeypatch.delenv("TUNESMITH_VRAM_GIB", raising=False)
+    note, seq, batch, accum, rank, lr, ckpt = train_tab.apply_preset(str(tiny_llama), "full")
+    assert note.startswith("No GPU detected") and lr == 2e-5
+    assert all(field == train_tab.gr.update() for field in (seq, batch, accum, rank, ckpt))
+    assert train_tab.apply_preset(str(tiny_llama), "lora")[5] == 2e-4
+
+
 def test_a_loaded_job_keeps_its_settings_over_the_gpus_preset(monkeypatch, tmp_path):
     """Load job.yaml on a GPU machine: it filled the model and the method, whose change events (Gradio fires them on
     programmatic updates too) then applied this GPU's preset over the job's max length, batch, accumulation, rank,

@@ -53,6 +53,15 @@ def test_ints_are_accepted_for_floats():
     assert spec.learning_rate == 1.0 and isinstance(spec.learning_rate, float)
 
 
+def test_a_job_without_a_learning_rate_gets_its_methods_usual_one():
+    """`method: full` with no learning_rate trained at LoRA's 2e-4, ten times the usual rate for full fine-tuning
+    (the presets' 2e-5); a learning rate written in the job is kept."""
+    assert JobSpec.from_yaml("model: m\ndata: d\nmethod: full\n").learning_rate == 2e-5
+    assert JobSpec.from_yaml("model: m\ndata: d\nmethod: qlora\n").learning_rate == 2e-4
+    assert JobSpec.from_yaml("model: m\ndata: d\n").learning_rate == 2e-4
+    assert JobSpec.from_yaml("model: m\ndata: d\nmethod: full\nlearning_rate: 1e-4\n").learning_rate == 1e-4
+
+
 def test_numbers_in_exponent_form_without_a_dot_are_numbers():
     """PyYAML (YAML 1.1) reads `2e-4` as the text '2e-4'; the user wrote a number, as Axolotl's and TRL's configs do.
     A name that looks like one still round-trips as text."""

@@ -174,7 +174,8 @@ def show_settings(objective: str):
 
 
 def apply_preset(model: str, method: str, loaded: dict | None = None):
-    """(note, seq, batch, accum, rank, lr, checkpointing) from the preset for this GPU; unchanged fields on CPU.
+    """(note, seq, batch, accum, rank, lr, checkpointing) from the preset for this GPU; on CPU the method's usual
+    learning rate and the other fields unchanged.
 
     `loaded`: what a loaded job.yaml set (train_settings.kept_settings). For its model and method its own values are
     given back, not the preset's: Gradio fires the change events of the model and method that the load filled in, in
@@ -190,7 +191,8 @@ def apply_preset(model: str, method: str, loaded: dict | None = None):
     except api.UserError as e:
         return i18n.say(f"No preset: {e}"), *keep
     p = est["preset"]
-    if p is None:
+    if p is None:  # no preset; the method's usual learning rate still comes, as a preset's would
+        keep[4] = api.USUAL_LR[method]
         return i18n.say("No GPU detected: the CPU trains with the settings below (slowly)."), *keep
     if p.get("fits") is False:
         where = f"The {est['tier_gb']} GB preset says this" if est["tier_gb"] else "This"

@@ -56,7 +56,7 @@ from engine.core.hardware import vram_budget_gib
 from engine.data.formats import parse_map
 from engine.models.presets import catalog
 from engine.spec.checks import check_settings
-from engine.spec.jobspec import DEVICES, DTYPES, OPTIMIZERS, SCHEDULES, JobSpec, read_job
+from engine.spec.jobspec import DEVICES, DTYPES, OPTIMIZERS, SCHEDULES, USUAL_LR, JobSpec, read_job
 
 # The choices of the settings that have a fixed list, for forms that offer them.
 SETTING_CHOICES = dict(lr_schedule=SCHEDULES, optimizer=OPTIMIZERS, device=DEVICES, dtype=DTYPES)
@@ -66,6 +66,7 @@ __all__ = [
     "read_job",
     "check_settings",
     "SETTING_CHOICES",
+    "USUAL_LR",
     "UserError",
     "ModelError",
     "RunHandle",

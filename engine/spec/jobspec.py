@@ -24,6 +24,9 @@ from engine.spec import rewards
 from engine.spec.objectives import OBJECTIVES
 
 METHODS = ("lora", "qlora", "full")
+# the usual peak learning rate of each method (the presets' too): a job that names none gets its method's; full
+# fine-tuning at LoRA's 2e-4 moves every weight ten times too far and often wrecks what the model knew
+USUAL_LR = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5}
 SCHEDULES = ("linear", "cosine", "constant")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -216,7 +219,10 @@ class JobSpec:
         if missing:
             raise UserError(f"{source}: the setting '{missing[0]}' is required.")
         hints = typing.get_type_hints(cls)
-        return cls(**{k: _coerce(k, v, hints[k], source) for k, v in d.items()})
+        values = {k: _coerce(k, v, hints[k], source) for k, v in d.items()}
+        if "learning_rate" not in values:
+            values["learning_rate"] = USUAL_LR.get(values.get("method", "lora"), USUAL_LR["lora"])
+        return cls(**values)
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "job.yaml") -> "JobSpec":
