@@ -142,3 +142,37 @@ def test_evaluating_frees_the_chat_tabs_model_first(tiny_llama, runs, tmp_path, 
     assert text.startswith("1 questions from the") and loaded_at_eval == [False]
     assert chat_tab._chat(str(tiny_llama)) is not None  # the next message loads it again
     chat_tab._loaded.clear()
+
+
+def test_stop_ends_a_running_evaluation_and_saves_nothing(tiny_llama, runs, tmp_path, monkeypatch):
+    """An evaluation of many questions could not be stopped: the tab had no Stop, and the GPU stayed busy until the
+    last reply (Train waited behind it). Stop now ends it before its next question, in Chinese too, and saves
+    nothing."""
+    import json
+
+    import gradio as gr
+
+    from engine.export import evaluate
+    from ui import i18n
+
+    monkeypatch.setenv("TUNESMITH_DECODE_KERNELS", "0")
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"Question {i}?", "output": "Nova."}) + "\n" for i in range(9)))
+    request = gr.Request(session_hash="page-1")
+    replies, real = [], evaluate.TorchModel.reply
+
+    def reply(self, case, adapter, max_new_tokens):
+        replies.append(case)
+        if len(replies) == 2:  # the user presses Stop while the second answer is written
+            eval_tab.stop_evaluation(request)
+        return real(self, case, adapter, max_new_tokens)
+
+    monkeypatch.setattr(evaluate.TorchModel, "reply", reply)
+    text, table, _ = eval_tab.run_evaluation([str(tiny_llama)], [], False, str(data), "", "", "", 9, 4, request)
+    assert text == "**Evaluation stopped:** Nothing was saved." and table is None
+    assert len(replies) == 2 and not (runs.parent / "evals").exists()
+    assert i18n.message(text, "zh") == "**评估已停止：** 未保存任何内容。"
+    replies.clear()  # the next evaluation starts afresh: the Stop pressed before is not kept
+    monkeypatch.setattr(evaluate.TorchModel, "reply", real)
+    text, *_ = eval_tab.run_evaluation([str(tiny_llama)], [], False, str(data), "", "", "", 2, 4, request)
+    assert text.startswith("2 questions from the"), text

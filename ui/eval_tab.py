@@ -3,6 +3,8 @@ scores of the generated answers, the identity check, example rows; saved in the 
 of two or more runs (the settings that differ, the loss curves on one plot, their latest eval scores). Also the
 validation series the Train tab's loss plot adds (`with_validation`)."""
 
+import threading
+
 import gradio as gr
 import pandas as pd
 
@@ -11,6 +13,18 @@ from ui import i18n
 from ui.chat_tab import run_choices, unload
 
 EXAMPLES = 5  # example rows shown under the table
+_STOPS: dict = {}  # browser session -> the Event its Stop button sets; an evaluation runs in a worker thread
+
+
+def _session(request) -> str | None:
+    return getattr(request, "session_hash", None)
+
+
+def stop_evaluation(request: gr.Request = None):
+    """Stop: the evaluation this session runs ends before its next question (one reply may still finish)."""
+    event = _STOPS.get(_session(request))
+    if event is not None:
+        event.set()
 
 
 def with_validation(frame, metrics: list[dict]):
@@ -59,8 +73,9 @@ def example_table(results: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run_evaluation(runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens=128):
+def run_evaluation(runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens=128, request: gr.Request = None):
     """(summary markdown, score table, example rows) of an evaluation; errors become the summary."""
+    stop = _STOPS[_session(request)] = threading.Event()
     try:
         sources = list(runs or []) + list(ggufs or [])
         name, maker = (name or "").strip(), (maker or "").strip()
@@ -75,8 +90,11 @@ def run_evaluation(runs, ggufs, base, data, regex, name, maker, limit, max_new_t
             identity=identity,
             limit=int(limit) if limit else None,  # a cleared box: the engine's usual number, not 0 (every row)
             max_new_tokens=int(max_new_tokens or 128),
+            should_stop=stop.is_set,
         )
     except api.UserError as e:
+        if stop.is_set():  # the engine's STOPPED, said in the tab's words
+            return i18n.say("**Evaluation stopped:** Nothing was saved."), None, None
         return i18n.say(f"**Evaluation failed:** {e}"), None, None
     what = "held-out rows of the run" if res["held_out"] else f"`{res['data']}`"
     text = i18n.say(f"{res['cases']} questions from the {what}.")
@@ -165,7 +183,9 @@ def build() -> dict:
             with gr.Row():
                 name = gr.Textbox(label="Identity name (found in identity data when empty)")
                 maker = gr.Textbox(label="Identity maker")
-        go = gr.Button("Evaluate", variant="primary")
+        with gr.Row():
+            go = gr.Button("Evaluate", variant="primary")
+            stop = gr.Button("Stop", variant="stop", scale=0)
         summary = gr.Markdown()
         table = gr.Dataframe(
             headers=["model", "loss", "perplexity"],
@@ -187,6 +207,7 @@ def build() -> dict:
 
     inputs = [runs, ggufs, base, data, regex, name, maker, limit, new_tokens]
     go.click(run_evaluation, inputs, [summary, table, examples])
+    stop.click(stop_evaluation, None, None)  # the evaluation's own reply says it stopped
     again.click(refresh, None, [runs, ggufs, pick])
     compare_btn.click(compare, pick, [settings, curves, scores, note])
     return dict(runs=runs, ggufs=ggufs, table=table, examples=examples, pick=pick, curves=curves, settings=settings)

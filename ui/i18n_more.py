@@ -253,6 +253,7 @@ MESSAGES = [
         "{0} вопросов из отложенных строк запуска.",
     ),
     (r"(\d+) questions from the (`.*`)\.", "来自 {1} 的 {0} 个问题。", "{0} вопросов из {1}."),
+    (r"Nothing was saved\.", "未保存任何内容。", "Ничего не сохранено."),
     (
         r"The GPU ran out of memory evaluating (.*); lower 'Longest answer \(tokens\)', or evaluate on shorter "
         r"questions or a smaller model\.",
@@ -314,6 +315,7 @@ LEADS = {
     "Not sent": ("未发送", "Не отправлено"),
     "Export failed": ("导出失败", "Экспорт не удался"),
     "Evaluation failed": ("评估失败", "Оценка не удалась"),
+    "Evaluation stopped": ("评估已停止", "Оценка остановлена"),
     "Comparison failed": ("对比失败", "Сравнение не удалось"),
     "Upload failed": ("上传失败", "Загрузка не удалась"),
     "Exported; its download could not be prepared": (

@@ -24,6 +24,7 @@ def evaluate(
     device: str = "auto",
     save: bool = True,
     log=print,
+    should_stop=None,
 ) -> dict:
     """Evaluate runs (by id or folder), model folders, hub ids and .gguf files on the questions of `data`, or, without
     it, on the first run's validation set (its held-out rows or eval_data file).
@@ -32,7 +33,8 @@ def evaluate(
     [{row, prompt, reference, replies, scores, loss}], "data", "held_out", "identity", "saved"}. `base` adds the first
     run's base model (its adapter off; loaded on its own when no source has an adapter: a full fine-tune). Scorers:
     exact, contains, `regex`, the reward presets in `rewards` (as a job lists them), and the identity check with
-    `identity` (name, maker), or the one found in an identity dataset's answers.
+    `identity` (name, maker), or the one found in an identity dataset's answers. `should_stop`: a callable asked
+    between questions; True ends the evaluation with a UserError and saves nothing.
     """
     from engine.data.heldout import eval_spec
     from engine.export import evaluate as ev
@@ -65,7 +67,9 @@ def evaluate(
     if base_model:
         check_source(base_model)  # as a LoRA run's base is, through its run
     new_tokens = max_new_tokens or ev.MAX_NEW_TOKENS
-    results = ev.evaluate(sources, cases, scorers, base, new_tokens, device, log, base_model=base_model)
+    results = ev.evaluate(
+        sources, cases, scorers, base, new_tokens, device, log, base_model=base_model, should_stop=should_stop
+    )
     results.update(
         data=str(spec.data),
         held_out=part == "eval",

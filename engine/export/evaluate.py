@@ -24,6 +24,7 @@ from engine.core.files import new_folder, write_json, write_text
 
 LIMIT = 100  # cases evaluated unless asked otherwise: each costs a generated reply per model
 MAX_NEW_TOKENS = 128
+STOPPED = "The evaluation was stopped; nothing was saved."
 GGUF_CONTEXT = 2048  # llama.cpp keeps n_ctx x vocab logits for the loss: 1.2 GB at Qwen's 151,936 tokens
 
 
@@ -192,20 +193,24 @@ def evaluate(
     device: str = "auto",
     log=print,
     base_model: str | None = None,
+    should_stop=None,
 ) -> dict:
     """Every source on every case: loss, perplexity and mean scores per model, and each case's replies and scores.
     With `base`, the first source that has an adapter is also measured with it switched off ("base"); `base_model`
-    (a full fine-tune's base, which has no adapter to switch off) is instead loaded and measured first as "base"."""
+    (a full fine-tune's base, which has no adapter to switch off) is instead loaded and measured first as "base".
+    `should_stop`, a callable, is asked before each model and each question: when it answers True the evaluation
+    ends with a UserError (STOPPED) and nothing is returned."""
     models, rows = [], [dict(row=c.row, prompt=_question(c), reference=c.reference) for c in cases]
+    should_stop = should_stop or (lambda: False)
     if base and base_model:
         model = TorchModel(base_model, device, log)
         try:
             log(f"evaluate: base ({base_model}) on {len(cases)} cases")
-            models.append(_measure(model, "base", base_model, True, cases, scorers, rows, max_new_tokens))
+            models.append(_measure(model, "base", base_model, True, cases, scorers, rows, max_new_tokens, should_stop))
         finally:
             model.close()
         base = False
-    for source, name in zip(sources, labels_of(sources), strict=True):
+    for source, name in _stopping(should_stop, zip(sources, labels_of(sources), strict=True)):
         # one model in memory at a time: the one before was closed, which let go of its weights
         model = GGUFModel(source, device) if source.lower().endswith(".gguf") else TorchModel(source, device, log)
         try:
@@ -213,7 +218,9 @@ def evaluate(
             base = base and not model.has_adapter
             for label, adapter in [*variants, (name, True)]:
                 log(f"evaluate: {label} on {len(cases)} cases")
-                models.append(_measure(model, label, source, adapter, cases, scorers, rows, max_new_tokens))
+                models.append(
+                    _measure(model, label, source, adapter, cases, scorers, rows, max_new_tokens, should_stop)
+                )
         finally:
             model.close()
     return dict(cases=len(cases), scorers=[n for n, _ in scorers], models=models, rows=rows)
@@ -239,14 +246,22 @@ def _memory_sentence(label: str):
         ) from None
 
 
-def _measure(model, label, source, adapter, cases, scorers, rows, max_new_tokens) -> dict:
+def _measure(model, label, source, adapter, cases, scorers, rows, max_new_tokens, should_stop) -> dict:
     """One model's replies, losses and mean scores. A case whose prompt fills the model's context gets no reply and is
     left out of its scores and loss (counted in "left_out"): one long row does not end the whole evaluation."""
     with _memory_sentence(label):
-        return _measured(model, label, source, adapter, cases, scorers, rows, max_new_tokens)
+        return _measured(model, label, source, adapter, cases, scorers, rows, max_new_tokens, should_stop)
 
 
-def _measured(model, label, source, adapter, cases, scorers, rows, max_new_tokens) -> dict:
+def _stopping(should_stop, items):
+    """`items`, one at a time, while `should_stop()` is False."""
+    for item in items:
+        if should_stop():
+            raise UserError(STOPPED)
+        yield item
+
+
+def _measured(model, label, source, adapter, cases, scorers, rows, max_new_tokens, should_stop) -> dict:
     t0 = time.perf_counter()
     kept = [k for k, c in enumerate(cases) if model.fits(c)]
     if not kept:
@@ -254,8 +269,8 @@ def _measured(model, label, source, adapter, cases, scorers, rows, max_new_token
             f"Every question is longer than the context of {label}, so it cannot answer any; evaluate on shorter "
             "questions."
         )
-    replies = {k: model.reply(cases[k], adapter, max_new_tokens) for k in kept}
-    losses = {k: model.loss(cases[k], adapter) for k in kept}
+    replies = {k: model.reply(cases[k], adapter, max_new_tokens) for k in _stopping(should_stop, kept)}
+    losses = {k: model.loss(cases[k], adapter) for k in _stopping(should_stop, kept)}
     prompts, refs = [_question(cases[k]) for k in kept], [cases[k].reference for k in kept]
     scores = {name: dict(zip(kept, fn([replies[k] for k in kept], prompts, refs), strict=True)) for name, fn in scorers}
     nll = sum(v[0] for v in losses.values() if v)
