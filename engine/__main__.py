@@ -19,10 +19,13 @@ error prints one line naming the file that holds its full report (exit 1).
 """
 
 import argparse
+import contextlib
 import json
 import sys
 import time
 from pathlib import Path
+
+from engine.core.errors import UserError
 
 
 class _Terminated(KeyboardInterrupt):
@@ -75,6 +78,23 @@ def _follow(handle) -> int:
             return code
         print(f"{st.state}: {st.message}  ({st.run_dir})", flush=True)
         return code
+
+
+@contextlib.contextmanager
+def _chat_memory_sentence():
+    """The chat's out-of-memory sentence in this command's words: the Chat tab's names its 'Max new tokens' box and
+    'clear the chat', which a one-prompt command has no such thing as."""
+    from engine.chat.infer import OUT_OF_MEMORY
+
+    try:
+        yield
+    except UserError as e:
+        if str(e) != OUT_OF_MEMORY:
+            raise
+        raise UserError(
+            "The GPU ran out of memory for this reply; lower --max-new-tokens, shorten the prompt or the system "
+            "prompt, or pick a smaller model."
+        ) from None
 
 
 def _above_0(kind):
@@ -225,14 +245,15 @@ def main(argv=None) -> int:
             ]
             stats = api.ReplyStats()
             kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, stats=stats)
-            if args.stream:
-                shown = ""
-                for text in chat.stream(msgs, **kw):
-                    print(text[len(shown) :], end="", flush=True)
-                    shown = text
-                print()
-            else:
-                print(chat.reply(msgs, **kw))
+            with _chat_memory_sentence():
+                if args.stream:
+                    shown = ""
+                    for text in chat.stream(msgs, **kw):
+                        print(text[len(shown) :], end="", flush=True)
+                        shown = text
+                    print()
+                else:
+                    print(chat.reply(msgs, **kw))
             # on stderr, so stdout stays the reply alone (scripts read it)
             if stats.note:  # the model's context cut the reply
                 print(f"note: {stats.note}", file=sys.stderr)

@@ -116,6 +116,32 @@ def test_chat_with_a_run_starts_with_the_system_prompt_it_trained_with(capsys, m
     assert asked == [[*system, {"role": "user", "content": "Who are you?"}]]
 
 
+@pytest.mark.parametrize("stream", [[], ["--stream"]])
+def test_chat_out_of_memory_names_this_commands_flags(capsys, monkeypatch, stream):
+    """A reply out of GPU memory said to lower 'Max new tokens' or clear the chat: the Chat tab's box and button,
+    which `python -m engine chat` has neither of; it names --max-new-tokens and the prompt."""
+    from engine import api
+    from engine.chat.infer import OUT_OF_MEMORY
+
+    class Chat:
+        def __init__(self, source):
+            pass
+
+        def reply(self, messages, **kw):
+            raise api.UserError(OUT_OF_MEMORY)
+
+        def stream(self, messages, **kw):
+            yield "I am"
+            raise api.UserError(OUT_OF_MEMORY)
+
+    monkeypatch.setattr(api, "Chat", Chat)
+    code, _, err = run(capsys, "chat", "Qwen/Qwen3-0.6B", "--prompt", "Who are you?", *stream)
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        "error: The GPU ran out of memory for this reply; lower --max-new-tokens, shorten the prompt or the system "
+        "prompt, or pick a smaller model."
+    ), err
+
+
 def test_chat_and_eval_take_an_adapter_folder_without_a_tokenizer(capsys, tmp_path, tiny_llama, identity_file):
     """A run's checkpoints/step-N/ (or an adapter saved without its tokenizer) took the adapter folder for the
     tokenizer's and ended in transformers' "Couldn't instantiate the backend tokenizer" report (exit 1); export took
