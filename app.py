@@ -100,6 +100,10 @@ def main(argv=None) -> None:
         auth=auth,
         root_path=args.root_path,
         max_file_size="1gb",
+        # Gradio's run history (on by default) keeps every call's inputs, the Export tab's hub token among them, in
+        # the browser or a hub bucket; and its routes ask for no login and use this machine's hub token for any
+        # request that looks local, as a reverse proxy's (--root-path) all do. The app's runs are in runs/.
+        run_history=False,
     )
 
 

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SECRET = "SECRET-LOG-LINE-outside-the-workspace"
 NOT_A_RUN = "is not a run of this app"
 OUTSIDE = "only opens files inside its workspace"
+MACHINE_TOKEN = "hf_machineOwnerToken0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,7 @@ def shared(tmp_path_factory, tiny_llama):
         TUNESMITH_RUNS=str(work / "runs"),
         GRADIO_TEMP_DIR=str(uploads),
         GRADIO_ANALYTICS_ENABLED="False",
+        HF_TOKEN=MACHINE_TOKEN,  # the machine's own hub login, which no user of the app may borrow
     )
     app = subprocess.Popen(
         [sys.executable, "app.py", "--port", str(port), "--auth", "alice:wonderland"],
@@ -364,3 +366,14 @@ def test_a_shared_app_evaluates_on_no_held_out_rows_outside(runs, identity_file,
     api.restrict_files([api.workspace()])
     with pytest.raises(api.UserError, match=OUTSIDE):
         api.evaluate([folder.name])
+
+
+def test_gradio_run_history_lends_no_hub_token_and_keeps_no_inputs(shared):
+    """Gradio's run history, on by default, answered without a login and called the hub with the machine's token for
+    a request that looked local (from 127.0.0.1 to 127.0.0.1, as every one a reverse proxy on this machine forwards):
+    the owner's buckets listed, any of them read (a 502 here, the hub being offline in tests). It also keeps every
+    call's inputs, the Export tab's token among them. The app turns it off: its routes are gone."""
+    url = shared["client"].src.rstrip("/") + "/gradio_api/run-history"
+    assert httpx.get(f"{url}/buckets").status_code == 404
+    assert httpx.get(f"{url}/records", params=dict(bucket="owner/private")).status_code == 404
+    assert httpx.post(f"{url}/connect", json=dict(bucket_id="owner/new")).status_code == 404
