@@ -114,6 +114,18 @@ def test_show_log_reads_no_log_outside(shared):
         assert NOT_A_RUN in text and SECRET not in text
 
 
+def test_show_log_follows_no_link_out_of_a_run_folder(shared):
+    """A run folder handed over (unpacked with its links) whose log.txt links to a file outside the workspace: Show
+    log showed that file to any logged-in user."""
+    linked = _in_runs(shared, "20250101-000000-linked", model="Qwen/Qwen3-0.6B")
+    (linked / "log.txt").symlink_to(shared["victim"] / "log.txt")
+    try:
+        text = shared["client"].predict(linked.name, api_name="/show_log")
+    finally:
+        shutil.rmtree(linked)  # the runs/ of later tests holds only their own runs
+    assert SECRET not in text and "is a link to a file outside the workspace" in text
+
+
 def test_view_and_method_view_read_no_run_outside(shared):
     for run_id in _run_ids(shared):
         status, plot, _ = shared["client"].predict(run_id, api_name="/view")
@@ -377,3 +389,27 @@ def test_gradio_run_history_lends_no_hub_token_and_keeps_no_inputs(shared):
     assert httpx.get(f"{url}/buckets").status_code == 404
     assert httpx.get(f"{url}/records", params=dict(bucket="owner/private")).status_code == 404
     assert httpx.post(f"{url}/connect", json=dict(bucket_id="owner/new")).status_code == 404
+
+
+def test_a_shared_app_loads_no_adapter_linked_from_outside(runs, tmp_path, monkeypatch):
+    """A run folder handed over whose adapter/ (or tokenizer/) is a link to a folder outside the workspace: Chat,
+    Evaluate and Export loaded it (any model or file of this machine, exported for download), as the base model
+    outside is not."""
+    from engine.api import access
+
+    outside = tmp_path.parent / f"{tmp_path.name}-private-adapter"  # beside the workspace (tmp_path)
+    outside.mkdir()
+    (outside / "adapter_model.safetensors").write_bytes(b"")
+    folder = runs / "20250101-000000-linked"
+    folder.mkdir(parents=True)
+    (folder / "adapter").symlink_to(outside)
+    (folder / "job.yaml").write_text(api.JobSpec(model="Qwen/Qwen3-0.6B", data="x.jsonl").to_yaml())
+    (folder / "status.json").write_text(json.dumps(dict(state="done", message="x", step=2, total_steps=2)))
+    monkeypatch.setattr(access, "_allowed_roots", None)
+    api.restrict_files([api.workspace()])
+    for call in (api.Chat, api.gguf_support, lambda s: api.evaluate([s], data="x.jsonl")):
+        with pytest.raises(api.UserError, match="outside the workspace"):
+            call(str(folder))
+    with pytest.raises(api.UserError, match="outside the workspace"):
+        api.start_export(str(folder), "lora", runs.parent / "exports" / "x")
+    assert not (runs.parent / "exports").exists()

@@ -5,7 +5,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.api.access import MODEL_FIX, allowed_roots, check_access, runs_dir
+from engine.api.access import MODEL_FIX, allowed_roots, check_access, check_links, runs_dir
 from engine.api.processes import alive, exit_code, mark_cancelled, runs_in, slug, spawn, stop
 from engine.core.errors import UserError
 from engine.core.runlog import TERMINAL, read_metrics
@@ -167,6 +167,7 @@ def _shared_run(run_id: str) -> Path:
             f"'{run_id[:80]}' is not a run of this app; pick one from the run history (a run id is the name of a "
             "folder in runs/)."
         )
+    check_links(folder)  # its log, status, checkpoints are read and shown
     return folder
 
 
