@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -355,6 +356,14 @@ def test_python_app_py_serves_on_loopback(tmp_path):
         assert json.loads(body)["title"] == "Tunesmith"
         listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
         assert [line.split()[3] for line in listening.splitlines()] == [f"127.0.0.1:{port}"]  # local address only
+        # a page of another site that points its host name at 127.0.0.1 (DNS rebinding) reached the app through the
+        # user's browser, as the same site, so with no Origin to refuse: without a login it answers loopback names only
+        for host, code in ((f"rebound.example:{port}", 400), (f"localhost:{port}", 200), (f"[::1]:{port}", 200)):
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/config", headers={"Host": host})
+            try:
+                assert urllib.request.urlopen(request, timeout=5).status == code, host
+            except urllib.error.HTTPError as e:
+                assert e.code == code, host
     finally:
         proc.terminate()
         proc.wait(timeout=30)
