@@ -105,7 +105,9 @@ def tidy_workspace() -> list[Path]:
     if runs.is_dir():
         for run in runs.iterdir():
             if run.is_dir() and not run.is_symlink():
-                folders += [run, run / "checkpoints"]
+                folders.append(run)
+                if not (run / "checkpoints").is_symlink():  # a run folder handed over may link it to any folder
+                    folders.append(run / "checkpoints")
     return remove_stale_partials(*folders, legacy=True)
 
 
