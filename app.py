@@ -131,6 +131,7 @@ def main(argv=None) -> None:
         # the browser or a hub bucket; and its routes ask for no login and use this machine's hub token for any
         # request that looks local, as a reverse proxy's (--root-path) all do. The app's runs are in runs/.
         run_history=False,
+        mcp_server=False,  # GRADIO_MCP_SERVER would serve every handler as an MCP tool, which asks for no login
         app_kwargs=None if auth else dict(middleware=[Middleware(LoopbackHostOnly)]),
     )
 

@@ -330,6 +330,19 @@ def test_login_required_when_reachable_from_elsewhere(argv, needs_login, capsys)
     assert app.auth_for(app.parse_args(argv + ["--auth", "me:secret"])) == ("me", "secret")
 
 
+def test_no_mcp_server_whatever_the_environment_says(runs, monkeypatch):
+    """GRADIO_MCP_SERVER=True in the environment (set for another app, or by a host whose Gradio has its mcp extra)
+    made Gradio serve every handler as an MCP tool under /gradio_api/mcp/, routes that ask for no login. Without the
+    extra (as here) Gradio leaves it off by itself, so what is checked is what the app asks of Gradio."""
+    import app
+
+    asked = {}
+    monkeypatch.setenv("GRADIO_MCP_SERVER", "True")
+    monkeypatch.setattr(app.demo, "launch", lambda **kw: asked.update(kw))
+    app.main([])
+    assert asked["mcp_server"] is False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
