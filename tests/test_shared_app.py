@@ -300,6 +300,25 @@ def test_the_app_resumes_no_copied_run_that_trusts_remote_code(runs, identity_fi
     assert not (folder / "log.txt").exists()
 
 
+def test_the_app_resumes_no_copied_run_holding_a_link(runs, identity_file, tmp_path):
+    """Local app (no login): a run folder handed over whose log.txt links to ~/.bashrc was resumed, and the run
+    appended its log there, lines that quote its job.yaml (its model's name, say): a shell command run at the next
+    login. A run folder made here holds no link, so one that does is refused."""
+    from ui import train_tab
+
+    bashrc = tmp_path / "bashrc"
+    bashrc.write_text("# the user's own\n")
+    folder = runs / "20250101-000000-linked"
+    folder.mkdir(parents=True)
+    (folder / "job.yaml").write_text(api.JobSpec(model="Qwen/Qwen3-0.6B", data=str(identity_file)).to_yaml())
+    (folder / "status.json").write_text(json.dumps(dict(state="cancelled", message="x", step=1, total_steps=2)))
+    (folder / "log.txt").symlink_to(bashrc)
+    _, status, _ = train_tab.resume(folder.name)
+    assert "Not resumed" in status and "'log.txt' in its folder is a link" in status
+    assert json.loads((folder / "status.json").read_text())["state"] == "cancelled"  # never launched
+    assert bashrc.read_text() == "# the user's own\n"
+
+
 def test_a_process_just_spawned_is_known_as_its_runs(tmp_path):
     """Right after Popen returns, the child's /proc/<pid>/cmdline can still be empty (its exec under way): runs_in
     said it was not the run's process, so a poll in that moment read a run just started (or resumed) as "stopped
