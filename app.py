@@ -12,13 +12,40 @@ import os
 import secrets
 import sys
 import tempfile
+from urllib.parse import urlsplit
 
 import gradio as gr
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
+from starlette.responses import PlainTextResponse
 
 from engine import api
 from ui import chat_tab, data_tab, eval_tab, export_tab, i18n, model_tab, train_settings, train_tab
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class LoopbackHostOnly:
+    """ASGI middleware for the app without a login: it answers only requests addressed to a loopback name. A web page
+    elsewhere can point its own host name at 127.0.0.1 (DNS rebinding) and so call the app from the user's browser,
+    which a request's Origin does not show, since to the browser the page and the app are one site."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] in ("http", "websocket"):
+            try:
+                host = urlsplit("//" + Headers(scope=scope).get("host", "")).hostname
+            except ValueError:  # not a host name at all ("[::1")
+                host = None
+            if host not in LOOPBACK:
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                await PlainTextResponse("This app answers on 127.0.0.1 only.", status_code=400)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def build_app() -> gr.Blocks:
@@ -100,6 +127,12 @@ def main(argv=None) -> None:
         auth=auth,
         root_path=args.root_path,
         max_file_size="1gb",
+        # Gradio's run history (on by default) keeps every call's inputs, the Export tab's hub token among them, in
+        # the browser or a hub bucket; and its routes ask for no login and use this machine's hub token for any
+        # request that looks local, as a reverse proxy's (--root-path) all do. The app's runs are in runs/.
+        run_history=False,
+        mcp_server=False,  # GRADIO_MCP_SERVER would serve every handler as an MCP tool, which asks for no login
+        app_kwargs=None if auth else dict(middleware=[Middleware(LoopbackHostOnly)]),
     )
 
 

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -329,6 +330,19 @@ def test_login_required_when_reachable_from_elsewhere(argv, needs_login, capsys)
     assert app.auth_for(app.parse_args(argv + ["--auth", "me:secret"])) == ("me", "secret")
 
 
+def test_no_mcp_server_whatever_the_environment_says(runs, monkeypatch):
+    """GRADIO_MCP_SERVER=True in the environment (set for another app, or by a host whose Gradio has its mcp extra)
+    made Gradio serve every handler as an MCP tool under /gradio_api/mcp/, routes that ask for no login. Without the
+    extra (as here) Gradio leaves it off by itself, so what is checked is what the app asks of Gradio."""
+    import app
+
+    asked = {}
+    monkeypatch.setenv("GRADIO_MCP_SERVER", "True")
+    monkeypatch.setattr(app.demo, "launch", lambda **kw: asked.update(kw))
+    app.main([])
+    assert asked["mcp_server"] is False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -355,6 +369,14 @@ def test_python_app_py_serves_on_loopback(tmp_path):
         assert json.loads(body)["title"] == "Tunesmith"
         listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
         assert [line.split()[3] for line in listening.splitlines()] == [f"127.0.0.1:{port}"]  # local address only
+        # a page of another site that points its host name at 127.0.0.1 (DNS rebinding) reached the app through the
+        # user's browser, as the same site, so with no Origin to refuse: without a login it answers loopback names only
+        for host, code in ((f"rebound.example:{port}", 400), (f"localhost:{port}", 200), (f"[::1]:{port}", 200)):
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/config", headers={"Host": host})
+            try:
+                assert urllib.request.urlopen(request, timeout=5).status == code, host
+            except urllib.error.HTTPError as e:
+                assert e.code == code, host
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -225,6 +225,20 @@ def test_half_built_folders_of_dead_processes_go_at_the_next_start(runs, tiny_ll
     assert api.tidy_workspace() == [live] and recent_old_style.is_dir()
 
 
+def test_the_start_removes_nothing_through_a_run_folders_link(runs, tmp_path):
+    """A run folder handed over (unpacked with its links) whose checkpoints/ links to a folder elsewhere: the app's
+    start removed the old half-built-looking folders there, outside the workspace."""
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"  # beside the workspace (tmp_path)
+    old_style = elsewhere / ".q8.ab12cd_3.partial"
+    old_style.mkdir(parents=True)
+    os.utime(old_style, (0, time.time() - 2 * 24 * 3600))
+    run = runs / "20250101-000000-linked"
+    run.mkdir(parents=True)
+    (run / "job.yaml").write_text("model: m\ndata: d.jsonl\n")
+    (run / "checkpoints").symlink_to(elsewhere)
+    assert api.tidy_workspace() == [] and old_style.is_dir()
+
+
 def test_an_export_that_runs_out_of_space_says_so_and_leaves_nothing(small_disk, tiny_llama):
     disk = small_disk("64m", inodes=5)  # room for the bytes, not for every file: it fills up part way
     out = disk / "merged"

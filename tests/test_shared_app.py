@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SECRET = "SECRET-LOG-LINE-outside-the-workspace"
 NOT_A_RUN = "is not a run of this app"
 OUTSIDE = "only opens files inside its workspace"
+MACHINE_TOKEN = "hf_machineOwnerToken0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,7 @@ def shared(tmp_path_factory, tiny_llama):
         TUNESMITH_RUNS=str(work / "runs"),
         GRADIO_TEMP_DIR=str(uploads),
         GRADIO_ANALYTICS_ENABLED="False",
+        HF_TOKEN=MACHINE_TOKEN,  # the machine's own hub login, which no user of the app may borrow
     )
     app = subprocess.Popen(
         [sys.executable, "app.py", "--port", str(port), "--auth", "alice:wonderland"],
@@ -110,6 +112,18 @@ def test_show_log_reads_no_log_outside(shared):
     for run_id in _run_ids(shared):
         text = shared["client"].predict(run_id, api_name="/show_log")
         assert NOT_A_RUN in text and SECRET not in text
+
+
+def test_show_log_follows_no_link_out_of_a_run_folder(shared):
+    """A run folder handed over (unpacked with its links) whose log.txt links to a file outside the workspace: Show
+    log showed that file to any logged-in user."""
+    linked = _in_runs(shared, "20250101-000000-linked", model="Qwen/Qwen3-0.6B")
+    (linked / "log.txt").symlink_to(shared["victim"] / "log.txt")
+    try:
+        text = shared["client"].predict(linked.name, api_name="/show_log")
+    finally:
+        shutil.rmtree(linked)  # the runs/ of later tests holds only their own runs
+    assert SECRET not in text and "is a link to a file outside the workspace" in text
 
 
 def test_view_and_method_view_read_no_run_outside(shared):
@@ -286,6 +300,25 @@ def test_the_app_resumes_no_copied_run_that_trusts_remote_code(runs, identity_fi
     assert not (folder / "log.txt").exists()
 
 
+def test_the_app_resumes_no_copied_run_holding_a_link(runs, identity_file, tmp_path):
+    """Local app (no login): a run folder handed over whose log.txt links to ~/.bashrc was resumed, and the run
+    appended its log there, lines that quote its job.yaml (its model's name, say): a shell command run at the next
+    login. A run folder made here holds no link, so one that does is refused."""
+    from ui import train_tab
+
+    bashrc = tmp_path / "bashrc"
+    bashrc.write_text("# the user's own\n")
+    folder = runs / "20250101-000000-linked"
+    folder.mkdir(parents=True)
+    (folder / "job.yaml").write_text(api.JobSpec(model="Qwen/Qwen3-0.6B", data=str(identity_file)).to_yaml())
+    (folder / "status.json").write_text(json.dumps(dict(state="cancelled", message="x", step=1, total_steps=2)))
+    (folder / "log.txt").symlink_to(bashrc)
+    _, status, _ = train_tab.resume(folder.name)
+    assert "Not resumed" in status and "'log.txt' in its folder is a link" in status
+    assert json.loads((folder / "status.json").read_text())["state"] == "cancelled"  # never launched
+    assert bashrc.read_text() == "# the user's own\n"
+
+
 def test_a_process_just_spawned_is_known_as_its_runs(tmp_path):
     """Right after Popen returns, the child's /proc/<pid>/cmdline can still be empty (its exec under way): runs_in
     said it was not the run's process, so a poll in that moment read a run just started (or resumed) as "stopped
@@ -364,3 +397,38 @@ def test_a_shared_app_evaluates_on_no_held_out_rows_outside(runs, identity_file,
     api.restrict_files([api.workspace()])
     with pytest.raises(api.UserError, match=OUTSIDE):
         api.evaluate([folder.name])
+
+
+def test_gradio_run_history_lends_no_hub_token_and_keeps_no_inputs(shared):
+    """Gradio's run history, on by default, answered without a login and called the hub with the machine's token for
+    a request that looked local (from 127.0.0.1 to 127.0.0.1, as every one a reverse proxy on this machine forwards):
+    the owner's buckets listed, any of them read (a 502 here, the hub being offline in tests). It also keeps every
+    call's inputs, the Export tab's token among them. The app turns it off: its routes are gone."""
+    url = shared["client"].src.rstrip("/") + "/gradio_api/run-history"
+    assert httpx.get(f"{url}/buckets").status_code == 404
+    assert httpx.get(f"{url}/records", params=dict(bucket="owner/private")).status_code == 404
+    assert httpx.post(f"{url}/connect", json=dict(bucket_id="owner/new")).status_code == 404
+
+
+def test_a_shared_app_loads_no_adapter_linked_from_outside(runs, tmp_path, monkeypatch):
+    """A run folder handed over whose adapter/ (or tokenizer/) is a link to a folder outside the workspace: Chat,
+    Evaluate and Export loaded it (any model or file of this machine, exported for download), as the base model
+    outside is not."""
+    from engine.api import access
+
+    outside = tmp_path.parent / f"{tmp_path.name}-private-adapter"  # beside the workspace (tmp_path)
+    outside.mkdir()
+    (outside / "adapter_model.safetensors").write_bytes(b"")
+    folder = runs / "20250101-000000-linked"
+    folder.mkdir(parents=True)
+    (folder / "adapter").symlink_to(outside)
+    (folder / "job.yaml").write_text(api.JobSpec(model="Qwen/Qwen3-0.6B", data="x.jsonl").to_yaml())
+    (folder / "status.json").write_text(json.dumps(dict(state="done", message="x", step=2, total_steps=2)))
+    monkeypatch.setattr(access, "_allowed_roots", None)
+    api.restrict_files([api.workspace()])
+    for call in (api.Chat, api.gguf_support, lambda s: api.evaluate([s], data="x.jsonl")):
+        with pytest.raises(api.UserError, match="outside the workspace"):
+            call(str(folder))
+    with pytest.raises(api.UserError, match="outside the workspace"):
+        api.start_export(str(folder), "lora", runs.parent / "exports" / "x")
+    assert not (runs.parent / "exports").exists()

@@ -70,7 +70,29 @@ def check_source(source: str) -> None:
         return
     from engine.chat.infer import locate
 
-    check_access(locate(source)[0], SOURCE_FIX, [workspace()])
+    base, adapter, tokenizer = locate(source)
+    check_access(base, SOURCE_FIX, [workspace()])
+    for folder in (Path(source), adapter, tokenizer):  # the run's or checkpoint's adapter and tokenizer are read too
+        if folder is not None and folder.is_dir():
+            check_access(str(folder), SOURCE_FIX, [workspace()])
+            check_links(folder)
+
+
+def check_links(folder: Path) -> None:
+    """In a shared app, refuse a folder holding a link to anything outside the workspace: a run folder or a model
+    handed over (unpacked with its links) could link its log.txt, adapter or tokenizer to any file of this machine,
+    which the app would then show or load."""
+    if _allowed_roots is None:
+        return
+    root = workspace()
+    for parent, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            link = Path(parent, name)
+            if link.is_symlink() and root not in link.resolve().parents:
+                raise UserError(
+                    f"'{link.relative_to(folder)}' in '{folder.name}' is a link to a file outside the workspace "
+                    f"({workspace()}), which a shared app does not open; copy that file in instead of linking it."
+                )
 
 
 def tidy_workspace() -> list[Path]:
@@ -83,7 +105,9 @@ def tidy_workspace() -> list[Path]:
     if runs.is_dir():
         for run in runs.iterdir():
             if run.is_dir() and not run.is_symlink():
-                folders += [run, run / "checkpoints"]
+                folders.append(run)
+                if not (run / "checkpoints").is_symlink():  # a run folder handed over may link it to any folder
+                    folders.append(run / "checkpoints")
     return remove_stale_partials(*folders, legacy=True)
 
 

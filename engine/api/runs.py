@@ -5,7 +5,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.api.access import MODEL_FIX, allowed_roots, check_access, runs_dir
+from engine.api.access import MODEL_FIX, allowed_roots, check_access, check_links, runs_dir
 from engine.api.processes import alive, exit_code, mark_cancelled, runs_in, slug, spawn, stop
 from engine.core.errors import UserError
 from engine.core.runlog import TERMINAL, read_metrics
@@ -130,7 +130,23 @@ def resume(run: "str | Path | RunHandle", *, allow_code: bool = False) -> RunHan
         if status.state == "done":
             raise UserError(f"Run {status.run_id} already finished; start a new run to train further.")
         _check_job(JobSpec.from_yaml((status.run_dir / "job.yaml").read_text()), allow_code, resumed=True)
+        _check_no_links(status.run_dir)
         return _launch(status.run_dir, resume=True)
+
+
+def _check_no_links(run_dir: Path) -> None:
+    """Refuse to resume a run folder holding a symbolic link: the app makes none (a final adapter is hard-linked),
+    and a folder handed over could link log.txt to ~/.bashrc or checkpoints/ to any folder, which the run would then
+    append its log to (lines that quote its job.yaml), or write and delete checkpoints in."""
+    import os
+
+    for parent, dirs, files in os.walk(run_dir):
+        for name in dirs + files:
+            if Path(parent, name).is_symlink():
+                raise UserError(
+                    f"Run {run_dir.name} cannot be resumed: '{Path(parent, name).relative_to(run_dir)}' in its folder "
+                    "is a link, which a run folder made here never holds; replace the link with the file itself."
+                )
 
 
 def _launch(run_dir: Path, resume: bool) -> RunHandle:
@@ -167,6 +183,7 @@ def _shared_run(run_id: str) -> Path:
             f"'{run_id[:80]}' is not a run of this app; pick one from the run history (a run id is the name of a "
             "folder in runs/)."
         )
+    check_links(folder)  # its log, status, checkpoints are read and shown
     return folder
 
 
