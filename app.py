@@ -23,6 +23,11 @@ from engine import api
 from ui import chat_tab, data_tab, eval_tab, export_tab, i18n, model_tab, train_settings, train_tab
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+REFUSED_HOST = (
+    "This app has no login, so it answers only at http://127.0.0.1 (or localhost) on its own machine. To open it "
+    "under another address (a proxy, a notebook, another machine), start it with --share, or with --auth "
+    "user:password."
+)
 
 
 class LoopbackHostOnly:
@@ -43,7 +48,7 @@ class LoopbackHostOnly:
                 if scope["type"] == "websocket":
                     await send({"type": "websocket.close", "code": 1008})
                     return
-                await PlainTextResponse("This app answers on 127.0.0.1 only.", status_code=400)(scope, receive, send)
+                await PlainTextResponse(REFUSED_HOST, status_code=400)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
