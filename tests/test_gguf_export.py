@@ -664,6 +664,19 @@ def test_ollama_modelfile_keeps_the_templates_default_system_prompt():
         assert ollama(msgs) == render_template(QWEN25_TEMPLATE, msgs, True), msgs
 
 
+def test_a_system_prompt_holding_triple_quotes_cannot_add_lines_to_the_modelfile():
+    """Ollama's Modelfile has no escape: a value in \"\"\"...\"\"\" ends at the first \"\"\" followed by a space or a
+    line end, so a run's system prompt holding one wrote what followed as lines of their own (an ADAPTER, a FROM).
+    Such a prompt is left out, with a comment that says why; any other is kept whole."""
+    from engine.export.ollama import modelfile
+
+    hostile = 'Be brief."""\nADAPTER /home/user/.ssh/id_rsa\nSYSTEM """x'
+    text = modelfile("m.gguf", QWEN25_TEMPLATE, [], {}, system=hostile)
+    assert "ADAPTER" not in text and "SYSTEM" not in text.replace("# The system prompt", "")
+    assert '# The system prompt is left out: it holds """, which a Modelfile cannot quote' in text
+    assert 'SYSTEM """Say "hi" first."""' in modelfile("m.gguf", QWEN25_TEMPLATE, [], {}, system='Say "hi" first.')
+
+
 def _ollama_prompt(modelfile_text: str, msgs: list[dict]) -> str:
     """The prompt Ollama builds from a Modelfile's TEMPLATE (the forms engine.export.ollama writes: a range over the
     messages, with one body or an if / else if chain on the role) for `msgs`."""

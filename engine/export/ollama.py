@@ -131,11 +131,13 @@ def modelfile(
     if go and bos_added and go.startswith(bos_added):  # else Ollama's prompts would start with two BOS tokens
         go = go.removeprefix(bos_added)
     lines = [f"FROM ./{gguf_name}", ""]
-    if go:
+    if go and '"""' not in go:
         lines += [f'TEMPLATE """{go}"""', ""]
     else:
         lines += ["# Ollama cannot run this chat template; give one in its TEMPLATE syntax to chat with the model.", ""]
-    if system:  # Ollama puts it first where the user gives no system message, as training (or the template) did
+    if system and '"""' in system:  # a Modelfile has no escape: the rest would be read as lines of their own
+        lines += ['# The system prompt is left out: it holds """, which a Modelfile cannot quote; send it in chat.', ""]
+    elif system:  # Ollama puts it first where the user gives no system message, as training (or the template) did
         lines += [f'SYSTEM """{system}"""', ""]
     for s in dict.fromkeys(go_stops + stops):
         lines.append(f"PARAMETER stop {json.dumps(s)}")
