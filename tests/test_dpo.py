@@ -207,3 +207,23 @@ def test_a_cancel_during_the_last_step_ends_done_with_the_adapter(tiny_llama, pa
     metrics = run_here(spec, tmp_path, should_stop=lambda: next(polls) >= 3)
     assert [m["step"] for m in metrics] == [1, 2]
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+ULTRAFEEDBACK_ROW = dict(  # HuggingFaceH4/ultrafeedback_binarized's columns, as its rows come from the hub
+    prompt="What is two plus two?",
+    prompt_id="f00d",
+    chosen=[{"role": "user", "content": "What is two plus two?"}, {"role": "assistant", "content": "Four."}],
+    rejected=[{"role": "user", "content": "What is two plus two?"}, {"role": "assistant", "content": "Five."}],
+    messages=[{"role": "user", "content": "What is two plus two?"}, {"role": "assistant", "content": "Four."}],
+    score_chosen=9.0,
+    score_rejected=2.0,
+)
+
+
+def test_ultrafeedback_rows_are_preference_pairs_for_dpo_and_chat_for_sft(tmp_path):
+    """UltraFeedback's rows carry the chosen conversation a second time as 'messages', which made them chatml: DPO
+    and ORPO refused the best-known preference dataset as "this dataset is chatml". SFT still reads its messages."""
+    path = tmp_path / "ultrafeedback.jsonl"
+    path.write_text(json.dumps(ULTRAFEEDBACK_ROW) + "\n")
+    assert api.check_data(str(path), "dpo") == api.check_data(str(path), "orpo") == "preference"
+    assert api.check_data(str(path), "sft") == "chatml"

@@ -105,9 +105,13 @@ def map_columns(row: dict, mapping: dict, row_no: int, source: str) -> dict:
     return out
 
 
-def row_format(row: dict) -> str | None:
-    """The format one row is in, or None when its keys match none."""
+def row_format(row: dict, prefer: tuple[str, ...] = ()) -> str | None:
+    """The format one row is in, or None when its keys match none. A row with chosen and rejected columns is
+    preference data when `prefer` (the formats an objective takes) names it, whatever else it holds: UltraFeedback
+    (HuggingFaceH4/ultrafeedback_binarized) keeps the chosen conversation as 'messages' too, which else says chatml."""
     keys = set(row)
+    if "preference" in prefer and {"chosen", "rejected"} <= keys:
+        return "preference"
     if "messages" in keys:
         return "chatml"
     if "conversations" in keys:
@@ -123,8 +127,8 @@ def row_format(row: dict) -> str | None:
     return None
 
 
-def check_format(row: dict, row_no: int, source: str, expected: str | None) -> str:
-    fmt = row_format(row)
+def check_format(row: dict, row_no: int, source: str, expected: str | None, prefer: tuple[str, ...] = ()) -> str:
+    fmt = row_format(row, prefer)
     if fmt is None:
         if row_format(dict.fromkeys(str(k).lower() for k in row)) is not None:  # "Instruction" from a spreadsheet
             pairs = ", ".join(
