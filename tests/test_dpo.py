@@ -227,3 +227,21 @@ def test_ultrafeedback_rows_are_preference_pairs_for_dpo_and_chat_for_sft(tmp_pa
     path.write_text(json.dumps(ULTRAFEEDBACK_ROW) + "\n")
     assert api.check_data(str(path), "dpo") == api.check_data(str(path), "orpo") == "preference"
     assert api.check_data(str(path), "sft") == "chatml"
+
+
+def test_a_prompt_column_beside_whole_conversations_is_not_said_twice():
+    """UltraFeedback's 'prompt' is a copy of the first user turn of its chosen and rejected conversations: the pair
+    was the prompt as a user turn, then replies that began with the same user turn again, so DPO compared the
+    question asked twice. The conversations' shared turns are the prompt, as they are without a prompt column."""
+    from engine.training.preference import to_pair
+
+    user = [{"role": "user", "content": "What is two plus two?"}]
+    expected = dict(
+        prompt=user,
+        chosen=[{"role": "assistant", "content": "Four."}],
+        rejected=[{"role": "assistant", "content": "Five."}],
+    )
+    assert to_pair(ULTRAFEEDBACK_ROW, 1, "uf.jsonl") == expected
+    bare = {k: ULTRAFEEDBACK_ROW[k] for k in ("chosen", "rejected")}  # trl-lib/ultrafeedback_binarized
+    assert to_pair(bare, 1, "uf.jsonl") == expected
+    assert to_pair({**bare, "prompt": user}, 1, "uf.jsonl") == expected

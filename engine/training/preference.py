@@ -10,7 +10,8 @@ an odds-ratio term (weight `dpo_beta`) against the rejected one.
 
 Rows are turned into conversations (a plain-text prompt becomes a user turn, a plain reply an assistant turn, the
 job's system prompt is added), so TRL renders them with the same chat template as SFT. Rows without a prompt column
-must hold whole conversations in chosen and rejected that share their first turns; the shared turns are the prompt.
+must hold whole conversations in chosen and rejected that share their first turns; the shared turns are the prompt,
+as they are where a prompt column comes beside whole conversations (UltraFeedback's repeats their first user turn).
 
 Pairs longer than max_seq_length (the prompt with its chosen or its rejected reply): TRL 1.15 keeps the first
 max_seq_length tokens of each (DPO's truncation_mode "keep_start", ORPO cuts the reply to the room the prompt leaves),
@@ -42,22 +43,29 @@ def to_pair(row: dict, row_no: int, source: str, system_prompt: str = "") -> dic
     where = f"{source}: row {row_no}"
     validate_row(row, "preference", row_no, source)
     prompt, chosen, rejected = row.get("prompt"), row["chosen"], row["rejected"]
-    if prompt is None:
-        if not (isinstance(chosen, list) and isinstance(rejected, list)):
-            raise UserError(
-                f"{where} has no 'prompt'; then 'chosen' and 'rejected' must be whole conversations (message lists) "
-                "that share their first turns. Add a prompt column, or map one (e.g. question=prompt)."
-            )
+    if _whole(chosen) and _whole(rejected):
+        # whole conversations hold their prompt, so a prompt column beside them is a copy of their first turns
+        # (UltraFeedback's), which would else come twice: the user's question, then the same question again
         split = extract_prompt({"chosen": _messages(chosen), "rejected": _messages(rejected)})
         prompt, chosen, rejected = split["prompt"], split["chosen"], split["rejected"]
         if not prompt:
             raise UserError(f"{where}: 'chosen' and 'rejected' share no first turn, so there is no prompt to answer.")
+    elif prompt is None:
+        raise UserError(
+            f"{where} has no 'prompt'; then 'chosen' and 'rejected' must be whole conversations (message lists) "
+            "that share their first turns. Add a prompt column, or map one (e.g. question=prompt)."
+        )
     if not prompt or not isinstance(prompt, (str, list)):
         raise UserError(f"{where}: field 'prompt' is missing or empty.")
     prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _messages(prompt)
     if system_prompt and prompt[0]["role"] != "system":
         prompt.insert(0, {"role": "system", "content": system_prompt})
     return dict(prompt=prompt, chosen=_reply(chosen), rejected=_reply(rejected))
+
+
+def _whole(value) -> bool:
+    """Whether a chosen or rejected value is a whole conversation (a message list with more than replies)."""
+    return isinstance(value, list) and any(t["role"] != "assistant" for t in value)
 
 
 def _messages(turns: list) -> list[dict]:
