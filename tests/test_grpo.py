@@ -42,6 +42,15 @@ def record_replies(completions, prompts, **columns):
     return [0.0] * len(completions)
 
 
+COLUMNS: list[dict] = []  # the dataset columns record_columns was given
+
+
+def record_columns(completions, prompts, **columns):
+    """A custom reward that remembers the columns TRL passed it: importable as test_grpo:record_columns."""
+    COLUMNS.append({k: v for k, v in columns.items() if k in ("answer", "source")})
+    return [0.0] * len(completions)
+
+
 @pytest.fixture
 def prompts_file(tmp_path):
     path = tmp_path / "prompts.jsonl"
@@ -367,3 +376,34 @@ def test_grpo_on_the_gpu(tiny_llama, prompts_file, tmp_path):
     assert "grpo: sampler engine (" in log and "decode: graph (" in log and "decode: eager from now on" not in log, log
     regex = [m["reward_regex"] for m in read_metrics(tmp_path)]
     assert sum(regex[-3:]) / 3 > sum(regex[:3]) / 3 + 0.3, regex
+
+
+def test_grpo_takes_an_answer_column_of_numbers_and_text_and_columns_the_first_row_lacks(tiny_llama, tmp_path):
+    """Answers written as 4 in some rows and "6" in others (hand-made JSONL) stopped the run with pyarrow's
+    "ArrowInvalid: Could not convert '6' with type str"; a column missing from the first row was dropped, so a reward
+    reading it failed mid-run although the Train tab had found it. Now the mixed column reaches the rewards as
+    text, and a row without a column gives None."""
+    path = tmp_path / "mixed.jsonl"
+    rows = [{"prompt": "2+2?", "answer": 4}, {"prompt": "3+3?", "answer": "6", "source": "web"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = api.JobSpec(
+        model=str(tiny_llama),
+        data=str(path),
+        objective="grpo",
+        rewards=({"preset": "python", "function": "test_grpo:record_columns"},),
+        num_generations=2,
+        max_new_tokens=2,
+        batch_size=2,
+        max_steps=1,
+        lora_r=8,
+        lora_alpha=8,
+        max_seq_length=64,
+        device="cpu",
+        seed=0,
+    )
+    COLUMNS.clear()
+    (run_dir := tmp_path / "run").mkdir()
+    train(spec, run_dir, RunLog(run_dir), False, lambda: False, print)
+    [seen] = COLUMNS
+    by_answer = dict(zip(seen["answer"], seen["source"], strict=True))  # 2 prompts x 2 replies, in TRL's order
+    assert by_answer == {"4": None, "6": "web"} and len(seen["answer"]) == 4

@@ -56,6 +56,24 @@ def to_prompt(row: dict, row_no: int, source: str, system_prompt: str = "") -> d
     return {**row, "prompt": messages}
 
 
+def prompt_dataset(rows: list[dict]):
+    """The prompt rows as the datasets.Dataset TRL takes: every column that any row has, None where a row lacks it
+    (Dataset.from_list keeps only the first row's columns), and a column whose values Arrow cannot hold as one type
+    (answers 4 and "4" in one JSONL file) as text, the way the answer reward reads a reference anyway."""
+    import pyarrow as pa
+    from datasets import Dataset
+
+    columns = {}
+    for name in dict.fromkeys(k for r in rows for k in r):
+        values = [r.get(name) for r in rows]
+        try:
+            pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            values = [v if v is None or isinstance(v, str) else str(v) for v in values]
+        columns[name] = values
+    return Dataset.from_dict(columns)
+
+
 def text_of(value) -> str:
     """Plain text of a prompt or reply as TRL passes it: a string, or a message list (its last message)."""
     return value if isinstance(value, str) else value[-1]["content"]
@@ -181,7 +199,6 @@ def engine_rollout(make_decoder, tok):
 def train_grpo(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> None:
     """Train `spec` (objective grpo) into `run_dir`, with the SFT loop's metrics, checkpoints and cancel."""
     import torch
-    from datasets import Dataset
 
     from engine.models.loading import load_for_training
     from engine.training.trl_run import TrlRun, prepare
@@ -224,7 +241,7 @@ def train_grpo(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> N
             model=model,
             reward_funcs=[for_trl(name, score, columns) for name, _, score in rewards],
             args=args,
-            train_dataset=Dataset.from_list(rows),
+            train_dataset=prompt_dataset(rows),
             processing_class=tok,
             callbacks=[run.callback({**METRICS, **{f"reward_{n}": f"rewards/{n}/mean" for n, _, _ in rewards}})],
             optimizers=(run.opt, run.sched),
