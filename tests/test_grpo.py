@@ -72,6 +72,13 @@ def test_grpo_answer_reward_exact_and_numeric():
         score({"preset": "answer"}, replies)
 
 
+def test_grpo_answer_reward_reads_whole_float_references_as_written():
+    """A JSON answer column of 4 and 4.5 comes to the reward as 4.0 and 4.5 (Arrow gives the column one type), so in
+    exact mode the reply "4" scored 0 against 4.0; a row without an answer (None) scored 1 for the reply "None"."""
+    assert score({"preset": "answer"}, ["4", "4.5", "None", "4"], answer=[4.0, 4.5, None, 4]) == [1, 1, 0, 1]
+    assert score({"preset": "answer", "mode": "numeric"}, ["4", "None"], answer=[4.0, None]) == [1, 0]
+
+
 def test_grpo_regex_format_length_and_character_rewards():
     assert score({"preset": "regex", "pattern": r"^\d+$"}, ["42", "a 42", ""]) == [1, 0, 0]
     fmt = score({"preset": "format"}, ["<think>add</think>\n4", "<think>add</think>", "4", " <think>a\nb</think> 4"])
