@@ -245,3 +245,26 @@ def test_a_prompt_column_beside_whole_conversations_is_not_said_twice():
     bare = {k: ULTRAFEEDBACK_ROW[k] for k in ("chosen", "rejected")}  # trl-lib/ultrafeedback_binarized
     assert to_pair(bare, 1, "uf.jsonl") == expected
     assert to_pair({**bare, "prompt": user}, 1, "uf.jsonl") == expected
+
+
+def test_pairs_without_a_prompt_are_refused_before_the_run_starts(tiny_llama, tmp_path, runs):
+    """Intel/orca_dpo_pairs names its prompt 'question': the first rows passed the check, so the run started, loaded
+    the model and only then failed on "has no 'prompt'". Now Start says it at once and makes no run folder; a prompt
+    of ShareGPT turns is a sentence too, where it was a KeyError after the model had loaded."""
+    from engine.training.preference import to_pair
+
+    path = tmp_path / "orca.jsonl"
+    path.write_text(json.dumps(dict(system="", question="Who are you?", chosen=IDENTITY_ANSWER, rejected=REJECTED)))
+    with pytest.raises(api.UserError, match=r"row 1 has no 'prompt'; .* map one \(e.g. question=prompt\)"):
+        api.start(spec_for(tiny_llama, path))
+    sharegpt = tmp_path / "sharegpt-prompt.jsonl"
+    sharegpt.write_text(json.dumps(dict(prompt=[{"from": "human", "value": "Hi"}], chosen="Hello.", rejected="Bye.")))
+    with pytest.raises(api.UserError, match="turn 1 of 'prompt' needs 'role' and 'content'"):
+        api.start(spec_for(tiny_llama, sharegpt))
+    replies = [{"role": "assistant", "content": "Hello."}]  # replies alone: no turn before them is a prompt
+    with pytest.raises(api.UserError, match="row 1 has no 'prompt'"):
+        to_pair(dict(chosen=replies, rejected=replies), 1, "replies.jsonl")
+    assert not runs.exists() or not list(runs.iterdir())
+    from engine.training.preflight import check_job
+
+    check_job(spec_for(tiny_llama, path, column_map={"question": "prompt"}))  # mapped, it passes

@@ -262,6 +262,12 @@ def to_messages(row: dict, fmt: str, row_no: int, source: str = "dataset", syste
     return msgs
 
 
+def whole_conversation(value) -> bool:
+    """Whether a preference row's chosen or rejected value is a whole conversation: a message list with more than
+    replies in it, whose turns before the replies are the prompt."""
+    return isinstance(value, list) and any(isinstance(t, dict) and t.get("role") != "assistant" for t in value)
+
+
 def validate_row(row: dict, fmt: str, row_no: int, source: str) -> None:
     """Raise a UserError naming the row and field when a row of `fmt` is unusable."""
     where = f"{source}: row {row_no}"
@@ -281,3 +287,13 @@ def validate_row(row: dict, fmt: str, row_no: int, source: str) -> None:
                 _turns(value, key, where, sharegpt=False)
             else:
                 _text(row, key, where)
+        prompt = None if _empty(row.get("prompt")) else row["prompt"]
+        if isinstance(prompt, list):
+            _turns(prompt, "prompt", where, sharegpt=False)
+        elif prompt is not None:
+            _text(row, "prompt", where)
+        elif not (whole_conversation(row["chosen"]) and whole_conversation(row["rejected"])):
+            raise UserError(
+                f"{where} has no 'prompt'; then 'chosen' and 'rejected' must be whole conversations (message lists) "
+                "that share their first turns. Add a prompt column, or map one (e.g. question=prompt)."
+            )

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from engine.core.errors import UserError
 from engine.core.hardware import choose_placement
-from engine.data.formats import validate_row
+from engine.data.formats import validate_row, whole_conversation
 from engine.data.tokenizing import length_notes, render
 from engine.spec.objectives import read_rows
 from engine.training.steps import total_steps
@@ -43,29 +43,17 @@ def to_pair(row: dict, row_no: int, source: str, system_prompt: str = "") -> dic
     where = f"{source}: row {row_no}"
     validate_row(row, "preference", row_no, source)
     prompt, chosen, rejected = row.get("prompt"), row["chosen"], row["rejected"]
-    if _whole(chosen) and _whole(rejected):
+    if whole_conversation(chosen) and whole_conversation(rejected):
         # whole conversations hold their prompt, so a prompt column beside them is a copy of their first turns
         # (UltraFeedback's), which would else come twice: the user's question, then the same question again
         split = extract_prompt({"chosen": _messages(chosen), "rejected": _messages(rejected)})
         prompt, chosen, rejected = split["prompt"], split["chosen"], split["rejected"]
         if not prompt:
             raise UserError(f"{where}: 'chosen' and 'rejected' share no first turn, so there is no prompt to answer.")
-    elif prompt is None:
-        raise UserError(
-            f"{where} has no 'prompt'; then 'chosen' and 'rejected' must be whole conversations (message lists) "
-            "that share their first turns. Add a prompt column, or map one (e.g. question=prompt)."
-        )
-    if not prompt or not isinstance(prompt, (str, list)):
-        raise UserError(f"{where}: field 'prompt' is missing or empty.")
     prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _messages(prompt)
     if system_prompt and prompt[0]["role"] != "system":
         prompt.insert(0, {"role": "system", "content": system_prompt})
     return dict(prompt=prompt, chosen=_reply(chosen), rejected=_reply(rejected))
-
-
-def _whole(value) -> bool:
-    """Whether a chosen or rejected value is a whole conversation (a message list with more than replies)."""
-    return isinstance(value, list) and any(t["role"] != "assistant" for t in value)
 
 
 def _messages(turns: list) -> list[dict]:
