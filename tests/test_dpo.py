@@ -268,3 +268,27 @@ def test_pairs_without_a_prompt_are_refused_before_the_run_starts(tiny_llama, tm
     from engine.training.preflight import check_job
 
     check_job(spec_for(tiny_llama, path, column_map={"question": "prompt"}))  # mapped, it passes
+
+
+def test_anthropic_hh_transcripts_are_read_as_conversations(tiny_llama, tmp_path):
+    """Anthropic/hh-rlhf's rows are two transcripts as text, "\\n\\nHuman: ...\\n\\nAssistant: ...", alike but for the
+    last reply: they were refused ("has no 'prompt' ... map one"), with no column to map. Their turns are read as a
+    conversation, whose shared turns are the prompt."""
+    from engine.training.preference import to_pair
+    from engine.training.preflight import check_job
+
+    shared = "\n\nHuman: Name a fruit.\n\nAssistant: An apple.\n\nHuman: Another one?\n\nAssistant:"
+    row = dict(chosen=shared + " A pear.", rejected=shared + " No.")
+    assert to_pair(row, 1, "hh.jsonl") == dict(
+        prompt=[
+            {"role": "user", "content": "Name a fruit."},
+            {"role": "assistant", "content": "An apple."},
+            {"role": "user", "content": "Another one?"},
+        ],
+        chosen=[{"role": "assistant", "content": "A pear."}],
+        rejected=[{"role": "assistant", "content": "No."}],
+    )
+    path = tmp_path / "hh.jsonl"
+    path.write_text(json.dumps(row) + "\n" + json.dumps(dict(chosen=shared, rejected=shared + " No.")) + "\n")
+    with pytest.raises(api.UserError, match="row 2: turn 4 of 'chosen' has an empty 'content'"):
+        check_job(spec_for(tiny_llama, path))

@@ -12,6 +12,7 @@ tokenizing engine.data.tokenizing's, the Data tab's summary engine.data.inspecti
 """
 
 import math
+import re
 
 from engine.core.errors import UserError
 
@@ -262,6 +263,21 @@ def to_messages(row: dict, fmt: str, row_no: int, source: str = "dataset", syste
     return msgs
 
 
+TRANSCRIPT_TURN = re.compile(r"\n\n(Human|Assistant): ?")
+
+
+def transcript_turns(text) -> list[dict] | None:
+    """Anthropic HH-RLHF's chosen or rejected text ("\\n\\nHuman: ...\\n\\nAssistant: ...") as {"role", "content"}
+    turns, or None for anything that is not such a transcript."""
+    if not isinstance(text, str) or not text.lstrip().startswith("Human:"):
+        return None
+    parts = TRANSCRIPT_TURN.split("\n\n" + text.lstrip())  # "", "Human", what they said, "Assistant", ...
+    return [
+        {"role": "user" if who == "Human" else "assistant", "content": said.strip()}
+        for who, said in zip(parts[1::2], parts[2::2], strict=True)
+    ]
+
+
 def whole_conversation(value) -> bool:
     """Whether a preference row's chosen or rejected value is a whole conversation: a message list with more than
     replies in it, whose turns before the replies are the prompt."""
@@ -281,18 +297,20 @@ def validate_row(row: dict, fmt: str, row_no: int, source: str) -> None:
         if isinstance(row["prompt"], str):
             _encodable(row["prompt"], "prompt", where)
     elif fmt == "preference":
+        prompt = None if _empty(row.get("prompt")) else row["prompt"]
         for key in ("chosen", "rejected"):
             value = row.get(key)
+            if prompt is None and transcript_turns(value):  # Anthropic HH-RLHF: no prompt, whole transcripts
+                value = transcript_turns(value)
             if isinstance(value, list):
                 _turns(value, key, where, sharegpt=False)
             else:
                 _text(row, key, where)
-        prompt = None if _empty(row.get("prompt")) else row["prompt"]
         if isinstance(prompt, list):
             _turns(prompt, "prompt", where, sharegpt=False)
         elif prompt is not None:
             _text(row, "prompt", where)
-        elif not (whole_conversation(row["chosen"]) and whole_conversation(row["rejected"])):
+        elif not all(whole_conversation(transcript_turns(row[k]) or row[k]) for k in ("chosen", "rejected")):
             raise UserError(
                 f"{where} has no 'prompt'; then 'chosen' and 'rejected' must be whole conversations (message lists) "
                 "that share their first turns. Add a prompt column, or map one (e.g. question=prompt)."

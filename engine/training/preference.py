@@ -12,6 +12,7 @@ Rows are turned into conversations (a plain-text prompt becomes a user turn, a p
 job's system prompt is added), so TRL renders them with the same chat template as SFT. Rows without a prompt column
 must hold whole conversations in chosen and rejected that share their first turns; the shared turns are the prompt,
 as they are where a prompt column comes beside whole conversations (UltraFeedback's repeats their first user turn).
+Anthropic HH-RLHF's rows are such conversations written as text ("\\n\\nHuman: ...\\n\\nAssistant: ..."), read as turns.
 
 Pairs longer than max_seq_length (the prompt with its chosen or its rejected reply): TRL 1.15 keeps the first
 max_seq_length tokens of each (DPO's truncation_mode "keep_start", ORPO cuts the reply to the room the prompt leaves),
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from engine.core.errors import UserError
 from engine.core.hardware import choose_placement
-from engine.data.formats import validate_row, whole_conversation
+from engine.data.formats import transcript_turns, validate_row, whole_conversation
 from engine.data.tokenizing import length_notes, render
 from engine.spec.objectives import read_rows
 from engine.training.steps import total_steps
@@ -43,6 +44,8 @@ def to_pair(row: dict, row_no: int, source: str, system_prompt: str = "") -> dic
     where = f"{source}: row {row_no}"
     validate_row(row, "preference", row_no, source)
     prompt, chosen, rejected = row.get("prompt"), row["chosen"], row["rejected"]
+    if prompt is None and transcript_turns(chosen) and transcript_turns(rejected):  # Anthropic HH-RLHF's text
+        chosen, rejected = transcript_turns(chosen), transcript_turns(rejected)
     if whole_conversation(chosen) and whole_conversation(rejected):
         # whole conversations hold their prompt, so a prompt column beside them is a copy of their first turns
         # (UltraFeedback's), which would else come twice: the user's question, then the same question again
