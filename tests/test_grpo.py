@@ -414,3 +414,35 @@ def test_grpo_takes_an_answer_column_of_numbers_and_text_and_columns_the_first_r
     [seen] = COLUMNS
     by_answer = dict(zip(seen["answer"], seen["source"], strict=True))  # 2 prompts x 2 replies, in TRL's order
     assert by_answer == {"4": None, "6": "web"} and len(seen["answer"]) == 4
+
+
+def test_grpo_leaves_out_prompts_that_fill_max_seq_length(tiny_llama, tmp_path):
+    """TRL cuts no GRPO prompt: one longer than max_seq_length (here past the model's 512-token context, too) was
+    sampled and trained on whole, without a word. It is left out, and the run's status says so."""
+    path = tmp_path / "long-prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["word " * 600, "Hi", "Who are you?"]))
+    spec = api.JobSpec(
+        model=str(tiny_llama),
+        data=str(path),
+        objective="grpo",
+        rewards=({"preset": "length", "max_chars": 10},),
+        num_generations=2,
+        max_new_tokens=2,
+        batch_size=2,
+        max_steps=1,
+        lora_r=8,
+        lora_alpha=8,
+        max_seq_length=64,
+        device="cpu",
+        seed=0,
+    )
+    lines = []
+    train(spec, tmp_path, RunLog(tmp_path), False, lambda: False, lines.append)
+    note = (
+        "1 of 3 prompts are max_seq_length 64 tokens or longer, so no reply fits, and were left out. Raise "
+        "max_seq_length to keep them."
+    )
+    assert json.loads((tmp_path / "status.json").read_text())["notes"] == [note]
+    assert "grpo: 2 prompts x 2 replies" in "\n".join(lines)
+    with pytest.raises(api.UserError, match="Every prompt is 8 tokens or longer"):
+        train(spec.replace(max_seq_length=8), tmp_path / "short", RunLog(tmp_path), False, lambda: False, print)
