@@ -292,3 +292,26 @@ def test_anthropic_hh_transcripts_are_read_as_conversations(tiny_llama, tmp_path
     path.write_text(json.dumps(row) + "\n" + json.dumps(dict(chosen=shared, rejected=shared + " No.")) + "\n")
     with pytest.raises(api.UserError, match="row 2: turn 4 of 'chosen' has an empty 'content'"):
         check_job(spec_for(tiny_llama, path))
+
+
+def test_pairs_whose_chosen_and_rejected_are_the_same_are_left_out(tiny_llama, tmp_path, capsys):
+    """A pair of two equal replies teaches no preference (its loss is log 2 with no gradient) and counted as ranked
+    wrong, holding "pairs ranked right" below 100% with no word why. It is left out, and the run's status says so."""
+    path = tmp_path / "ties.jsonl"
+    rows = [dict(prompt=q, chosen=IDENTITY_ANSWER, rejected=REJECTED) for q in IDENTITY_QUESTIONS[:3]]
+    rows += [dict(prompt="Who are you?", chosen=IDENTITY_ANSWER, rejected=IDENTITY_ANSWER)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_here(spec_for(tiny_llama, path, max_steps=1), tmp_path)
+    note = (
+        "1 of 4 preference pairs have the same chosen and rejected reply, which teaches no preference, and were "
+        "left out."
+    )
+    assert json.loads((tmp_path / "status.json").read_text())["notes"] == [note]
+    assert "dpo: 3 pairs" in capsys.readouterr().out
+    from engine.training.preference import without_ties
+
+    tie = dict(
+        prompt=[], chosen=[{"role": "assistant", "content": "a"}], rejected=[{"role": "assistant", "content": "a"}]
+    )
+    with pytest.raises(api.UserError, match="Every pair's chosen and rejected replies are the same"):
+        without_ties([tie], print)

@@ -67,6 +67,24 @@ def _reply(value) -> list[dict]:
     return [{"role": "assistant", "content": value}] if isinstance(value, str) else _messages(value)
 
 
+def without_ties(pairs: list[dict], log, note=None) -> list[dict]:
+    """The pairs whose chosen and rejected replies differ. Two equal replies prefer nothing: the pair's DPO loss is
+    log 2 whatever the weights, without a gradient, and it counts as ranked wrong in the accuracy. How many were left
+    out is logged and told to `note(text)`; a UserError when every pair is such a tie."""
+    kept = [pair for pair in pairs if pair["chosen"] != pair["rejected"]]
+    if not kept:
+        raise UserError("Every pair's chosen and rejected replies are the same, so there is no preference to learn.")
+    if len(kept) < len(pairs):
+        said = (
+            f"{len(pairs) - len(kept)} of {len(pairs)} preference pairs have the same chosen and rejected reply, "
+            "which teaches no preference, and were left out."
+        )
+        log(f"note: {said}")
+        if note is not None:
+            note(said)
+    return kept
+
+
 def fit_pairs(pairs: list[dict], tok, max_len: int, source: str, log, note=None) -> list[dict]:
     """The pairs without those whose prompt alone fills `max_len` tokens (no reply left to compare); how many pairs
     are longer than `max_len` (their prompt with the chosen or the rejected reply, rendered by the chat template as
@@ -111,7 +129,7 @@ def train_preference(spec, run_dir: Path, runlog, resume: bool, should_stop, log
     source = Path(spec.data).name
     rows = read_rows(spec, log, runlog.loading(log), should_stop)
     pairs = [to_pair(r, i, source, spec.system_prompt) for i, r in enumerate(rows, 1)]
-    pairs = fit_pairs(pairs, tok, spec.max_seq_length, source, log, runlog.note)
+    pairs = fit_pairs(without_ties(pairs, log, runlog.note), tok, spec.max_seq_length, source, log, runlog.note)
     run = TrlRun(spec, run_dir, runlog, should_stop, log, model, tok, placement, total_steps(spec, len(pairs)), resume)
     common = dict(
         train_dataset=Dataset.from_list(pairs),
