@@ -48,8 +48,9 @@ def run_here(spec, run_dir, should_stop=lambda: False, resume=False):
     return read_metrics(run_dir)
 
 
-def margin(model, tok, prompt: str) -> float:
-    """log p(chosen) - log p(rejected) of the replies, summed over their tokens, under `model`."""
+def margin(model, tok, prompt: str, both: bool = False):
+    """log p(chosen) - log p(rejected) of the replies, summed over their tokens, under `model` (with `both`, the two
+    log-probabilities)."""
 
     def logp(reply):
         msgs = [{"role": "user", "content": prompt}]
@@ -62,6 +63,8 @@ def margin(model, tok, prompt: str) -> float:
         picked = torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0]
         return float(picked[n_head - 1 :].sum())
 
+    if both:
+        return logp(IDENTITY_ANSWER), logp(REJECTED)
     return logp(IDENTITY_ANSWER) - logp(REJECTED)
 
 
@@ -315,3 +318,29 @@ def test_pairs_whose_chosen_and_rejected_are_the_same_are_left_out(tiny_llama, t
     )
     with pytest.raises(api.UserError, match="Every pair's chosen and rejected replies are the same"):
         without_ties([tie], print)
+
+
+def test_dpo_loss_matches_a_hand_computation(tiny_llama, tmp_path):
+    """Step 2's logged rewards and loss, recomputed by hand from the step-1 adapter: reward = beta x (log p under the
+    policy - log p under the base, the adapter off) of each reply, loss = -log sigmoid(chosen - rejected). One pair
+    repeated, so every batch holds it."""
+    import math
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tmp_path / "one-pair.jsonl"
+    path.write_text((json.dumps(dict(prompt="Who are you?", chosen=IDENTITY_ANSWER, rejected=REJECTED)) + "\n") * 4)
+    spec = spec_for(tiny_llama, path, max_steps=2, save_every=1, keep_checkpoints=2, dpo_beta=0.1)
+    step2 = run_here(spec, tmp_path / "run")[1]
+    tok = AutoTokenizer.from_pretrained(tmp_path / "run" / "tokenizer")
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, tmp_path / "run" / "checkpoints" / "step-000001")
+    with model.disable_adapter():
+        before = margin(model, tok, "Who are you?", both=True)
+    after = margin(model, tok, "Who are you?", both=True)
+    chosen, rejected = (0.1 * (a - b) for a, b in zip(after, before, strict=True))
+    loss = math.log1p(math.exp(-(chosen - rejected)))
+    got = (step2["chosen_reward"], step2["rejected_reward"], step2["margin"], step2["loss"])
+    # float32 sums of ~15 log-probabilities computed in two orders, and the metrics' rounding to 6 decimals
+    torch.testing.assert_close(got, (chosen, rejected, chosen - rejected, loss), atol=1e-4, rtol=0)
