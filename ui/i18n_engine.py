@@ -568,6 +568,22 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         "ⓘ {0} из {1} пар предпочтений длиннее max_seq_length {2} и обрезаны до первых {3} токенов. Увеличьте "
         "max_seq_length, чтобы сохранить их целиком.",
     ),
+    # DPO/ORPO pairs of two equal replies, GRPO prompts with no room for a reply (engine.training.preference, grpo)
+    (
+        r"ⓘ (\d+) of (\d+) preference pairs have the same chosen and rejected reply, which teaches no preference, and "
+        r"were left out\.",
+        "ⓘ {1} 个偏好对中有 {0} 个的选中回复与拒绝回复相同，学不到任何偏好，已被略去。",
+        "ⓘ {0} из {1} пар предпочтений содержат одинаковые выбранный и отклонённый ответы, из которых нечему "
+        "научиться, и пропущены.",
+    ),
+    (
+        r"ⓘ (\d+) of (\d+) prompts are max_seq_length (\d+) tokens or longer, so no reply fits, and were left out\. "
+        r"Raise max_seq_length to keep them\.",
+        "ⓘ {1} 个提示中有 {0} 个达到或超过 max_seq_length {2} 个 token，放不下任何回复，已被略去。"
+        "调大 max_seq_length 可保留它们。",
+        "ⓘ {0} из {1} запросов занимают max_seq_length ({2} токенов) или больше, ответ в них не помещается, и они "
+        "пропущены. Увеличьте max_seq_length, чтобы сохранить их.",
+    ),
     # the Chat tab: a reply that ran out of GPU memory
     (
         r"The GPU ran out of memory for this reply; lower 'Max new tokens' or clear the chat \(the conversation and "
