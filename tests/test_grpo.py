@@ -446,3 +446,25 @@ def test_grpo_leaves_out_prompts_that_fill_max_seq_length(tiny_llama, tmp_path):
     assert "grpo: 2 prompts x 2 replies" in "\n".join(lines)
     with pytest.raises(api.UserError, match="Every prompt is 8 tokens or longer"):
         train(spec.replace(max_seq_length=8), tmp_path / "short", RunLog(tmp_path), False, lambda: False, print)
+
+
+def test_a_dataset_of_no_format_is_told_the_columns_its_objective_takes(tmp_path):
+    """openai/gsm8k (question, answer), GRPO's best-known dataset, matches no format: the sentence said to map
+    question=instruction, which makes it no GRPO data either. It names the column GRPO takes, and DPO's."""
+    from ui import i18n
+
+    path = tmp_path / "gsm8k.jsonl"
+    path.write_text(json.dumps({"question": "What is 2+2?", "answer": "2+2=4\n#### 4"}) + "\n")
+    said = []
+    for objective in ("grpo", "dpo"):
+        with pytest.raises(api.UserError) as info:
+            api.check_data(str(path), objective)
+        said.append(str(info.value))
+    assert said[0].endswith(
+        "use a 'prompt' column (and the columns your rewards read), or map yours (e.g. question=prompt)."
+    )
+    assert said[1].endswith("use prompt, chosen and rejected columns, or map yours (e.g. question=prompt).")
+    with pytest.raises(api.UserError, match=r"or map your columns \(e.g. question=instruction\)\.$"):
+        api.check_data(str(path), "sft")
+    assert api.check_data(str(path), "grpo", {"question": "prompt"}) == "prompt"
+    assert all(i18n.message(text, lang) != text for text in said for lang in ("zh", "ru"))

@@ -144,6 +144,22 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         "{0}: поля строки {1} {2} не подходят ни к одному формату; нужны instruction/output (Alpaca), "
         "conversations (ShareGPT) или messages (ChatML), либо сопоставьте колонки (например, question=instruction).",
     ),
+    (  # the same for GRPO's prompts and DPO/ORPO's pairs
+        ROW + r" has fields (.*) which match no known format; use a 'prompt' column \(and the columns your rewards "
+        r"read\), or map yours \(e\.g\. question=prompt\)\.",
+        "{0}：第 {1} 行的字段 {2} 不符合任何已知格式；请使用 'prompt' 列（以及奖励读取的列），或映射你的列"
+        "（例如 question=prompt）。",
+        "{0}: поля строки {1} {2} не подходят ни к одному формату; нужна колонка 'prompt' (и колонки, которые "
+        "читают награды), либо сопоставьте свои (например, question=prompt).",
+    ),
+    (
+        ROW + r" has fields (.*) which match no known format; use prompt, chosen and rejected columns, or map yours "
+        r"\(e\.g\. question=prompt\)\.",
+        "{0}：第 {1} 行的字段 {2} 不符合任何已知格式；请使用 prompt、chosen 和 rejected 列，或映射你的列"
+        "（例如 question=prompt）。",
+        "{0}: поля строки {1} {2} не подходят ни к одному формату; нужны колонки prompt, chosen и rejected, либо "
+        "сопоставьте свои (например, question=prompt).",
+    ),
     (
         ROW + r" is (\S+) but earlier rows are (\S+); a file holds one format\.",
         "{0}：第 {1} 行是 {2} 格式，但前面的行是 {3}；一个文件只能有一种格式。",

@@ -128,6 +128,14 @@ def row_format(row: dict, prefer: tuple[str, ...] = ()) -> str | None:
     return None
 
 
+NEEDED = {  # what a row that matches no format should have, by the formats its objective takes (check_format's prefer)
+    "chat": "use instruction/output (Alpaca), conversations (ShareGPT) or messages (ChatML), or map your columns "
+    "(e.g. question=instruction)",
+    "prompt": "use a 'prompt' column (and the columns your rewards read), or map yours (e.g. question=prompt)",
+    "preference": "use prompt, chosen and rejected columns, or map yours (e.g. question=prompt)",
+}
+
+
 def check_format(row: dict, row_no: int, source: str, expected: str | None, prefer: tuple[str, ...] = ()) -> str:
     fmt = row_format(row, prefer)
     if fmt is None:
@@ -139,11 +147,8 @@ def check_format(row: dict, row_no: int, source: str, expected: str | None, pref
                 f"{source}: row {row_no} has fields {sorted(row)}; names are case-sensitive: rename them in "
                 f"lower case, or map them ({pairs})."
             )
-        raise UserError(
-            f"{source}: row {row_no} has fields {sorted(row)} which match no known format; use "
-            "instruction/output (Alpaca), conversations (ShareGPT) or messages (ChatML), or map your "
-            "columns (e.g. question=instruction)."
-        )
+        hint = next((NEEDED[f] for f in prefer if f in NEEDED), NEEDED["chat"])
+        raise UserError(f"{source}: row {row_no} has fields {sorted(row)} which match no known format; {hint}.")
     if expected and fmt != expected:
         raise UserError(f"{source}: row {row_no} is {fmt} but earlier rows are {expected}; a file holds one format.")
     return fmt
