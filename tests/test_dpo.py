@@ -258,8 +258,11 @@ def test_pairs_without_a_prompt_are_refused_before_the_run_starts(tiny_llama, tm
 
     path = tmp_path / "orca.jsonl"
     path.write_text(json.dumps(dict(system="", question="Who are you?", chosen=IDENTITY_ANSWER, rejected=REJECTED)))
-    with pytest.raises(api.UserError, match=r"row 1 has no 'prompt'; .* map one \(e.g. question=prompt\)"):
+    with pytest.raises(api.UserError, match=r"row 1 has no 'prompt'; .* map one \(e.g. question=prompt\)") as info:
         api.start(spec_for(tiny_llama, path))
+    from ui import i18n
+
+    assert all(i18n.message(str(info.value), lang) != str(info.value) for lang in ("zh", "ru"))  # Start's sentence
     sharegpt = tmp_path / "sharegpt-prompt.jsonl"
     sharegpt.write_text(json.dumps(dict(prompt=[{"from": "human", "value": "Hi"}], chosen="Hello.", rejected="Bye.")))
     with pytest.raises(api.UserError, match="turn 1 of 'prompt' needs 'role' and 'content'"):

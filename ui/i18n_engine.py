@@ -144,6 +144,15 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         "{0}: поля строки {1} {2} не подходят ни к одному формату; нужны instruction/output (Alpaca), "
         "conversations (ShareGPT) или messages (ChatML), либо сопоставьте колонки (например, question=instruction).",
     ),
+    (  # a DPO/ORPO pair with no prompt (engine.data.formats.validate_row)
+        ROW + r" has no 'prompt'; then 'chosen' and 'rejected' must be whole conversations \(message lists\) that "
+        r"share their first turns\. Add a prompt column, or map one \(e\.g\. question=prompt\)\.",
+        "{0}：第 {1} 行没有 'prompt'；此时 'chosen' 和 'rejected' 必须是开头轮次相同的完整对话（消息列表）。"
+        "请添加 prompt 列，或映射一列（例如 question=prompt）。",
+        "{0}: в строке {1} нет 'prompt'; тогда 'chosen' и 'rejected' должны быть целыми разговорами (списками "
+        "сообщений) с общими первыми репликами. Добавьте колонку prompt или сопоставьте её (например, "
+        "question=prompt).",
+    ),
     (  # the same for GRPO's prompts and DPO/ORPO's pairs
         ROW + r" has fields (.*) which match no known format; use a 'prompt' column \(and the columns your rewards "
         r"read\), or map yours \(e\.g\. question=prompt\)\.",
