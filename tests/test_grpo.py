@@ -468,3 +468,22 @@ def test_a_dataset_of_no_format_is_told_the_columns_its_objective_takes(tmp_path
         api.check_data(str(path), "sft")
     assert api.check_data(str(path), "grpo", {"question": "prompt"}) == "prompt"
     assert all(i18n.message(text, lang) != text for text in said for lang in ("zh", "ru"))
+
+
+def test_grpo_prompts_of_turns_are_checked_before_the_run_starts(tiny_llama, tmp_path):
+    """A prompt of ShareGPT turns ({from, value}) passed the first-rows check and stopped the started run once the
+    model had loaded; OpenAI's content parts went to the chat template as a list. Now the first is a sentence at
+    Start, and the parts' text is the turn's content, as for chat data."""
+    from engine.training.grpo import to_prompt
+    from engine.training.preflight import check_job
+
+    path = tmp_path / "sharegpt-prompts.jsonl"
+    path.write_text(json.dumps({"prompt": [{"from": "human", "value": "What is 2+2?"}]}) + "\n")
+    spec = api.JobSpec(model=str(tiny_llama), data=str(path), objective="grpo", rewards=({"preset": "format"},))
+    with pytest.raises(api.UserError, match="row 1: turn 1 of 'prompt' needs 'role' and 'content'"):
+        check_job(spec)
+    parts = [{"role": "user", "content": [{"type": "text", "text": "What is "}, {"type": "text", "text": "2+2?"}]}]
+    assert to_prompt({"prompt": parts, "answer": "4"}, 1, "p.jsonl") == {
+        "prompt": [{"role": "user", "content": "What is 2+2?"}],
+        "answer": "4",
+    }

@@ -289,6 +289,15 @@ def whole_conversation(value) -> bool:
     return isinstance(value, list) and any(isinstance(t, dict) and t.get("role") != "assistant" for t in value)
 
 
+def prompt_turns(row: dict, where: str) -> list[dict]:
+    """A prompt row's prompt (GRPO's) as {"role", "content"} turns: text is one user turn. A UserError naming `where`
+    (e.g. "data.jsonl: row 7") and the field when it is missing, empty, or turns without role and content."""
+    prompt = row.get("prompt")
+    if isinstance(prompt, list):
+        return _turns(prompt, "prompt", where, sharegpt=False)
+    return [{"role": "user", "content": _text(row, "prompt", where)}]
+
+
 def validate_row(row: dict, fmt: str, row_no: int, source: str) -> None:
     """Raise a UserError naming the row and field when a row of `fmt` is unusable."""
     where = f"{source}: row {row_no}"
@@ -297,10 +306,7 @@ def validate_row(row: dict, fmt: str, row_no: int, source: str) -> None:
     elif fmt == "raw":
         raw_text(row, row_no, source)  # as continued pretraining reads it: an empty text is no example, not an error
     elif fmt == "prompt":
-        if not isinstance(row.get("prompt"), (str, list)) or not row["prompt"]:
-            raise UserError(f"{where}: field 'prompt' is missing or empty.")
-        if isinstance(row["prompt"], str):
-            _encodable(row["prompt"], "prompt", where)
+        prompt_turns(row, where)
     elif fmt == "preference":
         prompt = None if _empty(row.get("prompt")) else row["prompt"]
         for key in ("chosen", "rejected"):

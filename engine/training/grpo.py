@@ -28,7 +28,7 @@ from pathlib import Path
 
 from engine.core.errors import UserError
 from engine.core.hardware import choose_placement
-from engine.data.formats import validate_row
+from engine.data.formats import prompt_turns
 from engine.spec.objectives import read_rows
 from engine.spec.rewards import build
 from engine.training.steps import total_steps
@@ -44,14 +44,7 @@ METRICS = {  # runlog name: GRPOTrainer log key
 
 def to_prompt(row: dict, row_no: int, source: str, system_prompt: str = "") -> dict:
     """One prompt row as {"prompt": messages, **its other columns}."""
-    validate_row(row, "prompt", row_no, source)
-    prompt = row["prompt"]
-    if isinstance(prompt, str):
-        messages = [{"role": "user", "content": prompt}]
-    elif all(isinstance(t, dict) and {"role", "content"} <= set(t) for t in prompt):
-        messages = [{"role": t["role"], "content": t["content"]} for t in prompt]
-    else:
-        raise UserError(f"{source}: row {row_no}: 'prompt' should be text or a list of {{role, content}} turns.")
+    messages = prompt_turns(row, f"{source}: row {row_no}")
     if system_prompt and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system_prompt})
     return {**row, "prompt": messages}
