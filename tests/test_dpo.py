@@ -347,3 +347,25 @@ def test_dpo_loss_matches_a_hand_computation(tiny_llama, tmp_path):
     got = (step2["chosen_reward"], step2["rejected_reward"], step2["margin"], step2["loss"])
     # float32 sums of ~15 log-probabilities computed in two orders, and the metrics' rounding to 6 decimals
     torch.testing.assert_close(got, (chosen, rejected, chosen - rejected, loss), atol=1e-4, rtol=0)
+
+
+def test_content_parts_in_preference_conversations_are_their_text():
+    """OpenAI-style content parts ([{"type": "text", "text": ...}]) passed the row check, as for chat data, but went
+    to the chat template as they were, so DPO trained on "[{'type': 'text', ...}]" written out; an exported empty
+    system turn went too. The turns are read as chat data reads them."""
+    from engine.training.preference import to_pair
+
+    def parts(text):
+        return [{"type": "text", "text": text}]
+
+    opening = [{"role": "system", "content": ""}, {"role": "user", "content": parts("Hi")}]
+    row = dict(
+        chosen=opening + [{"role": "assistant", "content": parts("Hello.")}],
+        rejected=opening + [{"role": "assistant", "content": parts("Bye.")}],
+        prompt=float("nan"),  # pandas' empty cell
+    )
+    assert to_pair(row, 1, "parts.jsonl") == dict(
+        prompt=[{"role": "user", "content": "Hi"}],
+        chosen=[{"role": "assistant", "content": "Hello."}],
+        rejected=[{"role": "assistant", "content": "Bye."}],
+    )

@@ -289,12 +289,18 @@ def whole_conversation(value) -> bool:
     return isinstance(value, list) and any(isinstance(t, dict) and t.get("role") != "assistant" for t in value)
 
 
+def chat_turns(turns, key: str, where: str) -> list[dict]:
+    """A field of {"role", "content"} turns as plain messages, as chat data reads them: OpenAI's content parts become
+    their text and an empty system turn is dropped; a UserError naming `where` and `key` for a bad turn."""
+    return _turns(turns, key, where, sharegpt=False)
+
+
 def prompt_turns(row: dict, where: str) -> list[dict]:
     """A prompt row's prompt (GRPO's) as {"role", "content"} turns: text is one user turn. A UserError naming `where`
     (e.g. "data.jsonl: row 7") and the field when it is missing, empty, or turns without role and content."""
     prompt = row.get("prompt")
     if isinstance(prompt, list):
-        return _turns(prompt, "prompt", where, sharegpt=False)
+        return chat_turns(prompt, "prompt", where)
     return [{"role": "user", "content": _text(row, "prompt", where)}]
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from engine.core.errors import UserError
 from engine.core.hardware import choose_placement
-from engine.data.formats import transcript_turns, validate_row, whole_conversation
+from engine.data.formats import chat_turns, transcript_turns, validate_row, whole_conversation
 from engine.data.tokenizing import length_notes, render
 from engine.spec.objectives import read_rows
 from engine.training.steps import total_steps
@@ -43,28 +43,28 @@ def to_pair(row: dict, row_no: int, source: str, system_prompt: str = "") -> dic
 
     where = f"{source}: row {row_no}"
     validate_row(row, "preference", row_no, source)
-    prompt, chosen, rejected = row.get("prompt"), row["chosen"], row["rejected"]
+    prompt, chosen, rejected = (
+        chat_turns(row[k], k, where) if isinstance(row.get(k), list) else row.get(k)
+        for k in ("prompt", "chosen", "rejected")
+    )  # message lists read as chat data reads them: content parts as their text, no empty system turn
+    prompt = prompt if isinstance(prompt, (str, list)) else None  # validate_row let through only these, or no prompt
     if prompt is None and transcript_turns(chosen) and transcript_turns(rejected):  # Anthropic HH-RLHF's text
         chosen, rejected = transcript_turns(chosen), transcript_turns(rejected)
     if whole_conversation(chosen) and whole_conversation(rejected):
         # whole conversations hold their prompt, so a prompt column beside them is a copy of their first turns
         # (UltraFeedback's), which would else come twice: the user's question, then the same question again
-        split = extract_prompt({"chosen": _messages(chosen), "rejected": _messages(rejected)})
+        split = extract_prompt({"chosen": chosen, "rejected": rejected})
         prompt, chosen, rejected = split["prompt"], split["chosen"], split["rejected"]
         if not prompt:
             raise UserError(f"{where}: 'chosen' and 'rejected' share no first turn, so there is no prompt to answer.")
-    prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _messages(prompt)
+    prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     if system_prompt and prompt[0]["role"] != "system":
         prompt.insert(0, {"role": "system", "content": system_prompt})
     return dict(prompt=prompt, chosen=_reply(chosen), rejected=_reply(rejected))
 
 
-def _messages(turns: list) -> list[dict]:
-    return [{"role": t["role"], "content": t["content"]} for t in turns]
-
-
 def _reply(value) -> list[dict]:
-    return [{"role": "assistant", "content": value}] if isinstance(value, str) else _messages(value)
+    return [{"role": "assistant", "content": value}] if isinstance(value, str) else value
 
 
 def without_ties(pairs: list[dict], log, note=None) -> list[dict]:
