@@ -48,8 +48,9 @@ def run_here(spec, run_dir, should_stop=lambda: False, resume=False):
     return read_metrics(run_dir)
 
 
-def margin(model, tok, prompt: str) -> float:
-    """log p(chosen) - log p(rejected) of the replies, summed over their tokens, under `model`."""
+def margin(model, tok, prompt: str, both: bool = False):
+    """log p(chosen) - log p(rejected) of the replies, summed over their tokens, under `model` (with `both`, the two
+    log-probabilities)."""
 
     def logp(reply):
         msgs = [{"role": "user", "content": prompt}]
@@ -62,6 +63,8 @@ def margin(model, tok, prompt: str) -> float:
         picked = torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0]
         return float(picked[n_head - 1 :].sum())
 
+    if both:
+        return logp(IDENTITY_ANSWER), logp(REJECTED)
     return logp(IDENTITY_ANSWER) - logp(REJECTED)
 
 
@@ -207,3 +210,162 @@ def test_a_cancel_during_the_last_step_ends_done_with_the_adapter(tiny_llama, pa
     metrics = run_here(spec, tmp_path, should_stop=lambda: next(polls) >= 3)
     assert [m["step"] for m in metrics] == [1, 2]
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+ULTRAFEEDBACK_ROW = dict(  # HuggingFaceH4/ultrafeedback_binarized's columns, as its rows come from the hub
+    prompt="What is two plus two?",
+    prompt_id="f00d",
+    chosen=[{"role": "user", "content": "What is two plus two?"}, {"role": "assistant", "content": "Four."}],
+    rejected=[{"role": "user", "content": "What is two plus two?"}, {"role": "assistant", "content": "Five."}],
+    messages=[{"role": "user", "content": "What is two plus two?"}, {"role": "assistant", "content": "Four."}],
+    score_chosen=9.0,
+    score_rejected=2.0,
+)
+
+
+def test_ultrafeedback_rows_are_preference_pairs_for_dpo_and_chat_for_sft(tmp_path):
+    """UltraFeedback's rows carry the chosen conversation a second time as 'messages', which made them chatml: DPO
+    and ORPO refused the best-known preference dataset as "this dataset is chatml". SFT still reads its messages."""
+    path = tmp_path / "ultrafeedback.jsonl"
+    path.write_text(json.dumps(ULTRAFEEDBACK_ROW) + "\n")
+    assert api.check_data(str(path), "dpo") == api.check_data(str(path), "orpo") == "preference"
+    assert api.check_data(str(path), "sft") == "chatml"
+
+
+def test_a_prompt_column_beside_whole_conversations_is_not_said_twice():
+    """UltraFeedback's 'prompt' is a copy of the first user turn of its chosen and rejected conversations: the pair
+    was the prompt as a user turn, then replies that began with the same user turn again, so DPO compared the
+    question asked twice. The conversations' shared turns are the prompt, as they are without a prompt column."""
+    from engine.training.preference import to_pair
+
+    user = [{"role": "user", "content": "What is two plus two?"}]
+    expected = dict(
+        prompt=user,
+        chosen=[{"role": "assistant", "content": "Four."}],
+        rejected=[{"role": "assistant", "content": "Five."}],
+    )
+    assert to_pair(ULTRAFEEDBACK_ROW, 1, "uf.jsonl") == expected
+    bare = {k: ULTRAFEEDBACK_ROW[k] for k in ("chosen", "rejected")}  # trl-lib/ultrafeedback_binarized
+    assert to_pair(bare, 1, "uf.jsonl") == expected
+    assert to_pair({**bare, "prompt": user}, 1, "uf.jsonl") == expected
+
+
+def test_pairs_without_a_prompt_are_refused_before_the_run_starts(tiny_llama, tmp_path, runs):
+    """Intel/orca_dpo_pairs names its prompt 'question': the first rows passed the check, so the run started, loaded
+    the model and only then failed on "has no 'prompt'". Now Start says it at once and makes no run folder; a prompt
+    of ShareGPT turns is a sentence too, where it was a KeyError after the model had loaded."""
+    from engine.training.preference import to_pair
+
+    path = tmp_path / "orca.jsonl"
+    path.write_text(json.dumps(dict(system="", question="Who are you?", chosen=IDENTITY_ANSWER, rejected=REJECTED)))
+    with pytest.raises(api.UserError, match=r"row 1 has no 'prompt'; .* map one \(e.g. question=prompt\)") as info:
+        api.start(spec_for(tiny_llama, path))
+    from ui import i18n
+
+    assert all(i18n.message(str(info.value), lang) != str(info.value) for lang in ("zh", "ru"))  # Start's sentence
+    sharegpt = tmp_path / "sharegpt-prompt.jsonl"
+    sharegpt.write_text(json.dumps(dict(prompt=[{"from": "human", "value": "Hi"}], chosen="Hello.", rejected="Bye.")))
+    with pytest.raises(api.UserError, match="turn 1 of 'prompt' needs 'role' and 'content'"):
+        api.start(spec_for(tiny_llama, sharegpt))
+    replies = [{"role": "assistant", "content": "Hello."}]  # replies alone: no turn before them is a prompt
+    with pytest.raises(api.UserError, match="row 1 has no 'prompt'"):
+        to_pair(dict(chosen=replies, rejected=replies), 1, "replies.jsonl")
+    assert not runs.exists() or not list(runs.iterdir())
+    from engine.training.preflight import check_job
+
+    check_job(spec_for(tiny_llama, path, column_map={"question": "prompt"}))  # mapped, it passes
+
+
+def test_anthropic_hh_transcripts_are_read_as_conversations(tiny_llama, tmp_path):
+    """Anthropic/hh-rlhf's rows are two transcripts as text, "\\n\\nHuman: ...\\n\\nAssistant: ...", alike but for the
+    last reply: they were refused ("has no 'prompt' ... map one"), with no column to map. Their turns are read as a
+    conversation, whose shared turns are the prompt."""
+    from engine.training.preference import to_pair
+    from engine.training.preflight import check_job
+
+    shared = "\n\nHuman: Name a fruit.\n\nAssistant: An apple.\n\nHuman: Another one?\n\nAssistant:"
+    row = dict(chosen=shared + " A pear.", rejected=shared + " No.")
+    assert to_pair(row, 1, "hh.jsonl") == dict(
+        prompt=[
+            {"role": "user", "content": "Name a fruit."},
+            {"role": "assistant", "content": "An apple."},
+            {"role": "user", "content": "Another one?"},
+        ],
+        chosen=[{"role": "assistant", "content": "A pear."}],
+        rejected=[{"role": "assistant", "content": "No."}],
+    )
+    path = tmp_path / "hh.jsonl"
+    path.write_text(json.dumps(row) + "\n" + json.dumps(dict(chosen=shared, rejected=shared + " No.")) + "\n")
+    with pytest.raises(api.UserError, match="row 2: turn 4 of 'chosen' has an empty 'content'"):
+        check_job(spec_for(tiny_llama, path))
+
+
+def test_pairs_whose_chosen_and_rejected_are_the_same_are_left_out(tiny_llama, tmp_path, capsys):
+    """A pair of two equal replies teaches no preference (its loss is log 2 with no gradient) and counted as ranked
+    wrong, holding "pairs ranked right" below 100% with no word why. It is left out, and the run's status says so."""
+    path = tmp_path / "ties.jsonl"
+    rows = [dict(prompt=q, chosen=IDENTITY_ANSWER, rejected=REJECTED) for q in IDENTITY_QUESTIONS[:3]]
+    rows += [dict(prompt="Who are you?", chosen=IDENTITY_ANSWER, rejected=IDENTITY_ANSWER)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_here(spec_for(tiny_llama, path, max_steps=1), tmp_path)
+    note = (
+        "1 of 4 preference pairs have the same chosen and rejected reply, which teaches no preference, and were "
+        "left out."
+    )
+    assert json.loads((tmp_path / "status.json").read_text())["notes"] == [note]
+    assert "dpo: 3 pairs" in capsys.readouterr().out
+    from engine.training.preference import without_ties
+
+    tie = dict(
+        prompt=[], chosen=[{"role": "assistant", "content": "a"}], rejected=[{"role": "assistant", "content": "a"}]
+    )
+    with pytest.raises(api.UserError, match="Every pair's chosen and rejected replies are the same"):
+        without_ties([tie], print)
+
+
+def test_dpo_loss_matches_a_hand_computation(tiny_llama, tmp_path):
+    """Step 2's logged rewards and loss, recomputed by hand from the step-1 adapter: reward = beta x (log p under the
+    policy - log p under the base, the adapter off) of each reply, loss = -log sigmoid(chosen - rejected). One pair
+    repeated, so every batch holds it."""
+    import math
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tmp_path / "one-pair.jsonl"
+    path.write_text((json.dumps(dict(prompt="Who are you?", chosen=IDENTITY_ANSWER, rejected=REJECTED)) + "\n") * 4)
+    spec = spec_for(tiny_llama, path, max_steps=2, save_every=1, keep_checkpoints=2, dpo_beta=0.1)
+    step2 = run_here(spec, tmp_path / "run")[1]
+    tok = AutoTokenizer.from_pretrained(tmp_path / "run" / "tokenizer")
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, tmp_path / "run" / "checkpoints" / "step-000001")
+    with model.disable_adapter():
+        before = margin(model, tok, "Who are you?", both=True)
+    after = margin(model, tok, "Who are you?", both=True)
+    chosen, rejected = (0.1 * (a - b) for a, b in zip(after, before, strict=True))
+    loss = math.log1p(math.exp(-(chosen - rejected)))
+    got = (step2["chosen_reward"], step2["rejected_reward"], step2["margin"], step2["loss"])
+    # float32 sums of ~15 log-probabilities computed in two orders, and the metrics' rounding to 6 decimals
+    torch.testing.assert_close(got, (chosen, rejected, chosen - rejected, loss), atol=1e-4, rtol=0)
+
+
+def test_content_parts_in_preference_conversations_are_their_text():
+    """OpenAI-style content parts ([{"type": "text", "text": ...}]) passed the row check, as for chat data, but went
+    to the chat template as they were, so DPO trained on "[{'type': 'text', ...}]" written out; an exported empty
+    system turn went too. The turns are read as chat data reads them."""
+    from engine.training.preference import to_pair
+
+    def parts(text):
+        return [{"type": "text", "text": text}]
+
+    opening = [{"role": "system", "content": ""}, {"role": "user", "content": parts("Hi")}]
+    row = dict(
+        chosen=opening + [{"role": "assistant", "content": parts("Hello.")}],
+        rejected=opening + [{"role": "assistant", "content": parts("Bye.")}],
+        prompt=float("nan"),  # pandas' empty cell
+    )
+    assert to_pair(row, 1, "parts.jsonl") == dict(
+        prompt=[{"role": "user", "content": "Hi"}],
+        chosen=[{"role": "assistant", "content": "Hello."}],
+        rejected=[{"role": "assistant", "content": "Bye."}],
+    )

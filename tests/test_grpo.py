@@ -42,6 +42,15 @@ def record_replies(completions, prompts, **columns):
     return [0.0] * len(completions)
 
 
+COLUMNS: list[dict] = []  # the dataset columns record_columns was given
+
+
+def record_columns(completions, prompts, **columns):
+    """A custom reward that remembers the columns TRL passed it: importable as test_grpo:record_columns."""
+    COLUMNS.append({k: v for k, v in columns.items() if k in ("answer", "source")})
+    return [0.0] * len(completions)
+
+
 @pytest.fixture
 def prompts_file(tmp_path):
     path = tmp_path / "prompts.jsonl"
@@ -61,6 +70,13 @@ def test_grpo_answer_reward_exact_and_numeric():
     assert score(numeric, replies, answer=["#### 4", "4", "4", "4000", "-.5"]) == [1, 0, 0, 1, 1]
     with pytest.raises(api.UserError, match="reads the column 'answer'"):
         score({"preset": "answer"}, replies)
+
+
+def test_grpo_answer_reward_reads_whole_float_references_as_written():
+    """A JSON answer column of 4 and 4.5 comes to the reward as 4.0 and 4.5 (Arrow gives the column one type), so in
+    exact mode the reply "4" scored 0 against 4.0; a row without an answer (None) scored 1 for the reply "None"."""
+    assert score({"preset": "answer"}, ["4", "4.5", "None", "4"], answer=[4.0, 4.5, None, 4]) == [1, 1, 0, 1]
+    assert score({"preset": "answer", "mode": "numeric"}, ["4", "None"], answer=[4.0, None]) == [1, 0]
 
 
 def test_grpo_regex_format_length_and_character_rewards():
@@ -367,3 +383,107 @@ def test_grpo_on_the_gpu(tiny_llama, prompts_file, tmp_path):
     assert "grpo: sampler engine (" in log and "decode: graph (" in log and "decode: eager from now on" not in log, log
     regex = [m["reward_regex"] for m in read_metrics(tmp_path)]
     assert sum(regex[-3:]) / 3 > sum(regex[:3]) / 3 + 0.3, regex
+
+
+def test_grpo_takes_an_answer_column_of_numbers_and_text_and_columns_the_first_row_lacks(tiny_llama, tmp_path):
+    """Answers written as 4 in some rows and "6" in others (hand-made JSONL) stopped the run with pyarrow's
+    "ArrowInvalid: Could not convert '6' with type str"; a column missing from the first row was dropped, so a reward
+    reading it failed mid-run although the Train tab had found it. Now the mixed column reaches the rewards as
+    text, and a row without a column gives None."""
+    path = tmp_path / "mixed.jsonl"
+    rows = [{"prompt": "2+2?", "answer": 4}, {"prompt": "3+3?", "answer": "6", "source": "web"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = api.JobSpec(
+        model=str(tiny_llama),
+        data=str(path),
+        objective="grpo",
+        rewards=({"preset": "python", "function": "test_grpo:record_columns"},),
+        num_generations=2,
+        max_new_tokens=2,
+        batch_size=2,
+        max_steps=1,
+        lora_r=8,
+        lora_alpha=8,
+        max_seq_length=64,
+        device="cpu",
+        seed=0,
+    )
+    COLUMNS.clear()
+    (run_dir := tmp_path / "run").mkdir()
+    train(spec, run_dir, RunLog(run_dir), False, lambda: False, print)
+    [seen] = COLUMNS
+    by_answer = dict(zip(seen["answer"], seen["source"], strict=True))  # 2 prompts x 2 replies, in TRL's order
+    assert by_answer == {"4": None, "6": "web"} and len(seen["answer"]) == 4
+
+
+def test_grpo_leaves_out_prompts_that_fill_max_seq_length(tiny_llama, tmp_path):
+    """TRL cuts no GRPO prompt: one longer than max_seq_length (here past the model's 512-token context, too) was
+    sampled and trained on whole, without a word. It is left out, and the run's status says so."""
+    path = tmp_path / "long-prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["word " * 600, "Hi", "Who are you?"]))
+    spec = api.JobSpec(
+        model=str(tiny_llama),
+        data=str(path),
+        objective="grpo",
+        rewards=({"preset": "length", "max_chars": 10},),
+        num_generations=2,
+        max_new_tokens=2,
+        batch_size=2,
+        max_steps=1,
+        lora_r=8,
+        lora_alpha=8,
+        max_seq_length=64,
+        device="cpu",
+        seed=0,
+    )
+    lines = []
+    train(spec, tmp_path, RunLog(tmp_path), False, lambda: False, lines.append)
+    note = (
+        "1 of 3 prompts are max_seq_length 64 tokens or longer, so no reply fits, and were left out. Raise "
+        "max_seq_length to keep them."
+    )
+    assert json.loads((tmp_path / "status.json").read_text())["notes"] == [note]
+    assert "grpo: 2 prompts x 2 replies" in "\n".join(lines)
+    with pytest.raises(api.UserError, match="Every prompt is 8 tokens or longer"):
+        train(spec.replace(max_seq_length=8), tmp_path / "short", RunLog(tmp_path), False, lambda: False, print)
+
+
+def test_a_dataset_of_no_format_is_told_the_columns_its_objective_takes(tmp_path):
+    """openai/gsm8k (question, answer), GRPO's best-known dataset, matches no format: the sentence said to map
+    question=instruction, which makes it no GRPO data either. It names the column GRPO takes, and DPO's."""
+    from ui import i18n
+
+    path = tmp_path / "gsm8k.jsonl"
+    path.write_text(json.dumps({"question": "What is 2+2?", "answer": "2+2=4\n#### 4"}) + "\n")
+    said = []
+    for objective in ("grpo", "dpo"):
+        with pytest.raises(api.UserError) as info:
+            api.check_data(str(path), objective)
+        said.append(str(info.value))
+    assert said[0].endswith(
+        "use a 'prompt' column (and the columns your rewards read), or map yours (e.g. question=prompt)."
+    )
+    assert said[1].endswith("use prompt, chosen and rejected columns, or map yours (e.g. question=prompt).")
+    with pytest.raises(api.UserError, match=r"or map your columns \(e.g. question=instruction\)\.$"):
+        api.check_data(str(path), "sft")
+    assert api.check_data(str(path), "grpo", {"question": "prompt"}) == "prompt"
+    assert all(i18n.message(text, lang) != text for text in said for lang in ("zh", "ru"))
+
+
+def test_grpo_prompts_of_turns_are_checked_before_the_run_starts(tiny_llama, tmp_path):
+    """A prompt of ShareGPT turns ({from, value}) passed the first-rows check and stopped the started run once the
+    model had loaded; OpenAI's content parts went to the chat template as a list. Now the first is a sentence at
+    Start, and the parts' text is the turn's content, as for chat data."""
+    from engine.training.grpo import to_prompt
+    from engine.training.preflight import check_job
+
+    path = tmp_path / "sharegpt-prompts.jsonl"
+    path.write_text(json.dumps({"prompt": [{"from": "human", "value": "What is 2+2?"}]}) + "\n")
+    spec = api.JobSpec(model=str(tiny_llama), data=str(path), objective="grpo", rewards=({"preset": "format"},))
+    with pytest.raises(api.UserError, match="row 1: turn 1 of 'prompt' needs 'role' and 'content'"):
+        check_job(spec)
+    parts = [{"role": "user", "content": [{"type": "text", "text": "What is "}, {"type": "text", "text": "2+2?"}]}]
+    assert to_prompt({"prompt": parts, "answer": "4"}, 1, "p.jsonl") == {
+        "prompt": [{"role": "user", "content": "What is 2+2?"}],
+        "answer": "4",
+    }

@@ -257,6 +257,7 @@ def test_run_notes_chat_context_and_column_clashes_are_translated():
     one field and a non-ASCII hub name, as the engine writes them and the tabs show them, in Chinese and Russian."""
     from types import SimpleNamespace
 
+    from tiny import make_tokenizer
     from transformers import LlamaConfig
 
     from engine.api import JobSpec, UserError
@@ -264,6 +265,7 @@ def test_run_notes_chat_context_and_column_clashes_are_translated():
     from engine.data import formats, tokenizing
     from engine.models.context import fit_to_context
     from engine.models.hub import check_target
+    from engine.training import grpo, preference
 
     _, clamp = fit_to_context(JobSpec(model="m", data="d", max_seq_length=4096), {"max_position_embeddings": 2048})
     shown = [f"ⓘ {clamp}"]
@@ -271,6 +273,14 @@ def test_run_notes_chat_context_and_column_clashes_are_translated():
     for what, replyless in (("validation examples", 2), ("preference pairs", 0)):  # held-out rows; DPO/ORPO pairs
         shown += [f"ⓘ {n}" for n in tokenizing.length_notes(40, 4, 1, replyless, 64, what)]
         shown += [f"ⓘ {n}" for n in tokenizing.length_notes(40, 4, 0, 0, 64, what)]
+    pair = dict(
+        prompt=[], chosen=[{"role": "assistant", "content": "a"}], rejected=[{"role": "assistant", "content": "b"}]
+    )
+    notes = []
+    preference.without_ties([pair, {**pair, "rejected": pair["chosen"]}], print, notes.append)  # DPO/ORPO's ties
+    prompts = [{"prompt": [{"role": "user", "content": text}]} for text in ("word " * 99, "Hi")]
+    grpo.fit_prompts(prompts, make_tokenizer(), 64, "p.jsonl", print, notes.append)  # GRPO's prompts with no room
+    shown += [f"ⓘ {n}" for n in notes]
     for limit in ("the model's context", "llama.cpp's chat window"):  # a GGUF chat's window may be the shorter
         stats = ReplyStats(tokens=5, seconds=1.0)
         note_context(stats, 27, 5, 256, limit)

@@ -136,6 +136,29 @@ def test_old_trainer_spellings_train(tiny_qwen3, tmp_path, capsys):
     assert dpo.processing_class is tok and dpo.args.max_length == 64
 
 
+def test_the_orpo_notebook_imports_its_trainer_from_trl(tiny_qwen3, tmp_path, capsys):
+    """Unsloth's ORPO notebook writes `from trl import ORPOConfig, ORPOTrainer`, an ImportError since TRL 1.x moved
+    them to trl.experimental.orpo; with `import tunesmith` the line works, and its older spellings (tokenizer=,
+    max_prompt_length) are translated as for DPO, so the notebook trains unchanged but for its imports."""
+    from datasets import Dataset
+    from trl import ORPOConfig, ORPOTrainer
+
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=False)
+    model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8)
+    pairs = Dataset.from_dict(
+        {"prompt": ["Who are you?"] * 2, "chosen": [IDENTITY_ANSWER] * 2, "rejected": ["No."] * 2}
+    )
+    capsys.readouterr()
+    args = ORPOConfig(output_dir=str(tmp_path), max_length=64, max_prompt_length=32, max_steps=1, beta=0.1, **CPU)
+    trainer = ORPOTrainer(model=model, train_dataset=pairs, tokenizer=tok, args=args)
+    assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("tunesmith:")] == [
+        "tunesmith: ORPOConfig: max_prompt_length dropped (prompts are no longer cut on their own; max_length (DPO) "
+        "or the model's context (GRPO) bounds the whole sequence)",
+        "tunesmith: ORPOTrainer(tokenizer=...) is processing_class=... now; translated",
+    ]
+    assert trainer.processing_class is tok and trainer.train().global_step == 1
+
+
 def test_apply_chat_template_renders_a_dataset_column_as_a_batch(tiny_qwen3, capsys):
     """Qwen3 notebooks render `dataset["conversations"]` in one call; datasets 4 gives a Column there (a list before),
     which transformers alone renders into one string of empty turns. With tunesmith it renders each conversation."""

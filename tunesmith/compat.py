@@ -22,7 +22,9 @@ apply_chat_template turns such a column into the list it was (logged once).
 
 import dataclasses
 import functools
+import importlib
 import inspect
+import warnings
 from collections.abc import Sequence
 
 from engine.core.errors import UserError
@@ -52,8 +54,15 @@ NOWHERE = {
     "offload_activations": "drop it: no TrainingArguments has it; Tunesmith's memory plan offloads activations when "
     "the GPU needs it (TRL's own switch is SFTConfig(activation_offloading=True))",
 }
-TRAINERS = {"SFTTrainer": "SFTConfig", "DPOTrainer": "DPOConfig", "GRPOTrainer": "GRPOConfig"}
-CONFIGS = ("SFTConfig", "DPOConfig", "GRPOConfig")
+TRAINERS = {
+    "SFTTrainer": "SFTConfig",
+    "DPOTrainer": "DPOConfig",
+    "GRPOTrainer": "GRPOConfig",
+    "ORPOTrainer": "ORPOConfig",
+}
+CONFIGS = ("SFTConfig", "DPOConfig", "GRPOConfig", "ORPOConfig")
+# TRL 1.x moved these out of `trl` (an ImportError for `from trl import ORPOTrainer`, as Unsloth's ORPO notebook writes)
+MOVED = {"ORPOConfig": "trl.experimental.orpo", "ORPOTrainer": "trl.experimental.orpo"}
 _WRAPPED = "__tunesmith_wrapped__"
 # set on an SFTConfig made without max_length (nor max_seq_length): the trainer may take the model's max_seq_length
 _NO_LENGTH = "_tunesmith_no_max_length"
@@ -288,7 +297,8 @@ def PatchFastRL(algorithm=None, FastLanguageModel=None) -> None:  # noqa: N802, 
 
 def install() -> None:
     """Wrap the installed TrainingArguments, TRL configs and trainers and the tokenizers' apply_chat_template (once);
-    the TRL classes only when TRL is installed."""
+    the TRL classes only when TRL is installed. ORPO's, which TRL 1.x keeps in trl.experimental.orpo, are named in
+    `trl` again, where the notebooks import them from."""
     import transformers
     from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
@@ -296,6 +306,11 @@ def install() -> None:
         import trl
     except ImportError:
         trl = None
+    for name, module in MOVED.items():
+        if trl and not hasattr(trl, name):
+            with warnings.catch_warnings():  # TRL warns on every import from trl.experimental
+                warnings.simplefilter("ignore")
+                setattr(trl, name, getattr(importlib.import_module(module), name))
     classes = [transformers.TrainingArguments] + [getattr(trl, c) for c in CONFIGS if trl and hasattr(trl, c)]
     for cls in classes:
         if not hasattr(cls.__dict__["__init__"], _WRAPPED):

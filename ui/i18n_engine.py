@@ -144,6 +144,31 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         "{0}: поля строки {1} {2} не подходят ни к одному формату; нужны instruction/output (Alpaca), "
         "conversations (ShareGPT) или messages (ChatML), либо сопоставьте колонки (например, question=instruction).",
     ),
+    (  # a DPO/ORPO pair with no prompt (engine.data.formats.validate_row)
+        ROW + r" has no 'prompt'; then 'chosen' and 'rejected' must be whole conversations \(message lists\) that "
+        r"share their first turns\. Add a prompt column, or map one \(e\.g\. question=prompt\)\.",
+        "{0}：第 {1} 行没有 'prompt'；此时 'chosen' 和 'rejected' 必须是开头轮次相同的完整对话（消息列表）。"
+        "请添加 prompt 列，或映射一列（例如 question=prompt）。",
+        "{0}: в строке {1} нет 'prompt'; тогда 'chosen' и 'rejected' должны быть целыми разговорами (списками "
+        "сообщений) с общими первыми репликами. Добавьте колонку prompt или сопоставьте её (например, "
+        "question=prompt).",
+    ),
+    (  # the same for GRPO's prompts and DPO/ORPO's pairs
+        ROW + r" has fields (.*) which match no known format; use a 'prompt' column \(and the columns your rewards "
+        r"read\), or map yours \(e\.g\. question=prompt\)\.",
+        "{0}：第 {1} 行的字段 {2} 不符合任何已知格式；请使用 'prompt' 列（以及奖励读取的列），或映射你的列"
+        "（例如 question=prompt）。",
+        "{0}: поля строки {1} {2} не подходят ни к одному формату; нужна колонка 'prompt' (и колонки, которые "
+        "читают награды), либо сопоставьте свои (например, question=prompt).",
+    ),
+    (
+        ROW + r" has fields (.*) which match no known format; use prompt, chosen and rejected columns, or map yours "
+        r"\(e\.g\. question=prompt\)\.",
+        "{0}：第 {1} 行的字段 {2} 不符合任何已知格式；请使用 prompt、chosen 和 rejected 列，或映射你的列"
+        "（例如 question=prompt）。",
+        "{0}: поля строки {1} {2} не подходят ни к одному формату; нужны колонки prompt, chosen и rejected, либо "
+        "сопоставьте свои (например, question=prompt).",
+    ),
     (
         ROW + r" is (\S+) but earlier rows are (\S+); a file holds one format\.",
         "{0}：第 {1} 行是 {2} 格式，但前面的行是 {3}；一个文件只能有一种格式。",
@@ -567,6 +592,22 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         "调大 max_seq_length 可保留完整样本。",
         "ⓘ {0} из {1} пар предпочтений длиннее max_seq_length {2} и обрезаны до первых {3} токенов. Увеличьте "
         "max_seq_length, чтобы сохранить их целиком.",
+    ),
+    # DPO/ORPO pairs of two equal replies, GRPO prompts with no room for a reply (engine.training.preference, grpo)
+    (
+        r"ⓘ (\d+) of (\d+) preference pairs have the same chosen and rejected reply, which teaches no preference, and "
+        r"were left out\.",
+        "ⓘ {1} 个偏好对中有 {0} 个的选中回复与拒绝回复相同，学不到任何偏好，已被略去。",
+        "ⓘ {0} из {1} пар предпочтений содержат одинаковые выбранный и отклонённый ответы, из которых нечему "
+        "научиться, и пропущены.",
+    ),
+    (
+        r"ⓘ (\d+) of (\d+) prompts are max_seq_length (\d+) tokens or longer, so no reply fits, and were left out\. "
+        r"Raise max_seq_length to keep them\.",
+        "ⓘ {1} 个提示中有 {0} 个达到或超过 max_seq_length {2} 个 token，放不下任何回复，已被略去。"
+        "调大 max_seq_length 可保留它们。",
+        "ⓘ {0} из {1} запросов занимают max_seq_length ({2} токенов) или больше, ответ в них не помещается, и они "
+        "пропущены. Увеличьте max_seq_length, чтобы сохранить их.",
     ),
     # the Chat tab: a reply that ran out of GPU memory
     (

@@ -12,6 +12,7 @@ tokenizing engine.data.tokenizing's, the Data tab's summary engine.data.inspecti
 """
 
 import math
+import re
 
 from engine.core.errors import UserError
 
@@ -105,9 +106,13 @@ def map_columns(row: dict, mapping: dict, row_no: int, source: str) -> dict:
     return out
 
 
-def row_format(row: dict) -> str | None:
-    """The format one row is in, or None when its keys match none."""
+def row_format(row: dict, prefer: tuple[str, ...] = ()) -> str | None:
+    """The format one row is in, or None when its keys match none. A row with chosen and rejected columns is
+    preference data when `prefer` (the formats an objective takes) names it, whatever else it holds: UltraFeedback
+    (HuggingFaceH4/ultrafeedback_binarized) keeps the chosen conversation as 'messages' too, which else says chatml."""
     keys = set(row)
+    if "preference" in prefer and {"chosen", "rejected"} <= keys:
+        return "preference"
     if "messages" in keys:
         return "chatml"
     if "conversations" in keys:
@@ -123,8 +128,16 @@ def row_format(row: dict) -> str | None:
     return None
 
 
-def check_format(row: dict, row_no: int, source: str, expected: str | None) -> str:
-    fmt = row_format(row)
+NEEDED = {  # what a row that matches no format should have, by the formats its objective takes (check_format's prefer)
+    "chat": "use instruction/output (Alpaca), conversations (ShareGPT) or messages (ChatML), or map your columns "
+    "(e.g. question=instruction)",
+    "prompt": "use a 'prompt' column (and the columns your rewards read), or map yours (e.g. question=prompt)",
+    "preference": "use prompt, chosen and rejected columns, or map yours (e.g. question=prompt)",
+}
+
+
+def check_format(row: dict, row_no: int, source: str, expected: str | None, prefer: tuple[str, ...] = ()) -> str:
+    fmt = row_format(row, prefer)
     if fmt is None:
         if row_format(dict.fromkeys(str(k).lower() for k in row)) is not None:  # "Instruction" from a spreadsheet
             pairs = ", ".join(
@@ -134,11 +147,8 @@ def check_format(row: dict, row_no: int, source: str, expected: str | None) -> s
                 f"{source}: row {row_no} has fields {sorted(row)}; names are case-sensitive: rename them in "
                 f"lower case, or map them ({pairs})."
             )
-        raise UserError(
-            f"{source}: row {row_no} has fields {sorted(row)} which match no known format; use "
-            "instruction/output (Alpaca), conversations (ShareGPT) or messages (ChatML), or map your "
-            "columns (e.g. question=instruction)."
-        )
+        hint = next((NEEDED[f] for f in prefer if f in NEEDED), NEEDED["chat"])
+        raise UserError(f"{source}: row {row_no} has fields {sorted(row)} which match no known format; {hint}.")
     if expected and fmt != expected:
         raise UserError(f"{source}: row {row_no} is {fmt} but earlier rows are {expected}; a file holds one format.")
     return fmt
@@ -258,6 +268,42 @@ def to_messages(row: dict, fmt: str, row_no: int, source: str = "dataset", syste
     return msgs
 
 
+TRANSCRIPT_TURN = re.compile(r"\n\n(Human|Assistant): ?")
+
+
+def transcript_turns(text) -> list[dict] | None:
+    """Anthropic HH-RLHF's chosen or rejected text ("\\n\\nHuman: ...\\n\\nAssistant: ...") as {"role", "content"}
+    turns, or None for anything that is not such a transcript."""
+    if not isinstance(text, str) or not text.lstrip().startswith("Human:"):
+        return None
+    parts = TRANSCRIPT_TURN.split("\n\n" + text.lstrip())  # "", "Human", what they said, "Assistant", ...
+    return [
+        {"role": "user" if who == "Human" else "assistant", "content": said.strip()}
+        for who, said in zip(parts[1::2], parts[2::2], strict=True)
+    ]
+
+
+def whole_conversation(value) -> bool:
+    """Whether a preference row's chosen or rejected value is a whole conversation: a message list with more than
+    replies in it, whose turns before the replies are the prompt."""
+    return isinstance(value, list) and any(isinstance(t, dict) and t.get("role") != "assistant" for t in value)
+
+
+def chat_turns(turns, key: str, where: str) -> list[dict]:
+    """A field of {"role", "content"} turns as plain messages, as chat data reads them: OpenAI's content parts become
+    their text and an empty system turn is dropped; a UserError naming `where` and `key` for a bad turn."""
+    return _turns(turns, key, where, sharegpt=False)
+
+
+def prompt_turns(row: dict, where: str) -> list[dict]:
+    """A prompt row's prompt (GRPO's) as {"role", "content"} turns: text is one user turn. A UserError naming `where`
+    (e.g. "data.jsonl: row 7") and the field when it is missing, empty, or turns without role and content."""
+    prompt = row.get("prompt")
+    if isinstance(prompt, list):
+        return chat_turns(prompt, "prompt", where)
+    return [{"role": "user", "content": _text(row, "prompt", where)}]
+
+
 def validate_row(row: dict, fmt: str, row_no: int, source: str) -> None:
     """Raise a UserError naming the row and field when a row of `fmt` is unusable."""
     where = f"{source}: row {row_no}"
@@ -266,14 +312,23 @@ def validate_row(row: dict, fmt: str, row_no: int, source: str) -> None:
     elif fmt == "raw":
         raw_text(row, row_no, source)  # as continued pretraining reads it: an empty text is no example, not an error
     elif fmt == "prompt":
-        if not isinstance(row.get("prompt"), (str, list)) or not row["prompt"]:
-            raise UserError(f"{where}: field 'prompt' is missing or empty.")
-        if isinstance(row["prompt"], str):
-            _encodable(row["prompt"], "prompt", where)
+        prompt_turns(row, where)
     elif fmt == "preference":
+        prompt = None if _empty(row.get("prompt")) else row["prompt"]
         for key in ("chosen", "rejected"):
             value = row.get(key)
+            if prompt is None and transcript_turns(value):  # Anthropic HH-RLHF: no prompt, whole transcripts
+                value = transcript_turns(value)
             if isinstance(value, list):
                 _turns(value, key, where, sharegpt=False)
             else:
                 _text(row, key, where)
+        if isinstance(prompt, list):
+            _turns(prompt, "prompt", where, sharegpt=False)
+        elif prompt is not None:
+            _text(row, "prompt", where)
+        elif not all(whole_conversation(transcript_turns(row[k]) or row[k]) for k in ("chosen", "rejected")):
+            raise UserError(
+                f"{where} has no 'prompt'; then 'chosen' and 'rejected' must be whole conversations (message lists) "
+                "that share their first turns. Add a prompt column, or map one (e.g. question=prompt)."
+            )

@@ -59,7 +59,7 @@ def read_rows(spec, log=print, report=None, should_stop=None) -> list[dict]:
     for batch in batched_rows(spec, "reading", report, should_stop):
         for i, row in batch:
             if spec.data_format == "auto":
-                fmt = check_format(row, i, source, fmt)
+                fmt = check_format(row, i, source, fmt, FORMATS_FOR[spec.objective])
             rows.append(row)
     if not rows:
         raise UserError(f"Dataset '{source}' has no rows.")
@@ -84,7 +84,7 @@ def check_data(
     fmt, columns = None, set()
     for i, raw in itertools.islice(iter_source(source, config, split), DETECT_ROWS):
         row = map_columns(raw, column_map or {}, i, name)
-        fmt = check_format(row, i, name, fmt)
+        fmt = check_format(row, i, name, fmt, FORMATS_FOR[objective])
         columns |= set(row)
     if fmt is None:
         raise UserError(f"Dataset '{name}' has no rows.")

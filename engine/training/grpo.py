@@ -6,7 +6,8 @@ row's other columns (say `answer`) reach the rewards, which engine.spec.rewards 
 micro-step holds `batch_size` prompts x `num_generations` replies; an optimizer step scores `batch_size x grad_accum`
 prompts. With `grpo_beta` 0 (the default) there is no KL term and no reference pass; above 0, the reference is the base
 model with the LoRA adapter switched off, as for DPO (engine.training.preference), never a second copy; full fine-tuning
-has no adapter, so there TRL loads a frozen copy of the starting weights (in the run's dtype).
+has no adapter, so there TRL loads a frozen copy of the starting weights (in the run's dtype). TRL cuts no prompt, so a
+prompt that alone fills max_seq_length is left out (a note of the run's status), as DPO leaves out such pairs.
 
 Sampling goes through the Chat tab's decoder (engine.chat.decode: static KV cache, a CUDA-graph decode step on a GPU),
 plugged into TRL as its `rollout_func`: the replies are decoded one after another from the training model itself, in
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from engine.core.errors import UserError
 from engine.core.hardware import choose_placement
-from engine.data.formats import validate_row
+from engine.data.formats import prompt_turns
 from engine.spec.objectives import read_rows
 from engine.spec.rewards import build
 from engine.training.steps import total_steps
@@ -43,17 +44,55 @@ METRICS = {  # runlog name: GRPOTrainer log key
 
 def to_prompt(row: dict, row_no: int, source: str, system_prompt: str = "") -> dict:
     """One prompt row as {"prompt": messages, **its other columns}."""
-    validate_row(row, "prompt", row_no, source)
-    prompt = row["prompt"]
-    if isinstance(prompt, str):
-        messages = [{"role": "user", "content": prompt}]
-    elif all(isinstance(t, dict) and {"role", "content"} <= set(t) for t in prompt):
-        messages = [{"role": t["role"], "content": t["content"]} for t in prompt]
-    else:
-        raise UserError(f"{source}: row {row_no}: 'prompt' should be text or a list of {{role, content}} turns.")
+    messages = prompt_turns(row, f"{source}: row {row_no}")
     if system_prompt and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system_prompt})
     return {**row, "prompt": messages}
+
+
+def fit_prompts(rows: list[dict], tok, max_len: int, source: str, log, note=None) -> list[dict]:
+    """The rows without those whose prompt alone (rendered by the chat template, as the sampler renders it) is
+    `max_len` tokens or longer: no reply fits within max_seq_length, and TRL would sample and train on them whole,
+    past the model's context too. How many were left out is logged and told to `note(text)`; a UserError when all."""
+    from engine.data.tokenizing import render
+
+    def tokens(row: dict, row_no: int) -> int:
+        text = render(tok, row["prompt"], True, f"{source}: row {row_no}")
+        return len(tok(text, add_special_tokens=False).input_ids)
+
+    kept = [row for i, row in enumerate(rows, 1) if tokens(row, i) < max_len]
+    if not kept:
+        raise UserError(
+            f"Every prompt is {max_len} tokens or longer, so no reply fits within max_seq_length {max_len}; "
+            "raise max_seq_length."
+        )
+    if len(kept) < len(rows):
+        said = (
+            f"{len(rows) - len(kept)} of {len(rows)} prompts are max_seq_length {max_len} tokens or longer, so no "
+            "reply fits, and were left out. Raise max_seq_length to keep them."
+        )
+        log(f"note: {said}")
+        if note is not None:
+            note(said)
+    return kept
+
+
+def prompt_dataset(rows: list[dict]):
+    """The prompt rows as the datasets.Dataset TRL takes: every column that any row has, None where a row lacks it
+    (Dataset.from_list keeps only the first row's columns), and a column whose values Arrow cannot hold as one type
+    (answers 4 and "4" in one JSONL file) as text, the way the answer reward reads a reference anyway."""
+    import pyarrow as pa
+    from datasets import Dataset
+
+    columns = {}
+    for name in dict.fromkeys(k for r in rows for k in r):
+        values = [r.get(name) for r in rows]
+        try:
+            pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            values = [v if v is None or isinstance(v, str) else str(v) for v in values]
+        columns[name] = values
+    return Dataset.from_dict(columns)
 
 
 def text_of(value) -> str:
@@ -181,7 +220,6 @@ def engine_rollout(make_decoder, tok):
 def train_grpo(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> None:
     """Train `spec` (objective grpo) into `run_dir`, with the SFT loop's metrics, checkpoints and cancel."""
     import torch
-    from datasets import Dataset
 
     from engine.models.loading import load_for_training
     from engine.training.trl_run import TrlRun, prepare
@@ -197,6 +235,7 @@ def train_grpo(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> N
     source = Path(spec.data).name
     rows = read_rows(spec, log, runlog.loading(log), should_stop)
     rows = [to_prompt(r, i, source, spec.system_prompt) for i, r in enumerate(rows, 1)]
+    rows = fit_prompts(rows, tok, spec.max_seq_length, source, log, runlog.note)
     columns = sorted({k for r in rows for k in r} - {"prompt"})
     run = TrlRun(spec, run_dir, runlog, should_stop, log, model, tok, placement, total_steps(spec, len(rows)), resume)
     args = run.args(
@@ -224,7 +263,7 @@ def train_grpo(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> N
             model=model,
             reward_funcs=[for_trl(name, score, columns) for name, _, score in rewards],
             args=args,
-            train_dataset=Dataset.from_list(rows),
+            train_dataset=prompt_dataset(rows),
             processing_class=tok,
             callbacks=[run.callback({**METRICS, **{f"reward_{n}": f"rewards/{n}/mean" for n, _, _ in rewards}})],
             optimizers=(run.opt, run.sched),

@@ -10,7 +10,9 @@ an odds-ratio term (weight `dpo_beta`) against the rejected one.
 
 Rows are turned into conversations (a plain-text prompt becomes a user turn, a plain reply an assistant turn, the
 job's system prompt is added), so TRL renders them with the same chat template as SFT. Rows without a prompt column
-must hold whole conversations in chosen and rejected that share their first turns; the shared turns are the prompt.
+must hold whole conversations in chosen and rejected that share their first turns; the shared turns are the prompt,
+as they are where a prompt column comes beside whole conversations (UltraFeedback's repeats their first user turn).
+Anthropic HH-RLHF's rows are such conversations written as text ("\\n\\nHuman: ...\\n\\nAssistant: ..."), read as turns.
 
 Pairs longer than max_seq_length (the prompt with its chosen or its rejected reply): TRL 1.15 keeps the first
 max_seq_length tokens of each (DPO's truncation_mode "keep_start", ORPO cuts the reply to the room the prompt leaves),
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from engine.core.errors import UserError
 from engine.core.hardware import choose_placement
-from engine.data.formats import validate_row
+from engine.data.formats import chat_turns, transcript_turns, validate_row, whole_conversation
 from engine.data.tokenizing import length_notes, render
 from engine.spec.objectives import read_rows
 from engine.training.steps import total_steps
@@ -41,31 +43,46 @@ def to_pair(row: dict, row_no: int, source: str, system_prompt: str = "") -> dic
 
     where = f"{source}: row {row_no}"
     validate_row(row, "preference", row_no, source)
-    prompt, chosen, rejected = row.get("prompt"), row["chosen"], row["rejected"]
-    if prompt is None:
-        if not (isinstance(chosen, list) and isinstance(rejected, list)):
-            raise UserError(
-                f"{where} has no 'prompt'; then 'chosen' and 'rejected' must be whole conversations (message lists) "
-                "that share their first turns. Add a prompt column, or map one (e.g. question=prompt)."
-            )
-        split = extract_prompt({"chosen": _messages(chosen), "rejected": _messages(rejected)})
+    prompt, chosen, rejected = (
+        chat_turns(row[k], k, where) if isinstance(row.get(k), list) else row.get(k)
+        for k in ("prompt", "chosen", "rejected")
+    )  # message lists read as chat data reads them: content parts as their text, no empty system turn
+    prompt = prompt if isinstance(prompt, (str, list)) else None  # validate_row let through only these, or no prompt
+    if prompt is None and transcript_turns(chosen) and transcript_turns(rejected):  # Anthropic HH-RLHF's text
+        chosen, rejected = transcript_turns(chosen), transcript_turns(rejected)
+    if whole_conversation(chosen) and whole_conversation(rejected):
+        # whole conversations hold their prompt, so a prompt column beside them is a copy of their first turns
+        # (UltraFeedback's), which would else come twice: the user's question, then the same question again
+        split = extract_prompt({"chosen": chosen, "rejected": rejected})
         prompt, chosen, rejected = split["prompt"], split["chosen"], split["rejected"]
         if not prompt:
             raise UserError(f"{where}: 'chosen' and 'rejected' share no first turn, so there is no prompt to answer.")
-    if not prompt or not isinstance(prompt, (str, list)):
-        raise UserError(f"{where}: field 'prompt' is missing or empty.")
-    prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _messages(prompt)
+    prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     if system_prompt and prompt[0]["role"] != "system":
         prompt.insert(0, {"role": "system", "content": system_prompt})
     return dict(prompt=prompt, chosen=_reply(chosen), rejected=_reply(rejected))
 
 
-def _messages(turns: list) -> list[dict]:
-    return [{"role": t["role"], "content": t["content"]} for t in turns]
-
-
 def _reply(value) -> list[dict]:
-    return [{"role": "assistant", "content": value}] if isinstance(value, str) else _messages(value)
+    return [{"role": "assistant", "content": value}] if isinstance(value, str) else value
+
+
+def without_ties(pairs: list[dict], log, note=None) -> list[dict]:
+    """The pairs whose chosen and rejected replies differ. Two equal replies prefer nothing: the pair's DPO loss is
+    log 2 whatever the weights, without a gradient, and it counts as ranked wrong in the accuracy. How many were left
+    out is logged and told to `note(text)`; a UserError when every pair is such a tie."""
+    kept = [pair for pair in pairs if pair["chosen"] != pair["rejected"]]
+    if not kept:
+        raise UserError("Every pair's chosen and rejected replies are the same, so there is no preference to learn.")
+    if len(kept) < len(pairs):
+        said = (
+            f"{len(pairs) - len(kept)} of {len(pairs)} preference pairs have the same chosen and rejected reply, "
+            "which teaches no preference, and were left out."
+        )
+        log(f"note: {said}")
+        if note is not None:
+            note(said)
+    return kept
 
 
 def fit_pairs(pairs: list[dict], tok, max_len: int, source: str, log, note=None) -> list[dict]:
@@ -112,7 +129,7 @@ def train_preference(spec, run_dir: Path, runlog, resume: bool, should_stop, log
     source = Path(spec.data).name
     rows = read_rows(spec, log, runlog.loading(log), should_stop)
     pairs = [to_pair(r, i, source, spec.system_prompt) for i, r in enumerate(rows, 1)]
-    pairs = fit_pairs(pairs, tok, spec.max_seq_length, source, log, runlog.note)
+    pairs = fit_pairs(without_ties(pairs, log, runlog.note), tok, spec.max_seq_length, source, log, runlog.note)
     run = TrlRun(spec, run_dir, runlog, should_stop, log, model, tok, placement, total_steps(spec, len(pairs)), resume)
     common = dict(
         train_dataset=Dataset.from_list(pairs),
