@@ -89,6 +89,52 @@ def test_every_parameter_is_counted(config):
     assert arch.params == by_hand(config) == on_meta(config)
 
 
+# Published configs as their config.json files write them, which leave out what equals the family's defaults
+# (transformers fills those in when it loads the model): gemma-3-4b-it's text_config has no vocab_size.
+GEMMA3_4B = dict(
+    model_type="gemma3", mm_tokens_per_image=256,
+    text_config=dict(model_type="gemma3_text", hidden_size=2560, intermediate_size=10240, num_hidden_layers=34,
+                     num_attention_heads=8, num_key_value_heads=4, head_dim=256, sliding_window=1024),
+    vision_config=dict(model_type="siglip_vision_model", hidden_size=1152, image_size=896, intermediate_size=4304,
+                       num_attention_heads=16, num_hidden_layers=27, patch_size=14, vision_use_head=False),
+)  # fmt: skip
+GEMMA2_2B = dict(
+    model_type="gemma2", hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
+    num_key_value_heads=4, head_dim=256, vocab_size=256000,
+)  # fmt: skip
+PHI3_MINI = dict(
+    model_type="phi3", hidden_size=3072, intermediate_size=8192, num_hidden_layers=32, num_attention_heads=32,
+    num_key_value_heads=32, vocab_size=32064, tie_word_embeddings=False,
+)  # fmt: skip
+MISTRAL_NEMO = dict(
+    model_type="mistral", hidden_size=5120, intermediate_size=14336, num_hidden_layers=40, num_attention_heads=32,
+    num_key_value_heads=8, head_dim=128, vocab_size=131072, tie_word_embeddings=False,
+)  # fmt: skip
+LLAMA_32_1B = dict(
+    model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+    num_key_value_heads=8, head_dim=64, vocab_size=128256, tie_word_embeddings=True,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "config, billions",
+    [
+        (GEMMA3_4B, 4.30),
+        (GEMMA2_2B, 2.61),
+        (PHI3_MINI, 3.82),
+        (MISTRAL_NEMO, 12.25),
+        (LLAMA_32_1B, 1.24),  # tied: one 128256 x 2048 table
+        ({k: v for k, v in LLAMA_32_1B.items() if k != "tie_word_embeddings"}, 1.50),  # llama's default: untied
+    ],
+    ids=["gemma-3-4b-it", "gemma-2-2b", "phi-3-mini", "mistral-nemo", "llama-3.2-1b", "llama-without-tie-key"],
+)
+def test_every_parameter_of_published_configs_is_counted(config, billions):
+    """Against the model transformers builds from the same config.json, and the published size."""
+    arch = Arch.from_config(config)
+    assert arch.params == on_meta(config)
+    assert arch.params / 1e9 == pytest.approx(billions, abs=0.01)
+
+
 def test_moe_sizes_count_all_experts_and_adapters_only_where_they_go():
     moe = Arch.from_config(QWEN3_30B_A3B)
     assert 30.0e9 < moe.params < 31.0e9  # all 128 experts, not the 3B a token uses

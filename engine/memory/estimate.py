@@ -79,6 +79,7 @@ class Arch:
     def from_config(cls, cfg: dict, with_vision: bool = True) -> "Arch":
         """From a transformers config.json. A multimodal config keeps the language model's numbers in text_config;
         its vision tower (vision_config) is counted when `with_vision` (transformers loads it with the model)."""
+        cfg = with_defaults(cfg)
         text = cfg.get("text_config") or cfg
         kind = text.get("model_type") or cfg.get("model_type", "")
         h, heads, layers = text["hidden_size"], text["num_attention_heads"], text["num_hidden_layers"]
@@ -122,7 +123,12 @@ class Arch:
             kv,
             head_dim,
             text["vocab_size"],
-            bool(cfg.get("tie_word_embeddings", text.get("tie_word_embeddings", True))),
+            bool(
+                next(
+                    (t for t in (cfg.get("tie_word_embeddings"), text.get("tie_word_embeddings")) if t is not None),
+                    True,
+                )
+            ),
             experts,
             expert_width if experts else 0,
             moe,
@@ -231,6 +237,22 @@ class Arch:
             for n, shapes in self._layer_linears
         )
         return linear + (self.expert_lora_params(rank, targets) if experts else 0)
+
+
+def with_defaults(cfg: dict) -> dict:
+    """config.json with its family's defaults (its transformers config class's) where it leaves a key out, as
+    transformers loads it: a saved config omits values equal to them (gemma-3-4b-it's text_config has no vocab_size;
+    a llama config without tie_word_embeddings is untied). A family transformers does not know stays as written."""
+    from transformers import AutoConfig
+
+    try:
+        defaults = AutoConfig.for_model(cfg["model_type"]).to_dict()
+    except (KeyError, ValueError):  # no model_type, or remote code
+        return cfg
+    full = {**defaults, **cfg}
+    if isinstance(cfg.get("text_config"), dict) and isinstance(defaults.get("text_config"), dict):
+        full["text_config"] = {**defaults["text_config"], **cfg["text_config"]}
+    return full
 
 
 def vision_params(vision: dict, text_hidden: int) -> int:
