@@ -115,6 +115,21 @@ LLAMA_32_1B = dict(
     num_key_value_heads=8, head_dim=64, vocab_size=128256, tie_word_embeddings=True,
 )  # fmt: skip
 
+# DeepSeek-style MoE: routed experts (n_routed_experts) beside always-on shared ones, the first layers dense, and
+# multi-head latent attention (low-rank q and kv projections with their own norms)
+DEEPSEEK_V2_LITE = dict(
+    model_type="deepseek_v2", hidden_size=2048, intermediate_size=10944, moe_intermediate_size=1408,
+    num_hidden_layers=27, num_attention_heads=16, num_key_value_heads=16, n_routed_experts=64, n_shared_experts=2,
+    num_experts_per_tok=6, first_k_dense_replace=1, kv_lora_rank=512, q_lora_rank=None, qk_nope_head_dim=128,
+    qk_rope_head_dim=64, v_head_dim=128, vocab_size=102400, tie_word_embeddings=False,
+)  # fmt: skip
+DEEPSEEK_V3 = dict(
+    model_type="deepseek_v3", hidden_size=7168, intermediate_size=18432, moe_intermediate_size=2048,
+    num_hidden_layers=61, num_attention_heads=128, num_key_value_heads=128, n_routed_experts=256, n_shared_experts=1,
+    num_experts_per_tok=8, first_k_dense_replace=3, kv_lora_rank=512, q_lora_rank=1536, qk_nope_head_dim=128,
+    qk_rope_head_dim=64, v_head_dim=128, vocab_size=129280, tie_word_embeddings=False, n_group=8, topk_group=4,
+)  # fmt: skip
+
 
 @pytest.mark.parametrize(
     "config, billions",
@@ -125,14 +140,30 @@ LLAMA_32_1B = dict(
         (MISTRAL_NEMO, 12.25),
         (LLAMA_32_1B, 1.24),  # tied: one 128256 x 2048 table
         ({k: v for k, v in LLAMA_32_1B.items() if k != "tie_word_embeddings"}, 1.50),  # llama's default: untied
+        (DEEPSEEK_V2_LITE, 15.71),
+        (DEEPSEEK_V3, 671.03),  # without the multi-token prediction layer, which transformers does not build
     ],
-    ids=["gemma-3-4b-it", "gemma-2-2b", "phi-3-mini", "mistral-nemo", "llama-3.2-1b", "llama-without-tie-key"],
+    ids=["gemma-3-4b-it", "gemma-2-2b", "phi-3-mini", "mistral-nemo", "llama-3.2-1b", "llama-without-tie-key"]
+    + ["deepseek-v2-lite", "deepseek-v3"],
 )
 def test_every_parameter_of_published_configs_is_counted(config, billions):
     """Against the model transformers builds from the same config.json, and the published size."""
     arch = Arch.from_config(config)
     assert arch.params == on_meta(config)
     assert arch.params / 1e9 == pytest.approx(billions, abs=0.01)
+
+
+def test_deepseek_experts_shared_experts_and_latent_attention_are_where_the_model_has_them():
+    arch = Arch.from_config(DEEPSEEK_V2_LITE)
+    assert (arch.experts, arch.moe_layers, arch.shared_intermediate) == (64, 26, 2 * 1408)
+    assert not arch.layer_is_moe(0) and arch.layer_is_moe(1)  # first_k_dense_replace=1
+    # LoRA's target names that exist: q_proj and o_proj of the attention (no k_proj or v_proj), the dense and the
+    # shared experts' MLPs, and one rank-r pair per routed expert
+    attention = 27 * 16 * ((2048 + 16 * 192) + (16 * 128 + 2048))
+    dense = 1 * 16 * 3 * (2048 + 10944)
+    shared = 26 * 16 * 3 * (2048 + 2816)
+    experts = 26 * 64 * 16 * ((2 * 1408 + 2048) + (2048 + 1408))
+    assert arch.lora_params(16) == attention + dense + shared + experts
 
 
 def test_moe_sizes_count_all_experts_and_adapters_only_where_they_go():
