@@ -281,6 +281,32 @@ def test_planned_peak_is_monotone_in_the_budget_and_within_it(arch, method, seq,
     assert plan(arch, method, seq, batch, least)  # the minimum named is one that plans
 
 
+@pytest.mark.parametrize(
+    "method, seq, batch, gpus, budget",
+    [
+        ("full", 2048, 1, 1, 24.0),  # its refusal said 34.8 here and 34.6 at 0.5 GiB (a small card's loss chunks)
+        ("full", 2048, 1, 1, 0.5),  # smallest_budget said 34.9, and 34.8 plans
+        ("full", 2048, 1, 4, 24.0),  # its refusal said 34.7, and that does not plan
+        ("qlora", 3000, 3, 1, 2.0),
+        ("lora", 4096, 2, 1, 0.5),
+    ],
+)
+def test_a_refusal_names_the_smallest_budget_that_plans(method, seq, batch, gpus, budget):
+    """The sentence's figure and min_vram_gib are one number N: a run plans at N GiB and not at N - 0.1."""
+    import re
+
+    arch = Arch.from_config(LLAMA_31_8B)
+    spec = JobSpec(model="m", data="-", method=method, max_seq_length=seq, batch_size=batch, gpus=gpus)
+    with pytest.raises(UserError) as refused:
+        plan_for(arch, spec, budget, None)
+    least = float(re.search(r"needs at least ([\d.]+) GiB", str(refused.value)).group(1))
+    v = verdict(arch, spec, budget, 512)
+    assert v.min_budget_gib == least and v.reason == str(refused.value)
+    assert plan_for(arch, spec, least, None)
+    with pytest.raises(UserError):
+        plan_for(arch, spec, round(least - 0.1, 1), None)
+
+
 def test_an_out_of_memory_error_mid_run_leaves_a_resumable_checkpoint(tiny_llama, identity_file, tmp_path):
     """A real allocation failure in the 4th step's forward (the CPU allocator refusing an impossible size, raised
     from a forward hook torch offers for every module) ends the run with step 3 saved and a sentence on what to

@@ -288,6 +288,16 @@ def held_shapes(plan_: Plan, arch: Arch, method: str, seq: int, batch: int, fuse
     raise AssertionError("unreachable")
 
 
+class BudgetTooSmall(UserError):
+    """A VRAM budget below what any plan of the run needs. `template` is the sentence with '{need}' for the GiB
+    needed, `need` the figure in it: here this plan's estimate, which engine.memory.verdict.plan_for replaces with
+    the smallest budget a plan exists for (a budget's loss chunks and offload choices differ from this one's)."""
+
+    def __init__(self, template: str, need: float):
+        super().__init__(template.format(need=need))
+        self.template, self.need = template, need
+
+
 def at_least(peak_gib: float) -> float:
     """The smallest budget, rounded up to 0.1 GiB, that holds a plan of this estimated peak."""
     return math.ceil(round(peak_gib * SLACK * 10, 6)) / 10
@@ -436,11 +446,12 @@ def _plan(
                 if e.peak_vram_gib <= cap:
                     plan_ = made(layers, e, True, (), host_embedding, paged=paged_optimizer)
                     return check_ram(dataclasses.replace(plan_, grads_released=True), host_ram_gib)
-            raise UserError(
-                f"Full fine-tuning of this model needs at least {at_least(e.peak_vram_gib):.1f} GiB of GPU memory even "
+            raise BudgetTooSmall(
+                "Full fine-tuning of this model needs at least {need:.1f} GiB of GPU memory even "
                 f"with its activations{' and optimizer states' if paged_optimizer else ''} in host RAM"
                 f"{' and each gradient freed in the backward' if release_gradients else ''}, over the "
-                f"{budget_gib:.1f} GiB budget; use LoRA or QLoRA."
+                f"{budget_gib:.1f} GiB budget; use LoRA or QLoRA.",
+                at_least(e.peak_vram_gib),
             )
         # the fewest streamed layers with a ring of three slots (two arriving while one computes), else with two
         tile = MLP_TILE if seq * batch > MLP_TILE else None
@@ -465,10 +476,11 @@ def _plan(
             slots, count = fitting()
         e = est(checkpointed_layers=layers, streamed_layers=count, ring_slots=slots or 2, **offload)
         if slots is None:
-            raise UserError(
-                f"This run needs at least {at_least(e.peak_vram_gib):.1f} GiB of GPU memory even with every layer's "
+            raise BudgetTooSmall(
+                "This run needs at least {need:.1f} GiB of GPU memory even with every layer's "
                 f"weights in host RAM, over the {budget_gib:.1f} GiB budget; use a shorter sequence length, a "
-                "smaller batch, QLoRA, or a smaller model."
+                "smaller batch, QLoRA, or a smaller model.",
+                at_least(e.peak_vram_gib),
             )
         paged = offload.get("optimizer_in_host", False)
         plan_ = made(layers, e, True, spread(count, layers), host_embedding, slots, tile, paged=paged)
@@ -480,10 +492,11 @@ def _recompute_only(arch: Arch, method: str, tokens: int, budget_gib: float, fus
     (it decides per micro-batch with the same rule), or a UserError when even recomputing all of them does not fit."""
     if not fits_checkpointed(arch, method, tokens, budget_gib, fused_loss, **kw):
         e = estimate(arch, method, tokens, 1, fused_loss=fused_loss, **kw)
-        raise UserError(
-            f"Full fine-tuning of this model needs at least {at_least(e.peak_vram_gib):.1f} GiB on each GPU even "
+        raise BudgetTooSmall(
+            "Full fine-tuning of this model needs at least {need:.1f} GiB on each GPU even "
             f"with every layer recomputed, over the {budget_gib:.1f} GiB budget; use more GPUs, a shorter sequence "
-            "length, LoRA or QLoRA."
+            "length, LoRA or QLoRA.",
+            at_least(e.peak_vram_gib),
         )
     k = layers_to_checkpoint(arch, method, tokens, budget_gib, fused_loss, **kw)
     return made(k, estimate(arch, method, tokens, 1, checkpointed_layers=k, fused_loss=fused_loss, **kw))

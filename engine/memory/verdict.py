@@ -6,13 +6,12 @@ host RAM that plan expects, and whether it fits.
 """
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 from engine.core.errors import UserError
 from engine.memory import offload
 from engine.memory.estimate import Arch, estimate, nf4_experts
-from engine.memory.offload import Plan
+from engine.memory.offload import BudgetTooSmall, Plan
 
 LARGEST_BUDGET_GIB = 4096  # where the search for the smallest workable budget gives up
 
@@ -33,7 +32,19 @@ def plan_for(
     The plan is made for micro-steps of batch_size x max_seq_length tokens, or of `tokens` where that is fewer: the
     most a run's own micro-steps compute, which it knows from its tokenized data (engine.training.sft, through
     engine.models.loading.load_planned). The estimates shown before a run (the UI, `python -m engine estimate`) do
-    not know the data and stay those of batch_size x max_seq_length; the run may then plan for less."""
+    not know the data and stay those of batch_size x max_seq_length; the run may then plan for less.
+
+    A budget below every plan's is refused (BudgetTooSmall) naming the smallest budget a plan exists for."""
+    try:
+        return _plan_for(arch, spec, budget_gib, host_ram_gib, dtype, on_gpu, tokens)
+    except BudgetTooSmall as e:
+        need = smallest_budget(arch, spec, dtype, on_gpu, tokens)
+        if need is None:
+            raise
+        raise BudgetTooSmall(e.template, need) from None
+
+
+def _plan_for(arch: Arch, spec, budget_gib, host_ram_gib, dtype, on_gpu, tokens) -> Plan:
     on_gpu = budget_gib is not None if on_gpu is None else on_gpu
     master = sharded(spec) and dtype == "fp16"  # engine.training.distributed.shard: fp32 shards under fp16
     seq, batch = spec.max_seq_length, spec.batch_size
@@ -134,12 +145,14 @@ def verdict(arch: Arch, spec, budget_gib: float | None, host_ram_gib: float | No
     try:
         plan = plan_for(arch, spec, budget_gib, host_ram_gib, dtype)
         return Verdict(True, "", plan, plan.peak_vram_gib, plan.peak_ram_gib, parts(arch, spec, plan))
+    except BudgetTooSmall as e:
+        return Verdict(False, str(e), None, None, None, None, e.need)
     except UserError as e:
         reason = str(e)
     try:  # the GPU budget holds it and host RAM does not: the plan and its figures, not fitting
         plan = plan_for(arch, spec, budget_gib, None, dtype)
-    except UserError:
-        return Verdict(False, reason, None, None, None, None, smallest_budget(arch, spec, dtype))
+    except BudgetTooSmall as e:
+        return Verdict(False, str(e), None, None, None, None, e.need)
     try:  # the reason, for the plan shown
         offload.check_ram(plan, host_ram_gib)
     except UserError as e:
@@ -155,23 +168,24 @@ def parts(arch: Arch, spec, plan: Plan) -> dict:
     return e.parts_gib
 
 
-def smallest_budget(arch: Arch, spec, dtype: str = "bf16") -> float | None:
-    """The smallest VRAM budget (to 0.1 GiB) a plan for `spec` exists for, host RAM aside; None when none does."""
+def smallest_budget(arch: Arch, spec, dtype: str = "bf16", on_gpu=None, tokens=None) -> float | None:
+    """The smallest VRAM budget (a multiple of 0.1 GiB) a plan for `spec` exists for, host RAM aside; None when none
+    does. `on_gpu` and `tokens` as plan_for's."""
 
-    def works(budget):
+    def works(tenths):
         try:
-            plan_for(arch, spec, budget, None, dtype)
+            _plan_for(arch, spec, tenths / 10, None, dtype, on_gpu, tokens)
             return True
         except UserError:
             return False
 
-    low, high = 0.0, float(LARGEST_BUDGET_GIB)
+    low, high = 0, LARGEST_BUDGET_GIB * 10  # in tenths of a GiB: `low` never plans, `high` does
     if not works(high):
         return None
-    while high - low > 0.05:
-        mid = (low + high) / 2
+    while high - low > 1:
+        mid = (low + high) // 2
         low, high = (low, mid) if works(mid) else (mid, high)
-    return math.ceil(round(high * 10, 6)) / 10
+    return high / 10
 
 
 def out_of_memory(exc: BaseException) -> bool:
