@@ -237,6 +237,23 @@ def test_the_run_plans_with_the_same_computation(tmp_path, monkeypatch):
     assert e["peak_vram_gib"] == run.peak_vram_gib and e["preset"]["offload"] != "none"
 
 
+def test_the_estimate_plans_the_length_the_run_trains_at(tmp_path):
+    """A max_seq_length above the model's context is cut to it by the run (engine.models.context.fit_to_context):
+    the estimate, its plan and its preset are those of the context's length, and say so."""
+    folder = json_folder_for(dict(LLAMA_31_8B, max_position_embeddings=8192), tmp_path / "llama")
+    e = api.estimate(folder, "qlora", seq=100_000, batch=1, vram_gib=24, ram_gib=64)
+    at_context = api.estimate(folder, "qlora", seq=8192, batch=1, vram_gib=24, ram_gib=64)
+    assert e["seq"] == 8192 and e["plan"] == at_context["plan"] and e["preset"] == at_context["preset"]
+    assert "longer than this model's context of 8192 tokens" in e["note"] and "note" not in at_context
+
+
+def test_a_batch_or_length_of_0_is_refused_not_replaced():
+    with pytest.raises(UserError, match="batch_size"):
+        api.estimate("Qwen/Qwen3-4B", "qlora", seq=1024, batch=0, vram_gib=24, ram_gib=64)
+    with pytest.raises(UserError, match="max_seq_length"):
+        api.estimate("Qwen/Qwen3-4B", "qlora", seq=0, batch=1, vram_gib=24, ram_gib=64)
+
+
 def test_configs_are_found_offline_in_a_folder_and_in_the_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     folder = json_folder_for(MIXTRAL_8X7B, tmp_path / "mixtral")
