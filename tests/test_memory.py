@@ -153,6 +153,23 @@ def test_every_parameter_of_published_configs_is_counted(config, billions):
     assert arch.params / 1e9 == pytest.approx(billions, abs=0.01)
 
 
+def test_a_vision_tower_the_run_does_not_load_is_not_counted():
+    """transformers' causal-LM class for Llama 3.2 Vision (mllama) is the text model alone: the run loads no vision
+    tower, so none is counted (it was: 0.64B more than the run holds)."""
+    mllama = dict(
+        model_type="mllama",
+        text_config=dict(model_type="mllama_text_model", hidden_size=4096, intermediate_size=14336,
+                         num_hidden_layers=40, num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                         cross_attention_layers=[3, 8, 13, 18, 23, 28, 33, 38], tie_word_embeddings=False),
+        vision_config=dict(model_type="mllama_vision_model", hidden_size=1280, intermediate_size=5120,
+                           num_hidden_layers=32, num_global_layers=8, num_attention_heads=16, image_size=560,
+                           patch_size=14, max_num_tiles=4, vision_output_dim=7680),
+    )  # fmt: skip
+    # within 35K: the cross-attention layers' q/k norms and gates and the 8 extra embedding rows are not counted
+    assert Arch.from_config(mllama).params == pytest.approx(on_meta(mllama), abs=35_000)
+    assert Arch.from_config(GEMMA3_4B).params > Arch.from_config(GEMMA3_4B, with_vision=False).params  # loaded
+
+
 def test_deepseek_experts_shared_experts_and_latent_attention_are_where_the_model_has_them():
     arch = Arch.from_config(DEEPSEEK_V2_LITE)
     assert (arch.experts, arch.moe_layers, arch.shared_intermediate) == (64, 26, 2 * 1408)

@@ -44,7 +44,7 @@ def arch_fields(cfg: dict, with_vision: bool = True) -> tuple:
     if kind.startswith(("gemma2", "gemma3")):  # two more norms a layer (before and after the MLP)
         other += layers * 2 * h
     vision = cfg.get("vision_config")
-    if with_vision and vision:
+    if with_vision and vision and loads_vision(cfg.get("model_type", "")):
         other += vision_params(vision, h)
     tied = next((t for t in (cfg.get("tie_word_embeddings"), text.get("tie_word_embeddings")) if t is not None), True)
     return (
@@ -67,6 +67,16 @@ def arch_fields(cfg: dict, with_vision: bool = True) -> tuple:
         mixed,
         latent,
     )
+
+
+def loads_vision(model_type: str) -> bool:
+    """Whether the model the run loads (transformers' causal-LM class for this model type) holds the vision tower:
+    Gemma 3's ForConditionalGeneration does; Llama 3.2 Vision's (mllama) MllamaForCausalLM is the text model alone.
+    A type transformers does not map keeps its tower counted."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+    return name is None or name.endswith("ForConditionalGeneration")
 
 
 def with_defaults(cfg: dict) -> dict:

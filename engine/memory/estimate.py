@@ -82,7 +82,8 @@ class Arch:
     @classmethod
     def from_config(cls, cfg: dict, with_vision: bool = True) -> "Arch":
         """From a transformers config.json. A multimodal config keeps the language model's numbers in text_config;
-        its vision tower (vision_config) is counted when `with_vision` (transformers loads it with the model)."""
+        its vision tower (vision_config) is counted when `with_vision` and the run loads it
+        (engine.memory.configs.loads_vision)."""
         return cls(*arch_fields(cfg, with_vision))
 
     @property
