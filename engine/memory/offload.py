@@ -50,7 +50,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from engine.core.errors import UserError
+from engine.core.errors import BudgetTooSmall, UserError
 from engine.data.batching import MAX_BUCKETS
 from engine.memory.checkpointing import SLACK, fits_checkpointed, layers_to_checkpoint
 from engine.memory.estimate import (
@@ -286,16 +286,6 @@ def held_shapes(plan_: Plan, arch: Arch, method: str, seq: int, batch: int, fuse
         if e.peak_vram_gib <= plan_.budget_gib / SLACK or shapes == 1:  # one shape: the figure the plan fit with
             return dataclasses.replace(plan_, shapes=shapes, graph_tokens=tokens, peak_vram_gib=e.peak_vram_gib)
     raise AssertionError("unreachable")
-
-
-class BudgetTooSmall(UserError):
-    """A VRAM budget below what any plan of the run needs. `template` is the sentence with '{need}' for the GiB
-    needed, `need` the figure in it: here this plan's estimate, which engine.memory.verdict.plan_for replaces with
-    the smallest budget a plan exists for (a budget's loss chunks and offload choices differ from this one's)."""
-
-    def __init__(self, template: str, need: float):
-        super().__init__(template.format(need=need))
-        self.template, self.need = template, need
 
 
 def at_least(peak_gib: float) -> float:

@@ -8,10 +8,10 @@ host RAM that plan expects, and whether it fits.
 import dataclasses
 from dataclasses import dataclass
 
-from engine.core.errors import UserError
+from engine.core.errors import BudgetTooSmall, UserError
 from engine.memory import offload
 from engine.memory.estimate import Arch, estimate, nf4_experts
-from engine.memory.offload import BudgetTooSmall, Plan
+from engine.memory.offload import Plan
 
 LARGEST_BUDGET_GIB = 4096  # where the search for the smallest workable budget gives up
 
