@@ -492,9 +492,12 @@ def _recompute_only(arch: Arch, method: str, tokens: int, budget_gib: float, fus
     return made(k, estimate(arch, method, tokens, 1, checkpointed_layers=k, fused_loss=fused_loss, **kw))
 
 
-def check_ram(plan_: Plan, host_ram_gib: float | None) -> Plan:
+def check_ram(plan_: Plan, host_ram_gib: float | None, on_cpu: bool = False) -> Plan:
+    """`plan_`, or a UserError where its host RAM figure is over `host_ram_gib` (`on_cpu`: a run training on the CPU,
+    whose training step is in host RAM too)."""
     if host_ram_gib is not None and plan_.peak_ram_gib > host_ram_gib:
         kept = f", and what does not fit in {plan_.budget_gib:.1f} GiB of GPU memory" if plan_.active else ""
+        kept = ", and the training step on the CPU" if on_cpu else kept
         raise UserError(
             f"This run needs about {plan_.peak_ram_gib:.1f} GiB of host RAM (the 16-bit checkpoint while it loads"
             f"{kept}), and {host_ram_gib:.1f} GiB is free; close other programs, use a smaller model, or a machine "

@@ -14,6 +14,13 @@ from engine.memory.estimate import Arch, estimate, nf4_experts
 from engine.memory.offload import Plan
 
 LARGEST_BUDGET_GIB = 4096  # where the search for the smallest workable budget gives up
+# A run on the CPU holds its training step in host RAM, computing in fp32 (engine.core.hardware): fitted to two LoRA
+# runs of a 218M-parameter Qwen3 (hidden 1024, 12 layers, 65,536-entry vocabulary, checkpointing on) on this 2-core
+# CPU machine, peak RSS 4.67 GiB at 2 x 1024 tokens and 2.16 GiB at 512 (python -m engine.run under /usr/bin/time;
+# this formula says 4.73 and 2.27): GiB for the process itself, and bytes per token per vocabulary entry of
+# transformers' fp32 loss (logits, log-softmax and their gradients).
+CPU_FIXED_GIB = 0.6
+CPU_LOSS_BYTES = 24
 
 
 def plan_for(
@@ -56,7 +63,7 @@ def _plan_for(arch: Arch, spec, budget_gib, host_ram_gib, dtype, on_gpu, tokens)
         seq,
         batch,
         budget_gib,
-        host_ram_gib,
+        host_ram_gib if on_gpu else None,  # on the CPU, checked below with the training step's RAM
         fused_loss=fused_loss(arch, spec, on_gpu),
         experts_nf4=nf4_experts(spec.method, spec.fast_path and on_gpu),
         checkpointing=spec.gradient_checkpointing,
@@ -73,7 +80,29 @@ def _plan_for(arch: Arch, spec, budget_gib, host_ram_gib, dtype, on_gpu, tokens)
         **estimate_kw(spec),
         **({"master_fp32": True} if master else {}),
     )
-    return dataclasses.replace(plan, master_fp32=True) if master else plan
+    plan = dataclasses.replace(plan, master_fp32=True) if master else plan
+    if not on_gpu:
+        ram = cpu_ram_gib(arch, spec, plan, dtype, seq * batch)
+        plan = offload.check_ram(dataclasses.replace(plan, peak_ram_gib=ram), host_ram_gib, on_cpu=True)
+    return plan
+
+
+def cpu_ram_gib(arch: Arch, spec, plan: Plan, dtype: str, tokens: int) -> float:
+    """Host RAM of a run that trains on the CPU: the larger of loading the checkpoint (the plan's figure) and the
+    training step, which holds there what a GPU would (`parts`), its 16-bit weights, activations and full
+    fine-tuning's gradients and states at 4 bytes in fp32, and transformers' loss over all the logits
+    (CPU_LOSS_BYTES; COEF's GPU-measured bf16 figure in 16 bits), for micro-steps of `tokens` tokens."""
+    from engine.memory.estimate import COEF, GIB, NF4_BYTES
+
+    p = parts(arch, spec, plan, tokens)
+    wide = 2 if dtype == "fp32" else 1
+    nf4 = arch.linear_params * NF4_BYTES / GIB if spec.method == "qlora" else 0  # stays 4-bit
+    scaled = p["weights"] - nf4 + p["activations"] + (p["trainable"] if spec.method == "full" else 0)
+    adapters = p["trainable"] if spec.method != "full" else 0  # fp32 already
+    logit = CPU_LOSS_BYTES if dtype == "fp32" else COEF["loss_v"]
+    loss = tokens * arch.vocab * logit / GIB
+    step = CPU_FIXED_GIB + nf4 + wide * scaled + adapters + p["dequant"] + loss
+    return round(max(plan.peak_ram_gib, step), 2)
 
 
 def fused_loss(arch: Arch, spec, on_gpu: bool) -> bool:
@@ -154,17 +183,19 @@ def verdict(arch: Arch, spec, budget_gib: float | None, host_ram_gib: float | No
     except BudgetTooSmall as e:
         return Verdict(False, str(e), None, None, None, None, e.need)
     try:  # the reason, for the plan shown
-        offload.check_ram(plan, host_ram_gib)
+        offload.check_ram(plan, host_ram_gib, on_cpu=budget_gib is None)
     except UserError as e:
         reason = str(e)
     return Verdict(False, reason, plan, plan.peak_vram_gib, plan.peak_ram_gib, parts(arch, spec, plan))
 
 
-def parts(arch: Arch, spec, plan: Plan) -> dict:
-    """What holds the plan's peak GPU memory, in GiB (the estimate the plan was made with; they add up to its peak)."""
+def parts(arch: Arch, spec, plan: Plan, tokens: int | None = None) -> dict:
+    """What holds the plan's peak GPU memory, in GiB (the estimate the plan was made with; they add up to its peak),
+    for micro-steps of batch_size x max_seq_length tokens, or of `tokens`."""
     kw = dict(plan.estimate_kw(), **estimate_kw(spec))
-    e = estimate(arch, spec.method, spec.max_seq_length, spec.batch_size, checkpointed_layers=plan.checkpointed,
-                 fused_loss=plan.fused_loss, **kw)  # fmt: skip
+    seq, batch = (tokens, 1) if tokens is not None else (spec.max_seq_length, spec.batch_size)
+    e = estimate(arch, spec.method, seq, batch, checkpointed_layers=plan.checkpointed, fused_loss=plan.fused_loss,
+                 **kw)  # fmt: skip
     return e.parts_gib
 
 
