@@ -170,6 +170,13 @@ def test_a_vision_tower_the_run_does_not_load_is_not_counted():
     assert Arch.from_config(GEMMA3_4B).params > Arch.from_config(GEMMA3_4B, with_vision=False).params  # loaded
 
 
+def test_a_config_the_plan_cannot_read_is_a_sentence(tmp_path):
+    """GPT-2 names its width n_embd: the estimate (and the run's plan) ended in KeyError 'hidden_size'."""
+    folder = json_folder_for(dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4, vocab_size=1000), tmp_path)
+    with pytest.raises(UserError, match=r"its config.json \(gpt2\) has no 'hidden_size'"):
+        api.estimate(folder, "lora", seq=128, batch=1, vram_gib=8, ram_gib=64)
+
+
 def test_deepseek_experts_shared_experts_and_latent_attention_are_where_the_model_has_them():
     arch = Arch.from_config(DEEPSEEK_V2_LITE)
     assert (arch.experts, arch.moe_layers, arch.shared_intermediate) == (64, 26, 2 * 1408)

@@ -1,10 +1,24 @@
 """An Arch's numbers (engine.memory.estimate) read from a transformers config.json, with the defaults its family's
 config class gives the keys it leaves out."""
 
+from engine.core.errors import UserError
+
 
 def arch_fields(cfg: dict, with_vision: bool = True) -> tuple:
-    """Arch's fields, in order, for a config.json (Arch.from_config)."""
-    cfg = with_defaults(cfg)
+    """Arch's fields, in order, for a config.json (Arch.from_config). A UserError where it lacks a number they need:
+    families that name them otherwise (GPT-2's n_embd, BLOOM's n_head) are not read."""
+    try:
+        return _fields(with_defaults(cfg), with_vision)
+    except KeyError as e:
+        kind = (cfg.get("text_config") or cfg).get("model_type") or cfg.get("model_type") or "unnamed"
+        raise UserError(
+            f"The memory plan cannot read this model's architecture: its config.json ({kind}) has no {e}, so its "
+            "memory cannot be planned and it cannot be trained here; use a model of a family it reads (Llama, "
+            "Mistral, Qwen, Gemma, Phi-3, DeepSeek, Mixtral, gpt-oss)."
+        ) from None
+
+
+def _fields(cfg: dict, with_vision: bool) -> tuple:
     text = cfg.get("text_config") or cfg
     kind = text.get("model_type") or cfg.get("model_type", "")
     h, heads, layers = text["hidden_size"], text["num_attention_heads"], text["num_hidden_layers"]
