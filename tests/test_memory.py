@@ -89,6 +89,107 @@ def test_every_parameter_is_counted(config):
     assert arch.params == by_hand(config) == on_meta(config)
 
 
+# Published configs as their config.json files write them, which leave out what equals the family's defaults
+# (transformers fills those in when it loads the model): gemma-3-4b-it's text_config has no vocab_size.
+GEMMA3_4B = dict(
+    model_type="gemma3", mm_tokens_per_image=256,
+    text_config=dict(model_type="gemma3_text", hidden_size=2560, intermediate_size=10240, num_hidden_layers=34,
+                     num_attention_heads=8, num_key_value_heads=4, head_dim=256, sliding_window=1024),
+    vision_config=dict(model_type="siglip_vision_model", hidden_size=1152, image_size=896, intermediate_size=4304,
+                       num_attention_heads=16, num_hidden_layers=27, patch_size=14, vision_use_head=False),
+)  # fmt: skip
+GEMMA2_2B = dict(
+    model_type="gemma2", hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
+    num_key_value_heads=4, head_dim=256, vocab_size=256000,
+)  # fmt: skip
+PHI3_MINI = dict(
+    model_type="phi3", hidden_size=3072, intermediate_size=8192, num_hidden_layers=32, num_attention_heads=32,
+    num_key_value_heads=32, vocab_size=32064, tie_word_embeddings=False,
+)  # fmt: skip
+MISTRAL_NEMO = dict(
+    model_type="mistral", hidden_size=5120, intermediate_size=14336, num_hidden_layers=40, num_attention_heads=32,
+    num_key_value_heads=8, head_dim=128, vocab_size=131072, tie_word_embeddings=False,
+)  # fmt: skip
+LLAMA_32_1B = dict(
+    model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+    num_key_value_heads=8, head_dim=64, vocab_size=128256, tie_word_embeddings=True,
+)  # fmt: skip
+
+# DeepSeek-style MoE: routed experts (n_routed_experts) beside always-on shared ones, the first layers dense, and
+# multi-head latent attention (low-rank q and kv projections with their own norms)
+DEEPSEEK_V2_LITE = dict(
+    model_type="deepseek_v2", hidden_size=2048, intermediate_size=10944, moe_intermediate_size=1408,
+    num_hidden_layers=27, num_attention_heads=16, num_key_value_heads=16, n_routed_experts=64, n_shared_experts=2,
+    num_experts_per_tok=6, first_k_dense_replace=1, kv_lora_rank=512, q_lora_rank=None, qk_nope_head_dim=128,
+    qk_rope_head_dim=64, v_head_dim=128, vocab_size=102400, tie_word_embeddings=False,
+)  # fmt: skip
+DEEPSEEK_V3 = dict(
+    model_type="deepseek_v3", hidden_size=7168, intermediate_size=18432, moe_intermediate_size=2048,
+    num_hidden_layers=61, num_attention_heads=128, num_key_value_heads=128, n_routed_experts=256, n_shared_experts=1,
+    num_experts_per_tok=8, first_k_dense_replace=3, kv_lora_rank=512, q_lora_rank=1536, qk_nope_head_dim=128,
+    qk_rope_head_dim=64, v_head_dim=128, vocab_size=129280, tie_word_embeddings=False, n_group=8, topk_group=4,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "config, billions",
+    [
+        (GEMMA3_4B, 4.30),
+        (GEMMA2_2B, 2.61),
+        (PHI3_MINI, 3.82),
+        (MISTRAL_NEMO, 12.25),
+        (LLAMA_32_1B, 1.24),  # tied: one 128256 x 2048 table
+        ({k: v for k, v in LLAMA_32_1B.items() if k != "tie_word_embeddings"}, 1.50),  # llama's default: untied
+        (DEEPSEEK_V2_LITE, 15.71),
+        (DEEPSEEK_V3, 671.03),  # without the multi-token prediction layer, which transformers does not build
+    ],
+    ids=["gemma-3-4b-it", "gemma-2-2b", "phi-3-mini", "mistral-nemo", "llama-3.2-1b", "llama-without-tie-key"]
+    + ["deepseek-v2-lite", "deepseek-v3"],
+)
+def test_every_parameter_of_published_configs_is_counted(config, billions):
+    """Against the model transformers builds from the same config.json, and the published size."""
+    arch = Arch.from_config(config)
+    assert arch.params == on_meta(config)
+    assert arch.params / 1e9 == pytest.approx(billions, abs=0.01)
+
+
+def test_a_vision_tower_the_run_does_not_load_is_not_counted():
+    """transformers' causal-LM class for Llama 3.2 Vision (mllama) is the text model alone: the run loads no vision
+    tower, so none is counted (it was: 0.64B more than the run holds)."""
+    mllama = dict(
+        model_type="mllama",
+        text_config=dict(model_type="mllama_text_model", hidden_size=4096, intermediate_size=14336,
+                         num_hidden_layers=40, num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                         cross_attention_layers=[3, 8, 13, 18, 23, 28, 33, 38], tie_word_embeddings=False),
+        vision_config=dict(model_type="mllama_vision_model", hidden_size=1280, intermediate_size=5120,
+                           num_hidden_layers=32, num_global_layers=8, num_attention_heads=16, image_size=560,
+                           patch_size=14, max_num_tiles=4, vision_output_dim=7680),
+    )  # fmt: skip
+    # within 35K: the cross-attention layers' q/k norms and gates and the 8 extra embedding rows are not counted
+    assert Arch.from_config(mllama).params == pytest.approx(on_meta(mllama), abs=35_000)
+    assert Arch.from_config(GEMMA3_4B).params > Arch.from_config(GEMMA3_4B, with_vision=False).params  # loaded
+
+
+def test_a_config_the_plan_cannot_read_is_a_sentence(tmp_path):
+    """GPT-2 names its width n_embd: the estimate (and the run's plan) ended in KeyError 'hidden_size'."""
+    folder = json_folder_for(dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4, vocab_size=1000), tmp_path)
+    with pytest.raises(UserError, match=r"its config.json \(gpt2\) has no 'hidden_size'"):
+        api.estimate(folder, "lora", seq=128, batch=1, vram_gib=8, ram_gib=64)
+
+
+def test_deepseek_experts_shared_experts_and_latent_attention_are_where_the_model_has_them():
+    arch = Arch.from_config(DEEPSEEK_V2_LITE)
+    assert (arch.experts, arch.moe_layers, arch.shared_intermediate) == (64, 26, 2 * 1408)
+    assert not arch.layer_is_moe(0) and arch.layer_is_moe(1)  # first_k_dense_replace=1
+    # LoRA's target names that exist: q_proj and o_proj of the attention (no k_proj or v_proj), the dense and the
+    # shared experts' MLPs, and one rank-r pair per routed expert
+    attention = 27 * 16 * ((2048 + 16 * 192) + (16 * 128 + 2048))
+    dense = 1 * 16 * 3 * (2048 + 10944)
+    shared = 26 * 16 * 3 * (2048 + 2816)
+    experts = 26 * 64 * 16 * ((2 * 1408 + 2048) + (2048 + 1408))
+    assert arch.lora_params(16) == attention + dense + shared + experts
+
+
 def test_moe_sizes_count_all_experts_and_adapters_only_where_they_go():
     moe = Arch.from_config(QWEN3_30B_A3B)
     assert 30.0e9 < moe.params < 31.0e9  # all 128 experts, not the 3B a token uses
@@ -160,6 +261,40 @@ def test_the_run_plans_with_the_same_computation(tmp_path, monkeypatch):
     assert e["peak_vram_gib"] == run.peak_vram_gib and e["preset"]["offload"] != "none"
 
 
+def test_the_estimate_plans_the_length_the_run_trains_at(tmp_path):
+    """A max_seq_length above the model's context is cut to it by the run (engine.models.context.fit_to_context):
+    the estimate, its plan and its preset are those of the context's length, and say so."""
+    folder = json_folder_for(dict(LLAMA_31_8B, max_position_embeddings=8192), tmp_path / "llama")
+    e = api.estimate(folder, "qlora", seq=100_000, batch=1, vram_gib=24, ram_gib=64)
+    at_context = api.estimate(folder, "qlora", seq=8192, batch=1, vram_gib=24, ram_gib=64)
+    assert e["seq"] == 8192 and e["plan"] == at_context["plan"] and e["preset"] == at_context["preset"]
+    assert "longer than this model's context of 8192 tokens" in e["note"] and "note" not in at_context
+
+
+def test_a_batch_or_length_of_0_is_refused_not_replaced():
+    with pytest.raises(UserError, match="batch_size"):
+        api.estimate("Qwen/Qwen3-4B", "qlora", seq=1024, batch=0, vram_gib=24, ram_gib=64)
+    with pytest.raises(UserError, match="max_seq_length"):
+        api.estimate("Qwen/Qwen3-4B", "qlora", seq=0, batch=1, vram_gib=24, ram_gib=64)
+
+
+@pytest.mark.parametrize("seq, batch, measured", [(1024, 2, 4.67), (512, 1, 2.16)])
+def test_a_cpu_run_counts_its_training_step_in_host_ram(seq, batch, measured):
+    """On a machine without a GPU the training step is in host RAM, in fp32: the peak RSS of these LoRA runs of a
+    218M-parameter Qwen3 (python -m engine.run on the CPU under /usr/bin/time) was 4.67 and 2.16 GiB, where the plan
+    said 1.41 (the checkpoint while it loads, as on a GPU). The figure is within 6% above them, and a machine with less
+    free RAM is told so."""
+    config = dict(model_type="qwen3", hidden_size=1024, intermediate_size=3072, num_hidden_layers=12,
+                  num_attention_heads=16, num_key_value_heads=8, head_dim=64, vocab_size=65536,
+                  tie_word_embeddings=True)  # fmt: skip
+    arch = Arch.from_config(config)
+    spec = JobSpec(model="m", data="-", method="lora", max_seq_length=seq, batch_size=batch, lora_r=16, lora_alpha=16)
+    planned = plan_for(arch, spec, None, 64, "fp32").peak_ram_gib
+    assert measured <= planned <= measured * 1.06
+    v = verdict(arch, spec, None, measured - 0.5, "fp32")
+    assert not v.fits and v.peak_ram_gib == planned and "and the training step on the CPU" in v.reason
+
+
 def test_configs_are_found_offline_in_a_folder_and_in_the_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     folder = json_folder_for(MIXTRAL_8X7B, tmp_path / "mixtral")
@@ -202,6 +337,32 @@ def test_planned_peak_is_monotone_in_the_budget_and_within_it(arch, method, seq,
         peaks.append(p.peak_vram_gib)
     assert peaks == sorted(peaks) and peaks  # more budget never plans a smaller peak, and some budget is planned
     assert plan(arch, method, seq, batch, least)  # the minimum named is one that plans
+
+
+@pytest.mark.parametrize(
+    "method, seq, batch, gpus, budget",
+    [
+        ("full", 2048, 1, 1, 24.0),  # its refusal said 34.8 here and 34.6 at 0.5 GiB (a small card's loss chunks)
+        ("full", 2048, 1, 1, 0.5),  # smallest_budget said 34.9, and 34.8 plans
+        ("full", 2048, 1, 4, 24.0),  # its refusal said 34.7, and that does not plan
+        ("qlora", 3000, 3, 1, 2.0),
+        ("lora", 4096, 2, 1, 0.5),
+    ],
+)
+def test_a_refusal_names_the_smallest_budget_that_plans(method, seq, batch, gpus, budget):
+    """The sentence's figure and min_vram_gib are one number N: a run plans at N GiB and not at N - 0.1."""
+    import re
+
+    arch = Arch.from_config(LLAMA_31_8B)
+    spec = JobSpec(model="m", data="-", method=method, max_seq_length=seq, batch_size=batch, gpus=gpus)
+    with pytest.raises(UserError) as refused:
+        plan_for(arch, spec, budget, None)
+    least = float(re.search(r"needs at least ([\d.]+) GiB", str(refused.value)).group(1))
+    v = verdict(arch, spec, budget, 512)
+    assert v.min_budget_gib == least and v.reason == str(refused.value)
+    assert plan_for(arch, spec, least, None)
+    with pytest.raises(UserError):
+        plan_for(arch, spec, round(least - 0.1, 1), None)
 
 
 def test_an_out_of_memory_error_mid_run_leaves_a_resumable_checkpoint(tiny_llama, identity_file, tmp_path):

@@ -154,3 +154,28 @@ def test_estimate_cli_json():
 def test_estimate_of_a_local_model_folder(tiny_llama):
     info = estimate(str(tiny_llama), "lora", seq=128, batch=1, vram_gib=8)
     assert info["params_b"] < 0.001 and info["fits"] is True
+
+
+@pytest.mark.parametrize("method", ["qlora", "lora"])
+def test_a_run_with_the_presets_settings_makes_the_estimates_plan(method, tmp_path, monkeypatch):
+    """The Train tab's preset, applied, gives the run the plan the estimate showed, also where that plan recomputes no
+    layer: a preset that turned checkpointing off there gave the run no budget to plan with (no 16-bit copies of the
+    NF4 weights, graphs of 8 shapes unchecked) and another peak. The config is Qwen3-0.6B's."""
+    from engine.core.hardware import Placement
+    from engine.models.loading import plan_memory
+    from engine.spec.jobspec import JobSpec
+
+    config = dict(model_type="qwen3", hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                  num_attention_heads=16, num_key_value_heads=8, head_dim=128, vocab_size=151936,
+                  tie_word_embeddings=True, max_position_embeddings=40960)  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    monkeypatch.setenv("TUNESMITH_VRAM_GIB", "24")
+    monkeypatch.setenv("TUNESMITH_RAM_GIB", "64")
+    e = estimate(str(tmp_path), method, vram_gib=24, ram_gib=64)
+    assert e["plan"]["checkpointed_layers"] == 0
+    p = e["preset"]
+    spec = JobSpec(model=str(tmp_path), data="-", method=method, max_seq_length=p["max_seq_length"],
+                   batch_size=p["batch_size"], grad_accum=p["grad_accum"], lora_r=p["lora_r"],
+                   lora_alpha=p["lora_alpha"], gradient_checkpointing=p["gradient_checkpointing"])  # fmt: skip
+    run = plan_memory(spec, config, Placement("cuda", "bf16", "planned for a GPU"))
+    assert run.as_dict() == e["plan"] and run.peak_vram_gib == e["peak_vram_gib"]

@@ -498,8 +498,8 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
     ),
     (
         r"This run needs about (\S+) GiB of host RAM \(the 16-bit checkpoint while it loads(|, and what does not fit "
-        r"in \S+ GiB of GPU memory)\), and (\S+) GiB is free; close other programs, use a smaller model, or a "
-        r"machine with more RAM\.",
+        r"in \S+ GiB of GPU memory|, and the training step on the CPU)\), and (\S+) GiB is free; close other "
+        r"programs, use a smaller model, or a machine with more RAM\.",
         "此运行需要约 {0} GiB 内存（加载时的 16 位检查点{1}），而空闲的只有 {2} GiB；"
         "请关闭其他程序、换更小的模型，或换内存更大的机器。",
         "Запуску нужно около {0} ГиБ ОЗУ (16-битный чекпоинт при загрузке{1}), а свободно {2} ГиБ; "
@@ -510,6 +510,7 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         "，以及放不进 {0} GiB 显存的部分",
         " и то, что не влезло в {0} ГиБ памяти GPU",
     ),
+    (", and the training step on the CPU", "，以及在 CPU 上的训练步骤", " и шаг обучения на CPU"),
     # held-out rows (engine.data.heldout)
     (
         r"No rows were held out for validation at eval_fraction (\S+); raise it, or give a separate file in "

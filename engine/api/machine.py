@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from engine.api.models import model_arch
+from engine.api.models import model_arch_and_config
 from engine.core.errors import UserError
 from engine.spec.jobspec import JobSpec
 
@@ -53,7 +53,7 @@ def estimate(
 
     if method not in ("qlora", "lora", "full"):
         raise UserError(f"Unknown method '{method}'; use qlora, lora or full.")
-    arch = model_arch(model)
+    arch, config = model_arch_and_config(model)
     dtype = None
     if machine is not None:
         from engine.models.machines import machine as machine_preset
@@ -65,12 +65,18 @@ def estimate(
     tier = presets.tier_for(budget) if budget else None
     tier_preset = presets.preset_for(tier, arch.params, method) if tier else None
     base = tier_preset if isinstance(tier_preset, presets.Preset) else None
-    seq = seq or (base.max_seq_length if base else 1024)
-    batch = batch or (base.batch_size if base else 1)
+    seq = seq if seq is not None else (base.max_seq_length if base else 1024)
+    batch = batch if batch is not None else (base.batch_size if base else 1)
     # one micro-batch per step, as a preset for a run that needs its gradients released sets
     # (engine.memory.grad_release)
     spec = JobSpec(model=model, data="-", method=method, max_seq_length=seq, batch_size=batch, lora_r=rank,
                    lora_alpha=base.lora_alpha if base else rank, gpus=gpus)  # fmt: skip
+    note = None
+    if config is not None:  # the run trains at most the model's context (engine.training.dispatch), and plans so
+        from engine.models.context import fit_to_context
+
+        spec, note = fit_to_context(spec, config)
+        seq = spec.max_seq_length
     dtype = dtype or ("bf16" if vram_gib is not None else memory.run_dtype())
     v = memory.verdict(arch, spec, budget, ram, dtype)
     out = dict(
@@ -91,6 +97,8 @@ def estimate(
         peak_parts_gib=v.parts_gib,
         plan=v.plan.as_dict() if v.plan else None,
     )
+    if note:
+        out["note"] = note
     if not v.fits:
         out["reason"] = v.reason
     if v.min_budget_gib is not None:

@@ -57,14 +57,23 @@ def poll_download(model: str) -> DownloadStatus:
 def model_arch(model: str):
     """Architecture numbers of a model, from its config.json: in a local folder, else in the local hub cache, else
     (for a catalog model) the catalog's numbers, else downloaded from the hub (the config alone)."""
+    return model_arch_and_config(model)[0]
+
+
+def model_arch_and_config(model: str) -> tuple:
+    """(model_arch's numbers, the config.json they come from: None for a catalog model's numbers)."""
     import json
 
     from engine.memory.estimate import Arch
 
+    def read(file: Path) -> tuple:
+        cfg = json.loads(file.read_text())
+        return Arch.from_config(cfg), cfg
+
     check_access(model)
     path = Path(os.path.expanduser(model))
     if (path / "config.json").is_file():
-        return Arch.from_config(json.loads((path / "config.json").read_text()))
+        return read(path / "config.json")
     if path.is_dir() or path.is_file():  # one with no config.json (a folder above the model, a file): not missing
         from engine.models.loading import resolve_model
 
@@ -75,9 +84,9 @@ def model_arch(model: str):
     hub_id = HUB_ID.match(model) and not model.startswith((".", "/", "~"))
     cached = _cached_config(model) if hub_id else None
     if cached is not None:
-        return Arch.from_config(json.loads(cached.read_text()))
+        return read(cached)
     if listed is not None:
-        return Arch(*listed["arch"])
+        return Arch(*listed["arch"]), None
     if not hub_id:
         raise UserError(
             url_hint(model) or f"Model folder '{model}' does not exist; give an existing folder or a hub id."
@@ -95,7 +104,7 @@ def model_arch(model: str):
             f"Could not read the config of '{model}' from the hub ({type(e).__name__}), and it is not in the local "
             "cache; check the name and the connection, or give a local folder."
         ) from None
-    return Arch.from_config(json.loads(Path(cfg).read_text()))
+    return read(Path(cfg))
 
 
 def _cached_config(model: str) -> Path | None:

@@ -14,5 +14,16 @@ class ModelError(UserError):
     model is only a helper (the dataset preview), so the caller names the model as the thing at fault."""
 
 
+class BudgetTooSmall(UserError):
+    """A VRAM budget below what any plan of the run needs. `template` is the sentence with '{need}' for the GiB
+    needed, `need` the figure in it: the planner's estimate at the refused budget (engine.memory.offload), which
+    engine.memory.verdict.plan_for replaces with the smallest budget a plan exists for (another budget's loss chunks
+    and offload choices differ from the refused one's)."""
+
+    def __init__(self, template: str, need: float):
+        super().__init__(template.format(need=need))
+        self.template, self.need = template, need
+
+
 class Cancelled(Exception):
     """The user cancelled the run; raised where the run polls its stop flag (between steps, between data batches)."""

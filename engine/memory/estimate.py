@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 
 from engine.core.scratch import experts_per_chunk
+from engine.memory.configs import arch_fields
 from engine.memory.expert_fetch import ACTIVE_SHARE
 
 GIB = 2**30
@@ -74,69 +75,26 @@ class Arch:
     # the MoE layers' indices where dense layers come between them (Qwen2/3-MoE's mlp_only_layers and
     # decoder_sparse_step); () when the MoE layers are the last `moe_layers` (all, or DeepSeek-style dense first ones)
     moe_ids: tuple[int, ...] = ()
+    # DeepSeek's multi-head latent attention: (q_lora_rank, 0 where q is one projection; kv_lora_rank; the per-head
+    # widths of q/k without and with rotary positions, and of v); () for the usual q, k, v and o
+    latent: tuple[int, ...] = ()
 
     @classmethod
     def from_config(cls, cfg: dict, with_vision: bool = True) -> "Arch":
         """From a transformers config.json. A multimodal config keeps the language model's numbers in text_config;
-        its vision tower (vision_config) is counted when `with_vision` (transformers loads it with the model)."""
-        text = cfg.get("text_config") or cfg
-        kind = text.get("model_type") or cfg.get("model_type", "")
-        h, heads, layers = text["hidden_size"], text["num_attention_heads"], text["num_hidden_layers"]
-        kv = text.get("num_key_value_heads") or heads
-        head_dim = text.get("head_dim") or h // heads
-        experts = text.get("num_experts") or text.get("num_local_experts") or 0
-        ids = ()
-        if not experts:
-            moe = 0
-        elif "decoder_sparse_step" in text or "mlp_only_layers" in text:  # Qwen2/3-MoE: some layers stay dense
-            step, dense = text.get("decoder_sparse_step") or 1, set(text.get("mlp_only_layers") or ())
-            ids = tuple(i for i in range(layers) if i not in dense and (i + 1) % step == 0)
-            moe = len(ids)
-        else:  # Mixtral, gpt-oss: every layer
-            moe = layers
-        mixed = ids if experts and 0 < moe < layers else ()
-        expert_width = text.get("moe_intermediate_size") or text["intermediate_size"]
-        shared = text.get("shared_expert_intermediate_size") or 0
-        q, kvw = heads * head_dim, kv * head_dim
-        other = moe * experts * (h + (kind == "gpt_oss"))  # each MoE layer's router (gpt-oss's has a bias)
-        if kind == "gpt_oss":
-            other += layers * heads  # a learned attention sink per head
-        if shared:
-            other += moe * h  # the shared expert's gate (Qwen2-MoE)
-        if kind.startswith("qwen2"):  # q, k and v have biases
-            other += layers * (q + 2 * kvw)
-        elif text.get("attention_bias"):
-            other += layers * (q + 2 * kvw + h)
-        if kind in ("qwen3", "qwen3_moe", "gemma3", "gemma3_text"):  # per-head q and k norms
-            other += layers * 2 * head_dim
-        if kind.startswith(("gemma2", "gemma3")):  # two more norms a layer (before and after the MLP)
-            other += layers * 2 * h
-        vision = cfg.get("vision_config")
-        if with_vision and vision:
-            other += vision_params(vision, h)
-        return cls(
-            h,
-            text.get("intermediate_size") or expert_width,
-            layers,
-            heads,
-            kv,
-            head_dim,
-            text["vocab_size"],
-            bool(cfg.get("tie_word_embeddings", text.get("tie_word_embeddings", True))),
-            experts,
-            expert_width if experts else 0,
-            moe,
-            text.get("num_experts_per_tok") or text.get("experts_per_token") or 0,
-            shared,
-            kind == "gpt_oss",
-            other,
-            kind,
-            mixed,
-        )
+        its vision tower (vision_config) is counted when `with_vision` and the run loads it
+        (engine.memory.configs.loads_vision)."""
+        return cls(*arch_fields(cfg, with_vision))
 
     @property
     def attention_shapes(self) -> dict[str, tuple[int, int]]:
         h, q, kv = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim
+        if self.latent:
+            q_rank, kv_rank, nope, rope, v = self.latent
+            q = self.heads * (nope + rope)
+            query = dict(q_a_proj=(h, q_rank), q_b_proj=(q_rank, q)) if q_rank else dict(q_proj=(h, q))
+            kv_ = dict(kv_a_proj_with_mqa=(h, kv_rank + rope), kv_b_proj=(kv_rank, self.heads * (nope + v)))
+            return {**query, **kv_, "o_proj": (self.heads * v, h)}
         return dict(q_proj=(h, q), k_proj=(h, kv), v_proj=(h, kv), o_proj=(q, h))
 
     @staticmethod
@@ -161,6 +119,10 @@ class Arch:
 
     @property
     def attention_width(self) -> int:
+        """The widths of q, k and v a token's attention computes."""
+        if self.latent:
+            _, _, nope, rope, v = self.latent
+            return self.heads * (2 * (nope + rope) + v)
         return (self.heads + 2 * self.kv_heads) * self.head_dim
 
     @property
@@ -231,23 +193,6 @@ class Arch:
             for n, shapes in self._layer_linears
         )
         return linear + (self.expert_lora_params(rank, targets) if experts else 0)
-
-
-def vision_params(vision: dict, text_hidden: int) -> int:
-    """Parameters of a ViT-style vision tower (SigLIP, CLIP) and its projection into the language model: per layer
-    q/k/v/o and two MLP matrices with biases and two layer norms; patch and position embeddings; a final norm;
-    SigLIP's attention-pooling head where the config has one; a (vision hidden x text hidden) projection with its
-    norm (Gemma 3's)."""
-    h = vision["hidden_size"]
-    i = vision.get("intermediate_size") or 4 * h
-    layers = vision.get("num_hidden_layers") or vision.get("depth") or 0
-    patch, channels = vision.get("patch_size", 14), vision.get("num_channels", 3)
-    positions = (vision.get("image_size", 224) // patch) ** 2
-    per_layer = 4 * h * h + 4 * h + 2 * h * i + i + h + 4 * h
-    tower = layers * per_layer + channels * patch * patch * h + h + positions * h + 2 * h + h * text_hidden + h
-    if vision.get("vision_use_head", vision.get("model_type", "").startswith("siglip")):  # SigLIP's pooling head
-        tower += h + (4 * h * h + 4 * h) + 2 * h + (2 * h * i + i + h)  # probe, attention, norm, MLP
-    return tower
 
 
 @dataclass(frozen=True)

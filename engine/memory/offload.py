@@ -50,7 +50,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from engine.core.errors import UserError
+from engine.core.errors import BudgetTooSmall, UserError
 from engine.data.batching import MAX_BUCKETS
 from engine.memory.checkpointing import SLACK, fits_checkpointed, layers_to_checkpoint
 from engine.memory.estimate import (
@@ -436,11 +436,12 @@ def _plan(
                 if e.peak_vram_gib <= cap:
                     plan_ = made(layers, e, True, (), host_embedding, paged=paged_optimizer)
                     return check_ram(dataclasses.replace(plan_, grads_released=True), host_ram_gib)
-            raise UserError(
-                f"Full fine-tuning of this model needs at least {at_least(e.peak_vram_gib):.1f} GiB of GPU memory even "
+            raise BudgetTooSmall(
+                "Full fine-tuning of this model needs at least {need:.1f} GiB of GPU memory even "
                 f"with its activations{' and optimizer states' if paged_optimizer else ''} in host RAM"
                 f"{' and each gradient freed in the backward' if release_gradients else ''}, over the "
-                f"{budget_gib:.1f} GiB budget; use LoRA or QLoRA."
+                f"{budget_gib:.1f} GiB budget; use LoRA or QLoRA.",
+                at_least(e.peak_vram_gib),
             )
         # the fewest streamed layers with a ring of three slots (two arriving while one computes), else with two
         tile = MLP_TILE if seq * batch > MLP_TILE else None
@@ -465,10 +466,11 @@ def _plan(
             slots, count = fitting()
         e = est(checkpointed_layers=layers, streamed_layers=count, ring_slots=slots or 2, **offload)
         if slots is None:
-            raise UserError(
-                f"This run needs at least {at_least(e.peak_vram_gib):.1f} GiB of GPU memory even with every layer's "
+            raise BudgetTooSmall(
+                "This run needs at least {need:.1f} GiB of GPU memory even with every layer's "
                 f"weights in host RAM, over the {budget_gib:.1f} GiB budget; use a shorter sequence length, a "
-                "smaller batch, QLoRA, or a smaller model."
+                "smaller batch, QLoRA, or a smaller model.",
+                at_least(e.peak_vram_gib),
             )
         paged = offload.get("optimizer_in_host", False)
         plan_ = made(layers, e, True, spread(count, layers), host_embedding, slots, tile, paged=paged)
@@ -480,18 +482,22 @@ def _recompute_only(arch: Arch, method: str, tokens: int, budget_gib: float, fus
     (it decides per micro-batch with the same rule), or a UserError when even recomputing all of them does not fit."""
     if not fits_checkpointed(arch, method, tokens, budget_gib, fused_loss, **kw):
         e = estimate(arch, method, tokens, 1, fused_loss=fused_loss, **kw)
-        raise UserError(
-            f"Full fine-tuning of this model needs at least {at_least(e.peak_vram_gib):.1f} GiB on each GPU even "
+        raise BudgetTooSmall(
+            "Full fine-tuning of this model needs at least {need:.1f} GiB on each GPU even "
             f"with every layer recomputed, over the {budget_gib:.1f} GiB budget; use more GPUs, a shorter sequence "
-            "length, LoRA or QLoRA."
+            "length, LoRA or QLoRA.",
+            at_least(e.peak_vram_gib),
         )
     k = layers_to_checkpoint(arch, method, tokens, budget_gib, fused_loss, **kw)
     return made(k, estimate(arch, method, tokens, 1, checkpointed_layers=k, fused_loss=fused_loss, **kw))
 
 
-def check_ram(plan_: Plan, host_ram_gib: float | None) -> Plan:
+def check_ram(plan_: Plan, host_ram_gib: float | None, on_cpu: bool = False) -> Plan:
+    """`plan_`, or a UserError where its host RAM figure is over `host_ram_gib` (`on_cpu`: a run training on the CPU,
+    whose training step is in host RAM too)."""
     if host_ram_gib is not None and plan_.peak_ram_gib > host_ram_gib:
         kept = f", and what does not fit in {plan_.budget_gib:.1f} GiB of GPU memory" if plan_.active else ""
+        kept = ", and the training step on the CPU" if on_cpu else kept
         raise UserError(
             f"This run needs about {plan_.peak_ram_gib:.1f} GiB of host RAM (the 16-bit checkpoint while it loads"
             f"{kept}), and {host_ram_gib:.1f} GiB is free; close other programs, use a smaller model, or a machine "

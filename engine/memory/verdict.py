@@ -6,15 +6,21 @@ host RAM that plan expects, and whether it fits.
 """
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
-from engine.core.errors import UserError
+from engine.core.errors import BudgetTooSmall, UserError
 from engine.memory import offload
 from engine.memory.estimate import Arch, estimate, nf4_experts
 from engine.memory.offload import Plan
 
 LARGEST_BUDGET_GIB = 4096  # where the search for the smallest workable budget gives up
+# A run on the CPU holds its training step in host RAM, computing in fp32 (engine.core.hardware): fitted to two LoRA
+# runs of a 218M-parameter Qwen3 (hidden 1024, 12 layers, 65,536-entry vocabulary, checkpointing on) on this 2-core
+# CPU machine, peak RSS 4.67 GiB at 2 x 1024 tokens and 2.16 GiB at 512 (python -m engine.run under /usr/bin/time;
+# this formula says 4.73 and 2.27): GiB for the process itself, and bytes per token per vocabulary entry of
+# transformers' fp32 loss (logits, log-softmax and their gradients).
+CPU_FIXED_GIB = 0.6
+CPU_LOSS_BYTES = 24
 
 
 def plan_for(
@@ -33,7 +39,19 @@ def plan_for(
     The plan is made for micro-steps of batch_size x max_seq_length tokens, or of `tokens` where that is fewer: the
     most a run's own micro-steps compute, which it knows from its tokenized data (engine.training.sft, through
     engine.models.loading.load_planned). The estimates shown before a run (the UI, `python -m engine estimate`) do
-    not know the data and stay those of batch_size x max_seq_length; the run may then plan for less."""
+    not know the data and stay those of batch_size x max_seq_length; the run may then plan for less.
+
+    A budget below every plan's is refused (BudgetTooSmall) naming the smallest budget a plan exists for."""
+    try:
+        return _plan_for(arch, spec, budget_gib, host_ram_gib, dtype, on_gpu, tokens)
+    except BudgetTooSmall as e:
+        need = smallest_budget(arch, spec, dtype, on_gpu, tokens)
+        if need is None:
+            raise
+        raise BudgetTooSmall(e.template, need) from None
+
+
+def _plan_for(arch: Arch, spec, budget_gib, host_ram_gib, dtype, on_gpu, tokens) -> Plan:
     on_gpu = budget_gib is not None if on_gpu is None else on_gpu
     master = sharded(spec) and dtype == "fp16"  # engine.training.distributed.shard: fp32 shards under fp16
     seq, batch = spec.max_seq_length, spec.batch_size
@@ -45,7 +63,7 @@ def plan_for(
         seq,
         batch,
         budget_gib,
-        host_ram_gib,
+        host_ram_gib if on_gpu else None,  # on the CPU, checked below with the training step's RAM
         fused_loss=fused_loss(arch, spec, on_gpu),
         experts_nf4=nf4_experts(spec.method, spec.fast_path and on_gpu),
         checkpointing=spec.gradient_checkpointing,
@@ -62,7 +80,29 @@ def plan_for(
         **estimate_kw(spec),
         **({"master_fp32": True} if master else {}),
     )
-    return dataclasses.replace(plan, master_fp32=True) if master else plan
+    plan = dataclasses.replace(plan, master_fp32=True) if master else plan
+    if not on_gpu:
+        ram = cpu_ram_gib(arch, spec, plan, dtype, seq * batch)
+        plan = offload.check_ram(dataclasses.replace(plan, peak_ram_gib=ram), host_ram_gib, on_cpu=True)
+    return plan
+
+
+def cpu_ram_gib(arch: Arch, spec, plan: Plan, dtype: str, tokens: int) -> float:
+    """Host RAM of a run that trains on the CPU: the larger of loading the checkpoint (the plan's figure) and the
+    training step, which holds there what a GPU would (`parts`), its 16-bit weights, activations and full
+    fine-tuning's gradients and states at 4 bytes in fp32, and transformers' loss over all the logits
+    (CPU_LOSS_BYTES; COEF's GPU-measured bf16 figure in 16 bits), for micro-steps of `tokens` tokens."""
+    from engine.memory.estimate import COEF, GIB, NF4_BYTES
+
+    p = parts(arch, spec, plan, tokens)
+    wide = 2 if dtype == "fp32" else 1
+    nf4 = arch.linear_params * NF4_BYTES / GIB if spec.method == "qlora" else 0  # stays 4-bit
+    scaled = p["weights"] - nf4 + p["activations"] + (p["trainable"] if spec.method == "full" else 0)
+    adapters = p["trainable"] if spec.method != "full" else 0  # fp32 already
+    logit = CPU_LOSS_BYTES if dtype == "fp32" else COEF["loss_v"]
+    loss = tokens * arch.vocab * logit / GIB
+    step = CPU_FIXED_GIB + nf4 + wide * scaled + adapters + p["dequant"] + loss
+    return round(max(plan.peak_ram_gib, step), 2)
 
 
 def fused_loss(arch: Arch, spec, on_gpu: bool) -> bool:
@@ -134,44 +174,49 @@ def verdict(arch: Arch, spec, budget_gib: float | None, host_ram_gib: float | No
     try:
         plan = plan_for(arch, spec, budget_gib, host_ram_gib, dtype)
         return Verdict(True, "", plan, plan.peak_vram_gib, plan.peak_ram_gib, parts(arch, spec, plan))
+    except BudgetTooSmall as e:
+        return Verdict(False, str(e), None, None, None, None, e.need)
     except UserError as e:
         reason = str(e)
     try:  # the GPU budget holds it and host RAM does not: the plan and its figures, not fitting
         plan = plan_for(arch, spec, budget_gib, None, dtype)
-    except UserError:
-        return Verdict(False, reason, None, None, None, None, smallest_budget(arch, spec, dtype))
+    except BudgetTooSmall as e:
+        return Verdict(False, str(e), None, None, None, None, e.need)
     try:  # the reason, for the plan shown
-        offload.check_ram(plan, host_ram_gib)
+        offload.check_ram(plan, host_ram_gib, on_cpu=budget_gib is None)
     except UserError as e:
         reason = str(e)
     return Verdict(False, reason, plan, plan.peak_vram_gib, plan.peak_ram_gib, parts(arch, spec, plan))
 
 
-def parts(arch: Arch, spec, plan: Plan) -> dict:
-    """What holds the plan's peak GPU memory, in GiB (the estimate the plan was made with; they add up to its peak)."""
+def parts(arch: Arch, spec, plan: Plan, tokens: int | None = None) -> dict:
+    """What holds the plan's peak GPU memory, in GiB (the estimate the plan was made with; they add up to its peak),
+    for micro-steps of batch_size x max_seq_length tokens, or of `tokens`."""
     kw = dict(plan.estimate_kw(), **estimate_kw(spec))
-    e = estimate(arch, spec.method, spec.max_seq_length, spec.batch_size, checkpointed_layers=plan.checkpointed,
-                 fused_loss=plan.fused_loss, **kw)  # fmt: skip
+    seq, batch = (tokens, 1) if tokens is not None else (spec.max_seq_length, spec.batch_size)
+    e = estimate(arch, spec.method, seq, batch, checkpointed_layers=plan.checkpointed, fused_loss=plan.fused_loss,
+                 **kw)  # fmt: skip
     return e.parts_gib
 
 
-def smallest_budget(arch: Arch, spec, dtype: str = "bf16") -> float | None:
-    """The smallest VRAM budget (to 0.1 GiB) a plan for `spec` exists for, host RAM aside; None when none does."""
+def smallest_budget(arch: Arch, spec, dtype: str = "bf16", on_gpu=None, tokens=None) -> float | None:
+    """The smallest VRAM budget (a multiple of 0.1 GiB) a plan for `spec` exists for, host RAM aside; None when none
+    does. `on_gpu` and `tokens` as plan_for's."""
 
-    def works(budget):
+    def works(tenths):
         try:
-            plan_for(arch, spec, budget, None, dtype)
+            _plan_for(arch, spec, tenths / 10, None, dtype, on_gpu, tokens)
             return True
         except UserError:
             return False
 
-    low, high = 0.0, float(LARGEST_BUDGET_GIB)
+    low, high = 0, LARGEST_BUDGET_GIB * 10  # in tenths of a GiB: `low` never plans, `high` does
     if not works(high):
         return None
-    while high - low > 0.05:
-        mid = (low + high) / 2
+    while high - low > 1:
+        mid = (low + high) // 2
         low, high = (low, mid) if works(mid) else (mid, high)
-    return math.ceil(round(high * 10, 6)) / 10
+    return high / 10
 
 
 def out_of_memory(exc: BaseException) -> bool:

@@ -121,16 +121,19 @@ def tier_for(vram_gib: float) -> int | None:
 
 def from_plan(plan, base: "Preset | None", spec) -> Preset:
     """The preset for `spec`'s sequence length, batch and rank on the budget `plan` (engine.memory.offload.Plan) was
-    made for: checkpointing and host-RAM offload as the plan has them, one micro-batch per step where the plan updates
-    weights in the backward (engine.memory.grad_release needs it), else 8 sequences per step; the learning rate and its
-    schedule from the tier's preset `base` where there is one."""
+    made for: host-RAM offload as the plan has it, one micro-batch per step where the plan updates weights in the
+    backward (engine.memory.grad_release needs it), else 8 sequences per step; the learning rate and its schedule from
+    the tier's preset `base` where there is one. Checkpointing stays on, also where the plan recomputes no layer:
+    it is the job's setting that has the run plan under its budget (engine.models.loading.plan_memory), which then
+    recomputes the layers the plan says, none there; off, the run plans without a budget (no 16-bit copies of NF4
+    weights, other CUDA graphs), another plan than the one shown."""
     lr = base.learning_rate if base else 2e-5 if spec.method == "full" else 2e-4
     kind = "weights" if plan.streamed else "optimizer" if plan.optimizer_in_host else "none"
     if kind == "none" and plan.offload_activations:
         kind = "activations"
     accum = 1 if plan.grads_released else max(1, 8 // spec.batch_size)
     return Preset(
-        spec.batch_size, accum, spec.max_seq_length, spec.lora_r, spec.lora_alpha, plan.checkpointed > 0, kind,
+        spec.batch_size, accum, spec.max_seq_length, spec.lora_r, spec.lora_alpha, True, kind,
         "adamw_8bit", lr, base.lr_schedule if base else "linear", base.warmup_steps if base else 5,
     )  # fmt: skip
 
