@@ -356,7 +356,7 @@ def method_view(run_id: str):
 
 def history() -> list[list]:
     return [
-        [r.run_id, r.state, f"{r.step}/{r.total_steps}", r.model, f"{r.loss:.4f}" if r.loss else ""]
+        [r.run_id, r.state, f"{r.step}/{r.total_steps}", r.model, f"{r.loss:.4f}" if r.loss is not None else ""]
         for r in api.list_runs()
     ]
 
