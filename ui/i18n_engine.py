@@ -609,6 +609,26 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         "ⓘ {0} из {1} запросов занимают max_seq_length ({2} токенов) или больше, ответ в них не помещается, и они "
         "пропущены. Увеличьте max_seq_length, чтобы сохранить их.",
     ),
+    # the same when nothing is left: the run fails with these (engine.training.preference, grpo)
+    (
+        r"Every prompt is (\d+) tokens or longer, so no pair has a reply within max_seq_length (\d+); raise "
+        r"max_seq_length\.",
+        "每个提示都有 {0} 个或更多 token，因此没有一个偏好对的回复能放进 max_seq_length {1}；请调大 max_seq_length。",
+        "Каждый запрос занимает {0} токенов или больше, поэтому ни в одной паре ответ не помещается в "
+        "max_seq_length {1}; увеличьте max_seq_length.",
+    ),
+    (
+        r"Every prompt is (\d+) tokens or longer, so no reply fits within max_seq_length (\d+); raise "
+        r"max_seq_length\.",
+        "每个提示都有 {0} 个或更多 token，因此任何回复都放不进 max_seq_length {1}；请调大 max_seq_length。",
+        "Каждый запрос занимает {0} токенов или больше, поэтому ни один ответ не помещается в max_seq_length {1}; "
+        "увеличьте max_seq_length.",
+    ),
+    (
+        r"Every pair's chosen and rejected replies are the same, so there is no preference to learn\.",
+        "每个偏好对的选中回复与拒绝回复都相同，因此没有可学习的偏好。",
+        "В каждой паре выбранный и отклонённый ответы одинаковы, поэтому учиться нечему.",
+    ),
     # the Chat tab: a reply that ran out of GPU memory
     (
         r"The GPU ran out of memory for this reply; lower 'Max new tokens' or clear the chat \(the conversation and "
