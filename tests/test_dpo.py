@@ -403,5 +403,5 @@ def test_llamafactory_sharegpt_pairs_are_read_as_the_conversation_and_one_reply_
     wrong = {**row, "rejected": {"from": "human", "value": "No."}}
     path.write_text(json.dumps(row) + "\n" + json.dumps(wrong) + "\n")
     assert api.check_data(str(path), "dpo") == "preference"
-    with pytest.raises(api.UserError, match="row 2: 'rejected' should be the assistant's reply, not a user turn"):
+    with pytest.raises(api.UserError, match="row 2: 'rejected' should be the assistant's reply, not a 'user' turn"):
         check_job(spec_for(tiny_llama, path))

@@ -322,7 +322,7 @@ def sharegpt_pair(row: dict, where: str) -> dict:
     for key in ("chosen", "rejected"):
         out[key] = _turns([row[key]], key, where, sharegpt)
         if out[key][0]["role"] != "assistant":
-            raise UserError(f"{where}: '{key}' should be the assistant's reply, not a {out[key][0]['role']} turn.")
+            raise UserError(f"{where}: '{key}' should be the assistant's reply, not a '{out[key][0]['role']}' turn.")
     return out
 
 
