@@ -369,3 +369,39 @@ def test_content_parts_in_preference_conversations_are_their_text():
         chosen=[{"role": "assistant", "content": "Hello."}],
         rejected=[{"role": "assistant", "content": "Bye."}],
     )
+
+
+def test_llamafactory_sharegpt_pairs_are_read_as_the_conversation_and_one_reply_each(tiny_llama, tmp_path):
+    """LLaMA-Factory's ShareGPT DPO rows ('conversations' turns, 'chosen' and 'rejected' one {from, value} turn each)
+    were refused: "field 'chosen' should be text, not dict". The conversation is the prompt."""
+    from engine.training.preference import to_pair
+    from engine.training.preflight import check_job
+
+    row = dict(
+        conversations=[
+            {"from": "human", "value": "Name a fruit."},
+            {"from": "gpt", "value": "An apple."},
+            {"from": "human", "value": "Another one?"},
+        ],
+        chosen={"from": "gpt", "value": "A pear."},
+        rejected={"from": "gpt", "value": "No."},
+    )
+    assert to_pair(row, 1, "lf.jsonl") == dict(
+        prompt=[
+            {"role": "user", "content": "Name a fruit."},
+            {"role": "assistant", "content": "An apple."},
+            {"role": "user", "content": "Another one?"},
+        ],
+        chosen=[{"role": "assistant", "content": "A pear."}],
+        rejected=[{"role": "assistant", "content": "No."}],
+    )
+    path = tmp_path / "lf.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    assert api.inspect_data(str(path))["format"] == "preference"  # the Data tab's auto, not ShareGPT chat
+    with pytest.raises(api.UserError, match="this dataset is preference. It suits DPO or ORPO"):
+        api.check_data(str(path), "sft")
+    wrong = {**row, "rejected": {"from": "human", "value": "No."}}
+    path.write_text(json.dumps(row) + "\n" + json.dumps(wrong) + "\n")
+    assert api.check_data(str(path), "dpo") == "preference"
+    with pytest.raises(api.UserError, match="row 2: 'rejected' should be the assistant's reply, not a 'user' turn"):
+        check_job(spec_for(tiny_llama, path))

@@ -51,6 +51,11 @@ def record_columns(completions, prompts, **columns):
     return [0.0] * len(completions)
 
 
+def no_score(completions, prompts, **columns):
+    """A custom reward that scores nothing: importable as test_grpo:no_score."""
+    return [None if n % 2 else float("nan") for n in range(len(completions))]
+
+
 @pytest.fixture
 def prompts_file(tmp_path):
     path = tmp_path / "prompts.jsonl"
@@ -487,3 +492,31 @@ def test_grpo_prompts_of_turns_are_checked_before_the_run_starts(tiny_llama, tmp
         "prompt": [{"role": "user", "content": "What is 2+2?"}],
         "answer": "4",
     }
+
+
+def test_a_custom_reward_that_gives_no_number_is_named_in_one_sentence(tiny_llama, prompts_file, tmp_path):
+    """A Python reward returning only None/NaN made the loss NaN, and the run failed with advice to lower the
+    learning rate; now the sentence names the function. None for some replies stays TRL's business while another
+    reward scores them."""
+    from engine.training.grpo import for_trl
+
+    spec = api.JobSpec(
+        model=str(tiny_llama),
+        data=str(prompts_file),
+        objective="grpo",
+        rewards=({"preset": "python", "function": "test_grpo:no_score"},),
+        num_generations=2,
+        max_new_tokens=2,
+        batch_size=2,
+        max_steps=1,
+        lora_r=8,
+        lora_alpha=8,
+        max_seq_length=64,
+        device="cpu",
+        seed=0,
+    )
+    (run_dir := tmp_path / "run").mkdir()
+    with pytest.raises(api.UserError, match="reward function 'test_grpo:no_score' returned no number for any of"):
+        train(spec, run_dir, RunLog(run_dir), False, lambda: False, print)
+    both = for_trl(rewards.build([{"preset": "python", "function": "test_grpo:no_score"}, {"preset": "length"}]), [])
+    assert [f(prompts=["q", "q"], completions=["a", "bb"]) for f in both][1] == [1.0, 1.0]

@@ -289,14 +289,33 @@ def test_run_notes_chat_context_and_column_clashes_are_translated():
             reply_room(300, 16, 256, limit)
         shown.append(f"**Not sent:** {info.value}")
     short = SimpleNamespace(model=SimpleNamespace(config=LlamaConfig(max_position_embeddings=8)))
+    long_pair = preference.to_pair(dict(prompt="word " * 99, chosen="a", rejected="b"), 1, "p.jsonl")
+    failures = [  # the sentences a DPO/ORPO or GRPO run fails with when nothing is left to train on
+        lambda: preference.without_ties([{**pair, "rejected": pair["chosen"]}], print),
+        lambda: preference.fit_pairs([long_pair], make_tokenizer(), 64, "p.jsonl", print),
+        lambda: grpo.fit_prompts(prompts[:1], make_tokenizer(), 64, "p.jsonl", print),
+        lambda: grpo.for_trl([("python", 1.0, lambda completions, prompts: [None])], [])[0](["q"], ["a"]),
+    ]
+    for fail in failures:
+        with pytest.raises(UserError) as info:
+            fail()
+        shown.append(str(info.value))
+    lf_pair = dict(  # LLaMA-Factory's ShareGPT pair
+        conversations=[{"from": "human", "value": "Hi"}],
+        chosen={"from": "gpt", "value": "Hello."},
+        rejected={"from": "gpt", "value": "No."},
+    )
     refusals = [
         lambda: ChatModel.room(short, list(range(9)), 16),
         lambda: formats.map_columns({"q": 1, "question": 2}, {"q": "instruction", "question": "instruction"}, 1, "d"),
         lambda: formats.map_columns({"instruction": 1, "question": 2}, {"question": "instruction"}, 1, "d.jsonl"),
         lambda: formats.parse_map(["q=instruction, q=output"]),
         lambda: check_target("me/Нова", token="x"),
+        lambda: formats.sharegpt_pair({**lf_pair, "rejected": {"from": "human", "value": "No."}}, "d.jsonl: row 2"),
+        lambda: formats.sharegpt_pair({**lf_pair, "prompt": "Hi"}, "d.jsonl: row 3"),
     ]
     leads = ["**Not sent:** ", "**Cannot use this dataset:** ", "**Cannot use this dataset:** ", "", ""]
+    leads += ["**Cannot use this dataset:** "] * 2
     for lead, refuse in zip(leads, refusals, strict=True):
         with pytest.raises(UserError) as info:
             refuse()

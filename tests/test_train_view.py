@@ -218,3 +218,24 @@ def test_a_large_number_out_of_range_is_shown_as_typed():
             assert str(e).endswith(shown), str(e)
         else:
             raise AssertionError(f"{values} was accepted")
+
+
+def test_history_shows_a_loss_of_zero_and_leaves_only_a_missing_loss_blank(monkeypatch, tmp_path):
+    """GRPO's loss is often exactly 0.0: the run history shows it as a number; a run with no step yet shows none."""
+    runs = [
+        api.RunStatus("grpo", tmp_path, "done", "", 4, 4, metrics=[{"step": 4, "loss": 0.0}], started=time.time()),
+        api.RunStatus("new", tmp_path, "starting", "", 0, 4, started=time.time()),
+    ]
+    monkeypatch.setattr(api, "list_runs", lambda: runs)
+    assert [row[4] for row in train_tab.history()] == ["0.0000", ""]
+    assert [row[4] for row in train_live.history_rows()] == ["0.0000", ""]
+
+
+def test_objective_plot_leaves_out_a_missing_point_rather_than_drawing_it_at_zero(monkeypatch, tmp_path):
+    metrics = [{"step": 1, "loss": 0.0}, {"step": 2, "loss": 0.0, "reward_mean": 0.5, "reward_std": 0.1}]
+    monkeypatch.setattr(api, "poll", lambda run: api.RunStatus("grpo", tmp_path, "done", "", 2, 2, metrics=metrics))
+    frame = train_tab.method_view("grpo")["value"]
+    assert list(zip(frame["step"], frame["value"], frame["series"], strict=True)) == [
+        (2, 0.5, "reward mean"),
+        (2, 0.1, "reward std"),
+    ]

@@ -153,6 +153,16 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         "сообщений) с общими первыми репликами. Добавьте колонку prompt или сопоставьте её (например, "
         "question=prompt).",
     ),
+    (  # LLaMA-Factory's ShareGPT pairs (engine.data.formats.sharegpt_pair)
+        ROW + r": '(.+?)' should be the assistant's reply, not a '(.+?)' turn\.",
+        "{0}：第 {1} 行的 '{2}' 应是助手的回复，而不是 '{3}' 轮次。",
+        "{0}: строка {1}: '{2}' должен быть ответом ассистента, а не репликой '{3}'.",
+    ),
+    (
+        ROW + r" has both 'prompt' and 'conversations'; keep one of them as the prompt\.",
+        "{0}：第 {1} 行同时有 'prompt' 和 'conversations'；只保留其中一个作为提示。",
+        "{0}: в строке {1} есть и 'prompt', и 'conversations'; оставьте что-то одно в качестве запроса.",
+    ),
     (  # the same for GRPO's prompts and DPO/ORPO's pairs
         ROW + r" has fields (.*) which match no known format; use a 'prompt' column \(and the columns your rewards "
         r"read\), or map yours \(e\.g\. question=prompt\)\.",
@@ -609,6 +619,33 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         "调大 max_seq_length 可保留它们。",
         "ⓘ {0} из {1} запросов занимают max_seq_length ({2} токенов) или больше, ответ в них не помещается, и они "
         "пропущены. Увеличьте max_seq_length, чтобы сохранить их.",
+    ),
+    # the same when nothing is left: the run fails with these (engine.training.preference, grpo)
+    (
+        r"The reward function '(.+?)' returned no number for any of (\d+) replies \(only None or NaN\); make it "
+        r"return a float for each reply\.",
+        "奖励函数 '{0}' 对全部 {1} 个回复都没有返回数值（只有 None 或 NaN）；请让它为每个回复返回一个浮点数。",
+        "Функция награды '{0}' не вернула ни одного числа для {1} ответов (только None или NaN); пусть она "
+        "возвращает число для каждого ответа.",
+    ),
+    (
+        r"Every prompt is (\d+) tokens or longer, so no pair has a reply within max_seq_length (\d+); raise "
+        r"max_seq_length\.",
+        "每个提示都有 {0} 个或更多 token，因此没有一个偏好对的回复能放进 max_seq_length {1}；请调大 max_seq_length。",
+        "Каждый запрос занимает {0} токенов или больше, поэтому ни в одной паре ответ не помещается в "
+        "max_seq_length {1}; увеличьте max_seq_length.",
+    ),
+    (
+        r"Every prompt is (\d+) tokens or longer, so no reply fits within max_seq_length (\d+); raise "
+        r"max_seq_length\.",
+        "每个提示都有 {0} 个或更多 token，因此任何回复都放不进 max_seq_length {1}；请调大 max_seq_length。",
+        "Каждый запрос занимает {0} токенов или больше, поэтому ни один ответ не помещается в max_seq_length {1}; "
+        "увеличьте max_seq_length.",
+    ),
+    (
+        r"Every pair's chosen and rejected replies are the same, so there is no preference to learn\.",
+        "每个偏好对的选中回复与拒绝回复都相同，因此没有可学习的偏好。",
+        "В каждой паре выбранный и отклонённый ответы одинаковы, поэтому учиться нечему.",
     ),
     # the Chat tab: a reply that ran out of GPU memory
     (

@@ -108,7 +108,7 @@ def history_rows() -> list[list]:
                 r.state,
                 f"{r.step}/{r.total_steps}",
                 r.model,
-                f"{r.loss:.4f}" if r.loss else "",
+                f"{r.loss:.4f}" if r.loss is not None else "",
                 started,
                 duration(elapsed_s(r)) if r.started else "",
             ]

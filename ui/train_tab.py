@@ -337,26 +337,23 @@ def method_view(run_id: str):
         metrics = api.poll(run_id).metrics if run_id else []
     except api.UserError:
         metrics = []
-    steps = [m["step"] for m in metrics]
     if metrics and "reward_mean" in metrics[-1]:
         series = {"reward mean": "reward_mean", "reward std": "reward_std"}
     elif metrics and "margin" in metrics[-1]:
         series = {"margin (chosen − rejected)": "margin"}
     else:
         return gr.update(value=EMPTY_PLOT, visible=False)
-    frame = pd.DataFrame(
-        {
-            "step": steps * len(series),
-            "value": [m.get(key, 0.0) for key in series.values() for m in metrics],
-            "series": [i18n.say(name) for name in series for _ in steps],
-        }
-    )
+    # a step without the value is left out: drawn at 0 it would read as a real margin or reward of 0
+    points = [
+        (m["step"], m[key], i18n.say(name)) for name, key in series.items() for m in metrics if m.get(key) is not None
+    ]
+    frame = pd.DataFrame(points, columns=["step", "value", "series"])
     return gr.update(value=frame, visible=True)
 
 
 def history() -> list[list]:
     return [
-        [r.run_id, r.state, f"{r.step}/{r.total_steps}", r.model, f"{r.loss:.4f}" if r.loss else ""]
+        [r.run_id, r.state, f"{r.step}/{r.total_steps}", r.model, f"{r.loss:.4f}" if r.loss is not None else ""]
         for r in api.list_runs()
     ]
 

@@ -6,6 +6,7 @@ Formats (what `detect_format` returns):
   chatml      {"messages": [{"role": "user"|"assistant"|"system", "content"}]}  (OpenAI / ChatML style)
   raw         {"text"}                                          (continued pretraining)
   preference  {"prompt", "chosen", "rejected"}                  (DPO / ORPO; plain text or message lists)
+              {"conversations", "chosen": {"from", "value"}, "rejected": {...}}   (LLaMA-Factory's ShareGPT pairs)
   prompt      {"prompt"}                                        (RL prompts)
 Every problem with a row names the file, the 1-based row and the field. Reading files is engine.data.reading's,
 tokenizing engine.data.tokenizing's, the Data tab's summary engine.data.inspection's.
@@ -112,6 +113,8 @@ def row_format(row: dict, prefer: tuple[str, ...] = ()) -> str | None:
     (HuggingFaceH4/ultrafeedback_binarized) keeps the chosen conversation as 'messages' too, which else says chatml."""
     keys = set(row)
     if "preference" in prefer and {"chosen", "rejected"} <= keys:
+        return "preference"
+    if {"chosen", "rejected"} <= keys and isinstance(row["chosen"], dict):  # LLaMA-Factory's ShareGPT pairs
         return "preference"
     if "messages" in keys:
         return "chatml"
@@ -304,6 +307,25 @@ def prompt_turns(row: dict, where: str) -> list[dict]:
     return [{"role": "user", "content": _text(row, "prompt", where)}]
 
 
+def sharegpt_pair(row: dict, where: str) -> dict:
+    """LLaMA-Factory's ShareGPT preference row ('conversations' turns, then 'chosen' and 'rejected' as one turn each,
+    all {"from", "value"}) as prompt/chosen/rejected message lists; any other row as it is."""
+    turns, chosen, rejected = row.get("conversations"), row.get("chosen"), row.get("rejected")
+    if not (isinstance(turns, list) and isinstance(chosen, dict) and isinstance(rejected, dict)):
+        return row
+    if not _empty(row.get("prompt")):
+        raise UserError(f"{where} has both 'prompt' and 'conversations'; keep one of them as the prompt.")
+    first = turns[0] if turns and isinstance(turns[0], dict) else {}
+    sharegpt = "role" not in first  # Unsloth's standardize_sharegpt keeps the column with role/content turns
+    out = {k: v for k, v in row.items() if k != "conversations"}
+    out["prompt"] = _turns(turns, "conversations", where, sharegpt)
+    for key in ("chosen", "rejected"):
+        out[key] = _turns([row[key]], key, where, sharegpt)
+        if out[key][0]["role"] != "assistant":
+            raise UserError(f"{where}: '{key}' should be the assistant's reply, not a '{out[key][0]['role']}' turn.")
+    return out
+
+
 def validate_row(row: dict, fmt: str, row_no: int, source: str) -> None:
     """Raise a UserError naming the row and field when a row of `fmt` is unusable."""
     where = f"{source}: row {row_no}"
@@ -314,6 +336,7 @@ def validate_row(row: dict, fmt: str, row_no: int, source: str) -> None:
     elif fmt == "prompt":
         prompt_turns(row, where)
     elif fmt == "preference":
+        row = sharegpt_pair(row, where)
         prompt = None if _empty(row.get("prompt")) else row["prompt"]
         for key in ("chosen", "rejected"):
             value = row.get(key)

@@ -22,6 +22,7 @@ plain transformers `generate` on the training model (in eval mode, so with its K
 `TUNESMITH_GRPO_SAMPLER=engine|trl` forces one; the run log says which runs and why.
 """
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -100,15 +101,39 @@ def text_of(value) -> str:
     return value if isinstance(value, str) else value[-1]["content"]
 
 
-def for_trl(name: str, score, columns: list[str]):
-    """A reward in TRL's calling convention around one of ours (plain-text replies and prompts, dataset columns)."""
+def _is_number(value) -> bool:
+    """A finite number of any kind (float, int, numpy or a one-element tensor)."""
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
-    def reward(prompts, completions, **kwargs):
-        data = {c: kwargs[c] for c in columns if c in kwargs}
-        return score([text_of(c) for c in completions], [text_of(p) for p in prompts], **data)
 
-    reward.__name__ = name  # TRL logs rewards/<name>/mean
-    return reward
+def for_trl(rewards: list[tuple[str, float, object]], columns: list[str]) -> list:
+    """The job's rewards in TRL's calling convention (plain-text replies and prompts, dataset columns)."""
+    unscored: list[str] = []  # this batch's rewards that gave no number so far; TRL calls them in order
+    funcs = []
+    for i, (name, _, score) in enumerate(rewards):
+
+        def reward(prompts, completions, _name=name, _score=score, _at=i, **kwargs):
+            data = {c: kwargs[c] for c in columns if c in kwargs}
+            if _at == 0:
+                unscored.clear()
+            out = _score([text_of(c) for c in completions], [text_of(p) for p in prompts], **data)
+            # TRL reads None as "no score for this reply", fine while another reward scores it; a batch that no
+            # reward scored ends in a NaN loss, which would be blamed on the learning rate
+            if not any(_is_number(r) for r in out):
+                unscored.append(f"{_score.__module__}:{_score.__name__}" if _name.startswith("python") else _name)
+            if _at == len(rewards) - 1 and len(unscored) == len(rewards):
+                raise UserError(
+                    f"The reward function '{', '.join(unscored)}' returned no number for any of {len(out)} replies "
+                    "(only None or NaN); make it return a float for each reply."
+                )
+            return out
+
+        reward.__name__ = name  # TRL logs rewards/<name>/mean
+        funcs.append(reward)
+    return funcs
 
 
 def sample_with_cache(model) -> None:
@@ -261,7 +286,7 @@ def train_grpo(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> N
         warnings.filterwarnings("ignore", "You are using 'rollout_func'")  # TRL 1.15 calls the hook experimental
         trainer = GRPOTrainer(
             model=model,
-            reward_funcs=[for_trl(name, score, columns) for name, _, score in rewards],
+            reward_funcs=for_trl(rewards, columns),
             args=args,
             train_dataset=prompt_dataset(rows),
             processing_class=tok,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from engine.core.errors import UserError
 from engine.core.hardware import choose_placement
-from engine.data.formats import chat_turns, transcript_turns, validate_row, whole_conversation
+from engine.data.formats import chat_turns, sharegpt_pair, transcript_turns, validate_row, whole_conversation
 from engine.data.tokenizing import length_notes, render
 from engine.spec.objectives import read_rows
 from engine.training.steps import total_steps
@@ -43,6 +43,7 @@ def to_pair(row: dict, row_no: int, source: str, system_prompt: str = "") -> dic
 
     where = f"{source}: row {row_no}"
     validate_row(row, "preference", row_no, source)
+    row = sharegpt_pair(row, where)  # LLaMA-Factory's ShareGPT pairs: the conversation is the prompt
     prompt, chosen, rejected = (
         chat_turns(row[k], k, where) if isinstance(row.get(k), list) else row.get(k)
         for k in ("prompt", "chosen", "rejected")
