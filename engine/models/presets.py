@@ -14,6 +14,7 @@ import yaml
 
 from engine.core.errors import UserError
 from engine.memory.estimate import ESTIMATE_SLACK, Arch, estimate
+from engine.spec.jobspec import USUAL_LR
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "presets"
 TIERS = (6, 8, 12, 16, 24, 48, 80)
@@ -127,7 +128,7 @@ def from_plan(plan, base: "Preset | None", spec) -> Preset:
     it is the job's setting that has the run plan under its budget (engine.models.loading.plan_memory), which then
     recomputes the layers the plan says, none there; off, the run plans without a budget (no 16-bit copies of NF4
     weights, other CUDA graphs), another plan than the one shown."""
-    lr = base.learning_rate if base else 2e-5 if spec.method == "full" else 2e-4
+    lr = base.learning_rate if base else USUAL_LR[spec.method]
     kind = "weights" if plan.streamed else "optimizer" if plan.optimizer_in_host else "none"
     if kind == "none" and plan.offload_activations:
         kind = "activations"
