@@ -741,3 +741,28 @@ def test_a_run_process_taking_its_command_line_reads_as_running(tiny_llama, iden
     finally:
         run.kill()
         run.wait()
+
+
+def test_a_phi3_run_puts_adapters_on_its_fused_projections(identity_file, runs, tmp_path):
+    """Phi-3 and Phi-4 fuse q/k/v into qkv_proj and gate/up into gate_up_proj. The default targets name the Llama
+    family's seven projections, so such a run trained adapters on o_proj and down_proj alone, two of seven, said in
+    one log line. A fused projection is a target where every name it fuses is one."""
+    import torch
+    from tiny import make_tokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tok = make_tokenizer()
+    cfg = AutoConfig.for_model(
+        "phi3", vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id, bos_token_id=None,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = tmp_path / "tiny-phi3"
+    AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).save_pretrained(model)
+    tok.save_pretrained(model)
+    st = wait_for(api.start(spec_for(model, identity_file, max_steps=2, device="cpu")))
+    assert st.state == "done", log_of(st)
+    adapted = json.loads((st.run_dir / "adapter" / "adapter_config.json").read_text())["target_modules"]
+    assert sorted(adapted) == ["down_proj", "gate_up_proj", "o_proj", "qkv_proj"]
+    assert "this model has no" not in (st.run_dir / "log.txt").read_text()

@@ -151,6 +151,11 @@ def load_model(path: Path, placement: Placement, four_bit: bool = False, trust_r
     return model
 
 
+# a projection some families fuse (Phi-3, Phi-4: qkv_proj, gate_up_proj) gets an adapter where every name it fuses
+# is a target: the default targets name the Llama family's, which alone left those models two of their seven
+FUSED_TARGETS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+
+
 def add_lora(model, spec, log=print):
     """Wrap `model` with PEFT LoRA adapters on the spec's target modules that the model has."""
     from peft import LoraConfig, get_peft_model
@@ -158,7 +163,9 @@ def add_lora(model, spec, log=print):
     from engine.models.experts import lora_options
 
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    targets = [t for t in spec.target_modules if t in present]
+    asked = set(spec.target_modules)
+    fused = [f for f, parts in FUSED_TARGETS.items() if set(parts) <= asked and f not in asked]
+    targets = [t for t in [*spec.target_modules, *fused] if t in present]
     moe = lora_options(model, spec, log)
     if not targets and not moe.get("target_parameters"):
         import torch
@@ -169,7 +176,8 @@ def add_lora(model, spec, log=print):
             f"None of the LoRA target modules {list(spec.target_modules)} exist in this model; its "
             f"linear layers are named {sorted(linear - {'lm_head'})}."
         )
-    skipped = sorted(set(spec.target_modules) - set(targets))
+    covered = {part for f in targets for part in FUSED_TARGETS.get(f, ())}
+    skipped = sorted(asked - set(targets) - covered)
     if skipped and not moe.get("target_parameters"):
         log(f"lora: this model has no {skipped}; adapters go on {targets}")
     config = LoraConfig(
