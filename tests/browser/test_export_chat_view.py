@@ -119,8 +119,8 @@ def test_finished_exports_leave_no_defunct_process(page, server, trained):  # no
 
 def test_chat_keeps_the_question_lists_new_runs_and_orders_the_compare_line(page, server, trained, tiny_llama):  # noqa: F811
     """Item 9: Send with no run picked keeps the typed question and says what to pick; an empty message is not
-    sent; a run that finished after the page loaded is in the Chat and Export lists without a Refresh; the compare
-    line names the base model first, as the panels do."""
+    sent; a run that finished after the page loaded is in the Chat, Export and Evaluate lists without a Refresh (and a
+    GGUF file exported since, in Evaluate's); the compare line names the base model first, as the panels do."""
     from helpers import tiny_spec, wait_for
 
     from engine import api
@@ -145,6 +145,15 @@ def test_chat_keeps_the_question_lists_new_runs_and_orders_the_compare_line(page
     page.get_by_label("Run", exact=True).last.click()
     page.get_by_role("option", name=late.run_id).wait_for(timeout=10_000)
     page.get_by_label("Run", exact=True).last.press("Escape")
+    gguf = server[1] / "exports" / "late" / "late-q8_0.gguf"  # an export made since the page loaded
+    gguf.parent.mkdir(parents=True, exist_ok=True)
+    gguf.write_bytes(b"GGUF")
+    tab(page, "Evaluate")
+    lists = (("Runs to evaluate", late.run_id), ("GGUF files", str(gguf)), ("Runs to compare", late.run_id))
+    for label, option in lists:
+        page.get_by_label(label).click()
+        page.get_by_role("option", name=option).wait_for(timeout=10_000)
+        page.get_by_label(label).press("Escape")
 
     tab(page, "Chat")
     pick(page, "Run, GGUF file or model", trained.run_id)
