@@ -205,7 +205,9 @@ def compare(
 def build() -> dict:
     with gr.Tab("Chat") as tab:
         with gr.Row():
-            source = gr.Dropdown(chat_choices(), label="Run, GGUF file or model", allow_custom_value=True)
+            # nothing picked at first (Gradio would pick the first choice): a pick fills the run's system prompt and
+            # sliders, which a run shown picked when the page loads would go without
+            source = gr.Dropdown(chat_choices(), value=None, label="Run, GGUF file or model", allow_custom_value=True)
             refresh = gr.Button("Refresh runs")
             load_btn = gr.Button("Load")
         loaded = gr.Markdown()

@@ -246,3 +246,50 @@ def test_histogram_renders_in_numeric_order_and_the_preview_pages(page, tiny_lla
     page.get_by_role("button", name="Next example ▶").click()
     page.get_by_text("showing example 2 of 6").wait_for()
     page.get_by_text("Question 5?").first.wait_for()
+
+
+@pytest.fixture
+def restarted(tiny_llama, tmp_path_factory):
+    """The app started over a workspace that holds a finished run trained with a system prompt: yields (url, run)."""
+    from conftest import IDENTITY_ANSWER, IDENTITY_QUESTIONS
+    from helpers import tiny_spec, wait_for
+    from test_app_browser import serve
+
+    from engine import api
+
+    runs = tmp_path_factory.mktemp("restarted") / "runs"
+    data = runs.parent / "identity.jsonl"
+    data.write_text(
+        "".join(json.dumps({"instruction": q, "output": IDENTITY_ANSWER}) + "\n" for q in IDENTITY_QUESTIONS)
+    )
+    run = wait_for(
+        api.start(tiny_spec(tiny_llama, data, max_steps=1, name="sys", system_prompt="You are Nova."), runs=runs)
+    )
+    for url, _ in serve(tmp_path_factory, TUNESMITH_RUNS=str(runs)):
+        yield url, run
+
+
+def test_after_a_restart_no_run_is_picked_without_its_settings(browser, restarted):  # noqa: F811
+    """After a restart the Chat tab showed the first finished run picked, with an empty System prompt box and greedy
+    sliders (a pick's settings are filled only when the user picks), so "Who are you?" went without the system turn
+    the run learned its replies after; the Export tab had it picked with every format offered (a LoRA adapter for a
+    full fine-tune too). Nothing is picked until the user picks, which fills its settings."""
+    url, run = restarted
+    fresh = browser.new_page(viewport={"width": 1280, "height": 1000})
+    try:
+        fresh.goto(url)
+        tab(fresh, "Chat")
+        source = fresh.get_by_label("Run, GGUF file or model")
+        assert source.input_value() == "", "a run is shown picked without its system prompt"
+        source.click()
+        fresh.get_by_role("option", name=run.run_id).click(timeout=10_000)
+        system = fresh.get_by_label("System prompt")
+        for _ in range(100):
+            if system.input_value() == "You are Nova.":
+                break
+            time.sleep(0.1)
+        assert system.input_value() == "You are Nova."
+        tab(fresh, "Export")
+        assert fresh.get_by_label("Run", exact=True).last.input_value() == ""
+    finally:
+        fresh.close()
