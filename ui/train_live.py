@@ -144,6 +144,16 @@ def watch(run_id: str, seen_active: str):
     return gr.update(), table, active, gr.update()
 
 
+def notice_after(run_id: str):
+    """The note under the buttons once the run in view has ended: cleared, for a second Start's "Run X is still
+    training; cancel it or wait" is no longer true; kept while it trains."""
+    try:
+        ended = not run_id or api.poll(run_id).finished
+    except api.UserError:
+        ended = True  # deleted or damaged meanwhile: it trains no more
+    return "" if ended else gr.update()
+
+
 def cancel_now(run_id: str):
     """Ask the run (or, with none chosen, the active run) to stop; says so at once. Returns (run id, status, timer).
     The checkpoint is saved by the run at the end of its step; `finish_cancel` waits for that."""

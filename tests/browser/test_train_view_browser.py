@@ -72,6 +72,18 @@ def test_1_the_view_follows_the_active_run(page, server, tiny_llama, identity_fi
     cancel_and_wait(page)
 
 
+def test_the_note_of_a_second_start_goes_when_the_run_it_names_ends(page, server, tiny_llama, identity_file):
+    """The note 'Not started: Run X is still training; cancel it or wait' stayed under the buttons after X was
+    cancelled (or had finished): the note is cleared once the run in view has ended."""
+    start_long_run(page, tiny_llama, identity_file)
+    page.get_by_role("button", name="Start training").click()
+    note = page.get_by_text("is still training").first
+    note.wait_for()
+    cancel_and_wait(page)
+    note.wait_for(state="hidden", timeout=10_000)
+    shot(page, "train-busy-note-cleared")
+
+
 def test_4_every_setting_with_help_saved_loaded_and_as_a_command(page, server, tiny_llama, identity_file, tmp_path):
     choose_model(page, tiny_llama)
     use_identity_data(page, identity_file)
