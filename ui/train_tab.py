@@ -544,7 +544,10 @@ def build(model_inputs: list, data_inputs: list) -> dict:
     )
     log_btn.click(show_log, run_id, log)
     refresh.click(train_live.history_table, run_id, table)
-    table.select(pick, table, run_id).then(view, run_id, [status, plot, timer]).then(method_view, run_id, method_plot)
+    picked = table.select(pick, table, run_id).then(view, run_id, [status, plot, timer])
+    picked.then(method_view, run_id, method_plot)
+    # the progress bar and plots too: no timer ticks for a finished run, so they kept the run shown before
+    picked.then(train_live.live_view, run_id, [progress, speed_plot, memory_plot])
     run_id.change(train_live.history_table, run_id, table)
     resume_btn.click(resume, run_id, [run_id, status, timer])
     delete_btn.click(train_live.ask_delete, run_id, [confirm_box, confirm_text, status])

@@ -84,6 +84,26 @@ def test_the_note_of_a_second_start_goes_when_the_run_it_names_ends(page, server
     shot(page, "train-busy-note-cleared")
 
 
+def test_a_run_picked_in_the_history_shows_its_own_progress(page, server, tiny_llama, identity_file):
+    """Picking a finished run in the history changed the status line to it, but the progress bar (its step count and
+    elapsed time) and the speed and memory plots stayed the run shown before, as no timer ticks for a finished run."""
+    from helpers import tiny_spec, wait_for
+
+    from engine import api
+
+    short, longer = (
+        wait_for(api.start(tiny_spec(tiny_llama, identity_file, max_steps=n, name=f"s{n}"), runs=server[1] / "runs"))
+        for n in (2, 3)
+    )
+    tab(page, "Train")
+    page.get_by_text("Run history").click()
+    for run, steps in ((longer, 3), (short, 2)):
+        history_cell(page, run.run_id).click()
+        page.get_by_text(re.compile(rf"^done · step {steps}/{steps}")).wait_for(timeout=30_000)
+        page.get_by_text(re.compile(rf"^step {steps}/{steps} · 100% · elapsed")).wait_for(timeout=10_000)
+    shot(page, "train-history-pick-progress")
+
+
 def test_4_every_setting_with_help_saved_loaded_and_as_a_command(page, server, tiny_llama, identity_file, tmp_path):
     choose_model(page, tiny_llama)
     use_identity_data(page, identity_file)
