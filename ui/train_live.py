@@ -43,9 +43,10 @@ def duration(seconds: float) -> str:
 
 
 def elapsed_s(st) -> float:
-    """Seconds since the run folder was made, up to now or, for a finished run, to its end."""
+    """Seconds the run has been worked on: since its folder was made, up to now or, for a finished run, to its end,
+    less the time it lay cancelled or failed before a resume."""
     end = st.updated if st.finished and st.updated else time.time()
-    return max(0.0, end - st.started) if st.started else 0.0
+    return max(0.0, end - st.started - st.idle_s) if st.started else 0.0
 
 
 def remaining_s(metrics: list[dict], total: int) -> float | None:
