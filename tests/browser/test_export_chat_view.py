@@ -293,3 +293,14 @@ def test_after_a_restart_no_run_is_picked_without_its_settings(browser, restarte
         assert fresh.get_by_label("Run", exact=True).last.input_value() == ""
     finally:
         fresh.close()
+
+
+def test_chat_with_this_run_opens_the_chat_tab_with_the_run(page, trained):  # noqa: F811
+    """The Train tab's "Chat with this run" set the Chat tab's run and left the user on the Train tab, where nothing
+    changed: it opens the Chat tab."""
+    tab(page, "Train")
+    page.get_by_text("Run history").click()
+    page.get_by_text(trained.run_id, exact=True).locator("visible=true").first.click()
+    page.get_by_role("button", name="Chat with this run").click()
+    page.get_by_role("tab", name="Chat", selected=True).wait_for(timeout=10_000)
+    assert page.get_by_label("Run, GGUF file or model").input_value() == trained.run_id
