@@ -10,7 +10,7 @@ import pandas as pd
 
 from engine import api
 from ui import i18n, train_live, train_settings
-from ui.chat_tab import TAB_ELEM, unload
+from ui.chat_tab import TAB_ELEM, chat_choices, unload
 from ui.data_tab import parse_mapping
 from ui.eval_tab import validation_lines, with_validation
 
@@ -597,4 +597,5 @@ def wire_chat(train: dict, chat_source) -> None:
     Train tab, the user saw nothing happen. The tab is opened in the page (a gr.Tabs around the tabs, to select one
     from Python, relabelled the Chat tab's button in Gradio 6.31)."""
     opens_chat = f"(run) => {{ document.getElementById('{TAB_ELEM}-button')?.click(); return run; }}"
-    train["chat_btn"].click(lambda r: gr.Dropdown(choices=[r], value=r), train["run_id"], chat_source, js=opens_chat)
+    picked = lambda r: gr.Dropdown(choices=chat_choices(), value=r)  # noqa: E731 (the whole list, as the tab shows)
+    train["chat_btn"].click(picked, train["run_id"], chat_source, js=opens_chat)
