@@ -378,6 +378,7 @@ def delete(run_id: str):
     try:
         if not run_id:
             raise api.UserError("Pick a run in the history first.")
+        unload()  # the Chat tab's model, which may be this run's: it would go on answering from a deleted run
         api.delete_run(run_id)
     except api.UserError as e:
         return run_id, i18n.say(f"**Not deleted:** {e}"), history()
