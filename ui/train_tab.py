@@ -481,7 +481,10 @@ def build(model_inputs: list, data_inputs: list) -> dict:
         with gr.Row():
             plot = gr.LinePlot(EMPTY_PLOT, x="step", y="loss", color="series", label="Loss")
             speed_plot = gr.LinePlot(EMPTY_PLOT, x="step", y="tokens_per_s", label="Tokens/s", y_title="tokens/s")
-            memory_plot = gr.LinePlot(EMPTY_PLOT, x="step", y="memory_gb", label="Memory (GB)", y_title="GB")
+            # from 0: a flat line scaled to its own width read 0.5210, 0.5215, ... GB
+            memory_plot = gr.LinePlot(
+                EMPTY_PLOT, x="step", y="memory_gb", label="Memory (GB)", y_title="GB", y_lim=[0, None]
+            )
         method_plot = gr.LinePlot(EMPTY_PLOT, x="step", y="value", color="series", label="Method metric", visible=False)
         timer = gr.Timer(1.0, active=False)
         watch_timer = gr.Timer(2.0)  # follows a run started elsewhere or before a reload; refreshes the history

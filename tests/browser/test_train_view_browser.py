@@ -174,6 +174,9 @@ def test_5_progress_bar_times_and_speed_and_memory_charts(page, server, tiny_lla
     for name in ("Tokens/s", "Memory (GB)"):
         chart = page.locator(".block").filter(has=page.get_by_text(name, exact=True)).last
         assert coloured_pixels(chart) > 100, f"the {name} line is not drawn"
+    # a flat memory line was scaled to its own width: ticks 0.5210, 0.5215, ... GB; the axis starts at 0
+    memory = page.locator(".block").filter(has=page.get_by_text("Memory (GB)", exact=True)).last
+    assert not re.search(r"\d\.\d{3,}", memory.inner_text()), memory.inner_text()
     cancel_and_wait(page)
 
 
