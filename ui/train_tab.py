@@ -600,6 +600,8 @@ def wire_chat(train: dict, chat_source) -> None:
     """ "Chat with this run" picks the run in the Chat tab (built after this one) and opens that tab: left on the
     Train tab, the user saw nothing happen. The tab is opened in the page (a gr.Tabs around the tabs, to select one
     from Python, relabelled the Chat tab's button in Gradio 6.31)."""
-    opens_chat = f"(run) => {{ document.getElementById('{TAB_ELEM}-button')?.click(); return run; }}"
     picked = lambda r: gr.Dropdown(choices=chat_choices(), value=r)  # noqa: E731 (the whole list, as the tab shows)
-    train["chat_btn"].click(picked, train["run_id"], chat_source, js=opens_chat)
+    # the tab opens once the run is picked: its own refresh as it opens would otherwise race the pick
+    train["chat_btn"].click(picked, train["run_id"], chat_source).then(
+        None, js=f"() => {{ document.getElementById('{TAB_ELEM}-button')?.click(); }}"
+    )

@@ -152,7 +152,8 @@ def test_chat_keeps_the_question_lists_new_runs_and_orders_the_compare_line(page
     lists = (("Runs to evaluate", late.run_id), ("GGUF files", str(gguf)), ("Runs to compare", late.run_id))
     for label, option in lists:
         page.get_by_label(label).click()
-        page.get_by_role("option", name=option).wait_for(timeout=10_000)
+        box = page.locator(".block").filter(has=page.get_by_label(label))  # another list may still be open
+        box.get_by_role("option", name=option).first.wait_for(timeout=10_000)
         page.get_by_label(label).press("Escape")
 
     tab(page, "Chat")
