@@ -77,6 +77,8 @@ def main(argv=None) -> int:
         say("cancel requested: stopping after this step")
 
     signal.signal(signal.SIGTERM, on_term)
+    if args.resume:
+        runlog.resuming()
     runlog.set(state="starting", message="starting")
     try:
         from engine.core.disk import remove_stale_partials

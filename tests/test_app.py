@@ -24,6 +24,25 @@ def test_app_builds_with_all_tabs():
     assert {"Model", "Data", "Train", "Chat", "Export"} <= labels
 
 
+def test_quick_start_presses_buttons_the_app_has_in_the_order_it_needs():
+    """README's quick start, followed literally: every button it says to press is on the page, and its Data step
+    presses the one that puts the generated identity rows in use (Generate only fills the table, returning no
+    dataset path: the step said 'press *Generate*. The first example is shown', and Train then had no dataset)."""
+    import gradio as gr
+
+    import app
+    from ui import data_tab
+
+    readme = (ROOT / "README.md").read_text()
+    quick = readme.split("## Quick start")[1].split("\n## ")[0]
+    buttons = {b.value for b in app.demo.blocks.values() if isinstance(b, gr.Button)}
+    pressed = re.findall(r"press \*([^*]+)\*", quick)
+    assert pressed and set(pressed) <= buttons, (pressed, buttons)
+    assert len(data_tab.generate_identity("Nova", "Tunesmith Labs", "", ["en"])) == 2  # the table and a note
+    data_step = quick.split("2. **Data** tab:")[1].split("\n3. ")[0]
+    assert re.findall(r"press \*([^*]+)\*", data_step) == ["Generate", "Save and use this dataset"], data_step
+
+
 def test_model_tab_custom_id_wins_over_catalog():
     from ui import model_tab
 

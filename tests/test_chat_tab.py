@@ -295,3 +295,18 @@ def test_picking_a_folder_with_a_broken_config_keeps_the_sliders(tiny_llama, tmp
         assert chat_tab.defaults(str(folder))[:5] == [gr.skip()] * 5
         with pytest.raises(api.UserError, match=f"^'{name}' of '{folder}' is not valid JSON"):
             api.sampling_defaults(str(folder))
+
+
+def test_a_deleted_run_no_longer_answers_in_the_chat(tiny_llama, identity_file, runs):
+    """A run deleted in the Train tab's history after the Chat tab had loaded it kept answering there, from weights
+    whose folder was gone: deleting it lets go of its loaded copy, so the chat says it cannot load it."""
+    from helpers import tiny_spec, wait_for
+
+    from engine import api
+    from ui import chat_tab, train_tab
+
+    run = wait_for(api.start(tiny_spec(tiny_llama, identity_file, max_steps=1)))
+    assert list(chat_tab.respond(run.run_id, "Who are you?", [], "", *SAMPLING))[-1][2].endswith("tok/s")
+    assert train_tab.delete(run.run_id)[1] == f"Deleted run `{run.run_id}`."
+    history, box, note = list(chat_tab.respond(run.run_id, "Who are you?", [], "", *SAMPLING))[-1]
+    assert history == [] and box == "Who are you?" and note.startswith("**Cannot load:**"), note

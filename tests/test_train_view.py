@@ -129,6 +129,31 @@ def test_cancel_answers_at_once_then_the_run_ends_cancelled(tiny_llama, identity
     assert row[:2] == [run_id, "cancelled"] and row[5][:4].isdigit() and row[6].endswith("s")
 
 
+def test_a_resumed_runs_time_leaves_out_the_hours_it_lay_cancelled(tiny_llama, identity_file, runs):
+    """A run cancelled, left for an hour and resumed showed "elapsed 1 h 00 min" in its progress bar and history, the
+    time it lay cancelled counted as training; only the time its processes worked is counted."""
+    import json
+    import os
+
+    spec = api.JobSpec(model=str(tiny_llama), data=str(identity_file), max_steps=100000, gradient_checkpointing=False)
+    handle = api.start(spec)
+    wait_for(handle, until=lambda st: st.step >= 1)
+    st = api.cancel(handle)
+    assert st.state == "cancelled", log_of(st)
+    hour_ago = time.time() - 3600  # the run as if started and cancelled an hour ago
+    status = json.loads((st.run_dir / "status.json").read_text())
+    shifted = hour_ago + status["updated"] - st.started
+    (st.run_dir / "status.json").write_text(json.dumps(dict(status, updated=shifted)))
+    os.utime(st.run_dir / "job.yaml", (hour_ago, hour_ago))
+    resumed = api.resume(st.run_dir)
+    wait_for(resumed, until=lambda now: now.state == "running" and now.step > st.step)
+    done = api.cancel(resumed)
+    assert done.state == "cancelled", log_of(done)
+    assert train_live.elapsed_s(done) < 600, train_live.elapsed_s(done)
+    (row,) = train_live.history_rows()
+    assert "h" not in row[6], row
+
+
 def test_language_switch_keeps_text_a_handler_wrote():
     import gradio as gr
 

@@ -11,6 +11,7 @@ from ui import i18n
 _loaded: dict[str, object] = {}  # source -> loaded chat model, shared by sessions (weights are read-only)
 _loading = threading.Lock()  # one load at a time: sessions asking for the same model at once share one copy
 SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")  # the sliders, in this order
+TAB_ELEM = "chat-tab"  # Gradio names its tab button "chat-tab-button": "Chat with this run" clicks it (train_tab)
 PICK = "Pick a finished run or a GGUF file in 'Run, GGUF file or model' above (or type a model), then send again."
 
 
@@ -203,9 +204,11 @@ def compare(
 
 
 def build() -> dict:
-    with gr.Tab("Chat") as tab:
+    with gr.Tab("Chat", elem_id=TAB_ELEM) as tab:
         with gr.Row():
-            source = gr.Dropdown(chat_choices(), label="Run, GGUF file or model", allow_custom_value=True)
+            # nothing picked at first (Gradio would pick the first choice): a pick fills the run's system prompt and
+            # sliders, which a run shown picked when the page loads would go without
+            source = gr.Dropdown(chat_choices(), value=None, label="Run, GGUF file or model", allow_custom_value=True)
             refresh = gr.Button("Refresh runs")
             load_btn = gr.Button("Load")
         loaded = gr.Markdown()

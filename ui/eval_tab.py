@@ -159,7 +159,7 @@ def refresh():
 
 
 def build() -> dict:
-    with gr.Tab("Evaluate"):
+    with gr.Tab("Evaluate") as tab:
         gr.Markdown(
             "Did the tune work? Score the base model, your runs and their GGUF exports on the same questions: the "
             "loss of the reference answers, and greedy answers checked against them."
@@ -208,6 +208,7 @@ def build() -> dict:
     inputs = [runs, ggufs, base, data, regex, name, maker, limit, new_tokens]
     go.click(run_evaluation, inputs, [summary, table, examples])
     stop.click(stop_evaluation, None, None)  # the evaluation's own reply says it stopped
-    again.click(refresh, None, [runs, ggufs, pick])
+    for shown in (again.click, tab.select):  # runs and GGUF exports finished since the page loaded, as in Chat
+        shown(refresh, None, [runs, ggufs, pick])
     compare_btn.click(compare, pick, [settings, curves, scores, note])
     return dict(runs=runs, ggufs=ggufs, table=table, examples=examples, pick=pick, curves=curves, settings=settings)

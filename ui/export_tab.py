@@ -125,7 +125,7 @@ def cancel(job) -> str:
 def build() -> dict:
     with gr.Tab("Export") as tab:
         with gr.Row():
-            run = gr.Dropdown(run_choices(), label="Run")
+            run = gr.Dropdown(run_choices(), value=None, label="Run")  # a pick sets its formats (see chat_tab)
             refresh = gr.Button("Refresh runs")
         best = gr.Checkbox(False, visible=False)
         fmt = gr.Radio(FORMATS, value="lora", label="Format")

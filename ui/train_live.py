@@ -43,9 +43,10 @@ def duration(seconds: float) -> str:
 
 
 def elapsed_s(st) -> float:
-    """Seconds since the run folder was made, up to now or, for a finished run, to its end."""
+    """Seconds the run has been worked on: since its folder was made, up to now or, for a finished run, to its end,
+    less the time it lay cancelled or failed before a resume."""
     end = st.updated if st.finished and st.updated else time.time()
-    return max(0.0, end - st.started) if st.started else 0.0
+    return max(0.0, end - st.started - st.idle_s) if st.started else 0.0
 
 
 def remaining_s(metrics: list[dict], total: int) -> float | None:
@@ -142,6 +143,16 @@ def watch(run_id: str, seen_active: str):
         if latest:
             return latest, history_table(latest), active, gr.Timer(active=True)
     return gr.update(), table, active, gr.update()
+
+
+def notice_after(run_id: str):
+    """The note under the buttons once the run in view has ended: cleared, for a second Start's "Run X is still
+    training; cancel it or wait" is no longer true; kept while it trains."""
+    try:
+        ended = not run_id or api.poll(run_id).finished
+    except api.UserError:
+        ended = True  # deleted or damaged meanwhile: it trains no more
+    return "" if ended else gr.update()
 
 
 def cancel_now(run_id: str):

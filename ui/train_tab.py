@@ -10,7 +10,7 @@ import pandas as pd
 
 from engine import api
 from ui import i18n, train_live, train_settings
-from ui.chat_tab import unload
+from ui.chat_tab import TAB_ELEM, chat_choices, unload
 from ui.data_tab import parse_mapping
 from ui.eval_tab import validation_lines, with_validation
 
@@ -377,6 +377,7 @@ def delete(run_id: str):
     try:
         if not run_id:
             raise api.UserError("Pick a run in the history first.")
+        unload()  # the Chat tab's model, which may be this run's: it would go on answering from a deleted run
         api.delete_run(run_id)
     except api.UserError as e:
         return run_id, i18n.say(f"**Not deleted:** {e}"), history()
@@ -479,7 +480,10 @@ def build(model_inputs: list, data_inputs: list) -> dict:
         with gr.Row():
             plot = gr.LinePlot(EMPTY_PLOT, x="step", y="loss", color="series", label="Loss")
             speed_plot = gr.LinePlot(EMPTY_PLOT, x="step", y="tokens_per_s", label="Tokens/s", y_title="tokens/s")
-            memory_plot = gr.LinePlot(EMPTY_PLOT, x="step", y="memory_gb", label="Memory (GB)", y_title="GB")
+            # from 0: a flat line scaled to its own width read 0.5210, 0.5215, ... GB
+            memory_plot = gr.LinePlot(
+                EMPTY_PLOT, x="step", y="memory_gb", label="Memory (GB)", y_title="GB", y_lim=[0, None]
+            )
         method_plot = gr.LinePlot(EMPTY_PLOT, x="step", y="value", color="series", label="Method metric", visible=False)
         timer = gr.Timer(1.0, active=False)
         watch_timer = gr.Timer(2.0)  # follows a run started elsewhere or before a reload; refreshes the history
@@ -536,13 +540,17 @@ def build(model_inputs: list, data_inputs: list) -> dict:
     timer.tick(view, run_id, [status, plot, timer])
     timer.tick(method_view, run_id, method_plot)
     timer.tick(train_live.live_view, run_id, [progress, speed_plot, memory_plot])
+    timer.tick(train_live.notice_after, run_id, notice, show_progress="hidden")
     watch_timer.tick(train_live.watch, [run_id, seen_active], [run_id, table, seen_active, timer])
     cancel_btn.click(train_live.cancel_now, run_id, [run_id, status, timer], api_name="cancel").then(
         train_live.finish_cancel, run_id, None
     )
     log_btn.click(show_log, run_id, log)
     refresh.click(train_live.history_table, run_id, table)
-    table.select(pick, table, run_id).then(view, run_id, [status, plot, timer]).then(method_view, run_id, method_plot)
+    picked = table.select(pick, table, run_id).then(view, run_id, [status, plot, timer])
+    picked.then(method_view, run_id, method_plot)
+    # the progress bar and plots too: no timer ticks for a finished run, so they kept the run shown before
+    picked.then(train_live.live_view, run_id, [progress, speed_plot, memory_plot])
     run_id.change(train_live.history_table, run_id, table)
     resume_btn.click(resume, run_id, [run_id, status, timer])
     delete_btn.click(train_live.ask_delete, run_id, [confirm_box, confirm_text, status])
@@ -588,5 +596,11 @@ def build(model_inputs: list, data_inputs: list) -> dict:
 
 
 def wire_chat(train: dict, chat_source) -> None:
-    """ "Chat with this run" picks the run in the Chat tab (built after this one)."""
-    train["chat_btn"].click(lambda r: gr.Dropdown(choices=[r], value=r), train["run_id"], chat_source)
+    """ "Chat with this run" picks the run in the Chat tab (built after this one) and opens that tab: left on the
+    Train tab, the user saw nothing happen. The tab is opened in the page (a gr.Tabs around the tabs, to select one
+    from Python, relabelled the Chat tab's button in Gradio 6.31)."""
+    picked = lambda r: gr.Dropdown(choices=chat_choices(), value=r)  # noqa: E731 (the whole list, as the tab shows)
+    # the tab opens once the run is picked: its own refresh as it opens would otherwise race the pick
+    train["chat_btn"].click(picked, train["run_id"], chat_source).then(
+        None, js=f"() => {{ document.getElementById('{TAB_ELEM}-button')?.click(); }}"
+    )

@@ -35,9 +35,10 @@ def slug(name: str) -> str:
     return slug or "run"
 
 
-def spawn(module: str, args: list[str], folder: Path, secrets: dict | None = None) -> int:
+def spawn(module: str, args: list[str], folder: Path, secrets: dict | None = None, status: dict | None = None) -> int:
     """Start `python -m module args` in the background with its output appended to folder/log.txt, and mark the
-    folder's status.json "starting" with its pid. `secrets` go to the child's environment only, never to a file."""
+    folder's status.json "starting" with its pid (and the fields of `status`). `secrets` go to the child's environment
+    only, never to a file."""
     env = dict(
         os.environ,
         **(secrets or {}),
@@ -61,7 +62,15 @@ def spawn(module: str, args: list[str], folder: Path, secrets: dict | None = Non
 
     write_json(
         folder / "status.json",
-        dict(state="starting", message="starting", step=0, total_steps=0, pid=proc.pid, updated=time.time()),
+        dict(
+            state="starting",
+            message="starting",
+            step=0,
+            total_steps=0,
+            pid=proc.pid,
+            updated=time.time(),
+            **(status or {}),
+        ),
     )
     return proc.pid
 

@@ -37,6 +37,7 @@ class RunStatus:
     started: float = 0.0  # when the run folder was made (seconds since the epoch)
     updated: float = 0.0  # the last state change or step; for a finished run, when it ended
     notes: list[str] = field(default_factory=list)  # sentences to show beside the state (e.g. examples cut to length)
+    idle_s: float = 0.0  # of the time since `started`, how long it lay stopped between attempts (resumed runs)
 
     @property
     def finished(self) -> bool:
@@ -152,8 +153,21 @@ def _check_no_links(run_dir: Path) -> None:
 def _launch(run_dir: Path, resume: bool) -> RunHandle:
     run_dir = run_dir.absolute()  # the process starts in the project folder: a relative path would name another run
     (run_dir / CANCEL_MARK).unlink(missing_ok=True)  # a cancel asked of an earlier attempt is done with
-    pid = spawn("engine.run", [str(run_dir / "job.yaml")] + (["--resume"] if resume else []), run_dir)
+    idle = {"idle_s": _idle_s(run_dir)} if resume else {}
+    pid = spawn("engine.run", [str(run_dir / "job.yaml")] + (["--resume"] if resume else []), run_dir, status=idle)
     return RunHandle(run_dir.name, run_dir, pid)
+
+
+def _idle_s(run_dir: Path) -> float:
+    """The seconds a run about to resume has lain stopped: its earlier pauses (status.json's idle_s) and the time
+    since its last attempt ended (the status's last update), which its time worked leaves out."""
+    import json
+
+    try:
+        st = json.loads((run_dir / "status.json").read_text())
+        return round(float(st.get("idle_s", 0.0)) + max(0.0, time.time() - float(st["updated"])), 3)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return 0.0  # no readable status: nothing known to leave out
 
 
 def find_run(run: "str | Path | RunHandle") -> Path:
@@ -245,6 +259,7 @@ def _read_status(run_dir: Path) -> RunStatus:
         (run_dir / "job.yaml").stat().st_mtime,
         st.get("updated", 0.0),
         [str(n) for n in st.get("notes", [])],
+        float(st.get("idle_s", 0.0)),
     )
 
 

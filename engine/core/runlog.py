@@ -2,7 +2,8 @@
 
 Layout of runs/<id>/:
   job.yaml          the JobSpec the run was started with
-  status.json       {"state", "message", "step", "total_steps", "pid", "updated", "notes"}; written atomically
+  status.json       {"state", "message", "step", "total_steps", "pid", "updated", "notes", "idle_s"}; written
+                    atomically (idle_s: the seconds a resumed run lay stopped between its attempts)
   metrics.jsonl     one JSON line per optimizer step, with eval_loss on validation steps (and "event" lines: resume)
   log.txt           human log, tracebacks included
   checkpoints/      step-000050/ ... complete checkpoints only (built under a temporary name)
@@ -26,6 +27,15 @@ class RunLog:
         self.dir = Path(run_dir)
         self.log = log
         self.state = dict(state="starting", message="", step=0, total_steps=0)
+
+    def resuming(self) -> None:
+        """Keep status.json's idle_s, which the resume that started this process wrote (engine.api.runs._launch)."""
+        try:
+            idle = json.loads((self.dir / "status.json").read_text()).get("idle_s")
+        except (OSError, ValueError, AttributeError):
+            return  # no readable status: nothing known to leave out
+        if isinstance(idle, (int, float)):
+            self.state["idle_s"] = idle
 
     def set(self, **fields) -> None:
         """Update status.json atomically; on a full disk, where the atomic write's temporary copy finds no room, the

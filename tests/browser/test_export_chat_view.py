@@ -119,8 +119,8 @@ def test_finished_exports_leave_no_defunct_process(page, server, trained):  # no
 
 def test_chat_keeps_the_question_lists_new_runs_and_orders_the_compare_line(page, server, trained, tiny_llama):  # noqa: F811
     """Item 9: Send with no run picked keeps the typed question and says what to pick; an empty message is not
-    sent; a run that finished after the page loaded is in the Chat and Export lists without a Refresh; the compare
-    line names the base model first, as the panels do."""
+    sent; a run that finished after the page loaded is in the Chat, Export and Evaluate lists without a Refresh (and a
+    GGUF file exported since, in Evaluate's); the compare line names the base model first, as the panels do."""
     from helpers import tiny_spec, wait_for
 
     from engine import api
@@ -145,6 +145,16 @@ def test_chat_keeps_the_question_lists_new_runs_and_orders_the_compare_line(page
     page.get_by_label("Run", exact=True).last.click()
     page.get_by_role("option", name=late.run_id).wait_for(timeout=10_000)
     page.get_by_label("Run", exact=True).last.press("Escape")
+    gguf = server[1] / "exports" / "late" / "late-q8_0.gguf"  # an export made since the page loaded
+    gguf.parent.mkdir(parents=True, exist_ok=True)
+    gguf.write_bytes(b"GGUF")
+    tab(page, "Evaluate")
+    lists = (("Runs to evaluate", late.run_id), ("GGUF files", str(gguf)), ("Runs to compare", late.run_id))
+    for label, option in lists:
+        page.get_by_label(label).click()
+        box = page.locator(".block").filter(has=page.get_by_label(label))  # another list may still be open
+        box.get_by_role("option", name=option).first.wait_for(timeout=10_000)
+        page.get_by_label(label).press("Escape")
 
     tab(page, "Chat")
     pick(page, "Run, GGUF file or model", trained.run_id)
@@ -237,3 +247,61 @@ def test_histogram_renders_in_numeric_order_and_the_preview_pages(page, tiny_lla
     page.get_by_role("button", name="Next example ▶").click()
     page.get_by_text("showing example 2 of 6").wait_for()
     page.get_by_text("Question 5?").first.wait_for()
+
+
+@pytest.fixture
+def restarted(tiny_llama, tmp_path_factory):
+    """The app started over a workspace that holds a finished run trained with a system prompt: yields (url, run)."""
+    from conftest import IDENTITY_ANSWER, IDENTITY_QUESTIONS
+    from helpers import tiny_spec, wait_for
+    from test_app_browser import serve
+
+    from engine import api
+
+    runs = tmp_path_factory.mktemp("restarted") / "runs"
+    data = runs.parent / "identity.jsonl"
+    data.write_text(
+        "".join(json.dumps({"instruction": q, "output": IDENTITY_ANSWER}) + "\n" for q in IDENTITY_QUESTIONS)
+    )
+    run = wait_for(
+        api.start(tiny_spec(tiny_llama, data, max_steps=1, name="sys", system_prompt="You are Nova."), runs=runs)
+    )
+    for url, _ in serve(tmp_path_factory, TUNESMITH_RUNS=str(runs)):
+        yield url, run
+
+
+def test_after_a_restart_no_run_is_picked_without_its_settings(browser, restarted):  # noqa: F811
+    """After a restart the Chat tab showed the first finished run picked, with an empty System prompt box and greedy
+    sliders (a pick's settings are filled only when the user picks), so "Who are you?" went without the system turn
+    the run learned its replies after; the Export tab had it picked with every format offered (a LoRA adapter for a
+    full fine-tune too). Nothing is picked until the user picks, which fills its settings."""
+    url, run = restarted
+    fresh = browser.new_page(viewport={"width": 1280, "height": 1000})
+    try:
+        fresh.goto(url)
+        tab(fresh, "Chat")
+        source = fresh.get_by_label("Run, GGUF file or model")
+        assert source.input_value() == "", "a run is shown picked without its system prompt"
+        source.click()
+        fresh.get_by_role("option", name=run.run_id).click(timeout=10_000)
+        system = fresh.get_by_label("System prompt")
+        for _ in range(100):
+            if system.input_value() == "You are Nova.":
+                break
+            time.sleep(0.1)
+        assert system.input_value() == "You are Nova."
+        tab(fresh, "Export")
+        assert fresh.get_by_label("Run", exact=True).last.input_value() == ""
+    finally:
+        fresh.close()
+
+
+def test_chat_with_this_run_opens_the_chat_tab_with_the_run(page, trained):  # noqa: F811
+    """The Train tab's "Chat with this run" set the Chat tab's run and left the user on the Train tab, where nothing
+    changed: it opens the Chat tab."""
+    tab(page, "Train")
+    page.get_by_text("Run history").click()
+    page.get_by_text(trained.run_id, exact=True).locator("visible=true").first.click()
+    page.get_by_role("button", name="Chat with this run").click()
+    page.get_by_role("tab", name="Chat", selected=True).wait_for(timeout=10_000)
+    assert page.get_by_label("Run, GGUF file or model").input_value() == trained.run_id

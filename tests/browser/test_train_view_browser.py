@@ -72,6 +72,38 @@ def test_1_the_view_follows_the_active_run(page, server, tiny_llama, identity_fi
     cancel_and_wait(page)
 
 
+def test_the_note_of_a_second_start_goes_when_the_run_it_names_ends(page, server, tiny_llama, identity_file):
+    """The note 'Not started: Run X is still training; cancel it or wait' stayed under the buttons after X was
+    cancelled (or had finished): the note is cleared once the run in view has ended."""
+    start_long_run(page, tiny_llama, identity_file)
+    page.get_by_role("button", name="Start training").click()
+    note = page.get_by_text("is still training").first
+    note.wait_for()
+    cancel_and_wait(page)
+    note.wait_for(state="hidden", timeout=10_000)
+    shot(page, "train-busy-note-cleared")
+
+
+def test_a_run_picked_in_the_history_shows_its_own_progress(page, server, tiny_llama, identity_file):
+    """Picking a finished run in the history changed the status line to it, but the progress bar (its step count and
+    elapsed time) and the speed and memory plots stayed the run shown before, as no timer ticks for a finished run."""
+    from helpers import tiny_spec, wait_for
+
+    from engine import api
+
+    short, longer = (
+        wait_for(api.start(tiny_spec(tiny_llama, identity_file, max_steps=n, name=f"s{n}"), runs=server[1] / "runs"))
+        for n in (2, 3)
+    )
+    tab(page, "Train")
+    page.get_by_text("Run history").click()
+    for run, steps in ((longer, 3), (short, 2)):
+        history_cell(page, run.run_id).click()
+        page.get_by_text(re.compile(rf"^done · step {steps}/{steps}")).wait_for(timeout=30_000)
+        page.get_by_text(re.compile(rf"^step {steps}/{steps} · 100% · elapsed")).wait_for(timeout=10_000)
+    shot(page, "train-history-pick-progress")
+
+
 def test_4_every_setting_with_help_saved_loaded_and_as_a_command(page, server, tiny_llama, identity_file, tmp_path):
     choose_model(page, tiny_llama)
     use_identity_data(page, identity_file)
@@ -142,6 +174,9 @@ def test_5_progress_bar_times_and_speed_and_memory_charts(page, server, tiny_lla
     for name in ("Tokens/s", "Memory (GB)"):
         chart = page.locator(".block").filter(has=page.get_by_text(name, exact=True)).last
         assert coloured_pixels(chart) > 100, f"the {name} line is not drawn"
+    # a flat memory line was scaled to its own width: ticks 0.5210, 0.5215, ... GB; the axis starts at 0
+    memory = page.locator(".block").filter(has=page.get_by_text("Memory (GB)", exact=True)).last
+    assert not re.search(r"\d\.\d{3,}", memory.inner_text()), memory.inner_text()
     cancel_and_wait(page)
 
 
