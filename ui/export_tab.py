@@ -3,6 +3,8 @@ the workspace's exports/ folder, as a background job with a log and a Cancel but
 with its size (a folder zipped, a GGUF file with its Modelfile), and optionally push it to the Hugging Face hub (the
 token typed here, or HF_TOKEN; it is never shown or written anywhere)."""
 
+import re
+
 import gradio as gr
 
 from engine import api
@@ -38,6 +40,25 @@ def formats_for(run_id: str):
         return gr.Radio(choices=[f for f in kept if f[1] not in refused], **picked), ""
     choices = [f for f in kept if not f[1].startswith("gguf")]
     return gr.Radio(choices=choices, value=choices[0][1]), i18n.say(f"GGUF: {why}")
+
+
+DEFAULT_NAME = "my-model"
+KIND = {"lora": "lora", "merged16": "merged"}  # a GGUF folder is named after its quantization ("nova-q4_k_m")
+
+
+def suggest_name(run_id: str, fmt: str, current: str, last: str):
+    """(folder name, the name suggested): the run's name and the format's ("nova-lora", "nova-q4_k_m"), the first
+    one free under exports/, while the box holds the default or the last suggestion; a name the user typed is kept.
+    One fixed default made a first run's second export (the GGUF, then the adapter) fail with 'already exists'."""
+    if not run_id or not fmt or (current or "").strip() not in ("", DEFAULT_NAME, last):
+        return gr.update(), last
+    named = re.fullmatch(r"\d{8}-\d{6}-(.+)", run_id)  # a run id is its start time and its name
+    stem = f"{named[1] if named else run_id}-{KIND.get(fmt, fmt.removeprefix('gguf-'))}"
+    exports, name, n = api.workspace() / "exports", stem, 1
+    while (exports / name).exists():
+        n += 1
+        name = f"{stem}-{n}"
+    return name, name
 
 
 def best_for(run_id: str):
@@ -130,7 +151,8 @@ def build() -> dict:
         best = gr.Checkbox(False, visible=False)
         fmt = gr.Radio(FORMATS, value="lora", label="Format")
         why = gr.Markdown()
-        name = gr.Textbox("my-model", label="Folder name (under exports/)")
+        name = gr.Textbox(DEFAULT_NAME, label="Folder name (under exports/)")
+        suggested = gr.State("")
         push = gr.Checkbox(False, label="Push to the Hugging Face hub")
         with gr.Row(visible=False) as hub_row:
             repo = gr.Textbox(label="Hub repository (user/name)")
@@ -149,6 +171,8 @@ def build() -> dict:
         shown(lambda: gr.Dropdown(choices=run_choices()), None, run)
     run.change(formats_for, run, [fmt, why])
     run.change(best_for, run, best)
+    for picked in (run.change, fmt.change):  # the name follows the run and the format until the user types one
+        picked(suggest_name, [run, fmt, name, suggested], [name, suggested])
     push.change(lambda on: gr.Row(visible=on), push, hub_row)
     go.click(start, [run, fmt, name, push, repo, token, private, best], [job, result, log, timer]).then(
         lambda: offer(None), None, downloads

@@ -608,8 +608,11 @@ def check_format(model_dir: Path, fmt: str) -> None:
 
 
 def gguf_file_name(model_dir_name: str, fmt: str) -> str:
+    """The GGUF file's name: the export folder's and its quantization's, which a folder named after it already ends
+    with ("nova-q4_k_m" holds nova-q4_k_m.gguf, the Export tab's suggested name)."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", model_dir_name).strip("-.") or "model"
-    return f"{stem}-{fmt.removeprefix('gguf-')}.gguf"
+    quant = fmt.removeprefix("gguf-")
+    return f"{stem}.gguf" if stem.endswith(f"-{quant}") else f"{stem}-{quant}.gguf"
 
 
 # --- verification ------------------------------------------------------------------------------------------------

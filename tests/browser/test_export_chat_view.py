@@ -305,3 +305,20 @@ def test_chat_with_this_run_opens_the_chat_tab_with_the_run(page, trained):  # n
     page.get_by_role("button", name="Chat with this run").click()
     page.get_by_role("tab", name="Chat", selected=True).wait_for(timeout=10_000)
     assert page.get_by_label("Run, GGUF file or model").input_value() == trained.run_id
+
+
+def test_the_export_folder_name_follows_the_run_and_format_until_typed(page, trained):  # noqa: F811
+    """The folder box said 'my-model' for every export, so a first run's second export failed with 'already exists'.
+    Picking the run and a format names it after both (the first name free under exports/); a typed name stays."""
+    tab(page, "Export")
+    page.get_by_label("Run", exact=True).last.click()
+    page.get_by_role("option", name=trained.run_id).click(timeout=60_000)
+    box = page.get_by_label("Folder name (under exports/)")
+    page.wait_for_function("el => /^nova-lora(-\\d+)?$/.test(el.value)", arg=box.element_handle(), timeout=30_000)
+    page.get_by_label("GGUF Q8_0").check()
+    page.wait_for_function("el => /^nova-q8_0(-\\d+)?$/.test(el.value)", arg=box.element_handle(), timeout=30_000)
+    box.fill("for-ollama")
+    box.blur()
+    page.get_by_label("GGUF Q4_K_M (Ollama / llama.cpp, smallest)").check()
+    time.sleep(2)  # the format's change event has had its answer
+    assert box.input_value() == "for-ollama"
