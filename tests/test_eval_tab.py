@@ -78,9 +78,15 @@ def test_a_cleared_questions_box_evaluates_the_usual_number_not_every_row(tiny_l
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps({"instruction": f"Question {i}?", "output": "Nova."}) + "\n" for i in range(3)))
     text, table, _ = eval_tab.run_evaluation([str(tiny_llama)], [], False, str(data), "", "", "", None, 4)
-    assert text.startswith("2 questions from the"), text
+    assert text.startswith("2 questions from `"), text
     text, _, _ = eval_tab.run_evaluation([str(tiny_llama)], [], False, str(data), "", "", "", 3, 4)
-    assert text.startswith("3 questions from the"), text
+    assert text.startswith("3 questions from `"), text
+    text, _, _ = eval_tab.run_evaluation([str(tiny_llama)], [], False, str(data), "", "", "", 1, 4)
+    first = text.split("\n")[0]
+    assert first == f"1 question from `{data}`.", text  # said "1 questions from the `...`"
+    from ui import i18n
+
+    assert i18n.message(first, "zh") == f"来自 `{data}` 的 1 个问题。"
 
 
 def test_an_evaluation_out_of_gpu_memory_is_a_sentence(tiny_llama, runs, tmp_path, monkeypatch):
@@ -139,7 +145,7 @@ def test_evaluating_frees_the_chat_tabs_model_first(tiny_llama, runs, tmp_path, 
 
     monkeypatch.setattr(api, "evaluate", evaluate)
     text, _, _ = eval_tab.run_evaluation([str(tiny_llama)], [], False, str(data), "", "", "", 1, 4)
-    assert text.startswith("1 questions from the") and loaded_at_eval == [False]
+    assert text.startswith("1 question from `") and loaded_at_eval == [False]
     assert chat_tab._chat(str(tiny_llama)) is not None  # the next message loads it again
     chat_tab._loaded.clear()
 
@@ -175,4 +181,4 @@ def test_stop_ends_a_running_evaluation_and_saves_nothing(tiny_llama, runs, tmp_
     replies.clear()  # the next evaluation starts afresh: the Stop pressed before is not kept
     monkeypatch.setattr(evaluate.TorchModel, "reply", real)
     text, *_ = eval_tab.run_evaluation([str(tiny_llama)], [], False, str(data), "", "", "", 2, 4, request)
-    assert text.startswith("2 questions from the"), text
+    assert text.startswith("2 questions from `"), text

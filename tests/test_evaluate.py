@@ -148,7 +148,7 @@ def test_a_question_longer_than_the_context_is_left_out_not_fatal(tiny_llama, ru
     assert past["replies"]["tiny-llama"] != "" and past["loss"]["tiny-llama"] is None
     assert model["loss"] == res["rows"][0]["loss"]["tiny-llama"]  # the one case measured whole
     text, table, _ = eval_tab.run_evaluation([str(tiny_llama)], [], False, str(data), "", "", "", 10, 4)
-    assert text.startswith("3 questions from the"), text
+    assert text.startswith("3 questions from `"), text
     assert "`tiny-llama` could not answer 1 of the 3 questions, which are longer than its context" in text
     assert list(table["model"]) == ["tiny-llama"]
     data.write_text(json.dumps(rows[1]) + "\n")  # none it could answer: no scores at all, said so

@@ -96,8 +96,8 @@ def run_evaluation(runs, ggufs, base, data, regex, name, maker, limit, max_new_t
         if stop.is_set():  # the engine's STOPPED, said in the tab's words
             return i18n.say("**Evaluation stopped:** Nothing was saved."), None, None
         return i18n.say(f"**Evaluation failed:** {e}"), None, None
-    what = "held-out rows of the run" if res["held_out"] else f"`{res['data']}`"
-    text = i18n.say(f"{res['cases']} questions from the {what}.")
+    what = "the held-out rows of the run" if res["held_out"] else f"`{res['data']}`"
+    text = i18n.say(f"{res['cases']} question{'' if res['cases'] == 1 else 's'} from {what}.")
     for m in res["models"]:  # questions past a model's context: it could not answer them
         if m.get("left_out"):
             text += " " + i18n.say(

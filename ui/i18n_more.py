@@ -248,11 +248,11 @@ MESSAGES = [
     (r"saving a checkpoint, then stopping…", "先保存检查点，然后停止…", "сохраняю чекпоинт, затем остановка…"),
     (r"(.*) \(nothing to cancel\)", "{0}（无可取消）", "{0} (отменять нечего)"),
     (
-        r"(\d+) questions from the held-out rows of the run\.",
+        r"(\d+) questions? from the held-out rows of the run\.",
         "来自运行留出行的 {0} 个问题。",
         "{0} вопросов из отложенных строк запуска.",
     ),
-    (r"(\d+) questions from the (`.*`)\.", "来自 {1} 的 {0} 个问题。", "{0} вопросов из {1}."),
+    (r"(\d+) questions? from (`.*`)\.", "来自 {1} 的 {0} 个问题。", "{0} вопросов из {1}."),
     (r"Nothing was saved\.", "未保存任何内容。", "Ничего не сохранено."),
     (
         r"The GPU ran out of memory evaluating (.*); lower 'Longest answer \(tokens\)', or evaluate on shorter "
