@@ -28,6 +28,14 @@ PROMPTS = [
 ]
 
 
+def one_step_spec(model, data, *rewards):
+    """One CPU step of GRPO on `data` with `rewards`: two replies of two tokens a prompt, two prompts."""
+    return api.JobSpec(
+        model=str(model), data=str(data), objective="grpo", rewards=rewards, num_generations=2, max_new_tokens=2,
+        batch_size=2, max_steps=1, lora_r=8, lora_alpha=8, max_seq_length=64, device="cpu", seed=0,
+    )  # fmt: skip
+
+
 def shorter_is_better(completions, prompts, **columns):
     """A custom reward for the tests: importable as test_grpo:shorter_is_better."""
     return [-len(c) for c in completions]
@@ -398,21 +406,7 @@ def test_grpo_takes_an_answer_column_of_numbers_and_text_and_columns_the_first_r
     path = tmp_path / "mixed.jsonl"
     rows = [{"prompt": "2+2?", "answer": 4}, {"prompt": "3+3?", "answer": "6", "source": "web"}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    spec = api.JobSpec(
-        model=str(tiny_llama),
-        data=str(path),
-        objective="grpo",
-        rewards=({"preset": "python", "function": "test_grpo:record_columns"},),
-        num_generations=2,
-        max_new_tokens=2,
-        batch_size=2,
-        max_steps=1,
-        lora_r=8,
-        lora_alpha=8,
-        max_seq_length=64,
-        device="cpu",
-        seed=0,
-    )
+    spec = one_step_spec(tiny_llama, path, {"preset": "python", "function": "test_grpo:record_columns"})
     COLUMNS.clear()
     (run_dir := tmp_path / "run").mkdir()
     train(spec, run_dir, RunLog(run_dir), False, lambda: False, print)
@@ -426,21 +420,7 @@ def test_grpo_leaves_out_prompts_that_fill_max_seq_length(tiny_llama, tmp_path):
     sampled and trained on whole, without a word. It is left out, and the run's status says so."""
     path = tmp_path / "long-prompts.jsonl"
     path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["word " * 600, "Hi", "Who are you?"]))
-    spec = api.JobSpec(
-        model=str(tiny_llama),
-        data=str(path),
-        objective="grpo",
-        rewards=({"preset": "length", "max_chars": 10},),
-        num_generations=2,
-        max_new_tokens=2,
-        batch_size=2,
-        max_steps=1,
-        lora_r=8,
-        lora_alpha=8,
-        max_seq_length=64,
-        device="cpu",
-        seed=0,
-    )
+    spec = one_step_spec(tiny_llama, path, {"preset": "length", "max_chars": 10})
     lines = []
     train(spec, tmp_path, RunLog(tmp_path), False, lambda: False, lines.append)
     note = (
@@ -500,21 +480,7 @@ def test_a_custom_reward_that_gives_no_number_is_named_in_one_sentence(tiny_llam
     reward scores them."""
     from engine.training.grpo import for_trl
 
-    spec = api.JobSpec(
-        model=str(tiny_llama),
-        data=str(prompts_file),
-        objective="grpo",
-        rewards=({"preset": "python", "function": "test_grpo:no_score"},),
-        num_generations=2,
-        max_new_tokens=2,
-        batch_size=2,
-        max_steps=1,
-        lora_r=8,
-        lora_alpha=8,
-        max_seq_length=64,
-        device="cpu",
-        seed=0,
-    )
+    spec = one_step_spec(tiny_llama, prompts_file, {"preset": "python", "function": "test_grpo:no_score"})
     (run_dir := tmp_path / "run").mkdir()
     with pytest.raises(api.UserError, match="reward function 'test_grpo:no_score' returned no number for any of"):
         train(spec, run_dir, RunLog(run_dir), False, lambda: False, print)
