@@ -75,7 +75,15 @@ def example_table(results: dict) -> pd.DataFrame:
 
 def run_evaluation(runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens=128, request: gr.Request = None):
     """(summary markdown, score table, example rows) of an evaluation; errors become the summary."""
-    stop = _STOPS[_session(request)] = threading.Event()
+    session = _session(request)
+    stop = _STOPS[session] = threading.Event()
+    try:
+        return _evaluation(stop, runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens)
+    finally:
+        _STOPS.pop(session, None)
+
+
+def _evaluation(stop, runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens):
     try:
         sources = list(runs or []) + list(ggufs or [])
         name, maker = (name or "").strip(), (maker or "").strip()
