@@ -145,9 +145,12 @@ def watch(run_id: str, seen_active: str):
     return gr.update(), table, active, gr.update()
 
 
-def notice_after(run_id: str):
+def notice_after(run_id: str, shown: str = ""):
     """The note under the buttons once the run in view has ended: cleared, for a second Start's "Run X is still
-    training; cancel it or wait" is no longer true; kept while it trains."""
+    training; cancel it or wait" is no longer true; kept while it trains. With no note shown (most ticks) the run
+    is not read: the timer's other handlers read it already."""
+    if not shown:
+        return gr.update()
     try:
         ended = not run_id or api.poll(run_id).finished
     except api.UserError:

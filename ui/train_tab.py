@@ -540,7 +540,7 @@ def build(model_inputs: list, data_inputs: list) -> dict:
     timer.tick(view, run_id, [status, plot, timer])
     timer.tick(method_view, run_id, method_plot)
     timer.tick(train_live.live_view, run_id, [progress, speed_plot, memory_plot])
-    timer.tick(train_live.notice_after, run_id, notice, show_progress="hidden")
+    timer.tick(train_live.notice_after, [run_id, notice], notice, show_progress="hidden")
     watch_timer.tick(train_live.watch, [run_id, seen_active], [run_id, table, seen_active, timer])
     cancel_btn.click(train_live.cancel_now, run_id, [run_id, status, timer], api_name="cancel").then(
         train_live.finish_cancel, run_id, None

@@ -338,10 +338,9 @@ def validate_row(row: dict, fmt: str, row_no: int, source: str) -> None:
     elif fmt == "preference":
         row = sharegpt_pair(row, where)
         prompt = None if _empty(row.get("prompt")) else row["prompt"]
-        for key in ("chosen", "rejected"):
-            value = row.get(key)
-            if prompt is None and transcript_turns(value):  # Anthropic HH-RLHF: no prompt, whole transcripts
-                value = transcript_turns(value)
+        # Anthropic HH-RLHF: no prompt, whole transcripts as text
+        replies = {k: (prompt is None and transcript_turns(row.get(k))) or row.get(k) for k in ("chosen", "rejected")}
+        for key, value in replies.items():
             if isinstance(value, list):
                 _turns(value, key, where, sharegpt=False)
             else:
@@ -350,7 +349,7 @@ def validate_row(row: dict, fmt: str, row_no: int, source: str) -> None:
             _turns(prompt, "prompt", where, sharegpt=False)
         elif prompt is not None:
             _text(row, "prompt", where)
-        elif not all(whole_conversation(transcript_turns(row[k]) or row[k]) for k in ("chosen", "rejected")):
+        elif not all(whole_conversation(value) for value in replies.values()):
             raise UserError(
                 f"{where} has no 'prompt'; then 'chosen' and 'rejected' must be whole conversations (message lists) "
                 "that share their first turns. Add a prompt column, or map one (e.g. question=prompt)."

@@ -49,8 +49,9 @@ def to_pair(row: dict, row_no: int, source: str, system_prompt: str = "") -> dic
         for k in ("prompt", "chosen", "rejected")
     )  # message lists read as chat data reads them: content parts as their text, no empty system turn
     prompt = prompt if isinstance(prompt, (str, list)) else None  # validate_row let through only these, or no prompt
-    if prompt is None and transcript_turns(chosen) and transcript_turns(rejected):  # Anthropic HH-RLHF's text
-        chosen, rejected = transcript_turns(chosen), transcript_turns(rejected)
+    transcripts = (transcript_turns(chosen), transcript_turns(rejected)) if prompt is None else ()
+    if transcripts and all(transcripts):  # Anthropic HH-RLHF's text
+        chosen, rejected = transcripts
     if whole_conversation(chosen) and whole_conversation(rejected):
         # whole conversations hold their prompt, so a prompt column beside them is a copy of their first turns
         # (UltraFeedback's), which would else come twice: the user's question, then the same question again
