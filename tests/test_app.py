@@ -552,18 +552,18 @@ def test_export_tab_offers_no_lora_adapter_for_a_full_fine_tune(runs, tiny_llama
 
 def test_export_tab_suggests_a_free_folder_name_per_run_and_format(runs, tiny_llama, identity_file):
     """A first run's exports (the GGUF, then the adapter) both went to the box's fixed 'my-model', so the second
-    failed with "already exists; choose another folder name". The name follows the run and the format, the first
-    one free under exports/, until the user types one; the GGUF file inside is not named twice after its quant."""
+    failed with "already exists; choose another folder name". A blank box exports to a name after the run and the
+    format, the first one free under exports/, shown as the box's placeholder; the GGUF file inside is not named
+    twice after its quant."""
     from engine import api
     from ui import export_tab
 
     st = wait_for(api.start(api.JobSpec(model=str(tiny_llama), data=str(identity_file), max_steps=1, name="nova")))
     assert st.state == "done"
-    name, last = export_tab.suggest_name(st.run_id, "gguf-q8_0", "my-model", "")
-    assert name == last == "nova-q8_0"
-    api.export(str(st.run_dir), "gguf-q8_0", api.workspace() / "exports" / name, log=lambda m: None)
-    assert [p.name for p in (api.workspace() / "exports" / name).glob("*.gguf")] == ["nova-q8_0.gguf"]
-    assert export_tab.suggest_name(st.run_id, "lora", last, last) == ("nova-lora", "nova-lora")
-    assert export_tab.suggest_name(st.run_id, "gguf-q8_0", "nova-lora", "nova-lora")[0] == "nova-q8_0-2"
-    typed = export_tab.suggest_name(st.run_id, "lora", "for-ollama", "nova-q8_0-2")
-    assert typed[0] == export_tab.gr.update() and typed[1] == "nova-q8_0-2"  # the user's own name is kept
+    assert export_tab.suggest_name(st.run_id, "gguf-q8_0").placeholder == "nova-q8_0"
+    job, said, _, _ = export_tab.start(st.run_id, "gguf-q8_0", "  ")  # a blank box exports to the name shown
+    assert wait_export(export_tab, job)[0].startswith("Exported"), said
+    assert [p.name for p in (api.workspace() / "exports" / "nova-q8_0").glob("*.gguf")] == ["nova-q8_0.gguf"]
+    assert export_tab.suggest_name(st.run_id, "lora").placeholder == "nova-lora"
+    assert export_tab.suggest_name(st.run_id, "gguf-q8_0").placeholder == "nova-q8_0-2"
+    assert export_tab.suggest_name("", "lora").placeholder == ""

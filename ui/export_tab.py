@@ -42,23 +42,26 @@ def formats_for(run_id: str):
     return gr.Radio(choices=choices, value=choices[0][1]), i18n.say(f"GGUF: {why}")
 
 
-DEFAULT_NAME = "my-model"
 KIND = {"lora": "lora", "merged16": "merged"}  # a GGUF folder is named after its quantization ("nova-q4_k_m")
 
 
-def suggest_name(run_id: str, fmt: str, current: str, last: str):
-    """(folder name, the name suggested): the run's name and the format's ("nova-lora", "nova-q4_k_m"), the first
-    one free under exports/, while the box holds the default or the last suggestion; a name the user typed is kept.
-    One fixed default made a first run's second export (the GGUF, then the adapter) fail with 'already exists'."""
-    if not run_id or not fmt or (current or "").strip() not in ("", DEFAULT_NAME, last):
-        return gr.update(), last
+def free_name(run_id: str, fmt: str) -> str:
+    """The folder an export goes to when the box is left blank: the run's name and the format's ("nova-lora",
+    "nova-q4_k_m"), the first one free under exports/. One fixed default made a first run's second export (the GGUF,
+    then the adapter) fail with 'already exists'."""
     named = re.fullmatch(r"\d{8}-\d{6}-(.+)", run_id)  # a run id is its start time and its name
     stem = f"{named[1] if named else run_id}-{KIND.get(fmt, fmt.removeprefix('gguf-'))}"
     exports, name, n = api.workspace() / "exports", stem, 1
     while (exports / name).exists():
         n += 1
         name = f"{stem}-{n}"
-    return name, name
+    return name
+
+
+def suggest_name(run_id: str, fmt: str):
+    """The folder box's placeholder: the name a blank box exports to. Only the placeholder changes: an answer that
+    set the box's value arrived after a name typed quickly after the pick, and replaced it."""
+    return gr.Textbox(placeholder=free_name(run_id, fmt) if run_id and fmt else "")
 
 
 def best_for(run_id: str):
@@ -88,6 +91,7 @@ def start(
             raise api.UserError("Pick a run to export.")
         if push and not repo.strip():
             raise api.UserError("Type the hub repository to push to, as user/name.")
+        name = (name or "").strip() or free_name(run_id, fmt)
         out = api.workspace() / "exports" / api.safe_name(name, "export name")
         hub = dict(push_to_hub=repo.strip(), token=(token or "").strip(), private=bool(private)) if push else {}
         source = api.best_checkpoint(run_id) if best else api.find_run(run_id)
@@ -151,8 +155,7 @@ def build() -> dict:
         best = gr.Checkbox(False, visible=False)
         fmt = gr.Radio(FORMATS, value="lora", label="Format")
         why = gr.Markdown()
-        name = gr.Textbox(DEFAULT_NAME, label="Folder name (under exports/)")
-        suggested = gr.State("")
+        name = gr.Textbox(label="Folder name (under exports/)", info="Blank: the name shown in grey.")
         push = gr.Checkbox(False, label="Push to the Hugging Face hub")
         with gr.Row(visible=False) as hub_row:
             repo = gr.Textbox(label="Hub repository (user/name)")
@@ -171,8 +174,8 @@ def build() -> dict:
         shown(lambda: gr.Dropdown(choices=run_choices()), None, run)
     run.change(formats_for, run, [fmt, why])
     run.change(best_for, run, best)
-    for picked in (run.change, fmt.change):  # the name follows the run and the format until the user types one
-        picked(suggest_name, [run, fmt, name, suggested], [name, suggested])
+    for picked in (run.change, fmt.change):  # the name shown follows the run and the format
+        picked(suggest_name, [run, fmt], name)
     push.change(lambda on: gr.Row(visible=on), push, hub_row)
     go.click(start, [run, fmt, name, push, repo, token, private, best], [job, result, log, timer]).then(
         lambda: offer(None), None, downloads

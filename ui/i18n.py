@@ -197,6 +197,7 @@ STRINGS = {  # English: (Chinese, Russian)
         "GGUF: эксперты в MXFP4, остальное Q8_0 (модели со смесью экспертов)",
     ),
     "Folder name (under exports/)": ("文件夹名（在 exports/ 下）", "Имя папки (в exports/)"),
+    "Blank: the name shown in grey.": ("留空：使用灰色显示的名称。", "Пусто: имя, показанное серым."),
     "Cancel export": ("取消导出", "Отменить экспорт"),
     "Export log": ("导出日志", "Журнал экспорта"),
     "Top-p": ("Top-p", "Top-p"),

@@ -309,16 +309,18 @@ def test_chat_with_this_run_opens_the_chat_tab_with_the_run(page, trained):  # n
 
 def test_the_export_folder_name_follows_the_run_and_format_until_typed(page, trained):  # noqa: F811
     """The folder box said 'my-model' for every export, so a first run's second export failed with 'already exists'.
-    Picking the run and a format names it after both (the first name free under exports/); a typed name stays."""
+    Picking the run and a format shows a name after both (the first one free under exports/) in grey, which a blank
+    box exports to. A name typed right after a pick stays: the pick's answer once arrived later and replaced it."""
     tab(page, "Export")
     page.get_by_label("Run", exact=True).last.click()
     page.get_by_role("option", name=trained.run_id).click(timeout=60_000)
     box = page.get_by_label("Folder name (under exports/)")
-    page.wait_for_function("el => /^nova-lora(-\\d+)?$/.test(el.value)", arg=box.element_handle(), timeout=30_000)
+    page.wait_for_function("el => /^nova-lora(-\\d+)?$/.test(el.placeholder)", arg=box.element_handle(), timeout=30_000)
     page.get_by_label("GGUF Q8_0").check()
-    page.wait_for_function("el => /^nova-q8_0(-\\d+)?$/.test(el.value)", arg=box.element_handle(), timeout=30_000)
-    box.fill("for-ollama")
-    box.blur()
+    page.wait_for_function("el => /^nova-q8_0(-\\d+)?$/.test(el.placeholder)", arg=box.element_handle(), timeout=30_000)
+    assert box.input_value() == ""
     page.get_by_label("GGUF Q4_K_M (Ollama / llama.cpp, smallest)").check()
+    box.fill("for-ollama")  # before the format's answer is back
     time.sleep(2)  # the format's change event has had its answer
     assert box.input_value() == "for-ollama"
+    assert re.fullmatch(r"nova-q4_k_m(-\d+)?", box.get_attribute("placeholder"))
