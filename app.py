@@ -67,6 +67,7 @@ def build_app() -> gr.Blocks:
         chat = chat_tab.build()
         train_tab.wire_chat(train, chat["source"])
         train_settings.wire_load(train, model, data)
+        data_tab.wire_train(data, train["advanced"])
         export_tab.build()
         eval_tab.build()
         items = i18n.translatable(demo.blocks)

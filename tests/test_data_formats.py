@@ -465,6 +465,22 @@ def test_inspect_reports_lengths_truncation_and_masked_sample(tmp_path, tiny_lla
     assert "".join(t for t, _ in info["sample_masked"]) == info["sample"]
 
 
+@pytest.mark.parametrize("train_on_inputs", [False, True])
+def test_the_preview_shows_the_example_as_the_run_trains_on_it(tmp_path, tok, train_on_inputs):
+    """The preview ignored the Train tab's system prompt and "Learn the prompts too": it showed the row without the
+    system turn the run adds and the prompt unmarked. Its marked runs are now the run's own example, token for token."""
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"instruction": "Who are you?", "output": "I am Nova."}) + "\n")
+    said = "You are Nova, made by Tunesmith Labs."
+    info = inspection.inspect(str(path), tokenizer=tok, system_prompt=said, train_on_inputs=train_on_inputs)
+    (trained,) = tokenizing.load_examples(
+        spec(path, system_prompt=said, train_on_inputs=train_on_inputs), tok, log=lambda m: None
+    )
+    assert info["sample_messages"][0] == {"role": "system", "content": said}
+    assert info["sample_masked"] == inspection.masked_segments(tok, trained)
+    assert ([said in text for text, learned in info["sample_masked"] if learned] == [True]) is train_on_inputs
+
+
 def test_detection_streams_only_the_first_rows(tmp_path):
     """A huge JSONL file: detecting its format reads the first rows only (a broken row far down is not reached)."""
     path = tmp_path / "big.jsonl"

@@ -31,8 +31,10 @@ def inspect(
     config: str = "",
     split: str = "train",
     row: float = 1,
+    as_trained: tuple = ("", False),
 ):
-    """(dataset in use, summary, masked sample of row `row`, histogram) for a file or hub dataset."""
+    """(dataset in use, summary, masked sample of row `row`, histogram) for a file or hub dataset; `as_trained`: the
+    Train tab's (system prompt, learn the prompts too), which change what the run trains on and so the sample."""
     if not source:
         note = "No dataset yet: upload a file, name a hub dataset, or generate an identity dataset."
         return "", i18n.say(note), [], EMPTY_HIST
@@ -43,6 +45,7 @@ def inspect(
     settings = dict(  # an empty Split box is 'train', as the Train tab's job reads it
         max_seq_length=int(max_len), template=template, config=config, split=split or "train", sample_row=int(row or 1)
     )
+    settings.update(system_prompt=as_trained[0] or "", train_on_inputs=bool(as_trained[1]))
     model_note = ""
     try:
         try:
@@ -163,8 +166,9 @@ def build(model_input) -> dict:
         # y from 0: by default the axis starts at the smallest count, and the bars of that count are not drawn
         hist = gr.BarPlot(EMPTY_HIST, x="tokens", y="rows", label="Tokens per example", y_lim=[0, None])
     source = gr.State("")  # the file or hub id chosen last; `path` is cleared while it cannot be used
+    as_trained = gr.State(("", False))  # the Train tab's settings that change the sample: wire_train
     view = [path, summary, sample, hist]
-    inputs = [source, model_input, mapping, template, max_len, config, split, row]
+    inputs = [source, model_input, mapping, template, max_len, config, split, row, as_trained]
     upload.change(lambda f: f or "", upload, source).then(inspect, inputs, view)
     load_hub.click(lambda h: h.strip(), hub, source).then(inspect, inputs, view)
     for setting in (mapping, template, max_len):
@@ -178,6 +182,9 @@ def build(model_input) -> dict:
     row.change(inspect, inputs, view, trigger_mode="always_last")
     return dict(
         source=source,
+        as_trained=as_trained,
+        inputs=inputs,
+        view=view,
         upload=upload,
         hub=hub,
         config=config,
@@ -199,3 +206,13 @@ def build(model_input) -> dict:
         hist=hist,
         row=row,
     )
+
+
+def wire_train(data: dict, advanced: dict) -> None:
+    """The sample follows the Train tab's system prompt and "Learn the prompts too": the preview showed the rows
+    without the system turn the run adds and with the prompts unmarked, whatever those boxes said."""
+    boxes = [advanced["system_prompt"], advanced["train_on_inputs"]]
+    for box in boxes:
+        box.change(lambda *v: tuple(v), boxes, data["as_trained"]).then(
+            inspect, data["inputs"], data["view"], trigger_mode="always_last"
+        )

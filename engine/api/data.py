@@ -18,9 +18,12 @@ def inspect_data(
     config: str = "",
     split: str = "train",
     sample_row: int = 1,
+    system_prompt: str = "",
+    train_on_inputs: bool = False,
 ) -> dict:
     """Format, row count, columns and a rendered sample (row `sample_row`, 1-based); with `model`, rendered by its
-    chat template (or `template`) with the trained tokens marked, a token-length histogram and the rows
+    chat template (or `template`) with the trained tokens marked (a run's `system_prompt` and `train_on_inputs` as
+    it would train), a token-length histogram and the rows
     `max_seq_length` would truncate. A model that cannot be used raises a ModelError (a UserError), whatever the
     dataset."""
     from engine.data import inspection
@@ -29,7 +32,9 @@ def inspect_data(
     check_access(path)
     tokenizer, context = _tokenizer(model) if model else (None, None)
     used = min(max_seq_length, context or max_seq_length)  # a run trains at most at the model's context
-    info = inspection.inspect(path, fmt, tokenizer, column_map, used, config, split, template, sample_row)
+    info = inspection.inspect(
+        path, fmt, tokenizer, column_map, used, config, split, template, sample_row, system_prompt, train_on_inputs
+    )
     if used < max_seq_length:
         info["context_note"] = context_note(max_seq_length, used)
     return info

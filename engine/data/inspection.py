@@ -46,12 +46,16 @@ def inspect(
     split: str = "train",
     template: str = "auto",
     sample_row: int = 1,
+    system_prompt: str = "",
+    train_on_inputs: bool = False,
 ) -> dict:
     """Everything the Data tab and `python -m engine data inspect` show, validating every row in one streaming pass.
 
     With a tokenizer: the sample rendered by its chat template with trained/masked runs, a token-length histogram
     and how many rows `max_len` would truncate (over the first TOKEN_STATS_ROWS rows). The sample is row
-    `sample_row` (1-based; the last row when there are fewer), whose number is returned as "sample_row".
+    `sample_row` (1-based; the last row when there are fewer), whose number is returned as "sample_row". The
+    examples are made as training makes them: `system_prompt` added where a row has no system turn, and the prompts
+    trained too with `train_on_inputs`.
     """
     if fmt != "auto" and fmt not in FORMATS:  # a job's data_format is checked by JobSpec; this is the CLI's --format
         raise UserError(f"Unknown data format '{fmt}'; use auto or one of: {', '.join(FORMATS)}.")
@@ -75,8 +79,8 @@ def inspect(
         if rows <= sample_row:
             picked, picked_at = row, i
         if tokenizer is not None and fmt in CHAT_FORMATS and rows <= TOKEN_STATS_ROWS:
-            msgs = to_messages(row, fmt, i, name)
-            (whole,) = tokenize_conversations(tokenizer, [msgs], 2**31, where=[f"{name}: row {i}"])
+            msgs = to_messages(row, fmt, i, name, system_prompt)
+            (whole,) = tokenize_conversations(tokenizer, [msgs], 2**31, train_on_inputs, where=[f"{name}: row {i}"])
             lengths.append(len(whole.input_ids))
             cut = len(whole.input_ids) > max_len
             truncated += cut
@@ -87,13 +91,14 @@ def inspect(
     sample_row = min(sample_row, rows)
     out = dict(file=str(source), format=fmt, rows=rows, columns=sorted(columns), sample_row=sample_row)
     if fmt in CHAT_FORMATS:
-        msgs = to_messages(picked, fmt, picked_at, name)
+        msgs = to_messages(picked, fmt, picked_at, name, system_prompt)
         out["sample_messages"] = msgs
         if tokenizer is None:
             out["sample"] = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in msgs)
         else:
             out["sample"] = render(tokenizer, msgs, where=f"{name}: row {picked_at}")
-            out["sample_masked"] = masked_segments(tokenizer, tokenize_conversation(tokenizer, msgs, max_len))
+            example = tokenize_conversation(tokenizer, msgs, max_len, train_on_inputs)
+            out["sample_masked"] = masked_segments(tokenizer, example)
             out["token_lengths"] = dict(
                 rows_counted=len(lengths),
                 max=max(lengths),

@@ -46,3 +46,21 @@ def test_saving_the_job_file_with_a_blank_box_says_so(page, tiny_llama, identity
     page.get_by_text("Not saved: Steps is empty; enter a number.").wait_for()
     shot(page, "first-run-save-blank-steps")
     no_error_badges(page)
+
+
+def test_the_data_preview_follows_the_system_prompt_typed_in_the_train_tab(page, tiny_llama, identity_file):
+    """The preview showed the rows without the system turn the Train tab's System prompt adds to every example, so
+    the user could not see what the run would learn from; it now shows it (test_data_formats checks its marking)."""
+    choose_model(page, tiny_llama)
+    use_identity_data(page, identity_file)
+    tab(page, "Train")
+    page.get_by_text("Advanced").click()
+    system = page.get_by_label("System prompt").locator("visible=true")  # the Chat tab has one too
+    system.fill("You are Nova.")
+    system.press("Tab")
+    page.get_by_label("Learn the prompts too").check()
+    tab(page, "Data")
+    sample = page.locator(".block").filter(has_text="The example as the model sees it").last
+    sample.get_by_text("You are Nova.").first.wait_for(timeout=30_000)
+    shot(page, "first-run-preview-system-prompt")
+    no_error_badges(page)
