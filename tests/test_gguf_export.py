@@ -559,9 +559,9 @@ def test_exports_are_readable_by_other_users(tiny_qwen3, tmp_path):
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in res.path.iterdir()} == {n: 0o644 for n in res.files}
 
 
-def _llama3_model(path):
+def _llama3_model(path, template="llama-3"):
     """A tiny Llama whose tokenizer is laid out as Llama 3's: <|begin_of_text|> is BOS and the tokenizer adds it,
-    with Llama 3's header and end-of-turn tokens and chat template."""
+    with Llama 3's header and end-of-turn tokens and chat template (or `template`, from engine.data.templates)."""
     import torch
     from tiny import ARCHS, make_tokenizer
     from tokenizers import processors
@@ -569,7 +569,7 @@ def _llama3_model(path):
 
     from engine.data.templates import TEMPLATES
 
-    tok = make_tokenizer(TEMPLATES["llama-3"])
+    tok = make_tokenizer(TEMPLATES[template])
     tok.add_special_tokens(
         {"bos_token": "<|begin_of_text|>", "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>"]}
     )
@@ -614,6 +614,38 @@ def test_ollama_prompt_of_a_llama3_export_has_one_bos(tmp_path):
         llm.close()
     trained = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
     assert ollama_ids == tok(trained, add_special_tokens=False)["input_ids"]
+
+
+def test_a_base_model_given_chatml_trains_and_chats_after_its_bos(tmp_path):
+    """A base model whose tokenizer adds a BOS (Llama 3, Gemma) given ChatML, a template that writes none, trained
+    without the BOS it always saw, while its GGUF told llama.cpp and Ollama to put one before every prompt. Training,
+    the app's chat (transformers and GGUF) and Ollama's prompt now all start with the one BOS."""
+    from engine.chat.gguf_chat import GGUFChat
+    from engine.chat.infer import ChatModel
+    from engine.data.tokenizing import load_examples, render
+    from engine.spec.jobspec import JobSpec
+
+    path, tok = _llama3_model(tmp_path / "base", "chatml")
+    bos = tok.bos_token_id
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"instruction": "Who are you?", "output": "I am Nova."}) + "\n")
+    (ex,) = load_examples(JobSpec(model=str(path), data=str(data)), tok, log=quiet)
+    assert ex.input_ids[:2] == [bos, tok.convert_tokens_to_ids("<|im_start|>")] and ex.labels[0] == -100
+    msgs = [{"role": "user", "content": "Who are you?"}]
+    trained = tok(render(tok, msgs, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    assert trained.count(bos) == 1 and trained[0] == bos
+    assert ChatModel(str(path), device="cpu", log=quiet).prompt_ids(msgs) == trained
+    res = api.export(str(path), "gguf-f16", tmp_path / "out", log=quiet)
+    (gguf_file,) = res.path.glob("*.gguf")
+    chat = GGUFChat(gguf_file, device="cpu", n_ctx=256)
+    try:
+        assert chat.prompt_ids(msgs) == trained
+        ollama = chat.llm.tokenize(
+            _ollama_prompt((res.path / "Modelfile").read_text(), msgs).encode(), add_bos=True, special=True
+        )
+        assert ollama == trained
+    finally:
+        chat.close()
 
 
 # Qwen2.5 Instruct's chat template (its tool-calling branches left out): a conversation without a system message gets

@@ -71,6 +71,7 @@ class GGUFChat:
             raise UserError(f"'{path.name}' has no chat template embedded; export it again with Tunesmith.")
         keys = {"bos": "bos_token_id", "eos": "eos_token_id", "pad": "padding_token_id", "unk": "unknown_token_id"}
         self.specials = {name: self._token_text(meta.get(f"tokenizer.ggml.{key}")) for name, key in keys.items()}
+        self.add_bos = str(meta.get("tokenizer.ggml.add_bos_token", "false")).lower() == "true"
         self.source = str(path)
         # what stops a reply, named in its note: llama.cpp's window (n_ctx) where it is shorter than the model's context
         self.limit = MODEL_CONTEXT if self.llm.n_ctx() >= trained else "llama.cpp's chat window"
@@ -86,12 +87,13 @@ class GGUFChat:
         self.llm.close()
 
     def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """The conversation as text through the file's chat template. A template refusing it (Gemma 2's raises on a
-        system turn, many on turns out of order) is a UserError, as engine.data.tokenizing.render makes it."""
+        """The conversation as text through the file's chat template, after the BOS the file says to add where the
+        template writes none (as engine.data.tokenizing.render). A template refusing it (Gemma 2's raises on a system
+        turn, many on turns out of order) is a UserError, as engine.data.tokenizing.render makes it."""
         from engine.data.templates import render_template
 
         try:
-            return render_template(
+            text = render_template(
                 self.template,
                 messages,
                 add_generation_prompt,
@@ -102,6 +104,8 @@ class GGUFChat:
             )
         except Exception as e:  # a template is a program of its own: it can fail in any way, always for this input
             raise template_refused(f"in '{Path(self.source).name}'", messages, e) from None
+        bos = self.specials["bos"] if self.add_bos else ""  # as llama.cpp and Ollama prompt it, as it was trained
+        return text if text.startswith(bos) else bos + text
 
     def encode(self, text: str) -> list[int]:
         """Token ids of rendered text (special tokens parsed, no extra BOS: the template has its own)."""

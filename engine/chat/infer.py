@@ -329,11 +329,14 @@ class ChatModel:
 
     def prompt_ids(self, messages) -> list[int]:
         """The chat-rendered prompt (generation prompt added) as token ids."""
+        from engine.data.tokenizing import leading_bos
+
         try:
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         except Exception as e:  # a template is a program of its own: it can fail in any way, always for this input
             raise template_refused(f"of '{Path(self.source).name}'", messages, e) from None
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        bos = leading_bos(self.tokenizer)  # as training renders it (engine.data.tokenizing.render)
+        return self.tokenizer(text if text.startswith(bos) else bos + text, add_special_tokens=False)["input_ids"]
 
     def pieces(
         self,

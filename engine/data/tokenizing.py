@@ -37,11 +37,24 @@ def ensure_chat_template(tokenizer, name: str = "auto") -> str:
     return templates.apply(tokenizer, name)
 
 
+def leading_bos(tokenizer) -> str:
+    """The BOS text the tokenizer puts before any text it encodes on its own (Llama, Gemma, Mistral), or ""."""
+    key = (tokenizer.bos_token, tokenizer.bos_token_id)
+    known = getattr(tokenizer, "_tunesmith_bos", None)  # asked once per row and turn: the answer is kept
+    if known is None or known[0] != key:
+        probe = tokenizer("a", add_special_tokens=True)["input_ids"] if None not in key else []
+        known = (key, key[0] if probe and probe[0] == key[1] else "")
+        tokenizer._tunesmith_bos = known
+    return known[1]
+
+
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False, where: str = "") -> str:
-    """The conversation as text through the chat template. A template refusing it (many raise on turns out of
-    order) is a UserError naming `where` (e.g. "data.jsonl: row 7")."""
+    """The conversation as text through the chat template, after the tokenizer's BOS where the template writes none:
+    a base model given ChatML (Gemma, Llama 3) trained without the BOS it always saw, and which llama.cpp and Ollama
+    put before every prompt of its GGUF. A template refusing the conversation (many raise on turns out of order) is a
+    UserError naming `where` (e.g. "data.jsonl: row 7")."""
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     except Exception as e:  # a template is a program of its own: it can fail in any way, always for this input
         roles = ", ".join(m["role"] for m in messages)
         why = str(e).splitlines()[0][:200].rstrip(".") if str(e) else type(e).__name__
@@ -49,6 +62,8 @@ def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False,
             f"{where or 'A conversation'}: the chat template cannot render its turns ({roles}): {why}. Check the "
             "turn order or pick another chat template."
         ) from None
+    bos = leading_bos(tokenizer)
+    return text if text.startswith(bos) else bos + text
 
 
 def assistant_spans(tokenizer, messages: list[dict], text: str, where: str = "") -> list[tuple[int, int]]:
