@@ -351,3 +351,23 @@ def test_a_checkpoint_exported_under_a_file_is_a_sentence(trained, tmp_path):
     ckpt = sorted((trained.run_dir / "checkpoints").glob("step-*"))[-1]
     with pytest.raises(api.UserError, match="is a file, not a folder; pick another folder"):
         api.export(str(ckpt), "lora", tmp_path / "file" / "nova", log=quiet)
+
+
+def test_a_large_folder_export_is_offered_file_by_file_without_a_zip_copy(tmp_path, monkeypatch):
+    """Every folder export was zipped for download into the export job's folder and the zip kept: a merged 8B model
+    took 16 GB twice. A folder over ZIP_LIMIT is offered file by file, and nothing is copied."""
+    from engine.export import report
+
+    export, dest = tmp_path / "nova-merged", tmp_path / "job"
+    export.mkdir()
+    dest.mkdir()
+    (export / "config.json").write_text("{}")
+    (export / "model.safetensors").write_bytes(b"\0" * 5000)
+    said = []
+    small = report.downloads(export, "merged16", dest, said.append)
+    assert [d["name"] for d in small] == ["nova-merged.zip"]
+    (dest / "nova-merged.zip").unlink()
+    monkeypatch.setattr(report, "ZIP_LIMIT", 4096)
+    large = report.downloads(export, "merged16", dest, said.append)
+    assert [d["name"] for d in large] == ["config.json", "model.safetensors"] and list(dest.iterdir()) == []
+    assert said[-1] == "export: 4.9 KiB, over 4.0 KiB: offering its files one by one, not a zip copy"

@@ -9,6 +9,8 @@ from pathlib import Path
 from engine.core.errors import UserError
 from engine.core.files import check_free_disk
 
+ZIP_LIMIT = 2**30  # bytes of a folder export zipped for download: adapters and small models, not a merged 8B model
+
 
 def _num(x: float) -> str:
     """A logit difference as people read it: 0 exactly, else 2 significant digits (0.0021, 0.35, 1.2)."""
@@ -68,13 +70,16 @@ def _gguf(checks: dict) -> str:
 def downloads(export: Path, fmt: str, dest: Path, log=print) -> list[dict]:
     """The files to offer as browser downloads, as [{"path", "name", "bytes", "size" (as text)}].
 
-    A GGUF export gives its .gguf file and Modelfile as they are. A folder export (LoRA adapter, merged model) gives
-    one zip of the folder, written into `dest` (stored, not compressed: weights do not shrink); where the disk has no
-    room for that copy, its files one by one instead.
+    A GGUF export gives its .gguf file and Modelfile as they are. A folder export (LoRA adapter, merged model) of up
+    to ZIP_LIMIT bytes gives one zip of the folder, written into `dest` (stored, not compressed: weights do not
+    shrink); a larger one, or one the disk has no room to copy, its files one by one instead. The zip is a second copy
+    that stays beside the export: a merged 8B model's would be 16 GB more on a disk a notebook's quota counts.
     """
     files = sorted(p for p in export.iterdir() if p.is_file())
-    if not fmt.startswith("gguf"):
-        size = sum(p.stat().st_size for p in files)
+    size = sum(p.stat().st_size for p in files)
+    if not fmt.startswith("gguf") and size > ZIP_LIMIT:
+        log(f"export: {size_text(size)}, over {size_text(ZIP_LIMIT)}: offering its files one by one, not a zip copy")
+    elif not fmt.startswith("gguf"):
         try:
             check_free_disk(dest, size + 2**24, "a zip of the export for download")
         except UserError as e:  # the export itself is complete; only its one-file download is skipped
