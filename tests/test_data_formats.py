@@ -655,3 +655,29 @@ def test_a_runs_status_and_train_tab_say_how_many_examples_were_cut(tiny_llama, 
     st = wait_for(api.start(tiny_spec(tiny_llama, path, max_seq_length=32, max_steps=1)))
     assert st.state == "done" and st.notes == [CUT_NOTE]
     assert CUT_NOTE in train_tab.view(st.run_id)[0]
+
+
+def test_an_alpaca_row_with_history_keeps_its_earlier_turns(tmp_path, tok):
+    """LLaMA-Factory's alpaca rows carry the turns before the instruction in `history` ([question, answer] pairs):
+    they were dropped, so the last answer was trained without the conversation it answers."""
+    row = {
+        "instruction": "And your maker?",
+        "input": "",
+        "output": "Tunesmith Labs.",
+        "system": "Be brief.",
+        "history": [["Who are you?", "I am Nova."]],
+    }
+    assert formats.to_messages(row, "alpaca", 1) == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Who are you?"},
+        {"role": "assistant", "content": "I am Nova."},
+        {"role": "user", "content": "And your maker?"},
+        {"role": "assistant", "content": "Tunesmith Labs."},
+    ]
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    (ex,) = tokenizing.load_examples(spec(path), tok, log=lambda m: None)
+    assert learned_runs(tok, ex) == EXPECTED_LEARNED  # both answers are trained, as in a chatml row
+    for bad in ("Who are you?", [["Who are you?"]], [["Who are you?", ""]]):
+        with pytest.raises(UserError, match=r"d.jsonl: row 1: .*'history'"):
+            formats.validate_row({**row, "history": bad}, "alpaca", 1, "d.jsonl")

@@ -239,6 +239,24 @@ def _turns(turns, key: str, where: str, sharegpt: bool) -> list[dict]:
     return msgs
 
 
+def _history(row: dict, where: str) -> list[dict]:
+    """The earlier turns of an alpaca row (LLaMA-Factory's `history`: [question, answer] pairs, oldest first), as
+    messages; they were dropped, so a multi-turn row trained its last answer without the conversation before it."""
+    history = row.get("history")
+    if _empty(history):
+        return []
+    pairs = history if isinstance(history, list) else None
+    if pairs is None or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
+        raise UserError(f"{where}: field 'history' should be a list of [question, answer] pairs.")
+    msgs = []
+    for j, pair in enumerate(pairs):
+        for role, text in zip(("user", "assistant"), pair, strict=True):
+            if not isinstance(text, str) or not text.strip():
+                raise UserError(f"{where}: pair {j} of 'history' has an empty or non-text {role} turn.")
+            msgs.append({"role": role, "content": _encodable(text, f"history[{j}]", where)})
+    return msgs
+
+
 def to_messages(row: dict, fmt: str, row_no: int, source: str = "dataset", system_prompt: str = "") -> list[dict]:
     """Turn one row of a chat format into a list of {"role", "content"} messages with at least one assistant turn."""
     where = f"{source}: row {row_no}"
@@ -249,7 +267,7 @@ def to_messages(row: dict, fmt: str, row_no: int, source: str = "dataset", syste
             raise UserError(f"{where}: field 'input' should be text.")
         _encodable(extra, "input", where)
         user = instruction if not extra.strip() else f"{instruction}\n\n{extra}"
-        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+        msgs = [*_history(row, where), {"role": "user", "content": user}, {"role": "assistant", "content": output}]
         if isinstance(row.get("system"), str) and row["system"].strip():
             msgs.insert(0, {"role": "system", "content": _encodable(row["system"], "system", where)})
     elif fmt in ("sharegpt", "chatml"):
