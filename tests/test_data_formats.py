@@ -127,6 +127,27 @@ def test_plain_text_is_raw_paragraphs(tmp_path):
     assert inspection.inspect(str(path))["format"] == "raw"
 
 
+def test_a_folder_of_text_files_is_read_as_one_file_is(tmp_path):
+    """A folder of .txt files went to `datasets`, which made one row per line: a pretraining run learned each line of
+    a book as a document of its own. Its files are read as one is, a row per paragraph, in name order; a README.md
+    beside them is the folder's card, and a mix with other formats is still refused."""
+    books = tmp_path / "books"
+    (books / "part2").mkdir(parents=True)
+    (books / "a.txt").write_text("First paragraph,\nstill first.\n\nSecond one.\n")
+    (books / "part2" / "b.md").write_text("# Third\nparagraph.\n")
+    (books / "README.md").write_text("My books.\n")
+    (books / ".hidden.txt").write_text("not read\n")
+    assert reading.read_rows(books) == [
+        {"text": "First paragraph,\nstill first."},
+        {"text": "Second one."},
+        {"text": "# Third\nparagraph."},
+    ]
+    assert inspection.inspect(str(books))["rows"] == 3
+    (books / "c.jsonl").write_text(json.dumps({"text": "x"}) + "\n")
+    with pytest.raises(UserError, match="more than one format"):
+        reading.read_rows(books)
+
+
 def test_empty_texts_preview_as_training_reads_them(tmp_path, tok):
     """Continued pretraining takes an empty 'text' row as no example (wikitext's rows are often ""), but the Data
     tab refused the same file: "row 1: field 'text' is missing or empty", and so did the check before a run."""

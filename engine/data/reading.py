@@ -206,6 +206,35 @@ def _text_rows(path: Path):
                 para = []
 
 
+def _text_files(folder: Path) -> list[Path]:
+    """A folder's text files (.txt, .md) when they are all its data files, in name order; else []. A README.md is the
+    folder's card, not text to learn, unless a folder holds nothing else; one naming `configs` is left to `datasets`."""
+    files = [
+        f
+        for f in sorted(folder.rglob("*"))
+        if f.is_file()
+        and f.suffix.lower() in SUFFIXES
+        and not any(p.startswith((".", "__")) for p in f.relative_to(folder).parts)
+    ]
+    readme = folder / "README.md"
+    if readme in files:
+        if "configs:" in readme.read_text(errors="replace"):
+            return []  # the card says which files make the dataset: `datasets` reads them as it says
+        if len(files) > 1:
+            files.remove(readme)
+    return files if files and all(f.suffix.lower() in (".txt", ".md") for f in files) else []
+
+
+def _text_folder_rows(files: list[Path]):
+    """A folder of text files as one file would be read: one raw-text row per paragraph (`datasets` made one per
+    line, so a pretraining run learned each line of a book as a document of its own), numbered across the files."""
+    n = 0
+    for path in files:
+        for _, row in _text_rows(path):
+            n += 1
+            yield n, row
+
+
 def iter_source(source: str, config: str = "", split: str = "train") -> Iterator[tuple[int, dict]]:
     """Rows of a local file, or of a hub dataset (or local dataset folder) loaded through `datasets`."""
     yield from source_rows(source, config, split)[1]
@@ -219,6 +248,8 @@ def source_rows(
     path = Path(os.path.expanduser(source))
     if path.is_file():
         return file_rows(path, count)
+    if path.is_dir() and (texts := _text_files(path)):
+        return None, _text_folder_rows(texts)
     from engine.core.hub_id import HUB_ID, url_hint
 
     # a hub id looks like a relative path (owner/name), but one ending in a file suffix is a mistyped file name
