@@ -2,10 +2,11 @@
 config class gives the keys it leaves out."""
 
 from engine.core.errors import UserError
+from engine.memory.families import FAMILIES
 
 
-def arch_fields(cfg: dict, with_vision: bool = True) -> tuple:
-    """Arch's fields, in order, for a config.json (Arch.from_config). A UserError where it lacks a number they need:
+def arch_fields(cfg: dict, with_vision: bool = True) -> dict:
+    """Arch's fields, by name, for a config.json (Arch.from_config). A UserError where it lacks a number they need:
     families that name them otherwise (GPT-2's n_embd, BLOOM's n_head) are not read."""
     try:
         return _fields(with_defaults(cfg), with_vision)
@@ -14,13 +15,15 @@ def arch_fields(cfg: dict, with_vision: bool = True) -> tuple:
         raise UserError(
             f"The memory plan cannot read this model's architecture: its config.json ({kind}) has no {e}, so its "
             "memory cannot be planned and it cannot be trained here; use a model of a family it reads (Llama, "
-            "Mistral, Qwen, Gemma, Phi-3, DeepSeek, Mixtral, gpt-oss)."
+            "Mistral, Qwen, Gemma, Phi, StarCoder2, GPT-NeoX, Falcon, Jamba, ERNIE 4.5, DeepSeek, Mixtral, gpt-oss)."
         ) from None
 
 
-def _fields(cfg: dict, with_vision: bool) -> tuple:
+def _fields(cfg: dict, with_vision: bool, family: bool = True) -> dict:
     text = cfg.get("text_config") or cfg
     kind = text.get("model_type") or cfg.get("model_type", "")
+    if family and kind in FAMILIES:  # a layout of its own, read in its terms
+        return FAMILIES[kind](text, lambda named: _fields(named, with_vision, family=False))
     h, heads, layers = text["hidden_size"], text["num_attention_heads"], text["num_hidden_layers"]
     kv = text.get("num_key_value_heads") or heads
     head_dim = text.get("head_dim") or h // heads
@@ -61,25 +64,25 @@ def _fields(cfg: dict, with_vision: bool) -> tuple:
     if with_vision and vision and loads_vision(cfg.get("model_type", "")):
         other += vision_params(vision, h)
     tied = next((t for t in (cfg.get("tie_word_embeddings"), text.get("tie_word_embeddings")) if t is not None), True)
-    return (
-        h,
-        text.get("intermediate_size") or expert_width,
-        layers,
-        heads,
-        kv,
-        head_dim,
-        text["vocab_size"],
-        bool(tied),
-        experts,
-        expert_width if experts else 0,
-        moe,
-        text.get("num_experts_per_tok") or text.get("experts_per_token") or 0,
-        shared,
-        kind == "gpt_oss",
-        other,
-        kind,
-        mixed,
-        latent,
+    return dict(
+        hidden=h,
+        intermediate=text.get("intermediate_size") or expert_width,
+        layers=layers,
+        heads=heads,
+        kv_heads=kv,
+        head_dim=head_dim,
+        vocab=text["vocab_size"],
+        tied=bool(tied),
+        experts=experts,
+        expert_intermediate=expert_width if experts else 0,
+        moe_layers=moe,
+        experts_per_token=text.get("num_experts_per_tok") or text.get("experts_per_token") or 0,
+        shared_intermediate=shared,
+        expert_biases=kind == "gpt_oss",
+        other_params=other,
+        model_type=kind,
+        moe_ids=mixed,
+        latent=latent,
     )
 
 
@@ -96,16 +99,22 @@ def loads_vision(model_type: str) -> bool:
 def with_defaults(cfg: dict) -> dict:
     """config.json with its family's defaults (its transformers config class's) where it leaves a key out, as
     transformers loads it: a saved config omits values equal to them (gemma-3-4b-it's text_config has no vocab_size;
-    a llama config without tie_word_embeddings is untied). A family transformers does not know stays as written."""
+    a llama config without tie_word_embeddings is untied), and values the class derives from others follow this
+    config's (Falcon's ffn_hidden_size is 4 x its hidden_size, not the default's). A family transformers does not
+    know stays as written."""
     from transformers import AutoConfig
 
     try:
         defaults = AutoConfig.for_model(cfg["model_type"]).to_dict()
     except (KeyError, ValueError):  # no model_type, or remote code
         return cfg
-    full = {**defaults, **cfg}
+    try:
+        loaded = AutoConfig.for_model(**cfg).to_dict()
+    except Exception:  # noqa: BLE001  a value the class refuses: the keys as written, over the defaults
+        loaded = {}
+    full = {**defaults, **cfg, **loaded}
     if isinstance(cfg.get("text_config"), dict) and isinstance(defaults.get("text_config"), dict):
-        full["text_config"] = {**defaults["text_config"], **cfg["text_config"]}
+        full["text_config"] = {**defaults["text_config"], **cfg["text_config"], **loaded.get("text_config", {})}
     return full
 
 

@@ -13,6 +13,7 @@ were fitted to peaks measured on the GPU machine (engine/calibrate.py; table in 
 """
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 from engine.core.scratch import experts_per_chunk
@@ -78,13 +79,17 @@ class Arch:
     # DeepSeek's multi-head latent attention: (q_lora_rank, 0 where q is one projection; kv_lora_rank; the per-head
     # widths of q/k without and with rotary positions, and of v); () for the usual q, k, v and o
     latent: tuple[int, ...] = ()
+    # each decoder layer's nn.Linear modules as (name, in, out), where a family's are not the q, k, v, o and gate, up,
+    # down above (engine.memory.families: Phi's fc1 and fc2, a fused query_key_value, Jamba's Mamba mixers); () for
+    # those. LoRA's targets match these names, as PEFT matches the model's.
+    linears: tuple[tuple[tuple[str, int, int], ...], ...] = ()
 
     @classmethod
     def from_config(cls, cfg: dict, with_vision: bool = True) -> "Arch":
         """From a transformers config.json. A multimodal config keeps the language model's numbers in text_config;
         its vision tower (vision_config) is counted when `with_vision` and the run loads it
         (engine.memory.configs.loads_vision)."""
-        return cls(*arch_fields(cfg, with_vision))
+        return cls(**arch_fields(cfg, with_vision))
 
     @property
     def attention_shapes(self) -> dict[str, tuple[int, int]]:
@@ -111,6 +116,8 @@ class Arch:
         """(how many layers, their nn.Linear shapes by module name), for the dense and the MoE layers: what
         bitsandbytes quantizes and LoRA's target_modules adapt. The experts of transformers' MoE layers are fused
         3-D parameters, not nn.Linear modules: counted in `expert_params`."""
+        if self.linears:
+            return [(n, {name: (a, b) for name, a, b in layer}) for layer, n in Counter(self.linears).items()]
         dense = [(self.layers - self.moe_layers, self.linear_shapes)]
         if not self.moe_layers:
             return dense
@@ -144,7 +151,10 @@ class Arch:
     def layer_params(self, index: int) -> tuple[int, int]:
         """(nn.Linear weights, fused expert weights) of decoder layer `index`: what weight streaming moves of it."""
         moe = self.layer_is_moe(index)
-        shapes = self._layer_linears[-1][1] if moe else self.linear_shapes
+        if self.linears:
+            shapes = {name: (a, b) for name, a, b in self.linears[index]}
+        else:
+            shapes = self._layer_linears[-1][1] if moe else self.linear_shapes
         experts = self.experts * 3 * self.hidden * self.expert_intermediate if moe else 0
         return sum(a * b for a, b in shapes.values()), experts
 
@@ -164,6 +174,11 @@ class Arch:
         h, i = self.hidden, self.expert_intermediate
         sides = (2 * i + h if {"gate_proj", "up_proj"} & set(targets) else 0) + (i + h if "down_proj" in targets else 0)
         return self.moe_layers * self.experts * rank * sides
+
+    @property
+    def linear_names(self) -> set[str]:
+        """The names of the decoder layers' nn.Linear modules: what LoRA's target_modules can name."""
+        return {name for _, shapes in self._layer_linears for name in shapes}
 
     @property
     def embedding_params(self) -> int:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from engine.core.errors import BudgetTooSmall, UserError
 from engine.memory import offload
-from engine.memory.estimate import Arch, estimate, nf4_experts
+from engine.memory.estimate import ALL_TARGETS, Arch, estimate, nf4_experts
 from engine.memory.offload import Plan
 
 LARGEST_BUDGET_GIB = 4096  # where the search for the smallest workable budget gives up
@@ -42,6 +42,7 @@ def plan_for(
     not know the data and stay those of batch_size x max_seq_length; the run may then plan for less.
 
     A budget below every plan's is refused (BudgetTooSmall) naming the smallest budget a plan exists for."""
+    adapters_have_targets(arch, spec)
     try:
         return _plan_for(arch, spec, budget_gib, host_ram_gib, dtype, on_gpu, tokens)
     except BudgetTooSmall as e:
@@ -49,6 +50,23 @@ def plan_for(
         if need is None:
             raise
         raise BudgetTooSmall(e.template, need) from None
+
+
+def adapters_have_targets(arch: Arch, spec) -> None:
+    """A UserError for LoRA or QLoRA on a model whose layers the estimate knows by name (Arch.linears: Falcon's
+    query_key_value, GPT-NeoX's dense_h_to_4h) where none of the default names the job's target_modules keeps is one
+    of them, nor reaches its experts: engine.models.loading.add_lora would refuse it once the weights had loaded, and
+    the plan would count no adapters. Other names (lm_head) are left to add_lora."""
+    targets = set(spec.target_modules)
+    if spec.method == "full" or not arch.linears or not targets <= set(ALL_TARGETS) or targets & arch.linear_names:
+        return
+    if arch.lora_params(spec.lora_r, spec.target_modules, spec.lora_experts):  # the experts take adapters
+        return
+    raise UserError(
+        f"LoRA has nowhere to go in this model ({arch.model_type}): it has none of the layers chosen for adapters "
+        f"({', '.join(spec.target_modules)}); its layers are named {', '.join(sorted(arch.linear_names))}. Train it "
+        "with full fine-tuning, or name some of those in the job's target_modules."
+    )
 
 
 def _plan_for(arch: Arch, spec, budget_gib, host_ram_gib, dtype, on_gpu, tokens) -> Plan:
@@ -170,7 +188,9 @@ class Verdict:
 
 
 def verdict(arch: Arch, spec, budget_gib: float | None, host_ram_gib: float | None, dtype: str = "bf16") -> Verdict:
-    """The plan for `spec` on this budget and free RAM, and whether it fits (never raises for a run that does not)."""
+    """The plan for `spec` on this budget and free RAM, and whether it fits (never raises for a run that does not;
+    raises for one that cannot run at all, adapters_have_targets)."""
+    adapters_have_targets(arch, spec)
     try:
         plan = plan_for(arch, spec, budget_gib, host_ram_gib, dtype)
         return Verdict(True, "", plan, plan.peak_vram_gib, plan.peak_ram_gib, parts(arch, spec, plan))

@@ -1,0 +1,127 @@
+"""engine.memory.families: the families whose layers are not Llama's (a two-matrix MLP, a fused query_key_value,
+Mamba mixers, ERNIE's MoE keys) counted as transformers builds them, LoRA's adapters counted where PEFT puts them,
+and LoRA refused in a sentence where the default targets name none of a model's layers."""
+
+import pytest
+from test_memory import json_folder_for, on_meta
+
+from engine import api
+from engine.core.errors import UserError
+from engine.memory.estimate import Arch
+from engine.spec.jobspec import JobSpec
+
+# Published configs (the numbers that size the model), written out here: nothing is downloaded.
+ERNIE_45_21B_A3B = dict(
+    model_type="ernie4_5_moe", hidden_size=2560, intermediate_size=12288, num_hidden_layers=28,
+    num_attention_heads=20, num_key_value_heads=4, head_dim=128, vocab_size=103424, moe_num_experts=64, moe_k=6,
+    moe_num_shared_experts=2, moe_intermediate_size=1536, moe_layer_start_index=1, moe_layer_end_index=29,
+    moe_layer_interval=1, use_bias=False, tie_word_embeddings=True,
+)  # fmt: skip
+JAMBA_V01 = dict(
+    model_type="jamba", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+    num_key_value_heads=8, vocab_size=65536, num_experts=16, num_experts_per_tok=2, expert_layer_period=2,
+    expert_layer_offset=1, attn_layer_period=8, attn_layer_offset=4, mamba_d_state=16, mamba_d_conv=4, mamba_expand=2,
+    mamba_dt_rank=256, mamba_conv_bias=True, mamba_proj_bias=False, tie_word_embeddings=False,
+)  # fmt: skip
+FALCON_7B = dict(
+    model_type="falcon", hidden_size=4544, num_attention_heads=71, num_hidden_layers=32, vocab_size=65024,
+    multi_query=True, new_decoder_architecture=False, parallel_attn=True, bias=False, alibi=False,
+)  # fmt: skip
+# new_decoder_architecture: 8 k/v head pairs, ln_attn and ln_mlp; ffn_hidden_size left out (4 x hidden_size)
+FALCON_40B = dict(
+    model_type="falcon", hidden_size=8192, num_attention_heads=128, num_kv_heads=8, num_hidden_layers=60,
+    vocab_size=65024, new_decoder_architecture=True, parallel_attn=True, bias=False, alibi=False,
+)  # fmt: skip
+# neither: one k/v pair a head, attention then MLP (two LayerNorms), biases
+FALCON_RW_1B = dict(
+    model_type="falcon", hidden_size=2048, num_attention_heads=32, num_hidden_layers=24, vocab_size=50304,
+    multi_query=False, new_decoder_architecture=False, parallel_attn=False, bias=True, alibi=True,
+)  # fmt: skip
+PHI_2 = dict(
+    model_type="phi", hidden_size=2560, intermediate_size=10240, num_hidden_layers=32, num_attention_heads=32,
+    num_key_value_heads=32, vocab_size=51200, partial_rotary_factor=0.4, qk_layernorm=False, tie_word_embeddings=False,
+)  # fmt: skip
+STARCODER2_3B = dict(
+    model_type="starcoder2", hidden_size=3072, intermediate_size=12288, num_hidden_layers=30, num_attention_heads=24,
+    num_key_value_heads=2, vocab_size=49152, use_bias=True, sliding_window=4096, bos_token_id=0, eos_token_id=0,
+)  # fmt: skip
+PYTHIA_1_4B = dict(
+    model_type="gpt_neox", hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=16,
+    vocab_size=50304, rotary_pct=0.25, use_parallel_residual=True, tie_word_embeddings=False,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "config, billions",
+    [
+        (ERNIE_45_21B_A3B, 21.83),  # was 3.35: moe_num_experts was not read
+        (JAMBA_V01, 51.57),  # was 92.08: every layer counted as attention with 16 experts
+        (FALCON_7B, 6.92),  # was refused: no intermediate_size
+        (FALCON_40B, 41.30),
+        (FALCON_RW_1B, 1.31),
+        (PHI_2, 2.78),  # was 3.62: gate, up and down counted for fc1 and fc2
+        (STARCODER2_3B, 3.03),  # was 4.16
+        (PYTHIA_1_4B, 1.41),  # was 1.82
+    ],
+    ids=["ernie-4.5-21b-a3b", "jamba-v0.1", "falcon-7b", "falcon-40b", "falcon-rw-1b", "phi-2", "starcoder2-3b"]
+    + ["pythia-1.4b"],
+)
+def test_every_parameter_of_these_families_is_counted(config, billions):
+    """Against the model transformers builds from the same config.json, and the published size."""
+    arch = Arch.from_config(config)
+    assert arch.params == on_meta(config)
+    assert arch.params / 1e9 == pytest.approx(billions, abs=0.01)
+
+
+def test_layers_of_jamba_and_ernie_are_where_the_model_has_them():
+    jamba = Arch.from_config(JAMBA_V01)
+    assert jamba.moe_layers == 16 and jamba.layer_is_moe(1) and not jamba.layer_is_moe(0)
+    attention, mamba = ["q_proj", "k_proj", "v_proj", "o_proj"], ["in_proj", "x_proj", "dt_proj", "out_proj"]
+    assert [name for name, *_ in jamba.linears[4]] == attention + ["gate_proj", "up_proj", "down_proj"]
+    assert [name for name, *_ in jamba.linears[5]] == mamba  # its experts are fused 3-D tensors, not nn.Linear
+    ernie = Arch.from_config(ERNIE_45_21B_A3B)
+    assert (ernie.experts, ernie.moe_layers, ernie.experts_per_token, ernie.shared_intermediate) == (64, 27, 6, 3072)
+    assert not ernie.layer_is_moe(0) and ernie.layer_is_moe(27)
+
+
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, vocab_size=256)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(TINY, model_type="phi"),
+        dict(TINY, model_type="starcoder2", num_key_value_heads=2),
+        dict(TINY, model_type="jamba", num_key_value_heads=2, num_experts=4, attn_layer_period=2, attn_layer_offset=1),
+        dict(TINY, model_type="gpt_neox"),
+    ],
+    ids=["phi", "starcoder2", "jamba", "gpt-neox-own-targets"],
+)
+def test_adapters_are_counted_where_peft_puts_them(config):
+    """The default targets (q, k, v, o, gate, up, down) reach Phi's q, k and v alone, StarCoder2's attention alone,
+    Jamba's attention, dense MLPs and experts (not its Mamba mixers): the estimate counted gate, up and down adapters
+    on every model (Phi-2: 30.1M at rank 16 where PEFT makes 7.9M). GPT-NeoX trains with its own names."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from engine.models.loading import add_lora
+
+    c = dict(config)
+    targets = ("query_key_value", "dense_4h_to_h") if c["model_type"] == "gpt_neox" else JobSpec.target_modules
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(c.pop("model_type"), **c))
+    spec = JobSpec(model="-", data="-", method="lora", lora_r=8, lora_alpha=8, target_modules=targets)
+    peft_model = add_lora(model, spec, log=lambda line: None)
+    trained = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    assert Arch.from_config(config).lora_params(8, targets) == trained > 0
+
+
+@pytest.mark.parametrize("config", [FALCON_7B, PYTHIA_1_4B], ids=["falcon-7b", "pythia-1.4b"])
+def test_lora_with_targets_a_model_does_not_have_is_a_sentence(config):
+    """Falcon and GPT-NeoX have no q_proj .. down_proj: the run refused LoRA only once the weights had loaded (PEFT
+    found no target), while the estimate gave a figure; it says so, and full fine-tuning is planned."""
+    folder = json_folder_for(config)
+    for method in ("lora", "qlora"):
+        with pytest.raises(UserError, match=r"LoRA has nowhere to go in this model .* query_key_value\. Train it"):
+            api.estimate(folder, method, seq=512, batch=1, vram_gib=80, ram_gib=512)
+    assert api.estimate(folder, "full", seq=512, batch=1, vram_gib=80, ram_gib=512)["fits"]
