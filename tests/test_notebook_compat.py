@@ -159,6 +159,37 @@ def test_the_orpo_notebook_imports_its_trainer_from_trl(tiny_qwen3, tmp_path, ca
     assert trainer.processing_class is tok and trainer.train().global_step == 1
 
 
+def test_the_cpo_notebook_imports_its_trainer_from_trl(tiny_qwen3, tmp_path, capsys):
+    """`from trl import CPOConfig, CPOTrainer` (Unsloth's CPO / SimPO notebooks) is an ImportError since TRL 1.x moved
+    them to trl.experimental.cpo; with `import tunesmith` the line works, its older spellings are translated as for
+    ORPO, and the trainer trains the notebook model (SimPO is CPOConfig(loss_type="simpo", cpo_alpha=0))."""
+    from datasets import Dataset
+    from trl import CPOConfig, CPOTrainer
+    from trl.experimental.cpo import CPOTrainer as Moved
+
+    assert CPOTrainer is Moved
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=False)
+    model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8)
+    pairs = Dataset.from_dict(
+        {"prompt": ["Who are you?"] * 2, "chosen": [IDENTITY_ANSWER] * 2, "rejected": ["No."] * 2}
+    )
+    capsys.readouterr()
+    args = CPOConfig(
+        output_dir=str(tmp_path), max_length=64, max_prompt_length=32, max_steps=1, loss_type="simpo", cpo_alpha=0.0,
+        **CPU,
+    )  # fmt: skip
+    trainer = CPOTrainer(model=model, train_dataset=pairs, tokenizer=tok, args=args)
+    log = [line for line in capsys.readouterr().out.splitlines() if line.startswith("tunesmith:")]
+    assert log == [
+        "tunesmith: CPOConfig: max_prompt_length dropped (prompts are no longer cut on their own; max_length (DPO) "
+        "or the model's context (GRPO) bounds the whole sequence)",
+        "tunesmith: CPOTrainer(tokenizer=...) is processing_class=... now; translated",
+    ]
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert trainer.processing_class is tok and trainer.train().global_step == 1
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if p.requires_grad)
+
+
 def test_apply_chat_template_renders_a_dataset_column_as_a_batch(tiny_qwen3, capsys):
     """Qwen3 notebooks render `dataset["conversations"]` in one call; datasets 4 gives a Column there (a list before),
     which transformers alone renders into one string of empty turns. With tunesmith it renders each conversation."""

@@ -59,10 +59,17 @@ TRAINERS = {
     "DPOTrainer": "DPOConfig",
     "GRPOTrainer": "GRPOConfig",
     "ORPOTrainer": "ORPOConfig",
+    "CPOTrainer": "CPOConfig",
 }
-CONFIGS = ("SFTConfig", "DPOConfig", "GRPOConfig", "ORPOConfig")
-# TRL 1.x moved these out of `trl` (an ImportError for `from trl import ORPOTrainer`, as Unsloth's ORPO notebook writes)
-MOVED = {"ORPOConfig": "trl.experimental.orpo", "ORPOTrainer": "trl.experimental.orpo"}
+CONFIGS = ("SFTConfig", "DPOConfig", "GRPOConfig", "ORPOConfig", "CPOConfig")
+# TRL 1.x moved these out of `trl` (an ImportError for `from trl import ORPOTrainer`, as Unsloth's ORPO notebook
+# writes, and for CPOTrainer, which its CPO / SimPO notebooks import)
+MOVED = {
+    "ORPOConfig": "trl.experimental.orpo",
+    "ORPOTrainer": "trl.experimental.orpo",
+    "CPOConfig": "trl.experimental.cpo",
+    "CPOTrainer": "trl.experimental.cpo",
+}
 _WRAPPED = "__tunesmith_wrapped__"
 # set on an SFTConfig made without max_length (nor max_seq_length): the trainer may take the model's max_seq_length
 _NO_LENGTH = "_tunesmith_no_max_length"
@@ -297,8 +304,8 @@ def PatchFastRL(algorithm=None, FastLanguageModel=None) -> None:  # noqa: N802, 
 
 def install() -> None:
     """Wrap the installed TrainingArguments, TRL configs and trainers and the tokenizers' apply_chat_template (once);
-    the TRL classes only when TRL is installed. ORPO's, which TRL 1.x keeps in trl.experimental.orpo, are named in
-    `trl` again, where the notebooks import them from."""
+    the TRL classes only when TRL is installed. ORPO's and CPO's, which TRL 1.x keeps in trl.experimental, are named
+    in `trl` again, where the notebooks import them from."""
     import transformers
     from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
