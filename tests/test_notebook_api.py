@@ -296,7 +296,8 @@ def test_fast_model_picks_layers_by_the_finetune_switches(tiny_qwen3):
     [
         (dict(bias="all"), "bias terms are not trained"),
         (dict(loftq_config={"loftq_bits": 4}), "LoftQ"),
-        (dict(modules_to_save=["lm_head"]), "full_finetuning=True"),
+        (dict(modules_to_save=["norm"]), "full_finetuning=True"),
+        (dict(modules_to_save=["lm_head"]), "lm_head alone cannot be trained.*list both"),
         (dict(layers_to_transform=[0]), "every layer"),
         (dict(init_lora_weights="gaussian"), "init_lora_weights"),
         (dict(use_dora=True), "DoRA"),

@@ -30,6 +30,7 @@ from tunesmith.chat_templates import (
 from tunesmith.compat import PatchDPOTrainer, PatchFastRL, PatchKTOTrainer
 from tunesmith.fast_model import FastModel
 from tunesmith.model import FastLanguageModel, is_bfloat16_supported
+from tunesmith.trainer import UnslothTrainer, UnslothTrainingArguments
 
 compat.install()
 
@@ -39,6 +40,8 @@ __all__ = [
     "PatchDPOTrainer",
     "PatchFastRL",
     "PatchKTOTrainer",
+    "UnslothTrainer",
+    "UnslothTrainingArguments",
     "UserError",
     "get_chat_template",
     "is_bfloat16_supported",

@@ -62,6 +62,8 @@ TRAINERS = {
     "CPOTrainer": "CPOConfig",
 }
 CONFIGS = ("SFTConfig", "DPOConfig", "GRPOConfig", "ORPOConfig", "CPOConfig")
+# SFTConfig and its subclass tunesmith.trainer.UnslothTrainingArguments: SFTTrainer may give them the model's length
+SFT_CONFIGS = ("SFTConfig", "UnslothTrainingArguments")
 # TRL 1.x moved these out of `trl` (an ImportError for `from trl import ORPOTrainer`, as Unsloth's ORPO notebook
 # writes, and for CPOTrainer, which its CPO / SimPO notebooks import)
 MOVED = {
@@ -149,7 +151,7 @@ def _wrap_config(cls) -> None:
     def __init__(self, *args, **kwargs):
         kwargs = translate_config(name, fields, kwargs)
         original(self, *args, **cpu_bf16(name, kwargs, bf16_default))
-        if name == "SFTConfig" and "max_length" not in kwargs:
+        if name in SFT_CONFIGS and "max_length" not in kwargs:
             setattr(self, _NO_LENGTH, True)
 
     setattr(__init__, _WRAPPED, original)
@@ -319,6 +321,10 @@ def install() -> None:
                 warnings.simplefilter("ignore")
                 setattr(trl, name, getattr(importlib.import_module(module), name))
     classes = [transformers.TrainingArguments] + [getattr(trl, c) for c in CONFIGS if trl and hasattr(trl, c)]
+    if trl:
+        from tunesmith.trainer import UnslothTrainingArguments
+
+        classes.append(UnslothTrainingArguments)  # a dataclass of its own __init__, which SFTConfig's wrap misses
     for cls in classes:
         if not hasattr(cls.__dict__["__init__"], _WRAPPED):
             _wrap_config(cls)
@@ -335,7 +341,10 @@ def uninstall() -> None:
     import trl
     from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-    for cls in [transformers.TrainingArguments] + [getattr(trl, c) for c in (*CONFIGS, *TRAINERS) if hasattr(trl, c)]:
+    from tunesmith.trainer import UnslothTrainingArguments
+
+    classes = [getattr(trl, c) for c in (*CONFIGS, *TRAINERS) if hasattr(trl, c)]
+    for cls in [transformers.TrainingArguments, UnslothTrainingArguments, *classes]:
         original = getattr(cls.__dict__["__init__"], _WRAPPED, None)
         if original is not None:
             cls.__init__ = original

@@ -58,7 +58,8 @@ LORA_OPTIONS = {
     "loftq_config": ((None, {}), "LoftQ initialisation is not supported: drop loftq_config"),
     "modules_to_save": (
         (None,),
-        "only LoRA adapters are trained: load with full_finetuning=True to train every weight",
+        'only LoRA adapters, and embed_tokens with lm_head (modules_to_save=["embed_tokens", "lm_head"]), are trained: '
+        "load with full_finetuning=True to train every weight",
     ),
     "layers_to_transform": ((None,), "adapters go on every layer: drop layers_to_transform"),
     "layers_pattern": ((None,), "adapters go on every layer: drop layers_pattern"),
@@ -281,7 +282,10 @@ class FastLanguageModel:
                 when the settings below are its adapters' own, and refused otherwise.
             r: adapter rank.
             target_modules: layer names that get adapters ("all-linear" or None for every linear layer of a block);
-                names the model lacks are skipped with a log line.
+                names the model lacks are skipped with a log line. "embed_tokens" and "lm_head" among them (continued
+                pretraining notebooks) train those two in full, as Unsloth does: trainable copies beside the frozen
+                originals (PEFT's modules_to_save, saved with the adapter), at UnslothTrainingArguments'
+                embedding_learning_rate where one is given. Both or neither: they are trained together.
             lora_alpha: adapter scale is lora_alpha / r (lora_alpha / sqrt(r) with use_rslora).
             lora_dropout: dropout on the adapter input.
             use_gradient_checkpointing: "unsloth" or True recomputes activations in backward (much less memory);
@@ -290,8 +294,9 @@ class FastLanguageModel:
             random_state: seed for the adapters' initial weights (it seeds torch's global generator, as Unsloth does).
             use_rslora: rank-stabilised LoRA.
             max_seq_length: accepted only when equal to the one given to from_pretrained (where it belongs).
-            **kwargs: bias="none", loftq_config=None/{} and the like are accepted as no-ops; any other value of an
-                Unsloth option raises a UserError naming the alternative.
+            **kwargs: bias="none", loftq_config=None/{} and the like are accepted as no-ops;
+                modules_to_save=["embed_tokens", "lm_head"] is the same as listing them in target_modules; any other
+                value of an Unsloth option raises a UserError naming the alternative.
 
         Returns:
             The PeftModel, with `max_seq_length`, `save_pretrained_merged` and `save_pretrained_gguf`.
@@ -299,8 +304,14 @@ class FastLanguageModel:
         import torch
 
         from engine.models.loading import prepare_for_training
+        from engine.training.pretrain import EMBEDDING_NAMES, add_embedding_training
 
         call = "FastLanguageModel.get_peft_model"
+        saved = kwargs.get("modules_to_save")
+        if isinstance(saved, (list, tuple)) and saved and set(saved) <= set(EMBEDDING_NAMES):
+            kwargs.pop("modules_to_save")
+        else:
+            saved = ()
         options.check(call, kwargs, LORA_OPTIONS, FastLanguageModel.get_peft_model)
         spec = spec_of(model)
         if spec.method == "full":
@@ -313,6 +324,13 @@ class FastLanguageModel:
         if isinstance(targets, str) or not all(isinstance(t, str) for t in targets):
             raise UserError(f'{call}: target_modules should be a list of layer names, e.g. ["q_proj", "v_proj"].')
         checkpointing = _checkpointing(use_gradient_checkpointing, call)
+        embeddings = sorted({t for t in (*targets, *saved) if t in EMBEDDING_NAMES})
+        if embeddings and embeddings != sorted(EMBEDDING_NAMES):
+            raise UserError(
+                f"{call}: {embeddings[0]} alone cannot be trained; embed_tokens and lm_head are trained together: "
+                'list both (target_modules=[..., "embed_tokens", "lm_head"]) or neither.'
+            )
+        targets = [t for t in targets if t not in EMBEDDING_NAMES]
         if is_peft(model):
             # a model from a saved adapter folder (or this call run twice): with the adapters' own settings they are
             # kept, trained weights and all, as Unsloth passes them through
@@ -320,7 +338,7 @@ class FastLanguageModel:
             present = {name.rsplit(".", 1)[-1] for name, _ in model.get_base_model().named_modules()}
             have = (cfg.r, cfg.lora_alpha, cfg.lora_dropout, cfg.use_rslora, set(cfg.target_modules))
             if have == (r, lora_alpha, float(lora_dropout), use_rslora, set(targets) & present) and (
-                checkpointing == spec.gradient_checkpointing
+                (checkpointing, bool(embeddings)) == (spec.gradient_checkpointing, spec.train_embeddings)
             ):
                 print("adapters: this model has these LoRA adapters already; kept as they are")
                 return model
@@ -338,9 +356,12 @@ class FastLanguageModel:
             target_modules=tuple(targets),
             gradient_checkpointing=checkpointing,
             seed=random_state,
+            train_embeddings=bool(embeddings),
         )
         torch.manual_seed(random_state)
         peft_model = prepare_for_training(model, spec, memory=getattr(model, "memory_plan", None))
+        if embeddings:  # after the adapters and patching, as the engine's continued-pretraining runs do
+            add_embedding_training(peft_model)
         if model.get_input_embeddings().weight.dtype == torch.float16:
             _keep_trainable_fp32(peft_model)
         peft_model.tunesmith_spec = spec
