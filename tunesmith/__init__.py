@@ -28,6 +28,7 @@ from tunesmith.chat_templates import (
     train_on_responses_only,
 )
 from tunesmith.compat import PatchDPOTrainer, PatchFastRL, PatchKTOTrainer
+from tunesmith.fast_generate import SamplingParams
 from tunesmith.fast_model import FastModel
 from tunesmith.model import FastLanguageModel, is_bfloat16_supported
 from tunesmith.trainer import UnslothTrainer, UnslothTrainingArguments
@@ -40,6 +41,7 @@ __all__ = [
     "PatchDPOTrainer",
     "PatchFastRL",
     "PatchKTOTrainer",
+    "SamplingParams",
     "UnslothTrainer",
     "UnslothTrainingArguments",
     "UserError",

@@ -26,14 +26,6 @@ DEVICE_MAPS = {
 }
 LOAD_OPTIONS = {  # argument: (values that change nothing, what to do instead of any other value)
     "load_in_8bit": ((False,), "8-bit weights are not supported: use load_in_4bit=True (QLoRA) or False (16-bit)"),
-    "fast_inference": (
-        (False,),
-        "vLLM is not used: drop fast_inference, max_lora_rank and gpu_memory_utilization (which size vLLM); "
-        "FastLanguageModel.for_inference(model) switches to Tunesmith's own fast decoder",
-    ),
-    # GRPO notebooks size vLLM with these beside fast_inference=True
-    "max_lora_rank": ((), "it sizes vLLM's adapters and vLLM is not used (see fast_inference): drop it"),
-    "gpu_memory_utilization": ((), "it sizes vLLM's cache and vLLM is not used (see fast_inference): drop it"),
     "token": ((None,), "set the HF_TOKEN environment variable (or run `hf auth login`) for gated or private models"),
     "rope_scaling": ((None,), "RoPE is not stretched: keep max_seq_length within the model's context"),
     # either value: the tokenizer is changed only where it has no pad token (it gets its EOS), which training needs
@@ -67,6 +59,26 @@ LORA_OPTIONS = {
     "use_dora": ((False,), "DoRA is not supported: use plain LoRA (optionally use_rslora=True)"),
     "qat_scheme": ((None,), "quantization-aware training is not supported: drop qat_scheme"),
 }
+
+
+# GRPO notebooks load with fast_inference=True (a vLLM engine, in Unsloth) and size it with the other two: without vLLM
+# there is nothing to size, and model.fast_generate / save_lora / load_lora (tunesmith.fast_generate) run without it
+VLLM_OPTIONS = {
+    "fast_inference": "vLLM is not used; model.fast_generate runs on Tunesmith's decoder, and TRL's GRPOTrainer "
+    "generates with the model itself",
+    "max_lora_rank": "it sizes vLLM's adapters, and vLLM is not used",
+    "gpu_memory_utilization": "it sizes vLLM's cache, and vLLM is not used: the memory stays free for training",
+}
+
+
+def _vllm_options(call: str, kwargs: dict) -> None:
+    """Take the vLLM options out of `kwargs`, with a line for each one that asks for something."""
+    for name, why in VLLM_OPTIONS.items():
+        value = kwargs.pop(name, None)
+        if name == "fast_inference" and value not in (None, False, True):
+            raise UserError(f"{call}: fast_inference={value!r} is not supported; use True or False.")
+        if value not in (None, False):
+            print(f"{call}: {name}={value!r} changes nothing: {why}")
 
 
 def is_bfloat16_supported() -> bool:
@@ -166,7 +178,9 @@ class FastLanguageModel:
             load_in_16bit: True loads 16-bit weights for LoRA (Unsloth's spelling of load_in_4bit=False); it cannot
                 be given with load_in_4bit=True.
             **kwargs: Unsloth options Tunesmith cannot honour raise a UserError naming the alternative, unless set to
-                their no-op value (load_in_8bit=False, fast_inference=False, token=None, ...).
+                their no-op value (load_in_8bit=False, token=None, ...). fast_inference=True, max_lora_rank and
+                gpu_memory_utilization (vLLM's, in GRPO notebooks) are taken with a line saying that vLLM is not
+                used: model.fast_generate, save_lora and load_lora work without it (tunesmith.fast_generate).
 
         Returns:
             (model, tokenizer). The tokenizer has a chat template (its own, or the plain one for base models).
@@ -182,6 +196,7 @@ class FastLanguageModel:
         )
 
         call = "FastLanguageModel.from_pretrained"
+        _vllm_options(call, kwargs)
         options.check(call, kwargs, LOAD_OPTIONS, FastLanguageModel.from_pretrained)
         if model_name is None:
             raise UserError(f"{call}: give the model as model_name=... (a hub id or a model folder).")
@@ -483,12 +498,15 @@ def _keep_trainable_fp32(model) -> None:
 
 
 def _add_save_methods(model) -> None:
-    """model.save_pretrained_merged / save_pretrained_gguf / push_to_hub_merged / push_to_hub_gguf, bound to this
-    instance (no class is changed)."""
+    """model.save_pretrained_merged / save_pretrained_gguf / push_to_hub_merged / push_to_hub_gguf, and the vLLM calls
+    fast_generate / save_lora / load_lora, bound to this instance (no class is changed)."""
     from functools import partial
 
-    from tunesmith import save
+    from tunesmith import fast_generate, save
 
+    model.fast_generate = partial(fast_generate.fast_generate, model)
+    model.save_lora = partial(fast_generate.save_lora, model)
+    model.load_lora = partial(fast_generate.load_lora, model)
     model.save_pretrained_merged = partial(save.save_pretrained_merged, model)
     model.save_pretrained_gguf = partial(save.save_pretrained_gguf, model)
     model.push_to_hub_merged = partial(save.push_to_hub_merged, model)
