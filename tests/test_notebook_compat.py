@@ -386,3 +386,25 @@ def test_unsloth_trainer_options(tiny_qwen3, tmp_path, capsys):
     assert trainer.train().global_step == 1
     groups = [(g["initial_lr"], len(g["params"])) for g in trainer.optimizer.param_groups if g["params"]]
     assert sorted(groups) == [(1e-5, 1), (args.learning_rate, 28)]  # the tied embedding's copy, the 28 LoRA weights
+
+
+def test_grpo_config_takes_vllm_sampling_params(capsys):
+    """Unsloth's GRPO notebooks pass GRPOConfig(vllm_sampling_params=SamplingParams(min_p=0.1, top_p=1.0, top_k=-1,
+    seed=3407, stop=[eos], include_stop_str_in_output=True), temperature=1.0, ...); TRL's GRPOConfig has no such
+    argument. Its sampling settings become GRPOConfig's own (those the notebook also gives keep the notebook's value),
+    and the request options TRL has no use for are named in the log."""
+    from trl import GRPOConfig
+
+    from tunesmith import SamplingParams
+
+    params = SamplingParams(min_p=0.1, top_p=1.0, top_k=-1, seed=3407, stop=["</s>"], include_stop_str_in_output=True)
+    log = translated(
+        capsys, GRPOConfig, dict(vllm_sampling_params=params, temperature=0.7), dict(temperature=0.7, min_p=0.1)
+    )
+    assert log.splitlines() == [
+        "tunesmith: GRPOConfig(vllm_sampling_params=...) is GRPOConfig(top_p=..., top_k=..., min_p=..., "
+        "repetition_penalty=...) now; translated",  # temperature: the notebook's own
+        "tunesmith: GRPOConfig: vllm_sampling_params' seed, stop, include_stop_str_in_output dropped (vLLM's request "
+        "options: TRL generates up to max_completion_length, stops at the model's EOS tokens and samples from the "
+        "config's seed)",
+    ]

@@ -102,6 +102,8 @@ def translate_config(name: str, fields: set, kwargs: dict, given_to: str = "") -
                 _log(
                     f"{said}(warmup_ratio=...) is {name}(warmup_steps=...) now (a value below 1 is a ratio); translated"
                 )
+        elif key == "vllm_sampling_params" and "top_k" in fields:
+            out.update(_sampling(said, name, value, kwargs))
         elif key == "group_by_length" and "train_sampling_strategy" in fields:
             if value:
                 out["train_sampling_strategy"] = "group_by_length"
@@ -116,6 +118,34 @@ def translate_config(name: str, fields: set, kwargs: dict, given_to: str = "") -
         else:
             out[key] = value  # unknown here: the library raises its own TypeError
     return out
+
+
+# vLLM SamplingParams fields that GRPOConfig has under the same name (top_k: vLLM's -1 is TRL's 0, both "off")
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+def _sampling(said: str, name: str, params, kwargs: dict) -> dict:
+    """GRPOConfig(vllm_sampling_params=SamplingParams(...)) (Unsloth's GRPO notebooks): the sampling settings it holds
+    as GRPOConfig's own fields, where the notebook did not give those too (logged); its other settings are vLLM's
+    request options, which TRL's generation does not take, each named in the log with why it is dropped."""
+    from tunesmith.fast_generate import SamplingParams
+
+    got = {}
+    for field in SAMPLING_FIELDS:
+        value = getattr(params, field, None)
+        if value is not None and field not in kwargs:
+            got[field] = 0 if field == "top_k" and value < 0 else value
+    _log(f"{said}(vllm_sampling_params=...) is {name}({', '.join(f'{k}=...' for k in got)}) now; translated")
+    default = SamplingParams()
+    dropped = [
+        k for k, v in vars(default).items() if k not in SAMPLING_FIELDS and getattr(params, k, v) not in (v, None)
+    ]
+    if dropped:
+        _log(
+            f"{said}: vllm_sampling_params' {', '.join(dropped)} dropped (vLLM's request options: TRL generates up "
+            "to max_completion_length, stops at the model's EOS tokens and samples from the config's seed)"
+        )
+    return got
 
 
 def cpu_bf16(name: str, kwargs: dict, bf16_default) -> dict:
