@@ -345,6 +345,15 @@ def test_unsloth_trainer_trains_the_embeddings_at_their_own_rate(tiny_llama, tmp
     adapter = model.save_pretrained_merged(tmp_path / "cpt-lora", tok, save_method="lora")
     saved = load_file(adapter.path / "adapter_model.safetensors")
     assert any("embed_tokens" in k for k in saved) and any("lm_head" in k for k in saved)
+    again, _ = FastLanguageModel.from_pretrained(str(adapter.path), max_seq_length=64, load_in_4bit=False)
+    assert sorted(n for n, p in again.named_parameters() if p.requires_grad) == sorted(trained)
+    ids = tok(texts[:1], return_tensors="pt")["input_ids"]
+    model.eval(), again.eval()
+    with torch.no_grad():  # the trained embedding and head came back with the adapters
+        torch.testing.assert_close(again(ids).logits, model(ids).logits)
+        with model.disable_adapter():
+            assert not torch.allclose(again(ids).logits, model(ids).logits)
+    model.train()
     merged = model.save_pretrained_merged(tmp_path / "cpt-16bit", tok)
     weights = load_file(next(merged.path.glob("*.safetensors")))
     copy = next(p for n, p in trained.items() if "embed_tokens" in n)

@@ -447,12 +447,18 @@ def _with_adapter(model, adapter: Path, checkpointing):
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    from engine.training.pretrain import EMBEDDING_NAMES
+
     cfg = json.loads((adapter / "adapter_config.json").read_text())
-    plain = isinstance(cfg.get("target_modules"), list) and not (cfg.get("use_dora") or cfg.get("modules_to_save"))
+    # a continued-pretraining adapter also holds trained embed_tokens / lm_head (get_peft_model trains both, or the
+    # embedding alone where the head is tied to it, and writes them as modules_to_save)
+    saved = cfg.get("modules_to_save") or []
+    embeddings = bool(saved) and set(saved) <= set(EMBEDDING_NAMES)
+    plain = isinstance(cfg.get("target_modules"), list) and not cfg.get("use_dora") and (embeddings or not saved)
     if cfg.get("peft_type", "LORA") != "LORA" or not plain:
         raise UserError(
-            f"'{adapter}' is not a plain LoRA adapter "
-            "(DoRA, modules_to_save, a pattern of target modules or another PEFT type); merge it with PEFT instead."
+            f"'{adapter}' is not a plain LoRA adapter (DoRA, modules_to_save other than embed_tokens and lm_head, a "
+            "pattern of target modules or another PEFT type); merge it with PEFT instead."
         )
     weights = adapter / "adapter_model.safetensors"
     if not weights.is_file():
@@ -465,9 +471,10 @@ def _with_adapter(model, adapter: Path, checkpointing):
         lora_dropout=cfg.get("lora_dropout", 0.0),
         use_rslora=cfg.get("use_rslora", False),
         use_gradient_checkpointing=checkpointing,
+        modules_to_save=list(EMBEDDING_NAMES) if embeddings else None,
     )
     loaded = set_peft_model_state_dict(model, load_file(weights))
-    missing = [k for k in loaded.missing_keys if "lora_" in k]
+    missing = [k for k in loaded.missing_keys if "lora_" in k or "modules_to_save" in k]
     if loaded.unexpected_keys or missing:
         raise UserError(
             f"'{adapter}' does not fit its base model ({len(loaded.unexpected_keys)} unknown and {len(missing)} "
