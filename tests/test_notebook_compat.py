@@ -367,7 +367,7 @@ def test_unsloth_trainer_options(tiny_qwen3, tmp_path, capsys):
     (Qwen3 ties them: one trainable copy); one of the two alone is refused with what to write."""
     from datasets import Dataset
 
-    from tunesmith import UnslothTrainer, UnslothTrainingArguments
+    from tunesmith import UnslothTrainer, UnslothTrainingArguments, unsloth_train
 
     model, tok = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=64, load_in_4bit=False)
     with pytest.raises(UserError, match="lm_head alone cannot be trained.*list both"):
@@ -392,7 +392,7 @@ def test_unsloth_trainer_options(tiny_qwen3, tmp_path, capsys):
     assert len(copies) == 1 and "embed_tokens" in copies[0]
     args = UnslothTrainingArguments(output_dir=out, max_steps=1, embedding_learning_rate=1e-5, **CPU)
     trainer = UnslothTrainer(model=model, processing_class=tok, train_dataset=rows, args=args)
-    assert trainer.train().global_step == 1
+    assert unsloth_train(trainer).global_step == 1  # the notebooks' spelling of trainer.train()
     groups = [(g["initial_lr"], len(g["params"])) for g in trainer.optimizer.param_groups if g["params"]]
     assert sorted(groups) == [(1e-5, 1), (args.learning_rate, 28)]  # the tied embedding's copy, the 28 LoRA weights
 

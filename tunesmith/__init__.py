@@ -31,7 +31,7 @@ from tunesmith.compat import PatchDPOTrainer, PatchFastRL, PatchKTOTrainer
 from tunesmith.fast_generate import SamplingParams
 from tunesmith.fast_model import FastModel
 from tunesmith.model import FastLanguageModel, is_bfloat16_supported
-from tunesmith.trainer import UnslothTrainer, UnslothTrainingArguments
+from tunesmith.trainer import UnslothTrainer, UnslothTrainingArguments, unsloth_train
 
 compat.install()
 
@@ -50,4 +50,5 @@ __all__ = [
     "standardize_data_formats",
     "standardize_sharegpt",
     "train_on_responses_only",
+    "unsloth_train",
 ]

@@ -59,3 +59,9 @@ class UnslothTrainer(SFTTrainer):
                 'trained (list "embed_tokens", "lm_head" in get_peft_model\'s target_modules to train them)'
             )
         return optimizer
+
+
+def unsloth_train(trainer, *args, **kwargs):
+    """trainer.train(*args, **kwargs): Unsloth's continued-pretraining notebooks call this, which in Unsloth fixed
+    gradient accumulation for transformers <= 4.45; the installed transformers accumulates correctly itself."""
+    return trainer.train(*args, **kwargs)
