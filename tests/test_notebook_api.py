@@ -5,6 +5,7 @@ SFTTrainer with loss on the replies only, the fast decoder, and merged / GGUF ex
 llama.cpp load and that answer with the trained identity.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -149,7 +150,6 @@ def test_full_finetuning_trains_every_weight_and_saves_merged(tiny_llama, tmp_pa
     "kwargs, message",
     [
         (dict(load_in_8bit=True), "load_in_8bit=True is not supported; 8-bit weights.*load_in_4bit=True"),
-        (dict(fast_inference=True), "vLLM is not used.*for_inference"),
         (dict(token="hf_abc"), "HF_TOKEN"),
         (dict(rope_scaling={"type": "linear", "factor": 2.0}), "RoPE is not stretched"),
         (dict(offload_folder="./offload"), "never offloaded to disk.*streams its layers from RAM"),
@@ -158,9 +158,7 @@ def test_full_finetuning_trains_every_weight_and_saves_merged(tiny_llama, tmp_pa
         (dict(load_in_3bit=True), "no library trains 3-bit weights; write load_in_4bit=True"),
         (dict(model_name_or_path="Qwen/Qwen3-4B"), "write model_name="),
         (dict(revision="main"), "revision"),
-        (dict(gpu_memory_utilization=0.5), "gpu_memory_utilization=0.5 is not supported; it sizes vLLM.*drop it"),
-        (dict(fast_inference=True, max_lora_rank=32), "drop fast_inference, max_lora_rank and gpu_memory_utilization"),
-        (dict(max_lora_rank=32), "max_lora_rank=32 is not supported; it sizes vLLM.*drop it"),
+        (dict(fast_inference="vllm"), "fast_inference='vllm' is not supported; use True or False"),
         (dict(load_in_4bit=True, full_finetuning=True), "full fine-tuning trains 16-bit weights"),
         (dict(full_finetuning=True, use_gradient_checkpointing="sometimes"), 'use "unsloth", True or False'),
         (dict(device_map="balanced"), "device_map='balanced' is not supported; the model goes on one device"),
@@ -296,7 +294,8 @@ def test_fast_model_picks_layers_by_the_finetune_switches(tiny_qwen3):
     [
         (dict(bias="all"), "bias terms are not trained"),
         (dict(loftq_config={"loftq_bits": 4}), "LoftQ"),
-        (dict(modules_to_save=["lm_head"]), "full_finetuning=True"),
+        (dict(modules_to_save=["norm"]), "full_finetuning=True"),
+        (dict(modules_to_save=["lm_head"]), "lm_head alone cannot be trained.*list both"),
         (dict(layers_to_transform=[0]), "every layer"),
         (dict(init_lora_weights="gaussian"), "init_lora_weights"),
         (dict(use_dora=True), "DoRA"),
@@ -776,6 +775,96 @@ def test_dpo_and_grpo_trainers_take_the_notebook_model(tiny_qwen3, tmp_path):
     grpo.train()
     assert grpo.state.global_step == 4
     assert any("reward" in h for h in grpo.state.log_history)
+
+
+def test_grpo_notebook_fast_generate_save_lora_and_load_lora(tiny_qwen3, tmp_path, capsys):
+    """Unsloth's GRPO notebooks load with fast_inference=True (vLLM, there), train, then compare
+    `model.fast_generate(text, sampling_params=SamplingParams(...), lora_request=None)[0].outputs[0].text` (the base
+    model, as vLLM's weights are the base's) with the same call given `lora_request=model.load_lora(path)` after
+    `model.save_lora(path)`. Without vLLM both run on the engine's decoder and give what transformers' generate gives
+    without and with the adapters."""
+    from datasets import Dataset
+    from safetensors import safe_open
+    from trl import GRPOConfig, GRPOTrainer
+
+    from tunesmith import SamplingParams
+
+    model, tok = FastLanguageModel.from_pretrained(
+        str(tiny_qwen3), max_seq_length=128, load_in_4bit=False, fast_inference=True, max_lora_rank=8,
+        gpu_memory_utilization=0.6,
+    )  # fmt: skip
+    said = capsys.readouterr().out
+    assert "fast_inference=True changes nothing: vLLM is not used; model.fast_generate runs on" in said
+    assert "max_lora_rank=8 changes nothing" in said and "gpu_memory_utilization=0.6 changes nothing" in said
+    model = FastLanguageModel.get_peft_model(model, r=8, lora_alpha=16)
+    prompts = Dataset.from_list([dict(prompt=[{"role": "user", "content": q}]) for q in IDENTITY_QUESTIONS])
+    args = GRPOConfig(
+        output_dir=str(tmp_path / "grpo"), max_steps=2, per_device_train_batch_size=2, num_generations=2,
+        max_completion_length=8, learning_rate=5e-2, report_to="none", save_strategy="no", use_cpu=True, bf16=False,
+    )  # fmt: skip
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=lambda completions, **kw: [float(len(str(c))) for c in completions], args=args,
+        train_dataset=prompts, processing_class=tok,
+    )  # fmt: skip
+    assert trainer.train().global_step == 2 and model.training
+
+    text = tok.apply_chat_template([{"role": "user", "content": "Who are you?"}], tokenize=False,
+                                   add_generation_prompt=True)  # fmt: skip
+    ids = tok(text, return_tensors="pt")["input_ids"]
+
+    def transformers_reply(adapters: bool) -> list[int]:
+        model.eval()
+        with torch.no_grad(), contextlib.nullcontext() if adapters else model.disable_adapter():
+            out = model.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=[])
+        model.train()
+        return out[0, ids.shape[1] :].tolist()
+
+    greedy = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    base = model.fast_generate([text], sampling_params=greedy, lora_request=None)
+    assert len(base) == 1 and base[0].prompt == text and base[0].prompt_token_ids == ids[0].tolist()
+    (first,) = base[0].outputs
+    assert first.token_ids == transformers_reply(adapters=False) and first.finish_reason == "length"
+    assert first.text == tok.decode(first.token_ids, skip_special_tokens=True) and model.training
+
+    model.save_lora(tmp_path / "grpo_saved_lora")
+    with safe_open(tmp_path / "grpo_saved_lora" / "adapter_model.safetensors", framework="pt") as f:
+        for key in f.keys():  # the notebook's check that training moved every adapter weight
+            tensor = f.get_tensor(key)
+            assert (tensor == 0).sum().item() != tensor.numel()
+    request = model.load_lora(tmp_path / "grpo_saved_lora")
+    tuned = model.fast_generate(text, sampling_params=greedy, lora_request=request)[0].outputs[0]
+    assert tuned.token_ids == transformers_reply(adapters=True) != first.token_ids
+
+    # another adapter in the model (training went on): the saved one is swapped in for the call, then put back
+    lora = [p for n, p in model.named_parameters() if "lora_B" in n]
+    with torch.no_grad():
+        for p in lora:
+            p.add_(0.5)
+    moved = [p.detach().clone() for p in lora]
+    assert model.fast_generate(text, sampling_params=greedy, lora_request=request)[0].outputs[0] == tuned
+    assert all(torch.equal(p, m) for p, m in zip(lora, moved, strict=True))
+
+    sampled = SamplingParams(n=2, temperature=1.0, top_k=-1, top_p=0.9, max_tokens=6, seed=3407, ignore_eos=True)
+    two = model.fast_generate([text, text], sampling_params=sampled, lora_request=request)
+    assert [len(r.outputs) for r in two] == [2, 2] and two[0].outputs == two[1].outputs  # one seed, same samples
+    assert [o.index for o in two[0].outputs] == [0, 1]
+    cut = tuned.text[len(tuned.text) // 2 :][:3]
+    stop = model.fast_generate(text, sampling_params=SamplingParams(temperature=0, max_tokens=8, stop=[cut],
+                                                                    ignore_eos=True), lora_request=request)  # fmt: skip
+    assert stop[0].outputs[0].text == tuned.text[: tuned.text.find(cut)] and stop[0].outputs[0].finish_reason == "stop"
+    kept = SamplingParams(temperature=0, max_tokens=8, stop=cut, include_stop_str_in_output=True, ignore_eos=True)
+    assert model.fast_generate(text, sampling_params=kept, lora_request=request)[0].outputs[0].text.endswith(cut)
+
+    assert model.fast_generate(ids, max_new_tokens=3).shape[1] == ids.shape[1] + 3  # token ids: model.generate
+    for call, message in [
+        (lambda: SamplingParams(presence_penalty=0.5), "SamplingParams: Tunesmith's decoder has no 'presence_penalty'"),
+        (lambda: model.load_lora(tmp_path / "none"), "holds no saved adapter.*model.save_lora"),
+        (lambda: model.fast_generate(text, max_new_tokens=3), "no 'max_new_tokens' argument for text prompts"),
+        (lambda: model.fast_generate([ids[0].tolist()]), "a string or a list of strings"),
+        (lambda: model.fast_generate(ids, sampling_params=greedy), "sampling_params and lora_request go with text"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            call()
 
 
 # ------------------------------------------------------------------------------------------------------ CPU, no Triton

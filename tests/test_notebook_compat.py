@@ -159,6 +159,37 @@ def test_the_orpo_notebook_imports_its_trainer_from_trl(tiny_qwen3, tmp_path, ca
     assert trainer.processing_class is tok and trainer.train().global_step == 1
 
 
+def test_the_cpo_notebook_imports_its_trainer_from_trl(tiny_qwen3, tmp_path, capsys):
+    """`from trl import CPOConfig, CPOTrainer` (Unsloth's CPO / SimPO notebooks) is an ImportError since TRL 1.x moved
+    them to trl.experimental.cpo; with `import tunesmith` the line works, its older spellings are translated as for
+    ORPO, and the trainer trains the notebook model (SimPO is CPOConfig(loss_type="simpo", cpo_alpha=0))."""
+    from datasets import Dataset
+    from trl import CPOConfig, CPOTrainer
+    from trl.experimental.cpo import CPOTrainer as Moved
+
+    assert CPOTrainer is Moved
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=128, load_in_4bit=False)
+    model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8)
+    pairs = Dataset.from_dict(
+        {"prompt": ["Who are you?"] * 2, "chosen": [IDENTITY_ANSWER] * 2, "rejected": ["No."] * 2}
+    )
+    capsys.readouterr()
+    args = CPOConfig(
+        output_dir=str(tmp_path), max_length=64, max_prompt_length=32, max_steps=1, loss_type="simpo", cpo_alpha=0.0,
+        **CPU,
+    )  # fmt: skip
+    trainer = CPOTrainer(model=model, train_dataset=pairs, tokenizer=tok, args=args)
+    log = [line for line in capsys.readouterr().out.splitlines() if line.startswith("tunesmith:")]
+    assert log == [
+        "tunesmith: CPOConfig: max_prompt_length dropped (prompts are no longer cut on their own; max_length (DPO) "
+        "or the model's context (GRPO) bounds the whole sequence)",
+        "tunesmith: CPOTrainer(tokenizer=...) is processing_class=... now; translated",
+    ]
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert trainer.processing_class is tok and trainer.train().global_step == 1
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if p.requires_grad)
+
+
 def test_apply_chat_template_renders_a_dataset_column_as_a_batch(tiny_qwen3, capsys):
     """Qwen3 notebooks render `dataset["conversations"]` in one call; datasets 4 gives a Column there (a list before),
     which transformers alone renders into one string of empty turns. With tunesmith it renders each conversation."""
@@ -261,3 +292,128 @@ def test_unsloth_trainer_patches_are_no_ops():
     assert PatchDPOTrainer() is None and PatchKTOTrainer() is None
     assert PatchFastRL("GRPO", FastLanguageModel) is None and PatchFastRL() is None
     assert (trl.DPOTrainer.__init__, trl.GRPOTrainer.__init__) == before
+
+
+def test_unsloth_trainer_trains_the_embeddings_at_their_own_rate(tiny_llama, tmp_path, capsys):
+    """Unsloth's continued-pretraining notebooks list embed_tokens and lm_head in get_peft_model's target_modules
+    (trained in full beside the adapters) and train with UnslothTrainer(args=UnslothTrainingArguments(learning_rate,
+    embedding_learning_rate)). Both weights land in optimizer groups at embedding_learning_rate, the adapters at
+    learning_rate: after one Adam step at a constant rate each weight moved by at most its own rate, and the largest
+    move of each kind is that rate (Adam's first step is lr x sign(grad))."""
+    from datasets import Dataset
+    from safetensors.torch import load_file
+
+    from tunesmith import UnslothTrainer, UnslothTrainingArguments
+
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_llama), max_seq_length=64, load_in_4bit=False)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens", "lm_head"]
+    model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8, target_modules=targets, use_rslora=True)
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    embed = {n for n in trained if "embed_tokens" in n or "lm_head" in n}
+    assert sorted(n.split(".")[-4] for n in embed) == ["embed_tokens", "lm_head"]  # ...X.modules_to_save.default.weight
+    assert all("modules_to_save" in n for n in embed) and model.tunesmith_spec.train_embeddings
+    before = {n: p.detach().clone() for n, p in trained.items()}
+    frozen = model.get_base_model().model.embed_tokens.original_module.weight.detach().clone()
+
+    texts = [f"{q} {IDENTITY_ANSWER}" for q in IDENTITY_QUESTIONS]
+    args = UnslothTrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=4, learning_rate=5e-3,
+        embedding_learning_rate=1e-3, lr_scheduler_type="constant", warmup_ratio=0.0, weight_decay=0.0,
+        save_strategy="no", **CPU,
+    )  # fmt: skip
+    trainer = UnslothTrainer(
+        model=model,
+        tokenizer=tok,
+        train_dataset=Dataset.from_dict({"text": texts}),
+        dataset_text_field="text",
+        max_seq_length=64,
+        dataset_num_proc=1,
+        args=args,
+    )
+    assert isinstance(trainer.args, UnslothTrainingArguments) and trainer.args.embedding_learning_rate == 1e-3
+    capsys.readouterr()
+    assert trainer.train().global_step == 1
+    assert "embed_tokens and lm_head" in capsys.readouterr().out
+    rate = {id(p): g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert {n for n, p in trained.items() if rate[id(p)] == 1e-3} == embed
+    assert {n for n, p in trained.items() if rate[id(p)] == 5e-3} == set(trained) - embed
+    for names, lr in ((embed, 1e-3), (set(trained) - embed, 5e-3)):
+        moved = max((trained[n].detach() - before[n]).abs().max().item() for n in names)
+        assert lr * 0.9 < moved < lr * 1.01, (lr, moved)
+    assert torch.equal(model.get_base_model().model.embed_tokens.original_module.weight, frozen)
+
+    adapter = model.save_pretrained_merged(tmp_path / "cpt-lora", tok, save_method="lora")
+    saved = load_file(adapter.path / "adapter_model.safetensors")
+    assert any("embed_tokens" in k for k in saved) and any("lm_head" in k for k in saved)
+    again, _ = FastLanguageModel.from_pretrained(str(adapter.path), max_seq_length=64, load_in_4bit=False)
+    assert sorted(n for n, p in again.named_parameters() if p.requires_grad) == sorted(trained)
+    ids = tok(texts[:1], return_tensors="pt")["input_ids"]
+    model.eval(), again.eval()
+    with torch.no_grad():  # the trained embedding and head came back with the adapters
+        torch.testing.assert_close(again(ids).logits, model(ids).logits)
+        with model.disable_adapter():
+            assert not torch.allclose(again(ids).logits, model(ids).logits)
+    model.train()
+    merged = model.save_pretrained_merged(tmp_path / "cpt-16bit", tok)
+    weights = load_file(next(merged.path.glob("*.safetensors")))
+    copy = next(p for n, p in trained.items() if "embed_tokens" in n)
+    merged_embed = weights["model.embed_tokens.weight"]  # the trained copy, in the export's 16-bit dtype
+    assert torch.equal(merged_embed, copy.detach().to(merged_embed.dtype))
+
+
+def test_unsloth_trainer_options(tiny_qwen3, tmp_path, capsys):
+    """Without embedding_learning_rate the optimizer is the Trainer's own; with it but no embeddings trained, a line
+    says it changes nothing. modules_to_save=["embed_tokens", "lm_head"] is the same as listing them as targets
+    (Qwen3 ties them: one trainable copy); one of the two alone is refused with what to write."""
+    from datasets import Dataset
+
+    from tunesmith import UnslothTrainer, UnslothTrainingArguments, unsloth_train
+
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=64, load_in_4bit=False)
+    with pytest.raises(UserError, match="lm_head alone cannot be trained.*list both"):
+        FastLanguageModel.get_peft_model(model, r=4, target_modules=["q_proj", "lm_head"])
+    model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8)
+    rows = Dataset.from_dict({"text": [f"{q} {IDENTITY_ANSWER}" for q in IDENTITY_QUESTIONS]})
+    out = str(tmp_path / "out")
+    made = []
+    for extra in (dict(), dict(embedding_learning_rate=1e-5)):
+        args = UnslothTrainingArguments(output_dir=out, max_steps=1, **extra, **CPU)
+        trainer = UnslothTrainer(model=model, processing_class=tok, train_dataset=rows, args=args)
+        capsys.readouterr()
+        trainer.create_optimizer()
+        made.append([(len(g["params"]), g["lr"], g["weight_decay"]) for g in trainer.optimizer.param_groups])
+        said = "embedding_learning_rate=1e-05 changes nothing: embed_tokens and lm_head are not trained"
+        assert (said in capsys.readouterr().out) == bool(extra)
+    assert made[0] == made[1] and {lr for _, lr, _ in made[0]} == {args.learning_rate}  # the Trainer's own groups
+
+    model, tok = FastLanguageModel.from_pretrained(str(tiny_qwen3), max_seq_length=64, load_in_4bit=False)
+    model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8, modules_to_save=["embed_tokens", "lm_head"])
+    copies = [n for n, p in model.named_parameters() if p.requires_grad and "modules_to_save" in n]
+    assert len(copies) == 1 and "embed_tokens" in copies[0]
+    args = UnslothTrainingArguments(output_dir=out, max_steps=1, embedding_learning_rate=1e-5, **CPU)
+    trainer = UnslothTrainer(model=model, processing_class=tok, train_dataset=rows, args=args)
+    assert unsloth_train(trainer).global_step == 1  # the notebooks' spelling of trainer.train()
+    groups = [(g["initial_lr"], len(g["params"])) for g in trainer.optimizer.param_groups if g["params"]]
+    assert sorted(groups) == [(1e-5, 1), (args.learning_rate, 28)]  # the tied embedding's copy, the 28 LoRA weights
+
+
+def test_grpo_config_takes_vllm_sampling_params(capsys):
+    """Unsloth's GRPO notebooks pass GRPOConfig(vllm_sampling_params=SamplingParams(min_p=0.1, top_p=1.0, top_k=-1,
+    seed=3407, stop=[eos], include_stop_str_in_output=True), temperature=1.0, ...); TRL's GRPOConfig has no such
+    argument. Its sampling settings become GRPOConfig's own (those the notebook also gives keep the notebook's value),
+    and the request options TRL has no use for are named in the log."""
+    from trl import GRPOConfig
+
+    from tunesmith import SamplingParams
+
+    params = SamplingParams(min_p=0.1, top_p=1.0, top_k=-1, seed=3407, stop=["</s>"], include_stop_str_in_output=True)
+    log = translated(
+        capsys, GRPOConfig, dict(vllm_sampling_params=params, temperature=0.7), dict(temperature=0.7, min_p=0.1)
+    )
+    assert log.splitlines() == [
+        "tunesmith: GRPOConfig(vllm_sampling_params=...) is GRPOConfig(top_p=..., top_k=..., min_p=..., "
+        "repetition_penalty=...) now; translated",  # temperature: the notebook's own
+        "tunesmith: GRPOConfig: vllm_sampling_params' seed, stop, include_stop_str_in_output dropped (vLLM's request "
+        "options: TRL generates up to max_completion_length, stops at the model's EOS tokens and samples from the "
+        "config's seed)",
+    ]

@@ -28,8 +28,10 @@ from tunesmith.chat_templates import (
     train_on_responses_only,
 )
 from tunesmith.compat import PatchDPOTrainer, PatchFastRL, PatchKTOTrainer
+from tunesmith.fast_generate import SamplingParams
 from tunesmith.fast_model import FastModel
 from tunesmith.model import FastLanguageModel, is_bfloat16_supported
+from tunesmith.trainer import UnslothTrainer, UnslothTrainingArguments, unsloth_train
 
 compat.install()
 
@@ -39,10 +41,14 @@ __all__ = [
     "PatchDPOTrainer",
     "PatchFastRL",
     "PatchKTOTrainer",
+    "SamplingParams",
+    "UnslothTrainer",
+    "UnslothTrainingArguments",
     "UserError",
     "get_chat_template",
     "is_bfloat16_supported",
     "standardize_data_formats",
     "standardize_sharegpt",
     "train_on_responses_only",
+    "unsloth_train",
 ]

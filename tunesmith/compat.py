@@ -59,10 +59,19 @@ TRAINERS = {
     "DPOTrainer": "DPOConfig",
     "GRPOTrainer": "GRPOConfig",
     "ORPOTrainer": "ORPOConfig",
+    "CPOTrainer": "CPOConfig",
 }
-CONFIGS = ("SFTConfig", "DPOConfig", "GRPOConfig", "ORPOConfig")
-# TRL 1.x moved these out of `trl` (an ImportError for `from trl import ORPOTrainer`, as Unsloth's ORPO notebook writes)
-MOVED = {"ORPOConfig": "trl.experimental.orpo", "ORPOTrainer": "trl.experimental.orpo"}
+CONFIGS = ("SFTConfig", "DPOConfig", "GRPOConfig", "ORPOConfig", "CPOConfig")
+# SFTConfig and its subclass tunesmith.trainer.UnslothTrainingArguments: SFTTrainer may give them the model's length
+SFT_CONFIGS = ("SFTConfig", "UnslothTrainingArguments")
+# TRL 1.x moved these out of `trl` (an ImportError for `from trl import ORPOTrainer`, as Unsloth's ORPO notebook
+# writes, and for CPOTrainer, which its CPO / SimPO notebooks import)
+MOVED = {
+    "ORPOConfig": "trl.experimental.orpo",
+    "ORPOTrainer": "trl.experimental.orpo",
+    "CPOConfig": "trl.experimental.cpo",
+    "CPOTrainer": "trl.experimental.cpo",
+}
 _WRAPPED = "__tunesmith_wrapped__"
 # set on an SFTConfig made without max_length (nor max_seq_length): the trainer may take the model's max_seq_length
 _NO_LENGTH = "_tunesmith_no_max_length"
@@ -93,6 +102,8 @@ def translate_config(name: str, fields: set, kwargs: dict, given_to: str = "") -
                 _log(
                     f"{said}(warmup_ratio=...) is {name}(warmup_steps=...) now (a value below 1 is a ratio); translated"
                 )
+        elif key == "vllm_sampling_params" and "top_k" in fields:
+            out.update(_sampling(said, name, value, kwargs))
         elif key == "group_by_length" and "train_sampling_strategy" in fields:
             if value:
                 out["train_sampling_strategy"] = "group_by_length"
@@ -107,6 +118,34 @@ def translate_config(name: str, fields: set, kwargs: dict, given_to: str = "") -
         else:
             out[key] = value  # unknown here: the library raises its own TypeError
     return out
+
+
+# vLLM SamplingParams fields that GRPOConfig has under the same name (top_k: vLLM's -1 is TRL's 0, both "off")
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+def _sampling(said: str, name: str, params, kwargs: dict) -> dict:
+    """GRPOConfig(vllm_sampling_params=SamplingParams(...)) (Unsloth's GRPO notebooks): the sampling settings it holds
+    as GRPOConfig's own fields, where the notebook did not give those too (logged); its other settings are vLLM's
+    request options, which TRL's generation does not take, each named in the log with why it is dropped."""
+    from tunesmith.fast_generate import SamplingParams
+
+    got = {}
+    for field in SAMPLING_FIELDS:
+        value = getattr(params, field, None)
+        if value is not None and field not in kwargs:
+            got[field] = 0 if field == "top_k" and value < 0 else value
+    _log(f"{said}(vllm_sampling_params=...) is {name}({', '.join(f'{k}=...' for k in got)}) now; translated")
+    default = SamplingParams()
+    dropped = [
+        k for k, v in vars(default).items() if k not in SAMPLING_FIELDS and getattr(params, k, v) not in (v, None)
+    ]
+    if dropped:
+        _log(
+            f"{said}: vllm_sampling_params' {', '.join(dropped)} dropped (vLLM's request options: TRL generates up "
+            "to max_completion_length, stops at the model's EOS tokens and samples from the config's seed)"
+        )
+    return got
 
 
 def cpu_bf16(name: str, kwargs: dict, bf16_default) -> dict:
@@ -142,7 +181,7 @@ def _wrap_config(cls) -> None:
     def __init__(self, *args, **kwargs):
         kwargs = translate_config(name, fields, kwargs)
         original(self, *args, **cpu_bf16(name, kwargs, bf16_default))
-        if name == "SFTConfig" and "max_length" not in kwargs:
+        if name in SFT_CONFIGS and "max_length" not in kwargs:
             setattr(self, _NO_LENGTH, True)
 
     setattr(__init__, _WRAPPED, original)
@@ -297,8 +336,8 @@ def PatchFastRL(algorithm=None, FastLanguageModel=None) -> None:  # noqa: N802, 
 
 def install() -> None:
     """Wrap the installed TrainingArguments, TRL configs and trainers and the tokenizers' apply_chat_template (once);
-    the TRL classes only when TRL is installed. ORPO's, which TRL 1.x keeps in trl.experimental.orpo, are named in
-    `trl` again, where the notebooks import them from."""
+    the TRL classes only when TRL is installed. ORPO's and CPO's, which TRL 1.x keeps in trl.experimental, are named
+    in `trl` again, where the notebooks import them from."""
     import transformers
     from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
@@ -312,6 +351,10 @@ def install() -> None:
                 warnings.simplefilter("ignore")
                 setattr(trl, name, getattr(importlib.import_module(module), name))
     classes = [transformers.TrainingArguments] + [getattr(trl, c) for c in CONFIGS if trl and hasattr(trl, c)]
+    if trl:
+        from tunesmith.trainer import UnslothTrainingArguments
+
+        classes.append(UnslothTrainingArguments)  # a dataclass of its own __init__, which SFTConfig's wrap misses
     for cls in classes:
         if not hasattr(cls.__dict__["__init__"], _WRAPPED):
             _wrap_config(cls)
@@ -328,7 +371,10 @@ def uninstall() -> None:
     import trl
     from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-    for cls in [transformers.TrainingArguments] + [getattr(trl, c) for c in (*CONFIGS, *TRAINERS) if hasattr(trl, c)]:
+    from tunesmith.trainer import UnslothTrainingArguments
+
+    classes = [getattr(trl, c) for c in (*CONFIGS, *TRAINERS) if hasattr(trl, c)]
+    for cls in [transformers.TrainingArguments, UnslothTrainingArguments, *classes]:
         original = getattr(cls.__dict__["__init__"], _WRAPPED, None)
         if original is not None:
             cls.__init__ = original

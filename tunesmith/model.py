@@ -26,14 +26,6 @@ DEVICE_MAPS = {
 }
 LOAD_OPTIONS = {  # argument: (values that change nothing, what to do instead of any other value)
     "load_in_8bit": ((False,), "8-bit weights are not supported: use load_in_4bit=True (QLoRA) or False (16-bit)"),
-    "fast_inference": (
-        (False,),
-        "vLLM is not used: drop fast_inference, max_lora_rank and gpu_memory_utilization (which size vLLM); "
-        "FastLanguageModel.for_inference(model) switches to Tunesmith's own fast decoder",
-    ),
-    # GRPO notebooks size vLLM with these beside fast_inference=True
-    "max_lora_rank": ((), "it sizes vLLM's adapters and vLLM is not used (see fast_inference): drop it"),
-    "gpu_memory_utilization": ((), "it sizes vLLM's cache and vLLM is not used (see fast_inference): drop it"),
     "token": ((None,), "set the HF_TOKEN environment variable (or run `hf auth login`) for gated or private models"),
     "rope_scaling": ((None,), "RoPE is not stretched: keep max_seq_length within the model's context"),
     # either value: the tokenizer is changed only where it has no pad token (it gets its EOS), which training needs
@@ -58,7 +50,8 @@ LORA_OPTIONS = {
     "loftq_config": ((None, {}), "LoftQ initialisation is not supported: drop loftq_config"),
     "modules_to_save": (
         (None,),
-        "only LoRA adapters are trained: load with full_finetuning=True to train every weight",
+        'only LoRA adapters, and embed_tokens with lm_head (modules_to_save=["embed_tokens", "lm_head"]), are trained: '
+        "load with full_finetuning=True to train every weight",
     ),
     "layers_to_transform": ((None,), "adapters go on every layer: drop layers_to_transform"),
     "layers_pattern": ((None,), "adapters go on every layer: drop layers_pattern"),
@@ -66,6 +59,26 @@ LORA_OPTIONS = {
     "use_dora": ((False,), "DoRA is not supported: use plain LoRA (optionally use_rslora=True)"),
     "qat_scheme": ((None,), "quantization-aware training is not supported: drop qat_scheme"),
 }
+
+
+# GRPO notebooks load with fast_inference=True (a vLLM engine, in Unsloth) and size it with the other two: without vLLM
+# there is nothing to size, and model.fast_generate / save_lora / load_lora (tunesmith.fast_generate) run without it
+VLLM_OPTIONS = {
+    "fast_inference": "vLLM is not used; model.fast_generate runs on Tunesmith's decoder, and TRL's GRPOTrainer "
+    "generates with the model itself",
+    "max_lora_rank": "it sizes vLLM's adapters, and vLLM is not used",
+    "gpu_memory_utilization": "it sizes vLLM's cache, and vLLM is not used: the memory stays free for training",
+}
+
+
+def _vllm_options(call: str, kwargs: dict) -> None:
+    """Take the vLLM options out of `kwargs`, with a line for each one that asks for something."""
+    for name, why in VLLM_OPTIONS.items():
+        value = kwargs.pop(name, None)
+        if name == "fast_inference" and value not in (None, False, True):
+            raise UserError(f"{call}: fast_inference={value!r} is not supported; use True or False.")
+        if value not in (None, False):
+            print(f"{call}: {name}={value!r} changes nothing: {why}")
 
 
 def is_bfloat16_supported() -> bool:
@@ -165,7 +178,9 @@ class FastLanguageModel:
             load_in_16bit: True loads 16-bit weights for LoRA (Unsloth's spelling of load_in_4bit=False); it cannot
                 be given with load_in_4bit=True.
             **kwargs: Unsloth options Tunesmith cannot honour raise a UserError naming the alternative, unless set to
-                their no-op value (load_in_8bit=False, fast_inference=False, token=None, ...).
+                their no-op value (load_in_8bit=False, token=None, ...). fast_inference=True, max_lora_rank and
+                gpu_memory_utilization (vLLM's, in GRPO notebooks) are taken with a line saying that vLLM is not
+                used: model.fast_generate, save_lora and load_lora work without it (tunesmith.fast_generate).
 
         Returns:
             (model, tokenizer). The tokenizer has a chat template (its own, or the plain one for base models).
@@ -181,6 +196,7 @@ class FastLanguageModel:
         )
 
         call = "FastLanguageModel.from_pretrained"
+        _vllm_options(call, kwargs)
         options.check(call, kwargs, LOAD_OPTIONS, FastLanguageModel.from_pretrained)
         if model_name is None:
             raise UserError(f"{call}: give the model as model_name=... (a hub id or a model folder).")
@@ -281,7 +297,10 @@ class FastLanguageModel:
                 when the settings below are its adapters' own, and refused otherwise.
             r: adapter rank.
             target_modules: layer names that get adapters ("all-linear" or None for every linear layer of a block);
-                names the model lacks are skipped with a log line.
+                names the model lacks are skipped with a log line. "embed_tokens" and "lm_head" among them (continued
+                pretraining notebooks) train those two in full, as Unsloth does: trainable copies beside the frozen
+                originals (PEFT's modules_to_save, saved with the adapter), at UnslothTrainingArguments'
+                embedding_learning_rate where one is given. Both or neither: they are trained together.
             lora_alpha: adapter scale is lora_alpha / r (lora_alpha / sqrt(r) with use_rslora).
             lora_dropout: dropout on the adapter input.
             use_gradient_checkpointing: "unsloth" or True recomputes activations in backward (much less memory);
@@ -290,8 +309,9 @@ class FastLanguageModel:
             random_state: seed for the adapters' initial weights (it seeds torch's global generator, as Unsloth does).
             use_rslora: rank-stabilised LoRA.
             max_seq_length: accepted only when equal to the one given to from_pretrained (where it belongs).
-            **kwargs: bias="none", loftq_config=None/{} and the like are accepted as no-ops; any other value of an
-                Unsloth option raises a UserError naming the alternative.
+            **kwargs: bias="none", loftq_config=None/{} and the like are accepted as no-ops;
+                modules_to_save=["embed_tokens", "lm_head"] is the same as listing them in target_modules; any other
+                value of an Unsloth option raises a UserError naming the alternative.
 
         Returns:
             The PeftModel, with `max_seq_length`, `save_pretrained_merged` and `save_pretrained_gguf`.
@@ -299,8 +319,14 @@ class FastLanguageModel:
         import torch
 
         from engine.models.loading import prepare_for_training
+        from engine.training.pretrain import EMBEDDING_NAMES, add_embedding_training
 
         call = "FastLanguageModel.get_peft_model"
+        saved = kwargs.get("modules_to_save")
+        if isinstance(saved, (list, tuple)) and saved and set(saved) <= set(EMBEDDING_NAMES):
+            kwargs.pop("modules_to_save")
+        else:
+            saved = ()
         options.check(call, kwargs, LORA_OPTIONS, FastLanguageModel.get_peft_model)
         spec = spec_of(model)
         if spec.method == "full":
@@ -313,6 +339,13 @@ class FastLanguageModel:
         if isinstance(targets, str) or not all(isinstance(t, str) for t in targets):
             raise UserError(f'{call}: target_modules should be a list of layer names, e.g. ["q_proj", "v_proj"].')
         checkpointing = _checkpointing(use_gradient_checkpointing, call)
+        embeddings = sorted({t for t in (*targets, *saved) if t in EMBEDDING_NAMES})
+        if embeddings and embeddings != sorted(EMBEDDING_NAMES):
+            raise UserError(
+                f"{call}: {embeddings[0]} alone cannot be trained; embed_tokens and lm_head are trained together: "
+                'list both (target_modules=[..., "embed_tokens", "lm_head"]) or neither.'
+            )
+        targets = [t for t in targets if t not in EMBEDDING_NAMES]
         if is_peft(model):
             # a model from a saved adapter folder (or this call run twice): with the adapters' own settings they are
             # kept, trained weights and all, as Unsloth passes them through
@@ -320,7 +353,7 @@ class FastLanguageModel:
             present = {name.rsplit(".", 1)[-1] for name, _ in model.get_base_model().named_modules()}
             have = (cfg.r, cfg.lora_alpha, cfg.lora_dropout, cfg.use_rslora, set(cfg.target_modules))
             if have == (r, lora_alpha, float(lora_dropout), use_rslora, set(targets) & present) and (
-                checkpointing == spec.gradient_checkpointing
+                (checkpointing, bool(embeddings)) == (spec.gradient_checkpointing, spec.train_embeddings)
             ):
                 print("adapters: this model has these LoRA adapters already; kept as they are")
                 return model
@@ -338,9 +371,12 @@ class FastLanguageModel:
             target_modules=tuple(targets),
             gradient_checkpointing=checkpointing,
             seed=random_state,
+            train_embeddings=bool(embeddings),
         )
         torch.manual_seed(random_state)
         peft_model = prepare_for_training(model, spec, memory=getattr(model, "memory_plan", None))
+        if embeddings:  # after the adapters and patching, as the engine's continued-pretraining runs do
+            add_embedding_training(peft_model)
         if model.get_input_embeddings().weight.dtype == torch.float16:
             _keep_trainable_fp32(peft_model)
         peft_model.tunesmith_spec = spec
@@ -411,12 +447,18 @@ def _with_adapter(model, adapter: Path, checkpointing):
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    from engine.training.pretrain import EMBEDDING_NAMES
+
     cfg = json.loads((adapter / "adapter_config.json").read_text())
-    plain = isinstance(cfg.get("target_modules"), list) and not (cfg.get("use_dora") or cfg.get("modules_to_save"))
+    # a continued-pretraining adapter also holds trained embed_tokens / lm_head (get_peft_model trains both, or the
+    # embedding alone where the head is tied to it, and writes them as modules_to_save)
+    saved = cfg.get("modules_to_save") or []
+    embeddings = bool(saved) and set(saved) <= set(EMBEDDING_NAMES)
+    plain = isinstance(cfg.get("target_modules"), list) and not cfg.get("use_dora") and (embeddings or not saved)
     if cfg.get("peft_type", "LORA") != "LORA" or not plain:
         raise UserError(
-            f"'{adapter}' is not a plain LoRA adapter "
-            "(DoRA, modules_to_save, a pattern of target modules or another PEFT type); merge it with PEFT instead."
+            f"'{adapter}' is not a plain LoRA adapter (DoRA, modules_to_save other than embed_tokens and lm_head, a "
+            "pattern of target modules or another PEFT type); merge it with PEFT instead."
         )
     weights = adapter / "adapter_model.safetensors"
     if not weights.is_file():
@@ -429,9 +471,10 @@ def _with_adapter(model, adapter: Path, checkpointing):
         lora_dropout=cfg.get("lora_dropout", 0.0),
         use_rslora=cfg.get("use_rslora", False),
         use_gradient_checkpointing=checkpointing,
+        modules_to_save=list(EMBEDDING_NAMES) if embeddings else None,
     )
     loaded = set_peft_model_state_dict(model, load_file(weights))
-    missing = [k for k in loaded.missing_keys if "lora_" in k]
+    missing = [k for k in loaded.missing_keys if "lora_" in k or "modules_to_save" in k]
     if loaded.unexpected_keys or missing:
         raise UserError(
             f"'{adapter}' does not fit its base model ({len(loaded.unexpected_keys)} unknown and {len(missing)} "
@@ -462,12 +505,15 @@ def _keep_trainable_fp32(model) -> None:
 
 
 def _add_save_methods(model) -> None:
-    """model.save_pretrained_merged / save_pretrained_gguf / push_to_hub_merged / push_to_hub_gguf, bound to this
-    instance (no class is changed)."""
+    """model.save_pretrained_merged / save_pretrained_gguf / push_to_hub_merged / push_to_hub_gguf, and the vLLM calls
+    fast_generate / save_lora / load_lora, bound to this instance (no class is changed)."""
     from functools import partial
 
-    from tunesmith import save
+    from tunesmith import fast_generate, save
 
+    model.fast_generate = partial(fast_generate.fast_generate, model)
+    model.save_lora = partial(fast_generate.save_lora, model)
+    model.load_lora = partial(fast_generate.load_lora, model)
     model.save_pretrained_merged = partial(save.save_pretrained_merged, model)
     model.save_pretrained_gguf = partial(save.save_pretrained_gguf, model)
     model.push_to_hub_merged = partial(save.push_to_hub_merged, model)

@@ -60,12 +60,12 @@ def add_embedding_training(model, log=print):
     if tied:
         config.modules_to_tie = {"lm_head"}
     set_additional_trainable_modules(model, config, model.config, "default")
-    n = sum(p.numel() for name, p in model.named_parameters() if p.requires_grad and _is_embedding(name))
+    n = sum(p.numel() for name, p in model.named_parameters() if p.requires_grad and is_embedding(name))
     log(f"pretrain: training {', '.join(config.modules_to_save)}{' (tied lm_head)' if tied else ''}: {n:,} parameters")
     return model
 
 
-def _is_embedding(name: str) -> bool:
+def is_embedding(name: str) -> bool:
     return any(f"{part}." in name for part in EMBEDDING_NAMES)
 
 
@@ -75,7 +75,7 @@ def param_groups(model, spec) -> list[dict]:
     rest, embed = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (embed if _is_embedding(name) else rest).append(p)
+            (embed if is_embedding(name) else rest).append(p)
     groups = [dict(params=rest, lr=spec.learning_rate)]
     if embed:
         groups.append(dict(params=embed, lr=spec.embedding_learning_rate))
