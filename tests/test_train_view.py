@@ -264,3 +264,51 @@ def test_objective_plot_leaves_out_a_missing_point_rather_than_drawing_it_at_zer
         (2, 0.5, "reward mean"),
         (2, 0.1, "reward std"),
     ]
+
+
+def train_view(monkeypatch, tmp_path, states=("running",)):
+    """The Train tab on its own, with `api.poll` answering a run that moves one step further at each read (its state
+    taken from `states` in turn, the last one kept); returns (the Blocks, the tab's components)."""
+    import gradio as gr
+
+    reads = []
+
+    def poll(run):
+        reads.append(run)
+        state = states[min(len(reads), len(states)) - 1]
+        metrics = [
+            {"step": s, "loss": 1.0, "lr": 1e-4, "grad_norm": 1.0, "tokens_per_s": 9.0, "memory_gb": 0.5}
+            for s in range(1, len(reads) + 1)
+        ]
+        return api.RunStatus(run, tmp_path, state, "", len(reads), 100, metrics=metrics, started=time.time())
+
+    monkeypatch.setattr(api, "poll", poll)
+    monkeypatch.setattr(api, "gpu_stats", lambda: None)
+    with gr.Blocks() as demo:
+        model = [gr.Textbox(), gr.Textbox("lora"), gr.Checkbox()]
+        data = [gr.Textbox(), gr.Textbox(), gr.Textbox(), gr.Textbox(), gr.Textbox("train"), gr.Number(256)]
+        tab = train_tab.build(model, data)
+    return demo, tab
+
+
+def run_handlers(demo, trigger, event: str, values: dict) -> dict:
+    """Run the functions wired to `trigger`'s `event`, in wiring order, on the components' `values` (by component);
+    returns what each component was last given (by component id)."""
+    values = {block._id: value for block, value in values.items()}
+    shown = {}
+    for fn in demo.fns.values():
+        if (trigger._id, event) in fn.targets:
+            out = fn.fn(*(values.get(block._id, "") for block in fn.inputs))
+            out = out if isinstance(out, tuple | list) else (out,)
+            shown |= {block._id: value for block, value in zip(fn.outputs, out, strict=True)}
+    return shown
+
+
+def test_the_status_line_and_the_progress_bar_show_the_same_step(monkeypatch, tmp_path):
+    """Each handler of the Train view's timer read the run on its own: the status line said step 1 and the progress
+    bar step 2 of a run that moved on between the reads. One read now feeds both."""
+    demo, tab = train_view(monkeypatch, tmp_path)
+    shown = run_handlers(demo, tab["timer"], "tick", {tab["run_id"]: "r", tab["notice"]: ""})
+    status = re.search(r"step (\d+)/100", shown[tab["status"]._id])[1]
+    progress = re.search(r"step (\d+)/100", shown[tab["progress"]._id])[1]
+    assert status == progress

@@ -88,14 +88,8 @@ def series_frame(metrics: list[dict], key: str):
     return pd.DataFrame(rows, columns=["step", key])
 
 
-def live_view(run_id: str):
-    """(progress bar, tokens/s plot data, memory plot data) of a run."""
-    if not run_id:
-        return "", None, None
-    try:
-        st = api.poll(run_id)
-    except api.UserError:
-        return "", None, None
+def live_parts(st):
+    """(progress bar, tokens/s plot data, memory plot data) of a run's status `st`."""
     return progress_html(st), series_frame(st.metrics, "tokens_per_s"), series_frame(st.metrics, "memory_gb")
 
 

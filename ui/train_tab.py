@@ -279,14 +279,27 @@ def smoothed(values: list[float], weight: float = 0.9) -> list[float]:
     return out
 
 
-def view(run_id: str):
-    """(status markdown, loss plot data, timer) of a run."""
+def follow(run_id: str):
+    """Everything the Train view shows of a run, from one read of it: (status markdown, loss plot data, timer,
+    progress bar, tokens/s plot data, memory plot data, objective plot). Read once: the status line and the progress
+    bar, each from a read of its own, differed by a step while the run moved on between the reads."""
+    hidden = gr.update(value=EMPTY_PLOT, visible=False)
     if not run_id:
-        return i18n.say("No run yet."), EMPTY_PLOT, gr.Timer(active=False)
+        return i18n.say("No run yet."), EMPTY_PLOT, gr.Timer(active=False), "", None, None, hidden
     try:
         st = api.poll(run_id)
     except api.UserError as e:
-        return i18n.say(str(e)), EMPTY_PLOT, gr.Timer(active=False)
+        return i18n.say(str(e)), EMPTY_PLOT, gr.Timer(active=False), "", None, None, hidden
+    return (*status_view(st), *train_live.live_parts(st), objective_plot(st.metrics))
+
+
+def view(run_id: str):
+    """(status markdown, loss plot data, timer) of a run."""
+    return follow(run_id)[:3]
+
+
+def status_view(st):
+    """(status markdown, loss plot data, timer) of a run's status `st`."""
     lines = [f"**{st.state}** · step {st.step}/{st.total_steps or '?'} · {st.message}"]
     lines += [f"ⓘ {note}" for note in st.notes]  # what the run changed or left out (engine.core.runlog.RunLog.note)
     if st.metrics:
@@ -337,6 +350,11 @@ def method_view(run_id: str):
         metrics = api.poll(run_id).metrics if run_id else []
     except api.UserError:
         metrics = []
+    return objective_plot(metrics)
+
+
+def objective_plot(metrics: list[dict]):
+    """The objective plot of a run's metrics (see method_view)."""
     if metrics and "reward_mean" in metrics[-1]:
         series = {"reward mean": "reward_mean", "reward std": "reward_std"}
     elif metrics and "margin" in metrics[-1]:
@@ -537,9 +555,8 @@ def build(model_inputs: list, data_inputs: list) -> dict:
     note_inputs = [objective, *data_inputs[:2], *data_inputs[3:5], use_answer, answer_field]
     for trigger in (objective.change, data_inputs[0].change, use_answer.change):
         trigger(data_note, note_inputs, objective_note)
-    timer.tick(view, run_id, [status, plot, timer])
-    timer.tick(method_view, run_id, method_plot)
-    timer.tick(train_live.live_view, run_id, [progress, speed_plot, memory_plot])
+    shown = [status, plot, timer, progress, speed_plot, memory_plot, method_plot]  # what `follow` fills
+    timer.tick(follow, run_id, shown)
     timer.tick(train_live.notice_after, [run_id, notice], notice, show_progress="hidden")
     watch_timer.tick(train_live.watch, [run_id, seen_active], [run_id, table, seen_active, timer])
     cancel_btn.click(train_live.cancel_now, run_id, [run_id, status, timer], api_name="cancel").then(
@@ -547,10 +564,8 @@ def build(model_inputs: list, data_inputs: list) -> dict:
     )
     log_btn.click(show_log, run_id, log)
     refresh.click(train_live.history_table, run_id, table)
-    picked = table.select(pick, table, run_id).then(view, run_id, [status, plot, timer])
-    picked.then(method_view, run_id, method_plot)
     # the progress bar and plots too: no timer ticks for a finished run, so they kept the run shown before
-    picked.then(train_live.live_view, run_id, [progress, speed_plot, memory_plot])
+    table.select(pick, table, run_id).then(follow, run_id, shown)
     run_id.change(train_live.history_table, run_id, table)
     resume_btn.click(resume, run_id, [run_id, status, timer])
     delete_btn.click(train_live.ask_delete, run_id, [confirm_box, confirm_text, status])
