@@ -123,8 +123,9 @@ def test_train_chat_export_handlers(tiny_llama, identity_file, runs, tmp_path):
     assert "still training" in again  # never two runs on one GPU by accident
     st = wait_for(api.RunHandle(run_id, runs / run_id, 0))
     assert st.state == "done"
-    text, frame, _ = train_tab.view(run_id)
+    text, plot, _ = train_tab.view(run_id)
     assert "**done**" in text
+    frame = plot["value"]
     raw, smooth = frame[frame.series == "raw"], frame[frame.series == "smoothed"]
     assert list(raw["step"]) == list(range(1, 101)) and list(smooth["step"]) == list(range(1, 101))
     assert smooth["loss"].iloc[-1] < raw["loss"].iloc[0]

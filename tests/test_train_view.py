@@ -1,6 +1,7 @@
 """The Train view's handlers without a browser (issue 25): settings checked in the words on the screen, the job file
 round trip, the remaining time, the history's times, and a cancel that answers at once."""
 
+import math
 import re
 import time
 
@@ -312,3 +313,32 @@ def test_the_status_line_and_the_progress_bar_show_the_same_step(monkeypatch, tm
     status = re.search(r"step (\d+)/100", shown[tab["status"]._id])[1]
     progress = re.search(r"step (\d+)/100", shown[tab["progress"]._id])[1]
     assert status == progress
+
+
+def tick_spacing(start: float, stop: float, count: int) -> float:
+    """The distance between the axis ticks Vega draws on [start, stop] when it asks for `count` of them (d3-array's
+    tickIncrement: 1, 2 or 5 times a power of ten)."""
+    import math
+
+    step = (stop - start) / count
+    power = math.floor(math.log10(step))
+    error = step / 10**power
+    factor = 10 if error >= math.sqrt(50) else 5 if error >= math.sqrt(10) else 2 if error >= math.sqrt(2) else 1
+    return factor * 10**power
+
+
+def test_the_step_axes_tick_whole_steps_early_in_a_run(monkeypatch, tmp_path):
+    """Two steps into a run the loss plot's step axis read 1, 1.5, 2: each plot over steps now gets an x range of
+    whole steps wide enough that Vega's ticks are whole steps at any width up to 2,800 pixels (70 ticks asked)."""
+    demo, tab = train_view(monkeypatch, tmp_path)
+    shown = run_handlers(demo, tab["timer"], "tick", {tab["run_id"]: "r", tab["notice"]: ""})
+    metrics = [{"step": s, "loss": 1.0, "margin": 0.5} for s in (1, 2)]
+    for name, plot in [*((k, shown[tab[k]._id]) for k in ("plot", "speed_plot", "memory_plot"))] + [
+        ("method_plot", train_tab.objective_plot(metrics))
+    ]:
+        assert isinstance(plot, dict) and plot.get("x_lim"), f"{name}: {plot!r}"
+        low, high = plot["x_lim"]
+        assert low == 1 and int(high) == high, name
+        for width in range(200, 2801, 40):
+            spacing = tick_spacing(low, high, math.ceil(width / 40))
+            assert spacing >= 1 and spacing == int(spacing), (name, width, spacing)

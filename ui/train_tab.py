@@ -340,7 +340,7 @@ def status_view(st):
     )
     frame = with_validation(frame, st.metrics)  # the validation loss, where the run has a validation set
     frame["series"] = frame["series"].map(i18n.say)  # the legend in the page's language
-    return i18n.say("\n\n".join(lines)), frame, gr.Timer(active=not st.finished)
+    return i18n.say("\n\n".join(lines)), train_live.step_plot(frame), gr.Timer(active=not st.finished)
 
 
 def method_view(run_id: str):
@@ -366,7 +366,7 @@ def objective_plot(metrics: list[dict]):
         (m["step"], m[key], i18n.say(name)) for name, key in series.items() for m in metrics if m.get(key) is not None
     ]
     frame = pd.DataFrame(points, columns=["step", "value", "series"])
-    return gr.update(value=frame, visible=True)
+    return train_live.step_plot(frame, visible=True)
 
 
 def history() -> list[list]:
@@ -602,6 +602,8 @@ def build(model_inputs: list, data_inputs: list) -> dict:
         run_id=run_id,
         status=status,
         plot=plot,
+        speed_plot=speed_plot,
+        memory_plot=memory_plot,
         method_plot=method_plot,
         timer=timer,
         log=log,
