@@ -182,3 +182,29 @@ def test_stop_ends_a_running_evaluation_and_saves_nothing(tiny_llama, runs, tmp_
     monkeypatch.setattr(evaluate.TorchModel, "reply", real)
     text, *_ = eval_tab.run_evaluation([str(tiny_llama)], [], False, str(data), "", "", "", 2, 4, request)
     assert text.startswith("2 questions from `"), text
+
+
+def test_stop_is_clickable_only_while_an_evaluation_runs(monkeypatch):
+    """Stop was always clickable, with no evaluation running. It starts disabled; the Evaluate button's handler
+    enables it once a Stop can be heard (the session's event is set up before), and disables it with the answer."""
+    import gradio as gr
+
+    from engine import api
+
+    with gr.Blocks():
+        assert eval_tab.build()["stop"].interactive is False
+    request = gr.Request(session_hash="page-stop")
+    heard = []
+
+    def evaluate(*args, should_stop, **kwargs):
+        heard.append(should_stop())
+        raise api.UserError("stopped")
+
+    monkeypatch.setattr(api, "evaluate", evaluate)
+    steps = eval_tab.evaluating(["r"], [], False, "q.jsonl", "", "", "", 1, 4, request)
+    first = next(steps)
+    assert first[-1].interactive is True and "page-stop" in eval_tab._STOPS
+    eval_tab.stop_evaluation(request)  # pressed as soon as it is enabled: heard
+    *answer, stop = next(steps)
+    assert stop.interactive is False and heard == [True] and answer[0].startswith("**Evaluation stopped")
+    assert "page-stop" not in eval_tab._STOPS

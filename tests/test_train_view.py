@@ -342,3 +342,21 @@ def test_the_step_axes_tick_whole_steps_early_in_a_run(monkeypatch, tmp_path):
         for width in range(200, 2801, 40):
             spacing = tick_spacing(low, high, math.ceil(width / 40))
             assert spacing >= 1 and spacing == int(spacing), (name, width, spacing)
+
+
+def test_cancel_is_clickable_only_while_the_run_in_view_trains(monkeypatch, tmp_path):
+    """Cancel was always clickable, with nothing to cancel. It now starts disabled (a page opens with no run in
+    view), and each tick enables it exactly while the run trains, with the timer on, from the same read: a tick
+    that sees the run ended disables it and stops the timer."""
+    demo, tab = train_view(monkeypatch, tmp_path, states=("running", "done"))
+    assert tab["cancel"].interactive is False
+    cancel, timer = tab["cancel"]._id, tab["timer"]._id
+    for training in (True, False):  # a tick while it trains, then one after it has ended
+        shown = run_handlers(demo, tab["timer"], "tick", {tab["run_id"]: "r", tab["notice"]: ""})
+        assert shown[cancel].interactive is training and shown[timer].active is training
+    assert train_tab.follow("")[-1].interactive is False  # no run in view
+    # a reloaded page finds the run training (watch), and the tick after it enables Cancel
+    monkeypatch.setattr(train_live, "active_run", lambda: "r")
+    monkeypatch.setattr(train_live, "history_table", lambda selected="": None)
+    run_id, _, _, timer_on = train_live.watch("", "")
+    assert run_id == "r" and timer_on.active

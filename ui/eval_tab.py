@@ -3,6 +3,7 @@ scores of the generated answers, the identity check, example rows; saved in the 
 of two or more runs (the settings that differ, the loss curves on one plot, their latest eval scores). Also the
 validation series the Train tab's loss plot adds (`with_validation`)."""
 
+import contextlib
 import threading
 
 import gradio as gr
@@ -73,14 +74,31 @@ def example_table(results: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run_evaluation(runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens=128, request: gr.Request = None):
-    """(summary markdown, score table, example rows) of an evaluation; errors become the summary."""
+@contextlib.contextmanager
+def _stoppable(request):
+    """The Event this session's Stop button sets, for one evaluation."""
     session = _session(request)
     stop = _STOPS[session] = threading.Event()
     try:
-        return _evaluation(stop, runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens)
+        yield stop
     finally:
         _STOPS.pop(session, None)
+
+
+def run_evaluation(runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens=128, request: gr.Request = None):
+    """(summary markdown, score table, example rows) of an evaluation; errors become the summary."""
+    with _stoppable(request) as stop:
+        return _evaluation(stop, runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens)
+
+
+def evaluating(runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens=128, request: gr.Request = None):
+    """The Evaluate button's handler: run_evaluation's outputs and the Stop button, clickable from the moment its
+    Stop can be heard (first yield) until the evaluation has answered (last yield; the `.then` after it also
+    covers an evaluation that raised)."""
+    with _stoppable(request) as stop:
+        yield gr.skip(), gr.skip(), gr.skip(), gr.Button(interactive=True)
+        done = _evaluation(stop, runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens)
+    yield *done, gr.Button(interactive=False)
 
 
 def _evaluation(stop, runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens):
@@ -193,7 +211,7 @@ def build() -> dict:
                 maker = gr.Textbox(label="Identity maker")
         with gr.Row():
             go = gr.Button("Evaluate", variant="primary")
-            stop = gr.Button("Stop", variant="stop", scale=0)
+            stop = gr.Button("Stop", variant="stop", scale=0, interactive=False)  # while an evaluation runs
         summary = gr.Markdown()
         table = gr.Dataframe(
             headers=["model", "loss", "perplexity"],
@@ -214,9 +232,13 @@ def build() -> dict:
         scores = gr.Dataframe(headers=["run", "model"], label="Latest eval scores", interactive=False)
 
     inputs = [runs, ggufs, base, data, regex, name, maker, limit, new_tokens]
-    go.click(run_evaluation, inputs, [summary, table, examples])
+    go.click(evaluating, inputs, [summary, table, examples, stop]).then(
+        lambda: gr.Button(interactive=False), None, stop
+    )
     stop.click(stop_evaluation, None, None)  # the evaluation's own reply says it stopped
     for shown in (again.click, tab.select):  # runs and GGUF exports finished since the page loaded, as in Chat
         shown(refresh, None, [runs, ggufs, pick])
     compare_btn.click(compare, pick, [settings, curves, scores, note])
-    return dict(runs=runs, ggufs=ggufs, table=table, examples=examples, pick=pick, curves=curves, settings=settings)
+    return dict(
+        runs=runs, ggufs=ggufs, stop=stop, table=table, examples=examples, pick=pick, curves=curves, settings=settings
+    )

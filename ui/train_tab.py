@@ -281,16 +281,21 @@ def smoothed(values: list[float], weight: float = 0.9) -> list[float]:
 
 def follow(run_id: str):
     """Everything the Train view shows of a run, from one read of it: (status markdown, loss plot data, timer,
-    progress bar, tokens/s plot data, memory plot data, objective plot). Read once: the status line and the progress
-    bar, each from a read of its own, differed by a step while the run moved on between the reads."""
+    progress bar, tokens/s plot data, memory plot data, objective plot, Cancel button). Read once: the status line
+    and the progress bar, each from a read of its own, differed by a step while the run moved on between the reads.
+
+    Cancel is clickable exactly while the timer runs, both from this read: whatever enables it also keeps the timer
+    ticking, so a later tick disables it once the run has ended, whichever handler's answer arrived last."""
     hidden = gr.update(value=EMPTY_PLOT, visible=False)
+    idle = gr.Button(interactive=False)
     if not run_id:
-        return i18n.say("No run yet."), EMPTY_PLOT, gr.Timer(active=False), "", None, None, hidden
+        return i18n.say("No run yet."), EMPTY_PLOT, gr.Timer(active=False), "", None, None, hidden, idle
     try:
         st = api.poll(run_id)
     except api.UserError as e:
-        return i18n.say(str(e)), EMPTY_PLOT, gr.Timer(active=False), "", None, None, hidden
-    return (*status_view(st), *train_live.live_parts(st), objective_plot(st.metrics))
+        return i18n.say(str(e)), EMPTY_PLOT, gr.Timer(active=False), "", None, None, hidden, idle
+    training = gr.Button(interactive=not st.finished)
+    return (*status_view(st), *train_live.live_parts(st), objective_plot(st.metrics), training)
 
 
 def view(run_id: str):
@@ -490,7 +495,8 @@ def build(model_inputs: list, data_inputs: list) -> dict:
         job = train_settings.build_job_file()
         with gr.Row():
             start_btn = gr.Button("Start training", variant="primary")
-            cancel_btn = gr.Button("Cancel", variant="stop")
+            # clickable while the run in view trains (follow): a page opens with none, or finds one in 2 s (watch)
+            cancel_btn = gr.Button("Cancel", variant="stop", interactive=False)
         notice = gr.Markdown("")
         run_id = gr.Textbox(label="Run", interactive=False)
         status = gr.Markdown("No run yet.")
@@ -555,13 +561,14 @@ def build(model_inputs: list, data_inputs: list) -> dict:
     note_inputs = [objective, *data_inputs[:2], *data_inputs[3:5], use_answer, answer_field]
     for trigger in (objective.change, data_inputs[0].change, use_answer.change):
         trigger(data_note, note_inputs, objective_note)
-    shown = [status, plot, timer, progress, speed_plot, memory_plot, method_plot]  # what `follow` fills
+    shown = [status, plot, timer, progress, speed_plot, memory_plot, method_plot, cancel_btn]  # what `follow` fills
     timer.tick(follow, run_id, shown)
     timer.tick(train_live.notice_after, [run_id, notice], notice, show_progress="hidden")
     watch_timer.tick(train_live.watch, [run_id, seen_active], [run_id, table, seen_active, timer])
+    # once the run has stopped, the view (and Cancel) as it ended, even where a tick had turned the timer off
     cancel_btn.click(train_live.cancel_now, run_id, [run_id, status, timer], api_name="cancel").then(
         train_live.finish_cancel, run_id, None
-    )
+    ).then(follow, run_id, shown)
     log_btn.click(show_log, run_id, log)
     refresh.click(train_live.history_table, run_id, table)
     # the progress bar and plots too: no timer ticks for a finished run, so they kept the run shown before

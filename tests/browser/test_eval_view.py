@@ -11,7 +11,7 @@ import time
 import pytest
 import test_app_browser as shared
 from helpers import log_of, tiny_spec, wait_for
-from test_app_browser import coloured_pixels, shot, tab
+from test_app_browser import coloured_pixels, shot, tab, wait_enabled
 
 server, browser, page = shared.server, shared.browser, shared.page  # the app, Chromium and a page, as there
 pytestmark = shared.pytestmark
@@ -71,8 +71,11 @@ def test_evaluate_a_run_and_compare_two(page, two_runs):
     pick(page, "Runs to evaluate", two_runs[:1])
     page.get_by_label("Questions (at most)").fill("5")
     page.get_by_label("Longest answer (tokens)").fill("12")
+    stop = page.get_by_role("button", name="Stop", exact=True).last
+    assert not stop.is_enabled()  # no evaluation yet
     page.get_by_role("button", name="Evaluate", exact=True).click()
     page.get_by_text("Identity check: the answer names").wait_for(timeout=300_000)
+    wait_enabled(stop, False)  # it has answered: nothing to stop
     table = page.locator(".block").filter(has_text="Scores (loss")
     for text in ("base", two_runs[0], "perplexity", "identity"):
         assert text in table.inner_text()
