@@ -14,6 +14,12 @@ from ui import i18n
 from ui.chat_tab import run_choices, unload
 
 EXAMPLES = 5  # example rows shown under the table
+# a run trained without a validation set is evaluated on its training questions (engine.api.evaluate's seen_rows)
+SEEN_NOTE = (
+    "The run held no rows out for validation, so these are questions it was trained on: the scores show what it "
+    "learned, not how it answers new questions. For that, type a questions file, or train with 'Held out for "
+    "validation (0-1)' above 0 (Train tab, Advanced)."
+)
 _STOPS: dict = {}  # browser session -> the Event its Stop button sets; an evaluation runs in a worker thread
 
 
@@ -117,13 +123,18 @@ def _evaluation(stop, runs, ggufs, base, data, regex, name, maker, limit, max_ne
             limit=int(limit) if limit else None,  # a cleared box: the engine's usual number, not 0 (every row)
             max_new_tokens=int(max_new_tokens or 128),
             should_stop=stop.is_set,
+            seen_rows=True,  # a run without a validation set: its training questions, said so below
         )
     except api.UserError as e:
         if stop.is_set():  # the engine's STOPPED, said in the tab's words
             return i18n.say("**Evaluation stopped:** Nothing was saved."), None, None
         return i18n.say(f"**Evaluation failed:** {e}"), None, None
     what = "the held-out rows of the run" if res["held_out"] else f"`{res['data']}`"
+    if res.get("seen_in_training"):
+        what = f"the run's training data ({what})"
     text = i18n.say(f"{res['cases']} question{'' if res['cases'] == 1 else 's'} from {what}.")
+    if res.get("seen_in_training"):
+        text += " " + i18n.say(SEEN_NOTE)
     for m in res["models"]:  # questions past a model's context: it could not answer them
         if m.get("left_out"):
             text += " " + i18n.say(
@@ -201,7 +212,7 @@ def build() -> dict:
             again = gr.Button("Refresh runs", scale=0)
         with gr.Row():
             base = gr.Checkbox(True, label="Include the base model")
-            data = gr.Textbox(label="Questions file (empty: the run's held-out rows)")
+            data = gr.Textbox(label="Questions file (empty: the run's held-out rows, else its training questions)")
             limit = gr.Number(50, label="Questions (at most)", precision=0, minimum=1)
             new_tokens = gr.Number(128, label="Longest answer (tokens)", precision=0, minimum=1)
         with gr.Accordion("Scoring", open=False):
