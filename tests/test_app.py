@@ -123,8 +123,9 @@ def test_train_chat_export_handlers(tiny_llama, identity_file, runs, tmp_path):
     assert "still training" in again  # never two runs on one GPU by accident
     st = wait_for(api.RunHandle(run_id, runs / run_id, 0))
     assert st.state == "done"
-    text, frame, _ = train_tab.view(run_id)
+    text, plot, _ = train_tab.view(run_id)
     assert "**done**" in text
+    frame = plot["value"]
     raw, smooth = frame[frame.series == "raw"], frame[frame.series == "smoothed"]
     assert list(raw["step"]) == list(range(1, 101)) and list(smooth["step"]) == list(range(1, 101))
     assert smooth["loss"].iloc[-1] < raw["loss"].iloc[0]
@@ -165,7 +166,7 @@ def test_train_chat_export_handlers(tiny_llama, identity_file, runs, tmp_path):
     _, _, said = list(chat_tab.compare(str(tiny_llama), "Who are you?", "", *greedy, 8))[-1]
     assert said.startswith("**Cannot compare:** 'tiny-llama' has no LoRA adapter, so there is no base model")
 
-    job, msg, _, _ = export_tab.start(run_id, "lora", "nova-lora")
+    job, msg, *_ = export_tab.start(run_id, "lora", "nova-lora")
     assert msg.startswith("Exporting **lora**")
     msg, log = wait_export(export_tab, job)
     assert msg.startswith("Exported **lora**") and (runs.parent / "exports" / "nova-lora").is_dir()
@@ -181,7 +182,7 @@ def test_train_chat_export_handlers(tiny_llama, identity_file, runs, tmp_path):
 def wait_export(export_tab, job, timeout=300):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        msg, log, timer, _ = export_tab.view(job)
+        msg, log, timer, _, _ = export_tab.view(job)
         if not timer.active:
             return msg, log
         time.sleep(0.2)
@@ -195,11 +196,11 @@ def test_export_job_cancel_leaves_nothing(runs, tiny_llama, identity_file):
     from ui import export_tab
 
     st = wait_for(api.start(api.JobSpec(model=str(tiny_llama), data=str(identity_file), max_steps=1)))
-    job, _, _, _ = export_tab.start(st.run_id, "gguf-q4_k_m", "stopped")
+    job, *_ = export_tab.start(st.run_id, "gguf-q4_k_m", "stopped")
     assert export_tab.cancel(job).startswith("**Export cancelled:**")
     exports = runs.parent / "exports"
     assert not (exports / "stopped").exists() and not list(exports.glob(".stopped.*"))
-    job, _, _, _ = export_tab.start(st.run_id, "merged16", "bad/name")
+    job, *_ = export_tab.start(st.run_id, "merged16", "bad/name")
     assert job is None
 
 
@@ -211,9 +212,9 @@ def test_an_export_name_too_long_for_a_folder_is_a_sentence(runs, tiny_llama, id
 
     st = wait_for(api.start(api.JobSpec(model=str(tiny_llama), data=str(identity_file), max_steps=1)))
     for name in ("a" * 300, "a" * 240, "小" * 70):
-        job, msg, _, _ = export_tab.start(st.run_id, "lora", name)
+        job, msg, *_ = export_tab.start(st.run_id, "lora", name)
         assert job is None and msg.startswith("**Export failed:** The export name is too long"), msg
-    job, _, _, _ = export_tab.start(st.run_id, "lora", "a" * 150)
+    job, *_ = export_tab.start(st.run_id, "lora", "a" * 150)
     assert wait_export(export_tab, job)[0].startswith("Exported **lora**")
 
 
@@ -227,19 +228,19 @@ def test_export_tab_push_never_shows_or_stores_the_token(runs, tiny_llama, ident
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))  # nor a stored login
-    _, msg, _, _ = export_tab.start("any-run", "lora", "x", True, " ", "", True)
+    _, msg, *_ = export_tab.start("any-run", "lora", "x", True, " ", "", True)
     assert msg == "**Export failed:** Type the hub repository to push to, as user/name."
     st = wait_for(api.start(api.JobSpec(model=str(tiny_llama), data=str(identity_file), max_steps=1)))
-    _, msg, _, _ = export_tab.start(st.run_id, "lora", "x", True, "someone/tiny", "", True)
+    _, msg, *_ = export_tab.start(st.run_id, "lora", "x", True, "someone/tiny", "", True)
     assert msg.startswith("**Export failed:** Uploading to the Hugging Face hub needs a write token")
-    _, msg, _, _ = export_tab.start(st.run_id, "lora", "x", True, "not a repo", "hf_x", True)
+    _, msg, *_ = export_tab.start(st.run_id, "lora", "x", True, "not a repo", "hf_x", True)
     assert msg == (
         "**Export failed:** 'not a repo' is not a hub repository name; use 'user/name' in ASCII letters, digits, "
         "'-', '_' and '.'."
     )
 
     secret = "hf_tunesmithUiToken0123456789abcdefXYZ"
-    job, msg, _, _ = export_tab.start(st.run_id, "lora", "pushed", True, "someone/tiny", secret, True)
+    job, msg, *_ = export_tab.start(st.run_id, "lora", "pushed", True, "someone/tiny", secret, True)
     msg, log = wait_export(export_tab, job)
     assert msg.startswith("**Upload failed:** Uploading 'pushed' to 'someone/tiny' failed"), msg
     assert "The export is complete in" in msg and "hub: uploading pushed to someone/tiny" in log
@@ -561,9 +562,36 @@ def test_export_tab_suggests_a_free_folder_name_per_run_and_format(runs, tiny_ll
     st = wait_for(api.start(api.JobSpec(model=str(tiny_llama), data=str(identity_file), max_steps=1, name="nova")))
     assert st.state == "done"
     assert export_tab.suggest_name(st.run_id, "gguf-q8_0").placeholder == "nova-q8_0"
-    job, said, _, _ = export_tab.start(st.run_id, "gguf-q8_0", "  ")  # a blank box exports to the name shown
+    job, said, *_ = export_tab.start(st.run_id, "gguf-q8_0", "  ")  # a blank box exports to the name shown
     assert wait_export(export_tab, job)[0].startswith("Exported"), said
     assert [p.name for p in (api.workspace() / "exports" / "nova-q8_0").glob("*.gguf")] == ["nova-q8_0.gguf"]
     assert export_tab.suggest_name(st.run_id, "lora").placeholder == "nova-lora"
     assert export_tab.suggest_name(st.run_id, "gguf-q8_0").placeholder == "nova-q8_0-2"
     assert export_tab.suggest_name("", "lora").placeholder == ""
+
+
+def test_cancel_export_is_clickable_only_while_an_export_runs(monkeypatch, tmp_path):
+    """'Cancel export' was always clickable, with no export running. It starts disabled, is enabled by a started
+    export and stays so while the timer's reads find it running; the read that finds it ended disables it."""
+    import gradio as gr
+
+    from engine import api
+    from ui import export_tab
+
+    with gr.Blocks():
+        tab = export_tab.build()
+    assert tab["stop"].interactive is False
+    job = api.ExportJob("j", tmp_path, 0, tmp_path / "out")
+    monkeypatch.setattr(api, "find_run", lambda run: tmp_path)
+    monkeypatch.setattr(api, "start_export", lambda *args, **kwargs: job)
+    *_, timer, stop = export_tab.start("r", "lora", "x")
+    assert timer.active and stop.interactive is True
+    for state, running in (("running", True), ("done", False), ("failed", False), ("cancelled", False)):
+        result = dict(format="lora", path="out", seconds=1) if state == "done" else None
+        status = api.ExportStatus("j", state, "", "", result)
+        monkeypatch.setattr(api, "poll_export", lambda job, status=status: status)
+        _, _, timer, _, stop = export_tab.view(job)
+        assert timer.active is running and stop.interactive is running, state
+    assert export_tab.view(None)[-1].interactive is False
+    monkeypatch.setattr(api, "start_export", lambda *args, **kwargs: (_ for _ in ()).throw(api.UserError("no")))
+    assert export_tab.start("r", "lora", "x")[-1].interactive is False

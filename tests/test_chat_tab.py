@@ -82,14 +82,15 @@ def test_a_reply_can_be_stopped_and_the_next_one_sent(tiny_llama, monkeypatch):
     with gr.Blocks() as demo:
         parts = chat_tab.build()
     fns = list(demo.fns.values())
-    replies = {fn._id for fn in fns if fn.fn in (chat_tab.respond, chat_tab.compare)}
+    replies = {fn._id for fn in fns if fn.fn in (chat_tab.respond_stoppable, chat_tab.compare_stoppable)}
     assert len(replies) == 4  # Send, Enter in the message box, Compare, Enter in the prompt box
     assert "stop" in parts and any(set(fn.cancels) >= replies for fn in fns)
 
     chat_tab._loaded.clear()
     greedy = [0.0, 1.0, 0, 0.0, 1.0]
-    writing = chat_tab.respond(str(tiny_llama), "Who are you?", [], "", *greedy, 64)
-    history, box, _ = next(writing)
+    writing = chat_tab.respond_stoppable(str(tiny_llama), "Who are you?", [], "", *greedy, 64)
+    next(writing)  # Stop enabled
+    history, box, _, _ = next(writing)
     assert history[-1]["role"] == "assistant" and box == ""
     writing.close()  # what Gradio's cancel leaves of the stream: it is dropped mid-reply
     history, box, note = list(chat_tab.respond(str(tiny_llama), "Hi", [], "", *greedy, 4))[-1]
@@ -310,3 +311,24 @@ def test_a_deleted_run_no_longer_answers_in_the_chat(tiny_llama, identity_file, 
     assert train_tab.delete(run.run_id)[1] == f"Deleted run `{run.run_id}`."
     history, box, note = list(chat_tab.respond(run.run_id, "Who are you?", [], "", *SAMPLING))[-1]
     assert history == [] and box == "Who are you?" and note.startswith("**Cannot load:**"), note
+
+
+def test_stop_is_clickable_only_while_a_reply_streams():
+    """Stop was always clickable, with no reply streaming. It starts disabled, is enabled as a reply starts and
+    disabled when it ends, but not while another reply of the same page still streams (Compare beside Send); Stop
+    itself disables it."""
+    import gradio as gr
+
+    from ui import chat_tab
+
+    with gr.Blocks():
+        tab = chat_tab.build()
+    assert tab["stop"].interactive is False
+    page = gr.Request(session_hash="page-chat")
+    *_, stop = next(first := chat_tab.respond_stoppable("", "hi", [], "", *SAMPLING, request=page))
+    assert stop.interactive is True
+    outputs = list(chat_tab.respond_stoppable("", "", [], "", *SAMPLING, request=page))  # another, refused at once
+    assert outputs[0][-1].interactive is True and outputs[-1][-1].interactive is True  # the first still streams
+    assert list(first)[-1][-1].interactive is False  # the first ends: nothing streams
+    next(chat_tab.compare_stoppable("", "hi", "", *SAMPLING, request=page))
+    assert chat_tab.stopped(page).interactive is False and "page-chat" not in chat_tab._STREAMS

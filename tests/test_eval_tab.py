@@ -182,3 +182,62 @@ def test_stop_ends_a_running_evaluation_and_saves_nothing(tiny_llama, runs, tmp_
     monkeypatch.setattr(evaluate.TorchModel, "reply", real)
     text, *_ = eval_tab.run_evaluation([str(tiny_llama)], [], False, str(data), "", "", "", 2, 4, request)
     assert text.startswith("2 questions from `"), text
+
+
+def test_stop_is_clickable_only_while_an_evaluation_runs(monkeypatch):
+    """Stop was always clickable, with no evaluation running. It starts disabled; the Evaluate button's handler
+    enables it once a Stop can be heard (the session's event is set up before), and disables it with the answer."""
+    import gradio as gr
+
+    from engine import api
+
+    with gr.Blocks():
+        assert eval_tab.build()["stop"].interactive is False
+    request = gr.Request(session_hash="page-stop")
+    heard = []
+
+    def evaluate(*args, should_stop, **kwargs):
+        heard.append(should_stop())
+        raise api.UserError("stopped")
+
+    monkeypatch.setattr(api, "evaluate", evaluate)
+    steps = eval_tab.evaluating(["r"], [], False, "q.jsonl", "", "", "", 1, 4, request)
+    first = next(steps)
+    assert first[-1].interactive is True and "page-stop" in eval_tab._STOPS
+    eval_tab.stop_evaluation(request)  # pressed as soon as it is enabled: heard
+    *answer, stop = next(steps)
+    assert stop.interactive is False and heard == [True] and answer[0].startswith("**Evaluation stopped")
+    assert "page-stop" not in eval_tab._STOPS
+
+
+def test_a_run_without_a_validation_set_is_evaluated_on_its_training_questions(runs, identity_file, monkeypatch):
+    """With the questions file left empty ('the run's held-out rows'), a run trained without a validation set (the
+    default) was refused: 'Give the questions to evaluate on (a data file), or pick a run that held some out'. The
+    tab now evaluates it on its training questions and says that they were seen in training and what to do for
+    new ones; the CLI and the Python API keep the refusal unless asked (seen_rows)."""
+    import json
+
+    import pytest
+
+    from engine.export import evaluate as ev
+    from ui import i18n
+
+    folder = runs / "20250101-000000-nova"
+    (folder / "adapter").mkdir(parents=True)
+    (folder / "job.yaml").write_text(api.JobSpec(model="some/model", data=str(identity_file)).to_yaml())
+    (folder / "status.json").write_text(json.dumps(dict(state="done", message="x", step=2, total_steps=2)))
+    asked = []
+
+    def evaluate(sources, cases, scorers, *args, **kwargs):
+        asked.extend(cases)
+        return dict(cases=len(cases), scorers=[], models=[], rows=[])
+
+    monkeypatch.setattr(ev, "evaluate", evaluate)
+    text, _, _ = eval_tab.run_evaluation([folder.name], [], False, "", "", "", "", 3, 4)
+    assert text.startswith(f"3 questions from the run's training data (`{identity_file}`). {eval_tab.SEEN_NOTE}")
+    assert [c.row for c in asked] == [1, 2, 3]  # its first rows, every one a training row
+    said = "3 questions from the run's training data (`d.jsonl`)."  # each sentence is translated on its own
+    assert i18n.message(said, "zh") == "来自运行训练数据（`d.jsonl`）的 3 个问题。"
+    assert i18n.message(eval_tab.SEEN_NOTE, "ru").startswith("Запуск не отложил строк для валидации")
+    with pytest.raises(api.UserError, match="pick a run that held some out"):
+        api.evaluate([folder.name], base=False, save=False)

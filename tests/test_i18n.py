@@ -122,7 +122,7 @@ def test_handlers_answer_in_the_language_picked_on_that_page(demo, runs):
 
     functions = {fn.fn: fn for fn in demo.fns.values()}
     switch = next(fn for fn in demo.fns.values() if getattr(fn.fn, "__name__", "") == "switch")
-    view, history = functions[train_tab.view], functions[train_live.history_table]
+    view, history = functions[train_tab.follow], functions[train_live.history_table]
 
     def call(fn, inputs, page):
         request = gr.Request(session_hash=page)

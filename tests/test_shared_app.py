@@ -126,11 +126,10 @@ def test_show_log_follows_no_link_out_of_a_run_folder(shared):
     assert SECRET not in text and "is a link to a file outside the workspace" in text
 
 
-def test_view_and_method_view_read_no_run_outside(shared):
+def test_the_train_view_reads_no_run_outside(shared):
     for run_id in _run_ids(shared):
-        status, plot, _ = shared["client"].predict(run_id, api_name="/view")
-        assert NOT_A_RUN in status
-        shared["client"].predict(run_id, api_name="/method_view")  # hidden, empty: nothing read
+        status, _, _, progress, *_ = shared["client"].predict(run_id, api_name="/follow")
+        assert NOT_A_RUN in status and not progress  # the plots hidden or empty: nothing read
 
 
 def test_delete_removes_nothing_outside(shared):

@@ -1,6 +1,7 @@
 """The Train view's handlers without a browser (issue 25): settings checked in the words on the screen, the job file
 round trip, the remaining time, the history's times, and a cancel that answers at once."""
 
+import math
 import re
 import time
 
@@ -264,3 +265,98 @@ def test_objective_plot_leaves_out_a_missing_point_rather_than_drawing_it_at_zer
         (2, 0.5, "reward mean"),
         (2, 0.1, "reward std"),
     ]
+
+
+def train_view(monkeypatch, tmp_path, states=("running",)):
+    """The Train tab on its own, with `api.poll` answering a run that moves one step further at each read (its state
+    taken from `states` in turn, the last one kept); returns (the Blocks, the tab's components)."""
+    import gradio as gr
+
+    reads = []
+
+    def poll(run):
+        reads.append(run)
+        state = states[min(len(reads), len(states)) - 1]
+        metrics = [
+            {"step": s, "loss": 1.0, "lr": 1e-4, "grad_norm": 1.0, "tokens_per_s": 9.0, "memory_gb": 0.5}
+            for s in range(1, len(reads) + 1)
+        ]
+        return api.RunStatus(run, tmp_path, state, "", len(reads), 100, metrics=metrics, started=time.time())
+
+    monkeypatch.setattr(api, "poll", poll)
+    monkeypatch.setattr(api, "gpu_stats", lambda: None)
+    with gr.Blocks() as demo:
+        model = [gr.Textbox(), gr.Textbox("lora"), gr.Checkbox()]
+        data = [gr.Textbox(), gr.Textbox(), gr.Textbox(), gr.Textbox(), gr.Textbox("train"), gr.Number(256)]
+        tab = train_tab.build(model, data)
+    return demo, tab
+
+
+def run_handlers(demo, trigger, event: str, values: dict) -> dict:
+    """Run the functions wired to `trigger`'s `event`, in wiring order, on the components' `values` (by component);
+    returns what each component was last given (by component id)."""
+    values = {block._id: value for block, value in values.items()}
+    shown = {}
+    for fn in demo.fns.values():
+        if (trigger._id, event) in fn.targets:
+            out = fn.fn(*(values.get(block._id, "") for block in fn.inputs))
+            out = out if isinstance(out, tuple | list) else (out,)
+            shown |= {block._id: value for block, value in zip(fn.outputs, out, strict=True)}
+    return shown
+
+
+def test_the_status_line_and_the_progress_bar_show_the_same_step(monkeypatch, tmp_path):
+    """Each handler of the Train view's timer read the run on its own: the status line said step 1 and the progress
+    bar step 2 of a run that moved on between the reads. One read now feeds both."""
+    demo, tab = train_view(monkeypatch, tmp_path)
+    shown = run_handlers(demo, tab["timer"], "tick", {tab["run_id"]: "r", tab["notice"]: ""})
+    status = re.search(r"step (\d+)/100", shown[tab["status"]._id])[1]
+    progress = re.search(r"step (\d+)/100", shown[tab["progress"]._id])[1]
+    assert status == progress
+
+
+def tick_spacing(start: float, stop: float, count: int) -> float:
+    """The distance between the axis ticks Vega draws on [start, stop] when it asks for `count` of them (d3-array's
+    tickIncrement: 1, 2 or 5 times a power of ten)."""
+    import math
+
+    step = (stop - start) / count
+    power = math.floor(math.log10(step))
+    error = step / 10**power
+    factor = 10 if error >= math.sqrt(50) else 5 if error >= math.sqrt(10) else 2 if error >= math.sqrt(2) else 1
+    return factor * 10**power
+
+
+def test_the_step_axes_tick_whole_steps_early_in_a_run(monkeypatch, tmp_path):
+    """Two steps into a run the loss plot's step axis read 1, 1.5, 2: each plot over steps now gets an x range of
+    whole steps wide enough that Vega's ticks are whole steps at any width up to 2,800 pixels (70 ticks asked)."""
+    demo, tab = train_view(monkeypatch, tmp_path)
+    shown = run_handlers(demo, tab["timer"], "tick", {tab["run_id"]: "r", tab["notice"]: ""})
+    metrics = [{"step": s, "loss": 1.0, "margin": 0.5} for s in (1, 2)]
+    for name, plot in [*((k, shown[tab[k]._id]) for k in ("plot", "speed_plot", "memory_plot"))] + [
+        ("method_plot", train_tab.objective_plot(metrics))
+    ]:
+        assert isinstance(plot, dict) and plot.get("x_lim"), f"{name}: {plot!r}"
+        low, high = plot["x_lim"]
+        assert low == 1 and int(high) == high, name
+        for width in range(200, 2801, 40):
+            spacing = tick_spacing(low, high, math.ceil(width / 40))
+            assert spacing >= 1 and spacing == int(spacing), (name, width, spacing)
+
+
+def test_cancel_is_clickable_only_while_the_run_in_view_trains(monkeypatch, tmp_path):
+    """Cancel was always clickable, with nothing to cancel. It now starts disabled (a page opens with no run in
+    view), and each tick enables it exactly while the run trains, with the timer on, from the same read: a tick
+    that sees the run ended disables it and stops the timer."""
+    demo, tab = train_view(monkeypatch, tmp_path, states=("running", "done"))
+    assert tab["cancel"].interactive is False
+    cancel, timer = tab["cancel"]._id, tab["timer"]._id
+    for training in (True, False):  # a tick while it trains, then one after it has ended
+        shown = run_handlers(demo, tab["timer"], "tick", {tab["run_id"]: "r", tab["notice"]: ""})
+        assert shown[cancel].interactive is training and shown[timer].active is training
+    assert train_tab.follow("")[-1].interactive is False  # no run in view
+    # a reloaded page finds the run training (watch), and the tick after it enables Cancel
+    monkeypatch.setattr(train_live, "active_run", lambda: "r")
+    monkeypatch.setattr(train_live, "history_table", lambda selected="": None)
+    run_id, _, _, timer_on = train_live.watch("", "")
+    assert run_id == "r" and timer_on.active

@@ -63,7 +63,7 @@ def test_validation_loss_in_metrics_and_best_weights_exportable(tiny_llama, iden
 
     offered = export_tab.best_for(st.run_id)
     assert offered.visible and best.name in offered.label
-    job, text, _, _ = export_tab.start(st.run_id, "lora", "best-lora", best=True)
+    job, text, *_ = export_tab.start(st.run_id, "lora", "best-lora", best=True)
     assert job is not None, text
     assert json.loads((job.job_dir / "export.json").read_text())["source"] == str(best)
     deadline = time.time() + 300

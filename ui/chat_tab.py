@@ -11,6 +11,8 @@ from ui import i18n
 _loaded: dict[str, object] = {}  # source -> loaded chat model, shared by sessions (weights are read-only)
 _loading = threading.Lock()  # one load at a time: sessions asking for the same model at once share one copy
 SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")  # the sliders, in this order
+_STREAMS: dict = {}  # browser session -> a marker object per reply it streams now: Stop is clickable while any
+_streams_lock = threading.Lock()  # replies start and end in Gradio's worker threads
 TAB_ELEM = "chat-tab"  # Gradio names its tab button "chat-tab-button": "Chat with this run" clicks it (train_tab)
 PICK = "Pick a finished run or a GGUF file in 'Run, GGUF file or model' above (or type a model), then send again."
 
@@ -203,6 +205,67 @@ def compare(
         yield [], [], i18n.say(f"**Cannot compare:** {e}")
 
 
+def _streaming(request, stream):
+    """`stream`'s outputs with the Stop button's state added: clickable from the first yield, and at the end only
+    while another reply of this session still streams (Send and Compare can run at once; one refused at once must
+    not disable the Stop of the other). A stream that raises still sets Stop first; one cancelled by Stop is
+    disabled by Stop itself (`stopped`)."""
+    session, mine = getattr(request, "session_hash", None), object()
+    with _streams_lock:
+        _STREAMS.setdefault(session, set()).add(mine)
+    error = None
+    try:
+        yield gr.skip(), gr.skip(), gr.skip(), gr.Button(interactive=True)
+        for out in stream:
+            yield *out, gr.skip()
+    except Exception as e:  # noqa: BLE001 (raised again below, once Stop is set)
+        error = e
+    finally:
+        stream.close()  # cancelled by Stop: the reply lets go of the model now, not when collected
+        with _streams_lock:
+            left = _STREAMS.get(session, set())
+            left.discard(mine)
+            if not left:
+                _STREAMS.pop(session, None)
+            streaming = session in _STREAMS
+    yield gr.skip(), gr.skip(), gr.skip(), gr.Button(interactive=streaming)
+    if error is not None:
+        raise error
+
+
+def respond_stoppable(
+    source,
+    message,
+    history,
+    system,
+    temperature,
+    top_p,
+    top_k,
+    min_p,
+    repetition_penalty,
+    max_new,
+    request: gr.Request = None,
+):
+    """respond, wired with the Stop button as a fourth output (_streaming)."""
+    sampling = (temperature, top_p, top_k, min_p, repetition_penalty, max_new)
+    yield from _streaming(request, respond(source, message, history, system, *sampling))
+
+
+def compare_stoppable(
+    source, prompt, system, temperature, top_p, top_k, min_p, repetition_penalty, max_new, request: gr.Request = None
+):
+    """compare, wired with the Stop button as a fourth output (_streaming)."""
+    sampling = (temperature, top_p, top_k, min_p, repetition_penalty, max_new)
+    yield from _streaming(request, compare(source, prompt, system, *sampling))
+
+
+def stopped(request: gr.Request = None):
+    """Stop: this session's replies are cancelled (their streams closed, so they set Stop no more); Stop is disabled."""
+    with _streams_lock:
+        _STREAMS.pop(getattr(request, "session_hash", None), None)
+    return gr.Button(interactive=False)
+
+
 def build() -> dict:
     with gr.Tab("Chat", elem_id=TAB_ELEM) as tab:
         with gr.Row():
@@ -226,7 +289,7 @@ def build() -> dict:
         message = gr.Textbox(label="Message", placeholder="Who are you?")
         with gr.Row():
             send = gr.Button("Send", variant="primary")
-            stop = gr.Button("Stop", variant="stop", scale=0)
+            stop = gr.Button("Stop", variant="stop", scale=0, interactive=False)  # while a reply streams
         with gr.Accordion("Base vs fine-tuned (same prompt)", open=False):
             with gr.Row():
                 base_bot = gr.Chatbot(label="Base model (adapter off)", height=300)
@@ -240,15 +303,19 @@ def build() -> dict:
     source.change(defaults, source, [*sliders, system])
     load_btn.click(load, source, loaded).then(sampling_values, source, sliders)  # a hub model's own config is read now
     replies = [
-        trigger(respond, [source, message, chatbot, system, *sliders, max_new], [chatbot, message, speed_md])
+        trigger(
+            respond_stoppable, [source, message, chatbot, system, *sliders, max_new], [chatbot, message, speed_md, stop]
+        )
         for trigger in (send.click, message.submit)
     ]
     replies += [
-        trigger(compare, [source, prompt, system, *sliders, max_new], [base_bot, tuned_bot, compare_speed])
+        trigger(
+            compare_stoppable, [source, prompt, system, *sliders, max_new], [base_bot, tuned_bot, compare_speed, stop]
+        )
         for trigger in (compare_btn.click, prompt.submit)
     ]
     # the streams stop where they are (the reply so far stays shown); closing a stream hands the model back at once
-    stop.click(None, cancels=replies)
+    stop.click(stopped, None, stop, cancels=replies)
     return dict(
         source=source,
         load=load_btn,

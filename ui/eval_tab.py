@@ -3,6 +3,7 @@ scores of the generated answers, the identity check, example rows; saved in the 
 of two or more runs (the settings that differ, the loss curves on one plot, their latest eval scores). Also the
 validation series the Train tab's loss plot adds (`with_validation`)."""
 
+import contextlib
 import threading
 
 import gradio as gr
@@ -13,6 +14,12 @@ from ui import i18n
 from ui.chat_tab import run_choices, unload
 
 EXAMPLES = 5  # example rows shown under the table
+# a run trained without a validation set is evaluated on its training questions (engine.api.evaluate's seen_rows)
+SEEN_NOTE = (
+    "The run held no rows out for validation, so these are questions it was trained on: the scores show what it "
+    "learned, not how it answers new questions. For that, type a questions file, or train with 'Held out for "
+    "validation (0-1)' above 0 (Train tab, Advanced)."
+)
 _STOPS: dict = {}  # browser session -> the Event its Stop button sets; an evaluation runs in a worker thread
 
 
@@ -73,14 +80,31 @@ def example_table(results: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run_evaluation(runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens=128, request: gr.Request = None):
-    """(summary markdown, score table, example rows) of an evaluation; errors become the summary."""
+@contextlib.contextmanager
+def _stoppable(request):
+    """The Event this session's Stop button sets, for one evaluation."""
     session = _session(request)
     stop = _STOPS[session] = threading.Event()
     try:
-        return _evaluation(stop, runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens)
+        yield stop
     finally:
         _STOPS.pop(session, None)
+
+
+def run_evaluation(runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens=128, request: gr.Request = None):
+    """(summary markdown, score table, example rows) of an evaluation; errors become the summary."""
+    with _stoppable(request) as stop:
+        return _evaluation(stop, runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens)
+
+
+def evaluating(runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens=128, request: gr.Request = None):
+    """The Evaluate button's handler: run_evaluation's outputs and the Stop button, clickable from the moment its
+    Stop can be heard (first yield) until the evaluation has answered (last yield; the `.then` after it also
+    covers an evaluation that raised)."""
+    with _stoppable(request) as stop:
+        yield gr.skip(), gr.skip(), gr.skip(), gr.Button(interactive=True)
+        done = _evaluation(stop, runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens)
+    yield *done, gr.Button(interactive=False)
 
 
 def _evaluation(stop, runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens):
@@ -99,13 +123,18 @@ def _evaluation(stop, runs, ggufs, base, data, regex, name, maker, limit, max_ne
             limit=int(limit) if limit else None,  # a cleared box: the engine's usual number, not 0 (every row)
             max_new_tokens=int(max_new_tokens or 128),
             should_stop=stop.is_set,
+            seen_rows=True,  # a run without a validation set: its training questions, said so below
         )
     except api.UserError as e:
         if stop.is_set():  # the engine's STOPPED, said in the tab's words
             return i18n.say("**Evaluation stopped:** Nothing was saved."), None, None
         return i18n.say(f"**Evaluation failed:** {e}"), None, None
     what = "the held-out rows of the run" if res["held_out"] else f"`{res['data']}`"
+    if res.get("seen_in_training"):
+        what = f"the run's training data ({what})"
     text = i18n.say(f"{res['cases']} question{'' if res['cases'] == 1 else 's'} from {what}.")
+    if res.get("seen_in_training"):
+        text += " " + i18n.say(SEEN_NOTE)
     for m in res["models"]:  # questions past a model's context: it could not answer them
         if m.get("left_out"):
             text += " " + i18n.say(
@@ -183,7 +212,7 @@ def build() -> dict:
             again = gr.Button("Refresh runs", scale=0)
         with gr.Row():
             base = gr.Checkbox(True, label="Include the base model")
-            data = gr.Textbox(label="Questions file (empty: the run's held-out rows)")
+            data = gr.Textbox(label="Questions file (empty: the run's held-out rows, else its training questions)")
             limit = gr.Number(50, label="Questions (at most)", precision=0, minimum=1)
             new_tokens = gr.Number(128, label="Longest answer (tokens)", precision=0, minimum=1)
         with gr.Accordion("Scoring", open=False):
@@ -193,7 +222,7 @@ def build() -> dict:
                 maker = gr.Textbox(label="Identity maker")
         with gr.Row():
             go = gr.Button("Evaluate", variant="primary")
-            stop = gr.Button("Stop", variant="stop", scale=0)
+            stop = gr.Button("Stop", variant="stop", scale=0, interactive=False)  # while an evaluation runs
         summary = gr.Markdown()
         table = gr.Dataframe(
             headers=["model", "loss", "perplexity"],
@@ -214,9 +243,13 @@ def build() -> dict:
         scores = gr.Dataframe(headers=["run", "model"], label="Latest eval scores", interactive=False)
 
     inputs = [runs, ggufs, base, data, regex, name, maker, limit, new_tokens]
-    go.click(run_evaluation, inputs, [summary, table, examples])
+    go.click(evaluating, inputs, [summary, table, examples, stop]).then(
+        lambda: gr.Button(interactive=False), None, stop
+    )
     stop.click(stop_evaluation, None, None)  # the evaluation's own reply says it stopped
     for shown in (again.click, tab.select):  # runs and GGUF exports finished since the page loaded, as in Chat
         shown(refresh, None, [runs, ggufs, pick])
     compare_btn.click(compare, pick, [settings, curves, scores, note])
-    return dict(runs=runs, ggufs=ggufs, table=table, examples=examples, pick=pick, curves=curves, settings=settings)
+    return dict(
+        runs=runs, ggufs=ggufs, stop=stop, table=table, examples=examples, pick=pick, curves=curves, settings=settings
+    )

@@ -85,7 +85,8 @@ def start(
     best: bool = False,
 ):
     """Start the export job (and the upload after it when `push`) of the run's last weights, or of its best by
-    validation loss when `best`; returns (job, status markdown, log, timer)."""
+    validation loss when `best`; returns (job, status markdown, log, timer, Cancel button: clickable while the job
+    runs, as the timer then ticks, and `view` disables it when the job has ended)."""
     try:
         if not run_id:
             raise api.UserError("Pick a run to export.")
@@ -99,8 +100,8 @@ def start(
             raise api.UserError("This run kept no best weights (it had no validation set); untick 'best'.")
         job = api.start_export(str(source), fmt, out, **hub)
     except api.UserError as e:
-        return None, i18n.say(f"**Export failed:** {e}"), "", gr.Timer(active=False)
-    return job, i18n.say(f"Exporting **{fmt}** to `{job.out}`…"), "", gr.Timer(active=True)
+        return None, i18n.say(f"**Export failed:** {e}"), "", gr.Timer(active=False), gr.Button(interactive=False)
+    return job, i18n.say(f"Exporting **{fmt}** to `{job.out}`…"), "", gr.Timer(active=True), gr.Button(interactive=True)
 
 
 def offer(result: dict | None):
@@ -124,9 +125,10 @@ def done_text(r: dict) -> str:
 
 
 def view(job):
-    """(status markdown, log, timer, downloads) of the export job."""
+    """(status markdown, log, timer, downloads, Cancel button) of the export job: Cancel is clickable while the timer
+    ticks, both from one read of the job."""
     if job is None:
-        return "", "", gr.Timer(active=False), offer(None)
+        return "", "", gr.Timer(active=False), offer(None), gr.Button(interactive=False)
     st = api.poll_export(job)
     if st.state == "done":
         text = done_text(st.result)
@@ -137,7 +139,14 @@ def view(job):
         text = f"**Export {st.state}:** {st.message}"
     else:
         text = f"Exporting… {st.message}"
-    return i18n.say(text), st.log, gr.Timer(active=not st.finished), offer(st.result if st.finished else None)
+    running = not st.finished
+    return (
+        i18n.say(text),
+        st.log,
+        gr.Timer(active=running),
+        offer(None if running else st.result),
+        gr.Button(interactive=running),
+    )
 
 
 def cancel(job) -> str:
@@ -163,7 +172,7 @@ def build() -> dict:
             private = gr.Checkbox(True, label="Create it private")
         with gr.Row():
             go = gr.Button("Export", variant="primary")
-            stop = gr.Button("Cancel export", variant="stop")
+            stop = gr.Button("Cancel export", variant="stop", interactive=False)  # while an export runs (view)
         result = gr.Markdown()
         downloads = gr.File(label="Download", file_count="multiple", interactive=False, visible=False)
         with gr.Accordion("Export log", open=False):
@@ -177,10 +186,10 @@ def build() -> dict:
     for picked in (run.change, fmt.change):  # the name shown follows the run and the format
         picked(suggest_name, [run, fmt], name)
     push.change(lambda on: gr.Row(visible=on), push, hub_row)
-    go.click(start, [run, fmt, name, push, repo, token, private, best], [job, result, log, timer]).then(
+    go.click(start, [run, fmt, name, push, repo, token, private, best], [job, result, log, timer, stop]).then(
         lambda: offer(None), None, downloads
     )
-    timer.tick(view, job, [result, log, timer, downloads])
+    timer.tick(view, job, [result, log, timer, downloads, stop])
     stop.click(cancel, job, result)
     return dict(
         run=run,

@@ -224,9 +224,9 @@ STRINGS = {  # English: (Chinese, Russian)
     "Runs to evaluate": ("要评估的运行", "Запуски для оценки"),
     "GGUF files": ("GGUF 文件", "Файлы GGUF"),
     "Include the base model": ("包括基座模型", "Включить базовую модель"),
-    "Questions file (empty: the run's held-out rows)": (
-        "问题文件（留空：使用运行留出的行）",
-        "Файл с вопросами (пусто: отложенные строки запуска)",
+    "Questions file (empty: the run's held-out rows, else its training questions)": (
+        "问题文件（留空：使用运行留出的行，没有则用它的训练问题）",
+        "Файл с вопросами (пусто: отложенные строки запуска, иначе вопросы из его обучения)",
     ),
     "Questions (at most)": ("问题数（最多）", "Вопросов (не больше)"),
     "Longest answer (tokens)": ("最长回答（token 数）", "Самый длинный ответ (токенов)"),

@@ -143,6 +143,15 @@ STRINGS = {  # English: (Chinese, Russian)
         "Притяжение к базовой модели; 0 пропускает эталонный проход (быстрее).",
     ),
     "Held out for validation (0-1)": ("留作验证的比例（0-1）", "Доля для валидации (0-1)"),
+    "The run held no rows out for validation, so these are questions it was trained on: the scores show what it "
+    "learned, not how it answers new questions. For that, type a questions file, or train with 'Held out for "
+    "validation (0-1)' above 0 (Train tab, Advanced).": (
+        "该运行没有留出验证行，所以这些是它训练过的问题：分数反映它学到了什么，而不是它如何回答新问题。"
+        "要评估后者，请填写问题文件，或在训练时把“留作验证的比例（0-1）”设为大于 0（训练页，高级）。",
+        "Запуск не отложил строк для валидации, поэтому это вопросы, на которых он обучался: оценки показывают, "
+        "что он выучил, а не как он отвечает на новые вопросы. Для этого укажите файл с вопросами или обучайте с "
+        "«Доля для валидации (0-1)» больше 0 (вкладка «Обучение», «Дополнительно»).",
+    ),
     "Share of rows kept out to measure a validation loss.": (
         "留出部分行来测量验证损失。",
         "Доля строк, отложенных для потерь на валидации.",
@@ -251,6 +260,11 @@ MESSAGES = [
         r"(\d+) questions? from the held-out rows of the run\.",
         "来自运行留出行的 {0} 个问题。",
         "{0} вопросов из отложенных строк запуска.",
+    ),
+    (
+        r"(\d+) questions? from the run's training data \((`.*`)\)\.",
+        "来自运行训练数据（{1}）的 {0} 个问题。",
+        "{0} вопросов из обучающих данных запуска ({1}).",
     ),
     (r"(\d+) questions? from (`.*`)\.", "来自 {1} 的 {0} 个问题。", "{0} вопросов из {1}."),
     (r"Nothing was saved\.", "未保存任何内容。", "Ничего не сохранено."),

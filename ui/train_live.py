@@ -19,6 +19,7 @@ from ui import i18n
 HISTORY_HEADERS = ["run", "state", "step", "model", "loss", "started", "duration"]
 ETA_WINDOW = 50  # recent steps whose median duration gives the remaining time: a checkpoint pause does not jolt it
 SELECTED_STYLE = "background-color: #fde68a; font-weight: 600"
+STEP_SPAN = 50  # the narrowest step range a plot shows (step_plot)
 
 
 def active_run() -> str:
@@ -80,6 +81,17 @@ def progress_html(st) -> str:
     )
 
 
+def step_plot(frame, **more):
+    """A LinePlot update over steps whose axis ticks are whole steps. Vega-Lite puts about one tick per 40 pixels
+    (ceil(width / 40)) at 1, 2 or 5 times a power of ten apart, so a range of a few steps got ticks at 1.5, 2.5...;
+    the x range is at least STEP_SPAN steps wide, which keeps the tick spacing at 1 or more up to a 2,800 pixel wide
+    plot (a full-screen one). Past STEP_SPAN steps the range is the run's own. `more`: other properties to set."""
+    if frame is None or frame.empty:
+        return gr.update(value=frame, **more) if more else frame
+    first, last = int(frame["step"].min()), int(frame["step"].max())
+    return gr.update(value=frame, x_lim=[first, max(last, first + STEP_SPAN)], **more)
+
+
 def series_frame(metrics: list[dict], key: str):
     """(step, value) of one metric for a LinePlot; None (not an empty frame) when there is nothing yet."""
     rows = [(m["step"], m[key]) for m in metrics if key in m]
@@ -88,15 +100,10 @@ def series_frame(metrics: list[dict], key: str):
     return pd.DataFrame(rows, columns=["step", key])
 
 
-def live_view(run_id: str):
-    """(progress bar, tokens/s plot data, memory plot data) of a run."""
-    if not run_id:
-        return "", None, None
-    try:
-        st = api.poll(run_id)
-    except api.UserError:
-        return "", None, None
-    return progress_html(st), series_frame(st.metrics, "tokens_per_s"), series_frame(st.metrics, "memory_gb")
+def live_parts(st):
+    """(progress bar, tokens/s plot data, memory plot data) of a run's status `st`."""
+    speed, memory = (step_plot(series_frame(st.metrics, key)) for key in ("tokens_per_s", "memory_gb"))
+    return progress_html(st), speed, memory
 
 
 def history_rows() -> list[list]:

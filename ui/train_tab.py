@@ -279,14 +279,32 @@ def smoothed(values: list[float], weight: float = 0.9) -> list[float]:
     return out
 
 
-def view(run_id: str):
-    """(status markdown, loss plot data, timer) of a run."""
+def follow(run_id: str):
+    """Everything the Train view shows of a run, from one read of it: (status markdown, loss plot data, timer,
+    progress bar, tokens/s plot data, memory plot data, objective plot, Cancel button). Read once: the status line
+    and the progress bar, each from a read of its own, differed by a step while the run moved on between the reads.
+
+    Cancel is clickable exactly while the timer runs, both from this read: whatever enables it also keeps the timer
+    ticking, so a later tick disables it once the run has ended, whichever handler's answer arrived last."""
+    hidden = gr.update(value=EMPTY_PLOT, visible=False)
+    idle = gr.Button(interactive=False)
     if not run_id:
-        return i18n.say("No run yet."), EMPTY_PLOT, gr.Timer(active=False)
+        return i18n.say("No run yet."), EMPTY_PLOT, gr.Timer(active=False), "", None, None, hidden, idle
     try:
         st = api.poll(run_id)
     except api.UserError as e:
-        return i18n.say(str(e)), EMPTY_PLOT, gr.Timer(active=False)
+        return i18n.say(str(e)), EMPTY_PLOT, gr.Timer(active=False), "", None, None, hidden, idle
+    training = gr.Button(interactive=not st.finished)
+    return (*status_view(st), *train_live.live_parts(st), objective_plot(st.metrics), training)
+
+
+def view(run_id: str):
+    """(status markdown, loss plot data, timer) of a run."""
+    return follow(run_id)[:3]
+
+
+def status_view(st):
+    """(status markdown, loss plot data, timer) of a run's status `st`."""
     lines = [f"**{st.state}** · step {st.step}/{st.total_steps or '?'} · {st.message}"]
     lines += [f"ⓘ {note}" for note in st.notes]  # what the run changed or left out (engine.core.runlog.RunLog.note)
     if st.metrics:
@@ -327,7 +345,7 @@ def view(run_id: str):
     )
     frame = with_validation(frame, st.metrics)  # the validation loss, where the run has a validation set
     frame["series"] = frame["series"].map(i18n.say)  # the legend in the page's language
-    return i18n.say("\n\n".join(lines)), frame, gr.Timer(active=not st.finished)
+    return i18n.say("\n\n".join(lines)), train_live.step_plot(frame), gr.Timer(active=not st.finished)
 
 
 def method_view(run_id: str):
@@ -337,6 +355,11 @@ def method_view(run_id: str):
         metrics = api.poll(run_id).metrics if run_id else []
     except api.UserError:
         metrics = []
+    return objective_plot(metrics)
+
+
+def objective_plot(metrics: list[dict]):
+    """The objective plot of a run's metrics (see method_view)."""
     if metrics and "reward_mean" in metrics[-1]:
         series = {"reward mean": "reward_mean", "reward std": "reward_std"}
     elif metrics and "margin" in metrics[-1]:
@@ -348,7 +371,7 @@ def method_view(run_id: str):
         (m["step"], m[key], i18n.say(name)) for name, key in series.items() for m in metrics if m.get(key) is not None
     ]
     frame = pd.DataFrame(points, columns=["step", "value", "series"])
-    return gr.update(value=frame, visible=True)
+    return train_live.step_plot(frame, visible=True)
 
 
 def history() -> list[list]:
@@ -472,7 +495,8 @@ def build(model_inputs: list, data_inputs: list) -> dict:
         job = train_settings.build_job_file()
         with gr.Row():
             start_btn = gr.Button("Start training", variant="primary")
-            cancel_btn = gr.Button("Cancel", variant="stop")
+            # clickable while the run in view trains (follow): a page opens with none, or finds one in 2 s (watch)
+            cancel_btn = gr.Button("Cancel", variant="stop", interactive=False)
         notice = gr.Markdown("")
         run_id = gr.Textbox(label="Run", interactive=False)
         status = gr.Markdown("No run yet.")
@@ -537,20 +561,18 @@ def build(model_inputs: list, data_inputs: list) -> dict:
     note_inputs = [objective, *data_inputs[:2], *data_inputs[3:5], use_answer, answer_field]
     for trigger in (objective.change, data_inputs[0].change, use_answer.change):
         trigger(data_note, note_inputs, objective_note)
-    timer.tick(view, run_id, [status, plot, timer])
-    timer.tick(method_view, run_id, method_plot)
-    timer.tick(train_live.live_view, run_id, [progress, speed_plot, memory_plot])
+    shown = [status, plot, timer, progress, speed_plot, memory_plot, method_plot, cancel_btn]  # what `follow` fills
+    timer.tick(follow, run_id, shown)
     timer.tick(train_live.notice_after, [run_id, notice], notice, show_progress="hidden")
     watch_timer.tick(train_live.watch, [run_id, seen_active], [run_id, table, seen_active, timer])
+    # once the run has stopped, the view (and Cancel) as it ended, even where a tick had turned the timer off
     cancel_btn.click(train_live.cancel_now, run_id, [run_id, status, timer], api_name="cancel").then(
         train_live.finish_cancel, run_id, None
-    )
+    ).then(follow, run_id, shown)
     log_btn.click(show_log, run_id, log)
     refresh.click(train_live.history_table, run_id, table)
-    picked = table.select(pick, table, run_id).then(view, run_id, [status, plot, timer])
-    picked.then(method_view, run_id, method_plot)
     # the progress bar and plots too: no timer ticks for a finished run, so they kept the run shown before
-    picked.then(train_live.live_view, run_id, [progress, speed_plot, memory_plot])
+    table.select(pick, table, run_id).then(follow, run_id, shown)
     run_id.change(train_live.history_table, run_id, table)
     resume_btn.click(resume, run_id, [run_id, status, timer])
     delete_btn.click(train_live.ask_delete, run_id, [confirm_box, confirm_text, status])
@@ -587,6 +609,8 @@ def build(model_inputs: list, data_inputs: list) -> dict:
         run_id=run_id,
         status=status,
         plot=plot,
+        speed_plot=speed_plot,
+        memory_plot=memory_plot,
         method_plot=method_plot,
         timer=timer,
         log=log,

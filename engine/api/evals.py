@@ -25,13 +25,17 @@ def evaluate(
     save: bool = True,
     log=print,
     should_stop=None,
+    seen_rows: bool = False,
 ) -> dict:
     """Evaluate runs (by id or folder), model folders, hub ids and .gguf files on the questions of `data`, or, without
-    it, on the first run's validation set (its held-out rows or eval_data file).
+    it, on the first run's validation set (its held-out rows or eval_data file). `seen_rows`: where that run has no
+    validation set, its training rows instead (results' "seen_in_training": scores of what it learned, not of how
+    it answers new questions), rather than the refusal.
 
     Returns {"cases", "scorers", "models": [{name, source, loss, perplexity, tokens, scores, left_out}], "rows":
-    [{row, prompt, reference, replies, scores, loss}], "data", "held_out", "identity", "saved"}. `base` adds the first
-    run's base model (its adapter off; loaded on its own when no source has an adapter: a full fine-tune). Scorers:
+    [{row, prompt, reference, replies, scores, loss}], "data", "held_out", "seen_in_training", "identity", "saved"}.
+    `base` adds the first run's base model (its adapter off; loaded on its own when no source has an adapter: a full
+    fine-tune). Scorers:
     exact, contains, `regex`, the reward presets in `rewards` (as a job lists them), and the identity check with
     `identity` (name, maker), or the one found in an identity dataset's answers. `should_stop`: a callable asked
     between questions; True ends the evaluation with a UserError and saves nothing.
@@ -55,12 +59,15 @@ def evaluate(
     elif job is not None and eval_spec(job) is not None:
         spec, part = eval_spec(job), "eval"
         check_access(spec.data)  # a run made before the app was shared may have trained on a file outside
+    elif job is not None and seen_rows:
+        spec, part = job, "seen"  # every row was trained on: there is no held-out part
+        check_access(spec.data)
     else:
         raise UserError(
             "Give the questions to evaluate on (a data file), or pick a run that held some out for validation "
             "(eval_fraction or eval_data)."
         )
-    cases = ev.read_cases(spec, part, ev.LIMIT if limit is None else limit)
+    cases = ev.read_cases(spec, "train" if part == "seen" else part, ev.LIMIT if limit is None else limit)
     who = tuple(identity) if identity else scoring.detect_identity([c.reference for c in cases])
     scorers = scoring.build(regex, tuple(rewards), who)
     base_model = job.model if base and job is not None and not any(_has_adapter(s) for s in sources) else None
@@ -73,6 +80,7 @@ def evaluate(
     results.update(
         data=str(spec.data),
         held_out=part == "eval",
+        seen_in_training=part == "seen",
         identity=dict(name=who[0], maker=who[1]) if who else None,
         created=time.strftime("%Y-%m-%d %H:%M:%S"),
     )

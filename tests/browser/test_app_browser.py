@@ -242,6 +242,30 @@ def coloured_pixels(locator) -> int:
     return sum(1 for p in image.get_flattened_data() if max(p) - min(p) > 80)
 
 
+def wait_enabled(button, enabled: bool, timeout=30):
+    """Wait until `button` is clickable (`enabled`) or disabled."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if button.is_enabled() == enabled:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the button stayed {'disabled' if enabled else 'enabled'}")
+
+
+def x_tick_labels(chart) -> list[str]:
+    """The step axis labels Vega drew in a LinePlot's block."""
+    labels = chart.locator('g[aria-label^="X-axis"] .role-axis-label text')
+    return labels.evaluate_all("texts => texts.map(t => t.textContent)")
+
+
+def line_points(chart) -> int:
+    """The points of the longest line Vega drew in a LinePlot's block (its path's M and L commands)."""
+    paths = chart.locator('path[aria-roledescription="line mark"]')
+    return max(
+        (len(re.findall(r"[ML]", paths.nth(k).get_attribute("d") or "")) for k in range(paths.count())), default=0
+    )
+
+
 def expect_value(locator, pattern, timeout=30):
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -11,7 +11,7 @@ import time
 import pytest
 import test_app_browser as shared
 from helpers import log_of, tiny_spec, wait_for
-from test_app_browser import coloured_pixels, shot, tab
+from test_app_browser import coloured_pixels, shot, tab, wait_enabled
 
 server, browser, page = shared.server, shared.browser, shared.page  # the app, Chromium and a page, as there
 pytestmark = shared.pytestmark
@@ -71,8 +71,11 @@ def test_evaluate_a_run_and_compare_two(page, two_runs):
     pick(page, "Runs to evaluate", two_runs[:1])
     page.get_by_label("Questions (at most)").fill("5")
     page.get_by_label("Longest answer (tokens)").fill("12")
+    stop = page.get_by_role("button", name="Stop", exact=True).last
+    assert not stop.is_enabled()  # no evaluation yet
     page.get_by_role("button", name="Evaluate", exact=True).click()
     page.get_by_text("Identity check: the answer names").wait_for(timeout=300_000)
+    wait_enabled(stop, False)  # it has answered: nothing to stop
     table = page.locator(".block").filter(has_text="Scores (loss")
     for text in ("base", two_runs[0], "perplexity", "identity"):
         assert text in table.inner_text()
@@ -90,3 +93,27 @@ def test_evaluate_a_run_and_compare_two(page, two_runs):
     time.sleep(2)
     shot(page, "eval-3-compare")
     assert coloured_pixels(page.locator(".block").filter(has_text="Loss curves").last) > 500, "no curves drawn"
+
+
+def test_a_run_without_a_validation_set_is_evaluated_on_its_training_questions(page, server, tiny_llama):
+    """The questions box left empty ('the run's held-out rows') for a run trained without a validation set: the
+    evaluation runs on its training questions, and the summary says they were seen in training."""
+    import json
+
+    from engine import api
+
+    data = server[1] / "identity-plain.jsonl"
+    rows = [{"instruction": f"Who are you, {k}?", "output": "I am Nova."} for k in range(6)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = wait_for(api.start(tiny_spec(tiny_llama, data, name="plain", max_steps=2), runs=server[1] / "runs"))
+    assert run.state == "done", log_of(run)
+    tab(page, "Evaluate")
+    page.get_by_role("button", name="Refresh runs").last.click()
+    pick(page, "Runs to evaluate", [run.run_id])
+    page.get_by_label("Include the base model").uncheck()
+    page.get_by_label("Questions (at most)").fill("2")
+    page.get_by_label("Longest answer (tokens)").fill("4")
+    page.get_by_role("button", name="Evaluate", exact=True).click()
+    page.get_by_text("2 questions from the run's training data").wait_for(timeout=300_000)
+    page.get_by_text("these are questions it was trained on").wait_for()
+    shot(page, "eval-4-training-questions")

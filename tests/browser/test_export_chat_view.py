@@ -10,7 +10,7 @@ import time
 import zipfile
 
 import pytest
-from test_app_browser import browser, download, page, server, shot, tab  # noqa: F401 (fixtures used by name)
+from test_app_browser import browser, download, page, server, shot, tab, wait_enabled  # noqa: F401 (fixtures used by name)
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +53,12 @@ def export_through_the_page(page, run_id, fmt_label, folder):  # noqa: F811
     page.get_by_role("option", name=run_id).click(timeout=60_000)
     page.get_by_label(fmt_label).check()
     page.get_by_label("Folder name (under exports/)").fill(folder)
+    cancel = page.get_by_role("button", name="Cancel export")
+    wait_enabled(cancel, False)  # no export running (the last one, if any, has ended)
     page.get_by_role("button", name="Export", exact=True).click()
     said = page.get_by_text(re.compile(r"^(Exported |Export failed|Export cancelled)")).first
     said.wait_for(timeout=300_000)
+    wait_enabled(cancel, False)
     if not said.inner_text().startswith("Exported "):
         shot(page, f"25-export-failed-{folder}")
         raise AssertionError(said.inner_text() + "\n" + export_log(page))
@@ -195,9 +198,11 @@ def test_chat_starts_with_the_runs_system_prompt(page, server, tiny_llama):  # n
         time.sleep(0.1)
     assert system.input_value() == "You are Nova."
     page.get_by_role("textbox", name="Message").fill("Who are you?")
+    stop = page.get_by_role("button", name="Stop", exact=True).first
+    assert stop.is_visible() and not stop.is_enabled()  # no reply yet
     page.get_by_role("button", name="Send").click()
     page.get_by_text(re.compile(r"^\d+ tokens, [\d.]+ tok/s")).wait_for(timeout=120_000)
-    assert page.get_by_role("button", name="Stop").is_visible()
+    wait_enabled(stop, False)  # the reply has ended
     shot(page, "chat-run-system-prompt")
 
 

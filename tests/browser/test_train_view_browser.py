@@ -10,7 +10,18 @@ import time
 
 import pytest
 import test_app_browser as app_browser
-from test_app_browser import choose_model, coloured_pixels, expect_value, set_number, shot, tab, use_identity_data
+from test_app_browser import (
+    choose_model,
+    coloured_pixels,
+    expect_value,
+    line_points,
+    set_number,
+    shot,
+    tab,
+    use_identity_data,
+    wait_enabled,
+    x_tick_labels,
+)
 
 browser, page, server = app_browser.browser, app_browser.page, app_browser.server  # its fixtures
 RUNNING = re.compile(r"^running · step [1-9]")
@@ -38,9 +49,15 @@ def start_long_run(page, tiny_llama, identity_file):
     use_identity_data(page, identity_file)
     tab(page, "Train")
     set_number(page, "Steps (0: use epochs)", 100000)
+    assert not cancel_button(page).is_enabled()  # nothing to cancel yet
     page.get_by_role("button", name="Start training").click()
     page.get_by_text(RUNNING).wait_for(timeout=120_000)
+    wait_enabled(cancel_button(page), True)
     return page.get_by_label("Run", exact=True).input_value()
+
+
+def cancel_button(page):
+    return page.get_by_role("button", name="Cancel", exact=True)
 
 
 def step_shown(page) -> int:
@@ -49,8 +66,9 @@ def step_shown(page) -> int:
 
 
 def cancel_and_wait(page):
-    page.get_by_role("button", name="Cancel", exact=True).click()
+    cancel_button(page).click()
     page.get_by_text(re.compile(r"^cancelled · ")).first.wait_for(timeout=120_000)
+    wait_enabled(cancel_button(page), False)  # nothing left to cancel
 
 
 def test_1_the_view_follows_the_active_run(page, server, tiny_llama, identity_file):
@@ -66,6 +84,7 @@ def test_1_the_view_follows_the_active_run(page, server, tiny_llama, identity_fi
     tab(page, "Train")
     expect_value(page.get_by_label("Run", exact=True), re.compile(re.escape(run_id)), timeout=30)
     page.get_by_text(RUNNING).wait_for(timeout=30_000)
+    wait_enabled(cancel_button(page), True)  # the reloaded page opened with it disabled; it follows the run
     page.get_by_text("Run history").click()
     history_cell(page, run_id).wait_for(timeout=30_000)
     shot(page, "25-1-followed-after-reload")
@@ -171,9 +190,12 @@ def test_5_progress_bar_times_and_speed_and_memory_charts(page, server, tiny_lla
     assert bar.locator("progress").get_attribute("max") == "100"
     time.sleep(2)  # the charts' redraw
     shot(page, "25-5-progress")
-    for name in ("Tokens/s", "Memory (GB)"):
+    for name in ("Loss", "Tokens/s", "Memory (GB)"):
         chart = page.locator(".block").filter(has=page.get_by_text(name, exact=True)).last
-        assert coloured_pixels(chart) > 100, f"the {name} line is not drawn"
+        # drawn (its line short: the step axis spans 50 steps so early in a run), over whole steps only
+        assert line_points(chart) >= 3 and coloured_pixels(chart) > 10, f"the {name} line is not drawn"
+        ticks = x_tick_labels(chart)
+        assert ticks and all(re.fullmatch(r"\d+", t) for t in ticks), (name, ticks)
     # a flat memory line was scaled to its own width: ticks 0.5210, 0.5215, ... GB; the axis starts at 0
     memory = page.locator(".block").filter(has=page.get_by_text("Memory (GB)", exact=True)).last
     assert not re.search(r"\d\.\d{3,}", memory.inner_text()), memory.inner_text()
