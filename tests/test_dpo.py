@@ -116,6 +116,31 @@ def test_dpo_cancel_saves_a_checkpoint_and_resume_finishes(tiny_llama, pairs_fil
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
 
 
+def test_dpo_resumed_mid_epoch_continues_with_the_same_pairs(tiny_llama, tmp_path):
+    """Pairs of many lengths, 2 a step (5 steps an epoch): a run cancelled after step 3 and resumed trains steps 4-8
+    on the same pairs in the same order as an uninterrupted run (each step's token count and loss), across the
+    epoch's end too; a resume used to start a fresh shuffle, so some pairs came twice in the epoch and others never."""
+    words = "the quick brown fox jumps over the lazy dog and runs far away".split()
+    rows = [
+        dict(prompt=" ".join(words[: 1 + i]), chosen=" ".join(words[i:]), rejected=" ".join(words[: 1 + (7 * i) % 12]))
+        for i in range(10)
+    ]
+    data = tmp_path / "lengths.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = spec_for(tiny_llama, data, max_steps=8, save_every=3)
+    full = run_here(spec, tmp_path / "full")
+    polls = iter(range(100))
+    with pytest.raises(Cancelled):  # polled once while reading, once before training, then after each step
+        run_here(spec, tmp_path / "cut", should_stop=lambda: next(polls) >= 4)
+    resumed = run_here(spec, tmp_path / "cut", resume=True)
+    assert [m["step"] for m in resumed] == list(range(1, 9))
+    tokens = [m["tokens"] for m in full]
+    assert len(set(tokens)) > 4  # the steps' pairs differ, so the token counts tell them apart
+    assert [m["tokens"] for m in resumed] == tokens
+    assert [m["loss"] for m in resumed] == pytest.approx([m["loss"] for m in full], rel=1e-4)
+    assert [m["epoch"] for m in resumed] == [m["epoch"] for m in full] == pytest.approx([0.2 * s for s in range(1, 9)])
+
+
 def test_dpo_reading_a_large_file_reports_progress_and_cancels(tiny_llama, tmp_path):
     """A preference file is read with "reading: N of M rows" in the status and log, and a stop asked for while it is
     read ends the run there, before any training (engine.spec.objectives.read_rows)."""

@@ -154,6 +154,7 @@ def train_preference(spec, run_dir: Path, runlog, resume: bool, should_stop, log
             model.delete_adapter("ref")  # the reference is the base: the adapter switched off (see the docstring)
         reference = "a frozen copy of the weights" if spec.method == "full" else "the base model, adapter off"
         log(f"dpo: {len(pairs)} pairs, beta {spec.dpo_beta}, reference: {reference}")
+    run.keep_order(trainer)
     run.train(trainer)
 
 

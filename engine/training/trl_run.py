@@ -8,8 +8,8 @@ in the SFT loop's layout, and the cancel signal, which finishes the current step
 run "cancelled".
 
 Resume restores the adapter (or weights), optimizer, schedule and random state from the latest checkpoint and trains
-the remaining steps; the data order after a resume is a fresh shuffle rather than the one the first attempt would
-have continued with.
+the remaining steps. DPO and ORPO read their pairs in an order of ours (`keep_order`), so a resumed run continues
+with the batches the first attempt would have seen; GRPO's prompts come from TRL's own sampler.
 """
 
 import math
@@ -56,6 +56,7 @@ class TrlRun:
         self.step = self.first_step
         self.cancelled = False
         self.tokens = 0
+        self.rows = 0  # the pairs an epoch has, once keep_order set the order
         model.register_forward_pre_hook(self._count_tokens, with_kwargs=True)
 
     def _count_tokens(self, module, args, kwargs):
@@ -80,7 +81,6 @@ class TrlRun:
             max_steps=self.total - self.first_step,
             max_grad_norm=spec.max_grad_norm,
             seed=spec.seed,
-            data_seed=spec.seed + self.first_step,  # a resumed run reshuffles rather than replaying the first batches
             bf16=self.placement.dtype == "bf16",
             fp16=self.placement.dtype == "fp16",
             use_cpu=device == "cpu",
@@ -99,6 +99,23 @@ class TrlRun:
             # number, as it does for a model-parallel one; this run trains on the current GPU alone
             config._n_gpu = 1
         return config
+
+    def keep_order(self, trainer) -> None:
+        """Make the trainer read its rows in the uninterrupted run's order from the resume point on: a permutation
+        an epoch (seeded by the spec's seed and the epoch), cut into steps of batch_size x grad_accum rows, the steps
+        already trained left out. TRL's sampler would start a resumed run at the beginning of a fresh shuffle, so
+        some pairs came twice in the epoch and others never."""
+        import torch
+
+        self.rows = n = len(trainer.train_dataset)
+        per_step = self.spec.batch_size * self.spec.grad_accum
+        order, epoch = [], 0
+        while len(order) < self.total * per_step:
+            order += torch.randperm(n, generator=torch.Generator().manual_seed(self.spec.seed + epoch)).tolist()
+            epoch += 1
+        order = order[self.first_step * per_step : self.total * per_step]
+        # the Trainer builds its DataLoader with this sampler: a list is read in its order, one pass
+        trainer._get_train_sampler = lambda dataset=None: order
 
     def callback(self, metrics: dict[str, str]):
         """The TrainerCallback; `metrics` maps runlog names to the trainer's log keys (e.g. margin: rewards/margins)."""
@@ -141,7 +158,9 @@ class TrlRun:
                     tokens_per_s=round(run.tokens / max(now - self.last, 1e-9), 1),
                     memory_gb=round(memory_in_use_gb(run.placement.device), 3),
                     eta_s=round((now - self.started) / max(done, 1) * (run.total - run.first_step - done), 1),
-                    epoch=round(float(logs.get("epoch", 0.0)), 4),
+                    # the trainer counts epochs over the rows it was given, from the resume point on
+                    epoch=round(run.epochs(done) if run.rows else float(logs.get("epoch", 0.0)), 4),
+                    tokens=run.tokens,
                 )
                 record.update({name: round(float(logs[key]), 6) for name, key in metrics.items() if key in logs})
                 run.runlog.metric(**record)
@@ -150,11 +169,15 @@ class TrlRun:
 
         return Bridge()
 
+    def epochs(self, done: int) -> float:
+        """Epochs trained after `done` steps of this attempt, for a trainer given its order by keep_order."""
+        return (self.first_step + done) * self.spec.batch_size * self.spec.grad_accum / self.rows
+
     def checkpoint(self, state=None) -> None:
         """Save checkpoints/step-NNNNNN for the current step (the SFT loop's layout), unless it is already there."""
         if checkpoint_dir(self.run_dir, self.step).exists():
             return  # saved by save_every at this very step
-        epoch = int(state.epoch or 0) if state is not None else 0
+        epoch = int(self.epochs(state.global_step) if self.rows else state.epoch or 0) if state is not None else 0
         save_checkpoint(
             self.run_dir, self.step, self.model, self.opt, self.sched, (epoch, 0), self.spec.keep_checkpoints, self.log
         )
