@@ -143,7 +143,11 @@ class TrlRun:
                     eta_s=round((now - self.started) / max(done, 1) * (run.total - run.first_step - done), 1),
                     epoch=round(float(logs.get("epoch", 0.0)), 4),
                 )
-                record.update({name: round(float(logs[key]), 6) for name, key in metrics.items() if key in logs})
+                # GRPO logs a reward's mean as None for a step where that reward scored no reply (TRL 1.15): the step
+                # has no value for it, as a plot leaves it out, rather than a crash or a made-up number
+                record.update(
+                    {name: round(float(logs[key]), 6) for name, key in metrics.items() if _number(logs.get(key))}
+                )
                 run.runlog.metric(**record)
                 run.runlog.progress(record["step"])
                 self.last, run.tokens = now, 0
@@ -181,6 +185,14 @@ class TrlRun:
         # the checkpoint just saved holds the final weights: linked into place, not serialized again
         publish_final(checkpoint_dir(self.run_dir, self.step), final, self.run_dir / "tokenizer")
         self.log(f"saved {final.name}/ after {self.step} steps")
+
+
+def _number(value) -> bool:
+    """Whether a logged metric is a finite number (a float, a numpy or torch scalar; not None, NaN or text)."""
+    try:
+        return not isinstance(value, str) and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def prepare(placement) -> None:
