@@ -250,6 +250,26 @@ def test_a_prompt_column_beside_whole_conversations_is_not_said_twice():
     assert to_pair({**bare, "prompt": user}, 1, "uf.jsonl") == expected
 
 
+def test_a_prompt_column_beside_one_whole_conversation_is_said_once():
+    """A row whose chosen is a whole conversation (the prompt's turns, then the reply) and whose rejected is the reply
+    alone, or the other way round, with a prompt column: the pair was the prompt, then a chosen that asked the same
+    question again, and a rejected that did not, so the pair differed in the question too. The conversation's turns
+    before its reply are the prompt, once, as where both are whole conversations."""
+    from engine.training.preference import to_pair
+
+    user = [{"role": "user", "content": "What is two plus two?"}]
+    four, five = [{"role": "assistant", "content": "Four."}], [{"role": "assistant", "content": "Five."}]
+    expected = dict(prompt=user, chosen=four, rejected=five)
+    for prompt in ("What is two plus two?", user):
+        assert to_pair(dict(prompt=prompt, chosen=user + four, rejected="Five."), 1, "p.jsonl") == expected
+        assert to_pair(dict(prompt=prompt, chosen=four, rejected=user + five), 1, "p.jsonl") == expected
+    system = [{"role": "system", "content": "Answer in words."}]  # the conversation's own turns: its system one too
+    row = dict(prompt="What is two plus two?", chosen=system + user + four, rejected=five)
+    assert to_pair(row, 1, "p.jsonl") == dict(prompt=system + user, chosen=four, rejected=five)
+    with pytest.raises(api.UserError, match="row 3: 'chosen' ends with a 'user' turn; it should end with the reply"):
+        to_pair(dict(prompt="Hi", chosen=four + user, rejected="Five."), 3, "p.jsonl")
+
+
 def test_pairs_without_a_prompt_are_refused_before_the_run_starts(tiny_llama, tmp_path, runs):
     """Intel/orca_dpo_pairs names its prompt 'question': the first rows passed the check, so the run started, loaded
     the model and only then failed on "has no 'prompt'". Now Start says it at once and makes no run folder; a prompt
