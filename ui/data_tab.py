@@ -31,8 +31,10 @@ def inspect(
     config: str = "",
     split: str = "train",
     row: float = 1,
+    objective: str = "",
 ):
-    """(dataset in use, summary, masked sample of row `row`, histogram) for a file or hub dataset."""
+    """(dataset in use, summary, masked sample of row `row`, histogram) for a file or hub dataset, in the format the
+    Train tab's `objective` reads it in (UltraFeedback's rows: preference pairs for DPO and ORPO, chat for SFT)."""
     if not source:
         note = "No dataset yet: upload a file, name a hub dataset, or generate an identity dataset."
         return "", i18n.say(note), [], EMPTY_HIST
@@ -41,7 +43,12 @@ def inspect(
     except api.UserError as e:
         return source, i18n.say(f"**Not previewed:** {e}"), [], EMPTY_HIST
     settings = dict(  # an empty Split box is 'train', as the Train tab's job reads it
-        max_seq_length=int(max_len), template=template, config=config, split=split or "train", sample_row=int(row or 1)
+        max_seq_length=int(max_len),
+        template=template,
+        config=config,
+        split=split or "train",
+        sample_row=int(row or 1),
+        objective=objective or "",
     )
     model_note = ""
     try:
@@ -163,8 +170,9 @@ def build(model_input) -> dict:
         # y from 0: by default the axis starts at the smallest count, and the bars of that count are not drawn
         hist = gr.BarPlot(EMPTY_HIST, x="tokens", y="rows", label="Tokens per example", y_lim=[0, None])
     source = gr.State("")  # the file or hub id chosen last; `path` is cleared while it cannot be used
+    objective = gr.State("sft")  # the Train tab's, built after this tab (wire_objective)
     view = [path, summary, sample, hist]
-    inputs = [source, model_input, mapping, template, max_len, config, split, row]
+    inputs = [source, model_input, mapping, template, max_len, config, split, row, objective]
     upload.change(lambda f: f or "", upload, source).then(inspect, inputs, view)
     load_hub.click(lambda h: h.strip(), hub, source).then(inspect, inputs, view)
     for setting in (mapping, template, max_len):
@@ -178,6 +186,9 @@ def build(model_input) -> dict:
     row.change(inspect, inputs, view, trigger_mode="always_last")
     return dict(
         source=source,
+        objective=objective,
+        inputs=inputs,
+        view=view,
         upload=upload,
         hub=hub,
         config=config,
@@ -198,4 +209,12 @@ def build(model_input) -> dict:
         sample=sample,
         hist=hist,
         row=row,
+    )
+
+
+def wire_objective(data: dict, objective) -> None:
+    """The Train tab's objective (a Radio built after this tab) is the one the summary names the format for, and a
+    new one re-reads the dataset: DPO reads UltraFeedback's rows as preference pairs, SFT as chat."""
+    objective.change(lambda o: o, objective, data["objective"]).then(
+        inspect, data["inputs"], data["view"], trigger_mode="always_last"
     )

@@ -306,8 +306,8 @@ def wire_load(train: dict, model: dict, data: dict) -> None:
     outputs += [*train["rewards"], train["loaded_job"]]
     outputs += [train["notice"]]
     data_inputs = [data["source"], model["custom_or_catalog"], data["mapping"], data["template"], data["max_len"]]
+    # the job's objective, read from the Train tab's Radio: the Data tab's copy of it may not have followed it yet
+    data_inputs += [data["config"], data["split"], data["row"], train["objective"]]
     train["load_job"].upload(load, train["load_job"], outputs).then(
-        inspect,
-        data_inputs + [data["config"], data["split"]],
-        [data["path"], data["summary"], data["sample"], data["hist"]],
+        inspect, data_inputs, [data["path"], data["summary"], data["sample"], data["hist"]]
     )
