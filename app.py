@@ -64,6 +64,7 @@ def build_app() -> gr.Blocks:
             [model["custom_or_catalog"], model["method"], model["trust"]],
             [data["path"], data["mapping"], data["template"], data["config"], data["split"], data["max_len"]],
         )
+        data_tab.wire_objective(data, train["objective"])
         chat = chat_tab.build()
         train_tab.wire_chat(train, chat["source"])
         train_settings.wire_load(train, model, data)

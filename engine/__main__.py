@@ -10,7 +10,7 @@
       the upload reads its token from HF_TOKEN
   python -m engine eval RUN_OR_MODEL_OR_GGUF [...] [--data FILE] [--regex RE] [--reward JSON] [--name N --maker M]
       loss / perplexity and scored greedy answers as JSON (a run adds its base model), saved in the run's eval/
-  python -m engine data inspect FILE [--format F] [--model M]
+  python -m engine data inspect FILE [--format F] [--model M] [--objective O]
   python -m engine estimate --model M [--method METHOD] [--vram GIB] [--gpus N | --machine NAME]
   python -m engine doctor
 Exit status: 0 done, 1 the run failed, 2 bad input (one line on stderr says why), 130 interrupted (Ctrl-C), 143
@@ -197,6 +197,12 @@ def main(argv=None) -> int:
     d.add_argument("--template", default="auto", help="named chat template (chatml, llama-3, mistral, ...)")
     d.add_argument("--config", default="", help="hub datasets: configuration name")
     d.add_argument("--split", default="train", help="hub datasets: split")
+    d.add_argument(
+        "--objective",
+        default="",
+        help="sft, pretrain, dpo, orpo or grpo: the format it reads rows in that could be read two ways "
+        "(UltraFeedback's: preference pairs for dpo and orpo, chat for sft)",
+    )
     sub.add_parser("doctor", help="versions, GPU and free memory and disk, as JSON")
     p = est = sub.add_parser(
         "estimate", help="the plan of a training run, its peak VRAM and RAM, whether it fits, and its preset, as JSON"
@@ -308,6 +314,7 @@ def main(argv=None) -> int:
                 args.template,
                 args.config,
                 args.split,
+                objective=args.objective,
             )
             print(json.dumps(info, indent=2, ensure_ascii=False))
             return 0

@@ -257,6 +257,40 @@ def test_ultrafeedback_rows_are_preference_pairs_for_dpo_and_chat_for_sft(tmp_pa
     assert api.check_data(str(path), "sft") == "chatml"
 
 
+def test_the_data_tab_names_the_format_the_chosen_objective_reads(tmp_path, capsys):
+    """The Data tab called UltraFeedback's rows "chatml" (their 'messages' column) while the Train tab's DPO check
+    took them as preference pairs, and a DPO run trained on their chosen and rejected: the tab says the format the
+    objective picked on the Train tab reads, as that check does; the app passes it the Train tab's choice."""
+    import app
+    from ui import data_tab
+
+    path = tmp_path / "ultrafeedback.jsonl"
+    path.write_text(json.dumps(ULTRAFEEDBACK_ROW) + "\n")
+    shown = {o: data_tab.inspect(str(path), "", "", "auto", 1024, "", "train", 1, o) for o in ("dpo", "orpo", "sft")}
+    for objective, (_, summary, _, _) in shown.items():
+        assert summary.startswith(f"**Format:** {api.check_data(str(path), objective)} ·"), summary
+    assert '"chosen"' in shown["dpo"][2][0][0]  # a preference row is shown as stored; SFT's, as the chat it reads
+    assert shown["sft"][2][0][0].startswith("<|im_start|>user\nWhat is two plus two?")
+    assert api.inspect_data(str(path))["format"] == "chatml"  # no objective named: the plain reading, as before
+    with pytest.raises(api.UserError, match="Unknown objective 'rlhf'"):
+        api.inspect_data(str(path), objective="rlhf")
+    from engine.__main__ import main
+
+    assert main(["data", "inspect", str(path), "--objective", "dpo"]) == 0
+    assert json.loads(capsys.readouterr().out)["format"] == "preference"  # the command line says it as the tab does
+    # the app hands the Data tab the Train tab's objective (a Radio built after it): on every re-read of the data,
+    # and as it changes
+    radio = next(b for b in app.demo.blocks.values() if getattr(b, "label", None) == "Objective")
+    reads = [d for d in app.demo.fns.values() if d.fn is data_tab.inspect]
+    copy = next(
+        d
+        for d in app.demo.fns.values()
+        if (radio._id, "change") in d.targets and len(d.outputs) == 1 and isinstance(d.outputs[0], app.gr.State)
+    )
+    assert reads and all(d.inputs[-1]._id in (radio._id, copy.outputs[0]._id) for d in reads)
+    assert any(d.trigger_after == copy._id for d in reads)
+
+
 def test_a_prompt_column_beside_whole_conversations_is_not_said_twice():
     """UltraFeedback's 'prompt' is a copy of the first user turn of its chosen and rejected conversations: the pair
     was the prompt as a user turn, then replies that began with the same user turn again, so DPO compared the
@@ -273,6 +307,26 @@ def test_a_prompt_column_beside_whole_conversations_is_not_said_twice():
     bare = {k: ULTRAFEEDBACK_ROW[k] for k in ("chosen", "rejected")}  # trl-lib/ultrafeedback_binarized
     assert to_pair(bare, 1, "uf.jsonl") == expected
     assert to_pair({**bare, "prompt": user}, 1, "uf.jsonl") == expected
+
+
+def test_a_prompt_column_beside_one_whole_conversation_is_said_once():
+    """A row whose chosen is a whole conversation (the prompt's turns, then the reply) and whose rejected is the reply
+    alone, or the other way round, with a prompt column: the pair was the prompt, then a chosen that asked the same
+    question again, and a rejected that did not, so the pair differed in the question too. The conversation's turns
+    before its reply are the prompt, once, as where both are whole conversations."""
+    from engine.training.preference import to_pair
+
+    user = [{"role": "user", "content": "What is two plus two?"}]
+    four, five = [{"role": "assistant", "content": "Four."}], [{"role": "assistant", "content": "Five."}]
+    expected = dict(prompt=user, chosen=four, rejected=five)
+    for prompt in ("What is two plus two?", user):
+        assert to_pair(dict(prompt=prompt, chosen=user + four, rejected="Five."), 1, "p.jsonl") == expected
+        assert to_pair(dict(prompt=prompt, chosen=four, rejected=user + five), 1, "p.jsonl") == expected
+    system = [{"role": "system", "content": "Answer in words."}]  # the conversation's own turns: its system one too
+    row = dict(prompt="What is two plus two?", chosen=system + user + four, rejected=five)
+    assert to_pair(row, 1, "p.jsonl") == dict(prompt=system + user, chosen=four, rejected=five)
+    with pytest.raises(api.UserError, match="row 3: 'chosen' ends with a 'user' turn; it should end with the reply"):
+        to_pair(dict(prompt="Hi", chosen=four + user, rejected="Five."), 3, "p.jsonl")
 
 
 def test_pairs_without_a_prompt_are_refused_before_the_run_starts(tiny_llama, tmp_path, runs):

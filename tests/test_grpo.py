@@ -486,3 +486,17 @@ def test_a_custom_reward_that_gives_no_number_is_named_in_one_sentence(tiny_llam
         train(spec, run_dir, RunLog(run_dir), False, lambda: False, print)
     both = for_trl(rewards.build([{"preset": "python", "function": "test_grpo:no_score"}, {"preset": "length"}]), [])
     assert [f(prompts=["q", "q"], completions=["a", "bb"]) for f in both][1] == [1.0, 1.0]
+
+
+def test_a_reward_that_scores_no_reply_of_a_step_is_left_out_of_its_metrics(tiny_llama, prompts_file, tmp_path):
+    """TRL logs a reward's mean as None for a step where it scored no reply (only None/NaN) while another reward
+    scored them: the run crashed with "float() argument must be ... not 'NoneType'" on writing the step's record.
+    The step is recorded without that reward's mean; the other reward's is there."""
+    spec = one_step_spec(
+        tiny_llama, prompts_file, {"preset": "python", "function": "test_grpo:no_score"}, {"preset": "length"}
+    )
+    (run_dir := tmp_path / "run").mkdir()
+    train(spec, run_dir, RunLog(run_dir), False, lambda: False, print)
+    (step,) = read_metrics(run_dir)
+    assert step["reward_length"] == 1.0 and not [k for k in step if k.startswith("reward_python")]
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()

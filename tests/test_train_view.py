@@ -1,6 +1,7 @@
 """The Train view's handlers without a browser (issue 25): settings checked in the words on the screen, the job file
 round trip, the remaining time, the history's times, and a cancel that answers at once."""
 
+import inspect
 import math
 import re
 import time
@@ -360,3 +361,44 @@ def test_cancel_is_clickable_only_while_the_run_in_view_trains(monkeypatch, tmp_
     monkeypatch.setattr(train_live, "history_table", lambda selected="": None)
     run_id, _, _, timer_on = train_live.watch("", "")
     assert run_id == "r" and timer_on.active
+
+
+def grpo_job(path, model, rewards):
+    """A GRPO job.yaml at `path` with `rewards`, and the reward boxes `load` fills from it, in rewards_from's order."""
+    path.write_text(api.JobSpec(model=model, data="prompts.jsonl", objective="grpo", rewards=rewards).to_yaml())
+    loaded = train_settings.load(str(path))
+    start = len(train_settings.LOADED) + len(train_settings.ADVANCED)
+    return loaded, loaded[start : start + len(inspect.signature(train_tab.rewards_from).parameters)]
+
+
+def test_a_loaded_grpo_job_ticks_its_rewards_with_their_settings(tmp_path):
+    """Load job.yaml of a GRPO run left every reward unticked ("tick them again"), so Start refused the loaded job
+    for having no reward, or trained with the rewards ticked before. The job's rewards are ticked with their settings
+    and weights, the others unticked: Start sends the job's rewards. One the boxes cannot show (a second regex, a
+    Python function) is named in the notice."""
+    answer = {"preset": "answer", "field": "solution", "mode": "numeric", "weight": 2.0}
+    regex = {"preset": "regex", "pattern": "^[0-9]+$", "weight": 0.5}
+    loaded, boxes = grpo_job(tmp_path / "job.yaml", "m", (answer, {"preset": "length", "max_chars": 300}, regex))
+    assert dict(zip(train_settings.LOADED, loaded, strict=False))["objective"] == "grpo"
+    length = {"preset": "length", "min_chars": 0, "max_chars": 300, "weight": 1.0}
+    assert train_tab.rewards_from(*boxes) == (answer, regex, length)  # the tab's order
+    assert dict(zip(train_settings.REWARD_ARGS, boxes, strict=True))["use_character"] is False
+    assert "reward" not in loaded[-1]
+
+    twice = (
+        {"preset": "regex", "pattern": "a"},
+        {"preset": "regex", "pattern": "b"},
+        {"preset": "python", "function": "m:f"},
+    )
+    loaded, boxes = grpo_job(tmp_path / "job.yaml", "m", twice)
+    assert train_tab.rewards_from(*boxes) == ({"preset": "regex", "pattern": "a", "weight": 1.0},)
+    assert "Its GRPO rewards 2 (regex) and 3 (python) are not shown here" in loaded[-1]
+
+    loaded, boxes = grpo_job(
+        tmp_path / "job.yaml", "m", ({"preset": "format", "open_tag": "<reason>", "close_tag": "</reason>"},)
+    )
+    assert train_tab.rewards_from(*boxes) == () and "reward 1 (format) is not shown here" in loaded[-1]
+
+
+def test_the_reward_boxes_a_job_fills_are_the_train_tabs():
+    assert list(train_settings.REWARD_ARGS) == list(inspect.signature(train_tab.rewards_from).parameters)

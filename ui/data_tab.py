@@ -31,10 +31,13 @@ def inspect(
     config: str = "",
     split: str = "train",
     row: float = 1,
+    objective: str = "",
     as_trained: tuple = ("", False),
 ):
-    """(dataset in use, summary, masked sample of row `row`, histogram) for a file or hub dataset; `as_trained`: the
-    Train tab's (system prompt, learn the prompts too), which change what the run trains on and so the sample."""
+    """(dataset in use, summary, masked sample of row `row`, histogram) for a file or hub dataset, in the format the
+    Train tab's `objective` reads it in (UltraFeedback's rows: preference pairs for DPO and ORPO, chat for SFT);
+    `as_trained`: the Train tab's (system prompt, learn the prompts too), which change what the run trains on and so
+    the sample."""
     if not source:
         note = "No dataset yet: upload a file, name a hub dataset, or generate an identity dataset."
         return "", i18n.say(note), [], EMPTY_HIST
@@ -43,7 +46,12 @@ def inspect(
     except api.UserError as e:
         return source, i18n.say(f"**Not previewed:** {e}"), [], EMPTY_HIST
     settings = dict(  # an empty Split box is 'train', as the Train tab's job reads it
-        max_seq_length=int(max_len), template=template, config=config, split=split or "train", sample_row=int(row or 1)
+        max_seq_length=int(max_len),
+        template=template,
+        config=config,
+        split=split or "train",
+        sample_row=int(row or 1),
+        objective=objective or "",
     )
     settings.update(system_prompt=as_trained[0] or "", train_on_inputs=bool(as_trained[1]))
     model_note = ""
@@ -166,9 +174,10 @@ def build(model_input) -> dict:
         # y from 0: by default the axis starts at the smallest count, and the bars of that count are not drawn
         hist = gr.BarPlot(EMPTY_HIST, x="tokens", y="rows", label="Tokens per example", y_lim=[0, None])
     source = gr.State("")  # the file or hub id chosen last; `path` is cleared while it cannot be used
+    objective = gr.State("sft")  # the Train tab's, built after this tab (wire_objective)
     as_trained = gr.State(("", False))  # the Train tab's settings that change the sample: wire_train
     view = [path, summary, sample, hist]
-    inputs = [source, model_input, mapping, template, max_len, config, split, row, as_trained]
+    inputs = [source, model_input, mapping, template, max_len, config, split, row, objective, as_trained]
     upload.change(lambda f: f or "", upload, source).then(inspect, inputs, view)
     load_hub.click(lambda h: h.strip(), hub, source).then(inspect, inputs, view)
     for setting in (mapping, template, max_len):
@@ -182,6 +191,7 @@ def build(model_input) -> dict:
     row.change(inspect, inputs, view, trigger_mode="always_last")
     return dict(
         source=source,
+        objective=objective,
         as_trained=as_trained,
         inputs=inputs,
         view=view,
@@ -216,3 +226,11 @@ def wire_train(data: dict, advanced: dict) -> None:
         box.change(lambda *v: tuple(v), boxes, data["as_trained"]).then(
             inspect, data["inputs"], data["view"], trigger_mode="always_last"
         )
+
+
+def wire_objective(data: dict, objective) -> None:
+    """The Train tab's objective (a Radio built after this tab) is the one the summary names the format for, and a
+    new one re-reads the dataset: DPO reads UltraFeedback's rows as preference pairs, SFT as chat."""
+    objective.change(lambda o: o, objective, data["objective"]).then(
+        inspect, data["inputs"], data["view"], trigger_mode="always_last"
+    )

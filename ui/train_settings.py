@@ -197,7 +197,7 @@ def load(path: str):
     try:
         spec = read_job_file(path)
     except api.UserError as e:
-        return *[gr.update()] * (len(LOADED) + len(ADVANCED)), gr.update(), f"**Not loaded:** {e}"
+        return *[gr.update()] * (len(LOADED) + len(ADVANCED) + len(REWARD_ARGS)), gr.update(), f"**Not loaded:** {e}"
     values = [getattr(spec, key) for key in LOADED]
     values[LOADED.index("column_map")] = ", ".join(f"{k}={v}" for k, v in spec.column_map.items())
     values[LOADED.index("trust_remote_code")] = False  # a file handed over must not tick it: the user does
@@ -208,9 +208,52 @@ def load(path: str):
             " It asks for 'Trust remote code', which runs Python shipped with the model: that box is left unticked; "
             "tick it on the Model tab only if you trust this model."
         )
-    if spec.rewards:
-        note += " Its GRPO rewards are not shown here: tick them again, or run the file from the command line."
-    return *values, *[advanced[key] for key in ADVANCED], kept_settings(spec), note
+    rewards, unshown = reward_values(spec.rewards)
+    if unshown:
+        named = [f"{n} ({preset})" for n, preset in unshown]
+        which = " and ".join([", ".join(named[:-1]), named[-1]] if len(named) > 1 else named)
+        s, are, it = ("s", "are", "them") if len(named) > 1 else ("", "is", "it")
+        note += (
+            f" Its GRPO reward{s} {which} {are} not shown here (the tab has one of each preset, with its usual "
+            f"settings): run the file from the command line to train with {it}."
+        )
+    return *values, *[advanced[key] for key in ADVANCED], *rewards, kept_settings(spec), note
+
+
+# The Train tab's boxes of each reward preset it shows: its tick, {setting: box}, its weight; named as
+# train_tab.rewards_from's arguments, whose order REWARD_ARGS is (a test holds them to it).
+REWARD_BOXES = {
+    "answer": ("use_answer", {"field": "answer_field", "mode": "answer_mode"}, "answer_weight"),
+    "regex": ("use_regex", {"pattern": "pattern"}, "regex_weight"),
+    "format": ("use_format", {}, "format_weight"),
+    "length": ("use_length", {"min_chars": "min_chars", "max_chars": "max_chars"}, "length_weight"),
+    "character": ("use_character", {"name": "name", "maker": "maker"}, "character_weight"),
+}
+REWARD_ARGS = tuple(box for tick, boxes, weight in REWARD_BOXES.values() for box in (tick, *boxes.values(), weight))
+
+
+def reward_values(rewards) -> tuple[list, list[tuple[int, str]]]:
+    """The reward boxes (REWARD_ARGS' order) for a job's `rewards`: each preset it uses ticked with its settings and
+    weight, the others unticked (their boxes as they are); and (number, preset) of the rewards the boxes cannot
+    show: a preset's second entry, a Python function, a setting the tab has no box for (the format's tags)."""
+    values = {box: gr.update() for box in REWARD_ARGS} | {tick: False for tick, _, _ in REWARD_BOXES.values()}
+    unshown = []
+    for n, entry in enumerate(rewards, 1):
+        preset = entry.get("preset")
+        tick, boxes, weight = REWARD_BOXES.get(preset, (None, {}, None))
+        defaults = api.REWARD_PRESETS.get(preset, {})
+        full = {**defaults, "weight": 1.0, **entry}
+        changed = [k for k, v in defaults.items() if k not in boxes and _listed(full[k]) != _listed(v)]
+        if tick is None or values[tick] is True or changed:
+            unshown.append((n, preset))
+            continue
+        values |= {tick: True, weight: full["weight"]} | {box: full[key] for key, box in boxes.items()}
+    return list(values.values()), unshown
+
+
+def _listed(value):
+    """A tuple as a list: YAML gives a list where a default is a tuple (the character's other assistants)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def kept_settings(spec) -> dict:
@@ -259,11 +302,12 @@ def wire_load(train: dict, model: dict, data: dict) -> None:
     outputs += [data["config"], data["split"], data["max_len"]]
     outputs += [train[k] for k in ("name", "steps", "epochs", "lr", "batch", "accum", "rank", "packing")]
     outputs += [train[k] for k in ("checkpointing", "objective", "beta", "generations", "new_tokens", "temperature")]
-    outputs += [train["train_embeddings"], train["embedding_lr"], *train["advanced"].values(), train["loaded_job"]]
+    outputs += [train["train_embeddings"], train["embedding_lr"], *train["advanced"].values()]
+    outputs += [*train["rewards"], train["loaded_job"]]
     outputs += [train["notice"]]
     data_inputs = [data["source"], model["custom_or_catalog"], data["mapping"], data["template"], data["max_len"]]
+    # the job's objective, read from the Train tab's Radio: the Data tab's copy of it may not have followed it yet
+    data_inputs += [data["config"], data["split"], data["row"], train["objective"]]
     train["load_job"].upload(load, train["load_job"], outputs).then(
-        inspect,
-        data_inputs + [data["config"], data["split"]],
-        [data["path"], data["summary"], data["sample"], data["hist"]],
+        inspect, data_inputs, [data["path"], data["summary"], data["sample"], data["hist"]]
     )

@@ -588,6 +588,7 @@ def build(model_inputs: list, data_inputs: list) -> dict:
         train_embeddings=train_embeddings,
         embedding_lr=embedding_lr,
         advanced=advanced,
+        rewards=reward_inputs,  # in rewards_from's order
         load_job=job["load"],
         loaded_job=loaded_job,
         notice=notice,

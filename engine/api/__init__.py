@@ -57,6 +57,7 @@ from engine.data.formats import parse_map
 from engine.models.presets import catalog
 from engine.spec.checks import check_settings
 from engine.spec.jobspec import DEVICES, DTYPES, OPTIMIZERS, SCHEDULES, USUAL_LR, JobSpec, read_job
+from engine.spec.rewards import PRESETS as REWARD_PRESETS
 
 # The choices of the settings that have a fixed list, for forms that offer them.
 SETTING_CHOICES = dict(lr_schedule=SCHEDULES, optimizer=OPTIMIZERS, device=DEVICES, dtype=DTYPES)
@@ -66,6 +67,7 @@ __all__ = [
     "read_job",
     "check_settings",
     "SETTING_CHOICES",
+    "REWARD_PRESETS",
     "USUAL_LR",
     "UserError",
     "ModelError",

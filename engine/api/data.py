@@ -20,21 +20,28 @@ def inspect_data(
     sample_row: int = 1,
     system_prompt: str = "",
     train_on_inputs: bool = False,
+    objective: str = "",
 ) -> dict:
     """Format, row count, columns and a rendered sample (row `sample_row`, 1-based); with `model`, rendered by its
     chat template (or `template`) with the trained tokens marked (a run's `system_prompt` and `train_on_inputs` as
-    it would train), a token-length histogram and the rows
-    `max_seq_length` would truncate. A model that cannot be used raises a ModelError (a UserError), whatever the
-    dataset."""
+    it would train), a token-length histogram and the rows `max_seq_length` would truncate. With `objective` (sft,
+    dpo, ...), the format is the one that objective reads where rows could be read two ways (UltraFeedback's:
+    preference pairs for DPO and ORPO, chat for SFT), as check_data and training say. A model that cannot be used
+    raises a ModelError (a UserError), whatever the dataset."""
     from engine.data import inspection
     from engine.models.context import context_note
+    from engine.spec.objectives import FORMATS_FOR
 
     check_access(path)
+    if objective and objective not in FORMATS_FOR:
+        raise UserError(f"Unknown objective '{objective}'; use one of: {', '.join(FORMATS_FOR)}.")
     tokenizer, context = _tokenizer(model) if model else (None, None)
     used = min(max_seq_length, context or max_seq_length)  # a run trains at most at the model's context
+    prefer = FORMATS_FOR[objective] if objective else ()
     info = inspection.inspect(
-        path, fmt, tokenizer, column_map, used, config, split, template, sample_row, system_prompt, train_on_inputs
-    )
+        path, fmt, tokenizer, column_map, used, config, split, template, sample_row, prefer,
+        system_prompt=system_prompt, train_on_inputs=train_on_inputs,
+    )  # fmt: skip
     if used < max_seq_length:
         info["context_note"] = context_note(max_seq_length, used)
     return info

@@ -46,10 +46,13 @@ def inspect(
     split: str = "train",
     template: str = "auto",
     sample_row: int = 1,
+    prefer: tuple[str, ...] = (),
     system_prompt: str = "",
     train_on_inputs: bool = False,
 ) -> dict:
     """Everything the Data tab and `python -m engine data inspect` show, validating every row in one streaming pass.
+    `prefer`: the formats the run's objective takes, which decide the format of rows that could be read either way
+    (check_format: UltraFeedback's are preference pairs for DPO and ORPO, chat for SFT), as training reads them.
 
     With a tokenizer: the sample rendered by its chat template with trained/masked runs, a token-length histogram
     and how many rows `max_len` would truncate (over the first TOKEN_STATS_ROWS rows). The sample is row
@@ -71,7 +74,7 @@ def inspect(
         if rows < DETECT_ROWS:
             columns |= set(raw)
         if auto or not first and rows < DETECT_ROWS:  # training checks every row's format when it is detected
-            fmt = check_format(row, i, name, None if first else fmt)
+            fmt = check_format(row, i, name, None if first else fmt, prefer)
         validate_row(row, fmt, i, name)
         rows += 1
         # the example asked for, or the last one when the dataset is shorter; counted, since a JSONL's row number

@@ -12,6 +12,8 @@ Rows are turned into conversations (a plain-text prompt becomes a user turn, a p
 job's system prompt is added), so TRL renders them with the same chat template as SFT. Rows without a prompt column
 must hold whole conversations in chosen and rejected that share their first turns; the shared turns are the prompt,
 as they are where a prompt column comes beside whole conversations (UltraFeedback's repeats their first user turn).
+Where only one of them is a whole conversation and the other the reply alone, its turns before its reply are the
+prompt, and the prompt column's copy of them is left out.
 Anthropic HH-RLHF's rows are such conversations written as text ("\\n\\nHuman: ...\\n\\nAssistant: ..."), read as turns.
 
 Pairs longer than max_seq_length (the prompt with its chosen or its rejected reply): TRL 1.15 keeps the first
@@ -59,10 +61,24 @@ def to_pair(row: dict, row_no: int, source: str, system_prompt: str = "") -> dic
         prompt, chosen, rejected = split["prompt"], split["chosen"], split["rejected"]
         if not prompt:
             raise UserError(f"{where}: 'chosen' and 'rejected' share no first turn, so there is no prompt to answer.")
+    elif prompt is not None and (whole_conversation(chosen) or whole_conversation(rejected)):
+        # one side a whole conversation, the other its reply alone: the conversation's turns before its reply are
+        # the prompt, which the prompt column repeats (else the question came twice on one side only)
+        key = "chosen" if whole_conversation(chosen) else "rejected"
+        prompt, reply = _split_reply(chosen if key == "chosen" else rejected, key, where)
+        chosen, rejected = (reply, rejected) if key == "chosen" else (chosen, reply)
     prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     if system_prompt and prompt[0]["role"] != "system":
         prompt.insert(0, {"role": "system", "content": system_prompt})
     return dict(prompt=prompt, chosen=_reply(chosen), rejected=_reply(rejected))
+
+
+def _split_reply(turns: list[dict], key: str, where: str) -> tuple[list[dict], list[dict]]:
+    """A whole conversation as (its turns up to the last that is not the assistant's, the assistant's reply after)."""
+    cut = max(i for i, turn in enumerate(turns) if turn["role"] != "assistant") + 1
+    if cut == len(turns):
+        raise UserError(f"{where}: '{key}' ends with a '{turns[-1]['role']}' turn; it should end with the reply.")
+    return turns[:cut], turns[cut:]
 
 
 def _reply(value) -> list[dict]:

@@ -162,7 +162,11 @@ class TrlRun:
                     epoch=round(run.epochs(done) if run.rows else float(logs.get("epoch", 0.0)), 4),
                     tokens=run.tokens,
                 )
-                record.update({name: round(float(logs[key]), 6) for name, key in metrics.items() if key in logs})
+                # GRPO logs a reward's mean as None for a step where that reward scored no reply (TRL 1.15): the step
+                # has no value for it, as a plot leaves it out, rather than a crash or a made-up number
+                record.update(
+                    {name: round(float(logs[key]), 6) for name, key in metrics.items() if _number(logs.get(key))}
+                )
                 run.runlog.metric(**record)
                 run.runlog.progress(record["step"])
                 self.last, run.tokens = now, 0
@@ -204,6 +208,14 @@ class TrlRun:
         # the checkpoint just saved holds the final weights: linked into place, not serialized again
         publish_final(checkpoint_dir(self.run_dir, self.step), final, self.run_dir / "tokenizer")
         self.log(f"saved {final.name}/ after {self.step} steps")
+
+
+def _number(value) -> bool:
+    """Whether a logged metric is a finite number (a float, a numpy or torch scalar; not None, NaN or text)."""
+    try:
+        return not isinstance(value, str) and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def prepare(placement) -> None:

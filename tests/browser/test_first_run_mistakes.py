@@ -3,6 +3,7 @@ showed Gradio's red "Error" badges, a wrong sentence or a stuck state. Same set-
 fixtures and helpers); screenshots go to test-output/screenshots/.
 """
 
+import json
 import re
 
 import test_app_browser as shared
@@ -64,3 +65,26 @@ def test_the_data_preview_follows_the_system_prompt_typed_in_the_train_tab(page,
     sample.get_by_text("You are Nova.").first.wait_for(timeout=30_000)
     shot(page, "first-run-preview-system-prompt")
     no_error_badges(page)
+
+
+def test_the_data_tab_names_the_format_the_objective_reads(page, tmp_path):
+    """UltraFeedback's rows (chosen, rejected, and the chosen again as 'messages') read "Format: chatml" on the Data
+    tab while the Train tab said DPO suits them as preference pairs: the Data tab follows the objective picked."""
+    turns = [{"role": "user", "content": "What is two plus two?"}, {"role": "assistant", "content": "Four."}]
+    wrong = [*turns[:1], {"role": "assistant", "content": "Five."}]
+    path = tmp_path / "ultrafeedback.jsonl"
+    path.write_text(json.dumps(dict(prompt=turns[0]["content"], chosen=turns, rejected=wrong, messages=turns)) + "\n")
+    tab(page, "Data")
+    page.locator("input[type=file]").first.set_input_files(str(path))
+    page.get_by_text(re.compile(r"^Format: chatml · rows: 1")).wait_for()
+    tab(page, "Train")
+    page.get_by_label("DPO: prefer the chosen reply over the rejected one").check()
+    page.get_by_text("The dataset (preference) suits this objective.").wait_for()
+    tab(page, "Data")
+    page.get_by_text(re.compile(r"^Format: preference · rows: 1")).wait_for()
+    shot(page, "first-run-ultrafeedback-for-dpo")
+    no_error_badges(page)
+    tab(page, "Train")
+    page.get_by_label("Chat fine-tuning (SFT): learn from example conversations").check()
+    tab(page, "Data")
+    page.get_by_text(re.compile(r"^Format: chatml · rows: 1")).wait_for()

@@ -159,6 +159,33 @@ def test_4_every_setting_with_help_saved_loaded_and_as_a_command(page, server, t
     shot(page, "25-4-job-loaded")
 
 
+def test_a_loaded_grpo_job_shows_its_rewards_ticked(page, server, tiny_llama, tmp_path):
+    """Load job.yaml of a GRPO run left its rewards unticked, so Start trained with other rewards or refused."""
+    data = tmp_path / "prompts.jsonl"
+    data.write_text('{"prompt": "What is two plus two?", "answer": "4"}\n')
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"model: {tiny_llama}\ndata: {data}\nobjective: grpo\nrewards:\n"
+        "- {preset: regex, pattern: '^[0-9]+$', weight: 0.5}\n- {preset: answer, mode: numeric}\n"
+    )
+    tab(page, "Train")
+    page.get_by_text("Job file and command line").click()
+    with page.expect_file_chooser() as chooser:
+        page.get_by_role("button", name="Load job.yaml").click()
+    chooser.value.set_files(str(job))
+    page.get_by_text("Loaded the settings of job.yaml").wait_for()
+    regex = page.get_by_label("Reply matches a regular expression")
+    regex.wait_for()
+    deadline = time.time() + 30
+    while not (regex.is_checked() and page.get_by_label("Answer matches the dataset column").is_checked()):
+        assert time.time() < deadline, "the job's rewards were not ticked"
+        time.sleep(0.2)
+    expect_value(page.get_by_label("Pattern", exact=True), re.compile(r"^\^\[0-9\]\+\$$"))
+    assert page.get_by_label("numeric").is_checked()
+    assert not page.get_by_label("Length within bounds (characters)").is_checked()
+    shot(page, "grpo-job-loaded-with-rewards")
+
+
 def test_6_settings_checked_in_the_users_words(page, server, tiny_llama, identity_file):
     runs = server[1] / "runs"
     before = set(runs.iterdir()) if runs.exists() else set()
