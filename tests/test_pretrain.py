@@ -102,6 +102,51 @@ def test_pretrain_tied_head_with_embeddings_merges(tiny_qwen3, text_file, tmp_pa
     torch.testing.assert_close(got, want, rtol=0.02, atol=0.05)  # the merged weights are stored in 16 bits
 
 
+def test_pretrain_tied_head_with_embeddings_exports_as_lora(tiny_qwen3, text_file, tmp_path):
+    """The LoRA export of a tied model's trained embedding: PEFT puts it back as both embedding and head, still tied,
+    and answers as the trained model does (the adapter's config carries the tie: PEFT saves none of modules_to_tie)."""
+    from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    spec = api.JobSpec(
+        model=str(tiny_qwen3),
+        data=str(text_file),
+        objective="pretrain",
+        train_embeddings=True,
+        learning_rate=1e-2,
+        max_steps=2,
+        batch_size=4,
+        max_seq_length=64,
+        device="cpu",
+        seed=0,
+    )
+    run = tmp_path / "run"
+    run.mkdir()
+    train(spec, run, RunLog(run), False, lambda: False, print)
+    out = tmp_path / "lora"
+    api.export(str(run / "adapter"), "lora", out, log=lambda m: None)
+
+    # the trained model built by hand: the trained embedding in the base (its head is the same tensor), then the LoRA
+    weights = load_file(run / "adapter" / "adapter_model.safetensors")
+    [embed] = [v for k, v in weights.items() if "embed_tokens" in k]
+    trained = AutoModelForCausalLM.from_pretrained(tiny_qwen3, dtype=torch.float32)
+    assert not torch.equal(trained.get_input_embeddings().weight, embed)  # training moved it
+    trained.get_input_embeddings().weight.data.copy_(embed)
+    lora = LoraConfig.from_pretrained(run / "adapter")
+    lora.modules_to_save, lora.ensure_weight_tying = None, False
+    trained = get_peft_model(trained, lora)
+    set_peft_model_state_dict(trained, {k: v for k, v in weights.items() if "lora_" in k})
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_qwen3, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, out)
+    assert torch.equal(model.get_input_embeddings().weight, embed)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    ids = torch.tensor([[5, 9, 13, 21, 34]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, trained(input_ids=ids).logits)
+
+
 def test_pretrain_refuses_chat_data(identity_file):
     with pytest.raises(api.UserError, match="Continued pretraining needs raw text .* this dataset is alpaca"):
         api.check_data(str(identity_file), "pretrain")

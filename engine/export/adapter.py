@@ -116,12 +116,12 @@ def check_adapter(base: str, source: Path, exported: Path, tok_dir: Path | None,
     model = load_fp32(path, layers)
     with torch.inference_mode():
         plain = model(input_ids=probe).logits
-    model = PeftModel.from_pretrained(model, exported, adapter_name="exported")
-    model.load_adapter(source, adapter_name="run")
+        run = PeftModel.from_pretrained(model, source)(input_ids=probe).logits
+    # each adapter on a base model of its own: PEFT ties a trained embedding to the head only for the first adapter
+    # loaded (a second finds the head already wrapped), and unload() leaves the trained embedding in the model
+    del model
+    model = PeftModel.from_pretrained(load_fp32(path, layers), exported, adapter_name="exported")
     with torch.inference_mode():
-        model.set_adapter("run")
-        run = model(input_ids=probe).logits
-        model.set_adapter("exported")
         ours = model(input_ids=probe).logits
     loaded = get_peft_model_state_dict(model, adapter_name="exported")
     in_file = {}

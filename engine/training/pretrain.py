@@ -51,14 +51,16 @@ def load_text_examples(spec, tokenizer, log=print, report=None, should_stop=None
 
 def add_embedding_training(model, log=print):
     """Make embed_tokens and lm_head of a LoRA model trainable as PEFT modules_to_save. With tied weights only the
-    embedding gets a copy and lm_head is tied to it, as PEFT's ensure_weight_tying does."""
+    embedding gets a copy and lm_head is tied to it, as PEFT's ensure_weight_tying does (and does again on loading)."""
     from peft.utils.other import set_additional_trainable_modules
 
     config = model.peft_config["default"]
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
     config.modules_to_save = ["embed_tokens"] if tied else list(EMBEDDING_NAMES)
     if tied:
-        config.modules_to_tie = {"lm_head"}
+        # modules_to_tie ties the head for this run; PEFT does not save it, so ensure_weight_tying is what the saved
+        # adapter_config carries: loading the adapter, PEFT ties the head to the trained embedding again
+        config.modules_to_tie, config.ensure_weight_tying = {"lm_head"}, True
     set_additional_trainable_modules(model, config, model.config, "default")
     n = sum(p.numel() for name, p in model.named_parameters() if p.requires_grad and is_embedding(name))
     log(f"pretrain: training {', '.join(config.modules_to_save)}{' (tied lm_head)' if tied else ''}: {n:,} parameters")
