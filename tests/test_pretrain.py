@@ -71,19 +71,15 @@ def test_pretrain_lowers_loss_with_embeddings_at_their_own_rate(tiny_llama, text
     assert after < 0.5 * before, (before, after)
 
 
-def test_pretrain_tied_head_with_embeddings_merges(tiny_qwen3, text_file, tmp_path):
-    """Qwen3 ties lm_head to the embeddings; PEFT saves the trained head beside the embedding it equals, and the merged
-    export (whose base stores only the embedding) gives the adapter model's logits."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
+def train_tied(model, text_file, tmp_path, steps: int):
+    """A CPU pretraining run of `model` (tied head) with its embeddings trained; returns its folder."""
     spec = api.JobSpec(
-        model=str(tiny_qwen3),
+        model=str(model),
         data=str(text_file),
         objective="pretrain",
         train_embeddings=True,
         learning_rate=1e-2,
-        max_steps=3,
+        max_steps=steps,
         batch_size=4,
         max_seq_length=64,
         device="cpu",
@@ -92,6 +88,16 @@ def test_pretrain_tied_head_with_embeddings_merges(tiny_qwen3, text_file, tmp_pa
     run = tmp_path / "run"
     run.mkdir()
     train(spec, run, RunLog(run), False, lambda: False, print)
+    return run
+
+
+def test_pretrain_tied_head_with_embeddings_merges(tiny_qwen3, text_file, tmp_path):
+    """Qwen3 ties lm_head to the embeddings; PEFT saves the trained head beside the embedding it equals, and the merged
+    export (whose base stores only the embedding) gives the adapter model's logits."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    run = train_tied(tiny_qwen3, text_file, tmp_path, steps=3)
     merged = tmp_path / "merged"
     api.export(str(run / "adapter"), "merged16", merged, log=lambda m: None)
     ids = torch.tensor([[5, 9, 13, 21, 34]])
@@ -109,21 +115,7 @@ def test_pretrain_tied_head_with_embeddings_exports_as_lora(tiny_qwen3, text_fil
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    spec = api.JobSpec(
-        model=str(tiny_qwen3),
-        data=str(text_file),
-        objective="pretrain",
-        train_embeddings=True,
-        learning_rate=1e-2,
-        max_steps=2,
-        batch_size=4,
-        max_seq_length=64,
-        device="cpu",
-        seed=0,
-    )
-    run = tmp_path / "run"
-    run.mkdir()
-    train(spec, run, RunLog(run), False, lambda: False, print)
+    run = train_tied(tiny_qwen3, text_file, tmp_path, steps=2)
     out = tmp_path / "lora"
     api.export(str(run / "adapter"), "lora", out, log=lambda m: None)
 
