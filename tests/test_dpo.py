@@ -484,3 +484,36 @@ def test_llamafactory_sharegpt_pairs_are_read_as_the_conversation_and_one_reply_
     assert api.check_data(str(path), "dpo") == "preference"
     with pytest.raises(api.UserError, match="row 2: 'rejected' should be the assistant's reply, not a 'user' turn"):
         check_job(spec_for(tiny_llama, path))
+
+
+@pytest.mark.parametrize("objective", ["dpo", "orpo"])
+def test_pairs_start_with_the_one_bos_sft_gives_them(tmp_path, monkeypatch, objective):
+    """TRL tokenizes conversations through apply_chat_template, which adds no BOS: a base model whose tokenizer adds
+    one (Llama 3, Gemma) given ChatML was trained by DPO on prompts without the BOS that SFT, the chat and llama.cpp
+    put first. The ids TRL trains on are render()'s, one BOS first, and the run's tokenizer keeps its own template.
+    (ORPO puts the BOS first itself, and is checked alongside so that it stays so.)"""
+    from tiny import make_llama3
+
+    from engine.data.templates import TEMPLATES
+    from engine.data.tokenizing import render
+    from engine.training.trl_run import TrlRun
+
+    path, tok = make_llama3(tmp_path / "base", "chatml")
+    data = tmp_path / "pair.jsonl"
+    data.write_text(json.dumps(dict(prompt="Who are you?", chosen=IDENTITY_ANSWER, rejected=REJECTED)) + "\n")
+    trainers = []
+    monkeypatch.setattr(TrlRun, "train", lambda run, trainer: trainers.append(trainer))  # made, not trained
+    spec = spec_for(path, data, objective=objective, max_steps=1)
+    (tmp_path / "run").mkdir()
+    train(spec, tmp_path / "run", RunLog(tmp_path / "run"), False, lambda: False, print)
+    row = trainers[0].train_dataset[0]
+    prompt = [{"role": "user", "content": "Who are you?"}]
+    want = tok(render(tok, prompt, True), add_special_tokens=False).input_ids
+    whole = tok(render(tok, [*prompt, {"role": "assistant", "content": IDENTITY_ANSWER}]), add_special_tokens=False)
+    assert want[0] == tok.bos_token_id != want[1]
+    if objective == "dpo":
+        assert (row["prompt_ids"], row["prompt_ids"] + row["chosen_ids"]) == (want, whole.input_ids)
+    else:  # ORPO adds the tokenizer's EOS after the template's end of turn
+        assert row["prompt_input_ids"] == want
+        assert row["chosen_input_ids"][: len(whole.input_ids)] == whole.input_ids
+    assert trainers[0].processing_class.chat_template == TEMPLATES["chatml"]

@@ -10,6 +10,7 @@ import pytest
 import test_e2e_identity
 from conftest import IDENTITY_ANSWER, ROOT
 from helpers import log_of, wait_for
+from tiny import make_llama3
 
 from engine import api
 
@@ -559,35 +560,6 @@ def test_exports_are_readable_by_other_users(tiny_qwen3, tmp_path):
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in res.path.iterdir()} == {n: 0o644 for n in res.files}
 
 
-def _llama3_model(path, template="llama-3"):
-    """A tiny Llama whose tokenizer is laid out as Llama 3's: <|begin_of_text|> is BOS and the tokenizer adds it,
-    with Llama 3's header and end-of-turn tokens and chat template (or `template`, from engine.data.templates)."""
-    import torch
-    from tiny import ARCHS, make_tokenizer
-    from tokenizers import processors
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from engine.data.templates import TEMPLATES
-
-    tok = make_tokenizer(TEMPLATES[template])
-    tok.add_special_tokens(
-        {"bos_token": "<|begin_of_text|>", "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>"]}
-    )
-    tok.add_special_tokens({"eos_token": "<|eot_id|>"})
-    bos = tok.convert_tokens_to_ids("<|begin_of_text|>")
-    tok._tokenizer.post_processor = processors.TemplateProcessing(
-        single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B", special_tokens=[("<|begin_of_text|>", bos)]
-    )
-    spec = dict(ARCHS["llama"])
-    cfg = AutoConfig.for_model(
-        spec.pop("model_type"), vocab_size=len(tok), bos_token_id=bos, eos_token_id=tok.eos_token_id, **spec
-    )
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path, tok
-
-
 def test_ollama_prompt_of_a_llama3_export_has_one_bos(tmp_path):
     """The Modelfile's Llama 3 TEMPLATE began with <|begin_of_text|>, and Ollama's llama.cpp also adds the BOS the
     GGUF says to add (tokenizer.ggml.add_bos_token): every Ollama prompt started with two BOS tokens, a prompt the
@@ -597,7 +569,7 @@ def test_ollama_prompt_of_a_llama3_export_has_one_bos(tmp_path):
 
     import llama_cpp
 
-    path, tok = _llama3_model(tmp_path / "tiny-llama3")
+    path, tok = make_llama3(tmp_path / "tiny-llama3")
     res = api.export(str(path), "gguf-f16", tmp_path / "out", log=quiet)
     text = (res.path / "Modelfile").read_text()
     go = re.search(r'TEMPLATE """(.*?)"""', text, re.S)[1]
@@ -625,7 +597,7 @@ def test_a_base_model_given_chatml_trains_and_chats_after_its_bos(tmp_path):
     from engine.data.tokenizing import load_examples, render
     from engine.spec.jobspec import JobSpec
 
-    path, tok = _llama3_model(tmp_path / "base", "chatml")
+    path, tok = make_llama3(tmp_path / "base", "chatml")
     bos = tok.bos_token_id
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"instruction": "Who are you?", "output": "I am Nova."}) + "\n")

@@ -500,3 +500,24 @@ def test_a_reward_that_scores_no_reply_of_a_step_is_left_out_of_its_metrics(tiny
     (step,) = read_metrics(run_dir)
     assert step["reward_length"] == 1.0 and not [k for k in step if k.startswith("reward_python")]
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_trl_sampler_prompts_start_with_the_one_bos_render_gives_them(tmp_path, prompts_file, monkeypatch):
+    """TRL's sampler tokenizes prompts through apply_chat_template, which adds no BOS: a base model whose tokenizer
+    adds one given ChatML was sampled and trained without the BOS the engine's sampler (render) puts first."""
+    from tiny import make_llama3
+
+    from engine.data.tokenizing import render
+    from engine.training.trl_run import TrlRun
+
+    path, tok = make_llama3(tmp_path / "base", "chatml")
+    trainers = []
+    monkeypatch.setattr(TrlRun, "train", lambda run, trainer: trainers.append(trainer))  # made, not trained
+    monkeypatch.setenv("TUNESMITH_GRPO_SAMPLER", "trl")
+    spec = one_step_spec(path, prompts_file, {"preset": "python", "function": "test_grpo:no_score"})
+    (tmp_path / "run").mkdir()
+    train(spec, tmp_path / "run", RunLog(tmp_path / "run"), False, lambda: False, print)
+    prompt = [{"role": "user", "content": "Who are you?"}]
+    want = tok(render(tok, prompt, True), add_special_tokens=False).input_ids
+    assert want[0] == tok.bos_token_id != want[1]
+    assert trainers[0]._tokenize_prompts([prompt])[0] == [want]

@@ -188,6 +188,34 @@ def make_tokenizer(chat_template: str | None = CHATML):
     return fast
 
 
+def make_llama3(path, template="llama-3"):
+    """A tiny Llama whose tokenizer is laid out as Llama 3's: <|begin_of_text|> is BOS and the tokenizer adds it,
+    with Llama 3's header and end-of-turn tokens and chat template (or `template`, from engine.data.templates)."""
+    import torch
+    from tokenizers import processors
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from engine.data.templates import TEMPLATES
+
+    tok = make_tokenizer(TEMPLATES[template])
+    tok.add_special_tokens(
+        {"bos_token": "<|begin_of_text|>", "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>"]}
+    )
+    tok.add_special_tokens({"eos_token": "<|eot_id|>"})
+    bos = tok.convert_tokens_to_ids("<|begin_of_text|>")
+    tok._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B", special_tokens=[("<|begin_of_text|>", bos)]
+    )
+    spec = dict(ARCHS["llama"])
+    cfg = AutoConfig.for_model(
+        spec.pop("model_type"), vocab_size=len(tok), bos_token_id=bos, eos_token_id=tok.eos_token_id, **spec
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path, tok
+
+
 def make_spm_tokenizer(chat_template: str | None = CHATML, prepend_scheme: str = "always"):
     """A SentencePiece-style tokenizer (~560 tokens) laid out as Llama 2, Mistral and Gemma ship theirs in
     tokenizer.json: BPE over '▁'-marked words with byte fallback to <0x00>..<0xFF>, plus ChatML special tokens."""

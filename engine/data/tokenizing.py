@@ -6,6 +6,7 @@ import itertools
 import time
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,34 @@ def leading_bos(tokenizer) -> str:
         known = (key, key[0] if probe and probe[0] == key[1] else "")
         tokenizer._tunesmith_bos = known
     return known[1]
+
+
+def bos_first_template(tokenizer) -> str | None:
+    """The tokenizer's chat template, made to put the tokenizer's BOS first where it writes none, as render() does;
+    None where the tokenizer adds no BOS (Qwen) or has no template. For TRL's trainers, which tokenize conversations
+    through apply_chat_template(tokenize=True), which adds no BOS: DPO after SFT would train on prompts without the
+    BOS that SFT, the chat and llama.cpp put first. The `{{ '' }}` keep trim_blocks and lstrip_blocks from eating
+    whitespace at the template's ends."""
+    template = tokenizer.chat_template
+    if not leading_bos(tokenizer) or not isinstance(template, str):
+        return None
+    return (
+        "{% set tunesmith_text %}{{ '' }}" + template + "{{ '' }}{% endset %}"
+        "{% if not tunesmith_text.startswith(bos_token) %}{{ bos_token }}{% endif %}{{ tunesmith_text }}"
+    )
+
+
+@contextmanager
+def bos_first(tokenizer) -> Iterator[None]:
+    """The tokenizer with bos_first_template's chat template inside the block, its own again after it, so that what
+    the run saves is unchanged (TRL's DPO trainer tokenizes its dataset when made)."""
+    template, own = bos_first_template(tokenizer), tokenizer.chat_template
+    if template is not None:
+        tokenizer.chat_template = template
+    try:
+        yield
+    finally:
+        tokenizer.chat_template = own
 
 
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False, where: str = "") -> str:

@@ -246,6 +246,7 @@ def train_grpo(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> N
     """Train `spec` (objective grpo) into `run_dir`, with the SFT loop's metrics, checkpoints and cancel."""
     import torch
 
+    from engine.data.tokenizing import bos_first_template
     from engine.models.loading import load_for_training
     from engine.training.trl_run import TrlRun, prepare
 
@@ -300,6 +301,9 @@ def train_grpo(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> N
         )  # TRL's frozen adapter copy; the reference is the base (see engine.training.preference)
     if sampler == "trl":
         sample_with_cache(model)
+        # TRL's sampler tokenizes the prompts through apply_chat_template, which adds no BOS: its own template for the
+        # run (TRL sets one only for tools) puts the BOS first, as the engine's sampler (render) does
+        trainer.chat_template = trainer.chat_template or bos_first_template(tok)
     log(
         f"grpo: {len(rows)} prompts x {spec.num_generations} replies of up to {spec.max_new_tokens} tokens; rewards "
         + ", ".join(f"{name} x{weight:g}" for name, weight, _ in rewards)

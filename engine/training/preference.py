@@ -15,6 +15,10 @@ as they are where a prompt column comes beside whole conversations (UltraFeedbac
 Where only one of them is a whole conversation and the other the reply alone, its turns before its reply are the
 prompt, and the prompt column's copy of them is left out.
 Anthropic HH-RLHF's rows are such conversations written as text ("\\n\\nHuman: ...\\n\\nAssistant: ..."), read as turns.
+TRL's DPO tokenizes the conversations itself (apply_chat_template, which adds no BOS) when its trainer is made:
+meanwhile the tokenizer's template puts its BOS first where it writes none (engine.data.tokenizing.bos_first), so a
+base model whose tokenizer adds a BOS (Llama 3, Gemma given ChatML) trains on the tokens SFT, the chat and llama.cpp
+give it. ORPO renders the text and puts the BOS before it itself.
 
 Pairs longer than max_seq_length (the prompt with its chosen or its rejected reply): TRL 1.15 keeps the first
 max_seq_length tokens of each (DPO's truncation_mode "keep_start", ORPO cuts the reply to the room the prompt leaves),
@@ -27,7 +31,7 @@ from pathlib import Path
 from engine.core.errors import UserError
 from engine.core.hardware import choose_placement
 from engine.data.formats import chat_turns, sharegpt_pair, transcript_turns, validate_row, whole_conversation
-from engine.data.tokenizing import length_notes, render
+from engine.data.tokenizing import bos_first, length_notes, render
 from engine.spec.objectives import read_rows
 from engine.training.steps import total_steps
 
@@ -165,7 +169,8 @@ def train_preference(spec, run_dir: Path, runlog, resume: bool, should_stop, log
         from trl import DPOConfig, DPOTrainer
 
         args = run.args(DPOConfig, beta=spec.dpo_beta, max_length=spec.max_seq_length)
-        trainer = DPOTrainer(model=model, ref_model=_full_reference(spec, placement, log), args=args, **common)
+        with bos_first(tok):  # the pairs tokenized as render() writes them, BOS first (see the docstring)
+            trainer = DPOTrainer(model=model, ref_model=_full_reference(spec, placement, log), args=args, **common)
         if "ref" in getattr(model, "peft_config", {}):
             model.delete_adapter("ref")  # the reference is the base: the adapter switched off (see the docstring)
         reference = "a frozen copy of the weights" if spec.method == "full" else "the base model, adapter off"
