@@ -125,3 +125,59 @@ def test_lora_with_targets_a_model_does_not_have_is_a_sentence(config):
         with pytest.raises(UserError, match=r"LoRA has nowhere to go in this model .* query_key_value\. Train it"):
             api.estimate(folder, method, seq=512, batch=1, vram_gib=80, ram_gib=512)
     assert api.estimate(folder, "full", seq=512, batch=1, vram_gib=80, ram_gib=512)["fits"]
+
+
+MOE = dict(TINY, num_hidden_layers=3, num_key_value_heads=2, num_experts_per_tok=2, moe_intermediate_size=32)
+MLA = dict(kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16, n_group=1, topk_group=1)
+# PEFT 0.21 rewrites gate/up/down targets to the fused experts for the families transformers converts from their v4
+# layout (its _convert_peft_config_moe: every model_type mapped to qwen2_moe, not qwen2_moe itself), dropping them from
+# target_modules and doubling the experts' gate_up rank: huggingface/peft#3711, fix pending upstream (PR 3715).
+PEFT_3711 = pytest.mark.xfail(strict=True, reason="PEFT 0.21 leaves dense and shared MLPs without adapters (#3711)")
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(MOE, model_type="qwen2_moe", num_experts=4, shared_expert_intermediate_size=48),
+        pytest.param(dict(MOE, model_type="qwen3_moe", num_experts=4, mlp_only_layers=[1]), marks=PEFT_3711),
+        pytest.param(
+            dict(MOE, **MLA, model_type="deepseek_v2", num_key_value_heads=4, n_routed_experts=4, n_shared_experts=2,
+                 first_k_dense_replace=1, q_lora_rank=None),
+            marks=PEFT_3711,
+        ),
+        pytest.param(
+            dict(MOE, model_type="glm4_moe", head_dim=16, n_routed_experts=4, n_shared_experts=1,
+                 first_k_dense_replace=1, n_group=1, topk_group=1),
+            marks=PEFT_3711,
+        ),
+    ],
+    ids=["qwen2_moe", "qwen3_moe-mlp_only_layers", "deepseek_v2", "glm4_moe"],
+)  # fmt: skip
+def test_moe_dense_and_shared_mlps_get_the_adapters_the_estimate_counts(config):
+    """A MoE model's dense-layer MLPs (mlp_only_layers, DeepSeek's first_k_dense_replace) and shared experts take
+    adapters on gate, up and down as a dense model's MLP does, the routed experts one rank-r adapter each, and the
+    estimate counts exactly those."""
+    import warnings
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from engine.models.loading import add_lora
+
+    c = dict(config)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(c.pop("model_type"), **c))
+    spec = JobSpec(model="-", data="-", method="lora", lora_r=8, lora_alpha=8)
+    wanted = {
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and n.split(".")[-1] in spec.target_modules
+    }
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        peft_model = add_lora(model, spec, log=lambda line: None)
+    adapted = {n.removeprefix("base_model.model.") for n, m in peft_model.named_modules() if hasattr(m, "lora_A")}
+    assert wanted <= adapted and wanted != set()
+    assert not [w for w in caught if "did not match any targeted module" in str(w.message)]
+    trained = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    assert Arch.from_config(config).lora_params(8, spec.target_modules) == trained
