@@ -287,7 +287,7 @@ def test_the_data_tab_names_the_format_the_chosen_objective_reads(tmp_path, caps
         for d in app.demo.fns.values()
         if (radio._id, "change") in d.targets and len(d.outputs) == 1 and isinstance(d.outputs[0], app.gr.State)
     )
-    assert reads and all(d.inputs[-1]._id in (radio._id, copy.outputs[0]._id) for d in reads)
+    assert reads and all({radio._id, copy.outputs[0]._id} & {i._id for i in d.inputs} for d in reads)
     assert any(d.trigger_after == copy._id for d in reads)
 
 
