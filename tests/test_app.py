@@ -570,9 +570,10 @@ def test_export_tab_suggests_a_free_folder_name_per_run_and_format(runs, tiny_ll
     assert export_tab.suggest_name("", "lora").placeholder == ""
 
 
-def test_cancel_export_is_clickable_only_while_an_export_runs(monkeypatch, tmp_path):
+def test_cancel_export_is_clickable_only_while_an_export_runs(runs, tiny_llama, identity_file):
     """'Cancel export' was always clickable, with no export running. It starts disabled, is enabled by a started
-    export and stays so while the timer's reads find it running; the read that finds it ended disables it."""
+    export and stays so while the timer's reads find it running; the read that finds it ended (done, cancelled)
+    disables it, and a refused start leaves it disabled."""
     import gradio as gr
 
     from engine import api
@@ -581,17 +582,16 @@ def test_cancel_export_is_clickable_only_while_an_export_runs(monkeypatch, tmp_p
     with gr.Blocks():
         tab = export_tab.build()
     assert tab["stop"].interactive is False
-    job = api.ExportJob("j", tmp_path, 0, tmp_path / "out")
-    monkeypatch.setattr(api, "find_run", lambda run: tmp_path)
-    monkeypatch.setattr(api, "start_export", lambda *args, **kwargs: job)
-    *_, timer, stop = export_tab.start("r", "lora", "x")
-    assert timer.active and stop.interactive is True
-    for state, running in (("running", True), ("done", False), ("failed", False), ("cancelled", False)):
-        result = dict(format="lora", path="out", seconds=1) if state == "done" else None
-        status = api.ExportStatus("j", state, "", "", result)
-        monkeypatch.setattr(api, "poll_export", lambda job, status=status: status)
-        _, _, timer, _, stop = export_tab.view(job)
-        assert timer.active is running and stop.interactive is running, state
+    st = wait_for(api.start(api.JobSpec(model=str(tiny_llama), data=str(identity_file), max_steps=1)))
+    for fmt, name, cancel in (("lora", "done", False), ("gguf-q4_k_m", "cancelled", True)):
+        job, _, _, timer, stop = export_tab.start(st.run_id, fmt, name)
+        assert timer.active and stop.interactive is True
+        if cancel:
+            export_tab.cancel(job)
+        deadline = time.time() + 300
+        while (shown := export_tab.view(job))[2].active:
+            assert shown[4].interactive is True and time.time() < deadline
+            time.sleep(0.2)
+        assert shown[4].interactive is False and api.poll_export(job).state == name, shown[0]
     assert export_tab.view(None)[-1].interactive is False
-    monkeypatch.setattr(api, "start_export", lambda *args, **kwargs: (_ for _ in ()).throw(api.UserError("no")))
-    assert export_tab.start("r", "lora", "x")[-1].interactive is False
+    assert export_tab.start(st.run_id, "lora", "done")[-1].interactive is False  # "already exists": no export
