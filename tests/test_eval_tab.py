@@ -1,5 +1,7 @@
 """The Evaluate tab's handlers and the validation series it lends the Train tab's loss plot."""
 
+import json
+
 import pandas as pd
 
 from engine import api
@@ -184,60 +186,49 @@ def test_stop_ends_a_running_evaluation_and_saves_nothing(tiny_llama, runs, tmp_
     assert text.startswith("2 questions from `"), text
 
 
-def test_stop_is_clickable_only_while_an_evaluation_runs(monkeypatch):
+def test_stop_is_clickable_only_while_an_evaluation_runs(tiny_llama, runs, tmp_path, monkeypatch):
     """Stop was always clickable, with no evaluation running. It starts disabled; the Evaluate button's handler
     enables it once a Stop can be heard (the session's event is set up before), and disables it with the answer."""
+    import json
+
     import gradio as gr
 
-    from engine import api
-
+    monkeypatch.setenv("TUNESMITH_DECODE_KERNELS", "0")
     with gr.Blocks():
         assert eval_tab.build()["stop"].interactive is False
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"Question {i}?", "output": "Nova."}) + "\n" for i in range(3)))
     request = gr.Request(session_hash="page-stop")
-    heard = []
-
-    def evaluate(*args, should_stop, **kwargs):
-        heard.append(should_stop())
-        raise api.UserError("stopped")
-
-    monkeypatch.setattr(api, "evaluate", evaluate)
-    steps = eval_tab.evaluating(["r"], [], False, "q.jsonl", "", "", "", 1, 4, request)
+    steps = eval_tab.evaluating([str(tiny_llama)], [], False, str(data), "", "", "", 3, 4, request)
     first = next(steps)
     assert first[-1].interactive is True and "page-stop" in eval_tab._STOPS
     eval_tab.stop_evaluation(request)  # pressed as soon as it is enabled: heard
     *answer, stop = next(steps)
-    assert stop.interactive is False and heard == [True] and answer[0].startswith("**Evaluation stopped")
-    assert "page-stop" not in eval_tab._STOPS
+    assert stop.interactive is False and answer[0] == "**Evaluation stopped:** Nothing was saved."
+    assert "page-stop" not in eval_tab._STOPS and not (runs.parent / "evals").exists()
 
 
-def test_a_run_without_a_validation_set_is_evaluated_on_its_training_questions(runs, identity_file, monkeypatch):
+def test_a_run_without_a_validation_set_is_evaluated_on_its_training_questions(
+    tiny_llama, runs, identity_file, monkeypatch
+):
     """With the questions file left empty ('the run's held-out rows'), a run trained without a validation set (the
     default) was refused: 'Give the questions to evaluate on (a data file), or pick a run that held some out'. The
     tab now evaluates it on its training questions and says that they were seen in training and what to do for
     new ones; the CLI and the Python API keep the refusal unless asked (seen_rows)."""
-    import json
-
     import pytest
+    from helpers import wait_for
 
-    from engine.export import evaluate as ev
     from ui import i18n
 
-    folder = runs / "20250101-000000-nova"
-    (folder / "adapter").mkdir(parents=True)
-    (folder / "job.yaml").write_text(api.JobSpec(model="some/model", data=str(identity_file)).to_yaml())
-    (folder / "status.json").write_text(json.dumps(dict(state="done", message="x", step=2, total_steps=2)))
-    asked = []
-
-    def evaluate(sources, cases, scorers, *args, **kwargs):
-        asked.extend(cases)
-        return dict(cases=len(cases), scorers=[], models=[], rows=[])
-
-    monkeypatch.setattr(ev, "evaluate", evaluate)
-    text, _, _ = eval_tab.run_evaluation([folder.name], [], False, "", "", "", "", 3, 4)
+    monkeypatch.setenv("TUNESMITH_DECODE_KERNELS", "0")
+    st = wait_for(api.start(api.JobSpec(model=str(tiny_llama), data=str(identity_file), max_steps=1)))
+    assert st.state == "done"
+    text, _, rows = eval_tab.run_evaluation([st.run_id], [], False, "", "", "", "", 3, 4)
     assert text.startswith(f"3 questions from the run's training data (`{identity_file}`). {eval_tab.SEEN_NOTE}")
-    assert [c.row for c in asked] == [1, 2, 3]  # its first rows, every one a training row
+    training = [json.loads(line) for line in identity_file.read_text().splitlines()[:3]]
+    assert list(rows["question"]) == [r["instruction"] for r in training]  # its first rows, every one trained on
     said = "3 questions from the run's training data (`d.jsonl`)."  # each sentence is translated on its own
     assert i18n.message(said, "zh") == "来自运行训练数据（`d.jsonl`）的 3 个问题。"
     assert i18n.message(eval_tab.SEEN_NOTE, "ru").startswith("Запуск не отложил строк для валидации")
     with pytest.raises(api.UserError, match="pick a run that held some out"):
-        api.evaluate([folder.name], base=False, save=False)
+        api.evaluate([st.run_id], base=False, save=False)
