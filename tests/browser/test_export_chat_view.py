@@ -10,7 +10,16 @@ import time
 import zipfile
 
 import pytest
-from test_app_browser import browser, download, page, server, shot, tab, wait_enabled  # noqa: F401 (fixtures used by name)
+from test_app_browser import (  # noqa: F401 (fixtures used by name)
+    browser,
+    download,
+    expect_value,
+    page,
+    server,
+    shot,
+    tab,
+    wait_enabled,
+)
 
 
 @pytest.fixture(scope="module")
@@ -192,11 +201,7 @@ def test_chat_starts_with_the_runs_system_prompt(page, server, tiny_llama):  # n
     source.click()
     page.get_by_role("option", name=run.run_id).click(timeout=10_000)
     system = page.get_by_label("System prompt")
-    for _ in range(100):
-        if system.input_value() == "You are Nova.":
-            break
-        time.sleep(0.1)
-    assert system.input_value() == "You are Nova."
+    expect_value(system, re.compile(r"^You are Nova\.$"), timeout=10)
     page.get_by_role("textbox", name="Message").fill("Who are you?")
     stop = page.get_by_role("button", name="Stop", exact=True).first
     assert stop.is_visible() and not stop.is_enabled()  # no reply yet
@@ -290,11 +295,7 @@ def test_after_a_restart_no_run_is_picked_without_its_settings(browser, restarte
         source.click()
         fresh.get_by_role("option", name=run.run_id).click(timeout=10_000)
         system = fresh.get_by_label("System prompt")
-        for _ in range(100):
-            if system.input_value() == "You are Nova.":
-                break
-            time.sleep(0.1)
-        assert system.input_value() == "You are Nova."
+        expect_value(system, re.compile(r"^You are Nova\.$"), timeout=10)
         tab(fresh, "Export")
         assert fresh.get_by_label("Run", exact=True).last.input_value() == ""
     finally:
