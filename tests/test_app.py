@@ -123,7 +123,7 @@ def test_train_chat_export_handlers(tiny_llama, identity_file, runs, tmp_path):
     assert "still training" in again  # never two runs on one GPU by accident
     st = wait_for(api.RunHandle(run_id, runs / run_id, 0))
     assert st.state == "done"
-    text, plot, _ = train_tab.view(run_id)
+    text, plot, *_ = train_tab.follow(run_id)
     assert "**done**" in text
     frame = plot["value"]
     raw, smooth = frame[frame.series == "raw"], frame[frame.series == "smoothed"]

@@ -44,7 +44,7 @@ def test_a_run_longer_than_the_context_trains_at_the_context_and_says_so(tiny_ll
     note = "max_seq_length 4096 is longer than this model's context of 512 tokens, so training uses 512"
     assert len(st.notes) == 1 and st.notes[0].startswith(note)
     assert f"note: {note}" in log_of(st) and "max 512 tokens" in log_of(st)
-    assert note in train_tab.view(st.run_id)[0]
+    assert note in train_tab.follow(st.run_id)[0]
     within = wait_for(api.start(tiny_spec(tiny_llama, identity_file, max_seq_length=512, max_steps=1)))
     assert within.state == "done" and within.notes == []
 

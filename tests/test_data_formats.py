@@ -675,7 +675,7 @@ def test_a_runs_status_and_train_tab_say_how_many_examples_were_cut(tiny_llama, 
     path.write_text("".join(json.dumps(r) + "\n" for r in LONG_ROWS))
     st = wait_for(api.start(tiny_spec(tiny_llama, path, max_seq_length=32, max_steps=1)))
     assert st.state == "done" and st.notes == [CUT_NOTE]
-    assert CUT_NOTE in train_tab.view(st.run_id)[0]
+    assert CUT_NOTE in train_tab.follow(st.run_id)[0]
 
 
 def test_an_alpaca_row_with_history_keeps_its_earlier_turns(tmp_path, tok):

@@ -126,7 +126,7 @@ def test_cancel_stops_every_rank_after_one_checkpoint(tiny_llama, identity_file,
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in ranks.values())
     from ui import train_tab
 
-    text, *_ = train_tab.view(st.run_id)  # the monitor shows each GPU's (here each process's) memory
+    text, *_ = train_tab.follow(st.run_id)  # the monitor shows each GPU's (here each process's) memory
     assert "2 GPUs, peak memory per GPU: " in text
 
 

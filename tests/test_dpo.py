@@ -84,9 +84,9 @@ def test_dpo_raises_the_chosen_over_rejected_margin(tiny_llama, pairs_file, runs
     adapter = run_dir / "adapter"
     assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "ref").exists()
     assert not (run_dir / "trainer").exists()
-    text, _, _ = train_tab.view("dpo")
+    text, *_ = train_tab.follow("dpo")
     assert f"margin {metrics[-1]['margin']:.3f}" in text
-    plot = train_tab.method_view("dpo")
+    plot = train_tab.follow("dpo")[6]
     assert plot["visible"] and list(plot["value"]["value"]) == [m["margin"] for m in metrics]
 
     tok = AutoTokenizer.from_pretrained(adapter)
@@ -210,7 +210,7 @@ def test_pairs_longer_than_max_seq_length_are_a_note_of_the_run(tiny_llama, runs
         "kept none of their reply and were left out. Raise max_seq_length to keep them whole."
     )
     assert json.loads((run_dir / "status.json").read_text())["notes"] == [note]
-    assert note in train_tab.view(objective)[0]
+    assert note in train_tab.follow(objective)[0]
     assert f"{objective}: 2 pairs" in capsys.readouterr().out  # the third left out before TRL sees it
 
 

@@ -161,8 +161,8 @@ def test_grpo_raises_mean_reward_with_a_regex_reward(tiny_llama, prompts_file, r
     assert sum(mean[:3]) / 3 < 0.4 and sum(mean[-3:]) / 3 > 0.8, mean
     assert all("reward_std" in m and m["reward_regex"] == m["reward_mean"] for m in metrics)
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
-    assert f"reward {mean[-1]:.3f} ± " in train_tab.view("grpo")[0]
-    plot = train_tab.method_view("grpo")["value"]
+    assert f"reward {mean[-1]:.3f} ± " in train_tab.follow("grpo")[0]
+    plot = train_tab.follow("grpo")[6]["value"]
     assert set(plot["series"]) == {"reward mean", "reward std"} and list(plot["step"][:16]) == list(range(1, 17))
 
 

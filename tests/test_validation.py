@@ -132,4 +132,4 @@ def test_validation_examples_cut_to_length_are_a_note_of_the_run(tiny_llama, run
         "them kept none of their reply and were left out. Raise max_seq_length to keep them whole."
     )
     assert st.notes == [note]
-    assert note in train_tab.view(st.run_id)[0]
+    assert note in train_tab.follow(st.run_id)[0]

@@ -298,11 +298,6 @@ def follow(run_id: str):
     return (*status_view(st), *train_live.live_parts(st), objective_plot(st.metrics), training)
 
 
-def view(run_id: str):
-    """(status markdown, loss plot data, timer) of a run."""
-    return follow(run_id)[:3]
-
-
 def status_view(st):
     """(status markdown, loss plot data, timer) of a run's status `st`."""
     lines = [f"**{st.state}** · step {st.step}/{st.total_steps or '?'} · {st.message}"]
@@ -348,18 +343,9 @@ def status_view(st):
     return i18n.say("\n\n".join(lines)), train_live.step_plot(frame), gr.Timer(active=not st.finished)
 
 
-def method_view(run_id: str):
+def objective_plot(metrics: list[dict]):
     """The objective's own metric per step: DPO/ORPO's chosen-rejected margin, GRPO's reward mean and spread.
     Hidden for SFT and pretraining runs, which have only the loss."""
-    try:
-        metrics = api.poll(run_id).metrics if run_id else []
-    except api.UserError:
-        metrics = []
-    return objective_plot(metrics)
-
-
-def objective_plot(metrics: list[dict]):
-    """The objective plot of a run's metrics (see method_view)."""
     if metrics and "reward_mean" in metrics[-1]:
         series = {"reward mean": "reward_mean", "reward std": "reward_std"}
     elif metrics and "margin" in metrics[-1]:
