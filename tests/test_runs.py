@@ -825,3 +825,33 @@ def test_a_resume_past_a_lowered_max_steps_is_refused_and_changes_nothing(tiny_l
         train(read_job(job), st.run_dir, RunLog(st.run_dir), True, lambda: False, lambda m: None)
     assert sorted(p.name for p in (st.run_dir / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
     assert not (st.run_dir / "adapter").exists()
+
+
+def test_cli_ctrl_c_as_the_run_is_launched_cancels_it(tiny_llama, identity_file, runs, tmp_path, monkeypatch, capsys):
+    """A Ctrl-C after api.start has launched the run (in its own session, out of the terminal's reach) but before the
+    command follows it ended the command with "train interrupted; nothing unfinished was kept." while the run trained
+    on. Here the Ctrl-C comes at that moment: the real api.start runs, then this process gets a SIGINT; the run is
+    now cancelled as a Ctrl-C while following cancels it."""
+    import signal
+
+    from engine.__main__ import main
+
+    job = tmp_path / "job.yaml"
+    job.write_text(spec_for(tiny_llama, identity_file, max_steps=100000).to_yaml())
+    start = api.start
+
+    def start_then_ctrl_c(*args, **kwargs):
+        handle = start(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+        return handle
+
+    monkeypatch.setattr(api, "start", start_then_ctrl_c)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert main(["train", str(job)]) == 130
+    out = capsys.readouterr()
+    assert "nothing unfinished was kept" not in out.err, out.err
+    (run_dir,) = runs.iterdir()
+    st = api.poll(run_dir)
+    assert st.state == "cancelled", (out.out, out.err, log_of(st))
+    assert out.out.splitlines()[-1].startswith("cancelled: "), out.out
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the command's handlers are given back
