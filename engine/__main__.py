@@ -37,14 +37,76 @@ def _on_term(signum, frame):
     raise _Terminated
 
 
-def _follow(handle) -> int:
-    import signal
+class _StartAbandoned(KeyboardInterrupt):
+    """A second Ctrl-C (or SIGTERM) while a run was being started: this command stops waiting for the start, which
+    may have launched the run."""
 
+
+class _HeldSignals:
+    """Ctrl-C and SIGTERM held from the moment a run is asked for until it is followed.
+
+    The run's process starts in its own session (a Ctrl-C in the terminal does not reach it), inside api.start or
+    api.resume: a KeyboardInterrupt raised anywhere between its launch and the following loop left it training while
+    this command said nothing was kept. Held, the signal is acted on once the handle is in hand (`release`, inside
+    _follow's handler): the run is cancelled with a checkpoint, as during following. A second one stops the wait."""
+
+    def __init__(self):
+        import signal
+
+        self.signum = None
+        self.before = {sig: signal.signal(sig, self._hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _hold(self, signum, frame):
+        if self.signum is not None:
+            self.restore()
+            raise _StartAbandoned
+        self.signum = signum
+        print("stopping: the run is cancelled once it has started (again to stop waiting)", file=sys.stderr, flush=True)
+
+    def restore(self) -> None:
+        import signal
+
+        for sig, handler in self.before.items():
+            signal.signal(sig, handler)
+
+    def release(self) -> None:
+        """Hand the signals to the following loop (Ctrl-C's own handler, SIGTERM to _on_term) and raise the one held,
+        if any, as they would have been raised there."""
+        import signal
+
+        self.restore()
+        signal.signal(signal.SIGTERM, _on_term)
+        if self.signum == signal.SIGTERM:
+            raise _Terminated
+        if self.signum is not None:
+            raise KeyboardInterrupt
+
+
+def _start(launch, detach: bool = False) -> int:
+    """Start a run with `launch()` (api.start or api.resume) and follow it, Ctrl-C and SIGTERM held from before the
+    launch until the following loop has the handle (_HeldSignals). `detach`: return once it has started, unless a
+    Ctrl-C came meanwhile (then it is cancelled)."""
+    held = _HeldSignals()
+    try:
+        handle = launch()
+    except _StartAbandoned:  # its handlers are back already
+        raise
+    except BaseException:  # refused (a UserError) or failed before its process started: nothing to cancel
+        held.restore()
+        raise
+    print(f"run: {handle.run_dir}", flush=True)
+    if detach and held.signum is None:
+        held.restore()
+        return 0
+    return _follow(handle, held)
+
+
+def _follow(handle, held: _HeldSignals) -> int:
     from engine import api
 
     last, said, told = 0, "", 0
-    signal.signal(signal.SIGTERM, _on_term)
     try:
+        held.release()  # a Ctrl-C or SIGTERM held while the run was started is raised here: the run is cancelled
         while True:
             st = api.poll(handle)
             if st.state == "loading" and st.message != said:  # loading the model, tokenizing: N of M rows
@@ -234,13 +296,10 @@ def main(argv=None) -> int:
             from engine.spec.jobspec import read_job, with_paths_beside
 
             spec = with_paths_beside(read_job(args.job), Path(args.job).parent)
-            handle = api.start(spec, allow_code=True)  # the command line may run its own reward code
-            print(f"run: {handle.run_dir}", flush=True)
-            return 0 if args.detach else _follow(handle)
+            # the command line may run its own reward code
+            return _start(lambda: api.start(spec, allow_code=True), args.detach)
         if args.cmd == "resume":
-            handle = api.resume(args.run, allow_code=True)  # the command line may run its own reward code
-            print(f"run: {handle.run_dir}", flush=True)
-            return _follow(handle)
+            return _start(lambda: api.resume(args.run, allow_code=True))
         if args.cmd == "chat":
             source = _named_run(args.source)
             chat = api.Chat(source)
@@ -338,6 +397,14 @@ def main(argv=None) -> int:
     except api.UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except _StartAbandoned:  # pressed twice while the run was started: it may be running, as nothing here can tell
+        where = args.run if args.cmd == "resume" else f"a new folder in {api.runs_dir()}"
+        print(
+            f"stopped waiting for the run to start; it may have started and train on in the background ({where}): "
+            "cancel it from the app's Train tab, or resume it here and press Ctrl-C once.",
+            file=sys.stderr,
+        )
+        return 130
     except KeyboardInterrupt:  # Ctrl-C in export, chat or eval, which work in this process
         # an export writes under a temporary name, removed on the way out (engine.core.files.new_folder)
         print(f"{args.cmd} interrupted; nothing unfinished was kept.", file=sys.stderr)

@@ -517,3 +517,33 @@ def test_pairs_start_with_the_one_bos_sft_gives_them(tmp_path, monkeypatch, obje
         assert row["prompt_input_ids"] == want
         assert row["chosen_input_ids"][: len(whole.input_ids)] == whole.input_ids
     assert trainers[0].processing_class.chat_template == TEMPLATES["chatml"]
+
+
+@pytest.mark.parametrize("adds_bos", [True, False])
+def test_orpo_pairs_start_with_a_bos_only_where_sft_puts_one(tmp_path, monkeypatch, adds_bos):
+    """TRL's ORPO put the tokenizer's BOS first whenever it has one, so a tokenizer that names a BOS but adds none to
+    text (Qwen-style: bos_token set, add_bos_token false) trained ORPO on a BOS that SFT never gives the model. ORPO's
+    prompt ids are SFT's (render() and tokenize, engine.data.tokenizing.leading_bos) for both kinds of tokenizer."""
+    from tiny import make_llama3
+
+    from engine.data.tokenizing import leading_bos, render
+    from engine.training.trl_run import TrlRun
+
+    path, tok = make_llama3(tmp_path / "base", "chatml", adds_bos=adds_bos)
+    assert tok.bos_token_id is not None and bool(leading_bos(tok)) == adds_bos
+    data = tmp_path / "pair.jsonl"
+    data.write_text(json.dumps(dict(prompt="Who are you?", chosen=IDENTITY_ANSWER, rejected=REJECTED)) + "\n")
+    trainers = []
+    monkeypatch.setattr(TrlRun, "train", lambda run, trainer: trainers.append(trainer))  # made, not trained
+    (tmp_path / "run").mkdir()
+    train(spec_for(path, data, objective="orpo", max_steps=1), tmp_path / "run", RunLog(tmp_path / "run"), False,
+          lambda: False, print)  # fmt: skip
+    row = trainers[0].train_dataset[0]
+    prompt = [{"role": "user", "content": "Who are you?"}]
+    want = tok(render(tok, prompt, True), add_special_tokens=False).input_ids
+    whole = tok(render(tok, [*prompt, {"role": "assistant", "content": IDENTITY_ANSWER}]), add_special_tokens=False)
+    assert (want[0] == tok.bos_token_id) == adds_bos
+    assert row["prompt_input_ids"] == want
+    assert row["chosen_input_ids"][: len(whole.input_ids)] == whole.input_ids  # then the tokenizer's EOS
+    assert row["rejected_input_ids"][: len(want)] == want
+    assert trainers[0].processing_class.bos_token_id == tok.bos_token_id  # the run's tokenizer keeps its BOS

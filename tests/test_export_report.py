@@ -371,3 +371,36 @@ def test_a_large_folder_export_is_offered_file_by_file_without_a_zip_copy(tmp_pa
     large = report.downloads(export, "merged16", dest, said.append)
     assert [d["name"] for d in large] == ["config.json", "model.safetensors"] and list(dest.iterdir()) == []
     assert said[-1] == "export: 4.9 KiB, over 4.0 KiB: offering its files one by one, not a zip copy"
+
+
+def test_an_export_whose_process_id_now_names_another_program_reads_as_stopped(trained, runs):
+    """After a restart (process ids start over) an export's status.json still said "running" with the pid of its
+    dead process; when another program had that pid by then, the export read as running for good: its Cancel stayed,
+    and a new export to its folder name was refused as "being exported already". As runs do, an export whose pid
+    names a process that is not its job (its command line names no job folder) reads as stopped."""
+    import subprocess
+
+    from engine import api
+
+    exports = runs.parent / "exports"
+    job_dir = exports / ".jobs" / "20260101-000000-nova"
+    job_dir.mkdir(parents=True)
+    out = (exports / "nova").resolve()
+    spec = dict(source=str(trained.run_dir), format="lora", out=str(out), push_to_hub="", private=False)
+    (job_dir / "export.json").write_text(json.dumps(spec))
+    (job_dir / "log.txt").write_text("")
+    other = subprocess.Popen(["sleep", "60"])  # not an export: its command line names no job folder
+    try:
+        (job_dir / "status.json").write_text(json.dumps(dict(state="running", message="exporting", pid=other.pid)))
+        st = api.poll_export(api.ExportJob(job_dir.name, job_dir, other.pid, out))
+        assert st.state == "failed" and "stopped unexpectedly" in st.message, st.message
+        job = api.start_export(str(trained.run_dir), "lora", out)  # not refused as being exported already
+        deadline = time.time() + 300
+        while not (st := api.poll_export(job)).finished:
+            assert time.time() < deadline, st.log
+            time.sleep(0.2)
+        assert st.state == "done", st.log
+        assert other.poll() is None  # the other program was left alone
+    finally:
+        other.kill()
+        other.wait()

@@ -766,3 +766,92 @@ def test_a_phi3_run_puts_adapters_on_its_fused_projections(identity_file, runs, 
     adapted = json.loads((st.run_dir / "adapter" / "adapter_config.json").read_text())["target_modules"]
     assert sorted(adapted) == ["down_proj", "gate_up_proj", "o_proj", "qkv_proj"]
     assert "this model has no" not in (st.run_dir / "log.txt").read_text()
+
+
+def test_a_resume_trains_with_the_learning_rate_and_steps_its_job_yaml_now_has(tiny_llama, identity_file, tmp_path):
+    """job.yaml edited between a cancel and a resume (a lower learning rate, more steps): the resumed run kept the
+    checkpoint's learning rate (the optimizer's and the schedule's saved state) and its first step took the old
+    schedule's. The new rate applies from the resumed step on, on the schedule of the new step count."""
+    from engine.core.errors import Cancelled
+    from engine.core.runlog import RunLog, read_metrics
+    from engine.training.dispatch import train
+    from engine.training.steps import lr_factor
+
+    spec = tiny_spec(tiny_llama, identity_file, max_steps=4, learning_rate=5e-3, warmup_steps=0, save_every=0)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    polls = iter(range(100))
+    with pytest.raises(Cancelled):  # stopped after a step or two, with a checkpoint
+        train(spec, run_dir, RunLog(run_dir), False, lambda: next(polls) >= 3, lambda m: None)
+    (ckpt,) = (run_dir / "checkpoints").iterdir()
+    cut = int(ckpt.name.removeprefix("step-"))
+    assert 1 <= cut < 4
+    edited = spec.replace(learning_rate=1e-3, max_steps=6)
+    lines = []
+    train(edited, run_dir, RunLog(run_dir), True, lambda: False, lines.append)
+    lrs = [m["lr"] for m in read_metrics(run_dir)]
+    old = [5e-3 * lr_factor(s, 4, 0, "linear") for s in range(cut)]
+    new = [1e-3 * lr_factor(s, 6, 0, "linear") for s in range(cut, 6)]
+    assert lrs == pytest.approx(old + new)
+    assert any("learning rate" in line and "0.001" in line for line in lines), lines  # the change is said
+
+
+def test_a_resume_past_a_lowered_max_steps_is_refused_and_changes_nothing(tiny_llama, identity_file, runs):
+    """max_steps lowered in job.yaml below the step the run's checkpoint has reached: the resume trained nothing and
+    ended "done 6/2". It is refused with a sentence, before anything in the run folder changes; the training process
+    refuses it too (where its step count comes from epochs, which only it can count)."""
+    from engine.core.errors import UserError
+    from engine.core.runlog import RunLog
+    from engine.spec.jobspec import read_job
+    from engine.training.dispatch import train
+
+    st = wait_for(api.start(tiny_spec(tiny_llama, identity_file, max_steps=6, save_every=2, keep_checkpoints=5)))
+    assert st.state == "done", log_of(st)
+    shutil.rmtree(st.run_dir / "checkpoints" / "step-000006")  # as if it died after step 4's checkpoint
+    shutil.rmtree(st.run_dir / "adapter")
+    (st.run_dir / "status.json").write_text(json.dumps(dict(state="failed", message="x", step=4, total_steps=6)))
+    job = st.run_dir / "job.yaml"
+    job.write_text(job.read_text().replace("max_steps: 6", "max_steps: 2"))
+    assert read_job(job).max_steps == 2
+
+    def snapshot():
+        return {p: p.read_bytes() for p in sorted(st.run_dir.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    with pytest.raises(UserError, match=r"already trained 4 steps.*max_steps to 4 or more"):
+        api.resume(st.run_dir)
+    assert snapshot() == before
+    with pytest.raises(UserError, match=r"already trained 4 steps"):
+        train(read_job(job), st.run_dir, RunLog(st.run_dir), True, lambda: False, lambda m: None)
+    assert sorted(p.name for p in (st.run_dir / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
+    assert not (st.run_dir / "adapter").exists()
+
+
+def test_cli_ctrl_c_as_the_run_is_launched_cancels_it(tiny_llama, identity_file, runs, tmp_path, monkeypatch, capsys):
+    """A Ctrl-C after api.start has launched the run (in its own session, out of the terminal's reach) but before the
+    command follows it ended the command with "train interrupted; nothing unfinished was kept." while the run trained
+    on. Here the Ctrl-C comes at that moment: the real api.start runs, then this process gets a SIGINT; the run is
+    now cancelled as a Ctrl-C while following cancels it."""
+    import signal
+
+    from engine.__main__ import main
+
+    job = tmp_path / "job.yaml"
+    job.write_text(spec_for(tiny_llama, identity_file, max_steps=100000).to_yaml())
+    start = api.start
+
+    def start_then_ctrl_c(*args, **kwargs):
+        handle = start(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+        return handle
+
+    monkeypatch.setattr(api, "start", start_then_ctrl_c)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert main(["train", str(job)]) == 130
+    out = capsys.readouterr()
+    assert "nothing unfinished was kept" not in out.err, out.err
+    (run_dir,) = runs.iterdir()
+    st = api.poll(run_dir)
+    assert st.state == "cancelled", (out.out, out.err, log_of(st))
+    assert out.out.splitlines()[-1].startswith("cancelled: "), out.out
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the command's handlers are given back

@@ -188,9 +188,10 @@ def make_tokenizer(chat_template: str | None = CHATML):
     return fast
 
 
-def make_llama3(path, template="llama-3"):
+def make_llama3(path, template="llama-3", adds_bos: bool = True):
     """A tiny Llama whose tokenizer is laid out as Llama 3's: <|begin_of_text|> is BOS and the tokenizer adds it,
-    with Llama 3's header and end-of-turn tokens and chat template (or `template`, from engine.data.templates)."""
+    with Llama 3's header and end-of-turn tokens and chat template (or `template`, from engine.data.templates).
+    `adds_bos` False: the BOS is named but not added to text, as Qwen-style tokenizers (add_bos_token false) do."""
     import torch
     from tokenizers import processors
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -203,9 +204,10 @@ def make_llama3(path, template="llama-3"):
     )
     tok.add_special_tokens({"eos_token": "<|eot_id|>"})
     bos = tok.convert_tokens_to_ids("<|begin_of_text|>")
-    tok._tokenizer.post_processor = processors.TemplateProcessing(
-        single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B", special_tokens=[("<|begin_of_text|>", bos)]
-    )
+    if adds_bos:
+        tok._tokenizer.post_processor = processors.TemplateProcessing(
+            single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B", special_tokens=[("<|begin_of_text|>", bos)]
+        )
     spec = dict(ARCHS["llama"])
     cfg = AutoConfig.for_model(
         spec.pop("model_type"), vocab_size=len(tok), bos_token_id=bos, eos_token_id=tok.eos_token_id, **spec

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.api.access import allowed_roots, check_access, check_source, workspace
-from engine.api.processes import alive, exit_code, mark_cancelled, slug, spawn, stop
+from engine.api.processes import alive, exit_code, mark_cancelled, runs_in, slug, spawn, stop
 from engine.core.errors import UserError
 from engine.core.runlog import TERMINAL
 
@@ -114,17 +114,24 @@ def _being_exported(out: Path, jobs: Path) -> bool:
             st = json.loads((job_dir / "status.json").read_text())
         except (OSError, ValueError):  # a job folder being made, or damaged
             continue
-        pid = st.get("pid")
-        if spec.get("out") == str(out) and st.get("state") not in TERMINAL and pid and alive(pid):
+        if spec.get("out") == str(out) and st.get("state") not in TERMINAL and _working(job_dir, st.get("pid")):
             return True
     return False
+
+
+def _working(job_dir: Path, pid: int | None) -> bool:
+    """Whether `pid` (status.json's) is the export job of `job_dir` still at work. A pid can name another program by
+    now (ids are reused, from 1 again after a restart): an export whose process is gone read as exporting for good,
+    and its folder name refused. The job's command line names its folder (engine.api.processes.runs_in), as a
+    run's names its job.yaml; an empty one is a job just started (its exec under way)."""
+    return bool(pid) and alive(pid) and runs_in(pid, job_dir, unknown=True)
 
 
 def poll_export(job: ExportJob) -> ExportStatus:
     import json
 
     st = json.loads((job.job_dir / "status.json").read_text())
-    if st["state"] not in TERMINAL and not alive(st["pid"]):
+    if st["state"] not in TERMINAL and not _working(job.job_dir, st.get("pid")):
         message = "The export process stopped unexpectedly; see its log."
         killed = "killed (SIGKILL), most often by the system when RAM runs out"
         if exit_code(st["pid"]) == -9 and (job.job_dir / "result.json").is_file():  # preparing its download or upload

@@ -130,9 +130,22 @@ def resume(run: "str | Path | RunHandle", *, allow_code: bool = False) -> RunHan
             raise UserError(f"Run {status.run_id} is still {status.state}; cancel it before resuming.")
         if status.state == "done":
             raise UserError(f"Run {status.run_id} already finished; start a new run to train further.")
-        _check_job(JobSpec.from_yaml((status.run_dir / "job.yaml").read_text()), allow_code, resumed=True)
+        spec = JobSpec.from_yaml((status.run_dir / "job.yaml").read_text())
+        _check_job(spec, allow_code, resumed=True)
         _check_no_links(status.run_dir)
+        _check_steps_left(status.run_dir, spec)
         return _launch(status.run_dir, resume=True)
+
+
+def _check_steps_left(run_dir: Path, spec: JobSpec) -> None:
+    """Refuse, before a process starts, to resume a run whose job.yaml's max_steps was lowered below the step its
+    latest checkpoint reached (it would train nothing and end past its last step). A step count from epochs needs the
+    data counted: the training process refuses that one (engine.training.steps.load_checkpoint)."""
+    from engine.training.steps import latest_checkpoint, past_the_end
+
+    ckpt = latest_checkpoint(run_dir)
+    if spec.max_steps and ckpt is not None and (refusal := past_the_end(ckpt, spec.max_steps)) is not None:
+        raise refusal
 
 
 def _check_no_links(run_dir: Path) -> None:

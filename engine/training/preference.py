@@ -18,7 +18,8 @@ Anthropic HH-RLHF's rows are such conversations written as text ("\\n\\nHuman: .
 TRL's DPO tokenizes the conversations itself (apply_chat_template, which adds no BOS) when its trainer is made:
 meanwhile the tokenizer's template puts its BOS first where it writes none (engine.data.tokenizing.bos_first), so a
 base model whose tokenizer adds a BOS (Llama 3, Gemma given ChatML) trains on the tokens SFT, the chat and llama.cpp
-give it. ORPO renders the text and puts the BOS before it itself.
+give it. ORPO renders the text and puts the tokenizer's BOS before it itself wherever the tokenizer has one: it is
+told of none where the tokenizer adds none to text (`_orpo_trainer`), so it too follows SFT's rule.
 
 Pairs longer than max_seq_length (the prompt with its chosen or its rejected reply): TRL 1.15 keeps the first
 max_seq_length tokens of each (DPO's truncation_mode "keep_start", ORPO cuts the reply to the room the prompt leaves),
@@ -31,7 +32,7 @@ from pathlib import Path
 from engine.core.errors import UserError
 from engine.core.hardware import choose_placement
 from engine.data.formats import chat_turns, sharegpt_pair, transcript_turns, validate_row, whole_conversation
-from engine.data.tokenizing import bos_first, length_notes, render
+from engine.data.tokenizing import bos_first, leading_bos, length_notes, render
 from engine.spec.objectives import read_rows
 from engine.training.steps import total_steps
 
@@ -163,7 +164,7 @@ def train_preference(spec, run_dir: Path, runlog, resume: bool, should_stop, log
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
         args = run.args(ORPOConfig, beta=spec.dpo_beta, max_length=spec.max_seq_length, remove_unused_columns=False)
-        trainer = ORPOTrainer(model=model, args=args, **common)
+        trainer = _orpo_trainer(ORPOTrainer)(model=model, args=args, **common)
         log(f"orpo: {len(pairs)} pairs, odds-ratio weight {spec.dpo_beta}, no reference model")
     else:
         from trl import DPOConfig, DPOTrainer
@@ -177,6 +178,28 @@ def train_preference(spec, run_dir: Path, runlog, resume: bool, should_stop, log
         log(f"dpo: {len(pairs)} pairs, beta {spec.dpo_beta}, reference: {reference}")
     run.keep_order(trainer)
     run.train(trainer)
+
+
+def _orpo_trainer(base):
+    """TRL's ORPOTrainer (`base`) putting the BOS first only as SFT does (engine.data.tokenizing.leading_bos): where the
+    tokenizer adds one to text and the rendered prompt has none. TRL puts bos_token_id first wherever the tokenizer has
+    one, so a tokenizer that names a BOS but adds none (Qwen-style: bos_token set, add_bos_token false) trained ORPO on
+    a BOS that SFT, the chat and llama.cpp never give the model. Its rows are tokenized with the tokenizer's BOS hidden
+    (TRL then adds none), after the chat template has rendered them with it; the BOS is the tokenizer's again after."""
+
+    class Trainer(base):
+        def tokenize_row(self, feature, model=None):
+            tok = self.processing_class
+            if tok.bos_token_id is None or leading_bos(tok):
+                return super().tokenize_row(feature, model)
+            own = tok.bos_token
+            tok.bos_token = None  # a BOS written by the template is still read from the text as that token
+            try:
+                return super().tokenize_row(feature, model)
+            finally:
+                tok.bos_token = own
+
+    return Trainer
 
 
 def _full_reference(spec, placement, log):

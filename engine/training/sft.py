@@ -155,7 +155,7 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         runlog.metric(event="resume", step=0)  # the earlier attempt's steps are gone with it, from the curve too
     if ckpt is not None:
         restore = distributed.restore_sharded if world is not None and world.sharded else None
-        state = load_checkpoint(ckpt, model, opt, sched, log, restore, scaler)
+        state = load_checkpoint(ckpt, model, opt, sched, log, restore, scaler, total)
         step, epoch, micro = state["step"], state["epoch"], state["micro_in_epoch"]
         evened_by = state.get("evened_by", 1)  # checkpoints before joined steps evened out micro-batches
         runlog.metric(event="resume", step=step)

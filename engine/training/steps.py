@@ -11,6 +11,7 @@ import random
 import shutil
 from pathlib import Path
 
+from engine.core.errors import UserError
 from engine.core.files import new_folder, write_json
 from engine.data.batching import join
 
@@ -346,10 +347,28 @@ def checkpoint_weights(ckpt: Path) -> dict:
     return weights
 
 
-def load_checkpoint(ckpt: Path, model, opt, sched, log, restore=None, scaler=None):
+def past_the_end(ckpt: Path, total: int) -> UserError | None:
+    """The sentence refusing to resume from `ckpt` a run whose job.yaml now asks for `total` steps, fewer than the
+    checkpoint's (max_steps or epochs lowered since); None where the run has steps left or is at its end (an attempt
+    killed between its last checkpoint and its final folder)."""
+    step = int(ckpt.name.removeprefix("step-"))
+    if step <= total:
+        return None
+    return UserError(
+        f"This run already trained {step} steps (its checkpoint {ckpt.name}), more than the {total} its job.yaml now "
+        f"asks for; set max_steps to {step} or more in job.yaml to resume it, or start a new run for fewer steps. "
+        "Its checkpoints are kept as they were."
+    )
+
+
+def load_checkpoint(ckpt: Path, model, opt, sched, log, restore=None, scaler=None, total: int | None = None):
     """Restore the weights, optimizer, schedule, random generators and fp16 loss `scaler` (where given and saved) of
     `ckpt`; returns its state.json. `restore(model, opt, ckpt)` loads the weights and optimizer state instead (a
     sharded model: engine.training.distributed.restore_sharded).
+
+    The run goes on as its job.yaml says now, which may have been edited since: the optimizer's settings (learning
+    rate, weight decay) are `opt`'s own, made from it, and the schedule (`sched`'s, for `total` steps) continues from
+    the checkpoint's step at the new peak learning rate. A checkpoint past `total` is refused before anything is read.
 
     Nothing here is unpickled: weights and states are safetensors and JSON (engine.core.statefile), and a checkpoint of
     the older pickle format is read with torch's restricted loader or refused."""
@@ -360,7 +379,6 @@ def load_checkpoint(ckpt: Path, model, opt, sched, log, restore=None, scaler=Non
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from engine.core.errors import UserError
     from engine.core.statefile import load_state
 
     def read(load, *args):
@@ -374,6 +392,11 @@ def load_checkpoint(ckpt: Path, model, opt, sched, log, restore=None, scaler=Non
                 "delete that folder to resume from the one before it."
             ) from e
 
+    if total is not None and (refusal := past_the_end(ckpt, total)) is not None:
+        raise refusal
+    # the settings made from the job.yaml as it is now; loading the optimizer's and the schedule's state puts back the
+    # checkpoint's, so an edited learning rate was silently ignored
+    settings = [{k: v for k, v in group.items() if k != "params"} for group in opt.param_groups]
     if restore is not None:
         restore(model, opt, ckpt)
     elif isinstance(model, PeftModel):
@@ -388,6 +411,7 @@ def load_checkpoint(ckpt: Path, model, opt, sched, log, restore=None, scaler=Non
             saved = one_optimizer(saved)
         opt.load_state_dict(saved)
     sched.load_state_dict(read(load_state, ckpt, "scheduler"))
+    _keep_settings(opt, sched, settings, log)
     rng = read(load_state, ckpt, "rng")
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])
@@ -398,3 +422,17 @@ def load_checkpoint(ckpt: Path, model, opt, sched, log, restore=None, scaler=Non
         scaler.load_state_dict(state["scaler"])
     log(f"resume: from {ckpt.name}")
     return state
+
+
+def _keep_settings(opt, sched, settings: list[dict], log) -> None:
+    """Give `opt`'s groups back the `settings` they were made with (the job's) in place of the checkpoint's, and set the
+    schedule's peak learning rates to theirs, the current rate to the schedule's at the checkpoint's step."""
+    saved = [group.get("initial_lr", group["lr"]) for group in opt.param_groups]
+    for group, mine in zip(opt.param_groups, settings, strict=True):
+        group.update(mine)
+    sched.base_lrs = [group.get("initial_lr", group["lr"]) for group in opt.param_groups]
+    for group, peak, factor in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas, strict=True):
+        group["lr"] = peak * factor(sched.last_epoch)
+    sched._last_lr = [group["lr"] for group in opt.param_groups]  # get_last_lr(), which the step's record reads
+    if sched.base_lrs != saved:
+        log(f"resume: learning rate {sched.base_lrs[0]:g} from job.yaml (the checkpoint's was {saved[0]:g})")

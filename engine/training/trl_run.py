@@ -51,7 +51,7 @@ class TrlRun:
             log("resume: no checkpoint yet, starting from step 0")
             runlog.metric(event="resume", step=0)  # the earlier attempt's steps are gone with it, from the curve too
         if ckpt is not None:
-            self.first_step = load_checkpoint(ckpt, model, self.opt, self.sched, log)["step"]
+            self.first_step = load_checkpoint(ckpt, model, self.opt, self.sched, log, total=total)["step"]
             runlog.metric(event="resume", step=self.first_step)
         self.step = self.first_step
         self.cancelled = False
