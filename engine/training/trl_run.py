@@ -8,8 +8,8 @@ in the SFT loop's layout, and the cancel signal, which finishes the current step
 run "cancelled".
 
 Resume restores the adapter (or weights), optimizer, schedule and random state from the latest checkpoint and trains
-the remaining steps. DPO and ORPO read their pairs in an order of ours (`keep_order`), so a resumed run continues
-with the batches the first attempt would have seen; GRPO's prompts come from TRL's own sampler.
+the remaining steps. DPO, ORPO and GRPO read their rows in an order of ours (`keep_order`), so a resumed run continues
+with the batches the first attempt would have seen.
 """
 
 import math
@@ -56,7 +56,7 @@ class TrlRun:
         self.step = self.first_step
         self.cancelled = False
         self.tokens = 0
-        self.rows = 0  # the pairs an epoch has, once keep_order set the order
+        self.rows = 0  # the rows (pairs, prompts) an epoch has, once keep_order set the order
         model.register_forward_pre_hook(self._count_tokens, with_kwargs=True)
 
     def _count_tokens(self, module, args, kwargs):
@@ -100,11 +100,15 @@ class TrlRun:
             config._n_gpu = 1
         return config
 
-    def keep_order(self, trainer) -> None:
+    def keep_order(self, trainer, generations: int = 1) -> None:
         """Make the trainer read its rows in the uninterrupted run's order from the resume point on: a permutation
         an epoch (seeded by the spec's seed and the epoch), cut into steps of batch_size x grad_accum rows, the steps
-        already trained left out. TRL's sampler would start a resumed run at the beginning of a fresh shuffle, so
-        some pairs came twice in the epoch and others never."""
+        already trained left out. TRL's samplers would start a resumed run at the beginning of a fresh shuffle, so
+        some rows came twice in the epoch and others never.
+
+        With `generations` (GRPO's num_generations) the order takes the layout of GRPOTrainer's RepeatSampler: a
+        step's prompts, each `generations` times in a row, once for each of its grad_accum micro-steps; the trainer
+        samples replies for the step's first and slices the rest from them (steps_per_generation is grad_accum)."""
         import torch
 
         self.rows = n = len(trainer.train_dataset)
@@ -114,6 +118,9 @@ class TrlRun:
             order += torch.randperm(n, generator=torch.Generator().manual_seed(self.spec.seed + epoch)).tolist()
             epoch += 1
         order = order[self.first_step * per_step : self.total * per_step]
+        if generations > 1:
+            steps = [order[at : at + per_step] for at in range(0, len(order), per_step)]
+            order = [i for step in steps for _ in range(self.spec.grad_accum) for i in step for _ in range(generations)]
         # the Trainer builds its DataLoader with this sampler: a list is read in its order, one pass
         trainer._get_train_sampler = lambda dataset=None: order
 
