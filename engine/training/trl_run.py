@@ -13,6 +13,7 @@ with the batches the first attempt would have seen.
 """
 
 import math
+import random
 import shutil
 import time
 from pathlib import Path
@@ -46,6 +47,7 @@ class TrlRun:
             self.opt, lambda s: lr_factor(s, total, spec.warmup_steps, spec.lr_schedule)
         )
         self.first_step = 0
+        self.rng = None  # the checkpoint's random state, until the first step of a resumed run puts it back
         ckpt = latest_checkpoint(run_dir) if resume else None
         if resume and ckpt is None:
             log("resume: no checkpoint yet, starting from step 0")
@@ -53,6 +55,11 @@ class TrlRun:
         if ckpt is not None:
             self.first_step = load_checkpoint(ckpt, model, self.opt, self.sched, log)["step"]
             runlog.metric(event="resume", step=self.first_step)
+            # the trainer seeds the generators again when it is made (transformers' set_seed), so the callback puts
+            # the checkpoint's back before the first step, as the Trainer does after its own resume's data skip: a
+            # resumed GRPO run samples the replies the uninterrupted one did
+            cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+            self.rng = (torch.get_rng_state(), random.getstate(), cuda)
         self.step = self.first_step
         self.cancelled = False
         self.tokens = 0
@@ -134,6 +141,16 @@ class TrlRun:
             def on_train_begin(self, args, state, control, **kw):
                 self.started = self.last = self.saved = time.perf_counter()
                 run.tokens = 0
+
+            def on_step_begin(self, args, state, control, **kw):
+                if run.rng is not None:
+                    import torch
+
+                    torch.set_rng_state(run.rng[0])
+                    random.setstate(run.rng[1])
+                    if run.rng[2] is not None:
+                        torch.cuda.set_rng_state_all(run.rng[2])
+                    run.rng = None
 
             def on_step_end(self, args, state, control, **kw):
                 run.step = run.first_step + state.global_step
