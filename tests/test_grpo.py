@@ -11,6 +11,7 @@ import torch
 from engine import api
 from engine.chat import decode_batch
 from engine.chat.decode import Decoder
+from engine.core.errors import Cancelled
 from engine.core.runlog import RunLog, read_metrics
 from engine.spec import rewards
 from engine.training.dispatch import train
@@ -56,6 +57,17 @@ COLUMNS: list[dict] = []  # the dataset columns record_columns was given
 def record_columns(completions, prompts, **columns):
     """A custom reward that remembers the columns TRL passed it: importable as test_grpo:record_columns."""
     COLUMNS.append({k: v for k, v in columns.items() if k in ("answer", "source")})
+    return [0.0] * len(completions)
+
+
+STEPS: list[list[str]] = []  # the prompts of each generation batch record_prompts scored, in TRL's order
+REPLIES: list[list[str]] = []  # and their replies
+
+
+def record_prompts(completions, prompts, **columns):
+    """A custom reward that remembers each batch's prompts and replies: importable as test_grpo:record_prompts."""
+    STEPS.append(list(prompts))
+    REPLIES.append(list(completions))
     return [0.0] * len(completions)
 
 
@@ -521,3 +533,36 @@ def test_trl_sampler_prompts_start_with_the_one_bos_render_gives_them(tmp_path, 
     want = tok(render(tok, prompt, True), add_special_tokens=False).input_ids
     assert want[0] == tok.bos_token_id != want[1]
     assert trainers[0]._tokenize_prompts([prompt])[0] == [want]
+
+
+def test_grpo_resumed_mid_epoch_continues_with_the_same_prompts(tiny_llama, prompts_file, tmp_path):
+    """8 prompts, 4 a step (2 micro-steps of 2): a run cancelled after step 3 and resumed scores steps 4 and 5 on the
+    prompts of the uninterrupted run with the same seed, in its order, across the epochs' ends, with the same replies
+    and losses. TRL's sampler started a resumed run at the beginning of its first shuffle again, so it replayed steps 1
+    and 2's prompts."""
+    reward = {"preset": "python", "function": "test_grpo:record_prompts"}
+    spec = one_step_spec(tiny_llama, prompts_file, reward).replace(grad_accum=2, max_steps=5, seed=3)
+
+    def run(run_dir, should_stop=lambda: False, resume=False):
+        run_dir.mkdir(exist_ok=True)
+        STEPS.clear()
+        REPLIES.clear()
+        train(spec, run_dir, RunLog(run_dir), resume, should_stop, print)
+        return list(STEPS), read_metrics(run_dir)
+
+    full, full_metrics = run(tmp_path / "full")
+    replies = list(REPLIES)
+    assert len(full) == 5 and all(len(step) == 4 * 2 for step in full)  # 4 prompts x 2 replies, each prompt's together
+    assert all(step[0::2] == step[1::2] for step in full)
+    epochs = [sorted(full[0] + full[1]), sorted(full[2] + full[3])]
+    assert epochs[0] == epochs[1] == sorted(2 * PROMPTS) and full[0] != full[2]  # each prompt once an epoch, reshuffled
+    with pytest.raises(Cancelled):  # asked after step 3's prompts were scored: the run stops at the end of step 3
+        run(tmp_path / "cut", should_stop=lambda: len(STEPS) >= 3)
+    resumed, metrics = run(tmp_path / "cut", resume=True)
+    assert resumed == full[3:]
+    # and samples the same replies: the trainer seeds torch's generator when it is made, and the checkpoint's state
+    # is put back before the first step (a resumed run used to sample step 4 from the seed's first draws)
+    assert REPLIES == replies[3:] and len({r for step in replies for r in step}) > 8
+    assert [m["loss"] for m in metrics] == pytest.approx([m["loss"] for m in full_metrics], rel=1e-4, abs=1e-6)
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5]
+    assert [m["epoch"] for m in metrics] == [m["epoch"] for m in full_metrics] == pytest.approx([0.5, 1, 1.5, 2, 2.5])

@@ -304,6 +304,7 @@ def train_grpo(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> N
         # TRL's sampler tokenizes the prompts through apply_chat_template, which adds no BOS: its own template for the
         # run (TRL sets one only for tools) puts the BOS first, as the engine's sampler (render) does
         trainer.chat_template = trainer.chat_template or bos_first_template(tok)
+    run.keep_order(trainer, generations=spec.num_generations)
     log(
         f"grpo: {len(rows)} prompts x {spec.num_generations} replies of up to {spec.max_new_tokens} tokens; rewards "
         + ", ".join(f"{name} x{weight:g}" for name, weight, _ in rewards)

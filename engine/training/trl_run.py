@@ -8,11 +8,12 @@ in the SFT loop's layout, and the cancel signal, which finishes the current step
 run "cancelled".
 
 Resume restores the adapter (or weights), optimizer, schedule and random state from the latest checkpoint and trains
-the remaining steps. DPO and ORPO read their pairs in an order of ours (`keep_order`), so a resumed run continues
-with the batches the first attempt would have seen; GRPO's prompts come from TRL's own sampler.
+the remaining steps. DPO, ORPO and GRPO read their rows in an order of ours (`keep_order`), so a resumed run continues
+with the batches the first attempt would have seen.
 """
 
 import math
+import random
 import shutil
 import time
 from pathlib import Path
@@ -46,6 +47,7 @@ class TrlRun:
             self.opt, lambda s: lr_factor(s, total, spec.warmup_steps, spec.lr_schedule)
         )
         self.first_step = 0
+        self.rng = None  # the checkpoint's random state, until the first step of a resumed run puts it back
         ckpt = latest_checkpoint(run_dir) if resume else None
         if resume and ckpt is None:
             log("resume: no checkpoint yet, starting from step 0")
@@ -53,10 +55,15 @@ class TrlRun:
         if ckpt is not None:
             self.first_step = load_checkpoint(ckpt, model, self.opt, self.sched, log, total=total)["step"]
             runlog.metric(event="resume", step=self.first_step)
+            # the trainer seeds the generators again when it is made (transformers' set_seed), so the callback puts
+            # the checkpoint's back before the first step, as the Trainer does after its own resume's data skip: a
+            # resumed GRPO run samples the replies the uninterrupted one did
+            cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+            self.rng = (torch.get_rng_state(), random.getstate(), cuda)
         self.step = self.first_step
         self.cancelled = False
         self.tokens = 0
-        self.rows = 0  # the pairs an epoch has, once keep_order set the order
+        self.rows = 0  # the rows (pairs, prompts) an epoch has, once keep_order set the order
         model.register_forward_pre_hook(self._count_tokens, with_kwargs=True)
 
     def _count_tokens(self, module, args, kwargs):
@@ -100,11 +107,15 @@ class TrlRun:
             config._n_gpu = 1
         return config
 
-    def keep_order(self, trainer) -> None:
+    def keep_order(self, trainer, generations: int = 1) -> None:
         """Make the trainer read its rows in the uninterrupted run's order from the resume point on: a permutation
         an epoch (seeded by the spec's seed and the epoch), cut into steps of batch_size x grad_accum rows, the steps
-        already trained left out. TRL's sampler would start a resumed run at the beginning of a fresh shuffle, so
-        some pairs came twice in the epoch and others never."""
+        already trained left out. TRL's samplers would start a resumed run at the beginning of a fresh shuffle, so
+        some rows came twice in the epoch and others never.
+
+        With `generations` (GRPO's num_generations) the order takes the layout of GRPOTrainer's RepeatSampler: a
+        step's prompts, each `generations` times in a row, once for each of its grad_accum micro-steps; the trainer
+        samples replies for the step's first and slices the rest from them (steps_per_generation is grad_accum)."""
         import torch
 
         self.rows = n = len(trainer.train_dataset)
@@ -114,6 +125,9 @@ class TrlRun:
             order += torch.randperm(n, generator=torch.Generator().manual_seed(self.spec.seed + epoch)).tolist()
             epoch += 1
         order = order[self.first_step * per_step : self.total * per_step]
+        if generations > 1:
+            steps = [order[at : at + per_step] for at in range(0, len(order), per_step)]
+            order = [i for step in steps for _ in range(self.spec.grad_accum) for i in step for _ in range(generations)]
         # the Trainer builds its DataLoader with this sampler: a list is read in its order, one pass
         trainer._get_train_sampler = lambda dataset=None: order
 
@@ -127,6 +141,16 @@ class TrlRun:
             def on_train_begin(self, args, state, control, **kw):
                 self.started = self.last = self.saved = time.perf_counter()
                 run.tokens = 0
+
+            def on_step_begin(self, args, state, control, **kw):
+                if run.rng is not None:
+                    import torch
+
+                    torch.set_rng_state(run.rng[0])
+                    random.setstate(run.rng[1])
+                    if run.rng[2] is not None:
+                        torch.cuda.set_rng_state_all(run.rng[2])
+                    run.rng = None
 
             def on_step_end(self, args, state, control, **kw):
                 run.step = run.first_step + state.global_step
