@@ -483,6 +483,14 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         "больше бюджета {1} ГиБ; возьмите больше GPU, сократите длину последовательности "
         "или используйте LoRA или QLoRA.",
     ),
+    (  # engine.memory.verdict.one_gpu_instead, after the refusal above
+        r"(.+?) One GPU fits it \(set gpus to 1\): (\S+) GiB of GPU memory and (\S+) GiB of host RAM, since a one-GPU "
+        r"run may keep activations and optimizer states in host RAM and a sharded one does not\.",
+        "{0}单块 GPU 即可容纳（把 gpus 设为 1）：{1} GiB 显存和 {2} GiB 内存，因为单 GPU 运行可以把激活值和优化器状态"
+        "放在内存中，而分片运行不能。",
+        "{0} На одной GPU обучение помещается (задайте gpus = 1): {1} ГиБ памяти GPU и {2} ГиБ ОЗУ, потому что запуск "
+        "на одной GPU может держать активации и состояния оптимизатора в ОЗУ, а шардированный — нет.",
+    ),
     (
         r"Full fine-tuning on one GPU needs bf16, and this run computes in fp16 \(the GPU has no bf16, or the job asks "
         r"for fp16\); use LoRA or QLoRA, whose adapters train in fp32, or set dtype to bf16 on a GPU that has it\.",
