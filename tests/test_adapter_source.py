@@ -50,7 +50,7 @@ def _in_hub_cache(folder, repo_id, cache, monkeypatch):
 
 
 def test_estimate_badge_and_run_refuse_an_adapter_folder_naming_its_base(adapter, tiny_qwen3, runs, identity_file):
-    from ui import model_tab
+    from ui import i18n, model_tab
 
     base = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
     said = f"'{adapter}' is a LoRA adapter, not a model: pick its base model '{base}' to train or estimate"
@@ -58,6 +58,8 @@ def test_estimate_badge_and_run_refuse_an_adapter_folder_naming_its_base(adapter
         with pytest.raises(UserError, match=f"^{said}"):
             api.estimate(str(adapter), method, vram_gib=8, ram_gib=64)
         assert model_tab.fit_badge(str(adapter), method).startswith(f"Memory estimate unavailable: {said}")
+    for lang, named in (("zh", f"基座模型「{base}」"), ("ru", f"базовую модель «{base}»")):  # the page's language
+        assert named in i18n.message(model_tab.fit_badge(str(adapter), "qlora"), lang)
     with pytest.raises(UserError, match=f"^{said}"):
         api.start(tiny_spec(str(adapter), str(identity_file)), runs)
     assert not runs.exists() or not any(runs.iterdir())  # refused before a run folder was made

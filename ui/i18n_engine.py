@@ -483,6 +483,14 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         "больше бюджета {1} ГиБ; возьмите больше GPU, сократите длину последовательности "
         "или используйте LoRA или QLoRA.",
     ),
+    (  # engine.models.adapter_source.refusal: a LoRA adapter given as the model (the Model tab's fit line)
+        r"'(.+?)' is a LoRA adapter, not a model: pick its base model '(.+?)' to train or estimate \(chat with the "
+        r"adapter, export it, or train it further in a notebook with FastLanguageModel\.from_pretrained\('(.+?)'\)\)\.",
+        "「{0}」是 LoRA 适配器，不是模型：训练或估算请选择它的基座模型「{1}」（适配器本身可以用来对话、导出，"
+        "或在笔记本中用 FastLanguageModel.from_pretrained('{2}') 继续训练）。",
+        "«{0}» — это адаптер LoRA, а не модель: для обучения или оценки выберите его базовую модель «{1}» (с адаптером "
+        "можно общаться, экспортировать его или дообучить в ноутбуке через FastLanguageModel.from_pretrained('{2}')).",
+    ),
     (  # engine.memory.verdict.one_gpu_instead, after the refusal above
         r"(.+?) One GPU fits it \(set gpus to 1\): (\S+) GiB of GPU memory and (\S+) GiB of host RAM, since a one-GPU "
         r"run may keep activations and optimizer states in host RAM and a sharded one does not\.",
