@@ -187,6 +187,7 @@ class FastLanguageModel:
         """
         from engine.core.hardware import choose_placement
         from engine.data.tokenizing import ensure_chat_template
+        from engine.models.adapter_source import hub_adapter, is_adapter
         from engine.models.loading import (
             load_planned,
             load_tokenizer,
@@ -201,8 +202,8 @@ class FastLanguageModel:
         if model_name is None:
             raise UserError(f"{call}: give the model as model_name=... (a hub id or a model folder).")
         model_name = os.fspath(model_name)  # a pathlib.Path, as transformers takes it
-        adapter = Path(os.path.expanduser(model_name))
-        if (adapter / "adapter_config.json").is_file() and not (adapter / "config.json").is_file():
+        adapter = hub_adapter(model_name) or Path(os.path.expanduser(model_name))  # a hub adapter: its snapshot
+        if is_adapter(adapter):
             if full_finetuning:
                 raise UserError(f"{call}: '{model_name}' is a LoRA adapter; load it with full_finetuning=False.")
             base = _adapter_base(adapter)
@@ -422,11 +423,10 @@ def _pad(model, side: str) -> None:
 
 def _adapter_base(adapter: Path) -> str:
     """The base model an adapter folder names, checked to be a folder here or a hub id (else a UserError naming it)."""
-    import json
-
     from engine.core.hub_id import HUB_ID
+    from engine.models.adapter_source import base_of
 
-    base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    base = base_of(adapter / "adapter_config.json")
     if not base:
         raise UserError(
             f"'{adapter}' is a LoRA adapter that does not name its base model; set base_model_name_or_path in its "

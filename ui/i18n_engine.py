@@ -483,6 +483,22 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         "больше бюджета {1} ГиБ; возьмите больше GPU, сократите длину последовательности "
         "или используйте LoRA или QLoRA.",
     ),
+    (  # engine.models.adapter_source.refusal: a LoRA adapter given as the model (the Model tab's fit line)
+        r"'(.+?)' is a LoRA adapter, not a model: pick its base model '(.+?)' to train or estimate \(chat with the "
+        r"adapter, export it, or train it further in a notebook with FastLanguageModel\.from_pretrained\('(.+?)'\)\)\.",
+        "「{0}」是 LoRA 适配器，不是模型：训练或估算请选择它的基座模型「{1}」（适配器本身可以用来对话、导出，"
+        "或在笔记本中用 FastLanguageModel.from_pretrained('{2}') 继续训练）。",
+        "«{0}» — это адаптер LoRA, а не модель: для обучения или оценки выберите его базовую модель «{1}» (с адаптером "
+        "можно общаться, экспортировать его или дообучить в ноутбуке через FastLanguageModel.from_pretrained('{2}')).",
+    ),
+    (  # engine.memory.verdict.one_gpu_instead, after the refusal above
+        r"(.+?) One GPU fits it \(set gpus to 1\): (\S+) GiB of GPU memory and (\S+) GiB of host RAM, since a one-GPU "
+        r"run may keep activations and optimizer states in host RAM and a sharded one does not\.",
+        "{0}单块 GPU 即可容纳（把 gpus 设为 1）：{1} GiB 显存和 {2} GiB 内存，因为单 GPU 运行可以把激活值和优化器状态"
+        "放在内存中，而分片运行不能。",
+        "{0} На одной GPU обучение помещается (задайте gpus = 1): {1} ГиБ памяти GPU и {2} ГиБ ОЗУ, потому что запуск "
+        "на одной GPU может держать активации и состояния оптимизатора в ОЗУ, а шардированный — нет.",
+    ),
     (
         r"Full fine-tuning on one GPU needs bf16, and this run computes in fp16 \(the GPU has no bf16, or the job asks "
         r"for fp16\); use LoRA or QLoRA, whose adapters train in fp32, or set dtype to bf16 on a GPU that has it\.",

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from engine.api.access import check_access
 from engine.core.errors import UserError
+from engine.models.adapter_source import refusal as adapter_refusal
 from engine.models.presets import catalog
 
 _downloads: dict = {}  # hub id -> engine.models.hub.Download started here (one per model, shared by sessions)
@@ -85,6 +86,8 @@ def model_arch_and_config(model: str) -> tuple:
     cached = _cached_config(model) if hub_id else None
     if cached is not None:
         return read(cached)
+    if hub_id and (adapter := _cached_config(model, "adapter_config.json")) is not None:
+        raise UserError(adapter_refusal(model, adapter))  # a LoRA adapter's repository: the sentence names its base
     if listed is not None:
         return Arch(*listed["arch"]), None
     if not hub_id:
@@ -100,6 +103,12 @@ def model_arch_and_config(model: str) -> tuple:
     except Exception as e:  # noqa: BLE001  gated or private: what to do about the token; offline or missing: the rest
         if refusal(model, e):
             raise UserError(refusal(model, e)) from None
+        try:  # no config.json: a LoRA adapter's repository has adapter_config.json instead
+            adapter = Path(hf_hub_download(model, "adapter_config.json"))
+        except Exception:  # noqa: BLE001  not an adapter either: the sentence below
+            adapter = None
+        if adapter is not None:
+            raise UserError(adapter_refusal(model, adapter)) from None
         raise UserError(
             f"Could not read the config of '{model}' from the hub ({type(e).__name__}), and it is not in the local "
             "cache; check the name and the connection, or give a local folder."
@@ -107,15 +116,15 @@ def model_arch_and_config(model: str) -> tuple:
     return read(Path(cfg))
 
 
-def _cached_config(model: str) -> Path | None:
-    """config.json of hub id `model` in the local hub cache (HF_HUB_CACHE), with no network: the main revision's, else
-    the newest snapshot's."""
+def _cached_config(model: str, name: str = "config.json") -> Path | None:
+    """File `name` (config.json) of hub id `model` in the local hub cache (HF_HUB_CACHE), with no network: the main
+    revision's, else the newest snapshot's."""
     from huggingface_hub import constants, try_to_load_from_cache
 
     cache = os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
-    found = try_to_load_from_cache(model, "config.json", cache_dir=cache)
+    found = try_to_load_from_cache(model, name, cache_dir=cache)
     if isinstance(found, str):
         return Path(found)
     snapshots = Path(cache) / f"models--{model.replace('/', '--')}" / "snapshots"
-    configs = sorted(snapshots.glob("*/config.json"), key=lambda p: p.stat().st_mtime)
+    configs = sorted(snapshots.glob(f"*/{name}"), key=lambda p: p.stat().st_mtime)
     return configs[-1] if configs else None

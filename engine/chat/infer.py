@@ -13,6 +13,7 @@ from pathlib import Path
 from engine.core.errors import UserError
 from engine.core.hardware import choose_placement
 from engine.data.templates import END_OF_TURN, stop_strings
+from engine.models.adapter_source import hub_adapter
 
 
 def locate(source: str) -> tuple[str, Path | None, Path | None]:
@@ -61,6 +62,7 @@ def _locate(source: str) -> tuple[str, Path | None, Path | None]:
         if (ckpts[-1] / "config.json").is_file():  # full fine-tuning's checkpoint is the whole model, not an adapter
             return str(ckpts[-1]), None, path / "tokenizer"
         return spec.model, ckpts[-1], path / "tokenizer"
+    path = hub_adapter(source) or path  # a hub repository holding a LoRA adapter: chat with it on its base
     if (path / "adapter_config.json").is_file():
         base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
         # a run's checkpoint (checkpoints/ or best/) holds no tokenizer: the run's tokenizer/ is the one it trained

@@ -6,6 +6,8 @@ Anything else given where a model or dataset is asked for is a local path.
 import re
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# What a causal LM (or a LoRA adapter) needs from a hub repository; skips .bin/.pt/.gguf duplicates of the weights.
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 # a repository's web page, as copied from the browser: huggingface.co/owner/name, /datasets/owner/name, /tree/main...
 _HUB_URL = re.compile(r"^(?:https?://)?(?:www\.)?(?:huggingface\.co|hf\.co)/(?:datasets/|spaces/)?([^/\s]+/[^/\s?#]+)")
 

@@ -41,15 +41,35 @@ def plan_for(
     engine.models.loading.load_planned). The estimates shown before a run (the UI, `python -m engine estimate`) do
     not know the data and stay those of batch_size x max_seq_length; the run may then plan for less.
 
-    A budget below every plan's is refused (BudgetTooSmall) naming the smallest budget a plan exists for."""
+    A budget below every plan's is refused (BudgetTooSmall) naming the smallest budget a plan exists for. A sharded
+    full fine-tune refused where one GPU's plan fits says so (one_gpu_instead)."""
     adapters_have_targets(arch, spec)
     try:
         return _plan_for(arch, spec, budget_gib, host_ram_gib, dtype, on_gpu, tokens)
     except BudgetTooSmall as e:
         need = smallest_budget(arch, spec, dtype, on_gpu, tokens)
-        if need is None:
-            raise
-        raise BudgetTooSmall(e.template, need) from None
+        template = e.template + one_gpu_instead(arch, spec, budget_gib, host_ram_gib, dtype, on_gpu, tokens)
+        raise BudgetTooSmall(template, e.need if need is None else need) from None
+
+
+def one_gpu_instead(arch: Arch, spec, budget_gib, host_ram_gib, dtype, on_gpu, tokens) -> str:
+    """For full fine-tuning sharded over several GPUs (FSDP2) that no plan fits, the sentence that says one GPU's
+    does, where it does on the same budget and free RAM: a one-GPU run pages its 8-bit optimizer states, offloads
+    activations and frees each gradient in the backward, none of which a sharded run does, so it can need less per GPU
+    than sharding over two (Qwen3-4B at 4096 tokens: 18.3 GiB on one 24 GiB GPU, 33.7 GiB on each of two). "" where
+    it does not fit either, and in fp16, where one GPU cannot fine-tune fully (engine.models.loading.full_fp16_refusal).
+    """
+    if not sharded(spec) or budget_gib is None or dtype == "fp16":
+        return ""
+    try:
+        one = _plan_for(arch, dataclasses.replace(spec, gpus=1), budget_gib, host_ram_gib, dtype, on_gpu, tokens)
+    except UserError:
+        return ""
+    return (
+        f" One GPU fits it (set gpus to 1): {one.peak_vram_gib:.1f} GiB of GPU memory and {one.peak_ram_gib:.0f} GiB "
+        "of host RAM, since a one-GPU run may keep activations and optimizer states in host RAM and a sharded one "
+        "does not."
+    )
 
 
 def adapters_have_targets(arch: Arch, spec) -> None:
@@ -109,7 +129,13 @@ def cpu_ram_gib(arch: Arch, spec, plan: Plan, dtype: str, tokens: int) -> float:
     """Host RAM of a run that trains on the CPU: the larger of loading the checkpoint (the plan's figure) and the
     training step, which holds there what a GPU would (`parts`), its 16-bit weights, activations and full
     fine-tuning's gradients and states at 4 bytes in fp32, and transformers' loss over all the logits
-    (CPU_LOSS_BYTES; COEF's GPU-measured bf16 figure in 16 bits), for micro-steps of `tokens` tokens."""
+    (CPU_LOSS_BYTES; COEF's GPU-measured bf16 figure in 16 bits), for micro-steps of `tokens` tokens.
+
+    Full fine-tuning peaks either there or in the optimizer step, after the loss is freed: torch's AdamW on the CPU
+    (one tensor at a time) makes two temporaries the size of the tensor it updates (exp_avg_sq.sqrt(), then that
+    over its bias correction), so two of the largest (the embedding table) beside every weight, gradient and state.
+    The 218M Qwen3 of CPU_FIXED_GIB, fully fine-tuned at 256 tokens, peaked at 4.31 GiB RSS (4,521,428 KiB under
+    /usr/bin/time); the training step alone said 4.26, the optimizer step says 4.35."""
     from engine.memory.estimate import COEF, GIB, NF4_BYTES
 
     p = parts(arch, spec, plan, tokens)
@@ -120,6 +146,10 @@ def cpu_ram_gib(arch: Arch, spec, plan: Plan, dtype: str, tokens: int) -> float:
     logit = CPU_LOSS_BYTES if dtype == "fp32" else COEF["loss_v"]
     loss = tokens * arch.vocab * logit / GIB
     step = CPU_FIXED_GIB + nf4 + wide * scaled + adapters + p["dequant"] + loss
+    if spec.method == "full":
+        largest = max(arch.vocab * arch.hidden, arch.largest_linear) * 2 * wide / GIB
+        update = CPU_FIXED_GIB + wide * (p["weights"] + p["trainable"]) + 2 * largest
+        step = max(step, update)
     return round(max(plan.peak_ram_gib, step), 2)
 
 

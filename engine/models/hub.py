@@ -117,7 +117,7 @@ def hub_bytes(model: str) -> int | None:
 
     from huggingface_hub import HfApi
 
-    from engine.models.loading import HUB_FILES
+    from engine.core.hub_id import HUB_FILES
 
     try:
         info = HfApi().model_info(model, files_metadata=True)

@@ -10,17 +10,16 @@ from pathlib import Path
 
 from engine.core.errors import UserError
 from engine.core.hardware import Placement
-from engine.core.hub_id import HUB_ID, refusal, url_hint
-
-# What a causal LM needs from a hub repository; skips .bin/.pt/.gguf duplicates of the weights.
-HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+from engine.core.hub_id import HUB_FILES, HUB_ID, refusal, url_hint
+from engine.models.adapter_source import is_adapter
+from engine.models.adapter_source import refusal as adapter_refusal
 
 
 def resolve_model(model: str, log=print) -> Path:
     """Return a local folder for `model`: the folder itself, or a hub id downloaded (with progress) to the cache."""
     path = Path(os.path.expanduser(model))
     if path.is_dir():
-        _check_folder(path)
+        _check_folder(path, model)
         return path
     if path.is_file():
         raise UserError(
@@ -49,11 +48,13 @@ def resolve_model(model: str, log=print) -> Path:
         raise UserError(
             f"Could not download '{model}' ({e.__class__.__name__}); check the connection and free disk, then retry."
         ) from None
-    _check_folder(folder)
+    _check_folder(folder, model)
     return folder
 
 
-def _check_folder(path: Path) -> None:
+def _check_folder(path: Path, model: str) -> None:
+    if is_adapter(path):  # a run and the estimate start from a whole model: the sentence names the base to pick
+        raise UserError(adapter_refusal(model, path / "adapter_config.json"))
     if not (path / "config.json").is_file():
         raise UserError(f"'{path}' has no config.json, so it is not a transformers model folder.")
     if not any(path.glob("*.safetensors")):
