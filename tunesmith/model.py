@@ -188,7 +188,6 @@ class FastLanguageModel:
         from engine.core.hardware import choose_placement
         from engine.data.tokenizing import ensure_chat_template
         from engine.models.loading import (
-            full_fp16_refusal,
             load_planned,
             load_tokenizer,
             prepare_for_training,
@@ -249,7 +248,6 @@ class FastLanguageModel:
             gradient_checkpointing=checkpointing,
         )
         placement = choose_placement(spec.device, spec.dtype)
-        full_fp16_refusal(spec, placement)  # as the app's runs: fp16 weights cannot train under the loss scaler
         if placement.device == "cpu":
             from engine.training.trl_loss import use_torch_loss
 
@@ -380,9 +378,6 @@ class FastLanguageModel:
         if embeddings:  # after the adapters and patching, as the engine's continued-pretraining runs do
             add_embedding_training(peft_model)
         if model.get_input_embeddings().weight.dtype == torch.float16:
-            from engine.training.precision import master_weights
-
-            master_weights(peft_model)  # the embedding copies (made fp16) too: fp16's loss scaler unscales fp32 only
             _keep_trainable_fp32(peft_model)
         peft_model.tunesmith_spec = spec
         peft_model.max_seq_length = model.max_seq_length

@@ -295,6 +295,7 @@ def load_planned(
     from engine.models import mxfp4
     from engine.models.prequantized import check_trainable, original_model
 
+    full_fp16_refusal(spec, placement)  # load_for_training's already; the notebook API's from_pretrained loads here
     stored_4bit = check_trainable(spec.model, cfg, spec.method, original_model(path, cfg))
     memory = plan_memory(spec, cfg, compute or placement, tokens)
     if tokens is not None:
