@@ -160,6 +160,7 @@ def test_full_finetuning_trains_every_weight_and_saves_merged(tiny_llama, tmp_pa
         (dict(revision="main"), "revision"),
         (dict(fast_inference="vllm"), "fast_inference='vllm' is not supported; use True or False"),
         (dict(load_in_4bit=True, full_finetuning=True), "full fine-tuning trains 16-bit weights"),
+        (dict(full_finetuning=True, dtype=torch.float16), "Full fine-tuning cannot train fp16 weights.*LoRA"),
         (dict(full_finetuning=True, use_gradient_checkpointing="sometimes"), 'use "unsloth", True or False'),
         (dict(device_map="balanced"), "device_map='balanced' is not supported; the model goes on one device"),
         (dict(device_map={"model": 0, "lm_head": "cpu"}), "the model goes on one device"),

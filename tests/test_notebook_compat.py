@@ -1,6 +1,8 @@
 """`import tunesmith` runs the older TRL / transformers spellings (tunesmith.compat): each becomes its current spelling
 with one log line, the result equals what the current spelling makes, and current spellings are untouched."""
 
+import math
+
 import pytest
 import torch
 from conftest import IDENTITY_ANSWER, IDENTITY_QUESTIONS
@@ -359,6 +361,42 @@ def test_unsloth_trainer_trains_the_embeddings_at_their_own_rate(tiny_llama, tmp
     copy = next(p for n, p in trained.items() if "embed_tokens" in n)
     merged_embed = weights["model.embed_tokens.weight"]  # the trained copy, in the export's 16-bit dtype
     assert torch.equal(merged_embed, copy.detach().to(merged_embed.dtype))
+
+
+def test_fp16_model_trains_its_embeddings_as_fp32_master_weights(tiny_llama):
+    """Continued pretraining on a T4 (fp16): the embed_tokens and lm_head copies get_peft_model trains beside the
+    adapters are fp32 master weights, the frozen weights stay fp16. Before, the copies were fp16, and fp16 mixed
+    precision's loss scaler refused them ("Attempting to unscale FP16 gradients"): accelerate's on a GPU, run here by
+    hand with torch's CPU autocast and scaler as accelerate runs them on a GPU (it runs neither on the CPU). Outside
+    autocast (the chat after training) the copies take and give the model's fp16 activations."""
+    model, tok = FastLanguageModel.from_pretrained(
+        str(tiny_llama), max_seq_length=64, load_in_4bit=False, dtype=torch.float16
+    )
+    targets = ["q_proj", "v_proj", "embed_tokens", "lm_head"]
+    model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8, target_modules=targets)
+    floating = [p for p in model.parameters() if p.is_floating_point()]
+    assert {p.dtype for p in floating if p.requires_grad} == {torch.float32}
+    assert {p.dtype for p in floating if not p.requires_grad} == {torch.float16}
+
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    before = {n: p.detach().clone() for n, p in trained.items()}
+    opt = torch.optim.AdamW(trained.values(), lr=1e-3, weight_decay=0.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)  # a first scale the tiny model's gradients fit in fp16
+    ids = tok([f"{IDENTITY_QUESTIONS[0]} {IDENTITY_ANSWER}"], return_tensors="pt")["input_ids"]
+    model.train()
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = model(input_ids=ids, labels=ids).loss
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert math.isfinite(loss.item()) and scaler.get_scale() == 2.0**10  # the step was taken, not skipped
+    assert all(torch.isfinite(p).all() for p in trained.values())
+    for name in [n for n in trained if "modules_to_save" in n or "lora_B" in n]:  # A moves once B is not 0
+        assert not torch.equal(trained[name], before[name]), name
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    assert logits.dtype == torch.float16 and torch.isfinite(logits).all()
 
 
 def test_unsloth_trainer_options(tiny_qwen3, tmp_path, capsys):

@@ -1,6 +1,8 @@
 """Continued pretraining on raw text: every token is learned, long texts are cut rather than truncated, and training
 lowers the loss on the text, with the embeddings and lm_head trained at their own learning rate."""
 
+import math
+
 import pytest
 import torch
 from tiny import CORPUS
@@ -137,6 +139,80 @@ def test_pretrain_tied_head_with_embeddings_exports_as_lora(tiny_qwen3, text_fil
     ids = torch.tensor([[5, 9, 13, 21, 34]])
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits, trained(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_pretrain_in_fp16_trains_fp32_embeddings_beside_fp16_weights(arch, text_file, tmp_path, request):
+    """The T4's path (fp16 under autocast, torch's loss scaler) on the CPU, with the embeddings trained (Qwen3: one
+    copy, the head tied to it): every trainable weight is fp32 and every frozen one fp16, the loss stays finite and
+    the used rows of the embedding move. Before, the copies were fp16: the loss scaler refused them ("Attempting to
+    unscale FP16 gradients"), and unscaled (the CPU ran without one) AdamW made NaN of every row no token used. The
+    adapter and its lora and merged exports load and answer as the trained model does."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = request.getfixturevalue(f"tiny_{arch}")
+    spec = api.JobSpec(
+        model=str(model_dir),
+        data=str(text_file),
+        objective="pretrain",
+        train_embeddings=True,
+        learning_rate=1e-2,
+        embedding_learning_rate=1e-2,
+        max_steps=4,
+        batch_size=4,
+        max_seq_length=64,
+        device="cpu",
+        dtype="fp16",
+        seed=0,
+    )
+    models = []
+
+    def keep(module, args):  # the run's model, as its first training forward sees it
+        if module.training and type(module).__name__.endswith("ForCausalLM") and not models:
+            models.append(module)
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(keep)
+    try:
+        train(spec, tmp_path, RunLog(tmp_path), False, lambda: False, print)
+    finally:
+        handle.remove()
+    floating = [(n, p) for n, p in models[0].named_parameters() if p.is_floating_point()]
+    assert {p.dtype for _, p in floating if p.requires_grad} == {torch.float32}
+    assert {p.dtype for _, p in floating if not p.requires_grad} == {torch.float16}
+    losses = [m["loss"] for m in read_metrics(tmp_path)]
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses), losses
+
+    adapter = tmp_path / "adapter"
+    weights = load_file(adapter / "adapter_model.safetensors")
+    [embed] = [v for k, v in weights.items() if "embed_tokens" in k]
+    assert all(torch.isfinite(v).all() for v in weights.values())
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    frozen = base.get_input_embeddings().weight.detach().clone()
+    # the rows of the tokens read move (each piece's last one predicts nothing); untied, no other row does (a tied
+    # head's gradient reaches every row)
+    pieces = load_text_examples(spec, AutoTokenizer.from_pretrained(adapter))
+    used = sorted({i for p in pieces for i in p.input_ids[:-1]})
+    moved = (embed.float() - frozen).abs().amax(1) > 1e-3
+    assert moved[used].all()
+    assert arch == "qwen3" or moved.sum() == len(used)
+
+    ids = torch.tensor([used[:8]])
+    trained = PeftModel.from_pretrained(base, adapter)
+    assert torch.equal(trained.get_input_embeddings().weight, embed.float())
+    if arch == "qwen3":
+        assert trained.get_output_embeddings().weight is trained.get_input_embeddings().weight
+    api.export(str(adapter), "lora", tmp_path / "lora", log=lambda m: None)
+    lora = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    lora = PeftModel.from_pretrained(lora, tmp_path / "lora")
+    with torch.no_grad():
+        torch.testing.assert_close(lora(input_ids=ids).logits, trained(input_ids=ids).logits)
+    # the merged export holds the adapter model's merged weights in its 16-bit dtype
+    api.export(str(adapter), "merged16", tmp_path / "merged", log=lambda m: None)
+    merged = load_file(tmp_path / "merged" / "model.safetensors")
+    want = trained.merge_and_unload().state_dict()
+    assert all(torch.equal(v, want[k].to(v.dtype)) for k, v in merged.items())
 
 
 def test_pretrain_refuses_chat_data(identity_file):

@@ -508,6 +508,14 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         "просит fp16); используйте LoRA или QLoRA, чьи адаптеры обучаются в fp32, или задайте dtype bf16 "
         "на GPU, где он есть.",
     ),
+    (
+        r"Full fine-tuning cannot train fp16 weights, and this run asks for fp16 on the CPU; set dtype to auto "
+        r"\(fp32 on the CPU\) or bf16, or use LoRA, whose adapters train in fp32\.",
+        "全量微调无法训练 fp16 权重，而本次运行要求在 CPU 上使用 fp16；请把 dtype 设为 auto（CPU 上为 fp32）或 bf16，"
+        "或改用 LoRA（其适配器以 fp32 训练）。",
+        "Полное дообучение не может обучать веса в fp16, а этот запуск просит fp16 на CPU; задайте dtype auto "
+        "(fp32 на CPU) или bf16 или используйте LoRA, чьи адаптеры обучаются в fp32.",
+    ),
     (r"and optimizer states", "和优化器状态", " и состояниями оптимизатора"),
     (
         r"and each gradient freed in the backward",

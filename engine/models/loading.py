@@ -269,15 +269,21 @@ def _process_age_s() -> float | None:
 
 
 def full_fp16_refusal(spec, placement: Placement) -> None:
-    """Full fine-tuning in fp16 on one GPU is refused before anything loads: its weights would be fp16 themselves, whose
-    gradients torch's loss scaler will not unscale and which AdamW's small updates underflow (a sharded run keeps fp32
-    master shards instead: engine.training.distributed; its model loads into host RAM, so `placement` is not a GPU)."""
-    if spec.method == "full" and placement.device == "cuda" and placement.dtype == "fp16":
+    """Full fine-tuning in fp16 in one process is refused before anything loads: its weights would be fp16 themselves,
+    whose gradients torch's loss scaler will not unscale and which AdamW's small updates underflow. On the CPU too,
+    where an fp16 run computes as on a T4 (a sharded run loads fp32 master shards instead: `placement` is fp32 there,
+    engine.training.distributed.load_placement)."""
+    if spec.method != "full" or placement.dtype != "fp16":
+        return
+    if placement.device == "cpu":
         raise UserError(
-            "Full fine-tuning on one GPU needs bf16, and this run computes in fp16 (the GPU has no bf16, or the job "
-            "asks for fp16); use LoRA or QLoRA, whose adapters train in fp32, or set dtype to bf16 on a GPU that "
-            "has it."
+            "Full fine-tuning cannot train fp16 weights, and this run asks for fp16 on the CPU; set dtype to auto "
+            "(fp32 on the CPU) or bf16, or use LoRA, whose adapters train in fp32."
         )
+    raise UserError(
+        "Full fine-tuning on one GPU needs bf16, and this run computes in fp16 (the GPU has no bf16, or the job asks "
+        "for fp16); use LoRA or QLoRA, whose adapters train in fp32, or set dtype to bf16 on a GPU that has it."
+    )
 
 
 def load_planned(
@@ -290,6 +296,7 @@ def load_planned(
     from engine.models import mxfp4
     from engine.models.prequantized import check_trainable, original_model
 
+    full_fp16_refusal(spec, placement)  # load_for_training's already; the notebook API's from_pretrained loads here
     stored_4bit = check_trainable(spec.model, cfg, spec.method, original_model(path, cfg))
     memory = plan_memory(spec, cfg, compute or placement, tokens)
     if tokens is not None:

@@ -190,7 +190,7 @@ def grad_scaler(placement: Placement, world: World | None):
         from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 
         return ShardedGradScaler(placement.device)
-    return torch.amp.GradScaler("cuda")
+    return torch.amp.GradScaler(placement.device)
 
 
 def accumulating(model, world: World | None, last: bool) -> None:

@@ -51,8 +51,12 @@ def load_text_examples(spec, tokenizer, log=print, report=None, should_stop=None
 
 def add_embedding_training(model, log=print):
     """Make embed_tokens and lm_head of a LoRA model trainable as PEFT modules_to_save. With tied weights only the
-    embedding gets a copy and lm_head is tied to it, as PEFT's ensure_weight_tying does (and does again on loading)."""
+    embedding gets a copy and lm_head is tied to it, as PEFT's ensure_weight_tying does (and does again on loading).
+    PEFT makes the copies in the model's dtype: an fp16 model's become fp32 master weights (engine.training.precision),
+    for the app's runs and the notebook API's alike."""
     from peft.utils.other import set_additional_trainable_modules
+
+    from engine.training.precision import master_weights
 
     config = model.peft_config["default"]
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
@@ -64,6 +68,7 @@ def add_embedding_training(model, log=print):
     set_additional_trainable_modules(model, config, model.config, "default")
     n = sum(p.numel() for name, p in model.named_parameters() if p.requires_grad and is_embedding(name))
     log(f"pretrain: training {', '.join(config.modules_to_save)}{' (tied lm_head)' if tied else ''}: {n:,} parameters")
+    master_weights(model, log)
     return model
 
 

@@ -25,7 +25,7 @@ from engine.data.batching import (
     planned,
     step_tokens,
 )
-from engine.training import distributed
+from engine.training import distributed, precision
 from engine.training.steps import (
     batches_for_epoch,
     checkpoint_dir,
@@ -116,6 +116,8 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         groups = pretrain.param_groups(model, spec)
     else:
         groups = [p for p in model.parameters() if p.requires_grad]
+    if placement.dtype == "fp16":  # before the optimizer: it holds (and the loss scaler unscales) fp32 weights
+        precision.master_weights(model, log)
     ranks = 1 if world is None else world.size
     total = total_steps(spec.replace(grad_accum=spec.grad_accum * ranks), len(examples))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -142,10 +144,10 @@ def _train_sft(spec, run_dir: Path, runlog, resume: bool, should_stop, log, prog
         paged = memory is not None and memory.optimizer_in_host
         opt = make_optimizer(spec, groups, placement.device, log, fused, paged)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, spec.warmup_steps, spec.lr_schedule))
-    autocast = (
-        torch.autocast("cuda", dtype=placement.torch_dtype)
-        if placement.device == "cuda"
-        else torch.autocast("cpu", enabled=False)
+    # fp16 computes under autocast with the loss scaler on the CPU too (engine.training.distributed.grad_scaler): the
+    # T4's path, which the tests can then run; other dtypes compute in the weights' own on the CPU
+    autocast = torch.autocast(
+        placement.device, dtype=placement.torch_dtype, enabled=placement.device == "cuda" or placement.dtype == "fp16"
     )
     step, epoch, micro = 0, 0, 0
     evened_by = None  # the resumed epoch's micro-batches per evened-out unit (its plan is made again the same way)
