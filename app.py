@@ -142,6 +142,11 @@ def share(args) -> None:
             "no gated or private model through it; start it with --lend-hf-token to lend the token.",
             flush=True,
         )
+    # Gradio serves every file under GRADIO_ALLOWED_PATHS to anyone logged in, whatever the workspace rule above: an
+    # environment variable set for another app (or by a hosting platform) must not widen what this one hands out.
+    # The app needs none: what it returns is copied into Gradio's cache, and uploads are served from there.
+    if os.environ.pop("GRADIO_ALLOWED_PATHS", None):
+        print("GRADIO_ALLOWED_PATHS is ignored: a shared app serves no folder beyond its own files.", flush=True)
 
 
 def main(argv=None) -> None:

@@ -417,16 +417,19 @@ def test_a_shared_app_downloads_without_the_machines_hub_token_unless_lent(
     monkeypatch.setenv("HF_TOKEN_PATH", str(stored))  # the runs' huggingface_hub reads it when imported
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(stored))  # this process's read it already
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", False)
-    for name in ("HF_HUB_DISABLE_IMPLICIT_TOKEN", hub_token.WITHHELD_ENV, hub_token.LEND_ENV):
+    for name in ("HF_HUB_DISABLE_IMPLICIT_TOKEN", hub_token.WITHHELD_ENV, hub_token.LEND_ENV, "GRADIO_ALLOWED_PATHS"):
         monkeypatch.setenv(name, "")  # what main() sets is undone after the test...
         monkeypatch.delenv(name)  # ...and it starts unset
     if lend_env:
         monkeypatch.setenv(hub_token.LEND_ENV, lend_env)
+    monkeypatch.setenv("GRADIO_ALLOWED_PATHS", str(tmp_path.parent))
     monkeypatch.setattr(access, "_allowed_roots", None)
     monkeypatch.setattr(app.demo, "launch", lambda **kw: None)
     app.main(argv)
     assert hub_tokens_sent(tmp_path, monkeypatch) == (sent, str(sent))
+    shared = argv != []
     assert hub_token.withheld() == (sent is None)
+    assert ("GRADIO_ALLOWED_PATHS" in __import__("os").environ) != shared  # a shared app ignores it
     assert build_hf_headers(token="hf_typedByTheUser")["authorization"] == "Bearer hf_typedByTheUser"
     printed = capsys.readouterr().out
     assert MACHINE_TOKEN not in printed and STORED_TOKEN not in printed
