@@ -14,6 +14,7 @@ import os
 import secrets
 import sys
 import tempfile
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import gradio as gr
@@ -131,6 +132,16 @@ def auth_for(args) -> tuple[str, str] | None:
 def share(args) -> None:
     """What a shared app (one with a login: reachable from elsewhere, or shared through it) lends its users, set before
     it serves anyone: files of the workspace only, and the machine's hub token only when the host lends it."""
+    # Every file in the workspace can be opened by whoever logs in (the Data tab shows a .json or .txt file's rows):
+    # the workspace is the working folder, so an app started from the home folder would lend ~/.docker/config.json,
+    # ~/.kaggle/kaggle.json and the rest to its users.
+    home = Path.home().resolve()
+    if api.workspace() == home or api.workspace() in home.parents:
+        sys.exit(
+            f"This app is shared, and its workspace {api.workspace()} holds your whole home folder, every file of "
+            "which its users could open: start it from the project folder (or one made for it), or set "
+            "TUNESMITH_RUNS=/path/to/a/folder/runs."
+        )
     # every path that arrives from the browser or the HTTP API must name a file in the workspace or Gradio's uploads,
     # and a run id a folder in runs/
     api.restrict_files([api.workspace(), os.environ.get("GRADIO_TEMP_DIR", tempfile.gettempdir() + "/gradio")])

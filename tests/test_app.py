@@ -439,6 +439,31 @@ def test_a_shared_app_downloads_without_the_machines_hub_token_unless_lent(
         assert build_hf_headers().get("authorization") is None
 
 
+@pytest.mark.parametrize("runs_in", ["home", "above home", "root"])
+def test_a_shared_app_refuses_a_workspace_holding_the_home_folder(runs_in, tmp_path, monkeypatch, capsys):
+    """The workspace is the folder the app was started from: `python tunesmith/app.py --share` run from the home
+    folder let every logged-in user open any file under it that reads as data (~/.docker/config.json,
+    ~/.kaggle/kaggle.json). A shared app now refuses to start with such a workspace (or /) and says what to do."""
+    import app
+    from engine.api import access
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    runs = {"home": home / "runs", "above home": tmp_path / "runs", "root": Path("/runs")}[runs_in]
+    monkeypatch.setenv("TUNESMITH_RUNS", str(runs))
+    monkeypatch.setattr(access, "_allowed_roots", None)
+    monkeypatch.setattr(app.demo, "launch", lambda **kw: pytest.fail("served"))
+    with pytest.raises(SystemExit, match="holds your whole home folder.*TUNESMITH_RUNS="):
+        app.main(["--auth", "me:secret"])
+    assert access._allowed_roots is None
+    monkeypatch.setenv("TUNESMITH_RUNS", str(home / "tunesmith" / "runs"))  # a folder of its own: served
+    served = []
+    monkeypatch.setattr(app.demo, "launch", lambda **kw: served.append(kw))
+    app.main(["--auth", "me:secret", "--lend-hf-token"])  # (lent: this process's hub token is left as it is)
+    assert served and access._allowed_roots[0] == home / "tunesmith"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
