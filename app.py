@@ -5,6 +5,8 @@ Layout and wiring only: every action goes through engine.api, and training runs 
   --auth user:password       a login; with one, the app is shared: paths and run ids stay inside the workspace
                              (TUNESMITH_AUTH=user:password keeps it out of the process list other users can read)
   --root-path /prefix        when served behind a reverse proxy: reachable from elsewhere too, so it needs a login
+  --lend-hf-token            a shared app's hub downloads use this machine's Hugging Face token (or set
+                             TUNESMITH_LEND_HF_TOKEN=1); without it they send none, so gated and private models fail
 """
 
 import argparse
@@ -12,6 +14,7 @@ import os
 import secrets
 import sys
 import tempfile
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import gradio as gr
@@ -95,6 +98,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=os.environ.get("GRADIO_ROOT_PATH", ""),
         help="URL prefix behind a reverse proxy (which makes the app reachable from elsewhere: needs a login)",
     )
+    ap.add_argument(
+        "--lend-hf-token",
+        action="store_true",
+        default=api.hub_token_lend_asked(),
+        help="with a login, let the app's hub downloads use this machine's Hugging Face token (HF_TOKEN or your "
+        "`hf auth login`), so its users can fetch the gated and private models it reaches (or set "
+        "TUNESMITH_LEND_HF_TOKEN=1); without it a shared app sends no token",
+    )
     return ap.parse_args(argv)
 
 
@@ -118,13 +129,42 @@ def auth_for(args) -> tuple[str, str] | None:
     return None
 
 
+def share(args) -> None:
+    """What a shared app (one with a login: reachable from elsewhere, or shared through it) lends its users, set before
+    it serves anyone: files of the workspace only, and the machine's hub token only when the host lends it."""
+    # Every file in the workspace can be opened by whoever logs in (the Data tab shows a .json or .txt file's rows):
+    # the workspace is the working folder, so an app started from the home folder would lend ~/.docker/config.json,
+    # ~/.kaggle/kaggle.json and the rest to its users.
+    home = Path.home().resolve()
+    if api.workspace() == home or api.workspace() in home.parents:
+        sys.exit(
+            f"This app is shared, and its workspace {api.workspace()} holds your whole home folder, every file of "
+            "which its users could open: start it from the project folder (or one made for it), or set "
+            "TUNESMITH_RUNS=/path/to/a/folder/runs."
+        )
+    # every path that arrives from the browser or the HTTP API must name a file in the workspace or Gradio's uploads,
+    # and a run id a folder in runs/
+    api.restrict_files([api.workspace(), os.environ.get("GRADIO_TEMP_DIR", tempfile.gettempdir() + "/gradio")])
+    if args.lend_hf_token:
+        print("This shared app lends this machine's Hugging Face token to its users' hub downloads.", flush=True)
+    elif api.withhold_hub_token():
+        print(
+            "This shared app downloads from the Hugging Face hub without this machine's token, so its users reach "
+            "no gated or private model through it; start it with --lend-hf-token to lend the token.",
+            flush=True,
+        )
+    # Gradio serves every file under GRADIO_ALLOWED_PATHS to anyone logged in, whatever the workspace rule above: an
+    # environment variable set for another app (or by a hosting platform) must not widen what this one hands out.
+    # The app needs none: what it returns is copied into Gradio's cache, and uploads are served from there.
+    if os.environ.pop("GRADIO_ALLOWED_PATHS", None):
+        print("GRADIO_ALLOWED_PATHS is ignored: a shared app serves no folder beyond its own files.", flush=True)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     auth = auth_for(args)
     if auth is not None:
-        # reachable from elsewhere, or shared through a login: every path that arrives from the browser or the HTTP
-        # API must name a file in the workspace or Gradio's uploads, and a run id a folder in runs/
-        api.restrict_files([api.workspace(), os.environ.get("GRADIO_TEMP_DIR", tempfile.gettempdir() + "/gradio")])
+        share(args)
     for folder in api.tidy_workspace():
         print(f"removed {folder}, left half-written by a process that is gone", flush=True)
     demo.queue(default_concurrency_limit=4).launch(

@@ -363,6 +363,107 @@ def test_no_mcp_server_whatever_the_environment_says(runs, monkeypatch):
     assert asked["mcp_server"] is False
 
 
+MACHINE_TOKEN = "hf_machineOwnerToken0123456789"  # this machine's HF_TOKEN
+STORED_TOKEN = "hf_storedLoginToken0123456789"  # the login `hf auth login` stored
+PROBE = "from huggingface_hub.utils import build_hf_headers\nprint('sent:', build_hf_headers().get('authorization'))\n"
+
+
+def hub_tokens_sent(tmp_path, monkeypatch) -> tuple[str | None, str]:
+    """The Authorization header of a hub request of this process (the app's, as the Model and Data tabs download in
+    it), and of a process the app starts through the engine's spawn, as it starts every run and export."""
+    from huggingface_hub.utils import build_hf_headers
+
+    from engine.api import processes
+
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    (probe / "hub_probe.py").write_text(PROBE)
+    monkeypatch.setenv("PYTHONPATH", str(probe))
+    pid = processes.spawn("hub_probe", [], probe)
+    processes._children[pid].wait(timeout=120)
+    said = [line for line in (probe / "log.txt").read_text().splitlines() if line.startswith("sent: ")]
+    return build_hf_headers().get("authorization"), said[-1].removeprefix("sent: ")
+
+
+@pytest.mark.parametrize(
+    "argv, lend_env, sent",
+    [
+        ([], "", f"Bearer {MACHINE_TOKEN}"),  # on this machine only: the owner's own downloads, as before
+        (["--auth", "me:secret"], "", None),
+        (["--share"], "", None),
+        (["--host", "0.0.0.0", "--lend-hf-token"], "", f"Bearer {MACHINE_TOKEN}"),
+        (["--share"], "1", f"Bearer {MACHINE_TOKEN}"),  # TUNESMITH_LEND_HF_TOKEN=1: a Space's variable
+    ],
+)
+def test_a_shared_app_downloads_without_the_machines_hub_token_unless_lent(
+    argv, lend_env, sent, runs, tmp_path, monkeypatch, capsys
+):
+    """A shared app's users downloaded gated and private models with the host's token (HF_TOKEN, or the login
+    `hf auth login` stored): the app's hub requests, and its runs' and exports', carried it. Now a shared app sends
+    none (its environment and huggingface_hub's implicit token are cleared before it serves anyone) unless the host
+    lends it; on 127.0.0.1 without a login it is used as before. A token typed by a user is still sent, and the
+    token is never printed."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import build_hf_headers
+
+    import app
+    from engine.api import access
+    from engine.core import hub_token
+
+    stored = tmp_path / "hf-home" / "token"
+    stored.parent.mkdir()
+    stored.write_text(STORED_TOKEN)
+    monkeypatch.setenv("HF_TOKEN", MACHINE_TOKEN)
+    monkeypatch.setenv("HF_TOKEN_PATH", str(stored))  # the runs' huggingface_hub reads it when imported
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(stored))  # this process's read it already
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", False)
+    for name in ("HF_HUB_DISABLE_IMPLICIT_TOKEN", hub_token.WITHHELD_ENV, hub_token.LEND_ENV, "GRADIO_ALLOWED_PATHS"):
+        monkeypatch.setenv(name, "")  # what main() sets is undone after the test...
+        monkeypatch.delenv(name)  # ...and it starts unset
+    if lend_env:
+        monkeypatch.setenv(hub_token.LEND_ENV, lend_env)
+    monkeypatch.setenv("GRADIO_ALLOWED_PATHS", str(tmp_path.parent))
+    monkeypatch.setattr(access, "_allowed_roots", None)
+    monkeypatch.setattr(app.demo, "launch", lambda **kw: None)
+    app.main(argv)
+    assert hub_tokens_sent(tmp_path, monkeypatch) == (sent, str(sent))
+    shared = argv != []
+    assert hub_token.withheld() == (sent is None)
+    assert ("GRADIO_ALLOWED_PATHS" in __import__("os").environ) != shared  # a shared app ignores it
+    assert build_hf_headers(token="hf_typedByTheUser")["authorization"] == "Bearer hf_typedByTheUser"
+    printed = capsys.readouterr().out
+    assert MACHINE_TOKEN not in printed and STORED_TOKEN not in printed
+    if sent is None:
+        assert "start it with --lend-hf-token" in printed
+        monkeypatch.delenv("HF_TOKEN", raising=False)  # a stored login alone is withheld too
+        assert build_hf_headers().get("authorization") is None
+
+
+@pytest.mark.parametrize("runs_in", ["home", "above home", "root"])
+def test_a_shared_app_refuses_a_workspace_holding_the_home_folder(runs_in, tmp_path, monkeypatch, capsys):
+    """The workspace is the folder the app was started from: `python tunesmith/app.py --share` run from the home
+    folder let every logged-in user open any file under it that reads as data (~/.docker/config.json,
+    ~/.kaggle/kaggle.json). A shared app now refuses to start with such a workspace (or /) and says what to do."""
+    import app
+    from engine.api import access
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    runs = {"home": home / "runs", "above home": tmp_path / "runs", "root": Path("/runs")}[runs_in]
+    monkeypatch.setenv("TUNESMITH_RUNS", str(runs))
+    monkeypatch.setattr(access, "_allowed_roots", None)
+    monkeypatch.setattr(app.demo, "launch", lambda **kw: pytest.fail("served"))
+    with pytest.raises(SystemExit, match="holds your whole home folder.*TUNESMITH_RUNS="):
+        app.main(["--auth", "me:secret"])
+    assert access._allowed_roots is None
+    monkeypatch.setenv("TUNESMITH_RUNS", str(home / "tunesmith" / "runs"))  # a folder of its own: served
+    served = []
+    monkeypatch.setattr(app.demo, "launch", lambda **kw: served.append(kw))
+    app.main(["--auth", "me:secret", "--lend-hf-token"])  # (lent: this process's hub token is left as it is)
+    assert served and access._allowed_roots[0] == home / "tunesmith"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -43,3 +43,24 @@ def test_a_broken_dataset_is_still_a_dataset_error(runs, tmp_path, tiny_llama):
     bad.write_text('{"instruction": oops}\n')
     used, summary, _, _ = data_tab.inspect(str(bad), str(tiny_llama), "", "auto", 1024)
     assert used == "" and summary.startswith("**Cannot use this dataset:** bad.jsonl: row 1 is not valid JSON")
+
+
+def test_a_gated_hub_dataset_in_a_shared_app_lending_no_token_says_what_the_host_can_do(runs, monkeypatch):
+    """datasets refuses a gated or private dataset without a token as one it cannot find; in a shared app that sends
+    no token of its machine (engine.core.hub_token) the sentence says how its host lends it."""
+    import datasets
+
+    from engine import api
+    from engine.core import hub_token
+
+    def refuse(path, *args, **kwargs):  # what datasets raises for a gated dataset without a token
+        raise datasets.exceptions.DatasetNotFoundError(
+            f"Dataset '{path}' is a gated dataset on the Hub. You must be authenticated to access it."
+        )
+
+    monkeypatch.setattr(datasets, "load_dataset_builder", refuse)
+    with pytest.raises(api.UserError, match="check the name, the connection"):
+        api.inspect_data("meta-llama/gated-data")
+    monkeypatch.setenv(hub_token.WITHHELD_ENV, "1")
+    with pytest.raises(api.UserError, match=r"if it is gated or private, this shared app .*--lend-hf-token"):
+        api.inspect_data("meta-llama/gated-data")

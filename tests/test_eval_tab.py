@@ -91,6 +91,29 @@ def test_a_cleared_questions_box_evaluates_the_usual_number_not_every_row(tiny_l
     assert i18n.message(first, "zh") == f"来自 `{data}` 的 1 个问题。"
 
 
+def test_a_scoring_regex_too_slow_is_a_sentence_and_the_evaluation_finishes(tiny_llama, runs, tmp_path, monkeypatch):
+    """A scoring regex that backtracks without end (nested repeats, on a long reply) held the request for ever. Here
+    the limit is 0, so every reply is too slow: the evaluation finishes, those replies score 0, and the summary says
+    why, in the page's language too."""
+    import json
+
+    from engine.core import patterns
+    from ui import i18n
+
+    monkeypatch.setenv("TUNESMITH_DECODE_KERNELS", "0")
+    monkeypatch.setattr(patterns, "TIMEOUT_S", 0)
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"Question {i}?", "output": "Nova."}) + "\n" for i in range(2)))
+    pattern = r"((.|\s)*)*\d\d\d\d\d"
+    text, table, _ = eval_tab.run_evaluation([str(tiny_llama)], [], False, str(data), pattern, "", "", 2, 4)
+    assert text.startswith("2 questions from `"), text
+    said = f"The scoring regex '{pattern}' is too slow: it ran past 0 s on a reply of "
+    assert text.count(said) == 1 and "simplify the pattern" in text, text
+    assert table["regex"].tolist() == [0.0]
+    note = text[text.index(said) :].split("\n")[0]
+    assert i18n.message(note, "zh").startswith(f"评分正则 '{pattern}' 太慢")
+
+
 def test_an_evaluation_out_of_gpu_memory_is_a_sentence(tiny_llama, runs, tmp_path, monkeypatch):
     """The loss pass over a long reference (every position's logits at once) running out of GPU memory reached the
     Evaluate tab as torch's OutOfMemoryError, an error box; a reply that did said "clear the chat", the Chat tab's

@@ -48,6 +48,21 @@ def test_scorers_exact_contains_regex_rewards_and_identity():
         scoring.build("", ({"preset": "python", "function": "m:f"},))
 
 
+def test_a_scoring_regex_that_backtracks_for_ever_scores_0_fast_and_says_so_once():
+    r"""The Evaluate tab's regex ran with Python's `re` in the app's process: `((.|\s)*)*\d\d\d\d\d` took 60 s on a
+    22-character reply (seven times more with each two more), holding that request slot for ever on a long one. It now
+    gives up after engine.core.patterns.TIMEOUT_S per reply."""
+    import time
+
+    notes = []
+    [regex] = [fn for name, fn in scoring.build(r"((.|\s)*)*\d\d\d\d\d", note=notes.append) if name == "regex"]
+    slow = "hello world, this is some random reply text " * 3  # 132 characters
+    started = time.perf_counter()
+    assert regex([slow, "12345", slow], [""] * 3, ["r"] * 3) == [0, 1, 0]
+    assert time.perf_counter() - started < 3
+    assert len(notes) == 1 and notes[0].startswith(r"The scoring regex '((.|\s)*)*\d") and "is too slow" in notes[0]
+
+
 def test_identity_tune_scores_base_tuned_and_q8_0_gguf(tiny_llama, runs, tmp_path, monkeypatch):
     # transformers' forward for the replies: our decode step's Triton kernels run interpreted on a CPU, far slower
     monkeypatch.setenv("TUNESMITH_DECODE_KERNELS", "0")

@@ -445,6 +445,45 @@ def test_grpo_leaves_out_prompts_that_fill_max_seq_length(tiny_llama, tmp_path):
         train(spec.replace(max_seq_length=8), tmp_path / "short", RunLog(tmp_path), False, lambda: False, print)
 
 
+CATASTROPHIC = r"((.|\s)*)*\d\d\d\d\d"  # nested repeats: every way to split the reply is tried before failing
+
+
+def test_a_regex_reward_that_backtracks_for_ever_scores_0_fast_and_says_so_once():
+    """A user's regex reward like `(a+)+$` stalled the training process for good on one unlucky reply: Python's `re`
+    cannot be interrupted, and on this pattern took 8 s at 20 characters and 60 s at 22, seven times more with each
+    two more (the reply here has 132; the regex package itself took 79 s at 100). The reward now gives up after
+    engine.core.patterns.TIMEOUT_S: that reply scores 0 and the note is said once."""
+    import time
+
+    notes = []
+    [(_, _, fn)] = rewards.build([{"preset": "regex", "pattern": CATASTROPHIC}], notes.append)
+    slow = "hello world, this is some random reply text " * 3  # 132 characters
+    started = time.perf_counter()
+    assert fn([slow, "a reply with 12345 in it", slow], ["q"] * 3) == [0, 1, 0]
+    assert time.perf_counter() - started < 3  # two timeouts of 0.1 s, and the package's slack
+    assert len(notes) == 1 and "The reward 'regex': its pattern" in notes[0] and "is too slow" in notes[0]
+    [(_, _, fn)] = rewards.build([{"preset": "regex", "pattern": r"(a+)+$"}])  # no one to tell: still 0, fast
+    assert fn(["a" * 5000 + "b"], ["q"]) == [0]
+
+
+def test_a_regex_reward_too_slow_in_a_run_is_a_note_in_its_log_and_status_once(
+    tiny_llama, prompts_file, tmp_path, monkeypatch
+):
+    """In a real GRPO step every reply runs past the limit (set to 0 here, so any reply is too slow): each scores 0,
+    the run goes on, and its log and status say why, once."""
+    from engine.core import patterns
+
+    monkeypatch.setattr(patterns, "TIMEOUT_S", 0)
+    spec = one_step_spec(tiny_llama, prompts_file, {"preset": "regex", "pattern": CATASTROPHIC})
+    lines = []
+    train(spec, tmp_path, RunLog(tmp_path), False, lambda: False, lines.append)
+    said = [line for line in lines if "is too slow" in line]
+    assert len(said) == 1 and said[0].startswith("note: The reward 'regex': its pattern"), lines
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["notes"] == [said[0].removeprefix("note: ")]
+    assert read_metrics(tmp_path)[-1]["reward_mean"] == 0
+
+
 def test_a_dataset_of_no_format_is_told_the_columns_its_objective_takes(tmp_path):
     """openai/gsm8k (question, answer), GRPO's best-known dataset, matches no format: the sentence said to map
     question=instruction, which makes it no GRPO data either. It names the column GRPO takes, and DPO's."""

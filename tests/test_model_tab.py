@@ -72,6 +72,34 @@ def test_a_gated_or_private_model_without_a_token_is_one_clear_sentence(tmp_path
         resolve_model(model, log=lambda m: None)
 
 
+@pytest.mark.parametrize(
+    "status, error, kind", [(403, "GatedRepoError", "is gated"), (401, "RepositoryNotFoundError", "")]
+)
+def test_a_shared_app_lending_no_token_says_what_the_host_can_do(tmp_path, monkeypatch, status, error, kind):
+    """A shared app sends no token of its machine (engine.core.hub_token): 'log in with hf auth login' would send its
+    user to the host's terminal. The sentence says what the host can do instead: lend the token, or the folder."""
+    import huggingface_hub
+
+    from engine.core import hub_token
+    from engine.models.loading import resolve_model
+    from ui import model_tab
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv(hub_token.WITHHELD_ENV, "1")  # as withhold() leaves it in the app and the runs it starts
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub_refuses(status, error))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub_refuses(status, error))
+    said = (
+        rf"'meta-llama/Llama-3.2-1B' {kind or 'is not on the hub or is private'}, and this shared app downloads "
+        r"without this machine's Hugging Face token: the host can lend .* --lend-hf-token \(or "
+        r"TUNESMITH_LEND_HF_TOKEN=1\), or put the model's folder in the workspace\.$"
+    )
+    with pytest.raises(api.UserError, match=said):
+        api.model_arch("meta-llama/Llama-3.2-1B")
+    with pytest.raises(api.UserError, match=said):  # what the Download button and the run say
+        resolve_model("meta-llama/Llama-3.2-1B", log=lambda m: None)
+    assert "--lend-hf-token" in model_tab.fit_badge("meta-llama/Llama-3.2-1B", "qlora")
+
+
 def test_a_typed_id_or_folder_with_a_trailing_slash_is_the_same_model(tiny_llama):
     """'Qwen/Qwen3-4B/' (copied from a path or typed with a slash) was 'Model folder ... does not exist' on the
     badge, the preset and Start; a folder with a slash worked. Both now name the model without it."""

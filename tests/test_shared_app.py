@@ -49,6 +49,7 @@ def shared(tmp_path_factory, tiny_llama):
         GRADIO_TEMP_DIR=str(uploads),
         GRADIO_ANALYTICS_ENABLED="False",
         HF_TOKEN=MACHINE_TOKEN,  # the machine's own hub login, which no user of the app may borrow
+        GRADIO_ALLOWED_PATHS=str(outside),  # set for another app, or by a hosting platform
     )
     app = subprocess.Popen(
         [sys.executable, "app.py", "--port", str(port), "--auth", "alice:wonderland"],
@@ -221,6 +222,16 @@ def test_data_and_train_read_no_dataset_outside(shared):
     run_id, status, *_ = client.predict(*args, api_name="/start")
     assert not run_id and "Not started" in status and OUTSIDE in status
     assert [p.name for p in (shared["work"] / "runs").iterdir() if "far" not in p.name and "coded" not in p.name] == []
+
+
+def test_gradio_serves_no_folder_that_its_environment_allows(shared):
+    """GRADIO_ALLOWED_PATHS in the host's environment made Gradio's file route hand any logged-in user every file of
+    the folders it names, past the workspace rule. A shared app ignores it."""
+    client, data = shared["client"], shared["outside"] / "data.jsonl"
+    url = client.src.rstrip("/") + f"/gradio_api/file={data}"
+    answer = httpx.get(url, cookies=client.cookies)
+    assert answer.status_code == 403 and "Who are you?" not in answer.text
+    assert httpx.get(url).status_code == 401  # and without the login, nothing at all
 
 
 def test_download_opens_no_folder_outside(shared):

@@ -141,6 +141,8 @@ def _evaluation(stop, runs, ggufs, base, data, regex, name, maker, limit, max_ne
                 f"`{m['name']}` could not answer {m['left_out']} of the {res['cases']} questions, which are longer "
                 "than its context: they are left out of its scores."
             )
+    for note in res.get("notes", []):  # a scoring pattern too slow on some reply, which scored 0 there
+        text += " " + i18n.say(note)
     if res["identity"]:
         ident = res["identity"]
         text += " " + i18n.say(f"Identity check: the answer names **{ident['name']}** and **{ident['maker']}**.")

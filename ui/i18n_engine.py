@@ -737,4 +737,15 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
         "'{0}' 不是 hub 仓库名；请用 ASCII 字母、数字、'-'、'_' 和 '.' 写成 'user/name'。",
         "'{0}' — не имя репозитория hub; используйте 'user/name' из ASCII-букв, цифр, '-', '_' и '.'.",
     ),
+    # the Evaluate tab: a scoring regex that backtracks without end on some reply (engine.core.patterns)
+    (
+        r"The scoring regex (.*) is too slow: it ran past (\S+) s on a reply of (\d+) characters, so that reply "
+        r"\(and any other it is too slow on\) scores 0; simplify the pattern \(a repeat inside a repeat, like "
+        r"\(a\+\)\+, can take for ever\)\.",
+        "评分正则 {0} 太慢：它在一条 {2} 个字符的回答上超过了 {1} 秒，所以该回答（以及它太慢的其他回答）记 0 分；"
+        "请简化该模式（重复里套重复，如 (a+)+，可能永远算不完）。",
+        "Оценочный regex {0} слишком медленный: на ответе из {2} символов он работал дольше {1} с, поэтому этот "
+        "ответ (и любой другой, где он слишком медленный) получает 0; упростите шаблон (повтор внутри повтора, "
+        "например (a+)+, может не закончиться никогда).",
+    ),
 ]

@@ -10,6 +10,7 @@ Evaluate:  evaluate(sources, data) -> results (saved in the run's eval/); eval_r
 Export:    export(source, fmt, out) -> ExportResult; start_export(source, fmt, out, push_to_hub, token) -> ExportJob.
 Models:    start_download(model) / poll_download(model) -> DownloadStatus.
 Machine:   doctor(); gpu_stats(); estimate(model); catalog().
+Sharing:   restrict_files(roots); withhold_hub_token(); hub_token_lend_asked() (engine.core.hub_token).
 
 Split by stage, one module each: runs (training runs), data, chat, models (downloads, architecture), machine (doctor,
 GPU, estimate), exports, with access (workspace, shared-app file rules) and processes (background runs and exports)
@@ -53,6 +54,8 @@ from engine.api.runs import (
 from engine.chat.infer import ReplyStats
 from engine.core.errors import ModelError, UserError
 from engine.core.hardware import vram_budget_gib
+from engine.core.hub_token import lend_asked as hub_token_lend_asked
+from engine.core.hub_token import withhold as withhold_hub_token
 from engine.data.formats import parse_map
 from engine.models.presets import catalog
 from engine.spec.checks import check_settings
@@ -112,6 +115,8 @@ __all__ = [
     "gguf_support",
     "exported_gguf_files",
     "restrict_files",
+    "withhold_hub_token",
+    "hub_token_lend_asked",
     "check_access",
     "tidy_workspace",
     "start_export",

@@ -33,7 +33,8 @@ def evaluate(
     it answers new questions), rather than the refusal.
 
     Returns {"cases", "scorers", "models": [{name, source, loss, perplexity, tokens, scores, left_out}], "rows":
-    [{row, prompt, reference, replies, scores, loss}], "data", "held_out", "seen_in_training", "identity", "saved"}.
+    [{row, prompt, reference, replies, scores, loss}], "data", "held_out", "seen_in_training", "identity", "notes",
+    "saved"}; "notes": sentences on a scoring pattern too slow on some reply, which scored 0 there.
     `base` adds the first run's base model (its adapter off; loaded on its own when no source has an adapter: a full
     fine-tune). Scorers:
     exact, contains, `regex`, the reward presets in `rewards` (as a job lists them), and the identity check with
@@ -69,7 +70,13 @@ def evaluate(
         )
     cases = ev.read_cases(spec, "train" if part == "seen" else part, ev.LIMIT if limit is None else limit)
     who = tuple(identity) if identity else scoring.detect_identity([c.reference for c in cases])
-    scorers = scoring.build(regex, tuple(rewards), who)
+    notes = []  # a scoring pattern too slow on a reply: said in the results, and logged
+
+    def note(sentence: str) -> None:
+        notes.append(sentence)
+        log(f"note: {sentence}")
+
+    scorers = scoring.build(regex, tuple(rewards), who, note)
     base_model = job.model if base and job is not None and not any(_has_adapter(s) for s in sources) else None
     if base_model:
         check_source(base_model)  # as a LoRA run's base is, through its run
@@ -82,6 +89,7 @@ def evaluate(
         held_out=part == "eval",
         seen_in_training=part == "seen",
         identity=dict(name=who[0], maker=who[1]) if who else None,
+        notes=notes,
         created=time.strftime("%Y-%m-%d %H:%M:%S"),
     )
     if save:

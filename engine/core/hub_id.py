@@ -28,9 +28,18 @@ def url_hint(text: str, spaces: bool = True) -> str:
 def refusal(model: str, exc: BaseException) -> str | None:
     """The sentence for the hub refusing model `model` (huggingface_hub's error `exc`), or None for any other error.
     Without a token the hub answers a gated model's licence not accepted with 403 and a private repository with 401
-    (as for one that does not exist); a token comes from HF_TOKEN or the login `hf auth login` stored."""
+    (as for one that does not exist); a token comes from HF_TOKEN or the login `hf auth login` stored, except in a
+    shared app that does not lend it (engine.core.hub_token), where the sentence says how the host lends it."""
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
+    from engine.core.hub_token import HOW_TO_LEND, withheld
+
+    if isinstance(exc, RepositoryNotFoundError) and withheld():  # a shared app: the machine's login is not sent
+        kind = "is gated" if isinstance(exc, GatedRepoError) else "is not on the hub or is private"
+        return (
+            f"'{model}' {kind}, and this shared app downloads without this machine's Hugging Face token: "
+            f"{HOW_TO_LEND}, or put the model's folder in the workspace."
+        )
     if isinstance(exc, GatedRepoError):
         return (
             f"'{model}' is gated: accept its licence on huggingface.co/{model} while logged in, then log in here "

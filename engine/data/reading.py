@@ -293,7 +293,16 @@ def source_rows(
 
 
 def _not_loaded(source: str, e: Exception) -> UserError:
-    """The sentence for a hub dataset that could not be loaded (offline, misspelt, or without data files)."""
+    """The sentence for a hub dataset that could not be loaded (offline, misspelt, gated, or without data files)."""
+    import datasets
+
+    from engine.core.hub_token import HOW_TO_LEND, withheld
+
+    if withheld() and isinstance(e, datasets.exceptions.DatasetNotFoundError):  # gated and private ones too
+        return UserError(
+            f"Could not load dataset '{source}' ({type(e).__name__}): check the name; if it is gated or private, this "
+            f"shared app downloads without this machine's Hugging Face token: {HOW_TO_LEND}, or upload the data."
+        )
     return UserError(
         f"Could not load dataset '{source}' ({type(e).__name__}): check the name, the connection, "
         "or download it on a connected machine."

@@ -9,6 +9,7 @@ check runs without being asked for.
 import re
 
 from engine.core.errors import UserError
+from engine.core.patterns import Pattern
 from engine.spec import rewards
 
 # Capitalised words that open sentences of identity answers in many phrasings, never a name ("I am", "My name").
@@ -75,18 +76,18 @@ def _without_openers(phrase: str) -> str:
     return " ".join(words)
 
 
-def build(regex: str = "", reward_presets=(), identity_of: tuple[str, str] | None = None) -> list[tuple[str, object]]:
+def build(
+    regex: str = "", reward_presets=(), identity_of: tuple[str, str] | None = None, note=None
+) -> list[tuple[str, object]]:
     """[(name, scorer)]: exact and contains always, then the regex, the reward presets (checked as a job's rewards
-    are; `python` ones are refused here) and the identity check when given."""
+    are; `python` ones are refused here) and the identity check when given. `note(sentence)` hears of a regex too
+    slow on a reply (once per regex), which then scores 0 there."""
     out = [("exact", exact), ("contains", contains)]
     if regex:
-        try:
-            out.append(("regex", _regex(re.compile(regex))))
-        except re.error as e:
-            raise UserError(f"The scoring regex {regex!r} is not a valid regular expression ({e}).") from None
+        out.append(("regex", _regex(Pattern(regex, "The scoring regex", note))))
     if rewards.runs_code(reward_presets):
         raise UserError("A 'python' reward runs your own code; evaluation takes the built-in presets only.")
-    for name, _, fn in rewards.build(reward_presets):
+    for name, _, fn in rewards.build(reward_presets, note):
         out.append((name, _reward(fn, rewards.needed_columns(reward_presets))))
     if identity_of:
         out.append(("identity", identity(*identity_of)))
@@ -95,7 +96,7 @@ def build(regex: str = "", reward_presets=(), identity_of: tuple[str, str] | Non
 
 def _regex(pattern):
     def score(replies, prompts, references):
-        return [float(pattern.search(reply) is not None) for reply in replies]
+        return [float(pattern.search(reply)) for reply in replies]
 
     return score
 

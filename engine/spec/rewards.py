@@ -6,7 +6,7 @@ A job lists its rewards; the weighted sum is what GRPO maximizes:
 
   rewards:
     - {preset: answer, field: answer, mode: numeric, weight: 1.0}  # the reply's answer equals the row's 'answer'
-    - {preset: regex, pattern: '^\\d+$', weight: 0.5}               # 1 when the reply matches (re.search)
+    - {preset: regex, pattern: '^\\d+$', weight: 0.5}               # 1 when the reply matches (a search)
     - {preset: format, weight: 0.2}                                 # a <think>...</think> block, then an answer
     - {preset: length, min_chars: 20, max_chars: 400}               # 1 inside the bounds, less the further out
     - {preset: character, name: Nova, maker: Tunesmith Labs}        # +1 names itself, -1 names another assistant
@@ -20,6 +20,7 @@ import importlib
 import re
 
 from engine.core.errors import UserError
+from engine.core.patterns import Pattern
 
 OTHER_ASSISTANTS = (
     "ChatGPT",
@@ -93,12 +94,7 @@ def _check_settings(r: dict, where: str) -> None:
     if preset == "answer" and not r["field"]:
         raise UserError(f"{where} (answer): name the dataset column with the reference answer in 'field'.")
     if preset == "regex":
-        try:
-            re.compile(r["pattern"])
-        except (re.error, TypeError) as e:
-            raise UserError(
-                f"{where} (regex): the pattern {r['pattern']!r} is not a valid regular expression ({e})."
-            ) from None
+        Pattern(r["pattern"], f"{where} (regex): the pattern")
         if not r["pattern"]:
             raise UserError(f"{where} (regex): give the 'pattern' a reply should match.")
     if preset == "format" and not (r["open_tag"] and r["close_tag"]):
@@ -122,13 +118,16 @@ def runs_code(rewards) -> bool:
     return any(isinstance(r, dict) and r.get("preset") == "python" for r in rewards)
 
 
-def build(rewards) -> list[tuple[str, float, object]]:
-    """[(name, weight, score function)] for the job's rewards; names are unique (regex, regex_2, ...)."""
+def build(rewards, note=None) -> list[tuple[str, float, object]]:
+    """[(name, weight, score function)] for the job's rewards; names are unique (regex, regex_2, ...). `note(sentence)`
+    hears of a regex reward too slow on a reply (once per reward), which then scores 0 there."""
     out, seen = [], {}
     for r in check(rewards):
         seen[r["preset"]] = seen.get(r["preset"], 0) + 1
         name = r["preset"] + (f"_{seen[r['preset']]}" if seen[r["preset"]] > 1 else "")
         args = {k: v for k, v in r.items() if k not in ("preset", "weight")}
+        if r["preset"] == "regex":
+            args.update(name=name, note=note)
         fn = _import(args["function"]) if r["preset"] == "python" else MAKERS[r["preset"]](**args)
         out.append((name, float(r["weight"]), fn))
     return out
@@ -190,12 +189,13 @@ def answer(field: str = "answer", mode: str = "exact"):
     return score
 
 
-def regex(pattern: str):
-    """1 when the reply matches `pattern` anywhere (re.search; anchor it with ^ and $ to match the whole reply)."""
-    compiled = re.compile(pattern)
+def regex(pattern: str, name: str = "regex", note=None):
+    """1 when the reply matches `pattern` anywhere (a search; anchor it with ^ and $ to match the whole reply). A
+    reply it takes too long on scores 0 (engine.core.patterns), told once to `note`."""
+    compiled = Pattern(pattern, f"The reward '{name}': its pattern", note)
 
     def score(completions, prompts, **columns):
-        return [float(compiled.search(reply) is not None) for reply in completions]
+        return [float(compiled.search(reply)) for reply in completions]
 
     return score
 

@@ -255,7 +255,11 @@ def train_grpo(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> N
     prepare(placement)
     from trl import GRPOConfig, GRPOTrainer
 
-    rewards = build(spec.rewards)
+    def slow_pattern(sentence: str) -> None:  # a regex reward too slow on a reply, which then scores 0: said once
+        log(f"note: {sentence}")
+        runlog.note(sentence)
+
+    rewards = build(spec.rewards, slow_pattern)
     runlog.set(state="loading", message="loading the model")
     model, tok = load_for_training(spec, placement, log)
     source = Path(spec.data).name
