@@ -172,7 +172,7 @@ def test_stop_ends_a_running_evaluation_and_saves_nothing(tiny_llama, runs, tmp_
     def reply(self, case, adapter, max_new_tokens):
         replies.append(case)
         if len(replies) == 2:  # the user presses Stop while the second answer is written
-            eval_tab.stop_evaluation(request)
+            eval_tab.stop_evaluation(request=request)
         return real(self, case, adapter, max_new_tokens)
 
     monkeypatch.setattr(evaluate.TorchModel, "reply", reply)
@@ -201,11 +201,55 @@ def test_stop_is_clickable_only_while_an_evaluation_runs(tiny_llama, runs, tmp_p
     request = gr.Request(session_hash="page-stop")
     steps = eval_tab.evaluating([str(tiny_llama)], [], False, str(data), "", "", "", 3, 4, request)
     first = next(steps)
-    assert first[-1].interactive is True and "page-stop" in eval_tab._STOPS
-    eval_tab.stop_evaluation(request)  # pressed as soon as it is enabled: heard
+    assert first[-1].interactive is True and eval_tab._EVALS["page-stop"].outputs is None
+    eval_tab.stop_evaluation(request=request)  # pressed as soon as it is enabled: heard
     *answer, stop = next(steps)
     assert stop.interactive is False and answer[0] == "**Evaluation stopped:** Nothing was saved."
-    assert "page-stop" not in eval_tab._STOPS and not (runs.parent / "evals").exists()
+    assert eval_tab._EVALS["page-stop"].outputs is not None and not (runs.parent / "evals").exists()
+    assert eval_tab.follow()[0] == ""  # nothing running is left for a page to follow
+
+
+def test_a_reloaded_page_follows_the_running_evaluation_and_stops_it(tiny_llama, runs, tmp_path, monkeypatch):
+    """After a reload the running evaluation belonged to the old page (its session's Stop): the new page showed
+    nothing, its Stop stayed disabled, and the answer went to the page that was gone. The load handler now finds
+    it: progress shown, Stop enabled and heard, and the answer shown once it comes."""
+    import json
+    import threading
+
+    import gradio as gr
+
+    from engine.export import evaluate
+
+    monkeypatch.setenv("TUNESMITH_DECODE_KERNELS", "0")
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"Question {i}?", "output": "Nova."}) + "\n" for i in range(9)))
+    answering, go_on, real = threading.Event(), threading.Event(), evaluate.TorchModel.reply
+
+    def reply(self, case, adapter, max_new_tokens):
+        answering.set()
+        go_on.wait(60)  # the evaluation is running while the page reloads
+        return real(self, case, adapter, max_new_tokens)
+
+    monkeypatch.setattr(evaluate.TorchModel, "reply", reply)
+    assert eval_tab.follow()[0] == "" and eval_tab.follow()[-1].active is False  # none running: the page as it is
+    old_page = gr.Request(session_hash="old-page")
+    args = ([str(tiny_llama)], [], False, str(data), "", "", "", 9, 4, old_page)
+    worker = threading.Thread(target=eval_tab.run_evaluation, args=args)
+    worker.start()
+    try:
+        assert answering.wait(120)
+        key, text, _, _, stop, timer = eval_tab.follow()  # the reloaded page loads
+        assert key == "old-page" and text.startswith("Evaluating… `evaluate: ")
+        assert stop.interactive is True and timer.active
+        assert eval_tab.follow(key)[4].interactive is True  # its timer's ticks
+        eval_tab.stop_evaluation(key, gr.Request(session_hash="new-page"))  # the new page's Stop
+    finally:
+        go_on.set()
+        worker.join(120)
+    key, text, table, _, stop, timer = eval_tab.follow(key)
+    assert text == "**Evaluation stopped:** Nothing was saved." and table is None
+    assert key == "" and stop.interactive is False and not timer.active
+    assert not (runs.parent / "evals").exists() and eval_tab.follow()[0] == ""
 
 
 def test_a_run_without_a_validation_set_is_evaluated_on_its_training_questions(

@@ -353,6 +353,12 @@ MESSAGES += [  # the engine's most common refusals, as the UI shows them
     (r"Uploaded to (.*)\.", "已上传到 {0}。", "Загружено на {0}."),
     (r"Exporting… (.*)", "正在导出… {0}", "Экспорт… {0}"),
     (r"No export to cancel\.", "没有可取消的导出。", "Нет экспорта для отмены."),
+    (r"Evaluating…(.*)", "正在评估…{0}", "Оценка…{0}"),
+    (
+        r"The evaluation stopped with an error; see the app's log\.",
+        "评估因错误而停止；请查看应用的日志。",
+        "Оценка остановилась из-за ошибки; см. журнал приложения.",
+    ),
     (
         r"(\d+) question/answer pairs: edit them below, then save\.",
         "{0} 组问答：可在下方编辑，然后保存。",

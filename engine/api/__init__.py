@@ -31,6 +31,7 @@ from engine.api.exports import (
     formats_refused,
     gguf_support,
     poll_export,
+    running_exports,
     start_export,
 )
 from engine.api.machine import doctor, estimate, gpu_stats, gpus_for, gpus_found
@@ -116,6 +117,7 @@ __all__ = [
     "tidy_workspace",
     "start_export",
     "poll_export",
+    "running_exports",
     "cancel_export",
     "ExportJob",
     "ExportStatus",
