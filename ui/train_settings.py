@@ -13,6 +13,7 @@ from pathlib import Path
 import gradio as gr
 
 from engine import api
+from ui import i18n
 from ui.model_tab import chosen_model
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(api.JobSpec)}
@@ -197,7 +198,11 @@ def load(path: str):
     try:
         spec = read_job_file(path)
     except api.UserError as e:
-        return *[gr.update()] * (len(LOADED) + len(ADVANCED) + len(REWARD_ARGS)), gr.update(), f"**Not loaded:** {e}"
+        return (
+            *[gr.update()] * (len(LOADED) + len(ADVANCED) + len(REWARD_ARGS)),
+            gr.update(),
+            i18n.say(f"**Not loaded:** {e}"),
+        )
     values = [getattr(spec, key) for key in LOADED]
     values[LOADED.index("column_map")] = ", ".join(f"{k}={v}" for k, v in spec.column_map.items())
     values[LOADED.index("trust_remote_code")] = False  # a file handed over must not tick it: the user does
@@ -217,7 +222,7 @@ def load(path: str):
             f" Its GRPO reward{s} {which} {are} not shown here (the tab has one of each preset, with its usual "
             f"settings): run the file from the command line to train with {it}."
         )
-    return *values, *[advanced[key] for key in ADVANCED], *rewards, kept_settings(spec), note
+    return *values, *[advanced[key] for key in ADVANCED], *rewards, kept_settings(spec), i18n.say(note)
 
 
 # The Train tab's boxes of each reward preset it shows: its tick, {setting: box}, its weight; named as
