@@ -274,5 +274,28 @@ def test_a_run_without_a_validation_set_is_evaluated_on_its_training_questions(
     said = "3 questions from the run's training data (`d.jsonl`)."  # each sentence is translated on its own
     assert i18n.message(said, "zh") == "来自运行训练数据（`d.jsonl`）的 3 个问题。"
     assert i18n.message(eval_tab.SEEN_NOTE, "ru").startswith("Запуск не отложил строк для валидации")
-    with pytest.raises(api.UserError, match="pick a run that held some out"):
+    with pytest.raises(api.UserError) as refused:  # the CLI and Python: what to give, or seen_rows
         api.evaluate([st.run_id], base=False, save=False)
+    assert str(refused.value) == (
+        f"Run '{st.run_id}' held no rows out for validation, so it has no unseen questions: give some (--data FILE "
+        "on the command line, data= in Python), or evaluate it on the questions it trained on (seen_rows=True in "
+        "Python, as the app's Evaluate tab does), which shows what it learned rather than how it answers new questions."
+    )
+
+
+def test_with_no_questions_and_no_run_the_tab_says_what_to_give_in_its_words(tiny_llama, runs):
+    """With the questions file empty and no run picked, the tab said the engine's 'or pick a run that held some out
+    for validation (eval_fraction or eval_data)', stale since the tab evaluates any run (on its training questions
+    where it held none out). It names the tab's questions file and any run, translated."""
+    from ui import i18n
+
+    text, table, _ = eval_tab.run_evaluation([str(tiny_llama)], [], False, "", "", "", "", 3, 4)
+    assert table is None and text == (
+        "**Evaluation failed:** Give the questions to evaluate on (a questions file), or add a run: its held-out rows "
+        "are used, else the questions it trained on."
+    )
+    assert (
+        i18n.message(text, "zh")
+        == "**评估失败：** 请给出用于评估的问题（问题文件），或加入一个运行：使用它留出的行，否则用它训练过的问题。"
+    )
+    assert i18n.message(text, "ru").startswith("**Оценка не удалась:** Укажите вопросы для оценки (файл вопросов)")

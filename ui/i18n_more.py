@@ -448,6 +448,13 @@ MESSAGES += [  # the engine's most common refusals, as the UI shows them
     (r"Pick a run in the history first\.", "请先在历史中选择一个运行。", "Сначала выберите запуск в истории."),
     (r"Pick a run to export\.", "请选择要导出的运行。", "Выберите запуск для экспорта."),
     (
+        r"Give the questions to evaluate on \(a questions file\), or add a run: its held-out rows are used, else the "
+        r"questions it trained on\.",
+        "请给出用于评估的问题（问题文件），或加入一个运行：使用它留出的行，否则用它训练过的问题。",
+        "Укажите вопросы для оценки (файл вопросов) или добавьте запуск: берутся его отложенные строки, иначе вопросы, "
+        "на которых он обучался.",
+    ),
+    (
         r"Pick a model, a run or a GGUF file to evaluate\.",
         "请选择要评估的模型、运行或 GGUF 文件。",
         "Выберите модель, запуск или GGUF-файл для оценки.",
