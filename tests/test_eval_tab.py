@@ -299,3 +299,22 @@ def test_with_no_questions_and_no_run_the_tab_says_what_to_give_in_its_words(tin
         == "**评估失败：** 请给出用于评估的问题（问题文件），或加入一个运行：使用它留出的行，否则用它训练过的问题。"
     )
     assert i18n.message(text, "ru").startswith("**Оценка не удалась:** Укажите вопросы для оценки (файл вопросов)")
+
+
+def test_the_loss_curves_of_compared_runs_tick_whole_steps(tiny_llama, identity_file, runs):
+    """Compare's loss curves kept Vega's default ticks (1, 1.5, 2 for runs of a few steps) where the Train tab's
+    plots over steps tick whole steps (train_live.step_plot); they now do too, at any width up to 2,800 pixels."""
+    import math
+
+    from helpers import wait_for
+    from test_train_view import tick_spacing
+
+    done = [wait_for(api.start(api.JobSpec(model=str(tiny_llama), data=str(identity_file), max_steps=2))) for _ in "ab"]
+    _, curves, _, note = eval_tab.compare([st.run_id for st in done])
+    assert isinstance(curves, dict) and curves.get("x_lim"), curves
+    assert sorted(set(curves["value"]["step"])) == [1, 2] and note.startswith("No run here has been evaluated")
+    low, high = curves["x_lim"]
+    assert low == 1 and int(high) == high
+    for width in range(200, 2801, 40):
+        spacing = tick_spacing(low, high, math.ceil(width / 40))
+        assert spacing >= 1 and spacing == int(spacing), (width, spacing)

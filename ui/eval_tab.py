@@ -10,7 +10,7 @@ import gradio as gr
 import pandas as pd
 
 from engine import api
-from ui import i18n
+from ui import i18n, train_live
 from ui.chat_tab import run_choices, unload
 
 EXAMPLES = 5  # example rows shown under the table
@@ -221,7 +221,8 @@ def compare(runs):
         ]
     )
     note = "" if len(scores) else "No run here has been evaluated yet: evaluate them above to see their scores."
-    curves = shown(pd.DataFrame(points), "series") if points else None
+    # whole steps on the step axis, as the Train tab's plots (Vega ticked a run of a few steps at 1, 1.5, 2)
+    curves = train_live.step_plot(shown(pd.DataFrame(points), "series")) if points else None
     return shown(settings), curves, shown(scores) if len(scores) else None, i18n.say(note)
 
 
