@@ -696,3 +696,22 @@ def test_cancel_export_is_clickable_only_while_an_export_runs(runs, tiny_llama, 
         assert shown[4].interactive is False and api.poll_export(job).state == name, shown[0]
     assert export_tab.view(None)[-1].interactive is False
     assert export_tab.start(st.run_id, "lora", "done")[-1].interactive is False  # "already exists": no export
+
+
+def test_a_reloaded_page_follows_the_running_export_and_cancels_it(runs, tiny_llama, identity_file):
+    """After a reload the running export belonged to the old page: the new one showed no progress and its Cancel
+    stayed disabled. The page's load handler now finds the running export: its progress, Cancel enabled and
+    working on it; with none running it leaves the page as it is."""
+    from engine import api
+    from ui import export_tab
+
+    st = wait_for(api.start(api.JobSpec(model=str(tiny_llama), data=str(identity_file), max_steps=1)))
+    assert all(out == {"__type__": "update"} for out in export_tab.follow())
+    started, *_ = export_tab.start(st.run_id, "gguf-q4_k_m", "reloaded")
+    job, text, _, timer, downloads, stop = export_tab.follow()  # the reloaded page loads
+    assert job.job_id == started.job_id and job.out == started.out and job.pid == started.pid
+    assert text.startswith("Exporting…") and timer.active and stop.interactive is True and not downloads.visible
+    assert export_tab.cancel(job).startswith("**Export cancelled:**")
+    assert api.poll_export(started).state == "cancelled" and export_tab.view(job)[-1].interactive is False
+    assert not (runs.parent / "exports" / "reloaded").exists()
+    assert all(out == {"__type__": "update"} for out in export_tab.follow())

@@ -195,7 +195,7 @@ def test_stop_ends_a_running_evaluation_and_saves_nothing(tiny_llama, runs, tmp_
     def reply(self, case, adapter, max_new_tokens):
         replies.append(case)
         if len(replies) == 2:  # the user presses Stop while the second answer is written
-            eval_tab.stop_evaluation(request)
+            eval_tab.stop_evaluation(request=request)
         return real(self, case, adapter, max_new_tokens)
 
     monkeypatch.setattr(evaluate.TorchModel, "reply", reply)
@@ -224,11 +224,55 @@ def test_stop_is_clickable_only_while_an_evaluation_runs(tiny_llama, runs, tmp_p
     request = gr.Request(session_hash="page-stop")
     steps = eval_tab.evaluating([str(tiny_llama)], [], False, str(data), "", "", "", 3, 4, request)
     first = next(steps)
-    assert first[-1].interactive is True and "page-stop" in eval_tab._STOPS
-    eval_tab.stop_evaluation(request)  # pressed as soon as it is enabled: heard
+    assert first[-1].interactive is True and eval_tab._EVALS["page-stop"].outputs is None
+    eval_tab.stop_evaluation(request=request)  # pressed as soon as it is enabled: heard
     *answer, stop = next(steps)
     assert stop.interactive is False and answer[0] == "**Evaluation stopped:** Nothing was saved."
-    assert "page-stop" not in eval_tab._STOPS and not (runs.parent / "evals").exists()
+    assert eval_tab._EVALS["page-stop"].outputs is not None and not (runs.parent / "evals").exists()
+    assert eval_tab.follow()[0] == ""  # nothing running is left for a page to follow
+
+
+def test_a_reloaded_page_follows_the_running_evaluation_and_stops_it(tiny_llama, runs, tmp_path, monkeypatch):
+    """After a reload the running evaluation belonged to the old page (its session's Stop): the new page showed
+    nothing, its Stop stayed disabled, and the answer went to the page that was gone. The load handler now finds
+    it: progress shown, Stop enabled and heard, and the answer shown once it comes."""
+    import json
+    import threading
+
+    import gradio as gr
+
+    from engine.export import evaluate
+
+    monkeypatch.setenv("TUNESMITH_DECODE_KERNELS", "0")
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"Question {i}?", "output": "Nova."}) + "\n" for i in range(9)))
+    answering, go_on, real = threading.Event(), threading.Event(), evaluate.TorchModel.reply
+
+    def reply(self, case, adapter, max_new_tokens):
+        answering.set()
+        go_on.wait(60)  # the evaluation is running while the page reloads
+        return real(self, case, adapter, max_new_tokens)
+
+    monkeypatch.setattr(evaluate.TorchModel, "reply", reply)
+    assert eval_tab.follow()[0] == "" and eval_tab.follow()[-1].active is False  # none running: the page as it is
+    old_page = gr.Request(session_hash="old-page")
+    args = ([str(tiny_llama)], [], False, str(data), "", "", "", 9, 4, old_page)
+    worker = threading.Thread(target=eval_tab.run_evaluation, args=args)
+    worker.start()
+    try:
+        assert answering.wait(120)
+        key, text, _, _, stop, timer = eval_tab.follow()  # the reloaded page loads
+        assert key == "old-page" and text.startswith("Evaluating… `evaluate: ")
+        assert stop.interactive is True and timer.active
+        assert eval_tab.follow(key)[4].interactive is True  # its timer's ticks
+        eval_tab.stop_evaluation(key, gr.Request(session_hash="new-page"))  # the new page's Stop
+    finally:
+        go_on.set()
+        worker.join(120)
+    key, text, table, _, stop, timer = eval_tab.follow(key)
+    assert text == "**Evaluation stopped:** Nothing was saved." and table is None
+    assert key == "" and stop.interactive is False and not timer.active
+    assert not (runs.parent / "evals").exists() and eval_tab.follow()[0] == ""
 
 
 def test_a_run_without_a_validation_set_is_evaluated_on_its_training_questions(
@@ -253,5 +297,47 @@ def test_a_run_without_a_validation_set_is_evaluated_on_its_training_questions(
     said = "3 questions from the run's training data (`d.jsonl`)."  # each sentence is translated on its own
     assert i18n.message(said, "zh") == "来自运行训练数据（`d.jsonl`）的 3 个问题。"
     assert i18n.message(eval_tab.SEEN_NOTE, "ru").startswith("Запуск не отложил строк для валидации")
-    with pytest.raises(api.UserError, match="pick a run that held some out"):
+    with pytest.raises(api.UserError) as refused:  # the CLI and Python: what to give, or seen_rows
         api.evaluate([st.run_id], base=False, save=False)
+    assert str(refused.value) == (
+        f"Run '{st.run_id}' held no rows out for validation, so it has no unseen questions: give some (--data FILE "
+        "on the command line, data= in Python), or evaluate it on the questions it trained on (seen_rows=True in "
+        "Python, as the app's Evaluate tab does), which shows what it learned rather than how it answers new questions."
+    )
+
+
+def test_with_no_questions_and_no_run_the_tab_says_what_to_give_in_its_words(tiny_llama, runs):
+    """With the questions file empty and no run picked, the tab said the engine's 'or pick a run that held some out
+    for validation (eval_fraction or eval_data)', stale since the tab evaluates any run (on its training questions
+    where it held none out). It names the tab's questions file and any run, translated."""
+    from ui import i18n
+
+    text, table, _ = eval_tab.run_evaluation([str(tiny_llama)], [], False, "", "", "", "", 3, 4)
+    assert table is None and text == (
+        "**Evaluation failed:** Give the questions to evaluate on (a questions file), or add a run: its held-out rows "
+        "are used, else the questions it trained on."
+    )
+    assert (
+        i18n.message(text, "zh")
+        == "**评估失败：** 请给出用于评估的问题（问题文件），或加入一个运行：使用它留出的行，否则用它训练过的问题。"
+    )
+    assert i18n.message(text, "ru").startswith("**Оценка не удалась:** Укажите вопросы для оценки (файл вопросов)")
+
+
+def test_the_loss_curves_of_compared_runs_tick_whole_steps(tiny_llama, identity_file, runs):
+    """Compare's loss curves kept Vega's default ticks (1, 1.5, 2 for runs of a few steps) where the Train tab's
+    plots over steps tick whole steps (train_live.step_plot); they now do too, at any width up to 2,800 pixels."""
+    import math
+
+    from helpers import wait_for
+    from test_train_view import tick_spacing
+
+    done = [wait_for(api.start(api.JobSpec(model=str(tiny_llama), data=str(identity_file), max_steps=2))) for _ in "ab"]
+    _, curves, _, note = eval_tab.compare([st.run_id for st in done])
+    assert isinstance(curves, dict) and curves.get("x_lim"), curves
+    assert sorted(set(curves["value"]["step"])) == [1, 2] and note.startswith("No run here has been evaluated")
+    low, high = curves["x_lim"]
+    assert low == 1 and int(high) == high
+    for width in range(200, 2801, 40):
+        spacing = tick_spacing(low, high, math.ceil(width / 40))
+        assert spacing >= 1 and spacing == int(spacing), (width, spacing)

@@ -129,9 +129,9 @@ def test_eval_without_questions_says_what_to_give(tiny_llama, tmp_path):
         [sys.executable, "-m", "engine", "eval", str(tiny_llama)], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 2
-    assert out.stderr.strip() == (
-        "error: Give the questions to evaluate on (a data file), or pick a run that held some out for validation "
-        "(eval_fraction or eval_data)."
+    assert out.stderr.strip() == (  # in the command line's words: --data (a model has no held-out rows)
+        "error: Give the questions to evaluate on (--data FILE on the command line, data= in Python), or add a run "
+        "that held some out for validation (eval_fraction or eval_data)."
     )
     raw = tmp_path / "notes.txt"
     raw.write_text("Just some text.\n\nMore text.\n")

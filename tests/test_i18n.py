@@ -324,3 +324,40 @@ def test_run_notes_chat_context_and_column_clashes_are_translated():
         for text in shown:
             translated = i18n.message(text, lang)
             assert translated != text and not english_left(translated), translated
+
+
+@pytest.mark.parametrize("lang", ["zh", "ru"])
+def test_the_notice_of_a_loaded_job_is_translated(tiny_llama, identity_file, tmp_path, lang):
+    """Load job.yaml's notice ("Loaded the settings of job.yaml: model ..., dataset ...", with what it did not set:
+    'Trust remote code', GRPO rewards the tab cannot show) and its refusal stayed English on a translated page."""
+    from ui import train_settings
+
+    request = gr.Request(session_hash=f"page-load-{lang}")
+    i18n.SESSIONS[request.session_hash] = lang
+    rewards = "rewards:\n- {preset: regex, pattern: 'a'}\n- {preset: regex, pattern: 'b'}\n"
+    notes = []
+    token = LocalContext.request.set(request)  # the handler answers this page, as in an event
+    try:
+        for n, extra in ((1, "trust_remote_code: true\n"), (2, "- {preset: regex, pattern: 'c'}\n")):
+            job = tmp_path / str(n) / "job.yaml"
+            job.parent.mkdir()
+            job.write_text(f"model: {tiny_llama}\ndata: {identity_file}\nobjective: grpo\n{rewards}{extra}")
+            notes.append(train_settings.load(str(job))[-1])
+        notes.append(train_settings.load("")[-1])
+    finally:
+        LocalContext.request.reset(token)
+        i18n.SESSIONS.pop(request.session_hash)
+    assert notes[0].startswith({"zh": "已加载 job.yaml 的设置", "ru": "Загружены настройки из job.yaml"}[lang])
+    assert "2 (regex)" in notes[0] and "2 (regex)" in notes[1] and "3 (regex)" in notes[1]
+    for note in notes:
+        assert not english_left(note), note
+    assert (
+        notes[2]
+        == {
+            "zh": "**未加载：** 请选择要加载的 job.yaml 文件。",
+            "ru": "**Не загружено:** Выберите файл job.yaml для загрузки.",
+        }[lang]
+    )
+    english = train_settings.load(str(tmp_path / "1" / "job.yaml"))[-1]  # outside a page: English
+    assert english.startswith("Loaded the settings of job.yaml") and "Trust remote code" in english
+    assert i18n.message(english, lang) == notes[0]  # as the language switch translates it on screen

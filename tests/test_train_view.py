@@ -401,3 +401,77 @@ def test_a_loaded_grpo_job_ticks_its_rewards_with_their_settings(tmp_path):
 
 def test_the_reward_boxes_a_job_fills_are_the_train_tabs():
     assert list(train_settings.REWARD_ARGS) == list(inspect.signature(train_tab.rewards_from).parameters)
+
+
+def test_layers_with_adapters_follow_the_models_architecture(tiny_llama, identity_file, runs, tmp_path):
+    """'Layers with adapters' offered Llama's names for every model, so a GPT-NeoX (Pythia) or Falcon model could take
+    LoRA only through a job file's target_modules: the tab's Start was refused ('LoRA has nowhere to go'), and phi or
+    StarCoder2 got adapters on attention only. The choices now follow the picked model's layers (api.adapter_layers,
+    from the estimate's families); a Llama keeps its names and defaults; a loaded job keeps its own ticks."""
+    import json
+
+    import torch
+    from tiny import make_tokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    llama = list(api.JobSpec(model="m", data="d").target_modules)
+    assert train_settings._field("target_modules").choices == [(n, n) for n in llama]  # before a model is picked
+    shown = train_settings.layer_choices(str(tiny_llama))
+    assert shown.choices == [(n, n) for n in llama] and shown.value == llama
+    assert train_settings.layer_choices(str(tiny_llama), None, ["q_proj", "v_proj"]).value == ["q_proj", "v_proj"]
+    assert (
+        train_settings.layer_choices("").value == llama and train_settings.layer_choices("no/such-model").value == llama
+    )
+
+    def family(model_type, **config):
+        folder = tmp_path / model_type
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps(dict(model_type=model_type, vocab_size=256, **config)))
+        return str(folder)
+
+    small = dict(hidden_size=64, num_attention_heads=4, num_hidden_layers=2)
+    expected = {
+        family("falcon", **small): ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+        family("phi", intermediate_size=128, **small): ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"],
+        family("starcoder2", intermediate_size=128, **small): [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "c_fc",
+            "c_proj",
+        ],
+    }
+    for model, names in expected.items():
+        shown = train_settings.layer_choices(model, None, llama)  # Llama's ticks are not this model's: its own
+        assert shown.choices == [(n, n) for n in names] and shown.value == names, model
+    jamba = family(
+        "jamba", intermediate_size=128, num_key_value_heads=2, attn_layer_period=2, attn_layer_offset=1, **small
+    )
+    names, ticked = api.adapter_layers(jamba)  # the Mamba projections offered, Llama's seven ticked
+    assert list(names) == [*llama, "in_proj", "x_proj", "dt_proj", "out_proj"] and list(ticked) == llama
+
+    tok = make_tokenizer()
+    config = AutoConfig.for_model("gpt_neox", vocab_size=len(tok), intermediate_size=128, **small)
+    config.update(dict(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None))
+    neox = tmp_path / "neox"
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(neox)
+    tok.save_pretrained(neox)
+    layers = train_settings.layer_choices(str(neox)).value
+    assert layers == ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
+    run_id, status, notice, _ = start(form(str(neox), identity_file, steps=1, target_modules=layers))
+    assert run_id and notice == "", status
+    st = wait_for(run_id)
+    assert st.state == "done", st.message
+    adapter = json.loads((st.run_dir / "adapter" / "adapter_config.json").read_text())
+    assert sorted(adapter["target_modules"]) == sorted(layers)
+
+    job = tmp_path / "job.yaml"
+    job.write_text(f"model: {neox}\ndata: {identity_file}\ntarget_modules: [query_key_value]\n")
+    loaded = train_settings.load(str(job))
+    boxes = loaded[len(train_settings.LOADED) : len(train_settings.LOADED) + len(train_settings.ADVANCED)]
+    box = dict(zip(train_settings.ADVANCED, boxes, strict=True))["target_modules"]
+    assert box.value == ["query_key_value"] and ("dense", "dense") in box.choices
+    kept = loaded[-2]  # the model's change event after the load keeps the job's ticks
+    assert train_settings.layer_choices(kept["model"], kept, layers).value == ["query_key_value"]

@@ -10,7 +10,7 @@ import gradio as gr
 import pandas as pd
 
 from engine import api
-from ui import i18n
+from ui import i18n, train_live
 from ui.chat_tab import run_choices, unload
 
 EXAMPLES = 5  # example rows shown under the table
@@ -20,18 +20,53 @@ SEEN_NOTE = (
     "learned, not how it answers new questions. For that, type a questions file, or train with 'Held out for "
     "validation (0-1)' above 0 (Train tab, Advanced)."
 )
-_STOPS: dict = {}  # browser session -> the Event its Stop button sets; an evaluation runs in a worker thread
+
+
+class _Evaluation:
+    """One evaluation, running in a worker thread of the page that started it: its Stop event, the engine's latest
+    log line, and its outputs once it has answered. Any page opened (or reloaded) while it runs follows it."""
+
+    def __init__(self):
+        self.stop = threading.Event()
+        self.line = ""
+        self.outputs = None  # (summary, score table, example rows)
+
+    def log(self, line: str) -> None:
+        print(line, flush=True)  # as the engine's default log
+        self.line = line
+
+
+_EVALS: dict = {}  # browser session that pressed Evaluate -> its _Evaluation (the last few finished ones kept)
+KEPT = 4  # finished evaluations kept for the pages that follow them
 
 
 def _session(request) -> str | None:
     return getattr(request, "session_hash", None)
 
 
-def stop_evaluation(request: gr.Request = None):
-    """Stop: the evaluation this session runs ends before its next question (one reply may still finish)."""
-    event = _STOPS.get(_session(request))
-    if event is not None:
-        event.set()
+def stop_evaluation(key: str = "", request: gr.Request = None):
+    """Stop: the evaluation this page follows (`key`: one found on load), or else the one this session started, ends
+    before its next question (one reply may still finish)."""
+    evaluation = _EVALS.get(key or _session(request))
+    if evaluation is not None:
+        evaluation.stop.set()
+
+
+def follow(key: str = ""):
+    """The page's view of an evaluation: on load (no `key`) the newest one running, started before a reload or in
+    another tab; then, at each tick, the one found. Returns (key, summary, score table, example rows, Stop, timer)."""
+    if not key:
+        running = [k for k, e in _EVALS.items() if e.outputs is None]
+        if not running:
+            return "", gr.update(), gr.update(), gr.update(), gr.update(), gr.Timer(active=False)
+        key = running[-1]
+    evaluation = _EVALS.get(key)
+    if evaluation is None:  # forgotten meanwhile (KEPT newer ones finished)
+        return "", gr.update(), gr.update(), gr.update(), gr.Button(interactive=False), gr.Timer(active=False)
+    if evaluation.outputs is not None:
+        return "", *evaluation.outputs, gr.Button(interactive=False), gr.Timer(active=False)
+    text = i18n.say("Evaluating…") + (f" `{evaluation.line}`" if evaluation.line else "")
+    return key, text, gr.update(), gr.update(), gr.Button(interactive=True), gr.Timer(active=True)
 
 
 def with_validation(frame, metrics: list[dict]):
@@ -81,33 +116,44 @@ def example_table(results: dict) -> pd.DataFrame:
 
 
 @contextlib.contextmanager
-def _stoppable(request):
-    """The Event this session's Stop button sets, for one evaluation."""
+def _running(request):
+    """The evaluation this session starts, registered for its Stop and for the pages that follow it."""
+    finished = [k for k, e in _EVALS.items() if e.outputs is not None]
+    for k in finished[:-KEPT]:
+        del _EVALS[k]
     session = _session(request)
-    stop = _STOPS[session] = threading.Event()
+    _EVALS.pop(session, None)  # re-inserted last: the newest
+    evaluation = _EVALS[session] = _Evaluation()
     try:
-        yield stop
+        yield evaluation
     finally:
-        _STOPS.pop(session, None)
+        if evaluation.outputs is None:  # it raised: the pages following it stop waiting
+            evaluation.outputs = (
+                i18n.say("**Evaluation failed:** The evaluation stopped with an error; see the app's log."),
+                None,
+                None,
+            )
 
 
 def run_evaluation(runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens=128, request: gr.Request = None):
     """(summary markdown, score table, example rows) of an evaluation; errors become the summary."""
-    with _stoppable(request) as stop:
-        return _evaluation(stop, runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens)
+    with _running(request) as evaluation:
+        evaluation.outputs = _evaluation(evaluation, runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens)
+        return evaluation.outputs
 
 
 def evaluating(runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens=128, request: gr.Request = None):
     """The Evaluate button's handler: run_evaluation's outputs and the Stop button, clickable from the moment its
     Stop can be heard (first yield) until the evaluation has answered (last yield; the `.then` after it also
-    covers an evaluation that raised)."""
-    with _stoppable(request) as stop:
+    covers an evaluation that raised). The outputs are kept for a page reloaded meanwhile (`follow`), as this
+    handler's answer goes to the page that pressed Evaluate."""
+    with _running(request) as evaluation:
         yield gr.skip(), gr.skip(), gr.skip(), gr.Button(interactive=True)
-        done = _evaluation(stop, runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens)
-    yield *done, gr.Button(interactive=False)
+        evaluation.outputs = _evaluation(evaluation, runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens)
+    yield *evaluation.outputs, gr.Button(interactive=False)
 
 
-def _evaluation(stop, runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens):
+def _evaluation(evaluation, runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens):
     try:
         sources = list(runs or []) + list(ggufs or [])
         name, maker = (name or "").strip(), (maker or "").strip()
@@ -122,11 +168,12 @@ def _evaluation(stop, runs, ggufs, base, data, regex, name, maker, limit, max_ne
             identity=identity,
             limit=int(limit) if limit else None,  # a cleared box: the engine's usual number, not 0 (every row)
             max_new_tokens=int(max_new_tokens or 128),
-            should_stop=stop.is_set,
+            should_stop=evaluation.stop.is_set,
+            log=evaluation.log,
             seen_rows=True,  # a run without a validation set: its training questions, said so below
         )
     except api.UserError as e:
-        if stop.is_set():  # the engine's STOPPED, said in the tab's words
+        if evaluation.stop.is_set():  # the engine's STOPPED, said in the tab's words
             return i18n.say("**Evaluation stopped:** Nothing was saved."), None, None
         return i18n.say(f"**Evaluation failed:** {e}"), None, None
     what = "the held-out rows of the run" if res["held_out"] else f"`{res['data']}`"
@@ -176,7 +223,8 @@ def compare(runs):
         ]
     )
     note = "" if len(scores) else "No run here has been evaluated yet: evaluate them above to see their scores."
-    curves = shown(pd.DataFrame(points), "series") if points else None
+    # whole steps on the step axis, as the Train tab's plots (Vega ticked a run of a few steps at 1, 1.5, 2)
+    curves = train_live.step_plot(shown(pd.DataFrame(points), "series")) if points else None
     return shown(settings), curves, shown(scores) if len(scores) else None, i18n.say(note)
 
 
@@ -226,6 +274,8 @@ def build() -> dict:
             go = gr.Button("Evaluate", variant="primary")
             stop = gr.Button("Stop", variant="stop", scale=0, interactive=False)  # while an evaluation runs
         summary = gr.Markdown()
+        following = gr.State("")  # the evaluation this page found running as it loaded (follow)
+        watch = gr.Timer(1.0, active=False)  # ticks while it follows one
         table = gr.Dataframe(
             headers=["model", "loss", "perplexity"],
             label="Scores (loss: lower is better; scores: share of questions)",
@@ -248,7 +298,10 @@ def build() -> dict:
     go.click(evaluating, inputs, [summary, table, examples, stop]).then(
         lambda: gr.Button(interactive=False), None, stop
     )
-    stop.click(stop_evaluation, None, None)  # the evaluation's own reply says it stopped
+    stop.click(stop_evaluation, following, None)  # the evaluation's own reply says it stopped
+    followed = [following, summary, table, examples, stop, watch]
+    gr.on(None, follow, None, followed)  # on page load: an evaluation running since before a reload
+    watch.tick(follow, following, followed)
     for shown in (again.click, tab.select):  # runs and GGUF exports finished since the page loaded, as in Chat
         shown(refresh, None, [runs, ggufs, pick])
     compare_btn.click(compare, pick, [settings, curves, scores, note])

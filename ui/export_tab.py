@@ -149,6 +149,15 @@ def view(job):
     )
 
 
+def follow():
+    """On page load: the export still running (started before a reload, or in another tab) is this page's job again,
+    with its progress, its log and Cancel, as on the page that started it. Returns (job, *view's outputs)."""
+    running = api.running_exports()
+    if not running:
+        return gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
+    return running[0], *view(running[0])
+
+
 def cancel(job) -> str:
     if job is None:
         return i18n.say("No export to cancel.")
@@ -190,6 +199,7 @@ def build() -> dict:
         lambda: offer(None), None, downloads
     )
     timer.tick(view, job, [result, log, timer, downloads, stop])
+    gr.on(None, follow, None, [job, result, log, timer, downloads, stop])  # on page load
     stop.click(cancel, job, result)
     return dict(
         run=run,

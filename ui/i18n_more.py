@@ -341,6 +341,7 @@ LEADS = {
     "Cannot generate": ("无法生成", "Не удалось сгенерировать"),
     "Cannot save": ("无法保存", "Не удалось сохранить"),
     "Nothing to save": ("没有可保存的内容", "Нечего сохранять"),
+    "Not loaded": ("未加载", "Не загружено"),
 }
 MESSAGES += [(re.escape(en) + r":\*\* (.*)", zh + "：** {0}", ru + ":** {0}") for en, (zh, ru) in LEADS.items()]
 MESSAGES += [  # the engine's most common refusals, as the UI shows them
@@ -353,6 +354,12 @@ MESSAGES += [  # the engine's most common refusals, as the UI shows them
     (r"Uploaded to (.*)\.", "已上传到 {0}。", "Загружено на {0}."),
     (r"Exporting… (.*)", "正在导出… {0}", "Экспорт… {0}"),
     (r"No export to cancel\.", "没有可取消的导出。", "Нет экспорта для отмены."),
+    (r"Evaluating…(.*)", "正在评估…{0}", "Оценка…{0}"),
+    (
+        r"The evaluation stopped with an error; see the app's log\.",
+        "评估因错误而停止；请查看应用的日志。",
+        "Оценка остановилась из-за ошибки; см. журнал приложения.",
+    ),
     (
         r"(\d+) question/answer pairs: edit them below, then save\.",
         "{0} 组问答：可在下方编辑，然后保存。",
@@ -361,6 +368,35 @@ MESSAGES += [  # the engine's most common refusals, as the UI shows them
     (r"generate the identity dataset first\.", "请先生成身份数据集。", "сначала сгенерируйте датасет личности."),
     (r"Saved (\d+) rows to (`.*`)\.", "已把 {0} 行保存到 {1}。", "Сохранено строк: {0}, в {1}."),
     (r"Loaded (`.*`)\.", "已加载 {0}。", "Загружено: {0}."),
+    # Load job.yaml's notice: the settings loaded, then (each with the rest after it) what was not set from it
+    (
+        r"Loaded the settings of (.*): model (`.*`), dataset (`.*`)\.((?: .*)?)",
+        "已加载 {0} 的设置：模型 {1}，数据集 {2}。{3}",
+        "Загружены настройки из {0}: модель {1}, датасет {2}.{3}",
+    ),
+    (
+        r"It asks for 'Trust remote code', which runs Python shipped with the model: that box is left unticked; "
+        r"tick it on the Model tab only if you trust this model\.((?: .*)?)",
+        "它要求“信任远程代码”，这会运行模型自带的 Python 代码：该选项保持未勾选；"
+        "只有信任此模型时，才在模型页勾选它。{0}",
+        "Он требует «Доверять удалённому коду», что запускает Python из модели: этот флажок оставлен снятым; "
+        "отметьте его на вкладке «Модель», только если доверяете этой модели.{0}",
+    ),
+    (
+        r"Its GRPO rewards (.*) are not shown here \(the tab has one of each preset, with its usual settings\): run "
+        r"the file from the command line to train with them\.",
+        "其 GRPO 奖励 {0} 未在此显示（此页每种预设只有一个，使用其常用设置）：请从命令行运行该文件，以用它们训练。",
+        "Награды GRPO {0} здесь не показаны (на вкладке по одной награде каждого пресета, с обычными настройками): "
+        "запустите файл из командной строки, чтобы обучать с ними.",
+    ),
+    (
+        r"Its GRPO reward (.*) is not shown here \(the tab has one of each preset, with its usual settings\): run "
+        r"the file from the command line to train with it\.",
+        "其 GRPO 奖励 {0} 未在此显示（此页每种预设只有一个，使用其常用设置）：请从命令行运行该文件，以用它训练。",
+        "Награда GRPO {0} здесь не показана (на вкладке по одной награде каждого пресета, с обычными настройками): "
+        "запустите файл из командной строки, чтобы обучать с ней.",
+    ),
+    (r"Choose a job\.yaml file to load\.", "请选择要加载的 job.yaml 文件。", "Выберите файл job.yaml для загрузки."),
     (r"Exporting \*\*(.*)\*\* to (`.*`)…", "正在把 **{0}** 导出到 {1}…", "Экспорт **{0}** в {1}…"),
     (r"Started run (`.*`)…", "已开始运行 {0}…", "Запущен {0}…"),
     (r"Resumed run (`.*`)…", "已继续运行 {0}…", "Продолжен {0}…"),
@@ -411,6 +447,13 @@ MESSAGES += [  # the engine's most common refusals, as the UI shows them
     ),
     (r"Pick a run in the history first\.", "请先在历史中选择一个运行。", "Сначала выберите запуск в истории."),
     (r"Pick a run to export\.", "请选择要导出的运行。", "Выберите запуск для экспорта."),
+    (
+        r"Give the questions to evaluate on \(a questions file\), or add a run: its held-out rows are used, else the "
+        r"questions it trained on\.",
+        "请给出用于评估的问题（问题文件），或加入一个运行：使用它留出的行，否则用它训练过的问题。",
+        "Укажите вопросы для оценки (файл вопросов) или добавьте запуск: берутся его отложенные строки, иначе вопросы, "
+        "на которых он обучался.",
+    ),
     (
         r"Pick a model, a run or a GGUF file to evaluate\.",
         "请选择要评估的模型、运行或 GGUF 文件。",

@@ -13,6 +13,7 @@ from pathlib import Path
 import gradio as gr
 
 from engine import api
+from ui import i18n
 from ui.model_tab import chosen_model
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(api.JobSpec)}
@@ -99,10 +100,25 @@ def build_job_file() -> dict:
 
 
 def advanced_values(spec) -> dict:
-    """The Advanced section's settings of `spec`, as the fields show them."""
+    """The Advanced section's settings of `spec`, as the fields show them (its layers with adapters among the choices
+    of its model's layers)."""
     values = {key: getattr(spec, key) for key in ADVANCED}
-    values["target_modules"] = list(spec.target_modules)
+    values["target_modules"] = layer_choices(chosen_model(None, spec.model), kept_settings(spec))
     return values
+
+
+def layer_choices(model: str, loaded: dict | None = None, ticked=None):
+    """'Layers with adapters' for the picked model: its own layers' names (Falcon's query_key_value, phi's fc1, ...;
+    Llama's for the families that use them, and wherever the model cannot be read: api.adapter_layers), ticked as
+    the engine's default ticks them. Kept: the ticks of a loaded job.yaml for its model (the model's change event
+    comes after the load, as for apply_preset), and `ticked`, the ones shown, where all are the new model's too."""
+    names, default = api.adapter_layers(model)
+    if loaded and model == loaded["model"] and "target_modules" in loaded:
+        kept = list(loaded["target_modules"])
+        return gr.CheckboxGroup(choices=[*names, *(t for t in kept if t not in names)], value=kept)
+    if ticked and set(ticked) <= set(names):
+        return gr.CheckboxGroup(choices=list(names), value=list(ticked))
+    return gr.CheckboxGroup(choices=list(names), value=list(default))
 
 
 def apply(spec, advanced: dict):
@@ -197,7 +213,11 @@ def load(path: str):
     try:
         spec = read_job_file(path)
     except api.UserError as e:
-        return *[gr.update()] * (len(LOADED) + len(ADVANCED) + len(REWARD_ARGS)), gr.update(), f"**Not loaded:** {e}"
+        return (
+            *[gr.update()] * (len(LOADED) + len(ADVANCED) + len(REWARD_ARGS)),
+            gr.update(),
+            i18n.say(f"**Not loaded:** {e}"),
+        )
     values = [getattr(spec, key) for key in LOADED]
     values[LOADED.index("column_map")] = ", ".join(f"{k}={v}" for k, v in spec.column_map.items())
     values[LOADED.index("trust_remote_code")] = False  # a file handed over must not tick it: the user does
@@ -217,7 +237,7 @@ def load(path: str):
             f" Its GRPO reward{s} {which} {are} not shown here (the tab has one of each preset, with its usual "
             f"settings): run the file from the command line to train with {it}."
         )
-    return *values, *[advanced[key] for key in ADVANCED], *rewards, kept_settings(spec), note
+    return *values, *[advanced[key] for key in ADVANCED], *rewards, kept_settings(spec), i18n.say(note)
 
 
 # The Train tab's boxes of each reward preset it shows: its tick, {setting: box}, its weight; named as
@@ -261,7 +281,9 @@ def kept_settings(spec) -> dict:
     job's model and method): its model as the Model tab passes it on, its method, and the values in the preset's
     order."""
     keys = ("max_seq_length", "batch_size", "grad_accum", "lora_r", "learning_rate", "gradient_checkpointing")
-    return dict(model=chosen_model(None, spec.model), method=spec.method, values=[getattr(spec, k) for k in keys])
+    values = [getattr(spec, k) for k in keys]
+    model = chosen_model(None, spec.model)
+    return dict(model=model, method=spec.method, values=values, target_modules=list(spec.target_modules))
 
 
 # The JobSpec settings `load` fills, in the order of wire_load's outputs.

@@ -517,6 +517,8 @@ def build(model_inputs: list, data_inputs: list) -> dict:
     preset_outputs = [preset_note, data_inputs[-1], batch, accum, rank, lr, checkpointing]
     for trigger in (model.change, method.change):
         trigger(apply_preset, [model, method, loaded_job], preset_outputs)
+    layers = advanced["target_modules"]  # the picked model's own layer names (Falcon, GPT-NeoX, phi, ...)
+    model.change(train_settings.layer_choices, [model, loaded_job, layers], layers)
     reward_inputs = [
         use_answer,
         answer_field,

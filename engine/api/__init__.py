@@ -8,7 +8,7 @@ Chat:      Chat(source).reply(messages) / .stream(messages, stats=ReplyStats()) 
 Evaluate:  evaluate(sources, data) -> results (saved in the run's eval/); eval_results(run); compare_runs(runs);
            best_checkpoint(run).
 Export:    export(source, fmt, out) -> ExportResult; start_export(source, fmt, out, push_to_hub, token) -> ExportJob.
-Models:    start_download(model) / poll_download(model) -> DownloadStatus.
+Models:    start_download(model) / poll_download(model) -> DownloadStatus; model_arch(model); adapter_layers(model).
 Machine:   doctor(); gpu_stats(); estimate(model); catalog().
 Sharing:   restrict_files(roots); withhold_hub_token(); hub_token_lend_asked() (engine.core.hub_token).
 
@@ -32,10 +32,11 @@ from engine.api.exports import (
     formats_refused,
     gguf_support,
     poll_export,
+    running_exports,
     start_export,
 )
 from engine.api.machine import doctor, estimate, gpu_stats, gpus_for, gpus_found
-from engine.api.models import DownloadStatus, model_arch, poll_download, start_download
+from engine.api.models import DownloadStatus, adapter_layers, model_arch, poll_download, start_download
 from engine.api.runs import (
     RunHandle,
     RunStatus,
@@ -105,6 +106,7 @@ __all__ = [
     "find_run",
     "estimate",
     "model_arch",
+    "adapter_layers",
     "vram_budget_gib",
     "delete_run",
     "run_log",
@@ -121,6 +123,7 @@ __all__ = [
     "tidy_workspace",
     "start_export",
     "poll_export",
+    "running_exports",
     "cancel_export",
     "ExportJob",
     "ExportStatus",

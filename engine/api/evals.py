@@ -64,10 +64,7 @@ def evaluate(
         spec, part = job, "seen"  # every row was trained on: there is no held-out part
         check_access(spec.data)
     else:
-        raise UserError(
-            "Give the questions to evaluate on (a data file), or pick a run that held some out for validation "
-            "(eval_fraction or eval_data)."
-        )
+        raise UserError(_no_questions(runs[0].name if runs else None, seen_rows))
     cases = ev.read_cases(spec, "train" if part == "seen" else part, ev.LIMIT if limit is None else limit)
     who = tuple(identity) if identity else scoring.detect_identity([c.reference for c in cases])
     notes = []  # a scoring pattern too slow on a reply: said in the results, and logged
@@ -102,6 +99,26 @@ def evaluate(
             folder = where / f"{stamp}-{slug(ev.label_of(sources[-1]))}-{n}"
         results["saved"] = ev.save(results, folder)
     return results
+
+
+def _no_questions(run: str | None, seen_rows: bool) -> str:
+    """The refusal of an evaluation with no questions, saying what to do where it is read: the Evaluate tab (it passes
+    seen_rows, so any run will do), or the command line and Python (a run that held none out needs seen_rows)."""
+    if seen_rows:
+        return (
+            "Give the questions to evaluate on (a questions file), or add a run: its held-out rows are used, else the "
+            "questions it trained on."
+        )
+    if run is None:
+        return (
+            "Give the questions to evaluate on (--data FILE on the command line, data= in Python), or add a run that "
+            "held some out for validation (eval_fraction or eval_data)."
+        )
+    return (
+        f"Run '{run}' held no rows out for validation, so it has no unseen questions: give some (--data FILE on the "
+        "command line, data= in Python), or evaluate it on the questions it trained on (seen_rows=True in Python, "
+        "as the app's Evaluate tab does), which shows what it learned rather than how it answers new questions."
+    )
 
 
 def _has_adapter(source: str) -> bool:

@@ -106,17 +106,26 @@ def start_export(
 def _being_exported(out: Path, jobs: Path) -> bool:
     """Whether an export job under `jobs` still running writes to `out` (two would do the same work side by side, and
     the one finishing second fail)."""
+    return any(job.out == out for job in running_exports(jobs))
+
+
+def running_exports(jobs: Path | None = None) -> list[ExportJob]:
+    """The export jobs still running, newest first: a page opened (or reloaded) while one runs follows it and can
+    cancel it, as the page that started it could."""
     import json
 
-    for job_dir in jobs.iterdir() if jobs.is_dir() else []:
+    jobs = jobs or workspace() / "exports" / ".jobs"
+    found = []
+    for job_dir in sorted(jobs.iterdir(), reverse=True) if jobs.is_dir() else []:
         try:
             spec = json.loads((job_dir / "export.json").read_text())
             st = json.loads((job_dir / "status.json").read_text())
         except (OSError, ValueError):  # a job folder being made, or damaged
             continue
-        if spec.get("out") == str(out) and st.get("state") not in TERMINAL and _working(job_dir, st.get("pid")):
-            return True
-    return False
+        pid = st.get("pid")
+        if st.get("state") not in TERMINAL and _working(job_dir, pid):
+            found.append(ExportJob(job_dir.name, job_dir, pid, Path(spec.get("out", ""))))
+    return found
 
 
 def _working(job_dir: Path, pid: int | None) -> bool:

@@ -128,3 +128,23 @@ def _cached_config(model: str, name: str = "config.json") -> Path | None:
     snapshots = Path(cache) / f"models--{model.replace('/', '--')}" / "snapshots"
     configs = sorted(snapshots.glob(f"*/{name}"), key=lambda p: p.stat().st_mtime)
     return configs[-1] if configs else None
+
+
+def adapter_layers(model: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the names of the decoder layers' linear modules LoRA can adapt in `model`, the ones a form ticks at first).
+    Llama's names (JobSpec's default target_modules, all ticked) unless the estimate knows the model's layers by name
+    (engine.memory.families: Falcon's and GPT-NeoX's query_key_value, phi's fc1, StarCoder2's c_fc, Jamba's Mamba
+    projections), whose names are then listed, the default's first. Ticked: the default's names where the model has
+    them all (Jamba: its Mamba projections are offered, not ticked), else every one of its layers, as the default does
+    for a Llama. A model whose config cannot be read gets Llama's names: the run names any problem with them."""
+    from engine.spec.jobspec import ALL_LINEAR
+
+    try:
+        arch = model_arch(model) if model else None
+    except (UserError, OSError, ValueError, KeyError, TypeError):  # no config reachable, or one the estimate misreads
+        arch = None
+    if arch is None or not arch.linears:
+        return ALL_LINEAR, ALL_LINEAR
+    found = list(dict.fromkeys(name for layer in arch.linears for name, _, _ in layer))
+    names = tuple([n for n in ALL_LINEAR if n in found] + [n for n in found if n not in ALL_LINEAR])
+    return names, ALL_LINEAR if set(ALL_LINEAR) <= set(names) else names

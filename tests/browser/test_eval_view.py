@@ -117,3 +117,33 @@ def test_a_run_without_a_validation_set_is_evaluated_on_its_training_questions(p
     page.get_by_text("2 questions from the run's training data").wait_for(timeout=300_000)
     page.get_by_text("these are questions it was trained on").wait_for()
     shot(page, "eval-4-training-questions")
+
+
+def test_a_reloaded_page_follows_the_running_evaluation_and_stops_it(page, server, two_runs):
+    """After a reload the running evaluation belonged to the old page: the new one showed nothing and its Stop stayed
+    disabled. The reloaded page finds it as it loads: 'Evaluating…', Stop enabled, and Stop heard."""
+    import json
+
+    questions = server[1] / "many-questions.jsonl"
+    rows = [{"instruction": f"Tell me about number {k}.", "output": f"{k} is a number."} for k in range(300)]
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    saved = server[1] / "runs" / two_runs[0] / "eval"
+    before = sorted(saved.iterdir()) if saved.is_dir() else []
+    tab(page, "Evaluate")
+    page.get_by_role("button", name="Refresh runs").last.click()
+    pick(page, "Runs to evaluate", two_runs[:1])
+    page.get_by_label("Questions file (empty").fill(str(questions))
+    page.get_by_label("Questions (at most)").fill("300")
+    page.get_by_label("Longest answer (tokens)").fill("64")
+    page.get_by_role("button", name="Evaluate", exact=True).click()
+    wait_enabled(page.get_by_role("button", name="Stop", exact=True).last, True)
+    page.reload()
+    tab(page, "Evaluate")
+    stop = page.get_by_role("button", name="Stop", exact=True).last
+    wait_enabled(stop, True)  # the reloaded page opened with it disabled; it follows the evaluation
+    page.get_by_text(re.compile(r"^Evaluating…")).wait_for()
+    shot(page, "eval-5-followed-after-reload")
+    stop.click()
+    page.get_by_text("Nothing was saved.").wait_for(timeout=120_000)
+    wait_enabled(stop, False)
+    assert (sorted(saved.iterdir()) if saved.is_dir() else []) == before  # stopped: nothing saved
