@@ -87,6 +87,9 @@ def main(argv=None) -> int:
         remove_stale_partials(run_dir, run_dir / "checkpoints", run_dir / "best", log=say, legacy=True)
         spec = read_job(job)
         if rank is None:
+            from engine.training.edits import check_and_record
+
+            check_and_record(run_dir, spec, args.resume)
             plan = launch.plan_launch(spec)
             if plan.note:
                 say(plan.note)

@@ -2,6 +2,7 @@
 the reference is the base model with the adapter switched off, cancel checkpoints and resume finishes the run."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -235,6 +236,23 @@ def test_a_cancel_during_the_last_step_ends_done_with_the_adapter(tiny_llama, pa
     metrics = run_here(spec, tmp_path, should_stop=lambda: next(polls) >= 3)
     assert [m["step"] for m in metrics] == [1, 2]
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("objective", ["dpo", "orpo"])
+def test_a_resume_at_the_last_step_writes_the_adapter_and_ends_done(tiny_llama, pairs_file, tmp_path, objective):
+    """A run killed between its last checkpoint and its final folder: the resume has no step left to train (TRL is
+    given max_steps 0) and must still finish as the SFT loop does, the adapter made from that checkpoint."""
+    from safetensors.torch import load_file
+
+    spec = spec_for(tiny_llama, pairs_file, max_steps=2, objective=objective)
+    run_here(spec, tmp_path)
+    ckpt = tmp_path / "checkpoints" / "step-000002"
+    shutil.rmtree(tmp_path / "adapter")
+    metrics = run_here(spec, tmp_path, resume=True)
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2]
+    final = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    saved = load_file(ckpt / "adapter_model.safetensors")
+    assert final.keys() == saved.keys() and all(torch.equal(final[k], saved[k]) for k in final)
 
 
 ULTRAFEEDBACK_ROW = dict(  # HuggingFaceH4/ultrafeedback_binarized's columns, as its rows come from the hub

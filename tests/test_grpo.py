@@ -605,3 +605,22 @@ def test_grpo_resumed_mid_epoch_continues_with_the_same_prompts(tiny_llama, prom
     assert [m["loss"] for m in metrics] == pytest.approx([m["loss"] for m in full_metrics], rel=1e-4, abs=1e-6)
     assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5]
     assert [m["epoch"] for m in metrics] == [m["epoch"] for m in full_metrics] == pytest.approx([0.5, 1, 1.5, 2, 2.5])
+
+
+def test_a_grpo_resume_at_the_last_step_writes_the_adapter_and_ends_done(tiny_llama, prompts_file, tmp_path):
+    """A GRPO run killed between its last checkpoint and its final folder: the resume has no step left (TRL is given
+    max_steps 0) and finishes as the SFT loop does, scoring nothing, the adapter made from that checkpoint."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    reward = {"preset": "python", "function": "test_grpo:record_prompts"}
+    spec = one_step_spec(tiny_llama, prompts_file, reward).replace(max_steps=2)
+    train(spec, tmp_path, RunLog(tmp_path), False, lambda: False, print)
+    shutil.rmtree(tmp_path / "adapter")
+    STEPS.clear()
+    train(spec, tmp_path, RunLog(tmp_path), True, lambda: False, print)
+    assert STEPS == []
+    final = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    saved = load_file(tmp_path / "checkpoints" / "step-000002" / "adapter_model.safetensors")
+    assert final.keys() == saved.keys() and all(torch.equal(final[k], saved[k]) for k in final)

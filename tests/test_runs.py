@@ -855,3 +855,84 @@ def test_cli_ctrl_c_as_the_run_is_launched_cancels_it(tiny_llama, identity_file,
     assert st.state == "cancelled", (out.out, out.err, log_of(st))
     assert out.out.splitlines()[-1].startswith("cancelled: "), out.out
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the command's handlers are given back
+
+
+def test_a_resume_refuses_job_yaml_edits_its_checkpoints_cannot_go_on_with(tiny_llama, identity_file, runs, tmp_path):
+    """job.yaml edited between a checkpoint and a resume in settings the checkpoint cannot go on with (the batch
+    layout, the adapter's rank, the data file's rows): the resume went on without a word, its data position computed
+    from the step in the new layout (or failed to load the adapter). It is refused with a sentence naming them, before
+    anything in the run folder changes, and by the training process too; an edit it honours still resumes."""
+    from engine.core.errors import UserError
+    from engine.run import main
+    from engine.training.edits import changed_settings
+
+    data = tmp_path / "data.jsonl"
+    shutil.copyfile(identity_file, data)
+    st = wait_for(
+        api.start(tiny_spec(tiny_llama, data, max_steps=6, save_every=2, keep_checkpoints=5, learning_rate=5e-3))
+    )
+    assert st.state == "done", log_of(st)
+    shutil.rmtree(st.run_dir / "checkpoints" / "step-000006")  # as if it died after step 4's checkpoint
+    shutil.rmtree(st.run_dir / "adapter")
+    (st.run_dir / "status.json").write_text(json.dumps(dict(state="failed", message="x", step=4, total_steps=6)))
+    job = st.run_dir / "job.yaml"
+    original = job.read_text()
+    job.write_text(original.replace("batch_size: 2", "batch_size: 3").replace("lora_r: 4", "lora_r: 8"))
+
+    def snapshot():
+        return {p: p.read_bytes() for p in sorted(st.run_dir.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    with pytest.raises(UserError, match=r"edited .*\(batch_size, lora_r\).*put those settings back.*new run"):
+        api.resume(st.run_dir)
+    assert snapshot() == before
+    assert main([str(job), "--resume"]) == 2  # the training process refuses it before loading anything
+    assert "(batch_size, lora_r)" in json.loads((st.run_dir / "status.json").read_text())["message"]
+    assert sorted(p.name for p in (st.run_dir / "checkpoints").glob("step-*")) == ["step-000002", "step-000004"]
+
+    job.write_text(original)
+    rows = data.read_text().splitlines()
+    data.write_text("\n".join(rows[1:] + rows[:1]) + "\n")  # the same rows in another order
+    with pytest.raises(UserError, match=r"\(data \(its content\)\)"):
+        api.resume(st.run_dir)
+    shutil.copyfile(identity_file, data)
+
+    job.write_text(original.replace("learning_rate: 0.005", "learning_rate: 0.001"))
+    assert "learning_rate: 0.001" in job.read_text()
+    resumed = wait_for(api.resume(st.run_dir))
+    assert resumed.state == "done", log_of(resumed)
+    assert "resume: from step-000004" in log_of(resumed)
+
+    # checkpoints from before the job was recorded resume unchecked, as they did
+    (st.run_dir / "trained_job.json").unlink()
+    assert changed_settings(st.run_dir, api.JobSpec.from_yaml(original.replace("batch_size: 2", "batch_size: 3"))) == []
+
+
+def test_which_job_yaml_edits_a_resume_takes(tiny_llama, identity_file, tmp_path, monkeypatch):
+    """The settings a resume honours pass; the data file moved (same bytes) passes; a data file this process cannot
+    find (a relative path, from another folder) is left to the training process; the rest are named."""
+    from engine.training.edits import changed_settings, check_and_record
+
+    data = tmp_path / "data.jsonl"
+    shutil.copyfile(identity_file, data)
+    spec = tiny_spec(tiny_llama, data, max_steps=6)
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints" / "step-000002").mkdir(parents=True)
+    check_and_record(run_dir, spec, resume=False)
+    honoured = spec.replace(learning_rate=1e-3, max_steps=9, save_every=1, eval_steps=3, lora_dropout=0.1, name="x")
+    assert changed_settings(run_dir, honoured) == []
+    moved = tmp_path / "moved.jsonl"
+    shutil.copyfile(data, moved)
+    assert changed_settings(run_dir, spec.replace(data=str(moved))) == []
+    moved.write_text(moved.read_text() + moved.read_text())
+    assert changed_settings(run_dir, spec.replace(data=str(moved))) == ["data"]
+    monkeypatch.chdir(tmp_path)
+    check_and_record(run_dir, spec.replace(data="data.jsonl"), resume=False)
+    monkeypatch.chdir(run_dir)
+    assert changed_settings(run_dir, spec.replace(data="data.jsonl")) == []
+    edited = spec.replace(
+        grad_accum=2, seed=1, max_seq_length=32, packing=True, method="full", target_modules=("q_proj",)
+    )
+    assert changed_settings(run_dir, edited.replace(data="data.jsonl")) == [
+        "grad_accum", "max_seq_length", "method", "packing", "seed", "target_modules"
+    ]  # fmt: skip

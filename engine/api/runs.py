@@ -138,11 +138,14 @@ def resume(run: "str | Path | RunHandle", *, allow_code: bool = False) -> RunHan
 
 
 def _check_steps_left(run_dir: Path, spec: JobSpec) -> None:
-    """Refuse, before a process starts, to resume a run whose job.yaml's max_steps was lowered below the step its
-    latest checkpoint reached (it would train nothing and end past its last step). A step count from epochs needs the
-    data counted: the training process refuses that one (engine.training.steps.load_checkpoint)."""
+    """Refuse, before a process starts, to resume a run whose job.yaml was edited in a setting its checkpoints cannot
+    go on with (engine.training.edits), or whose max_steps was lowered below the step its latest checkpoint reached
+    (it would train nothing and end past its last step). A step count from epochs needs the data counted: the
+    training process refuses that one (engine.training.steps.load_checkpoint)."""
+    from engine.training.edits import check_unchanged
     from engine.training.steps import latest_checkpoint, past_the_end
 
+    check_unchanged(run_dir, spec)
     ckpt = latest_checkpoint(run_dir)
     if spec.max_steps and ckpt is not None and (refusal := past_the_end(ckpt, spec.max_steps)) is not None:
         raise refusal

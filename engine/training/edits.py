@@ -1,0 +1,117 @@
+"""Edits to a run's job.yaml between a checkpoint and its resume: which ones the resume can honour.
+
+A run's checkpoints hold weights of one shape (model, method, LoRA rank and targets) trained on one batch order
+(data, its tokenization, batch layout, seed); a resume computes where it stands in the data from the step alone. So
+the training process records the job its checkpoints are made with (trained_job.json, plain JSON), and a resume
+compares job.yaml with it: settings outside HONOURED that changed are refused with one sentence, before a process
+starts where api.resume can tell. A run whose checkpoints predate the record resumes as before, unchecked.
+"""
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+from engine.core.errors import UserError
+from engine.core.files import write_json
+
+# Settings a resume takes as job.yaml says now: the optimizer's settings and schedule (engine.training.steps
+# load_checkpoint), the step count (refused below the checkpoint's there), saving, logging, validation's timing,
+# speed switches, and the loss's and sampling's weights. Any other edit changes what the checkpoint holds or the
+# data's order and position.
+HONOURED = {
+    "name",
+    "notes",
+    "learning_rate",
+    "lr_schedule",
+    "warmup_steps",
+    "weight_decay",
+    "max_grad_norm",
+    "lora_dropout",
+    "max_steps",
+    "epochs",
+    "save_every",
+    "save_every_minutes",
+    "keep_checkpoints",
+    "eval_steps",
+    "gradient_checkpointing",
+    "fast_path",
+    "trust_remote_code",
+    "embedding_learning_rate",
+    "dpo_beta",
+    "max_new_tokens",
+    "temperature",
+}
+
+
+def record_path(run_dir: Path) -> Path:
+    return run_dir / "trained_job.json"
+
+
+def job_record(spec) -> dict:
+    """The settings of `spec` a resume cannot honour a change of, with the content hash of a local data file (an
+    edited file changes the rows behind each step)."""
+    settings = {k: v for k, v in dataclasses.asdict(spec).items() if k not in HONOURED}
+    record = json.loads(json.dumps(settings))  # tuples as lists, as the file reads back
+    for key in ("data", "eval_data"):
+        digest = _file_digest(getattr(spec, key))
+        if digest is not None:
+            record[f"{key}_sha256"] = digest
+    return record
+
+
+def _file_digest(path: str) -> str | None:
+    file = Path(path).expanduser() if path else None
+    if file is None or not file.is_file():
+        return None  # a hub dataset, or none: its name is what is compared
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def changed_settings(run_dir: Path, spec) -> list[str]:
+    """The settings of job.yaml (`spec`) that differ from those the run's checkpoints were made with; none where the
+    run has no checkpoint or no record of its job (checkpoints from before the record)."""
+    try:
+        saved = json.loads(record_path(run_dir).read_text())
+    except (OSError, ValueError):
+        return []
+    if not any((run_dir / "checkpoints").glob("step-*")):
+        return []
+    now = job_record(spec)
+    changed = []
+    for key in sorted(set(saved) | set(now)):
+        if key.endswith("_sha256") or saved.get(key) == now.get(key):
+            continue
+        digest = f"{key}_sha256"
+        if key in ("data", "eval_data") and saved.get(digest) and saved.get(digest) == now.get(digest):
+            continue  # the same file, moved or renamed
+        changed.append(key)
+    for key in ("data", "eval_data"):
+        digest = f"{key}_sha256"
+        # a file this process cannot find (a relative path from another folder) is not said to have changed: the
+        # training process, which can, compares it again
+        if saved.get(key) == now.get(key) and saved.get(digest) and now.get(digest) and saved[digest] != now[digest]:
+            changed.append(f"{key} (its content)")
+    return changed
+
+
+def check_unchanged(run_dir: Path, spec) -> None:
+    """Refuse to resume `run_dir` with job.yaml (`spec`) edited in a setting its checkpoints cannot go on with."""
+    changed = changed_settings(run_dir, spec)
+    if changed:
+        raise UserError(
+            f"job.yaml was edited since this run's checkpoints were made ({', '.join(changed)}), which a resume cannot "
+            "honour; put those settings back to resume it, or start a new run with them. Its checkpoints are kept "
+            "as they were."
+        )
+
+
+def check_and_record(run_dir: Path, spec, resume: bool) -> None:
+    """In the training process, before anything loads: refuse a resume's edits (`check_unchanged`), then record the
+    job the checkpoints from now on are made with."""
+    if resume:
+        check_unchanged(run_dir, spec)
+    write_json(record_path(run_dir), job_record(spec))
