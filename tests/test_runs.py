@@ -936,3 +936,9 @@ def test_which_job_yaml_edits_a_resume_takes(tiny_llama, identity_file, tmp_path
     assert changed_settings(run_dir, edited.replace(data="data.jsonl")) == [
         "grad_accum", "max_seq_length", "method", "packing", "seed", "target_modules"
     ]  # fmt: skip
+    # a setting the record lacks (new in a later version of the app) or job.yaml lacks (one since removed) is no edit
+    record = json.loads((run_dir / "trained_job.json").read_text())
+    del record["grad_accum"]
+    record["a_setting_since_removed"] = 1
+    (run_dir / "trained_job.json").write_text(json.dumps(record))
+    assert changed_settings(run_dir, spec.replace(data="data.jsonl")) == []

@@ -82,8 +82,9 @@ def changed_settings(run_dir: Path, spec) -> list[str]:
         return []
     now = job_record(spec)
     changed = []
-    for key in sorted(set(saved) | set(now)):
-        if key.endswith("_sha256") or saved.get(key) == now.get(key):
+    # a setting one side lacks is new in a later version of the app, or gone from it: no edit of the user's
+    for key in sorted(set(saved) & set(now)):
+        if key.endswith("_sha256") or saved[key] == now[key]:
             continue
         digest = f"{key}_sha256"
         if key in ("data", "eval_data") and saved.get(digest) and saved.get(digest) == now.get(digest):
