@@ -89,8 +89,8 @@ def main(argv=None) -> int:
         if rank is None:
             from engine.training.edits import check_and_record
 
-            check_and_record(run_dir, spec, args.resume)
             plan = launch.plan_launch(spec)
+            check_and_record(run_dir, spec, args.resume, plan.processes)
             if plan.note:
                 say(plan.note)
             if plan.processes > 1:

@@ -934,11 +934,15 @@ def test_which_job_yaml_edits_a_resume_takes(tiny_llama, identity_file, tmp_path
         grad_accum=2, seed=1, max_seq_length=32, packing=True, method="full", target_modules=("q_proj",)
     )
     assert changed_settings(run_dir, edited.replace(data="data.jsonl")) == [
-        "grad_accum", "max_seq_length", "method", "packing", "seed", "target_modules"
+        "grad_accum x gpus", "max_seq_length", "method", "packing", "seed", "target_modules"
     ]  # fmt: skip
+    # another GPU count with the same examples a step is no edit (README, "Several GPUs"): 1 x 2 GPUs as 2 x 1
+    check_and_record(run_dir, spec.replace(data="data.jsonl", grad_accum=2, gpus=1), resume=False)
+    assert changed_settings(run_dir, spec.replace(data="data.jsonl", grad_accum=1, gpus=2)) == []
+    assert changed_settings(run_dir, spec.replace(data="data.jsonl", grad_accum=2, gpus=2)) == ["grad_accum x gpus"]
     # a setting the record lacks (new in a later version of the app) or job.yaml lacks (one since removed) is no edit
     record = json.loads((run_dir / "trained_job.json").read_text())
-    del record["grad_accum"]
+    del record["packing"]
     record["a_setting_since_removed"] = 1
     (run_dir / "trained_job.json").write_text(json.dumps(record))
-    assert changed_settings(run_dir, spec.replace(data="data.jsonl")) == []
+    assert changed_settings(run_dir, spec.replace(data="data.jsonl", grad_accum=2, gpus=1, packing=True)) == []

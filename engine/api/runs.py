@@ -143,9 +143,10 @@ def _check_steps_left(run_dir: Path, spec: JobSpec) -> None:
     (it would train nothing and end past its last step). A step count from epochs needs the data counted: the
     training process refuses that one (engine.training.steps.load_checkpoint)."""
     from engine.training.edits import check_unchanged
+    from engine.training.launch import plan_launch
     from engine.training.steps import latest_checkpoint, past_the_end
 
-    check_unchanged(run_dir, spec)
+    check_unchanged(run_dir, spec, plan_launch(spec).processes)
     ckpt = latest_checkpoint(run_dir)
     if spec.max_steps and ckpt is not None and (refusal := past_the_end(ckpt, spec.max_steps)) is not None:
         raise refusal

@@ -44,15 +44,22 @@ HONOURED = {
 }
 
 
+SPREAD = "grad_accum x gpus"
+
+
 def record_path(run_dir: Path) -> Path:
     return run_dir / "trained_job.json"
 
 
-def job_record(spec) -> dict:
+def job_record(spec, processes: int | None = None) -> dict:
     """The settings of `spec` a resume cannot honour a change of, with the content hash of a local data file (an
-    edited file changes the rows behind each step)."""
-    settings = {k: v for k, v in dataclasses.asdict(spec).items() if k not in HONOURED}
+    edited file changes the rows behind each step). `processes`: the ranks the run trains on (engine.training.launch
+    plan_launch; None: `gpus`, at least one, as on the CPU)."""
+    settings = {k: v for k, v in dataclasses.asdict(spec).items() if k not in HONOURED | {"gpus", "grad_accum"}}
     record = json.loads(json.dumps(settings))  # tuples as lists, as the file reads back
+    # a step is batch_size x grad_accum x the GPU count examples: a checkpoint resumes on another count of GPUs with
+    # grad_accum changed to keep that product (README, "Several GPUs")
+    record[SPREAD] = spec.grad_accum * (processes or max(1, spec.gpus))
     for key in ("data", "eval_data"):
         digest = _file_digest(getattr(spec, key))
         if digest is not None:
@@ -71,7 +78,7 @@ def _file_digest(path: str) -> str | None:
     return digest.hexdigest()
 
 
-def changed_settings(run_dir: Path, spec) -> list[str]:
+def changed_settings(run_dir: Path, spec, processes: int | None = None) -> list[str]:
     """The settings of job.yaml (`spec`) that differ from those the run's checkpoints were made with; none where the
     run has no checkpoint or no record of its job (checkpoints from before the record)."""
     try:
@@ -80,7 +87,7 @@ def changed_settings(run_dir: Path, spec) -> list[str]:
         return []
     if not any((run_dir / "checkpoints").glob("step-*")):
         return []
-    now = job_record(spec)
+    now = job_record(spec, processes)
     changed = []
     # a setting one side lacks is new in a later version of the app, or gone from it: no edit of the user's
     for key in sorted(set(saved) & set(now)):
@@ -99,20 +106,21 @@ def changed_settings(run_dir: Path, spec) -> list[str]:
     return changed
 
 
-def check_unchanged(run_dir: Path, spec) -> None:
+def check_unchanged(run_dir: Path, spec, processes: int | None = None) -> None:
     """Refuse to resume `run_dir` with job.yaml (`spec`) edited in a setting its checkpoints cannot go on with."""
-    changed = changed_settings(run_dir, spec)
+    changed = changed_settings(run_dir, spec, processes)
     if changed:
         raise UserError(
             f"job.yaml was edited since this run's checkpoints were made ({', '.join(changed)}), which a resume cannot "
-            "honour; put those settings back to resume it, or start a new run with them. Its checkpoints are kept "
-            "as they were."
+            "honour; put those settings back to resume it, or start a new run with them"
+            + ("; to resume on another number of GPUs, keep grad_accum x gpus as it was" if SPREAD in changed else "")
+            + ". Its checkpoints are kept as they were."
         )
 
 
-def check_and_record(run_dir: Path, spec, resume: bool) -> None:
+def check_and_record(run_dir: Path, spec, resume: bool, processes: int | None = None) -> None:
     """In the training process, before anything loads: refuse a resume's edits (`check_unchanged`), then record the
     job the checkpoints from now on are made with."""
     if resume:
-        check_unchanged(run_dir, spec)
-    write_json(record_path(run_dir), job_record(spec))
+        check_unchanged(run_dir, spec, processes)
+    write_json(record_path(run_dir), job_record(spec, processes))
