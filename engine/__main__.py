@@ -9,7 +9,8 @@
       gguf-mxfp4 (mixture-of-experts models: experts in MXFP4, the rest Q8_0)
       the upload reads its token from HF_TOKEN
   python -m engine eval RUN_OR_MODEL_OR_GGUF [...] [--data FILE] [--regex RE] [--reward JSON] [--name N --maker M]
-      loss / perplexity and scored greedy answers as JSON (a run adds its base model), saved in the run's eval/
+      loss / perplexity and scored greedy answers as JSON (a run adds its base model), saved in the run's eval/;
+      --seen-rows: a run that held no rows out is evaluated on the questions it trained on
   python -m engine data inspect FILE [--format F] [--model M] [--objective O]
   python -m engine estimate --model M [--method METHOD] [--vram GIB] [--gpus N | --machine NAME]
   python -m engine doctor
@@ -239,6 +240,11 @@ def main(argv=None) -> int:
     p.add_argument("--maker", default="", help="identity check: its maker")
     p.add_argument("--no-base", action="store_true", help="skip the base model of a run")
     p.add_argument(
+        "--seen-rows",
+        action="store_true",
+        help="without --data, a run that held no rows out is evaluated on the questions it trained on",
+    )
+    p.add_argument(
         "--limit",
         type=_number(int, 0, "at least"),
         default=None,
@@ -358,6 +364,7 @@ def main(argv=None) -> int:
                 max_new_tokens=args.max_new_tokens,
                 save=not args.no_save,
                 log=lambda m: print(m, file=sys.stderr),
+                seen_rows=args.seen_rows,
             )
             print(json.dumps(out, indent=2, ensure_ascii=False))
             return 0

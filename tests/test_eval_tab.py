@@ -1,11 +1,16 @@
 """The Evaluate tab's handlers and the validation series it lends the Train tab's loss plot."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 
 from engine import api
 from ui import eval_tab
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def metrics():
@@ -301,9 +306,16 @@ def test_a_run_without_a_validation_set_is_evaluated_on_its_training_questions(
         api.evaluate([st.run_id], base=False, save=False)
     assert str(refused.value) == (
         f"Run '{st.run_id}' held no rows out for validation, so it has no unseen questions: give some (--data FILE "
-        "on the command line, data= in Python), or evaluate it on the questions it trained on (seen_rows=True in "
-        "Python, as the app's Evaluate tab does), which shows what it learned rather than how it answers new questions."
+        "on the command line, data= in Python), or evaluate it on the questions it trained on (--seen-rows, "
+        "seen_rows=True in Python, as the app's Evaluate tab does), which shows what it learned rather than how it "
+        "answers new questions."
     )
+    # the command line's --seen-rows (it had none: its refusal could only point to --data)
+    cli = [sys.executable, "-m", "engine", "eval", str(st.run_dir), "--no-base", "--limit", "3", "--no-save"]
+    out = subprocess.run([*cli, "--seen-rows"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    printed = json.loads(out.stdout)
+    assert printed["seen_in_training"] and printed["cases"] == 3 and printed["data"] == str(identity_file)
 
 
 def test_with_no_questions_and_no_run_the_tab_says_what_to_give_in_its_words(tiny_llama, runs):

@@ -116,8 +116,9 @@ def _no_questions(run: str | None, seen_rows: bool) -> str:
         )
     return (
         f"Run '{run}' held no rows out for validation, so it has no unseen questions: give some (--data FILE on the "
-        "command line, data= in Python), or evaluate it on the questions it trained on (seen_rows=True in Python, "
-        "as the app's Evaluate tab does), which shows what it learned rather than how it answers new questions."
+        "command line, data= in Python), or evaluate it on the questions it trained on (--seen-rows, seen_rows=True "
+        "in Python, as the app's Evaluate tab does), which shows what it learned rather than how it answers new "
+        "questions."
     )
 
 
