@@ -43,11 +43,14 @@ def hub_adapter(model: str) -> Path | None:
     """For a hub id, the local snapshot of that repository when it is a LoRA adapter (its adapter_config.json is in the
     local cache, or on the hub, and it has no config.json), downloaded with the files a model needs; None for
     anything else, and when neither the cache nor the hub can say (offline: the model's own download then does)."""
-    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub import hf_hub_download, snapshot_download, try_to_load_from_cache
 
     from engine.core.hub_id import HUB_FILES, HUB_ID
 
     if Path(os.path.expanduser(model)).is_dir() or not HUB_ID.match(model) or model.startswith((".", "/", "~")):
+        return None
+    cached = try_to_load_from_cache(model, "config.json", cache_dir=os.environ.get("HF_HUB_CACHE"))
+    if isinstance(cached, str):  # a model downloaded before: no hub request
         return None
     try:
         hf_hub_download(model, "adapter_config.json")

@@ -78,16 +78,17 @@ def _file_digest(path: str) -> str | None:
     return digest.hexdigest()
 
 
-def changed_settings(run_dir: Path, spec, processes: int | None = None) -> list[str]:
+def changed_settings(run_dir: Path, spec, processes: int | None = None, now: dict | None = None) -> list[str]:
     """The settings of job.yaml (`spec`) that differ from those the run's checkpoints were made with; none where the
-    run has no checkpoint or no record of its job (checkpoints from before the record)."""
+    run has no checkpoint or no record of its job (checkpoints from before the record). `now`: job_record(spec,
+    processes), where the caller has it (it reads the whole data file)."""
     try:
         saved = json.loads(record_path(run_dir).read_text())
     except (OSError, ValueError):
         return []
     if not any((run_dir / "checkpoints").glob("step-*")):
         return []
-    now = job_record(spec, processes)
+    now = now or job_record(spec, processes)
     changed = []
     # a setting one side lacks is new in a later version of the app, or gone from it: no edit of the user's
     for key in sorted(set(saved) & set(now)):
@@ -106,9 +107,9 @@ def changed_settings(run_dir: Path, spec, processes: int | None = None) -> list[
     return changed
 
 
-def check_unchanged(run_dir: Path, spec, processes: int | None = None) -> None:
+def check_unchanged(run_dir: Path, spec, processes: int | None = None, now: dict | None = None) -> None:
     """Refuse to resume `run_dir` with job.yaml (`spec`) edited in a setting its checkpoints cannot go on with."""
-    changed = changed_settings(run_dir, spec, processes)
+    changed = changed_settings(run_dir, spec, processes, now)
     if changed:
         raise UserError(
             f"job.yaml was edited since this run's checkpoints were made ({', '.join(changed)}), which a resume cannot "
@@ -120,7 +121,8 @@ def check_unchanged(run_dir: Path, spec, processes: int | None = None) -> None:
 
 def check_and_record(run_dir: Path, spec, resume: bool, processes: int | None = None) -> None:
     """In the training process, before anything loads: refuse a resume's edits (`check_unchanged`), then record the
-    job the checkpoints from now on are made with."""
+    job the checkpoints from now on are made with (read once: the data file's hash is the costly part)."""
+    now = job_record(spec, processes)
     if resume:
-        check_unchanged(run_dir, spec, processes)
-    write_json(record_path(run_dir), job_record(spec, processes))
+        check_unchanged(run_dir, spec, processes, now)
+    write_json(record_path(run_dir), now)
