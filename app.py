@@ -7,6 +7,8 @@ Layout and wiring only: every action goes through engine.api, and training runs 
   --root-path /prefix        when served behind a reverse proxy: reachable from elsewhere too, so it needs a login
   --lend-hf-token            a shared app's hub downloads use this machine's Hugging Face token (or set
                              TUNESMITH_LEND_HF_TOKEN=1); without it they send none, so gated and private models fail
+  --workspace DIR            keep runs/, data/ and exports/ in DIR instead of the working folder (or set
+                             TUNESMITH_WORKSPACE=DIR); relative paths typed in the app are read from there too
 """
 
 import argparse
@@ -106,7 +108,27 @@ def parse_args(argv=None) -> argparse.Namespace:
         "`hf auth login`), so its users can fetch the gated and private models it reaches (or set "
         "TUNESMITH_LEND_HF_TOKEN=1); without it a shared app sends no token",
     )
+    ap.add_argument(
+        "--workspace",
+        default=os.environ.get(api.WORKSPACE_ENV),
+        help="the folder the app keeps runs/, data/ and exports/ in (default: the working folder; or set "
+        "TUNESMITH_WORKSPACE)",
+    )
     return ap.parse_args(argv)
+
+
+def use_workspace(folder: str | None) -> None:
+    """Make `folder` (made if missing) the workspace, for this process and the runs and exports it starts, and the
+    working folder, so a relative path typed in the app (data/mine.jsonl) means one of the workspace's files."""
+    if not folder:
+        return
+    path = Path(folder).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        sys.exit(f"--workspace {folder}: cannot use it as a folder ({e.strerror}); name a folder you can write to.")
+    os.environ[api.WORKSPACE_ENV] = str(path)
+    os.chdir(path)
 
 
 def auth_for(args) -> tuple[str, str] | None:
@@ -136,12 +158,13 @@ def share(args) -> None:
     # the workspace is the working folder, so an app started from the home folder would lend ~/.docker/config.json,
     # ~/.kaggle/kaggle.json and the rest to its users.
     home = Path.home().resolve()
-    if api.workspace() == home or api.workspace() in home.parents:
-        sys.exit(
-            f"This app is shared, and its workspace {api.workspace()} holds your whole home folder, every file of "
-            "which its users could open: start it from the project folder (or one made for it), or set "
-            "TUNESMITH_RUNS=/path/to/a/folder/runs."
-        )
+    for folder in (api.workspace(), api.runs_dir()):
+        if folder == home or folder in home.parents:
+            sys.exit(
+                f"This app is shared, and its workspace {folder} holds your whole home folder, every file of "
+                "which its users could open: start it with --workspace /path/to/a/folder of its own (or from the "
+                "project folder)."
+            )
     # every path that arrives from the browser or the HTTP API must name a file in the workspace or Gradio's uploads,
     # and a run id a folder in runs/
     api.restrict_files([api.workspace(), os.environ.get("GRADIO_TEMP_DIR", tempfile.gettempdir() + "/gradio")])
@@ -162,6 +185,7 @@ def share(args) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    use_workspace(args.workspace)
     auth = auth_for(args)
     if auth is not None:
         share(args)
@@ -183,6 +207,8 @@ def main(argv=None) -> None:
     )
 
 
+if __name__ == "__main__":
+    use_workspace(parse_args().workspace)  # before the tabs are built: they list the workspace's runs and exports
 demo = build_app()
 
 if __name__ == "__main__":

@@ -10,17 +10,24 @@ from engine.core.errors import UserError
 MODEL_FIX = "put the model folder inside it, or pick a hub model"  # what to do about a model outside a shared app
 SOURCE_FIX = "pick a run or an exported GGUF file, or a hub model"  # ... about a chat, eval or export source
 NAME_BYTES = 200  # the longest name safe_name takes, in UTF-8 bytes
+WORKSPACE_ENV = "TUNESMITH_WORKSPACE"  # the app's --workspace: the folder of runs/, data/ and exports/
 _allowed_roots: list[Path] | None = None  # set by restrict_files(): the folders a shared app may read
 
 
 def runs_dir() -> Path:
-    """Where run folders live: $TUNESMITH_RUNS, or ./runs."""
-    return Path(os.environ.get("TUNESMITH_RUNS", "runs")).resolve()
+    """Where run folders live: $TUNESMITH_RUNS, else runs/ in $TUNESMITH_WORKSPACE, else ./runs."""
+    named = os.environ.get("TUNESMITH_RUNS")
+    return (Path(named) if named else _named_workspace() / "runs").expanduser().resolve()
 
 
 def workspace() -> Path:
-    """The folder the app reads and writes: runs/, data/ and exports/ (the parent of runs_dir())."""
-    return runs_dir().parent
+    """The folder the app reads and writes: runs/, data/ and exports/ ($TUNESMITH_WORKSPACE, else the parent of
+    runs_dir())."""
+    return _named_workspace().resolve() if os.environ.get(WORKSPACE_ENV) else runs_dir().parent
+
+
+def _named_workspace() -> Path:
+    return Path(os.environ.get(WORKSPACE_ENV) or ".").expanduser()
 
 
 def safe_name(name: str, what: str = "name") -> str:
