@@ -2,8 +2,9 @@
 
 Layout and wiring only: every action goes through engine.api, and training runs in its own process.
   --host 0.0.0.0 / --share   reachable from other machines: needs --auth user:password (one is generated otherwise)
-  --auth user:password       a login; with one, the app is shared: paths and run ids stay inside the workspace
-                             (TUNESMITH_AUTH=user:password keeps it out of the process list other users can read)
+  --auth user:password       a login; with one, the app is shared: paths and run ids stay inside the workspace's
+                             runs/, data/ and exports/ (TUNESMITH_AUTH=user:password keeps it out of the process
+                             list other users can read)
   --root-path /prefix        when served behind a reverse proxy: reachable from elsewhere too, so it needs a login
   --lend-hf-token            a shared app's hub downloads use this machine's Hugging Face token (or set
                              TUNESMITH_LEND_HF_TOKEN=1); without it they send none, so gated and private models fail
@@ -153,10 +154,11 @@ def auth_for(args) -> tuple[str, str] | None:
 
 def share(args) -> None:
     """What a shared app (one with a login: reachable from elsewhere, or shared through it) lends its users, set before
-    it serves anyone: files of the workspace only, and the machine's hub token only when the host lends it."""
-    # Every file in the workspace can be opened by whoever logs in (the Data tab shows a .json or .txt file's rows):
-    # the workspace is the working folder, so an app started from the home folder would lend ~/.docker/config.json,
-    # ~/.kaggle/kaggle.json and the rest to its users.
+    it serves anyone: files of the workspace's runs/, data/ and exports/ only, and the machine's hub token only when
+    the host lends it."""
+    # Every file in the workspace's runs/, data/ and exports/ can be opened by whoever logs in (the Data tab shows a
+    # .json or .txt file's rows): a workspace that is the home folder would lend the user's own ~/data and ~/exports,
+    # and a runs folder there (TUNESMITH_RUNS) all of it.
     home = Path.home().resolve()
     for folder in (api.workspace(), api.runs_dir()):
         if folder == home or folder in home.parents:
@@ -165,9 +167,9 @@ def share(args) -> None:
                 "which its users could open: start it with --workspace /path/to/a/folder of its own (or from the "
                 "project folder)."
             )
-    # every path that arrives from the browser or the HTTP API must name a file in the workspace or Gradio's uploads,
-    # and a run id a folder in runs/
-    api.restrict_files([api.workspace(), os.environ.get("GRADIO_TEMP_DIR", tempfile.gettempdir() + "/gradio")])
+    # every path that arrives from the browser or the HTTP API must name a file in the workspace's runs/, data/ or
+    # exports/ or Gradio's uploads, not hidden, and a run id a folder in runs/
+    api.restrict_files([os.environ.get("GRADIO_TEMP_DIR", tempfile.gettempdir() + "/gradio")])
     if args.lend_hf_token:
         print("This shared app lends this machine's Hugging Face token to its users' hub downloads.", flush=True)
     elif api.withhold_hub_token():

@@ -464,7 +464,10 @@ def test_a_shared_app_refuses_a_workspace_holding_the_home_folder(runs_in, tmp_p
     served = []
     monkeypatch.setattr(app.demo, "launch", lambda **kw: served.append(kw))
     app.main(["--auth", "me:secret", "--lend-hf-token"])  # (lent: this process's hub token is left as it is)
-    assert served and access._allowed_roots[0] == (tmp_path / "work" if "elsewhere" in runs_in else home / "tunesmith")
+    assert (
+        served
+        and access._allowed_roots[1] == (tmp_path / "work" if "elsewhere" in runs_in else home / "tunesmith") / "data"
+    )
 
 
 @pytest.mark.parametrize("given", ["--workspace", "TUNESMITH_WORKSPACE", "neither"])
@@ -672,7 +675,7 @@ def test_shared_app_reads_only_its_workspace(runs, tmp_path, identity_file, monk
     inside.parent.mkdir(parents=True)
     inside.write_text(identity_file.read_text())
     monkeypatch.setattr(access, "_allowed_roots", None)
-    api.restrict_files([api.workspace()])
+    api.restrict_files()
     secret = tmp_path.parent / "secret.jsonl"
     secret.write_text(identity_file.read_text())
     _, summary, _, _ = data_tab.inspect(str(secret), "", "", "auto", 1024)
