@@ -487,6 +487,31 @@ def test_a_shared_app_trains_no_model_folder_linking_out(runs, tiny_llama, ident
     assert not runs.exists() or list(runs.iterdir()) == []
 
 
+def test_a_copied_jobs_relative_paths_are_checked_as_its_processes_read_them(runs, monkeypatch):
+    """Runs and exports work in the project folder and read a job.yaml's relative paths from there, while a shared app
+    checked them from its own working folder (its workspace, with --workspace): a run folder handed over naming its
+    data `README.md` was resumed on the project's README, and one naming its base model by a path of the project
+    folder was exported with it."""
+    from engine.api import access
+    from ui import train_tab
+
+    monkeypatch.chdir(runs.parent)  # the app's working folder is its workspace, not the project folder
+    monkeypatch.setattr(access, "_allowed_roots", None)
+    api.restrict_files()
+    folder = runs / "20250101-000000-handed-over"
+    (folder / "adapter").mkdir(parents=True)
+    (folder / "adapter" / "adapter_model.safetensors").write_bytes(b"")
+    (folder / "job.yaml").write_text(api.JobSpec(model="Qwen/Qwen3-0.6B", data="README.md").to_yaml())
+    (folder / "status.json").write_text(json.dumps(dict(state="failed", message="x", step=1, total_steps=2)))
+    _, status, _ = train_tab.resume(folder.name)
+    assert "Not resumed" in status and OUTSIDE in status, status
+    assert not (folder / "log.txt").exists()
+    (folder / "job.yaml").write_text(api.JobSpec(model="tests", data="x.jsonl").to_yaml())
+    with pytest.raises(api.UserError, match=OUTSIDE):
+        api.start_export(str(folder), "lora", runs.parent / "exports" / "x")
+    assert not (runs.parent / "exports").exists()
+
+
 def test_gradio_run_history_lends_no_hub_token_and_keeps_no_inputs(shared):
     """Gradio's run history, on by default, answered without a login and called the hub with the machine's token for
     a request that looked local (from 127.0.0.1 to 127.0.0.1, as every one a reverse proxy on this machine forwards):

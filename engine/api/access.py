@@ -109,9 +109,19 @@ def check_source(source: str) -> None:
 
     base, adapter, tokenizer = locate(source)
     check_access(base, SOURCE_FIX, shared_folders())
+    check_access(as_processes_read(base), SOURCE_FIX, shared_folders())  # as an export reads it
     for folder in (Path(source), adapter, tokenizer):  # the run's or checkpoint's adapter and tokenizer are read too
         if folder is not None and folder.is_dir():
             check_access(str(folder), SOURCE_FIX, shared_folders())
+
+
+def as_processes_read(value: str) -> str:
+    """A relative path as the runs and exports the app starts read it from a job.yaml: from the project folder, where
+    they work (engine.api.processes.ROOT), which need not be the app's working folder (--workspace); else `value`."""
+    from engine.api.processes import ROOT
+
+    path = Path(value) if value else None
+    return str(ROOT / path) if path and not path.is_absolute() and (ROOT / path).exists() else value
 
 
 def check_links(folder: Path, roots: list[Path] | None = None) -> None:

@@ -5,7 +5,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.api.access import MODEL_FIX, allowed_roots, check_access, check_links, runs_dir
+from engine.api.access import MODEL_FIX, allowed_roots, as_processes_read, check_access, check_links, runs_dir
 from engine.api.processes import alive, exit_code, mark_cancelled, runs_in, slug, spawn, stop
 from engine.core.errors import UserError
 from engine.core.runlog import TERMINAL, read_metrics
@@ -132,6 +132,8 @@ def resume(run: "str | Path | RunHandle", *, allow_code: bool = False) -> RunHan
             raise UserError(f"Run {status.run_id} already finished; start a new run to train further.")
         spec = JobSpec.from_yaml((status.run_dir / "job.yaml").read_text())
         _check_job(spec, allow_code, resumed=True)
+        read = {k: as_processes_read(getattr(spec, k)) for k in ("model", "data", "eval_data")}
+        _check_job(spec.replace(**read), allow_code, resumed=True)  # its relative paths, as the run reads them
         _check_no_links(status.run_dir)
         _check_steps_left(status.run_dir, spec)
         return _launch(status.run_dir, resume=True)
