@@ -2,11 +2,14 @@
 
 Layout and wiring only: every action goes through engine.api, and training runs in its own process.
   --host 0.0.0.0 / --share   reachable from other machines: needs --auth user:password (one is generated otherwise)
-  --auth user:password       a login; with one, the app is shared: paths and run ids stay inside the workspace
-                             (TUNESMITH_AUTH=user:password keeps it out of the process list other users can read)
+  --auth user:password       a login; with one, the app is shared: paths and run ids stay inside the workspace's
+                             runs/, data/ and exports/ (TUNESMITH_AUTH=user:password keeps it out of the process
+                             list other users can read)
   --root-path /prefix        when served behind a reverse proxy: reachable from elsewhere too, so it needs a login
   --lend-hf-token            a shared app's hub downloads use this machine's Hugging Face token (or set
                              TUNESMITH_LEND_HF_TOKEN=1); without it they send none, so gated and private models fail
+  --workspace DIR            keep runs/, data/ and exports/ in DIR instead of the working folder (or set
+                             TUNESMITH_WORKSPACE=DIR); relative paths typed in the app are read from there too
 """
 
 import argparse
@@ -106,7 +109,27 @@ def parse_args(argv=None) -> argparse.Namespace:
         "`hf auth login`), so its users can fetch the gated and private models it reaches (or set "
         "TUNESMITH_LEND_HF_TOKEN=1); without it a shared app sends no token",
     )
+    ap.add_argument(
+        "--workspace",
+        default=os.environ.get(api.WORKSPACE_ENV),
+        help="the folder the app keeps runs/, data/ and exports/ in (default: the working folder; or set "
+        "TUNESMITH_WORKSPACE)",
+    )
     return ap.parse_args(argv)
+
+
+def use_workspace(folder: str | None) -> None:
+    """Make `folder` (made if missing) the workspace, for this process and the runs and exports it starts, and the
+    working folder, so a relative path typed in the app (data/mine.jsonl) means one of the workspace's files."""
+    if not folder:
+        return
+    path = Path(folder).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        sys.exit(f"--workspace {folder}: cannot use it as a folder ({e.strerror}); name a folder you can write to.")
+    os.environ[api.WORKSPACE_ENV] = str(path)
+    os.chdir(path)
 
 
 def auth_for(args) -> tuple[str, str] | None:
@@ -131,20 +154,22 @@ def auth_for(args) -> tuple[str, str] | None:
 
 def share(args) -> None:
     """What a shared app (one with a login: reachable from elsewhere, or shared through it) lends its users, set before
-    it serves anyone: files of the workspace only, and the machine's hub token only when the host lends it."""
-    # Every file in the workspace can be opened by whoever logs in (the Data tab shows a .json or .txt file's rows):
-    # the workspace is the working folder, so an app started from the home folder would lend ~/.docker/config.json,
-    # ~/.kaggle/kaggle.json and the rest to its users.
+    it serves anyone: files of the workspace's runs/, data/ and exports/ only, and the machine's hub token only when
+    the host lends it."""
+    # Every file in the workspace's runs/, data/ and exports/ can be opened by whoever logs in (the Data tab shows a
+    # .json or .txt file's rows): a workspace that is the home folder would lend the user's own ~/data and ~/exports,
+    # and a runs folder there (TUNESMITH_RUNS) all of it.
     home = Path.home().resolve()
-    if api.workspace() == home or api.workspace() in home.parents:
-        sys.exit(
-            f"This app is shared, and its workspace {api.workspace()} holds your whole home folder, every file of "
-            "which its users could open: start it from the project folder (or one made for it), or set "
-            "TUNESMITH_RUNS=/path/to/a/folder/runs."
-        )
-    # every path that arrives from the browser or the HTTP API must name a file in the workspace or Gradio's uploads,
-    # and a run id a folder in runs/
-    api.restrict_files([api.workspace(), os.environ.get("GRADIO_TEMP_DIR", tempfile.gettempdir() + "/gradio")])
+    for folder in (api.workspace(), api.runs_dir()):
+        if folder == home or folder in home.parents:
+            sys.exit(
+                f"This app is shared, and its workspace {folder} holds your whole home folder, every file of "
+                "which its users could open: start it with --workspace /path/to/a/folder of its own (or from the "
+                "project folder)."
+            )
+    # every path that arrives from the browser or the HTTP API must name a file in the workspace's runs/, data/ or
+    # exports/ or Gradio's uploads, not hidden, and a run id a folder in runs/
+    api.restrict_files([os.environ.get("GRADIO_TEMP_DIR", tempfile.gettempdir() + "/gradio")])
     if args.lend_hf_token:
         print("This shared app lends this machine's Hugging Face token to its users' hub downloads.", flush=True)
     elif api.withhold_hub_token():
@@ -162,6 +187,7 @@ def share(args) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    use_workspace(args.workspace)
     auth = auth_for(args)
     if auth is not None:
         share(args)
@@ -183,6 +209,8 @@ def main(argv=None) -> None:
     )
 
 
+if __name__ == "__main__":
+    use_workspace(parse_args().workspace)  # before the tabs are built: they list the workspace's runs and exports
 demo = build_app()
 
 if __name__ == "__main__":

@@ -439,7 +439,7 @@ def test_a_shared_app_downloads_without_the_machines_hub_token_unless_lent(
         assert build_hf_headers().get("authorization") is None
 
 
-@pytest.mark.parametrize("runs_in", ["home", "above home", "root"])
+@pytest.mark.parametrize("runs_in", ["home", "above home", "root", "home, the workspace elsewhere"])
 def test_a_shared_app_refuses_a_workspace_holding_the_home_folder(runs_in, tmp_path, monkeypatch, capsys):
     """The workspace is the folder the app was started from: `python tunesmith/app.py --share` run from the home
     folder let every logged-in user open any file under it that reads as data (~/.docker/config.json,
@@ -450,18 +450,107 @@ def test_a_shared_app_refuses_a_workspace_holding_the_home_folder(runs_in, tmp_p
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
-    runs = {"home": home / "runs", "above home": tmp_path / "runs", "root": Path("/runs")}[runs_in]
+    monkeypatch.chdir(tmp_path)  # (a workspace named is made the working folder)
+    runs = {"home": home / "runs", "above home": tmp_path / "runs", "root": Path("/runs")}.get(runs_in, home)
     monkeypatch.setenv("TUNESMITH_RUNS", str(runs))
+    if runs_in == "home, the workspace elsewhere":  # TUNESMITH_RUNS naming the home folder itself
+        monkeypatch.setenv("TUNESMITH_WORKSPACE", str(tmp_path / "work"))
     monkeypatch.setattr(access, "_allowed_roots", None)
     monkeypatch.setattr(app.demo, "launch", lambda **kw: pytest.fail("served"))
-    with pytest.raises(SystemExit, match="holds your whole home folder.*TUNESMITH_RUNS="):
+    with pytest.raises(SystemExit, match="holds your whole home folder.*--workspace "):
         app.main(["--auth", "me:secret"])
     assert access._allowed_roots is None
     monkeypatch.setenv("TUNESMITH_RUNS", str(home / "tunesmith" / "runs"))  # a folder of its own: served
     served = []
     monkeypatch.setattr(app.demo, "launch", lambda **kw: served.append(kw))
     app.main(["--auth", "me:secret", "--lend-hf-token"])  # (lent: this process's hub token is left as it is)
-    assert served and access._allowed_roots[0] == home / "tunesmith"
+    assert (
+        served
+        and access._allowed_roots[1] == (tmp_path / "work" if "elsewhere" in runs_in else home / "tunesmith") / "data"
+    )
+
+
+@pytest.mark.parametrize("given", ["--workspace", "TUNESMITH_WORKSPACE", "neither"])
+def test_the_workspace_is_where_runs_data_and_exports_go(given, tmp_path, identity_file, monkeypatch):
+    """`--workspace DIR` (or TUNESMITH_WORKSPACE=DIR, a Space's or notebook's variable) keeps runs/, data/ and
+    exports/ in DIR, made if missing, and a relative path typed in the app is read from there; without either, the
+    working folder is the workspace, as before."""
+    import pandas as pd
+
+    import app
+    from engine import api
+    from engine.api import access
+    from ui import data_tab, export_tab
+
+    start, work = tmp_path / "started-here", tmp_path / "tunesmith work"
+    start.mkdir()
+    monkeypatch.chdir(start)
+    monkeypatch.delenv("TUNESMITH_RUNS", raising=False)
+    monkeypatch.setenv(api.WORKSPACE_ENV, "")  # what main() sets is undone after the test...
+    monkeypatch.delenv(api.WORKSPACE_ENV)  # ...and it starts unset
+    argv = ["--workspace", str(work)] if given == "--workspace" else []
+    if given == "TUNESMITH_WORKSPACE":
+        monkeypatch.setenv(api.WORKSPACE_ENV, str(work))
+    monkeypatch.setattr(access, "_allowed_roots", None)
+    monkeypatch.setattr(app.demo, "launch", lambda **kw: None)
+    app.main(argv)
+    expected = start if given == "neither" else work
+    assert api.workspace() == expected and api.runs_dir() == expected / "runs" and Path.cwd() == expected
+    table = pd.DataFrame(dict(instruction=["Who are you?"], output=["I am Nova."]))
+    saved, _ = data_tab.save_identity(table, "Nova")
+    assert Path(saved).parent == expected / "data"
+    (expected / "data" / "mine.jsonl").write_text(identity_file.read_text())
+    used, summary, _, _ = data_tab.inspect("data/mine.jsonl", "", "", "auto", 1024)
+    assert used == "data/mine.jsonl" and "**Format:** alpaca" in summary, summary
+    assert export_tab.free_name("20250101-000000-nova", "lora") == "nova-lora"
+    (expected / "exports" / "nova-lora").mkdir(parents=True)
+    assert export_tab.free_name("20250101-000000-nova", "lora") == "nova-lora-2"  # exports/ of the workspace
+
+
+def test_a_workspace_that_is_a_file_is_refused_with_a_sentence(tmp_path, monkeypatch):
+    import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes").write_text("")
+    monkeypatch.setattr(app.demo, "launch", lambda **kw: pytest.fail("served"))
+    with pytest.raises(SystemExit, match="--workspace notes: cannot use it as a folder .*name a folder you can"):
+        app.main(["--workspace", "notes"])
+
+
+def test_python_app_py_lists_the_runs_of_its_workspace(tmp_path):
+    """`python app.py --workspace DIR`: the tabs are built listing DIR's runs, none of the folder it started in."""
+    started, work = tmp_path / "started-here", tmp_path / "work"
+    import os
+
+    from engine import api
+
+    for folder, run in ((started, "20250101-000000-elsewhere"), (work, "20250101-000000-mine")):
+        (folder / "runs" / run).mkdir(parents=True)
+        spec = api.JobSpec(model="Qwen/Qwen3-0.6B", data="x.jsonl")
+        (folder / "runs" / run / "job.yaml").write_text(spec.to_yaml())
+        status = dict(state="done", message="done", step=2, total_steps=2)
+        (folder / "runs" / run / "status.json").write_text(json.dumps(status))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("TUNESMITH_RUNS", api.WORKSPACE_ENV)}
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--workspace", str(work)],
+        cwd=started,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**env, "GRADIO_ANALYTICS_ENABLED": "False"},
+    )
+    try:
+        deadline, body = time.time() + 120, ""
+        while time.time() < deadline and not body and proc.poll() is None:
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=2).read().decode()
+            except OSError:
+                time.sleep(0.5)
+        assert body, proc.stdout.read1().decode() if proc.poll() is not None else "app did not answer"
+        assert "20250101-000000-mine" in body and "20250101-000000-elsewhere" not in body
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def free_port() -> int:
@@ -586,7 +675,7 @@ def test_shared_app_reads_only_its_workspace(runs, tmp_path, identity_file, monk
     inside.parent.mkdir(parents=True)
     inside.write_text(identity_file.read_text())
     monkeypatch.setattr(access, "_allowed_roots", None)
-    api.restrict_files([api.workspace()])
+    api.restrict_files()
     secret = tmp_path.parent / "secret.jsonl"
     secret.write_text(identity_file.read_text())
     _, summary, _, _ = data_tab.inspect(str(secret), "", "", "auto", 1024)

@@ -19,7 +19,7 @@ def test_a_model_outside_a_shared_workspace_is_not_a_dataset_error(dataset, tiny
     from ui import data_tab
 
     monkeypatch.setattr(access, "_allowed_roots", None)
-    api.restrict_files([api.workspace()])
+    api.restrict_files()
     used, summary, sample, _ = data_tab.inspect(str(dataset), str(tiny_llama), "", "auto", 1024)
     assert used == str(dataset) and "**Format:** alpaca" in summary and sample
     assert f"**Cannot use the model `{tiny_llama}`** (Model tab): This app is shared" in summary, summary

@@ -224,6 +224,61 @@ def test_data_and_train_read_no_dataset_outside(shared):
     assert [p.name for p in (shared["work"] / "runs").iterdir() if "far" not in p.name and "coded" not in p.name] == []
 
 
+def _preview(client, path: str) -> str:
+    """The Data tab's answer (dataset in use, summary, sample, histogram) for `path` typed as a hub dataset, as text."""
+    client.predict(path, api_name="/lambda_1")  # "Load hub dataset" with a path typed in
+    return json.dumps(client.predict("", "", "auto", 1024, "", "train", api_name="/inspect_1"))
+
+
+def test_data_reads_only_the_workspaces_runs_data_and_exports(shared):
+    """Every file of the workspace could be opened: it is the folder the app started in, often the project folder,
+    whose own files (notes, a .git/config with a token in its remote's URL, .env) are not its users' to read. Only
+    runs/, data/ and exports/ (and the uploads) are; a hidden file there is refused too, and the sentence says what
+    to do."""
+    work, row = shared["work"], json.dumps(dict(instruction="Who are you?", input="", output=SECRET)) + "\n"
+    (work / "notes.jsonl").write_text(row)
+    (work / ".git").mkdir(exist_ok=True)
+    (work / ".git" / "config.jsonl").write_text(row)
+    (work / "data" / ".env.jsonl").write_text(row)
+    (work / "data" / ".private").mkdir(exist_ok=True)
+    (work / "data" / ".private" / "rows.jsonl").write_text(row)
+    for path in (work / "notes.jsonl", work / ".git" / "config.jsonl", work / "runs" / ".." / "notes.jsonl"):
+        answer = _preview(shared["client"], str(path))
+        assert SECRET not in answer and "only opens files inside its workspace's runs/, data/ and exports/" in answer
+    for path in (work / "data" / ".env.jsonl", work / "data" / ".private" / "rows.jsonl"):
+        answer = _preview(shared["client"], str(path))
+        assert SECRET not in answer and "hidden (a name starting with '.')" in answer, answer
+        assert "rename it without the leading dot" in answer
+    (work / "data" / "mine.jsonl").write_text(row)  # data/ itself: read as before
+    assert SECRET in _preview(shared["client"], str(work / "data" / "mine.jsonl"))
+
+
+def test_data_follows_no_link_out_of_a_dataset_folder(shared):
+    """A dataset folder of text files handed over (unpacked with its links) whose chapter links to a file outside the
+    workspace: the Data tab showed that file's paragraphs to any logged-in user, as training would have read them."""
+    book = shared["work"] / "data" / "book"
+    book.mkdir()
+    (book / "ch2.txt").write_text("The second chapter.\n")
+    (book / "ch1.txt").symlink_to(shared["victim"] / "log.txt")
+    answer = _preview(shared["client"], str(book))
+    assert SECRET not in answer and "'ch1.txt' in 'book' is a link to a file outside the workspace" in answer
+    assert "copy that file in instead of linking it" in answer
+    (book / "ch1.txt").unlink()
+    (book / "ch1.txt").symlink_to(book / "ch2.txt")  # a link inside: read as before
+    assert "The second chapter." in _preview(shared["client"], str(book))
+
+
+def test_a_hidden_run_folder_is_no_run(shared):
+    """A hidden folder in runs/ (a half-built one, or one put there to be left alone) was a run id: Show log read it."""
+    hidden = _in_runs(shared, ".kept-aside")
+    (hidden / "log.txt").write_text(SECRET + "\n")
+    try:
+        text = shared["client"].predict(hidden.name, api_name="/show_log")
+    finally:
+        shutil.rmtree(hidden)
+    assert SECRET not in text and NOT_A_RUN in text
+
+
 def test_gradio_serves_no_folder_that_its_environment_allows(shared):
     """GRADIO_ALLOWED_PATHS in the host's environment made Gradio's file route hand any logged-in user every file of
     the folders it names, past the workspace rule. A shared app ignores it."""
@@ -268,7 +323,7 @@ def test_a_shared_app_runs_no_code_shipped_with_a_model(runs, identity_file, mon
     data.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(identity_file, data)
     monkeypatch.setattr(access, "_allowed_roots", None)
-    api.restrict_files([api.workspace()])
+    api.restrict_files()
     spec = api.JobSpec(model="evil/remote-code-model", data=str(data), trust_remote_code=True)
     with pytest.raises(api.UserError, match="runs no code shipped with a model"):
         api.start(spec)
@@ -289,7 +344,7 @@ def test_a_shared_app_lends_no_hub_token_of_the_machine(runs, monkeypatch):
 
     monkeypatch.setenv("HF_TOKEN", "hf_machineOwnerToken0123456789")
     monkeypatch.setattr(access, "_allowed_roots", None)
-    api.restrict_files([api.workspace()])
+    api.restrict_files()
     with pytest.raises(api.UserError, match="needs your own write token typed in the Export tab"):
         api.start_export(str(runs), "lora", runs.parent / "exports" / "x", push_to_hub="owner/model")
     assert not (runs.parent / "exports").exists()
@@ -379,7 +434,7 @@ def test_a_shared_app_takes_no_model_from_its_uploads(runs, tmp_path, monkeypatc
     crafted.parent.mkdir(parents=True)
     crafted.write_bytes(b"GGUF" + b"\xff" * 60)
     monkeypatch.setattr(access, "_allowed_roots", None)
-    api.restrict_files([api.workspace(), uploads])
+    api.restrict_files([uploads])
     api.check_access(str(crafted))  # an upload is still a file the app may read (a dataset)
     for call in (api.Chat, api.sampling_defaults, api.gguf_support, lambda s: api.evaluate([s], data="x.jsonl")):
         with pytest.raises(api.UserError, match=OUTSIDE):
@@ -404,9 +459,57 @@ def test_a_shared_app_evaluates_on_no_held_out_rows_outside(runs, identity_file,
     (folder / "job.yaml").write_text(spec.to_yaml())
     (folder / "status.json").write_text(json.dumps(dict(state="done", message="x", step=2, total_steps=2)))
     monkeypatch.setattr(access, "_allowed_roots", None)
-    api.restrict_files([api.workspace()])
+    api.restrict_files()
     with pytest.raises(api.UserError, match=OUTSIDE):
         api.evaluate([folder.name])
+
+
+def test_a_shared_app_trains_no_model_folder_linking_out(runs, tiny_llama, identity_file, monkeypatch):
+    """A model folder in data/ (handed over, unpacked with its links) whose tokenizer and config link to files
+    outside the workspace: Start trained it, reading them, and the Data tab rendered with them; only a chat source
+    was checked for links."""
+    from engine.api import access
+
+    data = runs.parent / "data"
+    model = data / "my-model"
+    shutil.copytree(tiny_llama, model)
+    for name in ("tokenizer.json", "config.json"):
+        (model / name).unlink()
+        (model / name).symlink_to(tiny_llama / name)
+    shutil.copy(identity_file, data / "d.jsonl")
+    monkeypatch.setattr(access, "_allowed_roots", None)
+    api.restrict_files()
+    spec = api.JobSpec(model=str(model), data=str(data / "d.jsonl"), max_steps=1, device="cpu")
+    with pytest.raises(api.UserError, match="in 'my-model' is a link to a file outside the workspace"):
+        api.start(spec)
+    with pytest.raises(api.ModelError, match="in 'my-model' is a link to a file outside the workspace"):
+        api.inspect_data(str(data / "d.jsonl"), model=str(model))
+    assert not runs.exists() or list(runs.iterdir()) == []
+
+
+def test_a_copied_jobs_relative_paths_are_checked_as_its_processes_read_them(runs, monkeypatch):
+    """Runs and exports work in the project folder and read a job.yaml's relative paths from there, while a shared app
+    checked them from its own working folder (its workspace, with --workspace): a run folder handed over naming its
+    data `README.md` was resumed on the project's README, and one naming its base model by a path of the project
+    folder was exported with it."""
+    from engine.api import access
+    from ui import train_tab
+
+    monkeypatch.chdir(runs.parent)  # the app's working folder is its workspace, not the project folder
+    monkeypatch.setattr(access, "_allowed_roots", None)
+    api.restrict_files()
+    folder = runs / "20250101-000000-handed-over"
+    (folder / "adapter").mkdir(parents=True)
+    (folder / "adapter" / "adapter_model.safetensors").write_bytes(b"")
+    (folder / "job.yaml").write_text(api.JobSpec(model="Qwen/Qwen3-0.6B", data="README.md").to_yaml())
+    (folder / "status.json").write_text(json.dumps(dict(state="failed", message="x", step=1, total_steps=2)))
+    _, status, _ = train_tab.resume(folder.name)
+    assert "Not resumed" in status and OUTSIDE in status, status
+    assert not (folder / "log.txt").exists()
+    (folder / "job.yaml").write_text(api.JobSpec(model="tests", data="x.jsonl").to_yaml())
+    with pytest.raises(api.UserError, match=OUTSIDE):
+        api.start_export(str(folder), "lora", runs.parent / "exports" / "x")
+    assert not (runs.parent / "exports").exists()
 
 
 def test_gradio_run_history_lends_no_hub_token_and_keeps_no_inputs(shared):
@@ -435,7 +538,7 @@ def test_a_shared_app_loads_no_adapter_linked_from_outside(runs, tmp_path, monke
     (folder / "job.yaml").write_text(api.JobSpec(model="Qwen/Qwen3-0.6B", data="x.jsonl").to_yaml())
     (folder / "status.json").write_text(json.dumps(dict(state="done", message="x", step=2, total_steps=2)))
     monkeypatch.setattr(access, "_allowed_roots", None)
-    api.restrict_files([api.workspace()])
+    api.restrict_files()
     for call in (api.Chat, api.gguf_support, lambda s: api.evaluate([s], data="x.jsonl")):
         with pytest.raises(api.UserError, match="outside the workspace"):
             call(str(folder))

@@ -18,7 +18,15 @@ beneath them. Callers import this package only (`from engine import api`); the n
 May import every engine stage; torch and the other heavy libraries load inside the functions that need them.
 """
 
-from engine.api.access import check_access, restrict_files, runs_dir, safe_name, tidy_workspace, workspace
+from engine.api.access import (
+    WORKSPACE_ENV,
+    check_access,
+    restrict_files,
+    runs_dir,
+    safe_name,
+    tidy_workspace,
+    workspace,
+)
 from engine.api.chat import Chat, sampling_defaults, system_prompt
 from engine.api.data import check_data, identity_dataset, inspect_data, save_jsonl
 from engine.api.evals import compare_runs, eval_results, evaluate
@@ -86,6 +94,7 @@ __all__ = [
     "list_runs",
     "runs_dir",
     "workspace",
+    "WORKSPACE_ENV",
     "safe_name",
     "inspect_data",
     "parse_map",

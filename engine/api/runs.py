@@ -5,7 +5,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.api.access import MODEL_FIX, allowed_roots, check_access, check_links, runs_dir
+from engine.api.access import MODEL_FIX, allowed_roots, as_processes_read, check_access, check_links, runs_dir
 from engine.api.processes import alive, exit_code, mark_cancelled, runs_in, slug, spawn, stop
 from engine.core.errors import UserError
 from engine.core.runlog import TERMINAL, read_metrics
@@ -132,6 +132,8 @@ def resume(run: "str | Path | RunHandle", *, allow_code: bool = False) -> RunHan
             raise UserError(f"Run {status.run_id} already finished; start a new run to train further.")
         spec = JobSpec.from_yaml((status.run_dir / "job.yaml").read_text())
         _check_job(spec, allow_code, resumed=True)
+        read = {k: as_processes_read(getattr(spec, k)) for k in ("model", "data", "eval_data")}
+        _check_job(spec.replace(**read), allow_code, resumed=True)  # its relative paths, as the run reads them
         _check_no_links(status.run_dir)
         _check_steps_left(status.run_dir, spec)
         return _launch(status.run_dir, resume=True)
@@ -205,10 +207,11 @@ def find_run(run: "str | Path | RunHandle") -> Path:
 
 
 def _shared_run(run_id: str) -> Path:
-    """The folder of `run_id` under runs_dir(), refusing anything that could name a folder elsewhere."""
+    """The folder of `run_id` under runs_dir(), refusing anything that could name a folder elsewhere, and a hidden
+    folder (a half-built one, or one put there to be left alone)."""
     runs = runs_dir()
     folder = runs / run_id
-    plain = run_id not in ("", ".", "..") and "/" not in run_id and "\\" not in run_id and "\0" not in run_id
+    plain = not run_id.startswith(".") and "/" not in run_id and "\\" not in run_id and "\0" not in run_id
     if not (plain and folder.is_dir() and not folder.is_symlink() and (folder / "job.yaml").is_file()):
         raise UserError(
             f"'{run_id[:80]}' is not a run of this app; pick one from the run history (a run id is the name of a "
@@ -367,7 +370,8 @@ def list_runs(runs: Path | None = None) -> list[RunStatus]:
     runs = Path(runs) if runs else runs_dir()
     if not runs.is_dir():
         return []
-    folders = [d for d in sorted(runs.iterdir(), reverse=True) if not (allowed_roots() and d.is_symlink())]
+    shared = allowed_roots() is not None  # a shared app lists no link nor hidden folder, which it would not open
+    folders = [d for d in sorted(runs.iterdir(), reverse=True) if not (shared and (d.is_symlink() or d.name[0] == "."))]
     return [_poll_dir(d) for d in folders if (d / "job.yaml").is_file()]
 
 

@@ -44,15 +44,15 @@ def server(tmp_path_factory):
     yield from serve(tmp_path_factory)
 
 
-def serve(tmp_path_factory, **env):
-    """`python app.py` on a free loopback port, with its own workspace and `env` added to its environment; yields
-    (url, workspace) once it answers."""
+def serve(tmp_path_factory, *args, **env):
+    """`python app.py` on a free loopback port, with its own workspace, `args` added to its command line and `env` to
+    its environment; yields (url, workspace) once it answers."""
     work = tmp_path_factory.mktemp("workspace")
     port = free_port()
     env = {**os.environ, "TUNESMITH_RUNS": str(work / "runs"), "GRADIO_ANALYTICS_ENABLED": "False", **env}
     log = open(work / "app.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, "app.py", "--port", str(port), *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
     )
     url = f"http://127.0.0.1:{port}/"
     import urllib.request
