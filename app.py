@@ -118,6 +118,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+_workspace_used = False  # set when `python app.py` applied --workspace before building the tabs
+
+
 def use_workspace(folder: str | None) -> None:
     """Make `folder` (made if missing) the workspace, for this process and the runs and exports it starts, and the
     working folder, so a relative path typed in the app (data/mine.jsonl) means one of the workspace's files."""
@@ -187,7 +190,8 @@ def share(args) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    use_workspace(args.workspace)
+    if not _workspace_used:
+        use_workspace(args.workspace)
     auth = auth_for(args)
     if auth is not None:
         share(args)
@@ -211,6 +215,7 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     use_workspace(parse_args().workspace)  # before the tabs are built: they list the workspace's runs and exports
+    _workspace_used = True  # main() must not apply it again: a relative DIR would then name DIR/DIR
 demo = build_app()
 
 if __name__ == "__main__":

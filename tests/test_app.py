@@ -519,7 +519,8 @@ def test_a_workspace_that_is_a_file_is_refused_with_a_sentence(tmp_path, monkeyp
 
 def test_python_app_py_lists_the_runs_of_its_workspace(tmp_path):
     """`python app.py --workspace DIR`: the tabs are built listing DIR's runs, none of the folder it started in."""
-    started, work = tmp_path / "started-here", tmp_path / "work"
+    started = tmp_path / "started-here"
+    work = started / "work"  # named relative to where it starts: applied once, not again as work/work
     import os
 
     from engine import api
@@ -533,7 +534,7 @@ def test_python_app_py_lists_the_runs_of_its_workspace(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("TUNESMITH_RUNS", api.WORKSPACE_ENV)}
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--workspace", str(work)],
+        [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--workspace", "work"],
         cwd=started,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -548,6 +549,7 @@ def test_python_app_py_lists_the_runs_of_its_workspace(tmp_path):
                 time.sleep(0.5)
         assert body, proc.stdout.read1().decode() if proc.poll() is not None else "app did not answer"
         assert "20250101-000000-mine" in body and "20250101-000000-elsewhere" not in body
+        assert not (work / "work").exists()  # where its runs would have gone had main() applied "work" again
     finally:
         proc.terminate()
         proc.wait(timeout=30)
