@@ -228,11 +228,11 @@ def test_stop_is_clickable_only_while_an_evaluation_runs(tiny_llama, runs, tmp_p
     data.write_text("".join(json.dumps({"instruction": f"Question {i}?", "output": "Nova."}) + "\n" for i in range(3)))
     request = gr.Request(session_hash="page-stop")
     steps = eval_tab.evaluating([str(tiny_llama)], [], False, str(data), "", "", "", 3, 4, request)
-    first = next(steps)
-    assert first[-1].interactive is True and eval_tab._EVALS["page-stop"].outputs is None
-    eval_tab.stop_evaluation(request=request)  # pressed as soon as it is enabled: heard
-    *answer, stop = next(steps)
-    assert stop.interactive is False and answer[0] == "**Evaluation stopped:** Nothing was saved."
+    key, _, _, _, stop, _ = next(steps)
+    assert stop.interactive is True and eval_tab._EVALS["page-stop"].outputs is None
+    eval_tab.stop_evaluation(key, request)  # pressed as soon as it is enabled: heard
+    _, answer, _, _, stop, _ = next(steps)
+    assert stop.interactive is False and answer == "**Evaluation stopped:** Nothing was saved."
     assert eval_tab._EVALS["page-stop"].outputs is not None and not (runs.parent / "evals").exists()
     assert eval_tab.follow()[0] == ""  # nothing running is left for a page to follow
 
@@ -353,3 +353,72 @@ def test_the_loss_curves_of_compared_runs_tick_whole_steps(tiny_llama, identity_
     for width in range(200, 2801, 40):
         spacing = tick_spacing(low, high, math.ceil(width / 40))
         assert spacing >= 1 and spacing == int(spacing), (width, spacing)
+
+
+def test_the_page_that_pressed_evaluate_shows_each_question_answered(tiny_llama, runs, tmp_path, monkeypatch):
+    """Evaluate's page showed nothing but Gradio's spinner until the last answer, and a page reloaded meanwhile only
+    "evaluate: base on 50 cases" (the engine logged a line per model). The engine now logs each answer written, and
+    the page that pressed Evaluate follows its own evaluation as a reloaded page does: its first answer names the
+    evaluation and starts the timer whose ticks (`follow`) show the latest line, and the last one stops it."""
+    import gradio as gr
+
+    monkeypatch.setenv("TUNESMITH_DECODE_KERNELS", "0")
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"Question {i}?", "output": "Nova."}) + "\n" for i in range(3)))
+    lines = []
+    api.evaluate([str(tiny_llama)], str(data), False, limit=3, max_new_tokens=4, save=False, log=lines.append)
+    answered = [line for line in lines if ": answered " in line]
+    assert answered == [f"evaluate: {tiny_llama.name}: answered {n} of 3" for n in (1, 2, 3)], lines
+
+    request = gr.Request(session_hash="page-progress")
+    steps = eval_tab.evaluating([str(tiny_llama)], [], False, str(data), "", "", "", 3, 4, request)
+    key, text, _, _, stop, timer = next(steps)
+    assert key == "page-progress" and text == "Evaluating…" and stop.interactive is True and timer.active
+    evaluation = eval_tab._EVALS[key]
+    evaluation.log("evaluate: tiny-llama: answered 2 of 3")  # as the engine does after the second answer
+    assert eval_tab.follow(key)[1] == "Evaluating… `evaluate: tiny-llama: answered 2 of 3`"  # a tick of the timer
+    key, text, table, _, stop, timer = next(steps)
+    assert key == "" and text.startswith("3 questions from `") and not timer.active and stop.interactive is False
+    assert evaluation.line.endswith("the loss of the 3 reference answers") and table is not None
+
+
+def test_a_page_reloaded_in_another_language_shows_the_results_in_its_own(tiny_llama, runs, tmp_path, monkeypatch):
+    """The results a reloaded page follows were made (and translated) by the page that pressed Evaluate: a page
+    reloaded and switched to Russian showed an English page's results in English, and an English page a Russian
+    one's in Russian. They are kept in English and each page shows them in its own language."""
+    import contextlib
+
+    import gradio as gr
+    from gradio.context import LocalContext
+
+    from ui import i18n
+
+    @contextlib.contextmanager
+    def on_page(page):  # the handlers answer this page, as in one of its events
+        token = LocalContext.request.set(gr.Request(session_hash=page))
+        try:
+            yield gr.Request(session_hash=page)
+        finally:
+            LocalContext.request.reset(token)
+
+    monkeypatch.setenv("TUNESMITH_DECODE_KERNELS", "0")
+    monkeypatch.setitem(i18n.SESSIONS, "page-ru", "ru")
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"Question {i}?", "output": "Nova."}) + "\n" for i in range(2)))
+    args = ([str(tiny_llama)], [], False, str(data), "", "", "", 2, 4)
+    with on_page("page-en") as request:
+        english = eval_tab.run_evaluation(*args, request)  # the English page's own answer
+    with on_page("page-ru"):
+        followed_in_russian = eval_tab.follow("page-en")[1:4]  # a Russian page's tick, following it
+    with on_page("page-ru") as request:
+        russian = eval_tab.run_evaluation(*args, request)
+    with on_page("page-en"):
+        followed_in_english = eval_tab.follow("page-ru")[1:4]
+    assert english[0].startswith("2 questions from `") and russian[0].startswith("2 вопросов из `")
+    assert english[0].split("\n\n")[1].startswith("Saved to `")
+    assert russian[0].split("\n\n")[1].startswith("Сохранено в `")
+    for shown, want in ((followed_in_russian, russian), (followed_in_english, english)):
+        question, saved = shown[0].split("\n\n")  # each evaluation saved to a folder of its own
+        assert question == want[0].split("\n\n")[0] and saved[:12] == want[0].split("\n\n")[1][:12]
+        assert list(shown[1].columns) == list(want[1].columns) and list(shown[2].columns) == list(want[2].columns)
+    assert list(russian[1].columns) != list(english[1].columns)  # the tables' headers are translated too

@@ -361,3 +361,60 @@ def test_the_notice_of_a_loaded_job_is_translated(tiny_llama, identity_file, tmp
     english = train_settings.load(str(tmp_path / "1" / "job.yaml"))[-1]  # outside a page: English
     assert english.startswith("Loaded the settings of job.yaml") and "Trust remote code" in english
     assert i18n.message(english, lang) == notes[0]  # as the language switch translates it on screen
+
+
+@pytest.mark.parametrize("lang", ["zh", "ru"])
+def test_save_start_delete_and_download_answer_in_the_pages_language(runs, tiny_llama, identity_file, lang):
+    """On a translated page "**Not saved:** ..." and the command under Save as job.yaml, Start's "**Check:** ..."
+    warning, the Delete question and its refusal, and the Model tab's download lines stayed English (built as English
+    literals and never passed through `say`); and a refusal or warning Start wrote in the page's language was not
+    recognised as one: no notice under the buttons, and pressing Start again on the warned settings warned again."""
+    from test_train_view import form
+
+    from engine.api import DownloadStatus
+    from ui import model_tab, train_live, train_settings, train_tab
+
+    request = gr.Request(session_hash=f"page-save-{lang}")
+    i18n.SESSIONS[request.session_hash] = lang
+    save, start = train_settings.saver(train_tab.make_spec), train_settings.starter(train_tab.start)
+    token = LocalContext.request.set(request)  # the handlers answer this page, as in an event
+    try:
+        values = form(str(tiny_llama), identity_file)
+        values[train_tab.MAKE_SPEC_ARGS.index("steps")] = None
+        not_saved = save(*values)[-1]
+        batch = save(*form(str(tiny_llama), identity_file, batch=0))[-1]
+        command = save(*form(str(tiny_llama), identity_file))[2]
+        warned_values = form("no-such-folder/model", identity_file, lr=50)
+        _, check, _, check_notice, warned = start(*warned_values, "")
+        _, refused, _, refused_notice, _ = start(*warned_values, warned)  # pressed again: trains (then the model)
+        nothing_picked = train_live.ask_delete("")[2]
+        question = train_live.ask_delete("20261207-101500-nova")[1]
+        lines = [
+            model_tab.progress(DownloadStatus("a/b", "downloading", "", 5 * 10**6, 10**7)),
+            model_tab.progress(DownloadStatus("a/b", "downloading", "", 5 * 10**6, None)),
+            model_tab.progress(DownloadStatus("a/b", "failed", "Pick a run to export.", 0, None)),
+        ]
+    finally:
+        LocalContext.request.reset(token)
+        i18n.SESSIONS.pop(request.session_hash)
+    assert (
+        not_saved
+        == {
+            "zh": "**未保存：** 步数为空；请输入一个数字。",
+            "ru": "**Не сохранено:** Поле «Шаги» пустое; введите число.",
+        }[lang]
+    )
+    assert batch.startswith({"zh": "**未保存：** 批大小必须是", "ru": "**Не сохранено:** Поле «Размер батча»"}[lang])
+    assert command.endswith("`python -m engine train job.yaml`")
+    assert check.startswith({"zh": "**请检查：** 学习率 50", "ru": "**Проверьте:** Скорость обучения 50"}[lang])
+    assert check_notice == check and warned  # recognised as Start's warning: shown, and the settings remembered
+    assert refused.startswith({"zh": "**未开始：**", "ru": "**Не запущено:**"}[lang]) and refused_notice == refused
+    assert nothing_picked.startswith({"zh": "**未删除：**", "ru": "**Не удалено:**"}[lang])
+    assert "`20261207-101500-nova`" in question
+    assert (
+        lines[0] == {"zh": "正在下载 `a/b`：5.0 / 10.0 MB（50%）", "ru": "Скачивание `a/b`: 5.0 из 10.0 МБ (50%)"}[lang]
+    )
+    assert lines[2].startswith({"zh": "**下载失败：**", "ru": "**Скачивание не удалось:**"}[lang])
+    for text in (not_saved, batch, command, check, nothing_picked, question, *lines):  # refused: the engine's reason
+        assert not english_left(text), text
+    assert not runs.exists() or not list(runs.iterdir())  # nothing started

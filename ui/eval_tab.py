@@ -24,12 +24,14 @@ SEEN_NOTE = (
 
 class _Evaluation:
     """One evaluation, running in a worker thread of the page that started it: its Stop event, the engine's latest
-    log line, and its outputs once it has answered. Any page opened (or reloaded) while it runs follows it."""
+    log line (one per question answered), and its outputs once it has answered. Any page opened (or reloaded) while
+    it runs follows it. The outputs are kept in English and translated for each page that shows them (`_shown`): a
+    page reloaded in another language shows them in its own."""
 
     def __init__(self):
         self.stop = threading.Event()
         self.line = ""
-        self.outputs = None  # (summary, score table, example rows)
+        self.outputs = None  # ([(separator, English sentence)] of the summary, score table, example rows)
 
     def log(self, line: str) -> None:
         print(line, flush=True)  # as the engine's default log
@@ -64,9 +66,19 @@ def follow(key: str = ""):
     if evaluation is None:  # forgotten meanwhile (KEPT newer ones finished)
         return "", gr.update(), gr.update(), gr.update(), gr.Button(interactive=False), gr.Timer(active=False)
     if evaluation.outputs is not None:
-        return "", *evaluation.outputs, gr.Button(interactive=False), gr.Timer(active=False)
-    text = i18n.say("Evaluating…") + (f" `{evaluation.line}`" if evaluation.line else "")
-    return key, text, gr.update(), gr.update(), gr.Button(interactive=True), gr.Timer(active=True)
+        return "", *_shown(evaluation.outputs), gr.Button(interactive=False), gr.Timer(active=False)
+    return key, _progress(evaluation), gr.update(), gr.update(), gr.Button(interactive=True), gr.Timer(active=True)
+
+
+def _progress(evaluation) -> str:
+    return i18n.say("Evaluating…") + (f" `{evaluation.line}`" if evaluation.line else "")
+
+
+def _shown(outputs) -> tuple:
+    """An evaluation's (summary, score table, example rows) in the language of the page they go to."""
+    parts, table, examples = outputs
+    summary = "".join(separator + i18n.say(sentence) for separator, sentence in parts)
+    return summary, None if table is None else shown(table), None if examples is None else shown(examples)
 
 
 def with_validation(frame, metrics: list[dict]):
@@ -128,32 +140,32 @@ def _running(request):
         yield evaluation
     finally:
         if evaluation.outputs is None:  # it raised: the pages following it stop waiting
-            evaluation.outputs = (
-                i18n.say("**Evaluation failed:** The evaluation stopped with an error; see the app's log."),
-                None,
-                None,
-            )
+            failed = "**Evaluation failed:** The evaluation stopped with an error; see the app's log."
+            evaluation.outputs = ([("", failed)], None, None)
 
 
 def run_evaluation(runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens=128, request: gr.Request = None):
     """(summary markdown, score table, example rows) of an evaluation; errors become the summary."""
     with _running(request) as evaluation:
         evaluation.outputs = _evaluation(evaluation, runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens)
-        return evaluation.outputs
+        return _shown(evaluation.outputs)
 
 
 def evaluating(runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens=128, request: gr.Request = None):
-    """The Evaluate button's handler: run_evaluation's outputs and the Stop button, clickable from the moment its
-    Stop can be heard (first yield) until the evaluation has answered (last yield; the `.then` after it also
-    covers an evaluation that raised). The outputs are kept for a page reloaded meanwhile (`follow`), as this
-    handler's answer goes to the page that pressed Evaluate."""
+    """The Evaluate button's handler: the evaluation this page follows (its key), run_evaluation's outputs, the Stop
+    button and the follow timer. Stop is clickable from the moment it can be heard (first yield) until the
+    evaluation has answered (last yield; the `.then` after it also covers an evaluation that raised); meanwhile the
+    timer shows its progress, a line per question answered (`follow`), as on a page reloaded meanwhile. The outputs
+    are kept for such a page, as this handler's answer goes to the page that pressed Evaluate."""
     with _running(request) as evaluation:
-        yield gr.skip(), gr.skip(), gr.skip(), gr.Button(interactive=True)
+        key = _session(request) or ""
+        yield key, _progress(evaluation), gr.skip(), gr.skip(), gr.Button(interactive=True), gr.Timer(active=True)
         evaluation.outputs = _evaluation(evaluation, runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens)
-    yield *evaluation.outputs, gr.Button(interactive=False)
+    yield "", *_shown(evaluation.outputs), gr.Button(interactive=False), gr.Timer(active=False)
 
 
 def _evaluation(evaluation, runs, ggufs, base, data, regex, name, maker, limit, max_new_tokens):
+    """The evaluation's outputs in English: the summary as (separator, sentence) parts, each translated whole."""
     try:
         sources = list(runs or []) + list(ggufs or [])
         name, maker = (name or "").strip(), (maker or "").strip()
@@ -174,28 +186,30 @@ def _evaluation(evaluation, runs, ggufs, base, data, regex, name, maker, limit, 
         )
     except api.UserError as e:
         if evaluation.stop.is_set():  # the engine's STOPPED, said in the tab's words
-            return i18n.say("**Evaluation stopped:** Nothing was saved."), None, None
-        return i18n.say(f"**Evaluation failed:** {e}"), None, None
+            return [("", "**Evaluation stopped:** Nothing was saved.")], None, None
+        return [("", f"**Evaluation failed:** {e}")], None, None
     what = "the held-out rows of the run" if res["held_out"] else f"`{res['data']}`"
     if res.get("seen_in_training"):
         what = f"the run's training data ({what})"
-    text = i18n.say(f"{res['cases']} question{'' if res['cases'] == 1 else 's'} from {what}.")
+    parts = [("", f"{res['cases']} question{'' if res['cases'] == 1 else 's'} from {what}.")]
     if res.get("seen_in_training"):
-        text += " " + i18n.say(SEEN_NOTE)
+        parts.append((" ", SEEN_NOTE))
     for m in res["models"]:  # questions past a model's context: it could not answer them
         if m.get("left_out"):
-            text += " " + i18n.say(
-                f"`{m['name']}` could not answer {m['left_out']} of the {res['cases']} questions, which are longer "
-                "than its context: they are left out of its scores."
+            parts.append(
+                (
+                    " ",
+                    f"`{m['name']}` could not answer {m['left_out']} of the {res['cases']} questions, which are "
+                    "longer than its context: they are left out of its scores.",
+                )
             )
-    for note in res.get("notes", []):  # a scoring pattern too slow on some reply, which scored 0 there
-        text += " " + i18n.say(note)
+    parts += [(" ", note) for note in res.get("notes", [])]  # a scoring pattern too slow on some reply: scored 0
     if res["identity"]:
         ident = res["identity"]
-        text += " " + i18n.say(f"Identity check: the answer names **{ident['name']}** and **{ident['maker']}**.")
+        parts.append((" ", f"Identity check: the answer names **{ident['name']}** and **{ident['maker']}**."))
     if res.get("saved"):
-        text += "\n\n" + i18n.say(f"Saved to `{res['saved']['csv']}` and `results.json` beside it.")
-    return text, shown(score_table(res["models"])), shown(example_table(res))
+        parts.append(("\n\n", f"Saved to `{res['saved']['csv']}` and `results.json` beside it."))
+    return parts, score_table(res["models"]), example_table(res)
 
 
 def compare(runs):
@@ -295,11 +309,9 @@ def build() -> dict:
         scores = gr.Dataframe(headers=["run", "model"], label="Latest eval scores", interactive=False)
 
     inputs = [runs, ggufs, base, data, regex, name, maker, limit, new_tokens]
-    go.click(evaluating, inputs, [summary, table, examples, stop]).then(
-        lambda: gr.Button(interactive=False), None, stop
-    )
-    stop.click(stop_evaluation, following, None)  # the evaluation's own reply says it stopped
     followed = [following, summary, table, examples, stop, watch]
+    go.click(evaluating, inputs, followed).then(lambda: gr.Button(interactive=False), None, stop)
+    stop.click(stop_evaluation, following, None)  # the evaluation's own reply says it stopped
     gr.on(None, follow, None, followed)  # on page load: an evaluation running since before a reload
     watch.tick(follow, following, followed)
     for shown in (again.click, tab.select):  # runs and GGUF exports finished since the page loaded, as in Chat

@@ -356,3 +356,9 @@ def session() -> str:
 def say(text: str) -> str:
     """`text`, a message a handler is about to show, in the language picked on the page it goes to."""
     return message(text, SESSIONS.get(session(), "en"))
+
+
+def english(text: str) -> str:
+    """A message `say` translated, back in English as the handler wrote it: for a handler that tells one answer from
+    another by its words (a refusal starts "**Not started:**" in English only)."""
+    return ORIGINALS.get(text, text)

@@ -222,6 +222,11 @@ STRINGS = {  # English: (Chinese, Russian)
         "这些运行还没有评估过：先在上方评估，才能看到得分。",
         "Эти запуски ещё не оценивались: оцените их выше, чтобы увидеть оценки.",
     ),
+    # the names a refusal of Start or Save gives boxes whose labels say more (train_settings.BASIC)
+    "Steps": ("步数", "Шаги"),
+    "LoRA rank": ("LoRA 秩", "Ранг LoRA"),
+    "Beta": ("Beta", "Beta"),
+    "Their learning rate (embeddings)": ("词嵌入的学习率", "Скорость обучения эмбеддингов"),
 }
 
 # Live messages that handlers write (engine and UI sentences), translated whole: (English pattern, Chinese, Russian),
@@ -342,6 +347,9 @@ LEADS = {
     "Cannot save": ("无法保存", "Не удалось сохранить"),
     "Nothing to save": ("没有可保存的内容", "Нечего сохранять"),
     "Not loaded": ("未加载", "Не загружено"),
+    "Not saved": ("未保存", "Не сохранено"),
+    "Check": ("请检查", "Проверьте"),
+    "Download failed": ("下载失败", "Скачивание не удалось"),
 }
 MESSAGES += [(re.escape(en) + r":\*\* (.*)", zh + "：** {0}", ru + ":** {0}") for en, (zh, ru) in LEADS.items()]
 MESSAGES += [  # the engine's most common refusals, as the UI shows them
@@ -397,6 +405,49 @@ MESSAGES += [  # the engine's most common refusals, as the UI shows them
         "запустите файл из командной строки, чтобы обучать с ней.",
     ),
     (r"Choose a job\.yaml file to load\.", "请选择要加载的 job.yaml 文件。", "Выберите файл job.yaml для загрузки."),
+    (
+        r"Run it from a terminal in the app's folder: (`.*`)",
+        "在应用所在文件夹的终端中运行：{0}",
+        "Запустите в терминале из папки приложения: {0}",
+    ),
+    # Start's and Save's checks of the settings (engine.spec.checks), each naming a box by its label
+    (
+        r"(.*) must be (.*); you entered (.*)\.",
+        "{0}必须是{1}；你输入的是 {2}。",
+        "Поле «{0}» должно быть: {1}; введено {2}.",
+    ),
+    (r"a positive number", "正数", "положительное число"),
+    (r"(\S+) or a positive number", "{0} 或正数", "{0} или положительное число"),
+    (r"at least (\S+) and below (\S+)", "不小于 {0} 且小于 {1}", "не меньше {0} и меньше {1}"),
+    (r"a whole number from (\S+) to (\S+)", "{0} 到 {1} 之间的整数", "целое число от {0} до {1}"),
+    (r"a whole number, (\S+) or more", "不小于 {0} 的整数", "целое число от {0} и больше"),
+    (
+        r"(.*) and (.*) are both 0: set one of them above 0\.",
+        "{0}和{1}都是 0：请把其中一个设为大于 0。",
+        "«{0}» и «{1}» равны 0: задайте одно из них больше 0.",
+    ),
+    (
+        r"(.*) Press Start again to train anyway\.",
+        "{0} 如仍要训练，请再次点击“开始训练”。",
+        "{0} Чтобы всё равно начать обучение, нажмите «Начать обучение» ещё раз.",
+    ),
+    (
+        r"(.*) (\S+) is far above the usual range for (\S+) \(at most (\S+)\); training is likely to diverge and "
+        r"ruin the model\.",
+        "{0} {1} 远高于 {2} 的常用范围（最多 {3}）；训练很可能发散并毁掉模型。",
+        "{0} {1} намного выше обычного для {2} (не больше {3}); обучение, скорее всего, разойдётся и испортит модель.",
+    ),
+    (
+        r"Delete run (`.*`) and everything in its folder \(checkpoints, adapter, log\)\? This cannot be undone\.",
+        "删除运行 {0} 及其文件夹中的一切（检查点、适配器、日志）？此操作无法撤销。",
+        "Удалить запуск {0} и всё в его папке (чекпоинты, адаптер, журнал)? Это нельзя отменить.",
+    ),
+    (
+        r"Downloading (`.*`): (\S+) of (\S+) MB \((\d+)%\)",
+        "正在下载 {0}：{1} / {2} MB（{3}%）",
+        "Скачивание {0}: {1} из {2} МБ ({3}%)",
+    ),
+    (r"Downloading (`.*`): (\S+) MB so far", "正在下载 {0}：已下载 {1} MB", "Скачивание {0}: пока {1} МБ"),
     (r"Exporting \*\*(.*)\*\* to (`.*`)…", "正在把 **{0}** 导出到 {1}…", "Экспорт **{0}** в {1}…"),
     (r"Started run (`.*`)…", "已开始运行 {0}…", "Запущен {0}…"),
     (r"Resumed run (`.*`)…", "已继续运行 {0}…", "Продолжен {0}…"),

@@ -73,7 +73,12 @@ def _counted(names: list[str]) -> list[tuple[str, int]]:
 
 
 def progress(st) -> str:
-    """One line for a download's state: bytes so far of the total, or the engine's sentence when it ended."""
+    """One line for a download's state, in the page's language: bytes so far of the total, or the engine's sentence
+    when it ended."""
+    return i18n.say(_progress(st))
+
+
+def _progress(st) -> str:
     if st.state == "failed":
         return f"**Download failed:** {st.message}"
     if st.state == "done":
@@ -89,11 +94,11 @@ def download(catalog_id, custom):
     """Start fetching the chosen model; returns (progress line, the model being downloaded, timer)."""
     model = chosen_model(catalog_id, custom)
     if not model:
-        return "Pick a model from the list or type a hub id / local folder.", "", gr.Timer(active=False)
+        return i18n.say("Pick a model from the list or type a hub id / local folder."), "", gr.Timer(active=False)
     try:
         st = api.start_download(model)
     except api.UserError as e:
-        return f"**Download failed:** {e}", "", gr.Timer(active=False)
+        return i18n.say(f"**Download failed:** {e}"), "", gr.Timer(active=False)
     return progress(st), st.model, gr.Timer(active=not st.finished)
 
 

@@ -194,6 +194,6 @@ def ask_delete(run_id: str):
     """The question before deleting. Returns (question box, question, status): with no run picked, the status
     says to pick one and no question is asked."""
     if not run_id:
-        return gr.update(visible=False), "", "**Not deleted:** Pick a run in the history first."
+        return gr.update(visible=False), "", i18n.say("**Not deleted:** Pick a run in the history first.")
     question = f"Delete run `{run_id}` and everything in its folder (checkpoints, adapter, log)? This cannot be undone."
-    return gr.update(visible=True), question, gr.update()
+    return gr.update(visible=True), i18n.say(question), gr.update()

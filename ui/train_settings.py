@@ -183,8 +183,9 @@ def starter(start):
         basic, advanced = args[:-n], dict(zip(ADVANCED, args[-n:], strict=True))
         settings = repr(args)
         run_id, status, timer = start(*basic, advanced=advanced, confirmed=settings == warned)
-        note = status if status.startswith(("**Not started", "**Check")) else ""
-        return run_id, status, timer, note, settings if status.startswith("**Check") else ""
+        english = i18n.english(status)  # the status is in the page's language: "**Не запущено:**" is a refusal too
+        note = status if english.startswith(("**Not started", "**Check")) else ""
+        return run_id, status, timer, note, settings if english.startswith("**Check") else ""
 
     return run
 
@@ -201,9 +202,9 @@ def saver(make_spec):
             check(dict(zip(names, basic, strict=False)), advanced)  # a blank box: Start's sentence, not a TypeError
             spec = apply(make_spec(*basic), advanced)
         except api.UserError as e:
-            return None, "", "", f"**Not saved:** {e}"
+            return None, "", "", i18n.say(f"**Not saved:** {e}")
         path, text, command = job_file(spec)
-        return path, text, f"Run it from a terminal in the app's folder: `{command}`", ""
+        return path, text, i18n.say(f"Run it from a terminal in the app's folder: `{command}`"), ""
 
     return save
 

@@ -255,7 +255,7 @@ def start(*args, advanced=None, confirmed=False):
         if warnings and not confirmed:
             return (
                 "",
-                "**Check:** " + " ".join(warnings) + " Press Start again to train anyway.",
+                i18n.say("**Check:** " + " ".join(warnings) + " Press Start again to train anyway."),
                 gr.Timer(active=False),
             )
         api.model_arch(spec.model)  # what the Model tab found: a model that is not there stops here, not in a run

@@ -206,7 +206,9 @@ def evaluate(
         model = TorchModel(base_model, device, log)
         try:
             log(f"evaluate: base ({base_model}) on {len(cases)} cases")
-            models.append(_measure(model, "base", base_model, True, cases, scorers, rows, max_new_tokens, should_stop))
+            models.append(
+                _measure(model, "base", base_model, True, cases, scorers, rows, max_new_tokens, should_stop, log)
+            )
         finally:
             model.close()
         base = False
@@ -219,7 +221,7 @@ def evaluate(
             for label, adapter in [*variants, (name, True)]:
                 log(f"evaluate: {label} on {len(cases)} cases")
                 models.append(
-                    _measure(model, label, source, adapter, cases, scorers, rows, max_new_tokens, should_stop)
+                    _measure(model, label, source, adapter, cases, scorers, rows, max_new_tokens, should_stop, log)
                 )
         finally:
             model.close()
@@ -246,11 +248,12 @@ def _memory_sentence(label: str):
         ) from None
 
 
-def _measure(model, label, source, adapter, cases, scorers, rows, max_new_tokens, should_stop) -> dict:
+def _measure(model, label, source, adapter, cases, scorers, rows, max_new_tokens, should_stop, log=print) -> dict:
     """One model's replies, losses and mean scores. A case whose prompt fills the model's context gets no reply and is
-    left out of its scores and loss (counted in "left_out"): one long row does not end the whole evaluation."""
+    left out of its scores and loss (counted in "left_out"): one long row does not end the whole evaluation. Each
+    answer written is logged ("answered 3 of 50"): the replies take nearly all the time."""
     with _memory_sentence(label):
-        return _measured(model, label, source, adapter, cases, scorers, rows, max_new_tokens, should_stop)
+        return _measured(model, label, source, adapter, cases, scorers, rows, max_new_tokens, should_stop, log)
 
 
 def _stopping(should_stop, items):
@@ -261,7 +264,7 @@ def _stopping(should_stop, items):
         yield item
 
 
-def _measured(model, label, source, adapter, cases, scorers, rows, max_new_tokens, should_stop) -> dict:
+def _measured(model, label, source, adapter, cases, scorers, rows, max_new_tokens, should_stop, log) -> dict:
     t0 = time.perf_counter()
     kept = [k for k, c in enumerate(cases) if model.fits(c)]
     if not kept:
@@ -269,7 +272,11 @@ def _measured(model, label, source, adapter, cases, scorers, rows, max_new_token
             f"Every question is longer than the context of {label}, so it cannot answer any; evaluate on shorter "
             "questions."
         )
-    replies = {k: model.reply(cases[k], adapter, max_new_tokens) for k in _stopping(should_stop, kept)}
+    replies = {}
+    for n, k in enumerate(_stopping(should_stop, kept), 1):
+        replies[k] = model.reply(cases[k], adapter, max_new_tokens)
+        log(f"evaluate: {label}: answered {n} of {len(kept)}")
+    log(f"evaluate: {label}: the loss of the {len(kept)} reference answers")  # one forward each: quick
     losses = {k: model.loss(cases[k], adapter) for k in _stopping(should_stop, kept)}
     prompts, refs = [_question(cases[k]) for k in kept], [cases[k].reference for k in kept]
     scores = {name: dict(zip(kept, fn([replies[k] for k in kept], prompts, refs), strict=True)) for name, fn in scorers}

@@ -121,7 +121,9 @@ def test_a_run_without_a_validation_set_is_evaluated_on_its_training_questions(p
 
 def test_a_reloaded_page_follows_the_running_evaluation_and_stops_it(page, server, two_runs):
     """After a reload the running evaluation belonged to the old page: the new one showed nothing and its Stop stayed
-    disabled. The reloaded page finds it as it loads: 'Evaluating…', Stop enabled, and Stop heard."""
+    disabled. The reloaded page finds it as it loads: 'Evaluating…', Stop enabled, and Stop heard. The page that
+    pressed Evaluate shows each question answered (it showed only Gradio's spinner until the end), and the answer
+    the reloaded page shows, once switched to Russian, is in Russian (it was in the starting page's English)."""
     import json
 
     questions = server[1] / "many-questions.jsonl"
@@ -137,13 +139,23 @@ def test_a_reloaded_page_follows_the_running_evaluation_and_stops_it(page, serve
     page.get_by_label("Longest answer (tokens)").fill("64")
     page.get_by_role("button", name="Evaluate", exact=True).click()
     wait_enabled(page.get_by_role("button", name="Stop", exact=True).last, True)
+    answered = re.compile(r"^Evaluating… evaluate: .+: answered (\d+) of 300$")
+    page.get_by_text(answered).wait_for(timeout=120_000)  # on the page that pressed Evaluate, question by question
+    first = int(answered.match(page.get_by_text(answered).inner_text())[1])
+    page.wait_for_function(
+        f"() => +(/answered (\\d+) of 300/.exec(document.body.innerText) || [0, 0])[1] > {first}", timeout=120_000
+    )
+    shot(page, "eval-5-progress")
     page.reload()
     tab(page, "Evaluate")
     stop = page.get_by_role("button", name="Stop", exact=True).last
     wait_enabled(stop, True)  # the reloaded page opened with it disabled; it follows the evaluation
-    page.get_by_text(re.compile(r"^Evaluating…")).wait_for()
-    shot(page, "eval-5-followed-after-reload")
+    page.get_by_text(answered).wait_for()
+    shot(page, "eval-6-followed-after-reload")
+    page.get_by_role("radio", name="Русский").check()
+    page.get_by_text(re.compile(r"^Оценка… evaluate: ")).wait_for()
+    stop = page.get_by_role("button", name="Остановить", exact=True).last
     stop.click()
-    page.get_by_text("Nothing was saved.").wait_for(timeout=120_000)
+    page.get_by_text("Оценка остановлена: Ничего не сохранено.").wait_for(timeout=120_000)
     wait_enabled(stop, False)
     assert (sorted(saved.iterdir()) if saved.is_dir() else []) == before  # stopped: nothing saved

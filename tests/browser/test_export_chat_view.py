@@ -5,7 +5,9 @@ server, browser and page fixtures of test_app_browser.py; screenshots go to test
 """
 
 import json
+import os
 import re
+import signal
 import time
 import zipfile
 
@@ -127,6 +129,69 @@ def test_finished_exports_leave_no_defunct_process(page, server, trained):  # no
     time.sleep(3)  # the job has exited by now; before the fix it stays a zombie of the app until something polls it
     zombies = [p for p in psutil.Process().children(recursive=True) if p.status() == psutil.STATUS_ZOMBIE]
     assert not zombies, [p.pid for p in zombies]
+
+
+def running_export_pid(exports, folder: str, timeout=120) -> tuple:
+    """(job folder, pid) of the export job writing exports/`folder`, once it says it is exporting: it has left its
+    start-up and is at work."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for job in (exports / ".jobs").glob("*"):
+            try:
+                spec = json.loads((job / "export.json").read_text())
+                status = json.loads((job / "status.json").read_text())
+            except (OSError, ValueError):  # being written
+                continue
+            if spec["out"].endswith(f"/{folder}") and status["state"] == "running":
+                return job, status["pid"]
+        time.sleep(0.05)
+    raise AssertionError(f"no export to {folder} started")
+
+
+def sigterm_pending(pid: int) -> bool:
+    """Whether a SIGTERM waits for the stopped process `pid` (the process-wide pending set, ShdPnd, bit 15)."""
+    with open(f"/proc/{pid}/status") as f:
+        pending = re.search(r"ShdPnd:\s*([0-9a-f]+)", f.read())[1]
+    return bool(int(pending, 16) & (1 << (signal.SIGTERM - 1)))
+
+
+def test_a_reloaded_page_follows_the_running_export_and_cancels_it(page, server, trained):  # noqa: F811
+    """After a reload the running export belonged to the old page: the new one showed no progress and its Cancel
+    stayed disabled (bc9cd80). The reloaded page follows it: 'Exporting…' with the job's message, Cancel enabled, and
+    Cancel heard: the export stops and leaves nothing. The tiny model's export takes ~5 s, mostly its imports, as
+    long as a reload: the test holds the real export process with SIGSTOP once it is at work, so the reloaded page
+    finds it running for sure, and lets it go on (SIGCONT) once the page's Cancel has sent its SIGTERM."""
+    tab(page, "Export")
+    page.get_by_label("Run", exact=True).last.click()
+    page.get_by_role("option", name=trained.run_id).click(timeout=60_000)
+    page.get_by_label("GGUF Q4_K_M (Ollama / llama.cpp, smallest)").check()
+    page.get_by_label("Folder name (under exports/)").fill("reloaded")
+    cancel = page.get_by_role("button", name="Cancel export")
+    wait_enabled(cancel, False)  # no export running
+    page.get_by_role("button", name="Export", exact=True).click()
+    exports = server[1] / "exports"
+    job, pid = running_export_pid(exports, "reloaded")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        assert json.loads((job / "status.json").read_text())["state"] == "running"  # caught at work, not finished
+        wait_enabled(cancel, True)
+        page.reload()
+        tab(page, "Export")
+        cancel = page.get_by_role("button", name="Cancel export")
+        wait_enabled(cancel, True)  # the reloaded page opened with it disabled; it follows the export
+        page.get_by_text(re.compile(r"^Exporting… exporting gguf-q4_k_m to .*reloaded$")).wait_for(timeout=30_000)
+        shot(page, "export-followed-after-reload")
+        cancel.click()
+        deadline = time.time() + 60
+        while not sigterm_pending(pid):  # the page's Cancel reached the job
+            assert time.time() < deadline, "Cancel sent no SIGTERM to the export"
+            time.sleep(0.1)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    page.get_by_text(re.compile(r"^Export cancelled")).first.wait_for(timeout=120_000)
+    wait_enabled(cancel, False)
+    assert json.loads((job / "status.json").read_text())["state"] == "cancelled"
+    assert not (exports / "reloaded").exists() and not list(exports.glob(".reloaded.*"))  # nothing left behind
 
 
 def test_chat_keeps_the_question_lists_new_runs_and_orders_the_compare_line(page, server, trained, tiny_llama):  # noqa: F811
