@@ -255,6 +255,7 @@ def estimate(
     graph_shapes: int = 0,
     layer_graphs: bool = False,
     graph_tokens: int | None = None,
+    trained_embeddings: int = 0,
 ) -> Estimate:
     """Peak allocated GPU memory (and host RAM) of one training step, in GiB.
 
@@ -299,7 +300,9 @@ def estimate(
     product instead of a chunk's each, which the host issues one after another); a streamed layer's slot may hold
     some of them alone, with their scales gathered in fp32 (`active_scale_bytes`).
     `train_router` (the job's) trains the routers: LoRA trains a 16-bit copy of each (PEFT's modules_to_save; the
-    frozen original stays), with its 16-bit gradient and optimizer states; full fine-tuning freezes them without it."""
+    frozen original stays), with its 16-bit gradient and optimizer states; full fine-tuning freezes them without it.
+    `trained_embeddings` is the bytes a value of continued pretraining's trained embedding copies takes (0: none
+    trained; `trained_embedding_bytes`, part "embeddings")."""
     tokens = seq * batch
     if experts_nf4 is None:
         experts_nf4 = nf4_experts(method, fused_loss)
@@ -361,9 +364,14 @@ def estimate(
         loss = min(tokens, loss_chunk) * arch.vocab * 2 + tokens * arch.hidden * 4
     else:
         loss = tokens * arch.vocab * COEF["loss_v"]
+    embeddings = trained_embedding_bytes(arch, trained_embeddings, optimizer) if trained_embeddings else 0
+    if optimizer_in_host and embeddings:  # their states paged with the adapters'
+        states = trained_embedding_bytes(arch, trained_embeddings, optimizer, states=True)
+        embeddings, paged = embeddings - states, paged + states
     parts = dict(
         weights=weights,
         trainable=trainable,
+        embeddings=embeddings,
         activations=activations,
         loss=loss,
         dequant=dequant,
@@ -401,6 +409,16 @@ def estimate(
     pinned += checkpointed_layers * kept_attention
     ram = processes * (1.0 + pinned / GIB) + arch.params * (4 if master_fp32 else 2) / GIB  # fp32: loaded so
     return Estimate(round(sum(parts.values()), 2), round(ram, 2), parts)
+
+
+def trained_embedding_bytes(arch: Arch, width: int, optimizer: str = "adamw_8bit", states: bool = False) -> int:
+    """GPU bytes of continued pretraining's trained embed_tokens and lm_head (engine.training.pretrain: PEFT's
+    modules_to_save copies beside the frozen originals, which `weights` counts; a tied model trains one copy, its head
+    tied to it): each value in `width` bytes (2: the base's 16 bits; 4: fp32, the master weights of an fp16 run,
+    engine.training.precision, or a CPU run's fp32), its gradient in the same, and AdamW's two states (8-bit: a byte
+    each; torch's: the value's width each). Only the states with `states`."""
+    opt = OPTIMIZER_BYTES["adamw_8bit"] if optimizer == "adamw_8bit" else 2 * width
+    return arch.embedding_params * (opt if states else 2 * width + opt)
 
 
 def graph_shape_bytes(arch: Arch, tokens: int, checkpointed_layers: int, keep_attention: bool, adapters: int) -> int:

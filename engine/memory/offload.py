@@ -111,6 +111,7 @@ class Plan:
     shapes: int = MAX_BUCKETS
     layer_graphs: bool = False
     graph_tokens: int = 0
+    trained_embeddings: int = 0  # bytes a value of the trained embedding copies takes (estimate's doc); 0: none
 
     def estimate_kw(self) -> dict:
         """The estimate's offload arguments for this plan (engine.memory.checkpointing re-plans per token count with
@@ -135,6 +136,7 @@ class Plan:
             graph_shapes=self.shapes,
             layer_graphs=self.layer_graphs,
             graph_tokens=self.graph_tokens or None,
+            trained_embeddings=self.trained_embeddings,
         )
 
     @property
