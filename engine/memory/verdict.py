@@ -42,13 +42,19 @@ def plan_for(
     not know the data and stay those of batch_size x max_seq_length; the run may then plan for less.
 
     A budget below every plan's is refused (BudgetTooSmall) naming the smallest budget a plan exists for. A sharded
-    full fine-tune refused where one GPU's plan fits says so (one_gpu_instead)."""
+    full fine-tune refused where one GPU's plan fits says so (one_gpu_instead) before the other fixes, of which more
+    GPUs (which the machine may not have) come last."""
     adapters_have_targets(arch, spec)
     try:
         return _plan_for(arch, spec, budget_gib, host_ram_gib, dtype, on_gpu, tokens)
     except BudgetTooSmall as e:
         need = smallest_budget(arch, spec, dtype, on_gpu, tokens)
-        template = e.template + one_gpu_instead(arch, spec, budget_gib, host_ram_gib, dtype, on_gpu, tokens)
+        template, one = e.template, one_gpu_instead(arch, spec, budget_gib, host_ram_gib, dtype, on_gpu, tokens)
+        fixes = "; " + offload.SHARDED_FIXES
+        if one and template.endswith(fixes):  # the fix that works on this machine first, the others after it
+            template = f"{template.removesuffix(fixes)}.{one} Otherwise {offload.SHARDED_FIXES}"
+        else:
+            template += one
         raise BudgetTooSmall(template, e.need if need is None else need) from None
 
 
