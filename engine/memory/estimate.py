@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from engine.core.scratch import experts_per_chunk
 from engine.memory.configs import arch_fields
 from engine.memory.expert_fetch import ACTIVE_SHARE
+from engine.memory.families import mamba_mixer_bytes
 
 GIB = 2**30
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -83,6 +84,9 @@ class Arch:
     # down above (engine.memory.families: Phi's fc1 and fc2, a fused query_key_value, Jamba's Mamba mixers); () for
     # those. LoRA's targets match these names, as PEFT matches the model's.
     linears: tuple[tuple[tuple[str, int, int], ...], ...] = ()
+    # a hybrid's Mamba layers (Jamba): their indices, and their mixers' d_inner, d_state and dt_rank; () for none
+    mamba_ids: tuple[int, ...] = ()
+    mamba: tuple[int, int, int] = ()
 
     @classmethod
     def from_config(cls, cfg: dict, with_vision: bool = True) -> "Arch":
@@ -355,11 +359,14 @@ def estimate(
         # reduce-scatter at that end
         weights = weights / shards + 2 * largest + arch.embedding_params * 2
         trainable = trainable / shards + largest + arch.vocab * arch.hidden * 2
-    layer = layer_activation_bytes(arch, tokens, mlp_tile)
-    layer += expert_factor_bytes(arch, method, rank, targets, lora_experts)
+    factor = expert_factor_bytes(arch, method, rank, targets, lora_experts)
+    layer = layer_activation_bytes(arch, tokens, mlp_tile) + factor  # the largest layer's, rebuilt one at a time
     on_gpu = min(checkpointed_layers, OFFLOAD_ON_GPU) if offload_activations else checkpointed_layers
     kept = on_gpu * tokens * arch.hidden * 2  # a checkpointed layer keeps its bf16 input
-    activations = kept + (arch.layers - checkpointed_layers) * layer + (layer if checkpointed_layers else 0)
+    # the first `checkpointed_layers` recompute (engine.memory.checkpointing.install's order), the others keep theirs
+    whole = range(checkpointed_layers, arch.layers)
+    whole_bytes = layers_activation_bytes(arch, tokens, whole, mlp_tile) + len(whole) * factor
+    activations = kept + whole_bytes + (layer if checkpointed_layers else 0)
     if fused_loss:  # one bf16 chunk of logits, reused as its gradient, plus fp32 dh
         loss = min(tokens, loss_chunk) * arch.vocab * 2 + tokens * arch.hidden * 4
     else:
@@ -399,7 +406,7 @@ def estimate(
     elif graph_shapes and layer_graphs and not checkpointed_layers:
         parts["graph_shapes"] = graph_shapes * shape
         if graph_shapes > 1:
-            parts["graph_pool"] = arch.layers * layer_activation_bytes(arch, graph_tokens or tokens, mlp_tile)
+            parts["graph_pool"] = layers_activation_bytes(arch, graph_tokens or tokens, range(arch.layers), mlp_tile)
     parts["fragmentation"] = FRAGMENTATION * sum(parts.values())
     parts = {k: round(v / GIB, 3) for k, v in parts.items()}
     # Host RAM: measured peak RSS (python -m engine.calibrate tiers) was the whole 16-bit checkpoint plus about
@@ -489,10 +496,25 @@ def active_scale_bytes(arch: Arch) -> int:
 MOE_ROW_BYTES = 4
 
 
-def layer_activation_bytes(arch: Arch, tokens: int, mlp_tile: int | None = None) -> float:
-    """Bytes one decoder layer keeps for its backward when it is not checkpointed; with `mlp_tile`, the MLP's
-    intermediate activations exist for one tile of tokens at a time (engine.patching's tiled MLP)."""
-    width = COEF["layer_h"] * arch.hidden + COEF["layer_a"] * arch.attention_width
+def layer_activation_bytes(arch: Arch, tokens: int, mlp_tile: int | None = None, index: int | None = None) -> float:
+    """Bytes decoder layer `index` (None: the largest layer) keeps for its backward when it is not checkpointed; with
+    `mlp_tile`, the MLP's intermediate activations exist for one tile of tokens at a time (engine.patching's tiled
+    MLP). A hybrid's Mamba layer keeps its mixer's (families.mamba_mixer_bytes) where others keep attention's."""
+    if index is None and arch.mamba_ids:  # a Mamba layer or an attention one, whichever keeps more
+        others = [i for i in range(arch.layers) if i not in arch.mamba_ids][:1]
+        return max(layer_activation_bytes(arch, tokens, mlp_tile, i) for i in (arch.mamba_ids[0], *others))
+    if index in arch.mamba_ids:
+        mixer = mamba_mixer_bytes(*arch.mamba, arch.hidden)
+    else:
+        mixer = COEF["layer_a"] * arch.attention_width
+    width = COEF["layer_h"] * arch.hidden + mixer
     if arch.moe_layers:
         width += MOE_ROW_BYTES * arch.experts_per_token * arch.hidden
     return tokens * width + min(tokens, mlp_tile or tokens) * COEF["layer_i"] * arch.mlp_width
+
+
+def layers_activation_bytes(arch: Arch, tokens: int, layers: range, mlp_tile: int | None = None) -> float:
+    """What the decoder layers `layers` keep for their backward, none of them checkpointed."""
+    if not arch.mamba_ids:  # every layer keeps as much
+        return len(layers) * layer_activation_bytes(arch, tokens, mlp_tile)
+    return sum(layer_activation_bytes(arch, tokens, mlp_tile, i) for i in layers)
