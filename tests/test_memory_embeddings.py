@@ -67,3 +67,24 @@ def test_the_estimate_adds_the_trained_embeddings_to_its_peak():
     assert term == round(2 * 128256 * 4096 * (4 + 4 + 2) / GIB, 3) == 9.785
     assert parts(arch, spec, without)["embeddings"] == 0
     assert trained.peak_vram_gib == pytest.approx(without.peak_vram_gib + term * 1.04, abs=0.3)
+
+
+def test_the_estimate_command_plans_trained_embeddings_on_a_t4(capsys):
+    """`python -m engine estimate --train-embeddings` on Kaggle's T4s (fp16) plans what a job with train_embeddings
+    holds: Qwen3-0.6B's one trained copy (tied) of its 151936 x 1024 table in fp32, with its gradient and 8-bit
+    states, 1.45 GiB, which the same estimate without the flag leaves out (the command had no way to say it)."""
+    import json
+
+    from engine.__main__ import main
+    from engine.api.models import model_arch
+
+    argv = ["estimate", "--model", "Qwen/Qwen3-0.6B", "--method", "lora", "--seq", "512", "--machine", "kaggle-2xt4"]
+    assert main(argv) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main([*argv, "--train-embeddings"]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert trained["dtype"] == "fp16" and plain["peak_parts_gib"]["embeddings"] == 0
+    arch = model_arch("Qwen/Qwen3-0.6B")  # tied: one trained copy, fp32, with its gradient and 8-bit states
+    term = trained["peak_parts_gib"]["embeddings"]
+    assert term == round(trained_embedding_bytes(arch, 4) / GIB, 3) == round(arch.vocab * arch.hidden * 10 / GIB, 3)
+    assert trained["peak_vram_gib"] > plain["peak_vram_gib"] + term
