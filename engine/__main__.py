@@ -289,6 +289,11 @@ def main(argv=None) -> int:
         help="plan per GPU of a run on this many (default 1; full: FSDP2 shards)",
     )
     p.add_argument("--machine", default=None, help="plan for a machine preset (presets/machines.yaml): kaggle-2xt4")
+    p.add_argument(
+        "--train-embeddings",
+        action="store_true",
+        help="plan continued pretraining that also trains embed_tokens and lm_head (a job's train_embeddings)",
+    )
     args = ap.parse_args(argv)
     if args.cmd == "eval" and bool(args.name) != bool(args.maker):  # the check takes both; one was dropped unsaid
         ev.error("give --name and --maker together (or neither: an identity dataset's answers name them)")
@@ -395,6 +400,7 @@ def main(argv=None) -> int:
                 args.ram,
                 gpus=args.gpus or 1,
                 machine=args.machine,
+                train_embeddings=args.train_embeddings,
             )
             print(json.dumps(out, indent=2))
             return 0

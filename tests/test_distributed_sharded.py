@@ -194,9 +194,11 @@ def test_two_processes_fine_tune_in_fp16_sharded(device, tiny_llama, identity_fi
 
 def test_a_sharded_run_that_does_not_fit_says_what_to_do_in_each_language():
     """Full fine-tuning of a 4B model on two 24 GiB GPUs does not fit even with every layer recomputed (nothing goes to
-    host RAM under FSDP2): the sentence says the smallest budget per GPU, and that one such GPU fits it (host offload,
-    paged 8-bit states) with that plan's figures; the page shows it in its language. Where one GPU does not fit
-    either (16 GiB), or has too little RAM for its offload, the sentence says nothing of it."""
+    host RAM under FSDP2): the sentence says the smallest budget per GPU, then first that one such GPU fits it (host
+    offload, paged 8-bit states) with that plan's figures, then the other fixes; the page shows it in its language.
+    Where one GPU does not fit either (16 GiB), or has too little RAM for its offload, the sentence says nothing of it
+    and its fixes begin with LoRA, which every machine can do: more GPUs, which this one may not have, come last
+    (before, "use more GPUs" led the sentence, and one GPU came after it)."""
     from ui import i18n
 
     one = api.estimate("Qwen/Qwen3-4B", "full", 4096, 1, vram_gib=24, ram_gib=256, gpus=1)
@@ -204,21 +206,30 @@ def test_a_sharded_run_that_does_not_fit_says_what_to_do_in_each_language():
     assert one["fits"] and not e["fits"] and e["min_vram_gib"] > 24
     refusal = (
         f"Full fine-tuning of this model needs at least {e['min_vram_gib']:.1f} GiB on each GPU even with every layer "
-        "recomputed, over the 24.0 GiB budget; use more GPUs, a shorter sequence length, LoRA or QLoRA."
+        "recomputed, over the 24.0 GiB budget"
     )
     assert e["reason"] == (
-        f"{refusal} One GPU fits it (set gpus to 1): {one['peak_vram_gib']:.1f} GiB of GPU memory and "
+        f"{refusal}. One GPU fits it (set gpus to 1): {one['peak_vram_gib']:.1f} GiB of GPU memory and "
         f"{one['peak_ram_gib']:.0f} GiB of host RAM, since a one-GPU run may keep activations and optimizer states in "
-        "host RAM and a sharded one does not."
+        "host RAM and a sharded one does not. Otherwise use LoRA or QLoRA, a shorter sequence length, or more GPUs."
     )
     for lang, word, again in (("zh", "全量微调", "单块 GPU 即可容纳"), ("ru", "Полному дообучению", "На одной GPU")):
         said = i18n.message(e["reason"], lang)
         assert said.startswith(("即使", word)) and word in said and f"{e['min_vram_gib']:.1f}" in said
         assert again in said and f"{one['peak_vram_gib']:.1f}" in said and "One GPU" not in said
+        assert said.index(again) < said.index("LoRA") and "Otherwise" not in said  # one GPU first, then the rest
     for vram, ram in ((16, 256), (24, one["peak_ram_gib"] - 1)):
         alone = api.estimate("Qwen/Qwen3-4B", "full", 4096, 1, vram_gib=vram, ram_gib=ram, gpus=1)
         e = api.estimate("Qwen/Qwen3-4B", "full", 4096, 1, vram_gib=vram, ram_gib=ram, gpus=2)
-        assert not alone["fits"] and e["reason"].endswith("LoRA or QLoRA.")
+        assert not alone["fits"] and e["reason"].endswith(
+            f"over the {vram:.1f} GiB budget; use LoRA or QLoRA, a shorter sequence length, or more GPUs."
+        )
+        for lang, first in (
+            ("zh", "请改用 LoRA 或 QLoRA、缩短序列长度，或使用更多 GPU"),
+            ("ru", "используйте LoRA или QLoRA"),
+        ):
+            said = i18n.message(e["reason"], lang)
+            assert first in said and "use LoRA" not in said
 
 
 def test_the_runs_own_plan_refuses_sharding_naming_one_gpu():
@@ -229,7 +240,7 @@ def test_the_runs_own_plan_refuses_sharding_naming_one_gpu():
 
     arch = model_arch("Qwen/Qwen3-4B")
     spec = api.JobSpec(model="m", data="-", method="full", max_seq_length=4096, batch_size=1, gpus=2)
-    with pytest.raises(BudgetTooSmall, match=r"QLoRA\. One GPU fits it \(set gpus to 1\): 18\.3 GiB") as refused:
+    with pytest.raises(BudgetTooSmall, match=r"budget\. One GPU fits it \(set gpus to 1\): 18\.3 GiB") as refused:
         plan_for(arch, spec, 24, 256, "bf16", on_gpu=True)
     assert plan_for(arch, spec, refused.value.need, 256, "bf16", on_gpu=True).peak_vram_gib <= refused.value.need
     with pytest.raises(BudgetTooSmall) as fp16:  # fp16: full fine-tuning on one GPU is refused, so it is not offered

@@ -181,3 +181,61 @@ def test_moe_dense_and_shared_mlps_get_the_adapters_the_estimate_counts(config):
     assert not [w for w in caught if "did not match any targeted module" in str(w.message)]
     trained = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     assert Arch.from_config(config).lora_params(8, spec.target_modules) == trained
+
+
+def test_jamba_mamba_layers_keep_their_mixers_activations():
+    """Jamba-v0.1's 28 Mamba layers keep what their mixers save (d_inner = expand x hidden = 8192, d_state 16,
+    dt_rank 256), its 4 attention layers what attention does: every layer was sized as an attention layer, 0.34 MB a
+    token where a Mamba layer keeps 2.31 MB (its fp32 scan, 14 bytes a d_inner x d_state value)."""
+    from engine.memory.estimate import GIB, expert_factor_bytes, layer_activation_bytes
+
+    arch = Arch.from_config(JAMBA_V01)
+    assert arch.mamba_ids == tuple(i for i in range(32) if i % 8 != 4)
+    inner, state, rank, hidden = 2 * 4096, 16, 256, 4096
+    scan = 4 * inner * state * 2 + (4 + 2) * inner * state  # dA, dB (fp32); each token's state, fp32 and 16-bit
+    wide = 2 * inner * 2 + 6 * inner * 2 + 2 * inner * 4  # in_proj out; conv in, out (twice), scan, gate, product; dt
+    norms = (4 + 2 + 2) * rank + 2 * (4 + 2) * state + 2 * state + 4 * state + 3 * 4  # dt, B, C; C out; B fp32; rsqrt
+    mixer = scan + wide + norms + 2 * hidden
+    attention = 12 * (32 + 2 * 8) * 128  # COEF's bytes per q, k and v width a token, as every layer was counted
+    tokens = 4096
+    attention_layer = layer_activation_bytes(arch, tokens, index=4)
+    mamba_layer = layer_activation_bytes(arch, tokens, index=0)
+    assert mamba_layer == pytest.approx(attention_layer + tokens * (mixer - attention))
+    e = api.estimate(json_folder_for(JAMBA_V01), "lora", seq=tokens, batch=1, vram_gib=4096, ram_gib=4096)
+    assert e["plan"]["checkpointed_layers"] == 0  # nothing recomputes: every layer keeps its own
+    factors = 32 * expert_factor_bytes(arch, "lora")  # the experts' adapter factors, as every MoE model's
+    every_layer = 32 * attention_layer + 28 * tokens * (mixer - attention) + factors
+    assert e["peak_parts_gib"]["activations"] == round(every_layer / GIB, 3)
+
+
+def test_jamba_mamba_mixer_bytes_are_what_transformers_saves():
+    """The Mamba term is what a tiny real Jamba's mixer saves for its backward (torch's saved-tensor hooks, each
+    storage once, the weights left out), per token, in bf16 on the CPU: transformers' PyTorch scan, the one the
+    GPU runs too without the mamba_ssm package."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from engine.memory.families import mamba_mixer_bytes
+
+    c = dict(TINY, model_type="jamba", num_key_value_heads=2, num_hidden_layers=2, attn_layer_period=2)
+    c.update(attn_layer_offset=1, num_experts=1, mamba_d_state=8, mamba_expand=2, mamba_dt_rank=6)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(c.pop("model_type"), **c), dtype=torch.bfloat16)
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def saved(tokens):
+        stored = {}
+
+        def pack(t):
+            if t.untyped_storage().data_ptr() not in weights:
+                stored[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        x = torch.randn(1, tokens, 64, dtype=torch.bfloat16, requires_grad=True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model.model.layers[0].mamba(x)
+        return sum(stored.values())
+
+    arch = Arch.from_config(dict(TINY, **c, model_type="jamba"))
+    assert arch.mamba == (128, 8, 6) and arch.mamba_ids == (0,)
+    assert (saved(96) - saved(32)) / 64 == mamba_mixer_bytes(*arch.mamba, arch.hidden)

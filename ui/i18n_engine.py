@@ -476,12 +476,19 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
     ),
     (
         r"Full fine-tuning of this model needs at least (\S+) GiB on each GPU even with every layer recomputed, over "
-        r"the (\S+) GiB budget; use more GPUs, a shorter sequence length, LoRA or QLoRA\.",
+        r"the (\S+) GiB budget; use LoRA or QLoRA, a shorter sequence length, or more GPUs\.",
         "即使每一层都重算，全量微调此模型在每块 GPU 上也至少需要 {0} GiB 显存，超出 {1} GiB 的预算；"
-        "请使用更多 GPU、缩短序列长度，或改用 LoRA 或 QLoRA。",
+        "请改用 LoRA 或 QLoRA、缩短序列长度，或使用更多 GPU。",
         "Полному дообучению этой модели нужно не меньше {0} ГиБ на каждой GPU даже с пересчётом всех слоёв — "
-        "больше бюджета {1} ГиБ; возьмите больше GPU, сократите длину последовательности "
-        "или используйте LoRA или QLoRA.",
+        "больше бюджета {1} ГиБ; используйте LoRA или QLoRA, сократите длину последовательности "
+        "или возьмите больше GPU.",
+    ),
+    (  # the same, before engine.memory.verdict.one_gpu_instead's sentence
+        r"Full fine-tuning of this model needs at least (\S+) GiB on each GPU even with every layer recomputed, over "
+        r"the (\S+) GiB budget\.",
+        "即使每一层都重算，全量微调此模型在每块 GPU 上也至少需要 {0} GiB 显存，超出 {1} GiB 的预算。",
+        "Полному дообучению этой модели нужно не меньше {0} ГиБ на каждой GPU даже с пересчётом всех слоёв — "
+        "больше бюджета {1} ГиБ.",
     ),
     (  # engine.models.adapter_source.refusal: a LoRA adapter given as the model (the Model tab's fit line)
         r"'(.+?)' is a LoRA adapter, not a model: pick its base model '(.+?)' to train or estimate \(chat with the "
@@ -493,11 +500,13 @@ MESSAGES = [  # (English regex, Chinese, Russian); each group is translated agai
     ),
     (  # engine.memory.verdict.one_gpu_instead, after the refusal above
         r"(.+?) One GPU fits it \(set gpus to 1\): (\S+) GiB of GPU memory and (\S+) GiB of host RAM, since a one-GPU "
-        r"run may keep activations and optimizer states in host RAM and a sharded one does not\.",
+        r"run may keep activations and optimizer states in host RAM and a sharded one does not\. Otherwise use LoRA "
+        r"or QLoRA, a shorter sequence length, or more GPUs\.",
         "{0}单块 GPU 即可容纳（把 gpus 设为 1）：{1} GiB 显存和 {2} GiB 内存，因为单 GPU 运行可以把激活值和优化器状态"
-        "放在内存中，而分片运行不能。",
+        "放在内存中，而分片运行不能。否则请改用 LoRA 或 QLoRA、缩短序列长度，或使用更多 GPU。",
         "{0} На одной GPU обучение помещается (задайте gpus = 1): {1} ГиБ памяти GPU и {2} ГиБ ОЗУ, потому что запуск "
-        "на одной GPU может держать активации и состояния оптимизатора в ОЗУ, а шардированный — нет.",
+        "на одной GPU может держать активации и состояния оптимизатора в ОЗУ, а шардированный — нет. Иначе используйте "
+        "LoRA или QLoRA, сократите длину последовательности или возьмите больше GPU.",
     ),
     (
         r"Full fine-tuning on one GPU needs bf16, and this run computes in fp16 \(the GPU has no bf16, or the job asks "

@@ -37,6 +37,7 @@ def estimate(
     ram_gib: float | None = None,
     gpus: int = 1,
     machine: str | None = None,
+    train_embeddings: bool = False,
 ) -> dict:
     """Whether training `model` fits this machine (or a card of `vram_gib` and `ram_gib` free host RAM): the plan a
     run of these settings would make (engine.memory.verdict.plan_for, the run's own computation), its peak VRAM and host
@@ -46,7 +47,9 @@ def estimate(
     the peak VRAM figure; `min_vram_gib` (when the budget is too small) is the smallest budget a plan exists for.
     With `gpus` > 1 everything is per GPU of a data-parallel run: full fine-tuning's weights, gradients and optimizer
     states sharded over them (FSDP2), LoRA and QLoRA the same as on one GPU. `machine` names a preset of
-    presets/machines.yaml (e.g. "kaggle-2xt4"): its GPU count, memory per GPU and dtype stand in for this machine's."""
+    presets/machines.yaml (e.g. "kaggle-2xt4"): its GPU count, memory per GPU and dtype stand in for this machine's.
+    `train_embeddings` plans continued pretraining that also trains embed_tokens and lm_head (the job's own), whose
+    copies the plan counts (fp32 in fp16)."""
     from engine.memory import verdict as memory
     from engine.memory.offload import host_ram_gib
     from engine.models import presets
@@ -70,7 +73,8 @@ def estimate(
     # one micro-batch per step, as a preset for a run that needs its gradients released sets
     # (engine.memory.grad_release)
     spec = JobSpec(model=model, data="-", method=method, max_seq_length=seq, batch_size=batch, lora_r=rank,
-                   lora_alpha=base.lora_alpha if base else rank, gpus=gpus)  # fmt: skip
+                   lora_alpha=base.lora_alpha if base else rank, gpus=gpus,
+                   **(dict(objective="pretrain", train_embeddings=True) if train_embeddings else {}))  # fmt: skip
     note = None
     if config is not None:  # the run trains at most the model's context (engine.training.dispatch), and plans so
         from engine.models.context import fit_to_context

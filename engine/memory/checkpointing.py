@@ -15,6 +15,7 @@ from engine.memory.estimate import (
     expert_factor_bytes,
     graph_shape_bytes,
     layer_activation_bytes,
+    layers_activation_bytes,
 )
 
 SLACK = ESTIMATE_SLACK  # the estimate's error margin, as in Estimate.fits (the allocator's share is in the estimate)
@@ -68,7 +69,7 @@ def layer_graphs_held(arch: Arch, tokens: int, **kw) -> float:
     """GiB that every layer's graphs captured at `tokens` tokens keep for the rest of the run: their memory pool (the
     captured step's activations) and their static buffers, for as many shapes as the plan holds."""
     shapes = kw.get("graph_shapes") or 1
-    pool = arch.layers * layer_activation_bytes(arch, tokens, kw.get("mlp_tile"))
+    pool = layers_activation_bytes(arch, tokens, range(arch.layers), kw.get("mlp_tile"))
     return (pool + shapes * graph_shape_bytes(arch, tokens, 0, False, 0)) / 2**30
 
 

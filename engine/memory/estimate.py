@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from engine.core.scratch import experts_per_chunk
 from engine.memory.configs import arch_fields
 from engine.memory.expert_fetch import ACTIVE_SHARE
+from engine.memory.families import mamba_mixer_bytes
 
 GIB = 2**30
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -83,6 +84,9 @@ class Arch:
     # down above (engine.memory.families: Phi's fc1 and fc2, a fused query_key_value, Jamba's Mamba mixers); () for
     # those. LoRA's targets match these names, as PEFT matches the model's.
     linears: tuple[tuple[tuple[str, int, int], ...], ...] = ()
+    # a hybrid's Mamba layers (Jamba): their indices, and their mixers' d_inner, d_state and dt_rank; () for none
+    mamba_ids: tuple[int, ...] = ()
+    mamba: tuple[int, int, int] = ()
 
     @classmethod
     def from_config(cls, cfg: dict, with_vision: bool = True) -> "Arch":
@@ -255,6 +259,7 @@ def estimate(
     graph_shapes: int = 0,
     layer_graphs: bool = False,
     graph_tokens: int | None = None,
+    trained_embeddings: int = 0,
 ) -> Estimate:
     """Peak allocated GPU memory (and host RAM) of one training step, in GiB.
 
@@ -299,7 +304,9 @@ def estimate(
     product instead of a chunk's each, which the host issues one after another); a streamed layer's slot may hold
     some of them alone, with their scales gathered in fp32 (`active_scale_bytes`).
     `train_router` (the job's) trains the routers: LoRA trains a 16-bit copy of each (PEFT's modules_to_save; the
-    frozen original stays), with its 16-bit gradient and optimizer states; full fine-tuning freezes them without it."""
+    frozen original stays), with its 16-bit gradient and optimizer states; full fine-tuning freezes them without it.
+    `trained_embeddings` is the bytes a value of continued pretraining's trained embedding copies takes (0: none
+    trained; `trained_embedding_bytes`, part "embeddings")."""
     tokens = seq * batch
     if experts_nf4 is None:
         experts_nf4 = nf4_experts(method, fused_loss)
@@ -352,18 +359,26 @@ def estimate(
         # reduce-scatter at that end
         weights = weights / shards + 2 * largest + arch.embedding_params * 2
         trainable = trainable / shards + largest + arch.vocab * arch.hidden * 2
-    layer = layer_activation_bytes(arch, tokens, mlp_tile)
-    layer += expert_factor_bytes(arch, method, rank, targets, lora_experts)
+    factor = expert_factor_bytes(arch, method, rank, targets, lora_experts)
+    layer = layer_activation_bytes(arch, tokens, mlp_tile) + factor  # the largest layer's, rebuilt one at a time
     on_gpu = min(checkpointed_layers, OFFLOAD_ON_GPU) if offload_activations else checkpointed_layers
     kept = on_gpu * tokens * arch.hidden * 2  # a checkpointed layer keeps its bf16 input
-    activations = kept + (arch.layers - checkpointed_layers) * layer + (layer if checkpointed_layers else 0)
+    # the first `checkpointed_layers` recompute (engine.memory.checkpointing.install's order), the others keep theirs
+    whole = range(checkpointed_layers, arch.layers)
+    whole_bytes = layers_activation_bytes(arch, tokens, whole, mlp_tile) + len(whole) * factor
+    activations = kept + whole_bytes + (layer if checkpointed_layers else 0)
     if fused_loss:  # one bf16 chunk of logits, reused as its gradient, plus fp32 dh
         loss = min(tokens, loss_chunk) * arch.vocab * 2 + tokens * arch.hidden * 4
     else:
         loss = tokens * arch.vocab * COEF["loss_v"]
+    embeddings = trained_embedding_bytes(arch, trained_embeddings, optimizer) if trained_embeddings else 0
+    if optimizer_in_host and embeddings:  # their states paged with the adapters'
+        states = trained_embedding_bytes(arch, trained_embeddings, optimizer, states=True)
+        embeddings, paged = embeddings - states, paged + states
     parts = dict(
         weights=weights,
         trainable=trainable,
+        embeddings=embeddings,
         activations=activations,
         loss=loss,
         dequant=dequant,
@@ -391,7 +406,7 @@ def estimate(
     elif graph_shapes and layer_graphs and not checkpointed_layers:
         parts["graph_shapes"] = graph_shapes * shape
         if graph_shapes > 1:
-            parts["graph_pool"] = arch.layers * layer_activation_bytes(arch, graph_tokens or tokens, mlp_tile)
+            parts["graph_pool"] = layers_activation_bytes(arch, graph_tokens or tokens, range(arch.layers), mlp_tile)
     parts["fragmentation"] = FRAGMENTATION * sum(parts.values())
     parts = {k: round(v / GIB, 3) for k, v in parts.items()}
     # Host RAM: measured peak RSS (python -m engine.calibrate tiers) was the whole 16-bit checkpoint plus about
@@ -401,6 +416,16 @@ def estimate(
     pinned += checkpointed_layers * kept_attention
     ram = processes * (1.0 + pinned / GIB) + arch.params * (4 if master_fp32 else 2) / GIB  # fp32: loaded so
     return Estimate(round(sum(parts.values()), 2), round(ram, 2), parts)
+
+
+def trained_embedding_bytes(arch: Arch, width: int, optimizer: str = "adamw_8bit", states: bool = False) -> int:
+    """GPU bytes of continued pretraining's trained embed_tokens and lm_head (engine.training.pretrain: PEFT's
+    modules_to_save copies beside the frozen originals, which `weights` counts; a tied model trains one copy, its head
+    tied to it): each value in `width` bytes (2: the base's 16 bits; 4: fp32, the master weights of an fp16 run,
+    engine.training.precision, or a CPU run's fp32), its gradient in the same, and AdamW's two states (8-bit: a byte
+    each; torch's: the value's width each). Only the states with `states`."""
+    opt = OPTIMIZER_BYTES["adamw_8bit"] if optimizer == "adamw_8bit" else 2 * width
+    return arch.embedding_params * (opt if states else 2 * width + opt)
 
 
 def graph_shape_bytes(arch: Arch, tokens: int, checkpointed_layers: int, keep_attention: bool, adapters: int) -> int:
@@ -471,10 +496,25 @@ def active_scale_bytes(arch: Arch) -> int:
 MOE_ROW_BYTES = 4
 
 
-def layer_activation_bytes(arch: Arch, tokens: int, mlp_tile: int | None = None) -> float:
-    """Bytes one decoder layer keeps for its backward when it is not checkpointed; with `mlp_tile`, the MLP's
-    intermediate activations exist for one tile of tokens at a time (engine.patching's tiled MLP)."""
-    width = COEF["layer_h"] * arch.hidden + COEF["layer_a"] * arch.attention_width
+def layer_activation_bytes(arch: Arch, tokens: int, mlp_tile: int | None = None, index: int | None = None) -> float:
+    """Bytes decoder layer `index` (None: the largest layer) keeps for its backward when it is not checkpointed; with
+    `mlp_tile`, the MLP's intermediate activations exist for one tile of tokens at a time (engine.patching's tiled
+    MLP). A hybrid's Mamba layer keeps its mixer's (families.mamba_mixer_bytes) where others keep attention's."""
+    if index is None and arch.mamba_ids:  # a Mamba layer or an attention one, whichever keeps more
+        others = [i for i in range(arch.layers) if i not in arch.mamba_ids][:1]
+        return max(layer_activation_bytes(arch, tokens, mlp_tile, i) for i in (arch.mamba_ids[0], *others))
+    if index in arch.mamba_ids:
+        mixer = mamba_mixer_bytes(*arch.mamba, arch.hidden)
+    else:
+        mixer = COEF["layer_a"] * arch.attention_width
+    width = COEF["layer_h"] * arch.hidden + mixer
     if arch.moe_layers:
         width += MOE_ROW_BYTES * arch.experts_per_token * arch.hidden
     return tokens * width + min(tokens, mlp_tile or tokens) * COEF["layer_i"] * arch.mlp_width
+
+
+def layers_activation_bytes(arch: Arch, tokens: int, layers: range, mlp_tile: int | None = None) -> float:
+    """What the decoder layers `layers` keep for their backward, none of them checkpointed."""
+    if not arch.mamba_ids:  # every layer keeps as much
+        return len(layers) * layer_activation_bytes(arch, tokens, mlp_tile)
+    return sum(layer_activation_bytes(arch, tokens, mlp_tile, i) for i in layers)

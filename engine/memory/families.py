@@ -5,7 +5,7 @@ which LoRA's target_modules match.
     phi (Phi-1/2), starcoder2, gpt_neox (Pythia), falcon: a two-matrix MLP (fc1/fc2, c_fc/c_proj, dense_h_to_4h/
         dense_4h_to_h: no gate), LayerNorms with biases; GPT-NeoX and Falcon fuse q, k and v into query_key_value
     jamba: Mamba mixers in most layers, attention in every attn_layer_period-th; experts in every
-        expert_layer_period-th layer, a dense MLP in the others
+        expert_layer_period-th layer, a dense MLP in the others; a Mamba layer's activations by its mixer's dims
     ernie4_5_moe: the usual layers, its experts named moe_num_experts, moe_k and moe_num_shared_experts
 
 Each reader takes the config (with its family's defaults) and `common`, the common reader (configs._fields for a
@@ -100,12 +100,29 @@ def jamba(c: dict, common) -> dict:
     mixer += inner * c.get("mamba_conv_bias", True) + (2 * inner + h) * c.get("mamba_proj_bias", False)
     mlp = (("gate_proj", h, i), ("up_proj", h, i), ("down_proj", i, h))
     period, offset = c.get("attn_layer_period", 8), c.get("attn_layer_offset", 4)
-    linears, other = [], f["other_params"]
+    linears, other, mamba_ids = [], f["other_params"], []
     for index in range(layers):
         is_attention = index % period == offset
         other += 0 if is_attention else mixer
+        mamba_ids += [] if is_attention else [index]
         linears.append((attention if is_attention else mamba) + (() if index in moe else mlp))
-    return {**f, "other_params": other, "linears": tuple(linears)}
+    fields = dict(linears=tuple(linears), mamba_ids=tuple(mamba_ids), mamba=(inner, state, rank))
+    return {**f, "other_params": other, **fields}
+
+
+def mamba_mixer_bytes(inner: int, state: int, rank: int, hidden: int) -> int:
+    """Bytes per token a Mamba mixer (transformers' JambaMambaMixer, 16-bit activations) saves for its backward, by
+    its d_inner, d_state and dt_rank. Without the mamba_ssm and causal_conv1d packages (not installed here)
+    transformers runs its PyTorch scan, which keeps, per token: the discretized A and B (fp32, d_inner x d_state
+    each) and the state after each token (fp32, and its 16-bit copy for the output product): 14 x d_inner x d_state;
+    in_proj's output (2 x d_inner), the convolution's input, and five more 16-bit d_inner-wide tensors (the
+    convolution's output, the scan's output with the D skip, the gate's SiLU, their product, and a second copy of the
+    convolution's output the scan's reshapes make), and the time step before and after its softplus (fp32):
+    24 x d_inner; the norms of dt, B and C (fp32 copies of their inputs, 16-bit copies and dt's and C's outputs, and
+    B's fp32 copy for the scan): 8 x dt_rank + 18 x d_state, and 12 bytes of their rsqrt; in_proj's 16-bit input,
+    2 x hidden. d_conv's few extra columns are per sequence, not per token. Measured with saved-tensor hooks on a tiny
+    Jamba (tests/test_memory_families.py); the backward's own working set (the scan's fp32 gradients) is not in it."""
+    return 14 * inner * state + 24 * inner + 8 * rank + 18 * state + 12 + 2 * hidden
 
 
 def ernie4_5_moe(c: dict, common) -> dict:

@@ -66,15 +66,14 @@ from engine.memory.estimate import (
 
 RING_SLOTS = 3  # GPU slots for streamed layers: the one computing and two arriving
 
-
 MLP_TILE = 8192  # tokens per MLP tile when a long sequence's activations do not fit otherwise
-
 
 LOG_EVERY = 20  # training steps between timing lines in the run log
 
-
 DENSE_SHARE = 0.5  # of the VRAM a no-recompute QLoRA plan leaves over, the most its 16-bit weight copies may take
 
+# what a sharded full fine-tune that does not fit can do, first what works on this machine (more GPUs may not exist)
+SHARDED_FIXES = "use LoRA or QLoRA, a shorter sequence length, or more GPUs."
 
 SMALL_CARD_GIB = 24  # under this budget the fused loss works on 1024-token chunks (0.25 GiB of logits at 128K vocab)
 
@@ -111,6 +110,7 @@ class Plan:
     shapes: int = MAX_BUCKETS
     layer_graphs: bool = False
     graph_tokens: int = 0
+    trained_embeddings: int = 0  # bytes a value of the trained embedding copies takes (estimate's doc); 0: none
 
     def estimate_kw(self) -> dict:
         """The estimate's offload arguments for this plan (engine.memory.checkpointing re-plans per token count with
@@ -135,6 +135,7 @@ class Plan:
             graph_shapes=self.shapes,
             layer_graphs=self.layer_graphs,
             graph_tokens=self.graph_tokens or None,
+            trained_embeddings=self.trained_embeddings,
         )
 
     @property
@@ -484,8 +485,7 @@ def _recompute_only(arch: Arch, method: str, tokens: int, budget_gib: float, fus
         e = estimate(arch, method, tokens, 1, fused_loss=fused_loss, **kw)
         raise BudgetTooSmall(
             "Full fine-tuning of this model needs at least {need:.1f} GiB on each GPU even "
-            f"with every layer recomputed, over the {budget_gib:.1f} GiB budget; use more GPUs, a shorter sequence "
-            "length, LoRA or QLoRA.",
+            f"with every layer recomputed, over the {budget_gib:.1f} GiB budget; {SHARDED_FIXES}",
             at_least(e.peak_vram_gib),
         )
     k = layers_to_checkpoint(arch, method, tokens, budget_gib, fused_loss, **kw)

@@ -42,13 +42,19 @@ def plan_for(
     not know the data and stay those of batch_size x max_seq_length; the run may then plan for less.
 
     A budget below every plan's is refused (BudgetTooSmall) naming the smallest budget a plan exists for. A sharded
-    full fine-tune refused where one GPU's plan fits says so (one_gpu_instead)."""
+    full fine-tune refused where one GPU's plan fits says so (one_gpu_instead) before the other fixes, of which more
+    GPUs (which the machine may not have) come last."""
     adapters_have_targets(arch, spec)
     try:
         return _plan_for(arch, spec, budget_gib, host_ram_gib, dtype, on_gpu, tokens)
     except BudgetTooSmall as e:
         need = smallest_budget(arch, spec, dtype, on_gpu, tokens)
-        template = e.template + one_gpu_instead(arch, spec, budget_gib, host_ram_gib, dtype, on_gpu, tokens)
+        template, one = e.template, one_gpu_instead(arch, spec, budget_gib, host_ram_gib, dtype, on_gpu, tokens)
+        fixes = "; " + offload.SHARDED_FIXES
+        if one and template.endswith(fixes):  # the fix that works on this machine first, the others after it
+            template = f"{template.removesuffix(fixes)}.{one} Otherwise {offload.SHARDED_FIXES}"
+        else:
+            template += one
         raise BudgetTooSmall(template, e.need if need is None else need) from None
 
 
@@ -92,6 +98,7 @@ def adapters_have_targets(arch: Arch, spec) -> None:
 def _plan_for(arch: Arch, spec, budget_gib, host_ram_gib, dtype, on_gpu, tokens) -> Plan:
     on_gpu = budget_gib is not None if on_gpu is None else on_gpu
     master = sharded(spec) and dtype == "fp16"  # engine.training.distributed.shard: fp32 shards under fp16
+    embeddings = embedding_width(spec, dtype)
     seq, batch = spec.max_seq_length, spec.batch_size
     if tokens is not None and tokens < seq * batch:  # the estimate and the plan read only their product
         seq, batch = tokens, 1
@@ -117,12 +124,22 @@ def _plan_for(arch: Arch, spec, budget_gib, host_ram_gib, dtype, on_gpu, tokens)
         and spec.gpus <= 1,  # several GPUs average the gradients before any update
         **estimate_kw(spec),
         **({"master_fp32": True} if master else {}),
+        **({"trained_embeddings": embeddings} if embeddings else {}),
     )
-    plan = dataclasses.replace(plan, master_fp32=True) if master else plan
+    plan = dataclasses.replace(plan, master_fp32=master, trained_embeddings=embeddings)
     if not on_gpu:
         ram = cpu_ram_gib(arch, spec, plan, dtype, seq * batch)
         plan = offload.check_ram(dataclasses.replace(plan, peak_ram_gib=ram), host_ram_gib, on_cpu=True)
     return plan
+
+
+def embedding_width(spec, dtype: str) -> int:
+    """Bytes a value of the embed_tokens / lm_head copies a run of `spec` trains takes, computing in `dtype`: 0 where
+    it trains none (engine.training.sft: continued pretraining with LoRA and train_embeddings), 4 as fp32 master
+    weights (fp16, engine.training.precision) or in an fp32 model, else the base's 2."""
+    if not (spec.objective == "pretrain" and spec.train_embeddings and spec.method != "full"):
+        return 0
+    return 4 if dtype in ("fp16", "fp32") else 2
 
 
 def cpu_ram_gib(arch: Arch, spec, plan: Plan, dtype: str, tokens: int) -> float:
@@ -145,7 +162,7 @@ def cpu_ram_gib(arch: Arch, spec, plan: Plan, dtype: str, tokens: int) -> float:
     adapters = p["trainable"] if spec.method != "full" else 0  # fp32 already
     logit = CPU_LOSS_BYTES if dtype == "fp32" else COEF["loss_v"]
     loss = tokens * arch.vocab * logit / GIB
-    step = CPU_FIXED_GIB + nf4 + wide * scaled + adapters + p["dequant"] + loss
+    step = CPU_FIXED_GIB + nf4 + wide * scaled + adapters + p["embeddings"] + p["dequant"] + loss  # sized already
     if spec.method == "full":
         largest = max(arch.vocab * arch.hidden, arch.largest_linear) * 2 * wide / GIB
         update = CPU_FIXED_GIB + wide * (p["weights"] + p["trainable"]) + 2 * largest
