@@ -88,3 +88,36 @@ def test_the_estimate_command_plans_trained_embeddings_on_a_t4(capsys):
     term = trained["peak_parts_gib"]["embeddings"]
     assert term == round(trained_embedding_bytes(arch, 4) / GIB, 3) == round(arch.vocab * arch.hidden * 10 / GIB, 3)
     assert trained["peak_vram_gib"] > plain["peak_vram_gib"] + term
+
+
+def test_a_cpu_runs_planned_optimizer_states_are_the_ones_its_auto_optimizer_holds(tiny_llama):
+    """`optimizer: auto` on the CPU makes torch's AdamW (engine.training.steps.make_optimizer): the plan counts its
+    states (two fp32 values per adapter weight, two per trained embedding value), the bytes the run's optimizer holds
+    after one step of continued pretraining with trained embeddings in fp32 (the CPU's dtype). The plan counted
+    8-bit states before, a quarter of the adapters'."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from engine.memory.estimate import OPTIMIZER_BYTES
+    from engine.memory.verdict import estimate_kw
+    from engine.models.loading import add_lora
+    from engine.training import pretrain
+    from engine.training.steps import make_optimizer
+
+    arch = Arch.from_config(json.loads((tiny_llama / "config.json").read_text()))
+    spec = JobSpec(model=str(tiny_llama), data="-", objective="pretrain", train_embeddings=True, lora_r=8)
+    assert spec.optimizer == "auto"
+    plan = plan_for(arch, spec, None, None, "fp32", on_gpu=False)
+    kw = estimate_kw(spec, on_gpu=False)
+    adapters = arch.lora_params(spec.lora_r, spec.target_modules, spec.lora_experts) * OPTIMIZER_BYTES[kw["optimizer"]]
+    planned = adapters + trained_embedding_bytes(arch, plan.trained_embeddings, kw["optimizer"], states=True)
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    model = pretrain.add_embedding_training(add_lora(model, spec, log=lambda m: None), log=lambda m: None)
+    opt = make_optimizer(spec, pretrain.param_groups(model, spec), "cpu", lambda m: None)
+    ids = torch.arange(2, 18).reshape(2, 8)
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    held = sum(t.nbytes for state in opt.state.values() for k, t in state.items() if k != "step")
+    assert planned == held

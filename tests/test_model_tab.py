@@ -150,3 +150,22 @@ def test_an_existing_folder_that_is_not_a_model_is_not_said_not_to_exist(tmp_pat
         assert "has no config.json, so it is not a transformers model folder" in badge, badge
         with pytest.raises(api.UserError, match="has no config.json"):
             api.model_arch(typed)
+
+
+def test_the_preset_counts_the_trained_embeddings_the_job_asks_for(monkeypatch):
+    """Continued pretraining with trained embeddings: the Train tab's preset planned without their copies (the run's
+    plan counts them), so its note named a smaller peak than the run's. It names the estimate's with them; the same
+    form without them, or another objective with the box still ticked, names the plain one."""
+    from ui import train_tab
+
+    monkeypatch.setenv("TUNESMITH_VRAM_GIB", "23")
+    monkeypatch.setenv("TUNESMITH_RAM_GIB", "64")
+    monkeypatch.setattr(api, "gpus_found", lambda: ["NVIDIA GeForce RTX 4090"])
+    with_ = api.estimate("Qwen/Qwen3-4B", "qlora", train_embeddings=True)["peak_vram_gib"]
+    without = api.estimate("Qwen/Qwen3-4B", "qlora")["peak_vram_gib"]
+    assert with_ != without  # its own preset, planned with the copies
+    note = train_tab.apply_preset("Qwen/Qwen3-4B", "qlora", None, "pretrain", True)[0]
+    assert note.endswith(f"peaks at {with_:.1f} GiB."), note
+    for objective, ticked in (("pretrain", False), ("sft", True)):
+        note = train_tab.apply_preset("Qwen/Qwen3-4B", "qlora", None, objective, ticked)[0]
+        assert note.endswith(f"peaks at {without:.1f} GiB."), note

@@ -173,9 +173,10 @@ def show_settings(objective: str):
     )
 
 
-def apply_preset(model: str, method: str, loaded: dict | None = None):
+def apply_preset(model: str, method: str, loaded: dict | None = None, objective="sft", train_embeddings=False):
     """(note, seq, batch, accum, rank, lr, checkpointing) from the preset for this GPU; on CPU the method's usual
-    learning rate and the other fields unchanged.
+    learning rate and the other fields unchanged. The plan counts continued pretraining's trained embeddings where the
+    form's `objective` and `train_embeddings` ask for them, as the run's own plan does.
 
     `loaded`: what a loaded job.yaml set (train_settings.kept_settings). For its model and method its own values are
     given back, not the preset's: Gradio fires the change events of the model and method that the load filled in, in
@@ -187,7 +188,8 @@ def apply_preset(model: str, method: str, loaded: dict | None = None):
         return i18n.say("Pick a model to see the preset for this GPU."), *keep
     try:
         gpus = max(1, len(api.gpus_found()))  # a run trains on every visible GPU: the plan is per GPU
-        est = api.estimate(model, method, gpus=gpus)
+        embeddings = objective == "pretrain" and bool(train_embeddings)
+        est = api.estimate(model, method, gpus=gpus, train_embeddings=embeddings)
     except api.UserError as e:
         return i18n.say(f"No preset: {e}"), *keep
     p = est["preset"]
@@ -515,8 +517,8 @@ def build(model_inputs: list, data_inputs: list) -> dict:
     model, method = model_inputs[0], model_inputs[1]
     loaded_job = gr.State(None)  # what a loaded job.yaml set (train_settings.kept_settings): apply_preset keeps it
     preset_outputs = [preset_note, data_inputs[-1], batch, accum, rank, lr, checkpointing]
-    for trigger in (model.change, method.change):
-        trigger(apply_preset, [model, method, loaded_job], preset_outputs)
+    for trigger in (model.change, method.change, train_embeddings.change):
+        trigger(apply_preset, [model, method, loaded_job, objective, train_embeddings], preset_outputs)
     layers = advanced["target_modules"]  # the picked model's own layer names (Falcon, GPT-NeoX, phi, ...)
     model.change(train_settings.layer_choices, [model, loaded_job, layers], layers)
     reward_inputs = [

@@ -17,9 +17,10 @@ LARGEST_BUDGET_GIB = 4096  # where the search for the smallest workable budget g
 # A run on the CPU holds its training step in host RAM, computing in fp32 (engine.core.hardware): fitted to two LoRA
 # runs of a 218M-parameter Qwen3 (hidden 1024, 12 layers, 65,536-entry vocabulary, checkpointing on) on this 2-core
 # CPU machine, peak RSS 4.67 GiB at 2 x 1024 tokens and 2.16 GiB at 512 (python -m engine.run under /usr/bin/time;
-# this formula says 4.73 and 2.27): GiB for the process itself, and bytes per token per vocabulary entry of
+# this formula says 4.73 and 2.27, counting torch's fp32 AdamW states, which `auto` makes there, for the adapters):
+# GiB for the process itself, and bytes per token per vocabulary entry of
 # transformers' fp32 loss (logits, log-softmax and their gradients).
-CPU_FIXED_GIB = 0.6
+CPU_FIXED_GIB = 0.58
 CPU_LOSS_BYTES = 24
 
 
@@ -122,7 +123,7 @@ def _plan_for(arch: Arch, spec, budget_gib, host_ram_gib, dtype, on_gpu, tokens)
         and spec.grad_accum == 1
         and dtype != "fp16"
         and spec.gpus <= 1,  # several GPUs average the gradients before any update
-        **estimate_kw(spec),
+        **estimate_kw(spec, on_gpu),
         **({"master_fp32": True} if master else {}),
         **({"trained_embeddings": embeddings} if embeddings else {}),
     )
@@ -152,10 +153,12 @@ def cpu_ram_gib(arch: Arch, spec, plan: Plan, dtype: str, tokens: int) -> float:
     (one tensor at a time) makes two temporaries the size of the tensor it updates (exp_avg_sq.sqrt(), then that
     over its bias correction), so two of the largest (the embedding table) beside every weight, gradient and state.
     The 218M Qwen3 of CPU_FIXED_GIB, fully fine-tuned at 256 tokens, peaked at 4.31 GiB RSS (4,521,428 KiB under
-    /usr/bin/time); the training step alone said 4.26, the optimizer step says 4.35."""
+    /usr/bin/time); the training step alone said 4.26, the optimizer step says 4.33."""
     from engine.memory.estimate import COEF, GIB, NF4_BYTES
 
-    p = parts(arch, spec, plan, tokens)
+    # full fine-tuning's trainable part as a GPU's (16-bit gradients, 8-bit states: 6 bytes a weight), which `wide`
+    # makes fp32 AdamW's 12 below; adapters' and trained embeddings' with the CPU's torch AdamW, sized already
+    p = parts(arch, spec, plan, tokens, on_gpu=spec.method == "full")
     wide = 2 if dtype == "fp32" else 1
     nf4 = arch.linear_params * NF4_BYTES / GIB if spec.method == "qlora" else 0  # stays 4-bit
     scaled = p["weights"] - nf4 + p["activations"] + (p["trainable"] if spec.method == "full" else 0)
@@ -206,12 +209,14 @@ def sharded(spec) -> bool:
     return spec.method == "full" and spec.gpus > 1
 
 
-def estimate_kw(spec) -> dict:
-    """The estimate's arguments that come from the job's LoRA and optimizer settings and its GPU count."""
+def estimate_kw(spec, on_gpu: bool = True) -> dict:
+    """The estimate's arguments that come from the job's LoRA and optimizer settings and its GPU count, for a run on a
+    GPU or (`on_gpu` False) on the CPU, where `auto` makes torch's AdamW (engine.training.steps.make_optimizer)."""
+    plain = spec.optimizer == "adamw" or sharded(spec) or (spec.optimizer == "auto" and not on_gpu)  # FSDP2: too
     return dict(
         rank=spec.lora_r,
         targets=spec.target_modules,
-        optimizer="adamw" if spec.optimizer == "adamw" or sharded(spec) else "adamw_8bit",  # FSDP2: plain AdamW
+        optimizer="adamw" if plain else "adamw_8bit",
         lora_experts=spec.lora_experts,
         train_router=spec.train_router,
         **({"shards": spec.gpus} if sharded(spec) else {}),
@@ -238,9 +243,10 @@ def verdict(arch: Arch, spec, budget_gib: float | None, host_ram_gib: float | No
     """The plan for `spec` on this budget and free RAM, and whether it fits (never raises for a run that does not;
     raises for one that cannot run at all, adapters_have_targets)."""
     adapters_have_targets(arch, spec)
+    gpu = budget_gib is not None  # plan_for's default: a run without a budget is planned for the CPU
     try:
         plan = plan_for(arch, spec, budget_gib, host_ram_gib, dtype)
-        return Verdict(True, "", plan, plan.peak_vram_gib, plan.peak_ram_gib, parts(arch, spec, plan))
+        return Verdict(True, "", plan, plan.peak_vram_gib, plan.peak_ram_gib, parts(arch, spec, plan, on_gpu=gpu))
     except BudgetTooSmall as e:
         return Verdict(False, str(e), None, None, None, None, e.need)
     except UserError as e:
@@ -253,13 +259,14 @@ def verdict(arch: Arch, spec, budget_gib: float | None, host_ram_gib: float | No
         offload.check_ram(plan, host_ram_gib, on_cpu=budget_gib is None)
     except UserError as e:
         reason = str(e)
-    return Verdict(False, reason, plan, plan.peak_vram_gib, plan.peak_ram_gib, parts(arch, spec, plan))
+    return Verdict(False, reason, plan, plan.peak_vram_gib, plan.peak_ram_gib, parts(arch, spec, plan, on_gpu=gpu))
 
 
-def parts(arch: Arch, spec, plan: Plan, tokens: int | None = None) -> dict:
+def parts(arch: Arch, spec, plan: Plan, tokens: int | None = None, on_gpu: bool = True) -> dict:
     """What holds the plan's peak GPU memory, in GiB (the estimate the plan was made with; they add up to its peak),
-    for micro-steps of batch_size x max_seq_length tokens, or of `tokens`."""
-    kw = dict(plan.estimate_kw(), **estimate_kw(spec))
+    for micro-steps of batch_size x max_seq_length tokens, or of `tokens`, of a run on a GPU or (`on_gpu` False) the
+    CPU."""
+    kw = dict(plan.estimate_kw(), **estimate_kw(spec, on_gpu))
     seq, batch = (tokens, 1) if tokens is not None else (spec.max_seq_length, spec.batch_size)
     e = estimate(arch, spec.method, seq, batch, checkpointed_layers=plan.checkpointed, fused_loss=plan.fused_loss,
                  **kw)  # fmt: skip

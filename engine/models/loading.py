@@ -484,7 +484,7 @@ def prepare_for_training(model, spec, log=print, memory=None, compute: Placement
             fused_loss,
             log,
             always=memory.streamed if memory is not None else (),
-            **estimate_kw(spec),
+            **estimate_kw(spec, on_gpu or gpu),
             **plan_kw,
         )
     if spec.method == "full":
