@@ -3,6 +3,7 @@ changed) and that every way a run resumes makes it. test_runs.py holds the edits
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import pytest
 from helpers import tiny_spec
 
 from engine.core.errors import UserError
+from engine.core.runlog import RunLog
+from engine.training.dispatch import train
 from engine.training.edits import changed_settings, check_and_record, record_path
 
 SIZE = 64 << 20  # a data file whose hash reads 64 MiB (sparse: it takes no disk)
@@ -92,3 +95,21 @@ def test_a_record_without_the_files_size_and_time_hashes_it(tiny_llama, tmp_path
         f.write(b'{"text": "A row"}\n')
     os.utime(fresh, ns=(stamp, stamp))
     assert changed_settings(run_dir, spec.replace(data=str(fresh))) == ["data (its content)"]
+
+
+def test_a_run_trained_through_dispatch_train_refuses_edits_on_resume(tiny_llama, identity_file, tmp_path):
+    """engine.training.dispatch.train, the training process's entry, recorded no job and checked
+    none: only engine.run's main did, so a run trained through it resumed with any edit, its data position computed
+    from the step in the new batch layout. It records the job and refuses such edits; an honoured edit resumes."""
+    spec = tiny_spec(tiny_llama, identity_file, max_steps=4, save_every=2, keep_checkpoints=5)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    train(spec, run_dir, RunLog(run_dir), False, lambda: False, lambda m: None)
+    assert record_path(run_dir).is_file()
+    shutil.rmtree(run_dir / "adapter")
+    shutil.rmtree(run_dir / "checkpoints" / "step-000004")
+    with pytest.raises(UserError, match=r"edited .*\(batch_size\)"):
+        train(spec.replace(batch_size=3), run_dir, RunLog(run_dir), True, lambda: False, lambda m: None)
+    lines = []
+    train(spec.replace(learning_rate=1e-3), run_dir, RunLog(run_dir), True, lambda: False, lines.append)
+    assert "resume: from step-000002" in lines and (run_dir / "adapter" / "adapter_model.safetensors").is_file()
