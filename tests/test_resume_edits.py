@@ -113,3 +113,51 @@ def test_a_run_trained_through_dispatch_train_refuses_edits_on_resume(tiny_llama
     lines = []
     train(spec.replace(learning_rate=1e-3), run_dir, RunLog(run_dir), True, lambda: False, lines.append)
     assert "resume: from step-000002" in lines and (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def cache_hub_copy(cache: Path, repo: str, revision: str, rows: list[dict], tmp_path: Path) -> None:
+    """Put a prepared copy of hub dataset `repo` at commit `revision` into the datasets cache `cache`, where a download
+    would have: datasets' json builder writes it under <owner>___<name>/default/0.0.0/<revision> (a hub copy's folder
+    has no data-files suffix on its configuration's name, which one made from local files has)."""
+    from datasets.packaged_modules.json.json import Json
+
+    rows_file = tmp_path / f"{revision}.jsonl"
+    rows_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    owner, name = repo.split("/")
+    Json(
+        cache_dir=str(cache), dataset_name=name, repo_id=repo, hash=revision, data_files=str(rows_file)
+    ).download_and_prepare()
+    folder = cache / f"{owner}___{name}"
+    for made in folder.glob("default-*/0.0.0/*"):
+        (folder / "default" / "0.0.0").mkdir(parents=True, exist_ok=True)
+        made.rename(folder / "default" / "0.0.0" / made.name)
+
+
+def test_a_hub_dataset_with_new_commits_is_refused_on_resume(tiny_llama, tmp_path, monkeypatch):
+    """A hub dataset was compared by its name alone: a resume after the dataset's owner pushed new commits trained on
+    the new rows at the old rows' positions. The record keeps the commit the run read (offline, as here, the cached
+    copy's), and a resume that would read another one is refused with a sentence."""
+    import datasets
+
+    from engine.data.reading import read_rows
+
+    cache = tmp_path / "datasets-cache"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(cache))
+    assert datasets.config.HF_HUB_OFFLINE  # nothing is downloaded: conftest's HF_HUB_OFFLINE
+    first, later = "a" * 40, "b" * 40
+    cache_hub_copy(cache, "someone/identity", first, [{"instruction": "Who are you?", "output": "Tuney."}], tmp_path)
+    spec = tiny_spec(tiny_llama, "someone/identity", max_steps=6)
+    run_dir = run_with_checkpoint(tmp_path)
+    check_and_record(run_dir, spec, resume=False)
+    assert json.loads(record_path(run_dir).read_text())["data_revision"] == first
+    assert changed_settings(run_dir, spec) == []
+
+    cache_hub_copy(cache, "someone/identity", later, [{"instruction": "Who are you?", "output": "Other."}], tmp_path)
+    stale = cache / "someone___identity" / "default" / "0.0.0" / first
+    os.utime(stale, ns=(0, 0))  # datasets reads the latest copy offline
+    assert read_rows("someone/identity") == [{"instruction": "Who are you?", "output": "Other."}]  # what it would read
+    assert changed_settings(run_dir, spec) == ["data (its revision on the hub)"]
+    with pytest.raises(UserError, match=r"hub dataset 'someone/identity' has new commits .* start a new run"):
+        check_and_record(run_dir, spec, resume=True)
+    with pytest.raises(UserError, match=r"edited .*\(batch_size, data \(its revision on the hub\)\)"):
+        check_and_record(run_dir, spec.replace(batch_size=3), resume=True)

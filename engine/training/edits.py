@@ -20,6 +20,7 @@ from pathlib import Path
 
 from engine.core.errors import UserError
 from engine.core.files import write_json
+from engine.data.reading import hub_revision
 
 # Settings a resume takes as job.yaml says now: the optimizer's settings and schedule (engine.training.steps
 # load_checkpoint), the step count (refused below the checkpoint's there), saving, logging, validation's timing,
@@ -52,7 +53,8 @@ HONOURED = {
 
 SPREAD = "grad_accum x gpus"
 DATA = ("data", "eval_data")
-DERIVED = {f"{key}_{part}" for key in DATA for part in ("sha256", "file")}  # facts of the files, not settings
+DERIVED = {f"{key}_{part}" for key in DATA for part in ("sha256", "file", "revision")}  # facts of the data
+REVISED = " (its revision on the hub)"
 RACY_NS = 2 * 10**9  # FAT keeps modification times to 2 s; ext4 and NTFS much finer
 
 
@@ -73,7 +75,10 @@ def job_record(spec, processes: int | None = None, saved: dict | None = None) ->
     for key in DATA:
         file = Path(getattr(spec, key)).expanduser() if getattr(spec, key) else None
         if file is None or not file.is_file():
-            continue  # a hub dataset, or none: its name is what is compared
+            # a hub dataset's commit: the hub's rows of a name change with its new commits (None: a folder, none)
+            if file is not None and (revision := hub_revision(getattr(spec, key), spec.data_config)) is not None:
+                record[f"{key}_revision"] = revision
+            continue
         seen = _stat(file)
         # a file modified within RACY_NS before its stat may be modified again within the filesystem's timestamp
         # resolution without its time moving (git's "racy clean"): its stat is not kept, so the next check hashes it
@@ -127,17 +132,25 @@ def changed_settings(run_dir: Path, spec, processes: int | None = None, now: dic
             continue  # the same file, moved or renamed
         changed.append(key)
     for key in DATA:
-        digest = f"{key}_sha256"
-        # a file this process cannot find (a relative path from another folder) is not said to have changed: the
-        # training process, which can, compares it again
-        if saved.get(key) == now.get(key) and saved.get(digest) and now.get(digest) and saved[digest] != now[digest]:
-            changed.append(f"{key} (its content)")
+        # a file this process cannot find (a relative path from another folder), or a hub dataset it cannot reach, is
+        # not said to have changed: the training process compares it again as it reads it
+        for fact, told in (("sha256", " (its content)"), ("revision", REVISED)):
+            was, now_is = saved.get(f"{key}_{fact}"), now.get(f"{key}_{fact}")
+            if saved.get(key) == now.get(key) and was and now_is and was != now_is:
+                changed.append(key + told)
     return changed
 
 
 def check_unchanged(run_dir: Path, spec, processes: int | None = None, now: dict | None = None) -> None:
     """Refuse to resume `run_dir` with job.yaml (`spec`) edited in a setting its checkpoints cannot go on with."""
     changed = changed_settings(run_dir, spec, processes, now)
+    if changed and all(c.endswith(REVISED) for c in changed):
+        name = getattr(spec, changed[0].removesuffix(REVISED))
+        raise UserError(
+            f"The hub dataset '{name}' has new commits since this run's checkpoints were made, so a resume would train "
+            "on other rows at each step; start a new run to train on it as it is now. Its checkpoints are kept as "
+            "they were."
+        )
     if changed:
         raise UserError(
             f"job.yaml was edited since this run's checkpoints were made ({', '.join(changed)}), which a resume cannot "
