@@ -18,6 +18,7 @@ def train(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> None:
     if worker_rank() is None:
         from engine.training.edits import check_and_record
 
+        Path(run_dir).mkdir(parents=True, exist_ok=True)  # engine.run's is the job's folder; a caller's may be new
         check_and_record(run_dir, spec, resume, processes=1)
     spec = _within_context(spec, runlog, log)
     if spec.objective in ("dpo", "orpo"):
