@@ -87,13 +87,14 @@ def main(argv=None) -> int:
         remove_stale_partials(run_dir, run_dir / "checkpoints", run_dir / "best", log=say, legacy=True)
         spec = read_job(job)
         if rank is None:
-            from engine.training.edits import check_and_record
-
             plan = launch.plan_launch(spec)
-            check_and_record(run_dir, spec, args.resume, plan.processes)
             if plan.note:
                 say(plan.note)
             if plan.processes > 1:
+                from engine.training.edits import check_and_record
+
+                # before the ranks start (a run of one process checks in dispatch.train)
+                check_and_record(run_dir, spec, args.resume, plan.processes)
                 return launch.supervise(job, args.resume, plan, runlog, say)
         from engine.core.errors import Cancelled
         from engine.training.dispatch import train

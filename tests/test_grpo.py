@@ -71,6 +71,17 @@ def record_prompts(completions, prompts, **columns):
     return [0.0] * len(completions)
 
 
+DRAWS: list[list[float]] = []  # the numbers numpy_draws drew, a batch a list
+
+
+def numpy_draws(completions, prompts, **columns):
+    """A custom reward scoring at random from NumPy's global generator: importable as test_grpo:numpy_draws."""
+    import numpy as np
+
+    DRAWS.append(np.random.random(len(completions)).tolist())
+    return DRAWS[-1]
+
+
 def no_score(completions, prompts, **columns):
     """A custom reward that scores nothing: importable as test_grpo:no_score."""
     return [None if n % 2 else float("nan") for n in range(len(completions))]
@@ -578,19 +589,22 @@ def test_grpo_resumed_mid_epoch_continues_with_the_same_prompts(tiny_llama, prom
     """8 prompts, 4 a step (2 micro-steps of 2): a run cancelled after step 3 and resumed scores steps 4 and 5 on the
     prompts of the uninterrupted run with the same seed, in its order, across the epochs' ends, with the same replies
     and losses. TRL's sampler started a resumed run at the beginning of its first shuffle again, so it replayed steps 1
-    and 2's prompts."""
+    and 2's prompts. A reward drawing from NumPy's generator draws the uninterrupted run's numbers: the checkpoint
+    kept no NumPy state, and the trainer seeds it when it is made, so the resumed steps drew step 1's."""
     reward = {"preset": "python", "function": "test_grpo:record_prompts"}
-    spec = one_step_spec(tiny_llama, prompts_file, reward).replace(grad_accum=2, max_steps=5, seed=3)
+    noise = {"preset": "python", "function": "test_grpo:numpy_draws"}
+    spec = one_step_spec(tiny_llama, prompts_file, reward, noise).replace(grad_accum=2, max_steps=5, seed=3)
 
     def run(run_dir, should_stop=lambda: False, resume=False):
         run_dir.mkdir(exist_ok=True)
         STEPS.clear()
         REPLIES.clear()
+        DRAWS.clear()
         train(spec, run_dir, RunLog(run_dir), resume, should_stop, print)
         return list(STEPS), read_metrics(run_dir)
 
     full, full_metrics = run(tmp_path / "full")
-    replies = list(REPLIES)
+    replies, draws = list(REPLIES), list(DRAWS)
     assert len(full) == 5 and all(len(step) == 4 * 2 for step in full)  # 4 prompts x 2 replies, each prompt's together
     assert all(step[0::2] == step[1::2] for step in full)
     epochs = [sorted(full[0] + full[1]), sorted(full[2] + full[3])]
@@ -602,6 +616,7 @@ def test_grpo_resumed_mid_epoch_continues_with_the_same_prompts(tiny_llama, prom
     # and samples the same replies: the trainer seeds torch's generator when it is made, and the checkpoint's state
     # is put back before the first step (a resumed run used to sample step 4 from the seed's first draws)
     assert REPLIES == replies[3:] and len({r for step in replies for r in step}) > 8
+    assert DRAWS == draws[3:] and len(draws) == 5
     assert [m["loss"] for m in metrics] == pytest.approx([m["loss"] for m in full_metrics], rel=1e-4, abs=1e-6)
     assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5]
     assert [m["epoch"] for m in metrics] == [m["epoch"] for m in full_metrics] == pytest.approx([0.5, 1, 1.5, 2, 2.5])

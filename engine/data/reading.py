@@ -292,6 +292,27 @@ def source_rows(
     return len(ds), ((i, dict(row)) for i, row in enumerate(ds, 1))
 
 
+def hub_revision(source: str, config: str = "") -> str | None:
+    """The commit of the hub dataset `source` that reading it now reads: the hub's latest, or offline the cached
+    copy's (datasets names a prepared copy's folder by it). None for a local file or folder, and where it cannot be
+    told (offline with no copy, a misspelt or gated name), where reading it fails with a sentence of its own."""
+    from engine.core.hub_id import HUB_ID
+
+    path = Path(os.path.expanduser(source))
+    if path.exists() or not HUB_ID.match(source) or path.suffix.lower() in SUFFIXES:  # a file this process cannot see
+        return None
+    import datasets
+    import httpx
+
+    try:
+        revision = datasets.load_dataset_builder(source, config or None).hash
+    # datasets' not-found, offline and data-file errors are OSErrors; a dataset script is a RuntimeError; the hub
+    # client's own network errors are httpx's
+    except (OSError, ValueError, RuntimeError, httpx.HTTPError):
+        return None
+    return revision if isinstance(revision, str) else None
+
+
 def _not_loaded(source: str, e: Exception) -> UserError:
     """The sentence for a hub dataset that could not be loaded (offline, misspelt, gated, or without data files)."""
     import datasets

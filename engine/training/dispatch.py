@@ -8,7 +8,18 @@ from pathlib import Path
 
 
 def train(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> None:
-    """Train `spec` into `run_dir`. `should_stop()` is polled between steps; True saves a checkpoint and stops."""
+    """Train `spec` into `run_dir`. `should_stop()` is polled between steps; True saves a checkpoint and stops.
+
+    First, in a run of one process, a resume's edits of job.yaml that its checkpoints cannot go on with are refused,
+    and the job the checkpoints are made with is recorded (engine.training.edits), before anything loads. The ranks
+    of a run of several leave that to their supervisor (engine.run), which did it before it launched them."""
+    from engine.training.launch import worker_rank
+
+    if worker_rank() is None:
+        from engine.training.edits import check_and_record
+
+        Path(run_dir).mkdir(parents=True, exist_ok=True)  # engine.run's is the job's folder; a caller's may be new
+        check_and_record(run_dir, spec, resume, processes=1)
     spec = _within_context(spec, runlog, log)
     if spec.objective in ("dpo", "orpo"):
         from engine.training.preference import train_preference

@@ -5,15 +5,22 @@ A run's checkpoints hold weights of one shape (model, method, LoRA rank and targ
 the training process records the job its checkpoints are made with (trained_job.json, plain JSON), and a resume
 compares job.yaml with it: settings outside HONOURED that changed are refused with one sentence, before a process
 starts where api.resume can tell. A run whose checkpoints predate the record resumes as before, unchecked.
+
+A local data file is compared by its sha256. Hashing a file of gigabytes takes seconds, and a resume checks twice
+(api.resume, then the training process), so the record keeps the file's size and modification time beside the hash
+(`<key>_file`) and a check whose file still has them takes the recorded hash without reading it, as git and make
+trust a file's stat. An edit that keeps both (the time set back by hand to the nanosecond) goes unseen.
 """
 
 import dataclasses
 import hashlib
 import json
+import time
 from pathlib import Path
 
 from engine.core.errors import UserError
 from engine.core.files import write_json
+from engine.data.reading import hub_revision
 
 # Settings a resume takes as job.yaml says now: the optimizer's settings and schedule (engine.training.steps
 # load_checkpoint), the step count (refused below the checkpoint's there), saving, logging, validation's timing,
@@ -45,32 +52,54 @@ HONOURED = {
 
 
 SPREAD = "grad_accum x gpus"
+DATA = ("data", "eval_data")
+DERIVED = {f"{key}_{part}" for key in DATA for part in ("sha256", "file", "revision")}  # facts of the data
+REVISED = " (its revision on the hub)"
+RACY_NS = 2 * 10**9  # FAT keeps modification times to 2 s; ext4 and NTFS much finer
 
 
 def record_path(run_dir: Path) -> Path:
     return run_dir / "trained_job.json"
 
 
-def job_record(spec, processes: int | None = None) -> dict:
+def job_record(spec, processes: int | None = None, saved: dict | None = None) -> dict:
     """The settings of `spec` a resume cannot honour a change of, with the content hash of a local data file (an
     edited file changes the rows behind each step). `processes`: the ranks the run trains on (engine.training.launch
-    plan_launch; None: `gpus`, at least one, as on the CPU)."""
+    plan_launch; None: `gpus`, at least one, as on the CPU). `saved`: the run's record so far, whose hash of a file
+    is taken again where the file's path, size and modification time are those recorded with it."""
     settings = {k: v for k, v in dataclasses.asdict(spec).items() if k not in HONOURED | {"gpus", "grad_accum"}}
     record = json.loads(json.dumps(settings))  # tuples as lists, as the file reads back
     # a step is batch_size x grad_accum x the GPU count examples: a checkpoint resumes on another count of GPUs with
     # grad_accum changed to keep that product (README, "Several GPUs")
     record[SPREAD] = spec.grad_accum * (processes or max(1, spec.gpus))
-    for key in ("data", "eval_data"):
-        digest = _file_digest(getattr(spec, key))
-        if digest is not None:
-            record[f"{key}_sha256"] = digest
+    for key in DATA:
+        file = Path(getattr(spec, key)).expanduser() if getattr(spec, key) else None
+        if file is None or not file.is_file():
+            # a hub dataset's commit: the hub's rows of a name change with its new commits (None: a folder, none)
+            if file is not None and (revision := hub_revision(getattr(spec, key), spec.data_config)) is not None:
+                record[f"{key}_revision"] = revision
+            continue
+        seen = _stat(file)
+        # a file modified within RACY_NS before its stat may be modified again within the filesystem's timestamp
+        # resolution without its time moving (git's "racy clean"): its stat is not kept, so the next check hashes it
+        settled = time.time_ns() - seen["mtime_ns"] > RACY_NS
+        if saved and saved.get(f"{key}_file") == seen and saved.get(f"{key}_sha256"):
+            record[f"{key}_sha256"] = saved[f"{key}_sha256"]
+        else:
+            record[f"{key}_sha256"] = _sha256(file)
+        if settled:
+            record[f"{key}_file"] = seen
     return record
 
 
-def _file_digest(path: str) -> str | None:
-    file = Path(path).expanduser() if path else None
-    if file is None or not file.is_file():
-        return None  # a hub dataset, or none: its name is what is compared
+def _stat(file: Path) -> dict:
+    """What tells a file's content has not changed since it was hashed: where it is, its size and modification
+    time (taken before the hash is, so a write during the hashing changes the time the next check sees)."""
+    st = file.stat()
+    return {"path": str(file.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _sha256(file: Path) -> str:
     digest = hashlib.sha256()
     with open(file, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -78,38 +107,50 @@ def _file_digest(path: str) -> str | None:
     return digest.hexdigest()
 
 
+def _read_record(run_dir: Path) -> dict | None:
+    try:
+        return json.loads(record_path(run_dir).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def changed_settings(run_dir: Path, spec, processes: int | None = None, now: dict | None = None) -> list[str]:
     """The settings of job.yaml (`spec`) that differ from those the run's checkpoints were made with; none where the
     run has no checkpoint or no record of its job (checkpoints from before the record). `now`: job_record(spec,
-    processes), where the caller has it (it reads the whole data file)."""
-    try:
-        saved = json.loads(record_path(run_dir).read_text())
-    except (OSError, ValueError):
+    processes), where the caller has it."""
+    saved = _read_record(run_dir)
+    if saved is None or not any((run_dir / "checkpoints").glob("step-*")):
         return []
-    if not any((run_dir / "checkpoints").glob("step-*")):
-        return []
-    now = now or job_record(spec, processes)
+    now = now or job_record(spec, processes, saved)
     changed = []
     # a setting one side lacks is new in a later version of the app, or gone from it: no edit of the user's
-    for key in sorted(set(saved) & set(now)):
-        if key.endswith("_sha256") or saved[key] == now[key]:
+    for key in sorted(set(saved) & set(now) - DERIVED):
+        if saved[key] == now[key]:
             continue
         digest = f"{key}_sha256"
-        if key in ("data", "eval_data") and saved.get(digest) and saved.get(digest) == now.get(digest):
+        if key in DATA and saved.get(digest) and saved.get(digest) == now.get(digest):
             continue  # the same file, moved or renamed
         changed.append(key)
-    for key in ("data", "eval_data"):
-        digest = f"{key}_sha256"
-        # a file this process cannot find (a relative path from another folder) is not said to have changed: the
-        # training process, which can, compares it again
-        if saved.get(key) == now.get(key) and saved.get(digest) and now.get(digest) and saved[digest] != now[digest]:
-            changed.append(f"{key} (its content)")
+    for key in DATA:
+        # a file this process cannot find (a relative path from another folder), or a hub dataset it cannot reach, is
+        # not said to have changed: the training process compares it again as it reads it
+        for fact, told in (("sha256", " (its content)"), ("revision", REVISED)):
+            was, now_is = saved.get(f"{key}_{fact}"), now.get(f"{key}_{fact}")
+            if saved.get(key) == now.get(key) and was and now_is and was != now_is:
+                changed.append(key + told)
     return changed
 
 
 def check_unchanged(run_dir: Path, spec, processes: int | None = None, now: dict | None = None) -> None:
     """Refuse to resume `run_dir` with job.yaml (`spec`) edited in a setting its checkpoints cannot go on with."""
     changed = changed_settings(run_dir, spec, processes, now)
+    if changed and all(c.endswith(REVISED) for c in changed):
+        name = getattr(spec, changed[0].removesuffix(REVISED))
+        raise UserError(
+            f"The hub dataset '{name}' has new commits since this run's checkpoints were made, so a resume would train "
+            "on other rows at each step; start a new run to train on it as it is now. Its checkpoints are kept as "
+            "they were."
+        )
     if changed:
         raise UserError(
             f"job.yaml was edited since this run's checkpoints were made ({', '.join(changed)}), which a resume cannot "
@@ -121,8 +162,8 @@ def check_unchanged(run_dir: Path, spec, processes: int | None = None, now: dict
 
 def check_and_record(run_dir: Path, spec, resume: bool, processes: int | None = None) -> None:
     """In the training process, before anything loads: refuse a resume's edits (`check_unchanged`), then record the
-    job the checkpoints from now on are made with (read once: the data file's hash is the costly part)."""
-    now = job_record(spec, processes)
+    job the checkpoints from now on are made with (made once: the data file's hash is the costly part)."""
+    now = job_record(spec, processes, _read_record(run_dir))
     if resume:
         check_unchanged(run_dir, spec, processes, now)
     write_json(record_path(run_dir), now)

@@ -253,8 +253,6 @@ def save_checkpoint(
     `opt_state` stand in for the model's and optimizer's own (a sharded model's, gathered whole:
     engine.training.distributed). `scaler`: fp16's loss scaler, whose scale goes into state.json (a resume that
     started it over would skip its first updates as overflows)."""
-    import torch
-
     from engine.core.disk import disk_full_error
     from engine.core.statefile import save_state
 
@@ -266,12 +264,7 @@ def save_checkpoint(
             save_trainable(model, tmp, model_state)
             save_state(opt.state_dict() if opt_state is None else opt_state, tmp, "optimizer")
             save_state(sched.state_dict(), tmp, "scheduler")
-            rng = dict(
-                torch=torch.get_rng_state(),
-                python=random.getstate(),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            )
-            save_state(rng, tmp, "rng")
+            save_state(rng_state(), tmp, "rng")
             # where the data stands: the epoch, its micro-batches done, and how its plan was evened out (sft's joined
             # steps: micro-batches per evened-out unit), so a resume makes the same micro-batches
             evened_by = epoch_pos[2] if len(epoch_pos) > 2 else 1  # the TRL-based objectives give two
@@ -287,6 +280,36 @@ def save_checkpoint(
         shutil.rmtree(old, ignore_errors=True)
     log(f"checkpoint: saved step {step}")
     return dest
+
+
+def rng_state() -> dict:
+    """The random generators' states a checkpoint keeps: torch's (CPU and each GPU's), Python's and NumPy's global
+    one (transformers' set_seed seeds it, and a run's own code, a GRPO `python` reward, may draw from it)."""
+    import numpy as np
+    import torch
+
+    numpy = np.random.get_state(legacy=False)
+    return dict(
+        torch=torch.get_rng_state(),
+        python=random.getstate(),
+        cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        numpy=dict(numpy, state=dict(numpy["state"], key=numpy["state"]["key"].tolist())),
+    )
+
+
+def restore_rng(rng: dict) -> None:
+    """Put back the generators' states of `rng_state()`; NumPy's only where kept (checkpoints before it was)."""
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    if rng.get("numpy") is not None:
+        numpy = rng["numpy"]
+        key = np.asarray(numpy["state"]["key"], dtype=np.uint32)
+        np.random.set_state(dict(numpy, state=dict(numpy["state"], key=key)))
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -374,7 +397,6 @@ def load_checkpoint(ckpt: Path, model, opt, sched, log, restore=None, scaler=Non
     the older pickle format is read with torch's restricted loader or refused."""
     import json
 
-    import torch
     from peft import PeftModel, set_peft_model_state_dict
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -412,11 +434,7 @@ def load_checkpoint(ckpt: Path, model, opt, sched, log, restore=None, scaler=Non
         opt.load_state_dict(saved)
     sched.load_state_dict(read(load_state, ckpt, "scheduler"))
     _keep_settings(opt, sched, settings, log)
-    rng = read(load_state, ckpt, "rng")
-    torch.set_rng_state(rng["torch"])
-    random.setstate(rng["python"])
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    restore_rng(read(load_state, ckpt, "rng"))
     state = read(lambda: json.loads((ckpt / "state.json").read_text()))
     if scaler is not None and scaler.is_enabled() and "scaler" in state:
         scaler.load_state_dict(state["scaler"])

@@ -13,13 +13,13 @@ with the batches the first attempt would have seen.
 """
 
 import math
-import random
 import shutil
 import time
 from pathlib import Path
 
 from engine.core.errors import Cancelled, UserError
 from engine.core.hardware import memory_in_use_gb
+from engine.core.statefile import load_state
 from engine.training.steps import (
     checkpoint_dir,
     latest_checkpoint,
@@ -27,6 +27,7 @@ from engine.training.steps import (
     lr_factor,
     make_optimizer,
     publish_final,
+    restore_rng,
     save_checkpoint,
     save_tokenizer,
 )
@@ -57,9 +58,9 @@ class TrlRun:
             runlog.metric(event="resume", step=self.first_step)
             # the trainer seeds the generators again when it is made (transformers' set_seed), so the callback puts
             # the checkpoint's back before the first step, as the Trainer does after its own resume's data skip: a
-            # resumed GRPO run samples the replies the uninterrupted one did
-            cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-            self.rng = (torch.get_rng_state(), random.getstate(), cuda)
+            # resumed GRPO run samples the replies the uninterrupted one did (and a reward drawing from NumPy's
+            # generator draws what it did)
+            self.rng = load_state(ckpt, "rng")
         self.step = self.first_step
         self.cancelled = False
         self.tokens = 0
@@ -144,12 +145,7 @@ class TrlRun:
 
             def on_step_begin(self, args, state, control, **kw):
                 if run.rng is not None:
-                    import torch
-
-                    torch.set_rng_state(run.rng[0])
-                    random.setstate(run.rng[1])
-                    if run.rng[2] is not None:
-                        torch.cuda.set_rng_state_all(run.rng[2])
+                    restore_rng(run.rng)
                     run.rng = None
 
             def on_step_end(self, args, state, control, **kw):
