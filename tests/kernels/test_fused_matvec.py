@@ -146,7 +146,8 @@ REAL_SHAPES = {  # (N, K, prologue): the projections whose input the step fuses
 @pytest.mark.parametrize("name", list(REAL_SHAPES))
 def test_fused_matvec_gpu_decode_shapes_against_the_unfused_kernels(name):
     """bf16 at the real shapes: v and h as the unfused kernels make them (rstd's sum order aside), y within the
-    matvec's own tolerance of the unfused matvec of the unfused v, and the same bits on every call."""
+    matvec's own tolerance of the unfused matvec of the unfused v (other tiles: another sum order), and the same bits
+    on every call."""
     n, k, prologue = REAL_SHAPES[name]
     with torch.inference_mode(), dispatch.force("triton"):
         if prologue == "norm":
@@ -163,8 +164,6 @@ def test_fused_matvec_gpu_decode_shapes_against_the_unfused_kernels(name):
         assert_close(v, v_ref, torch.bfloat16)
         assert (v != v_ref).float().mean() < 1e-3  # one-ulp flips only where rstd's last bit differs
         assert_close(y, matvec(v_ref, w), torch.bfloat16)
-        same_tiles = fused_module.config_for(n, k)
-        torch.testing.assert_close(y, matvec(v, w, config=same_tiles), rtol=0, atol=0)  # the same sum order
         torch.testing.assert_close(again, y, rtol=0, atol=0)
 
 
