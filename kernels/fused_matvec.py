@@ -45,6 +45,9 @@ from kernels.swiglu import _sigmoid, swiglu, swiglu_reference
 
 NORM, SWIGLU = 0, 1  # the kernel's PROLOGUE
 MIN_BLOCK_N = 8  # rows a program shares its input's work over (module docstring)
+# The norm's first pass reads this many columns a step: the whole of a hidden vector up to 4096 in one round trip to
+# L2 (a program's weight stream waits for it), 32 fp32 registers a thread at 4 warps.
+PRE_BLOCK_MAX = 4096
 
 
 def norm_matvec_reference(x, residual, norm_weight, eps, weight, bias=None):
@@ -121,17 +124,18 @@ def _fused_matvec_kernel(
     EVEN_K: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    PRE_BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     w_rows = w_ptr + tl.minimum(rows, N - 1).to(tl.int64)[:, None] * K  # as kernels/matvec.py: clamped, unmasked
     cols = tl.arange(0, BLOCK_K)
     rstd = 0.0
-    if PROLOGUE == 0:  # the whole row's mean square before any of v
-        squares = tl.zeros((BLOCK_K,), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            kk = k0 + cols
-            h = _residual(a_ptr, b_ptr, kk, kk < K, HAS_RESIDUAL, BF16, EVEN_K)
+    if PROLOGUE == 0:  # the whole row's mean square before any of v: one wide load (hidden <= PRE_BLOCK_MAX)
+        squares = tl.zeros((PRE_BLOCK,), dtype=tl.float32)
+        for k0 in range(0, K, PRE_BLOCK):
+            kk = k0 + tl.arange(0, PRE_BLOCK)
+            h = _residual(a_ptr, b_ptr, kk, kk < K, HAS_RESIDUAL, BF16, False)
             squares += h * h
         rstd = 1.0 / tl.sqrt(tl.sum(squares, axis=0) / K + eps)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
@@ -188,6 +192,7 @@ def launch_options(prologue: int, residual: bool, bias: bool, dtype, k: int, cfg
         EVEN_K=k % cfg.block_k == 0,
         BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k,
+        PRE_BLOCK=min(triton.next_power_of_2(k), PRE_BLOCK_MAX) if prologue == NORM else 1,
         num_warps=cfg.num_warps,
     )
 

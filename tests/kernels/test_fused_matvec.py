@@ -70,6 +70,17 @@ def test_swiglu_matvec_matches_reference(shape, dtype, config):
     assert_close(y, y_ref, dtype)
 
 
+def test_a_hidden_vector_wider_than_one_first_pass_step(monkeypatch):
+    """The norm's sum of squares over several PRE_BLOCK steps (hidden vectors past PRE_BLOCK_MAX), the last partial."""
+    monkeypatch.setattr(fused_module, "PRE_BLOCK_MAX", 64)
+    x, residual, norm_weight, w, b = _norm_inputs(24, 300, torch.bfloat16)
+    with dispatch.force("triton"):
+        y, v, h = norm_matvec(x, residual, norm_weight, 1e-6, w, b)
+    y_ref, v_ref, h_ref = norm_matvec_reference(x, residual, norm_weight, 1e-6, w, b)
+    for got, want in ((y, y_ref), (v, v_ref), (h, h_ref)):
+        assert_close(got, want, torch.bfloat16)
+
+
 def test_tiles_share_the_inputs_work_over_rows():
     """kernels.matvec's measured tile where it has MIN_BLOCK_N rows or more, else MIN_BLOCK_N x 512; never split."""
     assert fused_module.config_for(6144, 2560) == MatvecConfig(16, 512)  # Qwen3-4B q/k/v: the measured one
