@@ -65,6 +65,8 @@ list() {
    (engine.training.sft.StepRecords): alpaca QLoRA defaults and --packing 1 on 3,000 examples, then the defaults at
    b43ce33 (before it; old_tree) on the same machine; its GPU test
 29 call 28 cut to what 374 s of device time hold: alpaca QLoRA defaults on 1,500 examples at HEAD and at b43ce33
+30 issue 30: the norms and SwiGLU inside the packed matvecs of one token (kernels/fused_matvec.py): its GPU tests,
+   then decode_profile bf16+NF4 batch 8 with TUNESMITH_DECODE_FUSE=0 and with it on (the default), one machine
 EOF
 }
 
@@ -395,6 +397,16 @@ call29() {  # call 28 in less device time: the defaults alone, before and after 
   e2e 130 100 "$a" "project alpaca qlora --n 1500"
   old=$(old_tree b43ce33) || return
   (cd "$old" && e2e 80 75 "$a" "project alpaca qlora --n 1500")
+}
+
+call30() {  # issue 30: batch-1 bf16 decode at 78.6% of the bandwidth limit (call 21), 85% asked; the fused inputs
+  # take the 2 norms and the SwiGLU of each layer out of a token's step (72 + 36 kernels on qwen3_4b)
+  keep_models qwen3_4b
+  step 110 python3 -m pytest -m gpu -p no:cacheprovider -q -rfEs tests/kernels/test_fused_matvec.py \
+    tests/test_decode_warmup.py tests/test_infer.py -k "fused or first_reply or with_and_without_lora or step_agrees"
+  step 160 env TUNESMITH_DECODE_FUSE=0 python3 bench/decode_profile.py --arch qwen3_4b --batch 8 --dtypes bf16,nf4 \
+    --rows 8
+  step 160 python3 bench/decode_profile.py --arch qwen3_4b --batch 8 --dtypes bf16,nf4 --rows 8
 }
 
 old_tree() {  # old_tree COMMIT: a tree of COMMIT that imports its own engine, .anchors and .bench linked in

@@ -91,7 +91,10 @@ def test_warmup_covers_the_decoders_kernels(folders, arch, four_bit, rows, dtype
         with recorded(run=False) as warmed:
             done = warmup.compile_kernels(shapes, dtype, torch.device("cpu"))
     names = {launch.name for launch in step}
-    expected = STEP_KERNELS | ({"_nf4_group_matvec_kernel", "_nf4_matvec_kernel"} if four_bit else set())
+    # one token of a 16-bit model: the norms and SwiGLU inside the packed matvecs (kernels/fused_matvec.py)
+    expected = STEP_KERNELS | (
+        {"_nf4_group_matvec_kernel", "_nf4_matvec_kernel"} if four_bit else {"_fused_matvec_kernel"}
+    )
     assert names == expected
     assert {name.split()[0] for name in done} >= {"add_rms_norm", "matvec", "decode_attention", "swiglu"}
     missed = sorted(launch.label() for launch in step - warmed)
@@ -116,10 +119,12 @@ def counts(jobs) -> dict:
     return found
 
 
-def test_what_is_warmed_for_qwen3_4b_in_bf16_and_nf4():
+def test_what_is_warmed_for_qwen3_4b_in_bf16_and_nf4(monkeypatch):
     """At Qwen3-4B's sizes: the two norms (with and without a residual), one rope, decode attention for both classes
-    of its split count and its merge for each of its widths, one swiglu, a matvec per packed weight and the head in
-    bf16; with an NF4 base q/k/v and gate/up take one group launch, o and down one launch each, one row and 2."""
+    of its split count and its merge for each of its widths, one swiglu (a prompt's), the fused matvecs of one token
+    (q/k/v with and without a residual, gate/up, down) and matvecs for o and the head in bf16; with
+    TUNESMITH_DECODE_FUSE=0 a matvec per packed weight instead; with an NF4 base q/k/v and gate/up take one group
+    launch, o and down one launch each, one row and 2."""
     bf16 = warmup.launches(warmup.DecodeShapes.from_config(QWEN3_4B), torch.bfloat16, torch.device("cpu"))
     assert counts(bf16) == {
         "_add_rms_norm_kernel": 2,
@@ -127,10 +132,16 @@ def test_what_is_warmed_for_qwen3_4b_in_bf16_and_nf4():
         "_decode_attention_kernel": 2,
         "_merge_kernel": 4,
         "_swiglu_fwd_kernel": 1,
-        "_matvec_kernel": 5,
+        "_fused_matvec_kernel": 4,
+        "_matvec_kernel": 2,
     }
     head = [kw for _, kernel, args, kw in bf16 if kernel.fn.__name__ == "_matvec_kernel" and args[5] == 151936]
     assert head and (head[0]["BLOCK_N"], head[0]["BLOCK_K"]) == (4, 512)  # kernels.matvec.MEASURED's config
+    gate_up = [kw for _, kernel, args, kw in bf16 if kernel.fn.__name__ == "_fused_matvec_kernel" and args[8] == 19456]
+    assert gate_up and (gate_up[0]["BLOCK_N"], gate_up[0]["BLOCK_K"]) == (8, 512)  # the plain matvec's tile
+    monkeypatch.setenv("TUNESMITH_DECODE_FUSE", "0")
+    plain = counts(warmup.launches(warmup.DecodeShapes.from_config(QWEN3_4B), torch.bfloat16, torch.device("cpu")))
+    assert plain["_matvec_kernel"] == 5 and "_fused_matvec_kernel" not in plain
     nf4 = warmup.launches(warmup.DecodeShapes.from_config(QWEN3_4B, True, (2,)), torch.bfloat16, torch.device("cpu"))
     found = counts(nf4)
     assert found["_matvec_kernel"] == 1 and found["_rope_kv_cache_kernel"] == 2  # the head; one row and batched

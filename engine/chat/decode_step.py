@@ -13,13 +13,15 @@ Per layer, for one new token (T = 1) or a prompt (T > 1), where transformers' fo
     y, h = add_rms_norm(o_proj(a), h)       residual add + post-attention norm
     g, u = gate_up(y)                       one matvec (gate/up packed)
     x = down(swiglu(g, u))                  kernels/swiglu.py
+    (one token, packed weights: each norm and the SwiGLU inside the next matvec's read, kernels/fused_matvec.py)
     ... final add + norm on the last token, lm_head, float32 logits.
 
 The position of the token is read from a device tensor, so a captured graph replays for every position. At batch 1
 the bound is reading the weights once (Qwen3-4B: 7.5 GiB, ~2.7 ms at an H100's 2.97 TB/s copy bandwidth); the rest
-is ~10 launches a layer of a few microseconds each. Measured on the H100 (.bench/decode_bench.py, bench/README.md):
-257.5 tokens/s, 3.9 ms a token (232 with cuBLAS's matvecs in place of kernels/matvec.py), against 155 for
-transformers' forward in the same CUDA graph.
+is ~10 launches a layer of a few microseconds each (7 with the fused inputs; `TUNESMITH_DECODE_FUSE=0`, read when
+a step is built, keeps the norms and SwiGLU as kernels of their own, to time both in one process). Measured on the
+H100 (.bench/decode_bench.py, bench/README.md): 257.5 tokens/s, 3.9 ms a token (232 with cuBLAS's matvecs in place
+of kernels/matvec.py), against 155 for transformers' forward in the same CUDA graph.
 
 The step reads weights and never calls a layer's modules, so it runs only where that skips nothing (`unsupported`):
 a layer with forward pre-hooks (engine/memory/offload.py's weight streaming brings weights in with one) or a module
@@ -65,6 +67,7 @@ from torch import nn
 from kernels import dispatch
 from kernels.add_rms_norm import add_rms_norm
 from kernels.decode_attention import decode_attention
+from kernels.fused_matvec import norm_matvec, swiglu_matvec
 from kernels.matvec import matvec
 from kernels.nf4 import cpu_repacked
 from kernels.nf4_group_matvec import nf4_group_matvec, one_launch
@@ -77,6 +80,11 @@ NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "Fast
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # a position's cos/sin do not depend on the sequence length
 ACTIVATIONS = ("silu", "swish")
 NF4_GROUPS = os.environ.get("TUNESMITH_NF4_GROUPS", "1") != "0"  # one NF4 launch per group (module docstring)
+
+
+def fuse_on() -> bool:
+    """TUNESMITH_DECODE_FUSE (default on; 0: the norms and SwiGLU as kernels of their own), read per step built."""
+    return os.environ.get("TUNESMITH_DECODE_FUSE", "1") != "0"
 
 
 def _eps(norm) -> float:
@@ -230,6 +238,14 @@ class Projection:
         self.add_lora(x, y, casts, mask)
         return y
 
+    def after_swiglu(self, gate, up, fuse: bool, mask=None) -> torch.Tensor:
+        """self(swiglu(gate, up)); a dense weight with `fuse` reads gate and up itself (kernels.fused_matvec)."""
+        if not fuse or self.kind != "dense":
+            return self(swiglu(gate, up), None, mask)
+        y, v = swiglu_matvec(gate, up, self.base.weight, self.base.bias)
+        self.add_lora(v, y, None, mask)
+        return y
+
 
 class Group:
     """Projections of the same input (q/k/v, or gate/up): one matvec over a packed weight when there is one, one
@@ -254,6 +270,19 @@ class Group:
         for p, out in zip(self.projections, outs, strict=True):
             p.add_lora(x, out, casts, mask)
         return outs
+
+    def normed(self, x, h, norm, fuse: bool, mask=None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(self(y), h) for y, h = add_rms_norm(x, h, norm): with `fuse` and a packed weight, one launch that
+        normalizes as it reads (kernels.fused_matvec); y is still made, for the adapters."""
+        if not fuse or self.packed is None:
+            y, h = add_rms_norm(x, h, norm.weight, _eps(norm))
+            return self(y, mask), h
+        weight, bias, bounds = self.packed
+        product, y, h = norm_matvec(x, h, norm.weight, _eps(norm), weight, bias)
+        outs, casts = [product[:, start:end] for start, end in bounds], {}
+        for p, out in zip(self.projections, outs, strict=True):
+            p.add_lora(y, out, casts, mask)
+        return outs, h
 
 
 def _same_storage_run(tensors) -> torch.Tensor | None:
@@ -398,6 +427,7 @@ class DecodeStep:
         self.k_cache = self.v_cache = self.cos = self.sin = None
         self.rows: Cache | None = None  # the batched cache (engine.chat.decode_batch)
         self.backend, self.backend_reason = choose_backend(self.device)
+        self.fuse = fuse_on()  # norms and SwiGLU inside the packed matvecs (module docstring)
 
     def describe(self) -> str:
         groups = [g.kind for layer in self.layers for g in (layer.qkv, layer.gate_up)]
@@ -447,8 +477,7 @@ class DecodeStep:
         x = self.embed(ids.view(1, t))[0]
         h = None
         for i, layer in enumerate(self.layers):
-            y, h = add_rms_norm(x, h, layer.input_norm.weight, _eps(layer.input_norm))
-            q, k, v = layer.qkv(y, mask)
+            (q, k, v), h = layer.qkv.normed(x, h, layer.input_norm, self.fuse, mask)
             qk = (layer.q_norm.weight, layer.k_norm.weight) if layer.q_norm is not None else (None, None)
             eps = _eps(layer.q_norm) if layer.q_norm is not None else 1e-6
             q = rope_kv_cache(q, k, v, cos, sin, position, k_cache[i], v_cache[i], *qk, eps)
@@ -461,9 +490,9 @@ class DecodeStep:
                 a = F.scaled_dot_product_attention(
                     q.transpose(0, 1)[None], keys, values, is_causal=True, scale=layer.scale, enable_gqa=True
                 )[0].transpose(0, 1)
-            y, h = add_rms_norm(layer.o(a.reshape(t, -1), None, mask), h, layer.post_norm.weight, _eps(layer.post_norm))
-            gate, up = layer.gate_up(y, mask)
-            x = layer.down(swiglu(gate, up), None, mask)
+            o = layer.o(a.reshape(t, -1), None, mask)
+            (gate, up), h = layer.gate_up.normed(o, h, layer.post_norm, self.fuse, mask)
+            x = layer.down.after_swiglu(gate, up, self.fuse, mask)
         if not batched:  # a prompt: the last token's logits only
             x, h = x[-1:], h[-1:]
         y, _ = add_rms_norm(x, h, self.final_norm.weight, _eps(self.final_norm))

@@ -1,7 +1,8 @@
 """Compile the chat decoder's Triton kernels while the weights load, so the first reply does not (issue 30).
 
 The decode step (engine.chat.decode_step) runs kernels/add_rms_norm.py, kernels/matvec.py, kernels/rope_kv_cache.py,
-kernels/decode_attention.py (and its merge), kernels/swiglu.py and, for a 4-bit base, kernels/nf4_matvec.py and
+kernels/decode_attention.py (and its merge), kernels/swiglu.py, for one token of a 16-bit model kernels/fused_matvec.py
+(unless TUNESMITH_DECODE_FUSE=0 when the warm-up starts) and, for a 4-bit base, kernels/nf4_matvec.py and
 kernels/nf4_group_matvec.py. Triton compiles each at its first launch with a new specialization (constexprs, pointer
 dtypes and 16-byte alignment, integers equal to 1 or multiples of 16). On an H100 (qwen3_4b, issue 30) the shared
 bench's first decode call took 5.68 s with a cold Triton cache, where bench/decode_profile.py's first reply (capture
@@ -52,7 +53,16 @@ import triton
 from engine.chat import decode_step
 from engine.chat.decode import CACHE_ROUND
 from engine.patching.warmup import Shapes, Warmup, Words
-from kernels import add_rms_norm, decode_attention, dispatch, matvec, nf4_group_matvec, nf4_matvec, rope_kv_cache
+from kernels import (
+    add_rms_norm,
+    decode_attention,
+    dispatch,
+    fused_matvec,
+    matvec,
+    nf4_group_matvec,
+    nf4_matvec,
+    rope_kv_cache,
+)
 from kernels import swiglu as swiglu_kernels
 
 MAX_CAPACITY = 8192  # decode attention's split counts are warmed for every cache capacity up to this
@@ -159,6 +169,29 @@ def _matvecs(weights, dt) -> list:
         if split:
             kw = dict(HAS_BIAS=bias, SPLIT_K=cfg.split_k, BLOCK=matvec.REDUCE_BLOCK, num_warps=4)
             jobs.append(("matvec", matvec._split_k_reduce_kernel, (part, b, y, n), kw))
+    return jobs
+
+
+def _fused(s: DecodeShapes, dt) -> list:
+    """kernels.fused_matvec's launches for one token, as fused_matvec_fwd makes them: the input norm (the first layer
+    without a residual) in q/k/v's matvec, the post-attention norm in gate/up's, SwiGLU in down's (gate and up are
+    views of one product, up I elements in)."""
+    z = s.sizes
+    qkv, i = (z.heads + 2 * z.kv_heads) * z.head_dim, z.intermediate
+    jobs = []
+    for n, k, prologue, residual, bias, up in (
+        (qkv, z.hidden, fused_matvec.NORM, False, s.qkv_bias, 0),
+        (qkv, z.hidden, fused_matvec.NORM, True, s.qkv_bias, 0),
+        (2 * i, z.hidden, fused_matvec.NORM, True, s.mlp_bias, 0),
+        (z.hidden, i, fused_matvec.SWIGLU, False, s.mlp_bias, i),
+    ):
+        cfg = fused_matvec.config_for(n, k)
+        a, y, v = _ptr(dt), _ptr(dt), _ptr(dt)
+        b = _ptr(dt, up) if prologue == fused_matvec.SWIGLU else _ptr(dt) if residual else a
+        args = (a, b, _ptr(dt) if prologue == fused_matvec.NORM else a, _ptr(dt), _ptr(dt) if bias else y, y, v)
+        args += (_ptr(dt) if residual else v, n, k, z.eps if prologue == fused_matvec.NORM else 0.0)
+        kw = fused_matvec.launch_options(prologue, residual, bias, dt, k, cfg)
+        jobs.append(("fused_matvec", fused_matvec._fused_matvec_kernel, args, kw))
     return jobs
 
 
@@ -294,7 +327,9 @@ def launches(s: DecodeShapes, dtype, device) -> list:
     q, kv = z.heads * z.head_dim, z.kv_heads * z.head_dim
     packed = ((0, q + 2 * kv), (q, q + 2 * kv), (q + kv, q + 2 * kv))  # views into one q/k/v product
     apart = ((0, q), (0, kv), (0, kv))  # a product each (an NF4 prompt's bitsandbytes matmuls, separate launches)
-    if z.nf4 is None:  # q/k/v and gate/up packed into one weight each (engine.chat.decode_step.pack_rows)
+    if z.nf4 is None and decode_step.fuse_on():  # one token's norms and SwiGLU in the packed matvecs
+        weights, jobs = [(z.hidden, q, s.o_bias)], _fused(s, dt)
+    elif z.nf4 is None:  # q/k/v and gate/up packed into one weight each (engine.chat.decode_step.pack_rows)
         weights = [(q + 2 * kv, z.hidden, s.qkv_bias), (z.hidden, q, s.o_bias)]
         weights += [(2 * z.intermediate, z.hidden, s.mlp_bias), (z.hidden, z.intermediate, s.mlp_bias)]
         jobs = []

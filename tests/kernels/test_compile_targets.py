@@ -12,7 +12,8 @@ What is launched, at real model widths (constexprs such as head-dim and hidden-s
   fused loss, NF4 dequantization) for the supported families' configs, LoRA and QLoRA, in fp16 and bf16;
 - decoding (engine.chat.decode_step's calls): add_rms_norm, the q/k/v, o, gate/up, down and lm_head matvecs (dense),
   or nf4_group_matvec / nf4_matvec (QLoRA) for one row and for a batch of rows (the tensor-core path),
-  rope_kv_cache and decode_attention for one sequence and for a batch, swiglu, and the host embedding's gather;
+  rope_kv_cache and decode_attention for one sequence and for a batch, swiglu, the fused norm/SwiGLU matvecs of one
+  token (dense), and the host embedding's gather;
 - mixture of experts (engine.patching.moe's calls): grouped_mm with LoRA factors forward and backward, and
   nf4_grouped_mm, at Qwen3-30B-A3B's and gpt-oss-20b's expert widths.
 
@@ -39,6 +40,7 @@ from kernels import dispatch, target
 from kernels.add_rms_norm import add_rms_norm
 from kernels.decode_attention import decode_attention
 from kernels.embedding import gather_rows
+from kernels.fused_matvec import norm_matvec, swiglu_matvec
 from kernels.grouped_mm import grouped_mm
 from kernels.matvec import MatvecConfig, matvec
 from kernels.nf4_group_matvec import group_config, nf4_group_matvec
@@ -141,6 +143,17 @@ def _group(x, ns, k: int, dtype, nf4: bool, bias: bool = False):
     return nf4_group_matvec(x, [_nf4(n, k, dtype) for n in small], biases, cfg)
 
 
+def _fused(x, h, w, qkv: int, inter: int, dtype, bias: bool) -> None:
+    """engine.chat.decode_step's fused launches for one token (kernels/fused_matvec.py)."""
+    hidden = x.shape[1]
+    b = torch.zeros(qkv, dtype=dtype) if bias else None
+    norm_matvec(x, None, w, 1e-6, torch.empty(qkv, hidden, dtype=dtype), b)
+    norm_matvec(x, h, w, 1e-6, torch.empty(qkv, hidden, dtype=dtype), b)
+    norm_matvec(x, h, w, 1e-6, torch.empty(2 * inter, hidden, dtype=dtype))
+    gate_up = torch.zeros(1, 2 * inter, dtype=dtype)
+    swiglu_matvec(gate_up[:, :inter], gate_up[:, inter:], torch.empty(hidden, inter, dtype=dtype))
+
+
 def decode(dtype) -> None:
     """engine.chat.decode_step's kernel calls, for one row and for ROWS rows, dense and NF4 bases."""
     for name in DECODERS:
@@ -171,6 +184,8 @@ def decode(dtype) -> None:
                 _group(y, (inter, inter), hidden, dtype, nf4)
                 swiglu(torch.zeros(rows, inter, dtype=dtype), torch.zeros(rows, inter, dtype=dtype))
                 _project(torch.zeros(rows, inter, dtype=dtype), hidden, inter, dtype, nf4)
+                if rows == 1 and not nf4:  # one token, packed weights: the norms and SwiGLU in the matvecs
+                    _fused(x, h, w, (hq + 2 * hk) * d, inter, dtype, bias)
             _project(torch.zeros(rows, hidden, dtype=dtype), c["vocab_size"], hidden, dtype, False)  # lm_head: dense
         gather_rows(torch.zeros(64, hidden, dtype=dtype), torch.tensor([3, 5]))  # engine.memory.host_embedding
     # No pick splits K today (every measured config has split_k 1), but a measured one may: the reduction compiles too
