@@ -66,7 +66,7 @@ list() {
    b43ce33 (before it; old_tree) on the same machine; its GPU test
 29 call 28 cut to what 374 s of device time hold: alpaca QLoRA defaults on 1,500 examples at HEAD and at b43ce33
 30 issue 30: the norms and SwiGLU inside the packed matvecs of one token (kernels/fused_matvec.py): its GPU tests,
-   then decode_profile bf16+NF4 batch 8 with TUNESMITH_DECODE_FUSE=0 and with it on (the default), one machine
+   then decode_profile bf16+NF4 batch 8 with TUNESMITH_DECODE_FUSE=0 (the default) and =1, one machine
 EOF
 }
 
@@ -406,7 +406,8 @@ call30() {  # issue 30: batch-1 bf16 decode at 78.6% of the bandwidth limit (cal
     tests/test_decode_warmup.py tests/test_infer.py -k "fused or first_reply or with_and_without_lora or step_agrees"
   step 160 env TUNESMITH_DECODE_FUSE=0 python3 bench/decode_profile.py --arch qwen3_4b --batch 8 --dtypes bf16,nf4 \
     --rows 8
-  step 160 python3 bench/decode_profile.py --arch qwen3_4b --batch 8 --dtypes bf16,nf4 --rows 8
+  step 160 env TUNESMITH_DECODE_FUSE=1 python3 bench/decode_profile.py --arch qwen3_4b --batch 8 --dtypes bf16,nf4 \
+    --rows 8
 }
 
 old_tree() {  # old_tree COMMIT: a tree of COMMIT that imports its own engine, .anchors and .bench linked in

@@ -71,11 +71,14 @@ def step_launches(model, rows: int) -> set:
         ("qwen3", True, 2, torch.float32, True),
     ],
 )
-def test_warmup_covers_the_decoders_kernels(folders, arch, four_bit, rows, dtype, emulated):  # noqa: F811
+def test_warmup_covers_the_decoders_kernels(folders, arch, four_bit, rows, dtype, emulated, monkeypatch):  # noqa: F811
     """Qwen3's q/k norms and tied head, Llama's untied head in bf16, Qwen2's q/k/v biases and an NF4 base with a
     LoRA adapter: every specialization their decode step launches, one row and batched, is one the warm-up compiles;
-    the NF4 kernels' launch options (dot precision, FMA fusion) also as an sm_90 GPU gets them (kernels.target)."""
+    the NF4 kernels' launch options (dot precision, FMA fusion) also as an sm_90 GPU gets them (kernels.target).
+    With the fused inputs on (TUNESMITH_DECODE_FUSE=1), whose kernels the warm-up must then compile instead."""
     from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("TUNESMITH_DECODE_FUSE", "1")
 
     folder = folders(arch)
     if four_bit:
@@ -122,9 +125,10 @@ def counts(jobs) -> dict:
 def test_what_is_warmed_for_qwen3_4b_in_bf16_and_nf4(monkeypatch):
     """At Qwen3-4B's sizes: the two norms (with and without a residual), one rope, decode attention for both classes
     of its split count and its merge for each of its widths, one swiglu (a prompt's), the fused matvecs of one token
-    (q/k/v with and without a residual, gate/up, down) and matvecs for o and the head in bf16; with
-    TUNESMITH_DECODE_FUSE=0 a matvec per packed weight instead; with an NF4 base q/k/v and gate/up take one group
-    launch, o and down one launch each, one row and 2."""
+    (q/k/v with and without a residual, gate/up, down) and matvecs for o and the head in bf16 with
+    TUNESMITH_DECODE_FUSE=1; with it 0 (the default) a matvec per packed weight instead; with an NF4 base q/k/v and
+    gate/up take one group launch, o and down one launch each, one row and 2."""
+    monkeypatch.setenv("TUNESMITH_DECODE_FUSE", "1")
     bf16 = warmup.launches(warmup.DecodeShapes.from_config(QWEN3_4B), torch.bfloat16, torch.device("cpu"))
     assert counts(bf16) == {
         "_add_rms_norm_kernel": 2,

@@ -18,8 +18,8 @@ Per layer, for one new token (T = 1) or a prompt (T > 1), where transformers' fo
 
 The position of the token is read from a device tensor, so a captured graph replays for every position. At batch 1
 the bound is reading the weights once (Qwen3-4B: 7.5 GiB, ~2.7 ms at an H100's 2.97 TB/s copy bandwidth); the rest
-is ~10 launches a layer of a few microseconds each (7 with the fused inputs; `TUNESMITH_DECODE_FUSE=0`, read when
-a step is built, keeps the norms and SwiGLU as kernels of their own, to time both in one process). Measured on the
+is ~10 launches a layer of a few microseconds each (7 with the fused inputs, `TUNESMITH_DECODE_FUSE=1`, read when
+a step is built: off by default until it is timed on a GPU, bench/README.md). Measured on the
 H100 (.bench/decode_bench.py, bench/README.md): 257.5 tokens/s, 3.9 ms a token (232 with cuBLAS's matvecs in place
 of kernels/matvec.py), against 155 for transformers' forward in the same CUDA graph.
 
@@ -83,8 +83,9 @@ NF4_GROUPS = os.environ.get("TUNESMITH_NF4_GROUPS", "1") != "0"  # one NF4 launc
 
 
 def fuse_on() -> bool:
-    """TUNESMITH_DECODE_FUSE (default on; 0: the norms and SwiGLU as kernels of their own), read per step built."""
-    return os.environ.get("TUNESMITH_DECODE_FUSE", "1") != "0"
+    """TUNESMITH_DECODE_FUSE=1: one token's norms and SwiGLU inside the packed matvecs (kernels/fused_matvec.py); off
+    by default (the norms and SwiGLU as kernels of their own) until a GPU measures it faster. Read per step built."""
+    return os.environ.get("TUNESMITH_DECODE_FUSE", "0") == "1"
 
 
 def _eps(norm) -> float:

@@ -2,7 +2,7 @@
 
 The decode step (engine.chat.decode_step) runs kernels/add_rms_norm.py, kernels/matvec.py, kernels/rope_kv_cache.py,
 kernels/decode_attention.py (and its merge), kernels/swiglu.py, for one token of a 16-bit model kernels/fused_matvec.py
-(unless TUNESMITH_DECODE_FUSE=0 when the warm-up starts) and, for a 4-bit base, kernels/nf4_matvec.py and
+(when TUNESMITH_DECODE_FUSE=1 as the warm-up starts) and, for a 4-bit base, kernels/nf4_matvec.py and
 kernels/nf4_group_matvec.py. Triton compiles each at its first launch with a new specialization (constexprs, pointer
 dtypes and 16-byte alignment, integers equal to 1 or multiples of 16). On an H100 (qwen3_4b, issue 30) the shared
 bench's first decode call took 5.68 s with a cold Triton cache, where bench/decode_profile.py's first reply (capture
