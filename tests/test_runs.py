@@ -827,7 +827,9 @@ def test_a_resume_past_a_lowered_max_steps_is_refused_and_changes_nothing(tiny_l
     assert not (st.run_dir / "adapter").exists()
 
 
-def test_cli_ctrl_c_as_the_run_is_launched_cancels_it(tiny_llama, identity_file, runs, tmp_path, monkeypatch, capsys):
+def test_cli_ctrl_c_as_the_run_is_launched_cancels_it(
+    tiny_llama, identity_file, runs, tmp_path, monkeypatch, capsys, request
+):
     """A Ctrl-C after api.start has launched the run (in its own session, out of the terminal's reach) but before the
     command follows it ended the command with "train interrupted; nothing unfinished was kept." while the run trained
     on. Here the Ctrl-C comes at that moment: the real api.start runs, then this process gets a SIGINT; the run is
@@ -846,7 +848,9 @@ def test_cli_ctrl_c_as_the_run_is_launched_cancels_it(tiny_llama, identity_file,
         return handle
 
     monkeypatch.setattr(api, "start", start_then_ctrl_c)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # a terminal's Ctrl-C: a pytest started in the background (`cmd &`) inherits SIGINT ignored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     assert main(["train", str(job)]) == 130
     out = capsys.readouterr()
     assert "nothing unfinished was kept" not in out.err, out.err
