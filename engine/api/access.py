@@ -109,7 +109,8 @@ def check_source(source: str) -> None:
 
     base, adapter, tokenizer = locate(source)
     check_access(base, SOURCE_FIX, shared_folders())
-    check_access(as_processes_read(base), SOURCE_FIX, shared_folders())  # as an export reads it
+    if (read := as_processes_read(base)) != base:  # a relative base, as an export reads it
+        check_access(read, SOURCE_FIX, shared_folders())
     for folder in (Path(source), adapter, tokenizer):  # the run's or checkpoint's adapter and tokenizer are read too
         if folder is not None and folder.is_dir():
             check_access(str(folder), SOURCE_FIX, shared_folders())

@@ -133,7 +133,8 @@ def resume(run: "str | Path | RunHandle", *, allow_code: bool = False) -> RunHan
         spec = JobSpec.from_yaml((status.run_dir / "job.yaml").read_text())
         _check_job(spec, allow_code, resumed=True)
         read = {k: as_processes_read(getattr(spec, k)) for k in ("model", "data", "eval_data")}
-        _check_job(spec.replace(**read), allow_code, resumed=True)  # its relative paths, as the run reads them
+        if any(read[k] != getattr(spec, k) for k in read):  # its relative paths, as the run reads them
+            _check_job(spec.replace(**read), allow_code, resumed=True)
         _check_no_links(status.run_dir)
         _check_steps_left(status.run_dir, spec)
         return _launch(status.run_dir, resume=True)

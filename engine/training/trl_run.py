@@ -19,7 +19,6 @@ from pathlib import Path
 
 from engine.core.errors import Cancelled, UserError
 from engine.core.hardware import memory_in_use_gb
-from engine.core.statefile import load_state
 from engine.training.steps import (
     checkpoint_dir,
     latest_checkpoint,
@@ -28,6 +27,7 @@ from engine.training.steps import (
     make_optimizer,
     publish_final,
     restore_rng,
+    rng_state,
     save_checkpoint,
     save_tokenizer,
 )
@@ -59,8 +59,8 @@ class TrlRun:
             # the trainer seeds the generators again when it is made (transformers' set_seed), so the callback puts
             # the checkpoint's back before the first step, as the Trainer does after its own resume's data skip: a
             # resumed GRPO run samples the replies the uninterrupted one did (and a reward drawing from NumPy's
-            # generator draws what it did)
-            self.rng = load_state(ckpt, "rng")
+            # generator draws what it did); load_checkpoint has just put them back, so they are taken from there
+            self.rng = rng_state()
         self.step = self.first_step
         self.cancelled = False
         self.tokens = 0
