@@ -71,6 +71,7 @@ def build_app() -> gr.Blocks:
             [data["path"], data["mapping"], data["template"], data["config"], data["split"], data["max_len"]],
         )
         data_tab.wire_objective(data, train["objective"])
+        model_tab.wire_train(model, train)
         chat = chat_tab.build()
         train_tab.wire_chat(train, chat["source"])
         train_settings.wire_load(train, model, data)

@@ -169,3 +169,75 @@ def test_the_preset_counts_the_trained_embeddings_the_job_asks_for(monkeypatch):
     for objective, ticked in (("pretrain", False), ("sft", True)):
         note = train_tab.apply_preset("Qwen/Qwen3-4B", "qlora", None, objective, ticked)[0]
         assert note.endswith(f"peaks at {without:.1f} GiB."), note
+
+
+def model_and_train_tabs():
+    """The Model and Train tabs, wired to each other as app.py wires them; returns (the Blocks, the Model tab's
+    components, the Train tab's)."""
+    import gradio as gr
+
+    from ui import model_tab, train_tab
+
+    with gr.Blocks() as demo:
+        model = model_tab.build()
+        data = [gr.Textbox(), gr.Textbox(), gr.Textbox(), gr.Textbox(), gr.Textbox("train"), gr.Number(256)]
+        train = train_tab.build([model["custom_or_catalog"], model["method"], model["trust"]], data)
+        model_tab.wire_train(model, train)
+    return demo, model, train
+
+
+def test_the_fit_badge_plans_with_the_train_forms_objective_and_embeddings(monkeypatch):
+    """The badge (Model tab, built before the Train tab) planned without continued pretraining's trained embeddings
+    while the Train tab's preset, and the run, counted their copies: the two named different peaks. The badge now
+    follows the Train form's objective and box, re-made when either changes, and names the preset's peak."""
+    from test_train_view import run_handlers
+
+    monkeypatch.setenv("TUNESMITH_VRAM_GIB", "23")
+    monkeypatch.setenv("TUNESMITH_RAM_GIB", "64")
+    with_ = api.estimate("Qwen/Qwen3-4B", "qlora", train_embeddings=True)["peak_vram_gib"]
+    without = api.estimate("Qwen/Qwen3-4B", "qlora")["peak_vram_gib"]
+    assert f"{with_:.1f}" != f"{without:.1f}"
+    demo, model, train = model_and_train_tabs()
+    form = {
+        model["custom"]: "Qwen/Qwen3-4B",
+        model["custom_or_catalog"]: "Qwen/Qwen3-4B",
+        model["method"]: "qlora",
+        train["loaded_job"]: None,
+        train["objective"]: "pretrain",
+        train["train_embeddings"]: True,
+    }
+    summary, note = model["summary"]._id, train["preset_note"]._id
+    shown = run_handlers(demo, train["train_embeddings"], "change", form)
+    assert f"about {with_:.1f} GiB" in shown[summary], shown[summary]
+    assert shown[note].endswith(f"peaks at {with_:.1f} GiB."), shown[note]
+    shown = run_handlers(demo, model["custom"], "change", form)  # the model typed after the box was ticked
+    assert f"about {with_:.1f} GiB" in shown[summary], shown[summary]
+    shown = run_handlers(demo, train["objective"], "change", form | {train["objective"]: "sft"})
+    assert f"about {without:.1f} GiB" in shown[summary], shown[summary]
+
+
+def test_the_preset_follows_the_objective_while_the_embeddings_box_is_ticked(monkeypatch):
+    """Continued pretraining with the embeddings box ticked, then another objective: the preset stayed the one planned
+    with the embeddings' copies (only the box's change re-applied it), while the run plans without them. A change of
+    objective re-applies it while the box is ticked; with it unticked the plan cannot change, and the form's values
+    are left as the user set them."""
+    from test_train_view import run_handlers
+
+    monkeypatch.setenv("TUNESMITH_VRAM_GIB", "23")
+    monkeypatch.setenv("TUNESMITH_RAM_GIB", "64")
+    with_ = api.estimate("Qwen/Qwen3-4B", "qlora", train_embeddings=True)["peak_vram_gib"]
+    without = api.estimate("Qwen/Qwen3-4B", "qlora")["peak_vram_gib"]
+    demo, model, train = model_and_train_tabs()
+    form = {
+        model["custom_or_catalog"]: "Qwen/Qwen3-4B",
+        model["method"]: "qlora",
+        train["loaded_job"]: None,
+        train["train_embeddings"]: True,
+    }
+    note, batch = train["preset_note"]._id, train["batch"]._id
+    shown = run_handlers(demo, train["objective"], "change", form | {train["objective"]: "sft"})
+    assert shown[note].endswith(f"peaks at {without:.1f} GiB."), shown[note]
+    shown = run_handlers(demo, train["objective"], "change", form | {train["objective"]: "pretrain"})
+    assert shown[note].endswith(f"peaks at {with_:.1f} GiB."), shown[note]
+    shown = run_handlers(demo, train["objective"], "change", form | {train["train_embeddings"]: False})
+    assert shown[batch] == {"__type__": "update"}, shown[batch]  # unticked: the batch typed in is kept

@@ -23,11 +23,19 @@ def chosen_model(catalog_id: str | None, custom: str) -> str:
     return (custom or "").strip().rstrip("/\\").strip() or (catalog_id or "")
 
 
-def fit_badge(model: str, method: str) -> str:
+def run_estimate(model: str, method: str, objective: str = "sft", train_embeddings: bool = False) -> tuple[int, dict]:
+    """(GPUs, api.estimate) of the run the Model and Train forms ask for, planned as the run plans it: per GPU of
+    every visible one, with continued pretraining's trained embeddings where the objective and the box ask for them.
+    The fit badge and the Train tab's preset both show this one estimate."""
+    gpus = max(1, len(api.gpus_found()))
+    embeddings = objective == "pretrain" and bool(train_embeddings)  # the box is only read for continued pretraining
+    return gpus, api.estimate(model, method, gpus=gpus, train_embeddings=embeddings)
+
+
+def fit_badge(model: str, method: str, objective: str = "sft", train_embeddings: bool = False) -> str:
     """One line: will this run fit the detected GPU (or the CPU), with the figures of the plan the run will make."""
     try:
-        gpus = max(1, len(api.gpus_found()))  # a run trains on every visible GPU, as the Train tab's preset plans
-        est = api.estimate(model, method, gpus=gpus)
+        gpus, est = run_estimate(model, method, objective, train_embeddings)
     except api.UserError as e:
         return f"Memory estimate unavailable: {e}"
     shape = f"{est['seq']} tokens × {est['batch']}"
@@ -52,11 +60,12 @@ def fit_badge(model: str, method: str) -> str:
     return f"✅ Fits {where}: about {est['peak_vram_gib']:.1f} GiB peak at {shape}."
 
 
-def describe(catalog_id, custom, method) -> str:
+def describe(catalog_id, custom, method, objective="sft", train_embeddings=False) -> str:
     model = chosen_model(catalog_id, custom)
     if not model:
         return i18n.say("Pick a model from the list or type a hub id / local folder.")
-    return i18n.say(f"**Model:** `{model}` · **method:** {method}\n\n{fit_badge(model, method)}\n\n{gpus_line()}")
+    badge = fit_badge(model, method, objective, train_embeddings)
+    return i18n.say(f"**Model:** `{model}` · **method:** {method}\n\n{badge}\n\n{gpus_line()}")
 
 
 def gpus_line() -> str:
@@ -128,7 +137,6 @@ def build() -> dict:
     fetch.click(download, [catalog, custom], [fetched, downloading, timer])
     timer.tick(download_view, downloading, [fetched, timer])
     for comp in (catalog, custom, method):
-        comp.change(describe, [catalog, custom, method], summary)
         comp.change(chosen_model, [catalog, custom], chosen)
     return dict(
         catalog=catalog,
@@ -140,3 +148,11 @@ def build() -> dict:
         download_progress=fetched,
         custom_or_catalog=chosen,
     )
+
+
+def wire_train(model: dict, train: dict) -> None:
+    """The fit badge plans with the Train tab's objective and embeddings box (built after this tab), as its preset and
+    the run do, and is made again when they change."""
+    inputs = [model["catalog"], model["custom"], model["method"], train["objective"], train["train_embeddings"]]
+    for comp in inputs:
+        comp.change(describe, inputs, model["summary"])

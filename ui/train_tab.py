@@ -13,6 +13,7 @@ from ui import i18n, train_live, train_settings
 from ui.chat_tab import TAB_ELEM, chat_choices, unload
 from ui.data_tab import parse_mapping
 from ui.eval_tab import validation_lines, with_validation
+from ui.model_tab import run_estimate
 
 # No data is None, never an empty frame: Gradio 6.31's LinePlot that starts from an empty frame never draws the
 # lines it is given later (tests/browser checks the drawn plot).
@@ -187,9 +188,7 @@ def apply_preset(model: str, method: str, loaded: dict | None = None, objective=
     if not model:
         return i18n.say("Pick a model to see the preset for this GPU."), *keep
     try:
-        gpus = max(1, len(api.gpus_found()))  # a run trains on every visible GPU: the plan is per GPU
-        embeddings = objective == "pretrain" and bool(train_embeddings)
-        est = api.estimate(model, method, gpus=gpus, train_embeddings=embeddings)
+        gpus, est = run_estimate(model, method, objective, train_embeddings)  # the fit badge's estimate
     except api.UserError as e:
         return i18n.say(f"No preset: {e}"), *keep
     p = est["preset"]
@@ -223,6 +222,14 @@ def apply_preset(model: str, method: str, loaded: dict | None = None, objective=
         p["learning_rate"],
         p["gradient_checkpointing"],
     )
+
+
+def preset_for_objective(model: str, method: str, loaded: dict | None, objective: str, train_embeddings: bool):
+    """apply_preset for a new objective, only while the embeddings box is ticked: only then does the plan change with
+    the objective (to or from continued pretraining), and otherwise the settings typed in the form are kept."""
+    if not train_embeddings:
+        return (gr.update(),) * 7
+    return apply_preset(model, method, loaded, objective, train_embeddings)
 
 
 # the app runs up to four handlers at once (app.py's queue): a double-click on Start, or Start and Resume in two tabs,
@@ -517,8 +524,10 @@ def build(model_inputs: list, data_inputs: list) -> dict:
     model, method = model_inputs[0], model_inputs[1]
     loaded_job = gr.State(None)  # what a loaded job.yaml set (train_settings.kept_settings): apply_preset keeps it
     preset_outputs = [preset_note, data_inputs[-1], batch, accum, rank, lr, checkpointing]
+    preset_inputs = [model, method, loaded_job, objective, train_embeddings]
     for trigger in (model.change, method.change, train_embeddings.change):
-        trigger(apply_preset, [model, method, loaded_job, objective, train_embeddings], preset_outputs)
+        trigger(apply_preset, preset_inputs, preset_outputs)
+    objective.change(preset_for_objective, preset_inputs, preset_outputs)
     layers = advanced["target_modules"]  # the picked model's own layer names (Falcon, GPT-NeoX, phi, ...)
     model.change(train_settings.layer_choices, [model, loaded_job, layers], layers)
     reward_inputs = [

@@ -49,3 +49,31 @@ def test_a_loaded_job_keeps_its_settings_over_the_gpus_preset(page, server, tiny
     expect_value(page.get_by_label("LoRA rank (alpha = rank)", exact=True), re.compile(r"^4$"))
     expect_value(page.get_by_label("Learning rate", exact=True), re.compile(r"^(0\.0005|5e-4)$"))
     shot(page, "preset-job-loaded-kept")
+
+
+def test_the_fit_badge_and_the_preset_follow_the_objective_and_the_embeddings_box(page, server, monkeypatch):
+    """Continued pretraining with trained embeddings: the Model tab's badge, built before the Train tab, planned
+    without them while the preset counted them; and a switch to another objective with the box ticked left the preset
+    as it was. Both now name the same peak, the one the run plans, at each step."""
+    from engine import api
+
+    monkeypatch.setenv("TUNESMITH_VRAM_GIB", "14.6")  # as the server's
+    monkeypatch.setenv("TUNESMITH_RAM_GIB", "64")
+    with_ = f"{api.estimate('Qwen/Qwen3-4B', 'qlora', train_embeddings=True)['peak_vram_gib']:.1f}"
+    without = f"{api.estimate('Qwen/Qwen3-4B', 'qlora')['peak_vram_gib']:.1f}"
+    assert with_ != without
+    tab(page, "Model")
+    page.get_by_label("…or a hub id or local folder").fill("Qwen/Qwen3-4B")
+    page.get_by_label("…or a hub id or local folder").press("Enter")
+    tab(page, "Train")
+    page.get_by_text(f"peaks at {without} GiB").wait_for(timeout=60_000)
+    page.get_by_label("Continued pretraining: raw text, every token").check()
+    page.get_by_label("Also train the embeddings and output layer (new vocabulary or language; large)").check()
+    for objective, peak in (("pretrain", with_), ("sft", without)):
+        if objective == "sft":  # the box stays ticked, hidden
+            page.get_by_label("Chat fine-tuning (SFT): learn from example conversations").check()
+        page.get_by_text(f"peaks at {peak} GiB").wait_for(timeout=60_000)
+        tab(page, "Model")
+        page.get_by_text(re.compile(rf"about {re.escape(peak)} GiB")).wait_for(timeout=60_000)
+        shot(page, f"badge-{objective}-embeddings-ticked")
+        tab(page, "Train")
