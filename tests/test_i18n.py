@@ -368,7 +368,8 @@ def test_save_start_delete_and_download_answer_in_the_pages_language(runs, tiny_
     """On a translated page "**Not saved:** ..." and the command under Save as job.yaml, Start's "**Check:** ..."
     warning, the Delete question and its refusal, and the Model tab's download lines stayed English (built as English
     literals and never passed through `say`); and a refusal or warning Start wrote in the page's language was not
-    recognised as one: no notice under the buttons, and pressing Start again on the warned settings warned again."""
+    recognised as one: no notice under the buttons, and pressing Start again on the warned settings warned again.
+    The refusal of a model the hub cannot read ("Could not read the config of ...") stayed English too."""
     from test_train_view import form
 
     from engine.api import DownloadStatus
@@ -415,6 +416,7 @@ def test_save_start_delete_and_download_answer_in_the_pages_language(runs, tiny_
         lines[0] == {"zh": "正在下载 `a/b`：5.0 / 10.0 MB（50%）", "ru": "Скачивание `a/b`: 5.0 из 10.0 МБ (50%)"}[lang]
     )
     assert lines[2].startswith({"zh": "**下载失败：**", "ru": "**Скачивание не удалось:**"}[lang])
-    for text in (not_saved, batch, command, check, nothing_picked, question, *lines):  # refused: the engine's reason
+    assert "'no-such-folder/model'" in refused  # the engine's reason: the hub id that could not be read
+    for text in (not_saved, batch, command, check, refused, nothing_picked, question, *lines):
         assert not english_left(text), text
     assert not runs.exists() or not list(runs.iterdir())  # nothing started

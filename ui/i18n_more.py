@@ -520,6 +520,13 @@ MESSAGES += [  # the engine's most common refusals, as the UI shows them
         "模型文件夹 '{0}' 不存在；请给出已有文件夹或 Hub ID。",
         "Папки модели '{0}' нет; укажите существующую папку или ID на хабе.",
     ),
+    (  # a hub id that cannot be read (engine.api.models): offline, misspelt, or gone
+        r"Could not read the config of '(.*)' from the hub \((.*)\), and it is not in the local cache; check the "
+        r"name and the connection, or give a local folder\.",
+        "无法从 Hub 读取 '{0}' 的配置（{1}），本地缓存中也没有；请检查名称和网络连接，或给出本地文件夹。",
+        "Не удалось прочитать конфигурацию '{0}' с хаба ({1}), и в локальном кеше её нет; проверьте название и "
+        "подключение или укажите локальную папку.",
+    ),
 ]
 MESSAGES += [  # the Model tab's fit line and the Data tab's summary
     (r"this GPU \((\S+) GiB\)", "此 GPU（{0} GiB）", "в эту GPU ({0} ГиБ)"),
