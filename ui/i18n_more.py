@@ -363,6 +363,18 @@ MESSAGES += [  # the engine's most common refusals, as the UI shows them
     (r"Exporting… (.*)", "正在导出… {0}", "Экспорт… {0}"),
     (r"No export to cancel\.", "没有可取消的导出。", "Нет экспорта для отмены."),
     (r"Evaluating…(.*)", "正在评估…{0}", "Оценка…{0}"),
+    # its progress (ui.eval_tab.PROGRESS): the model in code quotes, then how far it has got
+    (r"(`.*`): answering (\d+) questions?", "{0}：正在回答 {1} 个问题", "{0}: отвечает на вопросы ({1})"),
+    (
+        r"(`.*`): answered (\d+) of (\d+) questions?",
+        "{0}：已回答 {1}/{2} 个问题",
+        "{0}: отвечено вопросов: {1} из {2}",
+    ),
+    (
+        r"(`.*`): measuring the loss on the (\d+) reference answers?",
+        "{0}：正在计算 {1} 个参考答案上的损失",
+        "{0}: считаются потери на эталонных ответах ({1})",
+    ),
     (
         r"The evaluation stopped with an error; see the app's log\.",
         "评估因错误而停止；请查看应用的日志。",
