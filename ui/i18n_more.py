@@ -7,7 +7,7 @@ Kept apart from i18n.py so that the mechanism stays short; i18n.STRINGS includes
 
 import re
 
-from ui import i18n_engine
+from ui import i18n_engine, i18n_jobs, i18n_refusals
 
 STRINGS = {  # English: (Chinese, Russian)
     # Model and Data tabs
@@ -599,4 +599,5 @@ MESSAGES += [  # the Model tab's fit line and the Data tab's summary
 ]
 STRINGS.update(i18n_engine.STRINGS)
 MESSAGES += i18n_engine.MESSAGES
+MESSAGES += i18n_refusals.MESSAGES + i18n_jobs.MESSAGES
 PATTERNS = [(re.compile(english), zh, ru) for english, zh, ru in MESSAGES]
