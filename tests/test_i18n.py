@@ -494,10 +494,10 @@ def _render(node, constants: dict, file: str = "", k: int = 0) -> str | None:
 
 
 def _modules() -> dict[str, tuple[ast.Module, dict, dict]]:
-    """Every engine module: file -> (its tree, its string constants, the functions it imports from the engine as
+    """Every engine and ui module: file -> (its tree, its string constants, the functions it imports from the engine as
     local name -> (file, function))."""
     modules = {}
-    for path in sorted((ROOT / "engine").rglob("*.py")):
+    for path in sorted([*(ROOT / "engine").rglob("*.py"), *(ROOT / "ui").glob("*.py")]):  # the tabs refuse too
         tree = ast.parse(path.read_text(encoding="utf-8"))
         constants, imported = {}, {}
         for node in _outside_functions(tree):  # a module's or a class's constants, not a function's variables
@@ -598,3 +598,26 @@ def test_each_refusal_template_fills_in_every_value():
             used = {int(f) for _, f, _, _ in string.Formatter().parse(text) if f}
             assert used == set(range(values)), (english, text)
             text.format(*["x"] * values)
+
+
+@pytest.mark.parametrize("lang", ["zh", "ru"])
+def test_the_metric_lines_of_preference_grpo_and_multi_gpu_runs_are_translated(lang, tmp_path):
+    """The Train tab's status of a DPO/ORPO run (margin, pairs ranked right), a GRPO run (reward, reply length) and a
+    run on several GPUs (peak memory per GPU) stayed English on a translated page."""
+    from engine.api import RunStatus
+    from ui import train_tab
+
+    step = dict(step=3, loss=0.5, lr=2e-4, grad_norm=0.5, tokens_per_s=1200.0, memory_gb=3.2)
+    step |= dict(margin=0.123, chosen_reward=0.1, rejected_reward=-0.02, accuracy=0.75)  # DPO/ORPO
+    step |= dict(reward_mean=0.5, reward_std=0.1, reply_length=40.0, peak_memory_gb_per_gpu=[3.0, 3.1])
+    st = RunStatus("r", tmp_path, "running", "training", 3, 10, metrics=[step])
+    request = gr.Request(session_hash=f"page-metrics-{lang}")
+    i18n.SESSIONS[request.session_hash] = lang
+    token = LocalContext.request.set(request)  # the handler answers this page, as in an event
+    try:
+        status = train_tab.status_view(st)[0]
+    finally:
+        LocalContext.request.reset(token)
+        i18n.SESSIONS.pop(request.session_hash)
+    assert "0.123" in status and "75%" in status and "40" in status and "3.00 · 3.10" in status
+    assert not english_left(status), status

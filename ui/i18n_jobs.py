@@ -90,8 +90,8 @@ REFUSALS = [  # (English with {} for values, Chinese, Russian)
     (
         "'{}' has only pickled (.bin/.pt) weights; Tunesmith loads safetensors only, which cannot run code. Convert "
         "the model to safetensors first.",
-        "'{0}' 只有 pickle 格式（.bin/.pt）的权重；Tunesmith 只加载不会运行代码的 safetensors。请先把模型转换为 safete"
-        "nsors。",
+        "'{0}' 只有 pickle 格式（.bin/.pt）的权重；Tunesmith 只加载不会运行代码的 safetensors。请先把模型转换为 "
+        "safetensors。",
         "У '{0}' веса только в pickle (.bin/.pt); Tunesmith загружает только safetensors, которые не могут "
         "запустить код. Сначала преобразуйте модель в safetensors.",
     ),
@@ -350,8 +350,8 @@ REFUSALS = [  # (English with {} for values, Chinese, Russian)
     (
         "This job asks for {} GPUs but {} are visible; set gpus to {} or less (0 uses all of them), or check "
         "CUDA_VISIBLE_DEVICES.",
-        "此任务要求 {0} 块 GPU，但只能看到 {1} 块；请把 gpus 设为 {2} 或更小（0 表示全部使用），或检查 CUDA_VISIBLE_DE"
-        "VICES。",
+        "此任务要求 {0} 块 GPU，但只能看到 {1} 块；请把 gpus 设为 {2} 或更小（0 表示全部使用），或检查 "
+        "CUDA_VISIBLE_DEVICES。",
         "Задание просит {0} GPU, а видно {1}; задайте gpus не больше {2} (0 — все) или проверьте CUDA_VISIBLE_DEVICES.",
     ),
     (

@@ -394,8 +394,8 @@ REFUSALS = [  # (English with {} for values, Chinese, Russian)
     (
         "'{}' has no tokenizer.json (only a SentencePiece .model file); GGUF export reads tokenizer.json. Export as "
         "merged16 instead.",
-        "'{0}' 没有 tokenizer.json（只有 SentencePiece .model 文件）；GGUF 导出读取的是 tokenizer.json。请改为导出 mer"
-        "ged16。",
+        "'{0}' 没有 tokenizer.json（只有 SentencePiece .model 文件）；GGUF 导出读取的是 tokenizer.json。请改为导出 "
+        "merged16。",
         "В '{0}' нет tokenizer.json (только файл SentencePiece .model); экспорт в GGUF читает tokenizer.json. "
         "Экспортируйте как merged16.",
     ),
@@ -604,6 +604,33 @@ REFUSALS = [  # (English with {} for values, Chinese, Russian)
     ("The scoring regex", "评分正则", "Оценочный regex"),
     ("The reward '{}': its pattern", "奖励“{0}”的模式", "Шаблон награды '{0}'"),
     ("Reward {} (regex): the pattern", "奖励 {0}（regex）的模式", "Награда {0} (regex): шаблон"),
+    # the tabs' own refusals and lines (ui/): Export, Train's Advanced section and data check, a run's metrics
+    (
+        "Type the hub repository to push to, as user/name.",
+        "请输入要推送到的 Hub 仓库，格式为 user/name。",
+        "Введите репозиторий на хабе для загрузки в виде user/name.",
+    ),
+    (
+        "This run kept no best weights (it had no validation set); untick 'best'.",
+        "此运行没有保存最佳权重（它没有验证集）；请取消勾选“导出验证损失最低的权重”。",
+        "Этот запуск не сохранил лучших весов (у него не было валидационного набора); снимите флажок «Экспортировать "
+        "лучшие по валидации веса».",
+    ),
+    ("{}: tick at least one layer.", "{0}：请至少勾选一层。", "{0}: отметьте хотя бы один слой."),
+    (
+        "✅ The dataset ({}) suits this objective.",
+        "✅ 数据集（{0}）适合此训练目标。",
+        "✅ Датасет ({0}) подходит для этой цели.",
+    ),
+    (
+        "margin {} (chosen {}, rejected {})",
+        "差值 {0}（选中 {1}，拒绝 {2}）",
+        "разница {0} (выбранный {1}, отклонённый {2})",
+    ),
+    ("pairs ranked right {}", "排序正确的偏好对 {0}", "верно упорядоченных пар {0}"),
+    ("reward {} ± {}", "奖励 {0} ± {1}", "награда {0} ± {1}"),
+    ("reply length {} tokens", "回复长度 {0} 个 token", "длина ответа {0} токенов"),
+    ("{} GPUs, peak memory per GPU: {}", "{0} 块 GPU，每块峰值显存：{1}", "{0} GPU, пик памяти на каждой: {1}"),
     # the hub refusing a model (engine.core.hub_id.refusal), a LoRA adapter given as the model (adapter_source)
     (
         "'{}' is gated, and this shared app downloads without this machine's Hugging Face token: {}, or put the "
