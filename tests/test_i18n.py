@@ -453,6 +453,9 @@ SAMPLES = {  # (file, expression): values as the engine fills them in, where tem
         "The run saved step 7; resume continues from it",
         "It ran out while updating the weights, so resume continues from the latest checkpoint",
     ],
+    ("engine/spec/objectives.py", "NAMES[objective]"): ["DPO", "Chat fine-tuning (SFT)"],
+    ("engine/spec/objectives.py", "NEEDS[objective]"): ["preference pairs (prompt, chosen and rejected columns)"],
+    ("engine/spec/objectives.py", "hint"): [" It suits Chat fine-tuning (SFT).", ""],
     ("engine/data/formats.py", "sorted(row)"): ["['Instruction', 'Output']"],
     ("engine/data/formats.py", "hint"): [
         "use prompt, chosen and rejected columns, or map yours (e.g. question=prompt)"
@@ -520,11 +523,26 @@ def _modules() -> dict[str, tuple[ast.Module, dict, dict]]:
     return modules
 
 
-def _messages(node, file: str, modules: dict) -> list[tuple[object, str]]:
+def _messages(node, file: str, modules: dict, scope=None) -> list[tuple[object, str]]:
     """The expressions (with the file each is in) a UserError's message may be: the expression itself, each side
-    of `a or b`, and each string a helper function of the engine called there returns."""
+    of `a or b`, each string a helper function of the engine called there returns, and for a variable of the
+    function `scope` (`problem = format_problem(...)`, `ok, why = supported(...)`) those its helper returns."""
     if isinstance(node, ast.BoolOp):
         return [m for value in node.values for m in _messages(value, file, modules)]
+    if isinstance(node, ast.Name) and scope is not None:
+        found = []
+        for n in ast.walk(scope):
+            targets = [n.target] if isinstance(n, ast.NamedExpr) else n.targets if isinstance(n, ast.Assign) else []
+            for target in targets:
+                names = [e for e in getattr(target, "elts", [target]) if isinstance(e, ast.Name)]
+                if node.id in [e.id for e in names] and isinstance(n.value, ast.Call):
+                    at = [e.id for e in names].index(node.id) if isinstance(target, ast.Tuple) else None
+                    for value, where in _messages(n.value, file, modules):
+                        if at is None:
+                            found.append((value, where))
+                        elif isinstance(value, ast.Tuple):  # the variable's element of each returned tuple
+                            found.append((value.elts[at], where))
+        return found or [(node, file)]
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
         tree, _, imported = modules[file]
         where, name = imported.get(node.func.id, (file, node.func.id))
@@ -550,7 +568,7 @@ def engine_refusals() -> list[tuple[str, tuple[str, ...]]]:
                 callee = getattr(call, "func", None)
                 if not isinstance(call, ast.Call) or getattr(callee, "id", getattr(callee, "attr", "")) != "UserError":
                     continue
-                for message, file in _messages(call.args[0], name, modules) if call.args else []:
+                for message, file in _messages(call.args[0], name, modules, function) if call.args else []:
                     texts = {_render(message, modules[file][1], file, k) for k in (0, 1)}
                     if None not in texts and "" not in texts:  # "": a helper's "no sentence" (url_hint)
                         found.append((f"{file}:{message.lineno}", tuple(sorted(texts))))
@@ -621,3 +639,23 @@ def test_the_metric_lines_of_preference_grpo_and_multi_gpu_runs_are_translated(l
         i18n.SESSIONS.pop(request.session_hash)
     assert "0.123" in status and "75%" in status and "40" in status and "3.00 · 3.10" in status
     assert not english_left(status), status
+
+
+@pytest.mark.parametrize("lang", ["zh", "ru"])
+def test_the_train_tabs_data_check_answers_in_the_pages_language(lang, identity_file, tmp_path):
+    """The line under the objective ("⚠ DPO needs preference pairs ...; this dataset is alpaca. It suits Chat
+    fine-tuning (SFT).", "✅ The dataset (alpaca) suits this objective.") was never passed through `say`, and the
+    engine's sentence had no template: English on a translated page."""
+    from ui import train_tab
+
+    request = gr.Request(session_hash=f"page-data-note-{lang}")
+    i18n.SESSIONS[request.session_hash] = lang
+    token = LocalContext.request.set(request)  # the handler answers this page, as in an event
+    try:
+        notes = [train_tab.data_note(objective, str(identity_file), "", "", "train") for objective in ("dpo", "sft")]
+    finally:
+        LocalContext.request.reset(token)
+        i18n.SESSIONS.pop(request.session_hash)
+    assert notes[0].startswith("⚠ ") and notes[1].startswith("✅ ") and "alpaca" in notes[0], notes
+    for note in notes:
+        assert not english_left(note), note

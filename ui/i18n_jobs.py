@@ -243,6 +243,40 @@ REFUSALS = [  # (English with {} for values, Chinese, Russian)
         "Награда сравнивает ответы с колонкой '{0}', которой в '{1}' нет; её колонки: {2}. Сопоставьте с ней "
         "колонку или измените поле награды.",
     ),
+    # a dataset of the wrong kind for the objective (engine.spec.objectives.format_problem), its names and needs
+    (
+        "{} needs {}; this dataset is {}. It suits {}.",
+        "{0}需要{1}；此数据集是 {2}。它适用于：{3}。",
+        "Для цели «{0}» нужно: {1}; этот датасет — {2}. Он подходит для: {3}.",
+    ),
+    (
+        "{} needs {}; this dataset is {}.",
+        "{0}需要{1}；此数据集是 {2}。",
+        "Для цели «{0}» нужно: {1}; этот датасет — {2}.",
+    ),
+    ("Chat fine-tuning (SFT)", "对话微调（SFT）", "дообучение на диалогах (SFT)"),
+    ("Continued pretraining", "继续预训练", "продолженное предобучение"),
+    ("DPO or ORPO", "DPO 或 ORPO", "DPO или ORPO"),
+    (
+        "chat examples (Alpaca, ShareGPT or ChatML rows)",
+        "对话样本（Alpaca、ShareGPT 或 ChatML 格式的行）",
+        "диалоговые примеры (строки Alpaca, ShareGPT или ChatML)",
+    ),
+    (
+        "raw text (a 'text' column, or a .txt / .md file)",
+        "纯文本（'text' 列，或 .txt / .md 文件）",
+        "обычный текст (колонка 'text' или файл .txt / .md)",
+    ),
+    (
+        "preference pairs (prompt, chosen and rejected columns)",
+        "偏好对（prompt、chosen 和 rejected 列）",
+        "пары предпочтений (колонки prompt, chosen и rejected)",
+    ),
+    (
+        "prompts (a 'prompt' column, plus any column a reward compares with, such as 'answer')",
+        "提示（'prompt' 列，以及奖励要比较的列，如 'answer'）",
+        "запросы (колонка 'prompt' и колонки, с которыми сравнивают награды, например 'answer')",
+    ),
     # GRPO rewards (engine.spec.rewards): "Reward 2 (length): ..."
     (
         "Reward {} (format): 'open_tag' and 'close_tag' are the tags around the reasoning (<think>).",

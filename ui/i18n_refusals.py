@@ -631,6 +631,7 @@ REFUSALS = [  # (English with {} for values, Chinese, Russian)
     ("reward {} ± {}", "奖励 {0} ± {1}", "награда {0} ± {1}"),
     ("reply length {} tokens", "回复长度 {0} 个 token", "длина ответа {0} токенов"),
     ("{} GPUs, peak memory per GPU: {}", "{0} 块 GPU，每块峰值显存：{1}", "{0} GPU, пик памяти на каждой: {1}"),
+    ("⚠ {}", "⚠ {0}", "⚠ {0}"),  # the Train tab's data check: a warning sign, then the engine's sentence
     # the hub refusing a model (engine.core.hub_id.refusal), a LoRA adapter given as the model (adapter_source)
     (
         "'{}' is gated, and this shared app downloads without this machine's Hugging Face token: {}, or put the "
