@@ -267,7 +267,7 @@ def test_a_reloaded_page_follows_the_running_evaluation_and_stops_it(tiny_llama,
     try:
         assert answering.wait(120)
         key, text, _, _, stop, timer = eval_tab.follow()  # the reloaded page loads
-        assert key == "old-page" and text.startswith("Evaluating… `evaluate: ")
+        assert key == "old-page" and text == f"Evaluating… `{tiny_llama.name}`: answering 9 questions"
         assert stop.interactive is True and timer.active
         assert eval_tab.follow(key)[4].interactive is True  # its timer's ticks
         eval_tab.stop_evaluation(key, gr.Request(session_hash="new-page"))  # the new page's Stop
@@ -359,8 +359,15 @@ def test_the_page_that_pressed_evaluate_shows_each_question_answered(tiny_llama,
     """Evaluate's page showed nothing but Gradio's spinner until the last answer, and a page reloaded meanwhile only
     "evaluate: base on 50 cases" (the engine logged a line per model). The engine now logs each answer written, and
     the page that pressed Evaluate follows its own evaluation as a reloaded page does: its first answer names the
-    evaluation and starts the timer whose ticks (`follow`) show the latest line, and the last one stops it."""
+    evaluation and starts the timer whose ticks (`follow`) show the latest line, and the last one stops it. The line
+    is said as a sentence, in the page's language (it was the engine's English log line, in code quotes)."""
+    from types import SimpleNamespace
+
     import gradio as gr
+    from gradio.context import LocalContext
+    from test_i18n import english_left
+
+    from ui import i18n
 
     monkeypatch.setenv("TUNESMITH_DECODE_KERNELS", "0")
     data = tmp_path / "qa.jsonl"
@@ -369,6 +376,11 @@ def test_the_page_that_pressed_evaluate_shows_each_question_answered(tiny_llama,
     api.evaluate([str(tiny_llama)], str(data), False, limit=3, max_new_tokens=4, save=False, log=lines.append)
     answered = [line for line in lines if ": answered " in line]
     assert answered == [f"evaluate: {tiny_llama.name}: answered {n} of 3" for n in (1, 2, 3)], lines
+    for line in (line for line in lines if line.startswith("evaluate: ")):  # the model, each answer, the loss pass
+        shown = eval_tab._progress(SimpleNamespace(line=line))
+        assert shown.startswith(f"Evaluating… `{tiny_llama.name}`: ") and "evaluate:" not in shown, shown
+        for lang in ("zh", "ru"):  # were the engine's English line, in code quotes
+            assert not english_left(i18n.message(shown, lang)), i18n.message(shown, lang)
 
     request = gr.Request(session_hash="page-progress")
     steps = eval_tab.evaluating([str(tiny_llama)], [], False, str(data), "", "", "", 3, 4, request)
@@ -376,7 +388,14 @@ def test_the_page_that_pressed_evaluate_shows_each_question_answered(tiny_llama,
     assert key == "page-progress" and text == "Evaluating…" and stop.interactive is True and timer.active
     evaluation = eval_tab._EVALS[key]
     evaluation.log("evaluate: tiny-llama: answered 2 of 3")  # as the engine does after the second answer
-    assert eval_tab.follow(key)[1] == "Evaluating… `evaluate: tiny-llama: answered 2 of 3`"  # a tick of the timer
+    assert eval_tab.follow(key)[1] == "Evaluating… `tiny-llama`: answered 2 of 3 questions"  # a tick of the timer
+    i18n.SESSIONS["page-progress"] = "ru"  # the page switched to Russian meanwhile
+    token = LocalContext.request.set(request)  # the tick answers that page, as in its event
+    try:
+        assert eval_tab.follow(key)[1] == "Оценка… `tiny-llama`: отвечено вопросов: 2 из 3"
+    finally:
+        LocalContext.request.reset(token)
+        i18n.SESSIONS.pop("page-progress")
     key, text, table, _, stop, timer = next(steps)
     assert key == "" and text.startswith("3 questions from `") and not timer.active and stop.interactive is False
     assert evaluation.line.endswith("the loss of the 3 reference answers") and table is not None

@@ -1,9 +1,11 @@
 """The language switch without a browser: every text the app shows has a Chinese and a Russian entry, the switch
 translates labels, help lines, choices and axis titles, and live messages are translated whole by template."""
 
+import ast
 import asyncio
 import json
 import re
+from pathlib import Path
 
 import gradio as gr
 import pytest
@@ -11,6 +13,8 @@ from gradio.context import LocalContext
 from gradio.state_holder import SessionState
 
 from ui import i18n
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # Shown as they are in every language: names, file names and code-like values.
 ALLOWED = {
@@ -368,7 +372,8 @@ def test_save_start_delete_and_download_answer_in_the_pages_language(runs, tiny_
     """On a translated page "**Not saved:** ..." and the command under Save as job.yaml, Start's "**Check:** ..."
     warning, the Delete question and its refusal, and the Model tab's download lines stayed English (built as English
     literals and never passed through `say`); and a refusal or warning Start wrote in the page's language was not
-    recognised as one: no notice under the buttons, and pressing Start again on the warned settings warned again."""
+    recognised as one: no notice under the buttons, and pressing Start again on the warned settings warned again.
+    The refusal of a model the hub cannot read ("Could not read the config of ...") stayed English too."""
     from test_train_view import form
 
     from engine.api import DownloadStatus
@@ -415,6 +420,242 @@ def test_save_start_delete_and_download_answer_in_the_pages_language(runs, tiny_
         lines[0] == {"zh": "正在下载 `a/b`：5.0 / 10.0 MB（50%）", "ru": "Скачивание `a/b`: 5.0 из 10.0 МБ (50%)"}[lang]
     )
     assert lines[2].startswith({"zh": "**下载失败：**", "ru": "**Скачивание не удалось:**"}[lang])
-    for text in (not_saved, batch, command, check, nothing_picked, question, *lines):  # refused: the engine's reason
+    assert "'no-such-folder/model'" in refused  # the engine's reason: the hub id that could not be read
+    for text in (not_saved, batch, command, check, refused, nothing_picked, question, *lines):
         assert not english_left(text), text
     assert not runs.exists() or not list(runs.iterdir())  # nothing started
+
+
+# Refusals the app never shows: the command line's own (its flags, its environment variables) and the checks of the
+# project's own data files (presets/*.yaml, presets/machines.yaml: tests/test_presets.py loads them all).
+NOT_SHOWN = {
+    ("engine/__main__.py", "*"): "the command line",
+    ("engine/export/evaluate.py", "parse_rewards"): "python -m engine eval --reward",
+    ("engine/training/grpo.py", "choose_sampler"): "the TUNESMITH_GRPO_SAMPLER environment variable",
+    ("engine/models/machines.py", "*"): "presets/machines.yaml, named only by python -m engine estimate --machine",
+    ("engine/models/presets.py", "_load_entry"): "presets/*.yaml",
+    ("engine/models/presets.py", "load_tier"): "presets/*.yaml",
+}
+SAMPLE = "7"  # what each {value} of a message becomes: fits the templates' (\d+), (\S+), '(.*)' and (`.*`)
+SAMPLES = {  # (file, expression): values as the engine fills them in, where templates read them more narrowly
+    ("engine/data/formats.py", "where"): ["data.jsonl: row 7"],
+    ("engine/training/preference.py", "where"): ["data.jsonl: row 7"],
+    ("engine/data/reading.py", "what"): ["line"],
+    ("engine/data/reading.py", "where"): ["row 7", "on the hub"],  # two functions, each its own
+    ("engine/spec/jobspec.py", "where"): [" at line 7"],
+    ("engine/spec/rewards.py", "where"): ["Reward 7"],
+    ("engine/chat/infer.py", "owner"): ["of 'run'"],
+    ("engine/chat/infer.py", "fix"): ["Clear the chat"],
+    ("engine/chat/infer.py", "limit"): ["the model's context"],
+    ("engine/core/hub_id.py", "kind"): ["is gated", "is not on the hub or is private"],
+    ("engine/memory/verdict.py", "where"): ["a lower budget (TUNESMITH_VRAM_GIB), ", ""],
+    ("engine/memory/verdict.py", "kept"): [
+        "The run saved step 7; resume continues from it",
+        "It ran out while updating the weights, so resume continues from the latest checkpoint",
+    ],
+    ("engine/spec/objectives.py", "NAMES[objective]"): ["DPO", "Chat fine-tuning (SFT)"],
+    ("engine/spec/objectives.py", "NEEDS[objective]"): ["preference pairs (prompt, chosen and rejected columns)"],
+    ("engine/spec/objectives.py", "hint"): [" It suits Chat fine-tuning (SFT).", ""],
+    ("engine/data/formats.py", "sorted(row)"): ["['Instruction', 'Output']"],
+    ("engine/data/formats.py", "hint"): [
+        "use prompt, chosen and rejected columns, or map yours (e.g. question=prompt)"
+    ],
+    ("engine/memory/offload.py", "kept"): [""],
+    ("engine/training/launch.py", "one_gpu"): ["DPO trains on one GPU for now"],
+    ("engine/models/prequantized.py", "instead"): ["load its 16-bit original 'org/model'"],
+}
+
+
+def _render(node, constants: dict, file: str = "", k: int = 0) -> str | None:
+    """The text of a message expression with each value replaced by a sample (the k-th where SAMPLES has several);
+    None where it is not a literal."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        parts = []
+        for value in node.values:
+            if isinstance(value, ast.Constant):
+                parts.append(value.value)
+            elif isinstance(value.value, ast.IfExp):  # {'' if n == 1 else 's'}: one branch, then the other
+                text = _render(value.value.orelse if k else value.value.body, constants, file, k)
+                parts.append(SAMPLE if text is None else text)
+            elif isinstance(value.value, ast.Name) and value.value.id in constants:  # {HOW_TO_LEND}
+                parts.append(constants[value.value.id])
+            else:
+                samples = SAMPLES.get((file, ast.unparse(value.value)), [SAMPLE])
+                sample = samples[min(k, len(samples) - 1)]
+                parts.append(repr(sample) if value.conversion == ord("r") else sample)
+        return "".join(parts)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        left, right = _render(node.left, constants, file, k), _render(node.right, constants, file, k)
+        return None if left is None or right is None else left + right
+    if isinstance(node, ast.IfExp):  # ("; ..." if x else ""): the longer sentence
+        return _render(node.body, constants, file, k)
+    if isinstance(node, (ast.Name, ast.Attribute)):
+        return constants.get(node.id if isinstance(node, ast.Name) else node.attr)
+    return None
+
+
+def _modules() -> dict[str, tuple[ast.Module, dict, dict]]:
+    """Every engine and ui module: file -> (its tree, its string constants, the functions it imports from the engine as
+    local name -> (file, function))."""
+    modules = {}
+    for path in sorted([*(ROOT / "engine").rglob("*.py"), *(ROOT / "ui").glob("*.py")]):  # the tabs refuse too
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        constants, imported = {}, {}
+        for node in _outside_functions(tree):  # a module's or a class's constants, not a function's variables
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                text = _render(node.value, {})
+                if text is not None:
+                    constants[node.targets[0].id] = text
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("engine."):
+                file = node.module.replace(".", "/")
+                file = f"{file}.py" if (ROOT / f"{file}.py").exists() else f"{file}/__init__.py"
+                imported |= {alias.asname or alias.name: (file, alias.name) for alias in node.names}
+        modules[path.relative_to(ROOT).as_posix()] = (tree, constants, imported)
+    for _, constants, imported in modules.values():  # a constant imported from another engine module
+        constants |= {
+            local: modules[file][1][name]
+            for local, (file, name) in imported.items()
+            if name in modules.get(file, ((), {}))[1]
+        }
+    return modules
+
+
+def _messages(node, file: str, modules: dict, scope=None) -> list[tuple[object, str]]:
+    """The expressions (with the file each is in) a UserError's message may be: the expression itself, each side
+    of `a or b`, each string a helper function of the engine called there returns, and for a variable of the
+    function `scope` (`problem = format_problem(...)`, `ok, why = supported(...)`) those its helper returns."""
+    if isinstance(node, ast.BoolOp):
+        return [m for value in node.values for m in _messages(value, file, modules)]
+    if isinstance(node, ast.Name) and scope is not None:
+        found = []
+        for n in ast.walk(scope):
+            targets = [n.target] if isinstance(n, ast.NamedExpr) else n.targets if isinstance(n, ast.Assign) else []
+            for target in targets:
+                names = [e for e in getattr(target, "elts", [target]) if isinstance(e, ast.Name)]
+                if node.id in [e.id for e in names] and isinstance(n.value, ast.Call):
+                    at = [e.id for e in names].index(node.id) if isinstance(target, ast.Tuple) else None
+                    for value, where in _messages(n.value, file, modules):
+                        if at is None:
+                            found.append((value, where))
+                        elif isinstance(value, ast.Tuple):  # the variable's element of each returned tuple
+                            found.append((value.elts[at], where))
+        return found or [(node, file)]
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        tree, _, imported = modules[file]
+        where, name = imported.get(node.func.id, (file, node.func.id))
+        if where in modules:
+            defs = [n for n in ast.walk(modules[where][0]) if isinstance(n, ast.FunctionDef) and n.name == name]
+            return [(r.value, where) for d in defs[:1] for r in ast.walk(d) if isinstance(r, ast.Return) and r.value]
+    return [(node, file)]
+
+
+def engine_refusals() -> list[tuple[str, tuple[str, ...]]]:
+    """(file:line, its sentence with sample values, in each way SAMPLES fills it in) of every UserError the engine
+    raises with a literal message: a string, an f-string, their concatenation, a constant of its module (a class's
+    too), or what a helper function returns that way. A message kept in a variable first is not seen here."""
+    found = []
+    modules = _modules()
+    for name, (tree, _, _) in modules.items():
+        for function in [tree, *(n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)))]:
+            where = getattr(function, "name", "*")
+            if (name, "*") in NOT_SHOWN or (name, where) in NOT_SHOWN:
+                continue
+            calls = ast.walk(function) if function is not tree else _outside_functions(tree)
+            for call in calls:
+                callee = getattr(call, "func", None)
+                if not isinstance(call, ast.Call) or getattr(callee, "id", getattr(callee, "attr", "")) != "UserError":
+                    continue
+                for message, file in _messages(call.args[0], name, modules, function) if call.args else []:
+                    texts = {_render(message, modules[file][1], file, k) for k in (0, 1)}
+                    if None not in texts and "" not in texts:  # "": a helper's "no sentence" (url_hint)
+                        found.append((f"{file}:{message.lineno}", tuple(sorted(texts))))
+    return sorted(set(found))
+
+
+def _outside_functions(tree):
+    """The nodes of a module that lie outside its functions."""
+    todo = list(ast.iter_child_nodes(tree))
+    while todo:
+        node = todo.pop()
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield node
+            todo.extend(ast.iter_child_nodes(node))
+
+
+def test_every_engine_refusal_has_chinese_and_russian():
+    """Every sentence the engine refuses with (a UserError with a literal message: the tabs show it, after their
+    "**Not started:**" and the like) comes out in Chinese and Russian with no English sentence left; a library's
+    reason in brackets and quoted names stay. An engine sentence added without a template fails here."""
+    refusals = engine_refusals()
+    assert len(refusals) > 200  # the scan sees the engine's refusals (258 when written)
+    missing = []
+    for where, sentences in refusals:
+        for lang in ("zh", "ru"):
+            translated = [i18n.message(sentence, lang) for sentence in sentences]
+            library = [re.sub(r"（[^）]*）|\([^)]*\)", "", text) for text in translated]  # a library's reason stays
+            if all(t == s or english_left(b) for t, s, b in zip(translated, sentences, library, strict=True)):
+                missing.append(f"{where} [{lang}]: {translated[0]}")
+    assert not missing, "no template in ui/i18n_*.py for:\n" + "\n".join(missing)
+
+
+def test_each_refusal_template_fills_in_every_value():
+    """The Chinese and Russian of each refusal template (ui/i18n_refusals.py, i18n_jobs.py) place each of the
+    English sentence's values exactly where a {n} says, none left out and none beyond them (str.format would raise
+    on the page)."""
+    import string
+
+    from ui import i18n_jobs, i18n_refusals
+
+    for english, *translations in i18n_refusals.REFUSALS + i18n_jobs.REFUSALS:
+        values = english.count("{}")
+        assert re.fullmatch(i18n_refusals.template(english), english.replace("{}", "x")), english
+        for text in translations:
+            used = {int(f) for _, f, _, _ in string.Formatter().parse(text) if f}
+            assert used == set(range(values)), (english, text)
+            text.format(*["x"] * values)
+
+
+@pytest.mark.parametrize("lang", ["zh", "ru"])
+def test_the_metric_lines_of_preference_grpo_and_multi_gpu_runs_are_translated(lang, tmp_path):
+    """The Train tab's status of a DPO/ORPO run (margin, pairs ranked right), a GRPO run (reward, reply length) and a
+    run on several GPUs (peak memory per GPU) stayed English on a translated page."""
+    from engine.api import RunStatus
+    from ui import train_tab
+
+    step = dict(step=3, loss=0.5, lr=2e-4, grad_norm=0.5, tokens_per_s=1200.0, memory_gb=3.2)
+    step |= dict(margin=0.123, chosen_reward=0.1, rejected_reward=-0.02, accuracy=0.75)  # DPO/ORPO
+    step |= dict(reward_mean=0.5, reward_std=0.1, reply_length=40.0, peak_memory_gb_per_gpu=[3.0, 3.1])
+    st = RunStatus("r", tmp_path, "running", "training", 3, 10, metrics=[step])
+    request = gr.Request(session_hash=f"page-metrics-{lang}")
+    i18n.SESSIONS[request.session_hash] = lang
+    token = LocalContext.request.set(request)  # the handler answers this page, as in an event
+    try:
+        status = train_tab.status_view(st)[0]
+    finally:
+        LocalContext.request.reset(token)
+        i18n.SESSIONS.pop(request.session_hash)
+    assert "0.123" in status and "75%" in status and "40" in status and "3.00 · 3.10" in status
+    assert not english_left(status), status
+
+
+@pytest.mark.parametrize("lang", ["zh", "ru"])
+def test_the_train_tabs_data_check_answers_in_the_pages_language(lang, identity_file, tmp_path):
+    """The line under the objective ("⚠ DPO needs preference pairs ...; this dataset is alpaca. It suits Chat
+    fine-tuning (SFT).", "✅ The dataset (alpaca) suits this objective.") was never passed through `say`, and the
+    engine's sentence had no template: English on a translated page."""
+    from ui import train_tab
+
+    request = gr.Request(session_hash=f"page-data-note-{lang}")
+    i18n.SESSIONS[request.session_hash] = lang
+    token = LocalContext.request.set(request)  # the handler answers this page, as in an event
+    try:
+        notes = [train_tab.data_note(objective, str(identity_file), "", "", "train") for objective in ("dpo", "sft")]
+    finally:
+        LocalContext.request.reset(token)
+        i18n.SESSIONS.pop(request.session_hash)
+    assert notes[0].startswith("⚠ ") and notes[1].startswith("✅ ") and "alpaca" in notes[0], notes
+    for note in notes:
+        assert not english_left(note), note

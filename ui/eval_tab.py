@@ -4,6 +4,7 @@ of two or more runs (the settings that differ, the loss curves on one plot, thei
 validation series the Train tab's loss plot adds (`with_validation`)."""
 
 import contextlib
+import re
 import threading
 
 import gradio as gr
@@ -70,8 +71,25 @@ def follow(key: str = ""):
     return key, _progress(evaluation), gr.update(), gr.update(), gr.Button(interactive=True), gr.Timer(active=True)
 
 
+# The engine's progress lines (engine.export.evaluate), said as the tab's sentences so that `i18n.say` translates
+# them; any other line logged meanwhile (the model loading) is shown as the log line it is, in code quotes.
+PROGRESS = (
+    (re.compile(r"evaluate: (.+): answered (\d+) of (\d+)"), "`{0}`: answered {1} of {2} question{s}"),
+    (
+        re.compile(r"evaluate: (.+): the loss of the (\d+) reference answers"),
+        "`{0}`: measuring the loss on the {1} reference answer{s}",
+    ),
+    (re.compile(r"evaluate: (.+) on (\d+) cases"), "`{0}`: answering {1} question{s}"),
+)
+
+
 def _progress(evaluation) -> str:
-    return i18n.say("Evaluating…") + (f" `{evaluation.line}`" if evaluation.line else "")
+    line = evaluation.line
+    for pattern, sentence in PROGRESS:
+        if m := pattern.fullmatch(line):
+            plural = "" if m.groups()[-1] == "1" else "s"  # the last number is the count
+            return i18n.say("Evaluating… " + sentence.format(*m.groups(), s=plural))
+    return i18n.say("Evaluating…") + (f" `{line}`" if line else "")
 
 
 def _shown(outputs) -> tuple:

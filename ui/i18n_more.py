@@ -7,7 +7,7 @@ Kept apart from i18n.py so that the mechanism stays short; i18n.STRINGS includes
 
 import re
 
-from ui import i18n_engine
+from ui import i18n_engine, i18n_jobs, i18n_refusals
 
 STRINGS = {  # English: (Chinese, Russian)
     # Model and Data tabs
@@ -363,6 +363,18 @@ MESSAGES += [  # the engine's most common refusals, as the UI shows them
     (r"Exporting… (.*)", "正在导出… {0}", "Экспорт… {0}"),
     (r"No export to cancel\.", "没有可取消的导出。", "Нет экспорта для отмены."),
     (r"Evaluating…(.*)", "正在评估…{0}", "Оценка…{0}"),
+    # its progress (ui.eval_tab.PROGRESS): the model in code quotes, then how far it has got
+    (r"(`.*`): answering (\d+) questions?", "{0}：正在回答 {1} 个问题", "{0}: отвечает на вопросы ({1})"),
+    (
+        r"(`.*`): answered (\d+) of (\d+) questions?",
+        "{0}：已回答 {1}/{2} 个问题",
+        "{0}: отвечено вопросов: {1} из {2}",
+    ),
+    (
+        r"(`.*`): measuring the loss on the (\d+) reference answers?",
+        "{0}：正在计算 {1} 个参考答案上的损失",
+        "{0}: считаются потери на эталонных ответах ({1})",
+    ),
     (
         r"The evaluation stopped with an error; see the app's log\.",
         "评估因错误而停止；请查看应用的日志。",
@@ -520,6 +532,13 @@ MESSAGES += [  # the engine's most common refusals, as the UI shows them
         "模型文件夹 '{0}' 不存在；请给出已有文件夹或 Hub ID。",
         "Папки модели '{0}' нет; укажите существующую папку или ID на хабе.",
     ),
+    (  # a hub id that cannot be read (engine.api.models): offline, misspelt, or gone
+        r"Could not read the config of '(.*)' from the hub \((.*)\), and it is not in the local cache; check the "
+        r"name and the connection, or give a local folder\.",
+        "无法从 Hub 读取 '{0}' 的配置（{1}），本地缓存中也没有；请检查名称和网络连接，或给出本地文件夹。",
+        "Не удалось прочитать конфигурацию '{0}' с хаба ({1}), и в локальном кеше её нет; проверьте название и "
+        "подключение или укажите локальную папку.",
+    ),
 ]
 MESSAGES += [  # the Model tab's fit line and the Data tab's summary
     (r"this GPU \((\S+) GiB\)", "此 GPU（{0} GiB）", "в эту GPU ({0} ГиБ)"),
@@ -580,4 +599,5 @@ MESSAGES += [  # the Model tab's fit line and the Data tab's summary
 ]
 STRINGS.update(i18n_engine.STRINGS)
 MESSAGES += i18n_engine.MESSAGES
+MESSAGES += i18n_refusals.MESSAGES + i18n_jobs.MESSAGES
 PATTERNS = [(re.compile(english), zh, ru) for english, zh, ru in MESSAGES]

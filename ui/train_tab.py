@@ -161,8 +161,8 @@ def data_note(objective, data, mapping, config, split, use_answer=False, answer_
     try:
         fmt = api.check_data(data, objective, parse_mapping(mapping), config or "", split or "train", rewards)
     except api.UserError as e:
-        return f"⚠ {e}"
-    return f"✅ The dataset ({fmt}) suits this objective."
+        return i18n.say(f"⚠ {e}")
+    return i18n.say(f"✅ The dataset ({fmt}) suits this objective.")
 
 
 def show_settings(objective: str):

@@ -123,7 +123,8 @@ def test_a_reloaded_page_follows_the_running_evaluation_and_stops_it(page, serve
     """After a reload the running evaluation belonged to the old page: the new one showed nothing and its Stop stayed
     disabled. The reloaded page finds it as it loads: 'Evaluating…', Stop enabled, and Stop heard. The page that
     pressed Evaluate shows each question answered (it showed only Gradio's spinner until the end), and the answer
-    the reloaded page shows, once switched to Russian, is in Russian (it was in the starting page's English)."""
+    the reloaded page shows, once switched to Russian, is in Russian (it was in the starting page's English), as is
+    the progress line (it was the engine's English log line in code quotes)."""
     import json
 
     questions = server[1] / "many-questions.jsonl"
@@ -139,7 +140,7 @@ def test_a_reloaded_page_follows_the_running_evaluation_and_stops_it(page, serve
     page.get_by_label("Longest answer (tokens)").fill("64")
     page.get_by_role("button", name="Evaluate", exact=True).click()
     wait_enabled(page.get_by_role("button", name="Stop", exact=True).last, True)
-    answered = re.compile(r"^Evaluating… evaluate: .+: answered (\d+) of 300$")
+    answered = re.compile(r"^Evaluating… .+: answered (\d+) of 300 questions$")
     page.get_by_text(answered).wait_for(timeout=120_000)  # on the page that pressed Evaluate, question by question
     first = int(answered.match(page.get_by_text(answered).inner_text())[1])
     page.wait_for_function(
@@ -153,7 +154,7 @@ def test_a_reloaded_page_follows_the_running_evaluation_and_stops_it(page, serve
     page.get_by_text(answered).wait_for()
     shot(page, "eval-6-followed-after-reload")
     page.get_by_role("radio", name="Русский").check()
-    page.get_by_text(re.compile(r"^Оценка… evaluate: ")).wait_for()
+    page.get_by_text(re.compile(r"^Оценка… .+: отвечено вопросов: \d+ из 300$")).wait_for()
     stop = page.get_by_role("button", name="Остановить", exact=True).last
     stop.click()
     page.get_by_text("Оценка остановлена: Ничего не сохранено.").wait_for(timeout=120_000)
