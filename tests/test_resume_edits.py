@@ -228,3 +228,45 @@ def test_a_data_revision_in_job_yaml_is_a_commit():
     with pytest.raises(UserError, match=r"'data_revision' is 'main'; give a commit .*40 hex digits"):
         JobSpec.from_yaml("model: m\ndata: someone/identity\ndata_revision: main\n")
     assert JobSpec.from_yaml(f"model: m\ndata: d\neval_data_revision: {'c' * 40}\n").eval_data_revision == "c" * 40
+
+
+def dataset_folder(folder: Path, mtime_ns: int) -> Path:
+    folder.mkdir()
+    for name in ("part-1.jsonl", "part-2.jsonl"):
+        (folder / name).write_text(json.dumps({"instruction": name, "output": "Tuney."}) + "\n")
+        os.utime(folder / name, ns=(mtime_ns, mtime_ns))
+    return folder
+
+
+def test_an_edited_dataset_folder_is_refused_on_resume(tiny_llama, tmp_path):
+    """A dataset folder (its files read as one dataset) was compared by its name alone: a resume after a file of it
+    was edited, added or removed trained on other rows at each step. Its files are hashed as one data file is, and
+    their sizes and modification times kept, so a resume of an untouched folder reads none of them."""
+    old = time.time_ns() - MINUTE_NS
+    folder = dataset_folder(tmp_path / "identity", old)
+    big_file(folder / "part-3.jsonl", old)
+    spec = tiny_spec(tiny_llama, folder, max_steps=6)
+    run_dir = run_with_checkpoint(tmp_path)
+    check_and_record(run_dir, spec, resume=False)
+    before = bytes_read()
+    assert changed_settings(run_dir, spec) == []
+    check_and_record(run_dir, spec, resume=True)
+    assert bytes_read() - before < SIZE // 16
+
+    shutil.copytree(folder, tmp_path / "moved")  # the same files elsewhere: the same data
+    assert changed_settings(run_dir, spec.replace(data=str(tmp_path / "moved"))) == []
+    with open(folder / "part-1.jsonl", "a") as f:
+        f.write(json.dumps({"instruction": "Who?", "output": "Other."}) + "\n")
+    assert changed_settings(run_dir, spec) == ["data (its content)"]
+    with pytest.raises(UserError, match=r"\(data \(its content\)\)"):
+        check_and_record(run_dir, spec, resume=True)
+    shutil.copy(tmp_path / "moved" / "part-1.jsonl", folder)  # put back
+    assert changed_settings(run_dir, spec) == []
+    (folder / "part-4.jsonl").write_text((folder / "part-1.jsonl").read_text())  # a file added
+    assert changed_settings(run_dir, spec) == ["data (its content)"]
+    (folder / "part-4.jsonl").unlink()
+    (folder / "part-2.jsonl").rename(tmp_path / "part-2.jsonl")  # a file removed
+    assert changed_settings(run_dir, spec) == ["data (its content)"]
+    (tmp_path / "part-2.jsonl").rename(folder / "part-2.jsonl")
+    (folder / ".notes.jsonl").write_text("not data\n")  # hidden files are no part of a dataset (datasets skips them)
+    assert changed_settings(run_dir, spec) == []

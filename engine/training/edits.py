@@ -6,10 +6,11 @@ the training process records the job its checkpoints are made with (trained_job.
 compares job.yaml with it: settings outside HONOURED that changed are refused with one sentence, before a process
 starts where api.resume can tell. A run whose checkpoints predate the record resumes as before, unchecked.
 
-A local data file is compared by its sha256. Hashing a file of gigabytes takes seconds, and a resume checks twice
-(api.resume, then the training process), so the record keeps the file's size and modification time beside the hash
-(`<key>_file`) and a check whose file still has them takes the recorded hash without reading it, as git and make
-trust a file's stat. An edit that keeps both (the time set back by hand to the nanosecond) goes unseen.
+A local data file or dataset folder is compared by its sha256 (a folder's over its files, their names and sizes).
+Hashing gigabytes takes seconds, and a resume checks twice (api.resume, then the training process), so the record
+keeps the files' sizes and modification times beside the hash (`<key>_file`) and a check whose files still have them
+takes the recorded hash without reading them, as git and make trust a file's stat. An edit that keeps both (the time
+set back by hand to the nanosecond) goes unseen.
 
 A hub dataset's rows change with its owner's commits: the record keeps the commit the run reads (`<key>_revision`),
 and every process of the run reads that commit (`pinned`), a resume's too, whatever the hub's latest is then.
@@ -67,11 +68,11 @@ def record_path(run_dir: Path) -> Path:
 
 
 def job_record(spec, processes: int | None = None, saved: dict | None = None, resume: bool = False) -> dict:
-    """The settings of `spec` a resume cannot honour a change of, with the content hash of a local data file (an
-    edited file changes the rows behind each step) and a hub dataset's commit. `processes`: the ranks the run trains
-    on (engine.training.launch plan_launch; None: `gpus`, at least one, as on the CPU). `saved`: the run's record so
-    far, whose hash of a file is taken again where the file's path, size and modification time are those recorded
-    with it; with `resume`, whose hub commit is the one read (`_hub_commit`)."""
+    """The settings of `spec` a resume cannot honour a change of, with the content hash of local data (an edited
+    file changes the rows behind each step) and a hub dataset's commit. `processes`: the ranks the run trains on
+    (engine.training.launch plan_launch; None: `gpus`, at least one, as on the CPU). `saved`: the run's record so
+    far, whose hash of a file or folder is taken again where its files' paths, sizes and modification times are
+    those recorded with it; with `resume`, whose hub commit is the one read (`_hub_commit`)."""
     kept = HONOURED | DERIVED | {"gpus", "grad_accum"}
     record = json.loads(json.dumps({k: v for k, v in dataclasses.asdict(spec).items() if k not in kept}))  # as read
     # a step is batch_size x grad_accum x the GPU count examples: a checkpoint resumes on another count of GPUs with
@@ -79,19 +80,20 @@ def job_record(spec, processes: int | None = None, saved: dict | None = None, re
     record[SPREAD] = spec.grad_accum * (processes or max(1, spec.gpus))
     for key in DATA:
         path = Path(getattr(spec, key)).expanduser() if getattr(spec, key) else None
-        if path is None or not path.is_file():
-            # a hub dataset's commit: the hub's rows of a name change with its new commits (None: a folder, none)
+        if path is None or not (path.is_file() or path.is_dir()):
+            # a hub dataset's commit: the hub's rows of a name change with its new commits (None: none, a file this
+            # process cannot find)
             if path is not None and (revision := _hub_commit(spec, key, saved if resume else None)) is not None:
                 record[f"{key}_revision"] = revision
             continue
         seen = _stat(path)
         # a file modified within RACY_NS before its stat may be modified again within the filesystem's timestamp
         # resolution without its time moving (git's "racy clean"): its stat is not kept, so the next check hashes it
-        settled = time.time_ns() - seen["mtime_ns"] > RACY_NS
+        settled = all(time.time_ns() - f["mtime_ns"] > RACY_NS for f in seen.get("files", [seen]))
         if saved and saved.get(f"{key}_file") == seen and saved.get(f"{key}_sha256"):
             record[f"{key}_sha256"] = saved[f"{key}_sha256"]
         else:
-            record[f"{key}_sha256"] = _sha256(path)
+            record[f"{key}_sha256"] = _sha256(path, seen)
         if settled:
             record[f"{key}_file"] = seen
     return record
@@ -130,18 +132,41 @@ def pinned(spec, record: dict | None):
     return spec.replace(**pins) if pins else spec
 
 
-def _stat(file: Path) -> dict:
+def _stat(path: Path) -> dict:
     """What tells a file's content has not changed since it was hashed: where it is, its size and modification
-    time (taken before the hash is, so a write during the hashing changes the time the next check sees)."""
-    st = file.stat()
-    return {"path": str(file.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    time (taken before the hash is, so a write during the hashing changes the time the next check sees); for a
+    folder, each of its data files' (`_files`) path within it, size and time."""
+    if path.is_dir():
+        files = []
+        for file in _files(path):
+            st = file.stat()
+            files.append({"name": file.relative_to(path).as_posix(), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+        return {"path": str(path.resolve()), "files": files}
+    st = path.stat()
+    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _sha256(file: Path) -> str:
+def _files(folder: Path) -> list[Path]:
+    """The files of a dataset folder its rows may come from, in name order: all but hidden ones and those under a
+    folder named '__...' (datasets leaves them out)."""
+    files = []
+    for file in sorted(folder.rglob("*")):
+        if file.is_file() and not any(p.startswith((".", "__")) for p in file.relative_to(folder).parts):
+            files.append(file)
+    return files
+
+
+def _sha256(path: Path, seen: dict) -> str:
+    """A file's sha256; a folder's over each of its files (`seen`'s) name, size and bytes, so a file renamed, added or
+    removed changes it too."""
     digest = hashlib.sha256()
-    with open(file, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
+    for part in seen.get("files", [None]):
+        file = path / part["name"] if part is not None else path
+        if part is not None:
+            digest.update(f"{part['name']}\0{part['size']}\0".encode())
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
     return digest.hexdigest()
 
 
