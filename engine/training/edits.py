@@ -73,8 +73,9 @@ def job_record(spec, processes: int | None = None, saved: dict | None = None, re
     (engine.training.launch plan_launch; None: `gpus`, at least one, as on the CPU). `saved`: the run's record so
     far, whose hash of a file or folder is taken again where its files' paths, sizes and modification times are
     those recorded with it; with `resume`, whose hub commit is the one read (`_hub_commit`)."""
-    kept = HONOURED | DERIVED | {"gpus", "grad_accum"}
-    record = json.loads(json.dumps({k: v for k, v in dataclasses.asdict(spec).items() if k not in kept}))  # as read
+    left_out = HONOURED | DERIVED | {"gpus", "grad_accum"}  # a hub commit asked in job.yaml: the one read, below
+    settings = {k: v for k, v in dataclasses.asdict(spec).items() if k not in left_out}
+    record = json.loads(json.dumps(settings))  # tuples as lists, as the file reads back
     # a step is batch_size x grad_accum x the GPU count examples: a checkpoint resumes on another count of GPUs with
     # grad_accum changed to keep that product (README, "Several GPUs")
     record[SPREAD] = spec.grad_accum * (processes or max(1, spec.gpus))
