@@ -34,7 +34,8 @@ def eval_spec(spec):
     """The spec whose `data` is the validation set's file (its format detected on its own), or None when the job has
     no validation set; read its rows with `row_filter(spec, "eval")`."""
     if spec.eval_data:
-        return dataclasses.replace(spec, data=spec.eval_data, data_format="auto", data_split="train")
+        eval_only = dict(data=spec.eval_data, data_revision=spec.eval_data_revision, data_format="auto")
+        return dataclasses.replace(spec, **eval_only, data_split="train")
     if spec.eval_fraction:
         return spec
     return None

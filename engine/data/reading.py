@@ -7,6 +7,7 @@ import csv
 import itertools
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -235,13 +236,14 @@ def _text_folder_rows(files: list[Path]):
             yield n, row
 
 
-def iter_source(source: str, config: str = "", split: str = "train") -> Iterator[tuple[int, dict]]:
-    """Rows of a local file, or of a hub dataset (or local dataset folder) loaded through `datasets`."""
-    yield from source_rows(source, config, split)[1]
+def iter_source(source: str, config: str = "", split: str = "train", revision: str = "") -> Iterator[tuple[int, dict]]:
+    """Rows of a local file, or of a hub dataset (or local dataset folder) loaded through `datasets`; a hub dataset
+    at commit `revision` (empty: the latest)."""
+    yield from source_rows(source, config, split, revision=revision)[1]
 
 
 def source_rows(
-    source: str, config: str = "", split: str = "train", count: bool = False
+    source: str, config: str = "", split: str = "train", count: bool = False, revision: str = ""
 ) -> tuple[int | None, Iterator[tuple[int, dict]]]:
     """Like iter_source, with the last row number first where it is known (see file_rows, whose `count` it takes;
     hub datasets know their length), for progress reports."""
@@ -263,8 +265,12 @@ def source_rows(
 
     builder = None
     try:
-        # a folder by its expanded path: datasets takes '~/my_dataset' for a hub id
-        builder = datasets.load_dataset_builder(str(path) if path.is_dir() else source, config or None)
+        if path.is_dir():  # by its expanded path: datasets takes '~/my_dataset' for a hub id
+            builder = datasets.load_dataset_builder(str(path), config or None)
+        else:
+            builder = _hub_builder(source, config, revision)
+            if revision and builder.hash != revision:
+                raise _not_at(source, revision, "offline, and not in this machine's datasets cache")
         _check_files(source, path, builder.config.data_files or {})  # before anything is read
         builder.download_and_prepare()
         ds = builder.as_dataset(split=split)
@@ -288,29 +294,82 @@ def source_rows(
             f"Dataset folder '{path.name}' holds no data files; put .jsonl, .json, .csv or .parquet files in it."
         ) from None
     except (ConnectionError, OSError, datasets.exceptions.DatasetNotFoundError) as e:
+        if revision:  # the commit gone from the hub (a history squashed), or the hub out of reach
+            raise _not_at(source, revision, type(e).__name__) from None
         raise _not_loaded(source, e) from None
     return len(ds), ((i, dict(row)) for i, row in enumerate(ds, 1))
 
 
-def hub_revision(source: str, config: str = "") -> str | None:
-    """The commit of the hub dataset `source` that reading it now reads: the hub's latest, or offline the cached
-    copy's (datasets names a prepared copy's folder by it). None for a local file or folder, and where it cannot be
-    told (offline with no copy, a misspelt or gated name), where reading it fails with a sentence of its own."""
+def is_hub_dataset(source: str) -> bool:
+    """Whether `source` names a hub dataset: no file or folder of that name here, and no data file's name (a file
+    this process cannot see)."""
     from engine.core.hub_id import HUB_ID
 
     path = Path(os.path.expanduser(source))
-    if path.exists() or not HUB_ID.match(source) or path.suffix.lower() in SUFFIXES:  # a file this process cannot see
+    return not path.exists() and bool(HUB_ID.match(source)) and path.suffix.lower() not in SUFFIXES
+
+
+def hub_revision(source: str, config: str = "", revision: str = "") -> str | None:
+    """The commit of the hub dataset `source` that reading it now reads: `revision` where that commit can be read
+    (from the hub, or offline from the cache), else the hub's latest, or offline the cached copy's (datasets names a
+    prepared copy's folder by it). None for a local file or folder, and where it cannot be told (offline with no
+    copy of it, a misspelt or gated name), where reading it fails with a sentence of its own."""
+    if not is_hub_dataset(source):
         return None
-    import datasets
     import httpx
 
     try:
-        revision = datasets.load_dataset_builder(source, config or None).hash
+        found = _hub_builder(source, config, revision).hash
     # datasets' not-found, offline and data-file errors are OSErrors; a dataset script is a RuntimeError; the hub
     # client's own network errors are httpx's
     except (OSError, ValueError, RuntimeError, httpx.HTTPError):
         return None
-    return revision if isinstance(revision, str) else None
+    if not isinstance(found, str) or (revision and found != revision):
+        return None
+    return found
+
+
+COMMIT = re.compile(r"[0-9a-f]{40}")  # a git commit's id: what it names never changes
+_RESOLVED: dict[tuple, object] = {}  # (source, config, commit, datasets cache) -> its builder, in this process
+_RESOLVED_MAX = 8  # a run reads one or two datasets; the app's process may check a few runs' resumes
+
+
+def _hub_builder(source: str, config: str, revision: str):
+    """datasets' builder of hub dataset `source` at commit `revision` (empty: the latest). A builder of a commit is
+    kept for this process: the run's record resolves the commit (a request to the hub), and reading its rows takes
+    that resolution instead of asking again. Offline, datasets takes the latest cached copy whatever the revision:
+    the copy of `revision` is taken where the cache holds it (else the builder's hash is not `revision`)."""
+    import datasets
+    from datasets.packaged_modules.cache.cache import Cache
+
+    key = (source, config, revision, datasets.config.HF_DATASETS_CACHE)
+    if revision and (kept := _RESOLVED.get(key)) is not None:
+        if not isinstance(kept, Cache) or os.path.isdir(kept.cache_dir):  # a cached copy removed since
+            return kept
+    builder = datasets.load_dataset_builder(source, config or None, revision=revision or None)
+    if revision and isinstance(builder, Cache) and builder.hash != revision:
+        pinned = Cache(
+            cache_dir=os.path.expanduser(datasets.config.HF_DATASETS_CACHE),
+            repo_id=source,
+            dataset_name=builder.dataset_name,
+            config_name=builder.config.name,
+            version=str(builder.config.version),
+            hash=revision,
+        )
+        builder = pinned if os.path.isdir(pinned.cache_dir) else builder
+    if isinstance(builder.hash, str) and COMMIT.fullmatch(builder.hash):
+        if len(_RESOLVED) >= _RESOLVED_MAX:
+            _RESOLVED.pop(next(iter(_RESOLVED)))
+        _RESOLVED[key[:2] + (builder.hash, key[3])] = builder
+    return builder
+
+
+def _not_at(source: str, revision: str, why: str) -> UserError:
+    """The sentence for a hub dataset's commit (a resumed run's, or job.yaml's data_revision) that cannot be read."""
+    return UserError(
+        f"The run reads commit {revision[:12]} of the hub dataset '{source}', which cannot be read now ({why}): "
+        "connect to the network to download it, or start a new run to train on the dataset as it is now."
+    )
 
 
 def _not_loaded(source: str, e: Exception) -> UserError:

@@ -295,7 +295,7 @@ def batched_rows(
     from engine.data.heldout import row_filter
 
     source = Path(spec.data).name
-    total, rows = source_rows(spec.data, spec.data_config, spec.data_split, count=True)
+    total, rows = source_rows(spec.data, spec.data_config, spec.data_split, count=True, revision=spec.data_revision)
     progress = Progress(what, total, report, should_stop)
     keep = row_filter(spec, part)
     last = 0

@@ -19,6 +19,7 @@ import yaml
 
 from engine.core.errors import UserError
 from engine.data.formats import FORMATS
+from engine.data.reading import COMMIT
 from engine.data.templates import NAMES as TEMPLATE_NAMES
 from engine.spec import rewards
 from engine.spec.objectives import OBJECTIVES
@@ -104,6 +105,9 @@ class JobSpec:
     data_format: str = "auto"  # auto-detect, or alpaca / sharegpt / chatml
     data_config: str = ""  # hub datasets only: the configuration (subset) name
     data_split: str = "train"  # hub datasets only: the split to train on
+    # hub datasets only: the commit to read (its 40 hex digits); empty: the latest. A run records the commit it reads
+    # (trained_job.json) and a resume reads that one again, whatever the latest is then
+    data_revision: str = ""
     column_map: dict = field(default_factory=dict)  # {"your column": "field"}, e.g. {"question": "instruction"}
     chat_template: str = "auto"  # auto: the model's own (plain for base models); or chatml, llama-3, mistral, ...
     packing: bool = False  # pack short examples into full-length sequences: faster, same loss per example
@@ -157,6 +161,7 @@ class JobSpec:
     # every resume), or give `eval_data`, a separate file in any supported format; each pass costs a forward over it
     eval_fraction: float = 0.0
     eval_data: str = ""
+    eval_data_revision: str = ""  # a hub dataset's commit for eval_data, as data_revision is for data
     # optimizer steps between validation passes (0: about 10 over the run, and at the end); each new lowest eval_loss
     # saves those weights to best/step-N (the adapter; the whole model for full fine-tuning)
     eval_steps: int = 0
@@ -187,6 +192,12 @@ class JobSpec:
         if not self.data.strip():
             raise UserError("No dataset chosen: give a JSON or JSONL file.")
         rewards.check(self.rewards)
+        for key in ("data_revision", "eval_data_revision"):
+            if getattr(self, key) and not COMMIT.fullmatch(getattr(self, key)):
+                raise UserError(
+                    f"Job setting '{key}' is '{getattr(self, key)}'; give a commit of the hub dataset (its 40 hex "
+                    "digits, from the dataset's history page), or leave it empty to read the latest."
+                )
         if (self.eval_fraction or self.eval_data) and self.objective not in ("sft", "pretrain"):
             raise UserError(
                 f"Validation ('eval_fraction', 'eval_data') works with the sft and pretrain objectives, not "

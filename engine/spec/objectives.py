@@ -77,12 +77,13 @@ def check_data(
     config: str = "",
     split: str = "train",
     needs_columns: tuple[str, ...] = (),
+    revision: str = "",
 ) -> str:
     """The format of the dataset's first rows; a UserError when it does not suit `objective` or lacks a column
-    in `needs_columns` (e.g. the reference answer a reward reads)."""
+    in `needs_columns` (e.g. the reference answer a reward reads). `revision`: a hub dataset's commit to read."""
     name = Path(source).name
     fmt, columns = None, set()
-    for i, raw in itertools.islice(iter_source(source, config, split), DETECT_ROWS):
+    for i, raw in itertools.islice(iter_source(source, config, split, revision), DETECT_ROWS):
         row = map_columns(raw, column_map or {}, i, name)
         fmt = check_format(row, i, name, fmt, FORMATS_FOR[objective])
         columns |= set(row)

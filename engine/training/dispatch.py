@@ -12,15 +12,17 @@ def train(spec, run_dir: Path, runlog, resume: bool, should_stop, log) -> None:
 
     First, in a run of one process, a resume's edits of job.yaml that its checkpoints cannot go on with are refused,
     and the job the checkpoints are made with is recorded (engine.training.edits), before anything loads. The ranks
-    of a run of several leave that to their supervisor (engine.run), which did it before it launched them."""
+    of a run of several leave that to their supervisor (engine.run), which did it before it launched them. Every
+    process reads a hub dataset at the commit the record keeps (edits.pinned)."""
+    from engine.training.edits import check_and_record, pinned, read_record
     from engine.training.launch import worker_rank
 
     if worker_rank() is None:
-        from engine.training.edits import check_and_record
-
         Path(run_dir).mkdir(parents=True, exist_ok=True)  # engine.run's is the job's folder; a caller's may be new
-        check_and_record(run_dir, spec, resume, processes=1)
-    spec = _within_context(spec, runlog, log)
+        record = check_and_record(run_dir, spec, resume, processes=1)
+    else:
+        record = read_record(run_dir)
+    spec = _within_context(pinned(spec, record), runlog, log)
     if spec.objective in ("dpo", "orpo"):
         from engine.training.preference import train_preference
 

@@ -60,14 +60,16 @@ def check_first_rows(spec) -> str:
     from engine.spec.rewards import needed_columns
 
     if spec.data_format == "auto":
+        needs = needed_columns(spec.rewards)
         fmt = check_data(
-            spec.data, spec.objective, spec.column_map, spec.data_config, spec.data_split, needed_columns(spec.rewards)
+            spec.data, spec.objective, spec.column_map, spec.data_config, spec.data_split, needs, spec.data_revision
         )
     elif problem := format_problem(spec.objective, spec.data_format):
         raise UserError(problem)
     else:
         fmt = spec.data_format
     name = Path(spec.data).name
-    for i, raw in itertools.islice(iter_source(spec.data, spec.data_config, spec.data_split), DETECT_ROWS):
+    rows = iter_source(spec.data, spec.data_config, spec.data_split, spec.data_revision)
+    for i, raw in itertools.islice(rows, DETECT_ROWS):
         validate_row(map_columns(raw, spec.column_map, i, name), fmt, i, name)
     return fmt
