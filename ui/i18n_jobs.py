@@ -353,15 +353,31 @@ REFUSALS = [  # (English with {} for values, Chinese, Russian)
         "auto или adamw либо gpus 1.",
     ),
     (
-        "The hub dataset '{}' has new commits since this run's checkpoints were made, so a resume would train on "
-        "other rows at each step; start a new run to train on it as it is now. Its checkpoints are kept as they "
-        "were.",
-        "自此运行的检查点生成以来，Hub 数据集 '{0}' 有了新的提交，继续训练时每一步都会用到不同的行；要用它现在的内容训"
-        "练，"
-        "请开始新的运行。其检查点保持原样。",
-        "В датасете '{0}' на хабе появились новые коммиты после чекпоинтов этого запуска, и продолжение обучалось бы "
-        "на других строках на каждом шаге; чтобы обучать на нём в нынешнем виде, начните новый запуск. Чекпоинты "
-        "сохранены как были.",
+        "This run's checkpoints were trained on commit {} of the hub dataset '{}', which cannot be read now "
+        "(offline, and not in this machine's datasets cache, or gone from the hub): connect to the network to "
+        "resume, or start a new run to train on the dataset as it is now. Its checkpoints are kept as they were.",
+        "此运行的检查点是在 Hub 数据集 '{1}' 的提交 {0} 上训练的，而该提交现在无法读取"
+        "（离线且不在本机的 datasets 缓存中，或已从 Hub 删除）："
+        "请联网后继续训练，或开始新的运行，用数据集现在的内容训练。其检查点保持原样。",
+        "Чекпоинты этого запуска обучены на коммите {0} датасета '{1}' с хаба, а его сейчас не прочитать (нет сети "
+        "и его нет в кэше datasets на этой машине, или он удалён с хаба): подключитесь к сети, чтобы продолжить, "
+        "или начните новый запуск, чтобы обучать на датасете в нынешнем виде. Чекпоинты сохранены как были.",
+    ),
+    (
+        "The run reads commit {} of the hub dataset '{}', which cannot be read now ({}): connect to the network to "
+        "download it, or start a new run to train on the dataset as it is now.",
+        "此运行读取 Hub 数据集 '{1}' 的提交 {0}，而它现在无法读取（{2}）：请联网下载它，或开始新的运行，"
+        "用数据集现在的内容训练。",
+        "Запуск читает коммит {0} датасета '{1}' с хаба, а его сейчас не прочитать ({2}): подключитесь к сети, "
+        "чтобы скачать его, или начните новый запуск, чтобы обучать на датасете в нынешнем виде.",
+    ),
+    (
+        "Job setting '{}' is '{}'; give a commit of the hub dataset (its 40 hex digits, from the dataset's history "
+        "page), or leave it empty to read the latest.",
+        "任务设置 '{0}' 的值是 '{1}'；请填写 Hub 数据集的一个提交（40 位十六进制，见数据集的历史页面），"
+        "或留空以读取最新版本。",
+        "Параметр задания '{0}' равен '{1}'; укажите коммит датасета на хабе (40 шестнадцатеричных цифр, со "
+        "страницы истории датасета) или оставьте пустым, чтобы читать последнюю версию.",
     ),
     (
         "job.yaml was edited since this run's checkpoints were made ({}), which a resume cannot honour; put those "
