@@ -286,7 +286,8 @@ def main(argv=None) -> int:
         "--gpus",
         type=_above_0(int),
         default=None,
-        help="plan per GPU of a run on this many (default 1; full: FSDP2 shards)",
+        help="plan per GPU of a run on this many (default: the GPUs found, as a run trains on all of them; "
+        "full: FSDP2 shards)",
     )
     p.add_argument("--machine", default=None, help="plan for a machine preset (presets/machines.yaml): kaggle-2xt4")
     p.add_argument(
@@ -398,7 +399,8 @@ def main(argv=None) -> int:
                 args.rank,
                 args.vram,
                 args.ram,
-                gpus=args.gpus or 1,
+                # a run trains on every visible GPU (engine.training.launch), so its plan is per GPU of all of them
+                gpus=args.gpus or max(1, len(api.gpus_found())),
                 machine=args.machine,
                 train_embeddings=args.train_embeddings,
             )

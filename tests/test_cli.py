@@ -209,3 +209,28 @@ def test_estimate_refuses_memory_no_machine_has(capsys, flag, value):
     ended in an OverflowError report."""
     code, out, err = run(capsys, "estimate", "--model", "Qwen/Qwen3-0.6B", flag, value)
     assert (code, out) == (2, "") and f"argument {flag}: GiB, at most " in err and "Traceback" not in err, err
+
+
+def test_estimate_plans_for_the_gpus_a_run_trains_on(capsys, monkeypatch):
+    """A run (and the app's badge and preset) trains on every visible GPU; `estimate` without --gpus planned for one.
+    On two 24 GB cards a 4B full fine-tune is sharded over both (FSDP2), a different plan from one GPU's: the command
+    said one thing and the run did another. --gpus still overrides the count."""
+    import json
+
+    from engine import api
+    from engine.training.launch import plan_launch
+
+    monkeypatch.setenv("TUNESMITH_VRAM_GIB", "23")
+    monkeypatch.setenv("TUNESMITH_RAM_GIB", "64")
+    monkeypatch.setattr(api, "gpus_found", lambda: ["NVIDIA GeForce RTX 4090"] * 2)
+    model, method = "Qwen/Qwen3-4B", "full"
+    code, out, err = run(capsys, "estimate", "--model", model, "--method", method)
+    assert code == 0, err
+    said = json.loads(out)
+    runs_on = plan_launch(api.JobSpec(model=model, data="-", method=method), found=len(api.gpus_found())).processes
+    assert said["gpus"] == runs_on == 2
+    assert said["plan"] == api.estimate(model, method, gpus=runs_on)["plan"]  # the plan the run makes with them
+    code, out, err = run(capsys, "estimate", "--model", model, "--method", method, "--gpus", "1")
+    assert code == 0, err
+    one = json.loads(out)
+    assert one["gpus"] == 1 and one["plan"] != said["plan"]

@@ -171,6 +171,27 @@ def test_the_preset_counts_the_trained_embeddings_the_job_asks_for(monkeypatch):
         assert note.endswith(f"peaks at {without:.1f} GiB."), note
 
 
+@pytest.mark.parametrize("vram", ["23", None])  # a GPU's line, and the CPU's
+def test_the_fit_badge_says_when_it_counts_the_trained_embeddings(monkeypatch, vram):
+    """The badge's figure changed when the Train tab's embeddings box was ticked (continued pretraining) but its words
+    did not: the same line named two peaks. It says when they are counted, in every language the page speaks."""
+    from ui import i18n, model_tab
+
+    if vram:
+        monkeypatch.setenv("TUNESMITH_VRAM_GIB", vram)
+    else:
+        monkeypatch.delenv("TUNESMITH_VRAM_GIB", raising=False)
+    monkeypatch.setenv("TUNESMITH_RAM_GIB", "64")
+    monkeypatch.setattr(api, "gpus_found", lambda: ["NVIDIA GeForce RTX 4090"] if vram else [])
+    badge = model_tab.fit_badge("Qwen/Qwen3-1.7B", "qlora", "pretrain", True)
+    assert "with trained embeddings" in badge, badge
+    assert "训练嵌入层时" in i18n.message(badge, "zh"), i18n.message(badge, "zh")
+    assert "с обучаемыми эмбеддингами" in i18n.message(badge, "ru"), i18n.message(badge, "ru")
+    assert "with trained embeddings" not in i18n.message(badge, "zh") + i18n.message(badge, "ru")
+    for objective, ticked in (("pretrain", False), ("sft", True)):  # not counted: not said
+        assert "embeddings" not in model_tab.fit_badge("Qwen/Qwen3-1.7B", "qlora", objective, ticked)
+
+
 def model_and_train_tabs():
     """The Model and Train tabs, wired to each other as app.py wires them; returns (the Blocks, the Model tab's
     components, the Train tab's)."""

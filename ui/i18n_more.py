@@ -565,11 +565,30 @@ MESSAGES += [  # the Model tab's fit line and the Data tab's summary
         "✅ {0}放得下，{1} 放在内存中（较慢）：GPU 约 {2} GiB，内存 {3} GiB，{4} token × {5}。",
         "✅ Помещается {0}, {1} в ОЗУ (медленнее): около {2} ГиБ на GPU и {3} ГиБ ОЗУ при {4} токенов × {5}.",
     ),
+    (
+        r"✅ Fits (.*) with trained embeddings and (\S+) in host RAM \(slower\): about (\S+) GiB on the GPU "
+        r"and (\S+) GiB of RAM at (\d+) tokens × (\d+)\.",
+        "✅ 训练嵌入层时，{0}放得下，{1} 放在内存中（较慢）：GPU 约 {2} GiB，内存 {3} GiB，{4} token × {5}。",
+        "✅ Помещается {0} с обучаемыми эмбеддингами, {1} в ОЗУ (медленнее): около {2} ГиБ на GPU и {3} ГиБ ОЗУ при "
+        "{4} токенов × {5}.",
+    ),
     (r"⚠ Will not fit (.*?): (.*)", "⚠ {0}放不下：{1}", "⚠ Не поместится {0}: {1}"),
+    (  # the figures count continued pretraining's trained embeddings
+        r"(.*) with trained embeddings",
+        "训练嵌入层时，{0}",
+        "{0} с обучаемыми эмбеддингами",
+    ),
     (
         r"No GPU detected: training runs on the CPU \(slow\); about (\S+) GiB of RAM at (\d+) tokens × (\d+)\.",
         "未检测到 GPU：在 CPU 上训练（很慢）；约 {0} GiB 内存，{1} token × {2}。",
         "GPU не найдена: обучение на CPU (медленно); около {0} ГиБ ОЗУ при {1} токенов × {2}.",
+    ),
+    (
+        r"No GPU detected: training runs on the CPU \(slow\); about (\S+) GiB of RAM at (\d+) tokens × (\d+) with "
+        r"trained embeddings\.",
+        "未检测到 GPU：在 CPU 上训练（很慢）；训练嵌入层时约 {0} GiB 内存，{1} token × {2}。",
+        "GPU не найдена: обучение на CPU (медленно); около {0} ГиБ ОЗУ при {1} токенов × {2} с обучаемыми "
+        "эмбеддингами.",
     ),
     (r"Memory estimate unavailable: (.*)", "无法估算显存：{0}", "Оценка памяти недоступна: {0}"),
     (r"Format:\*\* (.*)", "格式：** {0}", "Формат:** {0}"),

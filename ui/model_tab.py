@@ -28,8 +28,12 @@ def run_estimate(model: str, method: str, objective: str = "sft", train_embeddin
     every visible one, with continued pretraining's trained embeddings where the objective and the box ask for them.
     The fit badge and the Train tab's preset both show this one estimate."""
     gpus = max(1, len(api.gpus_found()))
-    embeddings = objective == "pretrain" and bool(train_embeddings)  # the box is only read for continued pretraining
-    return gpus, api.estimate(model, method, gpus=gpus, train_embeddings=embeddings)
+    return gpus, api.estimate(model, method, gpus=gpus, train_embeddings=counts_embeddings(objective, train_embeddings))
+
+
+def counts_embeddings(objective: str, train_embeddings: bool) -> bool:
+    """Whether the run trains the embeddings: the box is only read for continued pretraining."""
+    return objective == "pretrain" and bool(train_embeddings)
 
 
 def fit_badge(model: str, method: str, objective: str = "sft", train_embeddings: bool = False) -> str:
@@ -39,25 +43,29 @@ def fit_badge(model: str, method: str, objective: str = "sft", train_embeddings:
     except api.UserError as e:
         return f"Memory estimate unavailable: {e}"
     shape = f"{est['seq']} tokens × {est['batch']}"
+    # the Train form's box changes the figures (their copies, gradients and optimizer states): the line says so
+    counted = " with trained embeddings" if counts_embeddings(objective, train_embeddings) else ""
     if est["vram_budget_gib"] is None:
         if not est["fits"]:
-            return f"⚠ Will not fit this machine: {est['reason']}"
+            return f"⚠ Will not fit this machine{counted}: {est['reason']}"
         return (
-            f"No GPU detected: training runs on the CPU (slow); about {est['peak_ram_gib']:.1f} GiB of RAM at {shape}."
+            f"No GPU detected: training runs on the CPU (slow); about {est['peak_ram_gib']:.1f} GiB of RAM at "
+            f"{shape}{counted}."
         )
     tier = f", {est['tier_gb']} GB preset" if est["tier_gb"] else ""
     where = f"this GPU ({est['vram_budget_gib']:.0f} GiB{tier})"
     if gpus > 1:  # the figures are per GPU: full fine-tuning is sharded over them, LoRA holds the same on each
         where = f"each of the {gpus} GPUs ({est['vram_budget_gib']:.0f} GiB{tier})"
     if not est["fits"]:
-        return f"⚠ Will not fit {where}: {est['reason']}"  # the reason says what to change
+        return f"⚠ Will not fit {where}{counted}: {est['reason']}"  # the reason says what to change
     offload = est["preset"]["offload"]
     if offload != "none":
+        held = f"{counted} and" if counted else " with"  # one "with": "with trained embeddings and activations in"
         return (
-            f"✅ Fits {where} with {offload} in host RAM (slower): about {est['peak_vram_gib']:.1f} GiB on the GPU "
+            f"✅ Fits {where}{held} {offload} in host RAM (slower): about {est['peak_vram_gib']:.1f} GiB on the GPU "
             f"and {est['peak_ram_gib']:.0f} GiB of RAM at {shape}."
         )
-    return f"✅ Fits {where}: about {est['peak_vram_gib']:.1f} GiB peak at {shape}."
+    return f"✅ Fits {where}{counted}: about {est['peak_vram_gib']:.1f} GiB peak at {shape}."
 
 
 def describe(catalog_id, custom, method, objective="sft", train_embeddings=False) -> str:

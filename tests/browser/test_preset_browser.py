@@ -54,7 +54,8 @@ def test_a_loaded_job_keeps_its_settings_over_the_gpus_preset(page, server, tiny
 def test_the_fit_badge_and_the_preset_follow_the_objective_and_the_embeddings_box(page, server, monkeypatch):
     """Continued pretraining with trained embeddings: the Model tab's badge, built before the Train tab, planned
     without them while the preset counted them; and a switch to another objective with the box ticked left the preset
-    as it was. Both now name the same peak, the one the run plans, at each step."""
+    as it was. Both now name the same peak, the one the run plans, at each step, and the badge says when it counts
+    them."""
     from engine import api
 
     monkeypatch.setenv("TUNESMITH_VRAM_GIB", "14.6")  # as the server's
@@ -74,6 +75,9 @@ def test_the_fit_badge_and_the_preset_follow_the_objective_and_the_embeddings_bo
             page.get_by_label("Chat fine-tuning (SFT): learn from example conversations").check()
         page.get_by_text(f"peaks at {peak} GiB").wait_for(timeout=60_000)
         tab(page, "Model")
-        page.get_by_text(re.compile(rf"about {re.escape(peak)} GiB")).wait_for(timeout=60_000)
+        badge = page.get_by_text(re.compile(rf"about {re.escape(peak)} GiB"))
+        badge.wait_for(timeout=60_000)
+        # its words say when its figure counts the embeddings
+        assert ("with trained embeddings" in badge.inner_text()) == (objective == "pretrain"), badge.inner_text()
         shot(page, f"badge-{objective}-embeddings-ticked")
         tab(page, "Train")
