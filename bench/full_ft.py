@@ -1,7 +1,7 @@
 """Full fine-tuning through the app's own training loop (engine.training.sft) on the GPU under a VRAM cap, to check what
 the offload planner chose against what the run used.
 
-    python3 bench/full_ft.py --arch qwen3_4b --vram-gib 24 [--steps 6] [--seq 512]
+    python3 bench/full_ft.py --arch qwen3_4b --vram-gib 24 [--steps 6] [--seq 512] [--optimizer adamw]
 
 Uses the shared harness's random-weight model (.bench/train_bench.py ensure_model), a small Alpaca file of identity
 examples, and caps the process at `--vram-gib` as the harness does (TUNESMITH_VRAM_GIB plus the allocator's memory
@@ -26,6 +26,7 @@ def main():
     ap.add_argument("--vram-gib", type=float, required=True)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--seq", type=int, default=512)
+    ap.add_argument("--optimizer", default="auto")  # the job's: auto (paged 8-bit on a GPU) or adamw (torch's)
     a = ap.parse_args()
     import torch
     import train_bench as tb
@@ -53,6 +54,7 @@ def main():
         batch_size=1,
         max_seq_length=a.seq,
         learning_rate=1e-5,
+        optimizer=a.optimizer,
         device="cuda",
         seed=0,
     )
@@ -70,6 +72,7 @@ def main():
     planned = next(line for line in lines if line.startswith("plan"))
     result = dict(
         arch=a.arch,
+        optimizer=a.optimizer,
         vram_cap_gib=a.vram_gib,
         steps=len(metrics),
         planned_peak_gib=float(planned.split("expected peak ")[1].split(" GiB")[0]),

@@ -5,6 +5,7 @@ each with its gradient and optimizer states (issue 24: every parameter counted).
 import pytest
 import torch
 
+from engine.core.errors import UserError
 from engine.memory.estimate import GIB, Arch, trained_embedding_bytes
 from engine.memory.verdict import parts, plan_for
 from engine.spec.jobspec import JobSpec
@@ -121,3 +122,71 @@ def test_a_cpu_runs_planned_optimizer_states_are_the_ones_its_auto_optimizer_hol
     opt.step()
     held = sum(t.nbytes for state in opt.state.values() for k, t in state.items() if k != "step")
     assert planned == held
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
+def test_the_notebook_apis_plan_counts_the_embeddings_get_peft_model_trains(arch, dtype, request):
+    """The notebook API plans in from_pretrained, before get_peft_model says that embed_tokens and lm_head are trained
+    (Unsloth's continued-pretraining notebooks list them in target_modules). The model's plan afterwards counts the
+    bytes its copies, their gradients and AdamW's states hold after one step (fp16: fp32 master weights; the CPU's
+    fp32; bf16), with torch's AdamW, which both the plan (optimizer auto on the CPU) and transformers' Trainer
+    (adamw_torch) make here. Before, the plan stayed from_pretrained's and counted none of them."""
+    import json
+
+    from engine.memory.verdict import estimate_kw
+    from engine.training import pretrain
+    from tunesmith import FastLanguageModel
+
+    folder = request.getfixturevalue(f"tiny_{arch}")
+    arch_ = Arch.from_config(json.loads((folder / "config.json").read_text()))
+    torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    model, _ = FastLanguageModel.from_pretrained(str(folder), max_seq_length=64, load_in_4bit=False, dtype=torch_dtype)
+    targets = ["q_proj", "v_proj", "embed_tokens", "lm_head"]
+    model = FastLanguageModel.get_peft_model(model, r=8, target_modules=targets)
+    spec, plan = model.tunesmith_spec, model.memory_plan
+    planned = trained_embedding_bytes(arch_, plan.trained_embeddings, estimate_kw(spec, on_gpu=False)["optimizer"])
+
+    trained = [p for name, p in model.named_parameters() if p.requires_grad and pretrain.is_embedding(name)]
+    opt = torch.optim.AdamW(trained, lr=1e-4)
+    ids = torch.arange(2, 18).reshape(2, 8)
+    with torch.autocast("cpu", dtype=torch_dtype, enabled=dtype == "fp16"):  # accelerate's fp16 path on a GPU
+        model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    states = sum(t.nbytes for p in trained for k, t in opt.state[p].items() if k != "step")
+    assert planned == sum(p.nbytes + p.grad.nbytes for p in trained) + states
+    assert plan.trained_embeddings == (2 if dtype == "bf16" else 4)
+
+
+def test_a_notebook_plan_that_streams_other_layers_once_the_embeddings_train_is_refused(tiny_llama, monkeypatch):
+    """get_peft_model makes the plan again for the embeddings it trains; which layers stream from host RAM was fixed
+    when from_pretrained loaded the weights. Llama-3.1-8B's shape, 16-bit LoRA on a GPU planned at 24 GiB: nothing
+    streams with or without the embeddings, and the plan made again counts them; at 14 GiB the layers streamed
+    differ once the embeddings (6 GiB more) are counted, and the call is refused with what to change. (The plans are
+    carried by a tiny model loaded on the CPU, which the plan made again leaves where it is.)"""
+    from test_memory import LLAMA_31_8B
+    from transformers import AutoModelForCausalLM
+
+    from engine.core.hardware import Placement
+    from engine.models.loading import plan_memory
+    from tunesmith.memory_plan import with_embeddings
+
+    monkeypatch.setenv("TUNESMITH_RAM_GIB", "512")
+    gpu = Placement("cuda", "bf16", "test")
+    spec = JobSpec(model="m", data="-", method="lora", max_seq_length=512, lora_r=8)
+    trained = spec.replace(train_embeddings=True)
+    for budget, streams_as_loaded in (("24", True), ("14", False)):
+        monkeypatch.setenv("TUNESMITH_VRAM_GIB", budget)
+        loaded = plan_memory(spec, LLAMA_31_8B, gpu)
+        model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+        model.memory_plan, model.tunesmith_planned = loaded, (LLAMA_31_8B, gpu)
+        if streams_as_loaded:
+            plan = with_embeddings(model, trained, "get_peft_model")
+            assert model.memory_plan is plan and plan.trained_embeddings == 2 and not plan.streamed
+            assert loaded.host_embedding and not plan.host_embedding  # a trained input embedding stays on the GPU
+            assert plan.peak_vram_gib > loaded.peak_vram_gib
+            assert with_embeddings(model, spec, "get_peft_model") is plan  # no embeddings trained: the model's plan
+            continue
+        with pytest.raises(UserError, match=r"get_peft_model: with embed_tokens and lm_head trained.*streams \d+"):
+            with_embeddings(model, trained, "get_peft_model")
+        assert model.memory_plan is loaded

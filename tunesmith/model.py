@@ -188,13 +188,8 @@ class FastLanguageModel:
         from engine.core.hardware import choose_placement
         from engine.data.tokenizing import ensure_chat_template
         from engine.models.adapter_source import hub_adapter, is_adapter
-        from engine.models.loading import (
-            load_planned,
-            load_tokenizer,
-            prepare_for_training,
-            read_config,
-            resolve_model,
-        )
+        from engine.models.loading import load_tokenizer, prepare_for_training, resolve_model
+        from tunesmith import memory_plan
 
         call = "FastLanguageModel.from_pretrained"
         _vllm_options(call, kwargs)
@@ -267,10 +262,9 @@ class FastLanguageModel:
         tokenizer.model_max_length = max_seq_length
         # the CLI's memory plan (checkpointing, activation offload, weight streaming) for max_seq_length on this
         # card; a UserError with the plan's reason and figures when nothing fits
-        model, memory = load_planned(spec, path, read_config(path), placement)
+        model, memory = memory_plan.load(spec, path, placement)
         if full_finetuning:
             model = prepare_for_training(model, spec, memory=memory)
-        model.memory_plan = memory
         model.tunesmith_spec = spec
         model.max_seq_length = max_seq_length
         model.tunesmith_tokenizer = tokenizer  # for_inference / for_training set its padding side
@@ -301,7 +295,9 @@ class FastLanguageModel:
                 names the model lacks are skipped with a log line. "embed_tokens" and "lm_head" among them (continued
                 pretraining notebooks) train those two in full, as Unsloth does: trainable copies beside the frozen
                 originals (PEFT's modules_to_save, saved with the adapter), at UnslothTrainingArguments'
-                embedding_learning_rate where one is given. Both or neither: they are trained together.
+                embedding_learning_rate where one is given. Both or neither: they are trained together. The memory
+                plan is then made again, counting the copies with their gradients and optimizer states
+                (`model.memory_plan`; tunesmith.memory_plan).
             lora_alpha: adapter scale is lora_alpha / r (lora_alpha / sqrt(r) with use_rslora).
             lora_dropout: dropout on the adapter input.
             use_gradient_checkpointing: "unsloth" or True recomputes activations in backward (much less memory);
@@ -321,6 +317,7 @@ class FastLanguageModel:
 
         from engine.models.loading import prepare_for_training
         from engine.training.pretrain import EMBEDDING_NAMES, add_embedding_training
+        from tunesmith.memory_plan import with_embeddings
 
         call = "FastLanguageModel.get_peft_model"
         saved = kwargs.get("modules_to_save")
@@ -375,7 +372,7 @@ class FastLanguageModel:
             train_embeddings=bool(embeddings),
         )
         torch.manual_seed(random_state)
-        peft_model = prepare_for_training(model, spec, memory=getattr(model, "memory_plan", None))
+        peft_model = prepare_for_training(model, spec, memory=with_embeddings(model, spec, call))
         if embeddings:  # after the adapters and patching, as the engine's continued-pretraining runs do
             add_embedding_training(peft_model)
         if model.get_input_embeddings().weight.dtype == torch.float16:

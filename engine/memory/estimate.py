@@ -30,7 +30,7 @@ ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 COEF = dict(layer_h=1.3, layer_i=8.0, layer_a=12.0, loss_v=11.3, fixed_gib=0.05)
 NF4_BYTES = 0.5 + 1 / 64  # packed 4-bit weight + uint8 absmax per 64-block (double quantization)
 OFFLOAD_ON_GPU = 2  # checkpointed inputs on the GPU with activation offload: the last layer's and one in flight
-OPTIMIZER_BYTES = {"adamw_8bit": 2, "adamw": 8}  # optimizer state bytes per fp32 trainable parameter
+OPTIMIZER_BYTES = {"adamw_8bit": 2, "adamw": 8}  # state bytes per fp32 trained value; torch's: two of its dtype
 # CUDA graphs of checkpointed layers (engine.patching.graphs): their pool holds one layer's working set for good, which
 # the estimate's activations already count once (the eager recompute's). On capped H100 runs the graphs added 0.12
 # GiB in all to the eager peak (qwen3_4b LoRA at 4096 tokens, qwen3_14b QLoRA at 2048: peaks with and without graphs,
@@ -341,8 +341,8 @@ def estimate(
     # full fine-tuning trains every weight but the routers, unless asked
     trained = arch.params - (arch.router_params - router if method == "full" else 0)
     paged = (trained if method == "full" else adapters + router) * opt if optimizer_in_host else 0
-    if method == "full":
-        trainable = trained * (2 + 2 + opt) - paged  # bf16 gradient, optimizer states (bf16 params are the weights)
+    if method == "full":  # bf16 gradient, 2 more (bench/README.md, issue 11), states: bf16, fp32 with master_fp32
+        trainable = trained * (2 + 2 + (opt if optimizer == "adamw_8bit" else 2 * (4 if master_fp32 else 2))) - paged
         if grads_released:  # only the largest tensor's gradient exists at a time
             fused_experts = arch.experts * 2 * arch.expert_intermediate * arch.hidden  # a MoE layer's gate_up tensor
             largest = max(arch.vocab * arch.hidden, arch.largest_linear, fused_experts)

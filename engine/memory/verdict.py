@@ -157,8 +157,11 @@ def cpu_ram_gib(arch: Arch, spec, plan: Plan, dtype: str, tokens: int) -> float:
     from engine.memory.estimate import COEF, GIB, NF4_BYTES
 
     # full fine-tuning's trainable part as a GPU's (16-bit gradients, 8-bit states: 6 bytes a weight), which `wide`
-    # makes fp32 AdamW's 12 below; adapters' and trained embeddings' with the CPU's torch AdamW, sized already
-    p = parts(arch, spec, plan, tokens, on_gpu=spec.method == "full")
+    # makes fp32 AdamW's 12 below, whether the job names auto or adamw (the CPU's is torch's AdamW either way);
+    # adapters' and trained embeddings' with the CPU's torch AdamW, sized already
+    full = spec.method == "full"
+    cpu = spec.replace(optimizer="auto") if full and spec.optimizer == "adamw" else spec
+    p = parts(arch, cpu, plan, tokens, on_gpu=full)
     wide = 2 if dtype == "fp32" else 1
     nf4 = arch.linear_params * NF4_BYTES / GIB if spec.method == "qlora" else 0  # stays 4-bit
     scaled = p["weights"] - nf4 + p["activations"] + (p["trainable"] if spec.method == "full" else 0)
