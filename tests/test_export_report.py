@@ -404,3 +404,58 @@ def test_an_export_whose_process_id_now_names_another_program_reads_as_stopped(t
     finally:
         other.kill()
         other.wait()
+
+
+# The export job started with llama.cpp's log lines sent to a callback that presses Cancel (SIGTERM to the job) at the
+# first one, as a user's Cancel lands while llama.cpp quantizes or loads the GGUF to check it.
+CANCEL_WHILE_LLAMA_CPP_WORKS = """
+import ctypes, os, signal, sys
+
+import llama_cpp
+
+from engine.export import job
+
+pressed = []
+
+
+@llama_cpp.llama_log_callback
+def cancel_pressed(level, text, user_data):
+    if not pressed:
+        pressed.append(text)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+llama_cpp.llama_log_set(cancel_pressed, ctypes.c_void_p(0))
+code = job.main(sys.argv[1:])
+assert pressed, "llama.cpp logged nothing"
+sys.exit(code)
+"""
+
+
+def test_a_cancel_while_llama_cpp_works_cancels_the_export(trained, tmp_path):
+    """Cancel pressed while llama.cpp quantized the GGUF (or loaded it for the checks) was lost: the job raised its
+    Cancelled from the SIGTERM handler wherever the main thread was, here in llama-cpp-python's log callback, where
+    ctypes prints the exception and goes on. The export then finished and the Export tab said "Exported" (the browser
+    test that cancels a followed export timed out under load, waiting for "Export cancelled")."""
+    import subprocess
+    import sys
+
+    from engine.api.processes import ROOT
+
+    job_dir, out = tmp_path / "job", tmp_path / "nova"
+    job_dir.mkdir()
+    spec = dict(source=str(trained.run_dir), format="gguf-q4_k_m", out=str(out))
+    (job_dir / "export.json").write_text(json.dumps(spec))
+    done = subprocess.run(
+        [sys.executable, "-c", CANCEL_WHILE_LLAMA_CPP_WORKS, str(job_dir)],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    st = json.loads((job_dir / "status.json").read_text())
+    assert st["state"] == "cancelled", (st, done.stdout[-3000:] + done.stderr[-3000:])
+    assert st["message"] == "Export cancelled; nothing was written."
+    assert not out.exists() and not list(tmp_path.glob(".nova*"))

@@ -4,8 +4,8 @@ JOB_DIR holds export.json ({"source", "format", "out", "push_to_hub", "private"}
 (its stdout) and, when the export is done, result.json (with its checks as a sentence and the files to download: a
 folder export is zipped into JOB_DIR). With push_to_hub the finished export is then uploaded with the
 token in HF_TOKEN (the job's environment: it is in no file); a failed upload fails the job with the upload's sentence,
-and the verified export stays. SIGTERM cancels: the export's temporary folder is removed on the way out
-(engine.core.files.new_folder), so a cancelled export leaves nothing that looks finished.
+and the verified export stays. SIGTERM cancels, at the export's next log line: the export's temporary folder is
+removed on the way out (engine.core.files.new_folder), so a cancelled export leaves nothing that looks finished.
 """
 
 import json
@@ -18,7 +18,10 @@ from pathlib import Path
 
 
 class Cancelled(BaseException):
-    """Raised in the main thread by SIGTERM; a BaseException so no `except Exception` swallows it."""
+    """Raised by `step` once SIGTERM came; a BaseException so no `except Exception` swallows it."""
+
+
+_cancel = {"asked": False}
 
 
 def log(msg: str) -> None:
@@ -28,8 +31,25 @@ def log(msg: str) -> None:
         pass
 
 
-def _raise_cancelled(signum, frame):
-    raise Cancelled()
+def _honour_cancel() -> None:
+    if _cancel["asked"]:
+        raise Cancelled()
+
+
+def step(msg: str) -> None:
+    """The export's log: each line is also where a cancel is honoured (engine.api.cancel_export kills a job that has
+    not stopped 30 s after its SIGTERM)."""
+    _honour_cancel()
+    log(msg)
+
+
+def _ask_cancel(signum, frame):
+    # Only noted. Raised here, Cancelled landed wherever the main thread was, often in a library that does not pass
+    # it on: in llama-cpp-python's log callback ctypes printed it and went on (the export finished, "Exported"); in
+    # an import (numpy's, started by safetensors' Rust code; accelerate's) it left a half-imported module, and the
+    # export failed with an ImportError; under a Rust extension the process aborted ("Rust cannot catch foreign
+    # exceptions").
+    _cancel["asked"] = True
 
 
 def _scrub(text: str) -> str:
@@ -40,7 +60,7 @@ def _scrub(text: str) -> str:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    signal.signal(signal.SIGTERM, _raise_cancelled)
+    signal.signal(signal.SIGTERM, _ask_cancel)
     # no progress bars (transformers' "Loading weights", the hub's downloads): in a log file they are lines of
     # block characters and carriage returns
     os.environ.update(TQDM_DISABLE="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
@@ -58,21 +78,25 @@ def main(argv=None) -> int:
         from engine.export import report
         from engine.export.merge import export
 
-        res = export(spec["source"], spec["format"], Path(spec["out"]), log)
+        _honour_cancel()  # one during the imports above (seconds; a minute on a busy machine)
+        res = export(spec["source"], spec["format"], Path(spec["out"]), step)
         result = dict(path=str(res.path), format=res.format, files=res.files, seconds=res.seconds, checks=res.checks)
         result["summary"] = report.summary(res.format, res.checks)
         write_json(job_dir / "result.json", result)
+        _honour_cancel()
         status.set(state="running", message="preparing the download")
-        result["downloads"] = report.downloads(res.path, res.format, job_dir, log)
+        result["downloads"] = report.downloads(res.path, res.format, job_dir, step)
         write_json(job_dir / "result.json", result)
         message = f"Exported {res.format} to {res.path}."
         if spec.get("push_to_hub"):
             from engine.models.hub import push
 
+            _honour_cancel()
             status.set(state="running", message=f"uploading to {spec['push_to_hub']}")
-            result["url"] = push(res.path, spec["push_to_hub"], private=bool(spec.get("private")), log=log)
+            result["url"] = push(res.path, spec["push_to_hub"], private=bool(spec.get("private")), log=step)
             write_json(job_dir / "result.json", result)
             message += f" Uploaded to {result['url']}."
+        _honour_cancel()
         status.set(state="done", message=message)
         return 0
     except Cancelled:
