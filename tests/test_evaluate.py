@@ -3,6 +3,8 @@ questions for the base model, the tuned run and its q8_0 GGUF (engine.api.evalua
 
 import csv
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -313,3 +315,41 @@ def test_a_run_still_training_is_refused_in_words(runs, tiny_llama, identity_fil
         text, table, _ = eval_tab.run_evaluation([folder.name], [], False, str(identity_file), "", "", "", 1, 4)
         assert text == f"**Evaluation failed:** {said}" and table is None
         assert i18n.message(said, "zh").startswith(f"运行 `{folder.name}` 仍在训练：等它结束后再评估")
+
+
+def test_a_runs_held_out_rows_of_a_hub_dataset_are_read_at_the_commit_it_trained_on(
+    tiny_llama, runs, tmp_path, monkeypatch
+):
+    """A run records the commit of the hub dataset it reads (trained_job.json), but its evaluation read the held-out
+    rows at the hub's latest: after the owner pushed new commits, the held-out score was computed on other rows (some
+    possibly trained on). It reads the recorded commit, and is refused in words where that commit cannot be read."""
+    import datasets
+    from helpers import tiny_spec
+    from test_resume_edits import two_commits
+
+    from engine.core.runlog import RunLog
+    from engine.training.dispatch import train
+
+    monkeypatch.setenv("TUNESMITH_DECODE_KERNELS", "0")
+    cache = tmp_path / "datasets-cache"  # as test_resume_edits' hub_cache: offline, two commits cached
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(cache))
+    first, _ = two_commits(cache, tmp_path)
+    copy = cache / "someone___identity" / "default" / "0.0.0" / first
+    os.utime(copy)  # the first commit is the latest while the run trains
+    # seed 0 holds out row 3 of the first commit's 3 rows ("Tuney."), rows 3 and 5 of the later one's 5 ("Other.")
+    spec = tiny_spec(tiny_llama, "someone/identity", max_steps=1, eval_fraction=0.4)
+    run = runs / "20260101-000000-hub"
+    run.mkdir(parents=True)
+    (run / "job.yaml").write_text(spec.to_yaml())
+    train(spec, run, RunLog(run), False, lambda: False, lambda m: None)
+    (run / "status.json").write_text('{"state": "done", "message": "", "step": 1, "total_steps": 1}')
+    assert json.loads((run / "trained_job.json").read_text())["data_revision"] == first
+
+    os.utime(copy, ns=(0, 0))  # the owner pushed a later commit, which reading the dataset now reads
+    quiet = dict(base=False, save=False, max_new_tokens=1, device="cpu", log=lambda m: None)
+    res = api.evaluate([run.name], **quiet)
+    assert res["held_out"] and [(r["row"], r["reference"]) for r in res["rows"]] == [(3, "Tuney.")]
+
+    shutil.rmtree(copy)  # offline, and the run's commit no longer cached: not the latest in its place
+    with pytest.raises(api.UserError, match=r"commit aaaaaaaaaaaa of the hub dataset 'someone/identity', .* cannot"):
+        api.evaluate([run.name], **quiet)

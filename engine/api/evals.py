@@ -45,12 +45,15 @@ def evaluate(
     from engine.export import evaluate as ev
     from engine.export import scoring
     from engine.spec.jobspec import JobSpec, read_job
+    from engine.training.edits import pinned, read_record
 
     if not sources:
         raise UserError("Pick a model, a run or a GGUF file to evaluate.")
     sources = [_resolve(str(s)) for s in sources]
     runs = [Path(s) for s in sources if (Path(s) / "job.yaml").is_file()]
-    job = read_job(runs[0] / "job.yaml") if runs else None
+    # a hub dataset's rows at the commit the run trained on (its record's), not at the latest: a later commit's
+    # held-out rows are other rows, possibly some it trained on; a commit that cannot be read is refused in words
+    job = pinned(read_job(runs[0] / "job.yaml"), read_record(runs[0])) if runs else None
     if data:
         check_access(data)
         spec = JobSpec(
