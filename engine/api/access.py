@@ -12,6 +12,7 @@ MODEL_FIX = "put the model folder inside it, or pick a hub model"  # what to do 
 SOURCE_FIX = "pick a run or an exported GGUF file, or a hub model"  # ... about a chat, eval or export source
 NAME_BYTES = 200  # the longest name safe_name takes, in UTF-8 bytes
 WORKSPACE_ENV = "TUNESMITH_WORKSPACE"  # the app's --workspace: the folder of runs/, data/ and exports/
+UPLOADS = ".uploads"  # a shared app's upload folder in its workspace: hidden, so no run, data file or export
 _allowed_roots: list[Path] | None = None  # set by restrict_files(): the folders a shared app may read
 
 
@@ -46,6 +47,12 @@ def safe_name(name: str, what: str = "name") -> str:
             "(a third of that in Chinese or Japanese)."
         )
     return name
+
+
+def uploads_dir() -> Path:
+    """Where a shared app keeps its users' uploads (app.py names it Gradio's GRADIO_TEMP_DIR, unless that is set):
+    .uploads/ in the workspace, not Gradio's /tmp/gradio, which every Gradio app of the machine shares."""
+    return workspace() / UPLOADS
 
 
 def shared_folders() -> list[Path]:
