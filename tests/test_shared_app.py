@@ -245,7 +245,7 @@ def test_data_reads_only_the_workspaces_runs_data_and_exports(shared):
     """Every file of the workspace could be opened: it is the folder the app started in, often the project folder,
     whose own files (notes, a .git/config with a token in its remote's URL, .env) are not its users' to read. Only
     runs/, data/ and exports/ (and the uploads) are; a hidden file there is refused too, and the sentence says what
-    to do."""
+    to do. A folder whose own files are hidden (a dataset's .git/) is opened as a whole: its readers skip them."""
     work, row = shared["work"], json.dumps(dict(instruction="Who are you?", input="", output=SECRET)) + "\n"
     (work / "notes.jsonl").write_text(row)
     (work / ".git").mkdir(exist_ok=True)
@@ -253,15 +253,25 @@ def test_data_reads_only_the_workspaces_runs_data_and_exports(shared):
     (work / "data" / ".env.jsonl").write_text(row)
     (work / "data" / ".private").mkdir(exist_ok=True)
     (work / "data" / ".private" / "rows.jsonl").write_text(row)
+    (work / "data" / "set" / ".git").mkdir(parents=True, exist_ok=True)  # hidden deeper down, a folder's .git
+    (work / "data" / "set" / ".git" / "rows.jsonl").write_text(row)
+    (work / "data" / "kept.jsonl").write_text(row)
+    aside = work / "data" / ".aside.jsonl"  # a hidden name, though the file it links to is not
+    aside.unlink(missing_ok=True)
+    aside.symlink_to(work / "data" / "kept.jsonl")
     for path in (work / "notes.jsonl", work / ".git" / "config.jsonl", work / "runs" / ".." / "notes.jsonl"):
         answer = _preview(shared["client"], str(path))
         assert SECRET not in answer and "only opens files inside its workspace's runs/, data/ and exports/" in answer
-    for path in (work / "data" / ".env.jsonl", work / "data" / ".private" / "rows.jsonl"):
+    hidden = [".env.jsonl", ".private/rows.jsonl", ".private", "set/.git", "set/.git/rows.jsonl", ".aside.jsonl"]
+    for path in (work / "data" / name for name in hidden):
         answer = _preview(shared["client"], str(path))
         assert SECRET not in answer and "hidden (a name starting with '.')" in answer, answer
         assert "rename it without the leading dot" in answer
     (work / "data" / "mine.jsonl").write_text(row)  # data/ itself: read as before
     assert SECRET in _preview(shared["client"], str(work / "data" / "mine.jsonl"))
+    (work / "data" / "set" / "train.jsonl").write_text(row.replace(SECRET, "I am Nova."))
+    answer = _preview(shared["client"], str(work / "data" / "set"))
+    assert "I am Nova." in answer and SECRET not in answer
 
 
 def test_data_follows_no_link_out_of_a_dataset_folder(shared):

@@ -90,7 +90,8 @@ def check_access(value: str, fix: str = "upload the file instead", roots: list[P
             f"This app is shared, so it only opens files inside its workspace's runs/, data/ and exports/ folders "
             f"({workspace()}); {fix}."
         )
-    if any(part.startswith(".") for part in real.relative_to(root).parts):
+    # as named too: a hidden name is refused, even where it links to a file that is not hidden
+    if _hidden_below(real, roots) or _hidden_below(Path(os.path.abspath(path)), roots):
         raise UserError(
             f"'{value}' is hidden (a name starting with '.'), and a shared app opens no hidden file or folder: rename "
             "it without the leading dot."
@@ -101,6 +102,11 @@ def check_access(value: str, fix: str = "upload the file instead", roots: list[P
 
 def _root_of(path: Path, roots: list[Path]) -> Path | None:
     return next((root for root in roots if path == root or root in path.parents), None)
+
+
+def _hidden_below(path: Path, roots: list[Path]) -> bool:
+    root = _root_of(path, roots)
+    return root is not None and any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
 def check_source(source: str) -> None:
