@@ -3,8 +3,9 @@
 Layout and wiring only: every action goes through engine.api, and training runs in its own process.
   --host 0.0.0.0 / --share   reachable from other machines: needs --auth user:password (one is generated otherwise)
   --auth user:password       a login; with one, the app is shared: paths and run ids stay inside the workspace's
-                             runs/, data/ and exports/ (TUNESMITH_AUTH=user:password keeps it out of the process
-                             list other users can read)
+                             runs/, data/ and exports/, and uploads go to its .uploads/ unless GRADIO_TEMP_DIR names
+                             a folder (TUNESMITH_AUTH=user:password keeps the login out of the process list other
+                             users can read)
   --root-path /prefix        when served behind a reverse proxy: reachable from elsewhere too, so it needs a login
   --lend-hf-token            a shared app's hub downloads use this machine's Hugging Face token (or set
                              TUNESMITH_LEND_HF_TOKEN=1); without it they send none, so gated and private models fail
@@ -16,17 +17,14 @@ import argparse
 import os
 import secrets
 import sys
-import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import gradio as gr
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
 
 from engine import api
-from ui import chat_tab, data_tab, eval_tab, export_tab, i18n, model_tab, train_settings, train_tab
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 REFUSED_HOST = (
@@ -59,7 +57,13 @@ class LoopbackHostOnly:
         await self.app(scope, receive, send)
 
 
-def build_app() -> gr.Blocks:
+def build_app():
+    """The app's gr.Blocks. Gradio is imported here, not above: it reads GRADIO_TEMP_DIR as it is imported
+    (gradio.route_utils), and `python app.py` names a shared app's upload folder first (keep_uploads)."""
+    import gradio as gr
+
+    from ui import chat_tab, data_tab, eval_tab, export_tab, i18n, model_tab, train_settings, train_tab
+
     with gr.Blocks(title="Tunesmith") as demo:
         with gr.Row():
             gr.Markdown("# Tunesmith\nPick a model, drop in a dataset, press Train, chat with the result, export it.")
@@ -136,16 +140,30 @@ def use_workspace(folder: str | None) -> None:
     os.chdir(path)
 
 
+def reachable(args) -> bool:
+    """Whether the app is reachable from elsewhere: another address than loopback, a share link, or a reverse proxy in
+    front of it (--root-path, whose proxy forwards every request from 127.0.0.1)."""
+    return bool(args.share or args.host not in LOOPBACK or args.root_path)
+
+
+def keep_uploads(args) -> None:
+    """A shared app (one with a login: auth_for) keeps its users' uploads in its workspace (api.uploads_dir), unless
+    GRADIO_TEMP_DIR names a folder. Gradio's own, /tmp/gradio, is every Gradio app's of this machine, and Gradio
+    serves the whole of it, as the app opens it: its users reached every other app's uploads and outputs there.
+    Called before gradio is imported: it reads the variable then (the upload folder is read again later, when the
+    tabs are built and when the app starts serving, so it is named before all three)."""
+    if (args.auth or reachable(args)) and not os.environ.get("GRADIO_TEMP_DIR"):  # Gradio takes "" for unset too
+        os.environ["GRADIO_TEMP_DIR"] = str(api.uploads_dir())
+
+
 def auth_for(args) -> tuple[str, str] | None:
-    """The login to require: the one given, or a generated one whenever the app is reachable from elsewhere (another
-    address than loopback, a share link, or a reverse proxy in front of it: --root-path, whose proxy forwards every
-    request from 127.0.0.1)."""
+    """The login to require: the one given, or a generated one whenever the app is reachable from elsewhere."""
     if args.auth:
         user, sep, password = args.auth.partition(":")
         if not sep or not user or not password:
             sys.exit("--auth must look like user:password")
         return user, password
-    if args.share or args.host not in LOOPBACK or args.root_path:
+    if reachable(args):
         password = secrets.token_urlsafe(12)
         print(
             f"This app is reachable from other machines, so it needs a login: user 'tunesmith', password "
@@ -173,7 +191,10 @@ def share(args) -> None:
             )
     # every path that arrives from the browser or the HTTP API must name a file in the workspace's runs/, data/ or
     # exports/ or Gradio's uploads, not hidden, and a run id a folder in runs/
-    api.restrict_files([os.environ.get("GRADIO_TEMP_DIR", tempfile.gettempdir() + "/gradio")])
+    from gradio.utils import get_upload_folder  # the folder Gradio uploads to (keep_uploads): exactly that one
+
+    uploads = get_upload_folder()
+    api.restrict_files([uploads])
     if args.lend_hf_token:
         print("This shared app lends this machine's Hugging Face token to its users' hub downloads.", flush=True)
     elif api.withhold_hub_token():
@@ -187,6 +208,11 @@ def share(args) -> None:
     # The app needs none: what it returns is copied into Gradio's cache, and uploads are served from there.
     if os.environ.pop("GRADIO_ALLOWED_PATHS", None):
         print("GRADIO_ALLOWED_PATHS is ignored: a shared app serves no folder beyond its own files.", flush=True)
+    # Gradio also serves every file of its examples cache, GRADIO_EXAMPLES_CACHE (set empty: the working folder, the
+    # project folder often). The app caches no examples: a folder in the uploads, served already, is named instead.
+    if os.environ.get("GRADIO_EXAMPLES_CACHE") is not None:
+        print("GRADIO_EXAMPLES_CACHE is ignored: a shared app serves no folder beyond its own files.", flush=True)
+    os.environ["GRADIO_EXAMPLES_CACHE"] = str(Path(uploads) / "cached_examples")
 
 
 def main(argv=None) -> None:
@@ -215,8 +241,10 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    use_workspace(parse_args().workspace)  # before the tabs are built: they list the workspace's runs and exports
+    _args = parse_args()
+    use_workspace(_args.workspace)  # before the tabs are built: they list the workspace's runs and exports
     _workspace_used = True  # main() must not apply it again: a relative DIR would then name DIR/DIR
+    keep_uploads(_args)  # before gradio is imported (build_app)
 demo = build_app()
 
 if __name__ == "__main__":

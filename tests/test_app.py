@@ -417,7 +417,13 @@ def test_a_shared_app_downloads_without_the_machines_hub_token_unless_lent(
     monkeypatch.setenv("HF_TOKEN_PATH", str(stored))  # the runs' huggingface_hub reads it when imported
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(stored))  # this process's read it already
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", False)
-    for name in ("HF_HUB_DISABLE_IMPLICIT_TOKEN", hub_token.WITHHELD_ENV, hub_token.LEND_ENV, "GRADIO_ALLOWED_PATHS"):
+    for name in (
+        "HF_HUB_DISABLE_IMPLICIT_TOKEN",
+        hub_token.WITHHELD_ENV,
+        hub_token.LEND_ENV,
+        "GRADIO_ALLOWED_PATHS",
+        "GRADIO_EXAMPLES_CACHE",
+    ):
         monkeypatch.setenv(name, "")  # what main() sets is undone after the test...
         monkeypatch.delenv(name)  # ...and it starts unset
     if lend_env:
@@ -456,6 +462,7 @@ def test_a_shared_app_refuses_a_workspace_holding_the_home_folder(runs_in, tmp_p
     if runs_in == "home, the workspace elsewhere":  # TUNESMITH_RUNS naming the home folder itself
         monkeypatch.setenv("TUNESMITH_WORKSPACE", str(tmp_path / "work"))
     monkeypatch.setattr(access, "_allowed_roots", None)
+    monkeypatch.setenv("GRADIO_EXAMPLES_CACHE", "")  # what main() sets is undone after the test
     monkeypatch.setattr(app.demo, "launch", lambda **kw: pytest.fail("served"))
     with pytest.raises(SystemExit, match="holds your whole home folder.*--workspace "):
         app.main(["--auth", "me:secret"])

@@ -236,6 +236,27 @@ def test_a_dataset_reads_no_file_outside_itself(tmp_path):
             reading._check_files("owner/name", Path("owner/name"), {"train": [local]})
 
 
+def test_a_dataset_reads_no_hidden_file_of_its_folder(tmp_path):
+    """Reading a dataset folder skips its hidden files (a .git/, an editor's .swp), as `datasets` does when it looks
+    for data files, but its README.md's `configs` could name one, which `datasets` then read and the preview showed:
+    a shared app, which opens no hidden file named to it, showed one named by the folder."""
+    for i, named in enumerate([".secret.jsonl", ".git/rows.jsonl", "link.jsonl"]):
+        folder = tmp_path / f"set{i}"
+        (folder / ".git").mkdir(parents=True)
+        for hidden in (folder / ".secret.jsonl", folder / ".git" / "rows.jsonl"):
+            hidden.write_text(json.dumps({"text": "SECRET"}) + "\n")
+        (folder / "link.jsonl").symlink_to(folder / ".secret.jsonl")
+        (folder / "README.md").write_text(f"---\nconfigs:\n- config_name: default\n  data_files: {named}\n---\n")
+        for read in (inspection.inspect, reading.read_rows):
+            with pytest.raises(UserError, match=r"names a hidden file .*rename it without the leading dot") as e:
+                read(str(folder))
+            assert "SECRET" not in str(e.value)
+    (folder / "README.md").unlink()  # read without its configs: the hidden files are skipped
+    (folder / "link.jsonl").unlink()
+    (folder / "train.jsonl").write_text(json.dumps({"text": "mine"}) + "\n")
+    assert reading.read_rows(str(folder)) == [{"text": "mine"}]
+
+
 def test_a_dataset_folder_with_a_broken_file_is_one_sentence(tmp_path):
     folder = tmp_path / "my_dataset"
     folder.mkdir()

@@ -279,6 +279,8 @@ def test_the_data_tab_names_the_format_the_chosen_objective_reads(tmp_path, caps
     """The Data tab called UltraFeedback's rows "chatml" (their 'messages' column) while the Train tab's DPO check
     took them as preference pairs, and a DPO run trained on their chosen and rejected: the tab says the format the
     objective picked on the Train tab reads, as that check does; the app passes it the Train tab's choice."""
+    import gradio as gr
+
     import app
     from ui import data_tab
 
@@ -303,7 +305,7 @@ def test_the_data_tab_names_the_format_the_chosen_objective_reads(tmp_path, caps
     copy = next(
         d
         for d in app.demo.fns.values()
-        if (radio._id, "change") in d.targets and len(d.outputs) == 1 and isinstance(d.outputs[0], app.gr.State)
+        if (radio._id, "change") in d.targets and len(d.outputs) == 1 and isinstance(d.outputs[0], gr.State)
     )
     assert reads and all({radio._id, copy.outputs[0]._id} & {i._id for i in d.inputs} for d in reads)
     assert any(d.trigger_after == copy._id for d in reads)

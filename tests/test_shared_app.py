@@ -3,6 +3,7 @@ called through Gradio's HTTP API with gradio_client, is given the issue's attack
 ids, sources and targets; an uploaded job.yaml; a job with a Python reward) and answers with a sentence, while nothing
 outside is read, deleted, signalled or trained."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -27,8 +28,6 @@ MACHINE_TOKEN = "hf_machineOwnerToken0123456789"
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory, tiny_llama):
     """The app on 127.0.0.1 with a login, a workspace, and a run-like folder outside the workspace."""
-    from gradio_client import Client
-
     base = tmp_path_factory.mktemp("shared")
     work, uploads, outside = base / "work", base / "uploads", base / "outside"
     for d in (work / "runs", work / "data", uploads, outside):
@@ -42,17 +41,32 @@ def shared(tmp_path_factory, tiny_llama):
     (victim / "log.txt").write_text(SECRET + "\n")
     sleeper = subprocess.Popen(["sleep", "600"])  # the "run" of the outside folder: cancel must not signal it
     (victim / "status.json").write_text(json.dumps(dict(state="running", message="", pid=sleeper.pid, step=0)))
-    port = _free_port()
     env = dict(
-        os.environ,
         TUNESMITH_RUNS=str(work / "runs"),
         GRADIO_TEMP_DIR=str(uploads),
-        GRADIO_ANALYTICS_ENABLED="False",
         HF_TOKEN=MACHINE_TOKEN,  # the machine's own hub login, which no user of the app may borrow
         GRADIO_ALLOWED_PATHS=str(outside),  # set for another app, or by a hosting platform
+        GRADIO_EXAMPLES_CACHE=str(outside),  # the same
     )
+    try:
+        with _app(env) as client:
+            yield dict(client=client, work=work, uploads=uploads, outside=outside, victim=victim, spec=spec)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert sleeper.returncode == -9  # alive until the end: nothing signalled it
+
+
+@contextlib.contextmanager
+def _app(env: dict, *args: str):
+    """`python app.py --auth alice:wonderland` on a free port, started in the project folder with `env` added to its
+    environment (a value None: taken out of it) and `args` to its command line; its gradio_client, logged in."""
+    from gradio_client import Client
+
+    port = _free_port()
+    env = {k: v for k, v in {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", **env}.items() if v is not None}
     app = subprocess.Popen(
-        [sys.executable, "app.py", "--port", str(port), "--auth", "alice:wonderland"],
+        [sys.executable, "app.py", "--port", str(port), "--auth", "alice:wonderland", *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -68,13 +82,10 @@ def shared(tmp_path_factory, tiny_llama):
                 if app.poll() is not None or time.time() > deadline:
                     raise AssertionError(app.stdout.read1().decode()) from None
                 time.sleep(1)
-        yield dict(client=client, work=work, uploads=uploads, outside=outside, victim=victim, spec=spec)
+        yield client
     finally:
         app.terminate()
         app.wait(timeout=30)
-        sleeper.kill()
-        sleeper.wait()
-    assert sleeper.returncode == -9  # alive until the end: nothing signalled it
 
 
 def _free_port() -> int:
@@ -234,7 +245,7 @@ def test_data_reads_only_the_workspaces_runs_data_and_exports(shared):
     """Every file of the workspace could be opened: it is the folder the app started in, often the project folder,
     whose own files (notes, a .git/config with a token in its remote's URL, .env) are not its users' to read. Only
     runs/, data/ and exports/ (and the uploads) are; a hidden file there is refused too, and the sentence says what
-    to do."""
+    to do. A folder whose own files are hidden (a dataset's .git/) is opened as a whole: its readers skip them."""
     work, row = shared["work"], json.dumps(dict(instruction="Who are you?", input="", output=SECRET)) + "\n"
     (work / "notes.jsonl").write_text(row)
     (work / ".git").mkdir(exist_ok=True)
@@ -242,15 +253,25 @@ def test_data_reads_only_the_workspaces_runs_data_and_exports(shared):
     (work / "data" / ".env.jsonl").write_text(row)
     (work / "data" / ".private").mkdir(exist_ok=True)
     (work / "data" / ".private" / "rows.jsonl").write_text(row)
+    (work / "data" / "set" / ".git").mkdir(parents=True, exist_ok=True)  # hidden deeper down, a folder's .git
+    (work / "data" / "set" / ".git" / "rows.jsonl").write_text(row)
+    (work / "data" / "kept.jsonl").write_text(row)
+    aside = work / "data" / ".aside.jsonl"  # a hidden name, though the file it links to is not
+    aside.unlink(missing_ok=True)
+    aside.symlink_to(work / "data" / "kept.jsonl")
     for path in (work / "notes.jsonl", work / ".git" / "config.jsonl", work / "runs" / ".." / "notes.jsonl"):
         answer = _preview(shared["client"], str(path))
         assert SECRET not in answer and "only opens files inside its workspace's runs/, data/ and exports/" in answer
-    for path in (work / "data" / ".env.jsonl", work / "data" / ".private" / "rows.jsonl"):
+    hidden = [".env.jsonl", ".private/rows.jsonl", ".private", "set/.git", "set/.git/rows.jsonl", ".aside.jsonl"]
+    for path in (work / "data" / name for name in hidden):
         answer = _preview(shared["client"], str(path))
         assert SECRET not in answer and "hidden (a name starting with '.')" in answer, answer
         assert "rename it without the leading dot" in answer
     (work / "data" / "mine.jsonl").write_text(row)  # data/ itself: read as before
     assert SECRET in _preview(shared["client"], str(work / "data" / "mine.jsonl"))
+    (work / "data" / "set" / "train.jsonl").write_text(row.replace(SECRET, "I am Nova."))
+    answer = _preview(shared["client"], str(work / "data" / "set"))
+    assert "I am Nova." in answer and SECRET not in answer
 
 
 def test_data_follows_no_link_out_of_a_dataset_folder(shared):
@@ -281,12 +302,70 @@ def test_a_hidden_run_folder_is_no_run(shared):
 
 def test_gradio_serves_no_folder_that_its_environment_allows(shared):
     """GRADIO_ALLOWED_PATHS in the host's environment made Gradio's file route hand any logged-in user every file of
-    the folders it names, past the workspace rule. A shared app ignores it."""
+    the folders it names, past the workspace rule; so did GRADIO_EXAMPLES_CACHE, the folder of Gradio's cached
+    examples, which the file route serves whole too. A shared app ignores both."""
     client, data = shared["client"], shared["outside"] / "data.jsonl"
     url = client.src.rstrip("/") + f"/gradio_api/file={data}"
     answer = httpx.get(url, cookies=client.cookies)
     assert answer.status_code == 403 and "Who are you?" not in answer.text
     assert httpx.get(url).status_code == 401  # and without the login, nothing at all
+
+
+def test_a_shared_app_keeps_its_uploads_in_its_workspace(tmp_path):
+    """Gradio keeps uploads in /tmp/gradio unless GRADIO_TEMP_DIR names a folder: one folder for every Gradio app of
+    the machine, all of which a shared app opened as uploads and Gradio's file route served, so its users reached
+    the uploads and outputs of every other app there. A shared app started without GRADIO_TEMP_DIR keeps its uploads
+    in its workspace's .uploads/, and nothing of it goes to the machine's folder: not an upload, nor the
+    screen-recording route's files, named as gradio is imported (the route answers when it can write its file)."""
+    work, tmp = tmp_path / "work", tmp_path / "tmp"
+    (work / "data").mkdir(parents=True)
+    tmp.mkdir()
+    mine = work / "data" / "mine.jsonl"
+    mine.write_text(json.dumps(dict(instruction="Who are you?", input="", output="I am Nova.")) + "\n")
+    (work / ".env").write_text(f"TOKEN={SECRET}\n")
+    # TMPDIR moves the machine's folder (tempfile.gettempdir()) into the test's; an empty GRADIO_EXAMPLES_CACHE made
+    # Gradio's file route serve every file of the working folder (the workspace; else the project folder)
+    env = dict(TMPDIR=str(tmp), GRADIO_TEMP_DIR=None, TUNESMITH_RUNS=None, GRADIO_EXAMPLES_CACHE="")
+    with _app(env, "--workspace", str(work)) as client:
+        uploaded = Path(_upload(client, mine))
+        assert uploaded.parent.parent == work / ".uploads" and uploaded.read_text() == mine.read_text()
+        assert "I am Nova." in _preview(client, str(uploaded))
+        recorded = httpx.post(
+            client.upload_url.replace("/upload", "/process_recording"),
+            cookies=client.cookies,
+            files=[("video", ("screen.mp4", b"not much of a video"))],
+        )
+        assert recorded.status_code == 200 and recorded.content == b"not much of a video"
+        assert not (tmp / "gradio").exists()
+        theirs = tmp / "gradio" / "0123abcd" / "theirs.jsonl"  # another app's upload, in the machine's folder
+        theirs.parent.mkdir(parents=True)
+        theirs.write_text(json.dumps(dict(instruction="Who are you?", input="", output=SECRET)) + "\n")
+        answer = _preview(client, str(theirs))
+        assert SECRET not in answer and OUTSIDE in answer
+        for path in (theirs, work / ".env", mine):
+            url = f"{client.src.rstrip('/')}/gradio_api/file={path}"
+            assert httpx.get(url, cookies=client.cookies).status_code == 403
+    assert sorted((tmp / "gradio").rglob("*")) == [theirs.parent, theirs]
+    assert ".uploads/" in (ROOT / ".gitignore").read_text().splitlines()  # a workspace is often the project folder
+
+
+def test_an_empty_gradio_temp_dir_lends_no_working_folder(runs, monkeypatch):
+    """GRADIO_TEMP_DIR set empty: Gradio takes it for unset (/tmp/gradio), the app took it for the working folder,
+    and opened every file of it (the project folder, often) as an upload."""
+    import app
+    from engine.api import access
+
+    (runs.parent / "notes.jsonl").write_text(json.dumps(dict(text=SECRET)) + "\n")
+    monkeypatch.chdir(runs.parent)
+    for name, value in (("GRADIO_TEMP_DIR", ""), ("GRADIO_EXAMPLES_CACHE", None)):
+        monkeypatch.setenv(name, "")  # what main() sets is undone after the test
+        if value is None:
+            monkeypatch.delenv(name)
+    monkeypatch.setattr(access, "_allowed_roots", None)
+    monkeypatch.setattr(app.demo, "launch", lambda **kw: None)
+    app.main(["--auth", "me:secret", "--lend-hf-token"])  # (lent: this process's hub token is left as it is)
+    with pytest.raises(api.UserError, match=OUTSIDE):
+        api.check_access("notes.jsonl")
 
 
 def test_download_opens_no_folder_outside(shared):

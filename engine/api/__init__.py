@@ -25,6 +25,7 @@ from engine.api.access import (
     runs_dir,
     safe_name,
     tidy_workspace,
+    uploads_dir,
     workspace,
 )
 from engine.api.chat import Chat, sampling_defaults, system_prompt
@@ -94,6 +95,7 @@ __all__ = [
     "list_runs",
     "runs_dir",
     "workspace",
+    "uploads_dir",
     "WORKSPACE_ENV",
     "safe_name",
     "inspect_data",

@@ -12,6 +12,7 @@ MODEL_FIX = "put the model folder inside it, or pick a hub model"  # what to do 
 SOURCE_FIX = "pick a run or an exported GGUF file, or a hub model"  # ... about a chat, eval or export source
 NAME_BYTES = 200  # the longest name safe_name takes, in UTF-8 bytes
 WORKSPACE_ENV = "TUNESMITH_WORKSPACE"  # the app's --workspace: the folder of runs/, data/ and exports/
+UPLOADS = ".uploads"  # a shared app's upload folder in its workspace: hidden, so no run, data file or export
 _allowed_roots: list[Path] | None = None  # set by restrict_files(): the folders a shared app may read
 
 
@@ -46,6 +47,12 @@ def safe_name(name: str, what: str = "name") -> str:
             "(a third of that in Chinese or Japanese)."
         )
     return name
+
+
+def uploads_dir() -> Path:
+    """Where a shared app keeps its users' uploads (app.py names it Gradio's GRADIO_TEMP_DIR, unless that is set):
+    .uploads/ in the workspace, not Gradio's /tmp/gradio, which every Gradio app of the machine shares."""
+    return workspace() / UPLOADS
 
 
 def shared_folders() -> list[Path]:
@@ -83,7 +90,8 @@ def check_access(value: str, fix: str = "upload the file instead", roots: list[P
             f"This app is shared, so it only opens files inside its workspace's runs/, data/ and exports/ folders "
             f"({workspace()}); {fix}."
         )
-    if any(part.startswith(".") for part in real.relative_to(root).parts):
+    # as named too: a hidden name is refused, even where it links to a file that is not hidden
+    if _hidden_below(real, roots) or _hidden_below(Path(os.path.abspath(path)), roots):
         raise UserError(
             f"'{value}' is hidden (a name starting with '.'), and a shared app opens no hidden file or folder: rename "
             "it without the leading dot."
@@ -94,6 +102,11 @@ def check_access(value: str, fix: str = "upload the file instead", roots: list[P
 
 def _root_of(path: Path, roots: list[Path]) -> Path | None:
     return next((root for root in roots if path == root or root in path.parents), None)
+
+
+def _hidden_below(path: Path, roots: list[Path]) -> bool:
+    root = _root_of(path, roots)
+    return root is not None and any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
 def check_source(source: str) -> None:

@@ -406,6 +406,13 @@ def _check_files(source: str, folder: Path, data_files: dict) -> None:
                 f"Dataset '{source}' names a file that is not {where} ('{name[:120]}'), in its README.md's "
                 "configs; give the data file itself, or put the files in the dataset's folder."
             )
+        # a folder's hidden files (its .git/, an editor's copies) are not its data, as every reader of a folder
+        # skips them; a shared app, which opens no hidden file named to it, would show one its README.md names
+        if inside is not None and any(p.startswith(".") for p in Path(name).resolve().relative_to(inside).parts):
+            raise UserError(
+                f"Dataset '{source}' names a hidden file ('{name[:120]}', a name starting with '.') in its README.md's "
+                "configs, and a dataset's hidden files are not read: rename it without the leading dot."
+            )
     readme = folder / "README.md"
     if inside is not None and not (readme.is_file() and "configs:" in readme.read_text(errors="replace")):
         _check_one_format(source, inside, {Path(str(f)).resolve() for files in data_files.values() for f in files})

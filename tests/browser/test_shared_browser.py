@@ -28,7 +28,8 @@ def work(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, work):
     """`python app.py --auth alice:wonderland --workspace WORK`, started in the project folder."""
-    yield from serve(tmp_path_factory, "--auth", "alice:wonderland", "--workspace", str(work), TUNESMITH_RUNS="")
+    args = ("--auth", "alice:wonderland", "--workspace", str(work))
+    yield from serve(tmp_path_factory, *args, TUNESMITH_RUNS="", GRADIO_TEMP_DIR="")  # empty: Gradio's default
 
 
 @pytest.fixture
@@ -64,3 +65,17 @@ def test_the_data_tab_of_a_shared_app_opens_only_its_workspaces_folders(page, wo
     page.get_by_text(re.compile(r"only opens files inside its workspace's runs/, data/ and exports/")).wait_for()
     expect_value(page.get_by_label("Dataset in use"), re.compile(r"^$"))
     shot(page, "shared-outside-file-refused")
+
+
+def test_a_file_uploaded_to_a_shared_app_is_kept_in_its_workspace(page, work, tmp_path):
+    """The upload goes to the workspace's .uploads/ (no GRADIO_TEMP_DIR set: the machine's /tmp/gradio was every Gradio
+    app's), and the Data tab reads it from there."""
+    upload = tmp_path / "identity.jsonl"
+    upload.write_text(ROW)
+    tab(page, "Data")
+    page.locator("input[type=file]").first.set_input_files(str(upload))
+    expect_value(
+        page.get_by_label("Dataset in use"), re.compile(rf"^{re.escape(str(work))}/\.uploads/\w+/identity\.jsonl$")
+    )
+    page.get_by_text(re.compile(r"^Format: alpaca · rows: 1")).wait_for()
+    shot(page, "shared-upload-in-workspace")
