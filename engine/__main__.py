@@ -12,7 +12,7 @@
       loss / perplexity and scored greedy answers as JSON (a run adds its base model), saved in the run's eval/;
       --seen-rows: a run that held no rows out is evaluated on the questions it trained on
   python -m engine data inspect FILE [--format F] [--model M] [--objective O]
-  python -m engine estimate --model M [--method METHOD] [--vram GIB] [--gpus N | --machine NAME]
+  python -m engine estimate --model M [--method METHOD] [--objective O] [--vram GIB] [--gpus N | --machine NAME]
   python -m engine doctor
 Exit status: 0 done, 1 the run failed, 2 bad input (one line on stderr says why), 130 interrupted (Ctrl-C), 143
 terminated (SIGTERM; a followed run is cancelled with a checkpoint, as by Ctrl-C). Any other
@@ -291,6 +291,13 @@ def main(argv=None) -> int:
     )
     p.add_argument("--machine", default=None, help="plan for a machine preset (presets/machines.yaml): kaggle-2xt4")
     p.add_argument(
+        "--objective",
+        default=None,
+        choices=["sft", "pretrain", "dpo", "orpo", "grpo"],
+        help="plan for a run of this objective (default: sft; pretrain with --train-embeddings): dpo, orpo and grpo "
+        "train on one GPU however many are found",
+    )
+    p.add_argument(
         "--train-embeddings",
         action="store_true",
         help="plan continued pretraining that also trains embed_tokens and lm_head (a job's train_embeddings)",
@@ -300,6 +307,8 @@ def main(argv=None) -> int:
         ev.error("give --name and --maker together (or neither: an identity dataset's answers name them)")
     if args.cmd == "estimate" and args.machine and (args.gpus is not None or args.vram is not None):
         est.error("--machine sets the GPUs and their memory; leave out --gpus and --vram")  # it replaced them unsaid
+    if args.cmd == "estimate" and args.train_embeddings and args.objective not in (None, "pretrain"):
+        est.error("--train-embeddings plans continued pretraining; leave out --objective or give pretrain")
 
     from engine import api
 
@@ -391,6 +400,13 @@ def main(argv=None) -> int:
             print(json.dumps(info, indent=2, ensure_ascii=False))
             return 0
         if args.cmd == "estimate":
+            if args.machine:
+                from engine.models.machines import machine
+
+                found = machine(args.machine).gpus
+            else:
+                found = len(api.gpus_found())
+            objective = args.objective or ("pretrain" if args.train_embeddings else "sft")
             out = api.estimate(
                 args.model,
                 args.method,
@@ -399,8 +415,9 @@ def main(argv=None) -> int:
                 args.rank,
                 args.vram,
                 args.ram,
-                # a run trains on every visible GPU (engine.training.launch), so its plan is per GPU of all of them
-                gpus=args.gpus or max(1, len(api.gpus_found())),
+                # a run trains on every visible GPU but a DPO, ORPO or GRPO run on one (engine.training.launch):
+                # its plan is per GPU of those
+                gpus=args.gpus or api.run_gpus(objective, found),
                 machine=args.machine,
                 train_embeddings=args.train_embeddings,
             )

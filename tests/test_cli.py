@@ -234,3 +234,34 @@ def test_estimate_plans_for_the_gpus_a_run_trains_on(capsys, monkeypatch):
     assert code == 0, err
     one = json.loads(out)
     assert one["gpus"] == 1 and one["plan"] != said["plan"]
+
+
+def test_estimate_plans_for_the_one_gpu_a_dpo_run_trains_on(capsys, monkeypatch):
+    """DPO, ORPO and GRPO train on one GPU however many are visible (engine.training.launch); `estimate` planned per
+    GPU of both cards, a sharded full fine-tune the run never makes. --objective says which run to plan for."""
+    import json
+
+    from engine import api
+    from engine.training.launch import plan_launch
+
+    monkeypatch.setenv("TUNESMITH_VRAM_GIB", "23")
+    monkeypatch.setenv("TUNESMITH_RAM_GIB", "64")
+    monkeypatch.setattr(api, "gpus_found", lambda: ["NVIDIA GeForce RTX 4090"] * 2)
+    model, method = "Qwen/Qwen3-4B", "full"
+    code, out, err = run(capsys, "estimate", "--model", model, "--method", method, "--objective", "dpo")
+    assert code == 0, err
+    said = json.loads(out)
+    spec = api.JobSpec(model=model, data="-", method=method, objective="dpo")
+    assert said["gpus"] == plan_launch(spec, found=len(api.gpus_found())).processes == 1
+    assert said["plan"] == api.estimate(model, method, gpus=1)["plan"] != api.estimate(model, method, gpus=2)["plan"]
+    code, out, err = run(capsys, "estimate", "--model", model, "--method", method, "--objective", "sft")
+    assert code == 0 and json.loads(out)["gpus"] == 2, err
+    machine = ["--model", "Qwen/Qwen3-0.6B", "--machine", "kaggle-2xt4", "--ram", "32"]
+    code, out, err = run(capsys, "estimate", *machine, "--objective", "grpo")  # one of its two T4s
+    assert code == 0, err
+    said = json.loads(out)
+    assert (said["gpus"], said["dtype"], said["vram_budget_gib"]) == (1, "fp16", 14.6)
+    code, out, err = run(capsys, "estimate", *machine)
+    assert code == 0 and json.loads(out)["gpus"] == 2, err
+    code, out, err = run(capsys, "estimate", "--model", model, "--objective", "dpo", "--train-embeddings")
+    assert (code, out) == (2, "") and "--train-embeddings plans continued pretraining" in err, err

@@ -262,3 +262,45 @@ def test_the_preset_follows_the_objective_while_the_embeddings_box_is_ticked(mon
     assert shown[note].endswith(f"peaks at {with_:.1f} GiB."), shown[note]
     shown = run_handlers(demo, train["objective"], "change", form | {train["train_embeddings"]: False})
     assert shown[batch] == {"__type__": "update"}, shown[batch]  # unticked: the batch typed in is kept
+
+
+@pytest.mark.parametrize("objective", ["dpo", "grpo"])
+def test_badge_and_preset_plan_for_the_one_gpu_a_preference_or_grpo_run_trains_on(monkeypatch, objective):
+    """DPO, ORPO and GRPO train on one GPU (engine.training.launch) however many are visible, but the badge and the
+    preset planned per GPU of all of them: on two 24 GB cards a 4B full fine-tune was planned sharded (FSDP2) and
+    said not to fit, while the run, on one card, keeps its optimizer in host RAM and fits."""
+    from engine.training.launch import plan_launch
+    from ui import model_tab, train_tab
+
+    monkeypatch.setenv("TUNESMITH_VRAM_GIB", "23")
+    monkeypatch.setenv("TUNESMITH_RAM_GIB", "64")
+    monkeypatch.setattr(api, "gpus_found", lambda: ["NVIDIA GeForce RTX 4090"] * 2)
+    model, method = "Qwen/Qwen3-4B", "full"
+    rewards = ({"preset": "regex", "pattern": "x"},) if objective == "grpo" else ()
+    spec = api.JobSpec(model=model, data="-", method=method, objective=objective, rewards=rewards)
+    runs_on = plan_launch(spec, found=len(api.gpus_found())).processes
+    gpus, est = model_tab.run_estimate(model, method, objective)
+    assert gpus == runs_on == 1
+    one = api.estimate(model, method, gpus=1)
+    assert est["plan"] == one["plan"] and est["plan"] != api.estimate(model, method, gpus=2)["plan"]
+    badge = model_tab.fit_badge(model, method, objective)
+    note = train_tab.apply_preset(model, method, None, objective)[0]
+    assert badge.startswith("✅ Fits this GPU") and "each of" not in badge, badge
+    assert f"peaks at {one['peak_vram_gib']:.1f} GiB" in note and "2 GPUs" not in note, note
+
+
+def test_a_new_objective_plans_the_preset_again_where_it_changes_the_gpus(monkeypatch):
+    """The badge follows the Train tab's objective; the preset did only while the embeddings box was ticked. On two
+    GPUs choosing DPO (one GPU) left the preset planned per GPU of both beside a badge planned for one."""
+    from ui import train_tab
+
+    monkeypatch.setenv("TUNESMITH_VRAM_GIB", "23")
+    monkeypatch.setenv("TUNESMITH_RAM_GIB", "64")
+    monkeypatch.setattr(api, "gpus_found", lambda: ["NVIDIA GeForce RTX 4090"] * 2)
+    model, method = "Qwen/Qwen3-4B", "full"
+    assert train_tab.preset_for_objective(model, method, None, "dpo", False) == train_tab.apply_preset(
+        model, method, None, "dpo"
+    )
+    monkeypatch.setattr(api, "gpus_found", lambda: ["NVIDIA GeForce RTX 4090"])  # one GPU: typed settings are kept
+    kept = train_tab.preset_for_objective(model, method, None, "dpo", False)
+    assert all(u == {"__type__": "update"} for u in kept), kept

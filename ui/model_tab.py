@@ -25,9 +25,10 @@ def chosen_model(catalog_id: str | None, custom: str) -> str:
 
 def run_estimate(model: str, method: str, objective: str = "sft", train_embeddings: bool = False) -> tuple[int, dict]:
     """(GPUs, api.estimate) of the run the Model and Train forms ask for, planned as the run plans it: per GPU of
-    every visible one, with continued pretraining's trained embeddings where the objective and the box ask for them.
-    The fit badge and the Train tab's preset both show this one estimate."""
-    gpus = max(1, len(api.gpus_found()))
+    the GPUs it trains on (every visible one; one for DPO, ORPO and GRPO), with continued pretraining's trained
+    embeddings where the objective and the box ask for them. The fit badge and the Train tab's preset both show this
+    one estimate."""
+    gpus = api.run_gpus(objective, found=len(api.gpus_found()))
     return gpus, api.estimate(model, method, gpus=gpus, train_embeddings=counts_embeddings(objective, train_embeddings))
 
 

@@ -225,9 +225,10 @@ def apply_preset(model: str, method: str, loaded: dict | None = None, objective=
 
 
 def preset_for_objective(model: str, method: str, loaded: dict | None, objective: str, train_embeddings: bool):
-    """apply_preset for a new objective, only while the embeddings box is ticked: only then does the plan change with
-    the objective (to or from continued pretraining), and otherwise the settings typed in the form are kept."""
-    if not train_embeddings:
+    """apply_preset for a new objective, only where the plan can change with it: while the embeddings box is ticked
+    (to or from continued pretraining), or with several GPUs (a DPO, ORPO or GRPO run trains on one of them).
+    Otherwise the settings typed in the form are kept."""
+    if not train_embeddings and len(api.gpus_found()) <= 1:
         return (gr.update(),) * 7
     return apply_preset(model, method, loaded, objective, train_embeddings)
 

@@ -44,7 +44,7 @@ from engine.api.exports import (
     running_exports,
     start_export,
 )
-from engine.api.machine import doctor, estimate, gpu_stats, gpus_for, gpus_found
+from engine.api.machine import doctor, estimate, gpu_stats, gpus_for, gpus_found, run_gpus
 from engine.api.models import DownloadStatus, adapter_layers, model_arch, poll_download, start_download
 from engine.api.runs import (
     RunHandle,
@@ -124,6 +124,7 @@ __all__ = [
     "gpu_stats",
     "gpus_found",
     "gpus_for",
+    "run_gpus",
     "formats_refused",
     "gguf_support",
     "exported_gguf_files",

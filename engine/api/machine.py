@@ -35,7 +35,7 @@ def estimate(
     rank: int = 16,
     vram_gib: float | None = None,
     ram_gib: float | None = None,
-    gpus: int = 1,
+    gpus: int | None = None,
     machine: str | None = None,
     train_embeddings: bool = False,
 ) -> dict:
@@ -46,8 +46,9 @@ def estimate(
     `fits` is True exactly when that plan exists within the VRAM budget and the free RAM. `peak_parts_gib` splits
     the peak VRAM figure; `min_vram_gib` (when the budget is too small) is the smallest budget a plan exists for.
     With `gpus` > 1 everything is per GPU of a data-parallel run: full fine-tuning's weights, gradients and optimizer
-    states sharded over them (FSDP2), LoRA and QLoRA the same as on one GPU. `machine` names a preset of
-    presets/machines.yaml (e.g. "kaggle-2xt4"): its GPU count, memory per GPU and dtype stand in for this machine's.
+    states sharded over them (FSDP2), LoRA and QLoRA the same as on one GPU; None: one GPU, or all of the machine's.
+    `machine` names a preset of presets/machines.yaml (e.g. "kaggle-2xt4"): its GPU count, memory per GPU and dtype
+    stand in for this machine's; with `gpus`, a run on that many of its GPUs (a DPO run takes one: run_gpus).
     `train_embeddings` plans continued pretraining that also trains embed_tokens and lm_head (the job's own), whose
     copies the plan counts (fp32 in fp16)."""
     from engine.memory import verdict as memory
@@ -62,7 +63,8 @@ def estimate(
         from engine.models.machines import machine as machine_preset
 
         chosen = machine_preset(machine)
-        gpus, vram_gib, dtype = chosen.gpus, chosen.vram_gib, chosen.dtype
+        gpus, vram_gib, dtype = gpus or chosen.gpus, chosen.vram_gib, chosen.dtype
+    gpus = gpus or 1
     budget = vram_gib if vram_gib is not None else memory.run_budget_gib()
     ram = ram_gib if ram_gib is not None else host_ram_gib()
     tier = presets.tier_for(budget) if budget else None
@@ -143,3 +145,13 @@ def gpus_for(spec: JobSpec) -> int:
     from engine.training.launch import plan_launch
 
     return plan_launch(spec).processes
+
+
+def run_gpus(objective: str = "sft", found: int | None = None) -> int:
+    """How many GPUs a run of `objective` trains on when its job leaves `gpus` at 0 (every visible one) and asks for
+    no validation, as engine.training.launch.plan_launch chooses: all `found` (None: gpus_found()) for SFT and
+    continued pretraining, one for DPO, ORPO and GRPO; one on a CPU. The estimate a form shows is per GPU of these."""
+    from engine.training.launch import one_gpu_reason
+
+    found = len(gpus_found()) if found is None else found
+    return 1 if one_gpu_reason(objective) else max(1, found)

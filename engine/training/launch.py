@@ -67,17 +67,23 @@ def plan_launch(spec, found: int | None = None) -> Launch:
             f"{found} or less (0 uses all of them), or check CUDA_VISIBLE_DEVICES."
         )
     wanted = (spec.gpus or found) if on_gpu else max(1, spec.gpus)
-    one_gpu = None
-    if spec.objective not in ("sft", "pretrain"):
-        one_gpu = f"{spec.objective.upper()} trains on one GPU for now"
-    elif spec.eval_fraction or spec.eval_data:  # engine.training.validation runs in one process
-        one_gpu = "A run with validation (eval_fraction or eval_data) trains on one GPU for now"
+    one_gpu = one_gpu_reason(spec.objective, bool(spec.eval_fraction or spec.eval_data))
     if wanted > 1 and one_gpu:
         if spec.gpus > 1:
             raise UserError(f"{one_gpu}; set gpus to 1.")
         note = f"launch: {one_gpu}: {wanted} GPUs are visible, this run uses the first of them"
         return Launch(1, "GPU", note)
     return Launch(wanted, "GPU" if on_gpu else "process")
+
+
+def one_gpu_reason(objective: str, validates: bool = False) -> str | None:
+    """Why a run of `objective` (with validation where `validates`) trains on one GPU; None when it trains
+    data-parallel. The estimate (engine.api.machine.run_gpus) plans with the same answer."""
+    if objective not in ("sft", "pretrain"):
+        return f"{objective.upper()} trains on one GPU for now"
+    if validates:  # engine.training.validation runs in one process
+        return "A run with validation (eval_fraction or eval_data) trains on one GPU for now"
+    return None
 
 
 def worker_rank() -> int | None:
