@@ -17,6 +17,14 @@ def template(english: str) -> str:
 
 
 REFUSALS = [  # (English with {} for values, Chinese, Russian)
+    (
+        "Dataset '{}' names a hidden file ('{}', a name starting with '.') in its README.md's configs, and a "
+        "dataset's hidden files are not read: rename it without the leading dot.",
+        "数据集 '{0}' 的 README.md 配置中写了一个隐藏文件（'{1}'，以 '.' 开头的名称），而数据集的隐藏文件不会被读取："
+        "请把它改名，去掉开头的点。",
+        "Датасет '{0}' называет в конфигурации своего README.md скрытый файл ('{1}', имя начинается с '.'), а "
+        "скрытые файлы датасета не читаются: переименуйте его без точки в начале.",
+    ),
     # a shared app (engine.api.access, runs, exports)
     (
         "'{}' in '{}' is a link to a file outside the workspace's runs/, data/ and exports/ ({}), which a shared app "
