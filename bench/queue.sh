@@ -65,7 +65,8 @@ list() {
    (engine.training.sft.StepRecords): alpaca QLoRA defaults and --packing 1 on 3,000 examples, then the defaults at
    b43ce33 (before it; old_tree) on the same machine; its GPU test
 29 call 28 cut to what 374 s of device time hold: alpaca QLoRA defaults on 1,500 examples at HEAD and at b43ce33
-30 issue 30: the norms and SwiGLU inside the packed matvecs of one token (kernels/fused_matvec.py): its GPU tests,
+30 issue 30 (ran 2026-12-07 on an H100: bench/README.md, "measured slower: off"): the norms and SwiGLU inside the
+   packed matvecs of one token (kernels/fused_matvec.py): its GPU tests,
    then decode_profile bf16+NF4 batch 8 with TUNESMITH_DECODE_FUSE=0 (the default) and =1, one machine
 EOF
 }
