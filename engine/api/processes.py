@@ -37,8 +37,9 @@ def slug(name: str) -> str:
 
 def spawn(module: str, args: list[str], folder: Path, secrets: dict | None = None, status: dict | None = None) -> int:
     """Start `python -m module args` in the background with its output appended to folder/log.txt, and mark the
-    folder's status.json "starting" with its pid (and the fields of `status`). `secrets` go to the child's environment
-    only, never to a file."""
+    folder's status.json "starting" with its pid (and the fields of `status`). The child runs only once that status is
+    written (engine.core.spawned), so the status it writes itself is never overwritten by this one. `secrets` go to
+    the child's environment only, never to a file."""
     env = dict(
         os.environ,
         **(secrets or {}),
@@ -47,12 +48,13 @@ def spawn(module: str, args: list[str], folder: Path, secrets: dict | None = Non
     )
     with open(folder / "log.txt", "a", encoding="utf-8") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", module, *args],
+            [sys.executable, "-m", "engine.core.spawned", module, *args],
             cwd=ROOT,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
+            bufsize=0,  # stdin unbuffered: the go byte below is sent when written
             start_new_session=True,
         )
     _children[proc.pid] = proc
@@ -60,18 +62,25 @@ def spawn(module: str, args: list[str], folder: Path, secrets: dict | None = Non
     threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
     from engine.core.files import write_json
 
-    write_json(
-        folder / "status.json",
-        dict(
-            state="starting",
-            message="starting",
-            step=0,
-            total_steps=0,
-            pid=proc.pid,
-            updated=time.time(),
-            **(status or {}),
-        ),
-    )
+    try:
+        write_json(
+            folder / "status.json",
+            dict(
+                state="starting",
+                message="starting",
+                step=0,
+                total_steps=0,
+                pid=proc.pid,
+                updated=time.time(),
+                **(status or {}),
+            ),
+        )
+    finally:  # go, the status written or not: the child may write its own now
+        try:
+            proc.stdin.write(b"\n")
+        except BrokenPipeError:  # it died already, which poll and cancel see
+            pass
+        proc.stdin.close()
     return proc.pid
 
 
