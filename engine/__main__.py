@@ -420,6 +420,7 @@ def main(argv=None) -> int:
                 gpus=args.gpus or api.run_gpus(objective, found),
                 machine=args.machine,
                 train_embeddings=args.train_embeddings,
+                objective=objective,  # the plan differs by it too: only sft and pretrain free gradients early
             )
             print(json.dumps(out, indent=2))
             return 0

@@ -253,7 +253,11 @@ def test_estimate_plans_for_the_one_gpu_a_dpo_run_trains_on(capsys, monkeypatch)
     said = json.loads(out)
     spec = api.JobSpec(model=model, data="-", method=method, objective="dpo")
     assert said["gpus"] == plan_launch(spec, found=len(api.gpus_found())).processes == 1
-    assert said["plan"] == api.estimate(model, method, gpus=1)["plan"] != api.estimate(model, method, gpus=2)["plan"]
+    # the one card's DPO run, which frees no gradient in the backward (an SFT run's may) and so does not fit
+    assert said == api.estimate(model, method, gpus=1, objective="dpo")
+    assert not said["fits"] and "on each GPU" not in said["reason"]
+    code, out, err = run(capsys, "estimate", "--model", model, "--objective", "dpo", "--gpus", "2")
+    assert (code, out) == (2, "") and "DPO trains on one GPU for now; set gpus to 1." in err, err  # as the run says
     code, out, err = run(capsys, "estimate", "--model", model, "--method", method, "--objective", "sft")
     assert code == 0 and json.loads(out)["gpus"] == 2, err
     machine = ["--model", "Qwen/Qwen3-0.6B", "--machine", "kaggle-2xt4", "--ram", "32"]

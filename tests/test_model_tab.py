@@ -267,8 +267,9 @@ def test_the_preset_follows_the_objective_while_the_embeddings_box_is_ticked(mon
 @pytest.mark.parametrize("objective", ["dpo", "grpo"])
 def test_badge_and_preset_plan_for_the_one_gpu_a_preference_or_grpo_run_trains_on(monkeypatch, objective):
     """DPO, ORPO and GRPO train on one GPU (engine.training.launch) however many are visible, but the badge and the
-    preset planned per GPU of all of them: on two 24 GB cards a 4B full fine-tune was planned sharded (FSDP2) and
-    said not to fit, while the run, on one card, keeps its optimizer in host RAM and fits."""
+    preset planned per GPU of all of them: on two 24 GB cards a 4B full fine-tune was planned sharded (FSDP2), a run
+    that is never made. They plan the one card's run, which (freeing no gradient in the backward, as SFT may) needs
+    more than the card has."""
     from engine.training.launch import plan_launch
     from ui import model_tab, train_tab
 
@@ -280,13 +281,14 @@ def test_badge_and_preset_plan_for_the_one_gpu_a_preference_or_grpo_run_trains_o
     spec = api.JobSpec(model=model, data="-", method=method, objective=objective, rewards=rewards)
     runs_on = plan_launch(spec, found=len(api.gpus_found())).processes
     gpus, est = model_tab.run_estimate(model, method, objective)
-    assert gpus == runs_on == 1
-    one = api.estimate(model, method, gpus=1)
-    assert est["plan"] == one["plan"] and est["plan"] != api.estimate(model, method, gpus=2)["plan"]
+    assert gpus == runs_on == est["gpus"] == 1
+    assert est == api.estimate(model, method, gpus=1, objective=objective)
+    sharded = api.estimate(model, method, gpus=2)
+    assert not est["fits"] and "on each GPU" not in est["reason"] and "on each GPU" in sharded["reason"]
     badge = model_tab.fit_badge(model, method, objective)
     note = train_tab.apply_preset(model, method, None, objective)[0]
-    assert badge.startswith("✅ Fits this GPU") and "each of" not in badge, badge
-    assert f"peaks at {one['peak_vram_gib']:.1f} GiB" in note and "2 GPUs" not in note, note
+    assert badge.startswith("⚠ Will not fit this GPU") and "each of" not in badge, badge
+    assert f"at least {est['min_vram_gib']:.1f} GiB" in badge and "2 GPUs" not in note, note
 
 
 def test_a_new_objective_plans_the_preset_again_where_it_changes_the_gpus(monkeypatch):
@@ -302,5 +304,72 @@ def test_a_new_objective_plans_the_preset_again_where_it_changes_the_gpus(monkey
         model, method, None, "dpo"
     )
     monkeypatch.setattr(api, "gpus_found", lambda: ["NVIDIA GeForce RTX 4090"])  # one GPU: typed settings are kept
-    kept = train_tab.preset_for_objective(model, method, None, "dpo", False)
+    kept = train_tab.preset_for_objective(model, "lora", None, "dpo", False)  # (full's plan can follow the objective)
     assert all(u == {"__type__": "update"} for u in kept), kept
+
+
+def test_the_estimate_plans_the_objectives_own_run(monkeypatch, tmp_path):
+    """Only SFT and continued pretraining free each gradient in the backward where the budget needs it
+    (engine.memory.grad_release), but the estimate planned every objective as SFT: a 1B full fine-tune on 7 GiB fits
+    an SFT run so, while a DPO, ORPO or GRPO run's own plan (engine.models.loading.plan_memory, before it loads
+    anything) refuses it, and the badge and the preset said it fits. Where both fit, the plans are the same."""
+    from test_memory import LLAMA_32_1B, json_folder_for
+
+    from engine.core.hardware import Placement
+    from engine.models.loading import plan_memory
+    from ui import model_tab, train_tab
+
+    monkeypatch.setenv("TUNESMITH_VRAM_GIB", "7")
+    monkeypatch.setenv("TUNESMITH_RAM_GIB", "64")
+    monkeypatch.setattr(api, "gpus_found", lambda: ["NVIDIA GeForce RTX 4070"])
+    folder = json_folder_for(LLAMA_32_1B, tmp_path / "llama")
+
+    def run_plan(objective, est):
+        rewards = ({"preset": "regex", "pattern": "x"},) if objective == "grpo" else ()
+        spec = api.JobSpec(model=folder, data="-", method="full", objective=objective, rewards=rewards,
+                           max_seq_length=est["seq"], batch_size=est["batch"])  # fmt: skip
+        return plan_memory(spec, LLAMA_32_1B, Placement("cuda", est["dtype"], "planned for a GPU"))
+
+    _, sft = model_tab.run_estimate(folder, "full", "sft")
+    assert sft["fits"] and sft["plan"]["grads_released"] and sft["plan"] == run_plan("sft", sft).as_dict()
+    for objective in ("dpo", "orpo", "grpo"):
+        _, est = model_tab.run_estimate(folder, "full", objective)
+        with pytest.raises(api.UserError) as refused:
+            run_plan(objective, est)
+        assert not est["fits"] and est["reason"] == str(refused.value), (est, refused.value)
+        assert est["min_vram_gib"] == refused.value.need > sft["peak_vram_gib"]
+    badge = model_tab.fit_badge(folder, "full", "dpo")
+    note = train_tab.apply_preset(folder, "full", None, "dpo")[0]
+    assert badge.startswith("⚠ Will not fit") and note.startswith("⚠ The 6 GB preset says this does not fit"), note
+    # on one GPU a new objective plans the preset again where the plan changes with it: full fine-tuning's
+    assert train_tab.preset_for_objective(folder, "full", None, "dpo", False)[0] == note
+    assert train_tab.preset_for_objective(folder, "full", None, "sft", False) == train_tab.apply_preset(folder, "full")
+    kept = train_tab.preset_for_objective(folder, "lora", None, "dpo", False)
+    assert all(u == {"__type__": "update"} for u in kept), kept
+    with pytest.raises(api.UserError, match="Trained embeddings are continued pretraining's; plan dpo without them"):
+        api.estimate(folder, "full", objective="dpo", train_embeddings=True)
+    monkeypatch.setenv("TUNESMITH_VRAM_GIB", "9")
+    _, dpo = model_tab.run_estimate(folder, "full", "dpo")
+    assert (
+        dpo["fits"]
+        and dpo["plan"] == run_plan("dpo", dpo).as_dict() == model_tab.run_estimate(folder, "full")[1]["plan"]
+    )
+
+
+def test_the_gpus_line_names_the_gpus_a_run_of_the_objective_trains_on(monkeypatch):
+    """The Model tab said "a run trains on all of them" beside a DPO badge planned for one GPU (a DPO, ORPO or GRPO
+    run takes the first visible one, engine.training.launch)."""
+    from ui import i18n, model_tab
+
+    monkeypatch.setattr(api, "gpus_found", lambda: ["NVIDIA GeForce RTX 4090"] * 2)
+    found = "GPUs found: 2 (2 x NVIDIA GeForce RTX 4090)"
+    assert model_tab.gpus_line() == model_tab.gpus_line("pretrain") == f"{found}, a run trains on all of them."
+    line = model_tab.gpus_line("dpo")
+    assert line == f"{found}, a DPO run trains on the first of them."
+    assert line in model_tab.describe(None, "Qwen/Qwen3-4B", "qlora", "dpo")
+    assert i18n.message(line, "zh") == "找到 2 块 GPU（2 x NVIDIA GeForce RTX 4090），DPO 运行只用第一块。"
+    assert (
+        i18n.message(line, "ru") == "Найдено GPU: 2 (2 x NVIDIA GeForce RTX 4090), запуск DPO учится только на первой."
+    )
+    monkeypatch.setattr(api, "gpus_found", lambda: ["NVIDIA GeForce RTX 4090"])
+    assert model_tab.gpus_line("grpo") == "GPUs found: 1 (1 x NVIDIA GeForce RTX 4090)."

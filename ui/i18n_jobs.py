@@ -412,6 +412,11 @@ REFUSALS = [  # (English with {} for values, Chinese, Russian)
     ("{}; set gpus to 1.", "{0}；请把 gpus 设为 1。", "{0}; задайте gpus 1."),
     ("{} trains on one GPU for now", "{0} 目前只在一块 GPU 上训练", "{0} пока обучается на одной GPU"),
     (
+        "Trained embeddings are continued pretraining's; plan {} without them.",
+        "训练词嵌入属于继续预训练；请在不训练词嵌入的情况下估算 {0}。",
+        "Обучение эмбеддингов относится к продолженному предобучению; оцените {0} без него.",
+    ),
+    (
         "A run with validation (eval_fraction or eval_data) trains on one GPU for now",
         "带验证（eval_fraction 或 eval_data）的运行目前只在一块 GPU 上训练",
         "Запуск с валидацией (eval_fraction или eval_data) пока обучается на одной GPU",

@@ -26,10 +26,12 @@ def chosen_model(catalog_id: str | None, custom: str) -> str:
 def run_estimate(model: str, method: str, objective: str = "sft", train_embeddings: bool = False) -> tuple[int, dict]:
     """(GPUs, api.estimate) of the run the Model and Train forms ask for, planned as the run plans it: per GPU of
     the GPUs it trains on (every visible one; one for DPO, ORPO and GRPO), with continued pretraining's trained
-    embeddings where the objective and the box ask for them. The fit badge and the Train tab's preset both show this
-    one estimate."""
+    embeddings where the objective and the box ask for them, and the objective's own plan (only SFT and continued
+    pretraining free gradients in the backward). The fit badge and the Train tab's preset both show this one
+    estimate."""
     gpus = api.run_gpus(objective, found=len(api.gpus_found()))
-    return gpus, api.estimate(model, method, gpus=gpus, train_embeddings=counts_embeddings(objective, train_embeddings))
+    embeddings = counts_embeddings(objective, train_embeddings)
+    return gpus, api.estimate(model, method, gpus=gpus, train_embeddings=embeddings, objective=objective)
 
 
 def counts_embeddings(objective: str, train_embeddings: bool) -> bool:
@@ -74,16 +76,21 @@ def describe(catalog_id, custom, method, objective="sft", train_embeddings=False
     if not model:
         return i18n.say("Pick a model from the list or type a hub id / local folder.")
     badge = fit_badge(model, method, objective, train_embeddings)
-    return i18n.say(f"**Model:** `{model}` · **method:** {method}\n\n{badge}\n\n{gpus_line()}")
+    return i18n.say(f"**Model:** `{model}` · **method:** {method}\n\n{badge}\n\n{gpus_line(objective)}")
 
 
-def gpus_line() -> str:
-    """The GPUs found, which a run trains on (all of them, one process each, unless the job's `gpus` says fewer)."""
+def gpus_line(objective: str = "sft") -> str:
+    """The GPUs found, which a run of `objective` trains on: all of them, one process each, unless the job's `gpus`
+    says fewer; the first of them for DPO, ORPO and GRPO (api.run_gpus)."""
     found = api.gpus_found()
     if not found:
         return "GPUs found: none."
     names = ", ".join(f"{n} x {name}" for name, n in _counted(found))
-    return f"GPUs found: {len(found)} ({names})" + (", a run trains on all of them." if len(found) > 1 else ".")
+    if len(found) == 1:
+        return f"GPUs found: 1 ({names})."
+    if api.run_gpus(objective, len(found)) == 1:  # engine.training.launch uses the first visible one
+        return f"GPUs found: {len(found)} ({names}), a {objective.upper()} run trains on the first of them."
+    return f"GPUs found: {len(found)} ({names}), a run trains on all of them."
 
 
 def _counted(names: list[str]) -> list[tuple[str, int]]:

@@ -226,11 +226,26 @@ def apply_preset(model: str, method: str, loaded: dict | None = None, objective=
 
 def preset_for_objective(model: str, method: str, loaded: dict | None, objective: str, train_embeddings: bool):
     """apply_preset for a new objective, only where the plan can change with it: while the embeddings box is ticked
-    (to or from continued pretraining), or with several GPUs (a DPO, ORPO or GRPO run trains on one of them).
+    (to or from continued pretraining), with several GPUs (a DPO, ORPO or GRPO run trains on one of them), or for a
+    full fine-tune whose plan frees gradients in the backward, which only SFT and continued pretraining do.
     Otherwise the settings typed in the form are kept."""
-    if not train_embeddings and len(api.gpus_found()) <= 1:
+    if not train_embeddings and len(api.gpus_found()) <= 1 and not _plan_follows_objective(model, method, objective):
         return (gr.update(),) * 7
     return apply_preset(model, method, loaded, objective, train_embeddings)
+
+
+def _plan_follows_objective(model: str, method: str, objective: str) -> bool:
+    """Whether a one-GPU run's plan (or refusal) for `objective` differs from the other kind of objective's (SFT and
+    continued pretraining, which may free gradients in the backward, against DPO, ORPO and GRPO, which do not): only
+    full fine-tuning's can."""
+    if method != "full" or not model:
+        return False
+    other = "dpo" if objective in ("sft", "pretrain") else "sft"
+    try:
+        this, that = (run_estimate(model, method, o)[1] for o in (objective, other))
+    except api.UserError:  # apply_preset says why, whichever objective
+        return False
+    return (this["plan"], this.get("reason")) != (that["plan"], that.get("reason"))  # the preset's note shows both
 
 
 # the app runs up to four handlers at once (app.py's queue): a double-click on Start, or Start and Resume in two tabs,

@@ -38,6 +38,7 @@ def estimate(
     gpus: int | None = None,
     machine: str | None = None,
     train_embeddings: bool = False,
+    objective: str = "sft",
 ) -> dict:
     """Whether training `model` fits this machine (or a card of `vram_gib` and `ram_gib` free host RAM): the plan a
     run of these settings would make (engine.memory.verdict.plan_for, the run's own computation), its peak VRAM and host
@@ -46,24 +47,30 @@ def estimate(
     `fits` is True exactly when that plan exists within the VRAM budget and the free RAM. `peak_parts_gib` splits
     the peak VRAM figure; `min_vram_gib` (when the budget is too small) is the smallest budget a plan exists for.
     With `gpus` > 1 everything is per GPU of a data-parallel run: full fine-tuning's weights, gradients and optimizer
-    states sharded over them (FSDP2), LoRA and QLoRA the same as on one GPU; None: one GPU, or all of the machine's.
-    `machine` names a preset of presets/machines.yaml (e.g. "kaggle-2xt4"): its GPU count, memory per GPU and dtype
-    stand in for this machine's; with `gpus`, a run on that many of its GPUs (a DPO run takes one: run_gpus).
+    states sharded over them (FSDP2), LoRA and QLoRA the same as on one GPU; None: one GPU, or with `machine` as
+    many of its GPUs as a run of `objective` takes (run_gpus). `machine` names a preset of presets/machines.yaml
+    (e.g. "kaggle-2xt4"): its GPU count, memory per GPU and dtype stand in for this machine's. `objective` is the
+    run's (sft, pretrain, dpo, orpo, grpo): only SFT and continued pretraining free each gradient in the backward
+    where the budget needs it (engine.memory.grad_release), and DPO, ORPO and GRPO train on one GPU.
     `train_embeddings` plans continued pretraining that also trains embed_tokens and lm_head (the job's own), whose
     copies the plan counts (fp32 in fp16)."""
     from engine.memory import verdict as memory
     from engine.memory.offload import host_ram_gib
     from engine.models import presets
+    from engine.training.launch import one_gpu_reason
 
     if method not in ("qlora", "lora", "full"):
         raise UserError(f"Unknown method '{method}'; use qlora, lora or full.")
+    if train_embeddings and objective not in ("sft", "pretrain"):
+        raise UserError(f"Trained embeddings are continued pretraining's; plan {objective} without them.")
+    objective = "pretrain" if train_embeddings else objective
     arch, config = model_arch_and_config(model)
     dtype = None
     if machine is not None:
         from engine.models.machines import machine as machine_preset
 
         chosen = machine_preset(machine)
-        gpus, vram_gib, dtype = gpus or chosen.gpus, chosen.vram_gib, chosen.dtype
+        gpus, vram_gib, dtype = gpus or run_gpus(objective, chosen.gpus), chosen.vram_gib, chosen.dtype
     gpus = gpus or 1
     budget = vram_gib if vram_gib is not None else memory.run_budget_gib()
     ram = ram_gib if ram_gib is not None else host_ram_gib()
@@ -73,10 +80,14 @@ def estimate(
     seq = seq if seq is not None else (base.max_seq_length if base else 1024)
     batch = batch if batch is not None else (base.batch_size if base else 1)
     # one micro-batch per step, as a preset for a run that needs its gradients released sets
-    # (engine.memory.grad_release)
+    # (engine.memory.grad_release); a GRPO job needs a reward to be valid, and which one changes no memory planned
     spec = JobSpec(model=model, data="-", method=method, max_seq_length=seq, batch_size=batch, lora_r=rank,
-                   lora_alpha=base.lora_alpha if base else rank, gpus=gpus,
-                   **(dict(objective="pretrain", train_embeddings=True) if train_embeddings else {}))  # fmt: skip
+                   lora_alpha=base.lora_alpha if base else rank, gpus=gpus, objective=objective,
+                   train_embeddings=train_embeddings,
+                   rewards=({"preset": "format"},) if objective == "grpo" else ())  # fmt: skip
+    one_gpu = one_gpu_reason(objective)
+    if gpus > 1 and one_gpu:  # engine.training.launch.plan_launch refuses that run with the same sentence
+        raise UserError(f"{one_gpu}; set gpus to 1.")
     note = None
     if config is not None:  # the run trains at most the model's context (engine.training.dispatch), and plans so
         from engine.models.context import fit_to_context
