@@ -1,0 +1,73 @@
+"""The memory plan of a DPO or ORPO run counts what the run holds (issue 24): DPO's full fine-tuning holds a second,
+frozen copy of the model as its reference, and TRL's trainers run a pair's chosen and rejected replies as two rows of
+one forward."""
+
+import json
+
+import pytest
+import torch
+from conftest import IDENTITY_ANSWER, IDENTITY_QUESTIONS
+from test_dpo import REJECTED, run_here, spec_for
+
+from engine import api
+from engine.core.hardware import Placement
+from engine.memory.estimate import GIB, Arch
+from engine.memory.verdict import plan_for
+from engine.training.preference import _full_reference
+
+
+@pytest.fixture
+def pairs_file(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    rows = [dict(prompt=q, chosen=IDENTITY_ANSWER, rejected=REJECTED) for q in IDENTITY_QUESTIONS]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_a_dpo_full_fine_tune_plans_the_reference_model_its_run_loads(tmp_path):
+    from tiny import make_model
+
+    # wide enough that the reference's bytes show in the plan's parts (GiB to three decimals): 0.14 GiB in bf16
+    model = make_model("llama", tmp_path / "wide", hidden_size=2048, intermediate_size=4096, num_attention_heads=16)
+    spec = spec_for(model, "-", method="full")
+    reference = _full_reference(spec, Placement("cpu", "bf16", "test"), print)  # what the run builds, in 16 bits
+    held = sum(p.numel() * p.element_size() for p in reference.parameters())
+
+    def plan(objective, method="full"):
+        return api.estimate(str(model), method, seq=64, batch=1, vram_gib=80, ram_gib=64, objective=objective)
+
+    dpo, sft = plan("dpo"), plan("sft")
+    assert dpo["peak_parts_gib"]["reference"] == round(held / GIB, 3) > 0.1
+    # the run's own plan (engine.models.loading.plan_memory asks plan_for) is the estimate's
+    arch = Arch.from_config(json.loads((model / "config.json").read_text()))
+    assert plan_for(arch, spec.replace(max_seq_length=64, batch_size=1), 80, 64).peak_vram_gib == dpo["peak_vram_gib"]
+    assert dpo["peak_vram_gib"] == pytest.approx(sft["peak_vram_gib"] + held / GIB, abs=0.03)
+    # with LoRA the reference is the base model with its adapter switched off: no second copy
+    assert _full_reference(spec.replace(method="lora"), Placement("cpu", "bf16", "test"), print) is None
+    assert "reference" not in plan("dpo", "lora")["peak_parts_gib"]
+    assert "reference" not in plan("orpo")["peak_parts_gib"]
+
+
+@pytest.mark.parametrize("objective", ["dpo", "orpo"])
+def test_a_preference_plan_counts_the_sequences_its_forward_computes(tiny_llama, pairs_file, tmp_path, objective):
+    rows = []
+
+    def seen(module, args, out):  # the token ids of each forward that keeps activations for a backward
+        if isinstance(module, torch.nn.Embedding) and torch.is_grad_enabled() and args:
+            rows.append(args[0].shape[0])
+
+    spec = spec_for(tiny_llama, pairs_file, objective=objective, max_steps=1, batch_size=2)
+    hook = torch.nn.modules.module.register_module_forward_hook(seen)
+    try:
+        run_here(spec, tmp_path / "run")
+    finally:
+        hook.remove()
+    assert rows and max(rows) == 4  # TRL's trainers: a batch of 2 pairs is 4 sequences (chosen, then rejected)
+    per_example = max(rows) // spec.batch_size
+
+    def plan(objective, batch):  # many tokens, so that the activations and the loss show in GiB to three decimals
+        return api.estimate(str(tiny_llama), "lora", seq=512, batch=batch, vram_gib=80, ram_gib=64, objective=objective)
+
+    pairs, sequences = plan(objective, 64), plan("sft", 64 * per_example)
+    assert pairs["peak_parts_gib"] == sequences["peak_parts_gib"]
+    assert pairs["peak_parts_gib"]["activations"] > plan("sft", 64)["peak_parts_gib"]["activations"]
