@@ -1,6 +1,6 @@
-"""The memory plan of a DPO or ORPO run counts what the run holds (issue 24): DPO's full fine-tuning holds a second,
-frozen copy of the model as its reference, and TRL's trainers run a pair's chosen and rejected replies as two rows of
-one forward."""
+"""The memory plan of a DPO, ORPO or GRPO run counts what the run holds (issue 24): DPO's full fine-tuning holds a
+second, frozen copy of the model as its reference (and GRPO's with a KL term), and TRL's trainers run a pair's chosen
+and rejected replies as two rows of one forward."""
 
 import json
 
@@ -24,11 +24,17 @@ def pairs_file(tmp_path):
     return path
 
 
-def test_a_dpo_full_fine_tune_plans_the_reference_model_its_run_loads(tmp_path):
+@pytest.fixture(scope="module")
+def wide_llama(tmp_path_factory):
+    """Wide enough that a copy of its weights shows in a plan's parts (GiB to three decimals): 0.14 GiB in bf16."""
     from tiny import make_model
 
-    # wide enough that the reference's bytes show in the plan's parts (GiB to three decimals): 0.14 GiB in bf16
-    model = make_model("llama", tmp_path / "wide", hidden_size=2048, intermediate_size=4096, num_attention_heads=16)
+    path = tmp_path_factory.mktemp("models") / "wide"
+    return make_model("llama", path, hidden_size=2048, intermediate_size=4096, num_attention_heads=16)
+
+
+def test_a_dpo_full_fine_tune_plans_the_reference_model_its_run_loads(wide_llama):
+    model = wide_llama
     spec = spec_for(model, "-", method="full")
     reference = _full_reference(spec, Placement("cpu", "bf16", "test"), print)  # what the run builds, in 16 bits
     held = sum(p.numel() * p.element_size() for p in reference.parameters())
@@ -71,3 +77,33 @@ def test_a_preference_plan_counts_the_sequences_its_forward_computes(tiny_llama,
     pairs, sequences = plan(objective, 64), plan("sft", 64 * per_example)
     assert pairs["peak_parts_gib"] == sequences["peak_parts_gib"]
     assert pairs["peak_parts_gib"]["activations"] > plan("sft", 64)["peak_parts_gib"]["activations"]
+
+
+def test_a_grpo_full_fine_tune_with_a_kl_term_plans_the_reference_model_trl_loads(wide_llama, tmp_path):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from engine.memory.verdict import verdict
+
+    spec = api.JobSpec(model=str(wide_llama), data="-", objective="grpo", rewards=({"preset": "format"},),
+                       method="full", grpo_beta=0.1, max_seq_length=64, batch_size=1)  # fmt: skip
+    # the GRPOConfig engine.training.grpo gives TRL for a full fine-tune in bf16 (model_init_kwargs: the run's dtype)
+    args = GRPOConfig(
+        output_dir=str(tmp_path / "out"),
+        beta=spec.grpo_beta,
+        per_device_train_batch_size=2,
+        num_generations=2,
+        model_init_kwargs=dict(dtype=torch.bfloat16),
+        report_to=[],
+        use_cpu=True,
+    )
+    model = AutoModelForCausalLM.from_pretrained(wide_llama, dtype=torch.bfloat16)
+    trainer = GRPOTrainer(model=model, reward_funcs=lambda completions, **_: [0.0] * len(completions), args=args,
+                          train_dataset=Dataset.from_list([{"prompt": "Who are you?"}] * 2),
+                          processing_class=AutoTokenizer.from_pretrained(wide_llama))  # fmt: skip
+    held = sum(p.numel() * p.element_size() for p in trainer.ref_model.parameters())
+    arch = Arch.from_config(json.loads((wide_llama / "config.json").read_text()))
+    assert verdict(arch, spec, 80, 64).parts_gib["reference"] == round(held / GIB, 3) > 0.1
+    assert "reference" not in verdict(arch, spec.replace(grpo_beta=0.0), 80, 64).parts_gib  # TRL loads none
+    assert "reference" not in verdict(arch, spec.replace(method="lora"), 80, 64).parts_gib  # the adapter switched off

@@ -220,11 +220,18 @@ def sequences_per_example(spec) -> int:
     return 2 if spec.objective in ("dpo", "orpo") else 1
 
 
+def reference_copy(spec) -> bool:
+    """Whether a run of `spec` holds a frozen copy of the model as its reference: full fine-tuning's DPO
+    (engine.training.preference._full_reference), and GRPO's with a KL term (grpo_beta > 0: TRL 1.15's GRPOTrainer
+    loads one in the run's dtype). With LoRA both take the base model, the adapter switched off; ORPO has none."""
+    kl = spec.objective == "dpo" or spec.objective == "grpo" and spec.grpo_beta > 0
+    return spec.method == "full" and kl
+
+
 def estimate_kw(spec, on_gpu: bool = True) -> dict:
     """The estimate's arguments that come from the job's LoRA, optimizer and objective settings and its GPU count, for
     a run on a GPU or (`on_gpu` False) on the CPU, where `auto` makes torch's AdamW (engine.training.steps's
-    make_optimizer). DPO's full fine-tuning holds a frozen copy of the weights as its reference model
-    (engine.training.preference._full_reference; with LoRA the reference is the base, its adapter switched off)."""
+    make_optimizer), with the reference model a preference or GRPO run may hold (reference_copy)."""
     plain = spec.optimizer == "adamw" or sharded(spec) or (spec.optimizer == "auto" and not on_gpu)  # FSDP2: too
     return dict(
         rank=spec.lora_r,
@@ -232,7 +239,7 @@ def estimate_kw(spec, on_gpu: bool = True) -> dict:
         optimizer="adamw" if plain else "adamw_8bit",
         lora_experts=spec.lora_experts,
         train_router=spec.train_router,
-        reference_copy=spec.objective == "dpo" and spec.method == "full",
+        reference_copy=reference_copy(spec),
         **({"shards": spec.gpus} if sharded(spec) else {}),
         **({"processes": spec.gpus} if spec.gpus > 1 else {}),
     )
