@@ -107,3 +107,40 @@ def test_a_grpo_full_fine_tune_with_a_kl_term_plans_the_reference_model_trl_load
     assert verdict(arch, spec, 80, 64).parts_gib["reference"] == round(held / GIB, 3) > 0.1
     assert "reference" not in verdict(arch, spec.replace(grpo_beta=0.0), 80, 64).parts_gib  # TRL loads none
     assert "reference" not in verdict(arch, spec.replace(method="lora"), 80, 64).parts_gib  # the adapter switched off
+
+
+def test_a_grpo_plan_counts_the_replies_its_loss_forward_computes(tiny_llama, tmp_path):
+    from test_grpo import PROMPTS, one_step_spec
+
+    from engine.core.runlog import RunLog
+    from engine.memory.verdict import forward_shape, verdict
+    from engine.training.dispatch import train
+
+    shapes = []
+
+    def seen(module, args, out):  # the token ids of each forward that keeps activations for a backward
+        if isinstance(module, torch.nn.Embedding) and torch.is_grad_enabled() and args:
+            shapes.append(tuple(args[0].shape))
+
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    spec = one_step_spec(tiny_llama, data, {"preset": "length", "max_chars": 10})
+    hook = torch.nn.modules.module.register_module_forward_hook(seen)
+    try:
+        train(spec, tmp_path / "run", RunLog(tmp_path / "run"), False, lambda: False, print)
+    finally:
+        hook.remove()
+    rows, length = max(shapes)
+    # one forward of 2 prompts x 2 replies, each a prompt (under max_seq_length) and its reply (up to max_new_tokens)
+    assert rows == spec.batch_size * spec.num_generations == 4 and length > spec.max_new_tokens
+    assert forward_shape(spec) == (spec.max_seq_length + spec.max_new_tokens, rows)
+
+    arch = Arch.from_config(json.loads((tiny_llama / "config.json").read_text()))
+    grpo = spec.replace(method="lora", max_seq_length=256, max_new_tokens=256, batch_size=16, num_generations=4)
+    sft = grpo.replace(objective="sft", rewards=(), max_seq_length=512, batch_size=64)
+    planned = verdict(arch, grpo, 80, 64).parts_gib
+    assert planned == verdict(arch, sft, 80, 64).parts_gib
+    assert (
+        planned["activations"]
+        > verdict(arch, sft.replace(max_seq_length=256, batch_size=16), 80, 64).parts_gib["activations"]
+    )
