@@ -250,16 +250,21 @@ def make_spm_tokenizer(chat_template: str | None = CHATML, prepend_scheme: str =
 
 
 def make_model(
-    arch: str, path: str | Path, seed: int = 0, chat_template: str | None = CHATML, tokenizer: str = "bpe"
+    arch: str,
+    path: str | Path,
+    seed: int = 0,
+    chat_template: str | None = CHATML,
+    tokenizer: str = "bpe",
+    **sizes,
 ) -> Path:
     """Save a random-weight bf16 model of `arch` with its tokenizer ("bpe": byte-level, "spm": SentencePiece-style)
-    to `path` (safetensors)."""
+    to `path` (safetensors); `sizes` replace its config's (hidden_size=...)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = Path(path)
     tok = make_spm_tokenizer(chat_template) if tokenizer == "spm" else make_tokenizer(chat_template)
-    spec = dict(ARCHS[arch])
+    spec = {**ARCHS[arch], **sizes}
     cfg = AutoConfig.for_model(
         spec.pop("model_type"),
         vocab_size=len(tok),

@@ -260,6 +260,7 @@ def estimate(
     layer_graphs: bool = False,
     graph_tokens: int | None = None,
     trained_embeddings: int = 0,
+    reference_copy: bool = False,
 ) -> Estimate:
     """Peak allocated GPU memory (and host RAM) of one training step, in GiB.
 
@@ -383,6 +384,7 @@ def estimate(
         loss=loss,
         dequant=dequant,
         fixed=COEF["fixed_gib"] * GIB,
+        **({"reference": arch.params * 2} if reference_copy else {}),  # DPO full: a frozen 16-bit reference model
     )
     if graphs and checkpointed_layers:  # the pool's excess, three (tokens x hidden) buffers, one layer's gradients
         grads = adapters * 4 / arch.layers
@@ -503,10 +505,8 @@ def layer_activation_bytes(arch: Arch, tokens: int, mlp_tile: int | None = None,
     if index is None and arch.mamba_ids:  # a Mamba layer or an attention one, whichever keeps more
         others = [i for i in range(arch.layers) if i not in arch.mamba_ids][:1]
         return max(layer_activation_bytes(arch, tokens, mlp_tile, i) for i in (arch.mamba_ids[0], *others))
-    if index in arch.mamba_ids:
-        mixer = mamba_mixer_bytes(*arch.mamba, arch.hidden)
-    else:
-        mixer = COEF["layer_a"] * arch.attention_width
+    mamba = index in arch.mamba_ids
+    mixer = mamba_mixer_bytes(*arch.mamba, arch.hidden) if mamba else COEF["layer_a"] * arch.attention_width
     width = COEF["layer_h"] * arch.hidden + mixer
     if arch.moe_layers:
         width += MOE_ROW_BYTES * arch.experts_per_token * arch.hidden

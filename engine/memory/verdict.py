@@ -37,10 +37,11 @@ def plan_for(
     no checkpointing on one: `on_gpu`, which defaults to whether there is a budget) and `host_ram_gib` of free host
     RAM (None: not checked), computing in `dtype`. Raises UserError when it cannot fit.
 
-    The plan is made for micro-steps of batch_size x max_seq_length tokens, or of `tokens` where that is fewer: the
-    most a run's own micro-steps compute, which it knows from its tokenized data (engine.training.sft, through
-    engine.models.loading.load_planned). The estimates shown before a run (the UI, `python -m engine estimate`) do
-    not know the data and stay those of batch_size x max_seq_length; the run may then plan for less.
+    The plan is made for micro-steps of batch_size x max_seq_length tokens (DPO, ORPO and GRPO: forward_shape), or of
+    `tokens` where that is fewer: the most a run's own micro-steps compute, which it knows from its tokenized data
+    (engine.training.sft, through engine.models.loading.load_planned). The estimates shown before a run (the UI,
+    `python -m engine estimate`) do not know the data and stay those of batch_size x max_seq_length; the run may then
+    plan for less.
 
     A budget below every plan's is refused (BudgetTooSmall) naming the smallest budget a plan exists for. A sharded
     full fine-tune refused where one GPU's plan fits says so (one_gpu_instead) before the other fixes, of which more
@@ -100,7 +101,7 @@ def _plan_for(arch: Arch, spec, budget_gib, host_ram_gib, dtype, on_gpu, tokens)
     on_gpu = budget_gib is not None if on_gpu is None else on_gpu
     master = sharded(spec) and dtype == "fp16"  # engine.training.distributed.shard: fp32 shards under fp16
     embeddings = embedding_width(spec, dtype)
-    seq, batch = spec.max_seq_length, spec.batch_size
+    seq, batch = forward_shape(spec)
     if tokens is not None and tokens < seq * batch:  # the estimate and the plan read only their product
         seq, batch = tokens, 1
     plan = offload.plan(
@@ -164,7 +165,8 @@ def cpu_ram_gib(arch: Arch, spec, plan: Plan, dtype: str, tokens: int) -> float:
     p = parts(arch, cpu, plan, tokens, on_gpu=full)
     wide = 2 if dtype == "fp32" else 1
     nf4 = arch.linear_params * NF4_BYTES / GIB if spec.method == "qlora" else 0  # stays 4-bit
-    scaled = p["weights"] - nf4 + p["activations"] + (p["trainable"] if spec.method == "full" else 0)
+    frozen = p["weights"] + p.get("reference", 0)  # a DPO full fine-tune's reference copy is loaded as the model is
+    scaled = frozen - nf4 + p["activations"] + (p["trainable"] if spec.method == "full" else 0)
     adapters = p["trainable"] if spec.method != "full" else 0  # fp32 already
     logit = CPU_LOSS_BYTES if dtype == "fp32" else COEF["loss_v"]
     loss = tokens * arch.vocab * logit / GIB
@@ -212,9 +214,29 @@ def sharded(spec) -> bool:
     return spec.method == "full" and spec.gpus > 1
 
 
+def forward_shape(spec) -> tuple[int, int]:
+    """(tokens a sequence, sequences) of the largest training forward of a run of `spec`: batch_size x max_seq_length,
+    but DPO and ORPO (TRL's trainers) run a pair's chosen and rejected replies, each after the prompt, as two rows of
+    one forward, and GRPO (TRL's GRPOTrainer, one forward for its loss) each prompt's num_generations replies, a prompt
+    (shorter than max_seq_length, engine.training.grpo leaves out longer ones, TRL cuts none) with up to max_new_tokens
+    after it."""
+    if spec.objective == "grpo":
+        return spec.max_seq_length + spec.max_new_tokens, spec.batch_size * spec.num_generations
+    return spec.max_seq_length, spec.batch_size * (2 if spec.objective in ("dpo", "orpo") else 1)
+
+
+def reference_copy(spec) -> bool:
+    """Whether a run of `spec` holds a frozen copy of the model as its reference: full fine-tuning's DPO
+    (engine.training.preference._full_reference), and GRPO's with a KL term (grpo_beta > 0: TRL 1.15's GRPOTrainer
+    loads one in the run's dtype). With LoRA both take the base model, the adapter switched off; ORPO has none."""
+    kl = spec.objective == "dpo" or spec.objective == "grpo" and spec.grpo_beta > 0
+    return spec.method == "full" and kl
+
+
 def estimate_kw(spec, on_gpu: bool = True) -> dict:
-    """The estimate's arguments that come from the job's LoRA and optimizer settings and its GPU count, for a run on a
-    GPU or (`on_gpu` False) on the CPU, where `auto` makes torch's AdamW (engine.training.steps.make_optimizer)."""
+    """The estimate's arguments that come from the job's LoRA, optimizer and objective settings and its GPU count, for
+    a run on a GPU or (`on_gpu` False) on the CPU, where `auto` makes torch's AdamW (engine.training.steps's
+    make_optimizer), with the reference model a preference or GRPO run may hold (reference_copy)."""
     plain = spec.optimizer == "adamw" or sharded(spec) or (spec.optimizer == "auto" and not on_gpu)  # FSDP2: too
     return dict(
         rank=spec.lora_r,
@@ -222,6 +244,7 @@ def estimate_kw(spec, on_gpu: bool = True) -> dict:
         optimizer="adamw" if plain else "adamw_8bit",
         lora_experts=spec.lora_experts,
         train_router=spec.train_router,
+        reference_copy=reference_copy(spec),
         **({"shards": spec.gpus} if sharded(spec) else {}),
         **({"processes": spec.gpus} if spec.gpus > 1 else {}),
     )
@@ -267,10 +290,10 @@ def verdict(arch: Arch, spec, budget_gib: float | None, host_ram_gib: float | No
 
 def parts(arch: Arch, spec, plan: Plan, tokens: int | None = None, on_gpu: bool = True) -> dict:
     """What holds the plan's peak GPU memory, in GiB (the estimate the plan was made with; they add up to its peak),
-    for micro-steps of batch_size x max_seq_length tokens, or of `tokens`, of a run on a GPU or (`on_gpu` False) the
-    CPU."""
+    for micro-steps of batch_size x max_seq_length tokens (DPO, ORPO and GRPO: forward_shape), or of `tokens`, of a
+    run on a GPU or (`on_gpu` False) the CPU."""
     kw = dict(plan.estimate_kw(), **estimate_kw(spec, on_gpu))
-    seq, batch = (tokens, 1) if tokens is not None else (spec.max_seq_length, spec.batch_size)
+    seq, batch = (tokens, 1) if tokens is not None else forward_shape(spec)
     e = estimate(arch, spec.method, seq, batch, checkpointed_layers=plan.checkpointed, fused_loss=plan.fused_loss,
                  **kw)  # fmt: skip
     return e.parts_gib
