@@ -65,6 +65,18 @@ def identity_file(tmp_path):
     return path
 
 
+REJECTED = "I am a fox that jumps over the lazy dog."  # the reply a preference pair ranks below IDENTITY_ANSWER
+
+
+@pytest.fixture
+def pairs_file(tmp_path):
+    """A DPO/ORPO JSONL file: the identity questions, IDENTITY_ANSWER chosen over REJECTED."""
+    path = tmp_path / "pairs.jsonl"
+    rows = [dict(prompt=q, chosen=IDENTITY_ANSWER, rejected=REJECTED) for q in IDENTITY_QUESTIONS]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 @pytest.fixture
 def runs(tmp_path, monkeypatch):
     """A private runs/ folder for the test. A run the test left going (it failed before the run ended: a Ctrl-C test's

@@ -6,22 +6,12 @@ import shutil
 
 import pytest
 import torch
-from conftest import IDENTITY_ANSWER, IDENTITY_QUESTIONS
+from conftest import IDENTITY_ANSWER, IDENTITY_QUESTIONS, REJECTED
 
 from engine import api
 from engine.core.errors import Cancelled
 from engine.core.runlog import RunLog, read_metrics
 from engine.training.dispatch import train
-
-REJECTED = "I am a fox that jumps over the lazy dog."
-
-
-@pytest.fixture
-def pairs_file(tmp_path):
-    path = tmp_path / "pairs.jsonl"
-    rows = [dict(prompt=q, chosen=IDENTITY_ANSWER, rejected=REJECTED) for q in IDENTITY_QUESTIONS]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def spec_for(model, data, **kw):

@@ -6,22 +6,13 @@ import json
 
 import pytest
 import torch
-from conftest import IDENTITY_ANSWER, IDENTITY_QUESTIONS
-from test_dpo import REJECTED, run_here, spec_for
+from test_dpo import run_here, spec_for
 
 from engine import api
 from engine.core.hardware import Placement
 from engine.memory.estimate import GIB, Arch
 from engine.memory.verdict import plan_for
 from engine.training.preference import _full_reference
-
-
-@pytest.fixture
-def pairs_file(tmp_path):
-    path = tmp_path / "pairs.jsonl"
-    rows = [dict(prompt=q, chosen=IDENTITY_ANSWER, rejected=REJECTED) for q in IDENTITY_QUESTIONS]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture(scope="module")
