@@ -68,6 +68,10 @@ list() {
 30 issue 30 (ran 2026-12-07 on an H100: bench/README.md, "measured slower: off"): the norms and SwiGLU inside the
    packed matvecs of one token (kernels/fused_matvec.py): its GPU tests,
    then decode_profile bf16+NF4 batch 8 with TUNESMITH_DECODE_FUSE=0 (the default) and =1, one machine
+31 issue 24 (ran 2026-12-07 on an H100): full fine-tuning of qwen3_4b with torch AdamW at 33 and 40 GiB, paged 8-bit at
+   40 GiB: planned against measured peak (bench/full_ft.py)
+32 issue 24 (ran 2026-12-07 on an H100): the DPO and GRPO plans (LoRA, qwen3_0.6b) against their measured peaks
+   (bench/objectives_bench.py, project only)
 EOF
 }
 
@@ -441,6 +445,23 @@ call8() {  # issue 30: decode; bench_*'s --budget bounds their sweeps, not their
   step 150 python3 bench/bench_nf4_matvec.py --budget 80
   local left=$((END - SECONDS))
   step "$left" python3 bench/bench_nf4_group_matvec.py --budget $((left > 190 ? 120 : left > 100 ? left - 70 : 30))
+}
+
+call31() {  # issue 24: the AdamW term of full fine-tuning (4 bytes a weight in bf16), planned against measured
+  keep_models qwen3_4b
+  local o
+  for o in "adamw 33" "adamw 40" "auto 40"; do
+    set -- $o
+    step 130 python3 bench/full_ft.py --arch qwen3_4b --steps 6 --optimizer "$1" --vram-gib "$2"
+  done
+}
+
+call32() {  # issue 24: DPO's two rows a pair and GRPO's replies in the plan, planned against measured
+  keep_models qwen3_0.6b
+  step 60 python3 -c "import sys; sys.path.insert(0, '.bench'); from train_bench import ensure_model; \
+ensure_model('qwen3_0.6b')"
+  step 150 python3 bench/objectives_bench.py --impl project --objective dpo
+  step 150 python3 bench/objectives_bench.py --impl project --objective grpo
 }
 
 n=${1:-}
