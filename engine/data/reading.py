@@ -207,16 +207,20 @@ def _text_rows(path: Path):
                 para = []
 
 
+def folder_files(folder: Path) -> list[Path]:
+    """The files of a dataset folder its rows may come from, in name order: all but hidden ones and those under a
+    folder named '__...', which `datasets` leaves out too."""
+    return [
+        f
+        for f in sorted(folder.rglob("*"))
+        if f.is_file() and not any(p.startswith((".", "__")) for p in f.relative_to(folder).parts)
+    ]
+
+
 def _text_files(folder: Path) -> list[Path]:
     """A folder's text files (.txt, .md) when they are all its data files, in name order; else []. A README.md is the
     folder's card, not text to learn, unless a folder holds nothing else; one naming `configs` is left to `datasets`."""
-    files = [
-        f
-        for f in sorted(folder.rglob("*"))
-        if f.is_file()
-        and f.suffix.lower() in SUFFIXES
-        and not any(p.startswith((".", "__")) for p in f.relative_to(folder).parts)
-    ]
+    files = [f for f in folder_files(folder) if f.suffix.lower() in SUFFIXES]
     readme = folder / "README.md"
     if readme in files:
         if "configs:" in readme.read_text(errors="replace"):
@@ -421,10 +425,9 @@ def _check_files(source: str, folder: Path, data_files: dict) -> None:
 def _check_one_format(source: str, folder: Path, read: set[Path]) -> None:
     """Refuse a folder of which `datasets` would read only some data files: it reads only the most common format of a
     folder (a CSV beside JSONL files was dropped without a word) unless a README.md's configs say which files."""
-    for f in sorted(folder.rglob("*")):
+    for f in folder_files(folder):
         part = f.relative_to(folder).parts
-        skip = any(p.startswith((".", "__")) for p in part) or f.suffix.lower() not in SUFFIXES or f.suffix == ".md"
-        if not skip and f.is_file() and f.resolve() not in read:
+        if f.suffix.lower() in SUFFIXES and f.suffix != ".md" and f.resolve() not in read:
             kinds = sorted({g.suffix for g in read}) or ["no"]
             raise UserError(
                 f"Dataset '{source}' holds files of more than one format: only its {'/'.join(kinds)} files would be "

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from engine.core.errors import UserError
 from engine.core.files import write_json
-from engine.data.reading import hub_revision, is_hub_dataset
+from engine.data.reading import folder_files, hub_revision, is_hub_dataset
 
 # Settings a resume takes as job.yaml says now: the optimizer's settings and schedule (engine.training.steps
 # load_checkpoint), the step count (refused below the checkpoint's there), saving, logging, validation's timing,
@@ -136,25 +136,15 @@ def pinned(spec, record: dict | None):
 def _stat(path: Path) -> dict:
     """What tells a file's content has not changed since it was hashed: where it is, its size and modification
     time (taken before the hash is, so a write during the hashing changes the time the next check sees); for a
-    folder, each of its data files' (`_files`) path within it, size and time."""
+    folder, each of its data files' (reading.folder_files) path within it, size and time."""
     if path.is_dir():
         files = []
-        for file in _files(path):
+        for file in folder_files(path):
             st = file.stat()
             files.append({"name": file.relative_to(path).as_posix(), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
         return {"path": str(path.resolve()), "files": files}
     st = path.stat()
     return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def _files(folder: Path) -> list[Path]:
-    """The files of a dataset folder its rows may come from, in name order: all but hidden ones and those under a
-    folder named '__...' (datasets leaves them out)."""
-    files = []
-    for file in sorted(folder.rglob("*")):
-        if file.is_file() and not any(p.startswith((".", "__")) for p in file.relative_to(folder).parts):
-            files.append(file)
-    return files
 
 
 def _sha256(path: Path, seen: dict) -> str:
